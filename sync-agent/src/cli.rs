@@ -1,0 +1,197 @@
+//! Command line (SPEC 7.2). `run` starts the agent; every other command asks
+//! a running agent over its control socket. `-j` prints one JSON document.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::{
+    config::Config,
+    control::{
+        client,
+        protocol::{CapturedEntry, CountersReport, Request, StatusReport},
+    },
+};
+
+/// mlag-sync agent: keeps an MLAG switch pair's ARP tables in sync.
+///
+/// `sync-agent run --config FILE` attaches the XDP classifier to the member
+/// ports named in FILE and serves a control socket; the other commands query
+/// that running agent (choose it with --instance or --socket when several run).
+#[derive(Debug, Parser)]
+#[command(name = "sync-agent", version, propagate_version = true)]
+pub struct Cli {
+    /// Control socket of the agent to talk to (default: derived from the instance name).
+    #[arg(short = 's', long, global = true, env = "MLAG_SYNC_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Instance name of the agent to query (its socket is /run/mlag-sync/NAME.sock).
+    #[arg(short = 'i', long, global = true)]
+    pub instance: Option<String>,
+    /// Print JSON (one document) instead of text.
+    #[arg(short = 'j', long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent in the foreground until SIGINT/SIGTERM (SIGHUP reloads the config).
+    Run {
+        /// TOML config file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Log filter (tracing env-filter syntax), e.g. `info` or `sync_agent=debug`.
+        #[arg(long, env = "MLAG_SYNC_LOG", default_value = "info,netlink_packet_route=error")]
+        log: String,
+    },
+    /// Check a config file and print every problem found.
+    CheckConfig {
+        /// TOML config file.
+        config: PathBuf,
+    },
+    /// Agent state: ports and how the classifier is attached, MAC tables, program ids.
+    Status,
+    /// Ask the agent to re-read its config file and apply the changes.
+    Reload,
+    /// Show one kind of state.
+    Show {
+        /// What to show.
+        #[command(subcommand)]
+        what: Show,
+    },
+}
+
+/// `show` targets.
+#[derive(Debug, Subcommand)]
+pub enum Show {
+    /// Classifier counters (summed over CPUs) and the agent's own.
+    Counters,
+    /// Most recent ARP replies captured for the peer, newest first.
+    Captured {
+        /// At most this many.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: usize,
+    },
+}
+
+/// Runs a parsed command line.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { config, .. } => crate::agent::run(&config, cli.socket).await,
+        Command::CheckConfig { config } => {
+            let parsed = Config::load(&config)?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&parsed)?);
+            } else {
+                println!("{}: ok (instance {}, {} member port(s))", config.display(), parsed.instance, parsed.dataplane.member_ports.len());
+            }
+            Ok(())
+        }
+        Command::Status => query(&cli.socket, &cli.instance, cli.json, Request::Status, print_status).await,
+        Command::Reload => query(&cli.socket, &cli.instance, cli.json, Request::Reload, print_status).await,
+        Command::Show { what: Show::Counters } => {
+            query(&cli.socket, &cli.instance, cli.json, Request::Counters, print_counters).await
+        }
+        Command::Show { what: Show::Captured { limit } } => {
+            query(&cli.socket, &cli.instance, cli.json, Request::Captured { limit: Some(limit) }, print_captured).await
+        }
+    }
+}
+
+async fn query<T: serde::de::DeserializeOwned>(
+    socket: &Option<PathBuf>,
+    instance: &Option<String>,
+    json: bool,
+    request: Request,
+    print: fn(&T),
+) -> anyhow::Result<()> {
+    let socket = client::resolve_socket(socket.as_deref(), instance.as_deref())?;
+    let data = client::request(&socket, &request).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&data)?);
+    } else {
+        let report: T = serde_json::from_value(data).context("unexpected answer from the agent")?;
+        print(&report);
+    }
+    Ok(())
+}
+
+fn or_dash<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+fn print_status(s: &StatusReport) {
+    println!("instance {} (pid {}, version {}, up {}s)", s.instance, s.pid, s.version, s.uptime_s);
+    println!("config   {}", s.config_file);
+    println!("programs mlag_classify id {}  mlag_pass id {}", or_dash(s.program_id), or_dash(s.pass_program_id));
+    println!("policy   sync_own_replies={} vrrp_prefix_is_shared={}", s.sync_own_replies, s.vrrp_prefix_is_shared);
+    println!("{:<16} {:>7} {:<17} {:<5} {:<8} problem", "port", "ifindex", "mac", "up", "xdp");
+    for p in &s.ports {
+        let mode = p.xdp_mode.map(|m| format!("{m:?}").to_lowercase());
+        println!(
+            "{:<16} {:>7} {:<17} {:<5} {:<8} {}",
+            p.name,
+            or_dash(p.ifindex),
+            or_dash(p.mac),
+            p.up,
+            or_dash(mode),
+            p.problem.as_deref().unwrap_or("")
+        );
+    }
+    let list = |macs: &[crate::mac::MacAddr]| macs.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ");
+    println!("peer macs   {}", list(&s.peer_macs));
+    println!("own macs    {}", list(&s.own_macs));
+    println!("shared macs {}", list(&s.shared_macs));
+}
+
+fn print_counters(c: &CountersReport) {
+    let rows = [
+        ("seen", c.seen),
+        ("arp_replies", c.arp_replies),
+        ("peer", c.peer),
+        ("own", c.own),
+        ("shared", c.shared),
+        ("unmatched", c.unmatched),
+        ("malformed", c.malformed),
+        ("captured", c.captured),
+        ("ringbuf_full", c.ringbuf_full),
+    ];
+    println!("kernel (mlag_counters, all CPUs)");
+    for (name, value) in rows {
+        println!("  {name:<16} {value}");
+    }
+    println!("agent");
+    let a = &c.agent;
+    for (name, value) in [
+        ("records_read", a.records_read),
+        ("replies_received", a.replies_received),
+        ("queue_full", a.queue_full),
+        ("invalid_records", a.invalid_records),
+        ("bad_requests", a.bad_requests),
+    ] {
+        println!("  {name:<16} {value}");
+    }
+}
+
+fn print_captured(entries: &Vec<CapturedEntry>) {
+    if entries.is_empty() {
+        println!("no replies captured yet");
+        return;
+    }
+    println!("{:<12} {:<6} {:<9} {:<15} {:<17} {:<15} {:<17} {:>8}", "port", "class", "vlans", "sender ip", "sender mac", "target ip", "target mac", "age");
+    for e in entries {
+        let vlans = match e.vlan_count {
+            0 => "-".to_string(),
+            1 => e.outer_vlan.to_string(),
+            _ => format!("{}/{}", e.outer_vlan, e.inner_vlan),
+        };
+        println!(
+            "{:<12} {:<6} {:<9} {:<15} {:<17} {:<15} {:<17} {:>6}ms",
+            e.port, e.class, vlans, e.sender_ip, e.sender_mac, e.target_ip, e.target_mac, e.age_ms
+        );
+    }
+}

@@ -1,0 +1,314 @@
+//! The agent's TOML config (SPEC 7.1): typed, unknown fields refused, and
+//! validated so that every problem is reported at once, each naming its field.
+
+use std::{collections::BTreeSet, fmt, path::Path};
+
+use serde::{Deserialize, Serialize};
+
+use crate::mac::MacAddr;
+
+/// Longest interface name the kernel accepts (IFNAMSIZ - 1).
+pub const MAX_IFNAME: usize = 15;
+
+/// The whole config file.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Name of this agent instance; names its control socket.
+    pub instance: String,
+    /// The XDP classifier on the member ports (SPEC 1).
+    pub dataplane: DataplaneConfig,
+}
+
+/// How the XDP program is attached.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeConfig {
+    /// Driver (native) mode, falling back to generic mode with a log line.
+    #[default]
+    Auto,
+    /// Driver mode only; attaching fails if the driver lacks XDP.
+    Driver,
+    /// Generic (skb) mode only.
+    Generic,
+}
+
+/// Level of the kernel program's own log lines (aya-log).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EbpfLogLevel {
+    /// Nothing is logged from the kernel (the default: the hot path stays quiet).
+    #[default]
+    Off,
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// Informational and above.
+    Info,
+    /// Per-reply detail (costly: one record per ARP reply).
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl EbpfLogLevel {
+    /// The value of aya-log's `AYA_LOG_LEVEL` global for this level.
+    pub fn aya_level(self) -> u8 {
+        match self {
+            Self::Off => 0,
+            Self::Error => 1,
+            Self::Warn => 2,
+            Self::Info => 3,
+            Self::Debug => 4,
+            Self::Trace => 5,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_capture_queue() -> usize {
+    4096
+}
+fn default_recent_captures() -> usize {
+    256
+}
+
+/// `[dataplane]`: member ports and the MAC tables of the classifier.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataplaneConfig {
+    /// MLAG member ports the classifier is attached to.
+    pub member_ports: Vec<String>,
+    /// Attach mode.
+    #[serde(default)]
+    pub xdp_mode: XdpModeConfig,
+    /// MACs of the peer switch: replies to these are class `peer`.
+    #[serde(default)]
+    pub peer_macs: Vec<MacAddr>,
+    /// MACs of this switch besides its member ports' own MACs (which are
+    /// always included): replies to these are class `own`.
+    #[serde(default)]
+    pub own_macs: Vec<MacAddr>,
+    /// MACs both switches own: replies to these are class `shared`.
+    #[serde(default)]
+    pub shared_macs: Vec<MacAddr>,
+    /// VRRP virtual router ids whose virtual MACs (IPv4 and IPv6) are shared.
+    #[serde(default)]
+    pub vrrp_groups: Vec<u16>,
+    /// Sync replies of class `own` to the peer too.
+    #[serde(default = "default_true")]
+    pub sync_own_replies: bool,
+    /// Treat every VRRP virtual MAC as shared even if its group is not listed.
+    #[serde(default = "default_true")]
+    pub vrrp_prefix_is_shared: bool,
+    /// Kernel-side log level.
+    #[serde(default)]
+    pub ebpf_log: EbpfLogLevel,
+    /// Depth of the queue between the ring buffer reader and the agent; a
+    /// full queue drops and counts.
+    #[serde(default = "default_capture_queue")]
+    pub capture_queue: usize,
+    /// How many recent captures `show captured` keeps.
+    #[serde(default = "default_recent_captures")]
+    pub recent_captures: usize,
+}
+
+/// One thing wrong with the config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted path of the field, e.g. `dataplane.member_ports[1]`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or a field of the wrong type or an unknown field.
+    #[error("config file {path}: {message}")]
+    Syntax {
+        /// The file.
+        path: String,
+        /// The parser's message (names the field and line).
+        message: String,
+    },
+    /// Well-formed but wrong values.
+    #[error("config file {path} has {} problem(s):\n  {}", problems.len(), problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    Invalid {
+        /// The file.
+        path: String,
+        /// Every problem found.
+        problems: Vec<Problem>,
+    },
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        Self::parse(&text, &shown)
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid { path: origin.to_string(), problems })
+        }
+    }
+
+    /// Every semantic problem of the config.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut problem = |field: String, message: String| problems.push(Problem { field, message });
+        if self.instance.is_empty()
+            || self.instance.len() > 64
+            || !self.instance.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            || self.instance.starts_with('.')
+        {
+            problem(
+                "instance".into(),
+                format!("'{}' must be 1-64 characters of letters, digits, '-', '_' or '.', not starting with '.'", self.instance),
+            );
+        }
+        let dp = &self.dataplane;
+        if dp.member_ports.is_empty() {
+            problem("dataplane.member_ports".into(), "must name at least one member port".into());
+        }
+        let mut seen = BTreeSet::new();
+        for (i, port) in dp.member_ports.iter().enumerate() {
+            let field = format!("dataplane.member_ports[{i}]");
+            if port.is_empty() || port.len() > MAX_IFNAME || port.contains(['/', ' ', '\0']) {
+                problem(field, format!("'{port}' is not a valid interface name (1-{MAX_IFNAME} characters, no '/' or spaces)"));
+            } else if !seen.insert(port) {
+                problem(field, format!("'{port}' is listed twice"));
+            }
+        }
+        for (name, list) in [("peer_macs", &dp.peer_macs), ("own_macs", &dp.own_macs), ("shared_macs", &dp.shared_macs)] {
+            for (i, mac) in list.iter().enumerate() {
+                if mac.is_multicast() || mac.is_zero() {
+                    problem(format!("dataplane.{name}[{i}]"), format!("{mac} is not a unicast MAC"));
+                }
+            }
+        }
+        for (i, mac) in dp.peer_macs.iter().enumerate() {
+            if dp.own_macs.contains(mac) {
+                problem(format!("dataplane.peer_macs[{i}]"), format!("{mac} is also in dataplane.own_macs"));
+            }
+        }
+        for (i, group) in dp.vrrp_groups.iter().enumerate() {
+            if !(1..=255).contains(group) {
+                problem(format!("dataplane.vrrp_groups[{i}]"), format!("{group} is not a VRRP virtual router id (1-255)"));
+            }
+        }
+        if !(16..=1_048_576).contains(&dp.capture_queue) {
+            problem("dataplane.capture_queue".into(), format!("{} must be between 16 and 1048576", dp.capture_queue));
+        }
+        if !(1..=65_536).contains(&dp.recent_captures) {
+            problem("dataplane.recent_captures".into(), format!("{} must be between 1 and 65536", dp.recent_captures));
+        }
+        problems
+    }
+
+    /// Path of the control socket for an instance name.
+    pub fn socket_path_for(instance: &str) -> std::path::PathBuf {
+        Path::new(crate::control::SOCKET_DIR).join(format!("{instance}.sock"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+instance = "switch-a"
+[dataplane]
+member_ports = ["eth1", "eth2"]
+peer_macs = ["02:00:00:00:0b:01"]
+vrrp_groups = [1, 7]
+"#;
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let config = Config::parse(GOOD, "test").unwrap();
+        assert_eq!(config.dataplane.xdp_mode, XdpModeConfig::Auto);
+        assert!(config.dataplane.sync_own_replies);
+        assert!(config.dataplane.vrrp_prefix_is_shared);
+        assert_eq!(config.dataplane.ebpf_log, EbpfLogLevel::Off);
+        assert_eq!(config.dataplane.capture_queue, 4096);
+    }
+
+    #[test]
+    fn unknown_field_is_refused_by_name() {
+        let text = GOOD.replace("vrrp_groups", "vrrp_group");
+        let err = Config::parse(&text, "test").unwrap_err().to_string();
+        assert!(err.contains("vrrp_group"), "{err}");
+    }
+
+    #[test]
+    fn bad_mac_names_the_value() {
+        let text = GOOD.replace("02:00:00:00:0b:01", "02:00:00:00:0b");
+        let err = Config::parse(&text, "test").unwrap_err().to_string();
+        assert!(err.contains("peer_macs") && err.contains("02:00:00:00:0b"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_its_field() {
+        let text = r#"
+instance = "a b"
+[dataplane]
+member_ports = ["eth1", "eth1", "this-name-is-far-too-long"]
+peer_macs = ["01:00:5e:00:00:01"]
+vrrp_groups = [0, 300]
+capture_queue = 1
+"#;
+        let Err(ConfigError::Invalid { problems, .. }) = Config::parse(text, "test") else {
+            panic!("expected Invalid");
+        };
+        let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "instance",
+                "dataplane.member_ports[1]",
+                "dataplane.member_ports[2]",
+                "dataplane.peer_macs[0]",
+                "dataplane.vrrp_groups[0]",
+                "dataplane.vrrp_groups[1]",
+                "dataplane.capture_queue",
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_member_ports_is_refused() {
+        let text = GOOD.replace(r#"["eth1", "eth2"]"#, "[]");
+        let err = Config::parse(&text, "test").unwrap_err().to_string();
+        assert!(err.contains("dataplane.member_ports: must name at least one"), "{err}");
+    }
+}

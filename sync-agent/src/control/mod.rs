@@ -1,0 +1,9 @@
+//! SPEC 7.2: the operator's side. A unix socket per instance answers one JSON
+//! request per line with one JSON response line; the CLI is its client.
+
+pub mod client;
+pub mod protocol;
+pub mod server;
+
+/// Directory of the control sockets.
+pub const SOCKET_DIR: &str = "/run/mlag-sync";

@@ -1,0 +1,180 @@
+//! Draining the capture ring buffer: records the XDP program wrote become
+//! [`Captured`] replies on a bounded channel. No busy polling: the reader
+//! sleeps on the ring buffer's fd (tokio `AsyncFd`) until the kernel wakes it.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use aya::maps::{MapData, RingBuf};
+use sync_common::{
+    arp::{self, ArpAddresses, Parsed},
+    capture::{CaptureRecord, Class},
+};
+use tokio::{io::unix::AsyncFd, sync::mpsc};
+
+use crate::mac::MacAddr;
+
+/// One ARP reply the XDP program handed over for syncing.
+#[derive(Clone, Debug)]
+pub struct Captured {
+    /// Kernel monotonic time of capture, in nanoseconds.
+    pub timestamp_ns: u64,
+    /// Interface it arrived on.
+    pub ifindex: u32,
+    /// Its class (peer or own; shared and unmatched are never captured).
+    pub class: Class,
+    /// Outer VLAN id, 0 if untagged.
+    pub outer_vlan: u16,
+    /// Inner VLAN id, 0 unless double-tagged.
+    pub inner_vlan: u16,
+    /// Number of tags.
+    pub vlan_count: u8,
+    /// Length of the frame on the wire.
+    pub frame_len: u16,
+    /// Ethernet destination.
+    pub dst_mac: MacAddr,
+    /// The ARP addresses.
+    pub arp: ArpAddresses,
+    /// The captured bytes of the frame.
+    pub frame: Vec<u8>,
+}
+
+/// Why a ring buffer record was not accepted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InvalidRecord {
+    /// Wrong size for a `CaptureRecord`.
+    #[error("record of {0} bytes, expected {expected}", expected = core::mem::size_of::<CaptureRecord>())]
+    Size(usize),
+    /// Unknown class byte.
+    #[error("unknown class {0}")]
+    Class(u8),
+    /// The captured bytes are not an ARP reply by the shared parsing rules.
+    #[error("captured frame is not an ARP reply ({0:?})")]
+    NotArpReply(Parsed),
+}
+
+/// Decodes one ring buffer record, re-checking the frame with the same
+/// parser the kernel used.
+pub fn decode(bytes: &[u8]) -> Result<Captured, InvalidRecord> {
+    if bytes.len() != core::mem::size_of::<CaptureRecord>() {
+        return Err(InvalidRecord::Size(bytes.len()));
+    }
+    // SAFETY: length checked; CaptureRecord is plain old data and
+    // read_unaligned makes no alignment assumption.
+    let record: CaptureRecord = unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let class = Class::from_u8(record.class).ok_or(InvalidRecord::Class(record.class))?;
+    let frame = record.frame_bytes();
+    let reply = match arp::parse(frame) {
+        Parsed::ArpReply(reply) => reply,
+        other => return Err(InvalidRecord::NotArpReply(other)),
+    };
+    let addresses = arp::addresses(frame, reply.arp_offset as usize).ok_or(InvalidRecord::NotArpReply(Parsed::Other))?;
+    Ok(Captured {
+        timestamp_ns: record.timestamp_ns,
+        ifindex: record.ifindex,
+        class,
+        outer_vlan: reply.outer_vlan,
+        inner_vlan: reply.inner_vlan,
+        vlan_count: reply.vlan_count,
+        frame_len: record.frame_len,
+        dst_mac: MacAddr(reply.dst_mac),
+        arp: addresses,
+        frame: frame.to_vec(),
+    })
+}
+
+/// Counters of the ring buffer reader.
+#[derive(Debug, Default)]
+pub struct CaptureStats {
+    /// Records read from the ring buffer.
+    pub records: AtomicU64,
+    /// Records dropped because the agent's queue was full.
+    pub queue_full: AtomicU64,
+    /// Records that failed [`decode`].
+    pub invalid: AtomicU64,
+}
+
+/// Reads the ring buffer until `tx` is closed.
+pub async fn run(ring: RingBuf<MapData>, tx: mpsc::Sender<Captured>, stats: Arc<CaptureStats>) -> std::io::Result<()> {
+    // SAFETY: the ring buffer owns its map fd and keeps it open (and the
+    // same) for as long as it lives, which is as long as the AsyncFd.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
+    loop {
+        let mut guard = tokio::select! {
+            guard = ring.readable_mut() => guard?,
+            () = tx.closed() => return Ok(()),
+        };
+        let reader = guard.get_inner_mut();
+        while let Some(item) = reader.next() {
+            stats.records.fetch_add(1, Ordering::Relaxed);
+            match decode(&item) {
+                Ok(captured) => match tx.try_send(captured) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        stats.queue_full.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+                },
+                Err(err) => {
+                    if stats.invalid.fetch_add(1, Ordering::Relaxed) < 10 {
+                        tracing::warn!(error = %err, "invalid capture record dropped");
+                    }
+                }
+            }
+        }
+        guard.clear_ready();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sync_common::capture::CAPTURE_BYTES;
+
+    fn record(frame: &[u8], class: u8) -> Vec<u8> {
+        let mut record = CaptureRecord {
+            timestamp_ns: 42,
+            ifindex: 7,
+            frame_len: frame.len() as u16,
+            captured_len: frame.len() as u16,
+            outer_vlan: 0,
+            inner_vlan: 0,
+            vlan_count: 0,
+            class,
+            arp_offset: 14,
+            frame: [0; CAPTURE_BYTES],
+        };
+        record.frame[..frame.len()].copy_from_slice(frame);
+        let bytes: [u8; core::mem::size_of::<CaptureRecord>()] = unsafe { core::mem::transmute(record) };
+        bytes.to_vec()
+    }
+
+    fn reply_frame() -> Vec<u8> {
+        let mut f = vec![0x02, 0, 0, 0, 0, 0xa, 0x02, 0, 0, 0, 0, 0xc, 0x08, 0x06];
+        f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
+        f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0xc, 10, 0, 0, 3]);
+        f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0xa, 10, 0, 0, 1]);
+        f
+    }
+
+    #[test]
+    fn decodes_a_reply_record_with_its_addresses() {
+        let captured = decode(&record(&reply_frame(), 1)).unwrap();
+        assert_eq!(captured.class, Class::Peer);
+        assert_eq!(captured.ifindex, 7);
+        assert_eq!(captured.arp.sender_ip, [10, 0, 0, 3]);
+        assert_eq!(captured.arp.target_ip, [10, 0, 0, 1]);
+        assert_eq!(captured.dst_mac.to_string(), "02:00:00:00:00:0a");
+    }
+
+    #[test]
+    fn refuses_wrong_size_unknown_class_and_non_replies() {
+        assert_eq!(decode(&[0; 10]).unwrap_err(), InvalidRecord::Size(10));
+        assert_eq!(decode(&record(&reply_frame(), 9)).unwrap_err(), InvalidRecord::Class(9));
+        let mut request = reply_frame();
+        request[21] = 1;
+        assert!(matches!(decode(&record(&request, 1)).unwrap_err(), InvalidRecord::NotArpReply(Parsed::Other)));
+    }
+}

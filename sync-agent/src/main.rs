@@ -1,0 +1,24 @@
+//! `sync-agent` binary: parse the command line, set up logging, dispatch.
+
+use clap::Parser as _;
+use sync_agent::cli::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = match &cli.command {
+        Command::Run { log, .. } => log.clone(),
+        _ => "warn".to_string(),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match sync_agent::cli::dispatch(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("sync-agent: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Interfaces: look-ups by name and a stream of changes (rtnetlink).
+
+use futures::{StreamExt as _, TryStreamExt as _};
+use rtnetlink::{
+    Handle, MulticastGroup,
+    packet_core::NetlinkPayload,
+    packet_route::{
+        RouteNetlinkMessage,
+        link::{LinkAttribute, LinkFlags, LinkMessage},
+    },
+};
+use tokio::sync::mpsc;
+
+use crate::mac::MacAddr;
+
+/// What the agent needs to know of an interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    /// Interface name.
+    pub name: String,
+    /// Interface index.
+    pub index: u32,
+    /// Current MAC address (None for interfaces without one).
+    pub mac: Option<MacAddr>,
+    /// Administratively up.
+    pub up: bool,
+}
+
+/// A change to an interface, as the kernel announced it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// Created or changed (MAC, flags, name).
+    Changed(Link),
+    /// Removed.
+    Removed {
+        /// Its index.
+        index: u32,
+        /// Its name, when the kernel said.
+        name: Option<String>,
+    },
+}
+
+/// Errors talking to the kernel about interfaces.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// Opening the netlink socket failed.
+    #[error("cannot open a netlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+    /// The kernel refused or failed a request.
+    #[error("netlink request for interface {name} failed: {source}")]
+    Request {
+        /// The interface asked about.
+        name: String,
+        /// The netlink error.
+        source: rtnetlink::Error,
+    },
+}
+
+fn from_message(message: &LinkMessage) -> Link {
+    let mut link = Link {
+        name: String::new(),
+        index: message.header.index,
+        mac: None,
+        up: message.header.flags.contains(LinkFlags::Up),
+    };
+    for attribute in &message.attributes {
+        match attribute {
+            LinkAttribute::IfName(name) => link.name = name.clone(),
+            LinkAttribute::Address(bytes) if bytes.len() == 6 => {
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(bytes);
+                link.mac = Some(MacAddr(mac));
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+/// A netlink handle for requests; the connection runs on the current tokio
+/// runtime.
+pub fn connect() -> Result<Handle, LinkError> {
+    let (connection, handle, _) = rtnetlink::new_connection().map_err(LinkError::Socket)?;
+    tokio::spawn(connection);
+    Ok(handle)
+}
+
+/// The interface called `name`, or `None` if there is none.
+pub async fn by_name(handle: &Handle, name: &str) -> Result<Option<Link>, LinkError> {
+    let mut replies = handle.link().get().match_name(name.to_string()).execute();
+    match replies.try_next().await {
+        Ok(Some(message)) => Ok(Some(from_message(&message))),
+        Ok(None) => Ok(None),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.code.map(|c| c.get()) == Some(-libc::ENODEV) => Ok(None),
+        Err(source) => Err(LinkError::Request { name: name.to_string(), source }),
+    }
+}
+
+/// Subscribes to link changes; events arrive on the returned channel until
+/// the receiver is dropped.
+pub fn watch() -> Result<mpsc::Receiver<LinkEvent>, LinkError> {
+    let (connection, _handle, mut messages) =
+        rtnetlink::new_multicast_connection(&[MulticastGroup::Link]).map_err(LinkError::Socket)?;
+    tokio::spawn(connection);
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(async move {
+        while let Some((message, _)) = messages.next().await {
+            let event = match message.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => LinkEvent::Changed(from_message(&link)),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) => {
+                    let link = from_message(&link);
+                    LinkEvent::Removed { index: link.index, name: (!link.name.is_empty()).then_some(link.name) }
+                }
+                _ => continue,
+            };
+            if tx.send(event).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}

@@ -1,0 +1,4 @@
+//! The kernel side the agent reads and changes, other than BPF: interfaces
+//! over rtnetlink. Protocol code never builds netlink messages itself.
+
+pub mod links;

@@ -1,0 +1,205 @@
+//! Where an ARP reply sits in an Ethernet frame: the one set of parsing rules
+//! used by the XDP classifier and by the agent when it reads captured frames.
+//!
+//! ```text
+//!  0      6      12          (up to two tags)        +0     +2     +4 +5 +6   +8
+//! +------+------+------+ ... [0x88a8|0x8100][TCI] ... +------+------+--+--+----+-----+-----+-----+-----+
+//! | dst  | src  | type |                              | htype| ptype|hl|pl| op | sha | spa | tha | tpa |
+//! +------+------+------+                              +------+------+--+--+----+-----+-----+-----+-----+
+//!                                                      ARP (Ethernet/IPv4: 28 bytes)
+//! ```
+//!
+//! The rules are written against the [`Frame`] trait so the kernel reads the
+//! packet through bounds-checked pointers and userspace through a slice.
+
+/// Ethernet header length without tags.
+pub const ETH_HLEN: usize = 14;
+/// 802.1Q customer tag.
+pub const ETHERTYPE_VLAN: u16 = 0x8100;
+/// 802.1ad service tag (QinQ outer tag).
+pub const ETHERTYPE_QINQ: u16 = 0x88a8;
+/// ARP.
+pub const ETHERTYPE_ARP: u16 = 0x0806;
+/// IPv4 (as the ARP protocol type).
+pub const ETHERTYPE_IPV4: u16 = 0x0800;
+/// ARP hardware type Ethernet.
+pub const ARP_HTYPE_ETHERNET: u16 = 1;
+/// ARP request opcode.
+pub const ARP_OP_REQUEST: u16 = 1;
+/// ARP reply opcode.
+pub const ARP_OP_REPLY: u16 = 2;
+/// Length of an Ethernet/IPv4 ARP payload.
+pub const ARP_ETH_IPV4_LEN: usize = 28;
+/// Most VLAN tags the classifier looks through.
+pub const MAX_VLAN_TAGS: usize = 2;
+
+/// Read access to a frame. Implementations must return `None` for any read
+/// that would go past the end of the frame.
+pub trait Frame {
+    /// The `N` bytes at `offset`, or `None` if the frame is shorter.
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+}
+
+impl Frame for [u8] {
+    #[inline(always)]
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let end = offset.checked_add(N)?;
+        let bytes = self.get(offset..end)?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(bytes);
+        Some(out)
+    }
+}
+
+/// What the parser found in a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// Not an Ethernet/IPv4 ARP reply (including ARP requests, IP, IPv6,
+    /// frames with more than two tags): passed without further work.
+    Other,
+    /// The frame claims to be something it is too short or inconsistent for.
+    Malformed(MalformedReason),
+    /// An Ethernet/IPv4 ARP reply.
+    ArpReply(ArpReply),
+}
+
+/// Why a frame was counted as malformed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MalformedReason {
+    /// Shorter than an Ethernet header.
+    TruncatedEthernet,
+    /// A VLAN ethertype with fewer than 4 bytes of tag after it.
+    TruncatedVlanTag,
+    /// An Ethernet/IPv4 ARP header cut short.
+    TruncatedArp,
+    /// Ethernet/IPv4 ARP whose address lengths are not 6 and 4.
+    BadArpAddressLength,
+}
+
+/// Location and tags of an ARP reply inside a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArpReply {
+    /// Ethernet destination MAC: what the reply is classified by.
+    pub dst_mac: [u8; 6],
+    /// VLAN id of the outer tag, 0 if untagged.
+    pub outer_vlan: u16,
+    /// VLAN id of the inner tag, 0 if fewer than two tags.
+    pub inner_vlan: u16,
+    /// Number of tags seen (0..=2).
+    pub vlan_count: u8,
+    /// Offset of the ARP payload in the frame.
+    pub arp_offset: u16,
+}
+
+#[inline(always)]
+fn read_u16<F: Frame + ?Sized>(frame: &F, offset: usize) -> Option<u16> {
+    frame.read::<2>(offset).map(u16::from_be_bytes)
+}
+
+/// Applies the classifier's parsing rules to `frame`.
+///
+/// Bounded work: at most two tags are looked through, every read is checked.
+#[inline(always)]
+pub fn parse<F: Frame + ?Sized>(frame: &F) -> Parsed {
+    let Some(dst_mac) = frame.read::<6>(0) else {
+        return Parsed::Malformed(MalformedReason::TruncatedEthernet);
+    };
+    let Some(mut ethertype) = read_u16(frame, 12) else {
+        return Parsed::Malformed(MalformedReason::TruncatedEthernet);
+    };
+    let mut offset = ETH_HLEN;
+    let mut vlans = [0u16; MAX_VLAN_TAGS];
+    let mut vlan_count = 0usize;
+    // Unrolled by hand (two steps) so the kernel verifier sees bounded work.
+    if ethertype == ETHERTYPE_VLAN || ethertype == ETHERTYPE_QINQ {
+        let (Some(tci), Some(next)) = (read_u16(frame, offset), read_u16(frame, offset + 2)) else {
+            return Parsed::Malformed(MalformedReason::TruncatedVlanTag);
+        };
+        vlans[0] = tci & 0x0fff;
+        vlan_count = 1;
+        ethertype = next;
+        offset += 4;
+        if ethertype == ETHERTYPE_VLAN || ethertype == ETHERTYPE_QINQ {
+            let (Some(tci), Some(next)) = (read_u16(frame, offset), read_u16(frame, offset + 2))
+            else {
+                return Parsed::Malformed(MalformedReason::TruncatedVlanTag);
+            };
+            vlans[1] = tci & 0x0fff;
+            vlan_count = 2;
+            ethertype = next;
+            offset += 4;
+        }
+    }
+    if ethertype != ETHERTYPE_ARP {
+        return Parsed::Other;
+    }
+    let Some(header) = frame.read::<8>(offset) else {
+        return Parsed::Malformed(MalformedReason::TruncatedArp);
+    };
+    let htype = u16::from_be_bytes([header[0], header[1]]);
+    let ptype = u16::from_be_bytes([header[2], header[3]]);
+    let opcode = u16::from_be_bytes([header[6], header[7]]);
+    if htype != ARP_HTYPE_ETHERNET || ptype != ETHERTYPE_IPV4 {
+        return Parsed::Other;
+    }
+    if header[4] != 6 || header[5] != 4 {
+        return Parsed::Malformed(MalformedReason::BadArpAddressLength);
+    }
+    if frame.read::<1>(offset + ARP_ETH_IPV4_LEN - 1).is_none() {
+        return Parsed::Malformed(MalformedReason::TruncatedArp);
+    }
+    if opcode != ARP_OP_REPLY {
+        return Parsed::Other;
+    }
+    Parsed::ArpReply(ArpReply {
+        dst_mac,
+        outer_vlan: vlans[0],
+        inner_vlan: vlans[1],
+        vlan_count: vlan_count as u8,
+        arp_offset: offset as u16,
+    })
+}
+
+/// The addresses inside an Ethernet/IPv4 ARP payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArpAddresses {
+    /// Opcode (1 request, 2 reply).
+    pub opcode: u16,
+    /// Sender hardware address.
+    pub sender_mac: [u8; 6],
+    /// Sender protocol (IPv4) address.
+    pub sender_ip: [u8; 4],
+    /// Target hardware address.
+    pub target_mac: [u8; 6],
+    /// Target protocol (IPv4) address.
+    pub target_ip: [u8; 4],
+}
+
+/// Reads the addresses of the ARP payload at `arp_offset` (as found by
+/// [`parse`]).
+pub fn addresses<F: Frame + ?Sized>(frame: &F, arp_offset: usize) -> Option<ArpAddresses> {
+    Some(ArpAddresses {
+        opcode: read_u16(frame, arp_offset + 6)?,
+        sender_mac: frame.read::<6>(arp_offset + 8)?,
+        sender_ip: frame.read::<4>(arp_offset + 14)?,
+        target_mac: frame.read::<6>(arp_offset + 18)?,
+        target_ip: frame.read::<4>(arp_offset + 24)?,
+    })
+}
+
+/// True for the IPv4 and IPv6 VRRP virtual router MACs
+/// (00:00:5e:00:01:xx and 00:00:5e:00:02:xx, RFC 5798 §7.3).
+#[inline(always)]
+pub fn is_vrrp_mac(mac: &[u8; 6]) -> bool {
+    mac[0] == 0x00 && mac[1] == 0x00 && mac[2] == 0x5e && mac[3] == 0x00 && (mac[4] == 0x01 || mac[4] == 0x02)
+}
+
+/// The IPv4 VRRP virtual MAC for a virtual router id.
+pub fn vrrp_v4_mac(vrid: u8) -> [u8; 6] {
+    [0x00, 0x00, 0x5e, 0x00, 0x01, vrid]
+}
+
+/// The IPv6 VRRP virtual MAC for a virtual router id.
+pub fn vrrp_v6_mac(vrid: u8) -> [u8; 6] {
+    [0x00, 0x00, 0x5e, 0x00, 0x02, vrid]
+}

@@ -1,0 +1,124 @@
+//! What the XDP program hands the agent through the ring buffer, and the key
+//! type of its MAC tables.
+
+/// Bytes of each captured frame kept in a record. An Ethernet/IPv4 ARP reply
+/// with two tags ends at byte 50; the rest leaves room for padding and
+/// trailers.
+pub const CAPTURE_BYTES: usize = 128;
+const _: () = assert!(CAPTURE_BYTES.is_power_of_two());
+
+/// Ring buffer size in bytes (a power-of-two multiple of the page size).
+pub const CAPTURE_RING_BYTES: u32 = 1 << 20;
+
+/// Entries in each MAC table.
+pub const MAC_TABLE_ENTRIES: u32 = 1024;
+
+/// How a reply is sorted by its destination MAC (SPEC 1.2).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// The destination is the peer switch: the reply must reach the peer.
+    Peer = 1,
+    /// The destination is this switch: learnt here, synced when the policy
+    /// says so.
+    Own = 2,
+    /// The destination is a MAC both switches own (VRRP, configured shared
+    /// MACs): learnt locally only.
+    Shared = 3,
+    /// None of the above (e.g. another host's MAC, broadcast).
+    Unmatched = 4,
+}
+
+impl Class {
+    /// Decodes the `class` byte of a [`CaptureRecord`].
+    pub fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            1 => Some(Self::Peer),
+            2 => Some(Self::Own),
+            3 => Some(Self::Shared),
+            4 => Some(Self::Unmatched),
+            _ => None,
+        }
+    }
+
+    /// Stable lower-case name used in CLI output and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Peer => "peer",
+            Self::Own => "own",
+            Self::Shared => "shared",
+            Self::Unmatched => "unmatched",
+        }
+    }
+}
+
+/// Which table a destination MAC was found in; the order of the checks is the
+/// classification rule: shared beats peer beats own.
+#[inline(always)]
+pub fn classify(in_shared: bool, in_peer: bool, in_own: bool) -> Class {
+    if in_shared {
+        Class::Shared
+    } else if in_peer {
+        Class::Peer
+    } else if in_own {
+        Class::Own
+    } else {
+        Class::Unmatched
+    }
+}
+
+/// Key of the MAC tables: a MAC padded to 8 bytes so keys are aligned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MacKey {
+    /// The MAC address.
+    pub mac: [u8; 6],
+    /// Always zero.
+    pub pad: [u8; 2],
+}
+
+impl MacKey {
+    /// Key for `mac`.
+    #[inline(always)]
+    pub const fn new(mac: [u8; 6]) -> Self {
+        Self { mac, pad: [0; 2] }
+    }
+}
+
+/// One ARP reply the agent should sync, as written by the XDP program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CaptureRecord {
+    /// `bpf_ktime_get_ns()` at capture (CLOCK_MONOTONIC).
+    pub timestamp_ns: u64,
+    /// Interface the frame arrived on.
+    pub ifindex: u32,
+    /// Length of the frame on the wire.
+    pub frame_len: u16,
+    /// Bytes of `frame` that hold the frame (`min(frame_len, CAPTURE_BYTES)`).
+    pub captured_len: u16,
+    /// Outer VLAN id (0 when untagged).
+    pub outer_vlan: u16,
+    /// Inner VLAN id (0 unless double-tagged).
+    pub inner_vlan: u16,
+    /// Number of VLAN tags (0..=2).
+    pub vlan_count: u8,
+    /// A [`Class`] as `u8`.
+    pub class: u8,
+    /// Offset of the ARP payload in `frame`.
+    pub arp_offset: u16,
+    /// The first `captured_len` bytes of the frame.
+    pub frame: [u8; CAPTURE_BYTES],
+}
+
+const _: () = assert!(core::mem::size_of::<CaptureRecord>() == 24 + CAPTURE_BYTES);
+const _: () = assert!(core::mem::align_of::<CaptureRecord>() == 8);
+const _: () = assert!(core::mem::size_of::<MacKey>() == 8);
+
+impl CaptureRecord {
+    /// The captured bytes of the frame.
+    pub fn frame_bytes(&self) -> &[u8] {
+        let len = (self.captured_len as usize).min(CAPTURE_BYTES);
+        &self.frame[..len]
+    }
+}

@@ -1,0 +1,184 @@
+//! mlag-sync XDP programs.
+//!
+//! `mlag_classify` runs on every MLAG member port: it finds ARP replies, sorts
+//! them by destination MAC into peer / own / shared (SPEC 1.2) and copies the
+//! ones to sync into a ring buffer for the agent. It never drops or alters a
+//! frame: every path returns `XDP_PASS`.
+//!
+//! `mlag_pass` only returns `XDP_PASS`. The agent runs it with
+//! `BPF_PROG_RUN` live frames to hand a frame to the kernel's receive path on
+//! a chosen port, and the benchmark uses it as the do-nothing baseline.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action::XDP_PASS,
+    helpers::generated::{bpf_ktime_get_ns, bpf_xdp_load_bytes},
+    macros::{map, xdp},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    programs::XdpContext,
+};
+use aya_log_ebpf::debug;
+use sync_common::{
+    arp::{self, Frame, Parsed},
+    capture::{CAPTURE_BYTES, CAPTURE_RING_BYTES, CaptureRecord, Class, MAC_TABLE_ENTRIES, MacKey},
+    counters, policy,
+};
+
+/// MACs of the peer switch.
+#[map(name = "mlag_peer_macs")]
+static PEER_MACS: HashMap<MacKey, u8> = HashMap::with_max_entries(MAC_TABLE_ENTRIES, 0);
+
+/// MACs of this switch.
+#[map(name = "mlag_own_macs")]
+static OWN_MACS: HashMap<MacKey, u8> = HashMap::with_max_entries(MAC_TABLE_ENTRIES, 0);
+
+/// MACs both switches own (VRRP groups, configured shared MACs).
+#[map(name = "mlag_shared_mac")]
+static SHARED_MACS: HashMap<MacKey, u8> = HashMap::with_max_entries(MAC_TABLE_ENTRIES, 0);
+
+/// Slot 0: the policy word (see `sync_common::policy`).
+#[map(name = "mlag_policy")]
+static POLICY: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Per-CPU counters, slots in `sync_common::counters`.
+#[map(name = "mlag_counters")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT, 0);
+
+/// Replies to sync, as `CaptureRecord`s.
+#[map(name = "mlag_captures")]
+static CAPTURES: RingBuf = RingBuf::with_byte_size(CAPTURE_RING_BYTES, 0);
+
+/// Bounds-checked view of the packet for the shared parser.
+struct XdpFrame<'a>(&'a XdpContext);
+
+impl Frame for XdpFrame<'_> {
+    #[inline(always)]
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let start = self.0.data();
+        let end = self.0.data_end();
+        if start + offset + N > end {
+            return None;
+        }
+        // SAFETY: bounds checked against data_end just above; [u8; N] has
+        // alignment 1.
+        Some(unsafe { *((start + offset) as *const [u8; N]) })
+    }
+}
+
+#[inline(always)]
+fn count(slot: u32) {
+    if let Some(value) = COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *value += 1 };
+    }
+}
+
+#[inline(always)]
+fn policy_word() -> u32 {
+    POLICY.get(0).copied().unwrap_or(policy::DEFAULT)
+}
+
+#[xdp]
+pub fn mlag_classify(ctx: XdpContext) -> u32 {
+    classify(&ctx);
+    XDP_PASS
+}
+
+#[xdp]
+pub fn mlag_pass(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}
+
+#[inline(always)]
+fn classify(ctx: &XdpContext) {
+    count(counters::SEEN);
+    let reply = match arp::parse(&XdpFrame(ctx)) {
+        Parsed::Other => return,
+        Parsed::Malformed(_) => {
+            count(counters::MALFORMED);
+            return;
+        }
+        Parsed::ArpReply(reply) => reply,
+    };
+    count(counters::ARP_REPLIES);
+
+    let key = MacKey::new(reply.dst_mac);
+    let policy = policy_word();
+    // SAFETY: lookups only read the value's presence.
+    let in_shared = (policy & policy::VRRP_PREFIX_IS_SHARED != 0 && arp::is_vrrp_mac(&reply.dst_mac))
+        || unsafe { SHARED_MACS.get(&key) }.is_some();
+    let in_peer = !in_shared && unsafe { PEER_MACS.get(&key) }.is_some();
+    let in_own = !in_shared && !in_peer && unsafe { OWN_MACS.get(&key) }.is_some();
+    let class = sync_common::capture::classify(in_shared, in_peer, in_own);
+    let sync = match class {
+        Class::Peer => {
+            count(counters::PEER);
+            true
+        }
+        Class::Own => {
+            count(counters::OWN);
+            policy & policy::SYNC_OWN != 0
+        }
+        Class::Shared => {
+            count(counters::SHARED);
+            false
+        }
+        Class::Unmatched => {
+            count(counters::UNMATCHED);
+            false
+        }
+    };
+    debug!(ctx, "arp reply class {} vlan {}/{}", class as u8, reply.outer_vlan, reply.inner_vlan);
+    if sync {
+        capture(ctx, &reply, class);
+    }
+}
+
+#[inline(always)]
+fn capture(ctx: &XdpContext, reply: &arp::ArpReply, class: Class) {
+    let Some(mut entry) = CAPTURES.reserve::<CaptureRecord>(0) else {
+        count(counters::RINGBUF_FULL);
+        return;
+    };
+    let frame_len = ctx.data_end() - ctx.data();
+    let mut captured = frame_len;
+    if captured > CAPTURE_BYTES {
+        captured = CAPTURE_BYTES;
+    }
+    // The verifier needs a length it can prove is in 1..=CAPTURE_BYTES. A
+    // parsed reply is at least 42 bytes, so this mask changes nothing at run
+    // time; it only makes the bound visible.
+    let load_len = ((captured as u32).wrapping_sub(1) & (CAPTURE_BYTES as u32 - 1)) + 1;
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points at a reserved, exclusively owned ring buffer
+    // slot of the right size; every field is written before submit.
+    unsafe {
+        (*record).timestamp_ns = bpf_ktime_get_ns();
+        (*record).ifindex = ctx.ingress_ifindex() as u32;
+        (*record).frame_len = frame_len as u16;
+        (*record).outer_vlan = reply.outer_vlan;
+        (*record).inner_vlan = reply.inner_vlan;
+        (*record).vlan_count = reply.vlan_count;
+        (*record).class = class as u8;
+        (*record).arp_offset = reply.arp_offset;
+        (*record).captured_len = load_len as u16;
+        if bpf_xdp_load_bytes(ctx.ctx, 0, (*record).frame.as_mut_ptr().cast(), load_len) != 0 {
+            entry.discard(0);
+            count(counters::MALFORMED);
+            return;
+        }
+    }
+    entry.submit(0);
+    count(counters::CAPTURED);
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

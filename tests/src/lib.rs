@@ -1,0 +1,40 @@
+//! Testbed for mlag-sync: network namespaces joined by veth pairs, real
+//! frames written with packet sockets, and real agent processes queried over
+//! their control sockets. Used by the integration tests, the lab
+//! (`cargo xtask run`) and the benchmarks. Everything here needs root.
+//!
+//! Every object cleans up after itself on drop (namespaces, processes, temp
+//! files), and names carry the process id and a counter so parallel runs do
+//! not clash.
+
+pub mod agent;
+pub mod frames;
+pub mod netns;
+
+use std::time::{Duration, Instant};
+
+/// Polls `probe` until it returns `Some`, or fails after `timeout` naming
+/// `what` and the last value seen.
+pub fn wait_until<T, L: std::fmt::Debug>(
+    timeout: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Result<T, L>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match probe() {
+            Ok(value) => return Ok(value),
+            Err(last) if Instant::now() >= deadline => {
+                anyhow::bail!("timed out after {timeout:?} waiting for {what}; last seen: {last:?}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// A name unique to this process and call: `<prefix>-<pid>-<n>`.
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}

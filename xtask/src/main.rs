@@ -1,0 +1,155 @@
+//! `cargo xtask …`: everything that is not a plain `cargo build`.
+//!
+//! - `setup`: install what a fresh machine lacks (apt packages, the nightly's
+//!   rust-src, bpf-linker built against the nightly's own LLVM). Every other
+//!   task runs it first; once done it takes seconds.
+//! - `build`, `test`, `run` (the namespace lab, or the agent on this host with
+//!   `-- --config FILE`), `bench`.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "mlag-sync developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install missing tools (apt packages, rust-src, bpf-linker). Idempotent.
+    Setup,
+    /// Set up, then build the agent with its XDP object embedded.
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build, then run every test (unit and namespace tests; needs root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, then run: the lab in network namespaces with no
+    /// arguments, or the agent on this host's interfaces with `-- --config FILE`.
+    Run {
+        /// Arguments for `sync-agent run` (e.g. `--config switch.toml`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build (release), then print the benchmark figures.
+    Bench {
+        /// Extra arguments for the benchmark binary.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// A `cargo` command in the workspace with tools on PATH.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root()).env("PATH", setup::tool_path());
+    cmd
+}
+
+/// Runs `cmd`, failing with its command line if it fails.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn build(release: bool) -> anyhow::Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "sync-agent", "--bin", "sync-agent"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)?;
+    let binary = workspace_root().join("target").join(if release { "release" } else { "debug" }).join("sync-agent");
+    Ok(binary)
+}
+
+/// Builds a binary of the testbed package (lab, benchmarks). They are built
+/// only after set-up because they link the agent library, whose build script
+/// needs bpf-linker.
+fn build_testbed_bin(name: &str, release: bool) -> anyhow::Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "mlag-testbed", "--bin", name]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)?;
+    Ok(workspace_root().join("target").join(if release { "release" } else { "debug" }).join(name))
+}
+
+fn ensure_root(task: &str) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("`cargo xtask {task}` needs root: it creates network namespaces and loads XDP programs");
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Setup => setup::ensure(),
+        Task::Build { release } => {
+            setup::ensure()?;
+            let binary = build(release)?;
+            println!("built {}", binary.display());
+            Ok(())
+        }
+        Task::Test { args } => {
+            ensure_root("test")?;
+            setup::ensure()?;
+            let binary = build(false)?;
+            let mut cmd = cargo();
+            cmd.args(["test", "--workspace", "--exclude", "sync-ebpf"])
+                .env("SYNC_AGENT_BIN", &binary)
+                .arg("--")
+                .args(&args);
+            run(&mut cmd)
+        }
+        Task::Run { args } => {
+            ensure_root("run")?;
+            setup::ensure()?;
+            let binary = build(false)?;
+            if args.is_empty() {
+                let lab = build_testbed_bin("mlag-lab", false)?;
+                let mut cmd = Command::new(lab);
+                cmd.env("SYNC_AGENT_BIN", &binary);
+                run(&mut cmd)
+            } else {
+                let mut cmd = Command::new(&binary);
+                cmd.arg("run").args(&args);
+                run(&mut cmd)
+            }
+        }
+        Task::Bench { args } => {
+            ensure_root("bench")?;
+            setup::ensure()?;
+            let agent = build(true)?;
+            let mut bench = Command::new(build_testbed_bin("mlag-bench", true)?);
+            bench.env("SYNC_AGENT_BIN", agent).args(&args);
+            run(&mut bench)
+        }
+    }
+}
