@@ -24,7 +24,10 @@ use tokio::{
 use crate::{
     config::Config,
     control::{
-        protocol::{AgentCounters, CapturedEntry, CountersReport, PortStatus, Request, Response, StatusReport},
+        protocol::{
+            AgentCounters, CapturedEntry, CountersReport, PortStatus, Request, Response,
+            StatusReport,
+        },
         server::ControlSocket,
     },
     dataplane::{
@@ -41,14 +44,19 @@ pub fn ensure_root(what: &str) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     if euid != 0 {
-        bail!("{what} needs root (CAP_BPF and CAP_NET_ADMIN to load and attach XDP programs); running as uid {euid}");
+        bail!(
+            "{what} needs root (CAP_BPF and CAP_NET_ADMIN to load and attach XDP programs); running as uid {euid}"
+        );
     }
     Ok(())
 }
 
 /// Kernel CLOCK_MONOTONIC in nanoseconds, the clock of capture timestamps.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -132,19 +140,24 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
 
 async fn drain_kernel_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
     // SAFETY: the logger owns its ring buffer fd for its whole life.
-    let Ok(mut logger) =
-        (unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) })
-    else {
+    let Ok(mut logger) = (unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    }) else {
         return;
     };
     loop {
-        let Ok(mut guard) = logger.readable_mut().await else { return };
+        let Ok(mut guard) = logger.readable_mut().await else {
+            return;
+        };
         guard.get_inner_mut().flush();
         guard.clear_ready();
     }
 }
 
-async fn resolve_ports(netlink: &Handle, config: &Config) -> anyhow::Result<BTreeMap<String, Link>> {
+async fn resolve_ports(
+    netlink: &Handle,
+    config: &Config,
+) -> anyhow::Result<BTreeMap<String, Link>> {
     let mut found = BTreeMap::new();
     let mut missing = Vec::new();
     for (i, name) in config.dataplane.member_ports.iter().enumerate() {
@@ -156,7 +169,10 @@ async fn resolve_ports(netlink: &Handle, config: &Config) -> anyhow::Result<BTre
         }
     }
     if !missing.is_empty() {
-        bail!("member port interface(s) not found in this network namespace: {}", missing.join(", "));
+        bail!(
+            "member port interface(s) not found in this network namespace: {}",
+            missing.join(", ")
+        );
     }
     Ok(found)
 }
@@ -180,8 +196,15 @@ struct Agent {
 impl Agent {
     fn policy_word(&self) -> u32 {
         let dp = &self.config.dataplane;
-        (if dp.sync_own_replies { policy::SYNC_OWN } else { 0 })
-            | (if dp.vrrp_prefix_is_shared { policy::VRRP_PREFIX_IS_SHARED } else { 0 })
+        (if dp.sync_own_replies {
+            policy::SYNC_OWN
+        } else {
+            0
+        }) | (if dp.vrrp_prefix_is_shared {
+            policy::VRRP_PREFIX_IS_SHARED
+        } else {
+            0
+        })
     }
 
     fn apply_policy(&mut self) -> anyhow::Result<()> {
@@ -201,13 +224,22 @@ impl Agent {
             shared.insert(MacAddr(arp::vrrp_v4_mac(vrid)));
             shared.insert(MacAddr(arp::vrrp_v6_mac(vrid)));
         }
-        MacTables { peer: dp.peer_macs.iter().copied().collect(), own, shared }
+        MacTables {
+            peer: dp.peer_macs.iter().copied().collect(),
+            own,
+            shared,
+        }
     }
 
     fn refresh_tables(&mut self) -> anyhow::Result<()> {
         let wanted = self.wanted_tables();
         if &wanted != self.dataplane.tables() {
-            tracing::info!(peer = wanted.peer.len(), own = wanted.own.len(), shared = wanted.shared.len(), "MAC tables updated");
+            tracing::info!(
+                peer = wanted.peer.len(),
+                own = wanted.own.len(),
+                shared = wanted.shared.len(),
+                "MAC tables updated"
+            );
             self.dataplane.set_tables(wanted)?;
         }
         Ok(())
@@ -218,9 +250,16 @@ impl Agent {
     fn attach_all(&mut self, strict: bool) -> anyhow::Result<()> {
         let mode = self.config.dataplane.xdp_mode;
         for name in self.config.dataplane.member_ports.clone() {
-            let Some(link) = self.links.get(&name) else { continue };
+            let Some(link) = self.links.get(&name) else {
+                continue;
+            };
             let ifindex = link.index;
-            if self.dataplane.ports().get(&name).is_some_and(|p| p.ifindex == ifindex) {
+            if self
+                .dataplane
+                .ports()
+                .get(&name)
+                .is_some_and(|p| p.ifindex == ifindex)
+            {
                 continue;
             }
             match self.dataplane.attach(&name, ifindex, mode) {
@@ -270,13 +309,23 @@ impl Agent {
                 }
             }
             LinkEvent::Removed { index, name } => {
-                let Some(port) = self.links.iter().find(|(_, l)| l.index == index).map(|(n, _)| n.clone()) else {
+                let Some(port) = self
+                    .links
+                    .iter()
+                    .find(|(_, l)| l.index == index)
+                    .map(|(n, _)| n.clone())
+                else {
                     return;
                 };
-                tracing::warn!(interface = port, ?name, "member port removed; classifier detached until it returns");
+                tracing::warn!(
+                    interface = port,
+                    ?name,
+                    "member port removed; classifier detached until it returns"
+                );
                 self.links.remove(&port);
                 self.dataplane.detach(&port);
-                self.port_problems.insert(port, "interface does not exist".into());
+                self.port_problems
+                    .insert(port, "interface does not exist".into());
                 if let Err(err) = self.refresh_tables() {
                     tracing::error!("{err:#}");
                 }
@@ -287,7 +336,11 @@ impl Agent {
     async fn reload(&mut self) -> anyhow::Result<()> {
         let new = Config::load(&self.config_path)?;
         if new.instance != self.config.instance {
-            bail!("instance cannot change on reload ({} -> {}); restart the agent", self.config.instance, new.instance);
+            bail!(
+                "instance cannot change on reload ({} -> {}); restart the agent",
+                self.config.instance,
+                new.instance
+            );
         }
         let old = std::mem::replace(&mut self.config, new);
         for field in ["ebpf_log", "capture_queue"] {
@@ -302,7 +355,10 @@ impl Agent {
         let ports = &self.config.dataplane.member_ports;
         for name in &old.dataplane.member_ports {
             if !ports.contains(name) {
-                tracing::info!(interface = name, "member port removed from config; detaching");
+                tracing::info!(
+                    interface = name,
+                    "member port removed from config; detaching"
+                );
                 self.dataplane.detach(name);
                 self.links.remove(name);
                 self.port_problems.remove(name);
@@ -320,8 +376,12 @@ impl Agent {
                     self.links.insert(name, link);
                 }
                 None => {
-                    tracing::warn!(interface = name, "member port does not exist yet; attaching when it appears");
-                    self.port_problems.insert(name, "interface does not exist".into());
+                    tracing::warn!(
+                        interface = name,
+                        "member port does not exist yet; attaching when it appears"
+                    );
+                    self.port_problems
+                        .insert(name, "interface does not exist".into());
                 }
             }
         }
@@ -339,7 +399,9 @@ impl Agent {
                 Ok(report) => Response::ok(&report),
                 Err(err) => Response::error(format!("{err:#}")),
             },
-            Request::Captured { limit } => Response::ok(&self.captured(limit.unwrap_or(usize::MAX))),
+            Request::Captured { limit } => {
+                Response::ok(&self.captured(limit.unwrap_or(usize::MAX)))
+            }
             Request::Reload => match self.reload().await {
                 Ok(()) => Response::ok(&self.status()),
                 Err(err) => Response::error(format!("reload refused, old config kept: {err:#}")),
@@ -398,7 +460,6 @@ impl Agent {
             captured: k.get(counters::CAPTURED),
             agent: AgentCounters {
                 records_read: self.capture_stats.records.load(Ordering::Relaxed),
-                queue_full: self.capture_stats.queue_full.load(Ordering::Relaxed),
                 invalid_records: self.capture_stats.invalid.load(Ordering::Relaxed),
                 replies_received: self.replies_received,
                 bad_requests: self.bad_requests.load(Ordering::Relaxed),
@@ -408,12 +469,19 @@ impl Agent {
 
     fn captured(&self, limit: usize) -> Vec<CapturedEntry> {
         let now = monotonic_ns();
-        let names: BTreeMap<u32, &str> = self.dataplane.ports().iter().map(|(n, p)| (p.ifindex, n.as_str())).collect();
+        let names: BTreeMap<u32, &str> = self
+            .dataplane
+            .ports()
+            .iter()
+            .map(|(n, p)| (p.ifindex, n.as_str()))
+            .collect();
         self.recent
             .iter()
             .take(limit)
             .map(|c| CapturedEntry {
-                port: names.get(&c.ifindex).map_or_else(|| format!("ifindex {}", c.ifindex), |n| n.to_string()),
+                port: names
+                    .get(&c.ifindex)
+                    .map_or_else(|| format!("ifindex {}", c.ifindex), |n| n.to_string()),
                 ifindex: c.ifindex,
                 class: c.class.name().into(),
                 outer_vlan: c.outer_vlan,

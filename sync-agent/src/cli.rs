@@ -45,7 +45,11 @@ pub enum Command {
         #[arg(short, long)]
         config: PathBuf,
         /// Log filter (tracing env-filter syntax), e.g. `info` or `sync_agent=debug`.
-        #[arg(long, env = "MLAG_SYNC_LOG", default_value = "info,netlink_packet_route=error")]
+        #[arg(
+            long,
+            env = "MLAG_SYNC_LOG",
+            default_value = "info,netlink_packet_route=error"
+        )]
         log: String,
     },
     /// Check a config file and print every problem found.
@@ -87,17 +91,58 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&parsed)?);
             } else {
-                println!("{}: ok (instance {}, {} member port(s))", config.display(), parsed.instance, parsed.dataplane.member_ports.len());
+                println!(
+                    "{}: ok (instance {}, {} member port(s))",
+                    config.display(),
+                    parsed.instance,
+                    parsed.dataplane.member_ports.len()
+                );
             }
             Ok(())
         }
-        Command::Status => query(&cli.socket, &cli.instance, cli.json, Request::Status, print_status).await,
-        Command::Reload => query(&cli.socket, &cli.instance, cli.json, Request::Reload, print_status).await,
-        Command::Show { what: Show::Counters } => {
-            query(&cli.socket, &cli.instance, cli.json, Request::Counters, print_counters).await
+        Command::Status => {
+            query(
+                &cli.socket,
+                &cli.instance,
+                cli.json,
+                Request::Status,
+                print_status,
+            )
+            .await
         }
-        Command::Show { what: Show::Captured { limit } } => {
-            query(&cli.socket, &cli.instance, cli.json, Request::Captured { limit: Some(limit) }, print_captured).await
+        Command::Reload => {
+            query(
+                &cli.socket,
+                &cli.instance,
+                cli.json,
+                Request::Reload,
+                print_status,
+            )
+            .await
+        }
+        Command::Show {
+            what: Show::Counters,
+        } => {
+            query(
+                &cli.socket,
+                &cli.instance,
+                cli.json,
+                Request::Counters,
+                print_counters,
+            )
+            .await
+        }
+        Command::Show {
+            what: Show::Captured { limit },
+        } => {
+            query(
+                &cli.socket,
+                &cli.instance,
+                cli.json,
+                Request::Captured { limit: Some(limit) },
+                print_captured,
+            )
+            .await
         }
     }
 }
@@ -125,11 +170,24 @@ fn or_dash<T: ToString>(value: Option<T>) -> String {
 }
 
 fn print_status(s: &StatusReport) {
-    println!("instance {} (pid {}, version {}, up {}s)", s.instance, s.pid, s.version, s.uptime_s);
+    println!(
+        "instance {} (pid {}, version {}, up {}s)",
+        s.instance, s.pid, s.version, s.uptime_s
+    );
     println!("config   {}", s.config_file);
-    println!("programs mlag_classify id {}  mlag_pass id {}", or_dash(s.program_id), or_dash(s.pass_program_id));
-    println!("policy   sync_own_replies={} vrrp_prefix_is_shared={}", s.sync_own_replies, s.vrrp_prefix_is_shared);
-    println!("{:<16} {:>7} {:<17} {:<5} {:<8} problem", "port", "ifindex", "mac", "up", "xdp");
+    println!(
+        "programs mlag_classify id {}  mlag_pass id {}",
+        or_dash(s.program_id),
+        or_dash(s.pass_program_id)
+    );
+    println!(
+        "policy   sync_own_replies={} vrrp_prefix_is_shared={}",
+        s.sync_own_replies, s.vrrp_prefix_is_shared
+    );
+    println!(
+        "{:<16} {:>7} {:<17} {:<5} {:<8} problem",
+        "port", "ifindex", "mac", "up", "xdp"
+    );
     for p in &s.ports {
         let mode = p.xdp_mode.map(|m| format!("{m:?}").to_lowercase());
         println!(
@@ -142,7 +200,12 @@ fn print_status(s: &StatusReport) {
             p.problem.as_deref().unwrap_or("")
         );
     }
-    let list = |macs: &[crate::mac::MacAddr]| macs.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ");
+    let list = |macs: &[crate::mac::MacAddr]| {
+        macs.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     println!("peer macs   {}", list(&s.peer_macs));
     println!("own macs    {}", list(&s.own_macs));
     println!("shared macs {}", list(&s.shared_macs));
@@ -169,7 +232,6 @@ fn print_counters(c: &CountersReport) {
     for (name, value) in [
         ("records_read", a.records_read),
         ("replies_received", a.replies_received),
-        ("queue_full", a.queue_full),
         ("invalid_records", a.invalid_records),
         ("bad_requests", a.bad_requests),
     ] {
@@ -182,7 +244,10 @@ fn print_captured(entries: &Vec<CapturedEntry>) {
         println!("no replies captured yet");
         return;
     }
-    println!("{:<12} {:<6} {:<9} {:<15} {:<17} {:<15} {:<17} {:>8}", "port", "class", "vlans", "sender ip", "sender mac", "target ip", "target mac", "age");
+    println!(
+        "{:<12} {:<6} {:<9} {:<15} {:<17} {:<15} {:<17} {:>8}",
+        "port", "class", "vlans", "sender ip", "sender mac", "target ip", "target mac", "age"
+    );
     for e in entries {
         let vlans = match e.vlan_count {
             0 => "-".to_string(),

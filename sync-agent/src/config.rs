@@ -107,8 +107,8 @@ pub struct DataplaneConfig {
     /// Kernel-side log level.
     #[serde(default)]
     pub ebpf_log: EbpfLogLevel,
-    /// Depth of the queue between the ring buffer reader and the agent; a
-    /// full queue drops and counts.
+    /// Depth of the queue between the ring buffer reader and the agent; when
+    /// it is full, records wait in the kernel ring buffer.
     #[serde(default = "default_capture_queue")]
     pub capture_queue: usize,
     /// How many recent captures `show captured` keeps.
@@ -164,7 +164,10 @@ impl Config {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
         Self::parse(&text, &shown)
     }
 
@@ -178,59 +181,96 @@ impl Config {
         if problems.is_empty() {
             Ok(config)
         } else {
-            Err(ConfigError::Invalid { path: origin.to_string(), problems })
+            Err(ConfigError::Invalid {
+                path: origin.to_string(),
+                problems,
+            })
         }
     }
 
     /// Every semantic problem of the config.
     pub fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
-        let mut problem = |field: String, message: String| problems.push(Problem { field, message });
+        let mut problem =
+            |field: String, message: String| problems.push(Problem { field, message });
         if self.instance.is_empty()
             || self.instance.len() > 64
-            || !self.instance.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            || !self
+                .instance
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
             || self.instance.starts_with('.')
         {
             problem(
                 "instance".into(),
-                format!("'{}' must be 1-64 characters of letters, digits, '-', '_' or '.', not starting with '.'", self.instance),
+                format!(
+                    "'{}' must be 1-64 characters of letters, digits, '-', '_' or '.', not starting with '.'",
+                    self.instance
+                ),
             );
         }
         let dp = &self.dataplane;
         if dp.member_ports.is_empty() {
-            problem("dataplane.member_ports".into(), "must name at least one member port".into());
+            problem(
+                "dataplane.member_ports".into(),
+                "must name at least one member port".into(),
+            );
         }
         let mut seen = BTreeSet::new();
         for (i, port) in dp.member_ports.iter().enumerate() {
             let field = format!("dataplane.member_ports[{i}]");
             if port.is_empty() || port.len() > MAX_IFNAME || port.contains(['/', ' ', '\0']) {
-                problem(field, format!("'{port}' is not a valid interface name (1-{MAX_IFNAME} characters, no '/' or spaces)"));
+                problem(
+                    field,
+                    format!(
+                        "'{port}' is not a valid interface name (1-{MAX_IFNAME} characters, no '/' or spaces)"
+                    ),
+                );
             } else if !seen.insert(port) {
                 problem(field, format!("'{port}' is listed twice"));
             }
         }
-        for (name, list) in [("peer_macs", &dp.peer_macs), ("own_macs", &dp.own_macs), ("shared_macs", &dp.shared_macs)] {
+        for (name, list) in [
+            ("peer_macs", &dp.peer_macs),
+            ("own_macs", &dp.own_macs),
+            ("shared_macs", &dp.shared_macs),
+        ] {
             for (i, mac) in list.iter().enumerate() {
                 if mac.is_multicast() || mac.is_zero() {
-                    problem(format!("dataplane.{name}[{i}]"), format!("{mac} is not a unicast MAC"));
+                    problem(
+                        format!("dataplane.{name}[{i}]"),
+                        format!("{mac} is not a unicast MAC"),
+                    );
                 }
             }
         }
         for (i, mac) in dp.peer_macs.iter().enumerate() {
             if dp.own_macs.contains(mac) {
-                problem(format!("dataplane.peer_macs[{i}]"), format!("{mac} is also in dataplane.own_macs"));
+                problem(
+                    format!("dataplane.peer_macs[{i}]"),
+                    format!("{mac} is also in dataplane.own_macs"),
+                );
             }
         }
         for (i, group) in dp.vrrp_groups.iter().enumerate() {
             if !(1..=255).contains(group) {
-                problem(format!("dataplane.vrrp_groups[{i}]"), format!("{group} is not a VRRP virtual router id (1-255)"));
+                problem(
+                    format!("dataplane.vrrp_groups[{i}]"),
+                    format!("{group} is not a VRRP virtual router id (1-255)"),
+                );
             }
         }
         if !(16..=1_048_576).contains(&dp.capture_queue) {
-            problem("dataplane.capture_queue".into(), format!("{} must be between 16 and 1048576", dp.capture_queue));
+            problem(
+                "dataplane.capture_queue".into(),
+                format!("{} must be between 16 and 1048576", dp.capture_queue),
+            );
         }
         if !(1..=65_536).contains(&dp.recent_captures) {
-            problem("dataplane.recent_captures".into(), format!("{} must be between 1 and 65536", dp.recent_captures));
+            problem(
+                "dataplane.recent_captures".into(),
+                format!("{} must be between 1 and 65536", dp.recent_captures),
+            );
         }
         problems
     }
@@ -274,7 +314,10 @@ vrrp_groups = [1, 7]
     fn bad_mac_names_the_value() {
         let text = GOOD.replace("02:00:00:00:0b:01", "02:00:00:00:0b");
         let err = Config::parse(&text, "test").unwrap_err().to_string();
-        assert!(err.contains("peer_macs") && err.contains("02:00:00:00:0b"), "{err}");
+        assert!(
+            err.contains("peer_macs") && err.contains("02:00:00:00:0b"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -309,6 +352,9 @@ capture_queue = 1
     fn empty_member_ports_is_refused() {
         let text = GOOD.replace(r#"["eth1", "eth2"]"#, "[]");
         let err = Config::parse(&text, "test").unwrap_err().to_string();
-        assert!(err.contains("dataplane.member_ports: must name at least one"), "{err}");
+        assert!(
+            err.contains("dataplane.member_ports: must name at least one"),
+            "{err}"
+        );
     }
 }

@@ -178,12 +178,13 @@ pub struct ArpAddresses {
 /// Reads the addresses of the ARP payload at `arp_offset` (as found by
 /// [`parse`]).
 pub fn addresses<F: Frame + ?Sized>(frame: &F, arp_offset: usize) -> Option<ArpAddresses> {
+    let at = |delta: usize| arp_offset.checked_add(delta);
     Some(ArpAddresses {
-        opcode: read_u16(frame, arp_offset + 6)?,
-        sender_mac: frame.read::<6>(arp_offset + 8)?,
-        sender_ip: frame.read::<4>(arp_offset + 14)?,
-        target_mac: frame.read::<6>(arp_offset + 18)?,
-        target_ip: frame.read::<4>(arp_offset + 24)?,
+        opcode: read_u16(frame, at(6)?)?,
+        sender_mac: frame.read::<6>(at(8)?)?,
+        sender_ip: frame.read::<4>(at(14)?)?,
+        target_mac: frame.read::<6>(at(18)?)?,
+        target_ip: frame.read::<4>(at(24)?)?,
     })
 }
 
@@ -191,7 +192,11 @@ pub fn addresses<F: Frame + ?Sized>(frame: &F, arp_offset: usize) -> Option<ArpA
 /// (00:00:5e:00:01:xx and 00:00:5e:00:02:xx, RFC 5798 §7.3).
 #[inline(always)]
 pub fn is_vrrp_mac(mac: &[u8; 6]) -> bool {
-    mac[0] == 0x00 && mac[1] == 0x00 && mac[2] == 0x5e && mac[3] == 0x00 && (mac[4] == 0x01 || mac[4] == 0x02)
+    mac[0] == 0x00
+        && mac[1] == 0x00
+        && mac[2] == 0x5e
+        && mac[3] == 0x00
+        && (mac[4] == 0x01 || mac[4] == 0x02)
 }
 
 /// The IPv4 VRRP virtual MAC for a virtual router id.

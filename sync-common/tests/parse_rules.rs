@@ -70,8 +70,20 @@ fn untagged_reply() -> Vec<u8> {
     frame(&[], 0x0806, &arp_eth_ipv4(2))
 }
 
-fn reply(dst_mac: [u8; 6], outer_vlan: u16, inner_vlan: u16, vlan_count: u8, arp_offset: u16) -> Parsed {
-    Parsed::ArpReply(ArpReply { dst_mac, outer_vlan, inner_vlan, vlan_count, arp_offset })
+fn reply(
+    dst_mac: [u8; 6],
+    outer_vlan: u16,
+    inner_vlan: u16,
+    vlan_count: u8,
+    arp_offset: u16,
+) -> Parsed {
+    Parsed::ArpReply(ArpReply {
+        dst_mac,
+        outer_vlan,
+        inner_vlan,
+        vlan_count,
+        arp_offset,
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -107,7 +119,9 @@ fn dst_mac_is_the_ethernet_destination_not_the_arp_target() {
     let mut f = macs(dst, SRC);
     f.extend_from_slice(&0x0806u16.to_be_bytes());
     f.extend_from_slice(&arp_eth_ipv4(2));
-    let Parsed::ArpReply(r) = arp::parse(f.as_slice()) else { panic!("expected a reply") };
+    let Parsed::ArpReply(r) = arp::parse(f.as_slice()) else {
+        panic!("expected a reply")
+    };
     assert_eq!(r.dst_mac, dst);
     assert_ne!(r.dst_mac, TARGET_MAC);
 }
@@ -126,7 +140,11 @@ fn single_8021ad_tag_is_looked_through_like_8021q() {
 
 #[test]
 fn qinq_8021ad_outer_100_and_8021q_inner_200_give_arp_offset_22() {
-    let f = frame(&[tag(0x88a8, 100), tag(0x8100, 200)], 0x0806, &arp_eth_ipv4(2));
+    let f = frame(
+        &[tag(0x88a8, 100), tag(0x8100, 200)],
+        0x0806,
+        &arp_eth_ipv4(2),
+    );
     assert_eq!(arp::parse(f.as_slice()), reply(DST, 100, 200, 2, 22));
 }
 
@@ -143,7 +161,11 @@ fn three_tags_are_other() {
 #[test]
 fn vid_masks_out_pcp_and_dei_bits() {
     // TCI = PCP 7 (0xe000) | DEI (0x1000) | VID 0x123 on both tags.
-    let f = frame(&[tag(0x88a8, 0xf123), tag(0x8100, 0xb456)], 0x0806, &arp_eth_ipv4(2));
+    let f = frame(
+        &[tag(0x88a8, 0xf123), tag(0x8100, 0xb456)],
+        0x0806,
+        &arp_eth_ipv4(2),
+    );
     assert_eq!(arp::parse(f.as_slice()), reply(DST, 0x123, 0x456, 2, 22));
 }
 
@@ -181,8 +203,8 @@ fn arp_with_unknown_opcode_is_other() {
 fn ipv4_frame_is_other() {
     // A minimal IPv4/UDP header behind the Ethernet header.
     let ipv4 = [
-        0x45, 0x00, 0x00, 0x1c, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 192, 0, 2, 1,
-        192, 0, 2, 2, 0x04, 0xd2, 0x16, 0x2e, 0x00, 0x08, 0x00, 0x00,
+        0x45, 0x00, 0x00, 0x1c, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 192, 0, 2, 1, 192,
+        0, 2, 2, 0x04, 0xd2, 0x16, 0x2e, 0x00, 0x08, 0x00, 0x00,
     ];
     let f = frame(&[], 0x0800, &ipv4);
     assert_eq!(arp::parse(f.as_slice()), Parsed::Other);
@@ -258,18 +280,28 @@ fn vlan_ethertype_with_only_2_bytes_after_is_truncated_vlan_tag() {
     f.extend_from_slice(&0x8100u16.to_be_bytes());
     f.extend_from_slice(&[0x00, 0x0a]); // TCI only, no inner ethertype
     assert_eq!(f.len(), 16);
-    assert_eq!(arp::parse(f.as_slice()), Parsed::Malformed(MalformedReason::TruncatedVlanTag));
+    assert_eq!(
+        arp::parse(f.as_slice()),
+        Parsed::Malformed(MalformedReason::TruncatedVlanTag)
+    );
 }
 
 #[test]
 fn vlan_ethertype_with_nothing_after_is_truncated_vlan_tag() {
     let f = frame(&[], 0x88a8, &[]);
-    assert_eq!(arp::parse(f.as_slice()), Parsed::Malformed(MalformedReason::TruncatedVlanTag));
+    assert_eq!(
+        arp::parse(f.as_slice()),
+        Parsed::Malformed(MalformedReason::TruncatedVlanTag)
+    );
 }
 
 #[test]
 fn inner_vlan_tag_cut_short_is_truncated_vlan_tag() {
-    let full = frame(&[tag(0x88a8, 100), tag(0x8100, 200)], 0x0806, &arp_eth_ipv4(2));
+    let full = frame(
+        &[tag(0x88a8, 100), tag(0x8100, 200)],
+        0x0806,
+        &arp_eth_ipv4(2),
+    );
     for len in 18..22 {
         assert_eq!(
             arp::parse(&full[..len]),
@@ -283,7 +315,10 @@ fn inner_vlan_tag_cut_short_is_truncated_vlan_tag() {
 fn arp_cut_at_27_bytes_is_truncated_arp() {
     let full = untagged_reply();
     let f = &full[..14 + 27];
-    assert_eq!(arp::parse(f), Parsed::Malformed(MalformedReason::TruncatedArp));
+    assert_eq!(
+        arp::parse(f),
+        Parsed::Malformed(MalformedReason::TruncatedArp)
+    );
 }
 
 #[test]
@@ -302,19 +337,32 @@ fn arp_cut_inside_its_fixed_header_is_truncated_arp() {
 fn truncated_arp_request_is_malformed_not_other() {
     // Length is checked before the opcode.
     let full = frame(&[], 0x0806, &arp_eth_ipv4(1));
-    assert_eq!(arp::parse(&full[..14 + 20]), Parsed::Malformed(MalformedReason::TruncatedArp));
+    assert_eq!(
+        arp::parse(&full[..14 + 20]),
+        Parsed::Malformed(MalformedReason::TruncatedArp)
+    );
 }
 
 #[test]
 fn hlen_8_is_bad_arp_address_length() {
     let f = frame(&[], 0x0806, &arp_raw(0x0001, 0x0800, 8, 4, 2));
-    assert_eq!(arp::parse(f.as_slice()), Parsed::Malformed(MalformedReason::BadArpAddressLength));
+    assert_eq!(
+        arp::parse(f.as_slice()),
+        Parsed::Malformed(MalformedReason::BadArpAddressLength)
+    );
 }
 
 #[test]
 fn plen_16_is_bad_arp_address_length() {
-    let f = frame(&[tag(0x8100, 10)], 0x0806, &arp_raw(0x0001, 0x0800, 6, 16, 2));
-    assert_eq!(arp::parse(f.as_slice()), Parsed::Malformed(MalformedReason::BadArpAddressLength));
+    let f = frame(
+        &[tag(0x8100, 10)],
+        0x0806,
+        &arp_raw(0x0001, 0x0800, 6, 16, 2),
+    );
+    assert_eq!(
+        arp::parse(f.as_slice()),
+        Parsed::Malformed(MalformedReason::BadArpAddressLength)
+    );
 }
 
 #[test]
@@ -322,7 +370,10 @@ fn bad_address_length_is_reported_before_truncation() {
     // 8-byte header present, addresses missing: the lengths are wrong first.
     let mut f = frame(&[], 0x0806, &arp_raw(0x0001, 0x0800, 8, 4, 2));
     f.truncate(14 + 8);
-    assert_eq!(arp::parse(f.as_slice()), Parsed::Malformed(MalformedReason::BadArpAddressLength));
+    assert_eq!(
+        arp::parse(f.as_slice()),
+        Parsed::Malformed(MalformedReason::BadArpAddressLength)
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -332,7 +383,9 @@ fn bad_address_length_is_reported_before_truncation() {
 #[test]
 fn addresses_returns_sender_and_target_mac_and_ip() {
     let f = frame(&[tag(0x8100, 10)], 0x0806, &arp_eth_ipv4(2));
-    let Parsed::ArpReply(r) = arp::parse(f.as_slice()) else { panic!("expected a reply") };
+    let Parsed::ArpReply(r) = arp::parse(f.as_slice()) else {
+        panic!("expected a reply")
+    };
     assert_eq!(
         arp::addresses(f.as_slice(), r.arp_offset as usize),
         Some(ArpAddresses {
@@ -356,6 +409,13 @@ fn addresses_of_a_cut_payload_is_none() {
     let full = untagged_reply();
     assert!(arp::addresses(&full[..41], 14).is_none());
     assert!(arp::addresses(full.as_slice(), 15).is_none());
+    assert!(arp::addresses(full.as_slice(), 100).is_none());
+}
+
+/// An offset near `usize::MAX` must not wrap around to the start of the frame.
+#[test]
+fn addresses_at_an_offset_near_usize_max_is_none() {
+    let full = untagged_reply();
     assert!(arp::addresses(full.as_slice(), usize::MAX - 3).is_none());
 }
 
@@ -366,14 +426,20 @@ fn addresses_of_a_cut_payload_is_none() {
 #[test]
 fn vrrp_predicate_is_true_for_ipv4_vrrp_macs() {
     for vrid in [0u8, 1, 7, 0xff] {
-        assert!(arp::is_vrrp_mac(&[0x00, 0x00, 0x5e, 0x00, 0x01, vrid]), "vrid {vrid}");
+        assert!(
+            arp::is_vrrp_mac(&[0x00, 0x00, 0x5e, 0x00, 0x01, vrid]),
+            "vrid {vrid}"
+        );
     }
 }
 
 #[test]
 fn vrrp_predicate_is_true_for_ipv6_vrrp_macs() {
     for vrid in [0u8, 1, 7, 0xff] {
-        assert!(arp::is_vrrp_mac(&[0x00, 0x00, 0x5e, 0x00, 0x02, vrid]), "vrid {vrid}");
+        assert!(
+            arp::is_vrrp_mac(&[0x00, 0x00, 0x5e, 0x00, 0x02, vrid]),
+            "vrid {vrid}"
+        );
     }
 }
 

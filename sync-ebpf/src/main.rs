@@ -106,7 +106,8 @@ fn classify(ctx: &XdpContext) {
     let key = MacKey::new(reply.dst_mac);
     let policy = policy_word();
     // SAFETY: lookups only read the value's presence.
-    let in_shared = (policy & policy::VRRP_PREFIX_IS_SHARED != 0 && arp::is_vrrp_mac(&reply.dst_mac))
+    let in_shared = (policy & policy::VRRP_PREFIX_IS_SHARED != 0
+        && arp::is_vrrp_mac(&reply.dst_mac))
         || unsafe { SHARED_MACS.get(&key) }.is_some();
     let in_peer = !in_shared && unsafe { PEER_MACS.get(&key) }.is_some();
     let in_own = !in_shared && !in_peer && unsafe { OWN_MACS.get(&key) }.is_some();
@@ -129,7 +130,10 @@ fn classify(ctx: &XdpContext) {
             false
         }
     };
-    debug!(ctx, "arp reply class {} vlan {}/{}", class as u8, reply.outer_vlan, reply.inner_vlan);
+    debug!(
+        ctx,
+        "arp reply class {} vlan {}/{}", class as u8, reply.outer_vlan, reply.inner_vlan
+    );
     if sync {
         capture(ctx, &reply, class);
     }

@@ -19,7 +19,10 @@ pub fn agent_binary() -> anyhow::Result<PathBuf> {
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sync-agent"),
     };
     if !path.is_file() {
-        bail!("sync-agent binary not found at {} (run the tests with `cargo xtask test`)", path.display());
+        bail!(
+            "sync-agent binary not found at {} (run the tests with `cargo xtask test`)",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -89,7 +92,9 @@ impl Agent {
         let log = dir.path().join("agent.log");
         let log_file = std::fs::File::create(&log)?;
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns.name()]).args(wrapper).arg(&binary);
+        cmd.args(["netns", "exec", ns.name()])
+            .args(wrapper)
+            .arg(&binary);
         cmd.arg("--socket")
             .arg(&socket)
             .arg("run")
@@ -101,8 +106,18 @@ impl Agent {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
-        let child = cmd.spawn().with_context(|| format!("starting {}", binary.display()))?;
-        Ok(Self { child: Some(child), binary, instance, socket, config, log, _dir: dir })
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        Ok(Self {
+            child: Some(child),
+            binary,
+            instance,
+            socket,
+            config,
+            log,
+            _dir: dir,
+        })
     }
 
     /// The agent's log so far.
@@ -124,9 +139,18 @@ impl Agent {
 
     /// Runs `sync-agent --socket S -j ARGS` and returns the JSON answer.
     pub fn query(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
-        let out = Command::new(&self.binary).arg("--socket").arg(&self.socket).arg("-j").args(args).output()?;
+        let out = Command::new(&self.binary)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("-j")
+            .args(args)
+            .output()?;
         if !out.status.success() {
-            bail!("sync-agent {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "sync-agent {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(serde_json::from_slice(&out.stdout)?)
     }
@@ -138,12 +162,18 @@ impl Agent {
 
     /// One integer counter of `show counters -j`.
     pub fn counter(&self, name: &str) -> anyhow::Result<u64> {
-        self.counters()?[name].as_u64().with_context(|| format!("counter {name} missing"))
+        self.counters()?[name]
+            .as_u64()
+            .with_context(|| format!("counter {name} missing"))
     }
 
     /// `show captured -j` (newest first).
     pub fn captured(&self) -> anyhow::Result<Vec<serde_json::Value>> {
-        Ok(self.query(&["show", "captured", "-n", "1000"])?.as_array().cloned().unwrap_or_default())
+        Ok(self
+            .query(&["show", "captured", "-n", "1000"])?
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
     }
 
     /// Waits for the process to exit by itself.

@@ -12,7 +12,10 @@ use anyhow::{Context as _, bail};
 
 /// Runs a command, failing with its output if it fails.
 pub fn sh(program: &str, args: &[&str]) -> anyhow::Result<Output> {
-    let out = Command::new(program).args(args).output().with_context(|| format!("cannot run {program}"))?;
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {program}"))?;
     if !out.status.success() {
         bail!(
             "{program} {} failed: {}{}",
@@ -87,15 +90,22 @@ impl Netns {
 
     /// The MAC address of `ifname`.
     pub fn mac(&self, ifname: &str) -> anyhow::Result<[u8; 6]> {
-        let json: serde_json::Value = serde_json::from_str(&self.ip(&["-j", "link", "show", "dev", ifname])?)?;
-        let text = json[0]["address"].as_str().with_context(|| format!("no address for {ifname} in {}", self.name))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&self.ip(&["-j", "link", "show", "dev", ifname])?)?;
+        let text = json[0]["address"]
+            .as_str()
+            .with_context(|| format!("no address for {ifname} in {}", self.name))?;
         parse_mac(text)
     }
 
     /// The interface index of `ifname`.
     pub fn ifindex(&self, ifname: &str) -> anyhow::Result<u32> {
-        let json: serde_json::Value = serde_json::from_str(&self.ip(&["-j", "link", "show", "dev", ifname])?)?;
-        json[0]["ifindex"].as_u64().map(|i| i as u32).with_context(|| format!("no ifindex for {ifname}"))
+        let json: serde_json::Value =
+            serde_json::from_str(&self.ip(&["-j", "link", "show", "dev", ifname])?)?;
+        json[0]["ifindex"]
+            .as_u64()
+            .map(|i| i as u32)
+            .with_context(|| format!("no ifindex for {ifname}"))
     }
 
     /// Sends raw Ethernet frames out of `ifname`.
@@ -119,7 +129,10 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.name]).output() {
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
             for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                 if let Ok(pid) = pid.parse::<i32>() {
                     // SAFETY: sending a signal has no memory-safety preconditions.
@@ -127,7 +140,9 @@ impl Drop for Netns {
                 }
             }
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -146,12 +161,31 @@ pub fn parse_mac(text: &str) -> anyhow::Result<[u8; 6]> {
 
 /// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
 pub fn fmt_mac(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Creates a veth pair: `name_a` in `a`, `name_b` in `b`, both up.
 pub fn veth(a: &Netns, name_a: &str, b: &Netns, name_b: &str) -> anyhow::Result<()> {
-    sh("ip", &["link", "add", name_a, "netns", a.name(), "type", "veth", "peer", "name", name_b, "netns", b.name()])?;
+    sh(
+        "ip",
+        &[
+            "link",
+            "add",
+            name_a,
+            "netns",
+            a.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            name_b,
+            "netns",
+            b.name(),
+        ],
+    )?;
     a.ip(&["link", "set", name_a, "up"])?;
     b.ip(&["link", "set", name_b, "up"])?;
     Ok(())
@@ -176,7 +210,8 @@ impl PacketSocket {
         if ifindex == 0 {
             bail!("no interface {ifname}");
         }
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, ETH_P_ALL.to_be() as i32) };
+        let raw =
+            unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, ETH_P_ALL.to_be() as i32) };
         if raw < 0 {
             bail!("packet socket: {}", std::io::Error::last_os_error());
         }
@@ -191,7 +226,10 @@ impl PacketSocket {
             )
         };
         if rc != 0 {
-            bail!("bind packet socket to {ifname}: {}", std::io::Error::last_os_error());
+            bail!(
+                "bind packet socket to {ifname}: {}",
+                std::io::Error::last_os_error()
+            );
         }
         Ok(Self { fd, ifindex })
     }
@@ -221,20 +259,35 @@ impl PacketSocket {
             )
         };
         if rc < 0 {
-            bail!("send {} byte frame: {}", frame.len(), std::io::Error::last_os_error());
+            bail!(
+                "send {} byte frame: {}",
+                frame.len(),
+                std::io::Error::last_os_error()
+            );
         }
         Ok(())
     }
 
     /// Receives frames until `stop` says so or `timeout` passes; returns
     /// every frame that arrived (outgoing ones excluded).
-    pub fn receive_until(&self, timeout: Duration, mut stop: impl FnMut(&[Vec<u8>]) -> bool) -> Vec<Vec<u8>> {
+    pub fn receive_until(
+        &self,
+        timeout: Duration,
+        mut stop: impl FnMut(&[Vec<u8>]) -> bool,
+    ) -> Vec<Vec<u8>> {
         let deadline = Instant::now() + timeout;
         let mut frames = Vec::new();
         let mut buf = vec![0u8; 65536];
         while Instant::now() < deadline && !stop(&frames) {
-            let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-            let left = deadline.saturating_duration_since(Instant::now()).as_millis().min(100) as i32;
+            let mut pfd = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(100) as i32;
             // SAFETY: pfd is valid for the call.
             if unsafe { libc::poll(&mut pfd, 1, left) } <= 0 {
                 continue;

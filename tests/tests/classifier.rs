@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use mlag_testbed::{
     agent::Agent,
-
     frames::{self, Arp, TPID_8021AD, TPID_8021Q},
     netns::{self, Netns, fmt_mac},
     wait_until,
@@ -35,7 +34,12 @@ fn bed() -> anyhow::Result<Bed> {
     netns::veth(&switch, "m0", &host, "h0")?;
     switch.ip(&["addr", "add", "10.66.0.1/24", "dev", "m0"])?;
     host.ip(&["addr", "add", "10.66.0.2/24", "dev", "h0"])?;
-    Ok(Bed { switch_mac: switch.mac("m0")?, host_mac: host.mac("h0")?, switch, host })
+    Ok(Bed {
+        switch_mac: switch.mac("m0")?,
+        host_mac: host.mac("h0")?,
+        switch,
+        host,
+    })
 }
 
 fn config(extra: &str) -> String {
@@ -68,16 +72,22 @@ impl Bed {
 }
 
 fn wait_counter(agent: &Agent, name: &str, at_least: u64) -> anyhow::Result<u64> {
-    wait_until(WAIT, &format!("counter {name} >= {at_least}"), || match agent.counter(name) {
-        Ok(v) if v >= at_least => Ok(v),
-        other => Err(other.map_err(|e| e.to_string())),
-    })
+    wait_until(
+        WAIT,
+        &format!("counter {name} >= {at_least}"),
+        || match agent.counter(name) {
+            Ok(v) if v >= at_least => Ok(v),
+            other => Err(other.map_err(|e| e.to_string())),
+        },
+    )
 }
 
 fn wait_captured(agent: &Agent, count: usize) -> anyhow::Result<Vec<serde_json::Value>> {
-    wait_until(WAIT, &format!("{count} captured replies"), || match agent.captured() {
-        Ok(entries) if entries.len() >= count => Ok(entries),
-        other => Err(other.map(|e| e.len()).map_err(|e| e.to_string())),
+    wait_until(WAIT, &format!("{count} captured replies"), || {
+        match agent.captured() {
+            Ok(entries) if entries.len() >= count => Ok(entries),
+            other => Err(other.map(|e| e.len()).map_err(|e| e.to_string())),
+        }
     })
 }
 
@@ -121,10 +131,17 @@ fn own_replies_are_not_captured_when_the_policy_is_off() -> anyhow::Result<()> {
     let bed = bed()?;
     let agent = bed.agent("sync_own_replies = false")?;
     // The peer reply sent last proves the capture path has drained the own one.
-    bed.send(&[bed.reply_to(bed.switch_mac).to_bytes(), bed.reply_to(PEER_MAC).to_bytes()])?;
+    bed.send(&[
+        bed.reply_to(bed.switch_mac).to_bytes(),
+        bed.reply_to(PEER_MAC).to_bytes(),
+    ])?;
     wait_counter(&agent, "peer", 1)?;
     let entries = wait_captured(&agent, 1)?;
-    assert_eq!(agent.counter("own")?, 1, "the own reply is still classified");
+    assert_eq!(
+        agent.counter("own")?,
+        1,
+        "the own reply is still classified"
+    );
     assert!(entries.iter().all(|e| e["class"] == "peer"), "{entries:?}");
     assert_eq!(agent.counter("captured")?, 1);
     Ok(())
@@ -143,7 +160,11 @@ fn replies_to_vrrp_and_shared_macs_are_class_shared_and_never_captured() -> anyh
     wait_counter(&agent, "peer", 1)?;
     wait_counter(&agent, "shared", 3)?;
     let entries = wait_captured(&agent, 1)?;
-    assert_eq!(entries.len(), 1, "only the peer reply is captured: {entries:?}");
+    assert_eq!(
+        entries.len(),
+        1,
+        "only the peer reply is captured: {entries:?}"
+    );
     assert_eq!(entries[0]["class"], "peer");
     Ok(())
 }
@@ -153,20 +174,42 @@ fn single_and_double_tagged_replies_are_classified_with_their_vlans() -> anyhow:
     let bed = bed()?;
     let agent = bed.agent("")?;
     bed.send(&[
-        bed.reply_to(PEER_MAC).tagged(&[(TPID_8021Q, 10)]).to_bytes(),
-        bed.reply_to(PEER_MAC).tagged(&[(TPID_8021AD, 100), (TPID_8021Q, 200)]).to_bytes(),
-        bed.reply_to(bed.switch_mac).tagged(&[(TPID_8021Q, 300), (TPID_8021Q, 301)]).to_bytes(),
+        bed.reply_to(PEER_MAC)
+            .tagged(&[(TPID_8021Q, 10)])
+            .to_bytes(),
+        bed.reply_to(PEER_MAC)
+            .tagged(&[(TPID_8021AD, 100), (TPID_8021Q, 200)])
+            .to_bytes(),
+        bed.reply_to(bed.switch_mac)
+            .tagged(&[(TPID_8021Q, 300), (TPID_8021Q, 301)])
+            .to_bytes(),
     ])?;
     let entries = wait_captured(&agent, 3)?;
     // Newest first.
-    assert_eq!((entries[2]["vlan_count"].as_u64(), entries[2]["outer_vlan"].as_u64()), (Some(1), Some(10)));
+    assert_eq!(
+        (
+            entries[2]["vlan_count"].as_u64(),
+            entries[2]["outer_vlan"].as_u64()
+        ),
+        (Some(1), Some(10))
+    );
     assert_eq!(entries[2]["class"], "peer");
     assert_eq!(
-        (entries[1]["vlan_count"].as_u64(), entries[1]["outer_vlan"].as_u64(), entries[1]["inner_vlan"].as_u64()),
+        (
+            entries[1]["vlan_count"].as_u64(),
+            entries[1]["outer_vlan"].as_u64(),
+            entries[1]["inner_vlan"].as_u64()
+        ),
         (Some(2), Some(100), Some(200))
     );
     assert_eq!(entries[0]["class"], "own");
-    assert_eq!((entries[0]["outer_vlan"].as_u64(), entries[0]["inner_vlan"].as_u64()), (Some(300), Some(301)));
+    assert_eq!(
+        (
+            entries[0]["outer_vlan"].as_u64(),
+            entries[0]["inner_vlan"].as_u64()
+        ),
+        (Some(300), Some(301))
+    );
     assert_eq!(agent.counter("peer")?, 2);
     Ok(())
 }
@@ -190,7 +233,11 @@ fn truncated_and_garbage_frames_are_counted_malformed_and_still_delivered() -> a
     bed.send(&all)?;
     let seen = listener.receive_until(WAIT, |got| delivered.iter().all(|b| got.contains(b)));
     for frame in &delivered {
-        assert!(seen.contains(frame), "frame of {} bytes was not delivered past XDP", frame.len());
+        assert!(
+            seen.contains(frame),
+            "frame of {} bytes was not delivered past XDP",
+            frame.len()
+        );
     }
     assert_eq!(wait_counter(&agent, "malformed", 4)?, 4);
     assert_eq!(agent.counter("arp_replies")?, 0);
@@ -203,13 +250,23 @@ fn ipv4_ping_still_flows_with_the_classifier_attached() -> anyhow::Result<()> {
     let bed = bed()?;
     let agent = bed.agent("")?;
     let status = agent.query(&["status"])?;
-    assert!(status["ports"][0]["xdp_mode"].is_string(), "not attached: {status}");
+    assert!(
+        status["ports"][0]["xdp_mode"].is_string(),
+        "not attached: {status}"
+    );
     // Switch to host first: the switch's ARP request is answered by the host,
     // a real reply to this switch's MAC through the classifier.
-    bed.switch.exec("ping", &["-c", "3", "-i", "0.2", "-W", "2", "10.66.0.2"]).context("ping from the switch")?;
-    bed.host.exec("ping", &["-c", "3", "-i", "0.2", "-W", "2", "10.66.0.1"]).context("ping from the host")?;
+    bed.switch
+        .exec("ping", &["-c", "3", "-i", "0.2", "-W", "2", "10.66.0.2"])
+        .context("ping from the switch")?;
+    bed.host
+        .exec("ping", &["-c", "3", "-i", "0.2", "-W", "2", "10.66.0.1"])
+        .context("ping from the host")?;
     assert!(agent.counter("seen")? >= 6);
-    assert!(agent.counter("own")? >= 1, "the host's ARP reply to the switch is class own");
+    assert!(
+        agent.counter("own")? >= 1,
+        "the host's ARP reply to the switch is class own"
+    );
     Ok(())
 }
 
@@ -218,16 +275,39 @@ fn agent_exit_leaves_no_program_attached_and_nothing_pinned() -> anyhow::Result<
     let bed = bed()?;
     let mut agent = bed.agent("")?;
     let status = agent.query(&["status"])?;
-    let program_id = status["program_id"].as_u64().context("program id")?.to_string();
-    assert!(bed.switch.ip(&["-d", "link", "show", "dev", "m0"])?.contains("xdp"));
+    let program_id = status["program_id"]
+        .as_u64()
+        .context("program id")?
+        .to_string();
+    assert!(
+        bed.switch
+            .ip(&["-d", "link", "show", "dev", "m0"])?
+            .contains("xdp")
+    );
     netns::sh("bpftool", &["prog", "show", "id", &program_id])?;
     let exit = agent.stop()?;
-    assert!(exit.success(), "agent exit status {exit}; log:\n{}", agent.log_text());
-    assert!(!bed.switch.ip(&["-d", "link", "show", "dev", "m0"])?.contains("xdp"), "XDP still attached");
-    assert!(netns::sh("bpftool", &["prog", "show", "id", &program_id]).is_err(), "program {program_id} still loaded");
+    assert!(
+        exit.success(),
+        "agent exit status {exit}; log:\n{}",
+        agent.log_text()
+    );
+    assert!(
+        !bed.switch
+            .ip(&["-d", "link", "show", "dev", "m0"])?
+            .contains("xdp"),
+        "XDP still attached"
+    );
+    assert!(
+        netns::sh("bpftool", &["prog", "show", "id", &program_id]).is_err(),
+        "program {program_id} still loaded"
+    );
     assert!(!agent.socket.exists(), "control socket left behind");
     let pinned = std::fs::read_dir("/sys/fs/bpf")
-        .map(|d| d.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().contains("mlag")).count())
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().contains("mlag"))
+                .count()
+        })
         .unwrap_or(0);
     assert_eq!(pinned, 0, "mlag objects pinned under /sys/fs/bpf");
     Ok(())
@@ -259,11 +339,19 @@ fn misspelt_config_field_is_refused_by_name() -> anyhow::Result<()> {
 #[test]
 fn running_without_root_is_refused_clearly() -> anyhow::Result<()> {
     let bed = bed()?;
-    let wrapper = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+    let wrapper = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ];
     let mut agent = Agent::spawn_with(&bed.switch, &config(""), &wrapper)?;
     assert!(!agent.wait_exit(WAIT)?.success());
     let log = agent.log_text();
-    assert!(log.contains("needs root") && log.contains("uid 65534"), "{log}");
+    assert!(
+        log.contains("needs root") && log.contains("uid 65534"),
+        "{log}"
+    );
     Ok(())
 }
 
@@ -274,8 +362,10 @@ fn a_reload_updates_the_mac_tables_live() -> anyhow::Result<()> {
     let new_peer = [0x02, 0x00, 0x00, 0x00, 0x0b, 0x99];
     bed.send(&[bed.reply_to(new_peer).to_bytes()])?;
     wait_counter(&agent, "unmatched", 1)?;
-    let text = std::fs::read_to_string(&agent.config)?
-        .replace(&format!(r#"peer_macs = ["{}"]"#, fmt_mac(&PEER_MAC)), &format!(r#"peer_macs = ["{}"]"#, fmt_mac(&new_peer)));
+    let text = std::fs::read_to_string(&agent.config)?.replace(
+        &format!(r#"peer_macs = ["{}"]"#, fmt_mac(&PEER_MAC)),
+        &format!(r#"peer_macs = ["{}"]"#, fmt_mac(&new_peer)),
+    );
     std::fs::write(&agent.config, text)?;
     let status = agent.query(&["reload"])?;
     assert_eq!(status["peer_macs"], serde_json::json!([fmt_mac(&new_peer)]));
@@ -289,12 +379,20 @@ fn a_member_port_mac_change_moves_the_own_table_with_it() -> anyhow::Result<()> 
     let bed = bed()?;
     let agent = bed.agent("")?;
     let new_mac = [0x02, 0x00, 0x00, 0x00, 0x0a, 0x42];
-    bed.switch.ip(&["link", "set", "dev", "m0", "address", &fmt_mac(&new_mac)])?;
+    bed.switch
+        .ip(&["link", "set", "dev", "m0", "address", &fmt_mac(&new_mac)])?;
     wait_until(WAIT, "own_macs to follow the port MAC", || {
         let status = agent.query(&["status"]).map_err(|e| e.to_string())?;
-        if status["own_macs"] == serde_json::json!([fmt_mac(&new_mac)]) { Ok(()) } else { Err(status["own_macs"].to_string()) }
+        if status["own_macs"] == serde_json::json!([fmt_mac(&new_mac)]) {
+            Ok(())
+        } else {
+            Err(status["own_macs"].to_string())
+        }
     })?;
-    bed.send(&[bed.reply_to(new_mac).to_bytes(), bed.reply_to(bed.switch_mac).to_bytes()])?;
+    bed.send(&[
+        bed.reply_to(new_mac).to_bytes(),
+        bed.reply_to(bed.switch_mac).to_bytes(),
+    ])?;
     wait_counter(&agent, "own", 1)?;
     wait_counter(&agent, "unmatched", 1)?;
     Ok(())
@@ -313,6 +411,30 @@ fn a_second_agent_with_the_same_socket_is_refused() -> anyhow::Result<()> {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already running"), "{err}");
-    first.query(&["status"]).context("first agent must keep running")?;
+    first
+        .query(&["status"])
+        .context("first agent must keep running")?;
+    Ok(())
+}
+
+#[test]
+fn the_lab_runs_and_shows_each_class() -> anyhow::Result<()> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mlag-lab"))
+        .args(["--rounds", "2"])
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "lab failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("class peer"),
+        "B should capture C's reply to A: {stdout}"
+    );
+    assert!(
+        stdout.contains("class own  vlan 10"),
+        "B should capture the tagged reply to itself: {stdout}"
+    );
     Ok(())
 }

@@ -22,7 +22,8 @@ const HOST: [u8; 6] = [0x02, 0, 0, 0, 0x0c, 0x01];
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn loaded() -> (Dataplane, i32) {
-    let (mut dataplane, _ring, _log) = Dataplane::load(EbpfLogLevel::Off).expect("load the XDP object (run as root)");
+    let (mut dataplane, _ring, _log) =
+        Dataplane::load(EbpfLogLevel::Off).expect("load the XDP object (run as root)");
     dataplane
         .set_tables(MacTables {
             peer: [MacAddr(PEER)].into(),
@@ -36,7 +37,9 @@ fn loaded() -> (Dataplane, i32) {
 }
 
 fn verdict(fd: i32, frame: &[u8]) -> u32 {
-    testrun::timed(fd, frame, 1).unwrap_or_else(|e| panic!("BPF_PROG_RUN on {} bytes: {e}", frame.len())).retval
+    testrun::timed(fd, frame, 1)
+        .unwrap_or_else(|e| panic!("BPF_PROG_RUN on {} bytes: {e}", frame.len()))
+        .retval
 }
 
 fn delta(before: KernelCounters, after: KernelCounters, slot: u32) -> u64 {
@@ -97,9 +100,17 @@ fn replies_pass_and_are_classified_by_destination() {
     let before = dataplane.counters().unwrap();
     let replies = [
         Arp::reply((HOST, [10, 0, 0, 3]), (PEER, [10, 0, 0, 2])).to_bytes(),
-        Arp::reply((HOST, [10, 0, 0, 3]), (PEER, [10, 0, 0, 2])).tagged(&[(TPID_8021Q, 5)]).to_bytes(),
-        Arp::reply((HOST, [10, 0, 0, 3]), (OWN, [10, 0, 0, 1])).tagged(&[(TPID_8021AD, 6), (TPID_8021Q, 7)]).to_bytes(),
-        Arp::reply((HOST, [10, 0, 0, 3]), ([0, 0, 0x5e, 0, 1, 9], [10, 0, 0, 1])).to_bytes(),
+        Arp::reply((HOST, [10, 0, 0, 3]), (PEER, [10, 0, 0, 2]))
+            .tagged(&[(TPID_8021Q, 5)])
+            .to_bytes(),
+        Arp::reply((HOST, [10, 0, 0, 3]), (OWN, [10, 0, 0, 1]))
+            .tagged(&[(TPID_8021AD, 6), (TPID_8021Q, 7)])
+            .to_bytes(),
+        Arp::reply(
+            (HOST, [10, 0, 0, 3]),
+            ([0, 0, 0x5e, 0, 1, 9], [10, 0, 0, 1]),
+        )
+        .to_bytes(),
     ];
     for frame in &replies {
         assert_eq!(verdict(fd, frame), XDP_PASS);

@@ -56,19 +56,25 @@ enum Task {
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 /// A `cargo` command in the workspace with tools on PATH.
 pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.current_dir(workspace_root()).env("PATH", setup::tool_path());
+    cmd.current_dir(workspace_root())
+        .env("PATH", setup::tool_path());
     cmd
 }
 
 /// Runs `cmd`, failing with its command line if it fails.
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");
     }
@@ -82,7 +88,10 @@ fn build(release: bool) -> anyhow::Result<PathBuf> {
         cmd.arg("--release");
     }
     run(&mut cmd)?;
-    let binary = workspace_root().join("target").join(if release { "release" } else { "debug" }).join("sync-agent");
+    let binary = workspace_root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("sync-agent");
     Ok(binary)
 }
 
@@ -96,13 +105,18 @@ fn build_testbed_bin(name: &str, release: bool) -> anyhow::Result<PathBuf> {
         cmd.arg("--release");
     }
     run(&mut cmd)?;
-    Ok(workspace_root().join("target").join(if release { "release" } else { "debug" }).join(name))
+    Ok(workspace_root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join(name))
 }
 
 fn ensure_root(task: &str) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("`cargo xtask {task}` needs root: it creates network namespaces and loads XDP programs");
+        bail!(
+            "`cargo xtask {task}` needs root: it creates network namespaces and loads XDP programs"
+        );
     }
     Ok(())
 }

@@ -22,7 +22,9 @@ const APT_PACKAGES: &[(&str, &str)] = &[
 fn cargo_home() -> PathBuf {
     std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo")
+        })
 }
 
 /// PATH with cargo's bin directory (where bpf-linker is installed) and the
@@ -40,13 +42,23 @@ fn found(program: &str) -> bool {
 }
 
 fn quiet(cmd: &mut Command) -> bool {
-    cmd.env("PATH", tool_path()).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    cmd.env("PATH", tool_path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn output(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd.env("PATH", tool_path()).output().with_context(|| format!("cannot start {cmd:?}"))?;
+    let out = cmd
+        .env("PATH", tool_path())
+        .output()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -59,16 +71,26 @@ pub fn ensure() -> anyhow::Result<()> {
 }
 
 fn ensure_apt_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES.iter().filter(|(_, cmd)| !found(cmd)).map(|(pkg, _)| *pkg).collect();
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .filter(|(_, cmd)| !found(cmd))
+        .map(|(pkg, _)| *pkg)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("missing packages {}: run `cargo xtask setup` as root or `apt-get install {}`", missing.join(", "), missing.join(" "));
+        bail!(
+            "missing packages {}: run `cargo xtask setup` as root or `apt-get install {}`",
+            missing.join(", "),
+            missing.join(" ")
+        );
     }
     eprintln!("xtask: installing {}", missing.join(" "));
-    run(Command::new("apt-get").args(["update", "-qq"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run(Command::new("apt-get")
+        .args(["update", "-qq"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
@@ -82,7 +104,13 @@ fn nightly_sysroot() -> anyhow::Result<PathBuf> {
 }
 
 fn ensure_nightly_rust_src() -> anyhow::Result<()> {
-    let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))?;
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         return Ok(());
     }
@@ -96,10 +124,18 @@ fn nightly_llvm(sysroot: &Path) -> anyhow::Result<(PathBuf, String)> {
     let lib = sysroot.join("lib");
     for entry in std::fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))? {
         let path = entry?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
         // libLLVM.so.<major>.<minor>-rust-<version>-nightly
-        let Some(rest) = name.strip_prefix("libLLVM.so.") else { continue };
-        let Some(major) = rest.split('.').next().filter(|m| !m.is_empty() && m.chars().all(|c| c.is_ascii_digit())) else {
+        let Some(rest) = name.strip_prefix("libLLVM.so.") else {
+            continue;
+        };
+        let Some(major) = rest
+            .split('.')
+            .next()
+            .filter(|m| !m.is_empty() && m.chars().all(|c| c.is_ascii_digit()))
+        else {
             continue;
         };
         let mut magic = [0u8; 4];
@@ -110,7 +146,10 @@ fn nightly_llvm(sysroot: &Path) -> anyhow::Result<(PathBuf, String)> {
             return Ok((path, major.to_string()));
         }
     }
-    bail!("no libLLVM.so.<major>.<minor>-rust-*-nightly shared object in {}", lib.display())
+    bail!(
+        "no libLLVM.so.<major>.<minor>-rust-*-nightly shared object in {}",
+        lib.display()
+    )
 }
 
 fn ensure_bpf_linker() -> anyhow::Result<()> {
@@ -126,14 +165,26 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
     std::fs::create_dir_all(&prefix_lib)?;
     let link = prefix_lib.join("libLLVM.so");
     let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&libllvm, &link).with_context(|| format!("symlinking {}", link.display()))?;
-    eprintln!("xtask: building bpf-linker against the nightly's LLVM {major} ({})", libllvm.display());
+    std::os::unix::fs::symlink(&libllvm, &link)
+        .with_context(|| format!("symlinking {}", link.display()))?;
+    eprintln!(
+        "xtask: building bpf-linker against the nightly's LLVM {major} ({})",
+        libllvm.display()
+    );
     run(Command::new("cargo")
-        .args(["install", "bpf-linker", "--no-default-features", "--features"])
+        .args([
+            "install",
+            "bpf-linker",
+            "--no-default-features",
+            "--features",
+        ])
         .arg(format!("llvm-{major}"))
         .env("PATH", tool_path())
         .env("LLVM_PREFIX", &prefix)
-        .env("RUSTFLAGS", format!("-C link-arg=-Wl,-rpath,{}", sysroot.join("lib").display())))?;
+        .env(
+            "RUSTFLAGS",
+            format!("-C link-arg=-Wl,-rpath,{}", sysroot.join("lib").display()),
+        ))?;
     if !quiet(Command::new("bpf-linker").arg("--version")) {
         bail!("bpf-linker was installed but does not run");
     }

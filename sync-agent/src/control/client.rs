@@ -16,7 +16,10 @@ use super::{
 /// Sends one request and returns the answer's data, or the agent's error.
 pub async fn request(socket: &Path, request: &Request) -> anyhow::Result<serde_json::Value> {
     let stream = UnixStream::connect(socket).await.with_context(|| {
-        format!("cannot reach the agent on {} (is `sync-agent run` running for this instance?)", socket.display())
+        format!(
+            "cannot reach the agent on {} (is `sync-agent run` running for this instance?)",
+            socket.display()
+        )
     })?;
     let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_string(request)?;
@@ -30,7 +33,11 @@ pub async fn request(socket: &Path, request: &Request) -> anyhow::Result<serde_j
     match (response.ok, response.data, response.error) {
         (true, Some(data), _) => Ok(data),
         (true, None, _) => Ok(serde_json::Value::Null),
-        (false, _, error) => bail!("agent on {}: {}", socket.display(), error.unwrap_or_default()),
+        (false, _, error) => bail!(
+            "agent on {}: {}",
+            socket.display(),
+            error.unwrap_or_default()
+        ),
     }
 }
 
@@ -54,11 +61,19 @@ pub fn resolve_socket(socket: Option<&Path>, instance: Option<&str>) -> anyhow::
         .unwrap_or_default();
     match sockets.as_slice() {
         [only] => Ok(only.clone()),
-        [] => bail!("no running agent found in {SOCKET_DIR}; start one with `sync-agent run --config FILE`"),
+        [] => bail!(
+            "no running agent found in {SOCKET_DIR}; start one with `sync-agent run --config FILE`"
+        ),
         many => {
-            let names: Vec<String> =
-                many.iter().filter_map(|p| p.file_stem()).map(|s| s.to_string_lossy().into_owned()).collect();
-            bail!("several agents are running ({}); choose one with --instance NAME", names.join(", "))
+            let names: Vec<String> = many
+                .iter()
+                .filter_map(|p| p.file_stem())
+                .map(|s| s.to_string_lossy().into_owned())
+                .collect();
+            bail!(
+                "several agents are running ({}); choose one with --instance NAME",
+                names.join(", ")
+            )
         }
     }
 }

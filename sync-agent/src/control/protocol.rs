@@ -42,14 +42,22 @@ impl Response {
     /// A successful answer.
     pub fn ok<T: Serialize>(data: &T) -> Self {
         match serde_json::to_value(data) {
-            Ok(value) => Self { ok: true, data: Some(value), error: None },
+            Ok(value) => Self {
+                ok: true,
+                data: Some(value),
+                error: None,
+            },
             Err(e) => Self::error(format!("cannot encode the answer: {e}")),
         }
     }
 
     /// A failure.
     pub fn error(message: impl Into<String>) -> Self {
-        Self { ok: false, data: None, error: Some(message.into()) }
+        Self {
+            ok: false,
+            data: None,
+            error: Some(message.into()),
+        }
     }
 }
 
@@ -131,8 +139,6 @@ pub struct CountersReport {
 pub struct AgentCounters {
     /// Records read from the ring buffer.
     pub records_read: u64,
-    /// Records dropped because the agent queue was full.
-    pub queue_full: u64,
     /// Records that failed validation.
     pub invalid_records: u64,
     /// Replies the agent received from the reader.
@@ -178,7 +184,10 @@ mod tests {
 
     #[test]
     fn requests_have_stable_wire_names() {
-        assert_eq!(serde_json::to_string(&Request::Status).unwrap(), r#"{"command":"status"}"#);
+        assert_eq!(
+            serde_json::to_string(&Request::Status).unwrap(),
+            r#"{"command":"status"}"#
+        );
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"command":"captured","limit":5}"#).unwrap(),
             Request::Captured { limit: Some(5) }
@@ -189,7 +198,15 @@ mod tests {
     #[test]
     fn counters_report_has_the_documented_top_level_integers() {
         let value = serde_json::to_value(CountersReport::default()).unwrap();
-        for field in ["seen", "arp_replies", "peer", "own", "shared", "malformed", "ringbuf_full"] {
+        for field in [
+            "seen",
+            "arp_replies",
+            "peer",
+            "own",
+            "shared",
+            "malformed",
+            "ringbuf_full",
+        ] {
             assert!(value[field].is_u64(), "{field}");
         }
     }

@@ -29,7 +29,9 @@ pub struct Pending {
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// Another agent answers on this socket.
-    #[error("another agent is already running on control socket {0} (choose another instance name or --socket)")]
+    #[error(
+        "another agent is already running on control socket {0} (choose another instance name or --socket)"
+    )]
     InUse(PathBuf),
     /// Creating the directory or binding failed.
     #[error("cannot create control socket {path}: {source}")]
@@ -50,7 +52,10 @@ pub struct ControlSocket {
 impl ControlSocket {
     /// Binds `path`, replacing a stale socket file but never a live agent's.
     pub async fn bind(path: &Path) -> Result<Self, ServerError> {
-        let bind_err = |source| ServerError::Bind { path: path.to_path_buf(), source };
+        let bind_err = |source| ServerError::Bind {
+            path: path.to_path_buf(),
+            source,
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(bind_err)?;
         }
@@ -63,7 +68,10 @@ impl ControlSocket {
         let listener = UnixListener::bind(path).map_err(bind_err)?;
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
-        Ok(Self { listener, path: path.to_path_buf() })
+        Ok(Self {
+            listener,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Serves connections forever, passing requests to `agent`.
@@ -94,7 +102,11 @@ impl Drop for ControlSocket {
     }
 }
 
-async fn handle(stream: UnixStream, agent: mpsc::Sender<Pending>, bad_requests: Arc<AtomicU64>) -> std::io::Result<()> {
+async fn handle(
+    stream: UnixStream,
+    agent: mpsc::Sender<Pending>,
+    bad_requests: Arc<AtomicU64>,
+) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read).take(MAX_REQUEST_BYTES as u64);
@@ -109,11 +121,14 @@ async fn handle(stream: UnixStream, agent: mpsc::Sender<Pending>, bad_requests: 
             if agent.send(Pending { request, reply }).await.is_err() {
                 Response::error("agent is shutting down")
             } else {
-                answer.await.unwrap_or_else(|_| Response::error("agent is shutting down"))
+                answer
+                    .await
+                    .unwrap_or_else(|_| Response::error("agent is shutting down"))
             }
         }
     };
-    let mut text = serde_json::to_string(&response).unwrap_or_else(|_| r#"{"ok":false,"error":"encoding"}"#.into());
+    let mut text = serde_json::to_string(&response)
+        .unwrap_or_else(|_| r#"{"ok":false,"error":"encoding"}"#.into());
     text.push('\n');
     write.write_all(text.as_bytes()).await?;
     write.shutdown().await

@@ -70,7 +70,8 @@ pub fn decode(bytes: &[u8]) -> Result<Captured, InvalidRecord> {
         Parsed::ArpReply(reply) => reply,
         other => return Err(InvalidRecord::NotArpReply(other)),
     };
-    let addresses = arp::addresses(frame, reply.arp_offset as usize).ok_or(InvalidRecord::NotArpReply(Parsed::Other))?;
+    let addresses = arp::addresses(frame, reply.arp_offset as usize)
+        .ok_or(InvalidRecord::NotArpReply(Parsed::Other))?;
     Ok(Captured {
         timestamp_ns: record.timestamp_ns,
         ifindex: record.ifindex,
@@ -90,33 +91,39 @@ pub fn decode(bytes: &[u8]) -> Result<Captured, InvalidRecord> {
 pub struct CaptureStats {
     /// Records read from the ring buffer.
     pub records: AtomicU64,
-    /// Records dropped because the agent's queue was full.
-    pub queue_full: AtomicU64,
     /// Records that failed [`decode`].
     pub invalid: AtomicU64,
 }
 
 /// Reads the ring buffer until `tx` is closed.
-pub async fn run(ring: RingBuf<MapData>, tx: mpsc::Sender<Captured>, stats: Arc<CaptureStats>) -> std::io::Result<()> {
+///
+/// A record is taken from the ring only once the queue has room for it, so
+/// when the agent falls behind the records wait in the ring, and what cannot
+/// wait is lost in one place only: the kernel's `ringbuf_full` counter.
+pub async fn run(
+    ring: RingBuf<MapData>,
+    tx: mpsc::Sender<Captured>,
+    stats: Arc<CaptureStats>,
+) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its map fd and keeps it open (and the
     // same) for as long as it lives, which is as long as the AsyncFd.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)?;
     loop {
         let mut guard = tokio::select! {
             guard = ring.readable_mut() => guard?,
             () = tx.closed() => return Ok(()),
         };
-        let reader = guard.get_inner_mut();
-        while let Some(item) = reader.next() {
+        loop {
+            let Ok(permit) = tx.reserve().await else {
+                return Ok(());
+            };
+            let Some(item) = guard.get_inner_mut().next() else {
+                break;
+            };
             stats.records.fetch_add(1, Ordering::Relaxed);
             match decode(&item) {
-                Ok(captured) => match tx.try_send(captured) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        stats.queue_full.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
-                },
+                Ok(captured) => permit.send(captured),
                 Err(err) => {
                     if stats.invalid.fetch_add(1, Ordering::Relaxed) < 10 {
                         tracing::warn!(error = %err, "invalid capture record dropped");
@@ -147,7 +154,8 @@ mod tests {
             frame: [0; CAPTURE_BYTES],
         };
         record.frame[..frame.len()].copy_from_slice(frame);
-        let bytes: [u8; core::mem::size_of::<CaptureRecord>()] = unsafe { core::mem::transmute(record) };
+        let bytes: [u8; core::mem::size_of::<CaptureRecord>()] =
+            unsafe { core::mem::transmute(record) };
         bytes.to_vec()
     }
 
@@ -172,9 +180,15 @@ mod tests {
     #[test]
     fn refuses_wrong_size_unknown_class_and_non_replies() {
         assert_eq!(decode(&[0; 10]).unwrap_err(), InvalidRecord::Size(10));
-        assert_eq!(decode(&record(&reply_frame(), 9)).unwrap_err(), InvalidRecord::Class(9));
+        assert_eq!(
+            decode(&record(&reply_frame(), 9)).unwrap_err(),
+            InvalidRecord::Class(9)
+        );
         let mut request = reply_frame();
         request[21] = 1;
-        assert!(matches!(decode(&record(&request, 1)).unwrap_err(), InvalidRecord::NotArpReply(Parsed::Other)));
+        assert!(matches!(
+            decode(&record(&request, 1)).unwrap_err(),
+            InvalidRecord::NotArpReply(Parsed::Other)
+        ));
     }
 }

@@ -43,7 +43,9 @@ pub const CAPTURES_MAP: &str = "mlag_captures";
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     /// The agent was built without its kernel object.
-    #[error("this sync-agent was built without its XDP object (AYA_BUILD_SKIP was set); rebuild with `cargo xtask build`")]
+    #[error(
+        "this sync-agent was built without its XDP object (AYA_BUILD_SKIP was set); rebuild with `cargo xtask build`"
+    )]
     NoObject,
     /// Loading the object failed.
     #[error("cannot load the XDP object: {0}")]
@@ -68,7 +70,9 @@ pub enum DataplaneError {
         source: aya::maps::MapError,
     },
     /// Attaching to an interface failed in every allowed mode.
-    #[error("cannot attach {program} to interface {interface} (ifindex {ifindex}) in {mode} mode: {source}")]
+    #[error(
+        "cannot attach {program} to interface {interface} (ifindex {ifindex}) in {mode} mode: {source}"
+    )]
     Attach {
         /// Program name.
         program: &'static str,
@@ -153,7 +157,9 @@ fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name))?;
+    let map = ebpf
+        .take_map(name)
+        .ok_or(DataplaneError::MissingMap(name))?;
     T::try_from(map).map_err(|source| DataplaneError::Map { name, source })
 }
 
@@ -163,7 +169,14 @@ impl Dataplane {
     /// reader (None when the kernel log level is off) alongside.
     pub fn load(
         log_level: EbpfLogLevel,
-    ) -> Result<(Self, RingBuf<MapData>, Option<aya_log::EbpfLogger<&'static dyn log::Log>>), DataplaneError> {
+    ) -> Result<
+        (
+            Self,
+            RingBuf<MapData>,
+            Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+        ),
+        DataplaneError,
+    > {
         if EBPF_OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
@@ -179,7 +192,9 @@ impl Dataplane {
         };
         for name in [CLASSIFIER_PROGRAM, PASS_PROGRAM] {
             let program = xdp_program(&mut ebpf, name)?;
-            program.load().map_err(|source| DataplaneError::Program { name, source })?;
+            program
+                .load()
+                .map_err(|source| DataplaneError::Program { name, source })?;
         }
         let ring: RingBuf<MapData> = take_map(&mut ebpf, CAPTURES_MAP)?;
         let dataplane = Self {
@@ -197,20 +212,31 @@ impl Dataplane {
 
     /// Kernel id of a program (for `bpftool prog show id N`).
     pub fn program_id(&mut self, name: &'static str) -> Option<u32> {
-        xdp_program(&mut self.ebpf, name).ok()?.info().ok().map(|info| info.id())
+        xdp_program(&mut self.ebpf, name)
+            .ok()?
+            .info()
+            .ok()
+            .map(|info| info.id())
     }
 
     /// A borrowed fd of a loaded program, for `BPF_PROG_RUN`.
     pub fn program_fd(&mut self, name: &'static str) -> Result<std::os::fd::RawFd, DataplaneError> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
         let program = xdp_program(&mut self.ebpf, name)?;
-        let fd = program.fd().map_err(|source| DataplaneError::Program { name, source })?;
+        let fd = program
+            .fd()
+            .map_err(|source| DataplaneError::Program { name, source })?;
         Ok(fd.as_fd().as_raw_fd())
     }
 
     /// Attaches the classifier to `interface`. `Auto` tries driver mode and
     /// falls back to generic mode, saying so.
-    pub fn attach(&mut self, interface: &str, ifindex: u32, mode: XdpModeConfig) -> Result<AttachedMode, DataplaneError> {
+    pub fn attach(
+        &mut self,
+        interface: &str,
+        ifindex: u32,
+        mode: XdpModeConfig,
+    ) -> Result<AttachedMode, DataplaneError> {
         self.detach(interface);
         let program = xdp_program(&mut self.ebpf, CLASSIFIER_PROGRAM)?;
         let attempt = |program: &mut Xdp, mode: AttachedMode| {
@@ -218,32 +244,52 @@ impl Dataplane {
                 AttachedMode::Driver => XdpMode::Driver,
                 AttachedMode::Generic => XdpMode::Skb,
             };
-            program.attach_to_if_index(ifindex, flags).map_err(|source| DataplaneError::Attach {
-                program: CLASSIFIER_PROGRAM,
-                interface: interface.to_string(),
-                ifindex,
-                mode: mode.name(),
-                source,
-            })
+            program
+                .attach_to_if_index(ifindex, flags)
+                .map_err(|source| DataplaneError::Attach {
+                    program: CLASSIFIER_PROGRAM,
+                    interface: interface.to_string(),
+                    ifindex,
+                    mode: mode.name(),
+                    source,
+                })
         };
         let (link, attached) = match mode {
-            XdpModeConfig::Driver => (attempt(program, AttachedMode::Driver)?, AttachedMode::Driver),
-            XdpModeConfig::Generic => (attempt(program, AttachedMode::Generic)?, AttachedMode::Generic),
+            XdpModeConfig::Driver => (
+                attempt(program, AttachedMode::Driver)?,
+                AttachedMode::Driver,
+            ),
+            XdpModeConfig::Generic => (
+                attempt(program, AttachedMode::Generic)?,
+                AttachedMode::Generic,
+            ),
             XdpModeConfig::Auto => match attempt(program, AttachedMode::Driver) {
                 Ok(link) => (link, AttachedMode::Driver),
                 Err(err) => {
                     tracing::warn!(interface, error = %err, "driver-mode XDP unavailable, falling back to generic mode");
-                    (attempt(program, AttachedMode::Generic)?, AttachedMode::Generic)
+                    (
+                        attempt(program, AttachedMode::Generic)?,
+                        AttachedMode::Generic,
+                    )
                 }
             },
         };
-        self.ports.insert(interface.to_string(), AttachedPort { ifindex, mode: attached, link });
+        self.ports.insert(
+            interface.to_string(),
+            AttachedPort {
+                ifindex,
+                mode: attached,
+                link,
+            },
+        );
         Ok(attached)
     }
 
     /// Detaches the classifier from `interface`, if attached.
     pub fn detach(&mut self, interface: &str) {
-        let Some(port) = self.ports.remove(interface) else { return };
+        let Some(port) = self.ports.remove(interface) else {
+            return;
+        };
         match xdp_program(&mut self.ebpf, CLASSIFIER_PROGRAM) {
             Ok(program) => {
                 if let Err(err) = program.detach(port.link) {
@@ -276,23 +322,49 @@ impl Dataplane {
     /// Makes the kernel MAC tables equal `tables`, touching only entries that
     /// changed (the classifier keeps running against the old entries).
     pub fn set_tables(&mut self, tables: MacTables) -> Result<(), DataplaneError> {
-        sync_table(&mut self.peer_macs, PEER_MACS_MAP, &self.tables.peer, &tables.peer)?;
-        sync_table(&mut self.own_macs, OWN_MACS_MAP, &self.tables.own, &tables.own)?;
-        sync_table(&mut self.shared_macs, SHARED_MACS_MAP, &self.tables.shared, &tables.shared)?;
+        sync_table(
+            &mut self.peer_macs,
+            PEER_MACS_MAP,
+            &self.tables.peer,
+            &tables.peer,
+        )?;
+        sync_table(
+            &mut self.own_macs,
+            OWN_MACS_MAP,
+            &self.tables.own,
+            &tables.own,
+        )?;
+        sync_table(
+            &mut self.shared_macs,
+            SHARED_MACS_MAP,
+            &self.tables.shared,
+            &tables.shared,
+        )?;
         self.tables = tables;
         Ok(())
     }
 
     /// Writes the policy word (`sync_common::policy`).
     pub fn set_policy(&mut self, word: u32) -> Result<(), DataplaneError> {
-        self.policy.set(0, word, 0).map_err(|source| DataplaneError::Map { name: POLICY_MAP, source })
+        self.policy
+            .set(0, word, 0)
+            .map_err(|source| DataplaneError::Map {
+                name: POLICY_MAP,
+                source,
+            })
     }
 
     /// Reads the counters, summed over CPUs.
     pub fn counters(&self) -> Result<KernelCounters, DataplaneError> {
         let mut out = KernelCounters::default();
         for slot in 0..counters::COUNT {
-            let values = self.counters.get(&slot, 0).map_err(|source| DataplaneError::Map { name: COUNTERS_MAP, source })?;
+            let values = self
+                .counters
+                .get(&slot, 0)
+                .map_err(|source| DataplaneError::Map {
+                    name: COUNTERS_MAP,
+                    source,
+                })?;
             out.0[slot as usize] = values.iter().sum();
         }
         Ok(out)
@@ -306,10 +378,13 @@ impl Drop for Dataplane {
 }
 
 fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DataplaneError> {
-    let program = ebpf
-        .program_mut(name)
-        .ok_or(DataplaneError::Program { name, source: aya::programs::ProgramError::NotLoaded })?;
-    program.try_into().map_err(|source| DataplaneError::Program { name, source })
+    let program = ebpf.program_mut(name).ok_or(DataplaneError::Program {
+        name,
+        source: aya::programs::ProgramError::NotLoaded,
+    })?;
+    program
+        .try_into()
+        .map_err(|source| DataplaneError::Program { name, source })
 }
 
 fn sync_table(
@@ -325,7 +400,8 @@ fn sync_table(
         }
     }
     for mac in new.difference(old) {
-        map.insert(MacKey::new(mac.0), 1, 0).map_err(|source| DataplaneError::Map { name, source })?;
+        map.insert(MacKey::new(mac.0), 1, 0)
+            .map_err(|source| DataplaneError::Map { name, source })?;
     }
     Ok(())
 }

@@ -62,7 +62,11 @@ fn bpf_test_run(attr: &mut TestRunAttr) -> io::Result<()> {
             core::mem::size_of::<TestRunAttr>(),
         )
     };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Runs the XDP program `prog_fd` over `frame` `repeat` times (no side
@@ -79,14 +83,22 @@ pub fn timed(prog_fd: RawFd, frame: &[u8], repeat: u32) -> io::Result<TimedRun> 
         ..Default::default()
     };
     bpf_test_run(&mut attr)?;
-    Ok(TimedRun { retval: attr.retval, ns_per_run: attr.duration })
+    Ok(TimedRun {
+        retval: attr.retval,
+        ns_per_run: attr.duration,
+    })
 }
 
 /// Hands `frame` to the kernel as if it had arrived on interface `ifindex`
 /// (in the caller's network namespace). `prog_fd` must be an XDP program that
 /// returns `XDP_PASS` (the agent's `mlag_pass`).
 pub fn inject(prog_fd: RawFd, frame: &[u8], ifindex: u32) -> io::Result<()> {
-    let ctx = XdpMd { data: 0, data_end: frame.len() as u32, ingress_ifindex: ifindex, ..Default::default() };
+    let ctx = XdpMd {
+        data: 0,
+        data_end: frame.len() as u32,
+        ingress_ifindex: ifindex,
+        ..Default::default()
+    };
     let mut attr = TestRunAttr {
         prog_fd: prog_fd as u32,
         data_size_in: frame.len() as u32,

@@ -91,8 +91,15 @@ pub async fn by_name(handle: &Handle, name: &str) -> Result<Option<Link>, LinkEr
     match replies.try_next().await {
         Ok(Some(message)) => Ok(Some(from_message(&message))),
         Ok(None) => Ok(None),
-        Err(rtnetlink::Error::NetlinkError(e)) if e.code.map(|c| c.get()) == Some(-libc::ENODEV) => Ok(None),
-        Err(source) => Err(LinkError::Request { name: name.to_string(), source }),
+        Err(rtnetlink::Error::NetlinkError(e))
+            if e.code.map(|c| c.get()) == Some(-libc::ENODEV) =>
+        {
+            Ok(None)
+        }
+        Err(source) => Err(LinkError::Request {
+            name: name.to_string(),
+            source,
+        }),
     }
 }
 
@@ -106,10 +113,15 @@ pub fn watch() -> Result<mpsc::Receiver<LinkEvent>, LinkError> {
     tokio::spawn(async move {
         while let Some((message, _)) = messages.next().await {
             let event = match message.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => LinkEvent::Changed(from_message(&link)),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
+                    LinkEvent::Changed(from_message(&link))
+                }
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) => {
                     let link = from_message(&link);
-                    LinkEvent::Removed { index: link.index, name: (!link.name.is_empty()).then_some(link.name) }
+                    LinkEvent::Removed {
+                        index: link.index,
+                        name: (!link.name.is_empty()).then_some(link.name),
+                    }
                 }
                 _ => continue,
             };
