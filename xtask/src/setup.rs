@@ -143,7 +143,8 @@ fn nightly_llvm(sysroot: &Path) -> anyhow::Result<(PathBuf, String)> {
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
             .is_ok_and(|()| magic == *b"\x7fELF");
         if is_elf {
-            return Ok((path, major.to_string()));
+            let major = major.to_string();
+            return Ok((path, major));
         }
     }
     bail!(
