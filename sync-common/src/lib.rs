@@ -9,6 +9,7 @@ pub mod arp;
 pub mod capture;
 pub mod counters;
 pub mod policy;
+pub mod wire;
 
 #[cfg(feature = "user")]
 mod pod {

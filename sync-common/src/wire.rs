@@ -1,0 +1,594 @@
+//! The MLAG sync protocol: the frames the two switches of a pair exchange
+//! over the peer link. One codec, used by both ends; `no_std` and
+//! allocation-free (encodes into a caller's buffer, decodes into borrowed
+//! views).
+//!
+//! ```text
+//!  0               1               2               3
+//!  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+//! +---------------+---------------+---------------+---------------+
+//! |      'M'      |      'S'      | version major | version minor |
+//! +---------------+---------------+---------------+---------------+
+//! | message type  |   sub-type    |        flags (zero)           |
+//! +---------------+---------------+---------------+---------------+
+//! |                        sequence number                        |
+//! +---------------+---------------+---------------+---------------+
+//! |              total length (header + TLVs), bytes              |
+//! +---------------+---------------+---------------+---------------+
+//! |          TLV type             |         TLV length            |
+//! +---------------+---------------+---------------+---------------+
+//! |   value (TLV length bytes) ...                 next TLV ...
+//! ```
+//!
+//! All integers are big-endian. A TLV type with the top bit set is
+//! "must understand": a receiver that does not know it rejects the frame.
+//! Other unknown TLVs are skipped, which is how minor versions add fields.
+//!
+//! An ARP entry TLV carries a driver header and the original frame:
+//!
+//! ```text
+//! +-------------------------------+-------------------------------+
+//! |                  MLAG port id (shared by both switches)       |
+//! +-------------------------------+-------------------------------+
+//! |          outer VLAN           |          inner VLAN           |
+//! +-------------------------------+-------------------------------+
+//! |                            VRF id                             |
+//! +---------------+---------------+-------------------------------+
+//! |     class     |  vlan count   |        frame length           |
+//! +---------------+---------------+-------------------------------+
+//! |   the original Ethernet frame (frame length bytes) ...
+//! ```
+//!
+//! Compatibility: the major version must match exactly (a mismatch closes the
+//! session with an error on both sides); the minor versions are negotiated
+//! down to the lower of the two.
+//!
+//! Known-answer vector (see the tests): a keepalive with sequence number 7,
+//! no TLVs:
+//! `4d 53 01 00 04 00 00 00 00 00 00 07 00 00 00 10`.
+
+/// Frame magic, "MS".
+pub const MAGIC: [u8; 2] = *b"MS";
+/// Protocol major version spoken by this build.
+pub const VERSION_MAJOR: u8 = 1;
+/// Protocol minor version spoken by this build.
+pub const VERSION_MINOR: u8 = 0;
+/// Header length.
+pub const HEADER_LEN: usize = 16;
+/// TLV header length.
+pub const TLV_HEADER_LEN: usize = 4;
+/// Driver header length inside an ARP entry TLV.
+pub const DRIVER_HEADER_LEN: usize = 16;
+/// Largest frame any implementation may send.
+pub const MAX_FRAME_LEN: usize = 256 * 1024;
+/// Bit of a TLV type marking it must-understand.
+pub const TLV_MUST_UNDERSTAND: u16 = 0x8000;
+
+/// Message types.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageType {
+    /// Session opening: version, identity, capabilities.
+    Hello = 1,
+    /// Synced entries (of the sub-type's kind).
+    Sync = 2,
+    /// Cumulative acknowledgement of sync frames.
+    Ack = 3,
+    /// Liveness, sent on its own path.
+    Keepalive = 4,
+}
+
+impl MessageType {
+    /// From the wire byte.
+    pub fn from_u8(value: u8) -> Option<Self> {
+        Some(match value {
+            1 => Self::Hello,
+            2 => Self::Sync,
+            3 => Self::Ack,
+            4 => Self::Keepalive,
+            _ => return None,
+        })
+    }
+}
+
+/// Sub-types: what kind of entries a sync frame carries.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubType {
+    /// Not applicable (hello, ack, keepalive).
+    None = 0,
+    /// ARP replies.
+    Arp = 1,
+    /// IPv6 neighbour discovery (reserved).
+    Nd = 2,
+    /// IGMP (reserved).
+    Igmp = 3,
+    /// MAC table entries (reserved).
+    Mac = 4,
+}
+
+impl SubType {
+    /// From the wire byte.
+    pub fn from_u8(value: u8) -> Option<Self> {
+        Some(match value {
+            0 => Self::None,
+            1 => Self::Arp,
+            2 => Self::Nd,
+            3 => Self::Igmp,
+            4 => Self::Mac,
+            _ => return None,
+        })
+    }
+}
+
+/// TLV types.
+pub mod tlv {
+    /// Hello: system name, UTF-8.
+    pub const SYSTEM_NAME: u16 = 0x0001;
+    /// Hello: system id (the switch's MAC), 6 bytes.
+    pub const SYSTEM_ID: u16 = 0x0002;
+    /// Hello: capability bits, u32.
+    pub const CAPABILITIES: u16 = 0x0003;
+    /// Hello/keepalive: boot id of the sender's agent, u64 (changes on restart).
+    pub const BOOT_ID: u16 = 0x0004;
+    /// Hello: largest frame the sender accepts, u32.
+    pub const MAX_FRAME: u16 = 0x0005;
+    /// Hello: the sender's MLAG port ids with their MACs, repeated (u32 + 6 bytes).
+    pub const PORT: u16 = 0x0006;
+    /// Hello: last sequence number the sender received and applied from the
+    /// peer's agent with the peer's boot id (u64 boot id + u32 seq).
+    pub const RESUME: u16 = 0x0007;
+    /// Ack: cumulative sequence number, u32.
+    pub const ACK_SEQ: u16 = 0x0010;
+    /// Sync/ARP: one entry (must understand).
+    pub const ARP_ENTRY: u16 = 0x8101;
+}
+
+/// Capability bits.
+pub mod capability {
+    /// Syncs ARP replies.
+    pub const ARP_SYNC: u32 = 1 << 0;
+}
+
+/// What was wrong with a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Fewer bytes than the header or the header's length field says.
+    Incomplete {
+        /// Bytes needed.
+        need: usize,
+        /// Bytes present.
+        have: usize,
+    },
+    /// Not our magic.
+    BadMagic([u8; 2]),
+    /// A major version this build does not speak.
+    IncompatibleVersion {
+        /// The frame's major version.
+        major: u8,
+        /// The frame's minor version.
+        minor: u8,
+    },
+    /// Unknown message type.
+    UnknownType(u8),
+    /// Unknown sub-type.
+    UnknownSubType(u8),
+    /// Sub-type not valid with this message type.
+    SubTypeMismatch {
+        /// The message type.
+        msg_type: u8,
+        /// The sub-type.
+        sub_type: u8,
+    },
+    /// Non-zero reserved flags.
+    BadFlags(u16),
+    /// Length field smaller than the header or larger than allowed.
+    BadLength(u32),
+    /// A TLV header or value runs past the end of the frame.
+    TlvOverrun {
+        /// Offset of the TLV.
+        offset: usize,
+    },
+    /// An unknown must-understand TLV.
+    UnknownMandatoryTlv(u16),
+    /// A known TLV with a value of the wrong size or content.
+    BadTlvValue {
+        /// The TLV type.
+        tlv_type: u16,
+    },
+    /// A required TLV is missing.
+    MissingTlv(u16),
+}
+
+impl core::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Incomplete { need, have } => write!(f, "truncated frame: need {need} bytes, have {have}"),
+            Self::BadMagic(m) => write!(f, "bad magic {:02x}{:02x}", m[0], m[1]),
+            Self::IncompatibleVersion { major, minor } => {
+                write!(f, "incompatible protocol version {major}.{minor} (this agent speaks {VERSION_MAJOR}.x)")
+            }
+            Self::UnknownType(t) => write!(f, "unknown message type {t}"),
+            Self::UnknownSubType(t) => write!(f, "unknown sub-type {t}"),
+            Self::SubTypeMismatch { msg_type, sub_type } => write!(f, "sub-type {sub_type} not valid for message type {msg_type}"),
+            Self::BadFlags(x) => write!(f, "reserved flags set: {x:#06x}"),
+            Self::BadLength(l) => write!(f, "bad length field {l}"),
+            Self::TlvOverrun { offset } => write!(f, "TLV at offset {offset} runs past the end of the frame"),
+            Self::UnknownMandatoryTlv(t) => write!(f, "unknown must-understand TLV {t:#06x}"),
+            Self::BadTlvValue { tlv_type } => write!(f, "bad value for TLV {tlv_type:#06x}"),
+            Self::MissingTlv(t) => write!(f, "required TLV {t:#06x} missing"),
+        }
+    }
+}
+
+impl DecodeError {
+    /// Short stable name, used as a counter label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Incomplete { .. } => "truncated",
+            Self::BadMagic(_) => "bad_magic",
+            Self::IncompatibleVersion { .. } => "bad_version",
+            Self::UnknownType(_) => "unknown_type",
+            Self::UnknownSubType(_) | Self::SubTypeMismatch { .. } => "unknown_subtype",
+            Self::BadFlags(_) | Self::BadLength(_) => "bad_header",
+            Self::TlvOverrun { .. } | Self::BadTlvValue { .. } | Self::MissingTlv(_) => "bad_tlv",
+            Self::UnknownMandatoryTlv(_) => "unknown_tlv",
+        }
+    }
+}
+
+/// A decoded header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Sender's major version.
+    pub major: u8,
+    /// Sender's minor version.
+    pub minor: u8,
+    /// Message type.
+    pub msg_type: MessageType,
+    /// Sub-type.
+    pub sub_type: SubType,
+    /// Sequence number.
+    pub seq: u32,
+    /// Total frame length.
+    pub length: u32,
+}
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// Decodes and checks a header from the first [`HEADER_LEN`] bytes; frames
+/// longer than `max_len` are refused. Use it on a stream to learn how many
+/// bytes the whole frame has.
+pub fn decode_header(bytes: &[u8], max_len: usize) -> Result<Header, DecodeError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(DecodeError::Incomplete { need: HEADER_LEN, have: bytes.len() });
+    }
+    if bytes[0..2] != MAGIC {
+        return Err(DecodeError::BadMagic([bytes[0], bytes[1]]));
+    }
+    let (major, minor) = (bytes[2], bytes[3]);
+    if major != VERSION_MAJOR {
+        return Err(DecodeError::IncompatibleVersion { major, minor });
+    }
+    let msg_type = MessageType::from_u8(bytes[4]).ok_or(DecodeError::UnknownType(bytes[4]))?;
+    let sub_type = SubType::from_u8(bytes[5]).ok_or(DecodeError::UnknownSubType(bytes[5]))?;
+    let sub_ok = match msg_type {
+        MessageType::Sync => sub_type != SubType::None,
+        _ => sub_type == SubType::None,
+    };
+    if !sub_ok {
+        return Err(DecodeError::SubTypeMismatch { msg_type: bytes[4], sub_type: bytes[5] });
+    }
+    let flags = be16(bytes, 6);
+    if flags != 0 {
+        return Err(DecodeError::BadFlags(flags));
+    }
+    let length = be32(bytes, 12);
+    if (length as usize) < HEADER_LEN || length as usize > max_len.min(MAX_FRAME_LEN) {
+        return Err(DecodeError::BadLength(length));
+    }
+    Ok(Header { major, minor, msg_type, sub_type, seq: be32(bytes, 8), length })
+}
+
+/// One TLV.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tlv<'a> {
+    /// Its type.
+    pub tlv_type: u16,
+    /// Its value.
+    pub value: &'a [u8],
+}
+
+/// A decoded frame: a checked header and TLVs that are known to be well
+/// formed.
+#[derive(Clone, Copy, Debug)]
+pub struct Frame<'a> {
+    /// The header.
+    pub header: Header,
+    body: &'a [u8],
+}
+
+/// The TLV types this build understands, per message type.
+fn known_tlv(msg_type: MessageType, tlv_type: u16) -> bool {
+    match msg_type {
+        MessageType::Hello => matches!(
+            tlv_type,
+            tlv::SYSTEM_NAME | tlv::SYSTEM_ID | tlv::CAPABILITIES | tlv::BOOT_ID | tlv::MAX_FRAME | tlv::PORT | tlv::RESUME
+        ),
+        MessageType::Keepalive => tlv_type == tlv::BOOT_ID,
+        MessageType::Ack => tlv_type == tlv::ACK_SEQ,
+        MessageType::Sync => tlv_type == tlv::ARP_ENTRY,
+    }
+}
+
+impl<'a> Frame<'a> {
+    /// Decodes exactly one frame occupying all of `bytes`.
+    pub fn decode(bytes: &'a [u8], max_len: usize) -> Result<Self, DecodeError> {
+        let header = decode_header(bytes, max_len)?;
+        let length = header.length as usize;
+        if bytes.len() < length {
+            return Err(DecodeError::Incomplete { need: length, have: bytes.len() });
+        }
+        if bytes.len() > length {
+            return Err(DecodeError::BadLength(header.length));
+        }
+        let frame = Self { header, body: &bytes[HEADER_LEN..length] };
+        let mut offset = HEADER_LEN;
+        let mut rest = frame.body;
+        while !rest.is_empty() {
+            if rest.len() < TLV_HEADER_LEN {
+                return Err(DecodeError::TlvOverrun { offset });
+            }
+            let tlv_type = be16(rest, 0);
+            let len = be16(rest, 2) as usize;
+            if rest.len() < TLV_HEADER_LEN + len {
+                return Err(DecodeError::TlvOverrun { offset });
+            }
+            let value = &rest[TLV_HEADER_LEN..TLV_HEADER_LEN + len];
+            if known_tlv(header.msg_type, tlv_type) {
+                check_value(tlv_type, value)?;
+            } else if tlv_type & TLV_MUST_UNDERSTAND != 0 {
+                return Err(DecodeError::UnknownMandatoryTlv(tlv_type));
+            }
+            rest = &rest[TLV_HEADER_LEN + len..];
+            offset += TLV_HEADER_LEN + len;
+        }
+        Ok(frame)
+    }
+
+    /// Every TLV, in order (already validated by [`Frame::decode`]).
+    pub fn tlvs(&self) -> TlvIter<'a> {
+        TlvIter { rest: self.body }
+    }
+
+    /// The first TLV of `tlv_type`.
+    pub fn find(&self, tlv_type: u16) -> Option<&'a [u8]> {
+        self.tlvs().find(|t| t.tlv_type == tlv_type).map(|t| t.value)
+    }
+
+    /// A u32 TLV.
+    pub fn u32_of(&self, tlv_type: u16) -> Option<u32> {
+        self.find(tlv_type).map(|v| be32(v, 0))
+    }
+
+    /// A u64 TLV.
+    pub fn u64_of(&self, tlv_type: u16) -> Option<u64> {
+        self.find(tlv_type).map(|v| u64::from_be_bytes([v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]]))
+    }
+
+    /// The ARP entries of a sync frame.
+    pub fn arp_entries(&self) -> impl Iterator<Item = ArpEntry<'a>> + 'a {
+        self.tlvs().filter(|t| t.tlv_type == tlv::ARP_ENTRY).filter_map(|t| ArpEntry::parse(t.value))
+    }
+}
+
+fn check_value(tlv_type: u16, value: &[u8]) -> Result<(), DecodeError> {
+    let ok = match tlv_type {
+        tlv::SYSTEM_NAME => value.len() <= 64 && core::str::from_utf8(value).is_ok(),
+        tlv::SYSTEM_ID => value.len() == 6,
+        tlv::CAPABILITIES | tlv::MAX_FRAME | tlv::ACK_SEQ => value.len() == 4,
+        tlv::BOOT_ID => value.len() == 8,
+        tlv::PORT => value.len() == 10,
+        tlv::RESUME => value.len() == 12,
+        tlv::ARP_ENTRY => ArpEntry::parse(value).is_some(),
+        _ => true,
+    };
+    if ok { Ok(()) } else { Err(DecodeError::BadTlvValue { tlv_type }) }
+}
+
+/// Iterator over validated TLVs.
+#[derive(Clone, Debug)]
+pub struct TlvIter<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for TlvIter<'a> {
+    type Item = Tlv<'a>;
+
+    fn next(&mut self) -> Option<Tlv<'a>> {
+        if self.rest.len() < TLV_HEADER_LEN {
+            return None;
+        }
+        let tlv_type = be16(self.rest, 0);
+        let len = be16(self.rest, 2) as usize;
+        let value = self.rest.get(TLV_HEADER_LEN..TLV_HEADER_LEN + len)?;
+        self.rest = &self.rest[TLV_HEADER_LEN + len..];
+        Some(Tlv { tlv_type, value })
+    }
+}
+
+/// The driver header of a synced entry: where the original frame came in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DriverHeader {
+    /// MLAG port id of the ingress member port (both switches use the same id
+    /// for the two halves of one MLAG).
+    pub mlag_id: u32,
+    /// Outer VLAN id (0 untagged).
+    pub outer_vlan: u16,
+    /// Inner VLAN id.
+    pub inner_vlan: u16,
+    /// VRF id (0 default).
+    pub vrf: u32,
+    /// Classification on the sender (a `capture::Class` as u8).
+    pub class: u8,
+    /// Number of VLAN tags on the frame.
+    pub vlan_count: u8,
+}
+
+/// One synced ARP reply: driver header and the original frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArpEntry<'a> {
+    /// Where it came in.
+    pub driver: DriverHeader,
+    /// The original Ethernet frame.
+    pub frame: &'a [u8],
+}
+
+impl<'a> ArpEntry<'a> {
+    /// Parses an ARP entry TLV value; the frame must hold an ARP reply by the
+    /// classifier's own rules.
+    pub fn parse(value: &'a [u8]) -> Option<Self> {
+        if value.len() < DRIVER_HEADER_LEN {
+            return None;
+        }
+        let frame_len = be16(value, 14) as usize;
+        if value.len() != DRIVER_HEADER_LEN + frame_len {
+            return None;
+        }
+        let frame = &value[DRIVER_HEADER_LEN..];
+        if !matches!(crate::arp::parse(frame), crate::arp::Parsed::ArpReply(_)) {
+            return None;
+        }
+        let vlan_count = value[13];
+        if vlan_count > 2 {
+            return None;
+        }
+        Some(Self {
+            driver: DriverHeader {
+                mlag_id: be32(value, 0),
+                outer_vlan: be16(value, 4),
+                inner_vlan: be16(value, 6),
+                vrf: be32(value, 8),
+                class: value[12],
+                vlan_count,
+            },
+            frame,
+        })
+    }
+
+    /// Encoded length of the TLV value.
+    pub fn value_len(frame_len: usize) -> usize {
+        DRIVER_HEADER_LEN + frame_len
+    }
+}
+
+/// Why a frame could not be encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncodeError {
+    /// The buffer (or the size limit) has no room for it.
+    NoRoom,
+    /// A TLV value longer than 65535 bytes.
+    ValueTooLong,
+}
+
+/// Builds one frame in a caller's buffer.
+pub struct Encoder<'b> {
+    buf: &'b mut [u8],
+    len: usize,
+}
+
+impl<'b> Encoder<'b> {
+    /// Starts a frame. `buf` bounds the frame's size.
+    pub fn new(buf: &'b mut [u8], msg_type: MessageType, sub_type: SubType, seq: u32) -> Result<Self, EncodeError> {
+        if buf.len() < HEADER_LEN {
+            return Err(EncodeError::NoRoom);
+        }
+        buf[0..2].copy_from_slice(&MAGIC);
+        buf[2] = VERSION_MAJOR;
+        buf[3] = VERSION_MINOR;
+        buf[4] = msg_type as u8;
+        buf[5] = sub_type as u8;
+        buf[6..8].copy_from_slice(&[0, 0]);
+        buf[8..12].copy_from_slice(&seq.to_be_bytes());
+        Ok(Self { buf, len: HEADER_LEN })
+    }
+
+    /// Room left for TLVs (headers included).
+    pub fn room(&self) -> usize {
+        self.buf.len().min(MAX_FRAME_LEN) - self.len
+    }
+
+    /// Appends a TLV whose value is the concatenation of `parts`.
+    pub fn tlv(&mut self, tlv_type: u16, parts: &[&[u8]]) -> Result<(), EncodeError> {
+        let value_len: usize = parts.iter().map(|p| p.len()).sum();
+        if value_len > u16::MAX as usize {
+            return Err(EncodeError::ValueTooLong);
+        }
+        if self.room() < TLV_HEADER_LEN + value_len {
+            return Err(EncodeError::NoRoom);
+        }
+        let at = self.len;
+        self.buf[at..at + 2].copy_from_slice(&tlv_type.to_be_bytes());
+        self.buf[at + 2..at + 4].copy_from_slice(&(value_len as u16).to_be_bytes());
+        let mut pos = at + TLV_HEADER_LEN;
+        for part in parts {
+            self.buf[pos..pos + part.len()].copy_from_slice(part);
+            pos += part.len();
+        }
+        self.len = pos;
+        Ok(())
+    }
+
+    /// Appends an ARP entry.
+    pub fn arp_entry(&mut self, driver: &DriverHeader, frame: &[u8]) -> Result<(), EncodeError> {
+        if frame.len() > u16::MAX as usize - DRIVER_HEADER_LEN {
+            return Err(EncodeError::ValueTooLong);
+        }
+        let mut head = [0u8; DRIVER_HEADER_LEN];
+        head[0..4].copy_from_slice(&driver.mlag_id.to_be_bytes());
+        head[4..6].copy_from_slice(&driver.outer_vlan.to_be_bytes());
+        head[6..8].copy_from_slice(&driver.inner_vlan.to_be_bytes());
+        head[8..12].copy_from_slice(&driver.vrf.to_be_bytes());
+        head[12] = driver.class;
+        head[13] = driver.vlan_count;
+        head[14..16].copy_from_slice(&(frame.len() as u16).to_be_bytes());
+        self.tlv(tlv::ARP_ENTRY, &[&head, frame])
+    }
+
+    /// Bytes used so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when no TLV has been added.
+    pub fn is_empty(&self) -> bool {
+        self.len == HEADER_LEN
+    }
+
+    /// Writes the length field and returns the frame's size.
+    pub fn finish(self) -> usize {
+        self.buf[12..16].copy_from_slice(&(self.len as u32).to_be_bytes());
+        self.len
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalive_known_answer() {
+        let mut buf = [0u8; 64];
+        let len = Encoder::new(&mut buf, MessageType::Keepalive, SubType::None, 7).unwrap().finish();
+        assert_eq!(&buf[..len], &[0x4d, 0x53, 1, 0, 4, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0x10]);
+        let frame = Frame::decode(&buf[..len], 1024).unwrap();
+        assert_eq!(frame.header.seq, 7);
+        assert_eq!(frame.header.msg_type, MessageType::Keepalive);
+    }
+}
