@@ -35,6 +35,7 @@ use crate::{
         capture::{self, CaptureStats, Captured},
     },
     mac::MacAddr,
+    peersync::{self, Identity, LocalPort, PeerQuery, PeerSync},
     southbound::links::{self, Link, LinkEvent},
 };
 
@@ -74,7 +75,11 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
     let mut link_events = links::watch()?;
     let ports = resolve_ports(&netlink, &config).await?;
 
-    let (dataplane, ring, logger) = Dataplane::load(config.dataplane.ebpf_log)?;
+    let (mut dataplane, ring, logger) = Dataplane::load(config.dataplane.ebpf_log)?;
+    let inject_fd = match &config.peer {
+        Some(_) => Some(dataplane.program_owned_fd(PASS_PROGRAM)?),
+        None => None,
+    };
     let capture_stats = Arc::new(CaptureStats::default());
     let bad_requests = Arc::new(AtomicU64::new(0));
     let mut agent = Agent {
@@ -89,10 +94,29 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
         capture_stats: capture_stats.clone(),
         bad_requests: bad_requests.clone(),
         netlink,
+        peer: None,
+        peer_ports: Vec::new(),
     };
     agent.apply_policy()?;
     agent.attach_all(true)?;
     agent.refresh_tables()?;
+    if let (Some(peer_config), Some(inject_fd)) = (agent.config.peer.clone(), inject_fd) {
+        let ports = agent.local_ports();
+        let identity = Identity {
+            name: agent.config.instance.clone(),
+            system_id: ports.iter().find_map(|p| p.mac).unwrap_or(MacAddr([0; 6])),
+            boot_id: peersync::new_boot_id(),
+        };
+        tracing::info!(local = %peer_config.local_address, peer = %peer_config.peer_address, port = peer_config.port, boot_id = identity.boot_id, "peer sync starting");
+        agent.peer_ports = ports.clone();
+        agent.peer = Some(PeerSync::spawn(
+            peer_config,
+            identity,
+            ports,
+            inject_fd,
+            agent.netlink.clone(),
+        ));
+    }
 
     let (capture_tx, mut capture_rx) = mpsc::channel(agent.config.dataplane.capture_queue);
     tokio::spawn(async move {
@@ -117,16 +141,20 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
     let mut sighup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
-            Some(captured) = capture_rx.recv() => agent.on_capture(captured),
+            Some(captured) = capture_rx.recv() => agent.on_capture(captured).await,
             Some(pending) = pending_rx.recv() => {
                 let response = agent.on_request(pending.request).await;
                 let _ = pending.reply.send(response);
             }
-            Some(event) = link_events.recv() => agent.on_link(event),
+            Some(event) = link_events.recv() => {
+                agent.on_link(event);
+                agent.update_peer_ports().await;
+            }
             _ = sighup.recv() => {
                 if let Err(err) = agent.reload().await {
                     tracing::error!("reload refused: {err:#}");
                 }
+                agent.update_peer_ports().await;
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -191,6 +219,10 @@ struct Agent {
     capture_stats: Arc<CaptureStats>,
     bad_requests: Arc<AtomicU64>,
     netlink: Handle,
+    /// Peer sync, when configured.
+    peer: Option<PeerSync>,
+    /// The member ports as last told to peer sync.
+    peer_ports: Vec<LocalPort>,
 }
 
 impl Agent {
@@ -277,7 +309,40 @@ impl Agent {
         Ok(())
     }
 
-    fn on_capture(&mut self, captured: Captured) {
+    /// The member ports with their MLAG ids, as peer sync needs them.
+    fn local_ports(&self) -> Vec<LocalPort> {
+        let Some(peer) = &self.config.peer else {
+            return Vec::new();
+        };
+        peer.mlag_ids_for(&self.config.dataplane.member_ports)
+            .into_iter()
+            .map(|(name, mlag_id)| {
+                let link = self.links.get(&name);
+                LocalPort {
+                    ifindex: link.map(|l| l.index),
+                    mac: link.and_then(|l| l.mac),
+                    name,
+                    mlag_id,
+                }
+            })
+            .collect()
+    }
+
+    async fn update_peer_ports(&mut self) {
+        let Some(peer) = self.peer.clone() else {
+            return;
+        };
+        let ports = self.local_ports();
+        if ports != self.peer_ports {
+            self.peer_ports = ports.clone();
+            peer.ports(ports).await;
+        }
+    }
+
+    async fn on_capture(&mut self, captured: Captured) {
+        if let Some(peer) = &self.peer {
+            peer.captured(captured.clone()).await;
+        }
         self.replies_received += 1;
         tracing::debug!(
             ifindex = captured.ifindex,
@@ -403,8 +468,24 @@ impl Agent {
                 Response::ok(&self.captured(limit.unwrap_or(usize::MAX)))
             }
             Request::Reload => match self.reload().await {
-                Ok(()) => Response::ok(&self.status()),
+                Ok(()) => {
+                    self.update_peer_ports().await;
+                    Response::ok(&self.status())
+                }
                 Err(err) => Response::error(format!("reload refused, old config kept: {err:#}")),
+            },
+            Request::Peer | Request::Arp => match &self.peer {
+                Some(peer) => {
+                    peer.query(if request == Request::Peer {
+                        PeerQuery::Peer
+                    } else {
+                        PeerQuery::Arp
+                    })
+                    .await
+                }
+                None => {
+                    Response::error("peer sync is not configured (no [peer] section in the config)")
+                }
             },
         }
     }

@@ -203,17 +203,27 @@ pub enum DecodeError {
 impl core::fmt::Display for DecodeError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            Self::Incomplete { need, have } => write!(f, "truncated frame: need {need} bytes, have {have}"),
+            Self::Incomplete { need, have } => {
+                write!(f, "truncated frame: need {need} bytes, have {have}")
+            }
             Self::BadMagic(m) => write!(f, "bad magic {:02x}{:02x}", m[0], m[1]),
             Self::IncompatibleVersion { major, minor } => {
-                write!(f, "incompatible protocol version {major}.{minor} (this agent speaks {VERSION_MAJOR}.x)")
+                write!(
+                    f,
+                    "incompatible protocol version {major}.{minor} (this agent speaks {VERSION_MAJOR}.x)"
+                )
             }
             Self::UnknownType(t) => write!(f, "unknown message type {t}"),
             Self::UnknownSubType(t) => write!(f, "unknown sub-type {t}"),
-            Self::SubTypeMismatch { msg_type, sub_type } => write!(f, "sub-type {sub_type} not valid for message type {msg_type}"),
+            Self::SubTypeMismatch { msg_type, sub_type } => write!(
+                f,
+                "sub-type {sub_type} not valid for message type {msg_type}"
+            ),
             Self::BadFlags(x) => write!(f, "reserved flags set: {x:#06x}"),
             Self::BadLength(l) => write!(f, "bad length field {l}"),
-            Self::TlvOverrun { offset } => write!(f, "TLV at offset {offset} runs past the end of the frame"),
+            Self::TlvOverrun { offset } => {
+                write!(f, "TLV at offset {offset} runs past the end of the frame")
+            }
             Self::UnknownMandatoryTlv(t) => write!(f, "unknown must-understand TLV {t:#06x}"),
             Self::BadTlvValue { tlv_type } => write!(f, "bad value for TLV {tlv_type:#06x}"),
             Self::MissingTlv(t) => write!(f, "required TLV {t:#06x} missing"),
@@ -267,7 +277,10 @@ fn be32(b: &[u8], at: usize) -> u32 {
 /// bytes the whole frame has.
 pub fn decode_header(bytes: &[u8], max_len: usize) -> Result<Header, DecodeError> {
     if bytes.len() < HEADER_LEN {
-        return Err(DecodeError::Incomplete { need: HEADER_LEN, have: bytes.len() });
+        return Err(DecodeError::Incomplete {
+            need: HEADER_LEN,
+            have: bytes.len(),
+        });
     }
     if bytes[0..2] != MAGIC {
         return Err(DecodeError::BadMagic([bytes[0], bytes[1]]));
@@ -283,7 +296,10 @@ pub fn decode_header(bytes: &[u8], max_len: usize) -> Result<Header, DecodeError
         _ => sub_type == SubType::None,
     };
     if !sub_ok {
-        return Err(DecodeError::SubTypeMismatch { msg_type: bytes[4], sub_type: bytes[5] });
+        return Err(DecodeError::SubTypeMismatch {
+            msg_type: bytes[4],
+            sub_type: bytes[5],
+        });
     }
     let flags = be16(bytes, 6);
     if flags != 0 {
@@ -293,7 +309,14 @@ pub fn decode_header(bytes: &[u8], max_len: usize) -> Result<Header, DecodeError
     if (length as usize) < HEADER_LEN || length as usize > max_len.min(MAX_FRAME_LEN) {
         return Err(DecodeError::BadLength(length));
     }
-    Ok(Header { major, minor, msg_type, sub_type, seq: be32(bytes, 8), length })
+    Ok(Header {
+        major,
+        minor,
+        msg_type,
+        sub_type,
+        seq: be32(bytes, 8),
+        length,
+    })
 }
 
 /// One TLV.
@@ -319,7 +342,13 @@ fn known_tlv(msg_type: MessageType, tlv_type: u16) -> bool {
     match msg_type {
         MessageType::Hello => matches!(
             tlv_type,
-            tlv::SYSTEM_NAME | tlv::SYSTEM_ID | tlv::CAPABILITIES | tlv::BOOT_ID | tlv::MAX_FRAME | tlv::PORT | tlv::RESUME
+            tlv::SYSTEM_NAME
+                | tlv::SYSTEM_ID
+                | tlv::CAPABILITIES
+                | tlv::BOOT_ID
+                | tlv::MAX_FRAME
+                | tlv::PORT
+                | tlv::RESUME
         ),
         MessageType::Keepalive => tlv_type == tlv::BOOT_ID,
         MessageType::Ack => tlv_type == tlv::ACK_SEQ,
@@ -333,12 +362,18 @@ impl<'a> Frame<'a> {
         let header = decode_header(bytes, max_len)?;
         let length = header.length as usize;
         if bytes.len() < length {
-            return Err(DecodeError::Incomplete { need: length, have: bytes.len() });
+            return Err(DecodeError::Incomplete {
+                need: length,
+                have: bytes.len(),
+            });
         }
         if bytes.len() > length {
             return Err(DecodeError::BadLength(header.length));
         }
-        let frame = Self { header, body: &bytes[HEADER_LEN..length] };
+        let frame = Self {
+            header,
+            body: &bytes[HEADER_LEN..length],
+        };
         let mut offset = HEADER_LEN;
         let mut rest = frame.body;
         while !rest.is_empty() {
@@ -369,7 +404,9 @@ impl<'a> Frame<'a> {
 
     /// The first TLV of `tlv_type`.
     pub fn find(&self, tlv_type: u16) -> Option<&'a [u8]> {
-        self.tlvs().find(|t| t.tlv_type == tlv_type).map(|t| t.value)
+        self.tlvs()
+            .find(|t| t.tlv_type == tlv_type)
+            .map(|t| t.value)
     }
 
     /// A u32 TLV.
@@ -379,12 +416,15 @@ impl<'a> Frame<'a> {
 
     /// A u64 TLV.
     pub fn u64_of(&self, tlv_type: u16) -> Option<u64> {
-        self.find(tlv_type).map(|v| u64::from_be_bytes([v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]]))
+        self.find(tlv_type)
+            .map(|v| u64::from_be_bytes([v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]]))
     }
 
     /// The ARP entries of a sync frame.
     pub fn arp_entries(&self) -> impl Iterator<Item = ArpEntry<'a>> + 'a {
-        self.tlvs().filter(|t| t.tlv_type == tlv::ARP_ENTRY).filter_map(|t| ArpEntry::parse(t.value))
+        self.tlvs()
+            .filter(|t| t.tlv_type == tlv::ARP_ENTRY)
+            .filter_map(|t| ArpEntry::parse(t.value))
     }
 }
 
@@ -399,7 +439,11 @@ fn check_value(tlv_type: u16, value: &[u8]) -> Result<(), DecodeError> {
         tlv::ARP_ENTRY => ArpEntry::parse(value).is_some(),
         _ => true,
     };
-    if ok { Ok(()) } else { Err(DecodeError::BadTlvValue { tlv_type }) }
+    if ok {
+        Ok(())
+    } else {
+        Err(DecodeError::BadTlvValue { tlv_type })
+    }
 }
 
 /// Iterator over validated TLVs.
@@ -505,7 +549,12 @@ pub struct Encoder<'b> {
 
 impl<'b> Encoder<'b> {
     /// Starts a frame. `buf` bounds the frame's size.
-    pub fn new(buf: &'b mut [u8], msg_type: MessageType, sub_type: SubType, seq: u32) -> Result<Self, EncodeError> {
+    pub fn new(
+        buf: &'b mut [u8],
+        msg_type: MessageType,
+        sub_type: SubType,
+        seq: u32,
+    ) -> Result<Self, EncodeError> {
         if buf.len() < HEADER_LEN {
             return Err(EncodeError::NoRoom);
         }
@@ -516,7 +565,10 @@ impl<'b> Encoder<'b> {
         buf[5] = sub_type as u8;
         buf[6..8].copy_from_slice(&[0, 0]);
         buf[8..12].copy_from_slice(&seq.to_be_bytes());
-        Ok(Self { buf, len: HEADER_LEN })
+        Ok(Self {
+            buf,
+            len: HEADER_LEN,
+        })
     }
 
     /// Room left for TLVs (headers included).
@@ -585,8 +637,13 @@ mod tests {
     #[test]
     fn keepalive_known_answer() {
         let mut buf = [0u8; 64];
-        let len = Encoder::new(&mut buf, MessageType::Keepalive, SubType::None, 7).unwrap().finish();
-        assert_eq!(&buf[..len], &[0x4d, 0x53, 1, 0, 4, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0x10]);
+        let len = Encoder::new(&mut buf, MessageType::Keepalive, SubType::None, 7)
+            .unwrap()
+            .finish();
+        assert_eq!(
+            &buf[..len],
+            &[0x4d, 0x53, 1, 0, 4, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0x10]
+        );
         let frame = Frame::decode(&buf[..len], 1024).unwrap();
         assert_eq!(frame.header.seq, 7);
         assert_eq!(frame.header.msg_type, MessageType::Keepalive);

@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod frames;
 pub mod netns;
+pub mod pair;
 
 use std::time::{Duration, Instant};
 

@@ -23,6 +23,10 @@ pub enum Request {
     },
     /// Re-read the config file and apply what changed.
     Reload,
+    /// The peer session.
+    Peer,
+    /// Synced ARP entries, both directions.
+    Arp,
 }
 
 /// The envelope of every response.

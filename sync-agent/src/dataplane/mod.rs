@@ -229,6 +229,28 @@ impl Dataplane {
         Ok(fd.as_fd().as_raw_fd())
     }
 
+    /// An owned duplicate of a program's fd, for a task that runs it on its
+    /// own (peer sync injects frames with the pass-only program).
+    pub fn program_owned_fd(
+        &mut self,
+        name: &'static str,
+    ) -> Result<std::os::fd::OwnedFd, DataplaneError> {
+        use std::os::fd::AsFd as _;
+        let program = xdp_program(&mut self.ebpf, name)?;
+        let fd = program
+            .fd()
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        fd.as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| DataplaneError::Program {
+                name,
+                source: aya::programs::ProgramError::SyscallError(aya::sys::SyscallError {
+                    call: "dup",
+                    io_error: e,
+                }),
+            })
+    }
+
     /// Attaches the classifier to `interface`. `Auto` tries driver mode and
     /// falls back to generic mode, saying so.
     pub fn attach(

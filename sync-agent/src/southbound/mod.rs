@@ -2,3 +2,4 @@
 //! over rtnetlink. Protocol code never builds netlink messages itself.
 
 pub mod links;
+pub mod neighbours;

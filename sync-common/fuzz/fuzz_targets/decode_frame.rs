@@ -1,0 +1,54 @@
+//! Decodes arbitrary bytes as one sync protocol frame. Whatever the input,
+//! decoding must not panic; a frame that decodes must have iterable TLVs and
+//! ARP entries, and its ARP entries re-encoded (same header type, sub-type
+//! and seq) must decode to equal entries.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use sync_common::wire::{self, ArpEntry, Encoder, Frame, tlv};
+
+fuzz_target!(|data: &[u8]| {
+    let _ = wire::decode_header(data, wire::MAX_FRAME_LEN);
+    let Ok(frame) = Frame::decode(data, wire::MAX_FRAME_LEN) else {
+        return;
+    };
+    assert_eq!(frame.header.length as usize, data.len());
+
+    let mut arp_tlvs = 0usize;
+    let mut body = 0usize;
+    for t in frame.tlvs() {
+        body += wire::TLV_HEADER_LEN + t.value.len();
+        if t.tlv_type == tlv::ARP_ENTRY {
+            arp_tlvs += 1;
+        }
+        assert!(frame.find(t.tlv_type).is_some());
+    }
+    // The TLVs cover the whole body.
+    assert_eq!(wire::HEADER_LEN + body, data.len());
+
+    let entries: Vec<ArpEntry> = frame.arp_entries().collect();
+    // Every ARP entry TLV was validated by decode, so none is dropped.
+    assert_eq!(entries.len(), arp_tlvs);
+
+    // The entries are a subset of the input's TLVs, so they fit in a buffer
+    // the size of the input.
+    let mut buf = vec![0u8; data.len()];
+    let mut enc = Encoder::new(
+        &mut buf,
+        frame.header.msg_type,
+        frame.header.sub_type,
+        frame.header.seq,
+    )
+    .expect("buffer holds a header");
+    for e in &entries {
+        enc.arp_entry(&e.driver, e.frame)
+            .expect("re-encoded entries fit");
+    }
+    let len = enc.finish();
+    let again = Frame::decode(&buf[..len], wire::MAX_FRAME_LEN).expect("re-encoded frame decodes");
+    assert_eq!(again.header.msg_type, frame.header.msg_type);
+    assert_eq!(again.header.sub_type, frame.header.sub_type);
+    assert_eq!(again.header.seq, frame.header.seq);
+    let entries_again: Vec<ArpEntry> = again.arp_entries().collect();
+    assert_eq!(entries_again, entries);
+});

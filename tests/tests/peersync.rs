@@ -1,0 +1,532 @@
+//! SPEC 2 against real kernels: two switch agents joined by a peer link,
+//! server C cabled to both. Every check reads the kernel's neighbour table
+//! (`ip neigh`), not the agents' own belief.
+
+use std::{
+    io::Write as _,
+    net::{TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use mlag_testbed::{
+    agent::Agent,
+    frames::{TPID_8021AD, TPID_8021Q},
+    netns::fmt_mac,
+    pair::{self, A_IP, B_IP, C_IP, Pair},
+    wait_until,
+};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn wait_session_up(agent: &Agent) -> anyhow::Result<serde_json::Value> {
+    wait_until(WAIT, "peer session up", || {
+        match agent.query(&["show", "peer"]) {
+            Ok(p) if p["state"] == "up" => Ok(p),
+            other => Err(other
+                .map(|p| p["state"].to_string())
+                .map_err(|e| e.to_string())),
+        }
+    })
+}
+
+fn wait_neighbour(
+    pair_ns: &mlag_testbed::netns::Netns,
+    dev: &str,
+    ip: &str,
+    mac: &[u8; 6],
+) -> anyhow::Result<String> {
+    wait_until(
+        WAIT,
+        &format!("{ip} resolved to {} on {dev}", fmt_mac(mac)),
+        || match pair::neighbour(pair_ns, dev, ip) {
+            Ok(Some((state, lladdr)))
+                if lladdr == fmt_mac(mac) && state != "FAILED" && state != "INCOMPLETE" =>
+            {
+                Ok(state)
+            }
+            other => Err(format!("{other:?}")),
+        },
+    )
+}
+
+/// Starts A resolving C: its neighbour entry for C goes INCOMPLETE.
+fn a_asks_for_c(pair: &Pair) -> anyhow::Result<std::process::Child> {
+    let child = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            pair.a.name(),
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "3",
+            "10.77.0.3",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    wait_until(
+        WAIT,
+        "A's entry for C INCOMPLETE",
+        || match pair::neighbour(&pair.a, "a-c", "10.77.0.3") {
+            Ok(Some((state, _))) if state == "INCOMPLETE" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )?;
+    Ok(child)
+}
+
+#[test]
+fn a_reply_landing_on_the_peer_is_learnt_by_the_asking_switch_kernel() -> anyhow::Result<()> {
+    let pair = Pair::new()?;
+    let a = pair.agent_a("")?;
+    let b = pair.agent_b("")?;
+    wait_session_up(&a)?;
+    let mut ping = a_asks_for_c(&pair)?;
+    // C's load balancing sends the reply to A out of its link to B.
+    pair.c.send_frames(
+        "c-b",
+        &[pair.reply_from_c(C_IP, pair.a_mac, A_IP).to_bytes()],
+    )?;
+    let state = wait_neighbour(&pair.a, "a-c", "10.77.0.3", &pair.c_mac)?;
+    assert_eq!(state, "REACHABLE");
+    let arp = a.query(&["show", "arp"])?;
+    let entry = arp
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["ip"] == "10.77.0.3")
+        .context("entry in show arp")?;
+    assert_eq!(entry["direction"], "received");
+    assert_eq!(entry["how"], "kernel-arp");
+    assert_eq!(entry["kernel_state"], "REACHABLE");
+    assert_eq!(b.query(&["show", "peer"])?["counters"]["entries_sent"], 1);
+    let _ = ping.kill();
+    Ok(())
+}
+
+#[test]
+fn without_the_agents_the_misdelivered_reply_is_never_learnt() -> anyhow::Result<()> {
+    let pair = Pair::new()?;
+    let mut ping = a_asks_for_c(&pair)?;
+    pair.c.send_frames(
+        "c-b",
+        &[pair.reply_from_c(C_IP, pair.a_mac, A_IP).to_bytes()],
+    )?;
+    let _ = ping.wait();
+    let entry = pair::neighbour(&pair.a, "a-c", "10.77.0.3")?;
+    assert!(
+        matches!(
+            entry.as_ref().map(|e| e.0.as_str()),
+            Some("INCOMPLETE" | "FAILED") | None
+        ),
+        "{entry:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn tagged_replies_are_learnt_on_the_interface_of_their_vlan() -> anyhow::Result<()> {
+    let pair = Pair::new()?;
+    // This kernel has no VLAN devices: the member port itself stands in for
+    // the VLAN interfaces, which is what the mapping is for.
+    let vlans = r#"vlan_interfaces = [
+  { mlag_id = 1, outer_vlan = 10, interface = "a-c" },
+  { mlag_id = 1, outer_vlan = 100, inner_vlan = 200, interface = "a-c" },
+]"#;
+    let a = pair.agent_a(vlans)?;
+    let _b = pair.agent_b("")?;
+    wait_session_up(&a)?;
+    let mut ping = a_asks_for_c(&pair)?;
+    pair.c.send_frames(
+        "c-b",
+        &[pair
+            .reply_from_c(C_IP, pair.a_mac, A_IP)
+            .tagged(&[(TPID_8021Q, 10)])
+            .to_bytes()],
+    )?;
+    wait_neighbour(&pair.a, "a-c", "10.77.0.3", &pair.c_mac)?;
+    let _ = ping.kill();
+    // Double-tagged: a second address of C, asked for and answered the same way.
+    let mut ping = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            pair.a.name(),
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "3",
+            "10.77.0.4",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    wait_until(WAIT, "INCOMPLETE for 10.77.0.4", || {
+        match pair::neighbour(&pair.a, "a-c", "10.77.0.4") {
+            Ok(Some((s, _))) if s == "INCOMPLETE" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })?;
+    pair.c.send_frames(
+        "c-b",
+        &[pair
+            .reply_from_c([10, 77, 0, 4], pair.a_mac, A_IP)
+            .tagged(&[(TPID_8021AD, 100), (TPID_8021Q, 200)])
+            .to_bytes()],
+    )?;
+    wait_neighbour(&pair.a, "a-c", "10.77.0.4", &pair.c_mac)?;
+    let _ = ping.kill();
+    let arp = a.query(&["show", "arp"])?;
+    let double = arp
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["ip"] == "10.77.0.4")
+        .context("double-tagged entry")?;
+    assert_eq!(
+        (double["outer_vlan"].as_u64(), double["inner_vlan"].as_u64()),
+        (Some(100), Some(200))
+    );
+    Ok(())
+}
+
+#[test]
+fn own_class_replies_received_by_a_appear_in_b_kernel_table() -> anyhow::Result<()> {
+    let pair = Pair::new()?;
+    let a = pair.agent_a("")?;
+    let _b = pair.agent_b("")?;
+    wait_session_up(&a)?;
+    // A reply to A itself (B never asked): B learns it through A.
+    pair.c.send_frames(
+        "c-a",
+        &[pair
+            .reply_from_c([10, 77, 0, 50], pair.a_mac, A_IP)
+            .to_bytes()],
+    )?;
+    wait_neighbour(&pair.b, "b-c", "10.77.0.50", &pair.c_mac)?;
+    wait_neighbour(&pair.a, "a-c", "10.77.0.50", &pair.c_mac)?;
+    Ok(())
+}
+
+fn ip_of(i: u32) -> [u8; 4] {
+    [10, 77, 1 + (i / 250) as u8, 1 + (i % 250) as u8]
+}
+
+/// C answers ARP for these addresses on its A link (so refresh probes are
+/// answered) and A learns them: C announces each with a reply to A.
+fn populate_a(pair: &Pair, count: u32) -> anyhow::Result<()> {
+    let batch: String = (0..count)
+        .map(|i| {
+            let ip = ip_of(i);
+            format!(
+                "addr add {}.{}.{}.{}/32 dev c-a\n",
+                ip[0], ip[1], ip[2], ip[3]
+            )
+        })
+        .collect();
+    let mut child = std::process::Command::new("ip")
+        .args(["-n", pair.c.name(), "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()?;
+    child.stdin.take().unwrap().write_all(batch.as_bytes())?;
+    anyhow::ensure!(child.wait()?.success(), "adding C's addresses");
+    pair.c.ip(&["route", "add", "10.77.0.0/24", "dev", "c-a"])?;
+    let replies: Vec<Vec<u8>> = (0..count)
+        .map(|i| pair.reply_from_c(ip_of(i), pair.a_mac, A_IP).to_bytes())
+        .collect();
+    for chunk in replies.chunks(200) {
+        pair.c.send_frames("c-a", chunk)?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn wait_count(
+    ns: &mlag_testbed::netns::Netns,
+    dev: &str,
+    at_least: usize,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    wait_until(
+        Duration::from_secs(30),
+        &format!("{at_least} resolved entries on {dev}"),
+        || {
+            let table = pair::resolved_neighbours(ns, dev).map_err(|e| e.to_string())?;
+            if table.len() >= at_least {
+                Ok(table)
+            } else {
+                Err(format!("{} entries", table.len()))
+            }
+        },
+    )
+}
+
+#[test]
+fn a_restarted_peer_with_a_flushed_table_converges_to_the_survivor_table() -> anyhow::Result<()> {
+    const ENTRIES: u32 = 1000;
+    pair::raise_neighbour_limits(16384)?;
+    let pair = Pair::new()?;
+    let a = pair.agent_a("")?;
+    let mut b = pair.agent_b("")?;
+    wait_session_up(&a)?;
+    populate_a(&pair, ENTRIES)?;
+    let a_table = wait_count(&pair.a, "a-c", ENTRIES as usize)?;
+    wait_count(&pair.b, "b-c", ENTRIES as usize)?;
+
+    b.stop()?;
+    pair.b.ip(&["neigh", "flush", "dev", "b-c"])?;
+    assert!(pair::resolved_neighbours(&pair.b, "b-c")?.is_empty());
+    let b = pair.agent_b("")?;
+    wait_session_up(&b)?;
+    let b_table = wait_count(&pair.b, "b-c", a_table.len())?;
+    for (ip, mac) in &a_table {
+        assert_eq!(b_table.get(ip), Some(mac), "B lacks {ip}");
+    }
+    let peer = a.query(&["show", "peer"])?;
+    assert!(
+        peer["counters"]["refreshes"].as_u64() >= Some(2),
+        "A refreshed when B came back: {peer}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_peer_link_flap_in_the_middle_of_a_burst_loses_nothing() -> anyhow::Result<()> {
+    const ENTRIES: u32 = 600;
+    pair::raise_neighbour_limits(16384)?;
+    let pair = Pair::new()?;
+    let a = pair.agent_a("")?;
+    let _b = pair.agent_b("")?;
+    wait_session_up(&a)?;
+    let replies: Vec<Vec<u8>> = (0..ENTRIES)
+        .map(|i| pair.reply_from_c(ip_of(i), pair.a_mac, A_IP).to_bytes())
+        .collect();
+    for (n, chunk) in replies.chunks(100).enumerate() {
+        if n == 2 {
+            pair.a.ip(&["link", "set", "a-peer", "down"])?;
+        }
+        if n == 4 {
+            wait_until(WAIT, "A sees the peer down", || {
+                match a.query(&["show", "peer"]) {
+                    Ok(p) if p["state"] != "up" => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            })?;
+            pair.a.ip(&["link", "set", "a-peer", "up"])?;
+        }
+        pair.c.send_frames("c-a", chunk)?;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_session_up(&a)?;
+    let b_table = wait_count(&pair.b, "b-c", ENTRIES as usize)?;
+    for i in 0..ENTRIES {
+        let ip = ip_of(i);
+        let ip = format!("{}.{}.{}.{}", ip[0], ip[1], ip[2], ip[3]);
+        assert_eq!(
+            b_table.get(&ip).map(String::as_str),
+            Some(fmt_mac(&pair.c_mac).as_str()),
+            "B lacks {ip}"
+        );
+    }
+    let peer = a.query(&["show", "peer"])?;
+    assert!(
+        peer["counters"]["sessions_lost"].as_u64() >= Some(1),
+        "the flap must have cut the session: {peer}"
+    );
+    Ok(())
+}
+
+#[test]
+fn garbage_on_the_sync_ports_leaves_the_session_and_both_agents_running() -> anyhow::Result<()> {
+    let pair = Pair::new()?;
+    let a = pair.agent_a("")?;
+    let b = pair.agent_b("")?;
+    wait_session_up(&a)?;
+    let before = b.query(&["show", "peer"])?["counters"]["sessions_established"].clone();
+    pair.a.run(|| {
+        let mut x: u32 = 12345;
+        let mut noise = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect()
+        };
+        // Extra TCP connections from the peer's own address, carrying garbage,
+        // a truncated header and a frame of an unknown type.
+        for payload in [
+            noise(3000),
+            b"MS\x01".to_vec(),
+            b"MS\x01\x00\x09\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x10".to_vec(),
+        ] {
+            if let Ok(mut stream) =
+                TcpStream::connect_timeout(&"169.254.77.2:7789".parse()?, Duration::from_secs(1))
+            {
+                let _ = stream.write_all(&payload);
+            }
+        }
+        // A flood of garbage datagrams on the keepalive port.
+        let udp = UdpSocket::bind("169.254.77.1:0")?;
+        for i in 0..2000 {
+            let _ = udp.send_to(&noise(1 + i % 300), "169.254.77.2:7789");
+        }
+        Ok(())
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    let peer = wait_session_up(&b)?;
+    assert_eq!(
+        peer["counters"]["sessions_established"], before,
+        "the session was not re-established"
+    );
+    // Every extra connection is refused; datagrams are counted by reason
+    // (those the kernel drops when the flood outruns the socket buffer never
+    // reach the agent).
+    let rejected = &peer["counters"]["rejected"];
+    assert_eq!(rejected["duplicate_connection"], 3, "{rejected}");
+    assert!(rejected["bad_magic"].as_u64() > Some(100), "{rejected}");
+    // Still syncing.
+    pair.c.send_frames(
+        "c-a",
+        &[pair
+            .reply_from_c([10, 77, 0, 60], pair.a_mac, A_IP)
+            .to_bytes()],
+    )?;
+    wait_neighbour(&pair.b, "b-c", "10.77.0.60", &pair.c_mac)?;
+    a.query(&["status"])?;
+    Ok(())
+}
+
+#[test]
+fn a_peer_speaking_another_major_version_is_refused_with_a_clear_error() -> anyhow::Result<()> {
+    let pair = Pair::new()?;
+    let a = pair.agent_a("")?;
+    // A fake B: valid keepalives (so A connects), then a version 2 hello.
+    let result = pair.b.run(|| {
+        let listener = std::net::TcpListener::bind("169.254.77.2:7789")?;
+        let udp = UdpSocket::bind("169.254.77.2:7789")?;
+        let keepalive = b"MS\x01\x00\x04\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x1c\x00\x04\x00\x08\x00\x00\x00\x00\x00\x00\x00\x07";
+        listener.set_nonblocking(true)?;
+        for _ in 0..100 {
+            udp.send_to(keepalive, "169.254.77.1:7789")?;
+            if let Ok((mut stream, _)) = listener.accept() {
+                stream.write_all(b"MS\x02\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x10")?;
+                std::thread::sleep(Duration::from_millis(300));
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(false)
+    })?;
+    assert!(result, "A never connected to the fake peer");
+    let log = wait_until(WAIT, "A to log the version mismatch", || {
+        let log = a.log_text();
+        if log.contains("incompatible protocol version 2.0") {
+            Ok(log)
+        } else {
+            Err(log.len())
+        }
+    })?;
+    assert!(log.contains("closing the session"), "{log}");
+    let peer = a.query(&["show", "peer"])?;
+    assert_eq!(peer["counters"]["rejected"]["bad_version"], 1);
+    assert_ne!(peer["state"], "up");
+    let _ = B_IP;
+    Ok(())
+}
+
+/// A fake peer B speaking protocol 1.0 properly, then hostile frames inside
+/// the established session: A counts and drops each one, keeps the session,
+/// and still learns the valid entry that follows.
+#[test]
+fn hostile_frames_inside_the_session_are_counted_and_the_session_survives() -> anyhow::Result<()> {
+    use sync_common::wire::{DriverHeader, Encoder, MessageType, SubType, tlv};
+    let pair = Pair::new()?;
+    let a = pair.agent_a("")?;
+    let frame = |msg: MessageType, sub: SubType, seq: u32, build: &dyn Fn(&mut Encoder) -> ()| {
+        let mut buf = vec![0u8; 4096];
+        let mut e = Encoder::new(&mut buf, msg, sub, seq).unwrap();
+        build(&mut e);
+        let len = e.finish();
+        buf.truncate(len);
+        buf
+    };
+    let hello = frame(MessageType::Hello, SubType::None, 0, &|e| {
+        e.tlv(tlv::SYSTEM_NAME, &[b"fake-b"]).unwrap();
+        e.tlv(tlv::BOOT_ID, &[&7u64.to_be_bytes()]).unwrap();
+        e.tlv(tlv::CAPABILITIES, &[&1u32.to_be_bytes()]).unwrap();
+    });
+    let driver = DriverHeader {
+        mlag_id: 1,
+        outer_vlan: 0,
+        inner_vlan: 0,
+        vrf: 0,
+        class: 1,
+        vlan_count: 0,
+    };
+    let good_reply = pair
+        .reply_from_c([10, 77, 0, 70], pair.a_mac, A_IP)
+        .to_bytes();
+    let mut request = good_reply.clone();
+    request[21] = 1; // opcode: request
+    let mut unknown_type = frame(MessageType::Ack, SubType::None, 0, &|_| ());
+    unknown_type[4] = 77;
+    let bad_entry = frame(MessageType::Sync, SubType::Arp, 1, &|e| {
+        let mut head = [0u8; 16];
+        head[3] = 1;
+        head[14..16].copy_from_slice(&(request.len() as u16).to_be_bytes());
+        e.tlv(tlv::ARP_ENTRY, &[&head, &request]).unwrap();
+    });
+    let unknown_mlag = frame(MessageType::Sync, SubType::Arp, 2, &|e| {
+        e.arp_entry(
+            &DriverHeader {
+                mlag_id: 99,
+                ..driver
+            },
+            &good_reply,
+        )
+        .unwrap();
+    });
+    let good = frame(MessageType::Sync, SubType::Arp, 3, &|e| {
+        e.arp_entry(&driver, &good_reply).unwrap()
+    });
+    let connected = pair.b.run(|| {
+        let listener = std::net::TcpListener::bind("169.254.77.2:7789")?;
+        let udp = UdpSocket::bind("169.254.77.2:7789")?;
+        let keepalive = frame(MessageType::Keepalive, SubType::None, 1, &|e| {
+            e.tlv(tlv::BOOT_ID, &[&7u64.to_be_bytes()]).unwrap()
+        });
+        listener.set_nonblocking(true)?;
+        for _ in 0..100 {
+            udp.send_to(&keepalive, "169.254.77.1:7789")?;
+            if let Ok((mut stream, _)) = listener.accept() {
+                stream.set_nonblocking(false)?;
+                for f in [&hello, &unknown_type, &bad_entry, &unknown_mlag, &good] {
+                    stream.write_all(f)?;
+                }
+                for _ in 0..20 {
+                    udp.send_to(&keepalive, "169.254.77.1:7789")?;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(false)
+    })?;
+    assert!(connected, "A never connected to the fake peer");
+    wait_neighbour(&pair.a, "a-c", "10.77.0.70", &pair.c_mac)?;
+    let peer = a.query(&["show", "peer"])?;
+    let rejected = &peer["counters"]["rejected"];
+    assert_eq!(rejected["unknown_type"], 1, "{rejected}");
+    assert_eq!(rejected["bad_tlv"], 1, "{rejected}");
+    assert_eq!(rejected["unknown_mlag_id"], 1, "{rejected}");
+    // The valid entry came after the hostile frames on the same connection:
+    // learning it proves the session outlived them. (The fake peer hangs up
+    // afterwards, so the session is eventually lost; that is not checked.)
+    assert_eq!(peer["counters"]["sessions_established"], 1);
+    Ok(())
+}
