@@ -74,7 +74,7 @@ fn default_max_frame() -> usize {
     16 * 1024
 }
 fn default_flush_us() -> u64 {
-    500
+    0
 }
 fn default_max_entries() -> usize {
     1 << 20
@@ -110,7 +110,10 @@ pub struct PeerConfig {
     /// Largest sync frame, bytes (header included).
     #[serde(default = "default_max_frame")]
     pub max_frame_bytes: usize,
-    /// How long a lone reply may wait for company before it is sent, microseconds.
+    /// How long a lone reply may wait for company before it is sent,
+    /// microseconds. 0 (the default) sends as soon as no more replies are
+    /// queued: a lone reply goes at once, a burst is batched by itself.
+    /// Timers have millisecond granularity, so small non-zero values round up.
     #[serde(default = "default_flush_us")]
     pub flush_delay_us: u64,
     /// `arp_accept` handling on the ports synced replies are handed to.

@@ -411,13 +411,14 @@ impl<'a> Frame<'a> {
 
     /// A u32 TLV.
     pub fn u32_of(&self, tlv_type: u16) -> Option<u32> {
-        self.find(tlv_type).map(|v| be32(v, 0))
+        let v = self.find(tlv_type)?.get(..4)?;
+        Some(be32(v, 0))
     }
 
     /// A u64 TLV.
     pub fn u64_of(&self, tlv_type: u16) -> Option<u64> {
-        self.find(tlv_type)
-            .map(|v| u64::from_be_bytes([v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]]))
+        let v: [u8; 8] = self.find(tlv_type)?.get(..8)?.try_into().ok()?;
+        Some(u64::from_be_bytes(v))
     }
 
     /// The ARP entries of a sync frame.

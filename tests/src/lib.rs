@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod frames;
+pub mod neighwatch;
 pub mod netns;
 pub mod pair;
 

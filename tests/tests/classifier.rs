@@ -418,7 +418,7 @@ fn a_second_agent_with_the_same_socket_is_refused() -> anyhow::Result<()> {
 }
 
 #[test]
-fn the_lab_runs_and_shows_each_class() -> anyhow::Result<()> {
+fn the_lab_runs_and_a_learns_c_through_b() -> anyhow::Result<()> {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mlag-lab"))
         .args(["--rounds", "2"])
         .output()?;
@@ -429,14 +429,16 @@ fn the_lab_runs_and_shows_each_class() -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("class peer"),
-        "B should capture C's reply to A: {stdout}"
-    );
-    assert!(
         stdout
             .lines()
-            .any(|l| l.contains("class own") && l.contains("vlan 10")),
-        "B should capture the tagged reply to itself: {stdout}"
+            .any(|l| l.contains("A learnt from B: 10.77.0.3")
+                && l.contains("kernel-arp")
+                && l.contains("kernel REACHABLE")),
+        "A must learn C's reply that landed on B: {stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.contains("class own on B")),
+        "the VLAN 10 reply to B reaches A: {stdout}"
     );
     Ok(())
 }

@@ -46,6 +46,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Fuzz the sync frame decoder for a while (also part of `test`).
+    Fuzz {
+        /// How long, in seconds.
+        #[arg(long, default_value_t = FUZZ_SECONDS)]
+        seconds: u64,
+    },
     /// Set up, build (release), then print the benchmark figures.
     Bench {
         /// Extra arguments for the benchmark binary.
@@ -95,6 +101,27 @@ fn build(release: bool) -> anyhow::Result<PathBuf> {
     Ok(binary)
 }
 
+/// How long `cargo xtask test` fuzzes the sync frame decoder.
+const FUZZ_SECONDS: u64 = 30;
+
+/// Runs the cargo-fuzz target on the sync frame decoder for `seconds`,
+/// starting from the committed seed frames; a crash fails the task.
+fn fuzz(seconds: u64) -> anyhow::Result<()> {
+    let dir = workspace_root().join("sync-common");
+    let corpus = dir.join("fuzz/corpus/decode_frame");
+    std::fs::create_dir_all(&corpus)?;
+    let mut cmd = Command::new("rustup");
+    cmd.current_dir(&dir)
+        .env("PATH", setup::tool_path())
+        .args(["run", "nightly", "cargo", "fuzz", "run", "decode_frame"])
+        .arg(&corpus)
+        .arg(dir.join("fuzz/seeds"))
+        .arg("--")
+        .arg(format!("-max_total_time={seconds}"))
+        .arg("-use_value_profile=1");
+    run(&mut cmd)
+}
+
 /// Builds a binary of the testbed package (lab, benchmarks). They are built
 /// only after set-up because they link the agent library, whose build script
 /// needs bpf-linker.
@@ -140,7 +167,15 @@ fn main() -> anyhow::Result<()> {
                 .env("SYNC_AGENT_BIN", &binary)
                 .arg("--")
                 .args(&args);
-            run(&mut cmd)
+            run(&mut cmd)?;
+            if args.is_empty() {
+                fuzz(FUZZ_SECONDS)?;
+            }
+            Ok(())
+        }
+        Task::Fuzz { seconds } => {
+            setup::ensure()?;
+            fuzz(seconds)
         }
         Task::Run { args } => {
             ensure_root("run")?;

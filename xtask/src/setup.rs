@@ -67,7 +67,20 @@ fn output(cmd: &mut Command) -> anyhow::Result<String> {
 pub fn ensure() -> anyhow::Result<()> {
     ensure_apt_packages()?;
     ensure_nightly_rust_src()?;
-    ensure_bpf_linker()
+    ensure_bpf_linker()?;
+    ensure_cargo_fuzz()
+}
+
+fn ensure_cargo_fuzz() -> anyhow::Result<()> {
+    if quiet(Command::new("cargo").args(["fuzz", "--version"])) {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing cargo-fuzz (runs the sync frame decoder fuzz target in `cargo xtask test`)"
+    );
+    run(Command::new("cargo")
+        .args(["install", "cargo-fuzz"])
+        .env("PATH", tool_path()))
 }
 
 fn ensure_apt_packages() -> anyhow::Result<()> {

@@ -334,6 +334,10 @@ struct Task {
 impl Task {
     async fn run(&mut self, mut rx: mpsc::Receiver<PeerEvent>) {
         loop {
+            // Batching without a timer: flush once nothing else is waiting.
+            if self.flush_at.is_some() && self.config.flush_delay_us == 0 && rx.is_empty() {
+                self.flush().await;
+            }
             let flush_at = self.flush_at;
             let event = tokio::select! {
                 event = rx.recv() => match event {

@@ -2,6 +2,14 @@
 //! decoding must not panic; a frame that decodes must have iterable TLVs and
 //! ARP entries, and its ARP entries re-encoded (same header type, sub-type
 //! and seq) must decode to equal entries.
+//!
+//! The header checks give the fuzzer no coverage gradient (from an empty
+//! corpus it never gets a frame past them), so run it with value profiling
+//! or with a few valid frames as seeds:
+//!
+//! ```text
+//! cargo +nightly fuzz run decode_frame -- -use_value_profile=1
+//! ```
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -1,15 +1,8 @@
 //! The self-contained lab behind `cargo xtask run`: switches A and B (an MLAG
-//! pair joined by a peer link) and server C, cabled to both, in network
-//! namespaces; a real agent on each switch; real ARP traffic; a live view of
-//! how every reply is classified. Ctrl-C tears it all down.
-//!
-//! ```text
-//!            peer link
-//!   [A] a-peer ------- b-peer [B]
-//!    a-c |                | b-c      member ports (XDP classifier)
-//!        |                |
-//!    c-a +------[C]-------+ c-b      C's "bond": replies may leave by either link
-//! ```
+//! pair joined by a peer link) and server C cabled to both, in network
+//! namespaces (see `mlag_testbed::pair`); a real agent on each switch with
+//! peer sync on; real ARP traffic; a live view of what each switch captured
+//! and what each kernel learnt. Ctrl-C tears it all down.
 //!
 //! `mlag-lab --rounds N` runs N rounds and exits (used by the tests).
 
@@ -21,8 +14,9 @@ use std::{
 use anyhow::Context as _;
 use mlag_testbed::{
     agent::Agent,
-    frames::{Arp, TPID_8021Q},
-    netns::{self, Netns, fmt_mac},
+    frames::TPID_8021Q,
+    netns::fmt_mac,
+    pair::{self, A_IP, B_IP, C_IP, Pair},
 };
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -31,110 +25,81 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::Relaxed);
 }
 
-const C_IP: [u8; 4] = [10, 77, 0, 3];
-const A_IP: [u8; 4] = [10, 77, 0, 1];
-const B_IP: [u8; 4] = [10, 77, 0, 2];
 const VRRP_MAC: [u8; 6] = [0x00, 0x00, 0x5e, 0x00, 0x01, 0x01];
+/// On this kernel (no VLAN devices) VLAN 10 is handed to the member port untagged.
+const VLAN_MAP: &str =
+    r#"vlan_interfaces = [{ mlag_id = 1, outer_vlan = 10, interface = "MEMBER" }]"#;
 
-fn switch_config(member: &str, peer_mac: [u8; 6]) -> String {
-    format!(
-        r#"instance = "{{instance}}"
-[dataplane]
-member_ports = ["{member}"]
-peer_macs = ["{}"]
-vrrp_groups = [1]
-"#,
-        fmt_mac(&peer_mac)
-    )
-}
-
-struct Lab {
-    a: Netns,
-    b: Netns,
-    c: Netns,
-    a_mac: [u8; 6],
-    b_mac: [u8; 6],
-    c_mac: [u8; 6],
-}
-
-fn build() -> anyhow::Result<Lab> {
-    let a = Netns::new("mlab-a")?;
-    let b = Netns::new("mlab-b")?;
-    let c = Netns::new("mlab-c")?;
-    netns::veth(&a, "a-c", &c, "c-a")?;
-    netns::veth(&b, "b-c", &c, "c-b")?;
-    netns::veth(&a, "a-peer", &b, "b-peer")?;
-    a.ip(&["addr", "add", "10.77.0.1/24", "dev", "a-c"])?;
-    b.ip(&["addr", "add", "10.77.0.2/24", "dev", "b-c"])?;
-    c.ip(&["addr", "add", "10.77.0.3/24", "dev", "c-a"])?;
-    a.ip(&["addr", "add", "169.254.77.1/30", "dev", "a-peer"])?;
-    b.ip(&["addr", "add", "169.254.77.2/30", "dev", "b-peer"])?;
-    Ok(Lab {
-        a_mac: a.mac("a-c")?,
-        b_mac: b.mac("b-c")?,
-        c_mac: c.mac("c-a")?,
-        a,
-        b,
-        c,
-    })
-}
-
-fn traffic(lab: &Lab) -> anyhow::Result<()> {
-    // A resolves C for real: A's request, C's reply to A's MAC on the A-C link.
-    lab.a.ip(&["neigh", "flush", "dev", "a-c"])?;
-    let _ = lab.a.exec("ping", &["-c", "1", "-W", "1", "10.77.0.3"]);
-    // C's load balancing sends a reply to A's request out of the B link: B
-    // sees a reply to its peer's MAC.
-    lab.c.send_frames(
+fn traffic(pair: &Pair, round: u64) -> anyhow::Result<()> {
+    // A resolves C: A's request goes out; C's load balancing sends the reply
+    // out of its link to B. Without peer sync A would never learn it.
+    pair.a.ip(&["neigh", "flush", "dev", "a-c"])?;
+    let mut ping = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            pair.a.name(),
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "10.77.0.3",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(50));
+    pair.c.send_frames(
         "c-b",
-        &[Arp::reply((lab.c_mac, C_IP), (lab.a_mac, A_IP)).to_bytes()],
+        &[pair.reply_from_c(C_IP, pair.a_mac, A_IP).to_bytes()],
     )?;
-    // A reply to the pair's VRRP MAC: shared, learnt locally only.
-    lab.c.send_frames(
-        "c-a",
-        &[Arp::reply((lab.c_mac, C_IP), (VRRP_MAC, A_IP)).to_bytes()],
-    )?;
-    // A reply to B on VLAN 10: own, synced with its tag.
-    lab.c.send_frames(
+    // Another host behind C answers B on VLAN 10 (class own on B, synced to A).
+    let host = [10, 77, 0, 100 + (round % 50) as u8];
+    pair.c.send_frames(
         "c-b",
-        &[Arp::reply((lab.c_mac, C_IP), (lab.b_mac, B_IP))
+        &[pair
+            .reply_from_c(host, pair.b_mac, B_IP)
             .tagged(&[(TPID_8021Q, 10)])
             .to_bytes()],
     )?;
+    // A reply to the pair's VRRP MAC: shared, learnt locally only.
+    pair.c
+        .send_frames("c-a", &[pair.reply_from_c(C_IP, VRRP_MAC, A_IP).to_bytes()])?;
+    let _ = ping.wait();
     Ok(())
 }
 
-fn show(name: &str, agent: &Agent) -> anyhow::Result<()> {
+fn show(
+    name: &str,
+    agent: &Agent,
+    ns: &mlag_testbed::netns::Netns,
+    dev: &str,
+) -> anyhow::Result<()> {
     let c = agent.counters()?;
+    let p = agent.query(&["show", "peer"])?;
     println!(
-        "switch {name}: seen {:>4}  arp replies {:>3}  peer {:>3}  own {:>3}  shared {:>3}  malformed {}  captured {:>3}  ringbuf full {}",
-        c["seen"],
+        "switch {name}: arp replies {:>3}  peer {:>3}  own {:>3}  shared {:>3}  captured {:>3} | session {}  sent {}  received {}  injected {}",
         c["arp_replies"],
         c["peer"],
         c["own"],
         c["shared"],
-        c["malformed"],
         c["captured"],
-        c["ringbuf_full"]
+        p["state"].as_str().unwrap_or("?"),
+        p["counters"]["entries_sent"],
+        p["counters"]["entries_received"],
+        p["counters"]["injected"]
     );
-    for e in agent.captured()?.iter().take(2) {
-        let vlan = if e["vlan_count"] == 0 {
-            "-".to_string()
-        } else {
-            e["outer_vlan"].to_string()
-        };
-        println!(
-            "    captured on {:<5} class {:<5} vlan {:<3} {} ({}) -> {} ({})  {} ms ago",
-            e["port"].as_str().unwrap_or("?"),
-            e["class"].as_str().unwrap_or("?"),
-            vlan,
-            e["sender_ip"].as_str().unwrap_or("?"),
-            e["sender_mac"].as_str().unwrap_or("?"),
-            e["target_ip"].as_str().unwrap_or("?"),
-            e["target_mac"].as_str().unwrap_or("?"),
-            e["age_ms"]
-        );
-    }
+    let kernel = pair::resolved_neighbours(ns, dev)?;
+    let shown: Vec<String> = kernel
+        .iter()
+        .take(4)
+        .map(|(ip, mac)| format!("{ip} {mac}"))
+        .collect();
+    println!(
+        "    kernel ARP table on {dev}: {} entries  {}",
+        kernel.len(),
+        shown.join(", ")
+    );
     Ok(())
 }
 
@@ -156,43 +121,69 @@ fn main() -> anyhow::Result<()> {
         libc::signal(libc::SIGTERM, handler);
     }
     println!("mlag-sync lab: building namespaces (A, B, C) and starting an agent on A and B …");
-    let lab = build()?;
-    let agent_a = Agent::start(&lab.a, &switch_config("a-c", lab.b_mac))?;
-    let agent_b = Agent::start(&lab.b, &switch_config("b-c", lab.a_mac))?;
+    let pair = Pair::new()?;
+    let agent_a = pair.agent_a(&VLAN_MAP.replace("MEMBER", "a-c"))?;
+    let agent_b = pair.agent_b(&VLAN_MAP.replace("MEMBER", "b-c"))?;
     println!(
         "namespaces: {} {} {}",
-        lab.a.name(),
-        lab.b.name(),
-        lab.c.name()
+        pair.a.name(),
+        pair.b.name(),
+        pair.c.name()
     );
-    println!("query the agents yourself, e.g.:");
     let bin = mlag_testbed::agent::agent_binary()?;
+    println!("query the agents yourself, e.g.:");
     println!(
-        "  {} --socket {} show captured",
+        "  {} --socket {} show peer",
         bin.display(),
         agent_a.socket.display()
     );
     println!(
-        "  {} --socket {} show counters -j",
+        "  {} --socket {} show arp",
+        bin.display(),
+        agent_a.socket.display()
+    );
+    println!(
+        "  {} --socket {} show captured -j",
         bin.display(),
         agent_b.socket.display()
     );
+    println!("  ip -n {} neigh", pair.a.name());
     println!(
         "A's member port MAC {}, B's {}; C answers from {}",
-        fmt_mac(&lab.a_mac),
-        fmt_mac(&lab.b_mac),
-        fmt_mac(&lab.c_mac)
+        fmt_mac(&pair.a_mac),
+        fmt_mac(&pair.b_mac),
+        fmt_mac(&pair.c_mac)
+    );
+    println!(
+        "each round: A asks for C and C's reply lands on B; a host answers B on VLAN 10; a reply to the VRRP MAC"
     );
     println!("Ctrl-C stops the lab and removes everything.\n");
     let mut round = 0u64;
     while !STOP.load(Ordering::Relaxed) && rounds.is_none_or(|n| round < n) {
         round += 1;
-        traffic(&lab)?;
-        std::thread::sleep(Duration::from_millis(300));
+        traffic(&pair, round)?;
+        std::thread::sleep(Duration::from_millis(200));
         println!("--- round {round}");
-        show("A", &agent_a)?;
-        show("B", &agent_b)?;
-        for _ in 0..17 {
+        show("A", &agent_a, &pair.a, "a-c")?;
+        show("B", &agent_b, &pair.b, "b-c")?;
+        for e in agent_a
+            .query(&["show", "arp"])?
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["direction"] == "received")
+            .take(3)
+        {
+            println!(
+                "    A learnt from B: {} {} via {} (class {} on B, kernel {})",
+                e["ip"].as_str().unwrap_or("?"),
+                e["mac"].as_str().unwrap_or("?"),
+                e["how"].as_str().unwrap_or("?"),
+                e["class"].as_str().unwrap_or("?"),
+                e["kernel_state"].as_str().unwrap_or("?")
+            );
+        }
+        for _ in 0..15 {
             if STOP.load(Ordering::Relaxed) || rounds.is_some() {
                 break;
             }

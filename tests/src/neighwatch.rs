@@ -1,0 +1,107 @@
+//! Watching a namespace's ARP table change, with timestamps: a netlink
+//! socket subscribed to neighbour events, opened inside the namespace.
+
+use std::{collections::HashMap, net::Ipv4Addr, sync::mpsc, time::Instant};
+
+use futures::StreamExt as _;
+use rtnetlink::{
+    MulticastGroup,
+    packet_core::NetlinkPayload,
+    packet_route::{
+        RouteNetlinkMessage,
+        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
+    },
+};
+
+use crate::netns::Netns;
+
+/// Receives `(ip, when)` each time an IPv4 neighbour becomes REACHABLE.
+pub struct NeighbourWatch {
+    rx: mpsc::Receiver<(Ipv4Addr, Instant)>,
+}
+
+impl NeighbourWatch {
+    /// Starts watching `ns` (a thread that lives as long as the namespace).
+    pub fn start(ns: &Netns) -> anyhow::Result<Self> {
+        let path = format!("/run/netns/{}", ns.name());
+        let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd as _;
+            let Ok(file) = std::fs::File::open(&path) else {
+                return;
+            };
+            // SAFETY: setns on a namespace fd affects only this thread.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return;
+            }
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let Ok((mut connection, _, mut messages)) =
+                    rtnetlink::new_multicast_connection(&[MulticastGroup::Neigh])
+                else {
+                    return;
+                };
+                // Bursts of thousands of events must not overflow the socket.
+                let _ = {
+                    use netlink_sys::AsyncSocket as _;
+                    connection.socket_mut().socket_mut().set_rx_buf_sz(32 << 20)
+                };
+                tokio::spawn(connection);
+                let _ = ready_tx.send(());
+                while let Some((message, _)) = messages.next().await {
+                    let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n)) =
+                        message.payload
+                    else {
+                        continue;
+                    };
+                    if n.header.state != NeighbourState::Reachable {
+                        continue;
+                    }
+                    let ip = n.attributes.iter().find_map(|a| match a {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                        _ => None,
+                    });
+                    if let Some(ip) = ip {
+                        if tx.send((ip, Instant::now())).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        });
+        ready_rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .map_err(|_| anyhow::anyhow!("neighbour watch did not start"))?;
+        Ok(Self { rx })
+    }
+
+    /// Waits until every address in `wanted` has been seen REACHABLE (or the
+    /// deadline passes); returns when each was first seen.
+    pub fn collect(&self, wanted: &[Ipv4Addr], deadline: Instant) -> HashMap<Ipv4Addr, Instant> {
+        let mut seen = HashMap::new();
+        while seen.len() < wanted.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok((ip, at)) => {
+                    seen.entry(ip).or_insert(at);
+                }
+                Err(_) => break,
+            }
+        }
+        seen.retain(|ip, _| wanted.contains(ip));
+        seen
+    }
+
+    /// The next address seen REACHABLE before `deadline`.
+    pub fn next(&self, deadline: Instant) -> Option<(Ipv4Addr, Instant)> {
+        self.rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .ok()
+    }
+}
