@@ -82,6 +82,35 @@ impl Pair {
         Agent::start(&self.b, &self.config_b(extra))
     }
 
+    /// Starts A resolving `ip` (one ping) and waits until A's entry for it
+    /// is INCOMPLETE, i.e. A's ARP request is out and unanswered. Kill the
+    /// returned ping when done.
+    pub fn a_starts_resolving(&self, ip: &str) -> anyhow::Result<std::process::Child> {
+        let child = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                self.a.name(),
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "3",
+                ip,
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        crate::wait_until(
+            std::time::Duration::from_secs(10),
+            &format!("A's entry for {ip} INCOMPLETE"),
+            || match neighbour(&self.a, "a-c", ip) {
+                Ok(Some((state, _))) if state == "INCOMPLETE" => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        )?;
+        Ok(child)
+    }
+
     /// A reply from C (`sender_ip`, C's MAC) to `dst` about `target_ip`.
     pub fn reply_from_c(&self, sender_ip: [u8; 4], dst: [u8; 6], target_ip: [u8; 4]) -> Arp {
         Arp::reply((self.c_mac, sender_ip), (dst, target_ip))

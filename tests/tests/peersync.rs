@@ -50,40 +50,13 @@ fn wait_neighbour(
     )
 }
 
-/// Starts A resolving C: its neighbour entry for C goes INCOMPLETE.
-fn a_asks_for_c(pair: &Pair) -> anyhow::Result<std::process::Child> {
-    let child = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            pair.a.name(),
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "3",
-            "10.77.0.3",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()?;
-    wait_until(
-        WAIT,
-        "A's entry for C INCOMPLETE",
-        || match pair::neighbour(&pair.a, "a-c", "10.77.0.3") {
-            Ok(Some((state, _))) if state == "INCOMPLETE" => Ok(()),
-            other => Err(format!("{other:?}")),
-        },
-    )?;
-    Ok(child)
-}
-
 #[test]
 fn a_reply_landing_on_the_peer_is_learnt_by_the_asking_switch_kernel() -> anyhow::Result<()> {
     let pair = Pair::new()?;
     let a = pair.agent_a("")?;
     let b = pair.agent_b("")?;
     wait_session_up(&a)?;
-    let mut ping = a_asks_for_c(&pair)?;
+    let mut ping = pair.a_starts_resolving("10.77.0.3")?;
     // C's load balancing sends the reply to A out of its link to B.
     pair.c.send_frames(
         "c-b",
@@ -109,7 +82,7 @@ fn a_reply_landing_on_the_peer_is_learnt_by_the_asking_switch_kernel() -> anyhow
 #[test]
 fn without_the_agents_the_misdelivered_reply_is_never_learnt() -> anyhow::Result<()> {
     let pair = Pair::new()?;
-    let mut ping = a_asks_for_c(&pair)?;
+    let mut ping = pair.a_starts_resolving("10.77.0.3")?;
     pair.c.send_frames(
         "c-b",
         &[pair.reply_from_c(C_IP, pair.a_mac, A_IP).to_bytes()],
@@ -138,7 +111,7 @@ fn tagged_replies_are_learnt_on_the_interface_of_their_vlan() -> anyhow::Result<
     let a = pair.agent_a(vlans)?;
     let _b = pair.agent_b("")?;
     wait_session_up(&a)?;
-    let mut ping = a_asks_for_c(&pair)?;
+    let mut ping = pair.a_starts_resolving("10.77.0.3")?;
     pair.c.send_frames(
         "c-b",
         &[pair
@@ -149,26 +122,7 @@ fn tagged_replies_are_learnt_on_the_interface_of_their_vlan() -> anyhow::Result<
     wait_neighbour(&pair.a, "a-c", "10.77.0.3", &pair.c_mac)?;
     let _ = ping.kill();
     // Double-tagged: a second address of C, asked for and answered the same way.
-    let mut ping = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            pair.a.name(),
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "3",
-            "10.77.0.4",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()?;
-    wait_until(WAIT, "INCOMPLETE for 10.77.0.4", || {
-        match pair::neighbour(&pair.a, "a-c", "10.77.0.4") {
-            Ok(Some((s, _))) if s == "INCOMPLETE" => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })?;
+    let mut ping = pair.a_starts_resolving("10.77.0.4")?;
     pair.c.send_frames(
         "c-b",
         &[pair

@@ -34,21 +34,7 @@ fn traffic(pair: &Pair, round: u64) -> anyhow::Result<()> {
     // A resolves C: A's request goes out; C's load balancing sends the reply
     // out of its link to B. Without peer sync A would never learn it.
     pair.a.ip(&["neigh", "flush", "dev", "a-c"])?;
-    let mut ping = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            pair.a.name(),
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "1",
-            "10.77.0.3",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()?;
-    std::thread::sleep(Duration::from_millis(50));
+    let mut ping = pair.a_starts_resolving("10.77.0.3")?;
     pair.c.send_frames(
         "c-b",
         &[pair.reply_from_c(C_IP, pair.a_mac, A_IP).to_bytes()],
@@ -65,6 +51,7 @@ fn traffic(pair: &Pair, round: u64) -> anyhow::Result<()> {
     // A reply to the pair's VRRP MAC: shared, learnt locally only.
     pair.c
         .send_frames("c-a", &[pair.reply_from_c(C_IP, VRRP_MAC, A_IP).to_bytes()])?;
+    let _ = ping.kill();
     let _ = ping.wait();
     Ok(())
 }
