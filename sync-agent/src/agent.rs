@@ -35,6 +35,7 @@ use crate::{
         capture::{self, CaptureStats, Captured},
     },
     mac::MacAddr,
+    mclag::Mclag,
     peersync::{self, Identity, LocalPort, PeerQuery, PeerSync},
     southbound::links::{self, Link, LinkEvent},
 };
@@ -95,6 +96,7 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
         bad_requests: bad_requests.clone(),
         netlink,
         peer: None,
+        mclag: None,
         peer_ports: Vec::new(),
     };
     agent.apply_policy()?;
@@ -102,10 +104,36 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
     agent.refresh_tables()?;
     if let (Some(peer_config), Some(inject_fd)) = (agent.config.peer.clone(), inject_fd) {
         let ports = agent.local_ports();
+        let mclag_address = agent
+            .config
+            .mclag
+            .as_ref()
+            .map(|m| m.address.unwrap_or(peer_config.local_address));
         let identity = Identity {
             name: agent.config.instance.clone(),
             system_id: ports.iter().find_map(|p| p.mac).unwrap_or(MacAddr([0; 6])),
             boot_id: peersync::new_boot_id(),
+            mclag_address,
+        };
+        let observer = match (agent.config.mclag.clone(), mclag_address) {
+            (Some(mclag_config), Some(address)) => {
+                let keepalive = (
+                    std::time::Duration::from_millis(peer_config.keepalive_interval_ms),
+                    std::time::Duration::from_millis(peer_config.dead_interval_ms),
+                );
+                tracing::info!(%address, "MC-LAG starting");
+                let (mclag, observer) = Mclag::spawn(
+                    mclag_config,
+                    address,
+                    keepalive,
+                    identity.boot_id,
+                    ports.clone(),
+                    agent.netlink.clone(),
+                );
+                agent.mclag = Some(mclag);
+                Some(observer)
+            }
+            _ => None,
         };
         tracing::info!(local = %peer_config.local_address, peer = %peer_config.peer_address, port = peer_config.port, boot_id = identity.boot_id, "peer sync starting");
         agent.peer_ports = ports.clone();
@@ -115,6 +143,7 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
             ports,
             inject_fd,
             agent.netlink.clone(),
+            observer,
         ));
     }
 
@@ -221,6 +250,8 @@ struct Agent {
     netlink: Handle,
     /// Peer sync, when configured.
     peer: Option<PeerSync>,
+    /// MC-LAG identity, when configured.
+    mclag: Option<Mclag>,
     /// The member ports as last told to peer sync.
     peer_ports: Vec<LocalPort>,
 }
@@ -335,6 +366,9 @@ impl Agent {
         let ports = self.local_ports();
         if ports != self.peer_ports {
             self.peer_ports = ports.clone();
+            if let Some(mclag) = &self.mclag {
+                mclag.ports(ports.clone()).await;
+            }
             peer.ports(ports).await;
         }
     }
@@ -473,6 +507,12 @@ impl Agent {
                     Response::ok(&self.status())
                 }
                 Err(err) => Response::error(format!("reload refused, old config kept: {err:#}")),
+            },
+            Request::Mclag => match &self.mclag {
+                Some(mclag) => mclag.query().await,
+                None => {
+                    Response::error("MC-LAG is not configured (no [mclag] section in the config)")
+                }
             },
             Request::Peer | Request::Arp => match &self.peer {
                 Some(peer) => {

@@ -12,6 +12,7 @@ use crate::{
         client,
         protocol::{CapturedEntry, CountersReport, Request, StatusReport},
     },
+    mclag::MclagReport,
     peersync::{ArpReportEntry, PeerReport},
 };
 
@@ -79,6 +80,8 @@ pub enum Show {
     Peer,
     /// Synced ARP entries: sent to the peer and learnt from it (with the kernel's state).
     Arp,
+    /// MC-LAG: role, addresses, shared MAC, per port original/current MAC and link-local.
+    Mclag,
     /// Most recent ARP replies captured for the peer, newest first.
     Captured {
         /// At most this many.
@@ -112,6 +115,16 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 cli.json,
                 Request::Peer,
                 print_peer,
+            )
+            .await
+        }
+        Command::Show { what: Show::Mclag } => {
+            query(
+                &cli.socket,
+                &cli.instance,
+                cli.json,
+                Request::Mclag,
+                print_mclag,
             )
             .await
         }
@@ -354,6 +367,52 @@ fn print_arp(entries: &Vec<ArpReportEntry>) {
             e.how,
             e.kernel_state.as_deref().unwrap_or("-"),
             e.age_ms
+        );
+    }
+}
+
+fn print_mclag(m: &MclagReport) {
+    println!(
+        "role {:?}  own {}  peer {} ({})  shared mac {}",
+        m.role,
+        m.own_address,
+        m.peer_address.as_deref().unwrap_or("-"),
+        if m.peer_alive { "alive" } else { "not alive" },
+        or_dash(m.shared_mac)
+    );
+    if m.backup_configured {
+        println!(
+            "backup path: {}  split brain: {}",
+            match m.backup_alive {
+                Some(true) => "alive",
+                Some(false) => "silent",
+                None => "unknown",
+            },
+            m.split_brain
+        );
+    }
+    if let Some(error) = &m.error {
+        println!("error: {error}");
+    }
+    println!(
+        "role changes {} (last at unix ms {}), announcements sent {}",
+        m.role_changes,
+        or_dash(m.last_role_change_unix_ms),
+        m.announcements_sent
+    );
+    println!(
+        "{:<16} {:>5} {:<17} {:<17} {:<17} link-local",
+        "port", "mlag", "original mac", "current mac", "twin mac"
+    );
+    for p in &m.ports {
+        println!(
+            "{:<16} {:>5} {:<17} {:<17} {:<17} {}",
+            p.name,
+            p.mlag_id,
+            or_dash(p.original_mac),
+            or_dash(p.current_mac),
+            or_dash(p.twin_mac),
+            p.link_local.join(" ")
         );
     }
 }

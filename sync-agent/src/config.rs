@@ -26,6 +26,53 @@ pub struct Config {
     /// Peer sync over the peer link (SPEC 2); without it nothing is synced.
     #[serde(default)]
     pub peer: Option<PeerConfig>,
+    /// MC-LAG pair identity (SPEC 3); needs `[peer]`.
+    #[serde(default)]
+    pub mclag: Option<MclagConfig>,
+}
+
+/// How the link-local address follows a MAC change.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkLocalMode {
+    /// Delete the stale fe80:: address and add the new EUI-64 one (the link
+    /// stays up).
+    #[default]
+    Readdress,
+    /// Take the port down and up so the kernel regenerates it (drops the link).
+    Bounce,
+}
+
+/// A second path to the peer, used only to tell a dead peer from a broken
+/// peer link.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackupPath {
+    /// This switch's address on the backup path.
+    pub local_address: IpAddr,
+    /// The peer's address on the backup path.
+    pub peer_address: IpAddr,
+    /// UDP port of the backup keepalives.
+    #[serde(default = "default_sync_port")]
+    pub port: u16,
+}
+
+/// `[mclag]`: master election and MAC alignment (SPEC 3).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MclagConfig {
+    /// Election address (default: `peer.local_address`); the larger is master.
+    #[serde(default)]
+    pub address: Option<IpAddr>,
+    /// How link-local addresses follow a MAC change.
+    #[serde(default)]
+    pub linklocal: LinkLocalMode,
+    /// Backup liveness path (split-brain detection).
+    #[serde(default)]
+    pub backup: Option<BackupPath>,
+    /// Announce with gratuitous ARP / unsolicited NA on takeover.
+    #[serde(default = "default_true")]
+    pub announce: bool,
 }
 
 /// What the agent does with `arp_accept` on the member ports.
@@ -394,6 +441,39 @@ impl Config {
         }
         if let Some(peer) = &self.peer {
             peer_problems(peer, &dp.member_ports, &mut problem);
+        }
+        if let Some(mclag) = &self.mclag {
+            match &self.peer {
+                None => problem(
+                    "mclag".into(),
+                    "needs a [peer] section (the election runs over the peer session)".into(),
+                ),
+                Some(peer) => {
+                    let address = mclag.address.unwrap_or(peer.local_address);
+                    if address.is_ipv4() != peer.peer_address.is_ipv4() && mclag.address.is_some() {
+                        problem(
+                            "mclag.address".into(),
+                            "use the same address family on both switches".into(),
+                        );
+                    }
+                }
+            }
+            if let Some(backup) = &mclag.backup {
+                if backup.local_address == backup.peer_address {
+                    problem(
+                        "mclag.backup.peer_address".into(),
+                        format!("{} is also mclag.backup.local_address", backup.peer_address),
+                    );
+                }
+                if self.peer.as_ref().is_some_and(|p| {
+                    p.port == backup.port && p.local_address == backup.local_address
+                }) {
+                    problem(
+                        "mclag.backup.port".into(),
+                        "clashes with the peer-link keepalive socket".into(),
+                    );
+                }
+            }
         }
         problems
     }

@@ -2,12 +2,13 @@
 //!
 //! - [`dataplane`]: the XDP classifier on the member ports (SPEC 1)
 //! - [`peersync`]: sync of ARP replies with the MLAG peer (SPEC 2)
+//! - [`mclag`]: master election, MAC and link-local alignment, takeover (SPEC 3)
 //! - [`agent`]: the task that owns the agent's state and wires the others
 //! - [`control`] and [`cli`]: the operator's side (SPEC 7.2)
 //! - [`config`]: the config file (SPEC 7.1)
 //! - [`southbound`]: interfaces over netlink
 //!
-//! MC-LAG identity, fabric sync, inference and rollout (SPEC 2–6)
+//! Fabric sync, inference and rollout (SPEC 2–6)
 //! join as further modules fed by the agent task's channels.
 
 pub mod agent;
@@ -16,5 +17,6 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod mac;
+pub mod mclag;
 pub mod peersync;
 pub mod southbound;

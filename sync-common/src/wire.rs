@@ -138,6 +138,8 @@ pub mod tlv {
     /// Hello: last sequence number the sender received and applied from the
     /// peer's agent with the peer's boot id (u64 boot id + u32 seq).
     pub const RESUME: u16 = 0x0007;
+    /// Hello: the sender's MC-LAG election address (4 or 16 bytes).
+    pub const MCLAG_ADDRESS: u16 = 0x0008;
     /// Ack: cumulative sequence number, u32.
     pub const ACK_SEQ: u16 = 0x0010;
     /// Sync/ARP: one entry (must understand).
@@ -349,6 +351,7 @@ fn known_tlv(msg_type: MessageType, tlv_type: u16) -> bool {
                 | tlv::MAX_FRAME
                 | tlv::PORT
                 | tlv::RESUME
+                | tlv::MCLAG_ADDRESS
         ),
         MessageType::Keepalive => tlv_type == tlv::BOOT_ID,
         MessageType::Ack => tlv_type == tlv::ACK_SEQ,
@@ -437,6 +440,7 @@ fn check_value(tlv_type: u16, value: &[u8]) -> Result<(), DecodeError> {
         tlv::BOOT_ID => value.len() == 8,
         tlv::PORT => value.len() == 10,
         tlv::RESUME => value.len() == 12,
+        tlv::MCLAG_ADDRESS => value.len() == 4 || value.len() == 16,
         tlv::ARP_ENTRY => ArpEntry::parse(value).is_some(),
         _ => true,
     };

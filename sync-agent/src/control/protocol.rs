@@ -27,6 +27,8 @@ pub enum Request {
     Peer,
     /// Synced ARP entries, both directions.
     Arp,
+    /// MC-LAG role and port identity.
+    Mclag,
 }
 
 /// The envelope of every response.

@@ -73,6 +73,22 @@ pub struct Identity {
     pub system_id: MacAddr,
     /// Random id of this agent run; a new one tells the peer we restarted.
     pub boot_id: u64,
+    /// MC-LAG election address, when MC-LAG is configured.
+    pub mclag_address: Option<std::net::IpAddr>,
+}
+
+/// What peer sync tells the MC-LAG task about the peer.
+#[derive(Clone, Debug)]
+pub enum SessionEvent {
+    /// A session is established (the peer's hello).
+    Up {
+        /// The peer's election address, if it runs MC-LAG.
+        mclag_address: Option<std::net::IpAddr>,
+        /// The peer's member ports: MLAG id and MAC.
+        ports: Vec<(u32, MacAddr)>,
+    },
+    /// The peer's liveness is lost.
+    Lost,
 }
 
 /// Operator queries.
@@ -153,6 +169,7 @@ impl PeerSync {
         ports: Vec<LocalPort>,
         inject: OwnedFd,
         netlink: Handle,
+        observer: Option<mpsc::Sender<SessionEvent>>,
     ) -> Self {
         let (events, rx) = mpsc::channel(1024);
         let local = SocketAddr::new(config.local_address, config.port);
@@ -195,6 +212,7 @@ impl PeerSync {
             log_gate: BTreeMap::new(),
             inject,
             netlink,
+            observer,
         };
         task.apply_arp_accept();
         tokio::spawn(async move { task.run(rx).await });
@@ -329,9 +347,16 @@ struct Task {
     log_gate: BTreeMap<&'static str, Instant>,
     inject: OwnedFd,
     netlink: Handle,
+    observer: Option<mpsc::Sender<SessionEvent>>,
 }
 
 impl Task {
+    async fn notify(&self, event: SessionEvent) {
+        if let Some(observer) = &self.observer {
+            let _ = observer.send(event).await;
+        }
+    }
+
     async fn run(&mut self, mut rx: mpsc::Receiver<PeerEvent>) {
         loop {
             // Batching without a timer: flush once nothing else is waiting.
@@ -406,6 +431,7 @@ impl Task {
                 tracing::warn!(peer = %self.config.peer_address, dead_ms = self.config.dead_interval_ms, "peer lost: no keepalive");
                 self.peer_alive = None;
                 self.close_session("peer liveness lost");
+                self.notify(SessionEvent::Lost).await;
             }
             PeerEvent::RefreshDone { probed, failed } => {
                 self.stats.refresh_probes += probed;
@@ -501,6 +527,15 @@ impl Task {
         for port in &self.ports {
             let mac = port.mac.map_or([0; 6], |m| m.0);
             let _ = e.tlv(wire::tlv::PORT, &[&port.mlag_id.to_be_bytes(), &mac]);
+        }
+        match self.identity.mclag_address {
+            Some(std::net::IpAddr::V4(v4)) => {
+                let _ = e.tlv(wire::tlv::MCLAG_ADDRESS, &[&v4.octets()]);
+            }
+            Some(std::net::IpAddr::V6(v6)) => {
+                let _ = e.tlv(wire::tlv::MCLAG_ADDRESS, &[&v6.octets()]);
+            }
+            None => {}
         }
         if let Some(boot) = self.rx_from_boot {
             let _ = e.tlv(
@@ -613,6 +648,32 @@ impl Task {
                 hello_at: Instant::now(),
             });
         }
+        let mclag_address = frame
+            .find(wire::tlv::MCLAG_ADDRESS)
+            .and_then(|v| match v.len() {
+                4 => <[u8; 4]>::try_from(v)
+                    .ok()
+                    .map(|b| std::net::IpAddr::from(b)),
+                16 => <[u8; 16]>::try_from(v)
+                    .ok()
+                    .map(|b| std::net::IpAddr::from(b)),
+                _ => None,
+            });
+        let ports = frame
+            .tlvs()
+            .filter(|t| t.tlv_type == wire::tlv::PORT && t.value.len() == 10)
+            .map(|t| {
+                let id = u32::from_be_bytes([t.value[0], t.value[1], t.value[2], t.value[3]]);
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(&t.value[4..10]);
+                (id, MacAddr(mac))
+            })
+            .collect();
+        self.notify(SessionEvent::Up {
+            mclag_address,
+            ports,
+        })
+        .await;
         if peer_restarted {
             self.refresh();
         }

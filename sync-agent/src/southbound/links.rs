@@ -2,7 +2,7 @@
 
 use futures::{StreamExt as _, TryStreamExt as _};
 use rtnetlink::{
-    Handle, MulticastGroup,
+    Handle, LinkUnspec, MulticastGroup,
     packet_core::NetlinkPayload,
     packet_route::{
         RouteNetlinkMessage,
@@ -131,4 +131,46 @@ pub fn watch() -> Result<mpsc::Receiver<LinkEvent>, LinkError> {
         }
     });
     Ok(rx)
+}
+
+/// Sets the MAC address of interface `index` (live: the link stays up).
+pub async fn set_mac(
+    handle: &Handle,
+    index: u32,
+    name: &str,
+    mac: MacAddr,
+) -> Result<(), LinkError> {
+    handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(index)
+                .address(mac.0.to_vec())
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(|source| LinkError::Request {
+            name: name.to_string(),
+            source,
+        })
+}
+
+/// Takes interface `index` down and up again.
+pub async fn bounce(handle: &Handle, index: u32, name: &str) -> Result<(), LinkError> {
+    let err = |source| LinkError::Request {
+        name: name.to_string(),
+        source,
+    };
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).down().build())
+        .execute()
+        .await
+        .map_err(err)?;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(err)
 }

@@ -1,0 +1,101 @@
+//! Interface addresses over rtnetlink.
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use futures::TryStreamExt as _;
+use rtnetlink::{
+    Handle,
+    packet_route::address::{AddressAttribute, AddressMessage},
+};
+
+/// One address of an interface.
+#[derive(Clone, Debug)]
+pub struct Address {
+    /// The address.
+    pub ip: IpAddr,
+    /// Prefix length.
+    pub prefix_len: u8,
+    message: AddressMessage,
+}
+
+/// Errors of address requests.
+#[derive(Debug, thiserror::Error)]
+#[error("netlink address request ({what}) on ifindex {ifindex}: {source}")]
+pub struct AddressError {
+    what: String,
+    ifindex: u32,
+    source: rtnetlink::Error,
+}
+
+/// Every address of interface `ifindex`.
+pub async fn list(handle: &Handle, ifindex: u32) -> Result<Vec<Address>, AddressError> {
+    let err = |source| AddressError {
+        what: "dump".into(),
+        ifindex,
+        source,
+    };
+    let mut out = Vec::new();
+    let mut replies = handle
+        .address()
+        .get()
+        .set_link_index_filter(ifindex)
+        .execute();
+    while let Some(message) = replies.try_next().await.map_err(err)? {
+        if message.header.index != ifindex {
+            continue;
+        }
+        let ip = message.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        });
+        if let Some(ip) = ip {
+            out.push(Address {
+                ip,
+                prefix_len: message.header.prefix_len,
+                message,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Adds `ip/prefix_len` to interface `ifindex`.
+pub async fn add(
+    handle: &Handle,
+    ifindex: u32,
+    ip: IpAddr,
+    prefix_len: u8,
+) -> Result<(), AddressError> {
+    handle
+        .address()
+        .add(ifindex, ip, prefix_len)
+        .execute()
+        .await
+        .map_err(|source| AddressError {
+            what: format!("add {ip}/{prefix_len}"),
+            ifindex,
+            source,
+        })
+}
+
+/// Removes an address found by [`list`].
+pub async fn remove(handle: &Handle, ifindex: u32, address: &Address) -> Result<(), AddressError> {
+    handle
+        .address()
+        .del(address.message.clone())
+        .execute()
+        .await
+        .map_err(|source| AddressError {
+            what: format!("delete {}", address.ip),
+            ifindex,
+            source,
+        })
+}
+
+/// True for fe80::/10.
+pub fn is_link_local(ip: &IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
+}
+
+/// Alias kept for readability at call sites.
+pub type V6 = Ipv6Addr;

@@ -1,0 +1,212 @@
+//! SPEC 3 against real kernels: the pair elects a master, the slave's member
+//! port takes the master's MAC and a regenerated link-local address, and the
+//! slave takes over (with gratuitous ARP) when the master is gone.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use mlag_testbed::{
+    agent::Agent,
+    netns::{self, Netns, fmt_mac},
+    pair::Pair,
+    wait_until,
+};
+
+const WAIT: Duration = Duration::from_secs(15);
+const MCLAG: &str = "\n[mclag]\n";
+
+/// The EUI-64 link-local of a MAC, written independently of the product.
+fn eui64(mac: &[u8; 6]) -> String {
+    let groups = [
+        u16::from_be_bytes([mac[0] ^ 2, mac[1]]),
+        u16::from_be_bytes([mac[2], 0xff]),
+        u16::from_be_bytes([0xfe, mac[3]]),
+        u16::from_be_bytes([mac[4], mac[5]]),
+    ];
+    let addr = std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, groups[0], groups[1], groups[2], groups[3]);
+    addr.to_string()
+}
+
+fn link_locals(ns: &Netns, dev: &str) -> anyhow::Result<Vec<String>> {
+    let json: serde_json::Value =
+        serde_json::from_str(&ns.ip(&["-j", "-6", "addr", "show", "dev", dev, "scope", "link"])?)?;
+    Ok(json[0]["addr_info"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["local"].as_str().map(String::from))
+        .collect())
+}
+
+fn wait_role(agent: &Agent, role: &str) -> anyhow::Result<serde_json::Value> {
+    wait_until(WAIT, &format!("role {role}"), || {
+        match agent.query(&["show", "mclag"]) {
+            Ok(m) if m["role"] == role => Ok(m),
+            other => Err(other
+                .map(|m| m["role"].to_string())
+                .map_err(|e| e.to_string())),
+        }
+    })
+}
+
+fn wait_mac(ns: &Netns, dev: &str, mac: &[u8; 6]) -> anyhow::Result<()> {
+    wait_until(
+        WAIT,
+        &format!("{dev} to carry {}", fmt_mac(mac)),
+        || match ns.mac(dev) {
+            Ok(m) if m == *mac => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+}
+
+#[test]
+fn the_slave_member_port_takes_the_master_mac_and_a_regenerated_link_local() -> anyhow::Result<()> {
+    let pair = Pair::new()?;
+    let a_original = pair.a_mac;
+    let a = pair.agent_a(MCLAG)?;
+    let b = pair.agent_b(MCLAG)?;
+    // 169.254.77.2 > 169.254.77.1: B is master.
+    wait_role(&b, "master")?;
+    let report = wait_role(&a, "slave")?;
+    wait_mac(&pair.a, "a-c", &pair.b_mac)?;
+    let expected = eui64(&pair.b_mac);
+    let lls = wait_until(WAIT, "exactly the new link-local on a-c", || {
+        let lls = link_locals(&pair.a, "a-c").map_err(|e| e.to_string())?;
+        if lls == [expected.clone()] {
+            Ok(lls)
+        } else {
+            Err(format!("{lls:?}"))
+        }
+    })?;
+    assert_eq!(lls, [eui64(&pair.b_mac)]);
+    assert!(
+        !lls.contains(&eui64(&a_original)),
+        "the stale link-local is gone"
+    );
+    // The master keeps its own MAC.
+    assert_eq!(pair.b.mac("b-c")?, pair.b_mac);
+    // C reaches the slave's new link-local address (waits out DAD).
+    wait_until(WAIT, "ping6 from C to the slave's link-local", || {
+        pair.c
+            .exec(
+                "ping",
+                &["-6", "-c", "1", "-W", "1", &format!("{expected}%c-a")],
+            )
+            .map_err(|e| e.to_string())
+    })?;
+    let port = &report["ports"][0];
+    assert_eq!(port["original_mac"], fmt_mac(&a_original));
+    assert_eq!(port["twin_mac"], fmt_mac(&pair.b_mac));
+    let m = a.query(&["show", "mclag"])?;
+    assert_eq!(m["ports"][0]["current_mac"], fmt_mac(&pair.b_mac));
+    assert_eq!(m["shared_mac"], fmt_mac(&pair.b_mac));
+    assert!(m["last_role_change_unix_ms"].is_u64());
+    Ok(())
+}
+
+fn is_gratuitous_arp_for(frame: &[u8], ip: [u8; 4]) -> bool {
+    frame.len() >= 42 && frame[12..14] == [0x08, 0x06] && frame[28..32] == ip && frame[38..42] == ip
+}
+
+#[test]
+fn when_the_master_is_gone_the_slave_takes_over_and_announces_itself() -> anyhow::Result<()> {
+    let pair = Pair::new()?;
+    let a = pair.agent_a(MCLAG)?;
+    let mut b = pair.agent_b(MCLAG)?;
+    wait_role(&a, "slave")?;
+    wait_mac(&pair.a, "a-c", &pair.b_mac)?;
+    let listener = pair.c.listen("c-a")?;
+    b.stop()?;
+    pair.b.ip(&["link", "set", "b-peer", "down"])?;
+    let frames = listener.receive_until(WAIT, |got| {
+        got.iter().any(|f| is_gratuitous_arp_for(f, [10, 77, 0, 1]))
+    });
+    let garp = frames
+        .iter()
+        .find(|f| is_gratuitous_arp_for(f, [10, 77, 0, 1]))
+        .context("no gratuitous ARP from A on C's link")?;
+    assert_eq!(&garp[6..12], &pair.b_mac, "A announces with the shared MAC");
+    let report = wait_role(&a, "master")?;
+    assert!(report["announcements_sent"].as_u64() >= Some(1));
+    assert_eq!(
+        pair.a.mac("a-c")?,
+        pair.b_mac,
+        "the downstream device sees no MAC change"
+    );
+
+    // The old master returns: roles settle, and A's port keeps its identity.
+    pair.b.ip(&["link", "set", "b-peer", "up"])?;
+    let b = pair.agent_b(MCLAG)?;
+    wait_role(&b, "master")?;
+    wait_role(&a, "slave")?;
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(pair.a.mac("a-c")?, pair.b_mac);
+    assert_eq!(link_locals(&pair.a, "a-c")?, [eui64(&pair.b_mac)]);
+    Ok(())
+}
+
+#[test]
+fn a_peer_alive_on_the_backup_path_is_a_split_brain_and_the_slave_stays_slave() -> anyhow::Result<()>
+{
+    let pair = Pair::new()?;
+    netns::veth(&pair.a, "a-bk", &pair.b, "b-bk")?;
+    pair.a
+        .ip(&["addr", "add", "169.254.78.1/30", "dev", "a-bk"])?;
+    pair.b
+        .ip(&["addr", "add", "169.254.78.2/30", "dev", "b-bk"])?;
+    let backup = |local: &str, peer: &str| {
+        format!(
+            "{MCLAG}backup = {{ local_address = \"{local}\", peer_address = \"{peer}\", port = 7790 }}\n"
+        )
+    };
+    let a = pair.agent_a(&backup("169.254.78.1", "169.254.78.2"))?;
+    let _b = pair.agent_b(&backup("169.254.78.2", "169.254.78.1"))?;
+    wait_role(&a, "slave")?;
+    wait_until(WAIT, "backup path alive", || {
+        match a.query(&["show", "mclag"]) {
+            Ok(m) if m["backup_alive"] == true => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })?;
+    pair.a.ip(&["link", "set", "a-peer", "down"])?;
+    let report = wait_until(WAIT, "split brain reported", || {
+        match a.query(&["show", "mclag"]) {
+            Ok(m) if m["split_brain"] == true => Ok(m),
+            other => Err(format!("{other:?}")),
+        }
+    })?;
+    assert_eq!(report["role"], "slave");
+    assert!(a.log_text().contains("split brain"));
+    Ok(())
+}
+
+#[test]
+fn equal_election_addresses_are_reported_on_both_sides() -> anyhow::Result<()> {
+    let pair = Pair::new()?;
+    let same = format!("{MCLAG}address = \"192.0.2.9\"\n");
+    let a = pair.agent_a(&same)?;
+    let b = pair.agent_b(&same)?;
+    for agent in [&a, &b] {
+        let report = wait_until(WAIT, "election error", || {
+            match agent.query(&["show", "mclag"]) {
+                Ok(m) if m["error"].is_string() => Ok(m),
+                other => Err(format!("{other:?}")),
+            }
+        })?;
+        assert!(
+            report["error"]
+                .as_str()
+                .unwrap()
+                .contains("both switches use election address 192.0.2.9"),
+            "{report}"
+        );
+        assert_eq!(report["role"], "undecided");
+    }
+    assert_eq!(
+        pair.a.mac("a-c")?,
+        pair.a_mac,
+        "no MAC change without an election"
+    );
+    Ok(())
+}
