@@ -35,6 +35,7 @@ use crate::{
         capture::{self, CaptureStats, Captured},
     },
     mac::MacAddr,
+    inference::task::{Inference, StateQuery},
     mclag::Mclag,
     peersync::{self, Identity, LocalPort, PeerQuery, PeerSync},
     southbound::links::{self, Link, LinkEvent},
@@ -97,8 +98,15 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
         netlink,
         peer: None,
         mclag: None,
+        inference: None,
         peer_ports: Vec::new(),
     };
+    let switch_name = agent.config.instance.clone();
+    agent.inference = Some(
+        Inference::spawn(agent.config.inference.clone(), &switch_name, agent.netlink.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("state model: {e:#}"))?,
+    );
     agent.apply_policy()?;
     agent.attach_all(true)?;
     agent.refresh_tables()?;
@@ -176,6 +184,9 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
                 let _ = pending.reply.send(response);
             }
             Some(event) = link_events.recv() => {
+                if let Some(inference) = &agent.inference {
+                    inference.link(event.clone()).await;
+                }
                 agent.on_link(event);
                 agent.update_peer_ports().await;
             }
@@ -252,6 +263,8 @@ struct Agent {
     peer: Option<PeerSync>,
     /// MC-LAG identity, when configured.
     mclag: Option<Mclag>,
+    /// State inference.
+    inference: Option<Inference>,
     /// The member ports as last told to peer sync.
     peer_ports: Vec<LocalPort>,
 }
@@ -507,6 +520,14 @@ impl Agent {
                     Response::ok(&self.status())
                 }
                 Err(err) => Response::error(format!("reload refused, old config kept: {err:#}")),
+            },
+            Request::States { faulty } => match &self.inference {
+                Some(inference) => inference.query(StateQuery::All { faulty }).await,
+                None => Response::error("state inference is not running"),
+            },
+            Request::State { object } => match &self.inference {
+                Some(inference) => inference.query(StateQuery::One(object)).await,
+                None => Response::error("state inference is not running"),
             },
             Request::Mclag => match &self.mclag {
                 Some(mclag) => mclag.query().await,

@@ -12,6 +12,10 @@ use crate::{
         client,
         protocol::{CapturedEntry, CountersReport, Request, StatusReport},
     },
+    inference::{
+        StateView,
+        task::{StateReport, StatesReport},
+    },
     mclag::MclagReport,
     peersync::{ArpReportEntry, PeerReport},
 };
@@ -82,6 +86,17 @@ pub enum Show {
     Arp,
     /// MC-LAG: role, addresses, shared MAC, per port original/current MAC and link-local.
     Mclag,
+    /// Inferred object states: id, layer, kind, actual, logical, effective, fault level, since.
+    States {
+        /// Only objects with a fault (or in lost contact).
+        #[arg(long)]
+        faulty: bool,
+    },
+    /// One object: its states, what it depends on and what depends on it, its histories.
+    State {
+        /// Object id, e.g. `ip:eth0` (see `show states`).
+        object: String,
+    },
     /// Most recent ARP replies captured for the peer, newest first.
     Captured {
         /// At most this many.
@@ -117,6 +132,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 print_peer,
             )
             .await
+        }
+        Command::Show { what: Show::States { faulty } } => {
+            query(&cli.socket, &cli.instance, cli.json, Request::States { faulty }, print_states).await
+        }
+        Command::Show { what: Show::State { object } } => {
+            query(&cli.socket, &cli.instance, cli.json, Request::State { object }, print_state).await
         }
         Command::Show { what: Show::Mclag } => {
             query(
@@ -414,5 +435,50 @@ fn print_mclag(m: &MclagReport) {
             or_dash(p.twin_mac),
             p.link_local.join(" ")
         );
+    }
+}
+
+fn states_text(states: &[StateView]) -> String {
+    if states.is_empty() {
+        return "-".into();
+    }
+    states.iter().map(|s| format!("{}({})", s.name, s.level)).collect::<Vec<_>>().join(",")
+}
+
+fn print_states(r: &StatesReport) {
+    println!("{:<28} {:<8} {:<13} {:<18} {:<22} {:<18} {:>5}", "object", "layer", "kind", "actual", "logical", "effective", "level");
+    for o in &r.objects {
+        println!(
+            "{:<28} {:<8} {:<13} {:<18} {:<22} {:<18} {:>5}",
+            o.id.0,
+            format!("{:?}", o.layer).to_lowercase(),
+            o.kind,
+            states_text(&o.actual),
+            states_text(&o.logical),
+            states_text(&o.effective),
+            o.fault_level
+        );
+    }
+    let c = &r.counters;
+    println!("({} objects; {} infos, {} unknown, {} about unknown objects, {} changes)", r.objects.len(), c.infos, c.unknown_infos, c.unknown_objects, c.changes);
+}
+
+fn print_state(r: &StateReport) {
+    let o = &r.object;
+    println!("{} ({:?} {}), fault level {}", o.id.0, o.layer, o.kind, o.fault_level);
+    println!("  actual    {}", states_text(&o.actual));
+    println!("  logical   {}", states_text(&o.logical));
+    println!("  effective {}", states_text(&o.effective));
+    println!("depends on:");
+    for l in &r.depends_on {
+        println!("  {}{} -[{:?}]-> {} (level {})", "  ".repeat(l.depth - 1), l.from.0, l.kind, l.to.0, l.fault_level);
+    }
+    println!("depended on by:");
+    for l in &r.dependents {
+        println!("  {}{} <-[{:?}]- {} (level {})", "  ".repeat(l.depth - 1), l.from.0, l.kind, l.to.0, l.fault_level);
+    }
+    println!("information history (newest last):");
+    for i in &o.info_history {
+        println!("  {} {} {}{}", i.at_ms, i.source, i.message, if i.known { "" } else { " (unknown)" });
     }
 }

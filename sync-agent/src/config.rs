@@ -29,6 +29,59 @@ pub struct Config {
     /// MC-LAG pair identity (SPEC 3); needs `[peer]`.
     #[serde(default)]
     pub mclag: Option<MclagConfig>,
+    /// State inference (SPEC 5): extra objects and rules.
+    #[serde(default)]
+    pub inference: InferenceConfig,
+}
+
+fn default_history() -> usize {
+    32
+}
+
+/// `[inference]`: objects and rules beyond the built-in ones.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceConfig {
+    /// Entries kept in each object's state and information histories.
+    #[serde(default = "default_history")]
+    pub history: usize,
+    /// Objects to add to the model (e.g. a service on an IP interface).
+    #[serde(default)]
+    pub objects: Vec<DeclaredObject>,
+    /// Rules that normalise information to states (before the built-in ones).
+    #[serde(default)]
+    pub rules: Vec<crate::inference::Rule>,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        Self { history: default_history(), objects: Vec::new(), rules: Vec::new() }
+    }
+}
+
+/// An object declared in the config.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeclaredObject {
+    /// Its id, e.g. `svc:web`.
+    pub id: String,
+    /// Its layer.
+    pub layer: crate::inference::Layer,
+    /// Its kind, e.g. `service`.
+    pub kind: String,
+    /// What it depends on.
+    #[serde(default)]
+    pub depends_on: Vec<DeclaredDependency>,
+}
+
+/// A dependency declared in the config.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeclaredDependency {
+    /// The object depended on, e.g. `ip:eth0`.
+    pub id: String,
+    /// belongs-to (same layer) or maps-to (a lower layer realises this one).
+    pub kind: crate::inference::Dependency,
 }
 
 /// How the link-local address follows a MAC change.
@@ -441,6 +494,14 @@ impl Config {
         }
         if let Some(peer) = &self.peer {
             peer_problems(peer, &dp.member_ports, &mut problem);
+        }
+        if !(1..=4096).contains(&self.inference.history) {
+            problem("inference.history".into(), format!("{} must be between 1 and 4096", self.inference.history));
+        }
+        for (i, object) in self.inference.objects.iter().enumerate() {
+            if object.id.is_empty() || !object.id.contains(':') {
+                problem(format!("inference.objects[{i}].id"), format!("'{}' must look like kind:name (e.g. svc:web)", object.id));
+            }
         }
         if let Some(mclag) = &self.mclag {
             match &self.peer {

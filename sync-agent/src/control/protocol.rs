@@ -29,6 +29,17 @@ pub enum Request {
     Arp,
     /// MC-LAG role and port identity.
     Mclag,
+    /// Every object's state (or only the faulty ones).
+    States {
+        /// Only objects with a fault or in lost contact.
+        #[serde(default)]
+        faulty: bool,
+    },
+    /// One object's state, dependency chains and histories.
+    State {
+        /// Object id.
+        object: String,
+    },
 }
 
 /// The envelope of every response.

@@ -24,6 +24,10 @@ pub struct Link {
     pub mac: Option<MacAddr>,
     /// Administratively up.
     pub up: bool,
+    /// Carrier present (IFF_LOWER_UP).
+    pub carrier: bool,
+    /// Index of the bridge or bond it is enslaved to.
+    pub controller: Option<u32>,
 }
 
 /// A change to an interface, as the kernel announced it.
@@ -62,10 +66,13 @@ fn from_message(message: &LinkMessage) -> Link {
         index: message.header.index,
         mac: None,
         up: message.header.flags.contains(LinkFlags::Up),
+        carrier: message.header.flags.contains(LinkFlags::LowerUp),
+        controller: None,
     };
     for attribute in &message.attributes {
         match attribute {
             LinkAttribute::IfName(name) => link.name = name.clone(),
+            LinkAttribute::Controller(index) => link.controller = Some(*index),
             LinkAttribute::Address(bytes) if bytes.len() == 6 => {
                 let mut mac = [0u8; 6];
                 mac.copy_from_slice(bytes);
@@ -100,6 +107,19 @@ pub async fn by_name(handle: &Handle, name: &str) -> Result<Option<Link>, LinkEr
             name: name.to_string(),
             source,
         }),
+    }
+}
+
+/// Every interface of this namespace.
+pub async fn all(handle: &Handle) -> Result<Vec<Link>, LinkError> {
+    let mut out = Vec::new();
+    let mut replies = handle.link().get().execute();
+    loop {
+        match replies.try_next().await {
+            Ok(Some(message)) => out.push(from_message(&message)),
+            Ok(None) => return Ok(out),
+            Err(source) => return Err(LinkError::Request { name: "(all)".into(), source }),
+        }
     }
 }
 

@@ -4,3 +4,4 @@
 pub mod addresses;
 pub mod links;
 pub mod neighbours;
+pub mod routes;

@@ -1,0 +1,1430 @@
+//! The object model: objects in layers, one-way dependencies (cycles
+//! rejected), actual states per source, and incremental propagation of
+//! logical states to dependents (SPEC 5.1-5.6).
+//!
+//! Storage is an arena of objects addressed by `u32` indices, with adjacency
+//! as `Vec<u32>` in both directions (the dependency kind packed into the top
+//! bit), interned kind names, sources and states, and histories allocated only
+//! for objects that have any. The effective state is stored as a (usually
+//! empty) slice of interned state ids; the logical state is derived on demand
+//! from the dependencies' effective states, so it costs no memory.
+//!
+//! Every object carries a *rank* with `rank(x) > rank(y)` whenever `x` depends
+//! on `y` (a topological order, kept valid by raising ranks when a dependency
+//! is added; removals keep it valid). Propagation pops objects from a min-heap
+//! keyed by rank, so an object is recomputed once, after all of its
+//! dependencies that changed, whatever the shape (diamonds included), and
+//! expansion stops at objects whose effective state did not change. The rank
+//! also prunes the cycle check: `on` can only reach `dependent` if
+//! `rank(on) > rank(dependent)`.
+
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, VecDeque},
+    fmt,
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::rules::{Info, NORMAL, RuleTable, State};
+
+/// The id of an object, e.g. `port:a-c`, `lan:a-c`, `ip:a-c`, `switch:A`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ObjectId(pub String);
+
+impl ObjectId {
+    /// Wraps a string.
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for ObjectId {
+    fn from(id: &str) -> Self {
+        Self(id.to_string())
+    }
+}
+
+impl From<String> for ObjectId {
+    fn from(id: String) -> Self {
+        Self(id)
+    }
+}
+
+/// The layer of an object, lowest first.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Layer {
+    /// Switches, ports, links.
+    Physical,
+    /// LAN ports, bonds/MLAG interfaces, bridges, VLANs.
+    L2,
+    /// IP interfaces, gateways, neighbours.
+    L3,
+    /// Services declared on top.
+    Service,
+}
+
+impl Layer {
+    /// The name used in the config and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Physical => "physical",
+            Self::L2 => "l2",
+            Self::L3 => "l3",
+            Self::Service => "service",
+        }
+    }
+}
+
+impl fmt::Display for Layer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The kind of a dependency.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dependency {
+    /// Same layer: a port belongs to its switch.
+    BelongsTo,
+    /// A lower layer realises a higher one: physical port -> LAN port -> IP interface.
+    MapsTo,
+}
+
+impl Dependency {
+    /// The name used in the config and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BelongsTo => "belongs-to",
+            Self::MapsTo => "maps-to",
+        }
+    }
+}
+
+impl fmt::Display for Dependency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn path_text(path: &[ObjectId]) -> String {
+    path.iter().map(ObjectId::as_str).collect::<Vec<_>>().join(" -> ")
+}
+
+/// Why the model refused a change.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// No object with that id.
+    #[error("no object {0} in the state model")]
+    UnknownObject(ObjectId),
+    /// An object with that id exists already.
+    #[error("object {0} is already in the state model")]
+    Duplicate(ObjectId),
+    /// The dependency would close a cycle; `path` starts and ends with the
+    /// dependent (`dependent -> on -> ... -> dependent`).
+    #[error("dependency would close a cycle: {}", path_text(.path))]
+    Cycle {
+        /// The cycle, first object repeated at the end.
+        path: Vec<ObjectId>,
+    },
+    /// belongs-to across layers, or maps-to not going up a layer.
+    #[error(
+        "{dependent} ({dependent_layer}) cannot {kind} {on} ({on_layer}): {}",
+        match .kind {
+            Dependency::BelongsTo => "belongs-to links objects of the same layer",
+            Dependency::MapsTo => "maps-to goes from a lower layer up to a higher one (the object depended on must be in a lower layer)",
+        }
+    )]
+    LayerRule {
+        /// The object that would depend.
+        dependent: ObjectId,
+        /// Its layer.
+        dependent_layer: Layer,
+        /// The object it would depend on.
+        on: ObjectId,
+        /// Its layer.
+        on_layer: Layer,
+        /// The refused kind.
+        kind: Dependency,
+    },
+}
+
+/// A state as shown to operators, with where it comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateView {
+    /// State name.
+    pub name: String,
+    /// Fault level.
+    pub level: u8,
+    /// Lost contact (not a fault).
+    pub lost_contact: bool,
+    /// For an actual state: the information's source. For a logical state:
+    /// the id of the dependency it was inferred from. For an effective state:
+    /// every contributing source and dependency id, comma-separated (empty
+    /// for normal).
+    pub source: String,
+}
+
+/// One entry of an object's state history: its effective state from `at_ms` on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// When the effective state changed (ms since the epoch, as given to the model).
+    pub at_ms: u64,
+    /// The new effective state.
+    pub effective: Vec<StateView>,
+}
+
+/// One entry of an object's information history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InfoEntry {
+    /// When it arrived.
+    pub at_ms: u64,
+    /// Its source.
+    pub source: String,
+    /// Its message.
+    pub message: String,
+    /// False if no rule knows it (it changed nothing).
+    pub known: bool,
+}
+
+/// Everything about one object, for operators.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ObjectView {
+    /// Id.
+    pub id: ObjectId,
+    /// Layer.
+    pub layer: Layer,
+    /// Kind (free text: switch, port, lan-port, ip-interface, ...).
+    pub kind: String,
+    /// Actual states, one per source that reported one (empty = normal).
+    pub actual: Vec<StateView>,
+    /// Logical states: the most severe fault of every faulty dependency.
+    pub logical: Vec<StateView>,
+    /// Effective state: the most severe of actual and logical (all of them on
+    /// a tie); `normal`, or `lost-contact`, when nothing is above level 0.
+    pub effective: Vec<StateView>,
+    /// The effective level.
+    pub fault_level: u8,
+    /// When the effective state last changed (0 = never).
+    pub since_ms: u64,
+    /// Effective state changes, oldest first (bounded).
+    pub state_history: Vec<HistoryEntry>,
+    /// Information received, oldest first (bounded).
+    pub info_history: Vec<InfoEntry>,
+}
+
+/// A change of an object's effective state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Change {
+    /// The object.
+    pub object: ObjectId,
+    /// Effective state before (`[normal]` when nothing was above level 0).
+    pub before: Vec<State>,
+    /// Effective state after.
+    pub after: Vec<State>,
+}
+
+/// The outcome of [`Model::apply`].
+#[derive(Clone, Debug, Default)]
+pub struct Applied {
+    /// False if no rule knows the information (then nothing changed).
+    pub known: bool,
+    /// Every object whose effective state changed.
+    pub changes: Vec<Change>,
+}
+
+const MAPS_TO_BIT: u32 = 1 << 31;
+const INDEX_MASK: u32 = !MAPS_TO_BIT;
+
+fn edge(index: u32, kind: Dependency) -> u32 {
+    match kind {
+        Dependency::BelongsTo => index,
+        Dependency::MapsTo => index | MAPS_TO_BIT,
+    }
+}
+
+fn edge_index(edge: u32) -> u32 {
+    edge & INDEX_MASK
+}
+
+fn edge_kind(edge: u32) -> Dependency {
+    if edge & MAPS_TO_BIT == 0 { Dependency::BelongsTo } else { Dependency::MapsTo }
+}
+
+const ALIVE: u8 = 1;
+const QUEUED: u8 = 2;
+const VISITED: u8 = 4;
+
+/// Strings interned to `u32`.
+#[derive(Default)]
+struct Interner {
+    names: Vec<Box<str>>,
+    index: HashMap<Box<str>, u32>,
+}
+
+impl Interner {
+    fn intern(&mut self, name: &str) -> u32 {
+        if let Some(&i) = self.index.get(name) {
+            return i;
+        }
+        let i = u32::try_from(self.names.len()).expect("fewer than 2^32 distinct names");
+        self.names.push(name.into());
+        self.index.insert(name.into(), i);
+        i
+    }
+
+    fn get(&self, name: &str) -> Option<u32> {
+        self.index.get(name).copied()
+    }
+
+    fn name(&self, i: u32) -> &str {
+        &self.names[i as usize]
+    }
+}
+
+/// Histories, allocated on first use.
+#[derive(Default)]
+struct Records {
+    states: VecDeque<HistoryEntry>,
+    infos: VecDeque<InfoEntry>,
+}
+
+struct Object {
+    id: Box<str>,
+    /// What it depends on (edges: index | kind bit).
+    deps: Vec<u32>,
+    /// What depends on it (edges: index | kind bit).
+    dependents: Vec<u32>,
+    /// (source, state) pairs, one per source.
+    actual: Vec<(u32, u32)>,
+    /// Effective state ids, sorted; empty = normal.
+    effective: Box<[u32]>,
+    records: Option<Box<Records>>,
+    since_ms: u64,
+    /// Topological rank: above the rank of everything it depends on.
+    rank: u32,
+    kind: u32,
+    layer: Layer,
+    flags: u8,
+}
+
+impl Object {
+    fn new(id: Box<str>, layer: Layer, kind: u32) -> Self {
+        Self {
+            id,
+            deps: Vec::new(),
+            dependents: Vec::new(),
+            actual: Vec::new(),
+            effective: Box::default(),
+            records: None,
+            since_ms: 0,
+            rank: 0,
+            kind,
+            layer,
+            flags: ALIVE,
+        }
+    }
+
+    fn depends_on(&self, on: u32) -> Option<usize> {
+        self.deps.iter().position(|&e| edge_index(e) == on)
+    }
+}
+
+/// The state model: objects, dependencies, states and histories.
+pub struct Model {
+    objects: Vec<Object>,
+    index: HashMap<Box<str>, u32>,
+    free: Vec<u32>,
+    kinds: Interner,
+    sources: Interner,
+    states: Vec<State>,
+    state_index: HashMap<State, u32>,
+    state_limit: usize,
+    info_limit: usize,
+    /// The latest time given to [`Model::apply`]; used to stamp changes made
+    /// by structural edits, which are not given a time.
+    now_ms: u64,
+    /// Objects recomputed so far (a cost figure for tests and benchmarks).
+    recomputed: u64,
+    heap: BinaryHeap<Reverse<(u32, u32)>>,
+    scratch: Vec<u32>,
+}
+
+impl Default for Model {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Model").field("objects", &self.len()).finish_non_exhaustive()
+    }
+}
+
+impl Model {
+    /// An empty model keeping 32 state and 32 information records per object.
+    pub fn new() -> Self {
+        Self::with_history_limit(32, 32)
+    }
+
+    /// An empty model keeping at most `states` state changes and `infos`
+    /// pieces of information per object (0 = none).
+    pub fn with_history_limit(states: usize, infos: usize) -> Self {
+        Self {
+            objects: Vec::new(),
+            index: HashMap::new(),
+            free: Vec::new(),
+            kinds: Interner::default(),
+            sources: Interner::default(),
+            states: Vec::new(),
+            state_index: HashMap::new(),
+            state_limit: states,
+            info_limit: infos,
+            now_ms: 0,
+            recomputed: 0,
+            heap: BinaryHeap::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Reserves room for `additional` more objects.
+    pub fn reserve(&mut self, additional: usize) {
+        self.objects.reserve(additional);
+        self.index.reserve(additional);
+    }
+
+    /// Number of objects.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// True if there are no objects.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// True if an object with this id exists.
+    pub fn contains(&self, id: &ObjectId) -> bool {
+        self.index.contains_key(id.0.as_str())
+    }
+
+    /// Objects recomputed since the model was made (each recomputation merges
+    /// one object's actual and logical states).
+    pub fn recomputations(&self) -> u64 {
+        self.recomputed
+    }
+
+    fn lookup(&self, id: &ObjectId) -> Result<u32, ModelError> {
+        self.index.get(id.0.as_str()).copied().ok_or_else(|| ModelError::UnknownObject(id.clone()))
+    }
+
+    fn id_of(&self, x: u32) -> ObjectId {
+        ObjectId(self.objects[x as usize].id.to_string())
+    }
+
+    /// Adds an object (normal, without dependencies). `kind` is free text:
+    /// switch, port, link, lan-port, bond, bridge, vlan, ip-interface,
+    /// gateway, neighbour, service, ...
+    pub fn add_object(&mut self, id: ObjectId, layer: Layer, kind: &str) -> Result<(), ModelError> {
+        if self.contains(&id) {
+            return Err(ModelError::Duplicate(id));
+        }
+        let kind = self.kinds.intern(kind);
+        let key: Box<str> = id.0.into_boxed_str();
+        let object = Object::new(key.clone(), layer, kind);
+        let x = match self.free.pop() {
+            Some(x) => {
+                self.objects[x as usize] = object;
+                x
+            }
+            None => {
+                let x = u32::try_from(self.objects.len()).ok().filter(|&x| x < INDEX_MASK);
+                let x = x.expect("the state model holds fewer than 2^31 objects");
+                self.objects.push(object);
+                x
+            }
+        };
+        self.index.insert(key, x);
+        Ok(())
+    }
+
+    /// Removes an object and its dependencies in both directions; what
+    /// depended on it is recomputed. Returns the objects whose effective state
+    /// changed (not the removed object itself).
+    pub fn remove_object(&mut self, id: &ObjectId) -> Result<Vec<Change>, ModelError> {
+        let x = self.lookup(id)?;
+        let object = &mut self.objects[x as usize];
+        let deps = std::mem::take(&mut object.deps);
+        let dependents = std::mem::take(&mut object.dependents);
+        for e in deps {
+            self.objects[edge_index(e) as usize].dependents.retain(|&d| edge_index(d) != x);
+        }
+        let mut starts = Vec::with_capacity(dependents.len());
+        for e in dependents {
+            let y = edge_index(e);
+            self.objects[y as usize].deps.retain(|&d| edge_index(d) != x);
+            starts.push(y);
+        }
+        self.index.remove(id.0.as_str());
+        self.objects[x as usize] = Object { flags: 0, ..Object::new(Box::default(), Layer::Physical, 0) };
+        self.free.push(x);
+        Ok(self.propagate(&starts))
+    }
+
+    /// `dependent` depends on `on` (e.g. `lan:a-c` maps-to-depends on
+    /// `port:a-c`; `port:a-c` belongs-to-depends on `switch:A`). Rejects a
+    /// dependency that would close a cycle (with the path), belongs-to
+    /// across layers and maps-to not going up. Adding an existing dependency
+    /// again only updates its kind. The dependent's state is recomputed (see
+    /// [`Model::add_dependency_changes`] for the changes).
+    pub fn add_dependency(&mut self, dependent: &ObjectId, on: &ObjectId, kind: Dependency) -> Result<(), ModelError> {
+        self.add_dependency_changes(dependent, on, kind).map(drop)
+    }
+
+    /// [`Model::add_dependency`], returning the objects whose effective state
+    /// changed (the dependent and what depends on it, if `on` is faulty).
+    pub fn add_dependency_changes(
+        &mut self,
+        dependent: &ObjectId,
+        on: &ObjectId,
+        kind: Dependency,
+    ) -> Result<Vec<Change>, ModelError> {
+        let d = self.lookup(dependent)?;
+        let o = self.lookup(on)?;
+        if d == o {
+            return Err(ModelError::Cycle { path: vec![dependent.clone(), dependent.clone()] });
+        }
+        let (dependent_layer, on_layer) = (self.objects[d as usize].layer, self.objects[o as usize].layer);
+        let layers_ok = match kind {
+            Dependency::BelongsTo => dependent_layer == on_layer,
+            Dependency::MapsTo => on_layer < dependent_layer,
+        };
+        if !layers_ok {
+            return Err(ModelError::LayerRule {
+                dependent: dependent.clone(),
+                dependent_layer,
+                on: on.clone(),
+                on_layer,
+                kind,
+            });
+        }
+        if let Some(i) = self.objects[d as usize].depends_on(o) {
+            self.objects[d as usize].deps[i] = edge(o, kind);
+            let back = &mut self.objects[o as usize].dependents;
+            if let Some(j) = back.iter().position(|&e| edge_index(e) == d) {
+                back[j] = edge(d, kind);
+            }
+            return Ok(Vec::new());
+        }
+        if let Some(path) = self.path_down(o, d) {
+            let mut ids = vec![dependent.clone()];
+            ids.extend(path.into_iter().map(|x| self.id_of(x)));
+            return Err(ModelError::Cycle { path: ids });
+        }
+        self.objects[d as usize].deps.push(edge(o, kind));
+        self.objects[o as usize].dependents.push(edge(d, kind));
+        let min_rank = self.objects[o as usize].rank + 1;
+        self.raise_rank(d, min_rank);
+        Ok(self.propagate(&[d]))
+    }
+
+    /// Removes the dependency of `dependent` on `on` (nothing if there is
+    /// none) and recomputes the dependent. Returns the objects whose
+    /// effective state changed.
+    pub fn remove_dependency(&mut self, dependent: &ObjectId, on: &ObjectId) -> Result<Vec<Change>, ModelError> {
+        let d = self.lookup(dependent)?;
+        let o = self.lookup(on)?;
+        let Some(i) = self.objects[d as usize].depends_on(o) else { return Ok(Vec::new()) };
+        self.objects[d as usize].deps.swap_remove(i);
+        self.objects[o as usize].dependents.retain(|&e| edge_index(e) != d);
+        Ok(self.propagate(&[d]))
+    }
+
+    /// A path `from -> ... -> to` following dependencies, if there is one.
+    fn path_down(&mut self, from: u32, to: u32) -> Option<Vec<u32>> {
+        let target_rank = self.objects[to as usize].rank;
+        // Everything `from` reaches has a lower rank than `from`.
+        if self.objects[from as usize].rank <= target_rank {
+            return None;
+        }
+        let mut visited = vec![from];
+        self.objects[from as usize].flags |= VISITED;
+        let mut stack: Vec<(u32, usize)> = vec![(from, 0)];
+        let mut found = None;
+        while let Some(top) = stack.last_mut() {
+            let (n, i) = (top.0, top.1);
+            let deps = &self.objects[n as usize].deps;
+            if i == deps.len() {
+                stack.pop();
+                continue;
+            }
+            top.1 += 1;
+            let c = edge_index(deps[i]);
+            if c == to {
+                let mut path: Vec<u32> = stack.iter().map(|&(n, _)| n).collect();
+                path.push(to);
+                found = Some(path);
+                break;
+            }
+            let child = &mut self.objects[c as usize];
+            if child.flags & VISITED == 0 && child.rank > target_rank {
+                child.flags |= VISITED;
+                visited.push(c);
+                stack.push((c, 0));
+            }
+        }
+        for v in visited {
+            self.objects[v as usize].flags &= !VISITED;
+        }
+        found
+    }
+
+    /// Raises `x`'s rank to at least `min` and what depends on it above that.
+    fn raise_rank(&mut self, x: u32, min: u32) {
+        if self.objects[x as usize].rank >= min {
+            return;
+        }
+        self.objects[x as usize].rank = min;
+        let mut stack = vec![x];
+        while let Some(n) = stack.pop() {
+            let rank = self.objects[n as usize].rank;
+            for k in 0..self.objects[n as usize].dependents.len() {
+                let y = edge_index(self.objects[n as usize].dependents[k]);
+                let other = &mut self.objects[y as usize];
+                if other.rank <= rank {
+                    other.rank = rank + 1;
+                    stack.push(y);
+                }
+            }
+        }
+    }
+
+    fn intern_state(&mut self, state: &State) -> u32 {
+        if let Some(&i) = self.state_index.get(state) {
+            return i;
+        }
+        let i = u32::try_from(self.states.len()).expect("fewer than 2^32 distinct states");
+        self.states.push(state.clone());
+        self.state_index.insert(state.clone(), i);
+        i
+    }
+
+    /// Records `info` about its object: the rules turn it into a state for
+    /// the info's source (replacing that source's previous state) or clear
+    /// the source's state; the info joins the object's information history;
+    /// then everything depending on the object is recomputed incrementally.
+    ///
+    /// Unknown information (no rule) changes no state: the result has
+    /// `known: false` and no changes, and the info is still recorded in the
+    /// history, marked unknown. Information about an unknown object is an
+    /// error ([`ModelError::UnknownObject`]) and is not recorded.
+    pub fn apply(&mut self, info: Info, rules: &RuleTable, now_ms: u64) -> Result<Applied, ModelError> {
+        let x = self.lookup(&info.object)?;
+        self.now_ms = now_ms;
+        let outcome = rules.lookup(&info.source, &info.message);
+        let known = outcome.is_some();
+        let mut changed = false;
+        match outcome {
+            None => {}
+            Some(None) => {
+                if let Some(source) = self.sources.get(&info.source) {
+                    let actual = &mut self.objects[x as usize].actual;
+                    let before = actual.len();
+                    actual.retain(|&(s, _)| s != source);
+                    changed = actual.len() != before;
+                }
+            }
+            Some(Some(state)) => {
+                let state = self.intern_state(state);
+                let source = self.sources.intern(&info.source);
+                let actual = &mut self.objects[x as usize].actual;
+                match actual.iter_mut().find(|(s, _)| *s == source) {
+                    Some(entry) => {
+                        changed = entry.1 != state;
+                        entry.1 = state;
+                    }
+                    None => {
+                        actual.push((source, state));
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if self.info_limit > 0 {
+            let limit = self.info_limit;
+            let infos = &mut self.records_mut(x).infos;
+            if infos.len() >= limit {
+                infos.pop_front();
+            }
+            infos.push_back(InfoEntry { at_ms: now_ms, source: info.source, message: info.message, known });
+        }
+        let changes = if changed { self.propagate(&[x]) } else { Vec::new() };
+        Ok(Applied { known, changes })
+    }
+
+    fn records_mut(&mut self, x: u32) -> &mut Records {
+        self.objects[x as usize].records.get_or_insert_with(Box::default)
+    }
+
+    /// Recomputes the objects in `starts` and, in rank order, everything
+    /// depending on an object whose effective state changed.
+    fn propagate(&mut self, starts: &[u32]) -> Vec<Change> {
+        let mut heap = std::mem::take(&mut self.heap);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        heap.clear();
+        for &s in starts {
+            let object = &mut self.objects[s as usize];
+            if object.flags & QUEUED == 0 {
+                object.flags |= QUEUED;
+                heap.push(Reverse((object.rank, s)));
+            }
+        }
+        let mut changed: Vec<(u32, Box<[u32]>)> = Vec::new();
+        while let Some(Reverse((_, x))) = heap.pop() {
+            self.objects[x as usize].flags &= !QUEUED;
+            self.recomputed += 1;
+            self.merge(x, &mut scratch);
+            if *scratch == *self.objects[x as usize].effective {
+                continue;
+            }
+            let before = std::mem::replace(&mut self.objects[x as usize].effective, scratch.as_slice().into());
+            changed.push((x, before));
+            for k in 0..self.objects[x as usize].dependents.len() {
+                let y = edge_index(self.objects[x as usize].dependents[k]);
+                let other = &mut self.objects[y as usize];
+                if other.flags & QUEUED == 0 {
+                    other.flags |= QUEUED;
+                    heap.push(Reverse((other.rank, y)));
+                }
+            }
+        }
+        self.heap = heap;
+        self.scratch = scratch;
+        changed
+            .into_iter()
+            .map(|(x, before)| {
+                let now = self.now_ms;
+                if self.state_limit > 0 {
+                    let entry = HistoryEntry { at_ms: now, effective: self.effective_views(x) };
+                    let limit = self.state_limit;
+                    let states = &mut self.records_mut(x).states;
+                    if states.len() >= limit {
+                        states.pop_front();
+                    }
+                    states.push_back(entry);
+                }
+                self.objects[x as usize].since_ms = now;
+                Change {
+                    object: self.id_of(x),
+                    before: self.states_of(&before),
+                    after: self.states_of(&self.objects[x as usize].effective),
+                }
+            })
+            .collect()
+    }
+
+    /// The merge: `out` = the effective state ids of `x` from its actual
+    /// states and its dependencies' effective states.
+    fn merge(&self, x: u32, out: &mut Vec<u32>) {
+        out.clear();
+        let object = &self.objects[x as usize];
+        let logical = || {
+            object.deps.iter().flat_map(|&e| self.objects[edge_index(e) as usize].effective.iter().copied())
+        };
+        let faults = object.actual.iter().map(|&(_, s)| s).chain(logical()).filter(|&s| self.states[s as usize].is_fault());
+        let max = faults.clone().map(|s| self.states[s as usize].level).max().unwrap_or(0);
+        if max > 0 {
+            out.extend(faults.filter(|&s| self.states[s as usize].level == max));
+        } else {
+            out.extend(object.actual.iter().map(|&(_, s)| s).filter(|&s| self.states[s as usize].lost_contact));
+        }
+        out.sort_unstable();
+        out.dedup();
+    }
+
+    fn states_of(&self, effective: &[u32]) -> Vec<State> {
+        if effective.is_empty() {
+            vec![State::normal()]
+        } else {
+            effective.iter().map(|&s| self.states[s as usize].clone()).collect()
+        }
+    }
+
+    fn view_of(&self, state: u32, source: String) -> StateView {
+        let s = &self.states[state as usize];
+        StateView { name: s.name.clone(), level: s.level, lost_contact: s.lost_contact, source }
+    }
+
+    /// (dependency, state) pairs of `x`'s logical states.
+    fn logical_of(&self, x: u32) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.objects[x as usize].deps.iter().flat_map(move |&e| {
+            let dep = edge_index(e);
+            self.objects[dep as usize]
+                .effective
+                .iter()
+                .filter(|&&s| self.states[s as usize].is_fault())
+                .map(move |&s| (dep, s))
+        })
+    }
+
+    fn effective_views(&self, x: u32) -> Vec<StateView> {
+        let object = &self.objects[x as usize];
+        if object.effective.is_empty() {
+            return vec![StateView { name: NORMAL.into(), level: 0, lost_contact: false, source: String::new() }];
+        }
+        object
+            .effective
+            .iter()
+            .map(|&s| {
+                let actual = object.actual.iter().filter(|a| a.1 == s).map(|a| self.sources.name(a.0));
+                let logical = self.logical_of(x).filter(|l| l.1 == s).map(|l| &*self.objects[l.0 as usize].id);
+                let sources: Vec<&str> = actual.chain(logical).collect();
+                self.view_of(s, sources.join(","))
+            })
+            .collect()
+    }
+
+    fn object_view(&self, x: u32) -> ObjectView {
+        let object = &self.objects[x as usize];
+        let actual = object.actual.iter().map(|&(src, s)| self.view_of(s, self.sources.name(src).to_string())).collect();
+        let logical = self.logical_of(x).map(|(dep, s)| self.view_of(s, self.objects[dep as usize].id.to_string())).collect();
+        let fault_level = object.effective.iter().map(|&s| self.states[s as usize].level).max().unwrap_or(0);
+        let (state_history, info_history) = match &object.records {
+            Some(r) => (r.states.iter().cloned().collect(), r.infos.iter().cloned().collect()),
+            None => (Vec::new(), Vec::new()),
+        };
+        ObjectView {
+            id: self.id_of(x),
+            layer: object.layer,
+            kind: self.kinds.name(object.kind).to_string(),
+            actual,
+            logical,
+            effective: self.effective_views(x),
+            fault_level,
+            since_ms: object.since_ms,
+            state_history,
+            info_history,
+        }
+    }
+
+    /// Everything about one object.
+    pub fn view(&self, id: &ObjectId) -> Option<ObjectView> {
+        self.lookup(id).ok().map(|x| self.object_view(x))
+    }
+
+    /// Every object, in the order they were added (slots of removed objects
+    /// are reused).
+    pub fn views(&self) -> impl Iterator<Item = ObjectView> + '_ {
+        (0..self.objects.len() as u32).filter(|&x| self.objects[x as usize].flags & ALIVE != 0).map(|x| self.object_view(x))
+    }
+
+    /// An object's fault level, without building its view.
+    pub fn fault_level(&self, id: &ObjectId) -> Option<u8> {
+        let x = self.lookup(id).ok()?;
+        Some(self.objects[x as usize].effective.iter().map(|&s| self.states[s as usize].level).max().unwrap_or(0))
+    }
+
+    /// An object's effective state (`[normal]` when nothing is above level 0
+    /// and it is not in lost contact), without building its view.
+    pub fn effective(&self, id: &ObjectId) -> Option<Vec<State>> {
+        let x = self.lookup(id).ok()?;
+        Some(self.states_of(&self.objects[x as usize].effective))
+    }
+
+    fn edges(&self, id: &ObjectId, down: bool) -> Vec<(ObjectId, Dependency)> {
+        let Ok(x) = self.lookup(id) else { return Vec::new() };
+        let object = &self.objects[x as usize];
+        let edges = if down { &object.deps } else { &object.dependents };
+        edges.iter().map(|&e| (self.id_of(edge_index(e)), edge_kind(e))).collect()
+    }
+
+    /// What `id` depends on directly (down the chain); empty for an unknown id.
+    pub fn dependencies_of(&self, id: &ObjectId) -> Vec<(ObjectId, Dependency)> {
+        self.edges(id, true)
+    }
+
+    /// What depends on `id` directly (up the chain); empty for an unknown id.
+    pub fn dependents_of(&self, id: &ObjectId) -> Vec<(ObjectId, Dependency)> {
+        self.edges(id, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inference::rules::Rule;
+
+    fn id(s: &str) -> ObjectId {
+        ObjectId::from(s)
+    }
+
+    /// The built-in rules plus `test <state>` messages for any state name:
+    /// `critical` 3, `major` 2, `minor` 1, `other-major` 2, `fine` 0 (a named
+    /// normal state).
+    fn rules() -> RuleTable {
+        RuleTable::with_rules(vec![
+            Rule::fault("test", "critical", "critical", 3),
+            Rule::fault("test", "major", "major", 2),
+            Rule::fault("test", "minor", "minor", 1),
+            Rule::fault("test2", "other-major", "other-major", 2),
+            Rule::fault("test", "fine", "fine", 0),
+            Rule::clears("test", "clear"),
+        ])
+    }
+
+    fn say(m: &mut Model, object: &str, source: &str, message: &str) -> Applied {
+        m.apply(Info::new(source, message, object), &rules(), 1000).unwrap()
+    }
+
+    fn names(states: &[StateView]) -> Vec<(String, u8)> {
+        states.iter().map(|s| (s.name.clone(), s.level)).collect()
+    }
+
+    fn effective(m: &Model, object: &str) -> Vec<(String, u8)> {
+        names(&m.view(&id(object)).unwrap().effective)
+    }
+
+    fn logical(m: &Model, object: &str) -> Vec<(String, u8, String)> {
+        m.view(&id(object)).unwrap().logical.into_iter().map(|s| (s.name, s.level, s.source)).collect()
+    }
+
+    fn s(name: &str, level: u8) -> (String, u8) {
+        (name.to_string(), level)
+    }
+
+    fn changed(changes: &[Change]) -> Vec<&str> {
+        let mut ids: Vec<&str> = changes.iter().map(|c| c.object.as_str()).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// switch:A <-belongs- port:a-c <-maps- lan:a-c <-maps- ip:a-c
+    fn three_layers() -> Model {
+        let mut m = Model::new();
+        m.add_object(id("switch:A"), Layer::Physical, "switch").unwrap();
+        m.add_object(id("port:a-c"), Layer::Physical, "port").unwrap();
+        m.add_object(id("lan:a-c"), Layer::L2, "lan-port").unwrap();
+        m.add_object(id("ip:a-c"), Layer::L3, "ip-interface").unwrap();
+        m.add_dependency(&id("port:a-c"), &id("switch:A"), Dependency::BelongsTo).unwrap();
+        m.add_dependency(&id("lan:a-c"), &id("port:a-c"), Dependency::MapsTo).unwrap();
+        m.add_dependency(&id("ip:a-c"), &id("lan:a-c"), Dependency::MapsTo).unwrap();
+        m
+    }
+
+    /// `x` (L2) depends on `dep` (physical), so `dep`'s faults become `x`'s logical states.
+    fn pair() -> Model {
+        let mut m = Model::new();
+        m.add_object(id("dep"), Layer::Physical, "port").unwrap();
+        m.add_object(id("x"), Layer::L2, "lan-port").unwrap();
+        m.add_dependency(&id("x"), &id("dep"), Dependency::MapsTo).unwrap();
+        m
+    }
+
+    // --- the merge decision table (SPEC 5.5) ---
+
+    #[test]
+    fn merge_all_normal_is_normal_with_no_actual_or_logical_states() {
+        let m = pair();
+        let v = m.view(&id("x")).unwrap();
+        assert!(v.actual.is_empty() && v.logical.is_empty());
+        assert_eq!(names(&v.effective), vec![s("normal", 0)]);
+        assert_eq!(v.fault_level, 0);
+    }
+
+    #[test]
+    fn merge_a_level_zero_actual_state_is_shown_as_actual_but_effective_stays_normal() {
+        let mut m = pair();
+        say(&mut m, "x", "test", "fine");
+        let v = m.view(&id("x")).unwrap();
+        assert_eq!(names(&v.actual), vec![s("fine", 0)]);
+        assert_eq!(names(&v.effective), vec![s("normal", 0)]);
+    }
+
+    #[test]
+    fn merge_actual_only_is_the_actual_state() {
+        let mut m = pair();
+        say(&mut m, "x", "test", "major");
+        let v = m.view(&id("x")).unwrap();
+        assert_eq!(names(&v.actual), vec![s("major", 2)]);
+        assert!(v.logical.is_empty());
+        assert_eq!(names(&v.effective), vec![s("major", 2)]);
+        assert_eq!(v.effective[0].source, "test");
+        assert_eq!(v.fault_level, 2);
+    }
+
+    #[test]
+    fn merge_logical_only_is_the_logical_state_from_the_dependency() {
+        let mut m = pair();
+        say(&mut m, "dep", "test", "major");
+        let v = m.view(&id("x")).unwrap();
+        assert!(v.actual.is_empty());
+        assert_eq!(logical(&m, "x"), vec![("major".into(), 2, "dep".into())]);
+        assert_eq!(names(&v.effective), vec![s("major", 2)]);
+        assert_eq!(v.effective[0].source, "dep");
+    }
+
+    #[test]
+    fn merge_actual_more_severe_than_logical_keeps_the_actual() {
+        let mut m = pair();
+        say(&mut m, "dep", "test", "minor");
+        say(&mut m, "x", "test", "critical");
+        assert_eq!(logical(&m, "x").len(), 1, "the logical state is still shown");
+        assert_eq!(effective(&m, "x"), vec![s("critical", 3)]);
+    }
+
+    #[test]
+    fn merge_logical_more_severe_than_actual_keeps_the_logical() {
+        let mut m = pair();
+        say(&mut m, "dep", "test", "critical");
+        say(&mut m, "x", "test", "minor");
+        assert_eq!(effective(&m, "x"), vec![s("critical", 3)]);
+        assert_eq!(m.view(&id("x")).unwrap().effective[0].source, "dep");
+    }
+
+    #[test]
+    fn merge_tie_between_actual_and_logical_keeps_both() {
+        let mut m = pair();
+        say(&mut m, "dep", "test", "major");
+        say(&mut m, "x", "test2", "other-major");
+        let mut e = effective(&m, "x");
+        e.sort();
+        assert_eq!(e, vec![s("major", 2), s("other-major", 2)]);
+        assert_eq!(m.view(&id("x")).unwrap().fault_level, 2);
+    }
+
+    #[test]
+    fn merge_tie_on_the_same_state_shows_it_once_naming_every_source() {
+        let mut m = pair();
+        say(&mut m, "dep", "netlink", "link-down");
+        say(&mut m, "x", "fabric", "port-down");
+        let v = m.view(&id("x")).unwrap();
+        assert_eq!(names(&v.effective), vec![s("down", 3)]);
+        assert_eq!(v.effective[0].source, "fabric,dep");
+    }
+
+    #[test]
+    fn merge_several_actual_states_keep_the_most_severe() {
+        let mut m = pair();
+        say(&mut m, "x", "netlink", "link-down");
+        say(&mut m, "x", "agent", "unhealthy");
+        assert_eq!(m.view(&id("x")).unwrap().actual.len(), 2);
+        assert_eq!(effective(&m, "x"), vec![s("down", 3)]);
+    }
+
+    #[test]
+    fn merge_several_actual_states_keep_both_on_a_tie() {
+        let mut m = pair();
+        say(&mut m, "x", "test", "major");
+        say(&mut m, "x", "test2", "other-major");
+        let mut e = effective(&m, "x");
+        e.sort();
+        assert_eq!(e, vec![s("major", 2), s("other-major", 2)]);
+    }
+
+    #[test]
+    fn merge_several_logical_states_from_different_dependencies_keep_the_most_severe() {
+        let mut m = pair();
+        m.add_object(id("dep2"), Layer::Physical, "port").unwrap();
+        m.add_dependency(&id("x"), &id("dep2"), Dependency::MapsTo).unwrap();
+        say(&mut m, "dep", "test", "minor");
+        say(&mut m, "dep2", "test", "critical");
+        assert_eq!(logical(&m, "x").len(), 2);
+        assert_eq!(effective(&m, "x"), vec![s("critical", 3)]);
+    }
+
+    // --- actual states per source ---
+
+    #[test]
+    fn the_latest_information_from_a_source_replaces_its_previous_state() {
+        let mut m = pair();
+        say(&mut m, "x", "test", "critical");
+        say(&mut m, "x", "test", "minor");
+        assert_eq!(names(&m.view(&id("x")).unwrap().actual), vec![s("minor", 1)]);
+        assert_eq!(effective(&m, "x"), vec![s("minor", 1)]);
+    }
+
+    #[test]
+    fn clearing_information_removes_only_its_own_sources_state() {
+        let mut m = pair();
+        say(&mut m, "x", "netlink", "link-down");
+        say(&mut m, "x", "fabric", "port-down");
+        let applied = say(&mut m, "x", "netlink", "link-up");
+        assert!(applied.known && applied.changes.is_empty(), "still down from the fabric");
+        assert_eq!(m.view(&id("x")).unwrap().actual[0].source, "fabric");
+        let applied = say(&mut m, "x", "fabric", "port-up");
+        assert_eq!(changed(&applied.changes), vec!["x"]);
+        assert_eq!(effective(&m, "x"), vec![s("normal", 0)]);
+    }
+
+    #[test]
+    fn equivalent_messages_from_different_sources_give_one_state_name() {
+        let mut m = Model::new();
+        for p in ["port:1", "port:2"] {
+            m.add_object(id(p), Layer::Physical, "port").unwrap();
+        }
+        say(&mut m, "port:1", "netlink", "link-down");
+        say(&mut m, "port:2", "fabric", "port-down");
+        assert_eq!(effective(&m, "port:1"), effective(&m, "port:2"));
+        assert_eq!(effective(&m, "port:1"), vec![s("down", 3)]);
+    }
+
+    #[test]
+    fn repeating_the_same_information_changes_nothing() {
+        let mut m = three_layers();
+        assert_eq!(say(&mut m, "port:a-c", "netlink", "link-down").changes.len(), 3);
+        assert!(say(&mut m, "port:a-c", "netlink", "link-down").changes.is_empty());
+        assert!(say(&mut m, "port:a-c", "netlink", "carrier-lost").changes.is_empty(), "same state");
+    }
+
+    #[test]
+    fn unknown_information_is_reported_unknown_changes_nothing_and_is_recorded() {
+        let mut m = three_layers();
+        let applied = say(&mut m, "port:a-c", "netlink", "frobnicated");
+        assert!(!applied.known);
+        assert!(applied.changes.is_empty());
+        let v = m.view(&id("port:a-c")).unwrap();
+        assert!(v.actual.is_empty());
+        assert_eq!(v.fault_level, 0);
+        assert_eq!(v.info_history.len(), 1);
+        assert!(!v.info_history[0].known);
+        assert_eq!(v.info_history[0].message, "frobnicated");
+    }
+
+    #[test]
+    fn information_about_an_unknown_object_is_an_error() {
+        let mut m = three_layers();
+        let err = m.apply(Info::new("netlink", "link-down", "port:nope"), &rules(), 1).unwrap_err();
+        assert!(matches!(err, ModelError::UnknownObject(ref o) if o.as_str() == "port:nope"), "{err}");
+    }
+
+    // --- inference (SPEC 5.4) ---
+
+    #[test]
+    fn a_port_fault_is_inferred_through_three_layers_and_clearing_clears_them() {
+        let mut m = three_layers();
+        let applied = say(&mut m, "port:a-c", "netlink", "link-down");
+        assert_eq!(changed(&applied.changes), vec!["ip:a-c", "lan:a-c", "port:a-c"]);
+        for c in &applied.changes {
+            assert_eq!(c.before, vec![State::normal()]);
+            assert_eq!(c.after, vec![State::fault("down", 3)]);
+        }
+        for object in ["lan:a-c", "ip:a-c"] {
+            let v = m.view(&id(object)).unwrap();
+            assert!(v.actual.is_empty(), "{object} has no information of its own");
+            assert_eq!(names(&v.logical), vec![s("down", 3)]);
+            assert_eq!(names(&v.effective), vec![s("down", 3)]);
+        }
+        assert_eq!(logical(&m, "ip:a-c")[0].2, "lan:a-c", "inferred from the object below");
+        assert_eq!(effective(&m, "switch:A"), vec![s("normal", 0)], "nothing propagates down");
+
+        let applied = say(&mut m, "port:a-c", "netlink", "link-up");
+        assert_eq!(changed(&applied.changes), vec!["ip:a-c", "lan:a-c", "port:a-c"]);
+        for object in ["port:a-c", "lan:a-c", "ip:a-c"] {
+            assert_eq!(effective(&m, object), vec![s("normal", 0)]);
+            assert!(logical(&m, object).is_empty());
+        }
+    }
+
+    #[test]
+    fn a_switch_fault_reaches_every_layer_above_its_ports() {
+        let mut m = three_layers();
+        say(&mut m, "switch:A", "agent", "unhealthy");
+        assert_eq!(effective(&m, "ip:a-c"), vec![s("degraded", 1)]);
+        say(&mut m, "port:a-c", "netlink", "link-down");
+        assert_eq!(effective(&m, "ip:a-c"), vec![s("down", 3)], "the more severe wins");
+        say(&mut m, "port:a-c", "netlink", "link-up");
+        assert_eq!(effective(&m, "ip:a-c"), vec![s("degraded", 1)], "back to the switch's fault");
+    }
+
+    #[test]
+    fn propagation_stops_where_an_effective_state_does_not_change() {
+        let mut m = three_layers();
+        say(&mut m, "lan:a-c", "test", "critical");
+        let before = m.recomputations();
+        let applied = say(&mut m, "port:a-c", "test", "minor");
+        assert_eq!(changed(&applied.changes), vec!["port:a-c"]);
+        assert_eq!(m.recomputations() - before, 2, "port and lan, not ip");
+    }
+
+    /// A <- B, A <- C, B <- D, C <- D, and D also directly on A, with the
+    /// dependencies added top-down so ranks have to be raised.
+    fn diamond() -> Model {
+        let mut m = Model::new();
+        m.add_object(id("A"), Layer::Physical, "switch").unwrap();
+        m.add_object(id("B"), Layer::L2, "bond").unwrap();
+        m.add_object(id("C"), Layer::L2, "bond").unwrap();
+        m.add_object(id("D"), Layer::L3, "ip-interface").unwrap();
+        m.add_dependency(&id("D"), &id("B"), Dependency::MapsTo).unwrap();
+        m.add_dependency(&id("D"), &id("C"), Dependency::MapsTo).unwrap();
+        m.add_dependency(&id("D"), &id("A"), Dependency::MapsTo).unwrap();
+        m.add_dependency(&id("B"), &id("A"), Dependency::MapsTo).unwrap();
+        m.add_dependency(&id("C"), &id("A"), Dependency::MapsTo).unwrap();
+        m
+    }
+
+    #[test]
+    fn diamond_dependencies_recompute_each_object_once_after_all_its_dependencies() {
+        let mut m = diamond();
+        let before = m.recomputations();
+        let applied = say(&mut m, "A", "test", "critical");
+        assert_eq!(changed(&applied.changes), vec!["A", "B", "C", "D"]);
+        assert_eq!(m.recomputations() - before, 4, "each object once");
+        let v = m.view(&id("D")).unwrap();
+        assert_eq!(v.logical.len(), 3, "from A, B and C");
+        assert_eq!(names(&v.effective), vec![s("critical", 3)]);
+        assert_eq!(v.state_history.len(), 1, "one change, no intermediate states");
+        let mut sources: Vec<&str> = v.effective[0].source.split(',').collect();
+        sources.sort_unstable();
+        assert_eq!(sources, vec!["A", "B", "C"]);
+
+        let applied = say(&mut m, "A", "test", "clear");
+        assert_eq!(changed(&applied.changes), vec!["A", "B", "C", "D"]);
+        assert_eq!(effective(&m, "D"), vec![s("normal", 0)]);
+    }
+
+    #[test]
+    fn diamond_with_one_side_worse_gives_the_worse_state_to_the_top() {
+        let mut m = diamond();
+        say(&mut m, "B", "test", "critical");
+        say(&mut m, "A", "test", "minor");
+        assert_eq!(effective(&m, "C"), vec![s("minor", 1)]);
+        assert_eq!(effective(&m, "D"), vec![s("critical", 3)]);
+        say(&mut m, "B", "test", "clear");
+        assert_eq!(effective(&m, "D"), vec![s("minor", 1)]);
+        say(&mut m, "A", "test", "clear");
+        assert_eq!(effective(&m, "D"), vec![s("normal", 0)]);
+    }
+
+    #[test]
+    fn adding_a_dependency_on_a_faulty_object_infers_its_fault_at_once() {
+        let mut m = Model::new();
+        m.add_object(id("port:1"), Layer::Physical, "port").unwrap();
+        m.add_object(id("lan:1"), Layer::L2, "lan-port").unwrap();
+        m.add_object(id("ip:1"), Layer::L3, "ip-interface").unwrap();
+        m.add_dependency(&id("ip:1"), &id("lan:1"), Dependency::MapsTo).unwrap();
+        say(&mut m, "port:1", "netlink", "link-down");
+        let changes = m.add_dependency_changes(&id("lan:1"), &id("port:1"), Dependency::MapsTo).unwrap();
+        assert_eq!(changed(&changes), vec!["ip:1", "lan:1"]);
+        assert_eq!(effective(&m, "ip:1"), vec![s("down", 3)]);
+    }
+
+    // --- lost contact (SPEC 5.3) ---
+
+    #[test]
+    fn lost_contact_is_shown_but_never_propagates_to_dependents() {
+        let mut m = three_layers();
+        let applied = say(&mut m, "switch:A", "peer", "liveness-lost");
+        assert_eq!(changed(&applied.changes), vec!["switch:A"]);
+        let v = m.view(&id("switch:A")).unwrap();
+        assert_eq!(v.fault_level, 0);
+        assert_eq!(v.effective.len(), 1);
+        assert!(v.effective[0].lost_contact);
+        assert_eq!(v.effective[0].name, "lost-contact");
+        for object in ["port:a-c", "lan:a-c", "ip:a-c"] {
+            assert!(logical(&m, object).is_empty(), "{object}");
+            assert_eq!(effective(&m, object), vec![s("normal", 0)], "{object}");
+        }
+        let applied = say(&mut m, "switch:A", "peer", "session-up");
+        assert_eq!(changed(&applied.changes), vec!["switch:A"]);
+        assert_eq!(effective(&m, "switch:A"), vec![s("normal", 0)]);
+    }
+
+    #[test]
+    fn an_object_in_lost_contact_still_receives_logical_states() {
+        let mut m = three_layers();
+        say(&mut m, "port:a-c", "peer", "liveness-lost");
+        say(&mut m, "switch:A", "agent", "unhealthy");
+        let v = m.view(&id("port:a-c")).unwrap();
+        assert!(v.actual[0].lost_contact);
+        assert_eq!(names(&v.logical), vec![s("degraded", 1)]);
+        assert_eq!(names(&v.effective), vec![s("degraded", 1)]);
+        assert_eq!(effective(&m, "ip:a-c"), vec![s("degraded", 1)], "a real fault propagates through it");
+        say(&mut m, "switch:A", "agent", "healthy");
+        let v = m.view(&id("port:a-c")).unwrap();
+        assert!(v.effective[0].lost_contact, "lost contact is visible again");
+        assert_eq!(effective(&m, "lan:a-c"), vec![s("normal", 0)]);
+    }
+
+    // --- structure ---
+
+    #[test]
+    fn a_self_dependency_is_a_cycle() {
+        let mut m = Model::new();
+        m.add_object(id("svc:a"), Layer::Service, "service").unwrap();
+        let err = m.add_dependency(&id("svc:a"), &id("svc:a"), Dependency::BelongsTo).unwrap_err();
+        let ModelError::Cycle { path } = &err else { panic!("{err}") };
+        assert_eq!(path, &vec![id("svc:a"), id("svc:a")]);
+        assert_eq!(err.to_string(), "dependency would close a cycle: svc:a -> svc:a");
+    }
+
+    #[test]
+    fn a_two_cycle_is_rejected_naming_the_path() {
+        let mut m = Model::new();
+        m.add_object(id("svc:a"), Layer::Service, "service").unwrap();
+        m.add_object(id("svc:b"), Layer::Service, "service").unwrap();
+        m.add_dependency(&id("svc:a"), &id("svc:b"), Dependency::BelongsTo).unwrap();
+        let err = m.add_dependency(&id("svc:b"), &id("svc:a"), Dependency::BelongsTo).unwrap_err();
+        assert_eq!(err.to_string(), "dependency would close a cycle: svc:b -> svc:a -> svc:b");
+    }
+
+    #[test]
+    fn a_three_cycle_is_rejected_naming_the_path_and_leaves_the_model_unchanged() {
+        let mut m = Model::new();
+        for o in ["a", "b", "c", "z"] {
+            m.add_object(id(o), Layer::L2, "vlan").unwrap();
+        }
+        m.add_dependency(&id("a"), &id("b"), Dependency::BelongsTo).unwrap();
+        m.add_dependency(&id("b"), &id("z"), Dependency::BelongsTo).unwrap();
+        m.add_dependency(&id("b"), &id("c"), Dependency::BelongsTo).unwrap();
+        let err = m.add_dependency(&id("c"), &id("a"), Dependency::BelongsTo).unwrap_err();
+        let ModelError::Cycle { path } = &err else { panic!("{err}") };
+        assert_eq!(path, &vec![id("c"), id("a"), id("b"), id("c")]);
+        assert_eq!(err.to_string(), "dependency would close a cycle: c -> a -> b -> c");
+        assert!(m.dependencies_of(&id("c")).is_empty());
+        assert!(m.dependents_of(&id("a")).is_empty());
+        // A dependency that only looks like one is fine.
+        m.add_dependency(&id("z"), &id("c"), Dependency::BelongsTo).unwrap();
+        say(&mut m, "c", "test", "major");
+        assert_eq!(effective(&m, "a"), vec![s("major", 2)]);
+    }
+
+    #[test]
+    fn belongs_to_across_layers_and_maps_to_not_going_up_are_rejected() {
+        let mut m = three_layers();
+        let err = m.add_dependency(&id("lan:a-c"), &id("switch:A"), Dependency::BelongsTo).unwrap_err();
+        assert!(matches!(err, ModelError::LayerRule { .. }));
+        assert!(err.to_string().contains("same layer"), "{err}");
+        let err = m.add_dependency(&id("port:a-c"), &id("lan:a-c"), Dependency::MapsTo).unwrap_err();
+        assert!(err.to_string().contains("lower layer"), "{err}");
+        let err = m.add_dependency(&id("port:a-c"), &id("switch:A"), Dependency::MapsTo).unwrap_err();
+        assert!(matches!(err, ModelError::LayerRule { kind: Dependency::MapsTo, .. }), "same layer: {err}");
+        m.add_object(id("svc:web"), Layer::Service, "service").unwrap();
+        m.add_dependency(&id("svc:web"), &id("port:a-c"), Dependency::MapsTo).unwrap();
+    }
+
+    #[test]
+    fn adding_an_existing_dependency_again_only_updates_its_kind() {
+        let mut m = Model::new();
+        m.add_object(id("gw:1"), Layer::L3, "gateway").unwrap();
+        m.add_object(id("ip:1"), Layer::L3, "ip-interface").unwrap();
+        m.add_dependency(&id("gw:1"), &id("ip:1"), Dependency::BelongsTo).unwrap();
+        m.add_dependency(&id("gw:1"), &id("ip:1"), Dependency::BelongsTo).unwrap();
+        assert_eq!(m.dependencies_of(&id("gw:1")), vec![(id("ip:1"), Dependency::BelongsTo)]);
+        assert_eq!(m.dependents_of(&id("ip:1")), vec![(id("gw:1"), Dependency::BelongsTo)]);
+    }
+
+    #[test]
+    fn duplicate_objects_and_unknown_ids_are_errors() {
+        let mut m = three_layers();
+        assert!(matches!(m.add_object(id("port:a-c"), Layer::Physical, "port"), Err(ModelError::Duplicate(_))));
+        assert!(matches!(
+            m.add_dependency(&id("ip:x"), &id("lan:a-c"), Dependency::MapsTo),
+            Err(ModelError::UnknownObject(o)) if o.as_str() == "ip:x"
+        ));
+        assert!(matches!(m.remove_object(&id("nope")), Err(ModelError::UnknownObject(_))));
+        assert!(m.view(&id("nope")).is_none());
+        assert!(m.dependencies_of(&id("nope")).is_empty());
+    }
+
+    #[test]
+    fn dependency_chains_can_be_walked_both_ways() {
+        let m = three_layers();
+        assert_eq!(m.dependencies_of(&id("lan:a-c")), vec![(id("port:a-c"), Dependency::MapsTo)]);
+        assert_eq!(m.dependents_of(&id("port:a-c")), vec![(id("lan:a-c"), Dependency::MapsTo)]);
+        assert_eq!(m.dependencies_of(&id("port:a-c")), vec![(id("switch:A"), Dependency::BelongsTo)]);
+        assert_eq!(m.dependents_of(&id("ip:a-c")), vec![]);
+    }
+
+    #[test]
+    fn removing_a_dependency_recomputes_the_dependents() {
+        let mut m = three_layers();
+        say(&mut m, "port:a-c", "netlink", "link-down");
+        let changes = m.remove_dependency(&id("lan:a-c"), &id("port:a-c")).unwrap();
+        assert_eq!(changed(&changes), vec!["ip:a-c", "lan:a-c"]);
+        assert_eq!(effective(&m, "ip:a-c"), vec![s("normal", 0)]);
+        assert_eq!(effective(&m, "port:a-c"), vec![s("down", 3)]);
+        assert!(m.remove_dependency(&id("lan:a-c"), &id("port:a-c")).unwrap().is_empty(), "idempotent");
+    }
+
+    #[test]
+    fn removing_an_object_recomputes_its_dependents_and_frees_its_id() {
+        let mut m = three_layers();
+        say(&mut m, "port:a-c", "netlink", "link-down");
+        let changes = m.remove_object(&id("port:a-c")).unwrap();
+        assert_eq!(changed(&changes), vec!["ip:a-c", "lan:a-c"]);
+        assert!(!m.contains(&id("port:a-c")));
+        assert_eq!(m.len(), 3);
+        assert!(m.dependencies_of(&id("lan:a-c")).is_empty());
+        assert!(m.dependents_of(&id("switch:A")).is_empty());
+        assert_eq!(m.views().count(), 3);
+        // The id (and its slot) can be used again, starting normal.
+        m.add_object(id("port:a-c"), Layer::Physical, "port").unwrap();
+        assert_eq!(effective(&m, "port:a-c"), vec![s("normal", 0)]);
+        assert!(m.view(&id("port:a-c")).unwrap().info_history.is_empty());
+        m.add_dependency(&id("lan:a-c"), &id("port:a-c"), Dependency::MapsTo).unwrap();
+        say(&mut m, "port:a-c", "fabric", "port-down");
+        assert_eq!(effective(&m, "ip:a-c"), vec![s("down", 3)]);
+    }
+
+    // --- records (SPEC 5.6) ---
+
+    #[test]
+    fn histories_record_changes_and_information_within_their_bounds() {
+        let mut m = Model::with_history_limit(3, 2);
+        m.add_object(id("p"), Layer::Physical, "port").unwrap();
+        for (t, message) in [(1, "link-down"), (2, "link-up"), (3, "link-down"), (4, "link-up"), (5, "link-down")] {
+            m.apply(Info::new("netlink", message, "p"), &rules(), t).unwrap();
+        }
+        m.apply(Info::new("netlink", "bogus", "p"), &rules(), 6).unwrap();
+        let v = m.view(&id("p")).unwrap();
+        let states: Vec<(u64, String)> = v.state_history.iter().map(|h| (h.at_ms, h.effective[0].name.clone())).collect();
+        assert_eq!(states, vec![(3, "down".into()), (4, "normal".into()), (5, "down".into())], "newest last");
+        let infos: Vec<(u64, &str, bool)> = v.info_history.iter().map(|i| (i.at_ms, i.message.as_str(), i.known)).collect();
+        assert_eq!(infos, vec![(5, "link-down", true), (6, "bogus", false)]);
+        assert_eq!(v.since_ms, 5);
+        assert_eq!(v.state_history[2].effective[0].source, "netlink");
+    }
+
+    #[test]
+    fn a_zero_history_limit_keeps_no_records() {
+        let mut m = Model::with_history_limit(0, 0);
+        m.add_object(id("p"), Layer::Physical, "port").unwrap();
+        m.apply(Info::new("netlink", "link-down", "p"), &rules(), 1).unwrap();
+        let v = m.view(&id("p")).unwrap();
+        assert!(v.state_history.is_empty() && v.info_history.is_empty());
+        assert_eq!(v.fault_level, 3);
+    }
+
+    #[test]
+    fn views_serialise_with_lowercase_layers_and_kebab_case_dependencies() {
+        let mut m = three_layers();
+        say(&mut m, "port:a-c", "netlink", "link-down");
+        let v = serde_json::to_value(m.view(&id("lan:a-c")).unwrap()).unwrap();
+        assert_eq!(v["layer"], "l2");
+        assert_eq!(v["kind"], "lan-port");
+        assert_eq!(v["logical"][0]["source"], "port:a-c");
+        assert_eq!(v["effective"][0]["name"], "down");
+        assert_eq!(v["fault_level"], 3);
+        assert_eq!(serde_json::to_value(Dependency::MapsTo).unwrap(), "maps-to");
+        assert_eq!(serde_json::from_str::<Layer>("\"service\"").unwrap(), Layer::Service);
+        let back: ObjectView = serde_json::from_value(v).unwrap();
+        assert_eq!(back.id, id("lan:a-c"));
+        assert_eq!(m.views().map(|v| v.id.0).collect::<Vec<_>>(), vec!["switch:A", "port:a-c", "lan:a-c", "ip:a-c"]);
+    }
+}
