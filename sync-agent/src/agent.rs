@@ -34,8 +34,8 @@ use crate::{
         CLASSIFIER_PROGRAM, Dataplane, MacTables, PASS_PROGRAM,
         capture::{self, CaptureStats, Captured},
     },
-    mac::MacAddr,
     inference::task::{Inference, StateQuery},
+    mac::MacAddr,
     mclag::Mclag,
     peersync::{self, Identity, LocalPort, PeerQuery, PeerSync},
     southbound::links::{self, Link, LinkEvent},
@@ -103,9 +103,13 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
     };
     let switch_name = agent.config.instance.clone();
     agent.inference = Some(
-        Inference::spawn(agent.config.inference.clone(), &switch_name, agent.netlink.clone())
-            .await
-            .map_err(|e| anyhow::anyhow!("state model: {e:#}"))?,
+        Inference::spawn(
+            agent.config.inference.clone(),
+            &switch_name,
+            agent.netlink.clone(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("state model: {e:#}"))?,
     );
     agent.apply_policy()?;
     agent.attach_all(true)?;

@@ -133,11 +133,29 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Show { what: Show::States { faulty } } => {
-            query(&cli.socket, &cli.instance, cli.json, Request::States { faulty }, print_states).await
+        Command::Show {
+            what: Show::States { faulty },
+        } => {
+            query(
+                &cli.socket,
+                &cli.instance,
+                cli.json,
+                Request::States { faulty },
+                print_states,
+            )
+            .await
         }
-        Command::Show { what: Show::State { object } } => {
-            query(&cli.socket, &cli.instance, cli.json, Request::State { object }, print_state).await
+        Command::Show {
+            what: Show::State { object },
+        } => {
+            query(
+                &cli.socket,
+                &cli.instance,
+                cli.json,
+                Request::State { object },
+                print_state,
+            )
+            .await
         }
         Command::Show { what: Show::Mclag } => {
             query(
@@ -442,11 +460,18 @@ fn states_text(states: &[StateView]) -> String {
     if states.is_empty() {
         return "-".into();
     }
-    states.iter().map(|s| format!("{}({})", s.name, s.level)).collect::<Vec<_>>().join(",")
+    states
+        .iter()
+        .map(|s| format!("{}({})", s.name, s.level))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn print_states(r: &StatesReport) {
-    println!("{:<28} {:<8} {:<13} {:<18} {:<22} {:<18} {:>5}", "object", "layer", "kind", "actual", "logical", "effective", "level");
+    println!(
+        "{:<28} {:<8} {:<13} {:<18} {:<22} {:<18} {:>5}",
+        "object", "layer", "kind", "actual", "logical", "effective", "level"
+    );
     for o in &r.objects {
         println!(
             "{:<28} {:<8} {:<13} {:<18} {:<22} {:<18} {:>5}",
@@ -460,25 +485,55 @@ fn print_states(r: &StatesReport) {
         );
     }
     let c = &r.counters;
-    println!("({} objects; {} infos, {} unknown, {} about unknown objects, {} changes)", r.objects.len(), c.infos, c.unknown_infos, c.unknown_objects, c.changes);
+    println!(
+        "({} objects; {} infos, {} unknown, {} about unknown objects, {} changes)",
+        r.objects.len(),
+        c.infos,
+        c.unknown_infos,
+        c.unknown_objects,
+        c.changes
+    );
 }
 
 fn print_state(r: &StateReport) {
     let o = &r.object;
-    println!("{} ({:?} {}), fault level {}", o.id.0, o.layer, o.kind, o.fault_level);
+    println!(
+        "{} ({:?} {}), fault level {}",
+        o.id.0, o.layer, o.kind, o.fault_level
+    );
     println!("  actual    {}", states_text(&o.actual));
     println!("  logical   {}", states_text(&o.logical));
     println!("  effective {}", states_text(&o.effective));
     println!("depends on:");
     for l in &r.depends_on {
-        println!("  {}{} -[{:?}]-> {} (level {})", "  ".repeat(l.depth - 1), l.from.0, l.kind, l.to.0, l.fault_level);
+        println!(
+            "  {}{} -[{:?}]-> {} (level {})",
+            "  ".repeat(l.depth - 1),
+            l.from.0,
+            l.kind,
+            l.to.0,
+            l.fault_level
+        );
     }
     println!("depended on by:");
     for l in &r.dependents {
-        println!("  {}{} <-[{:?}]- {} (level {})", "  ".repeat(l.depth - 1), l.from.0, l.kind, l.to.0, l.fault_level);
+        println!(
+            "  {}{} <-[{:?}]- {} (level {})",
+            "  ".repeat(l.depth - 1),
+            l.from.0,
+            l.kind,
+            l.to.0,
+            l.fault_level
+        );
     }
     println!("information history (newest last):");
     for i in &o.info_history {
-        println!("  {} {} {}{}", i.at_ms, i.source, i.message, if i.known { "" } else { " (unknown)" });
+        println!(
+            "  {} {} {}{}",
+            i.at_ms,
+            i.source,
+            i.message,
+            if i.known { "" } else { " (unknown)" }
+        );
     }
 }

@@ -55,7 +55,11 @@ pub struct InferenceConfig {
 
 impl Default for InferenceConfig {
     fn default() -> Self {
-        Self { history: default_history(), objects: Vec::new(), rules: Vec::new() }
+        Self {
+            history: default_history(),
+            objects: Vec::new(),
+            rules: Vec::new(),
+        }
     }
 }
 
@@ -496,11 +500,17 @@ impl Config {
             peer_problems(peer, &dp.member_ports, &mut problem);
         }
         if !(1..=4096).contains(&self.inference.history) {
-            problem("inference.history".into(), format!("{} must be between 1 and 4096", self.inference.history));
+            problem(
+                "inference.history".into(),
+                format!("{} must be between 1 and 4096", self.inference.history),
+            );
         }
         for (i, object) in self.inference.objects.iter().enumerate() {
             if object.id.is_empty() || !object.id.contains(':') {
-                problem(format!("inference.objects[{i}].id"), format!("'{}' must look like kind:name (e.g. svc:web)", object.id));
+                problem(
+                    format!("inference.objects[{i}].id"),
+                    format!("'{}' must look like kind:name (e.g. svc:web)", object.id),
+                );
             }
         }
         if let Some(mclag) = &self.mclag {

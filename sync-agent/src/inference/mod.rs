@@ -47,6 +47,7 @@ pub mod rules;
 pub mod task;
 
 pub use model::{
-    Applied, Change, Dependency, HistoryEntry, InfoEntry, Layer, Model, ModelError, ObjectId, ObjectView, StateView,
+    Applied, Change, Dependency, HistoryEntry, InfoEntry, Layer, Model, ModelError, ObjectId,
+    ObjectView, StateView,
 };
 pub use rules::{Info, Rule, RuleTable, State};

@@ -63,9 +63,7 @@ impl From<String> for ObjectId {
 }
 
 /// The layer of an object, lowest first.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Layer {
     /// Switches, ports, links.
@@ -123,7 +121,10 @@ impl fmt::Display for Dependency {
 }
 
 fn path_text(path: &[ObjectId]) -> String {
-    path.iter().map(ObjectId::as_str).collect::<Vec<_>>().join(" -> ")
+    path.iter()
+        .map(ObjectId::as_str)
+        .collect::<Vec<_>>()
+        .join(" -> ")
 }
 
 /// Why the model refused a change.
@@ -263,7 +264,11 @@ fn edge_index(edge: u32) -> u32 {
 }
 
 fn edge_kind(edge: u32) -> Dependency {
-    if edge & MAPS_TO_BIT == 0 { Dependency::BelongsTo } else { Dependency::MapsTo }
+    if edge & MAPS_TO_BIT == 0 {
+        Dependency::BelongsTo
+    } else {
+        Dependency::MapsTo
+    }
 }
 
 const ALIVE: u8 = 1;
@@ -373,7 +378,9 @@ impl Default for Model {
 
 impl fmt::Debug for Model {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Model").field("objects", &self.len()).finish_non_exhaustive()
+        f.debug_struct("Model")
+            .field("objects", &self.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -431,7 +438,10 @@ impl Model {
     }
 
     fn lookup(&self, id: &ObjectId) -> Result<u32, ModelError> {
-        self.index.get(id.0.as_str()).copied().ok_or_else(|| ModelError::UnknownObject(id.clone()))
+        self.index
+            .get(id.0.as_str())
+            .copied()
+            .ok_or_else(|| ModelError::UnknownObject(id.clone()))
     }
 
     fn id_of(&self, x: u32) -> ObjectId {
@@ -454,7 +464,9 @@ impl Model {
                 x
             }
             None => {
-                let x = u32::try_from(self.objects.len()).ok().filter(|&x| x < INDEX_MASK);
+                let x = u32::try_from(self.objects.len())
+                    .ok()
+                    .filter(|&x| x < INDEX_MASK);
                 let x = x.expect("the state model holds fewer than 2^31 objects");
                 self.objects.push(object);
                 x
@@ -473,16 +485,23 @@ impl Model {
         let deps = std::mem::take(&mut object.deps);
         let dependents = std::mem::take(&mut object.dependents);
         for e in deps {
-            self.objects[edge_index(e) as usize].dependents.retain(|&d| edge_index(d) != x);
+            self.objects[edge_index(e) as usize]
+                .dependents
+                .retain(|&d| edge_index(d) != x);
         }
         let mut starts = Vec::with_capacity(dependents.len());
         for e in dependents {
             let y = edge_index(e);
-            self.objects[y as usize].deps.retain(|&d| edge_index(d) != x);
+            self.objects[y as usize]
+                .deps
+                .retain(|&d| edge_index(d) != x);
             starts.push(y);
         }
         self.index.remove(id.0.as_str());
-        self.objects[x as usize] = Object { flags: 0, ..Object::new(Box::default(), Layer::Physical, 0) };
+        self.objects[x as usize] = Object {
+            flags: 0,
+            ..Object::new(Box::default(), Layer::Physical, 0)
+        };
         self.free.push(x);
         Ok(self.propagate(&starts))
     }
@@ -493,7 +512,12 @@ impl Model {
     /// across layers and maps-to not going up. Adding an existing dependency
     /// again only updates its kind. The dependent's state is recomputed (see
     /// [`Model::add_dependency_changes`] for the changes).
-    pub fn add_dependency(&mut self, dependent: &ObjectId, on: &ObjectId, kind: Dependency) -> Result<(), ModelError> {
+    pub fn add_dependency(
+        &mut self,
+        dependent: &ObjectId,
+        on: &ObjectId,
+        kind: Dependency,
+    ) -> Result<(), ModelError> {
         self.add_dependency_changes(dependent, on, kind).map(drop)
     }
 
@@ -508,9 +532,14 @@ impl Model {
         let d = self.lookup(dependent)?;
         let o = self.lookup(on)?;
         if d == o {
-            return Err(ModelError::Cycle { path: vec![dependent.clone(), dependent.clone()] });
+            return Err(ModelError::Cycle {
+                path: vec![dependent.clone(), dependent.clone()],
+            });
         }
-        let (dependent_layer, on_layer) = (self.objects[d as usize].layer, self.objects[o as usize].layer);
+        let (dependent_layer, on_layer) = (
+            self.objects[d as usize].layer,
+            self.objects[o as usize].layer,
+        );
         let layers_ok = match kind {
             Dependency::BelongsTo => dependent_layer == on_layer,
             Dependency::MapsTo => on_layer < dependent_layer,
@@ -547,12 +576,20 @@ impl Model {
     /// Removes the dependency of `dependent` on `on` (nothing if there is
     /// none) and recomputes the dependent. Returns the objects whose
     /// effective state changed.
-    pub fn remove_dependency(&mut self, dependent: &ObjectId, on: &ObjectId) -> Result<Vec<Change>, ModelError> {
+    pub fn remove_dependency(
+        &mut self,
+        dependent: &ObjectId,
+        on: &ObjectId,
+    ) -> Result<Vec<Change>, ModelError> {
         let d = self.lookup(dependent)?;
         let o = self.lookup(on)?;
-        let Some(i) = self.objects[d as usize].depends_on(o) else { return Ok(Vec::new()) };
+        let Some(i) = self.objects[d as usize].depends_on(o) else {
+            return Ok(Vec::new());
+        };
         self.objects[d as usize].deps.swap_remove(i);
-        self.objects[o as usize].dependents.retain(|&e| edge_index(e) != d);
+        self.objects[o as usize]
+            .dependents
+            .retain(|&e| edge_index(e) != d);
         Ok(self.propagate(&[d]))
     }
 
@@ -634,7 +671,12 @@ impl Model {
     /// `known: false` and no changes, and the info is still recorded in the
     /// history, marked unknown. Information about an unknown object is an
     /// error ([`ModelError::UnknownObject`]) and is not recorded.
-    pub fn apply(&mut self, info: Info, rules: &RuleTable, now_ms: u64) -> Result<Applied, ModelError> {
+    pub fn apply(
+        &mut self,
+        info: Info,
+        rules: &RuleTable,
+        now_ms: u64,
+    ) -> Result<Applied, ModelError> {
         let x = self.lookup(&info.object)?;
         self.now_ms = now_ms;
         let outcome = rules.lookup(&info.source, &info.message);
@@ -672,14 +714,25 @@ impl Model {
             if infos.len() >= limit {
                 infos.pop_front();
             }
-            infos.push_back(InfoEntry { at_ms: now_ms, source: info.source, message: info.message, known });
+            infos.push_back(InfoEntry {
+                at_ms: now_ms,
+                source: info.source,
+                message: info.message,
+                known,
+            });
         }
-        let changes = if changed { self.propagate(&[x]) } else { Vec::new() };
+        let changes = if changed {
+            self.propagate(&[x])
+        } else {
+            Vec::new()
+        };
         Ok(Applied { known, changes })
     }
 
     fn records_mut(&mut self, x: u32) -> &mut Records {
-        self.objects[x as usize].records.get_or_insert_with(Box::default)
+        self.objects[x as usize]
+            .records
+            .get_or_insert_with(Box::default)
     }
 
     /// Recomputes the objects in `starts` and, in rank order, everything
@@ -703,7 +756,10 @@ impl Model {
             if *scratch == *self.objects[x as usize].effective {
                 continue;
             }
-            let before = std::mem::replace(&mut self.objects[x as usize].effective, scratch.as_slice().into());
+            let before = std::mem::replace(
+                &mut self.objects[x as usize].effective,
+                scratch.as_slice().into(),
+            );
             changed.push((x, before));
             for k in 0..self.objects[x as usize].dependents.len() {
                 let y = edge_index(self.objects[x as usize].dependents[k]);
@@ -721,7 +777,10 @@ impl Model {
             .map(|(x, before)| {
                 let now = self.now_ms;
                 if self.state_limit > 0 {
-                    let entry = HistoryEntry { at_ms: now, effective: self.effective_views(x) };
+                    let entry = HistoryEntry {
+                        at_ms: now,
+                        effective: self.effective_views(x),
+                    };
                     let limit = self.state_limit;
                     let states = &mut self.records_mut(x).states;
                     if states.len() >= limit {
@@ -745,14 +804,34 @@ impl Model {
         out.clear();
         let object = &self.objects[x as usize];
         let logical = || {
-            object.deps.iter().flat_map(|&e| self.objects[edge_index(e) as usize].effective.iter().copied())
+            object.deps.iter().flat_map(|&e| {
+                self.objects[edge_index(e) as usize]
+                    .effective
+                    .iter()
+                    .copied()
+            })
         };
-        let faults = object.actual.iter().map(|&(_, s)| s).chain(logical()).filter(|&s| self.states[s as usize].is_fault());
-        let max = faults.clone().map(|s| self.states[s as usize].level).max().unwrap_or(0);
+        let faults = object
+            .actual
+            .iter()
+            .map(|&(_, s)| s)
+            .chain(logical())
+            .filter(|&s| self.states[s as usize].is_fault());
+        let max = faults
+            .clone()
+            .map(|s| self.states[s as usize].level)
+            .max()
+            .unwrap_or(0);
         if max > 0 {
             out.extend(faults.filter(|&s| self.states[s as usize].level == max));
         } else {
-            out.extend(object.actual.iter().map(|&(_, s)| s).filter(|&s| self.states[s as usize].lost_contact));
+            out.extend(
+                object
+                    .actual
+                    .iter()
+                    .map(|&(_, s)| s)
+                    .filter(|&s| self.states[s as usize].lost_contact),
+            );
         }
         out.sort_unstable();
         out.dedup();
@@ -762,13 +841,21 @@ impl Model {
         if effective.is_empty() {
             vec![State::normal()]
         } else {
-            effective.iter().map(|&s| self.states[s as usize].clone()).collect()
+            effective
+                .iter()
+                .map(|&s| self.states[s as usize].clone())
+                .collect()
         }
     }
 
     fn view_of(&self, state: u32, source: String) -> StateView {
         let s = &self.states[state as usize];
-        StateView { name: s.name.clone(), level: s.level, lost_contact: s.lost_contact, source }
+        StateView {
+            name: s.name.clone(),
+            level: s.level,
+            lost_contact: s.lost_contact,
+            source,
+        }
     }
 
     /// (dependency, state) pairs of `x`'s logical states.
@@ -786,14 +873,26 @@ impl Model {
     fn effective_views(&self, x: u32) -> Vec<StateView> {
         let object = &self.objects[x as usize];
         if object.effective.is_empty() {
-            return vec![StateView { name: NORMAL.into(), level: 0, lost_contact: false, source: String::new() }];
+            return vec![StateView {
+                name: NORMAL.into(),
+                level: 0,
+                lost_contact: false,
+                source: String::new(),
+            }];
         }
         object
             .effective
             .iter()
             .map(|&s| {
-                let actual = object.actual.iter().filter(|a| a.1 == s).map(|a| self.sources.name(a.0));
-                let logical = self.logical_of(x).filter(|l| l.1 == s).map(|l| &*self.objects[l.0 as usize].id);
+                let actual = object
+                    .actual
+                    .iter()
+                    .filter(|a| a.1 == s)
+                    .map(|a| self.sources.name(a.0));
+                let logical = self
+                    .logical_of(x)
+                    .filter(|l| l.1 == s)
+                    .map(|l| &*self.objects[l.0 as usize].id);
                 let sources: Vec<&str> = actual.chain(logical).collect();
                 self.view_of(s, sources.join(","))
             })
@@ -802,11 +901,26 @@ impl Model {
 
     fn object_view(&self, x: u32) -> ObjectView {
         let object = &self.objects[x as usize];
-        let actual = object.actual.iter().map(|&(src, s)| self.view_of(s, self.sources.name(src).to_string())).collect();
-        let logical = self.logical_of(x).map(|(dep, s)| self.view_of(s, self.objects[dep as usize].id.to_string())).collect();
-        let fault_level = object.effective.iter().map(|&s| self.states[s as usize].level).max().unwrap_or(0);
+        let actual = object
+            .actual
+            .iter()
+            .map(|&(src, s)| self.view_of(s, self.sources.name(src).to_string()))
+            .collect();
+        let logical = self
+            .logical_of(x)
+            .map(|(dep, s)| self.view_of(s, self.objects[dep as usize].id.to_string()))
+            .collect();
+        let fault_level = object
+            .effective
+            .iter()
+            .map(|&s| self.states[s as usize].level)
+            .max()
+            .unwrap_or(0);
         let (state_history, info_history) = match &object.records {
-            Some(r) => (r.states.iter().cloned().collect(), r.infos.iter().cloned().collect()),
+            Some(r) => (
+                r.states.iter().cloned().collect(),
+                r.infos.iter().cloned().collect(),
+            ),
             None => (Vec::new(), Vec::new()),
         };
         ObjectView {
@@ -831,13 +945,22 @@ impl Model {
     /// Every object, in the order they were added (slots of removed objects
     /// are reused).
     pub fn views(&self) -> impl Iterator<Item = ObjectView> + '_ {
-        (0..self.objects.len() as u32).filter(|&x| self.objects[x as usize].flags & ALIVE != 0).map(|x| self.object_view(x))
+        (0..self.objects.len() as u32)
+            .filter(|&x| self.objects[x as usize].flags & ALIVE != 0)
+            .map(|x| self.object_view(x))
     }
 
     /// An object's fault level, without building its view.
     pub fn fault_level(&self, id: &ObjectId) -> Option<u8> {
         let x = self.lookup(id).ok()?;
-        Some(self.objects[x as usize].effective.iter().map(|&s| self.states[s as usize].level).max().unwrap_or(0))
+        Some(
+            self.objects[x as usize]
+                .effective
+                .iter()
+                .map(|&s| self.states[s as usize].level)
+                .max()
+                .unwrap_or(0),
+        )
     }
 
     /// An object's effective state (`[normal]` when nothing is above level 0
@@ -848,10 +971,19 @@ impl Model {
     }
 
     fn edges(&self, id: &ObjectId, down: bool) -> Vec<(ObjectId, Dependency)> {
-        let Ok(x) = self.lookup(id) else { return Vec::new() };
+        let Ok(x) = self.lookup(id) else {
+            return Vec::new();
+        };
         let object = &self.objects[x as usize];
-        let edges = if down { &object.deps } else { &object.dependents };
-        edges.iter().map(|&e| (self.id_of(edge_index(e)), edge_kind(e))).collect()
+        let edges = if down {
+            &object.deps
+        } else {
+            &object.dependents
+        };
+        edges
+            .iter()
+            .map(|&e| (self.id_of(edge_index(e)), edge_kind(e)))
+            .collect()
     }
 
     /// What `id` depends on directly (down the chain); empty for an unknown id.
@@ -889,7 +1021,8 @@ mod tests {
     }
 
     fn say(m: &mut Model, object: &str, source: &str, message: &str) -> Applied {
-        m.apply(Info::new(source, message, object), &rules(), 1000).unwrap()
+        m.apply(Info::new(source, message, object), &rules(), 1000)
+            .unwrap()
     }
 
     fn names(states: &[StateView]) -> Vec<(String, u8)> {
@@ -901,7 +1034,12 @@ mod tests {
     }
 
     fn logical(m: &Model, object: &str) -> Vec<(String, u8, String)> {
-        m.view(&id(object)).unwrap().logical.into_iter().map(|s| (s.name, s.level, s.source)).collect()
+        m.view(&id(object))
+            .unwrap()
+            .logical
+            .into_iter()
+            .map(|s| (s.name, s.level, s.source))
+            .collect()
     }
 
     fn s(name: &str, level: u8) -> (String, u8) {
@@ -917,13 +1055,19 @@ mod tests {
     /// switch:A <-belongs- port:a-c <-maps- lan:a-c <-maps- ip:a-c
     fn three_layers() -> Model {
         let mut m = Model::new();
-        m.add_object(id("switch:A"), Layer::Physical, "switch").unwrap();
-        m.add_object(id("port:a-c"), Layer::Physical, "port").unwrap();
+        m.add_object(id("switch:A"), Layer::Physical, "switch")
+            .unwrap();
+        m.add_object(id("port:a-c"), Layer::Physical, "port")
+            .unwrap();
         m.add_object(id("lan:a-c"), Layer::L2, "lan-port").unwrap();
-        m.add_object(id("ip:a-c"), Layer::L3, "ip-interface").unwrap();
-        m.add_dependency(&id("port:a-c"), &id("switch:A"), Dependency::BelongsTo).unwrap();
-        m.add_dependency(&id("lan:a-c"), &id("port:a-c"), Dependency::MapsTo).unwrap();
-        m.add_dependency(&id("ip:a-c"), &id("lan:a-c"), Dependency::MapsTo).unwrap();
+        m.add_object(id("ip:a-c"), Layer::L3, "ip-interface")
+            .unwrap();
+        m.add_dependency(&id("port:a-c"), &id("switch:A"), Dependency::BelongsTo)
+            .unwrap();
+        m.add_dependency(&id("lan:a-c"), &id("port:a-c"), Dependency::MapsTo)
+            .unwrap();
+        m.add_dependency(&id("ip:a-c"), &id("lan:a-c"), Dependency::MapsTo)
+            .unwrap();
         m
     }
 
@@ -932,7 +1076,8 @@ mod tests {
         let mut m = Model::new();
         m.add_object(id("dep"), Layer::Physical, "port").unwrap();
         m.add_object(id("x"), Layer::L2, "lan-port").unwrap();
-        m.add_dependency(&id("x"), &id("dep"), Dependency::MapsTo).unwrap();
+        m.add_dependency(&id("x"), &id("dep"), Dependency::MapsTo)
+            .unwrap();
         m
     }
 
@@ -984,7 +1129,11 @@ mod tests {
         let mut m = pair();
         say(&mut m, "dep", "test", "minor");
         say(&mut m, "x", "test", "critical");
-        assert_eq!(logical(&m, "x").len(), 1, "the logical state is still shown");
+        assert_eq!(
+            logical(&m, "x").len(),
+            1,
+            "the logical state is still shown"
+        );
         assert_eq!(effective(&m, "x"), vec![s("critical", 3)]);
     }
 
@@ -1041,7 +1190,8 @@ mod tests {
     fn merge_several_logical_states_from_different_dependencies_keep_the_most_severe() {
         let mut m = pair();
         m.add_object(id("dep2"), Layer::Physical, "port").unwrap();
-        m.add_dependency(&id("x"), &id("dep2"), Dependency::MapsTo).unwrap();
+        m.add_dependency(&id("x"), &id("dep2"), Dependency::MapsTo)
+            .unwrap();
         say(&mut m, "dep", "test", "minor");
         say(&mut m, "dep2", "test", "critical");
         assert_eq!(logical(&m, "x").len(), 2);
@@ -1055,7 +1205,10 @@ mod tests {
         let mut m = pair();
         say(&mut m, "x", "test", "critical");
         say(&mut m, "x", "test", "minor");
-        assert_eq!(names(&m.view(&id("x")).unwrap().actual), vec![s("minor", 1)]);
+        assert_eq!(
+            names(&m.view(&id("x")).unwrap().actual),
+            vec![s("minor", 1)]
+        );
         assert_eq!(effective(&m, "x"), vec![s("minor", 1)]);
     }
 
@@ -1065,7 +1218,10 @@ mod tests {
         say(&mut m, "x", "netlink", "link-down");
         say(&mut m, "x", "fabric", "port-down");
         let applied = say(&mut m, "x", "netlink", "link-up");
-        assert!(applied.known && applied.changes.is_empty(), "still down from the fabric");
+        assert!(
+            applied.known && applied.changes.is_empty(),
+            "still down from the fabric"
+        );
         assert_eq!(m.view(&id("x")).unwrap().actual[0].source, "fabric");
         let applied = say(&mut m, "x", "fabric", "port-up");
         assert_eq!(changed(&applied.changes), vec!["x"]);
@@ -1087,9 +1243,23 @@ mod tests {
     #[test]
     fn repeating_the_same_information_changes_nothing() {
         let mut m = three_layers();
-        assert_eq!(say(&mut m, "port:a-c", "netlink", "link-down").changes.len(), 3);
-        assert!(say(&mut m, "port:a-c", "netlink", "link-down").changes.is_empty());
-        assert!(say(&mut m, "port:a-c", "netlink", "carrier-lost").changes.is_empty(), "same state");
+        assert_eq!(
+            say(&mut m, "port:a-c", "netlink", "link-down")
+                .changes
+                .len(),
+            3
+        );
+        assert!(
+            say(&mut m, "port:a-c", "netlink", "link-down")
+                .changes
+                .is_empty()
+        );
+        assert!(
+            say(&mut m, "port:a-c", "netlink", "carrier-lost")
+                .changes
+                .is_empty(),
+            "same state"
+        );
     }
 
     #[test]
@@ -1109,8 +1279,13 @@ mod tests {
     #[test]
     fn information_about_an_unknown_object_is_an_error() {
         let mut m = three_layers();
-        let err = m.apply(Info::new("netlink", "link-down", "port:nope"), &rules(), 1).unwrap_err();
-        assert!(matches!(err, ModelError::UnknownObject(ref o) if o.as_str() == "port:nope"), "{err}");
+        let err = m
+            .apply(Info::new("netlink", "link-down", "port:nope"), &rules(), 1)
+            .unwrap_err();
+        assert!(
+            matches!(err, ModelError::UnknownObject(ref o) if o.as_str() == "port:nope"),
+            "{err}"
+        );
     }
 
     // --- inference (SPEC 5.4) ---
@@ -1119,22 +1294,39 @@ mod tests {
     fn a_port_fault_is_inferred_through_three_layers_and_clearing_clears_them() {
         let mut m = three_layers();
         let applied = say(&mut m, "port:a-c", "netlink", "link-down");
-        assert_eq!(changed(&applied.changes), vec!["ip:a-c", "lan:a-c", "port:a-c"]);
+        assert_eq!(
+            changed(&applied.changes),
+            vec!["ip:a-c", "lan:a-c", "port:a-c"]
+        );
         for c in &applied.changes {
             assert_eq!(c.before, vec![State::normal()]);
             assert_eq!(c.after, vec![State::fault("down", 3)]);
         }
         for object in ["lan:a-c", "ip:a-c"] {
             let v = m.view(&id(object)).unwrap();
-            assert!(v.actual.is_empty(), "{object} has no information of its own");
+            assert!(
+                v.actual.is_empty(),
+                "{object} has no information of its own"
+            );
             assert_eq!(names(&v.logical), vec![s("down", 3)]);
             assert_eq!(names(&v.effective), vec![s("down", 3)]);
         }
-        assert_eq!(logical(&m, "ip:a-c")[0].2, "lan:a-c", "inferred from the object below");
-        assert_eq!(effective(&m, "switch:A"), vec![s("normal", 0)], "nothing propagates down");
+        assert_eq!(
+            logical(&m, "ip:a-c")[0].2,
+            "lan:a-c",
+            "inferred from the object below"
+        );
+        assert_eq!(
+            effective(&m, "switch:A"),
+            vec![s("normal", 0)],
+            "nothing propagates down"
+        );
 
         let applied = say(&mut m, "port:a-c", "netlink", "link-up");
-        assert_eq!(changed(&applied.changes), vec!["ip:a-c", "lan:a-c", "port:a-c"]);
+        assert_eq!(
+            changed(&applied.changes),
+            vec!["ip:a-c", "lan:a-c", "port:a-c"]
+        );
         for object in ["port:a-c", "lan:a-c", "ip:a-c"] {
             assert_eq!(effective(&m, object), vec![s("normal", 0)]);
             assert!(logical(&m, object).is_empty());
@@ -1147,9 +1339,17 @@ mod tests {
         say(&mut m, "switch:A", "agent", "unhealthy");
         assert_eq!(effective(&m, "ip:a-c"), vec![s("degraded", 1)]);
         say(&mut m, "port:a-c", "netlink", "link-down");
-        assert_eq!(effective(&m, "ip:a-c"), vec![s("down", 3)], "the more severe wins");
+        assert_eq!(
+            effective(&m, "ip:a-c"),
+            vec![s("down", 3)],
+            "the more severe wins"
+        );
         say(&mut m, "port:a-c", "netlink", "link-up");
-        assert_eq!(effective(&m, "ip:a-c"), vec![s("degraded", 1)], "back to the switch's fault");
+        assert_eq!(
+            effective(&m, "ip:a-c"),
+            vec![s("degraded", 1)],
+            "back to the switch's fault"
+        );
     }
 
     #[test]
@@ -1170,11 +1370,16 @@ mod tests {
         m.add_object(id("B"), Layer::L2, "bond").unwrap();
         m.add_object(id("C"), Layer::L2, "bond").unwrap();
         m.add_object(id("D"), Layer::L3, "ip-interface").unwrap();
-        m.add_dependency(&id("D"), &id("B"), Dependency::MapsTo).unwrap();
-        m.add_dependency(&id("D"), &id("C"), Dependency::MapsTo).unwrap();
-        m.add_dependency(&id("D"), &id("A"), Dependency::MapsTo).unwrap();
-        m.add_dependency(&id("B"), &id("A"), Dependency::MapsTo).unwrap();
-        m.add_dependency(&id("C"), &id("A"), Dependency::MapsTo).unwrap();
+        m.add_dependency(&id("D"), &id("B"), Dependency::MapsTo)
+            .unwrap();
+        m.add_dependency(&id("D"), &id("C"), Dependency::MapsTo)
+            .unwrap();
+        m.add_dependency(&id("D"), &id("A"), Dependency::MapsTo)
+            .unwrap();
+        m.add_dependency(&id("B"), &id("A"), Dependency::MapsTo)
+            .unwrap();
+        m.add_dependency(&id("C"), &id("A"), Dependency::MapsTo)
+            .unwrap();
         m
     }
 
@@ -1188,7 +1393,11 @@ mod tests {
         let v = m.view(&id("D")).unwrap();
         assert_eq!(v.logical.len(), 3, "from A, B and C");
         assert_eq!(names(&v.effective), vec![s("critical", 3)]);
-        assert_eq!(v.state_history.len(), 1, "one change, no intermediate states");
+        assert_eq!(
+            v.state_history.len(),
+            1,
+            "one change, no intermediate states"
+        );
         let mut sources: Vec<&str> = v.effective[0].source.split(',').collect();
         sources.sort_unstable();
         assert_eq!(sources, vec!["A", "B", "C"]);
@@ -1217,9 +1426,12 @@ mod tests {
         m.add_object(id("port:1"), Layer::Physical, "port").unwrap();
         m.add_object(id("lan:1"), Layer::L2, "lan-port").unwrap();
         m.add_object(id("ip:1"), Layer::L3, "ip-interface").unwrap();
-        m.add_dependency(&id("ip:1"), &id("lan:1"), Dependency::MapsTo).unwrap();
+        m.add_dependency(&id("ip:1"), &id("lan:1"), Dependency::MapsTo)
+            .unwrap();
         say(&mut m, "port:1", "netlink", "link-down");
-        let changes = m.add_dependency_changes(&id("lan:1"), &id("port:1"), Dependency::MapsTo).unwrap();
+        let changes = m
+            .add_dependency_changes(&id("lan:1"), &id("port:1"), Dependency::MapsTo)
+            .unwrap();
         assert_eq!(changed(&changes), vec!["ip:1", "lan:1"]);
         assert_eq!(effective(&m, "ip:1"), vec![s("down", 3)]);
     }
@@ -1254,7 +1466,11 @@ mod tests {
         assert!(v.actual[0].lost_contact);
         assert_eq!(names(&v.logical), vec![s("degraded", 1)]);
         assert_eq!(names(&v.effective), vec![s("degraded", 1)]);
-        assert_eq!(effective(&m, "ip:a-c"), vec![s("degraded", 1)], "a real fault propagates through it");
+        assert_eq!(
+            effective(&m, "ip:a-c"),
+            vec![s("degraded", 1)],
+            "a real fault propagates through it"
+        );
         say(&mut m, "switch:A", "agent", "healthy");
         let v = m.view(&id("port:a-c")).unwrap();
         assert!(v.effective[0].lost_contact, "lost contact is visible again");
@@ -1266,21 +1482,37 @@ mod tests {
     #[test]
     fn a_self_dependency_is_a_cycle() {
         let mut m = Model::new();
-        m.add_object(id("svc:a"), Layer::Service, "service").unwrap();
-        let err = m.add_dependency(&id("svc:a"), &id("svc:a"), Dependency::BelongsTo).unwrap_err();
-        let ModelError::Cycle { path } = &err else { panic!("{err}") };
+        m.add_object(id("svc:a"), Layer::Service, "service")
+            .unwrap();
+        let err = m
+            .add_dependency(&id("svc:a"), &id("svc:a"), Dependency::BelongsTo)
+            .unwrap_err();
+        let ModelError::Cycle { path } = &err else {
+            panic!("{err}")
+        };
         assert_eq!(path, &vec![id("svc:a"), id("svc:a")]);
-        assert_eq!(err.to_string(), "dependency would close a cycle: svc:a -> svc:a");
+        assert_eq!(
+            err.to_string(),
+            "dependency would close a cycle: svc:a -> svc:a"
+        );
     }
 
     #[test]
     fn a_two_cycle_is_rejected_naming_the_path() {
         let mut m = Model::new();
-        m.add_object(id("svc:a"), Layer::Service, "service").unwrap();
-        m.add_object(id("svc:b"), Layer::Service, "service").unwrap();
-        m.add_dependency(&id("svc:a"), &id("svc:b"), Dependency::BelongsTo).unwrap();
-        let err = m.add_dependency(&id("svc:b"), &id("svc:a"), Dependency::BelongsTo).unwrap_err();
-        assert_eq!(err.to_string(), "dependency would close a cycle: svc:b -> svc:a -> svc:b");
+        m.add_object(id("svc:a"), Layer::Service, "service")
+            .unwrap();
+        m.add_object(id("svc:b"), Layer::Service, "service")
+            .unwrap();
+        m.add_dependency(&id("svc:a"), &id("svc:b"), Dependency::BelongsTo)
+            .unwrap();
+        let err = m
+            .add_dependency(&id("svc:b"), &id("svc:a"), Dependency::BelongsTo)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "dependency would close a cycle: svc:b -> svc:a -> svc:b"
+        );
     }
 
     #[test]
@@ -1289,17 +1521,28 @@ mod tests {
         for o in ["a", "b", "c", "z"] {
             m.add_object(id(o), Layer::L2, "vlan").unwrap();
         }
-        m.add_dependency(&id("a"), &id("b"), Dependency::BelongsTo).unwrap();
-        m.add_dependency(&id("b"), &id("z"), Dependency::BelongsTo).unwrap();
-        m.add_dependency(&id("b"), &id("c"), Dependency::BelongsTo).unwrap();
-        let err = m.add_dependency(&id("c"), &id("a"), Dependency::BelongsTo).unwrap_err();
-        let ModelError::Cycle { path } = &err else { panic!("{err}") };
+        m.add_dependency(&id("a"), &id("b"), Dependency::BelongsTo)
+            .unwrap();
+        m.add_dependency(&id("b"), &id("z"), Dependency::BelongsTo)
+            .unwrap();
+        m.add_dependency(&id("b"), &id("c"), Dependency::BelongsTo)
+            .unwrap();
+        let err = m
+            .add_dependency(&id("c"), &id("a"), Dependency::BelongsTo)
+            .unwrap_err();
+        let ModelError::Cycle { path } = &err else {
+            panic!("{err}")
+        };
         assert_eq!(path, &vec![id("c"), id("a"), id("b"), id("c")]);
-        assert_eq!(err.to_string(), "dependency would close a cycle: c -> a -> b -> c");
+        assert_eq!(
+            err.to_string(),
+            "dependency would close a cycle: c -> a -> b -> c"
+        );
         assert!(m.dependencies_of(&id("c")).is_empty());
         assert!(m.dependents_of(&id("a")).is_empty());
         // A dependency that only looks like one is fine.
-        m.add_dependency(&id("z"), &id("c"), Dependency::BelongsTo).unwrap();
+        m.add_dependency(&id("z"), &id("c"), Dependency::BelongsTo)
+            .unwrap();
         say(&mut m, "c", "test", "major");
         assert_eq!(effective(&m, "a"), vec![s("major", 2)]);
     }
@@ -1307,15 +1550,32 @@ mod tests {
     #[test]
     fn belongs_to_across_layers_and_maps_to_not_going_up_are_rejected() {
         let mut m = three_layers();
-        let err = m.add_dependency(&id("lan:a-c"), &id("switch:A"), Dependency::BelongsTo).unwrap_err();
+        let err = m
+            .add_dependency(&id("lan:a-c"), &id("switch:A"), Dependency::BelongsTo)
+            .unwrap_err();
         assert!(matches!(err, ModelError::LayerRule { .. }));
         assert!(err.to_string().contains("same layer"), "{err}");
-        let err = m.add_dependency(&id("port:a-c"), &id("lan:a-c"), Dependency::MapsTo).unwrap_err();
+        let err = m
+            .add_dependency(&id("port:a-c"), &id("lan:a-c"), Dependency::MapsTo)
+            .unwrap_err();
         assert!(err.to_string().contains("lower layer"), "{err}");
-        let err = m.add_dependency(&id("port:a-c"), &id("switch:A"), Dependency::MapsTo).unwrap_err();
-        assert!(matches!(err, ModelError::LayerRule { kind: Dependency::MapsTo, .. }), "same layer: {err}");
-        m.add_object(id("svc:web"), Layer::Service, "service").unwrap();
-        m.add_dependency(&id("svc:web"), &id("port:a-c"), Dependency::MapsTo).unwrap();
+        let err = m
+            .add_dependency(&id("port:a-c"), &id("switch:A"), Dependency::MapsTo)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ModelError::LayerRule {
+                    kind: Dependency::MapsTo,
+                    ..
+                }
+            ),
+            "same layer: {err}"
+        );
+        m.add_object(id("svc:web"), Layer::Service, "service")
+            .unwrap();
+        m.add_dependency(&id("svc:web"), &id("port:a-c"), Dependency::MapsTo)
+            .unwrap();
     }
 
     #[test]
@@ -1323,21 +1583,35 @@ mod tests {
         let mut m = Model::new();
         m.add_object(id("gw:1"), Layer::L3, "gateway").unwrap();
         m.add_object(id("ip:1"), Layer::L3, "ip-interface").unwrap();
-        m.add_dependency(&id("gw:1"), &id("ip:1"), Dependency::BelongsTo).unwrap();
-        m.add_dependency(&id("gw:1"), &id("ip:1"), Dependency::BelongsTo).unwrap();
-        assert_eq!(m.dependencies_of(&id("gw:1")), vec![(id("ip:1"), Dependency::BelongsTo)]);
-        assert_eq!(m.dependents_of(&id("ip:1")), vec![(id("gw:1"), Dependency::BelongsTo)]);
+        m.add_dependency(&id("gw:1"), &id("ip:1"), Dependency::BelongsTo)
+            .unwrap();
+        m.add_dependency(&id("gw:1"), &id("ip:1"), Dependency::BelongsTo)
+            .unwrap();
+        assert_eq!(
+            m.dependencies_of(&id("gw:1")),
+            vec![(id("ip:1"), Dependency::BelongsTo)]
+        );
+        assert_eq!(
+            m.dependents_of(&id("ip:1")),
+            vec![(id("gw:1"), Dependency::BelongsTo)]
+        );
     }
 
     #[test]
     fn duplicate_objects_and_unknown_ids_are_errors() {
         let mut m = three_layers();
-        assert!(matches!(m.add_object(id("port:a-c"), Layer::Physical, "port"), Err(ModelError::Duplicate(_))));
+        assert!(matches!(
+            m.add_object(id("port:a-c"), Layer::Physical, "port"),
+            Err(ModelError::Duplicate(_))
+        ));
         assert!(matches!(
             m.add_dependency(&id("ip:x"), &id("lan:a-c"), Dependency::MapsTo),
             Err(ModelError::UnknownObject(o)) if o.as_str() == "ip:x"
         ));
-        assert!(matches!(m.remove_object(&id("nope")), Err(ModelError::UnknownObject(_))));
+        assert!(matches!(
+            m.remove_object(&id("nope")),
+            Err(ModelError::UnknownObject(_))
+        ));
         assert!(m.view(&id("nope")).is_none());
         assert!(m.dependencies_of(&id("nope")).is_empty());
     }
@@ -1345,9 +1619,18 @@ mod tests {
     #[test]
     fn dependency_chains_can_be_walked_both_ways() {
         let m = three_layers();
-        assert_eq!(m.dependencies_of(&id("lan:a-c")), vec![(id("port:a-c"), Dependency::MapsTo)]);
-        assert_eq!(m.dependents_of(&id("port:a-c")), vec![(id("lan:a-c"), Dependency::MapsTo)]);
-        assert_eq!(m.dependencies_of(&id("port:a-c")), vec![(id("switch:A"), Dependency::BelongsTo)]);
+        assert_eq!(
+            m.dependencies_of(&id("lan:a-c")),
+            vec![(id("port:a-c"), Dependency::MapsTo)]
+        );
+        assert_eq!(
+            m.dependents_of(&id("port:a-c")),
+            vec![(id("lan:a-c"), Dependency::MapsTo)]
+        );
+        assert_eq!(
+            m.dependencies_of(&id("port:a-c")),
+            vec![(id("switch:A"), Dependency::BelongsTo)]
+        );
         assert_eq!(m.dependents_of(&id("ip:a-c")), vec![]);
     }
 
@@ -1355,11 +1638,18 @@ mod tests {
     fn removing_a_dependency_recomputes_the_dependents() {
         let mut m = three_layers();
         say(&mut m, "port:a-c", "netlink", "link-down");
-        let changes = m.remove_dependency(&id("lan:a-c"), &id("port:a-c")).unwrap();
+        let changes = m
+            .remove_dependency(&id("lan:a-c"), &id("port:a-c"))
+            .unwrap();
         assert_eq!(changed(&changes), vec!["ip:a-c", "lan:a-c"]);
         assert_eq!(effective(&m, "ip:a-c"), vec![s("normal", 0)]);
         assert_eq!(effective(&m, "port:a-c"), vec![s("down", 3)]);
-        assert!(m.remove_dependency(&id("lan:a-c"), &id("port:a-c")).unwrap().is_empty(), "idempotent");
+        assert!(
+            m.remove_dependency(&id("lan:a-c"), &id("port:a-c"))
+                .unwrap()
+                .is_empty(),
+            "idempotent"
+        );
     }
 
     #[test]
@@ -1374,10 +1664,12 @@ mod tests {
         assert!(m.dependents_of(&id("switch:A")).is_empty());
         assert_eq!(m.views().count(), 3);
         // The id (and its slot) can be used again, starting normal.
-        m.add_object(id("port:a-c"), Layer::Physical, "port").unwrap();
+        m.add_object(id("port:a-c"), Layer::Physical, "port")
+            .unwrap();
         assert_eq!(effective(&m, "port:a-c"), vec![s("normal", 0)]);
         assert!(m.view(&id("port:a-c")).unwrap().info_history.is_empty());
-        m.add_dependency(&id("lan:a-c"), &id("port:a-c"), Dependency::MapsTo).unwrap();
+        m.add_dependency(&id("lan:a-c"), &id("port:a-c"), Dependency::MapsTo)
+            .unwrap();
         say(&mut m, "port:a-c", "fabric", "port-down");
         assert_eq!(effective(&m, "ip:a-c"), vec![s("down", 3)]);
     }
@@ -1388,14 +1680,34 @@ mod tests {
     fn histories_record_changes_and_information_within_their_bounds() {
         let mut m = Model::with_history_limit(3, 2);
         m.add_object(id("p"), Layer::Physical, "port").unwrap();
-        for (t, message) in [(1, "link-down"), (2, "link-up"), (3, "link-down"), (4, "link-up"), (5, "link-down")] {
-            m.apply(Info::new("netlink", message, "p"), &rules(), t).unwrap();
+        for (t, message) in [
+            (1, "link-down"),
+            (2, "link-up"),
+            (3, "link-down"),
+            (4, "link-up"),
+            (5, "link-down"),
+        ] {
+            m.apply(Info::new("netlink", message, "p"), &rules(), t)
+                .unwrap();
         }
-        m.apply(Info::new("netlink", "bogus", "p"), &rules(), 6).unwrap();
+        m.apply(Info::new("netlink", "bogus", "p"), &rules(), 6)
+            .unwrap();
         let v = m.view(&id("p")).unwrap();
-        let states: Vec<(u64, String)> = v.state_history.iter().map(|h| (h.at_ms, h.effective[0].name.clone())).collect();
-        assert_eq!(states, vec![(3, "down".into()), (4, "normal".into()), (5, "down".into())], "newest last");
-        let infos: Vec<(u64, &str, bool)> = v.info_history.iter().map(|i| (i.at_ms, i.message.as_str(), i.known)).collect();
+        let states: Vec<(u64, String)> = v
+            .state_history
+            .iter()
+            .map(|h| (h.at_ms, h.effective[0].name.clone()))
+            .collect();
+        assert_eq!(
+            states,
+            vec![(3, "down".into()), (4, "normal".into()), (5, "down".into())],
+            "newest last"
+        );
+        let infos: Vec<(u64, &str, bool)> = v
+            .info_history
+            .iter()
+            .map(|i| (i.at_ms, i.message.as_str(), i.known))
+            .collect();
         assert_eq!(infos, vec![(5, "link-down", true), (6, "bogus", false)]);
         assert_eq!(v.since_ms, 5);
         assert_eq!(v.state_history[2].effective[0].source, "netlink");
@@ -1405,7 +1717,8 @@ mod tests {
     fn a_zero_history_limit_keeps_no_records() {
         let mut m = Model::with_history_limit(0, 0);
         m.add_object(id("p"), Layer::Physical, "port").unwrap();
-        m.apply(Info::new("netlink", "link-down", "p"), &rules(), 1).unwrap();
+        m.apply(Info::new("netlink", "link-down", "p"), &rules(), 1)
+            .unwrap();
         let v = m.view(&id("p")).unwrap();
         assert!(v.state_history.is_empty() && v.info_history.is_empty());
         assert_eq!(v.fault_level, 3);
@@ -1422,9 +1735,15 @@ mod tests {
         assert_eq!(v["effective"][0]["name"], "down");
         assert_eq!(v["fault_level"], 3);
         assert_eq!(serde_json::to_value(Dependency::MapsTo).unwrap(), "maps-to");
-        assert_eq!(serde_json::from_str::<Layer>("\"service\"").unwrap(), Layer::Service);
+        assert_eq!(
+            serde_json::from_str::<Layer>("\"service\"").unwrap(),
+            Layer::Service
+        );
         let back: ObjectView = serde_json::from_value(v).unwrap();
         assert_eq!(back.id, id("lan:a-c"));
-        assert_eq!(m.views().map(|v| v.id.0).collect::<Vec<_>>(), vec!["switch:A", "port:a-c", "lan:a-c", "ip:a-c"]);
+        assert_eq!(
+            m.views().map(|v| v.id.0).collect::<Vec<_>>(),
+            vec!["switch:A", "port:a-c", "lan:a-c", "ip:a-c"]
+        );
     }
 }

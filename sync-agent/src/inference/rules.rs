@@ -47,17 +47,29 @@ pub struct State {
 impl State {
     /// The normal state (level 0).
     pub fn normal() -> Self {
-        Self { name: NORMAL.to_string(), level: 0, lost_contact: false }
+        Self {
+            name: NORMAL.to_string(),
+            level: 0,
+            lost_contact: false,
+        }
     }
 
     /// The lost-contact state (level 0, `lost_contact`).
     pub fn lost_contact() -> Self {
-        Self { name: LOST_CONTACT.to_string(), level: 0, lost_contact: true }
+        Self {
+            name: LOST_CONTACT.to_string(),
+            level: 0,
+            lost_contact: true,
+        }
     }
 
     /// A fault (or, with level 0, a named normal state).
     pub fn fault(name: &str, level: u8) -> Self {
-        Self { name: name.to_string(), level, lost_contact: false }
+        Self {
+            name: name.to_string(),
+            level,
+            lost_contact: false,
+        }
     }
 
     /// True for a state that is a cause for inference: level above 0 and not
@@ -81,7 +93,11 @@ pub struct Info {
 impl Info {
     /// Shorthand constructor.
     pub fn new(source: &str, message: &str, object: impl Into<ObjectId>) -> Self {
-        Self { source: source.to_string(), message: message.to_string(), object: object.into() }
+        Self {
+            source: source.to_string(),
+            message: message.to_string(),
+            object: object.into(),
+        }
     }
 }
 
@@ -150,8 +166,16 @@ impl Rule {
         if self.clears {
             None
         } else if self.lost_contact {
-            let name = if self.state.is_empty() { LOST_CONTACT } else { self.state.as_str() };
-            Some(State { name: name.to_string(), level: 0, lost_contact: true })
+            let name = if self.state.is_empty() {
+                LOST_CONTACT
+            } else {
+                self.state.as_str()
+            };
+            Some(State {
+                name: name.to_string(),
+                level: 0,
+                lost_contact: true,
+            })
         } else {
             Some(State::fault(&self.state, self.level))
         }
@@ -175,7 +199,11 @@ impl Table {
             let slot = if rule.source == ANY_SOURCE {
                 table.wildcard.entry(rule.message.clone())
             } else {
-                table.exact.entry(rule.source.clone()).or_default().entry(rule.message.clone())
+                table
+                    .exact
+                    .entry(rule.source.clone())
+                    .or_default()
+                    .entry(rule.message.clone())
             };
             slot.or_insert_with(|| rule.outcome());
         }
@@ -249,7 +277,11 @@ impl RuleTable {
         let builtin_table = Table::new(&builtin);
         let mut rules = extra;
         rules.extend(builtin);
-        Self { configured, builtin: builtin_table, rules }
+        Self {
+            configured,
+            builtin: builtin_table,
+            rules,
+        }
     }
 
     /// Every rule, configured ones first (shadowed ones included).
@@ -261,13 +293,16 @@ impl RuleTable {
     /// information; `Some(None)` = clears the source's state;
     /// `Some(Some(state))` = a state.
     pub fn lookup(&self, source: &str, message: &str) -> Option<Option<&State>> {
-        self.configured.lookup(source, message).or_else(|| self.builtin.lookup(source, message))
+        self.configured
+            .lookup(source, message)
+            .or_else(|| self.builtin.lookup(source, message))
     }
 
     /// Normalises `info`: `None` = unknown information (caller counts it);
     /// `Some(None)` = clears the source's state; `Some(Some(state))` = a state.
     pub fn normalise(&self, info: &Info) -> Option<Option<State>> {
-        self.lookup(&info.source, &info.message).map(|outcome| outcome.cloned())
+        self.lookup(&info.source, &info.message)
+            .map(|outcome| outcome.cloned())
     }
 }
 
@@ -289,13 +324,28 @@ mod tests {
     #[test]
     fn builtin_rules_map_the_required_messages_to_their_states() {
         let t = RuleTable::builtin();
-        assert_eq!(state_of(&t, "netlink", "link-down"), State::fault("down", 3));
-        assert_eq!(state_of(&t, "netlink", "carrier-lost"), State::fault("down", 3));
+        assert_eq!(
+            state_of(&t, "netlink", "link-down"),
+            State::fault("down", 3)
+        );
+        assert_eq!(
+            state_of(&t, "netlink", "carrier-lost"),
+            State::fault("down", 3)
+        );
         assert_eq!(state_of(&t, "fabric", "port-down"), State::fault("down", 3));
-        assert_eq!(state_of(&t, "peer", "session-lost"), State::fault("peer-down", 2));
+        assert_eq!(
+            state_of(&t, "peer", "session-lost"),
+            State::fault("peer-down", 2)
+        );
         assert_eq!(state_of(&t, "peer", "liveness-lost"), State::lost_contact());
-        assert_eq!(state_of(&t, "agent", "unhealthy"), State::fault("degraded", 1));
-        assert_eq!(state_of(&t, "netlink", "neighbour-failed"), State::fault("unreachable", 2));
+        assert_eq!(
+            state_of(&t, "agent", "unhealthy"),
+            State::fault("degraded", 1)
+        );
+        assert_eq!(
+            state_of(&t, "netlink", "neighbour-failed"),
+            State::fault("unreachable", 2)
+        );
     }
 
     #[test]
@@ -308,7 +358,11 @@ mod tests {
             ("agent", "healthy"),
             ("netlink", "neighbour-reachable"),
         ] {
-            assert_eq!(t.normalise(&info(source, message)), Some(None), "{source} {message}");
+            assert_eq!(
+                t.normalise(&info(source, message)),
+                Some(None),
+                "{source} {message}"
+            );
         }
     }
 
@@ -327,7 +381,11 @@ mod tests {
     fn unknown_information_normalises_to_none() {
         let t = RuleTable::builtin();
         assert_eq!(t.normalise(&info("netlink", "frobnicated")), None);
-        assert_eq!(t.normalise(&info("nobody", "link-down")), None, "rules are per source unless `*`");
+        assert_eq!(
+            t.normalise(&info("nobody", "link-down")),
+            None,
+            "rules are per source unless `*`"
+        );
     }
 
     #[test]
@@ -336,8 +394,16 @@ mod tests {
             Rule::fault("netlink", "link-down", "shut", 5),
             Rule::fault("netlink", "link-down", "ignored-second", 1),
         ]);
-        assert_eq!(state_of(&t, "netlink", "link-down"), State::fault("shut", 5), "first configured wins");
-        assert_eq!(state_of(&t, "fabric", "port-down"), State::fault("down", 3), "builtin still there");
+        assert_eq!(
+            state_of(&t, "netlink", "link-down"),
+            State::fault("shut", 5),
+            "first configured wins"
+        );
+        assert_eq!(
+            state_of(&t, "fabric", "port-down"),
+            State::fault("down", 3),
+            "builtin still there"
+        );
     }
 
     #[test]
@@ -346,8 +412,14 @@ mod tests {
             Rule::fault("*", "overheated", "hot", 2),
             Rule::fault("sensor", "overheated", "very-hot", 4),
         ]);
-        assert_eq!(state_of(&t, "anything", "overheated"), State::fault("hot", 2));
-        assert_eq!(state_of(&t, "sensor", "overheated"), State::fault("very-hot", 4));
+        assert_eq!(
+            state_of(&t, "anything", "overheated"),
+            State::fault("hot", 2)
+        );
+        assert_eq!(
+            state_of(&t, "sensor", "overheated"),
+            State::fault("very-hot", 4)
+        );
     }
 
     #[test]
@@ -369,9 +441,12 @@ mod tests {
 
     #[test]
     fn rules_deserialise_from_config_with_defaults() {
-        let rule: Rule = toml::from_str("source = \"x\"\nmessage = \"ok\"\nclears = true\n").unwrap();
+        let rule: Rule =
+            toml::from_str("source = \"x\"\nmessage = \"ok\"\nclears = true\n").unwrap();
         assert_eq!(rule, Rule::clears("x", "ok"));
-        let rule: Rule = toml::from_str("source = \"x\"\nmessage = \"bad\"\nstate = \"down\"\nlevel = 3\n").unwrap();
+        let rule: Rule =
+            toml::from_str("source = \"x\"\nmessage = \"bad\"\nstate = \"down\"\nlevel = 3\n")
+                .unwrap();
         assert_eq!(rule, Rule::fault("x", "bad", "down", 3));
         assert!(toml::from_str::<Rule>("source = \"x\"\nmessage = \"bad\"\nlevle = 3\n").is_err());
     }

@@ -66,7 +66,9 @@ pub struct InferenceStats {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Object ids, in one place.
@@ -100,7 +102,11 @@ pub mod ids {
 
 impl Inference {
     /// Builds the model from the live system and starts the task.
-    pub async fn spawn(config: InferenceConfig, switch_name: &str, netlink: Handle) -> anyhow::Result<Self> {
+    pub async fn spawn(
+        config: InferenceConfig,
+        switch_name: &str,
+        netlink: Handle,
+    ) -> anyhow::Result<Self> {
         let rules = RuleTable::with_rules(config.rules.clone());
         let mut model = Model::with_history_limit(config.history, config.history);
         let mut names = BTreeMap::new();
@@ -121,7 +127,13 @@ impl Inference {
         }
         tracing::info!(objects = model.len(), "state model built");
         let (events, mut rx) = mpsc::channel(1024);
-        let mut task = Task { model, rules, names, stats: InferenceStats::default(), switch: switch_name.to_string() };
+        let mut task = Task {
+            model,
+            rules,
+            names,
+            stats: InferenceStats::default(),
+            switch: switch_name.to_string(),
+        };
         // The state the interfaces are in now is the first information.
         for link in links::all(&netlink).await? {
             task.on_link_state(&link);
@@ -147,26 +159,48 @@ impl Inference {
     /// Answers a query.
     pub async fn query(&self, query: StateQuery) -> Response {
         let (tx, rx) = oneshot::channel();
-        if self.events.send(InferenceEvent::Query(query, tx)).await.is_err() {
+        if self
+            .events
+            .send(InferenceEvent::Query(query, tx))
+            .await
+            .is_err()
+        {
             return Response::error("the inference task has stopped");
         }
-        rx.await.unwrap_or_else(|_| Response::error("the inference task has stopped"))
+        rx.await
+            .unwrap_or_else(|_| Response::error("the inference task has stopped"))
     }
 }
 
-async fn build_live(model: &mut Model, names: &mut BTreeMap<u32, String>, switch: &str, netlink: &Handle) -> anyhow::Result<()> {
+async fn build_live(
+    model: &mut Model,
+    names: &mut BTreeMap<u32, String>,
+    switch: &str,
+    netlink: &Handle,
+) -> anyhow::Result<()> {
     let switch_id = ids::switch(switch);
     model.add_object(switch_id.clone(), Layer::Physical, "switch")?;
     let all = links::all(netlink).await?;
     for link in &all {
         names.insert(link.index, link.name.clone());
     }
-    let controllers: BTreeMap<u32, &str> = all.iter().filter_map(|l| l.controller.map(|c| (c, l.name.as_str()))).collect();
+    let controllers: BTreeMap<u32, &str> = all
+        .iter()
+        .filter_map(|l| l.controller.map(|c| (c, l.name.as_str())))
+        .collect();
     for link in all.iter().filter(|l| l.name != "lo") {
         let is_aggregate = controllers.contains_key(&link.index);
         if is_aggregate {
             // A bridge or bond: an L2 object of its own (no physical port).
-            let kind = if std::path::Path::new("/sys/class/net").join(&link.name).join("bonding").exists() { "bond" } else { "bridge" };
+            let kind = if std::path::Path::new("/sys/class/net")
+                .join(&link.name)
+                .join("bonding")
+                .exists()
+            {
+                "bond"
+            } else {
+                "bridge"
+            };
             model.add_object(ids::aggregate(kind, &link.name), Layer::L2, kind)?;
         } else {
             let port = ids::port(&link.name);
@@ -179,16 +213,27 @@ async fn build_live(model: &mut Model, names: &mut BTreeMap<u32, String>, switch
     }
     // LAN ports belong to their bridge or bond.
     for link in all.iter().filter(|l| l.controller.is_some()) {
-        let Some(controller) = link.controller.and_then(|c| all.iter().find(|l| l.index == c)) else { continue };
-        let aggregate = [ids::aggregate("bridge", &controller.name), ids::aggregate("bond", &controller.name)]
-            .into_iter()
-            .find(|id| model.contains(id));
+        let Some(controller) = link
+            .controller
+            .and_then(|c| all.iter().find(|l| l.index == c))
+        else {
+            continue;
+        };
+        let aggregate = [
+            ids::aggregate("bridge", &controller.name),
+            ids::aggregate("bond", &controller.name),
+        ]
+        .into_iter()
+        .find(|id| model.contains(id));
         if let Some(aggregate) = aggregate {
             model.add_dependency(&ids::lan(&link.name), &aggregate, Dependency::BelongsTo)?;
         }
     }
     for link in all.iter().filter(|l| l.name != "lo") {
-        let has_v4 = addresses::list(netlink, link.index).await?.iter().any(|a| a.ip.is_ipv4());
+        let has_v4 = addresses::list(netlink, link.index)
+            .await?
+            .iter()
+            .any(|a| a.ip.is_ipv4());
         if !has_v4 {
             continue;
         }
@@ -204,7 +249,9 @@ async fn build_live(model: &mut Model, names: &mut BTreeMap<u32, String>, switch
         model.add_dependency(&ip, &below, Dependency::MapsTo)?;
     }
     for (gateway, oif) in routes::gateways(netlink).await.unwrap_or_default() {
-        let Some(name) = names.get(&oif) else { continue };
+        let Some(name) = names.get(&oif) else {
+            continue;
+        };
         let ip = ids::ip(name);
         if !model.contains(&ip) {
             continue;
@@ -236,8 +283,14 @@ impl Task {
                 self.on_link_state(&link);
             }
             InferenceEvent::Link(LinkEvent::Removed { index, name }) => {
-                let Some(name) = name.or_else(|| self.names.get(&index).cloned()) else { return };
-                self.apply(Info { source: "netlink".into(), message: "link-removed".into(), object: ids::port(&name) });
+                let Some(name) = name.or_else(|| self.names.get(&index).cloned()) else {
+                    return;
+                };
+                self.apply(Info {
+                    source: "netlink".into(),
+                    message: "link-removed".into(),
+                    object: ids::port(&name),
+                });
             }
             InferenceEvent::Info(info) => self.apply(info),
             InferenceEvent::Query(query, reply) => {
@@ -249,15 +302,24 @@ impl Task {
     /// A port that appeared after start joins the model.
     fn ensure_port(&mut self, name: &str) {
         let port = ids::port(name);
-        if name == "lo" || self.model.contains(&port) || self.model.contains(&ids::aggregate("bridge", name)) {
+        if name == "lo"
+            || self.model.contains(&port)
+            || self.model.contains(&ids::aggregate("bridge", name))
+        {
             return;
         }
         let added = self
             .model
             .add_object(port.clone(), Layer::Physical, "port")
-            .and_then(|()| self.model.add_dependency(&port, &ids::switch(&self.switch), Dependency::BelongsTo))
+            .and_then(|()| {
+                self.model
+                    .add_dependency(&port, &ids::switch(&self.switch), Dependency::BelongsTo)
+            })
             .and_then(|()| self.model.add_object(ids::lan(name), Layer::L2, "lan-port"))
-            .and_then(|()| self.model.add_dependency(&ids::lan(name), &port, Dependency::MapsTo));
+            .and_then(|()| {
+                self.model
+                    .add_dependency(&ids::lan(name), &port, Dependency::MapsTo)
+            });
         if let Err(err) = added {
             tracing::warn!(interface = name, error = %err, "cannot add the new interface to the state model");
         }
@@ -271,9 +333,21 @@ impl Task {
         // Administrative state and carrier are separate sources of the same
         // kind of information; both map to the same "down" state.
         let admin = if link.up { "link-up" } else { "link-down" };
-        self.apply(Info { source: "netlink".into(), message: admin.into(), object: port.clone() });
-        let carrier = if !link.up || link.carrier { "carrier-ok" } else { "carrier-lost" };
-        self.apply(Info { source: "netlink-carrier".into(), message: carrier.into(), object: port });
+        self.apply(Info {
+            source: "netlink".into(),
+            message: admin.into(),
+            object: port.clone(),
+        });
+        let carrier = if !link.up || link.carrier {
+            "carrier-ok"
+        } else {
+            "carrier-lost"
+        };
+        self.apply(Info {
+            source: "netlink-carrier".into(),
+            message: carrier.into(),
+            object: port,
+        });
     }
 
     fn apply(&mut self, info: Info) {
@@ -302,19 +376,27 @@ impl Task {
                 let views: Vec<ObjectView> = self
                     .model
                     .views()
-                    .filter(|v| !faulty || v.fault_level > 0 || v.effective.iter().any(|s| s.lost_contact))
+                    .filter(|v| {
+                        !faulty || v.fault_level > 0 || v.effective.iter().any(|s| s.lost_contact)
+                    })
                     .map(|mut v| {
                         v.state_history.clear();
                         v.info_history.clear();
                         v
                     })
                     .collect();
-                Response::ok(&StatesReport { objects: views, counters: self.stats.clone() })
+                Response::ok(&StatesReport {
+                    objects: views,
+                    counters: self.stats.clone(),
+                })
             }
             StateQuery::One(id) => {
                 let id = ObjectId(id);
                 let Some(view) = self.model.view(&id) else {
-                    return Response::error(format!("no object {} (see `show states` for the ids)", id.0));
+                    return Response::error(format!(
+                        "no object {} (see `show states` for the ids)",
+                        id.0
+                    ));
                 };
                 Response::ok(&StateReport {
                     depends_on: self.chain(&id, true),
@@ -331,11 +413,21 @@ impl Task {
         let mut queue = std::collections::VecDeque::from([(id.clone(), 0usize)]);
         let mut seen = std::collections::BTreeSet::from([id.clone()]);
         while let Some((current, depth)) = queue.pop_front() {
-            let next = if down { self.model.dependencies_of(&current) } else { self.model.dependents_of(&current) };
+            let next = if down {
+                self.model.dependencies_of(&current)
+            } else {
+                self.model.dependents_of(&current)
+            };
             for (other, kind) in next {
                 if seen.insert(other.clone()) && out.len() < 1000 {
-                    let fault_level = self.model.view(&other).map_or(0, |v| v.fault_level);
-                    out.push(ChainLink { from: current.clone(), to: other.clone(), kind, depth: depth + 1, fault_level });
+                    let fault_level = self.model.fault_level(&other).unwrap_or(0);
+                    out.push(ChainLink {
+                        from: current.clone(),
+                        to: other.clone(),
+                        kind,
+                        depth: depth + 1,
+                        fault_level,
+                    });
                     queue.push_back((other, depth + 1));
                 }
             }

@@ -118,7 +118,12 @@ pub async fn all(handle: &Handle) -> Result<Vec<Link>, LinkError> {
         match replies.try_next().await {
             Ok(Some(message)) => out.push(from_message(&message)),
             Ok(None) => return Ok(out),
-            Err(source) => return Err(LinkError::Request { name: "(all)".into(), source }),
+            Err(source) => {
+                return Err(LinkError::Request {
+                    name: "(all)".into(),
+                    source,
+                });
+            }
         }
     }
 }

@@ -11,7 +11,10 @@ use rtnetlink::{
 /// Every IPv4 gateway in the main table with its output interface index.
 pub async fn gateways(handle: &Handle) -> Result<Vec<(Ipv4Addr, u32)>, rtnetlink::Error> {
     let mut out = Vec::new();
-    let mut replies = handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+    let mut replies = handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
     while let Some(route) = replies.try_next().await? {
         let mut gateway = None;
         let mut oif = None;

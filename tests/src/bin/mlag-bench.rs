@@ -210,6 +210,9 @@ fn main() -> anyhow::Result<()> {
     sync_latency()?;
     bulk_resync()?;
     takeover()?;
+    println!();
+    println!("state inference (SPEC 5), 1M-object model:");
+    print!("{}", sync_agent::inference::bench::bench_report());
     Ok(())
 }
 
