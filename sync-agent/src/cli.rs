@@ -107,6 +107,12 @@ pub enum Show {
 
 /// Runs a parsed command line.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    // Every query command: ask the agent, print JSON or text.
+    macro_rules! ask {
+        ($request:expr, $print:expr) => {
+            query(&cli.socket, &cli.instance, cli.json, $request, $print).await
+        };
+    }
     match cli.command {
         Command::Run { config, .. } => crate::agent::run(&config, cli.socket).await,
         Command::CheckConfig { config } => {
@@ -124,102 +130,39 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Show { what: Show::Peer } => {
-            query(
-                &cli.socket,
-                &cli.instance,
-                cli.json,
-                Request::Peer,
-                print_peer,
-            )
-            .await
+            ask!(Request::Peer, print_peer)
         }
         Command::Show {
             what: Show::States { faulty },
         } => {
-            query(
-                &cli.socket,
-                &cli.instance,
-                cli.json,
-                Request::States { faulty },
-                print_states,
-            )
-            .await
+            ask!(Request::States { faulty }, print_states)
         }
         Command::Show {
             what: Show::State { object },
         } => {
-            query(
-                &cli.socket,
-                &cli.instance,
-                cli.json,
-                Request::State { object },
-                print_state,
-            )
-            .await
+            ask!(Request::State { object }, print_state)
         }
         Command::Show { what: Show::Mclag } => {
-            query(
-                &cli.socket,
-                &cli.instance,
-                cli.json,
-                Request::Mclag,
-                print_mclag,
-            )
-            .await
+            ask!(Request::Mclag, print_mclag)
         }
         Command::Show { what: Show::Arp } => {
-            query(
-                &cli.socket,
-                &cli.instance,
-                cli.json,
-                Request::Arp,
-                print_arp,
-            )
-            .await
+            ask!(Request::Arp, print_arp)
         }
         Command::Status => {
-            query(
-                &cli.socket,
-                &cli.instance,
-                cli.json,
-                Request::Status,
-                print_status,
-            )
-            .await
+            ask!(Request::Status, print_status)
         }
         Command::Reload => {
-            query(
-                &cli.socket,
-                &cli.instance,
-                cli.json,
-                Request::Reload,
-                print_status,
-            )
-            .await
+            ask!(Request::Reload, print_status)
         }
         Command::Show {
             what: Show::Counters,
         } => {
-            query(
-                &cli.socket,
-                &cli.instance,
-                cli.json,
-                Request::Counters,
-                print_counters,
-            )
-            .await
+            ask!(Request::Counters, print_counters)
         }
         Command::Show {
             what: Show::Captured { limit },
         } => {
-            query(
-                &cli.socket,
-                &cli.instance,
-                cli.json,
-                Request::Captured { limit: Some(limit) },
-                print_captured,
-            )
-            .await
+            ask!(Request::Captured { limit: Some(limit) }, print_captured)
         }
     }
 }
