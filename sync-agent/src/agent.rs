@@ -38,6 +38,10 @@ use crate::{
     mac::MacAddr,
     mclag::Mclag,
     peersync::{self, Identity, LocalPort, PeerQuery, PeerSync},
+    rollout::{
+        center::Center,
+        device::{Device, DeviceHandle},
+    },
     southbound::links::{self, Link, LinkEvent},
 };
 
@@ -99,8 +103,34 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
         peer: None,
         mclag: None,
         inference: None,
+        center: None,
+        device: None,
         peer_ports: Vec::new(),
     };
+    let (stop_center, center_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(section) = agent.config.rollout.center.clone() {
+        let (addr, center, server) =
+            crate::rollout::center::bind_with_shutdown(section.to_center(), async move {
+                let _ = center_stopped.await;
+            })
+            .await?;
+        tracing::info!(%addr, db = %section.db_path.display(), "config center listening");
+        tokio::spawn(async move {
+            if let Err(err) = server.await {
+                tracing::error!("config center stopped: {err:#}");
+            }
+        });
+        agent.center = Some(center);
+    }
+    if let Some(device) = agent.config.rollout.device.clone() {
+        tracing::info!(
+            center = device.center,
+            device = device.device,
+            services = device.services.len(),
+            "rollout device starting"
+        );
+        agent.device = Some(Device::spawn(device).await?);
+    }
     let switch_name = agent.config.instance.clone();
     agent.inference = Some(
         Inference::spawn(
@@ -205,6 +235,10 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
         }
     }
     tracing::info!("shutting down: detaching from every port");
+    let _ = stop_center.send(());
+    if let Some(device) = &agent.device {
+        device.shutdown().await;
+    }
     agent.dataplane.detach_all();
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
@@ -269,6 +303,10 @@ struct Agent {
     mclag: Option<Mclag>,
     /// State inference.
     inference: Option<Inference>,
+    /// The config center, when hosted here.
+    center: Option<std::sync::Arc<Center>>,
+    /// The rollout device side, when configured.
+    device: Option<DeviceHandle>,
     /// The member ports as last told to peer sync.
     peer_ports: Vec<LocalPort>,
 }
@@ -525,6 +563,21 @@ impl Agent {
                 }
                 Err(err) => Response::error(format!("reload refused, old config kept: {err:#}")),
             },
+            Request::Rollout => {
+                if self.center.is_none() && self.device.is_none() {
+                    return Response::error(
+                        "rollout is not configured (no [rollout.center] or [rollout.device] section)",
+                    );
+                }
+                let device = match &self.device {
+                    Some(device) => Some(device.report().await),
+                    None => None,
+                };
+                Response::ok(&serde_json::json!({
+                    "center": self.center.as_ref().map(|c| c.rollouts()),
+                    "device": device,
+                }))
+            }
             Request::States { faulty } => match &self.inference {
                 Some(inference) => inference.query(StateQuery::All { faulty }).await,
                 None => Response::error("state inference is not running"),

@@ -26,7 +26,7 @@ use crate::{
 /// ports named in FILE and serves a control socket; the other commands query
 /// that running agent (choose it with --instance or --socket when several run).
 #[derive(Debug, Parser)]
-#[command(name = "sync-agent", version, propagate_version = true)]
+#[command(name = "sync-agent", version)]
 pub struct Cli {
     /// Control socket of the agent to talk to (default: derived from the instance name).
     #[arg(short = 's', long, global = true, env = "MLAG_SYNC_SOCKET")]
@@ -67,11 +67,109 @@ pub enum Command {
     Status,
     /// Ask the agent to re-read its config file and apply the changes.
     Reload,
+    /// The config center (SPEC 6): store, history, rollback and rollouts, over its HTTP API.
+    Config {
+        /// The center's base URL.
+        #[arg(
+            long,
+            global = true,
+            env = "MLAG_SYNC_CENTER",
+            default_value = "http://127.0.0.1:7480"
+        )]
+        center: String,
+        /// What to do.
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Show one kind of state.
     Show {
         /// What to show.
         #[command(subcommand)]
         what: Show,
+    },
+}
+
+/// `config` actions. KEY is `namespace/group/name`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Add or change a config (a new version; rolled out to the devices that use it).
+    Put {
+        /// namespace/group/name.
+        key: String,
+        /// text | json | yaml | toml | properties (structured formats are validated).
+        #[arg(long, default_value = "text")]
+        format: String,
+        /// The content.
+        #[arg(long, conflicts_with = "file")]
+        content: Option<String>,
+        /// Read the content from a file.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Description.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Most steps per rollout batch, for this change.
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// Delay between batches (ms), for this change.
+        #[arg(long)]
+        pace_ms: Option<u64>,
+    },
+    /// Show a config (the current version, or `--version N`).
+    Get {
+        /// namespace/group/name.
+        key: String,
+        /// A historical version.
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// List configs.
+    List {
+        /// Only this namespace.
+        #[arg(long)]
+        namespace: Option<String>,
+    },
+    /// Every version of a config, oldest first.
+    History {
+        /// namespace/group/name.
+        key: String,
+    },
+    /// Make version N's content the new version.
+    Rollback {
+        /// namespace/group/name.
+        key: String,
+        /// The version whose content to restore.
+        #[arg(long)]
+        version: u64,
+    },
+    /// Copy a config to another namespace/group.
+    Clone {
+        /// namespace/group/name.
+        key: String,
+        /// Target namespace.
+        #[arg(long)]
+        to_namespace: String,
+        /// Target group.
+        #[arg(long)]
+        to_group: String,
+    },
+    /// Unified diff between two versions.
+    Diff {
+        /// namespace/group/name.
+        key: String,
+        /// Older version.
+        #[arg(long)]
+        from: u64,
+        /// Newer version.
+        #[arg(long)]
+        to: u64,
+    },
+    /// Rollouts, newest first: plan, batches, per-device state.
+    Rollouts,
+    /// Retry the failed steps of a paused rollout.
+    Resume {
+        /// Rollout id.
+        id: u64,
     },
 }
 
@@ -92,6 +190,8 @@ pub enum Show {
         #[arg(long)]
         faulty: bool,
     },
+    /// Rollout: the center's rollouts (plan, batches, per-device state) and this device's services.
+    Rollout,
     /// One object: its states, what it depends on and what depends on it, its histories.
     State {
         /// Object id, e.g. `ip:eth0` (see `show states`).
@@ -142,6 +242,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         } => {
             ask!(Request::State { object }, print_state)
         }
+        Command::Show {
+            what: Show::Rollout,
+        } => {
+            ask!(Request::Rollout, print_json)
+        }
+        Command::Config { center, action } => config_command(&center, action, cli.json).await,
         Command::Show { what: Show::Mclag } => {
             ask!(Request::Mclag, print_mclag)
         }
@@ -478,5 +584,200 @@ fn print_state(r: &StateReport) {
             i.message,
             if i.known { "" } else { " (unknown)" }
         );
+    }
+}
+
+fn print_json(value: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+async fn config_command(center: &str, action: ConfigAction, json: bool) -> anyhow::Result<()> {
+    use crate::rollout::{client::CenterClient, wire::ConfigKey};
+    let client = CenterClient::new(center);
+    let key = |text: &str| -> anyhow::Result<ConfigKey> {
+        text.parse().map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    let value = match action {
+        ConfigAction::Put {
+            key: k,
+            format,
+            content,
+            file,
+            description,
+            batch_size,
+            pace_ms,
+        } => {
+            let content = match (content, file) {
+                (Some(c), _) => c,
+                (None, Some(path)) => std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?,
+                (None, None) => {
+                    anyhow::bail!("give the content with --content TEXT or --file PATH")
+                }
+            };
+            let body = serde_json::json!({ "format": format, "content": content, "description": description });
+            let mut query = Vec::new();
+            if let Some(b) = batch_size {
+                query.push(format!("batch_size={b}"));
+            }
+            if let Some(p) = pace_ms {
+                query.push(format!("pace_ms={p}"));
+            }
+            let suffix = if query.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", query.join("&"))
+            };
+            client
+                .put(
+                    &client.key_url(&key(&k)?, &suffix),
+                    &body,
+                    &format!("put {k}"),
+                )
+                .await?
+        }
+        ConfigAction::Get { key: k, version } => {
+            let suffix = version.map(|v| format!("?version={v}")).unwrap_or_default();
+            client
+                .get(&client.key_url(&key(&k)?, &suffix), &format!("get {k}"))
+                .await?
+        }
+        ConfigAction::List { namespace } => {
+            let suffix = namespace
+                .map(|n| format!("?namespace={n}"))
+                .unwrap_or_default();
+            client
+                .get(&client.url(&format!("configs{suffix}")), "list")
+                .await?
+        }
+        ConfigAction::History { key: k } => {
+            client
+                .get(
+                    &client.key_url(&key(&k)?, "/history"),
+                    &format!("history of {k}"),
+                )
+                .await?
+        }
+        ConfigAction::Rollback { key: k, version } => {
+            client
+                .post(
+                    &client.key_url(&key(&k)?, "/rollback"),
+                    &serde_json::json!({ "version": version }),
+                    &format!("rollback {k}"),
+                )
+                .await?
+        }
+        ConfigAction::Clone {
+            key: k,
+            to_namespace,
+            to_group,
+        } => {
+            let body = serde_json::json!({ "namespace": to_namespace, "group": to_group });
+            client
+                .post(
+                    &client.key_url(&key(&k)?, "/clone"),
+                    &body,
+                    &format!("clone {k}"),
+                )
+                .await?
+        }
+        ConfigAction::Diff { key: k, from, to } => {
+            client
+                .get(
+                    &client.key_url(&key(&k)?, &format!("/diff?from={from}&to={to}")),
+                    &format!("diff {k}"),
+                )
+                .await?
+        }
+        ConfigAction::Rollouts => client.get(&client.url("rollouts"), "rollouts").await?,
+        ConfigAction::Resume { id } => {
+            client
+                .post(
+                    &client.url(&format!("rollouts/{id}/resume")),
+                    &serde_json::json!({}),
+                    "resume",
+                )
+                .await?
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print_config_answer(&value);
+    }
+    Ok(())
+}
+
+fn print_config_answer(value: &serde_json::Value) {
+    let line = |r: &serde_json::Value| {
+        format!(
+            "{}/{}/{} v{} {} md5 {} {}",
+            r["key"]["namespace"].as_str().unwrap_or(""),
+            r["key"]["group"].as_str().unwrap_or(""),
+            r["key"]["name"].as_str().unwrap_or(""),
+            r["version"],
+            r["format"].as_str().unwrap_or(""),
+            r["md5"].as_str().unwrap_or(""),
+            r["description"].as_str().unwrap_or("")
+        )
+    };
+    match value {
+        serde_json::Value::Array(items)
+            if items.first().is_some_and(|i| i["batches"].is_array()) =>
+        {
+            for r in items {
+                println!(
+                    "rollout {} of v{} {}: batch {}/{} {}",
+                    r["id"],
+                    r["version"],
+                    r["state"].as_str().unwrap_or(""),
+                    r["current_batch"],
+                    r["batches"].as_array().map_or(0, Vec::len),
+                    r["paused_reason"].as_str().unwrap_or("")
+                );
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|r| println!("{}", line(r))),
+        v if v["diff"].is_string() => print!("{}", v["diff"].as_str().unwrap_or("")),
+        v if v["content"].is_string() => {
+            println!("{}", line(v));
+            println!("{}", v["content"].as_str().unwrap_or(""));
+        }
+        v => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn rollback_takes_a_version_number() {
+        let cli = Cli::try_parse_from([
+            "sync-agent",
+            "config",
+            "rollback",
+            "a/b/c",
+            "--version",
+            "2",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Config {
+                action: ConfigAction::Rollback { version: 2, .. },
+                ..
+            }
+        ));
     }
 }

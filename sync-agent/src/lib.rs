@@ -20,4 +20,5 @@ pub mod inference;
 pub mod mac;
 pub mod mclag;
 pub mod peersync;
+pub mod rollout;
 pub mod southbound;

@@ -35,6 +35,8 @@ pub enum Request {
         #[serde(default)]
         faulty: bool,
     },
+    /// Rollouts (on a center) and the device's services (on a device).
+    Rollout,
     /// One object's state, dependency chains and histories.
     State {
         /// Object id.

@@ -1,0 +1,817 @@
+//! The config center's HTTP API (axum). Bodies are JSON; every error is a
+//! status and an [`ApiError`] whose message names what is wrong.
+//!
+//! | method and path | body -> answer |
+//! | --- | --- |
+//! | `PUT /v1/configs/{ns}/{group}/{name}?batch_size=&pace_ms=` | [`PutConfig`] -> [`ConfigRecord`] |
+//! | `GET /v1/configs/{ns}/{group}/{name}?version=N` | -> [`ConfigRecord`] |
+//! | `GET /v1/configs?namespace=NS` | -> `[ConfigRecord]` |
+//! | `GET /v1/configs/{ns}/{group}/{name}/history` | -> `[ConfigRecord]`, oldest first |
+//! | `POST /v1/configs/{ns}/{group}/{name}/rollback?batch_size=&pace_ms=` | [`RollbackRequest`] -> [`ConfigRecord`] |
+//! | `POST /v1/configs/{ns}/{group}/{name}/clone?batch_size=&pace_ms=` | [`CloneRequest`] -> [`ConfigRecord`] |
+//! | `GET /v1/configs/{ns}/{group}/{name}/diff?from=A&to=B` | -> [`DiffAnswer`] |
+//! | `GET /v1/devices` | -> `[DeviceInfo]` |
+//! | `POST /v1/devices/{device}/register` | [`Register`] -> [`DeviceInfo`] |
+//! | `GET /v1/devices/{device}/watch?have=svc:MD5,...&timeout_ms=` | -> [`WatchAnswer`] (long poll) |
+//! | `POST /v1/devices/{device}/ack` | [`Ack`] -> `{}` |
+//! | `GET /v1/rollouts` | -> `[Rollout]`, newest first |
+//! | `GET /v1/rollouts/{id}` | -> [`Rollout`] |
+//! | `POST /v1/rollouts/{id}/resume` | -> [`Rollout`] |
+//!
+//! Statuses: 400 invalid input (content for its format, names, cycle,
+//! malformed body or query), 404 unknown config/version/namespace/device/
+//! rollout, 409 conflicting request (an ack of something not sent, resuming
+//! a rollout that is not paused), 413 content over the size limit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use super::{Center, CenterError, DEFAULT_WATCH_TIMEOUT_MS, MAX_WATCH_TIMEOUT_MS, RolloutOptions};
+use crate::rollout::wire::{
+    Ack, ApiError, CloneRequest, ConfigKey, ConfigRecord, DeviceInfo, DiffAnswer, PutConfig,
+    Register, RollbackRequest, Rollout, WatchAnswer, check_name,
+};
+
+/// An error answer: status and message.
+#[derive(Debug)]
+pub struct HttpError(pub StatusCode, pub String);
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        (self.0, Json(ApiError { error: self.1 })).into_response()
+    }
+}
+
+impl From<CenterError> for HttpError {
+    fn from(e: CenterError) -> Self {
+        let status = match &e {
+            CenterError::NotFound(_) => StatusCode::NOT_FOUND,
+            CenterError::Invalid(_) => StatusCode::BAD_REQUEST,
+            CenterError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            CenterError::Conflict(_) => StatusCode::CONFLICT,
+            CenterError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::error!("config center: {e}");
+        }
+        HttpError(status, e.to_string())
+    }
+}
+
+type Answer<T> = Result<Json<T>, HttpError>;
+
+fn bad(msg: impl Into<String>) -> HttpError {
+    HttpError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+fn body<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    what: &str,
+) -> Result<T, HttpError> {
+    let bytes =
+        body.map_err(|e| HttpError(e.status(), format!("{what} body: {}", e.body_text())))?;
+    serde_json::from_slice(&bytes).map_err(|e| bad(format!("invalid {what} body: {e}")))
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, HttpError> {
+    q.map(|Query(t)| t)
+        .map_err(|e| bad(format!("invalid query: {}", e.body_text())))
+}
+
+fn config_key(
+    path: Result<Path<(String, String, String)>, PathRejection>,
+) -> Result<ConfigKey, HttpError> {
+    let Path((ns, group, name)) = path.map_err(|e| bad(e.body_text()))?;
+    ConfigKey::new(ns, group, name).map_err(bad)
+}
+
+fn device_name(path: Result<Path<String>, PathRejection>) -> Result<String, HttpError> {
+    let Path(device) = path.map_err(|e| bad(e.body_text()))?;
+    check_name("device", &device).map_err(bad)?;
+    Ok(device)
+}
+
+fn rollout_id(path: Result<Path<String>, PathRejection>) -> Result<u64, HttpError> {
+    let Path(id) = path.map_err(|e| bad(e.body_text()))?;
+    id.parse()
+        .map_err(|_| bad(format!("rollout id {id:?} is not a number")))
+}
+
+/// Builds the API over `center`. The body limit leaves room for JSON
+/// escaping of the largest content; the content limit itself is checked
+/// (413) by the store.
+pub fn router(center: Arc<Center>) -> Router {
+    let body_limit = center
+        .max_config_bytes()
+        .saturating_mul(6)
+        .saturating_add(64 * 1024);
+    let config = "/v1/configs/{ns}/{group}/{name}";
+    Router::new()
+        .route("/v1/configs", get(list_configs))
+        .route(config, get(get_config).put(put_config))
+        .route(&format!("{config}/history"), get(history))
+        .route(&format!("{config}/rollback"), post(rollback))
+        .route(&format!("{config}/clone"), post(clone_config))
+        .route(&format!("{config}/diff"), get(diff))
+        .route("/v1/devices", get(devices))
+        .route("/v1/devices/{device}/register", post(register))
+        .route("/v1/devices/{device}/watch", get(watch))
+        .route("/v1/devices/{device}/ack", post(ack))
+        .route("/v1/rollouts", get(rollouts))
+        .route("/v1/rollouts/{id}", get(rollout))
+        .route("/v1/rollouts/{id}/resume", post(resume))
+        .fallback(|| async { HttpError(StatusCode::NOT_FOUND, "no such API path".into()) })
+        .method_not_allowed_fallback(|| async {
+            HttpError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this API path".into(),
+            )
+        })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(center)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RolloutQuery {
+    batch_size: Option<usize>,
+    pace_ms: Option<u64>,
+}
+
+impl From<RolloutQuery> for RolloutOptions {
+    fn from(q: RolloutQuery) -> Self {
+        RolloutOptions {
+            batch_size: q.batch_size,
+            pace_ms: q.pace_ms,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionQuery {
+    version: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    namespace: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiffQuery {
+    from: Option<u64>,
+    to: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchQuery {
+    have: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+async fn put_config(
+    State(center): State<Arc<Center>>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    q: Result<Query<RolloutQuery>, QueryRejection>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Answer<ConfigRecord> {
+    let key = config_key(path)?;
+    let opts = query(q)?.into();
+    let put: PutConfig = body(raw, "PutConfig")?;
+    Ok(Json(center.put(key, put, opts).await?))
+}
+
+async fn get_config(
+    State(center): State<Arc<Center>>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    q: Result<Query<VersionQuery>, QueryRejection>,
+) -> Answer<ConfigRecord> {
+    let key = config_key(path)?;
+    let version = query(q)?.version;
+    Ok(Json(center.get(key, version).await?))
+}
+
+async fn list_configs(
+    State(center): State<Arc<Center>>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Answer<Vec<ConfigRecord>> {
+    let namespace = query(q)?.namespace;
+    Ok(Json(center.list(namespace).await?))
+}
+
+async fn history(
+    State(center): State<Arc<Center>>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+) -> Answer<Vec<ConfigRecord>> {
+    let key = config_key(path)?;
+    Ok(Json(center.history(key).await?))
+}
+
+async fn rollback(
+    State(center): State<Arc<Center>>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    q: Result<Query<RolloutQuery>, QueryRejection>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Answer<ConfigRecord> {
+    let key = config_key(path)?;
+    let opts = query(q)?.into();
+    let request: RollbackRequest = body(raw, "rollback")?;
+    Ok(Json(center.rollback(key, request, opts).await?))
+}
+
+async fn clone_config(
+    State(center): State<Arc<Center>>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    q: Result<Query<RolloutQuery>, QueryRejection>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Answer<ConfigRecord> {
+    let key = config_key(path)?;
+    let opts = query(q)?.into();
+    let request: CloneRequest = body(raw, "clone")?;
+    Ok(Json(center.clone_config(key, request, opts).await?))
+}
+
+async fn diff(
+    State(center): State<Arc<Center>>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    q: Result<Query<DiffQuery>, QueryRejection>,
+) -> Answer<DiffAnswer> {
+    let key = config_key(path)?;
+    let q = query(q)?;
+    let diff = center.diff(key, q.from, q.to).await?;
+    Ok(Json(DiffAnswer { diff }))
+}
+
+async fn devices(State(center): State<Arc<Center>>) -> Answer<Vec<DeviceInfo>> {
+    Ok(Json(center.devices()))
+}
+
+async fn register(
+    State(center): State<Arc<Center>>,
+    path: Result<Path<String>, PathRejection>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Answer<DeviceInfo> {
+    let device = device_name(path)?;
+    let registration: Register = body(raw, "Register")?;
+    Ok(Json(center.register(device, registration).await?))
+}
+
+/// `have=svc1:MD5,svc2:MD5` -> service -> MD5.
+pub fn parse_have(have: &str) -> Result<HashMap<String, String>, String> {
+    have.split(',')
+        .filter(|part| !part.is_empty())
+        .map(|part| match part.split_once(':') {
+            Some((service, md5)) if !service.is_empty() => {
+                Ok((service.to_string(), md5.to_string()))
+            }
+            _ => Err(format!(
+                "have entry {part:?} is not of the form service:MD5"
+            )),
+        })
+        .collect()
+}
+
+async fn watch(
+    State(center): State<Arc<Center>>,
+    path: Result<Path<String>, PathRejection>,
+    q: Result<Query<WatchQuery>, QueryRejection>,
+) -> Answer<WatchAnswer> {
+    let device = device_name(path)?;
+    let q = query(q)?;
+    let have = parse_have(q.have.as_deref().unwrap_or("")).map_err(bad)?;
+    let timeout = q
+        .timeout_ms
+        .unwrap_or(DEFAULT_WATCH_TIMEOUT_MS)
+        .min(MAX_WATCH_TIMEOUT_MS);
+    let assignments = center
+        .watch(&device, &have, Duration::from_millis(timeout))
+        .await?;
+    Ok(Json(WatchAnswer { assignments }))
+}
+
+async fn ack(
+    State(center): State<Arc<Center>>,
+    path: Result<Path<String>, PathRejection>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Answer<serde_json::Value> {
+    let device = device_name(path)?;
+    let ack: Ack = body(raw, "Ack")?;
+    center.ack(&device, &ack)?;
+    Ok(Json(serde_json::json!({})))
+}
+
+async fn rollouts(State(center): State<Arc<Center>>) -> Answer<Vec<Rollout>> {
+    Ok(Json(center.rollouts()))
+}
+
+async fn rollout(
+    State(center): State<Arc<Center>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Answer<Rollout> {
+    Ok(Json(center.rollout(rollout_id(path)?)?))
+}
+
+async fn resume(
+    State(center): State<Arc<Center>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Answer<Rollout> {
+    Ok(Json(center.resume(rollout_id(path)?)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::rollout::center::{CenterConfig, bind_with_shutdown};
+    use crate::rollout::wire::{RolloutState, StepState};
+
+    struct TestCenter {
+        base: String,
+        http: reqwest::Client,
+        _dir: tempfile::TempDir,
+    }
+
+    struct Stopper {
+        stop: tokio::sync::oneshot::Sender<()>,
+        server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    }
+
+    impl Stopper {
+        async fn stop(mut self) {
+            let _ = self.stop.send(());
+            tokio::time::timeout(Duration::from_secs(5), &mut self.server)
+                .await
+                .expect("server stops within 5 s")
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    impl TestCenter {
+        async fn start(max_config_bytes: usize) -> (TestCenter, Stopper) {
+            let dir = tempfile::tempdir().unwrap();
+            let config = CenterConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                db_path: dir.path().join("center.redb"),
+                batch_size: 10,
+                pace_ms: 0,
+                max_config_bytes,
+            };
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let (addr, _center, server) = bind_with_shutdown(config, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+            let center = TestCenter {
+                base: format!("http://{addr}"),
+                http: reqwest::Client::new(),
+                _dir: dir,
+            };
+            let stopper = Stopper {
+                stop,
+                server: tokio::spawn(server),
+            };
+            (center, stopper)
+        }
+
+        fn url(&self, path: &str) -> String {
+            format!("{}{path}", self.base)
+        }
+
+        async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, serde_json::Value) {
+            let response = request.send().await.unwrap();
+            let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+            let value = response.json().await.unwrap();
+            (status, value)
+        }
+
+        async fn put(
+            &self,
+            path: &str,
+            body: serde_json::Value,
+        ) -> (StatusCode, serde_json::Value) {
+            self.send(self.http.put(self.url(path)).json(&body)).await
+        }
+
+        async fn post(
+            &self,
+            path: &str,
+            body: serde_json::Value,
+        ) -> (StatusCode, serde_json::Value) {
+            self.send(self.http.post(self.url(path)).json(&body)).await
+        }
+
+        async fn get(&self, path: &str) -> (StatusCode, serde_json::Value) {
+            self.send(self.http.get(self.url(path))).await
+        }
+
+        async fn watch(
+            &self,
+            device: &str,
+            have: &str,
+            timeout_ms: u64,
+        ) -> (StatusCode, serde_json::Value) {
+            // Service names and MD5s need no escaping in a query.
+            let url = self.url(&format!(
+                "/v1/devices/{device}/watch?have={have}&timeout_ms={timeout_ms}"
+            ));
+            self.send(self.http.get(url)).await
+        }
+    }
+
+    fn error(v: &serde_json::Value) -> &str {
+        v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error in {v}"))
+    }
+
+    #[tokio::test]
+    async fn config_crud_over_http() {
+        let (c, stopper) = TestCenter::start(64).await;
+        let k = "/v1/configs/prod/web/app";
+        let (s, v) = c
+            .put(
+                k,
+                json!({"format": "json", "content": "{\"a\":1}", "author": "op"}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["version"], 1);
+        assert_eq!(v["md5"], super::super::formats::md5_hex("{\"a\":1}"));
+        // Identical put: no new version.
+        let (_, v) = c
+            .put(
+                k,
+                json!({"format": "json", "content": "{\"a\":1}", "author": "op"}),
+            )
+            .await;
+        assert_eq!(v["version"], 1);
+        let (s, v) = c
+            .put(k, json!({"format": "json", "content": "{\"a\":2}"}))
+            .await;
+        assert_eq!((s, v["version"].as_u64()), (StatusCode::OK, Some(2)));
+        // Bad input: format, size, names, body, query.
+        let (s, v) = c
+            .put(k, json!({"format": "json", "content": "{\"a\":"}))
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(error(&v).contains("invalid json content"), "{v}");
+        let (s, v) = c
+            .put(k, json!({"format": "text", "content": "x".repeat(65)}))
+            .await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(error(&v).contains("over the limit of 64 bytes"), "{v}");
+        let (s, v) = c
+            .put(
+                "/v1/configs/prod/we%20b/app",
+                json!({"format": "text", "content": ""}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(error(&v).contains("group"), "{v}");
+        let (s, v) = c.put(k, json!({"format": "xml", "content": ""})).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(error(&v).contains("PutConfig"), "{v}");
+        let (s, v) = c
+            .put(k, json!({"format": "text", "content": "", "extra": 1}))
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        let (s, _) = c
+            .put(
+                &format!("{k}?batch_size=0"),
+                json!({"format": "text", "content": "z"}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        let (s, _) = c
+            .put(
+                &format!("{k}?bogus=1"),
+                json!({"format": "text", "content": "z"}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        // Reads.
+        let (s, v) = c.get(&format!("{k}?version=1")).await;
+        assert_eq!(
+            (s, v["content"].as_str()),
+            (StatusCode::OK, Some("{\"a\":1}"))
+        );
+        let (s, v) = c.get(&format!("{k}?version=7")).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        assert!(error(&v).contains("no version 7"), "{v}");
+        let (s, v) = c.get("/v1/configs/nope/web/app").await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        assert!(error(&v).contains("unknown namespace"), "{v}");
+        let (_, v) = c.get(&format!("{k}/history")).await;
+        assert_eq!(v.as_array().unwrap().len(), 2);
+        // Rollback, clone, diff, list.
+        let (s, v) = c
+            .post(&format!("{k}/rollback"), json!({"version": 1}))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(
+            (v["version"].as_u64(), v["content"].as_str()),
+            (Some(3), Some("{\"a\":1}"))
+        );
+        let (s, v) = c
+            .post(
+                &format!("{k}/clone"),
+                json!({"namespace": "staging", "group": "web"}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(
+            v["key"],
+            json!({"namespace": "staging", "group": "web", "name": "app"})
+        );
+        assert_eq!(v["version"], 1);
+        let (_, v) = c.get(&format!("{k}/diff?from=2&to=3")).await;
+        assert!(v["diff"].as_str().unwrap().contains("-{\"a\":2}"), "{v}");
+        let (_, v) = c.get("/v1/configs").await;
+        assert_eq!(v.as_array().unwrap().len(), 2);
+        let (_, v) = c.get("/v1/configs?namespace=staging").await;
+        assert_eq!(v.as_array().unwrap().len(), 1);
+        let (s, _) = c.get("/v1/configs?namespace=ghost").await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, v) = c.get("/v1/nothing").await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+        stopper.stop().await;
+    }
+
+    fn register_body(services: &[(&str, &str, &[&str])]) -> serde_json::Value {
+        let services: Vec<_> = services
+            .iter()
+            .map(|(name, key, deps)| {
+                let k: ConfigKey = key.parse().unwrap();
+                json!({"name": name, "config": k, "depends_on": deps})
+            })
+            .collect();
+        json!({ "services": services })
+    }
+
+    #[tokio::test]
+    async fn long_poll_answers_promptly_and_times_out_cleanly() {
+        let (c, stopper) = TestCenter::start(1 << 20).await;
+        let c = Arc::new(c);
+        let (s, v) = c
+            .post(
+                "/v1/devices/d1/register",
+                register_body(&[("web", "prod/web/app", &[])]),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        // Unknown device: 404. Cycle: 400.
+        let (s, _) = c.watch("ghost", "", 100).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, v) = c
+            .post(
+                "/v1/devices/d2/register",
+                register_body(&[("a", "prod/web/app", &["b"]), ("b", "prod/web/app", &["a"])]),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(error(&v).contains("cycle"), "{v}");
+
+        // Nothing released yet: a clean, empty timeout.
+        let start = Instant::now();
+        let (s, v) = c.watch("d1", "", 300).await;
+        let took = start.elapsed();
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(v, json!({"assignments": []}));
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
+            "{took:?}"
+        );
+
+        // A waiting poll answers within milliseconds of the PUT.
+        let poll = {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let answer = c.watch("d1", "", 10_000).await;
+                (answer, Instant::now())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let put_start = Instant::now();
+        let (s, record) = c
+            .put(
+                "/v1/configs/prod/web/app",
+                json!({"format": "text", "content": "v1"}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        let ((s, v), answered) = poll.await.unwrap();
+        let latency = answered.duration_since(put_start);
+        assert_eq!(s, StatusCode::OK);
+        assert!(
+            latency < Duration::from_millis(200),
+            "long poll answered {latency:?} after the put"
+        );
+        let a = &v["assignments"][0];
+        assert_eq!(a["service"], "web");
+        assert_eq!(a["version"], 1);
+        assert_eq!(a["md5"], record["md5"]);
+        let rollout_id = a["rollout_id"].as_u64().unwrap();
+        assert!(rollout_id > 0);
+
+        // Having that MD5: nothing to answer, even before the ack.
+        let have = format!("web:{}", record["md5"].as_str().unwrap());
+        let (_, v) = c.watch("d1", &have, 100).await;
+        assert_eq!(v, json!({"assignments": []}));
+        let (s, v) = c.watch("d1", "web", 100).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+
+        let (s, _) = c
+            .post(
+                "/v1/devices/d1/ack",
+                json!({"rollout_id": rollout_id, "service": "web", "version": 1, "ok": true}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        let (_, r) = c.get(&format!("/v1/rollouts/{rollout_id}")).await;
+        assert_eq!(r["state"], "done");
+
+        // A device registering later gets the current version at once.
+        let (_, info) = c
+            .post(
+                "/v1/devices/d3/register",
+                register_body(&[("web", "prod/web/app", &[])]),
+            )
+            .await;
+        assert_eq!(info["released"][0]["rollout_id"], 0);
+        let start = Instant::now();
+        let (_, v) = c.watch("d3", "", 5_000).await;
+        assert!(start.elapsed() < Duration::from_millis(200));
+        assert_eq!(v["assignments"][0]["version"], 1);
+
+        // Shutdown ends waiting polls at once.
+        let poll = {
+            let c = c.clone();
+            tokio::spawn(async move { c.watch("d1", &have, 60_000).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let start = Instant::now();
+        stopper.stop().await;
+        let (s, v) = poll.await.unwrap();
+        assert_eq!((s, v), (StatusCode::OK, json!({"assignments": []})));
+        assert!(start.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn acks_failures_pause_and_resume() {
+        let (c, stopper) = TestCenter::start(1 << 20).await;
+        for d in ["d1", "d2"] {
+            let (s, v) = c
+                .post(
+                    &format!("/v1/devices/{d}/register"),
+                    register_body(&[
+                        ("proxy", "prod/web/app", &["db"]),
+                        ("db", "prod/web/app", &[]),
+                    ]),
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            assert_eq!(v["services"][0]["name"], "db", "dependency order: {v}");
+        }
+        // Batches of one: d1/db, d1/proxy, d2/db, d2/proxy.
+        let (s, _) = c
+            .put(
+                "/v1/configs/prod/web/app?batch_size=1",
+                json!({"format": "properties", "content": "a=1\n"}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        let (_, list) = c.get("/v1/rollouts").await;
+        let r: Rollout = serde_json::from_value(list[0].clone()).unwrap();
+        assert_eq!(r.batch_size, 1);
+        assert_eq!(r.batches.len(), 4);
+        let order: Vec<(String, String)> = r
+            .batches
+            .iter()
+            .map(|b| (b[0].device.clone(), b[0].service.clone()))
+            .collect();
+        assert_eq!(
+            order,
+            [("d1", "db"), ("d1", "proxy"), ("d2", "db"), ("d2", "proxy")]
+                .map(|(d, s)| (d.to_string(), s.to_string()))
+        );
+
+        // Acknowledging what was not sent: 409, nothing changes.
+        for (device, body) in [
+            (
+                "d1",
+                json!({"rollout_id": r.id, "service": "proxy", "version": 1, "ok": true}),
+            ),
+            (
+                "d2",
+                json!({"rollout_id": r.id, "service": "db", "version": 1, "ok": true}),
+            ),
+            (
+                "d1",
+                json!({"rollout_id": r.id, "service": "db", "version": 9, "ok": true}),
+            ),
+            (
+                "d1",
+                json!({"rollout_id": r.id + 5, "service": "db", "version": 1, "ok": true}),
+            ),
+            (
+                "d1",
+                json!({"rollout_id": 0, "service": "db", "version": 1, "ok": true}),
+            ),
+        ] {
+            let (s, v) = c
+                .post(&format!("/v1/devices/{device}/ack"), body.clone())
+                .await;
+            assert_eq!(s, StatusCode::CONFLICT, "{body} -> {v}");
+            assert!(!error(&v).is_empty());
+        }
+        let (s, _) = c
+            .post(
+                "/v1/devices/nobody/ack",
+                json!({"rollout_id": r.id, "service": "db", "version": 1, "ok": true}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (_, now) = c.get(&format!("/v1/rollouts/{}", r.id)).await;
+        let now: Rollout = serde_json::from_value(now).unwrap();
+        assert_eq!(now.current_batch, 0);
+        assert_eq!(now.batches[0][0].state, StepState::Assigned);
+
+        // d1's db fails its health check: paused, next batch not released.
+        let (s, _) = c
+            .post(
+                "/v1/devices/d1/ack",
+                json!({"rollout_id": r.id, "service": "db", "version": 1, "ok": false, "reason": "health check exit 1"}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        let (_, now) = c.get(&format!("/v1/rollouts/{}", r.id)).await;
+        let now: Rollout = serde_json::from_value(now).unwrap();
+        assert_eq!(now.state, RolloutState::Paused);
+        assert!(
+            now.paused_reason.contains("health check exit 1"),
+            "{}",
+            now.paused_reason
+        );
+        assert_eq!(now.batches[0][0].state, StepState::Failed);
+        assert_eq!(now.batches[1][0].state, StepState::Pending);
+        let (_, v) = c.watch("d1", "", 200).await;
+        assert_eq!(
+            v,
+            json!({"assignments": []}),
+            "nothing more is released to d1"
+        );
+        let (_, v) = c.watch("d2", "", 100).await;
+        assert_eq!(v, json!({"assignments": []}));
+
+        // Resuming retries the failed step; a running rollout cannot be resumed.
+        let (s, v) = c
+            .post(&format!("/v1/rollouts/{}/resume", r.id), json!({}))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["state"], "running");
+        let (s, _) = c
+            .post(&format!("/v1/rollouts/{}/resume", r.id), json!({}))
+            .await;
+        assert_eq!(s, StatusCode::CONFLICT);
+        let (s, _) = c.post("/v1/rollouts/999/resume", json!({})).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (_, v) = c.watch("d1", "", 1_000).await;
+        assert_eq!(v["assignments"][0]["service"], "db");
+        for (d, svc) in [("d1", "db"), ("d1", "proxy"), ("d2", "db"), ("d2", "proxy")] {
+            let (s, v) = c
+                .post(
+                    &format!("/v1/devices/{d}/ack"),
+                    json!({"rollout_id": r.id, "service": svc, "version": 1, "ok": true}),
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{d}/{svc}: {v}");
+        }
+        let (_, v) = c.get(&format!("/v1/rollouts/{}", r.id)).await;
+        assert_eq!(v["state"], "done");
+        let (_, v) = c.get("/v1/devices").await;
+        assert_eq!(v.as_array().unwrap().len(), 2);
+        stopper.stop().await;
+    }
+}

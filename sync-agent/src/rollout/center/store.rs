@@ -1,0 +1,605 @@
+//! The config center's database (SPEC 6.1): a redb file with two tables,
+//!
+//! - `current`: `"ns/group/name"` -> current version number,
+//! - `history`: `("ns/group/name", version)` -> that version's
+//!   [`ConfigRecord`] as JSON (every version ever made, the current one too).
+//!
+//! Every change (put, rollback, clone) is one redb write transaction that
+//! adds the history row and moves `current`, committed with redb's default
+//! immediate durability (fsync), so after a crash the database holds either
+//! the whole change or none of it. Reads use read transactions (a consistent
+//! snapshot). The methods block (disk I/O); async callers run them on a
+//! blocking thread.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase as _, ReadableTable, TableDefinition};
+
+use super::error::{CenterError, CenterResult};
+use super::formats;
+use crate::rollout::wire::{ConfigKey, ConfigRecord, Format};
+
+const CURRENT: TableDefinition<&str, u64> = TableDefinition::new("current");
+const HISTORY: TableDefinition<(&str, u64), &str> = TableDefinition::new("history");
+
+/// Default largest content accepted: 1 MiB.
+pub const DEFAULT_MAX_CONFIG_BYTES: usize = 1 << 20;
+
+/// The result of a change: the record now current, and whether a new
+/// version was made (false when the change was identical to the current
+/// version, which is then returned unchanged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub record: ConfigRecord,
+    pub created: bool,
+}
+
+/// What a new version consists of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewVersion {
+    pub format: Format,
+    pub content: String,
+    pub description: String,
+    pub author: String,
+}
+
+pub struct Store {
+    db: Database,
+    max_config_bytes: usize,
+}
+
+fn db_err(context: &str) -> impl Fn(redb::Error) -> CenterError + '_ {
+    move |e| CenterError::internal(context, e)
+}
+
+/// `?`-friendly conversion of redb's many error types.
+trait DbResult<T> {
+    fn db(self, context: &str) -> CenterResult<T>;
+}
+
+impl<T, E: Into<redb::Error>> DbResult<T> for Result<T, E> {
+    fn db(self, context: &str) -> CenterResult<T> {
+        self.map_err(|e| db_err(context)(e.into()))
+    }
+}
+
+fn decode(json: &str) -> CenterResult<ConfigRecord> {
+    serde_json::from_str(json).map_err(|e| CenterError::internal("config store: corrupt record", e))
+}
+
+fn encode(record: &ConfigRecord) -> String {
+    serde_json::to_string(record).expect("a ConfigRecord always serializes")
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path`; the parent directory is
+    /// created if missing.
+    pub fn open(path: &Path, max_config_bytes: usize) -> CenterResult<Store> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| CenterError::internal(&format!("creating {}", parent.display()), e))?;
+        }
+        let db = Database::create(path).map_err(|e| {
+            CenterError::internal(&format!("opening config database {}", path.display()), e)
+        })?;
+        let txn = db.begin_write().db("config store: begin")?;
+        txn.open_table(CURRENT).db("config store: current table")?;
+        txn.open_table(HISTORY).db("config store: history table")?;
+        txn.commit().db("config store: commit")?;
+        Ok(Store {
+            db,
+            max_config_bytes,
+        })
+    }
+
+    pub fn max_config_bytes(&self) -> usize {
+        self.max_config_bytes
+    }
+
+    /// Stores `new` as the next version of `key` (version 1 if the key is
+    /// new), after checking its size and its content against its format.
+    /// Identical format, content and description is a no-op.
+    pub fn put(&self, key: &ConfigKey, new: NewVersion, now_ms: u64) -> CenterResult<Written> {
+        self.check_content(key, &new)?;
+        let txn = self.db.begin_write().db("config store: begin")?;
+        let written = {
+            let mut current = txn.open_table(CURRENT).db("config store: current table")?;
+            let mut history = txn.open_table(HISTORY).db("config store: history table")?;
+            let name = key.to_string();
+            let now_version = current
+                .get(name.as_str())
+                .db("config store: read")?
+                .map(|v| v.value());
+            if let Some(version) = now_version {
+                let record = history
+                    .get((name.as_str(), version))
+                    .db("config store: read")?
+                    .ok_or_else(|| {
+                        CenterError::Internal(format!(
+                            "config store: {key} version {version} is current but has no history row"
+                        ))
+                    })
+                    .and_then(|row| decode(row.value()))?;
+                if record.format == new.format
+                    && record.content == new.content
+                    && record.description == new.description
+                {
+                    return Ok(Written {
+                        record,
+                        created: false,
+                    });
+                }
+            }
+            let record = ConfigRecord {
+                key: key.clone(),
+                format: new.format,
+                md5: formats::md5_hex(&new.content),
+                content: new.content,
+                description: new.description,
+                version: now_version.unwrap_or(0) + 1,
+                updated_ms: now_ms,
+                author: new.author,
+            };
+            history
+                .insert((name.as_str(), record.version), encode(&record).as_str())
+                .db("config store: write history")?;
+            current
+                .insert(name.as_str(), record.version)
+                .db("config store: write current")?;
+            Written {
+                record,
+                created: true,
+            }
+        };
+        txn.commit().db("config store: commit")?;
+        Ok(written)
+    }
+
+    /// Makes a new version of `key` whose format, content and description
+    /// are those of `version` (a no-op if the current version already has
+    /// them).
+    pub fn rollback(
+        &self,
+        key: &ConfigKey,
+        version: u64,
+        author: String,
+        now_ms: u64,
+    ) -> CenterResult<Written> {
+        let old = self.get(key, Some(version))?;
+        self.put(
+            key,
+            NewVersion {
+                format: old.format,
+                content: old.content,
+                description: old.description,
+                author,
+            },
+            now_ms,
+        )
+    }
+
+    /// Copies the current version of `key` to `namespace/group/<same name>`,
+    /// as version 1 there or as its next version.
+    pub fn clone_to(
+        &self,
+        key: &ConfigKey,
+        namespace: &str,
+        group: &str,
+        author: String,
+        now_ms: u64,
+    ) -> CenterResult<Written> {
+        let target =
+            ConfigKey::new(namespace, group, key.name.as_str()).map_err(CenterError::Invalid)?;
+        if &target == key {
+            return Err(CenterError::Invalid(format!(
+                "clone of {key} onto itself: give another namespace or group"
+            )));
+        }
+        let source = self.get(key, None)?;
+        self.put(
+            &target,
+            NewVersion {
+                format: source.format,
+                content: source.content,
+                description: source.description,
+                author,
+            },
+            now_ms,
+        )
+    }
+
+    /// The current version of `key`, or the given one.
+    pub fn get(&self, key: &ConfigKey, version: Option<u64>) -> CenterResult<ConfigRecord> {
+        let txn = self.db.begin_read().db("config store: begin read")?;
+        let current = txn.open_table(CURRENT).db("config store: current table")?;
+        let history = txn.open_table(HISTORY).db("config store: history table")?;
+        let name = key.to_string();
+        let Some(now_version) = current
+            .get(name.as_str())
+            .db("config store: read")?
+            .map(|v| v.value())
+        else {
+            return Err(self.missing(&current, key)?);
+        };
+        let version = version.unwrap_or(now_version);
+        match history
+            .get((name.as_str(), version))
+            .db("config store: read")?
+        {
+            Some(row) => decode(row.value()),
+            None => Err(CenterError::NotFound(format!(
+                "config {key} has no version {version} (versions 1 to {now_version})"
+            ))),
+        }
+    }
+
+    /// The current version of `key` if it exists (no error for a missing key).
+    pub fn current(&self, key: &ConfigKey) -> CenterResult<Option<ConfigRecord>> {
+        match self.get(key, None) {
+            Ok(record) => Ok(Some(record)),
+            Err(CenterError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The current version of every config, or of those in `namespace`,
+    /// sorted by key. An unknown namespace is an error.
+    pub fn list(&self, namespace: Option<&str>) -> CenterResult<Vec<ConfigRecord>> {
+        let txn = self.db.begin_read().db("config store: begin read")?;
+        let current = txn.open_table(CURRENT).db("config store: current table")?;
+        let history = txn.open_table(HISTORY).db("config store: history table")?;
+        let rows: Vec<(String, u64)> = match namespace {
+            Some(ns) => {
+                crate::rollout::wire::check_name("namespace", ns).map_err(CenterError::Invalid)?;
+                let (low, high) = namespace_range(ns);
+                collect(
+                    current
+                        .range(low.as_str()..high.as_str())
+                        .db("config store: scan")?,
+                )?
+            }
+            None => collect(current.iter().db("config store: scan")?)?,
+        };
+        if rows.is_empty()
+            && let Some(ns) = namespace
+        {
+            return Err(unknown_namespace(ns));
+        }
+        rows.into_iter()
+            .map(|(name, version)| {
+                let row = history
+                    .get((name.as_str(), version))
+                    .db("config store: read")?
+                    .ok_or_else(|| {
+                        CenterError::Internal(format!(
+                            "config store: {name} version {version} is current but has no history row"
+                        ))
+                    })?;
+                decode(row.value())
+            })
+            .collect()
+    }
+
+    /// Every version of `key`, oldest first.
+    pub fn history(&self, key: &ConfigKey) -> CenterResult<Vec<ConfigRecord>> {
+        let txn = self.db.begin_read().db("config store: begin read")?;
+        let current = txn.open_table(CURRENT).db("config store: current table")?;
+        let history = txn.open_table(HISTORY).db("config store: history table")?;
+        let name = key.to_string();
+        let mut out = Vec::new();
+        for row in history
+            .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))
+            .db("config store: scan")?
+        {
+            let (_, value) = row.db("config store: scan")?;
+            out.push(decode(value.value())?);
+        }
+        if out.is_empty() {
+            return Err(self.missing(&current, key)?);
+        }
+        Ok(out)
+    }
+
+    /// A unified diff from version `from` to version `to` of `key`.
+    pub fn diff(&self, key: &ConfigKey, from: u64, to: u64) -> CenterResult<String> {
+        let old = self.get(key, Some(from))?;
+        let new = self.get(key, Some(to))?;
+        Ok(unified_diff(&old, &new))
+    }
+
+    fn check_content(&self, key: &ConfigKey, new: &NewVersion) -> CenterResult<()> {
+        if new.content.len() > self.max_config_bytes {
+            return Err(CenterError::TooLarge(format!(
+                "content of {key} is {} bytes, over the limit of {} bytes",
+                new.content.len(),
+                self.max_config_bytes
+            )));
+        }
+        formats::validate(new.format, &new.content)
+            .map_err(|e| CenterError::Invalid(format!("{key}: {e}")))
+    }
+
+    /// The not-found error for `key`: an unknown namespace is named as such.
+    fn missing(
+        &self,
+        current: &impl ReadableTable<&'static str, u64>,
+        key: &ConfigKey,
+    ) -> CenterResult<CenterError> {
+        let (low, high) = namespace_range(&key.namespace);
+        let any = current
+            .range(low.as_str()..high.as_str())
+            .db("config store: scan")?
+            .next()
+            .is_some();
+        Ok(if any {
+            CenterError::NotFound(format!("config {key} not found"))
+        } else {
+            unknown_namespace(&key.namespace)
+        })
+    }
+}
+
+fn unknown_namespace(ns: &str) -> CenterError {
+    CenterError::NotFound(format!(
+        "unknown namespace {ns:?}: no config is stored under it"
+    ))
+}
+
+/// Keys of namespace `ns` are exactly those in `"ns/".."ns0"` ('0' follows
+/// '/' in ASCII and names never contain '/').
+fn namespace_range(ns: &str) -> (String, String) {
+    (format!("{ns}/"), format!("{ns}0"))
+}
+
+fn collect(range: redb::Range<'_, &'static str, u64>) -> CenterResult<Vec<(String, u64)>> {
+    range
+        .map(|row| {
+            let (k, v) = row.db("config store: scan")?;
+            Ok((k.value().to_string(), v.value()))
+        })
+        .collect()
+}
+
+/// Unified diff of two versions, headed `ns/group/name@vA` and `...@vB`.
+pub fn unified_diff(old: &ConfigRecord, new: &ConfigRecord) -> String {
+    similar::TextDiff::from_lines(old.content.as_str(), new.content.as_str())
+        .unified_diff()
+        .context_radius(3)
+        .header(
+            &format!("{}@v{}", old.key, old.version),
+            &format!("{}@v{}", new.key, new.version),
+        )
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> ConfigKey {
+        s.parse().unwrap()
+    }
+
+    fn new(format: Format, content: &str) -> NewVersion {
+        NewVersion {
+            format,
+            content: content.to_string(),
+            description: String::new(),
+            author: "test".to_string(),
+        }
+    }
+
+    fn open(dir: &tempfile::TempDir) -> Store {
+        Store::open(
+            &dir.path().join("sub/center.redb"),
+            DEFAULT_MAX_CONFIG_BYTES,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn versions_md5_and_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let k = key("prod/web/nginx");
+        let w1 = store.put(&k, new(Format::Text, "a\n"), 10).unwrap();
+        assert!(w1.created);
+        assert_eq!(w1.record.version, 1);
+        assert_eq!(w1.record.md5, formats::md5_hex("a\n"));
+        assert_eq!(w1.record.updated_ms, 10);
+        let w2 = store.put(&k, new(Format::Text, "b\n"), 20).unwrap();
+        assert_eq!(w2.record.version, 2);
+        assert_eq!(store.get(&k, None).unwrap().content, "b\n");
+        assert_eq!(store.get(&k, Some(1)).unwrap().content, "a\n");
+        let e = store.get(&k, Some(3)).unwrap_err();
+        assert!(
+            matches!(&e, CenterError::NotFound(m) if m.contains("no version 3")),
+            "{e}"
+        );
+        let h = store.history(&k).unwrap();
+        assert_eq!(h.iter().map(|r| r.version).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(h[0].content, "a\n");
+    }
+
+    #[test]
+    fn identical_put_is_a_noop() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let k = key("prod/web/nginx");
+        store.put(&k, new(Format::Json, "{}"), 1).unwrap();
+        let again = store.put(&k, new(Format::Json, "{}"), 2).unwrap();
+        assert!(!again.created);
+        assert_eq!(again.record.version, 1);
+        assert_eq!(again.record.updated_ms, 1);
+        // A different description is a change.
+        let mut described = new(Format::Json, "{}");
+        described.description = "now described".into();
+        assert_eq!(store.put(&k, described, 3).unwrap().record.version, 2);
+        assert_eq!(store.history(&k).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn invalid_and_oversized_content_is_refused_and_history_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("c.redb"), 16).unwrap();
+        let k = key("prod/web/app");
+        store.put(&k, new(Format::Yaml, "a: 1\n"), 1).unwrap();
+        let e = store.put(&k, new(Format::Yaml, "a: [1\n"), 2).unwrap_err();
+        assert!(
+            matches!(&e, CenterError::Invalid(m) if m.contains("invalid yaml content")),
+            "{e}"
+        );
+        let e = store
+            .put(&k, new(Format::Text, &"x".repeat(17)), 3)
+            .unwrap_err();
+        assert!(
+            matches!(&e, CenterError::TooLarge(m) if m.contains("17 bytes")),
+            "{e}"
+        );
+        assert_eq!(store.history(&k).unwrap().len(), 1);
+        assert_eq!(store.get(&k, None).unwrap().content, "a: 1\n");
+    }
+
+    #[test]
+    fn rollback_makes_a_new_version_with_old_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let k = key("prod/web/nginx");
+        store.put(&k, new(Format::Toml, "a = 1\n"), 1).unwrap();
+        store.put(&k, new(Format::Toml, "a = 2\n"), 2).unwrap();
+        let w = store.rollback(&k, 1, "op".into(), 3).unwrap();
+        assert!(w.created);
+        assert_eq!(w.record.version, 3);
+        assert_eq!(w.record.content, "a = 1\n");
+        assert_eq!(w.record.md5, store.get(&k, Some(1)).unwrap().md5);
+        assert_eq!(w.record.author, "op");
+        assert_eq!(store.history(&k).unwrap().len(), 3);
+        let e = store.rollback(&k, 9, String::new(), 4).unwrap_err();
+        assert!(matches!(e, CenterError::NotFound(_)));
+        // Rolling back to the content already current changes nothing.
+        assert!(!store.rollback(&k, 1, String::new(), 5).unwrap().created);
+    }
+
+    #[test]
+    fn clone_to_other_namespace_and_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let k = key("prod/web/nginx");
+        store.put(&k, new(Format::Text, "one"), 1).unwrap();
+        store.put(&k, new(Format::Text, "two"), 2).unwrap();
+        let c = store
+            .clone_to(&k, "staging", "edge", "op".into(), 3)
+            .unwrap();
+        assert_eq!(c.record.key, key("staging/edge/nginx"));
+        assert_eq!(c.record.version, 1);
+        assert_eq!(c.record.content, "two");
+        store.put(&k, new(Format::Text, "three"), 4).unwrap();
+        let c2 = store
+            .clone_to(&k, "staging", "edge", "op".into(), 5)
+            .unwrap();
+        assert_eq!(c2.record.version, 2);
+        assert_eq!(c2.record.content, "three");
+        assert!(matches!(
+            store.clone_to(&k, "prod", "web", String::new(), 6),
+            Err(CenterError::Invalid(_))
+        ));
+        assert!(matches!(
+            store.clone_to(&k, "bad ns", "web", String::new(), 6),
+            Err(CenterError::Invalid(_))
+        ));
+        assert!(matches!(
+            store.clone_to(&key("prod/web/none"), "x", "y", String::new(), 6),
+            Err(CenterError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn diff_between_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let k = key("prod/web/nginx");
+        store.put(&k, new(Format::Text, "a\nb\nc\n"), 1).unwrap();
+        store.put(&k, new(Format::Text, "a\nB\nc\n"), 2).unwrap();
+        let d = store.diff(&k, 1, 2).unwrap();
+        assert!(
+            d.starts_with("--- prod/web/nginx@v1\n+++ prod/web/nginx@v2\n"),
+            "{d}"
+        );
+        assert!(d.contains("-b\n+B\n"), "{d}");
+        assert!(
+            store.diff(&k, 2, 2).unwrap().is_empty()
+                || !store.diff(&k, 2, 2).unwrap().contains("-b")
+        );
+        assert!(matches!(
+            store.diff(&k, 1, 7),
+            Err(CenterError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn list_and_unknown_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        store
+            .put(&key("prod/web/b"), new(Format::Text, "1"), 1)
+            .unwrap();
+        store
+            .put(&key("prod/web/a"), new(Format::Text, "2"), 1)
+            .unwrap();
+        store
+            .put(&key("prod.eu/web/a"), new(Format::Text, "3"), 1)
+            .unwrap();
+        store
+            .put(&key("prodx/web/a"), new(Format::Text, "4"), 1)
+            .unwrap();
+        let prod = store.list(Some("prod")).unwrap();
+        assert_eq!(
+            prod.iter().map(|r| r.key.to_string()).collect::<Vec<_>>(),
+            vec!["prod/web/a", "prod/web/b"]
+        );
+        assert_eq!(prod[0].content, "2");
+        assert_eq!(store.list(None).unwrap().len(), 4);
+        let e = store.list(Some("nope")).unwrap_err();
+        assert!(
+            matches!(&e, CenterError::NotFound(m) if m.contains("unknown namespace")),
+            "{e}"
+        );
+        let e = store.get(&key("nope/web/a"), None).unwrap_err();
+        assert!(
+            matches!(&e, CenterError::NotFound(m) if m.contains("unknown namespace")),
+            "{e}"
+        );
+        let e = store.get(&key("prod/web/zzz"), None).unwrap_err();
+        assert!(
+            matches!(&e, CenterError::NotFound(m) if m.contains("prod/web/zzz not found")),
+            "{e}"
+        );
+        assert!(store.current(&key("prod/web/zzz")).unwrap().is_none());
+    }
+
+    #[test]
+    fn reopening_gives_everything_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("center.redb");
+        let k = key("prod/web/nginx");
+        {
+            let store = Store::open(&path, DEFAULT_MAX_CONFIG_BYTES).unwrap();
+            store.put(&k, new(Format::Properties, "a=1\n"), 1).unwrap();
+            store.put(&k, new(Format::Properties, "a=2\n"), 2).unwrap();
+            store.clone_to(&k, "dr", "web", String::new(), 3).unwrap();
+        }
+        let store = Store::open(&path, DEFAULT_MAX_CONFIG_BYTES).unwrap();
+        assert_eq!(store.get(&k, None).unwrap().version, 2);
+        assert_eq!(store.history(&k).unwrap().len(), 2);
+        assert_eq!(store.get(&k, Some(1)).unwrap().content, "a=1\n");
+        assert_eq!(store.list(None).unwrap().len(), 2);
+        assert_eq!(
+            store
+                .put(&k, new(Format::Properties, "a=3\n"), 4)
+                .unwrap()
+                .record
+                .version,
+            3
+        );
+    }
+}

@@ -1,0 +1,5 @@
+//! SPEC 6: config center and safe rollout.
+pub mod center;
+pub mod client;
+pub mod device;
+pub mod wire;

@@ -1,0 +1,391 @@
+//! SPEC 6 with real processes: a config-center agent and three device
+//! agents on loopback in one namespace. Each device runs three dependent
+//! services (`a` <- `b` <- `c`), small shell daemons that log every reload
+//! (SIGHUP), so the order of applying is read from their logs.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use mlag_testbed::{
+    agent::{Agent, TempDir, agent_binary},
+    netns::{self, Netns},
+    wait_until,
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+const KEY: &str = "app/prod/common";
+
+const SERVICE_SCRIPT: &str = r#"#!/bin/sh
+# service.sh NAME CONFIG LOG PIDFILE: logs "<ns> NAME <first line of CONFIG>" on every SIGHUP.
+echo $$ > "$4"
+trap 'echo "$(date +%s%N) $1 $(head -n 1 "$2" 2>/dev/null)" >> "$3"' HUP
+while :; do sleep 0.05 & wait $!; done
+"#;
+
+struct Bed {
+    ns: Netns,
+    _host: Netns,
+    dir: TempDir,
+    port: u16,
+    daemons: Vec<Child>,
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        for d in &mut self.daemons {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    // A port unlikely to clash across parallel runs of this test binary.
+    30000 + (std::process::id() % 20000) as u16 + (rand_u16() % 500)
+}
+
+fn rand_u16() -> u16 {
+    let mut b = [0u8; 2];
+    // SAFETY: getrandom writes at most 2 bytes into b.
+    unsafe { libc::getrandom(b.as_mut_ptr().cast(), 2, 0) };
+    u16::from_ne_bytes(b)
+}
+
+impl Bed {
+    fn new() -> anyhow::Result<Self> {
+        let ns = Netns::new("mro")?;
+        let host = Netns::new("mroh")?;
+        for i in 0..4 {
+            netns::veth(&ns, &format!("m{i}"), &host, &format!("h{i}"))?;
+        }
+        let dir = TempDir::new("mlag-rollout")?;
+        std::fs::write(dir.path().join("service.sh"), SERVICE_SCRIPT)?;
+        Ok(Self {
+            ns,
+            _host: host,
+            dir,
+            port: free_port(),
+            daemons: Vec::new(),
+        })
+    }
+
+    fn center_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn center(&self, batch_size: usize) -> anyhow::Result<Agent> {
+        let db = self.dir.path().join("center.redb");
+        Agent::start(
+            &self.ns,
+            &format!(
+                "instance = \"{{instance}}\"\n[dataplane]\nmember_ports = [\"m0\"]\n\n[rollout.center]\nlisten = \"127.0.0.1:{}\"\ndb_path = \"{}\"\nbatch_size = {batch_size}\n",
+                self.port,
+                db.display()
+            ),
+        )
+    }
+
+    fn device_dir(&self, device: usize) -> PathBuf {
+        self.dir.path().join(format!("dev{device}"))
+    }
+
+    /// Starts the three service daemons of a device (once).
+    fn daemons(&mut self, device: usize) -> anyhow::Result<()> {
+        let d = self.device_dir(device);
+        std::fs::create_dir_all(&d)?;
+        for svc in ["a", "b", "c"] {
+            let child = Command::new("sh")
+                .arg(self.dir.path().join("service.sh"))
+                .arg(format!("dev{device}/{svc}"))
+                .arg(d.join(format!("{svc}.conf")))
+                .arg(self.dir.path().join("reloads.log"))
+                .arg(d.join(format!("{svc}.pid")))
+                .spawn()?;
+            self.daemons.push(child);
+        }
+        wait_until(WAIT, "service pid files", || {
+            ["a", "b", "c"]
+                .iter()
+                .all(|s| d.join(format!("{s}.pid")).exists())
+                .then_some(())
+                .ok_or(())
+        })?;
+        Ok(())
+    }
+
+    fn device(&self, device: usize) -> anyhow::Result<Agent> {
+        let d = self.device_dir(device);
+        let service = |name: &str, deps: &str| {
+            let conf = d.join(format!("{name}.conf"));
+            let pid = d.join(format!("{name}.pid"));
+            format!(
+                "  {{ name = \"{name}\", config = \"{KEY}\", path = \"{}\", reload = [\"sh\", \"-c\", \"kill -HUP $(cat {})\"], health = [\"grep\", \"-q\", \"ok\", \"{}\"], depends_on = [{deps}] }},\n",
+                conf.display(),
+                pid.display(),
+                conf.display()
+            )
+        };
+        let text = format!(
+            "instance = \"{{instance}}\"\n[dataplane]\nmember_ports = [\"m{device}\"]\n\n[rollout.device]\ncenter = \"{}\"\ndevice = \"dev{device}\"\nbackup_dir = \"{}\"\nservices = [\n{}{}{}]\n",
+            self.center_url(),
+            d.join("backup").display(),
+            service("a", ""),
+            service("b", "\"a\""),
+            service("c", "\"b\"")
+        );
+        Agent::start(&self.ns, &text)
+    }
+
+    /// `sync-agent config ARGS --center URL` inside the namespace.
+    fn config(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let out = self.ns.exec(
+            agent_binary()?.to_str().context("path")?,
+            &[&["config"], args, &["--center", &self.center_url(), "-j"]].concat(),
+        )?;
+        Ok(
+            serde_json::from_str(&out)
+                .with_context(|| format!("config {args:?} answered {out}"))?,
+        )
+    }
+
+    fn reloads(&self) -> Vec<(u128, String, String)> {
+        std::fs::read_to_string(self.dir.path().join("reloads.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut parts = l.splitn(3, ' ');
+                Some((
+                    parts.next()?.parse().ok()?,
+                    parts.next()?.to_string(),
+                    parts.next().unwrap_or("").to_string(),
+                ))
+            })
+            .collect()
+    }
+
+    fn conf(&self, device: usize, svc: &str) -> String {
+        std::fs::read_to_string(self.device_dir(device).join(format!("{svc}.conf")))
+            .unwrap_or_default()
+    }
+}
+
+fn wait_all_reloaded(bed: &Bed, devices: &[usize], line: &str) -> anyhow::Result<()> {
+    wait_until(
+        WAIT,
+        &format!("every service reloaded with '{line}'"),
+        || {
+            let reloads = bed.reloads();
+            let missing: Vec<String> = devices
+                .iter()
+                .flat_map(|d| ["a", "b", "c"].map(|s| format!("dev{d}/{s}")))
+                .filter(|who| !reloads.iter().any(|(_, w, l)| w == who && l == line))
+                .collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(missing)
+            }
+        },
+    )
+}
+
+fn wait_rollout(bed: &Bed, version: u64, state: &str) -> anyhow::Result<serde_json::Value> {
+    wait_until(
+        WAIT,
+        &format!("rollout of version {version} {state}"),
+        || {
+            let rollouts = bed.config(&["rollouts"]).map_err(|e| e.to_string())?;
+            let r = rollouts
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| r["version"] == version)
+                .cloned();
+            match r {
+                Some(r) if r["state"] == state => Ok(r),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+}
+
+#[test]
+fn a_change_rolls_out_one_service_per_device_per_batch_in_dependency_order() -> anyhow::Result<()> {
+    let mut bed = Bed::new()?;
+    let _center = bed.center(2)?;
+    bed.config(&["put", KEY, "--format", "text", "--content", "ok v1"])?;
+    let mut devices = Vec::new();
+    for d in 1..=3 {
+        bed.daemons(d)?;
+        devices.push(bed.device(d)?);
+    }
+    wait_all_reloaded(&bed, &[1, 2, 3], "ok v1")?;
+
+    let put = bed.config(&["put", KEY, "--format", "text", "--content", "ok v2"])?;
+    assert_eq!(put["version"], 2);
+    let rollout = wait_rollout(&bed, 2, "done")?;
+    wait_all_reloaded(&bed, &[1, 2, 3], "ok v2")?;
+
+    // No device twice in a batch; each batch released only after the previous one succeeded.
+    let batches = rollout["batches"].as_array().context("batches")?;
+    let mut previous_acked = 0u64;
+    for batch in batches {
+        let steps = batch.as_array().unwrap();
+        assert!(steps.len() <= 2, "batch size 2: {batch}");
+        let mut devices_in_batch: Vec<&str> =
+            steps.iter().filter_map(|s| s["device"].as_str()).collect();
+        devices_in_batch.sort();
+        let before = devices_in_batch.len();
+        devices_in_batch.dedup();
+        assert_eq!(
+            before,
+            devices_in_batch.len(),
+            "a device twice in one batch: {batch}"
+        );
+        let assigned = steps
+            .iter()
+            .filter_map(|s| s["assigned_ms"].as_u64())
+            .min()
+            .context("assigned")?;
+        assert!(
+            assigned >= previous_acked,
+            "batch released before the previous one was acknowledged"
+        );
+        previous_acked = steps
+            .iter()
+            .filter_map(|s| s["acked_ms"].as_u64())
+            .max()
+            .context("acked")?;
+        assert!(steps.iter().all(|s| s["state"] == "succeeded"));
+    }
+    // Dependency order on every device, from the services' own reload logs.
+    let reloads = bed.reloads();
+    for d in 1..=3 {
+        let at = |svc: &str| {
+            reloads
+                .iter()
+                .find(|(_, w, l)| *w == format!("dev{d}/{svc}") && l == "ok v2")
+                .map(|r| r.0)
+                .unwrap()
+        };
+        assert!(
+            at("a") < at("b") && at("b") < at("c"),
+            "dev{d}: a, b, c in order"
+        );
+    }
+
+    // Same content, new version: nothing is fetched or applied again.
+    let counters = |agent: &Agent| -> anyhow::Result<(u64, u64)> {
+        let c = agent.query(&["show", "rollout"])?["device"]["counters"].clone();
+        Ok((
+            c["fetched"].as_u64().unwrap_or(0),
+            c["applied"].as_u64().unwrap_or(0),
+        ))
+    };
+    let before: Vec<(u64, u64)> = devices
+        .iter()
+        .map(counters)
+        .collect::<anyhow::Result<_>>()?;
+    let same = bed.config(&[
+        "put",
+        KEY,
+        "--format",
+        "text",
+        "--content",
+        "ok v2",
+        "--description",
+        "same bytes",
+    ])?;
+    assert_eq!(same["version"], 3);
+    wait_rollout(&bed, 3, "done")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let after: Vec<(u64, u64)> = devices
+        .iter()
+        .map(counters)
+        .collect::<anyhow::Result<_>>()?;
+    assert_eq!(
+        before, after,
+        "an MD5-equal version is neither fetched nor applied"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_failing_health_check_restores_the_old_file_and_pauses_the_rollout() -> anyhow::Result<()> {
+    let mut bed = Bed::new()?;
+    let _center = bed.center(1)?;
+    bed.config(&["put", KEY, "--format", "text", "--content", "ok v1"])?;
+    let mut devices = Vec::new();
+    for d in 1..=2 {
+        bed.daemons(d)?;
+        devices.push(bed.device(d)?);
+    }
+    wait_all_reloaded(&bed, &[1, 2], "ok v1")?;
+    bed.config(&["put", KEY, "--format", "text", "--content", "bad v2"])?;
+    let rollout = wait_rollout(&bed, 2, "paused")?;
+    assert!(
+        rollout["paused_reason"].as_str().unwrap_or("").len() > 0,
+        "{rollout}"
+    );
+    // The failed service is back on v1; nobody else was touched.
+    wait_until(WAIT, "the old file restored", || {
+        if bed.conf(1, "a") == "ok v1" || bed.conf(2, "a") == "ok v1" {
+            Ok(())
+        } else {
+            Err(())
+        }
+    })?;
+    for d in 1..=2 {
+        for s in ["a", "b", "c"] {
+            assert_eq!(bed.conf(d, s), "ok v1", "dev{d}/{s}");
+        }
+    }
+    // Rollback gives a new version with the old content.
+    let back = bed.config(&["rollback", KEY, "--version", "1"])?;
+    assert_eq!(
+        (back["version"].as_u64(), back["content"].as_str()),
+        (Some(3), Some("ok v1"))
+    );
+    let history = bed.config(&["history", KEY])?;
+    assert_eq!(
+        history.as_array().map(Vec::len),
+        Some(3),
+        "history intact: {history}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_restarted_device_restores_its_services_from_its_backup_before_asking_the_center()
+-> anyhow::Result<()> {
+    let mut bed = Bed::new()?;
+    let mut center = bed.center(10)?;
+    bed.config(&["put", KEY, "--format", "text", "--content", "ok v1"])?;
+    bed.daemons(1)?;
+    let mut device = bed.device(1)?;
+    wait_all_reloaded(&bed, &[1], "ok v1")?;
+    device.stop()?;
+    center.stop()?;
+    for s in ["a", "b", "c"] {
+        std::fs::remove_file(bed.device_dir(1).join(format!("{s}.conf")))?;
+    }
+    let device = bed.device(1)?;
+    wait_until(WAIT, "files restored from the local backup", || {
+        if ["a", "b", "c"].iter().all(|s| bed.conf(1, s) == "ok v1") {
+            Ok(())
+        } else {
+            Err(())
+        }
+    })?;
+    let report = device.query(&["show", "rollout"])?;
+    assert_eq!(
+        report["device"]["counters"]["restored_from_backup"], 3,
+        "{report}"
+    );
+    let _ = Path::new("");
+    Ok(())
+}
