@@ -92,8 +92,10 @@ pub struct Center {
     store: Arc<Store>,
     engine: Mutex<Engine>,
     /// Serializes changes, so the engine sees versions in order and a
-    /// registration never races a new version of its configs.
-    writes: tokio::sync::Mutex<()>,
+    /// registration never races a new version of its configs. Taken only on
+    /// a blocking thread for the database write and the engine update
+    /// together, never held across an await.
+    writes: Mutex<()>,
     batch_size: usize,
     pace_ms: u64,
     shutdown: watch::Sender<bool>,
@@ -108,7 +110,7 @@ impl Center {
         Ok(Arc::new_cyclic(|weak| Center {
             store: Arc::new(store),
             engine: Mutex::new(Engine::new()),
-            writes: tokio::sync::Mutex::new(()),
+            writes: Mutex::new(()),
             batch_size: config.batch_size.max(1),
             pace_ms: config.pace_ms,
             shutdown: watch::channel(false).0,
@@ -118,6 +120,13 @@ impl Center {
 
     pub fn max_config_bytes(&self) -> usize {
         self.store.max_config_bytes()
+    }
+
+    /// An owned handle for work moved to a blocking thread.
+    fn strong(&self) -> CenterResult<Arc<Center>> {
+        self.weak
+            .upgrade()
+            .ok_or_else(|| CenterError::Internal("the config center is shutting down".into()))
     }
 
     fn engine(&self) -> MutexGuard<'_, Engine> {
@@ -165,10 +174,27 @@ impl Center {
         op: impl FnOnce(&Store, u64) -> CenterResult<Written> + Send + 'static,
     ) -> CenterResult<ConfigRecord> {
         let (batch_size, pace_ms) = self.options(opts)?;
-        let _writes = self.writes.lock().await;
-        let written = self.blocking(move |store| op(store, now_ms())).await?;
-        let record = written.record;
-        if !written.created {
+        let center = self.strong()?;
+        let (record, created, rollout, timers) = tokio::task::spawn_blocking(move || {
+            let _writes = center.writes.lock().unwrap_or_else(PoisonError::into_inner);
+            let written = op(&center.store, now_ms())?;
+            if !written.created {
+                return Ok((written.record, false, None, Vec::new()));
+            }
+            let record = written.record;
+            let (rollout, timers) = center.engine().new_version(
+                &record.key,
+                record.version,
+                &record.md5,
+                batch_size,
+                pace_ms,
+                now_ms(),
+            );
+            Ok((record, true, rollout, timers))
+        })
+        .await
+        .map_err(|e| CenterError::internal("config store task", e))??;
+        if !created {
             tracing::info!(
                 "config center: {what} {} unchanged (version {})",
                 record.key,
@@ -176,14 +202,6 @@ impl Center {
             );
             return Ok(record);
         }
-        let (rollout, timers) = self.engine().new_version(
-            &record.key,
-            record.version,
-            &record.md5,
-            batch_size,
-            pace_ms,
-            now_ms(),
-        );
         self.schedule(timers);
         match rollout {
             Some(id) => tracing::info!(
@@ -292,39 +310,34 @@ impl Center {
         device: String,
         registration: Register,
     ) -> CenterResult<DeviceInfo> {
-        let _writes = self.writes.lock().await;
-        let keys: BTreeSet<ConfigKey> = registration
-            .services
-            .iter()
-            .map(|s| s.config.clone())
-            .collect();
-        let current: HashMap<ConfigKey, (u64, String)> = self
-            .blocking(move |store| {
-                let mut out = HashMap::new();
-                for key in keys {
-                    if let Some(record) = store.current(&key)? {
-                        out.insert(key, (record.version, record.md5));
-                    }
-                }
-                Ok(out)
-            })
-            .await?;
         let count = registration.services.len();
-        let (timers, info) = {
-            let mut engine = self.engine();
-            let timers = engine.register(
-                &device,
-                registration,
-                &|k| current.get(k).cloned(),
-                now_ms(),
-            )?;
+        let center = self.strong()?;
+        let name = device.clone();
+        let (timers, info) = tokio::task::spawn_blocking(move || {
+            let _writes = center.writes.lock().unwrap_or_else(PoisonError::into_inner);
+            let keys: BTreeSet<ConfigKey> = registration
+                .services
+                .iter()
+                .map(|s| s.config.clone())
+                .collect();
+            let mut current: HashMap<ConfigKey, (u64, String)> = HashMap::new();
+            for key in keys {
+                if let Some(record) = center.store.current(&key)? {
+                    current.insert(key, (record.version, record.md5));
+                }
+            }
+            let mut engine = center.engine();
+            let timers =
+                engine.register(&name, registration, &|k| current.get(k).cloned(), now_ms())?;
             let info = engine
                 .devices()
                 .into_iter()
-                .find(|d| d.device == device)
-                .ok_or_else(|| CenterError::Internal(format!("device {device} vanished")))?;
-            (timers, info)
-        };
+                .find(|d| d.device == name)
+                .ok_or_else(|| CenterError::Internal(format!("device {name} vanished")))?;
+            Ok::<_, CenterError>((timers, info))
+        })
+        .await
+        .map_err(|e| CenterError::internal("config store task", e))??;
         self.schedule(timers);
         tracing::info!("config center: device {device} registered {count} services");
         Ok(info)
