@@ -553,19 +553,17 @@ impl Config {
         if let Some(peer) = &self.peer {
             peer_problems(peer, &dp.member_ports, &mut problem);
         }
-        if let Some(center) = &self.rollout.center {
-            if center.batch_size == 0 {
+        if let Some(center) = &self.rollout.center
+            && center.batch_size == 0 {
                 problem(
                     "rollout.center.batch_size".into(),
                     "must be at least 1".into(),
                 );
             }
-        }
-        if let Some(device) = &self.rollout.device {
-            if let Err(err) = device.validate() {
+        if let Some(device) = &self.rollout.device
+            && let Err(err) = device.validate() {
                 problem("rollout.device".into(), format!("{err:#}"));
             }
-        }
         if !(1..=4096).contains(&self.inference.history) {
             problem(
                 "inference.history".into(),

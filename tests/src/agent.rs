@@ -223,11 +223,10 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        if self.child.is_some() && self.stop().is_err() {
-            if let Some(child) = self.child.as_mut() {
+        if self.child.is_some() && self.stop().is_err()
+            && let Some(child) = self.child.as_mut() {
                 let _ = child.kill();
                 let _ = child.wait();
             }
-        }
     }
 }

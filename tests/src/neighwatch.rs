@@ -67,11 +67,10 @@ impl NeighbourWatch {
                         NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
                         _ => None,
                     });
-                    if let Some(ip) = ip {
-                        if tx.send((ip, Instant::now())).is_err() {
+                    if let Some(ip) = ip
+                        && tx.send((ip, Instant::now())).is_err() {
                             return;
                         }
-                    }
                 }
             });
         });

@@ -305,7 +305,7 @@ impl PacketSocket {
                     &mut from_len,
                 )
             };
-            if n > 0 && from.sll_pkttype != libc::PACKET_OUTGOING as u8 {
+            if n > 0 && from.sll_pkttype != libc::PACKET_OUTGOING {
                 frames.push(buf[..n as usize].to_vec());
             }
         }

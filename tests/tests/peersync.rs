@@ -400,7 +400,7 @@ fn hostile_frames_inside_the_session_are_counted_and_the_session_survives() -> a
     use sync_common::wire::{DriverHeader, Encoder, MessageType, SubType, tlv};
     let pair = Pair::new()?;
     let a = pair.agent_a("")?;
-    let frame = |msg: MessageType, sub: SubType, seq: u32, build: &dyn Fn(&mut Encoder) -> ()| {
+    let frame = |msg: MessageType, sub: SubType, seq: u32, build: &dyn Fn(&mut Encoder)| {
         let mut buf = vec![0u8; 4096];
         let mut e = Encoder::new(&mut buf, msg, sub, seq).unwrap();
         build(&mut e);

@@ -146,10 +146,8 @@ impl Bed {
             agent_binary()?.to_str().context("path")?,
             &[&["config"], args, &["--center", &self.center_url(), "-j"]].concat(),
         )?;
-        Ok(
-            serde_json::from_str(&out)
-                .with_context(|| format!("config {args:?} answered {out}"))?,
-        )
+        serde_json::from_str(&out)
+                .with_context(|| format!("config {args:?} answered {out}"))
     }
 
     fn reloads(&self) -> Vec<(u128, String, String)> {
@@ -328,7 +326,7 @@ fn a_failing_health_check_restores_the_old_file_and_pauses_the_rollout() -> anyh
     bed.config(&["put", KEY, "--format", "text", "--content", "bad v2"])?;
     let rollout = wait_rollout(&bed, 2, "paused")?;
     assert!(
-        rollout["paused_reason"].as_str().unwrap_or("").len() > 0,
+        !rollout["paused_reason"].as_str().unwrap_or("").is_empty(),
         "{rollout}"
     );
     // The failed service is back on v1; nobody else was touched.

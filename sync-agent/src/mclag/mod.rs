@@ -87,11 +87,10 @@ impl Mclag {
             let forward = events.clone();
             tokio::spawn(async move {
                 while let Some(event) = backup_rx.recv().await {
-                    if let PeerEvent::Liveness(l) = event {
-                        if forward.send(MclagEvent::Backup(l)).await.is_err() {
+                    if let PeerEvent::Liveness(l) = event
+                        && forward.send(MclagEvent::Backup(l)).await.is_err() {
                             return;
                         }
-                    }
                 }
             });
         }

@@ -246,6 +246,9 @@ struct PeerInfo {
     name: String,
     system_id: Option<MacAddr>,
     boot_id: u64,
+    /// The peer's own minor version.
+    peer_minor: u8,
+    /// The minor version in use: the lower of the two.
     minor: u8,
     capabilities: u32,
     max_frame: usize,
@@ -612,6 +615,9 @@ impl Task {
                 "peer does not announce ARP sync; nothing will be synced to it"
             );
         }
+        // The lower minor version is spoken; with VERSION_MINOR at 0 this
+        // is always 0 today, which clippy points out.
+        #[allow(clippy::absurd_extreme_comparisons, clippy::unnecessary_min_or_max)]
         let minor = frame.header.minor.min(wire::VERSION_MINOR);
         let resume = frame.find(wire::tlv::RESUME).and_then(|v| {
             let boot = u64::from_be_bytes(v[0..8].try_into().ok()?);
@@ -642,6 +648,7 @@ impl Task {
                 name,
                 system_id,
                 boot_id,
+                peer_minor: frame.header.minor,
                 minor,
                 capabilities,
                 max_frame: max_frame.min(self.config.max_frame_bytes),
@@ -653,10 +660,10 @@ impl Task {
             .and_then(|v| match v.len() {
                 4 => <[u8; 4]>::try_from(v)
                     .ok()
-                    .map(|b| std::net::IpAddr::from(b)),
+                    .map(std::net::IpAddr::from),
                 16 => <[u8; 16]>::try_from(v)
                     .ok()
-                    .map(|b| std::net::IpAddr::from(b)),
+                    .map(std::net::IpAddr::from),
                 _ => None,
             });
         let ports = frame
@@ -955,11 +962,10 @@ impl Task {
         let link = links::by_name(&self.netlink, name).await.ok()??;
         let target = (link.index, link.mac?);
         self.vlan_targets.insert(name.to_string(), target);
-        if self.config.arp_accept == ArpAcceptPolicy::Set {
-            if let Err(err) = neighbours::set_arp_accept(name, 1) {
+        if self.config.arp_accept == ArpAcceptPolicy::Set
+            && let Err(err) = neighbours::set_arp_accept(name, 1) {
                 tracing::warn!(error = %err, "arp_accept");
             }
-        }
         Some(target)
     }
 
@@ -994,7 +1000,7 @@ impl Task {
             }
             .into(),
             local_version: format!("{}.{}", wire::VERSION_MAJOR, wire::VERSION_MINOR),
-            peer_version: peer.map(|p| format!("{}.{}", wire::VERSION_MAJOR, p.minor.max(0))),
+            peer_version: peer.map(|p| format!("{}.{}", wire::VERSION_MAJOR, p.peer_minor)),
             negotiated_version: peer.map(|p| format!("{}.{}", wire::VERSION_MAJOR, p.minor)),
             peer_name: peer.map(|p| p.name.clone()),
             peer_system_id: peer.and_then(|p| p.system_id),

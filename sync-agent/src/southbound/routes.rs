@@ -25,11 +25,10 @@ pub async fn gateways(handle: &Handle) -> Result<Vec<(Ipv4Addr, u32)>, rtnetlink
                 _ => {}
             }
         }
-        if let (Some(gateway), Some(oif)) = (gateway, oif) {
-            if !out.contains(&(gateway, oif)) {
+        if let (Some(gateway), Some(oif)) = (gateway, oif)
+            && !out.contains(&(gateway, oif)) {
                 out.push((gateway, oif));
             }
-        }
     }
     Ok(out)
 }
