@@ -105,6 +105,7 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
         inference: None,
         center: None,
         device: None,
+        fabric: None,
         peer_ports: Vec::new(),
     };
     let (stop_center, center_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -141,6 +142,18 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
         .await
         .map_err(|e| anyhow::anyhow!("state model: {e:#}"))?,
     );
+    if let Some(fabric) = agent.config.fabric.clone() {
+        agent.fabric = Some(
+            crate::fabric::Fabric::spawn(
+                fabric,
+                &switch_name,
+                agent.netlink.clone(),
+                agent.inference.clone(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("fabric: {e:#}"))?,
+        );
+    }
     agent.apply_policy()?;
     agent.attach_all(true)?;
     agent.refresh_tables()?;
@@ -220,6 +233,9 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
             Some(event) = link_events.recv() => {
                 if let Some(inference) = &agent.inference {
                     inference.link(event.clone()).await;
+                }
+                if let Some(fabric) = &agent.fabric {
+                    fabric.link(event.clone()).await;
                 }
                 agent.on_link(event);
                 agent.update_peer_ports().await;
@@ -307,6 +323,8 @@ struct Agent {
     center: Option<std::sync::Arc<Center>>,
     /// The rollout device side, when configured.
     device: Option<DeviceHandle>,
+    /// Fabric sync, when configured.
+    fabric: Option<crate::fabric::Fabric>,
     /// The member ports as last told to peer sync.
     peer_ports: Vec<LocalPort>,
 }
@@ -585,6 +603,14 @@ impl Agent {
             Request::State { object } => match &self.inference {
                 Some(inference) => inference.query(StateQuery::One(object)).await,
                 None => Response::error("state inference is not running"),
+            },
+            Request::Fabric => match &self.fabric {
+                Some(fabric) => fabric.show().await,
+                None => Response::error("fabric sync is not configured (no [fabric] section in the config)"),
+            },
+            Request::FabricSet { key, value } => match &self.fabric {
+                Some(fabric) => fabric.set(key, value).await,
+                None => Response::error("fabric sync is not configured (no [fabric] section in the config)"),
             },
             Request::Mclag => match &self.mclag {
                 Some(mclag) => mclag.query().await,

@@ -16,6 +16,7 @@ use crate::{
         StateView,
         task::{StateReport, StatesReport},
     },
+    fabric::FabricReport,
     mclag::MclagReport,
     peersync::{ArpReportEntry, PeerReport},
 };
@@ -86,6 +87,26 @@ pub enum Command {
         /// What to show.
         #[command(subcommand)]
         what: Show,
+    },
+    /// Fabric sync (SPEC 4): fabric-wide settings.
+    Fabric {
+        /// What to do.
+        #[command(subcommand)]
+        action: FabricAction,
+    },
+}
+
+/// `fabric` actions.
+#[derive(Debug, Subcommand)]
+pub enum FabricAction {
+    /// Publish a fabric-wide setting; every member applies it and acknowledges
+    /// (see `show fabric`). Settings: heartbeat_interval_ms (100-60000),
+    /// dead_after_ms (300-600000), site.<name> (free text, up to 256 bytes).
+    Set {
+        /// Setting name, e.g. `site.ntp` or `heartbeat_interval_ms`.
+        key: String,
+        /// New value.
+        value: String,
     },
 }
 
@@ -184,6 +205,9 @@ pub enum Show {
     Arp,
     /// MC-LAG: role, addresses, shared MAC, per port original/current MAC and link-local.
     Mclag,
+    /// Fabric: role, broker, members (identity, role, model, version, last heartbeat, state),
+    /// servers, recent faults and announcements, fabric config with who changed what when.
+    Fabric,
     /// Inferred object states: id, layer, kind, actual, logical, effective, fault level, since.
     States {
         /// Only objects with a fault (or in lost contact).
@@ -248,6 +272,18 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             ask!(Request::Rollout, print_json)
         }
         Command::Config { center, action } => config_command(&center, action, cli.json).await,
+        Command::Show { what: Show::Fabric } => {
+            ask!(Request::Fabric, print_fabric)
+        }
+        Command::Fabric {
+            action: FabricAction::Set { ref key, ref value },
+        } => {
+            let request = Request::FabricSet {
+                key: key.clone(),
+                value: value.clone(),
+            };
+            ask!(request, print_json)
+        }
         Command::Show { what: Show::Mclag } => {
             ask!(Request::Mclag, print_mclag)
         }
@@ -457,6 +493,86 @@ fn print_arp(entries: &Vec<ArpReportEntry>) {
             e.age_ms
         );
     }
+}
+
+fn print_fabric(f: &FabricReport) {
+    println!(
+        "{} role {:?}{}  broker {} ({})  encryption {}{}",
+        f.identity,
+        f.role,
+        match (f.rank, f.active) {
+            (Some(rank), Some(active)) => format!(
+                " ({} server, {})",
+                if rank == 0 { "primary" } else { "backup" },
+                if active { "active" } else { "standby" }
+            ),
+            _ => String::new(),
+        },
+        f.broker,
+        if f.connected { "connected" } else { "not connected" },
+        f.encryption,
+        if f.tls { " + tls" } else { "" }
+    );
+    println!("role: {}", f.role_reason);
+    println!(
+        "{:<20} {:<7} {:<16} {:<10} {:>10} {:<9}",
+        "member", "role", "model", "version", "heard ms", "state"
+    );
+    for m in &f.members {
+        println!(
+            "{:<20} {:<7} {:<16} {:<10} {:>10} {:<9}",
+            m.identity,
+            format!("{:?}", m.role).to_lowercase(),
+            m.model,
+            m.version,
+            m.last_heartbeat_ms_ago.map_or("-".into(), |v| v.to_string()),
+            m.state
+        );
+    }
+    for s in &f.servers {
+        println!(
+            "server {} rank {} {} (status {} ms ago)",
+            s.server,
+            s.rank,
+            if s.active { "active" } else { "standby" },
+            s.last_status_ms_ago
+        );
+    }
+    if !f.config.is_empty() {
+        println!("fabric config:");
+        for c in &f.config {
+            println!(
+                "  {} = {}  (by {} at unix ms {}, acks {})",
+                c.key,
+                c.value,
+                c.changed_by,
+                c.changed_at_ms,
+                c.acks.len()
+            );
+        }
+    }
+    for p in &f.pending_changes {
+        println!(
+            "pending change {} = {}: waiting for {}",
+            p.change.key,
+            p.change.value,
+            p.waiting_for.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    if !f.faults.is_empty() {
+        println!("recent faults:");
+        for x in f.faults.iter().rev().take(10) {
+            println!("  {} {} {} (unix ms {})", x.fault.member, x.fault.port, x.fault.kind, x.fault.at_ms);
+        }
+    }
+    println!(
+        "counters: {}",
+        f.counters
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 }
 
 fn print_mclag(m: &MclagReport) {

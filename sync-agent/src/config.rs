@@ -35,6 +35,9 @@ pub struct Config {
     /// Config center and rollout (SPEC 6).
     #[serde(default)]
     pub rollout: RolloutConfig,
+    /// Fabric sync over MQTT (SPEC 4).
+    #[serde(default)]
+    pub fabric: Option<crate::fabric::config::FabricConfig>,
 }
 
 /// `[rollout]`: this agent as config center, as device, or both.
@@ -564,6 +567,11 @@ impl Config {
             && let Err(err) = device.validate() {
                 problem("rollout.device".into(), format!("{err:#}"));
             }
+        if let Some(fabric) = &self.fabric {
+            for (field, message) in fabric.problems() {
+                problem(field, message);
+            }
+        }
         if !(1..=4096).contains(&self.inference.history) {
             problem(
                 "inference.history".into(),

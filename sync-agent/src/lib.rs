@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod fabric;
 pub mod inference;
 pub mod mac;
 pub mod mclag;

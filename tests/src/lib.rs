@@ -8,6 +8,7 @@
 //! not clash.
 
 pub mod agent;
+pub mod fabric;
 pub mod frames;
 pub mod neighwatch;
 pub mod netns;

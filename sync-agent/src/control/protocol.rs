@@ -42,6 +42,15 @@ pub enum Request {
         /// Object id.
         object: String,
     },
+    /// The fabric: members, servers, faults, fabric config.
+    Fabric,
+    /// Publish a fabric-wide config change.
+    FabricSet {
+        /// Setting.
+        key: String,
+        /// Value.
+        value: String,
+    },
 }
 
 /// The envelope of every response.

@@ -1,0 +1,245 @@
+//! `[fabric]`: who the servers are, which broker to use, timers, encryption.
+
+use std::{net::IpAddr, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The `[fabric]` section.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FabricConfig {
+    /// Server IPs, primary first, then the backup (SPEC 4.1, 4.7).
+    pub servers: Vec<IpAddr>,
+    /// MQTT port of the servers' brokers.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// `embedded` (default: each server hosts rumqttd inside the agent) or
+    /// `mqtt://host:port` / `mqtts://host:port` for one external broker.
+    #[serde(default = "default_broker")]
+    pub broker: String,
+    /// This member's name in the fabric; defaults to the agent instance.
+    #[serde(default)]
+    pub identity: Option<String>,
+    /// Model string sent in heartbeats.
+    #[serde(default = "default_model")]
+    pub model: String,
+    /// Topic prefix; every topic is `<prefix>/<CHANNEL>/...`.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// A server is also a member (heartbeats, applies config): role `both`.
+    /// `false` makes it a pure `server`.
+    #[serde(default = "yes")]
+    pub member: bool,
+    /// How often members heartbeat.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_interval_ms: u64,
+    /// A member silent this long has departed.
+    #[serde(default = "default_dead")]
+    pub dead_after_ms: u64,
+    /// A member that cannot reach its broker this long moves to the next server.
+    #[serde(default = "default_failover")]
+    pub failover_after_ms: u64,
+    /// The backup takes over when it has not heard the primary this long.
+    #[serde(default = "default_failover")]
+    pub takeover_after_ms: u64,
+    /// Unacknowledged config changes are sent again this often.
+    #[serde(default = "default_resend")]
+    pub resend_ms: u64,
+    /// Where this member keeps the fabric config it applied (survives restarts).
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
+    /// Body encryption.
+    #[serde(default)]
+    pub encryption: EncryptionConfig,
+    /// TLS to the broker (and, on servers with the embedded broker, its certificate).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Heartbeats per second accepted from one member before dropping.
+    #[serde(default = "default_heartbeat_rate")]
+    pub max_heartbeats_per_s: u32,
+}
+
+/// `[fabric.encryption]` (SPEC 4.6).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// `none` (default) or `aead` (XChaCha20-Poly1305 with a pre-shared key).
+    #[serde(default)]
+    pub mode: EncryptionMode,
+    /// Key id carried in the clear header, so keys can be rotated.
+    #[serde(default = "default_key_id")]
+    pub key_id: u8,
+    /// File holding the 32-byte key as 64 hex digits.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+/// Body protection.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EncryptionMode {
+    /// Bodies in clear.
+    #[default]
+    None,
+    /// Bodies sealed with an AEAD; clear bodies are refused.
+    Aead,
+}
+
+/// `[fabric.tls]`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// CA certificate (PEM) members use to verify the broker.
+    pub ca_file: PathBuf,
+    /// The embedded broker's certificate chain (PEM); servers only.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// The embedded broker's private key (PEM); servers only.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+fn default_port() -> u16 {
+    1883
+}
+fn default_broker() -> String {
+    "embedded".into()
+}
+fn default_model() -> String {
+    "linux".into()
+}
+fn default_prefix() -> String {
+    "mlag-sync".into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_heartbeat() -> u64 {
+    1000
+}
+fn default_dead() -> u64 {
+    3500
+}
+fn default_failover() -> u64 {
+    3000
+}
+fn default_resend() -> u64 {
+    2000
+}
+fn default_key_id() -> u8 {
+    1
+}
+fn default_heartbeat_rate() -> u32 {
+    5
+}
+
+/// Where members connect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BrokerChoice {
+    /// Each server hosts a broker; members try them in order.
+    Embedded,
+    /// One external broker.
+    External {
+        /// Host name or address.
+        host: String,
+        /// Port.
+        port: u16,
+        /// `mqtts://`.
+        tls: bool,
+    },
+}
+
+impl FabricConfig {
+    /// The broker choice, parsed.
+    pub fn broker_choice(&self) -> Result<BrokerChoice, String> {
+        if self.broker == "embedded" {
+            return Ok(BrokerChoice::Embedded);
+        }
+        let (tls, rest) = if let Some(rest) = self.broker.strip_prefix("mqtts://") {
+            (true, rest)
+        } else if let Some(rest) = self.broker.strip_prefix("mqtt://") {
+            (false, rest)
+        } else {
+            return Err(format!(
+                "'{}' must be \"embedded\", mqtt://host:port or mqtts://host:port",
+                self.broker
+            ));
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) => (
+                host,
+                port.parse::<u16>()
+                    .map_err(|_| format!("'{port}' in '{}' is not a port", self.broker))?,
+            ),
+            None => (rest, if tls { 8883 } else { 1883 }),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("'{}' names no host", self.broker));
+        }
+        Ok(BrokerChoice::External {
+            host: host.to_string(),
+            port,
+            tls,
+        })
+    }
+
+    /// Every problem of the section, as (field, message).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut problem = |field: &str, message: String| out.push((format!("fabric.{field}"), message));
+        if self.servers.is_empty() || self.servers.len() > 2 {
+            problem(
+                "servers",
+                format!("lists {} address(es); give the primary and optionally a backup", self.servers.len()),
+            );
+        } else if self.servers.len() == 2 && self.servers[0] == self.servers[1] {
+            problem("servers", "primary and backup are the same address".into());
+        }
+        if let Err(err) = self.broker_choice() {
+            problem("broker", err);
+        }
+        if self.prefix.is_empty() || self.prefix.contains(['#', '+']) || self.prefix.starts_with('/') {
+            problem("prefix", format!("'{}' must be non-empty, without '#', '+' or a leading '/'", self.prefix));
+        }
+        if let Some(identity) = &self.identity
+            && (identity.is_empty() || identity.len() > 64 || identity.contains(['/', '#', '+']))
+        {
+            problem("identity", format!("'{identity}' must be 1-64 characters without '/', '#' or '+'"));
+        }
+        for (field, value) in [
+            ("heartbeat_interval_ms", self.heartbeat_interval_ms),
+            ("failover_after_ms", self.failover_after_ms),
+            ("takeover_after_ms", self.takeover_after_ms),
+            ("resend_ms", self.resend_ms),
+        ] {
+            if !(50..=600_000).contains(&value) {
+                problem(field, format!("{value} must be between 50 and 600000"));
+            }
+        }
+        if self.dead_after_ms <= self.heartbeat_interval_ms {
+            problem(
+                "dead_after_ms",
+                format!("{} must exceed heartbeat_interval_ms ({})", self.dead_after_ms, self.heartbeat_interval_ms),
+            );
+        }
+        if self.max_heartbeats_per_s == 0 {
+            problem("max_heartbeats_per_s", "must be at least 1".into());
+        }
+        if self.encryption.mode == EncryptionMode::Aead && self.encryption.key_file.is_none() {
+            problem("encryption.key_file", "mode = \"aead\" needs a key_file (64 hex digits)".into());
+        }
+        if let Some(tls) = &self.tls
+            && tls.cert_file.is_some() != tls.key_file.is_some()
+        {
+            problem("tls", "cert_file and key_file go together".into());
+        }
+        out
+    }
+
+    /// Heartbeat interval as a duration.
+    pub fn heartbeat(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.heartbeat_interval_ms)
+    }
+}

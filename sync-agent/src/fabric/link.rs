@@ -1,0 +1,277 @@
+//! The member's MQTT connection (rumqttc): subscribes on every connect, moves
+//! to the next server when the current one is unreachable for
+//! `failover_after`, moves back to the primary when it answers again, and
+//! carries unacknowledged publishes across brokers so nothing is lost.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, Request, TlsConfiguration, Transport};
+use tokio::sync::mpsc;
+
+use super::wire::MAX_MESSAGE;
+
+/// One broker address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Host or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// How to connect.
+#[derive(Clone)]
+pub struct LinkSettings {
+    /// MQTT client id.
+    pub client_id: String,
+    /// Brokers in order of preference.
+    pub endpoints: Vec<Endpoint>,
+    /// CA certificate (PEM) when the broker speaks TLS.
+    pub tls_ca: Option<Vec<u8>>,
+    /// Last will (topic, payload).
+    pub will: Option<(String, Vec<u8>)>,
+    /// Unreachable this long: try the next broker.
+    pub failover_after: Duration,
+    /// While not on the first broker, check it this often.
+    pub probe_every: Duration,
+    /// Topic filters to subscribe to.
+    pub subscriptions: Vec<String>,
+}
+
+/// What the link tells its owner.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// Connected (or reconnected) to `endpoints[index]`.
+    Connected {
+        /// Index in the endpoint list.
+        index: usize,
+    },
+    /// Lost the broker.
+    Disconnected {
+        /// Why.
+        reason: String,
+    },
+    /// A message arrived.
+    Publish {
+        /// Topic.
+        topic: String,
+        /// Payload.
+        payload: Vec<u8>,
+        /// Delivered as a retained message.
+        retained: bool,
+    },
+}
+
+/// A running link.
+pub struct Link {
+    /// Publish through this.
+    pub client: AsyncClient,
+    /// Events from the broker.
+    pub events: mpsc::Receiver<LinkEvent>,
+    /// Index of the endpoint in use.
+    pub current: Arc<AtomicUsize>,
+}
+
+fn options(settings: &LinkSettings, index: usize) -> MqttOptions {
+    let endpoint = &settings.endpoints[index];
+    let mut options = MqttOptions::new(&settings.client_id, &endpoint.host, endpoint.port);
+    options
+        .set_keep_alive(Duration::from_secs(2))
+        .set_clean_session(true)
+        .set_max_packet_size(MAX_MESSAGE + 4096, MAX_MESSAGE + 4096)
+        .set_inflight(100);
+    if let Some((topic, payload)) = &settings.will {
+        options.set_last_will(LastWill::new(topic, payload.clone(), QoS::AtLeastOnce, false));
+    }
+    if let Some(ca) = &settings.tls_ca {
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+            ca: ca.clone(),
+            alpn: None,
+            client_auth: None,
+        }));
+    }
+    options
+}
+
+/// Publishes not yet acknowledged that a fresh session would drop; QoS 0
+/// (heartbeats) is not worth carrying over.
+fn carried_over(pending: &VecDeque<Request>) -> VecDeque<Request> {
+    pending
+        .iter()
+        .filter_map(|r| match r {
+            Request::Publish(p) if p.qos != QoS::AtMostOnce => {
+                let mut p = p.clone();
+                p.pkid = 0;
+                p.dup = false;
+                Some(Request::Publish(p))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Starts the link task.
+pub fn spawn(settings: LinkSettings) -> Link {
+    assert!(!settings.endpoints.is_empty(), "a link needs at least one broker");
+    let (client, mut eventloop) = AsyncClient::new(options(&settings, 0), 4096);
+    eventloop.network_options.set_connection_timeout(2);
+    let (events_tx, events) = mpsc::channel(4096);
+    let current = Arc::new(AtomicUsize::new(0));
+    let (back_tx, back_rx) = mpsc::channel(1);
+    if settings.endpoints.len() > 1 {
+        tokio::spawn(probe_primary(settings.clone(), current.clone(), back_tx));
+    }
+    tokio::spawn(run(settings, client.clone(), eventloop, events_tx, current.clone(), back_rx));
+    Link { client, events, current }
+}
+
+async fn probe_primary(settings: LinkSettings, current: Arc<AtomicUsize>, back: mpsc::Sender<()>) {
+    let primary = &settings.endpoints[0];
+    let mut tick = tokio::time::interval(settings.probe_every);
+    loop {
+        tick.tick().await;
+        if current.load(Ordering::Relaxed) == 0 {
+            continue;
+        }
+        let reachable = tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect((primary.host.as_str(), primary.port)),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        if reachable && back.send(()).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn run(
+    settings: LinkSettings,
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    events: mpsc::Sender<LinkEvent>,
+    current: Arc<AtomicUsize>,
+    mut back: mpsc::Receiver<()>,
+) {
+    let mut index = 0usize;
+    let mut connected = false;
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        let saved = eventloop.network.is_none().then(|| carried_over(&eventloop.pending));
+        tokio::select! {
+            polled = eventloop.poll() => match polled {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    if !ack.session_present
+                        && let Some(saved) = saved
+                    {
+                        eventloop.pending = saved;
+                    }
+                    connected = true;
+                    failing_since = None;
+                    for filter in &settings.subscriptions {
+                        if let Err(err) = client.try_subscribe(filter, QoS::AtLeastOnce) {
+                            tracing::error!(filter, "fabric subscribe failed: {err}");
+                        }
+                    }
+                    tracing::info!(broker = %settings.endpoints[index], "fabric broker connected");
+                    if events.send(LinkEvent::Connected { index }).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    let event = LinkEvent::Publish {
+                        topic: publish.topic,
+                        payload: publish.payload.to_vec(),
+                        retained: publish.retain,
+                    };
+                    if events.send(event).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    if connected {
+                        connected = false;
+                        tracing::warn!(broker = %settings.endpoints[index], "fabric broker lost: {err}");
+                        if events.send(LinkEvent::Disconnected { reason: err.to_string() }).await.is_err() {
+                            return;
+                        }
+                    }
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if settings.endpoints.len() > 1 && since.elapsed() >= settings.failover_after {
+                        let from = index;
+                        index = (index + 1) % settings.endpoints.len();
+                        tracing::warn!(
+                            from = %settings.endpoints[from],
+                            to = %settings.endpoints[index],
+                            "fabric broker unreachable for {:?}; moving to the next server",
+                            settings.failover_after
+                        );
+                        eventloop.mqtt_options = options(&settings, index);
+                        current.store(index, Ordering::Relaxed);
+                        failing_since = Some(Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(()) = back.recv(), if index != 0 => {
+                tracing::info!(primary = %settings.endpoints[0], "primary broker answers again; moving back");
+                eventloop.clean();
+                index = 0;
+                eventloop.mqtt_options = options(&settings, 0);
+                current.store(0, Ordering::Relaxed);
+                if connected {
+                    connected = false;
+                    if events.send(LinkEvent::Disconnected { reason: "moving back to the primary".into() }).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads one retained message from a broker: how a returning primary learns
+/// the backup's topology before it announces anything. None when the broker
+/// does not answer or holds nothing within `timeout`.
+pub async fn fetch_retained(settings: &LinkSettings, index: usize, topic: &str, timeout: Duration) -> Option<Vec<u8>> {
+    let mut settings = settings.clone();
+    settings.will = None;
+    settings.client_id = format!("{}-seed", settings.client_id);
+    let (client, mut eventloop) = AsyncClient::new(options(&settings, index), 16);
+    eventloop.network_options.set_connection_timeout(1);
+    let fetched = tokio::time::timeout(timeout, async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    client.try_subscribe(topic, QoS::AtLeastOnce).ok()?;
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == topic => return Some(p.payload.to_vec()),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten();
+    let _ = client.try_disconnect();
+    fetched
+}

@@ -1,0 +1,133 @@
+//! A fabric lab: a hub namespace with a bridge, and one namespace per switch
+//! wired to it, each with `fab0` at 10.77.0.<n+1>/24 and a spare veth pair
+//! `p1`/`p1b` (the dataplane's member port, and a port to take down).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::{
+    agent::Agent,
+    netns::{Netns, veth},
+    wait_until,
+};
+
+/// The hub's own address on the bridge (where an external broker listens).
+pub const HUB_IP: &str = "10.77.0.254";
+
+/// The address of switch `n`.
+pub fn switch_ip(n: usize) -> String {
+    format!("10.77.0.{}", n + 1)
+}
+
+/// The lab.
+pub struct FabricLab {
+    /// Nodes, index = switch number.
+    pub nodes: Vec<Netns>,
+    /// The bridge's namespace (declared last: dropped after the nodes).
+    pub hub: Netns,
+}
+
+impl FabricLab {
+    /// Builds `switches` namespaces on one bridge.
+    pub fn new(switches: usize) -> anyhow::Result<Self> {
+        let hub = Netns::new("fhub")?;
+        hub.ip(&["link", "add", "br0", "type", "bridge"])?;
+        hub.ip(&["link", "set", "br0", "up"])?;
+        hub.ip(&["addr", "add", &format!("{HUB_IP}/24"), "dev", "br0"])?;
+        let mut nodes = Vec::new();
+        for n in 0..switches {
+            let ns = Netns::new(&format!("fsw{n}"))?;
+            let port = format!("h{n}");
+            veth(&ns, "fab0", &hub, &port)?;
+            hub.ip(&["link", "set", &port, "master", "br0"])?;
+            ns.ip(&["addr", "add", &format!("{}/24", switch_ip(n)), "dev", "fab0"])?;
+            ns.ip(&["link", "add", "p1", "type", "veth", "peer", "name", "p1b"])?;
+            ns.ip(&["link", "set", "p1", "up"])?;
+            ns.ip(&["link", "set", "p1b", "up"])?;
+            nodes.push(ns);
+        }
+        Ok(Self { nodes, hub })
+    }
+
+    /// A config for switch `n`: servers are switches 0 and 1 unless
+    /// `fabric_extra` says otherwise; `fabric_extra` goes into `[fabric]`.
+    pub fn config(n: usize, fabric_extra: &str) -> String {
+        let servers = if fabric_extra.contains("servers") {
+            String::new()
+        } else {
+            format!("servers = [\"{}\", \"{}\"]\n", switch_ip(0), switch_ip(1))
+        };
+        format!(
+            r#"instance = "{{instance}}"
+[dataplane]
+member_ports = ["p1"]
+[fabric]
+{servers}identity = "sw{n}"
+model = "lab-switch"
+heartbeat_interval_ms = 300
+dead_after_ms = 1500
+failover_after_ms = 1500
+takeover_after_ms = 1500
+resend_ms = 700
+{fabric_extra}
+"#
+        )
+    }
+
+    /// Starts switch `n`'s agent.
+    pub fn start(&self, n: usize, fabric_extra: &str) -> anyhow::Result<Agent> {
+        Agent::start(&self.nodes[n], &Self::config(n, fabric_extra)).with_context(|| format!("starting sw{n}"))
+    }
+}
+
+/// `show fabric -j`.
+pub fn show(agent: &Agent) -> anyhow::Result<serde_json::Value> {
+    agent.query(&["show", "fabric"])
+}
+
+/// Identities `agent` lists with state `up`.
+pub fn up_members(agent: &Agent) -> anyhow::Result<Vec<String>> {
+    let f = show(agent)?;
+    let mut out: Vec<String> = f["members"]
+        .as_array()
+        .context("members")?
+        .iter()
+        .filter(|m| m["state"] == "up")
+        .filter_map(|m| m["identity"].as_str().map(str::to_string))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Waits until every agent lists exactly `expected` as up.
+pub fn wait_all_see(agents: &[&Agent], expected: &[&str], timeout: Duration) -> anyhow::Result<()> {
+    for agent in agents {
+        wait_until(timeout, &format!("{} to list {expected:?} as up", agent.instance), || {
+            let up = up_members(agent).map_err(|e| vec![e.to_string()])?;
+            if up == expected { Ok(()) } else { Err(up) }
+        })?;
+    }
+    Ok(())
+}
+
+/// The value of fabric setting `key` in force on `agent`, with its acks.
+pub fn setting(agent: &Agent, key: &str) -> anyhow::Result<Option<serde_json::Value>> {
+    let f = show(agent)?;
+    Ok(f["config"].as_array().context("config")?.iter().find(|c| c["key"] == key).cloned())
+}
+
+/// Waits until `agent` has `key = value` in force.
+pub fn wait_setting(agent: &Agent, key: &str, value: &str, timeout: Duration) -> anyhow::Result<serde_json::Value> {
+    wait_until(timeout, &format!("{} to apply {key} = {value}", agent.instance), || {
+        match setting(agent, key) {
+            Ok(Some(s)) if s["value"] == value => Ok(s),
+            other => Err(format!("{other:?}")),
+        }
+    })
+}
+
+/// A fabric counter of `agent`.
+pub fn counter(agent: &Agent, name: &str) -> u64 {
+    show(agent).ok().and_then(|f| f["counters"][name].as_u64()).unwrap_or(0)
+}
