@@ -17,6 +17,11 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("iputils-ping", "ping"),
     ("util-linux", "setpriv"),
+    // Fabric tests and bench: an external broker and a plain subscriber.
+    ("mosquitto", "mosquitto"),
+    ("mosquitto-clients", "mosquitto_sub"),
+    // Fabric TLS test: a CA and a broker certificate.
+    ("openssl", "openssl"),
 ];
 
 fn cargo_home() -> PathBuf {
