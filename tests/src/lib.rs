@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod fabric;
+pub mod fabric_bench;
 pub mod frames;
 pub mod neighwatch;
 pub mod netns;

@@ -85,6 +85,10 @@ fn ns_per_frame(fd: i32, frame: &[u8]) -> anyhow::Result<f64> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // `mlag-bench fabric` runs only the fabric part.
+    if std::env::args().nth(1).as_deref() == Some("fabric") {
+        return mlag_testbed::fabric_bench::run();
+    }
     let (mut dataplane, ring, _log) =
         Dataplane::load(EbpfLogLevel::Off).context("loading the XDP object (run as root)")?;
     dataplane.set_tables(MacTables {
@@ -214,6 +218,7 @@ fn main() -> anyhow::Result<()> {
     println!("state inference (SPEC 5), 1M-object model:");
     print!("{}", sync_agent::inference::bench::bench_report());
     config_center()?;
+    mlag_testbed::fabric_bench::run()?;
     Ok(())
 }
 
