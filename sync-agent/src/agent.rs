@@ -606,11 +606,15 @@ impl Agent {
             },
             Request::Fabric => match &self.fabric {
                 Some(fabric) => fabric.show().await,
-                None => Response::error("fabric sync is not configured (no [fabric] section in the config)"),
+                None => Response::error(
+                    "fabric sync is not configured (no [fabric] section in the config)",
+                ),
             },
             Request::FabricSet { key, value } => match &self.fabric {
                 Some(fabric) => fabric.set(key, value).await,
-                None => Response::error("fabric sync is not configured (no [fabric] section in the config)"),
+                None => Response::error(
+                    "fabric sync is not configured (no [fabric] section in the config)",
+                ),
             },
             Request::Mclag => match &self.mclag {
                 Some(mclag) => mclag.query().await,

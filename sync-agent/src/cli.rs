@@ -12,11 +12,11 @@ use crate::{
         client,
         protocol::{CapturedEntry, CountersReport, Request, StatusReport},
     },
+    fabric::FabricReport,
     inference::{
         StateView,
         task::{StateReport, StatesReport},
     },
-    fabric::FabricReport,
     mclag::MclagReport,
     peersync::{ArpReportEntry, PeerReport},
 };
@@ -509,7 +509,11 @@ fn print_fabric(f: &FabricReport) {
             _ => String::new(),
         },
         f.broker,
-        if f.connected { "connected" } else { "not connected" },
+        if f.connected {
+            "connected"
+        } else {
+            "not connected"
+        },
         f.encryption,
         if f.tls { " + tls" } else { "" }
     );
@@ -525,7 +529,8 @@ fn print_fabric(f: &FabricReport) {
             format!("{:?}", m.role).to_lowercase(),
             m.model,
             m.version,
-            m.last_heartbeat_ms_ago.map_or("-".into(), |v| v.to_string()),
+            m.last_heartbeat_ms_ago
+                .map_or("-".into(), |v| v.to_string()),
             m.state
         );
     }
@@ -562,7 +567,10 @@ fn print_fabric(f: &FabricReport) {
     if !f.faults.is_empty() {
         println!("recent faults:");
         for x in f.faults.iter().rev().take(10) {
-            println!("  {} {} {} (unix ms {})", x.fault.member, x.fault.port, x.fault.kind, x.fault.at_ms);
+            println!(
+                "  {} {} {} (unix ms {})",
+                x.fault.member, x.fault.port, x.fault.kind, x.fault.at_ms
+            );
         }
     }
     println!(

@@ -557,16 +557,18 @@ impl Config {
             peer_problems(peer, &dp.member_ports, &mut problem);
         }
         if let Some(center) = &self.rollout.center
-            && center.batch_size == 0 {
-                problem(
-                    "rollout.center.batch_size".into(),
-                    "must be at least 1".into(),
-                );
-            }
+            && center.batch_size == 0
+        {
+            problem(
+                "rollout.center.batch_size".into(),
+                "must be at least 1".into(),
+            );
+        }
         if let Some(device) = &self.rollout.device
-            && let Err(err) = device.validate() {
-                problem("rollout.device".into(), format!("{err:#}"));
-            }
+            && let Err(err) = device.validate()
+        {
+            problem("rollout.device".into(), format!("{err:#}"));
+        }
         if let Some(fabric) = &self.fabric {
             for (field, message) in fabric.problems() {
                 problem(field, message);
@@ -744,6 +746,22 @@ fn peer_problems(
 
 #[cfg(test)]
 mod tests {
+
+    /// The README's config example is a valid config.
+    #[test]
+    fn readme_example_parses() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\n").expect("README has a toml block") + 8;
+        let end = start + readme[start..].find("```").expect("closed");
+        let config = Config::parse(&readme[start..end], "README.md").unwrap();
+        let fabric = config.fabric.expect("the example shows [fabric]");
+        assert_eq!(fabric.servers.len(), 2);
+        assert_eq!(
+            fabric.encryption.mode,
+            crate::fabric::config::EncryptionMode::Aead
+        );
+    }
+
     use super::*;
 
     const GOOD: &str = r#"

@@ -223,10 +223,12 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        if self.child.is_some() && self.stop().is_err()
-            && let Some(child) = self.child.as_mut() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+        if self.child.is_some()
+            && self.stop().is_err()
+            && let Some(child) = self.child.as_mut()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

@@ -41,7 +41,13 @@ impl FabricLab {
             let port = format!("h{n}");
             veth(&ns, "fab0", &hub, &port)?;
             hub.ip(&["link", "set", &port, "master", "br0"])?;
-            ns.ip(&["addr", "add", &format!("{}/24", switch_ip(n)), "dev", "fab0"])?;
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("{}/24", switch_ip(n)),
+                "dev",
+                "fab0",
+            ])?;
             ns.ip(&["link", "add", "p1", "type", "veth", "peer", "name", "p1b"])?;
             ns.ip(&["link", "set", "p1", "up"])?;
             ns.ip(&["link", "set", "p1b", "up"])?;
@@ -77,7 +83,8 @@ resend_ms = 700
 
     /// Starts switch `n`'s agent.
     pub fn start(&self, n: usize, fabric_extra: &str) -> anyhow::Result<Agent> {
-        Agent::start(&self.nodes[n], &Self::config(n, fabric_extra)).with_context(|| format!("starting sw{n}"))
+        Agent::start(&self.nodes[n], &Self::config(n, fabric_extra))
+            .with_context(|| format!("starting sw{n}"))
     }
 }
 
@@ -103,10 +110,14 @@ pub fn up_members(agent: &Agent) -> anyhow::Result<Vec<String>> {
 /// Waits until every agent lists exactly `expected` as up.
 pub fn wait_all_see(agents: &[&Agent], expected: &[&str], timeout: Duration) -> anyhow::Result<()> {
     for agent in agents {
-        wait_until(timeout, &format!("{} to list {expected:?} as up", agent.instance), || {
-            let up = up_members(agent).map_err(|e| vec![e.to_string()])?;
-            if up == expected { Ok(()) } else { Err(up) }
-        })?;
+        wait_until(
+            timeout,
+            &format!("{} to list {expected:?} as up", agent.instance),
+            || {
+                let up = up_members(agent).map_err(|e| vec![e.to_string()])?;
+                if up == expected { Ok(()) } else { Err(up) }
+            },
+        )?;
     }
     Ok(())
 }
@@ -114,20 +125,35 @@ pub fn wait_all_see(agents: &[&Agent], expected: &[&str], timeout: Duration) -> 
 /// The value of fabric setting `key` in force on `agent`, with its acks.
 pub fn setting(agent: &Agent, key: &str) -> anyhow::Result<Option<serde_json::Value>> {
     let f = show(agent)?;
-    Ok(f["config"].as_array().context("config")?.iter().find(|c| c["key"] == key).cloned())
+    Ok(f["config"]
+        .as_array()
+        .context("config")?
+        .iter()
+        .find(|c| c["key"] == key)
+        .cloned())
 }
 
 /// Waits until `agent` has `key = value` in force.
-pub fn wait_setting(agent: &Agent, key: &str, value: &str, timeout: Duration) -> anyhow::Result<serde_json::Value> {
-    wait_until(timeout, &format!("{} to apply {key} = {value}", agent.instance), || {
-        match setting(agent, key) {
+pub fn wait_setting(
+    agent: &Agent,
+    key: &str,
+    value: &str,
+    timeout: Duration,
+) -> anyhow::Result<serde_json::Value> {
+    wait_until(
+        timeout,
+        &format!("{} to apply {key} = {value}", agent.instance),
+        || match setting(agent, key) {
             Ok(Some(s)) if s["value"] == value => Ok(s),
             other => Err(format!("{other:?}")),
-        }
-    })
+        },
+    )
 }
 
 /// A fabric counter of `agent`.
 pub fn counter(agent: &Agent, name: &str) -> u64 {
-    show(agent).ok().and_then(|f| f["counters"][name].as_u64()).unwrap_or(0)
+    show(agent)
+        .ok()
+        .and_then(|f| f["counters"][name].as_u64())
+        .unwrap_or(0)
 }

@@ -54,14 +54,24 @@ async fn simulated_member(n: usize, endpoints: Vec<Endpoint>, notes: mpsc::Unbou
     while let Some(event) = link.events.recv().await {
         match event {
             LinkEvent::Connected { index } => {
-                let _ = notes.send(Note::Connected { index, at: Instant::now() });
+                let _ = notes.send(Note::Connected {
+                    index,
+                    at: Instant::now(),
+                });
             }
-            LinkEvent::Publish { payload, retained, .. } => {
-                let Ok(opened) = codec.open(&payload, retained) else { continue };
+            LinkEvent::Publish {
+                payload, retained, ..
+            } => {
+                let Ok(opened) = codec.open(&payload, retained) else {
+                    continue;
+                };
                 if let Message::Change(change) = opened.message {
                     let outcome = store.apply(&change);
                     if outcome == Outcome::Applied {
-                        let _ = notes.send(Note::Applied { key: change.key.clone(), at: Instant::now() });
+                        let _ = notes.send(Note::Applied {
+                            key: change.key.clone(),
+                            at: Instant::now(),
+                        });
                     }
                     let ack = Message::Ack(ConfigAck {
                         member: identity.clone(),
@@ -70,7 +80,9 @@ async fn simulated_member(n: usize, endpoints: Vec<Endpoint>, notes: mpsc::Unbou
                         outcome: outcome.ack_text(),
                     });
                     let (topic, _) = topics.topic_for(&ack);
-                    let _ = link.client.try_publish(topic, QoS::AtLeastOnce, false, codec.seal(&ack));
+                    let _ =
+                        link.client
+                            .try_publish(topic, QoS::AtLeastOnce, false, codec.seal(&ack));
                 }
             }
             LinkEvent::Disconnected { .. } => {}
@@ -83,7 +95,9 @@ async fn simulated_member(n: usize, endpoints: Vec<Endpoint>, notes: mpsc::Unbou
 async fn throughput(host: &str, port: u16) -> anyhow::Result<f64> {
     let topic = "bench/DEV_FAULT_MSG/load";
     let mut options = MqttOptions::new(format!("bench-sub-{port}"), host, port);
-    options.set_keep_alive(Duration::from_secs(5)).set_inflight(200);
+    options
+        .set_keep_alive(Duration::from_secs(5))
+        .set_inflight(200);
     let (sub, mut sub_loop) = AsyncClient::new(options, 1000);
     sub.subscribe(topic, QoS::AtLeastOnce).await?;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -123,13 +137,17 @@ async fn throughput(host: &str, port: u16) -> anyhow::Result<f64> {
     let mut publishers = Vec::new();
     for p in 0..PUBLISHERS {
         let mut options = MqttOptions::new(format!("bench-pub-{port}-{p}"), host, port);
-        options.set_keep_alive(Duration::from_secs(5)).set_inflight(200);
+        options
+            .set_keep_alive(Duration::from_secs(5))
+            .set_inflight(200);
         let (client, mut eventloop) = AsyncClient::new(options, 1000);
         let payload = payload.clone();
         publishers.push(tokio::spawn(async move {
             let sender = tokio::spawn(async move {
                 for _ in 0..THROUGHPUT_MESSAGES / PUBLISHERS {
-                    client.publish(topic, QoS::AtLeastOnce, false, payload.clone()).await?;
+                    client
+                        .publish(topic, QoS::AtLeastOnce, false, payload.clone())
+                        .await?;
                 }
                 Ok::<_, anyhow::Error>(())
             });
@@ -158,11 +176,20 @@ pub fn run() -> anyhow::Result<()> {
     let mut agents = vec![lab.start(0, "")?, lab.start(1, "")?];
     wait_until(Duration::from_secs(20), "primary active", || {
         let f = show(&agents[0]).map_err(|e| e.to_string())?;
-        if f["active"] == true { Ok(()) } else { Err(f["active"].to_string()) }
+        if f["active"] == true {
+            Ok(())
+        } else {
+            Err(f["active"].to_string())
+        }
     })?;
     let dir = tempfile::tempdir()?;
     let conf = dir.path().join("mosquitto.conf");
-    std::fs::write(&conf, format!("listener 1883 {HUB_IP}\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n"))?;
+    std::fs::write(
+        &conf,
+        format!(
+            "listener 1883 {HUB_IP}\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n"
+        ),
+    )?;
     let mut mosquitto = Command::new("ip")
         .args(["netns", "exec", lab.hub.name(), "mosquitto", "-c"])
         .arg(&conf)
@@ -252,7 +279,11 @@ pub fn run() -> anyhow::Result<()> {
     let _ = agents[0].wait_exit(Duration::from_secs(5));
     let active = wait_until(Duration::from_secs(20), "backup active", || {
         let f = show(&agents[1]).map_err(|e| e.to_string())?;
-        if f["active"] == true { Ok(killed.elapsed()) } else { Err(f["active"].to_string()) }
+        if f["active"] == true {
+            Ok(killed.elapsed())
+        } else {
+            Err(f["active"].to_string())
+        }
     })?;
     let moved = lab.hub.run(|| {
         runtime.block_on(async {

@@ -68,9 +68,10 @@ impl NeighbourWatch {
                         _ => None,
                     });
                     if let Some(ip) = ip
-                        && tx.send((ip, Instant::now())).is_err() {
-                            return;
-                        }
+                        && tx.send((ip, Instant::now())).is_err()
+                    {
+                        return;
+                    }
                 }
             });
         });

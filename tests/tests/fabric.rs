@@ -4,7 +4,10 @@
 use std::{process::Command, time::Duration};
 
 use mlag_testbed::{
-    fabric::{FabricLab, HUB_IP, counter, setting, show, switch_ip, up_members, wait_all_see, wait_setting},
+    fabric::{
+        FabricLab, HUB_IP, counter, setting, show, switch_ip, up_members, wait_all_see,
+        wait_setting,
+    },
     wait_until,
 };
 
@@ -17,18 +20,37 @@ fn members_see_each_other_apply_config_and_hear_faults() -> anyhow::Result<()> {
     let all: Vec<&_> = agents.iter().collect();
     wait_all_see(&all, &["sw0", "sw1", "sw2", "sw3"], SETTLE)?;
 
-    let roles: Vec<_> = agents.iter().map(|a| show(a).map(|f| (f["role"].clone(), f["rank"].clone()))).collect::<Result<_, _>>()?;
+    let roles: Vec<_> = agents
+        .iter()
+        .map(|a| show(a).map(|f| (f["role"].clone(), f["rank"].clone())))
+        .collect::<Result<_, _>>()?;
     assert_eq!(roles[0], ("both".into(), 0.into()));
     assert_eq!(roles[1], ("both".into(), 1.into()));
     assert_eq!(roles[2], ("client".into(), serde_json::Value::Null));
     wait_until(SETTLE, "primary active and backup standby", || {
         let (p, b) = (show(&agents[0]).unwrap(), show(&agents[1]).unwrap());
-        if p["active"] == true && b["active"] == false { Ok(()) } else { Err((p["active"].clone(), b["active"].clone())) }
+        if p["active"] == true && b["active"] == false {
+            Ok(())
+        } else {
+            Err((p["active"].clone(), b["active"].clone()))
+        }
     })?;
-    let member = show(&agents[3])?["members"].as_array().unwrap().iter().find(|m| m["identity"] == "sw2").cloned().unwrap();
+    let member = show(&agents[3])?["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["identity"] == "sw2")
+        .cloned()
+        .unwrap();
     assert_eq!(member["model"], "lab-switch");
     assert_eq!(member["role"], "client");
-    assert!(member["addresses"].as_array().unwrap().iter().any(|a| a.as_str() == Some(switch_ip(2).as_str())));
+    assert!(
+        member["addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_str() == Some(switch_ip(2).as_str()))
+    );
 
     // A change made on a client reaches and is acknowledged by everyone.
     agents[2].query(&["fabric", "set", "site.ntp", "10.9.9.9"])?;
@@ -38,45 +60,122 @@ fn members_see_each_other_apply_config_and_hear_faults() -> anyhow::Result<()> {
     wait_until(SETTLE, "every member's ack at the origin", || {
         let s = setting(&agents[2], "site.ntp").unwrap().unwrap();
         let acks = s["acks"].as_object().unwrap();
-        if acks.len() == 4 && acks.values().all(|v| v == "applied") { Ok(()) } else { Err(s) }
+        if acks.len() == 4 && acks.values().all(|v| v == "applied") {
+            Ok(())
+        } else {
+            Err(s)
+        }
     })?;
     let s = setting(&agents[0], "site.ntp")?.unwrap();
     assert_eq!(s["changed_by"], "sw2");
-    assert!(show(&agents[2])?["pending_changes"].as_array().unwrap().is_empty());
+    assert!(
+        show(&agents[2])?["pending_changes"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 
     // A setting that changes behaviour: the heartbeat interval.
     agents[0].query(&["fabric", "set", "heartbeat_interval_ms", "200"])?;
     for agent in &agents {
         wait_setting(agent, "heartbeat_interval_ms", "200", SETTLE)?;
     }
-    assert!(show(&agents[3])?["members"].as_array().unwrap().iter().any(|m| m["identity"] == "sw0"));
+    assert!(
+        show(&agents[3])?["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["identity"] == "sw0")
+    );
     wait_until(SETTLE, "sw3 heartbeats at the new interval", || {
         let f = show(&agents[1]).unwrap();
-        let m = f["members"].as_array().unwrap().iter().find(|m| m["identity"] == "sw3").cloned().unwrap();
+        let m = f["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["identity"] == "sw3")
+            .cloned()
+            .unwrap();
         if m["state"] == "up" { Ok(()) } else { Err(m) }
     })?;
 
     // Unknown settings and bad values are refused with a reason.
-    let err = agents[1].query(&["fabric", "set", "bogus", "1"]).unwrap_err().to_string();
+    let err = agents[1]
+        .query(&["fabric", "set", "bogus", "1"])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("unknown setting 'bogus'"), "{err}");
-    let err = agents[1].query(&["fabric", "set", "heartbeat_interval_ms", "5"]).unwrap_err().to_string();
+    let err = agents[1]
+        .query(&["fabric", "set", "heartbeat_interval_ms", "5"])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("between 100 and 60000"), "{err}");
+
+    // An abrupt loss (SIGKILL, no goodbye) is announced from the MQTT last will.
+    let mut agents = agents;
+    let pid = agents[3].pid().unwrap();
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let _ = agents[3].wait_exit(Duration::from_secs(5));
+    wait_until(SETTLE, "sw3's departure from its last will", || {
+        let f = show(&agents[2]).unwrap();
+        let hit = f["announcements"].as_array().unwrap().iter().any(|a| {
+            a["member"] == "sw3"
+                && a["joined"] == false
+                && a["reason"].as_str().unwrap_or("").contains("last will")
+        });
+        if hit {
+            Ok(())
+        } else {
+            Err(f["announcements"].clone())
+        }
+    })?;
+    assert!(!up_members(&agents[1])?.contains(&"sw3".to_string()));
+    // A late joiner gets the whole fabric at once from the retained state:
+    // the config in force (nobody sends it again) and the topology.
+    agents[3] = lab.start(3, "")?;
+    wait_setting(&agents[3], "site.ntp", "10.9.9.9", SETTLE)?;
+    wait_setting(&agents[3], "heartbeat_interval_ms", "200", SETTLE)?;
+    let all: Vec<&_> = agents.iter().collect();
+    wait_all_see(&all, &["sw0", "sw1", "sw2", "sw3"], SETTLE)?;
 
     // A port taken down on sw3 is a fault everywhere else.
     lab.nodes[3].ip(&["link", "set", "p1b", "down"])?;
     for agent in &agents[..3] {
-        wait_until(SETTLE, &format!("{} to hear sw3's p1 fault", agent.instance), || {
-            let f = show(agent).unwrap();
-            let hit = f["faults"].as_array().unwrap().iter().any(|x| x["member"] == "sw3" && x["port"] == "p1" && x["kind"] == "port-down");
-            if hit { Ok(()) } else { Err((f["faults"].clone(), show(&agents[3]).unwrap()["faults"].clone(), std::fs::read_to_string(&agents[3].log).unwrap_or_default())) }
-        })?;
+        wait_until(
+            SETTLE,
+            &format!("{} to hear sw3's p1 fault", agent.instance),
+            || {
+                let f = show(agent).unwrap();
+                let hit =
+                    f["faults"].as_array().unwrap().iter().any(|x| {
+                        x["member"] == "sw3" && x["port"] == "p1" && x["kind"] == "port-down"
+                    });
+                if hit {
+                    Ok(())
+                } else {
+                    Err((
+                        f["faults"].clone(),
+                        show(&agents[3]).unwrap()["faults"].clone(),
+                        std::fs::read_to_string(&agents[3].log).unwrap_or_default(),
+                    ))
+                }
+            },
+        )?;
     }
     // ... and feeds the state inference as `fabric port-down`.
     lab.nodes[3].ip(&["link", "set", "p1b", "up"])?;
     wait_until(SETTLE, "port-up fault at sw0", || {
         let f = show(&agents[0]).unwrap();
-        let hit = f["faults"].as_array().unwrap().iter().any(|x| x["member"] == "sw3" && x["kind"] == "port-up");
-        if hit { Ok(()) } else { Err(f["faults"].clone()) }
+        let hit = f["faults"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["member"] == "sw3" && x["kind"] == "port-up");
+        if hit {
+            Ok(())
+        } else {
+            Err(f["faults"].clone())
+        }
     })?;
     Ok(())
 }
@@ -88,9 +187,26 @@ fn run_in(ns: &mlag_testbed::netns::Netns, program: &str, args: &[&str]) -> anyh
 
 /// Raw publishes seen by a plain MQTT subscriber (mosquitto_sub), as
 /// (topic, payload bytes).
-fn sniff(ns: &mlag_testbed::netns::Netns, broker: &str, seconds: u32) -> anyhow::Result<std::process::Child> {
+fn sniff(
+    ns: &mlag_testbed::netns::Netns,
+    broker: &str,
+    seconds: u32,
+) -> anyhow::Result<std::process::Child> {
     Ok(Command::new("ip")
-        .args(["netns", "exec", ns.name(), "timeout", &seconds.to_string(), "mosquitto_sub", "-h", broker, "-t", "mlag-sync/#", "-F", "%t %x"])
+        .args([
+            "netns",
+            "exec",
+            ns.name(),
+            "timeout",
+            &seconds.to_string(),
+            "mosquitto_sub",
+            "-h",
+            broker,
+            "-t",
+            "mlag-sync/#",
+            "-F",
+            "%t %x",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()?)
@@ -107,11 +223,29 @@ fn sniffed(child: std::process::Child) -> anyhow::Result<Vec<(String, Vec<u8>)>>
         .collect())
 }
 
-fn publish_raw(ns: &mlag_testbed::netns::Netns, broker: &str, topic: &str, payload: &[u8]) -> anyhow::Result<()> {
+fn publish_raw(
+    ns: &mlag_testbed::netns::Netns,
+    broker: &str,
+    topic: &str,
+    payload: &[u8],
+) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("payload");
     std::fs::write(&file, payload)?;
-    run_in(ns, "mosquitto_pub", &["-h", broker, "-t", topic, "-q", "1", "-f", file.to_str().unwrap()])?;
+    run_in(
+        ns,
+        "mosquitto_pub",
+        &[
+            "-h",
+            broker,
+            "-t",
+            topic,
+            "-q",
+            "1",
+            "-f",
+            file.to_str().unwrap(),
+        ],
+    )?;
     Ok(())
 }
 
@@ -126,7 +260,9 @@ fn sealed_bodies_are_unreadable_on_the_wire_and_tampering_is_refused() -> anyhow
         switch_ip(0),
         key.display()
     );
-    let agents: Vec<_> = (0..3).map(|n| lab.start(n, &extra)).collect::<Result<_, _>>()?;
+    let agents: Vec<_> = (0..3)
+        .map(|n| lab.start(n, &extra))
+        .collect::<Result<_, _>>()?;
     let all: Vec<&_> = agents.iter().collect();
     wait_all_see(&all, &["sw0", "sw1", "sw2"], SETTLE)?;
     assert_eq!(show(&agents[0])?["encryption"], "aead");
@@ -143,10 +279,20 @@ fn sealed_bodies_are_unreadable_on_the_wire_and_tampering_is_refused() -> anyhow
         .iter()
         .find(|(t, _)| t == "mlag-sync/DEV_CONF_MSG/change/sw1")
         .cloned()
-        .ok_or_else(|| anyhow::anyhow!("the plain subscriber saw no change message; saw {:?}", seen.iter().map(|s| &s.0).collect::<Vec<_>>()))?;
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "the plain subscriber saw no change message; saw {:?}",
+                seen.iter().map(|s| &s.0).collect::<Vec<_>>()
+            )
+        })?;
     for (topic, body) in &seen {
         let text = String::from_utf8_lossy(body);
-        assert!(!text.contains("correct-horse") && !text.contains("site.secret") && !text.contains("\"member\""), "{topic} readable: {text}");
+        assert!(
+            !text.contains("correct-horse")
+                && !text.contains("site.secret")
+                && !text.contains("\"member\""),
+            "{topic} readable: {text}"
+        );
     }
     // The clear header still routes: magic, schema 1, channel 2 (config), sealed, key id 7, sender.
     assert_eq!(&change.1[..6], b"MF\x01\x02\x01\x07");
@@ -161,14 +307,28 @@ fn sealed_bodies_are_unreadable_on_the_wire_and_tampering_is_refused() -> anyhow
     let mut clear_bytes = b"MF\x01\x02\x00\x00\x03sw1".to_vec();
     clear_bytes.extend_from_slice(&clear[13..]);
     publish_raw(&lab.hub, &broker, &change.0, &clear_bytes)?;
-    publish_raw(&lab.hub, &broker, "mlag-sync/DEV_CONF_MSG/junk", b"not a fabric message")?;
+    publish_raw(
+        &lab.hub,
+        &broker,
+        "mlag-sync/DEV_CONF_MSG/junk",
+        b"not a fabric message",
+    )?;
     for agent in [&agents[0], &agents[2]] {
-        wait_until(SETTLE, "tampered, replayed, unsealed and malformed counted", || {
-            let c = show(agent).unwrap()["counters"].clone();
-            let ok = ["tampered", "replayed", "unsealed", "malformed"].iter().all(|k| c[k].as_u64().unwrap_or(0) >= 1);
-            if ok { Ok(()) } else { Err(c) }
-        })?;
-        assert_eq!(setting(agent, "site.secret")?.unwrap()["value"], "correct-horse-battery");
+        wait_until(
+            SETTLE,
+            "tampered, replayed, unsealed and malformed counted",
+            || {
+                let c = show(agent).unwrap()["counters"].clone();
+                let ok = ["tampered", "replayed", "unsealed", "malformed"]
+                    .iter()
+                    .all(|k| c[k].as_u64().unwrap_or(0) >= 1);
+                if ok { Ok(()) } else { Err(c) }
+            },
+        )?;
+        assert_eq!(
+            setting(agent, "site.secret")?.unwrap()["value"],
+            "correct-horse-battery"
+        );
     }
     // And the agents keep working.
     agents[2].query(&["fabric", "set", "site.after", "still-fine"])?;
@@ -179,8 +339,13 @@ fn sealed_bodies_are_unreadable_on_the_wire_and_tampering_is_refused() -> anyhow
 #[test]
 fn floods_and_garbage_are_counted_and_dropped() -> anyhow::Result<()> {
     let lab = FabricLab::new(2)?;
-    let extra = format!("servers = [\"{}\"]\nmax_heartbeats_per_s = 5\n", switch_ip(0));
-    let agents: Vec<_> = (0..2).map(|n| lab.start(n, &extra)).collect::<Result<_, _>>()?;
+    let extra = format!(
+        "servers = [\"{}\"]\nmax_heartbeats_per_s = 5\n",
+        switch_ip(0)
+    );
+    let agents: Vec<_> = (0..2)
+        .map(|n| lab.start(n, &extra))
+        .collect::<Result<_, _>>()?;
     wait_all_see(&[&agents[0], &agents[1]], &["sw0", "sw1"], SETTLE)?;
     let broker = switch_ip(0);
     // 200 heartbeats from an invented member in one burst.
@@ -196,26 +361,50 @@ fn floods_and_garbage_are_counted_and_dropped() -> anyhow::Result<()> {
     );
     run_in(&lab.hub, "sh", &["-c", &script])?;
     // Unknown schema version, oversized, a body on the wrong channel, impersonation.
-    publish_raw(&lab.hub, &broker, "mlag-sync/DEV_INFO_MSG/member/x", b"MF\x09\x01\x00\x00\x01x{}")?;
-    publish_raw(&lab.hub, &broker, "mlag-sync/DEV_INFO_MSG/member/x", &vec![b'A'; 66 * 1024])?;
+    publish_raw(
+        &lab.hub,
+        &broker,
+        "mlag-sync/DEV_INFO_MSG/member/x",
+        b"MF\x09\x01\x00\x00\x01x{}",
+    )?;
+    publish_raw(
+        &lab.hub,
+        &broker,
+        "mlag-sync/DEV_INFO_MSG/member/x",
+        &vec![b'A'; 66 * 1024],
+    )?;
     let mut wrong = b"MF\x01\x03\x00\x00\x05flood".to_vec();
     wrong.extend_from_slice(heartbeat);
     publish_raw(&lab.hub, &broker, "mlag-sync/DEV_FAULT_MSG/flood", &wrong)?;
     let mut fake = b"MF\x01\x01\x00\x00\x03sw1".to_vec();
     fake.extend_from_slice(heartbeat);
-    publish_raw(&lab.hub, &broker, "mlag-sync/DEV_INFO_MSG/member/sw1", &fake)?;
+    publish_raw(
+        &lab.hub,
+        &broker,
+        "mlag-sync/DEV_INFO_MSG/member/sw1",
+        &fake,
+    )?;
     wait_until(SETTLE, "every bad input counted at sw1", || {
         let c = show(&agents[1]).unwrap()["counters"].clone();
         let flood = c["heartbeat_flood"].as_u64().unwrap_or(0);
-        let ok = flood >= 100 && ["unknown_version", "malformed", "impersonation", "oversized"].iter().all(|k| c[k].as_u64().unwrap_or(0) >= 1);
+        let ok = flood >= 100
+            && ["unknown_version", "malformed", "impersonation", "oversized"]
+                .iter()
+                .all(|k| c[k].as_u64().unwrap_or(0) >= 1);
         if ok { Ok(()) } else { Err(c) }
     })?;
     // The rest of the agent still works.
     agents[0].query(&["fabric", "set", "site.x", "1"])?;
     wait_setting(&agents[1], "site.x", "1", SETTLE)?;
     let log = std::fs::read_to_string(&agents[1].log)?;
-    let lines = log.lines().filter(|l| l.contains("heartbeat flood")).count();
-    assert!((1..=3).contains(&lines), "flood logged at a bounded rate, got {lines} lines");
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("heartbeat flood"))
+        .count();
+    assert!(
+        (1..=3).contains(&lines),
+        "flood logged at a bounded rate, got {lines} lines"
+    );
     assert!(counter(&agents[1], "oversized") + counter(&agents[1], "malformed") >= 2);
     Ok(())
 }
@@ -230,7 +419,11 @@ fn killing_the_primary_moves_everyone_to_the_backup_and_loses_nothing() -> anyho
     }
     wait_until(SETTLE, "primary active", || {
         let f = show(&agents[0]).unwrap();
-        if f["active"] == true { Ok(()) } else { Err(f["active"].clone()) }
+        if f["active"] == true {
+            Ok(())
+        } else {
+            Err(f["active"].clone())
+        }
     })?;
 
     // SIGKILL: no goodbye, no clean disconnect from the broker it hosts.
@@ -242,51 +435,108 @@ fn killing_the_primary_moves_everyone_to_the_backup_and_loses_nothing() -> anyho
 
     let backup = format!("{}:1883", switch_ip(1));
     for agent in &agents[1..] {
-        wait_until(SETTLE, &format!("{} on the backup broker", agent.instance), || {
-            let f = show(agent).unwrap();
-            if f["broker"] == backup.as_str() && f["connected"] == true { Ok(()) } else { Err((f["broker"].clone(), f["connected"].clone())) }
-        })?;
+        wait_until(
+            SETTLE,
+            &format!("{} on the backup broker", agent.instance),
+            || {
+                let f = show(agent).unwrap();
+                if f["broker"] == backup.as_str() && f["connected"] == true {
+                    Ok(())
+                } else {
+                    Err((f["broker"].clone(), f["connected"].clone()))
+                }
+            },
+        )?;
     }
     wait_until(SETTLE, "backup active", || {
         let f = show(&agents[1]).unwrap();
-        if f["active"] == true { Ok(()) } else { Err(f["active"].clone()) }
+        if f["active"] == true {
+            Ok(())
+        } else {
+            Err(f["active"].clone())
+        }
     })?;
     for agent in [&agents[1], &agents[3]] {
         wait_setting(agent, "site.during", "failover", SETTLE)?;
     }
     wait_until(SETTLE, "sw0's departure announced by the backup", || {
         let f = show(&agents[3]).unwrap();
-        let hit = f["announcements"].as_array().unwrap().iter().any(|a| a["member"] == "sw0" && a["joined"] == false && a["server"] == "sw1");
-        if hit { Ok(()) } else { Err(f["announcements"].clone()) }
+        let hit = f["announcements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["member"] == "sw0" && a["joined"] == false && a["server"] == "sw1");
+        if hit {
+            Ok(())
+        } else {
+            Err(f["announcements"].clone())
+        }
     })?;
-    wait_all_see(&[&agents[1], &agents[2], &agents[3]], &["sw1", "sw2", "sw3"], SETTLE)?;
+    wait_all_see(
+        &[&agents[1], &agents[2], &agents[3]],
+        &["sw1", "sw2", "sw3"],
+        SETTLE,
+    )?;
     let before = show(&agents[3])?["announcements"].as_array().unwrap().len();
 
     // The primary returns: one active server again, nobody announced twice.
     agents[0] = lab.start(0, "")?;
     wait_until(SETTLE, "primary active, backup standby", || {
         let (p, b) = (show(&agents[0]).unwrap(), show(&agents[1]).unwrap());
-        if p["active"] == true && b["active"] == false { Ok(()) } else { Err((p["active"].clone(), b["active"].clone())) }
+        if p["active"] == true && b["active"] == false {
+            Ok(())
+        } else {
+            Err((p["active"].clone(), b["active"].clone()))
+        }
     })?;
     let primary = format!("{}:1883", switch_ip(0));
     for agent in &agents[1..] {
-        wait_until(SETTLE, &format!("{} back on the primary", agent.instance), || {
-            let f = show(agent).unwrap();
-            if f["broker"] == primary.as_str() && f["connected"] == true { Ok(()) } else { Err(f["broker"].clone()) }
-        })?;
+        wait_until(
+            SETTLE,
+            &format!("{} back on the primary", agent.instance),
+            || {
+                let f = show(agent).unwrap();
+                if f["broker"] == primary.as_str() && f["connected"] == true {
+                    Ok(())
+                } else {
+                    Err(f["broker"].clone())
+                }
+            },
+        )?;
     }
     let all: Vec<&_> = agents.iter().collect();
     wait_all_see(&all, &["sw0", "sw1", "sw2", "sw3"], SETTLE)?;
     std::thread::sleep(Duration::from_secs(3));
-    let after = show(&agents[3])?["announcements"].as_array().unwrap().clone();
+    let after = show(&agents[3])?["announcements"]
+        .as_array()
+        .unwrap()
+        .clone();
     let new = &after[before.min(after.len())..];
     for member in ["sw1", "sw2", "sw3"] {
-        let joins = new.iter().filter(|a| a["member"] == member && a["joined"] == true).count();
-        assert_eq!(joins, 0, "{member} announced again after the primary returned: {new:?}");
-        let departs = new.iter().filter(|a| a["member"] == member && a["joined"] == false).count();
-        assert_eq!(departs, 0, "{member} announced departed while moving back: {new:?}");
+        let joins = new
+            .iter()
+            .filter(|a| a["member"] == member && a["joined"] == true)
+            .count();
+        assert_eq!(
+            joins, 0,
+            "{member} announced again after the primary returned: {new:?}"
+        );
+        let departs = new
+            .iter()
+            .filter(|a| a["member"] == member && a["joined"] == false)
+            .count();
+        assert_eq!(
+            departs, 0,
+            "{member} announced departed while moving back: {new:?}"
+        );
     }
-    assert!(new.iter().filter(|a| a["member"] == "sw0" && a["joined"] == true).count() <= 1, "{new:?}");
+    assert!(
+        new.iter()
+            .filter(|a| a["member"] == "sw0" && a["joined"] == true)
+            .count()
+            <= 1,
+        "{new:?}"
+    );
     // Still one fabric: a change now reaches everyone, the restarted primary included.
     agents[3].query(&["fabric", "set", "site.after", "return"])?;
     for agent in &agents {
@@ -300,18 +550,35 @@ fn the_fabric_runs_on_an_external_mosquitto_broker() -> anyhow::Result<()> {
     let lab = FabricLab::new(3)?;
     let dir = tempfile::tempdir()?;
     let conf = dir.path().join("mosquitto.conf");
-    std::fs::write(&conf, format!("listener 1883 {HUB_IP}\nallow_anonymous true\npersistence false\n"))?;
+    std::fs::write(
+        &conf,
+        format!("listener 1883 {HUB_IP}\nallow_anonymous true\npersistence false\n"),
+    )?;
     let mut mosquitto = Command::new("ip")
-        .args(["netns", "exec", lab.hub.name(), "mosquitto", "-c", conf.to_str().unwrap()])
+        .args([
+            "netns",
+            "exec",
+            lab.hub.name(),
+            "mosquitto",
+            "-c",
+            conf.to_str().unwrap(),
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()?;
     let _guard = scopeguard(&mut mosquitto);
     wait_until(SETTLE, "mosquitto listening", || {
-        run_in(&lab.hub, "mosquitto_pub", &["-h", HUB_IP, "-t", "probe", "-m", "x"]).map_err(|e| e.to_string())
+        run_in(
+            &lab.hub,
+            "mosquitto_pub",
+            &["-h", HUB_IP, "-t", "probe", "-m", "x"],
+        )
+        .map_err(|e| e.to_string())
     })?;
     let extra = format!("broker = \"mqtt://{HUB_IP}:1883\"\n");
-    let agents: Vec<_> = (0..3).map(|n| lab.start(n, &extra)).collect::<Result<_, _>>()?;
+    let agents: Vec<_> = (0..3)
+        .map(|n| lab.start(n, &extra))
+        .collect::<Result<_, _>>()?;
     let all: Vec<&_> = agents.iter().collect();
     wait_all_see(&all, &["sw0", "sw1", "sw2"], SETTLE)?;
     assert_eq!(show(&agents[2])?["broker"], format!("{HUB_IP}:1883"));
@@ -322,12 +589,24 @@ fn the_fabric_runs_on_an_external_mosquitto_broker() -> anyhow::Result<()> {
     lab.nodes[1].ip(&["link", "set", "p1b", "down"])?;
     wait_until(SETTLE, "sw1's fault at sw2", || {
         let f = show(&agents[2]).unwrap();
-        let hit = f["faults"].as_array().unwrap().iter().any(|x| x["member"] == "sw1" && x["port"] == "p1" && x["kind"] == "port-down");
-        if hit { Ok(()) } else { Err(f["faults"].clone()) }
+        let hit = f["faults"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["member"] == "sw1" && x["port"] == "p1" && x["kind"] == "port-down");
+        if hit {
+            Ok(())
+        } else {
+            Err(f["faults"].clone())
+        }
     })?;
     wait_until(SETTLE, "primary active on the shared broker", || {
         let f = show(&agents[0]).unwrap();
-        if f["active"] == true { Ok(()) } else { Err(f["active"].clone()) }
+        if f["active"] == true {
+            Ok(())
+        } else {
+            Err(f["active"].clone())
+        }
     })?;
     assert_eq!(up_members(&agents[1])?, ["sw0", "sw1", "sw2"]);
     Ok(())
@@ -362,7 +641,11 @@ fn members_reach_the_embedded_broker_over_tls() -> anyhow::Result<()> {
     let tls = |server: bool| {
         format!(
             "servers = [\"{server_ip}\"]\nport = 8883\n[fabric.tls]\nca_file = \"{d}/ca.pem\"\n{}",
-            if server { format!("cert_file = \"{d}/broker.pem\"\nkey_file = \"{d}/broker.key\"\n") } else { String::new() }
+            if server {
+                format!("cert_file = \"{d}/broker.pem\"\nkey_file = \"{d}/broker.key\"\n")
+            } else {
+                String::new()
+            }
         )
     };
     let agents = [lab.start(0, &tls(true))?, lab.start(1, &tls(false))?];
@@ -372,12 +655,32 @@ fn members_reach_the_embedded_broker_over_tls() -> anyhow::Result<()> {
     wait_setting(&agents[0], "site.tls", "yes", SETTLE)?;
     // A plain-text client cannot talk to the TLS listener, whose certificate
     // verifies against the CA for the server's IP.
-    let plain = lab.hub.exec("timeout", &["3", "mosquitto_sub", "-h", &server_ip, "-p", "8883", "-t", "#", "-C", "1"]);
-    assert!(plain.is_err(), "plain MQTT must fail against the TLS listener: {plain:?}");
+    let plain = lab.hub.exec(
+        "timeout",
+        &[
+            "3",
+            "mosquitto_sub",
+            "-h",
+            &server_ip,
+            "-p",
+            "8883",
+            "-t",
+            "#",
+            "-C",
+            "1",
+        ],
+    );
+    assert!(
+        plain.is_err(),
+        "plain MQTT must fail against the TLS listener: {plain:?}"
+    );
     let handshake = lab.hub.exec(
         "sh",
         &["-c", &format!("openssl s_client -connect {server_ip}:8883 -CAfile {d}/ca.pem -verify_ip {server_ip} -verify_return_error </dev/null 2>&1")],
     )?;
-    assert!(handshake.contains("Verify return code: 0 (ok)"), "{handshake}");
+    assert!(
+        handshake.contains("Verify return code: 0 (ok)"),
+        "{handshake}"
+    );
     Ok(())
 }

@@ -146,8 +146,7 @@ impl Bed {
             agent_binary()?.to_str().context("path")?,
             &[&["config"], args, &["--center", &self.center_url(), "-j"]].concat(),
         )?;
-        serde_json::from_str(&out)
-                .with_context(|| format!("config {args:?} answered {out}"))
+        serde_json::from_str(&out).with_context(|| format!("config {args:?} answered {out}"))
     }
 
     fn reloads(&self) -> Vec<(u128, String, String)> {

@@ -9,9 +9,10 @@ use super::{config::TlsConfig as FabricTls, wire::MAX_MESSAGE};
 /// Starts rumqttd listening on `listen`; its threads run for the life of the
 /// process. Binding is checked first so a taken port is a clear error.
 pub fn start(listen: SocketAddr, tls: Option<&FabricTls>) -> anyhow::Result<()> {
-    drop(std::net::TcpListener::bind(listen).map_err(|e| {
-        anyhow::anyhow!("embedded MQTT broker cannot listen on {listen}: {e}")
-    })?);
+    drop(
+        std::net::TcpListener::bind(listen)
+            .map_err(|e| anyhow::anyhow!("embedded MQTT broker cannot listen on {listen}: {e}"))?,
+    );
     let tls = match tls {
         Some(FabricTls {
             cert_file: Some(cert),

@@ -188,11 +188,15 @@ impl FabricConfig {
     /// Every problem of the section, as (field, message).
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        let mut problem = |field: &str, message: String| out.push((format!("fabric.{field}"), message));
+        let mut problem =
+            |field: &str, message: String| out.push((format!("fabric.{field}"), message));
         if self.servers.is_empty() || self.servers.len() > 2 {
             problem(
                 "servers",
-                format!("lists {} address(es); give the primary and optionally a backup", self.servers.len()),
+                format!(
+                    "lists {} address(es); give the primary and optionally a backup",
+                    self.servers.len()
+                ),
             );
         } else if self.servers.len() == 2 && self.servers[0] == self.servers[1] {
             problem("servers", "primary and backup are the same address".into());
@@ -200,13 +204,25 @@ impl FabricConfig {
         if let Err(err) = self.broker_choice() {
             problem("broker", err);
         }
-        if self.prefix.is_empty() || self.prefix.contains(['#', '+']) || self.prefix.starts_with('/') {
-            problem("prefix", format!("'{}' must be non-empty, without '#', '+' or a leading '/'", self.prefix));
+        if self.prefix.is_empty()
+            || self.prefix.contains(['#', '+'])
+            || self.prefix.starts_with('/')
+        {
+            problem(
+                "prefix",
+                format!(
+                    "'{}' must be non-empty, without '#', '+' or a leading '/'",
+                    self.prefix
+                ),
+            );
         }
         if let Some(identity) = &self.identity
             && (identity.is_empty() || identity.len() > 64 || identity.contains(['/', '#', '+']))
         {
-            problem("identity", format!("'{identity}' must be 1-64 characters without '/', '#' or '+'"));
+            problem(
+                "identity",
+                format!("'{identity}' must be 1-64 characters without '/', '#' or '+'"),
+            );
         }
         for (field, value) in [
             ("heartbeat_interval_ms", self.heartbeat_interval_ms),
@@ -221,14 +237,20 @@ impl FabricConfig {
         if self.dead_after_ms <= self.heartbeat_interval_ms {
             problem(
                 "dead_after_ms",
-                format!("{} must exceed heartbeat_interval_ms ({})", self.dead_after_ms, self.heartbeat_interval_ms),
+                format!(
+                    "{} must exceed heartbeat_interval_ms ({})",
+                    self.dead_after_ms, self.heartbeat_interval_ms
+                ),
             );
         }
         if self.max_heartbeats_per_s == 0 {
             problem("max_heartbeats_per_s", "must be at least 1".into());
         }
         if self.encryption.mode == EncryptionMode::Aead && self.encryption.key_file.is_none() {
-            problem("encryption.key_file", "mode = \"aead\" needs a key_file (64 hex digits)".into());
+            problem(
+                "encryption.key_file",
+                "mode = \"aead\" needs a key_file (64 hex digits)".into(),
+            );
         }
         if let Some(tls) = &self.tls
             && tls.cert_file.is_some() != tls.key_file.is_some()

@@ -12,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, Request, TlsConfiguration, Transport};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, Request, TlsConfiguration,
+    Transport,
+};
 use tokio::sync::mpsc;
 
 use super::wire::MAX_MESSAGE;
@@ -98,7 +101,12 @@ fn options(settings: &LinkSettings, index: usize) -> MqttOptions {
         .set_max_packet_size(MAX_MESSAGE + 4096, MAX_MESSAGE + 4096)
         .set_inflight(100);
     if let Some((topic, payload)) = &settings.will {
-        options.set_last_will(LastWill::new(topic, payload.clone(), QoS::AtLeastOnce, false));
+        options.set_last_will(LastWill::new(
+            topic,
+            payload.clone(),
+            QoS::AtLeastOnce,
+            false,
+        ));
     }
     if let Some(ca) = &settings.tls_ca {
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
@@ -129,7 +137,10 @@ fn carried_over(pending: &VecDeque<Request>) -> VecDeque<Request> {
 
 /// Starts the link task.
 pub fn spawn(settings: LinkSettings) -> Link {
-    assert!(!settings.endpoints.is_empty(), "a link needs at least one broker");
+    assert!(
+        !settings.endpoints.is_empty(),
+        "a link needs at least one broker"
+    );
     let (client, mut eventloop) = AsyncClient::new(options(&settings, 0), 4096);
     eventloop.network_options.set_connection_timeout(2);
     let (events_tx, events) = mpsc::channel(4096);
@@ -138,8 +149,19 @@ pub fn spawn(settings: LinkSettings) -> Link {
     if settings.endpoints.len() > 1 {
         tokio::spawn(probe_primary(settings.clone(), current.clone(), back_tx));
     }
-    tokio::spawn(run(settings, client.clone(), eventloop, events_tx, current.clone(), back_rx));
-    Link { client, events, current }
+    tokio::spawn(run(
+        settings,
+        client.clone(),
+        eventloop,
+        events_tx,
+        current.clone(),
+        back_rx,
+    ));
+    Link {
+        client,
+        events,
+        current,
+    }
 }
 
 async fn probe_primary(settings: LinkSettings, current: Arc<AtomicUsize>, back: mpsc::Sender<()>) {
@@ -174,7 +196,10 @@ async fn run(
     let mut connected = false;
     let mut failing_since: Option<Instant> = None;
     loop {
-        let saved = eventloop.network.is_none().then(|| carried_over(&eventloop.pending));
+        let saved = eventloop
+            .network
+            .is_none()
+            .then(|| carried_over(&eventloop.pending));
         tokio::select! {
             polled = eventloop.poll() => match polled {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -251,7 +276,12 @@ async fn run(
 /// Reads one retained message from a broker: how a returning primary learns
 /// the backup's topology before it announces anything. None when the broker
 /// does not answer or holds nothing within `timeout`.
-pub async fn fetch_retained(settings: &LinkSettings, index: usize, topic: &str, timeout: Duration) -> Option<Vec<u8>> {
+pub async fn fetch_retained(
+    settings: &LinkSettings,
+    index: usize,
+    topic: &str,
+    timeout: Duration,
+) -> Option<Vec<u8>> {
     let mut settings = settings.clone();
     settings.will = None;
     settings.client_id = format!("{}-seed", settings.client_id);
@@ -263,7 +293,9 @@ pub async fn fetch_retained(settings: &LinkSettings, index: usize, topic: &str, 
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     client.try_subscribe(topic, QoS::AtLeastOnce).ok()?;
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == topic => return Some(p.payload.to_vec()),
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == topic => {
+                    return Some(p.payload.to_vec());
+                }
                 Ok(_) => {}
                 Err(_) => return None,
             }

@@ -18,7 +18,11 @@ use wire::Role;
 
 /// Decides this switch's role from the server list and its own addresses
 /// (SPEC 4.1); the text says why, for the log.
-pub fn decide_role(servers: &[IpAddr], own: &[IpAddr], member: bool) -> (Role, Option<usize>, String) {
+pub fn decide_role(
+    servers: &[IpAddr],
+    own: &[IpAddr],
+    member: bool,
+) -> (Role, Option<usize>, String) {
     match servers.iter().position(|s| own.contains(s)) {
         Some(rank) => {
             let which = if rank == 0 { "primary" } else { "backup" };
@@ -26,7 +30,11 @@ pub fn decide_role(servers: &[IpAddr], own: &[IpAddr], member: bool) -> (Role, O
             let why = format!(
                 "{} is configured as the {which} server and is one of this switch's addresses{}",
                 servers[rank],
-                if member { "; also a member (fabric.member = true)" } else { "" }
+                if member {
+                    "; also a member (fabric.member = true)"
+                } else {
+                    ""
+                }
             );
             (role, Some(rank), why)
         }
@@ -35,7 +43,11 @@ pub fn decide_role(servers: &[IpAddr], own: &[IpAddr], member: bool) -> (Role, O
             None,
             format!(
                 "none of the server addresses ({}) is assigned here",
-                servers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                servers
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         ),
     }

@@ -93,8 +93,12 @@ impl Rejection {
 pub fn read_key(path: &Path) -> anyhow::Result<[u8; 32]> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("fabric.encryption.key_file {}: {e}", path.display()))?;
-    let bytes = hex::decode(text.trim())
-        .map_err(|e| anyhow::anyhow!("fabric.encryption.key_file {}: not hex: {e}", path.display()))?;
+    let bytes = hex::decode(text.trim()).map_err(|e| {
+        anyhow::anyhow!(
+            "fabric.encryption.key_file {}: not hex: {e}",
+            path.display()
+        )
+    })?;
     bytes.try_into().map_err(|b: Vec<u8>| {
         anyhow::anyhow!(
             "fabric.encryption.key_file {}: {} bytes, need 32 (64 hex digits)",
@@ -195,10 +199,22 @@ impl Codec {
             }
             Some(key_id) => {
                 let nonce = self.next_nonce();
-                let mut out = wire::encode_header(channel, flags | FLAG_SEALED, key_id, &self.sender, Some(&nonce));
+                let mut out = wire::encode_header(
+                    channel,
+                    flags | FLAG_SEALED,
+                    key_id,
+                    &self.sender,
+                    Some(&nonce),
+                );
                 let (_, cipher) = self.key.as_ref().expect("keyed");
                 let sealed = cipher
-                    .encrypt(XNonce::from_slice(&nonce), Payload { msg: &body, aad: &out })
+                    .encrypt(
+                        XNonce::from_slice(&nonce),
+                        Payload {
+                            msg: &body,
+                            aad: &out,
+                        },
+                    )
                     .expect("XChaCha20-Poly1305 sealing does not fail for bounded input");
                 out.extend_from_slice(&sealed);
                 out
@@ -218,12 +234,23 @@ impl Codec {
             (None, false) => envelope.body.to_vec(),
             (Some((key_id, cipher)), true) => {
                 if envelope.key_id != *key_id {
-                    return Err(Rejection::WrongKey { sender, key_id: envelope.key_id });
+                    return Err(Rejection::WrongKey {
+                        sender,
+                        key_id: envelope.key_id,
+                    });
                 }
                 let nonce = envelope.nonce.expect("sealed envelopes carry a nonce");
                 let clear = cipher
-                    .decrypt(XNonce::from_slice(&nonce), Payload { msg: envelope.body, aad: envelope.header })
-                    .map_err(|_| Rejection::Tampered { sender: sender.clone() })?;
+                    .decrypt(
+                        XNonce::from_slice(&nonce),
+                        Payload {
+                            msg: envelope.body,
+                            aad: envelope.header,
+                        },
+                    )
+                    .map_err(|_| Rejection::Tampered {
+                        sender: sender.clone(),
+                    })?;
                 if !retained {
                     self.check_replay(&envelope, &nonce)?;
                 }
@@ -233,7 +260,10 @@ impl Codec {
         let message = wire::parse_body(envelope.channel, &body)?;
         let author = message.author();
         if !author.is_empty() && author != sender {
-            return Err(Rejection::Impersonation { sender, author: author.to_string() });
+            return Err(Rejection::Impersonation {
+                sender,
+                author: author.to_string(),
+            });
         }
         Ok(Opened {
             sender,
@@ -242,10 +272,17 @@ impl Codec {
         })
     }
 
-    fn check_replay(&mut self, envelope: &Envelope<'_>, nonce: &[u8; NONCE_LEN]) -> Result<(), Rejection> {
+    fn check_replay(
+        &mut self,
+        envelope: &Envelope<'_>,
+        nonce: &[u8; NONCE_LEN],
+    ) -> Result<(), Rejection> {
         let counter = u64::from_be_bytes(nonce[..8].try_into().expect("8 bytes"));
         let will = envelope.flags & FLAG_WILL != 0;
-        let window = self.windows.entry((envelope.sender.to_string(), will)).or_default();
+        let window = self
+            .windows
+            .entry((envelope.sender.to_string(), will))
+            .or_default();
         if window.admit(counter) {
             Ok(())
         } else {
@@ -286,7 +323,10 @@ mod tests {
         let mut a = keyed("sw1", 9);
         let mut b = keyed("sw2", 9);
         let bytes = a.seal(&fault("sw1"));
-        assert!(!bytes.windows(4).any(|w| w == b"eth0"), "body must not be readable");
+        assert!(
+            !bytes.windows(4).any(|w| w == b"eth0"),
+            "body must not be readable"
+        );
         let opened = b.open(&bytes, false).unwrap();
         assert_eq!(opened.message, fault("sw1"));
         assert!(opened.sealed);
@@ -311,12 +351,35 @@ mod tests {
         // Retained snapshots are handed out again on each subscription.
         b.open(&bytes, true).unwrap();
         let mut wrong = keyed("sw4", 8);
-        assert_eq!(wrong.open(&a.seal(&fault("sw1")), false).unwrap_err().counter(), "tampered");
+        assert_eq!(
+            wrong
+                .open(&a.seal(&fault("sw1")), false)
+                .unwrap_err()
+                .counter(),
+            "tampered"
+        );
         let mut other_id = Codec::new("sw5", Some((2, [9; 32])));
-        assert_eq!(other_id.open(&a.seal(&fault("sw1")), false).unwrap_err().counter(), "wrong_key");
+        assert_eq!(
+            other_id
+                .open(&a.seal(&fault("sw1")), false)
+                .unwrap_err()
+                .counter(),
+            "wrong_key"
+        );
         let mut clear = Codec::new("sw6", None);
-        assert_eq!(clear.open(&a.seal(&fault("sw1")), false).unwrap_err().counter(), "wrong_key");
-        assert_eq!(b.open(&clear.seal(&fault("sw6")), false).unwrap_err().counter(), "unsealed");
+        assert_eq!(
+            clear
+                .open(&a.seal(&fault("sw1")), false)
+                .unwrap_err()
+                .counter(),
+            "wrong_key"
+        );
+        assert_eq!(
+            b.open(&clear.seal(&fault("sw6")), false)
+                .unwrap_err()
+                .counter(),
+            "unsealed"
+        );
     }
 
     #[test]
@@ -331,7 +394,10 @@ mod tests {
     fn wills_have_their_own_replay_domain() {
         let mut a = keyed("sw1", 9);
         let mut b = keyed("sw2", 9);
-        let will = a.seal_will(&Message::Departed { member: "sw1".into(), reason: "lost".into() });
+        let will = a.seal_will(&Message::Departed {
+            member: "sw1".into(),
+            reason: "lost".into(),
+        });
         for _ in 0..3 {
             b.open(&a.seal(&fault("sw1")), false).unwrap();
         }
@@ -344,7 +410,10 @@ mod tests {
         let mut w = SenderWindow::default();
         assert!(w.admit(REPLAY_WINDOW_US * 3));
         assert!(!w.admit(REPLAY_WINDOW_US));
-        assert!(w.admit(REPLAY_WINDOW_US * 3 - 5), "slightly reordered is fine");
+        assert!(
+            w.admit(REPLAY_WINDOW_US * 3 - 5),
+            "slightly reordered is fine"
+        );
         assert!(!w.admit(REPLAY_WINDOW_US * 3 - 5));
     }
 }

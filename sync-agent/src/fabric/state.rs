@@ -111,24 +111,42 @@ impl Roster {
 
 /// Settings a fabric-wide change may set, with what each accepts.
 pub const KNOWN_SETTINGS: &[(&str, &str)] = &[
-    ("heartbeat_interval_ms", "heartbeat period of every member, 100-60000"),
-    ("dead_after_ms", "silence after which a server declares a member departed, 300-600000"),
-    ("site.<name>", "free text up to 256 bytes, stored and shown by every member (e.g. site.ntp)"),
+    (
+        "heartbeat_interval_ms",
+        "heartbeat period of every member, 100-60000",
+    ),
+    (
+        "dead_after_ms",
+        "silence after which a server declares a member departed, 300-600000",
+    ),
+    (
+        "site.<name>",
+        "free text up to 256 bytes, stored and shown by every member (e.g. site.ntp)",
+    ),
 ];
 
 /// Checks a key and value; the error explains what is accepted.
 pub fn validate_setting(key: &str, value: &str) -> Result<(), String> {
     let ranged = |lo: u64, hi: u64| match value.parse::<u64>() {
         Ok(v) if (lo..=hi).contains(&v) => Ok(()),
-        _ => Err(format!("{key} must be a whole number between {lo} and {hi}, not '{value}'")),
+        _ => Err(format!(
+            "{key} must be a whole number between {lo} and {hi}, not '{value}'"
+        )),
     };
     match key {
         "heartbeat_interval_ms" => ranged(100, 60_000),
         "dead_after_ms" => ranged(300, 600_000),
         _ if key.starts_with("site.") => {
             let name = &key[5..];
-            if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-                Err(format!("'{key}': site.<name> takes 1-64 letters, digits, '-', '_' or '.'"))
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                Err(format!(
+                    "'{key}': site.<name> takes 1-64 letters, digits, '-', '_' or '.'"
+                ))
             } else if value.len() > 256 {
                 Err(format!("{key}: value of {} bytes exceeds 256", value.len()))
             } else {
@@ -137,7 +155,11 @@ pub fn validate_setting(key: &str, value: &str) -> Result<(), String> {
         }
         _ => Err(format!(
             "unknown setting '{key}'; known: {}",
-            KNOWN_SETTINGS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+            KNOWN_SETTINGS
+                .iter()
+                .map(|(k, _)| *k)
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
 }
@@ -221,7 +243,11 @@ impl ConfigStore {
     /// The snapshot form.
     pub fn state(&self) -> ConfigState {
         ConfigState {
-            entries: self.entries.iter().map(|(k, e)| (k.clone(), e.change.clone())).collect(),
+            entries: self
+                .entries
+                .iter()
+                .map(|(k, e)| (k.clone(), e.change.clone()))
+                .collect(),
         }
     }
 
@@ -343,11 +369,16 @@ impl RateLimiter {
     pub fn allow(&mut self, sender: &str) -> bool {
         if self.buckets.len() > 10_000 && !self.buckets.contains_key(sender) {
             // Bound memory against a stream of invented names.
-            self.buckets.retain(|_, (_, t)| t.elapsed() < Duration::from_secs(60));
+            self.buckets
+                .retain(|_, (_, t)| t.elapsed() < Duration::from_secs(60));
         }
         let now = Instant::now();
-        let (tokens, last) = self.buckets.entry(sender.to_string()).or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second).min(self.burst);
+        let (tokens, last) = self
+            .buckets
+            .entry(sender.to_string())
+            .or_insert((self.burst, now));
+        *tokens =
+            (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second).min(self.burst);
         *last = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
@@ -418,8 +449,14 @@ mod tests {
         assert_eq!(store.apply(&a), Outcome::Superseded);
         assert_eq!(store.apply(&b), Outcome::AlreadyApplied);
         assert_eq!(store.get("site.ntp"), Some("10.0.0.2"));
-        assert!(matches!(store.apply(&change("x", 1, "bogus", "1", 1)), Outcome::Rejected(_)));
-        assert!(matches!(store.apply(&change("x", 1, "heartbeat_interval_ms", "5", 1)), Outcome::Rejected(_)));
+        assert!(matches!(
+            store.apply(&change("x", 1, "bogus", "1", 1)),
+            Outcome::Rejected(_)
+        ));
+        assert!(matches!(
+            store.apply(&change("x", 1, "heartbeat_interval_ms", "5", 1)),
+            Outcome::Rejected(_)
+        ));
     }
 
     #[test]
@@ -433,13 +470,21 @@ mod tests {
         let back = ConfigStore::load(&path).unwrap();
         assert_eq!(back.get("site.syslog"), Some("10.9.9.9"));
         assert_eq!(back.entries["site.syslog"].acks["sw2"], "applied");
-        assert!(ConfigStore::load(&dir.path().join("none")).unwrap().entries.is_empty());
+        assert!(
+            ConfigStore::load(&dir.path().join("none"))
+                .unwrap()
+                .entries
+                .is_empty()
+        );
     }
 
     #[test]
     fn outbox_resends_until_everyone_answers() {
         let mut outbox = Outbox::default();
-        outbox.add(change("sw1", 1, "site.a", "b", 1), ["sw2".into(), "sw3".into()].into());
+        outbox.add(
+            change("sw1", 1, "site.a", "b", 1),
+            ["sw2".into(), "sw3".into()].into(),
+        );
         assert!(outbox.due(Duration::from_secs(60)).is_empty());
         assert_eq!(outbox.due(Duration::ZERO).len(), 1);
         outbox.answered(1, "sw2");
@@ -475,7 +520,10 @@ mod tests {
     fn limiters_bound_floods() {
         let mut rate = RateLimiter::new(5);
         let allowed = (0..100).filter(|_| rate.allow("flood")).count();
-        assert!((10..=11).contains(&allowed), "burst of 2x rate, got {allowed}");
+        assert!(
+            (10..=11).contains(&allowed),
+            "burst of 2x rate, got {allowed}"
+        );
         assert!(rate.allow("quiet"));
         let mut log = LogLimiter::new(Duration::from_secs(60));
         assert_eq!(log.admit("x"), Some(0));

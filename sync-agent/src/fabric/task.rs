@@ -19,7 +19,10 @@ use super::{
     link::{self, Endpoint, LinkEvent as MqttEvent, LinkSettings},
     seal::{self, Codec},
     state::{ConfigStore, LogLimiter, Outbox, Outcome, PendingChange, RateLimiter, Roster},
-    wire::{ConfigAck, ConfigChange, Fault, Heartbeat, Membership, Message, Role, ServerStatus, Topics, Topology},
+    wire::{
+        ConfigAck, ConfigChange, Fault, Heartbeat, Membership, Message, Role, ServerStatus, Topics,
+        Topology,
+    },
 };
 use crate::{
     control::protocol::Response,
@@ -31,7 +34,9 @@ use crate::{
 };
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// How many faults and announcements `show fabric` keeps.
@@ -161,18 +166,27 @@ impl Fabric {
         netlink: Handle,
         inference: Option<Inference>,
     ) -> anyhow::Result<Self> {
-        let identity = config.identity.clone().unwrap_or_else(|| instance.to_string());
+        let identity = config
+            .identity
+            .clone()
+            .unwrap_or_else(|| instance.to_string());
         let own = own_addresses(&netlink).await?;
         let (role, rank, reason) = decide_role(&config.servers, &own, config.member);
         tracing::info!(identity, ?role, "fabric role: {reason}");
         let key = match config.encryption.mode {
             EncryptionMode::None => None,
             EncryptionMode::Aead => {
-                let path = config.encryption.key_file.as_ref().expect("validated: aead has a key file");
+                let path = config
+                    .encryption
+                    .key_file
+                    .as_ref()
+                    .expect("validated: aead has a key file");
                 Some((config.encryption.key_id, seal::read_key(path)?))
             }
         };
-        let choice = config.broker_choice().map_err(|e| anyhow::anyhow!("fabric.broker: {e}"))?;
+        let choice = config
+            .broker_choice()
+            .map_err(|e| anyhow::anyhow!("fabric.broker: {e}"))?;
         let (endpoints, tls) = match &choice {
             BrokerChoice::Embedded => {
                 if let Some(rank) = rank {
@@ -193,18 +207,27 @@ impl Fabric {
             }
             BrokerChoice::External { host, port, tls } => {
                 if *tls && config.tls.is_none() {
-                    anyhow::bail!("fabric.broker {} is mqtts:// but [fabric.tls] gives no ca_file", config.broker);
+                    anyhow::bail!(
+                        "fabric.broker {} is mqtts:// but [fabric.tls] gives no ca_file",
+                        config.broker
+                    );
                 }
-                (vec![Endpoint { host: host.clone(), port: *port }], *tls)
+                (
+                    vec![Endpoint {
+                        host: host.clone(),
+                        port: *port,
+                    }],
+                    *tls,
+                )
             }
         };
-        let tls_ca = match (&config.tls, tls) {
-            (Some(t), true) => Some(
-                std::fs::read(&t.ca_file)
-                    .map_err(|e| anyhow::anyhow!("fabric.tls.ca_file {}: {e}", t.ca_file.display()))?,
-            ),
-            _ => None,
-        };
+        let tls_ca =
+            match (&config.tls, tls) {
+                (Some(t), true) => Some(std::fs::read(&t.ca_file).map_err(|e| {
+                    anyhow::anyhow!("fabric.tls.ca_file {}: {e}", t.ca_file.display())
+                })?),
+                _ => None,
+            };
         let mut codec = Codec::new(&identity, key);
         let topics = Topics::new(&config.prefix);
         let will = (role != Role::Server).then(|| {
@@ -225,17 +248,23 @@ impl Fabric {
             failover_after: Duration::from_millis(config.failover_after_ms),
             // Servers look for the primary more often, so a backup stands
             // down before members moving back could look departed to it.
-            probe_every: if rank.is_some() { heartbeat } else { Duration::from_millis(config.failover_after_ms) },
+            probe_every: if rank.is_some() {
+                heartbeat
+            } else {
+                Duration::from_millis(config.failover_after_ms)
+            },
             subscriptions: topics.subscriptions().to_vec(),
         };
         // A returning primary first learns the members from the backup's
         // retained topology, so it does not announce them again.
         let seed = if rank == Some(0) && endpoints.len() > 1 {
-            let topic = topics.topic_for(&Message::Topology(Topology {
-                server: String::new(),
-                epoch: 0,
-                members: Vec::new(),
-            })).0;
+            let topic = topics
+                .topic_for(&Message::Topology(Topology {
+                    server: String::new(),
+                    epoch: 0,
+                    members: Vec::new(),
+                }))
+                .0;
             link::fetch_retained(&settings, 1, &topic, Duration::from_secs(2)).await
         } else {
             None
@@ -290,7 +319,11 @@ impl Fabric {
             match task.codec.open(&bytes, true) {
                 Ok(opened) => {
                     if let Message::Topology(topology) = opened.message {
-                        tracing::info!(members = topology.members.len(), from = topology.server, "seeded the roster from the backup's topology");
+                        tracing::info!(
+                            members = topology.members.len(),
+                            from = topology.server,
+                            "seeded the roster from the backup's topology"
+                        );
                         task.roster.seed(&topology);
                         task.on_topology(topology);
                     }
@@ -317,7 +350,12 @@ impl Fabric {
     /// `fabric set KEY VALUE`.
     pub async fn set(&self, key: String, value: String) -> Response {
         let (reply, rx) = oneshot::channel();
-        if self.commands.send(Command::Set { key, value, reply }).await.is_err() {
+        if self
+            .commands
+            .send(Command::Set { key, value, reply })
+            .await
+            .is_err()
+        {
             return Response::error("the fabric task has stopped");
         }
         match rx.await {
@@ -424,7 +462,11 @@ impl Task {
         );
     }
 
-    async fn run(mut self, mut mqtt: mpsc::Receiver<MqttEvent>, mut commands: mpsc::Receiver<Command>) {
+    async fn run(
+        mut self,
+        mut mqtt: mpsc::Receiver<MqttEvent>,
+        mut commands: mpsc::Receiver<Command>,
+    ) {
         let mut interval = self.heartbeat_interval();
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -489,8 +531,15 @@ impl Task {
         if self.rank.is_some() {
             self.server_duties();
         }
-        for change in self.outbox.due(Duration::from_millis(self.config.resend_ms)) {
-            tracing::info!(key = change.key, seq = change.seq, "config change not acknowledged by all; sending again");
+        for change in self
+            .outbox
+            .due(Duration::from_millis(self.config.resend_ms))
+        {
+            tracing::info!(
+                key = change.key,
+                seq = change.seq,
+                "config change not acknowledged by all; sending again"
+            );
             self.count("changes_resent");
             self.publish(&Message::Change(change));
         }
@@ -541,7 +590,9 @@ impl Task {
             let reason = format!("no heartbeat for {} ms", self.dead_after().as_millis());
             self.announce(&member, false, &reason);
         }
-        let stale = self.last_topology_publish.is_none_or(|t| t.elapsed() > Duration::from_secs(5));
+        let stale = self
+            .last_topology_publish
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(5));
         if self.published_epoch != Some(self.roster.epoch()) || stale {
             self.publish_snapshots();
         }
@@ -595,7 +646,11 @@ impl Task {
                 self.connected = false;
                 self.count("disconnects");
             }
-            MqttEvent::Publish { topic, payload, retained } => self.on_publish(&topic, &payload, retained).await,
+            MqttEvent::Publish {
+                topic,
+                payload,
+                retained,
+            } => self.on_publish(&topic, &payload, retained).await,
         }
     }
 
@@ -624,7 +679,11 @@ impl Task {
         match opened.message {
             Message::Heartbeat(hb) => {
                 if !self.heartbeats.allow(&hb.member) {
-                    self.reject(topic, &format!("heartbeat flood from {}", hb.member), "heartbeat_flood");
+                    self.reject(
+                        topic,
+                        &format!("heartbeat flood from {}", hb.member),
+                        "heartbeat_flood",
+                    );
                     return;
                 }
                 self.view.insert(
@@ -656,13 +715,15 @@ impl Task {
                 if status.rank == 0 && self.rank == Some(1) {
                     self.last_primary = Some(Instant::now());
                 }
-                self.servers.insert(status.server.clone(), (status, Instant::now()));
+                self.servers
+                    .insert(status.server.clone(), (status, Instant::now()));
             }
             Message::Topology(topology) => self.on_topology(topology),
             Message::Membership(m) => self.record_announcement(m),
             Message::Change(change) => self.on_change(change).await,
             Message::Ack(ack) => {
-                self.store.ack(&ack.member, &ack.origin, ack.seq, &ack.outcome);
+                self.store
+                    .ack(&ack.member, &ack.origin, ack.seq, &ack.outcome);
                 if ack.origin == self.identity {
                     self.outbox.answered(ack.seq, &ack.member);
                 }
@@ -672,7 +733,12 @@ impl Task {
                 let mut applied = false;
                 for change in state.entries.values() {
                     if self.store.apply(change) == Outcome::Applied {
-                        tracing::info!(key = change.key, value = change.value, by = change.origin, "fabric setting taken from the server's snapshot");
+                        tracing::info!(
+                            key = change.key,
+                            value = change.value,
+                            by = change.origin,
+                            "fabric setting taken from the server's snapshot"
+                        );
                         applied = true;
                     }
                 }
@@ -708,18 +774,29 @@ impl Task {
         let outcome = self.store.apply(&change);
         match &outcome {
             Outcome::Applied => {
-                tracing::info!(key = change.key, value = change.value, by = change.origin, "fabric setting applied");
+                tracing::info!(
+                    key = change.key,
+                    value = change.value,
+                    by = change.origin,
+                    "fabric setting applied"
+                );
                 self.count("changes_applied");
                 self.apply_settings();
             }
-            Outcome::Rejected(why) => {
-                self.reject("change", &format!("change {} from {} refused: {why}", change.key, change.origin), "changes_rejected")
-            }
+            Outcome::Rejected(why) => self.reject(
+                "change",
+                &format!(
+                    "change {} from {} refused: {why}",
+                    change.key, change.origin
+                ),
+                "changes_rejected",
+            ),
             Outcome::AlreadyApplied | Outcome::Superseded => self.count("changes_duplicate"),
         }
         if self.is_member() {
             let text = outcome.ack_text();
-            self.store.ack(&self.identity.clone(), &change.origin, change.seq, &text);
+            self.store
+                .ack(&self.identity.clone(), &change.origin, change.seq, &text);
             self.publish(&Message::Ack(ConfigAck {
                 member: self.identity.clone(),
                 origin: change.origin.clone(),
@@ -740,11 +817,18 @@ impl Task {
             return;
         }
         *last = fault.seq;
-        tracing::info!(member = fault.member, port = fault.port, kind = fault.kind, "fabric fault");
+        tracing::info!(
+            member = fault.member,
+            port = fault.port,
+            kind = fault.kind,
+            "fabric fault"
+        );
         self.count("faults_received");
         if let Some(inference) = &self.inference {
             let object = format!("port:{}/{}", fault.member, fault.port);
-            inference.info(Info::new("fabric", &fault.kind, object.as_str())).await;
+            inference
+                .info(Info::new("fabric", &fault.kind, object.as_str()))
+                .await;
         }
         self.record_fault(fault);
     }
@@ -805,7 +889,12 @@ impl Task {
             .filter(|(_, e)| !e.departed && e.heartbeat.role != Role::Server)
             .map(|(n, _)| n.clone())
             .collect();
-        tracing::info!(key = change.key, value = change.value, members = waiting.len(), "publishing fabric config change");
+        tracing::info!(
+            key = change.key,
+            value = change.value,
+            members = waiting.len(),
+            "publishing fabric config change"
+        );
         if !waiting.is_empty() {
             self.outbox.add(change.clone(), waiting);
         }
@@ -822,7 +911,9 @@ impl Task {
                 let up = link.up && link.carrier;
                 (link.name, Some(up))
             }
-            LinkEvent::Removed { name: Some(name), .. } => (name, None),
+            LinkEvent::Removed {
+                name: Some(name), ..
+            } => (name, None),
             LinkEvent::Removed { name: None, .. } => return,
         };
         if name == "lo" {
@@ -863,11 +954,21 @@ impl Task {
                 } else {
                     "silent"
                 };
-                member_report(name, &e.heartbeat, e.heard.map(|t| t.elapsed().as_millis() as u64), state)
+                member_report(
+                    name,
+                    &e.heartbeat,
+                    e.heard.map(|t| t.elapsed().as_millis() as u64),
+                    state,
+                )
             })
             .collect();
         if self.is_member() {
-            members.push(member_report(&self.identity, &self.own_heartbeat(), Some(0), "up"));
+            members.push(member_report(
+                &self.identity,
+                &self.own_heartbeat(),
+                Some(0),
+                "up",
+            ));
             members.sort_by(|a, b| a.identity.cmp(&b.identity));
         }
         FabricReport {
@@ -876,7 +977,8 @@ impl Task {
             role_reason: self.role_reason.clone(),
             rank: self.rank,
             active: self.rank.map(|_| self.active),
-            broker: self.endpoints[self.current.load(std::sync::atomic::Ordering::Relaxed)].to_string(),
+            broker: self.endpoints[self.current.load(std::sync::atomic::Ordering::Relaxed)]
+                .to_string(),
             connected: self.connected,
             encryption: match self.config.encryption.mode {
                 EncryptionMode::None => "none".into(),

@@ -109,7 +109,13 @@ impl Envelope<'_> {
 }
 
 /// Builds a header.
-pub fn encode_header(channel: Channel, flags: u8, key_id: u8, sender: &str, nonce: Option<&[u8; NONCE_LEN]>) -> Vec<u8> {
+pub fn encode_header(
+    channel: Channel,
+    flags: u8,
+    key_id: u8,
+    sender: &str,
+    nonce: Option<&[u8; NONCE_LEN]>,
+) -> Vec<u8> {
     let sender = &sender.as_bytes()[..sender.len().min(255)];
     let mut out = Vec::with_capacity(7 + sender.len() + NONCE_LEN);
     out.extend_from_slice(&MAGIC);
@@ -150,7 +156,8 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope<'_>, WireError> {
     if bytes.len() < at || sender_len == 0 {
         return Err(WireError::Malformed("sender truncated or empty"));
     }
-    let sender = std::str::from_utf8(&bytes[7..at]).map_err(|_| WireError::Malformed("sender is not UTF-8"))?;
+    let sender = std::str::from_utf8(&bytes[7..at])
+        .map_err(|_| WireError::Malformed("sender is not UTF-8"))?;
     let nonce = if flags & FLAG_SEALED != 0 {
         let end = at + NONCE_LEN;
         let nonce: [u8; NONCE_LEN] = bytes
@@ -176,7 +183,8 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope<'_>, WireError> {
 
 /// Parses a clear body and checks it belongs to the header's channel.
 pub fn parse_body(channel: Channel, body: &[u8]) -> Result<Message, WireError> {
-    let message: Message = serde_json::from_slice(body).map_err(|e| WireError::Body(e.to_string()))?;
+    let message: Message =
+        serde_json::from_slice(body).map_err(|e| WireError::Body(e.to_string()))?;
     if message.channel() != channel {
         return Err(WireError::WrongChannel {
             kind: message.kind(),
@@ -408,7 +416,8 @@ impl Topics {
 
     /// The subscriptions every member makes.
     pub fn subscriptions(&self) -> [String; 3] {
-        [Channel::Info, Channel::Conf, Channel::Fault].map(|c| format!("{}/{}/#", self.prefix, c.topic_name()))
+        [Channel::Info, Channel::Conf, Channel::Fault]
+            .map(|c| format!("{}/{}/#", self.prefix, c.topic_name()))
     }
 
     /// Where a message goes; `retained` for the snapshot kinds.
@@ -470,13 +479,34 @@ mod tests {
 
     #[test]
     fn bad_headers_are_named() {
-        assert_eq!(decode(b"MF"), Err(WireError::Malformed("shorter than the fixed header")));
-        assert_eq!(decode(b"XX\x01\x01\x00\x00\x01a"), Err(WireError::Malformed("bad magic")));
-        assert_eq!(decode(b"MF\x09\x01\x00\x00\x01a"), Err(WireError::UnknownVersion(9)));
-        assert_eq!(decode(b"MF\x01\x09\x00\x00\x01a"), Err(WireError::Malformed("unknown channel")));
-        assert_eq!(decode(b"MF\x01\x01\x80\x00\x01a"), Err(WireError::Malformed("unknown flags")));
-        assert_eq!(decode(b"MF\x01\x01\x00\x00\x05ab"), Err(WireError::Malformed("sender truncated or empty")));
-        assert_eq!(decode(b"MF\x01\x01\x01\x00\x01a123"), Err(WireError::Malformed("nonce truncated")));
+        assert_eq!(
+            decode(b"MF"),
+            Err(WireError::Malformed("shorter than the fixed header"))
+        );
+        assert_eq!(
+            decode(b"XX\x01\x01\x00\x00\x01a"),
+            Err(WireError::Malformed("bad magic"))
+        );
+        assert_eq!(
+            decode(b"MF\x09\x01\x00\x00\x01a"),
+            Err(WireError::UnknownVersion(9))
+        );
+        assert_eq!(
+            decode(b"MF\x01\x09\x00\x00\x01a"),
+            Err(WireError::Malformed("unknown channel"))
+        );
+        assert_eq!(
+            decode(b"MF\x01\x01\x80\x00\x01a"),
+            Err(WireError::Malformed("unknown flags"))
+        );
+        assert_eq!(
+            decode(b"MF\x01\x01\x00\x00\x05ab"),
+            Err(WireError::Malformed("sender truncated or empty"))
+        );
+        assert_eq!(
+            decode(b"MF\x01\x01\x01\x00\x01a123"),
+            Err(WireError::Malformed("nonce truncated"))
+        );
         let big = vec![0u8; MAX_MESSAGE + 1];
         assert_eq!(decode(&big), Err(WireError::Oversized(MAX_MESSAGE + 1)));
     }
@@ -486,8 +516,14 @@ mod tests {
         let m = change();
         let json = serde_json::to_vec(&m).unwrap();
         assert_eq!(parse_body(Channel::Conf, &json).unwrap(), m);
-        assert!(matches!(parse_body(Channel::Info, &json), Err(WireError::WrongChannel { .. })));
-        assert!(matches!(parse_body(Channel::Conf, b"{\"type\":\"nope\"}"), Err(WireError::Body(_))));
+        assert!(matches!(
+            parse_body(Channel::Info, &json),
+            Err(WireError::WrongChannel { .. })
+        ));
+        assert!(matches!(
+            parse_body(Channel::Conf, b"{\"type\":\"nope\"}"),
+            Err(WireError::Body(_))
+        ));
     }
 
     #[test]
@@ -528,21 +564,57 @@ mod every_kind {
             uptime_s: 3,
             interval_ms: 1000,
         };
-        let change = ConfigChange { origin: "a".into(), seq: 1, key: "k".into(), value: "v".into(), at_ms: 2 };
+        let change = ConfigChange {
+            origin: "a".into(),
+            seq: 1,
+            key: "k".into(),
+            value: "v".into(),
+            at_ms: 2,
+        };
         let all = vec![
             Message::Heartbeat(hb.clone()),
-            Message::Departed { member: "a".into(), reason: "r".into() },
-            Message::Server(ServerStatus { server: "a".into(), rank: 0, active: true }),
+            Message::Departed {
+                member: "a".into(),
+                reason: "r".into(),
+            },
+            Message::Server(ServerStatus {
+                server: "a".into(),
+                rank: 0,
+                active: true,
+            }),
             Message::Topology(Topology {
                 server: "a".into(),
                 epoch: 4,
-                members: vec![MemberEntry { heartbeat: hb, joined_ms: 1, last_heartbeat_ms: 2 }],
+                members: vec![MemberEntry {
+                    heartbeat: hb,
+                    joined_ms: 1,
+                    last_heartbeat_ms: 2,
+                }],
             }),
-            Message::Membership(Membership { server: "a".into(), member: "b".into(), joined: true, reason: "".into(), at_ms: 1 }),
+            Message::Membership(Membership {
+                server: "a".into(),
+                member: "b".into(),
+                joined: true,
+                reason: "".into(),
+                at_ms: 1,
+            }),
             Message::Change(change.clone()),
-            Message::Ack(ConfigAck { member: "a".into(), origin: "b".into(), seq: 1, outcome: "applied".into() }),
-            Message::ConfigState(ConfigState { entries: [("k".to_string(), change)].into() }),
-            Message::Fault(Fault { member: "a".into(), seq: 1, port: "p".into(), kind: "port-down".into(), at_ms: 1 }),
+            Message::Ack(ConfigAck {
+                member: "a".into(),
+                origin: "b".into(),
+                seq: 1,
+                outcome: "applied".into(),
+            }),
+            Message::ConfigState(ConfigState {
+                entries: [("k".to_string(), change)].into(),
+            }),
+            Message::Fault(Fault {
+                member: "a".into(),
+                seq: 1,
+                port: "p".into(),
+                kind: "port-down".into(),
+                at_ms: 1,
+            }),
         ];
         for m in all {
             let json = serde_json::to_vec(&m).unwrap();

@@ -88,9 +88,10 @@ impl Mclag {
             tokio::spawn(async move {
                 while let Some(event) = backup_rx.recv().await {
                     if let PeerEvent::Liveness(l) = event
-                        && forward.send(MclagEvent::Backup(l)).await.is_err() {
-                            return;
-                        }
+                        && forward.send(MclagEvent::Backup(l)).await.is_err()
+                    {
+                        return;
+                    }
                 }
             });
         }

@@ -658,12 +658,8 @@ impl Task {
         let mclag_address = frame
             .find(wire::tlv::MCLAG_ADDRESS)
             .and_then(|v| match v.len() {
-                4 => <[u8; 4]>::try_from(v)
-                    .ok()
-                    .map(std::net::IpAddr::from),
-                16 => <[u8; 16]>::try_from(v)
-                    .ok()
-                    .map(std::net::IpAddr::from),
+                4 => <[u8; 4]>::try_from(v).ok().map(std::net::IpAddr::from),
+                16 => <[u8; 16]>::try_from(v).ok().map(std::net::IpAddr::from),
                 _ => None,
             });
         let ports = frame
@@ -963,9 +959,10 @@ impl Task {
         let target = (link.index, link.mac?);
         self.vlan_targets.insert(name.to_string(), target);
         if self.config.arp_accept == ArpAcceptPolicy::Set
-            && let Err(err) = neighbours::set_arp_accept(name, 1) {
-                tracing::warn!(error = %err, "arp_accept");
-            }
+            && let Err(err) = neighbours::set_arp_accept(name, 1)
+        {
+            tracing::warn!(error = %err, "arp_accept");
+        }
         Some(target)
     }
 

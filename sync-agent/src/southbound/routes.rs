@@ -26,9 +26,10 @@ pub async fn gateways(handle: &Handle) -> Result<Vec<(Ipv4Addr, u32)>, rtnetlink
             }
         }
         if let (Some(gateway), Some(oif)) = (gateway, oif)
-            && !out.contains(&(gateway, oif)) {
-                out.push((gateway, oif));
-            }
+            && !out.contains(&(gateway, oif))
+        {
+            out.push((gateway, oif));
+        }
     }
     Ok(out)
 }
