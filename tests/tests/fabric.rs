@@ -162,7 +162,18 @@ fn members_see_each_other_apply_config_and_hear_faults() -> anyhow::Result<()> {
             },
         )?;
     }
-    // ... and feeds the state inference as `fabric port-down`.
+    // ... and feeds the state inference as `fabric port-down` on the remote port.
+    wait_until(SETTLE, "sw0 infers sw3's p1 down", || {
+        let state = agents[0]
+            .query(&["show", "state", "port:sw3/p1"])
+            .map_err(|e| e.to_string())?;
+        let text = state.to_string();
+        if text.contains("port-down") && text.contains("\"down\"") {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    })?;
     lab.nodes[3].ip(&["link", "set", "p1b", "up"])?;
     wait_until(SETTLE, "port-up fault at sw0", || {
         let f = show(&agents[0]).unwrap();

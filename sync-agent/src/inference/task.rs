@@ -299,6 +299,39 @@ impl Task {
         }
     }
 
+    /// A port of another fabric member (`port:<member>/<port>`), first heard
+    /// of in a fault, joins the model under that member's switch object.
+    fn ensure_remote_port(&mut self, object: &ObjectId) {
+        let Some((member, _)) = object
+            .0
+            .strip_prefix("port:")
+            .and_then(|r| r.split_once('/'))
+        else {
+            return;
+        };
+        if self.model.contains(object) || self.model.len() >= 1_000_000 {
+            return;
+        }
+        let switch = ids::switch(member);
+        let added = (if self.model.contains(&switch) {
+            Ok(())
+        } else {
+            self.model
+                .add_object(switch.clone(), Layer::Physical, "switch")
+        })
+        .and_then(|()| {
+            self.model
+                .add_object(object.clone(), Layer::Physical, "remote-port")
+        })
+        .and_then(|()| {
+            self.model
+                .add_dependency(object, &switch, Dependency::BelongsTo)
+        });
+        if let Err(err) = added {
+            tracing::warn!(object = object.0, error = %err, "cannot add the remote port to the state model");
+        }
+    }
+
     /// A port that appeared after start joins the model.
     fn ensure_port(&mut self, name: &str) {
         let port = ids::port(name);
@@ -352,6 +385,9 @@ impl Task {
 
     fn apply(&mut self, info: Info) {
         let object = info.object.clone();
+        if info.source == "fabric" {
+            self.ensure_remote_port(&object);
+        }
         match self.model.apply(info, &self.rules, now_ms()) {
             Ok(applied) => {
                 self.stats.infos += 1;
