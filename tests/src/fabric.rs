@@ -157,3 +157,45 @@ pub fn counter(agent: &Agent, name: &str) -> u64 {
         .and_then(|f| f["counters"][name].as_u64())
         .unwrap_or(0)
 }
+
+/// Waits until `agent` has heard `member`'s `kind` fault on `port`.
+pub fn wait_fault(
+    agent: &Agent,
+    member: &str,
+    port: &str,
+    kind: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    wait_until(
+        timeout,
+        &format!("{} to hear {member}'s {port} {kind}", agent.instance),
+        || {
+            let f = show(agent).map_err(|e| serde_json::Value::String(e.to_string()))?;
+            let hit = f["faults"].as_array().is_some_and(|all| {
+                all.iter()
+                    .any(|x| x["member"] == member && x["port"] == port && x["kind"] == kind)
+            });
+            if hit {
+                Ok(())
+            } else {
+                Err(f["faults"].clone())
+            }
+        },
+    )
+}
+
+/// Waits until the server `agent` reports `active`.
+pub fn wait_active(agent: &Agent, active: bool, timeout: Duration) -> anyhow::Result<()> {
+    wait_until(
+        timeout,
+        &format!("{} active = {active}", agent.instance),
+        || {
+            let f = show(agent).map_err(|e| serde_json::Value::String(e.to_string()))?;
+            if f["active"] == active {
+                Ok(())
+            } else {
+                Err(f["active"].clone())
+            }
+        },
+    )
+}

@@ -5,8 +5,8 @@ use std::{process::Command, time::Duration};
 
 use mlag_testbed::{
     fabric::{
-        FabricLab, HUB_IP, counter, setting, show, switch_ip, up_members, wait_all_see,
-        wait_setting,
+        FabricLab, HUB_IP, counter, setting, show, switch_ip, up_members, wait_active,
+        wait_all_see, wait_fault, wait_setting,
     },
     wait_until,
 };
@@ -141,26 +141,7 @@ fn members_see_each_other_apply_config_and_hear_faults() -> anyhow::Result<()> {
     // A port taken down on sw3 is a fault everywhere else.
     lab.nodes[3].ip(&["link", "set", "p1b", "down"])?;
     for agent in &agents[..3] {
-        wait_until(
-            SETTLE,
-            &format!("{} to hear sw3's p1 fault", agent.instance),
-            || {
-                let f = show(agent).unwrap();
-                let hit =
-                    f["faults"].as_array().unwrap().iter().any(|x| {
-                        x["member"] == "sw3" && x["port"] == "p1" && x["kind"] == "port-down"
-                    });
-                if hit {
-                    Ok(())
-                } else {
-                    Err((
-                        f["faults"].clone(),
-                        show(&agents[3]).unwrap()["faults"].clone(),
-                        std::fs::read_to_string(&agents[3].log).unwrap_or_default(),
-                    ))
-                }
-            },
-        )?;
+        wait_fault(agent, "sw3", "p1", "port-down", SETTLE)?;
     }
     // ... and feeds the state inference as `fabric port-down` on the remote port.
     wait_until(SETTLE, "sw0 infers sw3's p1 down", || {
@@ -175,19 +156,7 @@ fn members_see_each_other_apply_config_and_hear_faults() -> anyhow::Result<()> {
         }
     })?;
     lab.nodes[3].ip(&["link", "set", "p1b", "up"])?;
-    wait_until(SETTLE, "port-up fault at sw0", || {
-        let f = show(&agents[0]).unwrap();
-        let hit = f["faults"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|x| x["member"] == "sw3" && x["kind"] == "port-up");
-        if hit {
-            Ok(())
-        } else {
-            Err(f["faults"].clone())
-        }
-    })?;
+    wait_fault(&agents[0], "sw3", "p1", "port-up", SETTLE)?;
     Ok(())
 }
 
@@ -428,14 +397,7 @@ fn killing_the_primary_moves_everyone_to_the_backup_and_loses_nothing() -> anyho
         let all: Vec<&_> = agents.iter().collect();
         wait_all_see(&all, &["sw0", "sw1", "sw2", "sw3"], SETTLE)?;
     }
-    wait_until(SETTLE, "primary active", || {
-        let f = show(&agents[0]).unwrap();
-        if f["active"] == true {
-            Ok(())
-        } else {
-            Err(f["active"].clone())
-        }
-    })?;
+    wait_active(&agents[0], true, SETTLE)?;
 
     // SIGKILL: no goodbye, no clean disconnect from the broker it hosts.
     let pid = agents[0].pid().unwrap();
@@ -459,14 +421,7 @@ fn killing_the_primary_moves_everyone_to_the_backup_and_loses_nothing() -> anyho
             },
         )?;
     }
-    wait_until(SETTLE, "backup active", || {
-        let f = show(&agents[1]).unwrap();
-        if f["active"] == true {
-            Ok(())
-        } else {
-            Err(f["active"].clone())
-        }
-    })?;
+    wait_active(&agents[1], true, SETTLE)?;
     for agent in [&agents[1], &agents[3]] {
         wait_setting(agent, "site.during", "failover", SETTLE)?;
     }
@@ -598,27 +553,8 @@ fn the_fabric_runs_on_an_external_mosquitto_broker() -> anyhow::Result<()> {
         wait_setting(agent, "site.ntp", "10.1.1.1", SETTLE)?;
     }
     lab.nodes[1].ip(&["link", "set", "p1b", "down"])?;
-    wait_until(SETTLE, "sw1's fault at sw2", || {
-        let f = show(&agents[2]).unwrap();
-        let hit = f["faults"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|x| x["member"] == "sw1" && x["port"] == "p1" && x["kind"] == "port-down");
-        if hit {
-            Ok(())
-        } else {
-            Err(f["faults"].clone())
-        }
-    })?;
-    wait_until(SETTLE, "primary active on the shared broker", || {
-        let f = show(&agents[0]).unwrap();
-        if f["active"] == true {
-            Ok(())
-        } else {
-            Err(f["active"].clone())
-        }
-    })?;
+    wait_fault(&agents[2], "sw1", "p1", "port-down", SETTLE)?;
+    wait_active(&agents[0], true, SETTLE)?;
     assert_eq!(up_members(&agents[1])?, ["sw0", "sw1", "sw2"]);
     Ok(())
 }

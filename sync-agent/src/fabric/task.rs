@@ -314,7 +314,7 @@ impl Fabric {
             logs: LogLimiter::new(Duration::from_secs(5)),
             inference,
         };
-        task.apply_settings();
+        task.log_settings();
         if let Some(bytes) = seed {
             match task.codec.open(&bytes, true) {
                 Ok(opened) => {
@@ -453,8 +453,9 @@ impl Task {
         Duration::from_millis(ms)
     }
 
-    /// Applies the settings in force to this member's own behaviour.
-    fn apply_settings(&mut self) {
+    /// Logs the settings in force; the timers read them live
+    /// (`heartbeat_interval`, `dead_after`), so nothing else needs applying.
+    fn log_settings(&mut self) {
         tracing::debug!(
             heartbeat = ?self.heartbeat_interval(),
             dead_after = ?self.dead_after(),
@@ -634,13 +635,12 @@ impl Task {
 
     async fn on_mqtt(&mut self, event: MqttEvent) {
         match event {
-            MqttEvent::Connected { index } => {
+            MqttEvent::Connected { .. } => {
                 self.connected = true;
                 self.count("connects");
                 if self.rank.is_some() && self.active {
                     self.publish_snapshots();
                 }
-                let _ = index;
             }
             MqttEvent::Disconnected { .. } => {
                 self.connected = false;
@@ -743,7 +743,7 @@ impl Task {
                     }
                 }
                 if applied {
-                    self.apply_settings();
+                    self.log_settings();
                     self.save_store();
                 }
             }
@@ -781,7 +781,7 @@ impl Task {
                     "fabric setting applied"
                 );
                 self.count("changes_applied");
-                self.apply_settings();
+                self.log_settings();
             }
             Outcome::Rejected(why) => self.reject(
                 "change",
@@ -881,7 +881,7 @@ impl Task {
         }
         let me = self.identity.clone();
         self.store.ack(&me, &me, change.seq, "applied");
-        self.apply_settings();
+        self.log_settings();
         self.save_store();
         let waiting: BTreeSet<String> = self
             .view
