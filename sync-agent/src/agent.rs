@@ -22,6 +22,7 @@ use tokio::{
 };
 
 use crate::{
+    bus::MemberPort,
     config::Config,
     control::{
         protocol::{
@@ -37,7 +38,7 @@ use crate::{
     inference::task::{Inference, StateQuery},
     mac::MacAddr,
     mclag::Mclag,
-    peersync::{self, Identity, LocalPort, PeerQuery, PeerSync},
+    peersync::{Identity, PeerQuery, PeerSync},
     rollout::{
         center::Center,
         device::{Device, DeviceHandle},
@@ -58,22 +59,11 @@ pub fn ensure_root(what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Kernel CLOCK_MONOTONIC in nanoseconds, the clock of capture timestamps.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     ensure_root("sync-agent run")?;
-    let socket_path = socket.unwrap_or_else(|| Config::socket_path_for(&config.instance));
+    let socket_path = socket.unwrap_or_else(|| crate::control::socket_path_for(&config.instance));
     let control = ControlSocket::bind(&socket_path).await?;
 
     let netlink = links::connect()?;
@@ -167,7 +157,7 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
         let identity = Identity {
             name: agent.config.instance.clone(),
             system_id: ports.iter().find_map(|p| p.mac).unwrap_or(MacAddr([0; 6])),
-            boot_id: peersync::new_boot_id(),
+            boot_id: crate::random::boot_id(),
             mclag_address,
         };
         let observer = match (agent.config.mclag.clone(), mclag_address) {
@@ -326,7 +316,7 @@ struct Agent {
     /// Fabric sync, when configured.
     fabric: Option<crate::fabric::Fabric>,
     /// The member ports as last told to peer sync.
-    peer_ports: Vec<LocalPort>,
+    peer_ports: Vec<MemberPort>,
 }
 
 impl Agent {
@@ -414,7 +404,7 @@ impl Agent {
     }
 
     /// The member ports with their MLAG ids, as peer sync needs them.
-    fn local_ports(&self) -> Vec<LocalPort> {
+    fn local_ports(&self) -> Vec<MemberPort> {
         let Some(peer) = &self.config.peer else {
             return Vec::new();
         };
@@ -422,7 +412,7 @@ impl Agent {
             .into_iter()
             .map(|(name, mlag_id)| {
                 let link = self.links.get(&name);
-                LocalPort {
+                MemberPort {
                     ifindex: link.map(|l| l.index),
                     mac: link.and_then(|l| l.mac),
                     name,
@@ -697,7 +687,7 @@ impl Agent {
     }
 
     fn captured(&self, limit: usize) -> Vec<CapturedEntry> {
-        let now = monotonic_ns();
+        let now = crate::clock::monotonic_ns();
         let names: BTreeMap<u32, &str> = self
             .dataplane
             .ports()

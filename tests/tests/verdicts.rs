@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use mlag_testbed::frames::{self, Arp, TPID_8021AD, TPID_8021Q};
 use sync_agent::{
-    config::EbpfLogLevel,
+    dataplane::config::EbpfLogLevel,
     dataplane::{CLASSIFIER_PROGRAM, Dataplane, KernelCounters, MacTables, testrun},
     mac::MacAddr,
 };

@@ -48,7 +48,7 @@ pub fn resolve_socket(socket: Option<&Path>, instance: Option<&str>) -> anyhow::
         return Ok(socket.to_path_buf());
     }
     if let Some(instance) = instance {
-        return Ok(crate::config::Config::socket_path_for(instance));
+        return Ok(super::socket_path_for(instance));
     }
     let sockets: Vec<PathBuf> = std::fs::read_dir(SOCKET_DIR)
         .map(|entries| {

@@ -7,3 +7,8 @@ pub mod server;
 
 /// Directory of the control sockets.
 pub const SOCKET_DIR: &str = "/run/mlag-sync";
+
+/// Path of the control socket of an agent instance.
+pub fn socket_path_for(instance: &str) -> std::path::PathBuf {
+    std::path::Path::new(SOCKET_DIR).join(format!("{instance}.sock"))
+}

@@ -9,37 +9,13 @@ use std::sync::{
 
 use aya::maps::{MapData, RingBuf};
 use sync_common::{
-    arp::{self, ArpAddresses, Parsed},
+    arp::{self, Parsed},
     capture::{CaptureRecord, Class},
 };
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
+pub use crate::bus::Captured;
 use crate::mac::MacAddr;
-
-/// One ARP reply the XDP program handed over for syncing.
-#[derive(Clone, Debug)]
-pub struct Captured {
-    /// Kernel monotonic time of capture, in nanoseconds.
-    pub timestamp_ns: u64,
-    /// Interface it arrived on.
-    pub ifindex: u32,
-    /// Its class (peer or own; shared and unmatched are never captured).
-    pub class: Class,
-    /// Outer VLAN id, 0 if untagged.
-    pub outer_vlan: u16,
-    /// Inner VLAN id, 0 unless double-tagged.
-    pub inner_vlan: u16,
-    /// Number of tags.
-    pub vlan_count: u8,
-    /// Length of the frame on the wire.
-    pub frame_len: u16,
-    /// Ethernet destination.
-    pub dst_mac: MacAddr,
-    /// The ARP addresses.
-    pub arp: ArpAddresses,
-    /// The captured bytes of the frame.
-    pub frame: Vec<u8>,
-}
 
 /// Why a ring buffer record was not accepted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 //! `BPF_PROG_RUN` for frame injection and benchmarks.
 
 pub mod capture;
-pub mod testrun;
+pub mod config;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,7 +17,10 @@ use aya::{
 use serde::{Deserialize, Serialize};
 use sync_common::{capture::MacKey, counters};
 
-use crate::{config::EbpfLogLevel, config::XdpModeConfig, mac::MacAddr};
+pub use crate::southbound::testrun;
+
+use self::config::{EbpfLogLevel, XdpModeConfig};
+use crate::mac::MacAddr;
 
 /// The compiled XDP object, embedded at build time by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sync-ebpf"));

@@ -174,7 +174,7 @@ impl Codec {
         self.last_counter = now.max(self.last_counter + 1);
         let mut nonce = [0u8; NONCE_LEN];
         nonce[..8].copy_from_slice(&self.last_counter.to_be_bytes());
-        getrandom::fill(&mut nonce[8..]).expect("the kernel's random source");
+        crate::random::fill(&mut nonce[8..]);
         nonce
     }
 

@@ -389,46 +389,10 @@ impl RateLimiter {
     }
 }
 
-/// Logs a kind of problem at most once per interval, with the count suppressed.
-pub struct LogLimiter {
-    every: Duration,
-    last: HashMap<&'static str, (Instant, u64)>,
-}
-
-impl LogLimiter {
-    /// At most one line per kind per `every`.
-    pub fn new(every: Duration) -> Self {
-        Self {
-            every,
-            last: HashMap::new(),
-        }
-    }
-
-    /// Some(suppressed since last line) when a line may be logged now.
-    pub fn admit(&mut self, kind: &'static str) -> Option<u64> {
-        let now = Instant::now();
-        match self.last.get_mut(kind) {
-            Some((at, suppressed)) if now.duration_since(*at) < self.every => {
-                *suppressed += 1;
-                None
-            }
-            Some((at, suppressed)) => {
-                let n = *suppressed;
-                *at = now;
-                *suppressed = 0;
-                Some(n)
-            }
-            None => {
-                self.last.insert(kind, (now, 0));
-                Some(0)
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log_limit::LogLimiter;
 
     fn change(origin: &str, seq: u64, key: &str, value: &str, at_ms: u64) -> ConfigChange {
         ConfigChange {

@@ -1,10 +1,11 @@
 //! The fabric task: owns the MQTT link, the roster (on servers), the local
 //! view of the fabric, the fabric config and the recent faults.
 
+use crate::{clock::now_ms, log_limit::LogLimiter};
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     net::{IpAddr, SocketAddr},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use rtnetlink::Handle;
@@ -18,7 +19,7 @@ use super::{
     decide_role,
     link::{self, Endpoint, LinkEvent as MqttEvent, LinkSettings},
     seal::{self, Codec},
-    state::{ConfigStore, LogLimiter, Outbox, Outcome, PendingChange, RateLimiter, Roster},
+    state::{ConfigStore, Outbox, Outcome, PendingChange, RateLimiter, Roster},
     wire::{
         ConfigAck, ConfigChange, Fault, Heartbeat, Membership, Message, Role, ServerStatus, Topics,
         Topology,
@@ -32,12 +33,6 @@ use crate::{
         links::{self, LinkEvent},
     },
 };
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// How many faults and announcements `show fabric` keeps.
 const RECENT: usize = 100;
@@ -238,7 +233,7 @@ impl Fabric {
             (topics.topic_for(&departed).0, codec.seal_will(&departed))
         });
         let mut suffix = [0u8; 3];
-        getrandom::fill(&mut suffix).expect("the kernel's random source");
+        crate::random::fill(&mut suffix);
         let heartbeat = config.heartbeat();
         let settings = LinkSettings {
             client_id: format!("{identity}-{}", hex::encode(suffix)),

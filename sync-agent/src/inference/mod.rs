@@ -42,6 +42,7 @@
 //! The engine is pure: no I/O, no clock (times are passed in), no async.
 
 pub mod bench;
+pub mod config;
 pub mod model;
 pub mod rules;
 pub mod task;

@@ -26,41 +26,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::rules::{Info, NORMAL, RuleTable, State};
-
-/// The id of an object, e.g. `port:a-c`, `lan:a-c`, `ip:a-c`, `switch:A`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ObjectId(pub String);
-
-impl ObjectId {
-    /// Wraps a string.
-    pub fn new(id: impl Into<String>) -> Self {
-        Self(id.into())
-    }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for ObjectId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl From<&str> for ObjectId {
-    fn from(id: &str) -> Self {
-        Self(id.to_string())
-    }
-}
-
-impl From<String> for ObjectId {
-    fn from(id: String) -> Self {
-        Self(id)
-    }
-}
+use super::rules::{NORMAL, RuleTable, State};
+pub use crate::bus::{Info, ObjectId};
 
 /// The layer of an object, lowest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

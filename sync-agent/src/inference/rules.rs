@@ -23,7 +23,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::model::ObjectId;
+pub use crate::bus::{Info, ObjectId};
 
 /// Name of the state of an object without any fault.
 pub const NORMAL: &str = "normal";
@@ -76,28 +76,6 @@ impl State {
     /// lost contact.
     pub fn is_fault(&self) -> bool {
         self.level > 0 && !self.lost_contact
-    }
-}
-
-/// One incoming piece of information: where from, what it says, about which object.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Info {
-    /// Where it comes from, e.g. `netlink`, `fabric`, `peer`, `agent`.
-    pub source: String,
-    /// What it says, e.g. `link-down`.
-    pub message: String,
-    /// The object it is about.
-    pub object: ObjectId,
-}
-
-impl Info {
-    /// Shorthand constructor.
-    pub fn new(source: &str, message: &str, object: impl Into<ObjectId>) -> Self {
-        Self {
-            source: source.to_string(),
-            message: message.to_string(),
-            object: object.into(),
-        }
     }
 }
 

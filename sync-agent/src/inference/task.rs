@@ -3,10 +3,8 @@
 //! interfaces, gateways) plus the objects declared in the config, and turns
 //! every incoming event into [`Info`] for the model.
 
-use std::{
-    collections::BTreeMap,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use crate::clock::now_ms;
+use std::collections::BTreeMap;
 
 use rtnetlink::Handle;
 use serde::{Deserialize, Serialize};
@@ -14,8 +12,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Dependency, Info, Layer, Model, ObjectId, ObjectView, RuleTable};
 use crate::{
-    config::InferenceConfig,
     control::protocol::Response,
+    inference::config::InferenceConfig,
     southbound::{
         addresses,
         links::{self, Link, LinkEvent},
@@ -63,12 +61,6 @@ pub struct InferenceStats {
     pub unknown_objects: u64,
     /// Effective state changes.
     pub changes: u64,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Object ids, in one place.

@@ -12,6 +12,7 @@
 //! One task owns all of it; peer sync reports session events to it.
 
 pub mod announce;
+pub mod config;
 pub mod election;
 pub mod eui64;
 
@@ -27,10 +28,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::election::Role;
 use crate::{
-    config::{LinkLocalMode, MclagConfig},
+    bus::{Liveness, MemberPort, SessionEvent},
     control::protocol::Response,
+    liveness::LivenessReport,
     mac::MacAddr,
-    peersync::{LocalPort, PeerEvent, SessionEvent, liveness::Liveness},
+    mclag::config::{LinkLocalMode, MclagConfig},
     southbound::{addresses, links},
 };
 
@@ -42,7 +44,7 @@ pub enum MclagEvent {
     /// Liveness on the backup path.
     Backup(Liveness),
     /// The member ports changed.
-    Ports(Vec<LocalPort>),
+    Ports(Vec<MemberPort>),
     /// `show mclag`.
     Query(oneshot::Sender<Response>),
 }
@@ -61,7 +63,7 @@ impl Mclag {
         address: IpAddr,
         keepalive: (Duration, Duration),
         boot_id: u64,
-        ports: Vec<LocalPort>,
+        ports: Vec<MemberPort>,
         netlink: Handle,
     ) -> (Self, mpsc::Sender<SessionEvent>) {
         let (events, rx) = mpsc::channel(256);
@@ -75,8 +77,8 @@ impl Mclag {
             }
         });
         if let Some(backup) = &config.backup {
-            let (tx, mut backup_rx) = mpsc::channel::<PeerEvent>(64);
-            tokio::spawn(crate::peersync::liveness::run(
+            let (tx, mut backup_rx) = mpsc::channel::<LivenessReport>(64);
+            tokio::spawn(crate::liveness::run(
                 SocketAddr::new(backup.local_address, backup.port),
                 SocketAddr::new(backup.peer_address, backup.port),
                 keepalive.0,
@@ -87,7 +89,7 @@ impl Mclag {
             let forward = events.clone();
             tokio::spawn(async move {
                 while let Some(event) = backup_rx.recv().await {
-                    if let PeerEvent::Liveness(l) = event
+                    if let LivenessReport::Changed(l) = event
                         && forward.send(MclagEvent::Backup(l)).await.is_err()
                     {
                         return;
@@ -123,7 +125,7 @@ impl Mclag {
     }
 
     /// Tells the task the member ports changed.
-    pub async fn ports(&self, ports: Vec<LocalPort>) {
+    pub async fn ports(&self, ports: Vec<MemberPort>) {
         let _ = self.events.send(MclagEvent::Ports(ports)).await;
     }
 
@@ -141,7 +143,7 @@ impl Mclag {
 struct Task {
     config: MclagConfig,
     address: IpAddr,
-    ports: Vec<LocalPort>,
+    ports: Vec<MemberPort>,
     role: Role,
     error: Option<String>,
     peer_address: Option<IpAddr>,

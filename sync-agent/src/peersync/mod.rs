@@ -16,7 +16,7 @@
 //! entry. Only if injection fails is the entry written over netlink, and
 //! that is logged and counted.
 
-pub mod liveness;
+pub mod config;
 pub mod session;
 pub mod table;
 
@@ -39,30 +39,17 @@ use tokio::{
     sync::{mpsc, oneshot, watch},
 };
 
-use self::{
-    liveness::Liveness,
-    table::{EntryKey, SendTable},
-};
+use self::table::{EntryKey, SendTable};
 use crate::{
-    config::{ArpAcceptPolicy, PeerConfig},
+    bus::Captured,
+    bus::{Liveness, MemberPort, SessionEvent},
     control::protocol::Response,
-    dataplane::{capture::Captured, testrun},
+    liveness::{self, LivenessReport},
     mac::MacAddr,
+    peersync::config::{ArpAcceptPolicy, PeerConfig},
+    southbound::testrun,
     southbound::{links, neighbours},
 };
-
-/// A member port as peer sync sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LocalPort {
-    /// Interface name.
-    pub name: String,
-    /// MLAG port id shared with the peer.
-    pub mlag_id: u32,
-    /// Interface index (None while the interface is missing).
-    pub ifindex: Option<u32>,
-    /// Current MAC.
-    pub mac: Option<MacAddr>,
-}
 
 /// Who this agent is, as told in hellos.
 #[derive(Clone, Debug)]
@@ -75,20 +62,6 @@ pub struct Identity {
     pub boot_id: u64,
     /// MC-LAG election address, when MC-LAG is configured.
     pub mclag_address: Option<std::net::IpAddr>,
-}
-
-/// What peer sync tells the MC-LAG task about the peer.
-#[derive(Clone, Debug)]
-pub enum SessionEvent {
-    /// A session is established (the peer's hello).
-    Up {
-        /// The peer's election address, if it runs MC-LAG.
-        mclag_address: Option<std::net::IpAddr>,
-        /// The peer's member ports: MLAG id and MAC.
-        ports: Vec<(u32, MacAddr)>,
-    },
-    /// The peer's liveness is lost.
-    Lost,
 }
 
 /// Operator queries.
@@ -106,7 +79,7 @@ pub enum PeerEvent {
     /// A reply captured by the classifier.
     Captured(Captured),
     /// The member ports changed.
-    Ports(Vec<LocalPort>),
+    Ports(Vec<MemberPort>),
     /// An operator query.
     Query(PeerQuery, oneshot::Sender<Response>),
     /// A TCP connection to or from the peer.
@@ -166,7 +139,7 @@ impl PeerSync {
     pub fn spawn(
         config: PeerConfig,
         identity: Identity,
-        ports: Vec<LocalPort>,
+        ports: Vec<MemberPort>,
         inject: OwnedFd,
         netlink: Handle,
         observer: Option<mpsc::Sender<SessionEvent>>,
@@ -181,14 +154,29 @@ impl PeerSync {
         } else {
             tokio::spawn(session::accept(local, peer, events.clone()));
         }
+        let (liveness_tx, mut liveness_rx) = mpsc::channel(64);
         tokio::spawn(liveness::run(
             local,
             peer,
             Duration::from_millis(config.keepalive_interval_ms),
             Duration::from_millis(config.dead_interval_ms),
             identity.boot_id,
-            events.clone(),
+            liveness_tx,
         ));
+        let forward = events.clone();
+        tokio::spawn(async move {
+            while let Some(report) = liveness_rx.recv().await {
+                let event = match report {
+                    LivenessReport::Changed(l) => PeerEvent::Liveness(l),
+                    LivenessReport::Rejected { reason, detail } => {
+                        PeerEvent::Rejected { reason, detail }
+                    }
+                };
+                if forward.send(event).await.is_err() {
+                    return;
+                }
+            }
+        });
         let mut task = Task {
             table: SendTable::new(config.max_entries),
             config,
@@ -225,7 +213,7 @@ impl PeerSync {
     }
 
     /// Tells peer sync the member ports changed.
-    pub async fn ports(&self, ports: Vec<LocalPort>) {
+    pub async fn ports(&self, ports: Vec<MemberPort>) {
         let _ = self.events.send(PeerEvent::Ports(ports)).await;
     }
 
@@ -328,7 +316,7 @@ pub struct Stats {
 struct Task {
     config: PeerConfig,
     identity: Identity,
-    ports: Vec<LocalPort>,
+    ports: Vec<MemberPort>,
     events: mpsc::Sender<PeerEvent>,
     we_connect: bool,
     want_connection: watch::Sender<u64>,
@@ -1170,18 +1158,4 @@ pub struct ArpReportEntry {
     pub how: String,
     /// For received: the kernel's NUD state now (read from the kernel).
     pub kernel_state: Option<String>,
-}
-
-/// A random boot id for this run of the agent.
-pub fn new_boot_id() -> u64 {
-    let mut bytes = [0u8; 8];
-    // SAFETY: getrandom writes at most len bytes into the buffer.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if n != 8 {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        return now.as_nanos() as u64 ^ u64::from(std::process::id());
-    }
-    u64::from_ne_bytes(bytes).max(1)
 }

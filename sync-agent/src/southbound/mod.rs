@@ -1,7 +1,11 @@
-//! The kernel side the agent reads and changes, other than BPF: interfaces
-//! over rtnetlink. Protocol code never builds netlink messages itself.
+//! The kernel side the agent reads and changes, other than loading and
+//! attaching BPF programs (the dataplane's): interfaces, addresses,
+//! neighbours and routes over rtnetlink, and `BPF_PROG_RUN` to hand frames
+//! to the receive path. Protocol code never builds netlink messages or
+//! `bpf()` attributes itself.
 
 pub mod addresses;
 pub mod links;
 pub mod neighbours;
 pub mod routes;
+pub mod testrun;

@@ -27,7 +27,7 @@ use mlag_testbed::{
     wait_until,
 };
 use sync_agent::{
-    config::EbpfLogLevel,
+    dataplane::config::EbpfLogLevel,
     dataplane::{
         CLASSIFIER_PROGRAM, Dataplane, MacTables, PASS_PROGRAM,
         capture::{self, CaptureStats},

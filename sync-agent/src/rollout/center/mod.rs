@@ -21,12 +21,13 @@ pub mod http;
 pub mod planner;
 pub mod store;
 
+use crate::clock::now_ms;
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::sync::watch;
@@ -78,13 +79,6 @@ impl Default for CenterConfig {
 pub struct RolloutOptions {
     pub batch_size: Option<usize>,
     pub pace_ms: Option<u64>,
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The config center: database, rollout engine and long-poll wake-ups.

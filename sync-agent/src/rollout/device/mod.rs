@@ -26,6 +26,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 
+use crate::clock::now_ms;
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     error::Error as StdError,
@@ -75,12 +76,6 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 fn md5_hex(data: &[u8]) -> String {
     use ::md5::Digest as _;
     hex::encode(::md5::Md5::digest(data))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn default_watch_timeout_ms() -> u64 {

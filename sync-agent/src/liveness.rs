@@ -1,5 +1,7 @@
-//! Peer liveness on its own path (UDP keepalives on the peer link), apart
-//! from the session's data flow, so a bulk transfer never delays detection.
+//! Liveness of the switch at the other end of a path, by UDP keepalives:
+//! on the peer link apart from the session's data flow (so a bulk transfer
+//! never delays detection; peer sync), and on the backup path (MC-LAG's
+//! split-brain check). The task only reports; its owner decides.
 
 use std::{
     net::SocketAddr,
@@ -9,18 +11,20 @@ use std::{
 use sync_common::wire::{self, Encoder, Frame, MessageType, SubType};
 use tokio::{net::UdpSocket, sync::mpsc};
 
-use super::PeerEvent;
+use crate::bus::Liveness;
 
-/// What the liveness task reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Liveness {
-    /// Keepalives arrive; the peer agent has this boot id.
-    Up {
-        /// The peer's boot id.
-        boot_id: u64,
+/// What a liveness task tells its owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LivenessReport {
+    /// The other end came up (or restarted) or went silent.
+    Changed(Liveness),
+    /// A datagram was refused (a stranger, garbage, not a keepalive).
+    Rejected {
+        /// Counter label.
+        reason: &'static str,
+        /// For the log.
+        detail: String,
     },
-    /// No keepalive for the dead interval.
-    Down,
 }
 
 /// Sends keepalives to `peer` every `interval` and reports the peer up or
@@ -31,7 +35,7 @@ pub async fn run(
     interval: Duration,
     dead: Duration,
     boot_id: u64,
-    events: mpsc::Sender<PeerEvent>,
+    events: mpsc::Sender<LivenessReport>,
 ) {
     let socket = loop {
         match UdpSocket::bind(local).await {
@@ -66,7 +70,7 @@ pub async fn run(
                 let _ = socket.send_to(&out[..len], peer).await;
                 if up && last_seen.is_some_and(|t| t.elapsed() > dead) {
                     up = false;
-                    if events.send(PeerEvent::Liveness(Liveness::Down)).await.is_err() {
+                    if events.send(LivenessReport::Changed(Liveness::Down)).await.is_err() {
                         return;
                     }
                 }
@@ -92,13 +96,13 @@ pub async fn run(
                         if !up || current_boot != Some(peer_boot) {
                             up = true;
                             current_boot = Some(peer_boot);
-                            if events.send(PeerEvent::Liveness(Liveness::Up { boot_id: peer_boot })).await.is_err() {
+                            if events.send(LivenessReport::Changed(Liveness::Up { boot_id: peer_boot })).await.is_err() {
                                 return;
                             }
                         }
                     }
                     Err(reason) => {
-                        if events.send(PeerEvent::Rejected { reason, detail: format!("{len}-byte datagram from {from}") }).await.is_err() {
+                        if events.send(LivenessReport::Rejected { reason, detail: format!("{len}-byte datagram from {from}") }).await.is_err() {
                             return;
                         }
                     }

@@ -1,0 +1,206 @@
+//! The shared vocabulary: the typed messages SPEC modules exchange through
+//! the channels the supervisor wires. A producer and its consumers both
+//! import them from here, so no module reaches into another's internals
+//! (holo keeps the same thing in `holo-utils/src/ibus.rs`).
+//!
+//! | message | producer | consumers | channel |
+//! |---|---|---|---|
+//! | [`Captured`] reply | dataplane (ring buffer reader) | peer sync | `mpsc`, backpressure into the ring |
+//! | [`LinkEvent`] | netlink watcher (supervisor) | dataplane, inference, fabric | `broadcast` |
+//! | [`MemberPort`] list | dataplane | peer sync, MC-LAG | `watch` |
+//! | [`SessionEvent`] | peer sync | MC-LAG | `mpsc` |
+//! | [`Liveness`] | [`crate::liveness`] | peer sync, MC-LAG (backup path) | `mpsc` |
+//! | [`Info`] about an [`ObjectId`] | fabric (and any module with news) | inference | `mpsc`, drops counted |
+
+use std::{fmt, net::IpAddr};
+
+use serde::{Deserialize, Serialize};
+use sync_common::{arp::ArpAddresses, capture::Class};
+
+use crate::mac::MacAddr;
+pub use crate::southbound::links::{Link, LinkEvent};
+
+/// Depth of the link-event broadcast; a subscriber further behind than
+/// this is told it lagged and re-reads what it needs.
+pub const LINK_EVENTS_DEPTH: usize = 1024;
+
+/// A member port as the dataplane knows it: the classifier's port plus the
+/// MLAG id it shares with its twin on the peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberPort {
+    /// Interface name.
+    pub name: String,
+    /// MLAG port id shared with the peer.
+    pub mlag_id: u32,
+    /// Interface index (None while the interface is missing).
+    pub ifindex: Option<u32>,
+    /// Current MAC.
+    pub mac: Option<MacAddr>,
+}
+
+/// One ARP reply the XDP program handed over for syncing.
+#[derive(Clone, Debug)]
+pub struct Captured {
+    /// Kernel monotonic time of capture, in nanoseconds.
+    pub timestamp_ns: u64,
+    /// Interface it arrived on.
+    pub ifindex: u32,
+    /// Its class (peer or own; shared and unmatched are never captured).
+    pub class: Class,
+    /// Outer VLAN id, 0 if untagged.
+    pub outer_vlan: u16,
+    /// Inner VLAN id, 0 unless double-tagged.
+    pub inner_vlan: u16,
+    /// Number of tags.
+    pub vlan_count: u8,
+    /// Length of the frame on the wire.
+    pub frame_len: u16,
+    /// Ethernet destination.
+    pub dst_mac: MacAddr,
+    /// The ARP addresses.
+    pub arp: ArpAddresses,
+    /// The captured bytes of the frame.
+    pub frame: Vec<u8>,
+}
+
+/// What peer sync tells others about the peer session.
+#[derive(Clone, Debug)]
+pub enum SessionEvent {
+    /// A session is established (the peer's hello).
+    Up {
+        /// The peer's election address, if it runs MC-LAG.
+        mclag_address: Option<IpAddr>,
+        /// The peer's member ports: MLAG id and MAC.
+        ports: Vec<(u32, MacAddr)>,
+    },
+    /// The peer's liveness is lost.
+    Lost,
+}
+
+/// What a liveness task reports about the switch at the other end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    /// Keepalives arrive; the peer agent has this boot id.
+    Up {
+        /// The peer's boot id.
+        boot_id: u64,
+    },
+    /// No keepalive for the dead interval.
+    Down,
+}
+
+/// The id of an inference object, e.g. `port:a-c`, `lan:a-c`, `ip:a-c`,
+/// `switch:A`. Build ids with [`ids`], never by hand.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ObjectId(pub String);
+
+impl ObjectId {
+    /// Wraps a string.
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for ObjectId {
+    fn from(id: &str) -> Self {
+        Self(id.to_string())
+    }
+}
+
+impl From<String> for ObjectId {
+    fn from(id: String) -> Self {
+        Self(id)
+    }
+}
+
+/// One incoming piece of information for state inference: where from, what
+/// it says, about which object.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Info {
+    /// Where it comes from, e.g. `netlink`, `fabric`, `peer`, `agent`.
+    pub source: String,
+    /// What it says, e.g. `link-down`.
+    pub message: String,
+    /// The object it is about.
+    pub object: ObjectId,
+}
+
+impl Info {
+    /// Shorthand constructor.
+    pub fn new(source: &str, message: &str, object: impl Into<ObjectId>) -> Self {
+        Self {
+            source: source.to_string(),
+            message: message.to_string(),
+            object: object.into(),
+        }
+    }
+}
+
+/// Object ids, in one place: producers build them and the inference task
+/// parses them with the same rules.
+pub mod ids {
+    use super::ObjectId;
+
+    /// The switch itself (or another fabric member).
+    pub fn switch(name: &str) -> ObjectId {
+        ObjectId(format!("switch:{name}"))
+    }
+    /// A physical port of this switch.
+    pub fn port(ifname: &str) -> ObjectId {
+        ObjectId(format!("port:{ifname}"))
+    }
+    /// A port of another fabric member.
+    pub fn remote_port(member: &str, port: &str) -> ObjectId {
+        ObjectId(format!("port:{member}/{port}"))
+    }
+    /// The member and port of a [`remote_port`] id; None for any other id.
+    pub fn parse_remote_port(id: &ObjectId) -> Option<(&str, &str)> {
+        id.0.strip_prefix("port:")?.split_once('/')
+    }
+    /// The LAN (L2) port a physical port realises.
+    pub fn lan(ifname: &str) -> ObjectId {
+        ObjectId(format!("lan:{ifname}"))
+    }
+    /// A bridge or bond (L2).
+    pub fn aggregate(kind: &str, ifname: &str) -> ObjectId {
+        ObjectId(format!("{kind}:{ifname}"))
+    }
+    /// An IPv4 interface (L3).
+    pub fn ip(ifname: &str) -> ObjectId {
+        ObjectId(format!("ip:{ifname}"))
+    }
+    /// A gateway (L3).
+    pub fn gateway(ip: std::net::Ipv4Addr) -> ObjectId {
+        ObjectId(format!("gw:{ip}"))
+    }
+}
+
+/// A module's task has stopped, so its handle cannot answer.
+#[derive(Clone, Copy, Debug, thiserror::Error)]
+#[error("the {0} task has stopped")]
+pub struct TaskGone(pub &'static str);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_port_ids_round_trip() {
+        let id = ids::remote_port("sw3", "p1");
+        assert_eq!(id.as_str(), "port:sw3/p1");
+        assert_eq!(ids::parse_remote_port(&id), Some(("sw3", "p1")));
+        assert_eq!(ids::parse_remote_port(&ids::port("eth0")), None);
+        assert_eq!(ids::parse_remote_port(&ids::lan("a/b")), None);
+    }
+}

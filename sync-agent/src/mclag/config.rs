@@ -1,0 +1,73 @@
+//! `[mclag]`: master election and port identity (SPEC 3). Checks that need
+//! the `[peer]` section too are made where both are known (`crate::config`).
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::validate::Problems;
+
+fn default_true() -> bool {
+    true
+}
+fn default_backup_port() -> u16 {
+    7789
+}
+
+/// How the link-local address follows a MAC change.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkLocalMode {
+    /// Delete the stale fe80:: address and add the new EUI-64 one (the link
+    /// stays up).
+    #[default]
+    Readdress,
+    /// Take the port down and up so the kernel regenerates it (drops the link).
+    Bounce,
+}
+
+/// A second path to the peer, used only to tell a dead peer from a broken
+/// peer link.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackupPath {
+    /// This switch's address on the backup path.
+    pub local_address: IpAddr,
+    /// The peer's address on the backup path.
+    pub peer_address: IpAddr,
+    /// UDP port of the backup keepalives.
+    #[serde(default = "default_backup_port")]
+    pub port: u16,
+}
+
+/// `[mclag]`: master election and MAC alignment (SPEC 3).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MclagConfig {
+    /// Election address (default: `peer.local_address`); the larger is master.
+    #[serde(default)]
+    pub address: Option<IpAddr>,
+    /// How link-local addresses follow a MAC change.
+    #[serde(default)]
+    pub linklocal: LinkLocalMode,
+    /// Backup liveness path (split-brain detection).
+    #[serde(default)]
+    pub backup: Option<BackupPath>,
+    /// Announce with gratuitous ARP / unsolicited NA on takeover.
+    #[serde(default = "default_true")]
+    pub announce: bool,
+}
+
+impl MclagConfig {
+    /// Every problem of the `[mclag]` section on its own.
+    pub fn problems(&self, out: &mut Problems) {
+        if let Some(backup) = &self.backup
+            && backup.local_address == backup.peer_address
+        {
+            out.add(
+                "mclag.backup.peer_address",
+                format!("{} is also mclag.backup.local_address", backup.peer_address),
+            );
+        }
+    }
+}

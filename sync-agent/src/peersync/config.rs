@@ -1,0 +1,238 @@
+//! `[peer]`: the MLAG peer session (SPEC 2): addresses, MLAG ids, VLAN
+//! interfaces, timers, batching and the kernel-learning policy.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::validate::{Problems, is_ifname};
+
+/// What the agent does with `arp_accept` on the member ports.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ArpAcceptPolicy {
+    /// Set `net.ipv4.conf.<port>.arp_accept=1` so a synced reply creates an
+    /// entry even when this switch did not ask (class `own` on the peer).
+    #[default]
+    Set,
+    /// Leave it as it is: synced replies only complete entries this switch
+    /// is resolving itself.
+    Leave,
+}
+
+/// Where a synced reply of one MLAG port and VLAN is handed to the kernel,
+/// when not on the member port itself (e.g. an SVI, or a kernel without
+/// VLAN devices).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VlanInterface {
+    /// MLAG port id.
+    pub mlag_id: u32,
+    /// Outer VLAN id.
+    pub outer_vlan: u16,
+    /// Inner VLAN id (0 for single-tagged).
+    #[serde(default)]
+    pub inner_vlan: u16,
+    /// The interface; the reply is handed to it untagged.
+    pub interface: String,
+}
+
+fn default_sync_port() -> u16 {
+    7789
+}
+fn default_keepalive_ms() -> u64 {
+    100
+}
+fn default_dead_ms() -> u64 {
+    500
+}
+fn default_batch_entries() -> usize {
+    64
+}
+fn default_max_frame() -> usize {
+    16 * 1024
+}
+fn default_flush_us() -> u64 {
+    0
+}
+fn default_max_entries() -> usize {
+    1 << 20
+}
+
+/// `[peer]`: the MLAG peer session (SPEC 2).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// This switch's address on the peer link.
+    pub local_address: IpAddr,
+    /// The peer's address on the peer link.
+    pub peer_address: IpAddr,
+    /// TCP port of the session and UDP port of the keepalives.
+    #[serde(default = "default_sync_port")]
+    pub port: u16,
+    /// MLAG port id of each member port (both switches use the same id for
+    /// the two halves of one MLAG). Default: position in `member_ports`, from 1.
+    #[serde(default)]
+    pub mlag_ids: BTreeMap<String, u32>,
+    /// Interfaces for tagged replies (see [`VlanInterface`]).
+    #[serde(default)]
+    pub vlan_interfaces: Vec<VlanInterface>,
+    /// Keepalive interval, milliseconds.
+    #[serde(default = "default_keepalive_ms")]
+    pub keepalive_interval_ms: u64,
+    /// Peer declared down after this long without a keepalive, milliseconds.
+    #[serde(default = "default_dead_ms")]
+    pub dead_interval_ms: u64,
+    /// Most entries in one sync frame.
+    #[serde(default = "default_batch_entries")]
+    pub batch_max_entries: usize,
+    /// Largest sync frame, bytes (header included).
+    #[serde(default = "default_max_frame")]
+    pub max_frame_bytes: usize,
+    /// How long a lone reply may wait for company before it is sent,
+    /// microseconds. 0 (the default) sends as soon as no more replies are
+    /// queued: a lone reply goes at once, a burst is batched by itself.
+    /// Timers have millisecond granularity, so small non-zero values round up.
+    #[serde(default = "default_flush_us")]
+    pub flush_delay_us: u64,
+    /// `arp_accept` handling on the ports synced replies are handed to.
+    #[serde(default)]
+    pub arp_accept: ArpAcceptPolicy,
+    /// Most entries kept for resending; the oldest are forgotten beyond it.
+    #[serde(default = "default_max_entries")]
+    pub max_entries: usize,
+}
+
+impl PeerConfig {
+    /// The MLAG id of each member port, in `member_ports` order.
+    pub fn mlag_ids_for(&self, member_ports: &[String]) -> Vec<(String, u32)> {
+        member_ports
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                (
+                    name.clone(),
+                    self.mlag_ids.get(name).copied().unwrap_or(i as u32 + 1),
+                )
+            })
+            .collect()
+    }
+}
+
+impl PeerConfig {
+    /// Every problem of the `[peer]` section; `member_ports` are the
+    /// dataplane's, which the MLAG ids refer to.
+    pub fn problems(&self, member_ports: &[String], out: &mut Problems) {
+        let peer = self;
+        let mut problem = |field: String, message: String| out.add(field, message);
+        if peer.local_address == peer.peer_address {
+            problem(
+                "peer.peer_address".into(),
+                format!("{} is also peer.local_address", peer.peer_address),
+            );
+        }
+        if peer.local_address.is_ipv4() != peer.peer_address.is_ipv4() {
+            problem(
+                "peer.peer_address".into(),
+                "must be the same address family as peer.local_address".into(),
+            );
+        }
+        if peer.port == 0 {
+            problem("peer.port".into(), "0 is not a port".into());
+        }
+        for name in peer.mlag_ids.keys() {
+            if !member_ports.contains(name) {
+                problem(
+                    format!("peer.mlag_ids.{name}"),
+                    format!("'{name}' is not in dataplane.member_ports"),
+                );
+            }
+        }
+        let mut ids = BTreeMap::new();
+        for (name, id) in peer.mlag_ids_for(member_ports) {
+            if id == 0 {
+                problem(
+                    format!("peer.mlag_ids.{name}"),
+                    "0 is not an MLAG id".into(),
+                );
+            } else if let Some(other) = ids.insert(id, name.clone()) {
+                problem(
+                    format!("peer.mlag_ids.{name}"),
+                    format!("MLAG id {id} is also used by {other}"),
+                );
+            }
+        }
+        for (i, v) in peer.vlan_interfaces.iter().enumerate() {
+            if !ids.contains_key(&v.mlag_id) {
+                problem(
+                    format!("peer.vlan_interfaces[{i}].mlag_id"),
+                    format!("no member port has MLAG id {}", v.mlag_id),
+                );
+            }
+            if v.outer_vlan == 0 || v.outer_vlan > 4094 || v.inner_vlan > 4094 {
+                problem(
+                    format!("peer.vlan_interfaces[{i}]"),
+                    "VLAN ids must be 1-4094 (inner 0 for single-tagged)".into(),
+                );
+            }
+            if !is_ifname(&v.interface) {
+                problem(
+                    format!("peer.vlan_interfaces[{i}].interface"),
+                    format!("'{}' is not a valid interface name", v.interface),
+                );
+            }
+        }
+        if !(10..=10_000).contains(&peer.keepalive_interval_ms) {
+            problem(
+                "peer.keepalive_interval_ms".into(),
+                format!(
+                    "{} must be between 10 and 10000",
+                    peer.keepalive_interval_ms
+                ),
+            );
+        }
+        if peer.dead_interval_ms < 2 * peer.keepalive_interval_ms {
+            problem(
+                "peer.dead_interval_ms".into(),
+                format!(
+                    "{} must be at least twice peer.keepalive_interval_ms",
+                    peer.dead_interval_ms
+                ),
+            );
+        }
+        if !(1..=4096).contains(&peer.batch_max_entries) {
+            problem(
+                "peer.batch_max_entries".into(),
+                format!("{} must be between 1 and 4096", peer.batch_max_entries),
+            );
+        }
+        let smallest = sync_common::wire::HEADER_LEN
+            + sync_common::wire::TLV_HEADER_LEN
+            + sync_common::wire::DRIVER_HEADER_LEN
+            + sync_common::capture::CAPTURE_BYTES;
+        if peer.max_frame_bytes < smallest
+            || peer.max_frame_bytes > sync_common::wire::MAX_FRAME_LEN
+        {
+            problem(
+                "peer.max_frame_bytes".into(),
+                format!(
+                    "{} must be between {smallest} and {}",
+                    peer.max_frame_bytes,
+                    sync_common::wire::MAX_FRAME_LEN
+                ),
+            );
+        }
+        if peer.flush_delay_us > 1_000_000 {
+            problem(
+                "peer.flush_delay_us".into(),
+                format!("{} must be at most 1000000", peer.flush_delay_us),
+            );
+        }
+        if peer.max_entries < 16 {
+            problem(
+                "peer.max_entries".into(),
+                format!("{} must be at least 16", peer.max_entries),
+            );
+        }
+    }
+}
