@@ -186,10 +186,17 @@ pub mod ids {
     }
 }
 
-/// A module's task has stopped, so its handle cannot answer.
-#[derive(Clone, Copy, Debug, thiserror::Error)]
-#[error("the {0} task has stopped")]
-pub struct TaskGone(pub &'static str);
+/// Why a module's handle could not answer an operator request.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum AskError {
+    /// The module's task has stopped.
+    #[error("the {0} task has stopped")]
+    Gone(&'static str),
+    /// The owner refused the request; the text says why (and names the
+    /// object, field or peer involved).
+    #[error("{0}")]
+    Refused(String),
+}
 
 #[cfg(test)]
 mod tests {
