@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use mlag_testbed::frames::{self, Arp, TPID_8021AD, TPID_8021Q};
 use sync_agent::{
     dataplane::config::EbpfLogLevel,
-    dataplane::{CLASSIFIER_PROGRAM, Dataplane, KernelCounters, MacTables, testrun},
+    dataplane::{CLASSIFIER_PROGRAM, Classifier, KernelCounters, MacTables, testrun},
     mac::MacAddr,
 };
 use sync_common::counters;
@@ -21,9 +21,9 @@ const HOST: [u8; 6] = [0x02, 0, 0, 0, 0x0c, 0x01];
 /// kernel work of parallel tests from interleaving in the timings.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn loaded() -> (Dataplane, i32) {
+fn loaded() -> (Classifier, i32) {
     let (mut dataplane, _ring, _log) =
-        Dataplane::load(EbpfLogLevel::Off).expect("load the XDP object (run as root)");
+        Classifier::load(EbpfLogLevel::Off).expect("load the XDP object (run as root)");
     dataplane
         .set_tables(MacTables {
             peer: [MacAddr(PEER)].into(),

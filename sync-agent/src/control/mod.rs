@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod protocol;
+pub mod router;
 pub mod server;
 
 /// Directory of the control sockets.

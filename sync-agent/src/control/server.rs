@@ -1,29 +1,21 @@
 //! The control socket listener. Each connection sends one request line and
-//! gets one response line; requests go to the agent task, which owns all state.
+//! gets one response line; each is served by its own task, which asks the
+//! module that owns the answer through the [`Router`].
 
 use std::{
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
 };
 
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
-    sync::{mpsc, oneshot},
 };
 
-use super::protocol::{MAX_REQUEST_BYTES, Request, Response};
-
-/// A request on its way to the agent task, with where to send the answer.
-pub struct Pending {
-    /// The request.
-    pub request: Request,
-    /// The answer goes here.
-    pub reply: oneshot::Sender<Response>,
-}
+use super::{
+    protocol::{MAX_REQUEST_BYTES, Request, Response},
+    router::Router,
+};
 
 /// Errors setting up the socket.
 #[derive(Debug, thiserror::Error)]
@@ -74,15 +66,14 @@ impl ControlSocket {
         })
     }
 
-    /// Serves connections forever, passing requests to `agent`.
-    pub async fn serve(self, agent: mpsc::Sender<Pending>, bad_requests: Arc<AtomicU64>) {
+    /// Serves connections forever, answering through `router`.
+    pub async fn serve(self, router: Arc<Router>) {
         loop {
             match self.listener.accept().await {
                 Ok((stream, _)) => {
-                    let agent = agent.clone();
-                    let bad_requests = bad_requests.clone();
+                    let router = router.clone();
                     tokio::spawn(async move {
-                        if let Err(err) = handle(stream, agent, bad_requests).await {
+                        if let Err(err) = handle(stream, &router).await {
                             tracing::debug!(error = %err, "control connection");
                         }
                     });
@@ -102,30 +93,17 @@ impl Drop for ControlSocket {
     }
 }
 
-async fn handle(
-    stream: UnixStream,
-    agent: mpsc::Sender<Pending>,
-    bad_requests: Arc<AtomicU64>,
-) -> std::io::Result<()> {
+async fn handle(stream: UnixStream, router: &Router) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read).take(MAX_REQUEST_BYTES as u64);
     reader.read_line(&mut line).await?;
     let response = match serde_json::from_str::<Request>(line.trim_end()) {
         Err(err) => {
-            bad_requests.fetch_add(1, Ordering::Relaxed);
+            router.bad_requests.fetch_add(1, Ordering::Relaxed);
             Response::error(format!("bad request: {err}"))
         }
-        Ok(request) => {
-            let (reply, answer) = oneshot::channel();
-            if agent.send(Pending { request, reply }).await.is_err() {
-                Response::error("agent is shutting down")
-            } else {
-                answer
-                    .await
-                    .unwrap_or_else(|_| Response::error("agent is shutting down"))
-            }
-        }
+        Ok(request) => router.route(request).await,
     };
     let mut text = serde_json::to_string(&response)
         .unwrap_or_else(|_| r#"{"ok":false,"error":"encoding"}"#.into());

@@ -29,7 +29,7 @@ use mlag_testbed::{
 use sync_agent::{
     dataplane::config::EbpfLogLevel,
     dataplane::{
-        CLASSIFIER_PROGRAM, Dataplane, MacTables, PASS_PROGRAM,
+        CLASSIFIER_PROGRAM, Classifier, MacTables, PASS_PROGRAM,
         capture::{self, CaptureStats},
         testrun,
     },
@@ -90,7 +90,7 @@ fn main() -> anyhow::Result<()> {
         return mlag_testbed::fabric_bench::run();
     }
     let (mut dataplane, ring, _log) =
-        Dataplane::load(EbpfLogLevel::Off).context("loading the XDP object (run as root)")?;
+        Classifier::load(EbpfLogLevel::Off).context("loading the XDP object (run as root)")?;
     dataplane.set_tables(MacTables {
         peer: [MacAddr(PEER)].into(),
         own: [MacAddr(OWN)].into(),

@@ -1,0 +1,263 @@
+//! The supervisor: loads the config, starts each module in dependency
+//! order, wires their channels, handles signals, hands a reloaded config to
+//! the owners of its sections, and shuts down cleanly. It owns no module's
+//! state and never waits on a module inside its loop (a reload is answered
+//! by the dataplane task directly to whoever asked).
+//!
+//! ```text
+//!                    netlink link watcher
+//!                            │ LinkEvent (broadcast)
+//!          ┌─────────────────┼──────────────────┐
+//!          ▼                 ▼                  ▼
+//!      dataplane ─Captured─► peersync ─SessionEvent─► mclag
+//!          │  └─watch<Vec<MemberPort>>──┴──────────────┘
+//!          │
+//!      fabric ──Info──► inference          rollout center / device
+//!
+//!   control socket ─► Router ─► each module's handle (typed reports)
+//!   SIGHUP / `reload` ─► supervisor ─► dataplane (live) | log "at restart"
+//! ```
+
+mod reload;
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{broadcast, mpsc},
+};
+
+use crate::{
+    bus::{LINK_EVENTS_DEPTH, LinkEvent},
+    config::Config,
+    control::{
+        self,
+        router::{ReloadRequest, Router},
+        server::ControlSocket,
+    },
+    dataplane::{DataplaneHandle, DataplaneStart, DataplaneStarted},
+    fabric::FabricHandle,
+    inference::InferenceHandle,
+    mac::MacAddr,
+    mclag::MclagHandle,
+    peersync::{Identity, PeerSyncHandle},
+    rollout::{center::CenterHandle, device::DeviceHandle},
+    southbound::links,
+};
+
+/// Refuses to go on unless running as root: loading and attaching XDP
+/// programs needs CAP_BPF and CAP_NET_ADMIN.
+pub fn ensure_root(what: &str) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        bail!(
+            "{what} needs root (CAP_BPF and CAP_NET_ADMIN to load and attach XDP programs); running as uid {euid}"
+        );
+    }
+    Ok(())
+}
+
+/// Depth of the queue between the dataplane and peer sync: captures beyond
+/// it wait in the kernel ring buffer.
+const PEER_CAPTURE_QUEUE: usize = 1024;
+/// Depth of inference's information queue; producers count what it drops.
+const INFO_QUEUE: usize = 4096;
+/// Depth of the session-event queue from peer sync to MC-LAG.
+const SESSION_QUEUE: usize = 64;
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    ensure_root("sync-agent run")?;
+    let socket_path = socket.unwrap_or_else(|| control::socket_path_for(&config.instance));
+    let control_socket = ControlSocket::bind(&socket_path).await?;
+
+    let netlink = links::connect()?;
+    // Subscribe before anything looks interfaces up, so no change falls
+    // between a look-up and the watch.
+    let link_events = start_link_watch()?;
+    let (dataplane_links, inference_links, fabric_links) = (
+        link_events.subscribe(),
+        link_events.subscribe(),
+        link_events.subscribe(),
+    );
+    let mlag_ids = reload::mlag_ids(&config);
+
+    let (peer_captures_tx, peer_captures_rx) = match &config.peer {
+        Some(_) => {
+            let (tx, rx) = mpsc::channel(PEER_CAPTURE_QUEUE);
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
+    let DataplaneStarted {
+        handle: dataplane,
+        ports,
+        inject,
+    } = DataplaneHandle::spawn(DataplaneStart {
+        config: config.dataplane.clone(),
+        instance: config.instance.clone(),
+        config_file: config_path.to_path_buf(),
+        mlag_ids,
+        netlink: netlink.clone(),
+        links: dataplane_links,
+        captures_for_peer: peer_captures_tx,
+    })
+    .await?;
+
+    let center = match config.rollout.center.clone() {
+        Some(section) => Some(CenterHandle::spawn(section).await?),
+        None => None,
+    };
+    let device = match config.rollout.device.clone() {
+        Some(section) => {
+            tracing::info!(
+                center = section.center,
+                device = section.device,
+                services = section.services.len(),
+                "rollout device starting"
+            );
+            Some(DeviceHandle::spawn(section).await?)
+        }
+        None => None,
+    };
+
+    let (info_tx, info_rx) = mpsc::channel(INFO_QUEUE);
+    let inference = InferenceHandle::spawn(
+        config.inference.clone(),
+        &config.instance,
+        netlink.clone(),
+        inference_links,
+        info_rx,
+    )
+    .await
+    .context("state model")?;
+    let fabric = match config.fabric.clone() {
+        Some(section) => Some(
+            FabricHandle::spawn(
+                section,
+                &config.instance,
+                netlink.clone(),
+                fabric_links,
+                info_tx,
+            )
+            .await
+            .context("fabric")?,
+        ),
+        None => None,
+    };
+
+    let (mut peer, mut mclag) = (None, None);
+    if let (Some(peer_config), Some(captures)) = (config.peer.clone(), peer_captures_rx) {
+        let mclag_address: Option<IpAddr> = config
+            .mclag
+            .as_ref()
+            .map(|m| m.address.unwrap_or(peer_config.local_address));
+        let identity = Identity {
+            name: config.instance.clone(),
+            system_id: ports
+                .borrow()
+                .iter()
+                .find_map(|p| p.mac)
+                .unwrap_or(MacAddr([0; 6])),
+            boot_id: crate::random::boot_id(),
+            mclag_address,
+        };
+        let sessions = match (config.mclag.clone(), mclag_address) {
+            (Some(mclag_config), Some(address)) => {
+                let keepalive = (
+                    Duration::from_millis(peer_config.keepalive_interval_ms),
+                    Duration::from_millis(peer_config.dead_interval_ms),
+                );
+                tracing::info!(%address, "MC-LAG starting");
+                let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+                mclag = Some(MclagHandle::spawn(
+                    mclag_config,
+                    address,
+                    keepalive,
+                    identity.boot_id,
+                    ports.clone(),
+                    rx,
+                    netlink.clone(),
+                ));
+                Some(tx)
+            }
+            _ => None,
+        };
+        tracing::info!(local = %peer_config.local_address, peer = %peer_config.peer_address, port = peer_config.port, boot_id = identity.boot_id, "peer sync starting");
+        peer = Some(PeerSyncHandle::spawn(
+            peer_config,
+            identity,
+            ports.clone(),
+            captures,
+            inject,
+            netlink.clone(),
+            sessions,
+        ));
+    }
+
+    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
+    let router = Arc::new(Router {
+        dataplane: dataplane.clone(),
+        inference,
+        peer,
+        mclag,
+        fabric,
+        center: center.clone(),
+        device: device.clone(),
+        reload: reload_tx,
+        bad_requests: Default::default(),
+    });
+    tokio::spawn(control_socket.serve(router));
+
+    tracing::info!(
+        instance = config.instance,
+        socket = %socket_path.display(),
+        "agent running"
+    );
+    let mut supervisor = reload::Reloader::new(config_path, config, dataplane.clone());
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            Some(reply) = reload_rx.recv() => supervisor.reload(Some(reply)),
+            _ = sighup.recv() => supervisor.reload(None),
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    tracing::info!("shutting down");
+    if let Some(center) = &center {
+        center.shutdown().await;
+    }
+    if let Some(device) = &device {
+        device.shutdown().await;
+    }
+    dataplane.shutdown().await;
+    let _ = std::fs::remove_file(&socket_path);
+    Ok(())
+}
+
+/// Starts the netlink link watcher and fans its events out to every
+/// subscriber.
+fn start_link_watch() -> anyhow::Result<broadcast::Sender<LinkEvent>> {
+    let mut watch = links::watch()?;
+    let (tx, _) = broadcast::channel(LINK_EVENTS_DEPTH);
+    let fan_out = tx.clone();
+    tokio::spawn(async move {
+        while let Some(event) = watch.recv().await {
+            // No subscriber is not an error: modules subscribe as they start.
+            let _ = fan_out.send(event);
+        }
+        tracing::error!("the netlink link watcher stopped; interface changes are no longer seen");
+    });
+    Ok(tx)
+}

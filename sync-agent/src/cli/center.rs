@@ -1,0 +1,163 @@
+//! `sync-agent config …`: the config center's client side, over its HTTP
+//! API (SPEC 6.1), and the text rendering of its answers.
+
+use anyhow::Context as _;
+
+use super::ConfigAction;
+
+/// Runs one `config` action against the center at `center`.
+pub(super) async fn run(center: &str, action: ConfigAction, json: bool) -> anyhow::Result<()> {
+    use crate::rollout::{client::CenterClient, wire::ConfigKey};
+    let client = CenterClient::new(center);
+    let key = |text: &str| -> anyhow::Result<ConfigKey> {
+        text.parse().map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    let value = match action {
+        ConfigAction::Put {
+            key: k,
+            format,
+            content,
+            file,
+            description,
+            batch_size,
+            pace_ms,
+        } => {
+            let content = match (content, file) {
+                (Some(c), _) => c,
+                (None, Some(path)) => std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?,
+                (None, None) => {
+                    anyhow::bail!("give the content with --content TEXT or --file PATH")
+                }
+            };
+            let body = serde_json::json!({ "format": format, "content": content, "description": description });
+            let mut query = Vec::new();
+            if let Some(b) = batch_size {
+                query.push(format!("batch_size={b}"));
+            }
+            if let Some(p) = pace_ms {
+                query.push(format!("pace_ms={p}"));
+            }
+            let suffix = if query.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", query.join("&"))
+            };
+            client
+                .put(
+                    &client.key_url(&key(&k)?, &suffix),
+                    &body,
+                    &format!("put {k}"),
+                )
+                .await?
+        }
+        ConfigAction::Get { key: k, version } => {
+            let suffix = version.map(|v| format!("?version={v}")).unwrap_or_default();
+            client
+                .get(&client.key_url(&key(&k)?, &suffix), &format!("get {k}"))
+                .await?
+        }
+        ConfigAction::List { namespace } => {
+            let suffix = namespace
+                .map(|n| format!("?namespace={n}"))
+                .unwrap_or_default();
+            client
+                .get(&client.url(&format!("configs{suffix}")), "list")
+                .await?
+        }
+        ConfigAction::History { key: k } => {
+            client
+                .get(
+                    &client.key_url(&key(&k)?, "/history"),
+                    &format!("history of {k}"),
+                )
+                .await?
+        }
+        ConfigAction::Rollback { key: k, version } => {
+            client
+                .post(
+                    &client.key_url(&key(&k)?, "/rollback"),
+                    &serde_json::json!({ "version": version }),
+                    &format!("rollback {k}"),
+                )
+                .await?
+        }
+        ConfigAction::Clone {
+            key: k,
+            to_namespace,
+            to_group,
+        } => {
+            let body = serde_json::json!({ "namespace": to_namespace, "group": to_group });
+            client
+                .post(
+                    &client.key_url(&key(&k)?, "/clone"),
+                    &body,
+                    &format!("clone {k}"),
+                )
+                .await?
+        }
+        ConfigAction::Diff { key: k, from, to } => {
+            client
+                .get(
+                    &client.key_url(&key(&k)?, &format!("/diff?from={from}&to={to}")),
+                    &format!("diff {k}"),
+                )
+                .await?
+        }
+        ConfigAction::Rollouts => client.get(&client.url("rollouts"), "rollouts").await?,
+        ConfigAction::Resume { id } => {
+            client
+                .post(
+                    &client.url(&format!("rollouts/{id}/resume")),
+                    &serde_json::json!({}),
+                    "resume",
+                )
+                .await?
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print_config_answer(&value);
+    }
+    Ok(())
+}
+
+fn print_config_answer(value: &serde_json::Value) {
+    let line = |r: &serde_json::Value| {
+        format!(
+            "{}/{}/{} v{} {} md5 {} {}",
+            r["key"]["namespace"].as_str().unwrap_or(""),
+            r["key"]["group"].as_str().unwrap_or(""),
+            r["key"]["name"].as_str().unwrap_or(""),
+            r["version"],
+            r["format"].as_str().unwrap_or(""),
+            r["md5"].as_str().unwrap_or(""),
+            r["description"].as_str().unwrap_or("")
+        )
+    };
+    match value {
+        serde_json::Value::Array(items)
+            if items.first().is_some_and(|i| i["batches"].is_array()) =>
+        {
+            for r in items {
+                println!(
+                    "rollout {} of v{} {}: batch {}/{} {}",
+                    r["id"],
+                    r["version"],
+                    r["state"].as_str().unwrap_or(""),
+                    r["current_batch"],
+                    r["batches"].as_array().map_or(0, Vec::len),
+                    r["paused_reason"].as_str().unwrap_or("")
+                );
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|r| println!("{}", line(r))),
+        v if v["diff"].is_string() => print!("{}", v["diff"].as_str().unwrap_or("")),
+        v if v["content"].is_string() => {
+            println!("{}", line(v));
+            println!("{}", v["content"].as_str().unwrap_or(""));
+        }
+        v => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+    }
+}

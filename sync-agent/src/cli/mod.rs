@@ -1,0 +1,371 @@
+//! Command line (SPEC 7.2). `run` starts the agent; every other command asks
+//! a running agent over its control socket. `-j` prints one JSON document.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+mod center;
+
+use crate::{
+    config::Config,
+    control::{client, protocol::Request},
+    dataplane::report::{CapturedList, CountersReport, StatusReport},
+    fabric::report::FabricReport,
+    inference::report::{StateReport, StatesReport},
+    mclag::report::MclagReport,
+    peersync::report::{ArpTable, PeerReport},
+    rollout::report::RolloutReport,
+};
+
+/// mlag-sync agent: keeps an MLAG switch pair's ARP tables in sync.
+///
+/// `sync-agent run --config FILE` attaches the XDP classifier to the member
+/// ports named in FILE and serves a control socket; the other commands query
+/// that running agent (choose it with --instance or --socket when several run).
+#[derive(Debug, Parser)]
+#[command(name = "sync-agent", version)]
+pub struct Cli {
+    /// Control socket of the agent to talk to (default: derived from the instance name).
+    #[arg(short = 's', long, global = true, env = "MLAG_SYNC_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Instance name of the agent to query (its socket is /run/mlag-sync/NAME.sock).
+    #[arg(short = 'i', long, global = true)]
+    pub instance: Option<String>,
+    /// Print JSON (one document) instead of text.
+    #[arg(short = 'j', long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent in the foreground until SIGINT/SIGTERM (SIGHUP reloads the config).
+    Run {
+        /// TOML config file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Log filter (tracing env-filter syntax), e.g. `info` or `sync_agent=debug`.
+        #[arg(
+            long,
+            env = "MLAG_SYNC_LOG",
+            default_value = "info,netlink_packet_route=error"
+        )]
+        log: String,
+    },
+    /// Check a config file and print every problem found.
+    CheckConfig {
+        /// TOML config file.
+        config: PathBuf,
+    },
+    /// Agent state: ports and how the classifier is attached, MAC tables, program ids.
+    Status,
+    /// Ask the agent to re-read its config file and apply the changes.
+    Reload,
+    /// The config center (SPEC 6): store, history, rollback and rollouts, over its HTTP API.
+    Config {
+        /// The center's base URL.
+        #[arg(
+            long,
+            global = true,
+            env = "MLAG_SYNC_CENTER",
+            default_value = "http://127.0.0.1:7480"
+        )]
+        center: String,
+        /// What to do.
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Show one kind of state.
+    Show {
+        /// What to show.
+        #[command(subcommand)]
+        what: Show,
+    },
+    /// Fabric sync (SPEC 4): fabric-wide settings.
+    Fabric {
+        /// What to do.
+        #[command(subcommand)]
+        action: FabricAction,
+    },
+}
+
+/// `fabric` actions.
+#[derive(Debug, Subcommand)]
+pub enum FabricAction {
+    /// Publish a fabric-wide setting; every member applies it and acknowledges
+    /// (see `show fabric`). Settings: heartbeat_interval_ms (100-60000),
+    /// dead_after_ms (300-600000), site.<name> (free text, up to 256 bytes).
+    Set {
+        /// Setting name, e.g. `site.ntp` or `heartbeat_interval_ms`.
+        key: String,
+        /// New value.
+        value: String,
+    },
+}
+
+/// `config` actions. KEY is `namespace/group/name`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Add or change a config (a new version; rolled out to the devices that use it).
+    Put {
+        /// namespace/group/name.
+        key: String,
+        /// text | json | yaml | toml | properties (structured formats are validated).
+        #[arg(long, default_value = "text")]
+        format: String,
+        /// The content.
+        #[arg(long, conflicts_with = "file")]
+        content: Option<String>,
+        /// Read the content from a file.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Description.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Most steps per rollout batch, for this change.
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// Delay between batches (ms), for this change.
+        #[arg(long)]
+        pace_ms: Option<u64>,
+    },
+    /// Show a config (the current version, or `--version N`).
+    Get {
+        /// namespace/group/name.
+        key: String,
+        /// A historical version.
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// List configs.
+    List {
+        /// Only this namespace.
+        #[arg(long)]
+        namespace: Option<String>,
+    },
+    /// Every version of a config, oldest first.
+    History {
+        /// namespace/group/name.
+        key: String,
+    },
+    /// Make version N's content the new version.
+    Rollback {
+        /// namespace/group/name.
+        key: String,
+        /// The version whose content to restore.
+        #[arg(long)]
+        version: u64,
+    },
+    /// Copy a config to another namespace/group.
+    Clone {
+        /// namespace/group/name.
+        key: String,
+        /// Target namespace.
+        #[arg(long)]
+        to_namespace: String,
+        /// Target group.
+        #[arg(long)]
+        to_group: String,
+    },
+    /// Unified diff between two versions.
+    Diff {
+        /// namespace/group/name.
+        key: String,
+        /// Older version.
+        #[arg(long)]
+        from: u64,
+        /// Newer version.
+        #[arg(long)]
+        to: u64,
+    },
+    /// Rollouts, newest first: plan, batches, per-device state.
+    Rollouts,
+    /// Retry the failed steps of a paused rollout.
+    Resume {
+        /// Rollout id.
+        id: u64,
+    },
+}
+
+/// `show` targets.
+#[derive(Debug, Subcommand)]
+pub enum Show {
+    /// Classifier counters (summed over CPUs) and the agent's own.
+    Counters,
+    /// The MLAG peer session: state, versions, last hello, counters.
+    Peer,
+    /// Synced ARP entries: sent to the peer and learnt from it (with the kernel's state).
+    Arp,
+    /// MC-LAG: role, addresses, shared MAC, per port original/current MAC and link-local.
+    Mclag,
+    /// Fabric: role, broker, members (identity, role, model, version, last heartbeat, state),
+    /// servers, recent faults and announcements, fabric config with who changed what when.
+    Fabric,
+    /// Inferred object states: id, layer, kind, actual, logical, effective, fault level, since.
+    States {
+        /// Only objects with a fault (or in lost contact).
+        #[arg(long)]
+        faulty: bool,
+    },
+    /// Rollout: the center's rollouts (plan, batches, per-device state) and this device's services.
+    Rollout,
+    /// One object: its states, what it depends on and what depends on it, its histories.
+    State {
+        /// Object id, e.g. `ip:eth0` (see `show states`).
+        object: String,
+    },
+    /// Most recent ARP replies captured for the peer, newest first.
+    Captured {
+        /// At most this many.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: usize,
+    },
+}
+
+/// Runs a parsed command line.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    // Every query command: ask the agent, print JSON or text.
+    macro_rules! ask {
+        ($request:expr, $report:ty) => {
+            query::<$report>(&cli.socket, &cli.instance, cli.json, $request).await
+        };
+    }
+    match cli.command {
+        Command::Run { config, .. } => crate::agent::run(&config, cli.socket).await,
+        Command::CheckConfig { config } => {
+            let parsed = Config::load(&config)?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&parsed)?);
+            } else {
+                println!(
+                    "{}: ok (instance {}, {} member port(s))",
+                    config.display(),
+                    parsed.instance,
+                    parsed.dataplane.member_ports.len()
+                );
+            }
+            Ok(())
+        }
+        Command::Show { what: Show::Peer } => {
+            ask!(Request::Peer, PeerReport)
+        }
+        Command::Show {
+            what: Show::States { faulty },
+        } => {
+            ask!(Request::States { faulty }, StatesReport)
+        }
+        Command::Show {
+            what: Show::State { object },
+        } => {
+            ask!(Request::State { object }, StateReport)
+        }
+        Command::Show {
+            what: Show::Rollout,
+        } => {
+            ask!(Request::Rollout, RolloutReport)
+        }
+        Command::Config { center, action } => center::run(&center, action, cli.json).await,
+        Command::Show { what: Show::Fabric } => {
+            ask!(Request::Fabric, FabricReport)
+        }
+        Command::Fabric {
+            action: FabricAction::Set { ref key, ref value },
+        } => {
+            let request = Request::FabricSet {
+                key: key.clone(),
+                value: value.clone(),
+            };
+            ask!(request, Json)
+        }
+        Command::Show { what: Show::Mclag } => {
+            ask!(Request::Mclag, MclagReport)
+        }
+        Command::Show { what: Show::Arp } => {
+            ask!(Request::Arp, ArpTable)
+        }
+        Command::Status => {
+            ask!(Request::Status, StatusReport)
+        }
+        Command::Reload => {
+            ask!(Request::Reload, StatusReport)
+        }
+        Command::Show {
+            what: Show::Counters,
+        } => {
+            ask!(Request::Counters, CountersReport)
+        }
+        Command::Show {
+            what: Show::Captured { limit },
+        } => {
+            ask!(Request::Captured { limit: Some(limit) }, CapturedList)
+        }
+    }
+}
+
+/// An answer printed as JSON whether or not `-j` was given (e.g. the
+/// change `fabric set` published).
+#[derive(serde::Deserialize)]
+#[serde(transparent)]
+struct Json(serde_json::Value);
+
+impl std::fmt::Display for Json {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = serde_json::to_string_pretty(&self.0).map_err(|_| std::fmt::Error)?;
+        writeln!(f, "{text}")
+    }
+}
+
+/// Asks the agent; prints the answer as JSON, or as the report's text.
+async fn query<T: serde::de::DeserializeOwned + std::fmt::Display>(
+    socket: &Option<PathBuf>,
+    instance: &Option<String>,
+    json: bool,
+    request: Request,
+) -> anyhow::Result<()> {
+    let socket = client::resolve_socket(socket.as_deref(), instance.as_deref())?;
+    let data = client::request(&socket, &request).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&data)?);
+    } else {
+        let report: T = serde_json::from_value(data).context("unexpected answer from the agent")?;
+        print!("{report}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn rollback_takes_a_version_number() {
+        let cli = Cli::try_parse_from([
+            "sync-agent",
+            "config",
+            "rollback",
+            "a/b/c",
+            "--version",
+            "2",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Config {
+                action: ConfigAction::Rollback { version: 2, .. },
+                ..
+            }
+        ));
+    }
+}

@@ -1,0 +1,127 @@
+//! Routes each operator request straight to the module that owns the
+//! answer. Every connection is served by its own task, so a slow module
+//! delays only the requests addressed to it; modules return typed reports
+//! and only this file turns them into control-socket [`Response`]s.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use super::protocol::{Request, Response};
+use crate::{
+    bus::AskError,
+    dataplane::{DataplaneHandle, report::StatusReport},
+    fabric::FabricHandle,
+    inference::InferenceHandle,
+    mclag::MclagHandle,
+    peersync::PeerSyncHandle,
+    rollout::{center::CenterHandle, device::DeviceHandle, report::RolloutReport},
+};
+
+/// A reload asked for on the control socket; the supervisor answers.
+pub type ReloadRequest = oneshot::Sender<Result<StatusReport, String>>;
+
+/// The handles of every running module.
+pub struct Router {
+    /// Always runs.
+    pub dataplane: DataplaneHandle,
+    /// Always runs.
+    pub inference: InferenceHandle,
+    /// `[peer]`.
+    pub peer: Option<PeerSyncHandle>,
+    /// `[mclag]`.
+    pub mclag: Option<MclagHandle>,
+    /// `[fabric]`.
+    pub fabric: Option<FabricHandle>,
+    /// `[rollout.center]`.
+    pub center: Option<CenterHandle>,
+    /// `[rollout.device]`.
+    pub device: Option<DeviceHandle>,
+    /// Reloads go to the supervisor, which owns the config file.
+    pub reload: mpsc::Sender<ReloadRequest>,
+    /// Requests that could not be parsed (counted by the socket server).
+    pub bad_requests: Arc<AtomicU64>,
+}
+
+fn answer<T: Serialize>(result: Result<T, AskError>) -> Response {
+    match result {
+        Ok(report) => Response::ok(&report),
+        Err(err) => Response::error(err.to_string()),
+    }
+}
+
+fn not_configured(what: &str, section: &str) -> Response {
+    Response::error(format!(
+        "{what} is not configured (no [{section}] section in the config)"
+    ))
+}
+
+impl Router {
+    /// Answers one request.
+    pub async fn route(&self, request: Request) -> Response {
+        match request {
+            Request::Status => answer(self.dataplane.status().await),
+            Request::Counters => answer(self.dataplane.counters().await.map(|mut report| {
+                report.agent.bad_requests = self.bad_requests.load(Ordering::Relaxed);
+                report
+            })),
+            Request::Captured { limit } => {
+                answer(self.dataplane.captured(limit.unwrap_or(usize::MAX)).await)
+            }
+            Request::Reload => {
+                let (tx, rx) = oneshot::channel();
+                if self.reload.send(tx).await.is_err() {
+                    return Response::error("agent is shutting down");
+                }
+                match rx.await {
+                    Ok(Ok(status)) => Response::ok(&status),
+                    Ok(Err(err)) => {
+                        Response::error(format!("reload refused, old config kept: {err}"))
+                    }
+                    Err(_) => Response::error("agent is shutting down"),
+                }
+            }
+            Request::Peer => match &self.peer {
+                Some(peer) => answer(peer.peer().await),
+                None => not_configured("peer sync", "peer"),
+            },
+            Request::Arp => match &self.peer {
+                Some(peer) => answer(peer.arp().await),
+                None => not_configured("peer sync", "peer"),
+            },
+            Request::Mclag => match &self.mclag {
+                Some(mclag) => answer(mclag.report().await),
+                None => not_configured("MC-LAG", "mclag"),
+            },
+            Request::States { faulty } => answer(self.inference.states(faulty).await),
+            Request::State { object } => answer(self.inference.state(object).await),
+            Request::Fabric => match &self.fabric {
+                Some(fabric) => answer(fabric.report().await),
+                None => not_configured("fabric sync", "fabric"),
+            },
+            Request::FabricSet { key, value } => match &self.fabric {
+                Some(fabric) => answer(fabric.set(key, value).await),
+                None => not_configured("fabric sync", "fabric"),
+            },
+            Request::Rollout => {
+                if self.center.is_none() && self.device.is_none() {
+                    return Response::error(
+                        "rollout is not configured (no [rollout.center] or [rollout.device] section)",
+                    );
+                }
+                let device = match &self.device {
+                    Some(device) => Some(device.report().await),
+                    None => None,
+                };
+                Response::ok(&RolloutReport {
+                    center: self.center.as_ref().map(CenterHandle::rollouts),
+                    device,
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! The loaded XDP object, seen from userspace: the classifier and pass-only
+//! programs, their attachments to the member ports, and the maps the agent
+//! writes (MAC tables, policy word) and reads (counters). Only the dataplane
+//! task holds one; benchmarks and verdict tests load their own.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+};
+use serde::{Deserialize, Serialize};
+use sync_common::{capture::MacKey, counters};
+
+use super::config::{EbpfLogLevel, XdpModeConfig};
+use crate::mac::MacAddr;
+
+/// The compiled XDP object, embedded at build time by build.rs.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sync-ebpf"));
+
+/// Name of the classifier program (as `bpftool prog show` lists it).
+pub const CLASSIFIER_PROGRAM: &str = "mlag_classify";
+/// Name of the pass-only program used for injection and as a baseline.
+pub const PASS_PROGRAM: &str = "mlag_pass";
+/// Map names (as `bpftool map show` lists them; 15 characters at most).
+pub const PEER_MACS_MAP: &str = "mlag_peer_macs";
+/// Map of this switch's MACs.
+pub const OWN_MACS_MAP: &str = "mlag_own_macs";
+/// Map of shared MACs.
+pub const SHARED_MACS_MAP: &str = "mlag_shared_mac";
+/// Policy word map.
+pub const POLICY_MAP: &str = "mlag_policy";
+/// Per-CPU counters map.
+pub const COUNTERS_MAP: &str = "mlag_counters";
+/// Capture ring buffer.
+pub const CAPTURES_MAP: &str = "mlag_captures";
+
+/// Errors of the dataplane, each naming the object involved.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// The agent was built without its kernel object.
+    #[error(
+        "this sync-agent was built without its XDP object (AYA_BUILD_SKIP was set); rebuild with `cargo xtask build`"
+    )]
+    NoObject,
+    /// Loading the object failed.
+    #[error("cannot load the XDP object: {0}")]
+    Load(#[source] aya::EbpfError),
+    /// A program is missing from the object or failed the verifier.
+    #[error("program {name}: {source}")]
+    Program {
+        /// Program name.
+        name: &'static str,
+        /// The error.
+        source: aya::programs::ProgramError,
+    },
+    /// A map is missing from the object.
+    #[error("map {0} is missing from the XDP object")]
+    MissingMap(&'static str),
+    /// A map operation failed.
+    #[error("map {name}: {source}")]
+    Map {
+        /// Map name.
+        name: &'static str,
+        /// The error.
+        source: aya::maps::MapError,
+    },
+    /// Attaching to an interface failed in every allowed mode.
+    #[error(
+        "cannot attach {program} to interface {interface} (ifindex {ifindex}) in {mode} mode: {source}"
+    )]
+    Attach {
+        /// Program name.
+        program: &'static str,
+        /// Interface name.
+        interface: String,
+        /// Interface index.
+        ifindex: u32,
+        /// The last mode tried.
+        mode: &'static str,
+        /// The error.
+        source: aya::programs::ProgramError,
+    },
+    /// aya-log could not be set up.
+    #[error("kernel log channel: {0}")]
+    Log(#[source] aya_log::Error),
+}
+
+/// How a program ended up attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachedMode {
+    /// Native driver mode.
+    Driver,
+    /// Generic (skb) mode.
+    Generic,
+}
+
+impl AttachedMode {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Driver => "driver",
+            Self::Generic => "generic",
+        }
+    }
+}
+
+/// A member port with the classifier attached.
+#[derive(Debug)]
+pub struct AttachedPort {
+    /// Interface index.
+    pub ifindex: u32,
+    /// Mode it is attached in.
+    pub mode: AttachedMode,
+    link: XdpLinkId,
+}
+
+/// Kernel counters summed over CPUs, in the order of `sync_common::counters`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters(pub [u64; counters::COUNT as usize]);
+
+impl KernelCounters {
+    /// The value of one slot.
+    pub fn get(&self, slot: u32) -> u64 {
+        self.0[slot as usize]
+    }
+}
+
+/// The MAC tables the classifier sorts by.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MacTables {
+    /// The peer switch's MACs.
+    pub peer: BTreeSet<MacAddr>,
+    /// This switch's MACs.
+    pub own: BTreeSet<MacAddr>,
+    /// Shared MACs.
+    pub shared: BTreeSet<MacAddr>,
+}
+
+/// The loaded XDP object and what it is attached to.
+pub struct Classifier {
+    ebpf: Ebpf,
+    peer_macs: HashMap<MapData, MacKey, u8>,
+    own_macs: HashMap<MapData, MacKey, u8>,
+    shared_macs: HashMap<MapData, MacKey, u8>,
+    policy: Array<MapData, u32>,
+    counters: PerCpuArray<MapData, u64>,
+    tables: MacTables,
+    ports: BTreeMap<String, AttachedPort>,
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or(DataplaneError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| DataplaneError::Map { name, source })
+}
+
+impl Classifier {
+    /// Loads the object and both programs (verifier included) without
+    /// attaching anything. Returns the capture ring buffer and the kernel log
+    /// reader (None when the kernel log level is off) alongside.
+    pub fn load(
+        log_level: EbpfLogLevel,
+    ) -> Result<
+        (
+            Self,
+            RingBuf<MapData>,
+            Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+        ),
+        DataplaneError,
+    > {
+        if EBPF_OBJECT.is_empty() {
+            return Err(DataplaneError::NoObject);
+        }
+        let level = log_level.aya_level();
+        let mut ebpf = EbpfLoader::new()
+            .override_global(aya_log::LEVEL, &level, true)
+            .load(EBPF_OBJECT)
+            .map_err(DataplaneError::Load)?;
+        let logger = if log_level == EbpfLogLevel::Off {
+            None
+        } else {
+            Some(aya_log::EbpfLogger::init(&mut ebpf).map_err(DataplaneError::Log)?)
+        };
+        for name in [CLASSIFIER_PROGRAM, PASS_PROGRAM] {
+            let program = xdp_program(&mut ebpf, name)?;
+            program
+                .load()
+                .map_err(|source| DataplaneError::Program { name, source })?;
+        }
+        let ring: RingBuf<MapData> = take_map(&mut ebpf, CAPTURES_MAP)?;
+        let dataplane = Self {
+            peer_macs: take_map(&mut ebpf, PEER_MACS_MAP)?,
+            own_macs: take_map(&mut ebpf, OWN_MACS_MAP)?,
+            shared_macs: take_map(&mut ebpf, SHARED_MACS_MAP)?,
+            policy: take_map(&mut ebpf, POLICY_MAP)?,
+            counters: take_map(&mut ebpf, COUNTERS_MAP)?,
+            ebpf,
+            tables: MacTables::default(),
+            ports: BTreeMap::new(),
+        };
+        Ok((dataplane, ring, logger))
+    }
+
+    /// Kernel id of a program (for `bpftool prog show id N`).
+    pub fn program_id(&mut self, name: &'static str) -> Option<u32> {
+        xdp_program(&mut self.ebpf, name)
+            .ok()?
+            .info()
+            .ok()
+            .map(|info| info.id())
+    }
+
+    /// A borrowed fd of a loaded program, for `BPF_PROG_RUN`.
+    pub fn program_fd(&mut self, name: &'static str) -> Result<std::os::fd::RawFd, DataplaneError> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let program = xdp_program(&mut self.ebpf, name)?;
+        let fd = program
+            .fd()
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        Ok(fd.as_fd().as_raw_fd())
+    }
+
+    /// An owned duplicate of a program's fd, for a task that runs it on its
+    /// own (peer sync injects frames with the pass-only program).
+    pub fn program_owned_fd(
+        &mut self,
+        name: &'static str,
+    ) -> Result<std::os::fd::OwnedFd, DataplaneError> {
+        use std::os::fd::AsFd as _;
+        let program = xdp_program(&mut self.ebpf, name)?;
+        let fd = program
+            .fd()
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        fd.as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| DataplaneError::Program {
+                name,
+                source: aya::programs::ProgramError::SyscallError(aya::sys::SyscallError {
+                    call: "dup",
+                    io_error: e,
+                }),
+            })
+    }
+
+    /// Attaches the classifier to `interface`. `Auto` tries driver mode and
+    /// falls back to generic mode, saying so.
+    pub fn attach(
+        &mut self,
+        interface: &str,
+        ifindex: u32,
+        mode: XdpModeConfig,
+    ) -> Result<AttachedMode, DataplaneError> {
+        self.detach(interface);
+        let program = xdp_program(&mut self.ebpf, CLASSIFIER_PROGRAM)?;
+        let attempt = |program: &mut Xdp, mode: AttachedMode| {
+            let flags = match mode {
+                AttachedMode::Driver => XdpMode::Driver,
+                AttachedMode::Generic => XdpMode::Skb,
+            };
+            program
+                .attach_to_if_index(ifindex, flags)
+                .map_err(|source| DataplaneError::Attach {
+                    program: CLASSIFIER_PROGRAM,
+                    interface: interface.to_string(),
+                    ifindex,
+                    mode: mode.name(),
+                    source,
+                })
+        };
+        let (link, attached) = match mode {
+            XdpModeConfig::Driver => (
+                attempt(program, AttachedMode::Driver)?,
+                AttachedMode::Driver,
+            ),
+            XdpModeConfig::Generic => (
+                attempt(program, AttachedMode::Generic)?,
+                AttachedMode::Generic,
+            ),
+            XdpModeConfig::Auto => match attempt(program, AttachedMode::Driver) {
+                Ok(link) => (link, AttachedMode::Driver),
+                Err(err) => {
+                    tracing::warn!(interface, error = %err, "driver-mode XDP unavailable, falling back to generic mode");
+                    (
+                        attempt(program, AttachedMode::Generic)?,
+                        AttachedMode::Generic,
+                    )
+                }
+            },
+        };
+        self.ports.insert(
+            interface.to_string(),
+            AttachedPort {
+                ifindex,
+                mode: attached,
+                link,
+            },
+        );
+        Ok(attached)
+    }
+
+    /// Detaches the classifier from `interface`, if attached.
+    pub fn detach(&mut self, interface: &str) {
+        let Some(port) = self.ports.remove(interface) else {
+            return;
+        };
+        match xdp_program(&mut self.ebpf, CLASSIFIER_PROGRAM) {
+            Ok(program) => {
+                if let Err(err) = program.detach(port.link) {
+                    // The link may already be gone with its interface.
+                    tracing::debug!(interface, error = %err, "detach");
+                }
+            }
+            Err(err) => tracing::warn!(interface, error = %err, "detach"),
+        }
+    }
+
+    /// Detaches from every port.
+    pub fn detach_all(&mut self) {
+        let names: Vec<String> = self.ports.keys().cloned().collect();
+        for name in names {
+            self.detach(&name);
+        }
+    }
+
+    /// The ports the classifier is attached to.
+    pub fn ports(&self) -> &BTreeMap<String, AttachedPort> {
+        &self.ports
+    }
+
+    /// The MAC tables as last written.
+    pub fn tables(&self) -> &MacTables {
+        &self.tables
+    }
+
+    /// Makes the kernel MAC tables equal `tables`, touching only entries that
+    /// changed (the classifier keeps running against the old entries).
+    pub fn set_tables(&mut self, tables: MacTables) -> Result<(), DataplaneError> {
+        sync_table(
+            &mut self.peer_macs,
+            PEER_MACS_MAP,
+            &self.tables.peer,
+            &tables.peer,
+        )?;
+        sync_table(
+            &mut self.own_macs,
+            OWN_MACS_MAP,
+            &self.tables.own,
+            &tables.own,
+        )?;
+        sync_table(
+            &mut self.shared_macs,
+            SHARED_MACS_MAP,
+            &self.tables.shared,
+            &tables.shared,
+        )?;
+        self.tables = tables;
+        Ok(())
+    }
+
+    /// Writes the policy word (`sync_common::policy`).
+    pub fn set_policy(&mut self, word: u32) -> Result<(), DataplaneError> {
+        self.policy
+            .set(0, word, 0)
+            .map_err(|source| DataplaneError::Map {
+                name: POLICY_MAP,
+                source,
+            })
+    }
+
+    /// Reads the counters, summed over CPUs.
+    pub fn counters(&self) -> Result<KernelCounters, DataplaneError> {
+        let mut out = KernelCounters::default();
+        for slot in 0..counters::COUNT {
+            let values = self
+                .counters
+                .get(&slot, 0)
+                .map_err(|source| DataplaneError::Map {
+                    name: COUNTERS_MAP,
+                    source,
+                })?;
+            out.0[slot as usize] = values.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Classifier {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
+}
+
+fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DataplaneError> {
+    let program = ebpf.program_mut(name).ok_or(DataplaneError::Program {
+        name,
+        source: aya::programs::ProgramError::NotLoaded,
+    })?;
+    program
+        .try_into()
+        .map_err(|source| DataplaneError::Program { name, source })
+}
+
+fn sync_table(
+    map: &mut HashMap<MapData, MacKey, u8>,
+    name: &'static str,
+    old: &BTreeSet<MacAddr>,
+    new: &BTreeSet<MacAddr>,
+) -> Result<(), DataplaneError> {
+    for mac in old.difference(new) {
+        match map.remove(&MacKey::new(mac.0)) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(source) => return Err(DataplaneError::Map { name, source }),
+        }
+    }
+    for mac in new.difference(old) {
+        map.insert(MacKey::new(mac.0), 1, 0)
+            .map_err(|source| DataplaneError::Map { name, source })?;
+    }
+    Ok(())
+}

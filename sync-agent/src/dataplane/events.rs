@@ -1,0 +1,317 @@
+//! The dataplane task's inputs and one handler for each: a captured reply,
+//! an interface change, and the operator's requests.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context as _;
+use sync_common::counters;
+use tokio::sync::oneshot;
+
+use super::{
+    CLASSIFIER_PROGRAM, PASS_PROGRAM,
+    config::DataplaneConfig,
+    report::{
+        AgentCounters, CapturedEntry, CapturedList, CountersReport, PortStatus, StatusReport,
+    },
+    task::Task,
+};
+use crate::{
+    bus::{Captured, LinkEvent},
+    clock::monotonic_ns,
+    mac::MacAddr,
+    southbound::links,
+};
+
+/// Operator requests to the dataplane task.
+pub(super) enum Event {
+    /// `status`.
+    Status(oneshot::Sender<StatusReport>),
+    /// `show counters`.
+    Counters(oneshot::Sender<Result<CountersReport, String>>),
+    /// `show captured`.
+    Captured {
+        limit: usize,
+        reply: oneshot::Sender<CapturedList>,
+    },
+    /// A reloaded `[dataplane]` section.
+    Reload {
+        config: Box<DataplaneConfig>,
+        mlag_ids: Vec<(String, u32)>,
+        reply: oneshot::Sender<Result<StatusReport, String>>,
+    },
+    /// Detach and stop.
+    Shutdown(oneshot::Sender<()>),
+}
+
+impl Task {
+    /// A reply the classifier captured: to peer sync, and into the recent list.
+    pub(super) async fn process_capture(&mut self, captured: Captured) {
+        if let Some(peer) = &self.captures_for_peer {
+            // Backpressure on purpose: while peer sync is behind, records
+            // wait in the kernel ring buffer (which counts what it cannot
+            // hold) instead of being dropped here.
+            let _ = peer.send(captured.clone()).await;
+        }
+        self.replies_received += 1;
+        tracing::debug!(
+            ifindex = captured.ifindex,
+            class = captured.class.name(),
+            sender = %std::net::Ipv4Addr::from(captured.arp.sender_ip),
+            "reply captured"
+        );
+        if self.recent.len() >= self.config.recent_captures {
+            self.recent.pop_back();
+        }
+        self.recent.push_front(captured);
+    }
+
+    /// An interface changed or went away: attach, detach, retable.
+    pub(super) fn process_link(&mut self, event: LinkEvent) {
+        match event {
+            LinkEvent::Changed(link) => {
+                if !self.config.member_ports.contains(&link.name) {
+                    return;
+                }
+                let previous = self.links.insert(link.name.clone(), link.clone());
+                if previous.as_ref().map(|p| p.mac) != Some(link.mac) {
+                    tracing::info!(interface = link.name, mac = ?link.mac, "member port MAC changed");
+                }
+                if previous.is_none() {
+                    tracing::info!(interface = link.name, "member port appeared");
+                }
+                if let Err(err) = self.attach_all(false).and_then(|()| self.refresh_tables()) {
+                    tracing::error!(interface = link.name, "{err:#}");
+                }
+            }
+            LinkEvent::Removed { index, name } => {
+                let Some(port) = self
+                    .links
+                    .iter()
+                    .find(|(_, l)| l.index == index)
+                    .map(|(n, _)| n.clone())
+                else {
+                    return;
+                };
+                tracing::warn!(
+                    interface = port,
+                    ?name,
+                    "member port removed; classifier detached until it returns"
+                );
+                self.links.remove(&port);
+                self.classifier.detach(&port);
+                self.port_problems
+                    .insert(port, "interface does not exist".into());
+                if let Err(err) = self.refresh_tables() {
+                    tracing::error!("{err:#}");
+                }
+            }
+        }
+        self.publish_ports();
+    }
+
+    /// Link events were lost (the broadcast lagged): read every member port
+    /// again so nothing stays stale.
+    pub(super) async fn process_links_lagged(&mut self, missed: u64) {
+        tracing::warn!(
+            missed,
+            "interface events missed; re-reading the member ports"
+        );
+        for name in self.config.member_ports.clone() {
+            match links::by_name(&self.netlink, &name).await {
+                Ok(Some(link)) => self.process_link(LinkEvent::Changed(link)),
+                Ok(None) => {
+                    if let Some(link) = self.links.get(&name) {
+                        let index = link.index;
+                        self.process_link(LinkEvent::Removed {
+                            index,
+                            name: Some(name),
+                        });
+                    }
+                }
+                Err(err) => tracing::error!(interface = name, "{err:#}"),
+            }
+        }
+    }
+
+    /// An operator request.
+    pub(super) async fn process_request(&mut self, event: Event) -> bool {
+        match event {
+            Event::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Event::Counters(reply) => {
+                let _ = reply.send(self.counters().map_err(|e| format!("{e:#}")));
+            }
+            Event::Captured { limit, reply } => {
+                let _ = reply.send(self.captured(limit));
+            }
+            Event::Reload {
+                config,
+                mlag_ids,
+                reply,
+            } => {
+                let result = self
+                    .reload(*config, mlag_ids)
+                    .await
+                    .map(|()| self.status())
+                    .map_err(|e| format!("{e:#}"));
+                let _ = reply.send(result);
+            }
+            Event::Shutdown(reply) => {
+                tracing::info!("shutting down: detaching from every port");
+                self.classifier.detach_all();
+                let _ = reply.send(());
+                return false;
+            }
+        }
+        true
+    }
+
+    /// A new `[dataplane]` section, applied live.
+    async fn reload(
+        &mut self,
+        new: DataplaneConfig,
+        mlag_ids: Vec<(String, u32)>,
+    ) -> anyhow::Result<()> {
+        let old = std::mem::replace(&mut self.config, new);
+        self.mlag_ids = mlag_ids;
+        if old.ebpf_log != self.config.ebpf_log {
+            tracing::warn!("dataplane.ebpf_log changed; it takes effect at the next restart");
+        }
+        if old.capture_queue != self.config.capture_queue {
+            tracing::warn!("dataplane.capture_queue changed; it takes effect at the next restart");
+        }
+        let ports = &self.config.member_ports;
+        for name in &old.member_ports {
+            if !ports.contains(name) {
+                tracing::info!(
+                    interface = name,
+                    "member port removed from config; detaching"
+                );
+                self.classifier.detach(name);
+                self.links.remove(name);
+                self.port_problems.remove(name);
+            }
+        }
+        if old.xdp_mode != self.config.xdp_mode {
+            self.classifier.detach_all();
+        }
+        for name in ports.clone() {
+            if self.links.contains_key(&name) {
+                continue;
+            }
+            match links::by_name(&self.netlink, &name).await? {
+                Some(link) => {
+                    self.links.insert(name, link);
+                }
+                None => {
+                    tracing::warn!(
+                        interface = name,
+                        "member port does not exist yet; attaching when it appears"
+                    );
+                    self.port_problems
+                        .insert(name, "interface does not exist".into());
+                }
+            }
+        }
+        self.apply_policy()?;
+        self.attach_all(false)?;
+        self.refresh_tables()?;
+        self.publish_ports();
+        Ok(())
+    }
+
+    fn status(&mut self) -> StatusReport {
+        let ports = self
+            .config
+            .member_ports
+            .iter()
+            .map(|name| {
+                let link = self.links.get(name);
+                let attached = self.classifier.ports().get(name);
+                PortStatus {
+                    name: name.clone(),
+                    ifindex: link.map(|l| l.index),
+                    mac: link.and_then(|l| l.mac),
+                    up: link.is_some_and(|l| l.up),
+                    xdp_mode: attached.map(|a| a.mode),
+                    problem: self.port_problems.get(name).cloned(),
+                }
+            })
+            .collect();
+        let tables = self.classifier.tables().clone();
+        StatusReport {
+            instance: self.instance.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            uptime_s: self.started.elapsed().as_secs(),
+            config_file: self.config_file.display().to_string(),
+            program_id: self.classifier.program_id(CLASSIFIER_PROGRAM),
+            pass_program_id: self.classifier.program_id(PASS_PROGRAM),
+            sync_own_replies: self.config.sync_own_replies,
+            vrrp_prefix_is_shared: self.config.vrrp_prefix_is_shared,
+            ports,
+            peer_macs: tables.peer.into_iter().collect(),
+            own_macs: tables.own.into_iter().collect(),
+            shared_macs: tables.shared.into_iter().collect(),
+        }
+    }
+
+    fn counters(&self) -> anyhow::Result<CountersReport> {
+        use std::sync::atomic::Ordering;
+        let k = self
+            .classifier
+            .counters()
+            .context("reading mlag_counters")?;
+        Ok(CountersReport {
+            seen: k.get(counters::SEEN),
+            arp_replies: k.get(counters::ARP_REPLIES),
+            peer: k.get(counters::PEER),
+            own: k.get(counters::OWN),
+            shared: k.get(counters::SHARED),
+            malformed: k.get(counters::MALFORMED),
+            ringbuf_full: k.get(counters::RINGBUF_FULL),
+            unmatched: k.get(counters::UNMATCHED),
+            captured: k.get(counters::CAPTURED),
+            agent: AgentCounters {
+                records_read: self.capture_stats.records.load(Ordering::Relaxed),
+                invalid_records: self.capture_stats.invalid.load(Ordering::Relaxed),
+                replies_received: self.replies_received,
+                bad_requests: 0,
+            },
+        })
+    }
+
+    fn captured(&self, limit: usize) -> CapturedList {
+        let now = monotonic_ns();
+        let names: BTreeMap<u32, &str> = self
+            .classifier
+            .ports()
+            .iter()
+            .map(|(n, p)| (p.ifindex, n.as_str()))
+            .collect();
+        CapturedList(
+            self.recent
+                .iter()
+                .take(limit)
+                .map(|c| CapturedEntry {
+                    port: names
+                        .get(&c.ifindex)
+                        .map_or_else(|| format!("ifindex {}", c.ifindex), |n| n.to_string()),
+                    ifindex: c.ifindex,
+                    class: c.class.name().into(),
+                    outer_vlan: c.outer_vlan,
+                    inner_vlan: c.inner_vlan,
+                    vlan_count: c.vlan_count,
+                    dst_mac: c.dst_mac,
+                    sender_mac: MacAddr(c.arp.sender_mac),
+                    sender_ip: c.arp.sender_ip.into(),
+                    target_mac: MacAddr(c.arp.target_mac),
+                    target_ip: c.arp.target_ip.into(),
+                    age_ms: now.saturating_sub(c.timestamp_ns) / 1_000_000,
+                    frame_len: c.frame_len,
+                })
+                .collect(),
+        )
+    }
+}
