@@ -61,6 +61,10 @@ pub const TLV_HEADER_LEN: usize = 4;
 pub const DRIVER_HEADER_LEN: usize = 16;
 /// Largest frame any implementation may send.
 pub const MAX_FRAME_LEN: usize = 256 * 1024;
+
+/// Default port of the peer-link protocol: the TCP session and the UDP
+/// keepalives (and the backup path's keepalives) use the same number.
+pub const DEFAULT_PORT: u16 = 7789;
 /// Bit of a TLV type marking it must-understand.
 pub const TLV_MUST_UNDERSTAND: u16 = 0x8000;
 

@@ -11,7 +11,7 @@ fn default_true() -> bool {
     true
 }
 fn default_backup_port() -> u16 {
-    7789
+    sync_common::wire::DEFAULT_PORT
 }
 
 /// How the link-local address follows a MAC change.

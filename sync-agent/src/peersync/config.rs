@@ -38,7 +38,7 @@ pub struct VlanInterface {
 }
 
 fn default_sync_port() -> u16 {
-    7789
+    sync_common::wire::DEFAULT_PORT
 }
 fn default_keepalive_ms() -> u64 {
     100
