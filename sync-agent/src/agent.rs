@@ -132,13 +132,24 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
         .await
         .map_err(|e| anyhow::anyhow!("state model: {e:#}"))?,
     );
+    let (fabric_links, _) = tokio::sync::broadcast::channel(crate::bus::LINK_EVENTS_DEPTH);
     if let Some(fabric) = agent.config.fabric.clone() {
+        let (infos, mut infos_rx) = mpsc::channel(256);
+        let inference = agent.inference.clone();
+        tokio::spawn(async move {
+            while let Some(info) = infos_rx.recv().await {
+                if let Some(inference) = &inference {
+                    inference.info(info).await;
+                }
+            }
+        });
         agent.fabric = Some(
-            crate::fabric::Fabric::spawn(
+            crate::fabric::FabricHandle::spawn(
                 fabric,
                 &switch_name,
                 agent.netlink.clone(),
-                agent.inference.clone(),
+                fabric_links.subscribe(),
+                infos,
             )
             .await
             .map_err(|e| anyhow::anyhow!("fabric: {e:#}"))?,
@@ -224,9 +235,7 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
                 if let Some(inference) = &agent.inference {
                     inference.link(event.clone()).await;
                 }
-                if let Some(fabric) = &agent.fabric {
-                    fabric.link(event.clone()).await;
-                }
+                let _ = fabric_links.send(event.clone());
                 agent.on_link(event);
                 agent.update_peer_ports().await;
             }
@@ -314,7 +323,7 @@ struct Agent {
     /// The rollout device side, when configured.
     device: Option<DeviceHandle>,
     /// Fabric sync, when configured.
-    fabric: Option<crate::fabric::Fabric>,
+    fabric: Option<crate::fabric::FabricHandle>,
     /// The member ports as last told to peer sync.
     peer_ports: Vec<MemberPort>,
 }
@@ -595,13 +604,19 @@ impl Agent {
                 None => Response::error("state inference is not running"),
             },
             Request::Fabric => match &self.fabric {
-                Some(fabric) => fabric.show().await,
+                Some(fabric) => match fabric.report().await {
+                    Ok(report) => Response::ok(&report),
+                    Err(err) => Response::error(err.to_string()),
+                },
                 None => Response::error(
                     "fabric sync is not configured (no [fabric] section in the config)",
                 ),
             },
             Request::FabricSet { key, value } => match &self.fabric {
-                Some(fabric) => fabric.set(key, value).await,
+                Some(fabric) => match fabric.set(key, value).await {
+                    Ok(change) => Response::ok(&change),
+                    Err(err) => Response::error(err.to_string()),
+                },
                 None => Response::error(
                     "fabric sync is not configured (no [fabric] section in the config)",
                 ),
