@@ -1,71 +1,100 @@
 //! Fabric sync over MQTT (SPEC 4): roles from the server list, heartbeats and
 //! topology, fabric-wide config, faults, body encryption, primary/backup.
 //!
-//! One task owns all fabric state; the agent talks to it through [`Fabric`].
+//! One task (`task.rs`) owns all fabric state: the MQTT link, the roster (on
+//! servers), this switch's view of the fabric, the fabric config and the
+//! recent faults. The supervisor talks to it only through [`FabricHandle`]:
+//! it passes the link-event broadcast in (local port changes become faults
+//! published to the fabric) and an [`bus::Info`] sender out (faults heard
+//! from other members go to state inference as `port:<member>/<port>`).
+//! Nothing here imports another SPEC module.
+//!
+//! Files, one role each: [`role`] decides the role, `bring_up` starts the
+//! broker and the link, `task` runs the loop, `events` handles each input,
+//! `server` does the server's duties, `member` the member's, [`report`]
+//! holds `show fabric`. The protocol pieces: [`wire`] (messages and topics),
+//! [`seal`] (the envelope and its encryption), [`link`] (the MQTT client
+//! with failover), [`broker`] (the embedded broker), [`state`] (bookkeeping
+//! free of I/O), [`config`] (the `[fabric]` section).
 
+mod bring_up;
 pub mod broker;
 pub mod config;
+mod events;
 pub mod link;
+mod member;
+pub mod report;
+pub mod role;
 pub mod seal;
+mod server;
 pub mod state;
-pub mod task;
+mod task;
 pub mod wire;
 
-use std::net::IpAddr;
+use tokio::sync::{broadcast, mpsc, oneshot};
 
-pub use task::{Fabric, FabricReport};
-use wire::Role;
+use crate::bus::{self, AskError};
+use config::FabricConfig;
+use events::Query;
+pub use report::{FabricReport, FaultReport, MemberReport, ServerReport, SettingReport};
+pub use role::decide_role;
+use wire::ConfigChange;
 
-/// Decides this switch's role from the server list and its own addresses
-/// (SPEC 4.1); the text says why, for the log.
-pub fn decide_role(
-    servers: &[IpAddr],
-    own: &[IpAddr],
-    member: bool,
-) -> (Role, Option<usize>, String) {
-    match servers.iter().position(|s| own.contains(s)) {
-        Some(rank) => {
-            let which = if rank == 0 { "primary" } else { "backup" };
-            let role = if member { Role::Both } else { Role::Server };
-            let why = format!(
-                "{} is configured as the {which} server and is one of this switch's addresses{}",
-                servers[rank],
-                if member {
-                    "; also a member (fabric.member = true)"
-                } else {
-                    ""
-                }
-            );
-            (role, Some(rank), why)
-        }
-        None => (
-            Role::Client,
-            None,
-            format!(
-                "none of the server addresses ({}) is assigned here",
-                servers
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ),
-    }
+/// What [`AskError::Gone`] names when the task has stopped.
+const NAME: &str = "fabric";
+
+/// Handle to the fabric task: cheap to clone; every clone asks the same
+/// task.
+#[derive(Clone)]
+pub struct FabricHandle {
+    queries: mpsc::Sender<Query>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl FabricHandle {
+    /// Decides the role, starts the embedded broker (servers), connects to
+    /// the broker and starts the task.
+    ///
+    /// `switch_name` is the identity unless `fabric.identity` says
+    /// otherwise. `links` carries local interface changes (the task turns
+    /// port up/down into faults for the fabric); `infos` receives faults
+    /// heard from other members, for state inference. Sends on `infos`
+    /// never wait: when it is full the fault is dropped and counted
+    /// (`inference_dropped` in `show fabric`).
+    pub async fn spawn(
+        config: FabricConfig,
+        switch_name: &str,
+        netlink: rtnetlink::Handle,
+        links: broadcast::Receiver<bus::LinkEvent>,
+        infos: mpsc::Sender<bus::Info>,
+    ) -> anyhow::Result<FabricHandle> {
+        let (queries, rx) = mpsc::channel(256);
+        let (task, mqtt) = bring_up::start(config, switch_name, &netlink, infos).await?;
+        tokio::spawn(task.run(mqtt, rx, links));
+        Ok(Self { queries })
+    }
 
-    #[test]
-    fn roles_follow_the_server_list() {
-        let servers: Vec<IpAddr> = vec!["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()];
-        let own: Vec<IpAddr> = vec!["10.0.0.2".parse().unwrap(), "127.0.0.1".parse().unwrap()];
-        let (role, rank, why) = decide_role(&servers, &own, true);
-        assert_eq!((role, rank), (Role::Both, Some(1)));
-        assert!(why.contains("backup"), "{why}");
-        assert_eq!(decide_role(&servers, &own, false).0, Role::Server);
-        let (role, rank, _) = decide_role(&servers, &["10.0.0.9".parse().unwrap()], true);
-        assert_eq!((role, rank), (Role::Client, None));
+    /// `show fabric`: role, broker, members, servers, announcements,
+    /// faults, the fabric config and counters.
+    pub async fn report(&self) -> Result<FabricReport, AskError> {
+        let (reply, rx) = oneshot::channel();
+        self.queries
+            .send(Query::Report(reply))
+            .await
+            .map_err(|_| AskError::Gone(NAME))?;
+        rx.await.map_err(|_| AskError::Gone(NAME))
+    }
+
+    /// `fabric set KEY VALUE`: applies a fabric-wide setting here and
+    /// publishes it to every member. Refused (with the reason) for an
+    /// unknown key, a bad value or a change the config store rejects.
+    pub async fn set(&self, key: String, value: String) -> Result<ConfigChange, AskError> {
+        let (reply, rx) = oneshot::channel();
+        self.queries
+            .send(Query::Set { key, value, reply })
+            .await
+            .map_err(|_| AskError::Gone(NAME))?;
+        rx.await
+            .map_err(|_| AskError::Gone(NAME))?
+            .map_err(AskError::Refused)
     }
 }

@@ -1,0 +1,185 @@
+//! Starting the fabric: this switch's addresses and role, the encryption
+//! key, the embedded broker (servers using it), the broker endpoints and
+//! the MQTT link with its last will, the saved fabric config and the
+//! current port states. Everything that may fail at start fails here, with
+//! the field or file named, before the task exists.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use rtnetlink::Handle;
+use tokio::sync::mpsc;
+
+use super::{
+    broker,
+    config::{BrokerChoice, EncryptionMode, FabricConfig},
+    link::{self, Endpoint, LinkEvent as MqttEvent, LinkSettings},
+    role::decide_role,
+    seal::{self, Codec},
+    state::ConfigStore,
+    task::{Setup, Task},
+    wire::{Message, Role, Topics, Topology},
+};
+use crate::{
+    bus,
+    southbound::{addresses, links},
+};
+
+/// Builds the task and the link it listens to; the caller spawns
+/// [`Task::run`].
+pub(super) async fn start(
+    config: FabricConfig,
+    switch_name: &str,
+    netlink: &Handle,
+    infos: mpsc::Sender<bus::Info>,
+) -> anyhow::Result<(Task, mpsc::Receiver<MqttEvent>)> {
+    let identity = config
+        .identity
+        .clone()
+        .unwrap_or_else(|| switch_name.to_string());
+    let own = own_addresses(netlink).await?;
+    let (role, rank, reason) = decide_role(&config.servers, &own, config.member);
+    tracing::info!(identity, ?role, "fabric role: {reason}");
+    let key = match config.encryption.mode {
+        EncryptionMode::None => None,
+        EncryptionMode::Aead => {
+            let path = config
+                .encryption
+                .key_file
+                .as_ref()
+                .expect("validated: aead has a key file");
+            Some((config.encryption.key_id, seal::read_key(path)?))
+        }
+    };
+    let choice = config
+        .broker_choice()
+        .map_err(|e| anyhow::anyhow!("fabric.broker: {e}"))?;
+    let (endpoints, tls) = match &choice {
+        BrokerChoice::Embedded => {
+            if let Some(rank) = rank {
+                let listen = SocketAddr::new(config.servers[rank], config.port);
+                let tls = config.tls.as_ref().filter(|t| t.cert_file.is_some());
+                broker::start(listen, tls)?;
+                tracing::info!(%listen, tls = tls.is_some(), "embedded MQTT broker started");
+            }
+            let endpoints = config
+                .servers
+                .iter()
+                .map(|s| Endpoint {
+                    host: s.to_string(),
+                    port: config.port,
+                })
+                .collect();
+            (endpoints, config.tls.is_some())
+        }
+        BrokerChoice::External { host, port, tls } => {
+            if *tls && config.tls.is_none() {
+                anyhow::bail!(
+                    "fabric.broker {} is mqtts:// but [fabric.tls] gives no ca_file",
+                    config.broker
+                );
+            }
+            (
+                vec![Endpoint {
+                    host: host.clone(),
+                    port: *port,
+                }],
+                *tls,
+            )
+        }
+    };
+    let tls_ca = match (&config.tls, tls) {
+        (Some(t), true) => Some(
+            std::fs::read(&t.ca_file)
+                .map_err(|e| anyhow::anyhow!("fabric.tls.ca_file {}: {e}", t.ca_file.display()))?,
+        ),
+        _ => None,
+    };
+    let mut codec = Codec::new(&identity, key);
+    let topics = Topics::new(&config.prefix);
+    let will = (role != Role::Server).then(|| {
+        let departed = Message::Departed {
+            member: identity.clone(),
+            reason: "connection lost (last will)".into(),
+        };
+        (topics.topic_for(&departed).0, codec.seal_will(&departed))
+    });
+    let mut suffix = [0u8; 3];
+    crate::random::fill(&mut suffix);
+    let heartbeat = config.heartbeat();
+    let settings = LinkSettings {
+        client_id: format!("{identity}-{}", hex::encode(suffix)),
+        endpoints: endpoints.clone(),
+        tls_ca,
+        will,
+        failover_after: Duration::from_millis(config.failover_after_ms),
+        // Servers look for the primary more often, so a backup stands
+        // down before members moving back could look departed to it.
+        probe_every: if rank.is_some() {
+            heartbeat
+        } else {
+            Duration::from_millis(config.failover_after_ms)
+        },
+        subscriptions: topics.subscriptions().to_vec(),
+    };
+    // A returning primary first learns the members from the backup's
+    // retained topology, so it does not announce them again.
+    let seed = if rank == Some(0) && endpoints.len() > 1 {
+        let topic = topics
+            .topic_for(&Message::Topology(Topology {
+                server: String::new(),
+                epoch: 0,
+                members: Vec::new(),
+            }))
+            .0;
+        link::fetch_retained(&settings, 1, &topic, Duration::from_secs(2)).await
+    } else {
+        None
+    };
+    let link = link::spawn(settings);
+    let store = match &config.state_file {
+        Some(path) => ConfigStore::load(path)?,
+        None => ConfigStore::default(),
+    };
+    let mut ports = HashMap::new();
+    for l in links::all(netlink).await? {
+        ports.insert(l.name.clone(), l.up && l.carrier);
+    }
+    let mut task = Task::new(Setup {
+        config,
+        identity,
+        role,
+        role_reason: reason,
+        rank,
+        own,
+        endpoints,
+        tls,
+        codec,
+        topics,
+        client: link.client,
+        current: link.current,
+        store,
+        ports,
+        infos,
+    });
+    task.log_settings();
+    if let Some(bytes) = seed {
+        task.seed_from_backup(&bytes);
+    }
+    Ok((task, link.events))
+}
+
+/// Every address on every interface here: the role depends on whether a
+/// server address is among them.
+async fn own_addresses(netlink: &Handle) -> anyhow::Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for l in links::all(netlink).await? {
+        for a in addresses::list(netlink, l.index).await? {
+            out.push(a.ip);
+        }
+    }
+    Ok(out)
+}

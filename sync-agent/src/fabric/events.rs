@@ -1,0 +1,414 @@
+//! Every input of the fabric task, and one handler per input: MQTT link
+//! events (connects, messages in), the heartbeat tick, local link changes,
+//! and the operator's queries. Handlers decode and dispatch; the duties
+//! themselves are in `server.rs` and `member.rs`.
+//!
+//! No handler waits on anything (publishes and sends to inference are
+//! `try_*`), so the handlers are plain functions.
+
+use tokio::sync::oneshot;
+
+use super::{
+    config::EncryptionMode,
+    link::LinkEvent as MqttEvent,
+    report::{FabricReport, MemberReport, ServerReport, SettingReport},
+    task::Task,
+    wire::{ConfigChange, Heartbeat, Message},
+};
+use crate::bus;
+
+/// Every input of the task.
+pub(super) enum Event {
+    /// From the MQTT link.
+    Mqtt(MqttEvent),
+    /// The heartbeat timer.
+    Tick,
+    /// A local interface changed.
+    Link(bus::LinkEvent),
+    /// The link-event broadcast overran this task; this many were lost.
+    LinksLagged(u64),
+    /// From a [`super::FabricHandle`].
+    Query(Query),
+}
+
+/// What the operator asks, through the handle.
+pub(super) enum Query {
+    /// `show fabric`.
+    Report(oneshot::Sender<FabricReport>),
+    /// `fabric set KEY VALUE`; the error is the refusal's reason.
+    Set {
+        key: String,
+        value: String,
+        reply: oneshot::Sender<Result<ConfigChange, String>>,
+    },
+}
+
+impl Task {
+    /// Hands an event to its handler.
+    pub(super) fn process(&mut self, event: Event) {
+        match event {
+            Event::Mqtt(event) => self.process_mqtt(event),
+            Event::Tick => self.process_tick(),
+            Event::Link(event) => self.process_link(event),
+            Event::LinksLagged(missed) => self.process_links_lagged(missed),
+            Event::Query(Query::Report(reply)) => self.process_report(reply),
+            Event::Query(Query::Set { key, value, reply }) => self.process_set(key, value, reply),
+        }
+    }
+
+    /// The link connected, lost the broker, or delivered a message.
+    pub(super) fn process_mqtt(&mut self, event: MqttEvent) {
+        match event {
+            MqttEvent::Connected { .. } => {
+                self.connected = true;
+                self.count("connects");
+                self.server_connected();
+            }
+            MqttEvent::Disconnected { .. } => {
+                self.connected = false;
+                self.count("disconnects");
+            }
+            MqttEvent::Publish {
+                topic,
+                payload,
+                retained,
+            } => self.process_publish(&topic, &payload, retained),
+        }
+    }
+
+    /// A message from the broker: opened (checked, decrypted), then handed
+    /// to the member's or the server's side. Our own messages come back
+    /// from the broker and are ignored.
+    pub(super) fn process_publish(&mut self, topic: &str, payload: &[u8], retained: bool) {
+        if payload.is_empty() || self.topics.channel_of(topic).is_none() {
+            return;
+        }
+        self.count("received");
+        let opened = match self.codec.open(payload, retained) {
+            Ok(opened) => opened,
+            Err(rejection) => {
+                self.reject(topic, &rejection.to_string(), rejection.counter());
+                return;
+            }
+        };
+        if opened.sender == self.identity {
+            return;
+        }
+        match opened.message {
+            Message::Heartbeat(hb) => {
+                if !self.heartbeats.allow(&hb.member) {
+                    self.reject(
+                        topic,
+                        &format!("heartbeat flood from {}", hb.member),
+                        "heartbeat_flood",
+                    );
+                    return;
+                }
+                self.heard_heartbeat(&hb);
+                self.roster_heartbeat(hb);
+            }
+            Message::Departed { member, reason } => {
+                self.heard_departed(&member);
+                self.roster_departed(&member, &reason);
+                self.outbox.forget(&member);
+            }
+            Message::Server(status) => self.heard_server(status),
+            Message::Topology(topology) => self.heard_topology(topology),
+            Message::Membership(m) => self.record_announcement(m),
+            Message::Change(change) => self.heard_change(change),
+            Message::Ack(ack) => self.heard_ack(ack),
+            Message::ConfigState(state) => self.heard_config_state(state),
+            Message::Fault(fault) => self.heard_fault(fault),
+        }
+    }
+
+    /// The heartbeat timer: our heartbeat, the server's duties, and
+    /// changes still unacknowledged sent again.
+    pub(super) fn process_tick(&mut self) {
+        self.send_heartbeat();
+        if self.rank.is_some() {
+            self.server_duties();
+        }
+        self.resend_changes();
+    }
+
+    /// A local interface changed: a port going down or up is a fault for
+    /// the fabric.
+    pub(super) fn process_link(&mut self, event: bus::LinkEvent) {
+        let (name, operational) = match event {
+            bus::LinkEvent::Changed(link) => {
+                let up = link.up && link.carrier;
+                (link.name, Some(up))
+            }
+            bus::LinkEvent::Removed {
+                name: Some(name), ..
+            } => (name, None),
+            bus::LinkEvent::Removed { name: None, .. } => return,
+        };
+        self.port_changed(name, operational);
+    }
+
+    /// The link-event broadcast overran this task: the changes lost are
+    /// not reported as faults (a port's next change is). Counted, and
+    /// logged at most every few seconds.
+    pub(super) fn process_links_lagged(&mut self, missed: u64) {
+        self.count_by("link_events_lagged", missed);
+        if let Some(suppressed) = self.logs.admit("links_lagged") {
+            tracing::warn!(
+                missed,
+                suppressed,
+                "fabric fell behind on link events; their faults are not reported"
+            );
+        }
+    }
+
+    /// `show fabric`.
+    pub(super) fn process_report(&mut self, reply: oneshot::Sender<FabricReport>) {
+        let _ = reply.send(self.report());
+    }
+
+    /// `fabric set KEY VALUE`.
+    pub(super) fn process_set(
+        &mut self,
+        key: String,
+        value: String,
+        reply: oneshot::Sender<Result<ConfigChange, String>>,
+    ) {
+        let _ = reply.send(self.publish_change(key, value));
+    }
+
+    /// Everything `show fabric` shows, as of now.
+    pub(super) fn report(&self) -> FabricReport {
+        let dead_after = self.dead_after();
+        let mut members: Vec<MemberReport> = self
+            .view
+            .iter()
+            .map(|(name, e)| {
+                let state = if e.departed {
+                    "departed"
+                } else if e.heard.is_some_and(|t| t.elapsed() <= dead_after) || e.heard.is_none() {
+                    "up"
+                } else {
+                    "silent"
+                };
+                member_report(
+                    name,
+                    &e.heartbeat,
+                    e.heard.map(|t| t.elapsed().as_millis() as u64),
+                    state,
+                )
+            })
+            .collect();
+        if self.is_member() {
+            members.push(member_report(
+                &self.identity,
+                &self.own_heartbeat(),
+                Some(0),
+                "up",
+            ));
+            members.sort_by(|a, b| a.identity.cmp(&b.identity));
+        }
+        FabricReport {
+            identity: self.identity.clone(),
+            role: self.role,
+            role_reason: self.role_reason.clone(),
+            rank: self.rank,
+            active: self.rank.map(|_| self.active),
+            broker: self.broker(),
+            connected: self.connected,
+            encryption: match self.config.encryption.mode {
+                EncryptionMode::None => "none".into(),
+                EncryptionMode::Aead => "aead".into(),
+            },
+            tls: self.tls,
+            members,
+            servers: self
+                .servers
+                .values()
+                .map(|(s, at)| ServerReport {
+                    server: s.server.clone(),
+                    rank: s.rank,
+                    active: s.active,
+                    last_status_ms_ago: at.elapsed().as_millis() as u64,
+                })
+                .collect(),
+            announcements: self.announcements.iter().cloned().collect(),
+            faults: self.faults.iter().cloned().collect(),
+            config: self
+                .store
+                .entries
+                .iter()
+                .map(|(key, e)| SettingReport {
+                    key: key.clone(),
+                    value: e.change.value.clone(),
+                    changed_by: e.change.origin.clone(),
+                    changed_at_ms: e.change.at_ms,
+                    seq: e.change.seq,
+                    acks: e.acks.clone(),
+                })
+                .collect(),
+            pending_changes: self.outbox.pending(),
+            counters: self.counters.clone(),
+        }
+    }
+}
+
+fn member_report(name: &str, hb: &Heartbeat, ago: Option<u64>, state: &str) -> MemberReport {
+    MemberReport {
+        identity: name.to_string(),
+        role: hb.role,
+        model: hb.model.clone(),
+        version: hb.version.clone(),
+        servers: hb.servers.clone(),
+        addresses: hb.addresses.clone(),
+        uptime_s: hb.uptime_s,
+        last_heartbeat_ms_ago: ago,
+        state: state.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::{
+        bus::{Link, ids},
+        fabric::{seal::Codec, task::test_task, wire::Fault},
+    };
+
+    fn port(name: &str, up: bool) -> bus::LinkEvent {
+        bus::LinkEvent::Changed(Link {
+            name: name.into(),
+            index: 7,
+            mac: None,
+            up,
+            carrier: up,
+            controller: None,
+        })
+    }
+
+    fn fault_from(codec: &mut Codec, task: &Task, seq: u64) -> (String, Vec<u8>) {
+        let message = Message::Fault(Fault {
+            member: "sw2".into(),
+            seq,
+            port: "p9".into(),
+            kind: "port-down".into(),
+            at_ms: 1,
+        });
+        (task.topics.topic_for(&message).0, codec.seal(&message))
+    }
+
+    #[test]
+    fn a_local_port_going_down_is_published_as_a_fault() {
+        let (infos, _rx) = mpsc::channel(4);
+        let (mut task, _eventloop) = test_task(infos);
+        task.process(Event::Link(port("p1", false)));
+        task.process(Event::Link(port("p1", false)));
+        let report = task.report();
+        assert_eq!(
+            report.faults.len(),
+            1,
+            "a repeat of the same state is no fault"
+        );
+        let fault = &report.faults[0].fault;
+        assert_eq!(
+            (
+                fault.member.as_str(),
+                fault.port.as_str(),
+                fault.kind.as_str()
+            ),
+            ("sw1", "p1", "port-down")
+        );
+        assert_eq!(report.counters.get("sent"), Some(&1));
+        task.process(Event::Link(port("p1", true)));
+        assert_eq!(task.report().faults[1].fault.kind, "port-up");
+    }
+
+    #[test]
+    fn loopback_and_unknown_ports_are_never_faults() {
+        let (infos, _rx) = mpsc::channel(4);
+        let (mut task, _eventloop) = test_task(infos);
+        task.process(Event::Link(port("lo", false)));
+        task.process(Event::Link(port("new0", false)));
+        assert!(task.report().faults.is_empty());
+    }
+
+    #[test]
+    fn another_members_fault_goes_to_inference_once() {
+        let (infos, mut rx) = mpsc::channel(4);
+        let (mut task, _eventloop) = test_task(infos);
+        let mut sw2 = Codec::new("sw2", None);
+        for _ in 0..2 {
+            let (topic, payload) = fault_from(&mut sw2, &task, 1);
+            task.process_publish(&topic, &payload, false);
+        }
+        let info = rx.try_recv().expect("one info for inference");
+        assert_eq!(info.source, "fabric");
+        assert_eq!(info.message, "port-down");
+        assert_eq!(info.object, ids::remote_port("sw2", "p9"));
+        assert!(rx.try_recv().is_err(), "the repeat is not passed on");
+        let report = task.report();
+        assert_eq!(report.faults.len(), 1);
+        assert_eq!(report.counters.get("faults_received"), Some(&1));
+        assert_eq!(report.counters.get("faults_duplicate"), Some(&1));
+    }
+
+    #[test]
+    fn a_full_inference_queue_drops_the_fault_and_counts_it() {
+        let (infos, _rx) = mpsc::channel(1);
+        infos
+            .try_send(bus::Info::new("test", "filler", "switch:x"))
+            .unwrap();
+        let (mut task, _eventloop) = test_task(infos);
+        let mut sw2 = Codec::new("sw2", None);
+        let (topic, payload) = fault_from(&mut sw2, &task, 1);
+        task.process_publish(&topic, &payload, false);
+        let report = task.report();
+        assert_eq!(report.counters.get("inference_dropped"), Some(&1));
+        assert_eq!(report.faults.len(), 1, "still recorded for show fabric");
+    }
+
+    #[test]
+    fn missed_link_events_are_counted() {
+        let (infos, _rx) = mpsc::channel(1);
+        let (mut task, _eventloop) = test_task(infos);
+        task.process(Event::LinksLagged(5));
+        task.process(Event::LinksLagged(2));
+        assert_eq!(task.report().counters.get("link_events_lagged"), Some(&7));
+    }
+
+    #[test]
+    fn an_unknown_setting_is_refused_with_what_is_known() {
+        let (infos, _rx) = mpsc::channel(1);
+        let (mut task, _eventloop) = test_task(infos);
+        let (reply, mut answer) = oneshot::channel();
+        task.process(Event::Query(Query::Set {
+            key: "colour".into(),
+            value: "blue".into(),
+            reply,
+        }));
+        let why = answer.try_recv().unwrap().unwrap_err();
+        assert!(
+            why.starts_with("unknown setting 'colour'; known: "),
+            "{why}"
+        );
+        let (reply, mut answer) = oneshot::channel();
+        task.process(Event::Query(Query::Set {
+            key: "dead_after_ms".into(),
+            value: "5000".into(),
+            reply,
+        }));
+        let change = answer.try_recv().unwrap().unwrap();
+        assert_eq!(
+            (change.origin.as_str(), change.value.as_str()),
+            ("sw1", "5000")
+        );
+        let report = task.report();
+        assert_eq!(report.config[0].key, "dead_after_ms");
+        assert!(
+            report.pending_changes.is_empty(),
+            "no other member to wait for"
+        );
+    }
+}

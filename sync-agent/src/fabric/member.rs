@@ -1,0 +1,279 @@
+//! The member's side (SPEC 4.3-4.5): its own heartbeats, the view of the
+//! other members, fabric config changes (applying, acknowledging, our own
+//! changes published and sent again until every member acknowledged), and
+//! faults both ways: local port changes out to the fabric, other members'
+//! faults in to state inference.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use super::{
+    report::FaultReport,
+    state::{Outcome, validate_setting},
+    task::{RECENT, Task, ViewEntry},
+    wire::{ConfigAck, ConfigChange, ConfigState, Fault, Heartbeat, Message, Role},
+};
+use crate::{
+    bus::{self, ids},
+    clock::now_ms,
+};
+
+impl Task {
+    /// This switch's heartbeat as of now.
+    pub(super) fn own_heartbeat(&self) -> Heartbeat {
+        Heartbeat {
+            member: self.identity.clone(),
+            role: self.role,
+            model: self.config.model.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            servers: self.config.servers.clone(),
+            addresses: self.own.clone(),
+            uptime_s: self.started.elapsed().as_secs(),
+            interval_ms: self.heartbeat_interval().as_millis() as u64,
+        }
+    }
+
+    /// Members send a heartbeat every tick while connected; a server that
+    /// is also a member keeps itself in its own roster.
+    pub(super) fn send_heartbeat(&mut self) {
+        if self.connected && self.is_member() {
+            let hb = self.own_heartbeat();
+            self.publish(&Message::Heartbeat(hb.clone()));
+            if self.rank.is_some() {
+                self.roster.heartbeat(hb, now_ms());
+            }
+        }
+    }
+
+    /// Another member's heartbeat: it is up, as of now.
+    pub(super) fn heard_heartbeat(&mut self, hb: &Heartbeat) {
+        self.view.insert(
+            hb.member.clone(),
+            ViewEntry {
+                heartbeat: hb.clone(),
+                heard: Some(std::time::Instant::now()),
+                departed: false,
+            },
+        );
+    }
+
+    /// Another member said it leaves (or its last will did).
+    pub(super) fn heard_departed(&mut self, member: &str) {
+        if let Some(entry) = self.view.get_mut(member) {
+            entry.departed = true;
+        }
+    }
+
+    /// A fabric config change from another switch: applied (or refused),
+    /// acknowledged by members, and an active server republishes the
+    /// config state.
+    pub(super) fn heard_change(&mut self, change: ConfigChange) {
+        let outcome = self.store.apply(&change);
+        match &outcome {
+            Outcome::Applied => {
+                tracing::info!(
+                    key = change.key,
+                    value = change.value,
+                    by = change.origin,
+                    "fabric setting applied"
+                );
+                self.count("changes_applied");
+                self.log_settings();
+            }
+            Outcome::Rejected(why) => self.reject(
+                "change",
+                &format!(
+                    "change {} from {} refused: {why}",
+                    change.key, change.origin
+                ),
+                "changes_rejected",
+            ),
+            Outcome::AlreadyApplied | Outcome::Superseded => self.count("changes_duplicate"),
+        }
+        if self.is_member() {
+            let text = outcome.ack_text();
+            self.store
+                .ack(&self.identity.clone(), &change.origin, change.seq, &text);
+            self.publish(&Message::Ack(ConfigAck {
+                member: self.identity.clone(),
+                origin: change.origin.clone(),
+                seq: change.seq,
+                outcome: text,
+            }));
+        }
+        self.save_store();
+        if self.active && outcome == Outcome::Applied {
+            self.publish(&Message::ConfigState(self.store.state()));
+        }
+    }
+
+    /// A member acknowledged a change; ours stop being resent to it.
+    pub(super) fn heard_ack(&mut self, ack: ConfigAck) {
+        self.store
+            .ack(&ack.member, &ack.origin, ack.seq, &ack.outcome);
+        if ack.origin == self.identity {
+            self.outbox.answered(ack.seq, &ack.member);
+        }
+        self.save_store();
+    }
+
+    /// The server's config snapshot: settings newer than ours are taken
+    /// (a member that was away catches up here).
+    pub(super) fn heard_config_state(&mut self, state: ConfigState) {
+        let mut applied = false;
+        for change in state.entries.values() {
+            if self.store.apply(change) == Outcome::Applied {
+                tracing::info!(
+                    key = change.key,
+                    value = change.value,
+                    by = change.origin,
+                    "fabric setting taken from the server's snapshot"
+                );
+                applied = true;
+            }
+        }
+        if applied {
+            self.log_settings();
+            self.save_store();
+        }
+    }
+
+    /// Our changes not acknowledged by every member within `resend_ms` go
+    /// out again.
+    pub(super) fn resend_changes(&mut self) {
+        for change in self
+            .outbox
+            .due(Duration::from_millis(self.config.resend_ms))
+        {
+            tracing::info!(
+                key = change.key,
+                seq = change.seq,
+                "config change not acknowledged by all; sending again"
+            );
+            self.count("changes_resent");
+            self.publish(&Message::Change(change));
+        }
+    }
+
+    /// `fabric set`: validates, applies here, and publishes the change to
+    /// every member, awaiting their acknowledgements. The error is the
+    /// operator's reason for the refusal.
+    pub(super) fn publish_change(
+        &mut self,
+        key: String,
+        value: String,
+    ) -> Result<ConfigChange, String> {
+        validate_setting(&key, &value)?;
+        self.next_seq = self.next_seq.max(now_ms()) + 1;
+        let change = ConfigChange {
+            origin: self.identity.clone(),
+            seq: self.next_seq,
+            key,
+            value,
+            at_ms: now_ms(),
+        };
+        if let Outcome::Rejected(why) = self.store.apply(&change) {
+            return Err(why);
+        }
+        let me = self.identity.clone();
+        self.store.ack(&me, &me, change.seq, "applied");
+        self.log_settings();
+        self.save_store();
+        let waiting: BTreeSet<String> = self
+            .view
+            .iter()
+            .filter(|(_, e)| !e.departed && e.heartbeat.role != Role::Server)
+            .map(|(n, _)| n.clone())
+            .collect();
+        tracing::info!(
+            key = change.key,
+            value = change.value,
+            members = waiting.len(),
+            "publishing fabric config change"
+        );
+        if !waiting.is_empty() {
+            self.outbox.add(change.clone(), waiting);
+        }
+        self.publish(&Message::Change(change.clone()));
+        if self.active {
+            self.publish(&Message::ConfigState(self.store.state()));
+        }
+        Ok(change)
+    }
+
+    /// Another member's fault: recorded once (by its fault number) and
+    /// handed to state inference as `port:<member>/<port>`. Inference's
+    /// queue being full drops the information (counted as
+    /// `inference_dropped`) rather than stalling the fabric.
+    pub(super) fn heard_fault(&mut self, fault: Fault) {
+        let last = self.last_fault_seq.entry(fault.member.clone()).or_insert(0);
+        if fault.seq <= *last {
+            self.count("faults_duplicate");
+            return;
+        }
+        *last = fault.seq;
+        tracing::info!(
+            member = fault.member,
+            port = fault.port,
+            kind = fault.kind,
+            "fabric fault"
+        );
+        self.count("faults_received");
+        let info = bus::Info::new(
+            "fabric",
+            &fault.kind,
+            ids::remote_port(&fault.member, &fault.port),
+        );
+        if let Err(err) = self.infos.try_send(info) {
+            self.count("inference_dropped");
+            if let Some(suppressed) = self.logs.admit("inference") {
+                tracing::warn!(
+                    member = fault.member,
+                    port = fault.port,
+                    suppressed,
+                    "fabric fault not passed to state inference: {err}"
+                );
+            }
+        }
+        self.record_fault(fault);
+    }
+
+    fn record_fault(&mut self, fault: Fault) {
+        if self.faults.len() >= RECENT {
+            self.faults.pop_front();
+        }
+        self.faults.push_back(FaultReport {
+            fault,
+            received_ms: now_ms(),
+        });
+    }
+
+    /// A local port is now operationally up (`Some(true)`), down
+    /// (`Some(false)`) or gone (`None`): a change from up to down or gone,
+    /// or from down to up, is published as a fault. Loopback is never a
+    /// fault.
+    pub(super) fn port_changed(&mut self, name: String, operational: Option<bool>) {
+        if name == "lo" {
+            return;
+        }
+        let before = match operational {
+            Some(up) => self.ports.insert(name.clone(), up),
+            None => self.ports.remove(&name),
+        };
+        let kind = match (before, operational) {
+            (Some(true), Some(false) | None) => "port-down",
+            (Some(false), Some(true)) => "port-up",
+            _ => return,
+        };
+        self.fault_seq += 1;
+        let fault = Fault {
+            member: self.identity.clone(),
+            seq: self.fault_seq,
+            port: name,
+            kind: kind.into(),
+            at_ms: now_ms(),
+        };
+        tracing::info!(port = fault.port, kind, "publishing fault");
+        self.publish(&Message::Fault(fault.clone()));
+        self.record_fault(fault);
+    }
+}
