@@ -35,9 +35,9 @@ use crate::{
         CLASSIFIER_PROGRAM, Dataplane, MacTables, PASS_PROGRAM,
         capture::{self, CaptureStats, Captured},
     },
-    inference::task::{Inference, StateQuery},
+    inference::InferenceHandle,
     mac::MacAddr,
-    mclag::Mclag,
+    mclag::MclagHandle,
     peersync::{Identity, PeerQuery, PeerSync},
     rollout::{
         center::Center,
@@ -92,6 +92,7 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
         netlink,
         peer: None,
         mclag: None,
+        mclag_ports: None,
         inference: None,
         center: None,
         device: None,
@@ -123,11 +124,15 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
         agent.device = Some(Device::spawn(device).await?);
     }
     let switch_name = agent.config.instance.clone();
+    let (link_tx, link_rx) = tokio::sync::broadcast::channel(crate::bus::LINK_EVENTS_DEPTH);
+    let (info_tx, info_rx) = mpsc::channel(1024);
     agent.inference = Some(
-        Inference::spawn(
+        InferenceHandle::spawn(
             agent.config.inference.clone(),
             &switch_name,
             agent.netlink.clone(),
+            link_rx,
+            info_rx,
         )
         .await
         .map_err(|e| anyhow::anyhow!("state model: {e:#}"))?,
@@ -138,7 +143,7 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
                 fabric,
                 &switch_name,
                 agent.netlink.clone(),
-                agent.inference.clone(),
+                Some(info_tx.clone()),
             )
             .await
             .map_err(|e| anyhow::anyhow!("fabric: {e:#}"))?,
@@ -167,15 +172,19 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
                     std::time::Duration::from_millis(peer_config.dead_interval_ms),
                 );
                 tracing::info!(%address, "MC-LAG starting");
-                let (mclag, observer) = Mclag::spawn(
+                let (ports_tx, ports_rx) = tokio::sync::watch::channel(ports.clone());
+                let (observer, sessions) = mpsc::channel(64);
+                let mclag = MclagHandle::spawn(
                     mclag_config,
                     address,
                     keepalive,
                     identity.boot_id,
-                    ports.clone(),
+                    ports_rx,
+                    sessions,
                     agent.netlink.clone(),
                 );
                 agent.mclag = Some(mclag);
+                agent.mclag_ports = Some(ports_tx);
                 Some(observer)
             }
             _ => None,
@@ -221,9 +230,7 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
                 let _ = pending.reply.send(response);
             }
             Some(event) = link_events.recv() => {
-                if let Some(inference) = &agent.inference {
-                    inference.link(event.clone()).await;
-                }
+                let _ = link_tx.send(event.clone());
                 if let Some(fabric) = &agent.fabric {
                     fabric.link(event.clone()).await;
                 }
@@ -306,9 +313,11 @@ struct Agent {
     /// Peer sync, when configured.
     peer: Option<PeerSync>,
     /// MC-LAG identity, when configured.
-    mclag: Option<Mclag>,
+    mclag: Option<MclagHandle>,
+    /// The member ports as told to MC-LAG.
+    mclag_ports: Option<tokio::sync::watch::Sender<Vec<MemberPort>>>,
     /// State inference.
-    inference: Option<Inference>,
+    inference: Option<InferenceHandle>,
     /// The config center, when hosted here.
     center: Option<std::sync::Arc<Center>>,
     /// The rollout device side, when configured.
@@ -429,8 +438,8 @@ impl Agent {
         let ports = self.local_ports();
         if ports != self.peer_ports {
             self.peer_ports = ports.clone();
-            if let Some(mclag) = &self.mclag {
-                mclag.ports(ports.clone()).await;
+            if let Some(mclag_ports) = &self.mclag_ports {
+                let _ = mclag_ports.send(ports.clone());
             }
             peer.ports(ports).await;
         }
@@ -587,11 +596,17 @@ impl Agent {
                 }))
             }
             Request::States { faulty } => match &self.inference {
-                Some(inference) => inference.query(StateQuery::All { faulty }).await,
+                Some(inference) => match inference.states(faulty).await {
+                    Ok(report) => Response::ok(&report),
+                    Err(err) => Response::error(err.to_string()),
+                },
                 None => Response::error("state inference is not running"),
             },
             Request::State { object } => match &self.inference {
-                Some(inference) => inference.query(StateQuery::One(object)).await,
+                Some(inference) => match inference.state(object).await {
+                    Ok(report) => Response::ok(&report),
+                    Err(err) => Response::error(err.to_string()),
+                },
                 None => Response::error("state inference is not running"),
             },
             Request::Fabric => match &self.fabric {
@@ -607,7 +622,10 @@ impl Agent {
                 ),
             },
             Request::Mclag => match &self.mclag {
-                Some(mclag) => mclag.query().await,
+                Some(mclag) => match mclag.report().await {
+                    Ok(report) => Response::ok(&report),
+                    Err(err) => Response::error(err.to_string()),
+                },
                 None => {
                     Response::error("MC-LAG is not configured (no [mclag] section in the config)")
                 }

@@ -13,10 +13,7 @@ use crate::{
         protocol::{CapturedEntry, CountersReport, Request, StatusReport},
     },
     fabric::FabricReport,
-    inference::{
-        StateView,
-        task::{StateReport, StatesReport},
-    },
+    inference::{StateReport, StatesReport},
     mclag::MclagReport,
     peersync::{ArpReportEntry, PeerReport},
 };
@@ -584,131 +581,15 @@ fn print_fabric(f: &FabricReport) {
 }
 
 fn print_mclag(m: &MclagReport) {
-    println!(
-        "role {:?}  own {}  peer {} ({})  shared mac {}",
-        m.role,
-        m.own_address,
-        m.peer_address.as_deref().unwrap_or("-"),
-        if m.peer_alive { "alive" } else { "not alive" },
-        or_dash(m.shared_mac)
-    );
-    if m.backup_configured {
-        println!(
-            "backup path: {}  split brain: {}",
-            match m.backup_alive {
-                Some(true) => "alive",
-                Some(false) => "silent",
-                None => "unknown",
-            },
-            m.split_brain
-        );
-    }
-    if let Some(error) = &m.error {
-        println!("error: {error}");
-    }
-    println!(
-        "role changes {} (last at unix ms {}), announcements sent {}",
-        m.role_changes,
-        or_dash(m.last_role_change_unix_ms),
-        m.announcements_sent
-    );
-    println!(
-        "{:<16} {:>5} {:<17} {:<17} {:<17} link-local",
-        "port", "mlag", "original mac", "current mac", "twin mac"
-    );
-    for p in &m.ports {
-        println!(
-            "{:<16} {:>5} {:<17} {:<17} {:<17} {}",
-            p.name,
-            p.mlag_id,
-            or_dash(p.original_mac),
-            or_dash(p.current_mac),
-            or_dash(p.twin_mac),
-            p.link_local.join(" ")
-        );
-    }
-}
-
-fn states_text(states: &[StateView]) -> String {
-    if states.is_empty() {
-        return "-".into();
-    }
-    states
-        .iter()
-        .map(|s| format!("{}({})", s.name, s.level))
-        .collect::<Vec<_>>()
-        .join(",")
+    print!("{m}");
 }
 
 fn print_states(r: &StatesReport) {
-    println!(
-        "{:<28} {:<8} {:<13} {:<18} {:<22} {:<18} {:>5}",
-        "object", "layer", "kind", "actual", "logical", "effective", "level"
-    );
-    for o in &r.objects {
-        println!(
-            "{:<28} {:<8} {:<13} {:<18} {:<22} {:<18} {:>5}",
-            o.id.0,
-            format!("{:?}", o.layer).to_lowercase(),
-            o.kind,
-            states_text(&o.actual),
-            states_text(&o.logical),
-            states_text(&o.effective),
-            o.fault_level
-        );
-    }
-    let c = &r.counters;
-    println!(
-        "({} objects; {} infos, {} unknown, {} about unknown objects, {} changes)",
-        r.objects.len(),
-        c.infos,
-        c.unknown_infos,
-        c.unknown_objects,
-        c.changes
-    );
+    print!("{r}");
 }
 
 fn print_state(r: &StateReport) {
-    let o = &r.object;
-    println!(
-        "{} ({:?} {}), fault level {}",
-        o.id.0, o.layer, o.kind, o.fault_level
-    );
-    println!("  actual    {}", states_text(&o.actual));
-    println!("  logical   {}", states_text(&o.logical));
-    println!("  effective {}", states_text(&o.effective));
-    println!("depends on:");
-    for l in &r.depends_on {
-        println!(
-            "  {}{} -[{:?}]-> {} (level {})",
-            "  ".repeat(l.depth - 1),
-            l.from.0,
-            l.kind,
-            l.to.0,
-            l.fault_level
-        );
-    }
-    println!("depended on by:");
-    for l in &r.dependents {
-        println!(
-            "  {}{} <-[{:?}]- {} (level {})",
-            "  ".repeat(l.depth - 1),
-            l.from.0,
-            l.kind,
-            l.to.0,
-            l.fault_level
-        );
-    }
-    println!("information history (newest last):");
-    for i in &o.info_history {
-        println!(
-            "  {} {} {}{}",
-            i.at_ms,
-            i.source,
-            i.message,
-            if i.known { "" } else { " (unknown)" }
-        );
-    }
+    print!("{r}");
 }
 
 fn print_json(value: &serde_json::Value) {

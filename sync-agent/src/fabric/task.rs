@@ -26,8 +26,8 @@ use super::{
     },
 };
 use crate::{
+    bus::Info,
     control::protocol::Response,
-    inference::{rules::Info, task::Inference},
     southbound::{
         addresses,
         links::{self, LinkEvent},
@@ -159,7 +159,7 @@ impl Fabric {
         config: FabricConfig,
         instance: &str,
         netlink: Handle,
-        inference: Option<Inference>,
+        inference: Option<tokio::sync::mpsc::Sender<Info>>,
     ) -> anyhow::Result<Self> {
         let identity = config
             .identity
@@ -418,7 +418,7 @@ struct Task {
     counters: BTreeMap<String, u64>,
     logs: LogLimiter,
     heartbeats: RateLimiter,
-    inference: Option<Inference>,
+    inference: Option<tokio::sync::mpsc::Sender<Info>>,
 }
 
 impl Task {
@@ -821,8 +821,8 @@ impl Task {
         self.count("faults_received");
         if let Some(inference) = &self.inference {
             let object = format!("port:{}/{}", fault.member, fault.port);
-            inference
-                .info(Info::new("fabric", &fault.kind, object.as_str()))
+            let _ = inference
+                .send(Info::new("fabric", &fault.kind, object.as_str()))
                 .await;
         }
         self.record_fault(fault);
