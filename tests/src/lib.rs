@@ -11,6 +11,7 @@ pub mod agent;
 pub mod fabric;
 pub mod fabric_bench;
 pub mod frames;
+pub mod inference_bench;
 pub mod neighwatch;
 pub mod netns;
 pub mod pair;

@@ -39,16 +39,92 @@
 //! Every object keeps a bounded history of its effective state changes and
 //! of the information it received (SPEC 5.6).
 //!
-//! The engine is pure: no I/O, no clock (times are passed in), no async.
+//! The engine ([`model`], [`rules`]) is pure: no I/O, no clock (times are
+//! passed in), no async.
+//!
+//! Around it, one task (`task.rs`) owns the model: [`live`] builds it from
+//! the live system over netlink (interfaces, bridges and bonds, IPv4
+//! interfaces, gateways) plus the objects declared in the config, and the
+//! handlers in `events.rs` turn link changes and [`Info`] from other modules
+//! (the supervisor wires them) into information for the model and answer
+//! the operator's `show states` / `show state`.
 
-pub mod bench;
 pub mod config;
+mod events;
+pub mod live;
 pub mod model;
+pub mod report;
 pub mod rules;
-pub mod task;
+mod task;
 
-pub use model::{
-    Applied, Change, Dependency, HistoryEntry, InfoEntry, Layer, Model, ModelError, ObjectId,
-    ObjectView, StateView,
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use self::{config::InferenceConfig, events::Query, task::Task};
+pub use self::{
+    model::{
+        Applied, Change, Dependency, HistoryEntry, InfoEntry, Layer, Model, ModelError, ObjectView,
+        StateView,
+    },
+    report::{ChainLink, InferenceStats, StateReport, StatesReport},
+    rules::{Rule, RuleTable, State},
 };
-pub use rules::{Info, Rule, RuleTable, State};
+use crate::bus::{AskError, LinkEvent};
+pub use crate::bus::{Info, ObjectId, ids};
+
+/// Depth of the operator query channel; queries are rare and answered at once.
+const QUERY_DEPTH: usize = 16;
+
+/// Handle to the inference task: cheap to clone; asks it for object states.
+#[derive(Clone, Debug)]
+pub struct InferenceHandle {
+    queries: mpsc::Sender<Query>,
+}
+
+impl InferenceHandle {
+    /// Builds the model from the live system (over `netlink`) and the
+    /// objects of `config`, takes the interfaces' current state as the first
+    /// information, and starts the task. `switch_name` names this switch's
+    /// object (`switch:<name>`). The task then follows `links` (it re-reads
+    /// the interfaces when it lagged behind) and applies every [`Info`]
+    /// arriving on `infos`; it runs until all of its inputs close.
+    ///
+    /// Fails when the live system cannot be read or a declared object or
+    /// dependency is refused (the message names `inference.objects`).
+    pub async fn spawn(
+        config: InferenceConfig,
+        switch_name: &str,
+        netlink: rtnetlink::Handle,
+        links: broadcast::Receiver<LinkEvent>,
+        infos: mpsc::Receiver<Info>,
+    ) -> anyhow::Result<InferenceHandle> {
+        let (queries, query_rx) = mpsc::channel(QUERY_DEPTH);
+        let task = Task::build(config, switch_name, netlink).await?;
+        tokio::spawn(task.run(links, infos, query_rx));
+        Ok(InferenceHandle { queries })
+    }
+
+    /// `show states`: every object (only faulty ones or those in lost
+    /// contact with `faulty`), without histories, and the counters.
+    pub async fn states(&self, faulty: bool) -> Result<StatesReport, AskError> {
+        let (reply, rx) = oneshot::channel();
+        self.ask(Query::States { faulty, reply }).await?;
+        rx.await.map_err(|_| AskError::Gone("inference"))
+    }
+
+    /// `show state OBJECT`: one object with its histories and dependency
+    /// chains; refused for an object not in the model.
+    pub async fn state(&self, object: String) -> Result<StateReport, AskError> {
+        let (reply, rx) = oneshot::channel();
+        self.ask(Query::State { object, reply }).await?;
+        rx.await
+            .map_err(|_| AskError::Gone("inference"))?
+            .map_err(AskError::Refused)
+    }
+
+    async fn ask(&self, query: Query) -> Result<(), AskError> {
+        self.queries
+            .send(query)
+            .await
+            .map_err(|_| AskError::Gone("inference"))
+    }
+}

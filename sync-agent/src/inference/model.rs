@@ -27,7 +27,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::rules::{NORMAL, RuleTable, State};
-pub use crate::bus::{Info, ObjectId};
+use crate::bus::{Info, ObjectId};
 
 /// The layer of an object, lowest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

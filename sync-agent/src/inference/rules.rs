@@ -23,7 +23,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::bus::{Info, ObjectId};
+use crate::bus::Info;
 
 /// Name of the state of an object without any fault.
 pub const NORMAL: &str = "normal";

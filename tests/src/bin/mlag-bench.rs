@@ -216,7 +216,7 @@ fn main() -> anyhow::Result<()> {
     takeover()?;
     println!();
     println!("state inference (SPEC 5), 1M-object model:");
-    print!("{}", sync_agent::inference::bench::bench_report());
+    print!("{}", mlag_testbed::inference_bench::bench_report());
     config_center()?;
     mlag_testbed::fabric_bench::run()?;
     Ok(())

@@ -1,0 +1,231 @@
+//! Every input of the inference task and its handler: interface changes,
+//! information from other modules, and the operator's queries.
+
+use std::collections::{BTreeSet, VecDeque};
+
+use tokio::sync::oneshot;
+
+use super::{
+    ObjectId, ObjectView, live,
+    report::{ChainLink, StateReport, StatesReport},
+    task::Task,
+};
+use crate::{
+    bus::{Info, LinkEvent, ids},
+    clock::now_ms,
+    southbound::links::{self, Link},
+};
+
+/// Everything the inference task reacts to.
+#[derive(Debug)]
+pub(super) enum Event {
+    /// An interface changed or went away.
+    Link(LinkEvent),
+    /// The task fell behind the link events and missed this many.
+    LinksLagged(u64),
+    /// Information from elsewhere in the agent (fabric, peers, health).
+    Info(Info),
+    /// An operator query.
+    Query(Query),
+}
+
+/// Operator queries, each with where the answer goes.
+#[derive(Debug)]
+pub(super) enum Query {
+    /// `show states`.
+    States {
+        /// Only objects with a fault level above 0 or in lost contact.
+        faulty: bool,
+        /// The answer.
+        reply: oneshot::Sender<StatesReport>,
+    },
+    /// `show state OBJECT`.
+    State {
+        /// The object's id.
+        object: String,
+        /// The answer, or why there is none (unknown object).
+        reply: oneshot::Sender<Result<StateReport, String>>,
+    },
+}
+
+impl Task {
+    /// Hands one event to its handler.
+    pub(super) async fn process(&mut self, event: Event) {
+        match event {
+            Event::Link(event) => self.process_link(event),
+            Event::LinksLagged(missed) => self.process_links_lagged(missed).await,
+            Event::Info(info) => self.process_info(info),
+            Event::Query(Query::States { faulty, reply }) => {
+                let _ = reply.send(self.process_states(faulty));
+            }
+            Event::Query(Query::State { object, reply }) => {
+                let _ = reply.send(self.process_state(object));
+            }
+        }
+    }
+
+    /// An interface changed (a new one joins the model) or went away.
+    pub(super) fn process_link(&mut self, event: LinkEvent) {
+        match event {
+            LinkEvent::Changed(link) => {
+                self.names.insert(link.index, link.name.clone());
+                live::ensure_port(&mut self.model, &self.switch, &link.name);
+                self.link_state(&link);
+            }
+            LinkEvent::Removed { index, name } => {
+                let Some(name) = name.or_else(|| self.names.get(&index).cloned()) else {
+                    return;
+                };
+                self.apply(Info::new("netlink", "link-removed", ids::port(&name)));
+            }
+        }
+    }
+
+    /// Link events were missed: every interface is read again and handled
+    /// as if it had changed, and those gone since are handled as removed.
+    pub(super) async fn process_links_lagged(&mut self, missed: u64) {
+        self.links_lagged += 1;
+        if self.links_lagged == 1 {
+            tracing::warn!(
+                missed,
+                "state inference fell behind the link events; re-reading the interfaces (logged once)"
+            );
+        } else {
+            tracing::debug!(
+                missed,
+                times = self.links_lagged,
+                "link events missed again"
+            );
+        }
+        let all = match links::all(&self.netlink).await {
+            Ok(all) => all,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot re-read the interfaces after missing link events");
+                return;
+            }
+        };
+        let present: BTreeSet<u32> = all.iter().map(|l| l.index).collect();
+        let gone: Vec<u32> = self
+            .names
+            .keys()
+            .copied()
+            .filter(|index| !present.contains(index))
+            .collect();
+        for index in gone {
+            let name = self.names.remove(&index);
+            self.process_link(LinkEvent::Removed { index, name });
+        }
+        for link in all {
+            self.process_link(LinkEvent::Changed(link));
+        }
+    }
+
+    /// Information from another module.
+    pub(super) fn process_info(&mut self, info: Info) {
+        self.apply(info);
+    }
+
+    /// `show states`.
+    pub(super) fn process_states(&self, faulty: bool) -> StatesReport {
+        let views: Vec<ObjectView> = self
+            .model
+            .views()
+            .filter(|v| !faulty || v.fault_level > 0 || v.effective.iter().any(|s| s.lost_contact))
+            .map(|mut v| {
+                v.state_history.clear();
+                v.info_history.clear();
+                v
+            })
+            .collect();
+        StatesReport {
+            objects: views,
+            counters: self.stats.clone(),
+        }
+    }
+
+    /// `show state OBJECT`; an unknown object is refused with a hint.
+    pub(super) fn process_state(&self, object: String) -> Result<StateReport, String> {
+        let id = ObjectId(object);
+        let Some(view) = self.model.view(&id) else {
+            return Err(format!(
+                "no object {} (see `show states` for the ids)",
+                id.0
+            ));
+        };
+        Ok(StateReport {
+            depends_on: self.chain(&id, true),
+            dependents: self.chain(&id, false),
+            object: view,
+        })
+    }
+
+    /// Administrative state and carrier of a port in the model, as
+    /// information from two sources.
+    pub(super) fn link_state(&mut self, link: &Link) {
+        let port = ids::port(&link.name);
+        if !self.model.contains(&port) {
+            return;
+        }
+        // Administrative state and carrier are separate sources of the same
+        // kind of information; both map to the same "down" state.
+        let admin = if link.up { "link-up" } else { "link-down" };
+        self.apply(Info::new("netlink", admin, port.clone()));
+        let carrier = if !link.up || link.carrier {
+            "carrier-ok"
+        } else {
+            "carrier-lost"
+        };
+        self.apply(Info::new("netlink-carrier", carrier, port));
+    }
+
+    fn apply(&mut self, info: Info) {
+        let object = info.object.clone();
+        if info.source == "fabric" {
+            live::ensure_remote_port(&mut self.model, &object);
+        }
+        match self.model.apply(info, &self.rules, now_ms()) {
+            Ok(applied) => {
+                self.stats.infos += 1;
+                if !applied.known {
+                    self.stats.unknown_infos += 1;
+                }
+                self.stats.changes += applied.changes.len() as u64;
+                for change in &applied.changes {
+                    tracing::debug!(object = change.object.0, ?change.after, "state change");
+                }
+            }
+            Err(err) => {
+                self.stats.unknown_objects += 1;
+                tracing::debug!(object = object.0, error = %err, "information about an unknown object");
+            }
+        }
+    }
+
+    /// The dependency chain below (`down`) or above an object, breadth-first.
+    fn chain(&self, id: &ObjectId, down: bool) -> Vec<ChainLink> {
+        let mut out = Vec::new();
+        let mut queue = VecDeque::from([(id.clone(), 0usize)]);
+        let mut seen = BTreeSet::from([id.clone()]);
+        while let Some((current, depth)) = queue.pop_front() {
+            let next = if down {
+                self.model.dependencies_of(&current)
+            } else {
+                self.model.dependents_of(&current)
+            };
+            for (other, kind) in next {
+                if seen.insert(other.clone()) && out.len() < 1000 {
+                    let fault_level = self.model.fault_level(&other).unwrap_or(0);
+                    out.push(ChainLink {
+                        from: current.clone(),
+                        to: other.clone(),
+                        kind,
+                        depth: depth + 1,
+                        fault_level,
+                    });
+                    queue.push_back((other, depth + 1));
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,214 @@
+//! The model of the live system (SPEC 5.1): this switch, its interfaces
+//! (physical port and LAN port, or a bridge or bond as an L2 object of its
+//! own), its IPv4 interfaces and gateways, read over netlink; and the
+//! objects that join later: interfaces that appear after start, and ports
+//! of other fabric members first heard of in a fault. Ids come from
+//! [`crate::bus::ids`], so producers and this module agree on them.
+
+use std::collections::BTreeMap;
+
+use rtnetlink::Handle;
+
+use super::{Dependency, Layer, Model, ObjectId};
+use crate::{
+    bus::ids,
+    southbound::{addresses, links, routes},
+};
+
+/// The model never grows past this many objects through remote ports heard
+/// of in faults (a bound on what the fabric can make this switch allocate).
+const MAX_OBJECTS: usize = 1_000_000;
+
+/// Adds this switch and everything netlink shows to `model`; fills `names`
+/// with every interface name by index.
+pub async fn build_live(
+    model: &mut Model,
+    names: &mut BTreeMap<u32, String>,
+    switch: &str,
+    netlink: &Handle,
+) -> anyhow::Result<()> {
+    let switch_id = ids::switch(switch);
+    model.add_object(switch_id.clone(), Layer::Physical, "switch")?;
+    let all = links::all(netlink).await?;
+    for link in &all {
+        names.insert(link.index, link.name.clone());
+    }
+    let controllers: BTreeMap<u32, &str> = all
+        .iter()
+        .filter_map(|l| l.controller.map(|c| (c, l.name.as_str())))
+        .collect();
+    for link in all.iter().filter(|l| l.name != "lo") {
+        let is_aggregate = controllers.contains_key(&link.index);
+        if is_aggregate {
+            // A bridge or bond: an L2 object of its own (no physical port).
+            let kind = if std::path::Path::new("/sys/class/net")
+                .join(&link.name)
+                .join("bonding")
+                .exists()
+            {
+                "bond"
+            } else {
+                "bridge"
+            };
+            model.add_object(ids::aggregate(kind, &link.name), Layer::L2, kind)?;
+        } else {
+            let port = ids::port(&link.name);
+            model.add_object(port.clone(), Layer::Physical, "port")?;
+            model.add_dependency(&port, &switch_id, Dependency::BelongsTo)?;
+            let lan = ids::lan(&link.name);
+            model.add_object(lan.clone(), Layer::L2, "lan-port")?;
+            model.add_dependency(&lan, &port, Dependency::MapsTo)?;
+        }
+    }
+    // LAN ports belong to their bridge or bond.
+    for link in all.iter().filter(|l| l.controller.is_some()) {
+        let Some(controller) = link
+            .controller
+            .and_then(|c| all.iter().find(|l| l.index == c))
+        else {
+            continue;
+        };
+        let aggregate = [
+            ids::aggregate("bridge", &controller.name),
+            ids::aggregate("bond", &controller.name),
+        ]
+        .into_iter()
+        .find(|id| model.contains(id));
+        if let Some(aggregate) = aggregate {
+            model.add_dependency(&ids::lan(&link.name), &aggregate, Dependency::BelongsTo)?;
+        }
+    }
+    for link in all.iter().filter(|l| l.name != "lo") {
+        let has_v4 = addresses::list(netlink, link.index)
+            .await?
+            .iter()
+            .any(|a| a.ip.is_ipv4());
+        if !has_v4 {
+            continue;
+        }
+        let ip = ids::ip(&link.name);
+        model.add_object(ip.clone(), Layer::L3, "ip-interface")?;
+        let below = if model.contains(&ids::lan(&link.name)) {
+            ids::lan(&link.name)
+        } else if model.contains(&ids::aggregate("bridge", &link.name)) {
+            ids::aggregate("bridge", &link.name)
+        } else {
+            ids::aggregate("bond", &link.name)
+        };
+        model.add_dependency(&ip, &below, Dependency::MapsTo)?;
+    }
+    for (gateway, oif) in routes::gateways(netlink).await.unwrap_or_default() {
+        let Some(name) = names.get(&oif) else {
+            continue;
+        };
+        let ip = ids::ip(name);
+        if !model.contains(&ip) {
+            continue;
+        }
+        let gw = ids::gateway(gateway);
+        if !model.contains(&gw) {
+            model.add_object(gw.clone(), Layer::L3, "gateway")?;
+        }
+        model.add_dependency(&gw, &ip, Dependency::BelongsTo)?;
+    }
+    Ok(())
+}
+
+/// An interface that appeared after start joins the model as a physical
+/// port of `switch` with its LAN port (unless it is `lo` or already known).
+pub fn ensure_port(model: &mut Model, switch: &str, name: &str) {
+    let port = ids::port(name);
+    if name == "lo" || model.contains(&port) || model.contains(&ids::aggregate("bridge", name)) {
+        return;
+    }
+    let added = model
+        .add_object(port.clone(), Layer::Physical, "port")
+        .and_then(|()| model.add_dependency(&port, &ids::switch(switch), Dependency::BelongsTo))
+        .and_then(|()| model.add_object(ids::lan(name), Layer::L2, "lan-port"))
+        .and_then(|()| model.add_dependency(&ids::lan(name), &port, Dependency::MapsTo));
+    if let Err(err) = added {
+        tracing::warn!(interface = name, error = %err, "cannot add the new interface to the state model");
+    }
+}
+
+/// A port of another fabric member ([`ids::remote_port`]), first heard of
+/// in a fault, joins the model under that member's switch object. Any other
+/// id is left alone.
+pub fn ensure_remote_port(model: &mut Model, object: &ObjectId) {
+    let Some((member, _)) = ids::parse_remote_port(object) else {
+        return;
+    };
+    if model.contains(object) || model.len() >= MAX_OBJECTS {
+        return;
+    }
+    let switch = ids::switch(member);
+    let added = (if model.contains(&switch) {
+        Ok(())
+    } else {
+        model.add_object(switch.clone(), Layer::Physical, "switch")
+    })
+    .and_then(|()| model.add_object(object.clone(), Layer::Physical, "remote-port"))
+    .and_then(|()| model.add_dependency(object, &switch, Dependency::BelongsTo));
+    if let Err(err) = added {
+        tracing::warn!(object = object.0, error = %err, "cannot add the remote port to the state model");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::Info;
+    use crate::inference::RuleTable;
+
+    fn model_with_switch() -> Model {
+        let mut model = Model::new();
+        model
+            .add_object(ids::switch("a"), Layer::Physical, "switch")
+            .unwrap();
+        model
+    }
+
+    #[test]
+    fn a_new_interface_joins_as_port_and_lan_port_of_this_switch() {
+        let mut model = model_with_switch();
+        ensure_port(&mut model, "a", "eth7");
+        assert!(model.contains(&ids::port("eth7")));
+        assert_eq!(
+            model.dependencies_of(&ids::lan("eth7")),
+            [(ids::port("eth7"), Dependency::MapsTo)]
+        );
+        ensure_port(&mut model, "a", "eth7");
+        ensure_port(&mut model, "a", "lo");
+        assert_eq!(model.len(), 3);
+    }
+
+    #[test]
+    fn a_remote_port_joins_under_its_member_switch_and_takes_the_fault() {
+        let mut model = model_with_switch();
+        let remote = ids::remote_port("sw3", "p1");
+        ensure_remote_port(&mut model, &remote);
+        ensure_remote_port(&mut model, &remote);
+        assert_eq!(
+            model.dependencies_of(&remote),
+            [(ids::switch("sw3"), Dependency::BelongsTo)]
+        );
+        assert_eq!(model.len(), 3);
+        let applied = model
+            .apply(
+                Info::new("fabric", "port-down", remote.clone()),
+                &RuleTable::builtin(),
+                1,
+            )
+            .unwrap();
+        assert!(applied.known);
+        assert_eq!(model.fault_level(&remote), Some(3));
+    }
+
+    #[test]
+    fn only_remote_port_ids_join() {
+        let mut model = model_with_switch();
+        ensure_remote_port(&mut model, &ids::port("eth0"));
+        ensure_remote_port(&mut model, &ids::lan("a/b"));
+        assert_eq!(model.len(), 1);
+    }
+}

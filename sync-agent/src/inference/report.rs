@@ -1,0 +1,245 @@
+//! `show states` and `show state OBJECT`: the reports and their text
+//! rendering. The JSON field names are read by the namespace tests and by
+//! operators' scripts: never rename them.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Dependency, ObjectId, ObjectView, StateView};
+
+/// Counters of the inference task.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct InferenceStats {
+    /// Information applied.
+    pub infos: u64,
+    /// Information no rule knows.
+    pub unknown_infos: u64,
+    /// Information about objects not in the model.
+    pub unknown_objects: u64,
+    /// Effective state changes.
+    pub changes: u64,
+}
+
+/// `show states`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatesReport {
+    /// The objects.
+    pub objects: Vec<ObjectView>,
+    /// Counters.
+    pub counters: InferenceStats,
+}
+
+/// `show state OBJECT`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StateReport {
+    /// The object with its histories.
+    pub object: ObjectView,
+    /// What it depends on, transitively.
+    pub depends_on: Vec<ChainLink>,
+    /// What depends on it, transitively.
+    pub dependents: Vec<ChainLink>,
+}
+
+/// One edge of a dependency chain.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChainLink {
+    /// Nearer object.
+    pub from: ObjectId,
+    /// Farther object.
+    pub to: ObjectId,
+    /// belongs-to or maps-to.
+    pub kind: Dependency,
+    /// Distance from the queried object.
+    pub depth: usize,
+    /// The farther object's fault level.
+    pub fault_level: u8,
+}
+
+/// `down(3),lost-contact(0)`, or `-` for none.
+fn states_text(states: &[StateView]) -> String {
+    if states.is_empty() {
+        return "-".into();
+    }
+    states
+        .iter()
+        .map(|s| format!("{}({})", s.name, s.level))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl fmt::Display for StatesReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<28} {:<8} {:<13} {:<18} {:<22} {:<18} {:>5}",
+            "object", "layer", "kind", "actual", "logical", "effective", "level"
+        )?;
+        for o in &self.objects {
+            writeln!(
+                f,
+                "{:<28} {:<8} {:<13} {:<18} {:<22} {:<18} {:>5}",
+                o.id.0,
+                format!("{:?}", o.layer).to_lowercase(),
+                o.kind,
+                states_text(&o.actual),
+                states_text(&o.logical),
+                states_text(&o.effective),
+                o.fault_level
+            )?;
+        }
+        let c = &self.counters;
+        writeln!(
+            f,
+            "({} objects; {} infos, {} unknown, {} about unknown objects, {} changes)",
+            self.objects.len(),
+            c.infos,
+            c.unknown_infos,
+            c.unknown_objects,
+            c.changes
+        )
+    }
+}
+
+impl fmt::Display for StateReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = &self.object;
+        writeln!(
+            f,
+            "{} ({:?} {}), fault level {}",
+            o.id.0, o.layer, o.kind, o.fault_level
+        )?;
+        writeln!(f, "  actual    {}", states_text(&o.actual))?;
+        writeln!(f, "  logical   {}", states_text(&o.logical))?;
+        writeln!(f, "  effective {}", states_text(&o.effective))?;
+        writeln!(f, "depends on:")?;
+        for l in &self.depends_on {
+            writeln!(
+                f,
+                "  {}{} -[{:?}]-> {} (level {})",
+                "  ".repeat(l.depth - 1),
+                l.from.0,
+                l.kind,
+                l.to.0,
+                l.fault_level
+            )?;
+        }
+        writeln!(f, "depended on by:")?;
+        for l in &self.dependents {
+            writeln!(
+                f,
+                "  {}{} <-[{:?}]- {} (level {})",
+                "  ".repeat(l.depth - 1),
+                l.from.0,
+                l.kind,
+                l.to.0,
+                l.fault_level
+            )?;
+        }
+        writeln!(f, "information history (newest last):")?;
+        for i in &o.info_history {
+            writeln!(
+                f,
+                "  {} {} {}{}",
+                i.at_ms,
+                i.source,
+                i.message,
+                if i.known { "" } else { " (unknown)" }
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        bus::{Info, ids},
+        inference::{Layer, Model, RuleTable},
+    };
+
+    /// A switch with one port and its LAN port, the port down.
+    fn model() -> Model {
+        let mut m = Model::new();
+        m.add_object(ids::switch("a"), Layer::Physical, "switch")
+            .unwrap();
+        m.add_object(ids::port("eth0"), Layer::Physical, "port")
+            .unwrap();
+        m.add_dependency(&ids::port("eth0"), &ids::switch("a"), Dependency::BelongsTo)
+            .unwrap();
+        m.add_object(ids::lan("eth0"), Layer::L2, "lan-port")
+            .unwrap();
+        m.add_dependency(&ids::lan("eth0"), &ids::port("eth0"), Dependency::MapsTo)
+            .unwrap();
+        m.apply(
+            Info::new("netlink", "link-down", ids::port("eth0")),
+            &RuleTable::builtin(),
+            5,
+        )
+        .unwrap();
+        m
+    }
+
+    #[test]
+    fn states_render_as_one_aligned_row_per_object_and_the_counters() {
+        let report = StatesReport {
+            objects: model().views().collect(),
+            counters: InferenceStats {
+                infos: 1,
+                changes: 2,
+                ..InferenceStats::default()
+            },
+        };
+        let text = report.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "object                       layer    kind          actual             logical                effective          level"
+        );
+        assert!(lines.contains(
+            &"lan:eth0                     l2       lan-port      -                  down(3)                down(3)                3"
+        ));
+        assert_eq!(
+            lines.last(),
+            Some(&"(3 objects; 1 infos, 0 unknown, 0 about unknown objects, 2 changes)")
+        );
+    }
+
+    #[test]
+    fn one_state_renders_its_chains_and_information_history() {
+        let m = model();
+        let report = StateReport {
+            object: m.view(&ids::lan("eth0")).unwrap(),
+            depends_on: vec![
+                ChainLink {
+                    from: ids::lan("eth0"),
+                    to: ids::port("eth0"),
+                    kind: Dependency::MapsTo,
+                    depth: 1,
+                    fault_level: 3,
+                },
+                ChainLink {
+                    from: ids::port("eth0"),
+                    to: ids::switch("a"),
+                    kind: Dependency::BelongsTo,
+                    depth: 2,
+                    fault_level: 0,
+                },
+            ],
+            dependents: Vec::new(),
+        };
+        assert_eq!(
+            report.to_string(),
+            "lan:eth0 (L2 lan-port), fault level 3\n\
+             \x20 actual    -\n\
+             \x20 logical   down(3)\n\
+             \x20 effective down(3)\n\
+             depends on:\n\
+             \x20 lan:eth0 -[MapsTo]-> port:eth0 (level 3)\n\
+             \x20   port:eth0 -[BelongsTo]-> switch:a (level 0)\n\
+             depended on by:\n\
+             information history (newest last):\n"
+        );
+    }
+}

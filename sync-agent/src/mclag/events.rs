@@ -1,0 +1,289 @@
+//! Every input of the MC-LAG task and its handler: the peer session coming
+//! up or being lost, the backup path's liveness, the member ports changing,
+//! and the operator's `show mclag`.
+
+use std::{
+    net::IpAddr,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use tokio::sync::oneshot;
+
+use super::{
+    config::LinkLocalMode,
+    election::{self, Role},
+    eui64,
+    port_ops::{ActorSystem, PortError, PortOps},
+    report::{MclagPort, MclagReport},
+    task::Task,
+};
+use crate::{
+    bus::{Liveness, MemberPort, SessionEvent},
+    liveness::LivenessReport,
+    mac::MacAddr,
+};
+
+/// Everything the MC-LAG task reacts to.
+#[derive(Debug)]
+pub(super) enum Event {
+    /// From peer sync: the session is up (the peer's hello) or lost.
+    Session(SessionEvent),
+    /// From the backup path's liveness task.
+    Backup(LivenessReport),
+    /// The member ports changed (dataplane).
+    Ports(Vec<MemberPort>),
+    /// `show mclag`.
+    Query(oneshot::Sender<MclagReport>),
+}
+
+impl<P: PortOps> Task<P> {
+    /// Hands one event to its handler.
+    pub(super) async fn process(&mut self, event: Event) {
+        match event {
+            Event::Session(SessionEvent::Up {
+                mclag_address,
+                ports,
+            }) => self.process_session_up(mclag_address, ports).await,
+            Event::Session(SessionEvent::Lost) => self.process_session_lost().await,
+            Event::Backup(report) => self.process_backup(report).await,
+            Event::Ports(ports) => self.process_ports(ports).await,
+            Event::Query(reply) => self.process_query(reply).await,
+        }
+    }
+
+    /// The peer's hello: elect, and as slave align the member ports.
+    pub(super) async fn process_session_up(
+        &mut self,
+        peer_address: Option<IpAddr>,
+        ports: Vec<(u32, MacAddr)>,
+    ) {
+        self.peer_lost = false;
+        self.split_brain = false;
+        self.peer_ports = ports.into_iter().collect();
+        let Some(peer_address) = peer_address else {
+            let message =
+                "the peer sends no election address (no [mclag] section in its config)".to_string();
+            tracing::error!("{message}");
+            self.error = Some(message);
+            return;
+        };
+        self.peer_address = Some(peer_address);
+        match election::elect(self.address, peer_address) {
+            Ok(role) => {
+                self.error = None;
+                // The same answer for the same addresses: repeated or delayed
+                // hellos cannot make the role flap.
+                self.set_role(role, "election by address");
+                if role == Role::Slave {
+                    self.align().await;
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "MC-LAG election impossible");
+                self.error = Some(err.to_string());
+                self.set_role(Role::Undecided, "election error");
+            }
+        }
+    }
+
+    /// The peer's liveness on the peer link is gone.
+    pub(super) async fn process_session_lost(&mut self) {
+        self.peer_lost = true;
+        self.master_maybe_lost().await;
+    }
+
+    /// Liveness on the backup path changed. Rejected datagrams are the
+    /// liveness task's business; only a change of liveness matters here.
+    pub(super) async fn process_backup(&mut self, report: LivenessReport) {
+        let LivenessReport::Changed(liveness) = report else {
+            return;
+        };
+        let alive = matches!(liveness, Liveness::Up { .. });
+        tracing::info!(alive, "backup path liveness");
+        self.backup_alive = Some(alive);
+        if !alive && self.peer_lost {
+            self.master_maybe_lost().await;
+        }
+    }
+
+    /// The dataplane's member ports changed: a slave aligns the new ones.
+    pub(super) async fn process_ports(&mut self, ports: Vec<MemberPort>) {
+        self.ports = ports;
+        if self.role == Role::Slave && !self.peer_lost {
+            self.align().await;
+        }
+    }
+
+    /// `show mclag`.
+    pub(super) async fn process_query(&mut self, reply: oneshot::Sender<MclagReport>) {
+        let report = self.report().await;
+        let _ = reply.send(report);
+    }
+
+    fn set_role(&mut self, role: Role, why: &str) {
+        if self.role != role {
+            tracing::info!(from = ?self.role, to = ?role, why, "MC-LAG role change");
+            self.role = role;
+            self.role_changes += 1;
+            self.last_role_change = Some(SystemTime::now());
+        }
+    }
+
+    /// SPEC 3.4: a slave whose master is gone takes over, unless the backup
+    /// path says the master is alive (split brain).
+    async fn master_maybe_lost(&mut self) {
+        if self.role != Role::Slave || !self.peer_lost {
+            return;
+        }
+        if self.config.backup.is_some() && self.backup_alive == Some(true) {
+            if !self.split_brain {
+                self.split_brain = true;
+                tracing::error!(
+                    "split brain: the peer link is down but the peer is alive on the backup path; staying slave"
+                );
+            }
+            return;
+        }
+        self.set_role(Role::Master, "master lost: taking over");
+        self.announce().await;
+    }
+
+    /// SPEC 3.2 and 3.3: member ports take their twin's MAC; link-local
+    /// addresses follow.
+    async fn align(&mut self) {
+        for port in self.ports.clone() {
+            let (Some(ifindex), Some(current)) = (port.ifindex, port.mac) else {
+                continue;
+            };
+            let Some(&twin) = self.peer_ports.get(&port.mlag_id) else {
+                tracing::warn!(
+                    interface = port.name,
+                    mlag_id = port.mlag_id,
+                    "the peer has no port with this MLAG id; MAC left alone"
+                );
+                continue;
+            };
+            if twin.is_zero() || twin == current {
+                continue;
+            }
+            self.original_macs
+                .entry(port.name.clone())
+                .or_insert(current);
+            if let Err(err) = self.ops.set_mac(ifindex, &port.name, twin).await {
+                tracing::error!(interface = port.name, error = %err, "cannot align the member port MAC");
+                continue;
+            }
+            tracing::info!(interface = port.name, from = %current, to = %twin, "member port MAC aligned to the master's");
+            self.set_actor_system(&port.name, twin);
+            if let Err(err) = self.regenerate_link_local(ifindex, &port.name, twin).await {
+                tracing::error!(
+                    interface = port.name,
+                    "link-local regeneration failed: {:#}",
+                    anyhow::Error::from(err)
+                );
+            }
+        }
+    }
+
+    fn set_actor_system(&mut self, port: &str, mac: MacAddr) {
+        match self.ops.set_actor_system(port, mac) {
+            Ok(ActorSystem::Set) => {}
+            Ok(ActorSystem::NoBond) if !self.bonding_note_logged => {
+                self.bonding_note_logged = true;
+                tracing::info!(
+                    interface = port,
+                    "no bond above the member port (this kernel may lack bonding): ad_actor_system not set"
+                );
+            }
+            Ok(ActorSystem::NoBond) => {}
+            Err(err) => {
+                tracing::error!(interface = port, error = %err, "cannot set ad_actor_system");
+            }
+        }
+    }
+
+    async fn regenerate_link_local(
+        &mut self,
+        ifindex: u32,
+        name: &str,
+        mac: MacAddr,
+    ) -> Result<(), PortError> {
+        match self.config.linklocal {
+            LinkLocalMode::Bounce => self.ops.bounce(ifindex, name).await,
+            LinkLocalMode::Readdress => {
+                self.ops
+                    .readdress_link_local(ifindex, name, eui64::link_local(mac))
+                    .await
+            }
+        }
+    }
+
+    /// SPEC 3.4: gratuitous ARP and unsolicited NA for every address of
+    /// every member port.
+    async fn announce(&mut self) {
+        if !self.config.announce {
+            return;
+        }
+        for port in self.ports.clone() {
+            let (Some(ifindex), Some(mac)) = (port.ifindex, port.mac) else {
+                continue;
+            };
+            match self.ops.announce(ifindex, &port.name, mac).await {
+                Ok(frames) => {
+                    self.announcements += frames;
+                    tracing::info!(interface = port.name, frames, "takeover announced");
+                }
+                Err(err @ PortError::Address(_)) => {
+                    tracing::error!(interface = port.name, error = %err, "cannot list addresses to announce");
+                }
+                Err(err) => {
+                    tracing::error!(interface = port.name, error = %err, "cannot send the takeover announcement")
+                }
+            }
+        }
+    }
+
+    async fn report(&mut self) -> MclagReport {
+        let mut ports = Vec::new();
+        for port in self.ports.clone() {
+            let link_local = match port.ifindex {
+                Some(ifindex) => self.ops.link_locals(ifindex).await.unwrap_or_default(),
+                None => Vec::new(),
+            };
+            ports.push(MclagPort {
+                original_mac: self.original_macs.get(&port.name).copied().or(port.mac),
+                current_mac: port.mac,
+                twin_mac: self.peer_ports.get(&port.mlag_id).copied(),
+                link_local: link_local.iter().map(IpAddr::to_string).collect(),
+                name: port.name,
+                mlag_id: port.mlag_id,
+            });
+        }
+        let shared_mac = match self.role {
+            Role::Slave | Role::Master if !self.original_macs.is_empty() => {
+                ports.first().and_then(|p| p.current_mac)
+            }
+            Role::Master => ports.first().and_then(|p| p.current_mac),
+            Role::Slave => ports.first().and_then(|p| p.twin_mac),
+            Role::Undecided => None,
+        };
+        MclagReport {
+            role: self.role,
+            own_address: self.address.to_string(),
+            peer_address: self.peer_address.map(|a| a.to_string()),
+            peer_alive: !self.peer_lost && self.peer_address.is_some(),
+            backup_configured: self.config.backup.is_some(),
+            backup_alive: self.backup_alive,
+            split_brain: self.split_brain,
+            error: self.error.clone(),
+            shared_mac,
+            ports,
+            last_role_change_unix_ms: self
+                .last_role_change
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as u64),
+            role_changes: self.role_changes,
+            announcements_sent: self.announcements,
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! `show mclag`: the report and its text rendering. The JSON field names are
+//! read by the namespace tests and by operators' scripts: never rename them.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::election::Role;
+use crate::mac::MacAddr;
+
+/// `show mclag`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MclagReport {
+    /// master | slave | undecided.
+    pub role: Role,
+    /// This switch's election address.
+    pub own_address: String,
+    /// The peer's, from its hello.
+    pub peer_address: Option<String>,
+    /// Whether the peer is alive on the peer link.
+    pub peer_alive: bool,
+    /// Whether a backup path is configured.
+    pub backup_configured: bool,
+    /// Liveness on the backup path.
+    pub backup_alive: Option<bool>,
+    /// Peer link down while the peer is alive on the backup path.
+    pub split_brain: bool,
+    /// Configuration problem preventing an election.
+    pub error: Option<String>,
+    /// The MAC both switches present on their MLAG ports.
+    pub shared_mac: Option<MacAddr>,
+    /// Member ports.
+    pub ports: Vec<MclagPort>,
+    /// Time of the last role change, Unix milliseconds.
+    pub last_role_change_unix_ms: Option<u64>,
+    /// Role changes since start.
+    pub role_changes: u64,
+    /// Gratuitous ARP / unsolicited NA frames sent.
+    pub announcements_sent: u64,
+}
+
+/// One member port in `show mclag`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MclagPort {
+    /// Interface name.
+    pub name: String,
+    /// MLAG id.
+    pub mlag_id: u32,
+    /// MAC before alignment (restorable).
+    pub original_mac: Option<MacAddr>,
+    /// MAC now.
+    pub current_mac: Option<MacAddr>,
+    /// The twin port's MAC on the peer.
+    pub twin_mac: Option<MacAddr>,
+    /// IPv6 link-local addresses now on the port.
+    pub link_local: Vec<String>,
+}
+
+fn or_dash<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+impl fmt::Display for MclagReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self;
+        writeln!(
+            f,
+            "role {:?}  own {}  peer {} ({})  shared mac {}",
+            m.role,
+            m.own_address,
+            m.peer_address.as_deref().unwrap_or("-"),
+            if m.peer_alive { "alive" } else { "not alive" },
+            or_dash(m.shared_mac)
+        )?;
+        if m.backup_configured {
+            writeln!(
+                f,
+                "backup path: {}  split brain: {}",
+                match m.backup_alive {
+                    Some(true) => "alive",
+                    Some(false) => "silent",
+                    None => "unknown",
+                },
+                m.split_brain
+            )?;
+        }
+        if let Some(error) = &m.error {
+            writeln!(f, "error: {error}")?;
+        }
+        writeln!(
+            f,
+            "role changes {} (last at unix ms {}), announcements sent {}",
+            m.role_changes,
+            or_dash(m.last_role_change_unix_ms),
+            m.announcements_sent
+        )?;
+        writeln!(
+            f,
+            "{:<16} {:>5} {:<17} {:<17} {:<17} link-local",
+            "port", "mlag", "original mac", "current mac", "twin mac"
+        )?;
+        for p in &m.ports {
+            writeln!(
+                f,
+                "{:<16} {:>5} {:<17} {:<17} {:<17} {}",
+                p.name,
+                p.mlag_id,
+                or_dash(p.original_mac),
+                or_dash(p.current_mac),
+                or_dash(p.twin_mac),
+                p.link_local.join(" ")
+            )?;
+        }
+        Ok(())
+    }
+}
