@@ -38,7 +38,7 @@ use crate::{
     inference::task::{Inference, StateQuery},
     mac::MacAddr,
     mclag::Mclag,
-    peersync::{Identity, PeerQuery, PeerSync},
+    peersync::{Identity, PeerSyncHandle},
     rollout::{
         center::Center,
         device::{Device, DeviceHandle},
@@ -182,14 +182,18 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
         };
         tracing::info!(local = %peer_config.local_address, peer = %peer_config.peer_address, port = peer_config.port, boot_id = identity.boot_id, "peer sync starting");
         agent.peer_ports = ports.clone();
-        agent.peer = Some(PeerSync::spawn(
+        let (ports_tx, ports_rx) = tokio::sync::watch::channel(ports);
+        let (captures_tx, captures_rx) = mpsc::channel(1024);
+        let handle = PeerSyncHandle::spawn(
             peer_config,
             identity,
-            ports,
+            ports_rx,
+            captures_rx,
             inject_fd,
             agent.netlink.clone(),
             observer,
-        ));
+        );
+        agent.peer = Some((handle, ports_tx, captures_tx));
     }
 
     let (capture_tx, mut capture_rx) = mpsc::channel(agent.config.dataplane.capture_queue);
@@ -304,7 +308,11 @@ struct Agent {
     bad_requests: Arc<AtomicU64>,
     netlink: Handle,
     /// Peer sync, when configured.
-    peer: Option<PeerSync>,
+    peer: Option<(
+        PeerSyncHandle,
+        tokio::sync::watch::Sender<Vec<MemberPort>>,
+        mpsc::Sender<Captured>,
+    )>,
     /// MC-LAG identity, when configured.
     mclag: Option<Mclag>,
     /// State inference.
@@ -432,13 +440,13 @@ impl Agent {
             if let Some(mclag) = &self.mclag {
                 mclag.ports(ports.clone()).await;
             }
-            peer.ports(ports).await;
+            let _ = peer.1.send(ports);
         }
     }
 
     async fn on_capture(&mut self, captured: Captured) {
         if let Some(peer) = &self.peer {
-            peer.captured(captured.clone()).await;
+            let _ = peer.2.send(captured.clone()).await;
         }
         self.replies_received += 1;
         tracing::debug!(
@@ -613,13 +621,13 @@ impl Agent {
                 }
             },
             Request::Peer | Request::Arp => match &self.peer {
-                Some(peer) => {
-                    peer.query(if request == Request::Peer {
-                        PeerQuery::Peer
+                Some((peer, ..)) => {
+                    let answer = if request == Request::Peer {
+                        peer.peer().await.map(|r| Response::ok(&r))
                     } else {
-                        PeerQuery::Arp
-                    })
-                    .await
+                        peer.arp().await.map(|r| Response::ok(&r))
+                    };
+                    answer.unwrap_or_else(|err| Response::error(err.to_string()))
                 }
                 None => {
                     Response::error("peer sync is not configured (no [peer] section in the config)")

@@ -18,7 +18,7 @@ use crate::{
         task::{StateReport, StatesReport},
     },
     mclag::MclagReport,
-    peersync::{ArpReportEntry, PeerReport},
+    peersync::report::{ArpReportEntry, ArpTable, PeerReport},
 };
 
 /// mlag-sync agent: keeps an MLAG switch pair's ARP tables in sync.
@@ -424,75 +424,13 @@ fn print_captured(entries: &Vec<CapturedEntry>) {
 }
 
 fn print_peer(p: &PeerReport) {
-    println!(
-        "peer {} ({}), session {}, {} (this side {})",
-        p.peer_address,
-        p.peer_name.as_deref().unwrap_or("?"),
-        p.state,
-        if p.alive { "alive" } else { "no keepalives" },
-        p.role
-    );
-    println!(
-        "versions local {} peer {} negotiated {}",
-        p.local_version,
-        p.peer_version.as_deref().unwrap_or("-"),
-        p.negotiated_version.as_deref().unwrap_or("-")
-    );
-    println!(
-        "last hello {} ms ago, up {} s, keepalive {} ms / dead {} ms",
-        or_dash(p.last_hello_ms_ago),
-        or_dash(p.session_up_s),
-        p.keepalive_interval_ms,
-        p.dead_interval_ms
-    );
-    println!(
-        "entries {} pending {} unacked {} (acked seq {}, next {}), learnt from peer {}",
-        p.entries, p.pending, p.unacked, p.acked_seq, p.next_seq, p.learnt
-    );
-    let c = &p.counters;
-    println!(
-        "sent {} frames / {} entries, received {} frames / {} entries, acks {}",
-        c.frames_sent, c.entries_sent, c.frames_received, c.entries_received, c.acks_received
-    );
-    println!(
-        "injected {} netlink fallback {} refreshes {} ({} probes) sessions up {} lost {}",
-        c.injected,
-        c.netlink_fallback,
-        c.refreshes,
-        c.refresh_probes,
-        c.sessions_established,
-        c.sessions_lost
-    );
-    if !c.rejected.is_empty() {
-        let reasons: Vec<String> = c.rejected.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!("rejected {}", reasons.join(" "));
-    }
+    print!("{p}");
 }
 
+// `query` hands the printer `&T` with `T = Vec<_>`, the type the JSON holds.
+#[allow(clippy::ptr_arg)]
 fn print_arp(entries: &Vec<ArpReportEntry>) {
-    println!(
-        "{:<15} {:<17} {:<14} {:<9} {:<9} {:<6} {:<16} {:<10} {:>8}",
-        "ip", "mac", "port", "vlans", "direction", "class", "how", "kernel", "age"
-    );
-    for e in entries {
-        let vlans = match (e.outer_vlan, e.inner_vlan) {
-            (0, _) => "-".to_string(),
-            (o, 0) => o.to_string(),
-            (o, i) => format!("{o}/{i}"),
-        };
-        println!(
-            "{:<15} {:<17} {:<14} {:<9} {:<9} {:<6} {:<16} {:<10} {:>6}ms",
-            e.ip,
-            e.mac,
-            e.port,
-            vlans,
-            e.direction,
-            e.class,
-            e.how,
-            e.kernel_state.as_deref().unwrap_or("-"),
-            e.age_ms
-        );
-    }
+    print!("{}", ArpTable(entries));
 }
 
 fn print_fabric(f: &FabricReport) {
