@@ -2,9 +2,13 @@
 //! (reliable and ordered, as ICCP uses). The switch with the lower address
 //! connects, the other accepts, so the two never race to open two sessions.
 //! Each connection gets a reader task (frames in) and a writer task (frames
-//! out); both report to the peer-sync task, which owns the session state.
+//! out); both report to the peer-sync task, which owns the session state
+//! ([`Session`], opened and closed by the `Task` methods at the end).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use sync_common::wire::{self, DecodeError, HEADER_LEN};
 use tokio::{
@@ -13,10 +17,11 @@ use tokio::{
     sync::{mpsc, watch},
 };
 
-use super::PeerEvent;
+use super::{events::Event, hello::Hello, task::Task};
+use crate::mac::MacAddr;
 
 /// Accepts connections on `listen`; only the peer's address may connect.
-pub async fn accept(listen: SocketAddr, peer: SocketAddr, events: mpsc::Sender<PeerEvent>) {
+pub async fn accept(listen: SocketAddr, peer: SocketAddr, events: mpsc::Sender<Event>) {
     let listener = loop {
         match bind_listener(listen) {
             Ok(listener) => break listener,
@@ -38,9 +43,9 @@ pub async fn accept(listen: SocketAddr, peer: SocketAddr, events: mpsc::Sender<P
             continue;
         };
         let event = if from.ip() == peer.ip() {
-            PeerEvent::Connected { stream }
+            Event::Connected { stream }
         } else {
-            PeerEvent::Rejected {
+            Event::Rejected {
                 reason: "connection_from_stranger",
                 detail: format!("connection from {from}"),
             }
@@ -68,7 +73,7 @@ pub async fn connect(
     local: SocketAddr,
     peer: SocketAddr,
     mut wanted: watch::Receiver<u64>,
-    events: mpsc::Sender<PeerEvent>,
+    events: mpsc::Sender<Event>,
 ) {
     let mut handled = 0u64;
     loop {
@@ -90,7 +95,7 @@ pub async fn connect(
             };
             match tokio::time::timeout(Duration::from_secs(1), attempt).await {
                 Ok(Ok(stream)) => {
-                    if events.send(PeerEvent::Connected { stream }).await.is_err() {
+                    if events.send(Event::Connected { stream }).await.is_err() {
                         return;
                     }
                     break;
@@ -108,13 +113,13 @@ pub async fn connect(
 
 /// Splits a connection into a reader and a writer task. Frames to send go
 /// into the returned sender; frames received come back as
-/// [`PeerEvent::Inbound`], and the end of the connection as
-/// [`PeerEvent::Closed`].
+/// [`Event::Inbound`], and the end of the connection as
+/// [`Event::Closed`].
 pub fn start(
     conn: u64,
     stream: TcpStream,
     max_frame: usize,
-    events: mpsc::Sender<PeerEvent>,
+    events: mpsc::Sender<Event>,
 ) -> (mpsc::Sender<Vec<u8>>, [tokio::task::JoinHandle<()>; 2]) {
     let _ = stream.set_nodelay(true);
     let (mut read, mut write) = stream.into_split();
@@ -138,7 +143,7 @@ pub fn start(
                             break format!("read: {e}");
                         }
                         let _ = reader_events
-                            .send(PeerEvent::Malformed {
+                            .send(Event::Malformed {
                                 conn,
                                 error: err,
                                 fatal: false,
@@ -148,7 +153,7 @@ pub fn start(
                     }
                     None => {
                         let _ = reader_events
-                            .send(PeerEvent::Malformed {
+                            .send(Event::Malformed {
                                 conn,
                                 error: err,
                                 fatal: true,
@@ -164,20 +169,20 @@ pub fn start(
                 break format!("read: {err}");
             }
             if reader_events
-                .send(PeerEvent::Inbound { conn, frame })
+                .send(Event::Inbound { conn, frame })
                 .await
                 .is_err()
             {
                 return;
             }
         };
-        let _ = reader_events.send(PeerEvent::Closed { conn, why }).await;
+        let _ = reader_events.send(Event::Closed { conn, why }).await;
     });
     let writer = tokio::spawn(async move {
         while let Some(frame) = rx.recv().await {
             if let Err(err) = write.write_all(&frame).await {
                 let _ = events
-                    .send(PeerEvent::Closed {
+                    .send(Event::Closed {
                         conn,
                         why: format!("write: {err}"),
                     })
@@ -213,4 +218,137 @@ fn skippable_length(
 /// Whether a decode error is the peer speaking another major version.
 pub fn is_version_mismatch(error: &DecodeError) -> bool {
     matches!(error, DecodeError::IncompatibleVersion { .. })
+}
+
+/// What we know of the peer from its hello.
+#[derive(Clone, Debug)]
+pub(super) struct PeerInfo {
+    pub(super) name: String,
+    pub(super) system_id: Option<MacAddr>,
+    pub(super) boot_id: u64,
+    /// The peer's own minor version.
+    pub(super) peer_minor: u8,
+    /// The minor version in use: the lower of the two.
+    pub(super) minor: u8,
+    pub(super) capabilities: u32,
+    /// Largest frame we send: the lower of the two limits.
+    pub(super) max_frame: usize,
+    pub(super) hello_at: Instant,
+}
+
+/// One connection to the peer: opened on connect/accept, established by
+/// the peer's hello.
+pub(super) struct Session {
+    /// Connection number: events of older connections are ignored.
+    pub(super) conn: u64,
+    /// Frames to send (the writer task, or a test's receiver).
+    pub(super) writer: mpsc::Sender<Vec<u8>>,
+    /// Reader and writer tasks, aborted with the session.
+    pub(super) tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Set by the peer's hello.
+    pub(super) peer: Option<PeerInfo>,
+    pub(super) opened: Instant,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Task {
+    /// Takes a new connection: starts its reader and writer and says hello.
+    pub(super) async fn open_connection(&mut self, stream: TcpStream) {
+        if self.session.is_some() {
+            self.reject(
+                "duplicate_connection",
+                "a second connection while a session exists",
+            );
+            return;
+        }
+        let conn = self.next_conn;
+        let (writer, tasks) = start(
+            conn,
+            stream,
+            self.config.max_frame_bytes,
+            self.internal.clone(),
+        );
+        self.open_session(writer, tasks.into()).await;
+    }
+
+    /// Opens a session over `writer` (the connection's, or a test's) and
+    /// sends our hello. Returns the connection number.
+    pub(super) async fn open_session(
+        &mut self,
+        writer: mpsc::Sender<Vec<u8>>,
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+    ) -> u64 {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        self.session = Some(Session {
+            conn,
+            writer,
+            tasks,
+            peer: None,
+            opened: Instant::now(),
+        });
+        let hello = self.our_hello().encode();
+        self.send(hello).await;
+        conn
+    }
+
+    /// The hello this side sends: identity, limits, member ports, and what
+    /// was already applied from the peer's current run.
+    pub(super) fn our_hello(&self) -> Hello {
+        Hello {
+            name: self.identity.name.clone(),
+            system_id: Some(self.identity.system_id),
+            capabilities: wire::capability::ARP_SYNC,
+            boot_id: self.identity.boot_id,
+            max_frame: Some(self.config.max_frame_bytes as u32),
+            ports: self
+                .ports
+                .iter()
+                .map(|p| (p.mlag_id, p.mac.unwrap_or(MacAddr([0; 6]))))
+                .collect(),
+            mclag_address: self.identity.mclag_address,
+            resume: self.rx_from_boot.map(|boot| (boot, self.rx_applied)),
+        }
+    }
+
+    /// Whether `conn` is the current connection (events of older ones are
+    /// stale).
+    pub(super) fn is_current(&self, conn: u64) -> bool {
+        self.session.as_ref().is_some_and(|s| s.conn == conn)
+    }
+
+    /// Whether the peer's hello arrived on the current session.
+    pub(super) fn established(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| s.peer.is_some())
+    }
+
+    /// Asks `connect` for a new connection (only the connecting side).
+    pub(super) fn request_connection(&mut self) {
+        if self.we_connect {
+            self.want_connection
+                .send_modify(|generation| *generation += 1);
+        }
+    }
+
+    /// Ends the session; while the peer is alive, a new one is wanted.
+    pub(super) fn close_session(&mut self, why: &str) {
+        if let Some(session) = self.session.take() {
+            if session.peer.is_some() {
+                self.stats.sessions_lost += 1;
+                tracing::warn!(peer = %self.config.peer_address, why, up_s = session.opened.elapsed().as_secs(), "peer session closed");
+            } else {
+                tracing::info!(peer = %self.config.peer_address, why, "peer connection closed before its hello");
+            }
+        }
+        if self.peer_alive.is_some() {
+            self.request_connection();
+        }
+    }
 }

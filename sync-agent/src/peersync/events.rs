@@ -1,0 +1,460 @@
+//! Every input of the peer-sync task ([`Event`]) and one handler per input.
+//! The loop in `task.rs` only receives; what an input does is here.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
+
+use sync_common::{
+    capture::Class,
+    wire::{self, DecodeError, DriverHeader, Frame, MessageType},
+};
+use tokio::{net::TcpStream, sync::oneshot};
+
+use super::{
+    hello::Hello,
+    report::{ArpReportEntry, PeerReport},
+    session::{self, PeerInfo},
+    table::EntryKey,
+    task::Task,
+};
+use crate::{
+    bus::{Captured, Liveness, MemberPort, SessionEvent},
+    mac::MacAddr,
+};
+
+/// An operator query, with where the answer goes.
+#[derive(Debug)]
+pub(super) enum Query {
+    /// `show peer`.
+    Peer(oneshot::Sender<PeerReport>),
+    /// `show arp`.
+    Arp(oneshot::Sender<Vec<ArpReportEntry>>),
+}
+
+/// Everything the peer-sync task reacts to.
+#[derive(Debug)]
+pub(super) enum Event {
+    /// A reply captured by the classifier.
+    Captured(Captured),
+    /// The member ports changed.
+    Ports(Vec<MemberPort>),
+    /// An operator query.
+    Query(Query),
+    /// A TCP connection to or from the peer.
+    Connected {
+        /// The stream.
+        stream: TcpStream,
+    },
+    /// A frame read on connection `conn` (header already checked).
+    Inbound {
+        /// Connection number.
+        conn: u64,
+        /// The whole frame.
+        frame: Vec<u8>,
+    },
+    /// A frame on connection `conn` could not be decoded.
+    Malformed {
+        /// Connection number.
+        conn: u64,
+        /// What was wrong.
+        error: DecodeError,
+        /// Whether the connection must close (framing lost).
+        fatal: bool,
+    },
+    /// Connection `conn` ended.
+    Closed {
+        /// Connection number.
+        conn: u64,
+        /// Why.
+        why: String,
+    },
+    /// Input refused before it reached a session (keepalives, strangers).
+    Rejected {
+        /// Counter label.
+        reason: &'static str,
+        /// For the log.
+        detail: String,
+    },
+    /// Liveness change (UDP keepalives).
+    Liveness(Liveness),
+    /// A refresh of the neighbour table finished.
+    RefreshDone {
+        /// Entries moved to PROBE.
+        probed: u64,
+        /// Entries that could not be.
+        failed: u64,
+    },
+}
+
+impl Task {
+    /// Hands one input to its handler.
+    pub(super) async fn process(&mut self, event: Event) {
+        match event {
+            Event::Captured(captured) => self.process_captured(captured).await,
+            Event::Ports(ports) => self.process_ports(ports),
+            Event::Query(query) => self.process_query(query).await,
+            Event::Connected { stream } => self.process_connected(stream).await,
+            Event::Inbound { conn, frame } => self.process_inbound(conn, &frame).await,
+            Event::Malformed { conn, error, fatal } => self.process_malformed(conn, error, fatal),
+            Event::Closed { conn, why } => self.process_closed(conn, &why),
+            Event::Rejected { reason, detail } => self.reject(reason, &detail),
+            Event::Liveness(Liveness::Up { boot_id }) => self.process_liveness_up(boot_id),
+            Event::Liveness(Liveness::Down) => self.process_liveness_down(),
+            Event::RefreshDone { probed, failed } => self.process_refresh_done(probed, failed),
+        }
+    }
+
+    /// A captured reply: into the send table, then sent now or soon.
+    pub(super) async fn process_captured(&mut self, captured: Captured) {
+        let Some(port) = self
+            .ports
+            .iter()
+            .find(|p| p.ifindex == Some(captured.ifindex))
+        else {
+            self.reject(
+                "capture_on_unknown_port",
+                &format!("ifindex {}", captured.ifindex),
+            );
+            return;
+        };
+        let key = EntryKey {
+            vrf: 0,
+            mlag_id: port.mlag_id,
+            ip: Ipv4Addr::from(captured.arp.sender_ip),
+        };
+        let driver = DriverHeader {
+            mlag_id: port.mlag_id,
+            outer_vlan: captured.outer_vlan,
+            inner_vlan: captured.inner_vlan,
+            vrf: 0,
+            class: captured.class as u8,
+            vlan_count: captured.vlan_count,
+        };
+        self.table.upsert(
+            key,
+            driver,
+            captured.frame,
+            MacAddr(captured.arp.sender_mac),
+        );
+        if !self.established() {
+            self.stats.queued_while_down += 1;
+            return;
+        }
+        self.schedule_flush().await;
+    }
+
+    /// The member ports changed (the watch may repeat a list: only a real
+    /// change is applied).
+    pub(super) fn process_ports(&mut self, ports: Vec<MemberPort>) {
+        if ports == self.ports {
+            return;
+        }
+        self.ports = ports;
+        self.apply_arp_accept();
+    }
+
+    /// A TCP connection to or from the peer.
+    pub(super) async fn process_connected(&mut self, stream: TcpStream) {
+        self.open_connection(stream).await;
+    }
+
+    /// A frame of connection `conn`, header already checked.
+    pub(super) async fn process_inbound(&mut self, conn: u64, bytes: &[u8]) {
+        if !self.is_current(conn) {
+            return;
+        }
+        let frame = match Frame::decode(bytes, self.config.max_frame_bytes) {
+            Ok(frame) => frame,
+            Err(error) => {
+                // The framing is intact (the header was good): skip this one.
+                self.reject(error.reason(), &format!("from the peer session: {error}"));
+                return;
+            }
+        };
+        match (frame.header.msg_type, self.established()) {
+            (MessageType::Hello, false) => self.process_hello(&frame).await,
+            (MessageType::Hello, true) => {
+                self.reject("unexpected_hello", "hello on an established session")
+            }
+            (_, false) => self.reject("before_hello", "frame before the peer's hello"),
+            (MessageType::Sync, true) => self.process_sync(&frame).await,
+            (MessageType::Ack, true) => match frame.u32_of(wire::tlv::ACK_SEQ) {
+                Some(seq) => self.note_ack(seq),
+                None => self.reject("bad_tlv", "ack without a sequence number"),
+            },
+            (MessageType::Keepalive, true) => {
+                self.reject("unexpected_type", "keepalive on the session")
+            }
+        }
+    }
+
+    /// The peer's hello: the session is established. What the peer has not
+    /// acknowledged (all of it, if it does not resume our run) is resent,
+    /// and a peer that restarted gets a neighbour refresh (SPEC 2.5).
+    async fn process_hello(&mut self, frame: &Frame<'_>) {
+        let hello = match Hello::decode(frame) {
+            Ok(hello) => hello,
+            Err(err) => {
+                self.reject("bad_hello", &err.to_string());
+                self.close_session(&err.to_string());
+                return;
+            }
+        };
+        if hello.capabilities & wire::capability::ARP_SYNC == 0 {
+            tracing::warn!(
+                peer = hello.name,
+                "peer does not announce ARP sync; nothing will be synced to it"
+            );
+        }
+        // The lower minor version is spoken; with VERSION_MINOR at 0 this
+        // is always 0 today, which clippy points out.
+        #[allow(clippy::absurd_extreme_comparisons, clippy::unnecessary_min_or_max)]
+        let minor = frame.header.minor.min(wire::VERSION_MINOR);
+        let resume = hello
+            .resume
+            .and_then(|(boot, seq)| (boot == self.identity.boot_id).then_some(seq));
+        let peer_restarted = self.last_peer_boot != Some(hello.boot_id);
+        match resume {
+            Some(seq) => {
+                self.acked = self.acked.max(seq);
+                self.table.mark_unacked(seq);
+            }
+            None => self.table.mark_all(),
+        }
+        self.last_peer_boot = Some(hello.boot_id);
+        self.stats.sessions_established += 1;
+        tracing::info!(
+            peer = hello.name,
+            address = %self.config.peer_address,
+            version = format!("{}.{}", frame.header.major, frame.header.minor),
+            negotiated = format!("{}.{minor}", wire::VERSION_MAJOR),
+            resend = self.table.pending(),
+            peer_restarted,
+            "peer session established"
+        );
+        let max_frame = hello
+            .max_frame
+            .map_or(self.config.max_frame_bytes, |m| m as usize);
+        if let Some(session) = &mut self.session {
+            session.peer = Some(PeerInfo {
+                name: hello.name,
+                system_id: hello.system_id,
+                boot_id: hello.boot_id,
+                peer_minor: frame.header.minor,
+                minor,
+                capabilities: hello.capabilities,
+                max_frame: max_frame.min(self.config.max_frame_bytes),
+                hello_at: Instant::now(),
+            });
+        }
+        self.notify(SessionEvent::Up {
+            mclag_address: hello.mclag_address,
+            ports: hello.ports,
+        });
+        if peer_restarted {
+            self.refresh();
+        }
+        self.flush().await;
+    }
+
+    /// A sync frame: each entry to the kernel, then the ack.
+    async fn process_sync(&mut self, frame: &Frame<'_>) {
+        let Some(peer_boot) = self
+            .session
+            .as_ref()
+            .and_then(|s| s.peer.as_ref())
+            .map(|p| p.boot_id)
+        else {
+            return;
+        };
+        if self.rx_from_boot != Some(peer_boot) {
+            self.rx_from_boot = Some(peer_boot);
+            self.rx_applied = 0;
+        }
+        self.stats.frames_received += 1;
+        for entry in frame.arp_entries() {
+            self.stats.entries_received += 1;
+            self.learn(&entry.driver, entry.frame).await;
+        }
+        let seq = frame.header.seq;
+        self.rx_applied = self.rx_applied.max(seq);
+        self.send_ack(seq).await;
+    }
+
+    /// A frame that could not be decoded; `fatal` when the stream's framing
+    /// is lost and the connection must go.
+    pub(super) fn process_malformed(&mut self, conn: u64, error: DecodeError, fatal: bool) {
+        self.reject(error.reason(), &format!("from the peer session: {error}"));
+        if session::is_version_mismatch(&error) {
+            tracing::error!(
+                "peer {} speaks an incompatible protocol version ({error}); closing the session",
+                self.config.peer_address
+            );
+        }
+        if fatal && self.is_current(conn) {
+            self.close_session(&format!("{error}"));
+        }
+    }
+
+    /// Connection `conn` ended.
+    pub(super) fn process_closed(&mut self, conn: u64, why: &str) {
+        if self.is_current(conn) {
+            self.close_session(why);
+        }
+    }
+
+    /// Keepalives arrive from the peer run `boot_id`; a new boot id without
+    /// a silence in between is a restart, and the old session is stale.
+    pub(super) fn process_liveness_up(&mut self, boot_id: u64) {
+        let restarted = self.peer_alive.is_some_and(|old| old != boot_id);
+        tracing::info!(peer = %self.config.peer_address, boot_id, restarted, "peer alive (keepalives)");
+        self.peer_alive = Some(boot_id);
+        if restarted {
+            self.close_session("peer agent restarted");
+        }
+        if self.session.is_none() {
+            self.request_connection();
+        }
+    }
+
+    /// No keepalive for the dead interval: the session goes, MC-LAG is told.
+    pub(super) fn process_liveness_down(&mut self) {
+        tracing::warn!(peer = %self.config.peer_address, dead_ms = self.config.dead_interval_ms, "peer lost: no keepalive");
+        self.peer_alive = None;
+        self.close_session("peer liveness lost");
+        self.notify(SessionEvent::Lost);
+    }
+
+    /// A neighbour refresh finished.
+    pub(super) fn process_refresh_done(&mut self, probed: u64, failed: u64) {
+        self.stats.refresh_probes += probed;
+        tracing::info!(
+            probed,
+            failed,
+            "neighbour refresh done: replies will be synced as they arrive"
+        );
+    }
+
+    /// An operator query (the asker may have gone: then nobody hears).
+    pub(super) async fn process_query(&mut self, query: Query) {
+        match query {
+            Query::Peer(reply) => {
+                let _ = reply.send(self.peer_report());
+            }
+            Query::Arp(reply) => {
+                let _ = reply.send(self.arp_report().await);
+            }
+        }
+    }
+
+    /// `show peer`.
+    pub(super) fn peer_report(&self) -> PeerReport {
+        let session = self.session.as_ref();
+        let peer = session.and_then(|s| s.peer.as_ref());
+        PeerReport {
+            state: match (session, peer) {
+                (Some(_), Some(_)) => "up",
+                (Some(_), None) => "opening",
+                (None, _) if self.peer_alive.is_some() => "connecting",
+                (None, _) => "down",
+            }
+            .into(),
+            local_address: self.config.local_address.to_string(),
+            peer_address: self.config.peer_address.to_string(),
+            role: if self.we_connect {
+                "connects"
+            } else {
+                "accepts"
+            }
+            .into(),
+            local_version: format!("{}.{}", wire::VERSION_MAJOR, wire::VERSION_MINOR),
+            peer_version: peer.map(|p| format!("{}.{}", wire::VERSION_MAJOR, p.peer_minor)),
+            negotiated_version: peer.map(|p| format!("{}.{}", wire::VERSION_MAJOR, p.minor)),
+            peer_name: peer.map(|p| p.name.clone()),
+            peer_system_id: peer.and_then(|p| p.system_id),
+            peer_boot_id: peer.map(|p| p.boot_id),
+            peer_capabilities: peer.map(|p| p.capabilities),
+            last_hello_ms_ago: peer.map(|p| p.hello_at.elapsed().as_millis() as u64),
+            session_up_s: peer.and(session).map(|s| s.opened.elapsed().as_secs()),
+            alive: self.peer_alive.is_some(),
+            keepalive_interval_ms: self.config.keepalive_interval_ms,
+            dead_interval_ms: self.config.dead_interval_ms,
+            boot_id: self.identity.boot_id,
+            entries: self.table.len() as u64,
+            pending: self.table.pending() as u64,
+            unacked: self.table.unacked(self.acked) as u64,
+            acked_seq: self.acked,
+            next_seq: self.next_seq,
+            learnt: self.learned.len() as u64,
+            evicted: self.table.evicted,
+            counters: self.stats.clone(),
+        }
+    }
+
+    /// `show arp`: entries sent (with their ack state) and entries learnt
+    /// (with the kernel's NUD state now).
+    pub(super) async fn arp_report(&self) -> Vec<ArpReportEntry> {
+        let mut ifindexes: Vec<u32> = self.ports.iter().filter_map(|p| p.ifindex).collect();
+        ifindexes.extend(self.vlan_targets.values().map(|(i, _)| *i));
+        let kernel: BTreeMap<(u32, Ipv4Addr), _> = self
+            .kernel
+            .neighbours(&ifindexes)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|n| ((n.ifindex, n.ip), n))
+            .collect();
+        let class_name = |c: u8| Class::from_u8(c).map_or("?", Class::name).to_string();
+        let mut out: Vec<ArpReportEntry> = self
+            .table
+            .iter()
+            .map(|(key, e)| {
+                let port = self.ports.iter().find(|p| p.mlag_id == key.mlag_id);
+                ArpReportEntry {
+                    ip: key.ip.to_string(),
+                    mac: e.mac,
+                    port: port.map_or_else(|| format!("mlag {}", key.mlag_id), |p| p.name.clone()),
+                    mlag_id: key.mlag_id,
+                    outer_vlan: e.driver.outer_vlan,
+                    inner_vlan: e.driver.inner_vlan,
+                    direction: "sent".into(),
+                    class: class_name(e.driver.class),
+                    age_ms: e.updated.elapsed().as_millis() as u64,
+                    how: if e.seq == 0 {
+                        "queued"
+                    } else if e.seq > self.acked {
+                        "sent"
+                    } else {
+                        "acked"
+                    }
+                    .into(),
+                    kernel_state: None,
+                }
+            })
+            .collect();
+        out.extend(self.learned.iter().map(|((ifindex, ip), l)| {
+            ArpReportEntry {
+                ip: ip.to_string(),
+                mac: l.mac,
+                port: if l.interface == l.port {
+                    l.port.clone()
+                } else {
+                    format!("{} via {}", l.port, l.interface)
+                },
+                mlag_id: l.mlag_id,
+                outer_vlan: l.outer_vlan,
+                inner_vlan: l.inner_vlan,
+                direction: "received".into(),
+                class: class_name(l.class),
+                age_ms: l.at.elapsed().as_millis() as u64,
+                how: l.by.name().into(),
+                kernel_state: Some(
+                    kernel
+                        .get(&(*ifindex, *ip))
+                        .map_or("absent", |n| n.state)
+                        .to_string(),
+                ),
+            }
+        }));
+        out
+    }
+}

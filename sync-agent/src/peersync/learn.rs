@@ -1,0 +1,293 @@
+//! Kernel learning (SPEC 2.3): a reply synced by the peer is handed to this
+//! switch's own ARP receive path on the twin member port, as if it had
+//! arrived there, so everything the stack does on learning still happens.
+//!
+//! - Injection is `BPF_PROG_RUN` with live frames on the pass-only XDP
+//!   program (`crate::southbound::testrun`): the program returns
+//!   `XDP_PASS` and the kernel receives the frame on the chosen ifindex.
+//! - "Other host": the kernel drops a reply addressed to a MAC that is not
+//!   the receiving interface's, so the destination MAC is rewritten to it.
+//! - `arp_accept`: an unsolicited reply (class `own` on the peer: this
+//!   switch did not ask) only creates an entry with `arp_accept=1`, which
+//!   the agent sets on the member ports and VLAN targets unless
+//!   `peer.arp_accept = "leave"`.
+//! - Only when injection fails is the entry written as a REACHABLE
+//!   neighbour over netlink; that is logged and counted (`netlink_fallback`,
+//!   rejected reason `inject_failed`).
+//!
+//! Every kernel side effect goes through the [`Kernel`] trait so the task's
+//! handlers can be driven without root in the deterministic tests
+//! (`tests.rs` has a recording fake); [`NetKernel`] is the real one.
+
+use std::{
+    io,
+    net::Ipv4Addr,
+    os::fd::{AsRawFd as _, OwnedFd},
+    time::Instant,
+};
+
+use futures::future::BoxFuture;
+use rtnetlink::Handle;
+use serde::{Deserialize, Serialize};
+use sync_common::{
+    arp::{self, Parsed},
+    wire::DriverHeader,
+};
+
+use super::{config::ArpAcceptPolicy, task::Task};
+use crate::{
+    mac::MacAddr,
+    southbound::{
+        links,
+        neighbours::{self, Neighbour, NeighbourError},
+        testrun,
+    },
+};
+
+/// The kernel side effects of peer sync, behind one seam.
+pub(super) trait Kernel: Send + Sync {
+    /// Injects `frame` into the receive path of `ifindex` (BPF_PROG_RUN
+    /// live frame).
+    fn inject(&self, frame: &[u8], ifindex: u32) -> io::Result<()>;
+    /// The fallback: writes `ip` -> `mac` as a REACHABLE neighbour.
+    fn set_reachable(
+        &self,
+        ifindex: u32,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+    ) -> BoxFuture<'_, Result<(), NeighbourError>>;
+    /// Sets `arp_accept=1` on `interface`.
+    fn set_arp_accept(&self, interface: &str) -> Result<(), NeighbourError>;
+    /// Index and MAC of the interface called `name`, if it exists and has one.
+    fn link<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Option<(u32, MacAddr)>>;
+    /// The IPv4 neighbours on `ifindexes`.
+    fn neighbours<'a>(
+        &'a self,
+        ifindexes: &'a [u32],
+    ) -> BoxFuture<'a, Result<Vec<Neighbour>, NeighbourError>>;
+    /// Moves a neighbour to PROBE (the kernel sends a fresh request).
+    fn probe<'a>(&'a self, neighbour: &'a Neighbour) -> BoxFuture<'a, Result<(), NeighbourError>>;
+}
+
+/// The real kernel: the pass-only XDP program's fd and a netlink handle.
+pub(super) struct NetKernel {
+    /// Owned fd of the pass-only XDP program used for injection.
+    pub(super) inject: OwnedFd,
+    /// rtnetlink handle for neighbours and links.
+    pub(super) netlink: Handle,
+}
+
+impl Kernel for NetKernel {
+    fn inject(&self, frame: &[u8], ifindex: u32) -> io::Result<()> {
+        testrun::inject(self.inject.as_raw_fd(), frame, ifindex)
+    }
+
+    fn set_reachable(
+        &self,
+        ifindex: u32,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+    ) -> BoxFuture<'_, Result<(), NeighbourError>> {
+        Box::pin(neighbours::set_reachable(&self.netlink, ifindex, ip, mac))
+    }
+
+    fn set_arp_accept(&self, interface: &str) -> Result<(), NeighbourError> {
+        neighbours::set_arp_accept(interface, 1)
+    }
+
+    fn link<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Option<(u32, MacAddr)>> {
+        Box::pin(async move {
+            let link = links::by_name(&self.netlink, name).await.ok()??;
+            Some((link.index, link.mac?))
+        })
+    }
+
+    fn neighbours<'a>(
+        &'a self,
+        ifindexes: &'a [u32],
+    ) -> BoxFuture<'a, Result<Vec<Neighbour>, NeighbourError>> {
+        Box::pin(neighbours::dump(&self.netlink, ifindexes))
+    }
+
+    fn probe<'a>(&'a self, neighbour: &'a Neighbour) -> BoxFuture<'a, Result<(), NeighbourError>> {
+        Box::pin(neighbours::probe(&self.netlink, neighbour))
+    }
+}
+
+/// How an entry learnt from the peer reached the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LearntBy {
+    /// The kernel's own ARP receive path (BPF_PROG_RUN live frame).
+    KernelArp,
+    /// A netlink neighbour update (fallback).
+    NetlinkFallback,
+}
+
+impl LearntBy {
+    /// The name `show arp` uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::KernelArp => "kernel-arp",
+            Self::NetlinkFallback => "netlink-fallback",
+        }
+    }
+}
+
+/// An entry learnt from the peer, keyed by (ifindex, IP) in the task.
+#[derive(Clone, Debug)]
+pub(super) struct Learnt {
+    pub(super) mac: MacAddr,
+    /// The member port (twin of the peer's).
+    pub(super) port: String,
+    /// The interface it was handed to (the port or a VLAN interface).
+    pub(super) interface: String,
+    pub(super) mlag_id: u32,
+    pub(super) outer_vlan: u16,
+    pub(super) inner_vlan: u16,
+    /// Class on the peer (a `capture::Class` as u8).
+    pub(super) class: u8,
+    pub(super) by: LearntBy,
+    pub(super) at: Instant,
+}
+
+impl Task {
+    /// Hands one synced reply to this switch's kernel on the twin port (or
+    /// the VLAN interface configured for its MLAG id and tags).
+    pub(super) async fn learn(&mut self, driver: &DriverHeader, original: &[u8]) {
+        let Some(port) = self
+            .ports
+            .iter()
+            .find(|p| p.mlag_id == driver.mlag_id)
+            .cloned()
+        else {
+            self.reject(
+                "unknown_mlag_id",
+                &format!(
+                    "entry for MLAG id {} which no member port has",
+                    driver.mlag_id
+                ),
+            );
+            return;
+        };
+        let Parsed::ArpReply(reply) = arp::parse(original) else {
+            return;
+        };
+        let arp_offset = reply.arp_offset as usize;
+        let Some(addresses) = arp::addresses(original, arp_offset) else {
+            return;
+        };
+        let mapped = self
+            .config
+            .vlan_interfaces
+            .iter()
+            .find(|v| {
+                v.mlag_id == driver.mlag_id
+                    && v.outer_vlan == reply.outer_vlan
+                    && v.inner_vlan == reply.inner_vlan
+            })
+            .map(|v| v.interface.clone());
+        let (interface, ifindex, mac, mut frame) = match mapped {
+            Some(name) => {
+                let Some((ifindex, mac)) = self.vlan_target(&name).await else {
+                    self.reject(
+                        "vlan_interface_missing",
+                        &format!(
+                            "interface {name} for MLAG id {} VLAN {}",
+                            driver.mlag_id, reply.outer_vlan
+                        ),
+                    );
+                    return;
+                };
+                // Handed to the VLAN's own interface: without its tags.
+                let (Some(macs), Some(arp_part)) = (original.get(..12), original.get(arp_offset..))
+                else {
+                    return;
+                };
+                let mut untagged = Vec::with_capacity(original.len());
+                untagged.extend_from_slice(macs);
+                untagged.extend_from_slice(&arp::ETHERTYPE_ARP.to_be_bytes());
+                untagged.extend_from_slice(arp_part);
+                (name, ifindex, mac, untagged)
+            }
+            None => {
+                let (Some(ifindex), Some(mac)) = (port.ifindex, port.mac) else {
+                    self.reject(
+                        "twin_port_missing",
+                        &format!("member port {} is not present", port.name),
+                    );
+                    return;
+                };
+                (port.name.clone(), ifindex, mac, original.to_vec())
+            }
+        };
+        // "Other host": the kernel keeps only replies to its own MAC.
+        let Some(dst) = frame.get_mut(..6) else {
+            return;
+        };
+        dst.copy_from_slice(&mac.0);
+        let sender_ip = Ipv4Addr::from(addresses.sender_ip);
+        let sender_mac = MacAddr(addresses.sender_mac);
+        let by = match self.kernel.inject(&frame, ifindex) {
+            Ok(()) => {
+                self.stats.injected += 1;
+                LearntBy::KernelArp
+            }
+            Err(err) => {
+                self.stats.netlink_fallback += 1;
+                self.reject("inject_failed", &format!("BPF_PROG_RUN live frame on {interface}: {err}; writing {sender_ip} over netlink instead"));
+                if let Err(err) = self
+                    .kernel
+                    .set_reachable(ifindex, sender_ip, sender_mac)
+                    .await
+                {
+                    tracing::error!(error = %err, "netlink fallback failed too");
+                    return;
+                }
+                LearntBy::NetlinkFallback
+            }
+        };
+        self.learned.insert(
+            (ifindex, sender_ip),
+            Learnt {
+                mac: sender_mac,
+                port: port.name,
+                interface,
+                mlag_id: driver.mlag_id,
+                outer_vlan: reply.outer_vlan,
+                inner_vlan: reply.inner_vlan,
+                class: driver.class,
+                by,
+                at: Instant::now(),
+            },
+        );
+    }
+
+    /// Index and MAC of a VLAN interface, looked up once and remembered;
+    /// `arp_accept` is set on it the first time, as on the member ports.
+    async fn vlan_target(&mut self, name: &str) -> Option<(u32, MacAddr)> {
+        if let Some(target) = self.vlan_targets.get(name) {
+            return Some(*target);
+        }
+        let target = self.kernel.link(name).await?;
+        self.vlan_targets.insert(name.to_string(), target);
+        if self.config.arp_accept == ArpAcceptPolicy::Set
+            && let Err(err) = self.kernel.set_arp_accept(name)
+        {
+            tracing::warn!(error = %err, "arp_accept");
+        }
+        Some(target)
+    }
+
+    /// Sets `arp_accept=1` on every present member port (policy `set`).
+    pub(super) fn apply_arp_accept(&self) {
+        if self.config.arp_accept != ArpAcceptPolicy::Set {
+            return;
+        }
+        for port in self.ports.iter().filter(|p| p.ifindex.is_some()) {
+            if let Err(err) = self.kernel.set_arp_accept(&port.name) {
+                tracing::warn!(interface = port.name, error = %err, "cannot set arp_accept; synced replies this switch did not ask for will not create entries");
+            }
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! The peer-sync task: the one owner of the peer state, and its event loop.
+//!
+//! ```text
+//!   supervisor ──captures (mpsc Captured)────────────┐
+//!   supervisor ──member ports (watch Vec<MemberPort>)─┤
+//!   PeerSyncHandle ──queries (mpsc Query)─────────────┤
+//!                                                     ▼
+//!   liveness::run ──(mpsc LivenessReport)──────────▶ Task ──SessionEvent (try_send)──▶ MC-LAG
+//!     (UDP keepalives)                                ▲  │
+//!   session::connect | session::accept ──┐            │  │ frames (mpsc Vec<u8>)
+//!   session reader ──────────────────────┼─internal───┘  ▼
+//!   refresh (neighbour re-probe) ────────┘ (mpsc Event)  session writer ──TCP──▶ peer
+//! ```
+//!
+//! The loop selects over its inputs, turns each into an [`Event`] and hands
+//! it to [`Task::process`] (`events.rs`); handlers never wait on another
+//! module. Captures are batched: with `flush_delay_us = 0` the pending
+//! entries are flushed as soon as no input is waiting, otherwise on a timer.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc, time::Duration};
+
+use tokio::sync::{
+    mpsc::{self, error::TrySendError},
+    watch,
+};
+
+use super::{
+    Identity,
+    config::PeerConfig,
+    events::{Event, Query},
+    learn::{Kernel, Learnt},
+    report::Stats,
+    session::Session,
+    table::SendTable,
+};
+use crate::{
+    bus::{Captured, MemberPort, SessionEvent},
+    liveness::LivenessReport,
+    log_limit::LogLimiter,
+    mac::MacAddr,
+};
+
+/// Depth of the task's internal channel (session I/O, refresh results).
+const INTERNAL_DEPTH: usize = 1024;
+
+/// Everything the peer state is made of; only this task touches it.
+pub(super) struct Task {
+    pub(super) config: PeerConfig,
+    pub(super) identity: Identity,
+    /// The member ports, as the dataplane last told.
+    pub(super) ports: Vec<MemberPort>,
+    /// Sender of the internal channel, cloned into the session's and the
+    /// refresh's child tasks.
+    pub(super) internal: mpsc::Sender<Event>,
+    /// This side connects (lower address) rather than accepts.
+    pub(super) we_connect: bool,
+    /// Bumped to ask `session::connect` for a new connection.
+    pub(super) want_connection: watch::Sender<u64>,
+    pub(super) session: Option<Session>,
+    pub(super) next_conn: u64,
+    /// Boot id of the peer while keepalives arrive.
+    pub(super) peer_alive: Option<u64>,
+    /// Boot id of the peer in the last established session.
+    pub(super) last_peer_boot: Option<u64>,
+    /// Sequence number of the next sync frame (never 0: 0 means "not sent").
+    pub(super) next_seq: u32,
+    /// Highest sync frame the peer acknowledged.
+    pub(super) acked: u32,
+    /// When the pending entries go out (None: nothing scheduled).
+    pub(super) flush_at: Option<tokio::time::Instant>,
+    pub(super) table: SendTable,
+    /// The peer run whose sync frames were applied here, and up to which
+    /// sequence number (told back in our hello as RESUME).
+    pub(super) rx_from_boot: Option<u64>,
+    pub(super) rx_applied: u32,
+    /// Entries learnt from the peer, by (ifindex, IP).
+    pub(super) learned: BTreeMap<(u32, Ipv4Addr), Learnt>,
+    /// VLAN interfaces looked up so far: name -> (ifindex, MAC).
+    pub(super) vlan_targets: BTreeMap<String, (u32, MacAddr)>,
+    pub(super) stats: Stats,
+    /// One log line per reason per second, whatever the flood.
+    pub(super) log: LogLimiter,
+    pub(super) kernel: Arc<dyn Kernel>,
+    /// Where session events go (MC-LAG), if anyone listens.
+    pub(super) sessions: Option<mpsc::Sender<SessionEvent>>,
+}
+
+/// The receiving ends the loop selects over (the supervisor's channels,
+/// the handle's, and the task's own).
+pub(super) struct Inputs {
+    pub(super) queries: mpsc::Receiver<Query>,
+    pub(super) captures: mpsc::Receiver<Captured>,
+    pub(super) ports: watch::Receiver<Vec<MemberPort>>,
+    pub(super) internal: mpsc::Receiver<Event>,
+    pub(super) liveness: mpsc::Receiver<LivenessReport>,
+}
+
+impl Inputs {
+    /// No input is waiting (the moment to flush a batch without a timer).
+    fn idle(&self) -> bool {
+        self.captures.is_empty()
+            && self.internal.is_empty()
+            && self.liveness.is_empty()
+            && self.queries.is_empty()
+    }
+}
+
+impl Task {
+    /// A task with empty state. Returns the receiving end of its internal
+    /// channel and the receiver `session::connect` watches for wanted
+    /// connections.
+    pub(super) fn new(
+        config: PeerConfig,
+        identity: Identity,
+        ports: Vec<MemberPort>,
+        kernel: Arc<dyn Kernel>,
+        sessions: Option<mpsc::Sender<SessionEvent>>,
+    ) -> (Self, mpsc::Receiver<Event>, watch::Receiver<u64>) {
+        let (internal, internal_rx) = mpsc::channel(INTERNAL_DEPTH);
+        let (want_connection, wanted) = watch::channel(0u64);
+        let task = Self {
+            table: SendTable::new(config.max_entries),
+            we_connect: config.local_address < config.peer_address,
+            config,
+            identity,
+            ports,
+            internal,
+            want_connection,
+            session: None,
+            next_conn: 1,
+            peer_alive: None,
+            last_peer_boot: None,
+            next_seq: 1,
+            acked: 0,
+            flush_at: None,
+            rx_from_boot: None,
+            rx_applied: 0,
+            learned: BTreeMap::new(),
+            vlan_targets: BTreeMap::new(),
+            stats: Stats::default(),
+            log: LogLimiter::new(Duration::from_secs(1)),
+            kernel,
+            sessions,
+        };
+        (task, internal_rx, wanted)
+    }
+
+    /// The event loop; ends when every [`super::PeerSyncHandle`] is dropped.
+    pub(super) async fn run(mut self, mut inputs: Inputs) {
+        let (mut captures_open, mut ports_open, mut liveness_open) = (true, true, true);
+        loop {
+            // Batching without a timer: flush once nothing else is waiting.
+            if self.flush_at.is_some() && self.config.flush_delay_us == 0 && inputs.idle() {
+                self.flush().await;
+            }
+            let flush_at = self.flush_at;
+            let event = tokio::select! {
+                query = inputs.queries.recv() => match query {
+                    Some(query) => Event::Query(query),
+                    None => return,
+                },
+                captured = inputs.captures.recv(), if captures_open => match captured {
+                    Some(captured) => Event::Captured(captured),
+                    None => {
+                        captures_open = false;
+                        continue;
+                    }
+                },
+                changed = inputs.ports.changed(), if ports_open => match changed {
+                    Ok(()) => Event::Ports(inputs.ports.borrow_and_update().clone()),
+                    Err(_) => {
+                        ports_open = false;
+                        continue;
+                    }
+                },
+                // Never closes: the task holds a sender itself.
+                Some(event) = inputs.internal.recv() => event,
+                report = inputs.liveness.recv(), if liveness_open => match report {
+                    Some(report) => Event::from(report),
+                    None => {
+                        liveness_open = false;
+                        continue;
+                    }
+                },
+                () = async { tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)).await }, if flush_at.is_some() => {
+                    self.flush().await;
+                    continue;
+                }
+            };
+            self.process(event).await;
+        }
+    }
+
+    /// Counts refused input under `reason` and logs it, rate-limited.
+    pub(super) fn reject(&mut self, reason: &'static str, detail: &str) {
+        let total = {
+            let count = self.stats.rejected.entry(reason.to_string()).or_default();
+            *count += 1;
+            *count
+        };
+        if self.log.admit(reason).is_some() {
+            tracing::warn!(reason, total, "dropped peer-link input: {detail}");
+        }
+    }
+
+    /// Tells MC-LAG about the session without ever waiting on it: a full
+    /// queue drops the event and counts it (`session_events_dropped`), so a
+    /// stalled MC-LAG task cannot stall captures, acks and keepalive
+    /// handling here. Its queue is short-lived (MC-LAG drains it at once)
+    /// and events are rare (one per session change), so a drop means
+    /// MC-LAG is stuck, which its own report shows.
+    pub(super) fn notify(&mut self, event: SessionEvent) {
+        let Some(sessions) = &self.sessions else {
+            return;
+        };
+        match sessions.try_send(event) {
+            Ok(()) => {}
+            Err(TrySendError::Full(event)) => {
+                self.stats.session_events_dropped += 1;
+                if self.log.admit("session_event_dropped").is_some() {
+                    tracing::warn!(
+                        ?event,
+                        total = self.stats.session_events_dropped,
+                        "MC-LAG is not taking session events; dropped one"
+                    );
+                }
+            }
+            // MC-LAG has stopped: nobody to tell.
+            Err(TrySendError::Closed(_)) => {}
+        }
+    }
+}
+
+impl From<LivenessReport> for Event {
+    fn from(report: LivenessReport) -> Self {
+        match report {
+            LivenessReport::Changed(liveness) => Event::Liveness(liveness),
+            LivenessReport::Rejected { reason, detail } => Event::Rejected { reason, detail },
+        }
+    }
+}

@@ -1,0 +1,889 @@
+//! The deterministic tier: the task's handlers driven by event sequences,
+//! without root, a kernel or TCP. The session writer is a channel the test
+//! reads, the kernel is [`FakeKernel`] (it records what would have been
+//! done), and the results are compared as `PeerReport` / `ArpReportEntry`
+//! values and as the frames written to the peer.
+
+use std::{
+    collections::BTreeMap,
+    io,
+    net::{IpAddr, Ipv4Addr},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::future::BoxFuture;
+use sync_common::{
+    arp::ArpAddresses,
+    capture::Class,
+    wire::{self, DecodeError, DriverHeader, Encoder, Frame, MessageType, SubType},
+};
+use tokio::sync::{mpsc, watch};
+
+use super::{
+    Identity,
+    config::PeerConfig,
+    events::{Event, Query},
+    hello::Hello,
+    learn::Kernel,
+    report::{ArpReportEntry, PeerReport},
+    task::{Inputs, Task},
+};
+use crate::{
+    bus::{Captured, Liveness, MemberPort, SessionEvent},
+    mac::MacAddr,
+    southbound::neighbours::{Neighbour, NeighbourError},
+};
+
+// ---------------------------------------------------------------- fixtures
+
+const OUR_BOOT: u64 = 100;
+const PEER_BOOT: u64 = 200;
+const PORT1_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xa1]);
+const PORT2_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xa2]);
+/// The peer switch's MAC: replies captured for it on the peer carry it.
+const PEER_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xb1]);
+
+/// What the fake kernel was asked to do, and what it answers.
+#[derive(Default)]
+struct KernelLog {
+    injected: Vec<(u32, Vec<u8>)>,
+    reachable: Vec<(u32, Ipv4Addr, MacAddr)>,
+    arp_accept: Vec<String>,
+    probed: Vec<Ipv4Addr>,
+    /// Answer to neighbour dumps.
+    neighbours: Vec<Neighbour>,
+    /// Interfaces `link` knows.
+    links: BTreeMap<String, (u32, MacAddr)>,
+    fail_inject: bool,
+}
+
+/// A kernel that records instead of acting.
+#[derive(Default)]
+struct FakeKernel(Mutex<KernelLog>);
+
+impl FakeKernel {
+    fn log(&self) -> std::sync::MutexGuard<'_, KernelLog> {
+        self.0.lock().unwrap()
+    }
+}
+
+impl Kernel for FakeKernel {
+    fn inject(&self, frame: &[u8], ifindex: u32) -> io::Result<()> {
+        let mut log = self.log();
+        if log.fail_inject {
+            return Err(io::Error::other("BPF_PROG_RUN not supported"));
+        }
+        log.injected.push((ifindex, frame.to_vec()));
+        Ok(())
+    }
+
+    fn set_reachable(
+        &self,
+        ifindex: u32,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+    ) -> BoxFuture<'_, Result<(), NeighbourError>> {
+        self.log().reachable.push((ifindex, ip, mac));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn set_arp_accept(&self, interface: &str) -> Result<(), NeighbourError> {
+        self.log().arp_accept.push(interface.to_string());
+        Ok(())
+    }
+
+    fn link<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Option<(u32, MacAddr)>> {
+        let link = self.log().links.get(name).copied();
+        Box::pin(async move { link })
+    }
+
+    fn neighbours<'a>(
+        &'a self,
+        ifindexes: &'a [u32],
+    ) -> BoxFuture<'a, Result<Vec<Neighbour>, NeighbourError>> {
+        let list = self
+            .log()
+            .neighbours
+            .iter()
+            .filter(|n| ifindexes.contains(&n.ifindex))
+            .cloned()
+            .collect();
+        Box::pin(async move { Ok(list) })
+    }
+
+    fn probe<'a>(&'a self, neighbour: &'a Neighbour) -> BoxFuture<'a, Result<(), NeighbourError>> {
+        self.log().probed.push(neighbour.ip);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+fn config(extra: &str) -> PeerConfig {
+    toml::from_str(&format!(
+        "local_address = \"10.0.0.1\"\npeer_address = \"10.0.0.2\"\n{extra}"
+    ))
+    .expect("test config parses")
+}
+
+fn ports() -> Vec<MemberPort> {
+    vec![
+        MemberPort {
+            name: "p1".into(),
+            mlag_id: 1,
+            ifindex: Some(11),
+            mac: Some(PORT1_MAC),
+        },
+        MemberPort {
+            name: "p2".into(),
+            mlag_id: 2,
+            ifindex: Some(12),
+            mac: Some(PORT2_MAC),
+        },
+    ]
+}
+
+/// An untagged Ethernet/IPv4 ARP reply from `sender` to `dst`.
+fn arp_reply(dst: MacAddr, sender_mac: MacAddr, sender_ip: Ipv4Addr) -> Vec<u8> {
+    let mut f = Vec::with_capacity(42);
+    f.extend_from_slice(&dst.0);
+    f.extend_from_slice(&sender_mac.0);
+    f.extend_from_slice(&0x0806u16.to_be_bytes());
+    f.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 2]);
+    f.extend_from_slice(&sender_mac.0);
+    f.extend_from_slice(&sender_ip.octets());
+    f.extend_from_slice(&dst.0);
+    f.extend_from_slice(&[10, 0, 9, 1]);
+    f
+}
+
+fn host(last: u8) -> (MacAddr, Ipv4Addr) {
+    (
+        MacAddr([2, 0, 0, 0, 0xcc, last]),
+        Ipv4Addr::new(10, 0, 9, last),
+    )
+}
+
+/// A reply from host `last` captured on member port ifindex 11.
+fn captured(last: u8) -> Captured {
+    let (mac, ip) = host(last);
+    let frame = arp_reply(PEER_MAC, mac, ip);
+    Captured {
+        timestamp_ns: 0,
+        ifindex: 11,
+        class: Class::Peer,
+        outer_vlan: 0,
+        inner_vlan: 0,
+        vlan_count: 0,
+        frame_len: frame.len() as u16,
+        dst_mac: PEER_MAC,
+        arp: ArpAddresses {
+            opcode: 2,
+            sender_mac: mac.0,
+            sender_ip: ip.octets(),
+            target_mac: PEER_MAC.0,
+            target_ip: [10, 0, 9, 1],
+        },
+        frame,
+    }
+}
+
+fn peer_hello(boot_id: u64, resume: Option<(u64, u32)>) -> Vec<u8> {
+    Hello {
+        name: "b".into(),
+        system_id: Some(PEER_MAC),
+        capabilities: wire::capability::ARP_SYNC,
+        boot_id,
+        max_frame: Some(16 * 1024),
+        ports: vec![(1, PEER_MAC)],
+        mclag_address: Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))),
+        resume,
+    }
+    .encode()
+}
+
+fn driver(mlag_id: u32) -> DriverHeader {
+    DriverHeader {
+        mlag_id,
+        outer_vlan: 0,
+        inner_vlan: 0,
+        vrf: 0,
+        class: Class::Own as u8,
+        vlan_count: 0,
+    }
+}
+
+/// A sync frame from the peer.
+fn sync_frame(seq: u32, entries: &[(DriverHeader, Vec<u8>)]) -> Vec<u8> {
+    let mut buf = vec![0u8; 4096];
+    let mut e = Encoder::new(&mut buf, MessageType::Sync, SubType::Arp, seq).unwrap();
+    for (d, f) in entries {
+        e.arp_entry(d, f).unwrap();
+    }
+    let len = e.finish();
+    buf.truncate(len);
+    buf
+}
+
+fn ack_frame(seq: Option<u32>) -> Vec<u8> {
+    let mut buf = vec![0u8; 64];
+    let mut e = Encoder::new(&mut buf, MessageType::Ack, SubType::None, 0).unwrap();
+    if let Some(seq) = seq {
+        e.tlv(wire::tlv::ACK_SEQ, &[&seq.to_be_bytes()]).unwrap();
+    }
+    let len = e.finish();
+    buf.truncate(len);
+    buf
+}
+
+/// A frame as the peer would read it.
+#[derive(Debug, PartialEq, Eq)]
+enum Written {
+    Hello(Hello),
+    /// Sequence number and the sender IPs of the entries.
+    Sync(u32, Vec<Ipv4Addr>),
+    Ack(u32),
+}
+
+fn read(bytes: &[u8]) -> Written {
+    let frame = Frame::decode(bytes, wire::MAX_FRAME_LEN).expect("we write valid frames");
+    match frame.header.msg_type {
+        MessageType::Hello => Written::Hello(Hello::decode(&frame).unwrap()),
+        MessageType::Sync => Written::Sync(
+            frame.header.seq,
+            frame
+                .arp_entries()
+                .map(|e| Ipv4Addr::new(e.frame[28], e.frame[29], e.frame[30], e.frame[31]))
+                .collect(),
+        ),
+        MessageType::Ack => Written::Ack(frame.u32_of(wire::tlv::ACK_SEQ).unwrap()),
+        MessageType::Keepalive => panic!("keepalive on the session"),
+    }
+}
+
+/// A task with a fake kernel and a channel for a session writer.
+struct Harness {
+    task: Task,
+    kernel: Arc<FakeKernel>,
+    internal: mpsc::Receiver<Event>,
+    wanted: watch::Receiver<u64>,
+    sessions: mpsc::Receiver<SessionEvent>,
+    wire: mpsc::Receiver<Vec<u8>>,
+    conn: u64,
+}
+
+impl Harness {
+    fn new(extra_config: &str) -> Self {
+        Self::with_session_queue(extra_config, 64)
+    }
+
+    fn with_session_queue(extra_config: &str, depth: usize) -> Self {
+        let kernel = Arc::new(FakeKernel::default());
+        let identity = Identity {
+            name: "a".into(),
+            system_id: PORT1_MAC,
+            boot_id: OUR_BOOT,
+            mclag_address: None,
+        };
+        let (sessions_tx, sessions) = mpsc::channel(depth);
+        let (task, internal, wanted) = Task::new(
+            config(extra_config),
+            identity,
+            ports(),
+            kernel.clone(),
+            Some(sessions_tx),
+        );
+        let (_, wire) = mpsc::channel(1);
+        Self {
+            task,
+            kernel,
+            internal,
+            wanted,
+            sessions,
+            wire,
+            conn: 0,
+        }
+    }
+
+    /// A new connection: returns our hello as the peer reads it.
+    async fn connect(&mut self) -> Hello {
+        let (writer, wire) = mpsc::channel(1024);
+        self.wire = wire;
+        self.conn = self.task.open_session(writer, Vec::new()).await;
+        match self.written().as_slice() {
+            [Written::Hello(hello)] => hello.clone(),
+            other => panic!("expected our hello, got {other:?}"),
+        }
+    }
+
+    /// A frame from the peer on the current connection.
+    async fn inbound(&mut self, frame: Vec<u8>) {
+        let conn = self.conn;
+        self.task.process(Event::Inbound { conn, frame }).await;
+    }
+
+    /// Connect and receive the peer's hello; returns what we resent.
+    async fn establish(&mut self, boot_id: u64, resume: Option<(u64, u32)>) -> Vec<Written> {
+        self.connect().await;
+        self.inbound(peer_hello(boot_id, resume)).await;
+        self.written()
+    }
+
+    async fn capture(&mut self, last: u8) {
+        self.task.process(Event::Captured(captured(last))).await;
+    }
+
+    /// Every frame written since the last call.
+    fn written(&mut self) -> Vec<Written> {
+        let mut out = Vec::new();
+        while let Ok(bytes) = self.wire.try_recv() {
+            out.push(read(&bytes));
+        }
+        out
+    }
+
+    fn report(&self) -> PeerReport {
+        self.task.peer_report()
+    }
+
+    fn rejected(&self, reason: &str) -> u64 {
+        self.report()
+            .counters
+            .rejected
+            .get(reason)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The next internal event (a refresh result), processed.
+    async fn next_internal(&mut self) {
+        let event = tokio::time::timeout(Duration::from_secs(5), self.internal.recv())
+            .await
+            .expect("internal event in time")
+            .expect("internal channel open");
+        self.task.process(event).await;
+    }
+
+    async fn arp(&self) -> Vec<ArpReportEntry> {
+        let mut entries = self.task.arp_report().await;
+        for e in &mut entries {
+            e.age_ms = 0;
+        }
+        entries
+    }
+}
+
+fn ip(last: u8) -> Ipv4Addr {
+    host(last).1
+}
+
+// ------------------------------------------------------------------ tests
+
+#[tokio::test]
+async fn replies_captured_before_the_hello_go_out_with_it_and_mclag_hears_of_the_session() {
+    let mut h = Harness::new("");
+    let hello = h.connect().await;
+    assert_eq!(hello.boot_id, OUR_BOOT);
+    assert_eq!(hello.ports, vec![(1, PORT1_MAC), (2, PORT2_MAC)]);
+    assert_eq!(hello.resume, None);
+    assert_eq!(hello.max_frame, Some(16 * 1024));
+    assert_eq!(h.report().state, "opening");
+
+    h.capture(3).await;
+    assert!(h.written().is_empty(), "nothing is sent before the hello");
+    assert_eq!(h.report().counters.queued_while_down, 1);
+
+    h.inbound(peer_hello(PEER_BOOT, None)).await;
+    assert_eq!(h.written(), vec![Written::Sync(1, vec![ip(3)])]);
+    match h.sessions.try_recv() {
+        Ok(SessionEvent::Up {
+            mclag_address,
+            ports,
+        }) => {
+            assert_eq!(mclag_address, Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))));
+            assert_eq!(ports, vec![(1, PEER_MAC)]);
+        }
+        other => panic!("expected SessionEvent::Up, got {other:?}"),
+    }
+    let report = h.report();
+    assert_eq!(report.state, "up");
+    assert_eq!(report.peer_name.as_deref(), Some("b"));
+    assert_eq!(report.peer_boot_id, Some(PEER_BOOT));
+    assert_eq!(report.negotiated_version.as_deref(), Some("1.0"));
+    assert_eq!(report.unacked, 1);
+    assert_eq!(report.next_seq, 2);
+
+    h.inbound(ack_frame(Some(1))).await;
+    let report = h.report();
+    assert_eq!((report.acked_seq, report.unacked), (1, 0));
+    assert_eq!(report.counters.acks_received, 1);
+    let (mac, _) = host(3);
+    assert_eq!(
+        h.arp().await,
+        vec![ArpReportEntry {
+            ip: "10.0.9.3".into(),
+            mac,
+            port: "p1".into(),
+            mlag_id: 1,
+            outer_vlan: 0,
+            inner_vlan: 0,
+            direction: "sent".into(),
+            class: "peer".into(),
+            age_ms: 0,
+            how: "acked".into(),
+            kernel_state: None,
+        }]
+    );
+}
+
+/// A burst is cut into frames of `batch_max_entries`: full batches go out
+/// at once, the rest when the loop flushes (idle or timer).
+#[tokio::test]
+async fn a_burst_is_batched_up_to_batch_max_entries() {
+    let mut h = Harness::new("batch_max_entries = 4");
+    h.establish(PEER_BOOT, None).await;
+    for last in 1..=10 {
+        h.capture(last).await;
+    }
+    assert_eq!(
+        h.written(),
+        vec![
+            Written::Sync(1, (1..=4).map(ip).collect()),
+            Written::Sync(2, (5..=8).map(ip).collect()),
+        ]
+    );
+    assert_eq!(h.report().pending, 2);
+    assert!(h.task.flush_at.is_some(), "the rest waits for a flush");
+    h.task.flush().await;
+    assert_eq!(h.written(), vec![Written::Sync(3, vec![ip(9), ip(10)])]);
+    let report = h.report();
+    assert_eq!(
+        (report.counters.frames_sent, report.counters.entries_sent),
+        (3, 10)
+    );
+    assert_eq!((report.pending, report.unacked), (0, 10));
+}
+
+async fn next_frame(wire: &mut mpsc::Receiver<Vec<u8>>) -> Written {
+    let bytes = tokio::time::timeout(Duration::from_secs(5), wire.recv())
+        .await
+        .expect("a frame in time")
+        .expect("writer open");
+    read(&bytes)
+}
+
+/// The real event loop over channels: a lone capture goes out at once (no
+/// delay configured), queries are answered, and the loop ends when its
+/// handles are gone.
+#[tokio::test]
+async fn the_loop_sends_a_lone_capture_at_once() {
+    let mut h = Harness::new("");
+    h.establish(PEER_BOOT, None).await;
+    let (captures_tx, captures) = mpsc::channel(64);
+    let (queries_tx, queries) = mpsc::channel(4);
+    let (ports_tx, ports_rx) = watch::channel(ports());
+    let (_liveness_tx, liveness) = mpsc::channel(4);
+    let Harness {
+        task,
+        internal,
+        mut wire,
+        ..
+    } = h;
+    let running = tokio::spawn(task.run(Inputs {
+        queries,
+        captures,
+        ports: ports_rx,
+        internal,
+        liveness,
+    }));
+    captures_tx.send(captured(11)).await.unwrap();
+    assert_eq!(next_frame(&mut wire).await, Written::Sync(1, vec![ip(11)]));
+    captures_tx.send(captured(12)).await.unwrap();
+    assert_eq!(next_frame(&mut wire).await, Written::Sync(2, vec![ip(12)]));
+
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    queries_tx.send(Query::Peer(tx)).await.unwrap();
+    let report = rx.await.unwrap();
+    assert_eq!(report.counters.frames_sent, 2);
+    assert_eq!(report.state, "up");
+
+    // A dropped ports watch does not end the loop; dropped handles do.
+    drop(ports_tx);
+    drop(queries_tx);
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("the loop ends when the handles are gone")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_hello_that_resumes_our_run_gets_only_the_unacknowledged_entries() {
+    let mut h = Harness::new("");
+    h.establish(PEER_BOOT, None).await;
+    for last in 1..=3 {
+        h.capture(last).await;
+        h.task.flush().await;
+    }
+    assert_eq!(
+        h.written(),
+        vec![
+            Written::Sync(1, vec![ip(1)]),
+            Written::Sync(2, vec![ip(2)]),
+            Written::Sync(3, vec![ip(3)]),
+        ]
+    );
+    h.inbound(ack_frame(Some(1))).await;
+
+    let conn = h.conn;
+    h.task
+        .process(Event::Closed {
+            conn,
+            why: "read: connection reset".into(),
+        })
+        .await;
+    assert_eq!(h.report().state, "down");
+    assert_eq!(h.report().counters.sessions_lost, 1);
+
+    // The peer applied up to frame 2 of our run: only frame 3's entry again.
+    let resent = h.establish(PEER_BOOT, Some((OUR_BOOT, 2))).await;
+    assert_eq!(resent, vec![Written::Sync(4, vec![ip(3)])]);
+    let report = h.report();
+    assert_eq!(report.acked_seq, 2);
+    assert_eq!(report.counters.sessions_established, 2);
+    // The same peer run: no neighbour refresh this time.
+    assert_eq!(report.counters.refreshes, 1);
+
+    // A RESUME naming another run of ours counts for nothing: all again.
+    h.task
+        .process(Event::Closed {
+            conn: h.conn,
+            why: "eof".into(),
+        })
+        .await;
+    let resent = h.establish(PEER_BOOT, Some((OUR_BOOT + 1, 4))).await;
+    assert_eq!(resent, vec![Written::Sync(5, vec![ip(1), ip(2), ip(3)])]);
+}
+
+#[tokio::test]
+async fn a_synced_reply_is_injected_on_the_twin_port_to_its_mac_and_acked() {
+    let mut h = Harness::new("");
+    h.establish(PEER_BOOT, None).await;
+    let (mac, host_ip) = host(7);
+    let original = arp_reply(PEER_MAC, mac, host_ip);
+    h.kernel.log().neighbours.push(Neighbour {
+        ifindex: 11,
+        ip: host_ip,
+        mac: Some(mac),
+        state: "REACHABLE",
+    });
+    h.inbound(sync_frame(9, &[(driver(1), original.clone())]))
+        .await;
+
+    let mut expected = original.clone();
+    expected[..6].copy_from_slice(&PORT1_MAC.0);
+    assert_eq!(h.kernel.log().injected, vec![(11, expected)]);
+    assert_eq!(h.written(), vec![Written::Ack(9)]);
+    let report = h.report();
+    assert_eq!(report.counters.frames_received, 1);
+    assert_eq!(report.counters.entries_received, 1);
+    assert_eq!(report.counters.injected, 1);
+    assert_eq!(report.learnt, 1);
+    assert_eq!(
+        h.arp().await,
+        vec![ArpReportEntry {
+            ip: host_ip.to_string(),
+            mac,
+            port: "p1".into(),
+            mlag_id: 1,
+            outer_vlan: 0,
+            inner_vlan: 0,
+            direction: "received".into(),
+            class: "own".into(),
+            age_ms: 0,
+            how: "kernel-arp".into(),
+            kernel_state: Some("REACHABLE".into()),
+        }]
+    );
+
+    // Our next hello tells the peer what we applied of its run.
+    let conn = h.conn;
+    h.task
+        .process(Event::Closed {
+            conn,
+            why: "eof".into(),
+        })
+        .await;
+    assert_eq!(h.connect().await.resume, Some((PEER_BOOT, 9)));
+}
+
+#[tokio::test]
+async fn when_injection_fails_the_entry_is_written_over_netlink_and_counted() {
+    let mut h = Harness::new("");
+    h.establish(PEER_BOOT, None).await;
+    h.kernel.log().fail_inject = true;
+    let (mac, host_ip) = host(8);
+    h.inbound(sync_frame(
+        1,
+        &[(driver(2), arp_reply(PEER_MAC, mac, host_ip))],
+    ))
+    .await;
+    assert_eq!(h.kernel.log().reachable, vec![(12, host_ip, mac)]);
+    assert_eq!(h.report().counters.netlink_fallback, 1);
+    assert_eq!(h.rejected("inject_failed"), 1);
+    let arp = h.arp().await;
+    assert_eq!(arp[0].how, "netlink-fallback");
+    assert_eq!(arp[0].port, "p2");
+    assert_eq!(arp[0].kernel_state.as_deref(), Some("absent"));
+}
+
+#[tokio::test]
+async fn a_peer_restart_brings_a_refresh_and_a_full_resend() {
+    let mut h = Harness::new("");
+    h.kernel.log().neighbours = vec![
+        Neighbour {
+            ifindex: 11,
+            ip: ip(1),
+            mac: Some(host(1).0),
+            state: "STALE",
+        },
+        Neighbour {
+            ifindex: 12,
+            ip: ip(2),
+            mac: Some(host(2).0),
+            state: "REACHABLE",
+        },
+        Neighbour {
+            ifindex: 11,
+            ip: ip(3),
+            mac: None,
+            state: "FAILED",
+        },
+        // Not a member port: left alone.
+        Neighbour {
+            ifindex: 99,
+            ip: ip(4),
+            mac: Some(host(4).0),
+            state: "REACHABLE",
+        },
+    ];
+    h.task
+        .process(Event::Liveness(Liveness::Up { boot_id: PEER_BOOT }))
+        .await;
+    assert_eq!(h.report().state, "connecting");
+    assert!(h.wanted.has_changed().unwrap(), "a connection is asked for");
+    h.wanted.mark_unchanged();
+
+    h.establish(PEER_BOOT, None).await;
+    h.next_internal().await; // the first peer run is new to us: refreshed too
+    h.capture(1).await;
+    h.capture(2).await;
+    h.task.flush().await;
+    h.inbound(ack_frame(Some(1))).await;
+    assert_eq!(h.written(), vec![Written::Sync(1, vec![ip(1), ip(2)])]);
+    h.kernel.log().probed.clear();
+
+    // Keepalives now carry another boot id: the peer agent restarted.
+    h.task
+        .process(Event::Liveness(Liveness::Up { boot_id: 300 }))
+        .await;
+    assert_eq!(h.report().state, "connecting");
+    assert!(h.wanted.has_changed().unwrap());
+    let resent = h.establish(300, None).await;
+    assert_eq!(resent, vec![Written::Sync(2, vec![ip(1), ip(2)])]);
+    h.next_internal().await;
+    assert_eq!(h.kernel.log().probed, vec![ip(1), ip(2)]);
+    let report = h.report();
+    assert_eq!(report.counters.refreshes, 2);
+    assert_eq!(report.counters.refresh_probes, 4);
+    assert_eq!(report.counters.sessions_lost, 1);
+    assert_eq!(report.peer_boot_id, Some(300));
+
+    // Keepalives stop: the session goes and MC-LAG hears of it.
+    h.task.process(Event::Liveness(Liveness::Down)).await;
+    assert_eq!(h.report().state, "down");
+    let mut events = Vec::new();
+    while let Ok(event) = h.sessions.try_recv() {
+        events.push(event);
+    }
+    assert!(matches!(
+        events.as_slice(),
+        [
+            SessionEvent::Up { .. },
+            SessionEvent::Up { .. },
+            SessionEvent::Lost
+        ]
+    ));
+}
+
+#[tokio::test]
+async fn bad_input_is_counted_under_its_reason_and_never_kills_the_session() {
+    let mut h = Harness::new("");
+    h.capture(1).await;
+    h.task
+        .process(Event::Captured(Captured {
+            ifindex: 77,
+            ..captured(2)
+        }))
+        .await;
+    assert_eq!(h.rejected("capture_on_unknown_port"), 1);
+
+    h.connect().await;
+    h.inbound(sync_frame(1, &[])).await;
+    assert_eq!(h.rejected("before_hello"), 1);
+    h.inbound(peer_hello(PEER_BOOT, None)).await;
+    h.written();
+
+    // An entry for an MLAG id no member port has: counted, frame still acked.
+    let (mac, host_ip) = host(5);
+    h.inbound(sync_frame(
+        3,
+        &[
+            (driver(9), arp_reply(PEER_MAC, mac, host_ip)),
+            (driver(1), arp_reply(PEER_MAC, mac, host_ip)),
+        ],
+    ))
+    .await;
+    assert_eq!(h.rejected("unknown_mlag_id"), 1);
+    assert_eq!(h.kernel.log().injected.len(), 1);
+    assert_eq!(h.written(), vec![Written::Ack(3)]);
+
+    h.inbound(ack_frame(None)).await;
+    assert_eq!(h.rejected("bad_tlv"), 1);
+    h.inbound(peer_hello(PEER_BOOT, None)).await;
+    assert_eq!(h.rejected("unexpected_hello"), 1);
+    let mut truncated = sync_frame(4, &[(driver(1), arp_reply(PEER_MAC, mac, host_ip))]);
+    truncated.truncate(30);
+    h.inbound(truncated).await;
+    assert_eq!(h.rejected("truncated"), 1);
+    h.inbound(vec![0xde; 40]).await;
+    assert_eq!(h.rejected("bad_magic"), 1);
+    let conn = h.conn;
+    h.task
+        .process(Event::Malformed {
+            conn,
+            error: DecodeError::UnknownType(9),
+            fatal: false,
+        })
+        .await;
+    assert_eq!(h.rejected("unknown_type"), 1);
+    h.task
+        .process(Event::Rejected {
+            reason: "keepalive_from_stranger",
+            detail: "from 10.9.9.9".into(),
+        })
+        .await;
+    assert_eq!(h.rejected("keepalive_from_stranger"), 1);
+    // Events of an old connection change nothing.
+    h.task
+        .process(Event::Closed {
+            conn: conn + 10,
+            why: "stale".into(),
+        })
+        .await;
+    assert_eq!(h.report().state, "up", "none of that closed the session");
+
+    // A header we cannot trust loses the framing: the session goes.
+    h.task
+        .process(Event::Malformed {
+            conn,
+            error: DecodeError::IncompatibleVersion { major: 2, minor: 0 },
+            fatal: true,
+        })
+        .await;
+    assert_eq!(h.rejected("bad_version"), 1);
+    assert_eq!(h.report().state, "down");
+
+    // A hello without a boot id is refused and closes the connection.
+    h.connect().await;
+    let mut buf = vec![0u8; 64];
+    let mut e = Encoder::new(&mut buf, MessageType::Hello, SubType::None, 0).unwrap();
+    e.tlv(wire::tlv::SYSTEM_NAME, &[b"b"]).unwrap();
+    let len = e.finish();
+    buf.truncate(len);
+    h.inbound(buf).await;
+    assert_eq!(h.rejected("bad_hello"), 1);
+    assert_eq!(h.report().state, "down");
+}
+
+#[tokio::test]
+async fn a_stuck_mclag_never_blocks_peer_sync() {
+    let mut h = Harness::with_session_queue("", 1);
+    h.task.process(Event::Liveness(Liveness::Down)).await; // fills the queue
+    let resent = tokio::time::timeout(Duration::from_secs(5), h.establish(PEER_BOOT, None))
+        .await
+        .expect("the hello is handled without waiting on MC-LAG");
+    assert!(resent.is_empty());
+    assert_eq!(h.report().counters.session_events_dropped, 1);
+    assert_eq!(h.report().state, "up");
+}
+
+#[tokio::test]
+async fn member_port_changes_set_arp_accept_per_policy() {
+    let mut h = Harness::new("");
+    let mut changed = ports();
+    changed[1].ifindex = None; // p2 went away
+    changed.push(MemberPort {
+        name: "p3".into(),
+        mlag_id: 3,
+        ifindex: Some(13),
+        mac: None,
+    });
+    h.task.process(Event::Ports(changed.clone())).await;
+    assert_eq!(h.kernel.log().arp_accept, vec!["p1", "p3"]);
+    h.task.process(Event::Ports(changed)).await;
+    assert_eq!(
+        h.kernel.log().arp_accept.len(),
+        2,
+        "an unchanged list is a no-op"
+    );
+
+    let mut h = Harness::new("arp_accept = \"leave\"");
+    let mut changed = ports();
+    changed.pop();
+    h.task.process(Event::Ports(changed)).await;
+    assert!(h.kernel.log().arp_accept.is_empty());
+}
+
+#[tokio::test]
+async fn a_tagged_reply_goes_untagged_to_its_vlan_interface() {
+    let mut h =
+        Harness::new("[[vlan_interfaces]]\nmlag_id = 1\nouter_vlan = 10\ninterface = \"p1.10\"\n");
+    let svi_mac = MacAddr([2, 0, 0, 0, 0x10, 0xa1]);
+    h.kernel.log().links.insert("p1.10".into(), (21, svi_mac));
+    h.establish(PEER_BOOT, None).await;
+    let (mac, host_ip) = host(6);
+    let untagged = arp_reply(PEER_MAC, mac, host_ip);
+    let mut tagged = untagged[..12].to_vec();
+    tagged.extend_from_slice(&[0x81, 0x00, 0x00, 10]);
+    tagged.extend_from_slice(&untagged[12..]);
+    let mut d = driver(1);
+    d.outer_vlan = 10;
+    d.vlan_count = 1;
+    h.inbound(sync_frame(1, &[(d, tagged)])).await;
+
+    let mut expected = untagged;
+    expected[..6].copy_from_slice(&svi_mac.0);
+    assert_eq!(h.kernel.log().injected, vec![(21, expected)]);
+    assert_eq!(h.kernel.log().arp_accept, vec!["p1.10"]);
+    let arp = h.arp().await;
+    assert_eq!(arp[0].port, "p1 via p1.10");
+    assert_eq!(arp[0].outer_vlan, 10);
+}
+
+#[test]
+fn peer_report_text_is_unchanged() {
+    let h = Harness::new("");
+    let text = h.report().to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            "peer 10.0.0.2 (?), session down, no keepalives (this side connects)",
+            "versions local 1.0 peer - negotiated -",
+            "last hello - ms ago, up - s, keepalive 100 ms / dead 500 ms",
+            "entries 0 pending 0 unacked 0 (acked seq 0, next 1), learnt from peer 0",
+            "sent 0 frames / 0 entries, received 0 frames / 0 entries, acks 0",
+            "injected 0 netlink fallback 0 refreshes 0 (0 probes) sessions up 0 lost 0",
+        ]
+    );
+    assert!(text.ends_with('\n'));
+}

@@ -1,0 +1,120 @@
+//! Sending (SPEC 2.1, 2.2): captured replies wait in the send table; they
+//! go out in sync frames of at most `batch_max_entries` entries and the
+//! negotiated frame size, either when a batch is full, when nothing else is
+//! waiting (`flush_delay_us = 0`) or when the flush timer fires. The peer
+//! acknowledges frames cumulatively; what it has not acknowledged is resent
+//! on the next session (see the RESUME handling of the hello).
+
+use std::time::Duration;
+
+use sync_common::wire::{self, Encoder, MessageType, SubType};
+
+use super::task::Task;
+
+impl Task {
+    /// After a capture was queued: send at once when a batch is full,
+    /// otherwise make sure a flush is scheduled.
+    pub(super) async fn schedule_flush(&mut self) {
+        if self.table.pending() >= self.config.batch_max_entries {
+            self.flush().await;
+        } else if self.flush_at.is_none() {
+            self.flush_at = Some(
+                tokio::time::Instant::now() + Duration::from_micros(self.config.flush_delay_us),
+            );
+        }
+    }
+
+    /// Sends every pending entry, in frames of at most `batch_max_entries`
+    /// entries and the negotiated frame size.
+    pub(super) async fn flush(&mut self) {
+        self.flush_at = None;
+        let Some(max_frame) = self
+            .session
+            .as_ref()
+            .and_then(|s| s.peer.as_ref())
+            .map(|p| p.max_frame)
+        else {
+            return;
+        };
+        while self.table.pending() > 0 {
+            let seq = self.next_seq;
+            let mut buf = vec![0u8; max_frame];
+            let Ok(mut encoder) = Encoder::new(&mut buf, MessageType::Sync, SubType::Arp, seq)
+            else {
+                return;
+            };
+            let mut sent = Vec::new();
+            while sent.len() < self.config.batch_max_entries {
+                let Some((key, entry)) = self.table.next_dirty() else {
+                    break;
+                };
+                match encoder.arp_entry(&entry.driver, &entry.frame) {
+                    Ok(()) => {
+                        sent.push(key);
+                        // Take it off the dirty list now so next_dirty moves on.
+                        self.table.discard_dirty(key);
+                    }
+                    Err(_) if !sent.is_empty() => break,
+                    Err(_) => {
+                        self.table.discard_dirty(key);
+                        self.reject(
+                            "entry_too_large",
+                            "captured frame does not fit a sync frame",
+                        );
+                    }
+                }
+            }
+            if sent.is_empty() {
+                continue;
+            }
+            let len = encoder.finish();
+            buf.truncate(len);
+            if !self.send(buf).await {
+                // Session lost: put them back; they go out on the next session.
+                for key in sent {
+                    self.table.mark_sent(key, 0);
+                    self.table.mark_all_one(key);
+                }
+                return;
+            }
+            self.next_seq = self.next_seq.wrapping_add(1).max(1);
+            self.stats.frames_sent += 1;
+            self.stats.entries_sent += sent.len() as u64;
+            for key in sent {
+                self.table.mark_sent(key, seq);
+            }
+        }
+    }
+
+    /// Acknowledges sync frame `seq` (cumulative: everything up to it was
+    /// applied).
+    pub(super) async fn send_ack(&mut self, seq: u32) {
+        let mut buf = vec![0u8; 64];
+        if let Ok(mut e) = Encoder::new(&mut buf, MessageType::Ack, SubType::None, 0) {
+            let _ = e.tlv(wire::tlv::ACK_SEQ, &[&seq.to_be_bytes()]);
+            let len = e.finish();
+            buf.truncate(len);
+            self.send(buf).await;
+        }
+    }
+
+    /// The peer acknowledged every frame up to `seq`.
+    pub(super) fn note_ack(&mut self, seq: u32) {
+        self.stats.acks_received += 1;
+        self.acked = self.acked.max(seq);
+    }
+
+    /// Queues one frame on the session's writer; false (and the session
+    /// closed) when there is no session or its writer has stopped. Waiting
+    /// here is the TCP connection's own backpressure, not another module's.
+    pub(super) async fn send(&mut self, frame: Vec<u8>) -> bool {
+        let Some(session) = &self.session else {
+            return false;
+        };
+        if session.writer.send(frame).await.is_err() {
+            self.close_session("writer stopped");
+            return false;
+        }
+        true
+    }
+}
