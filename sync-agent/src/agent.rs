@@ -39,10 +39,7 @@ use crate::{
     mac::MacAddr,
     mclag::Mclag,
     peersync::{Identity, PeerQuery, PeerSync},
-    rollout::{
-        center::Center,
-        device::{Device, DeviceHandle},
-    },
+    rollout::{center::CenterHandle, device::DeviceHandle, report::RolloutReport},
     southbound::links::{self, Link, LinkEvent},
 };
 
@@ -98,20 +95,8 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
         fabric: None,
         peer_ports: Vec::new(),
     };
-    let (stop_center, center_stopped) = tokio::sync::oneshot::channel::<()>();
-    if let Some(section) = agent.config.rollout.center.clone() {
-        let (addr, center, server) =
-            crate::rollout::center::bind_with_shutdown(section.to_center(), async move {
-                let _ = center_stopped.await;
-            })
-            .await?;
-        tracing::info!(%addr, db = %section.db_path.display(), "config center listening");
-        tokio::spawn(async move {
-            if let Err(err) = server.await {
-                tracing::error!("config center stopped: {err:#}");
-            }
-        });
-        agent.center = Some(center);
+    if let Some(center) = agent.config.rollout.center.clone() {
+        agent.center = Some(CenterHandle::spawn(center).await?);
     }
     if let Some(device) = agent.config.rollout.device.clone() {
         tracing::info!(
@@ -120,7 +105,7 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
             services = device.services.len(),
             "rollout device starting"
         );
-        agent.device = Some(Device::spawn(device).await?);
+        agent.device = Some(DeviceHandle::spawn(device).await?);
     }
     let switch_name = agent.config.instance.clone();
     agent.inference = Some(
@@ -241,10 +226,17 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
         }
     }
     tracing::info!("shutting down: detaching from every port");
-    let _ = stop_center.send(());
-    if let Some(device) = &agent.device {
-        device.shutdown().await;
-    }
+    let stop_center = async {
+        if let Some(center) = &agent.center {
+            center.shutdown().await;
+        }
+    };
+    let stop_device = async {
+        if let Some(device) = &agent.device {
+            device.shutdown().await;
+        }
+    };
+    tokio::join!(stop_center, stop_device);
     agent.dataplane.detach_all();
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
@@ -310,7 +302,7 @@ struct Agent {
     /// State inference.
     inference: Option<Inference>,
     /// The config center, when hosted here.
-    center: Option<std::sync::Arc<Center>>,
+    center: Option<CenterHandle>,
     /// The rollout device side, when configured.
     device: Option<DeviceHandle>,
     /// Fabric sync, when configured.
@@ -581,10 +573,10 @@ impl Agent {
                     Some(device) => Some(device.report().await),
                     None => None,
                 };
-                Response::ok(&serde_json::json!({
-                    "center": self.center.as_ref().map(|c| c.rollouts()),
-                    "device": device,
-                }))
+                Response::ok(&RolloutReport {
+                    center: self.center.as_ref().map(|c| c.report()),
+                    device,
+                })
             }
             Request::States { faulty } => match &self.inference {
                 Some(inference) => inference.query(StateQuery::All { faulty }).await,
