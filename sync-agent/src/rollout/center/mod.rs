@@ -1,6 +1,6 @@
 //! The config center (SPEC 6.1 to 6.3), run by the server-role agent.
 //!
-//! - [`config`]: `[rollout.center]`,
+//! - [`config`]: the `[rollout.center]` section,
 //! - [`store`]: configs, versions and history in a redb database
 //!   (crash-safe: one write transaction per change),
 //! - [`formats`]: content validation per format, MD5,

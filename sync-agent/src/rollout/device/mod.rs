@@ -1,7 +1,7 @@
 //! The device side of config rollout (SPEC 6.2–6.4).
 //!
 //! A device runs a few services, each fed by one config of the center
-//! (namespace/group/name) written to a file. One task ([`task`]) owns the
+//! (namespace/group/name) written to a file. One task (`task.rs`) owns the
 //! device's state and does, strictly one thing at a time:
 //!
 //! 1. at start, before talking to the center, puts every service's file back
@@ -22,12 +22,12 @@
 //! or a health check.
 //!
 //! - [`config`]: `[rollout.device]` and its validation,
-//! - [`task`]: the task's state and loop,
-//! - [`poll`]: register, long poll, fetch and acknowledgements over HTTP,
-//! - [`apply`]: one assignment (write, reload, health, restore, ack) and the
+//! - `task.rs`: the task's state and loop,
+//! - `poll.rs`: register, long poll, fetch and acknowledgements over HTTP,
+//! - `apply.rs`: one assignment (write, reload, health, restore, ack) and the
 //!   restore at start,
-//! - [`command`]: reload and health commands with deadlines,
-//! - [`store`]: atomic file writes and the local backup store,
+//! - `command.rs`: reload and health commands with deadlines,
+//! - `store.rs`: atomic file writes and the local backup store,
 //! - [`report`]: what `show rollout` prints of the device.
 
 mod apply;
