@@ -11,6 +11,19 @@ use serde::{Deserialize, Serialize};
 /// Longest namespace, group, name, device or service name.
 pub const MAX_NAME_LEN: usize = 64;
 
+/// How long the center holds a long poll (`watch`) that asks for no
+/// `timeout_ms`, and what a device asks for unless configured otherwise.
+pub const DEFAULT_WATCH_TIMEOUT_MS: u64 = 30_000;
+/// The longest a center holds a long poll, whatever the device asks for.
+pub const MAX_WATCH_TIMEOUT_MS: u64 = 120_000;
+
+/// Lower-case hex MD5 of `data`: the digest the center publishes with every
+/// version and devices compare what they have with.
+pub fn md5_hex(data: impl AsRef<[u8]>) -> String {
+    use md5::Digest as _;
+    hex::encode(md5::Md5::digest(data.as_ref()))
+}
+
 /// Checks one name: 1 to 64 characters out of `[A-Za-z0-9._-]`. `what` names
 /// the thing in the error ("namespace", "device", ...).
 pub fn check_name(what: &str, value: &str) -> Result<(), String> {

@@ -2,14 +2,9 @@
 //! MD5. `text` accepts anything; json, yaml and toml must parse with their
 //! parser; properties must be `key=value` / `key: value` lines.
 
-use md5::{Digest, Md5};
-
 use crate::rollout::wire::Format;
 
-/// Lower-case hex MD5 of `content`.
-pub fn md5_hex(content: &str) -> String {
-    hex::encode(Md5::digest(content.as_bytes()))
-}
+pub use crate::rollout::wire::md5_hex;
 
 /// Checks `content` against `format`. The error names the format and carries
 /// the parser's message, e.g. `invalid json content: expected value at line 1

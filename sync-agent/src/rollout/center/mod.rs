@@ -1,406 +1,107 @@
 //! The config center (SPEC 6.1 to 6.3), run by the server-role agent.
 //!
+//! - [`config`]: the `[rollout.center]` section,
 //! - [`store`]: configs, versions and history in a redb database
 //!   (crash-safe: one write transaction per change),
 //! - [`formats`]: content validation per format, MD5,
 //! - [`planner`]: batches of a rollout (pure),
 //! - [`engine`]: registered devices, releases and rollouts (in memory; see
 //!   there for what a restart loses),
-//! - [`http`]: the HTTP API over [`Center`].
+//! - [`service`]: [`Center`], the one owner of the state, which ties the
+//!   store and the engine together and wakes long polls,
+//! - [`http`]: the HTTP API over [`Center`],
+//! - [`report`]: what `show rollout` prints of the center.
 //!
-//! [`Center`] ties them: every change (put, rollback, clone, registration)
-//! is serialized by one async mutex, written to the database first, then
-//! handed to the engine, which plans a rollout and releases its first batch;
-//! long polls wait on a per-device `tokio::sync::watch` (no thread per
-//! waiting request) and answer as soon as something is released to them.
+//! [`CenterHandle::spawn`] opens the database, binds the listener and serves
+//! the API until [`CenterHandle::shutdown`]; [`bind_with_shutdown`],
+//! [`bind`] and [`serve`] are the same start-up for tests and tools that
+//! drive the server future themselves.
 
+pub mod config;
 pub mod engine;
 pub mod error;
 pub mod formats;
 pub mod http;
 pub mod planner;
+pub mod report;
+pub mod service;
 pub mod store;
 
-use crate::clock::now_ms;
-use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::Duration;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use tokio::sync::watch;
 
-use self::engine::{Engine, Timer};
+pub use self::config::{CenterConfig, DEFAULT_BATCH_SIZE, DEFAULT_DB_PATH, DEFAULT_LISTEN};
 pub use self::error::{CenterError, CenterResult};
 pub use self::planner::plan;
-use self::store::{NewVersion, Store, Written};
-use crate::rollout::wire::{
-    Ack, Assignment, CloneRequest, ConfigKey, ConfigRecord, DeviceInfo, PutConfig, Register,
-    RollbackRequest, Rollout,
-};
+pub use self::report::CenterReport;
+pub use self::service::{Center, RolloutOptions};
+pub use crate::rollout::wire::{DEFAULT_WATCH_TIMEOUT_MS, MAX_WATCH_TIMEOUT_MS};
 
-/// Default long-poll hold time, and the most a device may ask for.
-pub const DEFAULT_WATCH_TIMEOUT_MS: u64 = 30_000;
-pub const MAX_WATCH_TIMEOUT_MS: u64 = 120_000;
-pub const DEFAULT_BATCH_SIZE: usize = 10;
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:7480";
-pub const DEFAULT_DB_PATH: &str = "/var/lib/mlag-sync/center.redb";
-
-/// How to run the config center.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CenterConfig {
-    pub listen: SocketAddr,
-    pub db_path: PathBuf,
-    /// Most steps per rollout batch (default 10).
-    pub batch_size: usize,
-    /// Delay between two batches of a rollout (default 0).
-    pub pace_ms: u64,
-    /// Largest config content accepted (default 1 MiB).
-    pub max_config_bytes: usize,
+/// Handle to the running config center; cheap to clone. Dropping every
+/// clone stops the server as [`CenterHandle::shutdown`] does, without
+/// waiting for it.
+#[derive(Clone)]
+pub struct CenterHandle {
+    center: Arc<Center>,
+    addr: SocketAddr,
+    stop: Arc<watch::Sender<bool>>,
+    /// Its sender lives in the server task: `changed()` errors once the
+    /// server has stopped.
+    running: watch::Receiver<()>,
 }
 
-impl Default for CenterConfig {
-    fn default() -> Self {
-        CenterConfig {
-            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
-            db_path: PathBuf::from(DEFAULT_DB_PATH),
-            batch_size: DEFAULT_BATCH_SIZE,
-            pace_ms: 0,
-            max_config_bytes: store::DEFAULT_MAX_CONFIG_BYTES,
-        }
-    }
-}
-
-/// Per-change overrides of the rollout's batch size and pace
-/// (`?batch_size=&pace_ms=`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RolloutOptions {
-    pub batch_size: Option<usize>,
-    pub pace_ms: Option<u64>,
-}
-
-/// The config center: database, rollout engine and long-poll wake-ups.
-pub struct Center {
-    store: Arc<Store>,
-    engine: Mutex<Engine>,
-    /// Serializes changes, so the engine sees versions in order and a
-    /// registration never races a new version of its configs. Taken only on
-    /// a blocking thread for the database write and the engine update
-    /// together, never held across an await.
-    writes: Mutex<()>,
-    batch_size: usize,
-    pace_ms: u64,
-    shutdown: watch::Sender<bool>,
-    weak: Weak<Center>,
-}
-
-impl Center {
-    /// Opens the database (creating it and its directory if missing).
-    pub fn open(config: &CenterConfig) -> anyhow::Result<Arc<Center>> {
-        let store = Store::open(&config.db_path, config.max_config_bytes)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(Arc::new_cyclic(|weak| Center {
-            store: Arc::new(store),
-            engine: Mutex::new(Engine::new()),
-            writes: Mutex::new(()),
-            batch_size: config.batch_size.max(1),
-            pace_ms: config.pace_ms,
-            shutdown: watch::channel(false).0,
-            weak: weak.clone(),
-        }))
-    }
-
-    pub fn max_config_bytes(&self) -> usize {
-        self.store.max_config_bytes()
-    }
-
-    /// An owned handle for work moved to a blocking thread.
-    fn strong(&self) -> CenterResult<Arc<Center>> {
-        self.weak
-            .upgrade()
-            .ok_or_else(|| CenterError::Internal("the config center is shutting down".into()))
-    }
-
-    fn engine(&self) -> MutexGuard<'_, Engine> {
-        self.engine.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Runs a database operation on a blocking thread.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        op: impl FnOnce(&Store) -> CenterResult<T> + Send + 'static,
-    ) -> CenterResult<T> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || op(&store))
-            .await
-            .map_err(|e| CenterError::internal("config store task", e))?
-    }
-
-    fn schedule(&self, timers: Vec<Timer>) {
-        for timer in timers {
-            let center = self.weak.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(timer.delay_ms)).await;
-                if let Some(center) = center.upgrade() {
-                    let more = center.engine().fire_timer(timer, now_ms());
-                    center.schedule(more);
-                }
-            });
-        }
-    }
-
-    fn options(&self, opts: RolloutOptions) -> CenterResult<(usize, u64)> {
-        let batch_size = opts.batch_size.unwrap_or(self.batch_size);
-        if batch_size == 0 {
-            return Err(CenterError::Invalid("batch_size must be at least 1".into()));
-        }
-        Ok((batch_size, opts.pace_ms.unwrap_or(self.pace_ms)))
-    }
-
-    /// Writes a change with `op` and, if it made a new version, starts its
-    /// rollout.
-    async fn change(
-        &self,
-        opts: RolloutOptions,
-        what: &str,
-        op: impl FnOnce(&Store, u64) -> CenterResult<Written> + Send + 'static,
-    ) -> CenterResult<ConfigRecord> {
-        let (batch_size, pace_ms) = self.options(opts)?;
-        let center = self.strong()?;
-        let (record, created, rollout, timers) = tokio::task::spawn_blocking(move || {
-            let _writes = center.writes.lock().unwrap_or_else(PoisonError::into_inner);
-            let written = op(&center.store, now_ms())?;
-            if !written.created {
-                return Ok((written.record, false, None, Vec::new()));
+impl CenterHandle {
+    /// Opens the database (creating it and its directory if missing), binds
+    /// `config.listen` and serves the HTTP API on a task of its own.
+    pub async fn spawn(config: CenterConfig) -> anyhow::Result<CenterHandle> {
+        let db = config.db_path.clone();
+        let (stop, mut stopping) = watch::channel(false);
+        let (addr, center, server) = bind_with_shutdown(config, async move {
+            // A dropped sender (every handle gone) stops the server too.
+            let _ = stopping.wait_for(|stop| *stop).await;
+        })
+        .await?;
+        tracing::info!(%addr, db = %db.display(), "config center listening");
+        let (alive, running) = watch::channel(());
+        tokio::spawn(async move {
+            match server.await {
+                Ok(()) => tracing::info!("config center stopped"),
+                Err(err) => tracing::error!("config center stopped: {err:#}"),
             }
-            let record = written.record;
-            let (rollout, timers) = center.engine().new_version(
-                &record.key,
-                record.version,
-                &record.md5,
-                batch_size,
-                pace_ms,
-                now_ms(),
-            );
-            Ok((record, true, rollout, timers))
+            drop(alive);
+        });
+        Ok(CenterHandle {
+            center,
+            addr,
+            stop: Arc::new(stop),
+            running,
         })
-        .await
-        .map_err(|e| CenterError::internal("config store task", e))??;
-        if !created {
-            tracing::info!(
-                "config center: {what} {} unchanged (version {})",
-                record.key,
-                record.version
-            );
-            return Ok(record);
-        }
-        self.schedule(timers);
-        match rollout {
-            Some(id) => tracing::info!(
-                "config center: {what} {} version {} (md5 {}), rollout {id} (batch size {batch_size}, pace {pace_ms} ms)",
-                record.key,
-                record.version,
-                record.md5
-            ),
-            None => tracing::info!(
-                "config center: {what} {} version {} (md5 {}), no device uses it",
-                record.key,
-                record.version,
-                record.md5
-            ),
-        }
-        Ok(record)
     }
 
-    /// Adds or edits a config (a no-op if nothing changed).
-    pub async fn put(
-        &self,
-        key: ConfigKey,
-        put: PutConfig,
-        opts: RolloutOptions,
-    ) -> CenterResult<ConfigRecord> {
-        self.change(opts, "put", move |store, now| {
-            let new = NewVersion {
-                format: put.format,
-                content: put.content,
-                description: put.description,
-                author: put.author,
-            };
-            store.put(&key, new, now)
-        })
-        .await
+    /// The address the API listens on (the bound port if `listen` had 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
-    /// Makes a new version with the content of an older one.
-    pub async fn rollback(
-        &self,
-        key: ConfigKey,
-        request: RollbackRequest,
-        opts: RolloutOptions,
-    ) -> CenterResult<ConfigRecord> {
-        self.change(opts, "rollback", move |store, now| {
-            store.rollback(&key, request.version, request.author, now)
-        })
-        .await
-    }
-
-    /// Copies the current version to another namespace/group.
-    pub async fn clone_config(
-        &self,
-        key: ConfigKey,
-        request: CloneRequest,
-        opts: RolloutOptions,
-    ) -> CenterResult<ConfigRecord> {
-        self.change(opts, "clone", move |store, now| {
-            store.clone_to(
-                &key,
-                &request.namespace,
-                &request.group,
-                request.author,
-                now,
-            )
-        })
-        .await
-    }
-
-    pub async fn get(&self, key: ConfigKey, version: Option<u64>) -> CenterResult<ConfigRecord> {
-        self.blocking(move |store| store.get(&key, version)).await
-    }
-
-    pub async fn list(&self, namespace: Option<String>) -> CenterResult<Vec<ConfigRecord>> {
-        self.blocking(move |store| store.list(namespace.as_deref()))
-            .await
-    }
-
-    pub async fn history(&self, key: ConfigKey) -> CenterResult<Vec<ConfigRecord>> {
-        self.blocking(move |store| store.history(&key)).await
-    }
-
-    /// Unified diff between two versions; `to` defaults to the current
-    /// version and `from` to the one before `to`.
-    pub async fn diff(
-        &self,
-        key: ConfigKey,
-        from: Option<u64>,
-        to: Option<u64>,
-    ) -> CenterResult<String> {
-        self.blocking(move |store| {
-            let to = match to {
-                Some(to) => to,
-                None => store.get(&key, None)?.version,
-            };
-            let from = from.unwrap_or(to.saturating_sub(1).max(1));
-            store.diff(&key, from, to)
-        })
-        .await
-    }
-
-    /// Records a device's services; new ones are released the current
-    /// version of their config at once.
-    pub async fn register(
-        &self,
-        device: String,
-        registration: Register,
-    ) -> CenterResult<DeviceInfo> {
-        let count = registration.services.len();
-        let center = self.strong()?;
-        let name = device.clone();
-        let (timers, info) = tokio::task::spawn_blocking(move || {
-            let _writes = center.writes.lock().unwrap_or_else(PoisonError::into_inner);
-            let keys: BTreeSet<ConfigKey> = registration
-                .services
-                .iter()
-                .map(|s| s.config.clone())
-                .collect();
-            let mut current: HashMap<ConfigKey, (u64, String)> = HashMap::new();
-            for key in keys {
-                if let Some(record) = center.store.current(&key)? {
-                    current.insert(key, (record.version, record.md5));
-                }
-            }
-            let mut engine = center.engine();
-            let timers =
-                engine.register(&name, registration, &|k| current.get(k).cloned(), now_ms())?;
-            let info = engine
-                .devices()
-                .into_iter()
-                .find(|d| d.device == name)
-                .ok_or_else(|| CenterError::Internal(format!("device {name} vanished")))?;
-            Ok::<_, CenterError>((timers, info))
-        })
-        .await
-        .map_err(|e| CenterError::internal("config store task", e))??;
-        self.schedule(timers);
-        tracing::info!("config center: device {device} registered {count} services");
-        Ok(info)
-    }
-
-    /// The long poll: answers at once if something released to `device`
-    /// differs from `have` (service -> MD5), otherwise as soon as that
-    /// happens, or with nothing after `timeout` (or at shutdown).
-    pub async fn watch(
-        &self,
-        device: &str,
-        have: &HashMap<String, String>,
-        timeout: Duration,
-    ) -> CenterResult<Vec<Assignment>> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut shutdown = self.shutdown.subscribe();
-        loop {
-            let (assignments, mut changed) = self.engine().pending(device, have)?;
-            if !assignments.is_empty() || *shutdown.borrow_and_update() {
-                return Ok(assignments);
-            }
-            tokio::select! {
-                woke = changed.changed() => if woke.is_err() { return Ok(Vec::new()) },
-                _ = shutdown.changed() => return Ok(Vec::new()),
-                _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
-            }
+    /// The center's rollouts, newest first. The engine is in memory behind a
+    /// mutex held only for short, non-async work, so this never waits for a
+    /// long poll or a database write.
+    pub fn report(&self) -> CenterReport {
+        CenterReport {
+            rollouts: self.center.rollouts(),
         }
     }
 
-    pub fn ack(&self, device: &str, ack: &Ack) -> CenterResult<()> {
-        let timers = self.engine().ack(device, ack, now_ms())?;
-        self.schedule(timers);
-        tracing::debug!(
-            "config center: {device} acknowledged rollout {} {} version {}: {}",
-            ack.rollout_id,
-            ack.service,
-            ack.version,
-            if ack.ok { "ok" } else { "failed" }
-        );
-        Ok(())
-    }
-
-    pub fn resume(&self, id: u64) -> CenterResult<Rollout> {
-        let mut engine = self.engine();
-        let timers = engine.resume(id, now_ms())?;
-        let rollout = engine.rollout(id)?;
-        drop(engine);
-        self.schedule(timers);
-        tracing::info!("config center: rollout {id} resumed");
-        Ok(rollout)
-    }
-
-    /// Every rollout, newest first.
-    pub fn rollouts(&self) -> Vec<Rollout> {
-        self.engine().rollouts()
-    }
-
-    pub fn rollout(&self, id: u64) -> CenterResult<Rollout> {
-        self.engine().rollout(id)
-    }
-
-    pub fn devices(&self) -> Vec<DeviceInfo> {
-        self.engine().devices()
-    }
-
-    /// Ends every waiting long poll (with an empty answer) and makes new
-    /// ones answer at once, so a graceful shutdown does not wait for them.
-    pub fn begin_shutdown(&self) {
-        self.shutdown.send_replace(true);
+    /// Stops the server: waiting long polls are answered at once (with
+    /// nothing), requests in progress finish; returns once it has stopped.
+    pub async fn shutdown(&self) {
+        self.stop.send_replace(true);
+        let mut running = self.running.clone();
+        while running.changed().await.is_ok() {}
     }
 }
 
@@ -466,100 +167,51 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::rollout::wire::{Format, RolloutState, ServiceRegistration, StepState};
-
-    fn config(dir: &tempfile::TempDir, pace_ms: u64) -> CenterConfig {
-        CenterConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            db_path: dir.path().join("c.redb"),
-            batch_size: 1,
-            pace_ms,
-            max_config_bytes: 1024,
-        }
-    }
-
-    fn put(content: &str) -> PutConfig {
-        PutConfig {
-            format: Format::Text,
-            content: content.into(),
-            description: String::new(),
-            author: String::new(),
-        }
-    }
 
     #[tokio::test]
-    async fn paced_batches_and_persistence_across_reopen() {
+    async fn shutdown_answers_a_waiting_long_poll_and_stops_the_server() {
         let dir = tempfile::tempdir().unwrap();
-        let key: ConfigKey = "n/g/k".parse().unwrap();
-        let center = Center::open(&config(&dir, 150)).unwrap();
-        for d in ["d1", "d2"] {
-            let services = vec![ServiceRegistration {
-                name: "s".into(),
-                config: key.clone(),
-                depends_on: vec![],
-            }];
-            center
-                .register(d.into(), Register { services })
-                .await
-                .unwrap();
-        }
-        let record = center
-            .put(key.clone(), put("one"), RolloutOptions::default())
-            .await
-            .unwrap();
-        let id = center.rollouts()[0].id;
-        let ack = Ack {
-            rollout_id: id,
-            service: "s".into(),
-            version: record.version,
-            ok: true,
-            reason: String::new(),
-        };
-        center.ack("d1", &ack).unwrap();
-        let acked = Instant::now();
-        // Batch 2 (d2) waits for the pace, then d2's poll is answered.
-        let got = center
-            .watch("d2", &HashMap::new(), Duration::from_secs(5))
-            .await
-            .unwrap();
-        let waited = acked.elapsed();
-        assert_eq!(got.len(), 1);
-        assert!(
-            waited >= Duration::from_millis(140),
-            "released after {waited:?}"
-        );
-        assert!(
-            waited < Duration::from_millis(1500),
-            "released after {waited:?}"
-        );
-        let r = center.rollout(id).unwrap();
-        assert_eq!(r.batches[1][0].state, StepState::Assigned);
-        center.ack("d2", &ack).unwrap();
-        assert_eq!(center.rollout(id).unwrap().state, RolloutState::Done);
+        let center = CenterHandle::spawn(CenterConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            db_path: dir.path().join("c.redb"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert_ne!(center.addr().port(), 0);
+        assert!(center.report().rollouts.is_empty());
 
-        // Per-change override: no pace.
-        center
-            .put(
-                key.clone(),
-                put("two"),
-                RolloutOptions {
-                    batch_size: Some(5),
-                    pace_ms: Some(0),
-                },
-            )
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let base = format!("http://{}/v1/devices/d1", center.addr());
+        let registered = client
+            .post(format!("{base}/register"))
+            .json(&serde_json::json!({"services": []}))
+            .send()
             .await
             .unwrap();
-        let r = &center.rollouts()[0];
-        assert_eq!((r.batch_size, r.pace_ms, r.batches.len()), (5, 0, 1));
+        assert!(registered.status().is_success());
+        let poll = tokio::spawn(async move {
+            let answer = client
+                .get(format!("{base}/watch?timeout_ms=60000"))
+                .send()
+                .await?;
+            Ok::<_, reqwest::Error>((answer.status(), answer.text().await?))
+        });
+        // Let the poll reach the center and start waiting.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!poll.is_finished(), "nothing to assign: the poll waits");
 
-        // The database survives; the in-memory rollouts do not.
-        drop(center);
-        let center = Center::open(&config(&dir, 0)).unwrap();
-        assert_eq!(center.history(key.clone()).await.unwrap().len(), 2);
-        assert_eq!(center.get(key, None).await.unwrap().content, "two");
-        assert!(center.rollouts().is_empty());
+        let started = Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), center.shutdown())
+            .await
+            .expect("shutdown finished");
+        let (status, body) = poll.await.unwrap().unwrap();
+        assert!(status.is_success(), "{status}: {body}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let refused = tokio::net::TcpStream::connect(center.addr()).await;
+        assert!(refused.is_err(), "still listening after shutdown");
     }
 }

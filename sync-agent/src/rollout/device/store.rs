@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
-use super::{md5_hex, wire::ConfigRecord};
+use crate::rollout::wire::{ConfigRecord, md5_hex};
 
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -187,8 +187,8 @@ impl BackupStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::wire::{ConfigKey, Format};
     use super::*;
+    use crate::rollout::wire::{ConfigKey, Format};
 
     fn record(content: &str, version: u64) -> ConfigRecord {
         ConfigRecord {

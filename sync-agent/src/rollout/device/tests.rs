@@ -17,8 +17,10 @@ use tokio::{
 
 use super::{
     store::{Backup, BackupStore},
-    wire::{Ack, ApiError, Assignment, ConfigKey, ConfigRecord, Format, Register, WatchAnswer},
     *,
+};
+use crate::rollout::wire::{
+    Ack, ApiError, Assignment, ConfigKey, ConfigRecord, Format, Register, WatchAnswer, md5_hex,
 };
 
 // ---------------------------------------------------------------- fake center
@@ -404,7 +406,7 @@ async fn apply_succeeds_acks_ok_and_reloads() {
     .await;
     let mut web = service(dir.path(), "web", "prod/web/nginx");
     web.depends_on = vec![];
-    let handle = Device::spawn(device_config(&center.url(), dir.path(), vec![web.clone()]))
+    let handle = DeviceHandle::spawn(device_config(&center.url(), dir.path(), vec![web.clone()]))
         .await
         .unwrap();
 
@@ -484,7 +486,7 @@ async fn failing_health_check_restores_the_old_file_and_acks_failure() {
         ..Default::default()
     })
     .await;
-    let handle = Device::spawn(device_config(&center.url(), dir.path(), vec![web.clone()]))
+    let handle = DeviceHandle::spawn(device_config(&center.url(), dir.path(), vec![web.clone()]))
         .await
         .unwrap();
 
@@ -554,7 +556,7 @@ async fn a_center_repeating_a_failed_assignment_does_not_make_it_flap() {
         ..Default::default()
     })
     .await;
-    let handle = Device::spawn(device_config(&center.url(), dir.path(), vec![web.clone()]))
+    let handle = DeviceHandle::spawn(device_config(&center.url(), dir.path(), vec![web.clone()]))
         .await
         .unwrap();
     wait_until("the ack", || !center.acks().is_empty()).await;
@@ -594,7 +596,7 @@ async fn failing_reload_without_a_previous_file_removes_the_new_one() {
         ..Default::default()
     })
     .await;
-    let handle = Device::spawn(device_config(&center.url(), dir.path(), vec![db.clone()]))
+    let handle = DeviceHandle::spawn(device_config(&center.url(), dir.path(), vec![db.clone()]))
         .await
         .unwrap();
     wait_until("the ack", || !center.acks().is_empty()).await;
@@ -639,7 +641,7 @@ async fn same_md5_is_acknowledged_without_fetching() {
         ..Default::default()
     })
     .await;
-    let handle = Device::spawn(device_config(&center.url(), dir.path(), vec![web]))
+    let handle = DeviceHandle::spawn(device_config(&center.url(), dir.path(), vec![web]))
         .await
         .unwrap();
     wait_until("the ack", || !center.acks().is_empty()).await;
@@ -676,7 +678,7 @@ async fn unknown_service_key_mismatch_and_md5_mismatch_are_refused() {
         ..Default::default()
     })
     .await;
-    let handle = Device::spawn(device_config(
+    let handle = DeviceHandle::spawn(device_config(
         &center.url(),
         dir.path(),
         vec![web.clone(), api],
@@ -728,7 +730,7 @@ async fn center_errors_are_counted_and_retried_without_half_applying() {
         ..Default::default()
     })
     .await;
-    let handle = Device::spawn(device_config(&center.url(), dir.path(), vec![web.clone()]))
+    let handle = DeviceHandle::spawn(device_config(&center.url(), dir.path(), vec![web.clone()]))
         .await
         .unwrap();
     let report = wait_report(&handle, "center errors", |r| r.counters.center_errors >= 2).await;
@@ -769,7 +771,7 @@ async fn dependent_services_are_applied_in_the_given_order() {
         ..Default::default()
     })
     .await;
-    let handle = Device::spawn(device_config(
+    let handle = DeviceHandle::spawn(device_config(
         &center.url(),
         dir.path(),
         vec![s_app.clone(), s_base.clone()],
@@ -821,7 +823,7 @@ async fn restores_from_backup_before_contacting_the_center() {
         ..Default::default()
     })
     .await;
-    let handle = Device::spawn(device_config(
+    let handle = DeviceHandle::spawn(device_config(
         &center.url(),
         dir.path(),
         vec![web.clone(), dns.clone(), ntp.clone(), none],
@@ -885,7 +887,7 @@ async fn restores_dependencies_first() {
         );
         services.push(s);
     }
-    let handle = Device::spawn(device_config(&dead_center().await, dir.path(), services))
+    let handle = DeviceHandle::spawn(device_config(&dead_center().await, dir.path(), services))
         .await
         .unwrap();
     wait_report(&handle, "the restores", |r| {
@@ -910,7 +912,7 @@ async fn restores_while_the_center_is_down_and_keeps_trying() {
     let v1 = record("prod/web/nginx", 1, "saved");
     let web = service(dir.path(), "web", "prod/web/nginx");
     seed_backup(dir.path(), "web", &v1);
-    let handle = Device::spawn(device_config(
+    let handle = DeviceHandle::spawn(device_config(
         &dead_center().await,
         dir.path(),
         vec![web.clone()],
@@ -943,13 +945,13 @@ async fn a_restarted_device_puts_back_what_it_applied() {
     })
     .await;
     let config = device_config(&center.url(), dir.path(), vec![web.clone()]);
-    let first = Device::spawn(config.clone()).await.unwrap();
+    let first = DeviceHandle::spawn(config.clone()).await.unwrap();
     wait_report(&first, "applied", |r| r.counters.applied == 1).await;
     first.shutdown().await;
 
     // The config directory is wiped while the device is down.
     std::fs::remove_dir_all(web.path.parent().unwrap()).unwrap();
-    let second = Device::spawn(config).await.unwrap();
+    let second = DeviceHandle::spawn(config).await.unwrap();
     let report = wait_report(&second, "the restore", |r| {
         r.counters.restored_from_backup == 1
     })
@@ -1017,46 +1019,5 @@ async fn validation() {
     // spawn refuses too, before starting anything.
     let mut c = ok();
     c.services[1].depends_on = vec!["a".into()];
-    assert!(Device::spawn(c).await.is_err());
-}
-
-#[test]
-fn config_file_forms() {
-    let text = r#"
-        center = "http://10.0.0.1:8080"
-        device = "leaf1"
-        backup_dir = "/var/lib/mlag-sync/backup"
-
-        [[services]]
-        name = "web"
-        config = "prod/web/nginx"
-        path = "/etc/nginx/nginx.conf"
-        reload = ["systemctl", "reload", "nginx"]
-        health = ["curl", "-fsS", "http://127.0.0.1/health"]
-
-        [[services]]
-        name = "app"
-        config = { namespace = "prod", group = "app", name = "main" }
-        path = "/etc/app.toml"
-        depends_on = ["web"]
-    "#;
-    let config: DeviceConfig = toml::from_str(text).unwrap();
-    config.validate().unwrap();
-    assert_eq!(config.watch_timeout_ms, DEFAULT_WATCH_TIMEOUT_MS);
-    assert_eq!(config.services[0].config, key("prod/web/nginx"));
-    assert_eq!(
-        config.services[0].health_timeout_ms,
-        DEFAULT_HEALTH_TIMEOUT_MS
-    );
-    assert_eq!(config.services[1].config, key("prod/app/main"));
-    assert!(config.services[1].reload.is_empty());
-    // Written back as text.
-    let json = serde_json::to_value(&config).unwrap();
-    assert_eq!(json["services"][1]["config"], "prod/app/main");
-
-    let bad = text.replace("prod/web/nginx", "prod/web");
-    let err = toml::from_str::<DeviceConfig>(&bad)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("namespace/group/name"), "{err}");
+    assert!(DeviceHandle::spawn(c).await.is_err());
 }
