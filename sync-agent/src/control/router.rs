@@ -118,7 +118,7 @@ impl Router {
                     None => None,
                 };
                 Response::ok(&RolloutReport {
-                    center: self.center.as_ref().map(CenterHandle::rollouts),
+                    center: self.center.as_ref().map(CenterHandle::report),
                     device,
                 })
             }

@@ -198,23 +198,20 @@ impl fmt::Display for PeerReport {
     }
 }
 
-/// `show arp` as text: a header line and one line per entry, each ending
-/// with a newline (print it with `print!`).
-///
-/// A borrowing newtype because `Display` cannot be implemented on a
-/// `Vec<ArpReportEntry>` (neither is local); borrowing avoids copying the
-/// table to print it: `print!("{}", ArpTable(&entries))`.
-#[derive(Clone, Copy, Debug)]
-pub struct ArpTable<'a>(pub &'a [ArpReportEntry]);
+/// `show arp`: the entries both ways (a JSON array), and as text a header
+/// line and one line per entry, each ending with a newline.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ArpTable(pub Vec<ArpReportEntry>);
 
-impl fmt::Display for ArpTable<'_> {
+impl fmt::Display for ArpTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
             "{:<15} {:<17} {:<14} {:<9} {:<9} {:<6} {:<16} {:<10} {:>8}",
             "ip", "mac", "port", "vlans", "direction", "class", "how", "kernel", "age"
         )?;
-        for e in self.0 {
+        for e in &self.0 {
             let vlans = match (e.outer_vlan, e.inner_vlan) {
                 (0, _) => "-".to_string(),
                 (o, 0) => o.to_string(),
@@ -257,7 +254,7 @@ mod tests {
             how: "kernel-arp".into(),
             kernel_state: Some("REACHABLE".into()),
         };
-        let text = ArpTable(&[entry]).to_string();
+        let text = ArpTable(vec![entry]).to_string();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
         assert!(lines[0].starts_with("ip              mac               port"));
