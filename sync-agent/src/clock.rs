@@ -11,6 +11,13 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Microseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 /// Kernel CLOCK_MONOTONIC in nanoseconds, the clock of capture timestamps
 /// (`bpf_ktime_get_ns`).
 pub fn monotonic_ns() -> u64 {

@@ -15,7 +15,7 @@ use sync_common::{
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
 pub use crate::bus::Captured;
-use crate::mac::MacAddr;
+use crate::{log_limit::LogLimiter, mac::MacAddr};
 
 /// Why a ring buffer record was not accepted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -83,6 +83,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its map fd and keeps it open (and the
     // same) for as long as it lives, which is as long as the AsyncFd.
+    let mut log = LogLimiter::new(std::time::Duration::from_secs(5));
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| e.into_parts().1)?;
     loop {
@@ -101,8 +102,9 @@ pub async fn run(
             match decode(&item) {
                 Ok(captured) => permit.send(captured),
                 Err(err) => {
-                    if stats.invalid.fetch_add(1, Ordering::Relaxed) < 10 {
-                        tracing::warn!(error = %err, "invalid capture record dropped");
+                    stats.invalid.fetch_add(1, Ordering::Relaxed);
+                    if let Some(suppressed) = log.admit("invalid_record") {
+                        tracing::warn!(error = %err, suppressed, "invalid capture record dropped");
                     }
                 }
             }

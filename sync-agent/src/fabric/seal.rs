@@ -10,7 +10,6 @@
 use std::{
     collections::{BTreeSet, HashMap},
     path::Path,
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use chacha20poly1305::{
@@ -168,9 +167,7 @@ impl Codec {
     }
 
     fn next_nonce(&mut self) -> [u8; NONCE_LEN] {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
+        let now = crate::clock::now_us();
         self.last_counter = now.max(self.last_counter + 1);
         let mut nonce = [0u8; NONCE_LEN];
         nonce[..8].copy_from_slice(&self.last_counter.to_be_bytes());

@@ -2,10 +2,7 @@
 //! up or being lost, the backup path's liveness, the member ports changing,
 //! and the operator's `show mclag`.
 
-use std::{
-    net::IpAddr,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::net::IpAddr;
 
 use tokio::sync::oneshot;
 
@@ -125,7 +122,7 @@ impl<P: PortOps> Task<P> {
             tracing::info!(from = ?self.role, to = ?role, why, "MC-LAG role change");
             self.role = role;
             self.role_changes += 1;
-            self.last_role_change = Some(SystemTime::now());
+            self.last_role_change = Some(crate::clock::now_ms());
         }
     }
 
@@ -278,10 +275,7 @@ impl<P: PortOps> Task<P> {
             error: self.error.clone(),
             shared_mac,
             ports,
-            last_role_change_unix_ms: self
-                .last_role_change
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map(|d| d.as_millis() as u64),
+            last_role_change_unix_ms: self.last_role_change,
             role_changes: self.role_changes,
             announcements_sent: self.announcements,
         }

@@ -14,7 +14,7 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -78,7 +78,8 @@ pub(super) struct Task<P> {
     pub(super) split_brain: bool,
     /// MACs the member ports had before alignment, to restore them.
     pub(super) original_macs: BTreeMap<String, MacAddr>,
-    pub(super) last_role_change: Option<SystemTime>,
+    /// When the role last changed, ms since the epoch.
+    pub(super) last_role_change: Option<u64>,
     pub(super) role_changes: u64,
     pub(super) announcements: u64,
     /// The missing-bond note is logged once, not per port and hello.

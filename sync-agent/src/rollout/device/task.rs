@@ -12,7 +12,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::anyhow;
@@ -49,11 +49,8 @@ impl Backoff {
     fn next(&mut self) -> Duration {
         let base = self.next;
         self.next = (self.next * 2).min(BACKOFF_MAX);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos() as u64);
         let quarter = (base.as_millis() as u64 / 4).max(1);
-        base + Duration::from_millis(nanos % quarter)
+        base + Duration::from_millis(crate::random::nonzero_u64() % quarter)
     }
 }
 
