@@ -375,6 +375,28 @@ fn a_reload_updates_the_mac_tables_live() -> anyhow::Result<()> {
 }
 
 #[test]
+fn a_reload_names_the_sections_that_wait_for_a_restart() -> anyhow::Result<()> {
+    let bed = bed()?;
+    let agent = bed.agent("")?;
+    let status = agent.query(&["reload"])?;
+    assert!(
+        status.get("awaiting_restart").is_none(),
+        "nothing changed: {status}"
+    );
+    let mut text = std::fs::read_to_string(&agent.config)?;
+    text.push_str("\n[inference]\nhistory = 8\n");
+    std::fs::write(&agent.config, text)?;
+    let status = agent.query(&["reload"])?;
+    assert_eq!(status["awaiting_restart"], serde_json::json!(["inference"]));
+    let log = agent.log_text();
+    assert!(
+        log.contains("[inference] changed") && log.contains("next restart"),
+        "{log}"
+    );
+    Ok(())
+}
+
+#[test]
 fn a_member_port_mac_change_moves_the_own_table_with_it() -> anyhow::Result<()> {
     let bed = bed()?;
     let agent = bed.agent("")?;

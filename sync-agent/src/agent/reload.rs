@@ -1,6 +1,7 @@
 //! Reload (SIGHUP or `sync-agent reload`): the file is read and validated
 //! again; each section goes to its owner or is reported, by name, as taking
-//! effect at the next restart. Only `[dataplane]` (and the MLAG ids of
+//! effect at the next restart (logged, and listed in the answer to
+//! `sync-agent reload`). Only `[dataplane]` (and the MLAG ids of
 //! `[peer]`, which only number the member ports) apply live today.
 
 use std::path::{Path, PathBuf};
@@ -94,7 +95,8 @@ impl Reloader {
                 ),
             );
         }
-        for section in sections_needing_restart(&self.running, &new) {
+        let awaiting_restart = sections_needing_restart(&self.running, &new);
+        for section in &awaiting_restart {
             tracing::warn!(
                 section,
                 "[{section}] changed in {}; it takes effect at the next restart",
@@ -108,6 +110,11 @@ impl Reloader {
             let result = dataplane
                 .reload(new.dataplane, mlag_ids)
                 .await
+                .map(|mut status| {
+                    status.awaiting_restart =
+                        awaiting_restart.iter().map(|s| s.to_string()).collect();
+                    status
+                })
                 .map_err(|e| e.to_string());
             match &result {
                 Ok(_) => tracing::info!(file, "config reloaded"),

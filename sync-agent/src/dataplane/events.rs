@@ -254,6 +254,7 @@ impl Task {
             peer_macs: tables.peer.into_iter().collect(),
             own_macs: tables.own.into_iter().collect(),
             shared_macs: tables.shared.into_iter().collect(),
+            awaiting_restart: Vec::new(),
         }
     }
 

@@ -37,6 +37,10 @@ pub struct StatusReport {
     pub own_macs: Vec<MacAddr>,
     /// Shared MACs.
     pub shared_macs: Vec<MacAddr>,
+    /// Config sections changed in the file that only a restart applies
+    /// (filled in by the supervisor in the answer to `reload`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub awaiting_restart: Vec<String>,
 }
 
 /// One member port in `status`.
@@ -182,6 +186,13 @@ impl fmt::Display for StatusReport {
         writeln!(f, "peer macs   {}", list(&s.peer_macs))?;
         writeln!(f, "own macs    {}", list(&s.own_macs))?;
         writeln!(f, "shared macs {}", list(&s.shared_macs))?;
+        if !s.awaiting_restart.is_empty() {
+            writeln!(
+                f,
+                "changed in the file, applied at the next restart: {}",
+                s.awaiting_restart.join(", ")
+            )?;
+        }
         Ok(())
     }
 }
