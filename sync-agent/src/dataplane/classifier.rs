@@ -46,14 +46,14 @@ pub enum DataplaneError {
     NoObject,
     /// Loading the object failed.
     #[error("cannot load the XDP object: {0}")]
-    Load(#[source] aya::EbpfError),
+    Load(#[source] Box<aya::EbpfError>),
     /// A program is missing from the object or failed the verifier.
     #[error("program {name}: {source}")]
     Program {
         /// Program name.
         name: &'static str,
         /// The error.
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     /// A map is missing from the object.
     #[error("map {0} is missing from the XDP object")]
@@ -64,7 +64,7 @@ pub enum DataplaneError {
         /// Map name.
         name: &'static str,
         /// The error.
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
     /// Attaching to an interface failed in every allowed mode.
     #[error(
@@ -80,7 +80,7 @@ pub enum DataplaneError {
         /// The last mode tried.
         mode: &'static str,
         /// The error.
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     /// aya-log could not be set up.
     #[error("kernel log channel: {0}")]
@@ -138,6 +138,14 @@ pub struct MacTables {
     pub shared: BTreeSet<MacAddr>,
 }
 
+/// What [`Classifier::load`] gives: the classifier, the capture ring
+/// buffer, and the kernel log reader (None when the kernel log is off).
+pub type Loaded = (
+    Classifier,
+    RingBuf<MapData>,
+    Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+);
+
 /// The loaded XDP object and what it is attached to.
 pub struct Classifier {
     ebpf: Ebpf,
@@ -157,23 +165,17 @@ where
     let map = ebpf
         .take_map(name)
         .ok_or(DataplaneError::MissingMap(name))?;
-    T::try_from(map).map_err(|source| DataplaneError::Map { name, source })
+    T::try_from(map).map_err(|source| DataplaneError::Map {
+        name,
+        source: Box::new(source),
+    })
 }
 
 impl Classifier {
     /// Loads the object and both programs (verifier included) without
     /// attaching anything. Returns the capture ring buffer and the kernel log
     /// reader (None when the kernel log level is off) alongside.
-    pub fn load(
-        log_level: EbpfLogLevel,
-    ) -> Result<
-        (
-            Self,
-            RingBuf<MapData>,
-            Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
-        ),
-        DataplaneError,
-    > {
+    pub fn load(log_level: EbpfLogLevel) -> Result<Loaded, DataplaneError> {
         if EBPF_OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
@@ -181,7 +183,7 @@ impl Classifier {
         let mut ebpf = EbpfLoader::new()
             .override_global(aya_log::LEVEL, &level, true)
             .load(EBPF_OBJECT)
-            .map_err(DataplaneError::Load)?;
+            .map_err(|e| DataplaneError::Load(Box::new(e)))?;
         let logger = if log_level == EbpfLogLevel::Off {
             None
         } else {
@@ -189,9 +191,10 @@ impl Classifier {
         };
         for name in [CLASSIFIER_PROGRAM, PASS_PROGRAM] {
             let program = xdp_program(&mut ebpf, name)?;
-            program
-                .load()
-                .map_err(|source| DataplaneError::Program { name, source })?;
+            program.load().map_err(|source| DataplaneError::Program {
+                name,
+                source: Box::new(source),
+            })?;
         }
         let ring: RingBuf<MapData> = take_map(&mut ebpf, CAPTURES_MAP)?;
         let dataplane = Self {
@@ -220,9 +223,10 @@ impl Classifier {
     pub fn program_fd(&mut self, name: &'static str) -> Result<std::os::fd::RawFd, DataplaneError> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
         let program = xdp_program(&mut self.ebpf, name)?;
-        let fd = program
-            .fd()
-            .map_err(|source| DataplaneError::Program { name, source })?;
+        let fd = program.fd().map_err(|source| DataplaneError::Program {
+            name,
+            source: Box::new(source),
+        })?;
         Ok(fd.as_fd().as_raw_fd())
     }
 
@@ -234,17 +238,20 @@ impl Classifier {
     ) -> Result<std::os::fd::OwnedFd, DataplaneError> {
         use std::os::fd::AsFd as _;
         let program = xdp_program(&mut self.ebpf, name)?;
-        let fd = program
-            .fd()
-            .map_err(|source| DataplaneError::Program { name, source })?;
+        let fd = program.fd().map_err(|source| DataplaneError::Program {
+            name,
+            source: Box::new(source),
+        })?;
         fd.as_fd()
             .try_clone_to_owned()
             .map_err(|e| DataplaneError::Program {
                 name,
-                source: aya::programs::ProgramError::SyscallError(aya::sys::SyscallError {
-                    call: "dup",
-                    io_error: e,
-                }),
+                source: Box::new(aya::programs::ProgramError::SyscallError(
+                    aya::sys::SyscallError {
+                        call: "dup",
+                        io_error: e,
+                    },
+                )),
             })
     }
 
@@ -270,7 +277,7 @@ impl Classifier {
                     interface: interface.to_string(),
                     ifindex,
                     mode: mode.name(),
-                    source,
+                    source: Box::new(source),
                 })
         };
         let (link, attached) = match mode {
@@ -369,7 +376,7 @@ impl Classifier {
             .set(0, word, 0)
             .map_err(|source| DataplaneError::Map {
                 name: POLICY_MAP,
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -382,7 +389,7 @@ impl Classifier {
                 .get(&slot, 0)
                 .map_err(|source| DataplaneError::Map {
                     name: COUNTERS_MAP,
-                    source,
+                    source: Box::new(source),
                 })?;
             out.0[slot as usize] = values.iter().sum();
         }
@@ -399,11 +406,14 @@ impl Drop for Classifier {
 fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DataplaneError> {
     let program = ebpf.program_mut(name).ok_or(DataplaneError::Program {
         name,
-        source: aya::programs::ProgramError::NotLoaded,
+        source: Box::new(aya::programs::ProgramError::NotLoaded),
     })?;
     program
         .try_into()
-        .map_err(|source| DataplaneError::Program { name, source })
+        .map_err(|source| DataplaneError::Program {
+            name,
+            source: Box::new(source),
+        })
 }
 
 fn sync_table(
@@ -415,12 +425,20 @@ fn sync_table(
     for mac in old.difference(new) {
         match map.remove(&MacKey::new(mac.0)) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(source) => return Err(DataplaneError::Map { name, source }),
+            Err(source) => {
+                return Err(DataplaneError::Map {
+                    name,
+                    source: Box::new(source),
+                });
+            }
         }
     }
     for mac in new.difference(old) {
         map.insert(MacKey::new(mac.0), 1, 0)
-            .map_err(|source| DataplaneError::Map { name, source })?;
+            .map_err(|source| DataplaneError::Map {
+                name,
+                source: Box::new(source),
+            })?;
     }
     Ok(())
 }
