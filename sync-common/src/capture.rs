@@ -85,6 +85,57 @@ impl MacKey {
     }
 }
 
+/// What `mlag_inject` leaves for the classifier (one per CPU): the reply it
+/// is handing to the receive path right now.
+///
+/// `BPF_PROG_RUN` with live frames runs the injected frame through the
+/// receive path synchronously, on the calling CPU, with bottom halves off:
+/// a classifier attached in generic (skb) mode sees that very frame next on
+/// this CPU, and recognises it here. Driver-mode attachments never see
+/// injected frames, so a mark may stay armed; it expires after
+/// [`INJECT_MARK_TTL_NS`] and must match the reply exactly (port, sender IP
+/// and MAC, destination MAC), so it cannot hide a later genuine reply.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InjectMark {
+    /// `bpf_ktime_get_ns()` when armed; 0 = not armed.
+    pub armed_at_ns: u64,
+    /// Interface the frame is injected on.
+    pub ifindex: u32,
+    /// ARP sender IP of the injected reply.
+    pub sender_ip: [u8; 4],
+    /// ARP sender MAC.
+    pub sender_mac: [u8; 6],
+    /// Ethernet destination (the receiving port's MAC after the rewrite).
+    pub dst_mac: [u8; 6],
+}
+
+/// How long an [`InjectMark`] stays valid: far longer than the synchronous
+/// receive path takes (microseconds), far shorter than any retransmission.
+pub const INJECT_MARK_TTL_NS: u64 = 1_000_000;
+
+impl InjectMark {
+    /// Whether this mark stands for the reply described, at time `now_ns`.
+    #[inline(always)]
+    pub fn matches(
+        &self,
+        now_ns: u64,
+        ifindex: u32,
+        sender_ip: [u8; 4],
+        sender_mac: [u8; 6],
+        dst_mac: [u8; 6],
+    ) -> bool {
+        self.armed_at_ns != 0
+            && now_ns.wrapping_sub(self.armed_at_ns) < INJECT_MARK_TTL_NS
+            && self.ifindex == ifindex
+            && self.sender_ip == sender_ip
+            && self.sender_mac == sender_mac
+            && self.dst_mac == dst_mac
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<InjectMark>() == 32);
+
 /// One ARP reply the agent should sync, as written by the XDP program.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]

@@ -18,8 +18,12 @@ pub const RINGBUF_FULL: u32 = 6;
 pub const UNMATCHED: u32 = 7;
 /// Replies pushed into the ring buffer.
 pub const CAPTURED: u32 = 8;
+/// Replies to sync that were a frame the agent itself had just handed to
+/// the receive path (`mlag_inject`), seen again by a generic-mode
+/// classifier: not captured, so nothing echoes between the switches.
+pub const ECHO_SUPPRESSED: u32 = 9;
 /// Number of slots.
-pub const COUNT: u32 = 9;
+pub const COUNT: u32 = 10;
 
 /// Slot names in slot order, as shown by the agent.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -32,4 +36,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "ringbuf_full",
     "unmatched",
     "captured",
+    "echo_suppressed",
 ];

@@ -17,4 +17,5 @@ mod pod {
     // could leak uninitialised bytes (sizes asserted in their modules).
     unsafe impl aya::Pod for crate::capture::CaptureRecord {}
     unsafe impl aya::Pod for crate::capture::MacKey {}
+    unsafe impl aya::Pod for crate::capture::InjectMark {}
 }

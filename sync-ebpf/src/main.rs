@@ -5,9 +5,15 @@
 //! ones to sync into a ring buffer for the agent. It never drops or alters a
 //! frame: every path returns `XDP_PASS`.
 //!
-//! `mlag_pass` only returns `XDP_PASS`. The agent runs it with
-//! `BPF_PROG_RUN` live frames to hand a frame to the kernel's receive path on
-//! a chosen port, and the benchmark uses it as the do-nothing baseline.
+//! `mlag_inject` is what the agent runs with `BPF_PROG_RUN` live frames to
+//! hand a reply to the kernel's receive path on a chosen port: it leaves a
+//! per-CPU mark naming the reply (`InjectMark`) and returns `XDP_PASS`. A
+//! classifier attached in generic mode sees the injected frame again on the
+//! same CPU and, finding the mark, does not capture it — without this one
+//! misdelivered reply would be synced back and forth between the switches
+//! forever (each switch's injection re-captured as class `own`).
+//!
+//! `mlag_pass` only returns `XDP_PASS`: the benchmark's do-nothing baseline.
 #![no_std]
 #![no_main]
 
@@ -21,7 +27,10 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use sync_common::{
     arp::{self, Frame, Parsed},
-    capture::{CAPTURE_BYTES, CAPTURE_RING_BYTES, CaptureRecord, Class, MAC_TABLE_ENTRIES, MacKey},
+    capture::{
+        CAPTURE_BYTES, CAPTURE_RING_BYTES, CaptureRecord, Class, InjectMark, MAC_TABLE_ENTRIES,
+        MacKey,
+    },
     counters, policy,
 };
 
@@ -48,6 +57,10 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUN
 /// Replies to sync, as `CaptureRecord`s.
 #[map(name = "mlag_captures")]
 static CAPTURES: RingBuf = RingBuf::with_byte_size(CAPTURE_RING_BYTES, 0);
+
+/// Per CPU: the reply `mlag_inject` is handing to the receive path.
+#[map(name = "mlag_injecting")]
+static INJECTING: PerCpuArray<InjectMark> = PerCpuArray::with_max_entries(1, 0);
 
 /// Bounds-checked view of the packet for the shared parser.
 struct XdpFrame<'a>(&'a XdpContext);
@@ -88,6 +101,61 @@ pub fn mlag_classify(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn mlag_pass(_ctx: XdpContext) -> u32 {
     XDP_PASS
+}
+
+#[xdp]
+pub fn mlag_inject(ctx: XdpContext) -> u32 {
+    mark_injection(&ctx);
+    XDP_PASS
+}
+
+#[inline(always)]
+fn mark_injection(ctx: &XdpContext) {
+    let frame = XdpFrame(ctx);
+    let Parsed::ArpReply(reply) = arp::parse(&frame) else {
+        return;
+    };
+    let Some(addresses) = arp::addresses(&frame, reply.arp_offset as usize) else {
+        return;
+    };
+    if let Some(mark) = INJECTING.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe {
+            *mark = InjectMark {
+                armed_at_ns: bpf_ktime_get_ns(),
+                ifindex: ctx.ingress_ifindex() as u32,
+                sender_ip: addresses.sender_ip,
+                sender_mac: addresses.sender_mac,
+                dst_mac: reply.dst_mac,
+            };
+        }
+    }
+}
+
+/// True (and the mark spent) when this reply is the one `mlag_inject` just
+/// handed to the receive path on this CPU.
+#[inline(always)]
+fn is_own_injection(ctx: &XdpContext, reply: &arp::ArpReply) -> bool {
+    let Some(mark) = INJECTING.get_ptr_mut(0) else {
+        return false;
+    };
+    let Some(addresses) = arp::addresses(&XdpFrame(ctx), reply.arp_offset as usize) else {
+        return false;
+    };
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+    unsafe {
+        if !(*mark).matches(
+            bpf_ktime_get_ns(),
+            ctx.ingress_ifindex() as u32,
+            addresses.sender_ip,
+            addresses.sender_mac,
+            reply.dst_mac,
+        ) {
+            return false;
+        }
+        (*mark).armed_at_ns = 0;
+    }
+    true
 }
 
 #[inline(always)]
@@ -135,6 +203,10 @@ fn classify(ctx: &XdpContext) {
         "arp reply class {} vlan {}/{}", class as u8, reply.outer_vlan, reply.inner_vlan
     );
     if sync {
+        if is_own_injection(ctx, &reply) {
+            count(counters::ECHO_SUPPRESSED);
+            return;
+        }
         capture(ctx, &reply, class);
     }
 }

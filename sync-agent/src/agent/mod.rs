@@ -11,6 +11,7 @@
 //!          ▼                 ▼                  ▼
 //!      dataplane ─Captured─► peersync ─SessionEvent─► mclag
 //!          │  └─watch<Vec<MemberPort>>──┴──────────────┘
+//!          ◄──watch peer MACs (hello)──┘  ◄──watch shared MAC──┘
 //!          │
 //!      fabric ──Info──► inference          rollout center / device
 //!
@@ -21,6 +22,7 @@
 mod reload;
 
 use std::{
+    collections::BTreeSet,
     net::IpAddr,
     path::{Path, PathBuf},
     sync::Arc,
@@ -30,7 +32,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::{broadcast, mpsc},
+    sync::{broadcast, mpsc, watch},
 };
 
 use crate::{
@@ -97,6 +99,10 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
         }
         None => (None, None),
     };
+    // What peer sync and MC-LAG learn that belongs in the classifier's
+    // peer table; the senders go to them when they start.
+    let (peer_macs_tx, peer_macs) = watch::channel(BTreeSet::new());
+    let (shared_mac_tx, shared_mac) = watch::channel(None);
     let DataplaneStarted {
         handle: dataplane,
         ports,
@@ -109,6 +115,8 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
         netlink: netlink.clone(),
         links: dataplane_links,
         captures_for_peer: peer_captures_tx,
+        peer_macs,
+        shared_mac,
     })
     .await?;
 
@@ -185,6 +193,7 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
                     identity.boot_id,
                     ports.clone(),
                     rx,
+                    shared_mac_tx,
                     netlink.clone(),
                 ));
                 Some(tx)
@@ -200,6 +209,7 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
             inject,
             netlink.clone(),
             sessions,
+            peer_macs_tx,
         ));
     }
 

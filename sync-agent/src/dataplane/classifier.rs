@@ -23,6 +23,11 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub const CLASSIFIER_PROGRAM: &str = "mlag_classify";
 /// Name of the pass-only program used for injection and as a baseline.
 pub const PASS_PROGRAM: &str = "mlag_pass";
+/// Name of the program frames are injected through (marks each injection so
+/// a generic-mode classifier does not capture it again).
+pub const INJECT_PROGRAM: &str = "mlag_inject";
+/// Per-CPU map of the injection marks.
+pub const INJECTING_MAP: &str = "mlag_injecting";
 /// Map names (as `bpftool map show` lists them; 15 characters at most).
 pub const PEER_MACS_MAP: &str = "mlag_peer_macs";
 /// Map of this switch's MACs.
@@ -189,7 +194,7 @@ impl Classifier {
         } else {
             Some(aya_log::EbpfLogger::init(&mut ebpf).map_err(DataplaneError::Log)?)
         };
-        for name in [CLASSIFIER_PROGRAM, PASS_PROGRAM] {
+        for name in [CLASSIFIER_PROGRAM, PASS_PROGRAM, INJECT_PROGRAM] {
             let program = xdp_program(&mut ebpf, name)?;
             program.load().map_err(|source| DataplaneError::Program {
                 name,

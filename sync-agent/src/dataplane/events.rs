@@ -13,7 +13,7 @@ use super::{
     report::{
         AgentCounters, CapturedEntry, CapturedList, CountersReport, PortStatus, StatusReport,
     },
-    task::Task,
+    task::{LearntMacs, Task},
 };
 use crate::{
     bus::{Captured, LinkEvent},
@@ -107,6 +107,19 @@ impl Task {
             }
         }
         self.publish_ports();
+    }
+
+    /// The peer's MACs (its hello) or the MC-LAG shared MAC changed: retable.
+    pub(super) fn process_learnt_macs(&mut self, learnt: &mut LearntMacs) {
+        let mut macs = learnt.peer.borrow_and_update().clone();
+        macs.extend(*learnt.shared.borrow_and_update());
+        if macs != self.learnt_peer_macs {
+            tracing::info!(macs = ?macs, "peer MACs learnt from the peer session and MC-LAG");
+            self.learnt_peer_macs = macs;
+            if let Err(err) = self.refresh_tables() {
+                tracing::error!("{err:#}");
+            }
+        }
     }
 
     /// Link events were lost (the broadcast lagged): read every member port
@@ -274,6 +287,7 @@ impl Task {
             ringbuf_full: k.get(counters::RINGBUF_FULL),
             unmatched: k.get(counters::UNMATCHED),
             captured: k.get(counters::CAPTURED),
+            echo_suppressed: k.get(counters::ECHO_SUPPRESSED),
             agent: AgentCounters {
                 records_read: self.capture_stats.records.load(Ordering::Relaxed),
                 invalid_records: self.capture_stats.invalid.load(Ordering::Relaxed),

@@ -25,22 +25,25 @@ pub mod policy;
 pub mod report;
 mod task;
 
-use std::{os::fd::OwnedFd, path::PathBuf};
+use std::{collections::BTreeSet, os::fd::OwnedFd, path::PathBuf};
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use self::classifier::{
     AttachedMode, CAPTURES_MAP, CLASSIFIER_PROGRAM, COUNTERS_MAP, Classifier, DataplaneError,
-    KernelCounters, MacTables, OWN_MACS_MAP, PASS_PROGRAM, PEER_MACS_MAP, POLICY_MAP,
-    SHARED_MACS_MAP,
+    INJECT_PROGRAM, INJECTING_MAP, KernelCounters, MacTables, OWN_MACS_MAP, PASS_PROGRAM,
+    PEER_MACS_MAP, POLICY_MAP, SHARED_MACS_MAP,
 };
 use self::{
     config::DataplaneConfig,
     events::Event,
     report::{CapturedList, CountersReport, StatusReport},
 };
-use crate::bus::{AskError, Captured, LinkEvent, MemberPort};
 pub use crate::southbound::testrun;
+use crate::{
+    bus::{AskError, Captured, LinkEvent, MemberPort},
+    mac::MacAddr,
+};
 
 /// Everything the dataplane task starts from.
 pub struct DataplaneStart {
@@ -58,6 +61,10 @@ pub struct DataplaneStart {
     pub links: broadcast::Receiver<LinkEvent>,
     /// Where captured replies go (peer sync), when it runs.
     pub captures_for_peer: Option<mpsc::Sender<Captured>>,
+    /// The peer's MACs from its hello (peer sync).
+    pub peer_macs: watch::Receiver<BTreeSet<MacAddr>>,
+    /// The MC-LAG shared MAC, once elected.
+    pub shared_mac: watch::Receiver<Option<MacAddr>>,
 }
 
 /// What the dataplane hands to the modules started after it.
@@ -66,8 +73,9 @@ pub struct DataplaneStarted {
     pub handle: DataplaneHandle,
     /// The member ports, republished on every change.
     pub ports: watch::Receiver<Vec<MemberPort>>,
-    /// An owned fd of the pass-only program, for injecting frames into the
-    /// receive path (peer sync's kernel learning).
+    /// An owned fd of `mlag_inject`, for handing frames to the receive path
+    /// (peer sync's kernel learning) without the classifier capturing them
+    /// again.
     pub inject: OwnedFd,
 }
 

@@ -25,12 +25,17 @@ pub fn policy_word(config: &DataplaneConfig) -> u32 {
     })
 }
 
-/// The MAC tables implied by the config and the member ports' MACs: the
-/// ports' own MACs are always `own`; every listed VRRP group's IPv4 and
-/// IPv6 virtual MACs are `shared`.
+/// The MAC tables implied by the config, the member ports' MACs and what
+/// the other modules learnt: the ports' own MACs are always `own`; every
+/// listed VRRP group's IPv4 and IPv6 virtual MACs are `shared`; the peer's
+/// MACs from its hello and the MC-LAG shared MAC join the configured peer
+/// MACs (the classifier looks at `peer` before `own`, so the shared MAC,
+/// which is also a port MAC once aligned, is synced whatever
+/// `sync_own_replies` says).
 pub fn wanted_tables(
     config: &DataplaneConfig,
     port_macs: impl IntoIterator<Item = MacAddr>,
+    learnt_peer_macs: impl IntoIterator<Item = MacAddr>,
 ) -> MacTables {
     let mut own: BTreeSet<MacAddr> = config.own_macs.iter().copied().collect();
     own.extend(port_macs);
@@ -40,11 +45,9 @@ pub fn wanted_tables(
         shared.insert(MacAddr(arp::vrrp_v4_mac(vrid)));
         shared.insert(MacAddr(arp::vrrp_v6_mac(vrid)));
     }
-    MacTables {
-        peer: config.peer_macs.iter().copied().collect(),
-        own,
-        shared,
-    }
+    let mut peer: BTreeSet<MacAddr> = config.peer_macs.iter().copied().collect();
+    peer.extend(learnt_peer_macs);
+    MacTables { peer, own, shared }
 }
 
 #[cfg(test)]
@@ -66,7 +69,7 @@ vrrp_groups = [7]
     #[test]
     fn port_macs_are_own_and_vrrp_groups_are_shared_in_both_families() {
         let port = MacAddr([2, 0, 0, 0, 0xa, 1]);
-        let tables = wanted_tables(&config(), [port]);
+        let tables = wanted_tables(&config(), [port], []);
         assert!(tables.own.contains(&port));
         assert!(tables.own.contains(&MacAddr([2, 0, 0, 0, 0xa, 9])));
         assert_eq!(
@@ -79,6 +82,18 @@ vrrp_groups = [7]
             .collect()
         );
         assert_eq!(tables.peer.len(), 1);
+    }
+
+    #[test]
+    fn macs_learnt_from_the_peer_and_the_shared_mac_join_the_peer_table() {
+        let port = MacAddr([2, 0, 0, 0, 0xa, 1]);
+        let learnt = MacAddr([2, 0, 0, 0, 0xb, 7]);
+        let tables = wanted_tables(&config(), [port], [learnt, port]);
+        assert!(tables.peer.contains(&learnt));
+        assert!(tables.peer.contains(&MacAddr([2, 0, 0, 0, 0xb, 1])));
+        // Once aligned the shared MAC is a port MAC too: both tables hold it,
+        // and the classifier's peer-before-own order makes it `peer`.
+        assert!(tables.peer.contains(&port) && tables.own.contains(&port));
     }
 
     #[test]

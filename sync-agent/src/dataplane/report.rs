@@ -81,6 +81,10 @@ pub struct CountersReport {
     pub unmatched: u64,
     /// Replies pushed to the ring buffer.
     pub captured: u64,
+    /// Replies not captured because they were this agent's own injection
+    /// seen again (generic mode).
+    #[serde(default)]
+    pub echo_suppressed: u64,
     /// The agent's side.
     pub agent: AgentCounters,
 }
@@ -211,6 +215,7 @@ impl fmt::Display for CountersReport {
             ("malformed", c.malformed),
             ("captured", c.captured),
             ("ringbuf_full", c.ringbuf_full),
+            ("echo_suppressed", c.echo_suppressed),
         ];
         writeln!(f, "kernel (mlag_counters, all CPUs)")?;
         for (name, value) in rows {

@@ -7,12 +7,13 @@
 //! ```text
 //!   capture::run (child) ──mpsc Captured──►┐
 //!   link events ──────────broadcast───────►├─► Task ──► captures_for_peer
-//!   DataplaneHandle ──────mpsc Event──────►┘      └──► watch ports
+//!   DataplaneHandle ──────mpsc Event──────►┤      └──► watch ports
+//!   peer MACs (peer sync), shared MAC (MC-LAG) ─watch─►┘
 //!   drain_kernel_log (child, only when ebpf_log is on)
 //! ```
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     path::PathBuf,
     sync::Arc,
     time::Instant,
@@ -26,7 +27,7 @@ use tokio::sync::{
 };
 
 use super::{
-    DataplaneHandle, DataplaneStart, DataplaneStarted, PASS_PROGRAM,
+    DataplaneHandle, DataplaneStart, DataplaneStarted, INJECT_PROGRAM,
     capture::{self, CaptureStats},
     classifier::Classifier,
     config::DataplaneConfig,
@@ -34,6 +35,7 @@ use super::{
     policy,
 };
 use crate::bus::{Captured, Link, LinkEvent, MemberPort};
+use crate::mac::MacAddr;
 use crate::southbound::links;
 
 /// The state the dataplane task owns.
@@ -55,6 +57,8 @@ pub(super) struct Task {
     pub(super) netlink: Handle,
     pub(super) captures_for_peer: Option<mpsc::Sender<Captured>>,
     ports_tx: watch::Sender<Vec<MemberPort>>,
+    /// Peer MACs learnt at run time: the peer's hello, the MC-LAG shared MAC.
+    pub(super) learnt_peer_macs: BTreeSet<MacAddr>,
 }
 
 impl Task {
@@ -68,10 +72,12 @@ impl Task {
             netlink,
             links: link_events,
             captures_for_peer,
+            peer_macs,
+            shared_mac,
         } = start;
         let found = resolve_ports(&netlink, &config).await?;
         let (mut classifier, ring, logger) = Classifier::load(config.ebpf_log)?;
-        let inject = classifier.program_owned_fd(PASS_PROGRAM)?;
+        let inject = classifier.program_owned_fd(INJECT_PROGRAM)?;
         let (ports_tx, ports) = watch::channel(Vec::new());
         let capture_stats = Arc::new(CaptureStats::default());
         let mut task = Task {
@@ -89,6 +95,7 @@ impl Task {
             netlink,
             captures_for_peer,
             ports_tx,
+            learnt_peer_macs: BTreeSet::new(),
         };
         task.apply_policy()?;
         task.attach_all(true)?;
@@ -105,7 +112,15 @@ impl Task {
             tokio::spawn(drain_kernel_log(logger));
         }
         let (events, events_rx) = mpsc::channel(64);
-        tokio::spawn(task.run(capture_rx, link_events, events_rx));
+        tokio::spawn(task.run(
+            capture_rx,
+            link_events,
+            events_rx,
+            LearntMacs {
+                peer: peer_macs,
+                shared: shared_mac,
+            },
+        ));
         Ok(DataplaneStarted {
             handle: DataplaneHandle { events },
             ports,
@@ -118,9 +133,12 @@ impl Task {
         mut captures: mpsc::Receiver<Captured>,
         mut link_events: broadcast::Receiver<LinkEvent>,
         mut events: mpsc::Receiver<Event>,
+        mut learnt: LearntMacs,
     ) {
         loop {
             tokio::select! {
+                Ok(()) = learnt.peer.changed() => self.process_learnt_macs(&mut learnt),
+                Ok(()) = learnt.shared.changed() => self.process_learnt_macs(&mut learnt),
                 Some(captured) = captures.recv() => self.process_capture(captured).await,
                 link = link_events.recv() => match link {
                     Ok(event) => self.process_link(event),
@@ -149,7 +167,11 @@ impl Task {
     }
 
     pub(super) fn refresh_tables(&mut self) -> anyhow::Result<()> {
-        let wanted = policy::wanted_tables(&self.config, self.links.values().filter_map(|l| l.mac));
+        let wanted = policy::wanted_tables(
+            &self.config,
+            self.links.values().filter_map(|l| l.mac),
+            self.learnt_peer_macs.iter().copied(),
+        );
         if &wanted != self.classifier.tables() {
             tracing::info!(
                 peer = wanted.peer.len(),
@@ -218,6 +240,12 @@ impl Task {
             }
         });
     }
+}
+
+/// What other modules learn that belongs in the peer table.
+pub(super) struct LearntMacs {
+    pub(super) peer: watch::Receiver<BTreeSet<MacAddr>>,
+    pub(super) shared: watch::Receiver<Option<MacAddr>>,
 }
 
 async fn resolve_ports(

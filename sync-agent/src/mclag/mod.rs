@@ -37,7 +37,10 @@ use self::{
     port_ops::NetlinkPorts,
     task::{Inputs, Task},
 };
-use crate::bus::{AskError, MemberPort, SessionEvent};
+use crate::{
+    bus::{AskError, MemberPort, SessionEvent},
+    mac::MacAddr,
+};
 
 /// Depth of the operator query channel; queries are rare and answered at once.
 const QUERY_DEPTH: usize = 16;
@@ -62,6 +65,7 @@ impl MclagHandle {
         boot_id: u64,
         ports: watch::Receiver<Vec<MemberPort>>,
         sessions: mpsc::Receiver<SessionEvent>,
+        shared_mac: watch::Sender<Option<MacAddr>>,
         netlink: rtnetlink::Handle,
     ) -> MclagHandle {
         let (queries, query_rx) = mpsc::channel(QUERY_DEPTH);
@@ -74,6 +78,7 @@ impl MclagHandle {
             ports,
             backup,
             queries: query_rx,
+            shared_mac,
         }));
         MclagHandle { queries }
     }

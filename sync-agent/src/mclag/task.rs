@@ -39,6 +39,8 @@ pub(super) struct Inputs {
     pub backup: Option<mpsc::Receiver<LivenessReport>>,
     /// Operator queries.
     pub queries: mpsc::Receiver<oneshot::Sender<super::MclagReport>>,
+    /// Where the shared MAC goes (the dataplane's peer table).
+    pub shared_mac: watch::Sender<Option<MacAddr>>,
 }
 
 /// Starts the backup path's liveness task when `config.backup` is set.
@@ -116,6 +118,29 @@ impl<P: PortOps> Task<P> {
         }
     }
 
+    /// The MAC both switches answer to once aligned: the master's port MAC
+    /// (this switch's when master, the twin's when slave).
+    pub(super) fn shared_mac(&self) -> Option<MacAddr> {
+        let first = self.ports.first()?;
+        match self.role {
+            Role::Master => first.mac,
+            Role::Slave => self.peer_ports.get(&first.mlag_id).copied(),
+            Role::Undecided => None,
+        }
+    }
+
+    /// Tells the dataplane the shared MAC when it changes: replies to it may
+    /// answer either switch's request, so they are synced whatever
+    /// `sync_own_replies` says (the dataplane puts it in the peer table).
+    fn publish_shared_mac(&self, to: &watch::Sender<Option<MacAddr>>) {
+        let mac = self.shared_mac();
+        to.send_if_modified(|current| {
+            let changed = *current != mac;
+            *current = mac;
+            changed
+        });
+    }
+
     /// The event loop: runs until every input has closed.
     pub(super) async fn run(mut self, mut inputs: Inputs) {
         loop {
@@ -129,6 +154,7 @@ impl<P: PortOps> Task<P> {
                 else => break,
             };
             self.process(event).await;
+            self.publish_shared_mac(&inputs.shared_mac);
         }
         tracing::debug!("MC-LAG task stopped: every input closed");
     }

@@ -129,6 +129,12 @@ impl Task {
             class: captured.class as u8,
             vlan_count: captured.vlan_count,
         };
+        let port_mac = port.mac;
+        if captured.class == Class::Peer
+            && let Some(port_mac) = port_mac
+        {
+            self.learn_here(&captured, port_mac).await;
+        }
         self.table.upsert(
             key,
             driver,
@@ -246,6 +252,7 @@ impl Task {
                 hello_at: Instant::now(),
             });
         }
+        self.publish_peer_macs(hello.system_id, &hello.ports);
         self.notify(SessionEvent::Up {
             mclag_address: hello.mclag_address,
             ports: hello.ports,
@@ -428,6 +435,7 @@ impl Task {
                     }
                     .into(),
                     kernel_state: None,
+                    learnt_here: None,
                 }
             })
             .collect();
@@ -453,8 +461,32 @@ impl Task {
                         .map_or("absent", |n| n.state)
                         .to_string(),
                 ),
+                learnt_here: None,
             }
         }));
+        // Sent entries this switch learnt too: say how, and what the kernel holds.
+        for entry in out.iter_mut().filter(|e| e.direction == "sent") {
+            let Some(ifindex) = self
+                .ports
+                .iter()
+                .find(|p| p.mlag_id == entry.mlag_id)
+                .and_then(|p| p.ifindex)
+            else {
+                continue;
+            };
+            let Ok(ip) = entry.ip.parse::<Ipv4Addr>() else {
+                continue;
+            };
+            if let Some(by) = self.learnt_here.get(&(ifindex, ip)) {
+                entry.learnt_here = Some(by.name().into());
+                entry.kernel_state = Some(
+                    kernel
+                        .get(&(ifindex, ip))
+                        .map_or("absent", |n| n.state)
+                        .to_string(),
+                );
+            }
+        }
         out
     }
 }

@@ -2,9 +2,10 @@
 //! switch's own ARP receive path on the twin member port, as if it had
 //! arrived there, so everything the stack does on learning still happens.
 //!
-//! - Injection is `BPF_PROG_RUN` with live frames on the pass-only XDP
-//!   program (`crate::southbound::testrun`): the program returns
-//!   `XDP_PASS` and the kernel receives the frame on the chosen ifindex.
+//! - Injection is `BPF_PROG_RUN` with live frames on the `mlag_inject` XDP
+//!   program (`crate::southbound::testrun`): the program marks the reply
+//!   (so a generic-mode classifier does not capture it again) and returns
+//!   `XDP_PASS`, and the kernel receives the frame on the chosen ifindex.
 //! - "Other host": the kernel drops a reply addressed to a MAC that is not
 //!   the receiving interface's, so the destination MAC is rewritten to it.
 //! - `arp_accept`: an unsolicited reply (class `own` on the peer: this
@@ -69,9 +70,9 @@ pub(super) trait Kernel: Send + Sync {
     fn probe<'a>(&'a self, neighbour: &'a Neighbour) -> BoxFuture<'a, Result<(), NeighbourError>>;
 }
 
-/// The real kernel: the pass-only XDP program's fd and a netlink handle.
+/// The real kernel: the `mlag_inject` XDP program's fd and a netlink handle.
 pub(super) struct NetKernel {
-    /// Owned fd of the pass-only XDP program used for injection.
+    /// Owned fd of the `mlag_inject` XDP program used for injection.
     pub(super) inject: OwnedFd,
     /// rtnetlink handle for neighbours and links.
     pub(super) netlink: Handle,

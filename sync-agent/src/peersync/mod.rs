@@ -34,6 +34,7 @@ pub mod config;
 mod events;
 pub mod hello;
 mod learn;
+mod local;
 mod refresh;
 pub mod report;
 mod session;
@@ -45,6 +46,7 @@ mod tx;
 mod tests;
 
 use std::{
+    collections::BTreeSet,
     net::{IpAddr, SocketAddr},
     os::fd::OwnedFd,
     sync::Arc,
@@ -111,6 +113,7 @@ impl PeerSyncHandle {
         inject: OwnedFd,
         netlink: rtnetlink::Handle,
         sessions: Option<mpsc::Sender<SessionEvent>>,
+        peer_macs: watch::Sender<BTreeSet<MacAddr>>,
     ) -> Self {
         let initial = ports.borrow_and_update().clone();
         let local = SocketAddr::new(config.local_address, config.port);
@@ -121,7 +124,8 @@ impl PeerSyncHandle {
         );
         let boot_id = identity.boot_id;
         let kernel = Arc::new(NetKernel { inject, netlink });
-        let (task, internal, wanted) = Task::new(config, identity, initial, kernel, sessions);
+        let (mut task, internal, wanted) = Task::new(config, identity, initial, kernel, sessions);
+        task.peer_macs = Some(peer_macs);
         if task.we_connect {
             tokio::spawn(session::connect(local, peer, wanted, task.internal.clone()));
         } else {

@@ -37,6 +37,9 @@ pub struct Stats {
     pub refresh_probes: u64,
     /// Replies captured while no session was up (sent later).
     pub queued_while_down: u64,
+    /// `peer`-class replies also handed to this switch's own kernel (SPEC 1.2).
+    #[serde(default)]
+    pub learnt_here: u64,
     /// Session events MC-LAG could not take (its queue was full): dropped
     /// rather than stall peer sync. Added by the refactor; `default` keeps
     /// older JSON readable.
@@ -124,8 +127,13 @@ pub struct ArpReportEntry {
     pub age_ms: u64,
     /// For sent: queued | sent | acked; for received: kernel-arp | netlink-fallback.
     pub how: String,
-    /// For received: the kernel's NUD state now (read from the kernel).
+    /// For received, and for sent entries learnt here too: the kernel's NUD
+    /// state now (read from the kernel).
     pub kernel_state: Option<String>,
+    /// For sent `peer`-class entries: this switch learnt the reply too
+    /// (SPEC 1.2), and how (kernel-arp | netlink-fallback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learnt_here: Option<String>,
 }
 
 fn or_dash<T: ToString>(value: Option<T>) -> String {
@@ -253,6 +261,7 @@ mod tests {
             age_ms: 42,
             how: "kernel-arp".into(),
             kernel_state: Some("REACHABLE".into()),
+            learnt_here: None,
         };
         let text = ArpTable(vec![entry]).to_string();
         let lines: Vec<&str> = text.lines().collect();

@@ -17,7 +17,12 @@
 //! module. Captures are batched: with `flush_delay_us = 0` the pending
 //! entries are flushed as soon as no input is waiting, otherwise on a timer.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::Ipv4Addr,
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::sync::{
     mpsc::{self, error::TrySendError},
@@ -28,7 +33,7 @@ use super::{
     Identity,
     config::PeerConfig,
     events::{Event, Query},
-    learn::{Kernel, Learnt},
+    learn::{Kernel, Learnt, LearntBy},
     report::Stats,
     session::Session,
     table::SendTable,
@@ -75,12 +80,17 @@ pub(super) struct Task {
     pub(super) rx_applied: u32,
     /// Entries learnt from the peer, by (ifindex, IP).
     pub(super) learned: BTreeMap<(u32, Ipv4Addr), Learnt>,
+    /// `peer`-class replies this switch also learnt itself (SPEC 1.2), by
+    /// (ifindex, IP): how.
+    pub(super) learnt_here: HashMap<(u32, Ipv4Addr), LearntBy>,
     /// VLAN interfaces looked up so far: name -> (ifindex, MAC).
     pub(super) vlan_targets: BTreeMap<String, (u32, MacAddr)>,
     pub(super) stats: Stats,
     /// One log line per reason per second, whatever the flood.
     pub(super) log: LogLimiter,
     pub(super) kernel: Arc<dyn Kernel>,
+    /// Where the peer's MACs from its hello go (the dataplane's peer table).
+    pub(super) peer_macs: Option<watch::Sender<BTreeSet<MacAddr>>>,
     /// Where session events go (MC-LAG), if anyone listens.
     pub(super) sessions: Option<mpsc::Sender<SessionEvent>>,
 }
@@ -136,6 +146,8 @@ impl Task {
             rx_from_boot: None,
             rx_applied: 0,
             learned: BTreeMap::new(),
+            learnt_here: HashMap::new(),
+            peer_macs: None,
             vlan_targets: BTreeMap::new(),
             stats: Stats::default(),
             log: LogLimiter::new(Duration::from_secs(1)),

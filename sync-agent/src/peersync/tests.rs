@@ -431,6 +431,7 @@ async fn replies_captured_before_the_hello_go_out_with_it_and_mclag_hears_of_the
             age_ms: 0,
             how: "acked".into(),
             kernel_state: None,
+            learnt_here: None,
         }]
     );
 }
@@ -601,6 +602,7 @@ async fn a_synced_reply_is_injected_on_the_twin_port_to_its_mac_and_acked() {
             age_ms: 0,
             how: "kernel-arp".into(),
             kernel_state: Some("REACHABLE".into()),
+            learnt_here: None,
         }]
     );
 
