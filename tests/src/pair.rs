@@ -86,29 +86,12 @@ impl Pair {
     /// is INCOMPLETE, i.e. A's ARP request is out and unanswered. Kill the
     /// returned ping when done.
     pub fn a_starts_resolving(&self, ip: &str) -> anyhow::Result<std::process::Child> {
-        let child = std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                self.a.name(),
-                "ping",
-                "-c",
-                "1",
-                "-W",
-                "3",
-                ip,
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()?;
-        crate::wait_until(
-            std::time::Duration::from_secs(10),
-            &format!("A's entry for {ip} INCOMPLETE"),
-            || match neighbour(&self.a, "a-c", ip) {
-                Ok(Some((state, _))) if state == "INCOMPLETE" => Ok(()),
-                other => Err(format!("{other:?}")),
-            },
-        )?;
-        Ok(child)
+        starts_resolving(&self.a, "a-c", ip)
+    }
+
+    /// The same from B.
+    pub fn b_starts_resolving(&self, ip: &str) -> anyhow::Result<std::process::Child> {
+        starts_resolving(&self.b, "b-c", ip)
     }
 
     /// A reply from C (`sender_ip`, C's MAC) to `dst` about `target_ip`.
@@ -117,19 +100,44 @@ impl Pair {
     }
 }
 
+/// The classifier's attach mode in the pair's configs: `MLAG_TEST_XDP_MODE`
+/// (`cargo xtask test` runs the pair suites with `generic` as well), else
+/// `auto` (driver mode on veth).
+pub fn xdp_mode() -> String {
+    std::env::var("MLAG_TEST_XDP_MODE").unwrap_or_else(|_| "auto".into())
+}
+
+fn starts_resolving(ns: &Netns, dev: &str, ip: &str) -> anyhow::Result<std::process::Child> {
+    let child = std::process::Command::new("ip")
+        .args(["netns", "exec", ns.name(), "ping", "-c", "1", "-W", "3", ip])
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    crate::wait_until(
+        std::time::Duration::from_secs(10),
+        &format!("{}'s entry for {ip} INCOMPLETE", ns.name()),
+        || match neighbour(ns, dev, ip) {
+            Ok(Some((state, _))) if state == "INCOMPLETE" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )?;
+    Ok(child)
+}
+
 fn config(member: &str, peer_mac: &[u8; 6], local: &str, peer: &str, extra: &str) -> String {
     format!(
         r#"instance = "{{instance}}"
 [dataplane]
 member_ports = ["{member}"]
 peer_macs = ["{}"]
+xdp_mode = "{}"
 
 [peer]
 local_address = "{local}"
 peer_address = "{peer}"
 {extra}
 "#,
-        fmt_mac(peer_mac)
+        fmt_mac(peer_mac),
+        xdp_mode()
     )
 }
 

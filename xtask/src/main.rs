@@ -101,6 +101,10 @@ fn build(release: bool) -> anyhow::Result<PathBuf> {
     Ok(binary)
 }
 
+/// Suites `cargo xtask test` runs a second time with the classifier in
+/// generic XDP mode (`MLAG_TEST_XDP_MODE=generic`).
+const GENERIC_MODE_SUITES: [&str; 3] = ["peersync", "peer_learning", "mclag"];
+
 /// How long `cargo xtask test` fuzzes the sync frame decoder.
 const FUZZ_SECONDS: u64 = 30;
 
@@ -168,6 +172,18 @@ fn main() -> anyhow::Result<()> {
                 .arg("--")
                 .args(&args);
             run(&mut cmd)?;
+            // The pair suites again with the classifier in generic (skb)
+            // mode: veth always accepts driver mode, but switch-ASIC ports
+            // get generic mode, where injected frames are seen again.
+            let mut generic = cargo();
+            generic
+                .args(["test", "--package", "mlag-testbed"])
+                .args(GENERIC_MODE_SUITES.iter().flat_map(|s| ["--test", s]))
+                .env("SYNC_AGENT_BIN", &binary)
+                .env("MLAG_TEST_XDP_MODE", "generic")
+                .arg("--")
+                .args(&args);
+            run(&mut generic)?;
             if args.is_empty() {
                 fuzz(FUZZ_SECONDS)?;
             }
