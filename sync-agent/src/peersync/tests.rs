@@ -430,8 +430,9 @@ async fn replies_captured_before_the_hello_go_out_with_it_and_mclag_hears_of_the
             class: "peer".into(),
             age_ms: 0,
             how: "acked".into(),
-            kernel_state: None,
-            learnt_here: None,
+            // Learnt here too (SPEC 1.2); the fake kernel holds no entry.
+            kernel_state: Some("absent".into()),
+            learnt_here: Some("kernel-arp".into()),
         }]
     );
 }
@@ -745,7 +746,9 @@ async fn bad_input_is_counted_under_its_reason_and_never_kills_the_session() {
     ))
     .await;
     assert_eq!(h.rejected("unknown_mlag_id"), 1);
-    assert_eq!(h.kernel.log().injected.len(), 1);
+    // One injection for the valid entry, after the one that learnt the
+    // first capture here (SPEC 1.2).
+    assert_eq!(h.kernel.log().injected.len(), 2);
     assert_eq!(h.written(), vec![Written::Ack(3)]);
 
     h.inbound(ack_frame(None)).await;
@@ -888,4 +891,47 @@ fn peer_report_text_is_unchanged() {
         ]
     );
     assert!(text.ends_with('\n'));
+}
+
+/// SPEC 1.2: a `peer`-class reply is also handed to this switch's kernel,
+/// on the port it arrived on, addressed to that port; `own` replies and
+/// replies already addressed to the port (the MC-LAG shared MAC) are not.
+#[tokio::test]
+async fn a_peer_class_reply_is_learnt_here_too_on_its_port() {
+    let mut h = Harness::new("");
+    h.capture(1).await;
+    let (mac, ip) = host(1);
+    {
+        let log = h.kernel.log();
+        assert_eq!(log.injected.len(), 1);
+        let (ifindex, frame) = &log.injected[0];
+        assert_eq!(*ifindex, 11);
+        assert_eq!(frame[..6], PORT1_MAC.0, "destination rewritten to the port");
+        assert_eq!(frame[6..], arp_reply(PEER_MAC, mac, ip)[6..]);
+    }
+    assert_eq!(h.report().counters.learnt_here, 1);
+    h.task
+        .process(Event::Captured(Captured {
+            class: Class::Own,
+            ..captured(2)
+        }))
+        .await;
+    h.task
+        .process(Event::Captured(Captured {
+            dst_mac: PORT1_MAC,
+            ..captured(3)
+        }))
+        .await;
+    assert_eq!(h.kernel.log().injected.len(), 1, "nothing more injected");
+    assert_eq!(h.report().counters.learnt_here, 1);
+}
+
+/// The peer's MACs from its hello go to the dataplane's peer table.
+#[tokio::test]
+async fn the_peer_macs_from_its_hello_are_published() {
+    let mut h = Harness::new("");
+    let (tx, rx) = watch::channel(std::collections::BTreeSet::new());
+    h.task.peer_macs = Some(tx);
+    h.establish(PEER_BOOT, None).await;
+    assert_eq!(*rx.borrow(), [PEER_MAC].into_iter().collect());
 }
