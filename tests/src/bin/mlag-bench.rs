@@ -85,9 +85,12 @@ fn ns_per_frame(fd: i32, frame: &[u8]) -> anyhow::Result<f64> {
 }
 
 fn main() -> anyhow::Result<()> {
-    // `mlag-bench fabric` runs only the fabric part.
-    if std::env::args().nth(1).as_deref() == Some("fabric") {
-        return mlag_testbed::fabric_bench::run();
+    // `mlag-bench fabric` runs only the fabric part; `mlag-bench pair` only
+    // the MLAG pair's (peer-sync latency and echo check, resync, takeover).
+    match std::env::args().nth(1).as_deref() {
+        Some("fabric") => return mlag_testbed::fabric_bench::run(),
+        Some("pair") => return pair_benchmarks(),
+        _ => {}
     }
     let (mut dataplane, ring, _log) =
         Classifier::load(EbpfLogLevel::Off).context("loading the XDP object (run as root)")?;
@@ -210,19 +213,25 @@ fn main() -> anyhow::Result<()> {
     );
     drop(dataplane);
 
-    pair::raise_neighbour_limits(524_288)?;
-    sync_latency("driver")?;
-    sync_latency("generic")?;
-    for entries in RESYNC_ENTRIES {
-        bulk_resync(entries)?;
-    }
-    takeover()?;
+    pair_benchmarks()?;
     println!();
     println!("state inference (SPEC 5), 1M-object model:");
     print!("{}", mlag_testbed::inference_bench::bench_report());
     config_center()?;
     mlag_testbed::fabric_bench::run()?;
     Ok(())
+}
+
+/// The MLAG pair's figures: peer-sync latency and the echo check in both
+/// attach modes, bulk resync, MC-LAG takeover.
+fn pair_benchmarks() -> anyhow::Result<()> {
+    pair::raise_neighbour_limits(524_288)?;
+    sync_latency("driver")?;
+    sync_latency("generic")?;
+    for entries in RESYNC_ENTRIES {
+        bulk_resync(entries)?;
+    }
+    takeover()
 }
 
 const WAITERS: usize = 10_000;
