@@ -1,6 +1,7 @@
 //! SPEC 3 against real kernels: the pair elects a master, the slave's member
 //! port takes the master's MAC and a regenerated link-local address, and the
-//! slave takes over (with gratuitous ARP) when the master is gone.
+//! slave takes over (with gratuitous ARP) when the master is gone. A stopped
+//! agent leaves its ports as it found them.
 
 use std::time::Duration;
 
@@ -36,6 +37,28 @@ fn link_locals(ns: &Netns, dev: &str) -> anyhow::Result<Vec<String>> {
         .flatten()
         .filter_map(|a| a["local"].as_str().map(String::from))
         .collect())
+}
+
+/// The addresses of `dev` in `ns`, sorted, as `ip -j addr` shows them.
+fn sorted_link_locals(ns: &Netns, dev: &str) -> anyhow::Result<Vec<String>> {
+    let mut list = link_locals(ns, dev)?;
+    list.sort();
+    Ok(list)
+}
+
+fn sorted(mut list: Vec<String>) -> Vec<String> {
+    list.sort();
+    list
+}
+
+fn arp_accept(ns: &Netns, dev: &str) -> anyhow::Result<String> {
+    Ok(ns
+        .exec(
+            "cat",
+            &[&format!("/proc/sys/net/ipv4/conf/{dev}/arp_accept")],
+        )?
+        .trim()
+        .to_string())
 }
 
 fn wait_role(agent: &Agent, role: &str) -> anyhow::Result<serde_json::Value> {
@@ -139,8 +162,9 @@ fn when_the_master_is_gone_the_slave_takes_over_and_announces_itself() -> anyhow
     pair.b.ip(&["link", "set", "b-peer", "up"])?;
     let b = pair.agent_b(MCLAG)?;
     wait_role(&b, "master")?;
+    // No settling sleep: A's task aligns in the handler of B's hello, before
+    // it can answer the query that reports it slave again.
     wait_role(&a, "slave")?;
-    std::thread::sleep(Duration::from_millis(500));
     assert_eq!(pair.a.mac("a-c")?, pair.b_mac);
     assert_eq!(link_locals(&pair.a, "a-c")?, [eui64(&pair.b_mac)]);
     Ok(())
@@ -208,5 +232,59 @@ fn equal_election_addresses_are_reported_on_both_sides() -> anyhow::Result<()> {
         pair.a_mac,
         "no MAC change without an election"
     );
+    Ok(())
+}
+
+#[test]
+fn a_stopped_slave_gives_its_ports_back_their_mac_link_local_and_arp_accept() -> anyhow::Result<()>
+{
+    let pair = Pair::new()?;
+    let operator = "fe80::1234".to_string();
+    pair.a
+        .ip(&["addr", "add", "fe80::1234/64", "dev", "a-c", "nodad"])?;
+    let original = sorted(vec![eui64(&pair.a_mac), operator.clone()]);
+    wait_until(
+        WAIT,
+        "a-c's own EUI-64 link-local and the operator's",
+        || match sorted_link_locals(&pair.a, "a-c") {
+            Ok(lls) if lls == original => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )?;
+    let arp_accept_before = arp_accept(&pair.a, "a-c")?;
+    assert_eq!(arp_accept_before, "0", "the namespace default");
+
+    let mut a = pair.agent_a(MCLAG)?;
+    let _b = pair.agent_b(MCLAG)?;
+    wait_role(&a, "slave")?;
+    wait_mac(&pair.a, "a-c", &pair.b_mac)?;
+    let aligned = sorted(vec![eui64(&pair.b_mac), operator.clone()]);
+    wait_until(
+        WAIT,
+        "the derived link-local replaced, the operator's kept",
+        || match sorted_link_locals(&pair.a, "a-c") {
+            Ok(lls) if lls == aligned => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )?;
+    assert_eq!(arp_accept(&pair.a, "a-c")?, "1", "peer sync's policy `set`");
+
+    let status = a.stop()?;
+    assert!(status.success(), "clean exit: {status:?}\n{}", a.log_text());
+    // The agent restores before it exits: nothing to wait for.
+    assert_eq!(
+        fmt_mac(&pair.a.mac("a-c")?),
+        fmt_mac(&pair.a_mac),
+        "the original MAC is back"
+    );
+    assert_eq!(
+        sorted_link_locals(&pair.a, "a-c")?,
+        original,
+        "the original EUI-64 link-local is back, the operator's is still there, the derived one is gone"
+    );
+    assert_eq!(arp_accept(&pair.a, "a-c")?, arp_accept_before);
+    let log = a.log_text();
+    assert!(log.contains("member port restored"), "{log}");
+    assert!(log.contains("arp_accept restored"), "{log}");
     Ok(())
 }

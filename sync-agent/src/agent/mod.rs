@@ -73,6 +73,8 @@ const PEER_CAPTURE_QUEUE: usize = 1024;
 const INFO_QUEUE: usize = 4096;
 /// Depth of the session-event queue from peer sync to MC-LAG.
 const SESSION_QUEUE: usize = 64;
+/// How long a module may take to restore what it changed at exit.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<()> {
@@ -213,6 +215,8 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
         ));
     }
 
+    // Kept for the shutdown sequence (the router owns the others).
+    let (peer_at_exit, mclag_at_exit) = (peer.clone(), mclag.clone());
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
     let router = Arc::new(Router {
         dataplane: dataplane.clone(),
@@ -245,6 +249,23 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
         }
     }
     tracing::info!("shutting down");
+    // What MC-LAG and peer sync changed on the member ports is put back
+    // while the ports are still ours, before the dataplane detaches; a
+    // stuck module cannot hold the exit forever.
+    if let Some(mclag) = &mclag_at_exit
+        && tokio::time::timeout(RESTORE_TIMEOUT, mclag.shutdown())
+            .await
+            .is_err()
+    {
+        tracing::error!("MC-LAG did not restore the member ports in time");
+    }
+    if let Some(peer) = &peer_at_exit
+        && tokio::time::timeout(RESTORE_TIMEOUT, peer.shutdown())
+            .await
+            .is_err()
+    {
+        tracing::error!("peer sync did not restore arp_accept in time");
+    }
     if let Some(center) = &center {
         center.shutdown().await;
     }

@@ -1,6 +1,6 @@
 //! Every input of the MC-LAG task and its handler: the peer session coming
 //! up or being lost, the backup path's liveness, the member ports changing,
-//! and the operator's `show mclag`.
+//! the operator's `show mclag`, and the supervisor's shutdown.
 
 use std::net::IpAddr;
 
@@ -12,7 +12,7 @@ use super::{
     eui64,
     port_ops::{ActorSystem, PortError, PortOps},
     report::{MclagPort, MclagReport},
-    task::Task,
+    task::{Aligned, Task},
 };
 use crate::{
     bus::{Liveness, MemberPort, SessionEvent},
@@ -31,6 +31,8 @@ pub(super) enum Event {
     Ports(Vec<MemberPort>),
     /// `show mclag`.
     Query(oneshot::Sender<MclagReport>),
+    /// Clean exit: restore every port, answer, stop.
+    Shutdown(oneshot::Sender<()>),
 }
 
 impl<P: PortOps> Task<P> {
@@ -45,6 +47,7 @@ impl<P: PortOps> Task<P> {
             Event::Backup(report) => self.process_backup(report).await,
             Event::Ports(ports) => self.process_ports(ports).await,
             Event::Query(reply) => self.process_query(reply).await,
+            Event::Shutdown(done) => self.process_shutdown(done).await,
         }
     }
 
@@ -71,8 +74,14 @@ impl<P: PortOps> Task<P> {
                 // The same answer for the same addresses: repeated or delayed
                 // hellos cannot make the role flap.
                 self.set_role(role, "election by address");
-                if role == Role::Slave {
-                    self.align().await;
+                match role {
+                    Role::Slave => self.align().await,
+                    // Master by election (this switch was slave, or took
+                    // over and the peer is back with a lower address): its
+                    // ports are its own again. A takeover itself keeps the
+                    // shared MACs (SPEC 3.4), so only the election restores.
+                    Role::Master => self.restore("master by election").await,
+                    Role::Undecided => {}
                 }
             }
             Err(err) => {
@@ -117,6 +126,12 @@ impl<P: PortOps> Task<P> {
         let _ = reply.send(report);
     }
 
+    /// Clean exit: every member port gets back what alignment changed.
+    pub(super) async fn process_shutdown(&mut self, done: oneshot::Sender<()>) {
+        self.restore("agent shutting down").await;
+        let _ = done.send(());
+    }
+
     fn set_role(&mut self, role: Role, why: &str) {
         if self.role != role {
             tracing::info!(from = ?self.role, to = ?role, why, "MC-LAG role change");
@@ -146,7 +161,8 @@ impl<P: PortOps> Task<P> {
     }
 
     /// SPEC 3.2 and 3.3: member ports take their twin's MAC; link-local
-    /// addresses follow.
+    /// addresses follow. What changes is remembered per port ([`Aligned`])
+    /// so [`Self::restore`] can undo exactly that.
     async fn align(&mut self) {
         for port in self.ports.clone() {
             let (Some(ifindex), Some(current)) = (port.ifindex, port.mac) else {
@@ -163,16 +179,24 @@ impl<P: PortOps> Task<P> {
             if twin.is_zero() || twin == current {
                 continue;
             }
-            self.original_macs
+            // The first alignment sees the original MAC; a repeat (the
+            // dataplane has not reported the new MAC yet) keeps that record.
+            self.aligned
                 .entry(port.name.clone())
-                .or_insert(current);
+                .or_insert_with(|| Aligned::new(ifindex, current));
             if let Err(err) = self.ops.set_mac(ifindex, &port.name, twin).await {
                 tracing::error!(interface = port.name, error = %err, "cannot align the member port MAC");
                 continue;
             }
             tracing::info!(interface = port.name, from = %current, to = %twin, "member port MAC aligned to the master's");
-            self.set_actor_system(&port.name, twin);
-            if let Err(err) = self.regenerate_link_local(ifindex, &port.name, twin).await {
+            if let Some(previous) = self.set_actor_system(&port.name, twin) {
+                let record = self.record(&port.name);
+                record.actor_system.get_or_insert(previous);
+            }
+            if let Err(err) = self
+                .regenerate_link_local(ifindex, &port.name, current, twin)
+                .await
+            {
                 tracing::error!(
                     interface = port.name,
                     "link-local regeneration failed: {:#}",
@@ -182,36 +206,135 @@ impl<P: PortOps> Task<P> {
         }
     }
 
-    fn set_actor_system(&mut self, port: &str, mac: MacAddr) {
+    /// The alignment record of `port` (created by `align` before any change).
+    fn record(&mut self, port: &str) -> &mut Aligned {
+        self.aligned
+            .get_mut(port)
+            .expect("align records a port before changing it")
+    }
+
+    /// Sets the bond's `ad_actor_system`; returns what it was when it was
+    /// set.
+    fn set_actor_system(&mut self, port: &str, mac: MacAddr) -> Option<Option<MacAddr>> {
         match self.ops.set_actor_system(port, mac) {
-            Ok(ActorSystem::Set) => {}
-            Ok(ActorSystem::NoBond) if !self.bonding_note_logged => {
-                self.bonding_note_logged = true;
-                tracing::info!(
-                    interface = port,
-                    "no bond above the member port (this kernel may lack bonding): ad_actor_system not set"
-                );
+            Ok(ActorSystem::Set { previous }) => {
+                tracing::info!(interface = port, %mac, "bond ad_actor_system set");
+                Some(previous)
             }
-            Ok(ActorSystem::NoBond) => {}
+            Ok(ActorSystem::NoBond) => {
+                if !self.bonding_note_logged {
+                    self.bonding_note_logged = true;
+                    tracing::info!(
+                        interface = port,
+                        "no bond at or above the member port (this kernel may lack bonding): ad_actor_system not set"
+                    );
+                }
+                None
+            }
             Err(err) => {
                 tracing::error!(interface = port, error = %err, "cannot set ad_actor_system");
+                None
             }
         }
     }
 
+    /// SPEC 3.3 for one port moving from MAC `from` to `to`: only the EUI-64
+    /// address of `from` goes and the one of `to` comes (readdress mode).
     async fn regenerate_link_local(
         &mut self,
         ifindex: u32,
         name: &str,
-        mac: MacAddr,
+        from: MacAddr,
+        to: MacAddr,
     ) -> Result<(), PortError> {
         match self.config.linklocal {
-            LinkLocalMode::Bounce => self.ops.bounce(ifindex, name).await,
-            LinkLocalMode::Readdress => {
-                self.ops
-                    .readdress_link_local(ifindex, name, eui64::link_local(mac))
-                    .await
+            LinkLocalMode::Bounce => {
+                self.ops.bounce(ifindex, name).await?;
+                self.record(name).bounced = true;
             }
+            LinkLocalMode::Readdress => {
+                let done = self
+                    .ops
+                    .readdress_link_local(
+                        ifindex,
+                        name,
+                        Some(eui64::link_local(from)),
+                        Some(eui64::link_local(to)),
+                    )
+                    .await?;
+                let record = self.record(name);
+                if let Some(removed) = done.removed {
+                    if removed == eui64::link_local(record.original_mac) {
+                        record.removed_link_local = Some(removed);
+                    }
+                    if record.added_link_local == Some(removed) {
+                        // The twin's MAC changed: the address derived from
+                        // the old one is gone again.
+                        record.added_link_local = None;
+                    }
+                }
+                if done.added.is_some() {
+                    record.added_link_local = done.added;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts back what alignment changed on every port: the original MAC,
+    /// the bond's `ad_actor_system`, and the link-local (the derived EUI-64
+    /// address goes, the original one comes back; bounce mode bounces
+    /// again). Each restored port is logged.
+    async fn restore(&mut self, why: &str) {
+        for (name, record) in std::mem::take(&mut self.aligned) {
+            let ifindex = record.ifindex;
+            if let Err(err) = self.ops.set_mac(ifindex, &name, record.original_mac).await {
+                tracing::error!(interface = name, error = %err, "cannot restore the member port's original MAC");
+                continue;
+            }
+            if let Some(port) = self.ports.iter_mut().find(|p| p.name == name) {
+                port.mac = Some(record.original_mac);
+            }
+            if let Some(previous) = record.actor_system {
+                // Unreadable before: the kernel's default (all zero: use the
+                // bond's own MAC).
+                let previous = previous.unwrap_or(MacAddr([0; 6]));
+                if let Err(err) = self.ops.set_actor_system(&name, previous) {
+                    tracing::error!(interface = name, error = %err, "cannot restore ad_actor_system");
+                }
+            }
+            let link_local = if record.bounced {
+                self.ops.bounce(ifindex, &name).await.map(|()| None)
+            } else if record.added_link_local.is_some() || record.removed_link_local.is_some() {
+                self.ops
+                    .readdress_link_local(
+                        ifindex,
+                        &name,
+                        record.added_link_local,
+                        record.removed_link_local,
+                    )
+                    .await
+                    .map(Some)
+            } else {
+                Ok(None)
+            };
+            if let Err(err) = link_local {
+                tracing::error!(
+                    interface = name,
+                    "cannot restore the original link-local: {:#}",
+                    anyhow::Error::from(err)
+                );
+            }
+            tracing::info!(
+                interface = name,
+                why,
+                mac = %record.original_mac,
+                removed_link_local = ?record.added_link_local,
+                restored_link_local = ?record.removed_link_local,
+                bounced = record.bounced,
+                actor_system = ?record.actor_system,
+                "member port restored"
+            );
         }
     }
 
@@ -248,7 +371,11 @@ impl<P: PortOps> Task<P> {
                 None => Vec::new(),
             };
             ports.push(MclagPort {
-                original_mac: self.original_macs.get(&port.name).copied().or(port.mac),
+                original_mac: self
+                    .aligned
+                    .get(&port.name)
+                    .map(|a| a.original_mac)
+                    .or(port.mac),
                 current_mac: port.mac,
                 twin_mac: self.peer_ports.get(&port.mlag_id).copied(),
                 link_local: link_local.iter().map(IpAddr::to_string).collect(),
@@ -257,7 +384,7 @@ impl<P: PortOps> Task<P> {
             });
         }
         let shared_mac = match self.role {
-            Role::Slave | Role::Master if !self.original_macs.is_empty() => {
+            Role::Slave | Role::Master if !self.aligned.is_empty() => {
                 ports.first().and_then(|p| p.current_mac)
             }
             Role::Master => ports.first().and_then(|p| p.current_mac),

@@ -12,7 +12,16 @@
 //! One task (`task.rs`) owns all of it. Its inputs are channels the
 //! supervisor wires: session events from peer sync, the member port list from
 //! the dataplane, and (when a backup path is configured) the reports of a
-//! [`crate::liveness`] task it starts itself. Everything it does to the
+//! [`crate::liveness`] task it starts itself.
+//!
+//! It leaves nothing behind: what alignment changed (MAC, the EUI-64
+//! link-local it derived, the bond's `ad_actor_system`) is remembered per
+//! port and put back on clean exit ([`MclagHandle::shutdown`]) and when this
+//! switch becomes master by election. A takeover (SPEC 3.4) keeps the shared
+//! MACs on purpose: the downstream device must see no change. Only the
+//! EUI-64 addresses it derived are touched; an operator's own `fe80::`
+//! addresses stay. (`arp_accept` on the member ports is peer sync's, which
+//! restores it itself.) Everything it does to the
 //! system goes through [`port_ops::PortOps`], so the handlers can be driven
 //! by event sequences in tests without root.
 
@@ -49,6 +58,7 @@ const QUERY_DEPTH: usize = 16;
 #[derive(Clone, Debug)]
 pub struct MclagHandle {
     queries: mpsc::Sender<oneshot::Sender<MclagReport>>,
+    shutdown: mpsc::Sender<oneshot::Sender<()>>,
 }
 
 impl MclagHandle {
@@ -69,6 +79,7 @@ impl MclagHandle {
         netlink: rtnetlink::Handle,
     ) -> MclagHandle {
         let (queries, query_rx) = mpsc::channel(QUERY_DEPTH);
+        let (shutdown, shutdown_rx) = mpsc::channel(1);
         let backup = task::spawn_backup_liveness(&config, keepalive, boot_id);
         let mut ports = ports;
         let initial = ports.borrow_and_update().clone();
@@ -79,8 +90,21 @@ impl MclagHandle {
             backup,
             queries: query_rx,
             shared_mac,
+            shutdown: shutdown_rx,
         }));
-        MclagHandle { queries }
+        MclagHandle { queries, shutdown }
+    }
+
+    /// Clean exit: the task puts back what alignment changed on every
+    /// member port (original MAC, original EUI-64 link-local, the bond's
+    /// `ad_actor_system`), logs it, and stops. Returns once done, or at
+    /// once if the task is already gone. Call it before the dataplane
+    /// detaches.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.shutdown.send(tx).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// `show mclag`: role, peer, backup path, member ports.

@@ -1,13 +1,19 @@
 //! What MC-LAG does to the member ports, behind one small trait: set a MAC,
 //! move the IPv6 link-local address, bounce a port, set the bond's LACP
-//! actor system, announce a takeover, read the link-local addresses.
+//! actor system, announce a takeover, read the link-local addresses. Every
+//! change names exactly what it replaces, so the task can undo it (on exit,
+//! or when this switch becomes master by election) and never touches an
+//! address or setting it did not make.
 //!
 //! The handlers in `events.rs` decide *what* to do; [`PortOps`] does it. The
 //! agent uses [`NetlinkPorts`] (netlink, sysfs and a packet socket); the
 //! unit tests use a recording fake, so every decision can be checked from an
 //! event sequence without root.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv6Addr},
+    path::{Path, PathBuf},
+};
 
 use rtnetlink::Handle;
 
@@ -37,10 +43,72 @@ pub enum PortError {
 /// What became of a request to set the LACP actor system.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ActorSystem {
-    /// The bond above the port now uses the MAC.
-    Set,
-    /// No bond above the port (or a kernel without bonding): nothing to set.
+    /// The bond (the port itself, or the bond above it) now uses the MAC;
+    /// `previous` is what it had (None if unreadable), to restore it.
+    Set {
+        /// `ad_actor_system` before the write.
+        previous: Option<MacAddr>,
+    },
+    /// No bond at or above the port (or a kernel without bonding): nothing
+    /// to set.
     NoBond,
+}
+
+/// What a link-local readdress changed on the port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Readdressed {
+    /// The address removed (it was asked for and present).
+    pub removed: Option<Ipv6Addr>,
+    /// The address added (it was asked for and missing).
+    pub added: Option<Ipv6Addr>,
+}
+
+impl Readdressed {
+    /// What a readdress asking to remove `remove` and add `add` does to a
+    /// port holding `current`: `remove` goes only if present, `add` comes
+    /// only if missing, and nothing else is touched (an operator's own
+    /// `fe80::` addresses stay).
+    pub fn plan(current: &[IpAddr], remove: Option<Ipv6Addr>, add: Option<Ipv6Addr>) -> Self {
+        let has = |ip: Ipv6Addr| current.contains(&IpAddr::V6(ip));
+        Self {
+            removed: remove.filter(|&ip| Some(ip) != add && has(ip)),
+            added: add.filter(|&ip| !has(ip)),
+        }
+    }
+}
+
+/// Where the sysfs network class lives on the live system.
+pub const SYSFS_NET: &str = "/sys/class/net";
+
+/// The `ad_actor_system` file of the bond `port` belongs to, under
+/// `sysfs_net` (normally [`SYSFS_NET`]): the port's own when the member port
+/// is the bond (`<port>/bonding` exists), its master's when it is a bond
+/// slave (`<port>/master/bonding`), None when neither.
+pub fn actor_system_path(sysfs_net: &Path, port: &str) -> Option<PathBuf> {
+    let dir = sysfs_net.join(port);
+    [dir.join("bonding"), dir.join("master/bonding")]
+        .into_iter()
+        .find(|bonding| bonding.is_dir())
+        .map(|bonding| bonding.join("ad_actor_system"))
+}
+
+/// Writes `mac` as the `ad_actor_system` of `port`'s bond under
+/// `sysfs_net`; returns what was there before.
+pub fn write_actor_system(
+    sysfs_net: &Path,
+    port: &str,
+    mac: MacAddr,
+) -> std::io::Result<ActorSystem> {
+    let Some(path) = actor_system_path(sysfs_net, port) else {
+        return Ok(ActorSystem::NoBond);
+    };
+    let previous = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| text.trim().parse().ok());
+    std::fs::write(&path, mac.to_string()).map_err(|err| {
+        std::io::Error::new(err.kind(), format!("writing {}: {err}", path.display()))
+    })?;
+    Ok(ActorSystem::Set { previous })
 }
 
 /// The side effects of MC-LAG on the member ports. `ifindex` and `name`
@@ -54,7 +122,8 @@ pub trait PortOps: Send + 'static {
         mac: MacAddr,
     ) -> impl Future<Output = Result<(), PortError>> + Send;
 
-    /// Sets `ad_actor_system` of the bond above the port to `mac`.
+    /// Sets `ad_actor_system` of the port's bond (the port itself or the
+    /// bond above it) to `mac`.
     fn set_actor_system(&mut self, name: &str, mac: MacAddr) -> Result<ActorSystem, PortError>;
 
     /// Takes the port down and up so the kernel regenerates its link-local
@@ -65,14 +134,16 @@ pub trait PortOps: Send + 'static {
         name: &str,
     ) -> impl Future<Output = Result<(), PortError>> + Send;
 
-    /// Removes every link-local address of the port other than `wanted`,
-    /// and adds `wanted` (/64) if it is missing.
+    /// Removes the link-local address `remove` if the port has it and adds
+    /// `add` (/64) if it is missing ([`Readdressed::plan`]); every other
+    /// address stays. Returns what changed.
     fn readdress_link_local(
         &mut self,
         ifindex: u32,
         name: &str,
-        wanted: Ipv6Addr,
-    ) -> impl Future<Output = Result<(), PortError>> + Send;
+        remove: Option<Ipv6Addr>,
+        add: Option<Ipv6Addr>,
+    ) -> impl Future<Output = Result<Readdressed, PortError>> + Send;
 
     /// Sends a gratuitous ARP for every IPv4 address and an unsolicited
     /// neighbour advertisement for every IPv6 address of the port, from
@@ -109,14 +180,7 @@ impl PortOps for NetlinkPorts {
     }
 
     fn set_actor_system(&mut self, name: &str, mac: MacAddr) -> Result<ActorSystem, PortError> {
-        let bond = std::path::Path::new("/sys/class/net")
-            .join(name)
-            .join("master/bonding/ad_actor_system");
-        if !bond.exists() {
-            return Ok(ActorSystem::NoBond);
-        }
-        std::fs::write(&bond, mac.to_string())?;
-        Ok(ActorSystem::Set)
+        Ok(write_actor_system(Path::new(SYSFS_NET), name, mac)?)
     }
 
     async fn bounce(&mut self, ifindex: u32, name: &str) -> Result<(), PortError> {
@@ -127,22 +191,24 @@ impl PortOps for NetlinkPorts {
         &mut self,
         ifindex: u32,
         name: &str,
-        wanted: Ipv6Addr,
-    ) -> Result<(), PortError> {
-        let wanted = IpAddr::V6(wanted);
+        remove: Option<Ipv6Addr>,
+        add: Option<Ipv6Addr>,
+    ) -> Result<Readdressed, PortError> {
         let current = addresses::list(&self.netlink, ifindex).await?;
-        for stale in current
-            .iter()
-            .filter(|a| addresses::is_link_local(&a.ip) && a.ip != wanted)
+        let ips: Vec<IpAddr> = current.iter().map(|a| a.ip).collect();
+        let plan = Readdressed::plan(&ips, remove, add);
+        if let Some(stale) = plan
+            .removed
+            .and_then(|ip| current.iter().find(|a| a.ip == IpAddr::V6(ip)))
         {
             addresses::remove(&self.netlink, ifindex, stale).await?;
-            tracing::info!(interface = name, removed = %stale.ip, "stale link-local address removed");
+            tracing::info!(interface = name, removed = %stale.ip, "EUI-64 link-local address removed");
         }
-        if !current.iter().any(|a| a.ip == wanted) {
-            addresses::add(&self.netlink, ifindex, wanted, 64).await?;
-            tracing::info!(interface = name, added = %wanted, "link-local address regenerated");
+        if let Some(new) = plan.added {
+            addresses::add(&self.netlink, ifindex, IpAddr::V6(new), 64).await?;
+            tracing::info!(interface = name, added = %new, "EUI-64 link-local address added");
         }
-        Ok(())
+        Ok(plan)
     }
 
     async fn announce(

@@ -6,14 +6,16 @@
 //!  dataplane ── watch<Vec<MemberPort>> ───────┤
 //!  liveness::run (backup path, child task) ───┼──> Task::run ──> PortOps
 //!     └── mpsc<LivenessReport> ───────────────┤     (select)     (netlink,
-//!  MclagHandle::report ── mpsc<oneshot> ──────┘                   sysfs, raw)
+//!  MclagHandle::report ── mpsc<oneshot> ──────┤                   sysfs, raw)
+//!  MclagHandle::shutdown ── mpsc<oneshot> ────┘
 //! ```
 //!
-//! The backup liveness task stops when the task drops its receiver.
+//! The backup liveness task stops when the task drops its receiver. A
+//! shutdown request undoes every alignment, answers, and ends the loop.
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
     time::Duration,
 };
 
@@ -41,6 +43,8 @@ pub(super) struct Inputs {
     pub queries: mpsc::Receiver<oneshot::Sender<super::MclagReport>>,
     /// Where the shared MAC goes (the dataplane's peer table).
     pub shared_mac: watch::Sender<Option<MacAddr>>,
+    /// The supervisor's shutdown request (answered once restored).
+    pub shutdown: mpsc::Receiver<oneshot::Sender<()>>,
 }
 
 /// Starts the backup path's liveness task when `config.backup` is set.
@@ -62,6 +66,42 @@ pub(super) fn spawn_backup_liveness(
     Some(rx)
 }
 
+/// What alignment changed on one member port: exactly what restoring puts
+/// back, and nothing else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Aligned {
+    /// The port (remembered so it is restored even after it left the
+    /// dataplane's list).
+    pub(super) ifindex: u32,
+    /// The MAC the port had before alignment.
+    pub(super) original_mac: MacAddr,
+    /// The port's original EUI-64 link-local, if alignment removed it.
+    pub(super) removed_link_local: Option<Ipv6Addr>,
+    /// The EUI-64 link-local alignment added (of the twin's MAC), if the
+    /// port did not have it already.
+    pub(super) added_link_local: Option<Ipv6Addr>,
+    /// The bond's `ad_actor_system` before alignment set it (outer None:
+    /// never set; inner None: unreadable).
+    pub(super) actor_system: Option<Option<MacAddr>>,
+    /// Bounce mode: the kernel regenerated the link-local; restoring
+    /// bounces again.
+    pub(super) bounced: bool,
+}
+
+impl Aligned {
+    /// Nothing changed yet on `ifindex`, which has `original_mac`.
+    pub(super) fn new(ifindex: u32, original_mac: MacAddr) -> Self {
+        Self {
+            ifindex,
+            original_mac,
+            removed_link_local: None,
+            added_link_local: None,
+            actor_system: None,
+            bounced: false,
+        }
+    }
+}
+
 /// The MC-LAG state; only the handlers in `events.rs` change it.
 pub(super) struct Task<P> {
     pub(super) config: MclagConfig,
@@ -78,8 +118,8 @@ pub(super) struct Task<P> {
     pub(super) peer_lost: bool,
     pub(super) backup_alive: Option<bool>,
     pub(super) split_brain: bool,
-    /// MACs the member ports had before alignment, to restore them.
-    pub(super) original_macs: BTreeMap<String, MacAddr>,
+    /// What alignment changed, per member port name, to undo it.
+    pub(super) aligned: BTreeMap<String, Aligned>,
     /// When the role last changed, ms since the epoch.
     pub(super) last_role_change: Option<u64>,
     pub(super) role_changes: u64,
@@ -109,7 +149,7 @@ impl<P: PortOps> Task<P> {
             peer_lost: false,
             backup_alive: None,
             split_brain: false,
-            original_macs: BTreeMap::new(),
+            aligned: BTreeMap::new(),
             last_role_change: None,
             role_changes: 0,
             announcements: 0,
@@ -151,10 +191,16 @@ impl<P: PortOps> Task<P> {
                 }
                 Some(report) = recv_backup(&mut inputs.backup) => Event::Backup(report),
                 Some(reply) = inputs.queries.recv() => Event::Query(reply),
+                Some(done) = inputs.shutdown.recv() => Event::Shutdown(done),
                 else => break,
             };
+            let stop = matches!(event, Event::Shutdown(_));
             self.process(event).await;
             self.publish_shared_mac(&inputs.shared_mac);
+            if stop {
+                tracing::info!("MC-LAG task stopped: shutdown");
+                return;
+            }
         }
         tracing::debug!("MC-LAG task stopped: every input closed");
     }

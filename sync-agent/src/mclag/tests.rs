@@ -1,22 +1,24 @@
 //! The MC-LAG handlers driven by event sequences against a recording
 //! [`PortOps`]: what the task decides, and what it does to the ports,
-//! without root or a kernel.
+//! without root or a kernel. The fake holds each port's IPv6 addresses and
+//! applies a readdress exactly as the trait promises
+//! ([`Readdressed::plan`], which the real implementation uses too).
 
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv6Addr},
 };
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
     config::{BackupPath, LinkLocalMode, MclagConfig},
     election::Role,
     eui64,
     events::Event,
-    port_ops::{ActorSystem, PortError, PortOps},
+    port_ops::{self, ActorSystem, PortError, PortOps, Readdressed},
     report::MclagReport,
-    task::Task,
+    task::{Inputs, Task},
 };
 use crate::{
     bus::{Liveness, MemberPort, SessionEvent},
@@ -30,16 +32,57 @@ enum Call {
     SetMac(String, MacAddr),
     ActorSystem(String, MacAddr),
     Bounce(String),
-    Readdress(String, Ipv6Addr),
+    /// Port, address to remove, address to add.
+    Readdress(String, Option<Ipv6Addr>, Option<Ipv6Addr>),
     Announce(String, MacAddr),
 }
 
-/// Records every side effect; keeps one link-local address per port so the
-/// report shows what a readdress did. Every announcement is two frames.
+/// Records every side effect; keeps each port's link-local addresses (none
+/// unless a test gives some) so the report shows what a readdress did.
+/// Every announcement is two frames; every port has a bond whose
+/// `ad_actor_system` starts all zero.
 #[derive(Default)]
 struct Recorder {
     calls: Vec<Call>,
     link_locals: BTreeMap<u32, Vec<IpAddr>>,
+}
+
+impl Recorder {
+    /// Ports 11 and 12 hold the EUI-64 link-locals of their own MACs, and
+    /// port 11 also an operator's `fe80::1234`.
+    fn with_link_locals() -> Self {
+        let mut link_locals = BTreeMap::new();
+        link_locals.insert(
+            11,
+            vec![IpAddr::V6(eui64::link_local(mac(OWN, 1))), operator()],
+        );
+        link_locals.insert(12, vec![IpAddr::V6(eui64::link_local(mac(OWN, 2)))]);
+        Self {
+            calls: Vec::new(),
+            link_locals,
+        }
+    }
+
+    /// The addresses of `ifindex`, sorted (order is not the point).
+    fn addresses(&self, ifindex: u32) -> Vec<IpAddr> {
+        let mut list = self.link_locals.get(&ifindex).cloned().unwrap_or_default();
+        list.sort();
+        list
+    }
+}
+
+/// An address the operator configured on m1.
+fn operator() -> IpAddr {
+    ip("fe80::1234")
+}
+
+fn v6(mac: MacAddr) -> IpAddr {
+    IpAddr::V6(eui64::link_local(mac))
+}
+
+fn sorted(mut list: Vec<IpAddr>) -> Vec<IpAddr> {
+    list.sort();
+    list
 }
 
 impl PortOps for Recorder {
@@ -50,7 +93,9 @@ impl PortOps for Recorder {
 
     fn set_actor_system(&mut self, name: &str, mac: MacAddr) -> Result<ActorSystem, PortError> {
         self.calls.push(Call::ActorSystem(name.into(), mac));
-        Ok(ActorSystem::Set)
+        Ok(ActorSystem::Set {
+            previous: Some(MacAddr([0; 6])),
+        })
     }
 
     async fn bounce(&mut self, _: u32, name: &str) -> Result<(), PortError> {
@@ -62,11 +107,15 @@ impl PortOps for Recorder {
         &mut self,
         ifindex: u32,
         name: &str,
-        wanted: Ipv6Addr,
-    ) -> Result<(), PortError> {
-        self.calls.push(Call::Readdress(name.into(), wanted));
-        self.link_locals.insert(ifindex, vec![IpAddr::V6(wanted)]);
-        Ok(())
+        remove: Option<Ipv6Addr>,
+        add: Option<Ipv6Addr>,
+    ) -> Result<Readdressed, PortError> {
+        self.calls.push(Call::Readdress(name.into(), remove, add));
+        let list = self.link_locals.entry(ifindex).or_default();
+        let done = Readdressed::plan(list, remove, add);
+        list.retain(|a| Some(*a) != done.removed.map(IpAddr::V6));
+        list.extend(done.added.map(IpAddr::V6));
+        Ok(done)
     }
 
     async fn announce(&mut self, _: u32, name: &str, mac: MacAddr) -> Result<u64, PortError> {
@@ -134,6 +183,16 @@ fn task(config: MclagConfig) -> Task<Recorder> {
     Task::new(config, ip("10.0.0.5"), ports(), Recorder::default())
 }
 
+/// Like [`task`], the ports holding [`Recorder::with_link_locals`].
+fn task_with_link_locals(config: MclagConfig) -> Task<Recorder> {
+    Task::new(
+        config,
+        ip("10.0.0.5"),
+        ports(),
+        Recorder::with_link_locals(),
+    )
+}
+
 fn hello(peer: &str) -> Event {
     Event::Session(SessionEvent::Up {
         mclag_address: Some(ip(peer)),
@@ -157,8 +216,8 @@ async fn report(task: &mut Task<Recorder>) -> MclagReport {
     rx.await.unwrap()
 }
 
-/// What a slave does to each port: twin MAC, bond actor system, EUI-64
-/// link-local of the twin MAC.
+/// What a slave does to each port: twin MAC, bond actor system, the EUI-64
+/// link-local of its own MAC replaced by the one of the twin MAC.
 fn alignment() -> Vec<Call> {
     (1..=2u8)
         .flat_map(|i| {
@@ -167,10 +226,40 @@ fn alignment() -> Vec<Call> {
             [
                 Call::SetMac(name.clone(), twin),
                 Call::ActorSystem(name.clone(), twin),
-                Call::Readdress(name, eui64::link_local(twin)),
+                Call::Readdress(
+                    name,
+                    Some(eui64::link_local(mac(OWN, i))),
+                    Some(eui64::link_local(twin)),
+                ),
             ]
         })
         .collect()
+}
+
+/// What restoring does to each port that held its own EUI-64 link-local
+/// before alignment: own MAC, the bond's actor system back to all zero, the
+/// twin-derived link-local replaced by the original one.
+fn restoration() -> Vec<Call> {
+    (1..=2u8)
+        .flat_map(|i| {
+            let name = format!("m{i}");
+            [
+                Call::SetMac(name.clone(), mac(OWN, i)),
+                Call::ActorSystem(name.clone(), MacAddr([0; 6])),
+                Call::Readdress(
+                    name,
+                    Some(eui64::link_local(mac(TWIN, i))),
+                    Some(eui64::link_local(mac(OWN, i))),
+                ),
+            ]
+        })
+        .collect()
+}
+
+async fn shutdown(task: &mut Task<Recorder>) {
+    let (tx, rx) = oneshot::channel();
+    task.process(Event::Shutdown(tx)).await;
+    rx.await.expect("shutdown is answered once restored");
 }
 
 #[tokio::test]
@@ -443,4 +532,327 @@ async fn the_text_report_has_one_line_per_port_under_a_header() {
         "m1                   1 02:00:00:00:a0:02 02:00:00:00:a0:02 00:21:2f:b5:6e:11 fe80::221:2fff:feb5:6e11"
     );
     assert_eq!(lines.len(), 5);
+}
+
+#[tokio::test]
+async fn clean_exit_restores_every_port_mac_link_local_and_actor_system() {
+    let mut t = task_with_link_locals(config());
+    drive(&mut t, [hello("10.0.0.9")]).await;
+    assert_eq!(t.ops.calls, alignment());
+    assert_eq!(
+        t.ops.addresses(11),
+        sorted(vec![v6(mac(TWIN, 1)), operator()])
+    );
+    shutdown(&mut t).await;
+    assert_eq!(t.ops.calls[alignment().len()..], restoration()[..]);
+    assert_eq!(
+        t.ops.addresses(11),
+        sorted(vec![v6(mac(OWN, 1)), operator()]),
+        "the original EUI-64 link-local is back; the operator's stayed"
+    );
+    assert_eq!(t.ops.addresses(12), [v6(mac(OWN, 2))]);
+    let r = report(&mut t).await;
+    assert_eq!(r.ports[0].original_mac, Some(mac(OWN, 1)));
+    assert_eq!(r.ports[0].current_mac, Some(mac(OWN, 1)));
+}
+
+#[tokio::test]
+async fn clean_exit_with_nothing_aligned_touches_nothing() {
+    let mut t = task_with_link_locals(config());
+    drive(&mut t, [hello("10.0.0.1")]).await;
+    shutdown(&mut t).await;
+    assert_eq!(t.ops.calls, []);
+}
+
+#[tokio::test]
+async fn repeated_alignment_restores_the_first_original_not_the_stale_report() {
+    // The dataplane has not reported the new MAC between the hellos, so
+    // the second alignment sees the original MAC again and finds the
+    // original link-local already gone: restoring still brings it back.
+    let mut t = task_with_link_locals(config());
+    drive(&mut t, [hello("10.0.0.9"), hello("10.0.0.9")]).await;
+    shutdown(&mut t).await;
+    assert_eq!(t.ops.calls[2 * alignment().len()..], restoration()[..]);
+    assert_eq!(t.ops.addresses(12), [v6(mac(OWN, 2))]);
+}
+
+#[tokio::test]
+async fn an_original_link_local_the_port_never_had_is_not_invented() {
+    // Recorder::default holds no addresses (e.g. addr_gen_mode none).
+    let mut t = task(config());
+    drive(&mut t, [hello("10.0.0.9")]).await;
+    shutdown(&mut t).await;
+    let readdressed: Vec<Call> = t.ops.calls[alignment().len()..]
+        .iter()
+        .filter(|c| matches!(c, Call::Readdress(..)))
+        .cloned()
+        .collect();
+    assert_eq!(
+        readdressed,
+        [
+            Call::Readdress("m1".into(), Some(eui64::link_local(mac(TWIN, 1))), None),
+            Call::Readdress("m2".into(), Some(eui64::link_local(mac(TWIN, 2))), None),
+        ]
+    );
+    assert!(t.ops.addresses(11).is_empty());
+}
+
+#[tokio::test]
+async fn a_slave_that_becomes_master_by_election_restores_its_ports() {
+    let mut t = task_with_link_locals(config());
+    // The peer comes back with a lower election address (its config changed).
+    drive(&mut t, [hello("10.0.0.9"), hello("10.0.0.1")]).await;
+    assert_eq!(t.ops.calls[alignment().len()..], restoration()[..]);
+    let r = report(&mut t).await;
+    assert_eq!(r.role, Role::Master);
+    assert_eq!(r.role_changes, 2);
+    assert_eq!(
+        t.ops.addresses(11),
+        sorted(vec![v6(mac(OWN, 1)), operator()])
+    );
+}
+
+#[tokio::test]
+async fn a_takeover_keeps_the_shared_macs_and_a_later_election_as_master_restores() {
+    let mut t = task_with_link_locals(config());
+    drive(
+        &mut t,
+        [hello("10.0.0.9"), Event::Session(SessionEvent::Lost)],
+    )
+    .await;
+    assert!(
+        t.ops.calls[alignment().len()..]
+            .iter()
+            .all(|c| matches!(c, Call::Announce(..))),
+        "SPEC 3.4: the downstream device must see no MAC change at takeover"
+    );
+    let before = t.ops.calls.len();
+    drive(&mut t, [hello("10.0.0.1")]).await;
+    assert_eq!(t.ops.calls[before..], restoration()[..]);
+}
+
+#[tokio::test]
+async fn readdress_leaves_an_operators_link_local_alone() {
+    let mut t = task_with_link_locals(config());
+    drive(&mut t, [hello("10.0.0.9")]).await;
+    assert_eq!(
+        t.ops.addresses(11),
+        sorted(vec![v6(mac(TWIN, 1)), operator()])
+    );
+    assert_eq!(t.ops.addresses(12), [v6(mac(TWIN, 2))]);
+}
+
+#[test]
+fn the_readdress_plan_names_only_the_derived_addresses() {
+    let own = eui64::link_local(mac(OWN, 1));
+    let twin = eui64::link_local(mac(TWIN, 1));
+    let current = [
+        IpAddr::V6(own),
+        operator(),
+        ip("10.77.0.1"),
+        ip("2001:db8::1"),
+    ];
+    assert_eq!(
+        Readdressed::plan(&current, Some(own), Some(twin)),
+        Readdressed {
+            removed: Some(own),
+            added: Some(twin)
+        }
+    );
+    // Already done: nothing to do, and the operator's address is never named.
+    let done = [IpAddr::V6(twin), operator()];
+    assert_eq!(
+        Readdressed::plan(&done, Some(own), Some(twin)),
+        Readdressed::default()
+    );
+    // Removing what is also wanted removes nothing.
+    assert_eq!(
+        Readdressed::plan(&done, Some(twin), Some(twin)),
+        Readdressed::default()
+    );
+}
+
+#[tokio::test]
+async fn a_new_twin_mac_replaces_the_address_derived_from_the_previous_one() {
+    let mut t = task_with_link_locals(config());
+    drive(&mut t, [hello("10.0.0.9")]).await;
+    // The dataplane reports the aligned MACs; then the peer's port 1 gets a
+    // new MAC (e.g. replaced hardware).
+    let aligned: Vec<MemberPort> = ports()
+        .into_iter()
+        .zip(twins())
+        .map(|(p, (_, twin))| MemberPort {
+            mac: Some(twin),
+            ..p
+        })
+        .collect();
+    let new_twin = mac(TWIN, 7);
+    let mut twins = twins();
+    twins[0].1 = new_twin;
+    let before = t.ops.calls.len();
+    drive(
+        &mut t,
+        [
+            Event::Ports(aligned),
+            Event::Session(SessionEvent::Up {
+                mclag_address: Some(ip("10.0.0.9")),
+                ports: twins,
+            }),
+        ],
+    )
+    .await;
+    assert_eq!(
+        t.ops.calls[before..],
+        [
+            Call::SetMac("m1".into(), new_twin),
+            Call::ActorSystem("m1".into(), new_twin),
+            Call::Readdress(
+                "m1".into(),
+                Some(eui64::link_local(mac(TWIN, 1))),
+                Some(eui64::link_local(new_twin)),
+            ),
+        ]
+    );
+    assert_eq!(t.ops.addresses(11), sorted(vec![v6(new_twin), operator()]));
+    shutdown(&mut t).await;
+    assert_eq!(
+        t.ops.addresses(11),
+        sorted(vec![v6(mac(OWN, 1)), operator()])
+    );
+    assert!(
+        t.ops
+            .calls
+            .contains(&Call::SetMac("m1".into(), mac(OWN, 1))),
+        "the original MAC, not the first twin's"
+    );
+}
+
+#[tokio::test]
+async fn bounce_mode_restores_by_bouncing_again() {
+    let mut t = task(MclagConfig {
+        linklocal: LinkLocalMode::Bounce,
+        ..config()
+    });
+    drive(&mut t, [hello("10.0.0.9")]).await;
+    let before = t.ops.calls.len();
+    shutdown(&mut t).await;
+    assert_eq!(
+        t.ops.calls[before..],
+        [
+            Call::SetMac("m1".into(), mac(OWN, 1)),
+            Call::ActorSystem("m1".into(), MacAddr([0; 6])),
+            Call::Bounce("m1".into()),
+            Call::SetMac("m2".into(), mac(OWN, 2)),
+            Call::ActorSystem("m2".into(), MacAddr([0; 6])),
+            Call::Bounce("m2".into()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_loop_restores_and_ends_at_shutdown_though_inputs_stay_open() {
+    let (_sessions_tx, sessions) = mpsc::channel(4);
+    let (_ports_tx, ports_rx) = watch::channel(ports());
+    let (_queries_tx, queries) = mpsc::channel(4);
+    let (shutdown_tx, shutdown_rx) = mpsc::channel(1);
+    let mut t = task_with_link_locals(config());
+    drive(&mut t, [hello("10.0.0.9")]).await;
+    let running = tokio::spawn(t.run(Inputs {
+        sessions,
+        ports: ports_rx,
+        backup: None,
+        queries,
+        shutdown: shutdown_rx,
+        shared_mac: watch::channel(None).0,
+    }));
+    let (tx, rx) = oneshot::channel();
+    shutdown_tx.send(tx).await.unwrap();
+    rx.await.expect("shutdown is answered");
+    tokio::time::timeout(std::time::Duration::from_secs(5), running)
+        .await
+        .expect("the loop ends at shutdown")
+        .unwrap();
+}
+
+/// This kernel has no bonding (KERNEL-FACTS.md: "Unknown device type"), so
+/// the sysfs layout of a bond and a bond slave is mimicked in a temporary
+/// directory: `<bond>/bonding/` for the bond itself, and `<slave>/master`
+/// as a symlink to the bond's directory, as the kernel lays them out.
+struct FakeSysfs {
+    dir: tempfile::TempDir,
+}
+
+impl FakeSysfs {
+    /// `bond0` (a bond), `eth1` (its slave), `eth2` (no bond).
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("bond0/bonding")).unwrap();
+        std::fs::write(
+            root.join("bond0/bonding/ad_actor_system"),
+            "00:00:00:00:00:00\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(root.join("eth1")).unwrap();
+        std::os::unix::fs::symlink("../bond0", root.join("eth1/master")).unwrap();
+        std::fs::create_dir_all(root.join("eth2")).unwrap();
+        Self { dir }
+    }
+
+    fn root(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    fn actor_system(&self) -> String {
+        std::fs::read_to_string(self.root().join("bond0/bonding/ad_actor_system")).unwrap()
+    }
+}
+
+#[test]
+fn the_actor_system_is_the_ports_own_when_the_member_port_is_the_bond() {
+    let sysfs = FakeSysfs::new();
+    assert_eq!(
+        port_ops::actor_system_path(sysfs.root(), "bond0"),
+        Some(sysfs.root().join("bond0/bonding/ad_actor_system"))
+    );
+    let set = port_ops::write_actor_system(sysfs.root(), "bond0", mac(TWIN, 1)).unwrap();
+    assert_eq!(
+        set,
+        ActorSystem::Set {
+            previous: Some(MacAddr([0; 6]))
+        }
+    );
+    assert_eq!(sysfs.actor_system(), "00:21:2f:b5:6e:11");
+}
+
+#[test]
+fn the_actor_system_is_the_masters_when_the_member_port_is_a_bond_slave() {
+    let sysfs = FakeSysfs::new();
+    assert_eq!(
+        port_ops::actor_system_path(sysfs.root(), "eth1"),
+        Some(sysfs.root().join("eth1/master/bonding/ad_actor_system"))
+    );
+    port_ops::write_actor_system(sysfs.root(), "eth1", mac(TWIN, 2)).unwrap();
+    assert_eq!(sysfs.actor_system(), "00:21:2f:b5:6e:12");
+    // And back, as restoring does.
+    let set = port_ops::write_actor_system(sysfs.root(), "eth1", MacAddr([0; 6])).unwrap();
+    assert_eq!(
+        set,
+        ActorSystem::Set {
+            previous: Some(mac(TWIN, 2))
+        }
+    );
+    assert_eq!(sysfs.actor_system(), "00:00:00:00:00:00");
+}
+
+#[test]
+fn a_port_without_a_bond_has_no_actor_system_to_set() {
+    let sysfs = FakeSysfs::new();
+    assert_eq!(port_ops::actor_system_path(sysfs.root(), "eth2"), None);
+    assert_eq!(port_ops::actor_system_path(sysfs.root(), "missing"), None);
+    assert_eq!(
+        port_ops::write_actor_system(sysfs.root(), "eth2", mac(TWIN, 1)).unwrap(),
+        ActorSystem::NoBond
+    );
+    assert_eq!(sysfs.actor_system(), "00:00:00:00:00:00\n", "untouched");
 }

@@ -28,6 +28,9 @@ pub(super) enum Query {
     Peer(oneshot::Sender<PeerReport>),
     /// `show arp`.
     Arp(oneshot::Sender<Vec<ArpReportEntry>>),
+    /// Clean exit: restore what this task changed, answer, stop (the loop
+    /// in `task.rs` handles it).
+    Shutdown(oneshot::Sender<()>),
 }
 
 /// Everything the peer-sync task reacts to.
@@ -349,6 +352,12 @@ impl Task {
             }
             Query::Arp(reply) => {
                 let _ = reply.send(self.arp_report().await);
+            }
+            // Handled by the loop, which stops after it; here only when a
+            // test drives the handler directly.
+            Query::Shutdown(done) => {
+                self.restore_arp_accept();
+                let _ = done.send(());
             }
         }
     }

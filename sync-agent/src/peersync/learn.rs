@@ -59,6 +59,10 @@ pub(super) trait Kernel: Send + Sync {
     ) -> BoxFuture<'_, Result<(), NeighbourError>>;
     /// Sets `arp_accept=1` on `interface`.
     fn set_arp_accept(&self, interface: &str) -> Result<(), NeighbourError>;
+    /// `arp_accept` of `interface` now.
+    fn arp_accept(&self, interface: &str) -> Result<u8, NeighbourError>;
+    /// Puts `arp_accept` of `interface` back to `value`.
+    fn restore_arp_accept(&self, interface: &str, value: u8) -> Result<(), NeighbourError>;
     /// Index and MAC of the interface called `name`, if it exists and has one.
     fn link<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Option<(u32, MacAddr)>>;
     /// The IPv4 neighbours on `ifindexes`.
@@ -94,6 +98,14 @@ impl Kernel for NetKernel {
 
     fn set_arp_accept(&self, interface: &str) -> Result<(), NeighbourError> {
         neighbours::set_arp_accept(interface, 1)
+    }
+
+    fn arp_accept(&self, interface: &str) -> Result<u8, NeighbourError> {
+        neighbours::arp_accept(interface)
+    }
+
+    fn restore_arp_accept(&self, interface: &str, value: u8) -> Result<(), NeighbourError> {
+        neighbours::set_arp_accept(interface, value)
     }
 
     fn link<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Option<(u32, MacAddr)>> {
@@ -273,7 +285,7 @@ impl Task {
         let target = self.kernel.link(name).await?;
         self.vlan_targets.insert(name.to_string(), target);
         if self.config.arp_accept == ArpAcceptPolicy::Set
-            && let Err(err) = self.kernel.set_arp_accept(name)
+            && let Err(err) = self.set_arp_accept_on(name)
         {
             tracing::warn!(error = %err, "arp_accept");
         }
@@ -281,13 +293,45 @@ impl Task {
     }
 
     /// Sets `arp_accept=1` on every present member port (policy `set`).
-    pub(super) fn apply_arp_accept(&self) {
+    pub(super) fn apply_arp_accept(&mut self) {
         if self.config.arp_accept != ArpAcceptPolicy::Set {
             return;
         }
-        for port in self.ports.iter().filter(|p| p.ifindex.is_some()) {
-            if let Err(err) = self.kernel.set_arp_accept(&port.name) {
-                tracing::warn!(interface = port.name, error = %err, "cannot set arp_accept; synced replies this switch did not ask for will not create entries");
+        let present: Vec<String> = self
+            .ports
+            .iter()
+            .filter(|p| p.ifindex.is_some())
+            .map(|p| p.name.clone())
+            .collect();
+        for name in present {
+            if let Err(err) = self.set_arp_accept_on(&name) {
+                tracing::warn!(interface = name, error = %err, "cannot set arp_accept; synced replies this switch did not ask for will not create entries");
+            }
+        }
+    }
+
+    /// Sets `arp_accept=1` on `interface`, remembering the value it had the
+    /// first time so [`Self::restore_arp_accept`] can put it back at exit.
+    /// An interface already at 1 is left alone: nothing of ours to undo.
+    fn set_arp_accept_on(&mut self, interface: &str) -> Result<(), NeighbourError> {
+        if !self.arp_accept_original.contains_key(interface) {
+            let original = self.kernel.arp_accept(interface)?;
+            if original == 1 {
+                return Ok(());
+            }
+            self.arp_accept_original
+                .insert(interface.to_string(), original);
+        }
+        self.kernel.set_arp_accept(interface)
+    }
+
+    /// Clean exit: every `arp_accept` this task changed gets its original
+    /// value back (logged per interface).
+    pub(super) fn restore_arp_accept(&mut self) {
+        for (interface, value) in std::mem::take(&mut self.arp_accept_original) {
+            match self.kernel.restore_arp_accept(&interface, value) {
+                Ok(()) => tracing::info!(interface, arp_accept = value, "arp_accept restored"),
+                Err(err) => tracing::warn!(interface, error = %err, "cannot restore arp_accept"),
             }
         }
     }

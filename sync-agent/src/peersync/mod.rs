@@ -27,8 +27,9 @@
 //! MAC (a reply for another MAC is dropped as "other host"), and
 //! `arp_accept=1` is set on the member ports (policy `peer.arp_accept`) so a
 //! reply this switch did not ask for (class `own` on the peer) creates an
-//! entry. Only if injection fails is the entry written over netlink, and
-//! that is logged and counted.
+//! entry; the value each interface had before is put back at clean exit
+//! ([`PeerSyncHandle::shutdown`]). Only if injection fails is the entry
+//! written over netlink, and that is logged and counted.
 
 pub mod config;
 mod events;
@@ -160,6 +161,13 @@ impl PeerSyncHandle {
     /// `show arp`: entries sent and entries learnt from the peer.
     pub async fn arp(&self) -> Result<Vec<ArpReportEntry>, AskError> {
         self.ask(Query::Arp).await
+    }
+
+    /// Clean exit: the task puts back every `arp_accept` it changed (the
+    /// value each interface had before) and stops. Returns once done, or at
+    /// once if the task is gone.
+    pub async fn shutdown(&self) {
+        let _ = self.ask(Query::Shutdown).await;
     }
 
     async fn ask<T>(&self, query: impl FnOnce(oneshot::Sender<T>) -> Query) -> Result<T, AskError> {

@@ -85,6 +85,9 @@ pub(super) struct Task {
     pub(super) learnt_here: HashMap<(u32, Ipv4Addr), LearntBy>,
     /// VLAN interfaces looked up so far: name -> (ifindex, MAC).
     pub(super) vlan_targets: BTreeMap<String, (u32, MacAddr)>,
+    /// `arp_accept` of each interface before this task set it, restored at
+    /// clean exit.
+    pub(super) arp_accept_original: BTreeMap<String, u8>,
     pub(super) stats: Stats,
     /// One log line per reason per second, whatever the flood.
     pub(super) log: LogLimiter,
@@ -149,6 +152,7 @@ impl Task {
             learnt_here: HashMap::new(),
             peer_macs: None,
             vlan_targets: BTreeMap::new(),
+            arp_accept_original: BTreeMap::new(),
             stats: Stats::default(),
             log: LogLimiter::new(Duration::from_secs(1)),
             kernel,
@@ -157,7 +161,8 @@ impl Task {
         (task, internal_rx, wanted)
     }
 
-    /// The event loop; ends when every [`super::PeerSyncHandle`] is dropped.
+    /// The event loop; ends when every [`super::PeerSyncHandle`] is dropped,
+    /// or at a shutdown request (after restoring `arp_accept`).
     pub(super) async fn run(mut self, mut inputs: Inputs) {
         let (mut captures_open, mut ports_open, mut liveness_open) = (true, true, true);
         loop {
@@ -168,6 +173,11 @@ impl Task {
             let flush_at = self.flush_at;
             let event = tokio::select! {
                 query = inputs.queries.recv() => match query {
+                    Some(Query::Shutdown(done)) => {
+                        self.restore_arp_accept();
+                        let _ = done.send(());
+                        return;
+                    }
                     Some(query) => Event::Query(query),
                     None => return,
                 },

@@ -50,6 +50,10 @@ struct KernelLog {
     injected: Vec<(u32, Vec<u8>)>,
     reachable: Vec<(u32, Ipv4Addr, MacAddr)>,
     arp_accept: Vec<String>,
+    /// `arp_accept` of each interface as the fake kernel holds it (absent: 0).
+    arp_accept_values: BTreeMap<String, u8>,
+    /// Restores asked for, in order.
+    arp_accept_restored: Vec<(String, u8)>,
     probed: Vec<Ipv4Addr>,
     /// Answer to neighbour dumps.
     neighbours: Vec<Neighbour>,
@@ -89,7 +93,25 @@ impl Kernel for FakeKernel {
     }
 
     fn set_arp_accept(&self, interface: &str) -> Result<(), NeighbourError> {
-        self.log().arp_accept.push(interface.to_string());
+        let mut log = self.log();
+        log.arp_accept.push(interface.to_string());
+        log.arp_accept_values.insert(interface.to_string(), 1);
+        Ok(())
+    }
+
+    fn arp_accept(&self, interface: &str) -> Result<u8, NeighbourError> {
+        Ok(self
+            .log()
+            .arp_accept_values
+            .get(interface)
+            .copied()
+            .unwrap_or(0))
+    }
+
+    fn restore_arp_accept(&self, interface: &str, value: u8) -> Result<(), NeighbourError> {
+        let mut log = self.log();
+        log.arp_accept_restored.push((interface.to_string(), value));
+        log.arp_accept_values.insert(interface.to_string(), value);
         Ok(())
     }
 
@@ -846,6 +868,69 @@ async fn member_port_changes_set_arp_accept_per_policy() {
     changed.pop();
     h.task.process(Event::Ports(changed)).await;
     assert!(h.kernel.log().arp_accept.is_empty());
+}
+
+#[tokio::test]
+async fn shutdown_puts_back_the_arp_accept_each_interface_had_and_ends_the_loop() {
+    let h = Harness::new("");
+    {
+        let mut log = h.kernel.log();
+        log.arp_accept_values.insert("p1".into(), 2);
+        log.arp_accept_values.insert("p3".into(), 1);
+    }
+    let mut changed = ports();
+    changed.push(MemberPort {
+        name: "p3".into(),
+        mlag_id: 3,
+        ifindex: Some(13),
+        mac: None,
+    });
+    let (queries_tx, queries) = mpsc::channel(4);
+    let (_captures_tx, captures) = mpsc::channel(4);
+    let (ports_tx, ports_rx) = watch::channel(ports());
+    let (_liveness_tx, liveness) = mpsc::channel(4);
+    let Harness {
+        task,
+        kernel,
+        internal,
+        ..
+    } = h;
+    let running = tokio::spawn(task.run(Inputs {
+        queries,
+        captures,
+        ports: ports_rx,
+        internal,
+        liveness,
+    }));
+    ports_tx.send(changed).unwrap();
+    // A query answered after the ports change means the change was applied.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    queries_tx.send(Query::Peer(tx)).await.unwrap();
+    rx.await.unwrap();
+    assert_eq!(
+        kernel.log().arp_accept,
+        vec!["p1", "p2"],
+        "p3 already accepts: nothing of ours to set or undo"
+    );
+
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    queries_tx.send(Query::Shutdown(tx)).await.unwrap();
+    rx.await.expect("shutdown is answered");
+    {
+        let log = kernel.log();
+        assert_eq!(
+            log.arp_accept_restored,
+            vec![("p1".to_string(), 2), ("p2".to_string(), 0)]
+        );
+        assert_eq!(log.arp_accept_values.get("p1"), Some(&2));
+        assert_eq!(log.arp_accept_values.get("p2"), Some(&0));
+        assert_eq!(log.arp_accept_values.get("p3"), Some(&1));
+    }
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("the loop ends at shutdown, though its handle is still held")
+        .unwrap();
+    drop(queries_tx);
 }
 
 #[tokio::test]

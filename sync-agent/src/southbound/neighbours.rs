@@ -45,6 +45,14 @@ pub enum NeighbourError {
         /// The error.
         source: std::io::Error,
     },
+    /// Reading a sysctl failed (or it held no number).
+    #[error("cannot read {path}: {source}")]
+    SysctlRead {
+        /// The sysctl file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
 }
 
 fn state_name(state: NeighbourState) -> &'static str {
@@ -149,6 +157,18 @@ pub async fn set_reachable(
             what: format!("set {ip} reachable"),
             source,
         })
+}
+
+/// `net.ipv4.conf.<interface>.arp_accept` now (in the agent's namespace).
+pub fn arp_accept(interface: &str) -> Result<u8, NeighbourError> {
+    let path = format!("/proc/sys/net/ipv4/conf/{interface}/arp_accept");
+    std::fs::read_to_string(&path)
+        .and_then(|text| {
+            text.trim()
+                .parse()
+                .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidData, err))
+        })
+        .map_err(|source| NeighbourError::SysctlRead { path, source })
 }
 
 /// Sets `net.ipv4.conf.<interface>.arp_accept` (in the agent's namespace).
