@@ -188,7 +188,8 @@ mod tests {
     fn keepalive(boot_id: u64) -> Vec<u8> {
         let mut out = [0u8; 64];
         let mut e = Encoder::new(&mut out, MessageType::Keepalive, SubType::None, 1).unwrap();
-        e.tlv(wire::tlv::BOOT_ID, &[&boot_id.to_be_bytes()]).unwrap();
+        e.tlv(wire::tlv::BOOT_ID, &[&boot_id.to_be_bytes()])
+            .unwrap();
         let len = e.finish();
         out[..len].to_vec()
     }

@@ -11,8 +11,8 @@ use tokio::{net::TcpStream, sync::oneshot};
 
 use super::{
     hello::Hello,
-    report::{ArpReportEntry, PeerReport},
     learn::Kernel,
+    report::{ArpReportEntry, PeerReport},
     session::{self, PeerInfo},
     table::{EntryKey, seq_max},
     task::Task,

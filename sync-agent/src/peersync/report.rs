@@ -221,10 +221,7 @@ impl fmt::Display for PeerReport {
             writeln!(
                 f,
                 "sessions stalled {} replaced {} hello timeouts {}, keepalive boot changes {}",
-                c.sessions_stalled,
-                c.sessions_replaced,
-                c.hello_timeouts,
-                c.keepalive_boot_changed
+                c.sessions_stalled, c.sessions_replaced, c.hello_timeouts, c.keepalive_boot_changed
             )?;
         }
         if c.session_events_dropped > 0 {

@@ -300,13 +300,8 @@ impl Harness {
             mclag_address: None,
         };
         let (sessions_tx, sessions) = mpsc::channel(depth);
-        let (task, internal, wanted) = Task::new(
-            config,
-            identity,
-            ports(),
-            kernel.clone(),
-            Some(sessions_tx),
-        );
+        let (task, internal, wanted) =
+            Task::new(config, identity, ports(), kernel.clone(), Some(sessions_tx));
         let (_, wire) = mpsc::channel(1);
         Self {
             task,
@@ -943,8 +938,14 @@ async fn a_full_writer_queue_closes_the_stuck_session_and_keeps_the_entries() {
         .expect("a full writer queue never blocks the task");
     let report = h.report();
     assert_eq!(report.counters.sessions_stalled, 1);
-    assert_eq!(report.state, "connecting", "closed; the peer is still alive");
-    assert!(h.wanted.has_changed().unwrap(), "a new connection is asked for");
+    assert_eq!(
+        report.state, "connecting",
+        "closed; the peer is still alive"
+    );
+    assert!(
+        h.wanted.has_changed().unwrap(),
+        "a new connection is asked for"
+    );
     assert_eq!((report.entries, report.pending, report.unacked), (2, 1, 1));
     assert_eq!(report.next_seq, 2, "the refused frame did not use a number");
     // What the stuck peer got before: frame 1 (never acked).
@@ -954,7 +955,11 @@ async fn a_full_writer_queue_closes_the_stuck_session_and_keeps_the_entries() {
     // both entries go out again.
     let resent = h.establish(PEER_BOOT, Some((OUR_BOOT, 0))).await;
     assert_eq!(resent, vec![Written::Sync(2, vec![ip(1), ip(2)])]);
-    assert_eq!(h.report().counters.refreshes, 1, "no refresh: same peer run");
+    assert_eq!(
+        h.report().counters.refreshes,
+        1,
+        "no refresh: same peer run"
+    );
 }
 
 /// Acks follow the same rule: a sync frame whose ack does not fit closes
@@ -974,7 +979,11 @@ async fn an_ack_into_a_full_writer_queue_closes_the_session_without_waiting() {
     let report = h.report();
     assert_eq!(report.counters.sessions_stalled, 1);
     assert_eq!(report.state, "down");
-    assert_eq!(h.kernel.log().injected.len(), 1, "the entry itself was learnt");
+    assert_eq!(
+        h.kernel.log().injected.len(),
+        1,
+        "the entry itself was learnt"
+    );
 }
 
 /// A connection that never says hello holds the session slot only for
@@ -992,7 +1001,10 @@ async fn a_connection_without_a_hello_is_closed_after_hello_timeout_ms() {
     let report = h.report();
     assert_eq!(report.counters.hello_timeouts, 1);
     assert_eq!(report.state, "connecting");
-    assert!(h.wanted.has_changed().unwrap(), "a new connection is asked for");
+    assert!(
+        h.wanted.has_changed().unwrap(),
+        "a new connection is asked for"
+    );
     h.wanted.mark_unchanged();
 
     // A connection that says hello in time is not touched by its deadline.
@@ -1042,7 +1054,10 @@ async fn a_stale_session_is_replaced_by_a_new_connection_and_a_healthy_one_is_no
     let report = h.report();
     assert_eq!(report.counters.sessions_replaced, 1);
     assert_eq!(report.counters.sessions_lost, 1);
-    assert_eq!(report.state, "opening", "the new connection awaits its hello");
+    assert_eq!(
+        report.state, "opening",
+        "the new connection awaits its hello"
+    );
 
     // A connection that never said hello is replaced at once.
     let (stream, _keep4) = tcp_pair().await;
@@ -1083,11 +1098,18 @@ async fn a_keepalive_boot_change_alone_neither_closes_nor_resyncs() {
     assert_eq!(report.counters.keepalive_boot_changed, 1);
     assert_eq!(report.state, "up");
     assert_eq!(report.peer_boot_id, Some(PEER_BOOT));
-    assert_eq!((report.pending, report.unacked), (0, 0), "nothing to resend");
+    assert_eq!(
+        (report.pending, report.unacked),
+        (0, 0),
+        "nothing to resend"
+    );
     assert_eq!(report.counters.refreshes, 1, "no re-probe");
     assert_eq!(report.counters.sessions_lost, 0);
     assert!(h.written().is_empty());
-    assert!(!h.wanted.has_changed().unwrap(), "the session is heard from");
+    assert!(
+        !h.wanted.has_changed().unwrap(),
+        "the session is heard from"
+    );
 
     // The session falls silent while keepalives name the other run: a
     // connection is asked for (its hello will tell which run is real).
@@ -1150,8 +1172,11 @@ async fn sequence_numbers_stay_ordered_across_the_wrap() {
     // Frames received across the wrap: RESUME tells the newest.
     let (mac, host_ip) = host(9);
     for seq in [u32::MAX, 1] {
-        h.inbound(sync_frame(seq, &[(driver(1), arp_reply(PEER_MAC, mac, host_ip))]))
-            .await;
+        h.inbound(sync_frame(
+            seq,
+            &[(driver(1), arp_reply(PEER_MAC, mac, host_ip))],
+        ))
+        .await;
     }
     h.task
         .process(Event::Closed {
