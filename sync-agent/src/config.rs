@@ -285,6 +285,25 @@ capture_queue = 1
     }
 
     #[test]
+    fn hello_timeout_defaults_to_3_s_and_is_bounded() {
+        let peer = |extra: &str| {
+            format!(
+                "{GOOD}\n[peer]\nlocal_address = \"169.254.0.1\"\npeer_address = \"169.254.0.2\"\n{extra}"
+            )
+        };
+        let config = Config::parse(&peer(""), "test").unwrap();
+        assert_eq!(config.peer.unwrap().hello_timeout_ms, 3000);
+        for bad in ["hello_timeout_ms = 0", "hello_timeout_ms = 600000"] {
+            let Err(ConfigError::Invalid { problems, .. }) = Config::parse(&peer(bad), "test")
+            else {
+                panic!("expected Invalid for {bad}")
+            };
+            let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
+            assert_eq!(fields, ["peer.hello_timeout_ms"], "{bad}");
+        }
+    }
+
+    #[test]
     fn empty_member_ports_is_refused() {
         let text = GOOD.replace(r#"["eth1", "eth2"]"#, "[]");
         let err = Config::parse(&text, "test").unwrap_err().to_string();

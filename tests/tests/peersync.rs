@@ -484,3 +484,270 @@ fn hostile_frames_inside_the_session_are_counted_and_the_session_survives() -> a
     assert_eq!(peer["counters"]["sessions_established"], 1);
     Ok(())
 }
+
+// ------------------------------------------- a stuck peer never blocks us
+
+/// A frame of the sync protocol, built with the agent's own encoder.
+fn wire_frame(
+    msg: sync_common::wire::MessageType,
+    seq: u32,
+    build: &dyn Fn(&mut sync_common::wire::Encoder),
+) -> Vec<u8> {
+    use sync_common::wire::{Encoder, SubType};
+    let mut buf = vec![0u8; 4096];
+    let mut e = Encoder::new(&mut buf, msg, SubType::None, seq).unwrap();
+    build(&mut e);
+    let len = e.finish();
+    buf.truncate(len);
+    buf
+}
+
+const FAKE_BOOT: u64 = 0x5eed;
+
+fn fake_hello() -> Vec<u8> {
+    use sync_common::wire::{MessageType, tlv};
+    wire_frame(MessageType::Hello, 0, &|e| {
+        e.tlv(tlv::SYSTEM_NAME, &[b"stuck-b"]).unwrap();
+        e.tlv(tlv::BOOT_ID, &[&FAKE_BOOT.to_be_bytes()]).unwrap();
+        e.tlv(tlv::CAPABILITIES, &[&1u32.to_be_bytes()]).unwrap();
+    })
+}
+
+fn fake_keepalive(seq: u32) -> Vec<u8> {
+    use sync_common::wire::{MessageType, tlv};
+    wire_frame(MessageType::Keepalive, seq, &|e| {
+        e.tlv(tlv::BOOT_ID, &[&FAKE_BOOT.to_be_bytes()]).unwrap();
+    })
+}
+
+/// `show peer` over the control socket itself (not through the CLI, whose
+/// process start-up is not the agent's answer time), with how long the
+/// answer took.
+fn timed_show_peer(agent: &Agent) -> anyhow::Result<(serde_json::Value, Duration)> {
+    use std::io::{BufRead as _, BufReader};
+    let started = std::time::Instant::now();
+    let mut stream = std::os::unix::net::UnixStream::connect(&agent.socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut request = serde_json::to_string(&sync_agent::control::protocol::Request::Peer)?;
+    request.push('\n');
+    stream.write_all(request.as_bytes())?;
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut answer)
+        .context("no answer to show peer within 5 s")?;
+    let took = started.elapsed();
+    let answer: serde_json::Value = serde_json::from_str(&answer)?;
+    anyhow::ensure!(answer["ok"] == true, "show peer failed: {answer}");
+    Ok((answer["data"].clone(), took))
+}
+
+/// A fake B that completes the hello and then never reads: A's writes to it
+/// pile up (its receive window closes, A's writer blocks, A's queue to the
+/// writer fills), while B's keepalives (B's own boot id) keep arriving.
+/// A must not stall: `show peer` answers within 100 ms all along, A keeps
+/// sending keepalives, still sees B alive, reports the stall and reconnects.
+#[test]
+fn a_peer_that_stops_reading_never_stalls_the_agent() -> anyhow::Result<()> {
+    use std::{
+        os::fd::AsRawFd as _,
+        sync::{
+            Arc, Mutex,
+            atomic::{AtomicBool, AtomicU64, Ordering},
+        },
+        time::Instant,
+    };
+    const DEAD_MS: u64 = 500;
+    pair::raise_neighbour_limits(16384)?;
+    let pair = Pair::new()?;
+    // Sockets opened inside B's namespace stay there when used from this thread.
+    let (listener, udp) = pair.b.run(|| {
+        let listener = std::net::TcpListener::bind("169.254.77.2:7789")?;
+        // A small receive buffer (inherited by accepted connections) so that
+        // a not-reading peer closes its window after a few kilobytes.
+        let size: libc::c_int = 4096;
+        // SAFETY: setsockopt on a valid socket with a c_int option value.
+        let rc = unsafe {
+            libc::setsockopt(
+                listener.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&raw const size).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        anyhow::ensure!(rc == 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
+        Ok((listener, UdpSocket::bind("169.254.77.2:7789")?))
+    })?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicU64::new(0));
+    // Times at which A's keepalives reached the fake B.
+    let heard: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let tcp = {
+        let (stop, accepted) = (stop.clone(), accepted.clone());
+        listener.set_nonblocking(true)?;
+        std::thread::spawn(move || {
+            // Held open and never read.
+            let mut held = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        let _ = stream.set_nonblocking(false);
+                        let _ = stream.write_all(&fake_hello());
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                        held.push(stream);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        })
+    };
+    let keepalives = {
+        let (stop, heard) = (stop.clone(), heard.clone());
+        udp.set_read_timeout(Some(Duration::from_millis(20)))?;
+        std::thread::spawn(move || {
+            let mut next_send = Instant::now();
+            let mut seq = 0;
+            let mut buf = [0u8; 512];
+            while !stop.load(Ordering::Relaxed) {
+                if Instant::now() >= next_send {
+                    seq += 1;
+                    let _ = udp.send_to(&fake_keepalive(seq), "169.254.77.1:7789");
+                    next_send += Duration::from_millis(100);
+                }
+                if let Ok((_, from)) = udp.recv_from(&mut buf)
+                    && from.ip().to_string() == "169.254.77.1"
+                {
+                    heard.lock().unwrap().push(Instant::now());
+                }
+            }
+        })
+    };
+    let a = pair.agent_a("")?;
+    wait_session_up(&a)?;
+
+    // Flood A with replies to capture (distinct hosts, then the same ones
+    // again: each capture is an update to sync), until A gives up on the
+    // stuck session.
+    let replies: Vec<Vec<u8>> = (0..2000)
+        .map(|i| pair.reply_from_c(ip_of(i), pair.a_mac, A_IP).to_bytes())
+        .collect();
+    let flood_until = Instant::now() + Duration::from_secs(20);
+    let (mut slowest, mut queries) = (Duration::ZERO, 0u32);
+    let mut stalled_at = None;
+    let mut watched_from = None;
+    while Instant::now() < flood_until {
+        for chunk in replies.chunks(500) {
+            pair.c.send_frames("c-a", chunk)?;
+        }
+        // While the peer is stuck, A answers within 100 ms every time. This is
+        // a deadline, not a benchmark: an answer that waits on the peer-sync
+        // task blocked behind the peer would take seconds (or forever); a
+        // free loop answers in well under a millisecond, so 100 ms leaves room
+        // for a loaded 2-core machine without hiding a stall.
+        let (peer, took) = timed_show_peer(&a)?;
+        queries += 1;
+        slowest = slowest.max(took);
+        assert!(took < Duration::from_millis(100), "show peer took {took:?}");
+        assert_eq!(
+            peer["alive"], true,
+            "A declared the healthy peer dead: {peer}"
+        );
+        if stalled_at.is_none() && peer["counters"]["sessions_stalled"].as_u64() >= Some(1) {
+            stalled_at = Some(Instant::now());
+        }
+        // Keep the pressure on for several dead intervals past the first stall.
+        if let Some(t) = stalled_at {
+            watched_from.get_or_insert(t);
+            if t.elapsed() > Duration::from_millis(6 * DEAD_MS) {
+                break;
+            }
+        }
+    }
+    let stalled_at = stalled_at.context("A never reported the stuck session")?;
+    let (peer, _) = timed_show_peer(&a)?;
+    stop.store(true, Ordering::Relaxed);
+    let _ = tcp.join();
+    let _ = keepalives.join();
+
+    // (b) A's keepalives kept reaching B through the whole stuck period: no
+    // gap as long as a dead interval.
+    let heard = heard.lock().unwrap().clone();
+    let during: Vec<Instant> = heard.iter().copied().filter(|t| *t >= stalled_at).collect();
+    assert!(
+        during.len() >= 20,
+        "only {} keepalives from A after the stall",
+        during.len()
+    );
+    let worst_gap = during
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    assert!(
+        worst_gap < Duration::from_millis(DEAD_MS),
+        "A's keepalives paused for {worst_gap:?}"
+    );
+    // (d) The stall is reported and A reconnected to the (still alive) peer.
+    let counters = &peer["counters"];
+    assert!(counters["sessions_stalled"].as_u64() >= Some(1), "{peer}");
+    assert!(
+        counters["sessions_established"].as_u64() >= Some(2),
+        "A did not reconnect: {peer}"
+    );
+    assert!(accepted.load(Ordering::Relaxed) >= 2);
+    eprintln!(
+        "stuck peer: {queries} show peer answers, slowest {slowest:?}; keepalives heard after the stall: {}, worst gap {worst_gap:?}; stalled {} times, {} sessions",
+        during.len(),
+        counters["sessions_stalled"],
+        counters["sessions_established"]
+    );
+    Ok(())
+}
+
+/// A connection from the peer's address that never says hello holds B's
+/// only session slot for `hello_timeout_ms`, no longer; the real A then
+/// gets its session.
+#[test]
+fn a_connection_that_never_says_hello_is_closed_after_hello_timeout_ms() -> anyhow::Result<()> {
+    use std::{io::Read as _, time::Instant};
+    let pair = Pair::new()?;
+    let b = pair.agent_b("hello_timeout_ms = 500")?;
+    let (closed_after, said) = pair.a.run(|| {
+        let mut stream = wait_until(WAIT, "B listening", || {
+            TcpStream::connect_timeout(
+                &"169.254.77.2:7789".parse().unwrap(),
+                Duration::from_secs(1),
+            )
+            .map_err(|e| e.to_string())
+        })?;
+        let opened = Instant::now();
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        // B says hello, then hangs up when ours does not come.
+        let mut said = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => said.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok((opened.elapsed(), said))
+    })?;
+    assert!(
+        said.starts_with(b"MS\x01"),
+        "B sent its hello first: {said:?}"
+    );
+    assert!(
+        closed_after >= Duration::from_millis(450) && closed_after < Duration::from_millis(2500),
+        "B closed the hello-less connection after {closed_after:?} (hello_timeout_ms = 500)"
+    );
+    let peer = b.query(&["show", "peer"])?;
+    assert_eq!(peer["counters"]["hello_timeouts"], 1, "{peer}");
+    assert_ne!(peer["state"], "up");
+    let a = pair.agent_a("")?;
+    wait_session_up(&a)?;
+    wait_session_up(&b)?;
+    Ok(())
+}

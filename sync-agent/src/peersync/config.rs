@@ -58,6 +58,9 @@ fn default_flush_us() -> u64 {
 fn default_max_entries() -> usize {
     1 << 20
 }
+fn default_hello_timeout_ms() -> u64 {
+    3000
+}
 
 /// `[peer]`: the MLAG peer session (SPEC 2).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -101,6 +104,10 @@ pub struct PeerConfig {
     /// Most entries kept for resending; the oldest are forgotten beyond it.
     #[serde(default = "default_max_entries")]
     pub max_entries: usize,
+    /// A connection whose hello has not arrived this long after it opened
+    /// is closed (and counted, `hello_timeouts`), milliseconds.
+    #[serde(default = "default_hello_timeout_ms")]
+    pub hello_timeout_ms: u64,
 }
 
 impl PeerConfig {
@@ -226,6 +233,12 @@ impl PeerConfig {
             problem(
                 "peer.flush_delay_us".into(),
                 format!("{} must be at most 1000000", peer.flush_delay_us),
+            );
+        }
+        if !(100..=60_000).contains(&peer.hello_timeout_ms) {
+            problem(
+                "peer.hello_timeout_ms".into(),
+                format!("{} must be between 100 and 60000", peer.hello_timeout_ms),
             );
         }
         if peer.max_entries < 16 {

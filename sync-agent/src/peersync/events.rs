@@ -11,9 +11,10 @@ use tokio::{net::TcpStream, sync::oneshot};
 
 use super::{
     hello::Hello,
+    learn::Kernel,
     report::{ArpReportEntry, PeerReport},
     session::{self, PeerInfo},
-    table::EntryKey,
+    table::{EntryKey, seq_max},
     task::Task,
 };
 use crate::{
@@ -26,11 +27,48 @@ use crate::{
 pub(super) enum Query {
     /// `show peer`.
     Peer(oneshot::Sender<PeerReport>),
-    /// `show arp`.
-    Arp(oneshot::Sender<Vec<ArpReportEntry>>),
+    /// `show arp`: the task's table; the kernel's state is added by the
+    /// asker ([`ArpSnapshot::with_kernel_state`]), outside the loop.
+    Arp(oneshot::Sender<ArpSnapshot>),
     /// Clean exit: restore what this task changed, answer, stop (the loop
     /// in `task.rs` handles it).
     Shutdown(oneshot::Sender<()>),
+}
+
+/// `show arp` as the task knows it: its entries, and which received entry
+/// is which kernel neighbour. The kernel's column is filled in by whoever
+/// asked, so a slow netlink dump never holds up the loop.
+#[derive(Debug)]
+pub(super) struct ArpSnapshot {
+    pub(super) entries: Vec<ArpReportEntry>,
+    /// The interfaces to dump (member ports and VLAN targets).
+    pub(super) ifindexes: Vec<u32>,
+    /// Entries whose kernel state is read (received ones, and sent ones
+    /// learnt here too): their index in `entries` and their neighbour.
+    pub(super) received: Vec<(usize, u32, Ipv4Addr)>,
+}
+
+impl ArpSnapshot {
+    /// The entries with `kernel_state` of the received ones read from the
+    /// kernel now (`absent` when it holds none; left empty when the dump
+    /// fails).
+    pub(super) async fn with_kernel_state(mut self, kernel: &dyn Kernel) -> Vec<ArpReportEntry> {
+        let Ok(list) = kernel.neighbours(&self.ifindexes).await else {
+            return self.entries;
+        };
+        let states: BTreeMap<(u32, Ipv4Addr), &str> =
+            list.iter().map(|n| ((n.ifindex, n.ip), n.state)).collect();
+        for (i, ifindex, ip) in self.received {
+            self.entries[i].kernel_state = Some(
+                states
+                    .get(&(ifindex, ip))
+                    .copied()
+                    .unwrap_or("absent")
+                    .to_string(),
+            );
+        }
+        self.entries
+    }
 }
 
 /// Everything the peer-sync task reacts to.
@@ -79,6 +117,11 @@ pub(super) enum Event {
     },
     /// Liveness change (UDP keepalives).
     Liveness(Liveness),
+    /// Connection `conn` has had `hello_timeout_ms` to say hello.
+    HelloTimeout {
+        /// Connection number.
+        conn: u64,
+    },
     /// A refresh of the neighbour table finished.
     RefreshDone {
         /// Entries moved to PROBE.
@@ -103,6 +146,7 @@ impl Task {
             Event::Liveness(Liveness::Up { boot_id }) => self.process_liveness_up(boot_id),
             Event::Liveness(Liveness::Down) => self.process_liveness_down(),
             Event::RefreshDone { probed, failed } => self.process_refresh_done(probed, failed),
+            Event::HelloTimeout { conn } => self.process_hello_timeout(conn),
         }
     }
 
@@ -168,9 +212,10 @@ impl Task {
 
     /// A frame of connection `conn`, header already checked.
     pub(super) async fn process_inbound(&mut self, conn: u64, bytes: &[u8]) {
-        if !self.is_current(conn) {
+        let Some(session) = self.session.as_mut().filter(|s| s.conn == conn) else {
             return;
-        }
+        };
+        session.last_heard = Instant::now();
         let frame = match Frame::decode(bytes, self.config.max_frame_bytes) {
             Ok(frame) => frame,
             Err(error) => {
@@ -224,7 +269,7 @@ impl Task {
         let peer_restarted = self.last_peer_boot != Some(hello.boot_id);
         match resume {
             Some(seq) => {
-                self.acked = self.acked.max(seq);
+                self.acked = seq_max(self.acked, seq);
                 self.table.mark_unacked(seq);
             }
             None => self.table.mark_all(),
@@ -286,7 +331,7 @@ impl Task {
             self.learn(&entry.driver, entry.frame).await;
         }
         let seq = frame.header.seq;
-        self.rx_applied = self.rx_applied.max(seq);
+        self.rx_applied = seq_max(self.rx_applied, seq);
         self.send_ack(seq).await;
     }
 
@@ -312,16 +357,41 @@ impl Task {
         }
     }
 
-    /// Keepalives arrive from the peer run `boot_id`; a new boot id without
-    /// a silence in between is a restart, and the old session is stale.
+    /// Keepalives arrive from the peer run `boot_id`.
+    ///
+    /// A new boot id is not believed on its own: keepalives are UDP and only
+    /// their source address is checked, so anyone on the link can forge one.
+    /// Only the session's hello (TCP, from the peer's address) says that the
+    /// peer restarted (then `process_hello` refreshes and resends). So a
+    /// boot change is logged and counted (`keepalive_boot_changed`), the
+    /// session is kept, and a (re)connection is asked for: a real restart
+    /// closes the old connection (the old process is gone) or leaves it
+    /// silent, and a silent session whose run the keepalives no longer vouch
+    /// for is replaced by the new connection (`session_is_stale`).
     pub(super) fn process_liveness_up(&mut self, boot_id: u64) {
-        let restarted = self.peer_alive.is_some_and(|old| old != boot_id);
-        tracing::info!(peer = %self.config.peer_address, boot_id, restarted, "peer alive (keepalives)");
+        let session_boot = self
+            .session
+            .as_ref()
+            .and_then(|s| s.peer.as_ref())
+            .map(|p| p.boot_id);
+        let changed = self.peer_alive.is_some_and(|old| old != boot_id)
+            || session_boot.is_some_and(|b| b != boot_id);
         self.peer_alive = Some(boot_id);
-        if restarted {
-            self.close_session("peer agent restarted");
+        if changed {
+            self.stats.keepalive_boot_changed += 1;
+            if self.log.admit("keepalive_boot_changed").is_some() {
+                tracing::warn!(
+                    peer = %self.config.peer_address,
+                    boot_id,
+                    ?session_boot,
+                    total = self.stats.keepalive_boot_changed,
+                    "keepalives name another peer run; not believed until a hello says so"
+                );
+            }
+        } else {
+            tracing::info!(peer = %self.config.peer_address, boot_id, "peer alive (keepalives)");
         }
-        if self.session.is_none() {
+        if self.session.is_none() || self.session_is_stale() {
             self.request_connection();
         }
     }
@@ -351,7 +421,7 @@ impl Task {
                 let _ = reply.send(self.peer_report());
             }
             Query::Arp(reply) => {
-                let _ = reply.send(self.arp_report().await);
+                let _ = reply.send(self.arp_report());
             }
             // Handled by the loop, which stops after it; here only when a
             // test drives the handler directly.
@@ -406,19 +476,12 @@ impl Task {
         }
     }
 
-    /// `show arp`: entries sent (with their ack state) and entries learnt
-    /// (with the kernel's NUD state now).
-    pub(super) async fn arp_report(&self) -> Vec<ArpReportEntry> {
+    /// `show arp`: entries sent (with their ack state) and entries learnt;
+    /// the kernel's NUD state of the learnt ones is read by the asker
+    /// ([`ArpSnapshot::with_kernel_state`]), never inside the loop.
+    pub(super) fn arp_report(&self) -> ArpSnapshot {
         let mut ifindexes: Vec<u32> = self.ports.iter().filter_map(|p| p.ifindex).collect();
         ifindexes.extend(self.vlan_targets.values().map(|(i, _)| *i));
-        let kernel: BTreeMap<(u32, Ipv4Addr), _> = self
-            .kernel
-            .neighbours(&ifindexes)
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .map(|n| ((n.ifindex, n.ip), n))
-            .collect();
         let class_name = |c: u8| Class::from_u8(c).map_or("?", Class::name).to_string();
         let mut out: Vec<ArpReportEntry> = self
             .table
@@ -437,7 +500,7 @@ impl Task {
                     age_ms: e.updated.elapsed().as_millis() as u64,
                     how: if e.seq == 0 {
                         "queued"
-                    } else if e.seq > self.acked {
+                    } else if !self.is_acked(e.seq) {
                         "sent"
                     } else {
                         "acked"
@@ -448,7 +511,9 @@ impl Task {
                 }
             })
             .collect();
+        let mut received = Vec::with_capacity(self.learned.len());
         out.extend(self.learned.iter().map(|((ifindex, ip), l)| {
+            received.push((received.len() + self.table.len(), *ifindex, *ip));
             ArpReportEntry {
                 ip: ip.to_string(),
                 mac: l.mac,
@@ -464,17 +529,16 @@ impl Task {
                 class: class_name(l.class),
                 age_ms: l.at.elapsed().as_millis() as u64,
                 how: l.by.name().into(),
-                kernel_state: Some(
-                    kernel
-                        .get(&(*ifindex, *ip))
-                        .map_or("absent", |n| n.state)
-                        .to_string(),
-                ),
+                kernel_state: None,
                 learnt_here: None,
             }
         }));
-        // Sent entries this switch learnt too: say how, and what the kernel holds.
-        for entry in out.iter_mut().filter(|e| e.direction == "sent") {
+        // Sent entries this switch learnt too (SPEC 1.2): say how; the
+        // asker reads what the kernel holds for them as for received ones.
+        for (i, entry) in out.iter_mut().enumerate() {
+            if entry.direction != "sent" {
+                continue;
+            }
             let Some(ifindex) = self
                 .ports
                 .iter()
@@ -488,14 +552,13 @@ impl Task {
             };
             if let Some(by) = self.learnt_here.get(&(ifindex, ip)) {
                 entry.learnt_here = Some(by.name().into());
-                entry.kernel_state = Some(
-                    kernel
-                        .get(&(ifindex, ip))
-                        .map_or("absent", |n| n.state)
-                        .to_string(),
-                );
+                received.push((i, ifindex, ip));
             }
         }
-        out
+        ArpSnapshot {
+            entries: out,
+            ifindexes,
+            received,
+        }
     }
 }

@@ -14,7 +14,7 @@
 //!   `peer.arp_accept = "leave"`.
 //! - Only when injection fails is the entry written as a REACHABLE
 //!   neighbour over netlink; that is logged and counted (`netlink_fallback`,
-//!   rejected reason `inject_failed`).
+//!   local failure `inject_failed`: this switch's failure, not the peer's).
 //!
 //! Every kernel side effect goes through the [`Kernel`] trait so the task's
 //! handlers can be driven without root in the deterministic tests
@@ -248,7 +248,7 @@ impl Task {
             }
             Err(err) => {
                 self.stats.netlink_fallback += 1;
-                self.reject("inject_failed", &format!("BPF_PROG_RUN live frame on {interface}: {err}; writing {sender_ip} over netlink instead"));
+                self.local_failure("inject_failed", &format!("BPF_PROG_RUN live frame on {interface}: {err}; writing {sender_ip} over netlink instead"));
                 if let Err(err) = self
                     .kernel
                     .set_reachable(ifindex, sender_ip, sender_mac)

@@ -55,7 +55,7 @@ impl Task {
         let by = match self.kernel.inject(&frame, captured.ifindex) {
             Ok(()) => LearntBy::KernelArp,
             Err(err) => {
-                self.reject(
+                self.local_failure(
                     "inject_failed",
                     &format!(
                         "BPF_PROG_RUN live frame on ifindex {}: {err}; writing {ip} over netlink instead",

@@ -60,7 +60,7 @@ pub use self::learn::LearntBy;
 use self::{
     config::PeerConfig,
     events::Query,
-    learn::NetKernel,
+    learn::{Kernel, NetKernel},
     report::{ArpReportEntry, PeerReport},
     task::{Inputs, Task},
 };
@@ -85,14 +85,25 @@ pub struct Identity {
 
 /// Depth of the operator-query channel (queries are rare and answered at once).
 const QUERY_DEPTH: usize = 16;
-/// Depth of the liveness report channel.
+/// Depth of the liveness report channel (the liveness task never waits on
+/// it: see [`liveness::run`]).
 const LIVENESS_DEPTH: usize = 64;
 
 /// Handle to the running peer-sync task (cheap to clone). The task runs
 /// until every handle is dropped.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PeerSyncHandle {
     queries: mpsc::Sender<Query>,
+    /// For `show arp`'s kernel column, read in the asker's context.
+    kernel: Arc<dyn Kernel>,
+}
+
+impl std::fmt::Debug for PeerSyncHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerSyncHandle")
+            .field("queries", &self.queries)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PeerSyncHandle {
@@ -124,8 +135,9 @@ impl PeerSyncHandle {
             Duration::from_millis(config.dead_interval_ms),
         );
         let boot_id = identity.boot_id;
-        let kernel = Arc::new(NetKernel { inject, netlink });
-        let (mut task, internal, wanted) = Task::new(config, identity, initial, kernel, sessions);
+        let kernel: Arc<dyn Kernel> = Arc::new(NetKernel { inject, netlink });
+        let (mut task, internal, wanted) =
+            Task::new(config, identity, initial, kernel.clone(), sessions);
         task.peer_macs = Some(peer_macs);
         if task.we_connect {
             tokio::spawn(session::connect(local, peer, wanted, task.internal.clone()));
@@ -150,7 +162,7 @@ impl PeerSyncHandle {
             internal,
             liveness,
         }));
-        Self { queries }
+        Self { queries, kernel }
     }
 
     /// `show peer`.
@@ -158,9 +170,13 @@ impl PeerSyncHandle {
         self.ask(Query::Peer).await
     }
 
-    /// `show arp`: entries sent and entries learnt from the peer.
+    /// `show arp`: entries sent and entries learnt from the peer. The task
+    /// answers from its own tables; the kernel's neighbour dump for the
+    /// `kernel_state` column runs here, in the asker's context, so a slow
+    /// kernel never stalls the peer-sync loop.
     pub async fn arp(&self) -> Result<Vec<ArpReportEntry>, AskError> {
-        self.ask(Query::Arp).await
+        let snapshot = self.ask(Query::Arp).await?;
+        Ok(snapshot.with_kernel_state(&*self.kernel).await)
     }
 
     /// Clean exit: the task puts back every `arp_accept` it changed (the

@@ -45,8 +45,28 @@ pub struct Stats {
     /// older JSON readable.
     #[serde(default)]
     pub session_events_dropped: u64,
-    /// Inputs refused, by reason.
+    /// Inputs refused, by reason: what the peer (or a stranger) sent.
     pub rejected: BTreeMap<String, u64>,
+    /// Failures of this switch, by reason (`inject_failed`,
+    /// `entry_too_large`): not the peer's doing, so kept apart from
+    /// `rejected`.
+    #[serde(default)]
+    pub local_failures: BTreeMap<String, u64>,
+    /// Sessions closed because the peer stopped reading: the writer's queue
+    /// was full (entries are kept and resent on the next session).
+    #[serde(default)]
+    pub sessions_stalled: u64,
+    /// Stale sessions (no hello yet, or silent and not vouched for by the
+    /// keepalives) replaced by a fresh connection from the peer.
+    #[serde(default)]
+    pub sessions_replaced: u64,
+    /// Connections closed because no hello came within `hello_timeout_ms`.
+    #[serde(default)]
+    pub hello_timeouts: u64,
+    /// Keepalives that named another peer run than the session's hello
+    /// (not believed on their own: a (re)connection is asked for instead).
+    #[serde(default)]
+    pub keepalive_boot_changed: u64,
 }
 
 /// `show peer`.
@@ -195,6 +215,23 @@ impl fmt::Display for PeerReport {
             writeln!(f, "rejected {}", reasons.join(" "))?;
         }
         // Only when it happened, so the usual text stays as it was.
+        if !c.local_failures.is_empty() {
+            let reasons: Vec<String> = c
+                .local_failures
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            writeln!(f, "local failures {}", reasons.join(" "))?;
+        }
+        if c.sessions_stalled + c.sessions_replaced + c.hello_timeouts + c.keepalive_boot_changed
+            > 0
+        {
+            writeln!(
+                f,
+                "sessions stalled {} replaced {} hello timeouts {}, keepalive boot changes {}",
+                c.sessions_stalled, c.sessions_replaced, c.hello_timeouts, c.keepalive_boot_changed
+            )?;
+        }
         if c.session_events_dropped > 0 {
             writeln!(
                 f,

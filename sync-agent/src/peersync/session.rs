@@ -248,6 +248,8 @@ pub(super) struct Session {
     /// Set by the peer's hello.
     pub(super) peer: Option<PeerInfo>,
     pub(super) opened: Instant,
+    /// When a frame last arrived on it (or it opened).
+    pub(super) last_heard: Instant,
 }
 
 impl Drop for Session {
@@ -259,14 +261,46 @@ impl Drop for Session {
 }
 
 impl Task {
+    /// Whether the current session may give way to a new connection from
+    /// the peer: it never got its hello, or nothing was heard on it for the
+    /// dead interval and the keepalives do not vouch for the run that opened
+    /// it (they name another boot id). An idle but healthy session is quiet
+    /// for long stretches (nothing to sync), so silence alone is not enough:
+    /// while keepalives carry the session's boot id, the peer that opened it
+    /// is alive and a second connection is refused.
+    pub(super) fn session_is_stale(&self) -> bool {
+        let Some(session) = &self.session else {
+            return false;
+        };
+        let Some(peer) = &session.peer else {
+            return true;
+        };
+        let silent = session.last_heard.elapsed()
+            > std::time::Duration::from_millis(self.config.dead_interval_ms);
+        silent && self.peer_alive != Some(peer.boot_id)
+    }
+
     /// Takes a new connection: starts its reader and writer and says hello.
+    /// While a session exists, a stale one is replaced (`sessions_replaced`);
+    /// otherwise the new connection is refused.
     pub(super) async fn open_connection(&mut self, stream: TcpStream) {
         if self.session.is_some() {
-            self.reject(
-                "duplicate_connection",
-                "a second connection while a session exists",
-            );
-            return;
+            if !self.session_is_stale() {
+                if self.we_connect {
+                    // Our own connection (asked for on a keepalive boot
+                    // change) while the session is healthy: not the peer's
+                    // doing, nothing to count.
+                    tracing::debug!("a session exists and is healthy; dropping the new connection");
+                } else {
+                    self.reject(
+                        "duplicate_connection",
+                        "a second connection while a session exists",
+                    );
+                }
+                return;
+            }
+            self.stats.sessions_replaced += 1;
+            self.end_session("replaced by a new connection from the peer");
         }
         let conn = self.next_conn;
         let (writer, tasks) = start(
@@ -287,16 +321,44 @@ impl Task {
     ) -> u64 {
         let conn = self.next_conn;
         self.next_conn += 1;
+        let mut tasks = tasks;
+        // The hello deadline: a child task (aborted with the session) so the
+        // loop needs no timer of its own; a late event of an older
+        // connection is ignored by its number.
+        let internal = self.internal.clone();
+        let timeout = Duration::from_millis(self.config.hello_timeout_ms);
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            let _ = internal.send(Event::HelloTimeout { conn }).await;
+        }));
         self.session = Some(Session {
             conn,
             writer,
             tasks,
             peer: None,
             opened: Instant::now(),
+            last_heard: Instant::now(),
         });
         let hello = self.our_hello().encode();
-        self.send(hello).await;
+        self.send(hello);
         conn
+    }
+
+    /// No hello on connection `conn` within `hello_timeout_ms`: it goes.
+    pub(super) fn process_hello_timeout(&mut self, conn: u64) {
+        if !self.is_current(conn) || self.established() {
+            return;
+        }
+        self.stats.hello_timeouts += 1;
+        if self.log.admit("hello_timeout").is_some() {
+            tracing::warn!(
+                peer = %self.config.peer_address,
+                timeout_ms = self.config.hello_timeout_ms,
+                total = self.stats.hello_timeouts,
+                "no hello on the peer connection in time; closing it"
+            );
+        }
+        self.close_session("no hello in time");
     }
 
     /// The hello this side sends: identity, limits, member ports, and what
@@ -339,6 +401,15 @@ impl Task {
 
     /// Ends the session; while the peer is alive, a new one is wanted.
     pub(super) fn close_session(&mut self, why: &str) {
+        self.end_session(why);
+        if self.peer_alive.is_some() {
+            self.request_connection();
+        }
+    }
+
+    /// Drops the session (its tasks are aborted, the connection closes),
+    /// without asking for another one.
+    pub(super) fn end_session(&mut self, why: &str) {
         if let Some(session) = self.session.take() {
             if session.peer.is_some() {
                 self.stats.sessions_lost += 1;
@@ -346,9 +417,6 @@ impl Task {
             } else {
                 tracing::info!(peer = %self.config.peer_address, why, "peer connection closed before its hello");
             }
-        }
-        if self.peer_alive.is_some() {
-            self.request_connection();
         }
     }
 }

@@ -12,6 +12,20 @@ use sync_common::wire::DriverHeader;
 
 use crate::mac::MacAddr;
 
+/// Whether sequence number `a` comes after `b`, in serial-number arithmetic
+/// (RFC 1982 with 32 bits): `a` is newer when it is less than 2^31 ahead of
+/// `b`, so the comparison survives the wrap from `u32::MAX` to 1. Exactly
+/// 2^31 apart is undefined in RFC 1982; here it is "not after".
+pub fn seq_after(a: u32, b: u32) -> bool {
+    let d = a.wrapping_sub(b);
+    d != 0 && d < 1 << 31
+}
+
+/// The newer of two sequence numbers (serial-number arithmetic).
+pub fn seq_max(a: u32, b: u32) -> u32 {
+    if seq_after(b, a) { b } else { a }
+}
+
 /// Identity of a synced entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EntryKey {
@@ -89,7 +103,7 @@ impl SendTable {
     /// (carried by a frame after `acked`).
     pub fn mark_unacked(&mut self, acked: u32) {
         for (key, entry) in &self.entries {
-            if entry.seq > acked {
+            if entry.seq != 0 && seq_after(entry.seq, acked) {
                 self.dirty.insert(*key);
             }
         }
@@ -107,7 +121,10 @@ impl SendTable {
 
     /// Number of entries sent but not acknowledged.
     pub fn unacked(&self, acked: u32) -> usize {
-        self.entries.values().filter(|e| e.seq > acked).count()
+        self.entries
+            .values()
+            .filter(|e| e.seq != 0 && seq_after(e.seq, acked))
+            .count()
     }
 
     /// The next key to send, without removing it.
@@ -196,6 +213,39 @@ mod tests {
         assert_eq!(table.pending(), 2);
         assert_eq!(table.next_dirty().unwrap().0, key(2));
         assert_eq!(table.unacked(5), 2);
+    }
+
+    #[test]
+    fn sequence_numbers_compare_across_the_wrap() {
+        assert!(seq_after(1, u32::MAX), "1 follows u32::MAX (0 is skipped)");
+        assert!(seq_after(5, u32::MAX - 5));
+        assert!(!seq_after(u32::MAX, 1));
+        assert!(seq_after(2, 1) && !seq_after(1, 2) && !seq_after(7, 7));
+        // Half the space away is not "after" either way.
+        assert!(!seq_after(1 << 31, 0) && !seq_after(0, 1 << 31));
+        assert_eq!(seq_max(u32::MAX, 2), 2);
+        assert_eq!(seq_max(2, u32::MAX), 2);
+        assert_eq!(seq_max(0, 5), 5);
+    }
+
+    #[test]
+    fn only_entries_after_the_acknowledged_frame_are_resent_across_the_wrap() {
+        let mut table = SendTable::new(10);
+        for (i, seq) in [(1, u32::MAX - 1), (2, u32::MAX), (3, 1), (4, 2)] {
+            table.upsert(key(i), driver(), vec![i], MacAddr([2, 0, 0, 0, 0, i]));
+            table.mark_sent(key(i), seq);
+        }
+        table.upsert(key(5), driver(), vec![5], MacAddr([2, 0, 0, 0, 0, 5]));
+        table.discard_dirty(key(5)); // seq 0: never sent, never "unacked"
+        assert_eq!(table.unacked(u32::MAX), 2, "frames 1 and 2 follow u32::MAX");
+        table.mark_unacked(u32::MAX);
+        let mut resent = Vec::new();
+        while let Some((k, _)) = table.next_dirty() {
+            resent.push(k);
+            table.discard_dirty(k);
+        }
+        assert_eq!(resent, vec![key(3), key(4)]);
+        assert_eq!(table.unacked(2), 0);
     }
 
     #[test]

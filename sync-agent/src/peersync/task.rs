@@ -14,7 +14,10 @@
 //!
 //! The loop selects over its inputs, turns each into an [`Event`] and hands
 //! it to [`Task::process`] (`events.rs`); handlers never wait on another
-//! module. Captures are batched: with `flush_delay_us = 0` the pending
+//! module, and never wait on the peer: frames go into the session writer's
+//! queue with `try_send`, and a full queue means the peer stopped reading,
+//! so the session is closed (`sessions_stalled`) and entries wait for the
+//! next one (`tx.rs`). Captures are batched: with `flush_delay_us = 0` the pending
 //! entries are flushed as soon as no input is waiting, otherwise on a timer.
 
 use std::{
@@ -222,6 +225,23 @@ impl Task {
         };
         if self.log.admit(reason).is_some() {
             tracing::warn!(reason, total, "dropped peer-link input: {detail}");
+        }
+    }
+
+    /// Counts a failure of this switch (not the peer's input) under
+    /// `reason` and logs it, rate-limited.
+    pub(super) fn local_failure(&mut self, reason: &'static str, detail: &str) {
+        let total = {
+            let count = self
+                .stats
+                .local_failures
+                .entry(reason.to_string())
+                .or_default();
+            *count += 1;
+            *count
+        };
+        if self.log.admit(reason).is_some() {
+            tracing::warn!(reason, total, "local failure: {detail}");
         }
     }
 

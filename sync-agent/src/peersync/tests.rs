@@ -299,6 +299,21 @@ impl Harness {
     }
 
     fn with_session_queue(extra_config: &str, depth: usize) -> Self {
+        Self::with_config(config(extra_config), depth)
+    }
+
+    /// The side that accepts (its address is the higher one).
+    fn accepting(extra_config: &str) -> Self {
+        let config = toml::from_str(&format!(
+            "local_address = \"10.0.0.2\"\npeer_address = \"10.0.0.1\"\n{extra_config}"
+        ))
+        .expect("test config parses");
+        let h = Self::with_config(config, 64);
+        assert!(!h.task.we_connect);
+        h
+    }
+
+    fn with_config(config: PeerConfig, depth: usize) -> Self {
         let kernel = Arc::new(FakeKernel::default());
         let identity = Identity {
             name: "a".into(),
@@ -307,13 +322,8 @@ impl Harness {
             mclag_address: None,
         };
         let (sessions_tx, sessions) = mpsc::channel(depth);
-        let (task, internal, wanted) = Task::new(
-            config(extra_config),
-            identity,
-            ports(),
-            kernel.clone(),
-            Some(sessions_tx),
-        );
+        let (task, internal, wanted) =
+            Task::new(config, identity, ports(), kernel.clone(), Some(sessions_tx));
         let (_, wire) = mpsc::channel(1);
         Self {
             task,
@@ -328,7 +338,13 @@ impl Harness {
 
     /// A new connection: returns our hello as the peer reads it.
     async fn connect(&mut self) -> Hello {
-        let (writer, wire) = mpsc::channel(1024);
+        self.connect_with_queue(1024).await
+    }
+
+    /// A new connection whose writer queue holds `depth` frames (the peer
+    /// reads nothing the test does not read).
+    async fn connect_with_queue(&mut self, depth: usize) -> Hello {
+        let (writer, wire) = mpsc::channel(depth);
         self.wire = wire;
         self.conn = self.task.open_session(writer, Vec::new()).await;
         match self.written().as_slice() {
@@ -386,7 +402,11 @@ impl Harness {
     }
 
     async fn arp(&self) -> Vec<ArpReportEntry> {
-        let mut entries = self.task.arp_report().await;
+        let mut entries = self
+            .task
+            .arp_report()
+            .with_kernel_state(&*self.kernel)
+            .await;
         for e in &mut entries {
             e.age_ms = 0;
         }
@@ -653,7 +673,9 @@ async fn when_injection_fails_the_entry_is_written_over_netlink_and_counted() {
     .await;
     assert_eq!(h.kernel.log().reachable, vec![(12, host_ip, mac)]);
     assert_eq!(h.report().counters.netlink_fallback, 1);
-    assert_eq!(h.rejected("inject_failed"), 1);
+    // This switch's failure, not the peer's input.
+    assert_eq!(h.report().counters.local_failures["inject_failed"], 1);
+    assert_eq!(h.rejected("inject_failed"), 0);
     let arp = h.arp().await;
     assert_eq!(arp[0].how, "netlink-fallback");
     assert_eq!(arp[0].port, "p2");
@@ -706,7 +728,16 @@ async fn a_peer_restart_brings_a_refresh_and_a_full_resend() {
     assert_eq!(h.written(), vec![Written::Sync(1, vec![ip(1), ip(2)])]);
     h.kernel.log().probed.clear();
 
-    // Keepalives now carry another boot id: the peer agent restarted.
+    // The peer agent restarts: its old connection ends with the old process
+    // and keepalives carry another boot id (believed only once a hello says
+    // so: see a_keepalive_boot_change_alone_neither_closes_nor_resyncs).
+    let conn = h.conn;
+    h.task
+        .process(Event::Closed {
+            conn,
+            why: "eof".into(),
+        })
+        .await;
     h.task
         .process(Event::Liveness(Liveness::Up { boot_id: 300 }))
         .await;
@@ -957,6 +988,294 @@ async fn a_tagged_reply_goes_untagged_to_its_vlan_interface() {
     let arp = h.arp().await;
     assert_eq!(arp[0].port, "p1 via p1.10");
     assert_eq!(arp[0].outer_vlan, 10);
+}
+
+// ------------------------------------------- a stuck peer never blocks us
+
+/// A real TCP connection on loopback, as `session::accept`/`connect` hand
+/// it over (the test keeps the other end).
+async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (client, accepted) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+    (accepted.unwrap().0, client.unwrap())
+}
+
+/// The peer stops reading: the writer's queue fills. Sending never waits:
+/// the session is declared stuck and closed, the entries stay, a new
+/// connection is asked for, and the next session gets every entry the peer
+/// did not acknowledge.
+#[tokio::test]
+async fn a_full_writer_queue_closes_the_stuck_session_and_keeps_the_entries() {
+    let mut h = Harness::new("");
+    h.task
+        .process(Event::Liveness(Liveness::Up { boot_id: PEER_BOOT }))
+        .await;
+    h.wanted.mark_unchanged();
+    // Room for one frame (the test took our hello off it); from now on the
+    // peer reads nothing.
+    h.connect_with_queue(1).await;
+    h.inbound(peer_hello(PEER_BOOT, None)).await;
+    h.next_internal().await; // the refresh of a peer run new to us
+    let stuck = async {
+        h.capture(1).await;
+        h.task.flush().await; // frame 1 fills the queue
+        h.capture(2).await;
+        h.task.flush().await; // frame 2 does not fit
+    };
+    tokio::time::timeout(Duration::from_secs(5), stuck)
+        .await
+        .expect("a full writer queue never blocks the task");
+    let report = h.report();
+    assert_eq!(report.counters.sessions_stalled, 1);
+    assert_eq!(
+        report.state, "connecting",
+        "closed; the peer is still alive"
+    );
+    assert!(
+        h.wanted.has_changed().unwrap(),
+        "a new connection is asked for"
+    );
+    assert_eq!((report.entries, report.pending, report.unacked), (2, 1, 1));
+    assert_eq!(report.next_seq, 2, "the refused frame did not use a number");
+    // What the stuck peer got before: frame 1 (never acked).
+    assert_eq!(h.written(), vec![Written::Sync(1, vec![ip(1)])]);
+
+    // The next session (same peer run, nothing applied from frame 1 on):
+    // both entries go out again.
+    let resent = h.establish(PEER_BOOT, Some((OUR_BOOT, 0))).await;
+    assert_eq!(resent, vec![Written::Sync(2, vec![ip(1), ip(2)])]);
+    assert_eq!(
+        h.report().counters.refreshes,
+        1,
+        "no refresh: same peer run"
+    );
+}
+
+/// Acks follow the same rule: a sync frame whose ack does not fit closes
+/// the stuck session instead of waiting.
+#[tokio::test]
+async fn an_ack_into_a_full_writer_queue_closes_the_session_without_waiting() {
+    let mut h = Harness::new("");
+    h.connect_with_queue(1).await;
+    h.inbound(peer_hello(PEER_BOOT, None)).await;
+    h.capture(1).await;
+    h.task.flush().await; // frame 1 fills the queue; the peer reads nothing
+    let (mac, host_ip) = host(4);
+    let frame = sync_frame(1, &[(driver(1), arp_reply(PEER_MAC, mac, host_ip))]);
+    tokio::time::timeout(Duration::from_secs(5), h.inbound(frame))
+        .await
+        .expect("the ack never waits");
+    let report = h.report();
+    assert_eq!(report.counters.sessions_stalled, 1);
+    assert_eq!(report.state, "down");
+    // The capture was learnt here (SPEC 1.2), then the synced entry itself.
+    assert_eq!(
+        h.kernel.log().injected.len(),
+        2,
+        "the entry itself was learnt"
+    );
+}
+
+/// A connection that never says hello holds the session slot only for
+/// `hello_timeout_ms`; one that did is left alone by its timer.
+#[tokio::test]
+async fn a_connection_without_a_hello_is_closed_after_hello_timeout_ms() {
+    let mut h = Harness::new("hello_timeout_ms = 100");
+    h.task
+        .process(Event::Liveness(Liveness::Up { boot_id: PEER_BOOT }))
+        .await;
+    h.wanted.mark_unchanged();
+    h.connect().await;
+    assert_eq!(h.report().state, "opening");
+    h.next_internal().await; // the hello deadline
+    let report = h.report();
+    assert_eq!(report.counters.hello_timeouts, 1);
+    assert_eq!(report.state, "connecting");
+    assert!(
+        h.wanted.has_changed().unwrap(),
+        "a new connection is asked for"
+    );
+    h.wanted.mark_unchanged();
+
+    // A connection that says hello in time is not touched by its deadline.
+    h.establish(PEER_BOOT, None).await;
+    h.next_internal().await; // the refresh
+    h.next_internal().await; // the deadline, late: ignored
+    let report = h.report();
+    assert_eq!(report.state, "up");
+    assert_eq!(report.counters.hello_timeouts, 1);
+}
+
+/// On the accepting side: a second connection from the peer is refused
+/// while the session is healthy (heard recently, or quiet but vouched for
+/// by keepalives of the same run), and replaces a stale one: no hello yet,
+/// or silent for the dead interval while keepalives name another run.
+#[tokio::test]
+async fn a_stale_session_is_replaced_by_a_new_connection_and_a_healthy_one_is_not() {
+    let mut h = Harness::accepting("");
+    h.task
+        .process(Event::Liveness(Liveness::Up { boot_id: PEER_BOOT }))
+        .await;
+    h.establish(PEER_BOOT, None).await;
+    let (stream, _keep1) = tcp_pair().await;
+    h.task.process(Event::Connected { stream }).await;
+    assert_eq!(h.rejected("duplicate_connection"), 1);
+    assert_eq!(h.report().state, "up");
+
+    // Silent for longer than the dead interval, but the keepalives still
+    // carry the session's boot id: an idle session, healthy.
+    let silent = |h: &mut Harness| {
+        let s = h.task.session.as_mut().unwrap();
+        s.last_heard -= Duration::from_millis(h.task.config.dead_interval_ms + 1);
+    };
+    silent(&mut h);
+    let (stream, _keep2) = tcp_pair().await;
+    h.task.process(Event::Connected { stream }).await;
+    assert_eq!(h.rejected("duplicate_connection"), 2);
+    assert_eq!(h.report().counters.sessions_replaced, 0);
+
+    // Keepalives of another run, and the session silent: stale, replaced.
+    h.task
+        .process(Event::Liveness(Liveness::Up { boot_id: 300 }))
+        .await;
+    assert_eq!(h.report().state, "up", "the keepalive alone closes nothing");
+    let (stream, _keep3) = tcp_pair().await;
+    h.task.process(Event::Connected { stream }).await;
+    let report = h.report();
+    assert_eq!(report.counters.sessions_replaced, 1);
+    assert_eq!(report.counters.sessions_lost, 1);
+    assert_eq!(
+        report.state, "opening",
+        "the new connection awaits its hello"
+    );
+
+    // A connection that never said hello is replaced at once.
+    let (stream, _keep4) = tcp_pair().await;
+    h.task.process(Event::Connected { stream }).await;
+    let report = h.report();
+    assert_eq!(report.counters.sessions_replaced, 2);
+    assert_eq!(h.rejected("duplicate_connection"), 2);
+}
+
+/// A keepalive naming another boot id (UDP, forgeable) closes nothing and
+/// resyncs nothing: it is counted and logged; only a hello can say the peer
+/// restarted. Once the session is silent, a new connection is asked for.
+#[tokio::test]
+async fn a_keepalive_boot_change_alone_neither_closes_nor_resyncs() {
+    let mut h = Harness::new("");
+    h.task
+        .process(Event::Liveness(Liveness::Up { boot_id: PEER_BOOT }))
+        .await;
+    h.establish(PEER_BOOT, None).await;
+    h.next_internal().await; // refresh of the first peer run
+    h.capture(1).await;
+    h.task.flush().await;
+    h.inbound(ack_frame(Some(1))).await;
+    h.written();
+    h.wanted.mark_unchanged();
+    h.kernel.log().probed.clear();
+    h.kernel.log().neighbours = vec![Neighbour {
+        ifindex: 11,
+        ip: ip(1),
+        mac: Some(host(1).0),
+        state: "REACHABLE",
+    }];
+
+    h.task
+        .process(Event::Liveness(Liveness::Up { boot_id: 666 }))
+        .await;
+    let report = h.report();
+    assert_eq!(report.counters.keepalive_boot_changed, 1);
+    assert_eq!(report.state, "up");
+    assert_eq!(report.peer_boot_id, Some(PEER_BOOT));
+    assert_eq!(
+        (report.pending, report.unacked),
+        (0, 0),
+        "nothing to resend"
+    );
+    assert_eq!(report.counters.refreshes, 1, "no re-probe");
+    assert_eq!(report.counters.sessions_lost, 0);
+    assert!(h.written().is_empty());
+    assert!(
+        !h.wanted.has_changed().unwrap(),
+        "the session is heard from"
+    );
+
+    // The session falls silent while keepalives name the other run: a
+    // connection is asked for (its hello will tell which run is real).
+    h.task.session.as_mut().unwrap().last_heard -= Duration::from_secs(1);
+    h.task
+        .process(Event::Liveness(Liveness::Up { boot_id: PEER_BOOT }))
+        .await;
+    h.task
+        .process(Event::Liveness(Liveness::Up { boot_id: 666 }))
+        .await;
+    assert_eq!(h.report().counters.keepalive_boot_changed, 3);
+    assert!(h.wanted.has_changed().unwrap());
+    assert!(h.task.session_is_stale());
+    assert_eq!(h.report().counters.refreshes, 1);
+    assert!(h.kernel.log().probed.is_empty());
+}
+
+/// Sequence numbers wrap from u32::MAX to 1 (0 means "not sent"): acks,
+/// resend after RESUME and what we tell back in RESUME stay right across it.
+#[tokio::test]
+async fn sequence_numbers_stay_ordered_across_the_wrap() {
+    let mut h = Harness::new("");
+    h.establish(PEER_BOOT, None).await;
+    h.task.next_seq = u32::MAX - 1;
+    h.task.acked = u32::MAX - 2;
+    for last in 1..=4 {
+        h.capture(last).await;
+        h.task.flush().await;
+    }
+    assert_eq!(
+        h.written(),
+        vec![
+            Written::Sync(u32::MAX - 1, vec![ip(1)]),
+            Written::Sync(u32::MAX, vec![ip(2)]),
+            Written::Sync(1, vec![ip(3)]),
+            Written::Sync(2, vec![ip(4)]),
+        ]
+    );
+    h.inbound(ack_frame(Some(u32::MAX))).await;
+    assert_eq!((h.report().acked_seq, h.report().unacked), (u32::MAX, 2));
+    // A late, older ack does not move it back.
+    h.inbound(ack_frame(Some(u32::MAX - 1))).await;
+    assert_eq!(h.report().acked_seq, u32::MAX);
+    h.inbound(ack_frame(Some(1))).await;
+    assert_eq!((h.report().acked_seq, h.report().unacked), (1, 1));
+    let arp = h.arp().await;
+    let how: Vec<&str> = arp.iter().map(|e| e.how.as_str()).collect();
+    assert_eq!(how, vec!["acked", "acked", "acked", "sent"]);
+
+    // RESUME after the wrap: only frame 2's entry again.
+    h.task
+        .process(Event::Closed {
+            conn: h.conn,
+            why: "eof".into(),
+        })
+        .await;
+    let resent = h.establish(PEER_BOOT, Some((OUR_BOOT, 1))).await;
+    assert_eq!(resent, vec![Written::Sync(3, vec![ip(4)])]);
+
+    // Frames received across the wrap: RESUME tells the newest.
+    let (mac, host_ip) = host(9);
+    for seq in [u32::MAX, 1] {
+        h.inbound(sync_frame(
+            seq,
+            &[(driver(1), arp_reply(PEER_MAC, mac, host_ip))],
+        ))
+        .await;
+    }
+    h.task
+        .process(Event::Closed {
+            conn: h.conn,
+            why: "eof".into(),
+        })
+        .await;
+    assert_eq!(h.connect().await.resume, Some((PEER_BOOT, 1)));
 }
 
 #[test]

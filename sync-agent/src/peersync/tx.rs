@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use sync_common::wire::{self, Encoder, MessageType, SubType};
 
-use super::task::Task;
+use super::{
+    table::{seq_after, seq_max},
+    task::Task,
+};
 
 impl Task {
     /// After a capture was queued: send at once when a batch is full,
@@ -57,7 +60,7 @@ impl Task {
                     Err(_) if !sent.is_empty() => break,
                     Err(_) => {
                         self.table.discard_dirty(key);
-                        self.reject(
+                        self.local_failure(
                             "entry_too_large",
                             "captured frame does not fit a sync frame",
                         );
@@ -69,7 +72,7 @@ impl Task {
             }
             let len = encoder.finish();
             buf.truncate(len);
-            if !self.send(buf).await {
+            if !self.send(buf) {
                 // Session lost: put them back; they go out on the next session.
                 for key in sent {
                     self.table.mark_sent(key, 0);
@@ -94,27 +97,50 @@ impl Task {
             let _ = e.tlv(wire::tlv::ACK_SEQ, &[&seq.to_be_bytes()]);
             let len = e.finish();
             buf.truncate(len);
-            self.send(buf).await;
+            self.send(buf);
         }
     }
 
     /// The peer acknowledged every frame up to `seq`.
     pub(super) fn note_ack(&mut self, seq: u32) {
         self.stats.acks_received += 1;
-        self.acked = self.acked.max(seq);
+        self.acked = seq_max(self.acked, seq);
     }
 
-    /// Queues one frame on the session's writer; false (and the session
-    /// closed) when there is no session or its writer has stopped. Waiting
-    /// here is the TCP connection's own backpressure, not another module's.
-    pub(super) async fn send(&mut self, frame: Vec<u8>) -> bool {
+    /// Whether frame `seq` was acknowledged (wrap-safe).
+    pub(super) fn is_acked(&self, seq: u32) -> bool {
+        seq != 0 && !seq_after(seq, self.acked)
+    }
+
+    /// Queues one frame (sync, ack or hello) on the session's writer, never
+    /// waiting: false (and the session closed) when there is no session, its
+    /// writer has stopped, or its queue is full. A full queue means the peer
+    /// has stopped reading (TCP's window closed, the writer blocked, its
+    /// queue filled): waiting for it would stall this task, its queries and
+    /// liveness handling, so the session is declared stuck and closed
+    /// (`sessions_stalled`). Nothing is lost: entries in frames the peer
+    /// never acknowledged are resent on the next session (RESUME), and the
+    /// frame refused here is put back by the caller.
+    pub(super) fn send(&mut self, frame: Vec<u8>) -> bool {
         let Some(session) = &self.session else {
             return false;
         };
-        if session.writer.send(frame).await.is_err() {
-            self.close_session("writer stopped");
-            return false;
+        match session.writer.try_send(frame) {
+            Ok(()) => true,
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                self.stats.sessions_stalled += 1;
+                tracing::warn!(
+                    peer = %self.config.peer_address,
+                    total = self.stats.sessions_stalled,
+                    "peer stopped reading (session writer queue full); closing the session"
+                );
+                self.close_session("peer stopped reading: writer queue full");
+                false
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                self.close_session("writer stopped");
+                false
+            }
         }
-        true
     }
 }
