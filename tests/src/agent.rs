@@ -174,6 +174,30 @@ impl Agent {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    /// One request over the control socket itself (not through the CLI,
+    /// whose process start-up is not the agent's answer time): the answer's
+    /// data and how long the agent took to give it.
+    pub fn timed_request(
+        &self,
+        request: &sync_agent::control::protocol::Request,
+    ) -> anyhow::Result<(serde_json::Value, Duration)> {
+        use std::io::{BufRead as _, BufReader, Write as _};
+        let started = Instant::now();
+        let mut stream = std::os::unix::net::UnixStream::connect(&self.socket)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut line = serde_json::to_string(request)?;
+        line.push('\n');
+        stream.write_all(line.as_bytes())?;
+        let mut answer = String::new();
+        BufReader::new(&stream)
+            .read_line(&mut answer)
+            .context("no answer within 5 s")?;
+        let took = started.elapsed();
+        let answer: serde_json::Value = serde_json::from_str(&answer)?;
+        anyhow::ensure!(answer["ok"] == true, "request failed: {answer}");
+        Ok((answer["data"].clone(), took))
+    }
+
     /// `show counters -j`.
     pub fn counters(&self) -> anyhow::Result<serde_json::Value> {
         self.query(&["show", "counters"])

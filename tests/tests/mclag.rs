@@ -288,3 +288,59 @@ fn a_stopped_slave_gives_its_ports_back_their_mac_link_local_and_arp_accept() ->
     assert!(log.contains("arp_accept restored"), "{log}");
     Ok(())
 }
+
+/// A peer that freezes (SIGSTOP) for less than the dead interval while this
+/// switch floods it with sync frames changes nothing: no role flips on
+/// either side, and this switch's control socket keeps answering fast.
+#[test]
+fn a_master_frozen_for_less_than_the_dead_interval_flips_no_role() -> anyhow::Result<()> {
+    use sync_agent::control::protocol::Request;
+    let pair = Pair::new()?;
+    let a = pair.agent_a(MCLAG)?;
+    let b = pair.agent_b(MCLAG)?;
+    wait_role(&b, "master")?;
+    wait_role(&a, "slave")?;
+    let before_a = a.query(&["show", "mclag"])?["role_changes"].clone();
+    let before_b = b.query(&["show", "mclag"])?["role_changes"].clone();
+    // Replies for B land on A: each is captured and synced to B, which is
+    // frozen and reads nothing.
+    let flood: Vec<Vec<u8>> = (0..10_000u32)
+        .map(|i| {
+            pair.reply_from_c(
+                [10, 81, (i / 250) as u8, 1 + (i % 250) as u8],
+                pair.b_mac,
+                [10, 77, 0, 2],
+            )
+            .to_bytes()
+        })
+        .collect();
+    let b_pid = b.pid().context("B runs")? as i32;
+    // SAFETY: signals to a child process this test started.
+    unsafe { libc::kill(b_pid, libc::SIGSTOP) };
+    let frozen = std::time::Instant::now();
+    pair.c.send_frames("c-a", &flood)?;
+    let mut slowest = Duration::ZERO;
+    // 300 ms of the 500 ms dead interval: keepalives resume before it ends.
+    while frozen.elapsed() < Duration::from_millis(300) {
+        let (_, took) = a.timed_request(&Request::Peer)?;
+        slowest = slowest.max(took);
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(b_pid, libc::SIGCONT) };
+    // A deadline, not a benchmark: an agent blocked behind its peer would
+    // answer only after seconds (or never).
+    assert!(
+        slowest < Duration::from_millis(100),
+        "show peer took {slowest:?}"
+    );
+    // The quiet period is the assertion: a takeover would happen within
+    // a dead interval of the freeze.
+    std::thread::sleep(Duration::from_millis(700));
+    let a_now = a.query(&["show", "mclag"])?;
+    let b_now = b.query(&["show", "mclag"])?;
+    assert_eq!(a_now["role"], "slave");
+    assert_eq!(b_now["role"], "master");
+    assert_eq!(a_now["role_changes"], before_a);
+    assert_eq!(b_now["role_changes"], before_b);
+    Ok(())
+}
