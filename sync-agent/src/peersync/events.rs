@@ -11,6 +11,7 @@ use tokio::{net::TcpStream, sync::oneshot};
 
 use super::{
     hello::Hello,
+    learn::Learnt,
     report::{ArpReportEntry, PeerReport},
     session::{self, PeerInfo},
     table::EntryKey,
@@ -19,6 +20,7 @@ use super::{
 use crate::{
     bus::{Captured, Liveness, MemberPort, SessionEvent},
     mac::MacAddr,
+    southbound::neighbours::NeighbourEvent,
 };
 
 /// An operator query, with where the answer goes.
@@ -35,6 +37,8 @@ pub(super) enum Query {
 pub(super) enum Event {
     /// A reply captured by the classifier.
     Captured(Captured),
+    /// This switch's kernel changed a neighbour entry.
+    Neighbour(NeighbourEvent),
     /// The member ports changed.
     Ports(Vec<MemberPort>),
     /// An operator query.
@@ -100,6 +104,7 @@ impl Task {
             Event::Liveness(Liveness::Up { boot_id }) => self.process_liveness_up(boot_id),
             Event::Liveness(Liveness::Down) => self.process_liveness_down(),
             Event::RefreshDone { probed, failed } => self.process_refresh_done(probed, failed),
+            Event::Neighbour(event) => self.process_neighbour(event).await,
         }
     }
 
@@ -149,6 +154,7 @@ impl Task {
             return;
         }
         self.ports = ports;
+        self.learn_ifs_at = None;
         self.apply_arp_accept();
     }
 
@@ -251,7 +257,7 @@ impl Task {
             ports: hello.ports,
         });
         if peer_restarted {
-            self.refresh();
+            self.refresh(None).await;
         }
         self.flush().await;
     }
@@ -274,6 +280,9 @@ impl Task {
         for entry in frame.arp_entries() {
             self.stats.entries_received += 1;
             self.learn(&entry.driver, entry.frame).await;
+        }
+        for delete in frame.arp_deletes() {
+            self.unlearn(&delete).await;
         }
         let seq = frame.header.seq;
         self.rx_applied = self.rx_applied.max(seq);
@@ -327,6 +336,7 @@ impl Task {
     /// A neighbour refresh finished.
     pub(super) fn process_refresh_done(&mut self, probed: u64, failed: u64) {
         self.stats.refresh_probes += probed;
+        self.stats.refresh_failed += failed;
         tracing::info!(
             probed,
             failed,
@@ -428,10 +438,16 @@ impl Task {
                     }
                     .into(),
                     kernel_state: None,
+                    confirmed: None,
                 }
             })
             .collect();
-        out.extend(self.learned.iter().map(|((ifindex, ip), l)| {
+        out.sort_by_key(|e| (e.mlag_id, e.ip.parse::<Ipv4Addr>().ok()));
+        let mut learnt: Vec<(&EntryKey, &Learnt)> = self.learned.iter().collect();
+        learnt.sort_by_key(|(key, l)| (l.ifindex, key.ip));
+        out.extend(learnt.into_iter().map(|(key, l)| {
+            let ip = &key.ip;
+            let held = kernel.get(&(l.ifindex, *ip));
             ArpReportEntry {
                 ip: ip.to_string(),
                 mac: l.mac,
@@ -447,12 +463,12 @@ impl Task {
                 class: class_name(l.class),
                 age_ms: l.at.elapsed().as_millis() as u64,
                 how: l.by.name().into(),
-                kernel_state: Some(
-                    kernel
-                        .get(&(*ifindex, *ip))
-                        .map_or("absent", |n| n.state)
-                        .to_string(),
-                ),
+                kernel_state: Some(held.map_or("absent", |n| n.state).to_string()),
+                // "how" is only a claim until the kernel is seen holding
+                // the entry, resolved, to the MAC that was learnt.
+                confirmed: Some(held.is_some_and(|n| {
+                    n.mac == Some(l.mac) && !matches!(n.state, "FAILED" | "INCOMPLETE" | "NONE")
+                })),
             }
         }));
         out

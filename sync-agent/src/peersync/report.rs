@@ -44,6 +44,40 @@ pub struct Stats {
     pub session_events_dropped: u64,
     /// Inputs refused, by reason.
     pub rejected: BTreeMap<String, u64>,
+    /// Entries withdrawn: this switch's kernel dropped them or marked them
+    /// FAILED, so they left the send table and a delete went to the peer.
+    #[serde(default)]
+    pub withdrawn: u64,
+    /// Deletes sent to the peer (resends included).
+    #[serde(default)]
+    pub deletes_sent: u64,
+    /// Deletes received from the peer.
+    #[serde(default)]
+    pub deletes_received: u64,
+    /// Neighbours learnt from the peer deleted from the kernel because the
+    /// peer withdrew them.
+    #[serde(default)]
+    pub learnt_deleted: u64,
+    /// Deletes for entries this switch did not learn from the peer: left
+    /// alone (this switch's own entries are never deleted on its word).
+    #[serde(default)]
+    pub deletes_not_learnt: u64,
+    /// Netlink deletes of withdrawn entries the kernel refused.
+    #[serde(default)]
+    pub learnt_delete_failed: u64,
+    /// Entries learnt from the peer forgotten at the `max_learnt` bound.
+    #[serde(default)]
+    pub learnt_evicted: u64,
+    /// Probes the kernel refused during refreshes.
+    #[serde(default)]
+    pub refresh_failed: u64,
+    /// Interfaces the last refresh covered (member ports, VLAN interfaces,
+    /// bridges and bonds above the ports).
+    #[serde(default)]
+    pub refresh_interfaces: u64,
+    /// Refreshes dropped because the worker's queue was full.
+    #[serde(default)]
+    pub refresh_dropped: u64,
 }
 
 /// `show peer`.
@@ -126,6 +160,11 @@ pub struct ArpReportEntry {
     pub how: String,
     /// For received: the kernel's NUD state now (read from the kernel).
     pub kernel_state: Option<String>,
+    /// For received: the kernel holds the entry now, resolved to the MAC
+    /// that was learnt, so `how` is confirmed (read from the kernel, not
+    /// the agent's belief). Added by issue 12; absent for sent entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed: Option<bool>,
 }
 
 fn or_dash<T: ToString>(value: Option<T>) -> String {
@@ -187,6 +226,18 @@ impl fmt::Display for PeerReport {
             writeln!(f, "rejected {}", reasons.join(" "))?;
         }
         // Only when it happened, so the usual text stays as it was.
+        if c.withdrawn + c.deletes_received + c.learnt_evicted > 0 {
+            writeln!(
+                f,
+                "withdrawn {} (deletes sent {}), deletes received {} (applied {}, not learnt {}), learnt evicted {}",
+                c.withdrawn,
+                c.deletes_sent,
+                c.deletes_received,
+                c.learnt_deleted,
+                c.deletes_not_learnt,
+                c.learnt_evicted
+            )?;
+        }
         if c.session_events_dropped > 0 {
             writeln!(
                 f,
@@ -253,6 +304,7 @@ mod tests {
             age_ms: 42,
             how: "kernel-arp".into(),
             kernel_state: Some("REACHABLE".into()),
+            confirmed: Some(true),
         };
         let text = ArpTable(vec![entry]).to_string();
         let lines: Vec<&str> = text.lines().collect();

@@ -51,6 +51,12 @@ struct KernelLog {
     reachable: Vec<(u32, Ipv4Addr, MacAddr)>,
     arp_accept: Vec<String>,
     probed: Vec<Ipv4Addr>,
+    /// When each probe went (pacing).
+    probed_at: Vec<std::time::Instant>,
+    /// Neighbour deletes asked for.
+    deleted: Vec<(u32, Ipv4Addr)>,
+    /// Controller (bridge/bond) of each interface.
+    controllers: BTreeMap<u32, u32>,
     /// Answer to neighbour dumps.
     neighbours: Vec<Neighbour>,
     /// Interfaces `link` knows.
@@ -113,8 +119,27 @@ impl Kernel for FakeKernel {
     }
 
     fn probe<'a>(&'a self, neighbour: &'a Neighbour) -> BoxFuture<'a, Result<(), NeighbourError>> {
-        self.log().probed.push(neighbour.ip);
+        let mut log = self.log();
+        log.probed.push(neighbour.ip);
+        log.probed_at.push(std::time::Instant::now());
         Box::pin(async { Ok(()) })
+    }
+
+    fn delete(&self, ifindex: u32, ip: Ipv4Addr) -> BoxFuture<'_, Result<bool, NeighbourError>> {
+        let mut log = self.log();
+        log.deleted.push((ifindex, ip));
+        let present = log
+            .neighbours
+            .iter()
+            .any(|n| (n.ifindex, n.ip) == (ifindex, ip));
+        log.neighbours
+            .retain(|n| (n.ifindex, n.ip) != (ifindex, ip));
+        Box::pin(async move { Ok(present) })
+    }
+
+    fn controller(&self, ifindex: u32) -> BoxFuture<'_, Option<u32>> {
+        let controller = self.log().controllers.get(&ifindex).copied();
+        Box::pin(async move { controller })
     }
 }
 
@@ -408,7 +433,7 @@ async fn replies_captured_before_the_hello_go_out_with_it_and_mclag_hears_of_the
     assert_eq!(report.state, "up");
     assert_eq!(report.peer_name.as_deref(), Some("b"));
     assert_eq!(report.peer_boot_id, Some(PEER_BOOT));
-    assert_eq!(report.negotiated_version.as_deref(), Some("1.0"));
+    assert_eq!(report.negotiated_version.as_deref(), Some("1.1"));
     assert_eq!(report.unacked, 1);
     assert_eq!(report.next_seq, 2);
 
@@ -431,6 +456,7 @@ async fn replies_captured_before_the_hello_go_out_with_it_and_mclag_hears_of_the
             age_ms: 0,
             how: "acked".into(),
             kernel_state: None,
+            confirmed: None,
         }]
     );
 }
@@ -482,6 +508,7 @@ async fn the_loop_sends_a_lone_capture_at_once() {
     let (queries_tx, queries) = mpsc::channel(4);
     let (ports_tx, ports_rx) = watch::channel(ports());
     let (_liveness_tx, liveness) = mpsc::channel(4);
+    let (_neighbours_tx, neighbours) = mpsc::channel(4);
     let Harness {
         task,
         internal,
@@ -494,6 +521,7 @@ async fn the_loop_sends_a_lone_capture_at_once() {
         ports: ports_rx,
         internal,
         liveness,
+        neighbours,
     }));
     captures_tx.send(captured(11)).await.unwrap();
     assert_eq!(next_frame(&mut wire).await, Written::Sync(1, vec![ip(11)]));
@@ -601,6 +629,7 @@ async fn a_synced_reply_is_injected_on_the_twin_port_to_its_mac_and_acked() {
             age_ms: 0,
             how: "kernel-arp".into(),
             kernel_state: Some("REACHABLE".into()),
+            confirmed: Some(true),
         }]
     );
 
@@ -633,6 +662,7 @@ async fn when_injection_fails_the_entry_is_written_over_netlink_and_counted() {
     assert_eq!(arp[0].how, "netlink-fallback");
     assert_eq!(arp[0].port, "p2");
     assert_eq!(arp[0].kernel_state.as_deref(), Some("absent"));
+    assert_eq!(arp[0].confirmed, Some(false), "the kernel does not hold it");
 }
 
 #[tokio::test]
@@ -878,7 +908,7 @@ fn peer_report_text_is_unchanged() {
         lines,
         vec![
             "peer 10.0.0.2 (?), session down, no keepalives (this side connects)",
-            "versions local 1.0 peer - negotiated -",
+            "versions local 1.1 peer - negotiated -",
             "last hello - ms ago, up - s, keepalive 100 ms / dead 500 ms",
             "entries 0 pending 0 unacked 0 (acked seq 0, next 1), learnt from peer 0",
             "sent 0 frames / 0 entries, received 0 frames / 0 entries, acks 0",
