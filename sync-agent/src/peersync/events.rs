@@ -335,6 +335,7 @@ impl Task {
 
     /// A neighbour refresh finished.
     pub(super) fn process_refresh_done(&mut self, probed: u64, failed: u64) {
+        self.stats.refreshes_done += 1;
         self.stats.refresh_probes += probed;
         self.stats.refresh_failed += failed;
         tracing::info!(

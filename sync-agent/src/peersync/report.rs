@@ -35,6 +35,9 @@ pub struct Stats {
     pub refreshes: u64,
     /// Entries moved to PROBE by refreshes.
     pub refresh_probes: u64,
+    /// Refreshes finished (every probe sent or refused).
+    #[serde(default)]
+    pub refreshes_done: u64,
     /// Replies captured while no session was up (sent later).
     pub queued_while_down: u64,
     /// Session events MC-LAG could not take (its queue was full): dropped

@@ -32,7 +32,7 @@ use super::{
 use crate::{
     bus::{Captured, Liveness, MemberPort, SessionEvent},
     mac::MacAddr,
-    southbound::neighbours::{Neighbour, NeighbourError},
+    southbound::neighbours::{Neighbour, NeighbourError, NeighbourEvent},
 };
 
 // ---------------------------------------------------------------- fixtures
@@ -266,6 +266,8 @@ enum Written {
     Hello(Hello),
     /// Sequence number and the sender IPs of the entries.
     Sync(u32, Vec<Ipv4Addr>),
+    /// A sync frame of deletes only: sequence number and their IPs.
+    Deletes(u32, Vec<Ipv4Addr>),
     Ack(u32),
 }
 
@@ -273,6 +275,13 @@ fn read(bytes: &[u8]) -> Written {
     let frame = Frame::decode(bytes, wire::MAX_FRAME_LEN).expect("we write valid frames");
     match frame.header.msg_type {
         MessageType::Hello => Written::Hello(Hello::decode(&frame).unwrap()),
+        MessageType::Sync if frame.arp_deletes().count() > 0 => {
+            assert_eq!(frame.arp_entries().count(), 0, "tests read deletes alone");
+            Written::Deletes(
+                frame.header.seq,
+                frame.arp_deletes().map(|d| Ipv4Addr::from(d.ip)).collect(),
+            )
+        }
         MessageType::Sync => Written::Sync(
             frame.header.seq,
             frame
@@ -916,4 +925,211 @@ fn peer_report_text_is_unchanged() {
         ]
     );
     assert!(text.ends_with('\n'));
+}
+
+// ------------------------------------------------------- tables age (#12)
+
+fn neighbour(ifindex: u32, last: u8, state: &'static str) -> Neighbour {
+    Neighbour {
+        ifindex,
+        ip: ip(last),
+        mac: Some(host(last).0),
+        state,
+    }
+}
+
+/// A sync frame of deletes from the peer: (MLAG id, host).
+fn delete_frame(seq: u32, deletes: &[(u32, u8)]) -> Vec<u8> {
+    let mut buf = vec![0u8; 1024];
+    let mut e = Encoder::new(&mut buf, MessageType::Sync, SubType::Arp, seq).unwrap();
+    for (mlag_id, last) in deletes {
+        e.arp_delete(&wire::ArpDelete {
+            mlag_id: *mlag_id,
+            vrf: 0,
+            ip: ip(*last).octets(),
+        })
+        .unwrap();
+    }
+    let len = e.finish();
+    buf.truncate(len);
+    buf
+}
+
+/// The peer withdraws two entries: the one this switch learnt from the
+/// peer is deleted from the kernel, the one it learnt on its own is not
+/// touched; both are counted and the frame is acked. The kernel's report
+/// of that removal is not withdrawn back to the peer.
+#[tokio::test]
+async fn a_withdraw_from_the_peer_deletes_only_the_entry_learnt_from_it() {
+    let mut h = Harness::new("");
+    h.establish(PEER_BOOT, None).await;
+    let (mac7, ip7) = host(7);
+    h.inbound(sync_frame(1, &[(driver(1), arp_reply(PEER_MAC, mac7, ip7))]))
+        .await;
+    // The kernel holds 7 (learnt from the peer) and 8 (learnt by itself).
+    h.kernel.log().neighbours = vec![neighbour(11, 7, "REACHABLE"), neighbour(11, 8, "REACHABLE")];
+    // This switch also captured 7 itself: it is in the send table too.
+    h.capture(7).await;
+    h.task.flush().await;
+    assert_eq!(h.written(), vec![Written::Ack(1), Written::Sync(1, vec![ip7])]);
+
+    h.inbound(delete_frame(2, &[(1, 7), (1, 8)])).await;
+    assert_eq!(h.kernel.log().deleted, vec![(11, ip7)], "only the learnt entry");
+    assert_eq!(h.written(), vec![Written::Ack(2)]);
+    let report = h.report();
+    assert_eq!(report.counters.deletes_received, 2);
+    assert_eq!(report.counters.learnt_deleted, 1);
+    assert_eq!(report.counters.deletes_not_learnt, 1);
+    assert_eq!(report.learnt, 0, "dropped from the received table");
+    assert_eq!(h.rejected("bad_tlv"), 0, "a delete is not hostile input");
+
+    // Our kernel reports the removal we made: forgotten, not echoed.
+    h.task
+        .process(Event::Neighbour(NeighbourEvent::Removed(neighbour(11, 7, "NONE"))))
+        .await;
+    h.task.flush().await;
+    assert_eq!(h.written(), vec![]);
+    let report = h.report();
+    assert_eq!((report.entries, report.counters.withdrawn), (0, 0));
+}
+
+/// This switch's kernel drops an entry it synced (removed, or FAILED on
+/// the bridge above the member port): the entry leaves the send table and
+/// a delete goes to the peer. A state change that is not a loss, and a
+/// loss on an interface unrelated to the member ports, withdraw nothing.
+/// An unacknowledged delete is resent on the next session.
+#[tokio::test]
+async fn a_neighbour_the_kernel_dropped_is_withdrawn_from_the_peer() {
+    let mut h = Harness::new("");
+    h.kernel.log().controllers.insert(11, 30); // p1 is a port of bridge 30
+    h.establish(PEER_BOOT, None).await;
+    for last in 1..=3 {
+        h.capture(last).await;
+    }
+    h.task.flush().await;
+    h.inbound(ack_frame(Some(1))).await;
+    assert_eq!(h.written(), vec![Written::Sync(1, vec![ip(1), ip(2), ip(3)])]);
+
+    for event in [
+        NeighbourEvent::Removed(neighbour(11, 1, "STALE")),
+        NeighbourEvent::Changed(neighbour(30, 2, "FAILED")),
+        NeighbourEvent::Changed(neighbour(11, 3, "STALE")),
+        NeighbourEvent::Removed(neighbour(99, 3, "STALE")),
+    ] {
+        h.task.process(Event::Neighbour(event)).await;
+        // One frame per event here, to see which frame the peer applied.
+        h.task.flush().await;
+    }
+    assert_eq!(
+        h.written(),
+        vec![
+            Written::Deletes(2, vec![ip(1)]),
+            Written::Deletes(3, vec![ip(2)]),
+        ]
+    );
+    let report = h.report();
+    assert_eq!(report.counters.withdrawn, 2);
+    assert_eq!(report.counters.deletes_sent, 2);
+    assert_eq!(report.entries, 1);
+    assert!(h.arp().await.iter().all(|e| e.ip == ip(3).to_string()));
+
+    // The peer applied frame 2 only, then the session broke: the delete of
+    // frame 3 goes again, and only that.
+    h.task
+        .process(Event::Closed {
+            conn: h.conn,
+            why: "eof".into(),
+        })
+        .await;
+    let resent = h.establish(PEER_BOOT, Some((OUR_BOOT, 2))).await;
+    assert_eq!(resent, vec![Written::Deletes(4, vec![ip(2)])]);
+}
+
+/// The received table is bounded by `max_learnt`: the least recently
+/// learnt entry goes first (learning an entry again makes it recent), and
+/// each eviction is counted.
+#[tokio::test]
+async fn the_received_table_forgets_the_least_recently_learnt_at_max_learnt() {
+    let mut h = Harness::new("max_learnt = 16");
+    h.establish(PEER_BOOT, None).await;
+    let entry = |last: u8| {
+        let (mac, host_ip) = host(last);
+        (driver(1), arp_reply(PEER_MAC, mac, host_ip))
+    };
+    let first: Vec<_> = (1..=16).map(entry).collect();
+    h.inbound(sync_frame(1, &first)).await;
+    assert_eq!((h.report().learnt, h.report().counters.learnt_evicted), (16, 0));
+    // 1 is learnt again (now the most recent); 17 and 18 push out 2 and 3.
+    h.inbound(sync_frame(2, &[entry(1), entry(17), entry(18)])).await;
+    let report = h.report();
+    assert_eq!((report.learnt, report.counters.learnt_evicted), (16, 2));
+    let held: Vec<String> = h.arp().await.into_iter().map(|e| e.ip).collect();
+    assert!(held.contains(&ip(1).to_string()));
+    assert!(!held.contains(&ip(2).to_string()) && !held.contains(&ip(3).to_string()));
+    assert!(held.contains(&ip(18).to_string()));
+    // A delete for an evicted entry touches nothing.
+    h.inbound(delete_frame(3, &[(1, 2)])).await;
+    assert!(h.kernel.log().deleted.is_empty());
+}
+
+/// The re-probe covers every interface the kernel learns on above the
+/// member ports (the ports, the configured VLAN interface, the bridge the
+/// port is enslaved to and the bond above that), not unrelated ones, and
+/// the probes go at the configured rate, not in a burst.
+#[tokio::test]
+async fn refresh_probes_every_interface_above_the_ports_at_the_configured_pace() {
+    let mut h = Harness::new(
+        "refresh_probes_per_s = 100\n[[vlan_interfaces]]\nmlag_id = 1\nouter_vlan = 10\ninterface = \"p1.10\"\n",
+    );
+    {
+        let mut k = h.kernel.log();
+        k.links.insert("p1.10".into(), (21, MacAddr([2, 0, 0, 0, 0x10, 0xa1])));
+        k.controllers.insert(11, 30); // p1 -> bond 30
+        k.controllers.insert(30, 31); // bond 30 -> bridge 31
+        k.neighbours = vec![
+            neighbour(11, 1, "REACHABLE"),
+            neighbour(21, 2, "STALE"),
+            neighbour(30, 3, "DELAY"),
+            neighbour(31, 4, "REACHABLE"),
+            neighbour(12, 5, "PROBE"),
+            neighbour(99, 6, "REACHABLE"), // not above a member port
+            neighbour(31, 7, "FAILED"),    // nothing to refresh
+        ];
+    }
+    h.establish(PEER_BOOT, None).await;
+    h.next_internal().await;
+    let (probed, at) = {
+        let k = h.kernel.log();
+        (k.probed.clone(), k.probed_at.clone())
+    };
+    let mut probed_sorted = probed.clone();
+    probed_sorted.sort();
+    assert_eq!(probed_sorted, (1..=5).map(ip).collect::<Vec<_>>());
+    let report = h.report();
+    assert_eq!(report.counters.refresh_probes, 5);
+    assert_eq!(report.counters.refresh_interfaces, 5, "11, 12, 21, 30, 31");
+    // 100/s: five probes span four 10 ms intervals (the timer wheel has
+    // 1 ms ticks, hence the slack); a burst would take well under 1 ms.
+    let span = *at.last().unwrap() - at[0];
+    assert!(span >= Duration::from_millis(36), "5 probes in {span:?}");
+}
+
+/// One MLAG id's refresh probes only the interfaces above that port.
+#[tokio::test]
+async fn a_refresh_of_one_mlag_id_probes_only_its_interfaces() {
+    let mut h = Harness::new("");
+    {
+        let mut k = h.kernel.log();
+        k.controllers.insert(12, 32);
+        k.neighbours = vec![
+            neighbour(11, 1, "REACHABLE"),
+            neighbour(12, 2, "REACHABLE"),
+            neighbour(32, 3, "STALE"),
+        ];
+    }
+    h.task.refresh(Some(2)).await;
+    h.next_internal().await;
+    let mut probed = h.kernel.log().probed.clone();
+    probed.sort();
+    assert_eq!(probed, vec![ip(2), ip(3)]);
 }
