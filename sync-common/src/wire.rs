@@ -54,6 +54,12 @@
 //! +-------------------------------+-------------------------------+
 //! ```
 //!
+//! A port-state message (type 5, since 1.1) tells the peer that one of the
+//! sender's member ports went up or down: one PORT_STATE TLV per port,
+//! (MLAG id u32, state u8: 1 up, 0 down). It is a new message type, which a
+//! 1.0 receiver would skip but count as unknown input, so it is only sent
+//! to a peer whose hello said 1.1 or later.
+//!
 //! Compatibility: the major version must match exactly (a mismatch closes the
 //! session with an error on both sides); the minor versions are negotiated
 //! down to the lower of the two.
@@ -67,7 +73,7 @@ pub const MAGIC: [u8; 2] = *b"MS";
 /// Protocol major version spoken by this build.
 pub const VERSION_MAJOR: u8 = 1;
 /// Protocol minor version spoken by this build.
-/// 1.1 added the ARP delete TLV.
+/// 1.1 added the ARP delete TLV and the port-state message.
 pub const VERSION_MINOR: u8 = 1;
 /// Header length.
 pub const HEADER_LEN: usize = 16;
@@ -98,6 +104,8 @@ pub enum MessageType {
     Ack = 3,
     /// Liveness, sent on its own path.
     Keepalive = 4,
+    /// A member port of the sender went up or down (since 1.1).
+    PortState = 5,
 }
 
 impl MessageType {
@@ -108,6 +116,7 @@ impl MessageType {
             2 => Self::Sync,
             3 => Self::Ack,
             4 => Self::Keepalive,
+            5 => Self::PortState,
             _ => return None,
         })
     }
@@ -164,6 +173,9 @@ pub mod tlv {
     pub const MCLAG_ADDRESS: u16 = 0x0008;
     /// Ack: cumulative sequence number, u32.
     pub const ACK_SEQ: u16 = 0x0010;
+    /// Port state: a member port's MLAG id (u32) and state (u8: 1 up,
+    /// 0 down), since 1.1.
+    pub const PORT_STATE: u16 = 0x0011;
     /// Sync/ARP: one entry (must understand).
     pub const ARP_ENTRY: u16 = 0x8101;
     /// Sync/ARP: one entry withdrawn, (MLAG id u32, VRF u32, IPv4), since
@@ -380,6 +392,7 @@ fn known_tlv(msg_type: MessageType, tlv_type: u16) -> bool {
         ),
         MessageType::Keepalive => tlv_type == tlv::BOOT_ID,
         MessageType::Ack => tlv_type == tlv::ACK_SEQ,
+        MessageType::PortState => tlv_type == tlv::PORT_STATE,
         MessageType::Sync => matches!(tlv_type, tlv::ARP_ENTRY | tlv::ARP_DELETE),
     }
 }
@@ -456,6 +469,13 @@ impl<'a> Frame<'a> {
             .filter_map(|t| ArpEntry::parse(t.value))
     }
 
+    /// The port states of a port-state message: (MLAG id, up).
+    pub fn port_states(&self) -> impl Iterator<Item = (u32, bool)> + 'a {
+        self.tlvs()
+            .filter(|t| t.tlv_type == tlv::PORT_STATE && t.value.len() == 5)
+            .map(|t| (be32(t.value, 0), t.value[4] == 1))
+    }
+
     /// The ARP deletes of a sync frame (entries the sender withdrew).
     pub fn arp_deletes(&self) -> impl Iterator<Item = ArpDelete> + 'a {
         self.tlvs()
@@ -475,6 +495,7 @@ fn check_value(tlv_type: u16, value: &[u8]) -> Result<(), DecodeError> {
         tlv::MCLAG_ADDRESS => value.len() == 4 || value.len() == 16,
         tlv::ARP_ENTRY => ArpEntry::parse(value).is_some(),
         tlv::ARP_DELETE => ArpDelete::parse(value).is_some(),
+        tlv::PORT_STATE => value.len() == 5 && value[4] <= 1,
         _ => true,
     };
     if ok {
@@ -683,6 +704,11 @@ impl<'b> Encoder<'b> {
         head[13] = driver.vlan_count;
         head[14..16].copy_from_slice(&(frame.len() as u16).to_be_bytes());
         self.tlv(tlv::ARP_ENTRY, &[&head, frame])
+    }
+
+    /// Appends a port state (port-state message).
+    pub fn port_state(&mut self, mlag_id: u32, up: bool) -> Result<(), EncodeError> {
+        self.tlv(tlv::PORT_STATE, &[&mlag_id.to_be_bytes(), &[u8::from(up)]])
     }
 
     /// Appends an ARP delete.

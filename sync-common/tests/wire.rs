@@ -434,6 +434,68 @@ proptest! {
     }
 }
 
+/// 1.1: a port-state message, every byte written out.
+#[test]
+fn known_answer_port_state() {
+    #[rustfmt::skip]
+    let expected: &[u8] = &[
+        0x4d, 0x53,             // magic "MS"
+        0x01, 0x01,             // version 1.1
+        0x05,                   // message type: port state
+        0x00,                   // sub-type: none
+        0x00, 0x00,             // flags
+        0x00, 0x00, 0x00, 0x00, // seq 0
+        0x00, 0x00, 0x00, 0x22, // length 34 = 16 + 2 * (4 + 5)
+        0x00, 0x11,             // TLV PORT_STATE
+        0x00, 0x05,             //   length 5
+        0x00, 0x00, 0x00, 0x02, //   MLAG id 2
+        0x01,                   //   up
+        0x00, 0x11,             // TLV PORT_STATE
+        0x00, 0x05,             //   length 5
+        0x00, 0x00, 0x00, 0x07, //   MLAG id 7
+        0x00,                   //   down
+    ];
+    let mut buf = [0u8; 64];
+    let mut enc = Encoder::new(&mut buf, MessageType::PortState, SubType::None, 0).unwrap();
+    enc.port_state(2, true).unwrap();
+    enc.port_state(7, false).unwrap();
+    let len = enc.finish();
+    assert_eq!(&buf[..len], expected);
+    let frame = Frame::decode(expected, MAX_FRAME_LEN).unwrap();
+    assert_eq!(frame.header.msg_type, MessageType::PortState);
+    assert_eq!(
+        frame.port_states().collect::<Vec<_>>(),
+        [(2, true), (7, false)]
+    );
+    // A state other than 0/1, or another length, is refused.
+    for bad in [&[0u8, 0, 0, 2, 2][..], &[0, 0, 0, 2][..]] {
+        let bytes = frame_with_body(
+            MessageType::PortState,
+            SubType::None,
+            &raw_tlv(tlv::PORT_STATE, bad.len() as u16, bad),
+        );
+        assert_decode_err(
+            &bytes,
+            MAX_FRAME_LEN,
+            DecodeError::BadTlvValue {
+                tlv_type: tlv::PORT_STATE,
+            },
+            "bad_tlv",
+        );
+    }
+    // Port state is not a sync message: no sub-type.
+    let bytes = raw_header(wire::MAGIC, 1, 1, 5, 1, 0, 0, 16);
+    assert_decode_err(
+        &bytes,
+        MAX_FRAME_LEN,
+        DecodeError::SubTypeMismatch {
+            msg_type: 5,
+            sub_type: 1,
+        },
+        "unknown_subtype",
+    );
+}
+
 #[test]
 fn module_doc_vector_matches_keepalive() {
     // The vector quoted in the module documentation.
@@ -843,7 +905,7 @@ fn minor_version_9_is_accepted() {
 
 #[test]
 fn error_unknown_message_type() {
-    for t in [0u8, 5, 0xff] {
+    for t in [0u8, 6, 0xff] {
         let bytes = raw_header(wire::MAGIC, 1, 0, t, 0, 0, 0, 16);
         assert_decode_err(
             &bytes,
@@ -1238,6 +1300,9 @@ fn exercise(frame: &Frame) {
             let _ = frame.u32_of(tlv::ACK_SEQ);
         }
         MessageType::Sync => {}
+        MessageType::PortState => {
+            let _ = frame.port_states().count();
+        }
     }
 }
 
@@ -1246,6 +1311,7 @@ fn valid_header_kind() -> impl Strategy<Value = (MessageType, SubType)> {
         Just((MessageType::Hello, SubType::None)),
         Just((MessageType::Ack, SubType::None)),
         Just((MessageType::Keepalive, SubType::None)),
+        Just((MessageType::PortState, SubType::None)),
         Just((MessageType::Sync, SubType::Arp)),
         Just((MessageType::Sync, SubType::Nd)),
         Just((MessageType::Sync, SubType::Igmp)),

@@ -18,7 +18,7 @@ use super::{
     task::Task,
 };
 use crate::{
-    bus::{Captured, Liveness, MemberPort, SessionEvent},
+    bus::{Captured, LinkEvent, Liveness, MemberPort, SessionEvent},
     mac::MacAddr,
     southbound::neighbours::NeighbourEvent,
 };
@@ -39,6 +39,8 @@ pub(super) enum Event {
     Captured(Captured),
     /// This switch's kernel changed a neighbour entry.
     Neighbour(NeighbourEvent),
+    /// An interface changed (member-port state for the peer).
+    Link(LinkEvent),
     /// The member ports changed.
     Ports(Vec<MemberPort>),
     /// An operator query.
@@ -105,6 +107,7 @@ impl Task {
             Event::Liveness(Liveness::Down) => self.process_liveness_down(),
             Event::RefreshDone { probed, failed } => self.process_refresh_done(probed, failed),
             Event::Neighbour(event) => self.process_neighbour(event).await,
+            Event::Link(event) => self.process_link(event).await,
         }
     }
 
@@ -190,6 +193,7 @@ impl Task {
             (MessageType::Keepalive, true) => {
                 self.reject("unexpected_type", "keepalive on the session")
             }
+            (MessageType::PortState, true) => self.process_port_state(&frame).await,
         }
     }
 
@@ -211,9 +215,8 @@ impl Task {
                 "peer does not announce ARP sync; nothing will be synced to it"
             );
         }
-        // The lower minor version is spoken; with VERSION_MINOR at 0 this
-        // is always 0 today, which clippy points out.
-        #[allow(clippy::absurd_extreme_comparisons, clippy::unnecessary_min_or_max)]
+        // The lower minor version is spoken. A 1.0 peer skips the ARP
+        // deletes of 1.1 (optional TLVs), so they are sent to it anyway.
         let minor = frame.header.minor.min(wire::VERSION_MINOR);
         let resume = hello
             .resume

@@ -18,6 +18,8 @@
 //!   interface the kernel learns on above the member ports, paced).
 //! - `aging.rs`: entries the kernel dropped are withdrawn from the peer;
 //!   which interfaces the kernel learns on.
+//! - `ports.rs`: member-port state told to the peer; a twin port up again
+//!   re-probes its MLAG id.
 //! - `session.rs`: the TCP transport and the session's lifecycle.
 //! - `report.rs`: `show peer` / `show arp` and their text.
 //! - `config.rs`: the `[peer]` section.
@@ -38,6 +40,7 @@ pub mod config;
 mod events;
 pub mod hello;
 mod learn;
+mod ports;
 mod refresh;
 pub mod report;
 mod session;
@@ -69,7 +72,7 @@ use crate::{
     bus::{AskError, Captured, MemberPort, SessionEvent},
     liveness,
     mac::MacAddr,
-    southbound::neighbours,
+    southbound::{links, neighbours},
 };
 
 /// Who this agent is, as told in hellos.
@@ -145,6 +148,10 @@ impl PeerSyncHandle {
             tracing::error!(error = %err, "cannot follow the kernel's neighbour table: entries it drops will not be withdrawn from the peer");
             mpsc::channel(1).1
         });
+        let links = links::watch().unwrap_or_else(|err| {
+            tracing::error!(error = %err, "cannot follow interface changes: the peer will not hear when a member port comes back");
+            mpsc::channel(1).1
+        });
         let (queries, queries_rx) = mpsc::channel(QUERY_DEPTH);
         task.apply_arp_accept();
         tokio::spawn(task.run(Inputs {
@@ -154,6 +161,7 @@ impl PeerSyncHandle {
             internal,
             liveness,
             neighbours,
+            links,
         }));
         Self { queries }
     }

@@ -81,6 +81,12 @@ pub struct Stats {
     /// Refreshes dropped because the worker's queue was full.
     #[serde(default)]
     pub refresh_dropped: u64,
+    /// Member-port state changes told to the peer.
+    #[serde(default)]
+    pub port_states_sent: u64,
+    /// Refreshes of one MLAG id because the peer's twin port came up.
+    #[serde(default)]
+    pub port_up_refreshes: u64,
 }
 
 /// `show peer`.

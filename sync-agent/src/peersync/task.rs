@@ -11,6 +11,7 @@
 //!   session reader ──────────────────────┼─internal───┘  ▼
 //!   refresh worker (paced re-probe) ─────┘ (mpsc Event)  session writer ──TCP──▶ peer
 //!   neighbours::watch ──(mpsc NeighbourEvent)──▶ Task     (kernel dropped an entry: withdraw)
+//!   links::watch ──(mpsc LinkEvent)──▶ Task    (member port up again: port-state to the peer)
 //!   Task ──(mpsc RefreshJob, try_send)──▶ refresh worker
 //! ```
 //!
@@ -44,7 +45,7 @@ use super::{
     table::{EntryKey, SendTable},
 };
 use crate::{
-    bus::{Captured, MemberPort, SessionEvent},
+    bus::{Captured, LinkEvent, MemberPort, SessionEvent},
     liveness::LivenessReport,
     log_limit::LogLimiter,
     mac::MacAddr,
@@ -96,6 +97,8 @@ pub(super) struct Task {
     pub(super) own_deletes: HashSet<(u32, Ipv4Addr)>,
     /// The refresh worker's queue (started with the first refresh).
     pub(super) refresh_jobs: Option<mpsc::Sender<RefreshJob>>,
+    /// Last state (up with carrier) seen of each member port, by ifindex.
+    pub(super) port_up: BTreeMap<u32, bool>,
     /// VLAN interfaces looked up so far: name -> (ifindex, MAC).
     pub(super) vlan_targets: BTreeMap<String, (u32, MacAddr)>,
     pub(super) stats: Stats,
@@ -116,6 +119,8 @@ pub(super) struct Inputs {
     pub(super) liveness: mpsc::Receiver<LivenessReport>,
     /// This switch's neighbour table changes (`southbound::neighbours::watch`).
     pub(super) neighbours: mpsc::Receiver<NeighbourEvent>,
+    /// Interface changes (`southbound::links::watch`), for member-port state.
+    pub(super) links: mpsc::Receiver<LinkEvent>,
 }
 
 impl Inputs {
@@ -126,6 +131,7 @@ impl Inputs {
             && self.liveness.is_empty()
             && self.queries.is_empty()
             && self.neighbours.is_empty()
+            && self.links.is_empty()
     }
 }
 
@@ -164,6 +170,7 @@ impl Task {
             learn_ifs_at: None,
             own_deletes: HashSet::new(),
             refresh_jobs: None,
+            port_up: BTreeMap::new(),
             vlan_targets: BTreeMap::new(),
             stats: Stats::default(),
             log: LogLimiter::new(Duration::from_secs(1)),
@@ -176,7 +183,7 @@ impl Task {
     /// The event loop; ends when every [`super::PeerSyncHandle`] is dropped.
     pub(super) async fn run(mut self, mut inputs: Inputs) {
         let (mut captures_open, mut ports_open, mut liveness_open) = (true, true, true);
-        let mut neighbours_open = true;
+        let (mut neighbours_open, mut links_open) = (true, true);
         loop {
             // Batching without a timer: flush once nothing else is waiting.
             if self.flush_at.is_some() && self.config.flush_delay_us == 0 && inputs.idle() {
@@ -208,6 +215,13 @@ impl Task {
                     Some(event) => Event::Neighbour(event),
                     None => {
                         neighbours_open = false;
+                        continue;
+                    }
+                },
+                event = inputs.links.recv(), if links_open => match event {
+                    Some(event) => Event::Link(event),
+                    None => {
+                        links_open = false;
                         continue;
                     }
                 },

@@ -268,6 +268,8 @@ enum Written {
     Sync(u32, Vec<Ipv4Addr>),
     /// A sync frame of deletes only: sequence number and their IPs.
     Deletes(u32, Vec<Ipv4Addr>),
+    /// A port-state message: (MLAG id, up).
+    PortState(Vec<(u32, bool)>),
     Ack(u32),
 }
 
@@ -291,6 +293,7 @@ fn read(bytes: &[u8]) -> Written {
         ),
         MessageType::Ack => Written::Ack(frame.u32_of(wire::tlv::ACK_SEQ).unwrap()),
         MessageType::Keepalive => panic!("keepalive on the session"),
+        MessageType::PortState => Written::PortState(frame.port_states().collect()),
     }
 }
 
@@ -518,6 +521,7 @@ async fn the_loop_sends_a_lone_capture_at_once() {
     let (ports_tx, ports_rx) = watch::channel(ports());
     let (_liveness_tx, liveness) = mpsc::channel(4);
     let (_neighbours_tx, neighbours) = mpsc::channel(4);
+    let (_links_tx, links) = mpsc::channel(4);
     let Harness {
         task,
         internal,
@@ -531,6 +535,7 @@ async fn the_loop_sends_a_lone_capture_at_once() {
         internal,
         liveness,
         neighbours,
+        links,
     }));
     captures_tx.send(captured(11)).await.unwrap();
     assert_eq!(next_frame(&mut wire).await, Written::Sync(1, vec![ip(11)]));
@@ -964,17 +969,27 @@ async fn a_withdraw_from_the_peer_deletes_only_the_entry_learnt_from_it() {
     let mut h = Harness::new("");
     h.establish(PEER_BOOT, None).await;
     let (mac7, ip7) = host(7);
-    h.inbound(sync_frame(1, &[(driver(1), arp_reply(PEER_MAC, mac7, ip7))]))
-        .await;
+    h.inbound(sync_frame(
+        1,
+        &[(driver(1), arp_reply(PEER_MAC, mac7, ip7))],
+    ))
+    .await;
     // The kernel holds 7 (learnt from the peer) and 8 (learnt by itself).
     h.kernel.log().neighbours = vec![neighbour(11, 7, "REACHABLE"), neighbour(11, 8, "REACHABLE")];
     // This switch also captured 7 itself: it is in the send table too.
     h.capture(7).await;
     h.task.flush().await;
-    assert_eq!(h.written(), vec![Written::Ack(1), Written::Sync(1, vec![ip7])]);
+    assert_eq!(
+        h.written(),
+        vec![Written::Ack(1), Written::Sync(1, vec![ip7])]
+    );
 
     h.inbound(delete_frame(2, &[(1, 7), (1, 8)])).await;
-    assert_eq!(h.kernel.log().deleted, vec![(11, ip7)], "only the learnt entry");
+    assert_eq!(
+        h.kernel.log().deleted,
+        vec![(11, ip7)],
+        "only the learnt entry"
+    );
     assert_eq!(h.written(), vec![Written::Ack(2)]);
     let report = h.report();
     assert_eq!(report.counters.deletes_received, 2);
@@ -985,7 +1000,9 @@ async fn a_withdraw_from_the_peer_deletes_only_the_entry_learnt_from_it() {
 
     // Our kernel reports the removal we made: forgotten, not echoed.
     h.task
-        .process(Event::Neighbour(NeighbourEvent::Removed(neighbour(11, 7, "NONE"))))
+        .process(Event::Neighbour(NeighbourEvent::Removed(neighbour(
+            11, 7, "NONE",
+        ))))
         .await;
     h.task.flush().await;
     assert_eq!(h.written(), vec![]);
@@ -1008,7 +1025,10 @@ async fn a_neighbour_the_kernel_dropped_is_withdrawn_from_the_peer() {
     }
     h.task.flush().await;
     h.inbound(ack_frame(Some(1))).await;
-    assert_eq!(h.written(), vec![Written::Sync(1, vec![ip(1), ip(2), ip(3)])]);
+    assert_eq!(
+        h.written(),
+        vec![Written::Sync(1, vec![ip(1), ip(2), ip(3)])]
+    );
 
     for event in [
         NeighbourEvent::Removed(neighbour(11, 1, "STALE")),
@@ -1058,9 +1078,13 @@ async fn the_received_table_forgets_the_least_recently_learnt_at_max_learnt() {
     };
     let first: Vec<_> = (1..=16).map(entry).collect();
     h.inbound(sync_frame(1, &first)).await;
-    assert_eq!((h.report().learnt, h.report().counters.learnt_evicted), (16, 0));
+    assert_eq!(
+        (h.report().learnt, h.report().counters.learnt_evicted),
+        (16, 0)
+    );
     // 1 is learnt again (now the most recent); 17 and 18 push out 2 and 3.
-    h.inbound(sync_frame(2, &[entry(1), entry(17), entry(18)])).await;
+    h.inbound(sync_frame(2, &[entry(1), entry(17), entry(18)]))
+        .await;
     let report = h.report();
     assert_eq!((report.learnt, report.counters.learnt_evicted), (16, 2));
     let held: Vec<String> = h.arp().await.into_iter().map(|e| e.ip).collect();
@@ -1083,7 +1107,8 @@ async fn refresh_probes_every_interface_above_the_ports_at_the_configured_pace()
     );
     {
         let mut k = h.kernel.log();
-        k.links.insert("p1.10".into(), (21, MacAddr([2, 0, 0, 0, 0x10, 0xa1])));
+        k.links
+            .insert("p1.10".into(), (21, MacAddr([2, 0, 0, 0, 0x10, 0xa1])));
         k.controllers.insert(11, 30); // p1 -> bond 30
         k.controllers.insert(30, 31); // bond 30 -> bridge 31
         k.neighbours = vec![
@@ -1132,4 +1157,79 @@ async fn a_refresh_of_one_mlag_id_probes_only_its_interfaces() {
     let mut probed = h.kernel.log().probed.clone();
     probed.sort();
     assert_eq!(probed, vec![ip(2), ip(3)]);
+}
+
+fn link(index: u32, up: bool, carrier: bool) -> crate::bus::LinkEvent {
+    crate::bus::LinkEvent::Changed(crate::bus::Link {
+        name: format!("if{index}"),
+        index,
+        mac: None,
+        up,
+        carrier,
+        controller: None,
+    })
+}
+
+/// A member port that loses and regains carrier is told to a 1.1 peer
+/// (the first state seen is only recorded; other interfaces are not
+/// told); a 1.0 peer, which does not know the message, is told nothing.
+#[tokio::test]
+async fn a_member_port_back_up_is_told_to_a_peer_that_speaks_1_1() {
+    let mut h = Harness::new("");
+    h.establish(PEER_BOOT, None).await;
+    for event in [
+        link(11, true, true),
+        link(99, true, false),
+        link(11, true, false),
+        link(11, true, true),
+    ] {
+        h.task.process(Event::Link(event)).await;
+    }
+    assert_eq!(
+        h.written(),
+        vec![
+            Written::PortState(vec![(1, false)]),
+            Written::PortState(vec![(1, true)])
+        ]
+    );
+    assert_eq!(h.report().counters.port_states_sent, 2);
+
+    let mut h = Harness::new("");
+    h.connect().await;
+    let mut hello = peer_hello(PEER_BOOT, None);
+    hello[3] = 0; // a 1.0 peer
+    h.inbound(hello).await;
+    h.written();
+    for event in [
+        link(12, true, true),
+        link(12, false, true),
+        link(12, true, true),
+    ] {
+        h.task.process(Event::Link(event)).await;
+    }
+    assert_eq!(h.written(), vec![]);
+}
+
+/// The peer says its twin of MLAG id 2 is up again: this switch re-probes
+/// the neighbours above its own port of that id, and only those.
+#[tokio::test]
+async fn the_peer_twin_port_up_again_refreshes_that_mlag_id() {
+    let mut h = Harness::new("");
+    h.kernel.log().neighbours = vec![neighbour(11, 1, "REACHABLE"), neighbour(12, 2, "STALE")];
+    h.establish(PEER_BOOT, None).await;
+    h.next_internal().await; // the refresh for a new peer run
+    h.kernel.log().probed.clear();
+    let mut buf = vec![0u8; 64];
+    let mut e = Encoder::new(&mut buf, MessageType::PortState, SubType::None, 0).unwrap();
+    e.port_state(2, true).unwrap();
+    e.port_state(9, true).unwrap();
+    let len = e.finish();
+    buf.truncate(len);
+    h.inbound(buf).await;
+    h.next_internal().await;
+    assert_eq!(h.kernel.log().probed, vec![ip(2)]);
+    let report = h.report();
+    assert_eq!(report.counters.port_up_refreshes, 1);
+    assert_eq!(report.counters.refreshes, 2);
+    assert_eq!(h.rejected("unknown_mlag_id"), 1);
 }
