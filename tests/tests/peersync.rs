@@ -323,6 +323,59 @@ fn entries_the_survivor_learnt_directly_come_back_only_through_its_probes() -> a
     Ok(())
 }
 
+/// SPEC 2.5 for one port: B's member port goes down (its kernel flushes
+/// the port's neighbours) and comes back; B tells A, A re-probes the
+/// neighbours of that MLAG id (learnt directly, so only probing brings
+/// them back), and B's kernel holds them again.
+#[test]
+fn the_peer_twin_port_back_up_gets_its_entries_again_through_probes() -> anyhow::Result<()> {
+    const ENTRIES: u32 = 20;
+    let pair = Pair::new()?;
+    give_c_addresses(&pair, ENTRIES)?;
+    let a = pair.agent_a("")?;
+    let b = pair.agent_b("")?;
+    wait_session_up(&a)?;
+    let c_mac = fmt_mac(&pair.c_mac);
+    let ips: Vec<String> = (0..ENTRIES)
+        .map(|i| {
+            let ip = ip_of(i);
+            format!("{}.{}.{}.{}", ip[0], ip[1], ip[2], ip[3])
+        })
+        .collect();
+    for ip in &ips {
+        pair.a.ip(&[
+            "neigh", "replace", ip, "lladdr", &c_mac, "dev", "a-c", "nud", "stale",
+        ])?;
+    }
+    let refreshes_before = a.query(&["show", "peer"])?["counters"]["port_up_refreshes"]
+        .as_u64()
+        .unwrap_or(0);
+    pair.b.ip(&["link", "set", "b-c", "down"])?;
+    wait_until(WAIT, "B to tell A its port is down", || {
+        let peer = b.query(&["show", "peer"]).map_err(|e| e.to_string())?;
+        match peer["counters"]["port_states_sent"].as_u64() {
+            Some(n) if n >= 1 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })?;
+    for ip in &ips {
+        assert_eq!(pair::neighbour(&pair.b, "b-c", ip)?, None, "B had {ip}");
+    }
+    pair.b.ip(&["link", "set", "b-c", "up"])?;
+    let b_table = wait_count(&pair.b, "b-c", ips.len())?;
+    for ip in &ips {
+        assert_eq!(b_table.get(ip), Some(&c_mac), "B lacks {ip}");
+    }
+    let peer = a.query(&["show", "peer"])?;
+    assert_eq!(
+        peer["counters"]["port_up_refreshes"].as_u64(),
+        Some(refreshes_before + 1),
+        "{peer}"
+    );
+    assert!(peer["counters"]["refresh_probes"].as_u64() >= Some(u64::from(ENTRIES)));
+    Ok(())
+}
+
 /// Tables age: an entry A synced to B is removed from A's kernel; A
 /// withdraws it and B's kernel no longer holds it, while an entry B's
 /// kernel learnt for itself is left alone.

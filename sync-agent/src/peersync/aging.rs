@@ -45,7 +45,16 @@ impl Task {
             NeighbourEvent::Changed(_) => return,
         };
         let ours = removed && self.own_deletes.remove(&(n.ifindex, n.ip));
-        if self.table.is_empty() {
+        // Most of the kernel's changes concern entries never synced: a few
+        // look-ups (one per MLAG id) before anything else.
+        let synced = self.ports.iter().any(|p| {
+            self.table.contains(&EntryKey {
+                vrf: 0,
+                mlag_id: p.mlag_id,
+                ip: n.ip,
+            })
+        });
+        if !synced {
             return;
         }
         let mlag_ids: Vec<u32> = self

@@ -21,8 +21,7 @@ const PORT_STATE_MINOR: u8 = 1;
 
 impl Task {
     /// A link changed: if it is a member port whose state (admin up and
-    /// carrier) changed, the peer is told. The first state seen of a port
-    /// is only recorded.
+    /// carrier) changed, the peer is told.
     pub(super) async fn process_link(&mut self, event: LinkEvent) {
         let (index, up) = match event {
             LinkEvent::Changed(link) => (link.index, link.up && link.carrier),
@@ -36,8 +35,10 @@ impl Task {
         else {
             return;
         };
-        let before = self.port_up.insert(index, up);
-        if before.is_none() || before == Some(up) {
+        // A port not seen yet is taken as up (the usual state while the
+        // agent runs): a first "down" is told, a first "up" is no news.
+        let before = self.port_up.insert(index, up).unwrap_or(true);
+        if before == up {
             return;
         }
         tracing::info!(mlag_id, up, "member port state changed; telling the peer");

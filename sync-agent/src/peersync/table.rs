@@ -52,9 +52,13 @@ pub struct SendTable {
     /// Most recently captured first; the bound pops the other end.
     entries: LruCache<EntryKey, SentEntry>,
     dirty: BTreeSet<EntryKey>,
-    /// Withdrawn entries the peer has not acknowledged the delete of:
-    /// sequence number of the frame that carried it, 0 = not sent yet.
-    deletes: BTreeMap<EntryKey, u32>,
+    /// Withdrawn entries whose delete waits to be sent.
+    deletes_unsent: BTreeSet<EntryKey>,
+    /// Deletes sent and not acknowledged: the frame that carried each...
+    deletes_sent: BTreeMap<EntryKey, u32>,
+    /// ...and the same by frame, so an ack retires them without a scan
+    /// (a key here whose `deletes_sent` seq differs is stale: skipped).
+    deletes_by_seq: BTreeMap<u32, Vec<EntryKey>>,
     max_entries: usize,
     /// Entries forgotten because the table was full.
     pub evicted: u64,
@@ -77,7 +81,9 @@ impl SendTable {
             // eviction is counted and leaves the dirty set consistent.
             entries: LruCache::unbounded(),
             dirty: BTreeSet::new(),
-            deletes: BTreeMap::new(),
+            deletes_unsent: BTreeSet::new(),
+            deletes_sent: BTreeMap::new(),
+            deletes_by_seq: BTreeMap::new(),
             max_entries,
             evicted: 0,
             deletes_dropped: 0,
@@ -95,7 +101,8 @@ impl SendTable {
             self.dirty.remove(&oldest);
             self.evicted += 1;
         }
-        self.deletes.remove(&key);
+        self.deletes_unsent.remove(&key);
+        self.deletes_sent.remove(&key);
         self.entries.push(
             key,
             SentEntry {
@@ -116,8 +123,9 @@ impl SendTable {
             return false;
         }
         self.dirty.remove(&key);
-        if self.deletes.len() < self.max_entries {
-            self.deletes.insert(key, 0);
+        if self.deletes_unsent.len() + self.deletes_sent.len() < self.max_entries {
+            self.deletes_sent.remove(&key);
+            self.deletes_unsent.insert(key);
         } else {
             self.deletes_dropped += 1;
         }
@@ -143,9 +151,12 @@ impl SendTable {
                 self.dirty.insert(*key);
             }
         }
-        for seq in self.deletes.values_mut() {
-            if *seq > acked {
-                *seq = 0;
+        for (_, keys) in self.deletes_by_seq.split_off(&acked.saturating_add(1)) {
+            for key in keys {
+                if self.deletes_sent.get(&key).is_some_and(|seq| *seq > acked) {
+                    self.deletes_sent.remove(&key);
+                    self.deletes_unsent.insert(key);
+                }
             }
         }
     }
@@ -154,35 +165,42 @@ impl SendTable {
     /// nothing to delete either).
     pub fn mark_all(&mut self) {
         self.dirty.extend(self.entries.iter().map(|(k, _)| *k));
-        self.deletes.clear();
+        self.deletes_unsent.clear();
+        self.deletes_sent.clear();
+        self.deletes_by_seq.clear();
     }
 
     /// The peer acknowledged every frame up to `acked`: those deletes are
     /// done.
     pub fn deletes_acked(&mut self, acked: u32) {
-        self.deletes.retain(|_, seq| *seq == 0 || *seq > acked);
+        while let Some(entry) = self.deletes_by_seq.first_entry() {
+            if *entry.key() > acked {
+                break;
+            }
+            let (seq, keys) = entry.remove_entry();
+            for key in keys {
+                if self.deletes_sent.get(&key) == Some(&seq) {
+                    self.deletes_sent.remove(&key);
+                }
+            }
+        }
     }
 
     /// Number of deletes waiting to be sent.
     pub fn pending_deletes(&self) -> usize {
-        self.deletes.values().filter(|seq| **seq == 0).count()
+        self.deletes_unsent.len()
     }
 
     /// The deletes waiting to be sent, at most `max`.
     pub fn next_deletes(&self, max: usize) -> Vec<EntryKey> {
-        self.deletes
-            .iter()
-            .filter(|(_, seq)| **seq == 0)
-            .map(|(k, _)| *k)
-            .take(max)
-            .collect()
+        self.deletes_unsent.iter().take(max).copied().collect()
     }
 
-    /// Records that the delete of `key` went out in frame `seq` (0: put
-    /// back, not sent).
+    /// Records that the delete of `key` went out in frame `seq`.
     pub fn mark_delete_sent(&mut self, key: EntryKey, seq: u32) {
-        if let Some(s) = self.deletes.get_mut(&key) {
-            *s = seq;
+        if self.deletes_unsent.remove(&key) {
+            self.deletes_sent.insert(key, seq);
+            self.deletes_by_seq.entry(seq).or_default().push(key);
         }
     }
 

@@ -1171,8 +1171,9 @@ fn link(index: u32, up: bool, carrier: bool) -> crate::bus::LinkEvent {
 }
 
 /// A member port that loses and regains carrier is told to a 1.1 peer
-/// (the first state seen is only recorded; other interfaces are not
-/// told); a 1.0 peer, which does not know the message, is told nothing.
+/// (a port not seen yet counts as up, so a first "up" is no news; other
+/// interfaces are not told); a 1.0 peer, which does not know the message,
+/// is told nothing.
 #[tokio::test]
 async fn a_member_port_back_up_is_told_to_a_peer_that_speaks_1_1() {
     let mut h = Harness::new("");
