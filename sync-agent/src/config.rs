@@ -304,6 +304,21 @@ capture_queue = 1
     }
 
     #[test]
+    fn table_bounds_and_probe_pace_are_validated_with_safe_defaults() {
+        let text = format!(
+            "{GOOD}\n[peer]\nlocal_address = \"169.254.0.1\"\npeer_address = \"169.254.0.2\"\n"
+        );
+        let peer = Config::parse(&text, "test").unwrap().peer.unwrap();
+        assert_eq!((peer.max_learnt, peer.refresh_probes_per_s), (1 << 20, 200));
+        let text = format!("{text}max_learnt = 8\nrefresh_probes_per_s = 0\n");
+        let Err(ConfigError::Invalid { problems, .. }) = Config::parse(&text, "test") else {
+            panic!("expected Invalid")
+        };
+        let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["peer.max_learnt", "peer.refresh_probes_per_s"]);
+    }
+
+    #[test]
     fn empty_member_ports_is_refused() {
         let text = GOOD.replace(r#"["eth1", "eth2"]"#, "[]");
         let err = Config::parse(&text, "test").unwrap_err().to_string();

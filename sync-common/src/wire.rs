@@ -39,26 +39,50 @@
 //! |   the original Ethernet frame (frame length bytes) ...
 //! ```
 //!
+//! An ARP delete TLV withdraws an entry the sender synced earlier (its
+//! kernel dropped the neighbour or marked it FAILED); the key is the one the
+//! sender's table uses. Added in 1.1 without the must-understand bit, so a
+//! 1.0 receiver skips it and keeps the entry as before:
+//!
+//! ```text
+//! +-------------------------------+-------------------------------+
+//! |                  MLAG port id                                 |
+//! +-------------------------------+-------------------------------+
+//! |                            VRF id                             |
+//! +-------------------------------+-------------------------------+
+//! |                   IPv4 address of the entry                   |
+//! +-------------------------------+-------------------------------+
+//! ```
+//!
+//! A port-state message (type 5, since 1.1) tells the peer that one of the
+//! sender's member ports went up or down: one PORT_STATE TLV per port,
+//! (MLAG id u32, state u8: 1 up, 0 down). It is a new message type, which a
+//! 1.0 receiver would skip but count as unknown input, so it is only sent
+//! to a peer whose hello said 1.1 or later.
+//!
 //! Compatibility: the major version must match exactly (a mismatch closes the
 //! session with an error on both sides); the minor versions are negotiated
 //! down to the lower of the two.
 //!
 //! Known-answer vector (see the tests): a keepalive with sequence number 7,
 //! no TLVs:
-//! `4d 53 01 00 04 00 00 00 00 00 00 07 00 00 00 10`.
+//! `4d 53 01 01 04 00 00 00 00 00 00 07 00 00 00 10`.
 
 /// Frame magic, "MS".
 pub const MAGIC: [u8; 2] = *b"MS";
 /// Protocol major version spoken by this build.
 pub const VERSION_MAJOR: u8 = 1;
 /// Protocol minor version spoken by this build.
-pub const VERSION_MINOR: u8 = 0;
+/// 1.1 added the ARP delete TLV and the port-state message.
+pub const VERSION_MINOR: u8 = 1;
 /// Header length.
 pub const HEADER_LEN: usize = 16;
 /// TLV header length.
 pub const TLV_HEADER_LEN: usize = 4;
 /// Driver header length inside an ARP entry TLV.
 pub const DRIVER_HEADER_LEN: usize = 16;
+/// Value length of an ARP delete TLV.
+pub const ARP_DELETE_LEN: usize = 12;
 /// Largest frame any implementation may send.
 pub const MAX_FRAME_LEN: usize = 256 * 1024;
 
@@ -80,6 +104,8 @@ pub enum MessageType {
     Ack = 3,
     /// Liveness, sent on its own path.
     Keepalive = 4,
+    /// A member port of the sender went up or down (since 1.1).
+    PortState = 5,
 }
 
 impl MessageType {
@@ -90,6 +116,7 @@ impl MessageType {
             2 => Self::Sync,
             3 => Self::Ack,
             4 => Self::Keepalive,
+            5 => Self::PortState,
             _ => return None,
         })
     }
@@ -146,8 +173,14 @@ pub mod tlv {
     pub const MCLAG_ADDRESS: u16 = 0x0008;
     /// Ack: cumulative sequence number, u32.
     pub const ACK_SEQ: u16 = 0x0010;
+    /// Port state: a member port's MLAG id (u32) and state (u8: 1 up,
+    /// 0 down), since 1.1.
+    pub const PORT_STATE: u16 = 0x0011;
     /// Sync/ARP: one entry (must understand).
     pub const ARP_ENTRY: u16 = 0x8101;
+    /// Sync/ARP: one entry withdrawn, (MLAG id u32, VRF u32, IPv4), since
+    /// 1.1. Not must-understand: an older receiver skips it safely.
+    pub const ARP_DELETE: u16 = 0x0102;
 }
 
 /// Capability bits.
@@ -359,7 +392,8 @@ fn known_tlv(msg_type: MessageType, tlv_type: u16) -> bool {
         ),
         MessageType::Keepalive => tlv_type == tlv::BOOT_ID,
         MessageType::Ack => tlv_type == tlv::ACK_SEQ,
-        MessageType::Sync => tlv_type == tlv::ARP_ENTRY,
+        MessageType::PortState => tlv_type == tlv::PORT_STATE,
+        MessageType::Sync => matches!(tlv_type, tlv::ARP_ENTRY | tlv::ARP_DELETE),
     }
 }
 
@@ -434,6 +468,20 @@ impl<'a> Frame<'a> {
             .filter(|t| t.tlv_type == tlv::ARP_ENTRY)
             .filter_map(|t| ArpEntry::parse(t.value))
     }
+
+    /// The port states of a port-state message: (MLAG id, up).
+    pub fn port_states(&self) -> impl Iterator<Item = (u32, bool)> + 'a {
+        self.tlvs()
+            .filter(|t| t.tlv_type == tlv::PORT_STATE && t.value.len() == 5)
+            .map(|t| (be32(t.value, 0), t.value[4] == 1))
+    }
+
+    /// The ARP deletes of a sync frame (entries the sender withdrew).
+    pub fn arp_deletes(&self) -> impl Iterator<Item = ArpDelete> + 'a {
+        self.tlvs()
+            .filter(|t| t.tlv_type == tlv::ARP_DELETE)
+            .filter_map(|t| ArpDelete::parse(t.value))
+    }
 }
 
 fn check_value(tlv_type: u16, value: &[u8]) -> Result<(), DecodeError> {
@@ -446,6 +494,8 @@ fn check_value(tlv_type: u16, value: &[u8]) -> Result<(), DecodeError> {
         tlv::RESUME => value.len() == 12,
         tlv::MCLAG_ADDRESS => value.len() == 4 || value.len() == 16,
         tlv::ARP_ENTRY => ArpEntry::parse(value).is_some(),
+        tlv::ARP_DELETE => ArpDelete::parse(value).is_some(),
+        tlv::PORT_STATE => value.len() == 5 && value[4] <= 1,
         _ => true,
     };
     if ok {
@@ -541,6 +591,40 @@ impl<'a> ArpEntry<'a> {
     }
 }
 
+/// One withdrawn ARP entry: the sender's kernel no longer holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArpDelete {
+    /// MLAG port id the entry was synced for.
+    pub mlag_id: u32,
+    /// VRF id (0 default).
+    pub vrf: u32,
+    /// The entry's IPv4 address.
+    pub ip: [u8; 4],
+}
+
+impl ArpDelete {
+    /// Parses an ARP delete TLV value (exactly [`ARP_DELETE_LEN`] bytes).
+    pub fn parse(value: &[u8]) -> Option<Self> {
+        if value.len() != ARP_DELETE_LEN {
+            return None;
+        }
+        Some(Self {
+            mlag_id: be32(value, 0),
+            vrf: be32(value, 4),
+            ip: [value[8], value[9], value[10], value[11]],
+        })
+    }
+
+    /// The TLV value.
+    pub fn to_bytes(&self) -> [u8; ARP_DELETE_LEN] {
+        let mut out = [0u8; ARP_DELETE_LEN];
+        out[0..4].copy_from_slice(&self.mlag_id.to_be_bytes());
+        out[4..8].copy_from_slice(&self.vrf.to_be_bytes());
+        out[8..12].copy_from_slice(&self.ip);
+        out
+    }
+}
+
 /// Why a frame could not be encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EncodeError {
@@ -622,6 +706,16 @@ impl<'b> Encoder<'b> {
         self.tlv(tlv::ARP_ENTRY, &[&head, frame])
     }
 
+    /// Appends a port state (port-state message).
+    pub fn port_state(&mut self, mlag_id: u32, up: bool) -> Result<(), EncodeError> {
+        self.tlv(tlv::PORT_STATE, &[&mlag_id.to_be_bytes(), &[u8::from(up)]])
+    }
+
+    /// Appends an ARP delete.
+    pub fn arp_delete(&mut self, delete: &ArpDelete) -> Result<(), EncodeError> {
+        self.tlv(tlv::ARP_DELETE, &[&delete.to_bytes()])
+    }
+
     /// Bytes used so far.
     pub fn len(&self) -> usize {
         self.len
@@ -651,7 +745,7 @@ mod tests {
             .finish();
         assert_eq!(
             &buf[..len],
-            &[0x4d, 0x53, 1, 0, 4, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0x10]
+            &[0x4d, 0x53, 1, 1, 4, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0x10]
         );
         let frame = Frame::decode(&buf[..len], 1024).unwrap();
         assert_eq!(frame.header.seq, 7);

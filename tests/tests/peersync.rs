@@ -74,6 +74,7 @@ fn a_reply_landing_on_the_peer_is_learnt_by_the_asking_switch_kernel() -> anyhow
     assert_eq!(entry["direction"], "received");
     assert_eq!(entry["how"], "kernel-arp");
     assert_eq!(entry["kernel_state"], "REACHABLE");
+    assert_eq!(entry["confirmed"], true, "the agent saw the kernel hold it");
     assert_eq!(b.query(&["show", "peer"])?["counters"]["entries_sent"], 1);
     let _ = ping.kill();
     Ok(())
@@ -168,9 +169,9 @@ fn ip_of(i: u32) -> [u8; 4] {
     [10, 77, 1 + (i / 250) as u8, 1 + (i % 250) as u8]
 }
 
-/// C answers ARP for these addresses on its A link (so refresh probes are
-/// answered) and A learns them: C announces each with a reply to A.
-fn populate_a(pair: &Pair, count: u32) -> anyhow::Result<()> {
+/// C owns these addresses on its A link, so it answers A's requests (and
+/// refresh probes) for them.
+fn give_c_addresses(pair: &Pair, count: u32) -> anyhow::Result<()> {
     let batch: String = (0..count)
         .map(|i| {
             let ip = ip_of(i);
@@ -187,6 +188,13 @@ fn populate_a(pair: &Pair, count: u32) -> anyhow::Result<()> {
     child.stdin.take().unwrap().write_all(batch.as_bytes())?;
     anyhow::ensure!(child.wait()?.success(), "adding C's addresses");
     pair.c.ip(&["route", "add", "10.77.0.0/24", "dev", "c-a"])?;
+    Ok(())
+}
+
+/// C answers ARP for these addresses on its A link (so refresh probes are
+/// answered) and A learns them: C announces each with a reply to A.
+fn populate_a(pair: &Pair, count: u32) -> anyhow::Result<()> {
+    give_c_addresses(pair, count)?;
     let replies: Vec<Vec<u8>> = (0..count)
         .map(|i| pair.reply_from_c(ip_of(i), pair.a_mac, A_IP).to_bytes())
         .collect();
@@ -216,6 +224,10 @@ fn wait_count(
     )
 }
 
+/// What this proves: B converges after its restart. A's own send table
+/// already holds every entry (A captured C's replies), so A's resend alone
+/// makes it pass; that the re-probe works is proved by
+/// `entries_the_survivor_learnt_directly_come_back_only_through_its_probes`.
 #[test]
 fn a_restarted_peer_with_a_flushed_table_converges_to_the_survivor_table() -> anyhow::Result<()> {
     const ENTRIES: u32 = 1000;
@@ -242,6 +254,176 @@ fn a_restarted_peer_with_a_flushed_table_converges_to_the_survivor_table() -> an
         peer["counters"]["refreshes"].as_u64() >= Some(2),
         "A refreshed when B came back: {peer}"
     );
+    Ok(())
+}
+
+/// SPEC 2.5, the case only re-probing can fix: A's kernel learnt its
+/// entries without the classifier seeing a reply (written straight into
+/// A's table here, as a switch learns from traffic the XDP program does not
+/// capture), so A's send table has none of them and B never got them. B
+/// restarts with a flushed table; A re-probes its neighbours, C answers,
+/// the replies are captured and synced, and B's kernel holds them.
+#[test]
+fn entries_the_survivor_learnt_directly_come_back_only_through_its_probes() -> anyhow::Result<()> {
+    const ENTRIES: u32 = 50;
+    let pair = Pair::new()?;
+    give_c_addresses(&pair, ENTRIES)?;
+    let a = pair.agent_a("")?;
+    let mut b = pair.agent_b("")?;
+    wait_session_up(&a)?;
+    // A's refresh for B's first run is over before A learns anything.
+    wait_until(WAIT, "A's first refresh done", || {
+        let peer = a.query(&["show", "peer"]).map_err(|e| e.to_string())?;
+        match peer["counters"]["refreshes_done"].as_u64() {
+            Some(n) if n >= 1 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })?;
+    let c_mac = fmt_mac(&pair.c_mac);
+    let ips: Vec<String> = (0..ENTRIES)
+        .map(|i| {
+            let ip = ip_of(i);
+            format!("{}.{}.{}.{}", ip[0], ip[1], ip[2], ip[3])
+        })
+        .collect();
+    for ip in &ips {
+        pair.a.ip(&[
+            "neigh", "replace", ip, "lladdr", &c_mac, "dev", "a-c", "nud", "stale",
+        ])?;
+    }
+    assert!(
+        a.query(&["show", "arp"])?
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| !ips.contains(&e["ip"].as_str().unwrap_or("").to_string())),
+        "A captured none of them"
+    );
+    let probes_before = a.query(&["show", "peer"])?["counters"]["refresh_probes"]
+        .as_u64()
+        .unwrap_or(0);
+
+    b.stop()?;
+    pair.b.ip(&["neigh", "flush", "dev", "b-c"])?;
+    for ip in &ips {
+        assert_eq!(pair::neighbour(&pair.b, "b-c", ip)?, None, "B had {ip}");
+    }
+    let _b = pair.agent_b("")?;
+    let b_table = wait_count(&pair.b, "b-c", ips.len())?;
+    for ip in &ips {
+        assert_eq!(b_table.get(ip), Some(&c_mac), "B lacks {ip}");
+    }
+    let peer = a.query(&["show", "peer"])?;
+    let probes = peer["counters"]["refresh_probes"].as_u64().unwrap_or(0);
+    assert!(
+        probes >= probes_before + u64::from(ENTRIES),
+        "A probed its {ENTRIES} entries when B came back: {peer}"
+    );
+    assert!(peer["counters"]["refresh_interfaces"].as_u64() >= Some(1));
+    Ok(())
+}
+
+/// SPEC 2.5 for one port: B's member port goes down (its kernel flushes
+/// the port's neighbours) and comes back; B tells A, A re-probes the
+/// neighbours of that MLAG id (learnt directly, so only probing brings
+/// them back), and B's kernel holds them again.
+#[test]
+fn the_peer_twin_port_back_up_gets_its_entries_again_through_probes() -> anyhow::Result<()> {
+    const ENTRIES: u32 = 20;
+    let pair = Pair::new()?;
+    give_c_addresses(&pair, ENTRIES)?;
+    let a = pair.agent_a("")?;
+    let b = pair.agent_b("")?;
+    wait_session_up(&a)?;
+    let c_mac = fmt_mac(&pair.c_mac);
+    let ips: Vec<String> = (0..ENTRIES)
+        .map(|i| {
+            let ip = ip_of(i);
+            format!("{}.{}.{}.{}", ip[0], ip[1], ip[2], ip[3])
+        })
+        .collect();
+    for ip in &ips {
+        pair.a.ip(&[
+            "neigh", "replace", ip, "lladdr", &c_mac, "dev", "a-c", "nud", "stale",
+        ])?;
+    }
+    let refreshes_before = a.query(&["show", "peer"])?["counters"]["port_up_refreshes"]
+        .as_u64()
+        .unwrap_or(0);
+    pair.b.ip(&["link", "set", "b-c", "down"])?;
+    wait_until(WAIT, "B to tell A its port is down", || {
+        let peer = b.query(&["show", "peer"]).map_err(|e| e.to_string())?;
+        match peer["counters"]["port_states_sent"].as_u64() {
+            Some(n) if n >= 1 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })?;
+    for ip in &ips {
+        assert_eq!(pair::neighbour(&pair.b, "b-c", ip)?, None, "B had {ip}");
+    }
+    pair.b.ip(&["link", "set", "b-c", "up"])?;
+    let b_table = wait_count(&pair.b, "b-c", ips.len())?;
+    for ip in &ips {
+        assert_eq!(b_table.get(ip), Some(&c_mac), "B lacks {ip}");
+    }
+    let peer = a.query(&["show", "peer"])?;
+    assert_eq!(
+        peer["counters"]["port_up_refreshes"].as_u64(),
+        Some(refreshes_before + 1),
+        "{peer}"
+    );
+    assert!(peer["counters"]["refresh_probes"].as_u64() >= Some(u64::from(ENTRIES)));
+    Ok(())
+}
+
+/// Tables age: an entry A synced to B is removed from A's kernel; A
+/// withdraws it and B's kernel no longer holds it, while an entry B's
+/// kernel learnt for itself is left alone.
+#[test]
+fn an_entry_the_kernel_dropped_is_withdrawn_from_the_peer_kernel() -> anyhow::Result<()> {
+    let pair = Pair::new()?;
+    let a = pair.agent_a("")?;
+    let b = pair.agent_b("")?;
+    wait_session_up(&a)?;
+    // Both switches learn .50 through A (a reply to A, synced to B).
+    pair.c.send_frames(
+        "c-a",
+        &[pair
+            .reply_from_c([10, 77, 0, 50], pair.a_mac, A_IP)
+            .to_bytes()],
+    )?;
+    wait_neighbour(&pair.b, "b-c", "10.77.0.50", &pair.c_mac)?;
+    wait_neighbour(&pair.a, "a-c", "10.77.0.50", &pair.c_mac)?;
+    // B learns .51 by itself (written straight into its table).
+    let c_mac = fmt_mac(&pair.c_mac);
+    pair.b.ip(&[
+        "neigh",
+        "replace",
+        "10.77.0.51",
+        "lladdr",
+        &c_mac,
+        "dev",
+        "b-c",
+        "nud",
+        "stale",
+    ])?;
+
+    pair.a.ip(&["neigh", "del", "10.77.0.50", "dev", "a-c"])?;
+    wait_until(
+        WAIT,
+        "B's kernel to drop 10.77.0.50",
+        || match pair::neighbour(&pair.b, "b-c", "10.77.0.50") {
+            Ok(None) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )?;
+    let a_peer = a.query(&["show", "peer"])?;
+    assert_eq!(a_peer["counters"]["withdrawn"], 1, "{a_peer}");
+    assert_eq!(a_peer["entries"], 0);
+    let b_peer = b.query(&["show", "peer"])?;
+    assert_eq!(b_peer["counters"]["learnt_deleted"], 1, "{b_peer}");
+    assert_eq!(b_peer["learnt"], 0);
+    assert!(pair::neighbour(&pair.b, "b-c", "10.77.0.51")?.is_some());
     Ok(())
 }
 

@@ -61,6 +61,17 @@ fn default_max_entries() -> usize {
 fn default_hello_timeout_ms() -> u64 {
     3000
 }
+fn default_max_learnt() -> usize {
+    1 << 20
+}
+fn default_refresh_probes_per_s() -> u32 {
+    200
+}
+
+/// Largest `max_learnt` and `max_entries` accepted (16M entries).
+pub const MAX_TABLE: usize = 1 << 24;
+/// Largest `refresh_probes_per_s` accepted.
+pub const MAX_PROBES_PER_S: u32 = 100_000;
 
 /// `[peer]`: the MLAG peer session (SPEC 2).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -108,6 +119,17 @@ pub struct PeerConfig {
     /// is closed (and counted, `hello_timeouts`), milliseconds.
     #[serde(default = "default_hello_timeout_ms")]
     pub hello_timeout_ms: u64,
+    /// Most entries learnt from the peer remembered (the received table);
+    /// beyond it the least recently learnt is forgotten (counted as
+    /// `learnt_evicted`; its kernel entry stays and ages as usual).
+    #[serde(default = "default_max_learnt")]
+    pub max_learnt: usize,
+    /// Pace of the SPEC 2.5 re-probe, ARP requests per second: a burst of
+    /// thousands would be dropped by a switch's control-plane policer (the
+    /// replies are what resyncs the peer). 200/s re-probes 10,000 entries in
+    /// 50 s.
+    #[serde(default = "default_refresh_probes_per_s")]
+    pub refresh_probes_per_s: u32,
 }
 
 impl PeerConfig {
@@ -245,6 +267,21 @@ impl PeerConfig {
             problem(
                 "peer.max_entries".into(),
                 format!("{} must be at least 16", peer.max_entries),
+            );
+        }
+        if !(16..=MAX_TABLE).contains(&peer.max_learnt) {
+            problem(
+                "peer.max_learnt".into(),
+                format!("{} must be between 16 and {MAX_TABLE}", peer.max_learnt),
+            );
+        }
+        if !(1..=MAX_PROBES_PER_S).contains(&peer.refresh_probes_per_s) {
+            problem(
+                "peer.refresh_probes_per_s".into(),
+                format!(
+                    "{} must be between 1 and {MAX_PROBES_PER_S}",
+                    peer.refresh_probes_per_s
+                ),
             );
         }
     }

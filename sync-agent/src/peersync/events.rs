@@ -3,6 +3,8 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
 
+use crate::southbound::neighbours::Neighbour;
+
 use sync_common::{
     capture::Class,
     wire::{self, DecodeError, DriverHeader, Frame, MessageType},
@@ -11,15 +13,16 @@ use tokio::{net::TcpStream, sync::oneshot};
 
 use super::{
     hello::Hello,
-    learn::Kernel,
+    learn::{Kernel, Learnt},
     report::{ArpReportEntry, PeerReport},
     session::{self, PeerInfo},
     table::{EntryKey, seq_max},
     task::Task,
 };
 use crate::{
-    bus::{Captured, Liveness, MemberPort, SessionEvent},
+    bus::{Captured, LinkEvent, Liveness, MemberPort, SessionEvent},
     mac::MacAddr,
+    southbound::neighbours::NeighbourEvent,
 };
 
 /// An operator query, with where the answer goes.
@@ -56,16 +59,19 @@ impl ArpSnapshot {
         let Ok(list) = kernel.neighbours(&self.ifindexes).await else {
             return self.entries;
         };
-        let states: BTreeMap<(u32, Ipv4Addr), &str> =
-            list.iter().map(|n| ((n.ifindex, n.ip), n.state)).collect();
+        let held: BTreeMap<(u32, Ipv4Addr), &Neighbour> =
+            list.iter().map(|n| ((n.ifindex, n.ip), n)).collect();
         for (i, ifindex, ip) in self.received {
-            self.entries[i].kernel_state = Some(
-                states
-                    .get(&(ifindex, ip))
-                    .copied()
-                    .unwrap_or("absent")
-                    .to_string(),
-            );
+            let held = held.get(&(ifindex, ip));
+            let entry = &mut self.entries[i];
+            entry.kernel_state = Some(held.map_or("absent", |n| n.state).to_string());
+            if entry.direction == "received" {
+                // "how" is only a claim until the kernel is seen holding
+                // the entry, resolved, to the MAC that was learnt.
+                entry.confirmed = Some(held.is_some_and(|n| {
+                    n.mac == Some(entry.mac) && !matches!(n.state, "FAILED" | "INCOMPLETE" | "NONE")
+                }));
+            }
         }
         self.entries
     }
@@ -76,6 +82,10 @@ impl ArpSnapshot {
 pub(super) enum Event {
     /// A reply captured by the classifier.
     Captured(Captured),
+    /// This switch's kernel changed a neighbour entry.
+    Neighbour(NeighbourEvent),
+    /// An interface changed (member-port state for the peer).
+    Link(LinkEvent),
     /// The member ports changed.
     Ports(Vec<MemberPort>),
     /// An operator query.
@@ -147,6 +157,8 @@ impl Task {
             Event::Liveness(Liveness::Down) => self.process_liveness_down(),
             Event::RefreshDone { probed, failed } => self.process_refresh_done(probed, failed),
             Event::HelloTimeout { conn } => self.process_hello_timeout(conn),
+            Event::Neighbour(event) => self.process_neighbour(event).await,
+            Event::Link(event) => self.process_link(event).await,
         }
     }
 
@@ -202,6 +214,7 @@ impl Task {
             return;
         }
         self.ports = ports;
+        self.learn_ifs_at = None;
         self.apply_arp_accept();
     }
 
@@ -238,6 +251,7 @@ impl Task {
             (MessageType::Keepalive, true) => {
                 self.reject("unexpected_type", "keepalive on the session")
             }
+            (MessageType::PortState, true) => self.process_port_state(&frame).await,
         }
     }
 
@@ -259,9 +273,8 @@ impl Task {
                 "peer does not announce ARP sync; nothing will be synced to it"
             );
         }
-        // The lower minor version is spoken; with VERSION_MINOR at 0 this
-        // is always 0 today, which clippy points out.
-        #[allow(clippy::absurd_extreme_comparisons, clippy::unnecessary_min_or_max)]
+        // The lower minor version is spoken. A 1.0 peer skips the ARP
+        // deletes of 1.1 (optional TLVs), so they are sent to it anyway.
         let minor = frame.header.minor.min(wire::VERSION_MINOR);
         let resume = hello
             .resume
@@ -306,7 +319,7 @@ impl Task {
             ports: hello.ports,
         });
         if peer_restarted {
-            self.refresh();
+            self.refresh(None).await;
         }
         self.flush().await;
     }
@@ -329,6 +342,9 @@ impl Task {
         for entry in frame.arp_entries() {
             self.stats.entries_received += 1;
             self.learn(&entry.driver, entry.frame).await;
+        }
+        for delete in frame.arp_deletes() {
+            self.unlearn(&delete).await;
         }
         let seq = frame.header.seq;
         self.rx_applied = seq_max(self.rx_applied, seq);
@@ -406,7 +422,9 @@ impl Task {
 
     /// A neighbour refresh finished.
     pub(super) fn process_refresh_done(&mut self, probed: u64, failed: u64) {
+        self.stats.refreshes_done += 1;
         self.stats.refresh_probes += probed;
+        self.stats.refresh_failed += failed;
         tracing::info!(
             probed,
             failed,
@@ -508,14 +526,18 @@ impl Task {
                     .into(),
                     kernel_state: None,
                     learnt_here: None,
+                    confirmed: None,
                 }
             })
             .collect();
-        let mut received = Vec::with_capacity(self.learned.len());
-        out.extend(self.learned.iter().map(|((ifindex, ip), l)| {
-            received.push((received.len() + self.table.len(), *ifindex, *ip));
-            ArpReportEntry {
-                ip: ip.to_string(),
+        out.sort_by_key(|e| (e.mlag_id, e.ip.parse::<Ipv4Addr>().ok()));
+        let mut learnt: Vec<(&EntryKey, &Learnt)> = self.learned.iter().collect();
+        learnt.sort_by_key(|(key, l)| (l.ifindex, key.ip));
+        let mut received = Vec::with_capacity(learnt.len());
+        for (key, l) in learnt {
+            received.push((out.len(), l.ifindex, key.ip));
+            out.push(ArpReportEntry {
+                ip: key.ip.to_string(),
                 mac: l.mac,
                 port: if l.interface == l.port {
                     l.port.clone()
@@ -531,8 +553,9 @@ impl Task {
                 how: l.by.name().into(),
                 kernel_state: None,
                 learnt_here: None,
-            }
-        }));
+                confirmed: None,
+            });
+        }
         // Sent entries this switch learnt too (SPEC 1.2): say how; the
         // asker reads what the kernel holds for them as for received ones.
         for (i, entry) in out.iter_mut().enumerate() {

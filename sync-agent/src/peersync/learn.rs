@@ -16,6 +16,13 @@
 //!   neighbour over netlink; that is logged and counted (`netlink_fallback`,
 //!   local failure `inject_failed`: this switch's failure, not the peer's).
 //!
+//! - The received table (`Task::learned`) is an LRU bounded by
+//!   `peer.max_learnt`: the least recently learnt entry is forgotten in
+//!   O(1) and counted (`learnt_evicted`); its kernel entry is left to age.
+//! - A delete from the peer (it withdrew an entry its kernel dropped)
+//!   removes the neighbour this switch learnt from the peer, and only such
+//!   an entry: one this switch learnt on its own is never touched.
+//!
 //! Every kernel side effect goes through the [`Kernel`] trait so the task's
 //! handlers can be driven without root in the deterministic tests
 //! (`tests.rs` has a recording fake); [`NetKernel`] is the real one.
@@ -32,10 +39,10 @@ use rtnetlink::Handle;
 use serde::{Deserialize, Serialize};
 use sync_common::{
     arp::{self, Parsed},
-    wire::DriverHeader,
+    wire::{ArpDelete, DriverHeader},
 };
 
-use super::{config::ArpAcceptPolicy, task::Task};
+use super::{config::ArpAcceptPolicy, table::EntryKey, task::Task};
 use crate::{
     mac::MacAddr,
     southbound::{
@@ -72,6 +79,10 @@ pub(super) trait Kernel: Send + Sync {
     ) -> BoxFuture<'a, Result<Vec<Neighbour>, NeighbourError>>;
     /// Moves a neighbour to PROBE (the kernel sends a fresh request).
     fn probe<'a>(&'a self, neighbour: &'a Neighbour) -> BoxFuture<'a, Result<(), NeighbourError>>;
+    /// Deletes the neighbour `ip` on `ifindex`; Ok(false) if it was not there.
+    fn delete(&self, ifindex: u32, ip: Ipv4Addr) -> BoxFuture<'_, Result<bool, NeighbourError>>;
+    /// The bridge or bond interface `ifindex` is enslaved to, if any.
+    fn controller(&self, ifindex: u32) -> BoxFuture<'_, Option<u32>>;
 }
 
 /// The real kernel: the `mlag_inject` XDP program's fd and a netlink handle.
@@ -125,6 +136,20 @@ impl Kernel for NetKernel {
     fn probe<'a>(&'a self, neighbour: &'a Neighbour) -> BoxFuture<'a, Result<(), NeighbourError>> {
         Box::pin(neighbours::probe(&self.netlink, neighbour))
     }
+
+    fn delete(&self, ifindex: u32, ip: Ipv4Addr) -> BoxFuture<'_, Result<bool, NeighbourError>> {
+        Box::pin(neighbours::delete(&self.netlink, ifindex, ip))
+    }
+
+    fn controller(&self, ifindex: u32) -> BoxFuture<'_, Option<u32>> {
+        Box::pin(async move {
+            links::by_index(&self.netlink, ifindex)
+                .await
+                .ok()
+                .flatten()?
+                .controller
+        })
+    }
 }
 
 /// How an entry learnt from the peer reached the kernel.
@@ -147,9 +172,12 @@ impl LearntBy {
     }
 }
 
-/// An entry learnt from the peer, keyed by (ifindex, IP) in the task.
+/// An entry learnt from the peer, keyed by the peer's (VRF, MLAG id, IP)
+/// in the task (the key its deletes name).
 #[derive(Clone, Debug)]
 pub(super) struct Learnt {
+    /// The interface the kernel holds it on.
+    pub(super) ifindex: u32,
     pub(super) mac: MacAddr,
     /// The member port (twin of the peer's).
     pub(super) port: String,
@@ -260,9 +288,22 @@ impl Task {
                 LearntBy::NetlinkFallback
             }
         };
-        self.learned.insert(
-            (ifindex, sender_ip),
+        let key = EntryKey {
+            vrf: driver.vrf,
+            mlag_id: driver.mlag_id,
+            ip: sender_ip,
+        };
+        if !self.learned.contains(&key)
+            && self.learned.len() >= self.config.max_learnt
+            && self.learned.pop_lru().is_some()
+        {
+            // O(1): the least recently learnt entry is the list's tail.
+            self.stats.learnt_evicted += 1;
+        }
+        self.learned.push(
+            key,
             Learnt {
+                ifindex,
                 mac: sender_mac,
                 port: port.name,
                 interface,
@@ -276,9 +317,42 @@ impl Task {
         );
     }
 
+    /// The peer withdrew an entry (its kernel dropped it): the neighbour
+    /// this switch learnt from the peer for it is deleted from the kernel.
+    /// An entry not learnt from the peer is left alone.
+    pub(super) async fn unlearn(&mut self, delete: &ArpDelete) {
+        self.stats.deletes_received += 1;
+        let key = EntryKey {
+            vrf: delete.vrf,
+            mlag_id: delete.mlag_id,
+            ip: Ipv4Addr::from(delete.ip),
+        };
+        let Some(learnt) = self.learned.pop(&key) else {
+            self.stats.deletes_not_learnt += 1;
+            return;
+        };
+        match self.kernel.delete(learnt.ifindex, key.ip).await {
+            Ok(present) => {
+                self.stats.learnt_deleted += 1;
+                if present {
+                    // Our own watch will see this removal: it must not
+                    // become a withdraw sent back to the peer.
+                    self.remember_deleted(learnt.ifindex, key.ip);
+                }
+                tracing::debug!(ip = %key.ip, interface = learnt.interface, present, "deleted: the peer withdrew it");
+            }
+            Err(err) => {
+                self.stats.learnt_delete_failed += 1;
+                if self.log.admit("learnt_delete_failed").is_some() {
+                    tracing::warn!(ip = %key.ip, interface = learnt.interface, error = %err, "cannot delete a neighbour the peer withdrew");
+                }
+            }
+        }
+    }
+
     /// Index and MAC of a VLAN interface, looked up once and remembered;
     /// `arp_accept` is set on it the first time, as on the member ports.
-    async fn vlan_target(&mut self, name: &str) -> Option<(u32, MacAddr)> {
+    pub(super) async fn vlan_target(&mut self, name: &str) -> Option<(u32, MacAddr)> {
         if let Some(target) = self.vlan_targets.get(name) {
             return Some(*target);
         }

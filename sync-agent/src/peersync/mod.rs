@@ -14,7 +14,12 @@
 //! - `learn.rs`: kernel learning of synced replies (BPF_PROG_RUN inject,
 //!   "other host" and `arp_accept` rules, netlink fallback) behind the
 //!   `Kernel` trait.
-//! - `refresh.rs`: SPEC 2.5 re-probe when the peer comes back.
+//! - `refresh.rs`: SPEC 2.5 re-probe when the peer comes back (every
+//!   interface the kernel learns on above the member ports, paced).
+//! - `aging.rs`: entries the kernel dropped are withdrawn from the peer;
+//!   which interfaces the kernel learns on.
+//! - `ports.rs`: member-port state told to the peer; a twin port up again
+//!   re-probes its MLAG id.
 //! - `session.rs`: the TCP transport and the session's lifecycle.
 //! - `report.rs`: `show peer` / `show arp` and their text.
 //! - `config.rs`: the `[peer]` section.
@@ -31,11 +36,13 @@
 //! ([`PeerSyncHandle::shutdown`]). Only if injection fails is the entry
 //! written over netlink, and that is logged and counted.
 
+mod aging;
 pub mod config;
 mod events;
 pub mod hello;
 mod learn;
 mod local;
+mod ports;
 mod refresh;
 pub mod report;
 mod session;
@@ -68,6 +75,7 @@ use crate::{
     bus::{AskError, Captured, MemberPort, SessionEvent},
     liveness,
     mac::MacAddr,
+    southbound::{links, neighbours},
 };
 
 /// Who this agent is, as told in hellos.
@@ -153,6 +161,14 @@ impl PeerSyncHandle {
             boot_id,
             liveness_tx,
         ));
+        let neighbours = neighbours::watch().unwrap_or_else(|err| {
+            tracing::error!(error = %err, "cannot follow the kernel's neighbour table: entries it drops will not be withdrawn from the peer");
+            mpsc::channel(1).1
+        });
+        let links = links::watch().unwrap_or_else(|err| {
+            tracing::error!(error = %err, "cannot follow interface changes: the peer will not hear when a member port comes back");
+            mpsc::channel(1).1
+        });
         let (queries, queries_rx) = mpsc::channel(QUERY_DEPTH);
         task.apply_arp_accept();
         tokio::spawn(task.run(Inputs {
@@ -161,6 +177,8 @@ impl PeerSyncHandle {
             ports,
             internal,
             liveness,
+            neighbours,
+            links,
         }));
         Self { queries, kernel }
     }

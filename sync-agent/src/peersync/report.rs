@@ -35,6 +35,9 @@ pub struct Stats {
     pub refreshes: u64,
     /// Entries moved to PROBE by refreshes.
     pub refresh_probes: u64,
+    /// Refreshes finished (every probe sent or refused).
+    #[serde(default)]
+    pub refreshes_done: u64,
     /// Replies captured while no session was up (sent later).
     pub queued_while_down: u64,
     /// `peer`-class replies also handed to this switch's own kernel (SPEC 1.2).
@@ -67,6 +70,46 @@ pub struct Stats {
     /// (not believed on their own: a (re)connection is asked for instead).
     #[serde(default)]
     pub keepalive_boot_changed: u64,
+    /// Entries withdrawn: this switch's kernel dropped them or marked them
+    /// FAILED, so they left the send table and a delete went to the peer.
+    #[serde(default)]
+    pub withdrawn: u64,
+    /// Deletes sent to the peer (resends included).
+    #[serde(default)]
+    pub deletes_sent: u64,
+    /// Deletes received from the peer.
+    #[serde(default)]
+    pub deletes_received: u64,
+    /// Neighbours learnt from the peer deleted from the kernel because the
+    /// peer withdrew them.
+    #[serde(default)]
+    pub learnt_deleted: u64,
+    /// Deletes for entries this switch did not learn from the peer: left
+    /// alone (this switch's own entries are never deleted on its word).
+    #[serde(default)]
+    pub deletes_not_learnt: u64,
+    /// Netlink deletes of withdrawn entries the kernel refused.
+    #[serde(default)]
+    pub learnt_delete_failed: u64,
+    /// Entries learnt from the peer forgotten at the `max_learnt` bound.
+    #[serde(default)]
+    pub learnt_evicted: u64,
+    /// Probes the kernel refused during refreshes.
+    #[serde(default)]
+    pub refresh_failed: u64,
+    /// Interfaces the last refresh covered (member ports, VLAN interfaces,
+    /// bridges and bonds above the ports).
+    #[serde(default)]
+    pub refresh_interfaces: u64,
+    /// Refreshes dropped because the worker's queue was full.
+    #[serde(default)]
+    pub refresh_dropped: u64,
+    /// Member-port state changes told to the peer.
+    #[serde(default)]
+    pub port_states_sent: u64,
+    /// Refreshes of one MLAG id because the peer's twin port came up.
+    #[serde(default)]
+    pub port_up_refreshes: u64,
 }
 
 /// `show peer`.
@@ -154,6 +197,11 @@ pub struct ArpReportEntry {
     /// (SPEC 1.2), and how (kernel-arp | netlink-fallback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub learnt_here: Option<String>,
+    /// For received: the kernel holds the entry now, resolved to the MAC
+    /// that was learnt, so `how` is confirmed (read from the kernel, not
+    /// the agent's belief). Added by issue 12; absent for sent entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed: Option<bool>,
 }
 
 fn or_dash<T: ToString>(value: Option<T>) -> String {
@@ -232,6 +280,18 @@ impl fmt::Display for PeerReport {
                 c.sessions_stalled, c.sessions_replaced, c.hello_timeouts, c.keepalive_boot_changed
             )?;
         }
+        if c.withdrawn + c.deletes_received + c.learnt_evicted > 0 {
+            writeln!(
+                f,
+                "withdrawn {} (deletes sent {}), deletes received {} (applied {}, not learnt {}), learnt evicted {}",
+                c.withdrawn,
+                c.deletes_sent,
+                c.deletes_received,
+                c.learnt_deleted,
+                c.deletes_not_learnt,
+                c.learnt_evicted
+            )?;
+        }
         if c.session_events_dropped > 0 {
             writeln!(
                 f,
@@ -299,6 +359,7 @@ mod tests {
             how: "kernel-arp".into(),
             kernel_state: Some("REACHABLE".into()),
             learnt_here: None,
+            confirmed: Some(true),
         };
         let text = ArpTable(vec![entry]).to_string();
         let lines: Vec<&str> = text.lines().collect();

@@ -9,7 +9,10 @@
 //!     (UDP keepalives)                                ▲  │
 //!   session::connect | session::accept ──┐            │  │ frames (mpsc Vec<u8>)
 //!   session reader ──────────────────────┼─internal───┘  ▼
-//!   refresh (neighbour re-probe) ────────┘ (mpsc Event)  session writer ──TCP──▶ peer
+//!   refresh worker (paced re-probe) ─────┘ (mpsc Event)  session writer ──TCP──▶ peer
+//!   neighbours::watch ──(mpsc NeighbourEvent)──▶ Task     (kernel dropped an entry: withdraw)
+//!   links::watch ──(mpsc LinkEvent)──▶ Task    (member port up again: port-state to the peer)
+//!   Task ──(mpsc RefreshJob, try_send)──▶ refresh worker
 //! ```
 //!
 //! The loop selects over its inputs, turns each into an [`Event`] and hands
@@ -21,11 +24,13 @@
 //! entries are flushed as soon as no input is waiting, otherwise on a timer.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::Ipv4Addr,
     sync::Arc,
     time::Duration,
 };
+
+use lru::LruCache;
 
 use tokio::sync::{
     mpsc::{self, error::TrySendError},
@@ -37,15 +42,17 @@ use super::{
     config::PeerConfig,
     events::{Event, Query},
     learn::{Kernel, Learnt, LearntBy},
+    refresh::RefreshJob,
     report::Stats,
     session::Session,
-    table::SendTable,
+    table::{EntryKey, SendTable},
 };
 use crate::{
-    bus::{Captured, MemberPort, SessionEvent},
+    bus::{Captured, LinkEvent, MemberPort, SessionEvent},
     liveness::LivenessReport,
     log_limit::LogLimiter,
     mac::MacAddr,
+    southbound::neighbours::NeighbourEvent,
 };
 
 /// Depth of the task's internal channel (session I/O, refresh results).
@@ -81,8 +88,20 @@ pub(super) struct Task {
     /// sequence number (told back in our hello as RESUME).
     pub(super) rx_from_boot: Option<u64>,
     pub(super) rx_applied: u32,
-    /// Entries learnt from the peer, by (ifindex, IP).
-    pub(super) learned: BTreeMap<(u32, Ipv4Addr), Learnt>,
+    /// Entries learnt from the peer, by the peer's key; an LRU bounded by
+    /// `max_learnt` (O(1) eviction).
+    pub(super) learned: LruCache<EntryKey, Learnt>,
+    /// Interfaces the kernel learns on above the member ports, with their
+    /// MLAG ids (`aging.rs`), and when they were looked up (None: stale).
+    pub(super) learn_ifs: BTreeMap<u32, BTreeSet<u32>>,
+    pub(super) learn_ifs_at: Option<std::time::Instant>,
+    /// Neighbours this agent deleted on the peer's word, until the kernel
+    /// reports the removal (not to be withdrawn back).
+    pub(super) own_deletes: HashSet<(u32, Ipv4Addr)>,
+    /// The refresh worker's queue (started with the first refresh).
+    pub(super) refresh_jobs: Option<mpsc::Sender<RefreshJob>>,
+    /// Last state (up with carrier) seen of each member port, by ifindex.
+    pub(super) port_up: BTreeMap<u32, bool>,
     /// `peer`-class replies this switch also learnt itself (SPEC 1.2), by
     /// (ifindex, IP): how.
     pub(super) learnt_here: HashMap<(u32, Ipv4Addr), LearntBy>,
@@ -109,6 +128,10 @@ pub(super) struct Inputs {
     pub(super) ports: watch::Receiver<Vec<MemberPort>>,
     pub(super) internal: mpsc::Receiver<Event>,
     pub(super) liveness: mpsc::Receiver<LivenessReport>,
+    /// This switch's neighbour table changes (`southbound::neighbours::watch`).
+    pub(super) neighbours: mpsc::Receiver<NeighbourEvent>,
+    /// Interface changes (`southbound::links::watch`), for member-port state.
+    pub(super) links: mpsc::Receiver<LinkEvent>,
 }
 
 impl Inputs {
@@ -118,6 +141,8 @@ impl Inputs {
             && self.internal.is_empty()
             && self.liveness.is_empty()
             && self.queries.is_empty()
+            && self.neighbours.is_empty()
+            && self.links.is_empty()
     }
 }
 
@@ -151,7 +176,12 @@ impl Task {
             flush_at: None,
             rx_from_boot: None,
             rx_applied: 0,
-            learned: BTreeMap::new(),
+            learned: LruCache::unbounded(),
+            learn_ifs: BTreeMap::new(),
+            learn_ifs_at: None,
+            own_deletes: HashSet::new(),
+            refresh_jobs: None,
+            port_up: BTreeMap::new(),
             learnt_here: HashMap::new(),
             peer_macs: None,
             vlan_targets: BTreeMap::new(),
@@ -168,6 +198,7 @@ impl Task {
     /// or at a shutdown request (after restoring `arp_accept`).
     pub(super) async fn run(mut self, mut inputs: Inputs) {
         let (mut captures_open, mut ports_open, mut liveness_open) = (true, true, true);
+        let (mut neighbours_open, mut links_open) = (true, true);
         loop {
             // Batching without a timer: flush once nothing else is waiting.
             if self.flush_at.is_some() && self.config.flush_delay_us == 0 && inputs.idle() {
@@ -200,6 +231,20 @@ impl Task {
                 },
                 // Never closes: the task holds a sender itself.
                 Some(event) = inputs.internal.recv() => event,
+                event = inputs.neighbours.recv(), if neighbours_open => match event {
+                    Some(event) => Event::Neighbour(event),
+                    None => {
+                        neighbours_open = false;
+                        continue;
+                    }
+                },
+                event = inputs.links.recv(), if links_open => match event {
+                    Some(event) => Event::Link(event),
+                    None => {
+                        links_open = false;
+                        continue;
+                    }
+                },
                 report = inputs.liveness.recv(), if liveness_open => match report {
                     Some(report) => Event::from(report),
                     None => {

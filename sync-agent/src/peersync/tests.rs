@@ -32,7 +32,7 @@ use super::{
 use crate::{
     bus::{Captured, Liveness, MemberPort, SessionEvent},
     mac::MacAddr,
-    southbound::neighbours::{Neighbour, NeighbourError},
+    southbound::neighbours::{Neighbour, NeighbourError, NeighbourEvent},
 };
 
 // ---------------------------------------------------------------- fixtures
@@ -55,6 +55,12 @@ struct KernelLog {
     /// Restores asked for, in order.
     arp_accept_restored: Vec<(String, u8)>,
     probed: Vec<Ipv4Addr>,
+    /// When each probe went (pacing).
+    probed_at: Vec<std::time::Instant>,
+    /// Neighbour deletes asked for.
+    deleted: Vec<(u32, Ipv4Addr)>,
+    /// Controller (bridge/bond) of each interface.
+    controllers: BTreeMap<u32, u32>,
     /// Answer to neighbour dumps.
     neighbours: Vec<Neighbour>,
     /// Interfaces `link` knows.
@@ -135,8 +141,27 @@ impl Kernel for FakeKernel {
     }
 
     fn probe<'a>(&'a self, neighbour: &'a Neighbour) -> BoxFuture<'a, Result<(), NeighbourError>> {
-        self.log().probed.push(neighbour.ip);
+        let mut log = self.log();
+        log.probed.push(neighbour.ip);
+        log.probed_at.push(std::time::Instant::now());
         Box::pin(async { Ok(()) })
+    }
+
+    fn delete(&self, ifindex: u32, ip: Ipv4Addr) -> BoxFuture<'_, Result<bool, NeighbourError>> {
+        let mut log = self.log();
+        log.deleted.push((ifindex, ip));
+        let present = log
+            .neighbours
+            .iter()
+            .any(|n| (n.ifindex, n.ip) == (ifindex, ip));
+        log.neighbours
+            .retain(|n| (n.ifindex, n.ip) != (ifindex, ip));
+        Box::pin(async move { Ok(present) })
+    }
+
+    fn controller(&self, ifindex: u32) -> BoxFuture<'_, Option<u32>> {
+        let controller = self.log().controllers.get(&ifindex).copied();
+        Box::pin(async move { controller })
     }
 }
 
@@ -263,6 +288,10 @@ enum Written {
     Hello(Hello),
     /// Sequence number and the sender IPs of the entries.
     Sync(u32, Vec<Ipv4Addr>),
+    /// A sync frame of deletes only: sequence number and their IPs.
+    Deletes(u32, Vec<Ipv4Addr>),
+    /// A port-state message: (MLAG id, up).
+    PortState(Vec<(u32, bool)>),
     Ack(u32),
 }
 
@@ -270,6 +299,13 @@ fn read(bytes: &[u8]) -> Written {
     let frame = Frame::decode(bytes, wire::MAX_FRAME_LEN).expect("we write valid frames");
     match frame.header.msg_type {
         MessageType::Hello => Written::Hello(Hello::decode(&frame).unwrap()),
+        MessageType::Sync if frame.arp_deletes().count() > 0 => {
+            assert_eq!(frame.arp_entries().count(), 0, "tests read deletes alone");
+            Written::Deletes(
+                frame.header.seq,
+                frame.arp_deletes().map(|d| Ipv4Addr::from(d.ip)).collect(),
+            )
+        }
         MessageType::Sync => Written::Sync(
             frame.header.seq,
             frame
@@ -279,6 +315,7 @@ fn read(bytes: &[u8]) -> Written {
         ),
         MessageType::Ack => Written::Ack(frame.u32_of(wire::tlv::ACK_SEQ).unwrap()),
         MessageType::Keepalive => panic!("keepalive on the session"),
+        MessageType::PortState => Written::PortState(frame.port_states().collect()),
     }
 }
 
@@ -450,7 +487,7 @@ async fn replies_captured_before_the_hello_go_out_with_it_and_mclag_hears_of_the
     assert_eq!(report.state, "up");
     assert_eq!(report.peer_name.as_deref(), Some("b"));
     assert_eq!(report.peer_boot_id, Some(PEER_BOOT));
-    assert_eq!(report.negotiated_version.as_deref(), Some("1.0"));
+    assert_eq!(report.negotiated_version.as_deref(), Some("1.1"));
     assert_eq!(report.unacked, 1);
     assert_eq!(report.next_seq, 2);
 
@@ -475,6 +512,7 @@ async fn replies_captured_before_the_hello_go_out_with_it_and_mclag_hears_of_the
             // Learnt here too (SPEC 1.2); the fake kernel holds no entry.
             kernel_state: Some("absent".into()),
             learnt_here: Some("kernel-arp".into()),
+            confirmed: None,
         }]
     );
 }
@@ -526,6 +564,8 @@ async fn the_loop_sends_a_lone_capture_at_once() {
     let (queries_tx, queries) = mpsc::channel(4);
     let (ports_tx, ports_rx) = watch::channel(ports());
     let (_liveness_tx, liveness) = mpsc::channel(4);
+    let (_neighbours_tx, neighbours) = mpsc::channel(4);
+    let (_links_tx, links) = mpsc::channel(4);
     let Harness {
         task,
         internal,
@@ -538,6 +578,8 @@ async fn the_loop_sends_a_lone_capture_at_once() {
         ports: ports_rx,
         internal,
         liveness,
+        neighbours,
+        links,
     }));
     captures_tx.send(captured(11)).await.unwrap();
     assert_eq!(next_frame(&mut wire).await, Written::Sync(1, vec![ip(11)]));
@@ -646,6 +688,7 @@ async fn a_synced_reply_is_injected_on_the_twin_port_to_its_mac_and_acked() {
             how: "kernel-arp".into(),
             kernel_state: Some("REACHABLE".into()),
             learnt_here: None,
+            confirmed: Some(true),
         }]
     );
 
@@ -680,6 +723,7 @@ async fn when_injection_fails_the_entry_is_written_over_netlink_and_counted() {
     assert_eq!(arp[0].how, "netlink-fallback");
     assert_eq!(arp[0].port, "p2");
     assert_eq!(arp[0].kernel_state.as_deref(), Some("absent"));
+    assert_eq!(arp[0].confirmed, Some(false), "the kernel does not hold it");
 }
 
 #[tokio::test]
@@ -932,6 +976,8 @@ async fn shutdown_puts_back_the_arp_accept_each_interface_had_and_ends_the_loop(
         ports: ports_rx,
         internal,
         liveness,
+        neighbours: mpsc::channel(1).1,
+        links: mpsc::channel(1).1,
     }));
     ports_tx.send(changed).unwrap();
     // A query answered after the ports change means the change was applied.
@@ -1287,7 +1333,7 @@ fn peer_report_text_is_unchanged() {
         lines,
         vec![
             "peer 10.0.0.2 (?), session down, no keepalives (this side connects)",
-            "versions local 1.0 peer - negotiated -",
+            "versions local 1.1 peer - negotiated -",
             "last hello - ms ago, up - s, keepalive 100 ms / dead 500 ms",
             "entries 0 pending 0 unacked 0 (acked seq 0, next 1), learnt from peer 0",
             "sent 0 frames / 0 entries, received 0 frames / 0 entries, acks 0",
@@ -1338,4 +1384,307 @@ async fn the_peer_macs_from_its_hello_are_published() {
     h.task.peer_macs = Some(tx);
     h.establish(PEER_BOOT, None).await;
     assert_eq!(*rx.borrow(), [PEER_MAC].into_iter().collect());
+}
+
+// ------------------------------------------------------- tables age (#12)
+
+fn neighbour(ifindex: u32, last: u8, state: &'static str) -> Neighbour {
+    Neighbour {
+        ifindex,
+        ip: ip(last),
+        mac: Some(host(last).0),
+        state,
+    }
+}
+
+/// A sync frame of deletes from the peer: (MLAG id, host).
+fn delete_frame(seq: u32, deletes: &[(u32, u8)]) -> Vec<u8> {
+    let mut buf = vec![0u8; 1024];
+    let mut e = Encoder::new(&mut buf, MessageType::Sync, SubType::Arp, seq).unwrap();
+    for (mlag_id, last) in deletes {
+        e.arp_delete(&wire::ArpDelete {
+            mlag_id: *mlag_id,
+            vrf: 0,
+            ip: ip(*last).octets(),
+        })
+        .unwrap();
+    }
+    let len = e.finish();
+    buf.truncate(len);
+    buf
+}
+
+/// The peer withdraws two entries: the one this switch learnt from the
+/// peer is deleted from the kernel, the one it learnt on its own is not
+/// touched; both are counted and the frame is acked. The kernel's report
+/// of that removal is not withdrawn back to the peer.
+#[tokio::test]
+async fn a_withdraw_from_the_peer_deletes_only_the_entry_learnt_from_it() {
+    let mut h = Harness::new("");
+    h.establish(PEER_BOOT, None).await;
+    let (mac7, ip7) = host(7);
+    h.inbound(sync_frame(
+        1,
+        &[(driver(1), arp_reply(PEER_MAC, mac7, ip7))],
+    ))
+    .await;
+    // The kernel holds 7 (learnt from the peer) and 8 (learnt by itself).
+    h.kernel.log().neighbours = vec![neighbour(11, 7, "REACHABLE"), neighbour(11, 8, "REACHABLE")];
+    // This switch also captured 7 itself: it is in the send table too.
+    h.capture(7).await;
+    h.task.flush().await;
+    assert_eq!(
+        h.written(),
+        vec![Written::Ack(1), Written::Sync(1, vec![ip7])]
+    );
+
+    h.inbound(delete_frame(2, &[(1, 7), (1, 8)])).await;
+    assert_eq!(
+        h.kernel.log().deleted,
+        vec![(11, ip7)],
+        "only the learnt entry"
+    );
+    assert_eq!(h.written(), vec![Written::Ack(2)]);
+    let report = h.report();
+    assert_eq!(report.counters.deletes_received, 2);
+    assert_eq!(report.counters.learnt_deleted, 1);
+    assert_eq!(report.counters.deletes_not_learnt, 1);
+    assert_eq!(report.learnt, 0, "dropped from the received table");
+    assert_eq!(h.rejected("bad_tlv"), 0, "a delete is not hostile input");
+
+    // Our kernel reports the removal we made: forgotten, not echoed.
+    h.task
+        .process(Event::Neighbour(NeighbourEvent::Removed(neighbour(
+            11, 7, "NONE",
+        ))))
+        .await;
+    h.task.flush().await;
+    assert_eq!(h.written(), vec![]);
+    let report = h.report();
+    assert_eq!((report.entries, report.counters.withdrawn), (0, 0));
+}
+
+/// This switch's kernel drops an entry it synced (removed, or FAILED on
+/// the bridge above the member port): the entry leaves the send table and
+/// a delete goes to the peer. A state change that is not a loss, and a
+/// loss on an interface unrelated to the member ports, withdraw nothing.
+/// An unacknowledged delete is resent on the next session.
+#[tokio::test]
+async fn a_neighbour_the_kernel_dropped_is_withdrawn_from_the_peer() {
+    let mut h = Harness::new("");
+    h.kernel.log().controllers.insert(11, 30); // p1 is a port of bridge 30
+    h.establish(PEER_BOOT, None).await;
+    for last in 1..=3 {
+        h.capture(last).await;
+    }
+    h.task.flush().await;
+    h.inbound(ack_frame(Some(1))).await;
+    assert_eq!(
+        h.written(),
+        vec![Written::Sync(1, vec![ip(1), ip(2), ip(3)])]
+    );
+
+    for event in [
+        NeighbourEvent::Removed(neighbour(11, 1, "STALE")),
+        NeighbourEvent::Changed(neighbour(30, 2, "FAILED")),
+        NeighbourEvent::Changed(neighbour(11, 3, "STALE")),
+        NeighbourEvent::Removed(neighbour(99, 3, "STALE")),
+    ] {
+        h.task.process(Event::Neighbour(event)).await;
+        // One frame per event here, to see which frame the peer applied.
+        h.task.flush().await;
+    }
+    assert_eq!(
+        h.written(),
+        vec![
+            Written::Deletes(2, vec![ip(1)]),
+            Written::Deletes(3, vec![ip(2)]),
+        ]
+    );
+    let report = h.report();
+    assert_eq!(report.counters.withdrawn, 2);
+    assert_eq!(report.counters.deletes_sent, 2);
+    assert_eq!(report.entries, 1);
+    assert!(h.arp().await.iter().all(|e| e.ip == ip(3).to_string()));
+
+    // The peer applied frame 2 only, then the session broke: the delete of
+    // frame 3 goes again, and only that.
+    h.task
+        .process(Event::Closed {
+            conn: h.conn,
+            why: "eof".into(),
+        })
+        .await;
+    let resent = h.establish(PEER_BOOT, Some((OUR_BOOT, 2))).await;
+    assert_eq!(resent, vec![Written::Deletes(4, vec![ip(2)])]);
+}
+
+/// The received table is bounded by `max_learnt`: the least recently
+/// learnt entry goes first (learning an entry again makes it recent), and
+/// each eviction is counted.
+#[tokio::test]
+async fn the_received_table_forgets_the_least_recently_learnt_at_max_learnt() {
+    let mut h = Harness::new("max_learnt = 16");
+    h.establish(PEER_BOOT, None).await;
+    let entry = |last: u8| {
+        let (mac, host_ip) = host(last);
+        (driver(1), arp_reply(PEER_MAC, mac, host_ip))
+    };
+    let first: Vec<_> = (1..=16).map(entry).collect();
+    h.inbound(sync_frame(1, &first)).await;
+    assert_eq!(
+        (h.report().learnt, h.report().counters.learnt_evicted),
+        (16, 0)
+    );
+    // 1 is learnt again (now the most recent); 17 and 18 push out 2 and 3.
+    h.inbound(sync_frame(2, &[entry(1), entry(17), entry(18)]))
+        .await;
+    let report = h.report();
+    assert_eq!((report.learnt, report.counters.learnt_evicted), (16, 2));
+    let held: Vec<String> = h.arp().await.into_iter().map(|e| e.ip).collect();
+    assert!(held.contains(&ip(1).to_string()));
+    assert!(!held.contains(&ip(2).to_string()) && !held.contains(&ip(3).to_string()));
+    assert!(held.contains(&ip(18).to_string()));
+    // A delete for an evicted entry touches nothing.
+    h.inbound(delete_frame(3, &[(1, 2)])).await;
+    assert!(h.kernel.log().deleted.is_empty());
+}
+
+/// The re-probe covers every interface the kernel learns on above the
+/// member ports (the ports, the configured VLAN interface, the bridge the
+/// port is enslaved to and the bond above that), not unrelated ones, and
+/// the probes go at the configured rate, not in a burst.
+#[tokio::test]
+async fn refresh_probes_every_interface_above_the_ports_at_the_configured_pace() {
+    let mut h = Harness::new(
+        "refresh_probes_per_s = 100\n[[vlan_interfaces]]\nmlag_id = 1\nouter_vlan = 10\ninterface = \"p1.10\"\n",
+    );
+    {
+        let mut k = h.kernel.log();
+        k.links
+            .insert("p1.10".into(), (21, MacAddr([2, 0, 0, 0, 0x10, 0xa1])));
+        k.controllers.insert(11, 30); // p1 -> bond 30
+        k.controllers.insert(30, 31); // bond 30 -> bridge 31
+        k.neighbours = vec![
+            neighbour(11, 1, "REACHABLE"),
+            neighbour(21, 2, "STALE"),
+            neighbour(30, 3, "DELAY"),
+            neighbour(31, 4, "REACHABLE"),
+            neighbour(12, 5, "PROBE"),
+            neighbour(99, 6, "REACHABLE"), // not above a member port
+            neighbour(31, 7, "FAILED"),    // nothing to refresh
+        ];
+    }
+    h.establish(PEER_BOOT, None).await;
+    h.next_internal().await;
+    let (probed, at) = {
+        let k = h.kernel.log();
+        (k.probed.clone(), k.probed_at.clone())
+    };
+    let mut probed_sorted = probed.clone();
+    probed_sorted.sort();
+    assert_eq!(probed_sorted, (1..=5).map(ip).collect::<Vec<_>>());
+    let report = h.report();
+    assert_eq!(report.counters.refresh_probes, 5);
+    assert_eq!(report.counters.refresh_interfaces, 5, "11, 12, 21, 30, 31");
+    // 100/s: five probes span four 10 ms intervals (the timer wheel has
+    // 1 ms ticks, hence the slack); a burst would take well under 1 ms.
+    let span = *at.last().unwrap() - at[0];
+    assert!(span >= Duration::from_millis(36), "5 probes in {span:?}");
+}
+
+/// One MLAG id's refresh probes only the interfaces above that port.
+#[tokio::test]
+async fn a_refresh_of_one_mlag_id_probes_only_its_interfaces() {
+    let mut h = Harness::new("");
+    {
+        let mut k = h.kernel.log();
+        k.controllers.insert(12, 32);
+        k.neighbours = vec![
+            neighbour(11, 1, "REACHABLE"),
+            neighbour(12, 2, "REACHABLE"),
+            neighbour(32, 3, "STALE"),
+        ];
+    }
+    h.task.refresh(Some(2)).await;
+    h.next_internal().await;
+    let mut probed = h.kernel.log().probed.clone();
+    probed.sort();
+    assert_eq!(probed, vec![ip(2), ip(3)]);
+}
+
+fn link(index: u32, up: bool, carrier: bool) -> crate::bus::LinkEvent {
+    crate::bus::LinkEvent::Changed(crate::bus::Link {
+        name: format!("if{index}"),
+        index,
+        mac: None,
+        up,
+        carrier,
+        controller: None,
+    })
+}
+
+/// A member port that loses and regains carrier is told to a 1.1 peer
+/// (a port not seen yet counts as up, so a first "up" is no news; other
+/// interfaces are not told); a 1.0 peer, which does not know the message,
+/// is told nothing.
+#[tokio::test]
+async fn a_member_port_back_up_is_told_to_a_peer_that_speaks_1_1() {
+    let mut h = Harness::new("");
+    h.establish(PEER_BOOT, None).await;
+    for event in [
+        link(11, true, true),
+        link(99, true, false),
+        link(11, true, false),
+        link(11, true, true),
+    ] {
+        h.task.process(Event::Link(event)).await;
+    }
+    assert_eq!(
+        h.written(),
+        vec![
+            Written::PortState(vec![(1, false)]),
+            Written::PortState(vec![(1, true)])
+        ]
+    );
+    assert_eq!(h.report().counters.port_states_sent, 2);
+
+    let mut h = Harness::new("");
+    h.connect().await;
+    let mut hello = peer_hello(PEER_BOOT, None);
+    hello[3] = 0; // a 1.0 peer
+    h.inbound(hello).await;
+    h.written();
+    for event in [
+        link(12, true, true),
+        link(12, false, true),
+        link(12, true, true),
+    ] {
+        h.task.process(Event::Link(event)).await;
+    }
+    assert_eq!(h.written(), vec![]);
+}
+
+/// The peer says its twin of MLAG id 2 is up again: this switch re-probes
+/// the neighbours above its own port of that id, and only those.
+#[tokio::test]
+async fn the_peer_twin_port_up_again_refreshes_that_mlag_id() {
+    let mut h = Harness::new("");
+    h.kernel.log().neighbours = vec![neighbour(11, 1, "REACHABLE"), neighbour(12, 2, "STALE")];
+    h.establish(PEER_BOOT, None).await;
+    h.next_internal().await; // the refresh for a new peer run
+    h.kernel.log().probed.clear();
+    let mut buf = vec![0u8; 64];
+    let mut e = Encoder::new(&mut buf, MessageType::PortState, SubType::None, 0).unwrap();
+    e.port_state(2, true).unwrap();
+    e.port_state(9, true).unwrap();
+    let len = e.finish();
+    buf.truncate(len);
+    h.inbound(buf).await;
+    h.next_internal().await;
+    assert_eq!(h.kernel.log().probed, vec![ip(2)]);
+    let report = h.report();
+    assert_eq!(report.counters.port_up_refreshes, 1);
+    assert_eq!(report.counters.refreshes, 2);
+    assert_eq!(h.rejected("unknown_mlag_id"), 1);
 }

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use sync_common::wire::{self, Encoder, MessageType, SubType};
+use sync_common::wire::{self, ArpDelete, Encoder, MessageType, SubType};
 
 use super::{
     table::{seq_after, seq_max},
@@ -39,7 +39,7 @@ impl Task {
         else {
             return;
         };
-        while self.table.pending() > 0 {
+        while self.table.pending() > 0 || self.table.pending_deletes() > 0 {
             let seq = self.next_seq;
             let mut buf = vec![0u8; max_frame];
             let Ok(mut encoder) = Encoder::new(&mut buf, MessageType::Sync, SubType::Arp, seq)
@@ -67,7 +67,26 @@ impl Task {
                     }
                 }
             }
-            if sent.is_empty() {
+            // Withdrawn entries ride in the same frames, after the entries.
+            let mut deleted = Vec::new();
+            let room = self.config.batch_max_entries - sent.len();
+            for key in self.table.next_deletes(room) {
+                let delete = ArpDelete {
+                    mlag_id: key.mlag_id,
+                    vrf: key.vrf,
+                    ip: key.ip.octets(),
+                };
+                if encoder.arp_delete(&delete).is_err() {
+                    break;
+                }
+                deleted.push(key);
+            }
+            if sent.is_empty() && deleted.is_empty() {
+                if self.table.pending() == 0 {
+                    // Only deletes left and none fit: cannot happen with a
+                    // valid max_frame_bytes; never spin on it.
+                    return;
+                }
                 continue;
             }
             let len = encoder.finish();
@@ -83,8 +102,12 @@ impl Task {
             self.next_seq = self.next_seq.wrapping_add(1).max(1);
             self.stats.frames_sent += 1;
             self.stats.entries_sent += sent.len() as u64;
+            self.stats.deletes_sent += deleted.len() as u64;
             for key in sent {
                 self.table.mark_sent(key, seq);
+            }
+            for key in deleted {
+                self.table.mark_delete_sent(key, seq);
             }
         }
     }
@@ -105,6 +128,7 @@ impl Task {
     pub(super) fn note_ack(&mut self, seq: u32) {
         self.stats.acks_received += 1;
         self.acked = seq_max(self.acked, seq);
+        self.table.deletes_acked(self.acked);
     }
 
     /// Whether frame `seq` was acknowledged (wrap-safe).

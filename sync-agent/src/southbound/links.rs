@@ -110,6 +110,24 @@ pub async fn by_name(handle: &Handle, name: &str) -> Result<Option<Link>, LinkEr
     }
 }
 
+/// The interface with index `index`, or `None` if there is none.
+pub async fn by_index(handle: &Handle, index: u32) -> Result<Option<Link>, LinkError> {
+    let mut replies = handle.link().get().match_index(index).execute();
+    match replies.try_next().await {
+        Ok(Some(message)) => Ok(Some(from_message(&message))),
+        Ok(None) => Ok(None),
+        Err(rtnetlink::Error::NetlinkError(e))
+            if e.code.map(|c| c.get()) == Some(-libc::ENODEV) =>
+        {
+            Ok(None)
+        }
+        Err(source) => Err(LinkError::Request {
+            name: format!("ifindex {index}"),
+            source,
+        }),
+    }
+}
+
 /// Every interface of this namespace.
 pub async fn all(handle: &Handle) -> Result<Vec<Link>, LinkError> {
     let mut out = Vec::new();

@@ -1,15 +1,19 @@
-//! IPv4 neighbours (the ARP table) over rtnetlink, and the `arp_accept`
-//! switch.
+//! IPv4 neighbours (the ARP table) over rtnetlink: dump, probe, write,
+//! delete, a stream of the kernel's changes ([`watch`]), and the
+//! `arp_accept` switch.
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use futures::TryStreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use rtnetlink::{
-    Handle, IpVersion,
-    packet_route::neighbour::{
-        NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+    Handle, IpVersion, MulticastGroup,
+    packet_core::NetlinkPayload,
+    packet_route::{
+        AddressFamily, RouteNetlinkMessage,
+        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
     },
 };
+use tokio::sync::mpsc;
 
 use crate::mac::MacAddr;
 
@@ -26,6 +30,18 @@ pub struct Neighbour {
     pub state: &'static str,
 }
 
+/// A change to the kernel's IPv4 neighbour table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NeighbourEvent {
+    /// Created or changed (RTM_NEWNEIGH): its state now.
+    Changed(Neighbour),
+    /// Removed (RTM_DELNEIGH): garbage-collected, flushed or deleted.
+    Removed(Neighbour),
+}
+
+/// Depth of the channel [`watch`] delivers on.
+pub const WATCH_DEPTH: usize = 4096;
+
 /// Errors of neighbour requests.
 #[derive(Debug, thiserror::Error)]
 pub enum NeighbourError {
@@ -37,6 +53,9 @@ pub enum NeighbourError {
         /// The error.
         source: rtnetlink::Error,
     },
+    /// Opening the netlink socket failed.
+    #[error("cannot open a netlink neighbour socket: {0}")]
+    Socket(#[source] std::io::Error),
     /// Writing a sysctl failed.
     #[error("cannot set {path}: {source}")]
     Sysctl {
@@ -89,6 +108,62 @@ fn from_message(message: &NeighbourMessage) -> Option<Neighbour> {
         mac,
         state: state_name(message.header.state),
     })
+}
+
+/// Subscribes to the kernel's IPv4 neighbour changes (the RTNLGRP_NEIGH
+/// multicast group); events arrive on the returned channel until the
+/// receiver is dropped. Entries of other families are left out.
+pub fn watch() -> Result<mpsc::Receiver<NeighbourEvent>, NeighbourError> {
+    let (connection, _handle, mut messages) =
+        rtnetlink::new_multicast_connection(&[MulticastGroup::Neigh])
+            .map_err(NeighbourError::Socket)?;
+    tokio::spawn(connection);
+    let (tx, rx) = mpsc::channel(WATCH_DEPTH);
+    tokio::spawn(async move {
+        while let Some((message, _)) = messages.next().await {
+            let event = match message.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(m))
+                    if m.header.family == AddressFamily::Inet =>
+                {
+                    from_message(&m).map(NeighbourEvent::Changed)
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelNeighbour(m))
+                    if m.header.family == AddressFamily::Inet =>
+                {
+                    from_message(&m).map(NeighbourEvent::Removed)
+                }
+                _ => None,
+            };
+            let Some(event) = event else { continue };
+            if tx.send(event).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// Deletes the entry for `ip` on `ifindex`. Ok(false) when the kernel had
+/// no such entry (already gone: nothing to do).
+pub async fn delete(handle: &Handle, ifindex: u32, ip: Ipv4Addr) -> Result<bool, NeighbourError> {
+    let mut message = NeighbourMessage::default();
+    message.header.family = AddressFamily::Inet;
+    message.header.ifindex = ifindex;
+    message
+        .attributes
+        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+    match handle.neighbours().del(message).execute().await {
+        Ok(()) => Ok(true),
+        Err(rtnetlink::Error::NetlinkError(e))
+            if e.code.map(|c| c.get()) == Some(-libc::ENOENT) =>
+        {
+            Ok(false)
+        }
+        Err(source) => Err(NeighbourError::Request {
+            what: format!("delete {ip} on ifindex {ifindex}"),
+            source,
+        }),
+    }
 }
 
 /// Every IPv4 neighbour on the given interfaces.

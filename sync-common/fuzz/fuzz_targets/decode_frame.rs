@@ -13,7 +13,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sync_common::wire::{self, ArpEntry, Encoder, Frame, tlv};
+use sync_common::wire::{self, ArpDelete, ArpEntry, Encoder, Frame, MessageType, tlv};
 
 fuzz_target!(|data: &[u8]| {
     let _ = wire::decode_header(data, wire::MAX_FRAME_LEN);
@@ -23,11 +23,15 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(frame.header.length as usize, data.len());
 
     let mut arp_tlvs = 0usize;
+    let mut delete_tlvs = 0usize;
     let mut body = 0usize;
     for t in frame.tlvs() {
         body += wire::TLV_HEADER_LEN + t.value.len();
         if t.tlv_type == tlv::ARP_ENTRY {
             arp_tlvs += 1;
+        }
+        if t.tlv_type == tlv::ARP_DELETE {
+            delete_tlvs += 1;
         }
         assert!(frame.find(t.tlv_type).is_some());
     }
@@ -37,6 +41,12 @@ fuzz_target!(|data: &[u8]| {
     let entries: Vec<ArpEntry> = frame.arp_entries().collect();
     // Every ARP entry TLV was validated by decode, so none is dropped.
     assert_eq!(entries.len(), arp_tlvs);
+    // Deletes are validated in sync frames (elsewhere they are unknown
+    // optional TLVs, skipped unchecked).
+    let deletes: Vec<ArpDelete> = frame.arp_deletes().collect();
+    if frame.header.msg_type == MessageType::Sync {
+        assert_eq!(deletes.len(), delete_tlvs);
+    }
 
     // The entries are a subset of the input's TLVs, so they fit in a buffer
     // the size of the input.
@@ -52,6 +62,9 @@ fuzz_target!(|data: &[u8]| {
         enc.arp_entry(&e.driver, e.frame)
             .expect("re-encoded entries fit");
     }
+    for d in &deletes {
+        enc.arp_delete(d).expect("re-encoded deletes fit");
+    }
     let len = enc.finish();
     let again = Frame::decode(&buf[..len], wire::MAX_FRAME_LEN).expect("re-encoded frame decodes");
     assert_eq!(again.header.msg_type, frame.header.msg_type);
@@ -59,4 +72,8 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(again.header.seq, frame.header.seq);
     let entries_again: Vec<ArpEntry> = again.arp_entries().collect();
     assert_eq!(entries_again, entries);
+    if frame.header.msg_type == MessageType::Sync {
+        let deletes_again: Vec<ArpDelete> = again.arp_deletes().collect();
+        assert_eq!(deletes_again, deletes);
+    }
 });
