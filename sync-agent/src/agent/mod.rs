@@ -47,8 +47,8 @@ use crate::{
     fabric::FabricHandle,
     inference::InferenceHandle,
     mac::MacAddr,
-    mclag::MclagHandle,
-    peersync::{Identity, PeerSyncHandle},
+    mclag::{MclagChannels, MclagHandle},
+    peersync::{Identity, PeerSyncChannels, PeerSyncHandle},
     rollout::{center::CenterHandle, device::DeviceHandle},
     southbound::links,
 };
@@ -193,9 +193,11 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
                     address,
                     keepalive,
                     identity.boot_id,
-                    ports.clone(),
-                    rx,
-                    shared_mac_tx,
+                    MclagChannels {
+                        ports: ports.clone(),
+                        sessions: rx,
+                        shared_mac: shared_mac_tx,
+                    },
                     netlink.clone(),
                 ));
                 Some(tx)
@@ -206,12 +208,14 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
         peer = Some(PeerSyncHandle::spawn(
             peer_config,
             identity,
-            ports.clone(),
-            captures,
             inject,
             netlink.clone(),
-            sessions,
-            peer_macs_tx,
+            PeerSyncChannels {
+                ports: ports.clone(),
+                captures,
+                sessions,
+                peer_macs: peer_macs_tx,
+            },
         ));
     }
 

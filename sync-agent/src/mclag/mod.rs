@@ -61,6 +61,16 @@ pub struct MclagHandle {
     shutdown: mpsc::Sender<oneshot::Sender<()>>,
 }
 
+/// The channels the supervisor wires to MC-LAG.
+pub struct MclagChannels {
+    /// The member ports (from the dataplane).
+    pub ports: watch::Receiver<Vec<MemberPort>>,
+    /// What peer sync says about the peer session.
+    pub sessions: mpsc::Receiver<SessionEvent>,
+    /// Where the shared MAC goes (the dataplane's peer table).
+    pub shared_mac: watch::Sender<Option<MacAddr>>,
+}
+
 impl MclagHandle {
     /// Starts the task (and, when `config.backup` is set, the backup path's
     /// liveness task with `keepalive` = (interval, dead interval) and this
@@ -73,11 +83,14 @@ impl MclagHandle {
         address: IpAddr,
         keepalive: (Duration, Duration),
         boot_id: u64,
-        ports: watch::Receiver<Vec<MemberPort>>,
-        sessions: mpsc::Receiver<SessionEvent>,
-        shared_mac: watch::Sender<Option<MacAddr>>,
+        channels: MclagChannels,
         netlink: rtnetlink::Handle,
     ) -> MclagHandle {
+        let MclagChannels {
+            ports,
+            sessions,
+            shared_mac,
+        } = channels;
         let (queries, query_rx) = mpsc::channel(QUERY_DEPTH);
         let (shutdown, shutdown_rx) = mpsc::channel(1);
         let backup = task::spawn_backup_liveness(&config, keepalive, boot_id);

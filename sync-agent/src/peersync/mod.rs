@@ -114,27 +114,39 @@ impl std::fmt::Debug for PeerSyncHandle {
     }
 }
 
+/// The channels the supervisor wires to peer sync.
+pub struct PeerSyncChannels {
+    /// The member ports with their MLAG ids (from the dataplane); the
+    /// current value is used at once, changes as they come.
+    pub ports: watch::Receiver<Vec<MemberPort>>,
+    /// Replies the classifier captured, to sync.
+    pub captures: mpsc::Receiver<Captured>,
+    /// Where session events for MC-LAG go; sent with `try_send`, a full
+    /// queue drops and counts (`session_events_dropped`).
+    pub sessions: Option<mpsc::Sender<SessionEvent>>,
+    /// Where the peer's MACs from its hello go (the dataplane's peer table).
+    pub peer_macs: watch::Sender<BTreeSet<MacAddr>>,
+}
+
 impl PeerSyncHandle {
     /// Starts peer sync: the session (this side connects when its address is
     /// the lower one, otherwise it accepts), the UDP keepalives
     /// ([`liveness::run`]) and the task.
-    ///
-    /// - `ports`: the member ports with their MLAG ids (from the dataplane);
-    ///   the current value is used at once, changes as they come.
-    /// - `captures`: replies the classifier captured, to sync.
-    /// - `inject`: an owned fd of the pass-only XDP program (kernel learning).
-    /// - `sessions`: where session events for MC-LAG go; sent with
-    ///   `try_send`, a full queue drops and counts (`session_events_dropped`).
+    /// `inject` is an owned fd of the `mlag_inject` XDP program (kernel
+    /// learning).
     pub fn spawn(
         config: PeerConfig,
         identity: Identity,
-        mut ports: watch::Receiver<Vec<MemberPort>>,
-        captures: mpsc::Receiver<Captured>,
         inject: OwnedFd,
         netlink: rtnetlink::Handle,
-        sessions: Option<mpsc::Sender<SessionEvent>>,
-        peer_macs: watch::Sender<BTreeSet<MacAddr>>,
+        channels: PeerSyncChannels,
     ) -> Self {
+        let PeerSyncChannels {
+            mut ports,
+            captures,
+            sessions,
+            peer_macs,
+        } = channels;
         let initial = ports.borrow_and_update().clone();
         let local = SocketAddr::new(config.local_address, config.port);
         let peer = SocketAddr::new(config.peer_address, config.port);
