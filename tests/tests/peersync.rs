@@ -200,6 +200,7 @@ fn populate_a(pair: &Pair, count: u32) -> anyhow::Result<()> {
         .collect();
     for chunk in replies.chunks(200) {
         pair.c.send_frames("c-a", chunk)?;
+        // Pacing, not waiting: a burst beyond the veth's queue would be dropped.
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
@@ -512,6 +513,8 @@ fn garbage_on_the_sync_ports_leaves_the_session_and_both_agents_running() -> any
         }
         Ok(())
     })?;
+    // The quiet period is the assertion: had the garbage torn the session
+    // down, it would be re-established (and counted) within this time.
     std::thread::sleep(Duration::from_millis(500));
     let peer = wait_session_up(&b)?;
     assert_eq!(
