@@ -133,20 +133,26 @@ fn mark_injection(ctx: &XdpContext) {
 }
 
 /// True (and the mark spent) when this reply is the one `mlag_inject` just
-/// handed to the receive path on this CPU.
+/// handed to the receive path on this CPU. The cheap checks come first, so
+/// a reply with no mark armed for its port costs one per-CPU lookup.
 #[inline(always)]
 fn is_own_injection(ctx: &XdpContext, reply: &arp::ArpReply) -> bool {
     let Some(mark) = INJECTING.get_ptr_mut(0) else {
         return false;
     };
+    let ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+    if unsafe { (*mark).armed_at_ns == 0 || (*mark).ifindex != ifindex } {
+        return false;
+    }
     let Some(addresses) = arp::addresses(&XdpFrame(ctx), reply.arp_offset as usize) else {
         return false;
     };
-    // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+    // SAFETY: as above.
     unsafe {
         if !(*mark).matches(
             bpf_ktime_get_ns(),
-            ctx.ingress_ifindex() as u32,
+            ifindex,
             addresses.sender_ip,
             addresses.sender_mac,
             reply.dst_mac,

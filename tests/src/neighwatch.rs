@@ -82,19 +82,29 @@ impl NeighbourWatch {
     }
 
     /// Waits until every address in `wanted` has been seen REACHABLE (or the
-    /// deadline passes); returns when each was first seen.
+    /// deadline passes, or nothing wanted was seen for 10 s: an entry lost on
+    /// the way would otherwise hold the wait to the deadline); returns when
+    /// each was first seen.
     pub fn collect(&self, wanted: &[Ipv4Addr], deadline: Instant) -> HashMap<Ipv4Addr, Instant> {
+        const QUIET: std::time::Duration = std::time::Duration::from_secs(10);
+        let wanted: std::collections::HashSet<Ipv4Addr> = wanted.iter().copied().collect();
         let mut seen = HashMap::new();
+        let mut last_new = Instant::now();
         while seen.len() < wanted.len() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
+            let until = deadline.min(last_new + QUIET);
+            match self
+                .rx
+                .recv_timeout(until.saturating_duration_since(Instant::now()))
+            {
                 Ok((ip, at)) => {
-                    seen.entry(ip).or_insert(at);
+                    if wanted.contains(&ip) && !seen.contains_key(&ip) {
+                        seen.insert(ip, at);
+                        last_new = Instant::now();
+                    }
                 }
                 Err(_) => break,
             }
         }
-        seen.retain(|ip, _| wanted.contains(ip));
         seen
     }
 
