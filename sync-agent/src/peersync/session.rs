@@ -410,6 +410,7 @@ impl Task {
     /// Drops the session (its tasks are aborted, the connection closes),
     /// without asking for another one.
     pub(super) fn end_session(&mut self, why: &str) {
+        self.writer_blocked_since = None;
         if let Some(session) = self.session.take() {
             if session.peer.is_some() {
                 self.stats.sessions_lost += 1;

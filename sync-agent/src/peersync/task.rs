@@ -83,6 +83,11 @@ pub(super) struct Task {
     pub(super) acked: u32,
     /// When the pending entries go out (None: nothing scheduled).
     pub(super) flush_at: Option<tokio::time::Instant>,
+    /// Since when the session writer's queue has been too full to take
+    /// another sync frame (flow control: a bulk resend waits for the peer
+    /// to read; only a queue that does not drain for the dead interval is a
+    /// stalled peer).
+    pub(super) writer_blocked_since: Option<tokio::time::Instant>,
     pub(super) table: SendTable,
     /// The peer run whose sync frames were applied here, and up to which
     /// sequence number (told back in our hello as RESUME).
@@ -174,6 +179,7 @@ impl Task {
             next_seq: 1,
             acked: 0,
             flush_at: None,
+            writer_blocked_since: None,
             rx_from_boot: None,
             rx_applied: 0,
             learned: LruCache::unbounded(),
@@ -201,7 +207,11 @@ impl Task {
         let (mut neighbours_open, mut links_open) = (true, true);
         loop {
             // Batching without a timer: flush once nothing else is waiting.
-            if self.flush_at.is_some() && self.config.flush_delay_us == 0 && inputs.idle() {
+            if self.flush_at.is_some()
+                && self.config.flush_delay_us == 0
+                && self.writer_blocked_since.is_none()
+                && inputs.idle()
+            {
                 self.flush().await;
             }
             let flush_at = self.flush_at;

@@ -14,6 +14,12 @@ use super::{
     task::Task,
 };
 
+/// Writer queue slots kept free of sync frames, for acks and hellos (at
+/// most an eighth of the queue).
+const WRITER_RESERVE: usize = 16;
+/// How soon a flush held back by a full writer queue tries again.
+const WRITER_RETRY: Duration = Duration::from_millis(2);
+
 impl Task {
     /// After a capture was queued: send at once when a batch is full,
     /// otherwise make sure a flush is scheduled.
@@ -40,6 +46,9 @@ impl Task {
             return;
         };
         while self.table.pending() > 0 || self.table.pending_deletes() > 0 {
+            if !self.writer_has_room() {
+                return;
+            }
             let seq = self.next_seq;
             let mut buf = vec![0u8; max_frame];
             let Ok(mut encoder) = Encoder::new(&mut buf, MessageType::Sync, SubType::Arp, seq)
@@ -134,6 +143,38 @@ impl Task {
     /// Whether frame `seq` was acknowledged (wrap-safe).
     pub(super) fn is_acked(&self, seq: u32) -> bool {
         seq != 0 && !seq_after(seq, self.acked)
+    }
+
+    /// Flow control for sync frames: true while the writer's queue has room
+    /// beyond what acks and hellos need. Otherwise the rest of the batch
+    /// waits (retried every [`WRITER_RETRY`]) for the peer to read; a queue
+    /// that has not drained for the dead interval means the peer stopped
+    /// reading, and the session is closed as stalled (entries are kept and
+    /// resent on the next session).
+    fn writer_has_room(&mut self) -> bool {
+        let Some(session) = &self.session else {
+            return false;
+        };
+        let reserve = WRITER_RESERVE.min(session.writer.max_capacity() / 8);
+        if session.writer.capacity() > reserve {
+            self.writer_blocked_since = None;
+            return true;
+        }
+        let now = tokio::time::Instant::now();
+        let since = *self.writer_blocked_since.get_or_insert(now);
+        if now.duration_since(since) >= Duration::from_millis(self.config.dead_interval_ms) {
+            self.writer_blocked_since = None;
+            self.stats.sessions_stalled += 1;
+            tracing::warn!(
+                peer = %self.config.peer_address,
+                total = self.stats.sessions_stalled,
+                "peer stopped reading (session writer queue full for the dead interval); closing the session"
+            );
+            self.close_session("peer stopped reading: writer queue full");
+        } else {
+            self.flush_at = Some(now + WRITER_RETRY);
+        }
+        false
     }
 
     /// Queues one frame (sync, ack or hello) on the session's writer, never
