@@ -45,6 +45,21 @@ fn wait_learnt(ns: &Netns, dev: &str, ip: &str, mac: &[u8; 6]) -> anyhow::Result
     )
 }
 
+/// Waits until `mac` is in the classifier's peer table of `agent`.
+fn wait_peer_mac(agent: &Agent, mac: &[u8; 6]) -> anyhow::Result<()> {
+    wait_until(WAIT, &format!("{} in the peer table", fmt_mac(mac)), || {
+        let status = agent.query(&["status"]).map_err(|e| e.to_string())?;
+        if status["peer_macs"]
+            .as_array()
+            .is_some_and(|m| m.contains(&serde_json::json!(fmt_mac(mac))))
+        {
+            Ok(())
+        } else {
+            Err(status["peer_macs"].to_string())
+        }
+    })
+}
+
 fn counter(agent: &Agent, name: &str) -> anyhow::Result<u64> {
     agent.query(&["show", "counters"])?[name]
         .as_u64()
@@ -111,17 +126,7 @@ fn the_peer_macs_from_the_hello_are_classified_peer_without_configuring_them() -
     let a = Agent::start(&pair.a, &forget(pair.config_a(""), &pair.b_mac))?;
     let b = Agent::start(&pair.b, &forget(pair.config_b(""), &pair.a_mac))?;
     wait_session_up(&a)?;
-    wait_until(WAIT, "A's MAC in B's peer table", || {
-        let status = b.query(&["status"]).map_err(|e| e.to_string())?;
-        if status["peer_macs"]
-            .as_array()
-            .is_some_and(|m| m.contains(&serde_json::json!(fmt_mac(&pair.a_mac))))
-        {
-            Ok(())
-        } else {
-            Err(status["peer_macs"].to_string())
-        }
-    })?;
+    wait_peer_mac(&b, &pair.a_mac)?;
     let mut ping = pair.a_starts_resolving("10.77.0.3")?;
     pair.c.send_frames(
         "c-b",
@@ -146,23 +151,8 @@ fn with_mclag_aligned_a_reply_to_the_shared_mac_reaches_both_without_own_sync() 
             other => Err(format!("{other:?}")),
         }
     })?;
-    for (agent, name) in [(&a, "A"), (&b, "B")] {
-        wait_until(
-            WAIT,
-            &format!("the shared MAC in {name}'s peer table"),
-            || {
-                let status = agent.query(&["status"]).map_err(|e| e.to_string())?;
-                if status["peer_macs"]
-                    .as_array()
-                    .is_some_and(|m| m.contains(&serde_json::json!(fmt_mac(&pair.b_mac))))
-                {
-                    Ok(())
-                } else {
-                    Err(status["peer_macs"].to_string())
-                }
-            },
-        )?;
-    }
+    wait_peer_mac(&a, &pair.b_mac)?;
+    wait_peer_mac(&b, &pair.b_mac)?;
     // The slave asks; the answer (to the shared MAC) lands on the master,
     // where the shared MAC is its own port's: without MC-LAG's part it would
     // be class `own` there, and with own-sync off A would never learn it.
