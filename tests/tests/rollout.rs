@@ -378,11 +378,18 @@ fn a_restarted_device_restores_its_services_from_its_backup_before_asking_the_ce
             Err(())
         }
     })?;
-    let report = device.query(&["show", "rollout"])?;
-    assert_eq!(
-        report["device"]["counters"]["restored_from_backup"], 3,
-        "{report}"
-    );
+    // A file is written before its service's reload, and the report is
+    // published after it: the count follows the files by a reload.
+    wait_until(WAIT, "3 services restored in the report", || {
+        let report = device
+            .query(&["show", "rollout"])
+            .map_err(|e| e.to_string())?;
+        if report["device"]["counters"]["restored_from_backup"] == 3 {
+            Ok(())
+        } else {
+            Err(report.to_string())
+        }
+    })?;
     let _ = Path::new("");
     Ok(())
 }
