@@ -705,25 +705,10 @@ fn fake_keepalive(seq: u32) -> Vec<u8> {
     })
 }
 
-/// `show peer` over the control socket itself (not through the CLI, whose
-/// process start-up is not the agent's answer time), with how long the
-/// answer took.
+/// `show peer` over the control socket itself, with how long the agent
+/// took to answer.
 fn timed_show_peer(agent: &Agent) -> anyhow::Result<(serde_json::Value, Duration)> {
-    use std::io::{BufRead as _, BufReader};
-    let started = std::time::Instant::now();
-    let mut stream = std::os::unix::net::UnixStream::connect(&agent.socket)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut request = serde_json::to_string(&sync_agent::control::protocol::Request::Peer)?;
-    request.push('\n');
-    stream.write_all(request.as_bytes())?;
-    let mut answer = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut answer)
-        .context("no answer to show peer within 5 s")?;
-    let took = started.elapsed();
-    let answer: serde_json::Value = serde_json::from_str(&answer)?;
-    anyhow::ensure!(answer["ok"] == true, "show peer failed: {answer}");
-    Ok((answer["data"].clone(), took))
+    agent.timed_request(&sync_agent::control::protocol::Request::Peer)
 }
 
 /// A fake B that completes the hello and then never reads: A's writes to it
