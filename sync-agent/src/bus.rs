@@ -147,6 +147,21 @@ impl Info {
     }
 }
 
+/// A config center released a config version to devices (SPEC 6.2
+/// "subscription"): the center announces it, the fabric carries it, and a
+/// device that uses `key` and runs another MD5 asks the center at once.
+/// The announcement only triggers that ask, so it carries no content and a
+/// forged one costs a device one request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigReleased {
+    /// `namespace/group/name`.
+    pub key: String,
+    /// The released version.
+    pub version: u64,
+    /// Its MD5 (hex).
+    pub md5: String,
+}
+
 /// Object ids, in one place: producers build them and the inference task
 /// parses them with the same rules.
 pub mod ids {

@@ -13,12 +13,15 @@
 //!          │  └─watch<Vec<MemberPort>>──┴──────────────┘
 //!          ◄──watch peer MACs (hello)──┘  ◄──watch shared MAC──┘
 //!          │
-//!      fabric ──Info──► inference          rollout center / device
+//!      fabric ──Info──► inference
+//!       ▲  └──releases heard (push)──► rollout device ◄── HTTP ── rollout center
+//!       └──────────releases to announce───────────────────────────────┘
 //!
 //!   control socket ─► Router ─► each module's handle (typed reports)
 //!   SIGHUP / `reload` ─► supervisor ─► dataplane (live) | log "at restart"
 //! ```
 
+mod config_push;
 mod reload;
 
 use std::{
@@ -163,6 +166,11 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
         ),
         None => None,
     };
+    config_push::wire(
+        center.as_ref(),
+        fabric.as_ref(),
+        device.as_ref().zip(config.rollout.device.as_ref()),
+    );
 
     let (mut peer, mut mclag) = (None, None);
     if let (Some(peer_config), Some(captures)) = (config.peer.clone(), peer_captures_rx) {

@@ -41,6 +41,8 @@ pub(super) enum Query {
         value: String,
         reply: oneshot::Sender<Result<ConfigChange, String>>,
     },
+    /// The local config center released a version: announce it.
+    AnnounceRelease(bus::ConfigReleased),
 }
 
 impl Task {
@@ -53,6 +55,7 @@ impl Task {
             Event::LinksLagged(missed) => self.process_links_lagged(missed),
             Event::Query(Query::Report(reply)) => self.process_report(reply),
             Event::Query(Query::Set { key, value, reply }) => self.process_set(key, value, reply),
+            Event::Query(Query::AnnounceRelease(release)) => self.announce_release(release),
         }
     }
 
@@ -119,6 +122,7 @@ impl Task {
             Message::Ack(ack) => self.heard_ack(ack),
             Message::ConfigState(state) => self.heard_config_state(state),
             Message::Fault(fault) => self.heard_fault(fault),
+            Message::ConfigAnnounce(announce) => self.heard_release(announce),
         }
     }
 

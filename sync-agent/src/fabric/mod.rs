@@ -20,6 +20,7 @@
 mod bring_up;
 pub mod broker;
 pub mod config;
+mod config_push;
 mod events;
 pub mod link;
 mod member;
@@ -48,6 +49,7 @@ const NAME: &str = "fabric";
 #[derive(Clone)]
 pub struct FabricHandle {
     queries: mpsc::Sender<Query>,
+    releases_heard: broadcast::Sender<bus::ConfigReleased>,
 }
 
 impl FabricHandle {
@@ -69,8 +71,12 @@ impl FabricHandle {
     ) -> anyhow::Result<FabricHandle> {
         let (queries, rx) = mpsc::channel(256);
         let (task, mqtt) = bring_up::start(config, switch_name, &netlink, infos).await?;
+        let releases_heard = task.releases_heard.clone();
         tokio::spawn(task.run(mqtt, rx, links));
-        Ok(Self { queries })
+        Ok(Self {
+            queries,
+            releases_heard,
+        })
     }
 
     /// `show fabric`: role, broker, members, servers, announcements,
@@ -82,6 +88,21 @@ impl FabricHandle {
             .await
             .map_err(|_| AskError::Gone(NAME))?;
         rx.await.map_err(|_| AskError::Gone(NAME))
+    }
+
+    /// Announces a release of the local config center to the fabric (SPEC
+    /// 6.2 push). Never waits: when the task's queue is full the
+    /// announcement is dropped (devices still long-poll).
+    pub fn announce_release(&self, release: bus::ConfigReleased) -> Result<(), AskError> {
+        match self.queries.try_send(Query::AnnounceRelease(release)) {
+            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(AskError::Gone(NAME)),
+        }
+    }
+
+    /// Config releases announced by other switches' centers, from now on.
+    pub fn subscribe_releases(&self) -> broadcast::Receiver<bus::ConfigReleased> {
+        self.releases_heard.subscribe()
     }
 
     /// `fabric set KEY VALUE`: applies a fabric-wide setting here and

@@ -42,6 +42,10 @@ use super::{
 };
 use crate::{bus, clock::now_ms, log_limit::LogLimiter};
 
+/// Config releases kept for a slow local device side; one further behind
+/// is told it lagged and asks its center anyway.
+const RELEASES_DEPTH: usize = 64;
+
 /// How many faults and announcements `show fabric` keeps.
 pub(super) const RECENT: usize = 100;
 
@@ -120,6 +124,9 @@ pub(super) struct Task {
     pub(super) heartbeats: RateLimiter,
     /// Faults heard from other members go to state inference through this.
     pub(super) infos: mpsc::Sender<bus::Info>,
+    /// Config releases heard from a center's agent, for the local device
+    /// side (see `config_push.rs`).
+    pub(super) releases_heard: broadcast::Sender<bus::ConfigReleased>,
 }
 
 impl Task {
@@ -177,6 +184,7 @@ impl Task {
             counters: BTreeMap::new(),
             logs: LogLimiter::new(Duration::from_secs(5)),
             infos,
+            releases_heard: broadcast::channel(RELEASES_DEPTH).0,
         }
     }
 

@@ -310,6 +310,21 @@ pub struct ConfigState {
     pub entries: BTreeMap<String, ConfigChange>,
 }
 
+/// A config center released a version (SPEC 6.2 push): devices that use
+/// `key` ask their center at once instead of waiting for their next poll.
+/// Only a hint; the content comes from the center over its own API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigAnnounce {
+    /// The announcing switch (the center's agent).
+    pub origin: String,
+    /// `namespace/group/name`.
+    pub key: String,
+    /// The released version.
+    pub version: u64,
+    /// Its MD5 (hex).
+    pub md5: String,
+}
+
 /// A fault (SPEC 4.5).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fault {
@@ -352,6 +367,8 @@ pub enum Message {
     ConfigState(ConfigState),
     /// Fault.
     Fault(Fault),
+    /// A config center's release (push).
+    ConfigAnnounce(ConfigAnnounce),
 }
 
 impl Message {
@@ -363,7 +380,10 @@ impl Message {
             | Message::Server(_)
             | Message::Topology(_)
             | Message::Membership(_) => Channel::Info,
-            Message::Change(_) | Message::Ack(_) | Message::ConfigState(_) => Channel::Conf,
+            Message::Change(_)
+            | Message::Ack(_)
+            | Message::ConfigState(_)
+            | Message::ConfigAnnounce(_) => Channel::Conf,
             Message::Fault(_) => Channel::Fault,
         }
     }
@@ -380,6 +400,7 @@ impl Message {
             Message::Ack(_) => "ack",
             Message::ConfigState(_) => "config_state",
             Message::Fault(_) => "fault",
+            Message::ConfigAnnounce(_) => "config_announce",
         }
     }
 
@@ -396,6 +417,7 @@ impl Message {
             Message::Ack(a) => &a.member,
             Message::ConfigState(_) => "",
             Message::Fault(f) => &f.member,
+            Message::ConfigAnnounce(a) => &a.origin,
         }
     }
 }
@@ -434,6 +456,8 @@ impl Topics {
             Message::Ack(a) => (format!("{p}/{channel}/ack/{}", a.member), false),
             Message::ConfigState(_) => (format!("{p}/{channel}/state"), true),
             Message::Fault(f) => (format!("{p}/{channel}/{}", f.member), false),
+            // Not retained: a device that was away registers and polls.
+            Message::ConfigAnnounce(a) => (format!("{p}/{channel}/announce/{}", a.origin), false),
         }
     }
 
@@ -524,6 +548,22 @@ mod tests {
             parse_body(Channel::Conf, b"{\"type\":\"nope\"}"),
             Err(WireError::Body(_))
         ));
+    }
+
+    #[test]
+    fn a_config_announce_round_trips_on_the_conf_channel() {
+        let m = Message::ConfigAnnounce(ConfigAnnounce {
+            origin: "center-1".into(),
+            key: "prod/web/nginx".into(),
+            version: 12,
+            md5: "0123456789abcdef0123456789abcdef".into(),
+        });
+        let json = serde_json::to_vec(&m).unwrap();
+        assert_eq!(parse_body(Channel::Conf, &json).unwrap(), m);
+        assert_eq!(m.author(), "center-1");
+        let (topic, retained) = Topics::new("fab").topic_for(&m);
+        assert_eq!(topic, "fab/DEV_CONF_MSG/announce/center-1");
+        assert!(!retained);
     }
 
     #[test]

@@ -589,6 +589,19 @@ impl Engine {
             .ok_or_else(|| CenterError::NotFound(format!("rollout {id} not found")))
     }
 
+    /// What rollout `id` releases and how far it is: (key, version, MD5,
+    /// current batch). For announcing releases; None if it is unknown.
+    pub fn release_of(&self, id: u64) -> Option<(ConfigKey, u64, String, usize)> {
+        self.rollouts.get(&id).map(|e| {
+            (
+                e.rollout.key.clone(),
+                e.rollout.version,
+                e.md5.clone(),
+                e.rollout.current_batch,
+            )
+        })
+    }
+
     /// Every registered device, sorted by name.
     pub fn devices(&self) -> Vec<DeviceInfo> {
         let mut out: Vec<DeviceInfo> = self

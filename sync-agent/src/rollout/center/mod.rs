@@ -96,6 +96,13 @@ impl CenterHandle {
         }
     }
 
+    /// Every config release from now on, for push over the fabric.
+    pub fn subscribe_releases(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<crate::bus::ConfigReleased> {
+        self.center.subscribe_releases()
+    }
+
     /// Stops the server: waiting long polls are answered at once (with
     /// nothing), requests in progress finish; returns once it has stopped.
     pub async fn shutdown(&self) {

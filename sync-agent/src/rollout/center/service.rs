@@ -12,12 +12,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use super::config::CenterConfig;
 use super::engine::{Engine, Timer};
 use super::error::{CenterError, CenterResult};
 use super::store::{NewVersion, Store, Written};
+use crate::bus::ConfigReleased;
 use crate::clock::now_ms;
 use crate::rollout::wire::{
     Ack, Assignment, CloneRequest, ConfigKey, ConfigRecord, DeviceInfo, PutConfig, Register,
@@ -34,6 +35,10 @@ pub struct RolloutOptions {
     pub pace_ms: Option<u64>,
 }
 
+/// Releases kept for a slow subscriber of [`Center::subscribe_releases`];
+/// one further behind is told it lagged (devices still long-poll).
+const RELEASES_DEPTH: usize = 256;
+
 /// The config center: database, rollout engine and long-poll wake-ups.
 pub struct Center {
     store: Arc<Store>,
@@ -46,6 +51,9 @@ pub struct Center {
     batch_size: usize,
     pace_ms: u64,
     shutdown: watch::Sender<bool>,
+    /// Every release of a batch, for push over the fabric (SPEC 6.2); a
+    /// send with no subscriber is fine.
+    releases: broadcast::Sender<ConfigReleased>,
     weak: Weak<Center>,
 }
 
@@ -60,6 +68,7 @@ impl Center {
             batch_size: config.batch_size.max(1),
             pace_ms: config.pace_ms,
             shutdown: watch::channel(false).0,
+            releases: broadcast::channel(RELEASES_DEPTH).0,
             weak: weak.clone(),
         }))
     }
@@ -99,9 +108,32 @@ impl Center {
                 if let Some(center) = center.upgrade() {
                     let more = center.engine().fire_timer(timer, now_ms());
                     center.schedule(more);
+                    center.announce_release(timer.rollout_id, None);
                 }
             });
         }
+    }
+
+    /// Every release from now on: key, version and MD5 of a batch as it is
+    /// released (see [`ConfigReleased`]).
+    pub fn subscribe_releases(&self) -> broadcast::Receiver<ConfigReleased> {
+        self.releases.subscribe()
+    }
+
+    /// Announces what rollout `id` releases, unless its current batch is
+    /// still `unless_batch` (nothing new was released).
+    fn announce_release(&self, id: u64, unless_batch: Option<usize>) {
+        let Some((key, version, md5, batch)) = self.engine().release_of(id) else {
+            return;
+        };
+        if unless_batch == Some(batch) {
+            return;
+        }
+        let _ = self.releases.send(ConfigReleased {
+            key: key.to_string(),
+            version,
+            md5,
+        });
     }
 
     fn options(&self, opts: RolloutOptions) -> CenterResult<(usize, u64)> {
@@ -150,6 +182,9 @@ impl Center {
             return Ok(record);
         }
         self.schedule(timers);
+        if let Some(id) = rollout {
+            self.announce_release(id, None);
+        }
         match rollout {
             Some(id) => tracing::info!(
                 "config center: {what} {} version {} (md5 {}), rollout {id} (batch size {batch_size}, pace {pace_ms} ms)",
@@ -320,8 +355,15 @@ impl Center {
     /// Records a device's answer to an assignment; may release the next
     /// batch or pause the rollout.
     pub fn ack(&self, device: &str, ack: &Ack) -> CenterResult<()> {
+        let batch = self
+            .engine()
+            .release_of(ack.rollout_id)
+            .map(|(_, _, _, batch)| batch);
         let timers = self.engine().ack(device, ack, now_ms())?;
         self.schedule(timers);
+        if batch.is_some() {
+            self.announce_release(ack.rollout_id, batch);
+        }
         tracing::debug!(
             "config center: {device} acknowledged rollout {} {} version {}: {}",
             ack.rollout_id,
@@ -339,6 +381,7 @@ impl Center {
         let rollout = engine.rollout(id)?;
         drop(engine);
         self.schedule(timers);
+        self.announce_release(id, None);
         tracing::info!("config center: rollout {id} resumed");
         Ok(rollout)
     }

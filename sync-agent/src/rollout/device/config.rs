@@ -23,6 +23,18 @@ fn default_health_timeout_ms() -> u64 {
     DEFAULT_HEALTH_TIMEOUT_MS
 }
 
+/// Default for `recheck_s`: how often a device that does not long-poll
+/// asks its center when no release was pushed.
+pub const DEFAULT_RECHECK_S: u64 = 300;
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_recheck_s() -> u64 {
+    DEFAULT_RECHECK_S
+}
+
 /// One service of the device.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,6 +79,15 @@ pub struct DeviceConfig {
     /// How long the center may hold a poll (0: the default, 30000).
     #[serde(default = "default_watch_timeout_ms")]
     pub watch_timeout_ms: u64,
+    /// Hold a long poll at the center (the default). `false`: ask only when
+    /// a release is pushed over the fabric (the agent must run `[fabric]`)
+    /// and every `recheck_s` seconds otherwise.
+    #[serde(default = "default_true")]
+    pub long_poll: bool,
+    /// Without long polling, how often to ask the center anyway, seconds
+    /// (default 300; at least 1).
+    #[serde(default = "default_recheck_s")]
+    pub recheck_s: u64,
 }
 
 /// `ConfigKey` as `"ns/group/name"` text in config files (the structured
@@ -130,6 +151,9 @@ impl DeviceConfig {
         }
         if self.backup_dir.as_os_str().is_empty() {
             out.add(format!("{AT}.backup_dir"), "backup_dir is empty");
+        }
+        if self.recheck_s == 0 {
+            out.add(format!("{AT}.recheck_s"), "recheck_s must be at least 1");
         }
         let mut names = HashSet::new();
         let mut paths = HashMap::new();
@@ -367,6 +391,8 @@ mod tests {
             backup_dir: "/var/lib/backup".into(),
             services: vec![service("a"), service("b")],
             watch_timeout_ms: DEFAULT_WATCH_TIMEOUT_MS,
+            long_poll: true,
+            recheck_s: DEFAULT_RECHECK_S,
         }
     }
 

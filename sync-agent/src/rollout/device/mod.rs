@@ -42,12 +42,12 @@ mod tests;
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 pub use self::apply::RELOAD_TIMEOUT;
 pub use self::config::{
-    DEFAULT_HEALTH_TIMEOUT_MS, DEFAULT_WATCH_TIMEOUT_MS, DeviceConfig, DeviceConfigError,
-    ServiceConfig,
+    DEFAULT_HEALTH_TIMEOUT_MS, DEFAULT_RECHECK_S, DEFAULT_WATCH_TIMEOUT_MS, DeviceConfig,
+    DeviceConfigError, ServiceConfig,
 };
 pub use self::report::{DeviceCounters, DeviceReport, ServiceReport};
 use self::task::Task;
@@ -57,7 +57,12 @@ use self::task::Task;
 pub struct DeviceHandle {
     reports: watch::Receiver<DeviceReport>,
     stop: Arc<watch::Sender<bool>>,
+    releases: mpsc::Sender<crate::bus::ConfigReleased>,
 }
+
+/// Pushed releases waiting for the task; more are dropped (one is enough
+/// to make it ask the center, and it asks about every service at once).
+const RELEASES_QUEUE: usize = 16;
 
 impl DeviceHandle {
     /// Validates `config`, opens the backup store and starts the device task.
@@ -65,10 +70,12 @@ impl DeviceHandle {
     /// the center. Nothing is started if the config is invalid.
     pub async fn spawn(config: DeviceConfig) -> anyhow::Result<DeviceHandle> {
         let (stop, stopping) = watch::channel(false);
-        let task = Task::new(config, stopping).await?;
+        let (releases, pushed) = mpsc::channel(RELEASES_QUEUE);
+        let task = Task::new(config, stopping, pushed).await?;
         let handle = DeviceHandle {
             reports: task.reports(),
             stop: Arc::new(stop),
+            releases,
         };
         tokio::spawn(task.run());
         Ok(handle)
@@ -85,6 +92,13 @@ impl DeviceHandle {
     /// the task has stopped).
     pub fn subscribe(&self) -> watch::Receiver<DeviceReport> {
         self.reports.clone()
+    }
+
+    /// A config release pushed over the fabric (SPEC 6.2): if it concerns
+    /// one of this device's services and differs from what it runs, the
+    /// task asks the center now instead of at its next poll. Never waits.
+    pub fn release_pushed(&self, release: crate::bus::ConfigReleased) {
+        let _ = self.releases.try_send(release);
     }
 
     /// Stops the task at its next safe point (never in the middle of an

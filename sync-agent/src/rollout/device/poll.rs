@@ -203,13 +203,19 @@ impl Task {
 
     pub(super) async fn watch(&mut self) -> Result<WatchAnswer, CenterError> {
         let mut url = self.url(&["v1", "devices", &self.config.device, "watch"]);
+        // Without long polling the center answers at once.
+        let hold_ms = if self.config.long_poll {
+            self.config.watch_timeout_ms
+        } else {
+            0
+        };
         url.query_pairs_mut()
             .append_pair("have", &self.have())
-            .append_pair("timeout_ms", &self.config.watch_timeout_ms.to_string());
+            .append_pair("timeout_ms", &hold_ms.to_string());
         let request = self
             .client
             .get(url.clone())
-            .timeout(Duration::from_millis(self.config.watch_timeout_ms) + WATCH_SLACK);
+            .timeout(Duration::from_millis(hold_ms) + WATCH_SLACK);
         self.call_json(format!("GET {url}"), request).await
     }
 

@@ -46,6 +46,10 @@ pub struct DeviceCounters {
     pub restored_from_backup: u64,
     /// Center requests that failed (unreachable, timeouts, 4xx, 5xx).
     pub center_errors: u64,
+    /// Releases pushed over the fabric that concerned this device (each
+    /// made it ask the center at once).
+    #[serde(default)]
+    pub pushes: u64,
 }
 
 /// The device's state for operators (`show rollout`).

@@ -16,7 +16,7 @@ use std::{
 };
 
 use anyhow::anyhow;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::apply::{Failure, Step};
 use super::config::{
@@ -25,7 +25,7 @@ use super::config::{
 use super::poll;
 use super::report::{DeviceCounters, DeviceReport, ServiceReport};
 use super::store::{Backup, BackupStore};
-use crate::rollout::wire::Ack;
+use crate::{bus, rollout::wire::Ack};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -102,6 +102,8 @@ pub(super) struct Task {
     /// Where snapshots for operators go, after every change.
     pub(super) reports: watch::Sender<DeviceReport>,
     pub(super) stop: watch::Receiver<bool>,
+    /// Releases pushed over the fabric (see [`Task::wait_for_push`]).
+    pub(super) pushed: mpsc::Receiver<bus::ConfigReleased>,
 }
 
 impl Task {
@@ -111,6 +113,7 @@ impl Task {
     pub(super) async fn new(
         mut config: DeviceConfig,
         stop: watch::Receiver<bool>,
+        pushed: mpsc::Receiver<bus::ConfigReleased>,
     ) -> anyhow::Result<Task> {
         config.validate()?;
         if config.watch_timeout_ms == 0 {
@@ -158,6 +161,7 @@ impl Task {
                 counters: DeviceCounters::default(),
             }),
             stop,
+            pushed,
         };
         task.publish();
         Ok(task)
@@ -209,6 +213,46 @@ impl Task {
         }
     }
 
+    /// Without long polling: waits for a pushed release that concerns this
+    /// device (a service uses its key and runs another MD5), or
+    /// `recheck_s`; true if a stop was requested meanwhile.
+    async fn wait_for_push(&mut self) -> bool {
+        let recheck = tokio::time::sleep(Duration::from_secs(self.config.recheck_s));
+        tokio::pin!(recheck);
+        let mut stop = self.stop.clone();
+        loop {
+            tokio::select! {
+                () = &mut recheck => return false,
+                () = stopped(&mut stop) => return true,
+                pushed = self.pushed.recv() => match pushed {
+                    Some(release) if self.concerns(&release) => {
+                        self.counters.pushes += 1;
+                        return false;
+                    }
+                    Some(_) => {}
+                    // No fabric feeds this device: only the recheck is left.
+                    None => {
+                        tokio::select! {
+                            () = &mut recheck => return false,
+                            () = stopped(&mut stop) => return true,
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// A pushed release is for one of our services and differs from what
+    /// that service runs.
+    fn concerns(&self, release: &bus::ConfigReleased) -> bool {
+        self.services.iter().any(|s| {
+            s.config.config.to_string() == release.key
+                && s.backup
+                    .as_ref()
+                    .is_none_or(|b| b.current.md5 != release.md5)
+        })
+    }
+
     /// Restores from the backup store, then registers and long-polls until
     /// stopped: see the module doc.
     pub(super) async fn run(mut self) {
@@ -248,6 +292,8 @@ impl Task {
                 if self.stop_requested() {
                     return;
                 }
+                // The poll about to start answers every push so far.
+                while self.pushed.try_recv().is_ok() {}
                 let started = Instant::now();
                 let mut stop = self.stop.clone();
                 let result = tokio::select! {
@@ -295,6 +341,12 @@ impl Task {
                     if self.stop_requested() {
                         return;
                     }
+                }
+                if !self.config.long_poll {
+                    if self.wait_for_push().await {
+                        return;
+                    }
+                    continue;
                 }
                 // A center that answers at once with nothing new (say, keeps
                 // handing out an assignment this device already refused)

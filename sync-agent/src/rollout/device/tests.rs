@@ -341,6 +341,8 @@ fn device_config(center: &str, dir: &Path, services: Vec<ServiceConfig>) -> Devi
         backup_dir: dir.join("backup"),
         services,
         watch_timeout_ms: 300,
+        long_poll: true,
+        recheck_s: DEFAULT_RECHECK_S,
     }
 }
 
