@@ -73,6 +73,9 @@ pub enum SessionEvent {
         /// The peer's member ports: MLAG id and MAC.
         ports: Vec<(u32, MacAddr)>,
     },
+    /// The peer has sent everything it had when the session started, and
+    /// this switch applied it (SYNC_DONE): converged.
+    Synced,
     /// The peer's liveness is lost.
     Lost,
 }

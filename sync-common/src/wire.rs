@@ -60,6 +60,11 @@
 //! 1.0 receiver would skip but count as unknown input, so it is only sent
 //! to a peer whose hello said 1.1 or later.
 //!
+//! A sync frame may carry a SYNC_DONE TLV (no value): the sender has sent
+//! everything it had when the session started, so a receiver that has
+//! applied the frames up to this one has converged (MC-LAG ends its
+//! hold-down on it). It is optional, so an older receiver skips it.
+//!
 //! Compatibility: the major version must match exactly (a mismatch closes the
 //! session with an error on both sides); the minor versions are negotiated
 //! down to the lower of the two.
@@ -176,6 +181,10 @@ pub mod tlv {
     /// Port state: a member port's MLAG id (u32) and state (u8: 1 up,
     /// 0 down), since 1.1.
     pub const PORT_STATE: u16 = 0x0011;
+    /// Sync: the sender has now sent everything it had for this session
+    /// (its bulk resync after the hello is complete); no value. Optional:
+    /// a receiver that does not know it skips it.
+    pub const SYNC_DONE: u16 = 0x0012;
     /// Sync/ARP: one entry (must understand).
     pub const ARP_ENTRY: u16 = 0x8101;
     /// Sync/ARP: one entry withdrawn, (MLAG id u32, VRF u32, IPv4), since
@@ -393,7 +402,7 @@ fn known_tlv(msg_type: MessageType, tlv_type: u16) -> bool {
         MessageType::Keepalive => tlv_type == tlv::BOOT_ID,
         MessageType::Ack => tlv_type == tlv::ACK_SEQ,
         MessageType::PortState => tlv_type == tlv::PORT_STATE,
-        MessageType::Sync => matches!(tlv_type, tlv::ARP_ENTRY | tlv::ARP_DELETE),
+        MessageType::Sync => matches!(tlv_type, tlv::ARP_ENTRY | tlv::ARP_DELETE | tlv::SYNC_DONE),
     }
 }
 
@@ -476,6 +485,11 @@ impl<'a> Frame<'a> {
             .map(|t| (be32(t.value, 0), t.value[4] == 1))
     }
 
+    /// Whether the frame ends the sender's bulk resync (SYNC_DONE).
+    pub fn is_sync_done(&self) -> bool {
+        self.find(tlv::SYNC_DONE).is_some()
+    }
+
     /// The ARP deletes of a sync frame (entries the sender withdrew).
     pub fn arp_deletes(&self) -> impl Iterator<Item = ArpDelete> + 'a {
         self.tlvs()
@@ -496,6 +510,7 @@ fn check_value(tlv_type: u16, value: &[u8]) -> Result<(), DecodeError> {
         tlv::ARP_ENTRY => ArpEntry::parse(value).is_some(),
         tlv::ARP_DELETE => ArpDelete::parse(value).is_some(),
         tlv::PORT_STATE => value.len() == 5 && value[4] <= 1,
+        tlv::SYNC_DONE => value.is_empty(),
         _ => true,
     };
     if ok {
@@ -704,6 +719,11 @@ impl<'b> Encoder<'b> {
         head[13] = driver.vlan_count;
         head[14..16].copy_from_slice(&(frame.len() as u16).to_be_bytes());
         self.tlv(tlv::ARP_ENTRY, &[&head, frame])
+    }
+
+    /// Marks the frame as the end of the sender's bulk resync.
+    pub fn sync_done(&mut self) -> Result<(), EncodeError> {
+        self.tlv(tlv::SYNC_DONE, &[])
     }
 
     /// Appends a port state (port-state message).

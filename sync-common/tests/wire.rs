@@ -1404,3 +1404,38 @@ proptest! {
         }
     }
 }
+
+/// The end of a bulk resync: a sync frame with no entries and a SYNC_DONE
+/// TLV (optional, no value), every byte written out.
+#[test]
+fn known_answer_sync_done() {
+    #[rustfmt::skip]
+    let expected: &[u8] = &[
+        0x4d, 0x53,             // magic "MS"
+        0x01, 0x01,             // version 1.1
+        0x02,                   // message type: sync
+        0x01,                   // sub-type: ARP
+        0x00, 0x00,             // flags
+        0x00, 0x00, 0x00, 0x0b, // seq 11
+        0x00, 0x00, 0x00, 0x14, // length 20 = 16 + 4
+        0x00, 0x12,             // TLV SYNC_DONE (optional: top bit clear)
+        0x00, 0x00,             //   length 0
+    ];
+    let mut buf = [0u8; 64];
+    let mut enc = Encoder::new(&mut buf, MessageType::Sync, SubType::Arp, 11).unwrap();
+    enc.sync_done().unwrap();
+    let len = enc.finish();
+    assert_eq!(&buf[..len], expected);
+
+    let frame = Frame::decode(expected, MAX_FRAME_LEN).unwrap();
+    assert!(frame.is_sync_done());
+    assert_eq!(frame.arp_entries().count(), 0);
+    assert_eq!(tlv::SYNC_DONE & wire::TLV_MUST_UNDERSTAND, 0);
+
+    // A value on it is malformed.
+    let mut bad = expected.to_vec();
+    bad[15] = 0x15;
+    bad[19] = 0x01;
+    bad.push(0x00);
+    assert!(Frame::decode(&bad, MAX_FRAME_LEN).is_err());
+}

@@ -14,7 +14,10 @@ use mlag_testbed::{
 };
 
 const WAIT: Duration = Duration::from_secs(15);
-const MCLAG: &str = "\n[mclag]\n";
+/// MC-LAG without the init delay: these tests are about other things, and
+/// a member port coming up again regenerates its link-local. The hold-down
+/// has tests of its own below.
+const MCLAG: &str = "\n[mclag]\ninit_delay_s = 0\n";
 
 /// The EUI-64 link-local of a MAC, written independently of the product.
 fn eui64(mac: &[u8; 6]) -> String {
@@ -202,6 +205,111 @@ fn a_peer_alive_on_the_backup_path_is_a_split_brain_and_the_slave_stays_slave() 
     })?;
     assert_eq!(report["role"], "slave");
     assert!(a.log_text().contains("split brain"));
+    // Dual-active protection: the slave's member port goes down, so C's
+    // bond would use the master alone; it says why.
+    wait_admin_up(&pair.a, "a-c", false)?;
+    let report = a.query(&["show", "mclag"])?;
+    assert_eq!(
+        report["holds"],
+        serde_json::json!(["split-brain"]),
+        "{report}"
+    );
+    assert_eq!(report["ports"][0]["held_down"], true);
+    assert!(
+        pair.b
+            .ip(&["-j", "link", "show", "b-c"])?
+            .contains("\"UP\""),
+        "the master keeps its port"
+    );
+    // The peer link returns: the session comes back, the pair resyncs and
+    // the port is in service again.
+    pair.a.ip(&["link", "set", "a-peer", "up"])?;
+    wait_admin_up(&pair.a, "a-c", true)?;
+    let report = wait_until(WAIT, "hold released", || {
+        match a.query(&["show", "mclag"]) {
+            Ok(m) if m["holds"] == serde_json::json!([]) && m["split_brain"] == false => Ok(m),
+            other => Err(format!("{other:?}")),
+        }
+    })?;
+    assert_eq!(report["role"], "slave");
+    Ok(())
+}
+
+/// Whether `dev` in `ns` is administratively up (its IFF_UP flag).
+fn admin_up(ns: &Netns, dev: &str) -> anyhow::Result<bool> {
+    let json: serde_json::Value = serde_json::from_str(&ns.ip(&["-j", "link", "show", dev])?)?;
+    Ok(json[0]["flags"]
+        .as_array()
+        .context("flags")?
+        .iter()
+        .any(|f| f == "UP"))
+}
+
+fn wait_admin_up(ns: &Netns, dev: &str, up: bool) -> anyhow::Result<()> {
+    wait_until(
+        WAIT,
+        &format!("{dev} admin {}", if up { "up" } else { "down" }),
+        || match admin_up(ns, dev) {
+            Ok(now) if now == up => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+}
+
+#[test]
+fn the_init_delay_holds_member_ports_down_until_the_peers_bulk_sync_is_applied()
+-> anyhow::Result<()> {
+    let pair = Pair::new()?;
+    // Long enough that only the peer's sync can end it within the test.
+    let held = "\n[mclag]\ninit_delay_s = 600\n";
+    let a = pair.agent_a(held)?;
+    wait_admin_up(&pair.a, "a-c", false)?;
+    let report = a.query(&["show", "mclag"])?;
+    assert_eq!(
+        report["holds"],
+        serde_json::json!(["init-delay"]),
+        "{report}"
+    );
+    assert!(report["init_delay_remaining_ms"].as_u64() > Some(500_000));
+    assert_eq!(report["converged"], false);
+    let b = pair.agent_b(held)?;
+    for (agent, ns, dev) in [(&a, &pair.a, "a-c"), (&b, &pair.b, "b-c")] {
+        wait_admin_up(ns, dev, true)?;
+        let report = wait_until(WAIT, "converged", || {
+            match agent.query(&["show", "mclag"]) {
+                Ok(m) if m["converged"] == true && m["holds"] == serde_json::json!([]) => Ok(m),
+                other => Err(format!("{other:?}")),
+            }
+        })?;
+        assert_eq!(report["init_delay_remaining_ms"], serde_json::Value::Null);
+        assert!(agent.query(&["show", "peer"])?["counters"]["peer_syncs_done"].as_u64() >= Some(1));
+    }
+    // Held down while aligning, the slave still ends with the master's MAC
+    // and exactly the link-local of it once back up.
+    wait_role(&a, "slave")?;
+    wait_mac(&pair.a, "a-c", &pair.b_mac)?;
+    let expected = eui64(&pair.b_mac);
+    wait_until(WAIT, "the master's link-local on a-c", || {
+        let lls = link_locals(&pair.a, "a-c").map_err(|e| e.to_string())?;
+        if lls == [expected.clone()] {
+            Ok(())
+        } else {
+            Err(format!("{lls:?}"))
+        }
+    })?;
+    Ok(())
+}
+
+#[test]
+fn a_lone_switch_brings_its_member_ports_up_when_the_init_delay_is_over() -> anyhow::Result<()> {
+    let pair = Pair::new()?;
+    let a = pair.agent_a("\n[mclag]\ninit_delay_s = 3\n")?;
+    wait_admin_up(&pair.a, "a-c", false)?;
+    wait_admin_up(&pair.a, "a-c", true)?;
+    let report = a.query(&["show", "mclag"])?;
+    assert_eq!(report["holds"], serde_json::json!([]));
+    assert_eq!(report["converged"], false, "no peer was ever seen");
+    assert!(a.log_text().contains("init delay over without a bulk sync"));
     Ok(())
 }
 

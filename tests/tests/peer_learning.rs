@@ -16,7 +16,8 @@ use mlag_testbed::{
 };
 
 const WAIT: Duration = Duration::from_secs(15);
-const MCLAG: &str = "\n[mclag]\n";
+/// Without the init delay: these tests are about learning, not hold-down.
+const MCLAG: &str = "\n[mclag]\ninit_delay_s = 0\n";
 
 fn wait_session_up(agent: &Agent) -> anyhow::Result<()> {
     wait_until(WAIT, "peer session up", || {

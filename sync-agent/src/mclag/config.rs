@@ -13,6 +13,25 @@ fn default_true() -> bool {
 fn default_backup_port() -> u16 {
     sync_common::wire::DEFAULT_PORT
 }
+fn default_init_delay_s() -> u64 {
+    DEFAULT_INIT_DELAY_S
+}
+
+/// Default hold-down after start, seconds (as Cumulus clagd's init delay).
+pub const DEFAULT_INIT_DELAY_S: u64 = 180;
+
+/// What the slave does when the peer link is down but the peer is alive on
+/// the backup path (dual active).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SplitBrainAction {
+    /// Take the slave's member ports down, so the downstream bonds use only
+    /// the master, until the peer link is back and the pair has resynced.
+    #[default]
+    ShutPorts,
+    /// Only report it (`show mclag`, the log).
+    Log,
+}
 
 /// How the link-local address follows a MAC change.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -56,6 +75,14 @@ pub struct MclagConfig {
     /// Announce with gratuitous ARP / unsolicited NA on takeover.
     #[serde(default = "default_true")]
     pub announce: bool,
+    /// Dual-active protection: `"shut-ports"` (default) or `"log"`.
+    #[serde(default)]
+    pub on_split_brain: SplitBrainAction,
+    /// After start, member ports stay down until the first bulk sync from
+    /// the peer has been applied, or this many seconds have passed (a lone
+    /// switch comes up then). 0: no hold-down. Default 180.
+    #[serde(default = "default_init_delay_s")]
+    pub init_delay_s: u64,
 }
 
 impl MclagConfig {

@@ -7,9 +7,10 @@ use std::net::IpAddr;
 use tokio::sync::oneshot;
 
 use super::{
-    config::LinkLocalMode,
+    config::{LinkLocalMode, SplitBrainAction},
     election::{self, Role},
     eui64,
+    hold::HoldReason,
     port_ops::{ActorSystem, PortError, PortOps},
     report::{MclagPort, MclagReport},
     task::{Aligned, Task},
@@ -31,6 +32,8 @@ pub(super) enum Event {
     Ports(Vec<MemberPort>),
     /// `show mclag`.
     Query(oneshot::Sender<MclagReport>),
+    /// `init_delay_s` has passed since start.
+    InitDelayOver,
     /// Clean exit: restore every port, answer, stop.
     Shutdown(oneshot::Sender<()>),
 }
@@ -43,7 +46,9 @@ impl<P: PortOps> Task<P> {
                 mclag_address,
                 ports,
             }) => self.process_session_up(mclag_address, ports).await,
+            Event::Session(SessionEvent::Synced) => self.process_session_synced().await,
             Event::Session(SessionEvent::Lost) => self.process_session_lost().await,
+            Event::InitDelayOver => self.process_init_delay_over().await,
             Event::Backup(report) => self.process_backup(report).await,
             Event::Ports(ports) => self.process_ports(ports).await,
             Event::Query(reply) => self.process_query(reply).await,
@@ -92,6 +97,33 @@ impl<P: PortOps> Task<P> {
         }
     }
 
+    /// The peer's bulk sync has been applied here: converged. Ends the init
+    /// delay and, with the peer link back, the dual-active hold.
+    pub(super) async fn process_session_synced(&mut self) {
+        self.converged = true;
+        self.init_delay_until = None;
+        self.release(HoldReason::InitDelay, "the peer's bulk sync is applied")
+            .await;
+        if !self.peer_lost {
+            self.release(
+                HoldReason::SplitBrain,
+                "the peer link is back and the pair has resynced",
+            )
+            .await;
+        }
+    }
+
+    /// `init_delay_s` passed without a converged sync (a lone switch, or a
+    /// peer that never finished): the ports come up anyway.
+    pub(super) async fn process_init_delay_over(&mut self) {
+        self.init_delay_until = None;
+        self.release(
+            HoldReason::InitDelay,
+            "init delay over without a bulk sync from the peer",
+        )
+        .await;
+    }
+
     /// The peer's liveness on the peer link is gone.
     pub(super) async fn process_session_lost(&mut self) {
         self.peer_lost = true;
@@ -112,9 +144,13 @@ impl<P: PortOps> Task<P> {
         }
     }
 
-    /// The dataplane's member ports changed: a slave aligns the new ones.
+    /// The dataplane's member ports changed: a slave aligns the new ones;
+    /// a new port joins a hold in force.
     pub(super) async fn process_ports(&mut self, ports: Vec<MemberPort>) {
         self.ports = ports;
+        if !self.holds.reasons.is_empty() {
+            self.apply_holds().await;
+        }
         if self.role == Role::Slave && !self.peer_lost {
             self.align().await;
         }
@@ -129,6 +165,9 @@ impl<P: PortOps> Task<P> {
     /// Clean exit: every member port gets back what alignment changed.
     pub(super) async fn process_shutdown(&mut self, done: oneshot::Sender<()>) {
         self.restore("agent shutting down").await;
+        self.holds.reasons.clear();
+        self.init_delay_until = None;
+        self.apply_holds().await;
         let _ = done.send(());
     }
 
@@ -154,9 +193,18 @@ impl<P: PortOps> Task<P> {
                     "split brain: the peer link is down but the peer is alive on the backup path; staying slave"
                 );
             }
+            if self.config.on_split_brain == SplitBrainAction::ShutPorts {
+                self.hold(
+                    HoldReason::SplitBrain,
+                    "dual active: the master alone serves the downstream bonds",
+                )
+                .await;
+            }
             return;
         }
         self.set_role(Role::Master, "master lost: taking over");
+        self.release(HoldReason::SplitBrain, "taking over as master")
+            .await;
         self.announce().await;
     }
 
@@ -379,6 +427,7 @@ impl<P: PortOps> Task<P> {
                 current_mac: port.mac,
                 twin_mac: self.peer_ports.get(&port.mlag_id).copied(),
                 link_local: link_local.iter().map(IpAddr::to_string).collect(),
+                held_down: self.holds.down.contains_key(&port.name),
                 name: port.name,
                 mlag_id: port.mlag_id,
             });
@@ -405,6 +454,15 @@ impl<P: PortOps> Task<P> {
             last_role_change_unix_ms: self.last_role_change,
             role_changes: self.role_changes,
             announcements_sent: self.announcements,
+            holds: self.holds.reasons.iter().copied().collect(),
+            init_delay_remaining_ms: self.init_delay_until.map(|until| {
+                until
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .as_millis() as u64
+            }),
+            converged: self.converged,
+            ports_taken_down: self.holds.taken_down,
+            ports_brought_up: self.holds.brought_up,
         }
     }
 }

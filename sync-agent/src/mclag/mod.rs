@@ -30,6 +30,7 @@ pub mod config;
 pub mod election;
 pub mod eui64;
 mod events;
+pub mod hold;
 pub mod port_ops;
 pub mod report;
 mod task;

@@ -155,6 +155,14 @@ pub trait PortOps: Send + 'static {
         mac: MacAddr,
     ) -> impl Future<Output = Result<u64, PortError>> + Send;
 
+    /// Takes the port administratively down (out of service) or up.
+    fn set_in_service(
+        &mut self,
+        ifindex: u32,
+        name: &str,
+        up: bool,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+
     /// The port's IPv6 link-local addresses now.
     fn link_locals(
         &mut self,
@@ -227,6 +235,15 @@ impl PortOps for NetlinkPorts {
             .collect();
         announce::send(ifindex, &frames)?;
         Ok(frames.len() as u64)
+    }
+
+    async fn set_in_service(
+        &mut self,
+        ifindex: u32,
+        name: &str,
+        up: bool,
+    ) -> Result<(), PortError> {
+        Ok(links::set_up(&self.netlink, ifindex, name, up).await?)
     }
 
     async fn link_locals(&mut self, ifindex: u32) -> Result<Vec<IpAddr>, PortError> {

@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::election::Role;
+use super::{election::Role, hold::HoldReason};
 use crate::mac::MacAddr;
 
 /// `show mclag`.
@@ -37,6 +37,21 @@ pub struct MclagReport {
     pub role_changes: u64,
     /// Gratuitous ARP / unsolicited NA frames sent.
     pub announcements_sent: u64,
+    /// Why the member ports are held out of service (empty: they are not).
+    #[serde(default)]
+    pub holds: Vec<HoldReason>,
+    /// Time left of the init delay, while it holds.
+    #[serde(default)]
+    pub init_delay_remaining_ms: Option<u64>,
+    /// A bulk sync from the peer has been applied since start.
+    #[serde(default)]
+    pub converged: bool,
+    /// Times member ports were taken out of service / brought back.
+    #[serde(default)]
+    pub ports_taken_down: u64,
+    /// See `ports_taken_down`.
+    #[serde(default)]
+    pub ports_brought_up: u64,
 }
 
 /// One member port in `show mclag`.
@@ -54,6 +69,9 @@ pub struct MclagPort {
     pub twin_mac: Option<MacAddr>,
     /// IPv6 link-local addresses now on the port.
     pub link_local: Vec<String>,
+    /// Taken out of service by MC-LAG (see `holds`).
+    #[serde(default)]
+    pub held_down: bool,
 }
 
 fn or_dash<T: ToString>(value: Option<T>) -> String {
@@ -87,6 +105,22 @@ impl fmt::Display for MclagReport {
         if let Some(error) = &m.error {
             writeln!(f, "error: {error}")?;
         }
+        if !m.holds.is_empty() {
+            let reasons: Vec<String> = m
+                .holds
+                .iter()
+                .map(|h| match h {
+                    HoldReason::InitDelay => format!(
+                        "init delay ({} s left, until the peer's bulk sync is applied)",
+                        m.init_delay_remaining_ms.unwrap_or(0).div_ceil(1000)
+                    ),
+                    HoldReason::SplitBrain => {
+                        "split brain (peer link down, peer alive on the backup path)".to_string()
+                    }
+                })
+                .collect();
+            writeln!(f, "member ports held down: {}", reasons.join("; "))?;
+        }
         writeln!(
             f,
             "role changes {} (last at unix ms {}), announcements sent {}",
@@ -108,7 +142,7 @@ impl fmt::Display for MclagReport {
                 or_dash(p.original_mac),
                 or_dash(p.current_mac),
                 or_dash(p.twin_mac),
-                p.link_local.join(" ")
+                p.link_local.join(" ") + if p.held_down { "  [held down]" } else { "" }
             )?;
         }
         Ok(())

@@ -21,7 +21,13 @@ use std::{
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{config::MclagConfig, election::Role, events::Event, port_ops::PortOps};
+use super::{
+    config::MclagConfig,
+    election::Role,
+    events::Event,
+    hold::{HoldReason, Holds},
+    port_ops::PortOps,
+};
 use crate::{
     bus::{MemberPort, SessionEvent},
     liveness::LivenessReport,
@@ -126,6 +132,12 @@ pub(super) struct Task<P> {
     pub(super) announcements: u64,
     /// The missing-bond note is logged once, not per port and hello.
     pub(super) bonding_note_logged: bool,
+    /// Member ports held out of service, and why (`hold.rs`).
+    pub(super) holds: Holds,
+    /// When the init delay ends, while it holds.
+    pub(super) init_delay_until: Option<tokio::time::Instant>,
+    /// A bulk sync from the peer has been applied since start.
+    pub(super) converged: bool,
     /// Where the side effects go.
     pub(super) ops: P,
 }
@@ -154,6 +166,9 @@ impl<P: PortOps> Task<P> {
             role_changes: 0,
             announcements: 0,
             bonding_note_logged: false,
+            holds: Holds::default(),
+            init_delay_until: None,
+            converged: false,
             ops,
         }
     }
@@ -181,10 +196,14 @@ impl<P: PortOps> Task<P> {
         });
     }
 
-    /// The event loop: runs until every input has closed.
+    /// The event loop: runs until every input has closed. It starts with
+    /// the init-delay hold (if configured).
     pub(super) async fn run(mut self, mut inputs: Inputs) {
+        self.start_init_delay().await;
         loop {
+            let init_delay = self.init_delay_until;
             let event = tokio::select! {
+                () = sleep_until(init_delay) => Event::InitDelayOver,
                 Some(event) = inputs.sessions.recv() => Event::Session(event),
                 Ok(()) = inputs.ports.changed() => {
                     Event::Ports(inputs.ports.borrow_and_update().clone())
@@ -203,6 +222,30 @@ impl<P: PortOps> Task<P> {
             }
         }
         tracing::debug!("MC-LAG task stopped: every input closed");
+    }
+}
+
+/// Sleeps until `deadline`; forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl<P: PortOps> Task<P> {
+    /// Holds the member ports for `init_delay_s` or until converged.
+    pub(super) async fn start_init_delay(&mut self) {
+        if self.config.init_delay_s == 0 {
+            return;
+        }
+        self.init_delay_until =
+            Some(tokio::time::Instant::now() + Duration::from_secs(self.config.init_delay_s));
+        let why = format!(
+            "starting: until the peer's bulk sync is applied or {} s have passed",
+            self.config.init_delay_s
+        );
+        self.hold(HoldReason::InitDelay, &why).await;
     }
 }
 

@@ -12,10 +12,11 @@ use std::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    config::{BackupPath, LinkLocalMode, MclagConfig},
+    config::{BackupPath, LinkLocalMode, MclagConfig, SplitBrainAction},
     election::Role,
     eui64,
     events::Event,
+    hold::HoldReason,
     port_ops::{self, ActorSystem, PortError, PortOps, Readdressed},
     report::MclagReport,
     task::{Inputs, Task},
@@ -35,6 +36,8 @@ enum Call {
     /// Port, address to remove, address to add.
     Readdress(String, Option<Ipv6Addr>, Option<Ipv6Addr>),
     Announce(String, MacAddr),
+    /// Port taken out of service (false) or brought back (true).
+    InService(String, bool),
 }
 
 /// Records every side effect; keeps each port's link-local addresses (none
@@ -123,6 +126,11 @@ impl PortOps for Recorder {
         Ok(2)
     }
 
+    async fn set_in_service(&mut self, _: u32, name: &str, up: bool) -> Result<(), PortError> {
+        self.calls.push(Call::InService(name.into(), up));
+        Ok(())
+    }
+
     async fn link_locals(&mut self, ifindex: u32) -> Result<Vec<IpAddr>, PortError> {
         Ok(self.link_locals.get(&ifindex).cloned().unwrap_or_default())
     }
@@ -164,6 +172,8 @@ fn config() -> MclagConfig {
         linklocal: LinkLocalMode::Readdress,
         backup: None,
         announce: true,
+        on_split_brain: SplitBrainAction::ShutPorts,
+        init_delay_s: 0,
     }
 }
 
@@ -372,8 +382,22 @@ async fn a_slave_that_loses_the_session_while_the_backup_path_is_alive_is_split_
         ],
     )
     .await;
-    assert_eq!(t.ops.calls, alignment());
+    let mut expected = alignment();
+    expected.extend([
+        Call::InService("m1".into(), false),
+        Call::InService("m2".into(), false),
+    ]);
+    assert_eq!(
+        t.ops.calls, expected,
+        "dual active: the slave's ports go down"
+    );
     let r = report(&mut t).await;
+    assert_eq!(r.holds, [HoldReason::SplitBrain]);
+    assert!(r.ports.iter().all(|p| p.held_down));
+    assert!(
+        r.to_string()
+            .contains("member ports held down: split brain")
+    );
     assert_eq!(r.role, Role::Slave);
     assert!(r.split_brain);
     assert!(r.backup_configured);
@@ -855,4 +879,185 @@ fn a_port_without_a_bond_has_no_actor_system_to_set() {
         ActorSystem::NoBond
     );
     assert_eq!(sysfs.actor_system(), "00:00:00:00:00:00\n", "untouched");
+}
+
+fn in_service_calls(t: &Task<Recorder>) -> Vec<Call> {
+    t.ops
+        .calls
+        .iter()
+        .filter(|c| matches!(c, Call::InService(..)))
+        .cloned()
+        .collect()
+}
+
+fn ports_set(up: bool) -> [Call; 2] {
+    [
+        Call::InService("m1".into(), up),
+        Call::InService("m2".into(), up),
+    ]
+}
+
+#[tokio::test]
+async fn dual_active_ports_stay_down_until_the_link_is_back_and_the_pair_resynced() {
+    let mut t = task(with_backup());
+    drive(
+        &mut t,
+        [
+            backup(Liveness::Up { boot_id: 7 }),
+            hello("10.0.0.9"),
+            Event::Session(SessionEvent::Lost),
+            hello("10.0.0.9"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        in_service_calls(&t),
+        ports_set(false),
+        "not back before resync"
+    );
+    assert_eq!(report(&mut t).await.holds, [HoldReason::SplitBrain]);
+    drive(&mut t, [Event::Session(SessionEvent::Synced)]).await;
+    assert_eq!(
+        in_service_calls(&t),
+        [ports_set(false), ports_set(true)].concat()
+    );
+    let r = report(&mut t).await;
+    assert!(r.holds.is_empty());
+    assert!(r.converged);
+    assert_eq!((r.ports_taken_down, r.ports_brought_up), (2, 2));
+}
+
+#[tokio::test]
+async fn dual_active_with_on_split_brain_log_only_reports() {
+    let mut t = task(MclagConfig {
+        on_split_brain: SplitBrainAction::Log,
+        ..with_backup()
+    });
+    drive(
+        &mut t,
+        [
+            backup(Liveness::Up { boot_id: 7 }),
+            hello("10.0.0.9"),
+            Event::Session(SessionEvent::Lost),
+        ],
+    )
+    .await;
+    assert!(in_service_calls(&t).is_empty());
+    let r = report(&mut t).await;
+    assert!(r.split_brain);
+    assert!(r.holds.is_empty());
+}
+
+#[tokio::test]
+async fn a_takeover_after_dual_active_brings_the_ports_back_before_announcing() {
+    let mut t = task(with_backup());
+    drive(
+        &mut t,
+        [
+            backup(Liveness::Up { boot_id: 7 }),
+            hello("10.0.0.9"),
+            Event::Session(SessionEvent::Lost),
+            backup(Liveness::Down),
+        ],
+    )
+    .await;
+    let after_alignment = &t.ops.calls[alignment().len()..];
+    assert_eq!(
+        after_alignment,
+        [
+            ports_set(false).to_vec(),
+            ports_set(true).to_vec(),
+            vec![
+                Call::Announce("m1".into(), mac(OWN, 1)),
+                Call::Announce("m2".into(), mac(OWN, 2)),
+            ],
+        ]
+        .concat()
+    );
+    assert_eq!(report(&mut t).await.role, Role::Master);
+}
+
+#[tokio::test]
+async fn the_init_delay_holds_the_ports_until_the_peers_bulk_sync_is_applied() {
+    let mut t = task(MclagConfig {
+        init_delay_s: 180,
+        ..config()
+    });
+    t.start_init_delay().await;
+    assert_eq!(in_service_calls(&t), ports_set(false));
+    let r = report(&mut t).await;
+    assert_eq!(r.holds, [HoldReason::InitDelay]);
+    assert!(r.init_delay_remaining_ms.is_some_and(|ms| ms > 170_000));
+    assert!(r.to_string().contains("init delay ("));
+    // A hello alone does not end it: the peer's table has not arrived.
+    drive(&mut t, [hello("10.0.0.9")]).await;
+    assert_eq!(in_service_calls(&t), ports_set(false));
+    drive(&mut t, [Event::Session(SessionEvent::Synced)]).await;
+    assert_eq!(
+        in_service_calls(&t),
+        [ports_set(false), ports_set(true)].concat()
+    );
+    let r = report(&mut t).await;
+    assert!(r.holds.is_empty());
+    assert_eq!(r.init_delay_remaining_ms, None);
+}
+
+#[tokio::test]
+async fn a_lone_switch_comes_up_when_the_init_delay_is_over() {
+    let mut t = task(MclagConfig {
+        init_delay_s: 180,
+        ..config()
+    });
+    t.start_init_delay().await;
+    drive(&mut t, [Event::InitDelayOver]).await;
+    assert_eq!(
+        in_service_calls(&t),
+        [ports_set(false), ports_set(true)].concat()
+    );
+    assert!(!report(&mut t).await.converged);
+}
+
+#[tokio::test]
+async fn no_init_delay_when_it_is_zero() {
+    let mut t = task(config());
+    t.start_init_delay().await;
+    assert!(in_service_calls(&t).is_empty());
+    assert!(report(&mut t).await.holds.is_empty());
+}
+
+#[tokio::test]
+async fn a_port_that_appears_during_a_hold_is_held_too_and_shutdown_brings_all_back() {
+    let mut t = task(MclagConfig {
+        init_delay_s: 180,
+        ..config()
+    });
+    t.start_init_delay().await;
+    let mut more = ports();
+    more.push(MemberPort {
+        name: "m3".into(),
+        mlag_id: 3,
+        ifindex: Some(13),
+        mac: Some(mac(OWN, 3)),
+    });
+    drive(&mut t, [Event::Ports(more)]).await;
+    assert_eq!(
+        in_service_calls(&t),
+        [
+            ports_set(false).to_vec(),
+            vec![Call::InService("m3".into(), false)]
+        ]
+        .concat()
+    );
+    let before = t.ops.calls.len();
+    shutdown(&mut t).await;
+    let mut up: Vec<Call> = t.ops.calls[before..].to_vec();
+    up.sort_by_key(|c| format!("{c:?}"));
+    assert_eq!(
+        up,
+        [
+            Call::InService("m1".into(), true),
+            Call::InService("m2".into(), true),
+            Call::InService("m3".into(), true),
+        ]
+    );
 }

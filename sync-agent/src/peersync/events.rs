@@ -347,8 +347,21 @@ impl Task {
             self.unlearn(&delete).await;
         }
         let seq = frame.header.seq;
+        if frame.is_sync_done() && frame.arp_entries().next().is_none() {
+            // It repeats the number of the peer's last frame, already
+            // applied and acknowledged.
+            self.stats.peer_syncs_done += 1;
+            tracing::info!(peer = %self.config.peer_address, "peer's bulk sync complete: converged");
+            self.notify(SessionEvent::Synced);
+            return;
+        }
         self.rx_applied = seq_max(self.rx_applied, seq);
         self.send_ack(seq).await;
+        if frame.is_sync_done() {
+            self.stats.peer_syncs_done += 1;
+            tracing::info!(peer = %self.config.peer_address, "peer's bulk sync complete: converged");
+            self.notify(SessionEvent::Synced);
+        }
     }
 
     /// A frame that could not be decoded; `fatal` when the stream's framing

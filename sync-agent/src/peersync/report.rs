@@ -63,6 +63,10 @@ pub struct Stats {
     /// keepalives) replaced by a fresh connection from the peer.
     #[serde(default)]
     pub sessions_replaced: u64,
+    /// Bulk resyncs the peer completed (SYNC_DONE received): each told
+    /// MC-LAG that this switch has converged.
+    #[serde(default)]
+    pub peer_syncs_done: u64,
     /// Connections closed because no hello came within `hello_timeout_ms`.
     #[serde(default)]
     pub hello_timeouts: u64,

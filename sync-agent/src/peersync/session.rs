@@ -250,6 +250,8 @@ pub(super) struct Session {
     pub(super) opened: Instant,
     /// When a frame last arrived on it (or it opened).
     pub(super) last_heard: Instant,
+    /// The end of our bulk resync (SYNC_DONE) went out on it.
+    pub(super) sync_done_sent: bool,
 }
 
 impl Drop for Session {
@@ -338,6 +340,7 @@ impl Task {
             peer: None,
             opened: Instant::now(),
             last_heard: Instant::now(),
+            sync_done_sent: false,
         });
         let hello = self.our_hello().encode();
         self.send(hello);

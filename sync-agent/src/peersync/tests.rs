@@ -293,12 +293,20 @@ enum Written {
     /// A port-state message: (MLAG id, up).
     PortState(Vec<(u32, bool)>),
     Ack(u32),
+    /// The end of a bulk resync, with the number of the last frame before
+    /// it. Left out of [`Harness::written`] and [`next_frame`]; see
+    /// [`Harness::written_all`].
+    SyncDone(u32),
 }
 
 fn read(bytes: &[u8]) -> Written {
     let frame = Frame::decode(bytes, wire::MAX_FRAME_LEN).expect("we write valid frames");
     match frame.header.msg_type {
         MessageType::Hello => Written::Hello(Hello::decode(&frame).unwrap()),
+        MessageType::Sync if frame.is_sync_done() => {
+            assert_eq!(frame.arp_entries().count(), 0, "SYNC_DONE rides alone");
+            Written::SyncDone(frame.header.seq)
+        }
         MessageType::Sync if frame.arp_deletes().count() > 0 => {
             assert_eq!(frame.arp_entries().count(), 0, "tests read deletes alone");
             Written::Deletes(
@@ -407,8 +415,16 @@ impl Harness {
         self.task.process(Event::Captured(captured(last))).await;
     }
 
-    /// Every frame written since the last call.
+    /// Frames written since the last call, without SYNC_DONE.
     fn written(&mut self) -> Vec<Written> {
+        self.written_all()
+            .into_iter()
+            .filter(|w| !matches!(w, Written::SyncDone(_)))
+            .collect()
+    }
+
+    /// Every frame written since the last call.
+    fn written_all(&mut self) -> Vec<Written> {
         let mut out = Vec::new();
         while let Ok(bytes) = self.wire.try_recv() {
             out.push(read(&bytes));
@@ -545,12 +561,18 @@ async fn a_burst_is_batched_up_to_batch_max_entries() {
     assert_eq!((report.pending, report.unacked), (0, 10));
 }
 
+/// The next frame written other than SYNC_DONE.
 async fn next_frame(wire: &mut mpsc::Receiver<Vec<u8>>) -> Written {
-    let bytes = tokio::time::timeout(Duration::from_secs(5), wire.recv())
-        .await
-        .expect("a frame in time")
-        .expect("writer open");
-    read(&bytes)
+    loop {
+        let bytes = tokio::time::timeout(Duration::from_secs(5), wire.recv())
+            .await
+            .expect("a frame in time")
+            .expect("writer open");
+        match read(&bytes) {
+            Written::SyncDone(_) => continue,
+            frame => return frame,
+        }
+    }
 }
 
 /// The real event loop over channels: a lone capture goes out at once (no
@@ -1064,6 +1086,9 @@ async fn a_full_writer_queue_closes_the_stuck_session_and_keeps_the_entries() {
     h.connect_with_queue(1).await;
     h.inbound(peer_hello(PEER_BOOT, None)).await;
     h.next_internal().await; // the refresh of a peer run new to us
+    // Nothing to resend: the end of the bulk sync goes out at once, with
+    // no frame before it. The test reads it to free the queue's one slot.
+    assert_eq!(h.written_all(), vec![Written::SyncDone(0)]);
     let stuck = async {
         h.capture(1).await;
         h.task.flush().await; // frame 1 fills the queue
@@ -1727,4 +1752,47 @@ async fn a_burst_bigger_than_the_writer_queue_goes_out_as_the_peer_reads() {
     assert_eq!(report.counters.sessions_stalled, 0);
     assert_eq!(report.state, "up");
     assert_eq!(synced.len(), 100, "every entry went out exactly once");
+}
+
+/// The bulk resync of a new session ends with SYNC_DONE naming the last
+/// frame of it; it takes no number of its own and goes once per session.
+#[tokio::test]
+async fn the_end_of_the_bulk_sync_follows_the_resend_once_per_session() {
+    let mut h = Harness::new("");
+    h.task
+        .process(Event::Liveness(Liveness::Up { boot_id: PEER_BOOT }))
+        .await;
+    h.capture(1).await;
+    h.capture(2).await;
+    h.connect().await;
+    h.inbound(peer_hello(PEER_BOOT, None)).await;
+    assert_eq!(
+        h.written_all(),
+        vec![Written::Sync(1, vec![ip(1), ip(2)]), Written::SyncDone(1)]
+    );
+    h.capture(3).await;
+    h.task.flush().await;
+    assert_eq!(
+        h.written_all(),
+        vec![Written::Sync(2, vec![ip(3)])],
+        "once per session, and no number used"
+    );
+}
+
+/// The peer's SYNC_DONE tells MC-LAG this switch has converged; it is not
+/// acknowledged (it repeats a number already acknowledged).
+#[tokio::test]
+async fn the_peers_sync_done_tells_mclag_and_is_not_acked() {
+    let mut h = Harness::new("");
+    h.establish(PEER_BOOT, None).await;
+    while h.sessions.try_recv().is_ok() {}
+    let mut buf = vec![0u8; 64];
+    let mut e = Encoder::new(&mut buf, MessageType::Sync, SubType::Arp, 0).unwrap();
+    e.sync_done().unwrap();
+    let len = e.finish();
+    buf.truncate(len);
+    h.inbound(buf).await;
+    assert!(matches!(h.sessions.try_recv(), Ok(SessionEvent::Synced)));
+    assert!(h.written_all().is_empty(), "no ack for it");
+    assert_eq!(h.report().counters.peer_syncs_done, 1);
 }

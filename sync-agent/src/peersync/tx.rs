@@ -119,6 +119,42 @@ impl Task {
                 self.table.mark_delete_sent(key, seq);
             }
         }
+        self.send_sync_done(max_frame);
+    }
+
+    /// Once per session, when everything pending at its start has gone
+    /// out: a sync frame with SYNC_DONE, so the peer knows it has
+    /// converged once it applied the frames before it. It carries the
+    /// sequence number of the last frame sent (0: none yet) and takes no
+    /// number of its own, so the peer's acks and the resend bookkeeping
+    /// stay as they were.
+    fn send_sync_done(&mut self, max_frame: usize) {
+        if self
+            .session
+            .as_ref()
+            .is_none_or(|s| s.sync_done_sent || s.peer.is_none())
+        {
+            return;
+        }
+        let last_sent = match self.next_seq.wrapping_sub(1) {
+            0 if self.stats.frames_sent > 0 => u32::MAX,
+            seq => seq,
+        };
+        let mut buf = vec![0u8; max_frame.min(64)];
+        let Ok(mut encoder) = Encoder::new(&mut buf, MessageType::Sync, SubType::Arp, last_sent)
+        else {
+            return;
+        };
+        if encoder.sync_done().is_err() {
+            return;
+        }
+        let len = encoder.finish();
+        buf.truncate(len);
+        if self.send(buf)
+            && let Some(session) = &mut self.session
+        {
+            session.sync_done_sent = true;
+        }
     }
 
     /// Acknowledges sync frame `seq` (cumulative: everything up to it was

@@ -198,6 +198,21 @@ pub async fn set_mac(
         })
 }
 
+/// Sets interface `index` administratively up or down.
+pub async fn set_up(handle: &Handle, index: u32, name: &str, up: bool) -> Result<(), LinkError> {
+    let link = LinkUnspec::new_with_index(index);
+    let message = if up { link.up() } else { link.down() }.build();
+    handle
+        .link()
+        .set(message)
+        .execute()
+        .await
+        .map_err(|source| LinkError::Request {
+            name: name.to_string(),
+            source,
+        })
+}
+
 /// Takes interface `index` down and up again.
 pub async fn bounce(handle: &Handle, index: u32, name: &str) -> Result<(), LinkError> {
     let err = |source| LinkError::Request {

@@ -344,7 +344,7 @@ fn takeover() -> anyhow::Result<()> {
     let mut beyond = Vec::new();
     for _ in 0..TAKEOVER_TRIALS {
         let pair = Pair::new()?;
-        let mclag = format!("dead_interval_ms = {DEAD_INTERVAL_MS}\n[mclag]\n");
+        let mclag = format!("dead_interval_ms = {DEAD_INTERVAL_MS}\n[mclag]\ninit_delay_s = 0\n");
         let a = pair.agent_a(&mclag)?;
         let _b = pair.agent_b(&mclag)?;
         wait_until(Duration::from_secs(15), "A slave and aligned", || {
