@@ -36,6 +36,8 @@ pub struct MemberPort {
     pub ifindex: Option<u32>,
     /// Current MAC.
     pub mac: Option<MacAddr>,
+    /// Current MTU (compared with the twin's by MC-LAG).
+    pub mtu: Option<u32>,
 }
 
 /// One ARP reply the XDP program handed over for syncing.
@@ -72,6 +74,11 @@ pub enum SessionEvent {
         mclag_address: Option<IpAddr>,
         /// The peer's member ports: MLAG id and MAC.
         ports: Vec<(u32, MacAddr)>,
+        /// The peer's member port MTUs by MLAG id (empty from peers that
+        /// do not send them).
+        port_mtus: Vec<(u32, u32)>,
+        /// The peer's capability bits (the sync sub-types it speaks).
+        capabilities: u32,
     },
     /// The peer has sent everything it had when the session started, and
     /// this switch applied it (SYNC_DONE): converged.

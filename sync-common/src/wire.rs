@@ -176,6 +176,9 @@ pub mod tlv {
     pub const RESUME: u16 = 0x0007;
     /// Hello: the sender's MC-LAG election address (4 or 16 bytes).
     pub const MCLAG_ADDRESS: u16 = 0x0008;
+    /// Hello: a member port's MTU, (MLAG id u32, MTU u32), one per port,
+    /// for the pair's consistency check. Optional.
+    pub const PORT_MTU: u16 = 0x0009;
     /// Ack: cumulative sequence number, u32.
     pub const ACK_SEQ: u16 = 0x0010;
     /// Port state: a member port's MLAG id (u32) and state (u8: 1 up,
@@ -196,6 +199,8 @@ pub mod tlv {
 pub mod capability {
     /// Syncs ARP replies.
     pub const ARP_SYNC: u32 = 1 << 0;
+    /// Every capability this implementation has (what its hello says).
+    pub const ALL: u32 = ARP_SYNC;
 }
 
 /// What was wrong with a frame.
@@ -398,6 +403,7 @@ fn known_tlv(msg_type: MessageType, tlv_type: u16) -> bool {
                 | tlv::PORT
                 | tlv::RESUME
                 | tlv::MCLAG_ADDRESS
+                | tlv::PORT_MTU
         ),
         MessageType::Keepalive => tlv_type == tlv::BOOT_ID,
         MessageType::Ack => tlv_type == tlv::ACK_SEQ,
@@ -505,6 +511,7 @@ fn check_value(tlv_type: u16, value: &[u8]) -> Result<(), DecodeError> {
         tlv::CAPABILITIES | tlv::MAX_FRAME | tlv::ACK_SEQ => value.len() == 4,
         tlv::BOOT_ID => value.len() == 8,
         tlv::PORT => value.len() == 10,
+        tlv::PORT_MTU => value.len() == 8,
         tlv::RESUME => value.len() == 12,
         tlv::MCLAG_ADDRESS => value.len() == 4 || value.len() == 16,
         tlv::ARP_ENTRY => ArpEntry::parse(value).is_some(),

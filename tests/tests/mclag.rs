@@ -452,3 +452,71 @@ fn a_master_frozen_for_less_than_the_dead_interval_flips_no_role() -> anyhow::Re
     assert_eq!(b_now["role_changes"], before_b);
     Ok(())
 }
+
+#[test]
+fn a_mismatched_mlag_id_is_reported_on_both_sides() -> anyhow::Result<()> {
+    let pair = Pair::new()?;
+    // A calls its member port MLAG id 7; B keeps the default, 1.
+    let a = pair.agent_a(&format!("mlag_ids = {{ a-c = 7 }}\n{MCLAG}"))?;
+    let b = pair.agent_b(MCLAG)?;
+    for (agent, local_only, peer_only) in [(&a, 7, 1), (&b, 1, 7)] {
+        let report = wait_until(WAIT, "mismatches reported", || {
+            match agent.query(&["show", "mclag"]) {
+                Ok(m) if m["mismatches"].as_array().is_some_and(|l| l.len() == 2) => Ok(m),
+                other => Err(format!("{other:?}")),
+            }
+        })?;
+        let list = report["mismatches"].as_array().unwrap();
+        assert!(
+            list.iter().any(|m| m["field"] == "mlag-id"
+                && m["mlag_id"] == local_only
+                && m["peer"] == "none"),
+            "{report}"
+        );
+        assert!(
+            list.iter().any(|m| m["field"] == "mlag-id"
+                && m["mlag_id"] == peer_only
+                && m["local"] == "none"),
+            "{report}"
+        );
+        assert!(report["mismatches_found"].as_u64() >= Some(2));
+        assert_eq!(
+            report["holds"],
+            serde_json::json!([]),
+            "warn only, by default"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_slave_with_shut_port_takes_a_port_of_another_mtu_out_of_service() -> anyhow::Result<()> {
+    let pair = Pair::new()?;
+    pair.a.ip(&["link", "set", "a-c", "mtu", "9000"])?;
+    let shut = "\n[mclag]\ninit_delay_s = 0\non_mismatch = \"shut-port\"\n";
+    let a = pair.agent_a(shut)?;
+    let b = pair.agent_b(shut)?;
+    wait_role(&a, "slave")?;
+    wait_admin_up(&pair.a, "a-c", false)?;
+    let report = a.query(&["show", "mclag"])?;
+    let mismatch = &report["mismatches"][0];
+    assert_eq!(mismatch["field"], "mtu", "{report}");
+    assert_eq!(
+        (mismatch["local"].as_str(), mismatch["peer"].as_str()),
+        (Some("9000"), Some("1500"))
+    );
+    assert_eq!(report["ports"][0]["held_down"], true);
+    // The master reports it too but keeps its port.
+    let master = wait_until(WAIT, "the master sees it", || {
+        match b.query(&["show", "mclag"]) {
+            Ok(m) if m["mismatches"].as_array().is_some_and(|l| !l.is_empty()) => Ok(m),
+            other => Err(format!("{other:?}")),
+        }
+    })?;
+    assert_eq!(master["ports"][0]["held_down"], false);
+    assert!(admin_up(&pair.b, "b-c")?);
+    // The operator aligns the MTU: the port comes back.
+    pair.a.ip(&["link", "set", "a-c", "mtu", "1500"])?;
+    wait_admin_up(&pair.a, "a-c", true)?;
+    Ok(())
+}

@@ -226,6 +226,7 @@ impl Task {
                 MemberPort {
                     ifindex: link.map(|l| l.index),
                     mac: link.and_then(|l| l.mac),
+                    mtu: link.and_then(|l| l.mtu),
                     name: name.clone(),
                     mlag_id: *mlag_id,
                 }

@@ -289,6 +289,7 @@ mod tests {
             up,
             carrier: up,
             controller: None,
+            mtu: None,
         })
     }
 

@@ -20,6 +20,18 @@ fn default_init_delay_s() -> u64 {
 /// Default hold-down after start, seconds (as Cumulus clagd's init delay).
 pub const DEFAULT_INIT_DELAY_S: u64 = 180;
 
+/// What the slave does with a member port whose settings differ from its
+/// twin's (see `consistency.rs`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum MismatchAction {
+    /// Report and count it (`show mclag`, the log).
+    #[default]
+    Warn,
+    /// Also take that member port out of service on the slave.
+    ShutPort,
+}
+
 /// What the slave does when the peer link is down but the peer is alive on
 /// the backup path (dual active).
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -83,6 +95,9 @@ pub struct MclagConfig {
     /// switch comes up then). 0: no hold-down. Default 180.
     #[serde(default = "default_init_delay_s")]
     pub init_delay_s: u64,
+    /// Consistency check: `"warn"` (default) or `"shut-port"`.
+    #[serde(default)]
+    pub on_mismatch: MismatchAction,
 }
 
 impl MclagConfig {

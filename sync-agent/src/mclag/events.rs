@@ -7,7 +7,8 @@ use std::net::IpAddr;
 use tokio::sync::oneshot;
 
 use super::{
-    config::{LinkLocalMode, SplitBrainAction},
+    config::{LinkLocalMode, MismatchAction, SplitBrainAction},
+    consistency::{self, PeerSettings},
     election::{self, Role},
     eui64,
     hold::HoldReason,
@@ -15,6 +16,8 @@ use super::{
     report::{MclagPort, MclagReport},
     task::{Aligned, Task},
 };
+use sync_common::wire::capability;
+
 use crate::{
     bus::{Liveness, MemberPort, SessionEvent},
     liveness::LivenessReport,
@@ -45,7 +48,17 @@ impl<P: PortOps> Task<P> {
             Event::Session(SessionEvent::Up {
                 mclag_address,
                 ports,
-            }) => self.process_session_up(mclag_address, ports).await,
+                port_mtus,
+                capabilities,
+            }) => {
+                self.peer_settings = Some(PeerSettings {
+                    ports: ports.iter().copied().collect(),
+                    mtus: port_mtus.into_iter().collect(),
+                    capabilities,
+                });
+                self.process_session_up(mclag_address, ports).await;
+                self.check_consistency().await;
+            }
             Event::Session(SessionEvent::Synced) => self.process_session_synced().await,
             Event::Session(SessionEvent::Lost) => self.process_session_lost().await,
             Event::InitDelayOver => self.process_init_delay_over().await,
@@ -151,6 +164,9 @@ impl<P: PortOps> Task<P> {
         if !self.holds.reasons.is_empty() {
             self.apply_holds().await;
         }
+        if self.peer_settings.is_some() {
+            self.check_consistency().await;
+        }
         if self.role == Role::Slave && !self.peer_lost {
             self.align().await;
         }
@@ -166,6 +182,7 @@ impl<P: PortOps> Task<P> {
     pub(super) async fn process_shutdown(&mut self, done: oneshot::Sender<()>) {
         self.restore("agent shutting down").await;
         self.holds.reasons.clear();
+        self.holds.inconsistent.clear();
         self.init_delay_until = None;
         self.apply_holds().await;
         let _ = done.send(());
@@ -203,9 +220,42 @@ impl<P: PortOps> Task<P> {
             return;
         }
         self.set_role(Role::Master, "master lost: taking over");
+        self.holds.inconsistent.clear();
         self.release(HoldReason::SplitBrain, "taking over as master")
             .await;
         self.announce().await;
+    }
+
+    /// Compares this switch's settings with the peer's last hello: new
+    /// differences are logged and counted; on the slave with
+    /// `on_mismatch = "shut-port"` the ports concerned are held down.
+    async fn check_consistency(&mut self) {
+        let Some(peer) = &self.peer_settings else {
+            return;
+        };
+        let found = consistency::check(&self.ports, capability::ALL, peer);
+        for mismatch in found.iter().filter(|m| !self.mismatches.contains(m)) {
+            self.mismatches_found += 1;
+            tracing::warn!(
+                field = mismatch.field,
+                mlag_id = mismatch.mlag_id,
+                port = mismatch.port,
+                local = mismatch.local,
+                peer = mismatch.peer,
+                "MC-LAG consistency: this switch and its peer differ"
+            );
+        }
+        if found.is_empty() && !self.mismatches.is_empty() {
+            tracing::info!("MC-LAG consistency: the pair agrees again");
+        }
+        let shut = self.role == Role::Slave && self.config.on_mismatch == MismatchAction::ShutPort;
+        self.holds.inconsistent = if shut {
+            found.iter().filter_map(|m| m.port.clone()).collect()
+        } else {
+            Default::default()
+        };
+        self.mismatches = found;
+        self.apply_holds().await;
     }
 
     /// SPEC 3.2 and 3.3: member ports take their twin's MAC; link-local
@@ -461,6 +511,8 @@ impl<P: PortOps> Task<P> {
                     .as_millis() as u64
             }),
             converged: self.converged,
+            mismatches: self.mismatches.clone(),
+            mismatches_found: self.mismatches_found,
             ports_taken_down: self.holds.taken_down,
             ports_brought_up: self.holds.brought_up,
         }

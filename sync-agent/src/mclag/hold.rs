@@ -1,7 +1,8 @@
 //! Holding member ports out of service: after start until the pair has
 //! converged (init delay), and on the slave while the peer link is down but
-//! the peer lives (dual-active protection). A port is down while any reason
-//! holds; the reasons are pair-wide, so every member port follows them.
+//! the peer lives (dual-active protection); both are pair-wide, so every
+//! member port follows them. A single port is also held on the slave when
+//! its settings differ from its twin's and `on_mismatch = "shut-port"`.
 //!
 //! Out of service is administrative down: the downstream bond sees the link
 //! go and uses the other switch only. Veth and most drivers have no
@@ -32,6 +33,9 @@ pub enum HoldReason {
 #[derive(Debug, Default)]
 pub(super) struct Holds {
     pub(super) reasons: BTreeSet<HoldReason>,
+    /// Member ports held alone: their settings differ from their twin's
+    /// (`on_mismatch = "shut-port"`, slave only).
+    pub(super) inconsistent: BTreeSet<String>,
     /// Ports this task took down: name -> ifindex.
     pub(super) down: BTreeMap<String, u32>,
     /// Times ports were taken down / brought back (for the report).
@@ -56,35 +60,48 @@ impl<P: PortOps> Task<P> {
         self.apply_holds().await;
     }
 
-    /// Makes the ports follow the reasons: all down while one holds (new
-    /// ports too), all that were taken down back up when none does.
+    /// Makes the ports follow the reasons: every member port down while
+    /// a pair-wide reason holds, an inconsistent one while it is; each back
+    /// up once nothing holds it (also one that left the member list).
     pub(super) async fn apply_holds(&mut self) {
-        if self.holds.reasons.is_empty() {
-            for (name, ifindex) in std::mem::take(&mut self.holds.down) {
-                match self.ops.set_in_service(ifindex, &name, true).await {
-                    Ok(()) => {
-                        self.holds.brought_up += 1;
-                        tracing::info!(interface = name, "member port back in service");
-                    }
-                    Err(err) => {
-                        tracing::error!(interface = name, error = %err, "cannot bring the member port back up");
-                    }
+        let pair_held = !self.holds.reasons.is_empty();
+        let release: Vec<(String, u32)> = self
+            .holds
+            .down
+            .iter()
+            .filter(|(name, _)| !pair_held && !self.holds.inconsistent.contains(name.as_str()))
+            .map(|(name, ifindex)| (name.clone(), *ifindex))
+            .collect();
+        for (name, ifindex) in release {
+            self.holds.down.remove(&name);
+            match self.ops.set_in_service(ifindex, &name, true).await {
+                Ok(()) => {
+                    self.holds.brought_up += 1;
+                    tracing::info!(interface = name, "member port back in service");
+                }
+                Err(err) => {
+                    tracing::error!(interface = name, error = %err, "cannot bring the member port back up");
                 }
             }
-            return;
         }
         for port in self.ports.clone() {
             let Some(ifindex) = port.ifindex else {
                 continue;
             };
-            if self.holds.down.contains_key(&port.name) {
+            let held = pair_held || self.holds.inconsistent.contains(&port.name);
+            if !held || self.holds.down.contains_key(&port.name) {
                 continue;
             }
             match self.ops.set_in_service(ifindex, &port.name, false).await {
                 Ok(()) => {
                     self.holds.taken_down += 1;
                     self.holds.down.insert(port.name.clone(), ifindex);
-                    tracing::warn!(interface = port.name, reasons = ?self.holds.reasons, "member port taken out of service");
+                    tracing::warn!(
+                        interface = port.name,
+                        reasons = ?self.holds.reasons,
+                        inconsistent = self.holds.inconsistent.contains(&port.name),
+                        "member port taken out of service"
+                    );
                 }
                 Err(err) => {
                     tracing::error!(interface = port.name, error = %err, "cannot take the member port out of service");

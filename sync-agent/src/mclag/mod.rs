@@ -27,6 +27,7 @@
 
 pub mod announce;
 pub mod config;
+pub mod consistency;
 pub mod election;
 pub mod eui64;
 mod events;

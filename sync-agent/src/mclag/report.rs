@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{election::Role, hold::HoldReason};
+use super::{consistency::Mismatch, election::Role, hold::HoldReason};
 use crate::mac::MacAddr;
 
 /// `show mclag`.
@@ -46,6 +46,12 @@ pub struct MclagReport {
     /// A bulk sync from the peer has been applied since start.
     #[serde(default)]
     pub converged: bool,
+    /// What differs between this switch and its peer (consistency check).
+    #[serde(default)]
+    pub mismatches: Vec<Mismatch>,
+    /// Differences found since start.
+    #[serde(default)]
+    pub mismatches_found: u64,
     /// Times member ports were taken out of service / brought back.
     #[serde(default)]
     pub ports_taken_down: u64,
@@ -120,6 +126,20 @@ impl fmt::Display for MclagReport {
                 })
                 .collect();
             writeln!(f, "member ports held down: {}", reasons.join("; "))?;
+        }
+        for m in &m.mismatches {
+            writeln!(
+                f,
+                "inconsistent {}{}{}: here {}, peer {}",
+                m.field,
+                m.mlag_id
+                    .map_or(String::new(), |id| format!(" (mlag {id})")),
+                m.port
+                    .as_deref()
+                    .map_or(String::new(), |p| format!(" on {p}")),
+                m.local,
+                m.peer
+            )?;
         }
         writeln!(
             f,

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
     config::MclagConfig,
+    consistency::{Mismatch, PeerSettings},
     election::Role,
     events::Event,
     hold::{HoldReason, Holds},
@@ -138,6 +139,13 @@ pub(super) struct Task<P> {
     pub(super) init_delay_until: Option<tokio::time::Instant>,
     /// A bulk sync from the peer has been applied since start.
     pub(super) converged: bool,
+    /// The peer's settings from its last hello, for the consistency check
+    /// (None before the first).
+    pub(super) peer_settings: Option<PeerSettings>,
+    /// What the last consistency check found.
+    pub(super) mismatches: Vec<Mismatch>,
+    /// Mismatches found since start (each counted once while it lasts).
+    pub(super) mismatches_found: u64,
     /// Where the side effects go.
     pub(super) ops: P,
 }
@@ -169,6 +177,9 @@ impl<P: PortOps> Task<P> {
             holds: Holds::default(),
             init_delay_until: None,
             converged: false,
+            peer_settings: None,
+            mismatches: Vec::new(),
+            mismatches_found: 0,
             ops,
         }
     }

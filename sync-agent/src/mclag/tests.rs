@@ -12,7 +12,7 @@ use std::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    config::{BackupPath, LinkLocalMode, MclagConfig, SplitBrainAction},
+    config::{BackupPath, LinkLocalMode, MclagConfig, MismatchAction, SplitBrainAction},
     election::Role,
     eui64,
     events::Event,
@@ -21,6 +21,8 @@ use super::{
     report::MclagReport,
     task::{Inputs, Task},
 };
+use sync_common::wire::capability;
+
 use crate::{
     bus::{Liveness, MemberPort, SessionEvent},
     liveness::LivenessReport,
@@ -157,8 +159,14 @@ fn ports() -> Vec<MemberPort> {
             mlag_id: u32::from(i),
             ifindex: Some(10 + u32::from(i)),
             mac: Some(mac(OWN, i)),
+            mtu: Some(1500),
         })
         .collect()
+}
+
+/// The MTUs of the peer's twins: as ours.
+fn twin_mtus() -> Vec<(u32, u32)> {
+    vec![(1, 1500), (2, 1500)]
 }
 
 /// The peer's twins of [`ports`].
@@ -174,6 +182,7 @@ fn config() -> MclagConfig {
         announce: true,
         on_split_brain: SplitBrainAction::ShutPorts,
         init_delay_s: 0,
+        on_mismatch: MismatchAction::Warn,
     }
 }
 
@@ -207,6 +216,8 @@ fn hello(peer: &str) -> Event {
     Event::Session(SessionEvent::Up {
         mclag_address: Some(ip(peer)),
         ports: twins(),
+        port_mtus: twin_mtus(),
+        capabilities: capability::ALL,
     })
 }
 
@@ -508,6 +519,8 @@ async fn a_peer_without_an_election_address_is_an_error_in_the_report() {
         [Event::Session(SessionEvent::Up {
             mclag_address: None,
             ports: twins(),
+            port_mtus: twin_mtus(),
+            capabilities: capability::ALL,
         })],
     )
     .await;
@@ -721,6 +734,8 @@ async fn a_new_twin_mac_replaces_the_address_derived_from_the_previous_one() {
             Event::Session(SessionEvent::Up {
                 mclag_address: Some(ip("10.0.0.9")),
                 ports: twins,
+                port_mtus: twin_mtus(),
+                capabilities: capability::ALL,
             }),
         ],
     )
@@ -1038,6 +1053,7 @@ async fn a_port_that_appears_during_a_hold_is_held_too_and_shutdown_brings_all_b
         mlag_id: 3,
         ifindex: Some(13),
         mac: Some(mac(OWN, 3)),
+        mtu: Some(1500),
     });
     drive(&mut t, [Event::Ports(more)]).await;
     assert_eq!(
@@ -1060,4 +1076,81 @@ async fn a_port_that_appears_during_a_hold_is_held_too_and_shutdown_brings_all_b
             Call::InService("m3".into(), true),
         ]
     );
+}
+
+#[tokio::test]
+async fn a_twin_with_another_mtu_is_reported_and_a_shut_port_slave_holds_it_down() {
+    let mut t = task(MclagConfig {
+        on_mismatch: MismatchAction::ShutPort,
+        ..config()
+    });
+    drive(
+        &mut t,
+        [Event::Session(SessionEvent::Up {
+            mclag_address: Some(ip("10.0.0.9")),
+            ports: twins(),
+            port_mtus: vec![(1, 9000), (2, 1500)],
+            capabilities: capability::ALL,
+        })],
+    )
+    .await;
+    assert_eq!(in_service_calls(&t), [Call::InService("m1".into(), false)]);
+    let r = report(&mut t).await;
+    assert_eq!(r.mismatches.len(), 1);
+    assert_eq!(r.mismatches[0].field, "mtu");
+    assert_eq!(r.mismatches[0].port.as_deref(), Some("m1"));
+    assert_eq!(r.mismatches_found, 1);
+    assert!(r.ports[0].held_down && !r.ports[1].held_down);
+    assert!(
+        r.to_string()
+            .contains("inconsistent mtu (mlag 1) on m1: here 1500, peer 9000")
+    );
+    // The operator fixes the MTU here: the port comes back.
+    let mut fixed = ports();
+    fixed[0].mtu = Some(9000);
+    drive(&mut t, [Event::Ports(fixed)]).await;
+    assert_eq!(
+        in_service_calls(&t),
+        [
+            Call::InService("m1".into(), false),
+            Call::InService("m1".into(), true)
+        ]
+    );
+    let r = report(&mut t).await;
+    assert!(r.mismatches.is_empty());
+    assert_eq!(r.mismatches_found, 1);
+}
+
+#[tokio::test]
+async fn mismatches_only_warn_by_default_and_on_the_master() {
+    for (config, address) in [
+        (config(), "10.0.0.9"),
+        (
+            MclagConfig {
+                on_mismatch: MismatchAction::ShutPort,
+                ..config()
+            },
+            "10.0.0.1",
+        ),
+    ] {
+        let mut t = task(config);
+        drive(
+            &mut t,
+            [Event::Session(SessionEvent::Up {
+                mclag_address: Some(ip(address)),
+                ports: vec![(1, mac(TWIN, 1)), (5, mac(TWIN, 5))],
+                port_mtus: vec![],
+                capabilities: capability::ALL,
+            })],
+        )
+        .await;
+        assert!(in_service_calls(&t).is_empty());
+        let r = report(&mut t).await;
+        let fields: Vec<(&str, Option<u32>)> = r
+            .mismatches
+            .iter()
+            .map(|m| (m.field.as_str(), m.mlag_id))
+            .collect();
+        assert_eq!(fields, [("mlag-id", Some(2)), ("mlag-id", Some(5))]);
+    }
 }

@@ -317,6 +317,8 @@ impl Task {
         self.notify(SessionEvent::Up {
             mclag_address: hello.mclag_address,
             ports: hello.ports,
+            port_mtus: hello.port_mtus,
+            capabilities: hello.capabilities,
         });
         if peer_restarted {
             self.refresh(None).await;

@@ -11,6 +11,9 @@
 //!   0x0004 BOOT_ID        u64, required: a new one means the peer restarted
 //!   0x0005 MAX_FRAME      u32, largest frame the sender accepts
 //!   0x0006 PORT           u32 MLAG id + 6-byte MAC, one per member port
+//!   0x0009 PORT_MTU       u32 MLAG id + u32 MTU, one per member port whose
+//!                         MTU is known (optional; for MC-LAG's consistency
+//!                         check)
 //!   0x0008 MCLAG_ADDRESS  4 or 16 bytes (IPv4 / IPv6), when MC-LAG runs
 //!   0x0007 RESUME         u64 boot id of the peer + u32 last applied seq
 //! ```
@@ -51,6 +54,9 @@ pub struct Hello {
     pub max_frame: Option<u32>,
     /// The sender's member ports: MLAG id and MAC (zero MAC when unknown).
     pub ports: Vec<(u32, MacAddr)>,
+    /// The sender's member port MTUs: MLAG id and MTU (ports whose MTU is
+    /// unknown are left out).
+    pub port_mtus: Vec<(u32, u32)>,
     /// The sender's MC-LAG election address, when it runs MC-LAG.
     pub mclag_address: Option<IpAddr>,
     /// `(boot id, seq)`: the sender already applied every sync frame up to
@@ -87,6 +93,7 @@ impl Hello {
             + tlv(8)
             + self.max_frame.map_or(0, |_| tlv(4))
             + self.ports.len() * tlv(10)
+            + self.port_mtus.len() * tlv(8)
             + mclag.as_ref().map_or(0, |m| tlv(m.len()))
             + self.resume.map_or(0, |_| tlv(12));
         let mut buf = vec![0u8; len.min(wire::MAX_FRAME_LEN)];
@@ -106,6 +113,9 @@ impl Hello {
         }
         for (mlag_id, mac) in &self.ports {
             let _ = e.tlv(tlv::PORT, &[&mlag_id.to_be_bytes(), &mac.0]);
+        }
+        for (mlag_id, mtu) in &self.port_mtus {
+            let _ = e.tlv(tlv::PORT_MTU, &[&mlag_id.to_be_bytes(), &mtu.to_be_bytes()]);
         }
         if let Some(address) = &mclag {
             let _ = e.tlv(tlv::MCLAG_ADDRESS, &[address]);
@@ -149,6 +159,14 @@ impl Hello {
                 Some((u32::from_be_bytes(*id), MacAddr(mac)))
             })
             .collect();
+        let port_mtus = frame
+            .tlvs()
+            .filter(|t| t.tlv_type == tlv::PORT_MTU)
+            .filter_map(|t| {
+                let (id, mtu) = t.value.split_first_chunk::<4>()?;
+                Some((u32::from_be_bytes(*id), be_u32(mtu)?))
+            })
+            .collect();
         let mclag_address = frame.find(tlv::MCLAG_ADDRESS).and_then(|v| match v.len() {
             4 => <[u8; 4]>::try_from(v).ok().map(IpAddr::from),
             16 => <[u8; 16]>::try_from(v).ok().map(IpAddr::from),
@@ -166,6 +184,7 @@ impl Hello {
             boot_id,
             max_frame,
             ports,
+            port_mtus,
             mclag_address,
             resume,
         })
@@ -211,6 +230,7 @@ mod tests {
             boot_id: 0x0102_0304_0506_0708,
             max_frame: Some(0x4000),
             ports: vec![(1, MacAddr([2, 0, 0, 0, 0, 0x0a]))],
+            port_mtus: vec![],
             mclag_address: Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))),
             resume: Some((0x1112_1314_1516_1718, 5)),
         }
@@ -269,6 +289,7 @@ mod tests {
                 boot_id: 9,
                 max_frame: None,
                 ports: vec![],
+                port_mtus: vec![],
                 mclag_address: None,
                 resume: None,
             }
@@ -309,6 +330,21 @@ mod tests {
     }
 
     #[test]
+    fn port_mtu_known_answer() {
+        let mut hello = full();
+        hello.resume = None;
+        hello.port_mtus = vec![(1, 9000)];
+        let bytes = hello.encode();
+        #[rustfmt::skip]
+        let tlv: &[u8] = &[
+            // PORT_MTU mlag 1, MTU 9000
+            0x00, 0x09, 0x00, 0x08, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x23, 0x28,
+        ];
+        assert!(bytes.windows(tlv.len()).any(|w| w == tlv), "{bytes:02x?}");
+        assert_eq!(decode(&bytes), Ok(hello));
+    }
+
+    #[test]
     fn round_trips() {
         let mut hello = full();
         assert_eq!(decode(&hello.encode()), Ok(hello.clone()));
@@ -317,11 +353,13 @@ mod tests {
         hello.ports = (1..=40)
             .map(|i| (i, MacAddr([2, 0, 0, 0, 1, i as u8])))
             .collect();
+        hello.port_mtus = (1..=40).map(|i| (i, 1500 + i)).collect();
         assert_eq!(decode(&hello.encode()), Ok(hello.clone()));
         hello.system_id = None;
         hello.max_frame = None;
         hello.mclag_address = None;
         hello.ports.clear();
+        hello.port_mtus.clear();
         assert_eq!(decode(&hello.encode()), Ok(hello));
     }
 

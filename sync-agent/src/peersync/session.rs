@@ -370,13 +370,18 @@ impl Task {
         Hello {
             name: self.identity.name.clone(),
             system_id: Some(self.identity.system_id),
-            capabilities: wire::capability::ARP_SYNC,
+            capabilities: wire::capability::ALL,
             boot_id: self.identity.boot_id,
             max_frame: Some(self.config.max_frame_bytes as u32),
             ports: self
                 .ports
                 .iter()
                 .map(|p| (p.mlag_id, p.mac.unwrap_or(MacAddr([0; 6]))))
+                .collect(),
+            port_mtus: self
+                .ports
+                .iter()
+                .filter_map(|p| Some((p.mlag_id, p.mtu?)))
                 .collect(),
             mclag_address: self.identity.mclag_address,
             resume: self.rx_from_boot.map(|boot| (boot, self.rx_applied)),

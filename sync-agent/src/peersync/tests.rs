@@ -179,12 +179,14 @@ fn ports() -> Vec<MemberPort> {
             mlag_id: 1,
             ifindex: Some(11),
             mac: Some(PORT1_MAC),
+            mtu: Some(1500),
         },
         MemberPort {
             name: "p2".into(),
             mlag_id: 2,
             ifindex: Some(12),
             mac: Some(PORT2_MAC),
+            mtu: None,
         },
     ]
 }
@@ -242,6 +244,7 @@ fn peer_hello(boot_id: u64, resume: Option<(u64, u32)>) -> Vec<u8> {
         boot_id,
         max_frame: Some(16 * 1024),
         ports: vec![(1, PEER_MAC)],
+        port_mtus: vec![(1, 9000)],
         mclag_address: Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))),
         resume,
     }
@@ -493,7 +496,11 @@ async fn replies_captured_before_the_hello_go_out_with_it_and_mclag_hears_of_the
         Ok(SessionEvent::Up {
             mclag_address,
             ports,
+            port_mtus,
+            capabilities,
         }) => {
+            assert_eq!(port_mtus, [(1, 9000)], "the peer's MTUs reach MC-LAG");
+            assert_eq!(capabilities, wire::capability::ARP_SYNC);
             assert_eq!(mclag_address, Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))));
             assert_eq!(ports, vec![(1, PEER_MAC)]);
         }
@@ -950,6 +957,7 @@ async fn member_port_changes_set_arp_accept_per_policy() {
         mlag_id: 3,
         ifindex: Some(13),
         mac: None,
+        mtu: None,
     });
     h.task.process(Event::Ports(changed.clone())).await;
     assert_eq!(h.kernel.log().arp_accept, vec!["p1", "p3"]);
@@ -981,6 +989,7 @@ async fn shutdown_puts_back_the_arp_accept_each_interface_had_and_ends_the_loop(
         mlag_id: 3,
         ifindex: Some(13),
         mac: None,
+        mtu: None,
     });
     let (queries_tx, queries) = mpsc::channel(4);
     let (_captures_tx, captures) = mpsc::channel(4);
@@ -1650,6 +1659,7 @@ fn link(index: u32, up: bool, carrier: bool) -> crate::bus::LinkEvent {
         up,
         carrier,
         controller: None,
+        mtu: None,
     })
 }
 

@@ -28,6 +28,8 @@ pub struct Link {
     pub carrier: bool,
     /// Index of the bridge or bond it is enslaved to.
     pub controller: Option<u32>,
+    /// MTU, when the kernel said.
+    pub mtu: Option<u32>,
 }
 
 /// A change to an interface, as the kernel announced it.
@@ -68,9 +70,11 @@ fn from_message(message: &LinkMessage) -> Link {
         up: message.header.flags.contains(LinkFlags::Up),
         carrier: message.header.flags.contains(LinkFlags::LowerUp),
         controller: None,
+        mtu: None,
     };
     for attribute in &message.attributes {
         match attribute {
+            LinkAttribute::Mtu(mtu) => link.mtu = Some(*mtu),
             LinkAttribute::IfName(name) => link.name = name.clone(),
             LinkAttribute::Controller(index) => link.controller = Some(*index),
             LinkAttribute::Address(bytes) if bytes.len() == 6 => {
