@@ -40,8 +40,8 @@ fn main() -> anyhow::Result<()> {
     // which cargo prints on every build of this workspace. Its stdout goes
     // to a file while it runs; the `cargo:` directives other than warnings
     // are passed on, and the warnings only when the build failed.
-    let captured = std::path::Path::new(&std::env::var("OUT_DIR").context("OUT_DIR")?)
-        .join("aya-build.log");
+    let captured =
+        std::path::Path::new(&std::env::var("OUT_DIR").context("OUT_DIR")?).join("aya-build.log");
     let result = with_stdout_in(&captured, || {
         aya_build::build_ebpf([package], Toolchain::Custom("nightly"))
     })?;
@@ -59,13 +59,17 @@ fn with_stdout_in<T>(path: &std::path::Path, f: impl FnOnce() -> T) -> anyhow::R
     use std::io::Write as _;
     use std::os::fd::AsRawFd as _;
 
-    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     std::io::stdout().flush()?;
     // SAFETY: dup/dup2 on fd 1 and a file we own; both are checked, and fd 1
     // is put back before returning.
     let saved = unsafe { libc::dup(1) };
     if saved < 0 || unsafe { libc::dup2(file.as_raw_fd(), 1) } < 0 {
-        anyhow::bail!("redirecting the eBPF build's output: {}", std::io::Error::last_os_error());
+        anyhow::bail!(
+            "redirecting the eBPF build's output: {}",
+            std::io::Error::last_os_error()
+        );
     }
     let value = f();
     let _ = std::io::stdout().flush();

@@ -87,6 +87,57 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Test counts over every `cargo test` run of `cargo xtask test`.
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    /// Adds the counts of a libtest `test result:` line, if `line` is one.
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs `cmd` like [`run`], passing its standard output through while
+/// counting the tests it reports.
+fn run_counting(cmd: &mut Command, totals: &mut Totals) -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    let stdout = child.stdout.take().context("test output")?;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        totals.add(&line);
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
 fn build(release: bool) -> anyhow::Result<PathBuf> {
     let mut cmd = cargo();
     cmd.args(["build", "--package", "sync-agent", "--bin", "sync-agent"]);
@@ -142,6 +193,33 @@ fn build_testbed_bin(name: &str, release: bool) -> anyhow::Result<PathBuf> {
         .join(name))
 }
 
+/// Every test, then the pair suites in generic XDP mode, then the fuzz run
+/// (only without a filter).
+fn test_all(binary: &Path, args: &[String], totals: &mut Totals) -> anyhow::Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--exclude", "sync-ebpf"])
+        .env("SYNC_AGENT_BIN", binary)
+        .arg("--")
+        .args(args);
+    run_counting(&mut cmd, totals)?;
+    // The pair suites again with the classifier in generic (skb) mode: veth
+    // always accepts driver mode, but switch-ASIC ports get generic mode,
+    // where injected frames are seen again.
+    let mut generic = cargo();
+    generic
+        .args(["test", "--package", "mlag-testbed"])
+        .args(GENERIC_MODE_SUITES.iter().flat_map(|s| ["--test", s]))
+        .env("SYNC_AGENT_BIN", binary)
+        .env("MLAG_TEST_XDP_MODE", "generic")
+        .arg("--")
+        .args(args);
+    run_counting(&mut generic, totals)?;
+    if args.is_empty() {
+        fuzz(FUZZ_SECONDS)?;
+    }
+    Ok(())
+}
+
 fn ensure_root(task: &str) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -166,28 +244,20 @@ fn main() -> anyhow::Result<()> {
             ensure_root("test")?;
             setup::ensure()?;
             let binary = build(false)?;
-            let mut cmd = cargo();
-            cmd.args(["test", "--workspace", "--exclude", "sync-ebpf"])
-                .env("SYNC_AGENT_BIN", &binary)
-                .arg("--")
-                .args(&args);
-            run(&mut cmd)?;
-            // The pair suites again with the classifier in generic (skb)
-            // mode: veth always accepts driver mode, but switch-ASIC ports
-            // get generic mode, where injected frames are seen again.
-            let mut generic = cargo();
-            generic
-                .args(["test", "--package", "mlag-testbed"])
-                .args(GENERIC_MODE_SUITES.iter().flat_map(|s| ["--test", s]))
-                .env("SYNC_AGENT_BIN", &binary)
-                .env("MLAG_TEST_XDP_MODE", "generic")
-                .arg("--")
-                .args(&args);
-            run(&mut generic)?;
-            if args.is_empty() {
-                fuzz(FUZZ_SECONDS)?;
-            }
-            Ok(())
+            let mut totals = Totals::default();
+            let result = test_all(&binary, &args, &mut totals);
+            println!(
+                "cargo xtask test: {} passed, {} failed, {} ignored (driver and generic XDP mode){}",
+                totals.passed,
+                totals.failed,
+                totals.ignored,
+                match (&result, args.is_empty()) {
+                    (Ok(()), true) => format!(", fuzz {FUZZ_SECONDS} s clean"),
+                    (Ok(()), false) => String::new(),
+                    (Err(_), _) => ", stopped at the first failing suite".into(),
+                }
+            );
+            result
         }
         Task::Fuzz { seconds } => {
             setup::ensure()?;
@@ -216,5 +286,20 @@ fn main() -> anyhow::Result<()> {
             bench.env("SYNC_AGENT_BIN", agent).args(&args);
             run(&mut bench)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Totals;
+
+    #[test]
+    fn totals_add_up_libtest_result_lines_only() {
+        let mut t = Totals::default();
+        t.add("test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 3 filtered out; finished in 0.2s");
+        t.add("test result: FAILED. 4 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1s");
+        t.add("test something ... ok");
+        t.add("running 5 tests");
+        assert_eq!((t.passed, t.failed, t.ignored), (16, 2, 1));
     }
 }
