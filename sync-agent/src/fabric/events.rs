@@ -92,6 +92,9 @@ impl Task {
             }
         };
         if opened.sender == self.identity {
+            if let (true, Message::Fault(fault)) = (retained, &opened.message) {
+                self.reconcile_own_fault(fault);
+            }
             return;
         }
         match opened.message {
@@ -125,11 +128,36 @@ impl Task {
     /// The heartbeat timer: our heartbeat, the server's duties, and
     /// changes still unacknowledged sent again.
     pub(super) fn process_tick(&mut self) {
+        self.save_counters();
         self.send_heartbeat();
         if self.rank.is_some() {
             self.server_duties();
         }
         self.resend_changes();
+    }
+
+    /// Saves the replay counters when due; a failure is counted and logged
+    /// (rate-limited), and replay protection goes on in memory.
+    pub(super) fn save_counters(&mut self) {
+        if let Err(err) = self.codec.save_counters() {
+            self.count("counters_file_errors");
+            if let Some(suppressed) = self.logs.admit("counters_file") {
+                tracing::error!(
+                    file = %self.config.trust.counters_file.display(),
+                    suppressed,
+                    "cannot save the fabric replay counters: {err}"
+                );
+            }
+        }
+        let evicted = self.codec.replay_evicted();
+        let counted = self
+            .counters
+            .get("replay_slots_evicted")
+            .copied()
+            .unwrap_or(0);
+        if evicted > counted {
+            self.count_by("replay_slots_evicted", evicted - counted);
+        }
     }
 
     /// A local interface changed: a port going down or up is a fault for
@@ -274,7 +302,11 @@ mod tests {
     use super::*;
     use crate::{
         bus::{Link, ids},
-        fabric::{seal::Codec, task::test_task, wire::Fault},
+        fabric::{
+            seal::Codec,
+            task::{test_identity, test_roster, test_task},
+            wire::Fault,
+        },
     };
 
     fn port(name: &str, up: bool) -> bus::LinkEvent {
@@ -291,6 +323,7 @@ mod tests {
     fn fault_from(codec: &mut Codec, task: &Task, seq: u64) -> (String, Vec<u8>) {
         let message = Message::Fault(Fault {
             member: "sw2".into(),
+            boot: 1,
             seq,
             port: "p9".into(),
             kind: "port-down".into(),
@@ -338,7 +371,7 @@ mod tests {
     fn another_members_fault_goes_to_inference_once() {
         let (infos, mut rx) = mpsc::channel(4);
         let (mut task, _eventloop) = test_task(infos);
-        let mut sw2 = Codec::new("sw2", None);
+        let mut sw2 = Codec::new(test_identity("sw2"), test_roster(), None);
         for _ in 0..2 {
             let (topic, payload) = fault_from(&mut sw2, &task, 1);
             task.process_publish(&topic, &payload, false);
@@ -361,7 +394,7 @@ mod tests {
             .try_send(bus::Info::new("test", "filler", "switch:x"))
             .unwrap();
         let (mut task, _eventloop) = test_task(infos);
-        let mut sw2 = Codec::new("sw2", None);
+        let mut sw2 = Codec::new(test_identity("sw2"), test_roster(), None);
         let (topic, payload) = fault_from(&mut sw2, &task, 1);
         task.process_publish(&topic, &payload, false);
         let report = task.report();

@@ -205,12 +205,9 @@ impl Task {
     /// queue being full drops the information (counted as
     /// `inference_dropped`) rather than stalling the fabric.
     pub(super) fn heard_fault(&mut self, fault: Fault) {
-        let last = self.last_fault_seq.entry(fault.member.clone()).or_insert(0);
-        if fault.seq <= *last {
-            self.count("faults_duplicate");
+        if !self.admit_fault(&fault) {
             return;
         }
-        *last = fault.seq;
         tracing::info!(
             member = fault.member,
             port = fault.port,
@@ -264,11 +261,17 @@ impl Task {
             (Some(false), Some(true)) => "port-up",
             _ => return,
         };
+        self.publish_fault(name, kind);
+    }
+
+    /// Publishes a fault of ours (retained per port) and records it.
+    pub(super) fn publish_fault(&mut self, port: String, kind: &str) {
         self.fault_seq += 1;
         let fault = Fault {
             member: self.identity.clone(),
+            boot: self.boot,
             seq: self.fault_seq,
-            port: name,
+            port,
             kind: kind.into(),
             at_ms: now_ms(),
         };
