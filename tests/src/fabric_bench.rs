@@ -228,8 +228,8 @@ pub fn run() -> anyhow::Result<()> {
             let (notes_tx, mut notes) = mpsc::unbounded_channel();
             let (ids, roster) = bench_identities();
             let id = |name: &str| ids.iter().find(|i| i.name() == name).cloned().expect("bench identity");
-            for n in 0..MEMBERS {
-                tokio::spawn(simulated_member(ids[n].clone(), roster.clone(), endpoints.clone(), notes_tx.clone()));
+            for me in &ids[..MEMBERS] {
+                tokio::spawn(simulated_member(me.clone(), roster.clone(), endpoints.clone(), notes_tx.clone()));
             }
             let mut connected = 0;
             while connected < MEMBERS {

@@ -889,8 +889,8 @@ fn wait_fault_of_boot(
     )
 }
 
-/// Waits until `agent`'s state inference has `object` down from a fabric
-/// fault (`up = false`) or no longer down (`up = true`).
+/// Waits until `agent`'s state inference has `object` down (`down`) or
+/// not down.
 fn wait_inferred(
     agent: &mlag_testbed::agent::Agent,
     object: &str,
@@ -900,14 +900,17 @@ fn wait_inferred(
         SETTLE,
         &format!("{} infers {object} down = {down}", agent.instance),
         || {
-            let text = agent
+            let state = agent
                 .query(&["show", "state", object])
-                .map_err(|e| e.to_string())?
-                .to_string();
-            if (text.contains("port-down") && text.contains("\"down\"")) == down {
+                .map_err(|e| serde_json::Value::String(e.to_string()))?;
+            let effective = state["object"]["effective"].clone();
+            let is_down = effective
+                .as_array()
+                .is_some_and(|all| all.iter().any(|e| e["name"] == "down"));
+            if is_down == down {
                 Ok(())
             } else {
-                Err(text)
+                Err(effective)
             }
         },
     )
@@ -1053,6 +1056,7 @@ fn retained_replays_are_refused_even_after_a_restart() -> anyhow::Result<()> {
     // ... and so does a restarted one, which gets them as retained copies:
     // the change is older than its start, the port state older than the
     // newest it had heard from sw1 before the restart (its counters file).
+    stop(&mut agents[2]);
     agents[2] = lab.start(2, &extra)?;
     wait_until(
         SETTLE,

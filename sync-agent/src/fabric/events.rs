@@ -403,6 +403,35 @@ mod tests {
     }
 
     #[test]
+    fn a_change_made_after_hearing_one_wins_even_with_a_clock_behind() {
+        let (infos, _rx) = mpsc::channel(4);
+        let (mut task, _eventloop) = test_task(infos);
+        // sw2's clock is 3 s ahead of ours (within the tolerated skew).
+        let mut sw2 = Codec::new(test_identity("sw2"), test_roster(), None);
+        let heard = Message::Change(ConfigChange {
+            origin: "sw2".into(),
+            seq: 1,
+            key: "site.ntp".into(),
+            value: "from-sw2".into(),
+            at_ms: crate::clock::now_ms() + 3_000,
+        });
+        let (topic, _) = task.topics.topic_for(&heard);
+        task.process_publish(&topic, &sw2.seal(&heard), false);
+        assert_eq!(task.store.get("site.ntp"), Some("from-sw2"));
+        // Our change comes after it, so it wins although our wall clock
+        // says earlier.
+        let (reply, mut answer) = oneshot::channel();
+        task.process(Event::Query(Query::Set {
+            key: "site.ntp".into(),
+            value: "from-sw1".into(),
+            reply,
+        }));
+        let change = answer.try_recv().unwrap().unwrap();
+        assert!(change.at_ms > crate::clock::now_ms() + 2_000);
+        assert_eq!(task.store.get("site.ntp"), Some("from-sw1"));
+    }
+
+    #[test]
     fn missed_link_events_are_counted() {
         let (infos, _rx) = mpsc::channel(1);
         let (mut task, _eventloop) = test_task(infos);

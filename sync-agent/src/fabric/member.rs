@@ -67,6 +67,7 @@ impl Task {
     /// acknowledged by members, and an active server republishes the
     /// config state.
     pub(super) fn heard_change(&mut self, change: ConfigChange) {
+        self.hlc.observe(change.at_ms);
         let outcome = self.store.apply(&change);
         match &outcome {
             Outcome::Applied => {
@@ -121,6 +122,7 @@ impl Task {
     pub(super) fn heard_config_state(&mut self, state: ConfigState) {
         let mut applied = false;
         for change in state.entries.values() {
+            self.hlc.observe(change.at_ms);
             if self.store.apply(change) == Outcome::Applied {
                 tracing::info!(
                     key = change.key,
@@ -169,7 +171,7 @@ impl Task {
             seq: self.next_seq,
             key,
             value,
-            at_ms: now_ms(),
+            at_ms: self.hlc.now(),
         };
         if let Outcome::Rejected(why) = self.store.apply(&change) {
             return Err(why);

@@ -23,6 +23,7 @@ pub mod broker;
 pub mod config;
 mod events;
 mod faults;
+pub mod hlc;
 pub mod identity;
 pub mod link;
 mod member;

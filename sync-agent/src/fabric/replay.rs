@@ -106,6 +106,9 @@ pub struct ReplayGuard {
     evicted: u64,
     path: Option<PathBuf>,
     dirty: bool,
+    /// A slot moved: saved at the next chance, whatever [`SAVE_EVERY`]
+    /// says (slots move rarely, and a lost one lets an old snapshot in).
+    slot_moved: bool,
     last_save: Option<std::time::Instant>,
 }
 
@@ -129,6 +132,7 @@ impl ReplayGuard {
             evicted: 0,
             path: None,
             dirty: false,
+            slot_moved: false,
             last_save: None,
         }
     }
@@ -213,6 +217,7 @@ impl ReplayGuard {
         }
         if self.slots.peek(&key) != Some(&counter) {
             self.dirty = true;
+            self.slot_moved = true;
         }
         if let Some((old, _)) = self.slots.push(key.clone(), counter)
             && old != key
@@ -227,14 +232,15 @@ impl ReplayGuard {
         self.evicted
     }
 
-    /// Saves to the counters file when something changed and the last
-    /// save is [`SAVE_EVERY`] old (write, fsync, rename). Nothing to do
-    /// without a file.
+    /// Saves to the counters file when a slot moved, or when a stream
+    /// counter moved and the last save is [`SAVE_EVERY`] old (write, fsync,
+    /// rename). Nothing to do without a file.
     pub fn save(&mut self) -> std::io::Result<()> {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        if !self.dirty || self.last_save.is_some_and(|t| t.elapsed() < SAVE_EVERY) {
+        let due = self.slot_moved || self.last_save.is_none_or(|t| t.elapsed() >= SAVE_EVERY);
+        if !self.dirty || !due {
             return Ok(());
         }
         self.last_save = Some(std::time::Instant::now());
@@ -263,6 +269,7 @@ impl ReplayGuard {
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;
         self.dirty = false;
+        self.slot_moved = false;
         Ok(())
     }
 }

@@ -34,6 +34,7 @@ use tokio::sync::{
 use super::{
     config::FabricConfig,
     events::{Event, Query},
+    hlc::Hlc,
     link::{Endpoint, LinkEvent as MqttEvent},
     report::FaultReport,
     seal::Codec,
@@ -123,6 +124,8 @@ pub(super) struct Task {
     pub(super) counters: BTreeMap<String, u64>,
     pub(super) logs: LogLimiter,
     pub(super) heartbeats: RateLimiter,
+    /// Times fabric config changes (last writer wins by it).
+    pub(super) hlc: Hlc,
     /// Faults heard from other members go to state inference through this.
     pub(super) infos: mpsc::Sender<bus::Info>,
 }
@@ -150,6 +153,7 @@ impl Task {
         } = setup;
         Self {
             heartbeats: RateLimiter::new(config.max_heartbeats_per_s),
+            hlc: Hlc::new(config.trust.max_skew_ms),
             config,
             identity,
             role,

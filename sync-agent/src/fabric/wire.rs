@@ -302,7 +302,9 @@ pub struct ConfigChange {
     pub key: String,
     /// New value.
     pub value: String,
-    /// When (origin clock, ms since the epoch); newer wins.
+    /// When, by the origin's hybrid logical clock (ms since the epoch,
+    /// never at or below a change time the origin had made or heard);
+    /// newer wins.
     pub at_ms: u64,
 }
 
