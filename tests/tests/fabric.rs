@@ -1054,8 +1054,10 @@ fn retained_replays_are_refused_even_after_a_restart() -> anyhow::Result<()> {
         }
     })?;
     // ... and so does a restarted one, which gets them as retained copies:
-    // the change is older than its start, the port state older than the
-    // newest it had heard from sw1 before the restart (its counters file).
+    // the change is older than its start (minus the 5 s skew), the port
+    // state older than the newest it had heard from sw1 before the restart
+    // (its counters file).
+    std::thread::sleep(Duration::from_secs(6));
     stop(&mut agents[2]);
     agents[2] = lab.start(2, &extra)?;
     wait_until(
@@ -1069,7 +1071,11 @@ fn retained_replays_are_refused_even_after_a_restart() -> anyhow::Result<()> {
             if stale >= 1 && replayed >= 1 {
                 Ok(())
             } else {
-                Err((stale, replayed))
+                Err((
+                    stale,
+                    replayed,
+                    show(&agents[2]).map(|f| f["faults"].clone()).ok(),
+                ))
             }
         },
     )?;
