@@ -1,10 +1,17 @@
 //! A fabric lab: a hub namespace with a bridge, and one namespace per switch
 //! wired to it, each with `fab0` at 10.77.0.<n+1>/24 and a spare veth pair
 //! `p1`/`p1b` (the dataplane's member port, and a port to take down).
+//!
+//! Every switch gets its own Ed25519 key file (created by the agent's own
+//! [`Identity::load_or_create`]) and counters file in a directory the lab
+//! owns, so they survive an agent's restart; every config lists the same
+//! roster (sw0 and sw1 marked as servers, plus any extra names given to
+//! [`FabricLab::with_extra_members`], e.g. simulated members).
 
-use std::time::Duration;
+use std::{fmt::Write as _, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
+use sync_agent::fabric::identity::{Identity, Roster};
 
 use crate::{
     agent::Agent,
@@ -26,11 +33,69 @@ pub struct FabricLab {
     pub nodes: Vec<Netns>,
     /// The bridge's namespace (declared last: dropped after the nodes).
     pub hub: Netns,
+    /// Every identity in the roster: sw0.. first, then the extra members.
+    pub identities: Vec<Identity>,
+    /// Key and counters files, kept across agent restarts.
+    pub state: tempfile::TempDir,
+    roster: String,
 }
+
+/// The switches the roster marks as servers.
+pub const SERVERS: [&str; 2] = ["sw0", "sw1"];
 
 impl FabricLab {
     /// Builds `switches` namespaces on one bridge.
     pub fn new(switches: usize) -> anyhow::Result<Self> {
+        Self::with_extra_members(switches, &[])
+    }
+
+    /// Like [`FabricLab::new`], with `extra` names (not switches of the
+    /// lab) also given key pairs and listed in every switch's roster.
+    pub fn with_extra_members(switches: usize, extra: &[String]) -> anyhow::Result<Self> {
+        let state = tempfile::tempdir()?;
+        let mut identities = Vec::new();
+        let names = (0..switches)
+            .map(|n| format!("sw{n}"))
+            .chain(extra.iter().cloned());
+        let mut roster = String::from("[fabric.trust.roster]\n");
+        for name in names {
+            let identity =
+                Identity::load_or_create(&name, &state.path().join(format!("{name}.key")))?;
+            writeln!(
+                roster,
+                "{name} = {{ public_key = \"{}\", server = {} }}",
+                identity.public_hex(),
+                SERVERS.contains(&name.as_str())
+            )?;
+            identities.push(identity);
+        }
+        let mut lab = Self::build(switches)?;
+        lab.identities = identities;
+        lab.state = state;
+        lab.roster = roster;
+        Ok(lab)
+    }
+
+    /// The identity (key pair) of `name`.
+    pub fn identity(&self, name: &str) -> Identity {
+        self.identities
+            .iter()
+            .find(|i| i.name() == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} is not in the lab's roster"))
+    }
+
+    /// The roster every switch trusts, for simulated members' codecs.
+    pub fn roster(&self) -> Roster {
+        Roster::generated(&self.identities, &SERVERS)
+    }
+
+    /// Switch `n`'s replay counters file.
+    pub fn counters_file(&self, n: usize) -> PathBuf {
+        self.state.path().join(format!("sw{n}.counters.json"))
+    }
+
+    fn build(switches: usize) -> anyhow::Result<Self> {
         let hub = Netns::new("fhub")?;
         hub.ip(&["link", "add", "br0", "type", "bridge"])?;
         hub.ip(&["link", "set", "br0", "up"])?;
@@ -53,12 +118,20 @@ impl FabricLab {
             ns.ip(&["link", "set", "p1b", "up"])?;
             nodes.push(ns);
         }
-        Ok(Self { nodes, hub })
+        Ok(Self {
+            nodes,
+            hub,
+            identities: Vec::new(),
+            state: tempfile::tempdir()?,
+            roster: String::new(),
+        })
     }
 
     /// A config for switch `n`: servers are switches 0 and 1 unless
-    /// `fabric_extra` says otherwise; `fabric_extra` goes into `[fabric]`.
-    pub fn config(n: usize, fabric_extra: &str) -> String {
+    /// `fabric_extra` says otherwise; `fabric_extra` goes into `[fabric]`
+    /// (it may open sub-tables such as `[fabric.encryption]`), then comes
+    /// `[fabric.trust]` with the lab's key files and roster.
+    pub fn config(&self, n: usize, fabric_extra: &str) -> String {
         let servers = if fabric_extra.contains("servers") {
             String::new()
         } else {
@@ -77,13 +150,19 @@ failover_after_ms = 1500
 takeover_after_ms = 1500
 resend_ms = 700
 {fabric_extra}
-"#
+[fabric.trust]
+key_file = "{key}"
+counters_file = "{counters}"
+{roster}"#,
+            key = self.state.path().join(format!("sw{n}.key")).display(),
+            counters = self.counters_file(n).display(),
+            roster = self.roster,
         )
     }
 
     /// Starts switch `n`'s agent.
     pub fn start(&self, n: usize, fabric_extra: &str) -> anyhow::Result<Agent> {
-        Agent::start(&self.nodes[n], &Self::config(n, fabric_extra))
+        Agent::start(&self.nodes[n], &self.config(n, fabric_extra))
             .with_context(|| format!("starting sw{n}"))
     }
 }

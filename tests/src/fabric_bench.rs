@@ -11,6 +11,7 @@ use std::{
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use sync_agent::fabric::{
+    identity::{Identity, Roster},
     link::{self, Endpoint, LinkEvent, LinkSettings},
     seal::Codec,
     state::{ConfigStore, Outcome},
@@ -37,10 +38,38 @@ enum Note {
     Connected { index: usize, at: Instant },
 }
 
-async fn simulated_member(n: usize, endpoints: Vec<Endpoint>, notes: mpsc::UnboundedSender<Note>) {
-    let identity = format!("sim{n:03}");
+/// Key pairs for the simulated members, the change's origin and the
+/// throughput publisher, and the roster naming them.
+fn bench_identities() -> (Vec<Identity>, Roster) {
+    let ids: Vec<Identity> = (0..MEMBERS)
+        .map(|n| format!("sim{n:03}"))
+        .chain(["origin".to_string(), "bench".to_string()])
+        .map(|name| Identity::generate(&name))
+        .collect();
+    let roster = Roster::generated(&ids, &[]);
+    (ids, roster)
+}
+
+fn fault_message() -> Message {
+    Message::Fault(Fault {
+        member: "bench".into(),
+        boot: 1,
+        seq: 1,
+        port: "Ethernet48".into(),
+        kind: "port-down".into(),
+        at_ms: 1,
+    })
+}
+
+async fn simulated_member(
+    me: Identity,
+    roster: Roster,
+    endpoints: Vec<Endpoint>,
+    notes: mpsc::UnboundedSender<Note>,
+) {
+    let identity = me.name().to_string();
     let topics = Topics::new("mlag-sync");
-    let mut codec = Codec::new(&identity, None);
+    let mut codec = Codec::new(me, roster, None);
     let mut store = ConfigStore::default();
     let mut link = link::spawn(LinkSettings {
         client_id: identity.clone(),
@@ -92,7 +121,7 @@ async fn simulated_member(n: usize, endpoints: Vec<Endpoint>, notes: mpsc::Unbou
 
 /// Messages per second through `host:port`: PUBLISHERS clients publish QoS 1
 /// sealed-size fault messages, one subscriber counts them.
-async fn throughput(host: &str, port: u16) -> anyhow::Result<f64> {
+async fn throughput(host: &str, port: u16, bench: Identity) -> anyhow::Result<f64> {
     let topic = "bench/DEV_FAULT_MSG/load";
     let mut options = MqttOptions::new(format!("bench-sub-{port}"), host, port);
     options
@@ -125,14 +154,8 @@ async fn throughput(host: &str, port: u16) -> anyhow::Result<f64> {
         }
     });
     ready_rx.await?;
-    let mut codec = Codec::new("bench", None);
-    let payload = codec.seal(&Message::Fault(Fault {
-        member: "bench".into(),
-        seq: 1,
-        port: "Ethernet48".into(),
-        kind: "port-down".into(),
-        at_ms: 1,
-    }));
+    let mut codec = Codec::new(bench, Roster::default(), None);
+    let payload = codec.seal(&fault_message());
     let start = Instant::now();
     let mut publishers = Vec::new();
     for p in 0..PUBLISHERS {
@@ -203,8 +226,10 @@ pub fn run() -> anyhow::Result<()> {
         runtime.block_on(async {
             let endpoints: Vec<Endpoint> = [0, 1].map(|n| Endpoint { host: switch_ip(n), port: 1883 }).to_vec();
             let (notes_tx, mut notes) = mpsc::unbounded_channel();
-            for n in 0..MEMBERS {
-                tokio::spawn(simulated_member(n, endpoints.clone(), notes_tx.clone()));
+            let (ids, roster) = bench_identities();
+            let id = |name: &str| ids.iter().find(|i| i.name() == name).cloned().expect("bench identity");
+            for me in &ids[..MEMBERS] {
+                tokio::spawn(simulated_member(me.clone(), roster.clone(), endpoints.clone(), notes_tx.clone()));
             }
             let mut connected = 0;
             while connected < MEMBERS {
@@ -216,7 +241,7 @@ pub fn run() -> anyhow::Result<()> {
 
             // Change -> applied on all members, published by one member.
             let topics = Topics::new("mlag-sync");
-            let mut origin = Codec::new("origin", None);
+            let mut origin = Codec::new(id("origin"), roster.clone(), None);
             let (client, mut eventloop) = AsyncClient::new(MqttOptions::new("origin", switch_ip(0), 1883), 100);
             tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
             let mut last_applied = Vec::new();
@@ -257,11 +282,11 @@ pub fn run() -> anyhow::Result<()> {
                 percentile(&all_applied, 0.99).as_secs_f64() * 1e3,
             );
 
-            let embedded = throughput(&switch_ip(0), 1883).await?;
-            let external = throughput(HUB_IP, 1883).await?;
+            let embedded = throughput(&switch_ip(0), 1883, id("bench")).await?;
+            let external = throughput(HUB_IP, 1883, id("bench")).await?;
             println!(
                 "  broker throughput, {PUBLISHERS} publishers -> 1 subscriber, {THROUGHPUT_MESSAGES} QoS 1 messages of {} bytes: embedded rumqttd {embedded:.0} msg/s, mosquitto {external:.0} msg/s (embedded/mosquitto {:.2}x)",
-                Codec::new("bench", None).seal(&Message::Fault(Fault { member: "bench".into(), seq: 1, port: "Ethernet48".into(), kind: "port-down".into(), at_ms: 1 })).len(),
+                Codec::new(id("bench"), Roster::default(), None).seal(&fault_message()).len(),
                 embedded / external
             );
             Ok::<_, anyhow::Error>(notes)

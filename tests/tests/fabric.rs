@@ -10,6 +10,11 @@ use mlag_testbed::{
     },
     wait_until,
 };
+use sync_agent::fabric::{
+    identity::Identity,
+    seal::Codec,
+    wire::{ConfigChange, Heartbeat, Membership, Message, Role, ServerStatus, Topics},
+};
 
 const SETTLE: Duration = Duration::from_secs(20);
 
@@ -274,8 +279,8 @@ fn sealed_bodies_are_unreadable_on_the_wire_and_tampering_is_refused() -> anyhow
             "{topic} readable: {text}"
         );
     }
-    // The clear header still routes: magic, schema 1, channel 2 (config), sealed, key id 7, sender.
-    assert_eq!(&change.1[..6], b"MF\x01\x02\x01\x07");
+    // The clear header still routes: magic, schema 2, channel 2 (config), sealed, key id 7, sender.
+    assert_eq!(&change.1[..6], b"MF\x02\x02\x01\x07");
     assert_eq!(&change.1[7..10], b"sw1");
 
     // Tampered: one body bit flipped; replayed: the original again; clear: refused.
@@ -283,9 +288,15 @@ fn sealed_bodies_are_unreadable_on_the_wire_and_tampering_is_refused() -> anyhow
     *tampered.last_mut().unwrap() ^= 0x01;
     publish_raw(&lab.hub, &broker, &change.0, &tampered)?;
     publish_raw(&lab.hub, &broker, &change.0, &change.1)?;
-    let clear = br#"MF\x01\x02\x00\x00\x03sw1{"type":"change","origin":"sw1","seq":1,"key":"site.secret","value":"evil","at_ms":99999999999999}"#;
-    let mut clear_bytes = b"MF\x01\x02\x00\x00\x03sw1".to_vec();
-    clear_bytes.extend_from_slice(&clear[13..]);
+    // Signed by sw1 itself, but not sealed.
+    let clear_bytes =
+        Codec::new(lab.identity("sw1"), lab.roster(), None).seal(&Message::Change(ConfigChange {
+            origin: "sw1".into(),
+            seq: 1,
+            key: "site.secret".into(),
+            value: "evil".into(),
+            at_ms: 99_999_999_999_999,
+        }));
     publish_raw(&lab.hub, &broker, &change.0, &clear_bytes)?;
     publish_raw(
         &lab.hub,
@@ -318,7 +329,7 @@ fn sealed_bodies_are_unreadable_on_the_wire_and_tampering_is_refused() -> anyhow
 
 #[test]
 fn floods_and_garbage_are_counted_and_dropped() -> anyhow::Result<()> {
-    let lab = FabricLab::new(2)?;
+    let lab = FabricLab::with_extra_members(2, &["flood".to_string()])?;
     let extra = format!(
         "servers = [\"{}\"]\nmax_heartbeats_per_s = 5\n",
         switch_ip(0)
@@ -328,19 +339,34 @@ fn floods_and_garbage_are_counted_and_dropped() -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     wait_all_see(&[&agents[0], &agents[1]], &["sw0", "sw1"], SETTLE)?;
     let broker = switch_ip(0);
-    // 200 heartbeats from an invented member in one burst.
-    let heartbeat = br#"{"type":"heartbeat","member":"flood","role":"client","model":"x","version":"0","servers":[],"addresses":[],"uptime_s":1,"interval_ms":1}"#;
-    let mut one = b"MF\x01\x01\x00\x00\x05flood".to_vec();
-    one.extend_from_slice(heartbeat);
+    // 200 heartbeats from a listed member in one burst, each properly
+    // signed (so none is a replay): the rate limit is what stops them.
+    let heartbeat = |member: &str| {
+        Message::Heartbeat(Heartbeat {
+            member: member.into(),
+            role: Role::Client,
+            model: "x".into(),
+            version: "0".into(),
+            servers: vec![],
+            addresses: vec![],
+            uptime_s: 1,
+            interval_ms: 1,
+        })
+    };
+    let mut flood = Codec::new(lab.identity("flood"), lab.roster(), None);
     let dir = tempfile::tempdir()?;
-    let file = dir.path().join("heartbeat");
-    std::fs::write(&file, &one)?;
+    for i in 0..200 {
+        std::fs::write(
+            dir.path().join(format!("hb{i}")),
+            flood.seal(&heartbeat("flood")),
+        )?;
+    }
     let script = format!(
-        "for i in $(seq 200); do mosquitto_pub -h {broker} -t mlag-sync/DEV_INFO_MSG/member/flood -f {}; done",
-        file.display()
+        "for i in $(seq 0 199); do mosquitto_pub -h {broker} -t mlag-sync/DEV_INFO_MSG/member/flood -f {}/hb$i; done",
+        dir.path().display()
     );
     run_in(&lab.hub, "sh", &["-c", &script])?;
-    // Unknown schema version, oversized, a body on the wrong channel, impersonation.
+    // Unknown schema version, oversized, a truncated header, impersonation.
     publish_raw(
         &lab.hub,
         &broker,
@@ -353,16 +379,17 @@ fn floods_and_garbage_are_counted_and_dropped() -> anyhow::Result<()> {
         "mlag-sync/DEV_INFO_MSG/member/x",
         &vec![b'A'; 66 * 1024],
     )?;
-    let mut wrong = b"MF\x01\x03\x00\x00\x05flood".to_vec();
-    wrong.extend_from_slice(heartbeat);
-    publish_raw(&lab.hub, &broker, "mlag-sync/DEV_FAULT_MSG/flood", &wrong)?;
-    let mut fake = b"MF\x01\x01\x00\x00\x03sw1".to_vec();
-    fake.extend_from_slice(heartbeat);
+    publish_raw(
+        &lab.hub,
+        &broker,
+        "mlag-sync/DEV_FAULT_MSG/flood",
+        b"MF\x02\x03\x00\x00\x05flood{}",
+    )?;
     publish_raw(
         &lab.hub,
         &broker,
         "mlag-sync/DEV_INFO_MSG/member/sw1",
-        &fake,
+        &flood.seal(&heartbeat("sw1")),
     )?;
     wait_until(SETTLE, "every bad input counted at sw1", || {
         let c = show(&agents[1]).unwrap()["counters"].clone();
@@ -628,6 +655,441 @@ fn members_reach_the_embedded_broker_over_tls() -> anyhow::Result<()> {
     assert!(
         handshake.contains("Verify return code: 0 (ok)"),
         "{handshake}"
+    );
+    Ok(())
+}
+
+/// Publishes `message` signed (and sealed with `key`) as `identity`, the
+/// way an insider holding that key could.
+fn publish_signed(
+    lab: &FabricLab,
+    identity: Identity,
+    key: Option<(u8, [u8; 32])>,
+    message: &Message,
+) -> anyhow::Result<()> {
+    let mut codec = Codec::new(identity, lab.roster(), key);
+    let (topic, _) = Topics::new("mlag-sync").topic_for(message);
+    publish_raw(&lab.hub, &switch_ip(0), &topic, &codec.seal(message))
+}
+
+/// Waits until each named counter of `agent` is at least 1.
+fn wait_counted(agent: &mlag_testbed::agent::Agent, names: &[&str]) -> anyhow::Result<()> {
+    wait_until(
+        SETTLE,
+        &format!("{} counts {names:?}", agent.instance),
+        || {
+            let c = show(agent).map_err(|e| serde_json::Value::String(e.to_string()))?["counters"]
+                .clone();
+            if names.iter().all(|k| c[k].as_u64().unwrap_or(0) >= 1) {
+                Ok(())
+            } else {
+                Err(c)
+            }
+        },
+    )
+}
+
+#[test]
+fn a_member_cannot_speak_as_a_server_or_for_another_member() -> anyhow::Result<()> {
+    let lab = FabricLab::new(3)?;
+    let extra = format!("servers = [\"{}\"]\n", switch_ip(0));
+    let agents: Vec<_> = (0..3)
+        .map(|n| lab.start(n, &extra))
+        .collect::<Result<_, _>>()?;
+    let all: Vec<&_> = agents.iter().collect();
+    wait_all_see(&all, &["sw0", "sw1", "sw2"], SETTLE)?;
+    wait_active(&agents[0], true, SETTLE)?;
+    let insider = lab.identity("sw2");
+
+    // Server-only kinds signed by a member's own (valid) key.
+    publish_signed(
+        &lab,
+        insider.clone(),
+        None,
+        &Message::Server(ServerStatus {
+            server: "sw2".into(),
+            rank: 0,
+            active: true,
+        }),
+    )?;
+    publish_signed(
+        &lab,
+        insider.clone(),
+        None,
+        &Message::Membership(Membership {
+            server: "sw2".into(),
+            member: "sw1".into(),
+            joined: false,
+            reason: "forged".into(),
+            at_ms: 1,
+        }),
+    )?;
+    // Another member's departure and change, under the insider's name ...
+    publish_signed(
+        &lab,
+        insider.clone(),
+        None,
+        &Message::Departed {
+            member: "sw1".into(),
+            reason: "forged".into(),
+        },
+    )?;
+    let change = |origin: &str| {
+        Message::Change(ConfigChange {
+            origin: origin.into(),
+            seq: 1,
+            key: "site.forged".into(),
+            value: "yes".into(),
+            at_ms: 1,
+        })
+    };
+    publish_signed(&lab, insider, None, &change("sw1"))?;
+    // ... and under the other member's name with a key that is not its own,
+    // and from a name the roster does not list.
+    publish_signed(&lab, Identity::generate("sw1"), None, &change("sw1"))?;
+    publish_signed(
+        &lab,
+        Identity::generate("mallory"),
+        None,
+        &change("mallory"),
+    )?;
+
+    for agent in [&agents[0], &agents[1]] {
+        wait_counted(
+            agent,
+            &[
+                "not_server",
+                "impersonation",
+                "bad_signature",
+                "unknown_sender",
+            ],
+        )?;
+    }
+    assert!(
+        counter(&agents[1], "not_server") >= 2,
+        "server status and announcement"
+    );
+    // Nothing of it took effect: no server sw2, sw1 still up, no setting.
+    let f = show(&agents[1])?;
+    assert!(
+        f["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["server"] != "sw2"),
+        "{}",
+        f["servers"]
+    );
+    assert!(
+        f["announcements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["reason"] != "forged"),
+        "{}",
+        f["announcements"]
+    );
+    for agent in &agents {
+        assert_eq!(setting(agent, "site.forged")?, None);
+    }
+    assert_eq!(up_members(&agents[0])?, ["sw0", "sw1", "sw2"]);
+    // The forged log lines are bounded (one per reason per 5 s).
+    let log = std::fs::read_to_string(&agents[1].log)?;
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("only a server may send it"))
+            .count()
+            <= 2
+    );
+    // The real members keep working.
+    agents[2].query(&["fabric", "set", "site.real", "ok"])?;
+    wait_setting(&agents[1], "site.real", "ok", SETTLE)?;
+    Ok(())
+}
+
+#[test]
+fn a_rotated_key_is_rolled_out_without_losing_messages() -> anyhow::Result<()> {
+    let lab = FabricLab::new(3)?;
+    let dir = tempfile::tempdir()?;
+    let (k1, k2) = (dir.path().join("k1"), dir.path().join("k2"));
+    std::fs::write(&k1, "11".repeat(32))?;
+    std::fs::write(&k2, "22".repeat(32))?;
+    let keyed = |send: &std::path::Path, id: u8, accept: Option<(&std::path::Path, u8)>| {
+        let accept = accept
+            .map(|(f, i)| {
+                format!(
+                    "also_accept = [{{ key_id = {i}, key_file = \"{}\" }}]\n",
+                    f.display()
+                )
+            })
+            .unwrap_or_default();
+        format!(
+            "servers = [\"{}\"]\n[fabric.encryption]\nmode = \"aead\"\nkey_id = {id}\nkey_file = \"{}\"\n{accept}",
+            switch_ip(0),
+            send.display()
+        )
+    };
+    // Mid-rotation: sw0 and sw2 still send with key 1 and accept key 2; sw1
+    // already sends with key 2 and still accepts key 1.
+    let mut agents = vec![
+        lab.start(0, &keyed(&k1, 1, Some((&k2, 2))))?,
+        lab.start(1, &keyed(&k2, 2, Some((&k1, 1))))?,
+        lab.start(2, &keyed(&k1, 1, Some((&k2, 2))))?,
+    ];
+    {
+        let all: Vec<&_> = agents.iter().collect();
+        wait_all_see(&all, &["sw0", "sw1", "sw2"], SETTLE)?;
+    }
+    agents[1].query(&["fabric", "set", "site.from_new_key", "1"])?;
+    agents[2].query(&["fabric", "set", "site.from_old_key", "1"])?;
+    for agent in &agents {
+        wait_setting(agent, "site.from_new_key", "1", SETTLE)?;
+        wait_setting(agent, "site.from_old_key", "1", SETTLE)?;
+        assert_eq!(counter(agent, "wrong_key"), 0, "{}", agent.instance);
+    }
+    // A switch that only knows the old key refuses the new one, by name.
+    stop(&mut agents[2]);
+    agents[2] = lab.start(2, &keyed(&k1, 1, None))?;
+    wait_counted(&agents[2], &["wrong_key"])?;
+    Ok(())
+}
+
+/// The fault `agent` lists last for `member`'s `port`.
+fn last_fault(
+    agent: &mlag_testbed::agent::Agent,
+    member: &str,
+    port: &str,
+) -> Option<serde_json::Value> {
+    show(agent).ok()?["faults"]
+        .as_array()?
+        .iter()
+        .rev()
+        .find(|x| x["member"] == member && x["port"] == port)
+        .cloned()
+}
+
+/// Waits until `agent` has heard `member`'s `port` `kind` from boot `boot`.
+fn wait_fault_of_boot(
+    agent: &mlag_testbed::agent::Agent,
+    member: &str,
+    port: &str,
+    kind: &str,
+    boot: &serde_json::Value,
+) -> anyhow::Result<()> {
+    wait_until(
+        SETTLE,
+        &format!(
+            "{} hears {member}'s {port} {kind} of boot {boot}",
+            agent.instance
+        ),
+        || match last_fault(agent, member, port) {
+            Some(f) if f["kind"] == kind && f["boot"] == *boot => Ok(()),
+            other => Err(other),
+        },
+    )
+}
+
+/// Waits until `agent`'s state inference has `object` down (`down`) or
+/// not down.
+fn wait_inferred(
+    agent: &mlag_testbed::agent::Agent,
+    object: &str,
+    down: bool,
+) -> anyhow::Result<()> {
+    wait_until(
+        SETTLE,
+        &format!("{} infers {object} down = {down}", agent.instance),
+        || {
+            let state = agent
+                .query(&["show", "state", object])
+                .map_err(|e| serde_json::Value::String(e.to_string()))?;
+            let effective = state["object"]["effective"].clone();
+            let is_down = effective
+                .as_array()
+                .is_some_and(|all| all.iter().any(|e| e["name"] == "down"));
+            if is_down == down {
+                Ok(())
+            } else {
+                Err(effective)
+            }
+        },
+    )
+}
+
+/// sw3's own boot id, from the fault it published last.
+fn own_boot(agent: &mlag_testbed::agent::Agent) -> anyhow::Result<serde_json::Value> {
+    last_fault(agent, "sw3", "p1")
+        .map(|f| f["boot"].clone())
+        .ok_or_else(|| anyhow::anyhow!("sw3 lists no fault of its own"))
+}
+
+#[test]
+fn a_restarted_switchs_faults_are_heard_and_kept_for_late_joiners() -> anyhow::Result<()> {
+    let lab = FabricLab::new(4)?;
+    let mut agents: Vec<_> = (0..4).map(|n| lab.start(n, "")).collect::<Result<_, _>>()?;
+    {
+        let all: Vec<&_> = agents.iter().collect();
+        wait_all_see(&all, &["sw0", "sw1", "sw2", "sw3"], SETTLE)?;
+    }
+    // Fault numbers 1 and 2 of sw3's first boot.
+    lab.nodes[3].ip(&["link", "set", "p1b", "down"])?;
+    wait_fault(&agents[0], "sw3", "p1", "port-down", SETTLE)?;
+    lab.nodes[3].ip(&["link", "set", "p1b", "up"])?;
+    wait_fault(&agents[0], "sw3", "p1", "port-up", SETTLE)?;
+    let first_boot = own_boot(&agents[3])?;
+
+    // sw3 restarts: its numbers start from 1 again, and are heard.
+    stop(&mut agents[3]);
+    agents[3] = lab.start(3, "")?;
+    lab.nodes[3].ip(&["link", "set", "p1b", "down"])?;
+    wait_until(SETTLE, "sw3 publishes its port-down", || {
+        own_boot(&agents[3]).map_err(|e| e.to_string())
+    })?;
+    let second_boot = own_boot(&agents[3])?;
+    assert_ne!(first_boot, second_boot);
+    for agent in &agents[..3] {
+        wait_fault_of_boot(agent, "sw3", "p1", "port-down", &second_boot)?;
+    }
+    wait_inferred(&agents[0], "port:sw3/p1", true)?;
+
+    // A restarted receiver learns it from the broker's retained copy.
+    stop(&mut agents[2]);
+    agents[2] = lab.start(2, "")?;
+    wait_fault_of_boot(&agents[2], "sw3", "p1", "port-down", &second_boot)?;
+    wait_inferred(&agents[2], "port:sw3/p1", true)?;
+
+    // The port comes back while sw3's agent is down: at its next start sw3
+    // corrects what the broker kept, and the others hear it up.
+    stop(&mut agents[3]);
+    lab.nodes[3].ip(&["link", "set", "p1b", "up"])?;
+    agents[3] = lab.start(3, "")?;
+    wait_until(SETTLE, "sw3 corrects its retained port-down", || {
+        let n = counter(&agents[3], "faults_corrected");
+        if n >= 1 { Ok(()) } else { Err(n) }
+    })?;
+    let third_boot = own_boot(&agents[3])?;
+    wait_fault_of_boot(&agents[0], "sw3", "p1", "port-up", &third_boot)?;
+    wait_inferred(&agents[0], "port:sw3/p1", false)?;
+    Ok(())
+}
+
+/// SIGKILLs an agent and waits for it to exit (before it is started again
+/// in the same namespace).
+fn stop(agent: &mut mlag_testbed::agent::Agent) {
+    if let Some(pid) = agent.pid() {
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    let _ = agent.wait_exit(Duration::from_secs(5));
+}
+
+#[test]
+fn retained_replays_are_refused_even_after_a_restart() -> anyhow::Result<()> {
+    let lab = FabricLab::new(3)?;
+    let extra = format!("servers = [\"{}\"]\n", switch_ip(0));
+    let mut agents: Vec<_> = (0..3)
+        .map(|n| lab.start(n, &extra))
+        .collect::<Result<_, _>>()?;
+    {
+        let all: Vec<&_> = agents.iter().collect();
+        wait_all_see(&all, &["sw0", "sw1", "sw2"], SETTLE)?;
+    }
+    let broker = switch_ip(0);
+    // Capture a change and a port-down of sw1's.
+    let sniffer = sniff(&lab.hub, &broker, 5)?;
+    std::thread::sleep(Duration::from_millis(500));
+    agents[1].query(&["fabric", "set", "site.replay", "old"])?;
+    lab.nodes[1].ip(&["link", "set", "p1b", "down"])?;
+    wait_fault(&agents[2], "sw1", "p1", "port-down", SETTLE)?;
+    let seen = sniffed(sniffer)?;
+    let captured = |topic: &str| {
+        seen.iter()
+            .find(|(t, _)| t == topic)
+            .map(|(_, b)| b.clone())
+            .ok_or_else(|| anyhow::anyhow!("nothing captured on {topic}"))
+    };
+    let change = captured("mlag-sync/DEV_CONF_MSG/change/sw1")?;
+    let fault_topic = "mlag-sync/DEV_FAULT_MSG/sw1/p1";
+    let fault = captured(fault_topic)?;
+    // Both move on.
+    agents[1].query(&["fabric", "set", "site.replay", "new"])?;
+    lab.nodes[1].ip(&["link", "set", "p1b", "up"])?;
+    for agent in [&agents[0], &agents[2]] {
+        wait_setting(agent, "site.replay", "new", SETTLE)?;
+        wait_fault(agent, "sw1", "p1", "port-up", SETTLE)?;
+    }
+    let replays_before = counter(&agents[2], "replayed");
+
+    // The captured messages left retained at the broker, as an attacker
+    // on the broker's network could (`mosquitto_pub -r`).
+    for (topic, bytes) in [
+        ("mlag-sync/DEV_CONF_MSG/change/sw1", &change),
+        (fault_topic, &fault),
+    ] {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("payload");
+        std::fs::write(&file, bytes)?;
+        run_in(
+            &lab.hub,
+            "mosquitto_pub",
+            &[
+                "-h",
+                &broker,
+                "-t",
+                topic,
+                "-q",
+                "1",
+                "-r",
+                "-f",
+                file.to_str().unwrap(),
+            ],
+        )?;
+    }
+    // Running receivers refuse them ...
+    wait_until(SETTLE, "sw2 refuses both replays", || {
+        let n = counter(&agents[2], "replayed");
+        if n >= replays_before + 2 {
+            Ok(())
+        } else {
+            Err(n)
+        }
+    })?;
+    // ... and so does a restarted one, which gets them as retained copies:
+    // the change is older than its start (minus the 5 s skew), the port
+    // state older than the newest it had heard from sw1 before the restart
+    // (its counters file).
+    std::thread::sleep(Duration::from_secs(6));
+    stop(&mut agents[2]);
+    agents[2] = lab.start(2, &extra)?;
+    wait_until(
+        SETTLE,
+        "the restarted sw2 refuses the retained replays",
+        || {
+            let (stale, replayed) = (
+                counter(&agents[2], "stale"),
+                counter(&agents[2], "replayed"),
+            );
+            if stale >= 1 && replayed >= 1 {
+                Ok(())
+            } else {
+                Err((
+                    stale,
+                    replayed,
+                    show(&agents[2]).map(|f| f["faults"].clone()).ok(),
+                ))
+            }
+        },
+    )?;
+    assert!(lab.counters_file(2).exists());
+    wait_setting(&agents[2], "site.replay", "new", SETTLE)?;
+    let port_downs = show(&agents[2])?["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["member"] == "sw1" && f["kind"] == "port-down")
+        .count();
+    assert_eq!(
+        port_downs, 0,
+        "the replayed port-down reached the restarted sw2"
     );
     Ok(())
 }

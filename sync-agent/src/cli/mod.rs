@@ -106,6 +106,14 @@ pub enum FabricAction {
         /// New value.
         value: String,
     },
+    /// Print this switch's fabric public key (for `[fabric.trust.roster]`),
+    /// creating its key file (`fabric.trust.key_file`, mode 0600) if missing.
+    /// Reads the config file; needs no running agent.
+    Key {
+        /// TOML config file with a `[fabric]` section.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
 }
 
 /// `config` actions. KEY is `namespace/group/name`.
@@ -282,6 +290,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             };
             ask!(request, Json)
         }
+        Command::Fabric {
+            action: FabricAction::Key { ref config },
+        } => fabric_key(config, cli.json),
         Command::Show { what: Show::Mclag } => {
             ask!(Request::Mclag, MclagReport)
         }
@@ -305,6 +316,44 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             ask!(Request::Captured { limit: Some(limit) }, CapturedList)
         }
     }
+}
+
+/// `fabric key`: the roster line for this switch.
+fn fabric_key(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    // Only [fabric] and the instance matter here: a roster still being
+    // written must not stop the key from being printed.
+    let raw: toml::Table = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    let fabric = raw
+        .get("fabric")
+        .cloned()
+        .with_context(|| format!("{}: no [fabric] section", path.display()))?;
+    let fabric: crate::fabric::config::FabricConfig = fabric
+        .try_into()
+        .with_context(|| format!("{}: [fabric]", path.display()))?;
+    let name = match (
+        &fabric.identity,
+        raw.get("instance").and_then(|v| v.as_str()),
+    ) {
+        (Some(name), _) => name.clone(),
+        (None, Some(instance)) => instance.to_string(),
+        (None, None) => anyhow::bail!("{}: neither fabric.identity nor instance", path.display()),
+    };
+    let identity =
+        crate::fabric::identity::Identity::load_or_create(&name, &fabric.trust.key_file)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "identity": name,
+                "public_key": identity.public_hex(),
+                "key_file": fabric.trust.key_file,
+            })
+        );
+    } else {
+        println!("{name} = {{ public_key = \"{}\" }}", identity.public_hex());
+    }
+    Ok(())
 }
 
 /// An answer printed as JSON whether or not `-j` was given (e.g. the

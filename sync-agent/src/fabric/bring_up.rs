@@ -15,10 +15,10 @@ use tokio::sync::mpsc;
 
 use super::{
     broker,
-    config::{BrokerChoice, EncryptionMode, FabricConfig},
+    config::{BrokerChoice, FabricConfig},
     link::{self, Endpoint, LinkEvent as MqttEvent, LinkSettings},
     role::decide_role,
-    seal::{self, Codec},
+    seal,
     state::ConfigStore,
     task::{Setup, Task},
     wire::{Message, Role, Topics, Topology},
@@ -43,17 +43,6 @@ pub(super) async fn start(
     let own = own_addresses(netlink).await?;
     let (role, rank, reason) = decide_role(&config.servers, &own, config.member);
     tracing::info!(identity, ?role, "fabric role: {reason}");
-    let key = match config.encryption.mode {
-        EncryptionMode::None => None,
-        EncryptionMode::Aead => {
-            let path = config
-                .encryption
-                .key_file
-                .as_ref()
-                .expect("validated: aead has a key file");
-            Some((config.encryption.key_id, seal::read_key(path)?))
-        }
-    };
     let choice = config
         .broker_choice()
         .map_err(|e| anyhow::anyhow!("fabric.broker: {e}"))?;
@@ -98,7 +87,7 @@ pub(super) async fn start(
         ),
         _ => None,
     };
-    let mut codec = Codec::new(&identity, key);
+    let mut codec = seal::codec_from_config(&config, &identity)?;
     let topics = Topics::new(&config.prefix);
     let will = (role != Role::Server).then(|| {
         let departed = Message::Departed {

@@ -1,6 +1,7 @@
-//! `[fabric]`: who the servers are, which broker to use, timers, encryption.
+//! `[fabric]`: who the servers are, which broker to use, timers, encryption,
+//! and who to trust (each member's public key, the servers marked).
 
-use std::{net::IpAddr, path::PathBuf};
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +58,60 @@ pub struct FabricConfig {
     /// Heartbeats per second accepted from one member before dropping.
     #[serde(default = "default_heartbeat_rate")]
     pub max_heartbeats_per_s: u32,
+    /// Signing keys, the roster and replay protection.
+    #[serde(default)]
+    pub trust: TrustConfig,
+}
+
+/// `[fabric.trust]`: every message is signed by its sender's Ed25519 key
+/// and checked against the roster; server-only messages only from a key
+/// marked `server`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrustConfig {
+    /// This switch's private key (64 hex digits); created at first start
+    /// (mode 0600) when missing. `sync-agent fabric key --config FILE`
+    /// prints its public key.
+    #[serde(default = "default_identity_key_file")]
+    pub key_file: PathBuf,
+    /// Where the highest message counter heard from each sender is kept,
+    /// so a restarted switch refuses what it accepted before.
+    #[serde(default = "default_counters_file")]
+    pub counters_file: PathBuf,
+    /// Messages older than this by their sender's clock are refused
+    /// (retained snapshots excepted: their owner republishes them).
+    #[serde(default = "default_max_age")]
+    pub max_age_ms: u64,
+    /// Clock difference tolerated between switches.
+    #[serde(default = "default_max_skew")]
+    pub max_skew_ms: u64,
+    /// Member name -> its public key; `server = true` for the servers.
+    #[serde(default)]
+    pub roster: BTreeMap<String, RosterMember>,
+}
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        Self {
+            key_file: default_identity_key_file(),
+            counters_file: default_counters_file(),
+            max_age_ms: default_max_age(),
+            max_skew_ms: default_max_skew(),
+            roster: BTreeMap::new(),
+        }
+    }
+}
+
+/// One entry of `[fabric.trust.roster]`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RosterMember {
+    /// Its Ed25519 public key, 64 hex digits.
+    pub public_key: String,
+    /// May send server-only messages (server status, topology,
+    /// announcements, config snapshots).
+    #[serde(default)]
+    pub server: bool,
 }
 
 /// `[fabric.encryption]` (SPEC 4.6).
@@ -72,6 +127,20 @@ pub struct EncryptionConfig {
     /// File holding the 32-byte key as 64 hex digits.
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+    /// Older (or upcoming) keys still accepted from others while a new key
+    /// is rolled out; this switch always sends with `key_id`/`key_file`.
+    #[serde(default)]
+    pub also_accept: Vec<AcceptedKey>,
+}
+
+/// A key accepted but not sent with (`[fabric.encryption].also_accept`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptedKey {
+    /// Its key id.
+    pub key_id: u8,
+    /// Its file (64 hex digits).
+    pub key_file: PathBuf,
 }
 
 /// Body protection.
@@ -131,6 +200,18 @@ fn default_key_id() -> u8 {
 }
 fn default_heartbeat_rate() -> u32 {
     5
+}
+fn default_identity_key_file() -> PathBuf {
+    "/var/lib/mlag-sync/fabric-identity.key".into()
+}
+fn default_counters_file() -> PathBuf {
+    "/var/lib/mlag-sync/fabric-counters.json".into()
+}
+fn default_max_age() -> u64 {
+    60_000
+}
+fn default_max_skew() -> u64 {
+    5_000
 }
 
 /// Where members connect.
@@ -252,10 +333,55 @@ impl FabricConfig {
                 "mode = \"aead\" needs a key_file (64 hex digits)".into(),
             );
         }
+        let mut ids = vec![self.encryption.key_id];
+        for (i, accepted) in self.encryption.also_accept.iter().enumerate() {
+            if ids.contains(&accepted.key_id) {
+                problem(
+                    &format!("encryption.also_accept[{i}].key_id"),
+                    format!("key id {} is listed twice", accepted.key_id),
+                );
+            }
+            ids.push(accepted.key_id);
+        }
+        if !self.encryption.also_accept.is_empty() && self.encryption.mode != EncryptionMode::Aead {
+            problem(
+                "encryption.also_accept",
+                "extra keys need mode = \"aead\"".into(),
+            );
+        }
         if let Some(tls) = &self.tls
             && tls.cert_file.is_some() != tls.key_file.is_some()
         {
             problem("tls", "cert_file and key_file go together".into());
+        }
+        let trust = &self.trust;
+        if trust.roster.is_empty() {
+            problem(
+                "trust.roster",
+                "lists no member: give every member's public key (`sync-agent fabric key --config FILE` prints this switch's)".into(),
+            );
+        } else if !trust.roster.values().any(|m| m.server) {
+            problem(
+                "trust.roster",
+                "marks no member as a server (server = true)".into(),
+            );
+        }
+        for (name, member) in &trust.roster {
+            if let Err(err) = super::identity::parse_public_key(&member.public_key) {
+                problem(&format!("trust.roster.{name}.public_key"), err);
+            }
+        }
+        if !(1_000..=86_400_000).contains(&trust.max_age_ms) {
+            problem(
+                "trust.max_age_ms",
+                format!("{} must be between 1000 and 86400000", trust.max_age_ms),
+            );
+        }
+        if trust.max_skew_ms > 600_000 {
+            problem(
+                "trust.max_skew_ms",
+                format!("{} must be at most 600000", trust.max_skew_ms),
+            );
         }
         out
     }

@@ -95,6 +95,9 @@ impl Task {
             }
         };
         if opened.sender == self.identity {
+            if let (true, Message::Fault(fault)) = (retained, &opened.message) {
+                self.reconcile_own_fault(fault);
+            }
             return;
         }
         match opened.message {
@@ -129,11 +132,36 @@ impl Task {
     /// The heartbeat timer: our heartbeat, the server's duties, and
     /// changes still unacknowledged sent again.
     pub(super) fn process_tick(&mut self) {
+        self.save_counters();
         self.send_heartbeat();
         if self.rank.is_some() {
             self.server_duties();
         }
         self.resend_changes();
+    }
+
+    /// Saves the replay counters when due; a failure is counted and logged
+    /// (rate-limited), and replay protection goes on in memory.
+    pub(super) fn save_counters(&mut self) {
+        if let Err(err) = self.codec.save_counters() {
+            self.count("counters_file_errors");
+            if let Some(suppressed) = self.logs.admit("counters_file") {
+                tracing::error!(
+                    file = %self.config.trust.counters_file.display(),
+                    suppressed,
+                    "cannot save the fabric replay counters: {err}"
+                );
+            }
+        }
+        let evicted = self.codec.replay_evicted();
+        let counted = self
+            .counters
+            .get("replay_slots_evicted")
+            .copied()
+            .unwrap_or(0);
+        if evicted > counted {
+            self.count_by("replay_slots_evicted", evicted - counted);
+        }
     }
 
     /// A local interface changed: a port going down or up is a fault for
@@ -278,7 +306,11 @@ mod tests {
     use super::*;
     use crate::{
         bus::{Link, ids},
-        fabric::{seal::Codec, task::test_task, wire::Fault},
+        fabric::{
+            seal::Codec,
+            task::{test_identity, test_roster, test_task},
+            wire::Fault,
+        },
     };
 
     fn port(name: &str, up: bool) -> bus::LinkEvent {
@@ -296,6 +328,7 @@ mod tests {
     fn fault_from(codec: &mut Codec, task: &Task, seq: u64) -> (String, Vec<u8>) {
         let message = Message::Fault(Fault {
             member: "sw2".into(),
+            boot: 1,
             seq,
             port: "p9".into(),
             kind: "port-down".into(),
@@ -343,7 +376,7 @@ mod tests {
     fn another_members_fault_goes_to_inference_once() {
         let (infos, mut rx) = mpsc::channel(4);
         let (mut task, _eventloop) = test_task(infos);
-        let mut sw2 = Codec::new("sw2", None);
+        let mut sw2 = Codec::new(test_identity("sw2"), test_roster(), None);
         for _ in 0..2 {
             let (topic, payload) = fault_from(&mut sw2, &task, 1);
             task.process_publish(&topic, &payload, false);
@@ -366,12 +399,41 @@ mod tests {
             .try_send(bus::Info::new("test", "filler", "switch:x"))
             .unwrap();
         let (mut task, _eventloop) = test_task(infos);
-        let mut sw2 = Codec::new("sw2", None);
+        let mut sw2 = Codec::new(test_identity("sw2"), test_roster(), None);
         let (topic, payload) = fault_from(&mut sw2, &task, 1);
         task.process_publish(&topic, &payload, false);
         let report = task.report();
         assert_eq!(report.counters.get("inference_dropped"), Some(&1));
         assert_eq!(report.faults.len(), 1, "still recorded for show fabric");
+    }
+
+    #[test]
+    fn a_change_made_after_hearing_one_wins_even_with_a_clock_behind() {
+        let (infos, _rx) = mpsc::channel(4);
+        let (mut task, _eventloop) = test_task(infos);
+        // sw2's clock is 3 s ahead of ours (within the tolerated skew).
+        let mut sw2 = Codec::new(test_identity("sw2"), test_roster(), None);
+        let heard = Message::Change(ConfigChange {
+            origin: "sw2".into(),
+            seq: 1,
+            key: "site.ntp".into(),
+            value: "from-sw2".into(),
+            at_ms: crate::clock::now_ms() + 3_000,
+        });
+        let (topic, _) = task.topics.topic_for(&heard);
+        task.process_publish(&topic, &sw2.seal(&heard), false);
+        assert_eq!(task.store.get("site.ntp"), Some("from-sw2"));
+        // Our change comes after it, so it wins although our wall clock
+        // says earlier.
+        let (reply, mut answer) = oneshot::channel();
+        task.process(Event::Query(Query::Set {
+            key: "site.ntp".into(),
+            value: "from-sw1".into(),
+            reply,
+        }));
+        let change = answer.try_recv().unwrap().unwrap();
+        assert!(change.at_ms > crate::clock::now_ms() + 2_000);
+        assert_eq!(task.store.get("site.ntp"), Some("from-sw1"));
     }
 
     #[test]

@@ -67,6 +67,7 @@ impl Task {
     /// acknowledged by members, and an active server republishes the
     /// config state.
     pub(super) fn heard_change(&mut self, change: ConfigChange) {
+        self.hlc.observe(change.at_ms);
         let outcome = self.store.apply(&change);
         match &outcome {
             Outcome::Applied => {
@@ -121,6 +122,7 @@ impl Task {
     pub(super) fn heard_config_state(&mut self, state: ConfigState) {
         let mut applied = false;
         for change in state.entries.values() {
+            self.hlc.observe(change.at_ms);
             if self.store.apply(change) == Outcome::Applied {
                 tracing::info!(
                     key = change.key,
@@ -169,7 +171,7 @@ impl Task {
             seq: self.next_seq,
             key,
             value,
-            at_ms: now_ms(),
+            at_ms: self.hlc.now(),
         };
         if let Outcome::Rejected(why) = self.store.apply(&change) {
             return Err(why);
@@ -205,12 +207,9 @@ impl Task {
     /// queue being full drops the information (counted as
     /// `inference_dropped`) rather than stalling the fabric.
     pub(super) fn heard_fault(&mut self, fault: Fault) {
-        let last = self.last_fault_seq.entry(fault.member.clone()).or_insert(0);
-        if fault.seq <= *last {
-            self.count("faults_duplicate");
+        if !self.admit_fault(&fault) {
             return;
         }
-        *last = fault.seq;
         tracing::info!(
             member = fault.member,
             port = fault.port,
@@ -264,11 +263,17 @@ impl Task {
             (Some(false), Some(true)) => "port-up",
             _ => return,
         };
+        self.publish_fault(name, kind);
+    }
+
+    /// Publishes a fault of ours (retained per port) and records it.
+    pub(super) fn publish_fault(&mut self, port: String, kind: &str) {
         self.fault_seq += 1;
         let fault = Fault {
             member: self.identity.clone(),
+            boot: self.boot,
             seq: self.fault_seq,
-            port: name,
+            port,
             kind: kind.into(),
             at_ms: now_ms(),
         };

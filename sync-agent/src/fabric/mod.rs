@@ -13,7 +13,8 @@
 //! broker and the link, `task` runs the loop, `events` handles each input,
 //! `server` does the server's duties, `member` the member's, [`report`]
 //! holds `show fabric`. The protocol pieces: [`wire`] (messages and topics),
-//! [`seal`] (the envelope and its encryption), [`link`] (the MQTT client
+//! [`identity`] (key pairs and the roster), [`seal`] (signing, encryption
+//! and replay checks), [`link`] (the MQTT client
 //! with failover), [`broker`] (the embedded broker), [`state`] (bookkeeping
 //! free of I/O), [`config`] (the `[fabric]` section).
 
@@ -22,8 +23,12 @@ pub mod broker;
 pub mod config;
 mod config_push;
 mod events;
+mod faults;
+pub mod hlc;
+pub mod identity;
 pub mod link;
 mod member;
+pub mod replay;
 pub mod report;
 pub mod role;
 pub mod seal;

@@ -348,6 +348,51 @@ impl Outbox {
     }
 }
 
+/// The last fault applied per remote port, by its identity (the sender's
+/// boot id and its fault number in that boot): a repeat is a duplicate, a
+/// new boot starts afresh (a restarted switch numbers from 1 again).
+/// Bounded: past `capacity` ports the least recently reported is
+/// forgotten and counted.
+pub struct FaultLedger {
+    last: lru::LruCache<(String, String), (u64, u64)>,
+    evicted: u64,
+}
+
+impl FaultLedger {
+    /// Remembers at most `capacity` ports.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            last: lru::LruCache::new(
+                std::num::NonZeroUsize::new(capacity.max(1)).expect("at least 1"),
+            ),
+            evicted: 0,
+        }
+    }
+
+    /// Records the fault; false when it was already applied (same boot,
+    /// same or lower number).
+    pub fn admit(&mut self, member: &str, port: &str, boot: u64, seq: u64) -> bool {
+        let key = (member.to_string(), port.to_string());
+        if let Some(&(last_boot, last_seq)) = self.last.get(&key)
+            && last_boot == boot
+            && seq <= last_seq
+        {
+            return false;
+        }
+        if let Some((old, _)) = self.last.push(key.clone(), (boot, seq))
+            && old != key
+        {
+            self.evicted += 1;
+        }
+        true
+    }
+
+    /// Ports forgotten to stay within capacity.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+}
+
 /// Token buckets per sender.
 pub struct RateLimiter {
     per_second: f64,
@@ -478,6 +523,26 @@ mod tests {
         assert!(other.heartbeat(hb("b"), 3));
         assert_eq!(other.expire(Duration::from_secs(60)), Vec::<String>::new());
         assert_eq!(other.expire(Duration::ZERO).len(), 2);
+    }
+
+    #[test]
+    fn faults_are_identified_per_port_and_boot() {
+        let mut ledger = FaultLedger::new(2);
+        assert!(ledger.admit("sw3", "p1", 7, 1));
+        assert!(!ledger.admit("sw3", "p1", 7, 1), "repeat");
+        assert!(ledger.admit("sw3", "p2", 7, 2));
+        assert!(
+            ledger.admit("sw3", "p1", 7, 3),
+            "a later number of the same boot"
+        );
+        assert!(
+            ledger.admit("sw3", "p1", 9, 1),
+            "a restarted switch numbers from 1 again"
+        );
+        assert!(!ledger.admit("sw3", "p1", 9, 1));
+        assert_eq!(ledger.evicted(), 0);
+        assert!(ledger.admit("sw4", "p1", 1, 1));
+        assert_eq!(ledger.evicted(), 1, "capacity 2: the oldest port forgotten");
     }
 
     #[test]

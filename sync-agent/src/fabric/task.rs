@@ -34,10 +34,11 @@ use tokio::sync::{
 use super::{
     config::FabricConfig,
     events::{Event, Query},
+    hlc::Hlc,
     link::{Endpoint, LinkEvent as MqttEvent},
     report::FaultReport,
     seal::Codec,
-    state::{ConfigStore, Outbox, RateLimiter, Roster},
+    state::{ConfigStore, FaultLedger, Outbox, RateLimiter, Roster},
     wire::{Heartbeat, Membership, Message, Role, ServerStatus, Topics},
 };
 use crate::{bus, clock::now_ms, log_limit::LogLimiter};
@@ -45,6 +46,9 @@ use crate::{bus, clock::now_ms, log_limit::LogLimiter};
 /// Config releases kept for a slow local device side; one further behind
 /// is told it lagged and asks its center anyway.
 const RELEASES_DEPTH: usize = 64;
+
+/// How many remote ports the fault de-duplication remembers.
+pub(super) const FAULT_PORTS: usize = 65_536;
 
 /// How many faults and announcements `show fabric` keeps.
 pub(super) const RECENT: usize = 100;
@@ -113,15 +117,19 @@ pub(super) struct Task {
     pub(super) outbox: Outbox,
     pub(super) next_seq: u64,
     pub(super) faults: VecDeque<FaultReport>,
+    /// This run's boot id: with `fault_seq`, what identifies our faults.
+    pub(super) boot: u64,
     /// This switch's last fault number.
     pub(super) fault_seq: u64,
-    /// The last fault number heard from each member (de-duplication).
-    pub(super) last_fault_seq: HashMap<String, u64>,
+    /// The last fault heard per remote port (de-duplication).
+    pub(super) fault_ledger: FaultLedger,
     /// Local ports: operationally up or not.
     pub(super) ports: HashMap<String, bool>,
     pub(super) counters: BTreeMap<String, u64>,
     pub(super) logs: LogLimiter,
     pub(super) heartbeats: RateLimiter,
+    /// Times fabric config changes (last writer wins by it).
+    pub(super) hlc: Hlc,
     /// Faults heard from other members go to state inference through this.
     pub(super) infos: mpsc::Sender<bus::Info>,
     /// Config releases heard from a center's agent, for the local device
@@ -152,6 +160,7 @@ impl Task {
         } = setup;
         Self {
             heartbeats: RateLimiter::new(config.max_heartbeats_per_s),
+            hlc: Hlc::new(config.trust.max_skew_ms),
             config,
             identity,
             role,
@@ -178,8 +187,9 @@ impl Task {
             outbox: Outbox::default(),
             next_seq: now_ms(),
             faults: VecDeque::new(),
+            boot: crate::random::boot_id(),
             fault_seq: 0,
-            last_fault_seq: HashMap::new(),
+            fault_ledger: FaultLedger::new(FAULT_PORTS),
             ports,
             counters: BTreeMap::new(),
             logs: LogLimiter::new(Duration::from_secs(5)),
@@ -327,6 +337,26 @@ fn heartbeat_timer(interval: Duration) -> tokio::time::Interval {
     tick
 }
 
+/// A fixed key pair per name, for handler tests.
+#[cfg(test)]
+pub(super) fn test_identity(name: &str) -> super::identity::Identity {
+    let mut secret = [7u8; 32];
+    for (i, b) in name.bytes().enumerate() {
+        secret[i % 32] ^= b;
+    }
+    super::identity::Identity::from_secret(name, secret)
+}
+
+/// The roster of handler tests: members sw1-sw3, server srv.
+#[cfg(test)]
+pub(super) fn test_roster() -> super::identity::Roster {
+    let ids: Vec<_> = ["sw1", "sw2", "sw3", "srv"]
+        .into_iter()
+        .map(test_identity)
+        .collect();
+    super::identity::Roster::generated(&ids, &["srv"])
+}
+
 /// A task for handler tests: a member (`sw1`, role client) with port `p1`
 /// up, not connected to any broker. Its MQTT client only queues (the
 /// returned event loop is never polled), so publishes count as sent.
@@ -348,7 +378,7 @@ pub(super) fn test_task(infos: mpsc::Sender<bus::Info>) -> (Task, rumqttc::Event
             port: 1883,
         }],
         tls: false,
-        codec: Codec::new("sw1", None),
+        codec: Codec::new(test_identity("sw1"), test_roster(), None),
         client,
         current: Arc::new(AtomicUsize::new(0)),
         store: ConfigStore::default(),

@@ -4,10 +4,14 @@
 //!
 //! ```text
 //! "MF" | schema u8 | channel u8 | flags u8 | key_id u8 | sender_len u8 | sender
-//!      | nonce (24 bytes, sealed only) | body
+//!      | counter u64 (big endian) | nonce (24 bytes, sealed only) | body
+//! body (clear, or once opened) = JSON | Ed25519 signature (64 bytes)
 //! ```
-//! The whole header is the AEAD's associated data, so a sealed body cannot be
-//! moved to another channel or sender.
+//! The signature covers the whole header and the JSON, so the counter (the
+//! sender's microsecond clock, forced to increase: replay protection) and
+//! the channel are the sender's word. The whole header is also the AEAD's
+//! associated data, so a sealed body cannot be moved to another channel or
+//! sender.
 
 use std::collections::BTreeMap;
 
@@ -15,8 +19,9 @@ use serde::{Deserialize, Serialize};
 
 /// Header magic.
 pub const MAGIC: [u8; 2] = *b"MF";
-/// The schema version this agent speaks.
-pub const SCHEMA: u8 = 1;
+/// The schema version this agent speaks (2: signed bodies, counter in the
+/// header).
+pub const SCHEMA: u8 = 2;
 /// Largest message accepted or sent.
 pub const MAX_MESSAGE: usize = 64 * 1024;
 /// Nonce length of XChaCha20-Poly1305.
@@ -93,6 +98,8 @@ pub struct Envelope<'a> {
     pub key_id: u8,
     /// Sending member.
     pub sender: &'a str,
+    /// The sender's message counter (its microsecond clock, increasing).
+    pub counter: u64,
     /// Nonce, when sealed.
     pub nonce: Option<[u8; NONCE_LEN]>,
     /// Header bytes (the associated data).
@@ -114,10 +121,11 @@ pub fn encode_header(
     flags: u8,
     key_id: u8,
     sender: &str,
+    counter: u64,
     nonce: Option<&[u8; NONCE_LEN]>,
 ) -> Vec<u8> {
     let sender = &sender.as_bytes()[..sender.len().min(255)];
-    let mut out = Vec::with_capacity(7 + sender.len() + NONCE_LEN);
+    let mut out = Vec::with_capacity(15 + sender.len() + NONCE_LEN);
     out.extend_from_slice(&MAGIC);
     out.push(SCHEMA);
     out.push(channel as u8);
@@ -125,6 +133,7 @@ pub fn encode_header(
     out.push(key_id);
     out.push(sender.len() as u8);
     out.extend_from_slice(sender);
+    out.extend_from_slice(&counter.to_be_bytes());
     if let Some(nonce) = nonce {
         out.extend_from_slice(nonce);
     }
@@ -158,6 +167,12 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope<'_>, WireError> {
     }
     let sender = std::str::from_utf8(&bytes[7..at])
         .map_err(|_| WireError::Malformed("sender is not UTF-8"))?;
+    let counter = bytes
+        .get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or(WireError::Malformed("counter truncated"))?;
+    at += 8;
     let nonce = if flags & FLAG_SEALED != 0 {
         let end = at + NONCE_LEN;
         let nonce: [u8; NONCE_LEN] = bytes
@@ -175,6 +190,7 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope<'_>, WireError> {
         flags,
         key_id,
         sender,
+        counter,
         nonce,
         header: &bytes[..at],
         body: &bytes[at..],
@@ -286,7 +302,9 @@ pub struct ConfigChange {
     pub key: String,
     /// New value.
     pub value: String,
-    /// When (origin clock, ms since the epoch); newer wins.
+    /// When, by the origin's hybrid logical clock (ms since the epoch,
+    /// never at or below a change time the origin had made or heard);
+    /// newer wins.
     pub at_ms: u64,
 }
 
@@ -330,7 +348,10 @@ pub struct ConfigAnnounce {
 pub struct Fault {
     /// Reporting member.
     pub member: String,
-    /// The member's fault number (for de-duplication).
+    /// The reporting agent's boot id: fault numbers restart with every
+    /// boot, so (boot, seq) identifies a fault.
+    pub boot: u64,
+    /// The member's fault number in this boot (for de-duplication).
     pub seq: u64,
     /// Its object, e.g. a port name.
     pub port: String,
@@ -404,6 +425,25 @@ impl Message {
         }
     }
 
+    /// Kinds only a key marked `server` in the roster may send. One match,
+    /// so a new server-only kind is one line here.
+    pub fn server_only(&self) -> bool {
+        match self {
+            Message::Server(_)
+            | Message::Topology(_)
+            | Message::Membership(_)
+            | Message::ConfigState(_) => true,
+            Message::Heartbeat(_)
+            | Message::Departed { .. }
+            | Message::Change(_)
+            | Message::Ack(_)
+            | Message::Fault(_) => false,
+            // Any roster member may run a config center; an announcement
+            // only makes devices ask their center, which authenticates.
+            Message::ConfigAnnounce(_) => false,
+        }
+    }
+
     /// The member the body speaks for, which must be the header's sender
     /// (server-authored kinds name the server).
     pub fn author(&self) -> &str {
@@ -455,7 +495,16 @@ impl Topics {
             Message::Change(c) => (format!("{p}/{channel}/change/{}", c.origin), false),
             Message::Ack(a) => (format!("{p}/{channel}/ack/{}", a.member), false),
             Message::ConfigState(_) => (format!("{p}/{channel}/state"), true),
-            Message::Fault(f) => (format!("{p}/{channel}/{}", f.member), false),
+            // Retained per port: a late joiner or a restarted member learns
+            // at once which remote ports are down.
+            Message::Fault(f) => (
+                format!(
+                    "{p}/{channel}/{}/{}",
+                    f.member,
+                    f.port.replace(['#', '+'], "_")
+                ),
+                true,
+            ),
             // Not retained: a device that was away registers and polls.
             Message::ConfigAnnounce(a) => (format!("{p}/{channel}/announce/{}", a.origin), false),
         }
@@ -489,12 +538,13 @@ mod tests {
     fn header_round_trips_clear_and_sealed() {
         for nonce in [None, Some([7u8; NONCE_LEN])] {
             let flags = if nonce.is_some() { FLAG_SEALED } else { 0 };
-            let mut bytes = encode_header(Channel::Conf, flags, 3, "sw-1", nonce.as_ref());
+            let mut bytes = encode_header(Channel::Conf, flags, 3, "sw-1", 99, nonce.as_ref());
             bytes.extend_from_slice(b"{}");
             let env = decode(&bytes).unwrap();
             assert_eq!(env.channel, Channel::Conf);
             assert_eq!(env.sender, "sw-1");
             assert_eq!(env.key_id, 3);
+            assert_eq!(env.counter, 99);
             assert_eq!(env.nonce, nonce);
             assert_eq!(env.body, b"{}");
             assert_eq!(env.sealed(), nonce.is_some());
@@ -508,7 +558,7 @@ mod tests {
             Err(WireError::Malformed("shorter than the fixed header"))
         );
         assert_eq!(
-            decode(b"XX\x01\x01\x00\x00\x01a"),
+            decode(b"XX\x02\x01\x00\x00\x01a"),
             Err(WireError::Malformed("bad magic"))
         );
         assert_eq!(
@@ -516,19 +566,23 @@ mod tests {
             Err(WireError::UnknownVersion(9))
         );
         assert_eq!(
-            decode(b"MF\x01\x09\x00\x00\x01a"),
+            decode(b"MF\x02\x09\x00\x00\x01a"),
             Err(WireError::Malformed("unknown channel"))
         );
         assert_eq!(
-            decode(b"MF\x01\x01\x80\x00\x01a"),
+            decode(b"MF\x02\x01\x80\x00\x01a"),
             Err(WireError::Malformed("unknown flags"))
         );
         assert_eq!(
-            decode(b"MF\x01\x01\x00\x00\x05ab"),
+            decode(b"MF\x02\x01\x00\x00\x05ab"),
             Err(WireError::Malformed("sender truncated or empty"))
         );
         assert_eq!(
-            decode(b"MF\x01\x01\x01\x00\x01a123"),
+            decode(b"MF\x02\x01\x00\x00\x01a123"),
+            Err(WireError::Malformed("counter truncated"))
+        );
+        assert_eq!(
+            decode(b"MF\x02\x01\x01\x00\x01a12345678123"),
             Err(WireError::Malformed("nonce truncated"))
         );
         let big = vec![0u8; MAX_MESSAGE + 1];
@@ -650,6 +704,7 @@ mod every_kind {
             }),
             Message::Fault(Fault {
                 member: "a".into(),
+                boot: 9,
                 seq: 1,
                 port: "p".into(),
                 kind: "port-down".into(),
