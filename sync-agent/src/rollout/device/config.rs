@@ -67,6 +67,10 @@ pub struct DeviceConfig {
     /// How long the center may hold a poll (0: the default, 30000).
     #[serde(default = "default_watch_timeout_ms")]
     pub watch_timeout_ms: u64,
+    /// Labels sent at registration; a rollout's `--canary` may name a label
+    /// instead of devices (e.g. `labels = ["canary"]`).
+    #[serde(default)]
+    pub labels: Vec<String>,
 }
 
 /// `ConfigKey` as `"ns/group/name"` text in config files (the structured
@@ -130,6 +134,11 @@ impl DeviceConfig {
         }
         if self.backup_dir.as_os_str().is_empty() {
             out.add(format!("{AT}.backup_dir"), "backup_dir is empty");
+        }
+        for (i, label) in self.labels.iter().enumerate() {
+            if let Err(e) = wire::check_name("label", label) {
+                out.add(format!("{AT}.labels[{i}]"), e);
+            }
         }
         let mut names = HashSet::new();
         let mut paths = HashMap::new();
@@ -367,6 +376,7 @@ mod tests {
             backup_dir: "/var/lib/backup".into(),
             services: vec![service("a"), service("b")],
             watch_timeout_ms: DEFAULT_WATCH_TIMEOUT_MS,
+            labels: vec![],
         }
     }
 

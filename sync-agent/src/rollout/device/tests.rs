@@ -341,6 +341,7 @@ fn device_config(center: &str, dir: &Path, services: Vec<ServiceConfig>) -> Devi
         backup_dir: dir.join("backup"),
         services,
         watch_timeout_ms: 300,
+        labels: vec![],
     }
 }
 
