@@ -1805,4 +1805,312 @@ mod tests {
         e.ack("d1", &ok(id, "c", 1), 4).unwrap();
         assert_eq!(e.rollout(id).unwrap().state, RolloutState::Done);
     }
+
+    fn failed(rollout_id: u64, service: &str, version: u64) -> Ack {
+        Ack {
+            ok: false,
+            reason: "health check failed".into(),
+            ..ok(rollout_id, service, version)
+        }
+    }
+
+    #[test]
+    fn dependency_order_holds_across_config_keys_on_a_device() {
+        // `app` (key n/g/app) depends on `db` (key n/g/db) on the same
+        // device; `z` (key n/g/z) is busy updating when both keys change.
+        let mut e = Engine::new();
+        let services = vec![
+            svc("app", "n/g/app", &["db"]),
+            svc("db", "n/g/db", &[]),
+            svc("z", "n/g/z", &[]),
+        ];
+        e.register(
+            "d1",
+            Register {
+                services,
+                ..Default::default()
+            },
+            &none,
+            0,
+        )
+        .unwrap();
+        let z = e
+            .new_version(&key("n/g/z"), 1, "z1", &opts(10, 0), 1)
+            .0
+            .unwrap();
+        // The dependent key changes first, then the one it depends on.
+        let app = e
+            .new_version(&key("n/g/app"), 1, "a1", &opts(10, 0), 2)
+            .0
+            .unwrap();
+        let db = e
+            .new_version(&key("n/g/db"), 1, "d1", &opts(10, 0), 3)
+            .0
+            .unwrap();
+        for id in [app, db] {
+            assert_eq!(
+                e.rollout(id).unwrap().batches[0][0].state,
+                StepState::Pending
+            );
+        }
+        e.ack("d1", &ok(z, "z", 1), 4).unwrap();
+        // The device is free: db goes first although app's rollout is older.
+        let r = e.rollout(app).unwrap();
+        assert_eq!(r.batches[0][0].state, StepState::Pending, "{r:?}");
+        assert!(
+            r.batches[0][0].reason.contains("must update db first"),
+            "{r:?}"
+        );
+        let have = HashMap::from([("z".to_string(), "z1".to_string())]);
+        assert_eq!(names(&e.pending_at("d1", &have).unwrap().0), vec!["db"]);
+        // db done: app goes.
+        e.ack("d1", &ok(db, "db", 1), 5).unwrap();
+        assert_eq!(e.rollout(db).unwrap().state, RolloutState::Done);
+        assert_eq!(
+            e.rollout(app).unwrap().batches[0][0].state,
+            StepState::Assigned
+        );
+        let have = HashMap::from([
+            ("z".to_string(), "z1".to_string()),
+            ("db".to_string(), "d1".to_string()),
+        ]);
+        assert_eq!(names(&e.pending_at("d1", &have).unwrap().0), vec!["app"]);
+        e.ack("d1", &ok(app, "app", 1), 6).unwrap();
+        assert_eq!(e.rollout(app).unwrap().state, RolloutState::Done);
+    }
+
+    #[test]
+    fn a_device_updates_one_service_at_a_time_across_rollouts() {
+        let mut e = Engine::new();
+        let services = vec![svc("x", "n/g/x", &[]), svc("y", "n/g/y", &[])];
+        e.register(
+            "d1",
+            Register {
+                services,
+                ..Default::default()
+            },
+            &none,
+            0,
+        )
+        .unwrap();
+        let rx = e
+            .new_version(&key("n/g/x"), 1, "x1", &opts(10, 0), 1)
+            .0
+            .unwrap();
+        let ry = e
+            .new_version(&key("n/g/y"), 1, "y1", &opts(10, 0), 2)
+            .0
+            .unwrap();
+        assert_eq!(
+            e.rollout(rx).unwrap().batches[0][0].state,
+            StepState::Assigned
+        );
+        let y = e.rollout(ry).unwrap();
+        assert_eq!(y.batches[0][0].state, StepState::Pending);
+        assert!(y.batches[0][0].reason.contains("is updating x"), "{y:?}");
+        e.ack("d1", &ok(rx, "x", 1), 3).unwrap();
+        assert_eq!(
+            e.rollout(ry).unwrap().batches[0][0].state,
+            StepState::Assigned
+        );
+    }
+
+    #[test]
+    fn a_device_joining_mid_rollout_gets_the_old_version_and_a_later_batch() {
+        let mut e = Engine::new();
+        let current = |_: &ConfigKey| Some((1, "m1".to_string()));
+        for d in ["d1", "d2"] {
+            let services = vec![svc("a", "n/g/k", &[])];
+            e.register(
+                d,
+                Register {
+                    services,
+                    ..Default::default()
+                },
+                &current,
+                0,
+            )
+            .unwrap();
+        }
+        let options = PlanOptions {
+            batch_size: 1,
+            approve_each_batch: true,
+            ..PlanOptions::default()
+        };
+        let id = e
+            .new_version(&key("n/g/k"), 2, "m2", &options, 1)
+            .0
+            .unwrap();
+        // d3 registers while the store's current version is 2.
+        let newest = |_: &ConfigKey| Some((2, "m2".to_string()));
+        let services = vec![svc("a", "n/g/k", &[])];
+        e.register(
+            "d3",
+            Register {
+                services,
+                ..Default::default()
+            },
+            &newest,
+            2,
+        )
+        .unwrap();
+        let (pending, _) = e.pending_at("d3", &HashMap::new()).unwrap();
+        assert_eq!((pending[0].rollout_id, pending[0].version), (0, 1));
+        let r = e.rollout(id).unwrap();
+        assert_eq!(r.batches.len(), 3);
+        assert_eq!(r.batches[2][0].device, "d3");
+        // Batch by batch, with approvals, d3 gets v2 in its own batch.
+        e.ack("d1", &ok(id, "a", 2), 3).unwrap();
+        assert_eq!(e.rollout(id).unwrap().state, RolloutState::Paused);
+        e.resume(id, 4).unwrap();
+        e.ack("d2", &ok(id, "a", 2), 5).unwrap();
+        e.resume(id, 6).unwrap();
+        let (pending, _) = e.pending_at("d3", &HashMap::new()).unwrap();
+        assert_eq!((pending[0].rollout_id, pending[0].version), (id, 2));
+    }
+
+    #[test]
+    fn step_timeout_pauses_and_a_lost_device_pauses_or_is_skipped() {
+        // Timeout: the assigned step fails and pauses, naming the device.
+        let mut e = two_devices();
+        let id = e
+            .new_version(&key("n/g/k"), 1, "m1", &opts(10, 0), 0)
+            .0
+            .unwrap();
+        e.ack("d1", &ok(id, "a", 1), 100).unwrap();
+        e.tick(1_000, 5_000, 0, OnLost::Pause);
+        assert_eq!(e.rollout(id).unwrap().state, RolloutState::Running);
+        e.tick(5_000, 5_000, 0, OnLost::Pause);
+        let r = e.rollout(id).unwrap();
+        assert_eq!(r.state, RolloutState::Paused);
+        assert!(
+            r.paused_reason.contains("d2") && r.paused_reason.contains("within 5 s"),
+            "{}",
+            r.paused_reason
+        );
+
+        // Lost with on_lost = pause: the rollout pauses naming the device;
+        // `skip` lets it go on.
+        let mut e = two_devices();
+        let id = e
+            .new_version(&key("n/g/k"), 1, "m1", &opts(10, 0), 0)
+            .0
+            .unwrap();
+        e.pending("d1", &HashMap::new(), 50_000).unwrap();
+        e.ack("d1", &ok(id, "a", 1), 50_000).unwrap();
+        e.tick(60_000, 0, 30_000, OnLost::Pause);
+        let r = e.rollout(id).unwrap();
+        assert_eq!(r.state, RolloutState::Paused);
+        assert!(
+            r.paused_reason.contains("device d2 is lost"),
+            "{}",
+            r.paused_reason
+        );
+        assert!(e.devices()[1].lost);
+        e.skip(id, "d2", 61_000).unwrap();
+        let r = e.rollout(id).unwrap();
+        assert_eq!(r.state, RolloutState::Running, "{}", r.paused_reason);
+        assert_eq!(r.current_batch, 1);
+        assert_eq!(r.batches[0][1].state, StepState::Skipped);
+
+        // Lost with on_lost = skip: the rollout goes on by itself.
+        let mut e = two_devices();
+        let id = e
+            .new_version(&key("n/g/k"), 1, "m1", &opts(10, 0), 0)
+            .0
+            .unwrap();
+        e.pending("d1", &HashMap::new(), 50_000).unwrap();
+        e.ack("d1", &ok(id, "a", 1), 50_000).unwrap();
+        e.tick(60_000, 0, 30_000, OnLost::Skip);
+        let r = e.rollout(id).unwrap();
+        assert_eq!(r.state, RolloutState::Running);
+        assert_eq!(r.current_batch, 1);
+        assert!(r.batches[0][1].reason.contains("lost"), "{r:?}");
+    }
+
+    #[test]
+    fn abort_gives_released_steps_back_and_remove_device_settles_its_steps() {
+        let mut e = two_devices();
+        let id = e
+            .new_version(&key("n/g/k"), 1, "m1", &opts(10, 0), 0)
+            .0
+            .unwrap();
+        e.abort(id, 1).unwrap();
+        let r = e.rollout(id).unwrap();
+        assert_eq!(r.state, RolloutState::Done);
+        assert!(r.paused_reason.contains("aborted"));
+        assert!(e.pending_at("d1", &HashMap::new()).unwrap().0.is_empty());
+        assert!(matches!(e.abort(id, 2), Err(CenterError::Conflict(_))));
+
+        let mut e = two_devices();
+        let id = e
+            .new_version(&key("n/g/k"), 1, "m1", &opts(10, 0), 0)
+            .0
+            .unwrap();
+        e.ack("d1", &ok(id, "a", 1), 1).unwrap();
+        e.remove_device("d2", 2).unwrap();
+        assert_eq!(e.rollout(id).unwrap().current_batch, 1);
+        assert_eq!(e.devices().len(), 1);
+        assert!(matches!(
+            e.remove_device("d2", 3),
+            Err(CenterError::NotFound(_))
+        ));
+        // A failed step after skip: the paused rollout names the device.
+        e.ack("d1", &failed(id, "b", 1), 4).unwrap();
+        assert_eq!(e.rollout(id).unwrap().state, RolloutState::Paused);
+    }
+
+    #[test]
+    fn canaries_come_first_alone_and_approval_pauses_every_batch() {
+        let mut e = Engine::new();
+        for d in ["d1", "d2", "d3"] {
+            let labels = if d == "d3" {
+                vec!["canary".to_string()]
+            } else {
+                vec![]
+            };
+            e.register(
+                d,
+                Register {
+                    services: vec![svc("a", "n/g/k", &[])],
+                    labels,
+                },
+                &none,
+                0,
+            )
+            .unwrap();
+        }
+        assert!(e.check_canary(&key("n/g/k"), &["canary".into()]).is_ok());
+        assert!(matches!(
+            e.check_canary(&key("n/g/k"), &["nobody".into()]),
+            Err(CenterError::Invalid(_))
+        ));
+        let options = PlanOptions {
+            batch_size: 10,
+            canary: vec!["canary".into()],
+            approve_each_batch: true,
+            ..PlanOptions::default()
+        };
+        let id = e
+            .new_version(&key("n/g/k"), 1, "m1", &options, 1)
+            .0
+            .unwrap();
+        let r = e.rollout(id).unwrap();
+        assert_eq!(r.batches.len(), 2);
+        assert_eq!(r.batches[0].len(), 1);
+        assert_eq!(r.batches[0][0].device, "d3");
+        e.ack("d3", &ok(id, "a", 1), 2).unwrap();
+        let r = e.rollout(id).unwrap();
+        assert_eq!((r.state, r.current_batch), (RolloutState::Paused, 1));
+        assert!(e.pending_at("d1", &HashMap::new()).unwrap().0.is_empty());
+        let listeners = e.listeners(&key("n/g/k"));
+        assert_eq!(listeners[2].version, Some(1));
+        assert_eq!(listeners[2].md5, "m1");
+        assert_eq!(listeners[0].version, None);
+        e.resume(id, 3).unwrap();
+        assert_eq!(
+            names(&e.pending_at("d1", &HashMap::new()).unwrap().0),
+            vec!["a"]
+        );
+    }
 }
