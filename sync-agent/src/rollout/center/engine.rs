@@ -128,6 +128,11 @@ pub struct Changes {
     pub meta: Option<EngineMeta>,
     /// Long polls to wake once the change is stored.
     pub wake: Vec<watch::Sender<u64>>,
+    /// The change must be on disk before it is acknowledged. False only for
+    /// a registration that touched no rollout: if a crash loses it, the
+    /// device's next poll gets 404 and it registers again, to the same
+    /// result.
+    pub durable: bool,
 }
 
 impl Changes {
@@ -162,6 +167,8 @@ struct Dirty {
     rollouts: BTreeSet<u64>,
     meta: bool,
     wake: BTreeSet<String>,
+    /// See [`Changes::durable`].
+    relaxed: bool,
 }
 
 #[derive(Default)]
@@ -224,6 +231,7 @@ impl Engine {
     pub fn take_changes(&mut self) -> Changes {
         let dirty = std::mem::take(&mut self.dirty);
         Changes {
+            durable: !dirty.relaxed || !dirty.rollouts.is_empty(),
             devices: dirty
                 .devices
                 .into_iter()
@@ -377,6 +385,7 @@ impl Engine {
         }
         touched.sort_unstable();
         touched.dedup();
+        self.dirty.relaxed = touched.is_empty();
         let mut timers: Vec<Timer> = touched
             .into_iter()
             .flat_map(|id| self.run(id, now_ms))
