@@ -632,3 +632,57 @@ fn canaries_go_first_alone_and_listeners_show_confirmed_versions() -> anyhow::Re
     assert_eq!(bed.config(&["get", KEY])?["version"], 2);
     Ok(())
 }
+
+#[test]
+fn an_operator_skips_a_dead_device_aborts_a_rollout_and_removes_the_device() -> anyhow::Result<()> {
+    let mut bed = Bed::new()?;
+    let _center = bed.center(1)?;
+    bed.config(&["put", KEY, "--format", "text", "--content", "ok v1"])?;
+    let mut devices = Vec::new();
+    for d in 1..=2 {
+        bed.daemons(d)?;
+        devices.push(bed.device(d)?);
+    }
+    wait_all_reloaded(&bed, &[1, 2], "ok v1")?;
+    let listed = bed.config(&["devices"])?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+
+    // dev2 dies; v2 reaches dev1 and waits for dev2 until skipped.
+    devices[1].stop()?;
+    bed.config(&["put", KEY, "--format", "text", "--content", "ok v2"])?;
+    let waiting = wait_rollout_at(&bed, 2, "running", 3)?;
+    let id = waiting["id"].as_u64().context("id")?.to_string();
+    wait_all_reloaded(&bed, &[1], "ok v2")?;
+    let skipped = bed.config(&["skip", &id, "dev2"])?;
+    assert_eq!(skipped["state"], "done", "{skipped}");
+    assert!(
+        skipped["batches"][3][0]["state"] == "skipped",
+        "dev2's step skipped: {skipped}"
+    );
+
+    // A paused rollout is aborted: its released step goes back to v2.
+    bed.config(&["put", KEY, "--format", "text", "--content", "bad v3"])?;
+    wait_rollout(&bed, 3, "paused")?;
+    let aborted = bed.config(&["abort", &wait_rollout(&bed, 3, "paused")?["id"].to_string()])?;
+    assert_eq!(aborted["state"], "done", "{aborted}");
+    assert!(
+        aborted["paused_reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("aborted"),
+        "{aborted}"
+    );
+    assert!(aborted["batches"][1][0]["state"] == "skipped", "{aborted}");
+
+    // dev2 is decommissioned.
+    bed.config(&["remove-device", "dev2"])?;
+    let listed = bed.config(&["devices"])?;
+    let names: Vec<&str> = listed
+        .as_array()
+        .context("devices")?
+        .iter()
+        .filter_map(|d| d["device"].as_str())
+        .collect();
+    assert_eq!(names, vec!["dev1"]);
+    Ok(())
+}
