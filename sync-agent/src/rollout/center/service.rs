@@ -668,4 +668,66 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].rollout_id, before[0].id);
     }
+
+    #[tokio::test]
+    async fn a_silent_device_is_lost_and_pauses_its_rollout_which_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let key: ConfigKey = "n/g/k".parse().unwrap();
+        let mut cfg = config(&dir, 0);
+        cfg.device_expiry_s = 1;
+        let center = Center::open(&cfg).unwrap();
+        for d in ["d1", "d2"] {
+            let services = vec![ServiceRegistration {
+                name: "s".into(),
+                config: key.clone(),
+                depends_on: vec![],
+            }];
+            center
+                .register(
+                    d.into(),
+                    Register {
+                        services,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        let record = center
+            .put(key.clone(), put("one"), RolloutOptions::default())
+            .await
+            .unwrap();
+        let id = center.rollouts()[0].id;
+        let ack = Ack {
+            rollout_id: id,
+            service: "s".into(),
+            version: record.version,
+            ok: true,
+            reason: String::new(),
+        };
+        center.ack("d1", &ack).await.unwrap();
+        // d2 (batch 2, assigned) says nothing for longer than the expiry.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        center.tick().await.unwrap();
+        let r = center.rollout(id).unwrap();
+        assert_eq!(r.state, RolloutState::Paused);
+        assert!(
+            r.paused_reason.contains("device d2 is lost"),
+            "{}",
+            r.paused_reason
+        );
+        assert!(center.devices()[1].lost);
+
+        // Stored: a reopened center has it paused for the same reason.
+        drop(center);
+        let center = Center::open(&cfg).unwrap();
+        let again = center.rollout(id).unwrap();
+        assert_eq!(
+            (again.state, &again.paused_reason),
+            (RolloutState::Paused, &r.paused_reason)
+        );
+        let skipped = center.skip(id, "d2".into()).await.unwrap();
+        assert_eq!(skipped.state, RolloutState::Done);
+        assert_eq!(skipped.batches[1][0].state, StepState::Skipped);
+    }
 }
