@@ -22,8 +22,10 @@ use crate::{
 pub struct Config {
     /// Name of this agent instance; names its control socket.
     pub instance: String,
-    /// The XDP classifier on the member ports (SPEC 1).
-    pub dataplane: DataplaneConfig,
+    /// The XDP classifier on the member ports (SPEC 1). Optional: a config
+    /// center or a fabric server on a management host runs without it.
+    #[serde(default)]
+    pub dataplane: Option<DataplaneConfig>,
     /// Peer sync over the peer link (SPEC 2); without it nothing is synced.
     #[serde(default)]
     pub peer: Option<PeerConfig>,
@@ -117,9 +119,23 @@ impl Config {
                 ),
             );
         }
-        self.dataplane.problems(&mut out);
+        if let Some(dataplane) = &self.dataplane {
+            dataplane.problems(&mut out);
+        }
         if let Some(peer) = &self.peer {
-            peer.problems(&self.dataplane.member_ports, &mut out);
+            match &self.dataplane {
+                Some(dataplane) => peer.problems(&dataplane.member_ports, &mut out),
+                None => out.add(
+                    "peer",
+                    "needs a [dataplane] section (peer sync works on the member ports)",
+                ),
+            }
+        }
+        if self.roles().is_empty() {
+            out.add(
+                "instance",
+                "nothing to run: give at least one of [dataplane], [fabric], [rollout.center], [rollout.device]",
+            );
         }
         self.rollout.problems(&mut out);
         if let Some(fabric) = &self.fabric {
@@ -133,6 +149,39 @@ impl Config {
             mclag.problems(&mut out);
         }
         out.into_vec()
+    }
+
+    /// The roles this config runs, in start order: `dataplane`, `peer`,
+    /// `mclag`, `fabric`, `rollout-center`, `rollout-device` (the state
+    /// model always runs and is not listed).
+    pub fn roles(&self) -> Vec<&'static str> {
+        let mut roles = Vec::new();
+        if self.dataplane.is_some() {
+            roles.push("dataplane");
+        }
+        if self.peer.is_some() {
+            roles.push("peer");
+        }
+        if self.mclag.is_some() {
+            roles.push("mclag");
+        }
+        if self.fabric.is_some() {
+            roles.push("fabric");
+        }
+        if self.rollout.center.is_some() {
+            roles.push("rollout-center");
+        }
+        if self.rollout.device.is_some() {
+            roles.push("rollout-device");
+        }
+        roles
+    }
+
+    /// The member ports, none without `[dataplane]`.
+    pub fn member_ports(&self) -> &[String] {
+        self.dataplane
+            .as_ref()
+            .map_or(&[], |d| d.member_ports.as_slice())
     }
 
     /// `[mclag]` runs over the `[peer]` session: the checks that need both.
@@ -196,13 +245,46 @@ vrrp_groups = [1, 7]
 "#;
 
     #[test]
+    fn a_center_alone_needs_no_dataplane_and_says_its_role() {
+        let config = Config::parse(
+            "instance = \"center\"\n[rollout.center]\nlisten = \"127.0.0.1:7480\"\ndb_path = \"/tmp/c.redb\"\n",
+            "test",
+        )
+        .unwrap();
+        assert!(config.dataplane.is_none());
+        assert_eq!(config.roles(), vec!["rollout-center"]);
+        assert!(config.member_ports().is_empty());
+    }
+
+    #[test]
+    fn a_config_that_runs_nothing_or_peer_without_dataplane_is_refused() {
+        let err = Config::parse("instance = \"x\"\n", "test").unwrap_err();
+        assert!(err.to_string().contains("nothing to run"), "{err}");
+        let err = Config::parse(
+            "instance = \"x\"\n[peer]\nlocal_address = \"169.254.0.1\"\npeer_address = \"169.254.0.2\"\n",
+            "test",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("peer: needs a [dataplane]"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn minimal_config_gets_documented_defaults() {
         let config = Config::parse(GOOD, "test").unwrap();
-        assert_eq!(config.dataplane.xdp_mode, XdpModeConfig::Auto);
-        assert!(config.dataplane.sync_own_replies);
-        assert!(config.dataplane.vrrp_prefix_is_shared);
-        assert_eq!(config.dataplane.ebpf_log, EbpfLogLevel::Off);
-        assert_eq!(config.dataplane.capture_queue, 4096);
+        assert_eq!(
+            config.dataplane.as_ref().unwrap().xdp_mode,
+            XdpModeConfig::Auto
+        );
+        assert!(config.dataplane.as_ref().unwrap().sync_own_replies);
+        assert!(config.dataplane.as_ref().unwrap().vrrp_prefix_is_shared);
+        assert_eq!(
+            config.dataplane.as_ref().unwrap().ebpf_log,
+            EbpfLogLevel::Off
+        );
+        assert_eq!(config.dataplane.as_ref().unwrap().capture_queue, 4096);
     }
 
     #[test]
@@ -256,11 +338,11 @@ capture_queue = 1
             "{GOOD}\n[peer]\nlocal_address = \"169.254.0.1\"\npeer_address = \"169.254.0.2\"\nmlag_ids = {{ eth2 = 9 }}\n"
         );
         let config = Config::parse(&text, "test").unwrap();
-        let peer = config.peer.unwrap();
+        let peer = config.peer.clone().unwrap();
         assert_eq!(peer.port, 7789);
         assert_eq!(peer.arp_accept, ArpAcceptPolicy::Set);
         assert_eq!(
-            peer.mlag_ids_for(&config.dataplane.member_ports),
+            peer.mlag_ids_for(config.member_ports()),
             [("eth1".to_string(), 1), ("eth2".to_string(), 9)]
         );
     }

@@ -77,16 +77,28 @@ impl Bed {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The center: an agent with only `[rollout.center]` (no dataplane).
     fn center(&self, batch_size: usize) -> anyhow::Result<Agent> {
         let db = self.dir.path().join("center.redb");
         Agent::start(
             &self.ns,
             &format!(
-                "instance = \"{{instance}}\"\n[dataplane]\nmember_ports = [\"m0\"]\n\n[rollout.center]\nlisten = \"127.0.0.1:{}\"\ndb_path = \"{}\"\nbatch_size = {batch_size}\n",
+                "instance = \"{{instance}}\"\n\n[rollout.center]\nlisten = \"127.0.0.1:{}\"\ndb_path = \"{}\"\nbatch_size = {batch_size}\n",
                 self.port,
                 db.display()
             ),
         )
+    }
+
+    /// SIGKILLs the center (no chance to write anything more) and starts it
+    /// again on the same database.
+    fn kill_and_restart_center(&self, center: &mut Agent, batch_size: usize) -> anyhow::Result<()> {
+        let pid = center.pid().context("center running")?;
+        // SAFETY: signalling a pid has no memory-safety preconditions.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        center.wait_exit(Duration::from_secs(10))?;
+        *center = self.center(batch_size)?;
+        Ok(())
     }
 
     fn device_dir(&self, device: usize) -> PathBuf {
@@ -185,6 +197,39 @@ fn wait_all_reloaded(bed: &Bed, devices: &[usize], line: &str) -> anyhow::Result
                 Ok(())
             } else {
                 Err(missing)
+            }
+        },
+    )
+}
+
+/// The rollout of `version`, now.
+fn rollout_of(bed: &Bed, version: u64) -> anyhow::Result<serde_json::Value> {
+    let rollouts = bed.config(&["rollouts"])?;
+    rollouts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["version"] == version)
+        .cloned()
+        .with_context(|| format!("no rollout of version {version}: {rollouts}"))
+}
+
+/// Waits for the rollout of `version` to be `state` at batch `batch`.
+fn wait_rollout_at(
+    bed: &Bed,
+    version: u64,
+    state: &str,
+    batch: u64,
+) -> anyhow::Result<serde_json::Value> {
+    wait_until(
+        WAIT,
+        &format!("rollout of version {version} {state} at batch {batch}"),
+        || {
+            let r = rollout_of(bed, version).map_err(|e| e.to_string())?;
+            if r["state"] == state && r["current_batch"] == batch {
+                Ok(r)
+            } else {
+                Err(r.to_string())
             }
         },
     )
@@ -328,13 +373,27 @@ fn a_failing_health_check_restores_the_old_file_and_pauses_the_rollout() -> anyh
         !rollout["paused_reason"].as_str().unwrap_or("").is_empty(),
         "{rollout}"
     );
-    // The failed service is back on v1; nobody else was touched.
-    wait_until(WAIT, "the old file restored", || {
-        if bed.conf(1, "a") == "ok v1" || bed.conf(2, "a") == "ok v1" {
-            Ok(())
-        } else {
-            Err(())
-        }
+    // The failed step's service applied v2, failed its health check, and
+    // was restored to v1 (a reload with v1 after the one with v2); nobody
+    // else was touched.
+    let failed = &rollout["batches"][0][0];
+    assert_eq!(failed["state"], "failed", "{rollout}");
+    let who = format!(
+        "{}/{}",
+        failed["device"].as_str().context("device")?,
+        failed["service"].as_str().context("service")?
+    );
+    wait_until(WAIT, &format!("{who} restored to v1 after v2"), || {
+        let reloads = bed.reloads();
+        let bad = reloads
+            .iter()
+            .position(|(_, w, l)| *w == who && l == "bad v2")
+            .ok_or("v2 not applied yet")?;
+        reloads[bad..]
+            .iter()
+            .any(|(_, w, l)| *w == who && l == "ok v1")
+            .then_some(())
+            .ok_or("not restored yet")
     })?;
     for d in 1..=2 {
         for s in ["a", "b", "c"] {
@@ -391,5 +450,239 @@ fn a_restarted_device_restores_its_services_from_its_backup_before_asking_the_ce
         }
     })?;
     let _ = Path::new("");
+    Ok(())
+}
+
+#[test]
+fn a_center_alone_runs_without_a_dataplane_and_status_names_its_role() -> anyhow::Result<()> {
+    let bed = Bed::new()?;
+    let center = bed.center(1)?;
+    let status = center.query(&["status"])?;
+    assert_eq!(
+        status["roles"],
+        serde_json::json!(["rollout-center"]),
+        "{status}"
+    );
+    assert_eq!(status["ports"], serde_json::json!([]), "{status}");
+    assert!(
+        center.log_text().contains("roles: rollout-center"),
+        "{}",
+        center.log_text()
+    );
+    // And it serves.
+    let put = bed.config(&["put", KEY, "--format", "text", "--content", "ok v1"])?;
+    assert_eq!(put["version"], 1);
+    Ok(())
+}
+
+#[test]
+fn a_rollout_continues_exactly_where_it_was_after_the_center_is_killed() -> anyhow::Result<()> {
+    let mut bed = Bed::new()?;
+    let mut center = bed.center(1)?;
+    bed.config(&["put", KEY, "--format", "text", "--content", "ok v1"])?;
+    let mut devices = Vec::new();
+    for d in 1..=2 {
+        bed.daemons(d)?;
+        devices.push(bed.device(d)?);
+    }
+    wait_all_reloaded(&bed, &[1, 2], "ok v1")?;
+
+    // Kill 1: paused for approval after the first batch (dev1/a).
+    bed.config(&[
+        "put",
+        KEY,
+        "--format",
+        "text",
+        "--content",
+        "ok v2",
+        "--approve-each-batch",
+    ])?;
+    let before = wait_rollout_at(&bed, 2, "paused", 1)?;
+    let id = before["id"].as_u64().context("id")?;
+    bed.kill_and_restart_center(&mut center, 1)?;
+    let after = rollout_of(&bed, 2)?;
+    assert_eq!(after["state"], "paused", "{after}");
+    assert_eq!(after["current_batch"], 1, "{after}");
+    assert_eq!(after["batches"], before["batches"], "steps unchanged");
+    // The devices poll the restarted center (several times: 1 s apart at
+    // most after a refused connection); the unreleased batch stays so.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(rollout_of(&bed, 2)?["batches"], before["batches"]);
+    let next = &before["batches"][1][0];
+    let (dev, svc) = (
+        next["device"].as_str().context("device")?,
+        next["service"].as_str().context("service")?,
+    );
+    let d: usize = dev.trim_start_matches("dev").parse()?;
+    assert_eq!(
+        bed.conf(d, svc),
+        "ok v1",
+        "{dev}/{svc} got v2 outside its batch"
+    );
+    // A device that registers again is not handed v2 either.
+    let restarted = d - 1;
+    devices[restarted].stop()?;
+    devices[restarted] = bed.device(d)?;
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        bed.conf(d, svc),
+        "ok v1",
+        "{dev}/{svc} got v2 on re-registering"
+    );
+
+    // Kill 2: right after releasing a batch (its step assigned, maybe
+    // applied, its ack maybe lost): the step completes after the restart.
+    bed.config(&["continue", &id.to_string()])?;
+    bed.kill_and_restart_center(&mut center, 1)?;
+    wait_rollout_at(&bed, 2, "paused", 2)?;
+
+    // Go on to the end, one approval per batch.
+    for batch in 3..=6 {
+        bed.config(&["continue", &id.to_string()])?;
+        if batch < 6 {
+            wait_rollout_at(&bed, 2, "paused", batch)?;
+        }
+    }
+    wait_rollout(&bed, 2, "done")?;
+    wait_all_reloaded(&bed, &[1, 2], "ok v2")?;
+
+    // Kill 3: paused after a failure; the failed version never reaches the
+    // other device, and the rollout still says why it stopped.
+    bed.config(&["put", KEY, "--format", "text", "--content", "bad v3"])?;
+    let paused = wait_rollout(&bed, 3, "paused")?;
+    bed.kill_and_restart_center(&mut center, 1)?;
+    let after = rollout_of(&bed, 3)?;
+    assert_eq!(after["state"], "paused", "{after}");
+    assert_eq!(after["paused_reason"], paused["paused_reason"]);
+    std::thread::sleep(Duration::from_secs(3));
+    for s in ["a", "b", "c"] {
+        assert_eq!(
+            bed.conf(2, s),
+            "ok v2",
+            "dev2/{s} was handed the failed version"
+        );
+    }
+    assert_eq!(rollout_of(&bed, 3)?["state"], "paused");
+    Ok(())
+}
+
+#[test]
+fn canaries_go_first_alone_and_listeners_show_confirmed_versions() -> anyhow::Result<()> {
+    let mut bed = Bed::new()?;
+    let _center = bed.center(10)?;
+    bed.config(&["put", KEY, "--format", "text", "--content", "ok v1"])?;
+    let mut devices = Vec::new();
+    for d in 1..=3 {
+        bed.daemons(d)?;
+        devices.push(bed.device(d)?);
+    }
+    wait_all_reloaded(&bed, &[1, 2, 3], "ok v1")?;
+
+    bed.config(&[
+        "put",
+        KEY,
+        "--format",
+        "text",
+        "--content",
+        "ok v2",
+        "--canary",
+        "dev3",
+        "--approve-each-batch",
+    ])?;
+    let r = wait_rollout_at(&bed, 2, "paused", 1)?;
+    let first: Vec<&str> = r["batches"][0]
+        .as_array()
+        .context("batch")?
+        .iter()
+        .filter_map(|s| s["device"].as_str())
+        .collect();
+    assert_eq!(first, vec!["dev3"], "the canary alone first: {r}");
+    assert!(
+        r["paused_reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("approval"),
+        "{r}"
+    );
+    // Listeners: dev3/a confirmed v2, the rest still v1, each with its MD5.
+    let listeners = bed.config(&["listeners", KEY])?;
+    let rows = listeners.as_array().context("listeners")?;
+    assert_eq!(rows.len(), 9, "{listeners}");
+    let v1 = bed.config(&["get", KEY, "--version", "1"])?["md5"].clone();
+    let v2 = bed.config(&["get", KEY])?["md5"].clone();
+    for row in rows {
+        let canary = row["device"] == "dev3" && row["service"] == "a";
+        let (version, md5) = if canary { (2, &v2) } else { (1, &v1) };
+        assert_eq!(row["version"], version, "{row}");
+        assert_eq!(&row["md5"], md5, "{row}");
+    }
+    assert_eq!(bed.conf(1, "a"), "ok v1", "dev1 waits for the approval");
+    // An unknown canary is refused before anything is stored.
+    let refused = bed.config(&[
+        "put",
+        KEY,
+        "--format",
+        "text",
+        "--content",
+        "ok v3",
+        "--canary",
+        "nobody",
+    ]);
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(bed.config(&["get", KEY])?["version"], 2);
+    Ok(())
+}
+
+#[test]
+fn an_operator_skips_a_dead_device_aborts_a_rollout_and_removes_the_device() -> anyhow::Result<()> {
+    let mut bed = Bed::new()?;
+    let _center = bed.center(1)?;
+    bed.config(&["put", KEY, "--format", "text", "--content", "ok v1"])?;
+    let mut devices = Vec::new();
+    for d in 1..=2 {
+        bed.daemons(d)?;
+        devices.push(bed.device(d)?);
+    }
+    wait_all_reloaded(&bed, &[1, 2], "ok v1")?;
+    let listed = bed.config(&["devices"])?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+
+    // dev2 dies; v2 reaches dev1 and waits for dev2 until skipped.
+    devices[1].stop()?;
+    bed.config(&["put", KEY, "--format", "text", "--content", "ok v2"])?;
+    let waiting = wait_rollout_at(&bed, 2, "running", 3)?;
+    let id = waiting["id"].as_u64().context("id")?.to_string();
+    wait_all_reloaded(&bed, &[1], "ok v2")?;
+    let skipped = bed.config(&["skip", &id, "dev2"])?;
+    assert_eq!(skipped["state"], "done", "{skipped}");
+    assert!(
+        skipped["batches"][3][0]["state"] == "skipped",
+        "dev2's step skipped: {skipped}"
+    );
+
+    // A paused rollout is aborted: its released step goes back to v2.
+    bed.config(&["put", KEY, "--format", "text", "--content", "bad v3"])?;
+    wait_rollout(&bed, 3, "paused")?;
+    let aborted = bed.config(&["abort", &wait_rollout(&bed, 3, "paused")?["id"].to_string()])?;
+    assert_eq!(aborted["state"], "done", "{aborted}");
+    assert!(
+        aborted["paused_reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("aborted"),
+        "{aborted}"
+    );
+    assert!(aborted["batches"][1][0]["state"] == "skipped", "{aborted}");
+
+    // dev2 is decommissioned.
+    bed.config(&["remove-device", "dev2"])?;
+    let listed = bed.config(&["devices"])?;
+    let names: Vec<&str> = listed
+        .as_array()
+        .context("devices")?
+        .iter()
+        .filter_map(|d| d["device"].as_str())
+        .collect();
+    assert_eq!(names, vec!["dev1"]);
     Ok(())
 }

@@ -43,7 +43,7 @@ use crate::{
     config::Config,
     control::{
         self,
-        router::{ReloadRequest, Router},
+        router::{AgentInfo, ReloadRequest, Router},
         server::ControlSocket,
     },
     dataplane::{DataplaneHandle, DataplaneStart, DataplaneStarted},
@@ -82,7 +82,18 @@ const RESTORE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
-    ensure_root("sync-agent run")?;
+    let started = std::time::Instant::now();
+    let roles = config.roles();
+    // Only the XDP classifier needs root; a center or fabric server on a
+    // management host runs as any user.
+    if config.dataplane.is_some() {
+        ensure_root("sync-agent run")?;
+    }
+    tracing::info!(
+        instance = config.instance,
+        "agent starting with roles: {}",
+        roles.join(", ")
+    );
     let socket_path = socket.unwrap_or_else(|| control::socket_path_for(&config.instance));
     let control_socket = ControlSocket::bind(&socket_path).await?;
 
@@ -108,22 +119,31 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
     // peer table; the senders go to them when they start.
     let (peer_macs_tx, peer_macs) = watch::channel(BTreeSet::new());
     let (shared_mac_tx, shared_mac) = watch::channel(None);
-    let DataplaneStarted {
-        handle: dataplane,
-        ports,
-        inject,
-    } = DataplaneHandle::spawn(DataplaneStart {
-        config: config.dataplane.clone(),
-        instance: config.instance.clone(),
-        config_file: config_path.to_path_buf(),
-        mlag_ids,
-        netlink: netlink.clone(),
-        links: dataplane_links,
-        captures_for_peer: peer_captures_tx,
-        peer_macs,
-        shared_mac,
-    })
-    .await?;
+    let (dataplane, ports, inject) = match config.dataplane.clone() {
+        Some(section) => {
+            let DataplaneStarted {
+                handle,
+                ports,
+                inject,
+            } = DataplaneHandle::spawn(DataplaneStart {
+                config: section,
+                instance: config.instance.clone(),
+                config_file: config_path.to_path_buf(),
+                mlag_ids,
+                netlink: netlink.clone(),
+                links: dataplane_links,
+                captures_for_peer: peer_captures_tx,
+                peer_macs,
+                shared_mac,
+            })
+            .await?;
+            (Some(handle), Some(ports), Some(inject))
+        }
+        None => {
+            drop((dataplane_links, peer_captures_tx, peer_macs, shared_mac));
+            (None, None, None)
+        }
+    };
 
     let center = match config.rollout.center.clone() {
         Some(section) => Some(CenterHandle::spawn(section).await?),
@@ -173,7 +193,10 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
     );
 
     let (mut peer, mut mclag) = (None, None);
-    if let (Some(peer_config), Some(captures)) = (config.peer.clone(), peer_captures_rx) {
+    // `[peer]` needs `[dataplane]` (validated): both or neither are here.
+    if let (Some(peer_config), Some(captures), Some(ports), Some(inject)) =
+        (config.peer.clone(), peer_captures_rx, ports, inject)
+    {
         let mclag_address: Option<IpAddr> = config
             .mclag
             .as_ref()
@@ -232,6 +255,12 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
     let router = Arc::new(Router {
         dataplane: dataplane.clone(),
+        agent: AgentInfo {
+            instance: config.instance.clone(),
+            config_file: config_path.display().to_string(),
+            started,
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+        },
         inference,
         peer,
         mclag,
@@ -246,6 +275,7 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
     tracing::info!(
         instance = config.instance,
         socket = %socket_path.display(),
+        roles = roles.join(" "),
         "agent running"
     );
     let mut supervisor = reload::Reloader::new(config_path, config, dataplane.clone());
@@ -284,7 +314,9 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
     if let Some(device) = &device {
         device.shutdown().await;
     }
-    dataplane.shutdown().await;
+    if let Some(dataplane) = &dataplane {
+        dataplane.shutdown().await;
+    }
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
 }

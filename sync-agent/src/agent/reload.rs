@@ -6,16 +6,19 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{config::Config, control::router::ReloadRequest, dataplane::DataplaneHandle};
+use crate::{
+    config::Config,
+    control::router::ReloadRequest,
+    dataplane::{DataplaneHandle, report::StatusReport},
+};
 
 /// The MLAG id of each member port: `[peer].mlag_ids`, else the position
 /// in `member_ports` from 1.
 pub(super) fn mlag_ids(config: &Config) -> Vec<(String, u32)> {
     match &config.peer {
-        Some(peer) => peer.mlag_ids_for(&config.dataplane.member_ports),
+        Some(peer) => peer.mlag_ids_for(config.member_ports()),
         None => config
-            .dataplane
-            .member_ports
+            .member_ports()
             .iter()
             .enumerate()
             .map(|(i, name)| (name.clone(), i as u32 + 1))
@@ -60,11 +63,12 @@ pub(super) struct Reloader {
     /// The config the agent started with: what every section but
     /// `[dataplane]` still runs with.
     running: Config,
-    dataplane: DataplaneHandle,
+    /// None without `[dataplane]`.
+    dataplane: Option<DataplaneHandle>,
 }
 
 impl Reloader {
-    pub(super) fn new(path: &Path, running: Config, dataplane: DataplaneHandle) -> Self {
+    pub(super) fn new(path: &Path, running: Config, dataplane: Option<DataplaneHandle>) -> Self {
         Self {
             path: path.to_path_buf(),
             running,
@@ -103,12 +107,38 @@ impl Reloader {
                 self.path.display()
             );
         }
-        let dataplane = self.dataplane.clone();
         let mlag_ids = mlag_ids(&new);
         let file = self.path.display().to_string();
+        let (dataplane, section) = match (self.dataplane.clone(), new.dataplane) {
+            (Some(dataplane), Some(section)) => (dataplane, section),
+            (Some(_), None) => {
+                return refuse(
+                    reply,
+                    "[dataplane] cannot be removed on reload; restart the agent".into(),
+                );
+            }
+            (None, added) => {
+                let mut awaiting: Vec<String> =
+                    awaiting_restart.iter().map(|s| s.to_string()).collect();
+                if added.is_some() {
+                    tracing::warn!(
+                        "[dataplane] added in {file}; it takes effect at the next restart"
+                    );
+                    awaiting.push("dataplane".into());
+                }
+                tracing::info!(file, "config reloaded");
+                if let Some(reply) = reply {
+                    let mut status =
+                        StatusReport::without_dataplane(&self.running.instance, &file, 0);
+                    status.awaiting_restart = awaiting;
+                    let _ = reply.send(Ok(status));
+                }
+                return;
+            }
+        };
         tokio::spawn(async move {
             let result = dataplane
-                .reload(new.dataplane, mlag_ids)
+                .reload(section, mlag_ids)
                 .await
                 .map(|mut status| {
                     status.awaiting_restart =

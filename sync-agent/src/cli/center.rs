@@ -21,6 +21,8 @@ pub(super) async fn run(center: &str, action: ConfigAction, json: bool) -> anyho
             description,
             batch_size,
             pace_ms,
+            canary,
+            approve_each_batch,
         } => {
             let content = match (content, file) {
                 (Some(c), _) => c,
@@ -37,6 +39,12 @@ pub(super) async fn run(center: &str, action: ConfigAction, json: bool) -> anyho
             }
             if let Some(p) = pace_ms {
                 query.push(format!("pace_ms={p}"));
+            }
+            if let Some(c) = canary {
+                query.push(format!("canary={c}"));
+            }
+            if approve_each_batch {
+                query.push("approve_each_batch=true".into());
             }
             let suffix = if query.is_empty() {
                 String::new()
@@ -114,6 +122,52 @@ pub(super) async fn run(center: &str, action: ConfigAction, json: bool) -> anyho
                 )
                 .await?
         }
+        ConfigAction::Continue { id } => {
+            client
+                .post(
+                    &client.url(&format!("rollouts/{id}/continue")),
+                    &serde_json::json!({}),
+                    &format!("continue rollout {id}"),
+                )
+                .await?
+        }
+        ConfigAction::Abort { id } => {
+            client
+                .post(
+                    &client.url(&format!("rollouts/{id}/abort")),
+                    &serde_json::json!({}),
+                    &format!("abort rollout {id}"),
+                )
+                .await?
+        }
+        ConfigAction::Skip { id, device } => {
+            crate::rollout::wire::check_name("device", &device).map_err(anyhow::Error::msg)?;
+            client
+                .post(
+                    &client.url(&format!("rollouts/{id}/skip/{device}")),
+                    &serde_json::json!({}),
+                    &format!("skip {device} in rollout {id}"),
+                )
+                .await?
+        }
+        ConfigAction::Devices => client.get(&client.url("devices"), "devices").await?,
+        ConfigAction::RemoveDevice { device } => {
+            crate::rollout::wire::check_name("device", &device).map_err(anyhow::Error::msg)?;
+            client
+                .delete(
+                    &client.url(&format!("devices/{device}")),
+                    &format!("remove device {device}"),
+                )
+                .await?
+        }
+        ConfigAction::Listeners { key: k } => {
+            client
+                .get(
+                    &client.key_url(&key(&k)?, "/listeners"),
+                    &format!("listeners of {k}"),
+                )
+                .await?
+        }
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&value)?);
@@ -137,6 +191,53 @@ fn print_config_answer(value: &serde_json::Value) {
         )
     };
     match value {
+        serde_json::Value::Array(items)
+            if items
+                .first()
+                .is_some_and(|i| i["md5"].is_string() && i["device"].is_string()) =>
+        {
+            for l in items {
+                println!(
+                    "{} {} v{} md5 {}{}",
+                    l["device"].as_str().unwrap_or(""),
+                    l["service"].as_str().unwrap_or(""),
+                    l["version"]
+                        .as_u64()
+                        .map_or("-".to_string(), |v| v.to_string()),
+                    l["md5"].as_str().filter(|m| !m.is_empty()).unwrap_or("-"),
+                    if l["lost"] == true { " (lost)" } else { "" }
+                );
+            }
+        }
+        serde_json::Value::Array(items)
+            if items.first().is_some_and(|i| i["registered_ms"].is_u64()) =>
+        {
+            for d in items {
+                let services: Vec<&str> = d["services"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s["name"].as_str())
+                    .collect();
+                println!(
+                    "{} services {} labels [{}] seen_ms {}{}",
+                    d["device"].as_str().unwrap_or(""),
+                    services.join(","),
+                    d["labels"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|l| l.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    d["seen_ms"],
+                    if d["lost"] == true { " LOST" } else { "" }
+                );
+            }
+        }
+        v if v["batches"].is_array() => {
+            print_config_answer(&serde_json::Value::Array(vec![v.clone()]))
+        }
         serde_json::Value::Array(items)
             if items.first().is_some_and(|i| i["batches"].is_array()) =>
         {

@@ -141,6 +141,13 @@ pub enum ConfigAction {
         /// Delay between batches (ms), for this change.
         #[arg(long)]
         pace_ms: Option<u64>,
+        /// Devices (names, or labels they registered with) updated first,
+        /// alone in the first batch: `--canary dev1,dev2`.
+        #[arg(long, value_name = "DEVICE[,...]")]
+        canary: Option<String>,
+        /// Pause after every batch until `config continue ID`.
+        #[arg(long)]
+        approve_each_batch: bool,
     },
     /// Show a config (the current version, or `--version N`).
     Get {
@@ -198,6 +205,41 @@ pub enum ConfigAction {
         /// Rollout id.
         id: u64,
     },
+    /// Continue a paused rollout: after an approval pause the next batch is
+    /// released; after a failure the failed steps are retried.
+    Continue {
+        /// Rollout id.
+        id: u64,
+    },
+    /// End a rollout where it is; released steps of its batch go back to
+    /// what they had.
+    Abort {
+        /// Rollout id.
+        id: u64,
+    },
+    /// Give up on one device in a rollout (e.g. a lost one): its unfinished
+    /// steps are skipped and the rollout goes on.
+    Skip {
+        /// Rollout id.
+        id: u64,
+        /// Device name.
+        device: String,
+    },
+    /// Registered devices: services, labels, last heard from, lost or not,
+    /// confirmed versions.
+    Devices,
+    /// Forget a registered device (decommissioned); its unfinished steps
+    /// are skipped.
+    RemoveDevice {
+        /// Device name.
+        device: String,
+    },
+    /// Who uses a config: each device's service with the version and MD5 it
+    /// confirmed running.
+    Listeners {
+        /// namespace/group/name.
+        key: String,
+    },
 }
 
 /// `show` targets.
@@ -251,10 +293,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&parsed)?);
             } else {
                 println!(
-                    "{}: ok (instance {}, {} member port(s))",
+                    "{}: ok (instance {}, {} member port(s), roles {})",
                     config.display(),
                     parsed.instance,
-                    parsed.dataplane.member_ports.len()
+                    parsed.member_ports().len(),
+                    parsed.roles().join(" ")
                 );
             }
             Ok(())

@@ -25,10 +25,24 @@ use crate::{
 /// A reload asked for on the control socket; the supervisor answers.
 pub type ReloadRequest = oneshot::Sender<Result<StatusReport, String>>;
 
+/// What `status` says of the agent itself.
+pub struct AgentInfo {
+    /// Instance name.
+    pub instance: String,
+    /// Config file in use.
+    pub config_file: String,
+    /// When the agent started.
+    pub started: std::time::Instant,
+    /// The roles it runs ([`crate::config::Config::roles`]).
+    pub roles: Vec<String>,
+}
+
 /// The handles of every running module.
 pub struct Router {
-    /// Always runs.
-    pub dataplane: DataplaneHandle,
+    /// `[dataplane]`.
+    pub dataplane: Option<DataplaneHandle>,
+    /// The agent's identity and roles, for `status`.
+    pub agent: AgentInfo,
     /// Always runs.
     pub inference: InferenceHandle,
     /// `[peer]`.
@@ -64,21 +78,41 @@ impl Router {
     /// Answers one request.
     pub async fn route(&self, request: Request) -> Response {
         match request {
-            Request::Status => answer(self.dataplane.status().await),
-            Request::Counters => answer(self.dataplane.counters().await.map(|mut report| {
-                report.agent.bad_requests = self.bad_requests.load(Ordering::Relaxed);
-                report
-            })),
-            Request::Captured { limit } => {
-                answer(self.dataplane.captured(limit.unwrap_or(usize::MAX)).await)
+            Request::Status => {
+                let status = match &self.dataplane {
+                    Some(dataplane) => dataplane.status().await,
+                    None => Ok(StatusReport::without_dataplane(
+                        &self.agent.instance,
+                        &self.agent.config_file,
+                        self.agent.started.elapsed().as_secs(),
+                    )),
+                };
+                answer(status.map(|mut status| {
+                    status.roles = self.agent.roles.clone();
+                    status
+                }))
             }
+            Request::Counters => match &self.dataplane {
+                Some(dataplane) => answer(dataplane.counters().await.map(|mut report| {
+                    report.agent.bad_requests = self.bad_requests.load(Ordering::Relaxed);
+                    report
+                })),
+                None => not_configured("the dataplane", "dataplane"),
+            },
+            Request::Captured { limit } => match &self.dataplane {
+                Some(dataplane) => answer(dataplane.captured(limit.unwrap_or(usize::MAX)).await),
+                None => not_configured("the dataplane", "dataplane"),
+            },
             Request::Reload => {
                 let (tx, rx) = oneshot::channel();
                 if self.reload.send(tx).await.is_err() {
                     return Response::error("agent is shutting down");
                 }
                 match rx.await {
-                    Ok(Ok(status)) => Response::ok(&status),
+                    Ok(Ok(mut status)) => {
+                        status.roles = self.agent.roles.clone();
+                        Response::ok(&status)
+                    }
                     Ok(Err(err)) => {
                         Response::error(format!("reload refused, old config kept: {err}"))
                     }

@@ -268,6 +268,7 @@ impl Task {
             own_macs: tables.own.into_iter().collect(),
             shared_macs: tables.shared.into_iter().collect(),
             awaiting_restart: Vec::new(),
+            roles: Vec::new(),
         }
     }
 

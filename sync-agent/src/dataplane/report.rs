@@ -41,6 +41,34 @@ pub struct StatusReport {
     /// (filled in by the supervisor in the answer to `reload`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub awaiting_restart: Vec<String>,
+    /// The roles this agent runs (`dataplane`, `peer`, `mclag`, `fabric`,
+    /// `rollout-center`, `rollout-device`; filled in by the router).
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+impl StatusReport {
+    /// `status` of an agent that runs no `[dataplane]` (a config center or
+    /// fabric server on a management host): no programs, ports or tables.
+    pub fn without_dataplane(instance: &str, config_file: &str, uptime_s: u64) -> StatusReport {
+        StatusReport {
+            instance: instance.to_string(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            uptime_s,
+            config_file: config_file.to_string(),
+            program_id: None,
+            pass_program_id: None,
+            sync_own_replies: false,
+            vrrp_prefix_is_shared: false,
+            ports: Vec::new(),
+            peer_macs: Vec::new(),
+            own_macs: Vec::new(),
+            shared_macs: Vec::new(),
+            awaiting_restart: Vec::new(),
+            roles: Vec::new(),
+        }
+    }
 }
 
 /// One member port in `status`.
@@ -152,6 +180,9 @@ impl fmt::Display for StatusReport {
             s.instance, s.pid, s.version, s.uptime_s
         )?;
         writeln!(f, "config   {}", s.config_file)?;
+        if !s.roles.is_empty() {
+            writeln!(f, "roles    {}", s.roles.join(" "))?;
+        }
         writeln!(
             f,
             "programs mlag_classify id {}  mlag_pass id {}",

@@ -232,10 +232,14 @@ pub struct ServiceRegistration {
 
 /// Body of `POST /v1/devices/{device}/register`: the device's whole set of
 /// services (a later registration replaces the earlier one).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Register {
     pub services: Vec<ServiceRegistration>,
+    /// Free-form labels (e.g. `canary`, `rack-3`) a rollout's `canary` list
+    /// may name instead of device names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
 }
 
 /// "Service `service` of this device should run version `version` of `key`."
@@ -280,6 +284,16 @@ pub enum StepState {
     Assigned,
     Succeeded,
     Failed,
+    /// Settled without the device: it no longer registers the service, it
+    /// was lost (`on_lost = "skip"`), removed, or an operator skipped it.
+    Skipped,
+}
+
+impl StepState {
+    /// Succeeded or skipped: the batch need not wait for it any more.
+    pub fn is_settled(self) -> bool {
+        matches!(self, StepState::Succeeded | StepState::Skipped)
+    }
 }
 
 /// One (device, service) update inside a rollout.
@@ -319,8 +333,14 @@ pub struct Rollout {
     pub batches: Vec<Vec<Step>>,
     pub created_ms: u64,
     /// Why the rollout is paused (or, once done, why it ended early, e.g.
-    /// superseded by a newer version); empty otherwise.
+    /// superseded by a newer version or aborted); empty otherwise.
     pub paused_reason: String,
+    /// Devices (names or labels) released alone in the first batch.
+    #[serde(default)]
+    pub canary: Vec<String>,
+    /// Pause after every batch until `config continue ID`.
+    #[serde(default)]
+    pub approve_each_batch: bool,
 }
 
 /// What the center knows about one registered device (`GET /v1/devices`).
@@ -332,6 +352,34 @@ pub struct DeviceInfo {
     /// What the center has released to each service, in the same order.
     pub released: Vec<Assignment>,
     pub registered_ms: u64,
+    /// The labels the device registered with.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// When the center last heard from the device (register, watch, ack).
+    #[serde(default)]
+    pub seen_ms: u64,
+    /// Silent for longer than `device_expiry_s`: its steps count as lost.
+    #[serde(default)]
+    pub lost: bool,
+    /// Per service, the version and MD5 the device acknowledged as applied.
+    #[serde(default)]
+    pub confirmed: Vec<Listener>,
+}
+
+/// One (device, service) using a config and what it confirmed it runs
+/// (`GET .../listeners`, `config listeners KEY`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listener {
+    pub device: String,
+    pub service: String,
+    pub key: ConfigKey,
+    /// The version the device acknowledged as applied (None: nothing yet).
+    pub version: Option<u64>,
+    /// Its MD5 (empty: nothing yet).
+    pub md5: String,
+    /// Whether the device is silent past `device_expiry_s`.
+    #[serde(default)]
+    pub lost: bool,
 }
 
 /// Body of every error answer.

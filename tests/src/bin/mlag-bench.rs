@@ -265,7 +265,7 @@ fn config_center() -> anyhow::Result<()> {
         let put = |content: &str| PutConfig { format: Format::Text, content: content.into(), description: String::new(), author: "bench".into() };
         let v1 = center.put(key.clone(), put("v1"), RolloutOptions::default()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         for d in 0..WAITERS {
-            let registration = Register { services: vec![ServiceRegistration { name: "s".into(), config: key.clone(), depends_on: vec![] }] };
+            let registration = Register { services: vec![ServiceRegistration { name: "s".into(), config: key.clone(), depends_on: vec![] }], ..Default::default() };
             center.register(format!("dev{d}"), registration).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         let client = reqwest::Client::builder().pool_max_idle_per_host(WAITERS).build()?;
@@ -282,7 +282,7 @@ fn config_center() -> anyhow::Result<()> {
         // Give every request time to arrive and start waiting.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let start = Instant::now();
-        let opts = RolloutOptions { batch_size: Some(WAITERS), pace_ms: None };
+        let opts = RolloutOptions { batch_size: Some(WAITERS), ..Default::default() };
         center.put(key.clone(), put("v2"), opts).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut latencies = Vec::with_capacity(WAITERS);
         let mut failed = 0;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::engine::OnLost;
 use super::store::DEFAULT_MAX_CONFIG_BYTES;
 use crate::validate::Problems;
 
@@ -21,6 +22,20 @@ fn default_batch_size() -> usize {
 
 fn default_max_config_bytes() -> usize {
     DEFAULT_MAX_CONFIG_BYTES
+}
+
+/// Seconds a released step may wait for its acknowledgement by default.
+pub const DEFAULT_STEP_TIMEOUT_S: u64 = 300;
+/// Seconds of silence after which a device is lost by default (a device
+/// polls at least every `watch_timeout_ms`, 30 s by default).
+pub const DEFAULT_DEVICE_EXPIRY_S: u64 = 120;
+
+fn default_step_timeout_s() -> u64 {
+    DEFAULT_STEP_TIMEOUT_S
+}
+
+fn default_device_expiry_s() -> u64 {
+    DEFAULT_DEVICE_EXPIRY_S
 }
 
 /// `[rollout.center]`: how to run the config center. `listen` and `db_path`
@@ -42,6 +57,18 @@ pub struct CenterConfig {
     /// Largest config content accepted, bytes (default 1 MiB).
     #[serde(default = "default_max_config_bytes")]
     pub max_config_bytes: usize,
+    /// A released step not acknowledged within this many seconds fails and
+    /// pauses its rollout (default 300; 0: wait forever).
+    #[serde(default = "default_step_timeout_s")]
+    pub step_timeout_s: u64,
+    /// A device not heard from (register, poll, ack) for this many seconds
+    /// is lost (default 120; 0: never).
+    #[serde(default = "default_device_expiry_s")]
+    pub device_expiry_s: u64,
+    /// What a lost device does to a rollout waiting for it: `pause` (the
+    /// default; the reason names the device) or `skip` its steps.
+    #[serde(default)]
+    pub on_lost: OnLost,
 }
 
 impl Default for CenterConfig {
@@ -52,6 +79,9 @@ impl Default for CenterConfig {
             batch_size: DEFAULT_BATCH_SIZE,
             pace_ms: 0,
             max_config_bytes: DEFAULT_MAX_CONFIG_BYTES,
+            step_timeout_s: DEFAULT_STEP_TIMEOUT_S,
+            device_expiry_s: DEFAULT_DEVICE_EXPIRY_S,
+            on_lost: OnLost::Pause,
         }
     }
 }
@@ -61,6 +91,12 @@ impl CenterConfig {
     pub fn problems(&self, out: &mut Problems) {
         if self.batch_size == 0 {
             out.add("rollout.center.batch_size", "must be at least 1");
+        }
+        if self.device_expiry_s > 0 && self.device_expiry_s < 5 {
+            out.add(
+                "rollout.center.device_expiry_s",
+                "must be 0 (never) or at least 5 seconds (devices poll every few seconds)",
+            );
         }
     }
 }

@@ -2,34 +2,41 @@
 //! devices run which services, what has been released to each, and the
 //! batches of every rollout. Synchronous and clock-free (callers pass
 //! `now_ms`), so it is tested without HTTP; [`super::Center`] keeps it behind
-//! a mutex and runs the pace timers it asks for.
-//!
-//! This state lives in memory only: after a center restart, devices get 404
-//! on their next watch, register again and are released the current version
-//! of their configs; rollouts that were in progress are gone (the configs
-//! and their history are in the database).
+//! a mutex, runs the pace timers it asks for and writes what changed
+//! ([`Engine::take_changes`]) to the database ([`super::rollout_store`])
+//! before the change is acknowledged, so a restart (SIGKILL included) resumes
+//! every rollout where it was ([`Engine::restore`]).
 //!
 //! Releasing: each device has a map service -> [`Assignment`] (what the
 //! center wants that service to run) and a `tokio::sync::watch` counter
 //! bumped on every change, which wakes its long polls. A new registration is
-//! released the current version at once (rollout id 0). A rollout releases
-//! batch by batch; a failed step restores what the device had been released
-//! before, so its long poll does not offer the failed version again, and
-//! pauses the rollout.
+//! released the current version at once (rollout id 0), unless a rollout of
+//! that config is under way: then it is released the version that rollout
+//! started from and joins the rollout as a step of a later batch, so it never
+//! gets a version outside a batch. A rollout releases batch by batch; a
+//! failed step restores what the device had been released before, so its
+//! long poll does not offer the failed version again, and pauses the rollout.
+//!
+//! Nothing waits forever: an assigned step not acknowledged within the step
+//! timeout fails (and pauses its rollout), and a device silent for the
+//! device expiry is lost: its steps pause the rollout naming it, or are
+//! skipped, as `on_lost` says ([`Engine::tick`]). Across rollouts a device
+//! updates one service at a time, in dependency order across config keys.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::error::{CenterError, CenterResult};
 use super::planner;
 use crate::rollout::wire::{
-    Ack, Assignment, ConfigKey, DeviceInfo, Register, Rollout, RolloutState, ServiceRegistration,
-    Step, StepState, check_name,
+    Ack, Assignment, ConfigKey, DeviceInfo, Listener, Register, Rollout, RolloutState,
+    ServiceRegistration, Step, StepState, check_name,
 };
 
-/// How many rollouts are kept in memory; beyond that the oldest finished
-/// ones are forgotten when a new one starts.
+/// How many rollouts are kept; beyond that the oldest finished ones are
+/// forgotten when a new one starts.
 pub const KEPT_ROLLOUTS: usize = 256;
 
 /// A pace delay the caller must wait before calling [`Engine::fire_timer`].
@@ -40,43 +47,144 @@ pub struct Timer {
     pub delay_ms: u64,
 }
 
-struct Device {
+/// What to do with the steps of a device silent for `device_expiry_s`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLost {
+    /// Pause the rollout, naming the device (the default).
+    #[default]
+    Pause,
+    /// Skip the device's steps and go on.
+    Skip,
+}
+
+/// How a new version is rolled out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanOptions {
+    pub batch_size: usize,
+    pub pace_ms: u64,
+    /// Device names or labels released alone in the first batch.
+    pub canary: Vec<String>,
+    /// Pause after every batch until resumed.
+    pub approve_each_batch: bool,
+}
+
+/// A version and its MD5.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmed {
+    pub version: u64,
+    pub md5: String,
+}
+
+/// What is stored of one device.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceState {
     /// In dependency order.
-    services: Vec<ServiceRegistration>,
-    released: HashMap<String, Assignment>,
-    /// Per service, the MD5 the device last acknowledged as applied.
-    confirmed: HashMap<String, String>,
-    registered_ms: u64,
+    pub services: Vec<ServiceRegistration>,
+    pub released: BTreeMap<String, Assignment>,
+    /// Per service, what the device last acknowledged as applied.
+    pub confirmed: BTreeMap<String, Confirmed>,
+    pub registered_ms: u64,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Updated in memory on every poll; stored only with other changes
+    /// (and reset to the start time on restore).
+    #[serde(default)]
+    pub seen_ms: u64,
+    #[serde(default)]
+    pub lost: bool,
+}
+
+/// What is stored of one rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutEntry {
+    pub rollout: Rollout,
+    pub md5: String,
+    /// device -> service -> what it had been released before this rollout,
+    /// to restore if the step fails.
+    pub previous: BTreeMap<String, BTreeMap<String, Option<Assignment>>>,
+    /// A pace timer for `current_batch` is running: do not release before.
+    pub waiting_timer: bool,
+    /// The version devices ran before this rollout (what a service joining
+    /// mid-rollout is released until its step comes).
+    #[serde(default)]
+    pub base: Option<Confirmed>,
+}
+
+/// Small engine-wide state stored with the rest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineMeta {
+    pub next_id: u64,
+    /// Per config key (`ns/group/name`), the last version fully rolled out
+    /// (or released with no rollout).
+    pub stable: BTreeMap<String, Confirmed>,
+}
+
+/// What changed since the last [`Engine::take_changes`]: `None` = deleted.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub devices: Vec<(String, Option<DeviceState>)>,
+    pub rollouts: Vec<(u64, Option<RolloutEntry>)>,
+    pub meta: Option<EngineMeta>,
+    /// Long polls to wake once the change is stored.
+    pub wake: Vec<watch::Sender<u64>>,
+    /// The change must be on disk before it is acknowledged. False only for
+    /// a registration that touched no rollout: if a crash loses it, the
+    /// device's next poll gets 404 and it registers again, to the same
+    /// result.
+    pub durable: bool,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty() && self.rollouts.is_empty() && self.meta.is_none()
+    }
+
+    /// Wakes the long polls of every device the change released to.
+    pub fn wake(&self) {
+        for notify in &self.wake {
+            notify.send_modify(|generation| *generation += 1);
+        }
+    }
+}
+
+struct Device {
+    state: DeviceState,
     notify: watch::Sender<u64>,
 }
 
-impl Device {
+impl DeviceState {
     fn uses(&self, service: &str, key: &ConfigKey) -> bool {
         self.services
             .iter()
             .any(|s| s.name == service && &s.config == key)
     }
-
-    fn bump(&self) {
-        self.notify.send_modify(|generation| *generation += 1);
-    }
 }
 
-struct Entry {
-    rollout: Rollout,
-    md5: String,
-    /// What each released (device, service) had been released before this
-    /// rollout, to restore if the step fails.
-    previous: HashMap<(String, String), Option<Assignment>>,
-    /// A pace timer for `current_batch` is running: do not release before.
-    waiting_timer: bool,
+#[derive(Default)]
+struct Dirty {
+    devices: BTreeSet<String>,
+    rollouts: BTreeSet<u64>,
+    meta: bool,
+    wake: BTreeSet<String>,
+    /// See [`Changes::durable`].
+    relaxed: bool,
 }
 
 #[derive(Default)]
 pub struct Engine {
     devices: HashMap<String, Device>,
-    rollouts: BTreeMap<u64, Entry>,
-    next_id: u64,
+    rollouts: BTreeMap<u64, RolloutEntry>,
+    meta: EngineMeta,
+    dirty: Dirty,
+}
+
+fn state_name(state: RolloutState) -> &'static str {
+    match state {
+        RolloutState::Running => "running",
+        RolloutState::Paused => "paused",
+        RolloutState::Done => "done",
+    }
 }
 
 impl Engine {
@@ -84,11 +192,75 @@ impl Engine {
         Engine::default()
     }
 
+    /// The engine as stored: every device is taken as just heard from
+    /// (`now_ms`), so a restart does not count its own downtime as silence.
+    /// Pace timers that were running are returned to be run again.
+    pub fn restore(
+        devices: Vec<(String, DeviceState)>,
+        rollouts: Vec<RolloutEntry>,
+        meta: EngineMeta,
+        now_ms: u64,
+    ) -> (Engine, Vec<Timer>) {
+        let mut engine = Engine {
+            meta,
+            ..Engine::default()
+        };
+        for (name, mut state) in devices {
+            state.seen_ms = now_ms;
+            let notify = watch::channel(0).0;
+            engine.devices.insert(name, Device { state, notify });
+        }
+        let mut timers = Vec::new();
+        for entry in rollouts {
+            let r = &entry.rollout;
+            engine.meta.next_id = engine.meta.next_id.max(r.id);
+            if entry.waiting_timer && r.state == RolloutState::Running {
+                timers.push(Timer {
+                    rollout_id: r.id,
+                    batch: r.current_batch,
+                    delay_ms: r.pace_ms,
+                });
+            }
+            engine.rollouts.insert(r.id, entry);
+        }
+        (engine, timers)
+    }
+
+    /// Takes what changed since the last call, for the caller to store and
+    /// then wake the long polls.
+    pub fn take_changes(&mut self) -> Changes {
+        let dirty = std::mem::take(&mut self.dirty);
+        Changes {
+            durable: !dirty.relaxed || !dirty.rollouts.is_empty(),
+            devices: dirty
+                .devices
+                .into_iter()
+                .map(|name| {
+                    let state = self.devices.get(&name).map(|d| d.state.clone());
+                    (name, state)
+                })
+                .collect(),
+            rollouts: dirty
+                .rollouts
+                .into_iter()
+                .map(|id| (id, self.rollouts.get(&id).cloned()))
+                .collect(),
+            meta: dirty.meta.then(|| self.meta.clone()),
+            wake: dirty
+                .wake
+                .iter()
+                .filter_map(|name| self.devices.get(name).map(|d| d.notify.clone()))
+                .collect(),
+        }
+    }
+
     /// Records the services of `device` (replacing an earlier registration).
     /// `current` gives the current (version, md5) of a config, if any: a
     /// service that is new, or now uses another config, is released it at
-    /// once. A service kept with the same config keeps what it was released.
-    /// Refuses bad names, unknown dependencies and cycles (nothing changes).
+    /// once, or, while a rollout of that config runs, the version the rollout
+    /// started from, and joins the rollout. A service kept with the same
+    /// config keeps what it was released. Refuses bad names, unknown
+    /// dependencies and cycles (nothing changes).
     pub fn register(
         &mut self,
         device: &str,
@@ -101,6 +273,9 @@ impl Engine {
             check_name("service", &service.name).map_err(CenterError::Invalid)?;
             service.config.validate().map_err(CenterError::Invalid)?;
         }
+        for label in &registration.labels {
+            check_name("label", label).map_err(CenterError::Invalid)?;
+        }
         let order = planner::dependency_order(&registration.services)
             .map_err(|e| CenterError::Invalid(format!("device {device}: {e}")))?;
         let mut slots: Vec<Option<ServiceRegistration>> =
@@ -112,26 +287,62 @@ impl Engine {
             .devices
             .entry(device.to_string())
             .or_insert_with(|| Device {
-                services: Vec::new(),
-                released: HashMap::new(),
-                confirmed: HashMap::new(),
-                registered_ms: now_ms,
+                state: DeviceState {
+                    registered_ms: now_ms,
+                    ..DeviceState::default()
+                },
                 notify: watch::channel(0).0,
             });
-        let old: HashMap<String, ConfigKey> = entry
+        let state = &mut entry.state;
+        self.dirty.devices.insert(device.to_string());
+        self.dirty.wake.insert(device.to_string());
+        let old: HashMap<String, ConfigKey> = state
             .services
             .drain(..)
             .map(|s| (s.name, s.config))
             .collect();
-        entry.registered_ms = now_ms;
+        state.registered_ms = now_ms;
+        state.seen_ms = now_ms;
+        state.lost = false;
+        state.labels = registration.labels;
+        let mut touched = Vec::new();
         for service in &services {
             if old.get(&service.name) == Some(&service.config) {
                 continue;
             }
-            entry.confirmed.remove(&service.name);
-            entry.released.remove(&service.name);
+            state.confirmed.remove(&service.name);
+            state.released.remove(&service.name);
+            let active = self.rollouts.iter_mut().rev().find(|(_, e)| {
+                e.rollout.key == service.config && e.rollout.state != RolloutState::Done
+            });
+            if let Some((&id, e)) = active {
+                if let Some(base) = &e.base {
+                    state.released.insert(
+                        service.name.clone(),
+                        Assignment {
+                            rollout_id: 0,
+                            service: service.name.clone(),
+                            key: service.config.clone(),
+                            version: base.version,
+                            md5: base.md5.clone(),
+                        },
+                    );
+                }
+                append_step(&mut e.rollout, device, &service.name);
+                self.dirty.rollouts.insert(id);
+                touched.push(id);
+                continue;
+            }
             if let Some((version, md5)) = current(&service.config) {
-                entry.released.insert(
+                self.meta.stable.insert(
+                    service.config.to_string(),
+                    Confirmed {
+                        version,
+                        md5: md5.clone(),
+                    },
+                );
+                self.dirty.meta = true;
+                state.released.insert(
                     service.name.clone(),
                     Assignment {
                         rollout_id: 0,
@@ -145,15 +356,13 @@ impl Engine {
         }
         for name in old.keys() {
             if !services.iter().any(|s| &s.name == name) {
-                entry.released.remove(name);
-                entry.confirmed.remove(name);
+                state.released.remove(name);
+                state.confirmed.remove(name);
             }
         }
-        entry.services = services;
-        entry.bump();
+        state.services = services;
 
         // Steps this device no longer matches would wait forever: settle them.
-        let mut touched = Vec::new();
         for (id, e) in self.rollouts.iter_mut() {
             let Some(batch) = e.rollout.batches.get_mut(e.rollout.current_batch) else {
                 continue;
@@ -161,23 +370,45 @@ impl Engine {
             for step in batch.iter_mut() {
                 if step.device == device
                     && step.state == StepState::Assigned
-                    && !entry.uses(&step.service, &e.rollout.key)
+                    && !state.uses(&step.service, &e.rollout.key)
                 {
-                    step.state = StepState::Succeeded;
+                    step.state = StepState::Skipped;
                     step.acked_ms = Some(now_ms);
                     step.reason = format!(
                         "skipped: {device} no longer registers service {} with {}",
                         step.service, e.rollout.key
                     );
+                    self.dirty.rollouts.insert(*id);
                     touched.push(*id);
                 }
             }
         }
+        touched.sort_unstable();
         touched.dedup();
-        Ok(touched
+        self.dirty.relaxed = touched.is_empty();
+        let mut timers: Vec<Timer> = touched
             .into_iter()
             .flat_map(|id| self.run(id, now_ms))
-            .collect())
+            .collect();
+        timers.extend(self.run_all(now_ms));
+        Ok(timers)
+    }
+
+    /// Which registered devices a canary list names (by name or label), for
+    /// `key`; an entry naming no device using `key` is refused.
+    pub fn check_canary(&self, key: &ConfigKey, canary: &[String]) -> CenterResult<()> {
+        for wanted in canary {
+            let found = self.devices.iter().any(|(name, d)| {
+                (name == wanted || d.state.labels.contains(wanted))
+                    && d.state.services.iter().any(|s| &s.config == key)
+            });
+            if !found {
+                return Err(CenterError::Invalid(format!(
+                    "canary {wanted:?} names no registered device (or device label) using {key}"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// A new version of `key` was stored: plans a rollout to every
@@ -189,8 +420,7 @@ impl Engine {
         key: &ConfigKey,
         version: u64,
         md5: &str,
-        batch_size: usize,
-        pace_ms: u64,
+        options: &PlanOptions,
         now_ms: u64,
     ) -> (Option<u64>, Vec<Timer>) {
         if self
@@ -202,69 +432,94 @@ impl Engine {
         }
         let mut names: Vec<&String> = self.devices.keys().collect();
         names.sort();
-        let affected: Vec<(String, Vec<String>)> = names
-            .into_iter()
-            .filter_map(|name| {
-                let services: Vec<String> = self.devices[name]
-                    .services
-                    .iter()
-                    .filter(|s| &s.config == key)
-                    .map(|s| s.name.clone())
-                    .collect();
-                (!services.is_empty()).then(|| (name.clone(), services))
-            })
-            .collect();
-        if affected.is_empty() {
+        let is_canary = |name: &str| {
+            let labels = &self.devices[name].state.labels;
+            options
+                .canary
+                .iter()
+                .any(|c| c == name || labels.contains(c))
+        };
+        let mut canaries = Vec::new();
+        let mut others = Vec::new();
+        for name in names {
+            let services: Vec<String> = self.devices[name]
+                .state
+                .services
+                .iter()
+                .filter(|s| &s.config == key)
+                .map(|s| s.name.clone())
+                .collect();
+            if services.is_empty() {
+                continue;
+            }
+            if is_canary(name) {
+                canaries.push((name.clone(), services));
+            } else {
+                others.push((name.clone(), services));
+            }
+        }
+        if canaries.is_empty() && others.is_empty() {
+            // Nothing to store: a device registering later is released the
+            // stored current version (and records it as stable then), so a
+            // write to a key nobody uses costs no second transaction.
             return (None, Vec::new());
         }
         self.prune();
-        self.next_id += 1;
-        let id = self.next_id;
-        for e in self.rollouts.values_mut() {
+        self.meta.next_id += 1;
+        self.dirty.meta = true;
+        let id = self.meta.next_id;
+        let mut base = self.meta.stable.get(&key.to_string()).cloned();
+        for (old_id, e) in self.rollouts.iter_mut() {
             if &e.rollout.key == key && e.rollout.state != RolloutState::Done {
                 e.rollout.state = RolloutState::Done;
                 e.waiting_timer = false;
                 e.rollout.paused_reason = format!("superseded by rollout {id} (version {version})");
+                if e.base.is_some() {
+                    base = e.base.clone();
+                }
+                self.dirty.rollouts.insert(*old_id);
             }
         }
-        let batch_size = batch_size.max(1);
-        let batches = planner::plan(&affected, batch_size)
+        let batch_size = options.batch_size.max(1);
+        // Canaries alone first (all of them in the first batch), then the rest.
+        let mut planned = planner::plan(&canaries, canaries.len().max(1));
+        planned.extend(planner::plan(&others, batch_size));
+        let batches = planned
             .into_iter()
             .map(|batch| {
                 batch
                     .into_iter()
-                    .map(|(device, service)| Step {
-                        device,
-                        service,
-                        state: StepState::Pending,
-                        reason: String::new(),
-                        assigned_ms: None,
-                        acked_ms: None,
-                    })
+                    .map(|(device, service)| pending_step(device, service))
                     .collect()
             })
             .collect();
         self.rollouts.insert(
             id,
-            Entry {
+            RolloutEntry {
                 rollout: Rollout {
                     id,
                     key: key.clone(),
                     version,
                     state: RolloutState::Running,
                     batch_size,
-                    pace_ms,
+                    pace_ms: options.pace_ms,
                     current_batch: 0,
                     batches,
                     created_ms: now_ms,
                     paused_reason: String::new(),
+                    canary: options.canary.clone(),
+                    approve_each_batch: options.approve_each_batch,
                 },
                 md5: md5.to_string(),
-                previous: HashMap::new(),
+                previous: BTreeMap::new(),
                 waiting_timer: false,
+                base,
             },
         );
-        (Some(id), self.run(id, now_ms))
+        self.dirty.rollouts.insert(id);
+        let mut timers = self.run(id, now_ms);
+        timers.extend(self.run_all(now_ms));
+        (Some(id), timers)
     }
 
     /// Forgets the oldest finished rollouts beyond [`KEPT_ROLLOUTS`].
@@ -273,9 +528,11 @@ impl Engine {
         if excess == 0 {
             return;
         }
-        self.rollouts.retain(|_, e| {
+        let dirty = &mut self.dirty.rollouts;
+        self.rollouts.retain(|id, e| {
             if excess > 0 && e.rollout.state == RolloutState::Done {
                 excess -= 1;
+                dirty.insert(*id);
                 false
             } else {
                 true
@@ -283,28 +540,105 @@ impl Engine {
         });
     }
 
+    /// Runs every running rollout: a step held back because its device was
+    /// busy in another rollout, or waited for a dependency in another key,
+    /// may go now.
+    fn run_all(&mut self, now_ms: u64) -> Vec<Timer> {
+        let running: Vec<u64> = self
+            .rollouts
+            .iter()
+            .filter(|(_, e)| e.rollout.state == RolloutState::Running && !e.waiting_timer)
+            .map(|(id, _)| *id)
+            .collect();
+        running
+            .into_iter()
+            .flat_map(|id| self.run(id, now_ms))
+            .collect()
+    }
+
+    /// Why `device`'s `service` must not be released by rollout `id` now:
+    /// the device has a step assigned in another running rollout (one
+    /// service at a time per device), or a service it depends on (through
+    /// any config key) still has an unsettled step in another rollout.
+    fn blocked(&self, id: u64, device: &str, service: &str) -> Option<String> {
+        let dev = self.devices.get(device)?;
+        let deps = dependencies(&dev.state.services, service);
+        for (other_id, e) in &self.rollouts {
+            if *other_id == id || e.rollout.state == RolloutState::Done {
+                continue;
+            }
+            for (b, batch) in e.rollout.batches.iter().enumerate() {
+                for step in batch.iter().filter(|s| s.device == device) {
+                    if step.state == StepState::Assigned {
+                        return Some(format!(
+                            "waiting: {device} is updating {} in rollout {other_id}",
+                            step.service
+                        ));
+                    }
+                    if deps.contains(step.service.as_str())
+                        && !step.state.is_settled()
+                        && b >= e.rollout.current_batch
+                    {
+                        return Some(format!(
+                            "waiting: {device} must update {} first (rollout {other_id})",
+                            step.service
+                        ));
+                    }
+                }
+            }
+        }
+        None
+    }
+
     /// Releases the current batch's pending steps, and moves on while
     /// batches complete (at once, or through a timer when paced).
     fn run(&mut self, id: u64, now_ms: u64) -> Vec<Timer> {
-        let Some(e) = self.rollouts.get_mut(&id) else {
-            return Vec::new();
-        };
         loop {
-            let r = &mut e.rollout;
+            let Some(e) = self.rollouts.get(&id) else {
+                return Vec::new();
+            };
+            let r = &e.rollout;
             if r.state != RolloutState::Running || e.waiting_timer {
                 return Vec::new();
             }
-            let Some(batch) = r.batches.get_mut(r.current_batch) else {
-                r.state = RolloutState::Done;
+            self.dirty.rollouts.insert(id);
+            if r.current_batch >= r.batches.len() {
+                self.finish(id);
                 return Vec::new();
+            }
+            // Which pending steps of the batch are held back (checked before
+            // borrowing the rollout mutably).
+            let others = self
+                .rollouts
+                .iter()
+                .any(|(other, e)| *other != id && e.rollout.state != RolloutState::Done);
+            let held: Vec<(usize, String)> = if others {
+                r.batches[r.current_batch]
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.state == StepState::Pending)
+                    .filter_map(|(i, s)| self.blocked(id, &s.device, &s.service).map(|w| (i, w)))
+                    .collect()
+            } else {
+                Vec::new()
             };
-            for step in batch.iter_mut().filter(|s| s.state == StepState::Pending) {
+            let e = self.rollouts.get_mut(&id).expect("looked up above");
+            let r = &mut e.rollout;
+            let batch = &mut r.batches[r.current_batch];
+            for (i, step) in batch.iter_mut().enumerate() {
+                if step.state != StepState::Pending {
+                    continue;
+                }
+                if let Some((_, why)) = held.iter().find(|(h, _)| *h == i) {
+                    step.reason = why.clone();
+                    continue;
+                }
                 let device = self
                     .devices
                     .get_mut(&step.device)
-                    .filter(|d| d.uses(&step.service, &r.key));
+                    .filter(|d| d.state.uses(&step.service, &r.key));
                 let Some(device) = device else {
-                    step.state = StepState::Succeeded;
+                    step.state = StepState::Skipped;
                     step.acked_ms = Some(now_ms);
                     step.reason = format!(
                         "skipped: {} no longer registers service {} with {}",
@@ -312,6 +646,7 @@ impl Engine {
                     );
                     continue;
                 };
+                self.dirty.devices.insert(step.device.clone());
                 let assignment = Assignment {
                     rollout_id: id,
                     service: step.service.clone(),
@@ -320,8 +655,13 @@ impl Engine {
                     md5: e.md5.clone(),
                 };
                 step.assigned_ms = Some(now_ms);
-                let unchanged = device.confirmed.get(&step.service) == Some(&e.md5)
-                    && device
+                step.reason.clear();
+                let state = &mut device.state;
+                let unchanged = state
+                    .confirmed
+                    .get(&step.service)
+                    .is_some_and(|c| c.md5 == e.md5)
+                    && state
                         .released
                         .get(&step.service)
                         .is_some_and(|a| a.md5 == e.md5);
@@ -329,24 +669,43 @@ impl Engine {
                     // The device acknowledged this very content, and nothing
                     // else was released since: no refetch (its long poll
                     // compares MD5s and would not answer anyway).
-                    device.released.insert(step.service.clone(), assignment);
+                    state.released.insert(step.service.clone(), assignment);
+                    state.confirmed.insert(
+                        step.service.clone(),
+                        Confirmed {
+                            version: r.version,
+                            md5: e.md5.clone(),
+                        },
+                    );
                     step.state = StepState::Succeeded;
                     step.acked_ms = Some(now_ms);
                     step.reason = "unchanged: the device already runs this content".into();
                     continue;
                 }
-                let before = device.released.insert(step.service.clone(), assignment);
+                let before = state.released.insert(step.service.clone(), assignment);
                 e.previous
-                    .insert((step.device.clone(), step.service.clone()), before);
+                    .entry(step.device.clone())
+                    .or_default()
+                    .insert(step.service.clone(), before);
                 step.state = StepState::Assigned;
-                device.bump();
+                self.dirty.wake.insert(step.device.clone());
             }
-            if !batch.iter().all(|s| s.state == StepState::Succeeded) {
+            if !batch.iter().all(|s| s.state.is_settled()) {
                 return Vec::new();
             }
             r.current_batch += 1;
             if r.current_batch >= r.batches.len() {
-                r.state = RolloutState::Done;
+                self.finish(id);
+                return Vec::new();
+            }
+            if r.approve_each_batch {
+                r.state = RolloutState::Paused;
+                r.paused_reason = format!(
+                    "batch {} of {} done; waiting for approval (config continue {id})",
+                    r.current_batch,
+                    r.batches.len()
+                );
+                tracing::info!("config center: rollout {id}: {}", r.paused_reason);
                 return Vec::new();
             }
             if r.pace_ms > 0 {
@@ -360,11 +719,31 @@ impl Engine {
         }
     }
 
+    /// A rollout went through all its batches: its version is the key's
+    /// stable one.
+    fn finish(&mut self, id: u64) {
+        let Some(e) = self.rollouts.get_mut(&id) else {
+            return;
+        };
+        e.rollout.state = RolloutState::Done;
+        e.waiting_timer = false;
+        self.meta.stable.insert(
+            e.rollout.key.to_string(),
+            Confirmed {
+                version: e.rollout.version,
+                md5: e.md5.clone(),
+            },
+        );
+        self.dirty.meta = true;
+        self.dirty.rollouts.insert(id);
+    }
+
     /// A pace timer ran out: release the batch it was for.
     pub fn fire_timer(&mut self, timer: Timer, now_ms: u64) -> Vec<Timer> {
         match self.rollouts.get_mut(&timer.rollout_id) {
             Some(e) if e.waiting_timer && e.rollout.current_batch == timer.batch => {
                 e.waiting_timer = false;
+                self.dirty.rollouts.insert(timer.rollout_id);
                 self.run(timer.rollout_id, now_ms)
             }
             _ => Vec::new(),
@@ -381,12 +760,21 @@ impl Engine {
                 "device {device} is not registered"
             )));
         };
+        let dev = &mut dev.state;
+        dev.seen_ms = now_ms;
         let service = ack.service.as_str();
         if ack.rollout_id == 0 {
             return match dev.released.get(service) {
                 Some(a) if a.rollout_id == 0 && a.version == ack.version => {
+                    self.dirty.devices.insert(device.to_string());
                     if ack.ok {
-                        dev.confirmed.insert(service.to_string(), a.md5.clone());
+                        dev.confirmed.insert(
+                            service.to_string(),
+                            Confirmed {
+                                version: a.version,
+                                md5: a.md5.clone(),
+                            },
+                        );
                     } else {
                         tracing::warn!(
                             "config center: {device} failed to apply initial {} version {} for {service}: {}",
@@ -450,6 +838,7 @@ impl Engine {
                 )));
             }
             (StepState::Succeeded, true) | (StepState::Failed, false) => return Ok(Vec::new()),
+            (StepState::Skipped, _) => return Ok(Vec::new()),
             (StepState::Succeeded, false) | (StepState::Failed, true) => {
                 return Err(CenterError::Conflict(format!(
                     "device {device} service {service:?} already acknowledged rollout {id} as {}",
@@ -462,6 +851,8 @@ impl Engine {
             }
             (StepState::Assigned, _) => {}
         }
+        self.dirty.devices.insert(device.to_string());
+        self.dirty.rollouts.insert(id);
         step.acked_ms = Some(now_ms);
         step.reason = ack.reason.clone();
         if ack.ok {
@@ -473,49 +864,75 @@ impl Engine {
                 .get(service)
                 .is_some_and(|a| a.rollout_id == id)
             {
-                dev.confirmed.insert(service.to_string(), e.md5.clone());
+                dev.confirmed.insert(
+                    service.to_string(),
+                    Confirmed {
+                        version: r.version,
+                        md5: e.md5.clone(),
+                    },
+                );
             }
-            return Ok(self.run(id, now_ms));
+            let mut timers = self.run(id, now_ms);
+            timers.extend(self.run_all(now_ms));
+            return Ok(timers);
         }
         step.state = StepState::Failed;
-        if dev
-            .released
-            .get(service)
-            .is_some_and(|a| a.rollout_id == id)
-        {
-            match e
-                .previous
-                .get(&(device.to_string(), service.to_string()))
-                .cloned()
-                .flatten()
-            {
-                Some(before) => {
-                    dev.released.insert(service.to_string(), before);
-                }
-                None => {
-                    dev.released.remove(service);
-                }
+        let reason = format!(
+            "device {device} service {service} failed to apply {} version {}: {}",
+            r.key,
+            r.version,
+            if ack.reason.is_empty() {
+                "no reason given"
+            } else {
+                &ack.reason
             }
-            dev.bump();
-        }
-        if r.state == RolloutState::Running {
-            r.state = RolloutState::Paused;
-            r.paused_reason = format!(
-                "device {device} service {service} failed to apply {} version {}: {}",
-                r.key,
-                r.version,
-                if ack.reason.is_empty() {
-                    "no reason given"
-                } else {
-                    &ack.reason
-                }
-            );
-            tracing::warn!("config center: rollout {id} paused: {}", r.paused_reason);
-        }
-        Ok(Vec::new())
+        );
+        self.fail_step(id, device, service, reason);
+        Ok(self.run_all(now_ms))
     }
 
-    /// Resumes a paused rollout: its failed steps are released again.
+    /// A step failed (or timed out): restore what the device had before and
+    /// pause the rollout with `reason`.
+    fn fail_step(&mut self, id: u64, device: &str, service: &str, reason: String) {
+        let Some(e) = self.rollouts.get_mut(&id) else {
+            return;
+        };
+        self.dirty.rollouts.insert(id);
+        if let Some(dev) = self.devices.get_mut(device) {
+            let dev_state = &mut dev.state;
+            if dev_state
+                .released
+                .get(service)
+                .is_some_and(|a| a.rollout_id == id)
+            {
+                let before = e
+                    .previous
+                    .get(device)
+                    .and_then(|m| m.get(service))
+                    .cloned()
+                    .flatten();
+                match before {
+                    Some(before) => {
+                        dev_state.released.insert(service.to_string(), before);
+                    }
+                    None => {
+                        dev_state.released.remove(service);
+                    }
+                }
+                self.dirty.devices.insert(device.to_string());
+                self.dirty.wake.insert(device.to_string());
+            }
+        }
+        let r = &mut e.rollout;
+        if r.state == RolloutState::Running {
+            r.state = RolloutState::Paused;
+            r.paused_reason = reason;
+            tracing::warn!("config center: rollout {id} paused: {}", r.paused_reason);
+        }
+    }
+
+    /// Resumes (continues) a paused rollout: its failed steps are released
+    /// again; after an approval pause the next batch is released.
     pub fn resume(&mut self, id: u64, now_ms: u64) -> CenterResult<Vec<Timer>> {
         let Some(e) = self.rollouts.get_mut(&id) else {
             return Err(CenterError::NotFound(format!("rollout {id} not found")));
@@ -524,13 +941,10 @@ impl Engine {
         if r.state != RolloutState::Paused {
             return Err(CenterError::Conflict(format!(
                 "rollout {id} is not paused (it is {})",
-                match r.state {
-                    RolloutState::Running => "running",
-                    RolloutState::Paused => "paused",
-                    RolloutState::Done => "done",
-                }
+                state_name(r.state)
             )));
         }
+        self.dirty.rollouts.insert(id);
         r.state = RolloutState::Running;
         r.paused_reason.clear();
         if let Some(batch) = r.batches.get_mut(r.current_batch) {
@@ -544,25 +958,306 @@ impl Engine {
         Ok(self.run(id, now_ms))
     }
 
+    /// Ends a rollout that is not done: released steps of its current batch
+    /// are restored to what the device had before; nothing more is released.
+    pub fn abort(&mut self, id: u64, now_ms: u64) -> CenterResult<Vec<Timer>> {
+        let Some(e) = self.rollouts.get_mut(&id) else {
+            return Err(CenterError::NotFound(format!("rollout {id} not found")));
+        };
+        if e.rollout.state == RolloutState::Done {
+            return Err(CenterError::Conflict(format!(
+                "rollout {id} is already done"
+            )));
+        }
+        let assigned: Vec<(String, String)> = e
+            .rollout
+            .batches
+            .get(e.rollout.current_batch)
+            .into_iter()
+            .flatten()
+            .filter(|s| s.state == StepState::Assigned)
+            .map(|s| (s.device.clone(), s.service.clone()))
+            .collect();
+        for (device, service) in &assigned {
+            self.fail_step(id, device, service, String::new());
+        }
+        let e = self.rollouts.get_mut(&id).expect("looked up above");
+        e.rollout.state = RolloutState::Done;
+        e.waiting_timer = false;
+        e.rollout.paused_reason = format!(
+            "aborted by the operator at batch {}",
+            e.rollout.current_batch
+        );
+        for step in e.rollout.batches.iter_mut().flatten() {
+            if matches!(step.state, StepState::Pending | StepState::Assigned) {
+                step.state = StepState::Skipped;
+                step.acked_ms = Some(now_ms);
+                step.reason = "aborted".into();
+            }
+        }
+        self.dirty.rollouts.insert(id);
+        tracing::warn!("config center: rollout {id} aborted");
+        Ok(self.run_all(now_ms))
+    }
+
+    /// Skips every unsettled step of `device` in rollout `id` (an operator
+    /// giving up on it); the rollout moves on if that completes its batch,
+    /// and resumes if it was paused because of this device.
+    pub fn skip(&mut self, id: u64, device: &str, now_ms: u64) -> CenterResult<Vec<Timer>> {
+        self.skip_steps(id, device, "skipped by the operator", now_ms)
+    }
+
+    fn skip_steps(
+        &mut self,
+        id: u64,
+        device: &str,
+        reason: &str,
+        now_ms: u64,
+    ) -> CenterResult<Vec<Timer>> {
+        let Some(e) = self.rollouts.get_mut(&id) else {
+            return Err(CenterError::NotFound(format!("rollout {id} not found")));
+        };
+        let mut found = false;
+        let mut restore = Vec::new();
+        for step in e.rollout.batches.iter_mut().flatten() {
+            if step.device != device || step.state.is_settled() {
+                continue;
+            }
+            found = true;
+            if step.state == StepState::Assigned {
+                restore.push(step.service.clone());
+            }
+            step.state = StepState::Skipped;
+            step.acked_ms = Some(now_ms);
+            step.reason = reason.to_string();
+        }
+        if !found {
+            return Err(CenterError::NotFound(format!(
+                "rollout {id} has no unfinished step for device {device}"
+            )));
+        }
+        let r = &mut e.rollout;
+        if r.state == RolloutState::Paused
+            && r.paused_reason.starts_with(&format!("device {device} "))
+        {
+            r.state = RolloutState::Running;
+            r.paused_reason.clear();
+        }
+        self.dirty.rollouts.insert(id);
+        self.restore_released(id, device, &restore);
+        let mut timers = self.run(id, now_ms);
+        timers.extend(self.run_all(now_ms));
+        Ok(timers)
+    }
+
+    /// Gives `device` back what it had before rollout `id` for `services`.
+    fn restore_released(&mut self, id: u64, device: &str, services: &[String]) {
+        let (Some(e), Some(dev)) = (self.rollouts.get(&id), self.devices.get_mut(device)) else {
+            return;
+        };
+        for service in services {
+            if dev
+                .state
+                .released
+                .get(service)
+                .is_none_or(|a| a.rollout_id != id)
+            {
+                continue;
+            }
+            match e
+                .previous
+                .get(device)
+                .and_then(|m| m.get(service))
+                .cloned()
+                .flatten()
+            {
+                Some(before) => dev.state.released.insert(service.clone(), before),
+                None => dev.state.released.remove(service),
+            };
+            self.dirty.devices.insert(device.to_string());
+            self.dirty.wake.insert(device.to_string());
+        }
+    }
+
+    /// Forgets a device (decommissioned): its unsettled steps are skipped.
+    pub fn remove_device(&mut self, device: &str, now_ms: u64) -> CenterResult<Vec<Timer>> {
+        if self.devices.remove(device).is_none() {
+            return Err(CenterError::NotFound(format!(
+                "device {device} is not registered"
+            )));
+        }
+        self.dirty.devices.insert(device.to_string());
+        for (id, e) in self.rollouts.iter_mut() {
+            for step in e.rollout.batches.iter_mut().flatten() {
+                if step.device == device && !step.state.is_settled() {
+                    step.state = StepState::Skipped;
+                    step.acked_ms = Some(now_ms);
+                    step.reason = format!("skipped: device {device} was removed");
+                    self.dirty.rollouts.insert(*id);
+                }
+            }
+        }
+        tracing::info!("config center: device {device} removed");
+        Ok(self.run_all(now_ms))
+    }
+
+    /// Time passes: assigned steps older than `step_timeout_ms` fail (0:
+    /// never), devices silent for `device_expiry_ms` are lost (0: never) and
+    /// their steps pause their rollout or are skipped, as `on_lost` says.
+    pub fn tick(
+        &mut self,
+        now_ms: u64,
+        step_timeout_ms: u64,
+        device_expiry_ms: u64,
+        on_lost: OnLost,
+    ) -> Vec<Timer> {
+        if device_expiry_ms > 0 {
+            for (name, dev) in self.devices.iter_mut() {
+                let silent = now_ms.saturating_sub(dev.state.seen_ms);
+                if !dev.state.lost && silent >= device_expiry_ms {
+                    dev.state.lost = true;
+                    self.dirty.devices.insert(name.clone());
+                    tracing::warn!(
+                        "config center: device {name} lost (silent for {} s)",
+                        silent / 1000
+                    );
+                }
+            }
+        }
+        let mut failures = Vec::new();
+        let mut skips = Vec::new();
+        for (id, e) in self.rollouts.iter_mut() {
+            let r = &mut e.rollout;
+            if r.state != RolloutState::Running {
+                continue;
+            }
+            let Some(batch) = r.batches.get_mut(r.current_batch) else {
+                continue;
+            };
+            for step in batch.iter_mut() {
+                if step.state.is_settled() || step.state == StepState::Failed {
+                    continue;
+                }
+                let lost = self.devices.get(&step.device).is_some_and(|d| d.state.lost);
+                if lost {
+                    match on_lost {
+                        OnLost::Pause => failures.push((
+                            *id,
+                            step.device.clone(),
+                            step.service.clone(),
+                            format!(
+                                "device {} is lost (silent for over {} s); skip it with `config skip {id} {}` or wait for it",
+                                step.device,
+                                device_expiry_ms / 1000,
+                                step.device
+                            ),
+                            false,
+                        )),
+                        OnLost::Skip => skips.push((*id, step.device.clone())),
+                    }
+                    continue;
+                }
+                let overdue = step_timeout_ms > 0
+                    && step.state == StepState::Assigned
+                    && step
+                        .assigned_ms
+                        .is_some_and(|t| now_ms.saturating_sub(t) >= step_timeout_ms);
+                if overdue {
+                    failures.push((
+                        *id,
+                        step.device.clone(),
+                        step.service.clone(),
+                        format!(
+                            "device {} service {} did not acknowledge {} version {} within {} s",
+                            step.device,
+                            step.service,
+                            r.key,
+                            r.version,
+                            step_timeout_ms / 1000
+                        ),
+                        true,
+                    ));
+                }
+            }
+        }
+        for (id, device, service, reason, fail) in failures {
+            if fail
+                && let Some(step) = self
+                    .rollouts
+                    .get_mut(&id)
+                    .and_then(|e| e.rollout.batches.get_mut(e.rollout.current_batch))
+                    .and_then(|b| {
+                        b.iter_mut()
+                            .find(|s| s.device == device && s.service == service)
+                    })
+            {
+                step.state = StepState::Failed;
+                step.acked_ms = Some(now_ms);
+                step.reason = reason.clone();
+            }
+            if fail {
+                self.fail_step(id, &device, &service, reason);
+            } else if let Some(e) = self.rollouts.get_mut(&id) {
+                // Lost: the step stays as it is (the device may come back).
+                if e.rollout.state == RolloutState::Running {
+                    e.rollout.state = RolloutState::Paused;
+                    e.rollout.paused_reason = reason;
+                    tracing::warn!(
+                        "config center: rollout {id} paused: {}",
+                        e.rollout.paused_reason
+                    );
+                    self.dirty.rollouts.insert(id);
+                }
+            }
+        }
+        let mut timers = Vec::new();
+        for (id, device) in skips {
+            let still = self.rollouts.get(&id).is_some_and(|e| {
+                e.rollout
+                    .batches
+                    .iter()
+                    .flatten()
+                    .any(|s| s.device == device && !s.state.is_settled())
+            });
+            if still {
+                tracing::warn!("config center: rollout {id}: skipping lost device {device}");
+                let reason = format!("skipped: device {device} is lost");
+                if let Ok(more) = self.skip_steps(id, &device, &reason, now_ms) {
+                    timers.extend(more);
+                }
+            }
+        }
+        timers
+    }
+
     /// What `device` should fetch: its released assignments whose MD5
     /// differs from `have` (service -> MD5; a missing service differs), in
-    /// dependency order; and a receiver woken on every change for it.
+    /// dependency order; and a receiver woken on every change for it. Counts
+    /// as hearing from the device.
     pub fn pending(
-        &self,
+        &mut self,
         device: &str,
         have: &HashMap<String, String>,
+        now_ms: u64,
     ) -> CenterResult<(Vec<Assignment>, watch::Receiver<u64>)> {
-        let Some(dev) = self.devices.get(device) else {
+        let Some(dev) = self.devices.get_mut(device) else {
             return Err(CenterError::NotFound(format!(
                 "device {device} is not registered; register it first"
             )));
         };
+        dev.state.seen_ms = now_ms;
+        if dev.state.lost {
+            dev.state.lost = false;
+            self.dirty.devices.insert(device.to_string());
+            tracing::info!("config center: device {device} is back");
+        }
         let mut receiver = dev.notify.subscribe();
         receiver.mark_unchanged();
         let assignments = dev
+            .state
             .services
             .iter()
-            .filter_map(|s| dev.released.get(&s.name))
+            .filter_map(|s| dev.state.released.get(&s.name))
             .filter(|a| have.get(&a.service) != Some(&a.md5))
             .cloned()
             .collect();
@@ -602,6 +1297,34 @@ impl Engine {
         })
     }
 
+    /// Every (device, service) using `key` and what it confirmed running,
+    /// sorted by device and service.
+    pub fn listeners(&self, key: &ConfigKey) -> Vec<Listener> {
+        let mut out: Vec<Listener> = self
+            .devices
+            .iter()
+            .flat_map(|(name, d)| {
+                d.state
+                    .services
+                    .iter()
+                    .filter(|s| &s.config == key)
+                    .map(|s| {
+                        let confirmed = d.state.confirmed.get(&s.name);
+                        Listener {
+                            device: name.clone(),
+                            service: s.name.clone(),
+                            key: key.clone(),
+                            version: confirmed.map(|c| c.version),
+                            md5: confirmed.map(|c| c.md5.clone()).unwrap_or_default(),
+                            lost: d.state.lost,
+                        }
+                    })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.device, &a.service).cmp(&(&b.device, &b.service)));
+        out
+    }
+
     /// Every registered device, sorted by name.
     pub fn devices(&self) -> Vec<DeviceInfo> {
         let mut out: Vec<DeviceInfo> = self
@@ -609,18 +1332,110 @@ impl Engine {
             .iter()
             .map(|(name, d)| DeviceInfo {
                 device: name.clone(),
-                services: d.services.clone(),
+                services: d.state.services.clone(),
                 released: d
+                    .state
                     .services
                     .iter()
-                    .filter_map(|s| d.released.get(&s.name).cloned())
+                    .filter_map(|s| d.state.released.get(&s.name).cloned())
                     .collect(),
-                registered_ms: d.registered_ms,
+                registered_ms: d.state.registered_ms,
+                labels: d.state.labels.clone(),
+                seen_ms: d.state.seen_ms,
+                lost: d.state.lost,
+                confirmed: d
+                    .state
+                    .services
+                    .iter()
+                    .map(|s| {
+                        let c = d.state.confirmed.get(&s.name);
+                        Listener {
+                            device: name.clone(),
+                            service: s.name.clone(),
+                            key: s.config.clone(),
+                            version: c.map(|c| c.version),
+                            md5: c.map(|c| c.md5.clone()).unwrap_or_default(),
+                            lost: d.state.lost,
+                        }
+                    })
+                    .collect(),
             })
             .collect();
         out.sort_by(|a, b| a.device.cmp(&b.device));
         out
     }
+
+    /// Keys with a registered user whose stored version is newer than
+    /// anything rolled out: a crash between storing a version and storing
+    /// its rollout. `current` gives the stored version of a key.
+    pub fn unrolled_keys(&self, current: &dyn Fn(&ConfigKey) -> Option<u64>) -> Vec<ConfigKey> {
+        let keys: BTreeSet<&ConfigKey> = self
+            .devices
+            .values()
+            .flat_map(|d| d.state.services.iter().map(|s| &s.config))
+            .collect();
+        keys.into_iter()
+            .filter(|key| {
+                let Some(stored) = current(key) else {
+                    return false;
+                };
+                let rolled = self
+                    .rollouts
+                    .values()
+                    .filter(|e| &e.rollout.key == *key)
+                    .map(|e| e.rollout.version)
+                    .chain(self.meta.stable.get(&key.to_string()).map(|c| c.version))
+                    .max()
+                    .unwrap_or(0);
+                stored > rolled
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+fn pending_step(device: String, service: String) -> Step {
+    Step {
+        device,
+        service,
+        state: StepState::Pending,
+        reason: String::new(),
+        assigned_ms: None,
+        acked_ms: None,
+    }
+}
+
+/// Adds a step for (device, service) joining a rollout under way: in the
+/// first batch not yet done that does not hold the device already, after the
+/// device's other steps, within the batch size; else in a new last batch.
+fn append_step(r: &mut Rollout, device: &str, service: &str) {
+    let last_of_device = r
+        .batches
+        .iter()
+        .rposition(|b| b.iter().any(|s| s.device == device))
+        .map_or(0, |b| b + 1);
+    let start = last_of_device.max(r.current_batch);
+    let step = pending_step(device.to_string(), service.to_string());
+    match (start..r.batches.len()).find(|&b| r.batches[b].len() < r.batch_size.max(1)) {
+        Some(b) => r.batches[b].push(step),
+        None => r.batches.push(vec![step]),
+    }
+}
+
+/// Every service `service` depends on, directly or not, on one device.
+fn dependencies<'a>(services: &'a [ServiceRegistration], service: &str) -> BTreeSet<&'a str> {
+    let mut out = BTreeSet::new();
+    let mut todo = vec![service];
+    while let Some(name) = todo.pop() {
+        if let Some(s) = services.iter().find(|s| s.name == name) {
+            for dep in &s.depends_on {
+                if out.insert(dep.as_str()) {
+                    todo.push(dep.as_str());
+                }
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -653,6 +1468,25 @@ mod tests {
         }
     }
 
+    fn opts(batch_size: usize, pace_ms: u64) -> PlanOptions {
+        PlanOptions {
+            batch_size,
+            pace_ms,
+            ..PlanOptions::default()
+        }
+    }
+
+    impl Engine {
+        /// `pending` at time 0, for tests that do not care about liveness.
+        fn pending_at(
+            &mut self,
+            device: &str,
+            have: &HashMap<String, String>,
+        ) -> CenterResult<(Vec<Assignment>, watch::Receiver<u64>)> {
+            self.pending(device, have, 0)
+        }
+    }
+
     fn names(a: &[Assignment]) -> Vec<&str> {
         a.iter().map(|a| a.service.as_str()).collect()
     }
@@ -666,7 +1500,16 @@ mod tests {
                 svc("a", "n/g/k", &[]),
                 svc("b", "n/g/k", &["a"]),
             ];
-            e.register(d, Register { services }, &none, 0).unwrap();
+            e.register(
+                d,
+                Register {
+                    services,
+                    ..Default::default()
+                },
+                &none,
+                0,
+            )
+            .unwrap();
         }
         e
     }
@@ -681,15 +1524,17 @@ mod tests {
                 svc("a", "n/g/k", &[]),
                 svc("z", "n/g/other", &[]),
             ],
+            ..Default::default()
         };
         e.register("d1", reg, &current, 1).unwrap();
-        let (pending, _) = e.pending("d1", &HashMap::new()).unwrap();
+        let (pending, _) = e.pending_at("d1", &HashMap::new()).unwrap();
         assert_eq!(names(&pending), vec!["a", "b"]);
         assert!(pending.iter().all(|a| a.rollout_id == 0 && a.version == 4));
         let have = HashMap::from([("a".to_string(), "m4".to_string())]);
-        assert_eq!(names(&e.pending("d1", &have).unwrap().0), vec!["b"]);
+        assert_eq!(names(&e.pending_at("d1", &have).unwrap().0), vec!["b"]);
         let cyclic = Register {
             services: vec![svc("a", "n/g/k", &["b"]), svc("b", "n/g/k", &["a"])],
+            ..Default::default()
         };
         let err = e.register("d1", cyclic, &current, 2).unwrap_err();
         assert!(
@@ -699,7 +1544,7 @@ mod tests {
         // The refused registration changed nothing.
         assert_eq!(e.devices()[0].services.len(), 3);
         assert!(matches!(
-            e.pending("ghost", &have),
+            e.pending_at("ghost", &have),
             Err(CenterError::NotFound(_))
         ));
         // Initial config ack.
@@ -717,7 +1562,7 @@ mod tests {
     #[test]
     fn rollout_goes_batch_by_batch_in_dependency_order() {
         let mut e = two_devices();
-        let (id, timers) = e.new_version(&key("n/g/k"), 1, "m1", 10, 0, 5);
+        let (id, timers) = e.new_version(&key("n/g/k"), 1, "m1", &opts(10, 0), 5);
         let id = id.unwrap();
         assert!(timers.is_empty());
         let r = e.rollout(id).unwrap();
@@ -727,7 +1572,7 @@ mod tests {
             assert!(r.batches[b].iter().all(|s| &s.service == expect));
         }
         assert_eq!(
-            names(&e.pending("d1", &HashMap::new()).unwrap().0),
+            names(&e.pending_at("d1", &HashMap::new()).unwrap().0),
             vec!["a"]
         );
         // d2 is slower; d1 finishing does not release b.
@@ -744,7 +1589,7 @@ mod tests {
         assert_eq!(r.batches[1][0].state, StepState::Assigned);
         assert_eq!(r.batches[1][0].assigned_ms, Some(7));
         let have = HashMap::from([("a".to_string(), "m1".to_string())]);
-        assert_eq!(names(&e.pending("d1", &have).unwrap().0), vec!["b"]);
+        assert_eq!(names(&e.pending_at("d1", &have).unwrap().0), vec!["b"]);
         for s in ["b", "c"] {
             for d in ["d1", "d2"] {
                 e.ack(d, &ok(id, s, 1), 8).unwrap();
@@ -772,7 +1617,10 @@ mod tests {
     #[test]
     fn failure_pauses_restores_release_and_resume_retries() {
         let mut e = two_devices();
-        let id = e.new_version(&key("n/g/k"), 1, "m1", 1, 0, 0).0.unwrap();
+        let id = e
+            .new_version(&key("n/g/k"), 1, "m1", &opts(1, 0), 0)
+            .0
+            .unwrap();
         let first = e.rollout(id).unwrap().batches[0][0].clone();
         assert_eq!((first.device.as_str(), first.service.as_str()), ("d1", "a"));
         e.ack(
@@ -797,7 +1645,7 @@ mod tests {
         assert_eq!(r.current_batch, 0);
         assert_eq!(r.batches[1][0].state, StepState::Pending);
         // The failed version is no longer offered to the device.
-        assert!(e.pending("d1", &HashMap::new()).unwrap().0.is_empty());
+        assert!(e.pending_at("d1", &HashMap::new()).unwrap().0.is_empty());
         assert!(matches!(e.resume(id + 1, 2), Err(CenterError::NotFound(_))));
         e.resume(id, 2).unwrap();
         assert!(matches!(e.resume(id, 2), Err(CenterError::Conflict(_))));
@@ -805,7 +1653,7 @@ mod tests {
         assert_eq!(r.state, RolloutState::Running);
         assert_eq!(r.batches[0][0].state, StepState::Assigned);
         assert_eq!(
-            names(&e.pending("d1", &HashMap::new()).unwrap().0),
+            names(&e.pending_at("d1", &HashMap::new()).unwrap().0),
             vec!["a"]
         );
         e.ack("d1", &ok(id, "a", 1), 3).unwrap();
@@ -815,7 +1663,7 @@ mod tests {
     #[test]
     fn pace_waits_for_the_timer() {
         let mut e = two_devices();
-        let (id, timers) = e.new_version(&key("n/g/k"), 1, "m1", 10, 500, 0);
+        let (id, timers) = e.new_version(&key("n/g/k"), 1, "m1", &opts(10, 500), 0);
         let id = id.unwrap();
         assert!(timers.is_empty());
         e.ack("d1", &ok(id, "a", 1), 1).unwrap();
@@ -861,16 +1709,26 @@ mod tests {
             "d1",
             Register {
                 services: vec![svc("a", "n/g/k", &[])],
+                ..Default::default()
             },
             &none,
             0,
         )
         .unwrap();
-        let r1 = e.new_version(&key("n/g/k"), 1, "m1", 10, 0, 0).0.unwrap();
+        let r1 = e
+            .new_version(&key("n/g/k"), 1, "m1", &opts(10, 0), 0)
+            .0
+            .unwrap();
         e.ack("d1", &ok(r1, "a", 1), 1).unwrap();
-        let r2 = e.new_version(&key("n/g/k"), 2, "m2", 10, 0, 2).0.unwrap();
+        let r2 = e
+            .new_version(&key("n/g/k"), 2, "m2", &opts(10, 0), 2)
+            .0
+            .unwrap();
         // Version 3 goes back to m1 while m2 is still outstanding.
-        let r3 = e.new_version(&key("n/g/k"), 3, "m1", 10, 0, 3).0.unwrap();
+        let r3 = e
+            .new_version(&key("n/g/k"), 3, "m1", &opts(10, 0), 3)
+            .0
+            .unwrap();
         let old = e.rollout(r2).unwrap();
         assert_eq!(old.state, RolloutState::Done);
         assert!(
@@ -880,7 +1738,7 @@ mod tests {
         );
         // d1 may have applied m2: it must be sent m1 and acknowledge it.
         let (pending, _) = e
-            .pending("d1", &HashMap::from([("a".into(), "m2".into())]))
+            .pending_at("d1", &HashMap::from([("a".into(), "m2".into())]))
             .unwrap();
         assert_eq!(pending.len(), 1);
         assert_eq!((pending[0].rollout_id, pending[0].version), (r3, 3));
@@ -891,20 +1749,29 @@ mod tests {
         assert_eq!(e.rollout(r3).unwrap().state, RolloutState::Done);
         // Version 4: same content (only the description changed) is settled
         // without a round trip.
-        let r4 = e.new_version(&key("n/g/k"), 4, "m1", 10, 0, 6).0.unwrap();
+        let r4 = e
+            .new_version(&key("n/g/k"), 4, "m1", &opts(10, 0), 6)
+            .0
+            .unwrap();
         let r = e.rollout(r4).unwrap();
         assert_eq!(r.state, RolloutState::Done);
         assert!(r.batches[0][0].reason.starts_with("unchanged"));
         assert!(
-            e.pending("d1", &HashMap::from([("a".into(), "m1".into())]))
+            e.pending_at("d1", &HashMap::from([("a".into(), "m1".into())]))
                 .unwrap()
                 .0
                 .is_empty()
         );
         // Stale version: no rollout.
-        assert_eq!(e.new_version(&key("n/g/k"), 2, "m2", 10, 0, 7).0, None);
+        assert_eq!(
+            e.new_version(&key("n/g/k"), 2, "m2", &opts(10, 0), 7).0,
+            None
+        );
         // Unused key: no rollout.
-        assert_eq!(e.new_version(&key("n/g/unused"), 1, "x", 10, 0, 7).0, None);
+        assert_eq!(
+            e.new_version(&key("n/g/unused"), 1, "x", &opts(10, 0), 7).0,
+            None
+        );
         assert_eq!(e.rollouts().first().unwrap().id, r4);
     }
 
@@ -915,6 +1782,7 @@ mod tests {
             "d1",
             Register {
                 services: vec![svc("a", "n/g/k", &[])],
+                ..Default::default()
             },
             &none,
             0,
@@ -922,7 +1790,7 @@ mod tests {
         .unwrap();
         for v in 1..=(KEPT_ROLLOUTS as u64 + 10) {
             let id = e
-                .new_version(&key("n/g/k"), v, &format!("m{v}"), 10, 0, v)
+                .new_version(&key("n/g/k"), v, &format!("m{v}"), &opts(10, 0), v)
                 .0
                 .unwrap();
             e.ack("d1", &ok(id, "a", v), v).unwrap();
@@ -939,11 +1807,13 @@ mod tests {
     #[test]
     fn reregistration_settles_dropped_services() {
         let mut e = two_devices();
-        let id = e.new_version(&key("n/g/k"), 1, "m1", 10, 0, 0).0.unwrap();
+        let id = e
+            .new_version(&key("n/g/k"), 1, "m1", &opts(10, 0), 0)
+            .0
+            .unwrap();
         e.ack("d1", &ok(id, "a", 1), 1).unwrap();
         // d2 drops its services: its assigned step is settled, batch moves on.
-        e.register("d2", Register { services: vec![] }, &none, 2)
-            .unwrap();
+        e.register("d2", Register::default(), &none, 2).unwrap();
         let r = e.rollout(id).unwrap();
         assert_eq!(r.current_batch, 1);
         assert!(r.batches[0][1].reason.starts_with("skipped"));
@@ -951,5 +1821,313 @@ mod tests {
         e.ack("d1", &ok(id, "b", 1), 3).unwrap();
         e.ack("d1", &ok(id, "c", 1), 4).unwrap();
         assert_eq!(e.rollout(id).unwrap().state, RolloutState::Done);
+    }
+
+    fn failed(rollout_id: u64, service: &str, version: u64) -> Ack {
+        Ack {
+            ok: false,
+            reason: "health check failed".into(),
+            ..ok(rollout_id, service, version)
+        }
+    }
+
+    #[test]
+    fn dependency_order_holds_across_config_keys_on_a_device() {
+        // `app` (key n/g/app) depends on `db` (key n/g/db) on the same
+        // device; `z` (key n/g/z) is busy updating when both keys change.
+        let mut e = Engine::new();
+        let services = vec![
+            svc("app", "n/g/app", &["db"]),
+            svc("db", "n/g/db", &[]),
+            svc("z", "n/g/z", &[]),
+        ];
+        e.register(
+            "d1",
+            Register {
+                services,
+                ..Default::default()
+            },
+            &none,
+            0,
+        )
+        .unwrap();
+        let z = e
+            .new_version(&key("n/g/z"), 1, "z1", &opts(10, 0), 1)
+            .0
+            .unwrap();
+        // The dependent key changes first, then the one it depends on.
+        let app = e
+            .new_version(&key("n/g/app"), 1, "a1", &opts(10, 0), 2)
+            .0
+            .unwrap();
+        let db = e
+            .new_version(&key("n/g/db"), 1, "d1", &opts(10, 0), 3)
+            .0
+            .unwrap();
+        for id in [app, db] {
+            assert_eq!(
+                e.rollout(id).unwrap().batches[0][0].state,
+                StepState::Pending
+            );
+        }
+        e.ack("d1", &ok(z, "z", 1), 4).unwrap();
+        // The device is free: db goes first although app's rollout is older.
+        let r = e.rollout(app).unwrap();
+        assert_eq!(r.batches[0][0].state, StepState::Pending, "{r:?}");
+        assert!(
+            r.batches[0][0].reason.contains("must update db first"),
+            "{r:?}"
+        );
+        let have = HashMap::from([("z".to_string(), "z1".to_string())]);
+        assert_eq!(names(&e.pending_at("d1", &have).unwrap().0), vec!["db"]);
+        // db done: app goes.
+        e.ack("d1", &ok(db, "db", 1), 5).unwrap();
+        assert_eq!(e.rollout(db).unwrap().state, RolloutState::Done);
+        assert_eq!(
+            e.rollout(app).unwrap().batches[0][0].state,
+            StepState::Assigned
+        );
+        let have = HashMap::from([
+            ("z".to_string(), "z1".to_string()),
+            ("db".to_string(), "d1".to_string()),
+        ]);
+        assert_eq!(names(&e.pending_at("d1", &have).unwrap().0), vec!["app"]);
+        e.ack("d1", &ok(app, "app", 1), 6).unwrap();
+        assert_eq!(e.rollout(app).unwrap().state, RolloutState::Done);
+    }
+
+    #[test]
+    fn a_device_updates_one_service_at_a_time_across_rollouts() {
+        let mut e = Engine::new();
+        let services = vec![svc("x", "n/g/x", &[]), svc("y", "n/g/y", &[])];
+        e.register(
+            "d1",
+            Register {
+                services,
+                ..Default::default()
+            },
+            &none,
+            0,
+        )
+        .unwrap();
+        let rx = e
+            .new_version(&key("n/g/x"), 1, "x1", &opts(10, 0), 1)
+            .0
+            .unwrap();
+        let ry = e
+            .new_version(&key("n/g/y"), 1, "y1", &opts(10, 0), 2)
+            .0
+            .unwrap();
+        assert_eq!(
+            e.rollout(rx).unwrap().batches[0][0].state,
+            StepState::Assigned
+        );
+        let y = e.rollout(ry).unwrap();
+        assert_eq!(y.batches[0][0].state, StepState::Pending);
+        assert!(y.batches[0][0].reason.contains("is updating x"), "{y:?}");
+        e.ack("d1", &ok(rx, "x", 1), 3).unwrap();
+        assert_eq!(
+            e.rollout(ry).unwrap().batches[0][0].state,
+            StepState::Assigned
+        );
+    }
+
+    #[test]
+    fn a_device_joining_mid_rollout_gets_the_old_version_and_a_later_batch() {
+        let mut e = Engine::new();
+        let current = |_: &ConfigKey| Some((1, "m1".to_string()));
+        for d in ["d1", "d2"] {
+            let services = vec![svc("a", "n/g/k", &[])];
+            e.register(
+                d,
+                Register {
+                    services,
+                    ..Default::default()
+                },
+                &current,
+                0,
+            )
+            .unwrap();
+        }
+        let options = PlanOptions {
+            batch_size: 1,
+            approve_each_batch: true,
+            ..PlanOptions::default()
+        };
+        let id = e
+            .new_version(&key("n/g/k"), 2, "m2", &options, 1)
+            .0
+            .unwrap();
+        // d3 registers while the store's current version is 2.
+        let newest = |_: &ConfigKey| Some((2, "m2".to_string()));
+        let services = vec![svc("a", "n/g/k", &[])];
+        e.register(
+            "d3",
+            Register {
+                services,
+                ..Default::default()
+            },
+            &newest,
+            2,
+        )
+        .unwrap();
+        let (pending, _) = e.pending_at("d3", &HashMap::new()).unwrap();
+        assert_eq!((pending[0].rollout_id, pending[0].version), (0, 1));
+        let r = e.rollout(id).unwrap();
+        assert_eq!(r.batches.len(), 3);
+        assert_eq!(r.batches[2][0].device, "d3");
+        // Batch by batch, with approvals, d3 gets v2 in its own batch.
+        e.ack("d1", &ok(id, "a", 2), 3).unwrap();
+        assert_eq!(e.rollout(id).unwrap().state, RolloutState::Paused);
+        e.resume(id, 4).unwrap();
+        e.ack("d2", &ok(id, "a", 2), 5).unwrap();
+        e.resume(id, 6).unwrap();
+        let (pending, _) = e.pending_at("d3", &HashMap::new()).unwrap();
+        assert_eq!((pending[0].rollout_id, pending[0].version), (id, 2));
+    }
+
+    #[test]
+    fn step_timeout_pauses_and_a_lost_device_pauses_or_is_skipped() {
+        // Timeout: the assigned step fails and pauses, naming the device.
+        let mut e = two_devices();
+        let id = e
+            .new_version(&key("n/g/k"), 1, "m1", &opts(10, 0), 0)
+            .0
+            .unwrap();
+        e.ack("d1", &ok(id, "a", 1), 100).unwrap();
+        e.tick(1_000, 5_000, 0, OnLost::Pause);
+        assert_eq!(e.rollout(id).unwrap().state, RolloutState::Running);
+        e.tick(5_000, 5_000, 0, OnLost::Pause);
+        let r = e.rollout(id).unwrap();
+        assert_eq!(r.state, RolloutState::Paused);
+        assert!(
+            r.paused_reason.contains("d2") && r.paused_reason.contains("within 5 s"),
+            "{}",
+            r.paused_reason
+        );
+
+        // Lost with on_lost = pause: the rollout pauses naming the device;
+        // `skip` lets it go on.
+        let mut e = two_devices();
+        let id = e
+            .new_version(&key("n/g/k"), 1, "m1", &opts(10, 0), 0)
+            .0
+            .unwrap();
+        e.pending("d1", &HashMap::new(), 50_000).unwrap();
+        e.ack("d1", &ok(id, "a", 1), 50_000).unwrap();
+        e.tick(60_000, 0, 30_000, OnLost::Pause);
+        let r = e.rollout(id).unwrap();
+        assert_eq!(r.state, RolloutState::Paused);
+        assert!(
+            r.paused_reason.contains("device d2 is lost"),
+            "{}",
+            r.paused_reason
+        );
+        assert!(e.devices()[1].lost);
+        e.skip(id, "d2", 61_000).unwrap();
+        let r = e.rollout(id).unwrap();
+        assert_eq!(r.state, RolloutState::Running, "{}", r.paused_reason);
+        assert_eq!(r.current_batch, 1);
+        assert_eq!(r.batches[0][1].state, StepState::Skipped);
+
+        // Lost with on_lost = skip: the rollout goes on by itself.
+        let mut e = two_devices();
+        let id = e
+            .new_version(&key("n/g/k"), 1, "m1", &opts(10, 0), 0)
+            .0
+            .unwrap();
+        e.pending("d1", &HashMap::new(), 50_000).unwrap();
+        e.ack("d1", &ok(id, "a", 1), 50_000).unwrap();
+        e.tick(60_000, 0, 30_000, OnLost::Skip);
+        let r = e.rollout(id).unwrap();
+        assert_eq!(r.state, RolloutState::Running);
+        assert_eq!(r.current_batch, 1);
+        assert!(r.batches[0][1].reason.contains("lost"), "{r:?}");
+    }
+
+    #[test]
+    fn abort_gives_released_steps_back_and_remove_device_settles_its_steps() {
+        let mut e = two_devices();
+        let id = e
+            .new_version(&key("n/g/k"), 1, "m1", &opts(10, 0), 0)
+            .0
+            .unwrap();
+        e.abort(id, 1).unwrap();
+        let r = e.rollout(id).unwrap();
+        assert_eq!(r.state, RolloutState::Done);
+        assert!(r.paused_reason.contains("aborted"));
+        assert!(e.pending_at("d1", &HashMap::new()).unwrap().0.is_empty());
+        assert!(matches!(e.abort(id, 2), Err(CenterError::Conflict(_))));
+
+        let mut e = two_devices();
+        let id = e
+            .new_version(&key("n/g/k"), 1, "m1", &opts(10, 0), 0)
+            .0
+            .unwrap();
+        e.ack("d1", &ok(id, "a", 1), 1).unwrap();
+        e.remove_device("d2", 2).unwrap();
+        assert_eq!(e.rollout(id).unwrap().current_batch, 1);
+        assert_eq!(e.devices().len(), 1);
+        assert!(matches!(
+            e.remove_device("d2", 3),
+            Err(CenterError::NotFound(_))
+        ));
+        // A failed step after skip: the paused rollout names the device.
+        e.ack("d1", &failed(id, "b", 1), 4).unwrap();
+        assert_eq!(e.rollout(id).unwrap().state, RolloutState::Paused);
+    }
+
+    #[test]
+    fn canaries_come_first_alone_and_approval_pauses_every_batch() {
+        let mut e = Engine::new();
+        for d in ["d1", "d2", "d3"] {
+            let labels = if d == "d3" {
+                vec!["canary".to_string()]
+            } else {
+                vec![]
+            };
+            e.register(
+                d,
+                Register {
+                    services: vec![svc("a", "n/g/k", &[])],
+                    labels,
+                },
+                &none,
+                0,
+            )
+            .unwrap();
+        }
+        assert!(e.check_canary(&key("n/g/k"), &["canary".into()]).is_ok());
+        assert!(matches!(
+            e.check_canary(&key("n/g/k"), &["nobody".into()]),
+            Err(CenterError::Invalid(_))
+        ));
+        let options = PlanOptions {
+            batch_size: 10,
+            canary: vec!["canary".into()],
+            approve_each_batch: true,
+            ..PlanOptions::default()
+        };
+        let id = e
+            .new_version(&key("n/g/k"), 1, "m1", &options, 1)
+            .0
+            .unwrap();
+        let r = e.rollout(id).unwrap();
+        assert_eq!(r.batches.len(), 2);
+        assert_eq!(r.batches[0].len(), 1);
+        assert_eq!(r.batches[0][0].device, "d3");
+        e.ack("d3", &ok(id, "a", 1), 2).unwrap();
+        let r = e.rollout(id).unwrap();
+        assert_eq!((r.state, r.current_batch), (RolloutState::Paused, 1));
+        assert!(e.pending_at("d1", &HashMap::new()).unwrap().0.is_empty());
+        let listeners = e.listeners(&key("n/g/k"));
+        assert_eq!(listeners[2].version, Some(1));
+        assert_eq!(listeners[2].md5, "m1");
+        assert_eq!(listeners[0].version, None);
+        e.resume(id, 3).unwrap();
+        assert_eq!(
+            names(&e.pending_at("d1", &HashMap::new()).unwrap().0),
+            vec!["a"]
+        );
     }
 }

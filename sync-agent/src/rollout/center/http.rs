@@ -16,7 +16,14 @@
 //! | `POST /v1/devices/{device}/ack` | [`Ack`] -> `{}` |
 //! | `GET /v1/rollouts` | -> `[Rollout]`, newest first |
 //! | `GET /v1/rollouts/{id}` | -> [`Rollout`] |
-//! | `POST /v1/rollouts/{id}/resume` | -> [`Rollout`] |
+//! | `POST /v1/rollouts/{id}/resume` (or `/continue`) | -> [`Rollout`] |
+//! | `POST /v1/rollouts/{id}/abort` | -> [`Rollout`] |
+//! | `POST /v1/rollouts/{id}/skip/{device}` | -> [`Rollout`] |
+//! | `DELETE /v1/devices/{device}` | -> `{}` |
+//! | `GET /v1/configs/{ns}/{group}/{name}/listeners` | -> `[Listener]` |
+//!
+//! `PUT`, `rollback` and `clone` also take `canary=DEV[,DEV|LABEL...]` and
+//! `approve_each_batch=true`.
 //!
 //! Statuses: 400 invalid input (content for its format, names, cycle,
 //! malformed body or query), 404 unknown config/version/namespace/device/
@@ -40,8 +47,8 @@ use serde::de::DeserializeOwned;
 
 use super::{Center, CenterError, DEFAULT_WATCH_TIMEOUT_MS, MAX_WATCH_TIMEOUT_MS, RolloutOptions};
 use crate::rollout::wire::{
-    Ack, ApiError, CloneRequest, ConfigKey, ConfigRecord, DeviceInfo, DiffAnswer, PutConfig,
-    Register, RollbackRequest, Rollout, WatchAnswer, check_name,
+    Ack, ApiError, CloneRequest, ConfigKey, ConfigRecord, DeviceInfo, DiffAnswer, Listener,
+    PutConfig, Register, RollbackRequest, Rollout, WatchAnswer, check_name,
 };
 
 /// An error answer: status and message.
@@ -132,6 +139,11 @@ pub fn router(center: Arc<Center>) -> Router {
         .route("/v1/rollouts", get(rollouts))
         .route("/v1/rollouts/{id}", get(rollout))
         .route("/v1/rollouts/{id}/resume", post(resume))
+        .route("/v1/rollouts/{id}/continue", post(resume))
+        .route("/v1/rollouts/{id}/abort", post(abort))
+        .route("/v1/rollouts/{id}/skip/{device}", post(skip))
+        .route("/v1/devices/{device}", axum::routing::delete(remove_device))
+        .route(&format!("{config}/listeners"), get(listeners))
         .fallback(|| async { HttpError(StatusCode::NOT_FOUND, "no such API path".into()) })
         .method_not_allowed_fallback(|| async {
             HttpError(
@@ -148,6 +160,9 @@ pub fn router(center: Arc<Center>) -> Router {
 struct RolloutQuery {
     batch_size: Option<usize>,
     pace_ms: Option<u64>,
+    /// Comma-separated device names or labels.
+    canary: Option<String>,
+    approve_each_batch: Option<bool>,
 }
 
 impl From<RolloutQuery> for RolloutOptions {
@@ -155,6 +170,15 @@ impl From<RolloutQuery> for RolloutOptions {
         RolloutOptions {
             batch_size: q.batch_size,
             pace_ms: q.pace_ms,
+            canary: q
+                .canary
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_string)
+                .collect(),
+            approve_each_batch: q.approve_each_batch.unwrap_or(false),
         }
     }
 }
@@ -312,7 +336,7 @@ async fn ack(
 ) -> Answer<serde_json::Value> {
     let device = device_name(path)?;
     let ack: Ack = body(raw, "Ack")?;
-    center.ack(&device, &ack)?;
+    center.ack(&device, &ack).await?;
     Ok(Json(serde_json::json!({})))
 }
 
@@ -331,7 +355,41 @@ async fn resume(
     State(center): State<Arc<Center>>,
     path: Result<Path<String>, PathRejection>,
 ) -> Answer<Rollout> {
-    Ok(Json(center.resume(rollout_id(path)?)?))
+    Ok(Json(center.resume(rollout_id(path)?).await?))
+}
+
+async fn abort(
+    State(center): State<Arc<Center>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Answer<Rollout> {
+    Ok(Json(center.abort(rollout_id(path)?).await?))
+}
+
+async fn skip(
+    State(center): State<Arc<Center>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Answer<Rollout> {
+    let Path((id, device)) = path.map_err(|e| bad(e.body_text()))?;
+    let id = id
+        .parse()
+        .map_err(|_| bad(format!("rollout id {id:?} is not a number")))?;
+    check_name("device", &device).map_err(bad)?;
+    Ok(Json(center.skip(id, device).await?))
+}
+
+async fn remove_device(
+    State(center): State<Arc<Center>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Answer<serde_json::Value> {
+    center.remove_device(device_name(path)?).await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+async fn listeners(
+    State(center): State<Arc<Center>>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+) -> Answer<Vec<Listener>> {
+    Ok(Json(center.listeners(&config_key(path)?)))
 }
 
 #[cfg(test)]
@@ -376,6 +434,7 @@ mod tests {
                 batch_size: 10,
                 pace_ms: 0,
                 max_config_bytes,
+                ..Default::default()
             };
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let (addr, _center, server) = bind_with_shutdown(config, async move {

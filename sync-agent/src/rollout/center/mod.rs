@@ -5,8 +5,10 @@
 //!   (crash-safe: one write transaction per change),
 //! - [`formats`]: content validation per format, MD5,
 //! - [`planner`]: batches of a rollout (pure),
-//! - [`engine`]: registered devices, releases and rollouts (in memory; see
-//!   there for what a restart loses),
+//! - [`engine`]: registered devices, releases and rollouts (timeouts,
+//!   device expiry, canaries, approvals),
+//! - [`rollout_store`]: the engine's state in the same database, so a
+//!   restart (SIGKILL included) resumes every rollout where it was,
 //! - [`service`]: [`Center`], the one owner of the state, which ties the
 //!   store and the engine together and wakes long polls,
 //! - [`http`]: the HTTP API over [`Center`],
@@ -24,6 +26,7 @@ pub mod formats;
 pub mod http;
 pub mod planner;
 pub mod report;
+pub mod rollout_store;
 pub mod service;
 pub mod store;
 
@@ -130,6 +133,7 @@ pub async fn bind_with_shutdown(
     let addr = listener
         .local_addr()
         .context("config center local address")?;
+    center.start();
     let app = http::router(center.clone());
     let stopper = center.clone();
     let server = async move {

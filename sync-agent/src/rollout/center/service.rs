@@ -2,11 +2,13 @@
 //! rollout engine and the long-poll wake-ups. The HTTP API ([`super::http`])
 //! and [`super::CenterHandle`] call it.
 //!
-//! Every change (put, rollback, clone, registration) is serialized by one
-//! mutex, written to the database first, then handed to the engine, which
-//! plans a rollout and releases its first batch; long polls wait on a
-//! per-device `tokio::sync::watch` (no thread per waiting request) and answer
-//! as soon as something is released to them.
+//! Every change (put, rollback, clone, registration, ack, resume, abort,
+//! skip, device removal, timers) is serialized by one mutex and runs on a
+//! blocking thread: the config is written to the database first, then the
+//! engine plans or advances rollouts, and what the engine changed is written
+//! to the same database ([`super::rollout_store`]) before the request is
+//! answered and the long polls are woken. Long polls wait on a per-device
+//! `tokio::sync::watch` (no thread per waiting request).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -15,24 +17,30 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
 use super::config::CenterConfig;
-use super::engine::{Engine, Timer};
+use super::engine::{Engine, OnLost, PlanOptions, Timer};
 use super::error::{CenterError, CenterResult};
+use super::rollout_store;
 use super::store::{NewVersion, Store, Written};
 use crate::bus::ConfigReleased;
 use crate::clock::now_ms;
 use crate::rollout::wire::{
-    Ack, Assignment, CloneRequest, ConfigKey, ConfigRecord, DeviceInfo, PutConfig, Register,
-    RollbackRequest, Rollout,
+    Ack, Assignment, CloneRequest, ConfigKey, ConfigRecord, DeviceInfo, Listener, PutConfig,
+    Register, RollbackRequest, Rollout,
 };
 
-/// Per-change overrides of the rollout's batch size and pace
-/// (`?batch_size=&pace_ms=`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Per-change overrides of how the rollout goes
+/// (`?batch_size=&pace_ms=&canary=&approve_each_batch=`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RolloutOptions {
     /// Most steps per batch instead of the configured `batch_size`.
     pub batch_size: Option<usize>,
     /// Delay between batches instead of the configured `pace_ms`.
     pub pace_ms: Option<u64>,
+    /// Devices (names or registration labels) released alone in the first
+    /// batch.
+    pub canary: Vec<String>,
+    /// Pause after every batch until `config continue ID`.
+    pub approve_each_batch: bool,
 }
 
 /// Releases kept for a slow subscriber of [`Center::subscribe_releases`];
@@ -43,13 +51,18 @@ const RELEASES_DEPTH: usize = 256;
 pub struct Center {
     store: Arc<Store>,
     engine: Mutex<Engine>,
-    /// Serializes changes, so the engine sees versions in order and a
-    /// registration never races a new version of its configs. Taken only on
-    /// a blocking thread for the database write and the engine update
-    /// together, never held across an await.
+    /// Serializes changes, so the engine sees versions in order, a
+    /// registration never races a new version of its configs, and rollout
+    /// state is stored in the order it changed. Taken only on a blocking
+    /// thread, never held across an await.
     writes: Mutex<()>,
     batch_size: usize,
     pace_ms: u64,
+    step_timeout_ms: u64,
+    device_expiry_ms: u64,
+    on_lost: OnLost,
+    /// Pace timers found running in the stored state, run by [`Center::start`].
+    restored_timers: Mutex<Vec<Timer>>,
     shutdown: watch::Sender<bool>,
     /// Every release of a batch, for push over the fabric (SPEC 6.2); a
     /// send with no subscriber is fine.
@@ -58,19 +71,93 @@ pub struct Center {
 }
 
 impl Center {
-    /// Opens the database (creating it and its directory if missing).
+    /// Opens the database (creating it and its directory if missing) and
+    /// the rollout state stored in it: every rollout continues where it was.
     pub fn open(config: &CenterConfig) -> CenterResult<Arc<Center>> {
         let store = Store::open(&config.db_path, config.max_config_bytes)?;
+        let (devices, rollouts, meta) = rollout_store::load(store.database())?;
+        let (device_count, rollout_count) = (devices.len(), rollouts.len());
+        let now = now_ms();
+        let (mut engine, mut timers) = Engine::restore(devices, rollouts, meta, now);
+        // A crash between storing a version and storing its rollout: plan it now.
+        let mut current = HashMap::new();
+        for key in engine.unrolled_keys(&|key| store.current(key).ok().flatten().map(|r| r.version))
+        {
+            if let Some(record) = store.current(&key)? {
+                current.insert(key, record);
+            }
+        }
+        for (key, record) in current {
+            let options = PlanOptions {
+                batch_size: config.batch_size.max(1),
+                pace_ms: config.pace_ms,
+                ..PlanOptions::default()
+            };
+            let (id, more) = engine.new_version(&key, record.version, &record.md5, &options, now);
+            tracing::warn!(
+                "config center: {key} version {} had no rollout stored; planned rollout {id:?}",
+                record.version
+            );
+            timers.extend(more);
+        }
+        rollout_store::save(store.database(), &engine.take_changes())?;
+        if device_count + rollout_count > 0 {
+            tracing::info!(
+                "config center: restored {device_count} devices and {rollout_count} rollouts"
+            );
+        }
         Ok(Arc::new_cyclic(|weak| Center {
             store: Arc::new(store),
-            engine: Mutex::new(Engine::new()),
+            engine: Mutex::new(engine),
             writes: Mutex::new(()),
             batch_size: config.batch_size.max(1),
             pace_ms: config.pace_ms,
+            step_timeout_ms: config.step_timeout_s.saturating_mul(1000),
+            device_expiry_ms: config.device_expiry_s.saturating_mul(1000),
+            on_lost: config.on_lost,
+            restored_timers: Mutex::new(timers),
             shutdown: watch::channel(false).0,
             releases: broadcast::channel(RELEASES_DEPTH).0,
             weak: weak.clone(),
         }))
+    }
+
+    /// Starts the timers: restored pace timers, and the once-a-second check
+    /// of step timeouts and device expiry. Needs a tokio runtime; the task
+    /// ends when the center is dropped.
+    pub fn start(&self) {
+        let timers = std::mem::take(
+            &mut *self
+                .restored_timers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        self.schedule(timers);
+        if self.step_timeout_ms == 0 && self.device_expiry_ms == 0 {
+            return;
+        }
+        let center = self.weak.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let Some(center) = center.upgrade() else {
+                    return;
+                };
+                if let Err(e) = center.tick().await {
+                    tracing::error!("config center: timeout check: {e}");
+                }
+            }
+        });
+    }
+
+    /// Checks step timeouts and device expiry now.
+    pub async fn tick(&self) -> CenterResult<()> {
+        let (timeout, expiry, on_lost) =
+            (self.step_timeout_ms, self.device_expiry_ms, self.on_lost);
+        self.mutate(move |engine, now| Ok(((), engine.tick(now, timeout, expiry, on_lost))))
+            .await
     }
 
     /// Largest config content accepted, bytes.
@@ -87,6 +174,37 @@ impl Center {
 
     fn engine(&self) -> MutexGuard<'_, Engine> {
         self.engine.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `op` on the engine, then stores what it changed and wakes the
+    /// long polls it released to. Call with `writes` held, on a blocking
+    /// thread.
+    fn apply<T>(&self, op: impl FnOnce(&mut Engine) -> CenterResult<T>) -> CenterResult<T> {
+        let (result, changes) = {
+            let mut engine = self.engine();
+            let result = op(&mut engine);
+            (result, engine.take_changes())
+        };
+        rollout_store::save(self.store.database(), &changes)?;
+        changes.wake();
+        result
+    }
+
+    /// [`Center::apply`] on a blocking thread with `writes` held; runs the
+    /// timers `op` returns.
+    async fn mutate<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut Engine, u64) -> CenterResult<(T, Vec<Timer>)> + Send + 'static,
+    ) -> CenterResult<T> {
+        let center = self.strong()?;
+        let (value, timers) = tokio::task::spawn_blocking(move || {
+            let _writes = center.writes.lock().unwrap_or_else(PoisonError::into_inner);
+            center.apply(|engine| op(engine, now_ms()))
+        })
+        .await
+        .map_err(|e| CenterError::internal("config store task", e))??;
+        self.schedule(timers);
+        Ok(value)
     }
 
     /// Runs a database operation on a blocking thread.
@@ -106,9 +224,16 @@ impl Center {
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(timer.delay_ms)).await;
                 if let Some(center) = center.upgrade() {
-                    let more = center.engine().fire_timer(timer, now_ms());
-                    center.schedule(more);
-                    center.announce_release(timer.rollout_id, None);
+                    let fired = center
+                        .mutate(move |engine, now| Ok(((), engine.fire_timer(timer, now))))
+                        .await;
+                    match fired {
+                        Ok(()) => center.announce_release(timer.rollout_id, None),
+                        Err(e) => tracing::error!(
+                            "config center: pace timer of rollout {}: {e}",
+                            timer.rollout_id
+                        ),
+                    }
                 }
             });
         }
@@ -136,40 +261,62 @@ impl Center {
         });
     }
 
-    fn options(&self, opts: RolloutOptions) -> CenterResult<(usize, u64)> {
+    fn options(&self, opts: RolloutOptions) -> CenterResult<PlanOptions> {
         let batch_size = opts.batch_size.unwrap_or(self.batch_size);
         if batch_size == 0 {
             return Err(CenterError::Invalid("batch_size must be at least 1".into()));
         }
-        Ok((batch_size, opts.pace_ms.unwrap_or(self.pace_ms)))
+        for device in &opts.canary {
+            crate::rollout::wire::check_name("canary device", device)
+                .map_err(CenterError::Invalid)?;
+        }
+        Ok(PlanOptions {
+            batch_size,
+            pace_ms: opts.pace_ms.unwrap_or(self.pace_ms),
+            canary: opts.canary,
+            approve_each_batch: opts.approve_each_batch,
+        })
     }
 
     /// Writes a change with `op` and, if it made a new version, starts its
-    /// rollout.
+    /// rollout. `key` is the config the change writes (checked against the
+    /// canary list before anything is written).
     async fn change(
         &self,
         opts: RolloutOptions,
         what: &str,
+        key: ConfigKey,
         op: impl FnOnce(&Store, u64) -> CenterResult<Written> + Send + 'static,
     ) -> CenterResult<ConfigRecord> {
-        let (batch_size, pace_ms) = self.options(opts)?;
+        let plan = self.options(opts)?;
         let center = self.strong()?;
+        let summary = format!(
+            "batch size {}, pace {} ms{}{}",
+            plan.batch_size,
+            plan.pace_ms,
+            if plan.canary.is_empty() {
+                String::new()
+            } else {
+                format!(", canary {}", plan.canary.join(","))
+            },
+            if plan.approve_each_batch {
+                ", approve each batch"
+            } else {
+                ""
+            }
+        );
         let (record, created, rollout, timers) = tokio::task::spawn_blocking(move || {
             let _writes = center.writes.lock().unwrap_or_else(PoisonError::into_inner);
+            center.engine().check_canary(&key, &plan.canary)?;
             let written = op(&center.store, now_ms())?;
             if !written.created {
                 return Ok((written.record, false, None, Vec::new()));
             }
             let record = written.record;
-            let (rollout, timers) = center.engine().new_version(
-                &record.key,
-                record.version,
-                &record.md5,
-                batch_size,
-                pace_ms,
-                now_ms(),
-            );
-            Ok((record, true, rollout, timers))
+            let (rollout, timers) = center.apply(|engine| {
+                Ok(engine.new_version(&record.key, record.version, &record.md5, &plan, now_ms()))
+            })?;
+            Ok::<_, CenterError>((record, true, rollout, timers))
         })
         .await
         .map_err(|e| CenterError::internal("config store task", e))??;
@@ -187,7 +334,7 @@ impl Center {
         }
         match rollout {
             Some(id) => tracing::info!(
-                "config center: {what} {} version {} (md5 {}), rollout {id} (batch size {batch_size}, pace {pace_ms} ms)",
+                "config center: {what} {} version {} (md5 {}), rollout {id} ({summary})",
                 record.key,
                 record.version,
                 record.md5
@@ -209,7 +356,7 @@ impl Center {
         put: PutConfig,
         opts: RolloutOptions,
     ) -> CenterResult<ConfigRecord> {
-        self.change(opts, "put", move |store, now| {
+        self.change(opts, "put", key.clone(), move |store, now| {
             let new = NewVersion {
                 format: put.format,
                 content: put.content,
@@ -228,7 +375,7 @@ impl Center {
         request: RollbackRequest,
         opts: RolloutOptions,
     ) -> CenterResult<ConfigRecord> {
-        self.change(opts, "rollback", move |store, now| {
+        self.change(opts, "rollback", key.clone(), move |store, now| {
             store.rollback(&key, request.version, request.author, now)
         })
         .await
@@ -241,7 +388,9 @@ impl Center {
         request: CloneRequest,
         opts: RolloutOptions,
     ) -> CenterResult<ConfigRecord> {
-        self.change(opts, "clone", move |store, now| {
+        let target = ConfigKey::new(&request.namespace, &request.group, &key.name)
+            .map_err(CenterError::Invalid)?;
+        self.change(opts, "clone", target, move |store, now| {
             store.clone_to(
                 &key,
                 &request.namespace,
@@ -252,7 +401,6 @@ impl Center {
         })
         .await
     }
-
     /// A config's current version, or `version`.
     pub async fn get(&self, key: ConfigKey, version: Option<u64>) -> CenterResult<ConfigRecord> {
         self.blocking(move |store| store.get(&key, version)).await
@@ -289,7 +437,7 @@ impl Center {
     }
 
     /// Records a device's services; new ones are released the current
-    /// version of their config at once.
+    /// version of their config at once (or join a rollout under way).
     pub async fn register(
         &self,
         device: String,
@@ -311,15 +459,16 @@ impl Center {
                     current.insert(key, (record.version, record.md5));
                 }
             }
-            let mut engine = center.engine();
-            let timers =
-                engine.register(&name, registration, &|k| current.get(k).cloned(), now_ms())?;
-            let info = engine
-                .devices()
-                .into_iter()
-                .find(|d| d.device == name)
-                .ok_or_else(|| CenterError::Internal(format!("device {name} vanished")))?;
-            Ok::<_, CenterError>((timers, info))
+            center.apply(|engine| {
+                let timers =
+                    engine.register(&name, registration, &|k| current.get(k).cloned(), now_ms())?;
+                let info = engine
+                    .devices()
+                    .into_iter()
+                    .find(|d| d.device == name)
+                    .ok_or_else(|| CenterError::Internal(format!("device {name} vanished")))?;
+                Ok((timers, info))
+            })
         })
         .await
         .map_err(|e| CenterError::internal("config store task", e))??;
@@ -340,7 +489,7 @@ impl Center {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut shutdown = self.shutdown.subscribe();
         loop {
-            let (assignments, mut changed) = self.engine().pending(device, have)?;
+            let (assignments, mut changed) = self.engine().pending(device, have, now_ms())?;
             if !assignments.is_empty() || *shutdown.borrow_and_update() {
                 return Ok(assignments);
             }
@@ -354,13 +503,14 @@ impl Center {
 
     /// Records a device's answer to an assignment; may release the next
     /// batch or pause the rollout.
-    pub fn ack(&self, device: &str, ack: &Ack) -> CenterResult<()> {
+    pub async fn ack(&self, device: &str, ack: &Ack) -> CenterResult<()> {
         let batch = self
             .engine()
             .release_of(ack.rollout_id)
             .map(|(_, _, _, batch)| batch);
-        let timers = self.engine().ack(device, ack, now_ms())?;
-        self.schedule(timers);
+        let (name, answer) = (device.to_string(), ack.clone());
+        self.mutate(move |engine, now| Ok(((), engine.ack(&name, &answer, now)?)))
+            .await?;
         if batch.is_some() {
             self.announce_release(ack.rollout_id, batch);
         }
@@ -374,16 +524,46 @@ impl Center {
         Ok(())
     }
 
-    /// Retries the failed steps of a paused rollout.
-    pub fn resume(&self, id: u64) -> CenterResult<Rollout> {
-        let mut engine = self.engine();
-        let timers = engine.resume(id, now_ms())?;
-        let rollout = engine.rollout(id)?;
-        drop(engine);
-        self.schedule(timers);
+    /// Continues a paused rollout: retries its failed steps, or releases
+    /// the next batch after an approval pause.
+    pub async fn resume(&self, id: u64) -> CenterResult<Rollout> {
+        let rollout = self
+            .mutate(move |engine, now| {
+                let timers = engine.resume(id, now)?;
+                Ok((engine.rollout(id)?, timers))
+            })
+            .await?;
         self.announce_release(id, None);
-        tracing::info!("config center: rollout {id} resumed");
+        tracing::info!("config center: rollout {id} continued");
         Ok(rollout)
+    }
+
+    /// Ends a rollout where it is (released steps of its batch are given
+    /// back what they had).
+    pub async fn abort(&self, id: u64) -> CenterResult<Rollout> {
+        self.mutate(move |engine, now| {
+            let timers = engine.abort(id, now)?;
+            Ok((engine.rollout(id)?, timers))
+        })
+        .await
+    }
+
+    /// Skips a device's unfinished steps in a rollout.
+    pub async fn skip(&self, id: u64, device: String) -> CenterResult<Rollout> {
+        let rollout = self
+            .mutate(move |engine, now| {
+                let timers = engine.skip(id, &device, now)?;
+                Ok((engine.rollout(id)?, timers))
+            })
+            .await?;
+        tracing::info!("config center: rollout {id}: device skipped by the operator");
+        Ok(rollout)
+    }
+
+    /// Forgets a device (its unfinished steps are skipped).
+    pub async fn remove_device(&self, device: String) -> CenterResult<()> {
+        self.mutate(move |engine, now| Ok(((), engine.remove_device(&device, now)?)))
+            .await
     }
 
     /// Every rollout, newest first.
@@ -399,6 +579,11 @@ impl Center {
     /// Every registered device with its services.
     pub fn devices(&self) -> Vec<DeviceInfo> {
         self.engine().devices()
+    }
+
+    /// Who uses `key` and which version (and MD5) each confirmed.
+    pub fn listeners(&self, key: &ConfigKey) -> Vec<Listener> {
+        self.engine().listeners(key)
     }
 
     /// Ends every waiting long poll (with an empty answer) and makes new
@@ -424,6 +609,7 @@ mod tests {
             batch_size: 1,
             pace_ms,
             max_config_bytes: 1024,
+            ..Default::default()
         }
     }
 
@@ -448,7 +634,13 @@ mod tests {
                 depends_on: vec![],
             }];
             center
-                .register(d.into(), Register { services })
+                .register(
+                    d.into(),
+                    Register {
+                        services,
+                        ..Default::default()
+                    },
+                )
                 .await
                 .unwrap();
         }
@@ -464,7 +656,7 @@ mod tests {
             ok: true,
             reason: String::new(),
         };
-        center.ack("d1", &ack).unwrap();
+        center.ack("d1", &ack).await.unwrap();
         let acked = Instant::now();
         // Batch 2 (d2) waits for the pace, then d2's poll is answered.
         let got = center
@@ -483,7 +675,7 @@ mod tests {
         );
         let r = center.rollout(id).unwrap();
         assert_eq!(r.batches[1][0].state, StepState::Assigned);
-        center.ack("d2", &ack).unwrap();
+        center.ack("d2", &ack).await.unwrap();
         assert_eq!(center.rollout(id).unwrap().state, RolloutState::Done);
 
         // Per-change override: no pace.
@@ -494,6 +686,7 @@ mod tests {
                 RolloutOptions {
                     batch_size: Some(5),
                     pace_ms: Some(0),
+                    ..Default::default()
                 },
             )
             .await
@@ -501,11 +694,83 @@ mod tests {
         let r = &center.rollouts()[0];
         assert_eq!((r.batch_size, r.pace_ms, r.batches.len()), (5, 0, 1));
 
-        // The database survives; the in-memory rollouts do not.
+        // The database and the rollout state survive a reopen: the rollout
+        // of "two" is where it was, and the devices are still registered.
+        let before = center.rollouts();
+        assert_eq!(before[0].state, RolloutState::Running);
         drop(center);
         let center = Center::open(&config(&dir, 0)).unwrap();
         assert_eq!(center.history(key.clone()).await.unwrap().len(), 2);
         assert_eq!(center.get(key, None).await.unwrap().content, "two");
-        assert!(center.rollouts().is_empty());
+        assert_eq!(center.rollouts(), before);
+        assert_eq!(center.devices().len(), 2);
+        let got = center
+            .watch("d1", &HashMap::new(), Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].rollout_id, before[0].id);
+    }
+
+    #[tokio::test]
+    async fn a_silent_device_is_lost_and_pauses_its_rollout_which_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let key: ConfigKey = "n/g/k".parse().unwrap();
+        let mut cfg = config(&dir, 0);
+        cfg.device_expiry_s = 1;
+        let center = Center::open(&cfg).unwrap();
+        for d in ["d1", "d2"] {
+            let services = vec![ServiceRegistration {
+                name: "s".into(),
+                config: key.clone(),
+                depends_on: vec![],
+            }];
+            center
+                .register(
+                    d.into(),
+                    Register {
+                        services,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        let record = center
+            .put(key.clone(), put("one"), RolloutOptions::default())
+            .await
+            .unwrap();
+        let id = center.rollouts()[0].id;
+        let ack = Ack {
+            rollout_id: id,
+            service: "s".into(),
+            version: record.version,
+            ok: true,
+            reason: String::new(),
+        };
+        center.ack("d1", &ack).await.unwrap();
+        // d2 (batch 2, assigned) says nothing for longer than the expiry.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        center.tick().await.unwrap();
+        let r = center.rollout(id).unwrap();
+        assert_eq!(r.state, RolloutState::Paused);
+        assert!(
+            r.paused_reason.contains("device d2 is lost"),
+            "{}",
+            r.paused_reason
+        );
+        assert!(center.devices()[1].lost);
+
+        // Stored: a reopened center has it paused for the same reason.
+        drop(center);
+        let center = Center::open(&cfg).unwrap();
+        let again = center.rollout(id).unwrap();
+        assert_eq!(
+            (again.state, &again.paused_reason),
+            (RolloutState::Paused, &r.paused_reason)
+        );
+        let skipped = center.skip(id, "d2".into()).await.unwrap();
+        assert_eq!(skipped.state, RolloutState::Done);
+        assert_eq!(skipped.batches[1][0].state, StepState::Skipped);
     }
 }

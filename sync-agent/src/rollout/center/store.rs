@@ -96,6 +96,12 @@ impl Store {
         self.max_config_bytes
     }
 
+    /// The database, for the rollout state kept beside the configs
+    /// ([`super::rollout_store`]).
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
     /// Stores `new` as the next version of `key` (version 1 if the key is
     /// new), after checking its size and its content against its format.
     /// Identical format, content and description is a no-op.

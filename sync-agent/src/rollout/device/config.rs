@@ -88,6 +88,10 @@ pub struct DeviceConfig {
     /// (default 300; at least 1).
     #[serde(default = "default_recheck_s")]
     pub recheck_s: u64,
+    /// Labels sent at registration; a rollout's `--canary` may name a label
+    /// instead of devices (e.g. `labels = ["canary"]`).
+    #[serde(default)]
+    pub labels: Vec<String>,
 }
 
 /// `ConfigKey` as `"ns/group/name"` text in config files (the structured
@@ -154,6 +158,11 @@ impl DeviceConfig {
         }
         if self.recheck_s == 0 {
             out.add(format!("{AT}.recheck_s"), "recheck_s must be at least 1");
+        }
+        for (i, label) in self.labels.iter().enumerate() {
+            if let Err(e) = wire::check_name("label", label) {
+                out.add(format!("{AT}.labels[{i}]"), e);
+            }
         }
         let mut names = HashSet::new();
         let mut paths = HashMap::new();
@@ -393,6 +402,7 @@ mod tests {
             watch_timeout_ms: DEFAULT_WATCH_TIMEOUT_MS,
             long_poll: true,
             recheck_s: DEFAULT_RECHECK_S,
+            labels: vec![],
         }
     }
 

@@ -178,6 +178,7 @@ impl Task {
                     depends_on: s.config.depends_on.clone(),
                 })
                 .collect(),
+            labels: self.config.labels.clone(),
         };
         let url = self.url(&["v1", "devices", &self.config.device, "register"]);
         let request = self

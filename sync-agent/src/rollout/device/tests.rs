@@ -343,6 +343,7 @@ fn device_config(center: &str, dir: &Path, services: Vec<ServiceConfig>) -> Devi
         watch_timeout_ms: 300,
         long_poll: true,
         recheck_s: DEFAULT_RECHECK_S,
+        labels: vec![],
     }
 }
 

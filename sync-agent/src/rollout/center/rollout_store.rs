@@ -1,0 +1,192 @@
+//! The rollout state (registered devices, rollouts with their step states,
+//! confirmed versions) in the center's redb database, beside the configs
+//! ([`super::store`]), so a restart, SIGKILL included, resumes every rollout
+//! where it was (SPEC 8.4).
+//!
+//! Three tables, JSON values (the same encoding as the API, so a stored
+//! record reads like `config devices` / `config rollouts` output):
+//!
+//! ```text
+//! rollout_devices  device name -> DeviceState
+//! rollouts         rollout id  -> RolloutEntry
+//! rollout_meta     "engine"    -> EngineMeta (next rollout id, stable versions)
+//! ```
+//!
+//! [`save`] writes one [`Changes`] in one write transaction with immediate
+//! durability: the center calls it before it answers the request (or wakes
+//! the long polls) that made the change. The one exception is a
+//! registration that touches no rollout (see [`Changes::durable`]): losing
+//! it costs the device one 404 and a registration, so it rides with the next
+//! durable commit instead of an fsync of its own (10,000 devices register in
+//! seconds, not minutes).
+
+use redb::{Database, Durability, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::engine::{Changes, DeviceState, EngineMeta, RolloutEntry};
+use super::error::{CenterError, CenterResult};
+
+const DEVICES: TableDefinition<&str, &str> = TableDefinition::new("rollout_devices");
+const ROLLOUTS: TableDefinition<u64, &str> = TableDefinition::new("rollouts");
+const META: TableDefinition<&str, &str> = TableDefinition::new("rollout_meta");
+const META_KEY: &str = "engine";
+
+fn err(context: &'static str) -> impl Fn(redb::Error) -> CenterError {
+    move |e| CenterError::internal(context, e)
+}
+
+fn db<T, E: Into<redb::Error>>(r: Result<T, E>, context: &'static str) -> CenterResult<T> {
+    r.map_err(|e| err(context)(e.into()))
+}
+
+fn encode<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("rollout state always serializes")
+}
+
+fn decode<T: DeserializeOwned>(what: &str, json: &str) -> CenterResult<T> {
+    serde_json::from_str(json)
+        .map_err(|e| CenterError::Internal(format!("rollout store: corrupt {what}: {e}")))
+}
+
+/// Everything stored: devices, rollouts (by id) and the engine's meta.
+pub type Stored = (Vec<(String, DeviceState)>, Vec<RolloutEntry>, EngineMeta);
+
+/// Reads the stored rollout state (creating the tables on first use).
+pub fn load(database: &Database) -> CenterResult<Stored> {
+    let txn = db(database.begin_write(), "rollout store: begin")?;
+    db(txn.open_table(DEVICES), "rollout store: devices table")?;
+    db(txn.open_table(ROLLOUTS), "rollout store: rollouts table")?;
+    db(txn.open_table(META), "rollout store: meta table")?;
+    db(txn.commit(), "rollout store: commit")?;
+
+    let txn = db(database.begin_read(), "rollout store: begin read")?;
+    let mut devices = Vec::new();
+    let table = db(txn.open_table(DEVICES), "rollout store: devices table")?;
+    for row in db(table.iter(), "rollout store: devices")? {
+        let (name, json) = db(row, "rollout store: device row")?;
+        let name = name.value().to_string();
+        let state = decode(&format!("device {name}"), json.value())?;
+        devices.push((name, state));
+    }
+    let mut rollouts = Vec::new();
+    let table = db(txn.open_table(ROLLOUTS), "rollout store: rollouts table")?;
+    for row in db(table.iter(), "rollout store: rollouts")? {
+        let (id, json) = db(row, "rollout store: rollout row")?;
+        rollouts.push(decode(&format!("rollout {}", id.value()), json.value())?);
+    }
+    let table = db(txn.open_table(META), "rollout store: meta table")?;
+    let meta = match db(table.get(META_KEY), "rollout store: meta")? {
+        Some(json) => decode("engine meta", json.value())?,
+        None => EngineMeta::default(),
+    };
+    Ok((devices, rollouts, meta))
+}
+
+/// Writes one batch of changes in one transaction: durably (one fsync)
+/// unless [`Changes::durable`] says it may wait for the next durable commit.
+pub fn save(database: &Database, changes: &Changes) -> CenterResult<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let mut txn = db(database.begin_write(), "rollout store: begin")?;
+    if !changes.durable {
+        db(
+            txn.set_durability(Durability::None),
+            "rollout store: durability",
+        )?;
+    }
+    {
+        let mut table = db(txn.open_table(DEVICES), "rollout store: devices table")?;
+        for (name, state) in &changes.devices {
+            match state {
+                Some(state) => db(
+                    table.insert(name.as_str(), encode(state).as_str()),
+                    "rollout store: write device",
+                )?,
+                None => db(table.remove(name.as_str()), "rollout store: remove device")?,
+            };
+        }
+        let mut table = db(txn.open_table(ROLLOUTS), "rollout store: rollouts table")?;
+        for (id, entry) in &changes.rollouts {
+            match entry {
+                Some(entry) => db(
+                    table.insert(*id, encode(entry).as_str()),
+                    "rollout store: write rollout",
+                )?,
+                None => db(table.remove(*id), "rollout store: remove rollout")?,
+            };
+        }
+        if let Some(meta) = &changes.meta {
+            let mut table = db(txn.open_table(META), "rollout store: meta table")?;
+            db(
+                table.insert(META_KEY, encode(meta).as_str()),
+                "rollout store: write meta",
+            )?;
+        }
+    }
+    db(txn.commit(), "rollout store: commit")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::rollout::center::engine::{Engine, PlanOptions};
+    use crate::rollout::wire::{ConfigKey, Register, RolloutState, ServiceRegistration};
+
+    #[test]
+    fn saved_changes_load_back_into_an_equal_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = Database::create(dir.path().join("r.redb")).unwrap();
+        let key: ConfigKey = "n/g/k".parse().unwrap();
+        let mut engine = Engine::new();
+        for d in ["d1", "d2"] {
+            let services = vec![ServiceRegistration {
+                name: "s".into(),
+                config: key.clone(),
+                depends_on: vec![],
+            }];
+            let registration = Register {
+                services,
+                labels: vec!["rack1".into()],
+            };
+            engine.register(d, registration, &|_| None, 1).unwrap();
+        }
+        let options = PlanOptions {
+            batch_size: 1,
+            approve_each_batch: true,
+            ..PlanOptions::default()
+        };
+        let id = engine.new_version(&key, 1, "m1", &options, 2).0.unwrap();
+        save(&database, &engine.take_changes()).unwrap();
+        assert!(engine.take_changes().is_empty());
+
+        let (devices, rollouts, meta) = load(&database).unwrap();
+        let (mut restored, timers) = Engine::restore(devices, rollouts, meta, 5);
+        assert!(timers.is_empty());
+        assert_eq!(restored.rollouts(), engine.rollouts());
+        let mut a = restored.devices();
+        let mut b = engine.devices();
+        a.iter_mut().chain(b.iter_mut()).for_each(|d| d.seen_ms = 0);
+        assert_eq!(a, b);
+        assert_eq!(restored.rollout(id).unwrap().state, RolloutState::Running);
+        let (pending, _) = restored.pending("d1", &HashMap::new(), 6).unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].rollout_id, id);
+        assert!(
+            restored
+                .pending("d2", &HashMap::new(), 6)
+                .unwrap()
+                .0
+                .is_empty()
+        );
+
+        // A removed device is removed from the store too.
+        restored.remove_device("d2", 7).unwrap();
+        save(&database, &restored.take_changes()).unwrap();
+        let (devices, _, meta) = load(&database).unwrap();
+        assert_eq!(devices.len(), 1);
+        assert_eq!(meta.next_id, id);
+    }
+}
