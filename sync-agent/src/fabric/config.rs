@@ -57,6 +57,19 @@ pub struct FabricConfig {
     /// Heartbeats per second accepted from one member before dropping.
     #[serde(default = "default_heartbeat_rate")]
     pub max_heartbeats_per_s: u32,
+    /// A member departed (or silent) this long is forgotten: dropped from
+    /// `show fabric` and from this switch's memory.
+    #[serde(default = "default_prune")]
+    pub prune_after_ms: u64,
+    /// The most members (and so entries per map keyed by a member name:
+    /// view, roster, fault numbers, rate limits) this switch keeps; past it
+    /// the least recently heard is evicted and counted (`*_evicted`).
+    #[serde(default = "default_max_members")]
+    pub max_members: usize,
+    /// Faults per second accepted from one member before dropping (counted
+    /// as `fault_flood`).
+    #[serde(default = "default_fault_rate")]
+    pub max_faults_per_s: u32,
 }
 
 /// `[fabric.encryption]` (SPEC 4.6).
@@ -131,6 +144,15 @@ fn default_key_id() -> u8 {
 }
 fn default_heartbeat_rate() -> u32 {
     5
+}
+fn default_prune() -> u64 {
+    600_000
+}
+fn default_max_members() -> usize {
+    super::state::DEFAULT_MAX_MEMBERS
+}
+fn default_fault_rate() -> u32 {
+    20
 }
 
 /// Where members connect.
@@ -245,6 +267,24 @@ impl FabricConfig {
         }
         if self.max_heartbeats_per_s == 0 {
             problem("max_heartbeats_per_s", "must be at least 1".into());
+        }
+        if self.max_faults_per_s == 0 {
+            problem("max_faults_per_s", "must be at least 1".into());
+        }
+        if !(1..=1_000_000).contains(&self.max_members) {
+            problem(
+                "max_members",
+                format!("{} must be between 1 and 1000000", self.max_members),
+            );
+        }
+        if !(100..=604_800_000).contains(&self.prune_after_ms) {
+            problem(
+                "prune_after_ms",
+                format!(
+                    "{} must be between 100 and 604800000 (a week)",
+                    self.prune_after_ms
+                ),
+            );
         }
         if self.encryption.mode == EncryptionMode::Aead && self.encryption.key_file.is_none() {
             problem(

@@ -126,6 +126,7 @@ impl Task {
     /// changes still unacknowledged sent again.
     pub(super) fn process_tick(&mut self) {
         self.send_heartbeat();
+        self.prune_view();
         if self.rank.is_some() {
             self.server_duties();
         }
@@ -206,8 +207,8 @@ impl Task {
                 Some(0),
                 "up",
             ));
-            members.sort_by(|a, b| a.identity.cmp(&b.identity));
         }
+        members.sort_by(|a, b| a.identity.cmp(&b.identity));
         FabricReport {
             identity: self.identity.clone(),
             role: self.role,
@@ -248,8 +249,31 @@ impl Task {
                 })
                 .collect(),
             pending_changes: self.outbox.pending(),
-            counters: self.counters.clone(),
+            counters: self.counters_with_evictions(),
         }
+    }
+}
+
+impl Task {
+    /// The counters, with what each capped map evicted so far (only the
+    /// maps that evicted anything).
+    fn counters_with_evictions(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut counters = self.counters.clone();
+        for (name, n) in [
+            ("view_evicted", self.view.evicted()),
+            ("roster_evicted", self.roster.evicted()),
+            ("servers_evicted", self.servers.evicted()),
+            ("fault_seq_evicted", self.last_fault_seq.evicted()),
+            (
+                "rate_limit_evicted",
+                self.heartbeats.evicted() + self.fault_rate.evicted(),
+            ),
+        ] {
+            if n > 0 {
+                counters.insert(name.to_string(), n);
+            }
+        }
+        counters
     }
 }
 
@@ -269,13 +293,101 @@ fn member_report(name: &str, hb: &Heartbeat, ago: Option<u64>, state: &str) -> M
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use tokio::sync::mpsc;
 
     use super::*;
     use crate::{
         bus::{Link, ids},
-        fabric::{seal::Codec, task::test_task, wire::Fault},
+        fabric::{
+            seal::Codec,
+            task::{test_task, test_task_with},
+            wire::{Fault, Role},
+        },
     };
+
+    fn heartbeat_from(codec: &mut Codec, task: &Task, member: &str) -> (String, Vec<u8>) {
+        let message = Message::Heartbeat(Heartbeat {
+            member: member.into(),
+            role: Role::Client,
+            model: "m".into(),
+            version: "v".into(),
+            servers: vec![],
+            addresses: vec![],
+            uptime_s: 1,
+            interval_ms: 1000,
+        });
+        (task.topics.topic_for(&message).0, codec.seal(&message))
+    }
+
+    #[test]
+    fn departed_and_silent_members_are_pruned_and_counted() {
+        let (infos, _rx) = mpsc::channel(4);
+        let (mut task, _eventloop) = test_task_with(infos, "prune_after_ms = 100");
+        for member in ["sw2", "sw3"] {
+            let mut codec = Codec::new(member, None);
+            let (topic, payload) = heartbeat_from(&mut codec, &task, member);
+            task.process_publish(&topic, &payload, false);
+        }
+        task.heard_departed("sw3");
+        task.process(Event::Tick);
+        assert_eq!(task.report().members.len(), 3, "sw1, sw2, sw3 still known");
+        std::thread::sleep(Duration::from_millis(150));
+        // sw2 stays: heard again just now; sw3 departed 150 ms ago.
+        let mut sw2 = Codec::new("sw2", None);
+        let (topic, payload) = heartbeat_from(&mut sw2, &task, "sw2");
+        task.process_publish(&topic, &payload, false);
+        task.process(Event::Tick);
+        let report = task.report();
+        let names: Vec<_> = report.members.iter().map(|m| m.identity.as_str()).collect();
+        assert_eq!(names, ["sw1", "sw2"]);
+        assert_eq!(report.counters.get("members_pruned"), Some(&1));
+        std::thread::sleep(Duration::from_millis(150));
+        task.process(Event::Tick);
+        let report = task.report();
+        assert_eq!(report.members.len(), 1, "silent sw2 pruned too");
+        assert_eq!(report.counters.get("members_pruned"), Some(&2));
+    }
+
+    #[test]
+    fn the_member_view_is_capped_and_evictions_are_counted() {
+        let (infos, _rx) = mpsc::channel(4);
+        let (mut task, _eventloop) =
+            test_task_with(infos, "max_members = 2\nmax_heartbeats_per_s = 100");
+        for n in 0..5 {
+            let member = format!("sim{n}");
+            let mut codec = Codec::new(&member, None);
+            let (topic, payload) = heartbeat_from(&mut codec, &task, &member);
+            task.process_publish(&topic, &payload, false);
+        }
+        let report = task.report();
+        let names: Vec<_> = report.members.iter().map(|m| m.identity.as_str()).collect();
+        assert_eq!(
+            names,
+            ["sim3", "sim4", "sw1"],
+            "the two heard last, and sw1 itself"
+        );
+        assert_eq!(report.counters.get("view_evicted"), Some(&3));
+    }
+
+    #[test]
+    fn a_fault_flood_is_cut_to_the_rate_and_counted() {
+        let (infos, _rx) = mpsc::channel(1000);
+        let (mut task, _eventloop) = test_task_with(infos, "max_faults_per_s = 5");
+        let mut sw2 = Codec::new("sw2", None);
+        for seq in 1..=100 {
+            let (topic, payload) = fault_from(&mut sw2, &task, seq);
+            task.process_publish(&topic, &payload, false);
+        }
+        let report = task.report();
+        let received = report.counters["faults_received"];
+        assert!(
+            (10..=11).contains(&received),
+            "burst of twice the rate, got {received}"
+        );
+        assert_eq!(report.counters["fault_flood"], 100 - received);
+    }
 
     fn port(name: &str, up: bool) -> bus::LinkEvent {
         bus::LinkEvent::Changed(Link {

@@ -46,12 +46,14 @@ impl Task {
 
     /// Another member's heartbeat: it is up, as of now.
     pub(super) fn heard_heartbeat(&mut self, hb: &Heartbeat) {
+        let now = std::time::Instant::now();
         self.view.insert(
             hb.member.clone(),
             ViewEntry {
                 heartbeat: hb.clone(),
-                heard: Some(std::time::Instant::now()),
+                heard: Some(now),
                 departed: false,
+                since: now,
             },
         );
     }
@@ -60,6 +62,38 @@ impl Task {
     pub(super) fn heard_departed(&mut self, member: &str) {
         if let Some(entry) = self.view.get_mut(member) {
             entry.departed = true;
+            entry.since = std::time::Instant::now();
+        }
+    }
+
+    /// Forgets members departed, or silent, for longer than
+    /// `prune_after_ms` (counted as `members_pruned`): a fabric where
+    /// switches come and go does not grow this switch's memory.
+    pub(super) fn prune_view(&mut self) {
+        let after = Duration::from_millis(self.config.prune_after_ms);
+        let mut pruned = Vec::new();
+        self.view.retain(|name, e| {
+            let last = e.heard.map_or(e.since, |h| h.max(e.since));
+            let keep = last.elapsed() <= after;
+            if !keep {
+                pruned.push(name.clone());
+            }
+            keep
+        });
+        if pruned.is_empty() {
+            return;
+        }
+        self.count_by("members_pruned", pruned.len() as u64);
+        for name in &pruned {
+            self.outbox.forget(name);
+        }
+        if let Some(suppressed) = self.logs.admit("pruned") {
+            tracing::info!(
+                count = pruned.len(),
+                first = pruned[0],
+                suppressed,
+                "forgot members departed or silent for {after:?}"
+            );
         }
     }
 
@@ -205,18 +239,33 @@ impl Task {
     /// queue being full drops the information (counted as
     /// `inference_dropped`) rather than stalling the fabric.
     pub(super) fn heard_fault(&mut self, fault: Fault) {
-        let last = self.last_fault_seq.entry(fault.member.clone()).or_insert(0);
+        if !self.fault_rate.allow(&fault.member) {
+            self.reject(
+                "fault",
+                &format!("fault flood from {}", fault.member),
+                "fault_flood",
+            );
+            return;
+        }
+        let last = self
+            .last_fault_seq
+            .get_or_insert_with(fault.member.clone(), || 0);
         if fault.seq <= *last {
             self.count("faults_duplicate");
             return;
         }
         *last = fault.seq;
-        tracing::info!(
-            member = fault.member,
-            port = fault.port,
-            kind = fault.kind,
-            "fabric fault"
-        );
+        // Every fault is in `show fabric`; the log gets at most one line per
+        // few seconds, whatever the rate.
+        if let Some(suppressed) = self.logs.admit("fault") {
+            tracing::info!(
+                member = fault.member,
+                port = fault.port,
+                kind = fault.kind,
+                suppressed,
+                "fabric fault"
+            );
+        }
         self.count("faults_received");
         let info = bus::Info::new(
             "fabric",

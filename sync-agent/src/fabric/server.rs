@@ -72,6 +72,7 @@ impl Task {
         }
         self.servers
             .insert(status.server.clone(), (status, Instant::now()));
+        // A full map evicts (bounded against invented server names).
     }
 
     /// A topology snapshot: members not heard yet join the view; a server
@@ -87,11 +88,16 @@ impl Task {
             if name == self.identity {
                 continue;
             }
-            self.view.entry(name).or_insert(ViewEntry {
+            let now = Instant::now();
+            let known = self.view.get_or_insert_with(name, || ViewEntry {
                 heartbeat: entry.heartbeat,
                 heard: None,
                 departed: false,
+                since: now,
             });
+            if !known.departed {
+                known.since = now;
+            }
         }
     }
 
@@ -162,7 +168,17 @@ impl Task {
     }
 
     fn announce(&mut self, member: &str, joined: bool, reason: &str) {
-        tracing::info!(member, joined, reason, "announcing membership change");
+        // Thousands of members join at once when a fabric starts: the log
+        // gets a line per few seconds, `show fabric` every announcement.
+        if let Some(suppressed) = self.logs.admit(if joined { "joined" } else { "departed" }) {
+            tracing::info!(
+                member,
+                joined,
+                reason,
+                suppressed,
+                "announcing membership change"
+            );
+        }
         let m = Membership {
             server: self.identity.clone(),
             member: member.to_string(),
@@ -180,6 +196,7 @@ impl Task {
         if !m.joined {
             if let Some(entry) = self.view.get_mut(&m.member) {
                 entry.departed = true;
+                entry.since = Instant::now();
             }
             self.outbox.forget(&m.member);
         }

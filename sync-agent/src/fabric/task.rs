@@ -37,7 +37,7 @@ use super::{
     link::{Endpoint, LinkEvent as MqttEvent},
     report::FaultReport,
     seal::Codec,
-    state::{ConfigStore, Outbox, RateLimiter, Roster},
+    state::{CappedMap, ConfigStore, Outbox, RateLimiter, Roster},
     wire::{Heartbeat, Membership, Message, Role, ServerStatus, Topics},
 };
 use crate::{bus, clock::now_ms, log_limit::LogLimiter};
@@ -53,7 +53,14 @@ pub(super) struct ViewEntry {
     pub(super) heard: Option<Instant>,
     /// Announced or declared as departed.
     pub(super) departed: bool,
+    /// The last news of it: a heartbeat, a topology listing it, its
+    /// departure. Pruning counts from here.
+    pub(super) since: Instant,
 }
+
+/// How many servers' statuses are kept (two are configured; the rest is
+/// room for a brief overlap of identities, not for invented names).
+pub(super) const MAX_SERVERS: usize = 8;
 
 /// What bring-up hands the task: everything decided or opened at start.
 pub(super) struct Setup {
@@ -101,8 +108,8 @@ pub(super) struct Task {
     pub(super) last_topology_publish: Option<Instant>,
     pub(super) published_epoch: Option<u64>,
     /// Every other member this switch knows of.
-    pub(super) view: BTreeMap<String, ViewEntry>,
-    pub(super) servers: BTreeMap<String, (ServerStatus, Instant)>,
+    pub(super) view: CappedMap<String, ViewEntry>,
+    pub(super) servers: CappedMap<String, (ServerStatus, Instant)>,
     pub(super) announcements: VecDeque<Membership>,
     pub(super) store: ConfigStore,
     /// This switch's changes awaiting acknowledgement.
@@ -112,12 +119,14 @@ pub(super) struct Task {
     /// This switch's last fault number.
     pub(super) fault_seq: u64,
     /// The last fault number heard from each member (de-duplication).
-    pub(super) last_fault_seq: HashMap<String, u64>,
+    pub(super) last_fault_seq: CappedMap<String, u64>,
     /// Local ports: operationally up or not.
     pub(super) ports: HashMap<String, bool>,
     pub(super) counters: BTreeMap<String, u64>,
     pub(super) logs: LogLimiter,
     pub(super) heartbeats: RateLimiter,
+    /// Faults accepted per member and second.
+    pub(super) fault_rate: RateLimiter,
     /// Faults heard from other members go to state inference through this.
     pub(super) infos: mpsc::Sender<bus::Info>,
 }
@@ -144,7 +153,12 @@ impl Task {
             infos,
         } = setup;
         Self {
-            heartbeats: RateLimiter::new(config.max_heartbeats_per_s),
+            heartbeats: RateLimiter::with_capacity(config.max_heartbeats_per_s, config.max_members),
+            fault_rate: RateLimiter::with_capacity(config.max_faults_per_s, config.max_members),
+            roster: Roster::new(config.max_members),
+            view: CappedMap::new(config.max_members),
+            servers: CappedMap::new(MAX_SERVERS),
+            last_fault_seq: CappedMap::new(config.max_members),
             config,
             identity,
             role,
@@ -159,20 +173,16 @@ impl Task {
             client,
             current,
             connected: false,
-            roster: Roster::default(),
             active: false,
             last_primary: None,
             last_topology_publish: None,
             published_epoch: None,
-            view: BTreeMap::new(),
-            servers: BTreeMap::new(),
             announcements: VecDeque::new(),
             store,
             outbox: Outbox::default(),
             next_seq: now_ms(),
             faults: VecDeque::new(),
             fault_seq: 0,
-            last_fault_seq: HashMap::new(),
             ports,
             counters: BTreeMap::new(),
             logs: LogLimiter::new(Duration::from_secs(5)),
@@ -324,7 +334,17 @@ fn heartbeat_timer(interval: Duration) -> tokio::time::Interval {
 /// returned event loop is never polled), so publishes count as sent.
 #[cfg(test)]
 pub(super) fn test_task(infos: mpsc::Sender<bus::Info>) -> (Task, rumqttc::EventLoop) {
-    let config: FabricConfig = toml::from_str(r#"servers = ["10.0.0.1"]"#).expect("fabric config");
+    test_task_with(infos, "")
+}
+
+/// As [`test_task`], with `extra` lines in its `[fabric]` section.
+#[cfg(test)]
+pub(super) fn test_task_with(
+    infos: mpsc::Sender<bus::Info>,
+    extra: &str,
+) -> (Task, rumqttc::EventLoop) {
+    let config: FabricConfig =
+        toml::from_str(&format!("servers = [\"10.0.0.1\"]\n{extra}")).expect("fabric config");
     let (client, eventloop) =
         AsyncClient::new(rumqttc::MqttOptions::new("sw1-test", "127.0.0.1", 1883), 64);
     let task = Task::new(Setup {
