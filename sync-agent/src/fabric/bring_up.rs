@@ -21,7 +21,7 @@ use super::{
     seal::{self, Codec},
     state::ConfigStore,
     task::{Setup, Task},
-    wire::{Message, Role, Topics, Topology},
+    wire::{Message, Role, Topics},
 };
 use crate::{
     bus,
@@ -57,12 +57,13 @@ pub(super) async fn start(
     let choice = config
         .broker_choice()
         .map_err(|e| anyhow::anyhow!("fabric.broker: {e}"))?;
+    let mut broker_restarts = None;
     let (endpoints, tls) = match &choice {
         BrokerChoice::Embedded => {
             if let Some(rank) = rank {
                 let listen = SocketAddr::new(config.servers[rank], config.port);
                 let tls = config.tls.as_ref().filter(|t| t.cert_file.is_some());
-                broker::start(listen, tls)?;
+                broker_restarts = Some(broker::start(listen, tls)?);
                 tracing::info!(%listen, tls = tls.is_some(), "embedded MQTT broker started");
             }
             let endpoints = config
@@ -126,18 +127,18 @@ pub(super) async fn start(
         subscriptions: topics.subscriptions().to_vec(),
     };
     // A returning primary first learns the members from the backup's
-    // retained topology, so it does not announce them again.
+    // retained roster records, so it does not announce them again.
     let seed = if rank == Some(0) && endpoints.len() > 1 {
-        let topic = topics
-            .topic_for(&Message::Topology(Topology {
-                server: String::new(),
-                epoch: 0,
-                members: Vec::new(),
-            }))
-            .0;
-        link::fetch_retained(&settings, 1, &topic, Duration::from_secs(2)).await
+        link::fetch_retained_all(
+            &settings,
+            1,
+            &topics.roster_filter(),
+            Duration::from_millis(300),
+            Duration::from_secs(3),
+        )
+        .await
     } else {
-        None
+        Vec::new()
     };
     let link = link::spawn(settings);
     let store = match &config.state_file {
@@ -164,10 +165,11 @@ pub(super) async fn start(
         store,
         ports,
         infos,
+        broker_restarts,
     });
     task.log_settings();
-    if let Some(bytes) = seed {
-        task.seed_from_backup(&bytes);
+    if !seed.is_empty() {
+        task.seed_from_backup(&seed);
     }
     Ok((task, link.events))
 }

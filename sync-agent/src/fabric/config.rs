@@ -70,6 +70,11 @@ pub struct FabricConfig {
     /// as `fault_flood`).
     #[serde(default = "default_fault_rate")]
     pub max_faults_per_s: u32,
+    /// `fabric set` waits this long for every member's acknowledgement
+    /// before answering `timed out` (the change is still resent until
+    /// acknowledged).
+    #[serde(default = "default_set_timeout")]
+    pub set_timeout_ms: u64,
 }
 
 /// `[fabric.encryption]` (SPEC 4.6).
@@ -153,6 +158,9 @@ fn default_max_members() -> usize {
 }
 fn default_fault_rate() -> u32 {
     20
+}
+fn default_set_timeout() -> u64 {
+    5000
 }
 
 /// Where members connect.
@@ -251,6 +259,7 @@ impl FabricConfig {
             ("failover_after_ms", self.failover_after_ms),
             ("takeover_after_ms", self.takeover_after_ms),
             ("resend_ms", self.resend_ms),
+            ("set_timeout_ms", self.set_timeout_ms),
         ] {
             if !(50..=600_000).contains(&value) {
                 problem(field, format!("{value} must be between 50 and 600000"));

@@ -6,14 +6,16 @@
 //! No handler waits on anything (publishes and sends to inference are
 //! `try_*`), so the handlers are plain functions.
 
+use std::time::{Duration, Instant};
+
 use tokio::sync::oneshot;
 
 use super::{
     config::EncryptionMode,
     link::LinkEvent as MqttEvent,
-    report::{FabricReport, MemberReport, ServerReport, SettingReport},
-    task::Task,
-    wire::{ConfigChange, Heartbeat, Message},
+    report::{FabricReport, MemberReport, ServerReport, SetReport, SettingReport},
+    task::{PendingSet, Task},
+    wire::{Heartbeat, Message},
 };
 use crate::bus;
 
@@ -39,7 +41,7 @@ pub(super) enum Query {
     Set {
         key: String,
         value: String,
-        reply: oneshot::Sender<Result<ConfigChange, String>>,
+        reply: oneshot::Sender<Result<SetReport, String>>,
     },
 }
 
@@ -119,6 +121,8 @@ impl Task {
             Message::Ack(ack) => self.heard_ack(ack),
             Message::ConfigState(state) => self.heard_config_state(state),
             Message::Fault(fault) => self.heard_fault(fault),
+            Message::Roster(record) => self.heard_roster_record(record),
+            Message::Setting(record) => self.heard_setting(record),
         }
     }
 
@@ -127,6 +131,7 @@ impl Task {
     pub(super) fn process_tick(&mut self) {
         self.send_heartbeat();
         self.prune_view();
+        self.settle_sets();
         if self.rank.is_some() {
             self.server_duties();
         }
@@ -173,9 +178,24 @@ impl Task {
         &mut self,
         key: String,
         value: String,
-        reply: oneshot::Sender<Result<ConfigChange, String>>,
+        reply: oneshot::Sender<Result<SetReport, String>>,
     ) {
-        let _ = reply.send(self.publish_change(key, value));
+        match self.publish_change(key, value) {
+            Ok((change, waiting)) => {
+                self.pending_sets.push(PendingSet {
+                    deadline: Instant::now() + Duration::from_millis(self.config.set_timeout_ms),
+                    started: Instant::now(),
+                    change,
+                    waiting,
+                    acks: Default::default(),
+                    reply,
+                });
+                self.settle_sets();
+            }
+            Err(why) => {
+                let _ = reply.send(Err(why));
+            }
+        }
     }
 
     /// Everything `show fabric` shows, as of now.
@@ -272,6 +292,12 @@ impl Task {
             if n > 0 {
                 counters.insert(name.to_string(), n);
             }
+        }
+        if let Some(restarts) = &self.broker_restarts {
+            counters.insert(
+                "broker_restarts".into(),
+                restarts.load(std::sync::atomic::Ordering::Relaxed),
+            );
         }
         counters
     }
@@ -511,11 +537,12 @@ mod tests {
             value: "5000".into(),
             reply,
         }));
-        let change = answer.try_recv().unwrap().unwrap();
+        let set = answer.try_recv().unwrap().unwrap();
         assert_eq!(
-            (change.origin.as_str(), change.value.as_str()),
+            (set.change.origin.as_str(), set.change.value.as_str()),
             ("sw1", "5000")
         );
+        assert_eq!(set.outcome, "applied", "no other member to wait for");
         let report = task.report();
         assert_eq!(report.config[0].key, "dead_after_ms");
         assert!(

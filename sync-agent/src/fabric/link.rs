@@ -338,6 +338,54 @@ async fn run(
     }
 }
 
+/// Reads every retained message under `filter` from a broker: how a
+/// returning primary learns the backup's roster records before it
+/// announces anything. Collection ends once the broker has been quiet for
+/// `quiet` after the subscription was acknowledged, or at `timeout`.
+pub async fn fetch_retained_all(
+    settings: &LinkSettings,
+    index: usize,
+    filter: &str,
+    quiet: Duration,
+    timeout: Duration,
+) -> Vec<Vec<u8>> {
+    let mut settings = settings.clone();
+    settings.will = None;
+    settings.client_id = format!("{}-seed", settings.client_id);
+    let (client, mut eventloop) = AsyncClient::new(options(&settings, index), 64);
+    eventloop.network_options.set_connection_timeout(1);
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(timeout, async {
+        let mut subscribed = false;
+        loop {
+            let polled = if subscribed {
+                match tokio::time::timeout(quiet, eventloop.poll()).await {
+                    Ok(polled) => polled,
+                    Err(_) => return,
+                }
+            } else {
+                eventloop.poll().await
+            };
+            match polled {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    if client.try_subscribe(filter, QoS::AtLeastOnce).is_err() {
+                        return;
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => subscribed = true,
+                Ok(Event::Incoming(Packet::Publish(p))) if p.retain && !p.payload.is_empty() => {
+                    out.push(p.payload.to_vec());
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
+    let _ = client.try_disconnect();
+    out
+}
+
 /// Reads one retained message from a broker: how a returning primary learns
 /// the backup's topology before it announces anything. None when the broker
 /// does not answer or holds nothing within `timeout`.

@@ -7,10 +7,10 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use super::{
-    report::FaultReport,
+    report::{FaultReport, SetReport},
     state::{Outcome, validate_setting},
     task::{RECENT, Task, ViewEntry},
-    wire::{ConfigAck, ConfigChange, ConfigState, Fault, Heartbeat, Message, Role},
+    wire::{ConfigAck, ConfigChange, ConfigState, Fault, Heartbeat, Message, Role, SettingRecord},
 };
 use crate::{
     bus::{self, ids},
@@ -136,7 +136,10 @@ impl Task {
         }
         self.save_store();
         if self.active && outcome == Outcome::Applied {
-            self.publish(&Message::ConfigState(self.store.state()));
+            self.publish_setting(&change.key);
+        }
+        if outcome == Outcome::Applied {
+            self.settle_sets();
         }
     }
 
@@ -146,12 +149,36 @@ impl Task {
             .ack(&ack.member, &ack.origin, ack.seq, &ack.outcome);
         if ack.origin == self.identity {
             self.outbox.answered(ack.seq, &ack.member);
+            for p in &mut self.pending_sets {
+                if p.change.seq == ack.seq {
+                    p.waiting.remove(&ack.member);
+                    p.acks.insert(ack.member.clone(), ack.outcome.clone());
+                }
+            }
+            self.settle_sets();
         }
         self.save_store();
     }
 
-    /// The server's config snapshot: settings newer than ours are taken
-    /// (a member that was away catches up here).
+    /// One setting as the active server retains it: taken when newer than
+    /// ours (a member that was away, or joins late, catches up here).
+    pub(super) fn heard_setting(&mut self, record: SettingRecord) {
+        let change = record.change;
+        if self.store.apply(&change) == Outcome::Applied {
+            tracing::info!(
+                key = change.key,
+                value = change.value,
+                by = change.origin,
+                "fabric setting taken from the server's record"
+            );
+            self.log_settings();
+            self.save_store();
+            self.settle_sets();
+        }
+    }
+
+    /// The server's config snapshot (from a server of an older version):
+    /// settings newer than ours are taken.
     pub(super) fn heard_config_state(&mut self, state: ConfigState) {
         let mut applied = false;
         for change in state.entries.values() {
@@ -195,7 +222,7 @@ impl Task {
         &mut self,
         key: String,
         value: String,
-    ) -> Result<ConfigChange, String> {
+    ) -> Result<(ConfigChange, BTreeSet<String>), String> {
         validate_setting(&key, &value)?;
         self.next_seq = self.next_seq.max(now_ms()) + 1;
         let change = ConfigChange {
@@ -225,13 +252,63 @@ impl Task {
             "publishing fabric config change"
         );
         if !waiting.is_empty() {
-            self.outbox.add(change.clone(), waiting);
+            self.outbox.add(change.clone(), waiting.clone());
         }
         self.publish(&Message::Change(change.clone()));
         if self.active {
-            self.publish(&Message::ConfigState(self.store.state()));
+            self.publish_setting(&change.key);
         }
-        Ok(change)
+        Ok((change, waiting))
+    }
+
+    /// Answers the `fabric set` requests that are settled: superseded as
+    /// soon as a newer change to the key is in force (here, or at a member
+    /// that says so), applied or rejected once every member still in the
+    /// fabric answered, timed out at `set_timeout_ms`.
+    pub(super) fn settle_sets(&mut self) {
+        let view = &self.view;
+        let now = std::time::Instant::now();
+        let mut i = 0;
+        while i < self.pending_sets.len() {
+            let p = &mut self.pending_sets[i];
+            // A departed (or forgotten) member is not waited for.
+            p.waiting
+                .retain(|m| view.get(m).is_some_and(|e| !e.departed));
+            let in_force = self
+                .store
+                .entries
+                .get(&p.change.key)
+                .is_some_and(|e| e.change == p.change);
+            let outcome = if !in_force || p.acks.values().any(|o| o == "superseded") {
+                "superseded"
+            } else if p.waiting.is_empty() {
+                if p.acks.values().all(|o| o == "applied") {
+                    "applied"
+                } else {
+                    "rejected"
+                }
+            } else if now >= p.deadline {
+                "timed out"
+            } else {
+                i += 1;
+                continue;
+            };
+            let p = self.pending_sets.swap_remove(i);
+            tracing::info!(
+                key = p.change.key,
+                outcome,
+                acked = p.acks.len(),
+                missing = p.waiting.len(),
+                "fabric set answered"
+            );
+            let _ = p.reply.send(Ok(SetReport {
+                outcome: outcome.into(),
+                acks: p.acks,
+                missing: p.waiting.into_iter().collect(),
+                waited_ms: p.started.elapsed().as_millis() as u64,
+                change: p.change,
+            }));
+        }
     }
 
     /// Another member's fault: recorded once (by its fault number) and

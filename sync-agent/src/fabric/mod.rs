@@ -36,9 +36,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::bus::{self, AskError};
 use config::FabricConfig;
 use events::Query;
-pub use report::{FabricReport, FaultReport, MemberReport, ServerReport, SettingReport};
+pub use report::{FabricReport, FaultReport, MemberReport, ServerReport, SetReport, SettingReport};
 pub use role::decide_role;
-use wire::ConfigChange;
 
 /// What [`AskError::Gone`] names when the task has stopped.
 const NAME: &str = "fabric";
@@ -84,10 +83,13 @@ impl FabricHandle {
         rx.await.map_err(|_| AskError::Gone(NAME))
     }
 
-    /// `fabric set KEY VALUE`: applies a fabric-wide setting here and
-    /// publishes it to every member. Refused (with the reason) for an
-    /// unknown key, a bad value or a change the config store rejects.
-    pub async fn set(&self, key: String, value: String) -> Result<ConfigChange, AskError> {
+    /// `fabric set KEY VALUE`: applies a fabric-wide setting here,
+    /// publishes it to every member and answers once they all acknowledged
+    /// (`applied`), a newer change won (`superseded`) or `set_timeout_ms`
+    /// passed (`timed out`), with who acknowledged. Refused (with the
+    /// reason) for an unknown key, a bad value or a change the config store
+    /// rejects.
+    pub async fn set(&self, key: String, value: String) -> Result<SetReport, AskError> {
         let (reply, rx) = oneshot::channel();
         self.queries
             .send(Query::Set { key, value, reply })

@@ -270,6 +270,30 @@ impl Roster {
         self.epoch = self.epoch.max(topology.epoch);
     }
 
+    /// Adopts one member of another server's roster without announcing it.
+    pub fn seed_entry(&mut self, entry: &MemberEntry, epoch: u64) {
+        self.members
+            .get_or_insert_with(entry.heartbeat.member.clone(), || {
+                (entry.clone(), Instant::now())
+            });
+        self.epoch = self.epoch.max(epoch);
+    }
+
+    /// The members, in name order.
+    pub fn entries(&self) -> impl Iterator<Item = &MemberEntry> {
+        self.members.values().map(|(e, _)| e)
+    }
+
+    /// `member`'s entry.
+    pub fn get(&self, member: &str) -> Option<&MemberEntry> {
+        self.members.get(member).map(|(e, _)| e)
+    }
+
+    /// True when `member` is in the roster.
+    pub fn contains(&self, member: &str) -> bool {
+        self.members.contains_key(member)
+    }
+
     /// The snapshot to retain.
     pub fn snapshot(&self, server: &str) -> Topology {
         Topology {

@@ -20,7 +20,7 @@ use std::{
     net::IpAddr,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -62,6 +62,18 @@ pub(super) struct ViewEntry {
 /// room for a brief overlap of identities, not for invented names).
 pub(super) const MAX_SERVERS: usize = 8;
 
+/// A `fabric set` waiting for its answer.
+pub(super) struct PendingSet {
+    pub(super) change: super::wire::ConfigChange,
+    /// Members expected to acknowledge.
+    pub(super) waiting: std::collections::BTreeSet<String>,
+    /// Acknowledgements so far.
+    pub(super) acks: BTreeMap<String, String>,
+    pub(super) started: Instant,
+    pub(super) deadline: Instant,
+    pub(super) reply: tokio::sync::oneshot::Sender<Result<super::report::SetReport, String>>,
+}
+
 /// What bring-up hands the task: everything decided or opened at start.
 pub(super) struct Setup {
     pub(super) config: FabricConfig,
@@ -79,6 +91,8 @@ pub(super) struct Setup {
     pub(super) store: ConfigStore,
     pub(super) ports: HashMap<String, bool>,
     pub(super) infos: mpsc::Sender<bus::Info>,
+    /// Restarts of the embedded broker (servers hosting one).
+    pub(super) broker_restarts: Option<Arc<AtomicU64>>,
 }
 
 /// The fabric's state; only the task's loop touches it.
@@ -105,8 +119,10 @@ pub(super) struct Task {
     pub(super) active: bool,
     /// Backup: when the primary's status was last heard.
     pub(super) last_primary: Option<Instant>,
-    pub(super) last_topology_publish: Option<Instant>,
-    pub(super) published_epoch: Option<u64>,
+    /// Active server: each member's roster record as retained at the
+    /// broker by this server (its heartbeat without the uptime), so only
+    /// records that changed are written again.
+    pub(super) published_roster: CappedMap<String, Heartbeat>,
     /// Every other member this switch knows of.
     pub(super) view: CappedMap<String, ViewEntry>,
     pub(super) servers: CappedMap<String, (ServerStatus, Instant)>,
@@ -114,6 +130,8 @@ pub(super) struct Task {
     pub(super) store: ConfigStore,
     /// This switch's changes awaiting acknowledgement.
     pub(super) outbox: Outbox,
+    /// `fabric set` requests not answered yet.
+    pub(super) pending_sets: Vec<PendingSet>,
     pub(super) next_seq: u64,
     pub(super) faults: VecDeque<FaultReport>,
     /// This switch's last fault number.
@@ -129,6 +147,8 @@ pub(super) struct Task {
     pub(super) fault_rate: RateLimiter,
     /// Faults heard from other members go to state inference through this.
     pub(super) infos: mpsc::Sender<bus::Info>,
+    /// Restarts of the embedded broker this switch hosts, if any.
+    pub(super) broker_restarts: Option<Arc<AtomicU64>>,
 }
 
 impl Task {
@@ -151,6 +171,7 @@ impl Task {
             store,
             ports,
             infos,
+            broker_restarts,
         } = setup;
         Self {
             heartbeats: RateLimiter::with_capacity(config.max_heartbeats_per_s, config.max_members),
@@ -159,6 +180,7 @@ impl Task {
             view: CappedMap::new(config.max_members),
             servers: CappedMap::new(MAX_SERVERS),
             last_fault_seq: CappedMap::new(config.max_members),
+            published_roster: CappedMap::new(config.max_members),
             config,
             identity,
             role,
@@ -175,11 +197,10 @@ impl Task {
             connected: false,
             active: false,
             last_primary: None,
-            last_topology_publish: None,
-            published_epoch: None,
             announcements: VecDeque::new(),
             store,
             outbox: Outbox::default(),
+            pending_sets: Vec::new(),
             next_seq: now_ms(),
             faults: VecDeque::new(),
             fault_seq: 0,
@@ -187,6 +208,7 @@ impl Task {
             counters: BTreeMap::new(),
             logs: LogLimiter::new(Duration::from_secs(5)),
             infos,
+            broker_restarts,
         }
     }
 
@@ -366,6 +388,7 @@ pub(super) fn test_task_with(
         store: ConfigStore::default(),
         ports: HashMap::from([("p1".to_string(), true)]),
         infos,
+        broker_restarts: None,
     });
     (task, eventloop)
 }
