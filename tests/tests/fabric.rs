@@ -693,3 +693,113 @@ fn departed_members_are_forgotten_after_prune_after_ms() -> anyhow::Result<()> {
     wait_all_see(&[&agents[0], &agents[1]], &["sw0", "sw1"], SETTLE)?;
     Ok(())
 }
+
+#[test]
+fn fabric_set_answers_applied_superseded_or_timed_out() -> anyhow::Result<()> {
+    let lab = FabricLab::new(3)?;
+    // Members silent for a while stay members (dead_after 6 s), so a
+    // stopped switch is waited for until set_timeout_ms.
+    let config = |n: usize| {
+        FabricLab::config(n, "set_timeout_ms = 1500\n")
+            .replace("dead_after_ms = 1500", "dead_after_ms = 6000")
+    };
+    let agents: Vec<_> = (0..3)
+        .map(|n| mlag_testbed::agent::Agent::start(&lab.nodes[n], &config(n)))
+        .collect::<Result<_, _>>()?;
+    let all: Vec<&_> = agents.iter().collect();
+    wait_all_see(&all, &["sw0", "sw1", "sw2"], SETTLE)?;
+
+    // Everyone answers: applied, with who acknowledged.
+    let answer = agents[2].query(&["fabric", "set", "site.a", "1"])?;
+    assert_eq!(answer["outcome"], "applied", "{answer}");
+    for member in ["sw0", "sw1"] {
+        assert_eq!(answer["acks"][member], "applied", "{answer}");
+    }
+    assert_eq!(answer["missing"], serde_json::json!([]), "{answer}");
+
+    // sw2 frozen: it cannot answer.
+    let sw2 = agents[2].pid().unwrap() as i32;
+    unsafe { libc::kill(sw2, libc::SIGSTOP) };
+    let (older, newer) = std::thread::scope(|s| {
+        let older = s.spawn(|| agents[0].query(&["fabric", "set", "site.c", "old"]));
+        std::thread::sleep(Duration::from_millis(300));
+        // A newer change to the same key from sw1 while sw0's still waits.
+        let newer = agents[1].query(&["fabric", "set", "site.c", "new"]);
+        (older.join().expect("query thread"), newer)
+    });
+    unsafe { libc::kill(sw2, libc::SIGCONT) };
+    let (older, newer) = (older?, newer?);
+    assert_eq!(older["outcome"], "superseded", "{older}");
+    assert_eq!(newer["outcome"], "timed out", "{newer}");
+    assert_eq!(newer["missing"], serde_json::json!(["sw2"]), "{newer}");
+    assert_eq!(newer["acks"]["sw0"], "applied", "{newer}");
+    // The newer value is what everyone ends with, sw2 included once it runs
+    // again (the change is resent until acknowledged).
+    for agent in &agents {
+        wait_setting(agent, "site.c", "new", SETTLE)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn adding_and_removing_a_server_address_changes_the_role_live() -> anyhow::Result<()> {
+    let lab = FabricLab::new(3)?;
+    let spare = "10.77.0.200";
+    let extra = format!("servers = [\"{}\", \"{spare}\"]\n", switch_ip(0));
+    let agents: Vec<_> = (0..3)
+        .map(|n| lab.start(n, &extra))
+        .collect::<Result<_, _>>()?;
+    let all: Vec<&_> = agents.iter().collect();
+    wait_all_see(&all, &["sw0", "sw1", "sw2"], SETTLE)?;
+    let role = |agent: &mlag_testbed::agent::Agent| {
+        let f = show(agent).unwrap();
+        (
+            f["role"].clone(),
+            f["rank"].clone(),
+            f["role_reason"].clone(),
+        )
+    };
+    assert_eq!(role(&agents[2]).0, "client");
+
+    // The backup's address appears on sw2: it becomes the backup server,
+    // with its own embedded broker on that address.
+    lab.nodes[2].ip(&["addr", "add", &format!("{spare}/24"), "dev", "fab0"])?;
+    wait_until(SETTLE, "sw2 becomes the backup server", || {
+        let (r, rank, why) = role(&agents[2]);
+        if r == "both" && rank == 1 && why.as_str().unwrap_or("").contains(spare) {
+            Ok(())
+        } else {
+            Err((r, rank, why))
+        }
+    })?;
+    assert!(counter(&agents[2], "role_changes") >= 1);
+    assert!(agents[2].log_text().contains("fabric role changed"));
+    wait_until(
+        SETTLE,
+        "sw2's broker answers MQTT on the new address",
+        || {
+            run_in(
+                &lab.hub,
+                "mosquitto_pub",
+                &["-h", spare, "-t", "probe", "-m", "x", "-q", "1"],
+            )
+            .map_err(|e| e.to_string())
+        },
+    )?;
+    // A standby backup, the primary being there.
+    assert_eq!(show(&agents[2])?["active"], false);
+
+    // And back: the address removed, sw2 is a client again.
+    lab.nodes[2].ip(&["addr", "del", &format!("{spare}/24"), "dev", "fab0"])?;
+    wait_until(SETTLE, "sw2 is a client again", || {
+        let (r, rank, why) = role(&agents[2]);
+        if r == "client" && rank.is_null() {
+            Ok(())
+        } else {
+            Err((r, rank, why))
+        }
+    })?;
+    assert!(counter(&agents[2], "role_changes") >= 2);
+    wait_all_see(&all, &["sw0", "sw1", "sw2"], SETTLE)?;
+    Ok(())
+}

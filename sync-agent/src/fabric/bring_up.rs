@@ -35,7 +35,7 @@ pub(super) async fn start(
     switch_name: &str,
     netlink: &Handle,
     infos: mpsc::Sender<bus::Info>,
-) -> anyhow::Result<(Task, mpsc::Receiver<MqttEvent>)> {
+) -> anyhow::Result<(Task, mpsc::Receiver<MqttEvent>, mpsc::Receiver<Vec<IpAddr>>)> {
     let identity = config
         .identity
         .clone()
@@ -57,13 +57,13 @@ pub(super) async fn start(
     let choice = config
         .broker_choice()
         .map_err(|e| anyhow::anyhow!("fabric.broker: {e}"))?;
-    let mut broker_restarts = None;
+    let mut brokers = Vec::new();
     let (endpoints, tls) = match &choice {
         BrokerChoice::Embedded => {
             if let Some(rank) = rank {
                 let listen = SocketAddr::new(config.servers[rank], config.port);
                 let tls = config.tls.as_ref().filter(|t| t.cert_file.is_some());
-                broker_restarts = Some(broker::start(listen, tls)?);
+                brokers.push((listen, broker::start(listen, tls)?));
                 tracing::info!(%listen, tls = tls.is_some(), "embedded MQTT broker started");
             }
             let endpoints = config
@@ -165,13 +165,43 @@ pub(super) async fn start(
         store,
         ports,
         infos,
-        broker_restarts,
+        brokers,
     });
     task.log_settings();
     if !seed.is_empty() {
         task.seed_from_backup(&seed);
     }
-    Ok((task, link.events))
+    Ok((task, link.events, follow_addresses(netlink.clone())))
+}
+
+/// This switch's addresses, re-read after every address change the kernel
+/// announces (a burst is read once), so the role follows them live. When
+/// the kernel's address events cannot be subscribed to, the role stays as
+/// decided at start (logged).
+fn follow_addresses(netlink: Handle) -> mpsc::Receiver<Vec<IpAddr>> {
+    let (tx, rx) = mpsc::channel(4);
+    match addresses::watch() {
+        Ok(mut changes) => {
+            tokio::spawn(async move {
+                while changes.recv().await.is_some() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    while changes.try_recv().is_ok() {}
+                    match own_addresses(&netlink).await {
+                        Ok(own) => {
+                            if tx.send(own).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(err) => tracing::warn!("cannot re-read this switch's addresses: {err}"),
+                    }
+                }
+            });
+        }
+        Err(err) => tracing::warn!(
+            "cannot follow address changes ({err}); the fabric role stays as decided at start"
+        ),
+    }
+    rx
 }
 
 /// Every address on every interface here: the role depends on whether a

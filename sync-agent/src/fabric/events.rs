@@ -31,6 +31,8 @@ pub(super) enum Event {
     LinksLagged(u64),
     /// From a [`super::FabricHandle`].
     Query(Query),
+    /// This switch's addresses now (after an address was added or removed).
+    Addresses(Vec<std::net::IpAddr>),
 }
 
 /// What the operator asks, through the handle.
@@ -55,6 +57,7 @@ impl Task {
             Event::LinksLagged(missed) => self.process_links_lagged(missed),
             Event::Query(Query::Report(reply)) => self.process_report(reply),
             Event::Query(Query::Set { key, value, reply }) => self.process_set(key, value, reply),
+            Event::Addresses(own) => self.process_addresses(own),
         }
     }
 
@@ -152,6 +155,50 @@ impl Task {
             bus::LinkEvent::Removed { name: None, .. } => return,
         };
         self.port_changed(name, operational);
+    }
+
+    /// This switch's addresses changed: the heartbeat carries the new ones,
+    /// and the role follows (SPEC 4.1: holding a server address makes this
+    /// switch that server). Becoming a server starts the embedded broker on
+    /// that address if it is not running yet; losing the address stops the
+    /// server's duties (rumqttd cannot be stopped; its listener is left
+    /// without its address, so nobody reaches it).
+    pub(super) fn process_addresses(&mut self, own: Vec<std::net::IpAddr>) {
+        self.own = own;
+        let (role, rank, reason) =
+            super::role::decide_role(&self.config.servers, &self.own, self.config.member);
+        if (role, rank) == (self.role, self.rank) {
+            self.role_reason = reason;
+            return;
+        }
+        tracing::warn!(from = ?self.role, to = ?role, ?rank, "fabric role changed: {reason}");
+        self.count("role_changes");
+        if let Some(rank) = rank
+            && self.config.broker_choice() == Ok(super::config::BrokerChoice::Embedded)
+        {
+            let listen = std::net::SocketAddr::new(self.config.servers[rank], self.config.port);
+            if !self.brokers.iter().any(|(at, _)| *at == listen) {
+                let tls = self.config.tls.as_ref().filter(|t| t.cert_file.is_some());
+                match super::broker::start(listen, tls) {
+                    Ok(restarts) => {
+                        tracing::info!(%listen, "embedded MQTT broker started for the new role");
+                        self.brokers.push((listen, restarts));
+                    }
+                    Err(err) => {
+                        self.count("broker_start_errors");
+                        tracing::error!(%listen, "cannot start the embedded broker: {err}");
+                    }
+                }
+            }
+        }
+        self.role = role;
+        self.rank = rank;
+        self.role_reason = reason;
+        self.role_since = Instant::now();
+        self.last_primary = None;
+        if rank.is_none() {
+            self.active = false;
+        }
     }
 
     /// The link-event broadcast overran this task: the changes lost are
@@ -293,10 +340,13 @@ impl Task {
                 counters.insert(name.to_string(), n);
             }
         }
-        if let Some(restarts) = &self.broker_restarts {
+        if !self.brokers.is_empty() {
             counters.insert(
                 "broker_restarts".into(),
-                restarts.load(std::sync::atomic::Ordering::Relaxed),
+                self.brokers
+                    .iter()
+                    .map(|(_, r)| r.load(std::sync::atomic::Ordering::Relaxed))
+                    .sum(),
             );
         }
         counters

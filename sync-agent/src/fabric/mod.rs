@@ -67,8 +67,8 @@ impl FabricHandle {
         infos: mpsc::Sender<bus::Info>,
     ) -> anyhow::Result<FabricHandle> {
         let (queries, rx) = mpsc::channel(256);
-        let (task, mqtt) = bring_up::start(config, switch_name, &netlink, infos).await?;
-        tokio::spawn(task.run(mqtt, rx, links));
+        let (task, mqtt, addresses) = bring_up::start(config, switch_name, &netlink, infos).await?;
+        tokio::spawn(task.run(mqtt, rx, links, addresses));
         Ok(Self { queries })
     }
 

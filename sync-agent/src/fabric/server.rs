@@ -149,10 +149,10 @@ impl Task {
         let settle = self.dead_after() + self.heartbeat_interval();
         let takeover = Duration::from_millis(self.config.takeover_after_ms);
         match self.rank {
-            Some(0) => self.started.elapsed() >= settle,
+            Some(0) => self.role_since.elapsed() >= settle,
             Some(_) => match self.last_primary {
                 Some(heard) => heard.elapsed() > takeover,
-                None => self.started.elapsed() > takeover,
+                None => self.role_since.elapsed() > takeover,
             },
             None => false,
         }

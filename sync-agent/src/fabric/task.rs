@@ -7,6 +7,7 @@
 //!  link::spawn (rumqttc loop, failover) ---- mqtt: mpsc<MqttEvent> -------+
 //!  supervisor (netlink watcher) ------------ links: broadcast<LinkEvent> -+
 //!  FabricHandle (show / set) --------------- queries: mpsc<Query> --------+--> Task::run
+//!  address follower (netlink ifaddr groups) - addresses: mpsc<Vec<IpAddr>> +
 //!  heartbeat timer (interval from config) -- tick ------------------------+      |
 //!                                                                                +--> client.try_publish (broker)
 //!                                                                                +--> infos: mpsc<Info> (inference)
@@ -91,8 +92,9 @@ pub(super) struct Setup {
     pub(super) store: ConfigStore,
     pub(super) ports: HashMap<String, bool>,
     pub(super) infos: mpsc::Sender<bus::Info>,
-    /// Restarts of the embedded broker (servers hosting one).
-    pub(super) broker_restarts: Option<Arc<AtomicU64>>,
+    /// The embedded broker this switch started (servers hosting one), with
+    /// its restart counter.
+    pub(super) brokers: Vec<(std::net::SocketAddr, Arc<AtomicU64>)>,
 }
 
 /// The fabric's state; only the task's loop touches it.
@@ -147,8 +149,11 @@ pub(super) struct Task {
     pub(super) fault_rate: RateLimiter,
     /// Faults heard from other members go to state inference through this.
     pub(super) infos: mpsc::Sender<bus::Info>,
-    /// Restarts of the embedded broker this switch hosts, if any.
-    pub(super) broker_restarts: Option<Arc<AtomicU64>>,
+    /// The embedded brokers this switch started (at bring-up, or when a
+    /// server address was added here), with their restart counters.
+    pub(super) brokers: Vec<(std::net::SocketAddr, Arc<AtomicU64>)>,
+    /// When the current role began (a server's settle time counts from it).
+    pub(super) role_since: Instant,
 }
 
 impl Task {
@@ -171,7 +176,7 @@ impl Task {
             store,
             ports,
             infos,
-            broker_restarts,
+            brokers,
         } = setup;
         Self {
             heartbeats: RateLimiter::with_capacity(config.max_heartbeats_per_s, config.max_members),
@@ -208,7 +213,8 @@ impl Task {
             counters: BTreeMap::new(),
             logs: LogLimiter::new(Duration::from_secs(5)),
             infos,
-            broker_restarts,
+            brokers,
+            role_since: Instant::now(),
         }
     }
 
@@ -219,6 +225,7 @@ impl Task {
         mut mqtt: mpsc::Receiver<MqttEvent>,
         mut queries: mpsc::Receiver<Query>,
         mut links: broadcast::Receiver<bus::LinkEvent>,
+        mut addresses: mpsc::Receiver<Vec<IpAddr>>,
     ) {
         let mut interval = self.heartbeat_interval();
         let mut tick = heartbeat_timer(interval);
@@ -235,6 +242,7 @@ impl Task {
                         continue;
                     }
                 },
+                Some(own) = addresses.recv() => Event::Addresses(own),
                 _ = tick.tick() => Event::Tick,
             };
             let ticked = matches!(event, Event::Tick);
@@ -388,7 +396,7 @@ pub(super) fn test_task_with(
         store: ConfigStore::default(),
         ports: HashMap::from([("p1".to_string(), true)]),
         infos,
-        broker_restarts: None,
+        brokers: Vec::new(),
     });
     (task, eventloop)
 }
