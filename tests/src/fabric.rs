@@ -278,3 +278,39 @@ pub fn wait_active(agent: &Agent, active: bool, timeout: Duration) -> anyhow::Re
         },
     )
 }
+
+/// The gaps between `member`'s heartbeats as a plain MQTT subscriber
+/// (`mosquitto_sub` in the hub) sees them arrive at `broker` over `window`:
+/// a measurement of the interval a member really uses, independent of what
+/// it reports about itself.
+pub fn heartbeat_gaps(
+    lab: &FabricLab,
+    broker: &str,
+    member: &str,
+    window: Duration,
+) -> anyhow::Result<Vec<Duration>> {
+    let topic = format!("mlag-sync/DEV_INFO_MSG/member/{member}");
+    let seconds = format!("{:.1}", window.as_secs_f64());
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", lab.hub.name(), "timeout", &seconds])
+        .args(["mosquitto_sub", "-h", broker, "-t", &topic, "-F", "%U"])
+        .output()
+        .context("mosquitto_sub")?;
+    // `timeout` ends the subscriber: exit status 124 is the normal end.
+    let arrivals: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    Ok(arrivals
+        .windows(2)
+        .map(|w| Duration::from_secs_f64((w[1] - w[0]).max(0.0)))
+        .collect())
+}
+
+/// The median of `gaps` (a few late heartbeats on a busy machine do not
+/// move it, where a mean or a count over a window would).
+pub fn median(gaps: &[Duration]) -> Option<Duration> {
+    let mut sorted = gaps.to_vec();
+    sorted.sort();
+    sorted.get(sorted.len() / 2).copied()
+}

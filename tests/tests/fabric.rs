@@ -3,10 +3,12 @@
 
 use std::{process::Command, time::Duration};
 
+use anyhow::Context as _;
+
 use mlag_testbed::{
     fabric::{
-        FabricLab, HUB_IP, counter, setting, show, switch_ip, up_members, wait_active,
-        wait_all_see, wait_fault, wait_setting,
+        FabricLab, HUB_IP, counter, heartbeat_gaps, median, setting, show, switch_ip, up_members,
+        wait_active, wait_all_see, wait_fault, wait_setting,
     },
     wait_until,
 };
@@ -80,29 +82,39 @@ fn members_see_each_other_apply_config_and_hear_faults() -> anyhow::Result<()> {
             .is_empty()
     );
 
-    // A setting that changes behaviour: the heartbeat interval.
-    agents[0].query(&["fabric", "set", "heartbeat_interval_ms", "200"])?;
-    for agent in &agents {
-        wait_setting(agent, "heartbeat_interval_ms", "200", SETTLE)?;
-    }
+    // A setting that changes behaviour: the heartbeat interval. Measured on
+    // the wire (arrival gaps of sw3's heartbeats at the broker), before and
+    // after, against the midpoint of the two intervals: the lab's 300 ms
+    // and the 600 ms set here are far enough apart that only a switch
+    // really heartbeating at the new interval passes.
+    let broker = switch_ip(0);
+    let window = Duration::from_secs(4);
+    let midpoint = Duration::from_millis(450);
+    let before = heartbeat_gaps(&lab, &broker, "sw3", window)?;
+    let old = median(&before).context("no heartbeats from sw3 before the change")?;
     assert!(
-        show(&agents[3])?["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["identity"] == "sw0")
+        before.len() >= 4 && old < midpoint,
+        "sw3 should heartbeat every ~300 ms before the change: gaps {before:?}"
     );
-    wait_until(SETTLE, "sw3 heartbeats at the new interval", || {
-        let f = show(&agents[1]).unwrap();
-        let m = f["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["identity"] == "sw3")
-            .cloned()
-            .unwrap();
-        if m["state"] == "up" { Ok(()) } else { Err(m) }
-    })?;
+    agents[0].query(&["fabric", "set", "heartbeat_interval_ms", "600"])?;
+    for agent in &agents {
+        wait_setting(agent, "heartbeat_interval_ms", "600", SETTLE)?;
+    }
+    // The timer follows the setting at its next tick.
+    std::thread::sleep(Duration::from_millis(700));
+    let after = heartbeat_gaps(&lab, &broker, "sw3", window)?;
+    let new = median(&after).context("no heartbeats from sw3 after the change")?;
+    assert!(
+        after.len() >= 3 && new > midpoint,
+        "sw3 should heartbeat every ~600 ms after the change (median {new:?}, before {old:?}): gaps {after:?}"
+    );
+    assert!(
+        after.len() < before.len(),
+        "fewer heartbeats in the same window at the longer interval: {} before, {} after",
+        before.len(),
+        after.len()
+    );
+    wait_all_see(&all, &["sw0", "sw1", "sw2", "sw3"], SETTLE)?;
 
     // Unknown settings and bad values are refused with a reason.
     let err = agents[1]
@@ -139,7 +151,7 @@ fn members_see_each_other_apply_config_and_hear_faults() -> anyhow::Result<()> {
     // the config in force (nobody sends it again) and the topology.
     agents[3] = lab.start(3, "")?;
     wait_setting(&agents[3], "site.ntp", "10.9.9.9", SETTLE)?;
-    wait_setting(&agents[3], "heartbeat_interval_ms", "200", SETTLE)?;
+    wait_setting(&agents[3], "heartbeat_interval_ms", "600", SETTLE)?;
     let all: Vec<&_> = agents.iter().collect();
     wait_all_see(&all, &["sw0", "sw1", "sw2", "sw3"], SETTLE)?;
 
@@ -1091,5 +1103,165 @@ fn retained_replays_are_refused_even_after_a_restart() -> anyhow::Result<()> {
         port_downs, 0,
         "the replayed port-down reached the restarted sw2"
     );
+    Ok(())
+}
+
+#[test]
+fn departed_members_are_forgotten_after_prune_after_ms() -> anyhow::Result<()> {
+    let lab = FabricLab::new(3)?;
+    let extra = "prune_after_ms = 2000\n";
+    let mut agents: Vec<_> = (0..3)
+        .map(|n| lab.start(n, extra))
+        .collect::<Result<_, _>>()?;
+    {
+        let all: Vec<&_> = agents.iter().collect();
+        wait_all_see(&all, &["sw0", "sw1", "sw2"], SETTLE)?;
+    }
+    agents[2].stop()?;
+    let listed = |agent: &mlag_testbed::agent::Agent| -> Vec<(String, String)> {
+        show(agent).unwrap()["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["identity"].as_str().unwrap_or("").to_string(),
+                    m["state"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    };
+    // First shown departed, then gone, on both servers.
+    wait_until(SETTLE, "sw2 shown departed on sw1", || {
+        let members = listed(&agents[1]);
+        if members.contains(&("sw2".into(), "departed".into())) {
+            Ok(())
+        } else {
+            Err(members)
+        }
+    })?;
+    for agent in &agents[..2] {
+        wait_until(SETTLE, &format!("{} forgets sw2", agent.instance), || {
+            let members = listed(agent);
+            if members.iter().all(|(m, _)| m != "sw2") {
+                Ok(())
+            } else {
+                Err(members)
+            }
+        })?;
+        assert!(counter(agent, "members_pruned") >= 1);
+    }
+    // The rest of the fabric is untouched.
+    wait_all_see(&[&agents[0], &agents[1]], &["sw0", "sw1"], SETTLE)?;
+    Ok(())
+}
+
+#[test]
+fn fabric_set_answers_applied_superseded_or_timed_out() -> anyhow::Result<()> {
+    let lab = FabricLab::new(3)?;
+    // Members silent for a while stay members (dead_after 6 s), so a
+    // stopped switch is waited for until set_timeout_ms.
+    let config = |n: usize| {
+        lab.config(n, "set_timeout_ms = 1500\n")
+            .replace("dead_after_ms = 1500", "dead_after_ms = 6000")
+    };
+    let agents: Vec<_> = (0..3)
+        .map(|n| mlag_testbed::agent::Agent::start(&lab.nodes[n], &config(n)))
+        .collect::<Result<_, _>>()?;
+    let all: Vec<&_> = agents.iter().collect();
+    wait_all_see(&all, &["sw0", "sw1", "sw2"], SETTLE)?;
+
+    // Everyone answers: applied, with who acknowledged.
+    let answer = agents[2].query(&["fabric", "set", "site.a", "1"])?;
+    assert_eq!(answer["outcome"], "applied", "{answer}");
+    for member in ["sw0", "sw1"] {
+        assert_eq!(answer["acks"][member], "applied", "{answer}");
+    }
+    assert_eq!(answer["missing"], serde_json::json!([]), "{answer}");
+
+    // sw2 frozen: it cannot answer.
+    let sw2 = agents[2].pid().unwrap() as i32;
+    unsafe { libc::kill(sw2, libc::SIGSTOP) };
+    let (older, newer) = std::thread::scope(|s| {
+        let older = s.spawn(|| agents[0].query(&["fabric", "set", "site.c", "old"]));
+        std::thread::sleep(Duration::from_millis(300));
+        // A newer change to the same key from sw1 while sw0's still waits.
+        let newer = agents[1].query(&["fabric", "set", "site.c", "new"]);
+        (older.join().expect("query thread"), newer)
+    });
+    unsafe { libc::kill(sw2, libc::SIGCONT) };
+    let (older, newer) = (older?, newer?);
+    assert_eq!(older["outcome"], "superseded", "{older}");
+    assert_eq!(newer["outcome"], "timed out", "{newer}");
+    assert_eq!(newer["missing"], serde_json::json!(["sw2"]), "{newer}");
+    assert_eq!(newer["acks"]["sw0"], "applied", "{newer}");
+    // The newer value is what everyone ends with, sw2 included once it runs
+    // again (the change is resent until acknowledged).
+    for agent in &agents {
+        wait_setting(agent, "site.c", "new", SETTLE)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn adding_and_removing_a_server_address_changes_the_role_live() -> anyhow::Result<()> {
+    let lab = FabricLab::new(3)?;
+    let spare = "10.77.0.200";
+    let extra = format!("servers = [\"{}\", \"{spare}\"]\n", switch_ip(0));
+    let agents: Vec<_> = (0..3)
+        .map(|n| lab.start(n, &extra))
+        .collect::<Result<_, _>>()?;
+    let all: Vec<&_> = agents.iter().collect();
+    wait_all_see(&all, &["sw0", "sw1", "sw2"], SETTLE)?;
+    let role = |agent: &mlag_testbed::agent::Agent| {
+        let f = show(agent).unwrap();
+        (
+            f["role"].clone(),
+            f["rank"].clone(),
+            f["role_reason"].clone(),
+        )
+    };
+    assert_eq!(role(&agents[2]).0, "client");
+
+    // The backup's address appears on sw2: it becomes the backup server,
+    // with its own embedded broker on that address.
+    lab.nodes[2].ip(&["addr", "add", &format!("{spare}/24"), "dev", "fab0"])?;
+    wait_until(SETTLE, "sw2 becomes the backup server", || {
+        let (r, rank, why) = role(&agents[2]);
+        if r == "both" && rank == 1 && why.as_str().unwrap_or("").contains(spare) {
+            Ok(())
+        } else {
+            Err((r, rank, why))
+        }
+    })?;
+    assert!(counter(&agents[2], "role_changes") >= 1);
+    assert!(agents[2].log_text().contains("fabric role changed"));
+    wait_until(
+        SETTLE,
+        "sw2's broker answers MQTT on the new address",
+        || {
+            run_in(
+                &lab.hub,
+                "mosquitto_pub",
+                &["-h", spare, "-t", "probe", "-m", "x", "-q", "1"],
+            )
+            .map_err(|e| e.to_string())
+        },
+    )?;
+    // A standby backup, the primary being there.
+    assert_eq!(show(&agents[2])?["active"], false);
+
+    // And back: the address removed, sw2 is a client again.
+    lab.nodes[2].ip(&["addr", "del", &format!("{spare}/24"), "dev", "fab0"])?;
+    wait_until(SETTLE, "sw2 is a client again", || {
+        let (r, rank, why) = role(&agents[2]);
+        if r == "client" && rank.is_null() {
+            Ok(())
+        } else {
+            Err((r, rank, why))
+        }
+    })?;
+    assert!(counter(&agents[2], "role_changes") >= 2);
+    wait_all_see(&all, &["sw0", "sw1", "sw2"], SETTLE)?;
     Ok(())
 }

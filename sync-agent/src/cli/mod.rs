@@ -98,8 +98,10 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum FabricAction {
     /// Publish a fabric-wide setting; every member applies it and acknowledges
-    /// (see `show fabric`). Settings: heartbeat_interval_ms (100-60000),
-    /// dead_after_ms (300-600000), site.<name> (free text, up to 256 bytes).
+    /// (see `show fabric`). Answers once settled: applied, superseded,
+    /// rejected or timed out (fabric.set_timeout_ms), with who acknowledged.
+    /// Settings: heartbeat_interval_ms (100-60000), dead_after_ms
+    /// (300-600000), site.<name> (free text, up to 256 bytes).
     Set {
         /// Setting name, e.g. `site.ntp` or `heartbeat_interval_ms`.
         key: String,

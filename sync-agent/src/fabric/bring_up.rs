@@ -21,7 +21,7 @@ use super::{
     seal,
     state::ConfigStore,
     task::{Setup, Task},
-    wire::{Message, Role, Topics, Topology},
+    wire::{Message, Role, Topics},
 };
 use crate::{
     bus,
@@ -35,7 +35,7 @@ pub(super) async fn start(
     switch_name: &str,
     netlink: &Handle,
     infos: mpsc::Sender<bus::Info>,
-) -> anyhow::Result<(Task, mpsc::Receiver<MqttEvent>)> {
+) -> anyhow::Result<(Task, mpsc::Receiver<MqttEvent>, mpsc::Receiver<Vec<IpAddr>>)> {
     let identity = config
         .identity
         .clone()
@@ -46,12 +46,13 @@ pub(super) async fn start(
     let choice = config
         .broker_choice()
         .map_err(|e| anyhow::anyhow!("fabric.broker: {e}"))?;
+    let mut brokers = Vec::new();
     let (endpoints, tls) = match &choice {
         BrokerChoice::Embedded => {
             if let Some(rank) = rank {
                 let listen = SocketAddr::new(config.servers[rank], config.port);
                 let tls = config.tls.as_ref().filter(|t| t.cert_file.is_some());
-                broker::start(listen, tls)?;
+                brokers.push((listen, broker::start(listen, tls)?));
                 tracing::info!(%listen, tls = tls.is_some(), "embedded MQTT broker started");
             }
             let endpoints = config
@@ -115,18 +116,18 @@ pub(super) async fn start(
         subscriptions: topics.subscriptions().to_vec(),
     };
     // A returning primary first learns the members from the backup's
-    // retained topology, so it does not announce them again.
+    // retained roster records, so it does not announce them again.
     let seed = if rank == Some(0) && endpoints.len() > 1 {
-        let topic = topics
-            .topic_for(&Message::Topology(Topology {
-                server: String::new(),
-                epoch: 0,
-                members: Vec::new(),
-            }))
-            .0;
-        link::fetch_retained(&settings, 1, &topic, Duration::from_secs(2)).await
+        link::fetch_retained_all(
+            &settings,
+            1,
+            &topics.roster_filter(),
+            Duration::from_millis(300),
+            Duration::from_secs(3),
+        )
+        .await
     } else {
-        None
+        Vec::new()
     };
     let link = link::spawn(settings);
     let store = match &config.state_file {
@@ -153,12 +154,43 @@ pub(super) async fn start(
         store,
         ports,
         infos,
+        brokers,
     });
     task.log_settings();
-    if let Some(bytes) = seed {
-        task.seed_from_backup(&bytes);
+    if !seed.is_empty() {
+        task.seed_from_backup(&seed);
     }
-    Ok((task, link.events))
+    Ok((task, link.events, follow_addresses(netlink.clone())))
+}
+
+/// This switch's addresses, re-read after every address change the kernel
+/// announces (a burst is read once), so the role follows them live. When
+/// the kernel's address events cannot be subscribed to, the role stays as
+/// decided at start (logged).
+fn follow_addresses(netlink: Handle) -> mpsc::Receiver<Vec<IpAddr>> {
+    let (tx, rx) = mpsc::channel(4);
+    match addresses::watch() {
+        Ok(mut changes) => {
+            tokio::spawn(async move {
+                while changes.recv().await.is_some() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    while changes.try_recv().is_ok() {}
+                    match own_addresses(&netlink).await {
+                        Ok(own) => {
+                            if tx.send(own).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(err) => tracing::warn!("cannot re-read this switch's addresses: {err}"),
+                    }
+                }
+            });
+        }
+        Err(err) => tracing::warn!(
+            "cannot follow address changes ({err}); the fabric role stays as decided at start"
+        ),
+    }
+    rx
 }
 
 /// Every address on every interface here: the role depends on whether a

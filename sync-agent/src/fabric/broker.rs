@@ -1,14 +1,38 @@
 //! The embedded MQTT broker (rumqttd) a server hosts by default (SPEC 4.1).
+//!
+//! Supervised: when the broker's servers stop (a listener error, a panic in
+//! a connection thread) a fresh broker is started on the same address after
+//! a pause that doubles up to [`MAX_BACKOFF`], and each restart is counted
+//! (`broker_restarts` in `show fabric`). While it is down, members move to
+//! the other server as for any unreachable broker (`failover_after_ms`) and
+//! come back once it completes an MQTT round trip again.
+//!
+//! Memory: rumqttd keeps, per subscription filter, a log of recent
+//! publishes in segments; the segments are sized here so that the busiest
+//! filter (every heartbeat of the fabric) holds tens of seconds of traffic
+//! at a thousand members, not gigabytes.
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings, TlsConfig};
 
 use super::{config::TlsConfig as FabricTls, wire::MAX_MESSAGE};
 
-/// Starts rumqttd listening on `listen`; its threads run for the life of the
-/// process. Binding is checked first so a taken port is a clear error.
-pub fn start(listen: SocketAddr, tls: Option<&FabricTls>) -> anyhow::Result<()> {
+/// The longest pause between two restarts of the broker.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Starts rumqttd listening on `listen`, supervised, for the life of the
+/// process. Binding is checked first so a taken port is a clear error. The
+/// returned counter counts restarts.
+pub fn start(listen: SocketAddr, tls: Option<&FabricTls>) -> anyhow::Result<Arc<AtomicU64>> {
     drop(
         std::net::TcpListener::bind(listen)
             .map_err(|e| anyhow::anyhow!("embedded MQTT broker cannot listen on {listen}: {e}"))?,
@@ -49,20 +73,35 @@ pub fn start(listen: SocketAddr, tls: Option<&FabricTls>) -> anyhow::Result<()> 
         router: RouterConfig {
             max_connections: 10_000,
             max_outgoing_packet_count: 1000,
-            max_segment_size: 100 * 1024 * 1024,
-            max_segment_count: 10,
+            max_segment_size: 4 * 1024 * 1024,
+            max_segment_count: 4,
             ..Default::default()
         },
         v4: Some(HashMap::from([("fabric".to_string(), server)])),
         ..Default::default()
     };
-    let mut broker = Broker::new(config);
+    let restarts = Arc::new(AtomicU64::new(0));
+    let counter = restarts.clone();
     std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {
-            if let Err(err) = broker.start() {
-                tracing::error!("embedded MQTT broker stopped: {err}");
+            let mut backoff = Duration::from_millis(250);
+            loop {
+                let mut broker = Broker::new(config.clone());
+                let started = std::time::Instant::now();
+                match broker.start() {
+                    Ok(()) => tracing::error!(%listen, "embedded MQTT broker stopped; restarting"),
+                    Err(err) => {
+                        tracing::error!(%listen, "embedded MQTT broker failed: {err}; restarting")
+                    }
+                }
+                if started.elapsed() > MAX_BACKOFF * 6 {
+                    backoff = Duration::from_millis(250);
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                counter.fetch_add(1, Ordering::Relaxed);
             }
         })?;
-    Ok(())
+    Ok(restarts)
 }

@@ -58,6 +58,24 @@ pub struct FabricConfig {
     /// Heartbeats per second accepted from one member before dropping.
     #[serde(default = "default_heartbeat_rate")]
     pub max_heartbeats_per_s: u32,
+    /// A member departed (or silent) this long is forgotten: dropped from
+    /// `show fabric` and from this switch's memory.
+    #[serde(default = "default_prune")]
+    pub prune_after_ms: u64,
+    /// The most members (and so entries per map keyed by a member name:
+    /// view, roster, fault numbers, rate limits) this switch keeps; past it
+    /// the least recently heard is evicted and counted (`*_evicted`).
+    #[serde(default = "default_max_members")]
+    pub max_members: usize,
+    /// Faults per second accepted from one member before dropping (counted
+    /// as `fault_flood`).
+    #[serde(default = "default_fault_rate")]
+    pub max_faults_per_s: u32,
+    /// `fabric set` waits this long for every member's acknowledgement
+    /// before answering `timed out` (the change is still resent until
+    /// acknowledged).
+    #[serde(default = "default_set_timeout")]
+    pub set_timeout_ms: u64,
     /// Signing keys, the roster and replay protection.
     #[serde(default)]
     pub trust: TrustConfig,
@@ -213,6 +231,18 @@ fn default_max_age() -> u64 {
 fn default_max_skew() -> u64 {
     5_000
 }
+fn default_prune() -> u64 {
+    600_000
+}
+fn default_max_members() -> usize {
+    super::state::DEFAULT_MAX_MEMBERS
+}
+fn default_fault_rate() -> u32 {
+    20
+}
+fn default_set_timeout() -> u64 {
+    5000
+}
 
 /// Where members connect.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -310,6 +340,7 @@ impl FabricConfig {
             ("failover_after_ms", self.failover_after_ms),
             ("takeover_after_ms", self.takeover_after_ms),
             ("resend_ms", self.resend_ms),
+            ("set_timeout_ms", self.set_timeout_ms),
         ] {
             if !(50..=600_000).contains(&value) {
                 problem(field, format!("{value} must be between 50 and 600000"));
@@ -326,6 +357,24 @@ impl FabricConfig {
         }
         if self.max_heartbeats_per_s == 0 {
             problem("max_heartbeats_per_s", "must be at least 1".into());
+        }
+        if self.max_faults_per_s == 0 {
+            problem("max_faults_per_s", "must be at least 1".into());
+        }
+        if !(1..=1_000_000).contains(&self.max_members) {
+            problem(
+                "max_members",
+                format!("{} must be between 1 and 1000000", self.max_members),
+            );
+        }
+        if !(100..=604_800_000).contains(&self.prune_after_ms) {
+            problem(
+                "prune_after_ms",
+                format!(
+                    "{} must be between 100 and 604800000 (a week)",
+                    self.prune_after_ms
+                ),
+            );
         }
         if self.encryption.mode == EncryptionMode::Aead && self.encryption.key_file.is_none() {
             problem(

@@ -6,14 +6,16 @@
 //! No handler waits on anything (publishes and sends to inference are
 //! `try_*`), so the handlers are plain functions.
 
+use std::time::{Duration, Instant};
+
 use tokio::sync::oneshot;
 
 use super::{
     config::EncryptionMode,
     link::LinkEvent as MqttEvent,
-    report::{FabricReport, MemberReport, ServerReport, SettingReport},
-    task::Task,
-    wire::{ConfigChange, Heartbeat, Message},
+    report::{FabricReport, MemberReport, ServerReport, SetReport, SettingReport},
+    task::{PendingSet, Task},
+    wire::{Heartbeat, Message},
 };
 use crate::bus;
 
@@ -29,6 +31,8 @@ pub(super) enum Event {
     LinksLagged(u64),
     /// From a [`super::FabricHandle`].
     Query(Query),
+    /// This switch's addresses now (after an address was added or removed).
+    Addresses(Vec<std::net::IpAddr>),
 }
 
 /// What the operator asks, through the handle.
@@ -39,7 +43,7 @@ pub(super) enum Query {
     Set {
         key: String,
         value: String,
-        reply: oneshot::Sender<Result<ConfigChange, String>>,
+        reply: oneshot::Sender<Result<SetReport, String>>,
     },
     /// The local config center released a version: announce it.
     AnnounceRelease(bus::ConfigReleased),
@@ -56,6 +60,7 @@ impl Task {
             Event::Query(Query::Report(reply)) => self.process_report(reply),
             Event::Query(Query::Set { key, value, reply }) => self.process_set(key, value, reply),
             Event::Query(Query::AnnounceRelease(release)) => self.announce_release(release),
+            Event::Addresses(own) => self.process_addresses(own),
         }
     }
 
@@ -126,6 +131,8 @@ impl Task {
             Message::ConfigState(state) => self.heard_config_state(state),
             Message::Fault(fault) => self.heard_fault(fault),
             Message::ConfigAnnounce(announce) => self.heard_release(announce),
+            Message::Roster(record) => self.heard_roster_record(record),
+            Message::Setting(record) => self.heard_setting(record),
         }
     }
 
@@ -134,6 +141,8 @@ impl Task {
     pub(super) fn process_tick(&mut self) {
         self.save_counters();
         self.send_heartbeat();
+        self.prune_view();
+        self.settle_sets();
         if self.rank.is_some() {
             self.server_duties();
         }
@@ -180,6 +189,50 @@ impl Task {
         self.port_changed(name, operational);
     }
 
+    /// This switch's addresses changed: the heartbeat carries the new ones,
+    /// and the role follows (SPEC 4.1: holding a server address makes this
+    /// switch that server). Becoming a server starts the embedded broker on
+    /// that address if it is not running yet; losing the address stops the
+    /// server's duties (rumqttd cannot be stopped; its listener is left
+    /// without its address, so nobody reaches it).
+    pub(super) fn process_addresses(&mut self, own: Vec<std::net::IpAddr>) {
+        self.own = own;
+        let (role, rank, reason) =
+            super::role::decide_role(&self.config.servers, &self.own, self.config.member);
+        if (role, rank) == (self.role, self.rank) {
+            self.role_reason = reason;
+            return;
+        }
+        tracing::warn!(from = ?self.role, to = ?role, ?rank, "fabric role changed: {reason}");
+        self.count("role_changes");
+        if let Some(rank) = rank
+            && self.config.broker_choice() == Ok(super::config::BrokerChoice::Embedded)
+        {
+            let listen = std::net::SocketAddr::new(self.config.servers[rank], self.config.port);
+            if !self.brokers.iter().any(|(at, _)| *at == listen) {
+                let tls = self.config.tls.as_ref().filter(|t| t.cert_file.is_some());
+                match super::broker::start(listen, tls) {
+                    Ok(restarts) => {
+                        tracing::info!(%listen, "embedded MQTT broker started for the new role");
+                        self.brokers.push((listen, restarts));
+                    }
+                    Err(err) => {
+                        self.count("broker_start_errors");
+                        tracing::error!(%listen, "cannot start the embedded broker: {err}");
+                    }
+                }
+            }
+        }
+        self.role = role;
+        self.rank = rank;
+        self.role_reason = reason;
+        self.role_since = Instant::now();
+        self.last_primary = None;
+        if rank.is_none() {
+            self.active = false;
+        }
+    }
+
     /// The link-event broadcast overran this task: the changes lost are
     /// not reported as faults (a port's next change is). Counted, and
     /// logged at most every few seconds.
@@ -204,9 +257,24 @@ impl Task {
         &mut self,
         key: String,
         value: String,
-        reply: oneshot::Sender<Result<ConfigChange, String>>,
+        reply: oneshot::Sender<Result<SetReport, String>>,
     ) {
-        let _ = reply.send(self.publish_change(key, value));
+        match self.publish_change(key, value) {
+            Ok((change, waiting)) => {
+                self.pending_sets.push(PendingSet {
+                    deadline: Instant::now() + Duration::from_millis(self.config.set_timeout_ms),
+                    started: Instant::now(),
+                    change,
+                    waiting,
+                    acks: Default::default(),
+                    reply,
+                });
+                self.settle_sets();
+            }
+            Err(why) => {
+                let _ = reply.send(Err(why));
+            }
+        }
     }
 
     /// Everything `show fabric` shows, as of now.
@@ -238,8 +306,8 @@ impl Task {
                 Some(0),
                 "up",
             ));
-            members.sort_by(|a, b| a.identity.cmp(&b.identity));
         }
+        members.sort_by(|a, b| a.identity.cmp(&b.identity));
         FabricReport {
             identity: self.identity.clone(),
             role: self.role,
@@ -280,8 +348,39 @@ impl Task {
                 })
                 .collect(),
             pending_changes: self.outbox.pending(),
-            counters: self.counters.clone(),
+            counters: self.counters_with_evictions(),
         }
+    }
+}
+
+impl Task {
+    /// The counters, with what each capped map evicted so far (only the
+    /// maps that evicted anything).
+    fn counters_with_evictions(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut counters = self.counters.clone();
+        for (name, n) in [
+            ("view_evicted", self.view.evicted()),
+            ("roster_evicted", self.roster.evicted()),
+            ("servers_evicted", self.servers.evicted()),
+            (
+                "rate_limit_evicted",
+                self.heartbeats.evicted() + self.fault_rate.evicted(),
+            ),
+        ] {
+            if n > 0 {
+                counters.insert(name.to_string(), n);
+            }
+        }
+        if !self.brokers.is_empty() {
+            counters.insert(
+                "broker_restarts".into(),
+                self.brokers
+                    .iter()
+                    .map(|(_, r)| r.load(std::sync::atomic::Ordering::Relaxed))
+                    .sum(),
+            );
+        }
+        counters
     }
 }
 
@@ -301,6 +400,8 @@ fn member_report(name: &str, hb: &Heartbeat, ago: Option<u64>, state: &str) -> M
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use tokio::sync::mpsc;
 
     use super::*;
@@ -308,10 +409,92 @@ mod tests {
         bus::{Link, ids},
         fabric::{
             seal::Codec,
-            task::{test_identity, test_roster, test_task},
-            wire::Fault,
+            task::{test_identity, test_roster, test_task, test_task_with},
+            wire::{ConfigChange, Fault, Role},
         },
     };
+
+    fn heartbeat_from(codec: &mut Codec, task: &Task, member: &str) -> (String, Vec<u8>) {
+        let message = Message::Heartbeat(Heartbeat {
+            member: member.into(),
+            role: Role::Client,
+            model: "m".into(),
+            version: "v".into(),
+            servers: vec![],
+            addresses: vec![],
+            uptime_s: 1,
+            interval_ms: 1000,
+        });
+        (task.topics.topic_for(&message).0, codec.seal(&message))
+    }
+
+    #[test]
+    fn departed_and_silent_members_are_pruned_and_counted() {
+        let (infos, _rx) = mpsc::channel(4);
+        let (mut task, _eventloop) = test_task_with(infos, "prune_after_ms = 100");
+        for member in ["sw2", "sw3"] {
+            let mut codec = Codec::new(test_identity(member), test_roster(), None);
+            let (topic, payload) = heartbeat_from(&mut codec, &task, member);
+            task.process_publish(&topic, &payload, false);
+        }
+        task.heard_departed("sw3");
+        task.process(Event::Tick);
+        assert_eq!(task.report().members.len(), 3, "sw1, sw2, sw3 still known");
+        std::thread::sleep(Duration::from_millis(150));
+        // sw2 stays: heard again just now; sw3 departed 150 ms ago.
+        let mut sw2 = Codec::new(test_identity("sw2"), test_roster(), None);
+        let (topic, payload) = heartbeat_from(&mut sw2, &task, "sw2");
+        task.process_publish(&topic, &payload, false);
+        task.process(Event::Tick);
+        let report = task.report();
+        let names: Vec<_> = report.members.iter().map(|m| m.identity.as_str()).collect();
+        assert_eq!(names, ["sw1", "sw2"]);
+        assert_eq!(report.counters.get("members_pruned"), Some(&1));
+        std::thread::sleep(Duration::from_millis(150));
+        task.process(Event::Tick);
+        let report = task.report();
+        assert_eq!(report.members.len(), 1, "silent sw2 pruned too");
+        assert_eq!(report.counters.get("members_pruned"), Some(&2));
+    }
+
+    #[test]
+    fn the_member_view_is_capped_and_evictions_are_counted() {
+        let (infos, _rx) = mpsc::channel(4);
+        let (mut task, _eventloop) =
+            test_task_with(infos, "max_members = 2\nmax_heartbeats_per_s = 100");
+        for n in 0..5 {
+            let member = format!("sim{n}");
+            let mut codec = Codec::new(test_identity(&member), test_roster(), None);
+            let (topic, payload) = heartbeat_from(&mut codec, &task, &member);
+            task.process_publish(&topic, &payload, false);
+        }
+        let report = task.report();
+        let names: Vec<_> = report.members.iter().map(|m| m.identity.as_str()).collect();
+        assert_eq!(
+            names,
+            ["sim3", "sim4", "sw1"],
+            "the two heard last, and sw1 itself"
+        );
+        assert_eq!(report.counters.get("view_evicted"), Some(&3));
+    }
+
+    #[test]
+    fn a_fault_flood_is_cut_to_the_rate_and_counted() {
+        let (infos, _rx) = mpsc::channel(1000);
+        let (mut task, _eventloop) = test_task_with(infos, "max_faults_per_s = 5");
+        let mut sw2 = Codec::new(test_identity("sw2"), test_roster(), None);
+        for seq in 1..=100 {
+            let (topic, payload) = fault_from(&mut sw2, &task, seq);
+            task.process_publish(&topic, &payload, false);
+        }
+        let report = task.report();
+        let received = report.counters["faults_received"];
+        assert!(
+            (10..=11).contains(&received),
+            "burst of twice the rate, got {received}"
+        );
+        assert_eq!(report.counters["fault_flood"], 100 - received);
+    }
 
     fn port(name: &str, up: bool) -> bus::LinkEvent {
         bus::LinkEvent::Changed(Link {
@@ -431,7 +614,7 @@ mod tests {
             value: "from-sw1".into(),
             reply,
         }));
-        let change = answer.try_recv().unwrap().unwrap();
+        let change = answer.try_recv().unwrap().unwrap().change;
         assert!(change.at_ms > crate::clock::now_ms() + 2_000);
         assert_eq!(task.store.get("site.ntp"), Some("from-sw1"));
     }
@@ -466,11 +649,12 @@ mod tests {
             value: "5000".into(),
             reply,
         }));
-        let change = answer.try_recv().unwrap().unwrap();
+        let set = answer.try_recv().unwrap().unwrap();
         assert_eq!(
-            (change.origin.as_str(), change.value.as_str()),
+            (set.change.origin.as_str(), set.change.value.as_str()),
             ("sw1", "5000")
         );
+        assert_eq!(set.outcome, "applied", "no other member to wait for");
         let report = task.report();
         assert_eq!(report.config[0].key, "dead_after_ms");
         assert!(

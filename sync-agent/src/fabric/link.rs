@@ -2,6 +2,13 @@
 //! to the next server when the current one is unreachable for
 //! `failover_after`, moves back to the primary when it answers again, and
 //! carries unacknowledged publishes across brokers so nothing is lost.
+//!
+//! "The primary answers again" is an MQTT round trip, not a TCP connect: a
+//! probe client connects (CONNACK) and publishes at QoS 1 on a topic
+//! nobody subscribes to (PUBACK), so a listening socket whose broker
+//! behind it is stuck does not pull the members back. Moving back ends the
+//! session on the backup with a DISCONNECT, so the backup's broker does not
+//! publish this member's last will (which would announce it departed).
 
 use std::{
     collections::VecDeque,
@@ -13,8 +20,8 @@ use std::{
 };
 
 use rumqttc::{
-    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, Request, TlsConfiguration,
-    Transport,
+    AsyncClient, ConnectReturnCode, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
+    Request, TlsConfiguration, Transport,
 };
 use tokio::sync::mpsc;
 
@@ -172,15 +179,70 @@ async fn probe_primary(settings: LinkSettings, current: Arc<AtomicUsize>, back: 
         if current.load(Ordering::Relaxed) == 0 {
             continue;
         }
-        let reachable = tokio::time::timeout(
-            Duration::from_millis(500),
-            tokio::net::TcpStream::connect((primary.host.as_str(), primary.port)),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok());
-        if reachable && back.send(()).await.is_err() {
+        let answers = answers_mqtt(&settings, 0, Duration::from_millis(1000)).await;
+        tracing::debug!(primary = %primary, answers, "primary probed");
+        if answers && back.send(()).await.is_err() {
             return;
         }
+    }
+}
+
+/// True when the broker `endpoints[index]` completes an MQTT round trip
+/// within `timeout`: CONNACK accepted, then PUBACK for a QoS 1 publish on a
+/// probe topic. The probe leaves with a DISCONNECT and has no last will.
+pub async fn answers_mqtt(settings: &LinkSettings, index: usize, timeout: Duration) -> bool {
+    let mut settings = settings.clone();
+    settings.will = None;
+    settings.client_id = format!("{}-probe", settings.client_id);
+    let topic = format!("mlag-sync-probe/{}", settings.client_id);
+    let (client, mut eventloop) = AsyncClient::new(options(&settings, index), 8);
+    eventloop
+        .network_options
+        .set_connection_timeout(timeout.as_secs().max(1));
+    let answered = tokio::time::timeout(timeout, async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    if ack.code != ConnectReturnCode::Success {
+                        return false;
+                    }
+                    if client
+                        .try_publish(topic.as_str(), QoS::AtLeastOnce, false, b"probe".to_vec())
+                        .is_err()
+                    {
+                        return false;
+                    }
+                }
+                Ok(Event::Incoming(Packet::PubAck(_))) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    if answered && client.try_disconnect().is_ok() {
+        let _ = tokio::time::timeout(Duration::from_millis(200), async {
+            while let Ok(event) = eventloop.poll().await {
+                if matches!(event, Event::Outgoing(Outgoing::Disconnect)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    answered
+}
+
+/// Ends the session on the current broker with a DISCONNECT (so it does
+/// not publish our last will), best effort and briefly.
+async fn say_goodbye(eventloop: &mut EventLoop) {
+    if let Some(network) = eventloop.network.as_mut() {
+        let _ = tokio::time::timeout(Duration::from_millis(200), async {
+            network.write(Packet::Disconnect).await?;
+            network.flush().await
+        })
+        .await;
     }
 }
 
@@ -258,6 +320,9 @@ async fn run(
             },
             Some(()) = back.recv(), if index != 0 => {
                 tracing::info!(primary = %settings.endpoints[0], "primary broker answers again; moving back");
+                if connected {
+                    say_goodbye(&mut eventloop).await;
+                }
                 eventloop.clean();
                 index = 0;
                 eventloop.mqtt_options = options(&settings, 0);
@@ -271,6 +336,54 @@ async fn run(
             }
         }
     }
+}
+
+/// Reads every retained message under `filter` from a broker: how a
+/// returning primary learns the backup's roster records before it
+/// announces anything. Collection ends once the broker has been quiet for
+/// `quiet` after the subscription was acknowledged, or at `timeout`.
+pub async fn fetch_retained_all(
+    settings: &LinkSettings,
+    index: usize,
+    filter: &str,
+    quiet: Duration,
+    timeout: Duration,
+) -> Vec<Vec<u8>> {
+    let mut settings = settings.clone();
+    settings.will = None;
+    settings.client_id = format!("{}-seed", settings.client_id);
+    let (client, mut eventloop) = AsyncClient::new(options(&settings, index), 64);
+    eventloop.network_options.set_connection_timeout(1);
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(timeout, async {
+        let mut subscribed = false;
+        loop {
+            let polled = if subscribed {
+                match tokio::time::timeout(quiet, eventloop.poll()).await {
+                    Ok(polled) => polled,
+                    Err(_) => return,
+                }
+            } else {
+                eventloop.poll().await
+            };
+            match polled {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    if client.try_subscribe(filter, QoS::AtLeastOnce).is_err() {
+                        return;
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => subscribed = true,
+                Ok(Event::Incoming(Packet::Publish(p))) if p.retain && !p.payload.is_empty() => {
+                    out.push(p.payload.to_vec());
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
+    let _ = client.try_disconnect();
+    out
 }
 
 /// Reads one retained message from a broker: how a returning primary learns

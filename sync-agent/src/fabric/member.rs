@@ -7,10 +7,10 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use super::{
-    report::FaultReport,
+    report::{FaultReport, SetReport},
     state::{Outcome, validate_setting},
     task::{RECENT, Task, ViewEntry},
-    wire::{ConfigAck, ConfigChange, ConfigState, Fault, Heartbeat, Message, Role},
+    wire::{ConfigAck, ConfigChange, ConfigState, Fault, Heartbeat, Message, Role, SettingRecord},
 };
 use crate::{
     bus::{self, ids},
@@ -46,12 +46,14 @@ impl Task {
 
     /// Another member's heartbeat: it is up, as of now.
     pub(super) fn heard_heartbeat(&mut self, hb: &Heartbeat) {
+        let now = std::time::Instant::now();
         self.view.insert(
             hb.member.clone(),
             ViewEntry {
                 heartbeat: hb.clone(),
-                heard: Some(std::time::Instant::now()),
+                heard: Some(now),
                 departed: false,
+                since: now,
             },
         );
     }
@@ -60,6 +62,38 @@ impl Task {
     pub(super) fn heard_departed(&mut self, member: &str) {
         if let Some(entry) = self.view.get_mut(member) {
             entry.departed = true;
+            entry.since = std::time::Instant::now();
+        }
+    }
+
+    /// Forgets members departed, or silent, for longer than
+    /// `prune_after_ms` (counted as `members_pruned`): a fabric where
+    /// switches come and go does not grow this switch's memory.
+    pub(super) fn prune_view(&mut self) {
+        let after = Duration::from_millis(self.config.prune_after_ms);
+        let mut pruned = Vec::new();
+        self.view.retain(|name, e| {
+            let last = e.heard.map_or(e.since, |h| h.max(e.since));
+            let keep = last.elapsed() <= after;
+            if !keep {
+                pruned.push(name.clone());
+            }
+            keep
+        });
+        if pruned.is_empty() {
+            return;
+        }
+        self.count_by("members_pruned", pruned.len() as u64);
+        for name in &pruned {
+            self.outbox.forget(name);
+        }
+        if let Some(suppressed) = self.logs.admit("pruned") {
+            tracing::info!(
+                count = pruned.len(),
+                first = pruned[0],
+                suppressed,
+                "forgot members departed or silent for {after:?}"
+            );
         }
     }
 
@@ -103,7 +137,10 @@ impl Task {
         }
         self.save_store();
         if self.active && outcome == Outcome::Applied {
-            self.publish(&Message::ConfigState(self.store.state()));
+            self.publish_setting(&change.key);
+        }
+        if outcome == Outcome::Applied {
+            self.settle_sets();
         }
     }
 
@@ -113,12 +150,36 @@ impl Task {
             .ack(&ack.member, &ack.origin, ack.seq, &ack.outcome);
         if ack.origin == self.identity {
             self.outbox.answered(ack.seq, &ack.member);
+            for p in &mut self.pending_sets {
+                if p.change.seq == ack.seq {
+                    p.waiting.remove(&ack.member);
+                    p.acks.insert(ack.member.clone(), ack.outcome.clone());
+                }
+            }
+            self.settle_sets();
         }
         self.save_store();
     }
 
-    /// The server's config snapshot: settings newer than ours are taken
-    /// (a member that was away catches up here).
+    /// One setting as the active server retains it: taken when newer than
+    /// ours (a member that was away, or joins late, catches up here).
+    pub(super) fn heard_setting(&mut self, record: SettingRecord) {
+        let change = record.change;
+        if self.store.apply(&change) == Outcome::Applied {
+            tracing::info!(
+                key = change.key,
+                value = change.value,
+                by = change.origin,
+                "fabric setting taken from the server's record"
+            );
+            self.log_settings();
+            self.save_store();
+            self.settle_sets();
+        }
+    }
+
+    /// The server's config snapshot (from a server of an older version):
+    /// settings newer than ours are taken.
     pub(super) fn heard_config_state(&mut self, state: ConfigState) {
         let mut applied = false;
         for change in state.entries.values() {
@@ -163,7 +224,7 @@ impl Task {
         &mut self,
         key: String,
         value: String,
-    ) -> Result<ConfigChange, String> {
+    ) -> Result<(ConfigChange, BTreeSet<String>), String> {
         validate_setting(&key, &value)?;
         self.next_seq = self.next_seq.max(now_ms()) + 1;
         let change = ConfigChange {
@@ -193,13 +254,63 @@ impl Task {
             "publishing fabric config change"
         );
         if !waiting.is_empty() {
-            self.outbox.add(change.clone(), waiting);
+            self.outbox.add(change.clone(), waiting.clone());
         }
         self.publish(&Message::Change(change.clone()));
         if self.active {
-            self.publish(&Message::ConfigState(self.store.state()));
+            self.publish_setting(&change.key);
         }
-        Ok(change)
+        Ok((change, waiting))
+    }
+
+    /// Answers the `fabric set` requests that are settled: superseded as
+    /// soon as a newer change to the key is in force (here, or at a member
+    /// that says so), applied or rejected once every member still in the
+    /// fabric answered, timed out at `set_timeout_ms`.
+    pub(super) fn settle_sets(&mut self) {
+        let view = &self.view;
+        let now = std::time::Instant::now();
+        let mut i = 0;
+        while i < self.pending_sets.len() {
+            let p = &mut self.pending_sets[i];
+            // A departed (or forgotten) member is not waited for.
+            p.waiting
+                .retain(|m| view.get(m).is_some_and(|e| !e.departed));
+            let in_force = self
+                .store
+                .entries
+                .get(&p.change.key)
+                .is_some_and(|e| e.change == p.change);
+            let outcome = if !in_force || p.acks.values().any(|o| o == "superseded") {
+                "superseded"
+            } else if p.waiting.is_empty() {
+                if p.acks.values().all(|o| o == "applied") {
+                    "applied"
+                } else {
+                    "rejected"
+                }
+            } else if now >= p.deadline {
+                "timed out"
+            } else {
+                i += 1;
+                continue;
+            };
+            let p = self.pending_sets.swap_remove(i);
+            tracing::info!(
+                key = p.change.key,
+                outcome,
+                acked = p.acks.len(),
+                missing = p.waiting.len(),
+                "fabric set answered"
+            );
+            let _ = p.reply.send(Ok(SetReport {
+                outcome: outcome.into(),
+                acks: p.acks,
+                missing: p.waiting.into_iter().collect(),
+                waited_ms: p.started.elapsed().as_millis() as u64,
+                change: p.change,
+            }));
+        }
     }
 
     /// Another member's fault: recorded once (by its fault number) and
@@ -207,15 +318,28 @@ impl Task {
     /// queue being full drops the information (counted as
     /// `inference_dropped`) rather than stalling the fabric.
     pub(super) fn heard_fault(&mut self, fault: Fault) {
+        if !self.fault_rate.allow(&fault.member) {
+            self.reject(
+                "fault",
+                &format!("fault flood from {}", fault.member),
+                "fault_flood",
+            );
+            return;
+        }
         if !self.admit_fault(&fault) {
             return;
         }
-        tracing::info!(
-            member = fault.member,
-            port = fault.port,
-            kind = fault.kind,
-            "fabric fault"
-        );
+        // Every fault is in `show fabric`; the log gets at most one line per
+        // few seconds, whatever the rate.
+        if let Some(suppressed) = self.logs.admit("fault") {
+            tracing::info!(
+                member = fault.member,
+                port = fault.port,
+                kind = fault.kind,
+                suppressed,
+                "fabric fault"
+            );
+        }
         self.count("faults_received");
         let info = bus::Info::new(
             "fabric",

@@ -42,9 +42,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::bus::{self, AskError};
 use config::FabricConfig;
 use events::Query;
-pub use report::{FabricReport, FaultReport, MemberReport, ServerReport, SettingReport};
+pub use report::{FabricReport, FaultReport, MemberReport, ServerReport, SetReport, SettingReport};
 pub use role::decide_role;
-use wire::ConfigChange;
 
 /// What [`AskError::Gone`] names when the task has stopped.
 const NAME: &str = "fabric";
@@ -75,9 +74,9 @@ impl FabricHandle {
         infos: mpsc::Sender<bus::Info>,
     ) -> anyhow::Result<FabricHandle> {
         let (queries, rx) = mpsc::channel(256);
-        let (task, mqtt) = bring_up::start(config, switch_name, &netlink, infos).await?;
+        let (task, mqtt, addresses) = bring_up::start(config, switch_name, &netlink, infos).await?;
         let releases_heard = task.releases_heard.clone();
-        tokio::spawn(task.run(mqtt, rx, links));
+        tokio::spawn(task.run(mqtt, rx, links, addresses));
         Ok(Self {
             queries,
             releases_heard,
@@ -110,10 +109,13 @@ impl FabricHandle {
         self.releases_heard.subscribe()
     }
 
-    /// `fabric set KEY VALUE`: applies a fabric-wide setting here and
-    /// publishes it to every member. Refused (with the reason) for an
-    /// unknown key, a bad value or a change the config store rejects.
-    pub async fn set(&self, key: String, value: String) -> Result<ConfigChange, AskError> {
+    /// `fabric set KEY VALUE`: applies a fabric-wide setting here,
+    /// publishes it to every member and answers once they all acknowledged
+    /// (`applied`), a newer change won (`superseded`) or `set_timeout_ms`
+    /// passed (`timed out`), with who acknowledged. Refused (with the
+    /// reason) for an unknown key, a bad value or a change the config store
+    /// rejects.
+    pub async fn set(&self, key: String, value: String) -> Result<SetReport, AskError> {
         let (reply, rx) = oneshot::channel();
         self.queries
             .send(Query::Set { key, value, reply })

@@ -66,6 +66,8 @@ impl Domain {
             Message::Topology(_) => Domain::Snapshot("topology".into()),
             Message::ConfigState(_) => Domain::Snapshot("config_state".into()),
             Message::Fault(f) => Domain::Snapshot(format!("port/{}", f.port)),
+            Message::Roster(r) => Domain::Snapshot(format!("roster/{}", r.entry.heartbeat.member)),
+            Message::Setting(s) => Domain::Snapshot(format!("setting/{}", s.change.key)),
             Message::Heartbeat(_)
             | Message::Departed { .. }
             | Message::Server(_)

@@ -12,8 +12,27 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     state::PendingChange,
-    wire::{Fault, Membership, Role},
+    wire::{ConfigChange, Fault, Membership, Role},
 };
+
+/// The answer to `fabric set`, given once every member acknowledged, a
+/// newer change to the key won, or `set_timeout_ms` passed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SetReport {
+    /// The change published.
+    pub change: ConfigChange,
+    /// `applied` (every member acknowledged it applied), `superseded` (a
+    /// newer change to the key is in force, here or at a member),
+    /// `rejected` (a member refused it) or `timed out` (some members did
+    /// not answer in time; it is still resent to them).
+    pub outcome: String,
+    /// Member -> its acknowledgement.
+    pub acks: BTreeMap<String, String>,
+    /// Members that had not answered.
+    pub missing: Vec<String>,
+    /// How long the answer took.
+    pub waited_ms: u64,
+}
 
 /// One member as this switch sees it.
 #[derive(Clone, Debug, Serialize, Deserialize)]

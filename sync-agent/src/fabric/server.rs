@@ -5,36 +5,63 @@
 //! hear everyone; the backup takes over when the primary's status goes
 //! quiet and stands down when it returns.
 //!
-//! Topology snapshots are read by every role (`heard_topology`): members
-//! learn of one another from them before the first heartbeat arrives.
+//! The topology is retained per member (`Roster` records on
+//! `DEV_INFO_MSG/roster/<member>`) and the config per key (`Setting`
+//! records on `DEV_CONF_MSG/setting/<key>`), not as one snapshot: no size
+//! ceiling, and a join rewrites one small message, not the whole fabric.
+//! Every role reads them (`heard_roster_record`): members learn of one
+//! another before the first heartbeat arrives, the standby server keeps its
+//! roster seeded, a returning primary reads them all at bring-up. The
+//! whole-fabric `Topology` and `ConfigState` kinds are still read (from an
+//! older server) but no longer sent.
 
 use std::time::{Duration, Instant};
 
 use super::{
     task::{RECENT, Task, ViewEntry},
-    wire::{Heartbeat, Membership, Message, ServerStatus, Topology},
+    wire::{
+        Heartbeat, MemberEntry, Membership, Message, RosterRecord, ServerStatus, SettingRecord,
+        Topology,
+    },
 };
 use crate::clock::now_ms;
 
 impl Task {
     /// A returning primary seeds its roster from the backup's retained
-    /// topology (fetched at bring-up), so it does not announce those
+    /// roster records (fetched at bring-up), so it does not announce those
     /// members again.
-    pub(super) fn seed_from_backup(&mut self, bytes: &[u8]) {
-        match self.codec.open(bytes, true) {
-            Ok(opened) => {
-                if let Message::Topology(topology) = opened.message {
-                    tracing::info!(
-                        members = topology.members.len(),
-                        from = topology.server,
-                        "seeded the roster from the backup's topology"
-                    );
-                    self.roster.seed(&topology);
-                    self.heard_topology(topology);
+    pub(super) fn seed_from_backup(&mut self, records: &[Vec<u8>]) {
+        let mut seeded = 0;
+        for bytes in records {
+            match self.codec.open(bytes, true) {
+                Ok(opened) => match opened.message {
+                    Message::Roster(record) => {
+                        self.roster.seed_entry(&record.entry, record.epoch);
+                        self.learn_member(record.entry);
+                        seeded += 1;
+                    }
+                    Message::Topology(topology) => {
+                        seeded += topology.members.len();
+                        self.roster.seed(&topology);
+                        self.heard_topology(topology);
+                    }
+                    _ => {}
+                },
+                Err(err) => {
+                    self.count(err.counter());
+                    if let Some(suppressed) = self.logs.admit("seed") {
+                        tracing::warn!(
+                            suppressed,
+                            "backup's retained roster record refused: {err}"
+                        );
+                    }
                 }
             }
-            Err(err) => tracing::warn!("backup's retained topology refused: {err}"),
         }
+        tracing::info!(
+            members = seeded,
+            "seeded the roster from the backup's retained records"
+        );
     }
 
     /// (Re)connected: an active server republishes its snapshots at once,
@@ -53,6 +80,9 @@ impl Task {
             let new = self.roster.heartbeat(hb, now_ms());
             if new && self.active && self.connected {
                 self.announce(&member, true, "first heartbeat");
+                // Its record at once, not at the next tick: members learn of
+                // a newcomer within a broker round trip.
+                self.publish_roster_record(&member);
             }
         }
     }
@@ -72,10 +102,12 @@ impl Task {
         }
         self.servers
             .insert(status.server.clone(), (status, Instant::now()));
+        // A full map evicts (bounded against invented server names).
     }
 
-    /// A topology snapshot: members not heard yet join the view; a server
-    /// not announcing adopts the roster.
+    /// A topology snapshot (from a server of an older version): members
+    /// not heard yet join the view; a server not announcing adopts the
+    /// roster.
     pub(super) fn heard_topology(&mut self, topology: Topology) {
         if self.rank.is_some() && !self.active {
             // A server not (yet) announcing adopts the other's members so it
@@ -83,15 +115,33 @@ impl Task {
             self.roster.seed(&topology);
         }
         for entry in topology.members {
-            let name = entry.heartbeat.member.clone();
-            if name == self.identity {
-                continue;
-            }
-            self.view.entry(name).or_insert(ViewEntry {
-                heartbeat: entry.heartbeat,
-                heard: None,
-                departed: false,
-            });
+            self.learn_member(entry);
+        }
+    }
+
+    /// One member's retained roster record: as a topology of one.
+    pub(super) fn heard_roster_record(&mut self, record: RosterRecord) {
+        if self.rank.is_some() && !self.active {
+            self.roster.seed_entry(&record.entry, record.epoch);
+        }
+        self.learn_member(record.entry);
+    }
+
+    /// A member listed by a server joins the view (not yet heard itself).
+    fn learn_member(&mut self, entry: MemberEntry) {
+        let name = entry.heartbeat.member.clone();
+        if name == self.identity {
+            return;
+        }
+        let now = Instant::now();
+        let known = self.view.get_or_insert_with(name, || ViewEntry {
+            heartbeat: entry.heartbeat,
+            heard: None,
+            departed: false,
+            since: now,
+        });
+        if !known.departed {
+            known.since = now;
         }
     }
 
@@ -99,10 +149,10 @@ impl Task {
         let settle = self.dead_after() + self.heartbeat_interval();
         let takeover = Duration::from_millis(self.config.takeover_after_ms);
         match self.rank {
-            Some(0) => self.started.elapsed() >= settle,
+            Some(0) => self.role_since.elapsed() >= settle,
             Some(_) => match self.last_primary {
                 Some(heard) => heard.elapsed() > takeover,
-                None => self.started.elapsed() > takeover,
+                None => self.role_since.elapsed() > takeover,
             },
             None => false,
         }
@@ -121,7 +171,8 @@ impl Task {
                 tracing::warn!(rank, "this server takes over announcing the fabric");
                 self.count("takeovers");
                 self.roster.grace();
-                self.published_epoch = None;
+                self.published_roster = super::state::CappedMap::new(self.config.max_members);
+                self.publish_settings();
             } else {
                 tracing::warn!(rank, "the primary server is back; standing down");
             }
@@ -144,25 +195,102 @@ impl Task {
             let reason = format!("no heartbeat for {} ms", self.dead_after().as_millis());
             self.announce(&member, false, &reason);
         }
-        let stale = self
-            .last_topology_publish
-            .is_none_or(|t| t.elapsed() > Duration::from_secs(5));
-        if self.published_epoch != Some(self.roster.epoch()) || stale {
-            self.publish_snapshots();
+        self.publish_roster_records();
+    }
+
+    /// Rewrites everything this server retains at the broker: after a
+    /// (re)connect the broker may have lost it (a restarted broker), or may
+    /// hold the other server's copies.
+    fn publish_snapshots(&mut self) {
+        self.published_roster = super::state::CappedMap::new(self.config.max_members);
+        self.publish_roster_records();
+        self.publish_settings();
+    }
+
+    /// Writes the roster records that changed since last written (a new
+    /// member, or a heartbeat saying something new; the uptime alone is no
+    /// change) and deletes the records of members no longer in the roster.
+    fn publish_roster_records(&mut self) {
+        let epoch = self.roster.epoch();
+        let changed: Vec<MemberEntry> = self
+            .roster
+            .entries()
+            .filter(|e| {
+                self.published_roster
+                    .get(&e.heartbeat.member)
+                    .is_none_or(|p| !same_record(p, &e.heartbeat))
+            })
+            .cloned()
+            .collect();
+        for entry in changed {
+            self.published_roster
+                .insert(entry.heartbeat.member.clone(), record_key(&entry.heartbeat));
+            self.count("roster_records_sent");
+            self.publish(&Message::Roster(RosterRecord {
+                server: self.identity.clone(),
+                epoch,
+                entry,
+            }));
+        }
+        let gone: Vec<String> = self
+            .published_roster
+            .iter()
+            .map(|(name, _)| name.clone())
+            .filter(|name| !self.roster.contains(name))
+            .collect();
+        for name in gone {
+            self.published_roster.remove(&name);
+            let topic = self.topics.roster_topic(&name);
+            self.clear_retained(topic);
         }
     }
 
-    /// Publishes the topology and the config state (both retained).
-    fn publish_snapshots(&mut self) {
-        let topology = self.roster.snapshot(&self.identity);
-        self.published_epoch = Some(topology.epoch);
-        self.last_topology_publish = Some(Instant::now());
-        self.publish(&Message::Topology(topology));
-        self.publish(&Message::ConfigState(self.store.state()));
+    /// Writes `member`'s roster record now.
+    fn publish_roster_record(&mut self, member: &str) {
+        let Some(entry) = self.roster.get(member).cloned() else {
+            return;
+        };
+        self.published_roster
+            .insert(member.to_string(), record_key(&entry.heartbeat));
+        self.count("roster_records_sent");
+        self.publish(&Message::Roster(RosterRecord {
+            server: self.identity.clone(),
+            epoch: self.roster.epoch(),
+            entry,
+        }));
+    }
+
+    /// Retains every setting in force, one record per key.
+    pub(super) fn publish_settings(&mut self) {
+        let keys: Vec<String> = self.store.entries.keys().cloned().collect();
+        for key in keys {
+            self.publish_setting(&key);
+        }
+    }
+
+    /// Retains setting `key` as in force here.
+    pub(super) fn publish_setting(&mut self, key: &str) {
+        if let Some(entry) = self.store.entries.get(key) {
+            let record = SettingRecord {
+                server: self.identity.clone(),
+                change: entry.change.clone(),
+            };
+            self.publish(&Message::Setting(record));
+        }
     }
 
     fn announce(&mut self, member: &str, joined: bool, reason: &str) {
-        tracing::info!(member, joined, reason, "announcing membership change");
+        // Thousands of members join at once when a fabric starts: the log
+        // gets a line per few seconds, `show fabric` every announcement.
+        if let Some(suppressed) = self.logs.admit(if joined { "joined" } else { "departed" }) {
+            tracing::info!(
+                member,
+                joined,
+                reason,
+                suppressed,
+                "announcing membership change"
+            );
+        }
         let m = Membership {
             server: self.identity.clone(),
             member: member.to_string(),
@@ -174,12 +302,25 @@ impl Task {
         self.publish(&Message::Membership(m));
     }
 
+    /// Deletes the message retained on `topic` (MQTT: an empty retained
+    /// publish).
+    fn clear_retained(&mut self, topic: String) {
+        match self
+            .client
+            .try_publish(topic, rumqttc::QoS::AtLeastOnce, true, Vec::new())
+        {
+            Ok(()) => self.count("retained_cleared"),
+            Err(_) => self.count("send_dropped"),
+        }
+    }
+
     /// An announcement (ours or heard): a departed member is marked so and
     /// no longer awaited for acknowledgements.
     pub(super) fn record_announcement(&mut self, m: Membership) {
         if !m.joined {
             if let Some(entry) = self.view.get_mut(&m.member) {
                 entry.departed = true;
+                entry.since = Instant::now();
             }
             self.outbox.forget(&m.member);
         }
@@ -188,4 +329,23 @@ impl Task {
         }
         self.announcements.push_back(m);
     }
+}
+
+/// What a roster record says that is worth rewriting it for: the heartbeat
+/// without the uptime (which changes every heartbeat).
+fn record_key(hb: &Heartbeat) -> Heartbeat {
+    Heartbeat {
+        uptime_s: 0,
+        ..hb.clone()
+    }
+}
+
+/// True when `published` (a [`record_key`]) still says what `hb` says.
+fn same_record(published: &Heartbeat, hb: &Heartbeat) -> bool {
+    published.role == hb.role
+        && published.interval_ms == hb.interval_ms
+        && published.model == hb.model
+        && published.version == hb.version
+        && published.servers == hb.servers
+        && published.addresses == hb.addresses
 }

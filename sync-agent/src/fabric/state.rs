@@ -1,9 +1,14 @@
 //! The fabric's bookkeeping, free of I/O: the server's roster, the fabric
 //! config with its validation, changes awaiting acknowledgement, and rate
 //! limits. The task owns one of each.
+//!
+//! Every map keyed by a name heard from the network is a [`CappedMap`]: a
+//! stream of invented names evicts the least recently used entries (and
+//! counts them) instead of growing memory without limit.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    borrow::Borrow,
+    collections::{BTreeMap, BTreeSet},
     path::Path,
     time::{Duration, Instant},
 };
@@ -12,14 +17,192 @@ use serde::{Deserialize, Serialize};
 
 use super::wire::{ConfigChange, ConfigState, Heartbeat, MemberEntry, Topology};
 
-/// The server's roster of members (SPEC 4.3).
-#[derive(Default)]
+/// How many entries a map keyed by member names holds by default
+/// (`fabric.max_members`).
+pub const DEFAULT_MAX_MEMBERS: usize = 10_000;
+
+/// A map with a hard cap on its entries: inserting a new key into a full
+/// map evicts the entry used least recently, and counts it. Iteration is in
+/// key order. For every map whose keys come from the network (member
+/// names, senders), so that its memory is bounded whatever arrives.
+#[derive(Clone, Debug)]
+pub struct CappedMap<K, V> {
+    cap: usize,
+    entries: BTreeMap<K, (V, u64)>,
+    /// Use stamp -> key: the first entry is the least recently used.
+    order: BTreeMap<u64, K>,
+    clock: u64,
+    evicted: u64,
+}
+
+impl<K: Ord + Clone, V> CappedMap<K, V> {
+    /// An empty map holding at most `cap` entries (at least one).
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap: cap.max(1),
+            entries: BTreeMap::new(),
+            order: BTreeMap::new(),
+            clock: 0,
+            evicted: 0,
+        }
+    }
+
+    /// The cap.
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Entries evicted to make room since the map was made.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// True when `key` is present.
+    pub fn contains_key<Q: Ord + ?Sized>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+    {
+        self.entries.contains_key(key)
+    }
+
+    /// The value of `key`, without counting it as a use.
+    pub fn get<Q: Ord + ?Sized>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+    {
+        self.entries.get(key).map(|(v, _)| v)
+    }
+
+    fn stamp(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    /// The value of `key` to change; counts as a use.
+    pub fn get_mut<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+    {
+        let stamp = self.stamp();
+        let (value, used) = self.entries.get_mut(key)?;
+        let old = std::mem::replace(used, stamp);
+        if let Some(k) = self.order.remove(&old) {
+            self.order.insert(stamp, k);
+        }
+        Some(value)
+    }
+
+    /// Inserts or replaces; a new key in a full map evicts the least
+    /// recently used entry, which is returned.
+    pub fn insert(&mut self, key: K, value: V) -> Option<(K, V)> {
+        let stamp = self.stamp();
+        if let Some((v, used)) = self.entries.get_mut(&key) {
+            *v = value;
+            let old = std::mem::replace(used, stamp);
+            self.order.remove(&old);
+            self.order.insert(stamp, key);
+            return None;
+        }
+        let evicted = if self.entries.len() >= self.cap {
+            self.evict_one()
+        } else {
+            None
+        };
+        self.order.insert(stamp, key.clone());
+        self.entries.insert(key, (value, stamp));
+        evicted
+    }
+
+    /// The value of `key`, inserted from `make` when absent (evicting as
+    /// [`insert`](Self::insert) does); counts as a use.
+    pub fn get_or_insert_with(&mut self, key: K, make: impl FnOnce() -> V) -> &mut V {
+        if !self.entries.contains_key(&key) {
+            self.insert(key.clone(), make());
+        }
+        self.get_mut(&key).expect("just inserted")
+    }
+
+    fn evict_one(&mut self) -> Option<(K, V)> {
+        let (_, key) = self.order.pop_first()?;
+        let (value, _) = self.entries.remove(&key)?;
+        self.evicted += 1;
+        Some((key, value))
+    }
+
+    /// Removes `key`.
+    pub fn remove<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+    {
+        let (value, used) = self.entries.remove(key)?;
+        self.order.remove(&used);
+        Some(value)
+    }
+
+    /// Keeps the entries `keep` says yes to.
+    pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
+        let order = &mut self.order;
+        self.entries.retain(|k, (v, used)| {
+            let kept = keep(k, v);
+            if !kept {
+                order.remove(used);
+            }
+            kept
+        });
+    }
+
+    /// Entries in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.entries.iter().map(|(k, (v, _))| (k, v))
+    }
+
+    /// Values in key order, to change (not counted as uses).
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.entries.values_mut().map(|(v, _)| v)
+    }
+
+    /// Values in key order.
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.entries.values().map(|(v, _)| v)
+    }
+}
+
+/// The server's roster of members (SPEC 4.3), capped at `max_members`.
 pub struct Roster {
-    members: BTreeMap<String, (MemberEntry, Instant)>,
+    members: CappedMap<String, (MemberEntry, Instant)>,
     epoch: u64,
 }
 
+impl Default for Roster {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_MEMBERS)
+    }
+}
+
 impl Roster {
+    /// An empty roster of at most `max_members`.
+    pub fn new(max_members: usize) -> Self {
+        Self {
+            members: CappedMap::new(max_members),
+            epoch: 0,
+        }
+    }
+
+    /// Members evicted because the roster was full.
+    pub fn evicted(&self) -> u64 {
+        self.members.evicted()
+    }
+
     /// Records a heartbeat; true when the member is new.
     pub fn heartbeat(&mut self, heartbeat: Heartbeat, now_ms: u64) -> bool {
         let name = heartbeat.member.clone();
@@ -37,7 +220,9 @@ impl Roster {
                     joined_ms: now_ms,
                     last_heartbeat_ms: now_ms,
                 };
-                self.members.insert(name, (entry, Instant::now()));
+                if self.members.insert(name, (entry, Instant::now())).is_some() {
+                    self.epoch += 1;
+                }
                 true
             }
         }
@@ -78,10 +263,35 @@ impl Roster {
     pub fn seed(&mut self, topology: &Topology) {
         for entry in &topology.members {
             self.members
-                .entry(entry.heartbeat.member.clone())
-                .or_insert_with(|| (entry.clone(), Instant::now()));
+                .get_or_insert_with(entry.heartbeat.member.clone(), || {
+                    (entry.clone(), Instant::now())
+                });
         }
         self.epoch = self.epoch.max(topology.epoch);
+    }
+
+    /// Adopts one member of another server's roster without announcing it.
+    pub fn seed_entry(&mut self, entry: &MemberEntry, epoch: u64) {
+        self.members
+            .get_or_insert_with(entry.heartbeat.member.clone(), || {
+                (entry.clone(), Instant::now())
+            });
+        self.epoch = self.epoch.max(epoch);
+    }
+
+    /// The members, in name order.
+    pub fn entries(&self) -> impl Iterator<Item = &MemberEntry> {
+        self.members.values().map(|(e, _)| e)
+    }
+
+    /// `member`'s entry.
+    pub fn get(&self, member: &str) -> Option<&MemberEntry> {
+        self.members.get(member).map(|(e, _)| e)
+    }
+
+    /// True when `member` is in the roster.
+    pub fn contains(&self, member: &str) -> bool {
+        self.members.contains_key(member)
     }
 
     /// The snapshot to retain.
@@ -393,35 +603,41 @@ impl FaultLedger {
     }
 }
 
-/// Token buckets per sender.
+/// Token buckets per sender, at most `max_members` of them (a stream of
+/// invented names evicts the least recently heard bucket).
 pub struct RateLimiter {
     per_second: f64,
     burst: f64,
-    buckets: HashMap<String, (f64, Instant)>,
+    buckets: CappedMap<String, (f64, Instant)>,
 }
 
 impl RateLimiter {
     /// `per_second` sustained, twice that in a burst.
     pub fn new(per_second: u32) -> Self {
+        Self::with_capacity(per_second, DEFAULT_MAX_MEMBERS)
+    }
+
+    /// As [`new`](Self::new), for at most `senders` senders.
+    pub fn with_capacity(per_second: u32, senders: usize) -> Self {
         Self {
             per_second: per_second as f64,
             burst: (per_second * 2) as f64,
-            buckets: HashMap::new(),
+            buckets: CappedMap::new(senders),
         }
+    }
+
+    /// Buckets evicted because the limiter was full.
+    pub fn evicted(&self) -> u64 {
+        self.buckets.evicted()
     }
 
     /// True when `sender` may send now.
     pub fn allow(&mut self, sender: &str) -> bool {
-        if self.buckets.len() > 10_000 && !self.buckets.contains_key(sender) {
-            // Bound memory against a stream of invented names.
-            self.buckets
-                .retain(|_, (_, t)| t.elapsed() < Duration::from_secs(60));
-        }
         let now = Instant::now();
+        let burst = self.burst;
         let (tokens, last) = self
             .buckets
-            .entry(sender.to_string())
-            .or_insert((self.burst, now));
+            .get_or_insert_with(sender.to_string(), || (burst, now));
         *tokens =
             (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second).min(self.burst);
         *last = now;
@@ -543,6 +759,49 @@ mod tests {
         assert_eq!(ledger.evicted(), 0);
         assert!(ledger.admit("sw4", "p1", 1, 1));
         assert_eq!(ledger.evicted(), 1, "capacity 2: the oldest port forgotten");
+    }
+
+    #[test]
+    fn capped_maps_evict_the_least_recently_used_and_count() {
+        let mut map = CappedMap::new(3);
+        for (k, v) in [("a", 1), ("b", 2), ("c", 3)] {
+            assert!(map.insert(k.to_string(), v).is_none());
+        }
+        // "a" used again: "b" is now the least recently used.
+        *map.get_mut("a").unwrap() += 10;
+        assert_eq!(map.insert("d".into(), 4), Some(("b".to_string(), 2)));
+        assert_eq!(map.evicted(), 1);
+        assert!(
+            map.insert("a".into(), 0).is_none(),
+            "replacing evicts nothing"
+        );
+        *map.get_or_insert_with("e".into(), || 5) += 1;
+        assert_eq!(map.evicted(), 2, "c went for e");
+        let keys: Vec<_> = map.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(keys, [("a", 0), ("d", 4), ("e", 6)]);
+        map.retain(|k, _| k != "d");
+        assert_eq!(map.remove("a"), Some(0));
+        assert_eq!(map.len(), 1);
+        // The order survives removals: filling up evicts only what it must.
+        map.insert("f".into(), 7);
+        map.insert("g".into(), 8);
+        assert_eq!(map.insert("h".into(), 9), Some(("e".to_string(), 6)));
+        assert_eq!(map.evicted(), 3);
+        let mut roster = Roster::new(2);
+        let hb = |m: &str| Heartbeat {
+            member: m.into(),
+            role: super::super::wire::Role::Client,
+            model: "m".into(),
+            version: "v".into(),
+            servers: vec![],
+            addresses: vec![],
+            uptime_s: 0,
+            interval_ms: 1000,
+        };
+        for m in ["a", "b", "c"] {
+            roster.heartbeat(hb(m), 1);
+        }
+        assert_eq!((roster.len(), roster.evicted()), (2, 1));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //!  link::spawn (rumqttc loop, failover) ---- mqtt: mpsc<MqttEvent> -------+
 //!  supervisor (netlink watcher) ------------ links: broadcast<LinkEvent> -+
 //!  FabricHandle (show / set) --------------- queries: mpsc<Query> --------+--> Task::run
+//!  address follower (netlink ifaddr groups) - addresses: mpsc<Vec<IpAddr>> +
 //!  heartbeat timer (interval from config) -- tick ------------------------+      |
 //!                                                                                +--> client.try_publish (broker)
 //!                                                                                +--> infos: mpsc<Info> (inference)
@@ -20,7 +21,7 @@ use std::{
     net::IpAddr,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -38,7 +39,7 @@ use super::{
     link::{Endpoint, LinkEvent as MqttEvent},
     report::FaultReport,
     seal::Codec,
-    state::{ConfigStore, FaultLedger, Outbox, RateLimiter, Roster},
+    state::{CappedMap, ConfigStore, FaultLedger, Outbox, RateLimiter, Roster},
     wire::{Heartbeat, Membership, Message, Role, ServerStatus, Topics},
 };
 use crate::{bus, clock::now_ms, log_limit::LogLimiter};
@@ -61,6 +62,25 @@ pub(super) struct ViewEntry {
     pub(super) heard: Option<Instant>,
     /// Announced or declared as departed.
     pub(super) departed: bool,
+    /// The last news of it: a heartbeat, a topology listing it, its
+    /// departure. Pruning counts from here.
+    pub(super) since: Instant,
+}
+
+/// How many servers' statuses are kept (two are configured; the rest is
+/// room for a brief overlap of identities, not for invented names).
+pub(super) const MAX_SERVERS: usize = 8;
+
+/// A `fabric set` waiting for its answer.
+pub(super) struct PendingSet {
+    pub(super) change: super::wire::ConfigChange,
+    /// Members expected to acknowledge.
+    pub(super) waiting: std::collections::BTreeSet<String>,
+    /// Acknowledgements so far.
+    pub(super) acks: BTreeMap<String, String>,
+    pub(super) started: Instant,
+    pub(super) deadline: Instant,
+    pub(super) reply: tokio::sync::oneshot::Sender<Result<super::report::SetReport, String>>,
 }
 
 /// What bring-up hands the task: everything decided or opened at start.
@@ -80,6 +100,9 @@ pub(super) struct Setup {
     pub(super) store: ConfigStore,
     pub(super) ports: HashMap<String, bool>,
     pub(super) infos: mpsc::Sender<bus::Info>,
+    /// The embedded broker this switch started (servers hosting one), with
+    /// its restart counter.
+    pub(super) brokers: Vec<(std::net::SocketAddr, Arc<AtomicU64>)>,
 }
 
 /// The fabric's state; only the task's loop touches it.
@@ -106,15 +129,19 @@ pub(super) struct Task {
     pub(super) active: bool,
     /// Backup: when the primary's status was last heard.
     pub(super) last_primary: Option<Instant>,
-    pub(super) last_topology_publish: Option<Instant>,
-    pub(super) published_epoch: Option<u64>,
+    /// Active server: each member's roster record as retained at the
+    /// broker by this server (its heartbeat without the uptime), so only
+    /// records that changed are written again.
+    pub(super) published_roster: CappedMap<String, Heartbeat>,
     /// Every other member this switch knows of.
-    pub(super) view: BTreeMap<String, ViewEntry>,
-    pub(super) servers: BTreeMap<String, (ServerStatus, Instant)>,
+    pub(super) view: CappedMap<String, ViewEntry>,
+    pub(super) servers: CappedMap<String, (ServerStatus, Instant)>,
     pub(super) announcements: VecDeque<Membership>,
     pub(super) store: ConfigStore,
     /// This switch's changes awaiting acknowledgement.
     pub(super) outbox: Outbox,
+    /// `fabric set` requests not answered yet.
+    pub(super) pending_sets: Vec<PendingSet>,
     pub(super) next_seq: u64,
     pub(super) faults: VecDeque<FaultReport>,
     /// This run's boot id: with `fault_seq`, what identifies our faults.
@@ -130,11 +157,18 @@ pub(super) struct Task {
     pub(super) heartbeats: RateLimiter,
     /// Times fabric config changes (last writer wins by it).
     pub(super) hlc: Hlc,
+    /// Faults accepted per member and second.
+    pub(super) fault_rate: RateLimiter,
     /// Faults heard from other members go to state inference through this.
     pub(super) infos: mpsc::Sender<bus::Info>,
     /// Config releases heard from a center's agent, for the local device
     /// side (see `config_push.rs`).
     pub(super) releases_heard: broadcast::Sender<bus::ConfigReleased>,
+    /// The embedded brokers this switch started (at bring-up, or when a
+    /// server address was added here), with their restart counters.
+    pub(super) brokers: Vec<(std::net::SocketAddr, Arc<AtomicU64>)>,
+    /// When the current role began (a server's settle time counts from it).
+    pub(super) role_since: Instant,
 }
 
 impl Task {
@@ -157,9 +191,15 @@ impl Task {
             store,
             ports,
             infos,
+            brokers,
         } = setup;
         Self {
-            heartbeats: RateLimiter::new(config.max_heartbeats_per_s),
+            heartbeats: RateLimiter::with_capacity(config.max_heartbeats_per_s, config.max_members),
+            fault_rate: RateLimiter::with_capacity(config.max_faults_per_s, config.max_members),
+            roster: Roster::new(config.max_members),
+            view: CappedMap::new(config.max_members),
+            servers: CappedMap::new(MAX_SERVERS),
+            published_roster: CappedMap::new(config.max_members),
             hlc: Hlc::new(config.trust.max_skew_ms),
             config,
             identity,
@@ -175,16 +215,12 @@ impl Task {
             client,
             current,
             connected: false,
-            roster: Roster::default(),
             active: false,
             last_primary: None,
-            last_topology_publish: None,
-            published_epoch: None,
-            view: BTreeMap::new(),
-            servers: BTreeMap::new(),
             announcements: VecDeque::new(),
             store,
             outbox: Outbox::default(),
+            pending_sets: Vec::new(),
             next_seq: now_ms(),
             faults: VecDeque::new(),
             boot: crate::random::boot_id(),
@@ -195,6 +231,8 @@ impl Task {
             logs: LogLimiter::new(Duration::from_secs(5)),
             infos,
             releases_heard: broadcast::channel(RELEASES_DEPTH).0,
+            brokers,
+            role_since: Instant::now(),
         }
     }
 
@@ -205,6 +243,7 @@ impl Task {
         mut mqtt: mpsc::Receiver<MqttEvent>,
         mut queries: mpsc::Receiver<Query>,
         mut links: broadcast::Receiver<bus::LinkEvent>,
+        mut addresses: mpsc::Receiver<Vec<IpAddr>>,
     ) {
         let mut interval = self.heartbeat_interval();
         let mut tick = heartbeat_timer(interval);
@@ -221,6 +260,7 @@ impl Task {
                         continue;
                     }
                 },
+                Some(own) = addresses.recv() => Event::Addresses(own),
                 _ = tick.tick() => Event::Tick,
             };
             let ticked = matches!(event, Event::Tick);
@@ -352,7 +392,9 @@ pub(super) fn test_identity(name: &str) -> super::identity::Identity {
 pub(super) fn test_roster() -> super::identity::Roster {
     let ids: Vec<_> = ["sw1", "sw2", "sw3", "srv"]
         .into_iter()
-        .map(test_identity)
+        .map(String::from)
+        .chain((0..10).map(|n| format!("sim{n}")))
+        .map(|name| test_identity(&name))
         .collect();
     super::identity::Roster::generated(&ids, &["srv"])
 }
@@ -362,7 +404,17 @@ pub(super) fn test_roster() -> super::identity::Roster {
 /// returned event loop is never polled), so publishes count as sent.
 #[cfg(test)]
 pub(super) fn test_task(infos: mpsc::Sender<bus::Info>) -> (Task, rumqttc::EventLoop) {
-    let config: FabricConfig = toml::from_str(r#"servers = ["10.0.0.1"]"#).expect("fabric config");
+    test_task_with(infos, "")
+}
+
+/// As [`test_task`], with `extra` lines in its `[fabric]` section.
+#[cfg(test)]
+pub(super) fn test_task_with(
+    infos: mpsc::Sender<bus::Info>,
+    extra: &str,
+) -> (Task, rumqttc::EventLoop) {
+    let config: FabricConfig =
+        toml::from_str(&format!("servers = [\"10.0.0.1\"]\n{extra}")).expect("fabric config");
     let (client, eventloop) =
         AsyncClient::new(rumqttc::MqttOptions::new("sw1-test", "127.0.0.1", 1883), 64);
     let task = Task::new(Setup {
@@ -384,6 +436,7 @@ pub(super) fn test_task(infos: mpsc::Sender<bus::Info>) -> (Task, rumqttc::Event
         store: ConfigStore::default(),
         ports: HashMap::from([("p1".to_string(), true)]),
         infos,
+        brokers: Vec::new(),
     });
     (task, eventloop)
 }

@@ -361,6 +361,32 @@ pub struct Fault {
     pub at_ms: u64,
 }
 
+/// One member's entry in the active server's roster, retained on a topic
+/// of its own (`<prefix>/DEV_INFO_MSG/roster/<member>`): the topology
+/// split per member, so its size has no ceiling and a change rewrites one
+/// small message. A departed member's record is deleted (an empty retained
+/// message on its topic).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RosterRecord {
+    /// Announcing server.
+    pub server: String,
+    /// The roster's epoch when this record was written.
+    pub epoch: u64,
+    /// The member.
+    pub entry: MemberEntry,
+}
+
+/// One setting in force as the active server holds it, retained on a topic
+/// of its own (`<prefix>/DEV_CONF_MSG/setting/<key>`): the config snapshot
+/// split per key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingRecord {
+    /// Announcing server.
+    pub server: String,
+    /// The change in force.
+    pub change: ConfigChange,
+}
+
 /// Every body, tagged by kind.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -390,6 +416,10 @@ pub enum Message {
     Fault(Fault),
     /// A config center's release (push).
     ConfigAnnounce(ConfigAnnounce),
+    /// One member of the server's roster (retained per member).
+    Roster(RosterRecord),
+    /// One setting in force (retained per key).
+    Setting(SettingRecord),
 }
 
 impl Message {
@@ -400,10 +430,12 @@ impl Message {
             | Message::Departed { .. }
             | Message::Server(_)
             | Message::Topology(_)
-            | Message::Membership(_) => Channel::Info,
+            | Message::Membership(_)
+            | Message::Roster(_) => Channel::Info,
             Message::Change(_)
             | Message::Ack(_)
             | Message::ConfigState(_)
+            | Message::Setting(_)
             | Message::ConfigAnnounce(_) => Channel::Conf,
             Message::Fault(_) => Channel::Fault,
         }
@@ -422,6 +454,8 @@ impl Message {
             Message::ConfigState(_) => "config_state",
             Message::Fault(_) => "fault",
             Message::ConfigAnnounce(_) => "config_announce",
+            Message::Roster(_) => "roster",
+            Message::Setting(_) => "setting",
         }
     }
 
@@ -432,7 +466,9 @@ impl Message {
             Message::Server(_)
             | Message::Topology(_)
             | Message::Membership(_)
-            | Message::ConfigState(_) => true,
+            | Message::ConfigState(_)
+            | Message::Roster(_)
+            | Message::Setting(_) => true,
             Message::Heartbeat(_)
             | Message::Departed { .. }
             | Message::Change(_)
@@ -458,6 +494,8 @@ impl Message {
             Message::ConfigState(_) => "",
             Message::Fault(f) => &f.member,
             Message::ConfigAnnounce(a) => &a.origin,
+            Message::Roster(r) => &r.server,
+            Message::Setting(s) => &s.server,
         }
     }
 }
@@ -507,7 +545,33 @@ impl Topics {
             ),
             // Not retained: a device that was away registers and polls.
             Message::ConfigAnnounce(a) => (format!("{p}/{channel}/announce/{}", a.origin), false),
+            Message::Roster(r) => (self.roster_topic(&r.entry.heartbeat.member), true),
+            Message::Setting(s) => (self.setting_topic(&s.change.key), true),
         }
+    }
+
+    /// Where `member`'s roster record is retained (an empty retained
+    /// message there deletes it).
+    pub fn roster_topic(&self, member: &str) -> String {
+        format!(
+            "{}/{}/roster/{member}",
+            self.prefix,
+            Channel::Info.topic_name()
+        )
+    }
+
+    /// Every member's roster record.
+    pub fn roster_filter(&self) -> String {
+        self.roster_topic("+")
+    }
+
+    /// Where setting `key`'s record is retained.
+    pub fn setting_topic(&self, key: &str) -> String {
+        format!(
+            "{}/{}/setting/{key}",
+            self.prefix,
+            Channel::Conf.topic_name()
+        )
     }
 
     /// The channel a topic belongs to, when it is under the prefix.
@@ -629,6 +693,12 @@ mod tests {
         assert_eq!(t.channel_of(&topic), Some(Channel::Conf));
         assert_eq!(t.channel_of("other/DEV_CONF_MSG/x"), None);
         assert_eq!(t.subscriptions()[2], "fab/DEV_FAULT_MSG/#");
+        assert_eq!(t.roster_filter(), "fab/DEV_INFO_MSG/roster/+");
+        assert_eq!(t.channel_of(&t.roster_topic("sw9")), Some(Channel::Info));
+        assert_eq!(
+            t.setting_topic("site.ntp"),
+            "fab/DEV_CONF_MSG/setting/site.ntp"
+        );
     }
 
     proptest::proptest! {
@@ -680,7 +750,7 @@ mod every_kind {
                 server: "a".into(),
                 epoch: 4,
                 members: vec![MemberEntry {
-                    heartbeat: hb,
+                    heartbeat: hb.clone(),
                     joined_ms: 1,
                     last_heartbeat_ms: 2,
                 }],
@@ -700,7 +770,20 @@ mod every_kind {
                 outcome: "applied".into(),
             }),
             Message::ConfigState(ConfigState {
-                entries: [("k".to_string(), change)].into(),
+                entries: [("k".to_string(), change.clone())].into(),
+            }),
+            Message::Roster(RosterRecord {
+                server: "s".into(),
+                epoch: 9,
+                entry: MemberEntry {
+                    heartbeat: hb.clone(),
+                    joined_ms: 1,
+                    last_heartbeat_ms: 2,
+                },
+            }),
+            Message::Setting(SettingRecord {
+                server: "s".into(),
+                change: change.clone(),
             }),
             Message::Fault(Fault {
                 member: "a".into(),

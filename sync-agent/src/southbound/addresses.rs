@@ -99,3 +99,35 @@ pub fn is_link_local(ip: &IpAddr) -> bool {
 
 /// Alias kept for readability at call sites.
 pub type V6 = Ipv6Addr;
+
+/// Subscribes to address changes on every interface (the RTNLGRP_IPV4_IFADDR
+/// and RTNLGRP_IPV6_IFADDR multicast groups): one `()` per address added or
+/// removed, until the receiver is dropped. Bursts are not coalesced here;
+/// the receiver re-reads what it needs.
+pub fn watch() -> std::io::Result<tokio::sync::mpsc::Receiver<()>> {
+    use futures::StreamExt as _;
+    use rtnetlink::{
+        MulticastGroup, packet_core::NetlinkPayload, packet_route::RouteNetlinkMessage,
+    };
+
+    let (connection, _handle, mut messages) = rtnetlink::new_multicast_connection(&[
+        MulticastGroup::Ipv4Ifaddr,
+        MulticastGroup::Ipv6Ifaddr,
+    ])?;
+    tokio::spawn(connection);
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        while let Some((message, _)) = messages.next().await {
+            if matches!(
+                message.payload,
+                NetlinkPayload::InnerMessage(
+                    RouteNetlinkMessage::NewAddress(_) | RouteNetlinkMessage::DelAddress(_)
+                )
+            ) && tx.send(()).await.is_err()
+            {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}
