@@ -11,6 +11,7 @@
 //! `tokio::sync::watch` (no thread per waiting request).
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -64,10 +65,29 @@ pub struct Center {
     /// Pace timers found running in the stored state, run by [`Center::start`].
     restored_timers: Mutex<Vec<Timer>>,
     shutdown: watch::Sender<bool>,
+    /// Long polls held right now (see [`Center::waiting_polls`]).
+    waiting: AtomicUsize,
     /// Every release of a batch, for push over the fabric (SPEC 6.2); a
     /// send with no subscriber is fine.
     releases: broadcast::Sender<ConfigReleased>,
     weak: Weak<Center>,
+}
+
+/// Counts one held long poll for as long as it lives (a poll whose client
+/// went away is dropped by the server, and so uncounted too).
+struct Held<'a>(&'a AtomicUsize);
+
+impl<'a> Held<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Held(count)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Center {
@@ -118,6 +138,7 @@ impl Center {
             restored_timers: Mutex::new(timers),
             shutdown: watch::channel(false).0,
             releases: broadcast::channel(RELEASES_DEPTH).0,
+            waiting: AtomicUsize::new(0),
             weak: weak.clone(),
         }))
     }
@@ -488,11 +509,13 @@ impl Center {
     ) -> CenterResult<Vec<Assignment>> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut shutdown = self.shutdown.subscribe();
+        let mut held = None;
         loop {
             let (assignments, mut changed) = self.engine().pending(device, have, now_ms())?;
             if !assignments.is_empty() || *shutdown.borrow_and_update() {
                 return Ok(assignments);
             }
+            held.get_or_insert_with(|| Held::new(&self.waiting));
             tokio::select! {
                 woke = changed.changed() => if woke.is_err() { return Ok(Vec::new()) },
                 _ = shutdown.changed() => return Ok(Vec::new()),
@@ -574,6 +597,13 @@ impl Center {
     /// One rollout.
     pub fn rollout(&self, id: u64) -> CenterResult<Rollout> {
         self.engine().rollout(id)
+    }
+
+    /// How many long polls are held right now, waiting for a change. Tests
+    /// use it to know a poll is really waiting (rather than sleeping and
+    /// hoping), an operator to see how many devices listen.
+    pub fn waiting_polls(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// Every registered device with its services.
