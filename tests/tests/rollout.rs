@@ -686,3 +686,97 @@ fn an_operator_skips_a_dead_device_aborts_a_rollout_and_removes_the_device() -> 
     assert_eq!(names, vec!["dev1"]);
     Ok(())
 }
+
+/// `curl -X METHOD URL [--data-binary BODY]` inside the bed's namespace:
+/// the HTTP status and the body.
+fn curl(bed: &Bed, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<(u16, String)> {
+    let url = format!("{}{path}", bed.center_url());
+    let mut args = vec![
+        "-s",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        method,
+        "-H",
+        "content-type: application/json",
+    ];
+    if let Some(body) = body {
+        args.extend(["--data-binary", body]);
+    }
+    args.push(&url);
+    let out = bed.ns.exec("curl", &args)?;
+    let (text, code) = out.trim_end().rsplit_once('\n').context("curl output")?;
+    Ok((code.parse()?, text.to_string()))
+}
+
+#[test]
+fn bad_requests_get_a_clear_4xx_are_counted_and_change_nothing() -> anyhow::Result<()> {
+    let mut bed = Bed::new()?;
+    let _center = bed.center(1)?;
+    bed.config(&["put", KEY, "--format", "text", "--content", "ok v1"])?;
+    bed.daemons(1)?;
+    let _device = bed.device(1)?;
+    wait_all_reloaded(&bed, &[1], "ok v1")?;
+    let config = format!("/v1/configs/{KEY}");
+
+    // Over the 1 MiB default: 413, naming the limit.
+    let big = bed.dir.path().join("big.json");
+    std::fs::write(
+        &big,
+        format!(
+            "{{\"format\": \"text\", \"content\": \"{}\"}}",
+            "x".repeat(2 << 20)
+        ),
+    )?;
+    let (code, text) = curl(&bed, "PUT", &config, Some(&format!("@{}", big.display())))?;
+    assert_eq!(code, 413, "{text}");
+    assert!(text.contains("bytes"), "{text}");
+    // An unknown format, content that is not its format, a malformed key: 400.
+    let (code, text) = curl(
+        &bed,
+        "PUT",
+        &config,
+        Some(r#"{"format": "exe", "content": "x"}"#),
+    )?;
+    assert_eq!(code, 400, "{text}");
+    let (code, text) = curl(
+        &bed,
+        "PUT",
+        &config,
+        Some(r#"{"format": "json", "content": "{nope"}"#),
+    )?;
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("invalid json content"), "{text}");
+    let (code, text) = curl(
+        &bed,
+        "PUT",
+        "/v1/configs/app/prod/bad%20name",
+        Some(r#"{"format": "text", "content": "x"}"#),
+    )?;
+    assert_eq!(code, 400, "{text}");
+    // Acknowledgements from a stranger and for a rollout never sent.
+    let ack = r#"{"rollout_id": 999, "service": "a", "version": 7, "ok": true}"#;
+    let (code, text) = curl(&bed, "POST", "/v1/devices/ghost/ack", Some(ack))?;
+    assert_eq!(code, 404, "{text}");
+    let (code, text) = curl(&bed, "POST", "/v1/devices/dev1/ack", Some(ack))?;
+    assert!(code == 404 || code == 409, "{code} {text}");
+
+    // Nothing half-applied: still version 1, one entry of history.
+    let history = bed.config(&["history", KEY])?;
+    assert_eq!(history.as_array().map(Vec::len), Some(1), "{history}");
+    // Every refusal counted under its reason.
+    let stats = bed.config(&["stats"])?;
+    let refused = &stats["refused"];
+    assert_eq!(refused["too_large"], 1, "{stats}");
+    assert_eq!(refused["invalid"], 3, "{stats}");
+    let total: u64 = refused
+        .as_object()
+        .context("refused")?
+        .values()
+        .filter_map(|v| v.as_u64())
+        .sum();
+    assert_eq!(total, 6, "{stats}");
+    Ok(())
+}

@@ -151,6 +151,7 @@ pub(super) async fn run(center: &str, action: ConfigAction, json: bool) -> anyho
                 .await?
         }
         ConfigAction::Devices => client.get(&client.url("devices"), "devices").await?,
+        ConfigAction::Stats => client.get(&client.url("stats"), "stats").await?,
         ConfigAction::RemoveDevice { device } => {
             crate::rollout::wire::check_name("device", &device).map_err(anyhow::Error::msg)?;
             client

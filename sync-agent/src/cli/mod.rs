@@ -230,6 +230,9 @@ pub enum ConfigAction {
     /// Registered devices: services, labels, last heard from, lost or not,
     /// confirmed versions.
     Devices,
+    /// The center's counters: requests refused by reason (invalid,
+    /// not_found, conflict, too_large, ...) and long polls held.
+    Stats,
     /// Forget a registered device (decommissioned); its unfinished steps
     /// are skipped.
     RemoveDevice {

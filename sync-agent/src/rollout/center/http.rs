@@ -6,6 +6,7 @@
 //! | `PUT /v1/configs/{ns}/{group}/{name}?batch_size=&pace_ms=` | [`PutConfig`] -> [`ConfigRecord`] |
 //! | `GET /v1/configs/{ns}/{group}/{name}?version=N` | -> [`ConfigRecord`] |
 //! | `GET /v1/configs?namespace=NS` | -> `[ConfigRecord]` |
+//! | `GET /v1/stats` | -> refused requests by reason, long polls held |
 //! | `GET /v1/configs/{ns}/{group}/{name}/history` | -> `[ConfigRecord]`, oldest first |
 //! | `POST /v1/configs/{ns}/{group}/{name}/rollback?batch_size=&pace_ms=` | [`RollbackRequest`] -> [`ConfigRecord`] |
 //! | `POST /v1/configs/{ns}/{group}/{name}/clone?batch_size=&pace_ms=` | [`CloneRequest`] -> [`ConfigRecord`] |
@@ -144,6 +145,7 @@ pub fn router(center: Arc<Center>) -> Router {
         .route("/v1/rollouts/{id}/skip/{device}", post(skip))
         .route("/v1/devices/{device}", axum::routing::delete(remove_device))
         .route(&format!("{config}/listeners"), get(listeners))
+        .route("/v1/stats", get(stats))
         .fallback(|| async { HttpError(StatusCode::NOT_FOUND, "no such API path".into()) })
         .method_not_allowed_fallback(|| async {
             HttpError(
@@ -152,7 +154,55 @@ pub fn router(center: Arc<Center>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            center.clone(),
+            count_refusals,
+        ))
         .with_state(center)
+}
+
+/// Counts every refused request by the reason its status stands for, so
+/// an operator sees hostile or broken clients in `GET /v1/stats`.
+async fn count_refusals(
+    State(center): State<Arc<Center>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if status.is_client_error() || status.is_server_error() {
+        center.count_refusal(refusal_reason(status));
+    }
+    response
+}
+
+/// The counter a refused request's status goes under.
+fn refusal_reason(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "invalid",
+        StatusCode::UNAUTHORIZED => "unauthenticated",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        s if s.is_server_error() => "internal",
+        _ => "other",
+    }
+}
+
+/// `GET /v1/stats`: refused requests by reason and long polls held.
+#[derive(serde::Serialize)]
+struct Stats {
+    refused: std::collections::BTreeMap<String, u64>,
+    waiting_polls: usize,
+}
+
+async fn stats(State(center): State<Arc<Center>>) -> Answer<Stats> {
+    Ok(Json(Stats {
+        refused: center.refusals(),
+        waiting_polls: center.waiting_polls(),
+    }))
 }
 
 #[derive(Deserialize, Default)]

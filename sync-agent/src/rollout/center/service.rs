@@ -10,7 +10,7 @@
 //! answered and the long polls are woken. Long polls wait on a per-device
 //! `tokio::sync::watch` (no thread per waiting request).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
@@ -67,6 +67,8 @@ pub struct Center {
     shutdown: watch::Sender<bool>,
     /// Long polls held right now (see [`Center::waiting_polls`]).
     waiting: AtomicUsize,
+    /// Requests refused, by reason (see [`Center::refusals`]).
+    refused: Mutex<BTreeMap<&'static str, u64>>,
     /// Every release of a batch, for push over the fabric (SPEC 6.2); a
     /// send with no subscriber is fine.
     releases: broadcast::Sender<ConfigReleased>,
@@ -139,6 +141,7 @@ impl Center {
             shutdown: watch::channel(false).0,
             releases: broadcast::channel(RELEASES_DEPTH).0,
             waiting: AtomicUsize::new(0),
+            refused: Mutex::new(BTreeMap::new()),
             weak: weak.clone(),
         }))
     }
@@ -597,6 +600,27 @@ impl Center {
     /// One rollout.
     pub fn rollout(&self, id: u64) -> CenterResult<Rollout> {
         self.engine().rollout(id)
+    }
+
+    /// Counts a refused request under `reason`.
+    pub fn count_refusal(&self, reason: &'static str) {
+        *self
+            .refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(reason)
+            .or_default() += 1;
+    }
+
+    /// Requests refused since start, by reason (`invalid`, `not_found`,
+    /// `conflict`, `too_large`, `method_not_allowed`, `internal`, ...).
+    pub fn refusals(&self) -> BTreeMap<String, u64> {
+        self.refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect()
     }
 
     /// How many long polls are held right now, waiting for a change. Tests
