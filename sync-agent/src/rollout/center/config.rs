@@ -42,6 +42,10 @@ pub struct CenterConfig {
     /// Largest config content accepted, bytes (default 1 MiB).
     #[serde(default = "default_max_config_bytes")]
     pub max_config_bytes: usize,
+    /// Versions kept in each config's history (default: all). Older ones
+    /// are removed as new ones are made; the audit log keeps their MD5s.
+    #[serde(default)]
+    pub keep_versions: Option<u64>,
 }
 
 impl Default for CenterConfig {
@@ -52,6 +56,7 @@ impl Default for CenterConfig {
             batch_size: DEFAULT_BATCH_SIZE,
             pace_ms: 0,
             max_config_bytes: DEFAULT_MAX_CONFIG_BYTES,
+            keep_versions: None,
         }
     }
 }
@@ -61,6 +66,15 @@ impl CenterConfig {
     pub fn problems(&self, out: &mut Problems) {
         if self.batch_size == 0 {
             out.add("rollout.center.batch_size", "must be at least 1");
+        }
+        if self.keep_versions == Some(0) {
+            out.add(
+                "rollout.center.keep_versions",
+                "must be at least 1 (leave it out to keep every version)",
+            );
+        }
+        if self.max_config_bytes == 0 {
+            out.add("rollout.center.max_config_bytes", "must be at least 1");
         }
     }
 }

@@ -9,6 +9,7 @@
 //! as soon as something is released to them.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use super::config::CenterConfig;
 use super::engine::{Engine, Timer};
 use super::error::{CenterError, CenterResult};
 use super::store::{NewVersion, Store, Written};
+use super::writer::Writer;
 use crate::clock::now_ms;
 use crate::rollout::wire::{
     Ack, Assignment, CloneRequest, ConfigKey, ConfigRecord, DeviceInfo, PutConfig, Register,
@@ -37,29 +39,50 @@ pub struct RolloutOptions {
 /// The config center: database, rollout engine and long-poll wake-ups.
 pub struct Center {
     store: Arc<Store>,
+    /// Group commit: every change goes through it, in one total order.
+    writer: Writer,
     engine: Mutex<Engine>,
-    /// Serializes changes, so the engine sees versions in order and a
-    /// registration never races a new version of its configs. Taken only on
-    /// a blocking thread for the database write and the engine update
-    /// together, never held across an await.
-    writes: Mutex<()>,
     batch_size: usize,
     pace_ms: u64,
     shutdown: watch::Sender<bool>,
+    /// Long polls held right now (see [`Center::waiting_polls`]).
+    waiting: AtomicUsize,
     weak: Weak<Center>,
+}
+
+/// Counts one held long poll for as long as it lives (a poll whose client
+/// went away is dropped by the server, and so uncounted too).
+struct Held<'a>(&'a AtomicUsize);
+
+impl<'a> Held<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Held(count)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Center {
     /// Opens the database (creating it and its directory if missing).
     pub fn open(config: &CenterConfig) -> CenterResult<Arc<Center>> {
-        let store = Store::open(&config.db_path, config.max_config_bytes)?;
+        let store = Arc::new(
+            Store::open(&config.db_path, config.max_config_bytes)?
+                .with_keep_versions(config.keep_versions),
+        );
+        let writer = Writer::spawn(store.clone())?;
         Ok(Arc::new_cyclic(|weak| Center {
-            store: Arc::new(store),
+            store,
+            writer,
             engine: Mutex::new(Engine::new()),
-            writes: Mutex::new(()),
             batch_size: config.batch_size.max(1),
             pace_ms: config.pace_ms,
             shutdown: watch::channel(false).0,
+            waiting: AtomicUsize::new(0),
             weak: weak.clone(),
         }))
     }
@@ -118,29 +141,34 @@ impl Center {
         &self,
         opts: RolloutOptions,
         what: &str,
-        op: impl FnOnce(&Store, u64) -> CenterResult<Written> + Send + 'static,
+        op: impl FnOnce(&Store, &redb::WriteTransaction, u64) -> CenterResult<Written> + Send + 'static,
     ) -> CenterResult<ConfigRecord> {
         let (batch_size, pace_ms) = self.options(opts)?;
         let center = self.strong()?;
-        let (record, created, rollout, timers) = tokio::task::spawn_blocking(move || {
-            let _writes = center.writes.lock().unwrap_or_else(PoisonError::into_inner);
-            let written = op(&center.store, now_ms())?;
-            if !written.created {
-                return Ok((written.record, false, None, Vec::new()));
-            }
-            let record = written.record;
-            let (rollout, timers) = center.engine().new_version(
-                &record.key,
-                record.version,
-                &record.md5,
-                batch_size,
-                pace_ms,
-                now_ms(),
-            );
-            Ok((record, true, rollout, timers))
-        })
-        .await
-        .map_err(|e| CenterError::internal("config store task", e))??;
+        // Applied in the writer's next batch; the engine hears of it once the
+        // batch is on disk, on the writer thread, in commit order.
+        let (record, created, rollout, timers) = self
+            .writer
+            .write(
+                move |store, txn| op(store, txn, now_ms()),
+                move |written| {
+                    let written = written?;
+                    if !written.created {
+                        return Ok((written.record, false, None, Vec::new()));
+                    }
+                    let record = written.record;
+                    let (rollout, timers) = center.engine().new_version(
+                        &record.key,
+                        record.version,
+                        &record.md5,
+                        batch_size,
+                        pace_ms,
+                        now_ms(),
+                    );
+                    Ok((record, true, rollout, timers))
+                },
+            )
+            .await?;
         if !created {
             tracing::info!(
                 "config center: {what} {} unchanged (version {})",
@@ -174,14 +202,14 @@ impl Center {
         put: PutConfig,
         opts: RolloutOptions,
     ) -> CenterResult<ConfigRecord> {
-        self.change(opts, "put", move |store, now| {
+        self.change(opts, "put", move |store, txn, now| {
             let new = NewVersion {
                 format: put.format,
                 content: put.content,
                 description: put.description,
                 author: put.author,
             };
-            store.put(&key, new, now)
+            store.put_in(txn, &key, new, now, "put")
         })
         .await
     }
@@ -193,8 +221,8 @@ impl Center {
         request: RollbackRequest,
         opts: RolloutOptions,
     ) -> CenterResult<ConfigRecord> {
-        self.change(opts, "rollback", move |store, now| {
-            store.rollback(&key, request.version, request.author, now)
+        self.change(opts, "rollback", move |store, txn, now| {
+            store.rollback_in(txn, &key, request.version, request.author, now)
         })
         .await
     }
@@ -206,8 +234,9 @@ impl Center {
         request: CloneRequest,
         opts: RolloutOptions,
     ) -> CenterResult<ConfigRecord> {
-        self.change(opts, "clone", move |store, now| {
-            store.clone_to(
+        self.change(opts, "clone", move |store, txn, now| {
+            store.clone_in(
+                txn,
                 &key,
                 &request.namespace,
                 &request.group,
@@ -263,31 +292,41 @@ impl Center {
         let count = registration.services.len();
         let center = self.strong()?;
         let name = device.clone();
-        let (timers, info) = tokio::task::spawn_blocking(move || {
-            let _writes = center.writes.lock().unwrap_or_else(PoisonError::into_inner);
-            let keys: BTreeSet<ConfigKey> = registration
-                .services
-                .iter()
-                .map(|s| s.config.clone())
-                .collect();
-            let mut current: HashMap<ConfigKey, (u64, String)> = HashMap::new();
-            for key in keys {
-                if let Some(record) = center.store.current(&key)? {
-                    current.insert(key, (record.version, record.md5));
-                }
-            }
-            let mut engine = center.engine();
-            let timers =
-                engine.register(&name, registration, &|k| current.get(k).cloned(), now_ms())?;
-            let info = engine
-                .devices()
-                .into_iter()
-                .find(|d| d.device == name)
-                .ok_or_else(|| CenterError::Internal(format!("device {name} vanished")))?;
-            Ok::<_, CenterError>((timers, info))
-        })
-        .await
-        .map_err(|e| CenterError::internal("config store task", e))??;
+        // In the writer's order: a registration sees every committed change
+        // already handed to the engine, and none half-way.
+        let (timers, info) = self
+            .writer
+            .write(
+                |_, _| Ok(()),
+                move |nothing| {
+                    nothing?;
+                    let keys: BTreeSet<ConfigKey> = registration
+                        .services
+                        .iter()
+                        .map(|s| s.config.clone())
+                        .collect();
+                    let mut current: HashMap<ConfigKey, (u64, String)> = HashMap::new();
+                    for key in keys {
+                        if let Some(record) = center.store.current(&key)? {
+                            current.insert(key, (record.version, record.md5));
+                        }
+                    }
+                    let mut engine = center.engine();
+                    let timers = engine.register(
+                        &name,
+                        registration,
+                        &|k| current.get(k).cloned(),
+                        now_ms(),
+                    )?;
+                    let info = engine
+                        .devices()
+                        .into_iter()
+                        .find(|d| d.device == name)
+                        .ok_or_else(|| CenterError::Internal(format!("device {name} vanished")))?;
+                    Ok::<_, CenterError>((timers, info))
+                },
+            )
+            .await?;
         self.schedule(timers);
         tracing::info!("config center: device {device} registered {count} services");
         Ok(info)
@@ -304,11 +343,13 @@ impl Center {
     ) -> CenterResult<Vec<Assignment>> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut shutdown = self.shutdown.subscribe();
+        let mut held = None;
         loop {
             let (assignments, mut changed) = self.engine().pending(device, have)?;
             if !assignments.is_empty() || *shutdown.borrow_and_update() {
                 return Ok(assignments);
             }
+            held.get_or_insert_with(|| Held::new(&self.waiting));
             tokio::select! {
                 woke = changed.changed() => if woke.is_err() { return Ok(Vec::new()) },
                 _ = shutdown.changed() => return Ok(Vec::new()),
@@ -358,6 +399,14 @@ impl Center {
         self.engine().devices()
     }
 
+    /// How many long polls are held right now, waiting for a change. Tests
+    /// and the benchmark use it to know a poll is really waiting (rather
+    /// than sleeping and hoping), an operator to see how many devices
+    /// listen.
+    pub fn waiting_polls(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
     /// Ends every waiting long poll (with an empty answer) and makes new
     /// ones answer at once, so a graceful shutdown does not wait for them.
     pub fn begin_shutdown(&self) {
@@ -381,6 +430,7 @@ mod tests {
             batch_size: 1,
             pace_ms,
             max_config_bytes: 1024,
+            ..Default::default()
         }
     }
 
