@@ -163,13 +163,14 @@ async fn long_polls(addr: SocketAddr, center: &Arc<center::Center>) -> anyhow::R
             .map_err(err)?;
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let early: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
     let connecting = Arc::new(tokio::sync::Semaphore::new(CONNECT_AT_ONCE));
     for d in 0..WAITERS {
         let path = format!(
             "/v1/devices/dev{d}/watch?have=s:{}&timeout_ms=60000",
             v1.md5
         );
-        let (tx, connecting) = (tx.clone(), connecting.clone());
+        let (tx, connecting, early) = (tx.clone(), connecting.clone(), early.clone());
         tokio::spawn(async move {
             let answer = async {
                 let permit = connecting.acquire_owned().await?;
@@ -179,6 +180,15 @@ async fn long_polls(addr: SocketAddr, center: &Arc<center::Center>) -> anyhow::R
                 get(&mut stream, &path).await
             }
             .await;
+            // Only the change should answer: anything before it is wrong.
+            let mut early = early.lock().unwrap();
+            if early.len() < 3 {
+                early.push(match &answer {
+                    Ok((status, body)) => format!("{status} {body}"),
+                    Err(e) => format!("{e:#}"),
+                });
+            }
+            drop(early);
             let _ = tx.send((Instant::now(), answer));
         });
     }
@@ -187,6 +197,13 @@ async fn long_polls(addr: SocketAddr, center: &Arc<center::Center>) -> anyhow::R
     // figure would mix in polls answered at once on arrival.
     let deadline = Instant::now() + Duration::from_secs(120);
     while center.waiting_polls() < WAITERS {
+        let answered: Vec<String> = early.lock().unwrap().iter().take(3).cloned().collect();
+        if !answered.is_empty() {
+            bail!(
+                "long polls answered before any change ({} held): {answered:?}",
+                center.waiting_polls()
+            );
+        }
         if Instant::now() > deadline {
             bail!(
                 "only {} of {WAITERS} long polls held after 120 s",

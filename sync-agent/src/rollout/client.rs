@@ -79,6 +79,11 @@ impl CenterClient {
         self.answer(self.http.post(url).json(body), what).await
     }
 
+    /// DELETE a resource.
+    pub async fn delete(&self, url: &str, what: &str) -> anyhow::Result<serde_json::Value> {
+        self.answer(self.http.delete(url), what).await
+    }
+
     /// Decodes an answer into a type.
     pub fn decode<T: DeserializeOwned>(value: serde_json::Value) -> anyhow::Result<T> {
         serde_json::from_value(value).context("unexpected answer from the config center")

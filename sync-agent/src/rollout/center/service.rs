@@ -247,6 +247,33 @@ impl Center {
         .await
     }
 
+    /// Removes a config and its history (kept in the audit entry of the
+    /// deletion); returns its last version. Devices keep what they run.
+    pub async fn delete(&self, key: ConfigKey, identity: String) -> CenterResult<ConfigRecord> {
+        let record = self
+            .writer
+            .write(
+                move |store, txn| store.delete_in(txn, &key, &identity, now_ms()),
+                |deleted| deleted,
+            )
+            .await?;
+        tracing::info!(
+            "config center: deleted {} (last version {})",
+            record.key,
+            record.version
+        );
+        Ok(record)
+    }
+
+    /// The audit log after sequence number `after`, oldest first.
+    pub async fn audit(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> CenterResult<Vec<super::store::AuditEntry>> {
+        self.blocking(move |store| store.audit(after, limit)).await
+    }
+
     /// A config's current version, or `version`.
     pub async fn get(&self, key: ConfigKey, version: Option<u64>) -> CenterResult<ConfigRecord> {
         self.blocking(move |store| store.get(&key, version)).await

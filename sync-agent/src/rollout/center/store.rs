@@ -697,6 +697,59 @@ mod tests {
     }
 
     #[test]
+    fn keep_versions_trims_history_and_the_audit_remembers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("k.redb"), DEFAULT_MAX_CONFIG_BYTES)
+            .unwrap()
+            .with_keep_versions(Some(2));
+        let k = key("prod/web/nginx");
+        for (i, c) in ["a", "b", "c", "d"].iter().enumerate() {
+            store.put(&k, new(Format::Text, c), i as u64).unwrap();
+        }
+        let h = store.history(&k).unwrap();
+        assert_eq!(h.iter().map(|r| r.version).collect::<Vec<_>>(), vec![3, 4]);
+        let e = store.get(&k, Some(1)).unwrap_err();
+        assert!(
+            matches!(&e, CenterError::NotFound(m) if m.contains("newest 2 kept")),
+            "{e}"
+        );
+        let e = store.rollback(&k, 1, "op".into(), 9).unwrap_err();
+        assert!(matches!(e, CenterError::NotFound(_)));
+        let audit = store.audit(0, 100).unwrap();
+        assert_eq!(
+            audit.iter().map(|a| a.version).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+        assert_eq!(audit[0].md5, formats::md5_hex("a"));
+        // Deleting keeps what was left of the history in the audit.
+        let last = store.delete(&k, "op", 10).unwrap();
+        assert_eq!(last.version, 4);
+        assert!(matches!(store.get(&k, None), Err(CenterError::NotFound(_))));
+        let audit = store.audit(4, 100).unwrap();
+        assert_eq!(
+            (audit[0].action.as_str(), audit[0].identity.as_str()),
+            ("delete", "op")
+        );
+        assert_eq!(
+            audit[0]
+                .removed
+                .iter()
+                .map(|r| r.content.as_str())
+                .collect::<Vec<_>>(),
+            ["c", "d"]
+        );
+        // A new config under the same key starts again at version 1.
+        assert_eq!(
+            store
+                .put(&k, new(Format::Text, "e"), 11)
+                .unwrap()
+                .record
+                .version,
+            1
+        );
+    }
+
+    #[test]
     fn identical_put_is_a_noop() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
