@@ -149,6 +149,8 @@ async fn long_polls(addr: SocketAddr, center: &Arc<center::Center>) -> anyhow::R
         .put(key.clone(), put("v1"), RolloutOptions::default())
         .await
         .map_err(err)?;
+    // Registered concurrently: the group commit takes them in batches.
+    let mut registering = tokio::task::JoinSet::new();
     for d in 0..WAITERS {
         let registration = Register {
             services: vec![ServiceRegistration {
@@ -157,17 +159,18 @@ async fn long_polls(addr: SocketAddr, center: &Arc<center::Center>) -> anyhow::R
                 depends_on: vec![],
             }],
         };
-        center
-            .register(format!("dev{d}"), registration)
-            .await
-            .map_err(err)?;
+        let center = center.clone();
+        registering.spawn(async move { center.register(format!("dev{d}"), registration).await });
+    }
+    while let Some(done) = registering.join_next().await {
+        done?.map_err(err)?;
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let early: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
     let connecting = Arc::new(tokio::sync::Semaphore::new(CONNECT_AT_ONCE));
     for d in 0..WAITERS {
         let path = format!(
-            "/v1/devices/dev{d}/watch?have=s:{}&timeout_ms=60000",
+            "/v1/devices/dev{d}/watch?have=s:{}&timeout_ms=120000",
             v1.md5
         );
         let (tx, connecting, early) = (tx.clone(), connecting.clone(), early.clone());
@@ -195,7 +198,8 @@ async fn long_polls(addr: SocketAddr, center: &Arc<center::Center>) -> anyhow::R
     drop(tx);
     // Every poll must be held by the center before the change, or the
     // figure would mix in polls answered at once on arrival.
-    let deadline = Instant::now() + Duration::from_secs(120);
+    // (Polls time out after 120 s: the ramp must be done well before.)
+    let deadline = Instant::now() + Duration::from_secs(100);
     while center.waiting_polls() < WAITERS {
         let answered: Vec<String> = early.lock().unwrap().iter().take(3).cloned().collect();
         if !answered.is_empty() {
@@ -206,7 +210,7 @@ async fn long_polls(addr: SocketAddr, center: &Arc<center::Center>) -> anyhow::R
         }
         if Instant::now() > deadline {
             bail!(
-                "only {} of {WAITERS} long polls held after 120 s",
+                "only {} of {WAITERS} long polls held after 100 s",
                 center.waiting_polls()
             );
         }
