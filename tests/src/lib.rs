@@ -8,6 +8,7 @@
 //! not clash.
 
 pub mod agent;
+pub mod center_bench;
 pub mod fabric;
 pub mod fabric_bench;
 pub mod frames;

@@ -113,6 +113,35 @@ pub(super) async fn run(center: &str, action: ConfigAction, json: bool) -> anyho
                 .await?
         }
         ConfigAction::Rollouts => client.get(&client.url("rollouts"), "rollouts").await?,
+        ConfigAction::Delete { key: k } => {
+            client
+                .delete(&client.key_url(&key(&k)?, ""), &format!("delete {k}"))
+                .await?
+        }
+        ConfigAction::Audit { after, limit } => {
+            let value = client
+                .get(
+                    &client.url(&format!("audit?after={after}&limit={limit}")),
+                    "audit",
+                )
+                .await?;
+            if !json {
+                for e in value.as_array().into_iter().flatten() {
+                    println!(
+                        "{} {} {} {} {} v{} md5 {}",
+                        e["seq"],
+                        e["time_ms"],
+                        e["identity"].as_str().unwrap_or(""),
+                        e["action"].as_str().unwrap_or(""),
+                        e["key"].as_str().unwrap_or(""),
+                        e["version"],
+                        e["md5"].as_str().unwrap_or("")
+                    );
+                }
+                return Ok(());
+            }
+            value
+        }
         ConfigAction::Resume { id } => {
             client
                 .post(

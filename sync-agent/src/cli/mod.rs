@@ -202,6 +202,20 @@ pub enum ConfigAction {
     },
     /// Rollouts, newest first: plan, batches, per-device state.
     Rollouts,
+    /// Delete a config; its history is kept in the audit log.
+    Delete {
+        /// namespace/group/name.
+        key: String,
+    },
+    /// The audit log: who changed which config when, oldest first.
+    Audit {
+        /// Only entries after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
     /// Retry the failed steps of a paused rollout.
     Resume {
         /// Rollout id.

@@ -86,10 +86,12 @@ fn ns_per_frame(fd: i32, frame: &[u8]) -> anyhow::Result<f64> {
 
 fn main() -> anyhow::Result<()> {
     // `mlag-bench fabric` runs only the fabric part; `mlag-bench pair` only
-    // the MLAG pair's (peer-sync latency and echo check, resync, takeover).
+    // the MLAG pair's (peer-sync latency and echo check, resync, takeover);
+    // `mlag-bench center` only the config center's.
     match std::env::args().nth(1).as_deref() {
         Some("fabric") => return mlag_testbed::fabric_bench::run(),
         Some("pair") => return pair_benchmarks(),
+        Some("center") => return mlag_testbed::center_bench::run(),
         _ => {}
     }
     let (mut dataplane, ring, _log) =
@@ -217,7 +219,7 @@ fn main() -> anyhow::Result<()> {
     println!();
     println!("state inference (SPEC 5), 1M-object model:");
     print!("{}", mlag_testbed::inference_bench::bench_report());
-    config_center()?;
+    mlag_testbed::center_bench::run()?;
     mlag_testbed::fabric_bench::run()?;
     Ok(())
 }
@@ -232,107 +234,6 @@ fn pair_benchmarks() -> anyhow::Result<()> {
         bulk_resync(entries)?;
     }
     takeover()
-}
-
-const WAITERS: usize = 10_000;
-const PLAN_DEVICES: usize = 100_000;
-const PLAN_SERVICES: usize = 10;
-const WRITES: usize = 1000;
-
-/// SPEC 6: long-poll notification latency with WAITERS waiting requests,
-/// planning time, and write throughput, against a real center (HTTP, redb).
-fn config_center() -> anyhow::Result<()> {
-    use sync_agent::rollout::{
-        center::{self, CenterConfig, RolloutOptions},
-        wire::{ConfigKey, Format, PutConfig, Register, ServiceRegistration},
-    };
-    // Each waiting request holds a socket at both ends.
-    let limit = libc::rlimit {
-        rlim_cur: 65536,
-        rlim_max: 65536,
-    };
-    // SAFETY: setrlimit with a valid struct.
-    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
-    let dir = tempfile::tempdir()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let config = CenterConfig { listen: ([127, 0, 0, 1], 0).into(), db_path: dir.path().join("bench.redb"), ..Default::default() };
-        let (addr, center, server) = center::bind_with_shutdown(config, std::future::pending()).await?;
-        tokio::spawn(server);
-        let key: ConfigKey = "bench/prod/common".parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let put = |content: &str| PutConfig { format: Format::Text, content: content.into(), description: String::new(), author: "bench".into() };
-        let v1 = center.put(key.clone(), put("v1"), RolloutOptions::default()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        for d in 0..WAITERS {
-            let registration = Register { services: vec![ServiceRegistration { name: "s".into(), config: key.clone(), depends_on: vec![] }], ..Default::default() };
-            center.register(format!("dev{d}"), registration).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
-        let client = reqwest::Client::builder().pool_max_idle_per_host(WAITERS).build()?;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        for d in 0..WAITERS {
-            let url = format!("http://{addr}/v1/devices/dev{d}/watch?have=s:{}&timeout_ms=60000", v1.md5);
-            let (client, tx) = (client.clone(), tx.clone());
-            tokio::spawn(async move {
-                let answer = client.get(url).send().await.and_then(|r| r.error_for_status());
-                let _ = tx.send((Instant::now(), answer.is_ok()));
-            });
-        }
-        drop(tx);
-        // Give every request time to arrive and start waiting.
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let start = Instant::now();
-        let opts = RolloutOptions { batch_size: Some(WAITERS), ..Default::default() };
-        center.put(key.clone(), put("v2"), opts).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut latencies = Vec::with_capacity(WAITERS);
-        let mut failed = 0;
-        while let Some((at, ok)) = rx.recv().await {
-            if ok { latencies.push(at.saturating_duration_since(start)) } else { failed += 1 }
-        }
-        latencies.sort();
-        println!();
-        println!("config center (SPEC 6), real HTTP and redb on this machine:");
-        if latencies.is_empty() {
-            println!("  long poll: no answer arrived ({failed} requests failed)");
-        } else {
-            println!(
-                "  long-poll notification, {} waiting requests answered by one change: first {:.1} ms, p50 {:.1} ms, p99 {:.1} ms, last {:.1} ms ({failed} failed)",
-                latencies.len(),
-                latencies[0].as_secs_f64() * 1e3,
-                percentile(&latencies, 0.5).as_secs_f64() * 1e3,
-                percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-                latencies[latencies.len() - 1].as_secs_f64() * 1e3
-            );
-        }
-        let other: ConfigKey = "bench/prod/writes".parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let start = Instant::now();
-        for i in 0..WRITES {
-            center.put(other.clone(), put(&format!("write {i}")), RolloutOptions::default()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
-        let elapsed = start.elapsed();
-        println!(
-            "  writes with history (one durable redb transaction each): {WRITES} in {:.3} s = {:.0} per s",
-            elapsed.as_secs_f64(),
-            WRITES as f64 / elapsed.as_secs_f64()
-        );
-        anyhow::Ok(())
-    })?;
-    let steps: Vec<(String, Vec<String>)> = (0..PLAN_DEVICES)
-        .map(|d| {
-            (
-                format!("dev{d}"),
-                (0..PLAN_SERVICES).map(|s| format!("svc{s}")).collect(),
-            )
-        })
-        .collect();
-    let start = Instant::now();
-    let batches = sync_agent::rollout::center::planner::plan(&steps, 100);
-    println!(
-        "  rollout planning: {PLAN_DEVICES} devices x {PLAN_SERVICES} services in {:.1} ms ({} batches of at most 100 steps)",
-        start.elapsed().as_secs_f64() * 1e3,
-        batches.len()
-    );
-    Ok(())
 }
 
 const TAKEOVER_TRIALS: usize = 5;

@@ -69,6 +69,10 @@ pub struct CenterConfig {
     /// default; the reason names the device) or `skip` its steps.
     #[serde(default)]
     pub on_lost: OnLost,
+    /// Versions kept in each config's history (default: all). Older ones
+    /// are removed as new ones are made; the audit log keeps their MD5s.
+    #[serde(default)]
+    pub keep_versions: Option<u64>,
 }
 
 impl Default for CenterConfig {
@@ -82,6 +86,7 @@ impl Default for CenterConfig {
             step_timeout_s: DEFAULT_STEP_TIMEOUT_S,
             device_expiry_s: DEFAULT_DEVICE_EXPIRY_S,
             on_lost: OnLost::Pause,
+            keep_versions: None,
         }
     }
 }
@@ -97,6 +102,15 @@ impl CenterConfig {
                 "rollout.center.device_expiry_s",
                 "must be 0 (never) or at least 5 seconds (devices poll every few seconds)",
             );
+        }
+        if self.keep_versions == Some(0) {
+            out.add(
+                "rollout.center.keep_versions",
+                "must be at least 1 (leave it out to keep every version)",
+            );
+        }
+        if self.max_config_bytes == 0 {
+            out.add("rollout.center.max_config_bytes", "must be at least 1");
         }
     }
 }

@@ -128,6 +128,9 @@ pub struct Changes {
     pub meta: Option<EngineMeta>,
     /// Long polls to wake once the change is stored.
     pub wake: Vec<watch::Sender<u64>>,
+    /// Devices whose polls wait for this change to be stored (see
+    /// [`Engine::take_changes_held`], [`Engine::unhold`]).
+    pub held: Vec<String>,
     /// The change must be on disk before it is acknowledged. False only for
     /// a registration that touched no rollout: if a crash loses it, the
     /// device's next poll gets 404 and it registers again, to the same
@@ -151,6 +154,10 @@ impl Changes {
 struct Device {
     state: DeviceState,
     notify: watch::Sender<u64>,
+    /// Changes released to this device that are not on disk yet (see
+    /// [`Engine::take_changes_held`]): its polls are answered nothing until
+    /// they are, so a device never runs a version a crash could forget.
+    held: u32,
 }
 
 impl DeviceState {
@@ -208,7 +215,14 @@ impl Engine {
         for (name, mut state) in devices {
             state.seen_ms = now_ms;
             let notify = watch::channel(0).0;
-            engine.devices.insert(name, Device { state, notify });
+            engine.devices.insert(
+                name,
+                Device {
+                    state,
+                    notify,
+                    held: 0,
+                },
+            );
         }
         let mut timers = Vec::new();
         for entry in rollouts {
@@ -251,6 +265,35 @@ impl Engine {
                 .iter()
                 .filter_map(|name| self.devices.get(name).map(|d| d.notify.clone()))
                 .collect(),
+            held: Vec::new(),
+        }
+    }
+
+    /// [`Engine::take_changes`], and holds back what they release: until
+    /// [`Engine::unhold`] is called with them (once they are on disk), the
+    /// long polls of the devices they release to are answered nothing and
+    /// wait for the wake-up that follows. Call it in the same engine lock as
+    /// the change itself, so no poll sees the change before it is held.
+    pub fn take_changes_held(&mut self) -> Changes {
+        let names: Vec<String> = self.dirty.wake.iter().cloned().collect();
+        let mut changes = self.take_changes();
+        for name in names {
+            if let Some(device) = self.devices.get_mut(&name) {
+                device.held += 1;
+                changes.held.push(name);
+            }
+        }
+        changes
+    }
+
+    /// The changes taken by [`Engine::take_changes_held`] are on disk (or
+    /// will never be): their devices' polls may see them. Then wake them
+    /// ([`Changes::wake`]).
+    pub fn unhold(&mut self, changes: &Changes) {
+        for name in &changes.held {
+            if let Some(device) = self.devices.get_mut(name) {
+                device.held = device.held.saturating_sub(1);
+            }
         }
     }
 
@@ -292,6 +335,7 @@ impl Engine {
                     ..DeviceState::default()
                 },
                 notify: watch::channel(0).0,
+                held: 0,
             });
         let state = &mut entry.state;
         self.dirty.devices.insert(device.to_string());
@@ -1079,6 +1123,45 @@ impl Engine {
         }
     }
 
+    /// Forgets config `key` (deleted from the store): its finished
+    /// rollouts and its stable version, so a config made again under the
+    /// same name (from version 1) is rolled out like a new one. Refused
+    /// while a rollout of it is not done (abort it first); nothing changes
+    /// then. Devices keep what they were released.
+    pub fn forget_key(&mut self, key: &ConfigKey) -> CenterResult<()> {
+        self.check_forget_key(key)?;
+        let ids: Vec<u64> = self
+            .rollouts
+            .iter()
+            .filter(|(_, e)| &e.rollout.key == key)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.rollouts.remove(&id);
+            self.dirty.rollouts.insert(id);
+        }
+        if self.meta.stable.remove(&key.to_string()).is_some() {
+            self.dirty.meta = true;
+        }
+        Ok(())
+    }
+
+    /// Whether [`Engine::forget_key`] would refuse, without changing anything.
+    pub fn check_forget_key(&self, key: &ConfigKey) -> CenterResult<()> {
+        if let Some(e) = self
+            .rollouts
+            .values()
+            .find(|e| &e.rollout.key == key && e.rollout.state != RolloutState::Done)
+        {
+            return Err(CenterError::Conflict(format!(
+                "rollout {} of {key} is {}: abort it before deleting the config",
+                e.rollout.id,
+                state_name(e.rollout.state)
+            )));
+        }
+        Ok(())
+    }
+
     /// Forgets a device (decommissioned): its unsettled steps are skipped.
     pub fn remove_device(&mut self, device: &str, now_ms: u64) -> CenterResult<Vec<Timer>> {
         if self.devices.remove(device).is_none() {
@@ -1253,6 +1336,9 @@ impl Engine {
         }
         let mut receiver = dev.notify.subscribe();
         receiver.mark_unchanged();
+        if dev.held > 0 {
+            return Ok((Vec::new(), receiver));
+        }
         let assignments = dev
             .state
             .services

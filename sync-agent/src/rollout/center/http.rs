@@ -5,6 +5,8 @@
 //! | --- | --- |
 //! | `PUT /v1/configs/{ns}/{group}/{name}?batch_size=&pace_ms=` | [`PutConfig`] -> [`ConfigRecord`] |
 //! | `GET /v1/configs/{ns}/{group}/{name}?version=N` | -> [`ConfigRecord`] |
+//! | `DELETE /v1/configs/{ns}/{group}/{name}` | -> the last [`ConfigRecord`] (history kept in the audit) |
+//! | `GET /v1/audit?after=SEQ&limit=N` | -> `[AuditEntry]`, oldest first |
 //! | `GET /v1/configs?namespace=NS` | -> `[ConfigRecord]` |
 //! | `GET /v1/stats` | -> refused requests by reason, long polls held |
 //! | `GET /v1/configs/{ns}/{group}/{name}/history` | -> `[ConfigRecord]`, oldest first |
@@ -128,7 +130,11 @@ pub fn router(center: Arc<Center>) -> Router {
     let config = "/v1/configs/{ns}/{group}/{name}";
     Router::new()
         .route("/v1/configs", get(list_configs))
-        .route(config, get(get_config).put(put_config))
+        .route(
+            config,
+            get(get_config).put(put_config).delete(delete_config),
+        )
+        .route("/v1/audit", get(audit))
         .route(&format!("{config}/history"), get(history))
         .route(&format!("{config}/rollback"), post(rollback))
         .route(&format!("{config}/clone"), post(clone_config))
@@ -271,6 +277,33 @@ async fn put_config(
     Ok(Json(center.put(key, put, opts).await?))
 }
 
+async fn delete_config(
+    State(center): State<Arc<Center>>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+) -> Answer<ConfigRecord> {
+    let key = config_key(path)?;
+    Ok(Json(center.delete(key, "anonymous".into()).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// Most audit entries in one answer.
+const MAX_AUDIT_ENTRIES: usize = 10_000;
+
+async fn audit(
+    State(center): State<Arc<Center>>,
+    q: Result<Query<AuditQuery>, QueryRejection>,
+) -> Answer<Vec<super::store::AuditEntry>> {
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(1000).min(MAX_AUDIT_ENTRIES);
+    Ok(Json(center.audit(q.after.unwrap_or(0), limit).await?))
+}
+
 async fn get_config(
     State(center): State<Arc<Center>>,
     path: Result<Path<(String, String, String)>, PathRejection>,
@@ -405,14 +438,18 @@ async fn resume(
     State(center): State<Arc<Center>>,
     path: Result<Path<String>, PathRejection>,
 ) -> Answer<Rollout> {
-    Ok(Json(center.resume(rollout_id(path)?).await?))
+    Ok(Json(
+        center.resume(rollout_id(path)?, "anonymous".into()).await?,
+    ))
 }
 
 async fn abort(
     State(center): State<Arc<Center>>,
     path: Result<Path<String>, PathRejection>,
 ) -> Answer<Rollout> {
-    Ok(Json(center.abort(rollout_id(path)?).await?))
+    Ok(Json(
+        center.abort(rollout_id(path)?, "anonymous".into()).await?,
+    ))
 }
 
 async fn skip(
@@ -424,14 +461,16 @@ async fn skip(
         .parse()
         .map_err(|_| bad(format!("rollout id {id:?} is not a number")))?;
     check_name("device", &device).map_err(bad)?;
-    Ok(Json(center.skip(id, device).await?))
+    Ok(Json(center.skip(id, device, "anonymous".into()).await?))
 }
 
 async fn remove_device(
     State(center): State<Arc<Center>>,
     path: Result<Path<String>, PathRejection>,
 ) -> Answer<serde_json::Value> {
-    center.remove_device(device_name(path)?).await?;
+    center
+        .remove_device(device_name(path)?, "anonymous".into())
+        .await?;
     Ok(Json(serde_json::json!({})))
 }
 
@@ -552,6 +591,10 @@ mod tests {
 
         async fn get(&self, path: &str) -> (StatusCode, serde_json::Value) {
             self.send(self.http.get(self.url(path))).await
+        }
+
+        async fn http_delete(&self, path: &str) -> (StatusCode, serde_json::Value) {
+            self.send(self.http.delete(self.url(path))).await
         }
 
         async fn watch(
@@ -684,6 +727,27 @@ mod tests {
         assert_eq!(s, StatusCode::NOT_FOUND);
         let (s, v) = c.get("/v1/nothing").await;
         assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+        // Deletion: gone from reads, its history kept in the audit log.
+        let (s, v) = c.http_delete("/v1/configs/staging/web/app").await;
+        assert_eq!((s, v["version"].as_u64()), (StatusCode::OK, Some(1)), "{v}");
+        let (s, _) = c.get("/v1/configs/staging/web/app").await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, _) = c.http_delete("/v1/configs/staging/web/app").await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, v) = c.get("/v1/audit").await;
+        assert_eq!(s, StatusCode::OK);
+        let actions: Vec<&str> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["action"].as_str().unwrap())
+            .collect();
+        assert_eq!(actions, ["put", "put", "rollback", "clone", "delete"]);
+        let deleted = &v[4];
+        assert_eq!(deleted["key"], "staging/web/app");
+        assert_eq!(deleted["removed"][0]["content"], "{\"a\":1}");
+        let (_, v) = c.get("/v1/audit?after=4").await;
+        assert_eq!(v.as_array().unwrap().len(), 1);
         stopper.stop().await;
     }
 

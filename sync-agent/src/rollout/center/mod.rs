@@ -29,6 +29,7 @@ pub mod report;
 pub mod rollout_store;
 pub mod service;
 pub mod store;
+pub mod writer;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -127,8 +128,7 @@ pub async fn bind_with_shutdown(
 )> {
     let center = Center::open(&config)
         .with_context(|| format!("opening config center at {}", config.db_path.display()))?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = listen(config.listen)
         .with_context(|| format!("binding config center to {}", config.listen))?;
     let addr = listener
         .local_addr()
@@ -146,6 +146,23 @@ pub async fn bind_with_shutdown(
             .context("config center server")
     };
     Ok((addr, center, server))
+}
+
+/// Depth of the accept queue. A fleet's long polls connect at once (after a
+/// center restart, say); a shallow queue drops SYNs, which the kernel
+/// retries only after 1, 3, 7... seconds, so a device would hear of a
+/// change that late. The kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 8192;
+
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Opens the center and binds its listener (`listen` may use port 0);

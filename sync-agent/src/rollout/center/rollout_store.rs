@@ -12,15 +12,19 @@
 //! rollout_meta     "engine"    -> EngineMeta (next rollout id, stable versions)
 //! ```
 //!
-//! [`save`] writes one [`Changes`] in one write transaction with immediate
-//! durability: the center calls it before it answers the request (or wakes
-//! the long polls) that made the change. The one exception is a
-//! registration that touches no rollout (see [`Changes::durable`]): losing
-//! it costs the device one 404 and a registration, so it rides with the next
-//! durable commit instead of an fsync of its own (10,000 devices register in
-//! seconds, not minutes).
+//! A running center writes the [`Changes`] of every change with [`save_in`]
+//! inside the transaction of its group commit ([`super::writer`]), the same
+//! transaction as the config change that caused them (a put and the rollout
+//! it starts are on disk together or not at all), and answers the request
+//! (and wakes the long polls) only once that transaction is fsynced. Many
+//! changes share one fsync, so 10,000 registering devices cost a few dozen
+//! commits, not 10,000. [`save`] is the same in a transaction of its own
+//! (at start, and for tools).
 
-use redb::{Database, Durability, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase as _, ReadableTable as _, TableDefinition,
+    WriteTransaction,
+};
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::engine::{Changes, DeviceState, EngineMeta, RolloutEntry};
@@ -82,8 +86,10 @@ pub fn load(database: &Database) -> CenterResult<Stored> {
     Ok((devices, rollouts, meta))
 }
 
-/// Writes one batch of changes in one transaction: durably (one fsync)
-/// unless [`Changes::durable`] says it may wait for the next durable commit.
+/// Writes one batch of changes in one transaction of its own: durably (one
+/// fsync) unless [`Changes::durable`] says it may wait for the next durable
+/// commit. For the center's start and for tools; a running center writes
+/// with [`save_in`] inside its group commit.
 pub fn save(database: &Database, changes: &Changes) -> CenterResult<()> {
     if changes.is_empty() {
         return Ok(());
@@ -95,36 +101,45 @@ pub fn save(database: &Database, changes: &Changes) -> CenterResult<()> {
             "rollout store: durability",
         )?;
     }
-    {
-        let mut table = db(txn.open_table(DEVICES), "rollout store: devices table")?;
-        for (name, state) in &changes.devices {
-            match state {
-                Some(state) => db(
-                    table.insert(name.as_str(), encode(state).as_str()),
-                    "rollout store: write device",
-                )?,
-                None => db(table.remove(name.as_str()), "rollout store: remove device")?,
-            };
-        }
-        let mut table = db(txn.open_table(ROLLOUTS), "rollout store: rollouts table")?;
-        for (id, entry) in &changes.rollouts {
-            match entry {
-                Some(entry) => db(
-                    table.insert(*id, encode(entry).as_str()),
-                    "rollout store: write rollout",
-                )?,
-                None => db(table.remove(*id), "rollout store: remove rollout")?,
-            };
-        }
-        if let Some(meta) = &changes.meta {
-            let mut table = db(txn.open_table(META), "rollout store: meta table")?;
-            db(
-                table.insert(META_KEY, encode(meta).as_str()),
-                "rollout store: write meta",
-            )?;
-        }
-    }
+    save_in(&txn, changes)?;
     db(txn.commit(), "rollout store: commit")
+}
+
+/// Writes `changes` inside `txn` (the center's group commit, which also
+/// holds the config change that caused them, so both are on disk or
+/// neither).
+pub fn save_in(txn: &WriteTransaction, changes: &Changes) -> CenterResult<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let mut table = db(txn.open_table(DEVICES), "rollout store: devices table")?;
+    for (name, state) in &changes.devices {
+        match state {
+            Some(state) => db(
+                table.insert(name.as_str(), encode(state).as_str()),
+                "rollout store: write device",
+            )?,
+            None => db(table.remove(name.as_str()), "rollout store: remove device")?,
+        };
+    }
+    let mut table = db(txn.open_table(ROLLOUTS), "rollout store: rollouts table")?;
+    for (id, entry) in &changes.rollouts {
+        match entry {
+            Some(entry) => db(
+                table.insert(*id, encode(entry).as_str()),
+                "rollout store: write rollout",
+            )?,
+            None => db(table.remove(*id), "rollout store: remove rollout")?,
+        };
+    }
+    if let Some(meta) = &changes.meta {
+        let mut table = db(txn.open_table(META), "rollout store: meta table")?;
+        db(
+            table.insert(META_KEY, encode(meta).as_str()),
+            "rollout store: write meta",
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,26 +2,35 @@
 //! rollout engine and the long-poll wake-ups. The HTTP API ([`super::http`])
 //! and [`super::CenterHandle`] call it.
 //!
-//! Every change (put, rollback, clone, registration, ack, resume, abort,
-//! skip, device removal, timers) is serialized by one mutex and runs on a
-//! blocking thread: the config is written to the database first, then the
-//! engine plans or advances rollouts, and what the engine changed is written
-//! to the same database ([`super::rollout_store`]) before the request is
-//! answered and the long polls are woken. Long polls wait on a per-device
-//! `tokio::sync::watch` (no thread per waiting request).
+//! Every change (put, rollback, clone, delete, registration, ack, continue,
+//! abort, skip, device removal, timers) is a job for the one group-commit
+//! writer ([`super::writer`]), which applies the jobs waiting, in order,
+//! inside one redb write transaction and commits them with one fsync. A job
+//! writes its config change, runs the engine with the engine locked (plans
+//! or advances rollouts), and writes what the engine changed
+//! ([`super::rollout_store::save_in`]) and its audit record in that same
+//! transaction: a put and the rollout it starts are on disk together or
+//! not at all. The request is answered only once that transaction is
+//! fsynced. What a change releases to devices is held back from their long
+//! polls until then too ([`Engine::take_changes_held`]): a device never
+//! runs a version that a crash could make the center forget. Long polls
+//! wait on a per-device `tokio::sync::watch` (no thread per waiting
+//! request).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
+use redb::WriteTransaction;
 use tokio::sync::{broadcast, watch};
 
 use super::config::CenterConfig;
-use super::engine::{Engine, OnLost, PlanOptions, Timer};
+use super::engine::{Changes, Engine, OnLost, PlanOptions, Timer};
 use super::error::{CenterError, CenterResult};
 use super::rollout_store;
-use super::store::{NewVersion, Store, Written};
+use super::store::{AuditEntry, NewVersion, Store, Written, audit_in};
+use super::writer::{Writer, WriterStats};
 use crate::bus::ConfigReleased;
 use crate::clock::now_ms;
 use crate::rollout::wire::{
@@ -51,12 +60,11 @@ const RELEASES_DEPTH: usize = 256;
 /// The config center: database, rollout engine and long-poll wake-ups.
 pub struct Center {
     store: Arc<Store>,
+    /// Group commit: every change goes through it, in one total order (so
+    /// the engine sees versions in order and a registration never races a
+    /// new version of its configs).
+    writer: Writer,
     engine: Mutex<Engine>,
-    /// Serializes changes, so the engine sees versions in order, a
-    /// registration never races a new version of its configs, and rollout
-    /// state is stored in the order it changed. Taken only on a blocking
-    /// thread, never held across an await.
-    writes: Mutex<()>,
     batch_size: usize,
     pace_ms: u64,
     step_timeout_ms: u64,
@@ -92,16 +100,49 @@ impl Drop for Held<'_> {
     }
 }
 
+/// An audit record of an operator's action on a rollout or a device.
+fn audit_action(
+    txn: &WriteTransaction,
+    engine: &Engine,
+    action: &str,
+    author: &str,
+    rollout: Option<u64>,
+    device: Option<&str>,
+    now: u64,
+) -> CenterResult<()> {
+    let (key, version, md5) = match rollout.and_then(|id| engine.release_of(id)) {
+        Some((key, version, md5, _)) => (key.to_string(), version, md5),
+        None => (String::new(), 0, String::new()),
+    };
+    audit_in(
+        txn,
+        AuditEntry {
+            seq: 0,
+            time_ms: now,
+            identity: author.to_string(),
+            action: action.to_string(),
+            key,
+            version,
+            md5,
+            rollout,
+            device: device.map(str::to_string),
+            removed: Vec::new(),
+        },
+    )
+}
+
 impl Center {
     /// Opens the database (creating it and its directory if missing) and
     /// the rollout state stored in it: every rollout continues where it was.
     pub fn open(config: &CenterConfig) -> CenterResult<Arc<Center>> {
-        let store = Store::open(&config.db_path, config.max_config_bytes)?;
+        let store = Store::open(&config.db_path, config.max_config_bytes)?
+            .with_keep_versions(config.keep_versions);
         let (devices, rollouts, meta) = rollout_store::load(store.database())?;
         let (device_count, rollout_count) = (devices.len(), rollouts.len());
         let now = now_ms();
         let (mut engine, mut timers) = Engine::restore(devices, rollouts, meta, now);
-        // A crash between storing a version and storing its rollout: plan it now.
+        // Stored by a center that wrote a version and its rollout in two
+        // transactions: a version with no rollout is planned now.
         let mut current = HashMap::new();
         for key in engine.unrolled_keys(&|key| store.current(key).ok().flatten().map(|r| r.version))
         {
@@ -128,10 +169,12 @@ impl Center {
                 "config center: restored {device_count} devices and {rollout_count} rollouts"
             );
         }
+        let store = Arc::new(store);
+        let writer = Writer::spawn(store.clone())?;
         Ok(Arc::new_cyclic(|weak| Center {
-            store: Arc::new(store),
+            store,
+            writer,
             engine: Mutex::new(engine),
-            writes: Mutex::new(()),
             batch_size: config.batch_size.max(1),
             pace_ms: config.pace_ms,
             step_timeout_ms: config.step_timeout_s.saturating_mul(1000),
@@ -180,7 +223,7 @@ impl Center {
     pub async fn tick(&self) -> CenterResult<()> {
         let (timeout, expiry, on_lost) =
             (self.step_timeout_ms, self.device_expiry_ms, self.on_lost);
-        self.mutate(move |engine, now| Ok(((), engine.tick(now, timeout, expiry, on_lost))))
+        self.write(move |engine, _, _, now| Ok(((), engine.tick(now, timeout, expiry, on_lost))))
             .await
     }
 
@@ -200,35 +243,62 @@ impl Center {
         self.engine.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `op` on the engine, then stores what it changed and wakes the
-    /// long polls it released to. Call with `writes` held, on a blocking
-    /// thread.
-    fn apply<T>(&self, op: impl FnOnce(&mut Engine) -> CenterResult<T>) -> CenterResult<T> {
-        let (result, changes) = {
-            let mut engine = self.engine();
-            let result = op(&mut engine);
-            (result, engine.take_changes())
-        };
-        rollout_store::save(self.store.database(), &changes)?;
-        changes.wake();
-        result
-    }
-
-    /// [`Center::apply`] on a blocking thread with `writes` held; runs the
-    /// timers `op` returns.
-    async fn mutate<T: Send + 'static>(
+    /// Runs `op` in the writer's next group commit, with the engine locked:
+    /// `op` gets the engine, the store, the shared transaction and the time,
+    /// and returns its value and the timers to run. What the engine changed
+    /// is written in the same transaction; once that is fsynced, the long
+    /// polls it released to are let through and woken, the timers are run
+    /// and the value is returned. `op` must refuse (an error) before it
+    /// changes anything, so a refused change leaves nothing half-applied in
+    /// the shared transaction.
+    async fn write<T: Send + 'static>(
         &self,
-        op: impl FnOnce(&mut Engine, u64) -> CenterResult<(T, Vec<Timer>)> + Send + 'static,
+        op: impl FnOnce(&mut Engine, &Store, &WriteTransaction, u64) -> CenterResult<(T, Vec<Timer>)>
+        + Send
+        + 'static,
     ) -> CenterResult<T> {
         let center = self.strong()?;
-        let (value, timers) = tokio::task::spawn_blocking(move || {
-            let _writes = center.writes.lock().unwrap_or_else(PoisonError::into_inner);
-            center.apply(|engine| op(engine, now_ms()))
-        })
-        .await
-        .map_err(|e| CenterError::internal("config store task", e))??;
+        let after = center.clone();
+        // The changes taken, for the continuation whatever the outcome
+        // (a failed commit must not leave polls held forever).
+        let taken: Arc<Mutex<Option<Changes>>> = Arc::default();
+        let stash = taken.clone();
+        let (value, timers) = self
+            .writer
+            .write(
+                move |store, txn| {
+                    let now = now_ms();
+                    let mut engine = center.engine();
+                    let result = op(&mut engine, store, txn, now);
+                    let changes = engine.take_changes_held();
+                    drop(engine);
+                    let saved = rollout_store::save_in(txn, &changes);
+                    *stash.lock().unwrap_or_else(PoisonError::into_inner) = Some(changes);
+                    saved?;
+                    match result {
+                        // The database failed: the whole batch is abandoned.
+                        Err(e @ CenterError::Internal(_)) => Err(e),
+                        result => Ok(result),
+                    }
+                },
+                move |applied| {
+                    let changes = taken.lock().unwrap_or_else(PoisonError::into_inner).take();
+                    if let Some(changes) = changes {
+                        after.engine().unhold(&changes);
+                        changes.wake();
+                    }
+                    applied?
+                },
+            )
+            .await?;
         self.schedule(timers);
         Ok(value)
+    }
+
+    /// Commits and acknowledged changes since start, for the benchmark and
+    /// `GET /v1/stats`: (group commits, changes in them).
+    pub fn write_stats(&self) -> WriterStats {
+        self.writer.stats()
     }
 
     /// Runs a database operation on a blocking thread.
@@ -249,7 +319,7 @@ impl Center {
                 tokio::time::sleep(Duration::from_millis(timer.delay_ms)).await;
                 if let Some(center) = center.upgrade() {
                     let fired = center
-                        .mutate(move |engine, now| Ok(((), engine.fire_timer(timer, now))))
+                        .write(move |engine, _, _, now| Ok(((), engine.fire_timer(timer, now))))
                         .await;
                     match fired {
                         Ok(()) => center.announce_release(timer.rollout_id, None),
@@ -303,17 +373,16 @@ impl Center {
     }
 
     /// Writes a change with `op` and, if it made a new version, starts its
-    /// rollout. `key` is the config the change writes (checked against the
-    /// canary list before anything is written).
+    /// rollout, in the same transaction. `key` is the config the change
+    /// writes (checked against the canary list before anything is written).
     async fn change(
         &self,
         opts: RolloutOptions,
         what: &str,
         key: ConfigKey,
-        op: impl FnOnce(&Store, u64) -> CenterResult<Written> + Send + 'static,
+        op: impl FnOnce(&Store, &WriteTransaction, u64) -> CenterResult<Written> + Send + 'static,
     ) -> CenterResult<ConfigRecord> {
         let plan = self.options(opts)?;
-        let center = self.strong()?;
         let summary = format!(
             "batch size {}, pace {} ms{}{}",
             plan.batch_size,
@@ -329,21 +398,19 @@ impl Center {
                 ""
             }
         );
-        let (record, created, rollout, timers) = tokio::task::spawn_blocking(move || {
-            let _writes = center.writes.lock().unwrap_or_else(PoisonError::into_inner);
-            center.engine().check_canary(&key, &plan.canary)?;
-            let written = op(&center.store, now_ms())?;
-            if !written.created {
-                return Ok((written.record, false, None, Vec::new()));
-            }
-            let record = written.record;
-            let (rollout, timers) = center.apply(|engine| {
-                Ok(engine.new_version(&record.key, record.version, &record.md5, &plan, now_ms()))
-            })?;
-            Ok::<_, CenterError>((record, true, rollout, timers))
-        })
-        .await
-        .map_err(|e| CenterError::internal("config store task", e))??;
+        let (record, created, rollout) = self
+            .write(move |engine, store, txn, now| {
+                engine.check_canary(&key, &plan.canary)?;
+                let written = op(store, txn, now)?;
+                if !written.created {
+                    return Ok(((written.record, false, None), Vec::new()));
+                }
+                let record = written.record;
+                let (rollout, timers) =
+                    engine.new_version(&record.key, record.version, &record.md5, &plan, now);
+                Ok(((record, true, rollout), timers))
+            })
+            .await?;
         if !created {
             tracing::info!(
                 "config center: {what} {} unchanged (version {})",
@@ -352,7 +419,6 @@ impl Center {
             );
             return Ok(record);
         }
-        self.schedule(timers);
         if let Some(id) = rollout {
             self.announce_release(id, None);
         }
@@ -373,21 +439,22 @@ impl Center {
         Ok(record)
     }
 
-    /// Adds or edits a config (a no-op if nothing changed).
+    /// Adds or edits a config (a no-op if nothing changed). The author
+    /// (`put.author`) is recorded in the history and the audit log.
     pub async fn put(
         &self,
         key: ConfigKey,
         put: PutConfig,
         opts: RolloutOptions,
     ) -> CenterResult<ConfigRecord> {
-        self.change(opts, "put", key.clone(), move |store, now| {
+        self.change(opts, "put", key.clone(), move |store, txn, now| {
             let new = NewVersion {
                 format: put.format,
                 content: put.content,
                 description: put.description,
                 author: put.author,
             };
-            store.put(&key, new, now)
+            store.put_in(txn, &key, new, now, "put")
         })
         .await
     }
@@ -399,8 +466,8 @@ impl Center {
         request: RollbackRequest,
         opts: RolloutOptions,
     ) -> CenterResult<ConfigRecord> {
-        self.change(opts, "rollback", key.clone(), move |store, now| {
-            store.rollback(&key, request.version, request.author, now)
+        self.change(opts, "rollback", key.clone(), move |store, txn, now| {
+            store.rollback_in(txn, &key, request.version, request.author, now)
         })
         .await
     }
@@ -414,8 +481,9 @@ impl Center {
     ) -> CenterResult<ConfigRecord> {
         let target = ConfigKey::new(&request.namespace, &request.group, &key.name)
             .map_err(CenterError::Invalid)?;
-        self.change(opts, "clone", target, move |store, now| {
-            store.clone_to(
+        self.change(opts, "clone", target, move |store, txn, now| {
+            store.clone_in(
+                txn,
                 &key,
                 &request.namespace,
                 &request.group,
@@ -425,6 +493,37 @@ impl Center {
         })
         .await
     }
+
+    /// Removes a config and its history (kept in the audit record of the
+    /// deletion, made by `author`); returns its last version. Refused while
+    /// a rollout of it is not done. Devices keep what they run; the engine
+    /// forgets the config's finished rollouts, so one made again under the
+    /// same name starts from version 1 like a new one.
+    pub async fn delete(&self, key: ConfigKey, author: String) -> CenterResult<ConfigRecord> {
+        let record = self
+            .write(move |engine, store, txn, now| {
+                // Both checks before either writes.
+                store.get_in(txn, &key, None)?;
+                engine.check_forget_key(&key)?;
+                let last = store.delete_in(txn, &key, &author, now)?;
+                engine.forget_key(&key)?;
+                Ok((last, Vec::new()))
+            })
+            .await?;
+        tracing::info!(
+            "config center: deleted {} (last version {})",
+            record.key,
+            record.version
+        );
+        Ok(record)
+    }
+
+    /// The audit log after sequence number `after`, oldest first, at most
+    /// `limit` records.
+    pub async fn audit(&self, after: u64, limit: usize) -> CenterResult<Vec<AuditEntry>> {
+        self.blocking(move |store| store.audit(after, limit)).await
+    }
+
     /// A config's current version, or `version`.
     pub async fn get(&self, key: ConfigKey, version: Option<u64>) -> CenterResult<ConfigRecord> {
         self.blocking(move |store| store.get(&key, version)).await
@@ -468,35 +567,32 @@ impl Center {
         registration: Register,
     ) -> CenterResult<DeviceInfo> {
         let count = registration.services.len();
-        let center = self.strong()?;
         let name = device.clone();
-        let (timers, info) = tokio::task::spawn_blocking(move || {
-            let _writes = center.writes.lock().unwrap_or_else(PoisonError::into_inner);
-            let keys: BTreeSet<ConfigKey> = registration
-                .services
-                .iter()
-                .map(|s| s.config.clone())
-                .collect();
-            let mut current: HashMap<ConfigKey, (u64, String)> = HashMap::new();
-            for key in keys {
-                if let Some(record) = center.store.current(&key)? {
-                    current.insert(key, (record.version, record.md5));
+        let info = self
+            .write(move |engine, store, txn, now| {
+                let keys: BTreeSet<ConfigKey> = registration
+                    .services
+                    .iter()
+                    .map(|s| s.config.clone())
+                    .collect();
+                // Read in the shared transaction: a version put earlier in
+                // the same group commit is the current one.
+                let mut current: HashMap<ConfigKey, (u64, String)> = HashMap::new();
+                for key in keys {
+                    if let Some(record) = store.current_in(txn, &key)? {
+                        current.insert(key, (record.version, record.md5));
+                    }
                 }
-            }
-            center.apply(|engine| {
                 let timers =
-                    engine.register(&name, registration, &|k| current.get(k).cloned(), now_ms())?;
+                    engine.register(&name, registration, &|k| current.get(k).cloned(), now)?;
                 let info = engine
                     .devices()
                     .into_iter()
                     .find(|d| d.device == name)
                     .ok_or_else(|| CenterError::Internal(format!("device {name} vanished")))?;
-                Ok((timers, info))
+                Ok((info, timers))
             })
-        })
-        .await
-        .map_err(|e| CenterError::internal("config store task", e))??;
-        self.schedule(timers);
+            .await?;
         tracing::info!("config center: device {device} registered {count} services");
         Ok(info)
     }
@@ -535,7 +631,7 @@ impl Center {
             .release_of(ack.rollout_id)
             .map(|(_, _, _, batch)| batch);
         let (name, answer) = (device.to_string(), ack.clone());
-        self.mutate(move |engine, now| Ok(((), engine.ack(&name, &answer, now)?)))
+        self.write(move |engine, _, _, now| Ok(((), engine.ack(&name, &answer, now)?)))
             .await?;
         if batch.is_some() {
             self.announce_release(ack.rollout_id, batch);
@@ -551,11 +647,12 @@ impl Center {
     }
 
     /// Continues a paused rollout: retries its failed steps, or releases
-    /// the next batch after an approval pause.
-    pub async fn resume(&self, id: u64) -> CenterResult<Rollout> {
+    /// the next batch after an approval pause. `author` goes to the audit.
+    pub async fn resume(&self, id: u64, author: String) -> CenterResult<Rollout> {
         let rollout = self
-            .mutate(move |engine, now| {
+            .write(move |engine, _, txn, now| {
                 let timers = engine.resume(id, now)?;
+                audit_action(txn, engine, "continue", &author, Some(id), None, now)?;
                 Ok((engine.rollout(id)?, timers))
             })
             .await?;
@@ -566,19 +663,21 @@ impl Center {
 
     /// Ends a rollout where it is (released steps of its batch are given
     /// back what they had).
-    pub async fn abort(&self, id: u64) -> CenterResult<Rollout> {
-        self.mutate(move |engine, now| {
+    pub async fn abort(&self, id: u64, author: String) -> CenterResult<Rollout> {
+        self.write(move |engine, _, txn, now| {
             let timers = engine.abort(id, now)?;
+            audit_action(txn, engine, "abort", &author, Some(id), None, now)?;
             Ok((engine.rollout(id)?, timers))
         })
         .await
     }
 
     /// Skips a device's unfinished steps in a rollout.
-    pub async fn skip(&self, id: u64, device: String) -> CenterResult<Rollout> {
+    pub async fn skip(&self, id: u64, device: String, author: String) -> CenterResult<Rollout> {
         let rollout = self
-            .mutate(move |engine, now| {
+            .write(move |engine, _, txn, now| {
                 let timers = engine.skip(id, &device, now)?;
+                audit_action(txn, engine, "skip", &author, Some(id), Some(&device), now)?;
                 Ok((engine.rollout(id)?, timers))
             })
             .await?;
@@ -587,9 +686,21 @@ impl Center {
     }
 
     /// Forgets a device (its unfinished steps are skipped).
-    pub async fn remove_device(&self, device: String) -> CenterResult<()> {
-        self.mutate(move |engine, now| Ok(((), engine.remove_device(&device, now)?)))
-            .await
+    pub async fn remove_device(&self, device: String, author: String) -> CenterResult<()> {
+        self.write(move |engine, _, txn, now| {
+            let timers = engine.remove_device(&device, now)?;
+            audit_action(
+                txn,
+                engine,
+                "remove-device",
+                &author,
+                None,
+                Some(&device),
+                now,
+            )?;
+            Ok(((), timers))
+        })
+        .await
     }
 
     /// Every rollout, newest first.
@@ -823,7 +934,7 @@ mod tests {
             (again.state, &again.paused_reason),
             (RolloutState::Paused, &r.paused_reason)
         );
-        let skipped = center.skip(id, "d2".into()).await.unwrap();
+        let skipped = center.skip(id, "d2".into(), "op".into()).await.unwrap();
         assert_eq!(skipped.state, RolloutState::Done);
         assert_eq!(skipped.batches[1][0].state, StepState::Skipped);
     }

@@ -4,16 +4,29 @@
 //! - `history`: `("ns/group/name", version)` -> that version's
 //!   [`ConfigRecord`] as JSON (every version ever made, the current one too).
 //!
-//! Every change (put, rollback, clone) is one redb write transaction that
-//! adds the history row and moves `current`, committed with redb's default
-//! immediate durability (fsync), so after a crash the database holds either
-//! the whole change or none of it. Reads use read transactions (a consistent
+//! - `audit`: sequence number -> [`AuditEntry`] as JSON: who made which
+//!   change when (puts, rollbacks, clones, deletions; a deletion keeps the
+//!   removed history there).
+//!
+//! A change (put, rollback, clone, delete) is applied by a `*_in` method
+//! inside a write transaction it is given: the center's group-commit writer
+//! ([`super::writer`]) applies many changes in one transaction and commits
+//! them with one fsync (redb's immediate durability), so after a crash the
+//! database holds either the whole change or none of it. Each `*_in` method
+//! checks everything before it writes, so a refused change writes nothing.
+//! [`Store::put`] and friends are the same change in a transaction of its
+//! own, for tools and tests. Reads use read transactions (a consistent
 //! snapshot). The methods block (disk I/O); async callers run them on a
 //! blocking thread.
+//!
+//! With `keep_versions = N`, a change that makes version V removes the
+//! history rows of versions V-N and older (the audit keeps their MD5s).
 
 use std::path::Path;
+use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase as _, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase as _, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
 
 use super::error::{CenterError, CenterResult};
 use super::formats;
@@ -21,6 +34,37 @@ use crate::rollout::wire::{ConfigKey, ConfigRecord, Format};
 
 const CURRENT: TableDefinition<&str, u64> = TableDefinition::new("current");
 const HISTORY: TableDefinition<(&str, u64), &str> = TableDefinition::new("history");
+const AUDIT: TableDefinition<u64, &str> = TableDefinition::new("audit");
+
+/// One change as the audit log records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// 1, 2, ... in commit order.
+    pub seq: u64,
+    pub time_ms: u64,
+    /// The verified identity that made the change (the token's name), or
+    /// `anonymous` on a center without authentication.
+    pub identity: String,
+    /// `put`, `rollback`, `clone`, `delete` (of a config), `continue`,
+    /// `abort`, `skip` (of a rollout) or `remove-device`.
+    pub action: String,
+    /// `ns/group/name` (the rollout's config for a rollout action; empty for
+    /// a device removal).
+    pub key: String,
+    /// The version made (for a deletion: the last version removed; for a
+    /// rollout action: the version it rolls out).
+    pub version: u64,
+    pub md5: String,
+    /// The rollout a rollout action acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<u64>,
+    /// The device skipped or removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// A deletion: every version removed, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<ConfigRecord>,
+}
 
 /// Default largest content accepted: 1 MiB.
 pub const DEFAULT_MAX_CONFIG_BYTES: usize = 1 << 20;
@@ -44,8 +88,10 @@ pub struct NewVersion {
 }
 
 pub struct Store {
-    db: Database,
+    db: Arc<Database>,
     max_config_bytes: usize,
+    /// History rows kept per config (None: all).
+    keep_versions: Option<u64>,
 }
 
 fn db_err(context: &str) -> impl Fn(redb::Error) -> CenterError + '_ {
@@ -85,29 +131,73 @@ impl Store {
         let txn = db.begin_write().db("config store: begin")?;
         txn.open_table(CURRENT).db("config store: current table")?;
         txn.open_table(HISTORY).db("config store: history table")?;
+        txn.open_table(AUDIT).db("config store: audit table")?;
         txn.commit().db("config store: commit")?;
         Ok(Store {
-            db,
+            db: Arc::new(db),
             max_config_bytes,
+            keep_versions: None,
         })
+    }
+
+    /// Keeps only the newest `keep` versions of each config in its history
+    /// from the next change on (None: every version).
+    pub fn with_keep_versions(mut self, keep: Option<u64>) -> Store {
+        self.keep_versions = keep.map(|k| k.max(1));
+        self
     }
 
     pub fn max_config_bytes(&self) -> usize {
         self.max_config_bytes
     }
 
-    /// The database, for the rollout state kept beside the configs
-    /// ([`super::rollout_store`]).
-    pub fn database(&self) -> &Database {
+    /// The database, for other state of the center kept in the same file
+    /// (its own tables, its own transactions).
+    pub fn database(&self) -> &Arc<Database> {
         &self.db
+    }
+
+    /// A write transaction for `*_in` changes.
+    pub fn begin_write(&self) -> CenterResult<WriteTransaction> {
+        self.db.begin_write().db("config store: begin")
+    }
+
+    /// Runs one change in a transaction of its own: committed if it
+    /// succeeds, abandoned (nothing written) if not.
+    fn write_one<T>(
+        &self,
+        op: impl FnOnce(&WriteTransaction) -> CenterResult<T>,
+    ) -> CenterResult<T> {
+        let txn = self.begin_write()?;
+        match op(&txn) {
+            Ok(t) => {
+                txn.commit().db("config store: commit")?;
+                Ok(t)
+            }
+            Err(e) => {
+                let _ = txn.abort();
+                Err(e)
+            }
+        }
     }
 
     /// Stores `new` as the next version of `key` (version 1 if the key is
     /// new), after checking its size and its content against its format.
     /// Identical format, content and description is a no-op.
     pub fn put(&self, key: &ConfigKey, new: NewVersion, now_ms: u64) -> CenterResult<Written> {
+        self.write_one(|txn| self.put_in(txn, key, new, now_ms, "put"))
+    }
+
+    /// [`Store::put`] inside `txn`; `action` names it in the audit log.
+    pub fn put_in(
+        &self,
+        txn: &WriteTransaction,
+        key: &ConfigKey,
+        new: NewVersion,
+        now_ms: u64,
+        action: &str,
+    ) -> CenterResult<Written> {
         self.check_content(key, &new)?;
-        let txn = self.db.begin_write().db("config store: begin")?;
         let written = {
             let mut current = txn.open_table(CURRENT).db("config store: current table")?;
             let mut history = txn.open_table(HISTORY).db("config store: history table")?;
@@ -152,13 +242,136 @@ impl Store {
             current
                 .insert(name.as_str(), record.version)
                 .db("config store: write current")?;
+            if let Some(keep) = self.keep_versions
+                && record.version > keep
+            {
+                let oldest_kept = record.version - keep + 1;
+                let old: Vec<u64> = history
+                    .range((name.as_str(), 0)..(name.as_str(), oldest_kept))
+                    .db("config store: scan")?
+                    .map(|row| row.map(|(k, _)| k.value().1))
+                    .collect::<Result<_, _>>()
+                    .db("config store: scan")?;
+                for version in old {
+                    history
+                        .remove((name.as_str(), version))
+                        .db("config store: trim history")?;
+                }
+            }
             Written {
                 record,
                 created: true,
             }
         };
-        txn.commit().db("config store: commit")?;
+        audit(
+            txn,
+            AuditEntry {
+                seq: 0,
+                time_ms: now_ms,
+                identity: written.record.author.clone(),
+                action: action.to_string(),
+                key: key.to_string(),
+                version: written.record.version,
+                md5: written.record.md5.clone(),
+                rollout: None,
+                device: None,
+                removed: Vec::new(),
+            },
+        )?;
         Ok(written)
+    }
+
+    /// Removes `key` (current version and history); the audit entry of the
+    /// deletion keeps the removed versions. Returns the last version.
+    pub fn delete_in(
+        &self,
+        txn: &WriteTransaction,
+        key: &ConfigKey,
+        identity: &str,
+        now_ms: u64,
+    ) -> CenterResult<ConfigRecord> {
+        let name = key.to_string();
+        let mut current = txn.open_table(CURRENT).db("config store: current table")?;
+        let mut history = txn.open_table(HISTORY).db("config store: history table")?;
+        let Some(now_version) = current
+            .get(name.as_str())
+            .db("config store: read")?
+            .map(|v| v.value())
+        else {
+            return Err(self.missing(&current, key)?);
+        };
+        let mut removed = Vec::new();
+        for row in history
+            .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))
+            .db("config store: scan")?
+        {
+            let (_, value) = row.db("config store: scan")?;
+            removed.push(decode(value.value())?);
+        }
+        let last = removed
+            .iter()
+            .find(|r| r.version == now_version)
+            .cloned()
+            .ok_or_else(|| {
+                CenterError::Internal(format!(
+                    "config store: {key} version {now_version} is current but has no history row"
+                ))
+            })?;
+        for record in &removed {
+            history
+                .remove((name.as_str(), record.version))
+                .db("config store: delete history")?;
+        }
+        current
+            .remove(name.as_str())
+            .db("config store: delete current")?;
+        drop((current, history));
+        audit(
+            txn,
+            AuditEntry {
+                seq: 0,
+                time_ms: now_ms,
+                identity: identity.to_string(),
+                action: "delete".into(),
+                key: name,
+                version: now_version,
+                md5: last.md5.clone(),
+                rollout: None,
+                device: None,
+                removed,
+            },
+        )?;
+        Ok(last)
+    }
+
+    /// [`Store::delete_in`] in a transaction of its own.
+    pub fn delete(
+        &self,
+        key: &ConfigKey,
+        identity: &str,
+        now_ms: u64,
+    ) -> CenterResult<ConfigRecord> {
+        self.write_one(|txn| self.delete_in(txn, key, identity, now_ms))
+    }
+
+    /// The audit log, oldest first: entries after `after` (a sequence
+    /// number), at most `limit`.
+    pub fn audit(&self, after: u64, limit: usize) -> CenterResult<Vec<AuditEntry>> {
+        let txn = self.db.begin_read().db("config store: begin read")?;
+        let table = txn.open_table(AUDIT).db("config store: audit table")?;
+        let mut out = Vec::new();
+        for row in table
+            .range(after.saturating_add(1)..)
+            .db("config store: scan")?
+            .take(limit)
+        {
+            let (_, value) = row.db("config store: scan")?;
+            out.push(
+                serde_json::from_str(value.value())
+                    .map_err(|e| CenterError::internal("config store: corrupt audit entry", e))?,
+            );
+        }
+        Ok(out)
     }
 
     /// Makes a new version of `key` whose format, content and description
@@ -171,8 +384,21 @@ impl Store {
         author: String,
         now_ms: u64,
     ) -> CenterResult<Written> {
-        let old = self.get(key, Some(version))?;
-        self.put(
+        self.write_one(|txn| self.rollback_in(txn, key, version, author, now_ms))
+    }
+
+    /// [`Store::rollback`] inside `txn`.
+    pub fn rollback_in(
+        &self,
+        txn: &WriteTransaction,
+        key: &ConfigKey,
+        version: u64,
+        author: String,
+        now_ms: u64,
+    ) -> CenterResult<Written> {
+        let old = self.get_in(txn, key, Some(version))?;
+        self.put_in(
+            txn,
             key,
             NewVersion {
                 format: old.format,
@@ -181,6 +407,7 @@ impl Store {
                 author,
             },
             now_ms,
+            "rollback",
         )
     }
 
@@ -194,6 +421,19 @@ impl Store {
         author: String,
         now_ms: u64,
     ) -> CenterResult<Written> {
+        self.write_one(|txn| self.clone_in(txn, key, namespace, group, author, now_ms))
+    }
+
+    /// [`Store::clone_to`] inside `txn`.
+    pub fn clone_in(
+        &self,
+        txn: &WriteTransaction,
+        key: &ConfigKey,
+        namespace: &str,
+        group: &str,
+        author: String,
+        now_ms: u64,
+    ) -> CenterResult<Written> {
         let target =
             ConfigKey::new(namespace, group, key.name.as_str()).map_err(CenterError::Invalid)?;
         if &target == key {
@@ -201,8 +441,9 @@ impl Store {
                 "clone of {key} onto itself: give another namespace or group"
             )));
         }
-        let source = self.get(key, None)?;
-        self.put(
+        let source = self.get_in(txn, key, None)?;
+        self.put_in(
+            txn,
             &target,
             NewVersion {
                 format: source.format,
@@ -211,7 +452,20 @@ impl Store {
                 author,
             },
             now_ms,
+            "clone",
         )
+    }
+
+    /// [`Store::get`] inside a write transaction (sees its changes).
+    pub fn get_in(
+        &self,
+        txn: &WriteTransaction,
+        key: &ConfigKey,
+        version: Option<u64>,
+    ) -> CenterResult<ConfigRecord> {
+        let current = txn.open_table(CURRENT).db("config store: current table")?;
+        let history = txn.open_table(HISTORY).db("config store: history table")?;
+        self.record(&current, &history, key, version)
     }
 
     /// The current version of `key`, or the given one.
@@ -219,13 +473,23 @@ impl Store {
         let txn = self.db.begin_read().db("config store: begin read")?;
         let current = txn.open_table(CURRENT).db("config store: current table")?;
         let history = txn.open_table(HISTORY).db("config store: history table")?;
+        self.record(&current, &history, key, version)
+    }
+
+    fn record(
+        &self,
+        current: &impl ReadableTable<&'static str, u64>,
+        history: &impl ReadableTable<(&'static str, u64), &'static str>,
+        key: &ConfigKey,
+        version: Option<u64>,
+    ) -> CenterResult<ConfigRecord> {
         let name = key.to_string();
         let Some(now_version) = current
             .get(name.as_str())
             .db("config store: read")?
             .map(|v| v.value())
         else {
-            return Err(self.missing(&current, key)?);
+            return Err(self.missing(current, key)?);
         };
         let version = version.unwrap_or(now_version);
         match history
@@ -234,8 +498,26 @@ impl Store {
         {
             Some(row) => decode(row.value()),
             None => Err(CenterError::NotFound(format!(
-                "config {key} has no version {version} (versions 1 to {now_version})"
+                "config {key} has no version {version} (current version {now_version}{})",
+                match self.keep_versions {
+                    Some(keep) => format!(", the newest {keep} kept"),
+                    None => String::new(),
+                }
             ))),
+        }
+    }
+
+    /// [`Store::current`] inside a write transaction (sees its changes, such
+    /// as a version put earlier in the same group commit).
+    pub fn current_in(
+        &self,
+        txn: &WriteTransaction,
+        key: &ConfigKey,
+    ) -> CenterResult<Option<ConfigRecord>> {
+        match self.get_in(txn, key, None) {
+            Ok(record) => Ok(Some(record)),
+            Err(CenterError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -345,6 +627,25 @@ impl Store {
     }
 }
 
+/// Appends `entry` to the audit log inside `txn`, with the next sequence
+/// number (its `seq` is ignored).
+pub fn audit_in(txn: &WriteTransaction, entry: AuditEntry) -> CenterResult<()> {
+    audit(txn, entry)
+}
+
+fn audit(txn: &WriteTransaction, mut entry: AuditEntry) -> CenterResult<()> {
+    let mut table = txn.open_table(AUDIT).db("config store: audit table")?;
+    entry.seq = match table.last().db("config store: audit read")? {
+        Some((seq, _)) => seq.value() + 1,
+        None => 1,
+    };
+    let json = serde_json::to_string(&entry).expect("an AuditEntry always serializes");
+    table
+        .insert(entry.seq, json.as_str())
+        .db("config store: audit write")?;
+    Ok(())
+}
+
 fn unknown_namespace(ns: &str) -> CenterError {
     CenterError::NotFound(format!(
         "unknown namespace {ns:?}: no config is stored under it"
@@ -425,6 +726,59 @@ mod tests {
         let h = store.history(&k).unwrap();
         assert_eq!(h.iter().map(|r| r.version).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(h[0].content, "a\n");
+    }
+
+    #[test]
+    fn keep_versions_trims_history_and_the_audit_remembers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("k.redb"), DEFAULT_MAX_CONFIG_BYTES)
+            .unwrap()
+            .with_keep_versions(Some(2));
+        let k = key("prod/web/nginx");
+        for (i, c) in ["a", "b", "c", "d"].iter().enumerate() {
+            store.put(&k, new(Format::Text, c), i as u64).unwrap();
+        }
+        let h = store.history(&k).unwrap();
+        assert_eq!(h.iter().map(|r| r.version).collect::<Vec<_>>(), vec![3, 4]);
+        let e = store.get(&k, Some(1)).unwrap_err();
+        assert!(
+            matches!(&e, CenterError::NotFound(m) if m.contains("newest 2 kept")),
+            "{e}"
+        );
+        let e = store.rollback(&k, 1, "op".into(), 9).unwrap_err();
+        assert!(matches!(e, CenterError::NotFound(_)));
+        let audit = store.audit(0, 100).unwrap();
+        assert_eq!(
+            audit.iter().map(|a| a.version).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+        assert_eq!(audit[0].md5, formats::md5_hex("a"));
+        // Deleting keeps what was left of the history in the audit.
+        let last = store.delete(&k, "op", 10).unwrap();
+        assert_eq!(last.version, 4);
+        assert!(matches!(store.get(&k, None), Err(CenterError::NotFound(_))));
+        let audit = store.audit(4, 100).unwrap();
+        assert_eq!(
+            (audit[0].action.as_str(), audit[0].identity.as_str()),
+            ("delete", "op")
+        );
+        assert_eq!(
+            audit[0]
+                .removed
+                .iter()
+                .map(|r| r.content.as_str())
+                .collect::<Vec<_>>(),
+            ["c", "d"]
+        );
+        // A new config under the same key starts again at version 1.
+        assert_eq!(
+            store
+                .put(&k, new(Format::Text, "e"), 11)
+                .unwrap()
+                .record
+                .version,
+            1
+        );
     }
 
     #[test]
