@@ -92,6 +92,10 @@ fn main() -> anyhow::Result<()> {
         Some("fabric") => return mlag_testbed::fabric_bench::run(),
         Some("pair") => return pair_benchmarks(),
         Some("center") => return mlag_testbed::center_bench::run(),
+        // The center bench's client side, in a process of its own.
+        Some(mlag_testbed::center_bench::WAITERS_COMMAND) => {
+            return mlag_testbed::center_bench::waiters_main(std::env::args().skip(2).collect());
+        }
         _ => {}
     }
     let (mut dataplane, ring, _log) =
