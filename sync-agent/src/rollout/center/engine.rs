@@ -474,7 +474,14 @@ impl Engine {
         {
             return (None, Vec::new());
         }
-        let mut names: Vec<&String> = self.devices.keys().collect();
+        // Only the devices using the key are sorted (a write to a key few
+        // devices use must not sort the whole fleet).
+        let mut names: Vec<&String> = self
+            .devices
+            .iter()
+            .filter(|(_, d)| d.state.services.iter().any(|s| &s.config == key))
+            .map(|(name, _)| name)
+            .collect();
         names.sort();
         let is_canary = |name: &str| {
             let labels = &self.devices[name].state.labels;
@@ -645,7 +652,8 @@ impl Engine {
             if r.state != RolloutState::Running || e.waiting_timer {
                 return Vec::new();
             }
-            self.dirty.rollouts.insert(id);
+            // Stored again only if something below changes it: a change
+            // elsewhere runs every rollout, and a big one is megabytes.
             if r.current_batch >= r.batches.len() {
                 self.finish(id);
                 return Vec::new();
@@ -674,9 +682,13 @@ impl Engine {
                     continue;
                 }
                 if let Some((_, why)) = held.iter().find(|(h, _)| *h == i) {
-                    step.reason = why.clone();
+                    if step.reason != *why {
+                        step.reason = why.clone();
+                        self.dirty.rollouts.insert(id);
+                    }
                     continue;
                 }
+                self.dirty.rollouts.insert(id);
                 let device = self
                     .devices
                     .get_mut(&step.device)
@@ -737,6 +749,7 @@ impl Engine {
             if !batch.iter().all(|s| s.state.is_settled()) {
                 return Vec::new();
             }
+            self.dirty.rollouts.insert(id);
             r.current_batch += 1;
             if r.current_batch >= r.batches.len() {
                 self.finish(id);
@@ -1416,39 +1429,16 @@ impl Engine {
         let mut out: Vec<DeviceInfo> = self
             .devices
             .iter()
-            .map(|(name, d)| DeviceInfo {
-                device: name.clone(),
-                services: d.state.services.clone(),
-                released: d
-                    .state
-                    .services
-                    .iter()
-                    .filter_map(|s| d.state.released.get(&s.name).cloned())
-                    .collect(),
-                registered_ms: d.state.registered_ms,
-                labels: d.state.labels.clone(),
-                seen_ms: d.state.seen_ms,
-                lost: d.state.lost,
-                confirmed: d
-                    .state
-                    .services
-                    .iter()
-                    .map(|s| {
-                        let c = d.state.confirmed.get(&s.name);
-                        Listener {
-                            device: name.clone(),
-                            service: s.name.clone(),
-                            key: s.config.clone(),
-                            version: c.map(|c| c.version),
-                            md5: c.map(|c| c.md5.clone()).unwrap_or_default(),
-                            lost: d.state.lost,
-                        }
-                    })
-                    .collect(),
-            })
+            .map(|(name, d)| device_info(name, d))
             .collect();
         out.sort_by(|a, b| a.device.cmp(&b.device));
         out
+    }
+
+    /// One registered device with its services (without building the list
+    /// of every device: a registration asks for its own).
+    pub fn device(&self, name: &str) -> Option<DeviceInfo> {
+        self.devices.get(name).map(|d| device_info(name, d))
     }
 
     /// Keys with a registered user whose stored version is newer than
@@ -1477,6 +1467,39 @@ impl Engine {
             })
             .cloned()
             .collect()
+    }
+}
+
+fn device_info(name: &str, d: &Device) -> DeviceInfo {
+    DeviceInfo {
+        device: name.to_string(),
+        services: d.state.services.clone(),
+        released: d
+            .state
+            .services
+            .iter()
+            .filter_map(|s| d.state.released.get(&s.name).cloned())
+            .collect(),
+        registered_ms: d.state.registered_ms,
+        labels: d.state.labels.clone(),
+        seen_ms: d.state.seen_ms,
+        lost: d.state.lost,
+        confirmed: d
+            .state
+            .services
+            .iter()
+            .map(|s| {
+                let c = d.state.confirmed.get(&s.name);
+                Listener {
+                    device: name.to_string(),
+                    service: s.name.clone(),
+                    key: s.config.clone(),
+                    version: c.map(|c| c.version),
+                    md5: c.map(|c| c.md5.clone()).unwrap_or_default(),
+                    lost: d.state.lost,
+                }
+            })
+            .collect(),
     }
 }
 

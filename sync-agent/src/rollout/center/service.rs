@@ -586,9 +586,7 @@ impl Center {
                 let timers =
                     engine.register(&name, registration, &|k| current.get(k).cloned(), now)?;
                 let info = engine
-                    .devices()
-                    .into_iter()
-                    .find(|d| d.device == name)
+                    .device(&name)
                     .ok_or_else(|| CenterError::Internal(format!("device {name} vanished")))?;
                 Ok((info, timers))
             })
