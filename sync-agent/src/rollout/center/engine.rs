@@ -2239,4 +2239,33 @@ mod tests {
             vec!["a"]
         );
     }
+
+    #[test]
+    fn a_release_is_held_from_polls_until_unheld() {
+        let mut engine = Engine::new();
+        let k = key("n/g/k");
+        engine
+            .register(
+                "d1",
+                Register {
+                    services: vec![svc("s", "n/g/k", &[])],
+                    labels: vec![],
+                },
+                &none,
+                0,
+            )
+            .unwrap();
+        engine.take_changes();
+        engine.new_version(&k, 1, "m1", &opts(10, 0), 1);
+        let changes = engine.take_changes_held();
+        assert_eq!(changes.held, ["d1"]);
+        let (got, mut woken) = engine.pending("d1", &HashMap::new(), 2).unwrap();
+        assert!(got.is_empty(), "released before it is stored: {got:?}");
+        engine.unhold(&changes);
+        changes.wake();
+        assert!(woken.has_changed().unwrap());
+        let (got, _) = engine.pending("d1", &HashMap::new(), 3).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].md5, "m1");
+    }
 }

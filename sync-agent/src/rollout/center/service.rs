@@ -936,4 +936,93 @@ mod tests {
         assert_eq!(skipped.state, RolloutState::Done);
         assert_eq!(skipped.batches[1][0].state, StepState::Skipped);
     }
+
+    #[tokio::test]
+    async fn operator_actions_are_audited_and_a_delete_waits_for_its_rollout() {
+        let dir = tempfile::tempdir().unwrap();
+        let key: ConfigKey = "n/g/k".parse().unwrap();
+        let center = Center::open(&config(&dir, 0)).unwrap();
+        for d in ["d1", "d2"] {
+            let services = vec![ServiceRegistration {
+                name: "s".into(),
+                config: key.clone(),
+                depends_on: vec![],
+            }];
+            let registration = Register {
+                services,
+                ..Default::default()
+            };
+            center.register(d.into(), registration).await.unwrap();
+        }
+        let opts = RolloutOptions {
+            approve_each_batch: true,
+            ..Default::default()
+        };
+        let mut first = put("one");
+        first.author = "alice".into();
+        let record = center.put(key.clone(), first, opts).await.unwrap();
+        let id = center.rollouts()[0].id;
+        let ack = Ack {
+            rollout_id: id,
+            service: "s".into(),
+            version: record.version,
+            ok: true,
+            reason: String::new(),
+        };
+        center.ack("d1", &ack).await.unwrap();
+        // Paused for approval: a delete is refused and changes nothing.
+        let e = center.delete(key.clone(), "bob".into()).await.unwrap_err();
+        assert!(
+            matches!(&e, CenterError::Conflict(m) if m.contains(&format!("rollout {id}"))),
+            "{e}"
+        );
+        assert_eq!(center.get(key.clone(), None).await.unwrap().version, 1);
+        center.resume(id, "bob".into()).await.unwrap();
+        center.skip(id, "d2".into(), "carol".into()).await.unwrap();
+        center
+            .remove_device("d2".into(), "dave".into())
+            .await
+            .unwrap();
+        let deleted = center.delete(key.clone(), "erin".into()).await.unwrap();
+        assert_eq!(deleted.version, 1);
+        let audit = center.audit(0, 100).await.unwrap();
+        let seen: Vec<(&str, &str, &str, u64, Option<u64>, Option<&str>)> = audit
+            .iter()
+            .map(|a| {
+                (
+                    a.action.as_str(),
+                    a.identity.as_str(),
+                    a.key.as_str(),
+                    a.version,
+                    a.rollout,
+                    a.device.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("put", "alice", "n/g/k", 1, None, None),
+                ("continue", "bob", "n/g/k", 1, Some(id), None),
+                ("skip", "carol", "n/g/k", 1, Some(id), Some("d2")),
+                ("remove-device", "dave", "", 0, None, Some("d2")),
+                ("delete", "erin", "n/g/k", 1, None, None),
+            ]
+        );
+        assert!(audit.iter().all(|a| a.time_ms > 0));
+        assert_eq!(audit[1].md5, record.md5);
+        // The engine forgot the deleted key: made again, it starts from
+        // version 1 and rolls out like a new config.
+        let again = center
+            .put(key.clone(), put("two"), RolloutOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(again.version, 1);
+        let r = &center.rollouts()[0];
+        assert_eq!((r.version, r.id > id), (1, true));
+        // All of it is stored: a reopened center has the same audit.
+        drop(center);
+        let center = Center::open(&config(&dir, 0)).unwrap();
+        assert_eq!(center.audit(0, 100).await.unwrap().len(), 6);
+    }
 }
