@@ -2259,7 +2259,7 @@ mod tests {
         engine.new_version(&k, 1, "m1", &opts(10, 0), 1);
         let changes = engine.take_changes_held();
         assert_eq!(changes.held, ["d1"]);
-        let (got, mut woken) = engine.pending("d1", &HashMap::new(), 2).unwrap();
+        let (got, woken) = engine.pending("d1", &HashMap::new(), 2).unwrap();
         assert!(got.is_empty(), "released before it is stored: {got:?}");
         engine.unhold(&changes);
         changes.wake();

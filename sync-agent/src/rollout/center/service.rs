@@ -986,27 +986,23 @@ mod tests {
         let deleted = center.delete(key.clone(), "erin".into()).await.unwrap();
         assert_eq!(deleted.version, 1);
         let audit = center.audit(0, 100).await.unwrap();
-        let seen: Vec<(&str, &str, &str, u64, Option<u64>, Option<&str>)> = audit
+        let seen: Vec<String> = audit
             .iter()
             .map(|a| {
-                (
-                    a.action.as_str(),
-                    a.identity.as_str(),
-                    a.key.as_str(),
-                    a.version,
-                    a.rollout,
-                    a.device.as_deref(),
+                format!(
+                    "{} {} {} {} {:?} {:?}",
+                    a.action, a.identity, a.key, a.version, a.rollout, a.device
                 )
             })
             .collect();
         assert_eq!(
             seen,
             [
-                ("put", "alice", "n/g/k", 1, None, None),
-                ("continue", "bob", "n/g/k", 1, Some(id), None),
-                ("skip", "carol", "n/g/k", 1, Some(id), Some("d2")),
-                ("remove-device", "dave", "", 0, None, Some("d2")),
-                ("delete", "erin", "n/g/k", 1, None, None),
+                "put alice n/g/k 1 None None".to_string(),
+                format!("continue bob n/g/k 1 Some({id}) None"),
+                format!("skip carol n/g/k 1 Some({id}) Some(\"d2\")"),
+                "remove-device dave  0 None Some(\"d2\")".to_string(),
+                "delete erin n/g/k 1 None None".to_string(),
             ]
         );
         assert!(audit.iter().all(|a| a.time_ms > 0));
