@@ -128,14 +128,22 @@ pub(super) async fn run(center: &str, action: ConfigAction, json: bool) -> anyho
             if !json {
                 for e in value.as_array().into_iter().flatten() {
                     println!(
-                        "{} {} {} {} {} v{} md5 {}",
+                        "{} {} {} {} {} v{} md5 {}{}{}",
                         e["seq"],
                         e["time_ms"],
                         e["identity"].as_str().unwrap_or(""),
                         e["action"].as_str().unwrap_or(""),
                         e["key"].as_str().unwrap_or(""),
                         e["version"],
-                        e["md5"].as_str().unwrap_or("")
+                        e["md5"].as_str().unwrap_or(""),
+                        e["rollout"]
+                            .as_u64()
+                            .map(|id| format!(" rollout {id}"))
+                            .unwrap_or_default(),
+                        e["device"]
+                            .as_str()
+                            .map(|d| format!(" device {d}"))
+                            .unwrap_or_default()
                     );
                 }
                 return Ok(());
