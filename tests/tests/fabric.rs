@@ -313,7 +313,7 @@ fn sealed_bodies_are_unreadable_on_the_wire_and_tampering_is_refused() -> anyhow
     publish_raw(
         &lab.hub,
         &broker,
-        "mlag-sync/DEV_CONF_MSG/junk",
+        "mlag-sync/DEV_CONF_MSG/change/junk",
         b"not a fabric message",
     )?;
     for agent in [&agents[0], &agents[2]] {

@@ -514,10 +514,32 @@ impl Topics {
         }
     }
 
-    /// The subscriptions every member makes.
-    pub fn subscriptions(&self) -> [String; 3] {
-        [Channel::Info, Channel::Conf, Channel::Fault]
-            .map(|c| format!("{}/{}/#", self.prefix, c.topic_name()))
+    /// The subscriptions member `me` makes: everything on the info and
+    /// fault channels, and on the config channel everything but other
+    /// members' acknowledgements. An ack goes only to the change's origin
+    /// (the one member that acts on it), so a change costs the fabric one
+    /// delivery per member instead of one per pair of members.
+    pub fn subscriptions(&self, me: &str) -> Vec<String> {
+        let p = &self.prefix;
+        let conf = Channel::Conf.topic_name();
+        vec![
+            format!("{p}/{}/#", Channel::Info.topic_name()),
+            format!("{p}/{}/#", Channel::Fault.topic_name()),
+            format!("{p}/{conf}/change/#"),
+            format!("{p}/{conf}/state"),
+            format!("{p}/{conf}/setting/#"),
+            format!("{p}/{conf}/announce/#"),
+            self.ack_filter(me),
+        ]
+    }
+
+    /// The acknowledgements of `origin`'s changes.
+    pub fn ack_filter(&self, origin: &str) -> String {
+        format!(
+            "{}/{}/ack/{origin}/#",
+            self.prefix,
+            Channel::Conf.topic_name()
+        )
     }
 
     /// Where a message goes; `retained` for the snapshot kinds.
@@ -531,7 +553,10 @@ impl Topics {
             Message::Topology(_) => (format!("{p}/{channel}/topology"), true),
             Message::Membership(_) => (format!("{p}/{channel}/event"), false),
             Message::Change(c) => (format!("{p}/{channel}/change/{}", c.origin), false),
-            Message::Ack(a) => (format!("{p}/{channel}/ack/{}", a.member), false),
+            Message::Ack(a) => (
+                format!("{p}/{channel}/ack/{}/{}", a.origin, a.member),
+                false,
+            ),
             Message::ConfigState(_) => (format!("{p}/{channel}/state"), true),
             // Retained per port: a late joiner or a restarted member learns
             // at once which remote ports are down.
@@ -692,7 +717,33 @@ mod tests {
         assert!(!retained);
         assert_eq!(t.channel_of(&topic), Some(Channel::Conf));
         assert_eq!(t.channel_of("other/DEV_CONF_MSG/x"), None);
-        assert_eq!(t.subscriptions()[2], "fab/DEV_FAULT_MSG/#");
+        let subscribed = t.subscriptions("sw1");
+        assert!(subscribed.contains(&"fab/DEV_FAULT_MSG/#".to_string()));
+        assert!(subscribed.contains(&"fab/DEV_CONF_MSG/ack/sw1/#".to_string()));
+        // Every kind but others' acks is under a subscription of sw2's.
+        let ack_for = |origin: &str| {
+            Message::Ack(ConfigAck {
+                member: "sw3".into(),
+                origin: origin.into(),
+                seq: 1,
+                outcome: "applied".into(),
+            })
+        };
+        assert_eq!(
+            t.topic_for(&ack_for("sw1")).0,
+            "fab/DEV_CONF_MSG/ack/sw1/sw3"
+        );
+        let covered = |topic: &str| {
+            t.subscriptions("sw2")
+                .iter()
+                .any(|f| match f.strip_suffix('#') {
+                    Some(prefix) => topic.starts_with(prefix),
+                    None => topic == f,
+                })
+        };
+        assert!(!covered(&t.topic_for(&ack_for("sw1")).0));
+        assert!(covered(&t.topic_for(&ack_for("sw2")).0));
+        assert!(covered(&t.topic_for(&change()).0));
         assert_eq!(t.roster_filter(), "fab/DEV_INFO_MSG/roster/+");
         assert_eq!(t.channel_of(&t.roster_topic("sw9")), Some(Channel::Info));
         assert_eq!(
