@@ -26,6 +26,16 @@
 //! `PUT`, `rollback` and `clone` also take `canary=DEV[,DEV|LABEL...]` and
 //! `approve_each_batch=true`.
 //!
+//! With tokens configured (`[[rollout.center.tokens]]`, see [`super::auth`])
+//! every request but an unknown path needs `Authorization: Bearer TOKEN`:
+//! reads need `NS:read`, put/rollback/clone `NS:publish` (clone: in the
+//! target namespace, and `read` in the source), rollout actions `NS:admin`
+//! in the rollout's namespace, device removal `*:admin`, the device and
+//! rollout lists and stats any operator token (lists show only readable
+//! namespaces); register, watch and ack need the device's own token, which
+//! may also read the configs of its registered services. 401: no, malformed
+//! or unknown token; 403: the token lacks the role or is another device's.
+//!
 //! Statuses: 400 invalid input (content for its format, names, cycle,
 //! malformed body or query), 404 unknown config/version/namespace/device/
 //! rollout, 409 conflicting request (an ack of something not sent, resuming
@@ -46,6 +56,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use super::auth::{Identity, Need, Role, Tokens};
 use super::{Center, CenterError, DEFAULT_WATCH_TIMEOUT_MS, MAX_WATCH_TIMEOUT_MS, RolloutOptions};
 use crate::rollout::wire::{
     Ack, ApiError, CloneRequest, ConfigKey, ConfigRecord, DeviceInfo, DiffAnswer, Listener,
@@ -117,10 +128,15 @@ fn rollout_id(path: Result<Path<String>, PathRejection>) -> Result<u64, HttpErro
         .map_err(|_| bad(format!("rollout id {id:?} is not a number")))
 }
 
-/// Builds the API over `center`. The body limit leaves room for JSON
-/// escaping of the largest content; the content limit itself is checked
-/// (413) by the store.
+/// Builds the API over `center`, open to every caller (no tokens).
 pub fn router(center: Arc<Center>) -> Router {
+    router_with_tokens(center, Arc::new(Tokens::default()))
+}
+
+/// Builds the API over `center`, checking callers against `tokens` (none:
+/// open). The body limit leaves room for JSON escaping of the largest
+/// content; the content limit itself is checked (413) by the store.
+pub fn router_with_tokens(center: Arc<Center>, tokens: Arc<Tokens>) -> Router {
     let body_limit = center
         .max_config_bytes()
         .saturating_mul(6)
@@ -158,6 +174,7 @@ pub fn router(center: Arc<Center>) -> Router {
             center.clone(),
             count_refusals,
         ))
+        .layer(axum::Extension(tokens))
         .with_state(center)
 }
 
@@ -168,12 +185,113 @@ async fn count_refusals(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
     let status = response.status();
-    if status.is_client_error() || status.is_server_error() {
-        center.count_refusal(refusal_reason(status));
+    match status {
+        // Counted where decided, by a finer reason (see `Caller`).
+        StatusCode::UNAUTHORIZED => {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"mlag-sync config center\""),
+            );
+        }
+        StatusCode::FORBIDDEN => {}
+        s if s.is_client_error() || s.is_server_error() => center.count_refusal(refusal_reason(s)),
+        _ => {}
     }
     response
+}
+
+/// Who sent a request: anyone (no tokens configured) or a verified token.
+/// Extracting it refuses a request without a valid token (401, counted as
+/// `unauthenticated` or `bad_token`).
+#[derive(Clone, Debug)]
+pub enum Caller {
+    /// The center has no tokens: every request is allowed.
+    Open,
+    /// The verified token.
+    Verified(Arc<Identity>),
+}
+
+impl axum::extract::FromRequestParts<Arc<Center>> for Caller {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        center: &Arc<Center>,
+    ) -> Result<Self, HttpError> {
+        let Some(tokens) = parts
+            .extensions
+            .get::<Arc<Tokens>>()
+            .filter(|t| !t.is_empty())
+        else {
+            return Ok(Caller::Open);
+        };
+        let header = parts.headers.get(axum::http::header::AUTHORIZATION);
+        match tokens.verify(header.map(|h| h.as_bytes())) {
+            Ok(identity) => Ok(Caller::Verified(identity)),
+            Err(e) => {
+                center.count_refusal(e.reason());
+                Err(HttpError(StatusCode::UNAUTHORIZED, e.to_string()))
+            }
+        }
+    }
+}
+
+impl Caller {
+    /// Refuses (403, counted by reason) unless the caller may do `need`.
+    fn check(&self, center: &Center, need: Need<'_>) -> Result<(), HttpError> {
+        match self {
+            Caller::Open => Ok(()),
+            Caller::Verified(identity) => identity.allows(need).map_err(|denied| {
+                center.count_refusal(denied.reason());
+                HttpError(StatusCode::FORBIDDEN, denied.to_string())
+            }),
+        }
+    }
+
+    /// Whether the caller may read `namespace` (for filtering lists).
+    fn reads(&self, namespace: &str) -> bool {
+        match self {
+            Caller::Open => true,
+            Caller::Verified(identity) => identity.has(namespace, Role::Read),
+        }
+    }
+
+    /// The author recorded for a write: the verified token's name; without
+    /// tokens, whatever the client says.
+    pub fn author(&self, claimed: String) -> String {
+        match self {
+            Caller::Open => claimed,
+            Caller::Verified(identity) => identity.name.clone(),
+        }
+    }
+
+    /// Reading a config: an operator needs `read` in its namespace; a
+    /// device token may read only the keys of its registered services (it
+    /// fetches what it was assigned).
+    fn check_read(&self, center: &Center, key: &ConfigKey) -> Result<(), HttpError> {
+        if let Caller::Verified(identity) = self
+            && let Some(device) = identity.device()
+        {
+            let uses = center
+                .devices()
+                .iter()
+                .any(|d| d.device == device && d.services.iter().any(|s| s.config == *key));
+            if uses {
+                return Ok(());
+            }
+            center.count_refusal("forbidden");
+            return Err(HttpError(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "token {:?} is the device token of {device:?}, which has no registered service using {key}",
+                    identity.name
+                ),
+            ));
+        }
+        self.check(center, Need::Role(&key.namespace, Role::Read))
+    }
 }
 
 /// The counter a refused request's status goes under.
@@ -198,7 +316,8 @@ struct Stats {
     waiting_polls: usize,
 }
 
-async fn stats(State(center): State<Arc<Center>>) -> Answer<Stats> {
+async fn stats(caller: Caller, State(center): State<Arc<Center>>) -> Answer<Stats> {
+    caller.check(&center, Need::Operator)?;
     Ok(Json(Stats {
         refused: center.refusals(),
         waiting_polls: center.waiting_polls(),
@@ -260,88 +379,114 @@ struct WatchQuery {
 }
 
 async fn put_config(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<(String, String, String)>, PathRejection>,
     q: Result<Query<RolloutQuery>, QueryRejection>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Answer<ConfigRecord> {
     let key = config_key(path)?;
+    caller.check(&center, Need::Role(&key.namespace, Role::Publish))?;
     let opts = query(q)?.into();
-    let put: PutConfig = body(raw, "PutConfig")?;
+    let mut put: PutConfig = body(raw, "PutConfig")?;
+    put.author = caller.author(put.author);
     Ok(Json(center.put(key, put, opts).await?))
 }
 
 async fn get_config(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<(String, String, String)>, PathRejection>,
     q: Result<Query<VersionQuery>, QueryRejection>,
 ) -> Answer<ConfigRecord> {
     let key = config_key(path)?;
+    caller.check_read(&center, &key)?;
     let version = query(q)?.version;
     Ok(Json(center.get(key, version).await?))
 }
 
 async fn list_configs(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Answer<Vec<ConfigRecord>> {
     let namespace = query(q)?.namespace;
-    Ok(Json(center.list(namespace).await?))
+    match &namespace {
+        Some(ns) => caller.check(&center, Need::Role(ns, Role::Read))?,
+        None => caller.check(&center, Need::Operator)?,
+    }
+    let mut list = center.list(namespace).await?;
+    list.retain(|r| caller.reads(&r.key.namespace));
+    Ok(Json(list))
 }
 
 async fn history(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<(String, String, String)>, PathRejection>,
 ) -> Answer<Vec<ConfigRecord>> {
     let key = config_key(path)?;
+    caller.check(&center, Need::Role(&key.namespace, Role::Read))?;
     Ok(Json(center.history(key).await?))
 }
 
 async fn rollback(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<(String, String, String)>, PathRejection>,
     q: Result<Query<RolloutQuery>, QueryRejection>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Answer<ConfigRecord> {
     let key = config_key(path)?;
+    caller.check(&center, Need::Role(&key.namespace, Role::Publish))?;
     let opts = query(q)?.into();
-    let request: RollbackRequest = body(raw, "rollback")?;
+    let mut request: RollbackRequest = body(raw, "rollback")?;
+    request.author = caller.author(request.author);
     Ok(Json(center.rollback(key, request, opts).await?))
 }
 
 async fn clone_config(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<(String, String, String)>, PathRejection>,
     q: Result<Query<RolloutQuery>, QueryRejection>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Answer<ConfigRecord> {
     let key = config_key(path)?;
+    caller.check(&center, Need::Role(&key.namespace, Role::Read))?;
     let opts = query(q)?.into();
-    let request: CloneRequest = body(raw, "clone")?;
+    let mut request: CloneRequest = body(raw, "clone")?;
+    caller.check(&center, Need::Role(&request.namespace, Role::Publish))?;
+    request.author = caller.author(request.author);
     Ok(Json(center.clone_config(key, request, opts).await?))
 }
 
 async fn diff(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<(String, String, String)>, PathRejection>,
     q: Result<Query<DiffQuery>, QueryRejection>,
 ) -> Answer<DiffAnswer> {
     let key = config_key(path)?;
+    caller.check(&center, Need::Role(&key.namespace, Role::Read))?;
     let q = query(q)?;
     let diff = center.diff(key, q.from, q.to).await?;
     Ok(Json(DiffAnswer { diff }))
 }
 
-async fn devices(State(center): State<Arc<Center>>) -> Answer<Vec<DeviceInfo>> {
+async fn devices(caller: Caller, State(center): State<Arc<Center>>) -> Answer<Vec<DeviceInfo>> {
+    caller.check(&center, Need::Operator)?;
     Ok(Json(center.devices()))
 }
 
 async fn register(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<String>, PathRejection>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Answer<DeviceInfo> {
     let device = device_name(path)?;
+    caller.check(&center, Need::Device(&device))?;
     let registration: Register = body(raw, "Register")?;
     Ok(Json(center.register(device, registration).await?))
 }
@@ -362,11 +507,13 @@ pub fn parse_have(have: &str) -> Result<HashMap<String, String>, String> {
 }
 
 async fn watch(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<String>, PathRejection>,
     q: Result<Query<WatchQuery>, QueryRejection>,
 ) -> Answer<WatchAnswer> {
     let device = device_name(path)?;
+    caller.check(&center, Need::Device(&device))?;
     let q = query(q)?;
     let have = parse_have(q.have.as_deref().unwrap_or("")).map_err(bad)?;
     let timeout = q
@@ -380,42 +527,67 @@ async fn watch(
 }
 
 async fn ack(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<String>, PathRejection>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Answer<serde_json::Value> {
     let device = device_name(path)?;
+    caller.check(&center, Need::Device(&device))?;
     let ack: Ack = body(raw, "Ack")?;
     center.ack(&device, &ack).await?;
     Ok(Json(serde_json::json!({})))
 }
 
-async fn rollouts(State(center): State<Arc<Center>>) -> Answer<Vec<Rollout>> {
-    Ok(Json(center.rollouts()))
+async fn rollouts(caller: Caller, State(center): State<Arc<Center>>) -> Answer<Vec<Rollout>> {
+    caller.check(&center, Need::Operator)?;
+    let mut list = center.rollouts();
+    list.retain(|r| caller.reads(&r.key.namespace));
+    Ok(Json(list))
+}
+
+/// Refuses unless the caller has `role` in the namespace of rollout `id`
+/// (404 for an unknown rollout).
+fn check_rollout(caller: &Caller, center: &Center, id: u64, role: Role) -> Result<(), HttpError> {
+    if let Caller::Verified(_) = caller {
+        let rollout = center.rollout(id)?;
+        caller.check(center, Need::Role(&rollout.key.namespace, role))?;
+    }
+    Ok(())
 }
 
 async fn rollout(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<String>, PathRejection>,
 ) -> Answer<Rollout> {
-    Ok(Json(center.rollout(rollout_id(path)?)?))
+    let id = rollout_id(path)?;
+    check_rollout(&caller, &center, id, Role::Read)?;
+    Ok(Json(center.rollout(id)?))
 }
 
 async fn resume(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<String>, PathRejection>,
 ) -> Answer<Rollout> {
-    Ok(Json(center.resume(rollout_id(path)?).await?))
+    let id = rollout_id(path)?;
+    check_rollout(&caller, &center, id, Role::Admin)?;
+    Ok(Json(center.resume(id).await?))
 }
 
 async fn abort(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<String>, PathRejection>,
 ) -> Answer<Rollout> {
-    Ok(Json(center.abort(rollout_id(path)?).await?))
+    let id = rollout_id(path)?;
+    check_rollout(&caller, &center, id, Role::Admin)?;
+    Ok(Json(center.abort(id).await?))
 }
 
 async fn skip(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Answer<Rollout> {
@@ -424,22 +596,29 @@ async fn skip(
         .parse()
         .map_err(|_| bad(format!("rollout id {id:?} is not a number")))?;
     check_name("device", &device).map_err(bad)?;
+    check_rollout(&caller, &center, id, Role::Admin)?;
     Ok(Json(center.skip(id, device).await?))
 }
 
 async fn remove_device(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<String>, PathRejection>,
 ) -> Answer<serde_json::Value> {
-    center.remove_device(device_name(path)?).await?;
+    let device = device_name(path)?;
+    caller.check(&center, Need::AdminEverywhere)?;
+    center.remove_device(device).await?;
     Ok(Json(serde_json::json!({})))
 }
 
 async fn listeners(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<(String, String, String)>, PathRejection>,
 ) -> Answer<Vec<Listener>> {
-    Ok(Json(center.listeners(&config_key(path)?)))
+    let key = config_key(path)?;
+    caller.check(&center, Need::Role(&key.namespace, Role::Read))?;
+    Ok(Json(center.listeners(&key)))
 }
 
 #[cfg(test)]
