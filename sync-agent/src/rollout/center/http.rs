@@ -666,15 +666,39 @@ mod tests {
                 max_config_bytes,
                 ..Default::default()
             };
+            Self::start_config(dir, config, None).await
+        }
+
+        /// A center of `config` (HTTPS when it has TLS files; the client
+        /// then trusts only `ca`).
+        async fn start_config(
+            dir: tempfile::TempDir,
+            config: CenterConfig,
+            ca: Option<&std::path::Path>,
+        ) -> (TestCenter, Stopper) {
+            let scheme = if config.tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let (addr, center, server) = bind_with_shutdown(config, async move {
                 let _ = stopped.await;
             })
             .await
             .unwrap();
+            let host = if scheme == "https" {
+                format!("localhost:{}", addr.port())
+            } else {
+                addr.to_string()
+            };
             let center = TestCenter {
-                base: format!("http://{addr}"),
-                http: reqwest::Client::builder().no_proxy().build().unwrap(),
+                base: format!("{scheme}://{host}"),
+                http: crate::rollout::client::client_builder(None, ca)
+                    .unwrap()
+                    .no_proxy()
+                    .build()
+                    .unwrap(),
                 center,
                 _dir: dir,
             };
@@ -745,6 +769,34 @@ mod tests {
             ));
             self.send(self.http.get(url)).await
         }
+    }
+
+    /// A test CA, and a certificate for localhost and 127.0.0.1 signed by
+    /// it: PEM files (ca, cert, key) in `dir`.
+    pub(crate) fn test_pki(
+        dir: &std::path::Path,
+    ) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "mlag-sync test CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::from_params(&ca, &ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let paths = (
+            dir.join("ca.pem"),
+            dir.join("center.pem"),
+            dir.join("center.key"),
+        );
+        std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+        std::fs::write(&paths.1, leaf.pem()).unwrap();
+        std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+        paths
     }
 
     fn error(v: &serde_json::Value) -> &str {
@@ -1184,6 +1236,245 @@ mod tests {
         assert_eq!(v["state"], "done");
         let (_, v) = c.get("/v1/devices").await;
         assert_eq!(v.as_array().unwrap().len(), 2);
+        stopper.stop().await;
+    }
+
+    /// Roles over HTTPS: every refusal is a 401 or 403 with a reason and
+    /// its counter, nothing refused is stored, and history names the token.
+    #[tokio::test]
+    async fn tokens_decide_who_may_do_what_over_https() {
+        use crate::rollout::center::auth::{TokenConfig, hash_token, mint};
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = test_pki(dir.path());
+        let secrets: Vec<(String, String)> = ["reader", "publisher", "admin", "sw1", "other-ns"]
+            .iter()
+            .map(|n| (n.to_string(), mint()))
+            .collect();
+        let token = |name: &str| {
+            secrets
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t.clone())
+                .unwrap()
+        };
+        let entry = |name: &str, roles: &[&str], device: Option<&str>| TokenConfig {
+            name: name.into(),
+            sha256: hex::encode(hash_token(&token(name))),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            device: device.map(str::to_string),
+        };
+        let config = CenterConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            db_path: dir.path().join("center.redb"),
+            tls_cert: Some(cert),
+            tls_key: Some(key),
+            tokens: vec![
+                entry("reader", &["prod:read"], None),
+                entry("publisher", &["prod:publish"], None),
+                entry("admin", &["*:admin"], None),
+                entry("sw1", &[], Some("sw1")),
+                entry("other-ns", &["staging:admin"], None),
+            ],
+            ..Default::default()
+        };
+        let (c, stopper) = TestCenter::start_config(dir, config, Some(&ca)).await;
+        assert!(c.base.starts_with("https://localhost:"), "{}", c.base);
+        let k = "/v1/configs/prod/web/app";
+        let as_ = |who: &str, r: reqwest::RequestBuilder| r.bearer_auth(token(who));
+        let put = |who: &str, content: &str| {
+            as_(
+                who,
+                c.http
+                    .put(c.url(k))
+                    .json(&json!({"format": "text", "content": content, "author": "mallory"})),
+            )
+        };
+
+        // No token, a malformed one, an unknown one: 401, counted apart.
+        let (s, v) = c.get(k).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+        assert!(error(&v).contains("Bearer"), "{v}");
+        let (s, v) = c.send(c.http.get(c.url(k)).bearer_auth("guess")).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert!(error(&v).contains("malformed"), "{v}");
+        let (s, v) = c.send(c.http.get(c.url(k)).bearer_auth(mint())).await;
+        assert_eq!((s, error(&v)), (StatusCode::UNAUTHORIZED, "unknown token"));
+        let raw = c.http.get(c.url("/v1/stats")).send().await.unwrap();
+        assert!(
+            raw.headers()
+                .get("www-authenticate")
+                .is_some_and(|h| h.to_str().unwrap().starts_with("Bearer")),
+            "{:?}",
+            raw.headers()
+        );
+
+        // Read may read, not publish; publish may put; history names it.
+        let (s, v) = c.send(put("reader", "v1")).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+        assert!(error(&v).contains("lacks role prod:publish"), "{v}");
+        let (s, v) = c.send(put("other-ns", "v1")).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+        let (s, v) = c.send(put("publisher", "v1")).await;
+        assert_eq!((s, v["version"].as_u64()), (StatusCode::OK, Some(1)), "{v}");
+        assert_eq!(v["author"], "publisher", "the client's claim is ignored");
+        let (s, v) = c.send(as_("reader", c.http.get(c.url(k)))).await;
+        assert_eq!((s, v["content"].as_str()), (StatusCode::OK, Some("v1")));
+        let (_, h) = c
+            .send(as_("reader", c.http.get(c.url(&format!("{k}/history")))))
+            .await;
+        assert_eq!(h[0]["author"], "publisher", "{h}");
+        let (_, v) = c
+            .send(as_("other-ns", c.http.get(c.url("/v1/configs"))))
+            .await;
+        assert_eq!(v, json!([]), "the list shows only readable namespaces");
+        // Clone needs publish where it lands.
+        let clone = |who: &str| {
+            as_(
+                who,
+                c.http
+                    .post(c.url(&format!("{k}/clone")))
+                    .json(&json!({"namespace": "staging", "group": "web"})),
+            )
+        };
+        let (s, _) = c.send(clone("publisher")).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+
+        // The device token: itself only.
+        let register = |who: &str, device: &str| {
+            as_(
+                who,
+                c.http
+                    .post(c.url(&format!("/v1/devices/{device}/register")))
+                    .json(&register_body(&[("web", "prod/web/app", &[])])),
+            )
+        };
+        let (s, v) = c.send(register("sw1", "sw2")).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+        assert!(error(&v).contains("cannot act for device \"sw2\""), "{v}");
+        let (s, _) = c.send(register("admin", "sw1")).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "operators do not act as devices");
+        let (s, v) = c.send(register("sw1", "sw1")).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let watch = c.url("/v1/devices/sw1/watch?timeout_ms=0");
+        let (s, w) = c.send(as_("sw1", c.http.get(&watch))).await;
+        assert_eq!(s, StatusCode::OK, "{w}");
+        let a = &w["assignments"][0];
+        assert_eq!(a["version"], 1, "{w}");
+        let (s, v) = c
+            .send(as_("sw1", c.http.get(c.url(&format!("{k}?version=1")))))
+            .await;
+        assert_eq!((s, v["content"].as_str()), (StatusCode::OK, Some("v1")));
+        let (s, _) = c
+            .send(as_("sw1", c.http.get(c.url("/v1/configs/prod/web/other"))))
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "not a config of its services");
+        let (s, _) = c
+            .send(as_(
+                "sw1",
+                c.http.get(c.url("/v1/devices/sw2/watch?timeout_ms=0")),
+            ))
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        let ack =
+            json!({"rollout_id": a["rollout_id"], "service": "web", "version": 1, "ok": true});
+        let (s, _) = c
+            .send(as_(
+                "sw1",
+                c.http.post(c.url("/v1/devices/sw2/ack")).json(&ack),
+            ))
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        let (s, _) = c.send(as_("sw1", c.http.get(c.url("/v1/stats")))).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "a device token reads no stats");
+        let (s, v) = c
+            .send(as_(
+                "sw1",
+                c.http.post(c.url("/v1/devices/sw1/ack")).json(&ack),
+            ))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+
+        // Rollout actions need admin in the rollout's namespace.
+        let (s, v) = c.send(put("publisher", "v2")).await;
+        assert_eq!((s, v["version"].as_u64()), (StatusCode::OK, Some(2)), "{v}");
+        let (_, list) = c
+            .send(as_("reader", c.http.get(c.url("/v1/rollouts"))))
+            .await;
+        let id = list[0]["id"].as_u64().unwrap();
+        let abort = format!("/v1/rollouts/{id}/abort");
+        for who in ["publisher", "other-ns"] {
+            let (s, _) = c.send(as_(who, c.http.post(c.url(&abort)))).await;
+            assert_eq!(s, StatusCode::FORBIDDEN, "{who}");
+        }
+        let (s, v) = c.send(as_("admin", c.http.post(c.url(&abort)))).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let (s, _) = c
+            .send(as_("other-ns", c.http.delete(c.url("/v1/devices/sw1"))))
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "removal needs *:admin");
+        let (s, _) = c
+            .send(as_("admin", c.http.delete(c.url("/v1/devices/sw1"))))
+            .await;
+        assert_eq!(s, StatusCode::OK);
+
+        let (s, stats) = c.send(as_("reader", c.http.get(c.url("/v1/stats")))).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(
+            stats["refused"],
+            json!({"unauthenticated": 2, "bad_token": 2, "forbidden": 9, "wrong_device": 3}),
+            "{stats}"
+        );
+        // Nothing refused was stored.
+        let (_, h) = c
+            .send(as_("admin", c.http.get(c.url(&format!("{k}/history")))))
+            .await;
+        assert_eq!(h.as_array().unwrap().len(), 2, "{h}");
+        let (s, _) = c
+            .send(as_(
+                "admin",
+                c.http.get(c.url("/v1/configs/staging/web/app")),
+            ))
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        stopper.stop().await;
+    }
+
+    /// A plain client does not trust the test CA's certificate: HTTPS is
+    /// really checked, not just spoken.
+    #[tokio::test]
+    async fn an_https_center_is_not_trusted_without_its_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_ca, cert, key) = test_pki(dir.path());
+        let other = tempfile::tempdir().unwrap();
+        let (other_ca, _, _) = test_pki(other.path());
+        let config = CenterConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            db_path: dir.path().join("center.redb"),
+            tls_cert: Some(cert),
+            tls_key: Some(key),
+            ..Default::default()
+        };
+        let (c, stopper) = TestCenter::start_config(dir, config, Some(&other_ca)).await;
+        let e = c.http.get(c.url("/v1/stats")).send().await.unwrap_err();
+        let mut chain = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(inner) = source {
+            chain.push_str(&format!(": {inner}"));
+            source = inner.source();
+        }
+        assert!(chain.contains("certificate"), "{chain}");
+        let plain = c.base.replace("https://", "http://");
+        let answer = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(format!("{plain}/v1/stats"))
+            .send()
+            .await;
+        assert!(
+            answer.is_err() || !answer.unwrap().status().is_success(),
+            "plain HTTP is not served on an HTTPS center"
+        );
         stopper.stop().await;
     }
 }
