@@ -1477,4 +1477,39 @@ mod tests {
         );
         stopper.stop().await;
     }
+
+    /// Stopping an HTTPS center answers a held long poll at once, as the
+    /// plain one does.
+    #[tokio::test]
+    async fn an_https_center_answers_held_polls_when_it_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = test_pki(dir.path());
+        let config = CenterConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            db_path: dir.path().join("center.redb"),
+            tls_cert: Some(cert),
+            tls_key: Some(key),
+            ..Default::default()
+        };
+        let (c, stopper) = TestCenter::start_config(dir, config, Some(&ca)).await;
+        let c = Arc::new(c);
+        let (s, v) = c
+            .post(
+                "/v1/devices/d1/register",
+                register_body(&[("web", "prod/web/app", &[])]),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let poll = {
+            let c = c.clone();
+            tokio::spawn(async move { c.watch("d1", "", 60_000).await })
+        };
+        c.until_held(1).await;
+        stopper.stop().await;
+        let (s, v) = tokio::time::timeout(Duration::from_secs(5), poll)
+            .await
+            .expect("answered at the stop, not at its 60 s timeout")
+            .unwrap();
+        assert_eq!((s, v), (StatusCode::OK, json!({"assignments": []})));
+    }
 }
