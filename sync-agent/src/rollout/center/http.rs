@@ -258,6 +258,15 @@ impl Caller {
         }
     }
 
+    /// The verified token's name (None without tokens): who to record for
+    /// writes that carry no author field (rollout actions, device removal).
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Caller::Open => None,
+            Caller::Verified(identity) => Some(&identity.name),
+        }
+    }
+
     /// The author recorded for a write: the verified token's name; without
     /// tokens, whatever the client says.
     pub fn author(&self, claimed: String) -> String {
@@ -573,7 +582,9 @@ async fn resume(
 ) -> Answer<Rollout> {
     let id = rollout_id(path)?;
     check_rollout(&caller, &center, id, Role::Admin)?;
-    Ok(Json(center.resume(id).await?))
+    let rollout = center.resume(id).await?;
+    tracing::info!(by = caller.name().unwrap_or("-"), "rollout {id} resumed");
+    Ok(Json(rollout))
 }
 
 async fn abort(
@@ -583,7 +594,9 @@ async fn abort(
 ) -> Answer<Rollout> {
     let id = rollout_id(path)?;
     check_rollout(&caller, &center, id, Role::Admin)?;
-    Ok(Json(center.abort(id).await?))
+    let rollout = center.abort(id).await?;
+    tracing::info!(by = caller.name().unwrap_or("-"), "rollout {id} aborted");
+    Ok(Json(rollout))
 }
 
 async fn skip(
@@ -597,7 +610,12 @@ async fn skip(
         .map_err(|_| bad(format!("rollout id {id:?} is not a number")))?;
     check_name("device", &device).map_err(bad)?;
     check_rollout(&caller, &center, id, Role::Admin)?;
-    Ok(Json(center.skip(id, device).await?))
+    let rollout = center.skip(id, device.clone()).await?;
+    tracing::info!(
+        by = caller.name().unwrap_or("-"),
+        "rollout {id}: {device} skipped"
+    );
+    Ok(Json(rollout))
 }
 
 async fn remove_device(
@@ -607,7 +625,8 @@ async fn remove_device(
 ) -> Answer<serde_json::Value> {
     let device = device_name(path)?;
     caller.check(&center, Need::AdminEverywhere)?;
-    center.remove_device(device).await?;
+    center.remove_device(device.clone()).await?;
+    tracing::info!(by = caller.name().unwrap_or("-"), "device {device} removed");
     Ok(Json(serde_json::json!({})))
 }
 
