@@ -53,12 +53,20 @@ impl Task {
             let _ = peer.send(captured.clone()).await;
         }
         self.replies_received += 1;
-        tracing::debug!(
-            ifindex = captured.ifindex,
-            class = captured.class.name(),
-            sender = %std::net::Ipv4Addr::from(captured.arp.sender_ip),
-            "reply captured"
-        );
+        match &captured.nd {
+            None => tracing::debug!(
+                ifindex = captured.ifindex,
+                class = captured.class.name(),
+                sender = %std::net::Ipv4Addr::from(captured.arp.sender_ip),
+                "reply captured"
+            ),
+            Some(nd) => tracing::debug!(
+                ifindex = captured.ifindex,
+                class = captured.class.name(),
+                target = %std::net::Ipv6Addr::from(nd.target),
+                "neighbour advertisement captured"
+            ),
+        }
         if self.recent.len() >= self.config.recent_captures {
             self.recent.pop_back();
         }
@@ -326,6 +334,8 @@ impl Task {
                     target_ip: c.arp.target_ip.into(),
                     age_ms: now.saturating_sub(c.timestamp_ns) / 1_000_000,
                     frame_len: c.frame_len,
+                    nd_target: c.nd.map(|nd| nd.target.into()),
+                    nd_target_mac: c.nd.and_then(|nd| nd.target_mac).map(MacAddr),
                 })
                 .collect(),
         )

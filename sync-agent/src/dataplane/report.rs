@@ -159,6 +159,13 @@ pub struct CapturedEntry {
     pub age_ms: u64,
     /// Frame length on the wire.
     pub frame_len: u16,
+    /// For a Neighbour Advertisement: its target address (the ARP fields
+    /// are then zero).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nd_target: Option<std::net::Ipv6Addr>,
+    /// For a Neighbour Advertisement: its target link-layer address option.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nd_target_mac: Option<MacAddr>,
 }
 
 /// `show captured`: newest first (a JSON array).

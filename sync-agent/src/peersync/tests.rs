@@ -232,6 +232,7 @@ fn captured(last: u8) -> Captured {
             target_mac: PEER_MAC.0,
             target_ip: [10, 0, 9, 1],
         },
+        nd: None,
         frame,
     }
 }
