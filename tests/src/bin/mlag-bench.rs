@@ -758,7 +758,7 @@ fn nd_sync_latency(mode: &str) -> anyhow::Result<()> {
     for group in [1u16, 2] {
         for i in 0..LATENCY_REPLIES {
             batch.push_str(&format!(
-                "-6 neigh replace {} lladdr 02:00:00:00:00:99 dev a-c nud stale\n",
+                "neigh replace {} lladdr 02:00:00:00:00:99 dev a-c nud stale\n",
                 std::net::Ipv6Addr::from(address(group, i))
             ));
         }
