@@ -1981,3 +1981,59 @@ async fn nas_wait_for_a_peer_that_announces_nd_sync() {
     assert_eq!(injected.len(), 1);
     assert_eq!(injected[0].1[..6], sync_common::nd::ALL_NODES_MAC);
 }
+
+/// Linux answers a unicast solicitation (a refresh probe) without the
+/// target link-layer option; the capturing switch adds it from the
+/// Ethernet source, so the peer's kernel learns the MAC.
+#[tokio::test]
+async fn an_na_without_its_link_layer_option_is_synced_with_one_added() {
+    let mut h = Harness::new("");
+    let mut peer_hello_nd = Frame::decode(&peer_hello(PEER_BOOT, None), 1 << 16)
+        .map(|f| Hello::decode(&f).unwrap())
+        .unwrap();
+    peer_hello_nd.capabilities = wire::capability::ALL;
+    h.connect().await;
+    h.inbound(peer_hello_nd.encode()).await;
+    h.written();
+    // The NA of `na_frame` without its 8-byte option.
+    let mut frame = na_frame(PORT1_MAC, 40);
+    frame.truncate(frame.len() - 8);
+    frame[18..20].copy_from_slice(&24u16.to_be_bytes());
+    let src: [u8; 16] = frame[22..38].try_into().unwrap();
+    let dst: [u8; 16] = frame[38..54].try_into().unwrap();
+    frame[56..58].copy_from_slice(&[0, 0]);
+    let sum = sync_common::nd::icmpv6_checksum(&src, &dst, &frame[54..]);
+    frame[56..58].copy_from_slice(&sum.to_be_bytes());
+    let nd = match sync_common::nd::parse(&frame[..]) {
+        sync_common::nd::Parsed::Advert(a) => sync_common::nd::addresses(&frame[..], &a),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(nd.unwrap().target_mac, None);
+    h.task
+        .process(Event::Captured(Captured {
+            class: Class::Own,
+            dst_mac: PORT1_MAC,
+            arp: ArpAddresses::default(),
+            nd,
+            frame,
+            ..captured(2)
+        }))
+        .await;
+    h.task.flush().await;
+    let sent: Vec<Vec<u8>> = std::iter::from_fn(|| h.wire.try_recv().ok())
+        .filter(|bytes| {
+            Frame::decode(bytes, wire::MAX_FRAME_LEN)
+                .is_ok_and(|f| f.header.sub_type == SubType::Nd)
+        })
+        .collect();
+    assert_eq!(sent.len(), 1, "one ND frame");
+    let decoded = Frame::decode(&sent[0], wire::MAX_FRAME_LEN).unwrap();
+    let entry = decoded.nd_entries().next().expect("one ND entry");
+    let sync_common::nd::Parsed::Advert(advert) = sync_common::nd::parse(entry.frame) else {
+        panic!("not an NA")
+    };
+    let addresses = sync_common::nd::addresses(entry.frame, &advert).unwrap();
+    assert_eq!(addresses.target_mac, Some(host(40).0.0));
+    assert!(na_checksum_ok(entry.frame));
+    assert_eq!(h.report().counters.nd.lladdr_from_source, 1);
+}
