@@ -298,6 +298,8 @@ pub enum Show {
     Peer,
     /// Synced ARP entries: sent to the peer and learnt from it (with the kernel's state).
     Arp,
+    /// Synced IPv6 neighbours (Neighbour Advertisements), as `show arp`.
+    Nd,
     /// MC-LAG: role, addresses, shared MAC, per port original/current MAC and link-local.
     Mclag,
     /// Fabric: role, broker, members (identity, role, model, version, last heartbeat, state),
@@ -402,6 +404,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Show { what: Show::Arp } => {
             ask!(Request::Arp, ArpTable)
+        }
+        Command::Show { what: Show::Nd } => {
+            ask!(Request::Nd, ArpTable)
         }
         Command::Status => {
             ask!(Request::Status, StatusReport)
