@@ -40,7 +40,8 @@ pub struct MemberPort {
     pub mtu: Option<u32>,
 }
 
-/// One ARP reply the XDP program handed over for syncing.
+/// One ARP reply or Neighbour Advertisement the XDP program handed over
+/// for syncing.
 #[derive(Clone, Debug)]
 pub struct Captured {
     /// Kernel monotonic time of capture, in nanoseconds.
@@ -59,8 +60,11 @@ pub struct Captured {
     pub frame_len: u16,
     /// Ethernet destination.
     pub dst_mac: MacAddr,
-    /// The ARP addresses.
+    /// The ARP addresses (all zero for a Neighbour Advertisement).
     pub arp: ArpAddresses,
+    /// For a Neighbour Advertisement (ND sync): its addresses and flags;
+    /// None for an ARP reply.
+    pub nd: Option<sync_common::nd::NdAddresses>,
     /// The captured bytes of the frame.
     pub frame: Vec<u8>,
 }

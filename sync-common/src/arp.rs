@@ -38,6 +38,9 @@ pub const MAX_VLAN_TAGS: usize = 2;
 pub trait Frame {
     /// The `N` bytes at `offset`, or `None` if the frame is shorter.
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+    /// Length of the whole frame in bytes (the ND rules compare the IPv6
+    /// payload length with it).
+    fn frame_len(&self) -> usize;
 }
 
 impl Frame for [u8] {
@@ -48,6 +51,11 @@ impl Frame for [u8] {
         let mut out = [0u8; N];
         out.copy_from_slice(bytes);
         Some(out)
+    }
+
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        self.len()
     }
 }
 
@@ -96,16 +104,35 @@ fn read_u16<F: Frame + ?Sized>(frame: &F, offset: usize) -> Option<u16> {
     frame.read::<2>(offset).map(u16::from_be_bytes)
 }
 
-/// Applies the classifier's parsing rules to `frame`.
-///
-/// Bounded work: at most two tags are looked through, every read is checked.
+/// The Ethernet header and up to two VLAN tags of a frame: where the
+/// payload starts and what it is. Shared by the ARP and the ND rules
+/// ([`crate::nd`]), so the classifier walks the tags once per frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Link {
+    /// Ethernet destination MAC.
+    pub dst_mac: [u8; 6],
+    /// Ethertype after the tags.
+    pub ethertype: u16,
+    /// Offset of the payload (after the tags).
+    pub offset: usize,
+    /// VLAN id of the outer tag, 0 if untagged.
+    pub outer_vlan: u16,
+    /// VLAN id of the inner tag, 0 if fewer than two tags.
+    pub inner_vlan: u16,
+    /// Number of tags seen (0..=2).
+    pub vlan_count: u8,
+}
+
+/// Reads the Ethernet header and looks through at most two 0x8100/0x88a8
+/// tags. A third tag is left as the ethertype (so the frame is `Other` to
+/// both the ARP and the ND rules).
 #[inline(always)]
-pub fn parse<F: Frame + ?Sized>(frame: &F) -> Parsed {
+pub fn link<F: Frame + ?Sized>(frame: &F) -> Result<Link, MalformedReason> {
     let Some(dst_mac) = frame.read::<6>(0) else {
-        return Parsed::Malformed(MalformedReason::TruncatedEthernet);
+        return Err(MalformedReason::TruncatedEthernet);
     };
     let Some(mut ethertype) = read_u16(frame, 12) else {
-        return Parsed::Malformed(MalformedReason::TruncatedEthernet);
+        return Err(MalformedReason::TruncatedEthernet);
     };
     let mut offset = ETH_HLEN;
     let mut vlans = [0u16; MAX_VLAN_TAGS];
@@ -113,7 +140,7 @@ pub fn parse<F: Frame + ?Sized>(frame: &F) -> Parsed {
     // Unrolled by hand (two steps) so the kernel verifier sees bounded work.
     if ethertype == ETHERTYPE_VLAN || ethertype == ETHERTYPE_QINQ {
         let (Some(tci), Some(next)) = (read_u16(frame, offset), read_u16(frame, offset + 2)) else {
-            return Parsed::Malformed(MalformedReason::TruncatedVlanTag);
+            return Err(MalformedReason::TruncatedVlanTag);
         };
         vlans[0] = tci & 0x0fff;
         vlan_count = 1;
@@ -122,7 +149,7 @@ pub fn parse<F: Frame + ?Sized>(frame: &F) -> Parsed {
         if ethertype == ETHERTYPE_VLAN || ethertype == ETHERTYPE_QINQ {
             let (Some(tci), Some(next)) = (read_u16(frame, offset), read_u16(frame, offset + 2))
             else {
-                return Parsed::Malformed(MalformedReason::TruncatedVlanTag);
+                return Err(MalformedReason::TruncatedVlanTag);
             };
             vlans[1] = tci & 0x0fff;
             vlan_count = 2;
@@ -130,7 +157,32 @@ pub fn parse<F: Frame + ?Sized>(frame: &F) -> Parsed {
             offset += 4;
         }
     }
-    if ethertype != ETHERTYPE_ARP {
+    Ok(Link {
+        dst_mac,
+        ethertype,
+        offset,
+        outer_vlan: vlans[0],
+        inner_vlan: vlans[1],
+        vlan_count: vlan_count as u8,
+    })
+}
+
+/// Applies the classifier's parsing rules to `frame`.
+///
+/// Bounded work: at most two tags are looked through, every read is checked.
+#[inline(always)]
+pub fn parse<F: Frame + ?Sized>(frame: &F) -> Parsed {
+    match link(frame) {
+        Ok(link) => parse_after(frame, &link),
+        Err(reason) => Parsed::Malformed(reason),
+    }
+}
+
+/// The ARP rules for a frame whose link layer [`link`] already read.
+#[inline(always)]
+pub fn parse_after<F: Frame + ?Sized>(frame: &F, link: &Link) -> Parsed {
+    let offset = link.offset;
+    if link.ethertype != ETHERTYPE_ARP {
         return Parsed::Other;
     }
     let Some(header) = frame.read::<8>(offset) else {
@@ -152,16 +204,16 @@ pub fn parse<F: Frame + ?Sized>(frame: &F) -> Parsed {
         return Parsed::Other;
     }
     Parsed::ArpReply(ArpReply {
-        dst_mac,
-        outer_vlan: vlans[0],
-        inner_vlan: vlans[1],
-        vlan_count: vlan_count as u8,
+        dst_mac: link.dst_mac,
+        outer_vlan: link.outer_vlan,
+        inner_vlan: link.inner_vlan,
+        vlan_count: link.vlan_count,
         arp_offset: offset as u16,
     })
 }
 
 /// The addresses inside an Ethernet/IPv4 ARP payload.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ArpAddresses {
     /// Opcode (1 request, 2 reply).
     pub opcode: u16,

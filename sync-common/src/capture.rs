@@ -1,9 +1,12 @@
-//! What the XDP program hands the agent through the ring buffer, and the key
+//! What the XDP program hands the agent through the ring buffer (ARP
+//! replies and, since ND sync, Neighbour Advertisements), and the key
 //! type of its MAC tables.
 
 /// Bytes of each captured frame kept in a record. An Ethernet/IPv4 ARP reply
-/// with two tags ends at byte 50; the rest leaves room for padding and
-/// trailers.
+/// with two tags ends at byte 50, a Neighbour Advertisement with two tags
+/// and its target link-layer option at byte 94; the rest leaves room for
+/// padding, trailers and an extension header. A longer NA is captured cut
+/// short and refused by the agent (`invalid_records`).
 pub const CAPTURE_BYTES: usize = 128;
 const _: () = assert!(CAPTURE_BYTES.is_power_of_two());
 
@@ -136,6 +139,45 @@ impl InjectMark {
 
 const _: () = assert!(core::mem::size_of::<InjectMark>() == 32);
 
+/// [`InjectMark`] for a Neighbour Advertisement (per CPU, its own map):
+/// names the advertisement by port, target address and both MACs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InjectMark6 {
+    /// `bpf_ktime_get_ns()` when armed; 0 = not armed.
+    pub armed_at_ns: u64,
+    /// Interface the frame is injected on.
+    pub ifindex: u32,
+    /// NA target address.
+    pub target: [u8; 16],
+    /// Ethernet source.
+    pub src_mac: [u8; 6],
+    /// Ethernet destination (after the agent's rewrite).
+    pub dst_mac: [u8; 6],
+}
+
+impl InjectMark6 {
+    /// Whether this mark stands for the advertisement described, at `now_ns`.
+    #[inline(always)]
+    pub fn matches(
+        &self,
+        now_ns: u64,
+        ifindex: u32,
+        target: &[u8; 16],
+        src_mac: &[u8; 6],
+        dst_mac: &[u8; 6],
+    ) -> bool {
+        self.armed_at_ns != 0
+            && now_ns.wrapping_sub(self.armed_at_ns) < INJECT_MARK_TTL_NS
+            && self.ifindex == ifindex
+            && self.target == *target
+            && self.src_mac == *src_mac
+            && self.dst_mac == *dst_mac
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<InjectMark6>() == 40);
+
 /// One ARP reply the agent should sync, as written by the XDP program.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -156,7 +198,8 @@ pub struct CaptureRecord {
     pub vlan_count: u8,
     /// A [`Class`] as `u8`.
     pub class: u8,
-    /// Offset of the ARP payload in `frame`.
+    /// Offset of the ARP payload in `frame` (of the ICMPv6 message for a
+    /// Neighbour Advertisement: the agent re-parses either way).
     pub arp_offset: u16,
     /// The first `captured_len` bytes of the frame.
     pub frame: [u8; CAPTURE_BYTES],

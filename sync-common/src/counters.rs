@@ -22,8 +22,30 @@ pub const CAPTURED: u32 = 8;
 /// the receive path (`mlag_inject`), seen again by a generic-mode
 /// classifier: not captured, so nothing echoes between the switches.
 pub const ECHO_SUPPRESSED: u32 = 9;
+/// ICMPv6 Neighbour Advertisements among the frames (`nd::parse`).
+pub const NA_ADVERTS: u32 = 10;
+/// Advertisements classified `peer`.
+pub const NA_PEER: u32 = 11;
+/// Advertisements classified `own`.
+pub const NA_OWN: u32 = 12;
+/// Advertisements classified `shared` (IPv6 VRRP MACs among them).
+pub const NA_SHARED: u32 = 13;
+/// Advertisements whose destination is in none of the tables (multicast
+/// unsolicited ones among them).
+pub const NA_UNMATCHED: u32 = 14;
+/// IPv6 frames cut short or inconsistent on the way to an NA, and NAs that
+/// break ND's rules (code, hop limit): never synced.
+pub const NA_MALFORMED: u32 = 15;
+/// Advertisements pushed into the ring buffer.
+pub const NA_CAPTURED: u32 = 16;
+/// Advertisements the agent itself had just injected, seen again by a
+/// generic-mode classifier: not captured.
+pub const NA_ECHO_SUPPRESSED: u32 = 17;
+/// IPv6 frames with more extension headers than the ND rules follow
+/// (`nd::MAX_EXT_HEADERS`): passed unclassified.
+pub const IPV6_UNFOLLOWED: u32 = 18;
 /// Number of slots.
-pub const COUNT: u32 = 10;
+pub const COUNT: u32 = 19;
 
 /// Slot names in slot order, as shown by the agent.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -37,4 +59,13 @@ pub const NAMES: [&str; COUNT as usize] = [
     "unmatched",
     "captured",
     "echo_suppressed",
+    "na_adverts",
+    "na_peer",
+    "na_own",
+    "na_shared",
+    "na_unmatched",
+    "na_malformed",
+    "na_captured",
+    "na_echo_suppressed",
+    "ipv6_unfollowed",
 ];

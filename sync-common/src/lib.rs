@@ -8,6 +8,7 @@
 pub mod arp;
 pub mod capture;
 pub mod counters;
+pub mod nd;
 pub mod policy;
 pub mod wire;
 
@@ -18,4 +19,5 @@ mod pod {
     unsafe impl aya::Pod for crate::capture::CaptureRecord {}
     unsafe impl aya::Pod for crate::capture::MacKey {}
     unsafe impl aya::Pod for crate::capture::InjectMark {}
+    unsafe impl aya::Pod for crate::capture::InjectMark6 {}
 }

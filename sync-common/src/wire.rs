@@ -54,6 +54,12 @@
 //! +-------------------------------+-------------------------------+
 //! ```
 //!
+//! ND sub-type sync frames (sub-type 2) carry ND entry TLVs (0x8201, laid
+//! out as the ARP entry: driver header and the original frame, which must
+//! be a Neighbour Advertisement) and ND delete TLVs (0x0202: MLAG id u32,
+//! VRF u32, the IPv6 address, 24 bytes). ND entries are must-understand,
+//! so they only go to a peer whose hello announces `ND_SYNC`.
+//!
 //! A port-state message (type 5, since 1.1) tells the peer that one of the
 //! sender's member ports went up or down: one PORT_STATE TLV per port,
 //! (MLAG id u32, state u8: 1 up, 0 down). It is a new message type, which a
@@ -193,14 +199,22 @@ pub mod tlv {
     /// Sync/ARP: one entry withdrawn, (MLAG id u32, VRF u32, IPv4), since
     /// 1.1. Not must-understand: an older receiver skips it safely.
     pub const ARP_DELETE: u16 = 0x0102;
+    /// Sync/ND: one Neighbour Advertisement, laid out as an ARP entry
+    /// (driver header + original frame) (must understand). Only sent to a
+    /// peer whose hello announces `capability::ND_SYNC`.
+    pub const ND_ENTRY: u16 = 0x8201;
+    /// Sync/ND: one entry withdrawn, (MLAG id u32, VRF u32, IPv6 address).
+    pub const ND_DELETE: u16 = 0x0202;
 }
 
 /// Capability bits.
 pub mod capability {
     /// Syncs ARP replies.
     pub const ARP_SYNC: u32 = 1 << 0;
+    /// Syncs Neighbour Advertisements (ND sub-type frames).
+    pub const ND_SYNC: u32 = 1 << 1;
     /// Every capability this implementation has (what its hello says).
-    pub const ALL: u32 = ARP_SYNC;
+    pub const ALL: u32 = ARP_SYNC | ND_SYNC;
 }
 
 /// What was wrong with a frame.
@@ -408,7 +422,10 @@ fn known_tlv(msg_type: MessageType, tlv_type: u16) -> bool {
         MessageType::Keepalive => tlv_type == tlv::BOOT_ID,
         MessageType::Ack => tlv_type == tlv::ACK_SEQ,
         MessageType::PortState => tlv_type == tlv::PORT_STATE,
-        MessageType::Sync => matches!(tlv_type, tlv::ARP_ENTRY | tlv::ARP_DELETE | tlv::SYNC_DONE),
+        MessageType::Sync => matches!(
+            tlv_type,
+            tlv::ARP_ENTRY | tlv::ARP_DELETE | tlv::ND_ENTRY | tlv::ND_DELETE | tlv::SYNC_DONE
+        ),
     }
 }
 
@@ -496,6 +513,20 @@ impl<'a> Frame<'a> {
         self.find(tlv::SYNC_DONE).is_some()
     }
 
+    /// The ND entries of a sync frame.
+    pub fn nd_entries(&self) -> impl Iterator<Item = NdEntry<'a>> + 'a {
+        self.tlvs()
+            .filter(|t| t.tlv_type == tlv::ND_ENTRY)
+            .filter_map(|t| NdEntry::parse(t.value))
+    }
+
+    /// The ND deletes of a sync frame.
+    pub fn nd_deletes(&self) -> impl Iterator<Item = NdDelete> + 'a {
+        self.tlvs()
+            .filter(|t| t.tlv_type == tlv::ND_DELETE)
+            .filter_map(|t| NdDelete::parse(t.value))
+    }
+
     /// The ARP deletes of a sync frame (entries the sender withdrew).
     pub fn arp_deletes(&self) -> impl Iterator<Item = ArpDelete> + 'a {
         self.tlvs()
@@ -516,6 +547,8 @@ fn check_value(tlv_type: u16, value: &[u8]) -> Result<(), DecodeError> {
         tlv::MCLAG_ADDRESS => value.len() == 4 || value.len() == 16,
         tlv::ARP_ENTRY => ArpEntry::parse(value).is_some(),
         tlv::ARP_DELETE => ArpDelete::parse(value).is_some(),
+        tlv::ND_ENTRY => NdEntry::parse(value).is_some(),
+        tlv::ND_DELETE => NdDelete::parse(value).is_some(),
         tlv::PORT_STATE => value.len() == 5 && value[4] <= 1,
         tlv::SYNC_DONE => value.is_empty(),
         _ => true,
@@ -610,6 +643,92 @@ impl<'a> ArpEntry<'a> {
     /// Encoded length of the TLV value.
     pub fn value_len(frame_len: usize) -> usize {
         DRIVER_HEADER_LEN + frame_len
+    }
+}
+
+/// One synced Neighbour Advertisement: driver header and the original frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NdEntry<'a> {
+    /// Where it came in.
+    pub driver: DriverHeader,
+    /// The original Ethernet frame.
+    pub frame: &'a [u8],
+}
+
+/// Decodes a driver header + frame value; `frame_ok` judges the frame.
+fn parse_driver_entry(value: &[u8], frame_ok: fn(&[u8]) -> bool) -> Option<(DriverHeader, &[u8])> {
+    if value.len() < DRIVER_HEADER_LEN {
+        return None;
+    }
+    let frame_len = be16(value, 14) as usize;
+    if value.len() != DRIVER_HEADER_LEN + frame_len {
+        return None;
+    }
+    let frame = &value[DRIVER_HEADER_LEN..];
+    let vlan_count = value[13];
+    if vlan_count > 2 || !frame_ok(frame) {
+        return None;
+    }
+    Some((
+        DriverHeader {
+            mlag_id: be32(value, 0),
+            outer_vlan: be16(value, 4),
+            inner_vlan: be16(value, 6),
+            vrf: be32(value, 8),
+            class: value[12],
+            vlan_count,
+        },
+        frame,
+    ))
+}
+
+impl<'a> NdEntry<'a> {
+    /// Parses an ND entry TLV value; the frame must hold a Neighbour
+    /// Advertisement by the classifier's own rules (`crate::nd`).
+    pub fn parse(value: &'a [u8]) -> Option<Self> {
+        let (driver, frame) = parse_driver_entry(value, |f| {
+            matches!(crate::nd::parse(f), crate::nd::Parsed::Advert(_))
+        })?;
+        Some(Self { driver, frame })
+    }
+}
+
+/// Value length of an ND delete TLV.
+pub const ND_DELETE_LEN: usize = 24;
+
+/// One withdrawn ND entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NdDelete {
+    /// MLAG port id the entry was synced for.
+    pub mlag_id: u32,
+    /// VRF id (0 default).
+    pub vrf: u32,
+    /// The entry's IPv6 address.
+    pub ip: [u8; 16],
+}
+
+impl NdDelete {
+    /// Parses an ND delete TLV value (exactly [`ND_DELETE_LEN`] bytes).
+    pub fn parse(value: &[u8]) -> Option<Self> {
+        if value.len() != ND_DELETE_LEN {
+            return None;
+        }
+        let mut ip = [0u8; 16];
+        ip.copy_from_slice(&value[8..24]);
+        Some(Self {
+            mlag_id: be32(value, 0),
+            vrf: be32(value, 4),
+            ip,
+        })
+    }
+
+    /// The TLV value.
+    pub fn to_bytes(&self) -> [u8; ND_DELETE_LEN] {
+        let mut out = [0u8; ND_DELETE_LEN];
+        out[0..4].copy_from_slice(&self.mlag_id.to_be_bytes());
+        out[4..8].copy_from_slice(&self.vrf.to_be_bytes());
+        out[8..24].copy_from_slice(&self.ip);
+        out
     }
 }
 
@@ -712,8 +831,27 @@ impl<'b> Encoder<'b> {
         Ok(())
     }
 
+    /// Appends an ND entry (a Neighbour Advertisement; ND sub-type frames).
+    pub fn nd_entry(&mut self, driver: &DriverHeader, frame: &[u8]) -> Result<(), EncodeError> {
+        self.driver_entry(tlv::ND_ENTRY, driver, frame)
+    }
+
+    /// Appends an ND delete.
+    pub fn nd_delete(&mut self, delete: &NdDelete) -> Result<(), EncodeError> {
+        self.tlv(tlv::ND_DELETE, &[&delete.to_bytes()])
+    }
+
     /// Appends an ARP entry.
     pub fn arp_entry(&mut self, driver: &DriverHeader, frame: &[u8]) -> Result<(), EncodeError> {
+        self.driver_entry(tlv::ARP_ENTRY, driver, frame)
+    }
+
+    fn driver_entry(
+        &mut self,
+        tlv_type: u16,
+        driver: &DriverHeader,
+        frame: &[u8],
+    ) -> Result<(), EncodeError> {
         if frame.len() > u16::MAX as usize - DRIVER_HEADER_LEN {
             return Err(EncodeError::ValueTooLong);
         }
@@ -725,7 +863,7 @@ impl<'b> Encoder<'b> {
         head[12] = driver.class;
         head[13] = driver.vlan_count;
         head[14..16].copy_from_slice(&(frame.len() as u16).to_be_bytes());
-        self.tlv(tlv::ARP_ENTRY, &[&head, frame])
+        self.tlv(tlv_type, &[&head, frame])
     }
 
     /// Marks the frame as the end of the sender's bulk resync.

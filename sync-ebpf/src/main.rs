@@ -1,8 +1,9 @@
 //! mlag-sync XDP programs.
 //!
-//! `mlag_classify` runs on every MLAG member port: it finds ARP replies, sorts
-//! them by destination MAC into peer / own / shared (SPEC 1.2) and copies the
-//! ones to sync into a ring buffer for the agent. It never drops or alters a
+//! `mlag_classify` runs on every MLAG member port: it finds ARP replies and
+//! ICMPv6 Neighbour Advertisements (`sync_common::nd`), sorts them by
+//! destination MAC into peer / own / shared (SPEC 1.2) and copies the ones to
+//! sync into a ring buffer for the agent. It never drops or alters a
 //! frame: every path returns `XDP_PASS`.
 //!
 //! `mlag_inject` is what the agent runs with `BPF_PROG_RUN` live frames to
@@ -19,7 +20,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action::XDP_PASS,
-    helpers::generated::{bpf_ktime_get_ns, bpf_xdp_load_bytes},
+    helpers::generated::{bpf_ktime_get_ns, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
     macros::{map, xdp},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
@@ -28,10 +29,10 @@ use aya_log_ebpf::debug;
 use sync_common::{
     arp::{self, Frame, Parsed},
     capture::{
-        CAPTURE_BYTES, CAPTURE_RING_BYTES, CaptureRecord, Class, InjectMark, MAC_TABLE_ENTRIES,
-        MacKey,
+        CAPTURE_BYTES, CAPTURE_RING_BYTES, CaptureRecord, Class, InjectMark, InjectMark6,
+        MAC_TABLE_ENTRIES, MacKey,
     },
-    counters, policy,
+    counters, nd, policy,
 };
 
 /// MACs of the peer switch.
@@ -62,6 +63,11 @@ static CAPTURES: RingBuf = RingBuf::with_byte_size(CAPTURE_RING_BYTES, 0);
 #[map(name = "mlag_injecting")]
 static INJECTING: PerCpuArray<InjectMark> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per CPU: the Neighbour Advertisement `mlag_inject` is handing to the
+/// receive path.
+#[map(name = "mlag_injecting6")]
+static INJECTING6: PerCpuArray<InjectMark6> = PerCpuArray::with_max_entries(1, 0);
+
 /// Bounds-checked view of the packet for the shared parser.
 struct XdpFrame<'a>(&'a XdpContext);
 
@@ -76,6 +82,16 @@ impl Frame for XdpFrame<'_> {
         // SAFETY: bounds checked against data_end just above; [u8; N] has
         // alignment 1.
         Some(unsafe { *((start + offset) as *const [u8; N]) })
+    }
+
+    /// From a helper on purpose: were it `data_end - data`, the compiler
+    /// would prove later bounds checks redundant from the ND rules'
+    /// comparisons with it and drop them, and the verifier (which does not
+    /// follow such relations between scalars) would refuse the program.
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        // SAFETY: the context pointer is the program's own.
+        unsafe { bpf_xdp_get_buff_len(self.0.ctx) as usize }
     }
 }
 
@@ -112,7 +128,14 @@ pub fn mlag_inject(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn mark_injection(ctx: &XdpContext) {
     let frame = XdpFrame(ctx);
-    let Parsed::ArpReply(reply) = arp::parse(&frame) else {
+    let Ok(link) = arp::link(&frame) else {
+        return;
+    };
+    if link.ethertype == nd::ETHERTYPE_IPV6 {
+        mark_na_injection(ctx, &link);
+        return;
+    }
+    let Parsed::ArpReply(reply) = arp::parse_after(&frame, &link) else {
         return;
     };
     let Some(addresses) = arp::addresses(&frame, reply.arp_offset as usize) else {
@@ -130,6 +153,53 @@ fn mark_injection(ctx: &XdpContext) {
             };
         }
     }
+}
+
+#[inline(always)]
+fn mark_na_injection(ctx: &XdpContext, link: &arp::Link) {
+    let frame = XdpFrame(ctx);
+    let nd::Parsed::Advert(advert) = nd::parse_after(&frame, link) else {
+        return;
+    };
+    if let Some(mark) = INJECTING6.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe {
+            *mark = InjectMark6 {
+                armed_at_ns: bpf_ktime_get_ns(),
+                ifindex: ctx.ingress_ifindex() as u32,
+                target: advert.target,
+                src_mac: advert.src_mac,
+                dst_mac: advert.dst_mac,
+            };
+        }
+    }
+}
+
+/// [`is_own_injection`] for an advertisement.
+#[inline(always)]
+fn is_own_na_injection(ctx: &XdpContext, advert: &nd::Advert) -> bool {
+    let Some(mark) = INJECTING6.get_ptr_mut(0) else {
+        return false;
+    };
+    let ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+    if unsafe { (*mark).armed_at_ns == 0 || (*mark).ifindex != ifindex } {
+        return false;
+    }
+    // SAFETY: as above.
+    unsafe {
+        if !(*mark).matches(
+            bpf_ktime_get_ns(),
+            ifindex,
+            &advert.target,
+            &advert.src_mac,
+            &advert.dst_mac,
+        ) {
+            return false;
+        }
+        (*mark).armed_at_ns = 0;
+    }
+    true
 }
 
 /// True (and the mark spent) when this reply is the one `mlag_inject` just
@@ -164,10 +234,58 @@ fn is_own_injection(ctx: &XdpContext, reply: &arp::ArpReply) -> bool {
     true
 }
 
+/// Class of a destination MAC (shared beats peer beats own).
+#[inline(always)]
+fn class_of(dst_mac: &[u8; 6], policy: u32) -> Class {
+    let key = MacKey::new(*dst_mac);
+    // SAFETY: lookups only read the value's presence.
+    let in_shared = (policy & policy::VRRP_PREFIX_IS_SHARED != 0 && arp::is_vrrp_mac(dst_mac))
+        || unsafe { SHARED_MACS.get(&key) }.is_some();
+    let in_peer = !in_shared && unsafe { PEER_MACS.get(&key) }.is_some();
+    let in_own = !in_shared && !in_peer && unsafe { OWN_MACS.get(&key) }.is_some();
+    sync_common::capture::classify(in_shared, in_peer, in_own)
+}
+
+/// Whether a frame of `class` is synced, counting it in the class slots
+/// (`[peer, own, shared, unmatched]`).
+#[inline(always)]
+fn sync_class(class: Class, policy: u32, slots: [u32; 4]) -> bool {
+    match class {
+        Class::Peer => {
+            count(slots[0]);
+            true
+        }
+        Class::Own => {
+            count(slots[1]);
+            policy & policy::SYNC_OWN != 0
+        }
+        Class::Shared => {
+            count(slots[2]);
+            false
+        }
+        Class::Unmatched => {
+            count(slots[3]);
+            false
+        }
+    }
+}
+
 #[inline(always)]
 fn classify(ctx: &XdpContext) {
     count(counters::SEEN);
-    let reply = match arp::parse(&XdpFrame(ctx)) {
+    let frame = XdpFrame(ctx);
+    let link = match arp::link(&frame) {
+        Ok(link) => link,
+        Err(_) => {
+            count(counters::MALFORMED);
+            return;
+        }
+    };
+    if link.ethertype == nd::ETHERTYPE_IPV6 {
+        classify_nd(ctx, &link);
+        return;
+    }
+    let reply = match arp::parse_after(&frame, &link) {
         Parsed::Other => return,
         Parsed::Malformed(_) => {
             count(counters::MALFORMED);
@@ -177,33 +295,18 @@ fn classify(ctx: &XdpContext) {
     };
     count(counters::ARP_REPLIES);
 
-    let key = MacKey::new(reply.dst_mac);
     let policy = policy_word();
-    // SAFETY: lookups only read the value's presence.
-    let in_shared = (policy & policy::VRRP_PREFIX_IS_SHARED != 0
-        && arp::is_vrrp_mac(&reply.dst_mac))
-        || unsafe { SHARED_MACS.get(&key) }.is_some();
-    let in_peer = !in_shared && unsafe { PEER_MACS.get(&key) }.is_some();
-    let in_own = !in_shared && !in_peer && unsafe { OWN_MACS.get(&key) }.is_some();
-    let class = sync_common::capture::classify(in_shared, in_peer, in_own);
-    let sync = match class {
-        Class::Peer => {
-            count(counters::PEER);
-            true
-        }
-        Class::Own => {
-            count(counters::OWN);
-            policy & policy::SYNC_OWN != 0
-        }
-        Class::Shared => {
-            count(counters::SHARED);
-            false
-        }
-        Class::Unmatched => {
-            count(counters::UNMATCHED);
-            false
-        }
-    };
+    let class = class_of(&reply.dst_mac, policy);
+    let sync = sync_class(
+        class,
+        policy,
+        [
+            counters::PEER,
+            counters::OWN,
+            counters::SHARED,
+            counters::UNMATCHED,
+        ],
+    );
     debug!(
         ctx,
         "arp reply class {} vlan {}/{}", class as u8, reply.outer_vlan, reply.inner_vlan
@@ -213,12 +316,78 @@ fn classify(ctx: &XdpContext) {
             count(counters::ECHO_SUPPRESSED);
             return;
         }
-        capture(ctx, &reply, class);
+        capture(
+            ctx,
+            class,
+            reply.outer_vlan,
+            reply.inner_vlan,
+            reply.vlan_count,
+            reply.arp_offset,
+            counters::CAPTURED,
+        );
+    }
+}
+
+/// The ND half: Neighbour Advertisements sorted like ARP replies, with
+/// their own counters.
+#[inline(always)]
+fn classify_nd(ctx: &XdpContext, link: &arp::Link) {
+    let advert = match nd::parse_after(&XdpFrame(ctx), link) {
+        nd::Parsed::Other => return,
+        nd::Parsed::Unfollowed => {
+            count(counters::IPV6_UNFOLLOWED);
+            return;
+        }
+        nd::Parsed::Malformed(_) => {
+            count(counters::NA_MALFORMED);
+            return;
+        }
+        nd::Parsed::Advert(advert) => advert,
+    };
+    count(counters::NA_ADVERTS);
+    let policy = policy_word();
+    let class = class_of(&advert.dst_mac, policy);
+    let sync = sync_class(
+        class,
+        policy,
+        [
+            counters::NA_PEER,
+            counters::NA_OWN,
+            counters::NA_SHARED,
+            counters::NA_UNMATCHED,
+        ],
+    );
+    debug!(
+        ctx,
+        "neighbour advert class {} vlan {}/{}", class as u8, advert.outer_vlan, advert.inner_vlan
+    );
+    if sync {
+        if is_own_na_injection(ctx, &advert) {
+            count(counters::NA_ECHO_SUPPRESSED);
+            return;
+        }
+        capture(
+            ctx,
+            class,
+            advert.outer_vlan,
+            advert.inner_vlan,
+            advert.vlan_count,
+            advert.na_offset,
+            counters::NA_CAPTURED,
+        );
     }
 }
 
 #[inline(always)]
-fn capture(ctx: &XdpContext, reply: &arp::ArpReply, class: Class) {
+fn capture(
+    ctx: &XdpContext,
+    class: Class,
+    outer_vlan: u16,
+    inner_vlan: u16,
+    vlan_count: u8,
+    payload_offset: u16,
+    captured_slot: u32,
+) {
     let Some(mut entry) = CAPTURES.reserve::<CaptureRecord>(0) else {
         count(counters::RINGBUF_FULL);
         return;
@@ -229,7 +398,7 @@ fn capture(ctx: &XdpContext, reply: &arp::ArpReply, class: Class) {
         captured = CAPTURE_BYTES;
     }
     // The verifier needs a length it can prove is in 1..=CAPTURE_BYTES. A
-    // parsed reply is at least 42 bytes, so this mask changes nothing at run
+    // parsed reply is at least 42 bytes (an NA 78), so this mask changes nothing at run
     // time; it only makes the bound visible.
     let load_len = ((captured as u32).wrapping_sub(1) & (CAPTURE_BYTES as u32 - 1)) + 1;
     let record = entry.as_mut_ptr();
@@ -239,11 +408,11 @@ fn capture(ctx: &XdpContext, reply: &arp::ArpReply, class: Class) {
         (*record).timestamp_ns = bpf_ktime_get_ns();
         (*record).ifindex = ctx.ingress_ifindex() as u32;
         (*record).frame_len = frame_len as u16;
-        (*record).outer_vlan = reply.outer_vlan;
-        (*record).inner_vlan = reply.inner_vlan;
-        (*record).vlan_count = reply.vlan_count;
+        (*record).outer_vlan = outer_vlan;
+        (*record).inner_vlan = inner_vlan;
+        (*record).vlan_count = vlan_count;
         (*record).class = class as u8;
-        (*record).arp_offset = reply.arp_offset;
+        (*record).arp_offset = payload_offset;
         (*record).captured_len = load_len as u16;
         if bpf_xdp_load_bytes(ctx.ctx, 0, (*record).frame.as_mut_ptr().cast(), load_len) != 0 {
             entry.discard(0);
@@ -252,7 +421,7 @@ fn capture(ctx: &XdpContext, reply: &arp::ArpReply, class: Class) {
         }
     }
     entry.submit(0);
-    count(counters::CAPTURED);
+    count(captured_slot);
 }
 
 #[cfg(not(test))]

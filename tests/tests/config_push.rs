@@ -51,7 +51,7 @@ fn a_device_without_long_polling_gets_a_change_by_push() -> anyhow::Result<()> {
     let center = lab.start(
         0,
         &format!(
-            "{servers}\n[rollout.center]\nlisten = \"{}:{CENTER_PORT}\"\ndb_path = \"{}\"\n",
+            "{servers}\n[rollout.center]\nlisten = \"{}:{CENTER_PORT}\"\ndb_path = \"{}\"\ninsecure = true\n",
             switch_ip(0),
             dir.path().join("center.redb").display()
         ),

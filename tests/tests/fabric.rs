@@ -313,7 +313,7 @@ fn sealed_bodies_are_unreadable_on_the_wire_and_tampering_is_refused() -> anyhow
     publish_raw(
         &lab.hub,
         &broker,
-        "mlag-sync/DEV_CONF_MSG/junk",
+        "mlag-sync/DEV_CONF_MSG/change/junk",
         b"not a fabric message",
     )?;
     for agent in [&agents[0], &agents[2]] {
@@ -403,8 +403,10 @@ fn floods_and_garbage_are_counted_and_dropped() -> anyhow::Result<()> {
         "mlag-sync/DEV_INFO_MSG/member/sw1",
         &flood.seal(&heartbeat("sw1")),
     )?;
-    wait_until(SETTLE, "every bad input counted at sw1", || {
-        let c = show(&agents[1]).unwrap()["counters"].clone();
+    // Heartbeats go to the server only (sw1, a member, learns members from
+    // the server's roster records), so the server is where they are judged.
+    wait_until(SETTLE, "every bad input counted at the server sw0", || {
+        let c = show(&agents[0]).unwrap()["counters"].clone();
         let flood = c["heartbeat_flood"].as_u64().unwrap_or(0);
         let ok = flood >= 100
             && ["unknown_version", "malformed", "impersonation", "oversized"]
@@ -413,9 +415,20 @@ fn floods_and_garbage_are_counted_and_dropped() -> anyhow::Result<()> {
         if ok { Ok(()) } else { Err(c) }
     })?;
     // The rest of the agent still works.
-    agents[0].query(&["fabric", "set", "site.x", "1"])?;
-    wait_setting(&agents[1], "site.x", "1", SETTLE)?;
-    let log = std::fs::read_to_string(&agents[1].log)?;
+    agents[1].query(&["fabric", "set", "site.x", "1"])?;
+    wait_setting(&agents[0], "site.x", "1", SETTLE)?;
+    let member = show(&agents[1])?["counters"].clone();
+    assert_eq!(
+        member["heartbeat_flood"].as_u64().unwrap_or(0)
+            + member["impersonation"].as_u64().unwrap_or(0),
+        0,
+        "a member that is not a server hears no heartbeats: {member}"
+    );
+    assert!(
+        counter(&agents[1], "malformed") >= 1,
+        "the fault channel still reaches every member"
+    );
+    let log = std::fs::read_to_string(&agents[0].log)?;
     let lines = log
         .lines()
         .filter(|l| l.contains("heartbeat flood"))
@@ -424,7 +437,7 @@ fn floods_and_garbage_are_counted_and_dropped() -> anyhow::Result<()> {
         (1..=3).contains(&lines),
         "flood logged at a bounded rate, got {lines} lines"
     );
-    assert!(counter(&agents[1], "oversized") + counter(&agents[1], "malformed") >= 2);
+    assert!(counter(&agents[0], "oversized") + counter(&agents[0], "malformed") >= 2);
     Ok(())
 }
 
@@ -862,6 +875,9 @@ fn a_rotated_key_is_rolled_out_without_losing_messages() -> anyhow::Result<()> {
     // A switch that only knows the old key refuses the new one, by name.
     stop(&mut agents[2]);
     agents[2] = lab.start(2, &keyed(&k1, 1, None))?;
+    wait_all_see(&[&agents[2]], &["sw0", "sw1", "sw2"], SETTLE)?;
+    // sw1's change (sealed with key 2) reaches sw2 directly: refused there.
+    agents[1].query(&["fabric", "set", "site.after_restart", "1"])?;
     wait_counted(&agents[2], &["wrong_key"])?;
     Ok(())
 }

@@ -154,7 +154,7 @@ fn build(release: bool) -> anyhow::Result<PathBuf> {
 
 /// Suites `cargo xtask test` runs a second time with the classifier in
 /// generic XDP mode (`MLAG_TEST_XDP_MODE=generic`).
-const GENERIC_MODE_SUITES: [&str; 3] = ["peersync", "peer_learning", "mclag"];
+const GENERIC_MODE_SUITES: [&str; 4] = ["peersync", "peer_learning", "mclag", "nd_sync"];
 
 /// How long `cargo xtask test` fuzzes the sync frame decoder.
 const FUZZ_SECONDS: u64 = 30;

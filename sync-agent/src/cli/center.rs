@@ -3,12 +3,22 @@
 
 use anyhow::Context as _;
 
-use super::ConfigAction;
+use super::{ConfigAction, TokenAction};
 
-/// Runs one `config` action against the center at `center`.
-pub(super) async fn run(center: &str, action: ConfigAction, json: bool) -> anyhow::Result<()> {
+/// Runs one `config` action against the center at `center`, sending
+/// `token` and trusting `ca_file` for HTTPS when given.
+pub(super) async fn run(
+    center: &str,
+    token: Option<&str>,
+    ca_file: Option<&std::path::Path>,
+    action: ConfigAction,
+    json: bool,
+) -> anyhow::Result<()> {
     use crate::rollout::{client::CenterClient, wire::ConfigKey};
-    let client = CenterClient::new(center);
+    if let ConfigAction::Token { action } = action {
+        return token_action(action, json);
+    }
+    let client = CenterClient::with_auth(center, token, ca_file)?;
     let key = |text: &str| -> anyhow::Result<ConfigKey> {
         text.parse().map_err(|e| anyhow::anyhow!("{e}"))
     };
@@ -198,6 +208,7 @@ pub(super) async fn run(center: &str, action: ConfigAction, json: bool) -> anyho
                 )
                 .await?
         }
+        ConfigAction::Token { .. } => unreachable!("handled above"),
         ConfigAction::Listeners { key: k } => {
             client
                 .get(
@@ -211,6 +222,51 @@ pub(super) async fn run(center: &str, action: ConfigAction, json: bool) -> anyho
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print_config_answer(&value);
+    }
+    Ok(())
+}
+
+/// `config token new`: a fresh token, printed once with its config entry.
+fn token_action(action: TokenAction, json: bool) -> anyhow::Result<()> {
+    use crate::rollout::center::auth::{self, TokenConfig, Tokens};
+    let TokenAction::New {
+        name,
+        roles,
+        device,
+    } = action;
+    let token = auth::mint();
+    let entry = TokenConfig {
+        name,
+        sha256: hex::encode(auth::hash_token(&token)),
+        roles,
+        device,
+    };
+    let mut problems = crate::validate::Problems::default();
+    Tokens::from_config(std::slice::from_ref(&entry), &mut problems);
+    let problems: Vec<String> = problems.into_vec().into_iter().map(|p| p.message).collect();
+    if !problems.is_empty() {
+        anyhow::bail!("{}", problems.join("; "));
+    }
+    let config = format!(
+        "[[rollout.center.tokens]]\n{}",
+        toml::to_string(&entry).context("writing the token entry")?
+    );
+    if json {
+        let mut value = serde_json::to_value(&entry)?;
+        value["token"] = token.into();
+        value["config"] = config.into();
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        let holder = if entry.device.is_some() {
+            "put it in the device's token_file (mode 0600)"
+        } else {
+            "its holder passes it with MLAG_SYNC_TOKEN or --token"
+        };
+        println!("token for {:?}, shown only now ({holder}):", entry.name);
+        println!("{token}");
+        println!();
+        println!("add to the center's config (then restart the center):");
+        print!("{config}");
     }
     Ok(())
 }

@@ -42,6 +42,8 @@ pub struct Cli {
 }
 
 /// Top-level commands.
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent in the foreground until SIGINT/SIGTERM (SIGHUP reloads the config).
@@ -76,6 +78,15 @@ pub enum Command {
             default_value = "http://127.0.0.1:7480"
         )]
         center: String,
+        /// Token for a center with tokens configured (`config token new`
+        /// mints one); prefer the environment variable to keep it out of
+        /// the process list.
+        #[arg(long, global = true, env = "MLAG_SYNC_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// PEM file of the CA that signed an https:// center's certificate
+        /// (default: the system's roots).
+        #[arg(long, global = true, env = "MLAG_SYNC_CA_FILE")]
+        ca_file: Option<PathBuf>,
         /// What to do.
         #[command(subcommand)]
         action: ConfigAction,
@@ -259,6 +270,37 @@ pub enum ConfigAction {
         /// namespace/group/name.
         key: String,
     },
+    /// Tokens for a center's `[[rollout.center.tokens]]` (needs no center).
+    Token {
+        /// What to do.
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+/// `config token` actions.
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Mint a token: prints the secret once (give it to its holder) and the
+    /// `[[rollout.center.tokens]]` entry with its SHA-256 for the center's
+    /// config.
+    New {
+        /// Who holds it; recorded as the author of its writes.
+        #[arg(long)]
+        name: String,
+        /// An operator role NAMESPACE:ROLE, ROLE one of read, publish (includes
+        /// read), admin (includes both); namespace `*`: all. Repeatable.
+        #[arg(
+            long = "role",
+            required_unless_present = "device",
+            conflicts_with = "device"
+        )]
+        roles: Vec<String>,
+        /// Make a device token for this device instead (it may only
+        /// register, poll and acknowledge as that device).
+        #[arg(long)]
+        device: Option<String>,
+    },
 }
 
 /// `show` targets.
@@ -270,6 +312,8 @@ pub enum Show {
     Peer,
     /// Synced ARP entries: sent to the peer and learnt from it (with the kernel's state).
     Arp,
+    /// Synced IPv6 neighbours (Neighbour Advertisements), as `show arp`.
+    Nd,
     /// MC-LAG: role, addresses, shared MAC, per port original/current MAC and link-local.
     Mclag,
     /// Fabric: role, broker, members (identity, role, model, version, last heartbeat, state),
@@ -339,7 +383,21 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         } => {
             ask!(Request::Rollout, RolloutReport)
         }
-        Command::Config { center, action } => center::run(&center, action, cli.json).await,
+        Command::Config {
+            center,
+            token,
+            ca_file,
+            action,
+        } => {
+            center::run(
+                &center,
+                token.as_deref(),
+                ca_file.as_deref(),
+                action,
+                cli.json,
+            )
+            .await
+        }
         Command::Show { what: Show::Fabric } => {
             ask!(Request::Fabric, FabricReport)
         }
@@ -360,6 +418,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Show { what: Show::Arp } => {
             ask!(Request::Arp, ArpTable)
+        }
+        Command::Show { what: Show::Nd } => {
+            ask!(Request::Nd, ArpTable)
         }
         Command::Status => {
             ask!(Request::Status, StatusReport)
@@ -458,6 +519,51 @@ mod tests {
     #[test]
     fn the_command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn token_new_takes_roles_or_a_device_not_both() {
+        let cli = Cli::try_parse_from([
+            "sync-agent",
+            "config",
+            "token",
+            "new",
+            "--name",
+            "ops",
+            "--role",
+            "prod:publish",
+            "--role",
+            "*:read",
+        ])
+        .unwrap();
+        let Command::Config {
+            action:
+                ConfigAction::Token {
+                    action: TokenAction::New { roles, device, .. },
+                },
+            ..
+        } = cli.command
+        else {
+            panic!("not token new: {:?}", cli.command);
+        };
+        assert_eq!((roles.len(), device), (2, None));
+        for bad in [
+            &["sync-agent", "config", "token", "new", "--name", "x"][..],
+            &[
+                "sync-agent",
+                "config",
+                "token",
+                "new",
+                "--name",
+                "x",
+                "--device",
+                "sw1",
+                "--role",
+                "a:read",
+            ],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

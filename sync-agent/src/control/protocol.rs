@@ -25,6 +25,8 @@ pub enum Request {
     Peer,
     /// Synced ARP entries, both directions.
     Arp,
+    /// Synced IPv6 neighbour (ND) entries, both directions.
+    Nd,
     /// MC-LAG role and port identity.
     Mclag,
     /// Every object's state (or only the faulty ones).

@@ -127,6 +127,10 @@ impl Router {
                 Some(peer) => answer(peer.arp().await),
                 None => not_configured("peer sync", "peer"),
             },
+            Request::Nd => match &self.peer {
+                Some(peer) => answer(peer.nd().await),
+                None => not_configured("peer sync", "peer"),
+            },
             Request::Mclag => match &self.mclag {
                 Some(mclag) => answer(mclag.report().await),
                 None => not_configured("MC-LAG", "mclag"),

@@ -11,6 +11,7 @@ use aya::maps::{MapData, RingBuf};
 use sync_common::{
     arp::{self, Parsed},
     capture::{CaptureRecord, Class},
+    nd,
 };
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
@@ -29,6 +30,10 @@ pub enum InvalidRecord {
     /// The captured bytes are not an ARP reply by the shared parsing rules.
     #[error("captured frame is not an ARP reply ({0:?})")]
     NotArpReply(Parsed),
+    /// The captured bytes are IPv6 but not a whole Neighbour Advertisement
+    /// (an NA longer than the capture is cut short: `CAPTURE_BYTES`).
+    #[error("captured IPv6 frame is not a whole neighbour advertisement ({0:?})")]
+    NotAdvert(nd::Parsed),
 }
 
 /// Decodes one ring buffer record, re-checking the frame with the same
@@ -42,6 +47,11 @@ pub fn decode(bytes: &[u8]) -> Result<Captured, InvalidRecord> {
     let record: CaptureRecord = unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) };
     let class = Class::from_u8(record.class).ok_or(InvalidRecord::Class(record.class))?;
     let frame = record.frame_bytes();
+    if let Ok(link) = arp::link(frame)
+        && link.ethertype == nd::ETHERTYPE_IPV6
+    {
+        return decode_advert(&record, class, frame);
+    }
     let reply = match arp::parse(frame) {
         Parsed::ArpReply(reply) => reply,
         other => return Err(InvalidRecord::NotArpReply(other)),
@@ -58,6 +68,34 @@ pub fn decode(bytes: &[u8]) -> Result<Captured, InvalidRecord> {
         frame_len: record.frame_len,
         dst_mac: MacAddr(reply.dst_mac),
         arp: addresses,
+        nd: None,
+        frame: frame.to_vec(),
+    })
+}
+
+/// [`decode`] for a Neighbour Advertisement.
+fn decode_advert(
+    record: &CaptureRecord,
+    class: Class,
+    frame: &[u8],
+) -> Result<Captured, InvalidRecord> {
+    let advert = match nd::parse(frame) {
+        nd::Parsed::Advert(advert) => advert,
+        other => return Err(InvalidRecord::NotAdvert(other)),
+    };
+    let addresses =
+        nd::addresses(frame, &advert).ok_or(InvalidRecord::NotAdvert(nd::Parsed::Other))?;
+    Ok(Captured {
+        timestamp_ns: record.timestamp_ns,
+        ifindex: record.ifindex,
+        class,
+        outer_vlan: advert.outer_vlan,
+        inner_vlan: advert.inner_vlan,
+        vlan_count: advert.vlan_count,
+        frame_len: record.frame_len,
+        dst_mac: MacAddr(advert.dst_mac),
+        arp: arp::ArpAddresses::default(),
+        nd: Some(addresses),
         frame: frame.to_vec(),
     })
 }

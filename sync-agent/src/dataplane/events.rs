@@ -53,12 +53,20 @@ impl Task {
             let _ = peer.send(captured.clone()).await;
         }
         self.replies_received += 1;
-        tracing::debug!(
-            ifindex = captured.ifindex,
-            class = captured.class.name(),
-            sender = %std::net::Ipv4Addr::from(captured.arp.sender_ip),
-            "reply captured"
-        );
+        match &captured.nd {
+            None => tracing::debug!(
+                ifindex = captured.ifindex,
+                class = captured.class.name(),
+                sender = %std::net::Ipv4Addr::from(captured.arp.sender_ip),
+                "reply captured"
+            ),
+            Some(nd) => tracing::debug!(
+                ifindex = captured.ifindex,
+                class = captured.class.name(),
+                target = %std::net::Ipv6Addr::from(nd.target),
+                "neighbour advertisement captured"
+            ),
+        }
         if self.recent.len() >= self.config.recent_captures {
             self.recent.pop_back();
         }
@@ -289,6 +297,15 @@ impl Task {
             unmatched: k.get(counters::UNMATCHED),
             captured: k.get(counters::CAPTURED),
             echo_suppressed: k.get(counters::ECHO_SUPPRESSED),
+            na_adverts: k.get(counters::NA_ADVERTS),
+            na_peer: k.get(counters::NA_PEER),
+            na_own: k.get(counters::NA_OWN),
+            na_shared: k.get(counters::NA_SHARED),
+            na_unmatched: k.get(counters::NA_UNMATCHED),
+            na_malformed: k.get(counters::NA_MALFORMED),
+            na_captured: k.get(counters::NA_CAPTURED),
+            na_echo_suppressed: k.get(counters::NA_ECHO_SUPPRESSED),
+            ipv6_unfollowed: k.get(counters::IPV6_UNFOLLOWED),
             agent: AgentCounters {
                 records_read: self.capture_stats.records.load(Ordering::Relaxed),
                 invalid_records: self.capture_stats.invalid.load(Ordering::Relaxed),
@@ -326,6 +343,8 @@ impl Task {
                     target_ip: c.arp.target_ip.into(),
                     age_ms: now.saturating_sub(c.timestamp_ns) / 1_000_000,
                     frame_len: c.frame_len,
+                    nd_target: c.nd.map(|nd| nd.target.into()),
+                    nd_target_mac: c.nd.and_then(|nd| nd.target_mac).map(MacAddr),
                 })
                 .collect(),
         )

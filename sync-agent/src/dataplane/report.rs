@@ -113,6 +113,33 @@ pub struct CountersReport {
     /// seen again (generic mode).
     #[serde(default)]
     pub echo_suppressed: u64,
+    /// Neighbour Advertisements seen (ND sync).
+    #[serde(default)]
+    pub na_adverts: u64,
+    /// NAs classified peer.
+    #[serde(default)]
+    pub na_peer: u64,
+    /// NAs classified own.
+    #[serde(default)]
+    pub na_own: u64,
+    /// NAs classified shared (IPv6 VRRP MACs among them).
+    #[serde(default)]
+    pub na_shared: u64,
+    /// NAs to none of the known MACs.
+    #[serde(default)]
+    pub na_unmatched: u64,
+    /// IPv6 frames cut short or inconsistent on the way to an NA, and NAs breaking ND's rules.
+    #[serde(default)]
+    pub na_malformed: u64,
+    /// NAs pushed to the ring buffer.
+    #[serde(default)]
+    pub na_captured: u64,
+    /// NAs not captured: this agent's own injection seen again (generic mode).
+    #[serde(default)]
+    pub na_echo_suppressed: u64,
+    /// IPv6 frames with more extension headers than the classifier follows.
+    #[serde(default)]
+    pub ipv6_unfollowed: u64,
     /// The agent's side.
     pub agent: AgentCounters,
 }
@@ -159,6 +186,13 @@ pub struct CapturedEntry {
     pub age_ms: u64,
     /// Frame length on the wire.
     pub frame_len: u16,
+    /// For a Neighbour Advertisement: its target address (the ARP fields
+    /// are then zero).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nd_target: Option<std::net::Ipv6Addr>,
+    /// For a Neighbour Advertisement: its target link-layer address option.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nd_target_mac: Option<MacAddr>,
 }
 
 /// `show captured`: newest first (a JSON array).
@@ -247,6 +281,15 @@ impl fmt::Display for CountersReport {
             ("captured", c.captured),
             ("ringbuf_full", c.ringbuf_full),
             ("echo_suppressed", c.echo_suppressed),
+            ("na_adverts", c.na_adverts),
+            ("na_peer", c.na_peer),
+            ("na_own", c.na_own),
+            ("na_shared", c.na_shared),
+            ("na_unmatched", c.na_unmatched),
+            ("na_malformed", c.na_malformed),
+            ("na_captured", c.na_captured),
+            ("na_echo_suppressed", c.na_echo_suppressed),
+            ("ipv6_unfollowed", c.ipv6_unfollowed),
         ];
         writeln!(f, "kernel (mlag_counters, all CPUs)")?;
         for (name, value) in rows {

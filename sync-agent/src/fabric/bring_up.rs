@@ -113,7 +113,7 @@ pub(super) async fn start(
         } else {
             Duration::from_millis(config.failover_after_ms)
         },
-        subscriptions: topics.subscriptions().to_vec(),
+        subscriptions: topics.subscriptions(&identity, rank.is_some()),
     };
     // A returning primary first learns the members from the backup's
     // retained roster records, so it does not announce them again.
@@ -151,6 +151,7 @@ pub(super) async fn start(
         topics,
         client: link.client,
         current: link.current,
+        subscriptions: link.subscriptions,
         store,
         ports,
         infos,

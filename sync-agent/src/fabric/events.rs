@@ -69,6 +69,7 @@ impl Task {
         match event {
             MqttEvent::Connected { .. } => {
                 self.connected = true;
+                self.connected_at = Some(Instant::now());
                 self.count("connects");
                 self.server_connected();
             }
@@ -222,6 +223,11 @@ impl Task {
                     }
                 }
             }
+        }
+        if rank.is_some() != self.rank.is_some() {
+            // Servers hear every heartbeat; other members only the roster.
+            self.subscriptions
+                .send_replace(self.topics.subscriptions(&self.identity, rank.is_some()));
         }
         self.role = role;
         self.rank = rank;
@@ -455,6 +461,86 @@ mod tests {
         let report = task.report();
         assert_eq!(report.members.len(), 1, "silent sw2 pruned too");
         assert_eq!(report.counters.get("members_pruned"), Some(&2));
+    }
+
+    /// A member that is not a server hears no heartbeats: it knows the
+    /// members from the servers' roster records and departure
+    /// announcements, keeps them however long they are quiet, and after a
+    /// reconnect marks departed those whose records did not come again.
+    #[test]
+    fn a_member_knows_members_from_the_servers_records_only() {
+        use crate::fabric::wire::{MemberEntry, Membership, RosterRecord};
+        let (infos, _rx) = mpsc::channel(4);
+        let (mut task, _eventloop) = test_task_with(
+            infos,
+            "prune_after_ms = 100\nheartbeat_interval_ms = 50\ndead_after_ms = 120",
+        );
+        let mut srv = Codec::new(test_identity("srv"), test_roster(), None);
+        let mut from_server = |task: &mut Task, message: Message| {
+            let (topic, retained) = task.topics.topic_for(&message);
+            let payload = srv.seal(&message);
+            task.process_publish(&topic, &payload, retained);
+        };
+        let record = |member: &str| {
+            Message::Roster(RosterRecord {
+                server: "srv".into(),
+                epoch: 1,
+                entry: MemberEntry {
+                    heartbeat: Heartbeat {
+                        member: member.into(),
+                        role: Role::Client,
+                        model: "m".into(),
+                        version: "v".into(),
+                        servers: vec![],
+                        addresses: vec![],
+                        uptime_s: 1,
+                        interval_ms: 1000,
+                    },
+                    joined_ms: 1,
+                    last_heartbeat_ms: 1,
+                },
+            })
+        };
+        let state = |task: &Task, member: &str| {
+            task.report()
+                .members
+                .iter()
+                .find(|m| m.identity == member)
+                .map(|m| m.state.clone())
+        };
+        task.process_mqtt(MqttEvent::Connected { index: 0 });
+        from_server(&mut task, record("sw2"));
+        from_server(&mut task, record("sw3"));
+        std::thread::sleep(Duration::from_millis(150));
+        task.process(Event::Tick);
+        assert_eq!(
+            state(&task, "sw2").as_deref(),
+            Some("up"),
+            "listed, not pruned"
+        );
+        from_server(
+            &mut task,
+            Message::Membership(Membership {
+                server: "srv".into(),
+                member: "sw2".into(),
+                joined: false,
+                reason: "silent".into(),
+                at_ms: 1,
+            }),
+        );
+        assert_eq!(state(&task, "sw2").as_deref(), Some("departed"));
+        from_server(&mut task, record("sw2"));
+        assert_eq!(state(&task, "sw2").as_deref(), Some("up"), "joined again");
+        // A reconnect: sw2's record comes again, sw3's does not (it left
+        // while we were away and the announcement was missed).
+        std::thread::sleep(Duration::from_millis(5));
+        task.process_mqtt(MqttEvent::Connected { index: 0 });
+        from_server(&mut task, record("sw2"));
+        std::thread::sleep(Duration::from_millis(150));
+        task.process(Event::Tick);
+        assert_eq!(state(&task, "sw2").as_deref(), Some("up"));
+        assert_eq!(state(&task, "sw3").as_deref(), Some("departed"));
+        assert_eq!(task.report().counters.get("members_unlisted"), Some(&1));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
     Request, TlsConfiguration, Transport,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::wire::MAX_MESSAGE;
 
@@ -97,6 +97,9 @@ pub struct Link {
     pub events: mpsc::Receiver<LinkEvent>,
     /// Index of the endpoint in use.
     pub current: Arc<AtomicUsize>,
+    /// The topic filters in force: a new list is subscribed at once (and
+    /// filters dropped from it unsubscribed), and after every reconnect.
+    pub subscriptions: watch::Sender<Vec<String>>,
 }
 
 fn options(settings: &LinkSettings, index: usize) -> MqttOptions {
@@ -153,6 +156,7 @@ pub fn spawn(settings: LinkSettings) -> Link {
     let (events_tx, events) = mpsc::channel(4096);
     let current = Arc::new(AtomicUsize::new(0));
     let (back_tx, back_rx) = mpsc::channel(1);
+    let (subscriptions, filters) = watch::channel(settings.subscriptions.clone());
     if settings.endpoints.len() > 1 {
         tokio::spawn(probe_primary(settings.clone(), current.clone(), back_tx));
     }
@@ -163,11 +167,13 @@ pub fn spawn(settings: LinkSettings) -> Link {
         events_tx,
         current.clone(),
         back_rx,
+        filters,
     ));
     Link {
         client,
         events,
         current,
+        subscriptions,
     }
 }
 
@@ -253,7 +259,9 @@ async fn run(
     events: mpsc::Sender<LinkEvent>,
     current: Arc<AtomicUsize>,
     mut back: mpsc::Receiver<()>,
+    mut filters: watch::Receiver<Vec<String>>,
 ) {
+    let mut subscribed = filters.borrow_and_update().clone();
     let mut index = 0usize;
     let mut connected = false;
     let mut failing_since: Option<Instant> = None;
@@ -272,7 +280,8 @@ async fn run(
                     }
                     connected = true;
                     failing_since = None;
-                    for filter in &settings.subscriptions {
+                    subscribed = filters.borrow_and_update().clone();
+                    for filter in &subscribed {
                         if let Err(err) = client.try_subscribe(filter, QoS::AtLeastOnce) {
                             tracing::error!(filter, "fabric subscribe failed: {err}");
                         }
@@ -318,6 +327,23 @@ async fn run(
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
+            Ok(()) = filters.changed() => {
+                let wanted = filters.borrow_and_update().clone();
+                // Not connected: the next CONNACK subscribes the new list.
+                if connected {
+                    for filter in wanted.iter().filter(|f| !subscribed.contains(f)) {
+                        if let Err(err) = client.try_subscribe(filter, QoS::AtLeastOnce) {
+                            tracing::error!(filter, "fabric subscribe failed: {err}");
+                        }
+                    }
+                    for filter in subscribed.iter().filter(|f| !wanted.contains(f)) {
+                        if let Err(err) = client.try_unsubscribe(filter) {
+                            tracing::error!(filter, "fabric unsubscribe failed: {err}");
+                        }
+                    }
+                }
+                subscribed = wanted;
+            }
             Some(()) = back.recv(), if index != 0 => {
                 tracing::info!(primary = %settings.endpoints[0], "primary broker answers again; moving back");
                 if connected {

@@ -135,14 +135,17 @@ impl Task {
         }
         let now = Instant::now();
         let known = self.view.get_or_insert_with(name, || ViewEntry {
-            heartbeat: entry.heartbeat,
+            heartbeat: entry.heartbeat.clone(),
             heard: None,
             departed: false,
             since: now,
         });
-        if !known.departed {
-            known.since = now;
-        }
+        // A server writes (and keeps retained) the records of present
+        // members only, so a record is news of a member that is here, one
+        // that departed earlier and joined again included.
+        known.heartbeat = entry.heartbeat;
+        known.departed = false;
+        known.since = now;
     }
 
     fn should_be_active(&self) -> bool {

@@ -29,7 +29,7 @@ use std::{
 use rumqttc::{AsyncClient, QoS};
 use tokio::sync::{
     broadcast::{self, error::RecvError},
-    mpsc,
+    mpsc, watch,
 };
 
 use super::{
@@ -97,6 +97,7 @@ pub(super) struct Setup {
     pub(super) topics: Topics,
     pub(super) client: AsyncClient,
     pub(super) current: Arc<AtomicUsize>,
+    pub(super) subscriptions: watch::Sender<Vec<String>>,
     pub(super) store: ConfigStore,
     pub(super) ports: HashMap<String, bool>,
     pub(super) infos: mpsc::Sender<bus::Info>,
@@ -122,7 +123,11 @@ pub(super) struct Task {
     pub(super) client: AsyncClient,
     /// Index in `endpoints` of the broker in use (the link updates it).
     pub(super) current: Arc<AtomicUsize>,
+    /// The link's topic filters; they follow the role.
+    pub(super) subscriptions: watch::Sender<Vec<String>>,
     pub(super) connected: bool,
+    /// When the link last (re)connected.
+    pub(super) connected_at: Option<Instant>,
     /// Servers: the members as heard from heartbeats.
     pub(super) roster: Roster,
     /// Servers: announcing now.
@@ -188,6 +193,7 @@ impl Task {
             topics,
             client,
             current,
+            subscriptions,
             store,
             ports,
             infos,
@@ -214,7 +220,9 @@ impl Task {
             topics,
             client,
             current,
+            subscriptions,
             connected: false,
+            connected_at: None,
             active: false,
             last_primary: None,
             announcements: VecDeque::new(),
@@ -433,6 +441,7 @@ pub(super) fn test_task_with(
         codec: Codec::new(test_identity("sw1"), test_roster(), None),
         client,
         current: Arc::new(AtomicUsize::new(0)),
+        subscriptions: watch::channel(Vec::new()).0,
         store: ConfigStore::default(),
         ports: HashMap::from([("p1".to_string(), true)]),
         infos,

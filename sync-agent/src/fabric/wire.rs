@@ -514,10 +514,46 @@ impl Topics {
         }
     }
 
-    /// The subscriptions every member makes.
-    pub fn subscriptions(&self) -> [String; 3] {
-        [Channel::Info, Channel::Conf, Channel::Fault]
-            .map(|c| format!("{}/{}/#", self.prefix, c.topic_name()))
+    /// The subscriptions member `me` makes. Only servers hear every
+    /// member's heartbeats and departures (`member/#`); other members learn
+    /// the members from the servers' signed roster records and join and
+    /// departure announcements, so a heartbeat costs the broker two
+    /// deliveries, not one per member (a million a second at 1,000
+    /// members). On the config channel an ack goes only to the change's
+    /// origin (the one member that acts on it), so a change costs one
+    /// delivery per member instead of one per pair of members.
+    pub fn subscriptions(&self, me: &str, server: bool) -> Vec<String> {
+        let p = &self.prefix;
+        let info = Channel::Info.topic_name();
+        let conf = Channel::Conf.topic_name();
+        let mut filters = if server {
+            vec![format!("{p}/{info}/#")]
+        } else {
+            vec![
+                format!("{p}/{info}/server/#"),
+                format!("{p}/{info}/roster/#"),
+                format!("{p}/{info}/topology"),
+                format!("{p}/{info}/event"),
+            ]
+        };
+        filters.extend([
+            format!("{p}/{}/#", Channel::Fault.topic_name()),
+            format!("{p}/{conf}/change/#"),
+            format!("{p}/{conf}/state"),
+            format!("{p}/{conf}/setting/#"),
+            format!("{p}/{conf}/announce/#"),
+            self.ack_filter(me),
+        ]);
+        filters
+    }
+
+    /// The acknowledgements of `origin`'s changes.
+    pub fn ack_filter(&self, origin: &str) -> String {
+        format!(
+            "{}/{}/ack/{origin}/#",
+            self.prefix,
+            Channel::Conf.topic_name()
+        )
     }
 
     /// Where a message goes; `retained` for the snapshot kinds.
@@ -531,7 +567,10 @@ impl Topics {
             Message::Topology(_) => (format!("{p}/{channel}/topology"), true),
             Message::Membership(_) => (format!("{p}/{channel}/event"), false),
             Message::Change(c) => (format!("{p}/{channel}/change/{}", c.origin), false),
-            Message::Ack(a) => (format!("{p}/{channel}/ack/{}", a.member), false),
+            Message::Ack(a) => (
+                format!("{p}/{channel}/ack/{}/{}", a.origin, a.member),
+                false,
+            ),
             Message::ConfigState(_) => (format!("{p}/{channel}/state"), true),
             // Retained per port: a late joiner or a restarted member learns
             // at once which remote ports are down.
@@ -692,7 +731,46 @@ mod tests {
         assert!(!retained);
         assert_eq!(t.channel_of(&topic), Some(Channel::Conf));
         assert_eq!(t.channel_of("other/DEV_CONF_MSG/x"), None);
-        assert_eq!(t.subscriptions()[2], "fab/DEV_FAULT_MSG/#");
+        let subscribed = t.subscriptions("sw1", false);
+        assert!(subscribed.contains(&"fab/DEV_FAULT_MSG/#".to_string()));
+        assert!(subscribed.contains(&"fab/DEV_CONF_MSG/ack/sw1/#".to_string()));
+        // Every kind but others' acks is under a subscription of sw2's.
+        let ack_for = |origin: &str| {
+            Message::Ack(ConfigAck {
+                member: "sw3".into(),
+                origin: origin.into(),
+                seq: 1,
+                outcome: "applied".into(),
+            })
+        };
+        assert_eq!(
+            t.topic_for(&ack_for("sw1")).0,
+            "fab/DEV_CONF_MSG/ack/sw1/sw3"
+        );
+        let covered = |me: &str, server: bool, topic: &str| {
+            t.subscriptions(me, server)
+                .iter()
+                .any(|f| match f.strip_suffix('#') {
+                    Some(prefix) => topic.starts_with(prefix),
+                    None => topic == f,
+                })
+        };
+        assert!(!covered("sw2", false, &t.topic_for(&ack_for("sw1")).0));
+        assert!(covered("sw2", false, &t.topic_for(&ack_for("sw2")).0));
+        assert!(!covered("sw2", true, &t.topic_for(&ack_for("sw1")).0));
+        // Servers hear heartbeats and departures; other members hear
+        // everything else but others' acks.
+        for m in super::every_kind::every_kind() {
+            let (topic, _) = t.topic_for(&m);
+            let for_servers_only = matches!(m, Message::Heartbeat(_) | Message::Departed { .. });
+            let others_ack = matches!(&m, Message::Ack(a) if a.origin != "x");
+            assert_eq!(covered("x", true, &topic), !others_ack, "{topic}");
+            assert_eq!(
+                covered("x", false, &topic),
+                !others_ack && !for_servers_only,
+                "{topic}"
+            );
+        }
         assert_eq!(t.roster_filter(), "fab/DEV_INFO_MSG/roster/+");
         assert_eq!(t.channel_of(&t.roster_topic("sw9")), Some(Channel::Info));
         assert_eq!(
@@ -715,9 +793,8 @@ mod tests {
 mod every_kind {
     use super::*;
 
-    /// Each kind survives encode/decode (a body field named like the tag would not).
-    #[test]
-    fn every_kind_round_trips() {
+    /// One message of each kind.
+    pub(super) fn every_kind() -> Vec<Message> {
         let hb = Heartbeat {
             member: "a".into(),
             role: Role::Both,
@@ -794,7 +871,13 @@ mod every_kind {
                 at_ms: 1,
             }),
         ];
-        for m in all {
+        all
+    }
+
+    /// Each kind survives encode/decode (a body field named like the tag would not).
+    #[test]
+    fn every_kind_round_trips() {
+        for m in every_kind() {
             let json = serde_json::to_vec(&m).unwrap();
             assert_eq!(parse_body(m.channel(), &json).unwrap(), m, "{}", m.kind());
         }

@@ -94,7 +94,7 @@ impl Task {
     /// The MLAG ids whose entries the kernel learns on `ifindex`; looks at
     /// the interfaces again (at most once per [`RELOOK_AFTER`]) when it is
     /// not one of them.
-    async fn mlag_ids_on(&mut self, ifindex: u32) -> Option<BTreeSet<u32>> {
+    pub(super) async fn mlag_ids_on(&mut self, ifindex: u32) -> Option<BTreeSet<u32>> {
         let stale = self
             .learn_ifs_at
             .is_none_or(|at| at.elapsed() >= RELOOK_AFTER);

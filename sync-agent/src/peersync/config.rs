@@ -12,11 +12,14 @@ use crate::validate::{Problems, is_ifname};
 #[serde(rename_all = "lowercase")]
 pub enum ArpAcceptPolicy {
     /// Set `net.ipv4.conf.<port>.arp_accept=1` so a synced reply creates an
-    /// entry even when this switch did not ask (class `own` on the peer).
+    /// entry even when this switch did not ask (class `own` on the peer),
+    /// and `net.ipv6.conf.<port>.accept_untracked_na=1` for the same with
+    /// synced Neighbour Advertisements (the kernel also needs the port to
+    /// forward; the agent leaves `forwarding` alone).
     #[default]
     Set,
-    /// Leave it as it is: synced replies only complete entries this switch
-    /// is resolving itself.
+    /// Leave both as they are: synced replies and NAs only complete
+    /// entries this switch is resolving itself.
     Leave,
 }
 

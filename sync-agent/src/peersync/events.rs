@@ -33,6 +33,8 @@ pub(super) enum Query {
     /// `show arp`: the task's table; the kernel's state is added by the
     /// asker ([`ArpSnapshot::with_kernel_state`]), outside the loop.
     Arp(oneshot::Sender<ArpSnapshot>),
+    /// `show nd`, the same way.
+    Nd(oneshot::Sender<super::nd::NdSnapshot>),
     /// Clean exit: restore what this task changed, answer, stop (the loop
     /// in `task.rs` handles it).
     Shutdown(oneshot::Sender<()>),
@@ -84,6 +86,8 @@ pub(super) enum Event {
     Captured(Captured),
     /// This switch's kernel changed a neighbour entry.
     Neighbour(NeighbourEvent),
+    /// This switch's kernel changed an IPv6 neighbour entry (ND sync).
+    Neighbour6(crate::southbound::neighbours6::Neighbour6Event),
     /// An interface changed (member-port state for the peer).
     Link(LinkEvent),
     /// The member ports changed.
@@ -158,12 +162,17 @@ impl Task {
             Event::RefreshDone { probed, failed } => self.process_refresh_done(probed, failed),
             Event::HelloTimeout { conn } => self.process_hello_timeout(conn),
             Event::Neighbour(event) => self.process_neighbour(event).await,
+            Event::Neighbour6(event) => self.process_neighbour6(event).await,
             Event::Link(event) => self.process_link(event).await,
         }
     }
 
     /// A captured reply: into the send table, then sent now or soon.
     pub(super) async fn process_captured(&mut self, captured: Captured) {
+        if captured.nd.is_some() {
+            self.process_captured_nd(captured).await;
+            return;
+        }
         let Some(port) = self
             .ports
             .iter()
@@ -216,6 +225,7 @@ impl Task {
         self.ports = ports;
         self.learn_ifs_at = None;
         self.apply_arp_accept();
+        self.apply_untracked_na();
     }
 
     /// A TCP connection to or from the peer.
@@ -284,8 +294,12 @@ impl Task {
             Some(seq) => {
                 self.acked = seq_max(self.acked, seq);
                 self.table.mark_unacked(seq);
+                self.nd.table.mark_unacked(seq);
             }
-            None => self.table.mark_all(),
+            None => {
+                self.table.mark_all();
+                self.nd.table.mark_all();
+            }
         }
         self.last_peer_boot = Some(hello.boot_id);
         self.stats.sessions_established += 1;
@@ -347,6 +361,13 @@ impl Task {
         }
         for delete in frame.arp_deletes() {
             self.unlearn(&delete).await;
+        }
+        for entry in frame.nd_entries() {
+            self.stats.entries_received += 1;
+            self.learn_nd(&entry.driver, entry.frame).await;
+        }
+        for delete in frame.nd_deletes() {
+            self.unlearn_nd(&delete).await;
         }
         let seq = frame.header.seq;
         if frame.is_sync_done() && frame.arp_entries().next().is_none() {
@@ -456,10 +477,14 @@ impl Task {
             Query::Arp(reply) => {
                 let _ = reply.send(self.arp_report());
             }
+            Query::Nd(reply) => {
+                let _ = reply.send(self.nd_report());
+            }
             // Handled by the loop, which stops after it; here only when a
             // test drives the handler directly.
             Query::Shutdown(done) => {
                 self.restore_arp_accept();
+                self.restore_untracked_na();
                 let _ = done.send(());
             }
         }
@@ -505,7 +530,10 @@ impl Task {
             next_seq: self.next_seq,
             learnt: self.learned.len() as u64,
             evicted: self.table.evicted,
-            counters: self.stats.clone(),
+            counters: super::report::Stats {
+                nd: self.nd.stats.clone(),
+                ..self.stats.clone()
+            },
         }
     }
 

@@ -29,7 +29,7 @@
 
 use std::{
     io,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd as _, OwnedFd},
     time::Instant,
 };
@@ -48,6 +48,7 @@ use crate::{
     southbound::{
         links,
         neighbours::{self, Neighbour, NeighbourError},
+        neighbours6::{self, Neighbour6},
         testrun,
     },
 };
@@ -83,6 +84,27 @@ pub(super) trait Kernel: Send + Sync {
     fn delete(&self, ifindex: u32, ip: Ipv4Addr) -> BoxFuture<'_, Result<bool, NeighbourError>>;
     /// The bridge or bond interface `ifindex` is enslaved to, if any.
     fn controller(&self, ifindex: u32) -> BoxFuture<'_, Option<u32>>;
+    /// ND fallback: writes `ip` -> `mac` as a REACHABLE IPv6 neighbour.
+    fn set_reachable6(
+        &self,
+        ifindex: u32,
+        ip: Ipv6Addr,
+        mac: MacAddr,
+    ) -> BoxFuture<'_, Result<(), NeighbourError>>;
+    /// The IPv6 neighbours on `ifindexes`.
+    fn neighbours6<'a>(
+        &'a self,
+        ifindexes: &'a [u32],
+    ) -> BoxFuture<'a, Result<Vec<Neighbour6>, NeighbourError>>;
+    /// Moves an IPv6 neighbour to PROBE.
+    fn probe6<'a>(&'a self, neighbour: &'a Neighbour6)
+    -> BoxFuture<'a, Result<(), NeighbourError>>;
+    /// Deletes the IPv6 neighbour `ip` on `ifindex`; Ok(false) if absent.
+    fn delete6(&self, ifindex: u32, ip: Ipv6Addr) -> BoxFuture<'_, Result<bool, NeighbourError>>;
+    /// `accept_untracked_na` of `interface` now.
+    fn untracked_na(&self, interface: &str) -> Result<u8, NeighbourError>;
+    /// Sets `accept_untracked_na` of `interface` to `value`.
+    fn set_untracked_na(&self, interface: &str, value: u8) -> Result<(), NeighbourError>;
 }
 
 /// The real kernel: the `mlag_inject` XDP program's fd and a netlink handle.
@@ -150,6 +172,41 @@ impl Kernel for NetKernel {
                 .controller
         })
     }
+
+    fn set_reachable6(
+        &self,
+        ifindex: u32,
+        ip: Ipv6Addr,
+        mac: MacAddr,
+    ) -> BoxFuture<'_, Result<(), NeighbourError>> {
+        Box::pin(neighbours6::set_reachable(&self.netlink, ifindex, ip, mac))
+    }
+
+    fn neighbours6<'a>(
+        &'a self,
+        ifindexes: &'a [u32],
+    ) -> BoxFuture<'a, Result<Vec<Neighbour6>, NeighbourError>> {
+        Box::pin(neighbours6::dump(&self.netlink, ifindexes))
+    }
+
+    fn probe6<'a>(
+        &'a self,
+        neighbour: &'a Neighbour6,
+    ) -> BoxFuture<'a, Result<(), NeighbourError>> {
+        Box::pin(neighbours6::probe(&self.netlink, neighbour))
+    }
+
+    fn delete6(&self, ifindex: u32, ip: Ipv6Addr) -> BoxFuture<'_, Result<bool, NeighbourError>> {
+        Box::pin(neighbours6::delete(&self.netlink, ifindex, ip))
+    }
+
+    fn untracked_na(&self, interface: &str) -> Result<u8, NeighbourError> {
+        neighbours6::accept_untracked_na(interface)
+    }
+
+    fn set_untracked_na(&self, interface: &str, value: u8) -> Result<(), NeighbourError> {
+        neighbours6::set_accept_untracked_na(interface, value)
+    }
 }
 
 /// How an entry learnt from the peer reached the kernel.
@@ -160,6 +217,12 @@ pub enum LearntBy {
     KernelArp,
     /// A netlink neighbour update (fallback).
     NetlinkFallback,
+    /// The kernel's own ND receive path (BPF_PROG_RUN live frame of the
+    /// Neighbour Advertisement, addressed as received).
+    KernelNd,
+    /// The kernel's ND receive path, the advertisement readdressed to all
+    /// nodes and unsolicited (it was for the peer's address).
+    KernelNdAllNodes,
 }
 
 impl LearntBy {
@@ -168,6 +231,8 @@ impl LearntBy {
         match self {
             Self::KernelArp => "kernel-arp",
             Self::NetlinkFallback => "netlink-fallback",
+            Self::KernelNd => "kernel-nd",
+            Self::KernelNdAllNodes => "kernel-nd-all-nodes",
         }
     }
 }

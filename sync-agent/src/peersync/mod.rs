@@ -42,6 +42,7 @@ mod events;
 pub mod hello;
 mod learn;
 mod local;
+mod nd;
 mod ports;
 mod refresh;
 pub mod report;
@@ -66,7 +67,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use self::learn::LearntBy;
 use self::{
     config::PeerConfig,
-    events::Query,
+    events::{Event, Query},
     learn::{Kernel, NetKernel},
     report::{ArpReportEntry, PeerReport},
     task::{Inputs, Task},
@@ -75,7 +76,7 @@ use crate::{
     bus::{AskError, Captured, MemberPort, SessionEvent},
     liveness,
     mac::MacAddr,
-    southbound::{links, neighbours},
+    southbound::{links, neighbours, neighbours6},
 };
 
 /// Who this agent is, as told in hellos.
@@ -181,8 +182,26 @@ impl PeerSyncHandle {
             tracing::error!(error = %err, "cannot follow interface changes: the peer will not hear when a member port comes back");
             mpsc::channel(1).1
         });
+        // IPv6 neighbour changes reach the task through its internal
+        // channel (ND withdraws), forwarded with backpressure.
+        match neighbours6::watch() {
+            Ok(mut changes) => {
+                let internal = task.internal.clone();
+                tokio::spawn(async move {
+                    while let Some(change) = changes.recv().await {
+                        if internal.send(Event::Neighbour6(change)).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot follow the kernel's IPv6 neighbours: ND entries it drops will not be withdrawn from the peer")
+            }
+        }
         let (queries, queries_rx) = mpsc::channel(QUERY_DEPTH);
         task.apply_arp_accept();
+        task.apply_untracked_na();
         tokio::spawn(task.run(Inputs {
             queries: queries_rx,
             captures,
@@ -206,6 +225,13 @@ impl PeerSyncHandle {
     /// kernel never stalls the peer-sync loop.
     pub async fn arp(&self) -> Result<Vec<ArpReportEntry>, AskError> {
         let snapshot = self.ask(Query::Arp).await?;
+        Ok(snapshot.with_kernel_state(&*self.kernel).await)
+    }
+
+    /// `show nd`: ND entries sent and learnt from the peer, with the
+    /// kernel's state read in the asker's context.
+    pub async fn nd(&self) -> Result<Vec<ArpReportEntry>, AskError> {
+        let snapshot = self.ask(Query::Nd).await?;
         Ok(snapshot.with_kernel_state(&*self.kernel).await)
     }
 

@@ -3,7 +3,9 @@
 //! interfaces above its member ports (ARP aging refresh: each entry sends a
 //! fresh request). The replies are captured by the classifier like any
 //! other and synced in bulk batches, so the rebooted peer converges without
-//! traffic loss.
+//! traffic loss. IPv6 neighbours are re-probed the same way (a unicast
+//! Neighbour Solicitation each; the advertisements are synced by ND sync),
+//! in the same paced run and the same counters.
 //!
 //! Which interfaces: a real switch rarely holds its ARP entries on the
 //! member port itself. They sit on the configured VLAN interfaces
@@ -122,6 +124,30 @@ async fn worker(
             }
             Err(err) => {
                 tracing::error!(error = %err, "neighbour refresh: cannot read the ARP table")
+            }
+        }
+        // ND sync: the IPv6 neighbours of the same interfaces, same pace
+        // (each probe is a unicast solicitation; the advertisement it
+        // draws is captured and synced like any other).
+        match kernel.neighbours6(&job.interfaces).await {
+            Ok(list) => {
+                for n in list
+                    .iter()
+                    .filter(|n| n.mac.is_some() && PROBED_STATES.contains(&n.state))
+                    .filter(|n| !n.ip.is_multicast())
+                {
+                    tokio::time::sleep_until(pacer.next_slot(Instant::now())).await;
+                    match kernel.probe6(n).await {
+                        Ok(()) => probed += 1,
+                        Err(err) => {
+                            failed += 1;
+                            tracing::debug!(error = %err, "IPv6 probe");
+                        }
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "neighbour refresh: cannot read the IPv6 neighbour table")
             }
         }
         if internal

@@ -114,6 +114,9 @@ pub struct Stats {
     /// Refreshes of one MLAG id because the peer's twin port came up.
     #[serde(default)]
     pub port_up_refreshes: u64,
+    /// ND sync (Neighbour Advertisements).
+    #[serde(default)]
+    pub nd: super::nd::NdStats,
 }
 
 /// `show peer`.

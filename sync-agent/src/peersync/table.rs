@@ -61,18 +61,21 @@ pub struct SentEntry {
 }
 
 /// Entries plus the set of keys waiting to be sent, and the deletes.
+///
+/// Generic over the key: ARP entries are keyed by [`EntryKey`] (IPv4), ND
+/// entries by `NdKey` (IPv6); both share the session's sequence numbers.
 #[derive(Debug)]
-pub struct SendTable {
+pub struct SendTable<K: TableKey = EntryKey> {
     /// Most recently captured first; the bound pops the other end.
-    entries: LruCache<EntryKey, SentEntry>,
-    dirty: BTreeSet<EntryKey>,
+    entries: LruCache<K, SentEntry>,
+    dirty: BTreeSet<K>,
     /// Withdrawn entries whose delete waits to be sent.
-    deletes_unsent: BTreeSet<EntryKey>,
+    deletes_unsent: BTreeSet<K>,
     /// Deletes sent and not acknowledged: the frame that carried each...
-    deletes_sent: BTreeMap<EntryKey, u32>,
+    deletes_sent: BTreeMap<K, u32>,
     /// ...and the same by frame, so an ack retires them without a scan
     /// (a key here whose `deletes_sent` seq differs is stale: skipped).
-    deletes_by_seq: BTreeMap<u32, Vec<EntryKey>>,
+    deletes_by_seq: BTreeMap<u32, Vec<K>>,
     max_entries: usize,
     /// Entries forgotten because the table was full.
     pub evicted: u64,
@@ -81,13 +84,17 @@ pub struct SendTable {
     pub deletes_dropped: u64,
 }
 
-impl Default for SendTable {
+/// What a [`SendTable`] key must be.
+pub trait TableKey: Copy + Ord + std::hash::Hash + std::fmt::Debug {}
+impl<K: Copy + Ord + std::hash::Hash + std::fmt::Debug> TableKey for K {}
+
+impl<K: TableKey> Default for SendTable<K> {
     fn default() -> Self {
         Self::new(usize::MAX)
     }
 }
 
-impl SendTable {
+impl<K: TableKey> SendTable<K> {
     /// An empty table holding at most `max_entries`.
     pub fn new(max_entries: usize) -> Self {
         Self {
@@ -106,7 +113,7 @@ impl SendTable {
 
     /// Records a captured reply and marks it for sending (a delete of the
     /// same key still waiting is cancelled: the entry is back).
-    pub fn upsert(&mut self, key: EntryKey, driver: DriverHeader, frame: Vec<u8>, mac: MacAddr) {
+    pub fn upsert(&mut self, key: K, driver: DriverHeader, frame: Vec<u8>, mac: MacAddr) {
         if !self.entries.contains(&key)
             && self.entries.len() >= self.max_entries
             && let Some((oldest, _)) = self.entries.pop_lru()
@@ -132,7 +139,7 @@ impl SendTable {
 
     /// The kernel no longer holds `key`'s neighbour: the entry leaves the
     /// table and a delete waits to be sent. False when there was no entry.
-    pub fn withdraw(&mut self, key: EntryKey) -> bool {
+    pub fn withdraw(&mut self, key: K) -> bool {
         if self.entries.pop(&key).is_none() {
             return false;
         }
@@ -147,13 +154,13 @@ impl SendTable {
     }
 
     /// Drops `key` without telling the peer (it already knows).
-    pub fn forget(&mut self, key: EntryKey) -> bool {
+    pub fn forget(&mut self, key: K) -> bool {
         self.dirty.remove(&key);
         self.entries.pop(&key).is_some()
     }
 
     /// Whether `key` has an entry.
-    pub fn contains(&self, key: &EntryKey) -> bool {
+    pub fn contains(&self, key: &K) -> bool {
         self.entries.contains(key)
     }
 
@@ -212,12 +219,12 @@ impl SendTable {
     }
 
     /// The deletes waiting to be sent, at most `max`.
-    pub fn next_deletes(&self, max: usize) -> Vec<EntryKey> {
+    pub fn next_deletes(&self, max: usize) -> Vec<K> {
         self.deletes_unsent.iter().take(max).copied().collect()
     }
 
     /// Records that the delete of `key` went out in frame `seq`.
-    pub fn mark_delete_sent(&mut self, key: EntryKey, seq: u32) {
+    pub fn mark_delete_sent(&mut self, key: K, seq: u32) {
         if self.deletes_unsent.remove(&key) {
             self.deletes_sent.insert(key, seq);
             self.deletes_by_seq.entry(seq).or_default().push(key);
@@ -238,13 +245,13 @@ impl SendTable {
     }
 
     /// The next key to send, without removing it.
-    pub fn next_dirty(&self) -> Option<(EntryKey, &SentEntry)> {
+    pub fn next_dirty(&self) -> Option<(K, &SentEntry)> {
         let key = *self.dirty.first()?;
         self.entries.peek(&key).map(|e| (key, e))
     }
 
     /// Records that `key` went out in frame `seq`.
-    pub fn mark_sent(&mut self, key: EntryKey, seq: u32) {
+    pub fn mark_sent(&mut self, key: K, seq: u32) {
         self.dirty.remove(&key);
         if let Some(entry) = self.entries.peek_mut(&key) {
             entry.seq = seq;
@@ -252,19 +259,19 @@ impl SendTable {
     }
 
     /// Marks one entry for sending again.
-    pub fn mark_all_one(&mut self, key: EntryKey) {
+    pub fn mark_all_one(&mut self, key: K) {
         if self.entries.contains(&key) {
             self.dirty.insert(key);
         }
     }
 
     /// Takes a key off the list to send (its entry stays).
-    pub fn discard_dirty(&mut self, key: EntryKey) {
+    pub fn discard_dirty(&mut self, key: K) {
         self.dirty.remove(&key);
     }
 
     /// Every entry, most recently captured first.
-    pub fn iter(&self) -> impl Iterator<Item = (&EntryKey, &SentEntry)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &SentEntry)> {
         self.entries.iter()
     }
 

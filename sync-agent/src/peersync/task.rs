@@ -115,6 +115,8 @@ pub(super) struct Task {
     /// `arp_accept` of each interface before this task set it, restored at
     /// clean exit.
     pub(super) arp_accept_original: BTreeMap<String, u8>,
+    /// ND sync's tables and counters (`nd.rs`).
+    pub(super) nd: super::nd::NdState,
     pub(super) stats: Stats,
     /// One log line per reason per second, whatever the flood.
     pub(super) log: LogLimiter,
@@ -166,6 +168,7 @@ impl Task {
         let (want_connection, wanted) = watch::channel(0u64);
         let task = Self {
             table: SendTable::new(config.max_entries),
+            nd: super::nd::NdState::new(config.max_entries),
             we_connect: config.local_address < config.peer_address,
             config,
             identity,
@@ -219,6 +222,7 @@ impl Task {
                 query = inputs.queries.recv() => match query {
                     Some(Query::Shutdown(done)) => {
                         self.restore_arp_accept();
+                        self.restore_untracked_na();
                         let _ = done.send(());
                         return;
                     }

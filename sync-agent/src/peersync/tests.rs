@@ -7,7 +7,7 @@
 use std::{
     collections::BTreeMap,
     io,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -33,6 +33,7 @@ use crate::{
     bus::{Captured, Liveness, MemberPort, SessionEvent},
     mac::MacAddr,
     southbound::neighbours::{Neighbour, NeighbourError, NeighbourEvent},
+    southbound::neighbours6::Neighbour6,
 };
 
 // ---------------------------------------------------------------- fixtures
@@ -66,6 +67,12 @@ struct KernelLog {
     /// Interfaces `link` knows.
     links: BTreeMap<String, (u32, MacAddr)>,
     fail_inject: bool,
+    /// ND: fallback writes, probes, deletes, `accept_untracked_na` values.
+    reachable6: Vec<(u32, Ipv6Addr, MacAddr)>,
+    neighbours6: Vec<Neighbour6>,
+    probed6: Vec<Ipv6Addr>,
+    deleted6: Vec<(u32, Ipv6Addr)>,
+    untracked_na: BTreeMap<String, u8>,
 }
 
 /// A kernel that records instead of acting.
@@ -163,6 +170,59 @@ impl Kernel for FakeKernel {
         let controller = self.log().controllers.get(&ifindex).copied();
         Box::pin(async move { controller })
     }
+
+    fn set_reachable6(
+        &self,
+        ifindex: u32,
+        ip: Ipv6Addr,
+        mac: MacAddr,
+    ) -> BoxFuture<'_, Result<(), NeighbourError>> {
+        self.log().reachable6.push((ifindex, ip, mac));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn neighbours6<'a>(
+        &'a self,
+        ifindexes: &'a [u32],
+    ) -> BoxFuture<'a, Result<Vec<Neighbour6>, NeighbourError>> {
+        let list: Vec<Neighbour6> = self
+            .log()
+            .neighbours6
+            .iter()
+            .filter(|n| ifindexes.contains(&n.ifindex))
+            .cloned()
+            .collect();
+        Box::pin(async move { Ok(list) })
+    }
+
+    fn probe6<'a>(
+        &'a self,
+        neighbour: &'a Neighbour6,
+    ) -> BoxFuture<'a, Result<(), NeighbourError>> {
+        self.log().probed6.push(neighbour.ip);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn delete6(&self, ifindex: u32, ip: Ipv6Addr) -> BoxFuture<'_, Result<bool, NeighbourError>> {
+        let mut log = self.log();
+        log.deleted6.push((ifindex, ip));
+        let present = log
+            .neighbours6
+            .iter()
+            .any(|n| (n.ifindex, n.ip) == (ifindex, ip));
+        log.neighbours6
+            .retain(|n| (n.ifindex, n.ip) != (ifindex, ip));
+        Box::pin(async move { Ok(present) })
+    }
+
+    fn untracked_na(&self, interface: &str) -> Result<u8, NeighbourError> {
+        Ok(self.log().untracked_na.get(interface).copied().unwrap_or(0))
+    }
+
+    fn set_untracked_na(&self, interface: &str, value: u8) -> Result<(), NeighbourError> {
+        self.log().untracked_na.insert(interface.to_string(), value);
+        Ok(())
+    }
 }
 
 fn config(extra: &str) -> PeerConfig {
@@ -232,6 +292,7 @@ fn captured(last: u8) -> Captured {
             target_mac: PEER_MAC.0,
             target_ip: [10, 0, 9, 1],
         },
+        nd: None,
         frame,
     }
 }
@@ -1805,4 +1866,174 @@ async fn the_peers_sync_done_tells_mclag_and_is_not_acked() {
     assert!(matches!(h.sessions.try_recv(), Ok(SessionEvent::Synced)));
     assert!(h.written_all().is_empty(), "no ack for it");
     assert_eq!(h.report().counters.peer_syncs_done, 1);
+}
+
+// ---------------------------------------------------------------- ND sync
+
+/// A solicited NA from host `last` (fd00::last, its MAC) to `dst`
+/// (IPv6 fd00::1), with the target link-layer option; valid checksum.
+fn na_frame(dst: MacAddr, last: u8) -> Vec<u8> {
+    let (mac, _) = host(last);
+    let src = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(last)).octets();
+    let to = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1).octets();
+    let mut icmp = vec![136, 0, 0, 0, 0x60, 0, 0, 0];
+    icmp.extend_from_slice(&src);
+    icmp.extend_from_slice(&[2, 1]);
+    icmp.extend_from_slice(&mac.0);
+    let sum = sync_common::nd::icmpv6_checksum(&src, &to, &icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst.0);
+    f.extend_from_slice(&mac.0);
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    f.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[58, 255]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&to);
+    f.extend_from_slice(&icmp);
+    f
+}
+
+fn nd_sync_frame(seq: u32, entries: &[(DriverHeader, Vec<u8>)]) -> Vec<u8> {
+    let mut buf = vec![0u8; 4096];
+    let mut e = Encoder::new(&mut buf, MessageType::Sync, SubType::Nd, seq).unwrap();
+    for (d, f) in entries {
+        e.nd_entry(d, f).unwrap();
+    }
+    let len = e.finish();
+    buf.truncate(len);
+    buf
+}
+
+/// The checksum of the ICMPv6 message of an injected (untagged) NA.
+fn na_checksum_ok(frame: &[u8]) -> bool {
+    let src: [u8; 16] = frame[22..38].try_into().unwrap();
+    let dst: [u8; 16] = frame[38..54].try_into().unwrap();
+    sync_common::nd::icmpv6_checksum(&src, &dst, &frame[54..]) == 0
+}
+
+#[tokio::test]
+async fn synced_nas_are_injected_addressed_as_the_kernel_takes_them() {
+    let mut h = Harness::new("");
+    h.establish(PEER_BOOT, None).await;
+    let own = driver(1);
+    let peer = DriverHeader {
+        class: Class::Peer as u8,
+        ..driver(1)
+    };
+    h.inbound(nd_sync_frame(
+        1,
+        &[
+            (own, na_frame(PEER_MAC, 20)),
+            (peer, na_frame(PORT1_MAC, 21)),
+        ],
+    ))
+    .await;
+    let injected = h.kernel.log().injected.clone();
+    assert_eq!(injected.len(), 2);
+    // Class own on the peer: for the peer's address, so readdressed to all
+    // nodes, unsolicited, checksum fixed.
+    let (ifindex, all_nodes) = &injected[0];
+    assert_eq!(*ifindex, 11);
+    assert_eq!(all_nodes[..6], sync_common::nd::ALL_NODES_MAC);
+    assert_eq!(all_nodes[38..54], sync_common::nd::ALL_NODES);
+    assert_eq!(all_nodes[58] & sync_common::nd::FLAG_SOLICITED, 0);
+    assert!(na_checksum_ok(all_nodes));
+    // Class peer: it answered this switch: only the Ethernet destination
+    // becomes the port's MAC; still solicited.
+    let (_, unicast) = &injected[1];
+    assert_eq!(unicast[..6], PORT1_MAC.0);
+    assert_eq!(unicast[6..], na_frame(PORT1_MAC, 21)[6..]);
+    let report = h.report();
+    assert_eq!(report.counters.nd.injected, 2);
+    assert_eq!(report.counters.nd.entries_received, 2);
+    let nd = h.task.nd_report().entries;
+    let hows: Vec<&str> = nd.iter().map(|e| e.how.as_str()).collect();
+    assert!(hows.contains(&"kernel-nd-all-nodes"), "{hows:?}");
+    assert!(hows.contains(&"kernel-nd"), "{hows:?}");
+    assert_eq!(h.written(), vec![Written::Ack(1)]);
+}
+
+#[tokio::test]
+async fn nas_wait_for_a_peer_that_announces_nd_sync() {
+    let mut h = Harness::new("");
+    h.establish(PEER_BOOT, None).await;
+    let frame = na_frame(PEER_MAC, 30);
+    let nd = match sync_common::nd::parse(&frame[..]) {
+        sync_common::nd::Parsed::Advert(a) => sync_common::nd::addresses(&frame[..], &a),
+        other => panic!("{other:?}"),
+    };
+    h.task
+        .process(Event::Captured(Captured {
+            arp: ArpAddresses::default(),
+            nd,
+            frame,
+            ..captured(2)
+        }))
+        .await;
+    h.task.flush().await;
+    // The peer's hello says ARP only: nothing of ND goes out, it is held.
+    assert!(h.written().is_empty());
+    assert_eq!(h.report().counters.nd.held_peer_without_nd, 1);
+    assert_eq!(h.report().counters.nd.captured, 1);
+    // Class peer: this switch learnt it too (readdressed to all nodes).
+    let injected = h.kernel.log().injected.clone();
+    assert_eq!(injected.len(), 1);
+    assert_eq!(injected[0].1[..6], sync_common::nd::ALL_NODES_MAC);
+}
+
+/// Linux answers a unicast solicitation (a refresh probe) without the
+/// target link-layer option; the capturing switch adds it from the
+/// Ethernet source, so the peer's kernel learns the MAC.
+#[tokio::test]
+async fn an_na_without_its_link_layer_option_is_synced_with_one_added() {
+    let mut h = Harness::new("");
+    let mut peer_hello_nd = Frame::decode(&peer_hello(PEER_BOOT, None), 1 << 16)
+        .map(|f| Hello::decode(&f).unwrap())
+        .unwrap();
+    peer_hello_nd.capabilities = wire::capability::ALL;
+    h.connect().await;
+    h.inbound(peer_hello_nd.encode()).await;
+    h.written();
+    // The NA of `na_frame` without its 8-byte option.
+    let mut frame = na_frame(PORT1_MAC, 40);
+    frame.truncate(frame.len() - 8);
+    frame[18..20].copy_from_slice(&24u16.to_be_bytes());
+    let src: [u8; 16] = frame[22..38].try_into().unwrap();
+    let dst: [u8; 16] = frame[38..54].try_into().unwrap();
+    frame[56..58].copy_from_slice(&[0, 0]);
+    let sum = sync_common::nd::icmpv6_checksum(&src, &dst, &frame[54..]);
+    frame[56..58].copy_from_slice(&sum.to_be_bytes());
+    let nd = match sync_common::nd::parse(&frame[..]) {
+        sync_common::nd::Parsed::Advert(a) => sync_common::nd::addresses(&frame[..], &a),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(nd.unwrap().target_mac, None);
+    h.task
+        .process(Event::Captured(Captured {
+            class: Class::Own,
+            dst_mac: PORT1_MAC,
+            arp: ArpAddresses::default(),
+            nd,
+            frame,
+            ..captured(2)
+        }))
+        .await;
+    h.task.flush().await;
+    let sent: Vec<Vec<u8>> = std::iter::from_fn(|| h.wire.try_recv().ok())
+        .filter(|bytes| {
+            Frame::decode(bytes, wire::MAX_FRAME_LEN)
+                .is_ok_and(|f| f.header.sub_type == SubType::Nd)
+        })
+        .collect();
+    assert_eq!(sent.len(), 1, "one ND frame");
+    let decoded = Frame::decode(&sent[0], wire::MAX_FRAME_LEN).unwrap();
+    let entry = decoded.nd_entries().next().expect("one ND entry");
+    let sync_common::nd::Parsed::Advert(advert) = sync_common::nd::parse(entry.frame) else {
+        panic!("not an NA")
+    };
+    let addresses = sync_common::nd::addresses(entry.frame, &advert).unwrap();
+    assert_eq!(addresses.target_mac, Some(host(40).0.0));
+    assert!(na_checksum_ok(entry.frame));
+    assert_eq!(h.report().counters.nd.lladdr_from_source, 1);
 }

@@ -24,7 +24,7 @@ impl Task {
     /// After a capture was queued: send at once when a batch is full,
     /// otherwise make sure a flush is scheduled.
     pub(super) async fn schedule_flush(&mut self) {
-        if self.table.pending() >= self.config.batch_max_entries {
+        if self.table.pending() + self.nd.table.pending() >= self.config.batch_max_entries {
             self.flush().await;
         } else if self.flush_at.is_none() {
             self.flush_at = Some(
@@ -119,6 +119,9 @@ impl Task {
                 self.table.mark_delete_sent(key, seq);
             }
         }
+        if !self.flush_nd(max_frame) {
+            return;
+        }
         self.send_sync_done(max_frame);
     }
 
@@ -174,6 +177,7 @@ impl Task {
         self.stats.acks_received += 1;
         self.acked = seq_max(self.acked, seq);
         self.table.deletes_acked(self.acked);
+        self.nd.table.deletes_acked(self.acked);
     }
 
     /// Whether frame `seq` was acknowledged (wrap-safe).
@@ -187,7 +191,7 @@ impl Task {
     /// that has not drained for the dead interval means the peer stopped
     /// reading, and the session is closed as stalled (entries are kept and
     /// resent on the next session).
-    fn writer_has_room(&mut self) -> bool {
+    pub(super) fn writer_has_room(&mut self) -> bool {
         let Some(session) = &self.session else {
             return false;
         };

@@ -7,5 +7,6 @@
 pub mod addresses;
 pub mod links;
 pub mod neighbours;
+pub mod neighbours6;
 pub mod routes;
 pub mod testrun;

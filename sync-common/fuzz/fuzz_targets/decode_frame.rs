@@ -1,6 +1,6 @@
 //! Decodes arbitrary bytes as one sync protocol frame. Whatever the input,
 //! decoding must not panic; a frame that decodes must have iterable TLVs and
-//! ARP entries, and its ARP entries re-encoded (same header type, sub-type
+//! ARP and ND entries, and its entries and deletes re-encoded (same header type, sub-type
 //! and seq) must decode to equal entries.
 //!
 //! The header checks give the fuzzer no coverage gradient (from an empty
@@ -13,7 +13,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sync_common::wire::{self, ArpDelete, ArpEntry, Encoder, Frame, MessageType, tlv};
+use sync_common::wire::{
+    self, ArpDelete, ArpEntry, Encoder, Frame, MessageType, NdDelete, NdEntry, tlv,
+};
 
 fuzz_target!(|data: &[u8]| {
     let _ = wire::decode_header(data, wire::MAX_FRAME_LEN);
@@ -24,6 +26,8 @@ fuzz_target!(|data: &[u8]| {
 
     let mut arp_tlvs = 0usize;
     let mut delete_tlvs = 0usize;
+    let mut nd_tlvs = 0usize;
+    let mut nd_delete_tlvs = 0usize;
     let mut body = 0usize;
     for t in frame.tlvs() {
         body += wire::TLV_HEADER_LEN + t.value.len();
@@ -32,6 +36,12 @@ fuzz_target!(|data: &[u8]| {
         }
         if t.tlv_type == tlv::ARP_DELETE {
             delete_tlvs += 1;
+        }
+        if t.tlv_type == tlv::ND_ENTRY {
+            nd_tlvs += 1;
+        }
+        if t.tlv_type == tlv::ND_DELETE {
+            nd_delete_tlvs += 1;
         }
         assert!(frame.find(t.tlv_type).is_some());
     }
@@ -44,8 +54,12 @@ fuzz_target!(|data: &[u8]| {
     // Deletes are validated in sync frames (elsewhere they are unknown
     // optional TLVs, skipped unchecked).
     let deletes: Vec<ArpDelete> = frame.arp_deletes().collect();
+    let nd_entries: Vec<NdEntry> = frame.nd_entries().collect();
+    let nd_deletes: Vec<NdDelete> = frame.nd_deletes().collect();
     if frame.header.msg_type == MessageType::Sync {
         assert_eq!(deletes.len(), delete_tlvs);
+        assert_eq!(nd_entries.len(), nd_tlvs);
+        assert_eq!(nd_deletes.len(), nd_delete_tlvs);
     }
 
     // The entries are a subset of the input's TLVs, so they fit in a buffer
@@ -65,6 +79,13 @@ fuzz_target!(|data: &[u8]| {
     for d in &deletes {
         enc.arp_delete(d).expect("re-encoded deletes fit");
     }
+    for e in &nd_entries {
+        enc.nd_entry(&e.driver, e.frame)
+            .expect("re-encoded ND entries fit");
+    }
+    for d in &nd_deletes {
+        enc.nd_delete(d).expect("re-encoded ND deletes fit");
+    }
     let len = enc.finish();
     let again = Frame::decode(&buf[..len], wire::MAX_FRAME_LEN).expect("re-encoded frame decodes");
     assert_eq!(again.header.msg_type, frame.header.msg_type);
@@ -75,5 +96,9 @@ fuzz_target!(|data: &[u8]| {
     if frame.header.msg_type == MessageType::Sync {
         let deletes_again: Vec<ArpDelete> = again.arp_deletes().collect();
         assert_eq!(deletes_again, deletes);
+        let nd_again: Vec<NdEntry> = again.nd_entries().collect();
+        assert_eq!(nd_again, nd_entries);
+        let nd_deletes_again: Vec<NdDelete> = again.nd_deletes().collect();
+        assert_eq!(nd_deletes_again, nd_deletes);
     }
 });

@@ -20,8 +20,9 @@ use std::{
 use anyhow::Context as _;
 use mlag_testbed::{
     agent::Agent,
-    frames::{Arp, TPID_8021AD, TPID_8021Q},
+    frames::{Arp, Na, TPID_8021AD, TPID_8021Q, ipv6},
     neighwatch::NeighbourWatch,
+    neighwatch6::NeighbourWatch6,
     netns::PacketSocket,
     pair::{self, A_IP, B_IP, Pair},
     wait_until,
@@ -49,6 +50,14 @@ const RATE_BATCH: u32 = 10_000;
 
 fn reply(dst: [u8; 6]) -> Arp {
     Arp::reply((HOST, [10, 0, 0, 3]), (dst, [10, 0, 0, 1]))
+}
+
+/// A solicited Neighbour Advertisement from HOST (fd00:77::3) to `dst`.
+fn na(dst: [u8; 6]) -> Na {
+    Na::solicited(
+        (HOST, ipv6([0xfd00, 0x77, 0, 0, 0, 0, 0, 3])),
+        (dst, ipv6([0xfd00, 0x77, 0, 0, 0, 0, 0, 1])),
+    )
 }
 
 fn ipv4_udp() -> Vec<u8> {
@@ -96,6 +105,7 @@ fn main() -> anyhow::Result<()> {
         Some(mlag_testbed::center_bench::WAITERS_COMMAND) => {
             return mlag_testbed::center_bench::waiters_main(std::env::args().skip(2).collect());
         }
+        Some("nd") => return nd_benchmarks(),
         _ => {}
     }
     let (mut dataplane, ring, _log) =
@@ -145,7 +155,7 @@ fn main() -> anyhow::Result<()> {
         "{:<52} {:>9} {:>9} {:>7}",
         "frame", "classify", "pass", "ratio"
     );
-    let cases: [(&str, Vec<u8>); 5] = [
+    let cases: [(&str, Vec<u8>); 9] = [
         (
             "ARP reply to the peer's MAC (class peer, captured)",
             reply(PEER).to_bytes(),
@@ -165,6 +175,21 @@ fn main() -> anyhow::Result<()> {
                 .to_bytes(),
         ),
         ("IPv4/UDP frame (not ARP)", ipv4_udp()),
+        (
+            "NA to the peer's MAC (class peer, captured)",
+            na(PEER).to_bytes(),
+        ),
+        (
+            "NA to an IPv6 VRRP MAC (class shared, not captured)",
+            na([0, 0, 0x5e, 0, 2, 1]).to_bytes(),
+        ),
+        ("NA to another host (class unmatched)", na(OTHER).to_bytes()),
+        (
+            "double-tagged NA to another host",
+            na(OTHER)
+                .tagged(&[(TPID_8021AD, 100), (TPID_8021Q, 200)])
+                .to_bytes(),
+        ),
     ];
     for (name, frame) in &cases {
         let c = ns_per_frame(classify, frame)?;
@@ -510,5 +535,188 @@ fn bulk_resync(entries: u32) -> anyhow::Result<()> {
             }
         );
     }
+    Ok(())
+}
+
+/// `mlag-bench nd`: the ND figures only — the classifier's ns per NA frame
+/// against the pass-only program (ARP reply beside it), and ND sync latency
+/// beside ARP's in both attach modes.
+fn nd_benchmarks() -> anyhow::Result<()> {
+    let (mut dataplane, _ring, _log) =
+        Classifier::load(EbpfLogLevel::Off).context("loading the XDP object (run as root)")?;
+    dataplane.set_tables(MacTables {
+        peer: [MacAddr(PEER)].into(),
+        own: [MacAddr(OWN)].into(),
+        shared: Default::default(),
+    })?;
+    dataplane.set_policy(sync_common::policy::DEFAULT)?;
+    let classify = dataplane.program_fd(CLASSIFIER_PROGRAM)?;
+    let pass = dataplane.program_fd(PASS_PROGRAM)?;
+    println!("XDP classifier, ns per frame (BPF_PROG_RUN, {REPEAT} repeats, median of {RUNS}):");
+    println!(
+        "{:<52} {:>9} {:>9} {:>7}",
+        "frame", "classify", "pass", "ratio"
+    );
+    let cases: [(&str, Vec<u8>); 5] = [
+        (
+            "ARP reply to another host (class unmatched)",
+            reply(OTHER).to_bytes(),
+        ),
+        (
+            "NA to the peer's MAC (class peer, captured)",
+            na(PEER).to_bytes(),
+        ),
+        (
+            "NA to an IPv6 VRRP MAC (class shared, not captured)",
+            na([0, 0, 0x5e, 0, 2, 1]).to_bytes(),
+        ),
+        ("NA to another host (class unmatched)", na(OTHER).to_bytes()),
+        (
+            "double-tagged NA to another host",
+            na(OTHER)
+                .tagged(&[(TPID_8021AD, 100), (TPID_8021Q, 200)])
+                .to_bytes(),
+        ),
+    ];
+    for (name, frame) in &cases {
+        let c = ns_per_frame(classify, frame)?;
+        let p = ns_per_frame(pass, frame)?;
+        println!("{name:<52} {c:>9.1} {p:>9.1} {:>7.2}", c / p);
+    }
+    drop(dataplane);
+    pair::raise_neighbour_limits(65_536)?;
+    raise_ipv6_neighbour_limits(65_536)?;
+    for mode in ["driver", "generic"] {
+        sync_latency(mode)?;
+        nd_sync_latency(mode)?;
+    }
+    Ok(())
+}
+
+/// The IPv6 twin of `pair::raise_neighbour_limits` (only raises).
+fn raise_ipv6_neighbour_limits(at_least: u64) -> anyhow::Result<()> {
+    for (name, value) in [
+        ("gc_thresh1", at_least / 4),
+        ("gc_thresh2", at_least / 2),
+        ("gc_thresh3", at_least),
+    ] {
+        let path = format!("/proc/sys/net/ipv6/neigh/default/{name}");
+        let current: u64 = std::fs::read_to_string(&path)?.trim().parse()?;
+        if current < value {
+            std::fs::write(&path, value.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+fn one_by_one6(
+    socket: &PacketSocket,
+    watch: &NeighbourWatch6,
+    frames: &[(std::net::Ipv6Addr, Vec<u8>)],
+) -> anyhow::Result<Vec<Duration>> {
+    let mut latencies = Vec::with_capacity(frames.len());
+    for (address, frame) in frames {
+        let sent = Instant::now();
+        socket.send(frame)?;
+        let deadline = sent + Duration::from_secs(2);
+        loop {
+            let (seen, at) = watch
+                .next(deadline)
+                .with_context(|| format!("{address} never became REACHABLE"))?;
+            if seen == *address {
+                latencies.push(at - sent);
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    latencies.sort();
+    Ok(latencies)
+}
+
+/// ND sync latency: a solicited NA for A enters B's member port -> A's
+/// entry REACHABLE, against the same NA entering A's own port. A holds a
+/// STALE entry for each address beforehand (to a wrong MAC), as a switch
+/// that solicited holds one: the solicited, overriding NA makes it
+/// REACHABLE with C's MAC either way.
+fn nd_sync_latency(mode: &str) -> anyhow::Result<()> {
+    let pair = Pair::new()?;
+    for (ns, dev, ip) in [
+        (&pair.a, "a-c", "fd00:77::1"),
+        (&pair.b, "b-c", "fd00:77::2"),
+    ] {
+        ns.exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])?;
+        ns.ip(&["addr", "add", &format!("{ip}/64"), "dev", dev, "nodad"])?;
+    }
+    let in_mode = |config: String| {
+        config.replace(
+            &format!("xdp_mode = \"{}\"", pair::xdp_mode()),
+            &format!("xdp_mode = \"{mode}\""),
+        )
+    };
+    let a = Agent::start(&pair.a, &in_mode(pair.config_a("")))?;
+    let b = Agent::start(&pair.b, &in_mode(pair.config_b("")))?;
+    wait_up(&a)?;
+    let address =
+        |group: u16, i: u32| ipv6([0xfd00, 0x77, 0, 0, 0, group, (i >> 16) as u16, i as u16]);
+    let mut batch = String::new();
+    for group in [1u16, 2] {
+        for i in 0..LATENCY_REPLIES {
+            batch.push_str(&format!(
+                "neigh replace {} lladdr 02:00:00:00:00:99 dev a-c nud stale\n",
+                std::net::Ipv6Addr::from(address(group, i))
+            ));
+        }
+    }
+    let file = std::env::temp_dir().join(format!("mlag-nd-bench-{}", std::process::id()));
+    std::fs::write(&file, batch)?;
+    pair.a.ip(&["-batch", &file.to_string_lossy()])?;
+    let _ = std::fs::remove_file(&file);
+    let watch = NeighbourWatch6::start(&pair.a)?;
+    let to_b = pair.c.run(|| PacketSocket::open("c-b"))?;
+    let to_a = pair.c.run(|| PacketSocket::open("c-a"))?;
+    let a_ip = ipv6([0xfd00, 0x77, 0, 0, 0, 0, 0, 1]);
+    let frames = |group: u16| -> Vec<(std::net::Ipv6Addr, Vec<u8>)> {
+        (0..LATENCY_REPLIES)
+            .map(|i| {
+                let ip = address(group, i);
+                (
+                    ip.into(),
+                    Na::solicited((pair.c_mac, ip), (pair.a_mac, a_ip)).to_bytes(),
+                )
+            })
+            .collect()
+    };
+    let via_peer = one_by_one6(&to_b, &watch, &frames(1))?;
+    let local = one_by_one6(&to_a, &watch, &frames(2))?;
+    println!();
+    println!(
+        "ND sync latency, {mode} XDP: solicited NA enters B's member port -> entry REACHABLE in A's kernel ({LATENCY_REPLIES} NAs, one at a time)"
+    );
+    for (name, l) in [
+        ("via B and the peer link", &via_peer),
+        ("baseline: same NA into A's own port", &local),
+    ] {
+        println!(
+            "  {name:<40} p50 {:>7.1} us  p99 {:>7.1} us  max {:>7.1} us",
+            percentile(l, 0.50).as_secs_f64() * 1e6,
+            percentile(l, 0.99).as_secs_f64() * 1e6,
+            l[l.len() - 1].as_secs_f64() * 1e6
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let count = |agent: &Agent, name: &str| -> u64 {
+        agent
+            .query(&["show", "counters"])
+            .ok()
+            .and_then(|c| c[name].as_u64())
+            .unwrap_or(0)
+    };
+    println!(
+        "  echo check: {} NA captures for {} NAs, {} injections recognised and not captured again",
+        count(&a, "na_captured") + count(&b, "na_captured"),
+        2 * LATENCY_REPLIES,
+        count(&a, "na_echo_suppressed") + count(&b, "na_echo_suppressed"),
+    );
     Ok(())
 }

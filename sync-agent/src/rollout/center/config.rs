@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::auth::{TokenConfig, Tokens};
 use super::engine::OnLost;
 use super::store::DEFAULT_MAX_CONFIG_BYTES;
 use crate::validate::Problems;
@@ -73,6 +74,22 @@ pub struct CenterConfig {
     /// are removed as new ones are made; the audit log keeps their MD5s.
     #[serde(default)]
     pub keep_versions: Option<u64>,
+    /// PEM certificate chain served over HTTPS (with `tls_key`); without
+    /// both the API is plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Allows listening on a non-loopback address without tokens or
+    /// without TLS (warned about at start). Default false: such a center
+    /// refuses to start.
+    #[serde(default)]
+    pub insecure: bool,
+    /// `[[rollout.center.tokens]]`: who may do what (see `auth`). None:
+    /// every request is allowed (only on loopback unless `insecure`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<TokenConfig>,
 }
 
 impl Default for CenterConfig {
@@ -87,13 +104,59 @@ impl Default for CenterConfig {
             device_expiry_s: DEFAULT_DEVICE_EXPIRY_S,
             on_lost: OnLost::Pause,
             keep_versions: None,
+            tls_cert: None,
+            tls_key: None,
+            insecure: false,
+            tokens: Vec::new(),
         }
     }
 }
 
 impl CenterConfig {
+    /// What a center reachable from the network lacks: `"tokens"` and/or
+    /// `"TLS"` (empty: both configured).
+    pub fn missing_protection(&self) -> Vec<&'static str> {
+        let mut missing = Vec::new();
+        if self.tokens.is_empty() {
+            missing.push("tokens");
+        }
+        if self.tls_cert.is_none() || self.tls_key.is_none() {
+            missing.push("TLS");
+        }
+        missing
+    }
+
+    /// Why this center must not start as configured: it listens beyond
+    /// loopback without tokens and TLS, and `insecure` is not set.
+    pub fn exposure_problem(&self) -> Option<String> {
+        let missing = self.missing_protection();
+        if self.listen.ip().is_loopback() || self.insecure || missing.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "listening on {} (beyond loopback) without {}: anyone who reaches it could change every device; configure tls_cert/tls_key and [[rollout.center.tokens]] (see `sync-agent config token new`), listen on 127.0.0.1, or set insecure = true",
+            self.listen,
+            missing.join(" and ")
+        ))
+    }
+
     /// Every problem of `[rollout.center]`.
     pub fn problems(&self, out: &mut Problems) {
+        Tokens::from_config(&self.tokens, out);
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => out.add(
+                "rollout.center.tls_key",
+                "tls_cert is set: give tls_key too",
+            ),
+            (None, Some(_)) => out.add(
+                "rollout.center.tls_cert",
+                "tls_key is set: give tls_cert too",
+            ),
+            _ => {}
+        }
+        if let Some(problem) = self.exposure_problem() {
+            out.add("rollout.center.listen", problem);
+        }
         if self.batch_size == 0 {
             out.add("rollout.center.batch_size", "must be at least 1");
         }
@@ -137,10 +200,93 @@ mod tests {
         );
     }
 
+    fn problem_fields(config: &CenterConfig) -> Vec<(String, String)> {
+        let mut problems = Problems::default();
+        config.problems(&mut problems);
+        problems
+            .into_vec()
+            .into_iter()
+            .map(|p| (p.field, p.message))
+            .collect()
+    }
+
+    #[test]
+    fn beyond_loopback_a_center_needs_tokens_and_tls_or_insecure() {
+        let tls = CenterConfig {
+            tls_cert: Some("/c.pem".into()),
+            tls_key: Some("/k.pem".into()),
+            ..Default::default()
+        };
+        let token = TokenConfig {
+            name: "ops".into(),
+            sha256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".into(),
+            roles: vec!["*:admin".into()],
+            device: None,
+        };
+        // The default listens on 0.0.0.0 with neither.
+        let problems = problem_fields(&CenterConfig::default());
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "rollout.center.listen");
+        assert!(
+            problems[0].1.contains("without tokens and TLS"),
+            "{}",
+            problems[0].1
+        );
+        let problems = problem_fields(&tls);
+        assert!(problems[0].1.contains("without tokens:"), "{problems:?}");
+        let protected = CenterConfig {
+            tokens: vec![token],
+            ..tls.clone()
+        };
+        assert_eq!(problem_fields(&protected), []);
+        assert!(protected.missing_protection().is_empty());
+        let loopback = CenterConfig {
+            listen: "127.0.0.1:7480".parse().unwrap(),
+            ..Default::default()
+        };
+        assert_eq!(problem_fields(&loopback), []);
+        assert_eq!(loopback.missing_protection(), ["tokens", "TLS"]);
+        let v6 = CenterConfig {
+            listen: "[::1]:7480".parse().unwrap(),
+            ..Default::default()
+        };
+        assert_eq!(problem_fields(&v6), []);
+        let insecure = CenterConfig {
+            insecure: true,
+            ..Default::default()
+        };
+        assert_eq!(problem_fields(&insecure), []);
+        let half = CenterConfig {
+            tls_key: None,
+            ..tls
+        };
+        assert!(
+            problem_fields(&half)
+                .iter()
+                .any(|(f, _)| f == "rollout.center.tls_key")
+        );
+    }
+
+    #[test]
+    fn tokens_read_from_the_section_and_their_problems_name_the_entry() {
+        let config: CenterConfig = toml::from_str(
+            "listen = \"127.0.0.1:7480\"\ndb_path = \"/tmp/c.redb\"\n\
+             [[tokens]]\nname = \"ops\"\nsha256 = \"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"\nroles = [\"prod:publish\", \"*:read\"]\n\
+             [[tokens]]\nname = \"sw1\"\nsha256 = \"00\"\ndevice = \"sw1\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.tokens.len(), 2);
+        assert_eq!(config.tokens[0].roles, ["prod:publish", "*:read"]);
+        let problems = problem_fields(&config);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "rollout.center.tokens[1].sha256");
+    }
+
     #[test]
     fn batch_size_zero_is_a_problem_of_its_field() {
         let config = CenterConfig {
             batch_size: 0,
+            insecure: true,
             ..Default::default()
         };
         let mut problems = Problems::default();

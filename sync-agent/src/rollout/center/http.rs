@@ -28,6 +28,16 @@
 //! `PUT`, `rollback` and `clone` also take `canary=DEV[,DEV|LABEL...]` and
 //! `approve_each_batch=true`.
 //!
+//! With tokens configured (`[[rollout.center.tokens]]`, see [`super::auth`])
+//! every request but an unknown path needs `Authorization: Bearer TOKEN`:
+//! reads need `NS:read`, put/rollback/clone `NS:publish` (clone: in the
+//! target namespace, and `read` in the source), rollout actions `NS:admin`
+//! in the rollout's namespace, device removal `*:admin`, the device and
+//! rollout lists and stats any operator token (lists show only readable
+//! namespaces); register, watch and ack need the device's own token, which
+//! may also read the configs of its registered services. 401: no, malformed
+//! or unknown token; 403: the token lacks the role or is another device's.
+//!
 //! Statuses: 400 invalid input (content for its format, names, cycle,
 //! malformed body or query), 404 unknown config/version/namespace/device/
 //! rollout, 409 conflicting request (an ack of something not sent, resuming
@@ -48,6 +58,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use super::auth::{Identity, Need, Role, Tokens};
 use super::{Center, CenterError, DEFAULT_WATCH_TIMEOUT_MS, MAX_WATCH_TIMEOUT_MS, RolloutOptions};
 use crate::rollout::wire::{
     Ack, ApiError, CloneRequest, ConfigKey, ConfigRecord, DeviceInfo, DiffAnswer, Listener,
@@ -119,10 +130,15 @@ fn rollout_id(path: Result<Path<String>, PathRejection>) -> Result<u64, HttpErro
         .map_err(|_| bad(format!("rollout id {id:?} is not a number")))
 }
 
-/// Builds the API over `center`. The body limit leaves room for JSON
-/// escaping of the largest content; the content limit itself is checked
-/// (413) by the store.
+/// Builds the API over `center`, open to every caller (no tokens).
 pub fn router(center: Arc<Center>) -> Router {
+    router_with_tokens(center, Arc::new(Tokens::default()))
+}
+
+/// Builds the API over `center`, checking callers against `tokens` (none:
+/// open). The body limit leaves room for JSON escaping of the largest
+/// content; the content limit itself is checked (413) by the store.
+pub fn router_with_tokens(center: Arc<Center>, tokens: Arc<Tokens>) -> Router {
     let body_limit = center
         .max_config_bytes()
         .saturating_mul(6)
@@ -164,6 +180,7 @@ pub fn router(center: Arc<Center>) -> Router {
             center.clone(),
             count_refusals,
         ))
+        .layer(axum::Extension(tokens))
         .with_state(center)
 }
 
@@ -174,12 +191,122 @@ async fn count_refusals(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
     let status = response.status();
-    if status.is_client_error() || status.is_server_error() {
-        center.count_refusal(refusal_reason(status));
+    match status {
+        // Counted where decided, by a finer reason (see `Caller`).
+        StatusCode::UNAUTHORIZED => {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"mlag-sync config center\""),
+            );
+        }
+        StatusCode::FORBIDDEN => {}
+        s if s.is_client_error() || s.is_server_error() => center.count_refusal(refusal_reason(s)),
+        _ => {}
     }
     response
+}
+
+/// Who sent a request: anyone (no tokens configured) or a verified token.
+/// Extracting it refuses a request without a valid token (401, counted as
+/// `unauthenticated` or `bad_token`).
+#[derive(Clone, Debug)]
+pub enum Caller {
+    /// The center has no tokens: every request is allowed.
+    Open,
+    /// The verified token.
+    Verified(Arc<Identity>),
+}
+
+impl axum::extract::FromRequestParts<Arc<Center>> for Caller {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        center: &Arc<Center>,
+    ) -> Result<Self, HttpError> {
+        let Some(tokens) = parts
+            .extensions
+            .get::<Arc<Tokens>>()
+            .filter(|t| !t.is_empty())
+        else {
+            return Ok(Caller::Open);
+        };
+        let header = parts.headers.get(axum::http::header::AUTHORIZATION);
+        match tokens.verify(header.map(|h| h.as_bytes())) {
+            Ok(identity) => Ok(Caller::Verified(identity)),
+            Err(e) => {
+                center.count_refusal(e.reason());
+                Err(HttpError(StatusCode::UNAUTHORIZED, e.to_string()))
+            }
+        }
+    }
+}
+
+impl Caller {
+    /// Refuses (403, counted by reason) unless the caller may do `need`.
+    fn check(&self, center: &Center, need: Need<'_>) -> Result<(), HttpError> {
+        match self {
+            Caller::Open => Ok(()),
+            Caller::Verified(identity) => identity.allows(need).map_err(|denied| {
+                center.count_refusal(denied.reason());
+                HttpError(StatusCode::FORBIDDEN, denied.to_string())
+            }),
+        }
+    }
+
+    /// Whether the caller may read `namespace` (for filtering lists).
+    fn reads(&self, namespace: &str) -> bool {
+        match self {
+            Caller::Open => true,
+            Caller::Verified(identity) => identity.has(namespace, Role::Read),
+        }
+    }
+
+    /// The verified token's name (None without tokens): who to record for
+    /// writes that carry no author field (rollout actions, device removal).
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Caller::Open => None,
+            Caller::Verified(identity) => Some(&identity.name),
+        }
+    }
+
+    /// The author recorded for a write: the verified token's name; without
+    /// tokens, whatever the client says.
+    pub fn author(&self, claimed: String) -> String {
+        match self {
+            Caller::Open => claimed,
+            Caller::Verified(identity) => identity.name.clone(),
+        }
+    }
+
+    /// Reading a config: an operator needs `read` in its namespace; a
+    /// device token may read only the keys of its registered services (it
+    /// fetches what it was assigned).
+    fn check_read(&self, center: &Center, key: &ConfigKey) -> Result<(), HttpError> {
+        if let Caller::Verified(identity) = self
+            && let Some(device) = identity.device()
+        {
+            let uses = center
+                .devices()
+                .iter()
+                .any(|d| d.device == device && d.services.iter().any(|s| s.config == *key));
+            if uses {
+                return Ok(());
+            }
+            center.count_refusal("forbidden");
+            return Err(HttpError(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "token {:?} is the device token of {device:?}, which has no registered service using {key}",
+                    identity.name
+                ),
+            ));
+        }
+        self.check(center, Need::Role(&key.namespace, Role::Read))
+    }
 }
 
 /// The counter a refused request's status goes under.
@@ -204,7 +331,8 @@ struct Stats {
     waiting_polls: usize,
 }
 
-async fn stats(State(center): State<Arc<Center>>) -> Answer<Stats> {
+async fn stats(caller: Caller, State(center): State<Arc<Center>>) -> Answer<Stats> {
+    caller.check(&center, Need::Operator)?;
     Ok(Json(Stats {
         refused: center.refusals(),
         waiting_polls: center.waiting_polls(),
@@ -266,23 +394,32 @@ struct WatchQuery {
 }
 
 async fn put_config(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<(String, String, String)>, PathRejection>,
     q: Result<Query<RolloutQuery>, QueryRejection>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Answer<ConfigRecord> {
     let key = config_key(path)?;
+    caller.check(&center, Need::Role(&key.namespace, Role::Publish))?;
     let opts = query(q)?.into();
-    let put: PutConfig = body(raw, "PutConfig")?;
+    let mut put: PutConfig = body(raw, "PutConfig")?;
+    put.author = caller.author(put.author);
     Ok(Json(center.put(key, put, opts).await?))
 }
 
 async fn delete_config(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<(String, String, String)>, PathRejection>,
 ) -> Answer<ConfigRecord> {
     let key = config_key(path)?;
-    Ok(Json(center.delete(key, "anonymous".into()).await?))
+    caller.check(&center, Need::Role(&key.namespace, Role::Publish))?;
+    Ok(Json(
+        center
+            .delete(key, caller.author("anonymous".into()))
+            .await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -295,86 +432,112 @@ struct AuditQuery {
 /// Most audit entries in one answer.
 const MAX_AUDIT_ENTRIES: usize = 10_000;
 
+/// The audit log spans every namespace: admin everywhere reads it.
 async fn audit(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     q: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Answer<Vec<super::store::AuditEntry>> {
+    caller.check(&center, Need::AdminEverywhere)?;
     let q = query(q)?;
     let limit = q.limit.unwrap_or(1000).min(MAX_AUDIT_ENTRIES);
     Ok(Json(center.audit(q.after.unwrap_or(0), limit).await?))
 }
 
 async fn get_config(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<(String, String, String)>, PathRejection>,
     q: Result<Query<VersionQuery>, QueryRejection>,
 ) -> Answer<ConfigRecord> {
     let key = config_key(path)?;
+    caller.check_read(&center, &key)?;
     let version = query(q)?.version;
     Ok(Json(center.get(key, version).await?))
 }
 
 async fn list_configs(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Answer<Vec<ConfigRecord>> {
     let namespace = query(q)?.namespace;
-    Ok(Json(center.list(namespace).await?))
+    match &namespace {
+        Some(ns) => caller.check(&center, Need::Role(ns, Role::Read))?,
+        None => caller.check(&center, Need::Operator)?,
+    }
+    let mut list = center.list(namespace).await?;
+    list.retain(|r| caller.reads(&r.key.namespace));
+    Ok(Json(list))
 }
 
 async fn history(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<(String, String, String)>, PathRejection>,
 ) -> Answer<Vec<ConfigRecord>> {
     let key = config_key(path)?;
+    caller.check(&center, Need::Role(&key.namespace, Role::Read))?;
     Ok(Json(center.history(key).await?))
 }
 
 async fn rollback(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<(String, String, String)>, PathRejection>,
     q: Result<Query<RolloutQuery>, QueryRejection>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Answer<ConfigRecord> {
     let key = config_key(path)?;
+    caller.check(&center, Need::Role(&key.namespace, Role::Publish))?;
     let opts = query(q)?.into();
-    let request: RollbackRequest = body(raw, "rollback")?;
+    let mut request: RollbackRequest = body(raw, "rollback")?;
+    request.author = caller.author(request.author);
     Ok(Json(center.rollback(key, request, opts).await?))
 }
 
 async fn clone_config(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<(String, String, String)>, PathRejection>,
     q: Result<Query<RolloutQuery>, QueryRejection>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Answer<ConfigRecord> {
     let key = config_key(path)?;
+    caller.check(&center, Need::Role(&key.namespace, Role::Read))?;
     let opts = query(q)?.into();
-    let request: CloneRequest = body(raw, "clone")?;
+    let mut request: CloneRequest = body(raw, "clone")?;
+    caller.check(&center, Need::Role(&request.namespace, Role::Publish))?;
+    request.author = caller.author(request.author);
     Ok(Json(center.clone_config(key, request, opts).await?))
 }
 
 async fn diff(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<(String, String, String)>, PathRejection>,
     q: Result<Query<DiffQuery>, QueryRejection>,
 ) -> Answer<DiffAnswer> {
     let key = config_key(path)?;
+    caller.check(&center, Need::Role(&key.namespace, Role::Read))?;
     let q = query(q)?;
     let diff = center.diff(key, q.from, q.to).await?;
     Ok(Json(DiffAnswer { diff }))
 }
 
-async fn devices(State(center): State<Arc<Center>>) -> Answer<Vec<DeviceInfo>> {
+async fn devices(caller: Caller, State(center): State<Arc<Center>>) -> Answer<Vec<DeviceInfo>> {
+    caller.check(&center, Need::Operator)?;
     Ok(Json(center.devices()))
 }
 
 async fn register(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<String>, PathRejection>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Answer<DeviceInfo> {
     let device = device_name(path)?;
+    caller.check(&center, Need::Device(&device))?;
     let registration: Register = body(raw, "Register")?;
     Ok(Json(center.register(device, registration).await?))
 }
@@ -395,11 +558,13 @@ pub fn parse_have(have: &str) -> Result<HashMap<String, String>, String> {
 }
 
 async fn watch(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<String>, PathRejection>,
     q: Result<Query<WatchQuery>, QueryRejection>,
 ) -> Answer<WatchAnswer> {
     let device = device_name(path)?;
+    caller.check(&center, Need::Device(&device))?;
     let q = query(q)?;
     let have = parse_have(q.have.as_deref().unwrap_or("")).map_err(bad)?;
     let timeout = q
@@ -413,46 +578,71 @@ async fn watch(
 }
 
 async fn ack(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<String>, PathRejection>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Answer<serde_json::Value> {
     let device = device_name(path)?;
+    caller.check(&center, Need::Device(&device))?;
     let ack: Ack = body(raw, "Ack")?;
     center.ack(&device, &ack).await?;
     Ok(Json(serde_json::json!({})))
 }
 
-async fn rollouts(State(center): State<Arc<Center>>) -> Answer<Vec<Rollout>> {
-    Ok(Json(center.rollouts()))
+async fn rollouts(caller: Caller, State(center): State<Arc<Center>>) -> Answer<Vec<Rollout>> {
+    caller.check(&center, Need::Operator)?;
+    let mut list = center.rollouts();
+    list.retain(|r| caller.reads(&r.key.namespace));
+    Ok(Json(list))
+}
+
+/// Refuses unless the caller has `role` in the namespace of rollout `id`
+/// (404 for an unknown rollout).
+fn check_rollout(caller: &Caller, center: &Center, id: u64, role: Role) -> Result<(), HttpError> {
+    if let Caller::Verified(_) = caller {
+        let rollout = center.rollout(id)?;
+        caller.check(center, Need::Role(&rollout.key.namespace, role))?;
+    }
+    Ok(())
 }
 
 async fn rollout(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<String>, PathRejection>,
 ) -> Answer<Rollout> {
-    Ok(Json(center.rollout(rollout_id(path)?)?))
+    let id = rollout_id(path)?;
+    check_rollout(&caller, &center, id, Role::Read)?;
+    Ok(Json(center.rollout(id)?))
 }
 
 async fn resume(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<String>, PathRejection>,
 ) -> Answer<Rollout> {
-    Ok(Json(
-        center.resume(rollout_id(path)?, "anonymous".into()).await?,
-    ))
+    let id = rollout_id(path)?;
+    check_rollout(&caller, &center, id, Role::Admin)?;
+    let rollout = center.resume(id, caller.author("anonymous".into())).await?;
+    tracing::info!(by = caller.name().unwrap_or("-"), "rollout {id} resumed");
+    Ok(Json(rollout))
 }
 
 async fn abort(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<String>, PathRejection>,
 ) -> Answer<Rollout> {
-    Ok(Json(
-        center.abort(rollout_id(path)?, "anonymous".into()).await?,
-    ))
+    let id = rollout_id(path)?;
+    check_rollout(&caller, &center, id, Role::Admin)?;
+    let rollout = center.abort(id, caller.author("anonymous".into())).await?;
+    tracing::info!(by = caller.name().unwrap_or("-"), "rollout {id} aborted");
+    Ok(Json(rollout))
 }
 
 async fn skip(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Answer<Rollout> {
@@ -461,24 +651,39 @@ async fn skip(
         .parse()
         .map_err(|_| bad(format!("rollout id {id:?} is not a number")))?;
     check_name("device", &device).map_err(bad)?;
-    Ok(Json(center.skip(id, device, "anonymous".into()).await?))
+    check_rollout(&caller, &center, id, Role::Admin)?;
+    let rollout = center
+        .skip(id, device.clone(), caller.author("anonymous".into()))
+        .await?;
+    tracing::info!(
+        by = caller.name().unwrap_or("-"),
+        "rollout {id}: {device} skipped"
+    );
+    Ok(Json(rollout))
 }
 
 async fn remove_device(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<String>, PathRejection>,
 ) -> Answer<serde_json::Value> {
+    let device = device_name(path)?;
+    caller.check(&center, Need::AdminEverywhere)?;
     center
-        .remove_device(device_name(path)?, "anonymous".into())
+        .remove_device(device.clone(), caller.author("anonymous".into()))
         .await?;
+    tracing::info!(by = caller.name().unwrap_or("-"), "device {device} removed");
     Ok(Json(serde_json::json!({})))
 }
 
 async fn listeners(
+    caller: Caller,
     State(center): State<Arc<Center>>,
     path: Result<Path<(String, String, String)>, PathRejection>,
 ) -> Answer<Vec<Listener>> {
-    Ok(Json(center.listeners(&config_key(path)?)))
+    let key = config_key(path)?;
+    caller.check(&center, Need::Role(&key.namespace, Role::Read))?;
+    Ok(Json(center.listeners(&key)))
 }
 
 #[cfg(test)]
@@ -526,15 +731,39 @@ mod tests {
                 max_config_bytes,
                 ..Default::default()
             };
+            Self::start_config(dir, config, None).await
+        }
+
+        /// A center of `config` (HTTPS when it has TLS files; the client
+        /// then trusts only `ca`).
+        async fn start_config(
+            dir: tempfile::TempDir,
+            config: CenterConfig,
+            ca: Option<&std::path::Path>,
+        ) -> (TestCenter, Stopper) {
+            let scheme = if config.tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let (addr, center, server) = bind_with_shutdown(config, async move {
                 let _ = stopped.await;
             })
             .await
             .unwrap();
+            let host = if scheme == "https" {
+                format!("localhost:{}", addr.port())
+            } else {
+                addr.to_string()
+            };
             let center = TestCenter {
-                base: format!("http://{addr}"),
-                http: reqwest::Client::builder().no_proxy().build().unwrap(),
+                base: format!("{scheme}://{host}"),
+                http: crate::rollout::client::client_builder(None, ca)
+                    .unwrap()
+                    .no_proxy()
+                    .build()
+                    .unwrap(),
                 center,
                 _dir: dir,
             };
@@ -609,6 +838,34 @@ mod tests {
             ));
             self.send(self.http.get(url)).await
         }
+    }
+
+    /// A test CA, and a certificate for localhost and 127.0.0.1 signed by
+    /// it: PEM files (ca, cert, key) in `dir`.
+    pub(crate) fn test_pki(
+        dir: &std::path::Path,
+    ) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "mlag-sync test CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::from_params(&ca, &ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let paths = (
+            dir.join("ca.pem"),
+            dir.join("center.pem"),
+            dir.join("center.key"),
+        );
+        std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+        std::fs::write(&paths.1, leaf.pem()).unwrap();
+        std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+        paths
     }
 
     fn error(v: &serde_json::Value) -> &str {
@@ -1070,5 +1327,301 @@ mod tests {
         let (_, v) = c.get("/v1/devices").await;
         assert_eq!(v.as_array().unwrap().len(), 2);
         stopper.stop().await;
+    }
+
+    /// Roles over HTTPS: every refusal is a 401 or 403 with a reason and
+    /// its counter, nothing refused is stored, and history names the token.
+    #[tokio::test]
+    async fn tokens_decide_who_may_do_what_over_https() {
+        use crate::rollout::center::auth::{TokenConfig, hash_token, mint};
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = test_pki(dir.path());
+        let secrets: Vec<(String, String)> = ["reader", "publisher", "admin", "sw1", "other-ns"]
+            .iter()
+            .map(|n| (n.to_string(), mint()))
+            .collect();
+        let token = |name: &str| {
+            secrets
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t.clone())
+                .unwrap()
+        };
+        let entry = |name: &str, roles: &[&str], device: Option<&str>| TokenConfig {
+            name: name.into(),
+            sha256: hex::encode(hash_token(&token(name))),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            device: device.map(str::to_string),
+        };
+        let config = CenterConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            db_path: dir.path().join("center.redb"),
+            tls_cert: Some(cert),
+            tls_key: Some(key),
+            tokens: vec![
+                entry("reader", &["prod:read"], None),
+                entry("publisher", &["prod:publish"], None),
+                entry("admin", &["*:admin"], None),
+                entry("sw1", &[], Some("sw1")),
+                entry("other-ns", &["staging:admin"], None),
+            ],
+            ..Default::default()
+        };
+        let (c, stopper) = TestCenter::start_config(dir, config, Some(&ca)).await;
+        assert!(c.base.starts_with("https://localhost:"), "{}", c.base);
+        let k = "/v1/configs/prod/web/app";
+        let as_ = |who: &str, r: reqwest::RequestBuilder| r.bearer_auth(token(who));
+        let put = |who: &str, content: &str| {
+            as_(
+                who,
+                c.http
+                    .put(c.url(k))
+                    .json(&json!({"format": "text", "content": content, "author": "mallory"})),
+            )
+        };
+
+        // No token, a malformed one, an unknown one: 401, counted apart.
+        let (s, v) = c.get(k).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+        assert!(error(&v).contains("Bearer"), "{v}");
+        let (s, v) = c.send(c.http.get(c.url(k)).bearer_auth("guess")).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert!(error(&v).contains("malformed"), "{v}");
+        let (s, v) = c.send(c.http.get(c.url(k)).bearer_auth(mint())).await;
+        assert_eq!((s, error(&v)), (StatusCode::UNAUTHORIZED, "unknown token"));
+        let raw = c.http.get(c.url("/v1/stats")).send().await.unwrap();
+        assert!(
+            raw.headers()
+                .get("www-authenticate")
+                .is_some_and(|h| h.to_str().unwrap().starts_with("Bearer")),
+            "{:?}",
+            raw.headers()
+        );
+
+        // Read may read, not publish; publish may put; history names it.
+        let (s, v) = c.send(put("reader", "v1")).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+        assert!(error(&v).contains("lacks role prod:publish"), "{v}");
+        let (s, v) = c.send(put("other-ns", "v1")).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+        let (s, v) = c.send(put("publisher", "v1")).await;
+        assert_eq!((s, v["version"].as_u64()), (StatusCode::OK, Some(1)), "{v}");
+        assert_eq!(v["author"], "publisher", "the client's claim is ignored");
+        let (s, v) = c.send(as_("reader", c.http.get(c.url(k)))).await;
+        assert_eq!((s, v["content"].as_str()), (StatusCode::OK, Some("v1")));
+        let (_, h) = c
+            .send(as_("reader", c.http.get(c.url(&format!("{k}/history")))))
+            .await;
+        assert_eq!(h[0]["author"], "publisher", "{h}");
+        let (_, v) = c
+            .send(as_("other-ns", c.http.get(c.url("/v1/configs"))))
+            .await;
+        assert_eq!(v, json!([]), "the list shows only readable namespaces");
+        // Clone needs publish where it lands.
+        let clone = |who: &str| {
+            as_(
+                who,
+                c.http
+                    .post(c.url(&format!("{k}/clone")))
+                    .json(&json!({"namespace": "staging", "group": "web"})),
+            )
+        };
+        let (s, _) = c.send(clone("publisher")).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+
+        // The device token: itself only.
+        let register = |who: &str, device: &str| {
+            as_(
+                who,
+                c.http
+                    .post(c.url(&format!("/v1/devices/{device}/register")))
+                    .json(&register_body(&[("web", "prod/web/app", &[])])),
+            )
+        };
+        let (s, v) = c.send(register("sw1", "sw2")).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+        assert!(error(&v).contains("cannot act for device \"sw2\""), "{v}");
+        let (s, _) = c.send(register("admin", "sw1")).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "operators do not act as devices");
+        let (s, v) = c.send(register("sw1", "sw1")).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let watch = c.url("/v1/devices/sw1/watch?timeout_ms=0");
+        let (s, w) = c.send(as_("sw1", c.http.get(&watch))).await;
+        assert_eq!(s, StatusCode::OK, "{w}");
+        let a = &w["assignments"][0];
+        assert_eq!(a["version"], 1, "{w}");
+        let (s, v) = c
+            .send(as_("sw1", c.http.get(c.url(&format!("{k}?version=1")))))
+            .await;
+        assert_eq!((s, v["content"].as_str()), (StatusCode::OK, Some("v1")));
+        let (s, _) = c
+            .send(as_("sw1", c.http.get(c.url("/v1/configs/prod/web/other"))))
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "not a config of its services");
+        let (s, _) = c
+            .send(as_(
+                "sw1",
+                c.http.get(c.url("/v1/devices/sw2/watch?timeout_ms=0")),
+            ))
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        let ack =
+            json!({"rollout_id": a["rollout_id"], "service": "web", "version": 1, "ok": true});
+        let (s, _) = c
+            .send(as_(
+                "sw1",
+                c.http.post(c.url("/v1/devices/sw2/ack")).json(&ack),
+            ))
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        let (s, _) = c.send(as_("sw1", c.http.get(c.url("/v1/stats")))).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "a device token reads no stats");
+        let (s, v) = c
+            .send(as_(
+                "sw1",
+                c.http.post(c.url("/v1/devices/sw1/ack")).json(&ack),
+            ))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+
+        // Rollout actions need admin in the rollout's namespace.
+        let (s, v) = c.send(put("publisher", "v2")).await;
+        assert_eq!((s, v["version"].as_u64()), (StatusCode::OK, Some(2)), "{v}");
+        let (_, list) = c
+            .send(as_("reader", c.http.get(c.url("/v1/rollouts"))))
+            .await;
+        let id = list[0]["id"].as_u64().unwrap();
+        let abort = format!("/v1/rollouts/{id}/abort");
+        for who in ["publisher", "other-ns"] {
+            let (s, _) = c.send(as_(who, c.http.post(c.url(&abort)))).await;
+            assert_eq!(s, StatusCode::FORBIDDEN, "{who}");
+        }
+        let (s, v) = c.send(as_("admin", c.http.post(c.url(&abort)))).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let (s, _) = c
+            .send(as_("other-ns", c.http.delete(c.url("/v1/devices/sw1"))))
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "removal needs *:admin");
+        let (s, _) = c
+            .send(as_("admin", c.http.delete(c.url("/v1/devices/sw1"))))
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        // Deleting needs publish; the audit (every namespace) needs *:admin
+        // and names the verified identity of each action.
+        let (s, _) = c.send(as_("reader", c.http.delete(c.url(k)))).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "delete needs publish");
+        let (s, _) = c
+            .send(as_("other-ns", c.http.get(c.url("/v1/audit"))))
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "the audit needs *:admin");
+        let (s, audit) = c.send(as_("admin", c.http.get(c.url("/v1/audit")))).await;
+        assert_eq!(s, StatusCode::OK, "{audit}");
+        let by = |action: &str| {
+            audit
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["action"] == action)
+                .map(|e| e["identity"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(by("put"), ["publisher", "publisher"], "{audit}");
+        assert_eq!(by("abort"), ["admin"], "{audit}");
+        assert_eq!(by("remove-device"), ["admin"], "{audit}");
+
+        let (s, stats) = c.send(as_("reader", c.http.get(c.url("/v1/stats")))).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(
+            stats["refused"],
+            json!({"unauthenticated": 2, "bad_token": 2, "forbidden": 11, "wrong_device": 3}),
+            "{stats}"
+        );
+        // Nothing refused was stored.
+        let (_, h) = c
+            .send(as_("admin", c.http.get(c.url(&format!("{k}/history")))))
+            .await;
+        assert_eq!(h.as_array().unwrap().len(), 2, "{h}");
+        let (s, _) = c
+            .send(as_(
+                "admin",
+                c.http.get(c.url("/v1/configs/staging/web/app")),
+            ))
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        stopper.stop().await;
+    }
+
+    /// A plain client does not trust the test CA's certificate: HTTPS is
+    /// really checked, not just spoken.
+    #[tokio::test]
+    async fn an_https_center_is_not_trusted_without_its_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_ca, cert, key) = test_pki(dir.path());
+        let other = tempfile::tempdir().unwrap();
+        let (other_ca, _, _) = test_pki(other.path());
+        let config = CenterConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            db_path: dir.path().join("center.redb"),
+            tls_cert: Some(cert),
+            tls_key: Some(key),
+            ..Default::default()
+        };
+        let (c, stopper) = TestCenter::start_config(dir, config, Some(&other_ca)).await;
+        let e = c.http.get(c.url("/v1/stats")).send().await.unwrap_err();
+        let mut chain = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(inner) = source {
+            chain.push_str(&format!(": {inner}"));
+            source = inner.source();
+        }
+        assert!(chain.contains("certificate"), "{chain}");
+        let plain = c.base.replace("https://", "http://");
+        let answer = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(format!("{plain}/v1/stats"))
+            .send()
+            .await;
+        assert!(
+            answer.is_err() || !answer.unwrap().status().is_success(),
+            "plain HTTP is not served on an HTTPS center"
+        );
+        stopper.stop().await;
+    }
+
+    /// Stopping an HTTPS center answers a held long poll at once, as the
+    /// plain one does.
+    #[tokio::test]
+    async fn an_https_center_answers_held_polls_when_it_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = test_pki(dir.path());
+        let config = CenterConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            db_path: dir.path().join("center.redb"),
+            tls_cert: Some(cert),
+            tls_key: Some(key),
+            ..Default::default()
+        };
+        let (c, stopper) = TestCenter::start_config(dir, config, Some(&ca)).await;
+        let c = Arc::new(c);
+        let (s, v) = c
+            .post(
+                "/v1/devices/d1/register",
+                register_body(&[("web", "prod/web/app", &[])]),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let poll = {
+            let c = c.clone();
+            tokio::spawn(async move { c.watch("d1", "", 60_000).await })
+        };
+        c.until_held(1).await;
+        stopper.stop().await;
+        let (s, v) = tokio::time::timeout(Duration::from_secs(5), poll)
+            .await
+            .expect("answered at the stop, not at its 60 s timeout")
+            .unwrap();
+        assert_eq!((s, v), (StatusCode::OK, json!({"assignments": []})));
     }
 }

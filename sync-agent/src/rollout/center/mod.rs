@@ -19,6 +19,7 @@
 //! [`bind`] and [`serve`] are the same start-up for tests and tools that
 //! drive the server future themselves.
 
+pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -29,6 +30,7 @@ pub mod report;
 pub mod rollout_store;
 pub mod service;
 pub mod store;
+pub mod tls;
 pub mod writer;
 
 use std::future::Future;
@@ -63,13 +65,15 @@ impl CenterHandle {
     /// `config.listen` and serves the HTTP API on a task of its own.
     pub async fn spawn(config: CenterConfig) -> anyhow::Result<CenterHandle> {
         let db = config.db_path.clone();
+        let scheme = scheme(&config);
+        let tokens = config.tokens.len();
         let (stop, mut stopping) = watch::channel(false);
         let (addr, center, server) = bind_with_shutdown(config, async move {
             // A dropped sender (every handle gone) stops the server too.
             let _ = stopping.wait_for(|stop| *stop).await;
         })
         .await?;
-        tracing::info!(%addr, db = %db.display(), "config center listening");
+        tracing::info!(%addr, scheme, tokens, db = %db.display(), "config center listening");
         let (alive, running) = watch::channel(());
         tokio::spawn(async move {
             match server.await {
@@ -116,8 +120,21 @@ impl CenterHandle {
     }
 }
 
+fn scheme(config: &CenterConfig) -> &'static str {
+    if config.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// How long an HTTPS center waits for requests in progress when it stops.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Opens the center, binds its listener and returns the bound address, the
 /// center and the server future, which serves until `shutdown` completes.
+/// Refuses a center reachable beyond loopback without tokens and TLS
+/// (unless `insecure`), and faulty tokens or TLS files.
 pub async fn bind_with_shutdown(
     config: CenterConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -126,6 +143,29 @@ pub async fn bind_with_shutdown(
     Arc<Center>,
     impl Future<Output = anyhow::Result<()>> + Send + 'static,
 )> {
+    let mut problems = crate::validate::Problems::default();
+    let tokens = auth::Tokens::from_config(&config.tokens, &mut problems);
+    if let Some(exposed) = config.exposure_problem() {
+        problems.add("rollout.center.listen", exposed);
+    }
+    let problems = problems.into_vec();
+    if !problems.is_empty() {
+        let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        anyhow::bail!("config center: {}", list.join("; "));
+    }
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+        (None, None) => None,
+        _ => anyhow::bail!("config center: give both tls_cert and tls_key, or neither"),
+    };
+    let missing = config.missing_protection();
+    if !missing.is_empty() && !config.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.listen,
+            "INSECURE config center: listening beyond loopback without {} (insecure = true); anyone who reaches it can change every device",
+            missing.join(" and ")
+        );
+    }
     let center = Center::open(&config)
         .with_context(|| format!("opening config center at {}", config.db_path.display()))?;
     let listener = listen(config.listen)
@@ -134,16 +174,39 @@ pub async fn bind_with_shutdown(
         .local_addr()
         .context("config center local address")?;
     center.start();
-    let app = http::router(center.clone());
+    let app = http::router_with_tokens(center.clone(), Arc::new(tokens));
     let stopper = center.clone();
     let server = async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                stopper.begin_shutdown();
-            })
-            .await
-            .context("config center server")
+        match tls {
+            None => axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    shutdown.await;
+                    stopper.begin_shutdown();
+                })
+                .await
+                .context("config center server"),
+            Some(tls) => {
+                let handle = axum_server::Handle::new();
+                let serving = axum_server::from_tcp_rustls(
+                    listener.into_std().context("config center listener")?,
+                    axum_server::tls_rustls::RustlsConfig::from_config(tls),
+                )
+                .context("config center listener")?
+                .handle(handle.clone())
+                .serve(app.into_make_service());
+                let stopping = async move {
+                    shutdown.await;
+                    // Long polls are answered first, so connections drain.
+                    stopper.begin_shutdown();
+                    handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
+                    std::future::pending::<()>().await
+                };
+                tokio::select! {
+                    served = serving => served.context("config center server (HTTPS)"),
+                    () = stopping => unreachable!("pending"),
+                }
+            }
+        }
     };
     Ok((addr, center, server))
 }
@@ -183,9 +246,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let db = config.db_path.clone();
+    let scheme = scheme(&config);
     let (addr, _center, server) = bind_with_shutdown(config, shutdown).await?;
     tracing::info!(
-        "config center listening on http://{addr} (database {})",
+        "config center listening on {scheme}://{addr} (database {})",
         db.display()
     );
     server.await?;

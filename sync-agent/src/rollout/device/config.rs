@@ -67,8 +67,17 @@ pub struct ServiceConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceConfig {
-    /// Base URL of the center, `http://host:port`.
+    /// Base URL of the center, `http://host:port` or `https://host:port`.
     pub center: String,
+    /// File holding this device's token (`sync-agent config token new
+    /// --device NAME`), sent with every request; needed when the center
+    /// has tokens configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// PEM file of the CA that signed an `https://` center's certificate
+    /// (the only trust root then; default: the system's roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// This device's name at the center.
     pub device: String,
     /// Directory of the local backup store.
@@ -147,8 +156,21 @@ impl DeviceConfig {
     /// each at its field, e.g. `rollout.device.services[1].depends_on`.
     pub fn problems(&self, out: &mut Problems) {
         const AT: &str = "rollout.device";
-        if let Err(e) = center_url(&self.center) {
-            out.add(format!("{AT}.center"), format!("{e:#}"));
+        match center_url(&self.center) {
+            Err(e) => out.add(format!("{AT}.center"), format!("{e:#}")),
+            Ok(url) if url.scheme() == "http" && self.ca_file.is_some() => out.add(
+                format!("{AT}.ca_file"),
+                format!(
+                    "ca_file is for an https:// center; center is {:?}",
+                    self.center
+                ),
+            ),
+            Ok(_) => {}
+        }
+        for (field, file) in [("token_file", &self.token_file), ("ca_file", &self.ca_file)] {
+            if file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
+                out.add(format!("{AT}.{field}"), format!("{field} is empty"));
+            }
         }
         if let Err(e) = wire::check_name("device", &self.device) {
             out.add(format!("{AT}.device"), e);
@@ -331,7 +353,7 @@ pub(super) fn center_url(center: &str) -> anyhow::Result<reqwest::Url> {
     let url =
         reqwest::Url::parse(center).with_context(|| format!("center URL {center:?} is invalid"))?;
     if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
-        bail!("center URL {center:?} is not an http:// URL");
+        bail!("center URL {center:?} is not an http:// or https:// URL");
     }
     if url.query().is_some() || url.fragment().is_some() {
         bail!("center URL {center:?} must not have a query or fragment");
@@ -403,7 +425,29 @@ mod tests {
             long_poll: true,
             recheck_s: DEFAULT_RECHECK_S,
             labels: vec![],
+            token_file: None,
+            ca_file: None,
         }
+    }
+
+    #[test]
+    fn a_ca_file_needs_an_https_center() {
+        let mut config = two_services();
+        config.ca_file = Some("/etc/mlag-sync/ca.pem".into());
+        assert_eq!(
+            problems(&config)
+                .iter()
+                .map(|(f, _)| f.as_str())
+                .collect::<Vec<_>>(),
+            ["rollout.device.ca_file"]
+        );
+        config.center = "https://center.example:7480".into();
+        config.token_file = Some("/etc/mlag-sync/token".into());
+        assert_eq!(problems(&config), []);
+        config.token_file = Some("".into());
+        assert_eq!(problems(&config)[0].0, "rollout.device.token_file");
+        config.center = "ftp://x".into();
+        assert!(problems(&config)[0].1.contains("https://"));
     }
 
     fn problems(config: &DeviceConfig) -> Vec<(String, String)> {

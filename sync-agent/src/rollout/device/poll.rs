@@ -6,7 +6,9 @@ use std::{error::Error as StdError, fmt, time::Duration};
 
 use anyhow::Context as _;
 
+use super::config::DeviceConfig;
 use super::task::Task;
+use crate::rollout::client;
 use crate::rollout::wire::{
     self, Ack, Assignment, ConfigKey, ConfigRecord, Register, ServiceRegistration, WatchAnswer,
 };
@@ -26,9 +28,18 @@ const MAX_ERROR_BODY: usize = 1024;
 const ACK_ATTEMPTS: u32 = 50;
 
 /// The HTTP client the task talks to the center with (no proxy: the center
-/// is on the management network).
-pub(super) fn http_client() -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder()
+/// is on the management network), sending the device's token (`token_file`)
+/// and trusting `ca_file` for HTTPS. The token file is read here, when the
+/// device side starts (a replaced token takes effect with a restart).
+pub(super) fn http_client(config: &DeviceConfig) -> anyhow::Result<reqwest::Client> {
+    let token = config
+        .token_file
+        .as_deref()
+        .map(client::read_token_file)
+        .transpose()
+        .context("rollout.device.token_file")?;
+    client::client_builder(token.as_deref(), config.ca_file.as_deref())
+        .context("rollout.device")?
         .connect_timeout(CONNECT_TIMEOUT)
         .no_proxy()
         .build()

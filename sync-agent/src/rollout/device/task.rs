@@ -127,7 +127,7 @@ impl Task {
         let base = center_url(&config.center)?;
         let dir = config.backup_dir.clone();
         let store = blocking(move || BackupStore::open(&dir)).await?;
-        let client = poll::http_client()?;
+        let client = poll::http_client(&config)?;
         let services: Vec<Service> = config
             .services
             .iter()

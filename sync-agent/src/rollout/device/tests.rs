@@ -344,6 +344,8 @@ fn device_config(center: &str, dir: &Path, services: Vec<ServiceConfig>) -> Devi
         long_poll: true,
         recheck_s: DEFAULT_RECHECK_S,
         labels: vec![],
+        token_file: None,
+        ca_file: None,
     }
 }
 

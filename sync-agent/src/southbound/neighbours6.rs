@@ -1,0 +1,224 @@
+//! IPv6 neighbours (the ND cache) over rtnetlink, for ND sync: dump,
+//! probe, write (the fallback), delete, and the `accept_untracked_na`
+//! switch. The IPv4 side is [`super::neighbours`], whose error type and
+//! state names are shared.
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use futures::TryStreamExt as _;
+use rtnetlink::{
+    Handle, IpVersion,
+    packet_route::{
+        AddressFamily,
+        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
+    },
+};
+
+use super::neighbours::NeighbourError;
+use crate::mac::MacAddr;
+
+/// One entry of the kernel's IPv6 neighbour cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Neighbour6 {
+    /// Interface index.
+    pub ifindex: u32,
+    /// IPv6 address.
+    pub ip: Ipv6Addr,
+    /// Link-layer address, when resolved.
+    pub mac: Option<MacAddr>,
+    /// NUD state, as iproute2 names it.
+    pub state: &'static str,
+}
+
+fn state_name(state: NeighbourState) -> &'static str {
+    match state {
+        NeighbourState::Incomplete => "INCOMPLETE",
+        NeighbourState::Reachable => "REACHABLE",
+        NeighbourState::Stale => "STALE",
+        NeighbourState::Delay => "DELAY",
+        NeighbourState::Probe => "PROBE",
+        NeighbourState::Failed => "FAILED",
+        NeighbourState::Noarp => "NOARP",
+        NeighbourState::Permanent => "PERMANENT",
+        _ => "NONE",
+    }
+}
+
+fn from_message(message: &NeighbourMessage) -> Option<Neighbour6> {
+    let mut ip = None;
+    let mut mac = None;
+    for attribute in &message.attributes {
+        match attribute {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(addr)) => ip = Some(*addr),
+            NeighbourAttribute::LinkLocalAddress(bytes) if bytes.len() == 6 => {
+                let mut m = [0u8; 6];
+                m.copy_from_slice(bytes);
+                mac = Some(MacAddr(m));
+            }
+            _ => {}
+        }
+    }
+    Some(Neighbour6 {
+        ifindex: message.header.ifindex,
+        ip: ip?,
+        mac,
+        state: state_name(message.header.state),
+    })
+}
+
+/// Every IPv6 neighbour on the given interfaces.
+pub async fn dump(handle: &Handle, ifindexes: &[u32]) -> Result<Vec<Neighbour6>, NeighbourError> {
+    let mut out = Vec::new();
+    let mut replies = handle
+        .neighbours()
+        .get()
+        .set_family(IpVersion::V6)
+        .execute();
+    loop {
+        match replies.try_next().await {
+            Ok(Some(message)) => {
+                if let Some(n) = from_message(&message).filter(|n| ifindexes.contains(&n.ifindex)) {
+                    out.push(n);
+                }
+            }
+            Ok(None) => return Ok(out),
+            Err(source) => {
+                return Err(NeighbourError::Request {
+                    what: "IPv6 dump".into(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// Deletes the entry for `ip` on `ifindex`; Ok(false) when it was not there.
+pub async fn delete(handle: &Handle, ifindex: u32, ip: Ipv6Addr) -> Result<bool, NeighbourError> {
+    let mut message = NeighbourMessage::default();
+    message.header.family = AddressFamily::Inet6;
+    message.header.ifindex = ifindex;
+    message
+        .attributes
+        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)));
+    match handle.neighbours().del(message).execute().await {
+        Ok(()) => Ok(true),
+        Err(rtnetlink::Error::NetlinkError(e))
+            if e.code.map(|c| c.get()) == Some(-libc::ENOENT) =>
+        {
+            Ok(false)
+        }
+        Err(source) => Err(NeighbourError::Request {
+            what: format!("delete {ip} on ifindex {ifindex}"),
+            source,
+        }),
+    }
+}
+
+/// Moves a resolved entry to PROBE: the kernel sends a fresh unicast
+/// Neighbour Solicitation, and the advertisement refreshes it.
+pub async fn probe(handle: &Handle, neighbour: &Neighbour6) -> Result<(), NeighbourError> {
+    let mut request = handle
+        .neighbours()
+        .add(neighbour.ifindex, IpAddr::V6(neighbour.ip))
+        .state(NeighbourState::Probe)
+        .replace();
+    if let Some(mac) = neighbour.mac {
+        request = request.link_local_address(&mac.0);
+    }
+    request
+        .execute()
+        .await
+        .map_err(|source| NeighbourError::Request {
+            what: format!("probe {}", neighbour.ip),
+            source,
+        })
+}
+
+/// Writes a REACHABLE entry directly (the fallback when injection fails).
+pub async fn set_reachable(
+    handle: &Handle,
+    ifindex: u32,
+    ip: Ipv6Addr,
+    mac: MacAddr,
+) -> Result<(), NeighbourError> {
+    handle
+        .neighbours()
+        .add(ifindex, IpAddr::V6(ip))
+        .state(NeighbourState::Reachable)
+        .link_local_address(&mac.0)
+        .replace()
+        .execute()
+        .await
+        .map_err(|source| NeighbourError::Request {
+            what: format!("set {ip} reachable"),
+            source,
+        })
+}
+
+fn sysctl_path(interface: &str, name: &str) -> String {
+    format!("/proc/sys/net/ipv6/conf/{interface}/{name}")
+}
+
+/// `net.ipv6.conf.<interface>.accept_untracked_na` now.
+pub fn accept_untracked_na(interface: &str) -> Result<u8, NeighbourError> {
+    let path = sysctl_path(interface, "accept_untracked_na");
+    std::fs::read_to_string(&path)
+        .and_then(|text| {
+            text.trim()
+                .parse()
+                .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidData, err))
+        })
+        .map_err(|source| NeighbourError::SysctlRead { path, source })
+}
+
+/// Sets `net.ipv6.conf.<interface>.accept_untracked_na`.
+pub fn set_accept_untracked_na(interface: &str, value: u8) -> Result<(), NeighbourError> {
+    let path = sysctl_path(interface, "accept_untracked_na");
+    std::fs::write(&path, format!("{value}\n"))
+        .map_err(|source| NeighbourError::Sysctl { path, source })
+}
+
+/// A change to the kernel's IPv6 neighbour cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Neighbour6Event {
+    /// Created or changed: its state now.
+    Changed(Neighbour6),
+    /// Removed (garbage-collected, flushed or deleted).
+    Removed(Neighbour6),
+}
+
+/// Subscribes to the kernel's IPv6 neighbour changes (RTNLGRP_NEIGH,
+/// IPv6 entries only), as [`super::neighbours::watch`] does for IPv4.
+pub fn watch() -> Result<tokio::sync::mpsc::Receiver<Neighbour6Event>, NeighbourError> {
+    use futures::StreamExt as _;
+    use rtnetlink::{
+        MulticastGroup, packet_core::NetlinkPayload, packet_route::RouteNetlinkMessage,
+    };
+    let (connection, _handle, mut messages) =
+        rtnetlink::new_multicast_connection(&[MulticastGroup::Neigh])
+            .map_err(NeighbourError::Socket)?;
+    tokio::spawn(connection);
+    let (tx, rx) = tokio::sync::mpsc::channel(super::neighbours::WATCH_DEPTH);
+    tokio::spawn(async move {
+        while let Some((message, _)) = messages.next().await {
+            let event = match message.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(m))
+                    if m.header.family == AddressFamily::Inet6 =>
+                {
+                    from_message(&m).map(Neighbour6Event::Changed)
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelNeighbour(m))
+                    if m.header.family == AddressFamily::Inet6 =>
+                {
+                    from_message(&m).map(Neighbour6Event::Removed)
+                }
+                _ => None,
+            };
+            let Some(event) = event else { continue };
+            if tx.send(event).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}

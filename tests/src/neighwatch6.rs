@@ -1,0 +1,118 @@
+//! [`crate::neighwatch`] for the IPv6 neighbour cache (ND sync benchmark):
+//! a netlink socket subscribed to neighbour events, opened inside the
+//! namespace, reporting IPv6 entries that become REACHABLE.
+
+use std::{collections::HashMap, net::Ipv6Addr, sync::mpsc, time::Instant};
+
+use futures::StreamExt as _;
+use rtnetlink::{
+    MulticastGroup,
+    packet_core::NetlinkPayload,
+    packet_route::{
+        RouteNetlinkMessage,
+        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
+    },
+};
+
+use crate::netns::Netns;
+
+/// Receives `(ip, when)` each time an IPv6 neighbour becomes REACHABLE.
+pub struct NeighbourWatch6 {
+    rx: mpsc::Receiver<(Ipv6Addr, Instant)>,
+}
+
+impl NeighbourWatch6 {
+    /// Starts watching `ns` (a thread that lives as long as the namespace).
+    pub fn start(ns: &Netns) -> anyhow::Result<Self> {
+        let path = format!("/run/netns/{}", ns.name());
+        let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd as _;
+            let Ok(file) = std::fs::File::open(&path) else {
+                return;
+            };
+            // SAFETY: setns on a namespace fd affects only this thread.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return;
+            }
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let Ok((mut connection, _, mut messages)) =
+                    rtnetlink::new_multicast_connection(&[MulticastGroup::Neigh])
+                else {
+                    return;
+                };
+                // Bursts of thousands of events must not overflow the socket.
+                let _ = {
+                    use netlink_sys::AsyncSocket as _;
+                    connection.socket_mut().socket_mut().set_rx_buf_sz(32 << 20)
+                };
+                tokio::spawn(connection);
+                let _ = ready_tx.send(());
+                while let Some((message, _)) = messages.next().await {
+                    let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n)) =
+                        message.payload
+                    else {
+                        continue;
+                    };
+                    if n.header.state != NeighbourState::Reachable {
+                        continue;
+                    }
+                    let ip = n.attributes.iter().find_map(|a| match a {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => Some(*ip),
+                        _ => None,
+                    });
+                    if let Some(ip) = ip
+                        && tx.send((ip, Instant::now())).is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        });
+        ready_rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .map_err(|_| anyhow::anyhow!("neighbour watch did not start"))?;
+        Ok(Self { rx })
+    }
+
+    /// Waits until every address in `wanted` has been seen REACHABLE (or the
+    /// deadline passes, or nothing wanted was seen for 10 s: an entry lost on
+    /// the way would otherwise hold the wait to the deadline); returns when
+    /// each was first seen.
+    pub fn collect(&self, wanted: &[Ipv6Addr], deadline: Instant) -> HashMap<Ipv6Addr, Instant> {
+        const QUIET: std::time::Duration = std::time::Duration::from_secs(10);
+        let wanted: std::collections::HashSet<Ipv6Addr> = wanted.iter().copied().collect();
+        let mut seen = HashMap::new();
+        let mut last_new = Instant::now();
+        while seen.len() < wanted.len() {
+            let until = deadline.min(last_new + QUIET);
+            match self
+                .rx
+                .recv_timeout(until.saturating_duration_since(Instant::now()))
+            {
+                Ok((ip, at)) => {
+                    if wanted.contains(&ip) && !seen.contains_key(&ip) {
+                        seen.insert(ip, at);
+                        last_new = Instant::now();
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        seen
+    }
+
+    /// The next address seen REACHABLE before `deadline`.
+    pub fn next(&self, deadline: Instant) -> Option<(Ipv6Addr, Instant)> {
+        self.rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .ok()
+    }
+}
