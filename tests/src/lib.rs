@@ -14,7 +14,6 @@ pub mod fabric_bench;
 pub mod frames;
 pub mod inference_bench;
 pub mod neighwatch;
-pub mod neighwatch6;
 pub mod netns;
 pub mod pair;
 

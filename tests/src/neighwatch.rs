@@ -1,7 +1,14 @@
-//! Watching a namespace's ARP table change, with timestamps: a netlink
-//! socket subscribed to neighbour events, opened inside the namespace.
+//! Watching a namespace's neighbour tables change (ARP or IPv6 ND), with
+//! timestamps: a netlink socket subscribed to neighbour events, opened
+//! inside the namespace.
 
-use std::{collections::HashMap, net::Ipv4Addr, sync::mpsc, time::Instant};
+use std::{
+    collections::HashMap,
+    hash::Hash,
+    net::{Ipv4Addr, Ipv6Addr},
+    sync::mpsc,
+    time::Instant,
+};
 
 use futures::StreamExt as _;
 use rtnetlink::{
@@ -15,12 +22,40 @@ use rtnetlink::{
 
 use crate::netns::Netns;
 
-/// Receives `(ip, when)` each time an IPv4 neighbour becomes REACHABLE.
-pub struct NeighbourWatch {
-    rx: mpsc::Receiver<(Ipv4Addr, Instant)>,
+/// An address family whose neighbour entries a watch reports.
+pub trait Family: Copy + Eq + Hash + Send + 'static {
+    /// The entry's address, when it is of this family.
+    fn of(address: &NeighbourAddress) -> Option<Self>;
 }
 
-impl NeighbourWatch {
+impl Family for Ipv4Addr {
+    fn of(address: &NeighbourAddress) -> Option<Self> {
+        match address {
+            NeighbourAddress::Inet(ip) => Some(*ip),
+            _ => None,
+        }
+    }
+}
+
+impl Family for Ipv6Addr {
+    fn of(address: &NeighbourAddress) -> Option<Self> {
+        match address {
+            NeighbourAddress::Inet6(ip) => Some(*ip),
+            _ => None,
+        }
+    }
+}
+
+/// Receives `(ip, when)` each time a neighbour of family `A` (IPv4 by
+/// default) becomes REACHABLE.
+pub struct NeighbourWatch<A: Family = Ipv4Addr> {
+    rx: mpsc::Receiver<(A, Instant)>,
+}
+
+/// The IPv6 (ND) watch.
+pub type NeighbourWatch6 = NeighbourWatch<Ipv6Addr>;
+
+impl<A: Family> NeighbourWatch<A> {
     /// Starts watching `ns` (a thread that lives as long as the namespace).
     pub fn start(ns: &Netns) -> anyhow::Result<Self> {
         let path = format!("/run/netns/{}", ns.name());
@@ -64,7 +99,7 @@ impl NeighbourWatch {
                         continue;
                     }
                     let ip = n.attributes.iter().find_map(|a| match a {
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                        NeighbourAttribute::Destination(address) => A::of(address),
                         _ => None,
                     });
                     if let Some(ip) = ip
@@ -85,9 +120,9 @@ impl NeighbourWatch {
     /// deadline passes, or nothing wanted was seen for 10 s: an entry lost on
     /// the way would otherwise hold the wait to the deadline); returns when
     /// each was first seen.
-    pub fn collect(&self, wanted: &[Ipv4Addr], deadline: Instant) -> HashMap<Ipv4Addr, Instant> {
+    pub fn collect(&self, wanted: &[A], deadline: Instant) -> HashMap<A, Instant> {
         const QUIET: std::time::Duration = std::time::Duration::from_secs(10);
-        let wanted: std::collections::HashSet<Ipv4Addr> = wanted.iter().copied().collect();
+        let wanted: std::collections::HashSet<A> = wanted.iter().copied().collect();
         let mut seen = HashMap::new();
         let mut last_new = Instant::now();
         while seen.len() < wanted.len() {
@@ -109,7 +144,7 @@ impl NeighbourWatch {
     }
 
     /// The next address seen REACHABLE before `deadline`.
-    pub fn next(&self, deadline: Instant) -> Option<(Ipv4Addr, Instant)> {
+    pub fn next(&self, deadline: Instant) -> Option<(A, Instant)> {
         self.rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .ok()

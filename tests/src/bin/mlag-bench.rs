@@ -21,8 +21,7 @@ use anyhow::Context as _;
 use mlag_testbed::{
     agent::Agent,
     frames::{Arp, Na, TPID_8021AD, TPID_8021Q, ipv6},
-    neighwatch::NeighbourWatch,
-    neighwatch6::NeighbourWatch6,
+    neighwatch::{NeighbourWatch, NeighbourWatch6},
     netns::PacketSocket,
     pair::{self, A_IP, B_IP, Pair},
     wait_until,
