@@ -72,12 +72,14 @@ impl Task {
     pub(super) fn prune_view(&mut self) {
         let after = Duration::from_millis(self.config.prune_after_ms);
         let server = self.rank.is_some();
-        self.unlist_absent_members();
         let mut pruned = Vec::new();
         self.view.retain(|name, e| {
             // Other members know members from the servers' records only
             // (they do not hear heartbeats): such a member stays until a
-            // server says it departed.
+            // server announces its departure. (Not "absent from the retained
+            // records after a reconnect": rumqttd 0.20 delivers at most as
+            // many retained messages per subscription as it has free
+            // in-flight slots, so absence proves nothing.)
             if !server && e.heard.is_none() && !e.departed {
                 return true;
             }
@@ -102,32 +104,6 @@ impl Task {
                 suppressed,
                 "forgot members departed or silent for {after:?}"
             );
-        }
-    }
-
-    /// Members (not servers): a member known from a server's record whose
-    /// record did not come again with the retained records after our last
-    /// connect departed while we were away (its record was deleted, and
-    /// the announcement missed): it is marked departed, counted as
-    /// `members_unlisted`.
-    fn unlist_absent_members(&mut self) {
-        let Some(connected_at) = self.connected_at else {
-            return;
-        };
-        if self.rank.is_some() || !self.connected || connected_at.elapsed() < self.dead_after() {
-            return;
-        }
-        let now = std::time::Instant::now();
-        let mut unlisted = 0;
-        for e in self.view.values_mut() {
-            if e.heard.is_none() && !e.departed && e.since < connected_at {
-                e.departed = true;
-                e.since = now;
-                unlisted += 1;
-            }
-        }
-        if unlisted > 0 {
-            self.count_by("members_unlisted", unlisted);
         }
     }
 

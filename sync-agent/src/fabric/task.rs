@@ -126,8 +126,6 @@ pub(super) struct Task {
     /// The link's topic filters; they follow the role.
     pub(super) subscriptions: watch::Sender<Vec<String>>,
     pub(super) connected: bool,
-    /// When the link last (re)connected.
-    pub(super) connected_at: Option<Instant>,
     /// Servers: the members as heard from heartbeats.
     pub(super) roster: Roster,
     /// Servers: announcing now.
@@ -222,7 +220,6 @@ impl Task {
             current,
             subscriptions,
             connected: false,
-            connected_at: None,
             active: false,
             last_primary: None,
             announcements: VecDeque::new(),
