@@ -21,7 +21,7 @@ use anyhow::Context as _;
 use mlag_testbed::{
     agent::Agent,
     frames::{Arp, Na, TPID_8021AD, TPID_8021Q, ipv6},
-    neighwatch::{NeighbourWatch, NeighbourWatch6},
+    neighwatch::{Family, NeighbourWatch, NeighbourWatch6},
     netns::PacketSocket,
     pair::{self, A_IP, B_IP, Pair},
     wait_until,
@@ -338,11 +338,12 @@ fn wait_up(agent: &Agent) -> anyhow::Result<()> {
     })
 }
 
-/// Sends each reply and waits for `watch` to see its sender REACHABLE.
-fn one_by_one(
+/// Sends each reply (ARP or NA) and waits for `watch` to see its sender
+/// REACHABLE.
+fn one_by_one<A: Family + std::fmt::Display>(
     socket: &PacketSocket,
-    watch: &NeighbourWatch,
-    frames: &[(std::net::Ipv4Addr, Vec<u8>)],
+    watch: &NeighbourWatch<A>,
+    frames: &[(A, Vec<u8>)],
 ) -> anyhow::Result<Vec<Duration>> {
     let mut latencies = Vec::with_capacity(frames.len());
     for (address, frame) in frames {
@@ -379,7 +380,7 @@ fn sync_latency(mode: &str) -> anyhow::Result<()> {
     let a = Agent::start(&pair.a, &in_mode(pair.config_a("")))?;
     let b = Agent::start(&pair.b, &in_mode(pair.config_b("")))?;
     wait_up(&a)?;
-    let watch = NeighbourWatch::start(&pair.a)?;
+    let watch: NeighbourWatch = NeighbourWatch::start(&pair.a)?;
     let to_b = pair.c.run(|| PacketSocket::open("c-b"))?;
     let to_a = pair.c.run(|| PacketSocket::open("c-a"))?;
     let synced: Vec<_> = (0..LATENCY_REPLIES)
@@ -453,7 +454,7 @@ fn bulk_resync(entries: u32) -> anyhow::Result<()> {
     let mut b = pair.agent_b("")?;
     wait_up(&a)?;
     let addresses: Vec<std::net::Ipv4Addr> = (0..entries).map(|i| ip(80, i).into()).collect();
-    let watch_b = NeighbourWatch::start(&pair.b)?;
+    let watch_b: NeighbourWatch = NeighbourWatch::start(&pair.b)?;
     let to_a = pair.c.run(|| PacketSocket::open("c-a"))?;
     for chunk in addresses.chunks(250) {
         for address in chunk {
@@ -488,7 +489,7 @@ fn bulk_resync(entries: u32) -> anyhow::Result<()> {
     b.stop()?;
     pair.b.ip(&["neigh", "flush", "dev", "b-c"])?;
     drop(watch_b);
-    let watch_b = NeighbourWatch::start(&pair.b)?;
+    let watch_b: NeighbourWatch = NeighbourWatch::start(&pair.b)?;
     let a_cpu_before = a.cpu_time().unwrap_or_default();
     let start = Instant::now();
     let b = pair.agent_b("")?;
@@ -608,31 +609,6 @@ fn raise_ipv6_neighbour_limits(at_least: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn one_by_one6(
-    socket: &PacketSocket,
-    watch: &NeighbourWatch6,
-    frames: &[(std::net::Ipv6Addr, Vec<u8>)],
-) -> anyhow::Result<Vec<Duration>> {
-    let mut latencies = Vec::with_capacity(frames.len());
-    for (address, frame) in frames {
-        let sent = Instant::now();
-        socket.send(frame)?;
-        let deadline = sent + Duration::from_secs(2);
-        loop {
-            let (seen, at) = watch
-                .next(deadline)
-                .with_context(|| format!("{address} never became REACHABLE"))?;
-            if seen == *address {
-                latencies.push(at - sent);
-                break;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    latencies.sort();
-    Ok(latencies)
-}
-
 /// ND sync latency: a solicited NA for A enters B's member port -> A's
 /// entry REACHABLE, against the same NA entering A's own port. A holds a
 /// STALE entry for each address beforehand (to a wrong MAC), as a switch
@@ -686,8 +662,8 @@ fn nd_sync_latency(mode: &str) -> anyhow::Result<()> {
             })
             .collect()
     };
-    let via_peer = one_by_one6(&to_b, &watch, &frames(1))?;
-    let local = one_by_one6(&to_a, &watch, &frames(2))?;
+    let via_peer = one_by_one(&to_b, &watch, &frames(1))?;
+    let local = one_by_one(&to_a, &watch, &frames(2))?;
     println!();
     println!(
         "ND sync latency, {mode} XDP: solicited NA enters B's member port -> entry REACHABLE in A's kernel ({LATENCY_REPLIES} NAs, one at a time)"
