@@ -146,12 +146,26 @@ pub fn watch() -> Result<mpsc::Receiver<NeighbourEvent>, NeighbourError> {
 /// Deletes the entry for `ip` on `ifindex`. Ok(false) when the kernel had
 /// no such entry (already gone: nothing to do).
 pub async fn delete(handle: &Handle, ifindex: u32, ip: Ipv4Addr) -> Result<bool, NeighbourError> {
+    delete_entry(handle, ifindex, IpAddr::V4(ip)).await
+}
+
+/// Deletes the entry for `ip` (either family) on `ifindex`; Ok(false) when
+/// it was not there.
+pub(super) async fn delete_entry(
+    handle: &Handle,
+    ifindex: u32,
+    ip: IpAddr,
+) -> Result<bool, NeighbourError> {
     let mut message = NeighbourMessage::default();
-    message.header.family = AddressFamily::Inet;
+    let (family, destination) = match ip {
+        IpAddr::V4(v4) => (AddressFamily::Inet, NeighbourAddress::Inet(v4)),
+        IpAddr::V6(v6) => (AddressFamily::Inet6, NeighbourAddress::Inet6(v6)),
+    };
+    message.header.family = family;
     message.header.ifindex = ifindex;
     message
         .attributes
-        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        .push(NeighbourAttribute::Destination(destination));
     match handle.neighbours().del(message).execute().await {
         Ok(()) => Ok(true),
         Err(rtnetlink::Error::NetlinkError(e))
@@ -195,19 +209,35 @@ pub async fn dump(handle: &Handle, ifindexes: &[u32]) -> Result<Vec<Neighbour>, 
 /// Moves a resolved entry to PROBE: the kernel sends a fresh unicast ARP
 /// request for it, and the reply refreshes it (SPEC 2.5).
 pub async fn probe(handle: &Handle, neighbour: &Neighbour) -> Result<(), NeighbourError> {
+    probe_entry(
+        handle,
+        neighbour.ifindex,
+        IpAddr::V4(neighbour.ip),
+        neighbour.mac,
+    )
+    .await
+}
+
+/// Moves the entry for `ip` (either family) to PROBE.
+pub(super) async fn probe_entry(
+    handle: &Handle,
+    ifindex: u32,
+    ip: IpAddr,
+    mac: Option<MacAddr>,
+) -> Result<(), NeighbourError> {
     let mut request = handle
         .neighbours()
-        .add(neighbour.ifindex, IpAddr::V4(neighbour.ip))
+        .add(ifindex, ip)
         .state(NeighbourState::Probe)
         .replace();
-    if let Some(mac) = neighbour.mac {
+    if let Some(mac) = mac {
         request = request.link_local_address(&mac.0);
     }
     request
         .execute()
         .await
         .map_err(|source| NeighbourError::Request {
-            what: format!("probe {}", neighbour.ip),
+            what: format!("probe {ip}"),
             source,
         })
 }
@@ -220,9 +250,19 @@ pub async fn set_reachable(
     ip: Ipv4Addr,
     mac: MacAddr,
 ) -> Result<(), NeighbourError> {
+    set_reachable_entry(handle, ifindex, IpAddr::V4(ip), mac).await
+}
+
+/// Writes a REACHABLE entry for `ip` (either family).
+pub(super) async fn set_reachable_entry(
+    handle: &Handle,
+    ifindex: u32,
+    ip: IpAddr,
+    mac: MacAddr,
+) -> Result<(), NeighbourError> {
     handle
         .neighbours()
-        .add(ifindex, IpAddr::V4(ip))
+        .add(ifindex, ip)
         .state(NeighbourState::Reachable)
         .link_local_address(&mac.0)
         .replace()

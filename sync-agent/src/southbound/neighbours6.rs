@@ -94,44 +94,19 @@ pub async fn dump(handle: &Handle, ifindexes: &[u32]) -> Result<Vec<Neighbour6>,
 
 /// Deletes the entry for `ip` on `ifindex`; Ok(false) when it was not there.
 pub async fn delete(handle: &Handle, ifindex: u32, ip: Ipv6Addr) -> Result<bool, NeighbourError> {
-    let mut message = NeighbourMessage::default();
-    message.header.family = AddressFamily::Inet6;
-    message.header.ifindex = ifindex;
-    message
-        .attributes
-        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)));
-    match handle.neighbours().del(message).execute().await {
-        Ok(()) => Ok(true),
-        Err(rtnetlink::Error::NetlinkError(e))
-            if e.code.map(|c| c.get()) == Some(-libc::ENOENT) =>
-        {
-            Ok(false)
-        }
-        Err(source) => Err(NeighbourError::Request {
-            what: format!("delete {ip} on ifindex {ifindex}"),
-            source,
-        }),
-    }
+    super::neighbours::delete_entry(handle, ifindex, IpAddr::V6(ip)).await
 }
 
 /// Moves a resolved entry to PROBE: the kernel sends a fresh unicast
 /// Neighbour Solicitation, and the advertisement refreshes it.
 pub async fn probe(handle: &Handle, neighbour: &Neighbour6) -> Result<(), NeighbourError> {
-    let mut request = handle
-        .neighbours()
-        .add(neighbour.ifindex, IpAddr::V6(neighbour.ip))
-        .state(NeighbourState::Probe)
-        .replace();
-    if let Some(mac) = neighbour.mac {
-        request = request.link_local_address(&mac.0);
-    }
-    request
-        .execute()
-        .await
-        .map_err(|source| NeighbourError::Request {
-            what: format!("probe {}", neighbour.ip),
-            source,
-        })
+    super::neighbours::probe_entry(
+        handle,
+        neighbour.ifindex,
+        IpAddr::V6(neighbour.ip),
+        neighbour.mac,
+    )
+    .await
 }
 
 /// Writes a REACHABLE entry directly (the fallback when injection fails).
@@ -141,18 +116,7 @@ pub async fn set_reachable(
     ip: Ipv6Addr,
     mac: MacAddr,
 ) -> Result<(), NeighbourError> {
-    handle
-        .neighbours()
-        .add(ifindex, IpAddr::V6(ip))
-        .state(NeighbourState::Reachable)
-        .link_local_address(&mac.0)
-        .replace()
-        .execute()
-        .await
-        .map_err(|source| NeighbourError::Request {
-            what: format!("set {ip} reachable"),
-            source,
-        })
+    super::neighbours::set_reachable_entry(handle, ifindex, IpAddr::V6(ip), mac).await
 }
 
 fn sysctl_path(interface: &str, name: &str) -> String {
