@@ -40,6 +40,10 @@ pub struct MemberPort {
     pub mtu: Option<u32>,
 }
 
+/// Per MLAG id, the sorted (outer, inner) VLANs a member port hands to a
+/// VLAN interface (`[peer].vlan_interfaces`; inner 0 when single-tagged).
+pub type VlanMap = std::collections::BTreeMap<u32, Vec<(u16, u16)>>;
+
 /// One ARP reply or Neighbour Advertisement the XDP program handed over
 /// for syncing.
 #[derive(Clone, Debug)]
@@ -81,6 +85,9 @@ pub enum SessionEvent {
         /// The peer's member port MTUs by MLAG id (empty from peers that
         /// do not send them).
         port_mtus: Vec<(u32, u32)>,
+        /// The peer's VLAN interface map by MLAG id (ports it does not
+        /// report are missing).
+        port_vlans: VlanMap,
         /// The peer's capability bits (the sync sub-types it speaks).
         capabilities: u32,
     },

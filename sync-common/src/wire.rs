@@ -185,6 +185,12 @@ pub mod tlv {
     /// Hello: a member port's MTU, (MLAG id u32, MTU u32), one per port,
     /// for the pair's consistency check. Optional.
     pub const PORT_MTU: u16 = 0x0009;
+    /// Hello: the VLANs a member port carries to the peer's kernel path
+    /// (its `vlan_interfaces`), MLAG id u32 then (outer u16, inner u16)
+    /// pairs, one TLV per member port (none: no VLAN interfaces), for the
+    /// pair's consistency check. Optional: a peer that sends none for a
+    /// port is not compared.
+    pub const PORT_VLANS: u16 = 0x000A;
     /// Ack: cumulative sequence number, u32.
     pub const ACK_SEQ: u16 = 0x0010;
     /// Port state: a member port's MLAG id (u32) and state (u8: 1 up,
@@ -418,6 +424,7 @@ fn known_tlv(msg_type: MessageType, tlv_type: u16) -> bool {
                 | tlv::RESUME
                 | tlv::MCLAG_ADDRESS
                 | tlv::PORT_MTU
+                | tlv::PORT_VLANS
         ),
         MessageType::Keepalive => tlv_type == tlv::BOOT_ID,
         MessageType::Ack => tlv_type == tlv::ACK_SEQ,
@@ -543,6 +550,7 @@ fn check_value(tlv_type: u16, value: &[u8]) -> Result<(), DecodeError> {
         tlv::BOOT_ID => value.len() == 8,
         tlv::PORT => value.len() == 10,
         tlv::PORT_MTU => value.len() == 8,
+        tlv::PORT_VLANS => value.len() >= 4 && (value.len() - 4) % 4 == 0,
         tlv::RESUME => value.len() == 12,
         tlv::MCLAG_ADDRESS => value.len() == 4 || value.len() == 16,
         tlv::ARP_ENTRY => ArpEntry::parse(value).is_some(),

@@ -490,6 +490,39 @@ fn a_mismatched_mlag_id_is_reported_on_both_sides() -> anyhow::Result<()> {
 }
 
 #[test]
+fn differing_vlan_interface_maps_are_reported_on_both_sides_with_both_values() -> anyhow::Result<()>
+{
+    let pair = Pair::new()?;
+    // A hands VLANs 10 and 20.5 of MLAG port 1 to an interface; B none.
+    let a = pair.agent_a(&format!(
+        "[[peer.vlan_interfaces]]\nmlag_id = 1\nouter_vlan = 10\ninterface = \"a-c\"\n\
+         [[peer.vlan_interfaces]]\nmlag_id = 1\nouter_vlan = 20\ninner_vlan = 5\n\
+         interface = \"a-c\"\n{MCLAG}"
+    ))?;
+    let b = pair.agent_b(MCLAG)?;
+    for (agent, local, peer) in [(&a, "10,20.5", "none"), (&b, "none", "10,20.5")] {
+        let report = wait_until(WAIT, "the VLAN map mismatch reported", || {
+            match agent.query(&["show", "mclag"]) {
+                Ok(m) if m["mismatches"].as_array().is_some_and(|l| !l.is_empty()) => Ok(m),
+                other => Err(format!("{other:?}")),
+            }
+        })?;
+        assert_eq!(
+            report["mismatches"],
+            serde_json::json!([{
+                "field": "vlans",
+                "mlag_id": 1,
+                "port": report["ports"][0]["name"],
+                "local": local,
+                "peer": peer,
+            }]),
+            "{report}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
 fn a_slave_with_shut_port_takes_a_port_of_another_mtu_out_of_service() -> anyhow::Result<()> {
     let pair = Pair::new()?;
     pair.a.ip(&["link", "set", "a-c", "mtu", "9000"])?;

@@ -228,6 +228,7 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
                         ports: ports.clone(),
                         sessions: rx,
                         shared_mac: shared_mac_tx,
+                        vlans: peer_config.vlan_map(),
                     },
                     netlink.clone(),
                 ));

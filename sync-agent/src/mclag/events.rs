@@ -16,7 +16,6 @@ use super::{
     report::{MclagPort, MclagReport},
     task::{Aligned, Task},
 };
-use sync_common::wire::capability;
 
 use crate::{
     bus::{Liveness, MemberPort, SessionEvent},
@@ -49,11 +48,13 @@ impl<P: PortOps> Task<P> {
                 mclag_address,
                 ports,
                 port_mtus,
+                port_vlans,
                 capabilities,
             }) => {
                 self.peer_settings = Some(PeerSettings {
                     ports: ports.iter().copied().collect(),
                     mtus: port_mtus.into_iter().collect(),
+                    vlans: port_vlans,
                     capabilities,
                 });
                 self.process_session_up(mclag_address, ports).await;
@@ -233,7 +234,7 @@ impl<P: PortOps> Task<P> {
         let Some(peer) = &self.peer_settings else {
             return;
         };
-        let found = consistency::check(&self.ports, capability::ALL, peer);
+        let found = consistency::check(&self.ports, &self.own_settings, peer);
         for mismatch in found.iter().filter(|m| !self.mismatches.contains(m)) {
             self.mismatches_found += 1;
             tracing::warn!(

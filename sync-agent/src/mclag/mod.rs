@@ -49,7 +49,7 @@ use self::{
     task::{Inputs, Task},
 };
 use crate::{
-    bus::{AskError, MemberPort, SessionEvent},
+    bus::{AskError, MemberPort, SessionEvent, VlanMap},
     mac::MacAddr,
 };
 
@@ -71,6 +71,9 @@ pub struct MclagChannels {
     pub sessions: mpsc::Receiver<SessionEvent>,
     /// Where the shared MAC goes (the dataplane's peer table).
     pub shared_mac: watch::Sender<Option<MacAddr>>,
+    /// This switch's VLAN interface map (`[peer].vlan_interfaces`),
+    /// compared with the peer's.
+    pub vlans: VlanMap,
 }
 
 impl MclagHandle {
@@ -92,13 +95,15 @@ impl MclagHandle {
             ports,
             sessions,
             shared_mac,
+            vlans,
         } = channels;
         let (queries, query_rx) = mpsc::channel(QUERY_DEPTH);
         let (shutdown, shutdown_rx) = mpsc::channel(1);
         let backup = task::spawn_backup_liveness(&config, keepalive, boot_id);
         let mut ports = ports;
         let initial = ports.borrow_and_update().clone();
-        let task = Task::new(config, address, initial, NetlinkPorts::new(netlink));
+        let task =
+            Task::new(config, address, initial, NetlinkPorts::new(netlink)).with_vlans(vlans);
         tokio::spawn(task.run(Inputs {
             sessions,
             ports,

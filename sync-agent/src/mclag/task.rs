@@ -23,14 +23,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
     config::MclagConfig,
-    consistency::{Mismatch, PeerSettings},
+    consistency::{Mismatch, OwnSettings, PeerSettings},
     election::Role,
     events::Event,
     hold::{HoldReason, Holds},
     port_ops::PortOps,
 };
 use crate::{
-    bus::{MemberPort, SessionEvent},
+    bus::{MemberPort, SessionEvent, VlanMap},
     liveness::LivenessReport,
     mac::MacAddr,
 };
@@ -142,6 +142,8 @@ pub(super) struct Task<P> {
     /// The peer's settings from its last hello, for the consistency check
     /// (None before the first).
     pub(super) peer_settings: Option<PeerSettings>,
+    /// This switch's settings compared with the peer's beyond its ports.
+    pub(super) own_settings: OwnSettings,
     /// What the last consistency check found.
     pub(super) mismatches: Vec<Mismatch>,
     /// Mismatches found since start (each counted once while it lasts).
@@ -178,10 +180,20 @@ impl<P: PortOps> Task<P> {
             init_delay_until: None,
             converged: false,
             peer_settings: None,
+            own_settings: OwnSettings {
+                capabilities: sync_common::wire::capability::ALL,
+                vlans: Default::default(),
+            },
             mismatches: Vec::new(),
             mismatches_found: 0,
             ops,
         }
+    }
+
+    /// Sets the VLAN interface map compared with the peer's.
+    pub(super) fn with_vlans(mut self, vlans: VlanMap) -> Self {
+        self.own_settings.vlans = vlans;
+        self
     }
 
     /// The MAC both switches answer to once aligned: the master's port MAC

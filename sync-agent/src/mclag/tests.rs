@@ -217,6 +217,7 @@ fn hello(peer: &str) -> Event {
         mclag_address: Some(ip(peer)),
         ports: twins(),
         port_mtus: twin_mtus(),
+        port_vlans: Default::default(),
         capabilities: capability::ALL,
     })
 }
@@ -520,6 +521,7 @@ async fn a_peer_without_an_election_address_is_an_error_in_the_report() {
             mclag_address: None,
             ports: twins(),
             port_mtus: twin_mtus(),
+            port_vlans: Default::default(),
             capabilities: capability::ALL,
         })],
     )
@@ -735,6 +737,7 @@ async fn a_new_twin_mac_replaces_the_address_derived_from_the_previous_one() {
                 mclag_address: Some(ip("10.0.0.9")),
                 ports: twins,
                 port_mtus: twin_mtus(),
+                port_vlans: Default::default(),
                 capabilities: capability::ALL,
             }),
         ],
@@ -1090,6 +1093,7 @@ async fn a_twin_with_another_mtu_is_reported_and_a_shut_port_slave_holds_it_down
             mclag_address: Some(ip("10.0.0.9")),
             ports: twins(),
             port_mtus: vec![(1, 9000), (2, 1500)],
+            port_vlans: Default::default(),
             capabilities: capability::ALL,
         })],
     )
@@ -1140,6 +1144,7 @@ async fn mismatches_only_warn_by_default_and_on_the_master() {
                 mclag_address: Some(ip(address)),
                 ports: vec![(1, mac(TWIN, 1)), (5, mac(TWIN, 5))],
                 port_mtus: vec![],
+                port_vlans: Default::default(),
                 capabilities: capability::ALL,
             })],
         )

@@ -5,7 +5,10 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::validate::{Problems, is_ifname};
+use crate::{
+    bus::VlanMap,
+    validate::{Problems, is_ifname},
+};
 
 /// What the agent does with `arp_accept` on the member ports.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -148,6 +151,22 @@ impl PeerConfig {
                 )
             })
             .collect()
+    }
+
+    /// The VLANs each MLAG port hands to a VLAN interface, sorted: what the
+    /// hello reports for the pair's consistency check.
+    pub fn vlan_map(&self) -> VlanMap {
+        let mut map = VlanMap::new();
+        for v in &self.vlan_interfaces {
+            map.entry(v.mlag_id)
+                .or_default()
+                .push((v.outer_vlan, v.inner_vlan));
+        }
+        for vlans in map.values_mut() {
+            vlans.sort_unstable();
+            vlans.dedup();
+        }
+        map
     }
 }
 

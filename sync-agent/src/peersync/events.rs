@@ -332,6 +332,7 @@ impl Task {
             mclag_address: hello.mclag_address,
             ports: hello.ports,
             port_mtus: hello.port_mtus,
+            port_vlans: hello.port_vlans.into_iter().collect(),
             capabilities: hello.capabilities,
         });
         if peer_restarted {

@@ -14,6 +14,9 @@
 //!   0x0009 PORT_MTU       u32 MLAG id + u32 MTU, one per member port whose
 //!                         MTU is known (optional; for MC-LAG's consistency
 //!                         check)
+//!   0x000A PORT_VLANS     u32 MLAG id + (u16 outer, u16 inner VLAN) pairs,
+//!                         one per member port, from `vlan_interfaces`
+//!                         (optional; for the consistency check)
 //!   0x0008 MCLAG_ADDRESS  4 or 16 bytes (IPv4 / IPv6), when MC-LAG runs
 //!   0x0007 RESUME         u64 boot id of the peer + u32 last applied seq
 //! ```
@@ -57,6 +60,10 @@ pub struct Hello {
     /// The sender's member port MTUs: MLAG id and MTU (ports whose MTU is
     /// unknown are left out).
     pub port_mtus: Vec<(u32, u32)>,
+    /// The sender's VLAN interface map: per member port's MLAG id, the
+    /// (outer, inner) VLANs it hands to a VLAN interface (empty list: none).
+    /// A port missing here is one the sender does not report.
+    pub port_vlans: Vec<(u32, Vec<(u16, u16)>)>,
     /// The sender's MC-LAG election address, when it runs MC-LAG.
     pub mclag_address: Option<IpAddr>,
     /// `(boot id, seq)`: the sender already applied every sync frame up to
@@ -94,6 +101,11 @@ impl Hello {
             + self.max_frame.map_or(0, |_| tlv(4))
             + self.ports.len() * tlv(10)
             + self.port_mtus.len() * tlv(8)
+            + self
+                .port_vlans
+                .iter()
+                .map(|(_, vlans)| tlv(4 + vlans.len() * 4))
+                .sum::<usize>()
             + mclag.as_ref().map_or(0, |m| tlv(m.len()))
             + self.resume.map_or(0, |_| tlv(12));
         let mut buf = vec![0u8; len.min(wire::MAX_FRAME_LEN)];
@@ -116,6 +128,14 @@ impl Hello {
         }
         for (mlag_id, mtu) in &self.port_mtus {
             let _ = e.tlv(tlv::PORT_MTU, &[&mlag_id.to_be_bytes(), &mtu.to_be_bytes()]);
+        }
+        for (mlag_id, vlans) in &self.port_vlans {
+            let pairs: Vec<u8> = vlans
+                .iter()
+                .flat_map(|(outer, inner)| [outer.to_be_bytes(), inner.to_be_bytes()])
+                .flatten()
+                .collect();
+            let _ = e.tlv(tlv::PORT_VLANS, &[&mlag_id.to_be_bytes(), &pairs]);
         }
         if let Some(address) = &mclag {
             let _ = e.tlv(tlv::MCLAG_ADDRESS, &[address]);
@@ -167,6 +187,23 @@ impl Hello {
                 Some((u32::from_be_bytes(*id), be_u32(mtu)?))
             })
             .collect();
+        let port_vlans = frame
+            .tlvs()
+            .filter(|t| t.tlv_type == tlv::PORT_VLANS)
+            .filter_map(|t| {
+                let (id, pairs) = t.value.split_first_chunk::<4>()?;
+                let vlans = pairs
+                    .chunks_exact(4)
+                    .map(|p| {
+                        (
+                            u16::from_be_bytes([p[0], p[1]]),
+                            u16::from_be_bytes([p[2], p[3]]),
+                        )
+                    })
+                    .collect();
+                Some((u32::from_be_bytes(*id), vlans))
+            })
+            .collect();
         let mclag_address = frame.find(tlv::MCLAG_ADDRESS).and_then(|v| match v.len() {
             4 => <[u8; 4]>::try_from(v).ok().map(IpAddr::from),
             16 => <[u8; 16]>::try_from(v).ok().map(IpAddr::from),
@@ -185,6 +222,7 @@ impl Hello {
             max_frame,
             ports,
             port_mtus,
+            port_vlans,
             mclag_address,
             resume,
         })
@@ -231,6 +269,7 @@ mod tests {
             max_frame: Some(0x4000),
             ports: vec![(1, MacAddr([2, 0, 0, 0, 0, 0x0a]))],
             port_mtus: vec![],
+            port_vlans: vec![],
             mclag_address: Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))),
             resume: Some((0x1112_1314_1516_1718, 5)),
         }
@@ -290,6 +329,7 @@ mod tests {
                 max_frame: None,
                 ports: vec![],
                 port_mtus: vec![],
+                port_vlans: vec![],
                 mclag_address: None,
                 resume: None,
             }
@@ -345,6 +385,34 @@ mod tests {
     }
 
     #[test]
+    fn port_vlans_known_answer() {
+        let mut hello = full();
+        hello.resume = None;
+        hello.port_vlans = vec![(1, vec![(10, 0), (20, 5)]), (2, vec![])];
+        let bytes = hello.encode();
+        #[rustfmt::skip]
+        let tlvs: &[u8] = &[
+            // PORT_VLANS mlag 1: 10, 20.5
+            0x00, 0x0a, 0x00, 0x0c, 0x00, 0x00, 0x00, 0x01,
+            0x00, 0x0a, 0x00, 0x00, 0x00, 0x14, 0x00, 0x05,
+            // PORT_VLANS mlag 2: none
+            0x00, 0x0a, 0x00, 0x04, 0x00, 0x00, 0x00, 0x02,
+        ];
+        assert!(bytes.windows(tlvs.len()).any(|w| w == tlvs), "{bytes:02x?}");
+        assert_eq!(decode(&bytes), Ok(hello));
+    }
+
+    #[test]
+    fn a_port_vlans_tlv_of_a_ragged_length_is_refused() {
+        let mut buf = [0u8; 64];
+        let mut e = Encoder::new(&mut buf, MessageType::Hello, SubType::None, 0).unwrap();
+        e.tlv(tlv::BOOT_ID, &[&7u64.to_be_bytes()]).unwrap();
+        e.tlv(tlv::PORT_VLANS, &[&[0, 0, 0, 1, 0, 10]]).unwrap();
+        let len = e.finish();
+        assert!(Frame::decode(&buf[..len], wire::MAX_FRAME_LEN).is_err());
+    }
+
+    #[test]
     fn round_trips() {
         let mut hello = full();
         assert_eq!(decode(&hello.encode()), Ok(hello.clone()));
@@ -354,12 +422,16 @@ mod tests {
             .map(|i| (i, MacAddr([2, 0, 0, 0, 1, i as u8])))
             .collect();
         hello.port_mtus = (1..=40).map(|i| (i, 1500 + i)).collect();
+        hello.port_vlans = (1..=40)
+            .map(|i| (i, (1..=(i as u16 % 5)).map(|v| (v * 10, v)).collect()))
+            .collect();
         assert_eq!(decode(&hello.encode()), Ok(hello.clone()));
         hello.system_id = None;
         hello.max_frame = None;
         hello.mclag_address = None;
         hello.ports.clear();
         hello.port_mtus.clear();
+        hello.port_vlans.clear();
         assert_eq!(decode(&hello.encode()), Ok(hello));
     }
 

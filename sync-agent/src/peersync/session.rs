@@ -383,6 +383,13 @@ impl Task {
                 .iter()
                 .filter_map(|p| Some((p.mlag_id, p.mtu?)))
                 .collect(),
+            port_vlans: {
+                let mut map = self.config.vlan_map();
+                self.ports
+                    .iter()
+                    .map(|p| (p.mlag_id, map.remove(&p.mlag_id).unwrap_or_default()))
+                    .collect()
+            },
             mclag_address: self.identity.mclag_address,
             resume: self.rx_from_boot.map(|boot| (boot, self.rx_applied)),
         }

@@ -306,6 +306,7 @@ fn peer_hello(boot_id: u64, resume: Option<(u64, u32)>) -> Vec<u8> {
         max_frame: Some(16 * 1024),
         ports: vec![(1, PEER_MAC)],
         port_mtus: vec![(1, 9000)],
+        port_vlans: vec![(1, vec![(10, 0), (20, 7)])],
         mclag_address: Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))),
         resume,
     }
@@ -558,9 +559,15 @@ async fn replies_captured_before_the_hello_go_out_with_it_and_mclag_hears_of_the
             mclag_address,
             ports,
             port_mtus,
+            port_vlans,
             capabilities,
         }) => {
             assert_eq!(port_mtus, [(1, 9000)], "the peer's MTUs reach MC-LAG");
+            assert_eq!(
+                port_vlans,
+                [(1, vec![(10, 0), (20, 7)])].into(),
+                "the peer's VLAN map reaches MC-LAG"
+            );
             assert_eq!(capabilities, wire::capability::ARP_SYNC);
             assert_eq!(mclag_address, Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))));
             assert_eq!(ports, vec![(1, PEER_MAC)]);
@@ -1108,7 +1115,14 @@ async fn a_tagged_reply_goes_untagged_to_its_vlan_interface() {
         Harness::new("[[vlan_interfaces]]\nmlag_id = 1\nouter_vlan = 10\ninterface = \"p1.10\"\n");
     let svi_mac = MacAddr([2, 0, 0, 0, 0x10, 0xa1]);
     h.kernel.log().links.insert("p1.10".into(), (21, svi_mac));
-    h.establish(PEER_BOOT, None).await;
+    let ours = h.connect().await;
+    assert_eq!(
+        ours.port_vlans,
+        [(1, vec![(10, 0)]), (2, vec![])],
+        "our hello reports the VLAN interface map for the consistency check"
+    );
+    h.inbound(peer_hello(PEER_BOOT, None)).await;
+    h.written();
     let (mac, host_ip) = host(6);
     let untagged = arp_reply(PEER_MAC, mac, host_ip);
     let mut tagged = untagged[..12].to_vec();
