@@ -550,7 +550,7 @@ fn check_value(tlv_type: u16, value: &[u8]) -> Result<(), DecodeError> {
         tlv::BOOT_ID => value.len() == 8,
         tlv::PORT => value.len() == 10,
         tlv::PORT_MTU => value.len() == 8,
-        tlv::PORT_VLANS => value.len() >= 4 && (value.len() - 4) % 4 == 0,
+        tlv::PORT_VLANS => value.len() >= 4 && (value.len() - 4).is_multiple_of(4),
         tlv::RESUME => value.len() == 12,
         tlv::MCLAG_ADDRESS => value.len() == 4 || value.len() == 16,
         tlv::ARP_ENTRY => ArpEntry::parse(value).is_some(),

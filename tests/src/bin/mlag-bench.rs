@@ -94,7 +94,8 @@ fn ns_per_frame(fd: i32, frame: &[u8]) -> anyhow::Result<f64> {
 
 fn main() -> anyhow::Result<()> {
     // `mlag-bench fabric` runs only the fabric part; `mlag-bench pair` only
-    // the MLAG pair's (peer-sync latency and echo check, resync, takeover);
+    // the MLAG pair's (peer-sync latency and echo check, resync, takeover,
+    // split brain); `mlag-bench mclag` only takeover and split brain;
     // `mlag-bench center` only the config center's.
     match std::env::args().nth(1).as_deref() {
         Some("fabric") => return mlag_testbed::fabric_bench::run(),
@@ -105,6 +106,7 @@ fn main() -> anyhow::Result<()> {
             return mlag_testbed::center_bench::waiters_main(std::env::args().skip(2).collect());
         }
         Some("nd") => return nd_benchmarks(),
+        Some("mclag") => return mclag_benchmarks(),
         _ => {}
     }
     let (mut dataplane, ring, _log) =
@@ -261,7 +263,141 @@ fn pair_benchmarks() -> anyhow::Result<()> {
     for entries in RESYNC_ENTRIES {
         bulk_resync(entries)?;
     }
-    takeover()
+    mclag_benchmarks()
+}
+
+/// MC-LAG's reactions to losing the peer link: takeover when the master is
+/// gone, dual-active protection when it lives on the backup path.
+fn mclag_benchmarks() -> anyhow::Result<()> {
+    takeover()?;
+    split_brain()
+}
+
+/// Reads an interface's flags with SIOCGIFFLAGS on a socket opened in its
+/// namespace: a few microseconds a look, so polling it does not blur what
+/// it times (spawning `ip` would cost milliseconds a look).
+struct LinkFlags {
+    socket: std::os::fd::OwnedFd,
+    request: libc::ifreq,
+}
+
+impl LinkFlags {
+    fn open(ns: &mlag_testbed::netns::Netns, dev: &str) -> anyhow::Result<Self> {
+        use std::os::fd::FromRawFd as _;
+        let socket = ns.run(|| {
+            // SAFETY: plain socket(2); the fd is owned from here on.
+            let fd =
+                unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+            anyhow::ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            // SAFETY: fd was just returned by socket(2) and is not owned elsewhere.
+            Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+        })?;
+        // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+        let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+        anyhow::ensure!(dev.len() < libc::IFNAMSIZ, "interface name {dev} too long");
+        for (slot, byte) in request.ifr_name.iter_mut().zip(dev.bytes()) {
+            *slot = byte as libc::c_char;
+        }
+        Ok(Self { socket, request })
+    }
+
+    /// Whether the interface is administratively up (IFF_UP).
+    fn admin_up(&mut self) -> anyhow::Result<bool> {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: SIOCGIFFLAGS fills ifr_flags of the ifreq we own.
+        let rc = unsafe {
+            libc::ioctl(
+                self.socket.as_raw_fd(),
+                libc::SIOCGIFFLAGS,
+                &mut self.request as *mut libc::ifreq,
+            )
+        };
+        anyhow::ensure!(rc == 0, "SIOCGIFFLAGS: {}", std::io::Error::last_os_error());
+        // SAFETY: SIOCGIFFLAGS set the flags member of the union.
+        let flags = unsafe { self.request.ifr_ifru.ifru_flags };
+        Ok(flags as libc::c_int & libc::IFF_UP != 0)
+    }
+}
+
+const SPLIT_BRAIN_TRIALS: usize = 5;
+
+/// Peer link cut at the master's end while the master lives on the backup
+/// path -> the slave's member port administratively down (dual-active
+/// protection); reported beyond the liveness dead interval, as the
+/// takeover. Also the time back in service after the link returns.
+fn split_brain() -> anyhow::Result<()> {
+    let mut beyond = Vec::new();
+    let mut restored = Vec::new();
+    for trial in 0..SPLIT_BRAIN_TRIALS {
+        let pair = Pair::new()?;
+        mlag_testbed::netns::veth(&pair.a, "a-bk", &pair.b, "b-bk")?;
+        pair.a
+            .ip(&["addr", "add", "169.254.78.1/30", "dev", "a-bk"])?;
+        pair.b
+            .ip(&["addr", "add", "169.254.78.2/30", "dev", "b-bk"])?;
+        let config = |local: &str, peer: &str| {
+            format!(
+                "dead_interval_ms = {DEAD_INTERVAL_MS}\n[mclag]\ninit_delay_s = 0\n\
+                 backup = {{ local_address = \"{local}\", peer_address = \"{peer}\", port = 7790 }}\n"
+            )
+        };
+        let a = pair.agent_a(&config("169.254.78.1", "169.254.78.2"))?;
+        let _b = pair.agent_b(&config("169.254.78.2", "169.254.78.1"))?;
+        let mut flags = LinkFlags::open(&pair.a, "a-c")?;
+        wait_until(
+            Duration::from_secs(15),
+            "A slave, backup alive, port up",
+            || match (a.query(&["show", "mclag"]), flags.admin_up()) {
+                (Ok(m), Ok(true))
+                    if m["role"] == "slave"
+                        && m["backup_alive"] == true
+                        && m["holds"] == serde_json::json!([]) =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("{other:?}")),
+            },
+        )?;
+        let cut = Instant::now();
+        pair.b.ip(&["link", "set", "b-peer", "down"])?;
+        let down = poll_until(&mut flags, false, cut + Duration::from_secs(10))
+            .with_context(|| format!("trial {trial}: the slave's port never went down"))?;
+        beyond.push((down - cut).saturating_sub(Duration::from_millis(DEAD_INTERVAL_MS)));
+        let healed = Instant::now();
+        pair.b.ip(&["link", "set", "b-peer", "up"])?;
+        let up = poll_until(&mut flags, true, healed + Duration::from_secs(30))
+            .with_context(|| format!("trial {trial}: the slave's port never came back"))?;
+        restored.push(up - healed);
+    }
+    beyond.sort();
+    restored.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!();
+    println!(
+        "MC-LAG split brain: peer link cut, master alive on the backup path -> slave's member port admin down ({SPLIT_BRAIN_TRIALS} trials, dead interval {DEAD_INTERVAL_MS} ms, keepalive 100 ms, port flags polled every 0.1 ms)"
+    );
+    println!(
+        "  beyond the dead interval: median {:.1} ms, max {:.1} ms",
+        ms(beyond[SPLIT_BRAIN_TRIALS / 2]),
+        ms(beyond[SPLIT_BRAIN_TRIALS - 1])
+    );
+    println!(
+        "  peer link back -> port in service again (session, resync, release): median {:.1} ms, max {:.1} ms",
+        ms(restored[SPLIT_BRAIN_TRIALS / 2]),
+        ms(restored[SPLIT_BRAIN_TRIALS - 1])
+    );
+    Ok(())
+}
+
+/// When `flags` first shows the port admin `up` (polled every 0.1 ms).
+fn poll_until(flags: &mut LinkFlags, up: bool, deadline: Instant) -> anyhow::Result<Instant> {
+    loop {
+        if flags.admin_up()? == up {
+            return Ok(Instant::now());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "timed out");
+        std::thread::sleep(Duration::from_micros(100));
+    }
 }
 
 const TAKEOVER_TRIALS: usize = 5;
