@@ -25,7 +25,7 @@ use sync_agent::fabric::{
     link::{self, Endpoint, LinkEvent, LinkSettings},
     seal::Codec,
     state::{ConfigStore, Outcome},
-    wire::{ConfigAck, ConfigChange, Fault, Heartbeat, Message, Role, Topics},
+    wire::{ConfigAck, ConfigChange, Fault, Heartbeat, Message, Role, Topics, roster_bucket},
 };
 use tokio::sync::mpsc;
 
@@ -102,7 +102,7 @@ async fn simulated_member(
     let topics = Topics::new("mlag-sync");
     let mut codec = Codec::new(me, roster, None);
     let mut store = ConfigStore::default();
-    let own_record = topics.roster_topic(&identity);
+    let own_record = topics.roster_topic(roster_bucket(&identity));
     let departed = Message::Departed {
         member: identity.clone(),
         reason: "connection lost (last will)".into(),
@@ -146,7 +146,8 @@ async fn simulated_member(
                         };
                         match opened.message {
                             Message::Roster(record) if topic == own_record => {
-                                if !rostered && record.entry.heartbeat.member == identity
+                                if !rostered
+                                    && record.entries.iter().any(|e| e.heartbeat.member == identity)
                                     && let Some(first) = first_heartbeat
                                 {
                                     rostered = true;

@@ -467,7 +467,7 @@ mod tests {
     /// announcements, and keeps them however long they are quiet.
     #[test]
     fn a_member_knows_members_from_the_servers_records_only() {
-        use crate::fabric::wire::{MemberEntry, Membership, RosterRecord};
+        use crate::fabric::wire::{MemberEntry, Membership, RosterRecord, roster_bucket};
         let (infos, _rx) = mpsc::channel(4);
         let (mut task, _eventloop) = test_task_with(
             infos,
@@ -483,7 +483,8 @@ mod tests {
             Message::Roster(RosterRecord {
                 server: "srv".into(),
                 epoch: 1,
-                entry: MemberEntry {
+                bucket: roster_bucket(member),
+                entries: vec![MemberEntry {
                     heartbeat: Heartbeat {
                         member: member.into(),
                         role: Role::Client,
@@ -496,7 +497,7 @@ mod tests {
                     },
                     joined_ms: 1,
                     last_heartbeat_ms: 1,
-                },
+                }],
             })
         };
         let state = |task: &Task, member: &str| {

@@ -66,7 +66,7 @@ impl Domain {
             Message::Topology(_) => Domain::Snapshot("topology".into()),
             Message::ConfigState(_) => Domain::Snapshot("config_state".into()),
             Message::Fault(f) => Domain::Snapshot(format!("port/{}", f.port)),
-            Message::Roster(r) => Domain::Snapshot(format!("roster/{}", r.entry.heartbeat.member)),
+            Message::Roster(r) => Domain::Snapshot(format!("roster/{}", r.bucket)),
             Message::Setting(s) => Domain::Snapshot(format!("setting/{}", s.change.key)),
             Message::Heartbeat(_)
             | Message::Departed { .. }

@@ -15,13 +15,16 @@
 //! whole-fabric `Topology` and `ConfigState` kinds are still read (from an
 //! older server) but no longer sent.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
 
 use super::{
     task::{RECENT, Task, ViewEntry},
     wire::{
-        Heartbeat, MemberEntry, Membership, Message, RosterRecord, ServerStatus, SettingRecord,
-        Topology,
+        Heartbeat, MAX_MESSAGE, MemberEntry, Membership, Message, RosterRecord, ServerStatus,
+        SettingRecord, Topology, roster_bucket,
     },
 };
 use crate::clock::now_ms;
@@ -36,9 +39,11 @@ impl Task {
             match self.codec.open(bytes, true) {
                 Ok(opened) => match opened.message {
                     Message::Roster(record) => {
-                        self.roster.seed_entry(&record.entry, record.epoch);
-                        self.learn_member(record.entry);
-                        seeded += 1;
+                        for entry in record.entries {
+                            self.roster.seed_entry(&entry, record.epoch);
+                            self.learn_member(entry);
+                            seeded += 1;
+                        }
                     }
                     Message::Topology(topology) => {
                         seeded += topology.members.len();
@@ -119,12 +124,14 @@ impl Task {
         }
     }
 
-    /// One member's retained roster record: as a topology of one.
+    /// One retained roster bucket: as a topology of its members.
     pub(super) fn heard_roster_record(&mut self, record: RosterRecord) {
-        if self.rank.is_some() && !self.active {
-            self.roster.seed_entry(&record.entry, record.epoch);
+        for entry in record.entries {
+            if self.rank.is_some() && !self.active {
+                self.roster.seed_entry(&entry, record.epoch);
+            }
+            self.learn_member(entry);
         }
-        self.learn_member(record.entry);
     }
 
     /// A member listed by a server joins the view (not yet heard itself).
@@ -210,12 +217,12 @@ impl Task {
         self.publish_settings();
     }
 
-    /// Writes the roster records that changed since last written (a new
-    /// member, or a heartbeat saying something new; the uptime alone is no
-    /// change) and deletes the records of members no longer in the roster.
+    /// Rewrites the roster buckets holding a member that changed since last
+    /// written (a new member, or a heartbeat saying something new; the
+    /// uptime alone is no change) or that left the roster; an emptied
+    /// bucket's retained message is deleted.
     fn publish_roster_records(&mut self) {
-        let epoch = self.roster.epoch();
-        let changed: Vec<MemberEntry> = self
+        let mut dirty: BTreeSet<u16> = self
             .roster
             .entries()
             .filter(|e| {
@@ -223,18 +230,8 @@ impl Task {
                     .get(&e.heartbeat.member)
                     .is_none_or(|p| !same_record(p, &e.heartbeat))
             })
-            .cloned()
+            .map(|e| roster_bucket(&e.heartbeat.member))
             .collect();
-        for entry in changed {
-            self.published_roster
-                .insert(entry.heartbeat.member.clone(), record_key(&entry.heartbeat));
-            self.count("roster_records_sent");
-            self.publish(&Message::Roster(RosterRecord {
-                server: self.identity.clone(),
-                epoch,
-                entry,
-            }));
-        }
         let gone: Vec<String> = self
             .published_roster
             .iter()
@@ -243,23 +240,70 @@ impl Task {
             .collect();
         for name in gone {
             self.published_roster.remove(&name);
-            let topic = self.topics.roster_topic(&name);
-            self.clear_retained(topic);
+            dirty.insert(roster_bucket(&name));
+        }
+        for bucket in dirty {
+            self.publish_roster_bucket(bucket);
         }
     }
 
-    /// Writes `member`'s roster record now.
+    /// Writes the roster bucket of `member` now.
     fn publish_roster_record(&mut self, member: &str) {
-        let Some(entry) = self.roster.get(member).cloned() else {
+        if self.roster.contains(member) {
+            self.publish_roster_bucket(roster_bucket(member));
+        }
+    }
+
+    /// Writes bucket `bucket` as the roster holds it now (deletes it when
+    /// empty). Members beyond what one message holds are left out, counted
+    /// and logged: 64 buckets of ~64 KiB hold well over the default
+    /// `max_members`.
+    fn publish_roster_bucket(&mut self, bucket: u16) {
+        // Room for the header, signature, nonce and the record's own fields.
+        const BUDGET: usize = MAX_MESSAGE - 1024;
+        let mut entries = Vec::new();
+        let mut size = 0;
+        let mut left_out = 0usize;
+        for entry in self
+            .roster
+            .entries()
+            .filter(|e| roster_bucket(&e.heartbeat.member) == bucket)
+        {
+            let entry_size = serde_json::to_vec(entry).map_or(BUDGET, |v| v.len() + 1);
+            if size + entry_size > BUDGET {
+                left_out += 1;
+                continue;
+            }
+            size += entry_size;
+            entries.push(entry.clone());
+        }
+        for entry in &entries {
+            self.published_roster
+                .insert(entry.heartbeat.member.clone(), record_key(&entry.heartbeat));
+        }
+        if left_out > 0 {
+            self.count("roster_bucket_full");
+            if let Some(suppressed) = self.logs.admit("roster_bucket_full") {
+                tracing::warn!(
+                    bucket,
+                    left_out,
+                    suppressed,
+                    "roster bucket over one message: members left out of the retained roster \
+                     (they still heartbeat and are announced)"
+                );
+            }
+        }
+        if entries.is_empty() {
+            let topic = self.topics.roster_topic(bucket);
+            self.clear_retained(topic);
             return;
-        };
-        self.published_roster
-            .insert(member.to_string(), record_key(&entry.heartbeat));
+        }
         self.count("roster_records_sent");
         self.publish(&Message::Roster(RosterRecord {
             server: self.identity.clone(),
             epoch: self.roster.epoch(),
-            entry,
+            bucket,
+            entries,
         }));
     }
 

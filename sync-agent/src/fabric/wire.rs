@@ -361,19 +361,38 @@ pub struct Fault {
     pub at_ms: u64,
 }
 
-/// One member's entry in the active server's roster, retained on a topic
-/// of its own (`<prefix>/DEV_INFO_MSG/roster/<member>`): the topology
-/// split per member, so its size has no ceiling and a change rewrites one
-/// small message. A departed member's record is deleted (an empty retained
-/// message on its topic).
+/// Buckets the roster is retained in (see [`RosterRecord`]).
+pub const ROSTER_BUCKETS: u16 = 64;
+
+/// The roster bucket of `member`: FNV-1a of its name modulo
+/// [`ROSTER_BUCKETS`]. Part of the wire format (every version must agree
+/// where a member's entry lives), so never change it.
+pub fn roster_bucket(member: &str) -> u16 {
+    let hash = member.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    });
+    (hash % u32::from(ROSTER_BUCKETS)) as u16
+}
+
+/// The members of one roster bucket as the active server holds them,
+/// retained on the bucket's topic (`<prefix>/DEV_INFO_MSG/roster/<bucket>`).
+/// Why buckets, not one record per member: brokers cut the retained
+/// messages they hand a new subscription to their queue limits (rumqttd
+/// 0.20 to its 100 free in-flight slots, mosquitto to about
+/// `max_queued_messages` + `max_inflight_messages`), so a per-member record
+/// was lost beyond ~100 members; [`ROSTER_BUCKETS`] messages always fit,
+/// and a join still rewrites one small message. An emptied bucket's
+/// message is deleted (an empty retained message on its topic).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RosterRecord {
     /// Announcing server.
     pub server: String,
     /// The roster's epoch when this record was written.
     pub epoch: u64,
-    /// The member.
-    pub entry: MemberEntry,
+    /// The bucket ([`roster_bucket`] of each member's name).
+    pub bucket: u16,
+    /// The bucket's members.
+    pub entries: Vec<MemberEntry>,
 }
 
 /// One setting in force as the active server holds it, retained on a topic
@@ -584,24 +603,24 @@ impl Topics {
             ),
             // Not retained: a device that was away registers and polls.
             Message::ConfigAnnounce(a) => (format!("{p}/{channel}/announce/{}", a.origin), false),
-            Message::Roster(r) => (self.roster_topic(&r.entry.heartbeat.member), true),
+            Message::Roster(r) => (self.roster_topic(r.bucket), true),
             Message::Setting(s) => (self.setting_topic(&s.change.key), true),
         }
     }
 
-    /// Where `member`'s roster record is retained (an empty retained
+    /// Where roster bucket `bucket` is retained (an empty retained
     /// message there deletes it).
-    pub fn roster_topic(&self, member: &str) -> String {
+    pub fn roster_topic(&self, bucket: u16) -> String {
         format!(
-            "{}/{}/roster/{member}",
+            "{}/{}/roster/{bucket}",
             self.prefix,
             Channel::Info.topic_name()
         )
     }
 
-    /// Every member's roster record.
+    /// Every roster bucket.
     pub fn roster_filter(&self) -> String {
-        self.roster_topic("+")
+        format!("{}/{}/roster/+", self.prefix, Channel::Info.topic_name())
     }
 
     /// Where setting `key`'s record is retained.
@@ -772,7 +791,8 @@ mod tests {
             );
         }
         assert_eq!(t.roster_filter(), "fab/DEV_INFO_MSG/roster/+");
-        assert_eq!(t.channel_of(&t.roster_topic("sw9")), Some(Channel::Info));
+        assert_eq!(t.roster_topic(7), "fab/DEV_INFO_MSG/roster/7");
+        assert_eq!(t.channel_of(&t.roster_topic(7)), Some(Channel::Info));
         assert_eq!(
             t.setting_topic("site.ntp"),
             "fab/DEV_CONF_MSG/setting/site.ntp"
@@ -852,11 +872,12 @@ mod every_kind {
             Message::Roster(RosterRecord {
                 server: "s".into(),
                 epoch: 9,
-                entry: MemberEntry {
+                bucket: roster_bucket(&hb.member),
+                entries: vec![MemberEntry {
                     heartbeat: hb.clone(),
                     joined_ms: 1,
                     last_heartbeat_ms: 2,
-                },
+                }],
             }),
             Message::Setting(SettingRecord {
                 server: "s".into(),
@@ -872,6 +893,20 @@ mod every_kind {
             }),
         ];
         all
+    }
+
+    /// The bucket function is part of the wire format: FNV-1a, known answers.
+    #[test]
+    fn roster_buckets_are_fnv1a_of_the_name_and_spread_members_evenly() {
+        assert_eq!(
+            ["sw0", "sw1", "sim000", "a"].map(roster_bucket),
+            [13, 58, 44, 44]
+        );
+        let mut sizes = [0usize; ROSTER_BUCKETS as usize];
+        for n in 0..1000 {
+            sizes[roster_bucket(&format!("sim{n:03}")) as usize] += 1;
+        }
+        assert!(sizes.iter().all(|&s| (5..=40).contains(&s)), "{sizes:?}");
     }
 
     /// Each kind survives encode/decode (a body field named like the tag would not).
