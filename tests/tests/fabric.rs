@@ -339,6 +339,142 @@ fn sealed_bodies_are_unreadable_on_the_wire_and_tampering_is_refused() -> anyhow
     Ok(())
 }
 
+/// Simulated members heartbeating to a broker from the hub, each signed
+/// with its own key, until dropped.
+struct Heartbeaters {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Heartbeaters {
+    fn start(lab: &FabricLab, names: &[String], broker: &str) -> anyhow::Result<Self> {
+        use std::{
+            os::fd::AsRawFd as _,
+            sync::{Arc, atomic::AtomicBool},
+        };
+        let mut codecs: Vec<(String, Codec)> = names
+            .iter()
+            .map(|n| (n.clone(), Codec::new(lab.identity(n), lab.roster(), None)))
+            .collect();
+        let namespace = std::fs::File::open(format!("/run/netns/{}", lab.hub.name()))?;
+        let broker = broker.to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: setns on a valid namespace fd affects only this thread.
+            if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return;
+            }
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let options = rumqttc::MqttOptions::new("heartbeaters", broker, 1883);
+                let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 4096);
+                tokio::spawn(async move {
+                    loop {
+                        if eventloop.poll().await.is_err() {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                });
+                let topics = Topics::new("mlag-sync");
+                while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    for (name, codec) in &mut codecs {
+                        let beat = Message::Heartbeat(Heartbeat {
+                            member: name.clone(),
+                            role: Role::Client,
+                            model: "sim".into(),
+                            version: "0".into(),
+                            servers: vec![],
+                            addresses: vec![],
+                            uptime_s: 1,
+                            interval_ms: 300,
+                        });
+                        let (topic, _) = topics.topic_for(&beat);
+                        let _ = client.try_publish(
+                            topic,
+                            rumqttc::QoS::AtMostOnce,
+                            false,
+                            codec.seal(&beat),
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            });
+        });
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Heartbeaters {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Brokers hand a new subscription only as many retained messages as their
+/// queues hold (rumqttd: 100), so the roster is retained in 64 buckets: a
+/// member joining a fabric of hundreds still learns every member from the
+/// server's retained roster, before any announcement reaches it.
+#[test]
+fn a_member_joining_a_fabric_of_hundreds_learns_every_member_from_the_retained_roster()
+-> anyhow::Result<()> {
+    const SIMULATED: usize = 250;
+    let names: Vec<String> = (0..SIMULATED).map(|n| format!("sim{n:03}")).collect();
+    let lab = FabricLab::with_extra_members(2, &names)?;
+    let extra = format!("servers = [\"{}\"]\n", switch_ip(0));
+    let server = lab.start(0, &extra)?;
+    let _beats = Heartbeaters::start(&lab, &names, &switch_ip(0))?;
+    let mut everyone: Vec<String> = names.clone();
+    everyone.push("sw0".into());
+    everyone.sort();
+    wait_until(
+        Duration::from_secs(60),
+        "the server rosters every member",
+        || match up_members(&server) {
+            Ok(up) if up == everyone => Ok(()),
+            other => Err(format!("{:?}", other.map(|up| up.len()))),
+        },
+    )?;
+    wait_active(&server, true, SETTLE)?;
+    let buckets: std::collections::BTreeSet<u16> = everyone
+        .iter()
+        .map(|n| sync_agent::fabric::wire::roster_bucket(n))
+        .collect();
+    wait_until(SETTLE, "every roster bucket retained", || {
+        let sent = counter(&server, "roster_records_sent");
+        if sent >= buckets.len() as u64 {
+            Ok(())
+        } else {
+            Err(sent)
+        }
+    })?;
+    // Joins after every announcement was made: the retained roster is all
+    // it has to learn the others from.
+    let member = lab.start(1, &extra)?;
+    everyone.push("sw1".into());
+    everyone.sort();
+    wait_until(
+        Duration::from_secs(60),
+        "the new member lists every member",
+        || match up_members(&member) {
+            Ok(up) if up == everyone => Ok(()),
+            other => Err(format!("{:?}", other.map(|up| up.len()))),
+        },
+    )?;
+    Ok(())
+}
+
 #[test]
 fn floods_and_garbage_are_counted_and_dropped() -> anyhow::Result<()> {
     let lab = FabricLab::with_extra_members(2, &["flood".to_string()])?;
