@@ -5,10 +5,11 @@
 //! hear everyone; the backup takes over when the primary's status goes
 //! quiet and stands down when it returns.
 //!
-//! The topology is retained per member (`Roster` records on
-//! `DEV_INFO_MSG/roster/<member>`) and the config per key (`Setting`
-//! records on `DEV_CONF_MSG/setting/<key>`), not as one snapshot: no size
-//! ceiling, and a join rewrites one small message, not the whole fabric.
+//! The topology is retained in 64 buckets (`Roster` records on
+//! `DEV_INFO_MSG/roster/<bucket>`; `wire::RosterRecord` says why not one
+//! per member) and the config per key (`Setting` records on
+//! `DEV_CONF_MSG/setting/<key>`), not as one snapshot: no 64 KiB ceiling,
+//! and a join rewrites one small message, not the whole fabric.
 //! Every role reads them (`heard_roster_record`): members learn of one
 //! another before the first heartbeat arrives, the standby server keeps its
 //! roster seeded, a returning primary reads them all at bring-up. The
