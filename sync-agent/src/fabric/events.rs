@@ -25,6 +25,8 @@ pub(super) enum Event {
     Mqtt(MqttEvent),
     /// The heartbeat timer.
     Tick,
+    /// Roster buckets that changed are due to be written.
+    RosterDue,
     /// A local interface changed.
     Link(bus::LinkEvent),
     /// The link-event broadcast overran this task; this many were lost.
@@ -55,6 +57,7 @@ impl Task {
         match event {
             Event::Mqtt(event) => self.process_mqtt(event),
             Event::Tick => self.process_tick(),
+            Event::RosterDue => self.roster_due(),
             Event::Link(event) => self.process_link(event),
             Event::LinksLagged(missed) => self.process_links_lagged(missed),
             Event::Query(Query::Report(reply)) => self.process_report(reply),

@@ -30,6 +30,15 @@ use super::{
 };
 use crate::clock::now_ms;
 
+/// How long an active server gathers joins before it rewrites their roster
+/// buckets. Every member that is not a server receives every bucket write,
+/// and a bucket carries ~1/64 of the roster, so writing one per join would
+/// send each member the whole roster again for every 64 joins (a fabric's
+/// cold start is thousands of joins in seconds); gathered, a bucket is
+/// written at most four times a second, and a newcomer appears in the
+/// other members' views within this window.
+const ROSTER_COALESCE: Duration = Duration::from_millis(250);
+
 impl Task {
     /// A returning primary seeds its roster from the backup's retained
     /// roster records (fetched at bring-up), so it does not announce those
@@ -86,9 +95,9 @@ impl Task {
             let new = self.roster.heartbeat(hb, now_ms());
             if new && self.active && self.connected {
                 self.announce(&member, true, "first heartbeat");
-                // Its record at once, not at the next tick: members learn of
-                // a newcomer within a broker round trip.
-                self.publish_roster_record(&member);
+                // Its bucket soon, not at the next tick: members learn of a
+                // newcomer within ROSTER_COALESCE.
+                self.roster_changed();
             }
         }
     }
@@ -223,6 +232,7 @@ impl Task {
     /// uptime alone is no change) or that left the roster; an emptied
     /// bucket's retained message is deleted.
     fn publish_roster_records(&mut self) {
+        self.roster_flush_at = None;
         let mut dirty: BTreeSet<u16> = self
             .roster
             .entries()
@@ -248,10 +258,19 @@ impl Task {
         }
     }
 
-    /// Writes the roster bucket of `member` now.
-    fn publish_roster_record(&mut self, member: &str) {
-        if self.roster.contains(member) {
-            self.publish_roster_bucket(roster_bucket(member));
+    /// A member joined: the changed buckets are written within
+    /// [`ROSTER_COALESCE`] (one write per bucket however many joined).
+    fn roster_changed(&mut self) {
+        if self.roster_flush_at.is_none() {
+            self.roster_flush_at = Some(tokio::time::Instant::now() + ROSTER_COALESCE);
+        }
+    }
+
+    /// The coalescing window is over: write the buckets that changed.
+    pub(super) fn roster_due(&mut self) {
+        self.roster_flush_at = None;
+        if self.rank.is_some() && self.active && self.connected {
+            self.publish_roster_records();
         }
     }
 

@@ -136,6 +136,9 @@ pub(super) struct Task {
     /// broker by this server (its heartbeat without the uptime), so only
     /// records that changed are written again.
     pub(super) published_roster: CappedMap<String, Heartbeat>,
+    /// Active server: when the roster buckets that changed since the last
+    /// write are due (see `server::ROSTER_COALESCE`); None when none is.
+    pub(super) roster_flush_at: Option<tokio::time::Instant>,
     /// Every other member this switch knows of.
     pub(super) view: CappedMap<String, ViewEntry>,
     pub(super) servers: CappedMap<String, (ServerStatus, Instant)>,
@@ -204,6 +207,7 @@ impl Task {
             view: CappedMap::new(config.max_members),
             servers: CappedMap::new(MAX_SERVERS),
             published_roster: CappedMap::new(config.max_members),
+            roster_flush_at: None,
             hlc: Hlc::new(config.trust.max_skew_ms),
             config,
             identity,
@@ -254,6 +258,7 @@ impl Task {
         let mut tick = heartbeat_timer(interval);
         let mut links_open = true;
         loop {
+            let roster_flush_at = self.roster_flush_at;
             let event = tokio::select! {
                 Some(event) = mqtt.recv() => Event::Mqtt(event),
                 Some(query) = queries.recv() => Event::Query(query),
@@ -267,6 +272,9 @@ impl Task {
                 },
                 Some(own) = addresses.recv() => Event::Addresses(own),
                 _ = tick.tick() => Event::Tick,
+                () = sleep_until_some(roster_flush_at), if roster_flush_at.is_some() => {
+                    Event::RosterDue
+                }
             };
             let ticked = matches!(event, Event::Tick);
             self.process(event);
@@ -376,6 +384,14 @@ impl Task {
 }
 
 /// The heartbeat timer: a late tick delays the next rather than bursting.
+/// Sleeps until `at` (forever when None; the branch is disabled then).
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn heartbeat_timer(interval: Duration) -> tokio::time::Interval {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
