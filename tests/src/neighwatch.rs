@@ -58,58 +58,41 @@ pub type NeighbourWatch6 = NeighbourWatch<Ipv6Addr>;
 impl<A: Family> NeighbourWatch<A> {
     /// Starts watching `ns` (a thread that lives as long as the namespace).
     pub fn start(ns: &Netns) -> anyhow::Result<Self> {
-        let path = format!("/run/netns/{}", ns.name());
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            use std::os::fd::AsRawFd as _;
-            let Ok(file) = std::fs::File::open(&path) else {
-                return;
-            };
-            // SAFETY: setns on a namespace fd affects only this thread.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return;
-            }
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
+        ns.spawn_async(move || async move {
+            let Ok((mut connection, _, mut messages)) =
+                rtnetlink::new_multicast_connection(&[MulticastGroup::Neigh])
             else {
                 return;
             };
-            runtime.block_on(async move {
-                let Ok((mut connection, _, mut messages)) =
-                    rtnetlink::new_multicast_connection(&[MulticastGroup::Neigh])
+            // Bursts of thousands of events must not overflow the socket.
+            let _ = {
+                use netlink_sys::AsyncSocket as _;
+                connection.socket_mut().socket_mut().set_rx_buf_sz(32 << 20)
+            };
+            tokio::spawn(connection);
+            let _ = ready_tx.send(());
+            while let Some((message, _)) = messages.next().await {
+                let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n)) =
+                    message.payload
                 else {
-                    return;
+                    continue;
                 };
-                // Bursts of thousands of events must not overflow the socket.
-                let _ = {
-                    use netlink_sys::AsyncSocket as _;
-                    connection.socket_mut().socket_mut().set_rx_buf_sz(32 << 20)
-                };
-                tokio::spawn(connection);
-                let _ = ready_tx.send(());
-                while let Some((message, _)) = messages.next().await {
-                    let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n)) =
-                        message.payload
-                    else {
-                        continue;
-                    };
-                    if n.header.state != NeighbourState::Reachable {
-                        continue;
-                    }
-                    let ip = n.attributes.iter().find_map(|a| match a {
-                        NeighbourAttribute::Destination(address) => A::of(address),
-                        _ => None,
-                    });
-                    if let Some(ip) = ip
-                        && tx.send((ip, Instant::now())).is_err()
-                    {
-                        return;
-                    }
+                if n.header.state != NeighbourState::Reachable {
+                    continue;
                 }
-            });
-        });
+                let ip = n.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::Destination(address) => A::of(address),
+                    _ => None,
+                });
+                if let Some(ip) = ip
+                    && tx.send((ip, Instant::now())).is_err()
+                {
+                    return;
+                }
+            }
+        })?;
         ready_rx
             .recv_timeout(std::time::Duration::from_secs(5))
             .map_err(|_| anyhow::anyhow!("neighbour watch did not start"))?;

@@ -88,6 +88,46 @@ impl Netns {
         })
     }
 
+    /// Runs `task` on a tokio runtime of its own, on a thread of its own
+    /// that has entered this namespace (sockets it opens live there), for
+    /// as long as the task runs. The thread outlives this call.
+    pub fn spawn_async<F, Fut>(&self, task: F) -> anyhow::Result<std::thread::JoinHandle<()>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let path = format!("/run/netns/{}", self.name);
+        let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: setns on a valid namespace fd affects only this thread.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                let _ = entered_tx.send(Err(format!(
+                    "setns {path}: {}",
+                    std::io::Error::last_os_error()
+                )));
+                return;
+            }
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    let _ = entered_tx.send(Err(format!("tokio runtime: {err}")));
+                    return;
+                }
+            };
+            let _ = entered_tx.send(Ok(()));
+            runtime.block_on(task());
+        });
+        entered_rx
+            .recv()
+            .map_err(|_| anyhow::anyhow!("thread for {} died", self.name))?
+            .map_err(anyhow::Error::msg)?;
+        Ok(thread)
+    }
+
     /// The MAC address of `ifname`.
     pub fn mac(&self, ifname: &str) -> anyhow::Result<[u8; 6]> {
         let json: serde_json::Value =

@@ -77,6 +77,26 @@ impl Pair {
         Agent::start(&self.a, &self.config_a(extra))
     }
 
+    /// Wires an MC-LAG backup path between A and B (`a-bk`/`b-bk`,
+    /// 169.254.78.1 and .2) and returns the `backup = …` line of A's and of
+    /// B's `[mclag]` section.
+    pub fn add_backup_path(&self) -> anyhow::Result<(String, String)> {
+        netns::veth(&self.a, "a-bk", &self.b, "b-bk")?;
+        self.a
+            .ip(&["addr", "add", "169.254.78.1/30", "dev", "a-bk"])?;
+        self.b
+            .ip(&["addr", "add", "169.254.78.2/30", "dev", "b-bk"])?;
+        let line = |local: &str, peer: &str| {
+            format!(
+                "backup = {{ local_address = \"{local}\", peer_address = \"{peer}\", port = 7790 }}\n"
+            )
+        };
+        Ok((
+            line("169.254.78.1", "169.254.78.2"),
+            line("169.254.78.2", "169.254.78.1"),
+        ))
+    }
+
     /// Starts B's agent.
     pub fn agent_b(&self, extra: &str) -> anyhow::Result<Agent> {
         Agent::start(&self.b, &self.config_b(extra))

@@ -348,64 +348,48 @@ struct Heartbeaters {
 
 impl Heartbeaters {
     fn start(lab: &FabricLab, names: &[String], broker: &str) -> anyhow::Result<Self> {
-        use std::{
-            os::fd::AsRawFd as _,
-            sync::{Arc, atomic::AtomicBool},
-        };
+        use std::sync::{Arc, atomic::AtomicBool};
         let mut codecs: Vec<(String, Codec)> = names
             .iter()
             .map(|n| (n.clone(), Codec::new(lab.identity(n), lab.roster(), None)))
             .collect();
-        let namespace = std::fs::File::open(format!("/run/netns/{}", lab.hub.name()))?;
         let broker = broker.to_string();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
-        let thread = std::thread::spawn(move || {
-            // SAFETY: setns on a valid namespace fd affects only this thread.
-            if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return;
-            }
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async move {
-                let options = rumqttc::MqttOptions::new("heartbeaters", broker, 1883);
-                let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 4096);
-                tokio::spawn(async move {
-                    loop {
-                        if eventloop.poll().await.is_err() {
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
+        let thread = lab.hub.spawn_async(move || async move {
+            let options = rumqttc::MqttOptions::new("heartbeaters", broker, 1883);
+            let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 4096);
+            tokio::spawn(async move {
+                loop {
+                    if eventloop.poll().await.is_err() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                });
-                let topics = Topics::new("mlag-sync");
-                while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
-                    for (name, codec) in &mut codecs {
-                        let beat = Message::Heartbeat(Heartbeat {
-                            member: name.clone(),
-                            role: Role::Client,
-                            model: "sim".into(),
-                            version: "0".into(),
-                            servers: vec![],
-                            addresses: vec![],
-                            uptime_s: 1,
-                            interval_ms: 300,
-                        });
-                        let (topic, _) = topics.topic_for(&beat);
-                        let _ = client.try_publish(
-                            topic,
-                            rumqttc::QoS::AtMostOnce,
-                            false,
-                            codec.seal(&beat),
-                        );
-                    }
-                    tokio::time::sleep(Duration::from_millis(300)).await;
                 }
             });
-        });
+            let topics = Topics::new("mlag-sync");
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                for (name, codec) in &mut codecs {
+                    let beat = Message::Heartbeat(Heartbeat {
+                        member: name.clone(),
+                        role: Role::Client,
+                        model: "sim".into(),
+                        version: "0".into(),
+                        servers: vec![],
+                        addresses: vec![],
+                        uptime_s: 1,
+                        interval_ms: 300,
+                    });
+                    let (topic, _) = topics.topic_for(&beat);
+                    let _ = client.try_publish(
+                        topic,
+                        rumqttc::QoS::AtMostOnce,
+                        false,
+                        codec.seal(&beat),
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })?;
         Ok(Self {
             stop,
             thread: Some(thread),
@@ -420,6 +404,10 @@ impl Drop for Heartbeaters {
             let _ = thread.join();
         }
     }
+}
+
+fn names_of(list: &[String]) -> Vec<&str> {
+    list.iter().map(String::as_str).collect()
 }
 
 /// Brokers hand a new subscription only as many retained messages as their
@@ -438,14 +426,7 @@ fn a_member_joining_a_fabric_of_hundreds_learns_every_member_from_the_retained_r
     let mut everyone: Vec<String> = names.clone();
     everyone.push("sw0".into());
     everyone.sort();
-    wait_until(
-        Duration::from_secs(60),
-        "the server rosters every member",
-        || match up_members(&server) {
-            Ok(up) if up == everyone => Ok(()),
-            other => Err(format!("{:?}", other.map(|up| up.len()))),
-        },
-    )?;
+    wait_all_see(&[&server], &names_of(&everyone), Duration::from_secs(60))?;
     wait_active(&server, true, SETTLE)?;
     let buckets: std::collections::BTreeSet<u16> = everyone
         .iter()
@@ -464,14 +445,7 @@ fn a_member_joining_a_fabric_of_hundreds_learns_every_member_from_the_retained_r
     let member = lab.start(1, &extra)?;
     everyone.push("sw1".into());
     everyone.sort();
-    wait_until(
-        Duration::from_secs(60),
-        "the new member lists every member",
-        || match up_members(&member) {
-            Ok(up) if up == everyone => Ok(()),
-            other => Err(format!("{:?}", other.map(|up| up.len()))),
-        },
-    )?;
+    wait_all_see(&[&member], &names_of(&everyone), Duration::from_secs(60))?;
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use mlag_testbed::{
     agent::Agent,
-    netns::{self, Netns, fmt_mac},
+    netns::{Netns, fmt_mac},
     pair::Pair,
     wait_until,
 };
@@ -177,18 +177,9 @@ fn when_the_master_is_gone_the_slave_takes_over_and_announces_itself() -> anyhow
 fn a_peer_alive_on_the_backup_path_is_a_split_brain_and_the_slave_stays_slave() -> anyhow::Result<()>
 {
     let pair = Pair::new()?;
-    netns::veth(&pair.a, "a-bk", &pair.b, "b-bk")?;
-    pair.a
-        .ip(&["addr", "add", "169.254.78.1/30", "dev", "a-bk"])?;
-    pair.b
-        .ip(&["addr", "add", "169.254.78.2/30", "dev", "b-bk"])?;
-    let backup = |local: &str, peer: &str| {
-        format!(
-            "{MCLAG}backup = {{ local_address = \"{local}\", peer_address = \"{peer}\", port = 7790 }}\n"
-        )
-    };
-    let a = pair.agent_a(&backup("169.254.78.1", "169.254.78.2"))?;
-    let _b = pair.agent_b(&backup("169.254.78.2", "169.254.78.1"))?;
+    let (backup_a, backup_b) = pair.add_backup_path()?;
+    let a = pair.agent_a(&format!("{MCLAG}{backup_a}"))?;
+    let _b = pair.agent_b(&format!("{MCLAG}{backup_b}"))?;
     wait_role(&a, "slave")?;
     wait_until(WAIT, "backup path alive", || {
         match a.query(&["show", "mclag"]) {

@@ -330,19 +330,10 @@ fn split_brain() -> anyhow::Result<()> {
     let mut restored = Vec::new();
     for trial in 0..SPLIT_BRAIN_TRIALS {
         let pair = Pair::new()?;
-        mlag_testbed::netns::veth(&pair.a, "a-bk", &pair.b, "b-bk")?;
-        pair.a
-            .ip(&["addr", "add", "169.254.78.1/30", "dev", "a-bk"])?;
-        pair.b
-            .ip(&["addr", "add", "169.254.78.2/30", "dev", "b-bk"])?;
-        let config = |local: &str, peer: &str| {
-            format!(
-                "dead_interval_ms = {DEAD_INTERVAL_MS}\n[mclag]\ninit_delay_s = 0\n\
-                 backup = {{ local_address = \"{local}\", peer_address = \"{peer}\", port = 7790 }}\n"
-            )
-        };
-        let a = pair.agent_a(&config("169.254.78.1", "169.254.78.2"))?;
-        let _b = pair.agent_b(&config("169.254.78.2", "169.254.78.1"))?;
+        let (backup_a, backup_b) = pair.add_backup_path()?;
+        let mclag = format!("dead_interval_ms = {DEAD_INTERVAL_MS}\n[mclag]\ninit_delay_s = 0\n");
+        let a = pair.agent_a(&format!("{mclag}{backup_a}"))?;
+        let _b = pair.agent_b(&format!("{mclag}{backup_b}"))?;
         let mut flags = LinkFlags::open(&pair.a, "a-c")?;
         wait_until(
             Duration::from_secs(15),
