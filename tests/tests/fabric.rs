@@ -721,6 +721,88 @@ fn the_fabric_runs_on_an_external_mosquitto_broker() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The pids of the processes named `name` in `ns`.
+fn pids_in(ns: &mlag_testbed::netns::Netns, name: &str) -> anyhow::Result<Vec<i32>> {
+    let out = Command::new("ip")
+        .args(["netns", "pids", ns.name()])
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|pid| pid.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == name)
+        })
+        .collect())
+}
+
+/// `broker = "mosquitto"`: each server runs a mosquitto process as its
+/// broker. The fabric works on it; a broker that dies is restarted and
+/// counted; a SIGKILLed server takes its broker with it, and the members
+/// move to the backup's.
+#[test]
+fn servers_can_host_mosquitto_which_is_restarted_and_dies_with_its_agent() -> anyhow::Result<()> {
+    let lab = FabricLab::new(3)?;
+    let extra = "broker = \"mosquitto\"\n";
+    let mut agents: Vec<_> = (0..3)
+        .map(|n| lab.start(n, extra))
+        .collect::<Result<_, _>>()?;
+    {
+        let all: Vec<&_> = agents.iter().collect();
+        wait_all_see(&all, &["sw0", "sw1", "sw2"], SETTLE)?;
+    }
+    assert_eq!(
+        pids_in(&lab.nodes[0], "mosquitto")?.len(),
+        1,
+        "sw0 hosts one"
+    );
+    agents[2].query(&["fabric", "set", "site.ntp", "10.1.1.1"])?;
+    for agent in &agents {
+        wait_setting(agent, "site.ntp", "10.1.1.1", SETTLE)?;
+    }
+    // The backup's broker dies: it is restarted and counted.
+    for pid in pids_in(&lab.nodes[1], "mosquitto")? {
+        // SAFETY: signalling a pid has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    wait_until(SETTLE, "the backup's mosquitto restarted", || {
+        let restarts = counter(&agents[1], "broker_restarts");
+        let running = pids_in(&lab.nodes[1], "mosquitto").map_err(|e| e.to_string())?;
+        if restarts >= 1 && running.len() == 1 {
+            Ok(())
+        } else {
+            Err(format!("{restarts} restarts, running {running:?}"))
+        }
+    })?;
+    // SIGKILL of the primary's agent: its mosquitto goes with it (nothing
+    // left listening for members to hang on), and they move to the backup.
+    let pid = agents[0].pid().context("sw0's pid")?;
+    // SAFETY: as above.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let _ = agents[0].wait_exit(Duration::from_secs(5));
+    wait_until(
+        SETTLE,
+        "sw0's mosquitto gone with its agent",
+        || match pids_in(&lab.nodes[0], "mosquitto") {
+            Ok(left) if left.is_empty() => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )?;
+    let backup = format!("{}:1883", switch_ip(1));
+    wait_until(SETTLE, "sw2 on the backup's mosquitto", || {
+        let f = show(&agents[2]).map_err(|e| e.to_string())?;
+        if f["broker"] == backup.as_str() && f["connected"] == true {
+            Ok(())
+        } else {
+            Err(format!("{} {}", f["broker"], f["connected"]))
+        }
+    })?;
+    wait_active(&agents[1], true, SETTLE)?;
+    agents[2].query(&["fabric", "set", "site.after", "on-mosquitto"])?;
+    wait_setting(&agents[1], "site.after", "on-mosquitto", SETTLE)?;
+    Ok(())
+}
+
 /// Kills the broker process when the test ends, however it ends.
 fn scopeguard(child: &mut std::process::Child) -> impl Drop + '_ {
     struct Guard<'a>(&'a mut std::process::Child);

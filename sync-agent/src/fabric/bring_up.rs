@@ -48,12 +48,12 @@ pub(super) async fn start(
         .map_err(|e| anyhow::anyhow!("fabric.broker: {e}"))?;
     let mut brokers = Vec::new();
     let (endpoints, tls) = match &choice {
-        BrokerChoice::Embedded => {
+        BrokerChoice::Embedded | BrokerChoice::Mosquitto => {
             if let Some(rank) = rank {
                 let listen = SocketAddr::new(config.servers[rank], config.port);
                 let tls = config.tls.as_ref().filter(|t| t.cert_file.is_some());
-                brokers.push((listen, broker::start(listen, tls)?));
-                tracing::info!(%listen, tls = tls.is_some(), "embedded MQTT broker started");
+                brokers.push((listen, broker::start_hosted(&choice, listen, tls)?));
+                tracing::info!(%listen, tls = tls.is_some(), broker = config.broker, "server's MQTT broker started");
             }
             let endpoints = config
                 .servers

@@ -24,7 +24,24 @@ use std::{
 
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings, TlsConfig};
 
-use super::{config::TlsConfig as FabricTls, wire::MAX_MESSAGE};
+use super::{
+    config::{BrokerChoice, TlsConfig as FabricTls},
+    wire::MAX_MESSAGE,
+};
+
+/// Starts the broker a server hosts under `choice` on `listen`: rumqttd in
+/// this process, or a mosquitto child ([`super::mosquitto`]). Returns its
+/// restart counter.
+pub fn start_hosted(
+    choice: &BrokerChoice,
+    listen: SocketAddr,
+    tls: Option<&FabricTls>,
+) -> anyhow::Result<Arc<AtomicU64>> {
+    match choice {
+        BrokerChoice::Mosquitto => super::mosquitto::start(listen, tls),
+        _ => start(listen, tls),
+    }
+}
 
 /// The longest pause between two restarts of the broker.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);

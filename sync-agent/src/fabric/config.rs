@@ -14,8 +14,10 @@ pub struct FabricConfig {
     /// MQTT port of the servers' brokers.
     #[serde(default = "default_port")]
     pub port: u16,
-    /// `embedded` (default: each server hosts rumqttd inside the agent) or
-    /// `mqtt://host:port` / `mqtts://host:port` for one external broker.
+    /// `embedded` (default: each server hosts rumqttd inside the agent),
+    /// `mosquitto` (each server hosts a mosquitto process the agent runs
+    /// and restarts: far less memory per member) or `mqtt://host:port` /
+    /// `mqtts://host:port` for one external broker.
     #[serde(default = "default_broker")]
     pub broker: String,
     /// This member's name in the fabric; defaults to the agent instance.
@@ -247,8 +249,12 @@ fn default_set_timeout() -> u64 {
 /// Where members connect.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BrokerChoice {
-    /// Each server hosts a broker; members try them in order.
+    /// Each server hosts a broker (rumqttd, in process); members try them
+    /// in order.
     Embedded,
+    /// Each server hosts a broker as a supervised mosquitto process;
+    /// members try them in order.
+    Mosquitto,
     /// One external broker.
     External {
         /// Host name or address.
@@ -260,11 +266,20 @@ pub enum BrokerChoice {
     },
 }
 
+impl BrokerChoice {
+    /// Each server hosts a broker (members try the servers in order).
+    pub fn is_hosted(&self) -> bool {
+        matches!(self, BrokerChoice::Embedded | BrokerChoice::Mosquitto)
+    }
+}
+
 impl FabricConfig {
     /// The broker choice, parsed.
     pub fn broker_choice(&self) -> Result<BrokerChoice, String> {
-        if self.broker == "embedded" {
-            return Ok(BrokerChoice::Embedded);
+        match self.broker.as_str() {
+            "embedded" => return Ok(BrokerChoice::Embedded),
+            "mosquitto" => return Ok(BrokerChoice::Mosquitto),
+            _ => {}
         }
         let (tls, rest) = if let Some(rest) = self.broker.strip_prefix("mqtts://") {
             (true, rest)
@@ -272,7 +287,7 @@ impl FabricConfig {
             (false, rest)
         } else {
             return Err(format!(
-                "'{}' must be \"embedded\", mqtt://host:port or mqtts://host:port",
+                "'{}' must be \"embedded\", \"mosquitto\", mqtt://host:port or mqtts://host:port",
                 self.broker
             ));
         };

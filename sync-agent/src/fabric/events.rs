@@ -209,14 +209,15 @@ impl Task {
         tracing::warn!(from = ?self.role, to = ?role, ?rank, "fabric role changed: {reason}");
         self.count("role_changes");
         if let Some(rank) = rank
-            && self.config.broker_choice() == Ok(super::config::BrokerChoice::Embedded)
+            && let Ok(choice) = self.config.broker_choice()
+            && choice.is_hosted()
         {
             let listen = std::net::SocketAddr::new(self.config.servers[rank], self.config.port);
             if !self.brokers.iter().any(|(at, _)| *at == listen) {
                 let tls = self.config.tls.as_ref().filter(|t| t.cert_file.is_some());
-                match super::broker::start(listen, tls) {
+                match super::broker::start_hosted(&choice, listen, tls) {
                     Ok(restarts) => {
-                        tracing::info!(%listen, "embedded MQTT broker started for the new role");
+                        tracing::info!(%listen, "server's MQTT broker started for the new role");
                         self.brokers.push((listen, restarts));
                     }
                     Err(err) => {

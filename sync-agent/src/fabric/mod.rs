@@ -28,6 +28,7 @@ pub mod hlc;
 pub mod identity;
 pub mod link;
 mod member;
+pub mod mosquitto;
 pub mod replay;
 pub mod report;
 pub mod role;
