@@ -15,8 +15,11 @@
 //! `broker_restarts` counter as the embedded broker. The child gets
 //! `PR_SET_PDEATHSIG`, so it dies with the agent even when the agent is
 //! SIGKILLed (members then fail over exactly as when the agent dies with
-//! an in-process broker), and the agent's hard open-file limit as its soft
-//! one (a connection is a file).
+//! an in-process broker; an orphan broker would keep members away from the
+//! backup server), and the agent's hard open-file limit as its soft one (a
+//! connection is a file). It runs as the agent's user (`user root` when
+//! that is root): mosquitto's own switch to its user would clear the
+//! parent-death signal.
 
 use std::{
     io::Write as _,
@@ -57,6 +60,10 @@ pub fn config_text(listen: SocketAddr, tls: Option<(&Path, &Path)>) -> String {
          max_packet_size {max_packet}\n\
          # A burst (a config round, a fabric's cold start) must queue, not drop.\n\
          max_queued_messages 10000\n\
+         # Stay the agent's user: mosquitto started as root would switch to\n\
+         # its own user, and changing user clears the parent-death signal\n\
+         # that takes it down with the agent (rumqttd runs as the agent too).\n\
+         user root\n\
          log_dest stderr\n\
          log_type error\n\
          log_type warning\n",
@@ -109,29 +116,47 @@ pub fn start(listen: SocketAddr, tls: Option<&FabricTls>) -> anyhow::Result<Arc<
         std::process::id(),
         listen.port()
     ));
-    let mut file = std::fs::File::create(&config_path)
-        .map_err(|e| anyhow::anyhow!("writing {}: {e}", config_path.display()))?;
-    file.write_all(config_text(listen, cert_key).as_bytes())
-        .map_err(|e| anyhow::anyhow!("writing {}: {e}", config_path.display()))?;
+    let config = config_text(listen, cert_key);
+    // Written once here so that an unwritable directory is a start error.
+    write_config(&config_path, &config)?;
     let restarts = Arc::new(AtomicU64::new(0));
     let counter = restarts.clone();
     // The thread that forks must outlive the child (PDEATHSIG fires when
     // the forking thread ends), so one thread does it all, forever.
     std::thread::Builder::new()
         .name("mqtt-mosquitto".into())
-        .spawn(move || supervise(&binary, &config_path, listen, &counter))?;
+        .spawn(move || supervise(&binary, &config_path, &config, listen, &counter))?;
     wait_listening(listen, Duration::from_secs(3));
     Ok(restarts)
 }
 
-fn supervise(binary: &Path, config: &Path, listen: SocketAddr, restarts: &AtomicU64) {
+fn write_config(path: &Path, text: &str) -> anyhow::Result<()> {
+    let mut file = std::fs::File::create(path)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
+}
+
+/// Runs mosquitto again and again. The config file exists only while a
+/// mosquitto is starting (it reads it once): nothing is left behind in the
+/// temporary directory, even when the agent is SIGKILLed later.
+fn supervise(
+    binary: &Path,
+    config_path: &Path,
+    config: &str,
+    listen: SocketAddr,
+    restarts: &AtomicU64,
+) {
     let mut backoff = Duration::from_millis(250);
     loop {
         let started = Instant::now();
+        if let Err(err) = write_config(config_path, config) {
+            tracing::error!(%listen, "mosquitto config: {err}");
+        }
         let mut command = Command::new(binary);
         command
             .arg("-c")
-            .arg(config)
+            .arg(config_path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
@@ -156,6 +181,8 @@ fn supervise(binary: &Path, config: &Path, listen: SocketAddr, restarts: &Atomic
         match command.spawn() {
             Ok(mut child) => {
                 tracing::info!(%listen, pid = child.id(), "mosquitto started");
+                wait_listening(listen, Duration::from_secs(3));
+                let _ = std::fs::remove_file(config_path);
                 match child.wait() {
                     Ok(status) => tracing::error!(%listen, %status, "mosquitto exited; restarting"),
                     Err(err) => tracing::error!(%listen, "waiting for mosquitto: {err}"),
@@ -194,6 +221,10 @@ mod tests {
         let plain = config_text("10.0.0.1:1883".parse().unwrap(), None);
         assert!(plain.contains("listener 1883 10.0.0.1\n"), "{plain}");
         assert!(plain.contains("persistence false\n"));
+        assert!(
+            plain.contains("user root\n"),
+            "keeps the parent-death signal"
+        );
         assert!(plain.contains(&format!("max_packet_size {}\n", MAX_MESSAGE + 4096)));
         assert!(!plain.contains("certfile"));
         let tls = config_text(
