@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 pub use crate::validate::Problem;
 use crate::{
     dataplane::config::DataplaneConfig, fabric::config::FabricConfig,
-    inference::config::InferenceConfig, mclag::config::MclagConfig, peersync::config::PeerConfig,
-    rollout::config::RolloutConfig, validate::Problems,
+    inference::config::InferenceConfig, mclag::config::MclagConfig, metrics::config::MetricsConfig,
+    peersync::config::PeerConfig, rollout::config::RolloutConfig, validate::Problems,
 };
 
 /// The whole config file.
@@ -41,6 +41,9 @@ pub struct Config {
     /// Fabric sync over MQTT (SPEC 4).
     #[serde(default)]
     pub fabric: Option<FabricConfig>,
+    /// Prometheus metrics over HTTP; off unless the section is present.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
 }
 
 /// Why a config could not be used.
@@ -144,6 +147,9 @@ impl Config {
             }
         }
         self.inference.problems(&mut out);
+        if let Some(metrics) = &self.metrics {
+            metrics.problems(self.rollout.center.as_ref().map(|c| c.listen), &mut out);
+        }
         if let Some(mclag) = &self.mclag {
             self.mclag_with_peer_problems(mclag, &mut out);
             mclag.problems(&mut out);
