@@ -228,6 +228,7 @@ mod tests {
         let start = readme.find("```toml\n").expect("README has a toml block") + 8;
         let end = start + readme[start..].find("```").expect("closed");
         let config = Config::parse(&readme[start..end], "README.md").unwrap();
+        assert!(config.metrics.is_some(), "the example shows [metrics]");
         let fabric = config.fabric.expect("the example shows [fabric]");
         assert_eq!(fabric.servers.len(), 2);
         assert_eq!(
@@ -404,6 +405,25 @@ capture_queue = 1
         };
         let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, ["peer.max_learnt", "peer.refresh_probes_per_s"]);
+    }
+
+    #[test]
+    fn metrics_are_off_unless_configured_and_listen_problems_name_the_field() {
+        assert!(Config::parse(GOOD, "test").unwrap().metrics.is_none());
+        let with = |listen: &str| format!("{GOOD}\n[metrics]\nlisten = \"{listen}\"\n");
+        let config = Config::parse(&with("0.0.0.0:9472"), "test").unwrap();
+        assert_eq!(config.metrics.unwrap().listen.port(), 9472);
+        let err = Config::parse(&with("127.0.0.1:0"), "test")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("metrics.listen: '127.0.0.1:0' has port 0"),
+            "{err}"
+        );
+        let err = Config::parse(&with("nowhere"), "test")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listen") && err.contains("nowhere"), "{err}");
     }
 
     #[test]
