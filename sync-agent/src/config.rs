@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 pub use crate::validate::Problem;
 use crate::{
     dataplane::config::DataplaneConfig, fabric::config::FabricConfig,
-    inference::config::InferenceConfig, mclag::config::MclagConfig, peersync::config::PeerConfig,
-    rollout::config::RolloutConfig, validate::Problems,
+    inference::config::InferenceConfig, mclag::config::MclagConfig, metrics::config::MetricsConfig,
+    peersync::config::PeerConfig, rollout::config::RolloutConfig, validate::Problems,
 };
 
 /// The whole config file.
@@ -41,6 +41,9 @@ pub struct Config {
     /// Fabric sync over MQTT (SPEC 4).
     #[serde(default)]
     pub fabric: Option<FabricConfig>,
+    /// Prometheus metrics over HTTP; off unless the section is present.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
 }
 
 /// Why a config could not be used.
@@ -144,6 +147,9 @@ impl Config {
             }
         }
         self.inference.problems(&mut out);
+        if let Some(metrics) = &self.metrics {
+            metrics.problems(self.rollout.center.as_ref().map(|c| c.listen), &mut out);
+        }
         if let Some(mclag) = &self.mclag {
             self.mclag_with_peer_problems(mclag, &mut out);
             mclag.problems(&mut out);
@@ -222,6 +228,7 @@ mod tests {
         let start = readme.find("```toml\n").expect("README has a toml block") + 8;
         let end = start + readme[start..].find("```").expect("closed");
         let config = Config::parse(&readme[start..end], "README.md").unwrap();
+        assert!(config.metrics.is_some(), "the example shows [metrics]");
         let fabric = config.fabric.expect("the example shows [fabric]");
         assert_eq!(fabric.servers.len(), 2);
         assert_eq!(
@@ -398,6 +405,25 @@ capture_queue = 1
         };
         let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, ["peer.max_learnt", "peer.refresh_probes_per_s"]);
+    }
+
+    #[test]
+    fn metrics_are_off_unless_configured_and_listen_problems_name_the_field() {
+        assert!(Config::parse(GOOD, "test").unwrap().metrics.is_none());
+        let with = |listen: &str| format!("{GOOD}\n[metrics]\nlisten = \"{listen}\"\n");
+        let config = Config::parse(&with("0.0.0.0:9472"), "test").unwrap();
+        assert_eq!(config.metrics.unwrap().listen.port(), 9472);
+        let err = Config::parse(&with("127.0.0.1:0"), "test")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("metrics.listen: '127.0.0.1:0' has port 0"),
+            "{err}"
+        );
+        let err = Config::parse(&with("nowhere"), "test")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listen") && err.contains("nowhere"), "{err}");
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod liveness;
 pub mod log_limit;
 pub mod mac;
 pub mod mclag;
+pub mod metrics;
 pub mod peersync;
 pub mod random;
 pub mod rollout;

@@ -22,6 +22,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("mosquitto-clients", "mosquitto_sub"),
     // Fabric TLS test: a CA and a broker certificate.
     ("openssl", "openssl"),
+    // Metrics tests: `promtool check metrics` and a real Prometheus server (one package).
+    ("prometheus", "promtool"),
 ];
 
 fn cargo_home() -> PathBuf {

@@ -18,6 +18,7 @@
 //!       └──────────releases to announce───────────────────────────────┘
 //!
 //!   control socket ─► Router ─► each module's handle (typed reports)
+//!   GET /metrics ─► metrics ─► the same handles (reports -> Prometheus)
 //!   SIGHUP / `reload` ─► supervisor ─► dataplane (live) | log "at restart"
 //! ```
 
@@ -51,6 +52,7 @@ use crate::{
     inference::InferenceHandle,
     mac::MacAddr,
     mclag::{MclagChannels, MclagHandle},
+    metrics::{MetricsHandle, Sources},
     peersync::{Identity, PeerSyncChannels, PeerSyncHandle},
     rollout::{center::CenterHandle, device::DeviceHandle},
     southbound::links,
@@ -253,6 +255,26 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
 
     // Kept for the shutdown sequence (the router owns the others).
     let (peer_at_exit, mclag_at_exit) = (peer.clone(), mclag.clone());
+    let _metrics = match config.metrics.clone() {
+        Some(section) => Some(
+            MetricsHandle::spawn(
+                section,
+                Sources {
+                    instance: config.instance.clone(),
+                    started,
+                    dataplane: dataplane.clone(),
+                    peer: peer.clone(),
+                    mclag: mclag.clone(),
+                    inference: inference.clone(),
+                    fabric: fabric.clone(),
+                    center: center.clone(),
+                    device: device.clone(),
+                },
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
     let router = Arc::new(Router {
         dataplane: dataplane.clone(),

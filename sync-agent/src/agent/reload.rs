@@ -54,6 +54,9 @@ pub(super) fn sections_needing_restart(running: &Config, new: &Config) -> Vec<&'
     if running.rollout.device != new.rollout.device {
         changed.push("rollout.device");
     }
+    if running.metrics != new.metrics {
+        changed.push("metrics");
+    }
     changed
 }
 

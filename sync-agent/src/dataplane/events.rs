@@ -4,14 +4,15 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context as _;
-use sync_common::counters;
+use sync_common::{capture::Class, counters};
 use tokio::sync::oneshot;
 
 use super::{
     CLASSIFIER_PROGRAM, PASS_PROGRAM,
     config::DataplaneConfig,
     report::{
-        AgentCounters, CapturedEntry, CapturedList, CountersReport, PortStatus, StatusReport,
+        AgentCounters, CapturedEntry, CapturedList, CountersReport, PortCaptures, PortStatus,
+        StatusReport,
     },
     task::{LearntMacs, Task},
 };
@@ -53,6 +54,13 @@ impl Task {
             let _ = peer.send(captured.clone()).await;
         }
         self.replies_received += 1;
+        let port = self.per_port.entry(captured.ifindex).or_default();
+        match (captured.nd.is_some(), captured.class) {
+            (false, Class::Peer) => port.peer += 1,
+            (false, _) => port.own += 1,
+            (true, Class::Peer) => port.na_peer += 1,
+            (true, _) => port.na_own += 1,
+        }
         match &captured.nd {
             None => tracing::debug!(
                 ifindex = captured.ifindex,
@@ -312,7 +320,28 @@ impl Task {
                 replies_received: self.replies_received,
                 bad_requests: 0,
             },
+            per_port: self.per_port_by_name(),
         })
+    }
+
+    /// The per-port capture counts, keyed by port name (`ifindex N` for an
+    /// index no member port has now).
+    fn per_port_by_name(&self) -> BTreeMap<String, PortCaptures> {
+        let names: BTreeMap<u32, &str> = self
+            .classifier
+            .ports()
+            .iter()
+            .map(|(n, p)| (p.ifindex, n.as_str()))
+            .collect();
+        self.per_port
+            .iter()
+            .map(|(ifindex, counts)| {
+                let name = names
+                    .get(ifindex)
+                    .map_or_else(|| format!("ifindex {ifindex}"), |n| n.to_string());
+                (name, *counts)
+            })
+            .collect()
     }
 
     fn captured(&self, limit: usize) -> CapturedList {

@@ -142,6 +142,25 @@ pub struct CountersReport {
     pub ipv6_unfollowed: u64,
     /// The agent's side.
     pub agent: AgentCounters,
+    /// Replies captured on each member port, by class. Counted by the agent
+    /// as it reads the ring buffer (the kernel's counters above are per
+    /// CPU, not per port); a port that captured nothing is absent.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub per_port: std::collections::BTreeMap<String, PortCaptures>,
+}
+
+/// Replies captured on one member port, by family and class (only `peer`
+/// and `own` are ever captured).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PortCaptures {
+    /// ARP replies classified peer.
+    pub peer: u64,
+    /// ARP replies classified own.
+    pub own: u64,
+    /// Neighbour Advertisements classified peer.
+    pub na_peer: u64,
+    /// Neighbour Advertisements classified own.
+    pub na_own: u64,
 }
 
 /// Counters kept by the agent process.
@@ -304,6 +323,16 @@ impl fmt::Display for CountersReport {
             ("bad_requests", a.bad_requests),
         ] {
             writeln!(f, "  {name:<16} {value}")?;
+        }
+        if !c.per_port.is_empty() {
+            writeln!(f, "captured per port (peer own na_peer na_own)")?;
+            for (port, p) in &c.per_port {
+                writeln!(
+                    f,
+                    "  {port:<16} {} {} {} {}",
+                    p.peer, p.own, p.na_peer, p.na_own
+                )?;
+            }
         }
         Ok(())
     }

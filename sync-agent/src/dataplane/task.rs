@@ -33,6 +33,7 @@ use super::{
     config::DataplaneConfig,
     events::Event,
     policy,
+    report::PortCaptures,
 };
 use crate::bus::{Captured, Link, LinkEvent, MemberPort};
 use crate::mac::MacAddr;
@@ -53,6 +54,8 @@ pub(super) struct Task {
     pub(super) port_problems: BTreeMap<String, String>,
     pub(super) recent: VecDeque<Captured>,
     pub(super) replies_received: u64,
+    /// Replies captured per interface index (see `CountersReport::per_port`).
+    pub(super) per_port: BTreeMap<u32, PortCaptures>,
     pub(super) capture_stats: Arc<CaptureStats>,
     pub(super) netlink: Handle,
     pub(super) captures_for_peer: Option<mpsc::Sender<Captured>>,
@@ -91,6 +94,7 @@ impl Task {
             links: found,
             port_problems: BTreeMap::new(),
             replies_received: 0,
+            per_port: BTreeMap::new(),
             capture_stats: capture_stats.clone(),
             netlink,
             captures_for_peer,

@@ -358,6 +358,11 @@ impl Task {
                 .collect(),
             pending_changes: self.outbox.pending(),
             counters: self.counters_with_evictions(),
+            rejected: self
+                .rejected
+                .iter()
+                .map(|(kind, n)| (kind.to_string(), *n))
+                .collect(),
         }
     }
 }

@@ -132,6 +132,9 @@ pub struct FabricReport {
     pub pending_changes: Vec<PendingChange>,
     /// Counters: received, rejected by reason, sent, dropped.
     pub counters: BTreeMap<String, u64>,
+    /// Messages refused, by kind (each also among `counters`).
+    #[serde(default)]
+    pub rejected: BTreeMap<String, u64>,
 }
 
 /// The text of `show fabric`: a status line, the role's reason, a member

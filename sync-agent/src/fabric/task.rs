@@ -159,6 +159,9 @@ pub(super) struct Task {
     /// Local ports: operationally up or not.
     pub(super) ports: HashMap<String, bool>,
     pub(super) counters: BTreeMap<String, u64>,
+    /// Messages refused, by kind (also in `counters`): kept apart so
+    /// metrics can tell a refusal from any other count.
+    pub(super) rejected: BTreeMap<&'static str, u64>,
     pub(super) logs: LogLimiter,
     pub(super) heartbeats: RateLimiter,
     /// Times fabric config changes (last writer wins by it).
@@ -237,6 +240,7 @@ impl Task {
             fault_ledger: FaultLedger::new(FAULT_PORTS),
             ports,
             counters: BTreeMap::new(),
+            rejected: BTreeMap::new(),
             logs: LogLimiter::new(Duration::from_secs(5)),
             infos,
             releases_heard: broadcast::channel(RELEASES_DEPTH).0,
@@ -365,6 +369,7 @@ impl Task {
     /// per counter).
     pub(super) fn reject(&mut self, topic: &str, why: &str, counter: &'static str) {
         self.count(counter);
+        *self.rejected.entry(counter).or_default() += 1;
         if let Some(suppressed) = self.logs.admit(counter) {
             tracing::warn!(topic, suppressed, "fabric message dropped: {why}");
         }

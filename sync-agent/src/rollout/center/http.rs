@@ -193,6 +193,7 @@ async fn count_refusals(
 ) -> Response {
     let mut response = next.run(request).await;
     let status = response.status();
+    center.count_request(status.as_u16());
     match status {
         // Counted where decided, by a finer reason (see `Caller`).
         StatusCode::UNAUTHORIZED => {

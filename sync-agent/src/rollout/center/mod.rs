@@ -43,7 +43,7 @@ use tokio::sync::watch;
 pub use self::config::{CenterConfig, DEFAULT_BATCH_SIZE, DEFAULT_DB_PATH, DEFAULT_LISTEN};
 pub use self::error::{CenterError, CenterResult};
 pub use self::planner::plan;
-pub use self::report::CenterReport;
+pub use self::report::{CenterReport, CenterStats};
 pub use self::service::{Center, RolloutOptions};
 pub use crate::rollout::wire::{DEFAULT_WATCH_TIMEOUT_MS, MAX_WATCH_TIMEOUT_MS};
 
@@ -101,6 +101,15 @@ impl CenterHandle {
     pub fn report(&self) -> CenterReport {
         CenterReport {
             rollouts: self.center.rollouts(),
+        }
+    }
+
+    /// Requests answered and refused, and long polls held (for metrics).
+    pub fn stats(&self) -> CenterStats {
+        CenterStats {
+            requests: self.center.requests(),
+            refused: self.center.refusals(),
+            waiting_polls: self.center.waiting_polls(),
         }
     }
 

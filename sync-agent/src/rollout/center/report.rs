@@ -1,7 +1,7 @@
 //! What the config center shows an operator (`show rollout`, its `center`
 //! part).
 
-use std::fmt;
+use std::{collections::BTreeMap, fmt};
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +14,18 @@ use crate::rollout::wire::Rollout;
 pub struct CenterReport {
     /// Every rollout the center remembers, newest first.
     pub rollouts: Vec<Rollout>,
+}
+
+/// The center's request counters and long polls (what `GET /v1/stats`
+/// shows, with every answered request by status), for metrics.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct CenterStats {
+    /// Requests answered since start, by HTTP status.
+    pub requests: BTreeMap<u16, u64>,
+    /// Requests refused since start, by reason.
+    pub refused: BTreeMap<String, u64>,
+    /// Long polls held right now.
+    pub waiting_polls: usize,
 }
 
 impl fmt::Display for CenterReport {

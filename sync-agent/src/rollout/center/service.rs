@@ -77,6 +77,8 @@ pub struct Center {
     waiting: AtomicUsize,
     /// Requests refused, by reason (see [`Center::refusals`]).
     refused: Mutex<BTreeMap<&'static str, u64>>,
+    /// Requests answered, by HTTP status (see [`Center::requests`]).
+    requests: Mutex<BTreeMap<u16, u64>>,
     /// Every release of a batch, for push over the fabric (SPEC 6.2); a
     /// send with no subscriber is fine.
     releases: broadcast::Sender<ConfigReleased>,
@@ -185,6 +187,7 @@ impl Center {
             releases: broadcast::channel(RELEASES_DEPTH).0,
             waiting: AtomicUsize::new(0),
             refused: Mutex::new(BTreeMap::new()),
+            requests: Mutex::new(BTreeMap::new()),
             weak: weak.clone(),
         }))
     }
@@ -730,6 +733,25 @@ impl Center {
             .iter()
             .map(|(k, v)| (k.to_string(), *v))
             .collect()
+    }
+
+    /// Counts one answered request under its HTTP status.
+    pub fn count_request(&self, status: u16) {
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(status)
+            .or_default() += 1;
+    }
+
+    /// Requests answered since start, by HTTP status (a long poll counts
+    /// when it is answered).
+    pub fn requests(&self) -> BTreeMap<u16, u64> {
+        self.requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// How many long polls are held right now, waiting for a change. Tests
