@@ -222,47 +222,79 @@ fn is_broker_thread(comm: &str) -> bool {
 }
 
 fn usage(pid: u32) -> Usage {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     let mut out = Usage::default();
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for task in tasks.flatten() {
-            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            let Some((comm, cpu)) = cpu_of(&task.path().join("stat")) else {
                 continue;
             };
-            let Some((head, rest)) = stat.rsplit_once(')') else {
-                continue;
-            };
-            let comm = head.split_once('(').map_or("", |(_, c)| c);
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let ticks = fields
-                .get(11)
-                .and_then(|f| f.parse::<u64>().ok())
-                .unwrap_or(0)
-                + fields
-                    .get(12)
-                    .and_then(|f| f.parse::<u64>().ok())
-                    .unwrap_or(0);
-            let cpu = Duration::from_micros(ticks * 1_000_000 / hz);
-            if is_broker_thread(comm) {
+            if is_broker_thread(&comm) {
                 out.broker_cpu += cpu;
             } else {
                 out.agent_cpu += cpu;
             }
         }
     }
-    if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-        let kib = |key: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .unwrap_or(0)
-        };
-        out.rss_kib = kib("VmRSS:");
-        out.peak_rss_kib = kib("VmHWM:");
+    let (rss, peak) = memory_kib(pid);
+    out.rss_kib = rss;
+    out.peak_rss_kib = peak;
+    // A broker the agent runs as a child process (`broker = "mosquitto"`)
+    // is the server's too: its CPU counts as the broker's, its memory adds.
+    for child in children(pid) {
+        let stat = std::path::PathBuf::from(format!("/proc/{child}/stat"));
+        out.broker_cpu += cpu_of(&stat).map_or(Duration::ZERO, |(_, cpu)| cpu);
+        let (rss, peak) = memory_kib(child);
+        out.rss_kib += rss;
+        out.peak_rss_kib += peak;
     }
     out
+}
+
+/// Resident and peak resident memory of process `pid`, KiB.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return (0, 0);
+    };
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (kib("VmRSS:"), kib("VmHWM:"))
+}
+
+/// The child processes of every thread of `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// The name and the user + system CPU time in a `/proc/…/stat` file (of a
+/// thread, or of a whole process).
+fn cpu_of(stat: &std::path::Path) -> Option<(String, Duration)> {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let stat = std::fs::read_to_string(stat).ok()?;
+    let (head, rest) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(').map_or("", |(_, c)| c).to_string();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    Some((comm, Duration::from_micros(ticks * 1_000_000 / hz)))
 }
 
 fn print_usage(name: &str, before: Usage, after: Usage, window: Duration) {
@@ -356,8 +388,8 @@ async fn throughput(host: &str, port: u16, bench: Identity) -> anyhow::Result<f6
 /// every second (the default) and are declared departed after 5 s, so a
 /// busy bench machine does not churn the roster; failover and takeover as
 /// in the namespace tests.
-fn server_config(lab: &FabricLab, n: usize) -> String {
-    lab.config(n, "")
+fn server_config(lab: &FabricLab, n: usize, broker: &str) -> String {
+    lab.config(n, &format!("broker = \"{broker}\"\n"))
         .replace(
             "heartbeat_interval_ms = 300",
             "heartbeat_interval_ms = 1000",
@@ -365,18 +397,21 @@ fn server_config(lab: &FabricLab, n: usize) -> String {
         .replace("dead_after_ms = 1500", "dead_after_ms = 5000")
 }
 
-/// Runs the whole fabric benchmark and prints its figures.
-pub fn run() -> anyhow::Result<()> {
+/// Runs the whole fabric benchmark with the servers hosting `broker`
+/// (`embedded`: rumqttd in the agent; `mosquitto`: a mosquitto child of
+/// the agent, whose CPU and memory count as the server's) and prints its
+/// figures.
+pub fn run(broker: &str) -> anyhow::Result<()> {
     println!();
     println!(
-        "fabric sync over MQTT (SPEC 4), {MEMBERS} simulated members heartbeating every {} ms:",
+        "fabric sync over MQTT (SPEC 4), {MEMBERS} simulated members heartbeating every {} ms, servers' broker: {broker}:",
         HEARTBEAT.as_millis()
     );
     let names = bench_names();
     let lab = FabricLab::with_extra_members(2, &names)?;
     let mut agents = vec![
-        Agent::start(&lab.nodes[0], &server_config(&lab, 0))?,
-        Agent::start(&lab.nodes[1], &server_config(&lab, 1))?,
+        Agent::start(&lab.nodes[0], &server_config(&lab, 0, broker))?,
+        Agent::start(&lab.nodes[1], &server_config(&lab, 1, broker))?,
     ];
     wait_until(Duration::from_secs(30), "primary active", || {
         let f = show(&agents[0]).map_err(|e| e.to_string())?;
@@ -509,7 +544,7 @@ pub fn run() -> anyhow::Result<()> {
             let embedded = throughput(&switch_ip(0), 1883, id("bench")).await?;
             let external = throughput(HUB_IP, 1883, id("bench")).await?;
             println!(
-                "  broker throughput, {PUBLISHERS} publishers -> 1 subscriber, {THROUGHPUT_MESSAGES} QoS 1 messages of {} bytes, alongside the {MEMBERS} members' heartbeats on the embedded one: embedded rumqttd {embedded:.0} msg/s, mosquitto {external:.0} msg/s (embedded/mosquitto {:.2}x)",
+                "  broker throughput, {PUBLISHERS} publishers -> 1 subscriber, {THROUGHPUT_MESSAGES} QoS 1 messages of {} bytes, alongside the {MEMBERS} members' heartbeats on the server's: the server's ({broker}) {embedded:.0} msg/s, a separate mosquitto {external:.0} msg/s (server's/separate {:.2}x)",
                 Codec::new(id("bench"), Roster::default(), None).seal(&fault_message()).len(),
                 embedded / external
             );

@@ -93,12 +93,16 @@ fn ns_per_frame(fd: i32, frame: &[u8]) -> anyhow::Result<f64> {
 }
 
 fn main() -> anyhow::Result<()> {
-    // `mlag-bench fabric` runs only the fabric part; `mlag-bench pair` only
+    // `mlag-bench fabric [embedded|mosquitto]` runs only the fabric part
+    // (the servers hosting that broker); `mlag-bench pair` only
     // the MLAG pair's (peer-sync latency and echo check, resync, takeover,
     // split brain); `mlag-bench mclag` only takeover and split brain;
     // `mlag-bench center` only the config center's.
     match std::env::args().nth(1).as_deref() {
-        Some("fabric") => return mlag_testbed::fabric_bench::run(),
+        Some("fabric") => {
+            let broker = std::env::args().nth(2).unwrap_or_else(|| "embedded".into());
+            return mlag_testbed::fabric_bench::run(&broker);
+        }
         Some("pair") => return pair_benchmarks(),
         Some("center") => return mlag_testbed::center_bench::run(),
         // The center bench's client side, in a process of its own.
@@ -250,7 +254,8 @@ fn main() -> anyhow::Result<()> {
     println!("state inference (SPEC 5), 1M-object model:");
     print!("{}", mlag_testbed::inference_bench::bench_report());
     mlag_testbed::center_bench::run()?;
-    mlag_testbed::fabric_bench::run()?;
+    mlag_testbed::fabric_bench::run("embedded")?;
+    mlag_testbed::fabric_bench::run("mosquitto")?;
     Ok(())
 }
 
