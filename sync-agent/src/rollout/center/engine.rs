@@ -2302,4 +2302,47 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].md5, "m1");
     }
+
+    #[test]
+    fn a_new_version_plans_exactly_the_devices_using_its_key_now() {
+        let mut e = Engine::new();
+        let reg = |services| Register {
+            services,
+            ..Default::default()
+        };
+        for d in ["d3", "d1", "d2"] {
+            e.register(d, reg(vec![svc("s", "n/g/a", &[])]), &none, 0)
+                .unwrap();
+        }
+        // d2 moves its service to another key, d3 is removed, d4 uses both.
+        e.register("d2", reg(vec![svc("s", "n/g/b", &[])]), &none, 1)
+            .unwrap();
+        e.remove_device("d3", 2).unwrap();
+        let both = vec![svc("x", "n/g/a", &[]), svc("y", "n/g/b", &["x"])];
+        e.register("d4", reg(both), &none, 3).unwrap();
+        let planned = |e: &mut Engine, k: &str, v: u64| {
+            let id = e.new_version(&key(k), v, "m", &opts(10, 0), 4).0.unwrap();
+            let steps: Vec<String> = e.rollout(id).unwrap().batches[0]
+                .iter()
+                .map(|s| format!("{}/{}", s.device, s.service))
+                .collect();
+            steps
+        };
+        assert_eq!(planned(&mut e, "n/g/a", 1), ["d1/s", "d4/x"]);
+        assert_eq!(planned(&mut e, "n/g/b", 1), ["d2/s", "d4/y"]);
+        // Nobody uses a key any more: no rollout; a reopened engine agrees.
+        e.register("d4", reg(vec![]), &none, 5).unwrap();
+        e.remove_device("d2", 6).unwrap();
+        assert_eq!(
+            e.new_version(&key("n/g/b"), 2, "m2", &opts(10, 0), 7).0,
+            None
+        );
+        let devices = e.devices.iter().map(|(n, d)| (n.clone(), d.state.clone()));
+        let (mut again, _) = Engine::restore(devices.collect(), Vec::new(), e.meta.clone(), 8);
+        assert_eq!(
+            again.new_version(&key("n/g/b"), 3, "m3", &opts(10, 0), 9).0,
+            None
+        );
+        assert_eq!(planned(&mut again, "n/g/a", 4), ["d1/s"]);
+    }
 }
