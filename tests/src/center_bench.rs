@@ -12,7 +12,10 @@
 //!   answer's arrival (CLOCK_MONOTONIC, the same clock in both processes) is
 //!   timed from the start of the put. Every answer must carry the new
 //!   version: one answered empty by its timeout (a lost notification), empty
-//!   early, or failed is counted and printed.
+//!   early, or failed is counted and printed. The waiters keep their
+//!   connections open until every poll is answered (as devices keep them
+//!   for their next requests) and report answers in batched pipe writes,
+//!   so the figure is not the clients' own closing and reporting.
 //! - Durable writes per second: one writer waiting for each write, then
 //!   [`WRITERS`] concurrent writers (what group commit is for). Each write
 //!   is acknowledged only after its transaction is fsynced.
@@ -228,12 +231,13 @@ pub fn waiters_main(args: Vec<String>) -> anyhow::Result<()> {
             let (tx, connecting) = (tx.clone(), connecting.clone());
             tokio::spawn(async move {
                 let sent = Instant::now();
+                let mut kept = None;
                 let answer = async {
                     let permit = connecting.acquire_owned().await?;
-                    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+                    let stream = kept.insert(tokio::net::TcpStream::connect(addr).await?);
                     stream.set_nodelay(true)?;
                     drop(permit);
-                    get(&mut stream, &path).await
+                    get(stream, &path).await
                 }
                 .await;
                 let at = mono_ns();
@@ -249,16 +253,29 @@ pub fn waiters_main(args: Vec<String>) -> anyhow::Result<()> {
                     Ok((status, body)) => format!("error:{status} {}", body.replace('\n', " ")),
                     Err(e) => format!("error:{}", format!("{e:#}").replace('\n', " ")),
                 };
-                let _ = tx.send(format!("answer {at} {} {kind}", sent.elapsed().as_millis()));
+                let line = format!("answer {at} {} {kind}", sent.elapsed().as_millis());
+                let _ = tx.send((line, kept));
             });
         }
         drop(tx);
         use std::io::Write as _;
-        let mut out = std::io::stdout().lock();
-        while let Some(line) = rx.recv().await {
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        // Connections stay open until every poll is answered, as a device
+        // keeps its connection for the fetch, the ack and the next poll:
+        // closing them is not part of being notified.
+        let mut open = Vec::with_capacity(count);
+        while let Some((line, stream)) = rx.recv().await {
             writeln!(out, "{line}")?;
+            open.extend(stream);
+            // Lines queued meanwhile go in the same write: one pipe write
+            // per answer would cost both processes more than the answers.
+            while let Ok((line, stream)) = rx.try_recv() {
+                writeln!(out, "{line}")?;
+                open.extend(stream);
+            }
             out.flush()?;
         }
+        drop(open);
         anyhow::Ok(())
     })
 }

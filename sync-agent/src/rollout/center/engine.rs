@@ -120,12 +120,16 @@ pub struct EngineMeta {
     pub stable: BTreeMap<String, Confirmed>,
 }
 
-/// What changed since the last [`Engine::take_changes`]: `None` = deleted.
+/// What changed since the last [`Engine::take_changes`], already encoded
+/// for the store (JSON, see [`super::rollout_store`]): `None` = deleted.
+/// Encoded straight from the engine's state rather than cloned and encoded
+/// later: a rollout to a large fleet changes every device using the key,
+/// and cloning them cost more than writing them.
 #[derive(Debug, Default)]
 pub struct Changes {
-    pub devices: Vec<(String, Option<DeviceState>)>,
-    pub rollouts: Vec<(u64, Option<RolloutEntry>)>,
-    pub meta: Option<EngineMeta>,
+    pub devices: Vec<(String, Option<String>)>,
+    pub rollouts: Vec<(u64, Option<String>)>,
+    pub meta: Option<String>,
     /// Long polls to wake once the change is stored.
     pub wake: Vec<watch::Sender<u64>>,
     /// Devices whose polls wait for this change to be stored (see
@@ -181,9 +185,17 @@ struct Dirty {
 #[derive(Default)]
 pub struct Engine {
     devices: HashMap<String, Device>,
+    /// Per config key, the devices with a service using it (sorted): a new
+    /// version plans from these alone, so a write to a key few devices use
+    /// does not walk the whole fleet.
+    users: HashMap<ConfigKey, BTreeSet<String>>,
     rollouts: BTreeMap<u64, RolloutEntry>,
     meta: EngineMeta,
     dirty: Dirty,
+}
+
+fn encode<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("rollout state always serializes")
 }
 
 fn state_name(state: RolloutState) -> &'static str {
@@ -214,6 +226,7 @@ impl Engine {
         };
         for (name, mut state) in devices {
             state.seen_ms = now_ms;
+            engine.index(&name, state.services.iter().map(|s| &s.config));
             let notify = watch::channel(0).0;
             engine.devices.insert(
                 name,
@@ -250,22 +263,44 @@ impl Engine {
                 .devices
                 .into_iter()
                 .map(|name| {
-                    let state = self.devices.get(&name).map(|d| d.state.clone());
+                    let state = self.devices.get(&name).map(|d| encode(&d.state));
                     (name, state)
                 })
                 .collect(),
             rollouts: dirty
                 .rollouts
                 .into_iter()
-                .map(|id| (id, self.rollouts.get(&id).cloned()))
+                .map(|id| (id, self.rollouts.get(&id).map(encode)))
                 .collect(),
-            meta: dirty.meta.then(|| self.meta.clone()),
+            meta: dirty.meta.then(|| encode(&self.meta)),
             wake: dirty
                 .wake
                 .iter()
                 .filter_map(|name| self.devices.get(name).map(|d| d.notify.clone()))
                 .collect(),
             held: Vec::new(),
+        }
+    }
+
+    /// Records that `device` has services using `keys`, in [`Engine::users`].
+    fn index<'a>(&mut self, device: &str, keys: impl Iterator<Item = &'a ConfigKey>) {
+        for key in keys {
+            self.users
+                .entry(key.clone())
+                .or_default()
+                .insert(device.to_string());
+        }
+    }
+
+    /// Takes `device` out of [`Engine::users`] for `keys`.
+    fn unindex<'a>(&mut self, device: &str, keys: impl Iterator<Item = &'a ConfigKey>) {
+        for key in keys {
+            if let Some(users) = self.users.get_mut(key) {
+                users.remove(device);
+                if users.is_empty() {
+                    self.users.remove(key);
+                }
+            }
         }
     }
 
@@ -404,7 +439,11 @@ impl Engine {
                 state.confirmed.remove(name);
             }
         }
+        let keys: Vec<ConfigKey> = services.iter().map(|s| s.config.clone()).collect();
         state.services = services;
+        self.unindex(device, old.values());
+        self.index(device, keys.iter());
+        let state = &self.devices.get(device).expect("inserted above").state;
 
         // Steps this device no longer matches would wait forever: settle them.
         for (id, e) in self.rollouts.iter_mut() {
@@ -474,15 +513,9 @@ impl Engine {
         {
             return (None, Vec::new());
         }
-        // Only the devices using the key are sorted (a write to a key few
-        // devices use must not sort the whole fleet).
-        let mut names: Vec<&String> = self
-            .devices
-            .iter()
-            .filter(|(_, d)| d.state.services.iter().any(|s| &s.config == key))
-            .map(|(name, _)| name)
-            .collect();
-        names.sort();
+        // Only the devices using the key, already sorted (a write to a key
+        // few devices use must not walk the whole fleet).
+        let names: Vec<&String> = self.users.get(key).into_iter().flatten().collect();
         let is_canary = |name: &str| {
             let labels = &self.devices[name].state.labels;
             options
@@ -1177,11 +1210,12 @@ impl Engine {
 
     /// Forgets a device (decommissioned): its unsettled steps are skipped.
     pub fn remove_device(&mut self, device: &str, now_ms: u64) -> CenterResult<Vec<Timer>> {
-        if self.devices.remove(device).is_none() {
+        let Some(removed) = self.devices.remove(device) else {
             return Err(CenterError::NotFound(format!(
                 "device {device} is not registered"
             )));
-        }
+        };
+        self.unindex(device, removed.state.services.iter().map(|s| &s.config));
         self.dirty.devices.insert(device.to_string());
         for (id, e) in self.rollouts.iter_mut() {
             for step in e.rollout.batches.iter_mut().flatten() {
@@ -2267,5 +2301,48 @@ mod tests {
         let (got, _) = engine.pending("d1", &HashMap::new(), 3).unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].md5, "m1");
+    }
+
+    #[test]
+    fn a_new_version_plans_exactly_the_devices_using_its_key_now() {
+        let mut e = Engine::new();
+        let reg = |services| Register {
+            services,
+            ..Default::default()
+        };
+        for d in ["d3", "d1", "d2"] {
+            e.register(d, reg(vec![svc("s", "n/g/a", &[])]), &none, 0)
+                .unwrap();
+        }
+        // d2 moves its service to another key, d3 is removed, d4 uses both.
+        e.register("d2", reg(vec![svc("s", "n/g/b", &[])]), &none, 1)
+            .unwrap();
+        e.remove_device("d3", 2).unwrap();
+        let both = vec![svc("x", "n/g/a", &[]), svc("y", "n/g/b", &["x"])];
+        e.register("d4", reg(both), &none, 3).unwrap();
+        let planned = |e: &mut Engine, k: &str, v: u64| {
+            let id = e.new_version(&key(k), v, "m", &opts(10, 0), 4).0.unwrap();
+            let steps: Vec<String> = e.rollout(id).unwrap().batches[0]
+                .iter()
+                .map(|s| format!("{}/{}", s.device, s.service))
+                .collect();
+            steps
+        };
+        assert_eq!(planned(&mut e, "n/g/a", 1), ["d1/s", "d4/x"]);
+        assert_eq!(planned(&mut e, "n/g/b", 1), ["d2/s", "d4/y"]);
+        // Nobody uses a key any more: no rollout; a reopened engine agrees.
+        e.register("d4", reg(vec![]), &none, 5).unwrap();
+        e.remove_device("d2", 6).unwrap();
+        assert_eq!(
+            e.new_version(&key("n/g/b"), 2, "m2", &opts(10, 0), 7).0,
+            None
+        );
+        let devices = e.devices.iter().map(|(n, d)| (n.clone(), d.state.clone()));
+        let (mut again, _) = Engine::restore(devices.collect(), Vec::new(), e.meta.clone(), 8);
+        assert_eq!(
+            again.new_version(&key("n/g/b"), 3, "m3", &opts(10, 0), 9).0,
+            None
+        );
+        assert_eq!(planned(&mut again, "n/g/a", 4), ["d1/s"]);
     }
 }

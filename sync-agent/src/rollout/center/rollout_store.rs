@@ -25,7 +25,7 @@ use redb::{
     Database, Durability, ReadableDatabase as _, ReadableTable as _, TableDefinition,
     WriteTransaction,
 };
-use serde::{Serialize, de::DeserializeOwned};
+use serde::de::DeserializeOwned;
 
 use super::engine::{Changes, DeviceState, EngineMeta, RolloutEntry};
 use super::error::{CenterError, CenterResult};
@@ -41,10 +41,6 @@ fn err(context: &'static str) -> impl Fn(redb::Error) -> CenterError {
 
 fn db<T, E: Into<redb::Error>>(r: Result<T, E>, context: &'static str) -> CenterResult<T> {
     r.map_err(|e| err(context)(e.into()))
-}
-
-fn encode<T: Serialize>(value: &T) -> String {
-    serde_json::to_string(value).expect("rollout state always serializes")
 }
 
 fn decode<T: DeserializeOwned>(what: &str, json: &str) -> CenterResult<T> {
@@ -115,8 +111,8 @@ pub fn save_in(txn: &WriteTransaction, changes: &Changes) -> CenterResult<()> {
     let mut table = db(txn.open_table(DEVICES), "rollout store: devices table")?;
     for (name, state) in &changes.devices {
         match state {
-            Some(state) => db(
-                table.insert(name.as_str(), encode(state).as_str()),
+            Some(json) => db(
+                table.insert(name.as_str(), json.as_str()),
                 "rollout store: write device",
             )?,
             None => db(table.remove(name.as_str()), "rollout store: remove device")?,
@@ -125,8 +121,8 @@ pub fn save_in(txn: &WriteTransaction, changes: &Changes) -> CenterResult<()> {
     let mut table = db(txn.open_table(ROLLOUTS), "rollout store: rollouts table")?;
     for (id, entry) in &changes.rollouts {
         match entry {
-            Some(entry) => db(
-                table.insert(*id, encode(entry).as_str()),
+            Some(json) => db(
+                table.insert(*id, json.as_str()),
                 "rollout store: write rollout",
             )?,
             None => db(table.remove(*id), "rollout store: remove rollout")?,
@@ -135,7 +131,7 @@ pub fn save_in(txn: &WriteTransaction, changes: &Changes) -> CenterResult<()> {
     if let Some(meta) = &changes.meta {
         let mut table = db(txn.open_table(META), "rollout store: meta table")?;
         db(
-            table.insert(META_KEY, encode(meta).as_str()),
+            table.insert(META_KEY, meta.as_str()),
             "rollout store: write meta",
         )?;
     }
