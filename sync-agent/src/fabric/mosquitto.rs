@@ -58,8 +58,10 @@ pub fn config_text(listen: SocketAddr, tls: Option<(&Path, &Path)>) -> String {
          persistence false\n\
          max_connections -1\n\
          max_packet_size {max_packet}\n\
-         # A burst (a config round, a fabric's cold start) must queue, not drop.\n\
-         max_queued_messages 10000\n\
+         # A burst to one subscriber (every ack of a config round to its\n\
+         # origin, a fabric's cold start) must queue, not drop: mosquitto\n\
+         # drops QoS 1 messages beyond this (its default is 1,000).\n\
+         max_queued_messages 100000\n\
          # Stay the agent's user: mosquitto started as root would switch to\n\
          # its own user, and changing user clears the parent-death signal\n\
          # that takes it down with the agent (rumqttd runs as the agent too).\n\
