@@ -253,3 +253,37 @@ objects = [
     );
     Ok(())
 }
+
+#[test]
+fn with_a_peer_each_mlag_id_has_an_mlag_interface_redundant_over_its_port_and_twin()
+-> anyhow::Result<()> {
+    // Only switch A runs: nothing is known of its twin on B.
+    let pair = mlag_testbed::pair::Pair::new()?;
+    let agent = pair.agent_a("")?;
+    let mlag = state(&agent, "mlag:1")?;
+    let group = &mlag["object"]["group"];
+    assert_eq!(group["redundancy"], "redundant", "{mlag}");
+    assert_eq!(
+        group["members"],
+        serde_json::json!(["port:a-c", "twin:1"]),
+        "{mlag}"
+    );
+    let twin = state(&agent, "twin:1")?;
+    assert_eq!(
+        twin["object"]["effective"][0]["name"], "lost-contact",
+        "a twin is unknown until the peer tells: {twin}"
+    );
+    // The unknown twin is not counted as up: degraded, naming it.
+    assert_eq!(
+        effective(&agent, "mlag:1"),
+        Ok(("degraded".into(), 1, "twin:1".into()))
+    );
+
+    // The local member port down too: no leg known to be up.
+    pair.a.ip(&["link", "set", "a-c", "down"])?;
+    let source = wait_effective(&agent, "mlag:1", "down", 3)?;
+    assert_eq!(source, "port:a-c");
+    pair.a.ip(&["link", "set", "a-c", "up"])?;
+    wait_effective(&agent, "mlag:1", "degraded", 1)?;
+    Ok(())
+}

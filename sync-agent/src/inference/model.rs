@@ -4,7 +4,9 @@
 //!
 //! Storage is an arena of objects addressed by `u32` indices, with adjacency
 //! as `Vec<u32>` in both directions (the dependency kind packed into the top
-//! bit), interned kind names, sources and states, and histories allocated only
+//! bit, membership of the dependent's redundancy group into the next one:
+//! a group costs no memory beyond 6 bytes that fill the object's padding),
+//! interned kind names, sources and states, and histories allocated only
 //! for objects that have any. The effective state is stored as a (usually
 //! empty) slice of interned state ids; the logical state is derived on demand
 //! from the dependencies' effective states, so it costs no memory.
@@ -1950,6 +1952,13 @@ mod tests {
         assert_eq!(changed(&applied.changes), vec!["p1", "svc"]);
         assert_eq!(effective(&m, "svc"), vec![s("degraded", 1)]);
         assert_eq!(m.view(&id("svc")).unwrap().effective[0].source, "p0");
+    }
+
+    #[test]
+    fn a_redundancy_group_costs_an_object_no_memory() {
+        // 130 bytes of fields before groups, padded to 136: the group's
+        // policy and degraded state fill the padding.
+        assert_eq!(std::mem::size_of::<Object>(), 136);
     }
 
     #[test]
