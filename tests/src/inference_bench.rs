@@ -359,7 +359,7 @@ pub fn redundancy_report_with(switches: usize, ports: usize, random_changes: usi
         mib(rss_before),
         (rss_built.saturating_sub(rss_before) * 1024) as f64 / m.len().max(1) as f64
     );
-    let (a, b) = (switches / 2 & !1, ports / 2);
+    let (a, b) = ((switches / 2) & !1, ports / 2);
     let (port, twin) = (port_id(a, b), port_id(a + 1, b));
     let lan = lan_id(a, b);
     let level = |m: &Model| m.fault_level(&lan).unwrap_or(99);

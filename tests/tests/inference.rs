@@ -139,7 +139,7 @@ fn a_port_taken_down_makes_its_lan_port_ip_interface_and_service_inferred_down_a
     // may show it up without carrier for a moment, a second down/normal.)
     assert!(
         changes.len() >= 2
-            && changes.len() % 2 == 0
+            && changes.len().is_multiple_of(2)
             && changes
                 .iter()
                 .enumerate()
