@@ -220,6 +220,15 @@ pub mod ids {
     pub fn gateway(ip: std::net::Ipv4Addr) -> ObjectId {
         ObjectId(format!("gw:{ip}"))
     }
+    /// The MLAG interface of an MLAG id (L2): this switch's member port
+    /// and its twin on the peer.
+    pub fn mlag(mlag_id: u32) -> ObjectId {
+        ObjectId(format!("mlag:{mlag_id}"))
+    }
+    /// The peer's member port with this MLAG id (the twin of ours).
+    pub fn twin(mlag_id: u32) -> ObjectId {
+        ObjectId(format!("twin:{mlag_id}"))
+    }
 }
 
 /// Why a module's handle could not answer an operator request.

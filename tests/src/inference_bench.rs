@@ -16,13 +16,22 @@
 //! that is 5 + 165 x 3 = 500 objects per switch and 1,000,000 in all, with
 //! 1,030,000 dependencies. A port fault changes 3 objects (port, LAN port,
 //! IP interface); a switch fault changes all 500 objects of its switch.
+//!
+//! The redundant variant ([`build_redundant`], issue 16 item 6) pairs the
+//! switches (s0 with s1, s2 with s3, ...) and makes every LAN port
+//! `redundant` over its own port and its twin, the same port of the other
+//! switch of the pair: 330,000 more dependencies, no more objects. One port
+//! down makes both twins' LAN ports (and their IP interfaces) degraded;
+//! both twins down makes them down.
 
 use std::{
     fmt::Write as _,
     time::{Duration, Instant},
 };
 
-use sync_agent::inference::{Dependency, Info, Layer, Model, ModelError, ObjectId, RuleTable};
+use sync_agent::inference::{
+    Dependency, Info, Layer, Model, ModelError, ObjectId, Redundancy, RuleTable,
+};
 
 /// The goal of issue 6, item 6.
 pub const GOAL: &str = "one change propagated in under 10 ms on the 1M model";
@@ -73,6 +82,20 @@ fn port_id(switch: usize, port: usize) -> ObjectId {
 
 /// Builds the model described in the module documentation.
 pub fn build(switches: usize, ports: usize) -> Result<Model, ModelError> {
+    build_with(switches, ports, false)
+}
+
+/// The model with every LAN port of a pair of switches redundant over its
+/// port and that port's twin (see the module documentation).
+pub fn build_redundant(switches: usize, ports: usize) -> Result<Model, ModelError> {
+    build_with(switches, ports, true)
+}
+
+fn lan_id(switch: usize, port: usize) -> ObjectId {
+    ObjectId(format!("lan:s{switch}-p{port}"))
+}
+
+fn build_with(switches: usize, ports: usize, redundant: bool) -> Result<Model, ModelError> {
     let mut m = Model::new();
     m.reserve(switches * (5 + 3 * ports));
     for s in 0..switches {
@@ -92,17 +115,30 @@ pub fn build(switches: usize, ports: usize) -> Result<Model, ModelError> {
         m.add_dependency(&service, &gateway, Dependency::MapsTo)?;
         for p in 0..ports {
             let port = port_id(s, p);
-            let lan = ObjectId(format!("lan:s{s}-p{p}"));
+            let lan = lan_id(s, p);
             let ip = ObjectId(format!("ip:s{s}-p{p}"));
             m.add_object(port.clone(), Layer::Physical, "port")?;
             m.add_dependency(&port, &switch, Dependency::BelongsTo)?;
             m.add_object(lan.clone(), Layer::L2, "lan-port")?;
-            m.add_dependency(&lan, &port, Dependency::MapsTo)?;
+            if redundant && (s ^ 1) < switches {
+                m.set_redundancy(&lan, Redundancy::Redundant, 1)?;
+                m.add_group_dependency(&lan, &port, Dependency::MapsTo)?;
+            } else {
+                m.add_dependency(&lan, &port, Dependency::MapsTo)?;
+            }
             if p < BRIDGE_MEMBERS {
                 m.add_dependency(&lan, &bridge, Dependency::BelongsTo)?;
             }
             m.add_object(ip.clone(), Layer::L3, "ip-interface")?;
             m.add_dependency(&ip, &lan, Dependency::MapsTo)?;
+        }
+    }
+    if redundant {
+        // The twins exist only once both switches of a pair are built.
+        for s in (0..switches).filter(|s| (s ^ 1) < switches) {
+            for p in 0..ports {
+                m.add_group_dependency(&lan_id(s, p), &port_id(s ^ 1, p), Dependency::MapsTo)?;
+            }
         }
     }
     Ok(m)
@@ -262,6 +298,119 @@ pub fn bench_report() -> String {
     bench_report_with(SWITCHES, PORTS, RANDOM_CHANGES)
 }
 
+/// The redundancy-group benchmark on the 1,000,000-object model.
+pub fn redundancy_report() -> String {
+    redundancy_report_with(SWITCHES, PORTS, RANDOM_CHANGES)
+}
+
+/// Gives freed heap memory back to the kernel, so that the resident size
+/// measures the next model alone (the other model was dropped before).
+fn trim_heap() {
+    // SAFETY: malloc_trim only releases free memory of glibc's heaps.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Applies `message` to `object` and times it: (ms, objects changed).
+fn timed(
+    m: &mut Model,
+    rules: &RuleTable,
+    message: &str,
+    object: &ObjectId,
+    now: u64,
+) -> (f64, usize) {
+    let started = Instant::now();
+    let changed = m
+        .apply(Info::new("netlink", message, object.clone()), rules, now)
+        .map_or(0, |a| a.changes.len());
+    (ms(started.elapsed()), changed)
+}
+
+/// Runs the redundancy-group benchmark on the given shape (see
+/// [`build_redundant`]) and returns the report.
+pub fn redundancy_report_with(switches: usize, ports: usize, random_changes: usize) -> String {
+    let mut out = String::new();
+    let rules = RuleTable::builtin();
+    trim_heap();
+    let rss_before = rss_kib();
+    let started = Instant::now();
+    let mut m = match build_redundant(switches, ports) {
+        Ok(m) => m,
+        Err(err) => return format!("redundancy benchmark: building the model failed: {err}\n"),
+    };
+    let build_time = started.elapsed();
+    let rss_built = rss_kib();
+    let _ = writeln!(
+        out,
+        "inference with redundancy groups: every LAN port of a switch pair redundant over its port and the twin's"
+    );
+    let _ = writeln!(
+        out,
+        "  model: {} objects, {} redundancy groups of 2, built in {:.0} ms",
+        m.len(),
+        switches / 2 * 2 * ports,
+        ms(build_time)
+    );
+    let _ = writeln!(
+        out,
+        "  memory: {:.0} MiB resident after building ({:.0} MiB before, heap trimmed; {:.0} bytes per object)",
+        mib(rss_built),
+        mib(rss_before),
+        (rss_built.saturating_sub(rss_before) * 1024) as f64 / m.len().max(1) as f64
+    );
+    let (a, b) = ((switches / 2) & !1, ports / 2);
+    let (port, twin) = (port_id(a, b), port_id(a + 1, b));
+    let lan = lan_id(a, b);
+    let level = |m: &Model| m.fault_level(&lan).unwrap_or(99);
+    let mut now = 1;
+    let (down_ms, down_n) = timed(&mut m, &rules, "link-down", &port, now);
+    let degraded = level(&m);
+    now += 1;
+    let (both_ms, both_n) = timed(&mut m, &rules, "link-down", &twin, now);
+    let both = level(&m);
+    now += 1;
+    let (back_ms, back_n) = timed(&mut m, &rules, "link-up", &twin, now);
+    let back = level(&m);
+    now += 1;
+    let (clear_ms, clear_n) = timed(&mut m, &rules, "link-up", &port, now);
+    let cleared = level(&m);
+    now += 1;
+    let _ = writeln!(
+        out,
+        "  one twin down ({port}): {down_ms:.3} ms, {down_n} objects changed, {lan} level {degraded} (degraded)"
+    );
+    let _ = writeln!(
+        out,
+        "  both twins down (+{twin}): {both_ms:.3} ms, {both_n} changed, level {both} (down); one back: {back_ms:.3} ms, {back_n} changed, level {back}; cleared: {clear_ms:.3} ms, {clear_n} changed, level {cleared}"
+    );
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let recomputed = m.recomputations();
+    let mut changes = 0usize;
+    let started = Instant::now();
+    for _ in 0..random_changes {
+        let port = port_id(rng.below(switches), rng.below(ports));
+        let message = if rng.next() & 1 == 0 {
+            "link-down"
+        } else {
+            "link-up"
+        };
+        if let Ok(applied) = m.apply(Info::new("netlink", message, port), &rules, now) {
+            changes += applied.changes.len();
+        }
+        now += 1;
+    }
+    let random_time = started.elapsed();
+    let _ = writeln!(
+        out,
+        "  random changes: {random_changes} link-down/link-up on random ports in {:.0} ms = {:.0} infos/s ({changes} effective changes, {} recomputations)",
+        ms(random_time),
+        random_changes as f64 / random_time.as_secs_f64().max(1e-9),
+        m.recomputations() - recomputed
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,6 +444,44 @@ mod tests {
         ] {
             assert!(report.contains(needle), "{needle} in {report}");
         }
+    }
+
+    #[test]
+    fn the_redundant_model_degrades_twins_and_downs_them_with_both_ports() {
+        let mut m = build_redundant(3, 4).unwrap();
+        assert_eq!(m.len(), 3 * (5 + 4 * 3), "no more objects");
+        let rules = RuleTable::builtin();
+        let applied = m
+            .apply(Info::new("netlink", "link-down", "port:s0-p2"), &rules, 1)
+            .unwrap();
+        assert_eq!(applied.changes.len(), 5, "port, both LAN ports, both IPs");
+        assert_eq!(m.fault_level(&lan_id(0, 2)), Some(1));
+        assert_eq!(m.fault_level(&lan_id(1, 2)), Some(1));
+        m.apply(Info::new("netlink", "link-down", "port:s1-p2"), &rules, 2)
+            .unwrap();
+        assert_eq!(m.fault_level(&ObjectId::from("ip:s1-p2")), Some(3));
+        // The odd switch out (s2) has no twin: its LAN ports are `all`.
+        let applied = m
+            .apply(Info::new("netlink", "link-down", "port:s2-p0"), &rules, 3)
+            .unwrap();
+        assert_eq!(applied.changes.len(), 3);
+        assert_eq!(m.fault_level(&lan_id(2, 0)), Some(3));
+    }
+
+    #[test]
+    fn a_small_redundancy_benchmark_reports_every_figure() {
+        let report = redundancy_report_with(4, 10, 1000);
+        for needle in [
+            "objects",
+            "bytes per object",
+            "level 1 (degraded)",
+            "level 3 (down)",
+            "cleared",
+            "infos/s",
+        ] {
+            assert!(report.contains(needle), "{needle} in {report}");
+        }
+        assert!(report.contains("cleared:") && report.ends_with("\n"));
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! SPEC 5 against a real kernel: the agent's state model follows a member
-//! port taken down and up, inferring the state of what depends on it.
+//! port taken down and up, inferring the state of what depends on it, and
+//! a declared object redundant over two ports is degraded, not down, while
+//! one of them is up.
 
 use std::time::Duration;
 
@@ -38,6 +40,12 @@ fn a_port_taken_down_makes_its_lan_port_ip_interface_and_service_inferred_down_a
     for id in ["port:m0", "lan:m0", "ip:m0", "svc:web"] {
         assert_eq!(level(&agent, id), Ok(0), "{id} starts normal");
     }
+    // What the port's histories hold before this test's own events (the
+    // interfaces' state at start).
+    let infos_at_start = info_history(&agent, "port:m0")?.len();
+    let states_at_start = state(&agent, "port:m0")?["object"]["state_history"]
+        .as_array()
+        .map_or(0, Vec::len);
 
     switch.ip(&["link", "set", "m0", "down"])?;
     wait_until(WAIT, "the service to be inferred down", || {
@@ -95,13 +103,129 @@ fn a_port_taken_down_makes_its_lan_port_ip_interface_and_service_inferred_down_a
         }
         Ok(())
     })?;
-    let history = state(&agent, "port:m0")?["object"]["info_history"]
-        .as_array()
-        .map_or(0, Vec::len);
+    // The information this test caused: netlink's link-down, then its
+    // link-up, after what was there at start (the history is far from its
+    // bound of 32).
+    let infos = info_history(&agent, "port:m0")?;
+    let caused: Vec<(String, String)> = infos[infos_at_start..]
+        .iter()
+        .map(|i| {
+            (
+                i["source"].as_str().unwrap_or("").to_string(),
+                i["message"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let down = caused
+        .iter()
+        .position(|(s, m)| s == "netlink" && m == "link-down");
+    let up = caused
+        .iter()
+        .rposition(|(s, m)| s == "netlink" && m == "link-up");
     assert!(
-        history >= 2,
-        "the port's information history records the changes"
+        matches!((down, up), (Some(d), Some(u)) if d < u),
+        "the port's information history records link-down then link-up after the {infos_at_start} entries at start: {caused:?}"
     );
+    // And its state history the two changes: down, then normal.
+    let port = state(&agent, "port:m0")?;
+    let changes: Vec<&str> = port["object"]["state_history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .skip(states_at_start)
+        .filter_map(|h| h["effective"][0]["name"].as_str())
+        .collect();
+    // (Administrative state and carrier are two sources: bringing a veth up
+    // may show it up without carrier for a moment, a second down/normal.)
+    assert!(
+        changes.len() >= 2
+            && changes.len().is_multiple_of(2)
+            && changes
+                .iter()
+                .enumerate()
+                .all(|(i, c)| *c == if i % 2 == 0 { "down" } else { "normal" }),
+        "the port's state history records down then normal: {changes:?}"
+    );
+    Ok(())
+}
+
+fn info_history(agent: &Agent, id: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    Ok(state(agent, id)?["object"]["info_history"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
+}
+
+/// The effective state of `id` as (first state's name, fault level, its sources).
+fn effective(agent: &Agent, id: &str) -> Result<(String, u64, String), String> {
+    let s = state(agent, id).map_err(|e| e.to_string())?;
+    let o = &s["object"];
+    Ok((
+        o["effective"][0]["name"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string(),
+        o["fault_level"].as_u64().unwrap_or(99),
+        o["effective"][0]["source"]
+            .as_str()
+            .unwrap_or("")
+            .to_string(),
+    ))
+}
+
+/// Waits for `id`'s effective state to be `name(level)`; returns its sources.
+fn wait_effective(agent: &Agent, id: &str, name: &str, level: u64) -> anyhow::Result<String> {
+    wait_until(
+        WAIT,
+        &format!("{id} to be {name}({level})"),
+        || match effective(agent, id) {
+            Ok((n, l, s)) if n == name && l == level => Ok(s),
+            other => Err(other),
+        },
+    )
+}
+
+#[test]
+fn an_object_redundant_over_two_ports_is_degraded_with_one_down_and_down_with_both()
+-> anyhow::Result<()> {
+    let switch = Netns::new("minfr")?;
+    let host = Netns::new("minfrh")?;
+    netns::veth(&switch, "m0", &host, "h0")?;
+    netns::veth(&switch, "m1", &host, "h1")?;
+    let text = r#"instance = "{instance}"
+[dataplane]
+member_ports = ["m0", "m1"]
+
+[inference]
+objects = [{ id = "svc:pair", layer = "service", kind = "service", redundancy = "redundant", depends_on = [{ id = "port:m0", kind = "maps-to" }, { id = "port:m1", kind = "maps-to" }] }]
+"#;
+    let agent = Agent::start(&switch, text)?;
+    assert_eq!(
+        effective(&agent, "svc:pair"),
+        Ok(("normal".into(), 0, String::new()))
+    );
+    let svc = state(&agent, "svc:pair")?;
+    assert_eq!(svc["object"]["group"]["redundancy"], "redundant", "{svc}");
+    assert_eq!(svc["object"]["group"]["up"], 2, "{svc}");
+
+    switch.ip(&["link", "set", "m0", "down"])?;
+    let source = wait_effective(&agent, "svc:pair", "degraded", 1)?;
+    assert_eq!(source, "port:m0", "the degraded state names the port down");
+    assert_eq!(level(&agent, "port:m0"), Ok(3));
+    assert_eq!(state(&agent, "svc:pair")?["object"]["group"]["up"], 1);
+
+    switch.ip(&["link", "set", "m1", "down"])?;
+    let source = wait_effective(&agent, "svc:pair", "down", 3)?;
+    let mut sources: Vec<&str> = source.split(',').collect();
+    sources.sort_unstable();
+    assert_eq!(sources, ["port:m0", "port:m1"], "down from both ports");
+
+    switch.ip(&["link", "set", "m0", "up"])?;
+    let source = wait_effective(&agent, "svc:pair", "degraded", 1)?;
+    assert_eq!(source, "port:m1", "degraded again, now from the other port");
+
+    switch.ip(&["link", "set", "m1", "up"])?;
+    wait_effective(&agent, "svc:pair", "normal", 0)?;
     Ok(())
 }
 
@@ -127,5 +251,39 @@ objects = [
         log.contains("svc:a") && log.contains("svc:b") && log.contains("cycle"),
         "{log}"
     );
+    Ok(())
+}
+
+#[test]
+fn with_a_peer_each_mlag_id_has_an_mlag_interface_redundant_over_its_port_and_twin()
+-> anyhow::Result<()> {
+    // Only switch A runs: nothing is known of its twin on B.
+    let pair = mlag_testbed::pair::Pair::new()?;
+    let agent = pair.agent_a("")?;
+    let mlag = state(&agent, "mlag:1")?;
+    let group = &mlag["object"]["group"];
+    assert_eq!(group["redundancy"], "redundant", "{mlag}");
+    assert_eq!(
+        group["members"],
+        serde_json::json!(["port:a-c", "twin:1"]),
+        "{mlag}"
+    );
+    let twin = state(&agent, "twin:1")?;
+    assert_eq!(
+        twin["object"]["effective"][0]["name"], "lost-contact",
+        "a twin is unknown until the peer tells: {twin}"
+    );
+    // The unknown twin is not counted as up: degraded, naming it.
+    assert_eq!(
+        effective(&agent, "mlag:1"),
+        Ok(("degraded".into(), 1, "twin:1".into()))
+    );
+
+    // The local member port down too: no leg known to be up.
+    pair.a.ip(&["link", "set", "a-c", "down"])?;
+    let source = wait_effective(&agent, "mlag:1", "down", 3)?;
+    assert_eq!(source, "port:a-c");
+    pair.a.ip(&["link", "set", "a-c", "up"])?;
+    wait_effective(&agent, "mlag:1", "degraded", 1)?;
     Ok(())
 }

@@ -109,6 +109,11 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
         link_events.subscribe(),
     );
     let mlag_ids = reload::mlag_ids(&config);
+    // With an MLAG peer, the state model has an MLAG interface per MLAG id.
+    let mut inference_config = config.inference.clone();
+    if config.peer.is_some() {
+        inference_config.mlag_ports = mlag_ids.clone();
+    }
 
     let (peer_captures_tx, peer_captures_rx) = match &config.peer {
         Some(_) => {
@@ -166,7 +171,7 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
 
     let (info_tx, info_rx) = mpsc::channel(INFO_QUEUE);
     let inference = InferenceHandle::spawn(
-        config.inference.clone(),
+        inference_config,
         &config.instance,
         netlink.clone(),
         inference_links,

@@ -1,12 +1,17 @@
-//! `[inference]`: history depth, declared objects and extra rules (SPEC 5).
+//! `[inference]`: history depth, declared objects (with redundancy groups)
+//! and extra rules (SPEC 5).
 
 use serde::{Deserialize, Serialize};
 
-use super::{Dependency, Layer, Rule};
+use super::{DEFAULT_DEGRADED_LEVEL, Dependency, Layer, Redundancy, Rule};
 use crate::validate::Problems;
 
 fn default_history() -> usize {
     32
+}
+
+fn default_degraded_level() -> u8 {
+    DEFAULT_DEGRADED_LEVEL
 }
 
 /// `[inference]`: objects and rules beyond the built-in ones.
@@ -22,6 +27,12 @@ pub struct InferenceConfig {
     /// Rules that normalise information to states (before the built-in ones).
     #[serde(default)]
     pub rules: Vec<Rule>,
+    /// The MLAG id of each member port, when the switch has an MLAG peer:
+    /// each id gets an MLAG interface object redundant over the local port
+    /// and its twin on the peer. Not read from the `[inference]` section:
+    /// the agent fills it in from `[peer]` (`mlag_ids`) before starting.
+    #[serde(skip)]
+    pub mlag_ports: Vec<(String, u32)>,
 }
 
 impl Default for InferenceConfig {
@@ -30,6 +41,7 @@ impl Default for InferenceConfig {
             history: default_history(),
             objects: Vec::new(),
             rules: Vec::new(),
+            mlag_ports: Vec::new(),
         }
     }
 }
@@ -47,6 +59,23 @@ pub struct DeclaredObject {
     /// What it depends on.
     #[serde(default)]
     pub depends_on: Vec<DeclaredDependency>,
+    /// How the faults of its dependencies (those not `required`) pass on:
+    /// `"all"` (default: any fault), `"redundant"` (down only when none is
+    /// up) or `{ at_least = N }` (down only when fewer than N are up);
+    /// `degraded` in between.
+    #[serde(default)]
+    pub redundancy: Redundancy,
+    /// Level of the `degraded` state of a `redundant` / `at_least` object
+    /// (1 to 255, default 1).
+    #[serde(default = "default_degraded_level")]
+    pub degraded_level: u8,
+}
+
+impl DeclaredObject {
+    /// Its dependencies in its redundancy group (all but the `required` ones).
+    pub fn group_size(&self) -> usize {
+        self.depends_on.iter().filter(|d| !d.required).count()
+    }
 }
 
 /// A dependency declared in the config.
@@ -57,6 +86,10 @@ pub struct DeclaredDependency {
     pub id: String,
     /// belongs-to (same layer) or maps-to (a lower layer realises this one).
     pub kind: Dependency,
+    /// Outside the object's redundancy group: its faults always pass on,
+    /// whatever the object's `redundancy`.
+    #[serde(default)]
+    pub required: bool,
 }
 
 impl InferenceConfig {
@@ -75,6 +108,130 @@ impl InferenceConfig {
                     format!("'{}' must look like kind:name (e.g. svc:web)", object.id),
                 );
             }
+            if object.degraded_level == 0 {
+                out.add(
+                    format!("inference.objects[{i}].degraded_level"),
+                    "0 is not a fault level: must be between 1 and 255".to_string(),
+                );
+            }
+            let group = object.group_size();
+            match object.redundancy {
+                Redundancy::All => {}
+                Redundancy::AtLeast(0) => out.add(
+                    format!("inference.objects[{i}].redundancy"),
+                    "at_least must be 1 or more".to_string(),
+                ),
+                policy if usize::from(policy.at_least()) > group => out.add(
+                    format!("inference.objects[{i}].redundancy"),
+                    format!(
+                        "{policy} needs at least that many dependencies that are not `required`; {} has {group}",
+                        object.id
+                    ),
+                ),
+                _ => {}
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> InferenceConfig {
+        toml::from_str(text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    }
+
+    fn problems(config: &InferenceConfig) -> String {
+        let mut out = Problems::default();
+        config.problems(&mut out);
+        out.into_vec()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn an_object_without_redundancy_reads_as_before_all_with_level_1() {
+        let c = parse(
+            r#"objects = [{ id = "svc:web", layer = "service", kind = "service", depends_on = [{ id = "ip:eth0", kind = "maps-to" }] }]"#,
+        );
+        let o = &c.objects[0];
+        assert_eq!(o.redundancy, Redundancy::All);
+        assert_eq!(o.degraded_level, 1);
+        assert!(!o.depends_on[0].required);
+        assert_eq!(problems(&c), "");
+    }
+
+    #[test]
+    fn redundant_and_at_least_read_with_a_degraded_level_and_required_dependencies() {
+        let c = parse(
+            r#"
+[[objects]]
+id = "svc:web"
+layer = "service"
+kind = "service"
+redundancy = "redundant"
+degraded_level = 2
+depends_on = [{ id = "ip:a", kind = "maps-to" }, { id = "ip:b", kind = "maps-to" }, { id = "switch:x", kind = "maps-to", required = true }]
+
+[[objects]]
+id = "svc:db"
+layer = "service"
+kind = "service"
+redundancy = { at_least = 2 }
+depends_on = [{ id = "ip:a", kind = "maps-to" }, { id = "ip:b", kind = "maps-to" }, { id = "ip:c", kind = "maps-to" }]
+"#,
+        );
+        assert_eq!(c.objects[0].redundancy, Redundancy::Redundant);
+        assert_eq!(c.objects[0].degraded_level, 2);
+        assert_eq!(c.objects[0].group_size(), 2);
+        assert!(c.objects[0].depends_on[2].required);
+        assert_eq!(c.objects[1].redundancy, Redundancy::AtLeast(2));
+        assert_eq!(problems(&c), "");
+        assert!(
+            toml::from_str::<InferenceConfig>(
+                r#"objects = [{ id = "a:b", layer = "service", kind = "s", redundancy = "mostly" }]"#
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn impossible_redundancy_and_level_zero_are_problems_naming_the_field() {
+        let c = parse(
+            r#"
+[[objects]]
+id = "svc:a"
+layer = "service"
+kind = "service"
+redundancy = { at_least = 3 }
+degraded_level = 0
+depends_on = [{ id = "ip:a", kind = "maps-to" }, { id = "ip:b", kind = "maps-to" }, { id = "ip:c", kind = "maps-to", required = true }]
+
+[[objects]]
+id = "svc:b"
+layer = "service"
+kind = "service"
+redundancy = { at_least = 0 }
+depends_on = [{ id = "ip:a", kind = "maps-to" }]
+"#,
+        );
+        let text = problems(&c);
+        assert!(
+            text.contains("inference.objects[0].redundancy")
+                && text.contains("at_least = 3")
+                && text.contains("svc:a has 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("inference.objects[0].degraded_level"),
+            "{text}"
+        );
+        assert!(
+            text.contains("inference.objects[1].redundancy") && text.contains("1 or more"),
+            "{text}"
+        );
     }
 }

@@ -178,7 +178,7 @@ impl Task {
         self.apply(Info::new("netlink-carrier", carrier, port));
     }
 
-    fn apply(&mut self, info: Info) {
+    pub(super) fn apply(&mut self, info: Info) {
         let object = info.object.clone();
         if info.source == "fabric" {
             live::ensure_remote_port(&mut self.model, &object);

@@ -2,14 +2,16 @@
 //! (physical port and LAN port, or a bridge or bond as an L2 object of its
 //! own), its IPv4 interfaces and gateways, read over netlink; and the
 //! objects that join later: interfaces that appear after start, and ports
-//! of other fabric members first heard of in a fault. Ids come from
+//! of other fabric members first heard of in a fault. With an MLAG peer,
+//! each MLAG id gets its MLAG interface, redundant over the local member
+//! port and its twin on the peer. Ids come from
 //! [`crate::bus::ids`], so producers and this module agree on them.
 
 use std::collections::BTreeMap;
 
 use rtnetlink::Handle;
 
-use super::{Dependency, Layer, Model, ObjectId};
+use super::{DEFAULT_DEGRADED_LEVEL, Dependency, Layer, Model, ObjectId, Redundancy};
 use crate::{
     bus::ids,
     southbound::{addresses, links, routes},
@@ -114,6 +116,44 @@ pub async fn build_live(
     Ok(())
 }
 
+/// The MLAG interface of every MLAG id of `mlag_ports` (member port name,
+/// MLAG id), `mlag:<id>` (L2), maps-to its local member port `port:<if>`
+/// and to the twin `twin:<id>` (physical: the peer's member port with that
+/// id), `redundant` over the two: degraded when one is down or unknown,
+/// down when both are down. A member port not in the model is skipped
+/// (warned). Returns the twins added: the caller tells the model they are
+/// unknown (`peer twin-unknown`, lost contact) until the peer says otherwise.
+pub fn add_mlag(model: &mut Model, mlag_ports: &[(String, u32)]) -> Vec<ObjectId> {
+    let mut twins = Vec::new();
+    for (name, mlag_id) in mlag_ports {
+        let port = ids::port(name);
+        if !model.contains(&port) {
+            tracing::warn!(
+                interface = name,
+                mlag_id,
+                "member port not in the state model: no MLAG interface object for it"
+            );
+            continue;
+        }
+        let (mlag, twin) = (ids::mlag(*mlag_id), ids::twin(*mlag_id));
+        let added = model
+            .add_object(mlag.clone(), Layer::L2, "mlag-interface")
+            .and_then(|()| model.add_object(twin.clone(), Layer::Physical, "twin-port"))
+            .and_then(|()| {
+                model.set_redundancy(&mlag, Redundancy::Redundant, DEFAULT_DEGRADED_LEVEL)
+            })
+            .and_then(|_| model.add_group_dependency(&mlag, &port, Dependency::MapsTo))
+            .and_then(|_| model.add_group_dependency(&mlag, &twin, Dependency::MapsTo));
+        match added {
+            Ok(_) => twins.push(twin),
+            Err(err) => {
+                tracing::warn!(interface = name, mlag_id, error = %err, "cannot add the MLAG interface to the state model");
+            }
+        }
+    }
+    twins
+}
+
 /// An interface that appeared after start joins the model as a physical
 /// port of `switch` with its LAN port (unless it is `lo` or already known).
 pub fn ensure_port(model: &mut Model, switch: &str, name: &str) {
@@ -202,6 +242,57 @@ mod tests {
             .unwrap();
         assert!(applied.known);
         assert_eq!(model.fault_level(&remote), Some(3));
+    }
+
+    #[test]
+    fn each_mlag_id_gets_an_interface_redundant_over_its_port_and_twin() {
+        let mut model = model_with_switch();
+        for name in ["m0", "m1"] {
+            ensure_port(&mut model, "a", name);
+        }
+        let rules = RuleTable::builtin();
+        let twins = add_mlag(
+            &mut model,
+            &[("m0".into(), 7), ("m1".into(), 9), ("gone".into(), 3)],
+        );
+        assert_eq!(
+            twins,
+            [ids::twin(7), ids::twin(9)],
+            "no port, no MLAG object"
+        );
+        assert_eq!(ids::mlag(7).as_str(), "mlag:7");
+        assert_eq!(
+            model.group_of(&ids::mlag(7)),
+            [ids::port("m0"), ids::twin(7)]
+        );
+        let say = |model: &mut Model, source: &str, message: &str, object: ObjectId| {
+            model
+                .apply(Info::new(source, message, object), &rules, 1)
+                .unwrap()
+        };
+        let effective = |model: &Model| {
+            let s = model.effective(&ids::mlag(7)).unwrap();
+            (s[0].name.clone(), s[0].level)
+        };
+        // Both twins up: normal.
+        assert_eq!(effective(&model), ("normal".into(), 0));
+        // The twin unknown (as at start): not counted as up, degraded.
+        say(&mut model, "peer", "twin-unknown", ids::twin(7));
+        assert_eq!(effective(&model), ("degraded".into(), 1));
+        say(&mut model, "peer", "twin-up", ids::twin(7));
+        assert_eq!(effective(&model), ("normal".into(), 0));
+        // One twin down: degraded; both: down; one back: degraded.
+        say(&mut model, "netlink", "link-down", ids::port("m0"));
+        assert_eq!(effective(&model), ("degraded".into(), 1));
+        say(&mut model, "peer", "twin-down", ids::twin(7));
+        assert_eq!(effective(&model), ("down".into(), 3));
+        say(&mut model, "netlink", "link-up", ids::port("m0"));
+        assert_eq!(effective(&model), ("degraded".into(), 1));
+        assert_eq!(
+            model.effective(&ids::mlag(9)).unwrap(),
+            [crate::inference::State::normal()],
+            "the other MLAG id is untouched"
+        );
     }
 
     #[test]

@@ -32,6 +32,16 @@
 //! state is `normal`, or `lost-contact` if a source reported lost contact
 //! (SPEC 5.5).
 //!
+//! A dependency can be in its dependent's *redundancy group*, which passes
+//! faults on according to the dependent's [`Redundancy`]: `all` (any
+//! fault, as outside a group), `redundant` (down only when no parent is up)
+//! or `at_least = N` (down only when fewer than N parents are up), and
+//! `degraded` (a configurable level, 1 by default) in between. A parent in
+//! lost contact is not counted as up. The MLAG interface of each MLAG id
+//! (`mlag:<id>`) is `redundant` over the local member port and its twin on
+//! the peer (`twin:<id>`), which is in lost contact until the peer's state
+//! of it is known.
+//!
 //! A change is propagated incrementally: only objects reachable from the
 //! changed one are visited, in topological (rank) order so that each is
 //! recomputed once after all of its changed dependencies (diamonds
@@ -62,8 +72,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use self::{config::InferenceConfig, events::Query, task::Task};
 pub use self::{
     model::{
-        Applied, Change, Dependency, HistoryEntry, InfoEntry, Layer, Model, ModelError, ObjectView,
-        StateView,
+        Applied, Change, DEFAULT_DEGRADED_LEVEL, Dependency, GroupView, HistoryEntry, InfoEntry,
+        Layer, Model, ModelError, ObjectView, Redundancy, StateView,
     },
     report::{ChainLink, InferenceStats, StateReport, StatesReport},
     rules::{Rule, RuleTable, State},

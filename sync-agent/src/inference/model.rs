@@ -4,7 +4,9 @@
 //!
 //! Storage is an arena of objects addressed by `u32` indices, with adjacency
 //! as `Vec<u32>` in both directions (the dependency kind packed into the top
-//! bit), interned kind names, sources and states, and histories allocated only
+//! bit, membership of the dependent's redundancy group into the next one:
+//! a group costs no memory beyond 6 bytes that fill the object's padding),
+//! interned kind names, sources and states, and histories allocated only
 //! for objects that have any. The effective state is stored as a (usually
 //! empty) slice of interned state ids; the logical state is derived on demand
 //! from the dependencies' effective states, so it costs no memory.
@@ -87,6 +89,65 @@ impl fmt::Display for Dependency {
     }
 }
 
+/// How an object's *redundancy group* (the dependencies added with
+/// [`Model::add_group_dependency`]) passes its parents' faults on.
+///
+/// - `all`: any parent's fault propagates (as for dependencies outside a
+///   group);
+/// - `redundant`: the object is down only when no parent is up;
+/// - `at_least = N`: the object is down only when fewer than N parents are
+///   up.
+///
+/// A parent is *up* when its effective state has no fault and is not lost
+/// contact: a parent in lost contact is not counted as up (it may well be
+/// down, and the redundancy can no longer be vouched for). While at least N
+/// parents are up but not all of them, the object is `degraded` at its
+/// configured level. When fewer than N are up, the object takes the faults
+/// of the N-th best parent (ranking up < faults by level < lost contact): a
+/// redundant pair with one leg down and the other degraded is degraded, not
+/// down. When that N-th best parent is in lost contact the object takes the
+/// most severe fault among the group's parents, or, with no fault among
+/// them, lost contact itself (nothing is known). N above the group's size
+/// counts as the group's size.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Redundancy {
+    /// Any parent's fault propagates (the default).
+    #[default]
+    All,
+    /// Down only when every parent is down (`at_least = 1`).
+    Redundant,
+    /// Down only when fewer than N parents are up.
+    AtLeast(u16),
+}
+
+impl Redundancy {
+    /// Parents that must be up for the object not to be down (0 = `all`).
+    pub fn at_least(self) -> u16 {
+        match self {
+            Self::All => 0,
+            Self::Redundant => 1,
+            Self::AtLeast(n) => n,
+        }
+    }
+}
+
+impl fmt::Display for Redundancy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::All => f.write_str("all"),
+            Self::Redundant => f.write_str("redundant"),
+            Self::AtLeast(n) => write!(f, "at_least = {n}"),
+        }
+    }
+}
+
+/// The degraded level of a redundancy group unless configured.
+pub const DEFAULT_DEGRADED_LEVEL: u8 = 1;
+
+/// Name of the state of an object whose redundancy group lost a parent.
+pub const DEGRADED: &str = "degraded";
+
 fn path_text(path: &[ObjectId]) -> String {
     path.iter()
         .map(ObjectId::as_str)
@@ -109,6 +170,14 @@ pub enum ModelError {
     Cycle {
         /// The cycle, first object repeated at the end.
         path: Vec<ObjectId>,
+    },
+    /// A redundancy policy the model cannot use.
+    #[error("{object}: {reason}")]
+    Redundancy {
+        /// The object.
+        object: ObjectId,
+        /// What is wrong.
+        reason: String,
     },
     /// belongs-to across layers, or maps-to not going up a layer.
     #[error(
@@ -194,6 +263,22 @@ pub struct ObjectView {
     pub state_history: Vec<HistoryEntry>,
     /// Information received, oldest first (bounded).
     pub info_history: Vec<InfoEntry>,
+    /// Its redundancy group, if it has one (absent from the JSON otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupView>,
+}
+
+/// An object's redundancy group, for operators.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupView {
+    /// How the group passes faults on.
+    pub redundancy: Redundancy,
+    /// Level of the `degraded` state while some but enough parents are up.
+    pub degraded_level: u8,
+    /// The parents in the group.
+    pub members: Vec<ObjectId>,
+    /// How many of them are up (no fault, not in lost contact).
+    pub up: usize,
 }
 
 /// A change of an object's effective state.
@@ -217,13 +302,19 @@ pub struct Applied {
 }
 
 const MAPS_TO_BIT: u32 = 1 << 31;
-const INDEX_MASK: u32 = !MAPS_TO_BIT;
+/// On a dependency edge: the dependency is in the dependent's redundancy group.
+const GROUP_BIT: u32 = 1 << 30;
+const INDEX_MASK: u32 = !(MAPS_TO_BIT | GROUP_BIT);
 
 fn edge(index: u32, kind: Dependency) -> u32 {
     match kind {
         Dependency::BelongsTo => index,
         Dependency::MapsTo => index | MAPS_TO_BIT,
     }
+}
+
+fn in_group(edge: u32) -> bool {
+    edge & GROUP_BIT != 0
 }
 
 fn edge_index(edge: u32) -> u32 {
@@ -237,6 +328,9 @@ fn edge_kind(edge: u32) -> Dependency {
         Dependency::MapsTo
     }
 }
+
+/// [`Model::group_key`] of a parent in lost contact.
+const LOST: u16 = u16::MAX;
 
 const ALIVE: u8 = 1;
 const QUEUED: u8 = 2;
@@ -291,6 +385,12 @@ struct Object {
     /// Topological rank: above the rank of everything it depends on.
     rank: u32,
     kind: u32,
+    /// Interned `degraded` state of its redundancy group (meaningful when
+    /// `at_least` > 0).
+    degraded: u32,
+    /// Parents of its redundancy group that must be up; 0 = `all` (the
+    /// group's dependencies pass every fault on).
+    at_least: u16,
     layer: Layer,
     flags: u8,
 }
@@ -307,6 +407,8 @@ impl Object {
             since_ms: 0,
             rank: 0,
             kind,
+            degraded: 0,
+            at_least: 0,
             layer,
             flags: ALIVE,
         }
@@ -434,7 +536,7 @@ impl Model {
                 let x = u32::try_from(self.objects.len())
                     .ok()
                     .filter(|&x| x < INDEX_MASK);
-                let x = x.expect("the state model holds fewer than 2^31 objects");
+                let x = x.expect("the state model holds fewer than 2^30 objects");
                 self.objects.push(object);
                 x
             }
@@ -496,6 +598,90 @@ impl Model {
         on: &ObjectId,
         kind: Dependency,
     ) -> Result<Vec<Change>, ModelError> {
+        self.add_edge(dependent, on, kind, false)
+    }
+
+    /// [`Model::add_dependency_changes`] for a dependency in the dependent's
+    /// redundancy group: its faults pass on according to the dependent's
+    /// [`Redundancy`] (see [`Model::set_redundancy`]). Adding an existing
+    /// dependency again moves it into the group.
+    pub fn add_group_dependency(
+        &mut self,
+        dependent: &ObjectId,
+        on: &ObjectId,
+        kind: Dependency,
+    ) -> Result<Vec<Change>, ModelError> {
+        self.add_edge(dependent, on, kind, true)
+    }
+
+    /// Sets how `id`'s redundancy group passes faults on, with the level of
+    /// its `degraded` state (1 or more), and recomputes it. Returns the
+    /// objects whose effective state changed.
+    pub fn set_redundancy(
+        &mut self,
+        id: &ObjectId,
+        policy: Redundancy,
+        degraded_level: u8,
+    ) -> Result<Vec<Change>, ModelError> {
+        let x = self.lookup(id)?;
+        let refuse = |reason: &str| {
+            Err(ModelError::Redundancy {
+                object: id.clone(),
+                reason: reason.into(),
+            })
+        };
+        if policy == Redundancy::AtLeast(0) {
+            return refuse("at_least must be 1 or more");
+        }
+        if degraded_level == 0 {
+            return refuse("the degraded level must be 1 or more (level 0 is not a fault)");
+        }
+        let degraded = self.intern_state(&State::fault(DEGRADED, degraded_level));
+        let object = &mut self.objects[x as usize];
+        object.at_least = policy.at_least();
+        object.degraded = degraded;
+        Ok(self.propagate(&[x]))
+    }
+
+    /// `id`'s redundancy policy and degraded level (`all` for an object
+    /// without a group); `None` for an unknown id.
+    pub fn redundancy_of(&self, id: &ObjectId) -> Option<(Redundancy, u8)> {
+        let x = self.lookup(id).ok()?;
+        let object = &self.objects[x as usize];
+        Some(match object.at_least {
+            0 => (Redundancy::All, DEFAULT_DEGRADED_LEVEL),
+            1 => (
+                Redundancy::Redundant,
+                self.states[object.degraded as usize].level,
+            ),
+            n => (
+                Redundancy::AtLeast(n),
+                self.states[object.degraded as usize].level,
+            ),
+        })
+    }
+
+    /// The dependencies in `id`'s redundancy group; empty for an unknown id.
+    pub fn group_of(&self, id: &ObjectId) -> Vec<ObjectId> {
+        let Ok(x) = self.lookup(id) else {
+            return Vec::new();
+        };
+        self.objects[x as usize]
+            .deps
+            .iter()
+            .filter(|&&e| in_group(e))
+            .map(|&e| self.id_of(edge_index(e)))
+            .collect()
+    }
+
+    fn add_edge(
+        &mut self,
+        dependent: &ObjectId,
+        on: &ObjectId,
+        kind: Dependency,
+        group: bool,
+    ) -> Result<Vec<Change>, ModelError> {
+        let group_bit = if group { GROUP_BIT } else { 0 };
         let d = self.lookup(dependent)?;
         let o = self.lookup(on)?;
         if d == o {
@@ -521,10 +707,14 @@ impl Model {
             });
         }
         if let Some(i) = self.objects[d as usize].depends_on(o) {
-            self.objects[d as usize].deps[i] = edge(o, kind);
+            let before = self.objects[d as usize].deps[i];
+            self.objects[d as usize].deps[i] = edge(o, kind) | group_bit;
             let back = &mut self.objects[o as usize].dependents;
             if let Some(j) = back.iter().position(|&e| edge_index(e) == d) {
                 back[j] = edge(d, kind);
+            }
+            if in_group(before) != group {
+                return Ok(self.propagate(&[d]));
             }
             return Ok(Vec::new());
         }
@@ -533,7 +723,9 @@ impl Model {
             ids.extend(path.into_iter().map(|x| self.id_of(x)));
             return Err(ModelError::Cycle { path: ids });
         }
-        self.objects[d as usize].deps.push(edge(o, kind));
+        self.objects[d as usize]
+            .deps
+            .push(edge(o, kind) | group_bit);
         self.objects[o as usize].dependents.push(edge(d, kind));
         let min_rank = self.objects[o as usize].rank + 1;
         self.raise_rank(d, min_rank);
@@ -766,42 +958,122 @@ impl Model {
     }
 
     /// The merge: `out` = the effective state ids of `x` from its actual
-    /// states and its dependencies' effective states.
+    /// states and its logical states.
     fn merge(&self, x: u32, out: &mut Vec<u32>) {
         out.clear();
         let object = &self.objects[x as usize];
-        let logical = || {
-            object.deps.iter().flat_map(|&e| {
-                self.objects[edge_index(e) as usize]
-                    .effective
-                    .iter()
-                    .copied()
-            })
-        };
-        let faults = object
-            .actual
+        out.extend(object.actual.iter().map(|&(_, s)| s));
+        self.for_each_logical(x, |_, s| out.push(s));
+        let max = out
             .iter()
-            .map(|&(_, s)| s)
-            .chain(logical())
-            .filter(|&s| self.states[s as usize].is_fault());
-        let max = faults
-            .clone()
-            .map(|s| self.states[s as usize].level)
+            .map(|&s| &self.states[s as usize])
+            .filter(|s| s.is_fault())
+            .map(|s| s.level)
             .max()
             .unwrap_or(0);
         if max > 0 {
-            out.extend(faults.filter(|&s| self.states[s as usize].level == max));
+            out.retain(|&s| {
+                let s = &self.states[s as usize];
+                s.is_fault() && s.level == max
+            });
         } else {
-            out.extend(
-                object
-                    .actual
-                    .iter()
-                    .map(|&(_, s)| s)
-                    .filter(|&s| self.states[s as usize].lost_contact),
-            );
+            out.retain(|&s| self.states[s as usize].lost_contact);
         }
         out.sort_unstable();
         out.dedup();
+    }
+
+    /// Where a parent stands in its dependent's redundancy group: 0 = up, a
+    /// fault level, or [`LOST`] (ranked below every fault: not counted as up).
+    fn group_key(&self, parent: u32) -> u16 {
+        match self.objects[parent as usize].effective.first() {
+            None => 0,
+            Some(&s) => {
+                let s = &self.states[s as usize];
+                if s.is_fault() {
+                    u16::from(s.level)
+                } else if s.lost_contact {
+                    LOST
+                } else {
+                    0
+                }
+            }
+        }
+    }
+
+    /// Calls `f(dependency, state)` for every logical state of `x`: the
+    /// faults of its dependencies outside its redundancy group, and what
+    /// its group passes on (see [`Redundancy`]).
+    fn for_each_logical(&self, x: u32, mut f: impl FnMut(u32, u32)) {
+        let object = &self.objects[x as usize];
+        let grouped = object.at_least > 0;
+        let mut size = 0u32;
+        let mut up = 0u32;
+        for &e in &object.deps {
+            let dep = edge_index(e);
+            if grouped && in_group(e) {
+                size += 1;
+                up += u32::from(self.group_key(dep) == 0);
+                continue;
+            }
+            for &s in self.objects[dep as usize].effective.iter() {
+                if self.states[s as usize].is_fault() {
+                    f(dep, s);
+                }
+            }
+        }
+        if size == 0 {
+            return;
+        }
+        let need = u32::from(object.at_least).min(size);
+        let members = || {
+            object
+                .deps
+                .iter()
+                .filter(|&&e| in_group(e))
+                .map(|&e| edge_index(e))
+        };
+        let degraded = object.degraded;
+        let degraded_level = u16::from(self.states[degraded as usize].level);
+        if up >= need {
+            if up < size {
+                for dep in members().filter(|&d| self.group_key(d) != 0) {
+                    f(dep, degraded);
+                }
+            }
+            return;
+        }
+        // Fewer than `need` parents are up: the `need`-th best one decides.
+        let mut keys: Vec<u16> = members().map(|d| self.group_key(d)).collect();
+        keys.sort_unstable();
+        let mut decisive = keys[need as usize - 1];
+        if decisive == LOST {
+            decisive = keys
+                .iter()
+                .copied()
+                .filter(|&k| k != LOST)
+                .max()
+                .unwrap_or(0);
+            if decisive == 0 {
+                // No fault among them: nothing is known but lost contact.
+                for dep in members().filter(|&d| self.group_key(d) == LOST) {
+                    for &s in self.objects[dep as usize].effective.iter() {
+                        f(dep, s);
+                    }
+                }
+                return;
+            }
+        }
+        for dep in members().filter(|&d| self.group_key(d) == decisive) {
+            for &s in self.objects[dep as usize].effective.iter() {
+                f(dep, s);
+            }
+        }
+        if degraded_level > decisive {
+            for dep in members().filter(|&d| self.group_key(d) != 0) {
+                f(dep, degraded);
+            }
+        }
     }
 
     fn states_of(&self, effective: &[u32]) -> Vec<State> {
@@ -826,15 +1098,10 @@ impl Model {
     }
 
     /// (dependency, state) pairs of `x`'s logical states.
-    fn logical_of(&self, x: u32) -> impl Iterator<Item = (u32, u32)> + '_ {
-        self.objects[x as usize].deps.iter().flat_map(move |&e| {
-            let dep = edge_index(e);
-            self.objects[dep as usize]
-                .effective
-                .iter()
-                .filter(|&&s| self.states[s as usize].is_fault())
-                .map(move |&s| (dep, s))
-        })
+    fn logical_of(&self, x: u32) -> Vec<(u32, u32)> {
+        let mut out = Vec::new();
+        self.for_each_logical(x, |dep, s| out.push((dep, s)));
+        out
     }
 
     fn effective_views(&self, x: u32) -> Vec<StateView> {
@@ -847,6 +1114,7 @@ impl Model {
                 source: String::new(),
             }];
         }
+        let logical = self.logical_of(x);
         object
             .effective
             .iter()
@@ -856,8 +1124,8 @@ impl Model {
                     .iter()
                     .filter(|a| a.1 == s)
                     .map(|a| self.sources.name(a.0));
-                let logical = self
-                    .logical_of(x)
+                let logical = logical
+                    .iter()
                     .filter(|l| l.1 == s)
                     .map(|l| &*self.objects[l.0 as usize].id);
                 let sources: Vec<&str> = actual.chain(logical).collect();
@@ -875,6 +1143,7 @@ impl Model {
             .collect();
         let logical = self
             .logical_of(x)
+            .into_iter()
             .map(|(dep, s)| self.view_of(s, self.objects[dep as usize].id.to_string()))
             .collect();
         let fault_level = object
@@ -901,7 +1170,28 @@ impl Model {
             since_ms: object.since_ms,
             state_history,
             info_history,
+            group: self.group_view(x),
         }
+    }
+
+    fn group_view(&self, x: u32) -> Option<GroupView> {
+        let object = &self.objects[x as usize];
+        if object.at_least == 0 {
+            return None;
+        }
+        let members: Vec<u32> = object
+            .deps
+            .iter()
+            .filter(|&&e| in_group(e))
+            .map(|&e| edge_index(e))
+            .collect();
+        let (redundancy, degraded_level) = self.redundancy_of(&self.id_of(x))?;
+        Some(GroupView {
+            redundancy,
+            degraded_level,
+            up: members.iter().filter(|&&m| self.group_key(m) == 0).count(),
+            members: members.into_iter().map(|m| self.id_of(m)).collect(),
+        })
     }
 
     /// Everything about one object.
@@ -1442,6 +1732,331 @@ mod tests {
         let v = m.view(&id("port:a-c")).unwrap();
         assert!(v.effective[0].lost_contact, "lost contact is visible again");
         assert_eq!(effective(&m, "lan:a-c"), vec![s("normal", 0)]);
+    }
+
+    // --- redundancy groups ---
+
+    /// A parent's condition in a redundancy test.
+    #[derive(Clone, Copy, Debug)]
+    enum P {
+        Up,
+        Down,
+        Lost,
+        Minor,
+    }
+
+    /// `svc` (service) depends on `p0`..`pN` (physical) in its group.
+    fn group(policy: Redundancy, parents: usize, degraded_level: u8) -> Model {
+        let mut m = Model::new();
+        m.add_object(id("svc"), Layer::Service, "service").unwrap();
+        m.set_redundancy(&id("svc"), policy, degraded_level)
+            .unwrap();
+        for i in 0..parents {
+            let p = format!("p{i}");
+            m.add_object(id(&p), Layer::Physical, "port").unwrap();
+            if policy == Redundancy::All {
+                m.add_dependency(&id("svc"), &id(&p), Dependency::MapsTo)
+                    .unwrap();
+            } else {
+                m.add_group_dependency(&id("svc"), &id(&p), Dependency::MapsTo)
+                    .unwrap();
+            }
+        }
+        m
+    }
+
+    fn set(m: &mut Model, parent: usize, p: P) {
+        let o = format!("p{parent}");
+        for (source, message) in [("test", "clear"), ("peer", "liveness-ok")] {
+            say(m, &o, source, message);
+        }
+        match p {
+            P::Up => {}
+            P::Down => drop(say(m, &o, "test", "critical")),
+            P::Lost => drop(say(m, &o, "peer", "liveness-lost")),
+            P::Minor => drop(say(m, &o, "test", "minor")),
+        }
+    }
+
+    /// The child's effective state as `name(level)` names, sorted.
+    fn child(m: &Model) -> Vec<String> {
+        let mut v: Vec<String> = m
+            .view(&id("svc"))
+            .unwrap()
+            .effective
+            .iter()
+            .map(|s| format!("{}({})", s.name, s.level))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn check(policy: Redundancy, degraded_level: u8, cases: &[(&[P], &str)]) {
+        for (parents, expected) in cases {
+            let mut m = group(policy, parents.len(), degraded_level);
+            for (i, &p) in parents.iter().enumerate() {
+                set(&mut m, i, p);
+            }
+            assert_eq!(
+                child(&m).join(","),
+                *expected,
+                "{policy} with parents {parents:?}"
+            );
+            // Clearing every parent restores the child.
+            for i in 0..parents.len() {
+                set(&mut m, i, P::Up);
+            }
+            assert_eq!(
+                child(&m),
+                vec!["normal(0)"],
+                "{policy} with parents {parents:?}, cleared"
+            );
+        }
+    }
+
+    #[test]
+    fn all_passes_any_parents_fault_on_and_never_lost_contact() {
+        use P::*;
+        check(
+            Redundancy::All,
+            1,
+            &[
+                (&[Up, Up], "normal(0)"),
+                (&[Down, Up], "critical(3)"),
+                (&[Up, Down], "critical(3)"),
+                (&[Down, Down], "critical(3)"),
+                (&[Lost, Up], "normal(0)"),
+                (&[Lost, Lost], "normal(0)"),
+                (&[Lost, Down], "critical(3)"),
+                (&[Minor, Down], "critical(3)"),
+            ],
+        );
+    }
+
+    #[test]
+    fn redundant_is_down_only_when_no_parent_is_up_and_degraded_in_between() {
+        use P::*;
+        check(
+            Redundancy::Redundant,
+            1,
+            &[
+                (&[Up, Up], "normal(0)"),
+                (&[Down, Up], "degraded(1)"),
+                (&[Up, Down], "degraded(1)"),
+                (&[Down, Down], "critical(3)"),
+                // Lost contact is not counted as up.
+                (&[Lost, Up], "degraded(1)"),
+                (&[Lost, Down], "critical(3)"),
+                (&[Lost, Lost], "lost-contact(0)"),
+                // The best parent decides: one leg down, the other only minor.
+                (&[Minor, Down], "minor(1)"),
+                (&[Minor, Up], "degraded(1)"),
+                (&[Down, Down, Up], "degraded(1)"),
+                (&[Down, Down, Lost], "critical(3)"),
+            ],
+        );
+    }
+
+    #[test]
+    fn at_least_is_down_only_when_fewer_than_n_parents_are_up() {
+        use P::*;
+        check(
+            Redundancy::AtLeast(2),
+            1,
+            &[
+                (&[Up, Up, Up], "normal(0)"),
+                (&[Down, Up, Up], "degraded(1)"),
+                (&[Lost, Up, Up], "degraded(1)"),
+                (&[Down, Down, Up], "critical(3)"),
+                (&[Lost, Down, Up], "critical(3)"),
+                (&[Lost, Lost, Up], "lost-contact(0)"),
+                (&[Lost, Lost, Lost], "lost-contact(0)"),
+                (&[Down, Down, Down], "critical(3)"),
+                // The second best parent decides.
+                (&[Minor, Down, Up], "minor(1)"),
+                (&[Minor, Minor, Up], "minor(1)"),
+                (&[Minor, Up, Up], "degraded(1)"),
+            ],
+        );
+        // N above the group's size counts as the group's size (all needed).
+        check(
+            Redundancy::AtLeast(5),
+            1,
+            &[
+                (&[Up, Up], "normal(0)"),
+                (&[Down, Up], "critical(3)"),
+                (&[Lost, Up], "lost-contact(0)"),
+            ],
+        );
+    }
+
+    #[test]
+    fn the_degraded_level_is_configurable_and_never_hides_a_worse_fault() {
+        use P::*;
+        check(
+            Redundancy::Redundant,
+            2,
+            &[
+                (&[Down, Up], "degraded(2)"),
+                (&[Lost, Up], "degraded(2)"),
+                (&[Minor, Down], "degraded(2)"),
+                (&[Down, Down], "critical(3)"),
+            ],
+        );
+        let mut m = Model::new();
+        m.add_object(id("svc"), Layer::Service, "service").unwrap();
+        for (policy, level, reason) in [
+            (Redundancy::Redundant, 0, "level 0 is not a fault"),
+            (Redundancy::AtLeast(0), 1, "at_least must be 1 or more"),
+        ] {
+            let err = m.set_redundancy(&id("svc"), policy, level).unwrap_err();
+            assert!(
+                err.to_string().contains("svc") && err.to_string().contains(reason),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_group_names_the_parents_behind_its_state_and_reports_itself() {
+        let mut m = group(Redundancy::Redundant, 2, 1);
+        let applied = say(&mut m, "p1", "netlink", "link-down");
+        assert_eq!(changed(&applied.changes), vec!["p1", "svc"]);
+        let v = m.view(&id("svc")).unwrap();
+        assert_eq!(names(&v.effective), vec![s("degraded", 1)]);
+        assert_eq!(v.effective[0].source, "p1");
+        assert_eq!(
+            logical(&m, "svc"),
+            vec![("degraded".into(), 1, "p1".into())]
+        );
+        let g = v.group.unwrap();
+        assert_eq!(g.redundancy, Redundancy::Redundant);
+        assert_eq!(g.members, vec![id("p0"), id("p1")]);
+        assert_eq!((g.up, g.degraded_level), (1, 1));
+        assert!(m.view(&id("p0")).unwrap().group.is_none());
+        let json = serde_json::to_value(m.view(&id("svc")).unwrap()).unwrap();
+        assert_eq!(json["group"]["redundancy"], "redundant");
+        assert!(
+            serde_json::to_value(m.view(&id("p0")).unwrap())
+                .unwrap()
+                .get("group")
+                .is_none()
+        );
+        // Both down: down, from both parents.
+        say(&mut m, "p0", "netlink", "link-down");
+        let v = m.view(&id("svc")).unwrap();
+        assert_eq!(names(&v.effective), vec![s("down", 3)]);
+        assert_eq!(v.effective[0].source, "p0,p1");
+        // One back: degraded again, from the other.
+        let applied = say(&mut m, "p1", "netlink", "link-up");
+        assert_eq!(changed(&applied.changes), vec!["p1", "svc"]);
+        assert_eq!(effective(&m, "svc"), vec![s("degraded", 1)]);
+        assert_eq!(m.view(&id("svc")).unwrap().effective[0].source, "p0");
+    }
+
+    #[test]
+    fn a_redundancy_group_costs_an_object_no_memory() {
+        // 130 bytes of fields before groups, padded to 136: the group's
+        // policy and degraded state fill the padding.
+        assert_eq!(std::mem::size_of::<Object>(), 136);
+    }
+
+    #[test]
+    fn dependencies_outside_the_group_still_pass_every_fault_on() {
+        let mut m = group(Redundancy::Redundant, 2, 1);
+        m.add_object(id("sw"), Layer::Physical, "switch").unwrap();
+        m.add_dependency(&id("svc"), &id("sw"), Dependency::MapsTo)
+            .unwrap();
+        say(&mut m, "sw", "agent", "unhealthy");
+        assert_eq!(effective(&m, "svc"), vec![s("degraded", 1)]);
+        assert_eq!(m.view(&id("svc")).unwrap().effective[0].source, "sw");
+        say(&mut m, "p0", "netlink", "link-down");
+        say(&mut m, "sw", "agent", "healthy");
+        assert_eq!(m.view(&id("svc")).unwrap().effective[0].source, "p0");
+        say(&mut m, "sw", "netlink", "link-down");
+        assert_eq!(
+            effective(&m, "svc"),
+            vec![s("down", 3)],
+            "required and down"
+        );
+        assert_eq!(m.group_of(&id("svc")), vec![id("p0"), id("p1")]);
+        assert_eq!(
+            m.redundancy_of(&id("svc")),
+            Some((Redundancy::Redundant, 1))
+        );
+    }
+
+    #[test]
+    fn a_degraded_redundant_parent_is_not_up_for_a_redundant_child() {
+        // Two MLAG interfaces, each redundant over two twins, and a service
+        // redundant over the two MLAG interfaces.
+        let mut m = Model::new();
+        m.add_object(id("svc"), Layer::Service, "service").unwrap();
+        m.set_redundancy(&id("svc"), Redundancy::Redundant, 1)
+            .unwrap();
+        for g in ["a", "b"] {
+            let mlag = format!("mlag:{g}");
+            m.add_object(id(&mlag), Layer::L2, "mlag-interface")
+                .unwrap();
+            m.set_redundancy(&id(&mlag), Redundancy::Redundant, 1)
+                .unwrap();
+            for t in ["1", "2"] {
+                let port = format!("port:{g}{t}");
+                m.add_object(id(&port), Layer::Physical, "port").unwrap();
+                m.add_group_dependency(&id(&mlag), &id(&port), Dependency::MapsTo)
+                    .unwrap();
+            }
+            m.add_group_dependency(&id("svc"), &id(&mlag), Dependency::MapsTo)
+                .unwrap();
+        }
+        say(&mut m, "port:a1", "netlink", "link-down");
+        assert_eq!(effective(&m, "mlag:a"), vec![s("degraded", 1)]);
+        assert_eq!(effective(&m, "svc"), vec![s("degraded", 1)]);
+        say(&mut m, "port:a2", "netlink", "link-down");
+        assert_eq!(effective(&m, "mlag:a"), vec![s("down", 3)]);
+        assert_eq!(
+            effective(&m, "svc"),
+            vec![s("degraded", 1)],
+            "mlag:b carries it"
+        );
+        say(&mut m, "port:b1", "netlink", "link-down");
+        assert_eq!(
+            effective(&m, "svc"),
+            vec![s("degraded", 1)],
+            "the best leg is degraded, not down"
+        );
+        say(&mut m, "port:b2", "netlink", "link-down");
+        assert_eq!(effective(&m, "svc"), vec![s("down", 3)]);
+        for p in ["port:a1", "port:a2", "port:b1", "port:b2"] {
+            say(&mut m, p, "netlink", "link-up");
+        }
+        assert_eq!(effective(&m, "svc"), vec![s("normal", 0)]);
+    }
+
+    #[test]
+    fn moving_a_faulty_dependency_into_the_group_or_setting_the_policy_recomputes() {
+        let mut m = Model::new();
+        m.add_object(id("svc"), Layer::Service, "service").unwrap();
+        for p in ["p0", "p1"] {
+            m.add_object(id(p), Layer::Physical, "port").unwrap();
+            m.add_dependency(&id("svc"), &id(p), Dependency::MapsTo)
+                .unwrap();
+        }
+        say(&mut m, "p0", "netlink", "link-down");
+        assert_eq!(effective(&m, "svc"), vec![s("down", 3)]);
+        let changes = m
+            .set_redundancy(&id("svc"), Redundancy::Redundant, 1)
+            .unwrap();
+        assert!(changes.is_empty(), "no dependency in the group yet");
+        for p in ["p0", "p1"] {
+            m.add_group_dependency(&id("svc"), &id(p), Dependency::MapsTo)
+                .unwrap();
+        }
+        assert_eq!(effective(&m, "svc"), vec![s("degraded", 1)]);
+        let changes = m.set_redundancy(&id("svc"), Redundancy::All, 1).unwrap();
+        assert_eq!(changed(&changes), vec!["svc"]);
+        assert_eq!(effective(&m, "svc"), vec![s("down", 3)]);
+        assert!(m.view(&id("svc")).unwrap().group.is_none());
     }
 
     // --- structure ---

@@ -112,6 +112,20 @@ impl fmt::Display for StateReport {
         writeln!(f, "  actual    {}", states_text(&o.actual))?;
         writeln!(f, "  logical   {}", states_text(&o.logical))?;
         writeln!(f, "  effective {}", states_text(&o.effective))?;
+        if let Some(g) = &o.group {
+            writeln!(
+                f,
+                "  group     {} over {} ({} up; degraded level {})",
+                g.redundancy,
+                g.members
+                    .iter()
+                    .map(ObjectId::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                g.up,
+                g.degraded_level
+            )?;
+        }
         writeln!(f, "depends on:")?;
         for l in &self.depends_on {
             writeln!(

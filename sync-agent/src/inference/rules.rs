@@ -235,6 +235,12 @@ pub fn builtin_rules() -> Vec<Rule> {
         Rule::clears("peer", "session-up"),
         Rule::lost_contact("peer", "liveness-lost"),
         Rule::clears("peer", "liveness-ok"),
+        // The peer's member ports (`twin:<mlag id>`), as peer sync learns
+        // them: one source, so the latest word on a twin wins; unknown (at
+        // start, or once the session is gone) is lost contact.
+        Rule::fault("peer", "twin-down", "down", 3),
+        Rule::clears("peer", "twin-up"),
+        Rule::lost_contact("peer", "twin-unknown"),
         // The agent's own health.
         Rule::fault("agent", "unhealthy", "degraded", 1),
         Rule::clears("agent", "healthy"),

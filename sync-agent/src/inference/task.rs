@@ -20,7 +20,7 @@ use tokio::sync::{
 };
 
 use super::{
-    Model, ObjectId, RuleTable,
+    Model, ObjectId, Redundancy, RuleTable,
     config::InferenceConfig,
     events::{Event, Query},
     live,
@@ -66,17 +66,34 @@ impl Task {
         }
         for object in &config.objects {
             let id = ObjectId(object.id.clone());
-            for dependency in &object.depends_on {
+            let grouped = object.redundancy != Redundancy::All;
+            if grouped {
                 model
-                    .add_dependency(&id, &ObjectId(dependency.id.clone()), dependency.kind)
+                    .set_redundancy(&id, object.redundancy, object.degraded_level)
                     .map_err(|err| anyhow::anyhow!("inference.objects ({}): {err}", object.id))?;
             }
+            for dependency in &object.depends_on {
+                let on = ObjectId(dependency.id.clone());
+                let added = if grouped && !dependency.required {
+                    model
+                        .add_group_dependency(&id, &on, dependency.kind)
+                        .map(drop)
+                } else {
+                    model.add_dependency(&id, &on, dependency.kind)
+                };
+                added.map_err(|err| anyhow::anyhow!("inference.objects ({}): {err}", object.id))?;
+            }
         }
+        let twins = live::add_mlag(&mut model, &config.mlag_ports);
         tracing::info!(objects = model.len(), "state model built");
         let mut task = Self::new(model, rules, names, switch_name, netlink);
         // The state the interfaces are in now is the first information.
         for link in links::all(&task.netlink).await? {
             task.link_state(&link);
+        }
+        // Nothing is known of the twins until peer sync tells.
+        for twin in twins {
+            task.apply(Info::new("peer", "twin-unknown", twin));
         }
         Ok(task)
     }

@@ -97,7 +97,8 @@ fn main() -> anyhow::Result<()> {
     // (the servers hosting that broker); `mlag-bench pair` only
     // the MLAG pair's (peer-sync latency and echo check, resync, takeover,
     // split brain); `mlag-bench mclag` only takeover and split brain;
-    // `mlag-bench center` only the config center's.
+    // `mlag-bench center` only the config center's; `mlag-bench inference`
+    // only the state inference engine's.
     match std::env::args().nth(1).as_deref() {
         Some("fabric") => {
             let broker = std::env::args().nth(2).unwrap_or_else(|| "embedded".into());
@@ -111,6 +112,10 @@ fn main() -> anyhow::Result<()> {
         }
         Some("nd") => return nd_benchmarks(),
         Some("mclag") => return mclag_benchmarks(),
+        Some("inference") => {
+            inference_benchmarks();
+            return Ok(());
+        }
         _ => {}
     }
     let (mut dataplane, ring, _log) =
@@ -251,12 +256,19 @@ fn main() -> anyhow::Result<()> {
 
     pair_benchmarks()?;
     println!();
-    println!("state inference (SPEC 5), 1M-object model:");
-    print!("{}", mlag_testbed::inference_bench::bench_report());
+    inference_benchmarks();
     mlag_testbed::center_bench::run()?;
     mlag_testbed::fabric_bench::run("embedded")?;
     mlag_testbed::fabric_bench::run("mosquitto")?;
     Ok(())
+}
+
+/// The state inference engine on the 1M-object model, without and with
+/// redundancy groups (no root needed).
+fn inference_benchmarks() {
+    println!("state inference (SPEC 5), 1M-object model:");
+    print!("{}", mlag_testbed::inference_bench::bench_report());
+    print!("{}", mlag_testbed::inference_bench::redundancy_report());
 }
 
 /// The MLAG pair's figures: peer-sync latency and the echo check in both
