@@ -186,7 +186,7 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
                 &config.instance,
                 netlink.clone(),
                 fabric_links,
-                info_tx,
+                info_tx.clone(),
             )
             .await
             .context("fabric")?,
@@ -254,6 +254,7 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
                 captures,
                 sessions,
                 peer_macs: peer_macs_tx,
+                infos: Some(info_tx.clone()),
             },
         ));
     }

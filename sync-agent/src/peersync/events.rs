@@ -328,6 +328,12 @@ impl Task {
             });
         }
         self.publish_peer_macs(hello.system_id, &hello.ports);
+        // The peer tells port states only when they change: at session
+        // start its ports are taken as up (a twin already down shows up
+        // until it changes).
+        for (mlag_id, _) in &hello.ports {
+            self.tell_twin(*mlag_id, "twin-up");
+        }
         self.notify(SessionEvent::Up {
             mclag_address: hello.mclag_address,
             ports: hello.ports,
@@ -454,6 +460,10 @@ impl Task {
         tracing::warn!(peer = %self.config.peer_address, dead_ms = self.config.dead_interval_ms, "peer lost: no keepalive");
         self.peer_alive = None;
         self.close_session("peer liveness lost");
+        let ids: Vec<u32> = self.ports.iter().map(|p| p.mlag_id).collect();
+        for mlag_id in ids {
+            self.tell_twin(mlag_id, "twin-unknown");
+        }
         self.notify(SessionEvent::Lost);
     }
 

@@ -73,7 +73,7 @@ use self::{
     task::{Inputs, Task},
 };
 use crate::{
-    bus::{AskError, Captured, MemberPort, SessionEvent},
+    bus::{AskError, Captured, Info, MemberPort, SessionEvent},
     liveness,
     mac::MacAddr,
     southbound::{links, neighbours, neighbours6},
@@ -127,6 +127,11 @@ pub struct PeerSyncChannels {
     pub sessions: Option<mpsc::Sender<SessionEvent>>,
     /// Where the peer's MACs from its hello go (the dataplane's peer table).
     pub peer_macs: watch::Sender<BTreeSet<MacAddr>>,
+    /// Where the twin ports' states go (inference's `twin:<mlag id>`
+    /// objects): up when the session starts, each port-state message,
+    /// unknown when the peer's liveness is lost. Sent with `try_send`; a
+    /// full queue drops and counts (`infos_dropped`).
+    pub infos: Option<mpsc::Sender<Info>>,
 }
 
 impl PeerSyncHandle {
@@ -147,6 +152,7 @@ impl PeerSyncHandle {
             captures,
             sessions,
             peer_macs,
+            infos,
         } = channels;
         let initial = ports.borrow_and_update().clone();
         let local = SocketAddr::new(config.local_address, config.port);
@@ -160,6 +166,7 @@ impl PeerSyncHandle {
         let (mut task, internal, wanted) =
             Task::new(config, identity, initial, kernel.clone(), sessions);
         task.peer_macs = Some(peer_macs);
+        task.infos = infos;
         if task.we_connect {
             tokio::spawn(session::connect(local, peer, wanted, task.internal.clone()));
         } else {

@@ -84,6 +84,7 @@ impl Task {
                 continue;
             }
             tracing::info!(mlag_id, up, "the peer's twin port changed state");
+            self.tell_twin(mlag_id, if up { "twin-up" } else { "twin-down" });
             if up {
                 self.stats.port_up_refreshes += 1;
                 self.refresh(Some(mlag_id)).await;

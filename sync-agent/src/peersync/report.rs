@@ -48,6 +48,9 @@ pub struct Stats {
     /// older JSON readable.
     #[serde(default)]
     pub session_events_dropped: u64,
+    /// Twin-port states inference could not take (its queue was full).
+    #[serde(default)]
+    pub infos_dropped: u64,
     /// Inputs refused, by reason: what the peer (or a stranger) sent.
     pub rejected: BTreeMap<String, u64>,
     /// Failures of this switch, by reason (`inject_failed`,

@@ -48,7 +48,7 @@ use super::{
     table::{EntryKey, SendTable},
 };
 use crate::{
-    bus::{Captured, LinkEvent, MemberPort, SessionEvent},
+    bus::{Captured, Info, LinkEvent, MemberPort, SessionEvent, ids},
     liveness::LivenessReport,
     log_limit::LogLimiter,
     mac::MacAddr,
@@ -125,6 +125,8 @@ pub(super) struct Task {
     pub(super) peer_macs: Option<watch::Sender<BTreeSet<MacAddr>>>,
     /// Where session events go (MC-LAG), if anyone listens.
     pub(super) sessions: Option<mpsc::Sender<SessionEvent>>,
+    /// Where what this side knows of the twin ports goes (inference).
+    pub(super) infos: Option<mpsc::Sender<Info>>,
 }
 
 /// The receiving ends the loop selects over (the supervisor's channels,
@@ -199,6 +201,7 @@ impl Task {
             log: LogLimiter::new(Duration::from_secs(1)),
             kernel,
             sessions,
+            infos: None,
         };
         (task, internal_rx, wanted)
     }
@@ -301,6 +304,21 @@ impl Task {
         };
         if self.log.admit(reason).is_some() {
             tracing::warn!(reason, total, "local failure: {detail}");
+        }
+    }
+
+    /// Tells inference the state of the peer's port with `mlag_id`
+    /// (`twin-up`, `twin-down`, `twin-unknown`); a full queue drops and
+    /// counts (`infos_dropped`).
+    pub(super) fn tell_twin(&mut self, mlag_id: u32, message: &str) {
+        let Some(infos) = &self.infos else {
+            return;
+        };
+        if infos
+            .try_send(Info::new("peer", message, ids::twin(mlag_id)))
+            .is_err()
+        {
+            self.stats.infos_dropped += 1;
         }
     }
 

@@ -1803,6 +1803,46 @@ async fn the_peer_twin_port_up_again_refreshes_that_mlag_id() {
     assert_eq!(h.rejected("unknown_mlag_id"), 1);
 }
 
+/// Inference hears of the twin ports: up with the peer's hello (its ports),
+/// then each port-state message, unknown when the peer's liveness is lost.
+#[tokio::test]
+async fn the_twin_ports_states_reach_inference() {
+    let mut h = Harness::new("");
+    let (infos_tx, mut infos) = mpsc::channel(16);
+    h.task.infos = Some(infos_tx);
+    let mut heard = move || {
+        let mut out = Vec::new();
+        while let Ok(info) = infos.try_recv() {
+            out.push(format!(
+                "{} {} {}",
+                info.source,
+                info.message,
+                info.object.as_str()
+            ));
+        }
+        out
+    };
+    h.establish(PEER_BOOT, None).await;
+    assert_eq!(
+        heard(),
+        ["peer twin-up twin:1"],
+        "the peer's hello lists port 1"
+    );
+    let mut buf = vec![0u8; 64];
+    let mut e = Encoder::new(&mut buf, MessageType::PortState, SubType::None, 0).unwrap();
+    e.port_state(1, false).unwrap();
+    let len = e.finish();
+    buf.truncate(len);
+    h.inbound(buf).await;
+    assert_eq!(heard(), ["peer twin-down twin:1"]);
+    h.task.process(Event::Liveness(Liveness::Down)).await;
+    assert_eq!(
+        heard(),
+        ["peer twin-unknown twin:1", "peer twin-unknown twin:2"],
+        "every MLAG id of ours"
+    );
+}
+
 /// Flow control: a resend far bigger than the writer's queue is held back
 /// while the queue is full and goes out as the peer reads: no stall, nothing
 /// lost (what a 100,000-entry resync after a peer restart needs).
