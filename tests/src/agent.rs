@@ -203,6 +203,19 @@ impl Agent {
         self.query(&["show", "counters"])
     }
 
+    /// Waits (up to 15 s) until `show peer` says the peer session is up;
+    /// returns that report.
+    pub fn wait_session_up(&self) -> anyhow::Result<serde_json::Value> {
+        crate::wait_until(Duration::from_secs(15), "peer session up", || {
+            match self.query(&["show", "peer"]) {
+                Ok(p) if p["state"] == "up" => Ok(p),
+                other => Err(other
+                    .map(|p| p["state"].to_string())
+                    .map_err(|e| e.to_string())),
+            }
+        })
+    }
+
     /// One integer counter of `show counters -j`.
     pub fn counter(&self, name: &str) -> anyhow::Result<u64> {
         self.counters()?[name]

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use mlag_testbed::{
-    agent::{Agent, TempDir},
+    agent::TempDir,
     netns::Netns,
     pair::{B_IP, C_IP, Pair},
     wait_until,
@@ -76,24 +76,13 @@ fn promtool_check(text: &str) -> anyhow::Result<Option<String>> {
     Ok((!out.status.success() || !said.trim().is_empty()).then_some(said))
 }
 
-fn wait_session_up(agent: &Agent) -> anyhow::Result<()> {
-    wait_until(WAIT, "peer session up", || {
-        match agent.query(&["show", "peer"]) {
-            Ok(p) if p["state"] == "up" => Ok(()),
-            other => Err(other
-                .map(|p| p["state"].to_string())
-                .map_err(|e| e.to_string())),
-        }
-    })
-}
-
 #[test]
 fn promtool_accepts_the_metrics_of_a_live_agent() -> anyhow::Result<()> {
     let pair = Pair::new()?;
     let mclag = "\n[mclag]\ninit_delay_s = 0\n";
     let a = pair.agent_a(&format!("{mclag}{}", metrics_on("127.0.0.1:9472")))?;
     let _b = pair.agent_b(mclag)?;
-    wait_session_up(&a)?;
+    a.wait_session_up()?;
     // A reply on the member port, so the per-port family has samples too.
     pair.c.send_frames(
         "c-a",
@@ -229,7 +218,7 @@ fn prometheus_scraping_both_switches_sees_a_classifier_counter_move() -> anyhow:
     let (target_a, target_b) = ("169.254.77.1:9472", "169.254.77.2:9472");
     let a = pair.agent_a(&metrics_on(target_a))?;
     let _b = pair.agent_b(&metrics_on(target_b))?;
-    wait_session_up(&a)?;
+    a.wait_session_up()?;
     let prometheus = Prometheus::start(&pair.a, "127.0.0.1:9090", &[target_a, target_b])?;
 
     wait_until(WAIT, "both agents scraped and up", || {

@@ -51,17 +51,6 @@ fn pair6() -> anyhow::Result<Pair> {
     Ok(pair)
 }
 
-fn wait_session_up(agent: &Agent) -> anyhow::Result<()> {
-    wait_until(WAIT, "peer session up", || {
-        match agent.query(&["show", "peer"]) {
-            Ok(p) if p["state"] == "up" => Ok(()),
-            other => Err(other
-                .map(|p| p["state"].to_string())
-                .map_err(|e| e.to_string())),
-        }
-    })
-}
-
 /// The kernel's IPv6 neighbour entry for `ip` on `dev`: (state, MAC).
 fn neighbour6(ns: &Netns, dev: &str, ip: &str) -> anyhow::Result<Option<(String, String)>> {
     let json: serde_json::Value =
@@ -143,8 +132,8 @@ fn a_misdelivered_solicited_na_is_learnt_by_both_switches() -> anyhow::Result<()
     let pair = pair6()?;
     let a = pair.agent_a("")?;
     let b = pair.agent_b("")?;
-    wait_session_up(&a)?;
-    wait_session_up(&b)?;
+    a.wait_session_up()?;
+    b.wait_session_up()?;
     let c = text(c_ip6(3));
     let mut ping = starts_resolving6(&pair.a, "a-c", &c)?;
     // C answers A's solicitation, and its bond sends the answer to B.
@@ -193,8 +182,8 @@ fn an_na_to_a_switch_itself_is_learnt_by_its_peer() -> anyhow::Result<()> {
     let pair = pair6()?;
     let a = pair.agent_a("")?;
     let b = pair.agent_b("")?;
-    wait_session_up(&a)?;
-    wait_session_up(&b)?;
+    a.wait_session_up()?;
+    b.wait_session_up()?;
     let c = text(c_ip6(50));
     // An NA to A (class own on A); B never asked and has no entry.
     let na = Na::solicited((pair.c_mac, ipv6(c_ip6(50))), (pair.a_mac, ipv6(A_IP6)));
@@ -217,8 +206,8 @@ fn single_and_double_tagged_nas_are_learnt_on_the_interface_of_their_vlan() -> a
 ]"#;
     let a = pair.agent_a(vlans)?;
     let b = pair.agent_b("")?;
-    wait_session_up(&a)?;
-    wait_session_up(&b)?;
+    a.wait_session_up()?;
+    b.wait_session_up()?;
     for (last, tags) in [
         (4u16, vec![(TPID_8021Q, 10u16)]),
         (5, vec![(TPID_8021AD, 100), (TPID_8021Q, 200)]),
@@ -247,8 +236,8 @@ fn an_na_to_the_ipv6_vrrp_mac_is_not_synced() -> anyhow::Result<()> {
     let pair = pair6()?;
     let a = pair.agent_a("")?;
     let b = pair.agent_b("")?;
-    wait_session_up(&a)?;
-    wait_session_up(&b)?;
+    a.wait_session_up()?;
+    b.wait_session_up()?;
     let vrrp = [0, 0, 0x5e, 0, 2, 7];
     let na = Na::solicited((pair.c_mac, ipv6(c_ip6(60))), (vrrp, ipv6(B_IP6)));
     pair.c.send_frames("c-b", &[na.to_bytes()])?;
@@ -285,7 +274,7 @@ fn after_the_peer_restarts_with_a_flushed_table_ipv6_neighbours_converge_again()
         .ip(&["addr", "add", &format!("{c}/64"), "dev", "c-a", "nodad"])?;
     let a = pair.agent_a("")?;
     let mut b = pair.agent_b("")?;
-    wait_session_up(&a)?;
+    a.wait_session_up()?;
     wait_until(WAIT, "A's first refresh done", || {
         let peer = a.query(&["show", "peer"]).map_err(|e| e.to_string())?;
         match peer["counters"]["refreshes_done"].as_u64() {
@@ -315,8 +304,8 @@ fn an_ipv6_entry_the_kernel_dropped_is_withdrawn_from_the_peer_kernel() -> anyho
     let pair = pair6()?;
     let a = pair.agent_a("")?;
     let b = pair.agent_b("")?;
-    wait_session_up(&a)?;
-    wait_session_up(&b)?;
+    a.wait_session_up()?;
+    b.wait_session_up()?;
     let c = text(c_ip6(80));
     // An NA to A: A learns it (its own kernel), B through the peer link.
     let na = Na::solicited((pair.c_mac, ipv6(c_ip6(80))), (pair.a_mac, ipv6(A_IP6)));

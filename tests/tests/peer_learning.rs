@@ -19,17 +19,6 @@ const WAIT: Duration = Duration::from_secs(15);
 /// Without the init delay: these tests are about learning, not hold-down.
 const MCLAG: &str = "\n[mclag]\ninit_delay_s = 0\n";
 
-fn wait_session_up(agent: &Agent) -> anyhow::Result<()> {
-    wait_until(WAIT, "peer session up", || {
-        match agent.query(&["show", "peer"]) {
-            Ok(p) if p["state"] == "up" => Ok(()),
-            other => Err(other
-                .map(|p| p["state"].to_string())
-                .map_err(|e| e.to_string())),
-        }
-    })
-}
-
 /// Waits until `ns` resolves `ip` to `mac` on `dev`; returns the state.
 fn wait_learnt(ns: &Netns, dev: &str, ip: &str, mac: &[u8; 6]) -> anyhow::Result<String> {
     wait_until(
@@ -72,8 +61,8 @@ fn one_misdelivered_reply_is_captured_once_and_learnt_by_both_switches() -> anyh
     let pair = Pair::new()?;
     let a = pair.agent_a("")?;
     let b = pair.agent_b("")?;
-    wait_session_up(&a)?;
-    wait_session_up(&b)?;
+    a.wait_session_up()?;
+    b.wait_session_up()?;
     let mut ping = pair.a_starts_resolving("10.77.0.3")?;
     // C's load balancing sends the reply to A out of its link to B.
     pair.c.send_frames(
@@ -126,7 +115,7 @@ fn the_peer_macs_from_the_hello_are_classified_peer_without_configuring_them() -
     };
     let a = Agent::start(&pair.a, &forget(pair.config_a(""), &pair.b_mac))?;
     let b = Agent::start(&pair.b, &forget(pair.config_b(""), &pair.a_mac))?;
-    wait_session_up(&a)?;
+    a.wait_session_up()?;
     wait_peer_mac(&b, &pair.a_mac)?;
     let mut ping = pair.a_starts_resolving("10.77.0.3")?;
     pair.c.send_frames(

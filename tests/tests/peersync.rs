@@ -19,17 +19,6 @@ use mlag_testbed::{
 
 const WAIT: Duration = Duration::from_secs(15);
 
-fn wait_session_up(agent: &Agent) -> anyhow::Result<serde_json::Value> {
-    wait_until(WAIT, "peer session up", || {
-        match agent.query(&["show", "peer"]) {
-            Ok(p) if p["state"] == "up" => Ok(p),
-            other => Err(other
-                .map(|p| p["state"].to_string())
-                .map_err(|e| e.to_string())),
-        }
-    })
-}
-
 fn wait_neighbour(
     pair_ns: &mlag_testbed::netns::Netns,
     dev: &str,
@@ -55,7 +44,7 @@ fn a_reply_landing_on_the_peer_is_learnt_by_the_asking_switch_kernel() -> anyhow
     let pair = Pair::new()?;
     let a = pair.agent_a("")?;
     let b = pair.agent_b("")?;
-    wait_session_up(&a)?;
+    a.wait_session_up()?;
     let mut ping = pair.a_starts_resolving("10.77.0.3")?;
     // C's load balancing sends the reply to A out of its link to B.
     pair.c.send_frames(
@@ -111,7 +100,7 @@ fn tagged_replies_are_learnt_on_the_interface_of_their_vlan() -> anyhow::Result<
 ]"#;
     let a = pair.agent_a(vlans)?;
     let _b = pair.agent_b("")?;
-    wait_session_up(&a)?;
+    a.wait_session_up()?;
     let mut ping = pair.a_starts_resolving("10.77.0.3")?;
     pair.c.send_frames(
         "c-b",
@@ -152,7 +141,7 @@ fn own_class_replies_received_by_a_appear_in_b_kernel_table() -> anyhow::Result<
     let pair = Pair::new()?;
     let a = pair.agent_a("")?;
     let _b = pair.agent_b("")?;
-    wait_session_up(&a)?;
+    a.wait_session_up()?;
     // A reply to A itself (B never asked): B learns it through A.
     pair.c.send_frames(
         "c-a",
@@ -236,7 +225,7 @@ fn a_restarted_peer_with_a_flushed_table_converges_to_the_survivor_table() -> an
     let pair = Pair::new()?;
     let a = pair.agent_a("")?;
     let mut b = pair.agent_b("")?;
-    wait_session_up(&a)?;
+    a.wait_session_up()?;
     populate_a(&pair, ENTRIES)?;
     let a_table = wait_count(&pair.a, "a-c", ENTRIES as usize)?;
     wait_count(&pair.b, "b-c", ENTRIES as usize)?;
@@ -245,7 +234,7 @@ fn a_restarted_peer_with_a_flushed_table_converges_to_the_survivor_table() -> an
     pair.b.ip(&["neigh", "flush", "dev", "b-c"])?;
     assert!(pair::resolved_neighbours(&pair.b, "b-c")?.is_empty());
     let b = pair.agent_b("")?;
-    wait_session_up(&b)?;
+    b.wait_session_up()?;
     let b_table = wait_count(&pair.b, "b-c", a_table.len())?;
     for (ip, mac) in &a_table {
         assert_eq!(b_table.get(ip), Some(mac), "B lacks {ip}");
@@ -271,7 +260,7 @@ fn entries_the_survivor_learnt_directly_come_back_only_through_its_probes() -> a
     give_c_addresses(&pair, ENTRIES)?;
     let a = pair.agent_a("")?;
     let mut b = pair.agent_b("")?;
-    wait_session_up(&a)?;
+    a.wait_session_up()?;
     // A's refresh for B's first run is over before A learns anything.
     wait_until(WAIT, "A's first refresh done", || {
         let peer = a.query(&["show", "peer"]).map_err(|e| e.to_string())?;
@@ -335,7 +324,7 @@ fn the_peer_twin_port_back_up_gets_its_entries_again_through_probes() -> anyhow:
     give_c_addresses(&pair, ENTRIES)?;
     let a = pair.agent_a("")?;
     let b = pair.agent_b("")?;
-    wait_session_up(&a)?;
+    a.wait_session_up()?;
     let c_mac = fmt_mac(&pair.c_mac);
     let ips: Vec<String> = (0..ENTRIES)
         .map(|i| {
@@ -385,7 +374,7 @@ fn an_entry_the_kernel_dropped_is_withdrawn_from_the_peer_kernel() -> anyhow::Re
     let pair = Pair::new()?;
     let a = pair.agent_a("")?;
     let b = pair.agent_b("")?;
-    wait_session_up(&a)?;
+    a.wait_session_up()?;
     // Both switches learn .50 through A (a reply to A, synced to B).
     pair.c.send_frames(
         "c-a",
@@ -435,7 +424,7 @@ fn a_peer_link_flap_in_the_middle_of_a_burst_loses_nothing() -> anyhow::Result<(
     let pair = Pair::new()?;
     let a = pair.agent_a("")?;
     let _b = pair.agent_b("")?;
-    wait_session_up(&a)?;
+    a.wait_session_up()?;
     let replies: Vec<Vec<u8>> = (0..ENTRIES)
         .map(|i| pair.reply_from_c(ip_of(i), pair.a_mac, A_IP).to_bytes())
         .collect();
@@ -455,7 +444,7 @@ fn a_peer_link_flap_in_the_middle_of_a_burst_loses_nothing() -> anyhow::Result<(
         pair.c.send_frames("c-a", chunk)?;
         std::thread::sleep(Duration::from_millis(50));
     }
-    wait_session_up(&a)?;
+    a.wait_session_up()?;
     let b_table = wait_count(&pair.b, "b-c", ENTRIES as usize)?;
     for i in 0..ENTRIES {
         let ip = ip_of(i);
@@ -479,7 +468,7 @@ fn garbage_on_the_sync_ports_leaves_the_session_and_both_agents_running() -> any
     let pair = Pair::new()?;
     let a = pair.agent_a("")?;
     let b = pair.agent_b("")?;
-    wait_session_up(&a)?;
+    a.wait_session_up()?;
     let before = b.query(&["show", "peer"])?["counters"]["sessions_established"].clone();
     pair.a.run(|| {
         let mut x: u32 = 12345;
@@ -516,7 +505,7 @@ fn garbage_on_the_sync_ports_leaves_the_session_and_both_agents_running() -> any
     // The quiet period is the assertion: had the garbage torn the session
     // down, it would be re-established (and counted) within this time.
     std::thread::sleep(Duration::from_millis(500));
-    let peer = wait_session_up(&b)?;
+    let peer = b.wait_session_up()?;
     assert_eq!(
         peer["counters"]["sessions_established"], before,
         "the session was not re-established"
@@ -793,7 +782,7 @@ fn a_peer_that_stops_reading_never_stalls_the_agent() -> anyhow::Result<()> {
         })
     };
     let a = pair.agent_a("")?;
-    wait_session_up(&a)?;
+    a.wait_session_up()?;
 
     // Flood A with replies to capture (distinct hosts, then the same ones
     // again: each capture is an update to sync), until A gives up on the
@@ -917,7 +906,7 @@ fn a_connection_that_never_says_hello_is_closed_after_hello_timeout_ms() -> anyh
     assert_eq!(peer["counters"]["hello_timeouts"], 1, "{peer}");
     assert_ne!(peer["state"], "up");
     let a = pair.agent_a("")?;
-    wait_session_up(&a)?;
-    wait_session_up(&b)?;
+    a.wait_session_up()?;
+    b.wait_session_up()?;
     Ok(())
 }

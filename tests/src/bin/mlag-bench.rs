@@ -473,15 +473,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
-fn wait_up(agent: &Agent) -> anyhow::Result<()> {
-    wait_until(Duration::from_secs(15), "peer session up", || {
-        match agent.query(&["show", "peer"]) {
-            Ok(p) if p["state"] == "up" => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-}
-
 /// Sends each reply (ARP or NA) and waits for `watch` to see its sender
 /// REACHABLE.
 fn one_by_one<A: Family + std::fmt::Display>(
@@ -523,7 +514,7 @@ fn sync_latency(mode: &str) -> anyhow::Result<()> {
     };
     let a = Agent::start(&pair.a, &in_mode(pair.config_a("")))?;
     let b = Agent::start(&pair.b, &in_mode(pair.config_b("")))?;
-    wait_up(&a)?;
+    a.wait_session_up()?;
     let watch: NeighbourWatch = NeighbourWatch::start(&pair.a)?;
     let to_b = pair.c.run(|| PacketSocket::open("c-b"))?;
     let to_a = pair.c.run(|| PacketSocket::open("c-a"))?;
@@ -596,7 +587,7 @@ fn bulk_resync(entries: u32) -> anyhow::Result<()> {
     let pair = Pair::new()?;
     let a = pair.agent_a("")?;
     let mut b = pair.agent_b("")?;
-    wait_up(&a)?;
+    a.wait_session_up()?;
     let addresses: Vec<std::net::Ipv4Addr> = (0..entries).map(|i| ip(80, i).into()).collect();
     let watch_b: NeighbourWatch = NeighbourWatch::start(&pair.b)?;
     let to_a = pair.c.run(|| PacketSocket::open("c-a"))?;
@@ -775,7 +766,7 @@ fn nd_sync_latency(mode: &str) -> anyhow::Result<()> {
     };
     let a = Agent::start(&pair.a, &in_mode(pair.config_a("")))?;
     let b = Agent::start(&pair.b, &in_mode(pair.config_b("")))?;
-    wait_up(&a)?;
+    a.wait_session_up()?;
     let address =
         |group: u16, i: u32| ipv6([0xfd00, 0x77, 0, 0, 0, group, (i >> 16) as u16, i as u16]);
     let mut batch = String::new();
