@@ -256,29 +256,15 @@ pub fn bench_report_with(switches: usize, ports: usize, random_changes: usize) -
     );
 
     // Random state changes.
-    let recomputed = m.recomputations();
-    let mut changes = 0usize;
-    let started = Instant::now();
-    for _ in 0..random_changes {
-        let port = port_id(rng.below(switches), rng.below(ports));
-        let message = if rng.next() & 1 == 0 {
-            "link-down"
-        } else {
-            "link-up"
-        };
-        if let Ok(applied) = m.apply(info(message, port), &rules, now) {
-            changes += applied.changes.len();
-        }
-        now += 1;
-    }
-    let random_time = started.elapsed();
-    let rate = random_changes as f64 / random_time.as_secs_f64().max(1e-9);
-    let _ = writeln!(
-        out,
-        "  random changes: {random_changes} link-down/link-up on random ports in {:.0} ms = {rate:.0} infos/s ({changes} effective changes, {} recomputations)",
-        ms(random_time),
-        m.recomputations() - recomputed
+    let line = random_changes_line(
+        &mut m,
+        &rules,
+        &mut rng,
+        (switches, ports),
+        random_changes,
+        &mut now,
     );
+    out.push_str(&line);
     let _ = writeln!(
         out,
         "  memory: {:.0} MiB resident at the end (with histories)",
@@ -385,30 +371,50 @@ pub fn redundancy_report_with(switches: usize, ports: usize, random_changes: usi
         "  both twins down (+{twin}): {both_ms:.3} ms, {both_n} changed, level {both} (down); one back: {back_ms:.3} ms, {back_n} changed, level {back}; cleared: {clear_ms:.3} ms, {clear_n} changed, level {cleared}"
     );
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let line = random_changes_line(
+        &mut m,
+        &rules,
+        &mut rng,
+        (switches, ports),
+        random_changes,
+        &mut now,
+    );
+    out.push_str(&line);
+    out
+}
+
+/// `count` link-down/link-up infos on random ports of the model, timed;
+/// the report line.
+fn random_changes_line(
+    m: &mut Model,
+    rules: &RuleTable,
+    rng: &mut Rng,
+    (switches, ports): (usize, usize),
+    count: usize,
+    now: &mut u64,
+) -> String {
     let recomputed = m.recomputations();
     let mut changes = 0usize;
     let started = Instant::now();
-    for _ in 0..random_changes {
+    for _ in 0..count {
         let port = port_id(rng.below(switches), rng.below(ports));
         let message = if rng.next() & 1 == 0 {
             "link-down"
         } else {
             "link-up"
         };
-        if let Ok(applied) = m.apply(Info::new("netlink", message, port), &rules, now) {
+        if let Ok(applied) = m.apply(Info::new("netlink", message, port), rules, *now) {
             changes += applied.changes.len();
         }
-        now += 1;
+        *now += 1;
     }
-    let random_time = started.elapsed();
-    let _ = writeln!(
-        out,
-        "  random changes: {random_changes} link-down/link-up on random ports in {:.0} ms = {:.0} infos/s ({changes} effective changes, {} recomputations)",
-        ms(random_time),
-        random_changes as f64 / random_time.as_secs_f64().max(1e-9),
+    let elapsed = started.elapsed();
+    format!(
+        "  random changes: {count} link-down/link-up on random ports in {:.0} ms = {:.0} infos/s ({changes} effective changes, {} recomputations)\n",
+        ms(elapsed),
+        count as f64 / elapsed.as_secs_f64().max(1e-9),
         m.recomputations() - recomputed
-    );
-    out
+    )
 }
 
 #[cfg(test)]

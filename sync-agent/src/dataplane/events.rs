@@ -324,15 +324,19 @@ impl Task {
         })
     }
 
-    /// The per-port capture counts, keyed by port name (`ifindex N` for an
-    /// index no member port has now).
-    fn per_port_by_name(&self) -> BTreeMap<String, PortCaptures> {
-        let names: BTreeMap<u32, &str> = self
-            .classifier
+    /// Member port names by interface index.
+    fn port_names(&self) -> BTreeMap<u32, &str> {
+        self.classifier
             .ports()
             .iter()
             .map(|(n, p)| (p.ifindex, n.as_str()))
-            .collect();
+            .collect()
+    }
+
+    /// The per-port capture counts, keyed by port name (`ifindex N` for an
+    /// index no member port has now).
+    fn per_port_by_name(&self) -> BTreeMap<String, PortCaptures> {
+        let names = self.port_names();
         self.per_port
             .iter()
             .map(|(ifindex, counts)| {
@@ -346,12 +350,7 @@ impl Task {
 
     fn captured(&self, limit: usize) -> CapturedList {
         let now = monotonic_ns();
-        let names: BTreeMap<u32, &str> = self
-            .classifier
-            .ports()
-            .iter()
-            .map(|(n, p)| (p.ifindex, n.as_str()))
-            .collect();
+        let names = self.port_names();
         CapturedList(
             self.recent
                 .iter()
