@@ -88,12 +88,21 @@ fn state_name(state: NeighbourState) -> &'static str {
     }
 }
 
-fn from_message(message: &NeighbourMessage) -> Option<Neighbour> {
+/// The parts of a neighbour message both address families share: its
+/// interface, destination address, link-layer address and state name.
+pub(super) fn parts(
+    message: &NeighbourMessage,
+) -> Option<(u32, IpAddr, Option<MacAddr>, &'static str)> {
     let mut ip = None;
     let mut mac = None;
     for attribute in &message.attributes {
         match attribute {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(addr)) => ip = Some(*addr),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(addr)) => {
+                ip = Some(IpAddr::V4(*addr));
+            }
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(addr)) => {
+                ip = Some(IpAddr::V6(*addr));
+            }
             NeighbourAttribute::LinkLocalAddress(bytes) if bytes.len() == 6 => {
                 let mut m = [0u8; 6];
                 m.copy_from_slice(bytes);
@@ -102,12 +111,24 @@ fn from_message(message: &NeighbourMessage) -> Option<Neighbour> {
             _ => {}
         }
     }
-    Some(Neighbour {
-        ifindex: message.header.ifindex,
-        ip: ip?,
+    Some((
+        message.header.ifindex,
+        ip?,
         mac,
-        state: state_name(message.header.state),
-    })
+        state_name(message.header.state),
+    ))
+}
+
+fn from_message(message: &NeighbourMessage) -> Option<Neighbour> {
+    match parts(message)? {
+        (ifindex, IpAddr::V4(ip), mac, state) => Some(Neighbour {
+            ifindex,
+            ip,
+            mac,
+            state,
+        }),
+        _ => None,
+    }
 }
 
 /// Subscribes to the kernel's IPv4 neighbour changes (the RTNLGRP_NEIGH

@@ -8,10 +8,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use futures::TryStreamExt as _;
 use rtnetlink::{
     Handle, IpVersion,
-    packet_route::{
-        AddressFamily,
-        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
-    },
+    packet_route::{AddressFamily, neighbour::NeighbourMessage},
 };
 
 use super::neighbours::NeighbourError;
@@ -30,40 +27,16 @@ pub struct Neighbour6 {
     pub state: &'static str,
 }
 
-fn state_name(state: NeighbourState) -> &'static str {
-    match state {
-        NeighbourState::Incomplete => "INCOMPLETE",
-        NeighbourState::Reachable => "REACHABLE",
-        NeighbourState::Stale => "STALE",
-        NeighbourState::Delay => "DELAY",
-        NeighbourState::Probe => "PROBE",
-        NeighbourState::Failed => "FAILED",
-        NeighbourState::Noarp => "NOARP",
-        NeighbourState::Permanent => "PERMANENT",
-        _ => "NONE",
-    }
-}
-
 fn from_message(message: &NeighbourMessage) -> Option<Neighbour6> {
-    let mut ip = None;
-    let mut mac = None;
-    for attribute in &message.attributes {
-        match attribute {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet6(addr)) => ip = Some(*addr),
-            NeighbourAttribute::LinkLocalAddress(bytes) if bytes.len() == 6 => {
-                let mut m = [0u8; 6];
-                m.copy_from_slice(bytes);
-                mac = Some(MacAddr(m));
-            }
-            _ => {}
-        }
+    match super::neighbours::parts(message)? {
+        (ifindex, IpAddr::V6(ip), mac, state) => Some(Neighbour6 {
+            ifindex,
+            ip,
+            mac,
+            state,
+        }),
+        _ => None,
     }
-    Some(Neighbour6 {
-        ifindex: message.header.ifindex,
-        ip: ip?,
-        mac,
-        state: state_name(message.header.state),
-    })
 }
 
 /// Every IPv6 neighbour on the given interfaces.
