@@ -122,9 +122,12 @@ impl Pair {
 
 /// The classifier's attach mode in the pair's configs: `MLAG_TEST_XDP_MODE`
 /// (`cargo xtask test` runs the pair suites with `generic` as well), else
-/// `auto` (driver mode on veth).
+/// `auto` (driver mode on veth) when unset or empty.
 pub fn xdp_mode() -> String {
-    std::env::var("MLAG_TEST_XDP_MODE").unwrap_or_else(|_| "auto".into())
+    std::env::var("MLAG_TEST_XDP_MODE")
+        .ok()
+        .filter(|mode| !mode.is_empty())
+        .unwrap_or_else(|| "auto".into())
 }
 
 fn starts_resolving(ns: &Netns, dev: &str, ip: &str) -> anyhow::Result<std::process::Child> {
