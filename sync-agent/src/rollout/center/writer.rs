@@ -118,12 +118,20 @@ pub struct WriterStats {
     pub commits: u64,
     /// Changes in them.
     pub changes: u64,
+    /// Time spent applying changes (engine and store work inside the
+    /// transactions), in nanoseconds: with `commit_ns`, where a slow write
+    /// spends its time.
+    pub apply_ns: u64,
+    /// Time spent committing (writing pages and the fsync), in nanoseconds.
+    pub commit_ns: u64,
 }
 
 #[derive(Default)]
 struct Counters {
     commits: AtomicU64,
     changes: AtomicU64,
+    apply_ns: AtomicU64,
+    commit_ns: AtomicU64,
 }
 
 /// Runs the writer loop over `jobs` until every sender is gone. Blocks: run
@@ -142,7 +150,7 @@ fn run_counted(store: &Store, jobs: mpsc::Receiver<Box<dyn Job>>, counters: &Cou
             }
         }
         let size = batch.len() as u64;
-        if commit_batch(store, batch) {
+        if commit_batch(store, batch, counters) {
             counters.commits.fetch_add(1, Ordering::Relaxed);
             counters.changes.fetch_add(size, Ordering::Relaxed);
         }
@@ -150,7 +158,8 @@ fn run_counted(store: &Store, jobs: mpsc::Receiver<Box<dyn Job>>, counters: &Cou
 }
 
 /// Applies and commits one batch; whether it was committed.
-fn commit_batch(store: &Store, batch: Vec<Box<dyn Job>>) -> bool {
+fn commit_batch(store: &Store, batch: Vec<Box<dyn Job>>, counters: &Counters) -> bool {
+    let started = std::time::Instant::now();
     let txn = match store.begin_write() {
         Ok(txn) => txn,
         Err(e) => {
@@ -169,6 +178,10 @@ fn commit_batch(store: &Store, batch: Vec<Box<dyn Job>>) -> bool {
         }
         applied.push(done);
     }
+    let applying = started.elapsed();
+    counters
+        .apply_ns
+        .fetch_add(applying.as_nanos() as u64, Ordering::Relaxed);
     let committed = match broken {
         Some(e) => {
             let _ = txn.abort();
@@ -180,6 +193,10 @@ fn commit_batch(store: &Store, batch: Vec<Box<dyn Job>>) -> bool {
             .commit()
             .map_err(|e| CenterError::internal("config store: commit", e)),
     };
+    counters.commit_ns.fetch_add(
+        (started.elapsed() - applying).as_nanos() as u64,
+        Ordering::Relaxed,
+    );
     if let Err(e) = &committed {
         tracing::error!("config center: {e}");
     }
@@ -220,6 +237,8 @@ impl Writer {
         WriterStats {
             commits: self.counters.commits.load(Ordering::Relaxed),
             changes: self.counters.changes.load(Ordering::Relaxed),
+            apply_ns: self.counters.apply_ns.load(Ordering::Relaxed),
+            commit_ns: self.counters.commit_ns.load(Ordering::Relaxed),
         }
     }
 
