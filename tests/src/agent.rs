@@ -83,6 +83,17 @@ impl Agent {
     /// Like [`Agent::spawn`], with `wrapper` (e.g. `setpriv …` to drop
     /// privileges) run inside the namespace in front of the agent.
     pub fn spawn_with(ns: &Netns, config_template: &str, wrapper: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn_with_env(ns, config_template, wrapper, &[])
+    }
+
+    /// Like [`Agent::spawn_with`], with `env` added to the agent's
+    /// environment (e.g. systemd's `NOTIFY_SOCKET`).
+    pub fn spawn_with_env(
+        ns: &Netns,
+        config_template: &str,
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let binary = agent_binary()?;
         let dir = TempDir::new("mlag-agent")?;
         let instance = crate::unique_name("t");
@@ -103,6 +114,7 @@ impl Agent {
             .arg("--log")
             .arg("info,netlink_packet_route=error")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);

@@ -5,7 +5,10 @@
 //!   task runs it first; once done it takes seconds.
 //! - `build`, `test`, `run` (the namespace lab, or the agent on this host with
 //!   `-- --config FILE`), `bench`.
+//! - `deb`: the Debian package (binary, systemd unit, default config, man
+//!   pages, completions, examples).
 
+mod deb;
 mod setup;
 
 use std::{
@@ -51,6 +54,14 @@ enum Task {
         /// How long, in seconds.
         #[arg(long, default_value_t = FUZZ_SECONDS)]
         seconds: u64,
+    },
+    /// Set up, build (release), then make the Debian package in target/debian/
+    /// (binary, systemd unit, /etc/mlag-sync/agent.toml, man pages,
+    /// completions, example configs).
+    Deb {
+        /// Package the debug build instead (faster; what the tests check).
+        #[arg(long)]
+        debug: bool,
     },
     /// Set up, build (release), then print the benchmark figures.
     Bench {
@@ -196,9 +207,12 @@ fn build_testbed_bin(name: &str, release: bool) -> anyhow::Result<PathBuf> {
 /// Every test, then the pair suites in generic XDP mode, then the fuzz run
 /// (only without a filter).
 fn test_all(binary: &Path, args: &[String], totals: &mut Totals) -> anyhow::Result<()> {
+    // The packaging tests look inside the package made from this build.
+    let package = deb::build(binary, false)?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--exclude", "sync-ebpf"])
         .env("SYNC_AGENT_BIN", binary)
+        .env("MLAG_TEST_DEB", &package)
         .arg("--")
         .args(args);
     run_counting(&mut cmd, totals)?;
@@ -277,6 +291,13 @@ fn main() -> anyhow::Result<()> {
                 cmd.arg("run").args(&args);
                 run(&mut cmd)
             }
+        }
+        Task::Deb { debug } => {
+            setup::ensure()?;
+            let binary = build(!debug)?;
+            let package = deb::build(&binary, !debug)?;
+            println!("built {}", package.display());
+            Ok(())
         }
         Task::Bench { args } => {
             ensure_root("bench")?;

@@ -24,6 +24,9 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("openssl", "openssl"),
     // Metrics tests: `promtool check metrics` and a real Prometheus server (one package).
     ("prometheus", "promtool"),
+    // Packaging: man pages are gzipped; the unit is checked with systemd-analyze.
+    ("gzip", "gzip"),
+    ("systemd", "systemd-analyze"),
 ];
 
 fn cargo_home() -> PathBuf {
@@ -75,7 +78,20 @@ pub fn ensure() -> anyhow::Result<()> {
     ensure_apt_packages()?;
     ensure_nightly_rust_src()?;
     ensure_bpf_linker()?;
-    ensure_cargo_fuzz()
+    ensure_cargo_fuzz()?;
+    ensure_cargo_deb()
+}
+
+fn ensure_cargo_deb() -> anyhow::Result<()> {
+    if quiet(Command::new("cargo").args(["deb", "--version"])) {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing cargo-deb (`cargo xtask deb`; the packaging tests check its package)"
+    );
+    run(Command::new("cargo")
+        .args(["install", "cargo-deb", "--locked"])
+        .env("PATH", tool_path()))
 }
 
 fn ensure_cargo_fuzz() -> anyhow::Result<()> {

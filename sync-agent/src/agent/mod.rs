@@ -24,6 +24,7 @@
 
 mod config_push;
 mod reload;
+mod systemd;
 
 use std::{
     collections::BTreeSet,
@@ -299,7 +300,7 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
         reload: reload_tx,
         bad_requests: Default::default(),
     });
-    tokio::spawn(control_socket.serve(router));
+    tokio::spawn(control_socket.serve(router.clone()));
 
     tracing::info!(
         instance = config.instance,
@@ -311,14 +312,26 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    systemd::ready(&format!("running: {}", roles.join(", ")));
+    // Without a systemd watchdog the tick never fires.
+    let watchdog = systemd::watchdog_interval();
+    let mut watchdog_ticks = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    watchdog_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    if let Some(interval) = watchdog {
+        tracing::info!("systemd watchdog armed: probing the modules every {interval:?}");
+    }
     loop {
         tokio::select! {
             Some(reply) = reload_rx.recv() => supervisor.reload(Some(reply)),
             _ = sighup.recv() => supervisor.reload(None),
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = watchdog_ticks.tick(), if watchdog.is_some() => {
+                systemd::watchdog_tick(&router, watchdog.unwrap_or_default()).await;
+            }
         }
     }
+    systemd::stopping();
     tracing::info!("shutting down");
     // What MC-LAG and peer sync changed on the member ports is put back
     // while the ports are still ours, before the dataplane detaches; a

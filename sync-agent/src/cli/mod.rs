@@ -103,6 +103,35 @@ pub enum Command {
         #[command(subcommand)]
         action: FabricAction,
     },
+    /// Write the man pages (one per command) and the bash, zsh and fish
+    /// completions into DIR, generated from this command line so they
+    /// cannot drift from `--help` (for packaging: `cargo xtask deb`).
+    #[command(hide = true)]
+    Docs {
+        /// Directory to write `man/` and `completions/` into (created).
+        dir: PathBuf,
+    },
+}
+
+/// Writes the man pages and shell completions of this command line (see
+/// [`Command::Docs`]).
+pub fn write_docs(dir: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory as _;
+    use clap_complete::Shell;
+    let man = dir.join("man");
+    let completions = dir.join("completions");
+    for out in [&man, &completions] {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    }
+    clap_mangen::generate_to(Cli::command(), &man)
+        .with_context(|| format!("writing man pages into {}", man.display()))?;
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        clap_complete::generate_to(shell, &mut Cli::command(), "sync-agent", &completions)
+            .with_context(|| {
+                format!("writing {shell} completions into {}", completions.display())
+            })?;
+    }
+    Ok(())
 }
 
 /// `fabric` actions.
@@ -350,6 +379,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Run { config, .. } => crate::agent::run(&config, cli.socket).await,
+        Command::Docs { dir } => write_docs(&dir),
         Command::CheckConfig { config } => {
             let parsed = Config::load(&config)?;
             if cli.json {

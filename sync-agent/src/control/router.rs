@@ -75,6 +75,43 @@ fn not_configured(what: &str, section: &str) -> Response {
 }
 
 impl Router {
+    /// Asks every running module for a report, each within `timeout`: Ok
+    /// if all answered (a refusal is an answer), else the name of the first
+    /// that stopped or did not answer in time. For the systemd watchdog.
+    pub async fn probe(&self, timeout: std::time::Duration) -> Result<(), &'static str> {
+        async fn alive<T>(
+            name: &'static str,
+            timeout: std::time::Duration,
+            ask: impl std::future::Future<Output = Result<T, AskError>>,
+        ) -> Result<(), &'static str> {
+            match tokio::time::timeout(timeout, ask).await {
+                Ok(Ok(_) | Err(AskError::Refused(_))) => Ok(()),
+                Ok(Err(AskError::Gone(_))) | Err(_) => Err(name),
+            }
+        }
+        if let Some(dataplane) = &self.dataplane {
+            alive("dataplane", timeout, dataplane.status()).await?;
+        }
+        if let Some(peer) = &self.peer {
+            alive("peer sync", timeout, peer.peer()).await?;
+        }
+        if let Some(mclag) = &self.mclag {
+            alive("MC-LAG", timeout, mclag.report()).await?;
+        }
+        if let Some(fabric) = &self.fabric {
+            alive("fabric", timeout, fabric.report()).await?;
+        }
+        // The smallest question the inference task answers: one object.
+        alive("inference", timeout, self.inference.state("agent".into())).await?;
+        if let Some(device) = &self.device {
+            alive("rollout device", timeout, async {
+                Ok(device.report().await)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Answers one request.
     pub async fn route(&self, request: Request) -> Response {
         match request {
