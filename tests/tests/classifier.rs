@@ -438,29 +438,3 @@ fn a_second_agent_with_the_same_socket_is_refused() -> anyhow::Result<()> {
         .context("first agent must keep running")?;
     Ok(())
 }
-
-#[test]
-fn the_lab_runs_and_a_learns_c_through_b() -> anyhow::Result<()> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mlag-lab"))
-        .args(["--rounds", "2"])
-        .output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "lab failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout
-            .lines()
-            .any(|l| l.contains("A learnt from B: 10.77.0.3")
-                && l.contains("kernel-arp")
-                && l.contains("kernel REACHABLE")),
-        "A must learn C's reply that landed on B: {stdout}"
-    );
-    assert!(
-        stdout.lines().any(|l| l.contains("class own on B")),
-        "the VLAN 10 reply to B reaches A: {stdout}"
-    );
-    Ok(())
-}

@@ -43,7 +43,8 @@ enum Task {
         args: Vec<String>,
     },
     /// Set up, build, then run: the lab in network namespaces with no
-    /// arguments, or the agent on this host's interfaces with `-- --config FILE`.
+    /// arguments (`-- --rounds N`: stop after N rounds), or the agent on this
+    /// host's interfaces with `-- --config FILE`.
     Run {
         /// Arguments for `sync-agent run` (e.g. `--config switch.toml`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -281,10 +282,10 @@ fn main() -> anyhow::Result<()> {
             ensure_root("run")?;
             setup::ensure()?;
             let binary = build(false)?;
-            if args.is_empty() {
+            if args.is_empty() || args[0] == "--rounds" {
                 let lab = build_testbed_bin("mlag-lab", false)?;
                 let mut cmd = Command::new(lab);
-                cmd.env("SYNC_AGENT_BIN", &binary);
+                cmd.env("SYNC_AGENT_BIN", &binary).args(&args);
                 run(&mut cmd)
             } else {
                 let mut cmd = Command::new(&binary);

@@ -1,23 +1,41 @@
-//! The self-contained lab behind `cargo xtask run`: switches A and B (an MLAG
-//! pair joined by a peer link) and server C cabled to both, in network
-//! namespaces (see `mlag_testbed::pair`); a real agent on each switch with
-//! peer sync on; real ARP traffic; a live view of what each switch captured
-//! and what each kernel learnt. Ctrl-C tears it all down.
+//! The self-contained lab behind `cargo xtask run`: the whole product in
+//! network namespaces, with real agents, real frames and a real center.
+//!
+//! ```text
+//!            peer link + MC-LAG backup path
+//!   [A] ==================================== [B]      MLAG pair: peer sync, MC-LAG,
+//!    | a-c          (MLAG id 1)          b-c |        fabric servers (A primary)
+//!    +------------------[C]-----------------+        server C, dual-homed
+//!
+//!   mgmt0 of A, B, D, E --- br0 in [M] 10.99.0.254   config center on M
+//!   [D] [E]: two more fabric switches (D is the rollout's canary)
+//! ```
+//!
+//! Every round sends replies C's load balancing delivers to the wrong
+//! switch (both ways), and in turn makes one thing happen: a member port
+//! flap, a config change rolled out with a canary, the MC-LAG master's
+//! agent killed, and its return. After each it prints what every part did.
+//! Ctrl-C stops every agent and removes every namespace.
 //!
 //! `mlag-lab --rounds N` runs N rounds and exits (used by the tests).
 
 use std::{
+    fmt::Write as _,
+    path::PathBuf,
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
 use anyhow::Context as _;
 use mlag_testbed::{
-    agent::Agent,
+    agent::{Agent, agent_binary},
+    fabric::up_members,
     frames::TPID_8021Q,
-    netns::fmt_mac,
+    netns::{self, Netns, fmt_mac},
     pair::{self, A_IP, B_IP, C_IP, Pair},
+    wait_until,
 };
+use sync_agent::fabric::identity::Identity;
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -29,65 +47,535 @@ const VRRP_MAC: [u8; 6] = [0x00, 0x00, 0x5e, 0x00, 0x01, 0x01];
 /// On this kernel (no VLAN devices) VLAN 10 is handed to the member port untagged.
 const VLAN_MAP: &str =
     r#"vlan_interfaces = [{ mlag_id = 1, outer_vlan = 10, interface = "MEMBER" }]"#;
+const CENTER_IP: &str = "10.99.0.254";
+/// C's second address, the one B resolves.
+const C_SECOND_IP: [u8; 4] = [10, 77, 0, 4];
+const CONFIG_KEY: &str = "lab/prod/motd";
+/// Fabric names: A and B are the servers; D is the rollout's canary.
+const SWITCHES: [&str; 4] = ["sw-a", "sw-b", "sw-d", "sw-e"];
+const WAIT: Duration = Duration::from_secs(20);
 
-fn traffic(pair: &Pair, round: u64) -> anyhow::Result<()> {
-    // A resolves C: A's request goes out; C's load balancing sends the reply
-    // out of its link to B. Without peer sync A would never learn it.
-    pair.a.ip(&["neigh", "flush", "dev", "a-c"])?;
-    let mut ping = pair.a_starts_resolving("10.77.0.3")?;
-    pair.c.send_frames(
-        "c-b",
-        &[pair.reply_from_c(C_IP, pair.a_mac, A_IP).to_bytes()],
-    )?;
-    // Another host behind C answers B on VLAN 10 (class own on B, synced to A).
-    let host = [10, 77, 0, 100 + (round % 50) as u8];
-    pair.c.send_frames(
-        "c-b",
-        &[pair
-            .reply_from_c(host, pair.b_mac, B_IP)
-            .tagged(&[(TPID_8021Q, 10)])
-            .to_bytes()],
-    )?;
-    // A reply to the pair's VRRP MAC: shared, learnt locally only.
-    pair.c
-        .send_frames("c-a", &[pair.reply_from_c(C_IP, VRRP_MAC, A_IP).to_bytes()])?;
-    let _ = ping.kill();
-    let _ = ping.wait();
-    Ok(())
+/// The host on VLAN 10 that answers B in round `round`.
+fn host_ip(round: u64) -> String {
+    format!("10.77.0.{}", 100 + round % 50)
 }
 
-fn show(
-    name: &str,
-    agent: &Agent,
-    ns: &mlag_testbed::netns::Netns,
-    dev: &str,
-) -> anyhow::Result<()> {
-    let c = agent.counters()?;
-    let p = agent.query(&["show", "peer"])?;
-    println!(
-        "switch {name}: arp replies {:>3}  peer {:>3}  own {:>3}  shared {:>3}  captured {:>3} | session {}  sent {}  received {}  injected {}",
-        c["arp_replies"],
-        c["peer"],
-        c["own"],
-        c["shared"],
-        c["captured"],
-        p["state"].as_str().unwrap_or("?"),
-        p["counters"]["entries_sent"],
-        p["counters"]["entries_received"],
-        p["counters"]["injected"]
-    );
-    let kernel = pair::resolved_neighbours(ns, dev)?;
-    let shown: Vec<String> = kernel
-        .iter()
-        .take(4)
-        .map(|(ip, mac)| format!("{ip} {mac}"))
-        .collect();
-    println!(
-        "    kernel ARP table on {dev}: {} entries  {}",
-        kernel.len(),
-        shown.join(", ")
-    );
-    Ok(())
+fn mgmt_ip(n: usize) -> String {
+    format!("10.99.0.{}", n + 1)
+}
+
+/// Which switch of the pair.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Side {
+    A,
+    B,
+}
+
+/// The lab. Agents are declared before the namespaces they run in, so they
+/// stop first.
+struct Lab {
+    a: Option<Agent>,
+    b: Option<Agent>,
+    members: Vec<Agent>,
+    /// The config center's agent, kept running (the devices poll it).
+    _center: Agent,
+    pair: Pair,
+    backup: (String, String),
+    mgmt: Netns,
+    others: Vec<Netns>,
+    state: tempfile::TempDir,
+    roster: String,
+    published: u64,
+}
+
+impl Lab {
+    fn new() -> anyhow::Result<Self> {
+        let pair = Pair::new()?;
+        let backup = pair.add_backup_path()?;
+        let mgmt = Netns::new("mlm")?;
+        mgmt.ip(&["link", "add", "br0", "type", "bridge"])?;
+        mgmt.ip(&["link", "set", "br0", "up"])?;
+        mgmt.ip(&["addr", "add", &format!("{CENTER_IP}/24"), "dev", "br0"])?;
+        let others = vec![Netns::new("mld")?, Netns::new("mle")?];
+        for (n, ns) in [&pair.a, &pair.b, &others[0], &others[1]]
+            .into_iter()
+            .enumerate()
+        {
+            let port = format!("m{n}");
+            netns::veth(ns, "mgmt0", &mgmt, &port)?;
+            mgmt.ip(&["link", "set", &port, "master", "br0"])?;
+            ns.ip(&["addr", "add", &format!("{}/24", mgmt_ip(n)), "dev", "mgmt0"])?;
+        }
+        // D and E's own member port: a veth pair inside each.
+        for ns in &others {
+            ns.ip(&["link", "add", "p1", "type", "veth", "peer", "name", "p1b"])?;
+            ns.ip(&["link", "set", "p1", "up"])?;
+            ns.ip(&["link", "set", "p1b", "up"])?;
+        }
+        let state = tempfile::tempdir()?;
+        let mut roster = String::from("[fabric.trust.roster]\n");
+        for (n, name) in SWITCHES.iter().enumerate() {
+            let identity =
+                Identity::load_or_create(name, &state.path().join(format!("{name}.key")))?;
+            writeln!(
+                roster,
+                "{name} = {{ public_key = \"{}\", server = {} }}",
+                identity.public_hex(),
+                n < 2
+            )?;
+            std::fs::create_dir_all(state.path().join(name))?;
+        }
+        let center = Agent::start(
+            &mgmt,
+            &format!(
+                "instance = \"{{instance}}\"\n[rollout.center]\nlisten = \"{CENTER_IP}:7480\"\ninsecure = true\ndb_path = \"{}\"\nbatch_size = 2\npace_ms = 1000\n",
+                state.path().join("center.redb").display()
+            ),
+        )
+        .context("starting the config center")?;
+        let mut lab = Self {
+            a: None,
+            b: None,
+            members: Vec::new(),
+            _center: center,
+            pair,
+            backup,
+            mgmt,
+            others,
+            state,
+            roster,
+            published: 0,
+        };
+        lab.publish("first version")?;
+        lab.a = Some(lab.start(Side::A)?);
+        lab.b = Some(lab.start(Side::B)?);
+        for (n, ns) in [(2, 0), (3, 1)] {
+            let config = format!(
+                "instance = \"{{instance}}\"\n[dataplane]\nmember_ports = [\"p1\"]\n{}",
+                lab.common(n)
+            );
+            let agent = Agent::start(&lab.others[ns], &config)
+                .with_context(|| format!("starting {}", SWITCHES[n]))?;
+            lab.members.push(agent);
+        }
+        Ok(lab)
+    }
+
+    /// The `[fabric]` and `[rollout.device]` sections of switch `n`.
+    fn common(&self, n: usize) -> String {
+        let name = SWITCHES[n];
+        let dir = self.state.path().join(name);
+        format!(
+            r#"
+[fabric]
+servers = ["{a}", "{b}"]
+identity = "{name}"
+model = "lab-switch"
+heartbeat_interval_ms = 300
+dead_after_ms = 1500
+failover_after_ms = 1500
+takeover_after_ms = 1500
+resend_ms = 700
+
+[fabric.trust]
+key_file = "{key}"
+counters_file = "{counters}"
+{roster}
+[rollout.device]
+center = "http://{CENTER_IP}:7480"
+device = "{name}"
+backup_dir = "{backup}"
+labels = [{labels}]
+services = [{{ name = "motd", config = "{CONFIG_KEY}", path = "{motd}", reload = ["true"], health = ["true"] }}]
+"#,
+            a = mgmt_ip(0),
+            b = mgmt_ip(1),
+            key = self.state.path().join(format!("{name}.key")).display(),
+            counters = dir.join("counters.json").display(),
+            roster = self.roster,
+            backup = dir.join("backup").display(),
+            labels = if n == 2 { "\"canary\"" } else { "" },
+            motd = dir.join("motd").display(),
+        )
+    }
+
+    /// Starts the agent of one switch of the pair.
+    fn start(&self, side: Side) -> anyhow::Result<Agent> {
+        let (n, member, backup) = match side {
+            Side::A => (0, "a-c", &self.backup.0),
+            Side::B => (1, "b-c", &self.backup.1),
+        };
+        let extra = format!(
+            "{}\n\n[mclag]\ninit_delay_s = 0\n{backup}{}",
+            VLAN_MAP.replace("MEMBER", member),
+            self.common(n)
+        );
+        match side {
+            Side::A => self.pair.agent_a(&extra),
+            Side::B => self.pair.agent_b(&extra),
+        }
+        .with_context(|| format!("starting switch {side:?}"))
+    }
+
+    fn agent(&self, side: Side) -> Option<&Agent> {
+        match side {
+            Side::A => self.a.as_ref(),
+            Side::B => self.b.as_ref(),
+        }
+    }
+
+    /// Writes a new version of the lab's config on the center, with the
+    /// canary first; returns what the center answered.
+    fn publish(&mut self, text: &str) -> anyhow::Result<serde_json::Value> {
+        self.published += 1;
+        let file = self.state.path().join("motd.new");
+        std::fs::write(&file, format!("{text} (change {})\n", self.published))?;
+        let bin = agent_binary()?;
+        let out = self.mgmt.exec(
+            bin.to_str().context("agent path")?,
+            &[
+                "config",
+                "put",
+                CONFIG_KEY,
+                "--format",
+                "text",
+                "--file",
+                file.to_str().context("file path")?,
+                "--canary",
+                "canary",
+                "--center",
+                &format!("http://{CENTER_IP}:7480"),
+                "-j",
+            ],
+        );
+        // The first version goes out before any device registered: no
+        // canary to name yet.
+        let out = match out {
+            Ok(out) => out,
+            Err(_) if self.published == 1 => self.mgmt.exec(
+                bin.to_str().context("agent path")?,
+                &[
+                    "config",
+                    "put",
+                    CONFIG_KEY,
+                    "--format",
+                    "text",
+                    "--file",
+                    file.to_str().context("file path")?,
+                    "--center",
+                    &format!("http://{CENTER_IP}:7480"),
+                    "-j",
+                ],
+            )?,
+            Err(e) => return Err(e),
+        };
+        Ok(serde_json::from_str(&out).unwrap_or(serde_json::Value::String(out)))
+    }
+
+    /// Replies C's load balancing delivers to the wrong switch, both ways,
+    /// a reply from a host on VLAN 10, and one to the pair's VRRP MAC.
+    fn traffic(&self, round: u64) -> anyhow::Result<()> {
+        let pair = &self.pair;
+        if self.a.is_some() {
+            // Only the entry A asks for: flushing the whole table would
+            // also remove what B's kernel learnt, which B then withdraws.
+            pair.a
+                .ip(&["neigh", "flush", "to", "10.77.0.3", "dev", "a-c"])?;
+            let mut ping = pair.a_starts_resolving("10.77.0.3")?;
+            // To the MAC A's request came from: MC-LAG gives both member
+            // ports the pair's shared MAC.
+            let a_now = pair.a.mac("a-c")?;
+            pair.c
+                .send_frames("c-b", &[pair.reply_from_c(C_IP, a_now, A_IP).to_bytes()])?;
+            let _ = ping.kill();
+            let _ = ping.wait();
+        }
+        if self.b.is_some() {
+            pair.b
+                .ip(&["neigh", "flush", "to", "10.77.0.4", "dev", "b-c"])?;
+            // B asks for C's second address (one entry per address: each
+            // switch learns its own from the other).
+            let mut ping = pair.b_starts_resolving("10.77.0.4")?;
+            let b_now = pair.b.mac("b-c")?;
+            pair.c.send_frames(
+                "c-a",
+                &[pair.reply_from_c(C_SECOND_IP, b_now, B_IP).to_bytes()],
+            )?;
+            let _ = ping.kill();
+            let _ = ping.wait();
+        }
+        let host: std::net::Ipv4Addr = host_ip(round).parse()?;
+        pair.c.send_frames(
+            "c-b",
+            &[pair
+                .reply_from_c(host.octets(), pair.b.mac("b-c")?, B_IP)
+                .tagged(&[(TPID_8021Q, 10)])
+                .to_bytes()],
+        )?;
+        pair.c
+            .send_frames("c-a", &[pair.reply_from_c(C_IP, VRRP_MAC, A_IP).to_bytes()])?;
+        Ok(())
+    }
+
+    /// The switch of the pair that is MC-LAG master now, if one is.
+    fn master(&self) -> Option<Side> {
+        [Side::A, Side::B].into_iter().find(|side| {
+            self.agent(*side)
+                .and_then(|a| a.query(&["show", "mclag"]).ok())
+                .is_some_and(|r| r["role"] == "master")
+        })
+    }
+
+    /// The thing round `round` makes happen; returns its headline.
+    fn event(&mut self, round: u64) -> anyhow::Result<String> {
+        Ok(match round % 4 {
+            1 => {
+                self.pair.b.ip(&["link", "set", "b-c", "down"])?;
+                // Until A's model has heard of it from the peer (at most WAIT).
+                let _ = wait_until(WAIT, "A's MLAG interface degraded", || {
+                    let seen = self.view_mlag(Side::A);
+                    (!seen.contains("normal")).then_some(()).ok_or(seen)
+                });
+                let seen = self.view_mlag(Side::A);
+                self.pair.b.ip(&["link", "set", "b-c", "up"])?;
+                format!("port flap: B's member port b-c down (meanwhile on A: {seen}), then up")
+            }
+            2 => {
+                let answer = self.publish("message of the day")?;
+                format!(
+                    "config change: {CONFIG_KEY} version {} put on the center, canary sw-d first, batches of 2",
+                    answer["version"]
+                )
+            }
+            3 => {
+                let Some(master) = self.master() else {
+                    return Ok("master failure: no master elected yet; skipped".into());
+                };
+                let agent = match master {
+                    Side::A => self.a.take(),
+                    Side::B => self.b.take(),
+                };
+                if let Some(agent) = agent
+                    && let Some(pid) = agent.pid()
+                {
+                    // SAFETY: signalling a pid has no memory-safety preconditions.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    drop(agent);
+                }
+                let survivor = if master == Side::A { Side::B } else { Side::A };
+                let took_over = wait_until(WAIT, "takeover", || {
+                    (self.master() == Some(survivor)).then_some(()).ok_or(())
+                })
+                .is_ok();
+                format!(
+                    "master failure: SIGKILL of {master:?}'s agent (the master); {survivor:?} {}",
+                    if took_over {
+                        "took over as master"
+                    } else {
+                        "did not take over"
+                    }
+                )
+            }
+            _ => {
+                let Some(gone) = [Side::A, Side::B]
+                    .into_iter()
+                    .find(|s| self.agent(*s).is_none())
+                else {
+                    return Ok("nothing to bring back".into());
+                };
+                let agent = self.start(gone)?;
+                let up = agent.wait_session_up().is_ok();
+                match gone {
+                    Side::A => self.a = Some(agent),
+                    Side::B => self.b = Some(agent),
+                }
+                format!(
+                    "return: {gone:?}'s agent restarted; peer session {}",
+                    if up { "up again" } else { "not up yet" }
+                )
+            }
+        })
+    }
+
+    fn view_mlag(&self, side: Side) -> String {
+        let Some(agent) = self.agent(side) else {
+            return "agent stopped".into();
+        };
+        match agent.query(&["show", "state", "mlag:1"]) {
+            Ok(s) => format!(
+                "mlag:1 {}({})",
+                s["object"]["effective"][0]["name"].as_str().unwrap_or("?"),
+                s["object"]["fault_level"]
+            ),
+            Err(e) => format!("mlag:1 unknown ({e})"),
+        }
+    }
+
+    /// One line per switch of the pair, then the fabric and the rollout.
+    fn show(&self, round: u64) -> anyhow::Result<()> {
+        for (side, ns, dev) in [
+            (Side::A, &self.pair.a, "a-c"),
+            (Side::B, &self.pair.b, "b-c"),
+        ] {
+            let Some(agent) = self.agent(side) else {
+                println!("switch {side:?}: agent stopped");
+                continue;
+            };
+            let c = agent.counters()?;
+            let peer = agent.query(&["show", "peer"])?;
+            let mclag = agent.query(&["show", "mclag"])?;
+            let learnt = agent.query(&["show", "arp"])?.as_array().map_or(0, |a| {
+                a.iter().filter(|e| e["direction"] == "received").count()
+            });
+            let kernel = pair::resolved_neighbours(ns, dev)?;
+            println!(
+                "switch {side:?}: mclag {:<6} session {:<11} captured {:>3} sent {:>3} received {:>3} | learnt from the peer {learnt}, kernel ARP entries on {dev} {} | {}",
+                mclag["role"].as_str().unwrap_or("?"),
+                peer["state"].as_str().unwrap_or("?"),
+                c["captured"],
+                peer["counters"]["entries_sent"],
+                peer["counters"]["entries_received"],
+                kernel.len(),
+                self.view_mlag(side),
+            );
+        }
+        // C's reply (to the other switch's request) and this round's VLAN 10
+        // host, as each switch learnt them from the other.
+        let host = host_ip(round);
+        for (side, other) in [(Side::A, Side::B), (Side::B, Side::A)] {
+            let Some(agent) = self.agent(side) else {
+                continue;
+            };
+            let entries = agent.query(&["show", "arp"])?;
+            let received: Vec<&serde_json::Value> = entries
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["direction"] == "received")
+                .collect();
+            for e in received.iter().filter(|e| {
+                ["10.77.0.3", "10.77.0.4", host.as_str()].contains(&e["ip"].as_str().unwrap_or(""))
+            }) {
+                println!(
+                    "    {side:?} learnt from {other:?}: {} {} via {} (class {} on {other:?}, kernel {})",
+                    e["ip"].as_str().unwrap_or("?"),
+                    e["mac"].as_str().unwrap_or("?"),
+                    e["how"].as_str().unwrap_or("?"),
+                    e["class"].as_str().unwrap_or("?"),
+                    e["kernel_state"].as_str().unwrap_or("?")
+                );
+            }
+        }
+        let server = self.a.as_ref().or(self.b.as_ref());
+        if let Some(server) = server {
+            let fabric = server.query(&["show", "fabric"])?;
+            let up = up_members(server).unwrap_or_default();
+            let faults = fabric["faults"].as_array().cloned().unwrap_or_default();
+            println!(
+                "fabric (seen by {}): members up {} [{}]; this server active: {}; faults recorded {}{}",
+                fabric["identity"].as_str().unwrap_or("?"),
+                up.len(),
+                up.join(" "),
+                fabric["active"],
+                faults.len(),
+                faults
+                    .last()
+                    .map(|f| format!(" (last: {f})"))
+                    .unwrap_or_default()
+            );
+        }
+        let bin = agent_binary()?;
+        let rollouts = self.mgmt.exec(
+            bin.to_str().context("agent path")?,
+            &[
+                "config",
+                "rollouts",
+                "--center",
+                &format!("http://{CENTER_IP}:7480"),
+                "-j",
+            ],
+        )?;
+        let rollouts: serde_json::Value = serde_json::from_str(&rollouts)?;
+        if let Some(r) = rollouts.as_array().and_then(|a| a.first()) {
+            let batches: Vec<String> = r["batches"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|b| {
+                    let steps: Vec<String> = b
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|s| {
+                            format!(
+                                "{}:{}",
+                                s["device"].as_str().unwrap_or("?"),
+                                s["state"].as_str().unwrap_or("?")
+                            )
+                        })
+                        .collect();
+                    format!("[{}]", steps.join(" "))
+                })
+                .collect();
+            println!(
+                "rollout {} of {CONFIG_KEY} version {}: {} {}",
+                r["id"],
+                r["version"],
+                r["state"].as_str().unwrap_or("?"),
+                batches.join(" ")
+            );
+        }
+        Ok(())
+    }
+
+    fn where_to_look(&self) -> anyhow::Result<()> {
+        let bin = agent_binary()?;
+        let socket = |agent: &Option<Agent>| {
+            agent
+                .as_ref()
+                .map_or(PathBuf::new(), |a| a.socket.clone())
+                .display()
+                .to_string()
+        };
+        println!(
+            "namespaces: A {}  B {}  C {}  D {}  E {}  management {}",
+            self.pair.a.name(),
+            self.pair.b.name(),
+            self.pair.c.name(),
+            self.others[0].name(),
+            self.others[1].name(),
+            self.mgmt.name()
+        );
+        println!(
+            "look yourself (the sockets change when an agent restarts; the lab prints them again):"
+        );
+        let a = socket(&self.a);
+        let b = socket(&self.b);
+        for (socket, what) in [
+            (&a, "show peer"),
+            (&a, "show arp"),
+            (&b, "show arp"),
+            (&a, "show mclag"),
+            (&a, "show fabric"),
+            (&a, "show state mlag:1"),
+            (&b, "show rollout"),
+        ] {
+            println!("  {} --socket {socket} {what}", bin.display());
+        }
+        println!(
+            "  ip netns exec {} {} config rollouts --center http://{CENTER_IP}:7480",
+            self.mgmt.name(),
+            bin.display()
+        );
+        println!("  ip -n {} neigh", self.pair.a.name());
+        println!(
+            "A's member port MAC {}, B's {}; C answers from {}",
+            fmt_mac(&self.pair.a_mac),
+            fmt_mac(&self.pair.b_mac),
+            fmt_mac(&self.pair.c_mac)
+        );
+        Ok(())
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -107,70 +595,27 @@ fn main() -> anyhow::Result<()> {
         libc::signal(libc::SIGINT, handler);
         libc::signal(libc::SIGTERM, handler);
     }
-    println!("mlag-sync lab: building namespaces (A, B, C) and starting an agent on A and B …");
-    let pair = Pair::new()?;
-    let agent_a = pair.agent_a(&VLAN_MAP.replace("MEMBER", "a-c"))?;
-    let agent_b = pair.agent_b(&VLAN_MAP.replace("MEMBER", "b-c"))?;
     println!(
-        "namespaces: {} {} {}",
-        pair.a.name(),
-        pair.b.name(),
-        pair.c.name()
+        "mlag-sync lab: building namespaces (pair A/B, server C, switches D/E, management M) and starting six agents …"
     );
-    let bin = mlag_testbed::agent::agent_binary()?;
-    println!("query the agents yourself, e.g.:");
+    let mut lab = Lab::new()?;
+    lab.where_to_look()?;
     println!(
-        "  {} --socket {} show peer",
-        bin.display(),
-        agent_a.socket.display()
-    );
-    println!(
-        "  {} --socket {} show arp",
-        bin.display(),
-        agent_a.socket.display()
-    );
-    println!(
-        "  {} --socket {} show captured -j",
-        bin.display(),
-        agent_b.socket.display()
-    );
-    println!("  ip -n {} neigh", pair.a.name());
-    println!(
-        "A's member port MAC {}, B's {}; C answers from {}",
-        fmt_mac(&pair.a_mac),
-        fmt_mac(&pair.b_mac),
-        fmt_mac(&pair.c_mac)
-    );
-    println!(
-        "each round: A asks for C and C's reply lands on B; a host answers B on VLAN 10; a reply to the VRRP MAC"
+        "each round: replies C's load balancing sends to the wrong switch (A asks for 10.77.0.3, B for 10.77.0.4), a host on VLAN 10, a reply to the VRRP MAC; then in turn a port flap, a config change with a canary, a master failure, and its return"
     );
     println!("Ctrl-C stops the lab and removes everything.\n");
     let mut round = 0u64;
     while !STOP.load(Ordering::Relaxed) && rounds.is_none_or(|n| round < n) {
         round += 1;
-        traffic(&pair, round)?;
-        std::thread::sleep(Duration::from_millis(200));
-        println!("--- round {round}");
-        show("A", &agent_a, &pair.a, "a-c")?;
-        show("B", &agent_b, &pair.b, "b-c")?;
-        for e in agent_a
-            .query(&["show", "arp"])?
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|e| e["direction"] == "received")
-            .take(3)
-        {
-            println!(
-                "    A learnt from B: {} {} via {} (class {} on B, kernel {})",
-                e["ip"].as_str().unwrap_or("?"),
-                e["mac"].as_str().unwrap_or("?"),
-                e["how"].as_str().unwrap_or("?"),
-                e["class"].as_str().unwrap_or("?"),
-                e["kernel_state"].as_str().unwrap_or("?")
-            );
+        lab.traffic(round)?;
+        let event = lab.event(round)?;
+        std::thread::sleep(Duration::from_millis(1000));
+        println!("--- round {round}: {event}");
+        lab.show(round)?;
+        if round.is_multiple_of(4) {
+            lab.where_to_look()?;
         }
-        for _ in 0..15 {
+        for _ in 0..20 {
             if STOP.load(Ordering::Relaxed) || rounds.is_some() {
                 break;
             }
