@@ -40,6 +40,14 @@ pub struct FabricLab {
     roster: String,
 }
 
+/// Fabric timers for labs: members seen departed and servers taking over
+/// in a second and a half rather than several.
+pub const FAST_TIMERS: &str = "heartbeat_interval_ms = 300
+dead_after_ms = 1500
+failover_after_ms = 1500
+takeover_after_ms = 1500
+resend_ms = 700";
+
 /// The switches the roster marks as servers.
 pub const SERVERS: [&str; 2] = ["sw0", "sw1"];
 
@@ -144,11 +152,7 @@ member_ports = ["p1"]
 [fabric]
 {servers}identity = "sw{n}"
 model = "lab-switch"
-heartbeat_interval_ms = 300
-dead_after_ms = 1500
-failover_after_ms = 1500
-takeover_after_ms = 1500
-resend_ms = 700
+{FAST_TIMERS}
 {fabric_extra}
 [fabric.trust]
 key_file = "{key}"

@@ -83,26 +83,31 @@ pub fn ensure() -> anyhow::Result<()> {
 }
 
 fn ensure_cargo_deb() -> anyhow::Result<()> {
-    if quiet(Command::new("cargo").args(["deb", "--version"])) {
-        return Ok(());
-    }
-    eprintln!(
-        "xtask: installing cargo-deb (`cargo xtask deb`; the packaging tests check its package)"
-    );
-    run(Command::new("cargo")
-        .args(["install", "cargo-deb", "--locked"])
-        .env("PATH", tool_path()))
+    ensure_cargo_tool(
+        "deb",
+        &["cargo-deb", "--locked"],
+        "`cargo xtask deb`; the packaging tests check its package",
+    )
 }
 
 fn ensure_cargo_fuzz() -> anyhow::Result<()> {
-    if quiet(Command::new("cargo").args(["fuzz", "--version"])) {
+    ensure_cargo_tool(
+        "fuzz",
+        &["cargo-fuzz"],
+        "runs the sync frame decoder fuzz target in `cargo xtask test`",
+    )
+}
+
+/// Installs the cargo subcommand `subcommand` from crates.io (`install`:
+/// the crate and its flags) unless `cargo SUBCOMMAND --version` works.
+fn ensure_cargo_tool(subcommand: &str, install: &[&str], why: &str) -> anyhow::Result<()> {
+    if quiet(Command::new("cargo").args([subcommand, "--version"])) {
         return Ok(());
     }
-    eprintln!(
-        "xtask: installing cargo-fuzz (runs the sync frame decoder fuzz target in `cargo xtask test`)"
-    );
+    eprintln!("xtask: installing {} ({why})", install[0]);
     run(Command::new("cargo")
-        .args(["install", "cargo-fuzz"])
+        .arg("install")
+        .args(install)
         .env("PATH", tool_path()))
 }
 

@@ -29,7 +29,7 @@ use std::{
 use anyhow::Context as _;
 use mlag_testbed::{
     agent::{Agent, agent_binary},
-    fabric::up_members,
+    fabric::{FAST_TIMERS, up_members},
     frames::TPID_8021Q,
     netns::{self, Netns, fmt_mac},
     pair::{self, A_IP, B_IP, C_IP, Pair},
@@ -171,11 +171,7 @@ impl Lab {
 servers = ["{a}", "{b}"]
 identity = "{name}"
 model = "lab-switch"
-heartbeat_interval_ms = 300
-dead_after_ms = 1500
-failover_after_ms = 1500
-takeover_after_ms = 1500
-resend_ms = 700
+{timers}
 
 [fabric.trust]
 key_file = "{key}"
@@ -188,6 +184,7 @@ backup_dir = "{backup}"
 labels = [{labels}]
 services = [{{ name = "motd", config = "{CONFIG_KEY}", path = "{motd}", reload = ["true"], health = ["true"] }}]
 "#,
+            timers = FAST_TIMERS,
             a = mgmt_ip(0),
             b = mgmt_ip(1),
             key = self.state.path().join(format!("{name}.key")).display(),
@@ -231,42 +228,24 @@ services = [{{ name = "motd", config = "{CONFIG_KEY}", path = "{motd}", reload =
         let file = self.state.path().join("motd.new");
         std::fs::write(&file, format!("{text} (change {})\n", self.published))?;
         let bin = agent_binary()?;
-        let out = self.mgmt.exec(
-            bin.to_str().context("agent path")?,
-            &[
-                "config",
-                "put",
-                CONFIG_KEY,
-                "--format",
-                "text",
-                "--file",
-                file.to_str().context("file path")?,
-                "--canary",
-                "canary",
-                "--center",
-                &format!("http://{CENTER_IP}:7480"),
-                "-j",
-            ],
-        );
+        let center = format!("http://{CENTER_IP}:7480");
+        let put = |canary: &[&str]| {
+            let file = file.to_str().context("file path")?;
+            let args = [
+                &[
+                    "config", "put", CONFIG_KEY, "--format", "text", "--file", file,
+                ][..],
+                canary,
+                &["--center", &center, "-j"],
+            ]
+            .concat();
+            self.mgmt.exec(bin.to_str().context("agent path")?, &args)
+        };
         // The first version goes out before any device registered: no
         // canary to name yet.
-        let out = match out {
+        let out = match put(&["--canary", "canary"]) {
             Ok(out) => out,
-            Err(_) if self.published == 1 => self.mgmt.exec(
-                bin.to_str().context("agent path")?,
-                &[
-                    "config",
-                    "put",
-                    CONFIG_KEY,
-                    "--format",
-                    "text",
-                    "--file",
-                    file.to_str().context("file path")?,
-                    "--center",
-                    &format!("http://{CENTER_IP}:7480"),
-                    "-j",
-                ],
-            )?,
+            Err(_) if self.published == 1 => put(&[])?,
             Err(e) => return Err(e),
         };
         Ok(serde_json::from_str(&out).unwrap_or(serde_json::Value::String(out)))
