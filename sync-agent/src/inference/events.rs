@@ -7,7 +7,7 @@ use tokio::sync::oneshot;
 
 use super::{
     ObjectId, ObjectView, live,
-    report::{ChainLink, StateReport, StatesReport},
+    report::{AlarmsReport, ChainLink, StateReport, StatesReport},
     task::Task,
 };
 use crate::{
@@ -39,6 +39,11 @@ pub(super) enum Query {
         /// The answer.
         reply: oneshot::Sender<StatesReport>,
     },
+    /// `show alarms`.
+    Alarms {
+        /// The answer.
+        reply: oneshot::Sender<AlarmsReport>,
+    },
     /// `show state OBJECT`.
     State {
         /// The object's id.
@@ -57,6 +62,9 @@ impl Task {
             Event::Info(info) => self.process_info(info),
             Event::Query(Query::States { faulty, reply }) => {
                 let _ = reply.send(self.process_states(faulty));
+            }
+            Event::Query(Query::Alarms { reply }) => {
+                let _ = reply.send(self.process_alarms());
             }
             Event::Query(Query::State { object, reply }) => {
                 let _ = reply.send(self.process_state(object));
@@ -137,9 +145,24 @@ impl Task {
                 v
             })
             .collect();
+        let mut counters = self.stats.clone();
+        counters.alarms = self.alarms.stats();
         StatesReport {
             objects: views,
-            counters: self.stats.clone(),
+            counters,
+        }
+    }
+
+    /// `show alarms`.
+    pub(super) fn process_alarms(&self) -> AlarmsReport {
+        let (alarms, cleared) = self.alarms.report(&self.model);
+        AlarmsReport {
+            level: self.alarms.level(),
+            lost_contact: self.alarms.lost_contact(),
+            alarms,
+            cleared,
+            counters: self.alarms.stats(),
+            webhook: self.webhook.as_ref().map(|w| w.stats()),
         }
     }
 
@@ -183,7 +206,8 @@ impl Task {
         if info.source == "fabric" {
             live::ensure_remote_port(&mut self.model, &object);
         }
-        match self.model.apply(info, &self.rules, now_ms()) {
+        let now = now_ms();
+        match self.model.apply(info, &self.rules, now) {
             Ok(applied) => {
                 self.stats.infos += 1;
                 if !applied.known {
@@ -192,6 +216,17 @@ impl Task {
                 self.stats.changes += applied.changes.len() as u64;
                 for change in &applied.changes {
                     tracing::debug!(object = change.object.0, ?change.after, "state change");
+                }
+                let notices = self.alarms.update(
+                    &self.model,
+                    applied.changes.iter().map(|c| &c.object).chain([&object]),
+                    now,
+                );
+                for notice in &notices {
+                    tracing::debug!(?notice, "alarm");
+                }
+                if let Some(webhook) = &mut self.webhook {
+                    webhook.tell(notices);
                 }
             }
             Err(err) => {

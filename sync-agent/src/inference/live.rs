@@ -125,6 +125,13 @@ pub async fn build_live(
 /// unknown (`peer twin-unknown`, lost contact) until the peer says otherwise.
 pub fn add_mlag(model: &mut Model, mlag_ports: &[(String, u32)]) -> Vec<ObjectId> {
     let mut twins = Vec::new();
+    let peer = ids::peer_switch();
+    if !mlag_ports.is_empty()
+        && !model.contains(&peer)
+        && let Err(err) = model.add_object(peer.clone(), Layer::Physical, "switch")
+    {
+        tracing::warn!(error = %err, "cannot add the MLAG peer switch to the state model");
+    }
     for (name, mlag_id) in mlag_ports {
         let port = ids::port(name);
         if !model.contains(&port) {
@@ -143,7 +150,14 @@ pub fn add_mlag(model: &mut Model, mlag_ports: &[(String, u32)]) -> Vec<ObjectId
                 model.set_redundancy(&mlag, Redundancy::Redundant, DEFAULT_DEGRADED_LEVEL)
             })
             .and_then(|_| model.add_group_dependency(&mlag, &port, Dependency::MapsTo))
-            .and_then(|_| model.add_group_dependency(&mlag, &twin, Dependency::MapsTo));
+            .and_then(|_| model.add_group_dependency(&mlag, &twin, Dependency::MapsTo))
+            .and_then(|_| {
+                if model.contains(&peer) {
+                    model.add_dependency(&twin, &peer, Dependency::BelongsTo)
+                } else {
+                    Ok(())
+                }
+            });
         match added {
             Ok(_) => twins.push(twin),
             Err(err) => {
@@ -292,6 +306,11 @@ mod tests {
             model.effective(&ids::mlag(9)).unwrap(),
             [crate::inference::State::normal()],
             "the other MLAG id is untouched"
+        );
+        // The twins belong to the peer switch.
+        assert_eq!(
+            model.dependencies_of(&ids::twin(9)),
+            [(ids::peer_switch(), Dependency::BelongsTo)]
         );
     }
 

@@ -49,7 +49,14 @@
 //! Every object keeps a bounded history of its effective state changes and
 //! of the information it received (SPEC 5.6).
 //!
-//! The engine ([`model`], [`rules`]) is pure: no I/O, no clock (times are
+//! Over the model, [`alarms`] raises root-cause alarms: an object whose
+//! effective state reaches the configured level raises an alarm naming its
+//! root causes (the deepest faulty objects down its chain), unless its
+//! fault is only inferred from alarmed root causes: then it is suppressed
+//! and listed under them. [`webhook`] posts alarms to an
+//! Alertmanager-compatible receiver.
+//!
+//! The engine ([`model`], [`rules`], [`alarms`]) is pure: no I/O, no clock (times are
 //! passed in), no async.
 //!
 //! Around it, one task (`task.rs`) owns the model: [`live`] builds it from
@@ -59,6 +66,7 @@
 //! (the supervisor wires them) into information for the model and answer
 //! the operator's `show states` / `show state`.
 
+pub mod alarms;
 pub mod config;
 mod events;
 pub mod live;
@@ -66,6 +74,7 @@ pub mod model;
 pub mod report;
 pub mod rules;
 mod task;
+pub mod webhook;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -75,7 +84,7 @@ pub use self::{
         Applied, Change, DEFAULT_DEGRADED_LEVEL, Dependency, GroupView, HistoryEntry, InfoEntry,
         Layer, Model, ModelError, ObjectView, Redundancy, StateView,
     },
-    report::{ChainLink, InferenceStats, StateReport, StatesReport},
+    report::{AlarmsReport, ChainLink, InferenceStats, StateReport, StatesReport},
     rules::{Rule, RuleTable, State},
 };
 use crate::bus::{AskError, LinkEvent};
@@ -118,6 +127,14 @@ impl InferenceHandle {
     pub async fn states(&self, faulty: bool) -> Result<StatesReport, AskError> {
         let (reply, rx) = oneshot::channel();
         self.ask(Query::States { faulty, reply }).await?;
+        rx.await.map_err(|_| AskError::Gone("inference"))
+    }
+
+    /// `show alarms`: raised alarms with their root causes and what is
+    /// suppressed under them, recently cleared ones, counters.
+    pub async fn alarms(&self) -> Result<AlarmsReport, AskError> {
+        let (reply, rx) = oneshot::channel();
+        self.ask(Query::Alarms { reply }).await?;
         rx.await.map_err(|_| AskError::Gone("inference"))
     }
 

@@ -6,7 +6,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Dependency, ObjectId, ObjectView, StateView};
+use super::{
+    Dependency, ObjectId, ObjectView, StateView,
+    alarms::{AlarmStats, AlarmView},
+    webhook::WebhookStats,
+};
 
 /// Counters of the inference task.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -19,6 +23,28 @@ pub struct InferenceStats {
     pub unknown_objects: u64,
     /// Effective state changes.
     pub changes: u64,
+    /// The alarm table's counters.
+    #[serde(default)]
+    pub alarms: AlarmStats,
+}
+
+/// `show alarms`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AlarmsReport {
+    /// The fault level from which alarms are raised.
+    pub level: u8,
+    /// Whether lost contact raises alarms.
+    pub lost_contact: bool,
+    /// Raised alarms, each with its root causes and what is suppressed
+    /// under it, by object.
+    pub alarms: Vec<AlarmView>,
+    /// Recently cleared alarms, newest first.
+    pub cleared: Vec<AlarmView>,
+    /// Counters.
+    pub counters: AlarmStats,
+    /// The webhook's counters, when one is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookStats>,
 }
 
 /// `show states`.
@@ -98,6 +124,82 @@ impl fmt::Display for StatesReport {
             c.unknown_objects,
             c.changes
         )
+    }
+}
+
+impl fmt::Display for AlarmsReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ids = |ids: &[ObjectId]| {
+            ids.iter()
+                .map(ObjectId::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        writeln!(
+            f,
+            "{:<28} {:<22} {:<28} {:>14}",
+            "alarm", "state", "root cause", "raised (ms)"
+        )?;
+        for a in &self.alarms {
+            writeln!(
+                f,
+                "{:<28} {:<22} {:<28} {:>14}",
+                a.object.0,
+                states_text(&a.states),
+                ids(&a.root_causes),
+                a.raised_ms
+            )?;
+            for s in &a.suppressed {
+                writeln!(
+                    f,
+                    "  suppressed {:<17} {}",
+                    s.object.0,
+                    states_text(&s.states)
+                )?;
+            }
+        }
+        if !self.cleared.is_empty() {
+            writeln!(f, "recently cleared:")?;
+            for a in &self.cleared {
+                writeln!(
+                    f,
+                    "  {:<26} root cause {} (raised {}, cleared {})",
+                    a.object.0,
+                    ids(&a.root_causes),
+                    a.raised_ms,
+                    a.cleared_ms
+                )?;
+            }
+        }
+        let c = &self.counters;
+        writeln!(
+            f,
+            "({} raised, {} suppressed; level {}{}; {} raised, {} cleared in all)",
+            c.active,
+            c.suppressed_now,
+            self.level,
+            if self.lost_contact {
+                ", lost contact too"
+            } else {
+                ""
+            },
+            c.raised,
+            c.cleared
+        )?;
+        if let Some(w) = &self.webhook {
+            writeln!(
+                f,
+                "webhook: {} posts, {} failures, {} dropped{}",
+                w.posts,
+                w.failures,
+                w.dropped,
+                w.last_error
+                    .as_ref()
+                    .map(|e| format!("; last error: {e}"))
+                    .unwrap_or_default()
+            )?;
+        }
+        Ok(())
     }
 }
 

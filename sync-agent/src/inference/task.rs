@@ -21,13 +21,15 @@ use tokio::sync::{
 
 use super::{
     Model, ObjectId, Redundancy, RuleTable,
+    alarms::Alarms,
     config::InferenceConfig,
     events::{Event, Query},
     live,
     report::InferenceStats,
+    webhook::Webhook,
 };
 use crate::{
-    bus::{Info, LinkEvent},
+    bus::{Info, LinkEvent, ids},
     southbound::links,
 };
 
@@ -44,6 +46,10 @@ pub(super) struct Task {
     pub(super) netlink: Handle,
     /// Times the task lagged behind the link events (logged once at warn).
     pub(super) links_lagged: u64,
+    /// Root-cause alarms over the model.
+    pub(super) alarms: Alarms,
+    /// Where alarms are posted, when configured.
+    pub(super) webhook: Option<Webhook>,
 }
 
 impl Task {
@@ -87,11 +93,19 @@ impl Task {
         let twins = live::add_mlag(&mut model, &config.mlag_ports);
         tracing::info!(objects = model.len(), "state model built");
         let mut task = Self::new(model, rules, names, switch_name, netlink);
+        task.alarms = Alarms::new(config.alarms.clone());
+        if let Some(webhook) = &config.alarms.webhook {
+            task.webhook = Some(Webhook::spawn(webhook, switch_name)?);
+        }
         // The state the interfaces are in now is the first information.
         for link in links::all(&task.netlink).await? {
             task.link_state(&link);
         }
-        // Nothing is known of the twins until peer sync tells.
+        // Nothing is known of the peer and its twin ports until peer sync
+        // tells.
+        if !twins.is_empty() {
+            task.apply(Info::new("peer", "liveness-lost", ids::peer_switch()));
+        }
         for twin in twins {
             task.apply(Info::new("peer", "twin-unknown", twin));
         }
@@ -114,6 +128,8 @@ impl Task {
             switch: switch.to_string(),
             netlink,
             links_lagged: 0,
+            alarms: Alarms::new(Default::default()),
+            webhook: None,
         }
     }
 
