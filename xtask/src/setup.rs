@@ -24,6 +24,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("openssl", "openssl"),
     // Metrics tests: `promtool check metrics` and a real Prometheus server (one package).
     ("prometheus", "promtool"),
+    // Inference alarm webhook test: a real Alertmanager receiving the alerts.
+    ("prometheus-alertmanager", "prometheus-alertmanager"),
 ];
 
 fn cargo_home() -> PathBuf {
