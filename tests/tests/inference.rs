@@ -570,3 +570,29 @@ fn the_peer_agent_killed_is_one_lost_contact_alarm_with_its_objects_suppressed_u
     assert_eq!(report["counters"]["active"], 1, "{report}");
     Ok(())
 }
+
+#[test]
+fn an_address_added_after_start_joins_the_model_as_an_ip_interface() -> anyhow::Result<()> {
+    let switch = Netns::new("minfa")?;
+    let host = Netns::new("minfah")?;
+    netns::veth(&switch, "m0", &host, "h0")?;
+    let text = r#"instance = "{instance}"
+[dataplane]
+member_ports = ["m0"]
+"#;
+    let agent = Agent::start(&switch, text)?;
+    assert!(
+        state(&agent, "ip:m0").is_err(),
+        "no IPv4 address at start, no IP interface"
+    );
+    switch.ip(&["addr", "add", "10.66.2.1/24", "dev", "m0"])?;
+    let ip = wait_until(WAIT, "ip:m0 to join the model", || state(&agent, "ip:m0"))?;
+    assert_eq!(ip["object"]["kind"], "ip-interface", "{ip}");
+    assert_eq!(ip["depends_on"][0]["to"], "lan:m0", "{ip}");
+    // It follows its port like any other.
+    switch.ip(&["link", "set", "m0", "down"])?;
+    wait_effective(&agent, "ip:m0", "down", 3)?;
+    switch.ip(&["link", "set", "m0", "up"])?;
+    wait_effective(&agent, "ip:m0", "normal", 0)?;
+    Ok(())
+}

@@ -13,7 +13,10 @@ use super::{
 use crate::{
     bus::{Info, LinkEvent, ids},
     clock::now_ms,
-    southbound::links::{self, Link},
+    southbound::{
+        addresses,
+        links::{self, Link},
+    },
 };
 
 /// Everything the inference task reacts to.
@@ -25,6 +28,8 @@ pub(super) enum Event {
     LinksLagged(u64),
     /// Information from elsewhere in the agent (fabric, peers, health).
     Info(Info),
+    /// An address was added or removed somewhere (bursts coalesced).
+    AddressesChanged,
     /// An operator query.
     Query(Query),
 }
@@ -60,6 +65,7 @@ impl Task {
             Event::Link(event) => self.process_link(event),
             Event::LinksLagged(missed) => self.process_links_lagged(missed).await,
             Event::Info(info) => self.process_info(info),
+            Event::AddressesChanged => self.process_addresses_changed().await,
             Event::Query(Query::States { faulty, reply }) => {
                 let _ = reply.send(self.process_states(faulty));
             }
@@ -125,6 +131,38 @@ impl Task {
         }
         for link in all {
             self.process_link(LinkEvent::Changed(link));
+        }
+    }
+
+    /// Addresses changed: an interface with an IPv4 address and no IP
+    /// interface object yet gets one (an address removed changes nothing:
+    /// the object stays, following its L2 object).
+    pub(super) async fn process_addresses_changed(&mut self) {
+        let names: Vec<(u32, String)> = self
+            .names
+            .iter()
+            .filter(|(_, name)| !self.model.contains(&ids::ip(name)))
+            .map(|(index, name)| (*index, name.clone()))
+            .collect();
+        for (index, name) in names {
+            let has_v4 = match addresses::list(&self.netlink, index).await {
+                Ok(list) => list.iter().any(|a| a.ip.is_ipv4()),
+                Err(err) => {
+                    tracing::debug!(interface = name, error = %err, "cannot read the interface's addresses");
+                    continue;
+                }
+            };
+            if !has_v4 {
+                continue;
+            }
+            let changes = live::ensure_ip(&mut self.model, &name);
+            self.stats.changes += changes.len() as u64;
+            let notices =
+                self.alarms
+                    .update(&self.model, changes.iter().map(|c| &c.object), now_ms());
+            if let Some(webhook) = &mut self.webhook {
+                webhook.tell(notices);
+            }
         }
     }
 

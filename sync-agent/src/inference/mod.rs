@@ -87,8 +87,11 @@ pub use self::{
     report::{AlarmsReport, ChainLink, InferenceStats, StateReport, StatesReport},
     rules::{Rule, RuleTable, State},
 };
-use crate::bus::{AskError, LinkEvent};
 pub use crate::bus::{Info, ObjectId, ids};
+use crate::{
+    bus::{AskError, LinkEvent},
+    southbound::addresses,
+};
 
 /// Depth of the operator query channel; queries are rare and answered at once.
 const QUERY_DEPTH: usize = 16;
@@ -104,8 +107,9 @@ impl InferenceHandle {
     /// objects of `config`, takes the interfaces' current state as the first
     /// information, and starts the task. `switch_name` names this switch's
     /// object (`switch:<name>`). The task then follows `links` (it re-reads
-    /// the interfaces when it lagged behind) and applies every [`Info`]
-    /// arriving on `infos`; it runs until all of its inputs close.
+    /// the interfaces when it lagged behind) and address changes (an
+    /// interface that gets an IPv4 address joins as an IP interface), and
+    /// applies every [`Info`] arriving on `infos`; it runs until all of its inputs close.
     ///
     /// Fails when the live system cannot be read or a declared object or
     /// dependency is refused (the message names `inference.objects`).
@@ -118,7 +122,16 @@ impl InferenceHandle {
     ) -> anyhow::Result<InferenceHandle> {
         let (queries, query_rx) = mpsc::channel(QUERY_DEPTH);
         let task = Task::build(config, switch_name, netlink).await?;
-        tokio::spawn(task.run(links, infos, query_rx));
+        // Addresses added after start join the model; without the watcher
+        // the model keeps what it read at start.
+        let addresses = match addresses::watch() {
+            Ok(rx) => Some(rx),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot watch address changes: IP interfaces that appear later stay out of the state model");
+                None
+            }
+        };
+        tokio::spawn(task.run(links, infos, query_rx, addresses));
         Ok(InferenceHandle { queries })
     }
 

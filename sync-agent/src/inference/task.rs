@@ -4,6 +4,7 @@
 //! ```text
 //!  netlink watcher ── broadcast<LinkEvent> ──┐
 //!  fabric, ...     ── mpsc<Info> ────────────┼──> Task::run (select) ──> Model
+//!  address watcher ── mpsc<()> ─────────────┤
 //!  InferenceHandle ── mpsc<Query> ───────────┘
 //! ```
 //!
@@ -139,6 +140,7 @@ impl Task {
         mut links: broadcast::Receiver<LinkEvent>,
         mut infos: mpsc::Receiver<Info>,
         mut queries: mpsc::Receiver<Query>,
+        mut addresses: Option<mpsc::Receiver<()>>,
     ) {
         let mut links_open = true;
         loop {
@@ -153,10 +155,31 @@ impl Task {
                 },
                 Some(info) = infos.recv() => Event::Info(info),
                 Some(query) = queries.recv() => Event::Query(query),
+                changed = next_change(&mut addresses), if addresses.is_some() => match changed {
+                    Some(()) => {
+                        // One re-read answers a whole burst.
+                        if let Some(rx) = &mut addresses {
+                            while rx.try_recv().is_ok() {}
+                        }
+                        Event::AddressesChanged
+                    }
+                    None => {
+                        addresses = None;
+                        continue;
+                    }
+                },
                 else => break,
             };
             self.process(event).await;
         }
         tracing::debug!("inference task stopped: every input closed");
+    }
+}
+
+/// The next address change, or never without a watcher.
+async fn next_change(addresses: &mut Option<mpsc::Receiver<()>>) -> Option<()> {
+    match addresses {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
