@@ -161,7 +161,7 @@ impl Task {
                 self.alarms
                     .update(&self.model, changes.iter().map(|c| &c.object), now_ms());
             if let Some(webhook) = &mut self.webhook {
-                webhook.tell(notices);
+                webhook.tell(notices, || self.alarms.raised_views(&self.model));
             }
         }
     }
@@ -264,7 +264,7 @@ impl Task {
                     tracing::debug!(?notice, "alarm");
                 }
                 if let Some(webhook) = &mut self.webhook {
-                    webhook.tell(notices);
+                    webhook.tell(notices, || self.alarms.raised_views(&self.model));
                 }
             }
             Err(err) => {

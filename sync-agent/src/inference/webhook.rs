@@ -45,12 +45,25 @@ pub struct WebhookStats {
     pub last_error: Option<String>,
 }
 
+/// What the inference task hands the webhook task.
+#[derive(Debug)]
+enum Message {
+    /// One change.
+    Notice(Notice),
+    /// Every raised alarm, after notices were dropped: whatever the webhook
+    /// task holds and is not in it has cleared meanwhile.
+    Resync(Vec<AlarmView>),
+}
+
 /// Where the inference task hands notices to the webhook task.
 #[derive(Debug)]
 pub(super) struct Webhook {
-    notices: mpsc::Sender<Notice>,
+    messages: mpsc::Sender<Message>,
     stats: watch::Receiver<WebhookStats>,
     dropped: u64,
+    /// Notices were dropped: the next chance, the raised alarms are sent
+    /// whole, so no cleared alarm keeps being posted as raised.
+    resync: bool,
 }
 
 impl Webhook {
@@ -60,7 +73,7 @@ impl Webhook {
             .timeout(Duration::from_millis(config.timeout_ms))
             .build()
             .map_err(|err| anyhow::anyhow!("inference.alarms.webhook: {err}"))?;
-        let (notices, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (messages, rx) = mpsc::channel(QUEUE_DEPTH);
         let (stats_tx, stats) = watch::channel(WebhookStats::default());
         let poster = Poster {
             client,
@@ -73,17 +86,32 @@ impl Webhook {
         };
         tokio::spawn(poster.run(rx));
         Ok(Self {
-            notices,
+            messages,
             stats,
             dropped: 0,
+            resync: false,
         })
     }
 
     /// Hands notices over without waiting; a full queue drops and counts.
-    pub(super) fn tell(&mut self, notices: Vec<Notice>) {
+    /// `raised` gives every raised alarm, asked for only when earlier
+    /// notices were dropped.
+    pub(super) fn tell(&mut self, notices: Vec<Notice>, raised: impl FnOnce() -> Vec<AlarmView>) {
+        if self.resync {
+            if notices.is_empty() {
+                return;
+            }
+            // The snapshot includes what these notices say.
+            match self.messages.try_send(Message::Resync(raised())) {
+                Ok(()) => self.resync = false,
+                Err(_) => self.dropped += notices.len() as u64,
+            }
+            return;
+        }
         for notice in notices {
-            if self.notices.try_send(notice).is_err() {
+            if self.messages.try_send(Message::Notice(notice)).is_err() {
                 self.dropped += 1;
+                self.resync = true;
             }
         }
     }
@@ -109,18 +137,19 @@ struct Poster {
 }
 
 impl Poster {
-    async fn run(mut self, mut notices: mpsc::Receiver<Notice>) {
+    async fn run(mut self, mut messages: mpsc::Receiver<Message>) {
         let mut repeat = tokio::time::interval(self.repeat.unwrap_or(Duration::from_secs(3600)));
         repeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         repeat.tick().await;
         loop {
             let batch = tokio::select! {
-                notice = notices.recv() => {
-                    let Some(notice) = notice else { break };
-                    let mut batch = vec![notice];
+                message = messages.recv() => {
+                    let Some(message) = message else { break };
+                    let mut batch = Vec::new();
+                    self.take(message, &mut batch);
                     // Whatever else is already waiting goes in the same post.
-                    while let Ok(more) = notices.try_recv() {
-                        batch.push(more);
+                    while let Ok(more) = messages.try_recv() {
+                        self.take(more, &mut batch);
                     }
                     batch
                 }
@@ -143,6 +172,28 @@ impl Poster {
             }
             let body = Value::Array(batch.iter().map(|n| alert(&self.switch, n)).collect());
             self.post(&body).await;
+        }
+    }
+
+    /// Adds what `message` means to `batch`: a notice as it is; a resync as
+    /// every alarm held but no longer raised, cleared now, then every
+    /// raised one.
+    fn take(&mut self, message: Message, batch: &mut Vec<Notice>) {
+        match message {
+            Message::Notice(notice) => batch.push(notice),
+            Message::Resync(raised) => {
+                let now = crate::clock::now_ms();
+                let still: std::collections::BTreeSet<&str> =
+                    raised.iter().map(|v| v.object.as_str()).collect();
+                for (object, view) in &self.raised {
+                    if !still.contains(object.as_str()) {
+                        let mut view = view.clone();
+                        view.cleared_ms = now;
+                        batch.push(Notice::Cleared(view));
+                    }
+                }
+                batch.extend(raised.into_iter().map(Notice::Raised));
+            }
         }
     }
 
@@ -275,5 +326,114 @@ mod tests {
         // Never an end before the start.
         let odd = alert("sw1", &Notice::Cleared(view(5)));
         assert_eq!(odd["endsAt"], odd["startsAt"]);
+    }
+
+    /// A local receiver: every body posted to it, in order.
+    async fn receiver() -> (String, mpsc::UnboundedReceiver<Value>) {
+        use axum::{Json, Router, routing::post};
+        let (tx, rx) = mpsc::unbounded_channel();
+        let app = Router::new().route(
+            "/api/v2/alerts",
+            post(move |Json(body): Json<Value>| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(body);
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/api/v2/alerts", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, rx)
+    }
+
+    fn config(url: &str) -> WebhookConfig {
+        WebhookConfig {
+            url: url.to_string(),
+            repeat_s: 0,
+            timeout_ms: 2000,
+        }
+    }
+
+    async fn next(rx: &mut mpsc::UnboundedReceiver<Value>) -> Value {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a post within 5 s")
+            .expect("receiver running")
+    }
+
+    #[tokio::test]
+    async fn notices_are_posted_and_after_drops_a_resync_ends_what_cleared_meanwhile() {
+        let (url, mut bodies) = receiver().await;
+        let mut webhook = Webhook::spawn(&config(&url), "sw1").unwrap();
+        webhook.tell(vec![Notice::Raised(view(0))], Vec::new);
+        let body = next(&mut bodies).await;
+        assert_eq!(body.as_array().map(Vec::len), Some(1), "{body}");
+        assert_eq!(body[0]["labels"]["object"], "twin:1");
+        assert!(body[0].get("endsAt").is_none(), "{body}");
+
+        // Notices were lost (as when the queue was full): the next notice
+        // becomes a resync, which ends twin:1 (no longer raised) and
+        // posts what is raised now.
+        webhook.resync = true;
+        let mut other = view(0);
+        other.object = ObjectId::from("port:a");
+        webhook.tell(vec![Notice::Raised(other.clone())], || vec![other.clone()]);
+        let body = next(&mut bodies).await;
+        let alerts = body.as_array().unwrap();
+        assert_eq!(alerts.len(), 2, "{body}");
+        let ended = alerts
+            .iter()
+            .find(|a| a["labels"]["object"] == "twin:1")
+            .unwrap();
+        assert!(ended["endsAt"].is_string(), "{body}");
+        let raised = alerts
+            .iter()
+            .find(|a| a["labels"]["object"] == "port:a")
+            .unwrap();
+        assert!(raised.get("endsAt").is_none(), "{body}");
+        assert!(!webhook.resync);
+        let stats = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let stats = webhook.stats();
+                if stats.posts == 2 {
+                    return stats;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!((stats.failures, stats.dropped), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_receiver_that_does_not_answer_is_a_counted_failure_with_its_error() {
+        // A port nothing listens on (bound, then closed).
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/api/v2/alerts", listener.local_addr().unwrap());
+        drop(listener);
+        let mut webhook = Webhook::spawn(&config(&url), "sw1").unwrap();
+        webhook.tell(vec![Notice::Raised(view(0))], Vec::new);
+        let stats = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let stats = webhook.stats();
+                if stats.failures == 1 {
+                    return stats;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(stats.posts, 0);
+        assert!(
+            stats
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains(&url)),
+            "{stats:?}"
+        );
     }
 }
