@@ -323,6 +323,36 @@ mod tests {
     }
 
     #[test]
+    fn alarms_render_with_their_root_causes_and_what_is_suppressed_under_them() {
+        use crate::inference::{alarms::Alarms, config::AlarmConfig};
+        let m = model();
+        let mut alarms = Alarms::new(AlarmConfig::default());
+        alarms.update(&m, &[ids::port("eth0"), ids::lan("eth0")], 5);
+        let (raised, cleared) = alarms.report(&m);
+        let report = AlarmsReport {
+            level: 1,
+            lost_contact: true,
+            alarms: raised,
+            cleared,
+            counters: alarms.stats(),
+            webhook: None,
+        };
+        let text = report.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(
+            lines[1].starts_with("port:eth0") && lines[1].contains("down(3)"),
+            "{text}"
+        );
+        assert!(lines[1].contains("port:eth0"), "root cause: {text}");
+        assert_eq!(lines[2], "  suppressed lan:eth0          down(3)");
+        assert_eq!(
+            lines[3],
+            "(1 raised, 1 suppressed; level 1, lost contact too; 1 raised, 0 cleared in all)"
+        );
+    }
+
+    #[test]
     fn one_state_renders_its_chains_and_information_history() {
         let m = model();
         let report = StateReport {
