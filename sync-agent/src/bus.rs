@@ -229,6 +229,11 @@ pub mod ids {
     pub fn twin(mlag_id: u32) -> ObjectId {
         ObjectId(format!("twin:{mlag_id}"))
     }
+    /// The MLAG peer switch (the twin ports belong to it), whatever its
+    /// name: it is known before the peer has said it.
+    pub fn peer_switch() -> ObjectId {
+        ObjectId("switch:mlag-peer".to_string())
+    }
 }
 
 /// Why a module's handle could not answer an operator request.

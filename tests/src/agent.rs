@@ -186,6 +186,23 @@ impl Agent {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    /// Runs `sync-agent --socket S ARGS` and returns its text output.
+    pub fn query_text(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(&self.binary)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "sync-agent {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// One request over the control socket itself (not through the CLI,
     /// whose process start-up is not the agent's answer time): the answer's
     /// data and how long the agent took to give it.
@@ -258,6 +275,15 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Kills the agent (SIGKILL: no goodbye to anyone) and reaps it.
+    pub fn kill(&mut self) -> anyhow::Result<ExitStatus> {
+        let child = self.child.as_mut().context("agent already stopped")?;
+        child.kill()?;
+        let status = child.wait()?;
+        self.child = None;
+        Ok(status)
     }
 
     /// Sends SIGTERM and waits for a clean exit.

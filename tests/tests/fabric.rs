@@ -1473,3 +1473,81 @@ fn adding_and_removing_a_server_address_changes_the_role_live() -> anyhow::Resul
     wait_all_see(&all, &["sw0", "sw1", "sw2"], SETTLE)?;
     Ok(())
 }
+
+/// Issue 16, item 5: a remote switch's port down in the fabric makes a
+/// local declared object depending on it alarmed under that root cause.
+#[test]
+fn a_remote_ports_fault_alarms_a_local_declared_object_under_that_root_cause() -> anyhow::Result<()>
+{
+    let lab = FabricLab::new(3)?;
+    // sw0 declares a service on sw2's port p1 (the remote port declared
+    // too, so the dependency exists before any fault names it).
+    let declared = r#"
+[inference]
+objects = [
+  { id = "port:sw2/p1", layer = "physical", kind = "port" },
+  { id = "svc:remote", layer = "service", kind = "service", depends_on = [{ id = "port:sw2/p1", kind = "maps-to" }] },
+]
+"#;
+    let agents = [
+        lab.start(0, declared)?,
+        lab.start(1, "")?,
+        lab.start(2, "")?,
+    ];
+    {
+        let all: Vec<&_> = agents.iter().collect();
+        wait_all_see(&all, &["sw0", "sw1", "sw2"], SETTLE)?;
+    }
+    lab.nodes[2].ip(&["link", "set", "p1b", "down"])?;
+    wait_fault(&agents[0], "sw2", "p1", "port-down", SETTLE)?;
+    wait_inferred(&agents[0], "svc:remote", true)?;
+    let report = wait_until(SETTLE, "sw0 alarms sw2's port", || {
+        let report = agents[0]
+            .query(&["show", "alarms"])
+            .map_err(|e| e.to_string())?;
+        let on_port = report["alarms"]
+            .as_array()
+            .and_then(|all| all.iter().find(|a| a["object"] == "port:sw2/p1").cloned());
+        match on_port {
+            Some(alarm) => Ok((report, alarm)),
+            None => Err(report.to_string()),
+        }
+    })?;
+    let (report, alarm) = report;
+    assert_eq!(
+        alarm["root_causes"],
+        serde_json::json!(["port:sw2/p1"]),
+        "{report}"
+    );
+    let suppressed: Vec<&str> = alarm["suppressed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["object"].as_str())
+        .collect();
+    assert_eq!(suppressed, ["svc:remote"], "{report}");
+    assert!(
+        report["alarms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["object"] != "svc:remote"),
+        "the service raises no alarm of its own: {report}"
+    );
+    lab.nodes[2].ip(&["link", "set", "p1b", "up"])?;
+    wait_inferred(&agents[0], "svc:remote", false)?;
+    wait_until(SETTLE, "sw0's alarm on sw2's port cleared", || {
+        let report = agents[0]
+            .query(&["show", "alarms"])
+            .map_err(|e| e.to_string())?;
+        if report["alarms"]
+            .as_array()
+            .is_some_and(|all| all.iter().all(|a| a["object"] != "port:sw2/p1"))
+        {
+            Ok(())
+        } else {
+            Err(report.to_string())
+        }
+    })?;
+    Ok(())
+}

@@ -1,11 +1,23 @@
 //! SPEC 5 against a real kernel: the agent's state model follows a member
 //! port taken down and up, inferring the state of what depends on it, and
 //! a declared object redundant over two ports is degraded, not down, while
-//! one of them is up.
+//! one of them is up. With an MLAG pair: a twin down degrades the MLAG
+//! interface under one root-cause alarm (posted to a real Alertmanager),
+//! and the peer agent killed is one lost-contact alarm, not a storm.
 
-use std::time::Duration;
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
 
-use mlag_testbed::{agent::Agent, netns, netns::Netns, wait_until};
+use anyhow::Context as _;
+use mlag_testbed::{
+    agent::{Agent, TempDir},
+    netns,
+    netns::Netns,
+    pair::Pair,
+    wait_until,
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -285,5 +297,302 @@ fn with_a_peer_each_mlag_id_has_an_mlag_interface_redundant_over_its_port_and_tw
     assert_eq!(source, "port:a-c");
     pair.a.ip(&["link", "set", "a-c", "up"])?;
     wait_effective(&agent, "mlag:1", "degraded", 1)?;
+    Ok(())
+}
+
+/// `show alarms -j` as (object, root causes, suppressed objects) per raised
+/// alarm, and the whole report.
+type Raised = Vec<(String, Vec<String>, Vec<String>)>;
+
+fn alarms(agent: &Agent) -> anyhow::Result<(Raised, serde_json::Value)> {
+    let report = agent.query(&["show", "alarms"])?;
+    let strs = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| {
+                        x.as_str()
+                            .or(x["object"].as_str())
+                            .unwrap_or("?")
+                            .to_string()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let raised = report["alarms"]
+        .as_array()
+        .context("alarms")?
+        .iter()
+        .map(|a| {
+            (
+                a["object"].as_str().unwrap_or("?").to_string(),
+                strs(&a["root_causes"]),
+                strs(&a["suppressed"]),
+            )
+        })
+        .collect();
+    Ok((raised, report))
+}
+
+/// Waits until `show alarms` satisfies `check`; returns the raised alarms.
+fn wait_alarms(
+    agent: &Agent,
+    what: &str,
+    check: impl Fn(&Raised) -> bool,
+) -> anyhow::Result<(Raised, serde_json::Value)> {
+    wait_until(WAIT, what, || match alarms(agent) {
+        Ok((raised, report)) if check(&raised) => Ok((raised, report)),
+        Ok((raised, _)) => Err(format!("{raised:?}")),
+        Err(err) => Err(err.to_string()),
+    })
+}
+
+/// `GET url` from inside `ns`: (status, body).
+fn http_get(ns: &Netns, url: &str) -> anyhow::Result<(u16, String)> {
+    ns.run(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let client = reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(5))
+                .build()?;
+            let response = client.get(url).send().await?;
+            Ok((response.status().as_u16(), response.text().await?))
+        })
+    })
+}
+
+/// A real Alertmanager (Debian's `prometheus-alertmanager`) in a
+/// namespace, killed on drop.
+struct Alertmanager {
+    child: Child,
+    dir: TempDir,
+    base: String,
+}
+
+impl Alertmanager {
+    fn start(ns: &Netns, listen: &str) -> anyhow::Result<Self> {
+        let dir = TempDir::new("mlag-alertmanager")?;
+        let config = dir.path().join("alertmanager.yml");
+        std::fs::write(
+            &config,
+            "route:\n  receiver: none\n  group_wait: 1s\nreceivers:\n  - name: none\n",
+        )?;
+        let log = std::fs::File::create(dir.path().join("alertmanager.log"))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns.name(), "prometheus-alertmanager"])
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={listen}"))
+            // A single instance: no gossip port to collide with.
+            .arg("--cluster.listen-address=")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting prometheus-alertmanager (Debian package; `cargo xtask setup`)")?;
+        let alertmanager = Self {
+            child,
+            dir,
+            base: format!("http://{listen}"),
+        };
+        wait_until(WAIT, "Alertmanager ready", || {
+            match http_get(ns, &format!("{}/-/ready", alertmanager.base)) {
+                Ok((200, _)) => Ok(()),
+                other => Err(format!("{other:?}\n{}", alertmanager.log())),
+            }
+        })?;
+        Ok(alertmanager)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("alertmanager.log")).unwrap_or_default()
+    }
+
+    /// The alerts it holds (active ones: resolved alerts are not listed).
+    fn alerts(&self, ns: &Netns) -> anyhow::Result<Vec<serde_json::Value>> {
+        let (status, body) = http_get(ns, &format!("{}/api/v2/alerts", self.base))?;
+        anyhow::ensure!(status == 200, "GET /api/v2/alerts: {status} {body}");
+        Ok(serde_json::from_str::<serde_json::Value>(&body)?
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn contains(list: &[String], item: &str) -> bool {
+    list.iter().any(|x| x == item)
+}
+
+#[test]
+fn one_twin_down_degrades_the_mlag_interface_under_a_twin_alarm_posted_to_alertmanager()
+-> anyhow::Result<()> {
+    let pair = Pair::new()?;
+    let alertmanager = Alertmanager::start(&pair.a, "127.0.0.1:9093")?;
+    let inference = format!(
+        "\n[inference.alarms]\nwebhook = {{ url = \"{}/api/v2/alerts\", repeat_s = 2 }}\n",
+        alertmanager.base
+    );
+    let a = pair.agent_a(&inference)?;
+    let _b = pair.agent_b("")?;
+    a.wait_session_up()?;
+    wait_effective(&a, "mlag:1", "normal", 0)?;
+    wait_alarms(&a, "no alarm with the pair up", Vec::is_empty)?;
+
+    // B's member port down: A hears its twin is down.
+    pair.b.ip(&["link", "set", "b-c", "down"])?;
+    let source = wait_effective(&a, "mlag:1", "degraded", 1)?;
+    assert_eq!(source, "twin:1");
+    let (raised, report) = wait_alarms(&a, "one alarm on twin:1", |r| {
+        r.len() == 1 && r[0].0 == "twin:1"
+    })?;
+    assert_eq!(
+        raised[0].1,
+        ["twin:1"],
+        "the twin is its own root cause: {report}"
+    );
+    assert!(
+        contains(&raised[0].2, "mlag:1"),
+        "the degraded MLAG interface is suppressed under it: {report}"
+    );
+    let text = a.query_text(&["show", "alarms"])?;
+    assert!(
+        text.contains("twin:1") && text.contains("suppressed mlag:1"),
+        "{text}"
+    );
+
+    // Alertmanager has it, with the root cause and what is suppressed.
+    let alert = wait_until(WAIT, "Alertmanager to hold the twin:1 alert", || {
+        let alerts = alertmanager.alerts(&pair.a).map_err(|e| e.to_string())?;
+        alerts
+            .into_iter()
+            .find(|a| a["labels"]["object"] == "twin:1")
+            .ok_or_else(|| alertmanager.log())
+    })?;
+    assert_eq!(
+        alert["labels"]["alertname"], "MlagSyncInferenceAlarm",
+        "{alert}"
+    );
+    assert_eq!(alert["annotations"]["root_cause"], "twin:1", "{alert}");
+    assert!(
+        alert["annotations"]["suppressed"]
+            .as_str()
+            .is_some_and(|s| s.contains("mlag:1")),
+        "{alert}"
+    );
+    assert_eq!(alert["status"]["state"], "active", "{alert}");
+
+    // A's own member port down too: the MLAG interface is down, under
+    // both root causes.
+    pair.a.ip(&["link", "set", "a-c", "down"])?;
+    wait_effective(&a, "mlag:1", "down", 3)?;
+    let (raised, report) = wait_alarms(&a, "alarms on twin:1 and port:a-c", |r| {
+        r.len() == 2 && r.iter().all(|(_, _, s)| contains(s, "mlag:1"))
+    })?;
+    let mut objects: Vec<&str> = raised.iter().map(|(o, _, _)| o.as_str()).collect();
+    objects.sort_unstable();
+    assert_eq!(objects, ["port:a-c", "twin:1"], "{report}");
+
+    // Both back: every alarm clears, and Alertmanager hears it resolved.
+    pair.a.ip(&["link", "set", "a-c", "up"])?;
+    pair.b.ip(&["link", "set", "b-c", "up"])?;
+    wait_effective(&a, "mlag:1", "normal", 0)?;
+    let (_, report) = wait_alarms(&a, "every alarm cleared", Vec::is_empty)?;
+    let cleared: Vec<&str> = report["cleared"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["object"].as_str())
+        .collect();
+    assert!(
+        cleared.contains(&"twin:1") && cleared.contains(&"port:a-c"),
+        "{report}"
+    );
+    assert_eq!(report["counters"]["suppressed_now"], 0, "{report}");
+    wait_until(
+        WAIT,
+        "Alertmanager to drop the resolved twin:1 alert",
+        || {
+            let alerts = alertmanager.alerts(&pair.a).map_err(|e| e.to_string())?;
+            match alerts.iter().find(|a| a["labels"]["object"] == "twin:1") {
+                None => Ok(()),
+                Some(alert) => Err(alert.to_string()),
+            }
+        },
+    )?;
+    let webhook = &a.query(&["show", "alarms"])?["webhook"];
+    assert!(webhook["posts"].as_u64() > Some(0), "{webhook}");
+    Ok(())
+}
+
+#[test]
+fn the_peer_agent_killed_is_one_lost_contact_alarm_with_its_objects_suppressed_under_it()
+-> anyhow::Result<()> {
+    let pair = Pair::new()?;
+    let a = pair.agent_a("")?;
+    let mut b = pair.agent_b("")?;
+    a.wait_session_up()?;
+    wait_effective(&a, "switch:mlag-peer", "normal", 0)?;
+    wait_effective(&a, "mlag:1", "normal", 0)?;
+    let (_, report) = wait_alarms(&a, "no alarm with the pair up", Vec::is_empty)?;
+    let raised_before = report["counters"]["raised"].as_u64().context("raised")?;
+
+    b.kill()?;
+    // The peer switch is lost contact, its twin port with it, and the MLAG
+    // interface inferred degraded from the twin.
+    wait_effective(&a, "switch:mlag-peer", "lost-contact", 0)?;
+    wait_effective(&a, "twin:1", "lost-contact", 0)?;
+    assert_eq!(wait_effective(&a, "mlag:1", "degraded", 1)?, "twin:1");
+    let (raised, report) = wait_alarms(&a, "one alarm on the peer switch", |r| {
+        r.len() == 1 && contains(&r[0].2, "mlag:1") && contains(&r[0].2, "twin:1")
+    })?;
+    assert_eq!(raised[0].0, "switch:mlag-peer", "{report}");
+    assert_eq!(raised[0].1, ["switch:mlag-peer"], "{report}");
+    // No storm: exactly one alarm was raised for it all.
+    assert_eq!(
+        report["counters"]["raised"].as_u64(),
+        Some(raised_before + 1),
+        "{report}"
+    );
+    assert_eq!(report["counters"]["active"], 1, "{report}");
+    Ok(())
+}
+
+#[test]
+fn an_address_added_after_start_joins_the_model_as_an_ip_interface() -> anyhow::Result<()> {
+    let switch = Netns::new("minfa")?;
+    let host = Netns::new("minfah")?;
+    netns::veth(&switch, "m0", &host, "h0")?;
+    let text = r#"instance = "{instance}"
+[dataplane]
+member_ports = ["m0"]
+"#;
+    let agent = Agent::start(&switch, text)?;
+    assert!(
+        state(&agent, "ip:m0").is_err(),
+        "no IPv4 address at start, no IP interface"
+    );
+    switch.ip(&["addr", "add", "10.66.2.1/24", "dev", "m0"])?;
+    let ip = wait_until(WAIT, "ip:m0 to join the model", || state(&agent, "ip:m0"))?;
+    assert_eq!(ip["object"]["kind"], "ip-interface", "{ip}");
+    assert_eq!(ip["depends_on"][0]["to"], "lan:m0", "{ip}");
+    // It follows its port like any other.
+    switch.ip(&["link", "set", "m0", "down"])?;
+    wait_effective(&agent, "ip:m0", "down", 3)?;
+    switch.ip(&["link", "set", "m0", "up"])?;
+    wait_effective(&agent, "ip:m0", "normal", 0)?;
     Ok(())
 }

@@ -27,6 +27,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     // Packaging: man pages are gzipped; the unit is checked with systemd-analyze.
     ("gzip", "gzip"),
     ("systemd", "systemd-analyze"),
+    // Inference alarm webhook test: a real Alertmanager receiving the alerts.
+    ("prometheus-alertmanager", "prometheus-alertmanager"),
 ];
 
 fn cargo_home() -> PathBuf {

@@ -13,7 +13,7 @@ use crate::{
     control::{client, protocol::Request},
     dataplane::report::{CapturedList, CountersReport, StatusReport},
     fabric::report::FabricReport,
-    inference::report::{StateReport, StatesReport},
+    inference::report::{AlarmsReport, StateReport, StatesReport},
     mclag::report::MclagReport,
     peersync::report::{ArpTable, PeerReport},
     rollout::report::RolloutReport,
@@ -354,6 +354,9 @@ pub enum Show {
         #[arg(long)]
         faulty: bool,
     },
+    /// Root-cause alarms: each raised alarm with its root causes and the objects suppressed
+    /// under it, recently cleared alarms, counters (and the webhook's).
+    Alarms,
     /// Rollout: the center's rollouts (plan, batches, per-device state) and this device's services.
     Rollout,
     /// One object: its states, what it depends on and what depends on it, its histories.
@@ -407,6 +410,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             what: Show::State { object },
         } => {
             ask!(Request::State { object }, StateReport)
+        }
+        Command::Show { what: Show::Alarms } => {
+            ask!(Request::Alarms, AlarmsReport)
         }
         Command::Show {
             what: Show::Rollout,

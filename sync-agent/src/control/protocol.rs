@@ -35,6 +35,8 @@ pub enum Request {
         #[serde(default)]
         faulty: bool,
     },
+    /// Root-cause alarms: raised, suppressed under them, recently cleared.
+    Alarms,
     /// Rollouts (on a center) and the device's services (on a device).
     Rollout,
     /// One object's state, dependency chains and histories.

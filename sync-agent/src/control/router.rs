@@ -174,6 +174,7 @@ impl Router {
             },
             Request::States { faulty } => answer(self.inference.states(faulty).await),
             Request::State { object } => answer(self.inference.state(object).await),
+            Request::Alarms => answer(self.inference.alarms().await),
             Request::Fabric => match &self.fabric {
                 Some(fabric) => answer(fabric.report().await),
                 None => not_configured("fabric sync", "fabric"),

@@ -27,6 +27,9 @@ pub struct InferenceConfig {
     /// Rules that normalise information to states (before the built-in ones).
     #[serde(default)]
     pub rules: Vec<Rule>,
+    /// Root-cause alarms (`[inference.alarms]`).
+    #[serde(default)]
+    pub alarms: AlarmConfig,
     /// The MLAG id of each member port, when the switch has an MLAG peer:
     /// each id gets an MLAG interface object redundant over the local port
     /// and its twin on the peer. Not read from the `[inference]` section:
@@ -41,9 +44,71 @@ impl Default for InferenceConfig {
             history: default_history(),
             objects: Vec::new(),
             rules: Vec::new(),
+            alarms: AlarmConfig::default(),
             mlag_ports: Vec::new(),
         }
     }
+}
+
+fn default_alarm_level() -> u8 {
+    1
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_repeat_s() -> u64 {
+    60
+}
+
+fn default_timeout_ms() -> u64 {
+    5000
+}
+
+/// `[inference.alarms]`: when an object's state raises an alarm, and where
+/// alarms are posted.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmConfig {
+    /// Fault level from which an object's effective state raises an alarm
+    /// (1 to 255; default 1: every fault, `degraded` included).
+    #[serde(default = "default_alarm_level")]
+    pub level: u8,
+    /// An object in lost contact raises an alarm too (default true): lost
+    /// contact is no fault, but the operator must know the view is blind.
+    #[serde(default = "yes")]
+    pub lost_contact: bool,
+    /// Post alarms to an Alertmanager-compatible receiver (none by default).
+    #[serde(default)]
+    pub webhook: Option<WebhookConfig>,
+}
+
+impl Default for AlarmConfig {
+    fn default() -> Self {
+        Self {
+            level: default_alarm_level(),
+            lost_contact: true,
+            webhook: None,
+        }
+    }
+}
+
+/// `[inference.alarms.webhook]`: alarms as Alertmanager alerts
+/// (`POST <url>` with the `/api/v2/alerts` body).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Where alerts go, e.g. `http://127.0.0.1:9093/api/v2/alerts`.
+    pub url: String,
+    /// Raised alarms are posted again this often (seconds; 0 = only on
+    /// change), as Alertmanager resolves an alert not heard of for its
+    /// `resolve_timeout`. Default 60.
+    #[serde(default = "default_repeat_s")]
+    pub repeat_s: u64,
+    /// Time allowed for one post (ms, 100 to 60000; default 5000).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
 }
 
 /// An object declared in the config.
@@ -100,6 +165,41 @@ impl InferenceConfig {
                 "inference.history",
                 format!("{} must be between 1 and 4096", self.history),
             );
+        }
+        if self.alarms.level == 0 {
+            out.add(
+                "inference.alarms.level",
+                "0 would alarm every object: must be between 1 and 255".to_string(),
+            );
+        }
+        if let Some(webhook) = &self.alarms.webhook {
+            match reqwest::Url::parse(&webhook.url) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+                Ok(url) => out.add(
+                    "inference.alarms.webhook.url",
+                    format!(
+                        "'{}': scheme {} is not http or https",
+                        webhook.url,
+                        url.scheme()
+                    ),
+                ),
+                Err(err) => out.add(
+                    "inference.alarms.webhook.url",
+                    format!("'{}' is not a URL: {err}", webhook.url),
+                ),
+            }
+            if webhook.repeat_s > 86_400 {
+                out.add(
+                    "inference.alarms.webhook.repeat_s",
+                    format!("{} must be at most 86400 (a day)", webhook.repeat_s),
+                );
+            }
+            if !(100..=60_000).contains(&webhook.timeout_ms) {
+                out.add(
+                    "inference.alarms.webhook.timeout_ms",
+                    format!("{} must be between 100 and 60000", webhook.timeout_ms),
+                );
+            }
         }
         for (i, object) in self.objects.iter().enumerate() {
             if object.id.is_empty() || !object.id.contains(':') {
@@ -196,6 +296,42 @@ depends_on = [{ id = "ip:a", kind = "maps-to" }, { id = "ip:b", kind = "maps-to"
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn alarms_default_to_every_fault_and_lost_contact_without_a_webhook() {
+        let c = parse("");
+        assert_eq!(c.alarms, AlarmConfig::default());
+        assert_eq!(c.alarms.level, 1);
+        assert!(c.alarms.lost_contact);
+        assert!(c.alarms.webhook.is_none());
+        let c = parse(
+            "[alarms]\nlevel = 3\nlost_contact = false\nwebhook = { url = \"http://127.0.0.1:9093/api/v2/alerts\" }\n",
+        );
+        assert_eq!(c.alarms.level, 3);
+        assert!(!c.alarms.lost_contact);
+        let webhook = c.alarms.webhook.as_ref().unwrap();
+        assert_eq!((webhook.repeat_s, webhook.timeout_ms), (60, 5000));
+        assert_eq!(problems(&c), "");
+    }
+
+    #[test]
+    fn bad_alarm_settings_are_problems_naming_the_field() {
+        let c = parse(
+            "[alarms]\nlevel = 0\nwebhook = { url = \"ftp://x/\", timeout_ms = 5, repeat_s = 100000 }\n",
+        );
+        let text = problems(&c);
+        for field in [
+            "inference.alarms.level",
+            "inference.alarms.webhook.url",
+            "inference.alarms.webhook.timeout_ms",
+            "inference.alarms.webhook.repeat_s",
+        ] {
+            assert!(text.contains(field), "{field} missing in {text}");
+        }
+        let c = parse("[alarms]\nwebhook = { url = \"not a url\" }\n");
+        assert!(problems(&c).contains("not a URL"), "{}", problems(&c));
+        assert!(toml::from_str::<InferenceConfig>("[alarms]\nlevle = 2\n").is_err());
     }
 
     #[test]

@@ -7,13 +7,16 @@ use tokio::sync::oneshot;
 
 use super::{
     ObjectId, ObjectView, live,
-    report::{ChainLink, StateReport, StatesReport},
+    report::{AlarmsReport, ChainLink, StateReport, StatesReport},
     task::Task,
 };
 use crate::{
     bus::{Info, LinkEvent, ids},
     clock::now_ms,
-    southbound::links::{self, Link},
+    southbound::{
+        addresses,
+        links::{self, Link},
+    },
 };
 
 /// Everything the inference task reacts to.
@@ -25,6 +28,8 @@ pub(super) enum Event {
     LinksLagged(u64),
     /// Information from elsewhere in the agent (fabric, peers, health).
     Info(Info),
+    /// An address was added or removed somewhere (bursts coalesced).
+    AddressesChanged,
     /// An operator query.
     Query(Query),
 }
@@ -38,6 +43,11 @@ pub(super) enum Query {
         faulty: bool,
         /// The answer.
         reply: oneshot::Sender<StatesReport>,
+    },
+    /// `show alarms`.
+    Alarms {
+        /// The answer.
+        reply: oneshot::Sender<AlarmsReport>,
     },
     /// `show state OBJECT`.
     State {
@@ -55,8 +65,12 @@ impl Task {
             Event::Link(event) => self.process_link(event),
             Event::LinksLagged(missed) => self.process_links_lagged(missed).await,
             Event::Info(info) => self.process_info(info),
+            Event::AddressesChanged => self.process_addresses_changed().await,
             Event::Query(Query::States { faulty, reply }) => {
                 let _ = reply.send(self.process_states(faulty));
+            }
+            Event::Query(Query::Alarms { reply }) => {
+                let _ = reply.send(self.process_alarms());
             }
             Event::Query(Query::State { object, reply }) => {
                 let _ = reply.send(self.process_state(object));
@@ -120,6 +134,38 @@ impl Task {
         }
     }
 
+    /// Addresses changed: an interface with an IPv4 address and no IP
+    /// interface object yet gets one (an address removed changes nothing:
+    /// the object stays, following its L2 object).
+    pub(super) async fn process_addresses_changed(&mut self) {
+        let names: Vec<(u32, String)> = self
+            .names
+            .iter()
+            .filter(|(_, name)| !self.model.contains(&ids::ip(name)))
+            .map(|(index, name)| (*index, name.clone()))
+            .collect();
+        for (index, name) in names {
+            let has_v4 = match addresses::list(&self.netlink, index).await {
+                Ok(list) => list.iter().any(|a| a.ip.is_ipv4()),
+                Err(err) => {
+                    tracing::debug!(interface = name, error = %err, "cannot read the interface's addresses");
+                    continue;
+                }
+            };
+            if !has_v4 {
+                continue;
+            }
+            let changes = live::ensure_ip(&mut self.model, &name);
+            self.stats.changes += changes.len() as u64;
+            let notices =
+                self.alarms
+                    .update(&self.model, changes.iter().map(|c| &c.object), now_ms());
+            if let Some(webhook) = &mut self.webhook {
+                webhook.tell(notices, || self.alarms.raised_views(&self.model));
+            }
+        }
+    }
+
     /// Information from another module.
     pub(super) fn process_info(&mut self, info: Info) {
         self.apply(info);
@@ -137,9 +183,24 @@ impl Task {
                 v
             })
             .collect();
+        let mut counters = self.stats.clone();
+        counters.alarms = self.alarms.stats();
         StatesReport {
             objects: views,
-            counters: self.stats.clone(),
+            counters,
+        }
+    }
+
+    /// `show alarms`.
+    pub(super) fn process_alarms(&self) -> AlarmsReport {
+        let (alarms, cleared) = self.alarms.report(&self.model);
+        AlarmsReport {
+            level: self.alarms.level(),
+            lost_contact: self.alarms.lost_contact(),
+            alarms,
+            cleared,
+            counters: self.alarms.stats(),
+            webhook: self.webhook.as_ref().map(|w| w.stats()),
         }
     }
 
@@ -183,7 +244,8 @@ impl Task {
         if info.source == "fabric" {
             live::ensure_remote_port(&mut self.model, &object);
         }
-        match self.model.apply(info, &self.rules, now_ms()) {
+        let now = now_ms();
+        match self.model.apply(info, &self.rules, now) {
             Ok(applied) => {
                 self.stats.infos += 1;
                 if !applied.known {
@@ -192,6 +254,17 @@ impl Task {
                 self.stats.changes += applied.changes.len() as u64;
                 for change in &applied.changes {
                     tracing::debug!(object = change.object.0, ?change.after, "state change");
+                }
+                let notices = self.alarms.update(
+                    &self.model,
+                    applied.changes.iter().map(|c| &c.object).chain([&object]),
+                    now,
+                );
+                for notice in &notices {
+                    tracing::debug!(?notice, "alarm");
+                }
+                if let Some(webhook) = &mut self.webhook {
+                    webhook.tell(notices, || self.alarms.raised_views(&self.model));
                 }
             }
             Err(err) => {

@@ -90,14 +90,7 @@ pub async fn build_live(
         }
         let ip = ids::ip(&link.name);
         model.add_object(ip.clone(), Layer::L3, "ip-interface")?;
-        let below = if model.contains(&ids::lan(&link.name)) {
-            ids::lan(&link.name)
-        } else if model.contains(&ids::aggregate("bridge", &link.name)) {
-            ids::aggregate("bridge", &link.name)
-        } else {
-            ids::aggregate("bond", &link.name)
-        };
-        model.add_dependency(&ip, &below, Dependency::MapsTo)?;
+        model.add_dependency(&ip, &l2_of(model, &link.name), Dependency::MapsTo)?;
     }
     for (gateway, oif) in routes::gateways(netlink).await.unwrap_or_default() {
         let Some(name) = names.get(&oif) else {
@@ -125,6 +118,13 @@ pub async fn build_live(
 /// unknown (`peer twin-unknown`, lost contact) until the peer says otherwise.
 pub fn add_mlag(model: &mut Model, mlag_ports: &[(String, u32)]) -> Vec<ObjectId> {
     let mut twins = Vec::new();
+    let peer = ids::peer_switch();
+    if !mlag_ports.is_empty()
+        && !model.contains(&peer)
+        && let Err(err) = model.add_object(peer.clone(), Layer::Physical, "switch")
+    {
+        tracing::warn!(error = %err, "cannot add the MLAG peer switch to the state model");
+    }
     for (name, mlag_id) in mlag_ports {
         let port = ids::port(name);
         if !model.contains(&port) {
@@ -143,7 +143,14 @@ pub fn add_mlag(model: &mut Model, mlag_ports: &[(String, u32)]) -> Vec<ObjectId
                 model.set_redundancy(&mlag, Redundancy::Redundant, DEFAULT_DEGRADED_LEVEL)
             })
             .and_then(|_| model.add_group_dependency(&mlag, &port, Dependency::MapsTo))
-            .and_then(|_| model.add_group_dependency(&mlag, &twin, Dependency::MapsTo));
+            .and_then(|_| model.add_group_dependency(&mlag, &twin, Dependency::MapsTo))
+            .and_then(|_| {
+                if model.contains(&peer) {
+                    model.add_dependency(&twin, &peer, Dependency::BelongsTo)
+                } else {
+                    Ok(())
+                }
+            });
         match added {
             Ok(_) => twins.push(twin),
             Err(err) => {
@@ -152,6 +159,44 @@ pub fn add_mlag(model: &mut Model, mlag_ports: &[(String, u32)]) -> Vec<ObjectId
         }
     }
     twins
+}
+
+/// The L2 object an IP interface on `name` maps to: its LAN port, or the
+/// bridge or bond of that name.
+fn l2_of(model: &Model, name: &str) -> ObjectId {
+    if model.contains(&ids::lan(name)) {
+        ids::lan(name)
+    } else if model.contains(&ids::aggregate("bridge", name)) {
+        ids::aggregate("bridge", name)
+    } else {
+        ids::aggregate("bond", name)
+    }
+}
+
+/// An interface that got its first IPv4 address after start: its IP
+/// interface joins the model, mapping its L2 object (and so inferred from
+/// it at once). Returns the state changes that caused (the new object
+/// inferred faulty); nothing when it is `lo`, already known, or its L2
+/// object is not in the model.
+pub fn ensure_ip(model: &mut Model, name: &str) -> Vec<super::Change> {
+    let ip = ids::ip(name);
+    let below = l2_of(model, name);
+    if name == "lo" || model.contains(&ip) || !model.contains(&below) {
+        return Vec::new();
+    }
+    let added = model
+        .add_object(ip.clone(), Layer::L3, "ip-interface")
+        .and_then(|()| model.add_dependency_changes(&ip, &below, Dependency::MapsTo));
+    match added {
+        Ok(changes) => {
+            tracing::info!(interface = name, "IP interface joins the state model");
+            changes
+        }
+        Err(err) => {
+            tracing::warn!(interface = name, error = %err, "cannot add the IP interface to the state model");
+            Vec::new()
+        }
+    }
 }
 
 /// An interface that appeared after start joins the model as a physical
@@ -293,6 +338,39 @@ mod tests {
             [crate::inference::State::normal()],
             "the other MLAG id is untouched"
         );
+        // The twins belong to the peer switch.
+        assert_eq!(
+            model.dependencies_of(&ids::twin(9)),
+            [(ids::peer_switch(), Dependency::BelongsTo)]
+        );
+    }
+
+    #[test]
+    fn an_ip_interface_added_later_maps_its_lan_port_and_is_inferred_from_it_at_once() {
+        let mut model = model_with_switch();
+        ensure_port(&mut model, "a", "m0");
+        model
+            .apply(
+                Info::new("netlink", "link-down", ids::port("m0")),
+                &RuleTable::builtin(),
+                1,
+            )
+            .unwrap();
+        let changes = ensure_ip(&mut model, "m0");
+        assert_eq!(
+            model.dependencies_of(&ids::ip("m0")),
+            [(ids::lan("m0"), Dependency::MapsTo)]
+        );
+        assert_eq!(model.fault_level(&ids::ip("m0")), Some(3));
+        assert!(
+            changes.iter().any(|c| c.object == ids::ip("m0")),
+            "{changes:?}"
+        );
+        // Known already, `lo`, or no L2 object: nothing.
+        assert!(ensure_ip(&mut model, "m0").is_empty());
+        assert!(ensure_ip(&mut model, "lo").is_empty());
+        assert!(ensure_ip(&mut model, "nowhere").is_empty());
+        assert!(!model.contains(&ids::ip("nowhere")));
     }
 
     #[test]

@@ -49,7 +49,14 @@
 //! Every object keeps a bounded history of its effective state changes and
 //! of the information it received (SPEC 5.6).
 //!
-//! The engine ([`model`], [`rules`]) is pure: no I/O, no clock (times are
+//! Over the model, [`alarms`] raises root-cause alarms: an object whose
+//! effective state reaches the configured level raises an alarm naming its
+//! root causes (the deepest faulty objects down its chain), unless its
+//! fault is only inferred from alarmed root causes: then it is suppressed
+//! and listed under them. [`webhook`] posts alarms to an
+//! Alertmanager-compatible receiver.
+//!
+//! The engine ([`model`], [`rules`], [`alarms`]) is pure: no I/O, no clock (times are
 //! passed in), no async.
 //!
 //! Around it, one task (`task.rs`) owns the model: [`live`] builds it from
@@ -59,6 +66,7 @@
 //! (the supervisor wires them) into information for the model and answer
 //! the operator's `show states` / `show state`.
 
+pub mod alarms;
 pub mod config;
 mod events;
 pub mod live;
@@ -66,6 +74,7 @@ pub mod model;
 pub mod report;
 pub mod rules;
 mod task;
+pub mod webhook;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -75,11 +84,14 @@ pub use self::{
         Applied, Change, DEFAULT_DEGRADED_LEVEL, Dependency, GroupView, HistoryEntry, InfoEntry,
         Layer, Model, ModelError, ObjectView, Redundancy, StateView,
     },
-    report::{ChainLink, InferenceStats, StateReport, StatesReport},
+    report::{AlarmsReport, ChainLink, InferenceStats, StateReport, StatesReport},
     rules::{Rule, RuleTable, State},
 };
-use crate::bus::{AskError, LinkEvent};
 pub use crate::bus::{Info, ObjectId, ids};
+use crate::{
+    bus::{AskError, LinkEvent},
+    southbound::addresses,
+};
 
 /// Depth of the operator query channel; queries are rare and answered at once.
 const QUERY_DEPTH: usize = 16;
@@ -95,8 +107,9 @@ impl InferenceHandle {
     /// objects of `config`, takes the interfaces' current state as the first
     /// information, and starts the task. `switch_name` names this switch's
     /// object (`switch:<name>`). The task then follows `links` (it re-reads
-    /// the interfaces when it lagged behind) and applies every [`Info`]
-    /// arriving on `infos`; it runs until all of its inputs close.
+    /// the interfaces when it lagged behind) and address changes (an
+    /// interface that gets an IPv4 address joins as an IP interface), and
+    /// applies every [`Info`] arriving on `infos`; it runs until all of its inputs close.
     ///
     /// Fails when the live system cannot be read or a declared object or
     /// dependency is refused (the message names `inference.objects`).
@@ -109,7 +122,16 @@ impl InferenceHandle {
     ) -> anyhow::Result<InferenceHandle> {
         let (queries, query_rx) = mpsc::channel(QUERY_DEPTH);
         let task = Task::build(config, switch_name, netlink).await?;
-        tokio::spawn(task.run(links, infos, query_rx));
+        // Addresses added after start join the model; without the watcher
+        // the model keeps what it read at start.
+        let addresses = match addresses::watch() {
+            Ok(rx) => Some(rx),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot watch address changes: IP interfaces that appear later stay out of the state model");
+                None
+            }
+        };
+        tokio::spawn(task.run(links, infos, query_rx, addresses));
         Ok(InferenceHandle { queries })
     }
 
@@ -118,6 +140,14 @@ impl InferenceHandle {
     pub async fn states(&self, faulty: bool) -> Result<StatesReport, AskError> {
         let (reply, rx) = oneshot::channel();
         self.ask(Query::States { faulty, reply }).await?;
+        rx.await.map_err(|_| AskError::Gone("inference"))
+    }
+
+    /// `show alarms`: raised alarms with their root causes and what is
+    /// suppressed under them, recently cleared ones, counters.
+    pub async fn alarms(&self) -> Result<AlarmsReport, AskError> {
+        let (reply, rx) = oneshot::channel();
+        self.ask(Query::Alarms { reply }).await?;
         rx.await.map_err(|_| AskError::Gone("inference"))
     }
 

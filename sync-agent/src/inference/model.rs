@@ -1243,6 +1243,27 @@ impl Model {
             .collect()
     }
 
+    /// The most severe level among an object's actual states (what its
+    /// sources said of it, not what was inferred), without building its view.
+    pub fn actual_level(&self, id: &ObjectId) -> Option<u8> {
+        let x = self.lookup(id).ok()?;
+        Some(
+            self.objects[x as usize]
+                .actual
+                .iter()
+                .map(|&(_, s)| self.states[s as usize].level)
+                .max()
+                .unwrap_or(0),
+        )
+    }
+
+    /// An object's effective state as operators see it (with sources),
+    /// without building its whole view.
+    pub fn effective_view(&self, id: &ObjectId) -> Option<Vec<StateView>> {
+        let x = self.lookup(id).ok()?;
+        Some(self.effective_views(x))
+    }
+
     /// What `id` depends on directly (down the chain); empty for an unknown id.
     pub fn dependencies_of(&self, id: &ObjectId) -> Vec<(ObjectId, Dependency)> {
         self.edges(id, true)

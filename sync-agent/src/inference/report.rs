@@ -6,7 +6,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Dependency, ObjectId, ObjectView, StateView};
+use super::{
+    Dependency, ObjectId, ObjectView, StateView,
+    alarms::{AlarmStats, AlarmView},
+    webhook::WebhookStats,
+};
 
 /// Counters of the inference task.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -19,6 +23,28 @@ pub struct InferenceStats {
     pub unknown_objects: u64,
     /// Effective state changes.
     pub changes: u64,
+    /// The alarm table's counters.
+    #[serde(default)]
+    pub alarms: AlarmStats,
+}
+
+/// `show alarms`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AlarmsReport {
+    /// The fault level from which alarms are raised.
+    pub level: u8,
+    /// Whether lost contact raises alarms.
+    pub lost_contact: bool,
+    /// Raised alarms, each with its root causes and what is suppressed
+    /// under it, by object.
+    pub alarms: Vec<AlarmView>,
+    /// Recently cleared alarms, newest first.
+    pub cleared: Vec<AlarmView>,
+    /// Counters.
+    pub counters: AlarmStats,
+    /// The webhook's counters, when one is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookStats>,
 }
 
 /// `show states`.
@@ -98,6 +124,82 @@ impl fmt::Display for StatesReport {
             c.unknown_objects,
             c.changes
         )
+    }
+}
+
+impl fmt::Display for AlarmsReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ids = |ids: &[ObjectId]| {
+            ids.iter()
+                .map(ObjectId::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        writeln!(
+            f,
+            "{:<28} {:<22} {:<28} {:>14}",
+            "alarm", "state", "root cause", "raised (ms)"
+        )?;
+        for a in &self.alarms {
+            writeln!(
+                f,
+                "{:<28} {:<22} {:<28} {:>14}",
+                a.object.0,
+                states_text(&a.states),
+                ids(&a.root_causes),
+                a.raised_ms
+            )?;
+            for s in &a.suppressed {
+                writeln!(
+                    f,
+                    "  suppressed {:<17} {}",
+                    s.object.0,
+                    states_text(&s.states)
+                )?;
+            }
+        }
+        if !self.cleared.is_empty() {
+            writeln!(f, "recently cleared:")?;
+            for a in &self.cleared {
+                writeln!(
+                    f,
+                    "  {:<26} root cause {} (raised {}, cleared {})",
+                    a.object.0,
+                    ids(&a.root_causes),
+                    a.raised_ms,
+                    a.cleared_ms
+                )?;
+            }
+        }
+        let c = &self.counters;
+        writeln!(
+            f,
+            "({} raised, {} suppressed; level {}{}; {} raised, {} cleared in all)",
+            c.active,
+            c.suppressed_now,
+            self.level,
+            if self.lost_contact {
+                ", lost contact too"
+            } else {
+                ""
+            },
+            c.raised,
+            c.cleared
+        )?;
+        if let Some(w) = &self.webhook {
+            writeln!(
+                f,
+                "webhook: {} posts, {} failures, {} dropped{}",
+                w.posts,
+                w.failures,
+                w.dropped,
+                w.last_error
+                    .as_ref()
+                    .map(|e| format!("; last error: {e}"))
+                    .unwrap_or_default()
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -217,6 +319,36 @@ mod tests {
         assert_eq!(
             lines.last(),
             Some(&"(3 objects; 1 infos, 0 unknown, 0 about unknown objects, 2 changes)")
+        );
+    }
+
+    #[test]
+    fn alarms_render_with_their_root_causes_and_what_is_suppressed_under_them() {
+        use crate::inference::{alarms::Alarms, config::AlarmConfig};
+        let m = model();
+        let mut alarms = Alarms::new(AlarmConfig::default());
+        alarms.update(&m, &[ids::port("eth0"), ids::lan("eth0")], 5);
+        let (raised, cleared) = alarms.report(&m);
+        let report = AlarmsReport {
+            level: 1,
+            lost_contact: true,
+            alarms: raised,
+            cleared,
+            counters: alarms.stats(),
+            webhook: None,
+        };
+        let text = report.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(
+            lines[1].starts_with("port:eth0") && lines[1].contains("down(3)"),
+            "{text}"
+        );
+        assert!(lines[1].contains("port:eth0"), "root cause: {text}");
+        assert_eq!(lines[2], "  suppressed lan:eth0          down(3)");
+        assert_eq!(
+            lines[3],
+            "(1 raised, 1 suppressed; level 1, lost contact too; 1 raised, 0 cleared in all)"
         );
     }
 

@@ -4,6 +4,7 @@
 //! ```text
 //!  netlink watcher ── broadcast<LinkEvent> ──┐
 //!  fabric, ...     ── mpsc<Info> ────────────┼──> Task::run (select) ──> Model
+//!  address watcher ── mpsc<()> ─────────────┤
 //!  InferenceHandle ── mpsc<Query> ───────────┘
 //! ```
 //!
@@ -21,13 +22,15 @@ use tokio::sync::{
 
 use super::{
     Model, ObjectId, Redundancy, RuleTable,
+    alarms::Alarms,
     config::InferenceConfig,
     events::{Event, Query},
     live,
     report::InferenceStats,
+    webhook::Webhook,
 };
 use crate::{
-    bus::{Info, LinkEvent},
+    bus::{Info, LinkEvent, ids},
     southbound::links,
 };
 
@@ -44,6 +47,10 @@ pub(super) struct Task {
     pub(super) netlink: Handle,
     /// Times the task lagged behind the link events (logged once at warn).
     pub(super) links_lagged: u64,
+    /// Root-cause alarms over the model.
+    pub(super) alarms: Alarms,
+    /// Where alarms are posted, when configured.
+    pub(super) webhook: Option<Webhook>,
 }
 
 impl Task {
@@ -87,11 +94,19 @@ impl Task {
         let twins = live::add_mlag(&mut model, &config.mlag_ports);
         tracing::info!(objects = model.len(), "state model built");
         let mut task = Self::new(model, rules, names, switch_name, netlink);
+        task.alarms = Alarms::new(config.alarms.clone());
+        if let Some(webhook) = &config.alarms.webhook {
+            task.webhook = Some(Webhook::spawn(webhook, switch_name)?);
+        }
         // The state the interfaces are in now is the first information.
         for link in links::all(&task.netlink).await? {
             task.link_state(&link);
         }
-        // Nothing is known of the twins until peer sync tells.
+        // Nothing is known of the peer and its twin ports until peer sync
+        // tells.
+        if !twins.is_empty() {
+            task.apply(Info::new("peer", "liveness-lost", ids::peer_switch()));
+        }
         for twin in twins {
             task.apply(Info::new("peer", "twin-unknown", twin));
         }
@@ -114,6 +129,8 @@ impl Task {
             switch: switch.to_string(),
             netlink,
             links_lagged: 0,
+            alarms: Alarms::new(Default::default()),
+            webhook: None,
         }
     }
 
@@ -123,6 +140,7 @@ impl Task {
         mut links: broadcast::Receiver<LinkEvent>,
         mut infos: mpsc::Receiver<Info>,
         mut queries: mpsc::Receiver<Query>,
+        mut addresses: Option<mpsc::Receiver<()>>,
     ) {
         let mut links_open = true;
         loop {
@@ -137,10 +155,31 @@ impl Task {
                 },
                 Some(info) = infos.recv() => Event::Info(info),
                 Some(query) = queries.recv() => Event::Query(query),
+                changed = next_change(&mut addresses), if addresses.is_some() => match changed {
+                    Some(()) => {
+                        // One re-read answers a whole burst.
+                        if let Some(rx) = &mut addresses {
+                            while rx.try_recv().is_ok() {}
+                        }
+                        Event::AddressesChanged
+                    }
+                    None => {
+                        addresses = None;
+                        continue;
+                    }
+                },
                 else => break,
             };
             self.process(event).await;
         }
         tracing::debug!("inference task stopped: every input closed");
+    }
+}
+
+/// The next address change, or never without a watcher.
+async fn next_change(addresses: &mut Option<mpsc::Receiver<()>>) -> Option<()> {
+    match addresses {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }

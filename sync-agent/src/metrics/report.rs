@@ -676,9 +676,31 @@ fn inference(b: &mut Builder, s: &StatesReport) {
             c.changes,
             "Effective state changes",
         ),
+        (
+            "inference_alarms_raised",
+            c.alarms.raised,
+            "Root-cause alarms raised",
+        ),
+        (
+            "inference_alarms_cleared",
+            c.alarms.cleared,
+            "Root-cause alarms cleared",
+        ),
     ] {
         b.counter(name, help, &[], n);
     }
+    b.gauge(
+        "inference_alarms_active",
+        "Root-cause alarms raised now",
+        &[],
+        c.alarms.active as f64,
+    );
+    b.gauge(
+        "inference_alarms_suppressed",
+        "Objects whose alarm is suppressed under a root cause now",
+        &[],
+        c.alarms.suppressed_now as f64,
+    );
 }
 
 /// Fabric member states `show fabric` reports.

@@ -331,6 +331,7 @@ impl Task {
         // The peer tells port states only when they change: at session
         // start its ports are taken as up (a twin already down shows up
         // until it changes).
+        self.tell_peer("liveness-ok");
         for (mlag_id, _) in &hello.ports {
             self.tell_twin(*mlag_id, "twin-up");
         }
@@ -459,10 +460,11 @@ impl Task {
     pub(super) fn process_liveness_down(&mut self) {
         tracing::warn!(peer = %self.config.peer_address, dead_ms = self.config.dead_interval_ms, "peer lost: no keepalive");
         self.peer_alive = None;
+        let established = self.session.as_ref().is_some_and(|s| s.peer.is_some());
+        // Closing an established session tells inference itself.
         self.close_session("peer liveness lost");
-        let ids: Vec<u32> = self.ports.iter().map(|p| p.mlag_id).collect();
-        for mlag_id in ids {
-            self.tell_twin(mlag_id, "twin-unknown");
+        if !established {
+            self.tell_peer_lost();
         }
         self.notify(SessionEvent::Lost);
     }

@@ -430,6 +430,7 @@ impl Task {
             if session.peer.is_some() {
                 self.stats.sessions_lost += 1;
                 tracing::warn!(peer = %self.config.peer_address, why, up_s = session.opened.elapsed().as_secs(), "peer session closed");
+                self.tell_peer_lost();
             } else {
                 tracing::info!(peer = %self.config.peer_address, why, "peer connection closed before its hello");
             }

@@ -322,6 +322,30 @@ impl Task {
         }
     }
 
+    /// Tells inference the peer switch is in contact (`liveness-ok`) or
+    /// not (`liveness-lost`); a full queue drops and counts.
+    pub(super) fn tell_peer(&mut self, message: &str) {
+        let Some(infos) = &self.infos else {
+            return;
+        };
+        if infos
+            .try_send(Info::new("peer", message, ids::peer_switch()))
+            .is_err()
+        {
+            self.stats.infos_dropped += 1;
+        }
+    }
+
+    /// Contact with the peer is lost (its session died or its keepalives
+    /// stopped): the peer switch and every twin port go lost contact.
+    pub(super) fn tell_peer_lost(&mut self) {
+        self.tell_peer("liveness-lost");
+        let ids: Vec<u32> = self.ports.iter().map(|p| p.mlag_id).collect();
+        for mlag_id in ids {
+            self.tell_twin(mlag_id, "twin-unknown");
+        }
+    }
+
     /// Tells MC-LAG about the session without ever waiting on it: a full
     /// queue drops the event and counts it (`session_events_dropped`), so a
     /// stalled MC-LAG task cannot stall captures, acks and keepalive

@@ -1825,7 +1825,7 @@ async fn the_twin_ports_states_reach_inference() {
     h.establish(PEER_BOOT, None).await;
     assert_eq!(
         heard(),
-        ["peer twin-up twin:1"],
+        ["peer liveness-ok switch:mlag-peer", "peer twin-up twin:1"],
         "the peer's hello lists port 1"
     );
     let mut buf = vec![0u8; 64];
@@ -1838,8 +1838,24 @@ async fn the_twin_ports_states_reach_inference() {
     h.task.process(Event::Liveness(Liveness::Down)).await;
     assert_eq!(
         heard(),
-        ["peer twin-unknown twin:1", "peer twin-unknown twin:2"],
-        "every MLAG id of ours"
+        [
+            "peer liveness-lost switch:mlag-peer",
+            "peer twin-unknown twin:1",
+            "peer twin-unknown twin:2"
+        ],
+        "the peer switch and every MLAG id of ours"
+    );
+    // A session that dies (the peer agent killed) is lost contact too.
+    h.establish(PEER_BOOT, None).await;
+    heard();
+    h.task.close_session("connection closed");
+    assert_eq!(
+        heard(),
+        [
+            "peer liveness-lost switch:mlag-peer",
+            "peer twin-unknown twin:1",
+            "peer twin-unknown twin:2"
+        ]
     );
 }
 
