@@ -16,6 +16,10 @@ pub const CAPTURE_RING_BYTES: u32 = 1 << 20;
 /// Entries in each MAC table.
 pub const MAC_TABLE_ENTRIES: u32 = 1024;
 
+/// Entries in the classifier's one MAC-to-class table (`mlag_mac_class`):
+/// room for the peer, own and shared tables full at once.
+pub const MAC_CLASS_ENTRIES: u32 = 3 * MAC_TABLE_ENTRIES;
+
 /// How a reply is sorted by its destination MAC (SPEC 1.2).
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 //! (backpressure, see `process_capture`).
 //!
 //! ```text
-//!   capture::run (child) ──mpsc Captured──►┐
+//!   capture::run (child) ──mpsc CaptureBatch─►┐
 //!   link events ──────────broadcast───────►├─► Task ──► captures_for_peer
 //!   DataplaneHandle ──────mpsc Event──────►┤      └──► watch ports
 //!   peer MACs (peer sync), shared MAC (MC-LAG) ─watch─►┘
@@ -106,7 +106,8 @@ impl Task {
         task.refresh_tables()?;
         task.publish_ports();
 
-        let (capture_tx, capture_rx) = mpsc::channel(task.config.capture_queue);
+        let (capture_tx, capture_rx) =
+            mpsc::channel(capture::queue_batches(task.config.capture_queue));
         tokio::spawn(async move {
             if let Err(err) = capture::run(ring, capture_tx, capture_stats).await {
                 tracing::error!(error = %err, "capture reader stopped");
@@ -134,7 +135,7 @@ impl Task {
 
     async fn run(
         mut self,
-        mut captures: mpsc::Receiver<Captured>,
+        mut captures: mpsc::Receiver<capture::CaptureBatch>,
         mut link_events: broadcast::Receiver<LinkEvent>,
         mut events: mpsc::Receiver<Event>,
         mut learnt: LearntMacs,
@@ -143,7 +144,11 @@ impl Task {
             tokio::select! {
                 Ok(()) = learnt.peer.changed() => self.process_learnt_macs(&mut learnt),
                 Ok(()) = learnt.shared.changed() => self.process_learnt_macs(&mut learnt),
-                Some(captured) = captures.recv() => self.process_capture(captured).await,
+                Some(batch) = captures.recv() => {
+                    for captured in batch {
+                        self.process_capture(captured).await;
+                    }
+                }
                 link = link_events.recv() => match link {
                     Ok(event) => self.process_link(event),
                     Err(RecvError::Lagged(missed)) => self.process_links_lagged(missed).await,
