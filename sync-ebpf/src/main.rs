@@ -30,7 +30,7 @@ use sync_common::{
     arp::{self, Frame, Parsed},
     capture::{
         CAPTURE_BYTES, CAPTURE_RING_BYTES, CaptureRecord, Class, InjectMark, InjectMark6,
-        MAC_CLASS_ENTRIES, MacKey,
+        MAC_CLASS_ENTRIES, MAC_FILTER_WORDS, MacKey, mac_filter_bit,
     },
     counters, nd, policy,
 };
@@ -41,6 +41,12 @@ use sync_common::{
 /// listed twice (shared beats peer beats own) before writing it.
 #[map(name = "mlag_mac_class")]
 static MAC_CLASS: HashMap<MacKey, u8> = HashMap::with_max_entries(MAC_CLASS_ENTRIES, 0);
+
+/// Prefilter of `mlag_mac_class` (`sync_common::capture::mac_filter_bit`):
+/// a clear bit means the MAC is in no table, found with an array access the
+/// verifier inlines instead of a hash lookup.
+#[map(name = "mlag_mac_filter")]
+static MAC_FILTER: Array<u64> = Array::with_max_entries(MAC_FILTER_WORDS, 0);
 
 /// Slot 0: the policy word (see `sync_common::policy`).
 #[map(name = "mlag_policy")]
@@ -230,11 +236,17 @@ fn is_own_injection(ctx: &XdpContext, reply: &arp::ArpReply) -> bool {
 }
 
 /// Class of a destination MAC: a VRRP MAC when the policy makes them all
-/// shared (no lookup), else one lookup in the class table.
+/// shared (no lookup), a MAC the prefilter rules out unmatched (an inlined
+/// array access), else one lookup in the class table.
 #[inline(always)]
 fn class_of(dst_mac: &[u8; 6], policy: u32) -> Class {
     if policy & policy::VRRP_PREFIX_IS_SHARED != 0 && arp::is_vrrp_mac(dst_mac) {
         return Class::Shared;
+    }
+    let bit = mac_filter_bit(dst_mac);
+    match MAC_FILTER.get(bit >> 6) {
+        Some(word) if word & (1u64 << (bit & 63)) != 0 => {}
+        _ => return Class::Unmatched,
     }
     // SAFETY: the value is copied out at once; the agent only ever writes
     // whole one-byte values.

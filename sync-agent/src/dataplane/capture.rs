@@ -133,14 +133,17 @@ pub struct CaptureStats {
     pub wakeups: AtomicU64,
 }
 
-/// Reads the ring buffer until `tx` is closed.
+/// Reads the ring buffer until `tx` is closed: each record to `peer` (peer
+/// sync, when it runs) first, then the batch to `tx` (the dataplane task).
 ///
 /// Records are taken from the ring only once the queue has room for their
-/// batch, so when the agent falls behind the records wait in the ring, and
-/// what cannot wait is lost in one place only: the kernel's `ringbuf_full`
+/// batch, and a batch waits for peer sync to take each of its records, so
+/// when the agent falls behind the records wait in the ring, and what
+/// cannot wait is lost in one place only: the kernel's `ringbuf_full`
 /// counter.
 pub async fn run(
     ring: RingBuf<MapData>,
+    peer: Option<mpsc::Sender<Captured>>,
     tx: mpsc::Sender<CaptureBatch>,
     stats: Arc<CaptureStats>,
 ) -> std::io::Result<()> {
@@ -177,6 +180,12 @@ pub async fn run(
                     }
                 });
             stats.records.fetch_add(read as u64, Ordering::Relaxed);
+            if let Some(peer) = &peer {
+                for captured in &scratch {
+                    // Peer sync gone means the agent is stopping.
+                    let _ = peer.send(captured.clone()).await;
+                }
+            }
             if !scratch.is_empty() {
                 stats.batches.fetch_add(1, Ordering::Relaxed);
                 let mut batch = Vec::with_capacity(scratch.len());

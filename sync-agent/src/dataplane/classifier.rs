@@ -12,7 +12,7 @@ use aya::{
 };
 use serde::{Deserialize, Serialize};
 use sync_common::{
-    capture::{Class, MacKey},
+    capture::{Class, MAC_FILTER_WORDS, MacKey, mac_filter_bit},
     counters,
 };
 
@@ -34,6 +34,8 @@ pub const INJECTING_MAP: &str = "mlag_injecting";
 /// Map names (as `bpftool map show` lists them; 15 characters at most).
 /// The one MAC table: destination MAC -> class (peer, own, shared).
 pub const MAC_CLASS_MAP: &str = "mlag_mac_class";
+/// Its prefilter: one bit per folded MAC (`sync_common::capture`).
+pub const MAC_FILTER_MAP: &str = "mlag_mac_filter";
 /// Policy word map.
 pub const POLICY_MAP: &str = "mlag_policy";
 /// Per-CPU counters map.
@@ -175,6 +177,9 @@ pub type Loaded = (
 pub struct Classifier {
     ebpf: Ebpf,
     mac_class: HashMap<MapData, MacKey, u8>,
+    mac_filter: Array<MapData, u64>,
+    /// The prefilter words as last written.
+    filter: Vec<u64>,
     policy: Array<MapData, u32>,
     counters: PerCpuArray<MapData, u64>,
     tables: MacTables,
@@ -222,6 +227,8 @@ impl Classifier {
         let ring: RingBuf<MapData> = take_map(&mut ebpf, CAPTURES_MAP)?;
         let dataplane = Self {
             mac_class: take_map(&mut ebpf, MAC_CLASS_MAP)?,
+            mac_filter: take_map(&mut ebpf, MAC_FILTER_MAP)?,
+            filter: vec![0; MAC_FILTER_WORDS as usize],
             policy: take_map(&mut ebpf, POLICY_MAP)?,
             counters: take_map(&mut ebpf, COUNTERS_MAP)?,
             ebpf,
@@ -370,12 +377,34 @@ impl Classifier {
     /// touching only entries that changed (the classifier keeps running
     /// against the old entries).
     pub fn set_tables(&mut self, tables: MacTables) -> Result<(), DataplaneError> {
-        sync_classes(
-            &mut self.mac_class,
-            &self.tables.classes(),
-            &tables.classes(),
-        )?;
+        let (old, new) = (self.tables.classes(), tables.classes());
+        // The prefilter never hides a MAC the class table holds: bits for
+        // new MACs are set before their entries, stale bits cleared after.
+        let wanted = filter_words(new.keys());
+        let union: Vec<u64> = wanted
+            .iter()
+            .zip(&self.filter)
+            .map(|(a, b)| a | b)
+            .collect();
+        self.write_filter(union)?;
+        sync_classes(&mut self.mac_class, &old, &new)?;
+        self.write_filter(wanted)?;
         self.tables = tables;
+        Ok(())
+    }
+
+    fn write_filter(&mut self, words: Vec<u64>) -> Result<(), DataplaneError> {
+        for (index, (word, current)) in words.iter().zip(&self.filter).enumerate() {
+            if word != current {
+                self.mac_filter
+                    .set(index as u32, *word, 0)
+                    .map_err(|source| DataplaneError::Map {
+                        name: MAC_FILTER_MAP,
+                        source: Box::new(source),
+                    })?;
+            }
+        }
+        self.filter = words;
         Ok(())
     }
 
@@ -423,6 +452,16 @@ fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp
             name,
             source: Box::new(source),
         })
+}
+
+/// Prefilter words with the bit of every MAC in `macs` set.
+fn filter_words<'a>(macs: impl Iterator<Item = &'a MacAddr>) -> Vec<u64> {
+    let mut words = vec![0u64; MAC_FILTER_WORDS as usize];
+    for mac in macs {
+        let bit = mac_filter_bit(&mac.0);
+        words[(bit >> 6) as usize] |= 1 << (bit & 63);
+    }
+    words
 }
 
 fn sync_classes(
@@ -473,5 +512,20 @@ mod tests {
             ]
         );
         assert!(MacTables::default().classes().is_empty());
+    }
+
+    #[test]
+    fn the_prefilter_has_a_bit_for_every_mac_and_only_those() {
+        let macs = [
+            MacAddr([2, 0, 0, 0, 0xa, 1]),
+            MacAddr([0, 0, 0x5e, 0, 1, 7]),
+        ];
+        let words = filter_words(macs.iter());
+        assert_eq!(words.len(), MAC_FILTER_WORDS as usize);
+        assert_eq!(words.iter().map(|w| w.count_ones()).sum::<u32>(), 2);
+        for mac in &macs {
+            let bit = mac_filter_bit(&mac.0);
+            assert_ne!(words[(bit >> 6) as usize] & (1 << (bit & 63)), 0);
+        }
     }
 }

@@ -33,8 +33,8 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use self::classifier::{
     AttachedMode, CAPTURES_MAP, CLASSIFIER_PROGRAM, COUNTERS_MAP, Classifier, DataplaneError,
-    INJECT_PROGRAM, INJECTING_MAP, KernelCounters, MAC_CLASS_MAP, MacTables, PASS_PROGRAM,
-    POLICY_MAP,
+    INJECT_PROGRAM, INJECTING_MAP, KernelCounters, MAC_CLASS_MAP, MAC_FILTER_MAP, MacTables,
+    PASS_PROGRAM, POLICY_MAP,
 };
 use self::{
     config::DataplaneConfig,

