@@ -44,6 +44,11 @@ pub struct MemberPort {
 /// VLAN interface (`[peer].vlan_interfaces`; inner 0 when single-tagged).
 pub type VlanMap = std::collections::BTreeMap<u32, Vec<(u16, u16)>>;
 
+/// The captured bytes of a frame, inline up to the capture size so a
+/// capture costs no allocation between the ring buffer and peer sync (a
+/// longer frame, e.g. an NA given a target option, spills to the heap).
+pub type CapturedFrame = smallvec::SmallVec<[u8; sync_common::capture::CAPTURE_BYTES]>;
+
 /// One ARP reply or Neighbour Advertisement the XDP program handed over
 /// for syncing.
 #[derive(Clone, Debug)]
@@ -70,7 +75,7 @@ pub struct Captured {
     /// None for an ARP reply.
     pub nd: Option<sync_common::nd::NdAddresses>,
     /// The captured bytes of the frame.
-    pub frame: Vec<u8>,
+    pub frame: CapturedFrame,
 }
 
 /// What peer sync tells others about the peer session.

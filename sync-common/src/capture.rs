@@ -16,6 +16,28 @@ pub const CAPTURE_RING_BYTES: u32 = 1 << 20;
 /// Entries in each MAC table.
 pub const MAC_TABLE_ENTRIES: u32 = 1024;
 
+/// Entries in the classifier's one MAC-to-class table (`mlag_mac_class`):
+/// room for the peer, own and shared tables full at once.
+pub const MAC_CLASS_ENTRIES: u32 = 3 * MAC_TABLE_ENTRIES;
+
+/// Bits of the classifier's MAC prefilter (`mlag_mac_filter`, an array of
+/// `u64` words): the bit of every MAC in the class table is set, so a
+/// destination whose bit is clear (most unmatched replies) is known to be
+/// in no table without a hash lookup.
+pub const MAC_FILTER_BITS: u32 = 1 << 16;
+
+/// Words of the MAC prefilter.
+pub const MAC_FILTER_WORDS: u32 = MAC_FILTER_BITS / 64;
+
+/// The prefilter bit of `mac`: the MAC folded to 16 bits (byte-wise XOR of
+/// its three 16-bit halves), so MACs that differ in any byte spread out.
+#[inline(always)]
+pub fn mac_filter_bit(mac: &[u8; 6]) -> u32 {
+    (((mac[0] ^ mac[2] ^ mac[4]) as u32) << 8) | ((mac[1] ^ mac[3] ^ mac[5]) as u32)
+}
+
+const _: () = assert!(MAC_FILTER_BITS == 1 << 16);
+
 /// How a reply is sorted by its destination MAC (SPEC 1.2).
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -30,22 +30,23 @@ use sync_common::{
     arp::{self, Frame, Parsed},
     capture::{
         CAPTURE_BYTES, CAPTURE_RING_BYTES, CaptureRecord, Class, InjectMark, InjectMark6,
-        MAC_TABLE_ENTRIES, MacKey,
+        MAC_CLASS_ENTRIES, MAC_FILTER_WORDS, MacKey, mac_filter_bit,
     },
     counters, nd, policy,
 };
 
-/// MACs of the peer switch.
-#[map(name = "mlag_peer_macs")]
-static PEER_MACS: HashMap<MacKey, u8> = HashMap::with_max_entries(MAC_TABLE_ENTRIES, 0);
+/// Class of every known destination MAC (`Class as u8`): the peer
+/// switch's, this switch's and the shared MACs in one table, so sorting a
+/// reply costs one lookup whatever its class. The agent resolves a MAC
+/// listed twice (shared beats peer beats own) before writing it.
+#[map(name = "mlag_mac_class")]
+static MAC_CLASS: HashMap<MacKey, u8> = HashMap::with_max_entries(MAC_CLASS_ENTRIES, 0);
 
-/// MACs of this switch.
-#[map(name = "mlag_own_macs")]
-static OWN_MACS: HashMap<MacKey, u8> = HashMap::with_max_entries(MAC_TABLE_ENTRIES, 0);
-
-/// MACs both switches own (VRRP groups, configured shared MACs).
-#[map(name = "mlag_shared_mac")]
-static SHARED_MACS: HashMap<MacKey, u8> = HashMap::with_max_entries(MAC_TABLE_ENTRIES, 0);
+/// Prefilter of `mlag_mac_class` (`sync_common::capture::mac_filter_bit`):
+/// a clear bit means the MAC is in no table, found with an array access the
+/// verifier inlines instead of a hash lookup.
+#[map(name = "mlag_mac_filter")]
+static MAC_FILTER: Array<u64> = Array::with_max_entries(MAC_FILTER_WORDS, 0);
 
 /// Slot 0: the policy word (see `sync_common::policy`).
 #[map(name = "mlag_policy")]
@@ -234,16 +235,25 @@ fn is_own_injection(ctx: &XdpContext, reply: &arp::ArpReply) -> bool {
     true
 }
 
-/// Class of a destination MAC (shared beats peer beats own).
+/// Class of a destination MAC: a VRRP MAC when the policy makes them all
+/// shared (no lookup), a MAC the prefilter rules out unmatched (an inlined
+/// array access), else one lookup in the class table.
 #[inline(always)]
 fn class_of(dst_mac: &[u8; 6], policy: u32) -> Class {
-    let key = MacKey::new(*dst_mac);
-    // SAFETY: lookups only read the value's presence.
-    let in_shared = (policy & policy::VRRP_PREFIX_IS_SHARED != 0 && arp::is_vrrp_mac(dst_mac))
-        || unsafe { SHARED_MACS.get(&key) }.is_some();
-    let in_peer = !in_shared && unsafe { PEER_MACS.get(&key) }.is_some();
-    let in_own = !in_shared && !in_peer && unsafe { OWN_MACS.get(&key) }.is_some();
-    sync_common::capture::classify(in_shared, in_peer, in_own)
+    if policy & policy::VRRP_PREFIX_IS_SHARED != 0 && arp::is_vrrp_mac(dst_mac) {
+        return Class::Shared;
+    }
+    let bit = mac_filter_bit(dst_mac);
+    match MAC_FILTER.get(bit >> 6) {
+        Some(word) if word & (1u64 << (bit & 63)) != 0 => {}
+        _ => return Class::Unmatched,
+    }
+    // SAFETY: the value is copied out at once; the agent only ever writes
+    // whole one-byte values.
+    match unsafe { MAC_CLASS.get(&MacKey::new(*dst_mac)) } {
+        Some(&class) => Class::from_u8(class).unwrap_or(Class::Unmatched),
+        None => Class::Unmatched,
+    }
 }
 
 /// Whether a frame of `class` is synced, counting it in the class slots

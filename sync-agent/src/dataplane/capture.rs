@@ -1,6 +1,11 @@
 //! Draining the capture ring buffer: records the XDP program wrote become
-//! [`Captured`] replies on a bounded channel. No busy polling: the reader
-//! sleeps on the ring buffer's fd (tokio `AsyncFd`) until the kernel wakes it.
+//! batches of [`Captured`] replies on a bounded channel. No busy polling:
+//! the reader sleeps on the ring buffer's fd (tokio `AsyncFd`) until the
+//! kernel wakes it, then takes whatever waits, up to [`MAX_BATCH`] records a
+//! batch, publishing its ring position once per batch ([`RingReader`]) so the
+//! kernel wakes it per batch, not per record. Nothing is allocated per
+//! record: a frame travels inline in its [`Captured`] (`CapturedFrame`),
+//! and a batch is one allocation.
 
 use std::sync::{
     Arc,
@@ -10,13 +15,27 @@ use std::sync::{
 use aya::maps::{MapData, RingBuf};
 use sync_common::{
     arp::{self, Parsed},
-    capture::{CaptureRecord, Class},
+    capture::{CAPTURE_RING_BYTES, CaptureRecord, Class},
     nd,
 };
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
-pub use crate::bus::Captured;
+use super::ring::RingReader;
+pub use crate::bus::{Captured, CapturedFrame};
 use crate::{log_limit::LogLimiter, mac::MacAddr};
+
+/// Most records in one batch: one queue slot, one wakeup of the receiving
+/// task. Small enough that a batch is handed on within microseconds.
+pub const MAX_BATCH: usize = 64;
+
+/// What the reader sends: the records of one read, in ring order.
+pub type CaptureBatch = Vec<Captured>;
+
+/// Queue slots (batches) for a queue of about `records` records
+/// (`dataplane.capture_queue` counts records).
+pub fn queue_batches(records: usize) -> usize {
+    records.div_ceil(MAX_BATCH).max(1)
+}
 
 /// Why a ring buffer record was not accepted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -69,7 +88,7 @@ pub fn decode(bytes: &[u8]) -> Result<Captured, InvalidRecord> {
         dst_mac: MacAddr(reply.dst_mac),
         arp: addresses,
         nd: None,
-        frame: frame.to_vec(),
+        frame: CapturedFrame::from_slice(frame),
     })
 }
 
@@ -96,7 +115,7 @@ fn decode_advert(
         dst_mac: MacAddr(advert.dst_mac),
         arp: arp::ArpAddresses::default(),
         nd: Some(addresses),
-        frame: frame.to_vec(),
+        frame: CapturedFrame::from_slice(frame),
     })
 }
 
@@ -107,44 +126,74 @@ pub struct CaptureStats {
     pub records: AtomicU64,
     /// Records that failed [`decode`].
     pub invalid: AtomicU64,
+    /// Batches sent (records / batches = records per batch).
+    pub batches: AtomicU64,
+    /// Times the kernel woke the reader (records / wakeups = records per
+    /// wakeup).
+    pub wakeups: AtomicU64,
 }
 
-/// Reads the ring buffer until `tx` is closed.
+/// Reads the ring buffer until `tx` is closed: each record to `peer` (peer
+/// sync, when it runs) first, then the batch to `tx` (the dataplane task).
 ///
-/// A record is taken from the ring only once the queue has room for it, so
-/// when the agent falls behind the records wait in the ring, and what cannot
-/// wait is lost in one place only: the kernel's `ringbuf_full` counter.
+/// Records are taken from the ring only once the queue has room for their
+/// batch, and a batch waits for peer sync to take each of its records, so
+/// when the agent falls behind the records wait in the ring, and what
+/// cannot wait is lost in one place only: the kernel's `ringbuf_full`
+/// counter.
 pub async fn run(
     ring: RingBuf<MapData>,
-    tx: mpsc::Sender<Captured>,
+    peer: Option<mpsc::Sender<Captured>>,
+    tx: mpsc::Sender<CaptureBatch>,
     stats: Arc<CaptureStats>,
 ) -> std::io::Result<()> {
-    // SAFETY: the ring buffer owns its map fd and keeps it open (and the
-    // same) for as long as it lives, which is as long as the AsyncFd.
+    let reader = RingReader::new(ring, CAPTURE_RING_BYTES as usize)?;
     let mut log = LogLimiter::new(std::time::Duration::from_secs(5));
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| e.into_parts().1)?;
+    // SAFETY: the reader owns the ring buffer's map fd and keeps it open
+    // (and the same) for as long as it lives, which is as long as the
+    // AsyncFd.
+    let mut ring =
+        unsafe { AsyncFd::register_with_interest(reader, tokio::io::Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+    // Reused: a batch is collected here, then moved out in one allocation
+    // of its exact size.
+    let mut scratch: Vec<Captured> = Vec::with_capacity(MAX_BATCH);
     loop {
         let mut guard = tokio::select! {
             guard = ring.readable_mut() => guard?,
             () = tx.closed() => return Ok(()),
         };
+        stats.wakeups.fetch_add(1, Ordering::Relaxed);
         loop {
             let Ok(permit) = tx.reserve().await else {
                 return Ok(());
             };
-            let Some(item) = guard.get_inner_mut().next() else {
-                break;
-            };
-            stats.records.fetch_add(1, Ordering::Relaxed);
-            match decode(&item) {
-                Ok(captured) => permit.send(captured),
-                Err(err) => {
-                    stats.invalid.fetch_add(1, Ordering::Relaxed);
-                    if let Some(suppressed) = log.admit("invalid_record") {
-                        tracing::warn!(error = %err, suppressed, "invalid capture record dropped");
+            let read = guard
+                .get_inner_mut()
+                .read_batch(MAX_BATCH, |bytes| match decode(bytes) {
+                    Ok(captured) => scratch.push(captured),
+                    Err(err) => {
+                        stats.invalid.fetch_add(1, Ordering::Relaxed);
+                        if let Some(suppressed) = log.admit("invalid_record") {
+                            tracing::warn!(error = %err, suppressed, "invalid capture record dropped");
+                        }
                     }
+                });
+            stats.records.fetch_add(read as u64, Ordering::Relaxed);
+            if let Some(peer) = &peer {
+                for captured in &scratch {
+                    // Peer sync gone means the agent is stopping.
+                    let _ = peer.send(captured.clone()).await;
                 }
+            }
+            if !scratch.is_empty() {
+                stats.batches.fetch_add(1, Ordering::Relaxed);
+                let mut batch = Vec::with_capacity(scratch.len());
+                batch.append(&mut scratch);
+                permit.send(batch);
+            }
+            if read < MAX_BATCH && guard.get_inner().is_empty() {
+                break;
             }
         }
         guard.clear_ready();

@@ -11,7 +11,10 @@ use aya::{
     programs::{Xdp, XdpMode, xdp::XdpLinkId},
 };
 use serde::{Deserialize, Serialize};
-use sync_common::{capture::MacKey, counters};
+use sync_common::{
+    capture::{Class, MAC_FILTER_WORDS, MacKey, mac_filter_bit},
+    counters,
+};
 
 use super::config::{EbpfLogLevel, XdpModeConfig};
 use crate::mac::MacAddr;
@@ -29,11 +32,10 @@ pub const INJECT_PROGRAM: &str = "mlag_inject";
 /// Per-CPU map of the injection marks.
 pub const INJECTING_MAP: &str = "mlag_injecting";
 /// Map names (as `bpftool map show` lists them; 15 characters at most).
-pub const PEER_MACS_MAP: &str = "mlag_peer_macs";
-/// Map of this switch's MACs.
-pub const OWN_MACS_MAP: &str = "mlag_own_macs";
-/// Map of shared MACs.
-pub const SHARED_MACS_MAP: &str = "mlag_shared_mac";
+/// The one MAC table: destination MAC -> class (peer, own, shared).
+pub const MAC_CLASS_MAP: &str = "mlag_mac_class";
+/// Its prefilter: one bit per folded MAC (`sync_common::capture`).
+pub const MAC_FILTER_MAP: &str = "mlag_mac_filter";
 /// Policy word map.
 pub const POLICY_MAP: &str = "mlag_policy";
 /// Per-CPU counters map.
@@ -143,6 +145,26 @@ pub struct MacTables {
     pub shared: BTreeSet<MacAddr>,
 }
 
+impl MacTables {
+    /// Each MAC's class, by the classification rule (shared beats peer
+    /// beats own): what the kernel's one table holds.
+    pub fn classes(&self) -> BTreeMap<MacAddr, Class> {
+        self.peer
+            .iter()
+            .chain(&self.own)
+            .chain(&self.shared)
+            .map(|mac| {
+                let class = sync_common::capture::classify(
+                    self.shared.contains(mac),
+                    self.peer.contains(mac),
+                    self.own.contains(mac),
+                );
+                (*mac, class)
+            })
+            .collect()
+    }
+}
+
 /// What [`Classifier::load`] gives: the classifier, the capture ring
 /// buffer, and the kernel log reader (None when the kernel log is off).
 pub type Loaded = (
@@ -154,9 +176,10 @@ pub type Loaded = (
 /// The loaded XDP object and what it is attached to.
 pub struct Classifier {
     ebpf: Ebpf,
-    peer_macs: HashMap<MapData, MacKey, u8>,
-    own_macs: HashMap<MapData, MacKey, u8>,
-    shared_macs: HashMap<MapData, MacKey, u8>,
+    mac_class: HashMap<MapData, MacKey, u8>,
+    mac_filter: Array<MapData, u64>,
+    /// The prefilter words as last written.
+    filter: Vec<u64>,
     policy: Array<MapData, u32>,
     counters: PerCpuArray<MapData, u64>,
     tables: MacTables,
@@ -203,9 +226,9 @@ impl Classifier {
         }
         let ring: RingBuf<MapData> = take_map(&mut ebpf, CAPTURES_MAP)?;
         let dataplane = Self {
-            peer_macs: take_map(&mut ebpf, PEER_MACS_MAP)?,
-            own_macs: take_map(&mut ebpf, OWN_MACS_MAP)?,
-            shared_macs: take_map(&mut ebpf, SHARED_MACS_MAP)?,
+            mac_class: take_map(&mut ebpf, MAC_CLASS_MAP)?,
+            mac_filter: take_map(&mut ebpf, MAC_FILTER_MAP)?,
+            filter: vec![0; MAC_FILTER_WORDS as usize],
             policy: take_map(&mut ebpf, POLICY_MAP)?,
             counters: take_map(&mut ebpf, COUNTERS_MAP)?,
             ebpf,
@@ -350,28 +373,38 @@ impl Classifier {
         &self.tables
     }
 
-    /// Makes the kernel MAC tables equal `tables`, touching only entries that
-    /// changed (the classifier keeps running against the old entries).
+    /// Makes the kernel's MAC-to-class table say what `tables` say,
+    /// touching only entries that changed (the classifier keeps running
+    /// against the old entries).
     pub fn set_tables(&mut self, tables: MacTables) -> Result<(), DataplaneError> {
-        sync_table(
-            &mut self.peer_macs,
-            PEER_MACS_MAP,
-            &self.tables.peer,
-            &tables.peer,
-        )?;
-        sync_table(
-            &mut self.own_macs,
-            OWN_MACS_MAP,
-            &self.tables.own,
-            &tables.own,
-        )?;
-        sync_table(
-            &mut self.shared_macs,
-            SHARED_MACS_MAP,
-            &self.tables.shared,
-            &tables.shared,
-        )?;
+        let (old, new) = (self.tables.classes(), tables.classes());
+        // The prefilter never hides a MAC the class table holds: bits for
+        // new MACs are set before their entries, stale bits cleared after.
+        let wanted = filter_words(new.keys());
+        let union: Vec<u64> = wanted
+            .iter()
+            .zip(&self.filter)
+            .map(|(a, b)| a | b)
+            .collect();
+        self.write_filter(union)?;
+        sync_classes(&mut self.mac_class, &old, &new)?;
+        self.write_filter(wanted)?;
         self.tables = tables;
+        Ok(())
+    }
+
+    fn write_filter(&mut self, words: Vec<u64>) -> Result<(), DataplaneError> {
+        for (index, (word, current)) in words.iter().zip(&self.filter).enumerate() {
+            if word != current {
+                self.mac_filter
+                    .set(index as u32, *word, 0)
+                    .map_err(|source| DataplaneError::Map {
+                        name: MAC_FILTER_MAP,
+                        source: Box::new(source),
+                    })?;
+            }
+        }
+        self.filter = words;
         Ok(())
     }
 
@@ -421,29 +454,78 @@ fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp
         })
 }
 
-fn sync_table(
+/// Prefilter words with the bit of every MAC in `macs` set.
+fn filter_words<'a>(macs: impl Iterator<Item = &'a MacAddr>) -> Vec<u64> {
+    let mut words = vec![0u64; MAC_FILTER_WORDS as usize];
+    for mac in macs {
+        let bit = mac_filter_bit(&mac.0);
+        words[(bit >> 6) as usize] |= 1 << (bit & 63);
+    }
+    words
+}
+
+fn sync_classes(
     map: &mut HashMap<MapData, MacKey, u8>,
-    name: &'static str,
-    old: &BTreeSet<MacAddr>,
-    new: &BTreeSet<MacAddr>,
+    old: &BTreeMap<MacAddr, Class>,
+    new: &BTreeMap<MacAddr, Class>,
 ) -> Result<(), DataplaneError> {
-    for mac in old.difference(new) {
+    let error = |source| DataplaneError::Map {
+        name: MAC_CLASS_MAP,
+        source: Box::new(source),
+    };
+    for mac in old.keys().filter(|mac| !new.contains_key(mac)) {
         match map.remove(&MacKey::new(mac.0)) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(source) => {
-                return Err(DataplaneError::Map {
-                    name,
-                    source: Box::new(source),
-                });
-            }
+            Err(source) => return Err(error(source)),
         }
     }
-    for mac in new.difference(old) {
-        map.insert(MacKey::new(mac.0), 1, 0)
-            .map_err(|source| DataplaneError::Map {
-                name,
-                source: Box::new(source),
-            })?;
+    for (mac, class) in new {
+        if old.get(mac) != Some(class) {
+            map.insert(MacKey::new(mac.0), *class as u8, 0)
+                .map_err(error)?;
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_class_per_mac_shared_beats_peer_beats_own() {
+        let mac = |last| MacAddr([2, 0, 0, 0, 0, last]);
+        let tables = MacTables {
+            peer: [mac(1), mac(2), mac(4)].into(),
+            own: [mac(2), mac(3), mac(4)].into(),
+            shared: [mac(4), mac(5)].into(),
+        };
+        let classes: Vec<_> = tables.classes().into_iter().collect();
+        assert_eq!(
+            classes,
+            [
+                (mac(1), Class::Peer),
+                (mac(2), Class::Peer),
+                (mac(3), Class::Own),
+                (mac(4), Class::Shared),
+                (mac(5), Class::Shared),
+            ]
+        );
+        assert!(MacTables::default().classes().is_empty());
+    }
+
+    #[test]
+    fn the_prefilter_has_a_bit_for_every_mac_and_only_those() {
+        let macs = [
+            MacAddr([2, 0, 0, 0, 0xa, 1]),
+            MacAddr([0, 0, 0x5e, 0, 1, 7]),
+        ];
+        let words = filter_words(macs.iter());
+        assert_eq!(words.len(), MAC_FILTER_WORDS as usize);
+        assert_eq!(words.iter().map(|w| w.count_ones()).sum::<u32>(), 2);
+        for mac in &macs {
+            let bit = mac_filter_bit(&mac.0);
+            assert_ne!(words[(bit >> 6) as usize] & (1 << (bit & 63)), 0);
+        }
+    }
 }

@@ -97,8 +97,9 @@ pub struct DataplaneConfig {
     /// Kernel-side log level.
     #[serde(default)]
     pub ebpf_log: EbpfLogLevel,
-    /// Depth of the queue between the ring buffer reader and the agent; when
-    /// it is full, records wait in the kernel ring buffer.
+    /// Depth of the queue between the ring buffer reader and the agent, in
+    /// records (carried in batches of up to `capture::MAX_BATCH`); when it
+    /// is full, records wait in the kernel ring buffer.
     #[serde(default = "default_capture_queue")]
     pub capture_queue: usize,
     /// How many recent captures `show captured` keeps.

@@ -45,14 +45,9 @@ pub(super) enum Event {
 }
 
 impl Task {
-    /// A reply the classifier captured: to peer sync, and into the recent list.
-    pub(super) async fn process_capture(&mut self, captured: Captured) {
-        if let Some(peer) = &self.captures_for_peer {
-            // Backpressure on purpose: while peer sync is behind, records
-            // wait in the kernel ring buffer (which counts what it cannot
-            // hold) instead of being dropped here.
-            let _ = peer.send(captured.clone()).await;
-        }
+    /// A reply the classifier captured (the reader already handed it to
+    /// peer sync): counted, and into the recent list.
+    pub(super) fn process_capture(&mut self, captured: Captured) {
         self.replies_received += 1;
         let port = self.per_port.entry(captured.ifindex).or_default();
         match (captured.nd.is_some(), captured.class) {

@@ -8,14 +8,15 @@
 //! MC-LAG) and forwards every captured reply to peer sync.
 //!
 //! ```text
-//!  ring buffer ──capture::run──► Captured ──► Task ──► peer sync (captures)
+//!  ring buffer ──capture::run──► batches of Captured ──► Task ──► peer sync (captures)
 //!  link events (broadcast) ────────────────►  │  ──► watch<Vec<MemberPort>>
 //!  DataplaneHandle (status, counters, ...) ─► │
 //! ```
 //!
 //! Files: [`classifier`] the loaded object; [`policy`] what its maps should
-//! hold; [`capture`] the ring buffer reader; `task`/`events` the owner and
-//! its handlers; [`report`] what operators see; [`config`] `[dataplane]`.
+//! hold; [`capture`] the ring buffer reader, [`ring`] its batch access to
+//! the ring; `task`/`events` the owner and its handlers; [`report`] what
+//! operators see; [`config`] `[dataplane]`.
 
 pub mod capture;
 pub mod classifier;
@@ -23,6 +24,7 @@ pub mod config;
 mod events;
 pub mod policy;
 pub mod report;
+pub mod ring;
 mod task;
 
 use std::{collections::BTreeSet, os::fd::OwnedFd, path::PathBuf};
@@ -31,8 +33,8 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use self::classifier::{
     AttachedMode, CAPTURES_MAP, CLASSIFIER_PROGRAM, COUNTERS_MAP, Classifier, DataplaneError,
-    INJECT_PROGRAM, INJECTING_MAP, KernelCounters, MacTables, OWN_MACS_MAP, PASS_PROGRAM,
-    PEER_MACS_MAP, POLICY_MAP, SHARED_MACS_MAP,
+    INJECT_PROGRAM, INJECTING_MAP, KernelCounters, MAC_CLASS_MAP, MAC_FILTER_MAP, MacTables,
+    PASS_PROGRAM, POLICY_MAP,
 };
 use self::{
     config::DataplaneConfig,

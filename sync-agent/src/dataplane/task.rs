@@ -1,12 +1,14 @@
 //! The dataplane task: the one owner of the loaded classifier, the member
 //! ports' kernel view and the recent captures. Its loop takes one input at
-//! a time — a captured reply, an interface change, an operator request —
-//! and never waits on another module except to hand captures to peer sync
-//! (backpressure, see `process_capture`).
+//! a time — a captured batch, an interface change, an operator request —
+//! and never waits on another module. Captures reach peer sync straight
+//! from the reader (one task hop less on the sync latency path); the task
+//! gets them afterwards for its counters and `show captured`.
 //!
 //! ```text
-//!   capture::run (child) ──mpsc Captured──►┐
-//!   link events ──────────broadcast───────►├─► Task ──► captures_for_peer
+//!   capture::run (child) ──mpsc Captured──► captures_for_peer (peer sync)
+//!        └───────────────mpsc CaptureBatch─►┐
+//!   link events ──────────broadcast───────►├─► Task
 //!   DataplaneHandle ──────mpsc Event──────►┤      └──► watch ports
 //!   peer MACs (peer sync), shared MAC (MC-LAG) ─watch─►┘
 //!   drain_kernel_log (child, only when ebpf_log is on)
@@ -58,7 +60,6 @@ pub(super) struct Task {
     pub(super) per_port: BTreeMap<u32, PortCaptures>,
     pub(super) capture_stats: Arc<CaptureStats>,
     pub(super) netlink: Handle,
-    pub(super) captures_for_peer: Option<mpsc::Sender<Captured>>,
     ports_tx: watch::Sender<Vec<MemberPort>>,
     /// Peer MACs learnt at run time: the peer's hello, the MC-LAG shared MAC.
     pub(super) learnt_peer_macs: BTreeSet<MacAddr>,
@@ -97,7 +98,6 @@ impl Task {
             per_port: BTreeMap::new(),
             capture_stats: capture_stats.clone(),
             netlink,
-            captures_for_peer,
             ports_tx,
             learnt_peer_macs: BTreeSet::new(),
         };
@@ -106,9 +106,11 @@ impl Task {
         task.refresh_tables()?;
         task.publish_ports();
 
-        let (capture_tx, capture_rx) = mpsc::channel(task.config.capture_queue);
+        let (capture_tx, capture_rx) =
+            mpsc::channel(capture::queue_batches(task.config.capture_queue));
         tokio::spawn(async move {
-            if let Err(err) = capture::run(ring, capture_tx, capture_stats).await {
+            if let Err(err) = capture::run(ring, captures_for_peer, capture_tx, capture_stats).await
+            {
                 tracing::error!(error = %err, "capture reader stopped");
             }
         });
@@ -134,7 +136,7 @@ impl Task {
 
     async fn run(
         mut self,
-        mut captures: mpsc::Receiver<Captured>,
+        mut captures: mpsc::Receiver<capture::CaptureBatch>,
         mut link_events: broadcast::Receiver<LinkEvent>,
         mut events: mpsc::Receiver<Event>,
         mut learnt: LearntMacs,
@@ -143,7 +145,11 @@ impl Task {
             tokio::select! {
                 Ok(()) = learnt.peer.changed() => self.process_learnt_macs(&mut learnt),
                 Ok(()) = learnt.shared.changed() => self.process_learnt_macs(&mut learnt),
-                Some(captured) = captures.recv() => self.process_capture(captured).await,
+                Some(batch) = captures.recv() => {
+                    for captured in batch {
+                        self.process_capture(captured);
+                    }
+                }
                 link = link_events.recv() => match link {
                     Ok(event) => self.process_link(event),
                     Err(RecvError::Lagged(missed)) => self.process_links_lagged(missed).await,

@@ -206,7 +206,7 @@ impl Task {
         self.table.upsert(
             key,
             driver,
-            captured.frame,
+            captured.frame.into_vec(),
             MacAddr(captured.arp.sender_mac),
         );
         if !self.established() {

@@ -207,7 +207,7 @@ impl Task {
                     return;
                 };
                 self.nd.stats.lladdr_from_source += 1;
-                frame = with_option;
+                frame = with_option.into();
                 addresses.src_mac
             }
         };
@@ -234,7 +234,7 @@ impl Task {
         }
         self.nd
             .table
-            .upsert(key, driver, captured.frame, MacAddr(mac));
+            .upsert(key, driver, captured.frame.into_vec(), MacAddr(mac));
         if !self.established() {
             self.stats.queued_while_down += 1;
             return;

@@ -293,7 +293,7 @@ fn captured(last: u8) -> Captured {
             target_ip: [10, 0, 9, 1],
         },
         nd: None,
-        frame,
+        frame: frame.into(),
     }
 }
 
@@ -2037,7 +2037,7 @@ async fn nas_wait_for_a_peer_that_announces_nd_sync() {
         .process(Event::Captured(Captured {
             arp: ArpAddresses::default(),
             nd,
-            frame,
+            frame: frame.into(),
             ..captured(2)
         }))
         .await;
@@ -2085,7 +2085,7 @@ async fn an_na_without_its_link_layer_option_is_synced_with_one_added() {
             dst_mac: PORT1_MAC,
             arp: ArpAddresses::default(),
             nd,
-            frame,
+            frame: frame.into(),
             ..captured(2)
         }))
         .await;

@@ -73,23 +73,13 @@ fn ipv4_udp() -> Vec<u8> {
     f
 }
 
-/// Nanoseconds per run of `fd` over `frame`: wall time of one BPF_PROG_RUN
-/// call with REPEAT iterations, divided by REPEAT; median of RUNS calls.
+/// Nanoseconds per run of `fd` over `frame`, as the kernel measures it
+/// for one BPF_PROG_RUN call with REPEAT iterations (the time the program
+/// ran, not the time the calling thread spent preempted: this 2-CPU
+/// machine is shared, and wall time over a call is dominated by whoever
+/// else runs); median of RUNS calls.
 fn ns_per_frame(fd: i32, frame: &[u8]) -> anyhow::Result<f64> {
-    let mut samples = Vec::with_capacity(RUNS);
-    for _ in 0..RUNS {
-        let start = Instant::now();
-        let run = testrun::timed(fd, frame, REPEAT).context("BPF_PROG_RUN")?;
-        let elapsed = start.elapsed();
-        anyhow::ensure!(
-            run.retval == 2,
-            "program returned {} instead of XDP_PASS",
-            run.retval
-        );
-        samples.push(elapsed.as_nanos() as f64 / REPEAT as f64);
-    }
-    samples.sort_by(f64::total_cmp);
-    Ok(samples[RUNS / 2])
+    ns_per_frame_repeat(fd, frame, REPEAT)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -111,6 +101,13 @@ fn main() -> anyhow::Result<()> {
             return mlag_testbed::center_bench::waiters_main(std::env::args().skip(2).collect());
         }
         Some("nd") => return nd_benchmarks(),
+        Some("dataplane") => return dataplane_benchmarks(),
+        // Peer-sync latency alone, both attach modes.
+        Some("latency") => {
+            pair::raise_neighbour_limits(524_288)?;
+            sync_latency("driver")?;
+            return sync_latency("generic");
+        }
         Some("mclag") => return mclag_benchmarks(),
         Some("inference") => {
             inference_benchmarks();
@@ -118,6 +115,101 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {}
     }
+    dataplane_benchmarks()?;
+    pair_benchmarks()?;
+    println!();
+    inference_benchmarks();
+    mlag_testbed::center_bench::run()?;
+    mlag_testbed::fabric_bench::run("embedded")?;
+    mlag_testbed::fabric_bench::run("mosquitto")?;
+    Ok(())
+}
+
+/// Counts heap allocations, so the bench can say how many the capture path
+/// makes per record (SPEC: nothing in the hot path allocates).
+struct CountingAllocator;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator.
+unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+/// Records per BPF_PROG_RUN call for the captured cases: fewer than the ring
+/// holds (1 MiB / 160 B = 6553), so every run really captures (and the
+/// wakeups of the reader are part of the cost) instead of timing a full
+/// ring's cheap refusal.
+const CAPTURE_REPEAT: u32 = 4_000;
+/// The rate the ring must carry with no loss (issue 18, item 2).
+const PACED_RATE: u64 = 450_000;
+const PACED_SECONDS: u64 = 2;
+
+/// What the bench's stand-in for the dataplane task sees of the reader.
+#[derive(Default)]
+struct Received {
+    records: AtomicU64,
+    batches: AtomicU64,
+    last_ns: AtomicU64,
+    /// CPU time of the reader's thread (reader, receiving task, epoll) after
+    /// the last batch.
+    cpu_ns: AtomicU64,
+}
+
+/// CPU time the calling thread has used.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Received {
+    /// Waits until the reader has gone quiet (nothing new for 100 ms).
+    fn settle(&self) {
+        let mut last = self.records.load(Ordering::Relaxed);
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = self.records.load(Ordering::Relaxed);
+            if now == last {
+                return;
+            }
+            last = now;
+        }
+    }
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "NOT met" }
+}
+
+/// `mlag-bench dataplane`: the classifier's cost per frame and the ring
+/// buffer -> agent rate (no namespaces, no agents), each with its verdict.
+fn dataplane_benchmarks() -> anyhow::Result<()> {
     let (mut dataplane, ring, _log) =
         Classifier::load(EbpfLogLevel::Off).context("loading the XDP object (run as root)")?;
     dataplane.set_tables(MacTables {
@@ -129,24 +221,40 @@ fn main() -> anyhow::Result<()> {
     let classify = dataplane.program_fd(CLASSIFIER_PROGRAM)?;
     let pass = dataplane.program_fd(PASS_PROGRAM)?;
 
-    // The agent's real ring buffer reader runs throughout, as in production.
+    // The agent's real ring buffer reader runs throughout, as in production,
+    // on a runtime of its own (one thread: the figures are for one core);
+    // the receiving tasks stand in for peer sync and the dataplane task.
     let stats = Arc::new(CaptureStats::default());
-    let received = Arc::new(AtomicU64::new(0));
-    let last_receive_ns = Arc::new(AtomicU64::new(0));
+    let received = Arc::new(Received::default());
     let epoch = Instant::now();
     {
-        let (stats, received, last) = (stats.clone(), received.clone(), last_receive_ns.clone());
+        let (stats, received) = (stats.clone(), received.clone());
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
             runtime.block_on(async move {
-                let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
-                tokio::spawn(capture::run(ring, tx, stats));
-                while rx.recv().await.is_some() {
-                    received.fetch_add(1, Ordering::Relaxed);
-                    last.store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                let (tx, mut rx) = tokio::sync::mpsc::channel(capture::queue_batches(4096));
+                // Peer sync's side, as the agent wires it: every record is
+                // handed to it first, one by one.
+                let (peer_tx, mut peer_rx) = tokio::sync::mpsc::channel(1024);
+                tokio::spawn(async move {
+                    let mut records = Vec::with_capacity(256);
+                    while peer_rx.recv_many(&mut records, 256).await > 0 {
+                        records.clear();
+                    }
+                });
+                tokio::spawn(capture::run(ring, Some(peer_tx), tx, stats));
+                while let Some(batch) = rx.recv().await {
+                    received
+                        .records
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    received.batches.fetch_add(1, Ordering::Relaxed);
+                    received
+                        .last_ns
+                        .store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    received.cpu_ns.store(thread_cpu_ns(), Ordering::Relaxed);
                 }
             });
         });
@@ -159,83 +267,191 @@ fn main() -> anyhow::Result<()> {
         kernel.trim()
     );
     println!();
-    println!("XDP classifier, ns per frame (BPF_PROG_RUN, {REPEAT} repeats, median of {RUNS}),");
+    println!(
+        "XDP classifier, ns per frame (BPF_PROG_RUN, {REPEAT} repeats ({CAPTURE_REPEAT} for captured frames, the reader draining), median of {RUNS}),"
+    );
     println!("as a ratio to the pass-only program mlag_pass on the same frame:");
     println!(
         "{:<52} {:>9} {:>9} {:>7}",
         "frame", "classify", "pass", "ratio"
     );
-    let cases: [(&str, Vec<u8>); 9] = [
+    // (name, frame, captured)
+    let cases: [(&str, Vec<u8>, bool); 9] = [
         (
             "ARP reply to the peer's MAC (class peer, captured)",
             reply(PEER).to_bytes(),
+            true,
         ),
         (
             "ARP reply to a VRRP MAC (class shared, not captured)",
             reply(VRRP).to_bytes(),
+            false,
         ),
         (
             "ARP reply to another host (class unmatched)",
             reply(OTHER).to_bytes(),
+            false,
         ),
         (
             "double-tagged ARP reply to another host",
             reply(OTHER)
                 .tagged(&[(TPID_8021AD, 100), (TPID_8021Q, 200)])
                 .to_bytes(),
+            false,
         ),
-        ("IPv4/UDP frame (not ARP)", ipv4_udp()),
+        ("IPv4/UDP frame (not ARP)", ipv4_udp(), false),
         (
             "NA to the peer's MAC (class peer, captured)",
             na(PEER).to_bytes(),
+            true,
         ),
         (
             "NA to an IPv6 VRRP MAC (class shared, not captured)",
             na([0, 0, 0x5e, 0, 2, 1]).to_bytes(),
+            false,
         ),
-        ("NA to another host (class unmatched)", na(OTHER).to_bytes()),
+        (
+            "NA to another host (class unmatched)",
+            na(OTHER).to_bytes(),
+            false,
+        ),
         (
             "double-tagged NA to another host",
             na(OTHER)
                 .tagged(&[(TPID_8021AD, 100), (TPID_8021Q, 200)])
                 .to_bytes(),
+            false,
         ),
     ];
-    for (name, frame) in &cases {
-        let c = ns_per_frame(classify, frame)?;
-        let p = ns_per_frame(pass, frame)?;
-        println!("{name:<52} {c:>9.1} {p:>9.1} {:>7.2}", c / p);
+    let mut worst_passed: (f64, &str) = (0.0, "");
+    let mut worst_captured: (f64, &str) = (0.0, "");
+    let mut ring_full_in_cases = 0;
+    let (mut captures_in_cases, mut wakeups_in_cases) = (0, 0);
+    for (name, frame, captured) in &cases {
+        let (c, p) = if *captured {
+            let before = dataplane.counters()?;
+            let wakeups = stats.wakeups.load(Ordering::Relaxed);
+            let c = ns_per_captured_frame(classify, frame, &received)?;
+            wakeups_in_cases += stats.wakeups.load(Ordering::Relaxed) - wakeups;
+            let p = ns_per_frame_repeat(pass, frame, CAPTURE_REPEAT)?;
+            let after = dataplane.counters()?;
+            ring_full_in_cases +=
+                after.get(counters::RINGBUF_FULL) - before.get(counters::RINGBUF_FULL);
+            captures_in_cases += after.get(counters::CAPTURED) + after.get(counters::NA_CAPTURED)
+                - before.get(counters::CAPTURED)
+                - before.get(counters::NA_CAPTURED);
+            (c, p)
+        } else {
+            (ns_per_frame(classify, frame)?, ns_per_frame(pass, frame)?)
+        };
+        let ratio = c / p;
+        println!("{name:<52} {c:>9.1} {p:>9.1} {ratio:>7.2}");
+        let worst = if *captured {
+            &mut worst_captured
+        } else {
+            &mut worst_passed
+        };
+        if ratio > worst.0 {
+            *worst = (ratio, name);
+        }
     }
+    println!(
+        "  (captured cases: {captures_in_cases} captures, {ring_full_in_cases} refused by a full ring, {wakeups_in_cases} reader wakeups (kernel irq_work + epoll) while timing)"
+    );
+    println!(
+        "goal: every non-captured path <= 1.3x pass: {} (worst {:.2}x, {})",
+        verdict(worst_passed.0 <= 1.3),
+        worst_passed.0,
+        worst_passed.1
+    );
+    println!(
+        "goal: captured paths <= 3x pass: {} (worst {:.2}x, {})",
+        verdict(worst_captured.0 <= 3.0),
+        worst_captured.0,
+        worst_captured.1
+    );
 
-    // Sustained rate: produce RATE_RECORDS peer-class captures flat out.
-    std::thread::sleep(Duration::from_millis(200));
-    let before = dataplane.counters()?;
-    let received_before = received.load(Ordering::Relaxed);
     let frame = reply(PEER).to_bytes();
+    flat_out(&dataplane, classify, &frame, &stats, &received, epoch)?;
+    paced(&dataplane, classify, &frame, &received)?;
+    drop(dataplane);
+    Ok(())
+}
+
+/// [`ns_per_frame`] with another repeat count.
+fn ns_per_frame_repeat(fd: i32, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
+    let mut samples = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        let run = testrun::timed(fd, frame, repeat).context("BPF_PROG_RUN")?;
+        anyhow::ensure!(
+            run.retval == 2,
+            "program returned {} instead of XDP_PASS",
+            run.retval
+        );
+        samples.push(f64::from(run.ns_per_run));
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples[RUNS / 2])
+}
+
+/// ns per captured frame: [`CAPTURE_REPEAT`] captures a call, the ring
+/// drained by the reader before each call.
+fn ns_per_captured_frame(fd: i32, frame: &[u8], received: &Received) -> anyhow::Result<f64> {
+    let mut samples = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        received.settle();
+        let run = testrun::timed(fd, frame, CAPTURE_REPEAT).context("BPF_PROG_RUN")?;
+        anyhow::ensure!(run.retval == 2, "program returned {}", run.retval);
+        samples.push(f64::from(run.ns_per_run));
+    }
+    received.settle();
+    samples.sort_by(f64::total_cmp);
+    Ok(samples[RUNS / 2])
+}
+
+/// Peer-class replies produced flat out by BPF_PROG_RUN: what the reader
+/// sustains, records per wakeup and per batch, allocations per record.
+fn flat_out(
+    dataplane: &Classifier,
+    classify: i32,
+    frame: &[u8],
+    stats: &CaptureStats,
+    received: &Received,
+    epoch: Instant,
+) -> anyhow::Result<()> {
+    received.settle();
+    let before = dataplane.counters()?;
+    let received_before = received.records.load(Ordering::Relaxed);
+    let batches_before = received.batches.load(Ordering::Relaxed);
+    let wakeups_before = stats.wakeups.load(Ordering::Relaxed);
+    let allocations_before = ALLOCATIONS.load(Ordering::Relaxed);
+    let cpu_before = received.cpu_ns.load(Ordering::Relaxed);
     let start_ns = epoch.elapsed().as_nanos() as u64;
     let mut produced = 0u64;
     while produced < RATE_RECORDS {
-        testrun::timed(classify, &frame, RATE_BATCH)?;
+        testrun::timed(classify, frame, RATE_BATCH)?;
         produced += RATE_BATCH as u64;
     }
     let produce_ns = epoch.elapsed().as_nanos() as u64 - start_ns;
-    // Wait until the reader has gone quiet.
-    let mut last = received.load(Ordering::Relaxed);
-    loop {
-        std::thread::sleep(Duration::from_millis(200));
-        let now = received.load(Ordering::Relaxed);
-        if now == last {
-            break;
-        }
-        last = now;
-    }
+    received.settle();
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - allocations_before;
     let after = dataplane.counters()?;
-    let got = received.load(Ordering::Relaxed) - received_before;
-    let drain_ns = last_receive_ns
+    let got = received.records.load(Ordering::Relaxed) - received_before;
+    let batches = received.batches.load(Ordering::Relaxed) - batches_before;
+    let wakeups = stats.wakeups.load(Ordering::Relaxed) - wakeups_before;
+    let drain_ns = received
+        .last_ns
         .load(Ordering::Relaxed)
         .saturating_sub(start_ns)
         .max(1);
     let ring_full = after.get(counters::RINGBUF_FULL) - before.get(counters::RINGBUF_FULL);
+    let rate = got as f64 / (drain_ns as f64 / 1e9);
+    let cpu_ns = received
+        .cpu_ns
+        .load(Ordering::Relaxed)
+        .saturating_sub(cpu_before)
+        .max(1);
+    let per_core = got as f64 / (cpu_ns as f64 / 1e9);
     println!();
     println!("ring buffer -> agent (peer-class replies produced flat out by BPF_PROG_RUN):");
     println!(
@@ -244,22 +460,85 @@ fn main() -> anyhow::Result<()> {
         produced as f64 / (produce_ns as f64 / 1e9)
     );
     println!(
-        "  agent received  {got} in {:.3} s: {:.0} events per s sustained",
+        "  agent received  {got} in {:.3} s: {rate:.0} events per s sustained",
         drain_ns as f64 / 1e9,
-        got as f64 / (drain_ns as f64 / 1e9)
     );
     println!(
         "  lost at a full ring buffer (counted by the kernel): {ring_full} ({:.1}%)",
         100.0 * ring_full as f64 / produced as f64
     );
-    drop(dataplane);
+    println!(
+        "  reader: {:.1} records per wakeup ({wakeups} wakeups), {:.1} records per batch; {:.3} heap allocations per record (whole process, producer included)",
+        got as f64 / wakeups.max(1) as f64,
+        got as f64 / batches.max(1) as f64,
+        allocations as f64 / got.max(1) as f64
+    );
+    println!(
+        "  reader thread CPU time {:.3} s: {:.0} ns per record, {per_core:.0} records per s of one core",
+        cpu_ns as f64 / 1e9,
+        cpu_ns as f64 / got.max(1) as f64
+    );
+    println!(
+        "goal: ring buffer -> agent >= 1,000,000 events/s on one core: {} ({per_core:.0}/s per core-second of the reader; {rate:.0}/s wall clock on this shared machine)",
+        verdict(per_core >= 1e6)
+    );
+    println!(
+        "goal: no allocation per record: {} ({:.3} per record)",
+        verdict((allocations as f64) < 0.1 * got as f64),
+        allocations as f64 / got.max(1) as f64
+    );
+    Ok(())
+}
 
-    pair_benchmarks()?;
-    println!();
-    inference_benchmarks();
-    mlag_testbed::center_bench::run()?;
-    mlag_testbed::fabric_bench::run("embedded")?;
-    mlag_testbed::fabric_bench::run("mosquitto")?;
+/// Peer-class replies at [`PACED_RATE`] (a burst every millisecond): does
+/// anything get lost at a full ring?
+fn paced(
+    dataplane: &Classifier,
+    classify: i32,
+    frame: &[u8],
+    received: &Received,
+) -> anyhow::Result<()> {
+    received.settle();
+    let before = dataplane.counters()?;
+    let received_before = received.records.load(Ordering::Relaxed);
+    let per_ms = (PACED_RATE / 1000) as u32;
+    let start = Instant::now();
+    let mut produced = 0u64;
+    let total = PACED_RATE * PACED_SECONDS;
+    // A burst every millisecond; a late thread (this machine is shared)
+    // catches up with a bigger burst, at most 10 ms worth, so the average
+    // stays at the rate without one burst overrunning the ring by itself.
+    while produced < total {
+        let elapsed_ms = start.elapsed().as_millis() as u64;
+        let due = ((elapsed_ms + 1) * u64::from(per_ms)).min(total);
+        if due <= produced {
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
+        }
+        let burst = (due - produced).min(10 * u64::from(per_ms)) as u32;
+        testrun::timed(classify, frame, burst)?;
+        produced += u64::from(burst);
+    }
+    let took = start.elapsed();
+    received.settle();
+    let after = dataplane.counters()?;
+    let got = received.records.load(Ordering::Relaxed) - received_before;
+    let lost = after.get(counters::RINGBUF_FULL) - before.get(counters::RINGBUF_FULL);
+    println!(
+        "  paced: {produced} produced at {:.0} per s, {got} received, {lost} lost at a full ring",
+        produced as f64 / took.as_secs_f64()
+    );
+    let achieved = produced as f64 / took.as_secs_f64();
+    if achieved < 0.95 * PACED_RATE as f64 {
+        println!(
+            "goal: no loss at 450,000 events/s: not measured (the producer reached only {achieved:.0}/s on this shared machine; {lost} lost)"
+        );
+    } else {
+        println!(
+            "goal: no loss at 450,000 events/s: {} ({lost} lost of {produced})",
+            verdict(lost == 0 && got == produced)
+        );
+    }
     Ok(())
 }
 

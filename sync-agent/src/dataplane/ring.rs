@@ -1,0 +1,205 @@
+//! A batch reader of the capture ring buffer (`BPF_MAP_TYPE_RINGBUF`).
+//!
+//! aya's `RingBuf::next` publishes the consumer position after every record.
+//! The kernel wakes the reader (an irq_work, a self-IPI, then an epoll
+//! wakeup) whenever a record is committed at exactly the published consumer
+//! position, that is whenever the reader looks caught up. A reader that
+//! publishes per record therefore looks caught up after each one and is
+//! woken per record while it is still busy. This reader publishes once per
+//! batch: records committed while it works on a batch find the consumer
+//! position behind them and wake no one, and the first record after the
+//! reader has gone idle still wakes it at once (the kernel's own adaptive
+//! rule, `BPF_RB_NO_WAKEUP` not needed).
+//!
+//! The layout is the kernel's (`kernel/bpf/ringbuf.c`): page 0 holds the
+//! consumer position (read-write), page 1 the producer position, then the
+//! data area mapped twice in a row so a record that wraps is contiguous.
+//! Each record starts with an 8-byte header whose first word is its length
+//! plus the busy (not yet committed) and discard bits.
+
+use std::{
+    io,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
+    ptr::NonNull,
+    sync::atomic::{AtomicU32, AtomicUsize, Ordering, fence},
+};
+
+use aya::maps::{MapData, RingBuf};
+
+const BUSY_BIT: u32 = 1 << 31;
+const DISCARD_BIT: u32 = 1 << 30;
+const HEADER_BYTES: usize = 8;
+
+/// One `mmap` of the ring buffer's fd, unmapped on drop.
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(fd: BorrowedFd<'_>, len: usize, prot: libc::c_int, offset: usize) -> io::Result<Self> {
+        // SAFETY: a fresh shared mapping of a ring buffer map fd; the kernel
+        // checks the size and protection against the map.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Self { ptr, len })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len are exactly what mmap returned.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+// SAFETY: the mappings are plain shared memory, accessed through atomics
+// for the positions and headers; the reader has one owner at a time.
+unsafe impl Send for Mapping {}
+
+/// The capture ring buffer, read in batches (see the module doc).
+pub struct RingReader {
+    /// Owns the map fd (aya's own mappings stay unused).
+    ring: RingBuf<MapData>,
+    consumer: Mapping,
+    producer: Mapping,
+    page: usize,
+    mask: usize,
+    /// Consumer position as last published.
+    pos: usize,
+}
+
+impl RingReader {
+    /// Maps the ring buffer, whose data area is `byte_size` bytes (the map's
+    /// `max_entries`, a power of two).
+    pub fn new(ring: RingBuf<MapData>, byte_size: usize) -> io::Result<Self> {
+        if !byte_size.is_power_of_two() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("ring buffer size {byte_size} is not a power of two"),
+            ));
+        }
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .map_err(|_| io::Error::other("page size"))?;
+        let fd = ring.as_fd();
+        let consumer = Mapping::new(fd, page, libc::PROT_READ | libc::PROT_WRITE, 0)?;
+        let producer = Mapping::new(fd, page + 2 * byte_size, libc::PROT_READ, page)?;
+        let mut reader = Self {
+            ring,
+            consumer,
+            producer,
+            page,
+            mask: byte_size - 1,
+            pos: 0,
+        };
+        reader.pos = reader.consumer_pos().load(Ordering::Acquire);
+        Ok(reader)
+    }
+
+    fn consumer_pos(&self) -> &AtomicUsize {
+        // SAFETY: page 0 starts with the kernel's `unsigned long
+        // consumer_pos`, page-aligned, alive as long as `self`.
+        unsafe { &*self.consumer.ptr.as_ptr().cast::<AtomicUsize>() }
+    }
+
+    fn producer_pos(&self) -> usize {
+        // SAFETY: the producer mapping starts with `producer_pos`.
+        unsafe { &*self.producer.ptr.as_ptr().cast::<AtomicUsize>() }.load(Ordering::Acquire)
+    }
+
+    /// Header word of the record at data offset `offset` (< byte size).
+    fn header(&self, offset: usize) -> u32 {
+        // SAFETY: offset is masked, so the 8-aligned header lies inside the
+        // first copy of the data area.
+        unsafe {
+            &*self
+                .producer
+                .ptr
+                .as_ptr()
+                .add(self.page + offset)
+                .cast::<AtomicU32>()
+        }
+        .load(Ordering::Acquire)
+    }
+
+    /// Hands up to `max` committed records to `each`, in order, then
+    /// publishes the new consumer position once. Returns how many records
+    /// were handed over (discarded ones are skipped, not counted).
+    pub fn read_batch(&mut self, max: usize, mut each: impl FnMut(&[u8])) -> usize {
+        let mut pos = self.pos;
+        let mut producer = self.producer_pos();
+        let mut read = 0;
+        while read < max && pos != producer {
+            let offset = pos & self.mask;
+            let header = self.header(offset);
+            if header & BUSY_BIT != 0 {
+                break;
+            }
+            let len = (header & !(BUSY_BIT | DISCARD_BIT)) as usize;
+            if len > self.mask {
+                // Cannot happen with a kernel-written ring; refuse to read
+                // outside the mapping rather than trust it.
+                break;
+            }
+            if header & DISCARD_BIT == 0 {
+                // SAFETY: the record is committed (acquire on its header) and
+                // lies within the doubled data area: offset + 8 + len <
+                // 2 * byte size.
+                let data = unsafe {
+                    std::slice::from_raw_parts(
+                        self.producer
+                            .ptr
+                            .as_ptr()
+                            .add(self.page + offset + HEADER_BYTES),
+                        len,
+                    )
+                };
+                each(data);
+                read += 1;
+            }
+            pos += (HEADER_BYTES + len).next_multiple_of(8);
+            if pos == producer {
+                producer = self.producer_pos();
+            }
+        }
+        if pos != self.pos {
+            self.pos = pos;
+            self.consumer_pos().store(pos, Ordering::Release);
+        }
+        read
+    }
+
+    /// True when no committed record waits. Call it after [`read_batch`]
+    /// returned fewer than asked: when it says empty, the kernel will wake
+    /// the ring buffer's fd for the next record (it is committed at the
+    /// position just published), so the reader may sleep.
+    ///
+    /// [`read_batch`]: Self::read_batch
+    pub fn is_empty(&self) -> bool {
+        // Pairs with the producer's commit (an xchg on the header, then a
+        // read of the consumer position): either it sees the position we
+        // published and wakes us, or we see its record here.
+        fence(Ordering::SeqCst);
+        let producer = self.producer_pos();
+        self.pos == producer || self.header(self.pos & self.mask) & BUSY_BIT != 0
+    }
+}
+
+impl AsRawFd for RingReader {
+    fn as_raw_fd(&self) -> RawFd {
+        self.ring.as_raw_fd()
+    }
+}
