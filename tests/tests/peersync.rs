@@ -703,7 +703,7 @@ fn timed_show_peer(agent: &Agent) -> anyhow::Result<(serde_json::Value, Duration
 /// A fake B that completes the hello and then never reads: A's writes to it
 /// pile up (its receive window closes, A's writer blocks, A's queue to the
 /// writer fills), while B's keepalives (B's own boot id) keep arriving.
-/// A must not stall: `show peer` answers within 100 ms all along, A keeps
+/// A must not stall: `show peer` answers within 400 ms all along, A keeps
 /// sending keepalives, still sees B alive, reports the stall and reconnects.
 #[test]
 fn a_peer_that_stops_reading_never_stalls_the_agent() -> anyhow::Result<()> {
@@ -798,15 +798,16 @@ fn a_peer_that_stops_reading_never_stalls_the_agent() -> anyhow::Result<()> {
         for chunk in replies.chunks(500) {
             pair.c.send_frames("c-a", chunk)?;
         }
-        // While the peer is stuck, A answers within 100 ms every time. This is
+        // While the peer is stuck, A answers within 400 ms every time. This is
         // a deadline, not a benchmark: an answer that waits on the peer-sync
         // task blocked behind the peer would take seconds (or forever); a
-        // free loop answers in well under a millisecond, so 100 ms leaves room
-        // for a loaded 2-core machine without hiding a stall.
+        // free loop answers in well under a millisecond. 100 ms was exceeded
+        // once with the 2-core machine fully loaded by parallel builds; 400 ms
+        // is still under the dead interval, so a stall cannot hide in it.
         let (peer, took) = timed_show_peer(&a)?;
         queries += 1;
         slowest = slowest.max(took);
-        assert!(took < Duration::from_millis(100), "show peer took {took:?}");
+        assert!(took < Duration::from_millis(400), "show peer took {took:?}");
         assert_eq!(
             peer["alive"], true,
             "A declared the healthy peer dead: {peer}"
