@@ -60,6 +60,10 @@ fn the_lab_runs_every_part_of_the_product_for_four_rounds_and_cleans_up() -> any
         later.contains("[sw-d:succeeded]") && !later.contains("failed"),
         "{later}"
     );
+    // While the master is gone the survivor's alarms name the lost peer
+    // switch as the root, with what depends on it under it.
+    let alarms = line_after(&out, "--- round 3", "alarms on ")?;
+    ensure!(alarms.contains("switch:mlag-peer"), "{alarms}");
     // Round 3: the master's agent is killed and the other takes over.
     let failure = line_after(&out, "--- round 3", "--- round 3")?;
     ensure!(failure.contains("took over as master"), "{failure}");

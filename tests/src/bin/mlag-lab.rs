@@ -445,6 +445,37 @@ services = [{{ name = "motd", config = "{CONFIG_KEY}", path = "{motd}", reload =
                 );
             }
         }
+        // Root-cause alarms as the first switch of the pair that runs sees
+        // them: each raised alarm, its root causes, what is suppressed under it.
+        if let Some((side, agent)) = [Side::A, Side::B]
+            .into_iter()
+            .find_map(|s| self.agent(s).map(|a| (s, a)))
+        {
+            let alarms = agent.query(&["show", "alarms"])?;
+            let raised = alarms["alarms"].as_array().cloned().unwrap_or_default();
+            let listed: Vec<String> = raised
+                .iter()
+                .map(|a| {
+                    format!(
+                        "{} (root {}; {} under it)",
+                        a["object"].as_str().unwrap_or("?"),
+                        a["root_causes"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|r| r.as_str())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        a["suppressed"].as_array().map_or(0, Vec::len)
+                    )
+                })
+                .collect();
+            println!(
+                "alarms on {side:?}: {} raised {}",
+                raised.len(),
+                listed.join("; ")
+            );
+        }
         let server = self.a.as_ref().or(self.b.as_ref());
         if let Some(server) = server {
             let fabric = server.query(&["show", "fabric"])?;
