@@ -479,8 +479,8 @@ fn flat_out(
         cpu_ns as f64 / got.max(1) as f64
     );
     println!(
-        "goal: ring buffer -> agent >= 1,000,000 events/s on one core: {} ({per_core:.0}/s per core-second of the reader; {rate:.0}/s wall clock on this shared machine)",
-        verdict(per_core >= 1e6)
+        "goal: ring buffer -> agent >= 1,000,000 events/s sustained: {} ({rate:.0}/s wall clock, reader and producer sharing this machine's CPUs; the reader's own cost would allow {per_core:.0}/s on a core of its own)",
+        verdict(rate >= 1e6)
     );
     println!(
         "goal: no allocation per record: {} ({:.3} per record)",
