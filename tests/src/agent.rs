@@ -170,27 +170,20 @@ impl Agent {
 
     /// Runs `sync-agent --socket S -j ARGS` and returns the JSON answer.
     pub fn query(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
-        let out = Command::new(&self.binary)
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("-j")
-            .args(args)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "sync-agent {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(serde_json::from_slice(&out.stdout)?)
+        Ok(serde_json::from_slice(&self.cli(&["-j"], args)?)?)
     }
 
     /// Runs `sync-agent --socket S ARGS` and returns its text output.
     pub fn query_text(&self, args: &[&str]) -> anyhow::Result<String> {
+        Ok(String::from_utf8_lossy(&self.cli(&[], args)?).into_owned())
+    }
+
+    /// `sync-agent --socket S FLAGS ARGS`: its stdout, or its stderr as the error.
+    fn cli(&self, flags: &[&str], args: &[&str]) -> anyhow::Result<Vec<u8>> {
         let out = Command::new(&self.binary)
             .arg("--socket")
             .arg(&self.socket)
+            .args(flags)
             .args(args)
             .output()?;
         if !out.status.success() {
@@ -200,7 +193,7 @@ impl Agent {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok(out.stdout)
     }
 
     /// One request over the control socket itself (not through the CLI,
