@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod center_bench;
+pub mod daemon;
 pub mod fabric;
 pub mod fabric_bench;
 pub mod frames;

@@ -5,19 +5,10 @@
 //! interface under one root-cause alarm (posted to a real Alertmanager),
 //! and the peer agent killed is one lost-contact alarm, not a storm.
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use mlag_testbed::{
-    agent::{Agent, TempDir},
-    netns,
-    netns::Netns,
-    pair::Pair,
-    wait_until,
-};
+use mlag_testbed::{agent::Agent, daemon::Daemon, netns, netns::Netns, pair::Pair, wait_until};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -367,69 +358,37 @@ fn http_get(ns: &Netns, url: &str) -> anyhow::Result<(u16, String)> {
 
 /// A real Alertmanager (Debian's `prometheus-alertmanager`) in a
 /// namespace, killed on drop.
-struct Alertmanager {
-    child: Child,
-    dir: TempDir,
-    base: String,
-}
+struct Alertmanager(Daemon);
 
 impl Alertmanager {
     fn start(ns: &Netns, listen: &str) -> anyhow::Result<Self> {
-        let dir = TempDir::new("mlag-alertmanager")?;
-        let config = dir.path().join("alertmanager.yml");
-        std::fs::write(
-            &config,
+        Daemon::start(
+            ns,
+            "prometheus-alertmanager",
             "route:\n  receiver: none\n  group_wait: 1s\nreceivers:\n  - name: none\n",
-        )?;
-        let log = std::fs::File::create(dir.path().join("alertmanager.log"))?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns.name(), "prometheus-alertmanager"])
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={listen}"))
             // A single instance: no gossip port to collide with.
-            .arg("--cluster.listen-address=")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting prometheus-alertmanager (Debian package; `cargo xtask setup`)")?;
-        let alertmanager = Self {
-            child,
-            dir,
-            base: format!("http://{listen}"),
-        };
-        wait_until(WAIT, "Alertmanager ready", || {
-            match http_get(ns, &format!("{}/-/ready", alertmanager.base)) {
+            &["--storage.path={dir}/data", "--cluster.listen-address="],
+            listen,
+            |base| match http_get(ns, &format!("{base}/-/ready")) {
                 Ok((200, _)) => Ok(()),
-                other => Err(format!("{other:?}\n{}", alertmanager.log())),
-            }
-        })?;
-        Ok(alertmanager)
+                other => Err(format!("{other:?}")),
+            },
+        )
+        .map(Self)
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("alertmanager.log")).unwrap_or_default()
+        self.0.log()
     }
 
     /// The alerts it holds (active ones: resolved alerts are not listed).
     fn alerts(&self, ns: &Netns) -> anyhow::Result<Vec<serde_json::Value>> {
-        let (status, body) = http_get(ns, &format!("{}/api/v2/alerts", self.base))?;
+        let (status, body) = http_get(ns, &format!("{}/api/v2/alerts", self.0.base))?;
         anyhow::ensure!(status == 200, "GET /api/v2/alerts: {status} {body}");
         Ok(serde_json::from_str::<serde_json::Value>(&body)?
             .as_array()
             .cloned()
             .unwrap_or_default())
-    }
-}
-
-impl Drop for Alertmanager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -444,7 +403,7 @@ fn one_twin_down_degrades_the_mlag_interface_under_a_twin_alarm_posted_to_alertm
     let alertmanager = Alertmanager::start(&pair.a, "127.0.0.1:9093")?;
     let inference = format!(
         "\n[inference.alarms]\nwebhook = {{ url = \"{}/api/v2/alerts\", repeat_s = 2 }}\n",
-        alertmanager.base
+        alertmanager.0.base
     );
     let a = pair.agent_a(&inference)?;
     let _b = pair.agent_b("")?;

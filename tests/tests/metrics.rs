@@ -5,13 +5,13 @@
 
 use std::{
     io::Write as _,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
 use anyhow::{Context as _, bail};
 use mlag_testbed::{
-    agent::TempDir,
+    daemon::Daemon,
     netns::Netns,
     pair::{B_IP, C_IP, Pair},
     wait_until,
@@ -124,63 +124,39 @@ fn promtool_accepts_the_metrics_of_a_live_agent() -> anyhow::Result<()> {
 }
 
 /// A Prometheus server in a namespace, killed on drop.
-struct Prometheus {
-    child: Child,
-    dir: TempDir,
-    /// Where its HTTP API listens, inside the namespace.
-    base: String,
-}
+struct Prometheus(Daemon);
 
 impl Prometheus {
     /// Starts Prometheus in `ns` on `listen`, scraping `targets` every second.
     fn start(ns: &Netns, listen: &str, targets: &[&str]) -> anyhow::Result<Self> {
-        let dir = TempDir::new("mlag-prometheus")?;
-        let config = dir.path().join("prometheus.yml");
         let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
-        std::fs::write(
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: mlag-sync\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        );
+        Daemon::start(
+            ns,
+            "prometheus",
             &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: mlag-sync\n    static_configs:\n      - targets: [{}]\n",
-                targets.join(", ")
-            ),
-        )?;
-        let log = std::fs::File::create(dir.path().join("prometheus.log"))?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns.name(), "prometheus"])
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={listen}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting prometheus (Debian package prometheus; `cargo xtask setup`)")?;
-        let prometheus = Prometheus {
-            child,
-            dir,
-            base: format!("http://{listen}"),
-        };
-        wait_until(WAIT, "Prometheus ready", || {
-            match http_get(ns, &format!("{}/-/ready", prometheus.base), None) {
+            &["--storage.tsdb.path={dir}/data"],
+            listen,
+            |base| match http_get(ns, &format!("{base}/-/ready"), None) {
                 Ok((200, _, _)) => Ok(()),
-                other => Err(format!("{other:?}\n{}", prometheus.log())),
-            }
-        })?;
-        Ok(prometheus)
+                other => Err(format!("{other:?}")),
+            },
+        )
+        .map(Self)
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+        self.0.log()
     }
 
     /// The instant vector of `query`: (labels, value) per series.
     fn query(&self, ns: &Netns, query: &str) -> anyhow::Result<Vec<(serde_json::Value, f64)>> {
         let url = reqwest::Url::parse_with_params(
-            &format!("{}/api/v1/query", self.base),
+            &format!("{}/api/v1/query", self.0.base),
             &[("query", query)],
         )?;
         let (status, _, body) = http_get(ns, url.as_str(), None)?;
@@ -200,13 +176,6 @@ impl Prometheus {
                 Ok((series["metric"].clone(), value))
             })
             .collect()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
