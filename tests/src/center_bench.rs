@@ -109,13 +109,7 @@ const POLL_TIMEOUT_MS: u64 = 120_000;
 
 /// CLOCK_MONOTONIC in nanoseconds: comparable across processes.
 fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    crate::clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 /// Raises this process's open-file limit to at least `needed`: the soft

@@ -128,6 +128,39 @@ impl Netns {
         Ok(thread)
     }
 
+    /// An HTTP GET from inside the namespace (no proxy, 5 s timeout), with
+    /// an `accept` header if given: (status, content type, body).
+    pub fn http_get(
+        &self,
+        url: &str,
+        accept: Option<&str>,
+    ) -> anyhow::Result<(u16, String, String)> {
+        self.run(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let client = reqwest::Client::builder()
+                    .no_proxy()
+                    .timeout(std::time::Duration::from_secs(5))
+                    .build()?;
+                let mut request = client.get(url);
+                if let Some(accept) = accept {
+                    request = request.header("accept", accept);
+                }
+                let response = request.send().await?;
+                let status = response.status().as_u16();
+                let content_type = response
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                Ok((status, content_type, response.text().await?))
+            })
+        })
+    }
+
     /// The MAC address of `ifname`.
     pub fn mac(&self, ifname: &str) -> anyhow::Result<[u8; 6]> {
         let json: serde_json::Value =

@@ -341,19 +341,8 @@ fn wait_alarms(
 
 /// `GET url` from inside `ns`: (status, body).
 fn http_get(ns: &Netns, url: &str) -> anyhow::Result<(u16, String)> {
-    ns.run(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(async {
-            let client = reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(5))
-                .build()?;
-            let response = client.get(url).send().await?;
-            Ok((response.status().as_u16(), response.text().await?))
-        })
-    })
+    let (status, _, body) = ns.http_get(url, None)?;
+    Ok((status, body))
 }
 
 /// A real Alertmanager (Debian's `prometheus-alertmanager`) in a

@@ -24,35 +24,6 @@ fn metrics_on(listen: &str) -> String {
     format!("\n[metrics]\nlisten = \"{listen}\"\n")
 }
 
-/// `GET url` from inside `ns`, with `accept` as the Accept header if given:
-/// (status, content type, body).
-fn http_get(ns: &Netns, url: &str, accept: Option<&str>) -> anyhow::Result<(u16, String, String)> {
-    ns.run(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(async {
-            let client = reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(5))
-                .build()?;
-            let mut request = client.get(url);
-            if let Some(accept) = accept {
-                request = request.header("accept", accept);
-            }
-            let response = request.send().await?;
-            let status = response.status().as_u16();
-            let content_type = response
-                .headers()
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            Ok((status, content_type, response.text().await?))
-        })
-    })
-}
-
 /// Runs `promtool check metrics` on `text`: its complaints, if any.
 fn promtool_check(text: &str) -> anyhow::Result<Option<String>> {
     let mut child = Command::new("promtool")
@@ -94,7 +65,7 @@ fn promtool_accepts_the_metrics_of_a_live_agent() -> anyhow::Result<()> {
     })?;
 
     let url = "http://127.0.0.1:9472/metrics";
-    let (status, content_type, text) = http_get(&pair.a, url, None)?;
+    let (status, content_type, text) = pair.a.http_get(url, None)?;
     assert_eq!(status, 200);
     assert!(
         content_type.starts_with("text/plain; version=0.0.4"),
@@ -114,7 +85,7 @@ fn promtool_accepts_the_metrics_of_a_live_agent() -> anyhow::Result<()> {
         assert!(text.contains(expected), "no `{expected}` in:\n{text}");
     }
 
-    let (_, content_type, om) = http_get(&pair.a, url, Some("application/openmetrics-text"))?;
+    let (_, content_type, om) = pair.a.http_get(url, Some("application/openmetrics-text"))?;
     assert!(
         content_type.starts_with("application/openmetrics-text"),
         "{content_type}"
@@ -141,7 +112,7 @@ impl Prometheus {
             &config,
             &["--storage.tsdb.path={dir}/data"],
             listen,
-            |base| match http_get(ns, &format!("{base}/-/ready"), None) {
+            |base| match ns.http_get(&format!("{base}/-/ready"), None) {
                 Ok((200, _, _)) => Ok(()),
                 other => Err(format!("{other:?}")),
             },
@@ -159,7 +130,7 @@ impl Prometheus {
             &format!("{}/api/v1/query", self.0.base),
             &[("query", query)],
         )?;
-        let (status, _, body) = http_get(ns, url.as_str(), None)?;
+        let (status, _, body) = ns.http_get(url.as_str(), None)?;
         let json: serde_json::Value = serde_json::from_str(&body)?;
         if status != 200 || json["status"] != "success" {
             bail!("query {query} answered {status}: {body}");

@@ -179,13 +179,7 @@ struct Received {
 
 /// CPU time the calling thread has used.
 fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    mlag_testbed::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
 impl Received {
