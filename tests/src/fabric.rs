@@ -190,19 +190,60 @@ pub fn up_members(agent: &Agent) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
+/// `identity:state` for every member `agent` lists.
+pub fn member_states(agent: &Agent) -> anyhow::Result<Vec<String>> {
+    let f = show(agent)?;
+    Ok(f["members"]
+        .as_array()
+        .context("members")?
+        .iter()
+        .map(|m| {
+            format!(
+                "{}:{}",
+                m["identity"].as_str().unwrap_or("?"),
+                m["state"].as_str().unwrap_or("?")
+            )
+        })
+        .collect())
+}
+
 /// Waits until every agent lists exactly `expected` as up.
 pub fn wait_all_see(agents: &[&Agent], expected: &[&str], timeout: Duration) -> anyhow::Result<()> {
     for agent in agents {
-        wait_until(
+        let seen = wait_until(
             timeout,
             &format!("{} to list {expected:?} as up", agent.instance),
             || {
                 let up = up_members(agent).map_err(|e| vec![e.to_string()])?;
-                if up == expected { Ok(()) } else { Err(up) }
+                if up == expected {
+                    Ok(())
+                } else {
+                    // Every member with its state, so a failure says whether
+                    // one is missing, silent or departed.
+                    Err(member_states(agent).unwrap_or(up))
+                }
             },
-        )?;
+        );
+        // The fabric lines of every agent's log: which member went where,
+        // and which server announced what, is the story of a failure here.
+        seen.map_err(|err| anyhow::anyhow!("{err}\n{}", fabric_logs(agents)))?;
     }
     Ok(())
+}
+
+/// The last fabric lines of each agent's log, headed by its instance.
+pub fn fabric_logs(agents: &[&Agent]) -> String {
+    let mut out = String::new();
+    for agent in agents {
+        let text = agent.log_text();
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("fabric")).collect();
+        out.push_str(&format!("--- {} (last fabric log lines)\n", agent.instance));
+        for line in &lines[lines.len().saturating_sub(40)..] {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// The value of fabric setting `key` in force on `agent`, with its acks.

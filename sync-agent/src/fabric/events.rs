@@ -541,6 +541,81 @@ mod tests {
         assert_eq!(state(&task, "sw2").as_deref(), Some("up"), "joined again");
     }
 
+    /// Both servers retain on the same roster topics. When the other one
+    /// writes a bucket that disagrees with what the active server hears,
+    /// or announces the departure of a member it still hears, the active
+    /// server writes that bucket again; a record that agrees is left alone.
+    #[test]
+    fn an_active_server_rewrites_buckets_the_other_server_got_wrong() {
+        use crate::fabric::wire::{MemberEntry, Membership, RosterRecord, roster_bucket};
+        let (infos, _rx) = mpsc::channel(4);
+        let (mut task, _eventloop) = test_task(infos);
+        task.rank = Some(0);
+        task.active = true;
+        task.connected = true;
+        let mut sw2 = Codec::new(test_identity("sw2"), test_roster(), None);
+        let (topic, payload) = heartbeat_from(&mut sw2, &task, "sw2");
+        task.process_publish(&topic, &payload, false);
+        task.roster_due();
+        let written = |task: &Task| task.report().counters.get("roster_records_sent").copied();
+        assert_eq!(written(&task), Some(1), "sw2's bucket written once");
+
+        let mut srv = Codec::new(test_identity("srv"), test_roster(), None);
+        let mut from_srv = |task: &mut Task, message: Message| {
+            let (topic, retained) = task.topics.topic_for(&message);
+            let payload = srv.seal(&message);
+            task.process_publish(&topic, &payload, retained);
+        };
+        let record = |model: &str| {
+            let heartbeat = Heartbeat {
+                member: "sw2".into(),
+                role: Role::Client,
+                model: model.into(),
+                version: "v".into(),
+                servers: vec![],
+                addresses: vec![],
+                uptime_s: 9,
+                interval_ms: 1000,
+            };
+            Message::Roster(RosterRecord {
+                server: "srv".into(),
+                epoch: 1,
+                bucket: roster_bucket("sw2"),
+                entries: vec![MemberEntry {
+                    heartbeat,
+                    joined_ms: 1,
+                    last_heartbeat_ms: 1,
+                }],
+            })
+        };
+        from_srv(&mut task, record("m"));
+        task.roster_due();
+        assert_eq!(written(&task), Some(1), "an agreeing record is left alone");
+
+        from_srv(&mut task, record("stale"));
+        task.roster_due();
+        assert_eq!(written(&task), Some(2), "a disagreeing record is replaced");
+
+        from_srv(
+            &mut task,
+            Message::Membership(Membership {
+                server: "srv".into(),
+                member: "sw2".into(),
+                joined: false,
+                reason: "no heartbeat".into(),
+                at_ms: 1,
+            }),
+        );
+        task.roster_due();
+        assert_eq!(
+            written(&task),
+            Some(3),
+            "a departure of a member still heard is answered with its record"
+        );
+        task.roster_due();
+        assert_eq!(written(&task), Some(3), "and only once");
+    }
+
     #[test]
     fn the_member_view_is_capped_and_evictions_are_counted() {
         let (infos, _rx) = mpsc::channel(4);

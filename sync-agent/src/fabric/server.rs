@@ -136,12 +136,37 @@ impl Task {
 
     /// One retained roster bucket: as a topology of its members.
     pub(super) fn heard_roster_record(&mut self, record: RosterRecord) {
+        if self.rank.is_some() && self.active && !self.agrees_with(&record) {
+            // Both servers retain on the same bucket topics. While both
+            // announce (the backup took over and the primary is back, or
+            // either was starved past the takeover time), the other's
+            // write replaced ours at the broker: ours goes out again, or a
+            // member we hear would stay missing from every member's view.
+            self.roster_overwritten.insert(record.bucket);
+        }
         for entry in record.entries {
             if self.rank.is_some() && !self.active {
                 self.roster.seed_entry(&entry, record.epoch);
             }
             self.learn_member(entry);
         }
+    }
+
+    /// True when `record` lists the members this roster holds in its
+    /// bucket, saying the same of each.
+    fn agrees_with(&self, record: &RosterRecord) -> bool {
+        let ours: Vec<&MemberEntry> = self
+            .roster
+            .entries()
+            .filter(|e| roster_bucket(&e.heartbeat.member) == record.bucket)
+            .collect();
+        ours.len() == record.entries.len()
+            && ours.iter().all(|mine| {
+                record.entries.iter().any(|theirs| {
+                    theirs.heartbeat.member == mine.heartbeat.member
+                        && same_record(&theirs.heartbeat, &mine.heartbeat)
+                })
+            })
     }
 
     /// A member listed by a server joins the view (not yet heard itself).
@@ -253,6 +278,7 @@ impl Task {
             self.published_roster.remove(&name);
             dirty.insert(roster_bucket(&name));
         }
+        dirty.append(&mut self.roster_overwritten);
         for bucket in dirty {
             self.publish_roster_bucket(bucket);
         }
@@ -384,6 +410,18 @@ impl Task {
     /// An announcement (ours or heard): a departed member is marked so and
     /// no longer awaited for acknowledgements.
     pub(super) fn record_announcement(&mut self, m: Membership) {
+        if !m.joined
+            && m.server != self.identity
+            && self.rank.is_some()
+            && self.active
+            && self.roster.contains(&m.member)
+        {
+            // The other server announced a departure of a member this one
+            // still hears (it was starved, or had not heard it yet): the
+            // member's record goes out again, so members do not keep it
+            // departed.
+            self.roster_overwritten.insert(roster_bucket(&m.member));
+        }
         if !m.joined {
             if let Some(entry) = self.view.get_mut(&m.member) {
                 entry.departed = true;

@@ -17,7 +17,7 @@
 //! inference through `try_send`; both count what they drop.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     net::IpAddr,
     sync::{
         Arc,
@@ -139,6 +139,10 @@ pub(super) struct Task {
     /// Active server: when the roster buckets that changed since the last
     /// write are due (see `server::ROSTER_COALESCE`); None when none is.
     pub(super) roster_flush_at: Option<tokio::time::Instant>,
+    /// Active server: buckets another server wrote (or a departure another
+    /// server announced) in disagreement with this roster, to be written
+    /// again at the next tick.
+    pub(super) roster_overwritten: BTreeSet<u16>,
     /// Every other member this switch knows of.
     pub(super) view: CappedMap<String, ViewEntry>,
     pub(super) servers: CappedMap<String, (ServerStatus, Instant)>,
@@ -211,6 +215,7 @@ impl Task {
             servers: CappedMap::new(MAX_SERVERS),
             published_roster: CappedMap::new(config.max_members),
             roster_flush_at: None,
+            roster_overwritten: BTreeSet::new(),
             hlc: Hlc::new(config.trust.max_skew_ms),
             config,
             identity,
