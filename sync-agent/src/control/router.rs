@@ -193,10 +193,14 @@ impl Router {
                     Some(device) => Some(device.report().await),
                     None => None,
                 };
-                Response::ok(&RolloutReport {
-                    center: self.center.as_ref().map(CenterHandle::report),
-                    device,
-                })
+                let center = match &self.center {
+                    Some(center) => match center.report().await {
+                        Ok(report) => Some(report),
+                        Err(err) => return Response::error(format!("config center: {err}")),
+                    },
+                    None => None,
+                };
+                Response::ok(&RolloutReport { center, device })
             }
         }
     }

@@ -99,6 +99,11 @@ pub(super) async fn gather(sources: &Sources) -> Scrape {
         ask(s.fabric.as_ref().map(|f| f.report())),
         ask(device),
     );
+    let center = match &s.center {
+        // A center shutting down has no rollouts to show.
+        Some(c) => Some((c.report().await.unwrap_or_default(), c.stats())),
+        None => None,
+    };
     Scrape {
         instance: s.instance.clone(),
         uptime_s: s.started.elapsed().as_secs_f64(),
@@ -108,7 +113,7 @@ pub(super) async fn gather(sources: &Sources) -> Scrape {
         mclag,
         states,
         fabric,
-        center: s.center.as_ref().map(|c| (c.report(), c.stats())),
+        center,
         device,
     }
 }

@@ -1469,6 +1469,21 @@ impl Engine {
         out
     }
 
+    /// The config rollout `id` rolls out.
+    pub fn rollout_key(&self, id: u64) -> CenterResult<ConfigKey> {
+        self.rollouts
+            .get(&id)
+            .map(|e| e.rollout.key.clone())
+            .ok_or_else(|| CenterError::NotFound(format!("rollout {id} not found")))
+    }
+
+    /// Whether `device` is registered with a service using `key`.
+    pub fn device_uses(&self, device: &str, key: &ConfigKey) -> bool {
+        self.devices
+            .get(device)
+            .is_some_and(|d| d.state.services.iter().any(|s| &s.config == key))
+    }
+
     /// One registered device with its services (without building the list
     /// of every device: a registration asks for its own).
     pub fn device(&self, name: &str) -> Option<DeviceInfo> {

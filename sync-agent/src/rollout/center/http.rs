@@ -290,11 +290,7 @@ impl Caller {
         if let Caller::Verified(identity) = self
             && let Some(device) = identity.device()
         {
-            let uses = center
-                .devices()
-                .iter()
-                .any(|d| d.device == device && d.services.iter().any(|s| s.config == *key));
-            if uses {
+            if center.device_uses(device, key) {
                 return Ok(());
             }
             center.count_refusal("forbidden");
@@ -528,7 +524,7 @@ async fn diff(
 
 async fn devices(caller: Caller, State(center): State<Arc<Center>>) -> Answer<Vec<DeviceInfo>> {
     caller.check(&center, Need::Operator)?;
-    Ok(Json(center.devices()))
+    Ok(Json(center.devices().await?))
 }
 
 async fn register(
@@ -593,7 +589,7 @@ async fn ack(
 
 async fn rollouts(caller: Caller, State(center): State<Arc<Center>>) -> Answer<Vec<Rollout>> {
     caller.check(&center, Need::Operator)?;
-    let mut list = center.rollouts();
+    let mut list = center.rollouts().await?;
     list.retain(|r| caller.reads(&r.key.namespace));
     Ok(Json(list))
 }
@@ -602,8 +598,8 @@ async fn rollouts(caller: Caller, State(center): State<Arc<Center>>) -> Answer<V
 /// (404 for an unknown rollout).
 fn check_rollout(caller: &Caller, center: &Center, id: u64, role: Role) -> Result<(), HttpError> {
     if let Caller::Verified(_) = caller {
-        let rollout = center.rollout(id)?;
-        caller.check(center, Need::Role(&rollout.key.namespace, role))?;
+        let key = center.rollout_key(id)?;
+        caller.check(center, Need::Role(&key.namespace, role))?;
     }
     Ok(())
 }
@@ -615,7 +611,7 @@ async fn rollout(
 ) -> Answer<Rollout> {
     let id = rollout_id(path)?;
     check_rollout(&caller, &center, id, Role::Read)?;
-    Ok(Json(center.rollout(id)?))
+    Ok(Json(center.rollout(id).await?))
 }
 
 async fn resume(
@@ -684,7 +680,7 @@ async fn listeners(
 ) -> Answer<Vec<Listener>> {
     let key = config_key(path)?;
     caller.check(&center, Need::Role(&key.namespace, Role::Read))?;
-    Ok(Json(center.listeners(&key)))
+    Ok(Json(center.listeners(key).await?))
 }
 
 #[cfg(test)]

@@ -95,13 +95,13 @@ impl CenterHandle {
         self.addr
     }
 
-    /// The center's rollouts, newest first. The engine is in memory behind a
-    /// mutex held only for short, non-async work, so this never waits for a
-    /// long poll or a database write.
-    pub fn report(&self) -> CenterReport {
-        CenterReport {
-            rollouts: self.center.rollouts(),
-        }
+    /// The center's rollouts, newest first, as committed: it waits for the
+    /// group commit running now (never for a long poll), and fails only when
+    /// the center is shutting down.
+    pub async fn report(&self) -> CenterResult<CenterReport> {
+        Ok(CenterReport {
+            rollouts: self.center.rollouts().await?,
+        })
     }
 
     /// Requests answered and refused, and long polls held (for metrics).
@@ -283,7 +283,7 @@ mod tests {
         .await
         .unwrap();
         assert_ne!(center.addr().port(), 0);
-        assert!(center.report().rollouts.is_empty());
+        assert!(center.report().await.unwrap().rollouts.is_empty());
 
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
         let base = format!("http://{}/v1/devices/d1", center.addr());

@@ -704,14 +704,26 @@ impl Center {
         .await
     }
 
-    /// Every rollout, newest first.
-    pub fn rollouts(&self) -> Vec<Rollout> {
-        self.engine().rollouts()
+    /// Runs `read` on the engine as committed: after every change made
+    /// before it is on disk, never showing one that is not (the engine is
+    /// changed inside the group commit's transaction, before its fsync; a
+    /// rollout shown paused is paused after a crash too).
+    async fn committed<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Engine) -> T + Send + 'static,
+    ) -> CenterResult<T> {
+        let center = self.strong()?;
+        self.writer.read(move || read(&center.engine())).await
     }
 
-    /// One rollout.
-    pub fn rollout(&self, id: u64) -> CenterResult<Rollout> {
-        self.engine().rollout(id)
+    /// Every rollout, newest first, as committed.
+    pub async fn rollouts(&self) -> CenterResult<Vec<Rollout>> {
+        self.committed(Engine::rollouts).await
+    }
+
+    /// One rollout, as committed.
+    pub async fn rollout(&self, id: u64) -> CenterResult<Rollout> {
+        self.committed(move |engine| engine.rollout(id)).await?
     }
 
     /// Counts a refused request under `reason`.
@@ -761,14 +773,28 @@ impl Center {
         self.waiting.load(Ordering::Relaxed)
     }
 
-    /// Every registered device with its services.
-    pub fn devices(&self) -> Vec<DeviceInfo> {
-        self.engine().devices()
+    /// Every registered device with its services, as committed.
+    pub async fn devices(&self) -> CenterResult<Vec<DeviceInfo>> {
+        self.committed(Engine::devices).await
     }
 
-    /// Who uses `key` and which version (and MD5) each confirmed.
-    pub fn listeners(&self, key: &ConfigKey) -> Vec<Listener> {
-        self.engine().listeners(key)
+    /// Who uses `key` and which version (and MD5) each confirmed, as
+    /// committed.
+    pub async fn listeners(&self, key: ConfigKey) -> CenterResult<Vec<Listener>> {
+        self.committed(move |engine| engine.listeners(&key)).await
+    }
+
+    /// The config rollout `id` rolls out (for authorising an operator's
+    /// request on it; the latest state, committed or not).
+    pub fn rollout_key(&self, id: u64) -> CenterResult<ConfigKey> {
+        self.engine().rollout_key(id)
+    }
+
+    /// Whether `device` is registered with a service using `key` (for
+    /// authorising a device's read; the latest state, committed or not:
+    /// it only lets a device read a config it may already be released).
+    pub fn device_uses(&self, device: &str, key: &ConfigKey) -> bool {
+        self.engine().device_uses(device, key)
     }
 
     /// Ends every waiting long poll (with an empty answer) and makes new
@@ -833,7 +859,7 @@ mod tests {
             .put(key.clone(), put("one"), RolloutOptions::default())
             .await
             .unwrap();
-        let id = center.rollouts()[0].id;
+        let id = center.rollouts().await.unwrap()[0].id;
         let ack = Ack {
             rollout_id: id,
             service: "s".into(),
@@ -858,10 +884,10 @@ mod tests {
             waited < Duration::from_millis(1500),
             "released after {waited:?}"
         );
-        let r = center.rollout(id).unwrap();
+        let r = center.rollout(id).await.unwrap();
         assert_eq!(r.batches[1][0].state, StepState::Assigned);
         center.ack("d2", &ack).await.unwrap();
-        assert_eq!(center.rollout(id).unwrap().state, RolloutState::Done);
+        assert_eq!(center.rollout(id).await.unwrap().state, RolloutState::Done);
 
         // Per-change override: no pace.
         center
@@ -876,19 +902,19 @@ mod tests {
             )
             .await
             .unwrap();
-        let r = &center.rollouts()[0];
+        let r = &center.rollouts().await.unwrap()[0];
         assert_eq!((r.batch_size, r.pace_ms, r.batches.len()), (5, 0, 1));
 
         // The database and the rollout state survive a reopen: the rollout
         // of "two" is where it was, and the devices are still registered.
-        let before = center.rollouts();
+        let before = center.rollouts().await.unwrap();
         assert_eq!(before[0].state, RolloutState::Running);
         drop(center);
         let center = Center::open(&config(&dir, 0)).unwrap();
         assert_eq!(center.history(key.clone()).await.unwrap().len(), 2);
         assert_eq!(center.get(key, None).await.unwrap().content, "two");
-        assert_eq!(center.rollouts(), before);
-        assert_eq!(center.devices().len(), 2);
+        assert_eq!(center.rollouts().await.unwrap(), before);
+        assert_eq!(center.devices().await.unwrap().len(), 2);
         let got = center
             .watch("d1", &HashMap::new(), Duration::from_secs(1))
             .await
@@ -925,7 +951,7 @@ mod tests {
             .put(key.clone(), put("one"), RolloutOptions::default())
             .await
             .unwrap();
-        let id = center.rollouts()[0].id;
+        let id = center.rollouts().await.unwrap()[0].id;
         let ack = Ack {
             rollout_id: id,
             service: "s".into(),
@@ -937,19 +963,19 @@ mod tests {
         // d2 (batch 2, assigned) says nothing for longer than the expiry.
         tokio::time::sleep(Duration::from_millis(1100)).await;
         center.tick().await.unwrap();
-        let r = center.rollout(id).unwrap();
+        let r = center.rollout(id).await.unwrap();
         assert_eq!(r.state, RolloutState::Paused);
         assert!(
             r.paused_reason.contains("device d2 is lost"),
             "{}",
             r.paused_reason
         );
-        assert!(center.devices()[1].lost);
+        assert!(center.devices().await.unwrap()[1].lost);
 
         // Stored: a reopened center has it paused for the same reason.
         drop(center);
         let center = Center::open(&cfg).unwrap();
-        let again = center.rollout(id).unwrap();
+        let again = center.rollout(id).await.unwrap();
         assert_eq!(
             (again.state, &again.paused_reason),
             (RolloutState::Paused, &r.paused_reason)
@@ -983,7 +1009,7 @@ mod tests {
         let mut first = put("one");
         first.author = "alice".into();
         let record = center.put(key.clone(), first, opts).await.unwrap();
-        let id = center.rollouts()[0].id;
+        let id = center.rollouts().await.unwrap()[0].id;
         let ack = Ack {
             rollout_id: id,
             service: "s".into(),
@@ -1036,7 +1062,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(again.version, 1);
-        let r = &center.rollouts()[0];
+        let r = &center.rollouts().await.unwrap()[0];
         assert_eq!((r.version, r.id > id), (1, true));
         // All of it is stored: a reopened center has the same audit.
         drop(center);

@@ -14,6 +14,12 @@
 //! engine planning a rollout) happens in the order the changes were
 //! committed, before the next batch is written.
 //!
+//! Reads of what the center has committed ([`Writer::read`]) go through the
+//! same thread: a read runs after every change submitted before it is
+//! committed and its continuation has run, and before the next batch is
+//! applied, so it sees exactly the committed state, never a change that a
+//! crash could still undo. A batch of reads alone opens no transaction.
+//!
 //! Contract for a job's operation: it either succeeds, or fails before
 //! writing anything (checks first, then writes), so a refused change leaves
 //! nothing half-applied in the shared transaction. An
@@ -27,6 +33,13 @@ use redb::WriteTransaction;
 
 use super::error::{CenterError, CenterResult};
 use super::store::Store;
+
+/// What the writer thread is sent.
+enum Work {
+    Change(Box<dyn Job>),
+    /// Runs once everything sent before it is committed.
+    Read(Box<dyn FnOnce() + Send>),
+}
 
 /// Most jobs committed in one transaction.
 pub const MAX_BATCH: usize = 1024;
@@ -136,23 +149,27 @@ struct Counters {
 
 /// Runs the writer loop over `jobs` until every sender is gone. Blocks: run
 /// it on a thread of its own.
-pub fn run(store: &Store, jobs: mpsc::Receiver<Box<dyn Job>>) {
-    run_counted(store, jobs, &Counters::default())
-}
-
-fn run_counted(store: &Store, jobs: mpsc::Receiver<Box<dyn Job>>, counters: &Counters) {
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+fn run_counted(store: &Store, work: mpsc::Receiver<Work>, counters: &Counters) {
+    while let Ok(first) = work.recv() {
+        let mut batch = Vec::new();
+        let mut reads = Vec::new();
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            match item {
+                Work::Change(job) => batch.push(job),
+                Work::Read(read) => reads.push(read),
+            }
+            if batch.len() < MAX_BATCH {
+                next = work.try_recv().ok();
             }
         }
         let size = batch.len() as u64;
-        if commit_batch(store, batch, counters) {
+        if !batch.is_empty() && commit_batch(store, batch, counters) {
             counters.commits.fetch_add(1, Ordering::Relaxed);
             counters.changes.fetch_add(size, Ordering::Relaxed);
+        }
+        for read in reads {
+            read();
         }
     }
 }
@@ -211,7 +228,7 @@ fn commit_batch(store: &Store, batch: Vec<Box<dyn Job>>, counters: &Counters) ->
 /// (when dropped, after the jobs already sent).
 pub struct Writer {
     counters: std::sync::Arc<Counters>,
-    jobs: Option<mpsc::Sender<Box<dyn Job>>>,
+    jobs: Option<mpsc::Sender<Work>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -245,12 +262,30 @@ impl Writer {
     /// Queues `job` for the next batch.
     pub fn submit(&self, job: Box<dyn Job>) {
         if let Some(jobs) = &self.jobs
-            && let Err(mpsc::SendError(job)) = jobs.send(job)
+            && let Err(mpsc::SendError(Work::Change(job))) = jobs.send(Work::Change(job))
         {
             job.fail(CenterError::Internal(
                 "the config store writer has stopped".into(),
             ));
         }
+    }
+
+    /// Runs `read` on the writer thread once every change submitted before
+    /// it is committed (or refused), before the next batch is applied:
+    /// what it sees of state the changes' continuations keep (the rollout
+    /// engine) is committed state only.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce() -> T + Send + 'static,
+    ) -> CenterResult<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let stopped = || CenterError::Internal("the config store writer has stopped".into());
+        let jobs = self.jobs.as_ref().ok_or_else(stopped)?;
+        jobs.send(Work::Read(Box::new(move || {
+            let _ = tx.send(read());
+        })))
+        .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())
     }
 
     /// Applies `op` in the next batch and, once that batch is committed,
@@ -301,6 +336,51 @@ mod tests {
             description: String::new(),
             author: "w".into(),
         }
+    }
+
+    /// A read sent while a change is being applied sees the state after
+    /// that change's commit and continuation, never the state between.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_sees_only_committed_changes() {
+        use std::sync::atomic::AtomicU8;
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(Store::open(&dir.path().join("r.redb"), DEFAULT_MAX_CONFIG_BYTES).unwrap());
+        let writer = Arc::new(Writer::spawn(store).unwrap());
+        // 0 = untouched, 1 = applied (in the open transaction), 2 = committed.
+        let state = Arc::new(AtomicU8::new(0));
+        let (applied, committed) = (state.clone(), state.clone());
+        let key: ConfigKey = "n/g/r".parse().unwrap();
+        let change = {
+            let writer = writer.clone();
+            tokio::spawn(async move {
+                writer
+                    .write(
+                        move |store, txn| {
+                            let written = store.put_in(txn, &key, new("{}"), 1, "put");
+                            applied.store(1, Ordering::SeqCst);
+                            // A slow batch: the read below arrives meanwhile.
+                            std::thread::sleep(std::time::Duration::from_millis(200));
+                            written
+                        },
+                        move |written| {
+                            committed.store(2, Ordering::SeqCst);
+                            written
+                        },
+                    )
+                    .await
+            })
+        };
+        while state.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let seen = state.clone();
+        let read = writer.read(move || seen.load(Ordering::SeqCst)).await;
+        assert_eq!(read.unwrap(), 2, "the read ran before the commit");
+        change.await.unwrap().unwrap();
+        // With nothing to commit, a read runs at once.
+        assert_eq!(writer.read(|| 7).await.unwrap(), 7);
+        assert_eq!(writer.stats().commits, 1, "reads commit nothing");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
