@@ -179,6 +179,7 @@ pub fn run() -> anyhow::Result<()> {
         long_polls(addr, &center).await?;
         writes(&center).await
     })?;
+    put_anatomy(dir.path())?;
     let steps: Vec<(String, Vec<String>)> = (0..PLAN_DEVICES)
         .map(|d| {
             (
@@ -193,6 +194,69 @@ pub fn run() -> anyhow::Result<()> {
         "  rollout planning: {PLAN_DEVICES} devices x {PLAN_SERVICES} services in {:.1} ms ({} batches of at most 100 steps)",
         ms(start.elapsed()),
         batches.len()
+    );
+    Ok(())
+}
+
+/// The put of the long-poll figure taken apart, on the engine and the
+/// store directly (no HTTP, no group commit): [`WAITERS`] devices use one
+/// key, and one new version releases to all of them in one batch.
+fn put_anatomy(dir: &std::path::Path) -> anyhow::Result<()> {
+    use center::engine::{Engine, PlanOptions};
+    let key: ConfigKey = "bench/prod/anatomy".parse().map_err(err)?;
+    let current = |_: &ConfigKey| Some((1, "md5-v1".to_string()));
+    let mut engine = Engine::new();
+    for d in 0..WAITERS {
+        let registration = Register {
+            services: vec![ServiceRegistration {
+                name: "s".into(),
+                config: key.clone(),
+                depends_on: vec![],
+            }],
+            ..Default::default()
+        };
+        engine
+            .register(&format!("dev{d}"), registration, &current, 1)
+            .map_err(err)?;
+    }
+    let store = center::store::Store::open(&dir.join("anatomy.redb"), 1 << 20).map_err(err)?;
+    let txn = store.begin_write().map_err(err)?;
+    center::rollout_store::save_in(&txn, &engine.take_changes()).map_err(err)?;
+    txn.commit()?;
+    let options = PlanOptions {
+        batch_size: WAITERS,
+        ..Default::default()
+    };
+    let start = Instant::now();
+    engine.new_version(&key, 2, "md5-v2", &options, 2);
+    let planned = start.elapsed();
+    let changes = engine.take_changes();
+    let encoded = start.elapsed();
+    let bytes: usize = changes
+        .devices
+        .iter()
+        .filter_map(|(_, json)| json.as_ref().map(String::len))
+        .chain(
+            changes
+                .rollouts
+                .iter()
+                .filter_map(|(_, json)| json.as_ref().map(String::len)),
+        )
+        .sum();
+    let txn = store.begin_write().map_err(err)?;
+    center::rollout_store::save_in(&txn, &changes).map_err(err)?;
+    let inserted = start.elapsed();
+    txn.commit()?;
+    let committed = start.elapsed();
+    println!(
+        "  the put's parts ({WAITERS} devices released one version): planning and releasing {:.1} ms, encoding {} device and {} rollout records ({:.1} MB) {:.1} ms, inserting them {:.1} ms, commit {:.1} ms",
+        ms(planned),
+        changes.devices.len(),
+        changes.rollouts.len(),
+        bytes as f64 / 1e6,
+        ms(encoded - planned),
+        ms(inserted - encoded),
+        ms(committed - inserted),
     );
     Ok(())
 }

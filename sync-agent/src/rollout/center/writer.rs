@@ -163,10 +163,8 @@ fn run_counted(store: &Store, work: mpsc::Receiver<Work>, counters: &Counters) {
                 next = work.try_recv().ok();
             }
         }
-        let size = batch.len() as u64;
-        if !batch.is_empty() && commit_batch(store, batch, counters) {
-            counters.commits.fetch_add(1, Ordering::Relaxed);
-            counters.changes.fetch_add(size, Ordering::Relaxed);
+        if !batch.is_empty() {
+            commit_batch(store, batch, counters);
         }
         for read in reads {
             read();
@@ -174,8 +172,10 @@ fn run_counted(store: &Store, work: mpsc::Receiver<Work>, counters: &Counters) {
     }
 }
 
-/// Applies and commits one batch; whether it was committed.
-fn commit_batch(store: &Store, batch: Vec<Box<dyn Job>>, counters: &Counters) -> bool {
+/// Applies and commits one batch (counted before its continuations run, so
+/// a change's caller sees its own commit in [`Writer::stats`]).
+fn commit_batch(store: &Store, batch: Vec<Box<dyn Job>>, counters: &Counters) {
+    let size = batch.len() as u64;
     let started = std::time::Instant::now();
     let txn = match store.begin_write() {
         Ok(txn) => txn,
@@ -183,7 +183,7 @@ fn commit_batch(store: &Store, batch: Vec<Box<dyn Job>>, counters: &Counters) ->
             for job in batch {
                 job.fail(e.clone());
             }
-            return false;
+            return;
         }
     };
     let mut applied = Vec::with_capacity(batch.len());
@@ -217,11 +217,13 @@ fn commit_batch(store: &Store, batch: Vec<Box<dyn Job>>, counters: &Counters) ->
     if let Err(e) = &committed {
         tracing::error!("config center: {e}");
     }
-    let ok = committed.is_ok();
+    if committed.is_ok() {
+        counters.commits.fetch_add(1, Ordering::Relaxed);
+        counters.changes.fetch_add(size, Ordering::Relaxed);
+    }
     for done in applied {
         done.done(committed.clone());
     }
-    ok
 }
 
 /// The writer thread's handle: submitting jobs, and stopping the thread
