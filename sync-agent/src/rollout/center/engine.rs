@@ -172,6 +172,14 @@ impl DeviceState {
     }
 }
 
+/// A step of another rollout that can hold a step back (see
+/// [`Engine::unsettled_elsewhere`]).
+struct Unsettled<'a> {
+    rollout: u64,
+    service: &'a str,
+    assigned: bool,
+}
+
 #[derive(Default)]
 struct Dirty {
     devices: BTreeSet<String>,
@@ -250,7 +258,61 @@ impl Engine {
             }
             engine.rollouts.insert(r.id, entry);
         }
+        engine.restore_releases();
         (engine, timers)
+    }
+
+    /// Puts back what rollouts released and the devices have not answered
+    /// yet. A release is stored with its rollout (the step `Assigned`), not
+    /// in each device's record: releasing a batch to 10,000 devices writes
+    /// one record, not 10,000. Every way out of `Assigned` (ack, failure,
+    /// skip, abort) writes the device's record, and so does forgetting a
+    /// rollout ([`Engine::prune`], [`Engine::forget_key`]), so a record is
+    /// stale only by releases of steps still `Assigned`, applied here in
+    /// rollout order (a newer rollout's release wins, as when it was made).
+    fn restore_releases(&mut self) {
+        let Engine {
+            rollouts, devices, ..
+        } = self;
+        for (id, e) in rollouts.iter() {
+            let r = &e.rollout;
+            for step in r.batches.iter().flatten() {
+                if step.state != StepState::Assigned {
+                    continue;
+                }
+                let Some(device) = devices.get_mut(&step.device) else {
+                    continue;
+                };
+                let state = &mut device.state;
+                let newer = state
+                    .released
+                    .get(&step.service)
+                    .is_none_or(|a| a.rollout_id <= *id);
+                if state.uses(&step.service, &r.key) && newer {
+                    state.released.insert(
+                        step.service.clone(),
+                        Assignment {
+                            rollout_id: *id,
+                            service: step.service.clone(),
+                            key: r.key.clone(),
+                            version: r.version,
+                            md5: e.md5.clone(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Marks the devices with a step `Assigned` in rollout entry `e` to be
+    /// stored: their records do not carry that release yet (see
+    /// [`Engine::restore_releases`]), and `e` is about to be forgotten.
+    fn store_releases_of(dirty: &mut Dirty, e: &RolloutEntry) {
+        for step in e.rollout.batches.iter().flatten() {
+            if step.state == StepState::Assigned {
+                dirty.devices.insert(step.device.clone());
+            }
+        }
     }
 
     /// Takes what changed since the last call, for the caller to store and
@@ -612,11 +674,12 @@ impl Engine {
         if excess == 0 {
             return;
         }
-        let dirty = &mut self.dirty.rollouts;
+        let dirty = &mut self.dirty;
         self.rollouts.retain(|id, e| {
             if excess > 0 && e.rollout.state == RolloutState::Done {
                 excess -= 1;
-                dirty.insert(*id);
+                dirty.rollouts.insert(*id);
+                Self::store_releases_of(dirty, e);
                 false
             } else {
                 true
@@ -644,34 +707,61 @@ impl Engine {
     /// the device has a step assigned in another running rollout (one
     /// service at a time per device), or a service it depends on (through
     /// any config key) still has an unsettled step in another rollout.
-    fn blocked(&self, id: u64, device: &str, service: &str) -> Option<String> {
+    ///
+    /// `elsewhere` is [`Engine::unsettled_elsewhere`] of rollout `id`.
+    fn blocked(
+        &self,
+        elsewhere: &HashMap<&str, Vec<Unsettled<'_>>>,
+        device: &str,
+        service: &str,
+    ) -> Option<String> {
+        let steps = elsewhere.get(device)?;
         let dev = self.devices.get(device)?;
         let deps = dependencies(&dev.state.services, service);
-        for (other_id, e) in &self.rollouts {
-            if *other_id == id || e.rollout.state == RolloutState::Done {
+        steps.iter().find_map(|step| {
+            if step.assigned {
+                Some(format!(
+                    "waiting: {device} is updating {} in rollout {}",
+                    step.service, step.rollout
+                ))
+            } else if deps.contains(step.service) {
+                Some(format!(
+                    "waiting: {device} must update {} first (rollout {})",
+                    step.service, step.rollout
+                ))
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Per device, the steps of rollouts other than `id` that can hold a
+    /// step of `id` back: assigned ones, and unsettled ones of their current
+    /// batch or later; in rollout, batch and step order. Built once per
+    /// release rather than searched per step: two rollouts over a large
+    /// fleet would otherwise cost steps x steps.
+    fn unsettled_elsewhere(&self, id: u64) -> HashMap<&str, Vec<Unsettled<'_>>> {
+        let mut out: HashMap<&str, Vec<Unsettled<'_>>> = HashMap::new();
+        for (other, e) in &self.rollouts {
+            if *other == id || e.rollout.state == RolloutState::Done {
                 continue;
             }
             for (b, batch) in e.rollout.batches.iter().enumerate() {
-                for step in batch.iter().filter(|s| s.device == device) {
-                    if step.state == StepState::Assigned {
-                        return Some(format!(
-                            "waiting: {device} is updating {} in rollout {other_id}",
-                            step.service
-                        ));
-                    }
-                    if deps.contains(step.service.as_str())
-                        && !step.state.is_settled()
-                        && b >= e.rollout.current_batch
-                    {
-                        return Some(format!(
-                            "waiting: {device} must update {} first (rollout {other_id})",
-                            step.service
-                        ));
+                for step in batch {
+                    let assigned = step.state == StepState::Assigned;
+                    if assigned || (!step.state.is_settled() && b >= e.rollout.current_batch) {
+                        out.entry(step.device.as_str())
+                            .or_default()
+                            .push(Unsettled {
+                                rollout: *other,
+                                service: &step.service,
+                                assigned,
+                            });
                     }
                 }
             }
         }
-        None
+        out
     }
 
     /// Releases the current batch's pending steps, and moves on while
@@ -697,15 +787,19 @@ impl Engine {
                 .rollouts
                 .iter()
                 .any(|(other, e)| *other != id && e.rollout.state != RolloutState::Done);
-            let held: Vec<(usize, String)> = if others {
+            let held: HashMap<usize, String> = if others {
+                let elsewhere = self.unsettled_elsewhere(id);
                 r.batches[r.current_batch]
                     .iter()
                     .enumerate()
                     .filter(|(_, s)| s.state == StepState::Pending)
-                    .filter_map(|(i, s)| self.blocked(id, &s.device, &s.service).map(|w| (i, w)))
+                    .filter_map(|(i, s)| {
+                        self.blocked(&elsewhere, &s.device, &s.service)
+                            .map(|w| (i, w))
+                    })
                     .collect()
             } else {
-                Vec::new()
+                HashMap::new()
             };
             let e = self.rollouts.get_mut(&id).expect("looked up above");
             let r = &mut e.rollout;
@@ -714,7 +808,7 @@ impl Engine {
                 if step.state != StepState::Pending {
                     continue;
                 }
-                if let Some((_, why)) = held.iter().find(|(h, _)| *h == i) {
+                if let Some(why) = held.get(&i) {
                     if step.reason != *why {
                         step.reason = why.clone();
                         self.dirty.rollouts.insert(id);
@@ -735,7 +829,8 @@ impl Engine {
                     );
                     continue;
                 };
-                self.dirty.devices.insert(step.device.clone());
+                // Stored with the rollout (see `restore_releases`): no
+                // device record is written for a release.
                 let assignment = Assignment {
                     rollout_id: id,
                     service: step.service.clone(),
@@ -758,6 +853,7 @@ impl Engine {
                     // The device acknowledged this very content, and nothing
                     // else was released since: no refetch (its long poll
                     // compares MD5s and would not answer anyway).
+                    self.dirty.devices.insert(step.device.clone());
                     state.released.insert(step.service.clone(), assignment);
                     state.confirmed.insert(
                         step.service.clone(),
@@ -1183,7 +1279,9 @@ impl Engine {
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
-            self.rollouts.remove(&id);
+            if let Some(e) = self.rollouts.remove(&id) {
+                Self::store_releases_of(&mut self.dirty, &e);
+            }
             self.dirty.rollouts.insert(id);
         }
         if self.meta.stable.remove(&key.to_string()).is_some() {

@@ -12,6 +12,11 @@
 //! rollout_meta     "engine"    -> EngineMeta (next rollout id, stable versions)
 //! ```
 //!
+//! A release to a device is stored with its rollout (the step `Assigned`),
+//! not in the device's record, which is written when the device answers:
+//! releasing a batch writes one record however many devices it holds
+//! (`Engine::restore` puts the releases back).
+//!
 //! A running center writes the [`Changes`] of every change with [`save_in`]
 //! inside the transaction of its group commit ([`super::writer`]), the same
 //! transaction as the config change that caused them (a put and the rollout
@@ -199,5 +204,84 @@ mod tests {
         let (devices, _, meta) = load(&database).unwrap();
         assert_eq!(devices.len(), 1);
         assert_eq!(meta.next_id, id);
+    }
+    /// A release is stored with its rollout only (no device record is
+    /// written for it); a restart puts it back, a newer rollout's release
+    /// winning, and a failed step's restore (stored in the device record)
+    /// is not undone by the failed rollout.
+    #[test]
+    fn releases_stored_with_their_rollout_come_back_after_a_restart() {
+        use crate::rollout::wire::Ack;
+        let dir = tempfile::tempdir().unwrap();
+        let database = Database::create(dir.path().join("r.redb")).unwrap();
+        let key: ConfigKey = "n/g/k".parse().unwrap();
+        let mut engine = Engine::new();
+        for d in ["d1", "d2", "d3"] {
+            let registration = Register {
+                services: vec![ServiceRegistration {
+                    name: "s".into(),
+                    config: key.clone(),
+                    depends_on: vec![],
+                }],
+                labels: vec![],
+            };
+            engine.register(d, registration, &|_| None, 1).unwrap();
+        }
+        save(&database, &engine.take_changes()).unwrap();
+        let restart = |database: &Database| {
+            let (devices, rollouts, meta) = load(database).unwrap();
+            Engine::restore(devices, rollouts, meta, 5).0
+        };
+        let released = |engine: &mut Engine, device: &str| {
+            let (pending, _) = engine.pending(device, &HashMap::new(), 6).unwrap();
+            pending
+                .iter()
+                .map(|a| (a.rollout_id, a.version))
+                .collect::<Vec<_>>()
+        };
+        let options = PlanOptions {
+            batch_size: 3,
+            ..PlanOptions::default()
+        };
+
+        let v1 = engine.new_version(&key, 1, "m1", &options, 2).0.unwrap();
+        let changes = engine.take_changes();
+        assert!(changes.devices.is_empty(), "{:?}", changes.devices);
+        assert_eq!(changes.rollouts.len(), 1);
+        save(&database, &changes).unwrap();
+        let mut restored = restart(&database);
+        for d in ["d1", "d2", "d3"] {
+            assert_eq!(released(&mut restored, d), [(v1, 1)], "{d}");
+        }
+
+        // d1 applies v1; v2 supersedes v1 and is released to everyone.
+        let ack = |id, version, ok| Ack {
+            rollout_id: id,
+            service: "s".into(),
+            version,
+            ok,
+            reason: String::new(),
+        };
+        engine.ack("d1", &ack(v1, 1, true), 3).unwrap();
+        save(&database, &engine.take_changes()).unwrap();
+        let v2 = engine.new_version(&key, 2, "m2", &options, 4).0.unwrap();
+        save(&database, &engine.take_changes()).unwrap();
+        let mut restored = restart(&database);
+        for d in ["d1", "d2", "d3"] {
+            assert_eq!(released(&mut restored, d), [(v2, 2)], "{d}");
+        }
+
+        // d2 fails v2: it is given back v1 (still unacknowledged there).
+        engine.ack("d2", &ack(v2, 2, false), 5).unwrap();
+        save(&database, &engine.take_changes()).unwrap();
+        let mut restored = restart(&database);
+        assert_eq!(released(&mut restored, "d2"), [(v1, 1)]);
+        assert_eq!(released(&mut restored, "d3"), [(v2, 2)]);
+        let mut live = engine;
+        assert_eq!(
+            released(&mut live, "d2"),
+            [(v1, 1)],
+            "as before the restart"
+        );
     }
 }
