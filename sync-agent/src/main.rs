@@ -1,6 +1,14 @@
 //! `sync-agent` binary: parse the command line, set up logging, dispatch.
 
 use clap::Parser as _;
+
+/// mimalloc rather than glibc's malloc: the agent allocates many small
+/// short-lived values (frames, messages, rollout steps), where glibc spent
+/// a tenth of the center's time (measured with perf under `xtask bench
+/// center`) and fragments over days.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use sync_agent::cli::{Cli, Command};
 
 #[tokio::main]
