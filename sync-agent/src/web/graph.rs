@@ -123,13 +123,42 @@ impl Graph {
         }
         let mut svg = SVGWriter::new();
         vg.do_it(false, false, false, &mut svg);
-        let text = svg.finalize();
-        // The XML declaration is not allowed inside an HTML document.
-        Some(match text.find("<svg") {
-            Some(start) => text[start..].to_string(),
-            None => text,
-        })
+        // The writer sizes the picture from each label's length as if it
+        // ran downwards, leaving a blank band below the graph: size it to
+        // the nodes as laid out instead (edges run between them).
+        let (mut width, mut height) = (0f64, 0f64);
+        for node in vg.iter_nodes() {
+            let pos = vg.pos(node);
+            width = width.max(pos.right(false));
+            height = height.max(pos.bottom(false));
+        }
+        Some(fit(&svg.finalize(), width + 10.0, height + 10.0))
     }
+}
+
+/// `text` from its `<svg` element on (an XML declaration is not allowed
+/// inside an HTML document), its size no larger than `width` x `height`.
+fn fit(text: &str, width: f64, height: f64) -> String {
+    let text = match text.find("<svg") {
+        Some(start) => &text[start..],
+        None => text,
+    };
+    let Some(tag_end) = text.find('>') else {
+        return text.to_string();
+    };
+    let (tag, rest) = text.split_at(tag_end);
+    // <svg width="W" height="H" viewBox="0 0 W H" xmlns=...
+    let number = |name: &str| -> Option<f64> {
+        let start = tag.find(&format!("{name}=\""))? + name.len() + 2;
+        tag[start..].split('"').next()?.parse().ok()
+    };
+    let (Some(w), Some(h)) = (number("width"), number("height")) else {
+        return text.to_string();
+    };
+    let (w2, h2) = (w.min(width.ceil()), h.min(height.ceil()));
+    format!(
+        "<svg width=\"{w2}\" height=\"{h2}\" viewBox=\"0 0 {w2} {h2}\" xmlns=\"http://www.w3.org/2000/svg\"{rest}"
+    )
 }
 
 /// Each member's faults in force: the ports whose last fault is not a
@@ -169,6 +198,14 @@ pub fn fabric_graph(fabric: &FabricReport) -> Graph {
     if let (Some(rank), Some(active)) = (fabric.rank, fabric.active) {
         servers.insert(fabric.identity.clone(), (rank, active));
     }
+    // A standby server sends no status: known from its role alone.
+    for m in &fabric.members {
+        if m.role != Role::Client {
+            servers
+                .entry(m.identity.clone())
+                .or_insert((usize::MAX, false));
+        }
+    }
     let mut graph = Graph::default();
     let mut index: BTreeMap<String, usize> = BTreeMap::new();
     let mut members: Vec<_> = fabric.members.iter().collect();
@@ -195,10 +232,12 @@ pub fn fabric_graph(fabric: &FabricReport) -> Graph {
         match server {
             Some((rank, active)) => {
                 let what = if *active { "active" } else { "standby" };
-                label.push_str(&format!(
-                    "\n{} server, {what}",
-                    if *rank == 0 { "primary" } else { "backup" }
-                ));
+                let rank = match rank {
+                    0 => "primary server",
+                    1 => "backup server",
+                    _ => "server",
+                };
+                label.push_str(&format!("\n{rank}, {what}"));
                 class.push_str(&format!(" server {what}"));
             }
             None => label.push_str("\nmember"),
@@ -383,6 +422,14 @@ mod tests {
         let svg = graph.svg().expect("drawn");
         assert!(svg.starts_with("<svg"), "no XML declaration inside HTML");
         assert!(svg.ends_with("</svg>"));
+        // Two layers of boxes: no blank band below them.
+        let height: f64 = svg
+            .split("height=\"")
+            .nth(1)
+            .and_then(|h| h.split('"').next())
+            .and_then(|h| h.parse().ok())
+            .expect("a height");
+        assert!(height < 300.0, "{height}: {svg}");
         for id in ["sw-a", "sw-b", "sw-d", "sw-e"] {
             assert!(svg.contains(&format!("data-id=\"{id}\"")), "{id}: {svg}");
             assert!(
