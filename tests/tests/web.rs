@@ -1,9 +1,11 @@
-//! The lab's web view in a real browser: `mlag-lab --rounds 1 --hold` runs
-//! the whole product, and headless Chromium (Debian's `chromium`, installed
-//! by `cargo xtask setup`) loads the page switch A serves, through the port
-//! the lab forwards to A's namespace. The test checks the DOM for the
-//! fabric's members and for a fault it causes itself (B's member port taken
-//! down), that the page's script refreshed it, and saves a screenshot.
+//! The lab's web view in a real browser: `mlag-lab --rounds 2 --hold` runs
+//! the whole product (a port flap, then a config change with a canary) and
+//! stays up; headless Chromium (Debian's `chromium`, installed by `cargo
+//! xtask setup`) loads the page switch A serves, through the port the lab
+//! forwards to A's namespace. The test checks the DOM for the fabric's
+//! members and for a fault it causes itself (B's member port taken down),
+//! that the page's script refreshed it, the center's page for the
+//! rollout's batches, and saves a screenshot of each.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -31,7 +33,7 @@ struct Lab {
 impl Lab {
     fn start() -> anyhow::Result<Self> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mlag-lab"))
-            .args(["--rounds", "1", "--hold"])
+            .args(["--rounds", "2", "--hold"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -180,11 +182,13 @@ fn chromium_shows_the_labs_members_and_a_port_taken_down_and_a_screenshot_is_sav
         .to_string();
     lab.wait_line("holding the lab up", LAB_UP)?;
     let web = lab.wait_line("web view: switch A ", WAIT)?;
-    let url = web
+    // web view: switch A URL  switch B URL  config center URL (...)
+    let urls: Vec<&str> = web
         .split_whitespace()
-        .nth(4)
-        .context("A's URL in the lab's output")?
-        .to_string();
+        .filter(|w| w.starts_with("http://"))
+        .collect();
+    ensure!(urls.len() == 3, "{web}");
+    let (url, center_url) = (urls[0].to_string(), urls[2].to_string());
     ensure!(url.starts_with("http://127.0.0.1:"), "{web}");
 
     // Kept after the test, for whoever wants to look at it.
@@ -265,6 +269,34 @@ fn chromium_shows_the_labs_members_and_a_port_taken_down_and_a_screenshot_is_sav
         png.len()
     );
     println!("screenshot of the web view: {}", shot.display());
+
+    // The center's page: the round's rollout, canary alone first.
+    let center = wait_until(WAIT, "the rollout's batches on the center's page", || {
+        let dom = dom(profile.path(), &center_url).map_err(|e| e.to_string())?;
+        if dom.contains("batch 1 (canary)") && dom.contains("sw-d motd: succeeded") {
+            Ok(dom)
+        } else {
+            Err(dom)
+        }
+    })?;
+    ensure!(
+        center.contains("<section id=\"rollout\">") && !center.contains("<section id=\"fabric\">"),
+        "the center runs no fabric:\n{center}"
+    );
+    let center_shot = shots.join("web-view-center.png");
+    chromium(
+        profile.path(),
+        &[
+            "--virtual-time-budget=3000",
+            "--window-size=1400,1400",
+            &format!("--screenshot={}", center_shot.display()),
+        ],
+        &center_url,
+    )?;
+    println!(
+        "screenshot of the center's web view: {}",
+        center_shot.display()
+    );
 
     // Bad input on the same page: no such path, a write.
     let base = url.trim_end_matches('/');

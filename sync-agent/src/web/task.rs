@@ -110,6 +110,8 @@ fn app(shared: Arc<Shared>) -> Router {
         .route("/api/view", get(view_json).fallback(bad_method))
         .route("/app.js", get(app_js).fallback(bad_method))
         .route("/style.css", get(style_css).fallback(bad_method))
+        // Browsers ask for it on their own: not the operator's mistake.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .fallback(not_found)
         .with_state(shared)
 }

@@ -17,9 +17,9 @@
 //! agent killed, and its return. After each it prints what every part did.
 //! Ctrl-C stops every agent and removes every namespace.
 //!
-//! A and B serve the web view (`[web]`) inside their namespaces; the lab
-//! forwards a loopback port of the host to each, so a browser on the host
-//! opens the URLs it prints.
+//! A, B and the center serve the web view (`[web]`) inside their
+//! namespaces; the lab forwards a loopback port of the host to each, so a
+//! browser on the host opens the URLs it prints.
 //!
 //! `mlag-lab --rounds N` runs N rounds and exits (used by the tests);
 //! `--hold` then keeps the lab up, without further rounds, until Ctrl-C
@@ -66,7 +66,7 @@ const WAIT: Duration = Duration::from_secs(20);
 /// Where A and B serve the web view, inside their namespaces; the host
 /// ports forwarded to them are these, or any free ones if taken.
 const WEB_PORT: u16 = 9473;
-const HOST_WEB_PORTS: [u16; 2] = [9473, 9474];
+const HOST_WEB_PORTS: [u16; 3] = [9473, 9474, 9475];
 
 /// The host on VLAN 10 that answers B in round `round`.
 fn host_ip(round: u64) -> String {
@@ -99,8 +99,8 @@ struct Lab {
     state: tempfile::TempDir,
     roster: String,
     published: u64,
-    /// The host's URLs of A's and B's web views.
-    web: [String; 2],
+    /// The host's URLs of A's, B's and the center's web views.
+    web: [String; 3],
 }
 
 impl Lab {
@@ -143,7 +143,7 @@ impl Lab {
         let center = Agent::start(
             &mgmt,
             &format!(
-                "instance = \"{{instance}}\"\n[rollout.center]\nlisten = \"{CENTER_IP}:7480\"\ninsecure = true\ndb_path = \"{}\"\nbatch_size = 2\npace_ms = 1000\n",
+                "instance = \"{{instance}}\"\n[rollout.center]\nlisten = \"{CENTER_IP}:7480\"\ninsecure = true\ndb_path = \"{}\"\nbatch_size = 2\npace_ms = 1000\n[web]\nlisten = \"127.0.0.1:{WEB_PORT}\"\nrefresh_ms = 1000\n",
                 state.path().join("center.redb").display()
             ),
         )
@@ -162,7 +162,10 @@ impl Lab {
             published: 0,
             web: Default::default(),
         };
-        for (n, ns) in [&lab.pair.a, &lab.pair.b].into_iter().enumerate() {
+        for (n, ns) in [&lab.pair.a, &lab.pair.b, &lab.mgmt]
+            .into_iter()
+            .enumerate()
+        {
             let to = SocketAddr::from((Ipv4Addr::LOCALHOST, WEB_PORT));
             let at = forward(HOST_WEB_PORTS[n], ns.name(), to)
                 .with_context(|| format!("forwarding a host port to {}'s web view", ns.name()))?;
@@ -601,8 +604,8 @@ services = [{{ name = "motd", config = "{CONFIG_KEY}", path = "{motd}", reload =
         );
         println!("  ip -n {} neigh", self.pair.a.name());
         println!(
-            "web view: switch A {}  switch B {} (live; forwarded into their namespaces)",
-            self.web[0], self.web[1]
+            "web view: switch A {}  switch B {}  config center {} (live; forwarded into their namespaces)",
+            self.web[0], self.web[1], self.web[2]
         );
         println!(
             "A's member port MAC {}, B's {}; C answers from {}",

@@ -122,6 +122,12 @@ async fn unknown_paths_are_404_and_other_methods_405_without_asking_for_a_view()
         assert_eq!(refused.status(), 405, "{method}");
         assert_eq!(refused.headers()["allow"], "GET, HEAD");
     }
+    let icon = client()
+        .get(format!("http://{addr}/favicon.ico"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(icon.status(), 204, "a browser's own request is no error");
     let head = client()
         .head(format!("http://{addr}/"))
         .send()
