@@ -403,6 +403,7 @@ pub fn page(view: &ViewJson, refresh_ms: u64) -> String {
             body data-refresh-ms=(refresh_ms) {
                 header {
                     h1 { "mlag-sync " span.instance { (view.instance) } }
+                    p.roles { "runs " (view.roles.join(", ")) }
                     p #status { "gathered at " span #taken data-ms=(view.taken_unix_ms) { (view.taken_unix_ms) } " (ms since the epoch)" }
                 }
                 main #sections { (PreEscaped(sections_html(view))) }

@@ -77,6 +77,8 @@ pub struct WebStats {
 pub struct ViewJson {
     /// The agent's instance name.
     pub instance: String,
+    /// The roles it runs.
+    pub roles: Vec<String>,
     /// When the reports were gathered (ms since the epoch).
     pub taken_unix_ms: u64,
     /// The sections, in page order.

@@ -197,6 +197,7 @@ async fn view_task(sources: Sources, mut asks: mpsc::Receiver<Ask>, counters: Ar
                 stats.busy = counters.busy.load(Ordering::Relaxed);
                 let view = Arc::new(ViewJson {
                     instance: sources.instance.clone(),
+                    roles: sources.roles.clone(),
                     taken_unix_ms: unix_ms(),
                     sections,
                     stats,

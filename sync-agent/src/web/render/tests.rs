@@ -76,6 +76,7 @@ fn page_of(snapshot: &Snapshot) -> String {
     let mut failures = 0;
     let view = ViewJson {
         instance: snapshot.instance.clone(),
+        roles: snapshot.roles.clone(),
         taken_unix_ms: snapshot.taken_unix_ms,
         sections: sections(snapshot, &mut failures),
         stats: WebStats::default(),

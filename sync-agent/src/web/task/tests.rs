@@ -15,6 +15,7 @@ async fn serve() -> (SocketAddr, Arc<AtomicU64>) {
             counter.fetch_add(1, Ordering::Relaxed);
             let _ = ask.send(Arc::new(ViewJson {
                 instance: "sw-<a>".into(),
+                roles: vec!["fabric".into()],
                 taken_unix_ms: 42,
                 sections: vec![Section {
                     id: "fabric",
