@@ -14,6 +14,7 @@ use crate::{
     dataplane::config::DataplaneConfig, fabric::config::FabricConfig,
     inference::config::InferenceConfig, mclag::config::MclagConfig, metrics::config::MetricsConfig,
     peersync::config::PeerConfig, rollout::config::RolloutConfig, validate::Problems,
+    web::config::WebConfig,
 };
 
 /// The whole config file.
@@ -44,6 +45,10 @@ pub struct Config {
     /// Prometheus metrics over HTTP; off unless the section is present.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// The live web view over HTTP; off unless the section is present
+    /// (then on the loopback address unless `listen` says otherwise).
+    #[serde(default)]
+    pub web: Option<WebConfig>,
 }
 
 /// Why a config could not be used.
@@ -149,6 +154,19 @@ impl Config {
         self.inference.problems(&mut out);
         if let Some(metrics) = &self.metrics {
             metrics.problems(self.rollout.center.as_ref().map(|c| c.listen), &mut out);
+        }
+        if let Some(web) = &self.web {
+            let others: Vec<(&str, std::net::SocketAddr)> = [
+                self.metrics.as_ref().map(|m| ("metrics.listen", m.listen)),
+                self.rollout
+                    .center
+                    .as_ref()
+                    .map(|c| ("rollout.center.listen", c.listen)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            web.problems(&others, &mut out);
         }
         if let Some(mclag) = &self.mclag {
             self.mclag_with_peer_problems(mclag, &mut out);
@@ -405,6 +423,23 @@ capture_queue = 1
         };
         let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, ["peer.max_learnt", "peer.refresh_probes_per_s"]);
+    }
+
+    #[test]
+    fn the_web_view_is_off_unless_configured_on_loopback_by_default_and_must_not_take_metrics_port()
+    {
+        assert!(Config::parse(GOOD, "test").unwrap().web.is_none());
+        let config = Config::parse(&format!("{GOOD}\n[web]\n"), "test").unwrap();
+        let web = config.web.expect("[web] present");
+        assert!(web.listen.ip().is_loopback(), "{}", web.listen);
+        let text = format!(
+            "{GOOD}\n[metrics]\nlisten = \"0.0.0.0:9500\"\n[web]\nlisten = \"10.0.0.1:9500\"\n"
+        );
+        let err = Config::parse(&text, "test").unwrap_err().to_string();
+        assert!(
+            err.contains("web.listen: '10.0.0.1:9500' clashes with metrics.listen"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //! - [`agent`]: the supervisor: loads the config, starts the modules, wires
 //!   their channels, handles signals and reloads
 //! - [`bus`]: the messages modules exchange (no module imports another)
-//! - [`control`] and [`cli`]: the operator's side (SPEC 7.2)
+//! - [`control`] and [`cli`]: the operator's side (SPEC 7.2); [`metrics`]
+//!   and [`web`]: the same reports as Prometheus metrics and a live page
 //! - [`config`]: the config file, assembled from the modules' sections (SPEC 7.1)
 //! - [`southbound`]: the kernel over netlink; [`liveness`]: UDP keepalives
 //! - [`clock`], [`random`], [`log_limit`], [`validate`], [`mac`]: small shared facilities
@@ -39,3 +40,4 @@ pub mod random;
 pub mod rollout;
 pub mod southbound;
 pub mod validate;
+pub mod web;

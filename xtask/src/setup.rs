@@ -29,6 +29,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("systemd", "systemd-analyze"),
     // Inference alarm webhook test: a real Alertmanager receiving the alerts.
     ("prometheus-alertmanager", "prometheus-alertmanager"),
+    // Web view test: headless Chromium loads the page, dumps its DOM, takes a screenshot.
+    ("chromium", "chromium"),
 ];
 
 fn cargo_home() -> PathBuf {

@@ -19,6 +19,7 @@
 //!
 //!   control socket ─► Router ─► each module's handle (typed reports)
 //!   GET /metrics ─► metrics ─► the same handles (reports -> Prometheus)
+//!   GET / (browser) ─► web ─► the same handles (reports -> HTML and SVG)
 //!   SIGHUP / `reload` ─► supervisor ─► dataplane (live) | log "at restart"
 //! ```
 
@@ -57,6 +58,7 @@ use crate::{
     peersync::{Identity, PeerSyncChannels, PeerSyncHandle},
     rollout::{center::CenterHandle, device::DeviceHandle},
     southbound::links,
+    web::WebHandle,
 };
 
 /// Refuses to go on unless running as root: loading and attaching XDP
@@ -270,6 +272,25 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
                     instance: config.instance.clone(),
                     started,
                     dataplane: dataplane.clone(),
+                    peer: peer.clone(),
+                    mclag: mclag.clone(),
+                    inference: inference.clone(),
+                    fabric: fabric.clone(),
+                    center: center.clone(),
+                    device: device.clone(),
+                },
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let _web = match config.web.clone() {
+        Some(section) => Some(
+            WebHandle::spawn(
+                section,
+                crate::web::Sources {
+                    instance: config.instance.clone(),
+                    roles: roles.iter().map(|r| r.to_string()).collect(),
                     peer: peer.clone(),
                     mclag: mclag.clone(),
                     inference: inference.clone(),

@@ -57,6 +57,9 @@ pub(super) fn sections_needing_restart(running: &Config, new: &Config) -> Vec<&'
     if running.metrics != new.metrics {
         changed.push("metrics");
     }
+    if running.web != new.web {
+        changed.push("web");
+    }
     changed
 }
 

@@ -17,10 +17,19 @@
 //! agent killed, and its return. After each it prints what every part did.
 //! Ctrl-C stops every agent and removes every namespace.
 //!
-//! `mlag-lab --rounds N` runs N rounds and exits (used by the tests).
+//! A, B and the center serve the web view (`[web]`) inside their
+//! namespaces; the lab forwards a loopback port of the host to each, so a
+//! browser on the host opens the URLs it prints.
+//!
+//! `mlag-lab --rounds N` runs N rounds and exits (used by the tests);
+//! `--hold` then keeps the lab up, without further rounds, until Ctrl-C
+//! or SIGTERM (the web view test looks at it meanwhile).
 
 use std::{
     fmt::Write as _,
+    fs::File,
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
     path::PathBuf,
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
@@ -54,6 +63,10 @@ const CONFIG_KEY: &str = "lab/prod/motd";
 /// Fabric names: A and B are the servers; D is the rollout's canary.
 const SWITCHES: [&str; 4] = ["sw-a", "sw-b", "sw-d", "sw-e"];
 const WAIT: Duration = Duration::from_secs(20);
+/// Where A and B serve the web view, inside their namespaces; the host
+/// ports forwarded to them are these, or any free ones if taken.
+const WEB_PORT: u16 = 9473;
+const HOST_WEB_PORTS: [u16; 3] = [9473, 9474, 9475];
 
 /// The host on VLAN 10 that answers B in round `round`.
 fn host_ip(round: u64) -> String {
@@ -86,6 +99,8 @@ struct Lab {
     state: tempfile::TempDir,
     roster: String,
     published: u64,
+    /// The host's URLs of A's, B's and the center's web views.
+    web: [String; 3],
 }
 
 impl Lab {
@@ -128,7 +143,7 @@ impl Lab {
         let center = Agent::start(
             &mgmt,
             &format!(
-                "instance = \"{{instance}}\"\n[rollout.center]\nlisten = \"{CENTER_IP}:7480\"\ninsecure = true\ndb_path = \"{}\"\nbatch_size = 2\npace_ms = 1000\n",
+                "instance = \"{{instance}}\"\n[rollout.center]\nlisten = \"{CENTER_IP}:7480\"\ninsecure = true\ndb_path = \"{}\"\nbatch_size = 2\npace_ms = 1000\n[web]\nlisten = \"127.0.0.1:{WEB_PORT}\"\nrefresh_ms = 1000\n",
                 state.path().join("center.redb").display()
             ),
         )
@@ -145,7 +160,17 @@ impl Lab {
             state,
             roster,
             published: 0,
+            web: Default::default(),
         };
+        for (n, ns) in [&lab.pair.a, &lab.pair.b, &lab.mgmt]
+            .into_iter()
+            .enumerate()
+        {
+            let to = SocketAddr::from((Ipv4Addr::LOCALHOST, WEB_PORT));
+            let at = forward(HOST_WEB_PORTS[n], ns.name(), to)
+                .with_context(|| format!("forwarding a host port to {}'s web view", ns.name()))?;
+            lab.web[n] = format!("http://{at}/");
+        }
         lab.publish("first version")?;
         lab.a = Some(lab.start(Side::A)?);
         lab.b = Some(lab.start(Side::B)?);
@@ -203,7 +228,7 @@ services = [{{ name = "motd", config = "{CONFIG_KEY}", path = "{motd}", reload =
             Side::B => (1, "b-c", &self.backup.1),
         };
         let extra = format!(
-            "{}\n\n[mclag]\ninit_delay_s = 0\n{backup}{}",
+            "{}\n\n[mclag]\ninit_delay_s = 0\n{backup}{}\n[web]\nlisten = \"127.0.0.1:{WEB_PORT}\"\nrefresh_ms = 1000\n",
             VLAN_MAP.replace("MEMBER", member),
             self.common(n)
         );
@@ -579,6 +604,10 @@ services = [{{ name = "motd", config = "{CONFIG_KEY}", path = "{motd}", reload =
         );
         println!("  ip -n {} neigh", self.pair.a.name());
         println!(
+            "web view: switch A {}  switch B {}  config center {} (live; forwarded into their namespaces)",
+            self.web[0], self.web[1], self.web[2]
+        );
+        println!(
             "A's member port MAC {}, B's {}; C answers from {}",
             fmt_mac(&self.pair.a_mac),
             fmt_mac(&self.pair.b_mac),
@@ -588,17 +617,73 @@ services = [{{ name = "motd", config = "{CONFIG_KEY}", path = "{motd}", reload =
     }
 }
 
+/// Serves `host_port` on the host's loopback (or a free port if it is
+/// taken) and relays every connection to `to` inside namespace `ns`;
+/// returns the address it serves.
+fn forward(host_port: u16, ns: &str, to: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, host_port))
+        .or_else(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))?;
+    let at = listener.local_addr()?;
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                if let Err(err) = relay(client, &path, to) {
+                    eprintln!("web view forwarding: {err:#}");
+                }
+            });
+        }
+    });
+    Ok(at)
+}
+
+/// Connects to `to` from inside the namespace at `path` (the thread goes
+/// back to the host's namespace once the socket exists), then copies both
+/// ways until either side closes.
+fn relay(client: TcpStream, path: &str, to: SocketAddr) -> anyhow::Result<()> {
+    let host = File::open("/proc/thread-self/ns/net")?;
+    let inside = File::open(path).with_context(|| format!("opening {path}"))?;
+    // SAFETY: setns on valid namespace fds affects only this thread.
+    if unsafe { libc::setns(inside.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        anyhow::bail!("setns {path}: {}", std::io::Error::last_os_error());
+    }
+    let upstream = TcpStream::connect_timeout(&to, Duration::from_secs(2));
+    // SAFETY: as above.
+    unsafe { libc::setns(host.as_raw_fd(), libc::CLONE_NEWNET) };
+    // The agent there may be stopped (a master failure round): the browser
+    // sees the connection close and the page says it is not refreshed.
+    let upstream = upstream.with_context(|| format!("{to} in {path}"))?;
+    let (mut from_client, mut to_upstream) = (client.try_clone()?, upstream.try_clone()?);
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from_client, &mut to_upstream);
+        let _ = to_upstream.shutdown(std::net::Shutdown::Write);
+    });
+    let (mut from_upstream, mut to_client) = (upstream, client);
+    let _ = std::io::copy(&mut from_upstream, &mut to_client);
+    let _ = to_client.shutdown(std::net::Shutdown::Write);
+    let _ = up.join();
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
-    let rounds: Option<u64> = match std::env::args().nth(1).as_deref() {
-        Some("--rounds") => Some(
-            std::env::args()
-                .nth(2)
-                .context("--rounds needs a number")?
-                .parse()?,
-        ),
-        Some(other) => anyhow::bail!("unknown argument {other}; usage: mlag-lab [--rounds N]"),
-        None => None,
-    };
+    const USAGE: &str = "usage: mlag-lab [--rounds N] [--hold]";
+    let (mut rounds, mut hold) = (None::<u64>, false);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--rounds" => {
+                rounds = Some(
+                    args.next()
+                        .context("--rounds needs a number")?
+                        .parse()
+                        .context("--rounds needs a number")?,
+                )
+            }
+            "--hold" => hold = true,
+            other => anyhow::bail!("unknown argument {other}; {USAGE}"),
+        }
+    }
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
@@ -629,6 +714,13 @@ fn main() -> anyhow::Result<()> {
             if STOP.load(Ordering::Relaxed) || rounds.is_some() {
                 break;
             }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    if hold && !STOP.load(Ordering::Relaxed) {
+        println!("holding the lab up (no more rounds) until Ctrl-C or SIGTERM");
+        lab.where_to_look()?;
+        while !STOP.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
