@@ -317,28 +317,34 @@ impl PacketSocket {
         addr
     }
 
-    /// Sends one frame as is.
+    /// Sends one frame as is. A full transmit queue (ENOBUFS: a flood
+    /// outrunning the receiving side, e.g. generic XDP on a loaded machine)
+    /// is waited out for up to two seconds, as packet generators do; the
+    /// frame is not dropped.
     pub fn send(&self, frame: &[u8]) -> anyhow::Result<()> {
         let addr = Self::address(self.ifindex);
-        // SAFETY: frame and addr are valid for the call.
-        let rc = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
-                core::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if rc < 0 {
-            bail!(
-                "send {} byte frame: {}",
-                frame.len(),
-                std::io::Error::last_os_error()
-            );
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            // SAFETY: frame and addr are valid for the call.
+            let rc = unsafe {
+                libc::sendto(
+                    self.fd.as_raw_fd(),
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
+                    core::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            if rc >= 0 {
+                return Ok(());
+            }
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::ENOBUFS) || Instant::now() > deadline {
+                bail!("send {} byte frame: {err}", frame.len());
+            }
+            std::thread::sleep(Duration::from_micros(100));
         }
-        Ok(())
     }
 
     /// Receives frames until `stop` says so or `timeout` passes; returns

@@ -158,7 +158,7 @@ async fn gather(s: &Sources) -> Snapshot {
         None => None,
     };
     let rollout =
-        (s.center.is_some() || s.device.is_some()).then(|| RolloutReport { center, device });
+        (s.center.is_some() || s.device.is_some()).then_some(RolloutReport { center, device });
     Snapshot {
         instance: s.instance.clone(),
         roles: s.roles.clone(),
