@@ -616,6 +616,77 @@ mod tests {
         assert_eq!(written(&task), Some(3), "and only once");
     }
 
+    /// A member that departs and is back before the server's next tick has
+    /// its unchanged record written again (members saw it departed), and
+    /// a member hearing the server announce the return lists it up at once.
+    #[test]
+    fn a_member_back_within_one_tick_is_written_again_and_listed_up() {
+        use crate::fabric::wire::Membership;
+        let (infos, _rx) = mpsc::channel(4);
+        let (mut task, _eventloop) = test_task(infos);
+        task.rank = Some(0);
+        task.active = true;
+        task.connected = true;
+        let mut sw2 = Codec::new(test_identity("sw2"), test_roster(), None);
+        let (topic, payload) = heartbeat_from(&mut sw2, &task, "sw2");
+        task.process_publish(&topic, &payload, false);
+        task.roster_due();
+        let written = |task: &Task| task.report().counters.get("roster_records_sent").copied();
+        assert_eq!(written(&task), Some(1));
+        let departed = Message::Departed {
+            member: "sw2".into(),
+            reason: "connection lost (last will)".into(),
+        };
+        let (topic, _) = task.topics.topic_for(&departed);
+        let payload = sw2.seal(&departed);
+        task.process_publish(&topic, &payload, false);
+        // Back with the same heartbeat, no tick in between.
+        let mut again = Codec::new(test_identity("sw2"), test_roster(), None);
+        let (topic, payload) = heartbeat_from(&mut again, &task, "sw2");
+        task.process_publish(&topic, &payload, false);
+        task.roster_due();
+        assert_eq!(written(&task), Some(2), "the record is written again");
+
+        // A member (not a server) that saw the departure.
+        let (infos, _rx) = mpsc::channel(4);
+        let (mut member, _eventloop) = test_task(infos);
+        let mut srv = Codec::new(test_identity("srv"), test_roster(), None);
+        let mut announce = |member: &mut Task, joined: bool| {
+            let message = Message::Membership(Membership {
+                server: "srv".into(),
+                member: "sw2".into(),
+                joined,
+                reason: String::new(),
+                at_ms: 1,
+            });
+            let (topic, retained) = member.topics.topic_for(&message);
+            let payload = srv.seal(&message);
+            member.process_publish(&topic, &payload, retained);
+        };
+        member.heard_heartbeat(&Heartbeat {
+            member: "sw2".into(),
+            role: Role::Client,
+            model: "m".into(),
+            version: "v".into(),
+            servers: vec![],
+            addresses: vec![],
+            uptime_s: 1,
+            interval_ms: 1000,
+        });
+        announce(&mut member, false);
+        let state = |member: &Task| {
+            member
+                .report()
+                .members
+                .into_iter()
+                .find(|m| m.identity == "sw2")
+                .map(|m| m.state)
+        };
+        assert_eq!(state(&member).as_deref(), Some("departed"));
+        announce(&mut member, true);
+        assert_eq!(state(&member).as_deref(), Some("up"));
+    }
+
     #[test]
     fn the_member_view_is_capped_and_evictions_are_counted() {
         let (infos, _rx) = mpsc::channel(4);

@@ -93,6 +93,14 @@ impl Task {
         if self.rank.is_some() {
             let member = hb.member.clone();
             let new = self.roster.heartbeat(hb, now_ms());
+            if new {
+                // Written again even if its record says what the one written
+                // before its departure said: a member that left and came
+                // back within one tick would otherwise stay departed in
+                // every member's view (the departure was announced, and the
+                // unchanged record never rewritten).
+                self.published_roster.remove(&member);
+            }
             if new && self.active && self.connected {
                 self.announce(&member, true, "first heartbeat");
                 // Its bucket soon, not at the next tick: members learn of a
@@ -410,6 +418,14 @@ impl Task {
     /// An announcement (ours or heard): a departed member is marked so and
     /// no longer awaited for acknowledgements.
     pub(super) fn record_announcement(&mut self, m: Membership) {
+        if m.joined
+            && let Some(entry) = self.view.get_mut(&m.member)
+            && entry.departed
+        {
+            // Its record follows; until then the announcement is the news.
+            entry.departed = false;
+            entry.since = Instant::now();
+        }
         if !m.joined
             && m.server != self.identity
             && self.rank.is_some()
