@@ -225,6 +225,10 @@ pub mod ids {
     pub fn gateway(ip: std::net::Ipv4Addr) -> ObjectId {
         ObjectId(format!("gw:{ip}"))
     }
+    /// A neighbour (L3): an entry of the kernel's IPv4 neighbour table.
+    pub fn neighbour(ip: std::net::Ipv4Addr) -> ObjectId {
+        ObjectId(format!("neigh:{ip}"))
+    }
     /// The MLAG interface of an MLAG id (L2): this switch's member port
     /// and its twin on the peer.
     pub fn mlag(mlag_id: u32) -> ObjectId {

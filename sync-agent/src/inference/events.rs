@@ -16,8 +16,13 @@ use crate::{
     southbound::{
         addresses,
         links::{self, Link},
+        neighbours::{self, NeighbourEvent},
     },
 };
+
+/// The source of fabric membership information (a member present or
+/// departed).
+const MEMBERSHIP: &str = "fabric-membership";
 
 /// Everything the inference task reacts to.
 #[derive(Debug)]
@@ -30,6 +35,10 @@ pub(super) enum Event {
     Info(Info),
     /// An address was added or removed somewhere (bursts coalesced).
     AddressesChanged,
+    /// An IPv4 route was added or removed (bursts coalesced).
+    RoutesChanged,
+    /// The kernel's neighbour table changed.
+    Neighbour(NeighbourEvent),
     /// An operator query.
     Query(Query),
 }
@@ -66,6 +75,8 @@ impl Task {
             Event::LinksLagged(missed) => self.process_links_lagged(missed).await,
             Event::Info(info) => self.process_info(info),
             Event::AddressesChanged => self.process_addresses_changed().await,
+            Event::RoutesChanged => self.process_routes_changed().await,
+            Event::Neighbour(event) => self.process_neighbour(event),
             Event::Query(Query::States { faulty, reply }) => {
                 let _ = reply.send(self.process_states(faulty));
             }
@@ -135,15 +146,16 @@ impl Task {
     }
 
     /// Addresses changed: an interface with an IPv4 address and no IP
-    /// interface object yet gets one (an address removed changes nothing:
-    /// the object stays, following its L2 object).
+    /// interface object yet gets one; one whose last IPv4 address went
+    /// loses it, with the gateways and neighbours under it. Gateways are
+    /// read again (a new IP interface may be the way to one).
     pub(super) async fn process_addresses_changed(&mut self) {
         let names: Vec<(u32, String)> = self
             .names
             .iter()
-            .filter(|(_, name)| !self.model.contains(&ids::ip(name)))
             .map(|(index, name)| (*index, name.clone()))
             .collect();
+        let mut touched = Vec::new();
         for (index, name) in names {
             let has_v4 = match addresses::list(&self.netlink, index).await {
                 Ok(list) => list.iter().any(|a| a.ip.is_ipv4()),
@@ -152,17 +164,106 @@ impl Task {
                     continue;
                 }
             };
-            if !has_v4 {
+            let ip = ids::ip(&name);
+            if has_v4 && !self.model.contains(&ip) {
+                let changes = live::ensure_ip(&mut self.model, &name);
+                self.stats.changes += changes.len() as u64;
+                touched.push(ip.clone());
+                touched.extend(changes.into_iter().map(|c| c.object));
+                if self.model.contains(&ip) {
+                    self.live_ips.insert(name);
+                }
+            } else if !has_v4 && self.live_ips.remove(&name) {
+                tracing::info!(interface = name, "IP interface leaves the state model: no IPv4 address left");
+                touched.extend(live::remove_ip(&mut self.model, &mut self.created, &name));
+            }
+        }
+        self.reassess(touched);
+        self.process_routes_changed().await;
+    }
+
+    /// Routes changed: the gateways are read again and the model follows.
+    pub(super) async fn process_routes_changed(&mut self) {
+        let wanted = match live::gateways_by_name(&self.netlink, &self.names).await {
+            Ok(wanted) => wanted,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the routes: gateways not updated");
+                return;
+            }
+        };
+        let touched = live::sync_gateways(&mut self.model, &mut self.created, &wanted);
+        self.reassess(touched);
+    }
+
+    /// The neighbour table as it is now (at start): each entry as if it
+    /// had just changed.
+    pub(super) async fn read_neighbours(&mut self) {
+        let indexes: Vec<u32> = self.names.keys().copied().collect();
+        match neighbours::dump(&self.netlink, &indexes).await {
+            Ok(all) => {
+                for neighbour in all {
+                    self.process_neighbour(NeighbourEvent::Changed(neighbour));
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the neighbour table: neighbours join as they change");
+            }
+        }
+    }
+
+    /// A neighbour changed or went: it joins or leaves the model, and a
+    /// failed resolution makes it (and the gateway of that address, if
+    /// there is one) unreachable until it resolves again.
+    pub(super) fn process_neighbour(&mut self, event: NeighbourEvent) {
+        let neighbour = match event {
+            NeighbourEvent::Removed(neighbour) => {
+                let touched = live::remove_neighbour(&mut self.model, &mut self.created, neighbour.ip);
+                self.reassess(touched);
+                return;
+            }
+            NeighbourEvent::Changed(neighbour) => neighbour,
+        };
+        // Still resolving: nothing known yet.
+        if matches!(neighbour.state, "INCOMPLETE" | "NONE") {
+            return;
+        }
+        let Some(name) = self.names.get(&neighbour.ifindex).cloned() else {
+            return;
+        };
+        match live::ensure_neighbour(&mut self.model, &mut self.created, &name, neighbour.ip) {
+            Ok(touched) => self.reassess(touched),
+            Err(()) => {
+                self.stats.neighbours_left_out += 1;
+                return;
+            }
+        }
+        let failed = neighbour.state == "FAILED";
+        for id in [ids::neighbour(neighbour.ip), ids::gateway(neighbour.ip)] {
+            let ours = self.created.neighbours.contains_key(&id)
+                || self.created.gateways.contains_key(&id);
+            // Reachable again is news only for one that had failed (the
+            // table cycles through its states all the time).
+            if !ours || (!failed && self.model.actual_level(&id).unwrap_or(0) == 0) {
                 continue;
             }
-            let changes = live::ensure_ip(&mut self.model, &name);
-            self.stats.changes += changes.len() as u64;
-            let notices =
-                self.alarms
-                    .update(&self.model, changes.iter().map(|c| &c.object), now_ms());
-            if let Some(webhook) = &mut self.webhook {
-                webhook.tell(notices, || self.alarms.raised_views(&self.model));
-            }
+            let message = if failed {
+                "neighbour-failed"
+            } else {
+                "neighbour-reachable"
+            };
+            self.apply(Info::new("netlink", message, id));
+        }
+    }
+
+    /// Structural changes (objects added or removed, dependencies changed):
+    /// `touched` are re-assessed for alarms and the webhook hears of it.
+    pub(super) fn reassess(&mut self, touched: Vec<ObjectId>) {
+        if touched.is_empty() {
+            return;
+        }
+        let notices = self.alarms.update(&self.model, touched.iter(), now_ms());
+        if let Some(webhook) = &mut self.webhook {
+            webhook.tell(notices, || self.alarms.raised_views(&self.model));
         }
     }
 
@@ -244,6 +345,39 @@ impl Task {
         if info.source == "fabric" {
             live::ensure_remote_port(&mut self.model, &object);
         }
+        if info.source == MEMBERSHIP {
+            self.process_membership(info);
+            return;
+        }
+        self.apply_one(info);
+    }
+
+    /// A fabric member present or departed: said of its switch object and
+    /// of every port of it the model holds (a departed switch's ports are
+    /// not heard from either; what they said last stays, as their own
+    /// source's state). The member's switch object joins the model on
+    /// first word of it.
+    fn process_membership(&mut self, info: Info) {
+        if !live::ensure_remote_switch(&mut self.model, &info.object) {
+            self.stats.unknown_objects += 1;
+            return;
+        }
+        let member = info.object.as_str().strip_prefix("switch:").unwrap_or("");
+        let ports: Vec<ObjectId> = self
+            .model
+            .dependents_of(&info.object)
+            .into_iter()
+            .map(|(id, _)| id)
+            .filter(|id| ids::parse_remote_port(id).is_some_and(|(m, _)| m == member))
+            .collect();
+        for port in ports {
+            self.apply_one(Info::new(MEMBERSHIP, &info.message, port));
+        }
+        self.apply_one(info);
+    }
+
+    fn apply_one(&mut self, info: Info) {
+        let object = info.object.clone();
         let now = now_ms();
         match self.model.apply(info, &self.rules, now) {
             Ok(applied) => {

@@ -78,7 +78,11 @@ pub mod webhook;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use self::{config::InferenceConfig, events::Query, task::Task};
+use self::{
+    config::InferenceConfig,
+    events::Query,
+    task::{Task, Watches},
+};
 pub use self::{
     model::{
         Applied, Change, DEFAULT_DEGRADED_LEVEL, Dependency, GroupView, HistoryEntry, InfoEntry,
@@ -90,7 +94,7 @@ pub use self::{
 pub use crate::bus::{Info, ObjectId, ids};
 use crate::{
     bus::{AskError, LinkEvent},
-    southbound::addresses,
+    southbound::{addresses, neighbours, routes},
 };
 
 /// Depth of the operator query channel; queries are rare and answered at once.
@@ -122,16 +126,23 @@ impl InferenceHandle {
     ) -> anyhow::Result<InferenceHandle> {
         let (queries, query_rx) = mpsc::channel(QUERY_DEPTH);
         let task = Task::build(config, switch_name, netlink).await?;
-        // Addresses added after start join the model; without the watcher
-        // the model keeps what it read at start.
-        let addresses = match addresses::watch() {
-            Ok(rx) => Some(rx),
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot watch address changes: IP interfaces that appear later stay out of the state model");
-                None
-            }
+        // Addresses, routes and neighbours that change after start change
+        // the model; without a watcher it keeps what it read at start.
+        let addresses = addresses::watch()
+            .inspect_err(|err| tracing::warn!(error = %err, "cannot watch address changes: IP interfaces that appear or go later are not followed"))
+            .ok();
+        let routes = routes::watch()
+            .inspect_err(|err| tracing::warn!(error = %err, "cannot watch route changes: gateways that appear or go later are not followed"))
+            .ok();
+        let neighbours = neighbours::watch()
+            .inspect_err(|err| tracing::warn!(error = %err, "cannot watch the neighbour table: neighbours are not followed"))
+            .ok();
+        let watches = Watches {
+            addresses,
+            routes,
+            neighbours,
         };
-        tokio::spawn(task.run(links, infos, query_rx, addresses));
+        tokio::spawn(task.run(links, infos, query_rx, watches));
         Ok(InferenceHandle { queries })
     }
 

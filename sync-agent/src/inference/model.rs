@@ -1264,6 +1264,12 @@ impl Model {
         Some(self.effective_views(x))
     }
 
+    /// An object's kind (switch, port, gateway, ...), without building its view.
+    pub fn kind_of(&self, id: &ObjectId) -> Option<&str> {
+        let x = self.lookup(id).ok()?;
+        Some(self.kinds.name(self.objects[x as usize].kind))
+    }
+
     /// What `id` depends on directly (down the chain); empty for an unknown id.
     pub fn dependencies_of(&self, id: &ObjectId) -> Vec<(ObjectId, Dependency)> {
         self.edges(id, true)

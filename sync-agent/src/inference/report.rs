@@ -23,6 +23,9 @@ pub struct InferenceStats {
     pub unknown_objects: u64,
     /// Effective state changes.
     pub changes: u64,
+    /// Neighbours left out of the model (over its bound).
+    #[serde(default)]
+    pub neighbours_left_out: u64,
     /// The alarm table's counters.
     #[serde(default)]
     pub alarms: AlarmStats,
