@@ -46,7 +46,7 @@ impl Task {
 
     /// Another member's heartbeat: it is up, as of now.
     pub(super) fn heard_heartbeat(&mut self, hb: &Heartbeat) {
-        if !self.view.get(&hb.member).is_some_and(|e| !e.departed) {
+        if self.view.get(&hb.member).is_none_or(|e| e.departed) {
             self.tell_membership(&hb.member, true);
         }
         let now = std::time::Instant::now();

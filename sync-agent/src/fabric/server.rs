@@ -175,7 +175,7 @@ impl Task {
         if name == self.identity {
             return;
         }
-        if !self.view.get(&name).is_some_and(|e| !e.departed) {
+        if self.view.get(&name).is_none_or(|e| e.departed) {
             self.tell_membership(&name, true);
         }
         let now = Instant::now();

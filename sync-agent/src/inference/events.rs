@@ -1,14 +1,19 @@
 //! Every input of the inference task and its handler: interface changes,
 //! information from other modules, and the operator's queries.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::{
+    collections::{BTreeSet, VecDeque},
+    sync::atomic::Ordering,
+};
 
 use tokio::sync::oneshot;
 
 use super::{
-    ObjectId, ObjectView, live,
+    AlarmRecord, ObjectId, ObjectView,
+    alarms::Notice,
+    live,
     report::{AlarmsReport, ChainLink, StateReport, StatesReport},
-    task::Task,
+    task::{MAX_REMOTE, Task},
 };
 use crate::{
     bus::{Info, LinkEvent, ids},
@@ -19,6 +24,37 @@ use crate::{
         neighbours::{self, NeighbourEvent},
     },
 };
+
+/// An alarm notice as it crosses the fabric (the origin is filled in by
+/// the fabric).
+fn record_of(notice: &Notice) -> AlarmRecord {
+    let (Notice::Raised(view) | Notice::Cleared(view)) = notice;
+    let limit = AlarmRecord::MAX_LISTED;
+    AlarmRecord {
+        origin: String::new(),
+        object: view.object.clone(),
+        state: view
+            .states
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        level: view.level,
+        root_causes: view.root_causes.iter().take(limit).cloned().collect(),
+        suppressed: view
+            .suppressed
+            .iter()
+            .take(limit)
+            .map(|s| s.object.clone())
+            .collect(),
+        raised_ms: view.raised_ms,
+        // A cleared notice always carries its clearing time.
+        cleared_ms: match notice {
+            Notice::Raised(_) => 0,
+            Notice::Cleared(view) => view.cleared_ms.max(1),
+        },
+    }
+}
 
 /// The source of fabric membership information (a member present or
 /// departed).
@@ -39,6 +75,8 @@ pub(super) enum Event {
     RoutesChanged,
     /// The kernel's neighbour table changed.
     Neighbour(NeighbourEvent),
+    /// Another fabric member's alarm raised, changed or cleared.
+    RemoteAlarm(AlarmRecord),
     /// An operator query.
     Query(Query),
 }
@@ -77,6 +115,7 @@ impl Task {
             Event::AddressesChanged => self.process_addresses_changed().await,
             Event::RoutesChanged => self.process_routes_changed().await,
             Event::Neighbour(event) => self.process_neighbour(event),
+            Event::RemoteAlarm(alarm) => self.process_remote_alarm(alarm),
             Event::Query(Query::States { faulty, reply }) => {
                 let _ = reply.send(self.process_states(faulty));
             }
@@ -174,7 +213,10 @@ impl Task {
                     self.live_ips.insert(name);
                 }
             } else if !has_v4 && self.live_ips.remove(&name) {
-                tracing::info!(interface = name, "IP interface leaves the state model: no IPv4 address left");
+                tracing::info!(
+                    interface = name,
+                    "IP interface leaves the state model: no IPv4 address left"
+                );
                 touched.extend(live::remove_ip(&mut self.model, &mut self.created, &name));
             }
         }
@@ -217,7 +259,8 @@ impl Task {
     pub(super) fn process_neighbour(&mut self, event: NeighbourEvent) {
         let neighbour = match event {
             NeighbourEvent::Removed(neighbour) => {
-                let touched = live::remove_neighbour(&mut self.model, &mut self.created, neighbour.ip);
+                let touched =
+                    live::remove_neighbour(&mut self.model, &mut self.created, neighbour.ip);
                 self.reassess(touched);
                 return;
             }
@@ -262,9 +305,35 @@ impl Task {
             return;
         }
         let notices = self.alarms.update(&self.model, touched.iter(), now_ms());
+        self.tell(notices);
+    }
+
+    /// Alarm notices go to the webhook (when configured) and the fabric
+    /// (when it listens).
+    fn tell(&mut self, notices: Vec<Notice>) {
+        if self.alarms_out.receiver_count() > 0 {
+            for notice in &notices {
+                // No receiver left is fine: the fabric stopped.
+                let _ = self.alarms_out.send(record_of(notice));
+            }
+        }
         if let Some(webhook) = &mut self.webhook {
             webhook.tell(notices, || self.alarms.raised_views(&self.model));
         }
+    }
+
+    /// Another member's alarm: kept while raised, forgotten when cleared.
+    pub(super) fn process_remote_alarm(&mut self, alarm: AlarmRecord) {
+        let key = (alarm.origin.clone(), alarm.object.clone());
+        if !alarm.raised() {
+            self.remote.remove(&key);
+            return;
+        }
+        if self.remote.len() >= MAX_REMOTE && !self.remote.contains_key(&key) {
+            self.remote_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.remote.insert(key, alarm);
     }
 
     /// Information from another module.
@@ -302,6 +371,8 @@ impl Task {
             cleared,
             counters: self.alarms.stats(),
             webhook: self.webhook.as_ref().map(|w| w.stats()),
+            remote: self.remote.values().cloned().collect(),
+            remote_dropped: self.remote_dropped.load(Ordering::Relaxed),
         }
     }
 
@@ -397,9 +468,7 @@ impl Task {
                 for notice in &notices {
                     tracing::debug!(?notice, "alarm");
                 }
-                if let Some(webhook) = &mut self.webhook {
-                    webhook.tell(notices, || self.alarms.raised_views(&self.model));
-                }
+                self.tell(notices);
             }
             Err(err) => {
                 self.stats.unknown_objects += 1;

@@ -154,7 +154,9 @@ pub fn sync_gateways(
                 touched.extend(changes.into_iter().map(|c| c.object));
             }
         }
-        created.gateways.insert(gw, had.intersection(&keep).cloned().collect());
+        created
+            .gateways
+            .insert(gw, had.intersection(&keep).cloned().collect());
     }
     // New, or routed through more interfaces.
     for (gw, ips) in want {
@@ -294,7 +296,11 @@ pub fn ensure_neighbour(
 
 /// A neighbour left the kernel's table: it leaves the model if the live
 /// feed added it. Returns the objects to re-assess for alarms.
-pub fn remove_neighbour(model: &mut Model, created: &mut Created, neighbour: Ipv4Addr) -> Vec<ObjectId> {
+pub fn remove_neighbour(
+    model: &mut Model,
+    created: &mut Created,
+    neighbour: Ipv4Addr,
+) -> Vec<ObjectId> {
     let id = ids::neighbour(neighbour);
     if created.neighbours.remove(&id).is_none() {
         return Vec::new();
@@ -671,7 +677,11 @@ mod tests {
         sync_gateways(
             &mut model,
             &mut created,
-            &[(only, "m0".into()), (shared, "m0".into()), (shared, "m1".into())],
+            &[
+                (only, "m0".into()),
+                (shared, "m0".into()),
+                (shared, "m1".into()),
+            ],
         );
         let n: Ipv4Addr = "10.0.0.9".parse().unwrap();
         assert!(ensure_neighbour(&mut model, &mut created, "m0", n).is_ok());
@@ -720,7 +730,10 @@ mod tests {
         let n: Ipv4Addr = "10.0.0.9".parse().unwrap();
         // No IP interface: not modelled.
         ensure_port(&mut model, "a", "bare");
-        assert_eq!(ensure_neighbour(&mut model, &mut created, "bare", n), Ok(vec![]));
+        assert_eq!(
+            ensure_neighbour(&mut model, &mut created, "bare", n),
+            Ok(vec![])
+        );
         assert!(!model.contains(&ids::neighbour(n)));
         ensure_neighbour(&mut model, &mut created, "m0", n).unwrap();
         ensure_neighbour(&mut model, &mut created, "m0", n).unwrap();

@@ -76,6 +76,11 @@ pub mod rules;
 mod task;
 pub mod webhook;
 
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use self::{
@@ -91,7 +96,7 @@ pub use self::{
     report::{AlarmsReport, ChainLink, InferenceStats, StateReport, StatesReport},
     rules::{Rule, RuleTable, State},
 };
-pub use crate::bus::{Info, ObjectId, ids};
+pub use crate::bus::{AlarmRecord, Info, ObjectId, ids};
 use crate::{
     bus::{AskError, LinkEvent},
     southbound::{addresses, neighbours, routes},
@@ -99,11 +104,21 @@ use crate::{
 
 /// Depth of the operator query channel; queries are rare and answered at once.
 const QUERY_DEPTH: usize = 16;
+/// Depth of the queue of other members' alarms; beyond, they are dropped
+/// (counted in `show alarms`) and the next record of the same alarm
+/// catches up.
+const REMOTE_ALARMS_DEPTH: usize = 1024;
+/// Depth of the broadcast of this switch's alarms (to the fabric).
+const ALARMS_OUT_DEPTH: usize = 1024;
 
 /// Handle to the inference task: cheap to clone; asks it for object states.
 #[derive(Clone, Debug)]
 pub struct InferenceHandle {
     queries: mpsc::Sender<Query>,
+    remote_alarms: mpsc::Sender<AlarmRecord>,
+    /// Other members' alarms dropped on a full queue (the task shows it).
+    remote_dropped: Arc<AtomicU64>,
+    alarms_out: broadcast::Sender<AlarmRecord>,
 }
 
 impl InferenceHandle {
@@ -125,7 +140,10 @@ impl InferenceHandle {
         infos: mpsc::Receiver<Info>,
     ) -> anyhow::Result<InferenceHandle> {
         let (queries, query_rx) = mpsc::channel(QUERY_DEPTH);
+        let (remote_alarms, remote_rx) = mpsc::channel(REMOTE_ALARMS_DEPTH);
         let task = Task::build(config, switch_name, netlink).await?;
+        let alarms_out = task.alarms_out.clone();
+        let remote_dropped = task.remote_dropped.clone();
         // Addresses, routes and neighbours that change after start change
         // the model; without a watcher it keeps what it read at start.
         let addresses = addresses::watch()
@@ -141,9 +159,15 @@ impl InferenceHandle {
             addresses,
             routes,
             neighbours,
+            remote_alarms: Some(remote_rx),
         };
         tokio::spawn(task.run(links, infos, query_rx, watches));
-        Ok(InferenceHandle { queries })
+        Ok(InferenceHandle {
+            queries,
+            remote_alarms,
+            remote_dropped,
+            alarms_out,
+        })
     }
 
     /// `show states`: every object (only faulty ones or those in lost
@@ -170,6 +194,25 @@ impl InferenceHandle {
         rx.await
             .map_err(|_| AskError::Gone("inference"))?
             .map_err(AskError::Refused)
+    }
+
+    /// This switch's alarms as they are raised, change and clear, from
+    /// now on (what the fabric publishes).
+    pub fn subscribe_alarms(&self) -> broadcast::Receiver<AlarmRecord> {
+        self.alarms_out.subscribe()
+    }
+
+    /// An alarm of another fabric member, listed in `show alarms` under
+    /// its origin. Never waits: a full queue drops it (counted).
+    pub fn remote_alarm(&self, alarm: AlarmRecord) -> Result<(), AskError> {
+        match self.remote_alarms.try_send(alarm) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.remote_dropped.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(AskError::Gone("inference")),
+        }
     }
 
     async fn ask(&self, query: Query) -> Result<(), AskError> {

@@ -7,14 +7,19 @@
 //!  address watcher ── mpsc<()> ─────────────┤
 //!  route watcher   ── mpsc<()> ─────────────┤
 //!  neighbour watch ── mpsc<NeighbourEvent> ─┤
+//!  fabric (heard)  ── mpsc<AlarmRecord> ────┤
 //!  InferenceHandle ── mpsc<Query> ───────────┘
+//!  Task ── broadcast<AlarmRecord> (own alarms) ──> fabric
 //! ```
 //!
 //! It has no child tasks; the model is built (over netlink) before the loop
 //! starts, and netlink is asked again only to catch up after lagging behind
 //! the link events.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, atomic::AtomicU64},
+};
 
 use rtnetlink::Handle;
 use tokio::sync::{
@@ -32,7 +37,7 @@ use super::{
     webhook::Webhook,
 };
 use crate::{
-    bus::{Info, LinkEvent, ids},
+    bus::{AlarmRecord, Info, LinkEvent, ids},
     southbound::{links, neighbours::NeighbourEvent},
 };
 
@@ -59,7 +64,16 @@ pub(super) struct Task {
     /// declared): it leaves the model with the interface's last IPv4
     /// address.
     pub(super) live_ips: std::collections::BTreeSet<String>,
+    /// This switch's alarms as they change, for the fabric.
+    pub(super) alarms_out: broadcast::Sender<AlarmRecord>,
+    /// Other members' alarms, by (origin, object): raised ones only.
+    pub(super) remote: BTreeMap<(String, ObjectId), AlarmRecord>,
+    /// Other members' alarms dropped (queue full, or over [`MAX_REMOTE`]).
+    pub(super) remote_dropped: Arc<AtomicU64>,
 }
+
+/// Most other members' alarms kept for `show alarms`.
+pub(super) const MAX_REMOTE: usize = 16_384;
 
 /// The kernel's changes the task follows besides links; each is optional
 /// (without it the model keeps what it read at start).
@@ -71,6 +85,8 @@ pub(super) struct Watches {
     pub(super) routes: Option<mpsc::Receiver<()>>,
     /// The IPv4 neighbour table's changes.
     pub(super) neighbours: Option<mpsc::Receiver<NeighbourEvent>>,
+    /// Other fabric members' alarms.
+    pub(super) remote_alarms: Option<mpsc::Receiver<AlarmRecord>>,
 }
 
 impl Task {
@@ -161,6 +177,9 @@ impl Task {
             webhook: None,
             created: live::Created::default(),
             live_ips: Default::default(),
+            alarms_out: broadcast::channel(super::ALARMS_OUT_DEPTH).0,
+            remote: BTreeMap::new(),
+            remote_dropped: Default::default(),
         }
     }
 
@@ -203,6 +222,13 @@ impl Task {
                     }
                     None => {
                         watches.routes = None;
+                        continue;
+                    }
+                },
+                heard = next(&mut watches.remote_alarms), if watches.remote_alarms.is_some() => match heard {
+                    Some(alarm) => Event::RemoteAlarm(alarm),
+                    None => {
+                        watches.remote_alarms = None;
                         continue;
                     }
                 },
