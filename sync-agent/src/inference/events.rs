@@ -441,10 +441,24 @@ impl Task {
             .map(|(id, _)| id)
             .filter(|id| ids::parse_remote_port(id).is_some_and(|(m, _)| m == member))
             .collect();
+        // Departed: the switch first, so its ports' lost contact is
+        // explained by it at once (suppressed under its alarm); back: the
+        // ports first, so none is left its own root cause for a moment.
+        // Either way one alarm, not one per port.
+        let departed = self
+            .rules
+            .lookup(&info.source, &info.message)
+            .flatten()
+            .is_some();
+        if departed {
+            self.apply_one(info.clone());
+        }
         for port in ports {
             self.apply_one(Info::new(MEMBERSHIP, &info.message, port));
         }
-        self.apply_one(info);
+        if !departed {
+            self.apply_one(info);
+        }
     }
 
     fn apply_one(&mut self, info: Info) {
