@@ -61,10 +61,21 @@
 //!
 //! Around it, one task (`task.rs`) owns the model: [`live`] builds it from
 //! the live system over netlink (interfaces, bridges and bonds, IPv4
-//! interfaces, gateways) plus the objects declared in the config, and the
-//! handlers in `events.rs` turn link changes and [`Info`] from other modules
-//! (the supervisor wires them) into information for the model and answer
-//! the operator's `show states` / `show state`.
+//! interfaces, gateways, neighbours) plus the objects declared in the
+//! config, and keeps it live: interfaces, addresses (an IP interface joins
+//! with its first IPv4 address and leaves with its last, taking the
+//! gateways and neighbours only it held), routes (gateways) and the
+//! neighbour table. The handlers in `events.rs` turn those changes and
+//! [`Info`] from other modules (the supervisor wires them) into information
+//! for the model and answer the operator's `show states` / `show state` /
+//! `show alarms`. Fabric membership arrives as [`Info`] from the source
+//! `fabric-membership`: a member departed (or silent, which the server
+//! announces as departed) puts its `switch:<member>` object and every
+//! port of it in the model in lost contact (its own slot, so what the
+//! ports said last stays), one alarm for it all. This switch's alarms go
+//! out to the fabric ([`InferenceHandle::subscribe_alarms`]), and other
+//! members' come back ([`InferenceHandle::remote_alarm`]) to be listed in
+//! `show alarms` by origin.
 
 pub mod alarms;
 pub mod config;
