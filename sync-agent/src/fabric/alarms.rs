@@ -150,6 +150,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_raised_alarm_of_an_earlier_boot_still_retained_is_published_cleared() {
+        let (infos, _rx) = mpsc::channel(4);
+        let (mut task, _eventloop) = test_task(infos);
+        let old = Alarm {
+            member: task.identity.clone(),
+            boot: task.boot.wrapping_add(1),
+            object: "port:p1".into(),
+            state: "down".into(),
+            level: 3,
+            root_causes: vec!["port:p1".into()],
+            suppressed: vec![],
+            raised_ms: 1,
+            cleared_ms: 0,
+        };
+        // Of this boot, or already cleared: nothing to correct.
+        task.reconcile_own_alarm(&Alarm {
+            boot: task.boot,
+            ..old.clone()
+        });
+        task.reconcile_own_alarm(&Alarm {
+            cleared_ms: 2,
+            ..old.clone()
+        });
+        assert_eq!(task.counters.get("alarms_corrected"), None);
+        // Raised again by this run: it stands.
+        task.publish_alarm(record("port:p1", 0));
+        task.reconcile_own_alarm(&old);
+        assert_eq!(task.counters.get("alarms_corrected"), None);
+        // Not raised by this run: corrected.
+        task.publish_alarm(record("port:p1", 5));
+        task.reconcile_own_alarm(&old);
+        assert_eq!(task.counters.get("alarms_corrected"), Some(&1));
+    }
+
+    #[tokio::test]
     async fn another_members_alarm_reaches_the_subscribers_and_a_flood_is_refused() {
         let (infos, _rx) = mpsc::channel(4);
         let (mut task, _eventloop) = test_task(infos);
