@@ -11,6 +11,7 @@
 //! | [`SessionEvent`] | peer sync | MC-LAG | `mpsc` |
 //! | [`Liveness`] | [`crate::liveness`] | peer sync, MC-LAG (backup path) | `mpsc` |
 //! | [`Info`] about an [`ObjectId`] | fabric (and any module with news) | inference | `mpsc`, drops counted |
+//! | [`AlarmRecord`] | inference (own), fabric (heard) | fabric, inference | `broadcast` out, `mpsc` in |
 
 use std::{fmt, net::IpAddr};
 
@@ -173,6 +174,42 @@ impl Info {
     }
 }
 
+/// A root-cause alarm raised or cleared by state inference, as it crosses
+/// the fabric (issue 16: alarms are published on the fault channel): this
+/// switch's inference hands its own to the fabric, and the fabric hands
+/// those of other switches to inference, which lists them as remote.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlarmRecord {
+    /// The switch whose inference raised it (its fabric identity; empty
+    /// until the fabric fills it in).
+    pub origin: String,
+    /// The alarmed object, as that switch names it.
+    pub object: ObjectId,
+    /// Its effective state names, comma-separated.
+    pub state: String,
+    /// Its fault level.
+    pub level: u8,
+    /// Its root causes.
+    pub root_causes: Vec<ObjectId>,
+    /// Objects suppressed under it (at most [`AlarmRecord::MAX_LISTED`]).
+    pub suppressed: Vec<ObjectId>,
+    /// When it was raised (ms since the epoch, origin's clock).
+    pub raised_ms: u64,
+    /// When it cleared (0 while raised).
+    pub cleared_ms: u64,
+}
+
+impl AlarmRecord {
+    /// Most root causes or suppressed objects one record lists: an alarm
+    /// over a huge subtree stays one small message.
+    pub const MAX_LISTED: usize = 64;
+
+    /// True while raised.
+    pub fn raised(&self) -> bool {
+        self.cleared_ms == 0
+    }
+}
+
 /// A config center released a config version to devices (SPEC 6.2
 /// "subscription"): the center announces it, the fabric carries it, and a
 /// device that uses `key` and runs another MD5 asks the center at once.
@@ -224,6 +261,10 @@ pub mod ids {
     /// A gateway (L3).
     pub fn gateway(ip: std::net::Ipv4Addr) -> ObjectId {
         ObjectId(format!("gw:{ip}"))
+    }
+    /// A neighbour (L3): an entry of the kernel's IPv4 neighbour table.
+    pub fn neighbour(ip: std::net::Ipv4Addr) -> ObjectId {
+        ObjectId(format!("neigh:{ip}"))
     }
     /// The MLAG interface of an MLAG id (L2): this switch's member port
     /// and its twin on the peer.

@@ -30,11 +30,15 @@ use std::{
 };
 
 use sync_agent::inference::{
-    Dependency, Info, Layer, Model, ModelError, ObjectId, Redundancy, RuleTable,
+    Dependency, Info, Layer, Model, ModelError, ObjectId, Redundancy, RuleTable, alarms::Alarms,
+    config::AlarmConfig,
 };
 
 /// The goal of issue 6, item 6.
 pub const GOAL: &str = "one change propagated in under 10 ms on the 1M model";
+
+/// Issue 16 item 6: resident bytes per object of the redundant 1M model.
+pub const MEMORY_GOAL: usize = 200;
 
 const SWITCHES: usize = 2_000;
 const PORTS: usize = 165;
@@ -338,12 +342,17 @@ pub fn redundancy_report_with(switches: usize, ports: usize, random_changes: usi
         switches / 2 * 2 * ports,
         ms(build_time)
     );
+    let per_object = (rss_built.saturating_sub(rss_before) * 1024) as f64 / m.len().max(1) as f64;
     let _ = writeln!(
         out,
-        "  memory: {:.0} MiB resident after building ({:.0} MiB before, heap trimmed; {:.0} bytes per object)",
+        "  memory: {:.0} MiB resident after building ({:.0} MiB before, heap trimmed; {per_object:.0} bytes per object; goal <= {MEMORY_GOAL} bytes: {})",
         mib(rss_built),
         mib(rss_before),
-        (rss_built.saturating_sub(rss_before) * 1024) as f64 / m.len().max(1) as f64
+        if per_object <= MEMORY_GOAL as f64 {
+            "met"
+        } else {
+            "NOT met"
+        }
     );
     let (a, b) = ((switches / 2) & !1, ports / 2);
     let (port, twin) = (port_id(a, b), port_id(a + 1, b));
@@ -380,7 +389,64 @@ pub fn redundancy_report_with(switches: usize, ports: usize, random_changes: usi
         &mut now,
     );
     out.push_str(&line);
+    let line = alarms_line(
+        &mut m,
+        &rules,
+        &mut rng,
+        (switches, ports),
+        random_changes / 4,
+        &mut now,
+    );
+    out.push_str(&line);
     out
+}
+
+/// `count` link-down/link-up infos on random ports with the alarm table
+/// following every change (as the agent does), timed; the report line:
+/// infos and alarms raised per second.
+fn alarms_line(
+    m: &mut Model,
+    rules: &RuleTable,
+    rng: &mut Rng,
+    (switches, ports): (usize, usize),
+    count: usize,
+    now: &mut u64,
+) -> String {
+    let mut alarms = Alarms::new(AlarmConfig::default());
+    let started = Instant::now();
+    let mut notices = 0usize;
+    for _ in 0..count {
+        let port = port_id(rng.below(switches), rng.below(ports));
+        let message = if rng.next() & 1 == 0 {
+            "link-down"
+        } else {
+            "link-up"
+        };
+        if let Ok(applied) = m.apply(Info::new("netlink", message, port.clone()), rules, *now) {
+            notices += alarms
+                .update(
+                    m,
+                    applied.changes.iter().map(|c| &c.object).chain([&port]),
+                    *now,
+                )
+                .len();
+        }
+        *now += 1;
+    }
+    let elapsed = started.elapsed().as_secs_f64().max(1e-9);
+    let stats = alarms.stats();
+    format!(
+        "  alarms under random changes: {count} infos in {:.0} ms = {:.0} infos/s; {} alarms raised = {:.0} alarms/s ({} cleared, {} suppressions, {} notices; {} raised and {} suppressed at the end)\n",
+        elapsed * 1000.0,
+        count as f64 / elapsed,
+        stats.raised,
+        stats.raised as f64 / elapsed,
+        stats.cleared,
+        stats.suppressed,
+        notices,
+        stats.active,
+        stats.suppressed_now,
+    )
 }
 
 /// `count` link-down/link-up infos on random ports of the model, timed;
@@ -484,6 +550,7 @@ mod tests {
             "level 3 (down)",
             "cleared",
             "infos/s",
+            "alarms/s",
         ] {
             assert!(report.contains(needle), "{needle} in {report}");
         }

@@ -544,3 +544,262 @@ member_ports = ["m0"]
     wait_effective(&agent, "ip:m0", "normal", 0)?;
     Ok(())
 }
+
+/// Whether `id` is in `agent`'s model (`show state` refuses unknown ids).
+fn in_model(agent: &Agent, id: &str) -> bool {
+    state(agent, id).is_ok()
+}
+
+/// Waits until `id` is (`present`) or is not in `agent`'s model.
+fn wait_in_model(agent: &Agent, id: &str, present: bool) -> anyhow::Result<()> {
+    let what = if present { "join" } else { "leave" };
+    wait_until(WAIT, &format!("{id} to {what} the model"), || {
+        if in_model(agent, id) == present {
+            Ok(())
+        } else {
+            Err(present)
+        }
+    })
+}
+
+#[test]
+fn a_gateway_routed_after_start_joins_the_model_under_its_ip_interface_and_leaves_with_its_route()
+-> anyhow::Result<()> {
+    let switch = Netns::new("minfg")?;
+    let host = Netns::new("minfgh")?;
+    netns::veth(&switch, "m0", &host, "h0")?;
+    switch.ip(&["addr", "add", "10.66.4.1/24", "dev", "m0"])?;
+    let agent = Agent::start(&switch, config())?;
+    assert!(!in_model(&agent, "gw:10.66.4.254"), "no route, no gateway");
+
+    switch.ip(&[
+        "route",
+        "add",
+        "10.99.0.0/16",
+        "via",
+        "10.66.4.254",
+        "dev",
+        "m0",
+    ])?;
+    wait_in_model(&agent, "gw:10.66.4.254", true)?;
+    let gw = state(&agent, "gw:10.66.4.254")?;
+    assert_eq!(gw["object"]["kind"], "gateway", "{gw}");
+    assert_eq!(gw["depends_on"][0]["to"], "ip:m0", "{gw}");
+    // It follows its interface like any other object: the far end down
+    // takes the carrier (the route stays, marked linkdown).
+    host.ip(&["link", "set", "h0", "down"])?;
+    wait_effective(&agent, "gw:10.66.4.254", "down", 3)?;
+    host.ip(&["link", "set", "h0", "up"])?;
+    wait_effective(&agent, "gw:10.66.4.254", "normal", 0)?;
+    switch.ip(&["route", "del", "10.99.0.0/16"])?;
+    wait_in_model(&agent, "gw:10.66.4.254", false)?;
+    Ok(())
+}
+
+#[test]
+fn an_address_removed_takes_its_ip_interface_and_what_only_it_held_out_of_the_model_clearing_their_alarms()
+-> anyhow::Result<()> {
+    let switch = Netns::new("minfd")?;
+    let host = Netns::new("minfdh")?;
+    netns::veth(&switch, "m0", &host, "h0")?;
+    switch.ip(&["addr", "add", "10.66.5.1/24", "dev", "m0"])?;
+    let agent = Agent::start(&switch, config())?;
+    assert!(in_model(&agent, "ip:m0"));
+    switch.ip(&[
+        "route",
+        "add",
+        "10.98.0.0/16",
+        "via",
+        "10.66.5.254",
+        "dev",
+        "m0",
+    ])?;
+    wait_in_model(&agent, "gw:10.66.5.254", true)?;
+    // A neighbour nobody answers for: it fails to resolve, is unreachable
+    // and alarmed.
+    let _ = switch.exec("ping", &["-c", "1", "-W", "1", "10.66.5.77"]);
+    wait_in_model(&agent, "neigh:10.66.5.77", true)?;
+    let neigh = state(&agent, "neigh:10.66.5.77")?;
+    assert_eq!(neigh["depends_on"][0]["to"], "ip:m0", "{neigh}");
+    wait_effective(&agent, "neigh:10.66.5.77", "unreachable", 2)?;
+    wait_alarms(&agent, "an alarm on the failed neighbour", |r| {
+        r.iter().any(|(o, _, _)| o == "neigh:10.66.5.77")
+    })?;
+    // svc:web depends on ip:m0 (declared): it stays, without it.
+    assert!(in_model(&agent, "svc:web"));
+
+    switch.ip(&["addr", "del", "10.66.5.1/24", "dev", "m0"])?;
+    for id in ["ip:m0", "gw:10.66.5.254", "neigh:10.66.5.77"] {
+        wait_in_model(&agent, id, false)?;
+    }
+    let (_, report) = wait_alarms(&agent, "the neighbour's alarm cleared", |r| {
+        r.iter().all(|(o, _, _)| o != "neigh:10.66.5.77")
+    })?;
+    assert!(
+        report["cleared"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|a| a["object"] == "neigh:10.66.5.77")),
+        "{report}"
+    );
+    let svc = state(&agent, "svc:web")?;
+    assert!(
+        svc["depends_on"].as_array().is_some_and(Vec::is_empty),
+        "the declared service lost its dependency on the removed IP interface: {svc}"
+    );
+    // The port and its LAN port stay: only the address went.
+    assert!(in_model(&agent, "port:m0") && in_model(&agent, "lan:m0"));
+    // An address again: the IP interface is back.
+    switch.ip(&["addr", "add", "10.66.5.1/24", "dev", "m0"])?;
+    wait_in_model(&agent, "ip:m0", true)?;
+    Ok(())
+}
+
+#[test]
+fn a_fabric_member_killed_is_lost_contact_with_its_ports_and_dependents_inferred_under_one_alarm()
+-> anyhow::Result<()> {
+    use mlag_testbed::fabric::{FabricLab, wait_all_see, wait_fault};
+    const SETTLE: Duration = Duration::from_secs(20);
+    let lab = FabricLab::new(3)?;
+    // sw0 declares a service redundant over its own port and sw2's.
+    let declared = r#"
+[inference]
+objects = [
+  { id = "port:sw2/p1", layer = "physical", kind = "port" },
+  { id = "svc:both", layer = "service", kind = "service", redundancy = "redundant", depends_on = [{ id = "port:sw2/p1", kind = "maps-to" }, { id = "port:p1", kind = "maps-to" }] },
+]
+"#;
+    let sw0 = lab.start(0, declared)?;
+    let sw1 = lab.start(1, "")?;
+    let mut sw2 = lab.start(2, "")?;
+    wait_all_see(&[&sw0, &sw1, &sw2], &["sw0", "sw1", "sw2"], SETTLE)?;
+    // sw0 knows sw2 as a present switch.
+    wait_effective(&sw0, "switch:sw2", "normal", 0)?;
+    // sw2's port is heard of once (down, then up).
+    lab.nodes[2].ip(&["link", "set", "p1b", "down"])?;
+    wait_fault(&sw0, "sw2", "p1", "port-down", SETTLE)?;
+    lab.nodes[2].ip(&["link", "set", "p1b", "up"])?;
+    wait_fault(&sw0, "sw2", "p1", "port-up", SETTLE)?;
+    wait_effective(&sw0, "svc:both", "normal", 0)?;
+    let (_, report) = wait_alarms(&sw0, "no alarm with every member up", Vec::is_empty)?;
+    let raised_before = report["counters"]["raised"].as_u64().context("raised")?;
+
+    sw2.kill()?;
+    wait_until(SETTLE, "sw0 to see sw2 lost contact", || {
+        match effective(&sw0, "switch:sw2") {
+            Ok((n, 0, _)) if n == "lost-contact" => Ok(()),
+            other => Err(other),
+        }
+    })?;
+    wait_effective(&sw0, "port:sw2/p1", "lost-contact", 0)?;
+    // The service is inferred degraded from sw2's port (not known up).
+    assert_eq!(
+        wait_effective(&sw0, "svc:both", "degraded", 1)?,
+        "port:sw2/p1"
+    );
+    let (raised, report) = wait_alarms(&sw0, "one alarm on sw2", |r| {
+        r.len() == 1 && contains(&r[0].2, "port:sw2/p1") && contains(&r[0].2, "svc:both")
+    })?;
+    assert_eq!(raised[0].0, "switch:sw2", "{report}");
+    assert_eq!(raised[0].1, ["switch:sw2"], "{report}");
+    assert_eq!(
+        report["counters"]["raised"].as_u64(),
+        Some(raised_before + 1),
+        "no storm: one alarm raised for it all: {report}"
+    );
+    // The other server sees it too.
+    wait_effective(&sw1, "switch:sw2", "lost-contact", 0)?;
+
+    // sw2 back: contact again, the alarm clears.
+    let sw2 = lab.start(2, "")?;
+    wait_all_see(&[&sw0, &sw2], &["sw0", "sw1", "sw2"], SETTLE)?;
+    wait_effective(&sw0, "switch:sw2", "normal", 0)?;
+    wait_effective(&sw0, "svc:both", "normal", 0)?;
+    wait_alarms(&sw0, "every alarm cleared", Vec::is_empty)?;
+    Ok(())
+}
+
+/// `show alarms`' remote alarms of `agent` as (origin, object, suppressed).
+fn remote_alarms(agent: &Agent) -> anyhow::Result<Vec<(String, String, Vec<String>)>> {
+    let report = agent.query(&["show", "alarms"])?;
+    Ok(report["remote"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .map(|a| {
+                    (
+                        a["origin"].as_str().unwrap_or("?").to_string(),
+                        a["object"].as_str().unwrap_or("?").to_string(),
+                        a["suppressed"]
+                            .as_array()
+                            .map(|s| {
+                                s.iter()
+                                    .filter_map(|x| x.as_str().map(str::to_string))
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+#[test]
+fn a_members_alarms_go_out_on_the_fault_channel_and_the_others_list_them_with_their_origin()
+-> anyhow::Result<()> {
+    use mlag_testbed::fabric::{FabricLab, counter, wait_all_see};
+    const SETTLE: Duration = Duration::from_secs(20);
+    let lab = FabricLab::new(3)?;
+    let sw0 = lab.start(0, "")?;
+    let sw1 = lab.start(1, "")?;
+    let sw2 = lab.start(2, "")?;
+    wait_all_see(&[&sw0, &sw1, &sw2], &["sw0", "sw1", "sw2"], SETTLE)?;
+    assert!(remote_alarms(&sw0)?.is_empty());
+
+    // sw2's member port loses its carrier: sw2 alarms it, the others hear.
+    lab.nodes[2].ip(&["link", "set", "p1b", "down"])?;
+    wait_alarms(&sw2, "sw2's own alarm on its port", |r| {
+        r.iter().any(|(o, _, _)| o == "port:p1")
+    })?;
+    for observer in [&sw0, &sw1] {
+        let remote = wait_until(SETTLE, "sw2's alarm heard", || {
+            let remote =
+                remote_alarms(observer).map_err(|e| vec![("?".into(), e.to_string(), vec![])])?;
+            if remote
+                .iter()
+                .any(|(origin, o, _)| origin == "sw2" && o == "port:p1")
+            {
+                Ok(remote)
+            } else {
+                Err(remote)
+            }
+        })?;
+        let (_, _, suppressed) = remote
+            .iter()
+            .find(|(origin, o, _)| origin == "sw2" && o == "port:p1")
+            .unwrap();
+        assert!(
+            suppressed.contains(&"lan:p1".to_string()),
+            "what sw2 suppressed under it travels with it: {remote:?}"
+        );
+    }
+    let text = sw0.query_text(&["show", "alarms"])?;
+    assert!(
+        text.contains("remote alarms") && text.contains("sw2") && text.contains("port:p1"),
+        "{text}"
+    );
+    assert!(counter(&sw2, "alarms_published") > 0);
+    assert!(counter(&sw0, "alarms_received") > 0);
+
+    // Back up: the alarm clears at sw2 and leaves the others' lists.
+    lab.nodes[2].ip(&["link", "set", "p1b", "up"])?;
+    wait_until(SETTLE, "sw2's alarm gone from sw0's remote list", || {
+        let remote = remote_alarms(&sw0).map_err(|e| e.to_string())?;
+        if remote.iter().all(|(origin, _, _)| origin != "sw2") {
+            Ok(())
+        } else {
+            Err(format!("{remote:?}"))
+        }
+    })?;
+    Ok(())
+}

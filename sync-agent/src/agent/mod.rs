@@ -13,7 +13,7 @@
 //!          │  └─watch<Vec<MemberPort>>──┴──────────────┘
 //!          ◄──watch peer MACs (hello)──┘  ◄──watch shared MAC──┘
 //!          │
-//!      fabric ──Info──► inference
+//!      fabric ──Info, remote alarms──► inference ──own alarms──► fabric
 //!       ▲  └──releases heard (push)──► rollout device ◄── HTTP ── rollout center
 //!       └──────────releases to announce───────────────────────────────┘
 //!
@@ -23,6 +23,7 @@
 //!   SIGHUP / `reload` ─► supervisor ─► dataplane (live) | log "at restart"
 //! ```
 
+mod alarm_push;
 mod config_push;
 mod reload;
 mod systemd;
@@ -196,6 +197,7 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
         ),
         None => None,
     };
+    alarm_push::wire(&inference, fabric.as_ref());
     config_push::wire(
         center.as_ref(),
         fabric.as_ref(),

@@ -49,6 +49,8 @@ pub(super) enum Query {
     },
     /// The local config center released a version: announce it.
     AnnounceRelease(bus::ConfigReleased),
+    /// The local inference raised, changed or cleared an alarm: publish it.
+    PublishAlarm(bus::AlarmRecord),
 }
 
 impl Task {
@@ -63,6 +65,7 @@ impl Task {
             Event::Query(Query::Report(reply)) => self.process_report(reply),
             Event::Query(Query::Set { key, value, reply }) => self.process_set(key, value, reply),
             Event::Query(Query::AnnounceRelease(release)) => self.announce_release(release),
+            Event::Query(Query::PublishAlarm(alarm)) => self.publish_alarm(alarm),
             Event::Addresses(own) => self.process_addresses(own),
         }
     }
@@ -74,6 +77,7 @@ impl Task {
                 self.connected = true;
                 self.count("connects");
                 self.server_connected();
+                self.republish_alarms();
             }
             MqttEvent::Disconnected { .. } => {
                 self.connected = false;
@@ -106,6 +110,9 @@ impl Task {
             if let (true, Message::Fault(fault)) = (retained, &opened.message) {
                 self.reconcile_own_fault(fault);
             }
+            if let (true, Message::Alarm(alarm)) = (retained, &opened.message) {
+                self.reconcile_own_alarm(alarm);
+            }
             return;
         }
         match opened.message {
@@ -136,6 +143,7 @@ impl Task {
             Message::ConfigAnnounce(announce) => self.heard_release(announce),
             Message::Roster(record) => self.heard_roster_record(record),
             Message::Setting(record) => self.heard_setting(record),
+            Message::Alarm(alarm) => self.heard_alarm(alarm),
         }
     }
 

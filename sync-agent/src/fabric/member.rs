@@ -46,6 +46,9 @@ impl Task {
 
     /// Another member's heartbeat: it is up, as of now.
     pub(super) fn heard_heartbeat(&mut self, hb: &Heartbeat) {
+        if self.view.get(&hb.member).is_none_or(|e| e.departed) {
+            self.tell_membership(&hb.member, true);
+        }
         let now = std::time::Instant::now();
         self.view.insert(
             hb.member.clone(),
@@ -60,6 +63,9 @@ impl Task {
 
     /// Another member said it leaves (or its last will did).
     pub(super) fn heard_departed(&mut self, member: &str) {
+        if self.view.get(member).is_some_and(|e| !e.departed) {
+            self.tell_membership(member, false);
+        }
         if let Some(entry) = self.view.get_mut(member) {
             entry.departed = true;
             entry.since = std::time::Instant::now();
@@ -368,6 +374,22 @@ impl Task {
             }
         }
         self.record_fault(fault);
+    }
+
+    /// Tells state inference that `member` is present (`member-up`) or
+    /// departed or silent (`member-departed`: its switch object and ports
+    /// go lost contact). Only changes are told; a full queue drops and
+    /// counts (`inference_dropped`) rather than stalling the fabric.
+    pub(super) fn tell_membership(&mut self, member: &str, present: bool) {
+        let message = if present {
+            "member-up"
+        } else {
+            "member-departed"
+        };
+        let info = bus::Info::new("fabric-membership", message, ids::switch(member));
+        if self.infos.try_send(info).is_err() {
+            self.count("inference_dropped");
+        }
     }
 
     fn record_fault(&mut self, fault: Fault) {

@@ -18,6 +18,7 @@
 //! with failover), [`broker`] (the embedded broker), [`state`] (bookkeeping
 //! free of I/O), [`config`] (the `[fabric]` section).
 
+mod alarms;
 mod bring_up;
 pub mod broker;
 pub mod config;
@@ -55,6 +56,7 @@ const NAME: &str = "fabric";
 pub struct FabricHandle {
     queries: mpsc::Sender<Query>,
     releases_heard: broadcast::Sender<bus::ConfigReleased>,
+    alarms_heard: broadcast::Sender<bus::AlarmRecord>,
 }
 
 impl FabricHandle {
@@ -77,10 +79,12 @@ impl FabricHandle {
         let (queries, rx) = mpsc::channel(256);
         let (task, mqtt, addresses) = bring_up::start(config, switch_name, &netlink, infos).await?;
         let releases_heard = task.releases_heard.clone();
+        let alarms_heard = task.alarms_heard.clone();
         tokio::spawn(task.run(mqtt, rx, links, addresses));
         Ok(Self {
             queries,
             releases_heard,
+            alarms_heard,
         })
     }
 
@@ -108,6 +112,22 @@ impl FabricHandle {
     /// Config releases announced by other switches' centers, from now on.
     pub fn subscribe_releases(&self) -> broadcast::Receiver<bus::ConfigReleased> {
         self.releases_heard.subscribe()
+    }
+
+    /// Publishes an alarm of the local state inference on the fault
+    /// channel. Never waits: when the task's queue is full the record is
+    /// dropped (a raised alarm is published again on the next change or
+    /// reconnect).
+    pub fn publish_alarm(&self, alarm: bus::AlarmRecord) -> Result<(), AskError> {
+        match self.queries.try_send(Query::PublishAlarm(alarm)) {
+            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(AskError::Gone(NAME)),
+        }
+    }
+
+    /// Alarms raised or cleared by other members' inference, from now on.
+    pub fn subscribe_alarms(&self) -> broadcast::Receiver<bus::AlarmRecord> {
+        self.alarms_heard.subscribe()
     }
 
     /// `fabric set KEY VALUE`: applies a fabric-wide setting here,

@@ -68,6 +68,7 @@ impl Domain {
             Message::Fault(f) => Domain::Snapshot(format!("port/{}", f.port)),
             Message::Roster(r) => Domain::Snapshot(format!("roster/{}", r.bucket)),
             Message::Setting(s) => Domain::Snapshot(format!("setting/{}", s.change.key)),
+            Message::Alarm(a) => Domain::Snapshot(format!("alarm/{}", a.object)),
             Message::Heartbeat(_)
             | Message::Departed { .. }
             | Message::Server(_)

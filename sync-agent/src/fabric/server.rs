@@ -183,6 +183,9 @@ impl Task {
         if name == self.identity {
             return;
         }
+        if self.view.get(&name).is_none_or(|e| e.departed) {
+            self.tell_membership(&name, true);
+        }
         let now = Instant::now();
         let known = self.view.get_or_insert_with(name, || ViewEntry {
             heartbeat: entry.heartbeat.clone(),
@@ -439,6 +442,9 @@ impl Task {
             self.roster_overwritten.insert(roster_bucket(&m.member));
         }
         if !m.joined {
+            if self.view.get(&m.member).is_some_and(|e| !e.departed) {
+                self.tell_membership(&m.member, false);
+            }
             if let Some(entry) = self.view.get_mut(&m.member) {
                 entry.departed = true;
                 entry.since = Instant::now();

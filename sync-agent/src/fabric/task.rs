@@ -48,6 +48,10 @@ use crate::{bus, clock::now_ms, log_limit::LogLimiter};
 /// is told it lagged and asks its center anyway.
 const RELEASES_DEPTH: usize = 64;
 
+/// Other members' alarms kept for a slow local inference; one further
+/// behind is told it lagged.
+const ALARMS_DEPTH: usize = 1024;
+
 /// How many remote ports the fault de-duplication remembers.
 pub(super) const FAULT_PORTS: usize = 65_536;
 
@@ -177,6 +181,10 @@ pub(super) struct Task {
     /// Config releases heard from a center's agent, for the local device
     /// side (see `config_push.rs`).
     pub(super) releases_heard: broadcast::Sender<bus::ConfigReleased>,
+    /// Other members' alarms, for the local inference.
+    pub(super) alarms_heard: broadcast::Sender<bus::AlarmRecord>,
+    /// This switch's raised alarms, republished on a reconnect.
+    pub(super) own_alarms: super::alarms::OwnAlarms,
     /// The embedded brokers this switch started (at bring-up, or when a
     /// server address was added here), with their restart counters.
     pub(super) brokers: Vec<(std::net::SocketAddr, Arc<AtomicU64>)>,
@@ -249,6 +257,8 @@ impl Task {
             logs: LogLimiter::new(Duration::from_secs(5)),
             infos,
             releases_heard: broadcast::channel(RELEASES_DEPTH).0,
+            alarms_heard: broadcast::channel(ALARMS_DEPTH).0,
+            own_alarms: Default::default(),
             brokers,
             role_since: Instant::now(),
         }

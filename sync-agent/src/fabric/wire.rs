@@ -361,6 +361,33 @@ pub struct Fault {
     pub at_ms: u64,
 }
 
+/// A root-cause alarm of a member's state inference, raised or cleared
+/// (issue 16), on the fault channel. Retained per object
+/// (`<prefix>/DEV_FAULT_MSG/<member>/alarm/<object>`), so a late joiner
+/// learns which alarms stand; a cleared one replaces its raised record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alarm {
+    /// The member whose inference raised it.
+    pub member: String,
+    /// Its agent's boot id: a record of an earlier boot still retained is
+    /// corrected by the member when it comes back.
+    pub boot: u64,
+    /// The alarmed object.
+    pub object: String,
+    /// Its effective state names, comma-separated.
+    pub state: String,
+    /// Its fault level.
+    pub level: u8,
+    /// Its root causes.
+    pub root_causes: Vec<String>,
+    /// Objects suppressed under it (bounded by the sender).
+    pub suppressed: Vec<String>,
+    /// When raised (member clock, ms since the epoch).
+    pub raised_ms: u64,
+    /// When cleared (0 while raised).
+    pub cleared_ms: u64,
+}
+
 /// Buckets the roster is retained in (see [`RosterRecord`]).
 pub const ROSTER_BUCKETS: u16 = 64;
 
@@ -439,6 +466,8 @@ pub enum Message {
     Roster(RosterRecord),
     /// One setting in force (retained per key).
     Setting(SettingRecord),
+    /// A root-cause alarm raised or cleared (retained per object).
+    Alarm(Alarm),
 }
 
 impl Message {
@@ -456,7 +485,7 @@ impl Message {
             | Message::ConfigState(_)
             | Message::Setting(_)
             | Message::ConfigAnnounce(_) => Channel::Conf,
-            Message::Fault(_) => Channel::Fault,
+            Message::Fault(_) | Message::Alarm(_) => Channel::Fault,
         }
     }
 
@@ -475,6 +504,7 @@ impl Message {
             Message::ConfigAnnounce(_) => "config_announce",
             Message::Roster(_) => "roster",
             Message::Setting(_) => "setting",
+            Message::Alarm(_) => "alarm",
         }
     }
 
@@ -492,7 +522,8 @@ impl Message {
             | Message::Departed { .. }
             | Message::Change(_)
             | Message::Ack(_)
-            | Message::Fault(_) => false,
+            | Message::Fault(_)
+            | Message::Alarm(_) => false,
             // Any roster member may run a config center; an announcement
             // only makes devices ask their center, which authenticates.
             Message::ConfigAnnounce(_) => false,
@@ -515,6 +546,7 @@ impl Message {
             Message::ConfigAnnounce(a) => &a.origin,
             Message::Roster(r) => &r.server,
             Message::Setting(s) => &s.server,
+            Message::Alarm(a) => &a.member,
         }
     }
 }
@@ -605,6 +637,16 @@ impl Topics {
             Message::ConfigAnnounce(a) => (format!("{p}/{channel}/announce/{}", a.origin), false),
             Message::Roster(r) => (self.roster_topic(r.bucket), true),
             Message::Setting(s) => (self.setting_topic(&s.change.key), true),
+            // Retained per object, beside the member's port faults (port
+            // names hold no `/`, so `alarm/...` is no port's topic).
+            Message::Alarm(a) => (
+                format!(
+                    "{p}/{channel}/{}/alarm/{}",
+                    a.member,
+                    a.object.replace(['#', '+'], "_")
+                ),
+                true,
+            ),
         }
     }
 
@@ -799,7 +841,57 @@ mod tests {
         );
     }
 
+    #[test]
+    fn an_alarm_is_retained_per_object_beside_its_members_port_faults() {
+        let t = Topics::new("fab");
+        let alarm = super::every_kind::every_kind()
+            .into_iter()
+            .find(|m| matches!(m, Message::Alarm(_)))
+            .unwrap();
+        let (topic, retained) = t.topic_for(&alarm);
+        assert_eq!(topic, "fab/DEV_FAULT_MSG/a/alarm/port:sw2/p1");
+        assert!(retained);
+        assert_eq!(t.channel_of(&topic), Some(Channel::Fault));
+        assert_eq!(alarm.author(), "a");
+        assert!(!alarm.server_only());
+        let json = serde_json::to_vec(&alarm).unwrap();
+        assert!(matches!(
+            parse_body(Channel::Info, &json),
+            Err(WireError::WrongChannel { kind: "alarm", .. })
+        ));
+        // A wildcard in an object name never reaches a topic.
+        if let Message::Alarm(mut a) = alarm {
+            a.object = "svc:#+".into();
+            assert_eq!(
+                t.topic_for(&Message::Alarm(a)).0,
+                "fab/DEV_FAULT_MSG/a/alarm/svc:__"
+            );
+        }
+    }
+
     proptest::proptest! {
+        /// Every kind's body, cut short or with bytes changed, is refused
+        /// or parsed, never a panic (random bytes alone rarely reach the
+        /// JSON of a kind).
+        #[test]
+        fn a_damaged_body_of_any_kind_never_panics(
+            kind in 0usize..64,
+            cut in 0usize..2048,
+            flips in proptest::collection::vec((0usize..2048, proptest::num::u8::ANY), 0..6),
+        ) {
+            let all = super::every_kind::every_kind();
+            let m = &all[kind % all.len()];
+            let mut json = serde_json::to_vec(m).unwrap();
+            for (at, byte) in flips {
+                if !json.is_empty() {
+                    let at = at % json.len();
+                    json[at] = byte;
+                }
+            }
+            json.truncate(cut.min(json.len()));
+            let _ = parse_body(m.channel(), &json);
+        }
+
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
             if let Ok(env) = decode(&bytes) {
@@ -890,6 +982,17 @@ mod every_kind {
                 port: "p".into(),
                 kind: "port-down".into(),
                 at_ms: 1,
+            }),
+            Message::Alarm(Alarm {
+                member: "a".into(),
+                boot: 9,
+                object: "port:sw2/p1".into(),
+                state: "down".into(),
+                level: 3,
+                root_causes: vec!["port:sw2/p1".into()],
+                suppressed: vec!["svc:web".into()],
+                raised_ms: 5,
+                cleared_ms: 0,
             }),
         ];
         all

@@ -1,14 +1,19 @@
 //! Every input of the inference task and its handler: interface changes,
 //! information from other modules, and the operator's queries.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::{
+    collections::{BTreeSet, VecDeque},
+    sync::atomic::Ordering,
+};
 
 use tokio::sync::oneshot;
 
 use super::{
-    ObjectId, ObjectView, live,
+    AlarmRecord, ObjectId, ObjectView,
+    alarms::Notice,
+    live,
     report::{AlarmsReport, ChainLink, StateReport, StatesReport},
-    task::Task,
+    task::{MAX_REMOTE, Task},
 };
 use crate::{
     bus::{Info, LinkEvent, ids},
@@ -16,8 +21,44 @@ use crate::{
     southbound::{
         addresses,
         links::{self, Link},
+        neighbours::{self, NeighbourEvent},
     },
 };
+
+/// An alarm notice as it crosses the fabric (the origin is filled in by
+/// the fabric).
+fn record_of(notice: &Notice) -> AlarmRecord {
+    let (Notice::Raised(view) | Notice::Cleared(view)) = notice;
+    let limit = AlarmRecord::MAX_LISTED;
+    AlarmRecord {
+        origin: String::new(),
+        object: view.object.clone(),
+        state: view
+            .states
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        level: view.level,
+        root_causes: view.root_causes.iter().take(limit).cloned().collect(),
+        suppressed: view
+            .suppressed
+            .iter()
+            .take(limit)
+            .map(|s| s.object.clone())
+            .collect(),
+        raised_ms: view.raised_ms,
+        // A cleared notice always carries its clearing time.
+        cleared_ms: match notice {
+            Notice::Raised(_) => 0,
+            Notice::Cleared(view) => view.cleared_ms.max(1),
+        },
+    }
+}
+
+/// The source of fabric membership information (a member present or
+/// departed).
+const MEMBERSHIP: &str = "fabric-membership";
 
 /// Everything the inference task reacts to.
 #[derive(Debug)]
@@ -30,6 +71,12 @@ pub(super) enum Event {
     Info(Info),
     /// An address was added or removed somewhere (bursts coalesced).
     AddressesChanged,
+    /// An IPv4 route was added or removed (bursts coalesced).
+    RoutesChanged,
+    /// The kernel's neighbour table changed.
+    Neighbour(NeighbourEvent),
+    /// Another fabric member's alarm raised, changed or cleared.
+    RemoteAlarm(AlarmRecord),
     /// An operator query.
     Query(Query),
 }
@@ -66,6 +113,9 @@ impl Task {
             Event::LinksLagged(missed) => self.process_links_lagged(missed).await,
             Event::Info(info) => self.process_info(info),
             Event::AddressesChanged => self.process_addresses_changed().await,
+            Event::RoutesChanged => self.process_routes_changed().await,
+            Event::Neighbour(event) => self.process_neighbour(event),
+            Event::RemoteAlarm(alarm) => self.process_remote_alarm(alarm),
             Event::Query(Query::States { faulty, reply }) => {
                 let _ = reply.send(self.process_states(faulty));
             }
@@ -135,15 +185,16 @@ impl Task {
     }
 
     /// Addresses changed: an interface with an IPv4 address and no IP
-    /// interface object yet gets one (an address removed changes nothing:
-    /// the object stays, following its L2 object).
+    /// interface object yet gets one; one whose last IPv4 address went
+    /// loses it, with the gateways and neighbours under it. Gateways are
+    /// read again (a new IP interface may be the way to one).
     pub(super) async fn process_addresses_changed(&mut self) {
         let names: Vec<(u32, String)> = self
             .names
             .iter()
-            .filter(|(_, name)| !self.model.contains(&ids::ip(name)))
             .map(|(index, name)| (*index, name.clone()))
             .collect();
+        let mut touched = Vec::new();
         for (index, name) in names {
             let has_v4 = match addresses::list(&self.netlink, index).await {
                 Ok(list) => list.iter().any(|a| a.ip.is_ipv4()),
@@ -152,18 +203,137 @@ impl Task {
                     continue;
                 }
             };
-            if !has_v4 {
-                continue;
-            }
-            let changes = live::ensure_ip(&mut self.model, &name);
-            self.stats.changes += changes.len() as u64;
-            let notices =
-                self.alarms
-                    .update(&self.model, changes.iter().map(|c| &c.object), now_ms());
-            if let Some(webhook) = &mut self.webhook {
-                webhook.tell(notices, || self.alarms.raised_views(&self.model));
+            let ip = ids::ip(&name);
+            if has_v4 && !self.model.contains(&ip) {
+                let changes = live::ensure_ip(&mut self.model, &name);
+                self.stats.changes += changes.len() as u64;
+                touched.push(ip.clone());
+                touched.extend(changes.into_iter().map(|c| c.object));
+                if self.model.contains(&ip) {
+                    self.live_ips.insert(name);
+                }
+            } else if !has_v4 && self.live_ips.remove(&name) {
+                tracing::info!(
+                    interface = name,
+                    "IP interface leaves the state model: no IPv4 address left"
+                );
+                touched.extend(live::remove_ip(&mut self.model, &mut self.created, &name));
             }
         }
+        self.reassess(touched);
+        self.process_routes_changed().await;
+    }
+
+    /// Routes changed: the gateways are read again and the model follows.
+    pub(super) async fn process_routes_changed(&mut self) {
+        let wanted = match live::gateways_by_name(&self.netlink, &self.names).await {
+            Ok(wanted) => wanted,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the routes: gateways not updated");
+                return;
+            }
+        };
+        let touched = live::sync_gateways(&mut self.model, &mut self.created, &wanted);
+        self.reassess(touched);
+    }
+
+    /// The neighbour table as it is now (at start): each entry as if it
+    /// had just changed.
+    pub(super) async fn read_neighbours(&mut self) {
+        let indexes: Vec<u32> = self.names.keys().copied().collect();
+        match neighbours::dump(&self.netlink, &indexes).await {
+            Ok(all) => {
+                for neighbour in all {
+                    self.process_neighbour(NeighbourEvent::Changed(neighbour));
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the neighbour table: neighbours join as they change");
+            }
+        }
+    }
+
+    /// A neighbour changed or went: it joins or leaves the model, and a
+    /// failed resolution makes it (and the gateway of that address, if
+    /// there is one) unreachable until it resolves again.
+    pub(super) fn process_neighbour(&mut self, event: NeighbourEvent) {
+        let neighbour = match event {
+            NeighbourEvent::Removed(neighbour) => {
+                let touched =
+                    live::remove_neighbour(&mut self.model, &mut self.created, neighbour.ip);
+                self.reassess(touched);
+                return;
+            }
+            NeighbourEvent::Changed(neighbour) => neighbour,
+        };
+        // Still resolving: nothing known yet.
+        if matches!(neighbour.state, "INCOMPLETE" | "NONE") {
+            return;
+        }
+        let Some(name) = self.names.get(&neighbour.ifindex).cloned() else {
+            return;
+        };
+        match live::ensure_neighbour(&mut self.model, &mut self.created, &name, neighbour.ip) {
+            Ok(touched) => self.reassess(touched),
+            Err(()) => {
+                self.stats.neighbours_left_out += 1;
+                return;
+            }
+        }
+        let failed = neighbour.state == "FAILED";
+        for id in [ids::neighbour(neighbour.ip), ids::gateway(neighbour.ip)] {
+            let ours = self.created.neighbours.contains_key(&id)
+                || self.created.gateways.contains_key(&id);
+            // Reachable again is news only for one that had failed (the
+            // table cycles through its states all the time).
+            if !ours || (!failed && self.model.actual_level(&id).unwrap_or(0) == 0) {
+                continue;
+            }
+            let message = if failed {
+                "neighbour-failed"
+            } else {
+                "neighbour-reachable"
+            };
+            self.apply(Info::new("netlink", message, id));
+        }
+    }
+
+    /// Structural changes (objects added or removed, dependencies changed):
+    /// `touched` are re-assessed for alarms and the webhook hears of it.
+    pub(super) fn reassess(&mut self, touched: Vec<ObjectId>) {
+        if touched.is_empty() {
+            return;
+        }
+        let notices = self.alarms.update(&self.model, touched.iter(), now_ms());
+        self.tell(notices);
+    }
+
+    /// Alarm notices go to the webhook (when configured) and the fabric
+    /// (when it listens).
+    fn tell(&mut self, notices: Vec<Notice>) {
+        if self.alarms_out.receiver_count() > 0 {
+            for notice in &notices {
+                // No receiver left is fine: the fabric stopped.
+                let _ = self.alarms_out.send(record_of(notice));
+            }
+        }
+        if let Some(webhook) = &mut self.webhook {
+            webhook.tell(notices, || self.alarms.raised_views(&self.model));
+        }
+    }
+
+    /// Another member's alarm: kept while raised, forgotten when cleared.
+    pub(super) fn process_remote_alarm(&mut self, alarm: AlarmRecord) {
+        let key = (alarm.origin.clone(), alarm.object.clone());
+        if !alarm.raised() {
+            self.remote.remove(&key);
+            return;
+        }
+        if self.remote.len() >= MAX_REMOTE && !self.remote.contains_key(&key) {
+            self.remote_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.remote.insert(key, alarm);
     }
 
     /// Information from another module.
@@ -201,6 +371,8 @@ impl Task {
             cleared,
             counters: self.alarms.stats(),
             webhook: self.webhook.as_ref().map(|w| w.stats()),
+            remote: self.remote.values().cloned().collect(),
+            remote_dropped: self.remote_dropped.load(Ordering::Relaxed),
         }
     }
 
@@ -244,6 +416,53 @@ impl Task {
         if info.source == "fabric" {
             live::ensure_remote_port(&mut self.model, &object);
         }
+        if info.source == MEMBERSHIP {
+            self.process_membership(info);
+            return;
+        }
+        self.apply_one(info);
+    }
+
+    /// A fabric member present or departed: said of its switch object and
+    /// of every port of it the model holds (a departed switch's ports are
+    /// not heard from either; what they said last stays, as their own
+    /// source's state). The member's switch object joins the model on
+    /// first word of it.
+    fn process_membership(&mut self, info: Info) {
+        if !live::ensure_remote_switch(&mut self.model, &info.object) {
+            self.stats.unknown_objects += 1;
+            return;
+        }
+        let member = info.object.as_str().strip_prefix("switch:").unwrap_or("");
+        let ports: Vec<ObjectId> = self
+            .model
+            .dependents_of(&info.object)
+            .into_iter()
+            .map(|(id, _)| id)
+            .filter(|id| ids::parse_remote_port(id).is_some_and(|(m, _)| m == member))
+            .collect();
+        // Departed: the switch first, so its ports' lost contact is
+        // explained by it at once (suppressed under its alarm); back: the
+        // ports first, so none is left its own root cause for a moment.
+        // Either way one alarm, not one per port.
+        let departed = self
+            .rules
+            .lookup(&info.source, &info.message)
+            .flatten()
+            .is_some();
+        if departed {
+            self.apply_one(info.clone());
+        }
+        for port in ports {
+            self.apply_one(Info::new(MEMBERSHIP, &info.message, port));
+        }
+        if !departed {
+            self.apply_one(info);
+        }
+    }
+
+    fn apply_one(&mut self, info: Info) {
+        let object = info.object.clone();
         let now = now_ms();
         match self.model.apply(info, &self.rules, now) {
             Ok(applied) => {
@@ -263,9 +482,7 @@ impl Task {
                 for notice in &notices {
                     tracing::debug!(?notice, "alarm");
                 }
-                if let Some(webhook) = &mut self.webhook {
-                    webhook.tell(notices, || self.alarms.raised_views(&self.model));
-                }
+                self.tell(notices);
             }
             Err(err) => {
                 self.stats.unknown_objects += 1;

@@ -7,7 +7,10 @@
 //! port and its twin on the peer. Ids come from
 //! [`crate::bus::ids`], so producers and this module agree on them.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use rtnetlink::Handle;
 
@@ -92,21 +95,217 @@ pub async fn build_live(
         model.add_object(ip.clone(), Layer::L3, "ip-interface")?;
         model.add_dependency(&ip, &l2_of(model, &link.name), Dependency::MapsTo)?;
     }
-    for (gateway, oif) in routes::gateways(netlink).await.unwrap_or_default() {
-        let Some(name) = names.get(&oif) else {
-            continue;
-        };
-        let ip = ids::ip(name);
-        if !model.contains(&ip) {
-            continue;
-        }
-        let gw = ids::gateway(gateway);
-        if !model.contains(&gw) {
-            model.add_object(gw.clone(), Layer::L3, "gateway")?;
-        }
-        model.add_dependency(&gw, &ip, Dependency::BelongsTo)?;
-    }
     Ok(())
+}
+
+/// The gateways of the main table now, as (gateway, output interface name);
+/// routes through an interface not in `names` are left out.
+pub async fn gateways_by_name(
+    netlink: &Handle,
+    names: &BTreeMap<u32, String>,
+) -> Result<Vec<(Ipv4Addr, String)>, rtnetlink::Error> {
+    Ok(routes::gateways(netlink)
+        .await?
+        .into_iter()
+        .filter_map(|(gw, oif)| names.get(&oif).map(|name| (gw, name.clone())))
+        .collect())
+}
+
+/// What the live feeds (routes, neighbours) added to the model, so that
+/// they take away only what they added (a declared object of the same id
+/// is left alone).
+#[derive(Debug, Default)]
+pub struct Created {
+    /// Gateway objects, with the IP interfaces each belongs to.
+    pub gateways: BTreeMap<ObjectId, BTreeSet<ObjectId>>,
+    /// Neighbour objects, with the IP interface each belongs to.
+    pub neighbours: BTreeMap<ObjectId, ObjectId>,
+}
+
+/// Makes the model's gateways what `wanted` (gateway, output interface)
+/// says: a gateway belongs to the IP interface of every interface it is
+/// routed through (one that has no IP interface is skipped); a gateway no
+/// route names any more leaves the model. Returns the objects to re-assess
+/// for alarms (changed, added or removed).
+pub fn sync_gateways(
+    model: &mut Model,
+    created: &mut Created,
+    wanted: &[(Ipv4Addr, String)],
+) -> Vec<ObjectId> {
+    let mut want: BTreeMap<ObjectId, BTreeSet<ObjectId>> = BTreeMap::new();
+    for (gateway, name) in wanted {
+        let ip = ids::ip(name);
+        if model.contains(&ip) {
+            want.entry(ids::gateway(*gateway)).or_default().insert(ip);
+        }
+    }
+    let mut touched = Vec::new();
+    // Gone, or routed through fewer interfaces.
+    let ours: Vec<ObjectId> = created.gateways.keys().cloned().collect();
+    for gw in ours {
+        let keep = want.get(&gw).cloned().unwrap_or_default();
+        let had = created.gateways.remove(&gw).unwrap_or_default();
+        if keep.is_empty() || !model.contains(&gw) {
+            touched.extend(remove(model, &gw));
+            continue;
+        }
+        for ip in had.difference(&keep) {
+            if let Ok(changes) = model.remove_dependency(&gw, ip) {
+                touched.extend(changes.into_iter().map(|c| c.object));
+            }
+        }
+        created
+            .gateways
+            .insert(gw, had.intersection(&keep).cloned().collect());
+    }
+    // New, or routed through more interfaces.
+    for (gw, ips) in want {
+        let ours = created.gateways.contains_key(&gw);
+        if !ours {
+            if model.contains(&gw) {
+                // Declared in the config: not ours to follow.
+                continue;
+            }
+            if model.len() >= MAX_OBJECTS {
+                continue;
+            }
+            if let Err(err) = model.add_object(gw.clone(), Layer::L3, "gateway") {
+                tracing::warn!(gateway = gw.0, error = %err, "cannot add the gateway to the state model");
+                continue;
+            }
+            tracing::info!(gateway = gw.0, "gateway joins the state model");
+            touched.push(gw.clone());
+        }
+        let entry = created.gateways.entry(gw.clone()).or_default();
+        for ip in ips {
+            if entry.contains(&ip) {
+                continue;
+            }
+            match model.add_dependency_changes(&gw, &ip, Dependency::BelongsTo) {
+                Ok(changes) => {
+                    touched.extend(changes.into_iter().map(|c| c.object));
+                    entry.insert(ip);
+                }
+                Err(err) => {
+                    tracing::warn!(gateway = gw.0, error = %err, "cannot add the gateway's dependency");
+                }
+            }
+        }
+    }
+    touched
+}
+
+/// Removes `id` from the model; returns it and the objects whose state
+/// changed because of it (to re-assess for alarms).
+fn remove(model: &mut Model, id: &ObjectId) -> Vec<ObjectId> {
+    match model.remove_object(id) {
+        Ok(changes) => {
+            tracing::info!(object = id.0, "object leaves the state model");
+            std::iter::once(id.clone())
+                .chain(changes.into_iter().map(|c| c.object))
+                .collect()
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+/// An interface lost its last IPv4 address: its IP interface leaves the
+/// model, with the gateways and neighbours the live feeds added under it
+/// that belong to nothing else. Objects declared in the config that
+/// depended on it stay (without that dependency). Returns the objects to
+/// re-assess for alarms.
+pub fn remove_ip(model: &mut Model, created: &mut Created, name: &str) -> Vec<ObjectId> {
+    let ip = ids::ip(name);
+    if !model.contains(&ip) {
+        return Vec::new();
+    }
+    let mut touched = Vec::new();
+    let gateways: Vec<ObjectId> = created
+        .gateways
+        .iter_mut()
+        .filter_map(|(gw, ips)| (ips.remove(&ip) && ips.is_empty()).then(|| gw.clone()))
+        .collect();
+    for gw in gateways {
+        created.gateways.remove(&gw);
+        touched.extend(remove(model, &gw));
+    }
+    let neighbours: Vec<ObjectId> = created
+        .neighbours
+        .iter()
+        .filter(|(_, on)| **on == ip)
+        .map(|(n, _)| n.clone())
+        .collect();
+    for neighbour in neighbours {
+        created.neighbours.remove(&neighbour);
+        touched.extend(remove(model, &neighbour));
+    }
+    touched.extend(remove(model, &ip));
+    touched
+}
+
+/// Most neighbours the model takes from the kernel's table (beyond, they
+/// are counted and left out): a switch's ARP table can be large, and one
+/// neighbour is one object.
+pub const MAX_NEIGHBOURS: usize = 65_536;
+
+/// A neighbour of the kernel's table on interface `name`: it joins the
+/// model (belonging to that interface's IP interface) unless it is there
+/// already, the interface has no IP interface, or the bound is reached
+/// (then `Err(())`, for the caller's counter). Moved to another interface,
+/// it follows. Returns the objects to re-assess for alarms.
+#[allow(clippy::result_unit_err)]
+pub fn ensure_neighbour(
+    model: &mut Model,
+    created: &mut Created,
+    name: &str,
+    neighbour: Ipv4Addr,
+) -> Result<Vec<ObjectId>, ()> {
+    let id = ids::neighbour(neighbour);
+    let ip = ids::ip(name);
+    let mut touched = Vec::new();
+    match created.neighbours.get(&id) {
+        Some(on) if *on == ip => return Ok(touched),
+        Some(_) => {
+            created.neighbours.remove(&id);
+            touched.extend(remove(model, &id));
+        }
+        None if model.contains(&id) => return Ok(touched),
+        None => {}
+    }
+    if !model.contains(&ip) {
+        return Ok(touched);
+    }
+    if created.neighbours.len() >= MAX_NEIGHBOURS || model.len() >= MAX_OBJECTS {
+        return Err(());
+    }
+    let added = model
+        .add_object(id.clone(), Layer::L3, "neighbour")
+        .and_then(|()| model.add_dependency_changes(&id, &ip, Dependency::BelongsTo));
+    match added {
+        Ok(changes) => {
+            created.neighbours.insert(id.clone(), ip);
+            touched.push(id);
+            touched.extend(changes.into_iter().map(|c| c.object));
+        }
+        Err(err) => {
+            tracing::warn!(neighbour = id.0, error = %err, "cannot add the neighbour to the state model");
+        }
+    }
+    Ok(touched)
+}
+
+/// A neighbour left the kernel's table: it leaves the model if the live
+/// feed added it. Returns the objects to re-assess for alarms.
+pub fn remove_neighbour(
+    model: &mut Model,
+    created: &mut Created,
+    neighbour: Ipv4Addr,
+) -> Vec<ObjectId> {
+    let id = ids::neighbour(neighbour);
+    if created.neighbours.remove(&id).is_none() {
+        return Vec::new();
+    }
+    remove(model, &id)
 }
 
 /// The MLAG interface of every MLAG id of `mlag_ports` (member port name,
@@ -216,14 +415,47 @@ pub fn ensure_port(model: &mut Model, switch: &str, name: &str) {
     }
 }
 
+/// Another fabric member's switch object (`switch:<member>`), first heard
+/// of in the fabric's membership, joins the model. False when `object` is
+/// no switch id, or it is not there and the model is full.
+pub fn ensure_remote_switch(model: &mut Model, object: &ObjectId) -> bool {
+    if model.contains(object) {
+        return true;
+    }
+    let named = object
+        .as_str()
+        .strip_prefix("switch:")
+        .is_some_and(|m| !m.is_empty());
+    if !named || model.len() >= MAX_OBJECTS {
+        return false;
+    }
+    model
+        .add_object(object.clone(), Layer::Physical, "switch")
+        .is_ok()
+}
+
 /// A port of another fabric member ([`ids::remote_port`]), first heard of
-/// in a fault, joins the model under that member's switch object. Any other
+/// in a fault, joins the model under that member's switch object (one
+/// declared in the config is put under it too, when it can be). Any other
 /// id is left alone.
 pub fn ensure_remote_port(model: &mut Model, object: &ObjectId) {
     let Some((member, _)) = ids::parse_remote_port(object) else {
         return;
     };
-    if model.contains(object) || model.len() >= MAX_OBJECTS {
+    if model.contains(object) {
+        let switch = ids::switch(member);
+        if model.contains(&switch)
+            && !model
+                .dependencies_of(object)
+                .iter()
+                .any(|(on, _)| *on == switch)
+        {
+            // A layer mismatch is the config's choice: left as declared.
+            let _ = model.add_dependency(object, &switch, Dependency::BelongsTo);
+        }
+        return;
+    }
+    if model.len() >= MAX_OBJECTS {
         return;
     }
     let switch = ids::switch(member);
@@ -379,5 +611,149 @@ mod tests {
         ensure_remote_port(&mut model, &ids::port("eth0"));
         ensure_remote_port(&mut model, &ids::lan("a/b"));
         assert_eq!(model.len(), 1);
+    }
+
+    fn model_with_ips(names: &[&str]) -> Model {
+        let mut model = model_with_switch();
+        for name in names {
+            ensure_port(&mut model, "a", name);
+            ensure_ip(&mut model, name);
+        }
+        model
+    }
+
+    #[test]
+    fn gateways_follow_the_routes_and_leave_when_no_route_names_them() {
+        let mut model = model_with_ips(&["m0", "m1"]);
+        let mut created = Created::default();
+        let gw: Ipv4Addr = "10.0.0.1".parse().unwrap();
+        // Through m0, then ECMP through m0 and m1 (and one through an
+        // interface without an IP interface: skipped).
+        let touched = sync_gateways(&mut model, &mut created, &[(gw, "m0".into())]);
+        assert!(touched.contains(&ids::gateway(gw)), "{touched:?}");
+        assert_eq!(
+            model.dependencies_of(&ids::gateway(gw)),
+            [(ids::ip("m0"), Dependency::BelongsTo)]
+        );
+        sync_gateways(
+            &mut model,
+            &mut created,
+            &[(gw, "m0".into()), (gw, "m1".into()), (gw, "nowhere".into())],
+        );
+        assert_eq!(model.dependencies_of(&ids::gateway(gw)).len(), 2);
+        // m0's route gone: it belongs to m1 only.
+        sync_gateways(&mut model, &mut created, &[(gw, "m1".into())]);
+        assert_eq!(
+            model.dependencies_of(&ids::gateway(gw)),
+            [(ids::ip("m1"), Dependency::BelongsTo)]
+        );
+        // No route: it leaves.
+        let touched = sync_gateways(&mut model, &mut created, &[]);
+        assert!(!model.contains(&ids::gateway(gw)));
+        assert!(touched.contains(&ids::gateway(gw)));
+        assert!(created.gateways.is_empty());
+    }
+
+    #[test]
+    fn a_declared_gateway_is_never_taken_away_by_the_routes() {
+        let mut model = model_with_ips(&["m0"]);
+        let gw: Ipv4Addr = "10.0.0.1".parse().unwrap();
+        model
+            .add_object(ids::gateway(gw), Layer::L3, "gateway")
+            .unwrap();
+        let mut created = Created::default();
+        sync_gateways(&mut model, &mut created, &[(gw, "m0".into())]);
+        sync_gateways(&mut model, &mut created, &[]);
+        assert!(model.contains(&ids::gateway(gw)));
+        assert!(model.dependencies_of(&ids::gateway(gw)).is_empty());
+    }
+
+    #[test]
+    fn an_ip_interface_removed_takes_what_only_it_held_and_clears_their_faults() {
+        let mut model = model_with_ips(&["m0", "m1"]);
+        let mut created = Created::default();
+        let (only, shared): (Ipv4Addr, Ipv4Addr) =
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        sync_gateways(
+            &mut model,
+            &mut created,
+            &[
+                (only, "m0".into()),
+                (shared, "m0".into()),
+                (shared, "m1".into()),
+            ],
+        );
+        let n: Ipv4Addr = "10.0.0.9".parse().unwrap();
+        assert!(ensure_neighbour(&mut model, &mut created, "m0", n).is_ok());
+        assert_eq!(
+            model.dependencies_of(&ids::neighbour(n)),
+            [(ids::ip("m0"), Dependency::BelongsTo)]
+        );
+        model
+            .add_object(ObjectId::from("svc:x"), Layer::Service, "service")
+            .unwrap();
+        model
+            .add_dependency(&ObjectId::from("svc:x"), &ids::ip("m0"), Dependency::MapsTo)
+            .unwrap();
+        model
+            .apply(
+                Info::new("netlink", "link-down", ids::port("m0")),
+                &RuleTable::builtin(),
+                1,
+            )
+            .unwrap();
+        assert_eq!(model.fault_level(&ObjectId::from("svc:x")), Some(3));
+        let touched = remove_ip(&mut model, &mut created, "m0");
+        for gone in [ids::ip("m0"), ids::gateway(only), ids::neighbour(n)] {
+            assert!(!model.contains(&gone), "{gone} removed");
+            assert!(touched.contains(&gone), "{gone} re-assessed: {touched:?}");
+        }
+        assert_eq!(
+            model.dependencies_of(&ids::gateway(shared)),
+            [(ids::ip("m1"), Dependency::BelongsTo)],
+            "a gateway also routed through m1 stays"
+        );
+        assert_eq!(
+            model.fault_level(&ObjectId::from("svc:x")),
+            Some(0),
+            "what depended on it is recomputed"
+        );
+        assert!(touched.contains(&ObjectId::from("svc:x")));
+        assert!(created.neighbours.is_empty());
+        assert!(remove_ip(&mut model, &mut created, "m0").is_empty());
+    }
+
+    #[test]
+    fn a_neighbour_joins_under_its_ip_interface_moves_with_it_and_leaves() {
+        let mut model = model_with_ips(&["m0", "m1"]);
+        let mut created = Created::default();
+        let n: Ipv4Addr = "10.0.0.9".parse().unwrap();
+        // No IP interface: not modelled.
+        ensure_port(&mut model, "a", "bare");
+        assert_eq!(
+            ensure_neighbour(&mut model, &mut created, "bare", n),
+            Ok(vec![])
+        );
+        assert!(!model.contains(&ids::neighbour(n)));
+        ensure_neighbour(&mut model, &mut created, "m0", n).unwrap();
+        ensure_neighbour(&mut model, &mut created, "m0", n).unwrap();
+        ensure_neighbour(&mut model, &mut created, "m1", n).unwrap();
+        assert_eq!(
+            model.dependencies_of(&ids::neighbour(n)),
+            [(ids::ip("m1"), Dependency::BelongsTo)]
+        );
+        let applied = model
+            .apply(
+                Info::new("netlink", "neighbour-failed", ids::neighbour(n)),
+                &RuleTable::builtin(),
+                1,
+            )
+            .unwrap();
+        assert!(applied.known);
+        assert_eq!(model.fault_level(&ids::neighbour(n)), Some(2));
+        let touched = remove_neighbour(&mut model, &mut created, n);
+        assert_eq!(touched, [ids::neighbour(n)]);
+        assert!(!model.contains(&ids::neighbour(n)));
+        assert!(remove_neighbour(&mut model, &mut created, n).is_empty());
     }
 }

@@ -61,10 +61,21 @@
 //!
 //! Around it, one task (`task.rs`) owns the model: [`live`] builds it from
 //! the live system over netlink (interfaces, bridges and bonds, IPv4
-//! interfaces, gateways) plus the objects declared in the config, and the
-//! handlers in `events.rs` turn link changes and [`Info`] from other modules
-//! (the supervisor wires them) into information for the model and answer
-//! the operator's `show states` / `show state`.
+//! interfaces, gateways, neighbours) plus the objects declared in the
+//! config, and keeps it live: interfaces, addresses (an IP interface joins
+//! with its first IPv4 address and leaves with its last, taking the
+//! gateways and neighbours only it held), routes (gateways) and the
+//! neighbour table. The handlers in `events.rs` turn those changes and
+//! [`Info`] from other modules (the supervisor wires them) into information
+//! for the model and answer the operator's `show states` / `show state` /
+//! `show alarms`. Fabric membership arrives as [`Info`] from the source
+//! `fabric-membership`: a member departed (or silent, which the server
+//! announces as departed) puts its `switch:<member>` object and every
+//! port of it in the model in lost contact (its own slot, so what the
+//! ports said last stays), one alarm for it all. This switch's alarms go
+//! out to the fabric ([`InferenceHandle::subscribe_alarms`]), and other
+//! members' come back ([`InferenceHandle::remote_alarm`]) to be listed in
+//! `show alarms` by origin.
 
 pub mod alarms;
 pub mod config;
@@ -76,9 +87,18 @@ pub mod rules;
 mod task;
 pub mod webhook;
 
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use self::{config::InferenceConfig, events::Query, task::Task};
+use self::{
+    config::InferenceConfig,
+    events::Query,
+    task::{Task, Watches},
+};
 pub use self::{
     model::{
         Applied, Change, DEFAULT_DEGRADED_LEVEL, Dependency, GroupView, HistoryEntry, InfoEntry,
@@ -87,19 +107,29 @@ pub use self::{
     report::{AlarmsReport, ChainLink, InferenceStats, StateReport, StatesReport},
     rules::{Rule, RuleTable, State},
 };
-pub use crate::bus::{Info, ObjectId, ids};
+pub use crate::bus::{AlarmRecord, Info, ObjectId, ids};
 use crate::{
     bus::{AskError, LinkEvent},
-    southbound::addresses,
+    southbound::{addresses, neighbours, routes},
 };
 
 /// Depth of the operator query channel; queries are rare and answered at once.
 const QUERY_DEPTH: usize = 16;
+/// Depth of the queue of other members' alarms; beyond, they are dropped
+/// (counted in `show alarms`) and the next record of the same alarm
+/// catches up.
+const REMOTE_ALARMS_DEPTH: usize = 1024;
+/// Depth of the broadcast of this switch's alarms (to the fabric).
+const ALARMS_OUT_DEPTH: usize = 1024;
 
 /// Handle to the inference task: cheap to clone; asks it for object states.
 #[derive(Clone, Debug)]
 pub struct InferenceHandle {
     queries: mpsc::Sender<Query>,
+    remote_alarms: mpsc::Sender<AlarmRecord>,
+    /// Other members' alarms dropped on a full queue (the task shows it).
+    remote_dropped: Arc<AtomicU64>,
+    alarms_out: broadcast::Sender<AlarmRecord>,
 }
 
 impl InferenceHandle {
@@ -121,18 +151,34 @@ impl InferenceHandle {
         infos: mpsc::Receiver<Info>,
     ) -> anyhow::Result<InferenceHandle> {
         let (queries, query_rx) = mpsc::channel(QUERY_DEPTH);
+        let (remote_alarms, remote_rx) = mpsc::channel(REMOTE_ALARMS_DEPTH);
         let task = Task::build(config, switch_name, netlink).await?;
-        // Addresses added after start join the model; without the watcher
-        // the model keeps what it read at start.
-        let addresses = match addresses::watch() {
-            Ok(rx) => Some(rx),
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot watch address changes: IP interfaces that appear later stay out of the state model");
-                None
-            }
+        let alarms_out = task.alarms_out.clone();
+        let remote_dropped = task.remote_dropped.clone();
+        // Addresses, routes and neighbours that change after start change
+        // the model; without a watcher it keeps what it read at start.
+        let addresses = addresses::watch()
+            .inspect_err(|err| tracing::warn!(error = %err, "cannot watch address changes: IP interfaces that appear or go later are not followed"))
+            .ok();
+        let routes = routes::watch()
+            .inspect_err(|err| tracing::warn!(error = %err, "cannot watch route changes: gateways that appear or go later are not followed"))
+            .ok();
+        let neighbours = neighbours::watch()
+            .inspect_err(|err| tracing::warn!(error = %err, "cannot watch the neighbour table: neighbours are not followed"))
+            .ok();
+        let watches = Watches {
+            addresses,
+            routes,
+            neighbours,
+            remote_alarms: Some(remote_rx),
         };
-        tokio::spawn(task.run(links, infos, query_rx, addresses));
-        Ok(InferenceHandle { queries })
+        tokio::spawn(task.run(links, infos, query_rx, watches));
+        Ok(InferenceHandle {
+            queries,
+            remote_alarms,
+            remote_dropped,
+            alarms_out,
+        })
     }
 
     /// `show states`: every object (only faulty ones or those in lost
@@ -159,6 +205,25 @@ impl InferenceHandle {
         rx.await
             .map_err(|_| AskError::Gone("inference"))?
             .map_err(AskError::Refused)
+    }
+
+    /// This switch's alarms as they are raised, change and clear, from
+    /// now on (what the fabric publishes).
+    pub fn subscribe_alarms(&self) -> broadcast::Receiver<AlarmRecord> {
+        self.alarms_out.subscribe()
+    }
+
+    /// An alarm of another fabric member, listed in `show alarms` under
+    /// its origin. Never waits: a full queue drops it (counted).
+    pub fn remote_alarm(&self, alarm: AlarmRecord) -> Result<(), AskError> {
+        match self.remote_alarms.try_send(alarm) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.remote_dropped.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(AskError::Gone("inference")),
+        }
     }
 
     async fn ask(&self, query: Query) -> Result<(), AskError> {

@@ -7,7 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Dependency, ObjectId, ObjectView, StateView,
+    AlarmRecord, Dependency, ObjectId, ObjectView, StateView,
     alarms::{AlarmStats, AlarmView},
     webhook::WebhookStats,
 };
@@ -23,6 +23,9 @@ pub struct InferenceStats {
     pub unknown_objects: u64,
     /// Effective state changes.
     pub changes: u64,
+    /// Neighbours left out of the model (over its bound).
+    #[serde(default)]
+    pub neighbours_left_out: u64,
     /// The alarm table's counters.
     #[serde(default)]
     pub alarms: AlarmStats,
@@ -45,6 +48,13 @@ pub struct AlarmsReport {
     /// The webhook's counters, when one is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookStats>,
+    /// Alarms raised by other fabric members' inference (heard on the
+    /// fault channel), by origin and object.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote: Vec<AlarmRecord>,
+    /// Other members' alarms dropped (queue full, or too many kept).
+    #[serde(default)]
+    pub remote_dropped: u64,
 }
 
 /// `show states`.
@@ -186,6 +196,24 @@ impl fmt::Display for AlarmsReport {
             c.raised,
             c.cleared
         )?;
+        if !self.remote.is_empty() {
+            writeln!(f, "remote alarms (from other fabric members):")?;
+            for a in &self.remote {
+                writeln!(
+                    f,
+                    "  {:<12} {:<26} {:<22} root cause {}{}",
+                    a.origin,
+                    a.object.0,
+                    a.state,
+                    ids(&a.root_causes),
+                    if a.suppressed.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", suppressed {}", ids(&a.suppressed))
+                    }
+                )?;
+            }
+        }
         if let Some(w) = &self.webhook {
             writeln!(
                 f,
@@ -336,6 +364,8 @@ mod tests {
             cleared,
             counters: alarms.stats(),
             webhook: None,
+            remote: Vec::new(),
+            remote_dropped: 0,
         };
         let text = report.to_string();
         let lines: Vec<&str> = text.lines().collect();
@@ -349,6 +379,25 @@ mod tests {
         assert_eq!(
             lines[3],
             "(1 raised, 1 suppressed; level 1, lost contact too; 1 raised, 0 cleared in all)"
+        );
+        // Another member's alarm, with its origin.
+        let with_remote = AlarmsReport {
+            remote: vec![AlarmRecord {
+                origin: "sw2".into(),
+                object: ids::switch("sw3"),
+                state: "lost-contact".into(),
+                level: 0,
+                root_causes: vec![ids::switch("sw3")],
+                suppressed: vec![ids::remote_port("sw3", "p1")],
+                raised_ms: 7,
+                cleared_ms: 0,
+            }],
+            ..report
+        };
+        let text = with_remote.to_string();
+        assert!(
+            text.contains("remote alarms (from other fabric members):\n  sw2          switch:sw3                 lost-contact           root cause switch:sw3, suppressed port:sw3/p1\n"),
+            "{text}"
         );
     }
 

@@ -230,6 +230,11 @@ pub fn builtin_rules() -> Vec<Rule> {
         // Remote ports, from the fabric view: the same `down` as netlink's.
         Rule::fault("fabric", "port-down", "down", 3),
         Rule::clears("fabric", "port-up"),
+        // Fabric members, from the fabric's view: a member departed (or
+        // silent, which the server announces as departed) is lost contact,
+        // and so are its ports; present again clears it.
+        Rule::lost_contact("fabric-membership", "member-departed"),
+        Rule::clears("fabric-membership", "member-up"),
         // The MLAG peer session.
         Rule::fault("peer", "session-lost", "peer-down", 2),
         Rule::clears("peer", "session-up"),

@@ -5,14 +5,21 @@
 //!  netlink watcher ── broadcast<LinkEvent> ──┐
 //!  fabric, ...     ── mpsc<Info> ────────────┼──> Task::run (select) ──> Model
 //!  address watcher ── mpsc<()> ─────────────┤
+//!  route watcher   ── mpsc<()> ─────────────┤
+//!  neighbour watch ── mpsc<NeighbourEvent> ─┤
+//!  fabric (heard)  ── mpsc<AlarmRecord> ────┤
 //!  InferenceHandle ── mpsc<Query> ───────────┘
+//!  Task ── broadcast<AlarmRecord> (own alarms) ──> fabric
 //! ```
 //!
 //! It has no child tasks; the model is built (over netlink) before the loop
 //! starts, and netlink is asked again only to catch up after lagging behind
 //! the link events.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, atomic::AtomicU64},
+};
 
 use rtnetlink::Handle;
 use tokio::sync::{
@@ -30,8 +37,8 @@ use super::{
     webhook::Webhook,
 };
 use crate::{
-    bus::{Info, LinkEvent, ids},
-    southbound::links,
+    bus::{AlarmRecord, Info, LinkEvent, ids},
+    southbound::{links, neighbours::NeighbourEvent},
 };
 
 /// The inference state; only the handlers in `events.rs` change it.
@@ -51,6 +58,35 @@ pub(super) struct Task {
     pub(super) alarms: Alarms,
     /// Where alarms are posted, when configured.
     pub(super) webhook: Option<Webhook>,
+    /// The gateways and neighbours the live feeds added.
+    pub(super) created: live::Created,
+    /// Interfaces whose IP interface was read from the system (not
+    /// declared): it leaves the model with the interface's last IPv4
+    /// address.
+    pub(super) live_ips: std::collections::BTreeSet<String>,
+    /// This switch's alarms as they change, for the fabric.
+    pub(super) alarms_out: broadcast::Sender<AlarmRecord>,
+    /// Other members' alarms, by (origin, object): raised ones only.
+    pub(super) remote: BTreeMap<(String, ObjectId), AlarmRecord>,
+    /// Other members' alarms dropped (queue full, or over [`MAX_REMOTE`]).
+    pub(super) remote_dropped: Arc<AtomicU64>,
+}
+
+/// Most other members' alarms kept for `show alarms`.
+pub(super) const MAX_REMOTE: usize = 16_384;
+
+/// The kernel's changes the task follows besides links; each is optional
+/// (without it the model keeps what it read at start).
+#[derive(Default)]
+pub(super) struct Watches {
+    /// An address added or removed anywhere.
+    pub(super) addresses: Option<mpsc::Receiver<()>>,
+    /// An IPv4 route added or removed.
+    pub(super) routes: Option<mpsc::Receiver<()>>,
+    /// The IPv4 neighbour table's changes.
+    pub(super) neighbours: Option<mpsc::Receiver<NeighbourEvent>>,
+    /// Other fabric members' alarms.
+    pub(super) remote_alarms: Option<mpsc::Receiver<AlarmRecord>>,
 }
 
 impl Task {
@@ -65,6 +101,11 @@ impl Task {
         let mut model = Model::with_history_limit(config.history, config.history);
         let mut names = BTreeMap::new();
         live::build_live(&mut model, &mut names, switch_name, &netlink).await?;
+        let live_ips = names
+            .values()
+            .filter(|name| model.contains(&ids::ip(name)))
+            .cloned()
+            .collect();
         for object in &config.objects {
             let id = ObjectId(object.id.clone());
             if let Err(err) = model.add_object(id.clone(), object.layer, &object.kind) {
@@ -94,6 +135,7 @@ impl Task {
         let twins = live::add_mlag(&mut model, &config.mlag_ports);
         tracing::info!(objects = model.len(), "state model built");
         let mut task = Self::new(model, rules, names, switch_name, netlink);
+        task.live_ips = live_ips;
         task.alarms = Alarms::new(config.alarms.clone());
         if let Some(webhook) = &config.alarms.webhook {
             task.webhook = Some(Webhook::spawn(webhook, switch_name)?);
@@ -102,6 +144,8 @@ impl Task {
         for link in links::all(&task.netlink).await? {
             task.link_state(&link);
         }
+        task.process_routes_changed().await;
+        task.read_neighbours().await;
         // Nothing is known of the peer and its twin ports until peer sync
         // tells.
         if !twins.is_empty() {
@@ -131,6 +175,11 @@ impl Task {
             links_lagged: 0,
             alarms: Alarms::new(Default::default()),
             webhook: None,
+            created: live::Created::default(),
+            live_ips: Default::default(),
+            alarms_out: broadcast::channel(super::ALARMS_OUT_DEPTH).0,
+            remote: BTreeMap::new(),
+            remote_dropped: Default::default(),
         }
     }
 
@@ -140,7 +189,7 @@ impl Task {
         mut links: broadcast::Receiver<LinkEvent>,
         mut infos: mpsc::Receiver<Info>,
         mut queries: mpsc::Receiver<Query>,
-        mut addresses: Option<mpsc::Receiver<()>>,
+        mut watches: Watches,
     ) {
         let mut links_open = true;
         loop {
@@ -155,16 +204,38 @@ impl Task {
                 },
                 Some(info) = infos.recv() => Event::Info(info),
                 Some(query) = queries.recv() => Event::Query(query),
-                changed = next_change(&mut addresses), if addresses.is_some() => match changed {
+                changed = next(&mut watches.addresses), if watches.addresses.is_some() => match changed {
                     Some(()) => {
                         // One re-read answers a whole burst.
-                        if let Some(rx) = &mut addresses {
-                            while rx.try_recv().is_ok() {}
-                        }
+                        drain(&mut watches.addresses);
                         Event::AddressesChanged
                     }
                     None => {
-                        addresses = None;
+                        watches.addresses = None;
+                        continue;
+                    }
+                },
+                changed = next(&mut watches.routes), if watches.routes.is_some() => match changed {
+                    Some(()) => {
+                        drain(&mut watches.routes);
+                        Event::RoutesChanged
+                    }
+                    None => {
+                        watches.routes = None;
+                        continue;
+                    }
+                },
+                heard = next(&mut watches.remote_alarms), if watches.remote_alarms.is_some() => match heard {
+                    Some(alarm) => Event::RemoteAlarm(alarm),
+                    None => {
+                        watches.remote_alarms = None;
+                        continue;
+                    }
+                },
+                changed = next(&mut watches.neighbours), if watches.neighbours.is_some() => match changed {
+                    Some(event) => Event::Neighbour(event),
+                    None => {
+                        watches.neighbours = None;
                         continue;
                     }
                 },
@@ -176,10 +247,17 @@ impl Task {
     }
 }
 
-/// The next address change, or never without a watcher.
-async fn next_change(addresses: &mut Option<mpsc::Receiver<()>>) -> Option<()> {
-    match addresses {
+/// The next message of a watch, or never without one.
+async fn next<T>(watch: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match watch {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Drops what a change watch queued (a burst is answered by one re-read).
+fn drain(watch: &mut Option<mpsc::Receiver<()>>) {
+    if let Some(rx) = watch {
+        while rx.try_recv().is_ok() {}
     }
 }

@@ -33,3 +33,35 @@ pub async fn gateways(handle: &Handle) -> Result<Vec<(Ipv4Addr, u32)>, rtnetlink
     }
     Ok(out)
 }
+
+/// Subscribes to IPv4 route changes (the RTNLGRP_IPV4_ROUTE multicast
+/// group): one `()` per route added or removed, until the receiver is
+/// dropped. Bursts are not coalesced here; the receiver re-reads what it
+/// needs ([`gateways`]).
+pub fn watch() -> std::io::Result<tokio::sync::mpsc::Receiver<()>> {
+    use futures::StreamExt as _;
+    use rtnetlink::{
+        MulticastGroup, packet_core::NetlinkPayload, packet_route::RouteNetlinkMessage,
+    };
+
+    let (connection, _handle, mut messages) =
+        rtnetlink::new_multicast_connection(&[MulticastGroup::Ipv4Route])?;
+    tokio::spawn(connection);
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        while let Some((message, _)) = messages.next().await {
+            if matches!(
+                message.payload,
+                NetlinkPayload::InnerMessage(
+                    RouteNetlinkMessage::NewRoute(_) | RouteNetlinkMessage::DelRoute(_)
+                )
+            ) {
+                // A full channel already holds a re-read to come.
+                if let Err(tokio::sync::mpsc::error::TrySendError::Closed(())) = tx.try_send(()) {
+                    break;
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
