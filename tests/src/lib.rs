@@ -50,6 +50,16 @@ pub fn unique_name(prefix: &str) -> String {
     )
 }
 
+/// Heap bytes in use, kept by `mlag-bench`'s global allocator (0 in other
+/// binaries): what a data structure costs whatever the allocator keeps
+/// cached, unlike the resident size.
+pub static HEAP_IN_USE: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// [`HEAP_IN_USE`] now.
+pub fn heap_in_use() -> i64 {
+    HEAP_IN_USE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The time of `clock` (a `CLOCK_*` id) in nanoseconds.
 pub fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {

@@ -19,6 +19,7 @@ use std::{
 
 use anyhow::Context as _;
 use mlag_testbed::{
+    HEAP_IN_USE,
     agent::Agent,
     frames::{Arp, Na, TPID_8021AD, TPID_8021Q, ipv6},
     neighwatch::{Family, NeighbourWatch, NeighbourWatch6},
@@ -137,20 +138,24 @@ static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        HEAP_IN_USE.fetch_add(layout.size() as i64, Ordering::Relaxed);
         // SAFETY: forwarded with the caller's guarantees.
         unsafe { mimalloc::MiMalloc.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        HEAP_IN_USE.fetch_sub(layout.size() as i64, Ordering::Relaxed);
         // SAFETY: forwarded with the caller's guarantees.
         unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        HEAP_IN_USE.fetch_add(layout.size() as i64, Ordering::Relaxed);
         // SAFETY: forwarded with the caller's guarantees.
         unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        HEAP_IN_USE.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
         // SAFETY: forwarded with the caller's guarantees.
         unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
     }
