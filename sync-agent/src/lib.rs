@@ -29,6 +29,7 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod fabric;
+pub mod handles;
 pub mod inference;
 pub mod liveness;
 pub mod log_limit;

@@ -207,14 +207,7 @@ fn put_anatomy(dir: &std::path::Path) -> anyhow::Result<()> {
     let current = |_: &ConfigKey| Some((1, "md5-v1".to_string()));
     let mut engine = Engine::new();
     for d in 0..WAITERS {
-        let registration = Register {
-            services: vec![ServiceRegistration {
-                name: "s".into(),
-                config: key.clone(),
-                depends_on: vec![],
-            }],
-            ..Default::default()
-        };
+        let registration = one_service(&key);
         engine
             .register(&format!("dev{d}"), registration, &current, 1)
             .map_err(err)?;
@@ -259,6 +252,18 @@ fn put_anatomy(dir: &std::path::Path) -> anyhow::Result<()> {
         ms(committed - inserted),
     );
     Ok(())
+}
+
+/// A device's registration: service `s` using `key`.
+fn one_service(key: &ConfigKey) -> Register {
+    Register {
+        services: vec![ServiceRegistration {
+            name: "s".into(),
+            config: key.clone(),
+            depends_on: vec![],
+        }],
+        ..Default::default()
+    }
 }
 
 fn err(e: impl std::fmt::Display) -> anyhow::Error {
@@ -364,14 +369,7 @@ async fn long_polls(addr: SocketAddr, center: &Arc<center::Center>) -> anyhow::R
     let registered = Instant::now();
     let mut registering = tokio::task::JoinSet::new();
     for d in 0..WAITERS {
-        let registration = Register {
-            services: vec![ServiceRegistration {
-                name: "s".into(),
-                config: key.clone(),
-                depends_on: vec![],
-            }],
-            ..Default::default()
-        };
+        let registration = one_service(&key);
         let center = center.clone();
         registering.spawn(async move { center.register(format!("dev{d}"), registration).await });
     }

@@ -52,10 +52,11 @@ use crate::{
     },
     dataplane::{DataplaneHandle, DataplaneStart, DataplaneStarted},
     fabric::FabricHandle,
+    handles::ModuleHandles,
     inference::InferenceHandle,
     mac::MacAddr,
     mclag::{MclagChannels, MclagHandle},
-    metrics::{MetricsHandle, Sources},
+    metrics::MetricsHandle,
     peersync::{Identity, PeerSyncChannels, PeerSyncHandle},
     rollout::{center::CenterHandle, device::DeviceHandle},
     southbound::links,
@@ -266,43 +267,25 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
 
     // Kept for the shutdown sequence (the router owns the others).
     let (peer_at_exit, mclag_at_exit) = (peer.clone(), mclag.clone());
+    // The read-only views (metrics, web view) ask every running module.
+    let handles = ModuleHandles {
+        instance: config.instance.clone(),
+        started,
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        dataplane: dataplane.clone(),
+        peer: peer.clone(),
+        mclag: mclag.clone(),
+        inference: inference.clone(),
+        fabric: fabric.clone(),
+        center: center.clone(),
+        device: device.clone(),
+    };
     let _metrics = match config.metrics.clone() {
-        Some(section) => Some(
-            MetricsHandle::spawn(
-                section,
-                Sources {
-                    instance: config.instance.clone(),
-                    started,
-                    dataplane: dataplane.clone(),
-                    peer: peer.clone(),
-                    mclag: mclag.clone(),
-                    inference: inference.clone(),
-                    fabric: fabric.clone(),
-                    center: center.clone(),
-                    device: device.clone(),
-                },
-            )
-            .await?,
-        ),
+        Some(section) => Some(MetricsHandle::spawn(section, handles.clone()).await?),
         None => None,
     };
     let _web = match config.web.clone() {
-        Some(section) => Some(
-            WebHandle::spawn(
-                section,
-                crate::web::Sources {
-                    instance: config.instance.clone(),
-                    roles: roles.iter().map(|r| r.to_string()).collect(),
-                    peer: peer.clone(),
-                    mclag: mclag.clone(),
-                    inference: inference.clone(),
-                    fabric: fabric.clone(),
-                    center: center.clone(),
-                    device: device.clone(),
-                },
-            )
-            .await?,
-        ),
+        Some(section) => Some(WebHandle::spawn(section, handles).await?),
         None => None,
     };
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);

@@ -549,15 +549,11 @@ mod tests {
         assert_eq!(state(&task, "sw2").as_deref(), Some("up"), "joined again");
     }
 
-    /// Both servers retain on the same roster topics. When the other one
-    /// writes a bucket that disagrees with what the active server hears,
-    /// or announces the departure of a member it still hears, the active
-    /// server writes that bucket again; a record that agrees is left alone.
-    #[test]
-    fn an_active_server_rewrites_buckets_the_other_server_got_wrong() {
-        use crate::fabric::wire::{MemberEntry, Membership, RosterRecord, roster_bucket};
+    /// An active, connected primary server (`sw1`) that has heard `sw2`
+    /// and written its roster bucket; with `sw2`'s codec.
+    fn active_server_hearing_sw2() -> (Task, rumqttc::EventLoop, Codec) {
         let (infos, _rx) = mpsc::channel(4);
-        let (mut task, _eventloop) = test_task(infos);
+        let (mut task, eventloop) = test_task(infos);
         task.rank = Some(0);
         task.active = true;
         task.connected = true;
@@ -565,8 +561,23 @@ mod tests {
         let (topic, payload) = heartbeat_from(&mut sw2, &task, "sw2");
         task.process_publish(&topic, &payload, false);
         task.roster_due();
-        let written = |task: &Task| task.report().counters.get("roster_records_sent").copied();
-        assert_eq!(written(&task), Some(1), "sw2's bucket written once");
+        (task, eventloop, sw2)
+    }
+
+    /// Roster bucket records this server wrote.
+    fn records_written(task: &Task) -> Option<u64> {
+        task.report().counters.get("roster_records_sent").copied()
+    }
+
+    /// Both servers retain on the same roster topics. When the other one
+    /// writes a bucket that disagrees with what the active server hears,
+    /// or announces the departure of a member it still hears, the active
+    /// server writes that bucket again; a record that agrees is left alone.
+    #[test]
+    fn an_active_server_rewrites_buckets_the_other_server_got_wrong() {
+        use crate::fabric::wire::{MemberEntry, Membership, RosterRecord, roster_bucket};
+        let (mut task, _eventloop, _sw2) = active_server_hearing_sw2();
+        assert_eq!(records_written(&task), Some(1), "sw2's bucket written once");
 
         let mut srv = Codec::new(test_identity("srv"), test_roster(), None);
         let mut from_srv = |task: &mut Task, message: Message| {
@@ -598,11 +609,19 @@ mod tests {
         };
         from_srv(&mut task, record("m"));
         task.roster_due();
-        assert_eq!(written(&task), Some(1), "an agreeing record is left alone");
+        assert_eq!(
+            records_written(&task),
+            Some(1),
+            "an agreeing record is left alone"
+        );
 
         from_srv(&mut task, record("stale"));
         task.roster_due();
-        assert_eq!(written(&task), Some(2), "a disagreeing record is replaced");
+        assert_eq!(
+            records_written(&task),
+            Some(2),
+            "a disagreeing record is replaced"
+        );
 
         from_srv(
             &mut task,
@@ -616,12 +635,12 @@ mod tests {
         );
         task.roster_due();
         assert_eq!(
-            written(&task),
+            records_written(&task),
             Some(3),
             "a departure of a member still heard is answered with its record"
         );
         task.roster_due();
-        assert_eq!(written(&task), Some(3), "and only once");
+        assert_eq!(records_written(&task), Some(3), "and only once");
     }
 
     /// A member that departs and is back before the server's next tick has
@@ -630,17 +649,8 @@ mod tests {
     #[test]
     fn a_member_back_within_one_tick_is_written_again_and_listed_up() {
         use crate::fabric::wire::Membership;
-        let (infos, _rx) = mpsc::channel(4);
-        let (mut task, _eventloop) = test_task(infos);
-        task.rank = Some(0);
-        task.active = true;
-        task.connected = true;
-        let mut sw2 = Codec::new(test_identity("sw2"), test_roster(), None);
-        let (topic, payload) = heartbeat_from(&mut sw2, &task, "sw2");
-        task.process_publish(&topic, &payload, false);
-        task.roster_due();
-        let written = |task: &Task| task.report().counters.get("roster_records_sent").copied();
-        assert_eq!(written(&task), Some(1));
+        let (mut task, _eventloop, mut sw2) = active_server_hearing_sw2();
+        assert_eq!(records_written(&task), Some(1));
         let departed = Message::Departed {
             member: "sw2".into(),
             reason: "connection lost (last will)".into(),
@@ -653,7 +663,11 @@ mod tests {
         let (topic, payload) = heartbeat_from(&mut again, &task, "sw2");
         task.process_publish(&topic, &payload, false);
         task.roster_due();
-        assert_eq!(written(&task), Some(2), "the record is written again");
+        assert_eq!(
+            records_written(&task),
+            Some(2),
+            "the record is written again"
+        );
 
         // A member (not a server) that saw the departure.
         let (infos, _rx) = mpsc::channel(4);

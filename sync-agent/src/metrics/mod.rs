@@ -17,42 +17,13 @@ pub mod config;
 pub mod report;
 mod task;
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{net::SocketAddr, sync::Arc};
 
 use tokio::sync::watch;
 
 use self::config::MetricsConfig;
-use crate::{
-    dataplane::DataplaneHandle,
-    fabric::FabricHandle,
-    inference::InferenceHandle,
-    mclag::MclagHandle,
-    peersync::PeerSyncHandle,
-    rollout::{center::CenterHandle, device::DeviceHandle},
-};
-
-/// The handles a scrape asks; `None` for a module this agent does not run.
-#[derive(Clone)]
-pub struct Sources {
-    /// Instance name (the `agent` label of `mlag_sync_agent_info`).
-    pub instance: String,
-    /// When the agent started.
-    pub started: Instant,
-    /// `[dataplane]`.
-    pub dataplane: Option<DataplaneHandle>,
-    /// `[peer]`.
-    pub peer: Option<PeerSyncHandle>,
-    /// `[mclag]`.
-    pub mclag: Option<MclagHandle>,
-    /// Always runs.
-    pub inference: InferenceHandle,
-    /// `[fabric]`.
-    pub fabric: Option<FabricHandle>,
-    /// `[rollout.center]`.
-    pub center: Option<CenterHandle>,
-    /// `[rollout.device]`.
-    pub device: Option<DeviceHandle>,
-}
+/// The handles a scrape asks (the agent's one set of module handles).
+pub use crate::handles::ModuleHandles as Sources;
 
 /// The running metrics endpoint; dropping every clone stops it.
 #[derive(Clone)]

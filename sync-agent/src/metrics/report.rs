@@ -38,9 +38,7 @@ use crate::{
 /// The prefix of every metric name.
 pub const PREFIX: &str = "mlag_sync";
 
-/// What one module answered: its report, or why there is none (it did not
-/// answer in time, or it has stopped).
-pub type Answer<T> = Result<T, String>;
+pub use crate::handles::Answer;
 
 /// Everything one scrape gathered. `None`: the module is not configured.
 #[derive(Debug, Default)]

@@ -75,12 +75,7 @@ async fn metrics(State(sources): State<Arc<Sources>>, headers: HeaderMap) -> imp
 
 /// Asks one module, within [`ASK_TIMEOUT`]; `None` if it is not running.
 async fn ask<T>(question: Option<impl Future<Output = Result<T, AskError>>>) -> Option<Answer<T>> {
-    let question = question?;
-    Some(match tokio::time::timeout(ASK_TIMEOUT, question).await {
-        Ok(Ok(report)) => Ok(report),
-        Ok(Err(err)) => Err(err.to_string()),
-        Err(_) => Err(format!("no answer within {ASK_TIMEOUT:?}")),
-    })
+    crate::handles::ask(ASK_TIMEOUT, question).await
 }
 
 /// Every running module's report, asked all at once.

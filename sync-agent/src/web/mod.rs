@@ -30,34 +30,8 @@ use std::{net::SocketAddr, sync::Arc};
 use tokio::sync::watch;
 
 use self::config::WebConfig;
-use crate::{
-    fabric::FabricHandle,
-    inference::InferenceHandle,
-    mclag::MclagHandle,
-    peersync::PeerSyncHandle,
-    rollout::{center::CenterHandle, device::DeviceHandle},
-};
-
-/// The handles the view asks; `None` for a module this agent does not run.
-#[derive(Clone)]
-pub struct Sources {
-    /// Instance name (the page's title).
-    pub instance: String,
-    /// The roles this agent runs ([`crate::config::Config::roles`]).
-    pub roles: Vec<String>,
-    /// `[peer]`.
-    pub peer: Option<PeerSyncHandle>,
-    /// `[mclag]`.
-    pub mclag: Option<MclagHandle>,
-    /// Always runs.
-    pub inference: InferenceHandle,
-    /// `[fabric]`.
-    pub fabric: Option<FabricHandle>,
-    /// `[rollout.center]`.
-    pub center: Option<CenterHandle>,
-    /// `[rollout.device]`.
-    pub device: Option<DeviceHandle>,
-}
+/// The handles the view asks (the agent's one set of module handles).
+pub use crate::handles::ModuleHandles as Sources;
 
 /// The running web view; dropping every clone stops it.
 #[derive(Clone)]

@@ -12,9 +12,7 @@ use crate::{
     rollout::report::RolloutReport,
 };
 
-/// What one module answered: its report, or why there is none (it did not
-/// answer in time, or it has stopped).
-pub type Answer<T> = Result<T, String>;
+pub use crate::handles::Answer;
 
 /// Everything one refresh gathered. `None`: the module is not configured
 /// here, and its section is left out of the page.
