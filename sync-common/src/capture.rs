@@ -110,6 +110,37 @@ impl MacKey {
     }
 }
 
+/// Tag in the top byte of `skb->mark` of a frame the agent sends on the
+/// loopback device for `mlag_inject_tc` to hand to the receive path of
+/// another interface: the kernels where `BPF_PROG_RUN` refuses live frames
+/// (EPERM on some hardened builds) still reach the full ARP/ND learning
+/// path this way, through a tc redirect to the interface's ingress.
+pub const INJECT_SKB_MARK_TAG: u32 = 0x4d00_0000;
+/// The bits of `skb->mark` that must equal [`INJECT_SKB_MARK_TAG`].
+pub const INJECT_SKB_MARK_TAG_BITS: u32 = 0xff00_0000;
+
+/// The `skb->mark` asking `mlag_inject_tc` to redirect a frame to the
+/// ingress of `ifindex`; `None` for an ifindex that does not fit the 24
+/// bits below the tag.
+#[inline(always)]
+pub const fn inject_skb_mark(ifindex: u32) -> Option<u32> {
+    if ifindex == 0 || ifindex & INJECT_SKB_MARK_TAG_BITS != 0 {
+        None
+    } else {
+        Some(INJECT_SKB_MARK_TAG | ifindex)
+    }
+}
+
+/// The interface a tagged `skb->mark` names (see [`inject_skb_mark`]).
+#[inline(always)]
+pub const fn inject_target(mark: u32) -> Option<u32> {
+    if mark & INJECT_SKB_MARK_TAG_BITS == INJECT_SKB_MARK_TAG && mark != INJECT_SKB_MARK_TAG {
+        Some(mark & !INJECT_SKB_MARK_TAG_BITS)
+    } else {
+        None
+    }
+}
+
 /// What `mlag_inject` leaves for the classifier (one per CPU): the reply it
 /// is handing to the receive path right now.
 ///
@@ -236,5 +267,25 @@ impl CaptureRecord {
     pub fn frame_bytes(&self) -> &[u8] {
         let len = (self.captured_len as usize).min(CAPTURE_BYTES);
         &self.frame[..len]
+    }
+}
+
+#[cfg(test)]
+mod inject_mark_tests {
+    use super::*;
+
+    #[test]
+    fn a_port_survives_the_mark_round_trip_and_untagged_marks_name_nothing() {
+        for ifindex in [1, 2, 4_096, 0x00ff_ffff] {
+            let mark = inject_skb_mark(ifindex).unwrap();
+            assert_eq!(mark & INJECT_SKB_MARK_TAG_BITS, INJECT_SKB_MARK_TAG);
+            assert_eq!(inject_target(mark), Some(ifindex));
+        }
+        assert_eq!(inject_skb_mark(0), None);
+        assert_eq!(inject_skb_mark(1 << 24), None);
+        // Marks other software sets: no tag, or the bare tag, or another top byte.
+        for mark in [0, 1, 0x4000, INJECT_SKB_MARK_TAG, 0x4e00_0002, 0xca6c] {
+            assert_eq!(inject_target(mark), None, "mark {mark:#x}");
+        }
     }
 }

@@ -14,9 +14,14 @@
 //! misdelivered reply would be synced back and forth between the switches
 //! forever (each switch's injection re-captured as class `own`).
 //!
+//! `mlag_inject_tc` (tc, on the loopback's egress) does the same for
+//! kernels that refuse live frames: see `inject_tc`.
+//!
 //! `mlag_pass` only returns `XDP_PASS`: the benchmark's do-nothing baseline.
 #![no_std]
 #![no_main]
+
+mod inject_tc;
 
 use aya_ebpf::{
     bindings::xdp_action::XDP_PASS,
@@ -122,24 +127,25 @@ pub fn mlag_pass(_ctx: XdpContext) -> u32 {
 
 #[xdp]
 pub fn mlag_inject(ctx: XdpContext) -> u32 {
-    mark_injection(&ctx);
+    mark_injection(&XdpFrame(&ctx), ctx.ingress_ifindex() as u32);
     XDP_PASS
 }
 
+/// Leaves the per-CPU mark naming the reply (or advertisement) in `frame`,
+/// about to be received on `ifindex`.
 #[inline(always)]
-fn mark_injection(ctx: &XdpContext) {
-    let frame = XdpFrame(ctx);
-    let Ok(link) = arp::link(&frame) else {
+fn mark_injection<F: Frame>(frame: &F, ifindex: u32) {
+    let Ok(link) = arp::link(frame) else {
         return;
     };
     if link.ethertype == nd::ETHERTYPE_IPV6 {
-        mark_na_injection(ctx, &link);
+        mark_na_injection(frame, &link, ifindex);
         return;
     }
-    let Parsed::ArpReply(reply) = arp::parse_after(&frame, &link) else {
+    let Parsed::ArpReply(reply) = arp::parse_after(frame, &link) else {
         return;
     };
-    let Some(addresses) = arp::addresses(&frame, reply.arp_offset as usize) else {
+    let Some(addresses) = arp::addresses(frame, reply.arp_offset as usize) else {
         return;
     };
     if let Some(mark) = INJECTING.get_ptr_mut(0) {
@@ -147,7 +153,7 @@ fn mark_injection(ctx: &XdpContext) {
         unsafe {
             *mark = InjectMark {
                 armed_at_ns: bpf_ktime_get_ns(),
-                ifindex: ctx.ingress_ifindex() as u32,
+                ifindex,
                 sender_ip: addresses.sender_ip,
                 sender_mac: addresses.sender_mac,
                 dst_mac: reply.dst_mac,
@@ -157,9 +163,8 @@ fn mark_injection(ctx: &XdpContext) {
 }
 
 #[inline(always)]
-fn mark_na_injection(ctx: &XdpContext, link: &arp::Link) {
-    let frame = XdpFrame(ctx);
-    let nd::Parsed::Advert(advert) = nd::parse_after(&frame, link) else {
+fn mark_na_injection<F: Frame>(frame: &F, link: &arp::Link, ifindex: u32) {
+    let nd::Parsed::Advert(advert) = nd::parse_after(frame, link) else {
         return;
     };
     if let Some(mark) = INJECTING6.get_ptr_mut(0) {
@@ -167,7 +172,7 @@ fn mark_na_injection(ctx: &XdpContext, link: &arp::Link) {
         unsafe {
             *mark = InjectMark6 {
                 armed_at_ns: bpf_ktime_get_ns(),
-                ifindex: ctx.ingress_ifindex() as u32,
+                ifindex,
                 target: advert.target,
                 src_mac: advert.src_mac,
                 dst_mac: advert.dst_mac,

@@ -165,3 +165,87 @@ fn with_mclag_aligned_a_reply_to_the_shared_mac_reaches_both_without_own_sync() 
     let _ = ping.kill();
     Ok(())
 }
+
+/// Whether program `id` is loaded (`bpftool prog show id`), with its name.
+fn program_loaded(id: &str) -> bool {
+    mlag_testbed::netns::sh("bpftool", &["prog", "show", "id", id])
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("mlag_inject_tc"))
+}
+
+/// Where the kernel refuses `BPF_PROG_RUN` live frames (EPERM on hardened
+/// builds) the agent hands synced replies to the receive path through a tc
+/// redirect on the loopback device. Forced here, so the path is tested
+/// whatever this kernel allows: the reply still goes through the kernel's
+/// own ARP learning (`kernel-arp`, never the netlink fallback), and the tc
+/// link goes with the agent, even on SIGKILL.
+#[test]
+fn with_the_tc_redirect_a_synced_reply_is_learnt_by_the_kernel_and_the_link_dies_with_the_agent()
+-> anyhow::Result<()> {
+    let pair = Pair::new()?;
+    let forced =
+        |config: String| config.replace("[dataplane]\n", "[dataplane]\ninject = \"tc-redirect\"\n");
+    let mut a = Agent::start(&pair.a, &forced(pair.config_a("")))?;
+    let b = Agent::start(&pair.b, &forced(pair.config_b("")))?;
+    a.wait_session_up()?;
+    b.wait_session_up()?;
+    for agent in [&a, &b] {
+        assert_eq!(
+            agent.query(&["show", "peer"])?["inject_method"],
+            "tc-redirect"
+        );
+    }
+    let status = a.query(&["status"])?;
+    let program_id = status["inject_redirect_program_id"]
+        .as_u64()
+        .with_context(|| format!("mlag_inject_tc's id in {status}"))?;
+    let program = program_id.to_string();
+    assert!(
+        program_loaded(&program),
+        "mlag_inject_tc id {program} loaded"
+    );
+    // Attached: a TCX link holding it (kernels >= 6.6; bpftool 7.1 prints
+    // the link type as its number, 11), or a filter on the loopback's
+    // clsact qdisc on older kernels.
+    let links = mlag_testbed::netns::sh("bpftool", &["-j", "link", "show"])?;
+    let links: serde_json::Value = serde_json::from_slice(&links.stdout)?;
+    let tcx_link = links.as_array().is_some_and(|l| {
+        l.iter()
+            .any(|l| l["prog_id"] == program_id && (l["type"] == 11 || l["type"] == "tcx"))
+    });
+    let tc_filter = pair
+        .a
+        .exec("bpftool", &["net", "show", "dev", "lo"])?
+        .contains("mlag_inject_tc");
+    assert!(
+        tcx_link || tc_filter,
+        "program {program} attached: links {links}"
+    );
+    let mut ping = pair.a_starts_resolving("10.77.0.3")?;
+    pair.c.send_frames(
+        "c-b",
+        &[pair.reply_from_c(C_IP, pair.a_mac, A_IP).to_bytes()],
+    )?;
+    wait_learnt(&pair.a, "a-c", "10.77.0.3", &pair.c_mac)?;
+    wait_learnt(&pair.b, "b-c", "10.77.0.3", &pair.c_mac)?;
+    let _ = ping.kill();
+    let arp = a.query(&["show", "arp"])?;
+    let received = arp
+        .as_array()
+        .context("show arp is a list")?
+        .iter()
+        .find(|e| e["ip"] == "10.77.0.3" && e["direction"] == "received")
+        .with_context(|| format!("A's received entry in {arp}"))?;
+    assert_eq!(received["how"], "kernel-arp", "{received}");
+    assert_eq!(counter(&a, "netlink_fallback").unwrap_or(0), 0);
+    // Nothing is left on the loopback once the agent is gone, however it
+    // went: the link held the program, so the program goes with it.
+    a.kill()?;
+    wait_until(WAIT, "mlag_inject_tc unloaded after SIGKILL", || {
+        if program_loaded(&program) {
+            Err(format!("program {program} still loaded"))
+        } else {
+            Ok(())
+        }
+    })?;
+    Ok(())
+}

@@ -8,7 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        tc::{self, SchedClassifierLinkId},
+        xdp::XdpLinkId,
+    },
 };
 use serde::{Deserialize, Serialize};
 use sync_common::{
@@ -29,6 +33,9 @@ pub const PASS_PROGRAM: &str = "mlag_pass";
 /// Name of the program frames are injected through (marks each injection so
 /// a generic-mode classifier does not capture it again).
 pub const INJECT_PROGRAM: &str = "mlag_inject";
+/// Name of the tc program on the loopback's egress that redirects marked
+/// frames to a port's ingress (injection where live frames are refused).
+pub const INJECT_REDIRECT_PROGRAM: &str = "mlag_inject_tc";
 /// Per-CPU map of the injection marks.
 pub const INJECTING_MAP: &str = "mlag_injecting";
 /// Map names (as `bpftool map show` lists them; 15 characters at most).
@@ -184,6 +191,8 @@ pub struct Classifier {
     counters: PerCpuArray<MapData, u64>,
     tables: MacTables,
     ports: BTreeMap<String, AttachedPort>,
+    /// `mlag_inject_tc` on the loopback's egress, when injection uses it.
+    inject_redirect: Option<SchedClassifierLinkId>,
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
@@ -224,6 +233,21 @@ impl Classifier {
                 source: Box::new(source),
             })?;
         }
+        let redirect: &mut SchedClassifier = ebpf
+            .program_mut(INJECT_REDIRECT_PROGRAM)
+            .ok_or(DataplaneError::Program {
+                name: INJECT_REDIRECT_PROGRAM,
+                source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
+            })?
+            .try_into()
+            .map_err(|source| DataplaneError::Program {
+                name: INJECT_REDIRECT_PROGRAM,
+                source: Box::new(source),
+            })?;
+        redirect.load().map_err(|source| DataplaneError::Program {
+            name: INJECT_REDIRECT_PROGRAM,
+            source: Box::new(source),
+        })?;
         let ring: RingBuf<MapData> = take_map(&mut ebpf, CAPTURES_MAP)?;
         let dataplane = Self {
             mac_class: take_map(&mut ebpf, MAC_CLASS_MAP)?,
@@ -234,6 +258,7 @@ impl Classifier {
             ebpf,
             tables: MacTables::default(),
             ports: BTreeMap::new(),
+            inject_redirect: None,
         };
         Ok((dataplane, ring, logger))
     }
@@ -245,6 +270,17 @@ impl Classifier {
             .info()
             .ok()
             .map(|info| info.id())
+    }
+
+    /// Kernel id of `mlag_inject_tc` while it is attached.
+    pub fn inject_redirect_program_id(&mut self) -> Option<u32> {
+        self.inject_redirect.as_ref()?;
+        let program: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(INJECT_REDIRECT_PROGRAM)?
+            .try_into()
+            .ok()?;
+        program.info().ok().map(|info| info.id())
     }
 
     /// A borrowed fd of a loaded program, for `BPF_PROG_RUN`.
@@ -281,6 +317,49 @@ impl Classifier {
                     },
                 )),
             })
+    }
+
+    /// Attaches `mlag_inject_tc` to the loopback's tc egress (a TCX link on
+    /// kernels >= 6.6, else a filter on a clsact qdisc, added if missing), for injection by tc redirect. The link
+    /// goes with the agent: detached on exit, and a TCX link dies with its
+    /// last fd even on SIGKILL.
+    pub fn attach_inject_redirect(&mut self) -> Result<(), DataplaneError> {
+        if self.inject_redirect.is_some() {
+            return Ok(());
+        }
+        const LOOPBACK: &str = "lo";
+        let attach_error = |source| DataplaneError::Attach {
+            program: INJECT_REDIRECT_PROGRAM,
+            interface: LOOPBACK.into(),
+            ifindex: 1,
+            mode: "tc egress",
+            source: Box::new(source),
+        };
+        let program: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(INJECT_REDIRECT_PROGRAM)
+            .ok_or(DataplaneError::Program {
+                name: INJECT_REDIRECT_PROGRAM,
+                source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
+            })?
+            .try_into()
+            .map_err(|source| DataplaneError::Program {
+                name: INJECT_REDIRECT_PROGRAM,
+                source: Box::new(source),
+            })?;
+        let link = match program.attach(LOOPBACK, TcAttachType::Egress) {
+            Ok(link) => link,
+            Err(_) => {
+                // Before TCX (kernel < 6.6) a clsact qdisc must exist first;
+                // one already there is fine.
+                let _ = tc::qdisc_add_clsact(LOOPBACK);
+                program
+                    .attach(LOOPBACK, TcAttachType::Egress)
+                    .map_err(attach_error)?
+            }
+        };
+        self.inject_redirect = Some(link);
+        Ok(())
     }
 
     /// Attaches the classifier to `interface`. `Auto` tries driver mode and

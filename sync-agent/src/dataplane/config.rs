@@ -23,6 +23,21 @@ pub enum XdpModeConfig {
     Generic,
 }
 
+/// How a synced reply is handed to this switch's own receive path (SPEC 2.3).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum InjectConfig {
+    /// Live frames when the kernel accepts them (probed at start), else the
+    /// tc redirect; the choice is logged and shown in `show peer`.
+    #[default]
+    Auto,
+    /// `BPF_PROG_RUN` live frames only (a kernel that refuses them makes
+    /// every reply take the netlink fallback, counted).
+    LiveFrame,
+    /// The tc redirect from the loopback's egress only.
+    TcRedirect,
+}
+
 /// Level of the kernel program's own log lines (aya-log).
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -97,6 +112,10 @@ pub struct DataplaneConfig {
     /// Kernel-side log level.
     #[serde(default)]
     pub ebpf_log: EbpfLogLevel,
+    /// How synced replies reach the receive path: `auto` (default),
+    /// `live-frame` or `tc-redirect`.
+    #[serde(default)]
+    pub inject: InjectConfig,
     /// Depth of the queue between the ring buffer reader and the agent, in
     /// records (carried in batches of up to `capture::MAX_BATCH`); when it
     /// is full, records wait in the kernel ring buffer.

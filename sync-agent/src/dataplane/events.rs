@@ -272,6 +272,7 @@ impl Task {
             config_file: self.config_file.display().to_string(),
             program_id: self.classifier.program_id(CLASSIFIER_PROGRAM),
             pass_program_id: self.classifier.program_id(PASS_PROGRAM),
+            inject_redirect_program_id: self.classifier.inject_redirect_program_id(),
             sync_own_replies: self.config.sync_own_replies,
             vrrp_prefix_is_shared: self.config.vrrp_prefix_is_shared,
             ports,

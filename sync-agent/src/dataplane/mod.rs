@@ -27,21 +27,21 @@ pub mod report;
 pub mod ring;
 mod task;
 
-use std::{collections::BTreeSet, os::fd::OwnedFd, path::PathBuf};
+use std::{collections::BTreeSet, path::PathBuf};
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use self::classifier::{
     AttachedMode, CAPTURES_MAP, CLASSIFIER_PROGRAM, COUNTERS_MAP, Classifier, DataplaneError,
-    INJECT_PROGRAM, INJECTING_MAP, KernelCounters, MAC_CLASS_MAP, MAC_FILTER_MAP, MacTables,
-    PASS_PROGRAM, POLICY_MAP,
+    INJECT_PROGRAM, INJECT_REDIRECT_PROGRAM, INJECTING_MAP, KernelCounters, MAC_CLASS_MAP,
+    MAC_FILTER_MAP, MacTables, PASS_PROGRAM, POLICY_MAP,
 };
 use self::{
     config::DataplaneConfig,
     events::Event,
     report::{CapturedList, CountersReport, StatusReport},
 };
-pub use crate::southbound::testrun;
+pub use crate::southbound::{inject::Injector, testrun};
 use crate::{
     bus::{AskError, Captured, LinkEvent, MemberPort},
     mac::MacAddr,
@@ -75,10 +75,10 @@ pub struct DataplaneStarted {
     pub handle: DataplaneHandle,
     /// The member ports, republished on every change.
     pub ports: watch::Receiver<Vec<MemberPort>>,
-    /// An owned fd of `mlag_inject`, for handing frames to the receive path
-    /// (peer sync's kernel learning) without the classifier capturing them
-    /// again.
-    pub inject: OwnedFd,
+    /// Hands frames to the receive path (peer sync's kernel learning)
+    /// without the classifier capturing them again, by the method chosen at
+    /// start.
+    pub inject: Injector,
 }
 
 /// Handle to the dataplane task.

@@ -25,6 +25,10 @@ pub struct StatusReport {
     pub program_id: Option<u32>,
     /// Kernel id of the pass-only program.
     pub pass_program_id: Option<u32>,
+    /// Kernel id of `mlag_inject_tc`, when it is attached to the loopback's
+    /// tc egress (injection by tc redirect).
+    #[serde(default)]
+    pub inject_redirect_program_id: Option<u32>,
     /// Whether `own` replies are synced.
     pub sync_own_replies: bool,
     /// Whether every VRRP MAC counts as shared.
@@ -59,6 +63,7 @@ impl StatusReport {
             config_file: config_file.to_string(),
             program_id: None,
             pass_program_id: None,
+            inject_redirect_program_id: None,
             sync_own_replies: false,
             vrrp_prefix_is_shared: false,
             ports: Vec::new(),
@@ -238,9 +243,12 @@ impl fmt::Display for StatusReport {
         }
         writeln!(
             f,
-            "programs mlag_classify id {}  mlag_pass id {}",
+            "programs mlag_classify id {}  mlag_pass id {}{}",
             or_dash(s.program_id),
-            or_dash(s.pass_program_id)
+            or_dash(s.pass_program_id),
+            s.inject_redirect_program_id
+                .map(|id| format!("  mlag_inject_tc id {id} (tc egress of lo)"))
+                .unwrap_or_default()
         )?;
         writeln!(
             f,

@@ -16,6 +16,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
+    os::fd::AsRawFd as _,
     path::PathBuf,
     sync::Arc,
     time::Instant,
@@ -29,17 +30,20 @@ use tokio::sync::{
 };
 
 use super::{
-    DataplaneHandle, DataplaneStart, DataplaneStarted, INJECT_PROGRAM,
+    DataplaneHandle, DataplaneStart, DataplaneStarted, INJECT_PROGRAM, INJECT_REDIRECT_PROGRAM,
     capture::{self, CaptureStats},
     classifier::Classifier,
-    config::DataplaneConfig,
+    config::{DataplaneConfig, InjectConfig},
     events::Event,
     policy,
     report::PortCaptures,
 };
 use crate::bus::{Captured, Link, LinkEvent, MemberPort};
 use crate::mac::MacAddr;
-use crate::southbound::links;
+use crate::southbound::{
+    inject::{self, Injector},
+    links,
+};
 
 /// The state the dataplane task owns.
 pub(super) struct Task {
@@ -81,7 +85,7 @@ impl Task {
         } = start;
         let found = resolve_ports(&netlink, &config).await?;
         let (mut classifier, ring, logger) = Classifier::load(config.ebpf_log)?;
-        let inject = classifier.program_owned_fd(INJECT_PROGRAM)?;
+        let inject = choose_injector(&mut classifier, config.inject)?;
         let (ports_tx, ports) = watch::channel(Vec::new());
         let capture_stats = Arc::new(CaptureStats::default());
         let mut task = Task {
@@ -296,4 +300,35 @@ async fn drain_kernel_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
         guard.get_inner_mut().flush();
         guard.clear_ready();
     }
+}
+
+/// The means of handing synced replies to the receive path (SPEC 2.3):
+/// live frames where the kernel accepts them, else the tc redirect, which
+/// attaches `mlag_inject_tc` to the loopback's egress. Logged either way.
+fn choose_injector(classifier: &mut Classifier, choice: InjectConfig) -> anyhow::Result<Injector> {
+    let live = classifier.program_owned_fd(INJECT_PROGRAM)?;
+    let tc_redirect = |classifier: &mut Classifier| -> anyhow::Result<Injector> {
+        classifier.attach_inject_redirect()?;
+        Injector::tc_redirect().map_err(|err| {
+            anyhow::anyhow!("injection by tc redirect: packet socket on the loopback device: {err}")
+        })
+    };
+    let injector = match choice {
+        InjectConfig::LiveFrame => Injector::live_frame(live),
+        InjectConfig::TcRedirect => tc_redirect(classifier)?,
+        InjectConfig::Auto => match inject::probe_live_frames(live.as_raw_fd()) {
+            Ok(()) => Injector::live_frame(live),
+            Err(err) => {
+                tracing::info!(
+                    "this kernel refuses BPF_PROG_RUN live frames ({err}); synced replies reach the receive path through a tc redirect on the loopback device ({INJECT_REDIRECT_PROGRAM})"
+                );
+                tc_redirect(classifier)?
+            }
+        },
+    };
+    tracing::info!(
+        method = injector.method().name(),
+        "kernel learning: injection method chosen"
+    );
+    Ok(injector)
 }

@@ -533,6 +533,7 @@ impl Task {
             last_hello_ms_ago: peer.map(|p| p.hello_at.elapsed().as_millis() as u64),
             session_up_s: peer.and(session).map(|s| s.opened.elapsed().as_secs()),
             alive: self.peer_alive.is_some(),
+            inject_method: self.kernel.inject_method().into(),
             keepalive_interval_ms: self.config.keepalive_interval_ms,
             dead_interval_ms: self.config.dead_interval_ms,
             boot_id: self.identity.boot_id,

@@ -3,9 +3,10 @@
 //! arrived there, so everything the stack does on learning still happens.
 //!
 //! - Injection is `BPF_PROG_RUN` with live frames on the `mlag_inject` XDP
-//!   program (`crate::southbound::testrun`): the program marks the reply
-//!   (so a generic-mode classifier does not capture it again) and returns
-//!   `XDP_PASS`, and the kernel receives the frame on the chosen ifindex.
+//!   program, or, on kernels that refuse live frames, a tc redirect from
+//!   the loopback's egress (`crate::southbound::inject`): either way the
+//!   reply is marked (so a generic-mode classifier does not capture it
+//!   again) and the kernel receives the frame on the chosen ifindex.
 //! - "Other host": the kernel drops a reply addressed to a MAC that is not
 //!   the receiving interface's, so the destination MAC is rewritten to it.
 //! - `arp_accept`: an unsolicited reply (class `own` on the peer: this
@@ -30,7 +31,6 @@
 use std::{
     io,
     net::{Ipv4Addr, Ipv6Addr},
-    os::fd::{AsRawFd as _, OwnedFd},
     time::Instant,
 };
 
@@ -46,18 +46,20 @@ use super::{config::ArpAcceptPolicy, table::EntryKey, task::Task};
 use crate::{
     mac::MacAddr,
     southbound::{
+        inject::Injector,
         links,
         neighbours::{self, Neighbour, NeighbourError},
         neighbours6::{self, Neighbour6},
-        testrun,
     },
 };
 
 /// The kernel side effects of peer sync, behind one seam.
 pub(super) trait Kernel: Send + Sync {
-    /// Injects `frame` into the receive path of `ifindex` (BPF_PROG_RUN
-    /// live frame).
+    /// Injects `frame` into the receive path of `ifindex` (a live frame or a
+    /// tc redirect, `crate::southbound::inject`).
     fn inject(&self, frame: &[u8], ifindex: u32) -> io::Result<()>;
+    /// How [`Kernel::inject`] reaches the receive path (`show peer`).
+    fn inject_method(&self) -> &'static str;
     /// The fallback: writes `ip` -> `mac` as a REACHABLE neighbour.
     fn set_reachable(
         &self,
@@ -107,17 +109,21 @@ pub(super) trait Kernel: Send + Sync {
     fn set_untracked_na(&self, interface: &str, value: u8) -> Result<(), NeighbourError>;
 }
 
-/// The real kernel: the `mlag_inject` XDP program's fd and a netlink handle.
+/// The real kernel: the injector chosen by the dataplane and a netlink handle.
 pub(super) struct NetKernel {
-    /// Owned fd of the `mlag_inject` XDP program used for injection.
-    pub(super) inject: OwnedFd,
+    /// Hands frames to the receive path.
+    pub(super) inject: Injector,
     /// rtnetlink handle for neighbours and links.
     pub(super) netlink: Handle,
 }
 
 impl Kernel for NetKernel {
     fn inject(&self, frame: &[u8], ifindex: u32) -> io::Result<()> {
-        testrun::inject(self.inject.as_raw_fd(), frame, ifindex)
+        self.inject.inject(frame, ifindex)
+    }
+
+    fn inject_method(&self) -> &'static str {
+        self.inject.method().name()
     }
 
     fn set_reachable(

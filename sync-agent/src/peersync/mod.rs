@@ -57,7 +57,6 @@ mod tests;
 use std::{
     collections::BTreeSet,
     net::{IpAddr, SocketAddr},
-    os::fd::OwnedFd,
     sync::Arc,
     time::Duration,
 };
@@ -76,7 +75,7 @@ use crate::{
     bus::{AskError, Captured, Info, MemberPort, SessionEvent},
     liveness,
     mac::MacAddr,
-    southbound::{links, neighbours, neighbours6},
+    southbound::{inject::Injector, links, neighbours, neighbours6},
 };
 
 /// Who this agent is, as told in hellos.
@@ -138,12 +137,11 @@ impl PeerSyncHandle {
     /// Starts peer sync: the session (this side connects when its address is
     /// the lower one, otherwise it accepts), the UDP keepalives
     /// ([`liveness::run`]) and the task.
-    /// `inject` is an owned fd of the `mlag_inject` XDP program (kernel
-    /// learning).
+    /// `inject` hands synced replies to the receive path (kernel learning).
     pub fn spawn(
         config: PeerConfig,
         identity: Identity,
-        inject: OwnedFd,
+        inject: Injector,
         netlink: rtnetlink::Handle,
         channels: PeerSyncChannels,
     ) -> Self {

@@ -153,6 +153,10 @@ pub struct PeerReport {
     pub session_up_s: Option<u64>,
     /// Keepalives arriving.
     pub alive: bool,
+    /// How synced replies reach this kernel's receive path: live-frame |
+    /// tc-redirect (a failure still falls back to netlink, counted).
+    #[serde(default)]
+    pub inject_method: String,
     /// Keepalive interval.
     pub keepalive_interval_ms: u64,
     /// Dead interval.
@@ -249,8 +253,8 @@ impl fmt::Display for PeerReport {
         )?;
         writeln!(
             f,
-            "entries {} pending {} unacked {} (acked seq {}, next {}), learnt from peer {}",
-            p.entries, p.pending, p.unacked, p.acked_seq, p.next_seq, p.learnt
+            "entries {} pending {} unacked {} (acked seq {}, next {}), learnt from peer {} (injected by {})",
+            p.entries, p.pending, p.unacked, p.acked_seq, p.next_seq, p.learnt, p.inject_method
         )?;
         let c = &p.counters;
         writeln!(

@@ -95,6 +95,10 @@ impl Kernel for FakeKernel {
         Ok(())
     }
 
+    fn inject_method(&self) -> &'static str {
+        "fake"
+    }
+
     fn set_reachable(
         &self,
         ifindex: u32,

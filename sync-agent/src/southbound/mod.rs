@@ -5,6 +5,7 @@
 //! `bpf()` attributes itself.
 
 pub mod addresses;
+pub mod inject;
 pub mod links;
 pub mod neighbours;
 pub mod neighbours6;
