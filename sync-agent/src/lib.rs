@@ -19,7 +19,7 @@
 //!   and [`web`]: the same reports as Prometheus metrics and a live page
 //! - [`config`]: the config file, assembled from the modules' sections (SPEC 7.1)
 //! - [`southbound`]: the kernel over netlink; [`liveness`]: UDP keepalives
-//! - [`clock`], [`random`], [`log_limit`], [`validate`], [`mac`]: small shared facilities
+//! - [`clock`], [`random`], [`log_limit`], [`validate`], [`mac`], [`memory`]: small shared facilities
 
 pub mod agent;
 pub mod bus;
@@ -35,6 +35,7 @@ pub mod liveness;
 pub mod log_limit;
 pub mod mac;
 pub mod mclag;
+pub mod memory;
 pub mod metrics;
 pub mod peersync;
 pub mod random;

@@ -24,6 +24,9 @@ async fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Err(e) = sync_agent::memory::no_transparent_huge_pages() {
+        tracing::warn!("transparent huge pages stay on for this process: {e}");
+    }
     match sync_agent::cli::dispatch(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

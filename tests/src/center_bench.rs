@@ -112,6 +112,22 @@ fn mono_ns() -> u64 {
     crate::clock_ns(libc::CLOCK_MONOTONIC)
 }
 
+/// This process's resident anonymous memory now, in MB (from
+/// /proc/self/status): how much fresh memory a step touched. Each fresh
+/// page is zeroed by the kernel on first touch, which in a virtual machine
+/// costs some 10 us per 4 KB page (the allocator's pre-faulting hides it
+/// from the page-fault counters, not from the clock).
+fn resident_anon_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("RssAnon:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 /// Raises this process's open-file limit to at least `needed`: the soft
 /// limit up to the hard one, the hard one too if allowed (CAP_SYS_RESOURCE).
 /// Fails naming both limits if it cannot: a bench short of descriptors
@@ -177,6 +193,7 @@ pub fn run() -> anyhow::Result<()> {
             center::bind_with_shutdown(config, std::future::pending()).await?;
         tokio::spawn(server);
         long_polls(addr, &center).await?;
+        answer_floor().await?;
         writes(&center).await
     })?;
     put_anatomy(dir.path())?;
@@ -359,6 +376,157 @@ fn parse_answer(line: &str) -> Option<Answer> {
     })
 }
 
+/// The waiters' process, started: its answers come on the channel, one
+/// line each (see [`waiters_main`]).
+struct Waiters {
+    child: std::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Waiters {
+    /// Starts [`WAITERS`] polls at `addr` by devices that have `md5`.
+    fn spawn(addr: SocketAddr, md5: &str) -> anyhow::Result<Waiters> {
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .args([
+                WAITERS_COMMAND,
+                &addr.to_string(),
+                &WAITERS.to_string(),
+                md5,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting the waiters' process")?;
+        let stdout = child.stdout.take().context("waiters' stdout")?;
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Waiters { child, lines })
+    }
+
+    /// Waits until `held()` counts every poll as held by the server: the
+    /// figure must not mix in polls answered at once on arrival. Returns
+    /// how long that took. (Polls time out after 120 s: the ramp must be
+    /// done well before.)
+    async fn until_held(&mut self, held: impl Fn() -> usize) -> anyhow::Result<Duration> {
+        let ramp = Instant::now();
+        let deadline = ramp + Duration::from_secs(100);
+        while held() < WAITERS {
+            if let Ok(line) = self.lines.try_recv() {
+                let _ = self.child.kill();
+                bail!(
+                    "a long poll was answered before any change ({} held): {line}",
+                    held()
+                );
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("only {} of {WAITERS} long polls held after 100 s", held());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(ramp.elapsed())
+    }
+
+    /// Reads every answer: the time from `start_ns` to each one that
+    /// carries `md5`, sorted, and the others counted.
+    async fn answers(mut self, start_ns: u64, md5: &str) -> anyhow::Result<Answers> {
+        let expect = format!("change:{md5}");
+        let mut got = Answers {
+            latencies: Vec::with_capacity(WAITERS),
+            ..Answers::default()
+        };
+        while let Some(line) = self.lines.recv().await {
+            let Some(answer) = parse_answer(&line) else {
+                bail!("waiters' process printed {line:?}");
+            };
+            if answer.kind == expect {
+                got.latencies
+                    .push(Duration::from_nanos(answer.at_ns.saturating_sub(start_ns)));
+                continue;
+            }
+            if answer.kind == "empty" && answer.held_ms + 1000 >= POLL_TIMEOUT_MS {
+                got.by_timeout += 1;
+            } else if answer.kind == "empty" {
+                got.empty_early += 1;
+            } else if answer.kind.starts_with("change:") {
+                got.wrong += 1;
+            } else {
+                got.failed += 1;
+            }
+            if got.problems.len() < 3 {
+                got.problems.push(line);
+            }
+        }
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("the waiters' process failed: {status}");
+        }
+        got.latencies.sort();
+        Ok(got)
+    }
+}
+
+/// What the waiters got.
+#[derive(Default)]
+struct Answers {
+    /// Of the answers that carried the change, sorted.
+    latencies: Vec<Duration>,
+    by_timeout: usize,
+    empty_early: usize,
+    wrong: usize,
+    failed: usize,
+    /// The first few lines that were not the change.
+    problems: Vec<String>,
+}
+
+impl Answers {
+    /// `p50 .. ms, p99 .. ms, first .., last .., N within 100 ms`.
+    fn summary(&self) -> String {
+        let l = &self.latencies;
+        let within = l
+            .iter()
+            .filter(|l| **l < Duration::from_millis(100))
+            .count();
+        format!(
+            "p50 {:.1} ms, p99 {:.1} ms, first {:.1} ms, last {:.1} ms, {within} within 100 ms",
+            ms(percentile(l, 0.5)),
+            ms(percentile(l, 0.99)),
+            ms(l[0]),
+            ms(l[l.len() - 1]),
+        )
+    }
+
+    /// `answered by their timeout .., empty early .., ...`.
+    fn problems(&self) -> String {
+        format!(
+            "answered by their timeout (lost notification) {}, empty early {}, other version {}, failed {}{}",
+            self.by_timeout,
+            self.empty_early,
+            self.wrong,
+            self.failed,
+            if self.problems.is_empty() {
+                String::new()
+            } else {
+                format!(" {:?}", self.problems)
+            }
+        )
+    }
+
+    /// First to last answer, and that per answer (us).
+    fn spread(&self) -> (f64, f64) {
+        let l = &self.latencies;
+        let spread = l[l.len() - 1] - l[0];
+        (ms(spread), spread.as_secs_f64() * 1e6 / l.len() as f64)
+    }
+}
+
 async fn long_polls(addr: SocketAddr, center: &Arc<center::Center>) -> anyhow::Result<()> {
     let key: ConfigKey = "bench/prod/common".parse().map_err(err)?;
     let v1 = center
@@ -377,51 +545,10 @@ async fn long_polls(addr: SocketAddr, center: &Arc<center::Center>) -> anyhow::R
         done?.map_err(err)?;
     }
     let registered = registered.elapsed();
-    let mut child = std::process::Command::new(std::env::current_exe()?)
-        .args([
-            WAITERS_COMMAND,
-            &addr.to_string(),
-            &WAITERS.to_string(),
-            &v1.md5,
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .context("starting the waiters' process")?;
-    let stdout = child.stdout.take().context("waiters' stdout")?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead as _;
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    // Every poll must be held by the center before the change, or the
-    // figure would mix in polls answered at once on arrival.
-    // (Polls time out after 120 s: the ramp must be done well before.)
-    let ramp = Instant::now();
-    let deadline = ramp + Duration::from_secs(100);
-    while center.waiting_polls() < WAITERS {
-        if let Ok(line) = rx.try_recv() {
-            let _ = child.kill();
-            bail!(
-                "a long poll was answered before any change ({} held): {line}",
-                center.waiting_polls()
-            );
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            bail!(
-                "only {} of {WAITERS} long polls held after 100 s",
-                center.waiting_polls()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let ramp = ramp.elapsed();
+    let mut waiters = Waiters::spawn(addr, &v1.md5)?;
+    let ramp = waiters.until_held(|| center.waiting_polls()).await?;
     let before = center.write_stats();
+    let resident = resident_anon_mb();
     let start = mono_ns();
     let opts = RolloutOptions {
         batch_size: Some(WAITERS),
@@ -432,76 +559,109 @@ async fn long_polls(addr: SocketAddr, center: &Arc<center::Center>) -> anyhow::R
         .await
         .map_err(err)?;
     let put_took = Duration::from_nanos(mono_ns() - start);
+    let grew = resident_anon_mb() - resident;
     let after = center.write_stats();
-    let expect = format!("change:{}", v2.md5);
-    let mut latencies = Vec::with_capacity(WAITERS);
-    let (mut by_timeout, mut empty_early, mut wrong, mut failed) = (0, 0, 0, 0);
-    let mut problems = Vec::new();
-    while let Some(line) = rx.recv().await {
-        let Some(answer) = parse_answer(&line) else {
-            bail!("waiters' process printed {line:?}");
-        };
-        if answer.kind == expect {
-            latencies.push(Duration::from_nanos(answer.at_ns.saturating_sub(start)));
-            continue;
-        }
-        if answer.kind == "empty" && answer.held_ms + 1000 >= POLL_TIMEOUT_MS {
-            by_timeout += 1;
-        } else if answer.kind == "empty" {
-            empty_early += 1;
-        } else if answer.kind.starts_with("change:") {
-            wrong += 1;
-        } else {
-            failed += 1;
-        }
-        if problems.len() < 3 {
-            problems.push(line);
-        }
-    }
-    let status = child.wait()?;
-    if !status.success() {
-        bail!("the waiters' process failed: {status}");
-    }
-    latencies.sort();
+    let got = waiters.answers(start, &v2.md5).await?;
     println!(
         "  {WAITERS} devices registered concurrently in {:.2} s; {WAITERS} polls held after {:.1} s",
         registered.as_secs_f64(),
         ramp.as_secs_f64()
     );
-    if latencies.is_empty() {
+    if got.latencies.is_empty() {
         println!(
-            "  long poll: no answer carried the change (by timeout {by_timeout}, empty early {empty_early}, other version {wrong}, failed {failed}) {problems:?}"
+            "  long poll: no answer carried the change ({})",
+            got.problems()
         );
         return Ok(());
     }
-    let within = latencies
-        .iter()
-        .filter(|l| **l < Duration::from_millis(100))
-        .count();
+    let (spread, each) = got.spread();
     // Where the put's time goes: the put's commit is the only one running
     // (every poll is held, nothing else writes).
     println!(
-        "  the put: applying (engine and store, in the transaction) {:.1} ms, committing (pages and fsync) {:.1} ms, in {} commit(s); answers from the first to the last {:.1} ms ({:.1} us per answer)",
+        "  the put: applying (engine and store, in the transaction) {:.1} ms, committing (pages and fsync) {:.1} ms, in {} commit(s), resident memory +{grew:.1} MB; answers from the first to the last {spread:.1} ms ({each:.1} us per answer)",
         (after.apply_ns - before.apply_ns) as f64 / 1e6,
         (after.commit_ns - before.commit_ns) as f64 / 1e6,
         after.commits - before.commits,
-        ms(latencies[latencies.len() - 1] - latencies[0]),
-        (latencies[latencies.len() - 1] - latencies[0]).as_secs_f64() * 1e6
-            / latencies.len() as f64
     );
     println!(
-        "  long-poll notification, {} held polls answered by one change (put {:.1} ms incl. planning and fsync): p50 {:.1} ms, p99 {:.1} ms, first {:.1} ms, last {:.1} ms, {within} within 100 ms; answered by their timeout (lost notification) {by_timeout}, empty early {empty_early}, other version {wrong}, failed {failed}{}",
-        latencies.len(),
+        "  long-poll notification, {} held polls answered by one change (put {:.1} ms incl. planning and fsync): {}; {}",
+        got.latencies.len(),
         ms(put_took),
-        ms(percentile(&latencies, 0.5)),
-        ms(percentile(&latencies, 0.99)),
-        ms(latencies[0]),
-        ms(latencies[latencies.len() - 1]),
-        if problems.is_empty() {
-            String::new()
-        } else {
-            format!(" {problems:?}")
-        }
+        got.summary(),
+        got.problems()
+    );
+    Ok(())
+}
+
+/// The floor under the long-poll figure on this machine: the same waiters'
+/// process, the same [`WAITERS`] connections and requests, answered by a
+/// server that does no work at all: every connection's task waits on one
+/// shared signal and writes one pre-built answer of the center's shape.
+/// What is left is the kernel's loopback TCP, the wake-up of one task per
+/// connection and the waiters' own reading, on the same cores.
+async fn answer_floor() -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = listener.local_addr()?;
+    let md5 = "0123456789abcdef0123456789abcdef";
+    let body = format!(
+        r#"{{"assignments":[{{"rollout_id":2,"service":"s","key":{{"namespace":"bench","group":"prod","name":"common"}},"version":2,"md5":"{md5}"}}]}}"#
+    );
+    let answer: Arc<[u8]> = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\ndate: Mon, 07 Dec 2026 03:00:00 GMT\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+    .into();
+    let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (go, signal) = tokio::sync::watch::channel(false);
+    let server = {
+        let held = held.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (held, answer, mut signal) = (held.clone(), answer.clone(), signal.clone());
+                tokio::spawn(async move {
+                    let _ = stream.set_nodelay(true);
+                    let mut head = Vec::with_capacity(512);
+                    let mut chunk = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    held.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if signal.wait_for(|go| *go).await.is_err() {
+                        return;
+                    }
+                    if stream.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                    // Open until the waiter closes, as the center keeps it.
+                    let _ = stream.read(&mut chunk).await;
+                });
+            }
+        })
+    };
+    let mut waiters = Waiters::spawn(addr, "old")?;
+    waiters
+        .until_held(|| held.load(std::sync::atomic::Ordering::Relaxed))
+        .await?;
+    let start = mono_ns();
+    go.send_replace(true);
+    let got = waiters.answers(start, md5).await?;
+    server.abort();
+    if got.latencies.is_empty() {
+        println!("  floor: no answer arrived ({})", got.problems());
+        return Ok(());
+    }
+    let (spread, each) = got.spread();
+    println!(
+        "  floor, the same {WAITERS} polls answered by a zero-work server (one task per connection, one shared pre-built answer): {}; first to last {spread:.1} ms ({each:.1} us per answer); {}",
+        got.summary(),
+        got.problems()
     );
     Ok(())
 }
