@@ -446,6 +446,7 @@ mod tests {
             addresses: vec![],
             uptime_s: 1,
             interval_ms: 1000,
+            ports: None,
         });
         (task.topics.topic_for(&message).0, codec.seal(&message))
     }
@@ -477,6 +478,53 @@ mod tests {
         let report = task.report();
         assert_eq!(report.members.len(), 1, "silent sw2 pruned too");
         assert_eq!(report.counters.get("members_pruned"), Some(&2));
+    }
+
+    #[test]
+    fn the_members_watch_lists_each_members_ports_wakes_only_on_change_and_forgets_the_pruned() {
+        let (infos, _rx) = mpsc::channel(16);
+        let (mut task, _eventloop) = test_task_with(infos, "prune_after_ms = 100");
+        let mut members = task.members_out.subscribe();
+        let mut sw2 = Codec::new(test_identity("sw2"), test_roster(), None);
+        let mut beat = |task: &mut Task, ports: Option<Vec<&str>>| {
+            let message = Message::Heartbeat(Heartbeat {
+                member: "sw2".into(),
+                role: Role::Client,
+                model: "m".into(),
+                version: "v".into(),
+                servers: vec![],
+                addresses: vec![],
+                uptime_s: 1,
+                interval_ms: 1000,
+                ports: ports.map(|p| p.into_iter().map(String::from).collect()),
+            });
+            let topic = task.topics.topic_for(&message).0;
+            task.process_publish(&topic, &sw2.seal(&message), false);
+        };
+        let ports = |members: &mut tokio::sync::watch::Receiver<bus::FabricMembers>| {
+            members.borrow_and_update()["sw2"]
+                .as_deref()
+                .map(|p| p.to_vec())
+        };
+        // Unsorted, with `lo` and a name no interface can have: held to
+        // the list's rules.
+        beat(&mut task, Some(vec!["p2", "lo", "p1", "bad/name"]));
+        assert!(members.has_changed().unwrap());
+        assert_eq!(ports(&mut members), Some(vec!["p1".into(), "p2".into()]));
+        // The same again, or "not said": no wake-up, the list stays.
+        beat(&mut task, Some(vec!["p1", "p2"]));
+        beat(&mut task, None);
+        assert!(!members.has_changed().unwrap());
+        assert_eq!(ports(&mut members), Some(vec!["p1".into(), "p2".into()]));
+        beat(&mut task, Some(vec!["p1"]));
+        assert!(members.has_changed().unwrap());
+        assert_eq!(ports(&mut members), Some(vec!["p1".into()]));
+        // Departed, it stays listed; pruned, it is gone.
+        task.heard_departed("sw2");
+        std::thread::sleep(Duration::from_millis(150));
+        task.process(Event::Tick);
+        assert!(members.has_changed().unwrap());
+        assert!(members.borrow_and_update().is_empty());
     }
 
     /// A member that is not a server hears no heartbeats: it knows the
@@ -511,6 +559,7 @@ mod tests {
                         addresses: vec![],
                         uptime_s: 1,
                         interval_ms: 1000,
+                        ports: None,
                     },
                     joined_ms: 1,
                     last_heartbeat_ms: 1,
@@ -595,6 +644,7 @@ mod tests {
                 addresses: vec![],
                 uptime_s: 9,
                 interval_ms: 1000,
+                ports: None,
             };
             Message::Roster(RosterRecord {
                 server: "srv".into(),
@@ -694,6 +744,7 @@ mod tests {
             addresses: vec![],
             uptime_s: 1,
             interval_ms: 1000,
+            ports: None,
         });
         announce(&mut member, false);
         let state = |member: &Task| {

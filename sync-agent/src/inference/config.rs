@@ -36,6 +36,21 @@ pub struct InferenceConfig {
     /// the agent fills it in from `[peer]` (`mlag_ids`) before starting.
     #[serde(skip)]
     pub mlag_ports: Vec<(String, u32)>,
+    /// This switch's addresses on its paths to the MLAG peer, when it has
+    /// one: the interfaces holding them are the peer link and the backup
+    /// path, which the peer switch object is reached over. Filled in by
+    /// the agent from `[peer]` and `[mclag].backup`.
+    #[serde(skip)]
+    pub peer_paths: Option<PeerPaths>,
+}
+
+/// This switch's addresses on its paths to the MLAG peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerPaths {
+    /// On the peer link (`peer.local_address`).
+    pub link: std::net::IpAddr,
+    /// On the MC-LAG backup path (`mclag.backup.local_address`), if any.
+    pub backup: Option<std::net::IpAddr>,
 }
 
 impl Default for InferenceConfig {
@@ -46,6 +61,7 @@ impl Default for InferenceConfig {
             rules: Vec::new(),
             alarms: AlarmConfig::default(),
             mlag_ports: Vec::new(),
+            peer_paths: None,
         }
     }
 }
