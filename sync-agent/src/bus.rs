@@ -283,6 +283,15 @@ pub mod ids {
     pub fn peer_path(local: &str) -> ObjectId {
         link(local, "mlag-peer")
     }
+    /// A VLAN (L2) of this switch: `vlan:OUTER`, or `vlan:OUTER.INNER`
+    /// when double-tagged.
+    pub fn vlan(outer: u16, inner: u16) -> ObjectId {
+        if inner == 0 {
+            ObjectId(format!("vlan:{outer}"))
+        } else {
+            ObjectId(format!("vlan:{outer}.{inner}"))
+        }
+    }
     /// A gateway (L3).
     pub fn gateway(ip: std::net::Ipv4Addr) -> ObjectId {
         ObjectId(format!("gw:{ip}"))

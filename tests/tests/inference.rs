@@ -1068,3 +1068,37 @@ fn the_peer_link_down_leaves_the_peer_degraded_over_the_backup_path_and_both_dow
     wait_effective(&agent, "switch:mlag-peer", "lost-contact", 0)?;
     Ok(())
 }
+
+#[test]
+fn a_vlan_of_the_config_is_an_object_over_its_mlag_interface_that_its_ip_interface_maps()
+-> anyhow::Result<()> {
+    // Only A runs: its twin is unknown, so the MLAG interface is degraded.
+    let pair = Pair::new()?;
+    let agent = pair.agent_a(
+        r#"vlan_interfaces = [{ mlag_id = 1, outer_vlan = 10, interface = "a-c" }, { mlag_id = 1, outer_vlan = 20, inner_vlan = 5, interface = "a-c" }]"#,
+    )?;
+    let vlan = state(&agent, "vlan:10")?;
+    assert_eq!(vlan["object"]["kind"], "vlan", "{vlan}");
+    assert_eq!(vlan["object"]["layer"], "l2", "{vlan}");
+    assert_eq!(
+        vlan["object"]["group"]["members"],
+        serde_json::json!(["mlag:1"]),
+        "{vlan}"
+    );
+    assert!(in_model(&agent, "vlan:20.5"));
+    let ip = state(&agent, "ip:a-c")?;
+    assert!(
+        ip["depends_on"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|l| l["to"] == "vlan:10")),
+        "{ip}"
+    );
+    assert_eq!(wait_effective(&agent, "vlan:10", "degraded", 1)?, "mlag:1");
+    // The member port down too: no carrier of the VLAN is left.
+    pair.a.ip(&["link", "set", "a-c", "down"])?;
+    assert_eq!(wait_effective(&agent, "vlan:10", "down", 3)?, "mlag:1");
+    wait_effective(&agent, "vlan:20.5", "down", 3)?;
+    pair.a.ip(&["link", "set", "a-c", "up"])?;
+    wait_effective(&agent, "vlan:10", "degraded", 1)?;
+    Ok(())
+}

@@ -53,7 +53,10 @@ use crate::{
     dataplane::{DataplaneHandle, DataplaneStart, DataplaneStarted},
     fabric::FabricHandle,
     handles::ModuleHandles,
-    inference::{InferenceHandle, config::PeerPaths},
+    inference::{
+        InferenceHandle,
+        config::{PeerPaths, VlanOnMlag},
+    },
     mac::MacAddr,
     mclag::{MclagChannels, MclagHandle},
     metrics::MetricsHandle,
@@ -128,6 +131,16 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
                 .and_then(|m| m.backup.as_ref())
                 .map(|b| b.local_address),
         });
+        inference_config.vlans = peer
+            .vlan_interfaces
+            .iter()
+            .map(|v| VlanOnMlag {
+                mlag_id: v.mlag_id,
+                outer: v.outer_vlan,
+                inner: v.inner_vlan,
+                interface: v.interface.clone(),
+            })
+            .collect();
     }
 
     let (peer_captures_tx, peer_captures_rx) = match &config.peer {

@@ -42,6 +42,24 @@ pub struct InferenceConfig {
     /// the agent from `[peer]` and `[mclag].backup`.
     #[serde(skip)]
     pub peer_paths: Option<PeerPaths>,
+    /// The VLANs each MLAG id carries, with the interface that serves each
+    /// (`[peer].vlan_interfaces`): each VLAN is an object redundant over
+    /// the MLAG interfaces that carry it. Filled in by the agent.
+    #[serde(skip)]
+    pub vlans: Vec<VlanOnMlag>,
+}
+
+/// One VLAN an MLAG id carries (`[[peer.vlan_interfaces]]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VlanOnMlag {
+    /// The MLAG id.
+    pub mlag_id: u32,
+    /// Outer VLAN id.
+    pub outer: u16,
+    /// Inner VLAN id (0 when single-tagged).
+    pub inner: u16,
+    /// The interface that serves the VLAN (its IP interfaces map it).
+    pub interface: String,
 }
 
 /// This switch's addresses on its paths to the MLAG peer.
@@ -62,6 +80,7 @@ impl Default for InferenceConfig {
             alarms: AlarmConfig::default(),
             mlag_ports: Vec::new(),
             peer_paths: None,
+            vlans: Vec::new(),
         }
     }
 }

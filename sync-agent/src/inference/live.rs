@@ -17,7 +17,8 @@ use std::{
 use rtnetlink::Handle;
 
 use super::{
-    DEFAULT_DEGRADED_LEVEL, Dependency, Layer, Model, ObjectId, Redundancy, config::PeerPaths,
+    DEFAULT_DEGRADED_LEVEL, Dependency, Layer, Model, ObjectId, Redundancy,
+    config::{PeerPaths, VlanOnMlag},
 };
 use crate::{
     bus::ids,
@@ -426,6 +427,54 @@ pub fn sync_peer_paths(
         }
     }
     touched
+}
+
+/// The VLANs the MLAG interfaces carry (`[peer].vlan_interfaces`): each
+/// VLAN, `vlan:OUTER[.INNER]` (L2), belongs to every MLAG interface that
+/// carries it, `redundant` over them (down only when none is up, degraded
+/// while one is not); the IP interfaces (`ip:IF`, `ip6:IF`) of the
+/// interface that serves it map it. An MLAG id without an MLAG interface
+/// is skipped, and IP interfaces are linked as they are at start (this
+/// kernel has no VLAN devices: the VLANs come from the config, not from
+/// the kernel). Returns the VLANs added.
+pub fn add_vlans(model: &mut Model, vlans: &[VlanOnMlag]) -> Vec<ObjectId> {
+    let mut added = Vec::new();
+    for v in vlans {
+        let vlan = ids::vlan(v.outer, v.inner);
+        let mlag = ids::mlag(v.mlag_id);
+        if !model.contains(&mlag) {
+            tracing::warn!(
+                mlag_id = v.mlag_id,
+                vlan = vlan.0,
+                "no MLAG interface for the VLAN's MLAG id: not modelled on it"
+            );
+            continue;
+        }
+        let result = (if model.contains(&vlan) {
+            Ok(())
+        } else {
+            model
+                .add_object(vlan.clone(), Layer::L2, "vlan")
+                .and_then(|()| {
+                    model.set_redundancy(&vlan, Redundancy::Redundant, DEFAULT_DEGRADED_LEVEL)
+                })
+                .map(|_| added.push(vlan.clone()))
+        })
+        .and_then(|()| model.add_group_dependency(&vlan, &mlag, Dependency::BelongsTo))
+        .and_then(|_| {
+            for family in [Family::V4, Family::V6] {
+                let ip = family.id(&v.interface);
+                if model.contains(&ip) {
+                    model.add_dependency(&ip, &vlan, Dependency::MapsTo)?;
+                }
+            }
+            Ok(())
+        });
+        if let Err(err) = result {
+            tracing::warn!(vlan = vlan.0, error = %err, "cannot add the VLAN to the state model");
+        }
+    }
+    added
 }
 
 /// The MLAG interface of every MLAG id of `mlag_ports` (member port name,
@@ -993,6 +1042,67 @@ mod tests {
             &mut current,
         );
         assert_eq!(model.group_of(&ids::peer_switch()), [ids::peer_path("pl")]);
+    }
+
+    #[test]
+    fn a_vlan_is_redundant_over_the_mlag_interfaces_carrying_it_and_maps_its_interfaces_ip() {
+        let mut model = model_with_switch();
+        for name in ["m0", "m1"] {
+            ensure_port(&mut model, "a", name);
+        }
+        ensure_ip(&mut model, "m0");
+        add_mlag(&mut model, &[("m0".into(), 1), ("m1".into(), 2)]);
+        let rules = RuleTable::builtin();
+        let vlan = |mlag_id, outer, inner| VlanOnMlag {
+            mlag_id,
+            outer,
+            inner,
+            interface: "m0".into(),
+        };
+        let added = add_vlans(
+            &mut model,
+            &[
+                vlan(1, 10, 0),
+                vlan(2, 10, 0),
+                vlan(1, 20, 5),
+                vlan(9, 30, 0),
+            ],
+        );
+        assert_eq!(added, [ids::vlan(10, 0), ids::vlan(20, 5)], "no MLAG 9");
+        assert_eq!(ids::vlan(20, 5).as_str(), "vlan:20.5");
+        assert_eq!(
+            model.group_of(&ids::vlan(10, 0)),
+            [ids::mlag(1), ids::mlag(2)]
+        );
+        assert!(
+            model
+                .dependencies_of(&ids::ip("m0"))
+                .contains(&(ids::vlan(10, 0), Dependency::MapsTo))
+        );
+        let say = |model: &mut Model, source: &str, message: &str, object: ObjectId| {
+            model
+                .apply(Info::new(source, message, object), &rules, 1)
+                .unwrap();
+        };
+        let state = |model: &Model, id: ObjectId| {
+            let s = model.effective(&id).unwrap();
+            (s[0].name.clone(), s[0].level)
+        };
+        for id in [1, 2] {
+            say(&mut model, "peer", "twin-up", ids::twin(id));
+        }
+        assert_eq!(state(&model, ids::vlan(10, 0)), ("normal".into(), 0));
+        // MLAG 2 down on both legs: VLAN 10 still has MLAG 1, degraded.
+        say(&mut model, "netlink", "link-down", ids::port("m1"));
+        say(&mut model, "peer", "twin-down", ids::twin(2));
+        assert_eq!(state(&model, ids::mlag(2)), ("down".into(), 3));
+        assert_eq!(state(&model, ids::vlan(10, 0)), ("degraded".into(), 1));
+        assert_eq!(state(&model, ids::vlan(20, 5)), ("normal".into(), 0));
+        // MLAG 1 down too: no carrier of VLAN 10 is left.
+        say(&mut model, "netlink", "link-down", ids::port("m0"));
+        say(&mut model, "peer", "twin-down", ids::twin(1));
+        assert_eq!(state(&model, ids::vlan(10, 0)), ("down".into(), 3));
+        assert_eq!(state(&model, ids::vlan(20, 5)), ("down".into(), 3));
     }
 
     #[test]

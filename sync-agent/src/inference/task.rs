@@ -152,6 +152,7 @@ impl Task {
             }
         }
         let twins = live::add_mlag(&mut model, &config.mlag_ports);
+        live::add_vlans(&mut model, &config.vlans);
         let mut peer_ports = live::PeerPathPorts::default();
         if let Some(paths) = &config.peer_paths {
             let holders = live::address_holders(&netlink, &names).await?;
