@@ -1102,3 +1102,57 @@ fn a_vlan_of_the_config_is_an_object_over_its_mlag_interface_that_its_ip_interfa
     wait_effective(&agent, "vlan:10", "degraded", 1)?;
     Ok(())
 }
+
+#[test]
+fn a_declared_link_to_a_members_port_goes_down_with_that_port_under_its_alarm() -> anyhow::Result<()>
+{
+    use mlag_testbed::fabric::{FabricLab, wait_all_see, wait_fault};
+    const SETTLE: Duration = Duration::from_secs(20);
+    let lab = FabricLab::new(3)?;
+    // sw0's p1 is cabled to sw2's p1b (as sw0 declares), and a service of
+    // sw0 runs over that link.
+    let declared = r#"
+[inference]
+links = [{ local = "p1", remote = "sw2/p1b" }]
+objects = [{ id = "svc:uplink", layer = "service", kind = "service", depends_on = [{ id = "link:p1--sw2/p1b", kind = "maps-to" }] }]
+"#;
+    let sw0 = lab.start(0, declared)?;
+    let sw1 = lab.start(1, "")?;
+    let sw2 = lab.start(2, "")?;
+    wait_all_see(&[&sw0, &sw1, &sw2], &["sw0", "sw1", "sw2"], SETTLE)?;
+    let link = state(&sw0, "link:p1--sw2/p1b")?;
+    assert_eq!(link["object"]["kind"], "link", "{link}");
+    let ends: Vec<&str> = link["depends_on"]
+        .as_array()
+        .map(|d| d.iter().filter_map(|l| l["to"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        ends.contains(&"port:p1") && ends.contains(&"port:sw2/p1b"),
+        "{link}"
+    );
+    wait_effective(&sw0, "svc:uplink", "normal", 0)?;
+
+    // The far end down at sw2: the link and the service are down, under
+    // one alarm on sw2's port.
+    lab.nodes[2].ip(&["link", "set", "p1b", "down"])?;
+    wait_fault(&sw0, "sw2", "p1b", "port-down", SETTLE)?;
+    assert_eq!(
+        wait_effective(&sw0, "link:p1--sw2/p1b", "down", 3)?,
+        "port:sw2/p1b"
+    );
+    wait_effective(&sw0, "svc:uplink", "down", 3)?;
+    let (raised, report) = wait_alarms(&sw0, "one alarm on sw2's port", |r| {
+        r.iter().any(|(o, _, s)| {
+            o == "port:sw2/p1b" && contains(s, "link:p1--sw2/p1b") && contains(s, "svc:uplink")
+        })
+    })?;
+    assert!(
+        raised
+            .iter()
+            .all(|(o, _, _)| o != "link:p1--sw2/p1b" && o != "svc:uplink"),
+        "{report}"
+    );
+    lab.nodes[2].ip(&["link", "set", "p1b", "up"])?;
+    wait_effective(&sw0, "svc:uplink", "normal", 0)?;
+    Ok(())
+}

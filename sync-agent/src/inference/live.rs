@@ -18,7 +18,7 @@ use rtnetlink::Handle;
 
 use super::{
     DEFAULT_DEGRADED_LEVEL, Dependency, Layer, Model, ObjectId, Redundancy,
-    config::{PeerPaths, VlanOnMlag},
+    config::{DeclaredLink, PeerPaths, VlanOnMlag},
 };
 use crate::{
     bus::ids,
@@ -427,6 +427,40 @@ pub fn sync_peer_paths(
         }
     }
     touched
+}
+
+/// The links declared in the config (`inference.links`): each
+/// `link:LOCAL--MEMBER/IF` (physical, kind `link`) belongs to both of its
+/// ends, so either end down is the link down, with that end its root
+/// cause. The far end joins the model now, under its member's switch, as
+/// if declared (the fabric never takes it away). A link whose local port
+/// is not in the model is skipped (warned).
+pub fn add_links(model: &mut Model, links: &[DeclaredLink]) {
+    for link in links {
+        let Some((member, port)) = link.remote_end() else {
+            continue;
+        };
+        let local = ids::port(&link.local);
+        if !model.contains(&local) {
+            tracing::warn!(
+                interface = link.local,
+                remote = link.remote,
+                "the link's local port is not in the state model: link not modelled"
+            );
+            continue;
+        }
+        let remote = ids::remote_port(member, port);
+        // Not recorded as the fabric's: a declared end stays.
+        ensure_remote_port(model, &mut Created::default(), &remote);
+        let id = ids::link(&link.local, &link.remote);
+        let added = model
+            .add_object(id.clone(), Layer::Physical, "link")
+            .and_then(|()| model.add_dependency(&id, &local, Dependency::BelongsTo))
+            .and_then(|()| model.add_dependency(&id, &remote, Dependency::BelongsTo));
+        if let Err(err) = added {
+            tracing::warn!(link = id.0, error = %err, "cannot add the link to the state model");
+        }
+    }
 }
 
 /// The VLANs the MLAG interfaces carry (`[peer].vlan_interfaces`): each
@@ -1103,6 +1137,40 @@ mod tests {
         say(&mut model, "peer", "twin-down", ids::twin(1));
         assert_eq!(state(&model, ids::vlan(10, 0)), ("down".into(), 3));
         assert_eq!(state(&model, ids::vlan(20, 5)), ("down".into(), 3));
+    }
+
+    #[test]
+    fn a_declared_link_is_down_when_either_end_is_and_its_far_end_is_never_the_fabrics() {
+        let mut model = model_with_switch();
+        ensure_port(&mut model, "a", "p1");
+        let link = |local: &str| DeclaredLink {
+            local: local.into(),
+            remote: "sw2/p9".into(),
+        };
+        add_links(&mut model, &[link("p1"), link("absent")]);
+        let id = ids::link("p1", "sw2/p9");
+        assert_eq!(id.as_str(), "link:p1--sw2/p9");
+        assert!(!model.contains(&ids::link("absent", "sw2/p9")));
+        assert_eq!(
+            model.dependencies_of(&id),
+            [
+                (ids::port("p1"), Dependency::BelongsTo),
+                (ids::remote_port("sw2", "p9"), Dependency::BelongsTo)
+            ]
+        );
+        let rules = RuleTable::builtin();
+        model
+            .apply(
+                Info::new("fabric", "port-down", ids::remote_port("sw2", "p9")),
+                &rules,
+                1,
+            )
+            .unwrap();
+        assert_eq!(model.fault_level(&id), Some(3));
+        // The member forgotten: the declared far end stays.
+        let mut created = Created::default();
+        forget_member(&mut model, &mut created, "sw2");
+        assert!(model.contains(&ids::remote_port("sw2", "p9")));
     }
 
     #[test]

@@ -131,6 +131,22 @@ impl Task {
                 anyhow::bail!("inference.objects: {err}");
             }
         }
+        // The pair's and the links' objects before the declared
+        // dependencies, so declared objects can depend on them (a declared
+        // object of the same id wins: the built-in one is skipped, warned).
+        let twins = live::add_mlag(&mut model, &config.mlag_ports);
+        live::add_vlans(&mut model, &config.vlans);
+        live::add_links(&mut model, &config.links);
+        let mut peer_ports = live::PeerPathPorts::default();
+        if let Some(paths) = &config.peer_paths {
+            let holders = live::address_holders(&netlink, &names).await?;
+            live::sync_peer_paths(
+                &mut model,
+                paths,
+                |ip| holders.get(&ip).cloned(),
+                &mut peer_ports,
+            );
+        }
         for object in &config.objects {
             let id = ObjectId(object.id.clone());
             let grouped = object.redundancy != Redundancy::All;
@@ -150,18 +166,6 @@ impl Task {
                 };
                 added.map_err(|err| anyhow::anyhow!("inference.objects ({}): {err}", object.id))?;
             }
-        }
-        let twins = live::add_mlag(&mut model, &config.mlag_ports);
-        live::add_vlans(&mut model, &config.vlans);
-        let mut peer_ports = live::PeerPathPorts::default();
-        if let Some(paths) = &config.peer_paths {
-            let holders = live::address_holders(&netlink, &names).await?;
-            live::sync_peer_paths(
-                &mut model,
-                paths,
-                |ip| holders.get(&ip).cloned(),
-                &mut peer_ports,
-            );
         }
         tracing::info!(objects = model.len(), "state model built");
         let mut task = Self::new(model, rules, names, switch_name, netlink);
