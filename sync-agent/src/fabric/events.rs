@@ -618,6 +618,61 @@ mod tests {
         task.report().counters.get("roster_records_sent").copied()
     }
 
+    /// A bucket of members whose port lists do not all fit one message
+    /// still lists every member: those without room go without their
+    /// ports (counted), and are not written again at every tick for it.
+    #[test]
+    fn a_roster_bucket_too_full_for_the_port_lists_keeps_every_member_without_some_lists() {
+        use crate::fabric::wire::{MAX_HEARTBEAT_PORTS, roster_bucket};
+        let (mut task, _eventloop, _sw2) = active_server_hearing_sw2();
+        let bucket = roster_bucket("sw2");
+        let ports: Vec<String> = (0..MAX_HEARTBEAT_PORTS)
+            .map(|i| format!("swp{i:03}-{:07}", 0))
+            .collect();
+        let names: Vec<String> = (0..5000)
+            .map(|i| format!("m{i}"))
+            .filter(|name| roster_bucket(name) == bucket)
+            .take(40)
+            .collect();
+        assert_eq!(names.len(), 40);
+        for name in &names {
+            task.roster.heartbeat(
+                Heartbeat {
+                    member: name.clone(),
+                    role: Role::Client,
+                    model: "m".into(),
+                    version: "v".into(),
+                    servers: vec![],
+                    addresses: vec![],
+                    uptime_s: 1,
+                    interval_ms: 1000,
+                    ports: Some(ports.clone()),
+                },
+                1,
+            );
+        }
+        let sent = records_written(&task).unwrap_or(0);
+        task.roster_due();
+        let counters = task.report().counters;
+        assert_eq!(records_written(&task), Some(sent + 1), "{counters:?}");
+        let bare = counters.get("roster_ports_left_out").copied().unwrap_or(0);
+        assert!(
+            bare > 0 && bare < 40,
+            "some lists fit, not all: {counters:?}"
+        );
+        assert_eq!(
+            counters.get("roster_bucket_full"),
+            None,
+            "no member left out"
+        );
+        task.roster_due();
+        assert_eq!(
+            records_written(&task),
+            Some(sent + 1),
+            "unchanged: not written again"
+        );
+    }
+
     /// Both servers retain on the same roster topics. When the other one
     /// writes a bucket that disagrees with what the active server hears,
     /// or announces the departure of a member it still hears, the active

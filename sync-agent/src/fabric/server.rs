@@ -328,38 +328,50 @@ impl Task {
     fn publish_roster_bucket(&mut self, bucket: u16) {
         // Room for the header, signature, nonce and the record's own fields.
         const BUDGET: usize = MAX_MESSAGE - 1024;
+        // Membership matters more than the port lists: room is made for
+        // every member without its list first, then lists are put back
+        // while they fit. A member without its list is "not said": the
+        // receivers keep what they knew of its ports.
+        let size_of =
+            |entry: &MemberEntry| serde_json::to_vec(entry).map_or(BUDGET, |v| v.len() + 1);
         let mut entries = Vec::new();
         let mut size = 0;
         let mut left_out = 0usize;
-        let mut without_ports = 0u64;
         let mut written = Vec::new();
         for entry in self
             .roster
             .entries()
             .filter(|e| roster_bucket(&e.heartbeat.member) == bucket)
         {
-            let entry_size = serde_json::to_vec(entry).map_or(BUDGET, |v| v.len() + 1);
-            if size + entry_size <= BUDGET {
-                size += entry_size;
-                written.push(record_key(&entry.heartbeat));
-                entries.push(entry.clone());
-                continue;
-            }
-            // Membership matters more than the port list: without room
-            // for its ports the member goes without them ("not said": the
-            // receivers keep what they knew of its ports).
             let mut bare = entry.clone();
             bare.heartbeat.ports = None;
-            let bare_size = serde_json::to_vec(&bare).map_or(BUDGET, |v| v.len() + 1);
+            let bare_size = size_of(&bare);
             if size + bare_size > BUDGET {
                 left_out += 1;
                 continue;
             }
             size += bare_size;
-            without_ports += 1;
             written.push(record_key(&entry.heartbeat));
-            entries.push(bare);
+            entries.push((bare, entry.heartbeat.ports.clone(), bare_size));
         }
+        let mut without_ports = 0u64;
+        let entries: Vec<MemberEntry> = entries
+            .into_iter()
+            .map(|(mut entry, ports, bare_size)| {
+                if ports.is_none() {
+                    return entry;
+                }
+                entry.heartbeat.ports = ports;
+                let full_size = size_of(&entry);
+                if size + full_size - bare_size <= BUDGET {
+                    size += full_size - bare_size;
+                } else {
+                    entry.heartbeat.ports = None;
+                    without_ports += 1;
+                }
+                entry
+            })
+            .collect();
         // What the roster holds, not the record as cut down: a member
         // written without its ports is not rewritten every tick for it.
         for key in written {
