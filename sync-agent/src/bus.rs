@@ -12,6 +12,7 @@
 //! | [`Liveness`] | [`crate::liveness`] | peer sync, MC-LAG (backup path) | `mpsc` |
 //! | [`Info`] about an [`ObjectId`] | fabric (and any module with news) | inference | `mpsc`, drops counted |
 //! | [`AlarmRecord`] | inference (own), fabric (heard) | fabric, inference | `broadcast` out, `mpsc` in |
+//! | [`FabricMembers`] | fabric (its view) | inference | `watch` |
 
 use std::{fmt, net::IpAddr};
 
@@ -174,6 +175,16 @@ impl Info {
     }
 }
 
+/// The other fabric members this switch's fabric view knows (departed
+/// ones included until they are forgotten), each with the ports its
+/// heartbeat lists (`None`: not said, e.g. an older agent). The fabric keeps
+/// it current in a `watch`, so a reader that falls behind reads the latest
+/// view, never a gap; state inference follows it: members and their ports
+/// join the model before any fault names them, and a member the fabric
+/// forgot leaves it. The lists are shared (`Arc`), so a reader tells an
+/// unchanged member by pointer.
+pub type FabricMembers = std::collections::BTreeMap<String, Option<std::sync::Arc<[String]>>>;
+
 /// A root-cause alarm raised or cleared by state inference, as it crosses
 /// the fabric (issue 16: alarms are published on the fault channel): this
 /// switch's inference hands its own to the fabric, and the fabric hands
@@ -257,6 +268,29 @@ pub mod ids {
     /// An IPv4 interface (L3).
     pub fn ip(ifname: &str) -> ObjectId {
         ObjectId(format!("ip:{ifname}"))
+    }
+    /// An IPv6 interface (L3): the interface has an IPv6 address.
+    pub fn ip6(ifname: &str) -> ObjectId {
+        ObjectId(format!("ip6:{ifname}"))
+    }
+    /// A physical link from this switch's port `local` to `remote` (the
+    /// far end: another member's port `MEMBER/IF`, or `mlag-peer`).
+    pub fn link(local: &str, remote: &str) -> ObjectId {
+        ObjectId(format!("link:{local}--{remote}"))
+    }
+    /// A link from this switch's port `local` to the MLAG peer (the peer
+    /// link, or the MC-LAG backup path).
+    pub fn peer_path(local: &str) -> ObjectId {
+        link(local, "mlag-peer")
+    }
+    /// A VLAN (L2) of this switch: `vlan:OUTER`, or `vlan:OUTER.INNER`
+    /// when double-tagged.
+    pub fn vlan(outer: u16, inner: u16) -> ObjectId {
+        if inner == 0 {
+            ObjectId(format!("vlan:{outer}"))
+        } else {
+            ObjectId(format!("vlan:{outer}.{inner}"))
+        }
     }
     /// A gateway (L3).
     pub fn gateway(ip: std::net::Ipv4Addr) -> ObjectId {

@@ -69,6 +69,7 @@ fn sim_heartbeat(identity: &str, uptime: Duration) -> Message {
         addresses: vec![],
         uptime_s: uptime.as_secs(),
         interval_ms: HEARTBEAT.as_millis() as u64,
+        ports: None,
     })
 }
 

@@ -378,6 +378,7 @@ impl Heartbeaters {
                         addresses: vec![],
                         uptime_s: 1,
                         interval_ms: 300,
+                        ports: None,
                     });
                     let (topic, _) = topics.topic_for(&beat);
                     let _ = client.try_publish(
@@ -473,6 +474,7 @@ fn floods_and_garbage_are_counted_and_dropped() -> anyhow::Result<()> {
             addresses: vec![],
             uptime_s: 1,
             interval_ms: 1,
+            ports: None,
         })
     };
     let mut flood = Codec::new(lab.identity("flood"), lab.roster(), None);

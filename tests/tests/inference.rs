@@ -803,3 +803,356 @@ fn a_members_alarms_go_out_on_the_fault_channel_and_the_others_list_them_with_th
     })?;
     Ok(())
 }
+
+/// Whether `id` is in `agent`'s model, waiting up to `timeout`.
+fn wait_in_model_for(
+    agent: &Agent,
+    id: &str,
+    present: bool,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let what = if present { "join" } else { "leave" };
+    wait_until(
+        timeout,
+        &format!("{id} to {what} {}'s model", agent.instance),
+        || {
+            if in_model(agent, id) == present {
+                Ok(())
+            } else {
+                Err(present)
+            }
+        },
+    )
+}
+
+#[test]
+fn a_remote_switchs_ports_join_the_model_from_the_fabric_topology_before_any_fault()
+-> anyhow::Result<()> {
+    use mlag_testbed::fabric::{FabricLab, show, wait_all_see};
+    const SETTLE: Duration = Duration::from_secs(20);
+    let lab = FabricLab::new(3)?;
+    let sw0 = lab.start(0, "")?;
+    let sw1 = lab.start(1, "")?;
+    let sw2 = lab.start(2, "")?;
+    wait_all_see(&[&sw0, &sw1, &sw2], &["sw0", "sw1", "sw2"], SETTLE)?;
+    // sw0 (a server) hears sw2's heartbeats; sw2 (a client) knows sw0 from
+    // the servers' roster records only. Either way every port is there,
+    // under its member's switch, though no fault named any.
+    for (observer, member) in [(&sw0, "sw2"), (&sw2, "sw0")] {
+        for port in ["fab0", "p1", "p1b"] {
+            let id = format!("port:{member}/{port}");
+            wait_in_model_for(observer, &id, true, SETTLE)?;
+            let port = state(observer, &id)?;
+            assert_eq!(port["object"]["kind"], "remote-port", "{port}");
+            assert_eq!(
+                port["depends_on"][0]["to"],
+                format!("switch:{member}"),
+                "{port}"
+            );
+            assert_eq!(port["object"]["fault_level"], 0, "{port}");
+        }
+        assert!(!in_model(observer, &format!("port:{member}/lo")));
+    }
+    let faults = show(&sw0)?["faults"].clone();
+    assert!(
+        faults.as_array().is_some_and(Vec::is_empty),
+        "the ports came from the topology, not from faults: {faults}"
+    );
+    // A port added on sw2 joins the others' models; gone, it leaves.
+    lab.nodes[2].ip(&["link", "add", "x0", "type", "veth", "peer", "name", "x1"])?;
+    wait_in_model_for(&sw0, "port:sw2/x0", true, SETTLE)?;
+    wait_in_model_for(&sw1, "port:sw2/x1", true, SETTLE)?;
+    lab.nodes[2].ip(&["link", "del", "x0"])?;
+    wait_in_model_for(&sw0, "port:sw2/x0", false, SETTLE)?;
+    wait_in_model_for(&sw0, "port:sw2/x1", false, SETTLE)?;
+    assert!(in_model(&sw0, "port:sw2/p1"), "the others stay");
+    Ok(())
+}
+
+/// `show alarms`' remote alarms of `agent` from `origin` as (object,
+/// when its origin departed).
+fn remote_from(agent: &Agent, origin: &str) -> anyhow::Result<Vec<(String, Option<u64>)>> {
+    let report = agent.query(&["show", "alarms"])?;
+    Ok(report["remote"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter(|a| a["origin"] == origin)
+                .map(|a| {
+                    (
+                        a["object"].as_str().unwrap_or("?").to_string(),
+                        a["origin_departed_ms"].as_u64(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+#[test]
+fn a_departed_members_alarms_stay_as_its_last_word_until_the_fabric_forgets_it_with_its_objects()
+-> anyhow::Result<()> {
+    use mlag_testbed::fabric::{FabricLab, wait_all_see};
+    const SETTLE: Duration = Duration::from_secs(20);
+    let lab = FabricLab::new(3)?;
+    // sw0 forgets a departed member 4 s after its departure.
+    let sw0 = lab.start(0, "prune_after_ms = 4000")?;
+    let sw1 = lab.start(1, "")?;
+    let mut sw2 = lab.start(2, "")?;
+    wait_all_see(&[&sw0, &sw1, &sw2], &["sw0", "sw1", "sw2"], SETTLE)?;
+    wait_in_model_for(&sw0, "port:sw2/p1", true, SETTLE)?;
+    // sw2's member port loses its carrier: sw2 alarms it, sw0 lists it.
+    lab.nodes[2].ip(&["link", "set", "p1b", "down"])?;
+    wait_until(SETTLE, "sw2's alarm listed at sw0", || {
+        let remote = remote_from(&sw0, "sw2").map_err(|e| e.to_string())?;
+        if remote.iter().any(|(o, d)| o == "port:p1" && d.is_none()) {
+            Ok(())
+        } else {
+            Err(format!("{remote:?}"))
+        }
+    })?;
+
+    sw2.kill()?;
+    // Departed: its alarm stays, marked as its last word.
+    wait_until(SETTLE, "sw2's alarm marked as its last word", || {
+        let remote = remote_from(&sw0, "sw2").map_err(|e| e.to_string())?;
+        if remote.iter().any(|(o, d)| o == "port:p1" && d.is_some()) {
+            Ok(())
+        } else {
+            Err(format!("{remote:?}"))
+        }
+    })?;
+    let text = sw0.query_text(&["show", "alarms"])?;
+    assert!(
+        text.contains("origin departed: its last word, unconfirmed"),
+        "{text}"
+    );
+    wait_effective(&sw0, "switch:sw2", "lost-contact", 0)?;
+
+    // Forgotten (pruned): its alarms, switch and ports go, and so does the
+    // lost-contact alarm on it.
+    wait_until(SETTLE, "sw2 forgotten by sw0", || {
+        let remote = remote_from(&sw0, "sw2").map_err(|e| e.to_string())?;
+        let objects: Vec<&str> = ["switch:sw2", "port:sw2/p1", "port:sw2/fab0"]
+            .into_iter()
+            .filter(|id| in_model(&sw0, id))
+            .collect();
+        if remote.is_empty() && objects.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{remote:?} {objects:?}"))
+        }
+    })?;
+    let (raised, report) = wait_alarms(&sw0, "no alarm about sw2 left", |r| {
+        r.iter().all(|(o, _, _)| !o.contains("sw2"))
+    })?;
+    assert!(
+        report["cleared"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|a| a["object"] == "switch:sw2")),
+        "{raised:?} {report}"
+    );
+    // sw1 (default prune time) still lists it as departed.
+    wait_effective(&sw1, "switch:sw2", "lost-contact", 0)?;
+    assert!(
+        remote_from(&sw1, "sw2")?
+            .iter()
+            .all(|(_, departed)| departed.is_some())
+    );
+    Ok(())
+}
+
+#[test]
+fn an_ipv6_address_added_after_start_joins_as_ip6_and_goes_down_with_its_port() -> anyhow::Result<()>
+{
+    let switch = Netns::new("minf6")?;
+    let host = Netns::new("minf6h")?;
+    netns::veth(&switch, "m0", &host, "h0")?;
+    // No IPv6 on m0 at start (not even a link-local address).
+    switch.exec("sysctl", &["-qw", "net.ipv6.conf.m0.disable_ipv6=1"])?;
+    let text = r#"instance = "{instance}"
+[dataplane]
+member_ports = ["m0"]
+
+[inference]
+objects = [{ id = "svc:v6", layer = "service", kind = "service", depends_on = [{ id = "port:m0", kind = "maps-to" }] }]
+"#;
+    let agent = Agent::start(&switch, text)?;
+    assert!(!in_model(&agent, "ip6:m0"), "no IPv6 address, no ip6:m0");
+    switch.exec("sysctl", &["-qw", "net.ipv6.conf.m0.disable_ipv6=0"])?;
+    switch.ip(&["addr", "add", "2001:db8:66::1/64", "dev", "m0", "nodad"])?;
+    wait_in_model(&agent, "ip6:m0", true)?;
+    let ip6 = state(&agent, "ip6:m0")?;
+    assert_eq!(ip6["object"]["kind"], "ip6-interface", "{ip6}");
+    assert_eq!(ip6["depends_on"][0]["to"], "lan:m0", "{ip6}");
+    assert!(!in_model(&agent, "ip:m0"), "no IPv4 address: no ip:m0");
+    // The far end down: the carrier goes, the address stays.
+    host.ip(&["link", "set", "h0", "down"])?;
+    assert_eq!(wait_effective(&agent, "ip6:m0", "down", 3)?, "lan:m0");
+    host.ip(&["link", "set", "h0", "up"])?;
+    wait_effective(&agent, "ip6:m0", "normal", 0)?;
+    // Taken down here, the kernel flushes the port's IPv6 addresses: the
+    // IPv6 interface stays, down, rather than vanish with its fault.
+    switch.ip(&["link", "set", "m0", "down"])?;
+    wait_effective(&agent, "ip6:m0", "down", 3)?;
+    let left = switch.ip(&["-6", "addr", "show", "dev", "m0"])?;
+    assert!(!left.contains("inet6"), "flushed: {left}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(in_model(&agent, "ip6:m0"));
+    // Up again without an IPv6 address (IPv6 off): it leaves.
+    switch.exec("sysctl", &["-qw", "net.ipv6.conf.m0.disable_ipv6=1"])?;
+    switch.ip(&["link", "set", "m0", "up"])?;
+    wait_effective(&agent, "port:m0", "normal", 0)?;
+    // An address event (v4 here) makes it look again.
+    switch.ip(&["addr", "add", "10.66.6.1/24", "dev", "m0"])?;
+    wait_in_model(&agent, "ip:m0", true)?;
+    wait_in_model(&agent, "ip6:m0", false)?;
+    Ok(())
+}
+
+#[test]
+fn the_peer_link_down_leaves_the_peer_degraded_over_the_backup_path_and_both_down_is_the_peer_down()
+-> anyhow::Result<()> {
+    let pair = Pair::new()?;
+    let (backup_a, _) = pair.add_backup_path()?;
+    let agent = pair.agent_a(&format!("\n[mclag]\ninit_delay_s = 0\n{backup_a}"))?;
+    let link = state(&agent, "link:a-peer--mlag-peer")?;
+    assert_eq!(link["object"]["kind"], "peer-link", "{link}");
+    assert_eq!(link["depends_on"][0]["to"], "port:a-peer", "{link}");
+    let backup = state(&agent, "link:a-bk--mlag-peer")?;
+    assert_eq!(backup["object"]["kind"], "backup-path", "{backup}");
+    let peer = state(&agent, "switch:mlag-peer")?;
+    let group = &peer["object"]["group"];
+    assert_eq!(group["redundancy"], "redundant", "{peer}");
+    assert_eq!(
+        group["members"],
+        serde_json::json!(["link:a-peer--mlag-peer", "link:a-bk--mlag-peer"]),
+        "{peer}"
+    );
+    // B is not running: the peer is in lost contact, not faulty.
+    wait_effective(&agent, "switch:mlag-peer", "lost-contact", 0)?;
+
+    // The peer link down: the peer is still reachable over the backup
+    // path, degraded, and its twin port is not counted as up.
+    pair.a.ip(&["link", "set", "a-peer", "down"])?;
+    assert_eq!(
+        wait_effective(&agent, "link:a-peer--mlag-peer", "down", 3)?,
+        "port:a-peer"
+    );
+    assert_eq!(
+        wait_effective(&agent, "switch:mlag-peer", "degraded", 1)?,
+        "link:a-peer--mlag-peer"
+    );
+    wait_effective(&agent, "twin:1", "degraded", 1)?;
+    // One alarm, on the port, with the link and the peer under it.
+    let (raised, report) = wait_alarms(&agent, "the peer link's port alarmed", |r| {
+        r.iter().any(|(o, _, s)| {
+            o == "port:a-peer"
+                && contains(s, "link:a-peer--mlag-peer")
+                && contains(s, "switch:mlag-peer")
+        })
+    })?;
+    assert!(
+        raised.iter().all(|(o, _, _)| o != "switch:mlag-peer"),
+        "{report}"
+    );
+    // The backup path down too: the peer is inferred down.
+    pair.a.ip(&["link", "set", "a-bk", "down"])?;
+    wait_effective(&agent, "switch:mlag-peer", "down", 3)?;
+    wait_effective(&agent, "twin:1", "down", 3)?;
+    // The peer link back: degraded again; the backup path back: the peer
+    // is in lost contact again (B is still not running).
+    pair.a.ip(&["link", "set", "a-peer", "up"])?;
+    wait_effective(&agent, "switch:mlag-peer", "degraded", 1)?;
+    pair.a.ip(&["link", "set", "a-bk", "up"])?;
+    wait_effective(&agent, "switch:mlag-peer", "lost-contact", 0)?;
+    Ok(())
+}
+
+#[test]
+fn a_vlan_of_the_config_is_an_object_over_its_mlag_interface_that_its_ip_interface_maps()
+-> anyhow::Result<()> {
+    // Only A runs: its twin is unknown, so the MLAG interface is degraded.
+    let pair = Pair::new()?;
+    let agent = pair.agent_a(
+        r#"vlan_interfaces = [{ mlag_id = 1, outer_vlan = 10, interface = "a-c" }, { mlag_id = 1, outer_vlan = 20, inner_vlan = 5, interface = "a-c" }]"#,
+    )?;
+    let vlan = state(&agent, "vlan:10")?;
+    assert_eq!(vlan["object"]["kind"], "vlan", "{vlan}");
+    assert_eq!(vlan["object"]["layer"], "l2", "{vlan}");
+    assert_eq!(
+        vlan["object"]["group"]["members"],
+        serde_json::json!(["mlag:1"]),
+        "{vlan}"
+    );
+    assert!(in_model(&agent, "vlan:20.5"));
+    let ip = state(&agent, "ip:a-c")?;
+    assert!(
+        ip["depends_on"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|l| l["to"] == "vlan:10")),
+        "{ip}"
+    );
+    assert_eq!(wait_effective(&agent, "vlan:10", "degraded", 1)?, "mlag:1");
+    // The member port down too: no carrier of the VLAN is left.
+    pair.a.ip(&["link", "set", "a-c", "down"])?;
+    assert_eq!(wait_effective(&agent, "vlan:10", "down", 3)?, "mlag:1");
+    wait_effective(&agent, "vlan:20.5", "down", 3)?;
+    pair.a.ip(&["link", "set", "a-c", "up"])?;
+    wait_effective(&agent, "vlan:10", "degraded", 1)?;
+    Ok(())
+}
+
+#[test]
+fn a_declared_link_to_a_members_port_goes_down_with_that_port_under_its_alarm() -> anyhow::Result<()>
+{
+    use mlag_testbed::fabric::{FabricLab, wait_all_see, wait_fault};
+    const SETTLE: Duration = Duration::from_secs(20);
+    let lab = FabricLab::new(3)?;
+    // sw0's p1 is cabled to sw2's p1b (as sw0 declares), and a service of
+    // sw0 runs over that link.
+    let declared = r#"
+[inference]
+links = [{ local = "p1", remote = "sw2/p1b" }]
+objects = [{ id = "svc:uplink", layer = "service", kind = "service", depends_on = [{ id = "link:p1--sw2/p1b", kind = "maps-to" }] }]
+"#;
+    let sw0 = lab.start(0, declared)?;
+    let sw1 = lab.start(1, "")?;
+    let sw2 = lab.start(2, "")?;
+    wait_all_see(&[&sw0, &sw1, &sw2], &["sw0", "sw1", "sw2"], SETTLE)?;
+    let link = state(&sw0, "link:p1--sw2/p1b")?;
+    assert_eq!(link["object"]["kind"], "link", "{link}");
+    let ends: Vec<&str> = link["depends_on"]
+        .as_array()
+        .map(|d| d.iter().filter_map(|l| l["to"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        ends.contains(&"port:p1") && ends.contains(&"port:sw2/p1b"),
+        "{link}"
+    );
+    wait_effective(&sw0, "svc:uplink", "normal", 0)?;
+
+    // The far end down at sw2: the link and the service are down, under
+    // one alarm on sw2's port.
+    lab.nodes[2].ip(&["link", "set", "p1b", "down"])?;
+    wait_fault(&sw0, "sw2", "p1b", "port-down", SETTLE)?;
+    assert_eq!(
+        wait_effective(&sw0, "link:p1--sw2/p1b", "down", 3)?,
+        "port:sw2/p1b"
+    );
+    wait_effective(&sw0, "svc:uplink", "down", 3)?;
+    let (raised, report) = wait_alarms(&sw0, "one alarm on sw2's port", |r| {
+        r.iter().any(|(o, _, s)| {
+            o == "port:sw2/p1b" && contains(s, "link:p1--sw2/p1b") && contains(s, "svc:uplink")
+        })
+    })?;
+    assert!(
+        raised
+            .iter()
+            .all(|(o, _, _)| o != "link:p1--sw2/p1b" && o != "svc:uplink"),
+        "{report}"
+    );
+    lab.nodes[2].ip(&["link", "set", "p1b", "up"])?;
+    wait_effective(&sw0, "svc:uplink", "normal", 0)?;
+    Ok(())
+}

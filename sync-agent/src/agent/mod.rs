@@ -53,7 +53,10 @@ use crate::{
     dataplane::{DataplaneHandle, DataplaneStart, DataplaneStarted},
     fabric::FabricHandle,
     handles::ModuleHandles,
-    inference::InferenceHandle,
+    inference::{
+        InferenceHandle,
+        config::{PeerPaths, VlanOnMlag},
+    },
     mac::MacAddr,
     mclag::{MclagChannels, MclagHandle},
     metrics::MetricsHandle,
@@ -116,8 +119,28 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
     let mlag_ids = reload::mlag_ids(&config);
     // With an MLAG peer, the state model has an MLAG interface per MLAG id.
     let mut inference_config = config.inference.clone();
-    if config.peer.is_some() {
+    if let Some(peer) = &config.peer {
         inference_config.mlag_ports = mlag_ids.clone();
+        // The peer switch is reached over the peer link, and over the
+        // MC-LAG backup path when there is one.
+        inference_config.peer_paths = Some(PeerPaths {
+            link: peer.local_address,
+            backup: config
+                .mclag
+                .as_ref()
+                .and_then(|m| m.backup.as_ref())
+                .map(|b| b.local_address),
+        });
+        inference_config.vlans = peer
+            .vlan_interfaces
+            .iter()
+            .map(|v| VlanOnMlag {
+                mlag_id: v.mlag_id,
+                outer: v.outer_vlan,
+                inner: v.inner_vlan,
+                interface: v.interface.clone(),
+            })
+            .collect();
     }
 
     let (peer_captures_tx, peer_captures_rx) = match &config.peer {
@@ -175,15 +198,8 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
     };
 
     let (info_tx, info_rx) = mpsc::channel(INFO_QUEUE);
-    let inference = InferenceHandle::spawn(
-        inference_config,
-        &config.instance,
-        netlink.clone(),
-        inference_links,
-        info_rx,
-    )
-    .await
-    .context("state model")?;
+    // The fabric first: inference follows its view of the members. What
+    // the fabric tells inference meanwhile waits in `info_rx`.
     let fabric = match config.fabric.clone() {
         Some(section) => Some(
             FabricHandle::spawn(
@@ -198,6 +214,16 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
         ),
         None => None,
     };
+    let inference = InferenceHandle::spawn(
+        inference_config,
+        &config.instance,
+        netlink.clone(),
+        inference_links,
+        info_rx,
+        fabric.as_ref().map(FabricHandle::members),
+    )
+    .await
+    .context("state model")?;
     alarm_push::wire(&inference, fabric.as_ref());
     config_push::wire(
         center.as_ref(),

@@ -446,6 +446,7 @@ mod tests {
             addresses: vec![],
             uptime_s: 1,
             interval_ms: 1000,
+            ports: None,
         });
         (task.topics.topic_for(&message).0, codec.seal(&message))
     }
@@ -477,6 +478,53 @@ mod tests {
         let report = task.report();
         assert_eq!(report.members.len(), 1, "silent sw2 pruned too");
         assert_eq!(report.counters.get("members_pruned"), Some(&2));
+    }
+
+    #[test]
+    fn the_members_watch_lists_each_members_ports_wakes_only_on_change_and_forgets_the_pruned() {
+        let (infos, _rx) = mpsc::channel(16);
+        let (mut task, _eventloop) = test_task_with(infos, "prune_after_ms = 100");
+        let mut members = task.members_out.subscribe();
+        let mut sw2 = Codec::new(test_identity("sw2"), test_roster(), None);
+        let mut beat = |task: &mut Task, ports: Option<Vec<&str>>| {
+            let message = Message::Heartbeat(Heartbeat {
+                member: "sw2".into(),
+                role: Role::Client,
+                model: "m".into(),
+                version: "v".into(),
+                servers: vec![],
+                addresses: vec![],
+                uptime_s: 1,
+                interval_ms: 1000,
+                ports: ports.map(|p| p.into_iter().map(String::from).collect()),
+            });
+            let topic = task.topics.topic_for(&message).0;
+            task.process_publish(&topic, &sw2.seal(&message), false);
+        };
+        let ports = |members: &mut tokio::sync::watch::Receiver<bus::FabricMembers>| {
+            members.borrow_and_update()["sw2"]
+                .as_deref()
+                .map(|p| p.to_vec())
+        };
+        // Unsorted, with `lo` and a name no interface can have: held to
+        // the list's rules.
+        beat(&mut task, Some(vec!["p2", "lo", "p1", "bad/name"]));
+        assert!(members.has_changed().unwrap());
+        assert_eq!(ports(&mut members), Some(vec!["p1".into(), "p2".into()]));
+        // The same again, or "not said": no wake-up, the list stays.
+        beat(&mut task, Some(vec!["p1", "p2"]));
+        beat(&mut task, None);
+        assert!(!members.has_changed().unwrap());
+        assert_eq!(ports(&mut members), Some(vec!["p1".into(), "p2".into()]));
+        beat(&mut task, Some(vec!["p1"]));
+        assert!(members.has_changed().unwrap());
+        assert_eq!(ports(&mut members), Some(vec!["p1".into()]));
+        // Departed, it stays listed; pruned, it is gone.
+        task.heard_departed("sw2");
+        std::thread::sleep(Duration::from_millis(150));
+        task.process(Event::Tick);
+        assert!(members.has_changed().unwrap());
+        assert!(members.borrow_and_update().is_empty());
     }
 
     /// A member that is not a server hears no heartbeats: it knows the
@@ -511,6 +559,7 @@ mod tests {
                         addresses: vec![],
                         uptime_s: 1,
                         interval_ms: 1000,
+                        ports: None,
                     },
                     joined_ms: 1,
                     last_heartbeat_ms: 1,
@@ -569,6 +618,61 @@ mod tests {
         task.report().counters.get("roster_records_sent").copied()
     }
 
+    /// A bucket of members whose port lists do not all fit one message
+    /// still lists every member: those without room go without their
+    /// ports (counted), and are not written again at every tick for it.
+    #[test]
+    fn a_roster_bucket_too_full_for_the_port_lists_keeps_every_member_without_some_lists() {
+        use crate::fabric::wire::{MAX_HEARTBEAT_PORTS, roster_bucket};
+        let (mut task, _eventloop, _sw2) = active_server_hearing_sw2();
+        let bucket = roster_bucket("sw2");
+        let ports: Vec<String> = (0..MAX_HEARTBEAT_PORTS)
+            .map(|i| format!("swp{i:03}-{:07}", 0))
+            .collect();
+        let names: Vec<String> = (0..5000)
+            .map(|i| format!("m{i}"))
+            .filter(|name| roster_bucket(name) == bucket)
+            .take(40)
+            .collect();
+        assert_eq!(names.len(), 40);
+        for name in &names {
+            task.roster.heartbeat(
+                Heartbeat {
+                    member: name.clone(),
+                    role: Role::Client,
+                    model: "m".into(),
+                    version: "v".into(),
+                    servers: vec![],
+                    addresses: vec![],
+                    uptime_s: 1,
+                    interval_ms: 1000,
+                    ports: Some(ports.clone()),
+                },
+                1,
+            );
+        }
+        let sent = records_written(&task).unwrap_or(0);
+        task.roster_due();
+        let counters = task.report().counters;
+        assert_eq!(records_written(&task), Some(sent + 1), "{counters:?}");
+        let bare = counters.get("roster_ports_left_out").copied().unwrap_or(0);
+        assert!(
+            bare > 0 && bare < 40,
+            "some lists fit, not all: {counters:?}"
+        );
+        assert_eq!(
+            counters.get("roster_bucket_full"),
+            None,
+            "no member left out"
+        );
+        task.roster_due();
+        assert_eq!(
+            records_written(&task),
+            Some(sent + 1),
+            "unchanged: not written again"
+        );
+    }
+
     /// Both servers retain on the same roster topics. When the other one
     /// writes a bucket that disagrees with what the active server hears,
     /// or announces the departure of a member it still hears, the active
@@ -595,6 +699,7 @@ mod tests {
                 addresses: vec![],
                 uptime_s: 9,
                 interval_ms: 1000,
+                ports: None,
             };
             Message::Roster(RosterRecord {
                 server: "srv".into(),
@@ -694,6 +799,7 @@ mod tests {
             addresses: vec![],
             uptime_s: 1,
             interval_ms: 1000,
+            ports: None,
         });
         announce(&mut member, false);
         let state = |member: &Task| {

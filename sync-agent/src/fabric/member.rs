@@ -29,6 +29,7 @@ impl Task {
             addresses: self.own.clone(),
             uptime_s: self.started.elapsed().as_secs(),
             interval_ms: self.heartbeat_interval().as_millis() as u64,
+            ports: Some(Heartbeat::port_list(self.ports.keys().map(String::as_str))),
         }
     }
 
@@ -59,6 +60,58 @@ impl Task {
                 since: now,
             },
         );
+        self.member_seen(&hb.member);
+    }
+
+    /// The members watch follows the view after `member`'s entry was
+    /// written: it is listed, with the ports its heartbeat lists (a
+    /// heartbeat that says nothing of its ports keeps the list known), and
+    /// members the view no longer holds (evicted from a full view) leave
+    /// it. Readers wake only on a real change: a heartbeat repeating its
+    /// ports costs one comparison.
+    pub(super) fn member_seen(&self, member: &str) {
+        let Some(entry) = self.view.get(member) else {
+            return;
+        };
+        let said = entry.heartbeat.ports.as_deref();
+        let view = &self.view;
+        self.members_out.send_if_modified(|all| {
+            let mut modified = false;
+            match all.get_mut(member) {
+                Some(known) => {
+                    let same = matches!((said, known.as_deref()), (Some(s), Some(k)) if s == k);
+                    if said.is_some() && !same {
+                        let ports = entry.heartbeat.listed_ports().map(Into::into);
+                        modified = *known != ports;
+                        *known = ports;
+                    }
+                }
+                None => {
+                    all.insert(
+                        member.to_string(),
+                        entry.heartbeat.listed_ports().map(Into::into),
+                    );
+                    modified = true;
+                }
+            }
+            if all.len() > view.len() {
+                all.retain(|name, _| view.contains_key(name));
+                modified = true;
+            }
+            modified
+        });
+    }
+
+    /// Members forgotten by the view leave the members watch (state
+    /// inference forgets them too).
+    fn members_forgotten(&self, forgotten: &[String]) {
+        self.members_out.send_if_modified(|all| {
+            let before = all.len();
+            for name in forgotten {
+                all.remove(name);
+            }
+            all.len() != before
+        });
     }
 
     /// Another member said it leaves (or its last will did).
@@ -103,6 +156,7 @@ impl Task {
         for name in &pruned {
             self.outbox.forget(name);
         }
+        self.members_forgotten(&pruned);
         if let Some(suppressed) = self.logs.admit("pruned") {
             tracing::info!(
                 count = pruned.len(),

@@ -39,7 +39,7 @@ pub mod state;
 mod task;
 pub mod wire;
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::bus::{self, AskError};
 use config::FabricConfig;
@@ -57,6 +57,7 @@ pub struct FabricHandle {
     queries: mpsc::Sender<Query>,
     releases_heard: broadcast::Sender<bus::ConfigReleased>,
     alarms_heard: broadcast::Sender<bus::AlarmRecord>,
+    members: watch::Receiver<bus::FabricMembers>,
 }
 
 impl FabricHandle {
@@ -80,11 +81,13 @@ impl FabricHandle {
         let (task, mqtt, addresses) = bring_up::start(config, switch_name, &netlink, infos).await?;
         let releases_heard = task.releases_heard.clone();
         let alarms_heard = task.alarms_heard.clone();
+        let members = task.members_out.subscribe();
         tokio::spawn(task.run(mqtt, rx, links, addresses));
         Ok(Self {
             queries,
             releases_heard,
             alarms_heard,
+            members,
         })
     }
 
@@ -128,6 +131,12 @@ impl FabricHandle {
     /// Alarms raised or cleared by other members' inference, from now on.
     pub fn subscribe_alarms(&self) -> broadcast::Receiver<bus::AlarmRecord> {
         self.alarms_heard.subscribe()
+    }
+
+    /// The other members this switch knows, with their ports, as the
+    /// view changes (for state inference).
+    pub fn members(&self) -> watch::Receiver<bus::FabricMembers> {
+        self.members.clone()
     }
 
     /// `fabric set KEY VALUE`: applies a fabric-wide setting here,

@@ -171,8 +171,17 @@ impl Task {
         ours.len() == record.entries.len()
             && ours.iter().all(|mine| {
                 record.entries.iter().any(|theirs| {
-                    theirs.heartbeat.member == mine.heartbeat.member
-                        && same_record(&theirs.heartbeat, &mine.heartbeat)
+                    // A record without a member's ports (no room for
+                    // them) agrees on them.
+                    let mine = Heartbeat {
+                        ports: theirs
+                            .heartbeat
+                            .ports
+                            .as_ref()
+                            .and(mine.heartbeat.ports.clone()),
+                        ..mine.heartbeat.clone()
+                    };
+                    theirs.heartbeat.member == mine.member && same_record(&theirs.heartbeat, &mine)
                 })
             })
     }
@@ -187,7 +196,7 @@ impl Task {
             self.tell_membership(&name, true);
         }
         let now = Instant::now();
-        let known = self.view.get_or_insert_with(name, || ViewEntry {
+        let known = self.view.get_or_insert_with(name.clone(), || ViewEntry {
             heartbeat: entry.heartbeat.clone(),
             heard: None,
             departed: false,
@@ -199,6 +208,7 @@ impl Task {
         known.heartbeat = entry.heartbeat;
         known.departed = false;
         known.since = now;
+        self.member_seen(&name);
     }
 
     fn should_be_active(&self) -> bool {
@@ -318,25 +328,57 @@ impl Task {
     fn publish_roster_bucket(&mut self, bucket: u16) {
         // Room for the header, signature, nonce and the record's own fields.
         const BUDGET: usize = MAX_MESSAGE - 1024;
+        // Membership matters more than the port lists: room is made for
+        // every member without its list first, then lists are put back
+        // while they fit. A member without its list is "not said": the
+        // receivers keep what they knew of its ports.
+        let size_of =
+            |entry: &MemberEntry| serde_json::to_vec(entry).map_or(BUDGET, |v| v.len() + 1);
         let mut entries = Vec::new();
         let mut size = 0;
         let mut left_out = 0usize;
+        let mut written = Vec::new();
         for entry in self
             .roster
             .entries()
             .filter(|e| roster_bucket(&e.heartbeat.member) == bucket)
         {
-            let entry_size = serde_json::to_vec(entry).map_or(BUDGET, |v| v.len() + 1);
-            if size + entry_size > BUDGET {
+            let mut bare = entry.clone();
+            bare.heartbeat.ports = None;
+            let bare_size = size_of(&bare);
+            if size + bare_size > BUDGET {
                 left_out += 1;
                 continue;
             }
-            size += entry_size;
-            entries.push(entry.clone());
+            size += bare_size;
+            written.push(record_key(&entry.heartbeat));
+            entries.push((bare, entry.heartbeat.ports.clone(), bare_size));
         }
-        for entry in &entries {
-            self.published_roster
-                .insert(entry.heartbeat.member.clone(), record_key(&entry.heartbeat));
+        let mut without_ports = 0u64;
+        let entries: Vec<MemberEntry> = entries
+            .into_iter()
+            .map(|(mut entry, ports, bare_size)| {
+                if ports.is_none() {
+                    return entry;
+                }
+                entry.heartbeat.ports = ports;
+                let full_size = size_of(&entry);
+                if size + full_size - bare_size <= BUDGET {
+                    size += full_size - bare_size;
+                } else {
+                    entry.heartbeat.ports = None;
+                    without_ports += 1;
+                }
+                entry
+            })
+            .collect();
+        // What the roster holds, not the record as cut down: a member
+        // written without its ports is not rewritten every tick for it.
+        for key in written {
+            self.published_roster.insert(key.member.clone(), key);
+        }
+        if without_ports > 0 {
+            self.count_by("roster_ports_left_out", without_ports);
         }
         if left_out > 0 {
             self.count("roster_bucket_full");
@@ -475,4 +517,5 @@ fn same_record(published: &Heartbeat, hb: &Heartbeat) -> bool {
         && published.version == hb.version
         && published.servers == hb.servers
         && published.addresses == hb.addresses
+        && published.ports == hb.ports
 }

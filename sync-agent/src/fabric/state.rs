@@ -729,6 +729,7 @@ mod tests {
             addresses: vec![],
             uptime_s: 0,
             interval_ms: 1000,
+            ports: None,
         };
         let mut roster = Roster::default();
         assert!(roster.heartbeat(hb("a"), 1));
@@ -797,6 +798,7 @@ mod tests {
             addresses: vec![],
             uptime_s: 0,
             interval_ms: 1000,
+            ports: None,
         };
         for m in ["a", "b", "c"] {
             roster.heartbeat(hb(m), 1);

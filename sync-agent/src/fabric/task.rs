@@ -185,6 +185,9 @@ pub(super) struct Task {
     pub(super) alarms_heard: broadcast::Sender<bus::AlarmRecord>,
     /// This switch's raised alarms, republished on a reconnect.
     pub(super) own_alarms: super::alarms::OwnAlarms,
+    /// The view's members with their ports, for state inference (kept in
+    /// step with `view` by `member.rs`).
+    pub(super) members_out: watch::Sender<bus::FabricMembers>,
     /// The embedded brokers this switch started (at bring-up, or when a
     /// server address was added here), with their restart counters.
     pub(super) brokers: Vec<(std::net::SocketAddr, Arc<AtomicU64>)>,
@@ -259,6 +262,7 @@ impl Task {
             releases_heard: broadcast::channel(RELEASES_DEPTH).0,
             alarms_heard: broadcast::channel(ALARMS_DEPTH).0,
             own_alarms: Default::default(),
+            members_out: watch::channel(bus::FabricMembers::new()).0,
             brokers,
             role_since: Instant::now(),
         }

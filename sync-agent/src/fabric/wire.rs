@@ -241,6 +241,48 @@ pub struct Heartbeat {
     pub uptime_s: u64,
     /// Its heartbeat interval.
     pub interval_ms: u64,
+    /// Its ports (interface names, sorted, `lo` left out, at most
+    /// [`MAX_HEARTBEAT_PORTS`]), so other members' state inference knows
+    /// them before any fault names one (issue 16). Absent (`None`) from an
+    /// agent that predates the field and from a roster record that had no
+    /// room for it: "not said", which leaves a receiver's idea of the ports
+    /// as it was; `Some(vec![])` says "no ports". An older agent ignores
+    /// the field (heartbeats do not deny unknown fields).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<String>>,
+}
+
+/// Most ports a heartbeat lists: a switch's front panel with breakouts
+/// fits, and a roster bucket of members still fits one message (a bucket
+/// that would not sends its members without their ports).
+pub const MAX_HEARTBEAT_PORTS: usize = 128;
+
+impl Heartbeat {
+    /// The port list a heartbeat carries for `names` (this switch's
+    /// interfaces): sorted, without duplicates, `lo` and names that are
+    /// no interface name left out, at most [`MAX_HEARTBEAT_PORTS`] (the
+    /// first in name order).
+    pub fn port_list<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        let mut ports: Vec<String> = names
+            .into_iter()
+            .filter(|name| *name != "lo" && crate::validate::is_ifname(name))
+            .map(str::to_string)
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports.truncate(MAX_HEARTBEAT_PORTS);
+        ports
+    }
+
+    /// The ports a received heartbeat lists, held to the same rules as
+    /// [`Heartbeat::port_list`] whatever the sender did (a name that is
+    /// no interface name is dropped, the list cut at
+    /// [`MAX_HEARTBEAT_PORTS`]); `None` when it says nothing of its ports.
+    pub fn listed_ports(&self) -> Option<Vec<String>> {
+        self.ports
+            .as_ref()
+            .map(|ports| Self::port_list(ports.iter().map(String::as_str)))
+    }
 }
 
 /// A server's own status.
@@ -769,6 +811,81 @@ mod tests {
     }
 
     #[test]
+    fn a_heartbeats_port_list_round_trips_and_both_sides_of_a_version_change_read_each_other() {
+        let hb = |ports: Option<Vec<String>>| Heartbeat {
+            member: "sw2".into(),
+            role: Role::Client,
+            model: "m".into(),
+            version: "1".into(),
+            servers: vec![],
+            addresses: vec![],
+            uptime_s: 1,
+            interval_ms: 300,
+            ports,
+        };
+        let listed = Message::Heartbeat(hb(Some(vec!["p1".into(), "swp2".into()])));
+        let json = serde_json::to_vec(&listed).unwrap();
+        assert_eq!(parse_body(Channel::Info, &json).unwrap(), listed);
+        assert!(String::from_utf8_lossy(&json).contains(r#""ports":["p1","swp2"]"#));
+        // "No ports" is said, not left out.
+        let none = Message::Heartbeat(hb(Some(vec![])));
+        let json = serde_json::to_vec(&none).unwrap();
+        assert!(String::from_utf8_lossy(&json).contains(r#""ports":[]"#));
+        assert_eq!(parse_body(Channel::Info, &json).unwrap(), none);
+        // From an agent that predates the list: it is "not said".
+        let old = br#"{"type":"heartbeat","member":"sw2","role":"client","model":"m","version":"1","servers":[],"addresses":[],"uptime_s":1,"interval_ms":300}"#;
+        assert_eq!(
+            parse_body(Channel::Info, old).unwrap(),
+            Message::Heartbeat(hb(None))
+        );
+        // Not said, it is not written: an older agent reads the same bytes
+        // as before.
+        let json = serde_json::to_vec(&Message::Heartbeat(hb(None))).unwrap();
+        assert_eq!(json, old.to_vec());
+        // An older agent reading a newer heartbeat: heartbeats ignore
+        // fields they do not know, which is what lets the list through.
+        let mut newer: serde_json::Value = serde_json::to_value(&listed).unwrap();
+        newer["from_the_future"] = serde_json::json!([1, 2]);
+        let newer = serde_json::to_vec(&newer).unwrap();
+        assert_eq!(parse_body(Channel::Info, &newer).unwrap(), listed);
+    }
+
+    #[test]
+    fn a_port_list_is_sorted_bounded_and_holds_interface_names_only() {
+        let many: Vec<String> = (0..MAX_HEARTBEAT_PORTS + 10)
+            .rev()
+            .map(|i| format!("p{i:03}"))
+            .collect();
+        let list = Heartbeat::port_list(many.iter().map(String::as_str).chain([
+            "lo",
+            "",
+            "a/b",
+            "x y",
+            "waytoolonganame0",
+            "p001",
+        ]));
+        assert_eq!(list.len(), MAX_HEARTBEAT_PORTS);
+        assert_eq!(list[0], "p000");
+        assert_eq!(list[1], "p001", "duplicates once");
+        assert!(list.windows(2).all(|w| w[0] < w[1]));
+        assert!(list.iter().all(|p| p.starts_with('p')), "{list:?}");
+        // A received list is held to the same rules, whatever was sent.
+        let hb = Heartbeat {
+            member: "sw2".into(),
+            role: Role::Client,
+            model: "m".into(),
+            version: "1".into(),
+            servers: vec![],
+            addresses: vec![],
+            uptime_s: 1,
+            interval_ms: 300,
+            ports: Some(many),
+        };
+        assert_eq!(hb.listed_ports(), Some(list));
+        assert_eq!(Heartbeat { ports: None, ..hb }.listed_ports(), None);
+    }
+
+    #[test]
     fn a_config_announce_round_trips_on_the_conf_channel() {
         let m = Message::ConfigAnnounce(ConfigAnnounce {
             origin: "center-1".into(),
@@ -916,6 +1033,7 @@ mod every_kind {
             addresses: vec![],
             uptime_s: 3,
             interval_ms: 1000,
+            ports: Some(vec!["p1".into(), "swp2".into()]),
         };
         let change = ConfigChange {
             origin: "a".into(),

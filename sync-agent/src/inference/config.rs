@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{DEFAULT_DEGRADED_LEVEL, Dependency, Layer, Redundancy, Rule};
-use crate::validate::Problems;
+use crate::validate::{Problems, is_ifname};
 
 fn default_history() -> usize {
     32
@@ -27,6 +27,11 @@ pub struct InferenceConfig {
     /// Rules that normalise information to states (before the built-in ones).
     #[serde(default)]
     pub rules: Vec<Rule>,
+    /// Physical links from a port of this switch to a port of another
+    /// fabric member, where the cabling is known (no LLDP here to learn
+    /// it): each is `link:LOCAL--MEMBER/IF`, down when either end is.
+    #[serde(default)]
+    pub links: Vec<DeclaredLink>,
     /// Root-cause alarms (`[inference.alarms]`).
     #[serde(default)]
     pub alarms: AlarmConfig,
@@ -36,6 +41,39 @@ pub struct InferenceConfig {
     /// the agent fills it in from `[peer]` (`mlag_ids`) before starting.
     #[serde(skip)]
     pub mlag_ports: Vec<(String, u32)>,
+    /// This switch's addresses on its paths to the MLAG peer, when it has
+    /// one: the interfaces holding them are the peer link and the backup
+    /// path, which the peer switch object is reached over. Filled in by
+    /// the agent from `[peer]` and `[mclag].backup`.
+    #[serde(skip)]
+    pub peer_paths: Option<PeerPaths>,
+    /// The VLANs each MLAG id carries, with the interface that serves each
+    /// (`[peer].vlan_interfaces`): each VLAN is an object redundant over
+    /// the MLAG interfaces that carry it. Filled in by the agent.
+    #[serde(skip)]
+    pub vlans: Vec<VlanOnMlag>,
+}
+
+/// One VLAN an MLAG id carries (`[[peer.vlan_interfaces]]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VlanOnMlag {
+    /// The MLAG id.
+    pub mlag_id: u32,
+    /// Outer VLAN id.
+    pub outer: u16,
+    /// Inner VLAN id (0 when single-tagged).
+    pub inner: u16,
+    /// The interface that serves the VLAN (its IP interfaces map it).
+    pub interface: String,
+}
+
+/// This switch's addresses on its paths to the MLAG peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerPaths {
+    /// On the peer link (`peer.local_address`).
+    pub link: std::net::IpAddr,
+    /// On the MC-LAG backup path (`mclag.backup.local_address`), if any.
+    pub backup: Option<std::net::IpAddr>,
 }
 
 impl Default for InferenceConfig {
@@ -43,9 +81,12 @@ impl Default for InferenceConfig {
         Self {
             history: default_history(),
             objects: Vec::new(),
+            links: Vec::new(),
             rules: Vec::new(),
             alarms: AlarmConfig::default(),
             mlag_ports: Vec::new(),
+            peer_paths: None,
+            vlans: Vec::new(),
         }
     }
 }
@@ -143,6 +184,25 @@ impl DeclaredObject {
     }
 }
 
+/// A physical link declared in the config (`inference.links`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DeclaredLink {
+    /// This switch's port, e.g. `swp1`.
+    pub local: String,
+    /// The far end, `MEMBER/IF`: a port of another fabric member.
+    pub remote: String,
+}
+
+impl DeclaredLink {
+    /// The far end's member and port, when `remote` is `MEMBER/IF`.
+    pub fn remote_end(&self) -> Option<(&str, &str)> {
+        self.remote
+            .split_once('/')
+            .filter(|(member, port)| !member.is_empty() && is_ifname(port))
+    }
+}
+
 /// A dependency declared in the config.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -171,6 +231,23 @@ impl InferenceConfig {
                 "inference.alarms.level",
                 "0 would alarm every object: must be between 1 and 255".to_string(),
             );
+        }
+        for (i, link) in self.links.iter().enumerate() {
+            if !is_ifname(&link.local) {
+                out.add(
+                    format!("inference.links[{i}].local"),
+                    format!("'{}' is not an interface name", link.local),
+                );
+            }
+            if link.remote_end().is_none() {
+                out.add(
+                    format!("inference.links[{i}].remote"),
+                    format!(
+                        "'{}' is not MEMBER/IF (a port of another fabric member)",
+                        link.remote
+                    ),
+                );
+            }
         }
         if let Some(webhook) = &self.alarms.webhook {
             match reqwest::Url::parse(&webhook.url) {
@@ -250,6 +327,20 @@ mod tests {
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    #[test]
+    fn a_declared_link_names_a_local_port_and_a_members_port() {
+        let c = parse(
+            r#"links = [{ local = "swp1", remote = "sw2/swp9" }, { local = "a/b", remote = "sw2" }, { local = "x", remote = "/p" }]"#,
+        );
+        assert_eq!(c.links[0].remote_end(), Some(("sw2", "swp9")));
+        assert_eq!(
+            problems(&c),
+            "inference.links[1].local: 'a/b' is not an interface name\n\
+             inference.links[1].remote: 'sw2' is not MEMBER/IF (a port of another fabric member)\n\
+             inference.links[2].remote: '/p' is not MEMBER/IF (a port of another fabric member)"
+        );
     }
 
     #[test]

@@ -9,10 +9,10 @@ use std::{
 use tokio::sync::oneshot;
 
 use super::{
-    AlarmRecord, ObjectId, ObjectView,
+    AlarmRecord, FabricMembers, ObjectId, ObjectView,
     alarms::Notice,
-    live,
-    report::{AlarmsReport, ChainLink, StateReport, StatesReport},
+    live::{self, Family},
+    report::{AlarmsReport, ChainLink, RemoteAlarm, StateReport, StatesReport},
     task::{MAX_REMOTE, Task},
 };
 use crate::{
@@ -77,6 +77,8 @@ pub(super) enum Event {
     Neighbour(NeighbourEvent),
     /// Another fabric member's alarm raised, changed or cleared.
     RemoteAlarm(AlarmRecord),
+    /// The fabric's members (and their ports) changed: the latest view.
+    MembersChanged(FabricMembers),
     /// An operator query.
     Query(Query),
 }
@@ -116,6 +118,7 @@ impl Task {
             Event::RoutesChanged => self.process_routes_changed().await,
             Event::Neighbour(event) => self.process_neighbour(event),
             Event::RemoteAlarm(alarm) => self.process_remote_alarm(alarm),
+            Event::MembersChanged(members) => self.process_members_changed(members),
             Event::Query(Query::States { faulty, reply }) => {
                 let _ = reply.send(self.process_states(faulty));
             }
@@ -186,9 +189,32 @@ impl Task {
 
     /// Addresses changed: an interface with an IPv4 address and no IP
     /// interface object yet gets one; one whose last IPv4 address went
-    /// loses it, with the gateways and neighbours under it. Gateways are
-    /// read again (a new IP interface may be the way to one).
+    /// loses it, with the gateways and neighbours under it. The same for
+    /// IPv6 (`ip6:IF`), except that an interface whose port is down keeps
+    /// its IPv6 interface (shown down): the kernel flushes the IPv6
+    /// addresses of a port taken down (`keep_addr_on_down` = 0), and the
+    /// object vanishing would hide the fault. Every address is read in one
+    /// dump, however many changed. Gateways are read again (a new IP
+    /// interface may be the way to one).
     pub(super) async fn process_addresses_changed(&mut self) {
+        let all = match addresses::all(&self.netlink).await {
+            Ok(all) => all,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the addresses: IP interfaces not updated");
+                return;
+            }
+        };
+        // Whether each interface is up now, read after the addresses: the
+        // kernel flushes a port's IPv6 addresses after telling it went
+        // down, but the address and link watches are separate sockets, so
+        // the model may not have heard of the link yet.
+        let up: BTreeSet<u32> = match links::all(&self.netlink).await {
+            Ok(all) => all.iter().filter(|l| l.up).map(|l| l.index).collect(),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the interfaces: IP interfaces not updated");
+                return;
+            }
+        };
         let names: Vec<(u32, String)> = self
             .names
             .iter()
@@ -196,21 +222,17 @@ impl Task {
             .collect();
         let mut touched = Vec::new();
         for (index, name) in names {
-            let has_v4 = match addresses::list(&self.netlink, index).await {
-                Ok(list) => list.iter().any(|a| a.ip.is_ipv4()),
-                Err(err) => {
-                    tracing::debug!(interface = name, error = %err, "cannot read the interface's addresses");
-                    continue;
-                }
-            };
+            let list = all.get(&index).map_or(&[][..], Vec::as_slice);
+            let has = |family: Family| list.iter().any(|a| family.holds(&a.ip));
             let ip = ids::ip(&name);
+            let has_v4 = has(Family::V4);
             if has_v4 && !self.model.contains(&ip) {
                 let changes = live::ensure_ip(&mut self.model, &name);
                 self.stats.changes += changes.len() as u64;
                 touched.push(ip.clone());
                 touched.extend(changes.into_iter().map(|c| c.object));
                 if self.model.contains(&ip) {
-                    self.live_ips.insert(name);
+                    self.live_ips.insert(name.clone());
                 }
             } else if !has_v4 && self.live_ips.remove(&name) {
                 tracing::info!(
@@ -219,6 +241,33 @@ impl Task {
                 );
                 touched.extend(live::remove_ip(&mut self.model, &mut self.created, &name));
             }
+            let ip6 = ids::ip6(&name);
+            let has_v6 = has(Family::V6);
+            let port_up = up.contains(&index);
+            if has_v6 && !self.model.contains(&ip6) {
+                let changes = live::ensure_ip_of(&mut self.model, &name, Family::V6);
+                self.stats.changes += changes.len() as u64;
+                touched.push(ip6.clone());
+                touched.extend(changes.into_iter().map(|c| c.object));
+                if self.model.contains(&ip6) {
+                    self.live_ip6s.insert(name);
+                }
+            } else if !has_v6 && port_up && self.live_ip6s.remove(&name) {
+                tracing::info!(
+                    interface = name,
+                    "IPv6 interface leaves the state model: no IPv6 address left"
+                );
+                touched.extend(live::remove_ip6(&mut self.model, &name));
+            }
+        }
+        if let Some(paths) = self.peer_paths {
+            let holders = live::holders_of(&all, &self.names);
+            touched.extend(live::sync_peer_paths(
+                &mut self.model,
+                &paths,
+                |ip| holders.get(&ip).cloned(),
+                &mut self.peer_ports,
+            ));
         }
         self.reassess(touched);
         self.process_routes_changed().await;
@@ -336,6 +385,84 @@ impl Task {
         self.remote.insert(key, alarm);
     }
 
+    /// The fabric's members changed: a member new to this switch gets its
+    /// switch object, the ports its heartbeat lists join under it (before
+    /// any fault names them; a port of a departed member joins in lost
+    /// contact like its others), a port no longer listed leaves, and a
+    /// member the fabric forgot (pruned `prune_after_ms` after its
+    /// departure, or evicted from a full view) leaves with its ports and
+    /// its alarms. Members whose list did not change (same shared list)
+    /// cost one comparison.
+    pub(super) fn process_members_changed(&mut self, now: FabricMembers) {
+        let mut touched = Vec::new();
+        let gone: Vec<String> = self
+            .members
+            .keys()
+            .filter(|member| !now.contains_key(*member))
+            .cloned()
+            .collect();
+        for member in gone {
+            touched.extend(self.forget_member(&member));
+        }
+        for (member, ports) in &now {
+            // A shared list: cloning it is a reference count.
+            let before = self.members.get(member).cloned();
+            let switch = ids::switch(member);
+            if before.is_none() {
+                let new = !self.model.contains(&switch);
+                if !live::ensure_remote_switch(&mut self.model, &mut self.created, &switch) {
+                    self.stats.unknown_objects += 1;
+                    continue;
+                }
+                if new {
+                    touched.push(switch);
+                }
+            }
+            let Some(ports) = ports else {
+                // Not said: what is known of its ports stays.
+                continue;
+            };
+            let old: &[String] = match &before {
+                Some(Some(old)) if std::sync::Arc::ptr_eq(old, ports) => continue,
+                Some(Some(old)) => old,
+                _ => &[],
+            };
+            for port in ports.iter().filter(|p| !old.contains(p)) {
+                let id = ids::remote_port(member, port);
+                if live::ensure_remote_port(&mut self.model, &mut self.created, &id) {
+                    touched.push(id.clone());
+                    if self.departed.contains_key(member) {
+                        self.apply_one(Info::new(MEMBERSHIP, "member-departed", id));
+                    }
+                }
+            }
+            for port in old.iter().filter(|p| !ports.contains(p)) {
+                let id = ids::remote_port(member, port);
+                touched.extend(live::remove_remote_port(
+                    &mut self.model,
+                    &mut self.created,
+                    &id,
+                ));
+            }
+        }
+        self.members = now;
+        self.reassess(touched);
+    }
+
+    /// The fabric forgot `member`: its objects the fabric added leave the
+    /// model, and its alarms this switch listed are dropped (its retained
+    /// records, if it comes back, bring them again). Returns the objects
+    /// to re-assess.
+    fn forget_member(&mut self, member: &str) -> Vec<ObjectId> {
+        tracing::info!(
+            member,
+            "fabric member forgotten: its switch and ports leave the state model"
+        );
+        self.departed.remove(member);
+        self.remote.retain(|(origin, _), _| origin != member);
+        live::forget_member(&mut self.model, &mut self.created, member)
+    }
+
     /// Information from another module.
     pub(super) fn process_info(&mut self, info: Info) {
         self.apply(info);
@@ -371,7 +498,14 @@ impl Task {
             cleared,
             counters: self.alarms.stats(),
             webhook: self.webhook.as_ref().map(|w| w.stats()),
-            remote: self.remote.values().cloned().collect(),
+            remote: self
+                .remote
+                .values()
+                .map(|alarm| RemoteAlarm {
+                    origin_departed_ms: self.departed.get(&alarm.origin).copied(),
+                    alarm: alarm.clone(),
+                })
+                .collect(),
             remote_dropped: self.remote_dropped.load(Ordering::Relaxed),
         }
     }
@@ -414,7 +548,7 @@ impl Task {
     pub(super) fn apply(&mut self, info: Info) {
         let object = info.object.clone();
         if info.source == "fabric" {
-            live::ensure_remote_port(&mut self.model, &object);
+            live::ensure_remote_port(&mut self.model, &mut self.created, &object);
         }
         if info.source == MEMBERSHIP {
             self.process_membership(info);
@@ -429,7 +563,7 @@ impl Task {
     /// source's state). The member's switch object joins the model on
     /// first word of it.
     fn process_membership(&mut self, info: Info) {
-        if !live::ensure_remote_switch(&mut self.model, &info.object) {
+        if !live::ensure_remote_switch(&mut self.model, &mut self.created, &info.object) {
             self.stats.unknown_objects += 1;
             return;
         }
@@ -450,6 +584,14 @@ impl Task {
             .lookup(&info.source, &info.message)
             .flatten()
             .is_some();
+        // Its alarms listed here are its last word from now on.
+        if departed {
+            self.departed
+                .entry(member.to_string())
+                .or_insert_with(now_ms);
+        } else {
+            self.departed.remove(member);
+        }
         if departed {
             self.apply_one(info.clone());
         }
@@ -517,5 +659,124 @@ impl Task {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, sync::Arc};
+
+    use super::*;
+    use crate::inference::{Layer, Model, RuleTable};
+
+    /// A task over a model holding this switch only.
+    fn task() -> Task {
+        let (connection, netlink, _) = rtnetlink::new_connection().expect("netlink socket");
+        tokio::spawn(connection);
+        let mut model = Model::new();
+        model
+            .add_object(ids::switch("a"), Layer::Physical, "switch")
+            .unwrap();
+        Task::new(model, RuleTable::builtin(), BTreeMap::new(), "a", netlink)
+    }
+
+    fn members(list: &[(&str, Option<&[&str]>)]) -> FabricMembers {
+        list.iter()
+            .map(|(member, ports)| {
+                (
+                    member.to_string(),
+                    ports.map(|p| p.iter().map(|s| s.to_string()).collect::<Arc<[String]>>()),
+                )
+            })
+            .collect()
+    }
+
+    fn alarm(origin: &str, object: &str) -> AlarmRecord {
+        AlarmRecord {
+            origin: origin.into(),
+            object: ObjectId::from(object),
+            state: "down".into(),
+            level: 3,
+            root_causes: vec![ObjectId::from(object)],
+            suppressed: vec![],
+            raised_ms: 1,
+            cleared_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn listed_ports_join_follow_their_list_and_a_forgotten_member_leaves_with_its_alarms() {
+        let mut task = task();
+        task.process_members_changed(members(&[("sw2", Some(&["p1", "p2"])), ("sw3", None)]));
+        for id in ["switch:sw2", "port:sw2/p1", "port:sw2/p2", "switch:sw3"] {
+            assert!(task.model.contains(&ObjectId::from(id)), "{id}");
+        }
+        // p2 no longer listed, p3 new; sw3 says nothing of its ports.
+        task.process_members_changed(members(&[("sw2", Some(&["p1", "p3"])), ("sw3", None)]));
+        assert!(!task.model.contains(&ids::remote_port("sw2", "p2")));
+        assert!(task.model.contains(&ids::remote_port("sw2", "p3")));
+        // A port first heard of in a fault stays though no list names it.
+        task.apply(Info::new(
+            "fabric",
+            "port-down",
+            ids::remote_port("sw3", "x"),
+        ));
+        task.process_members_changed(members(&[("sw2", Some(&["p1", "p3"])), ("sw3", Some(&[]))]));
+        assert_eq!(
+            task.model.fault_level(&ids::remote_port("sw3", "x")),
+            Some(3)
+        );
+
+        // sw2 departs: its ports go lost contact, and one listed now too.
+        task.process_remote_alarm(alarm("sw2", "port:p9"));
+        task.process_remote_alarm(alarm("sw3", "port:p9"));
+        task.apply(Info::new(MEMBERSHIP, "member-departed", ids::switch("sw2")));
+        task.process_members_changed(members(&[
+            ("sw2", Some(&["p1", "p3", "p4"])),
+            ("sw3", Some(&[])),
+        ]));
+        let lost = |task: &Task, id: ObjectId| {
+            task.model
+                .effective(&id)
+                .is_some_and(|s| s.iter().any(|s| s.lost_contact))
+        };
+        assert!(lost(&task, ids::remote_port("sw2", "p1")));
+        assert!(lost(&task, ids::remote_port("sw2", "p4")));
+        let report = task.process_alarms();
+        let departed: Vec<(&str, Option<u64>)> = report
+            .remote
+            .iter()
+            .map(|r| (r.alarm.origin.as_str(), r.origin_departed_ms))
+            .collect();
+        assert!(
+            matches!(departed[..], [("sw2", Some(_)), ("sw3", None)]),
+            "{departed:?}"
+        );
+        assert!(
+            report.alarms.iter().any(|a| a.object == ids::switch("sw2")),
+            "the lost-contact alarm on sw2"
+        );
+
+        // Forgotten: its objects, its alarms and the alarm on it go.
+        task.process_members_changed(members(&[("sw3", Some(&[]))]));
+        for id in ["switch:sw2", "port:sw2/p1", "port:sw2/p3", "port:sw2/p4"] {
+            assert!(!task.model.contains(&ObjectId::from(id)), "{id}");
+        }
+        let report = task.process_alarms();
+        assert_eq!(report.remote.len(), 1);
+        assert_eq!(report.remote[0].alarm.origin, "sw3");
+        assert!(report.alarms.iter().all(|a| a.object != ids::switch("sw2")));
+        assert!(task.departed.is_empty());
+        assert!(task.model.contains(&ids::switch("sw3")));
+    }
+
+    #[tokio::test]
+    async fn back_after_departing_its_alarms_are_its_word_again() {
+        let mut task = task();
+        task.process_remote_alarm(alarm("sw2", "port:p9"));
+        task.apply(Info::new(MEMBERSHIP, "member-departed", ids::switch("sw2")));
+        assert!(task.process_alarms().remote[0].origin_departed_ms.is_some());
+        task.apply(Info::new(MEMBERSHIP, "member-up", ids::switch("sw2")));
+        assert_eq!(task.process_alarms().remote[0].origin_departed_ms, None);
     }
 }

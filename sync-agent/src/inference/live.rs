@@ -1,20 +1,25 @@
 //! The model of the live system (SPEC 5.1): this switch, its interfaces
 //! (physical port and LAN port, or a bridge or bond as an L2 object of its
-//! own), its IPv4 interfaces and gateways, read over netlink; and the
-//! objects that join later: interfaces that appear after start, and ports
-//! of other fabric members first heard of in a fault. With an MLAG peer,
-//! each MLAG id gets its MLAG interface, redundant over the local member
-//! port and its twin on the peer. Ids come from
+//! own), its IPv4 and IPv6 interfaces and gateways, read over netlink; and
+//! the objects that join later: interfaces and addresses that appear after
+//! start, other fabric members and their ports (from the fabric topology,
+//! or first heard of in a fault). With an MLAG peer, each MLAG id gets its
+//! MLAG interface, redundant over the local member port and its twin on
+//! the peer, and the peer switch is redundant over its paths (the peer
+//! link and the MC-LAG backup path). Ids come from
 //! [`crate::bus::ids`], so producers and this module agree on them.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
 };
 
 use rtnetlink::Handle;
 
-use super::{DEFAULT_DEGRADED_LEVEL, Dependency, Layer, Model, ObjectId, Redundancy};
+use super::{
+    DEFAULT_DEGRADED_LEVEL, Dependency, Layer, Model, ObjectId, Redundancy,
+    config::{DeclaredLink, PeerPaths, VlanOnMlag},
+};
 use crate::{
     bus::ids,
     southbound::{addresses, links, routes},
@@ -83,17 +88,17 @@ pub async fn build_live(
             model.add_dependency(&ids::lan(&link.name), &aggregate, Dependency::BelongsTo)?;
         }
     }
+    let addresses = addresses::all(netlink).await?;
     for link in all.iter().filter(|l| l.name != "lo") {
-        let has_v4 = addresses::list(netlink, link.index)
-            .await?
-            .iter()
-            .any(|a| a.ip.is_ipv4());
-        if !has_v4 {
-            continue;
+        let list = addresses.get(&link.index).map_or(&[][..], Vec::as_slice);
+        for family in [Family::V4, Family::V6] {
+            if !list.iter().any(|a| family.holds(&a.ip)) {
+                continue;
+            }
+            let ip = family.id(&link.name);
+            model.add_object(ip.clone(), Layer::L3, family.kind())?;
+            model.add_dependency(&ip, &l2_of(model, &link.name), Dependency::MapsTo)?;
         }
-        let ip = ids::ip(&link.name);
-        model.add_object(ip.clone(), Layer::L3, "ip-interface")?;
-        model.add_dependency(&ip, &l2_of(model, &link.name), Dependency::MapsTo)?;
     }
     Ok(())
 }
@@ -111,6 +116,25 @@ pub async fn gateways_by_name(
         .collect())
 }
 
+/// Which interface (by name, from `names`) holds each address now.
+pub async fn address_holders(
+    netlink: &Handle,
+    names: &BTreeMap<u32, String>,
+) -> anyhow::Result<BTreeMap<IpAddr, String>> {
+    Ok(holders_of(&addresses::all(netlink).await?, names))
+}
+
+/// [`address_holders`] from a dump already read.
+pub fn holders_of(
+    all: &BTreeMap<u32, Vec<addresses::Address>>,
+    names: &BTreeMap<u32, String>,
+) -> BTreeMap<IpAddr, String> {
+    all.iter()
+        .filter_map(|(index, list)| names.get(index).map(|name| (list, name)))
+        .flat_map(|(list, name)| list.iter().map(|a| (a.ip, name.clone())))
+        .collect()
+}
+
 /// What the live feeds (routes, neighbours) added to the model, so that
 /// they take away only what they added (a declared object of the same id
 /// is left alone).
@@ -120,6 +144,10 @@ pub struct Created {
     pub gateways: BTreeMap<ObjectId, BTreeSet<ObjectId>>,
     /// Neighbour objects, with the IP interface each belongs to.
     pub neighbours: BTreeMap<ObjectId, ObjectId>,
+    /// Other fabric members' switch objects and ports that the fabric's
+    /// word (membership, topology, faults) added: they leave when the
+    /// fabric forgets the member (one declared in the config stays).
+    pub remote: BTreeSet<ObjectId>,
 }
 
 /// Makes the model's gateways what `wanted` (gateway, output interface)
@@ -308,6 +336,181 @@ pub fn remove_neighbour(
     remove(model, &id)
 }
 
+/// The ports this switch reaches the MLAG peer over, as last modelled:
+/// the peer link's and the backup path's (None: not found).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PeerPathPorts {
+    /// The port holding the peer link's address.
+    pub link: Option<String>,
+    /// The port holding the backup path's address.
+    pub backup: Option<String>,
+}
+
+/// The paths to the MLAG peer follow `paths` (this switch's addresses on
+/// them) and `holder` (which interface holds an address now): each path
+/// is a physical link object `link:IF--mlag-peer` (kind `peer-link` or
+/// `backup-path`) belonging to the port holding its address, and the peer
+/// switch (`switch:mlag-peer`) is `redundant` over them. With a backup
+/// path, the peer link down leaves the peer reachable (the backup path is
+/// what MC-LAG tells a dead peer from a broken peer link by): degraded,
+/// not down; both down, or the peer link down without a backup path, is
+/// the peer inferred down, its twin ports and MLAG interfaces with it. A
+/// path whose address no port holds (not yet, or on a bridge) has no
+/// object until one does; a path whose address moves follows it. Returns
+/// the objects to re-assess for alarms.
+pub fn sync_peer_paths(
+    model: &mut Model,
+    paths: &PeerPaths,
+    holder: impl Fn(IpAddr) -> Option<String>,
+    current: &mut PeerPathPorts,
+) -> Vec<ObjectId> {
+    let peer = ids::peer_switch();
+    let mut touched = Vec::new();
+    if !model.contains(&peer) {
+        if let Err(err) = model.add_object(peer.clone(), Layer::Physical, "switch") {
+            tracing::warn!(error = %err, "cannot add the MLAG peer switch to the state model");
+            return touched;
+        }
+        touched.push(peer.clone());
+    }
+    if model.redundancy_of(&peer).map(|(r, _)| r) != Some(Redundancy::Redundant) {
+        match model.set_redundancy(&peer, Redundancy::Redundant, DEFAULT_DEGRADED_LEVEL) {
+            Ok(changes) => touched.extend(changes.into_iter().map(|c| c.object)),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot make the MLAG peer redundant over its paths")
+            }
+        }
+    }
+    let link_port = holder(paths.link).filter(|name| model.contains(&ids::port(name)));
+    // Both paths on one port are one path.
+    let backup_port = paths
+        .backup
+        .and_then(&holder)
+        .filter(|name| model.contains(&ids::port(name)) && Some(name) != link_port.as_ref());
+    for (want, slot, kind) in [
+        (link_port, &mut current.link, "peer-link"),
+        (backup_port, &mut current.backup, "backup-path"),
+    ] {
+        if want == *slot {
+            continue;
+        }
+        if let Some(old) = slot.take() {
+            touched.extend(remove(model, &ids::peer_path(&old)));
+        }
+        let Some(name) = want else {
+            continue;
+        };
+        let path = ids::peer_path(&name);
+        let added = model
+            .add_object(path.clone(), Layer::Physical, kind)
+            .and_then(|()| {
+                model.add_dependency_changes(&path, &ids::port(&name), Dependency::BelongsTo)
+            })
+            .and_then(|mut changes| {
+                changes.extend(model.add_group_dependency(&peer, &path, Dependency::BelongsTo)?);
+                Ok(changes)
+            });
+        match added {
+            Ok(changes) => {
+                tracing::info!(
+                    interface = name,
+                    kind,
+                    "path to the MLAG peer joins the state model"
+                );
+                touched.push(path);
+                touched.extend(changes.into_iter().map(|c| c.object));
+                *slot = Some(name);
+            }
+            Err(err) => {
+                tracing::warn!(interface = name, kind, error = %err, "cannot add the path to the MLAG peer to the state model");
+            }
+        }
+    }
+    touched
+}
+
+/// The links declared in the config (`inference.links`): each
+/// `link:LOCAL--MEMBER/IF` (physical, kind `link`) belongs to both of its
+/// ends, so either end down is the link down, with that end its root
+/// cause. The far end joins the model now, under its member's switch, as
+/// if declared (the fabric never takes it away). A link whose local port
+/// is not in the model is skipped (warned).
+pub fn add_links(model: &mut Model, links: &[DeclaredLink]) {
+    for link in links {
+        let Some((member, port)) = link.remote_end() else {
+            continue;
+        };
+        let local = ids::port(&link.local);
+        if !model.contains(&local) {
+            tracing::warn!(
+                interface = link.local,
+                remote = link.remote,
+                "the link's local port is not in the state model: link not modelled"
+            );
+            continue;
+        }
+        let remote = ids::remote_port(member, port);
+        // Not recorded as the fabric's: a declared end stays.
+        ensure_remote_port(model, &mut Created::default(), &remote);
+        let id = ids::link(&link.local, &link.remote);
+        let added = model
+            .add_object(id.clone(), Layer::Physical, "link")
+            .and_then(|()| model.add_dependency(&id, &local, Dependency::BelongsTo))
+            .and_then(|()| model.add_dependency(&id, &remote, Dependency::BelongsTo));
+        if let Err(err) = added {
+            tracing::warn!(link = id.0, error = %err, "cannot add the link to the state model");
+        }
+    }
+}
+
+/// The VLANs the MLAG interfaces carry (`[peer].vlan_interfaces`): each
+/// VLAN, `vlan:OUTER[.INNER]` (L2), belongs to every MLAG interface that
+/// carries it, `redundant` over them (down only when none is up, degraded
+/// while one is not); the IP interfaces (`ip:IF`, `ip6:IF`) of the
+/// interface that serves it map it. An MLAG id without an MLAG interface
+/// is skipped, and IP interfaces are linked as they are at start (this
+/// kernel has no VLAN devices: the VLANs come from the config, not from
+/// the kernel). Returns the VLANs added.
+pub fn add_vlans(model: &mut Model, vlans: &[VlanOnMlag]) -> Vec<ObjectId> {
+    let mut added = Vec::new();
+    for v in vlans {
+        let vlan = ids::vlan(v.outer, v.inner);
+        let mlag = ids::mlag(v.mlag_id);
+        if !model.contains(&mlag) {
+            tracing::warn!(
+                mlag_id = v.mlag_id,
+                vlan = vlan.0,
+                "no MLAG interface for the VLAN's MLAG id: not modelled on it"
+            );
+            continue;
+        }
+        let result = (if model.contains(&vlan) {
+            Ok(())
+        } else {
+            model
+                .add_object(vlan.clone(), Layer::L2, "vlan")
+                .and_then(|()| {
+                    model.set_redundancy(&vlan, Redundancy::Redundant, DEFAULT_DEGRADED_LEVEL)
+                })
+                .map(|_| added.push(vlan.clone()))
+        })
+        .and_then(|()| model.add_group_dependency(&vlan, &mlag, Dependency::BelongsTo))
+        .and_then(|_| {
+            for family in [Family::V4, Family::V6] {
+                let ip = family.id(&v.interface);
+                if model.contains(&ip) {
+                    model.add_dependency(&ip, &vlan, Dependency::MapsTo)?;
+                }
+            }
+            Ok(())
+        });
+        if let Err(err) = result {
+            tracing::warn!(vlan = vlan.0, error = %err, "cannot add the VLAN to the state model");
+        }
+    }
+    added
+}
+
 /// The MLAG interface of every MLAG id of `mlag_ports` (member port name,
 /// MLAG id), `mlag:<id>` (L2), maps-to its local member port `port:<if>`
 /// and to the twin `twin:<id>` (physical: the peer's member port with that
@@ -372,23 +575,67 @@ fn l2_of(model: &Model, name: &str) -> ObjectId {
     }
 }
 
+/// The address family of an IP interface object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// `ip:IF`: the interface has an IPv4 address.
+    V4,
+    /// `ip6:IF`: the interface has an IPv6 address (global or link-local).
+    V6,
+}
+
+impl Family {
+    /// The interface object of `name` in this family.
+    pub fn id(self, name: &str) -> ObjectId {
+        match self {
+            Self::V4 => ids::ip(name),
+            Self::V6 => ids::ip6(name),
+        }
+    }
+
+    /// True when `ip` is of this family.
+    pub fn holds(self, ip: &IpAddr) -> bool {
+        match self {
+            Self::V4 => ip.is_ipv4(),
+            Self::V6 => ip.is_ipv6(),
+        }
+    }
+
+    fn kind(self) -> &'static str {
+        match self {
+            Self::V4 => "ip-interface",
+            Self::V6 => "ip6-interface",
+        }
+    }
+}
+
 /// An interface that got its first IPv4 address after start: its IP
 /// interface joins the model, mapping its L2 object (and so inferred from
 /// it at once). Returns the state changes that caused (the new object
 /// inferred faulty); nothing when it is `lo`, already known, or its L2
 /// object is not in the model.
 pub fn ensure_ip(model: &mut Model, name: &str) -> Vec<super::Change> {
-    let ip = ids::ip(name);
+    ensure_ip_of(model, name, Family::V4)
+}
+
+/// [`ensure_ip`] for `family` (`ip6:IF` for an interface that got its
+/// first IPv6 address).
+pub fn ensure_ip_of(model: &mut Model, name: &str, family: Family) -> Vec<super::Change> {
+    let ip = family.id(name);
     let below = l2_of(model, name);
     if name == "lo" || model.contains(&ip) || !model.contains(&below) {
         return Vec::new();
     }
     let added = model
-        .add_object(ip.clone(), Layer::L3, "ip-interface")
+        .add_object(ip.clone(), Layer::L3, family.kind())
         .and_then(|()| model.add_dependency_changes(&ip, &below, Dependency::MapsTo));
     match added {
         Ok(changes) => {
-            tracing::info!(interface = name, "IP interface joins the state model");
+            tracing::info!(
+                interface = name,
+                ?family,
+                "IP interface joins the state model"
+            );
             changes
         }
         Err(err) => {
@@ -396,6 +643,13 @@ pub fn ensure_ip(model: &mut Model, name: &str) -> Vec<super::Change> {
             Vec::new()
         }
     }
+}
+
+/// An interface lost its last IPv6 address: its `ip6:IF` leaves the
+/// model (objects declared on it stay, without that dependency). Returns
+/// the objects to re-assess for alarms.
+pub fn remove_ip6(model: &mut Model, name: &str) -> Vec<ObjectId> {
+    remove(model, &ids::ip6(name))
 }
 
 /// An interface that appeared after start joins the model as a physical
@@ -416,9 +670,10 @@ pub fn ensure_port(model: &mut Model, switch: &str, name: &str) {
 }
 
 /// Another fabric member's switch object (`switch:<member>`), first heard
-/// of in the fabric's membership, joins the model. False when `object` is
-/// no switch id, or it is not there and the model is full.
-pub fn ensure_remote_switch(model: &mut Model, object: &ObjectId) -> bool {
+/// of in the fabric's membership or topology, joins the model (recorded in
+/// `created`). False when `object` is no switch id, or it is not there and
+/// the model is full.
+pub fn ensure_remote_switch(model: &mut Model, created: &mut Created, object: &ObjectId) -> bool {
     if model.contains(object) {
         return true;
     }
@@ -429,18 +684,23 @@ pub fn ensure_remote_switch(model: &mut Model, object: &ObjectId) -> bool {
     if !named || model.len() >= MAX_OBJECTS {
         return false;
     }
-    model
+    let added = model
         .add_object(object.clone(), Layer::Physical, "switch")
-        .is_ok()
+        .is_ok();
+    if added {
+        created.remote.insert(object.clone());
+    }
+    added
 }
 
 /// A port of another fabric member ([`ids::remote_port`]), first heard of
-/// in a fault, joins the model under that member's switch object (one
-/// declared in the config is put under it too, when it can be). Any other
-/// id is left alone.
-pub fn ensure_remote_port(model: &mut Model, object: &ObjectId) {
+/// in a fault or listed in the member's heartbeat, joins the model under
+/// that member's switch object (one declared in the config is put under
+/// it too, when it can be). Any other id is left alone. Returns true when
+/// it joined now.
+pub fn ensure_remote_port(model: &mut Model, created: &mut Created, object: &ObjectId) -> bool {
     let Some((member, _)) = ids::parse_remote_port(object) else {
-        return;
+        return false;
     };
     if model.contains(object) {
         let switch = ids::switch(member);
@@ -453,22 +713,58 @@ pub fn ensure_remote_port(model: &mut Model, object: &ObjectId) {
             // A layer mismatch is the config's choice: left as declared.
             let _ = model.add_dependency(object, &switch, Dependency::BelongsTo);
         }
-        return;
+        return false;
     }
     if model.len() >= MAX_OBJECTS {
-        return;
+        return false;
     }
     let switch = ids::switch(member);
-    let added = (if model.contains(&switch) {
-        Ok(())
-    } else {
-        model.add_object(switch.clone(), Layer::Physical, "switch")
-    })
-    .and_then(|()| model.add_object(object.clone(), Layer::Physical, "remote-port"))
-    .and_then(|()| model.add_dependency(object, &switch, Dependency::BelongsTo));
-    if let Err(err) = added {
-        tracing::warn!(object = object.0, error = %err, "cannot add the remote port to the state model");
+    if !ensure_remote_switch(model, created, &switch) {
+        return false;
     }
+    let added = model
+        .add_object(object.clone(), Layer::Physical, "remote-port")
+        .and_then(|()| model.add_dependency(object, &switch, Dependency::BelongsTo));
+    match added {
+        Ok(()) => {
+            created.remote.insert(object.clone());
+            true
+        }
+        Err(err) => {
+            tracing::warn!(object = object.0, error = %err, "cannot add the remote port to the state model");
+            false
+        }
+    }
+}
+
+/// A remote port its member no longer lists leaves the model, if the
+/// fabric's word added it. Returns the objects to re-assess for alarms.
+pub fn remove_remote_port(
+    model: &mut Model,
+    created: &mut Created,
+    object: &ObjectId,
+) -> Vec<ObjectId> {
+    if !created.remote.remove(object) {
+        return Vec::new();
+    }
+    remove(model, object)
+}
+
+/// The fabric forgot `member` (pruned after its departure, or evicted
+/// from a full view): its ports and switch object leave the model, those
+/// the fabric's word added (declared ones stay, with their last state).
+/// Returns the objects to re-assess for alarms.
+pub fn forget_member(model: &mut Model, created: &mut Created, member: &str) -> Vec<ObjectId> {
+    let switch = ids::switch(member);
+    // `port:<member>/...` ids sort together: `0` follows `/`.
+    let from = ObjectId(format!("port:{member}/"));
+    let to = ObjectId(format!("port:{member}0"));
+    let ports: Vec<ObjectId> = created.remote.range(from..to).cloned().collect();
+    let mut touched = Vec::new();
+    for port in ports.iter().chain([&switch]) {
+        touched.extend(remove_remote_port(model, created, port));
+    }
+    touched
 }
 
 #[cfg(test)]
@@ -503,8 +799,9 @@ mod tests {
     fn a_remote_port_joins_under_its_member_switch_and_takes_the_fault() {
         let mut model = model_with_switch();
         let remote = ids::remote_port("sw3", "p1");
-        ensure_remote_port(&mut model, &remote);
-        ensure_remote_port(&mut model, &remote);
+        let mut created = Created::default();
+        assert!(ensure_remote_port(&mut model, &mut created, &remote));
+        assert!(!ensure_remote_port(&mut model, &mut created, &remote));
         assert_eq!(
             model.dependencies_of(&remote),
             [(ids::switch("sw3"), Dependency::BelongsTo)]
@@ -606,10 +903,283 @@ mod tests {
     }
 
     #[test]
+    fn a_forgotten_member_takes_the_ports_the_fabric_added_and_leaves_declared_ones() {
+        let mut model = model_with_switch();
+        let declared = ids::remote_port("sw3", "p9");
+        model
+            .add_object(declared.clone(), Layer::Physical, "port")
+            .unwrap();
+        let mut created = Created::default();
+        for port in ["p1", "p2"] {
+            ensure_remote_port(&mut model, &mut created, &ids::remote_port("sw3", port));
+        }
+        // Another member whose name starts the same stays.
+        ensure_remote_port(&mut model, &mut created, &ids::remote_port("sw30", "p1"));
+        ensure_remote_port(&mut model, &mut created, &declared);
+        assert_eq!(
+            model.dependencies_of(&declared),
+            [(ids::switch("sw3"), Dependency::BelongsTo)],
+            "a declared port goes under its member's switch"
+        );
+        let touched = forget_member(&mut model, &mut created, "sw3");
+        for gone in [
+            ids::remote_port("sw3", "p1"),
+            ids::remote_port("sw3", "p2"),
+            ids::switch("sw3"),
+        ] {
+            assert!(!model.contains(&gone), "{gone}");
+            assert!(touched.contains(&gone), "{gone} re-assessed");
+        }
+        assert!(model.contains(&declared));
+        assert!(model.dependencies_of(&declared).is_empty());
+        assert!(model.contains(&ids::remote_port("sw30", "p1")));
+        assert!(model.contains(&ids::switch("sw30")));
+        // A port no longer listed leaves; a declared one is not the
+        // fabric's to take.
+        let p1 = ids::remote_port("sw30", "p1");
+        assert_eq!(remove_remote_port(&mut model, &mut created, &p1), [p1]);
+        assert!(remove_remote_port(&mut model, &mut created, &declared).is_empty());
+        assert!(model.contains(&declared));
+    }
+
+    #[test]
+    fn an_ipv6_interface_joins_beside_the_ipv4_one_follows_its_port_and_leaves_alone() {
+        let mut model = model_with_switch();
+        ensure_port(&mut model, "a", "m0");
+        ensure_ip(&mut model, "m0");
+        ensure_ip_of(&mut model, "m0", Family::V6);
+        assert_eq!(ids::ip6("m0").as_str(), "ip6:m0");
+        assert_eq!(model.kind_of(&ids::ip6("m0")), Some("ip6-interface"));
+        assert_eq!(
+            model.dependencies_of(&ids::ip6("m0")),
+            [(ids::lan("m0"), Dependency::MapsTo)]
+        );
+        model
+            .apply(
+                Info::new("netlink", "link-down", ids::port("m0")),
+                &RuleTable::builtin(),
+                1,
+            )
+            .unwrap();
+        assert_eq!(model.fault_level(&ids::ip6("m0")), Some(3));
+        let touched = remove_ip6(&mut model, "m0");
+        assert_eq!(touched, [ids::ip6("m0")]);
+        assert!(!model.contains(&ids::ip6("m0")));
+        assert!(model.contains(&ids::ip("m0")), "the IPv4 interface stays");
+        assert!(Family::V6.holds(&"fe80::1".parse().unwrap()));
+        assert!(!Family::V6.holds(&"10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_peer_is_redundant_over_its_peer_link_and_backup_path_which_follow_their_addresses() {
+        let mut model = model_with_switch();
+        for name in ["pl", "bk", "other"] {
+            ensure_port(&mut model, "a", name);
+        }
+        let rules = RuleTable::builtin();
+        let (link, backup, moved): (IpAddr, IpAddr, IpAddr) = (
+            "169.254.77.1".parse().unwrap(),
+            "169.254.78.1".parse().unwrap(),
+            "169.254.79.1".parse().unwrap(),
+        );
+        let paths = PeerPaths {
+            link,
+            backup: Some(backup),
+        };
+        let mut holders = BTreeMap::from([(link, "pl".to_string())]);
+        let mut current = PeerPathPorts::default();
+        // Only the peer link's address is held yet.
+        let touched = sync_peer_paths(
+            &mut model,
+            &paths,
+            |ip| holders.get(&ip).cloned(),
+            &mut current,
+        );
+        assert!(touched.contains(&ids::peer_path("pl")), "{touched:?}");
+        assert_eq!(ids::peer_path("pl").as_str(), "link:pl--mlag-peer");
+        assert_eq!(model.kind_of(&ids::peer_path("pl")), Some("peer-link"));
+        assert_eq!(
+            model.dependencies_of(&ids::peer_path("pl")),
+            [(ids::port("pl"), Dependency::BelongsTo)]
+        );
+        assert_eq!(model.group_of(&ids::peer_switch()), [ids::peer_path("pl")]);
+        let say = |model: &mut Model, message: &str, port: &str| {
+            model
+                .apply(Info::new("netlink", message, ids::port(port)), &rules, 1)
+                .unwrap();
+        };
+        let peer_state = |model: &Model| {
+            let s = model.effective(&ids::peer_switch()).unwrap();
+            (s[0].name.clone(), s[0].level)
+        };
+        // No backup path: the peer link down is the peer down.
+        say(&mut model, "link-down", "pl");
+        assert_eq!(peer_state(&model), ("down".into(), 3));
+        say(&mut model, "link-up", "pl");
+        // The backup path's address appears: the peer is redundant over both.
+        holders.insert(backup, "bk".into());
+        sync_peer_paths(
+            &mut model,
+            &paths,
+            |ip| holders.get(&ip).cloned(),
+            &mut current,
+        );
+        assert_eq!(
+            model.group_of(&ids::peer_switch()),
+            [ids::peer_path("pl"), ids::peer_path("bk")]
+        );
+        assert_eq!(model.kind_of(&ids::peer_path("bk")), Some("backup-path"));
+        say(&mut model, "link-down", "pl");
+        assert_eq!(peer_state(&model), ("degraded".into(), 1));
+        say(&mut model, "link-down", "bk");
+        assert_eq!(peer_state(&model), ("down".into(), 3));
+        say(&mut model, "link-up", "pl");
+        say(&mut model, "link-up", "bk");
+        assert_eq!(peer_state(&model), ("normal".into(), 0));
+        // Nothing moved: nothing to do.
+        assert!(
+            sync_peer_paths(
+                &mut model,
+                &paths,
+                |ip| holders.get(&ip).cloned(),
+                &mut current
+            )
+            .is_empty()
+        );
+        // The backup address moves to another port: its path follows.
+        holders.remove(&backup);
+        holders.insert(moved, "other".into());
+        let paths = PeerPaths {
+            link,
+            backup: Some(moved),
+        };
+        let touched = sync_peer_paths(
+            &mut model,
+            &paths,
+            |ip| holders.get(&ip).cloned(),
+            &mut current,
+        );
+        assert!(!model.contains(&ids::peer_path("bk")));
+        assert!(
+            touched.contains(&ids::peer_path("bk")) && touched.contains(&ids::peer_path("other"))
+        );
+        assert_eq!(current.backup.as_deref(), Some("other"));
+        // Both on one port: one path.
+        let same = PeerPaths {
+            link,
+            backup: Some(link),
+        };
+        sync_peer_paths(
+            &mut model,
+            &same,
+            |ip| holders.get(&ip).cloned(),
+            &mut current,
+        );
+        assert_eq!(model.group_of(&ids::peer_switch()), [ids::peer_path("pl")]);
+    }
+
+    #[test]
+    fn a_vlan_is_redundant_over_the_mlag_interfaces_carrying_it_and_maps_its_interfaces_ip() {
+        let mut model = model_with_switch();
+        for name in ["m0", "m1"] {
+            ensure_port(&mut model, "a", name);
+        }
+        ensure_ip(&mut model, "m0");
+        add_mlag(&mut model, &[("m0".into(), 1), ("m1".into(), 2)]);
+        let rules = RuleTable::builtin();
+        let vlan = |mlag_id, outer, inner| VlanOnMlag {
+            mlag_id,
+            outer,
+            inner,
+            interface: "m0".into(),
+        };
+        let added = add_vlans(
+            &mut model,
+            &[
+                vlan(1, 10, 0),
+                vlan(2, 10, 0),
+                vlan(1, 20, 5),
+                vlan(9, 30, 0),
+            ],
+        );
+        assert_eq!(added, [ids::vlan(10, 0), ids::vlan(20, 5)], "no MLAG 9");
+        assert_eq!(ids::vlan(20, 5).as_str(), "vlan:20.5");
+        assert_eq!(
+            model.group_of(&ids::vlan(10, 0)),
+            [ids::mlag(1), ids::mlag(2)]
+        );
+        assert!(
+            model
+                .dependencies_of(&ids::ip("m0"))
+                .contains(&(ids::vlan(10, 0), Dependency::MapsTo))
+        );
+        let say = |model: &mut Model, source: &str, message: &str, object: ObjectId| {
+            model
+                .apply(Info::new(source, message, object), &rules, 1)
+                .unwrap();
+        };
+        let state = |model: &Model, id: ObjectId| {
+            let s = model.effective(&id).unwrap();
+            (s[0].name.clone(), s[0].level)
+        };
+        for id in [1, 2] {
+            say(&mut model, "peer", "twin-up", ids::twin(id));
+        }
+        assert_eq!(state(&model, ids::vlan(10, 0)), ("normal".into(), 0));
+        // MLAG 2 down on both legs: VLAN 10 still has MLAG 1, degraded.
+        say(&mut model, "netlink", "link-down", ids::port("m1"));
+        say(&mut model, "peer", "twin-down", ids::twin(2));
+        assert_eq!(state(&model, ids::mlag(2)), ("down".into(), 3));
+        assert_eq!(state(&model, ids::vlan(10, 0)), ("degraded".into(), 1));
+        assert_eq!(state(&model, ids::vlan(20, 5)), ("normal".into(), 0));
+        // MLAG 1 down too: no carrier of VLAN 10 is left.
+        say(&mut model, "netlink", "link-down", ids::port("m0"));
+        say(&mut model, "peer", "twin-down", ids::twin(1));
+        assert_eq!(state(&model, ids::vlan(10, 0)), ("down".into(), 3));
+        assert_eq!(state(&model, ids::vlan(20, 5)), ("down".into(), 3));
+    }
+
+    #[test]
+    fn a_declared_link_is_down_when_either_end_is_and_its_far_end_is_never_the_fabrics() {
+        let mut model = model_with_switch();
+        ensure_port(&mut model, "a", "p1");
+        let link = |local: &str| DeclaredLink {
+            local: local.into(),
+            remote: "sw2/p9".into(),
+        };
+        add_links(&mut model, &[link("p1"), link("absent")]);
+        let id = ids::link("p1", "sw2/p9");
+        assert_eq!(id.as_str(), "link:p1--sw2/p9");
+        assert!(!model.contains(&ids::link("absent", "sw2/p9")));
+        assert_eq!(
+            model.dependencies_of(&id),
+            [
+                (ids::port("p1"), Dependency::BelongsTo),
+                (ids::remote_port("sw2", "p9"), Dependency::BelongsTo)
+            ]
+        );
+        let rules = RuleTable::builtin();
+        model
+            .apply(
+                Info::new("fabric", "port-down", ids::remote_port("sw2", "p9")),
+                &rules,
+                1,
+            )
+            .unwrap();
+        assert_eq!(model.fault_level(&id), Some(3));
+        // The member forgotten: the declared far end stays.
+        let mut created = Created::default();
+        forget_member(&mut model, &mut created, "sw2");
+        assert!(model.contains(&ids::remote_port("sw2", "p9")));
+    }
+
+    #[test]
     fn only_remote_port_ids_join() {
         let mut model = model_with_switch();
-        ensure_remote_port(&mut model, &ids::port("eth0"));
-        ensure_remote_port(&mut model, &ids::lan("a/b"));
+        let mut created = Created::default();
+        ensure_remote_port(&mut model, &mut created, &ids::port("eth0"));
+        ensure_remote_port(&mut model, &mut created, &ids::lan("a/b"));
+        assert!(created.remote.is_empty());
         assert_eq!(model.len(), 1);
     }
 

@@ -60,19 +60,22 @@
 //! passed in), no async.
 //!
 //! Around it, one task (`task.rs`) owns the model: [`live`] builds it from
-//! the live system over netlink (interfaces, bridges and bonds, IPv4
-//! interfaces, gateways, neighbours) plus the objects declared in the
-//! config, and keeps it live: interfaces, addresses (an IP interface joins
-//! with its first IPv4 address and leaves with its last, taking the
-//! gateways and neighbours only it held), routes (gateways) and the
-//! neighbour table. The handlers in `events.rs` turn those changes and
+//! the live system over netlink (interfaces, bridges and bonds, IPv4 and
+//! IPv6 interfaces, gateways, neighbours, the paths to the MLAG peer) plus
+//! the objects declared in the config, and keeps it live: interfaces,
+//! addresses (an IP interface joins with its first IPv4 address and leaves
+//! with its last, taking the gateways and neighbours only it held; `ip6:IF`
+//! likewise with IPv6, but kept while its port is down), routes (gateways),
+//! the neighbour table, and the fabric's members with the ports their
+//! heartbeats list ([`FabricMembers`], a `watch`). The handlers in `events.rs` turn those changes and
 //! [`Info`] from other modules (the supervisor wires them) into information
 //! for the model and answer the operator's `show states` / `show state` /
 //! `show alarms`. Fabric membership arrives as [`Info`] from the source
 //! `fabric-membership`: a member departed (or silent, which the server
 //! announces as departed) puts its `switch:<member>` object and every
 //! port of it in the model in lost contact (its own slot, so what the
-//! ports said last stays), one alarm for it all. This switch's alarms go
+//! ports said last stays), one alarm for it all; a member the fabric
+//! forgets leaves the model with its alarms. This switch's alarms go
 //! out to the fabric ([`InferenceHandle::subscribe_alarms`]), and other
 //! members' come back ([`InferenceHandle::remote_alarm`]) to be listed in
 //! `show alarms` by origin.
@@ -92,7 +95,7 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use self::{
     config::InferenceConfig,
@@ -104,10 +107,10 @@ pub use self::{
         Applied, Change, DEFAULT_DEGRADED_LEVEL, Dependency, GroupView, HistoryEntry, InfoEntry,
         Layer, Model, ModelError, ObjectView, Redundancy, StateView,
     },
-    report::{AlarmsReport, ChainLink, InferenceStats, StateReport, StatesReport},
+    report::{AlarmsReport, ChainLink, InferenceStats, RemoteAlarm, StateReport, StatesReport},
     rules::{Rule, RuleTable, State},
 };
-pub use crate::bus::{AlarmRecord, Info, ObjectId, ids};
+pub use crate::bus::{AlarmRecord, FabricMembers, Info, ObjectId, ids};
 use crate::{
     bus::{AskError, LinkEvent},
     southbound::{addresses, neighbours, routes},
@@ -138,8 +141,10 @@ impl InferenceHandle {
     /// information, and starts the task. `switch_name` names this switch's
     /// object (`switch:<name>`). The task then follows `links` (it re-reads
     /// the interfaces when it lagged behind) and address changes (an
-    /// interface that gets an IPv4 address joins as an IP interface), and
-    /// applies every [`Info`] arriving on `infos`; it runs until all of its inputs close.
+    /// interface that gets an IPv4 address joins as an IP interface),
+    /// applies every [`Info`] arriving on `infos`, and follows the fabric's
+    /// `members` (their switches and ports join the model, a member the
+    /// fabric forgot leaves it); it runs until all of its inputs close.
     ///
     /// Fails when the live system cannot be read or a declared object or
     /// dependency is refused (the message names `inference.objects`).
@@ -149,6 +154,7 @@ impl InferenceHandle {
         netlink: rtnetlink::Handle,
         links: broadcast::Receiver<LinkEvent>,
         infos: mpsc::Receiver<Info>,
+        members: Option<watch::Receiver<FabricMembers>>,
     ) -> anyhow::Result<InferenceHandle> {
         let (queries, query_rx) = mpsc::channel(QUERY_DEPTH);
         let (remote_alarms, remote_rx) = mpsc::channel(REMOTE_ALARMS_DEPTH);
@@ -171,6 +177,7 @@ impl InferenceHandle {
             routes,
             neighbours,
             remote_alarms: Some(remote_rx),
+            members,
         };
         tokio::spawn(task.run(links, infos, query_rx, watches));
         Ok(InferenceHandle {

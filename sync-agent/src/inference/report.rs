@@ -51,10 +51,32 @@ pub struct AlarmsReport {
     /// Alarms raised by other fabric members' inference (heard on the
     /// fault channel), by origin and object.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub remote: Vec<AlarmRecord>,
+    pub remote: Vec<RemoteAlarm>,
     /// Other members' alarms dropped (queue full, or too many kept).
     #[serde(default)]
     pub remote_dropped: u64,
+}
+
+/// Another member's alarm as `show alarms` lists it.
+///
+/// When its origin departs (or goes silent) the alarm stays listed, as the
+/// last word of a switch that can no longer confirm or clear it, marked
+/// with when it departed: what was wrong just before a switch vanished is
+/// what an operator looks at first (monitoring systems keep an unreachable
+/// host's last problems, shown as unknown, rather than resolve them). The
+/// origin's own lost-contact alarm stands beside it here. It goes when the
+/// origin clears it after coming back (a restarted origin clears those of
+/// its earlier boot), or when the fabric forgets the origin
+/// (`prune_after_ms` after its departure).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RemoteAlarm {
+    /// The alarm as its origin published it.
+    #[serde(flatten)]
+    pub alarm: AlarmRecord,
+    /// When this switch heard its origin departed (ms since the epoch);
+    /// absent while the origin is present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_departed_ms: Option<u64>,
 }
 
 /// `show states`.
@@ -198,10 +220,11 @@ impl fmt::Display for AlarmsReport {
         )?;
         if !self.remote.is_empty() {
             writeln!(f, "remote alarms (from other fabric members):")?;
-            for a in &self.remote {
+            for remote in &self.remote {
+                let a = &remote.alarm;
                 writeln!(
                     f,
-                    "  {:<12} {:<26} {:<22} root cause {}{}",
+                    "  {:<12} {:<26} {:<22} root cause {}{}{}",
                     a.origin,
                     a.object.0,
                     a.state,
@@ -210,6 +233,11 @@ impl fmt::Display for AlarmsReport {
                         String::new()
                     } else {
                         format!(", suppressed {}", ids(&a.suppressed))
+                    },
+                    if remote.origin_departed_ms.is_some() {
+                        " (origin departed: its last word, unconfirmed)"
+                    } else {
+                        ""
                     }
                 )?;
             }
@@ -381,16 +409,20 @@ mod tests {
             "(1 raised, 1 suppressed; level 1, lost contact too; 1 raised, 0 cleared in all)"
         );
         // Another member's alarm, with its origin.
+        let alarm = AlarmRecord {
+            origin: "sw2".into(),
+            object: ids::switch("sw3"),
+            state: "lost-contact".into(),
+            level: 0,
+            root_causes: vec![ids::switch("sw3")],
+            suppressed: vec![ids::remote_port("sw3", "p1")],
+            raised_ms: 7,
+            cleared_ms: 0,
+        };
         let with_remote = AlarmsReport {
-            remote: vec![AlarmRecord {
-                origin: "sw2".into(),
-                object: ids::switch("sw3"),
-                state: "lost-contact".into(),
-                level: 0,
-                root_causes: vec![ids::switch("sw3")],
-                suppressed: vec![ids::remote_port("sw3", "p1")],
-                raised_ms: 7,
-                cleared_ms: 0,
+            remote: vec![RemoteAlarm {
+                alarm: alarm.clone(),
+                origin_departed_ms: None,
             }],
             ..report
         };
@@ -398,6 +430,28 @@ mod tests {
         assert!(
             text.contains("remote alarms (from other fabric members):\n  sw2          switch:sw3                 lost-contact           root cause switch:sw3, suppressed port:sw3/p1\n"),
             "{text}"
+        );
+        // The JSON keeps the record's fields at the top of each entry.
+        let json = serde_json::to_value(&with_remote).unwrap();
+        assert_eq!(json["remote"][0]["origin"], "sw2");
+        assert!(json["remote"][0].get("origin_departed_ms").is_none());
+        // Its origin departed: marked as its last word.
+        let stale = AlarmsReport {
+            remote: vec![RemoteAlarm {
+                alarm,
+                origin_departed_ms: Some(9),
+            }],
+            ..with_remote
+        };
+        assert!(
+            stale
+                .to_string()
+                .contains("suppressed port:sw3/p1 (origin departed: its last word, unconfirmed)\n"),
+            "{stale}"
+        );
+        assert_eq!(
+            serde_json::to_value(&stale).unwrap()["remote"][0]["origin_departed_ms"],
+            9
         );
     }
 

@@ -8,6 +8,7 @@
 //!  route watcher   ── mpsc<()> ─────────────┤
 //!  neighbour watch ── mpsc<NeighbourEvent> ─┤
 //!  fabric (heard)  ── mpsc<AlarmRecord> ────┤
+//!  fabric (view)   ── watch<FabricMembers> ─┤
 //!  InferenceHandle ── mpsc<Query> ───────────┘
 //!  Task ── broadcast<AlarmRecord> (own alarms) ──> fabric
 //! ```
@@ -24,20 +25,20 @@ use std::{
 use rtnetlink::Handle;
 use tokio::sync::{
     broadcast::{self, error::RecvError},
-    mpsc,
+    mpsc, watch,
 };
 
 use super::{
     Model, ObjectId, Redundancy, RuleTable,
     alarms::Alarms,
-    config::InferenceConfig,
+    config::{InferenceConfig, PeerPaths},
     events::{Event, Query},
     live,
     report::InferenceStats,
     webhook::Webhook,
 };
 use crate::{
-    bus::{AlarmRecord, Info, LinkEvent, ids},
+    bus::{AlarmRecord, FabricMembers, Info, LinkEvent, ids},
     southbound::{links, neighbours::NeighbourEvent},
 };
 
@@ -64,12 +65,23 @@ pub(super) struct Task {
     /// declared): it leaves the model with the interface's last IPv4
     /// address.
     pub(super) live_ips: std::collections::BTreeSet<String>,
+    /// The same for IPv6 interfaces (`ip6:IF`).
+    pub(super) live_ip6s: std::collections::BTreeSet<String>,
+    /// This switch's addresses on its paths to the MLAG peer, if it has one.
+    pub(super) peer_paths: Option<PeerPaths>,
+    /// The ports those paths are modelled on now.
+    pub(super) peer_ports: live::PeerPathPorts,
     /// This switch's alarms as they change, for the fabric.
     pub(super) alarms_out: broadcast::Sender<AlarmRecord>,
     /// Other members' alarms, by (origin, object): raised ones only.
     pub(super) remote: BTreeMap<(String, ObjectId), AlarmRecord>,
     /// Other members' alarms dropped (queue full, or over [`MAX_REMOTE`]).
     pub(super) remote_dropped: Arc<AtomicU64>,
+    /// The fabric's members as last applied to the model.
+    pub(super) members: FabricMembers,
+    /// Members departed (or silent), with when this switch heard so (ms):
+    /// their alarms are listed as their last word, unconfirmed.
+    pub(super) departed: BTreeMap<String, u64>,
 }
 
 /// Most other members' alarms kept for `show alarms`.
@@ -87,6 +99,8 @@ pub(super) struct Watches {
     pub(super) neighbours: Option<mpsc::Receiver<NeighbourEvent>>,
     /// Other fabric members' alarms.
     pub(super) remote_alarms: Option<mpsc::Receiver<AlarmRecord>>,
+    /// The fabric's members and their ports.
+    pub(super) members: Option<watch::Receiver<FabricMembers>>,
 }
 
 impl Task {
@@ -106,11 +120,32 @@ impl Task {
             .filter(|name| model.contains(&ids::ip(name)))
             .cloned()
             .collect();
+        let live_ip6s = names
+            .values()
+            .filter(|name| model.contains(&ids::ip6(name)))
+            .cloned()
+            .collect();
         for object in &config.objects {
             let id = ObjectId(object.id.clone());
             if let Err(err) = model.add_object(id.clone(), object.layer, &object.kind) {
                 anyhow::bail!("inference.objects: {err}");
             }
+        }
+        // The pair's and the links' objects before the declared
+        // dependencies, so declared objects can depend on them (a declared
+        // object of the same id wins: the built-in one is skipped, warned).
+        let twins = live::add_mlag(&mut model, &config.mlag_ports);
+        live::add_vlans(&mut model, &config.vlans);
+        live::add_links(&mut model, &config.links);
+        let mut peer_ports = live::PeerPathPorts::default();
+        if let Some(paths) = &config.peer_paths {
+            let holders = live::address_holders(&netlink, &names).await?;
+            live::sync_peer_paths(
+                &mut model,
+                paths,
+                |ip| holders.get(&ip).cloned(),
+                &mut peer_ports,
+            );
         }
         for object in &config.objects {
             let id = ObjectId(object.id.clone());
@@ -132,10 +167,12 @@ impl Task {
                 added.map_err(|err| anyhow::anyhow!("inference.objects ({}): {err}", object.id))?;
             }
         }
-        let twins = live::add_mlag(&mut model, &config.mlag_ports);
         tracing::info!(objects = model.len(), "state model built");
         let mut task = Self::new(model, rules, names, switch_name, netlink);
         task.live_ips = live_ips;
+        task.live_ip6s = live_ip6s;
+        task.peer_paths = config.peer_paths;
+        task.peer_ports = peer_ports;
         task.alarms = Alarms::new(config.alarms.clone());
         if let Some(webhook) = &config.alarms.webhook {
             task.webhook = Some(Webhook::spawn(webhook, switch_name)?);
@@ -148,7 +185,7 @@ impl Task {
         task.read_neighbours().await;
         // Nothing is known of the peer and its twin ports until peer sync
         // tells.
-        if !twins.is_empty() {
+        if !twins.is_empty() || task.peer_paths.is_some() {
             task.apply(Info::new("peer", "liveness-lost", ids::peer_switch()));
         }
         for twin in twins {
@@ -177,9 +214,14 @@ impl Task {
             webhook: None,
             created: live::Created::default(),
             live_ips: Default::default(),
+            live_ip6s: Default::default(),
+            peer_paths: None,
+            peer_ports: Default::default(),
             alarms_out: broadcast::channel(super::ALARMS_OUT_DEPTH).0,
             remote: BTreeMap::new(),
             remote_dropped: Default::default(),
+            members: FabricMembers::new(),
+            departed: BTreeMap::new(),
         }
     }
 
@@ -232,6 +274,14 @@ impl Task {
                         continue;
                     }
                 },
+                changed = members_changed(&mut watches.members), if watches.members.is_some() => match changed {
+                    Some(members) => Event::MembersChanged(members),
+                    None => {
+                        // The fabric stopped: what it said stays.
+                        watches.members = None;
+                        continue;
+                    }
+                },
                 changed = next(&mut watches.neighbours), if watches.neighbours.is_some() => match changed {
                     Some(event) => Event::Neighbour(event),
                     None => {
@@ -251,6 +301,22 @@ impl Task {
 async fn next<T>(watch: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match watch {
         Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The fabric's members once they changed (the latest view: changes in
+/// between are folded into it); None when the fabric is gone, or never
+/// without a watch.
+async fn members_changed(
+    watch: &mut Option<watch::Receiver<FabricMembers>>,
+) -> Option<FabricMembers> {
+    match watch {
+        Some(rx) => match rx.changed().await {
+            // A clone of the map of shared lists: one pointer per member.
+            Ok(()) => Some(rx.borrow_and_update().clone()),
+            Err(_) => None,
+        },
         None => std::future::pending().await,
     }
 }

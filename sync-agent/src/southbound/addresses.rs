@@ -59,6 +59,34 @@ pub async fn list(handle: &Handle, ifindex: u32) -> Result<Vec<Address>, Address
     Ok(out)
 }
 
+/// Every address of every interface, by ifindex, in one dump (one
+/// request answers a burst of address changes on many interfaces).
+pub async fn all(
+    handle: &Handle,
+) -> Result<std::collections::BTreeMap<u32, Vec<Address>>, AddressError> {
+    let err = |source| AddressError {
+        what: "dump of all interfaces".into(),
+        ifindex: 0,
+        source,
+    };
+    let mut out: std::collections::BTreeMap<u32, Vec<Address>> = Default::default();
+    let mut replies = handle.address().get().execute();
+    while let Some(message) = replies.try_next().await.map_err(err)? {
+        let ip = message.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        });
+        if let Some(ip) = ip {
+            out.entry(message.header.index).or_default().push(Address {
+                ip,
+                prefix_len: message.header.prefix_len,
+                message,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Adds `ip/prefix_len` to interface `ifindex`.
 pub async fn add(
     handle: &Handle,
