@@ -27,6 +27,7 @@ async fn main() -> std::process::ExitCode {
     if let Err(e) = sync_agent::memory::no_transparent_huge_pages() {
         tracing::warn!("transparent huge pages stay on for this process: {e}");
     }
+    sync_agent::memory::return_freed_memory_at_once();
     match sync_agent::cli::dispatch(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

@@ -86,6 +86,7 @@ fn ns_per_frame(fd: i32, frame: &[u8]) -> anyhow::Result<f64> {
 fn main() -> anyhow::Result<()> {
     // As the agent binary does (its parts hosted here measure as in it).
     sync_agent::memory::no_transparent_huge_pages().context("turning huge pages off")?;
+    sync_agent::memory::return_freed_memory_at_once();
     // `mlag-bench fabric [embedded|mosquitto]` runs only the fabric part
     // (the servers hosting that broker); `mlag-bench pair` only
     // the MLAG pair's (peer-sync latency and echo check, resync, takeover,
