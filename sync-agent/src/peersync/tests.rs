@@ -1452,7 +1452,7 @@ fn peer_report_text_is_unchanged() {
             "peer 10.0.0.2 (?), session down, no keepalives (this side connects)",
             "versions local 1.1 peer - negotiated -",
             "last hello - ms ago, up - s, keepalive 100 ms / dead 500 ms",
-            "entries 0 pending 0 unacked 0 (acked seq 0, next 1), learnt from peer 0",
+            "entries 0 pending 0 unacked 0 (acked seq 0, next 1), learnt from peer 0 (injected by fake)",
             "sent 0 frames / 0 entries, received 0 frames / 0 entries, acks 0",
             "injected 0 netlink fallback 0 refreshes 0 (0 probes) sessions up 0 lost 0",
         ]
