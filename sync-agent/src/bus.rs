@@ -5,7 +5,7 @@
 //!
 //! | message | producer | consumers | channel |
 //! |---|---|---|---|
-//! | [`Captured`] reply | dataplane (ring buffer reader) | peer sync | `mpsc`, backpressure into the ring |
+//! | [`CaptureBatch`] of [`Captured`] replies | dataplane (ring buffer reader) | peer sync, dataplane task | `mpsc`, backpressure into the ring |
 //! | [`LinkEvent`] | netlink watcher (supervisor) | dataplane, inference, fabric | `broadcast` |
 //! | [`MemberPort`] list | dataplane | peer sync, MC-LAG | `watch` |
 //! | [`SessionEvent`] | peer sync | MC-LAG | `mpsc` |
@@ -79,6 +79,10 @@ pub struct Captured {
     /// The captured bytes of the frame.
     pub frame: CapturedFrame,
 }
+
+/// The replies of one read of the ring buffer, in ring order: one
+/// allocation per batch, shared by peer sync and the dataplane task.
+pub type CaptureBatch = std::sync::Arc<[Captured]>;
 
 /// What peer sync tells others about the peer session.
 #[derive(Clone, Debug)]

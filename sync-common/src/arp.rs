@@ -109,7 +109,11 @@ fn read_u16<F: Frame + ?Sized>(frame: &F, offset: usize) -> Option<u16> {
 /// ([`crate::nd`]), so the classifier walks the tags once per frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Link {
-    /// Ethernet destination MAC.
+    /// Ethernet destination MAC. Read here, at the frame's start, where the
+    /// bounds check is one the kernel verifier can follow: read after the
+    /// rules' variable-offset checks, the compiler drops its check as
+    /// implied by them, and the verifier, which cannot see that, refuses
+    /// the program.
     pub dst_mac: [u8; 6],
     /// Ethertype after the tags.
     pub ethertype: u16,
@@ -244,11 +248,24 @@ pub fn addresses<F: Frame + ?Sized>(frame: &F, arp_offset: usize) -> Option<ArpA
 /// (00:00:5e:00:01:xx and 00:00:5e:00:02:xx, RFC 5798 §7.3).
 #[inline(always)]
 pub fn is_vrrp_mac(mac: &[u8; 6]) -> bool {
-    mac[0] == 0x00
-        && mac[1] == 0x00
-        && mac[2] == 0x5e
-        && mac[3] == 0x00
-        && (mac[4] == 0x01 || mac[4] == 0x02)
+    is_vrrp_word(mac_word(mac))
+}
+
+/// [`is_vrrp_mac`] for a MAC as one integer ([`mac_word`]).
+#[inline(always)]
+pub fn is_vrrp_word(mac: u64) -> bool {
+    // 00:00:5e:00 little-endian, then the fifth byte 1 or 2.
+    mac & 0xffff_ffff == 0x005e_0000 && ((mac >> 32) as u8).wrapping_sub(1) < 2
+}
+
+/// A MAC as one integer: its six bytes little-endian in the low 48 bits,
+/// the top 16 zero. The classifier sorts a destination MAC by the `_word`
+/// forms of the rules (a few register operations, where the byte forms
+/// would take each byte apart), and the byte forms are written on them, so
+/// both sides apply the same rules.
+#[inline(always)]
+pub fn mac_word(mac: &[u8; 6]) -> u64 {
+    u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0])
 }
 
 /// The IPv4 VRRP virtual MAC for a virtual router id.

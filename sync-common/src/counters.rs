@@ -1,4 +1,5 @@
-//! Slots of the per-CPU counter array `mlag_counters`.
+//! Slots of the per-CPU counters `mlag_counters`: one [`Block`] per CPU,
+//! so the classifier finds all of its counters with one lookup per frame.
 
 /// Frames the program saw.
 pub const SEEN: u32 = 0;
@@ -46,6 +47,21 @@ pub const NA_ECHO_SUPPRESSED: u32 = 17;
 pub const IPV6_UNFOLLOWED: u32 = 18;
 /// Number of slots.
 pub const COUNT: u32 = 19;
+
+/// Every counter of one CPU: the value of `mlag_counters`' one entry, so
+/// the classifier finds them all with one lookup per frame.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Block {
+    /// The counters, indexed by the slots above.
+    pub slots: [u64; COUNT as usize],
+    /// Not a counter: the agent's ring reader sleep that this CPU last
+    /// woke (the classifier's wakeup rule, `sync-ebpf`), kept here because
+    /// a capture has this block at hand already.
+    pub woken_generation: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<Block>() == 8 * (COUNT as usize + 1));
 
 /// Slot names in slot order, as shown by the agent.
 pub const NAMES: [&str; COUNT as usize] = [

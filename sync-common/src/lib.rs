@@ -20,4 +20,5 @@ mod pod {
     unsafe impl aya::Pod for crate::capture::MacKey {}
     unsafe impl aya::Pod for crate::capture::InjectMark {}
     unsafe impl aya::Pod for crate::capture::InjectMark6 {}
+    unsafe impl aya::Pod for crate::counters::Block {}
 }

@@ -471,6 +471,49 @@ fn vrrp_v4_and_v6_macs_are_the_rfc_5798_addresses() {
     }
 }
 
+#[test]
+fn vrrp_predicate_is_false_for_the_fifth_byte_0_and_every_other_near_miss() {
+    // The word form tests the fifth byte with one subtraction: 0 wraps.
+    assert!(!arp::is_vrrp_mac(&[0x00, 0x00, 0x5e, 0x00, 0x00, 0x01]));
+    for byte in 0..4 {
+        let mut mac = arp::vrrp_v4_mac(1);
+        mac[byte] ^= 0x80;
+        assert!(!arp::is_vrrp_mac(&mac), "{mac:02x?}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// MACs as one integer (what the classifier reads)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_mac_word_is_the_six_bytes_little_endian() {
+    assert_eq!(arp::mac_word(&DST), 0x0000_5544_3322_1102);
+    assert_eq!(arp::mac_word(&[0xff; 6]), 0x0000_ffff_ffff_ffff);
+}
+
+#[test]
+fn a_table_key_from_a_word_is_the_key_from_the_bytes() {
+    use sync_common::capture::MacKey;
+    for mac in [DST, SRC, [0xff; 6], [0; 6], arp::vrrp_v6_mac(9)] {
+        let w = arp::mac_word(&mac);
+        assert_eq!(MacKey::from_word(w), MacKey::new(mac));
+        // The bits above the MAC never reach the key's padding.
+        assert_eq!(MacKey::from_word(w | 0xffff << 48), MacKey::new(mac));
+    }
+}
+
+#[test]
+fn the_prefilter_bit_folds_the_three_thirds_of_the_mac() {
+    use sync_common::capture::{mac_filter_bit, mac_word_filter_bit};
+    // 02:11 ^ 22:33 ^ 44:55, little-endian thirds: 0x1102 ^ 0x3322 ^ 0x5544.
+    assert_eq!(mac_filter_bit(&DST), 0x1102 ^ 0x3322 ^ 0x5544);
+    assert_eq!(
+        mac_word_filter_bit(arp::mac_word(&DST)),
+        mac_filter_bit(&DST)
+    );
+}
+
 // ---------------------------------------------------------------------------
 // classify: shared > peer > own > unmatched
 // ---------------------------------------------------------------------------

@@ -18,13 +18,20 @@
 //! kernels that refuse live frames: see `inject_tc`.
 //!
 //! `mlag_pass` only returns `XDP_PASS`: the benchmark's do-nothing baseline.
+//!
+//! What a frame costs is the point of this file (issue 18): every frame
+//! takes one per-CPU lookup for all its counters, the link layer is read
+//! once, a frame that is neither ARP nor IPv6 leaves after one comparison,
+//! and a reply's class costs an inlined array access (plus one hash lookup
+//! only for a MAC the prefilter cannot rule out). A capture wakes the agent
+//! only when its reader sleeps ([`wake_reader_if_asleep`]).
 #![no_std]
 #![no_main]
 
 mod inject_tc;
 
 use aya_ebpf::{
-    bindings::xdp_action::XDP_PASS,
+    bindings::{BPF_F_MMAPABLE, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, xdp_action::XDP_PASS},
     helpers::generated::{bpf_ktime_get_ns, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
     macros::{map, xdp},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -35,9 +42,10 @@ use sync_common::{
     arp::{self, Frame, Parsed},
     capture::{
         CAPTURE_BYTES, CAPTURE_RING_BYTES, CaptureRecord, Class, InjectMark, InjectMark6,
-        MAC_CLASS_ENTRIES, MAC_FILTER_WORDS, MacKey, mac_filter_bit,
+        MAC_CLASS_ENTRIES, MAC_FILTER_WORDS, MacKey, mac_word_filter_bit,
     },
-    counters, nd, policy,
+    counters::{self, Block},
+    nd, policy,
 };
 
 /// Class of every known destination MAC (`Class as u8`): the peer
@@ -57,13 +65,21 @@ static MAC_FILTER: Array<u64> = Array::with_max_entries(MAC_FILTER_WORDS, 0);
 #[map(name = "mlag_policy")]
 static POLICY: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Per-CPU counters, slots in `sync_common::counters`.
+/// Per-CPU counters: one [`Block`] per CPU, slots in `sync_common::counters`
+/// (and the reader generation this CPU last woke).
 #[map(name = "mlag_counters")]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT, 0);
+static COUNTERS: PerCpuArray<Block> = PerCpuArray::with_max_entries(1, 0);
 
 /// Replies to sync, as `CaptureRecord`s.
 #[map(name = "mlag_captures")]
 static CAPTURES: RingBuf = RingBuf::with_byte_size(CAPTURE_RING_BYTES, 0);
+
+/// Slot 0: 0 while the agent's ring reader is awake, else the generation
+/// number of its current sleep (it waits to be woken). The reader maps it
+/// (`BPF_F_MMAPABLE`) and is its only writer; see [`wake_reader_if_asleep`].
+/// Every capture is submitted without a wakeup of its own.
+#[map(name = "mlag_rb_reader")]
+static RING_READER: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// Per CPU: the reply `mlag_inject` is handing to the receive path.
 #[map(name = "mlag_injecting")]
@@ -101,11 +117,35 @@ impl Frame for XdpFrame<'_> {
     }
 }
 
-#[inline(always)]
-fn count(slot: u32) {
-    if let Some(value) = COUNTERS.get_ptr_mut(slot) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { *value += 1 };
+/// This CPU's counters, found once per frame.
+struct Counters(*mut Block);
+
+impl Counters {
+    #[inline(always)]
+    fn get() -> Option<Self> {
+        COUNTERS.get_ptr_mut(0).map(Self)
+    }
+
+    /// The reader sleep generation this CPU last woke (see
+    /// [`wake_reader_if_asleep`]).
+    #[inline(always)]
+    fn woken_generation(&self) -> u64 {
+        // SAFETY: per-CPU value, no concurrent writer on this CPU.
+        unsafe { (*self.0).woken_generation }
+    }
+
+    #[inline(always)]
+    fn set_woken_generation(&self, generation: u64) {
+        // SAFETY: as above.
+        unsafe { (*self.0).woken_generation = generation };
+    }
+
+    #[inline(always)]
+    fn count(&self, slot: u32) {
+        // SAFETY: per-CPU value, no concurrent writer on this CPU; `slot`
+        // is one of `sync_common::counters`' constants (< COUNT), so the
+        // index is checked at compile time.
+        unsafe { (*self.0).slots[slot as usize] += 1 };
     }
 }
 
@@ -116,7 +156,11 @@ fn policy_word() -> u32 {
 
 #[xdp]
 pub fn mlag_classify(ctx: XdpContext) -> u32 {
-    classify(&ctx);
+    // The lookup cannot fail (index 0 of a one-entry array); were it to,
+    // the frame still passes, uncounted and unclassified.
+    if let Some(counters) = Counters::get() {
+        classify(&ctx, &counters);
+    }
     XDP_PASS
 }
 
@@ -240,22 +284,23 @@ fn is_own_injection(ctx: &XdpContext, reply: &arp::ArpReply) -> bool {
     true
 }
 
-/// Class of a destination MAC: a VRRP MAC when the policy makes them all
-/// shared (no lookup), a MAC the prefilter rules out unmatched (an inlined
-/// array access), else one lookup in the class table.
+/// Class of a destination MAC (as `arp::mac_word` reads it): a VRRP MAC
+/// when the policy makes them all shared (no lookup), a MAC the prefilter
+/// rules out unmatched (an inlined array access), else one lookup in the
+/// class table.
 #[inline(always)]
-fn class_of(dst_mac: &[u8; 6], policy: u32) -> Class {
-    if policy & policy::VRRP_PREFIX_IS_SHARED != 0 && arp::is_vrrp_mac(dst_mac) {
+fn class_of(dst_mac: u64, policy: u32) -> Class {
+    if policy & policy::VRRP_PREFIX_IS_SHARED != 0 && arp::is_vrrp_word(dst_mac) {
         return Class::Shared;
     }
-    let bit = mac_filter_bit(dst_mac);
+    let bit = mac_word_filter_bit(dst_mac);
     match MAC_FILTER.get(bit >> 6) {
         Some(word) if word & (1u64 << (bit & 63)) != 0 => {}
         _ => return Class::Unmatched,
     }
     // SAFETY: the value is copied out at once; the agent only ever writes
     // whole one-byte values.
-    match unsafe { MAC_CLASS.get(&MacKey::new(*dst_mac)) } {
+    match unsafe { MAC_CLASS.get(&MacKey::from_word(dst_mac)) } {
         Some(&class) => Class::from_u8(class).unwrap_or(Class::Unmatched),
         None => Class::Unmatched,
     }
@@ -264,55 +309,56 @@ fn class_of(dst_mac: &[u8; 6], policy: u32) -> Class {
 /// Whether a frame of `class` is synced, counting it in the class slots
 /// (`[peer, own, shared, unmatched]`).
 #[inline(always)]
-fn sync_class(class: Class, policy: u32, slots: [u32; 4]) -> bool {
+fn sync_class(counters: &Counters, class: Class, policy: u32, slots: [u32; 4]) -> bool {
     match class {
         Class::Peer => {
-            count(slots[0]);
+            counters.count(slots[0]);
             true
         }
         Class::Own => {
-            count(slots[1]);
+            counters.count(slots[1]);
             policy & policy::SYNC_OWN != 0
         }
         Class::Shared => {
-            count(slots[2]);
+            counters.count(slots[2]);
             false
         }
         Class::Unmatched => {
-            count(slots[3]);
+            counters.count(slots[3]);
             false
         }
     }
 }
 
 #[inline(always)]
-fn classify(ctx: &XdpContext) {
-    count(counters::SEEN);
+fn classify(ctx: &XdpContext, counters: &Counters) {
+    counters.count(counters::SEEN);
     let frame = XdpFrame(ctx);
     let link = match arp::link(&frame) {
         Ok(link) => link,
         Err(_) => {
-            count(counters::MALFORMED);
+            counters.count(counters::MALFORMED);
             return;
         }
     };
     if link.ethertype == nd::ETHERTYPE_IPV6 {
-        classify_nd(ctx, &link);
+        classify_nd(ctx, counters, &link);
         return;
     }
     let reply = match arp::parse_after(&frame, &link) {
         Parsed::Other => return,
         Parsed::Malformed(_) => {
-            count(counters::MALFORMED);
+            counters.count(counters::MALFORMED);
             return;
         }
         Parsed::ArpReply(reply) => reply,
     };
-    count(counters::ARP_REPLIES);
+    counters.count(counters::ARP_REPLIES);
 
     let policy = policy_word();
-    let class = class_of(&reply.dst_mac, policy);
+    let class = class_of(arp::mac_word(&reply.dst_mac), policy);
     let sync = sync_class(
+        counters,
         class,
         policy,
         [
@@ -328,11 +374,12 @@ fn classify(ctx: &XdpContext) {
     );
     if sync {
         if is_own_injection(ctx, &reply) {
-            count(counters::ECHO_SUPPRESSED);
+            counters.count(counters::ECHO_SUPPRESSED);
             return;
         }
         capture(
             ctx,
+            counters,
             class,
             reply.outer_vlan,
             reply.inner_vlan,
@@ -346,23 +393,24 @@ fn classify(ctx: &XdpContext) {
 /// The ND half: Neighbour Advertisements sorted like ARP replies, with
 /// their own counters.
 #[inline(always)]
-fn classify_nd(ctx: &XdpContext, link: &arp::Link) {
+fn classify_nd(ctx: &XdpContext, counters: &Counters, link: &arp::Link) {
     let advert = match nd::parse_after(&XdpFrame(ctx), link) {
         nd::Parsed::Other => return,
         nd::Parsed::Unfollowed => {
-            count(counters::IPV6_UNFOLLOWED);
+            counters.count(counters::IPV6_UNFOLLOWED);
             return;
         }
         nd::Parsed::Malformed(_) => {
-            count(counters::NA_MALFORMED);
+            counters.count(counters::NA_MALFORMED);
             return;
         }
         nd::Parsed::Advert(advert) => advert,
     };
-    count(counters::NA_ADVERTS);
+    counters.count(counters::NA_ADVERTS);
     let policy = policy_word();
-    let class = class_of(&advert.dst_mac, policy);
+    let class = class_of(arp::mac_word(&advert.dst_mac), policy);
     let sync = sync_class(
+        counters,
         class,
         policy,
         [
@@ -378,11 +426,12 @@ fn classify_nd(ctx: &XdpContext, link: &arp::Link) {
     );
     if sync {
         if is_own_na_injection(ctx, &advert) {
-            count(counters::NA_ECHO_SUPPRESSED);
+            counters.count(counters::NA_ECHO_SUPPRESSED);
             return;
         }
         capture(
             ctx,
+            counters,
             class,
             advert.outer_vlan,
             advert.inner_vlan,
@@ -394,8 +443,10 @@ fn classify_nd(ctx: &XdpContext, link: &arp::Link) {
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn capture(
     ctx: &XdpContext,
+    counters: &Counters,
     class: Class,
     outer_vlan: u16,
     inner_vlan: u16,
@@ -404,7 +455,7 @@ fn capture(
     captured_slot: u32,
 ) {
     let Some(mut entry) = CAPTURES.reserve::<CaptureRecord>(0) else {
-        count(counters::RINGBUF_FULL);
+        counters.count(counters::RINGBUF_FULL);
         return;
     };
     let frame_len = ctx.data_end() - ctx.data();
@@ -430,13 +481,59 @@ fn capture(
         (*record).arp_offset = payload_offset;
         (*record).captured_len = load_len as u16;
         if bpf_xdp_load_bytes(ctx.ctx, 0, (*record).frame.as_mut_ptr().cast(), load_len) != 0 {
-            entry.discard(0);
-            count(counters::MALFORMED);
+            entry.discard(BPF_RB_NO_WAKEUP as u64);
+            counters.count(counters::MALFORMED);
             return;
         }
     }
-    entry.submit(0);
-    count(captured_slot);
+    // Never the kernel's own wakeup rule (wake whenever the reader's
+    // published position is this record's, which a busy reader hits
+    // between batches): a wakeup is an irq_work, a self-IPI and an epoll
+    // wakeup of the reader's thread, several microseconds on this
+    // producer's CPU. The reader is woken only when it sleeps.
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    counters.count(captured_slot);
+    wake_reader_if_asleep(counters);
+}
+
+/// Wakes the agent's ring reader if it has announced that it sleeps.
+///
+/// The reader announces each sleep with a new generation number in
+/// `mlag_rb_reader` (0 while it is awake). This CPU wakes it once per
+/// generation: a capture that finds a generation this CPU has not woken
+/// yet notes it in this CPU's block and wakes the reader, with an empty
+/// record discarded with `BPF_RB_FORCE_WAKEUP` (its own record is already
+/// submitted; discarded records are skipped by the reader). Nothing here
+/// writes the shared slot, so no update of it can be lost, and with two
+/// CPUs producing at most two wakeups answer one sleep.
+///
+/// The order makes a lost wakeup impossible: the reader stores its
+/// generation, then (full fence) looks at the ring once more before it
+/// sleeps; this runs after `submit`, whose exchange on the record header
+/// is a full barrier, then reads the generation. Either the reader sees
+/// the record, or this sees the generation (store buffering with a fence
+/// on both sides). While the reader is awake a capture costs one load of
+/// a line the CPUs only read.
+#[inline(always)]
+fn wake_reader_if_asleep(counters: &Counters) {
+    let Some(slot) = RING_READER.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a u64 in an array map value, 8-byte aligned, alive as long
+    // as the program. The reader writes it from userspace through its
+    // mapping: read once, volatile (the kernel's READ_ONCE; an aligned
+    // 8-byte load is atomic, and this target has no atomic load to ask for).
+    let asleep = unsafe { core::ptr::read_volatile(slot) };
+    if asleep == 0 || counters.woken_generation() == asleep {
+        return;
+    }
+    if let Some(wake) = CAPTURES.reserve::<u64>(0) {
+        counters.set_woken_generation(asleep);
+        wake.discard(BPF_RB_FORCE_WAKEUP as u64);
+    }
+    // A full ring has no room for the wakeup; the next capture after the
+    // reader made room tries again (this generation is still not woken
+    // here), and the reader's timeout bounds the wait meanwhile.
 }
 
 #[cfg(not(test))]

@@ -79,8 +79,9 @@ pub fn ensure_root(what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Depth of the queue between the dataplane and peer sync: captures beyond
-/// it wait in the kernel ring buffer.
+/// Depth of the queue between the dataplane and peer sync, in records
+/// (carried in the reader's batches): captures beyond it wait in the kernel
+/// ring buffer.
 const PEER_CAPTURE_QUEUE: usize = 1024;
 /// Depth of inference's information queue; producers count what it drops.
 const INFO_QUEUE: usize = 4096;
@@ -145,7 +146,8 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
 
     let (peer_captures_tx, peer_captures_rx) = match &config.peer {
         Some(_) => {
-            let (tx, rx) = mpsc::channel(PEER_CAPTURE_QUEUE);
+            let (tx, rx) =
+                mpsc::channel(crate::dataplane::capture::queue_batches(PEER_CAPTURE_QUEUE));
             (Some(tx), Some(rx))
         }
         None => (None, None),

@@ -1,18 +1,19 @@
 //! Draining the capture ring buffer: records the XDP program wrote become
-//! batches of [`Captured`] replies on a bounded channel. No busy polling:
+//! batches of [`Captured`] replies on bounded channels. No busy polling:
 //! the reader sleeps on the ring buffer's fd (tokio `AsyncFd`) until the
-//! kernel wakes it, then takes whatever waits, up to [`MAX_BATCH`] records a
-//! batch, publishing its ring position once per batch ([`RingReader`]) so the
-//! kernel wakes it per batch, not per record. Nothing is allocated per
-//! record: a frame travels inline in its [`Captured`] (`CapturedFrame`),
-//! and a batch is one allocation.
+//! classifier wakes it, then takes whatever waits, up to [`MAX_BATCH`]
+//! records a batch, publishing its ring position once per batch. It is
+//! woken only when it has announced a sleep ([`RingReader::announce_sleep`]),
+//! so however fast replies come, one wakeup starts a drain that lasts as
+//! long as they do. Nothing is allocated per record: a frame travels inline
+//! in its [`Captured`] (`CapturedFrame`), and a batch is one allocation
+//! that peer sync and the dataplane task share ([`CaptureBatch`]).
 
 use std::sync::{
     Arc,
     atomic::{AtomicU64, Ordering},
 };
 
-use aya::maps::{MapData, RingBuf};
 use sync_common::{
     arp::{self, Parsed},
     capture::{CAPTURE_RING_BYTES, CaptureRecord, Class},
@@ -20,16 +21,18 @@ use sync_common::{
 };
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
-use super::ring::RingReader;
-pub use crate::bus::{Captured, CapturedFrame};
+use super::ring::{CaptureRing, RingReader};
+pub use crate::bus::{CaptureBatch, Captured, CapturedFrame};
 use crate::{log_limit::LogLimiter, mac::MacAddr};
 
 /// Most records in one batch: one queue slot, one wakeup of the receiving
 /// task. Small enough that a batch is handed on within microseconds.
 pub const MAX_BATCH: usize = 64;
 
-/// What the reader sends: the records of one read, in ring order.
-pub type CaptureBatch = Vec<Captured>;
+/// How long the reader sleeps at most without a wakeup. Nothing relies on
+/// it: it only bounds the wait of records whose wakeup could not be
+/// carried (a full ring has no room for the classifier's wakeup record).
+pub const SLEEP_BACKSTOP: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Queue slots (batches) for a queue of about `records` records
 /// (`dataplane.capture_queue` counts records).
@@ -133,70 +136,105 @@ pub struct CaptureStats {
     pub wakeups: AtomicU64,
 }
 
-/// Reads the ring buffer until `tx` is closed: each record to `peer` (peer
-/// sync, when it runs) first, then the batch to `tx` (the dataplane task).
+/// Reads the ring buffer until `tx` is closed: each batch to `peer` (peer
+/// sync, when it runs) first, then to `tx` (the dataplane task), the same
+/// allocation to both.
 ///
-/// Records are taken from the ring only once the queue has room for their
-/// batch, and a batch waits for peer sync to take each of its records, so
-/// when the agent falls behind the records wait in the ring, and what
-/// cannot wait is lost in one place only: the kernel's `ringbuf_full`
-/// counter.
+/// Records are taken from the ring only once both queues have room for
+/// their batch, so when the agent falls behind the records wait in the
+/// ring, and what cannot wait is lost in one place only: the kernel's
+/// `ringbuf_full` counter.
 pub async fn run(
-    ring: RingBuf<MapData>,
-    peer: Option<mpsc::Sender<Captured>>,
+    ring: CaptureRing,
+    peer: Option<mpsc::Sender<CaptureBatch>>,
     tx: mpsc::Sender<CaptureBatch>,
     stats: Arc<CaptureStats>,
 ) -> std::io::Result<()> {
     let reader = RingReader::new(ring, CAPTURE_RING_BYTES as usize)?;
-    let mut log = LogLimiter::new(std::time::Duration::from_secs(5));
     // SAFETY: the reader owns the ring buffer's map fd and keeps it open
     // (and the same) for as long as it lives, which is as long as the
     // AsyncFd.
     let mut ring =
         unsafe { AsyncFd::register_with_interest(reader, tokio::io::Interest::READABLE) }
             .map_err(|e| e.into_parts().1)?;
-    // Reused: a batch is collected here, then moved out in one allocation
-    // of its exact size.
-    let mut scratch: Vec<Captured> = Vec::with_capacity(MAX_BATCH);
+    let mut drain = Drain {
+        scratch: Vec::with_capacity(MAX_BATCH),
+        log: LogLimiter::new(std::time::Duration::from_secs(5)),
+        stats,
+    };
     loop {
-        let mut guard = tokio::select! {
-            guard = ring.readable_mut() => guard?,
+        // Until the reader has announced its sleep on an empty ring (the
+        // first round included: the classifier wakes no reader that has
+        // not announced one).
+        if !drain.until_asleep(ring.get_mut(), peer.as_ref(), &tx).await {
+            return Ok(());
+        }
+        tokio::select! {
+            guard = ring.readable() => {
+                // Cleared before reading, so a wakeup that comes while this
+                // round reads is kept for the next round, never lost.
+                guard?.clear_ready();
+                drain.stats.wakeups.fetch_add(1, Ordering::Relaxed);
+            }
             () = tx.closed() => return Ok(()),
-        };
-        stats.wakeups.fetch_add(1, Ordering::Relaxed);
+            () = tokio::time::sleep(SLEEP_BACKSTOP) => {}
+        }
+        ring.get_ref().awake();
+    }
+}
+
+/// The reader's working state between wakeups.
+struct Drain {
+    /// Reused: a batch is collected here, then copied into one shared
+    /// allocation of its exact size.
+    scratch: Vec<Captured>,
+    log: LogLimiter,
+    stats: Arc<CaptureStats>,
+}
+
+impl Drain {
+    /// Reads batches until the ring is empty and the sleep is announced.
+    /// False when the dataplane task is gone (the agent is stopping).
+    async fn until_asleep(
+        &mut self,
+        reader: &mut RingReader,
+        peer: Option<&mpsc::Sender<CaptureBatch>>,
+        tx: &mpsc::Sender<CaptureBatch>,
+    ) -> bool {
         loop {
             let Ok(permit) = tx.reserve().await else {
-                return Ok(());
+                return false;
             };
-            let read = guard
-                .get_inner_mut()
-                .read_batch(MAX_BATCH, |bytes| match decode(bytes) {
-                    Ok(captured) => scratch.push(captured),
-                    Err(err) => {
-                        stats.invalid.fetch_add(1, Ordering::Relaxed);
-                        if let Some(suppressed) = log.admit("invalid_record") {
-                            tracing::warn!(error = %err, suppressed, "invalid capture record dropped");
-                        }
+            let peer_permit = match peer {
+                // Peer sync gone means the agent is stopping; the dataplane
+                // task still gets its batches until it goes too.
+                Some(peer) => peer.reserve().await.ok(),
+                None => None,
+            };
+            let (scratch, stats, log) = (&mut self.scratch, &self.stats, &mut self.log);
+            let read = reader.read_batch(MAX_BATCH, |bytes| match decode(bytes) {
+                Ok(captured) => scratch.push(captured),
+                Err(err) => {
+                    stats.invalid.fetch_add(1, Ordering::Relaxed);
+                    if let Some(suppressed) = log.admit("invalid_record") {
+                        tracing::warn!(error = %err, suppressed, "invalid capture record dropped");
                     }
-                });
-            stats.records.fetch_add(read as u64, Ordering::Relaxed);
-            if let Some(peer) = &peer {
-                for captured in &scratch {
-                    // Peer sync gone means the agent is stopping.
-                    let _ = peer.send(captured.clone()).await;
                 }
-            }
-            if !scratch.is_empty() {
-                stats.batches.fetch_add(1, Ordering::Relaxed);
-                let mut batch = Vec::with_capacity(scratch.len());
-                batch.append(&mut scratch);
+            });
+            self.stats.records.fetch_add(read as u64, Ordering::Relaxed);
+            if !self.scratch.is_empty() {
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                // Moved out, not cloned; the scratch keeps its capacity.
+                let batch: CaptureBatch = self.scratch.drain(..).collect();
+                if let Some(peer_permit) = peer_permit {
+                    peer_permit.send(batch.clone());
+                }
                 permit.send(batch);
             }
-            if read < MAX_BATCH && guard.get_inner().is_empty() {
-                break;
+            if read < MAX_BATCH && reader.is_empty() && reader.announce_sleep() {
+                return true;
             }
         }
-        guard.clear_ready();
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
         tc::{self, SchedClassifierLinkId},
@@ -20,7 +20,10 @@ use sync_common::{
     counters,
 };
 
-use super::config::{EbpfLogLevel, XdpModeConfig};
+use super::{
+    config::{EbpfLogLevel, XdpModeConfig},
+    ring::CaptureRing,
+};
 use crate::mac::MacAddr;
 
 /// The compiled XDP object, embedded at build time by build.rs.
@@ -45,10 +48,12 @@ pub const MAC_CLASS_MAP: &str = "mlag_mac_class";
 pub const MAC_FILTER_MAP: &str = "mlag_mac_filter";
 /// Policy word map.
 pub const POLICY_MAP: &str = "mlag_policy";
-/// Per-CPU counters map.
+/// Per-CPU counters map (one `sync_common::counters::Block` per CPU).
 pub const COUNTERS_MAP: &str = "mlag_counters";
 /// Capture ring buffer.
 pub const CAPTURES_MAP: &str = "mlag_captures";
+/// Where the ring reader announces its sleeps (see `dataplane::ring`).
+pub const RING_READER_MAP: &str = "mlag_rb_reader";
 
 /// Errors of the dataplane, each naming the object involved.
 #[derive(Debug, thiserror::Error)]
@@ -173,10 +178,11 @@ impl MacTables {
 }
 
 /// What [`Classifier::load`] gives: the classifier, the capture ring
-/// buffer, and the kernel log reader (None when the kernel log is off).
+/// buffer (with the reader's slot), and the kernel log reader (None when
+/// the kernel log is off).
 pub type Loaded = (
     Classifier,
-    RingBuf<MapData>,
+    CaptureRing,
     Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 );
 
@@ -188,7 +194,7 @@ pub struct Classifier {
     /// The prefilter words as last written.
     filter: Vec<u64>,
     policy: Array<MapData, u32>,
-    counters: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, counters::Block>,
     tables: MacTables,
     ports: BTreeMap<String, AttachedPort>,
     /// `mlag_inject_tc` on the loopback's egress, when injection uses it.
@@ -248,7 +254,13 @@ impl Classifier {
             name: INJECT_REDIRECT_PROGRAM,
             source: Box::new(source),
         })?;
-        let ring: RingBuf<MapData> = take_map(&mut ebpf, CAPTURES_MAP)?;
+        let ring = CaptureRing {
+            ring: take_map(&mut ebpf, CAPTURES_MAP)?,
+            reader_slot: match ebpf.take_map(RING_READER_MAP) {
+                Some(aya::maps::Map::Array(data)) => data,
+                _ => return Err(DataplaneError::MissingMap(RING_READER_MAP)),
+            },
+        };
         let dataplane = Self {
             mac_class: take_map(&mut ebpf, MAC_CLASS_MAP)?,
             mac_filter: take_map(&mut ebpf, MAC_FILTER_MAP)?,
@@ -500,15 +512,17 @@ impl Classifier {
     /// Reads the counters, summed over CPUs.
     pub fn counters(&self) -> Result<KernelCounters, DataplaneError> {
         let mut out = KernelCounters::default();
-        for slot in 0..counters::COUNT {
-            let values = self
-                .counters
-                .get(&slot, 0)
-                .map_err(|source| DataplaneError::Map {
-                    name: COUNTERS_MAP,
-                    source: Box::new(source),
-                })?;
-            out.0[slot as usize] = values.iter().sum();
+        let blocks = self
+            .counters
+            .get(&0, 0)
+            .map_err(|source| DataplaneError::Map {
+                name: COUNTERS_MAP,
+                source: Box::new(source),
+            })?;
+        for block in blocks.iter() {
+            for (sum, value) in out.0.iter_mut().zip(block.slots) {
+                *sum += value;
+            }
         }
         Ok(out)
     }

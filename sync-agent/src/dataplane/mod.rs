@@ -8,7 +8,8 @@
 //! MC-LAG) and forwards every captured reply to peer sync.
 //!
 //! ```text
-//!  ring buffer ──capture::run──► batches of Captured ──► Task ──► peer sync (captures)
+//!  ring buffer ──capture::run──► batches of Captured ──► peer sync (captures)
+//!                                       └──────────────► Task
 //!  link events (broadcast) ────────────────►  │  ──► watch<Vec<MemberPort>>
 //!  DataplaneHandle (status, counters, ...) ─► │
 //! ```
@@ -43,7 +44,7 @@ use self::{
 };
 pub use crate::southbound::{inject::Injector, testrun};
 use crate::{
-    bus::{AskError, Captured, LinkEvent, MemberPort},
+    bus::{AskError, CaptureBatch, LinkEvent, MemberPort},
     mac::MacAddr,
 };
 
@@ -62,7 +63,7 @@ pub struct DataplaneStart {
     /// Interface changes.
     pub links: broadcast::Receiver<LinkEvent>,
     /// Where captured replies go (peer sync), when it runs.
-    pub captures_for_peer: Option<mpsc::Sender<Captured>>,
+    pub captures_for_peer: Option<mpsc::Sender<CaptureBatch>>,
     /// The peer's MACs from its hello (peer sync).
     pub peer_macs: watch::Receiver<BTreeSet<MacAddr>>,
     /// The MC-LAG shared MAC, once elected.

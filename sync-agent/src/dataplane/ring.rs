@@ -1,15 +1,21 @@
-//! A batch reader of the capture ring buffer (`BPF_MAP_TYPE_RINGBUF`).
+//! A batch reader of the capture ring buffer (`BPF_MAP_TYPE_RINGBUF`), and
+//! the reader's side of the classifier's wakeup rule.
 //!
-//! aya's `RingBuf::next` publishes the consumer position after every record.
-//! The kernel wakes the reader (an irq_work, a self-IPI, then an epoll
-//! wakeup) whenever a record is committed at exactly the published consumer
-//! position, that is whenever the reader looks caught up. A reader that
-//! publishes per record therefore looks caught up after each one and is
-//! woken per record while it is still busy. This reader publishes once per
-//! batch: records committed while it works on a batch find the consumer
-//! position behind them and wake no one, and the first record after the
-//! reader has gone idle still wakes it at once (the kernel's own adaptive
-//! rule, `BPF_RB_NO_WAKEUP` not needed).
+//! A wakeup of the reader is an irq_work, a self-IPI and an epoll wakeup of
+//! the reader's thread: microseconds of the producing CPU, paid inside the
+//! XDP program's time. The kernel's own rule wakes whenever a record is
+//! committed at exactly the published consumer position, which a reader
+//! that keeps up hits again and again while it is awake (a batch reader
+//! looks caught up between batches). So the classifier submits every record
+//! with `BPF_RB_NO_WAKEUP` and wakes the reader only when the reader has
+//! said it sleeps: [`RingReader::announce_sleep`] writes a new sleep
+//! generation into the `mlag_rb_reader` map (mapped here), fences, and
+//! looks at the ring once more; a producer reads the generation after its
+//! commit (a full barrier) and wakes the reader once per generation per
+//! CPU. Either the reader sees the record or the producer sees the
+//! generation, so a lone record is never left waiting; a reader that is
+//! awake is never woken. This reader also publishes its position once per
+//! batch, not per record as aya's `RingBuf::next` does.
 //!
 //! The layout is the kernel's (`kernel/bpf/ringbuf.c`): page 0 holds the
 //! consumer position (read-write), page 1 the producer position, then the
@@ -21,7 +27,7 @@ use std::{
     io,
     os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
     ptr::NonNull,
-    sync::atomic::{AtomicU32, AtomicUsize, Ordering, fence},
+    sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence},
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -66,8 +72,21 @@ impl Drop for Mapping {
 }
 
 // SAFETY: the mappings are plain shared memory, accessed through atomics
-// for the positions and headers; the reader has one owner at a time.
+// for the positions, headers and the reader's slot; the reader has one
+// owner at a time.
 unsafe impl Send for Mapping {}
+// SAFETY: as above: what `&RingReader` offers (`is_empty`, `awake`) only
+// loads and stores atomics; reading records needs `&mut`.
+unsafe impl Sync for Mapping {}
+
+/// The capture ring buffer and the map the reader announces its sleeps
+/// in (`mlag_rb_reader`), as [`super::Classifier::load`] hands them over.
+pub struct CaptureRing {
+    /// The ring buffer (`mlag_captures`).
+    pub ring: RingBuf<MapData>,
+    /// The one-slot `BPF_F_MMAPABLE` array `mlag_rb_reader`.
+    pub reader_slot: MapData,
+}
 
 /// The capture ring buffer, read in batches (see the module doc).
 pub struct RingReader {
@@ -75,16 +94,22 @@ pub struct RingReader {
     ring: RingBuf<MapData>,
     consumer: Mapping,
     producer: Mapping,
+    /// Slot 0 of `mlag_rb_reader` (the map fd stays open in `_slot_map`).
+    slot: Mapping,
+    _slot_map: MapData,
     page: usize,
     mask: usize,
     /// Consumer position as last published.
     pos: usize,
+    /// The last sleep generation announced.
+    generation: u64,
 }
 
 impl RingReader {
     /// Maps the ring buffer, whose data area is `byte_size` bytes (the map's
-    /// `max_entries`, a power of two).
-    pub fn new(ring: RingBuf<MapData>, byte_size: usize) -> io::Result<Self> {
+    /// `max_entries`, a power of two), and the reader's slot.
+    pub fn new(ring: CaptureRing, byte_size: usize) -> io::Result<Self> {
+        let CaptureRing { ring, reader_slot } = ring;
         if !byte_size.is_power_of_two() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -97,16 +122,54 @@ impl RingReader {
         let fd = ring.as_fd();
         let consumer = Mapping::new(fd, page, libc::PROT_READ | libc::PROT_WRITE, 0)?;
         let producer = Mapping::new(fd, page + 2 * byte_size, libc::PROT_READ, page)?;
+        let slot = Mapping::new(
+            reader_slot.fd().as_fd(),
+            page,
+            libc::PROT_READ | libc::PROT_WRITE,
+            0,
+        )?;
         let mut reader = Self {
             ring,
             consumer,
             producer,
+            slot,
+            _slot_map: reader_slot,
             page,
             mask: byte_size - 1,
             pos: 0,
+            generation: 0,
         };
         reader.pos = reader.consumer_pos().load(Ordering::Acquire);
+        reader.awake();
         Ok(reader)
+    }
+
+    fn slot(&self) -> &AtomicU64 {
+        // SAFETY: the mapping starts with the array's value area, whose
+        // slot 0 is the u64 the classifier reads; page-aligned, alive as
+        // long as `self`.
+        unsafe { &*self.slot.ptr.as_ptr().cast::<AtomicU64>() }
+    }
+
+    /// Says the reader is awake: producers stop waking it.
+    pub fn awake(&self) {
+        self.slot().store(0, Ordering::Relaxed);
+    }
+
+    /// Announces that the reader is about to sleep until woken, then looks
+    /// at the ring once more. True: nothing committed waits, and the first
+    /// record committed from now on wakes the reader (a record still being
+    /// written counts as not there: its producer reads the announcement
+    /// after committing it). False: records arrived; the announcement is
+    /// withdrawn and the reader goes on reading.
+    pub fn announce_sleep(&mut self) -> bool {
+        self.generation += 1;
+        self.slot().store(self.generation, Ordering::Relaxed);
+        if self.is_empty() {
+            return true;
+        }
+        self.awake();
+        false
     }
 
     fn consumer_pos(&self) -> &AtomicUsize {
@@ -182,16 +245,16 @@ impl RingReader {
         read
     }
 
-    /// True when no committed record waits. Call it after [`read_batch`]
-    /// returned fewer than asked: when it says empty, the kernel will wake
-    /// the ring buffer's fd for the next record (it is committed at the
-    /// position just published), so the reader may sleep.
+    /// True when no committed record waits (a record still being written
+    /// counts as none). Only after [`announce_sleep`] does "empty" mean the
+    /// reader may sleep.
     ///
-    /// [`read_batch`]: Self::read_batch
+    /// [`announce_sleep`]: Self::announce_sleep
     pub fn is_empty(&self) -> bool {
-        // Pairs with the producer's commit (an xchg on the header, then a
-        // read of the consumer position): either it sees the position we
-        // published and wakes us, or we see its record here.
+        // Pairs with the producer's commit (an exchange on the header, a
+        // full barrier, then a read of the reader's slot): either it sees
+        // the sleep announced before this and wakes us, or we see its
+        // record here.
         fence(Ordering::SeqCst);
         let producer = self.producer_pos();
         self.pos == producer || self.header(self.pos & self.mask) & BUSY_BIT != 0

@@ -6,7 +6,7 @@
 //! gets them afterwards for its counters and `show captured`.
 //!
 //! ```text
-//!   capture::run (child) ──mpsc Captured──► captures_for_peer (peer sync)
+//!   capture::run (child) ──mpsc CaptureBatch──► captures_for_peer (peer sync)
 //!        └───────────────mpsc CaptureBatch─►┐
 //!   link events ──────────broadcast───────►├─► Task
 //!   DataplaneHandle ──────mpsc Event──────►┤      └──► watch ports
@@ -150,8 +150,8 @@ impl Task {
                 Ok(()) = learnt.peer.changed() => self.process_learnt_macs(&mut learnt),
                 Ok(()) = learnt.shared.changed() => self.process_learnt_macs(&mut learnt),
                 Some(batch) = captures.recv() => {
-                    for captured in batch {
-                        self.process_capture(captured);
+                    for captured in batch.iter() {
+                        self.process_capture(captured.clone());
                     }
                 }
                 link = link_events.recv() => match link {

@@ -20,7 +20,7 @@ use super::{
     task::Task,
 };
 use crate::{
-    bus::{Captured, LinkEvent, Liveness, MemberPort, SessionEvent},
+    bus::{CaptureBatch, Captured, LinkEvent, Liveness, MemberPort, SessionEvent},
     mac::MacAddr,
     southbound::neighbours::NeighbourEvent,
 };
@@ -82,8 +82,9 @@ impl ArpSnapshot {
 /// Everything the peer-sync task reacts to.
 #[derive(Debug)]
 pub(super) enum Event {
-    /// A reply captured by the classifier.
-    Captured(Captured),
+    /// Replies captured by the classifier: one read of the ring buffer,
+    /// in order.
+    Captures(CaptureBatch),
     /// This switch's kernel changed a neighbour entry.
     Neighbour(NeighbourEvent),
     /// This switch's kernel changed an IPv6 neighbour entry (ND sync).
@@ -149,7 +150,11 @@ impl Task {
     /// Hands one input to its handler.
     pub(super) async fn process(&mut self, event: Event) {
         match event {
-            Event::Captured(captured) => self.process_captured(captured).await,
+            Event::Captures(batch) => {
+                for captured in batch.iter() {
+                    self.process_captured(captured.clone()).await;
+                }
+            }
             Event::Ports(ports) => self.process_ports(ports),
             Event::Query(query) => self.process_query(query).await,
             Event::Connected { stream } => self.process_connected(stream).await,

@@ -72,7 +72,7 @@ use self::{
     task::{Inputs, Task},
 };
 use crate::{
-    bus::{AskError, Captured, Info, MemberPort, SessionEvent},
+    bus::{AskError, CaptureBatch, Info, MemberPort, SessionEvent},
     liveness,
     mac::MacAddr,
     southbound::{inject::Injector, links, neighbours, neighbours6},
@@ -119,8 +119,8 @@ pub struct PeerSyncChannels {
     /// The member ports with their MLAG ids (from the dataplane); the
     /// current value is used at once, changes as they come.
     pub ports: watch::Receiver<Vec<MemberPort>>,
-    /// Replies the classifier captured, to sync.
-    pub captures: mpsc::Receiver<Captured>,
+    /// Replies the classifier captured, to sync, in the reader's batches.
+    pub captures: mpsc::Receiver<CaptureBatch>,
     /// Where session events for MC-LAG go; sent with `try_send`, a full
     /// queue drops and counts (`session_events_dropped`).
     pub sessions: Option<mpsc::Sender<SessionEvent>>,

@@ -1,7 +1,7 @@
 //! The peer-sync task: the one owner of the peer state, and its event loop.
 //!
 //! ```text
-//!   supervisor ──captures (mpsc Captured)────────────┐
+//!   supervisor ──captures (mpsc CaptureBatch)────────┐
 //!   supervisor ──member ports (watch Vec<MemberPort>)─┤
 //!   PeerSyncHandle ──queries (mpsc Query)─────────────┤
 //!                                                     ▼
@@ -48,7 +48,7 @@ use super::{
     table::{EntryKey, SendTable},
 };
 use crate::{
-    bus::{Captured, Info, LinkEvent, MemberPort, SessionEvent, ids},
+    bus::{CaptureBatch, Info, LinkEvent, MemberPort, SessionEvent, ids},
     liveness::LivenessReport,
     log_limit::LogLimiter,
     mac::MacAddr,
@@ -133,7 +133,7 @@ pub(super) struct Task {
 /// the handle's, and the task's own).
 pub(super) struct Inputs {
     pub(super) queries: mpsc::Receiver<Query>,
-    pub(super) captures: mpsc::Receiver<Captured>,
+    pub(super) captures: mpsc::Receiver<CaptureBatch>,
     pub(super) ports: watch::Receiver<Vec<MemberPort>>,
     pub(super) internal: mpsc::Receiver<Event>,
     pub(super) liveness: mpsc::Receiver<LivenessReport>,
@@ -232,8 +232,8 @@ impl Task {
                     Some(query) => Event::Query(query),
                     None => return,
                 },
-                captured = inputs.captures.recv(), if captures_open => match captured {
-                    Some(captured) => Event::Captured(captured),
+                batch = inputs.captures.recv(), if captures_open => match batch {
+                    Some(batch) => Event::Captures(batch),
                     None => {
                         captures_open = false;
                         continue;

@@ -481,7 +481,9 @@ impl Harness {
     }
 
     async fn capture(&mut self, last: u8) {
-        self.task.process(Event::Captured(captured(last))).await;
+        self.task
+            .process(Event::Captures(vec![captured(last)].into()))
+            .await;
     }
 
     /// Frames written since the last call, without SYNC_DONE.
@@ -682,15 +684,25 @@ async fn the_loop_sends_a_lone_capture_at_once() {
         neighbours,
         links,
     }));
-    captures_tx.send(captured(11)).await.unwrap();
+    captures_tx.send(vec![captured(11)].into()).await.unwrap();
     assert_eq!(next_frame(&mut wire).await, Written::Sync(1, vec![ip(11)]));
-    captures_tx.send(captured(12)).await.unwrap();
+    captures_tx.send(vec![captured(12)].into()).await.unwrap();
     assert_eq!(next_frame(&mut wire).await, Written::Sync(2, vec![ip(12)]));
+    // One read of the ring buffer is one batch: its replies go out in one
+    // frame, in ring order.
+    captures_tx
+        .send(vec![captured(13), captured(14), captured(15)].into())
+        .await
+        .unwrap();
+    assert_eq!(
+        next_frame(&mut wire).await,
+        Written::Sync(3, vec![ip(13), ip(14), ip(15)])
+    );
 
     let (tx, rx) = tokio::sync::oneshot::channel();
     queries_tx.send(Query::Peer(tx)).await.unwrap();
     let report = rx.await.unwrap();
-    assert_eq!(report.counters.frames_sent, 2);
+    assert_eq!(report.counters.frames_sent, 3);
     assert_eq!(report.state, "up");
 
     // A dropped ports watch does not end the loop; dropped handles do.
@@ -920,10 +932,13 @@ async fn bad_input_is_counted_under_its_reason_and_never_kills_the_session() {
     let mut h = Harness::new("");
     h.capture(1).await;
     h.task
-        .process(Event::Captured(Captured {
-            ifindex: 77,
-            ..captured(2)
-        }))
+        .process(Event::Captures(
+            vec![Captured {
+                ifindex: 77,
+                ..captured(2)
+            }]
+            .into(),
+        ))
         .await;
     assert_eq!(h.rejected("capture_on_unknown_port"), 1);
 
@@ -1478,16 +1493,22 @@ async fn a_peer_class_reply_is_learnt_here_too_on_its_port() {
     }
     assert_eq!(h.report().counters.learnt_here, 1);
     h.task
-        .process(Event::Captured(Captured {
-            class: Class::Own,
-            ..captured(2)
-        }))
+        .process(Event::Captures(
+            vec![Captured {
+                class: Class::Own,
+                ..captured(2)
+            }]
+            .into(),
+        ))
         .await;
     h.task
-        .process(Event::Captured(Captured {
-            dst_mac: PORT1_MAC,
-            ..captured(3)
-        }))
+        .process(Event::Captures(
+            vec![Captured {
+                dst_mac: PORT1_MAC,
+                ..captured(3)
+            }]
+            .into(),
+        ))
         .await;
     assert_eq!(h.kernel.log().injected.len(), 1, "nothing more injected");
     assert_eq!(h.report().counters.learnt_here, 1);
@@ -2038,12 +2059,15 @@ async fn nas_wait_for_a_peer_that_announces_nd_sync() {
         other => panic!("{other:?}"),
     };
     h.task
-        .process(Event::Captured(Captured {
-            arp: ArpAddresses::default(),
-            nd,
-            frame: frame.into(),
-            ..captured(2)
-        }))
+        .process(Event::Captures(
+            vec![Captured {
+                arp: ArpAddresses::default(),
+                nd,
+                frame: frame.into(),
+                ..captured(2)
+            }]
+            .into(),
+        ))
         .await;
     h.task.flush().await;
     // The peer's hello says ARP only: nothing of ND goes out, it is held.
@@ -2084,14 +2108,17 @@ async fn an_na_without_its_link_layer_option_is_synced_with_one_added() {
     };
     assert_eq!(nd.unwrap().target_mac, None);
     h.task
-        .process(Event::Captured(Captured {
-            class: Class::Own,
-            dst_mac: PORT1_MAC,
-            arp: ArpAddresses::default(),
-            nd,
-            frame: frame.into(),
-            ..captured(2)
-        }))
+        .process(Event::Captures(
+            vec![Captured {
+                class: Class::Own,
+                dst_mac: PORT1_MAC,
+                arp: ArpAddresses::default(),
+                nd,
+                frame: frame.into(),
+                ..captured(2)
+            }]
+            .into(),
+        ))
         .await;
     h.task.flush().await;
     let sent: Vec<Vec<u8>> = std::iter::from_fn(|| h.wire.try_recv().ok())

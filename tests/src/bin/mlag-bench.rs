@@ -240,15 +240,12 @@ fn dataplane_benchmarks() -> anyhow::Result<()> {
                 .expect("runtime");
             runtime.block_on(async move {
                 let (tx, mut rx) = tokio::sync::mpsc::channel(capture::queue_batches(4096));
-                // Peer sync's side, as the agent wires it: every record is
-                // handed to it first, one by one.
-                let (peer_tx, mut peer_rx) = tokio::sync::mpsc::channel(1024);
-                tokio::spawn(async move {
-                    let mut records = Vec::with_capacity(256);
-                    while peer_rx.recv_many(&mut records, 256).await > 0 {
-                        records.clear();
-                    }
-                });
+                // Peer sync's side, as the agent wires it: every batch is
+                // handed to it first (the same allocation).
+                let (peer_tx, mut peer_rx) = tokio::sync::mpsc::channel::<capture::CaptureBatch>(
+                    capture::queue_batches(1024),
+                );
+                tokio::spawn(async move { while peer_rx.recv().await.is_some() {} });
                 tokio::spawn(capture::run(ring, Some(peer_tx), tx, stats));
                 while let Some(batch) = rx.recv().await {
                     received
@@ -376,6 +373,7 @@ fn dataplane_benchmarks() -> anyhow::Result<()> {
     );
 
     let frame = reply(PEER).to_bytes();
+    both_cpus(&dataplane, classify, &frame, &received)?;
     flat_out(&dataplane, classify, &frame, &stats, &received, epoch)?;
     paced(&dataplane, classify, &frame, &received)?;
     drop(dataplane);
@@ -401,16 +399,117 @@ fn ns_per_frame_repeat(fd: i32, frame: &[u8], repeat: u32) -> anyhow::Result<f64
 /// ns per captured frame: [`CAPTURE_REPEAT`] captures a call, the ring
 /// drained by the reader before each call.
 fn ns_per_captured_frame(fd: i32, frame: &[u8], received: &Received) -> anyhow::Result<f64> {
+    ns_per_captured_frame_repeat(fd, frame, CAPTURE_REPEAT, received)
+}
+
+/// [`ns_per_captured_frame`] with another repeat count.
+fn ns_per_captured_frame_repeat(
+    fd: i32,
+    frame: &[u8],
+    repeat: u32,
+    received: &Received,
+) -> anyhow::Result<f64> {
     let mut samples = Vec::with_capacity(RUNS);
     for _ in 0..RUNS {
         received.settle();
-        let run = testrun::timed(fd, frame, CAPTURE_REPEAT).context("BPF_PROG_RUN")?;
+        let run = testrun::timed(fd, frame, repeat).context("BPF_PROG_RUN")?;
         anyhow::ensure!(run.retval == 2, "program returned {}", run.retval);
         samples.push(f64::from(run.ns_per_run));
     }
     received.settle();
     samples.sort_by(f64::total_cmp);
     Ok(samples[RUNS / 2])
+}
+
+/// Runs `f` on a thread pinned to `cpu`.
+fn on_cpu<T: Send + 'static>(
+    cpu: usize,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<anyhow::Result<T>> {
+    std::thread::spawn(move || {
+        // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays inside
+        // it for any cpu below CPU_SETSIZE (checked).
+        unsafe {
+            anyhow::ensure!(cpu < libc::CPU_SETSIZE as usize, "cpu {cpu} out of range");
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            anyhow::ensure!(
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0,
+                "pinning to cpu {cpu}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(f())
+    })
+}
+
+/// Peer-class replies captured on every CPU at once (one producing thread
+/// pinned to each, the reader draining): the kernel's ns per captured
+/// frame on each CPU against one CPU alone, and what all of them
+/// together produced per second.
+fn both_cpus(
+    dataplane: &Classifier,
+    classify: i32,
+    frame: &[u8],
+    received: &Arc<Received>,
+) -> anyhow::Result<()> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        println!("per-CPU scaling: not measured (one CPU)");
+        return Ok(());
+    }
+    // Every CPU's records fit in the ring at once, as in the one-CPU case.
+    let repeat = CAPTURE_REPEAT / cpus as u32;
+    let alone = {
+        let (frame, received) = (frame.to_vec(), received.clone());
+        on_cpu(0, move || {
+            ns_per_captured_frame_repeat(classify, &frame, repeat, &received)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("producer thread panicked"))???
+    };
+    let before = dataplane.counters()?;
+    let mut per_cpu = vec![Vec::with_capacity(RUNS); cpus];
+    let mut rate = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        received.settle();
+        let barrier = Arc::new(std::sync::Barrier::new(cpus));
+        let start = Instant::now();
+        let threads: Vec<_> = (0..cpus)
+            .map(|cpu| {
+                let (frame, barrier) = (frame.to_vec(), barrier.clone());
+                on_cpu(cpu, move || {
+                    barrier.wait();
+                    testrun::timed(classify, &frame, repeat)
+                })
+            })
+            .collect();
+        for (cpu, thread) in threads.into_iter().enumerate() {
+            let run = thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("producer thread panicked"))???;
+            per_cpu[cpu].push(f64::from(run.ns_per_run));
+        }
+        rate.push(f64::from(repeat) * cpus as f64 / start.elapsed().as_secs_f64());
+    }
+    received.settle();
+    let after = dataplane.counters()?;
+    let full = after.get(counters::RINGBUF_FULL) - before.get(counters::RINGBUF_FULL);
+    let median = |samples: &mut Vec<f64>| {
+        samples.sort_by(f64::total_cmp);
+        samples[samples.len() / 2]
+    };
+    let each: Vec<String> = per_cpu
+        .iter_mut()
+        .enumerate()
+        .map(|(cpu, samples)| format!("CPU {cpu} {:.1} ns", median(samples)))
+        .collect();
+    println!(
+        "per-CPU scaling, ARP reply to the peer's MAC captured on all {cpus} CPUs at once ({repeat} each a run, median of {RUNS}): {} per frame (one CPU alone: {alone:.1} ns); together {:.0} captures per s wall clock, {full} refused by a full ring",
+        each.join(", "),
+        median(&mut rate)
+    );
+    Ok(())
 }
 
 /// Peer-class replies produced flat out by BPF_PROG_RUN: what the reader
