@@ -239,21 +239,12 @@ impl Classifier {
                 source: Box::new(source),
             })?;
         }
-        let redirect: &mut SchedClassifier = ebpf
-            .program_mut(INJECT_REDIRECT_PROGRAM)
-            .ok_or(DataplaneError::Program {
-                name: INJECT_REDIRECT_PROGRAM,
-                source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
-            })?
-            .try_into()
+        inject_redirect_program(&mut ebpf)?
+            .load()
             .map_err(|source| DataplaneError::Program {
                 name: INJECT_REDIRECT_PROGRAM,
                 source: Box::new(source),
             })?;
-        redirect.load().map_err(|source| DataplaneError::Program {
-            name: INJECT_REDIRECT_PROGRAM,
-            source: Box::new(source),
-        })?;
         let ring = CaptureRing {
             ring: take_map(&mut ebpf, CAPTURES_MAP)?,
             reader_slot: match ebpf.take_map(RING_READER_MAP) {
@@ -287,11 +278,7 @@ impl Classifier {
     /// Kernel id of `mlag_inject_tc` while it is attached.
     pub fn inject_redirect_program_id(&mut self) -> Option<u32> {
         self.inject_redirect.as_ref()?;
-        let program: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(INJECT_REDIRECT_PROGRAM)?
-            .try_into()
-            .ok()?;
+        let program = inject_redirect_program(&mut self.ebpf).ok()?;
         program.info().ok().map(|info| info.id())
     }
 
@@ -347,18 +334,7 @@ impl Classifier {
             mode: "tc egress",
             source: Box::new(source),
         };
-        let program: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(INJECT_REDIRECT_PROGRAM)
-            .ok_or(DataplaneError::Program {
-                name: INJECT_REDIRECT_PROGRAM,
-                source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
-            })?
-            .try_into()
-            .map_err(|source| DataplaneError::Program {
-                name: INJECT_REDIRECT_PROGRAM,
-                source: Box::new(source),
-            })?;
+        let program = inject_redirect_program(&mut self.ebpf)?;
         let link = match program.attach(LOOPBACK, TcAttachType::Egress) {
             Ok(link) => link,
             Err(_) => {
@@ -535,6 +511,21 @@ impl Drop for Classifier {
 }
 
 fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DataplaneError> {
+    let program = ebpf.program_mut(name).ok_or(DataplaneError::Program {
+        name,
+        source: Box::new(aya::programs::ProgramError::NotLoaded),
+    })?;
+    program
+        .try_into()
+        .map_err(|source| DataplaneError::Program {
+            name,
+            source: Box::new(source),
+        })
+}
+
+/// `mlag_inject_tc`, the object's one tc program.
+fn inject_redirect_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, DataplaneError> {
+    let name = INJECT_REDIRECT_PROGRAM;
     let program = ebpf.program_mut(name).ok_or(DataplaneError::Program {
         name,
         source: Box::new(aya::programs::ProgramError::NotLoaded),
