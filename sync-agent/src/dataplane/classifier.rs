@@ -510,7 +510,11 @@ impl Drop for Classifier {
     }
 }
 
-fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DataplaneError> {
+/// Program `name` of the object as its type `P` (`Xdp`, `SchedClassifier`).
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, DataplaneError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
     let program = ebpf.program_mut(name).ok_or(DataplaneError::Program {
         name,
         source: Box::new(aya::programs::ProgramError::NotLoaded),
@@ -523,19 +527,13 @@ fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp
         })
 }
 
+fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DataplaneError> {
+    program(ebpf, name)
+}
+
 /// `mlag_inject_tc`, the object's one tc program.
 fn inject_redirect_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, DataplaneError> {
-    let name = INJECT_REDIRECT_PROGRAM;
-    let program = ebpf.program_mut(name).ok_or(DataplaneError::Program {
-        name,
-        source: Box::new(aya::programs::ProgramError::NotLoaded),
-    })?;
-    program
-        .try_into()
-        .map_err(|source| DataplaneError::Program {
-            name,
-            source: Box::new(source),
-        })
+    program(ebpf, INJECT_REDIRECT_PROGRAM)
 }
 
 /// Prefilter words with the bit of every MAC in `macs` set.
