@@ -255,6 +255,48 @@ mod tests {
         );
     }
 
+    /// Mutual TLS: client certificate and key go together; only a server
+    /// hosting mosquitto checks client certificates.
+    #[test]
+    fn client_certificates_are_checked_only_where_a_broker_can() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\n").expect("README has a toml block") + 8;
+        let end = start + readme[start..].find("```").expect("closed");
+        // The example's own `tls = {…}` line gives way to each case's.
+        let example: String = readme[start..end]
+            .lines()
+            .filter(|line| !line.starts_with("tls = {"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let with_tls = |tls: &str| {
+            Config::parse(
+                &format!("{example}\n[fabric.tls]\nca_file = \"/etc/ca.pem\"\n{tls}"),
+                "test",
+            )
+        };
+        with_tls("client_cert_file = \"/c.pem\"\nclient_key_file = \"/c.key\"\n").unwrap();
+        let err = with_tls("client_cert_file = \"/c.pem\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("client_cert_file and client_key_file go together"),
+            "{err}"
+        );
+        let err = with_tls(
+            "cert_file = \"/b.pem\"\nkey_file = \"/b.key\"\nclient_ca_file = \"/ca.pem\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("tls.client_ca_file") && err.contains("broker = \"mosquitto\""),
+            "{err}"
+        );
+        let err = with_tls("client_ca_file = \"/ca.pem\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("only a server hosting the broker"), "{err}");
+    }
+
     use super::*;
     use crate::{
         dataplane::config::{EbpfLogLevel, XdpModeConfig},

@@ -113,6 +113,7 @@ async fn simulated_member(
         client_id: identity.clone(),
         endpoints,
         tls_ca: None,
+        tls_client: None,
         will: Some(will),
         failover_after: Duration::from_millis(1500),
         probe_every: Duration::from_secs(3600),

@@ -878,6 +878,100 @@ fn members_reach_the_embedded_broker_over_tls() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Mutual TLS with a hosted mosquitto: members present client certificates
+/// from the fabric's client CA; a client without one (or with one from
+/// another CA) is refused at the handshake.
+#[test]
+fn a_hosted_mosquitto_admits_only_clients_with_a_certificate_from_the_client_ca()
+-> anyhow::Result<()> {
+    let lab = FabricLab::new(2)?;
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().display().to_string();
+    let server_ip = switch_ip(0);
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    let script = format!(
+        "set -e; cd {d}; \
+         openssl req -x509 {ec} -keyout ca.key -out ca.pem -days 2 -subj /CN=fabric-test-ca 2>/dev/null; \
+         openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout broker.key -out broker.csr -subj /CN=sw0 2>/dev/null; \
+         printf 'subjectAltName=IP:{server_ip}\\n' > ext; \
+         openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out broker.pem -days 2 -extfile ext 2>/dev/null; \
+         openssl req -x509 {ec} -keyout clients.key -out clients.pem -days 2 -subj /CN=fabric-test-client-ca 2>/dev/null; \
+         openssl req -x509 {ec} -keyout rogue-ca.key -out rogue-ca.pem -days 2 -subj /CN=rogue-ca 2>/dev/null; \
+         printf 'basicConstraints=CA:FALSE\\nextendedKeyUsage=clientAuth\\n' > client-ext; \
+         for who in sw0 sw1 op; do \
+           openssl req {ec} -keyout $who.key -out $who.csr -subj /CN=$who 2>/dev/null; \
+           openssl x509 -req -in $who.csr -CA clients.pem -CAkey clients.key -CAcreateserial -out $who.pem -days 2 -extfile client-ext 2>/dev/null; \
+         done; \
+         openssl x509 -req -in sw1.csr -CA clients.pem -CAkey clients.key -CAcreateserial -out sw1-v1.pem -days 2 2>/dev/null; \
+         openssl req {ec} -keyout rogue.key -out rogue.csr -subj /CN=rogue 2>/dev/null; \
+         openssl x509 -req -in rogue.csr -CA rogue-ca.pem -CAkey rogue-ca.key -CAcreateserial -out rogue.pem -days 2 -extfile client-ext 2>/dev/null"
+    );
+    mlag_testbed::netns::sh("sh", &["-c", &script])?;
+    let tls = |n: usize| {
+        format!(
+            "servers = [\"{server_ip}\"]\nport = 8883\nbroker = \"mosquitto\"\n[fabric.tls]\nca_file = \"{d}/ca.pem\"\nclient_cert_file = \"{d}/sw{n}.pem\"\nclient_key_file = \"{d}/sw{n}.key\"\n{}",
+            if n == 0 {
+                format!(
+                    "cert_file = \"{d}/broker.pem\"\nkey_file = \"{d}/broker.key\"\nclient_ca_file = \"{d}/clients.pem\"\n"
+                )
+            } else {
+                String::new()
+            }
+        )
+    };
+    // An X.509 v1 client certificate (what `openssl x509 -req` makes
+    // without extensions) is refused at start, naming the file: rustls
+    // would only drop every handshake.
+    let mut v1 = mlag_testbed::agent::Agent::spawn(
+        &lab.nodes[1],
+        &lab.config(1, &tls(1).replace("sw1.pem", "sw1-v1.pem")),
+    )?;
+    if let Err(e) = v1.wait_exit(Duration::from_secs(20)) {
+        anyhow::bail!("{e}; its log:\n{}", v1.log_text());
+    }
+    let log = v1.log_text();
+    assert!(
+        log.contains("client_cert_file") && log.contains("sw1-v1.pem") && log.contains("v3"),
+        "{log}"
+    );
+    let agents = [lab.start(0, &tls(0))?, lab.start(1, &tls(1))?];
+    wait_all_see(&[&agents[0], &agents[1]], &["sw0", "sw1"], SETTLE)?;
+    agents[1].query(&["fabric", "set", "site.mtls", "yes"])?;
+    wait_setting(&agents[0], "site.mtls", "yes", SETTLE)?;
+    // One subscription attempt with `extra` arguments: Ok when the broker
+    // let it subscribe and deliver a retained message.
+    let subscribe = |extra: &str| {
+        lab.hub.exec(
+            "sh",
+            &[
+                "-c",
+                &format!(
+                    "timeout 5 mosquitto_sub -h {server_ip} -p 8883 --cafile {d}/ca.pem {extra} -t 'mlag-sync/#' -C 1 -W 4"
+                ),
+            ],
+        )
+    };
+    let operator = subscribe(&format!("--cert {d}/op.pem --key {d}/op.key"));
+    assert!(
+        operator.as_ref().is_ok_and(|out| !out.is_empty()),
+        "a client with a certificate from the client CA is served: {operator:?}"
+    );
+    for (who, extra) in [
+        ("no certificate", String::new()),
+        (
+            "a certificate from another CA",
+            format!("--cert {d}/rogue.pem --key {d}/rogue.key"),
+        ),
+    ] {
+        let refused = subscribe(&extra);
+        assert!(
+            refused.is_err(),
+            "a client with {who} must be refused: {refused:?}"
+        );
+    }
+    Ok(())
+}
+
 /// Publishes `message` signed (and sealed with `key`) as `identity`, the
 /// way an insider holding that key could.
 fn publish_signed(

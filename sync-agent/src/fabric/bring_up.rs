@@ -88,6 +88,14 @@ pub(super) async fn start(
         ),
         _ => None,
     };
+    let tls_client = match &config.tls {
+        Some(super::config::TlsConfig {
+            client_cert_file: Some(cert),
+            client_key_file: Some(key),
+            ..
+        }) if tls => Some(client_certificate(cert, key)?),
+        _ => None,
+    };
     let mut codec = seal::codec_from_config(&config, &identity)?;
     let topics = Topics::new(&config.prefix);
     let will = (role != Role::Server).then(|| {
@@ -104,6 +112,7 @@ pub(super) async fn start(
         client_id: format!("{identity}-{}", hex::encode(suffix)),
         endpoints: endpoints.clone(),
         tls_ca,
+        tls_client,
         will,
         failover_after: Duration::from_millis(config.failover_after_ms),
         // Servers look for the primary more often, so a backup stands
@@ -204,4 +213,47 @@ async fn own_addresses(netlink: &Handle) -> anyhow::Result<Vec<IpAddr>> {
         }
     }
     Ok(out)
+}
+
+/// This switch's client certificate chain and key (PEM) for mutual TLS,
+/// checked as the MQTT client's rustls will use them: a certificate it
+/// refuses (an X.509 v1 certificate, a key of another certificate) would
+/// otherwise only show as connections dropped during the handshake.
+fn client_certificate(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+    use anyhow::Context as _;
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let cert_pem = std::fs::read(cert)
+        .with_context(|| format!("fabric.tls.client_cert_file {}", cert.display()))?;
+    let key_pem = std::fs::read(key)
+        .with_context(|| format!("fabric.tls.client_key_file {}", key.display()))?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("fabric.tls.client_cert_file {}", cert.display()))?;
+    if chain.is_empty() {
+        anyhow::bail!(
+            "fabric.tls.client_cert_file {} holds no PEM certificate",
+            cert.display()
+        );
+    }
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
+        .with_context(|| format!("fabric.tls.client_key_file {}", key.display()))?;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_client_auth_cert(chain, key_der)
+        .with_context(|| {
+            format!(
+                "fabric.tls.client_cert_file {} with client_key_file {}: refused by rustls (an X.509 v3 certificate is needed, and the key must be its own)",
+                cert.display(),
+                key.display()
+            )
+        })?;
+    Ok((cert_pem, key_pem))
 }

@@ -186,6 +186,18 @@ pub struct TlsConfig {
     /// The embedded broker's private key (PEM); servers only.
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+    /// This switch's client certificate chain (PEM), presented to the
+    /// broker (mutual TLS); goes with `client_key_file`.
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// This switch's client private key (PEM).
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+    /// Servers hosting `broker = "mosquitto"`: the broker accepts only
+    /// clients with a certificate from this CA (PEM). rumqttd (the
+    /// embedded broker) cannot be told to at run time.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 fn default_port() -> u16 {
@@ -413,10 +425,30 @@ impl FabricConfig {
                 "extra keys need mode = \"aead\"".into(),
             );
         }
-        if let Some(tls) = &self.tls
-            && tls.cert_file.is_some() != tls.key_file.is_some()
-        {
-            problem("tls", "cert_file and key_file go together".into());
+        if let Some(tls) = &self.tls {
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                problem("tls", "cert_file and key_file go together".into());
+            }
+            if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
+                problem(
+                    "tls",
+                    "client_cert_file and client_key_file go together".into(),
+                );
+            }
+            if tls.client_ca_file.is_some() {
+                if tls.cert_file.is_none() {
+                    problem(
+                        "tls.client_ca_file",
+                        "only a server hosting the broker (with cert_file and key_file) checks client certificates".into(),
+                    );
+                }
+                if !matches!(self.broker_choice(), Ok(BrokerChoice::Mosquitto)) {
+                    problem(
+                        "tls.client_ca_file",
+                        "client certificates are checked by a hosted mosquitto only: set broker = \"mosquitto\" (the embedded rumqttd decides at build time, not per config), or enforce them on an external broker".into(),
+                    );
+                }
+            }
         }
         let trust = &self.trust;
         if trust.roster.is_empty() {

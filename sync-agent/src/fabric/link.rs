@@ -55,6 +55,9 @@ pub struct LinkSettings {
     pub endpoints: Vec<Endpoint>,
     /// CA certificate (PEM) when the broker speaks TLS.
     pub tls_ca: Option<Vec<u8>>,
+    /// This switch's client certificate chain and key (PEM) for mutual
+    /// TLS.
+    pub tls_client: Option<(Vec<u8>, Vec<u8>)>,
     /// Last will (topic, payload).
     pub will: Option<(String, Vec<u8>)>,
     /// Unreachable this long: try the next broker.
@@ -122,7 +125,7 @@ fn options(settings: &LinkSettings, index: usize) -> MqttOptions {
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
             ca: ca.clone(),
             alpn: None,
-            client_auth: None,
+            client_auth: settings.tls_client.clone(),
         }));
     }
     options
@@ -309,6 +312,11 @@ async fn run(
                         if events.send(LinkEvent::Disconnected { reason: err.to_string() }).await.is_err() {
                             return;
                         }
+                    } else if failing_since.is_none() {
+                        // Once per streak of failures: a broker that never
+                        // lets this switch in (refused TLS, wrong port) is
+                        // otherwise silent.
+                        tracing::warn!(broker = %settings.endpoints[index], "fabric broker unreachable: {err}");
                     }
                     let since = *failing_since.get_or_insert_with(Instant::now);
                     if settings.endpoints.len() > 1 && since.elapsed() >= settings.failover_after {

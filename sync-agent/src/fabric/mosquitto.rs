@@ -49,8 +49,16 @@ pub fn binary() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
+/// The listener's TLS: its certificate and key, and the CA whose
+/// certificates clients must present (mutual TLS), if any.
+pub struct ListenerTls<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
+    pub client_ca: Option<&'a Path>,
+}
+
 /// The broker's config file text.
-pub fn config_text(listen: SocketAddr, tls: Option<(&Path, &Path)>) -> String {
+pub fn config_text(listen: SocketAddr, tls: Option<ListenerTls<'_>>) -> String {
     let mut text = format!(
         "# Written by sync-agent for its fabric broker; rewritten at every start.\n\
          listener {port} {ip}\n\
@@ -73,12 +81,20 @@ pub fn config_text(listen: SocketAddr, tls: Option<(&Path, &Path)>) -> String {
         ip = listen.ip(),
         max_packet = MAX_MESSAGE + 4096,
     );
-    if let Some((cert, key)) = tls {
+    if let Some(tls) = tls {
         text.push_str(&format!(
             "certfile {}\nkeyfile {}\n",
-            cert.display(),
-            key.display()
+            tls.cert.display(),
+            tls.key.display()
         ));
+        if let Some(ca) = tls.client_ca {
+            text.push_str(&format!(
+                "# Mutual TLS: no client without a certificate from this CA.\n\
+                 cafile {}\n\
+                 require_certificate true\n",
+                ca.display()
+            ));
+        }
     }
     text
 }
@@ -102,14 +118,22 @@ pub fn start(listen: SocketAddr, tls: Option<&FabricTls>) -> anyhow::Result<Arc<
         Some(FabricTls {
             cert_file: Some(cert),
             key_file: Some(key),
+            client_ca_file,
             ..
         }) => {
-            for file in [cert, key] {
+            for file in [Some(cert), Some(key), client_ca_file.as_ref()]
+                .into_iter()
+                .flatten()
+            {
                 if !file.is_file() {
                     anyhow::bail!("fabric.tls: {} does not exist", file.display());
                 }
             }
-            Some((cert.as_path(), key.as_path()))
+            Some(ListenerTls {
+                cert,
+                key,
+                client_ca: client_ca_file.as_deref(),
+            })
         }
         _ => None,
     };
@@ -229,11 +253,27 @@ mod tests {
         );
         assert!(plain.contains(&format!("max_packet_size {}\n", MAX_MESSAGE + 4096)));
         assert!(!plain.contains("certfile"));
-        let tls = config_text(
-            "[fd00::1]:8883".parse().unwrap(),
-            Some((Path::new("/etc/c.pem"), Path::new("/etc/k.pem"))),
+        let tls = |client_ca| {
+            config_text(
+                "[fd00::1]:8883".parse().unwrap(),
+                Some(ListenerTls {
+                    cert: Path::new("/etc/c.pem"),
+                    key: Path::new("/etc/k.pem"),
+                    client_ca,
+                }),
+            )
+        };
+        let server_only = tls(None);
+        assert!(
+            server_only.contains("listener 8883 fd00::1\n"),
+            "{server_only}"
         );
-        assert!(tls.contains("listener 8883 fd00::1\n"), "{tls}");
-        assert!(tls.contains("certfile /etc/c.pem\nkeyfile /etc/k.pem\n"));
+        assert!(server_only.contains("certfile /etc/c.pem\nkeyfile /etc/k.pem\n"));
+        assert!(!server_only.contains("require_certificate"));
+        let mutual = tls(Some(Path::new("/etc/clients.pem")));
+        assert!(
+            mutual.contains("cafile /etc/clients.pem\nrequire_certificate true\n"),
+            "{mutual}"
+        );
     }
 }
