@@ -106,6 +106,8 @@ pub(super) enum Event {
         conn: u64,
         /// The whole frame.
         frame: Vec<u8>,
+        /// When it was read off the link (for `show peer`'s latency).
+        read_at: Instant,
     },
     /// A frame on connection `conn` could not be decoded.
     Malformed {
@@ -158,7 +160,11 @@ impl Task {
             Event::Ports(ports) => self.process_ports(ports),
             Event::Query(query) => self.process_query(query).await,
             Event::Connected { stream } => self.process_connected(stream).await,
-            Event::Inbound { conn, frame } => self.process_inbound(conn, &frame).await,
+            Event::Inbound {
+                conn,
+                frame,
+                read_at,
+            } => self.process_inbound(conn, &frame, read_at).await,
             Event::Malformed { conn, error, fatal } => self.process_malformed(conn, error, fatal),
             Event::Closed { conn, why } => self.process_closed(conn, &why),
             Event::Rejected { reason, detail } => self.reject(reason, &detail),
@@ -174,6 +180,13 @@ impl Task {
 
     /// A captured reply: into the send table, then sent now or soon.
     pub(super) async fn process_captured(&mut self, captured: Captured) {
+        if let Some(waited) = super::latency::monotonic_ns().checked_sub(captured.timestamp_ns)
+            && captured.timestamp_ns != 0
+        {
+            self.latency
+                .capture_to_queue
+                .record(std::time::Duration::from_nanos(waited));
+        }
         if captured.nd.is_some() {
             self.process_captured_nd(captured).await;
             return;
@@ -239,7 +252,7 @@ impl Task {
     }
 
     /// A frame of connection `conn`, header already checked.
-    pub(super) async fn process_inbound(&mut self, conn: u64, bytes: &[u8]) {
+    pub(super) async fn process_inbound(&mut self, conn: u64, bytes: &[u8], read_at: Instant) {
         let Some(session) = self.session.as_mut().filter(|s| s.conn == conn) else {
             return;
         };
@@ -258,7 +271,7 @@ impl Task {
                 self.reject("unexpected_hello", "hello on an established session")
             }
             (_, false) => self.reject("before_hello", "frame before the peer's hello"),
-            (MessageType::Sync, true) => self.process_sync(&frame).await,
+            (MessageType::Sync, true) => self.process_sync(&frame, read_at).await,
             (MessageType::Ack, true) => match frame.u32_of(wire::tlv::ACK_SEQ) {
                 Some(seq) => self.note_ack(seq),
                 None => self.reject("bad_tlv", "ack without a sequence number"),
@@ -354,7 +367,7 @@ impl Task {
     }
 
     /// A sync frame: each entry to the kernel, then the ack.
-    async fn process_sync(&mut self, frame: &Frame<'_>) {
+    async fn process_sync(&mut self, frame: &Frame<'_>, read_at: Instant) {
         let Some(peer_boot) = self
             .session
             .as_ref()
@@ -371,6 +384,7 @@ impl Task {
         for entry in frame.arp_entries() {
             self.stats.entries_received += 1;
             self.learn(&entry.driver, entry.frame).await;
+            self.latency.receive_to_inject.record(read_at.elapsed());
         }
         for delete in frame.arp_deletes() {
             self.unlearn(&delete).await;
@@ -378,6 +392,7 @@ impl Task {
         for entry in frame.nd_entries() {
             self.stats.entries_received += 1;
             self.learn_nd(&entry.driver, entry.frame).await;
+            self.latency.receive_to_inject.record(read_at.elapsed());
         }
         for delete in frame.nd_deletes() {
             self.unlearn_nd(&delete).await;
@@ -549,6 +564,7 @@ impl Task {
             next_seq: self.next_seq,
             learnt: self.learned.len() as u64,
             evicted: self.table.evicted,
+            latency: self.latency.report(),
             counters: super::report::Stats {
                 nd: self.nd.stats.clone(),
                 ..self.stats.clone()

@@ -40,6 +40,7 @@ mod aging;
 pub mod config;
 mod events;
 pub mod hello;
+mod latency;
 mod learn;
 mod local;
 mod nd;
@@ -63,6 +64,7 @@ use std::{
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use self::latency::{LatencyReport, StageSummary};
 pub use self::learn::LearntBy;
 use self::{
     config::PeerConfig,

@@ -177,6 +177,9 @@ pub struct PeerReport {
     pub learnt: u64,
     /// Entries forgotten at the table bound.
     pub evicted: u64,
+    /// Where a synced reply's time goes inside the agents, per stage.
+    #[serde(default)]
+    pub latency: super::latency::LatencyReport,
     /// Counters.
     pub counters: Stats,
 }

@@ -169,7 +169,11 @@ pub fn start(
                 break format!("read: {err}");
             }
             if reader_events
-                .send(Event::Inbound { conn, frame })
+                .send(Event::Inbound {
+                    conn,
+                    frame,
+                    read_at: std::time::Instant::now(),
+                })
                 .await
                 .is_err()
             {

@@ -100,6 +100,8 @@ pub(super) struct Task {
     /// MLAG ids (`aging.rs`), and when they were looked up (None: stale).
     pub(super) learn_ifs: BTreeMap<u32, BTreeSet<u32>>,
     pub(super) learn_ifs_at: Option<std::time::Instant>,
+    /// Where synced replies' time goes (`show peer`'s `latency`).
+    pub(super) latency: super::latency::Latency,
     /// Neighbours this agent deleted on the peer's word, until the kernel
     /// reports the removal (not to be withdrawn back).
     pub(super) own_deletes: HashSet<(u32, Ipv4Addr)>,
@@ -190,6 +192,7 @@ impl Task {
             learned: LruCache::unbounded(),
             learn_ifs: BTreeMap::new(),
             learn_ifs_at: None,
+            latency: Default::default(),
             own_deletes: HashSet::new(),
             refresh_jobs: None,
             port_up: BTreeMap::new(),

@@ -470,7 +470,13 @@ impl Harness {
     /// A frame from the peer on the current connection.
     async fn inbound(&mut self, frame: Vec<u8>) {
         let conn = self.conn;
-        self.task.process(Event::Inbound { conn, frame }).await;
+        self.task
+            .process(Event::Inbound {
+                conn,
+                frame,
+                read_at: std::time::Instant::now(),
+            })
+            .await;
     }
 
     /// Connect and receive the peer's hello; returns what we resent.
@@ -2137,4 +2143,35 @@ async fn an_na_without_its_link_layer_option_is_synced_with_one_added() {
     assert_eq!(addresses.target_mac, Some(host(40).0.0));
     assert!(na_checksum_ok(entry.frame));
     assert_eq!(h.report().counters.nd.lladdr_from_source, 1);
+}
+
+#[tokio::test]
+async fn every_stage_of_a_synced_reply_is_timed() {
+    let mut h = Harness::new("");
+    h.establish(PEER_BOOT, None).await;
+    // Captured 3 ms ago by the kernel's clock, sent at once.
+    let mut reply = captured(5);
+    reply.timestamp_ns = super::latency::monotonic_ns() - 3_000_000;
+    h.task.process(Event::Captures(vec![reply].into())).await;
+    h.task.flush().await;
+    assert_eq!(h.written(), vec![Written::Sync(1, vec![ip(5)])]);
+    // A reply the peer synced to us.
+    let (mac, host_ip) = host(8);
+    h.inbound(sync_frame(
+        4,
+        &[(driver(1), arp_reply(PEER_MAC, mac, host_ip))],
+    ))
+    .await;
+
+    let latency = h.report().latency;
+    assert_eq!(latency.capture_to_queue.count, 1);
+    assert!(
+        (3_000..60_000).contains(&latency.capture_to_queue.p50_us),
+        "{latency:?}"
+    );
+    assert_eq!(latency.queue_to_send.count, 1);
+    assert_eq!(latency.receive_to_inject.count, 1);
+    // A record without a kernel timestamp is not timed.
+    h.capture(6).await;
+    assert_eq!(h.report().latency.capture_to_queue.count, 1);
 }

@@ -56,6 +56,7 @@ impl Task {
                 return;
             };
             let mut sent = Vec::new();
+            let mut queued_at = Vec::new();
             while sent.len() < self.config.batch_max_entries {
                 let Some((key, entry)) = self.table.next_dirty() else {
                     break;
@@ -63,6 +64,7 @@ impl Task {
                 match encoder.arp_entry(&entry.driver, &entry.frame) {
                     Ok(()) => {
                         sent.push(key);
+                        queued_at.push(entry.updated);
                         // Take it off the dirty list now so next_dirty moves on.
                         self.table.discard_dirty(key);
                     }
@@ -107,6 +109,9 @@ impl Task {
                     self.table.mark_all_one(key);
                 }
                 return;
+            }
+            for at in queued_at {
+                self.latency.queue_to_send.record(at.elapsed());
             }
             self.next_seq = self.next_seq.wrapping_add(1).max(1);
             self.stats.frames_sent += 1;
