@@ -17,6 +17,7 @@ pub mod inference_bench;
 pub mod neighwatch;
 pub mod netns;
 pub mod pair;
+pub mod throughput_bench;
 
 use std::time::{Duration, Instant};
 

@@ -31,6 +31,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("prometheus-alertmanager", "prometheus-alertmanager"),
     // Web view test: headless Chromium loads the page, dumps its DOM, takes a screenshot.
     ("chromium", "chromium"),
+    // Dataplane bench: traffic through a port with and without the classifier.
+    ("iperf3", "iperf3"),
 ];
 
 fn cargo_home() -> PathBuf {

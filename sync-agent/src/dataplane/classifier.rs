@@ -406,6 +406,32 @@ impl Classifier {
         Ok(attached)
     }
 
+    /// Attaches the pass-only program `mlag_pass` to `ifindex` (in the
+    /// calling thread's namespace) in `mode`: the floor `mlag-bench`
+    /// measures the classifier's cost on a real port against. It stays
+    /// attached until this classifier is dropped.
+    pub fn attach_pass_only(
+        &mut self,
+        interface: &str,
+        ifindex: u32,
+        mode: AttachedMode,
+    ) -> Result<(), DataplaneError> {
+        let flags = match mode {
+            AttachedMode::Driver => XdpMode::Driver,
+            AttachedMode::Generic => XdpMode::Skb,
+        };
+        xdp_program(&mut self.ebpf, PASS_PROGRAM)?
+            .attach_to_if_index(ifindex, flags)
+            .map_err(|source| DataplaneError::Attach {
+                program: PASS_PROGRAM,
+                interface: interface.to_string(),
+                ifindex,
+                mode: mode.name(),
+                source: Box::new(source),
+            })?;
+        Ok(())
+    }
+
     /// Detaches the classifier from `interface`, if attached.
     pub fn detach(&mut self, interface: &str) {
         let Some(port) = self.ports.remove(interface) else {

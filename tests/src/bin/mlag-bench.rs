@@ -92,7 +92,8 @@ fn main() -> anyhow::Result<()> {
     // the MLAG pair's (peer-sync latency and echo check, resync, takeover,
     // split brain); `mlag-bench mclag` only takeover and split brain;
     // `mlag-bench center` only the config center's; `mlag-bench inference`
-    // only the state inference engine's.
+    // only the state inference engine's; `mlag-bench throughput` only the
+    // traffic through a port with and without the classifier.
     match std::env::args().nth(1).as_deref() {
         Some("fabric") => {
             let broker = std::env::args().nth(2).unwrap_or_else(|| "embedded".into());
@@ -113,6 +114,8 @@ fn main() -> anyhow::Result<()> {
             return sync_latency("generic");
         }
         Some("mclag") => return mclag_benchmarks(),
+        // Traffic through a real port with and without the classifier.
+        Some("throughput") => return mlag_testbed::throughput_bench::run(),
         Some("inference") => {
             inference_benchmarks();
             return Ok(());
@@ -121,6 +124,7 @@ fn main() -> anyhow::Result<()> {
     }
     dataplane_benchmarks()?;
     pair_benchmarks()?;
+    mlag_testbed::throughput_bench::run()?;
     println!();
     inference_benchmarks();
     mlag_testbed::center_bench::run()?;
@@ -917,6 +921,12 @@ fn sync_latency(mode: &str) -> anyhow::Result<()> {
         })
         .collect();
     let via_peer = one_by_one(&to_b, &watch, &synced)?;
+    // The agents' own stage timings, before the direct replies (which A
+    // captures and syncs to B) add to them.
+    let stages = |agent: &Agent| -> anyhow::Result<serde_json::Value> {
+        Ok(agent.query(&["show", "peer"])?["latency"].clone())
+    };
+    let (b_stages, a_stages) = (stages(&b)?, stages(&a)?);
     let local = one_by_one(&to_a, &watch, &direct)?;
     println!();
     println!(
@@ -938,6 +948,7 @@ fn sync_latency(mode: &str) -> anyhow::Result<()> {
         percentile(&via_peer, 0.5).as_secs_f64() / percentile(&local, 0.5).as_secs_f64(),
         percentile(&via_peer, 0.99).as_secs_f64() / percentile(&local, 0.99).as_secs_f64()
     );
+    print_stages(&via_peer, &b_stages, &a_stages);
     // Each reply is captured once: the synced ones on B (class peer), the
     // direct ones on A (class own, synced by default). Anything more is an
     // echo of an injection.
@@ -961,6 +972,39 @@ fn sync_latency(mode: &str) -> anyhow::Result<()> {
         }
     );
     Ok(())
+}
+
+/// Where the via-peer latency goes (issue 18, item 3), from the agents'
+/// own timestamps (`show peer`'s `latency`): B's kernel capture -> B's send
+/// table -> sync frame to B's writer, then A's frame read -> handed to A's
+/// kernel; the rest of the end-to-end figure is the peer link (B's writer,
+/// TCP over the veth, A's reader) and A's kernel learning the entry.
+fn print_stages(via_peer: &[Duration], b: &serde_json::Value, a: &serde_json::Value) {
+    let stages = [
+        ("B: kernel capture -> send table", &b["capture_to_queue"]),
+        ("B: send table -> frame to writer", &b["queue_to_send"]),
+        ("A: frame read -> handed to kernel", &a["receive_to_inject"]),
+    ];
+    println!("  where the time goes (the agents' own timestamps, us):");
+    let (mut p50_sum, mut p99_sum) = (0.0, 0.0);
+    for (name, stage) in stages {
+        let p50 = stage["p50_us"].as_f64().unwrap_or(f64::NAN);
+        let p99 = stage["p99_us"].as_f64().unwrap_or(f64::NAN);
+        p50_sum += p50;
+        p99_sum += p99;
+        println!(
+            "    {name:<38} p50 {p50:>7.0}  p99 {p99:>7.0}  ({} entries)",
+            stage["count"]
+        );
+    }
+    let total50 = percentile(via_peer, 0.50).as_secs_f64() * 1e6;
+    let total99 = percentile(via_peer, 0.99).as_secs_f64() * 1e6;
+    println!(
+        "    {:<38} p50 {:>7.0}  p99 {:>7.0}  (end to end minus the stages above)",
+        "peer link + A's kernel learning",
+        total50 - p50_sum,
+        total99 - p99_sum
+    );
 }
 
 /// B restarts with an empty table; time until its kernel holds all of A's
