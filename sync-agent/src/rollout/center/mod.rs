@@ -1,13 +1,16 @@
 //! The config center (SPEC 6.1 to 6.3), run by the server-role agent.
 //!
 //! - [`config`]: the `[rollout.center]` section,
-//! - [`store`]: configs, versions and history in a redb database
-//!   (crash-safe: one write transaction per change),
+//! - [`storage`]: the storage boundary: every piece of durable state goes
+//!   through its traits; [`storage::redb_backend`] keeps it in one redb
+//!   file (the default),
+//! - [`store`]: configs, versions, history and audit over the storage
+//!   (crash-safe: a change is in one write transaction),
 //! - [`formats`]: content validation per format, MD5,
 //! - [`planner`]: batches of a rollout (pure),
 //! - [`engine`]: registered devices, releases and rollouts (timeouts,
 //!   device expiry, canaries, approvals),
-//! - [`rollout_store`]: the engine's state in the same database, so a
+//! - [`rollout_store`]: the engine's state in the same store, so a
 //!   restart (SIGKILL included) resumes every rollout where it was,
 //! - [`service`]: [`Center`], the one owner of the state, which ties the
 //!   store and the engine together and wakes long polls,
@@ -29,6 +32,7 @@ pub mod planner;
 pub mod report;
 pub mod rollout_store;
 pub mod service;
+pub mod storage;
 pub mod store;
 pub mod tls;
 pub mod writer;
