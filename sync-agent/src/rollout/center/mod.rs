@@ -44,7 +44,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::sync::watch;
 
-pub use self::config::{CenterConfig, DEFAULT_BATCH_SIZE, DEFAULT_DB_PATH, DEFAULT_LISTEN};
+pub use self::config::{
+    CenterConfig, DEFAULT_BATCH_SIZE, DEFAULT_DB_PATH, DEFAULT_ETCD_PREFIX, DEFAULT_LISTEN,
+    StoreKind,
+};
 pub use self::error::{CenterError, CenterResult};
 pub use self::planner::plan;
 pub use self::report::{CenterReport, CenterStats};
@@ -68,7 +71,6 @@ impl CenterHandle {
     /// Opens the database (creating it and its directory if missing), binds
     /// `config.listen` and serves the HTTP API on a task of its own.
     pub async fn spawn(config: CenterConfig) -> anyhow::Result<CenterHandle> {
-        let db = config.db_path.clone();
         let scheme = scheme(&config);
         let tokens = config.tokens.len();
         let (stop, mut stopping) = watch::channel(false);
@@ -77,7 +79,8 @@ impl CenterHandle {
             let _ = stopping.wait_for(|stop| *stop).await;
         })
         .await?;
-        tracing::info!(%addr, scheme, tokens, db = %db.display(), "config center listening");
+        let store = center.store_description();
+        tracing::info!(%addr, scheme, tokens, %store, "config center listening");
         let (alive, running) = watch::channel(());
         tokio::spawn(async move {
             match server.await {
@@ -179,8 +182,14 @@ pub async fn bind_with_shutdown(
             missing.join(" and ")
         );
     }
-    let center = Center::open(&config)
-        .with_context(|| format!("opening config center at {}", config.db_path.display()))?;
+    let center = Center::open(&config).with_context(|| match config.store {
+        StoreKind::Redb => format!("opening config center at {}", config.db_path.display()),
+        StoreKind::Etcd => format!(
+            "opening config center on etcd {} (prefix {})",
+            config.etcd_endpoints.join(","),
+            config.etcd_prefix()
+        ),
+    })?;
     let listener = listen(config.listen)
         .with_context(|| format!("binding config center to {}", config.listen))?;
     let addr = listener
@@ -258,13 +267,13 @@ pub async fn serve(
     config: CenterConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let db = config.db_path.clone();
     let scheme = scheme(&config);
-    let (addr, _center, server) = bind_with_shutdown(config, shutdown).await?;
+    let (addr, center, server) = bind_with_shutdown(config, shutdown).await?;
     tracing::info!(
-        "config center listening on {scheme}://{addr} (database {})",
-        db.display()
+        "config center listening on {scheme}://{addr} (store {})",
+        center.store_description()
     );
+    drop(center);
     server.await?;
     tracing::info!("config center stopped");
     Ok(())

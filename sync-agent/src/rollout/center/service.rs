@@ -30,7 +30,6 @@ use super::engine::{Changes, Engine, OnLost, PlanOptions, Timer};
 use super::error::{CenterError, CenterResult};
 use super::rollout_store;
 use super::storage::StorageTxn;
-use super::storage::redb_backend::RedbStorage;
 use super::store::{AuditEntry, NewVersion, Store, Written, audit_in};
 use super::writer::{Writer, WriterStats};
 use crate::bus::ConfigReleased;
@@ -139,7 +138,7 @@ impl Center {
     /// Opens the database (creating it and its directory if missing) and
     /// the rollout state stored in it: every rollout continues where it was.
     pub fn open(config: &CenterConfig) -> CenterResult<Arc<Center>> {
-        let storage = Arc::new(RedbStorage::open(&config.db_path)?);
+        let storage = super::storage::open(config)?;
         let store =
             Store::new(storage, config.max_config_bytes).with_keep_versions(config.keep_versions);
         let (devices, rollouts, meta) = rollout_store::load(store.storage().as_ref())?;
@@ -231,6 +230,11 @@ impl Center {
             (self.step_timeout_ms, self.device_expiry_ms, self.on_lost);
         self.write(move |engine, _, _, now| Ok(((), engine.tick(now, timeout, expiry, on_lost))))
             .await
+    }
+
+    /// What and where the store is (`redb /var/lib/...`), for logs.
+    pub fn store_description(&self) -> String {
+        self.store.storage().describe()
     }
 
     /// Largest config content accepted, bytes.

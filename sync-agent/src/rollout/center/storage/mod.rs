@@ -51,17 +51,32 @@
 
 pub mod redb_backend;
 
+use std::sync::Arc;
+
 #[cfg(test)]
 pub(crate) mod conformance;
 
+use super::config::{CenterConfig, StoreKind};
 use super::engine::{Changes, DeviceState, EngineMeta, RolloutEntry};
-use super::error::CenterResult;
+use super::error::{CenterError, CenterResult};
 use super::store::AuditEntry;
 use crate::rollout::wire::{ConfigKey, ConfigRecord};
 
 /// The engine's stored state: devices (by name), rollouts (by id) and the
 /// engine's meta (see [`super::engine::Engine::restore`]).
 pub type Stored = (Vec<(String, DeviceState)>, Vec<RolloutEntry>, EngineMeta);
+
+/// Opens the store `config.store` names: the redb file `db_path`
+/// (created with its directory if missing), or etcd.
+pub fn open(config: &CenterConfig) -> CenterResult<Arc<dyn CenterStorage>> {
+    match config.store {
+        StoreKind::Redb => Ok(Arc::new(redb_backend::RedbStorage::open(&config.db_path)?)),
+        StoreKind::Etcd => Err(CenterError::Invalid(format!(
+            "[rollout.center] store = \"etcd\" is not implemented yet (endpoints {}): use store = \"redb\"",
+            config.etcd_endpoints.join(", ")
+        ))),
+    }
+}
 
 /// A store for the center's durable state.
 pub trait CenterStorage: Send + Sync {
@@ -134,4 +149,27 @@ pub trait StorageTxn: StorageRead {
 
     /// Drops every write of the transaction.
     fn abort(self: Box<Self>);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choosing_etcd_fails_at_start_saying_it_is_not_implemented_yet() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = CenterConfig {
+            db_path: dir.path().join("c.redb"),
+            store: StoreKind::Etcd,
+            etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
+            ..Default::default()
+        };
+        let e = super::super::Center::open(&config).err().expect("refused");
+        assert!(
+            e.to_string()
+                .contains("store = \"etcd\" is not implemented yet"),
+            "{e}"
+        );
+        assert!(!config.db_path.exists(), "no redb file made instead");
+    }
 }
