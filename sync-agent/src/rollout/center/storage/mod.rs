@@ -16,8 +16,9 @@
 //! Three traits:
 //!
 //! - [`CenterStorage`]: the store itself; opens read snapshots and write
-//!   transactions. [`redb_backend::RedbStorage`] (one embedded file, the
-//!   default) is the implementation today.
+//!   transactions. Two implementations: [`redb_backend::RedbStorage`] (one
+//!   embedded file, the default) and [`etcd_backend::EtcdStorage`] (an
+//!   etcd cluster); [`open`] picks the one `store` names.
 //! - [`StorageRead`]: reads, in a consistent snapshot or inside a write
 //!   transaction (where they see that transaction's own writes).
 //! - [`StorageTxn`]: the writes of one transaction, committed all together
@@ -32,10 +33,11 @@
 //! the batch applies in it, in order, and [`StorageTxn::commit`] makes them
 //! durable together. The operations are shaped so that an implementation
 //! on a store with optimistic transactions (etcd: `Txn` with compares on
-//! `mod_revision`) needs nothing more: a transaction records every key it
-//! reads with the revision it saw (or that it was absent), buffers its
-//! writes (and answers its own later reads from them), and commits them in
-//! one request guarded by "every key read is unchanged". Every read inside
+//! `mod_revision`, see [`etcd_backend`]) needs nothing more: a
+//! transaction records every key it reads with the revision it saw (or
+//! that it was absent), buffers its writes (and answers its own later reads
+//! from them), and commits them in one request guarded by "every key read
+//! is unchanged". Every read inside
 //! a write transaction is a point read or a read of one config's history,
 //! and a config's history only changes together with its current-version
 //! key, so guarding that key guards the history. A namespace scan inside a
@@ -49,6 +51,7 @@
 //! async task, so an implementation over an async client may block on its
 //! runtime there.
 
+pub mod etcd_backend;
 pub mod redb_backend;
 
 use std::sync::Arc;
@@ -58,7 +61,7 @@ pub(crate) mod conformance;
 
 use super::config::{CenterConfig, StoreKind};
 use super::engine::{Changes, DeviceState, EngineMeta, RolloutEntry};
-use super::error::{CenterError, CenterResult};
+use super::error::CenterResult;
 use super::store::AuditEntry;
 use crate::rollout::wire::{ConfigKey, ConfigRecord};
 
@@ -67,14 +70,16 @@ use crate::rollout::wire::{ConfigKey, ConfigRecord};
 pub type Stored = (Vec<(String, DeviceState)>, Vec<RolloutEntry>, EngineMeta);
 
 /// Opens the store `config.store` names: the redb file `db_path`
-/// (created with its directory if missing), or etcd.
+/// (created with its directory if missing), or the etcd cluster at
+/// `etcd_endpoints` under `etcd_prefix` (reached once here, so a center
+/// whose cluster is down fails at start, naming it).
 pub fn open(config: &CenterConfig) -> CenterResult<Arc<dyn CenterStorage>> {
     match config.store {
         StoreKind::Redb => Ok(Arc::new(redb_backend::RedbStorage::open(&config.db_path)?)),
-        StoreKind::Etcd => Err(CenterError::Invalid(format!(
-            "[rollout.center] store = \"etcd\" is not implemented yet (endpoints {}): use store = \"redb\"",
-            config.etcd_endpoints.join(", ")
-        ))),
+        StoreKind::Etcd => Ok(Arc::new(etcd_backend::EtcdStorage::connect(
+            &config.etcd_endpoints,
+            config.etcd_prefix(),
+        )?)),
     }
 }
 
@@ -149,27 +154,4 @@ pub trait StorageTxn: StorageRead {
 
     /// Drops every write of the transaction.
     fn abort(self: Box<Self>);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn choosing_etcd_fails_at_start_saying_it_is_not_implemented_yet() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = CenterConfig {
-            db_path: dir.path().join("c.redb"),
-            store: StoreKind::Etcd,
-            etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
-            ..Default::default()
-        };
-        let e = super::super::Center::open(&config).err().expect("refused");
-        assert!(
-            e.to_string()
-                .contains("store = \"etcd\" is not implemented yet"),
-            "{e}"
-        );
-        assert!(!config.db_path.exists(), "no redb file made instead");
-    }
 }
