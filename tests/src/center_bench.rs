@@ -230,9 +230,9 @@ fn put_anatomy(dir: &std::path::Path) -> anyhow::Result<()> {
             .map_err(err)?;
     }
     let store = center::store::Store::open(&dir.join("anatomy.redb"), 1 << 20).map_err(err)?;
-    let txn = store.begin_write().map_err(err)?;
-    center::rollout_store::save_in(&txn, &engine.take_changes()).map_err(err)?;
-    txn.commit()?;
+    let mut txn = store.begin_write().map_err(err)?;
+    center::rollout_store::save_in(&mut *txn, &engine.take_changes()).map_err(err)?;
+    txn.commit().map_err(err)?;
     let options = PlanOptions {
         batch_size: WAITERS,
         ..Default::default()
@@ -253,10 +253,10 @@ fn put_anatomy(dir: &std::path::Path) -> anyhow::Result<()> {
                 .filter_map(|(_, json)| json.as_ref().map(String::len)),
         )
         .sum();
-    let txn = store.begin_write().map_err(err)?;
-    center::rollout_store::save_in(&txn, &changes).map_err(err)?;
+    let mut txn = store.begin_write().map_err(err)?;
+    center::rollout_store::save_in(&mut *txn, &changes).map_err(err)?;
     let inserted = start.elapsed();
-    txn.commit()?;
+    txn.commit().map_err(err)?;
     let committed = start.elapsed();
     println!(
         "  the put's parts ({WAITERS} devices released one version): planning and releasing {:.1} ms, encoding {} device and {} rollout records ({:.1} MB) {:.1} ms, inserting them {:.1} ms, commit {:.1} ms",

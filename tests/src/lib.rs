@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod center_bench;
 pub mod daemon;
+pub mod etcd;
 pub mod fabric;
 pub mod fabric_bench;
 pub mod frames;

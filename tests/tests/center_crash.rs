@@ -1,9 +1,11 @@
 //! SPEC 6.1 with a real process: the config center is SIGKILLed in the
 //! middle of a burst of concurrent writes (over HTTP, group-committed) and
-//! restarted on the same redb file. Every write it acknowledged must be
-//! there after the restart, and nothing may be half-applied: each stored
-//! version has its audit record and its rollout (a put and the rollout it
-//! starts are one transaction), versions have no gaps.
+//! restarted on the same store: the redb file, or a real etcd (`store =
+//! "etcd"`, one etcd transaction per group commit). Every write it
+//! acknowledged must be there after the restart, and nothing may be
+//! half-applied: each stored version has its audit record and its rollout
+//! (a put and the rollout it starts are one transaction), versions have no
+//! gaps.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use mlag_testbed::{
     agent::{Agent, TempDir},
+    etcd::Etcd,
     netns::Netns,
 };
 
@@ -25,9 +28,15 @@ const DEVICES: usize = 3;
 /// Acknowledged writes before the kill.
 const KILL_AFTER: usize = 400;
 
-fn center_config(port: u16, db: &std::path::Path) -> String {
+/// The center's config; `etcd`: its client URL (`store = "etcd"`), else
+/// the state is in the redb file `db`.
+fn center_config(port: u16, db: &std::path::Path, etcd: Option<&str>) -> String {
+    let store = match etcd {
+        Some(url) => format!("store = \"etcd\"\netcd_endpoints = [\"{url}\"]\n"),
+        None => String::new(),
+    };
     format!(
-        "instance = \"{{instance}}\"\n\n[rollout.center]\nlisten = \"127.0.0.1:{port}\"\ndb_path = \"{}\"\nbatch_size = 2\n",
+        "instance = \"{{instance}}\"\n\n[rollout.center]\nlisten = \"127.0.0.1:{port}\"\ndb_path = \"{}\"\nbatch_size = 2\n{store}",
         db.display()
     )
 }
@@ -49,11 +58,23 @@ struct Acked {
 fn acknowledged_writes_survive_a_sigkill_mid_burst_and_none_is_half_applied() -> anyhow::Result<()>
 {
     let ns = Netns::new("mcc")?;
+    sigkill_mid_burst(&ns, None)
+}
+
+#[test]
+fn on_etcd_acknowledged_writes_survive_a_sigkill_mid_burst_and_none_is_half_applied()
+-> anyhow::Result<()> {
+    let ns = Netns::new("mce")?;
+    let etcd = Etcd::start(&ns)?;
+    sigkill_mid_burst(&ns, Some(&etcd.url)).with_context(|| format!("etcd log:\n{}", etcd.log()))
+}
+
+fn sigkill_mid_burst(ns: &Netns, etcd: Option<&str>) -> anyhow::Result<()> {
     let dir = TempDir::new("mlag-center-crash")?;
     let db = dir.path().join("center.redb");
     let port = 30000 + (std::process::id() % 20000) as u16;
     let base = format!("http://127.0.0.1:{port}");
-    let mut center = Agent::start(&ns, &center_config(port, &db))?;
+    let mut center = Agent::start(ns, &center_config(port, &db, etcd))?;
     let pid = center.pid().context("center running")? as i32;
 
     let (acked, refused) = ns.run(|| {
@@ -73,7 +94,7 @@ fn acknowledged_writes_survive_a_sigkill_mid_burst_and_none_is_half_applied() ->
         "no write was cut off by the kill: it did not land mid-burst"
     );
 
-    let center = Agent::start(&ns, &center_config(port, &db))?;
+    let center = Agent::start(ns, &center_config(port, &db, etcd))?;
     ns.run(|| {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -81,6 +102,12 @@ fn acknowledged_writes_survive_a_sigkill_mid_burst_and_none_is_half_applied() ->
         runtime.block_on(check(&base, &acked))
     })?;
     let log = center.log_text();
+    if etcd.is_some() {
+        assert!(
+            !db.exists() && log.contains("store=etcd"),
+            "the center did not keep its state in etcd:\n{log}"
+        );
+    }
     assert!(
         !log.contains("had no rollout stored"),
         "a version was stored without its rollout:\n{log}"

@@ -20,6 +20,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     // Fabric tests and bench: an external broker and a plain subscriber.
     ("mosquitto", "mosquitto"),
     ("mosquitto-clients", "mosquitto_sub"),
+    // Config center on etcd: the client crate's build compiles etcd's
+    // protobuf files; its tests start a real etcd.
+    ("protobuf-compiler", "protoc"),
+    ("etcd-server", "etcd"),
     // Fabric TLS test: a CA and a broker certificate.
     ("openssl", "openssl"),
     // Metrics tests: `promtool check metrics` and a real Prometheus server (one package).

@@ -17,6 +17,21 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:7480";
 /// Database file of [`CenterConfig::default`] (the config file names one).
 pub const DEFAULT_DB_PATH: &str = "/var/lib/mlag-sync/center.redb";
 
+/// Key prefix of the center's state in etcd unless configured.
+pub const DEFAULT_ETCD_PREFIX: &str = "/mlag-sync/center/";
+
+/// Where the center keeps its durable state (see [`super::storage`]).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// One embedded redb file, `db_path` (one machine, nothing to install).
+    #[default]
+    Redb,
+    /// An etcd cluster, `etcd_endpoints`, under `etcd_prefix` (state that
+    /// outlives one machine).
+    Etcd,
+}
+
 fn default_batch_size() -> usize {
     DEFAULT_BATCH_SIZE
 }
@@ -47,8 +62,22 @@ fn default_device_expiry_s() -> u64 {
 pub struct CenterConfig {
     /// HTTP listen address (port 0: any free port).
     pub listen: SocketAddr,
-    /// The embedded database file (created with its directory if missing).
+    /// The embedded database file (created with its directory if missing),
+    /// used with `store = "redb"`.
     pub db_path: PathBuf,
+    /// Where the state is kept: `redb` (the default: the file `db_path`)
+    /// or `etcd` (`etcd_endpoints`, `etcd_prefix`).
+    #[serde(default)]
+    pub store: StoreKind,
+    /// With `store = "etcd"`: the cluster's client URLs
+    /// (`http://host:2379`; no TLS yet), at least one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub etcd_endpoints: Vec<String>,
+    /// With `store = "etcd"`: the prefix of every key the center writes
+    /// (default `/mlag-sync/center/`), so several centers' clusters or
+    /// other users can share one etcd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_prefix: Option<String>,
     /// Most steps per rollout batch (default 10).
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
@@ -97,6 +126,9 @@ impl Default for CenterConfig {
         CenterConfig {
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             db_path: PathBuf::from(DEFAULT_DB_PATH),
+            store: StoreKind::Redb,
+            etcd_endpoints: Vec::new(),
+            etcd_prefix: None,
             batch_size: DEFAULT_BATCH_SIZE,
             pace_ms: 0,
             max_config_bytes: DEFAULT_MAX_CONFIG_BYTES,
@@ -140,9 +172,15 @@ impl CenterConfig {
         ))
     }
 
+    /// The key prefix in etcd: `etcd_prefix`, or [`DEFAULT_ETCD_PREFIX`].
+    pub fn etcd_prefix(&self) -> &str {
+        self.etcd_prefix.as_deref().unwrap_or(DEFAULT_ETCD_PREFIX)
+    }
+
     /// Every problem of `[rollout.center]`.
     pub fn problems(&self, out: &mut Problems) {
         Tokens::from_config(&self.tokens, out);
+        self.store_problems(out);
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) => out.add(
                 "rollout.center.tls_key",
@@ -175,6 +213,73 @@ impl CenterConfig {
         if self.max_config_bytes == 0 {
             out.add("rollout.center.max_config_bytes", "must be at least 1");
         }
+    }
+
+    /// Problems of `store` and the settings of the store it names.
+    fn store_problems(&self, out: &mut Problems) {
+        if self.store == StoreKind::Redb {
+            for (field, set) in [
+                ("etcd_endpoints", !self.etcd_endpoints.is_empty()),
+                ("etcd_prefix", self.etcd_prefix.is_some()),
+            ] {
+                if set {
+                    out.add(
+                        format!("rollout.center.{field}"),
+                        "is for store = \"etcd\"; this center uses store = \"redb\" (db_path)",
+                    );
+                }
+            }
+            return;
+        }
+        if self.etcd_endpoints.is_empty() {
+            out.add(
+                "rollout.center.etcd_endpoints",
+                "store = \"etcd\" needs at least one endpoint, e.g. [\"http://10.0.0.1:2379\"]",
+            );
+        }
+        for (i, endpoint) in self.etcd_endpoints.iter().enumerate() {
+            if let Err(why) = check_endpoint(endpoint) {
+                out.add(format!("rollout.center.etcd_endpoints[{i}]"), why);
+            }
+        }
+        let prefix = self.etcd_prefix();
+        if !prefix.starts_with('/') || !prefix.ends_with('/') || prefix.len() < 2 {
+            out.add(
+                "rollout.center.etcd_prefix",
+                format!("{prefix:?} must start and end with '/' and name something, e.g. \"{DEFAULT_ETCD_PREFIX}\""),
+            );
+        } else if prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            out.add(
+                "rollout.center.etcd_prefix",
+                format!("{prefix:?} contains white space or a control character"),
+            );
+        }
+    }
+}
+
+/// An etcd client URL: `http://`, a host, a port. (TLS to etcd is not
+/// supported yet: an `https://` endpoint is refused rather than tried.)
+fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    if endpoint.starts_with("https://") {
+        return Err(format!(
+            "{endpoint:?}: TLS to etcd is not supported yet; use http:// (on a trusted network)"
+        ));
+    }
+    let Some(rest) = endpoint.strip_prefix("http://") else {
+        return Err(format!("{endpoint:?} must start with http://"));
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    let port = match authority.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && !host.contains('/') => port,
+        _ => {
+            return Err(format!(
+                "{endpoint:?} must name a host and a port, e.g. http://10.0.0.1:2379"
+            ));
+        }
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(()),
+        _ => Err(format!("{endpoint:?} has no valid port ({port:?})")),
     }
 }
 
@@ -300,5 +405,61 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn the_store_is_redb_unless_etcd_is_chosen_with_its_endpoints() {
+        let base = "listen = \"127.0.0.1:7480\"\ndb_path = \"/tmp/c.redb\"\n";
+        let redb: CenterConfig = toml::from_str(base).unwrap();
+        assert_eq!(redb.store, StoreKind::Redb);
+        assert_eq!(problem_fields(&redb), []);
+
+        let etcd: CenterConfig = toml::from_str(&format!(
+            "{base}store = \"etcd\"\netcd_endpoints = [\"http://10.0.0.1:2379\", \"http://e2:2379/\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(etcd.store, StoreKind::Etcd);
+        assert_eq!(etcd.etcd_prefix(), DEFAULT_ETCD_PREFIX);
+        assert_eq!(problem_fields(&etcd), []);
+
+        let bad: CenterConfig = toml::from_str(&format!(
+            "{base}store = \"etcd\"\netcd_endpoints = [\"10.0.0.1:2379\", \"http://e2\", \"http://e3:0\", \"https://e4:2379\"]\netcd_prefix = \"center\"\n"
+        ))
+        .unwrap();
+        let problems = problem_fields(&bad);
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "rollout.center.etcd_endpoints[0]",
+                "rollout.center.etcd_endpoints[1]",
+                "rollout.center.etcd_endpoints[2]",
+                "rollout.center.etcd_endpoints[3]",
+                "rollout.center.etcd_prefix"
+            ],
+            "{problems:?}"
+        );
+        assert!(
+            problems[0].1.contains("must start with http://"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[3].1.contains("TLS to etcd is not supported yet"),
+            "{problems:?}"
+        );
+        assert!(problems[1].1.contains("a host and a port"), "{problems:?}");
+
+        let none: CenterConfig = toml::from_str(&format!("{base}store = \"etcd\"\n")).unwrap();
+        let problems = problem_fields(&none);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "rollout.center.etcd_endpoints");
+
+        // etcd settings on a redb center are a mistake worth naming.
+        let stray: CenterConfig =
+            toml::from_str(&format!("{base}etcd_endpoints = [\"http://e:2379\"]\n")).unwrap();
+        let problems = problem_fields(&stray);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].1.contains("store = \"etcd\""), "{problems:?}");
+        assert!(toml::from_str::<CenterConfig>(&format!("{base}store = \"zookeeper\"\n")).is_err());
     }
 }

@@ -1,13 +1,16 @@
 //! The config center (SPEC 6.1 to 6.3), run by the server-role agent.
 //!
 //! - [`config`]: the `[rollout.center]` section,
-//! - [`store`]: configs, versions and history in a redb database
-//!   (crash-safe: one write transaction per change),
+//! - [`storage`]: the storage boundary: every piece of durable state goes
+//!   through its traits; [`storage::redb_backend`] keeps it in one redb
+//!   file (the default),
+//! - [`store`]: configs, versions, history and audit over the storage
+//!   (crash-safe: a change is in one write transaction),
 //! - [`formats`]: content validation per format, MD5,
 //! - [`planner`]: batches of a rollout (pure),
 //! - [`engine`]: registered devices, releases and rollouts (timeouts,
 //!   device expiry, canaries, approvals),
-//! - [`rollout_store`]: the engine's state in the same database, so a
+//! - [`rollout_store`]: the engine's state in the same store, so a
 //!   restart (SIGKILL included) resumes every rollout where it was,
 //! - [`service`]: [`Center`], the one owner of the state, which ties the
 //!   store and the engine together and wakes long polls,
@@ -29,6 +32,7 @@ pub mod planner;
 pub mod report;
 pub mod rollout_store;
 pub mod service;
+pub mod storage;
 pub mod store;
 pub mod tls;
 pub mod writer;
@@ -40,7 +44,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::sync::watch;
 
-pub use self::config::{CenterConfig, DEFAULT_BATCH_SIZE, DEFAULT_DB_PATH, DEFAULT_LISTEN};
+pub use self::config::{
+    CenterConfig, DEFAULT_BATCH_SIZE, DEFAULT_DB_PATH, DEFAULT_ETCD_PREFIX, DEFAULT_LISTEN,
+    StoreKind,
+};
 pub use self::error::{CenterError, CenterResult};
 pub use self::planner::plan;
 pub use self::report::{CenterReport, CenterStats};
@@ -64,7 +71,6 @@ impl CenterHandle {
     /// Opens the database (creating it and its directory if missing), binds
     /// `config.listen` and serves the HTTP API on a task of its own.
     pub async fn spawn(config: CenterConfig) -> anyhow::Result<CenterHandle> {
-        let db = config.db_path.clone();
         let scheme = scheme(&config);
         let tokens = config.tokens.len();
         let (stop, mut stopping) = watch::channel(false);
@@ -73,7 +79,8 @@ impl CenterHandle {
             let _ = stopping.wait_for(|stop| *stop).await;
         })
         .await?;
-        tracing::info!(%addr, scheme, tokens, db = %db.display(), "config center listening");
+        let store = center.store_description();
+        tracing::info!(%addr, scheme, tokens, %store, "config center listening");
         let (alive, running) = watch::channel(());
         tokio::spawn(async move {
             match server.await {
@@ -175,8 +182,14 @@ pub async fn bind_with_shutdown(
             missing.join(" and ")
         );
     }
-    let center = Center::open(&config)
-        .with_context(|| format!("opening config center at {}", config.db_path.display()))?;
+    let center = Center::open(&config).with_context(|| match config.store {
+        StoreKind::Redb => format!("opening config center at {}", config.db_path.display()),
+        StoreKind::Etcd => format!(
+            "opening config center on etcd {} (prefix {})",
+            config.etcd_endpoints.join(","),
+            config.etcd_prefix()
+        ),
+    })?;
     let listener = listen(config.listen)
         .with_context(|| format!("binding config center to {}", config.listen))?;
     let addr = listener
@@ -254,13 +267,13 @@ pub async fn serve(
     config: CenterConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let db = config.db_path.clone();
     let scheme = scheme(&config);
-    let (addr, _center, server) = bind_with_shutdown(config, shutdown).await?;
+    let (addr, center, server) = bind_with_shutdown(config, shutdown).await?;
     tracing::info!(
-        "config center listening on {scheme}://{addr} (database {})",
-        db.display()
+        "config center listening on {scheme}://{addr} (store {})",
+        center.store_description()
     );
+    drop(center);
     server.await?;
     tracing::info!("config center stopped");
     Ok(())

@@ -1,15 +1,15 @@
 //! The rollout state (registered devices, rollouts with their step states,
-//! confirmed versions) in the center's redb database, beside the configs
-//! ([`super::store`]), so a restart, SIGKILL included, resumes every rollout
-//! where it was (SPEC 8.4).
+//! confirmed versions) in the center's store ([`super::storage`]), beside
+//! the configs ([`super::store`]), so a restart, SIGKILL included, resumes
+//! every rollout where it was (SPEC 8.4).
 //!
-//! Three tables, JSON values (the same encoding as the API, so a stored
-//! record reads like `config devices` / `config rollouts` output):
+//! Three kinds of record, JSON values (the same encoding as the API, so a
+//! stored record reads like `config devices` / `config rollouts` output):
 //!
 //! ```text
-//! rollout_devices  device name -> DeviceState
-//! rollouts         rollout id  -> RolloutEntry
-//! rollout_meta     "engine"    -> EngineMeta (next rollout id, stable versions)
+//! devices    device name -> DeviceState
+//! rollouts   rollout id  -> RolloutEntry
+//! meta       "engine"    -> EngineMeta (next rollout id, stable versions)
 //! ```
 //!
 //! A release to a device is stored with its rollout (the step `Assigned`),
@@ -20,127 +20,44 @@
 //! A running center writes the [`Changes`] of every change with [`save_in`]
 //! inside the transaction of its group commit ([`super::writer`]), the same
 //! transaction as the config change that caused them (a put and the rollout
-//! it starts are on disk together or not at all), and answers the request
-//! (and wakes the long polls) only once that transaction is fsynced. Many
-//! changes share one fsync, so 10,000 registering devices cost a few dozen
+//! it starts are stored together or not at all), and answers the request
+//! (and wakes the long polls) only once that transaction is durable. Many
+//! changes share one commit, so 10,000 registering devices cost a few dozen
 //! commits, not 10,000. [`save`] is the same in a transaction of its own
 //! (at start, and for tools).
 
-use redb::{
-    Database, Durability, ReadableDatabase as _, ReadableTable as _, TableDefinition,
-    WriteTransaction,
-};
-use serde::de::DeserializeOwned;
+use super::engine::Changes;
+use super::error::CenterResult;
+use super::storage::{CenterStorage, StorageTxn};
 
-use super::engine::{Changes, DeviceState, EngineMeta, RolloutEntry};
-use super::error::{CenterError, CenterResult};
+pub use super::storage::Stored;
 
-const DEVICES: TableDefinition<&str, &str> = TableDefinition::new("rollout_devices");
-const ROLLOUTS: TableDefinition<u64, &str> = TableDefinition::new("rollouts");
-const META: TableDefinition<&str, &str> = TableDefinition::new("rollout_meta");
-const META_KEY: &str = "engine";
-
-fn err(context: &'static str) -> impl Fn(redb::Error) -> CenterError {
-    move |e| CenterError::internal(context, e)
+/// Reads the stored rollout state.
+pub fn load(storage: &dyn CenterStorage) -> CenterResult<Stored> {
+    storage.begin_read()?.rollout_state()
 }
 
-fn db<T, E: Into<redb::Error>>(r: Result<T, E>, context: &'static str) -> CenterResult<T> {
-    r.map_err(|e| err(context)(e.into()))
-}
-
-fn decode<T: DeserializeOwned>(what: &str, json: &str) -> CenterResult<T> {
-    serde_json::from_str(json)
-        .map_err(|e| CenterError::Internal(format!("rollout store: corrupt {what}: {e}")))
-}
-
-/// Everything stored: devices, rollouts (by id) and the engine's meta.
-pub type Stored = (Vec<(String, DeviceState)>, Vec<RolloutEntry>, EngineMeta);
-
-/// Reads the stored rollout state (creating the tables on first use).
-pub fn load(database: &Database) -> CenterResult<Stored> {
-    let txn = db(database.begin_write(), "rollout store: begin")?;
-    db(txn.open_table(DEVICES), "rollout store: devices table")?;
-    db(txn.open_table(ROLLOUTS), "rollout store: rollouts table")?;
-    db(txn.open_table(META), "rollout store: meta table")?;
-    db(txn.commit(), "rollout store: commit")?;
-
-    let txn = db(database.begin_read(), "rollout store: begin read")?;
-    let mut devices = Vec::new();
-    let table = db(txn.open_table(DEVICES), "rollout store: devices table")?;
-    for row in db(table.iter(), "rollout store: devices")? {
-        let (name, json) = db(row, "rollout store: device row")?;
-        let name = name.value().to_string();
-        let state = decode(&format!("device {name}"), json.value())?;
-        devices.push((name, state));
-    }
-    let mut rollouts = Vec::new();
-    let table = db(txn.open_table(ROLLOUTS), "rollout store: rollouts table")?;
-    for row in db(table.iter(), "rollout store: rollouts")? {
-        let (id, json) = db(row, "rollout store: rollout row")?;
-        rollouts.push(decode(&format!("rollout {}", id.value()), json.value())?);
-    }
-    let table = db(txn.open_table(META), "rollout store: meta table")?;
-    let meta = match db(table.get(META_KEY), "rollout store: meta")? {
-        Some(json) => decode("engine meta", json.value())?,
-        None => EngineMeta::default(),
-    };
-    Ok((devices, rollouts, meta))
-}
-
-/// Writes one batch of changes in one transaction of its own: durably (one
-/// fsync) unless [`Changes::durable`] says it may wait for the next durable
+/// Writes one batch of changes in one transaction of its own: durably
+/// unless [`Changes::durable`] says it may wait for the next durable
 /// commit. For the center's start and for tools; a running center writes
 /// with [`save_in`] inside its group commit.
-pub fn save(database: &Database, changes: &Changes) -> CenterResult<()> {
+pub fn save(storage: &dyn CenterStorage, changes: &Changes) -> CenterResult<()> {
     if changes.is_empty() {
         return Ok(());
     }
-    let mut txn = db(database.begin_write(), "rollout store: begin")?;
-    if !changes.durable {
-        db(
-            txn.set_durability(Durability::None),
-            "rollout store: durability",
-        )?;
-    }
-    save_in(&txn, changes)?;
-    db(txn.commit(), "rollout store: commit")
+    let mut txn = storage.begin_write(changes.durable)?;
+    save_in(&mut *txn, changes)?;
+    txn.commit()
 }
 
 /// Writes `changes` inside `txn` (the center's group commit, which also
-/// holds the config change that caused them, so both are on disk or
+/// holds the config change that caused them, so both are stored or
 /// neither).
-pub fn save_in(txn: &WriteTransaction, changes: &Changes) -> CenterResult<()> {
+pub fn save_in(txn: &mut dyn StorageTxn, changes: &Changes) -> CenterResult<()> {
     if changes.is_empty() {
         return Ok(());
     }
-    let mut table = db(txn.open_table(DEVICES), "rollout store: devices table")?;
-    for (name, state) in &changes.devices {
-        match state {
-            Some(json) => db(
-                table.insert(name.as_str(), json.as_str()),
-                "rollout store: write device",
-            )?,
-            None => db(table.remove(name.as_str()), "rollout store: remove device")?,
-        };
-    }
-    let mut table = db(txn.open_table(ROLLOUTS), "rollout store: rollouts table")?;
-    for (id, entry) in &changes.rollouts {
-        match entry {
-            Some(json) => db(
-                table.insert(*id, json.as_str()),
-                "rollout store: write rollout",
-            )?,
-            None => db(table.remove(*id), "rollout store: remove rollout")?,
-        };
-    }
-    if let Some(meta) = &changes.meta {
-        let mut table = db(txn.open_table(META), "rollout store: meta table")?;
-        db(
-            table.insert(META_KEY, meta.as_str()),
-            "rollout store: write meta",
-        )?;
-    }
-    Ok(())
+    txn.save_rollout(changes)
 }
 
 #[cfg(test)]
@@ -149,12 +66,13 @@ mod tests {
 
     use super::*;
     use crate::rollout::center::engine::{Engine, PlanOptions};
+    use crate::rollout::center::storage::redb_backend::RedbStorage;
     use crate::rollout::wire::{ConfigKey, Register, RolloutState, ServiceRegistration};
 
     #[test]
     fn saved_changes_load_back_into_an_equal_engine() {
         let dir = tempfile::tempdir().unwrap();
-        let database = Database::create(dir.path().join("r.redb")).unwrap();
+        let database = RedbStorage::open(&dir.path().join("r.redb")).unwrap();
         let key: ConfigKey = "n/g/k".parse().unwrap();
         let mut engine = Engine::new();
         for d in ["d1", "d2"] {
@@ -213,7 +131,7 @@ mod tests {
     fn releases_stored_with_their_rollout_come_back_after_a_restart() {
         use crate::rollout::wire::Ack;
         let dir = tempfile::tempdir().unwrap();
-        let database = Database::create(dir.path().join("r.redb")).unwrap();
+        let database = RedbStorage::open(&dir.path().join("r.redb")).unwrap();
         let key: ConfigKey = "n/g/k".parse().unwrap();
         let mut engine = Engine::new();
         for d in ["d1", "d2", "d3"] {
@@ -228,7 +146,7 @@ mod tests {
             engine.register(d, registration, &|_| None, 1).unwrap();
         }
         save(&database, &engine.take_changes()).unwrap();
-        let restart = |database: &Database| {
+        let restart = |database: &RedbStorage| {
             let (devices, rollouts, meta) = load(database).unwrap();
             Engine::restore(devices, rollouts, meta, 5).0
         };

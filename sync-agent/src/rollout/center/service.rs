@@ -5,7 +5,8 @@
 //! Every change (put, rollback, clone, delete, registration, ack, continue,
 //! abort, skip, device removal, timers) is a job for the one group-commit
 //! writer ([`super::writer`]), which applies the jobs waiting, in order,
-//! inside one redb write transaction and commits them with one fsync. A job
+//! inside one write transaction of the store ([`super::storage`]) and
+//! commits them together (one fsync on redb). A job
 //! writes its config change, runs the engine with the engine locked (plans
 //! or advances rollouts), and writes what the engine changed
 //! ([`super::rollout_store::save_in`]) and its audit record in that same
@@ -22,13 +23,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use redb::WriteTransaction;
 use tokio::sync::{broadcast, watch};
 
 use super::config::CenterConfig;
 use super::engine::{Changes, Engine, OnLost, PlanOptions, Timer};
 use super::error::{CenterError, CenterResult};
 use super::rollout_store;
+use super::storage::StorageTxn;
 use super::store::{AuditEntry, NewVersion, Store, Written, audit_in};
 use super::writer::{Writer, WriterStats};
 use crate::bus::ConfigReleased;
@@ -104,7 +105,7 @@ impl Drop for Held<'_> {
 
 /// An audit record of an operator's action on a rollout or a device.
 fn audit_action(
-    txn: &WriteTransaction,
+    txn: &mut dyn StorageTxn,
     engine: &Engine,
     action: &str,
     author: &str,
@@ -137,9 +138,10 @@ impl Center {
     /// Opens the database (creating it and its directory if missing) and
     /// the rollout state stored in it: every rollout continues where it was.
     pub fn open(config: &CenterConfig) -> CenterResult<Arc<Center>> {
-        let store = Store::open(&config.db_path, config.max_config_bytes)?
-            .with_keep_versions(config.keep_versions);
-        let (devices, rollouts, meta) = rollout_store::load(store.database())?;
+        let storage = super::storage::open(config)?;
+        let store =
+            Store::new(storage, config.max_config_bytes).with_keep_versions(config.keep_versions);
+        let (devices, rollouts, meta) = rollout_store::load(store.storage().as_ref())?;
         let (device_count, rollout_count) = (devices.len(), rollouts.len());
         let now = now_ms();
         let (mut engine, mut timers) = Engine::restore(devices, rollouts, meta, now);
@@ -165,7 +167,7 @@ impl Center {
             );
             timers.extend(more);
         }
-        rollout_store::save(store.database(), &engine.take_changes())?;
+        rollout_store::save(store.storage().as_ref(), &engine.take_changes())?;
         if device_count + rollout_count > 0 {
             tracing::info!(
                 "config center: restored {device_count} devices and {rollout_count} rollouts"
@@ -230,6 +232,11 @@ impl Center {
             .await
     }
 
+    /// What and where the store is (`redb /var/lib/...`), for logs.
+    pub fn store_description(&self) -> String {
+        self.store.storage().describe()
+    }
+
     /// Largest config content accepted, bytes.
     pub fn max_config_bytes(&self) -> usize {
         self.store.max_config_bytes()
@@ -256,7 +263,7 @@ impl Center {
     /// the shared transaction.
     async fn write<T: Send + 'static>(
         &self,
-        op: impl FnOnce(&mut Engine, &Store, &WriteTransaction, u64) -> CenterResult<(T, Vec<Timer>)>
+        op: impl FnOnce(&mut Engine, &Store, &mut dyn StorageTxn, u64) -> CenterResult<(T, Vec<Timer>)>
         + Send
         + 'static,
     ) -> CenterResult<T> {
@@ -383,7 +390,7 @@ impl Center {
         opts: RolloutOptions,
         what: &str,
         key: ConfigKey,
-        op: impl FnOnce(&Store, &WriteTransaction, u64) -> CenterResult<Written> + Send + 'static,
+        op: impl FnOnce(&Store, &mut dyn StorageTxn, u64) -> CenterResult<Written> + Send + 'static,
     ) -> CenterResult<ConfigRecord> {
         let plan = self.options(opts)?;
         let summary = format!(

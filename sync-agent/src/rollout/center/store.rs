@@ -1,23 +1,27 @@
-//! The config center's database (SPEC 6.1): a redb file with two tables,
+//! The config center's configs, versions, history and audit log (SPEC
+//! 6.1): the rules, over the storage boundary ([`super::storage`]), which
+//! holds
 //!
-//! - `current`: `"ns/group/name"` -> current version number,
-//! - `history`: `("ns/group/name", version)` -> that version's
-//!   [`ConfigRecord`] as JSON (every version ever made, the current one too).
+//! - each config's current version number,
+//! - every version of every config as a [`ConfigRecord`] (the current one
+//!   too),
+//! - the audit log: [`AuditEntry`]s, who made which change when (puts,
+//!   rollbacks, clones, deletions; a deletion keeps the removed history
+//!   there).
 //!
-//! - `audit`: sequence number -> [`AuditEntry`] as JSON: who made which
-//!   change when (puts, rollbacks, clones, deletions; a deletion keeps the
-//!   removed history there).
+//! The rules live here once, whatever the store: version numbering, an
+//! identical put being a no-op, size and format checks, `keep_versions`,
+//! what the audit records, and which error a missing config is.
 //!
 //! A change (put, rollback, clone, delete) is applied by a `*_in` method
 //! inside a write transaction it is given: the center's group-commit writer
 //! ([`super::writer`]) applies many changes in one transaction and commits
-//! them with one fsync (redb's immediate durability), so after a crash the
-//! database holds either the whole change or none of it. Each `*_in` method
-//! checks everything before it writes, so a refused change writes nothing.
+//! them together (one fsync on redb), so after a crash the store holds
+//! either the whole change or none of it. Each `*_in` method checks
+//! everything before it writes, so a refused change writes nothing.
 //! [`Store::put`] and friends are the same change in a transaction of its
-//! own, for tools and tests. Reads use read transactions (a consistent
-//! snapshot). The methods block (disk I/O); async callers run them on a
-//! blocking thread.
+//! own, for tools and tests. Reads use read snapshots. The methods block
+//! (disk or network I/O); async callers run them on a blocking thread.
 //!
 //! With `keep_versions = N`, a change that makes version V removes the
 //! history rows of versions V-N and older (the audit keeps their MD5s).
@@ -25,16 +29,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase as _, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::error::{CenterError, CenterResult};
 use super::formats;
+use super::storage::redb_backend::RedbStorage;
+use super::storage::{CenterStorage, StorageRead, StorageTxn};
 use crate::rollout::wire::{ConfigKey, ConfigRecord, Format};
-
-const CURRENT: TableDefinition<&str, u64> = TableDefinition::new("current");
-const HISTORY: TableDefinition<(&str, u64), &str> = TableDefinition::new("history");
-const AUDIT: TableDefinition<u64, &str> = TableDefinition::new("audit");
 
 /// One change as the audit log records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,58 +87,30 @@ pub struct NewVersion {
     pub description: String,
     pub author: String,
 }
-
 pub struct Store {
-    db: Arc<Database>,
+    storage: Arc<dyn CenterStorage>,
     max_config_bytes: usize,
     /// History rows kept per config (None: all).
     keep_versions: Option<u64>,
 }
 
-fn db_err(context: &str) -> impl Fn(redb::Error) -> CenterError + '_ {
-    move |e| CenterError::internal(context, e)
-}
-
-/// `?`-friendly conversion of redb's many error types.
-trait DbResult<T> {
-    fn db(self, context: &str) -> CenterResult<T>;
-}
-
-impl<T, E: Into<redb::Error>> DbResult<T> for Result<T, E> {
-    fn db(self, context: &str) -> CenterResult<T> {
-        self.map_err(|e| db_err(context)(e.into()))
-    }
-}
-
-fn decode(json: &str) -> CenterResult<ConfigRecord> {
-    serde_json::from_str(json).map_err(|e| CenterError::internal("config store: corrupt record", e))
-}
-
-fn encode(record: &ConfigRecord) -> String {
-    serde_json::to_string(record).expect("a ConfigRecord always serializes")
-}
-
 impl Store {
-    /// Opens (or creates) the database at `path`; the parent directory is
-    /// created if missing.
-    pub fn open(path: &Path, max_config_bytes: usize) -> CenterResult<Store> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| CenterError::internal(&format!("creating {}", parent.display()), e))?;
-        }
-        let db = Database::create(path).map_err(|e| {
-            CenterError::internal(&format!("opening config database {}", path.display()), e)
-        })?;
-        let txn = db.begin_write().db("config store: begin")?;
-        txn.open_table(CURRENT).db("config store: current table")?;
-        txn.open_table(HISTORY).db("config store: history table")?;
-        txn.open_table(AUDIT).db("config store: audit table")?;
-        txn.commit().db("config store: commit")?;
-        Ok(Store {
-            db: Arc::new(db),
+    /// The rules over `storage`.
+    pub fn new(storage: Arc<dyn CenterStorage>, max_config_bytes: usize) -> Store {
+        Store {
+            storage,
             max_config_bytes,
             keep_versions: None,
-        })
+        }
+    }
+
+    /// Opens (or creates) a redb database at `path` (the parent directory is
+    /// created if missing) and the rules over it.
+    pub fn open(path: &Path, max_config_bytes: usize) -> CenterResult<Store> {
+        Ok(Store::new(
+            Arc::new(RedbStorage::open(path)?),
+            max_config_bytes,
+        ))
     }
 
     /// Keeps only the newest `keep` versions of each config in its history
@@ -151,34 +124,40 @@ impl Store {
         self.max_config_bytes
     }
 
-    /// The database, for other state of the center kept in the same file
-    /// (its own tables, its own transactions).
-    pub fn database(&self) -> &Arc<Database> {
-        &self.db
+    /// The store underneath, for the center's other state (the rollout
+    /// engine's, [`super::rollout_store`]).
+    pub fn storage(&self) -> &Arc<dyn CenterStorage> {
+        &self.storage
     }
 
-    /// A write transaction for `*_in` changes.
-    pub fn begin_write(&self) -> CenterResult<WriteTransaction> {
-        self.db.begin_write().db("config store: begin")
+    /// A durable write transaction for `*_in` changes.
+    pub fn begin_write(&self) -> CenterResult<Box<dyn StorageTxn + '_>> {
+        self.storage.begin_write(true)
     }
 
     /// Runs one change in a transaction of its own: committed if it
     /// succeeds, abandoned (nothing written) if not.
     fn write_one<T>(
         &self,
-        op: impl FnOnce(&WriteTransaction) -> CenterResult<T>,
+        op: impl FnOnce(&mut dyn StorageTxn) -> CenterResult<T>,
     ) -> CenterResult<T> {
-        let txn = self.begin_write()?;
-        match op(&txn) {
+        let mut txn = self.begin_write()?;
+        match op(&mut *txn) {
             Ok(t) => {
-                txn.commit().db("config store: commit")?;
+                txn.commit()?;
                 Ok(t)
             }
             Err(e) => {
-                let _ = txn.abort();
+                txn.abort();
                 Err(e)
             }
         }
+    }
+
+    /// Runs `op` on a read snapshot.
+    fn read<T>(&self, op: impl FnOnce(&mut dyn StorageRead) -> CenterResult<T>) -> CenterResult<T> {
+        let mut snapshot = self.storage.begin_read()?;
+        op(&mut *snapshot)
     }
 
     /// Stores `new` as the next version of `key` (version 1 if the key is
@@ -191,123 +170,77 @@ impl Store {
     /// [`Store::put`] inside `txn`; `action` names it in the audit log.
     pub fn put_in(
         &self,
-        txn: &WriteTransaction,
+        txn: &mut dyn StorageTxn,
         key: &ConfigKey,
         new: NewVersion,
         now_ms: u64,
         action: &str,
     ) -> CenterResult<Written> {
         self.check_content(key, &new)?;
-        let written = {
-            let mut current = txn.open_table(CURRENT).db("config store: current table")?;
-            let mut history = txn.open_table(HISTORY).db("config store: history table")?;
-            let name = key.to_string();
-            let now_version = current
-                .get(name.as_str())
-                .db("config store: read")?
-                .map(|v| v.value());
-            if let Some(version) = now_version {
-                let record = history
-                    .get((name.as_str(), version))
-                    .db("config store: read")?
-                    .ok_or_else(|| {
-                        CenterError::Internal(format!(
-                            "config store: {key} version {version} is current but has no history row"
-                        ))
-                    })
-                    .and_then(|row| decode(row.value()))?;
-                if record.format == new.format
-                    && record.content == new.content
-                    && record.description == new.description
-                {
-                    return Ok(Written {
-                        record,
-                        created: false,
-                    });
-                }
-            }
-            let record = ConfigRecord {
-                key: key.clone(),
-                format: new.format,
-                md5: formats::md5_hex(&new.content),
-                content: new.content,
-                description: new.description,
-                version: now_version.unwrap_or(0) + 1,
-                updated_ms: now_ms,
-                author: new.author,
-            };
-            history
-                .insert((name.as_str(), record.version), encode(&record).as_str())
-                .db("config store: write history")?;
-            current
-                .insert(name.as_str(), record.version)
-                .db("config store: write current")?;
-            if let Some(keep) = self.keep_versions
-                && record.version > keep
+        let now_version = txn.current_version(key)?;
+        if let Some(version) = now_version {
+            let record = txn.version(key, version)?.ok_or_else(|| {
+                CenterError::Internal(format!(
+                    "config store: {key} version {version} is current but has no history row"
+                ))
+            })?;
+            if record.format == new.format
+                && record.content == new.content
+                && record.description == new.description
             {
-                let oldest_kept = record.version - keep + 1;
-                let old: Vec<u64> = history
-                    .range((name.as_str(), 0)..(name.as_str(), oldest_kept))
-                    .db("config store: scan")?
-                    .map(|row| row.map(|(k, _)| k.value().1))
-                    .collect::<Result<_, _>>()
-                    .db("config store: scan")?;
-                for version in old {
-                    history
-                        .remove((name.as_str(), version))
-                        .db("config store: trim history")?;
-                }
+                return Ok(Written {
+                    record,
+                    created: false,
+                });
             }
-            Written {
-                record,
-                created: true,
-            }
+        }
+        let record = ConfigRecord {
+            key: key.clone(),
+            format: new.format,
+            md5: formats::md5_hex(&new.content),
+            content: new.content,
+            description: new.description,
+            version: now_version.unwrap_or(0) + 1,
+            updated_ms: now_ms,
+            author: new.author,
         };
-        audit(
-            txn,
-            AuditEntry {
-                seq: 0,
-                time_ms: now_ms,
-                identity: written.record.author.clone(),
-                action: action.to_string(),
-                key: key.to_string(),
-                version: written.record.version,
-                md5: written.record.md5.clone(),
-                rollout: None,
-                device: None,
-                removed: Vec::new(),
-            },
-        )?;
-        Ok(written)
+        txn.write_version(&record)?;
+        if let Some(keep) = self.keep_versions
+            && record.version > keep
+        {
+            txn.remove_versions_before(key, record.version - keep + 1)?;
+        }
+        txn.append_audit(AuditEntry {
+            seq: 0,
+            time_ms: now_ms,
+            identity: record.author.clone(),
+            action: action.to_string(),
+            key: key.to_string(),
+            version: record.version,
+            md5: record.md5.clone(),
+            rollout: None,
+            device: None,
+            removed: Vec::new(),
+        })?;
+        Ok(Written {
+            record,
+            created: true,
+        })
     }
 
     /// Removes `key` (current version and history); the audit entry of the
     /// deletion keeps the removed versions. Returns the last version.
     pub fn delete_in(
         &self,
-        txn: &WriteTransaction,
+        txn: &mut dyn StorageTxn,
         key: &ConfigKey,
         identity: &str,
         now_ms: u64,
     ) -> CenterResult<ConfigRecord> {
-        let name = key.to_string();
-        let mut current = txn.open_table(CURRENT).db("config store: current table")?;
-        let mut history = txn.open_table(HISTORY).db("config store: history table")?;
-        let Some(now_version) = current
-            .get(name.as_str())
-            .db("config store: read")?
-            .map(|v| v.value())
-        else {
-            return Err(self.missing(&current, key)?);
+        let Some(now_version) = txn.current_version(key)? else {
+            return Err(self.missing(txn, key)?);
         };
-        let mut removed = Vec::new();
-        for row in history
-            .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))
-            .db("config store: scan")?
-        {
-            let (_, value) = row.db("config store: scan")?;
-            removed.push(decode(value.value())?);
-        }
+        let removed = txn.versions(key)?;
         let last = removed
             .iter()
             .find(|r| r.version == now_version)
@@ -317,30 +250,19 @@ impl Store {
                     "config store: {key} version {now_version} is current but has no history row"
                 ))
             })?;
-        for record in &removed {
-            history
-                .remove((name.as_str(), record.version))
-                .db("config store: delete history")?;
-        }
-        current
-            .remove(name.as_str())
-            .db("config store: delete current")?;
-        drop((current, history));
-        audit(
-            txn,
-            AuditEntry {
-                seq: 0,
-                time_ms: now_ms,
-                identity: identity.to_string(),
-                action: "delete".into(),
-                key: name,
-                version: now_version,
-                md5: last.md5.clone(),
-                rollout: None,
-                device: None,
-                removed,
-            },
-        )?;
+        txn.remove_config(key)?;
+        txn.append_audit(AuditEntry {
+            seq: 0,
+            time_ms: now_ms,
+            identity: identity.to_string(),
+            action: "delete".into(),
+            key: key.to_string(),
+            version: now_version,
+            md5: last.md5.clone(),
+            rollout: None,
+            device: None,
+            removed,
+        })?;
         Ok(last)
     }
 
@@ -357,21 +279,7 @@ impl Store {
     /// The audit log, oldest first: entries after `after` (a sequence
     /// number), at most `limit`.
     pub fn audit(&self, after: u64, limit: usize) -> CenterResult<Vec<AuditEntry>> {
-        let txn = self.db.begin_read().db("config store: begin read")?;
-        let table = txn.open_table(AUDIT).db("config store: audit table")?;
-        let mut out = Vec::new();
-        for row in table
-            .range(after.saturating_add(1)..)
-            .db("config store: scan")?
-            .take(limit)
-        {
-            let (_, value) = row.db("config store: scan")?;
-            out.push(
-                serde_json::from_str(value.value())
-                    .map_err(|e| CenterError::internal("config store: corrupt audit entry", e))?,
-            );
-        }
-        Ok(out)
+        self.read(|snapshot| snapshot.audit(after, limit))
     }
 
     /// Makes a new version of `key` whose format, content and description
@@ -390,7 +298,7 @@ impl Store {
     /// [`Store::rollback`] inside `txn`.
     pub fn rollback_in(
         &self,
-        txn: &WriteTransaction,
+        txn: &mut dyn StorageTxn,
         key: &ConfigKey,
         version: u64,
         author: String,
@@ -427,7 +335,7 @@ impl Store {
     /// [`Store::clone_to`] inside `txn`.
     pub fn clone_in(
         &self,
-        txn: &WriteTransaction,
+        txn: &mut dyn StorageTxn,
         key: &ConfigKey,
         namespace: &str,
         group: &str,
@@ -459,44 +367,30 @@ impl Store {
     /// [`Store::get`] inside a write transaction (sees its changes).
     pub fn get_in(
         &self,
-        txn: &WriteTransaction,
+        txn: &mut dyn StorageTxn,
         key: &ConfigKey,
         version: Option<u64>,
     ) -> CenterResult<ConfigRecord> {
-        let current = txn.open_table(CURRENT).db("config store: current table")?;
-        let history = txn.open_table(HISTORY).db("config store: history table")?;
-        self.record(&current, &history, key, version)
+        self.record(txn, key, version)
     }
 
     /// The current version of `key`, or the given one.
     pub fn get(&self, key: &ConfigKey, version: Option<u64>) -> CenterResult<ConfigRecord> {
-        let txn = self.db.begin_read().db("config store: begin read")?;
-        let current = txn.open_table(CURRENT).db("config store: current table")?;
-        let history = txn.open_table(HISTORY).db("config store: history table")?;
-        self.record(&current, &history, key, version)
+        self.read(|snapshot| self.record(snapshot, key, version))
     }
 
-    fn record(
+    fn record<R: StorageRead + ?Sized>(
         &self,
-        current: &impl ReadableTable<&'static str, u64>,
-        history: &impl ReadableTable<(&'static str, u64), &'static str>,
+        reads: &mut R,
         key: &ConfigKey,
         version: Option<u64>,
     ) -> CenterResult<ConfigRecord> {
-        let name = key.to_string();
-        let Some(now_version) = current
-            .get(name.as_str())
-            .db("config store: read")?
-            .map(|v| v.value())
-        else {
-            return Err(self.missing(current, key)?);
+        let Some(now_version) = reads.current_version(key)? else {
+            return Err(self.missing(reads, key)?);
         };
         let version = version.unwrap_or(now_version);
-        match history
-            .get((name.as_str(), version))
-            .db("config store: read")?
-        {
-            Some(row) => decode(row.value()),
+        match reads.version(key, version)? {
+            Some(record) => Ok(record),
             None => Err(CenterError::NotFound(format!(
                 "config {key} has no version {version} (current version {now_version}{})",
                 match self.keep_versions {
@@ -511,7 +405,7 @@ impl Store {
     /// as a version put earlier in the same group commit).
     pub fn current_in(
         &self,
-        txn: &WriteTransaction,
+        txn: &mut dyn StorageTxn,
         key: &ConfigKey,
     ) -> CenterResult<Option<ConfigRecord>> {
         match self.get_in(txn, key, None) {
@@ -533,59 +427,27 @@ impl Store {
     /// The current version of every config, or of those in `namespace`,
     /// sorted by key. An unknown namespace is an error.
     pub fn list(&self, namespace: Option<&str>) -> CenterResult<Vec<ConfigRecord>> {
-        let txn = self.db.begin_read().db("config store: begin read")?;
-        let current = txn.open_table(CURRENT).db("config store: current table")?;
-        let history = txn.open_table(HISTORY).db("config store: history table")?;
-        let rows: Vec<(String, u64)> = match namespace {
-            Some(ns) => {
-                crate::rollout::wire::check_name("namespace", ns).map_err(CenterError::Invalid)?;
-                let (low, high) = namespace_range(ns);
-                collect(
-                    current
-                        .range(low.as_str()..high.as_str())
-                        .db("config store: scan")?,
-                )?
-            }
-            None => collect(current.iter().db("config store: scan")?)?,
-        };
-        if rows.is_empty()
+        if let Some(ns) = namespace {
+            crate::rollout::wire::check_name("namespace", ns).map_err(CenterError::Invalid)?;
+        }
+        let records = self.read(|snapshot| snapshot.current_records(namespace))?;
+        if records.is_empty()
             && let Some(ns) = namespace
         {
             return Err(unknown_namespace(ns));
         }
-        rows.into_iter()
-            .map(|(name, version)| {
-                let row = history
-                    .get((name.as_str(), version))
-                    .db("config store: read")?
-                    .ok_or_else(|| {
-                        CenterError::Internal(format!(
-                            "config store: {name} version {version} is current but has no history row"
-                        ))
-                    })?;
-                decode(row.value())
-            })
-            .collect()
+        Ok(records)
     }
 
     /// Every version of `key`, oldest first.
     pub fn history(&self, key: &ConfigKey) -> CenterResult<Vec<ConfigRecord>> {
-        let txn = self.db.begin_read().db("config store: begin read")?;
-        let current = txn.open_table(CURRENT).db("config store: current table")?;
-        let history = txn.open_table(HISTORY).db("config store: history table")?;
-        let name = key.to_string();
-        let mut out = Vec::new();
-        for row in history
-            .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))
-            .db("config store: scan")?
-        {
-            let (_, value) = row.db("config store: scan")?;
-            out.push(decode(value.value())?);
-        }
-        if out.is_empty() {
-            return Err(self.missing(&current, key)?);
-        }
-        Ok(out)
+        self.read(|snapshot| {
+            let out = snapshot.versions(key)?;
+            if out.is_empty() {
+                return Err(self.missing(snapshot, key)?);
+            }
+            Ok(out)
+        })
     }
 
     /// A unified diff from version `from` to version `to` of `key`.
@@ -608,18 +470,12 @@ impl Store {
     }
 
     /// The not-found error for `key`: an unknown namespace is named as such.
-    fn missing(
+    fn missing<R: StorageRead + ?Sized>(
         &self,
-        current: &impl ReadableTable<&'static str, u64>,
+        reads: &mut R,
         key: &ConfigKey,
     ) -> CenterResult<CenterError> {
-        let (low, high) = namespace_range(&key.namespace);
-        let any = current
-            .range(low.as_str()..high.as_str())
-            .db("config store: scan")?
-            .next()
-            .is_some();
-        Ok(if any {
+        Ok(if reads.namespace_in_use(&key.namespace)? {
             CenterError::NotFound(format!("config {key} not found"))
         } else {
             unknown_namespace(&key.namespace)
@@ -629,42 +485,14 @@ impl Store {
 
 /// Appends `entry` to the audit log inside `txn`, with the next sequence
 /// number (its `seq` is ignored).
-pub fn audit_in(txn: &WriteTransaction, entry: AuditEntry) -> CenterResult<()> {
-    audit(txn, entry)
-}
-
-fn audit(txn: &WriteTransaction, mut entry: AuditEntry) -> CenterResult<()> {
-    let mut table = txn.open_table(AUDIT).db("config store: audit table")?;
-    entry.seq = match table.last().db("config store: audit read")? {
-        Some((seq, _)) => seq.value() + 1,
-        None => 1,
-    };
-    let json = serde_json::to_string(&entry).expect("an AuditEntry always serializes");
-    table
-        .insert(entry.seq, json.as_str())
-        .db("config store: audit write")?;
-    Ok(())
+pub fn audit_in(txn: &mut dyn StorageTxn, entry: AuditEntry) -> CenterResult<()> {
+    txn.append_audit(entry).map(drop)
 }
 
 fn unknown_namespace(ns: &str) -> CenterError {
     CenterError::NotFound(format!(
         "unknown namespace {ns:?}: no config is stored under it"
     ))
-}
-
-/// Keys of namespace `ns` are exactly those in `"ns/".."ns0"` ('0' follows
-/// '/' in ASCII and names never contain '/').
-fn namespace_range(ns: &str) -> (String, String) {
-    (format!("{ns}/"), format!("{ns}0"))
-}
-
-fn collect(range: redb::Range<'_, &'static str, u64>) -> CenterResult<Vec<(String, u64)>> {
-    range
-        .map(|row| {
-            let (k, v) = row.db("config store: scan")?;
-            Ok((k.value().to_string(), v.value()))
-        })
-        .collect()
 }
 
 /// Unified diff of two versions, headed `ns/group/name@vA` and `...@vB`.

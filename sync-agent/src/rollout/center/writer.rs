@@ -4,10 +4,12 @@
 //! transaction per change caps the center at a few hundred changes per
 //! second whatever the CPU. Here every change is a job sent to one writer
 //! thread; the thread takes every job waiting (up to [`MAX_BATCH`]), applies
-//! them in order inside one redb write transaction, commits it (one fsync)
-//! and only then runs each job's continuation, in submission order, which
+//! them in order inside one write transaction of the store
+//! ([`super::storage::StorageTxn`]), commits it (one fsync on redb) and only
+//! then runs each job's continuation, in submission order, which
 //! acknowledges the change. So a change is still acknowledged only once it
-//! is on disk, and concurrent changes share the fsync.
+//! is durable, and concurrent changes share the commit. A batch is one
+//! transaction whatever the store: on etcd it would be one guarded `Txn`.
 //!
 //! Running the continuations on the writer thread, in order, also gives the
 //! center one total order of changes: whatever a continuation does (the
@@ -29,9 +31,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
-use redb::WriteTransaction;
-
 use super::error::{CenterError, CenterResult};
+use super::storage::StorageTxn;
 use super::store::Store;
 
 /// What the writer thread is sent.
@@ -48,7 +49,7 @@ pub const MAX_BATCH: usize = 1024;
 pub trait Job: Send {
     /// Applies the change inside `txn`; returns what to run once the
     /// transaction is committed (or abandoned).
-    fn apply(self: Box<Self>, store: &Store, txn: &WriteTransaction) -> Box<dyn Done>;
+    fn apply(self: Box<Self>, store: &Store, txn: &mut dyn StorageTxn) -> Box<dyn Done>;
     /// The batch could not even start: report `err`.
     fn fail(self: Box<Self>, err: CenterError);
 }
@@ -76,10 +77,10 @@ struct Applied<T, A> {
 impl<T, F, A> Job for Op<T, F, A>
 where
     T: Send + 'static,
-    F: FnOnce(&Store, &WriteTransaction) -> CenterResult<T> + Send + 'static,
+    F: FnOnce(&Store, &mut dyn StorageTxn) -> CenterResult<T> + Send + 'static,
     A: FnOnce(CenterResult<T>) + Send + 'static,
 {
-    fn apply(self: Box<Self>, store: &Store, txn: &WriteTransaction) -> Box<dyn Done> {
+    fn apply(self: Box<Self>, store: &Store, txn: &mut dyn StorageTxn) -> Box<dyn Done> {
         let result = (self.op)(store, txn);
         Box::new(Applied {
             result,
@@ -114,7 +115,7 @@ impl<T: Send + 'static, A: FnOnce(CenterResult<T>) + Send + 'static> Done for Ap
 pub fn job<T, F, A>(op: F, after: A) -> Box<dyn Job>
 where
     T: Send + 'static,
-    F: FnOnce(&Store, &WriteTransaction) -> CenterResult<T> + Send + 'static,
+    F: FnOnce(&Store, &mut dyn StorageTxn) -> CenterResult<T> + Send + 'static,
     A: FnOnce(CenterResult<T>) + Send + 'static,
 {
     Box::new(Op {
@@ -177,7 +178,7 @@ fn run_counted(store: &Store, work: mpsc::Receiver<Work>, counters: &Counters) {
 fn commit_batch(store: &Store, batch: Vec<Box<dyn Job>>, counters: &Counters) {
     let size = batch.len() as u64;
     let started = std::time::Instant::now();
-    let txn = match store.begin_write() {
+    let mut txn = match store.begin_write() {
         Ok(txn) => txn,
         Err(e) => {
             for job in batch {
@@ -189,7 +190,7 @@ fn commit_batch(store: &Store, batch: Vec<Box<dyn Job>>, counters: &Counters) {
     let mut applied = Vec::with_capacity(batch.len());
     let mut broken = None;
     for job in batch {
-        let done = job.apply(store, &txn);
+        let done = job.apply(store, &mut *txn);
         if broken.is_none() {
             broken = done.internal_error().cloned();
         }
@@ -201,14 +202,12 @@ fn commit_batch(store: &Store, batch: Vec<Box<dyn Job>>, counters: &Counters) {
         .fetch_add(applying.as_nanos() as u64, Ordering::Relaxed);
     let committed = match broken {
         Some(e) => {
-            let _ = txn.abort();
+            txn.abort();
             Err(CenterError::Internal(format!(
                 "config store: change abandoned with its batch: {e}"
             )))
         }
-        None => txn
-            .commit()
-            .map_err(|e| CenterError::internal("config store: commit", e)),
+        None => txn.commit(),
     };
     counters.commit_ns.fetch_add(
         (started.elapsed() - applying).as_nanos() as u64,
@@ -297,7 +296,7 @@ impl Writer {
     where
         T: Send + 'static,
         U: Send + 'static,
-        F: FnOnce(&Store, &WriteTransaction) -> CenterResult<T> + Send + 'static,
+        F: FnOnce(&Store, &mut dyn StorageTxn) -> CenterResult<T> + Send + 'static,
         A: FnOnce(CenterResult<T>) -> CenterResult<U> + Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -312,7 +311,7 @@ impl Writer {
 impl Drop for Writer {
     fn drop(&mut self) {
         // The thread ends once its channel is closed and drained; waiting
-        // for it means the database is closed when the center is gone
+        // for it means the store is closed when the center is gone
         // (unless this drop runs on the writer thread itself).
         drop(self.jobs.take());
         if let Some(thread) = self.thread.take()
