@@ -77,17 +77,30 @@ pub fn decode(bytes: &[u8]) -> Result<Captured, InvalidRecord> {
     if bytes.len() != core::mem::size_of::<CaptureRecord>() {
         return Err(InvalidRecord::Size(bytes.len()));
     }
-    // SAFETY: length checked; CaptureRecord is plain old data and
-    // read_unaligned makes no alignment assumption.
-    let record: CaptureRecord = unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let copy: CaptureRecord;
+    let at = bytes.as_ptr().cast::<CaptureRecord>();
+    let record: &CaptureRecord = if at.is_aligned() {
+        // SAFETY: length and alignment checked; CaptureRecord is plain old
+        // data (any bytes are a value). Read in place, not copied: a ring
+        // record is 8-aligned, and nothing writes it until it is consumed.
+        unsafe { &*at }
+    } else {
+        // SAFETY: length checked; read_unaligned makes no alignment
+        // assumption.
+        copy = unsafe { core::ptr::read_unaligned(at) };
+        &copy
+    };
     let class = Class::from_u8(record.class).ok_or(InvalidRecord::Class(record.class))?;
     let frame = record.frame_bytes();
-    if let Ok(link) = arp::link(frame)
-        && link.ethertype == nd::ETHERTYPE_IPV6
-    {
-        return decode_advert(&record, class, frame);
+    // The link layer is parsed once, for both families.
+    let link = match arp::link(frame) {
+        Ok(link) => link,
+        Err(reason) => return Err(InvalidRecord::NotArpReply(Parsed::Malformed(reason))),
+    };
+    if link.ethertype == nd::ETHERTYPE_IPV6 {
+        return decode_advert(record, class, frame, &link);
     }
-    let reply = match arp::parse(frame) {
+    let reply = match arp::parse_after(frame, &link) {
         Parsed::ArpReply(reply) => reply,
         other => return Err(InvalidRecord::NotArpReply(other)),
     };
@@ -113,8 +126,9 @@ fn decode_advert(
     record: &CaptureRecord,
     class: Class,
     frame: &[u8],
+    link: &arp::Link,
 ) -> Result<Captured, InvalidRecord> {
-    let advert = match nd::parse(frame) {
+    let advert = match nd::parse_after(frame, link) {
         nd::Parsed::Advert(advert) => advert,
         other => return Err(InvalidRecord::NotAdvert(other)),
     };

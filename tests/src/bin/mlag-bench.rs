@@ -169,7 +169,7 @@ unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
 static GLOBAL: CountingAllocator = CountingAllocator;
 
 /// Records per BPF_PROG_RUN call for the captured cases: fewer than the ring
-/// holds (1 MiB / 160 B = 6553), so every run really captures (and the
+/// holds (4 MiB / 168 B = 24,966), so every run really captures (and the
 /// wakeups of the reader are part of the cost) instead of timing a full
 /// ring's cheap refusal.
 const CAPTURE_REPEAT: u32 = 4_000;
