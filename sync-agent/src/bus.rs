@@ -80,9 +80,35 @@ pub struct Captured {
     pub frame: CapturedFrame,
 }
 
-/// The replies of one read of the ring buffer, in ring order: one
-/// allocation per batch, shared by peer sync and the dataplane task.
-pub type CaptureBatch = std::sync::Arc<[Captured]>;
+/// The replies of one read of the ring buffer, in ring order, shared by
+/// peer sync and the dataplane task (a clone is a reference count). The
+/// reader owns the storage: once both have dropped their clones it fills
+/// the same vector again (`dataplane::capture`'s batch pool), so draining
+/// the ring allocates nothing once the pool has grown to the queues' depth.
+#[derive(Clone, Debug)]
+pub struct CaptureBatch(std::sync::Arc<Vec<Captured>>);
+
+impl CaptureBatch {
+    /// A batch over storage the reader recycles when this and every clone
+    /// of it are gone.
+    pub fn shared(storage: std::sync::Arc<Vec<Captured>>) -> Self {
+        Self(storage)
+    }
+}
+
+impl std::ops::Deref for CaptureBatch {
+    type Target = [Captured];
+
+    fn deref(&self) -> &[Captured] {
+        &self.0
+    }
+}
+
+impl From<Vec<Captured>> for CaptureBatch {
+    fn from(replies: Vec<Captured>) -> Self {
+        Self(std::sync::Arc::new(replies))
+    }
+}
 
 /// What peer sync tells others about the peer session.
 #[derive(Clone, Debug)]

@@ -1,13 +1,17 @@
 //! Draining the capture ring buffer: records the XDP program wrote become
-//! batches of [`Captured`] replies on bounded channels. No busy polling:
-//! the reader sleeps on the ring buffer's fd (tokio `AsyncFd`) until the
-//! classifier wakes it, then takes whatever waits, up to [`MAX_BATCH`]
-//! records a batch, publishing its ring position once per batch. It is
-//! woken only when it has announced a sleep ([`RingReader::announce_sleep`]),
-//! so however fast replies come, one wakeup starts a drain that lasts as
-//! long as they do. Nothing is allocated per record: a frame travels inline
-//! in its [`Captured`] (`CapturedFrame`), and a batch is one allocation
-//! that peer sync and the dataplane task share ([`CaptureBatch`]).
+//! batches of [`Captured`] replies on bounded channels. No busy polling
+//! between bursts: the reader sleeps on the ring buffer's fd (tokio
+//! `AsyncFd`) until the classifier wakes it, then takes whatever waits, up
+//! to [`MAX_BATCH`] records a batch, publishing its ring position once per
+//! batch. It is woken only when it has announced a sleep
+//! ([`RingReader::announce_sleep`]), and it announces one only after the
+//! ring stayed empty for [`SPIN_BEFORE_SLEEP`], so however fast replies come,
+//! one wakeup starts a drain that lasts as long as they do.
+//!
+//! Nothing is allocated per record or per batch: a frame travels inline in
+//! its [`Captured`] (`CapturedFrame`), and a batch ([`CaptureBatch`], shared
+//! by peer sync and the dataplane task) is filled into storage the reader
+//! recycles once both have dropped it ([`BatchPool`]).
 
 use std::sync::{
     Arc,
@@ -28,6 +32,15 @@ use crate::{log_limit::LogLimiter, mac::MacAddr};
 /// Most records in one batch: one queue slot, one wakeup of the receiving
 /// task. Small enough that a batch is handed on within microseconds.
 pub const MAX_BATCH: usize = 64;
+
+/// How long the reader keeps looking at an empty ring before it announces
+/// a sleep. A sleep costs a wakeup when the next record comes: an irq_work
+/// and a self-IPI on the producing CPU, paid inside the XDP program's time,
+/// then an epoll return and a reschedule of the reader, microseconds each.
+/// Records arriving closer together than this (over ~30,000 a second, when
+/// a wakeup per record would start to matter) keep the reader awake; a lone
+/// record costs this much of the reader's time once, and its latency gains.
+pub const SPIN_BEFORE_SLEEP: std::time::Duration = std::time::Duration::from_micros(30);
 
 /// How long the reader sleeps at most without a wakeup. Nothing relies on
 /// it: it only bounds the wait of records whose wakeup could not be
@@ -64,17 +77,30 @@ pub fn decode(bytes: &[u8]) -> Result<Captured, InvalidRecord> {
     if bytes.len() != core::mem::size_of::<CaptureRecord>() {
         return Err(InvalidRecord::Size(bytes.len()));
     }
-    // SAFETY: length checked; CaptureRecord is plain old data and
-    // read_unaligned makes no alignment assumption.
-    let record: CaptureRecord = unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let copy: CaptureRecord;
+    let at = bytes.as_ptr().cast::<CaptureRecord>();
+    let record: &CaptureRecord = if at.is_aligned() {
+        // SAFETY: length and alignment checked; CaptureRecord is plain old
+        // data (any bytes are a value). Read in place, not copied: a ring
+        // record is 8-aligned, and nothing writes it until it is consumed.
+        unsafe { &*at }
+    } else {
+        // SAFETY: length checked; read_unaligned makes no alignment
+        // assumption.
+        copy = unsafe { core::ptr::read_unaligned(at) };
+        &copy
+    };
     let class = Class::from_u8(record.class).ok_or(InvalidRecord::Class(record.class))?;
     let frame = record.frame_bytes();
-    if let Ok(link) = arp::link(frame)
-        && link.ethertype == nd::ETHERTYPE_IPV6
-    {
-        return decode_advert(&record, class, frame);
+    // The link layer is parsed once, for both families.
+    let link = match arp::link(frame) {
+        Ok(link) => link,
+        Err(reason) => return Err(InvalidRecord::NotArpReply(Parsed::Malformed(reason))),
+    };
+    if link.ethertype == nd::ETHERTYPE_IPV6 {
+        return decode_advert(record, class, frame, &link);
     }
-    let reply = match arp::parse(frame) {
+    let reply = match arp::parse_after(frame, &link) {
         Parsed::ArpReply(reply) => reply,
         other => return Err(InvalidRecord::NotArpReply(other)),
     };
@@ -100,8 +126,9 @@ fn decode_advert(
     record: &CaptureRecord,
     class: Class,
     frame: &[u8],
+    link: &arp::Link,
 ) -> Result<Captured, InvalidRecord> {
-    let advert = match nd::parse(frame) {
+    let advert = match nd::parse_after(frame, link) {
         nd::Parsed::Advert(advert) => advert,
         other => return Err(InvalidRecord::NotAdvert(other)),
     };
@@ -158,7 +185,7 @@ pub async fn run(
         unsafe { AsyncFd::register_with_interest(reader, tokio::io::Interest::READABLE) }
             .map_err(|e| e.into_parts().1)?;
     let mut drain = Drain {
-        scratch: Vec::with_capacity(MAX_BATCH),
+        pool: BatchPool::default(),
         log: LogLimiter::new(std::time::Duration::from_secs(5)),
         stats,
     };
@@ -183,25 +210,84 @@ pub async fn run(
     }
 }
 
+/// Storage for batches, recycled: a batch's vector is filled again once
+/// every [`CaptureBatch`] made from it has been dropped (its `Arc` is
+/// unique again), so after the first few batches nothing is allocated.
+///
+/// The pool grows only while every vector is still held: at most the
+/// batches the two queues hold plus the one each receiver is working on
+/// (the reader takes a queue slot on both before it reads), a few
+/// hundred kilobytes with the default queues.
+#[derive(Default)]
+struct BatchPool {
+    slots: Vec<Arc<Vec<Captured>>>,
+    /// Where to look first: batches come back in the order they went out,
+    /// so the one after the last filled is the likeliest free.
+    next: usize,
+}
+
+impl BatchPool {
+    /// An empty vector no batch refers to any more, with room for
+    /// [`MAX_BATCH`] records.
+    fn free(&mut self) -> &mut Arc<Vec<Captured>> {
+        let n = self.slots.len();
+        let found = (0..n)
+            .map(|i| (self.next + i) % n)
+            .find(|&at| Arc::get_mut(&mut self.slots[at]).is_some());
+        let at = found.unwrap_or_else(|| {
+            self.slots.push(Arc::new(Vec::with_capacity(MAX_BATCH)));
+            n
+        });
+        self.next = at + 1;
+        let slot = &mut self.slots[at];
+        if let Some(storage) = Arc::get_mut(slot) {
+            // The previous batch's replies (plain data, inline frames).
+            storage.clear();
+        }
+        slot
+    }
+
+    /// Vectors allocated so far.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+}
+
 /// The reader's working state between wakeups.
 struct Drain {
-    /// Reused: a batch is collected here, then copied into one shared
-    /// allocation of its exact size.
-    scratch: Vec<Captured>,
+    pool: BatchPool,
     log: LogLimiter,
     stats: Arc<CaptureStats>,
 }
 
 impl Drain {
-    /// Reads batches until the ring is empty and the sleep is announced.
-    /// False when the dataplane task is gone (the agent is stopping).
+    /// Reads batches until the ring has stayed empty for
+    /// [`SPIN_BEFORE_SLEEP`] and the sleep is announced. False when the
+    /// dataplane task is gone (the agent is stopping).
     async fn until_asleep(
         &mut self,
         reader: &mut RingReader,
         peer: Option<&mpsc::Sender<CaptureBatch>>,
         tx: &mpsc::Sender<CaptureBatch>,
     ) -> bool {
+        let mut empty_since: Option<std::time::Instant> = None;
         loop {
+            if reader.is_empty() {
+                // Keep looking for a moment (letting the receivers run)
+                // before paying for a sleep and the wakeup that ends it.
+                let now = std::time::Instant::now();
+                let since = *empty_since.get_or_insert(now);
+                if now.duration_since(since) < SPIN_BEFORE_SLEEP {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                if reader.announce_sleep() {
+                    return true;
+                }
+                // Records came after all: the announcement is withdrawn.
+            }
+            empty_since = None;
             let Ok(permit) = tx.reserve().await else {
                 return false;
             };
@@ -211,28 +297,29 @@ impl Drain {
                 Some(peer) => peer.reserve().await.ok(),
                 None => None,
             };
-            let (scratch, stats, log) = (&mut self.scratch, &self.stats, &mut self.log);
-            let read = reader.read_batch(MAX_BATCH, |bytes| match decode(bytes) {
-                Ok(captured) => scratch.push(captured),
-                Err(err) => {
-                    stats.invalid.fetch_add(1, Ordering::Relaxed);
-                    if let Some(suppressed) = log.admit("invalid_record") {
-                        tracing::warn!(error = %err, suppressed, "invalid capture record dropped");
+            let slot = self.pool.free();
+            let (stats, log) = (&self.stats, &mut self.log);
+            let read = match Arc::get_mut(slot) {
+                Some(storage) => reader.read_batch(MAX_BATCH, |bytes| match decode(bytes) {
+                    Ok(captured) => storage.push(captured),
+                    Err(err) => {
+                        stats.invalid.fetch_add(1, Ordering::Relaxed);
+                        if let Some(suppressed) = log.admit("invalid_record") {
+                            tracing::warn!(error = %err, suppressed, "invalid capture record dropped");
+                        }
                     }
-                }
-            });
+                }),
+                // `free` hands out only unshared storage.
+                None => 0,
+            };
             self.stats.records.fetch_add(read as u64, Ordering::Relaxed);
-            if !self.scratch.is_empty() {
+            if !slot.is_empty() {
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
-                // Moved out, not cloned; the scratch keeps its capacity.
-                let batch: CaptureBatch = self.scratch.drain(..).collect();
+                let batch = CaptureBatch::shared(slot.clone());
                 if let Some(peer_permit) = peer_permit {
                     peer_permit.send(batch.clone());
                 }
                 permit.send(batch);
-            }
-            if read < MAX_BATCH && reader.is_empty() && reader.announce_sleep() {
-                return true;
             }
         }
     }
@@ -278,6 +365,38 @@ mod tests {
         assert_eq!(captured.arp.sender_ip, [10, 0, 0, 3]);
         assert_eq!(captured.arp.target_ip, [10, 0, 0, 1]);
         assert_eq!(captured.dst_mac.to_string(), "02:00:00:00:00:0a");
+    }
+
+    #[test]
+    fn batch_storage_is_filled_again_only_once_every_holder_dropped_it() {
+        let mut pool = BatchPool::default();
+        let slot = pool.free();
+        Arc::get_mut(slot)
+            .unwrap()
+            .push(decode(&record(&reply_frame(), 1)).unwrap());
+        let first = CaptureBatch::shared(slot.clone());
+        let first_storage = Arc::as_ptr(slot);
+        // Peer sync and the dataplane task each hold the first batch.
+        let held_by_peer = first.clone();
+        let second = CaptureBatch::shared(pool.free().clone());
+        assert_eq!(pool.len(), 2, "the first batch is held: new storage");
+        drop(first);
+        drop(second);
+        let third = pool.free();
+        assert_ne!(
+            Arc::as_ptr(third),
+            first_storage,
+            "still held by peer sync: not refilled"
+        );
+        let third = CaptureBatch::shared(third.clone());
+        assert_eq!(pool.len(), 2, "the second batch's storage came back");
+        drop(held_by_peer);
+        let fourth = pool.free();
+        assert_eq!(Arc::as_ptr(fourth), first_storage);
+        assert!(fourth.is_empty(), "refilled from empty");
+        assert!(fourth.capacity() >= MAX_BATCH);
+        assert_eq!(pool.len(), 2, "nothing allocated once batches come back");
+        drop(third);
     }
 
     #[test]
