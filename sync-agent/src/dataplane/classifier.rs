@@ -246,7 +246,13 @@ impl Classifier {
                 source: Box::new(source),
             })?;
         let ring = CaptureRing {
-            ring: take_map(&mut ebpf, CAPTURES_MAP)?,
+            // The map's data only: aya's `RingBuf` would map the ring a
+            // second time (the data area twice, all of it resident),
+            // unused beside the reader's own mapping.
+            ring: match ebpf.take_map(CAPTURES_MAP) {
+                Some(aya::maps::Map::RingBuf(data)) => data,
+                _ => return Err(DataplaneError::MissingMap(CAPTURES_MAP)),
+            },
             reader_slot: match ebpf.take_map(RING_READER_MAP) {
                 Some(aya::maps::Map::Array(data)) => data,
                 _ => return Err(DataplaneError::MissingMap(RING_READER_MAP)),

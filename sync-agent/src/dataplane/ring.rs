@@ -30,7 +30,7 @@ use std::{
     sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence},
 };
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::MapData;
 
 const BUSY_BIT: u32 = 1 << 31;
 const DISCARD_BIT: u32 = 1 << 30;
@@ -82,16 +82,16 @@ unsafe impl Sync for Mapping {}
 /// The capture ring buffer and the map the reader announces its sleeps
 /// in (`mlag_rb_reader`), as [`super::Classifier::load`] hands them over.
 pub struct CaptureRing {
-    /// The ring buffer (`mlag_captures`).
-    pub ring: RingBuf<MapData>,
+    /// The ring buffer (`mlag_captures`), mapped only by [`RingReader`].
+    pub ring: MapData,
     /// The one-slot `BPF_F_MMAPABLE` array `mlag_rb_reader`.
     pub reader_slot: MapData,
 }
 
 /// The capture ring buffer, read in batches (see the module doc).
 pub struct RingReader {
-    /// Owns the map fd (aya's own mappings stay unused).
-    ring: RingBuf<MapData>,
+    /// Owns the map fd.
+    ring: MapData,
     consumer: Mapping,
     producer: Mapping,
     /// Slot 0 of `mlag_rb_reader` (the map fd stays open in `_slot_map`).
@@ -119,7 +119,7 @@ impl RingReader {
         // SAFETY: sysconf has no preconditions.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
             .map_err(|_| io::Error::other("page size"))?;
-        let fd = ring.as_fd();
+        let fd = ring.fd().as_fd();
         let consumer = Mapping::new(fd, page, libc::PROT_READ | libc::PROT_WRITE, 0)?;
         let producer = Mapping::new(fd, page + 2 * byte_size, libc::PROT_READ, page)?;
         let slot = Mapping::new(
@@ -263,6 +263,6 @@ impl RingReader {
 
 impl AsRawFd for RingReader {
     fn as_raw_fd(&self) -> RawFd {
-        self.ring.as_raw_fd()
+        self.ring.fd().as_fd().as_raw_fd()
     }
 }
