@@ -306,6 +306,17 @@ impl Center {
 
     /// Refuses to serve the engine while it may differ from the store.
     fn check_current(&self) -> CenterResult<()> {
+        let cut_off = self
+            .store
+            .storage()
+            .cluster()
+            .is_some_and(|c| !c.connected());
+        if cut_off {
+            return Err(CenterError::Unavailable(format!(
+                "config center: no session with its store ({}): no quorum of etcd answers; it cannot know what other centers changed",
+                self.store_description()
+            )));
+        }
         if self.sync().stale {
             return Err(CenterError::Unavailable(format!(
                 "config center: its store ({}) failed or cannot be reached; its rollout state is reloaded once it answers",

@@ -104,6 +104,18 @@ struct Session {
     lease: watch::Receiver<Option<i64>>,
     leader: watch::Receiver<bool>,
     events: Mutex<Option<mpsc::UnboundedReceiver<ClusterEvent>>>,
+    /// The lease's time to live.
+    ttl: Duration,
+}
+
+/// How often a request that could not connect is sent (see
+/// [`EtcdStorage::call`]).
+const CONNECT_ATTEMPTS: u32 = 8;
+
+/// Whether the request failed before it reached any member (a refused
+/// connection), so sending it again cannot apply it twice.
+fn not_sent(e: &etcd_client::Error) -> bool {
+    format!("{e:?}").contains("ConnectError")
 }
 
 /// Whether an etcd error means the cluster could not be reached (503)
@@ -173,7 +185,7 @@ impl EtcdStorage {
     /// others: it keeps a session lease of `ttl_s` seconds, takes the
     /// cluster-wide write lock for each write transaction, campaigns for
     /// the rollout engine and watches what the others change (see the
-    /// module doc). Waits (up to the request timeout) for its first lease.
+    /// module doc). Waits (up to the lease's TTL) for its first lease.
     pub fn connect_shared(
         endpoints: &[String],
         prefix: &str,
@@ -224,23 +236,29 @@ impl EtcdStorage {
             lease,
             leader,
             events: Mutex::new(Some(events)),
+            ttl: Duration::from_secs(ttl_s.max(2)),
         });
         storage.lease()?;
         Ok(storage)
     }
 
-    /// The session's lease now, waiting up to the request timeout for one.
+    /// The session's lease now, waiting up to the lease's TTL for one (a
+    /// session being renewed; longer means etcd is out of reach).
     fn lease(&self) -> CenterResult<i64> {
         let Some(session) = &self.session else {
             return Err(CenterError::Internal("etcd store: no session".into()));
         };
         let mut lease = session.lease.clone();
-        let waited = self.call_quiet(async move {
-            let found = tokio::time::timeout(REQUEST_TIMEOUT, lease.wait_for(Option::is_some))
+        let ttl = session.ttl;
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| CenterError::Internal("etcd store: closed".into()))?;
+        let waited = block_on(runtime, async move {
+            tokio::time::timeout(ttl, lease.wait_for(Option::is_some))
                 .await
                 .ok()
-                .and_then(|r| r.ok().and_then(|id| *id));
-            Ok::<_, etcd_client::Error>(found)
+                .and_then(|r| r.ok().and_then(|id| *id))
         })?;
         waited.ok_or_else(|| {
             CenterError::Unavailable(format!(
@@ -250,14 +268,6 @@ impl EtcdStorage {
         })
     }
 
-    /// [`EtcdStorage::call`] of something that cannot fail on etcd.
-    fn call_quiet<T: Send + 'static>(
-        &self,
-        call: impl Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
-    ) -> CenterResult<T> {
-        self.call("waiting", call)
-    }
-
     /// Takes the cluster-wide write lock with the session's lease; returns
     /// the lock's key (held until unlocked or the lease ends).
     fn lock(&self) -> CenterResult<Vec<u8>> {
@@ -265,12 +275,15 @@ impl EtcdStorage {
         let Some(session) = &self.session else {
             return Err(CenterError::Internal("etcd store: no session".into()));
         };
-        let mut locks = session.client.lock_client();
+        let locks = session.client.lock_client();
         let name = self.key("writer-lock");
-        let locked = self.call("taking the write lock", async move {
-            locks
-                .lock(name, Some(LockOptions::new().with_lease(lease)))
-                .await
+        let locked = self.call("taking the write lock", move || {
+            let (mut locks, name) = (locks.clone(), name.clone());
+            async move {
+                locks
+                    .lock(name, Some(LockOptions::new().with_lease(lease)))
+                    .await
+            }
         })?;
         Ok(locked.key().to_vec())
     }
@@ -279,9 +292,10 @@ impl EtcdStorage {
         let Some(session) = &self.session else {
             return;
         };
-        let mut locks = session.client.lock_client();
-        if let Err(e) = self.call("releasing the write lock", async move {
-            locks.unlock(key).await
+        let locks = session.client.lock_client();
+        if let Err(e) = self.call("releasing the write lock", move || {
+            let (mut locks, key) = (locks.clone(), key.clone());
+            async move { locks.unlock(key).await }
         }) {
             // It ends with the lease at the latest.
             tracing::warn!("config center: {e}");
@@ -308,16 +322,34 @@ impl EtcdStorage {
         self.key(&format!("audit/{seq:020}"))
     }
 
-    /// Runs `call` on the client's runtime and waits for it.
-    fn call<T: Send + 'static>(
+    /// Runs the request `make` builds on the client's runtime and waits for
+    /// it. A request that could not even connect (the member the client
+    /// picked is down; it keeps picking it for a while) never left, so it
+    /// is sent again, a few times, to reach a member that is up.
+    fn call<T: Send + 'static, F>(
         &self,
         what: &str,
-        call: impl Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
-    ) -> CenterResult<T> {
+        make: impl Fn() -> F + Send + 'static,
+    ) -> CenterResult<T>
+    where
+        F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
         let runtime = self
             .runtime
             .as_ref()
             .ok_or_else(|| CenterError::Internal("etcd store: closed".into()))?;
+        let call = async move {
+            let mut attempt = 0;
+            loop {
+                match make().await {
+                    Err(e) if attempt < CONNECT_ATTEMPTS && not_sent(&e) => {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                    }
+                    done => return done,
+                }
+            }
+        };
         block_on(runtime, call)?.map_err(|e| {
             let why = format!("etcd {}: {what}: {e}", self.endpoints);
             if unreachable(&e) {
@@ -331,9 +363,12 @@ impl EtcdStorage {
     /// `key`'s value and mod_revision at `revision` (0: the newest), and
     /// the revision read.
     fn get(&self, key: &str, revision: i64) -> CenterResult<(Option<Versioned>, i64)> {
-        let mut kv = self.kv.clone();
+        let kv = self.kv.clone();
         let (k, options) = (key.to_string(), GetOptions::new().with_revision(revision));
-        let answer = self.call("read", async move { kv.get(k, Some(options)).await })?;
+        let answer = self.call("read", move || {
+            let (mut kv, k, options) = (kv.clone(), k.clone(), options.clone());
+            async move { kv.get(k, Some(options)).await }
+        })?;
         let read_at = answer.header().map_or(0, |h| h.revision());
         let found = match answer.kvs().first() {
             Some(kv) => Some((
@@ -356,13 +391,16 @@ impl EtcdStorage {
         revision: i64,
         limit: usize,
     ) -> CenterResult<(Vec<(String, String)>, i64)> {
-        let mut kv = self.kv.clone();
+        let kv = self.kv.clone();
         let options = GetOptions::new()
             .with_range(end)
             .with_revision(revision)
             .with_limit(limit as i64);
         let k = start.to_string();
-        let answer = self.call("scan", async move { kv.get(k, Some(options)).await })?;
+        let answer = self.call("scan", move || {
+            let (mut kv, k, options) = (kv.clone(), k.clone(), options.clone());
+            async move { kv.get(k, Some(options)).await }
+        })?;
         let read_at = answer.header().map_or(0, |h| h.revision());
         let rows = answer
             .kvs()
@@ -588,6 +626,12 @@ impl Cluster for EtcdStorage {
             Some(session) => session.leader.clone(),
             None => watch::channel(false).1,
         }
+    }
+
+    fn connected(&self) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| s.lease.borrow().is_some())
     }
 
     fn take_events(&self) -> Option<mpsc::UnboundedReceiver<ClusterEvent>> {
@@ -928,13 +972,16 @@ impl StorageTxn for EtcdTxn<'_> {
             })
             .collect();
         let txn = Txn::new().when(compares).and_then(ops);
-        let mut kv = storage.kv.clone();
+        let kv = storage.kv.clone();
         let answer = storage
             .call(
                 &format!(
                     "commit ({count} writes, {bytes} bytes; etcd must allow that many in one transaction: --max-txn-ops, --max-request-bytes)"
                 ),
-                async move { kv.txn(txn).await },
+                move || {
+                    let (mut kv, txn) = (kv.clone(), txn.clone());
+                    async move { kv.txn(txn).await }
+                },
             )?;
         if answer.succeeded() {
             Ok(())

@@ -106,6 +106,10 @@ pub trait Cluster: Send + Sync {
     /// (through a lease: if it dies, another takes over within the TTL).
     fn leader(&self) -> tokio::sync::watch::Receiver<bool>;
 
+    /// Whether this center's session with the store is up (a lease kept
+    /// alive): without it the center cannot know what the others change.
+    fn connected(&self) -> bool;
+
     /// What other centers change, as it happens (from etcd watches);
     /// `None` once taken (one reader, the center).
     fn take_events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<ClusterEvent>>;
