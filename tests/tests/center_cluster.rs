@@ -284,6 +284,9 @@ fn writes_go_on_without_one_etcd_member_and_resume_after_a_total_outage() -> any
             .build()?;
         runtime.block_on(outage(&base, &mut etcd))
     });
+    if std::env::var_os("MLAG_TEST_SHOW_LOG").is_some() {
+        eprintln!("{}", center.log_text());
+    }
     result.with_context(|| format!("center log:\n{}", center.log_text()))
 }
 

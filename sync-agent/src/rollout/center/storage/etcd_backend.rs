@@ -27,8 +27,10 @@
 //! together with its `current/` key, which every such change reads, so a
 //! deletion inside a scanned history range (which a range compare cannot
 //! see) is caught by that key. The audit sequence is the guarded counter
-//! `audit-last`. What the rollout engine saves is written blind: the engine
-//! is the only writer of those keys.
+//! `audit-last`. What the rollout engine saves is written blind: with one
+//! center its engine is the only writer of those keys; with several, every
+//! write transaction holds the cluster-wide write lock and first checks
+//! `rollout/stamp` (below), so no engine writes from a stale view.
 //!
 //! etcd commits only once a quorum has the change in its log (fsynced), so
 //! every commit is durable; [`CenterStorage::begin_write`]'s `durable` has
