@@ -6,10 +6,14 @@
 //!   paced rollout: the other center takes the engine over and releases
 //!   the remaining batches in order, none before its pace, none skipped;
 //! - one etcd member is SIGKILLed: writes go on; every member down: the
-//!   center answers 503 naming etcd, and works again once etcd is back.
+//!   center answers 503 naming etcd, and works again once etcd is back;
+//! - device agents (two dependent services each) that know both centers
+//!   fail over when their center is SIGKILLed, keep their configs through
+//!   a total etcd outage, and get changes again once etcd is back.
 //!
-//! Devices are played by the test over the center's HTTP API (register,
-//! long poll, ack), so it sees exactly what each center hands out and when.
+//! In the first two, devices are played by the test over the center's HTTP
+//! API (register, long poll, ack), so it sees exactly what each center
+//! hands out and when.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -383,4 +387,162 @@ async fn outage(base: &str, etcd: &mut EtcdCluster) -> anyhow::Result<()> {
     let (status, got) = poll(&client, base, "dev0", 5000).await?;
     ensure!(status == 200 && got.len() == 1, "{status} {got:?}");
     Ok(())
+}
+
+/// A device agent with two dependent services (`b` after `a`) that knows
+/// both centers.
+fn device_config(device: usize, dir: &std::path::Path, centers: &[String]) -> String {
+    let d = dir.join(format!("dev{device}"));
+    let service = |name: &str, deps: &str| {
+        format!(
+            "  {{ name = \"{name}\", config = \"cl/prod/{name}\", path = \"{}\", depends_on = [{deps}] }},\n",
+            d.join(format!("{name}.conf")).display()
+        )
+    };
+    let urls: Vec<String> = centers.iter().map(|c| format!("\"{c}\"")).collect();
+    format!(
+        "instance = \"{{instance}}\"\n\n[rollout.device]\ncenter = [{}]\ndevice = \"dev{device}\"\nbackup_dir = \"{}\"\nwatch_timeout_ms = 5000\nservices = [\n{}{}]\n",
+        urls.join(", "),
+        d.join("backup").display(),
+        service("a", ""),
+        service("b", "\"a\""),
+    )
+}
+
+/// Whether process `pid` runs (not gone, not a zombie).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+        !s.lines()
+            .any(|l| l.starts_with("State:") && l.contains("zombie"))
+    })
+}
+
+/// What device `device` has applied: (a.conf, b.conf).
+fn applied(dir: &std::path::Path, device: usize) -> (String, String) {
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(format!("dev{device}/{name}.conf"))).unwrap_or_default()
+    };
+    (read("a"), read("b"))
+}
+
+fn put_key(ns: &Netns, base: &str, name: &str, content: &str) -> anyhow::Result<()> {
+    let (base, name, content) = (base.to_string(), name.to_string(), content.to_string());
+    ns.run(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let answer = client()?
+                .put(format!("{base}/v1/configs/cl/prod/{name}"))
+                .json(
+                    &serde_json::json!({ "format": "text", "content": content, "author": "test" }),
+                )
+                .send()
+                .await?;
+            let status = answer.status();
+            ensure!(
+                status.is_success(),
+                "put {name}: {status}: {}",
+                answer.text().await?
+            );
+            Ok(())
+        })
+    })
+}
+
+fn wait_applied(
+    dir: &std::path::Path,
+    devices: usize,
+    want: (&str, &str),
+    within: Duration,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let want = (want.0.to_string(), want.1.to_string());
+    mlag_testbed::wait_until(within, "every device applied", || {
+        let seen: Vec<(String, String)> = (0..devices).map(|d| applied(dir, d)).collect();
+        if seen.iter().all(|s| *s == want) {
+            Ok(())
+        } else {
+            Err(seen)
+        }
+    })?;
+    Ok(started.elapsed())
+}
+
+#[test]
+fn devices_fail_over_to_the_other_center_and_keep_their_configs_through_an_etcd_outage()
+-> anyhow::Result<()> {
+    const DEVICES: usize = 3;
+    let ns = Netns::new("mcd")?;
+    let mut etcd = EtcdCluster::start(&ns, 3)?;
+    let dir = TempDir::new("mlag-center-devices")?;
+    let port = base_port();
+    let bases = vec![
+        format!("http://127.0.0.1:{port}"),
+        format!("http://127.0.0.1:{}", port + 1),
+    ];
+    let mut first = Agent::start(&ns, &center_config(port, dir.path(), &etcd, 0))?;
+    let second = Agent::start(&ns, &center_config(port + 1, dir.path(), &etcd, 0))?;
+    let mut devices = Vec::new();
+    for d in 0..DEVICES {
+        std::fs::create_dir_all(dir.path().join(format!("dev{d}")))?;
+        devices.push(Agent::start(&ns, &device_config(d, dir.path(), &bases))?);
+    }
+    let logs = |devices: &[Agent]| {
+        devices
+            .iter()
+            .map(Agent::log_text)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let mut run = || -> anyhow::Result<()> {
+        put_key(&ns, &bases[0], "a", "a1")?;
+        put_key(&ns, &bases[0], "b", "b1")?;
+        wait_applied(dir.path(), DEVICES, ("a1", "b1"), Duration::from_secs(30))?;
+
+        // The devices' first center dies: a change through the other
+        // reaches them.
+        first.kill()?;
+        put_key(&ns, &bases[1], "a", "a2")?;
+        put_key(&ns, &bases[1], "b", "b2")?;
+        let took = wait_applied(dir.path(), DEVICES, ("a2", "b2"), Duration::from_secs(30))?;
+        eprintln!("after the SIGKILL of their center, devices applied v2 within {took:?}");
+
+        // No etcd at all: the devices keep what they applied and keep
+        // running; once etcd is back, changes flow again.
+        for i in 0..3 {
+            etcd.kill(i)?;
+        }
+        std::thread::sleep(Duration::from_secs(4));
+        for (d, device) in devices.iter().enumerate() {
+            ensure!(
+                device.pid().is_some_and(alive),
+                "device {d} stopped during the outage:\n{}",
+                device.log_text()
+            );
+            ensure!(
+                applied(dir.path(), d) == ("a2".into(), "b2".into()),
+                "device {d} lost its configs during the outage"
+            );
+        }
+        for i in 0..3 {
+            etcd.restart(i)?;
+        }
+        mlag_testbed::wait_until(Duration::from_secs(60), "a write after the outage", || {
+            put_key(&ns, &bases[1], "a", "a3").map_err(|e| e.to_string())
+        })?;
+        put_key(&ns, &bases[1], "b", "b3")?;
+        let took = wait_applied(dir.path(), DEVICES, ("a3", "b3"), Duration::from_secs(60))?;
+        eprintln!("after etcd came back, devices applied v3 within {took:?}");
+        Ok(())
+    };
+    let result = run();
+    result.with_context(|| {
+        format!(
+            "center logs:\n{}\n{}\ndevice logs:\n{}",
+            first.log_text(),
+            second.log_text(),
+            logs(&devices)
+        )
+    })
 }
