@@ -91,6 +91,8 @@ pub struct Center {
     /// How the in-memory engine relates to the shared store (writer thread
     /// only, but read by polls: a mutex never held across an await).
     sync: Mutex<EngineSync>,
+    /// Reloads of the engine from the shared store so far.
+    reloads: std::sync::atomic::AtomicU64,
     /// Pace timers armed here, so a reload does not arm one twice.
     armed: Mutex<HashSet<(u64, usize)>>,
     /// Devices whose polls this center answered since the last report to
@@ -284,6 +286,7 @@ impl Center {
             leader,
             shared,
             sync: Mutex::new(sync),
+            reloads: std::sync::atomic::AtomicU64::new(0),
             armed: Mutex::new(HashSet::new()),
             seen: Mutex::new(BTreeMap::new()),
             runtime: tokio::runtime::Handle::try_current().ok(),
@@ -291,6 +294,12 @@ impl Center {
         });
         let _ = hooks.0.set(Arc::downgrade(&center));
         Ok(center)
+    }
+
+    /// How often the engine was reloaded from the shared store (another
+    /// center wrote, a commit failed, this center took the engine over).
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
     }
 
     /// Whether this center runs the rollout engine's timed work: pace
@@ -343,6 +352,12 @@ impl Center {
     }
 
     fn stamp_batch(&self, txn: &mut dyn StorageTxn) -> CenterResult<()> {
+        // A batch that writes nothing (a timeout check with nothing due,
+        // every second on the engine's center) must not make every other
+        // center reload.
+        if !txn.has_writes() {
+            return Ok(());
+        }
         let member = self
             .store
             .storage()
@@ -407,6 +422,7 @@ impl Center {
     /// the center running the engine, arms the stored pace timers.
     fn reload(&self, stored: super::storage::Stored, stamp: Option<String>) {
         let (timers, woken, moved) = self.engine().replace(stored, now_ms());
+        self.reloads.fetch_add(1, Ordering::Relaxed);
         {
             let mut sync = self.sync();
             sync.known = stamp;

@@ -212,3 +212,43 @@ async fn another_center_takes_over_a_paced_rollout_when_the_engines_center_stops
         "none skipped: {done:?}"
     );
 }
+
+/// A device that polls only a center not running the engine is not lost
+/// on the engine's center (the centers tell each other who polled), and
+/// centers with nothing to write do not make each other reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_answered_elsewhere_keep_a_device_from_expiring_and_idle_centers_do_not_reload() {
+    let etcd = Etcd::start();
+    let mut config = shared(&etcd, 0);
+    config.device_expiry_s = 5;
+    let one = open(&config);
+    until("center one runs the engine", async || one.runs_engine()).await;
+    let two = open(&config);
+    let key: ConfigKey = "n/g/k".parse().unwrap();
+    two.register("d1".into(), registration(&key)).await.unwrap();
+    until("center one knows d1", async || {
+        one.devices().await.is_ok_and(|d| d.len() == 1)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reloads = (one.reloads(), two.reloads());
+    // d1 polls center two only, for longer than the expiry.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(7) {
+        let got = two
+            .watch("d1", &HashMap::new(), Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(got.is_empty());
+    }
+    let devices = one.devices().await.unwrap();
+    assert!(
+        !devices[0].lost,
+        "d1 lost on the engine's center though it polled center two: {devices:?}"
+    );
+    assert_eq!(
+        (one.reloads(), two.reloads()),
+        reloads,
+        "nothing was written, yet a center reloaded"
+    );
+}

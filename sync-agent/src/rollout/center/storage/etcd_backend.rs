@@ -929,6 +929,10 @@ impl StorageTxn for EtcdTxn<'_> {
         Ok(())
     }
 
+    fn has_writes(&self) -> bool {
+        !self.writes.is_empty()
+    }
+
     fn set_engine_stamp(&mut self, stamp: &str) -> CenterResult<()> {
         self.put(self.storage.key("rollout/stamp"), stamp.to_string());
         Ok(())

@@ -198,6 +198,13 @@ pub trait StorageTxn: StorageRead {
     /// `None` value removes the record).
     fn save_rollout(&mut self, changes: &Changes) -> CenterResult<()>;
 
+    /// Whether the transaction has written anything so far (a shared
+    /// store stamps only a transaction that writes: see
+    /// [`StorageTxn::set_engine_stamp`]).
+    fn has_writes(&self) -> bool {
+        true
+    }
+
     /// Sets [`StorageRead::engine_stamp`] (a shared store only).
     fn set_engine_stamp(&mut self, stamp: &str) -> CenterResult<()> {
         let _ = stamp;
