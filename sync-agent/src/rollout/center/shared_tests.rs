@@ -92,6 +92,8 @@ async fn a_put_through_one_center_answers_a_long_poll_held_by_another() {
         !poll.is_finished(),
         "nothing new for d1 yet: the poll waits"
     );
+    // Center two announces the release for the fabric push too.
+    let mut releases = two.subscribe_releases();
     let started = Instant::now();
     let record = one
         .put(key.clone(), put("two"), RolloutOptions::default())
@@ -107,6 +109,14 @@ async fn a_put_through_one_center_answers_a_long_poll_held_by_another() {
     assert_eq!((got[0].version, &got[0].md5), (2, &record.md5));
     assert_eq!(record.version, 2);
     eprintln!("put through center one -> poll on center two answered in {took:?}");
+    let announced = tokio::time::timeout(Duration::from_secs(10), releases.recv())
+        .await
+        .expect("center two announced the release")
+        .unwrap();
+    assert_eq!(
+        (announced.key.as_str(), announced.version, &announced.md5),
+        ("n/g/k", 2, &record.md5)
+    );
 
     // The other way round, an ack through center two moves the rollout
     // both centers show.
