@@ -334,7 +334,8 @@ impl Engine {
     /// the store left it (see [`super::service`]): what this center knew
     /// is dropped, but each device that remains keeps its long-poll wake-up
     /// (so polls held here are not cut off) and the later of the two times
-    /// it was last heard from. Returns the pace timers the stored state
+    /// it was last heard from (here, or as stored); a device new to this
+    /// center counts as heard from now, as at a restart. Returns the pace timers the stored state
     /// runs, the devices whose releases changed (woken here), and the
     /// rollouts that are new or moved to another batch or state (to
     /// announce).
@@ -344,12 +345,20 @@ impl Engine {
         now_ms: u64,
     ) -> (Vec<Timer>, Vec<String>, Vec<u64>) {
         let (devices, rollouts, meta) = stored;
+        // As stored (restore takes every device as heard from now, right
+        // for a restart but not here: another center's write is no sign of
+        // life from a device).
+        let stored_seen: HashMap<String, u64> = devices
+            .iter()
+            .map(|(name, state)| (name.clone(), state.seen_ms))
+            .collect();
         let (mut fresh, timers) = Engine::restore(devices, rollouts, meta, now_ms);
         let mut woken = Vec::new();
         for (name, device) in fresh.devices.iter_mut() {
             match self.devices.remove(name) {
                 Some(old) => {
-                    device.state.seen_ms = old.state.seen_ms.max(device.state.seen_ms);
+                    let stored = stored_seen.get(name).copied().unwrap_or(0);
+                    device.state.seen_ms = old.state.seen_ms.max(stored);
                     device.notify = old.notify;
                     if old.state.released != device.state.released
                         || old.state.services != device.state.services

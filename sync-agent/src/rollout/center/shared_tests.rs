@@ -262,3 +262,38 @@ async fn polls_answered_elsewhere_keep_a_device_from_expiring_and_idle_centers_d
         "nothing was written, yet a center reloaded"
     );
 }
+
+/// Reloads caused by other centers' writes do not count as hearing from a
+/// device: a silent device is lost on the engine's center on time, while
+/// the other center keeps writing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_device_is_lost_on_time_while_another_center_keeps_writing() {
+    let etcd = Etcd::start();
+    let mut config = shared(&etcd, 0);
+    config.device_expiry_s = 5;
+    let one = open(&config);
+    until("center one runs the engine", async || one.runs_engine()).await;
+    let two = open(&config);
+    let key: ConfigKey = "n/g/k".parse().unwrap();
+    two.register("d1".into(), registration(&key)).await.unwrap();
+    let other: ConfigKey = "n/g/other".parse().unwrap();
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(8) {
+        n += 1;
+        two.put(
+            other.clone(),
+            put(&format!("{n}")),
+            RolloutOptions::default(),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(one.reloads() > 5, "center one followed the writes");
+    let devices = one.devices().await.unwrap();
+    assert!(
+        devices[0].lost,
+        "d1 said nothing for 8 s (expiry 5 s) and is not lost: {devices:?}"
+    );
+}
