@@ -17,6 +17,25 @@
 //! runs a version that a crash could make the center forget. Long polls
 //! wait on a per-device `tokio::sync::watch` (no thread per waiting
 //! request).
+//!
+//! Several centers on one etcd cluster ([`super::storage::Cluster`]) each
+//! keep the engine in memory as above, and keep it current: every group
+//! commit (under the cluster-wide write lock) first compares the stored
+//! engine stamp with the one its engine was loaded or last written at, and
+//! reloads the engine from that same snapshot if another center wrote
+//! since ([`Engine::replace`], which keeps the long polls held here and
+//! wakes those whose releases changed); a commit that writes anything
+//! writes a new stamp. An etcd watch on the stamp reloads the engine as
+//! soon as another center commits, so a change made through any center
+//! answers the long polls (and fabric pushes) held by every center. What
+//! time drives (pace timers, step timeouts, device expiry) runs only on
+//! the center elected to run the engine; the centers tell each other which
+//! devices polled them, so expiry counts polls answered anywhere. A
+//! request's own consequences (an ack releasing the next batch) are
+//! decided by the center that takes it, in its serialised commit. A
+//! commit that fails leaves the engine unknown: it is reloaded, and until
+//! that succeeds (or while the center has no session with etcd) the center
+//! answers 503 rather than serve a state the store may not have.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
