@@ -66,3 +66,136 @@ impl Drop for Etcd {
         let _ = self.child.wait();
     }
 }
+
+/// An etcd cluster of several members (Debian package `etcd-server`) in
+/// one namespace, each with its own data directory and ports on
+/// 127.0.0.1 (clients 2379, 2381, ...; peers 2380, 2382, ...). Members can
+/// be SIGKILLed and started again on their data; all are killed on drop.
+pub struct EtcdCluster {
+    ns_name: String,
+    dir: TempDir,
+    members: Vec<Option<Child>>,
+    /// Client URLs, member by member.
+    pub urls: Vec<String>,
+    peers: Vec<String>,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members and waits until every one says it is healthy
+    /// (a health answer needs a quorum, so the cluster has formed).
+    pub fn start(ns: &Netns, size: usize) -> anyhow::Result<Self> {
+        let dir = TempDir::new("mlag-etcd-cluster")?;
+        let urls: Vec<String> = (0..size)
+            .map(|i| format!("http://127.0.0.1:{}", 2379 + 2 * i))
+            .collect();
+        let peers: Vec<String> = (0..size)
+            .map(|i| format!("http://127.0.0.1:{}", 2380 + 2 * i))
+            .collect();
+        let mut cluster = Self {
+            ns_name: ns.name().to_string(),
+            dir,
+            members: (0..size).map(|_| None).collect(),
+            urls,
+            peers,
+        };
+        for i in 0..size {
+            cluster.spawn(i)?;
+        }
+        for i in 0..size {
+            cluster.wait_healthy(ns, i)?;
+        }
+        Ok(cluster)
+    }
+
+    fn name(i: usize) -> String {
+        format!("m{i}")
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{}.log", Self::name(i))))?;
+        let initial: Vec<String> = self
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(j, peer)| format!("{}={peer}", Self::name(j)))
+            .collect();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns_name, "etcd"])
+            .arg(format!("--name={}", Self::name(i)))
+            .arg(format!(
+                "--data-dir={}",
+                self.dir.path().join(Self::name(i)).display()
+            ))
+            .arg(format!("--listen-client-urls={}", self.urls[i]))
+            .arg(format!("--advertise-client-urls={}", self.urls[i]))
+            .arg(format!("--listen-peer-urls={}", self.peers[i]))
+            .arg(format!("--initial-advertise-peer-urls={}", self.peers[i]))
+            .arg(format!("--initial-cluster={}", initial.join(",")))
+            .arg("--initial-cluster-token=mlag-test")
+            // Elections quickly, as on a LAN.
+            .args(["--heartbeat-interval=50", "--election-timeout=500"])
+            .args(["--max-txn-ops=100000", "--max-request-bytes=33554432"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting etcd (Debian package etcd-server; `cargo xtask setup`)")?;
+        self.members[i] = Some(child);
+        Ok(())
+    }
+
+    /// Waits until member `i` reports itself healthy.
+    pub fn wait_healthy(&self, ns: &Netns, i: usize) -> anyhow::Result<()> {
+        let url = &self.urls[i];
+        wait_until(
+            Duration::from_secs(30),
+            &format!("etcd member {i} healthy"),
+            || match ns.http_get(&format!("{url}/health"), None) {
+                Ok((200, _, body)) if body.contains("true") => Ok(()),
+                other => Err(format!("{other:?}\n{}", self.log())),
+            },
+        )?;
+        Ok(())
+    }
+
+    /// SIGKILLs member `i` (no goodbye to its peers) and reaps it.
+    pub fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        let mut child = self.members[i].take().context("member not running")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Starts member `i` again on its data directory.
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        anyhow::ensure!(self.members[i].is_none(), "member {i} is running");
+        self.spawn(i)
+    }
+
+    /// Every member's output so far.
+    pub fn log(&self) -> String {
+        (0..self.members.len())
+            .map(|i| {
+                let text =
+                    std::fs::read_to_string(self.dir.path().join(format!("{}.log", Self::name(i))))
+                        .unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("--- member {i} (last lines)\n{}", tail.join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for child in self.members.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

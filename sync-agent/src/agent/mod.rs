@@ -189,7 +189,7 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
     let device = match config.rollout.device.clone() {
         Some(section) => {
             tracing::info!(
-                center = section.center,
+                center = %section.center,
                 device = section.device,
                 services = section.services.len(),
                 "rollout device starting"

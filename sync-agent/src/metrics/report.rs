@@ -839,6 +839,12 @@ fn center(b: &mut Builder, report: &CenterReport, stats: &CenterStats) {
         &[],
         stats.waiting_polls as f64,
     );
+    b.gauge(
+        "center_runs_engine",
+        "1 if this center runs the rollout engine (the elected one of several centers on etcd)",
+        &[],
+        flag(stats.runs_engine),
+    );
 }
 
 /// The device side of rollout: connection and counters.

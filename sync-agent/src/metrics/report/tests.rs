@@ -368,6 +368,7 @@ fn rollout_reports() -> (CenterReport, CenterStats, DeviceReport) {
         requests: BTreeMap::from([(200, 7), (404, 1)]),
         refused: BTreeMap::from([("not_found".to_string(), 1)]),
         waiting_polls: 3,
+        runs_engine: true,
     };
     let device: DeviceReport = serde_json::from_value(json!({
         "device": "d", "center": "http://c", "connected": true, "services": [],
@@ -408,6 +409,7 @@ fn rollout_steps_by_state_center_requests_and_long_polls() {
     );
     assert_eq!(p.kind("mlag_sync_center_long_polls_waiting"), "gauge");
     assert_eq!(p.value("mlag_sync_center_long_polls_waiting", ""), 3.0);
+    assert_eq!(p.value("mlag_sync_center_runs_engine", ""), 1.0);
     assert_eq!(p.value("mlag_sync_device_applied_total", ""), 4.0);
 }
 

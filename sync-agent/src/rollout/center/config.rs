@@ -20,6 +20,15 @@ pub const DEFAULT_DB_PATH: &str = "/var/lib/mlag-sync/center.redb";
 /// Key prefix of the center's state in etcd unless configured.
 pub const DEFAULT_ETCD_PREFIX: &str = "/mlag-sync/center/";
 
+/// Seconds of an etcd session lease unless configured: how long a center
+/// may be silent before the others take over its rollout engine (and its
+/// write lock).
+pub const DEFAULT_ETCD_LEASE_TTL_S: u64 = 5;
+
+fn default_etcd_lease_ttl_s() -> u64 {
+    DEFAULT_ETCD_LEASE_TTL_S
+}
+
 /// Where the center keeps its durable state (see [`super::storage`]).
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -78,6 +87,11 @@ pub struct CenterConfig {
     /// other users can share one etcd.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd_prefix: Option<String>,
+    /// With `store = "etcd"`: seconds of this center's session lease
+    /// (default 5). The center running the rollout engine holds it; when
+    /// that center dies, another takes the engine over within this time.
+    #[serde(default = "default_etcd_lease_ttl_s")]
+    pub etcd_lease_ttl_s: u64,
     /// Most steps per rollout batch (default 10).
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
@@ -129,6 +143,7 @@ impl Default for CenterConfig {
             store: StoreKind::Redb,
             etcd_endpoints: Vec::new(),
             etcd_prefix: None,
+            etcd_lease_ttl_s: DEFAULT_ETCD_LEASE_TTL_S,
             batch_size: DEFAULT_BATCH_SIZE,
             pace_ms: 0,
             max_config_bytes: DEFAULT_MAX_CONFIG_BYTES,
@@ -241,6 +256,12 @@ impl CenterConfig {
             if let Err(why) = check_endpoint(endpoint) {
                 out.add(format!("rollout.center.etcd_endpoints[{i}]"), why);
             }
+        }
+        if !(2..=600).contains(&self.etcd_lease_ttl_s) {
+            out.add(
+                "rollout.center.etcd_lease_ttl_s",
+                "must be 2 to 600 seconds (how long a dead center may keep the rollout engine)",
+            );
         }
         let prefix = self.etcd_prefix();
         if !prefix.starts_with('/') || !prefix.ends_with('/') || prefix.len() < 2 {

@@ -330,6 +330,83 @@ impl Engine {
         (engine, timers)
     }
 
+    /// Replaces the whole state with `stored`, as another center sharing
+    /// the store left it (see [`super::service`]): what this center knew
+    /// is dropped, but each device that remains keeps its long-poll wake-up
+    /// (so polls held here are not cut off) and the later of the two times
+    /// it was last heard from (here, or as stored); a device new to this
+    /// center counts as heard from now, as at a restart. Returns the pace timers the stored state
+    /// runs, the devices whose releases changed (woken here), and the
+    /// rollouts that are new or moved to another batch or state (to
+    /// announce).
+    pub fn replace(
+        &mut self,
+        stored: (Vec<(String, DeviceState)>, Vec<RolloutEntry>, EngineMeta),
+        now_ms: u64,
+    ) -> (Vec<Timer>, Vec<String>, Vec<u64>) {
+        let (devices, rollouts, meta) = stored;
+        // As stored (restore takes every device as heard from now, right
+        // for a restart but not here: another center's write is no sign of
+        // life from a device).
+        let stored_seen: HashMap<String, u64> = devices
+            .iter()
+            .map(|(name, state)| (name.clone(), state.seen_ms))
+            .collect();
+        let (mut fresh, timers) = Engine::restore(devices, rollouts, meta, now_ms);
+        let mut woken = Vec::new();
+        for (name, device) in fresh.devices.iter_mut() {
+            match self.devices.remove(name) {
+                Some(old) => {
+                    let stored = stored_seen.get(name).copied().unwrap_or(0);
+                    device.state.seen_ms = old.state.seen_ms.max(stored);
+                    device.notify = old.notify;
+                    if old.state.released != device.state.released
+                        || old.state.services != device.state.services
+                    {
+                        woken.push(name.clone());
+                    }
+                }
+                None => woken.push(name.clone()),
+            }
+        }
+        let moved = fresh
+            .rollouts
+            .iter()
+            .filter(|(id, e)| {
+                self.rollouts.get(id).is_none_or(|old| {
+                    (old.rollout.current_batch, old.rollout.state)
+                        != (e.rollout.current_batch, e.rollout.state)
+                })
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        // Devices gone from the store: their polls end (the sender drops)
+        // and the device registers again.
+        *self = fresh;
+        for name in &woken {
+            if let Some(device) = self.devices.get(name) {
+                device.notify.send_modify(|generation| *generation += 1);
+            }
+        }
+        (timers, woken, moved)
+    }
+
+    /// Other centers heard from these devices (device, when): the later
+    /// time counts, so device expiry sees polls answered anywhere, and a
+    /// lost device is back as if it had polled here.
+    pub fn saw(&mut self, seen: &[(String, u64)]) {
+        for (name, at) in seen {
+            if let Some(device) = self.devices.get_mut(name) {
+                device.state.seen_ms = device.state.seen_ms.max(*at);
+                if device.state.lost {
+                    device.state.lost = false;
+                    self.dirty.devices.insert(name.clone());
+                    tracing::info!("config center: device {name} is back (polling another center)");
+                }
+            }
+        }
+    }
+
     /// Puts back what rollouts released and the devices have not answered
     /// yet. A release is stored with its rollout (the step `Assigned`), not
     /// in each device's record: releasing a batch to 10,000 devices writes

@@ -19,11 +19,23 @@ pub enum CenterError {
     /// The database or the runtime failed (500).
     #[error("{0}")]
     Internal(String),
+    /// The store cannot be reached (no etcd member answers), so the center
+    /// can neither read nor write its state (503, with the reason).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl CenterError {
     pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
         CenterError::Internal(format!("{context}: {err}"))
+    }
+}
+
+impl CenterError {
+    /// The store itself failed (internal or unreachable): a group commit
+    /// holding such a change is abandoned as a whole.
+    pub fn is_store_failure(&self) -> bool {
+        matches!(self, CenterError::Internal(_) | CenterError::Unavailable(_))
     }
 }
 

@@ -83,6 +83,7 @@ impl From<CenterError> for HttpError {
             CenterError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             CenterError::Conflict(_) => StatusCode::CONFLICT,
             CenterError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            CenterError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         if status.is_server_error() {
             tracing::error!("config center: {e}");
@@ -316,6 +317,7 @@ fn refusal_reason(status: StatusCode) -> &'static str {
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
         StatusCode::CONFLICT => "conflict",
         StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
         s if s.is_server_error() => "internal",
         _ => "other",
     }
@@ -326,6 +328,9 @@ fn refusal_reason(status: StatusCode) -> &'static str {
 struct Stats {
     refused: std::collections::BTreeMap<String, u64>,
     waiting_polls: usize,
+    /// Whether this center runs the rollout engine's timed work (always
+    /// true on redb; on etcd, the elected one of several centers).
+    runs_engine: bool,
 }
 
 async fn stats(caller: Caller, State(center): State<Arc<Center>>) -> Answer<Stats> {
@@ -333,6 +338,7 @@ async fn stats(caller: Caller, State(center): State<Arc<Center>>) -> Answer<Stat
     Ok(Json(Stats {
         refused: center.refusals(),
         waiting_polls: center.waiting_polls(),
+        runs_engine: center.runs_engine(),
     }))
 }
 

@@ -32,6 +32,8 @@ pub mod planner;
 pub mod report;
 pub mod rollout_store;
 pub mod service;
+#[cfg(test)]
+mod shared_tests;
 pub mod storage;
 pub mod store;
 pub mod tls;
@@ -117,6 +119,7 @@ impl CenterHandle {
             requests: self.center.requests(),
             refused: self.center.refusals(),
             waiting_polls: self.center.waiting_polls(),
+            runs_engine: self.center.runs_engine(),
         }
     }
 

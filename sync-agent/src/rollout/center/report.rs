@@ -26,6 +26,11 @@ pub struct CenterStats {
     pub refused: BTreeMap<String, u64>,
     /// Long polls held right now.
     pub waiting_polls: usize,
+    /// Whether this center runs the rollout engine's timed work (pace
+    /// timers, step timeouts, device expiry): always with redb; with
+    /// several centers on etcd, only the elected one.
+    #[serde(default)]
+    pub runs_engine: bool,
 }
 
 impl fmt::Display for CenterReport {

@@ -17,8 +17,27 @@
 //! runs a version that a crash could make the center forget. Long polls
 //! wait on a per-device `tokio::sync::watch` (no thread per waiting
 //! request).
+//!
+//! Several centers on one etcd cluster ([`super::storage::Cluster`]) each
+//! keep the engine in memory as above, and keep it current: every group
+//! commit (under the cluster-wide write lock) first compares the stored
+//! engine stamp with the one its engine was loaded or last written at, and
+//! reloads the engine from that same snapshot if another center wrote
+//! since ([`Engine::replace`], which keeps the long polls held here and
+//! wakes those whose releases changed); a commit that writes anything
+//! writes a new stamp. An etcd watch on the stamp reloads the engine as
+//! soon as another center commits, so a change made through any center
+//! answers the long polls (and fabric pushes) held by every center. What
+//! time drives (pace timers, step timeouts, device expiry) runs only on
+//! the center elected to run the engine; the centers tell each other which
+//! devices polled them, so expiry counts polls answered anywhere. A
+//! request's own consequences (an ack releasing the next batch) are
+//! decided by the center that takes it, in its serialised commit. A
+//! commit that fails leaves the engine unknown: it is reloaded, and until
+//! that succeeds (or while the center has no session with etcd) the center
+//! answers 503 rather than serve a state the store may not have.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
@@ -29,9 +48,9 @@ use super::config::CenterConfig;
 use super::engine::{Changes, Engine, OnLost, PlanOptions, Timer};
 use super::error::{CenterError, CenterResult};
 use super::rollout_store;
-use super::storage::StorageTxn;
+use super::storage::{ClusterEvent, StorageTxn};
 use super::store::{AuditEntry, NewVersion, Store, Written, audit_in};
-use super::writer::{Writer, WriterStats};
+use super::writer::{BatchHooks, Writer, WriterStats};
 use crate::bus::ConfigReleased;
 use crate::clock::now_ms;
 use crate::rollout::wire::{
@@ -83,7 +102,64 @@ pub struct Center {
     /// Every release of a batch, for push over the fabric (SPEC 6.2); a
     /// send with no subscriber is fine.
     releases: broadcast::Sender<ConfigReleased>,
+    /// Whether this center runs the engine's timed work (always, on redb;
+    /// the elected one on a shared store).
+    leader: watch::Receiver<bool>,
+    /// The store is shared with other centers.
+    shared: bool,
+    /// How the in-memory engine relates to the shared store (writer thread
+    /// only, but read by polls: a mutex never held across an await).
+    sync: Mutex<EngineSync>,
+    /// Reloads of the engine from the shared store so far.
+    reloads: std::sync::atomic::AtomicU64,
+    /// Pace timers armed here, so a reload does not arm one twice.
+    armed: Mutex<HashSet<(u64, usize)>>,
+    /// Devices whose polls this center answered since the last report to
+    /// the other centers (shared store only).
+    seen: Mutex<BTreeMap<String, u64>>,
+    /// The runtime the center started on (timers armed from the writer
+    /// thread run there).
+    runtime: Option<tokio::runtime::Handle>,
     weak: Weak<Center>,
+}
+
+/// The engine against the shared store (see the module doc).
+#[derive(Default)]
+struct EngineSync {
+    /// The stored stamp the engine in memory matches.
+    known: Option<String>,
+    /// The stamp the batch being committed writes.
+    pending: Option<String>,
+    /// Stamps written so far.
+    count: u64,
+    /// A commit failed or a reload could not be read: the engine in memory
+    /// may hold what the store does not.
+    stale: bool,
+}
+
+/// The writer's [`BatchHooks`] for a center on a shared store.
+struct SyncHooks(std::sync::OnceLock<Weak<Center>>);
+
+impl BatchHooks for SyncHooks {
+    fn begin(&self, txn: &mut dyn StorageTxn) -> CenterResult<()> {
+        match self.0.get().and_then(Weak::upgrade) {
+            Some(center) => center.begin_batch(txn),
+            None => Ok(()),
+        }
+    }
+
+    fn before_commit(&self, txn: &mut dyn StorageTxn) -> CenterResult<()> {
+        match self.0.get().and_then(Weak::upgrade) {
+            Some(center) => center.stamp_batch(txn),
+            None => Ok(()),
+        }
+    }
+
+    fn after(&self, committed: &CenterResult<()>) {
+        if let Some(center) = self.0.get().and_then(Weak::upgrade) {
+            center.after_batch(committed);
+        }
+    }
 }
 
 /// Counts one held long poll for as long as it lives (a poll whose client
@@ -141,7 +217,16 @@ impl Center {
         let storage = super::storage::open(config)?;
         let store =
             Store::new(storage, config.max_config_bytes).with_keep_versions(config.keep_versions);
-        let (devices, rollouts, meta) = rollout_store::load(store.storage().as_ref())?;
+        let (stamp, (devices, rollouts, meta)) = {
+            let mut read = store.storage().begin_read()?;
+            (read.engine_stamp()?, read.rollout_state()?)
+        };
+        let cluster = store.storage().cluster();
+        let shared = cluster.is_some();
+        let leader = match cluster {
+            Some(cluster) => cluster.leader(),
+            None => watch::channel(true).1,
+        };
         let (device_count, rollout_count) = (devices.len(), rollouts.len());
         let now = now_ms();
         let (mut engine, mut timers) = Engine::restore(devices, rollouts, meta, now);
@@ -167,15 +252,42 @@ impl Center {
             );
             timers.extend(more);
         }
-        rollout_store::save(store.storage().as_ref(), &engine.take_changes())?;
+        let changes = engine.take_changes();
+        let mut sync = EngineSync {
+            known: stamp,
+            ..EngineSync::default()
+        };
+        if shared && !changes.is_empty() {
+            let mut txn = store.storage().begin_write(true)?;
+            if txn.engine_stamp()? != sync.known {
+                // Another center changed it meanwhile: leave the planning
+                // to the next commit, which reloads.
+                txn.abort();
+                sync.stale = true;
+            } else {
+                rollout_store::save_in(&mut *txn, &changes)?;
+                let member = cluster.map_or("", |c| c.member());
+                let stamp = format!("{member}:0");
+                txn.set_engine_stamp(&stamp)?;
+                txn.commit()?;
+                sync.known = Some(stamp);
+            }
+        } else {
+            rollout_store::save(store.storage().as_ref(), &changes)?;
+        }
         if device_count + rollout_count > 0 {
             tracing::info!(
                 "config center: restored {device_count} devices and {rollout_count} rollouts"
             );
         }
         let store = Arc::new(store);
-        let writer = Writer::spawn(store.clone())?;
-        Ok(Arc::new_cyclic(|weak| Center {
+        let hooks = Arc::new(SyncHooks(std::sync::OnceLock::new()));
+        let writer = if shared {
+            Writer::spawn_with(store.clone(), Some(hooks.clone() as Arc<dyn BatchHooks>))?
+        } else {
+            Writer::spawn(store.clone())?
+        };
+        let center = Arc::new_cyclic(|weak| Center {
             store,
             writer,
             engine: Mutex::new(engine),
@@ -190,8 +302,242 @@ impl Center {
             waiting: AtomicUsize::new(0),
             refused: Mutex::new(BTreeMap::new()),
             requests: Mutex::new(BTreeMap::new()),
+            leader,
+            shared,
+            sync: Mutex::new(sync),
+            reloads: std::sync::atomic::AtomicU64::new(0),
+            armed: Mutex::new(HashSet::new()),
+            seen: Mutex::new(BTreeMap::new()),
+            runtime: tokio::runtime::Handle::try_current().ok(),
             weak: weak.clone(),
-        }))
+        });
+        let _ = hooks.0.set(Arc::downgrade(&center));
+        Ok(center)
+    }
+
+    /// How often the engine was reloaded from the shared store (another
+    /// center wrote, a commit failed, this center took the engine over).
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
+    }
+
+    /// Whether this center runs the rollout engine's timed work: pace
+    /// timers, step timeouts, device expiry (always on redb; on etcd, the
+    /// center holding the election).
+    pub fn runs_engine(&self) -> bool {
+        *self.leader.borrow()
+    }
+
+    fn sync(&self) -> MutexGuard<'_, EngineSync> {
+        self.sync.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Refuses to serve the engine while it may differ from the store.
+    fn check_current(&self) -> CenterResult<()> {
+        let cut_off = self
+            .store
+            .storage()
+            .cluster()
+            .is_some_and(|c| !c.connected());
+        if cut_off {
+            return Err(CenterError::Unavailable(format!(
+                "config center: no session with its store ({}): no quorum of etcd answers; it cannot know what other centers changed",
+                self.store_description()
+            )));
+        }
+        if self.sync().stale {
+            return Err(CenterError::Unavailable(format!(
+                "config center: its store ({}) failed or cannot be reached; its rollout state is reloaded once it answers",
+                self.store_description()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Start of a group commit on a shared store: reloads the engine if
+    /// another center wrote since it was loaded (same snapshot as the
+    /// batch's own reads, under the write lock).
+    fn begin_batch(&self, txn: &mut dyn StorageTxn) -> CenterResult<()> {
+        let stamp = txn.engine_stamp()?;
+        let current = {
+            let sync = self.sync();
+            !sync.stale && sync.known == stamp
+        };
+        if !current {
+            let stored = txn.rollout_state()?;
+            self.reload(stored, stamp);
+        }
+        Ok(())
+    }
+
+    fn stamp_batch(&self, txn: &mut dyn StorageTxn) -> CenterResult<()> {
+        // A batch that writes nothing (a timeout check with nothing due,
+        // every second on the engine's center) must not make every other
+        // center reload.
+        if !txn.has_writes() {
+            return Ok(());
+        }
+        let member = self
+            .store
+            .storage()
+            .cluster()
+            .map_or(String::new(), |c| c.member().to_string());
+        let stamp = {
+            let mut sync = self.sync();
+            sync.count += 1;
+            let stamp = format!("{member}:{}", sync.count);
+            sync.pending = Some(stamp.clone());
+            stamp
+        };
+        txn.set_engine_stamp(&stamp)
+    }
+
+    fn after_batch(&self, committed: &CenterResult<()>) {
+        let failed = {
+            let mut sync = self.sync();
+            let pending = sync.pending.take();
+            match committed {
+                Ok(()) => {
+                    if pending.is_some() {
+                        sync.known = pending;
+                    }
+                    false
+                }
+                Err(_) => {
+                    sync.stale = true;
+                    true
+                }
+            }
+        };
+        if failed {
+            // The jobs changed the engine; the store has none of it.
+            if let Err(e) = self.refresh(true) {
+                tracing::warn!(
+                    "config center: reloading the rollout state after a failed commit: {e}"
+                );
+            }
+        }
+    }
+
+    /// Reloads the engine from the shared store if another center changed
+    /// it (or always, with `force`). Runs on the writer thread, between
+    /// batches.
+    fn refresh(&self, force: bool) -> CenterResult<()> {
+        let mut read = self.store.storage().begin_read()?;
+        let stamp = read.engine_stamp()?;
+        let current = {
+            let sync = self.sync();
+            !sync.stale && sync.known == stamp
+        };
+        if force || !current {
+            let stored = read.rollout_state()?;
+            self.reload(stored, stamp);
+        }
+        Ok(())
+    }
+
+    /// Replaces the engine with the stored state at `stamp`: wakes the polls
+    /// whose releases changed, announces what the others released, and, on
+    /// the center running the engine, arms the stored pace timers.
+    fn reload(&self, stored: super::storage::Stored, stamp: Option<String>) {
+        let (timers, woken, moved) = self.engine().replace(stored, now_ms());
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut sync = self.sync();
+            sync.known = stamp;
+            sync.stale = false;
+        }
+        tracing::debug!(
+            woken = woken.len(),
+            rollouts = moved.len(),
+            "config center: rollout state reloaded from the shared store"
+        );
+        for id in moved {
+            self.announce_release(id, None);
+        }
+        self.schedule(timers);
+    }
+
+    /// Follows the other centers on a shared store: reloads the engine when
+    /// the stored stamp changes, counts their devices' polls, reloads on
+    /// becoming the engine's center (to arm its timers), and reports the
+    /// polls answered here.
+    fn follow_cluster(&self) {
+        let Some(cluster) = self.store.storage().cluster() else {
+            return;
+        };
+        if let Some(mut events) = cluster.take_events() {
+            let center = self.weak.clone();
+            tokio::spawn(async move {
+                while let Some(event) = events.recv().await {
+                    let Some(center) = center.upgrade() else {
+                        return;
+                    };
+                    match event {
+                        ClusterEvent::Seen(devices) => center.engine().saw(&devices),
+                        ClusterEvent::Changed(stamp) => {
+                            let known = {
+                                let sync = center.sync();
+                                stamp.is_some() && !sync.stale && sync.known == stamp
+                            };
+                            if !known {
+                                center.refresh_later(false).await;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        let mut leader = self.leader.clone();
+        let center = self.weak.clone();
+        tokio::spawn(async move {
+            loop {
+                if leader.changed().await.is_err() {
+                    return;
+                }
+                let leads = *leader.borrow_and_update();
+                let Some(center) = center.upgrade() else {
+                    return;
+                };
+                if leads {
+                    center.refresh_later(true).await;
+                } else {
+                    center
+                        .armed
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clear();
+                }
+            }
+        });
+    }
+
+    /// [`Center::refresh`] on the writer thread (after the changes queued).
+    async fn refresh_later(&self, force: bool) {
+        let Ok(center) = self.strong() else {
+            return;
+        };
+        let refreshed = self.writer.read(move || center.refresh(force)).await;
+        if let Err(e) = refreshed.and_then(|refreshed| refreshed) {
+            tracing::warn!("config center: reloading the shared rollout state: {e}");
+        }
+    }
+
+    /// Once a second on a shared store: reports the devices polled here,
+    /// and retries a reload the store refused.
+    async fn cluster_tick(&self) {
+        let seen: Vec<(String, u64)> =
+            std::mem::take(&mut *self.seen.lock().unwrap_or_else(PoisonError::into_inner))
+                .into_iter()
+                .collect();
+        if !seen.is_empty()
+            && let Some(cluster) = self.store.storage().cluster()
+        {
+            cluster.publish_seen(seen);
+        }
+        if self.sync().stale {
+            self.refresh_later(true).await;
+        }
     }
 
     /// Starts the timers: restored pace timers, and the once-a-second check
@@ -205,7 +551,9 @@ impl Center {
                 .unwrap_or_else(PoisonError::into_inner),
         );
         self.schedule(timers);
-        if self.step_timeout_ms == 0 && self.device_expiry_ms == 0 {
+        self.follow_cluster();
+        let timed = self.step_timeout_ms > 0 || self.device_expiry_ms > 0;
+        if !timed && !self.shared {
             return;
         }
         let center = self.weak.clone();
@@ -217,7 +565,15 @@ impl Center {
                 let Some(center) = center.upgrade() else {
                     return;
                 };
-                if let Err(e) = center.tick().await {
+                if center.shared {
+                    center.cluster_tick().await;
+                }
+                // Only the center running the engine expires steps and
+                // devices (the others' view of device polls comes late).
+                if timed
+                    && center.runs_engine()
+                    && let Err(e) = center.tick().await
+                {
                     tracing::error!("config center: timeout check: {e}");
                 }
             }
@@ -287,7 +643,7 @@ impl Center {
                     saved?;
                     match result {
                         // The database failed: the whole batch is abandoned.
-                        Err(e @ CenterError::Internal(_)) => Err(e),
+                        Err(e) if e.is_store_failure() => Err(e),
                         result => Ok(result),
                     }
                 },
@@ -322,12 +678,37 @@ impl Center {
             .map_err(|e| CenterError::internal("config store task", e))?
     }
 
+    /// Arms pace timers, on the center running the engine only (another
+    /// takes them from the store when it takes the engine over).
     fn schedule(&self, timers: Vec<Timer>) {
+        if !self.runs_engine() {
+            return;
+        }
+        let Some(runtime) = self.runtime.clone() else {
+            tracing::error!("config center: no runtime to run pace timers on");
+            return;
+        };
         for timer in timers {
+            let armed = self
+                .armed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert((timer.rollout_id, timer.batch));
+            if !armed {
+                continue;
+            }
             let center = self.weak.clone();
-            tokio::spawn(async move {
+            runtime.spawn(async move {
                 tokio::time::sleep(Duration::from_millis(timer.delay_ms)).await;
                 if let Some(center) = center.upgrade() {
+                    center
+                        .armed
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&(timer.rollout_id, timer.batch));
+                    if !center.runs_engine() {
+                        return;
+                    }
                     let fired = center
                         .write(move |engine, _, _, now| Ok(((), engine.fire_timer(timer, now))))
                         .await;
@@ -617,6 +998,13 @@ impl Center {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut shutdown = self.shutdown.subscribe();
         let mut held = None;
+        if self.shared {
+            self.check_current()?;
+            self.seen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(device.to_string(), now_ms());
+        }
         loop {
             let (assignments, mut changed) = self.engine().pending(device, have, now_ms())?;
             if !assignments.is_empty() || *shutdown.borrow_and_update() {
@@ -720,6 +1108,7 @@ impl Center {
         read: impl FnOnce(&Engine) -> T + Send + 'static,
     ) -> CenterResult<T> {
         let center = self.strong()?;
+        self.check_current()?;
         self.writer.read(move || read(&center.engine())).await
     }
 

@@ -96,7 +96,7 @@ where
 impl<T: Send + 'static, A: FnOnce(CenterResult<T>) + Send + 'static> Done for Applied<T, A> {
     fn internal_error(&self) -> Option<&CenterError> {
         match &self.result {
-            Err(e @ CenterError::Internal(_)) => Some(e),
+            Err(e) if e.is_store_failure() => Some(e),
             _ => None,
         }
     }
@@ -125,6 +125,20 @@ where
     })
 }
 
+/// What a center sharing its store with other centers does around each
+/// batch (see [`super::service`]): check that its in-memory rollout engine
+/// is current before the jobs use it, stamp what it writes, and reload it
+/// if a commit fails.
+pub trait BatchHooks: Send + Sync {
+    /// In the batch's transaction, before its first job. An error fails
+    /// every job of the batch; nothing is written.
+    fn begin(&self, txn: &mut dyn StorageTxn) -> CenterResult<()>;
+    /// In the batch's transaction, after its last job, before the commit.
+    fn before_commit(&self, txn: &mut dyn StorageTxn) -> CenterResult<()>;
+    /// The commit's outcome, before any continuation runs.
+    fn after(&self, committed: &CenterResult<()>);
+}
+
 /// What the writer has done since it started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriterStats {
@@ -150,7 +164,12 @@ struct Counters {
 
 /// Runs the writer loop over `jobs` until every sender is gone. Blocks: run
 /// it on a thread of its own.
-fn run_counted(store: &Store, work: mpsc::Receiver<Work>, counters: &Counters) {
+fn run_counted(
+    store: &Store,
+    work: mpsc::Receiver<Work>,
+    counters: &Counters,
+    hooks: Option<&dyn BatchHooks>,
+) {
     while let Ok(first) = work.recv() {
         let mut batch = Vec::new();
         let mut reads = Vec::new();
@@ -165,7 +184,7 @@ fn run_counted(store: &Store, work: mpsc::Receiver<Work>, counters: &Counters) {
             }
         }
         if !batch.is_empty() {
-            commit_batch(store, batch, counters);
+            commit_batch(store, batch, counters, hooks);
         }
         for read in reads {
             read();
@@ -175,12 +194,26 @@ fn run_counted(store: &Store, work: mpsc::Receiver<Work>, counters: &Counters) {
 
 /// Applies and commits one batch (counted before its continuations run, so
 /// a change's caller sees its own commit in [`Writer::stats`]).
-fn commit_batch(store: &Store, batch: Vec<Box<dyn Job>>, counters: &Counters) {
+fn commit_batch(
+    store: &Store,
+    batch: Vec<Box<dyn Job>>,
+    counters: &Counters,
+    hooks: Option<&dyn BatchHooks>,
+) {
     let size = batch.len() as u64;
     let started = std::time::Instant::now();
-    let mut txn = match store.begin_write() {
+    let began = store.begin_write().and_then(|mut txn| {
+        if let Some(hooks) = hooks {
+            hooks.begin(&mut *txn)?;
+        }
+        Ok(txn)
+    });
+    let mut txn = match began {
         Ok(txn) => txn,
         Err(e) => {
+            if let Some(hooks) = hooks {
+                hooks.after(&Err(e.clone()));
+            }
             for job in batch {
                 job.fail(e.clone());
             }
@@ -201,14 +234,29 @@ fn commit_batch(store: &Store, batch: Vec<Box<dyn Job>>, counters: &Counters) {
         .apply_ns
         .fetch_add(applying.as_nanos() as u64, Ordering::Relaxed);
     let committed = match broken {
+        Some(CenterError::Unavailable(e)) => {
+            txn.abort();
+            Err(CenterError::Unavailable(format!(
+                "config store: change abandoned with its batch: {e}"
+            )))
+        }
         Some(e) => {
             txn.abort();
             Err(CenterError::Internal(format!(
                 "config store: change abandoned with its batch: {e}"
             )))
         }
-        None => txn.commit(),
+        None => match hooks.map_or(Ok(()), |hooks| hooks.before_commit(&mut *txn)) {
+            Ok(()) => txn.commit(),
+            Err(e) => {
+                txn.abort();
+                Err(e)
+            }
+        },
     };
+    if let Some(hooks) = hooks {
+        hooks.after(&committed);
+    }
     counters.commit_ns.fetch_add(
         (started.elapsed() - applying).as_nanos() as u64,
         Ordering::Relaxed,
@@ -236,12 +284,21 @@ pub struct Writer {
 impl Writer {
     /// Starts the writer thread over `store`.
     pub fn spawn(store: std::sync::Arc<Store>) -> CenterResult<Writer> {
+        Writer::spawn_with(store, None)
+    }
+
+    /// Starts the writer thread over `store`, running `hooks` around each
+    /// batch.
+    pub fn spawn_with(
+        store: std::sync::Arc<Store>,
+        hooks: Option<std::sync::Arc<dyn BatchHooks>>,
+    ) -> CenterResult<Writer> {
         let (tx, rx) = mpsc::channel();
         let counters = std::sync::Arc::new(Counters::default());
         let counted = counters.clone();
         let thread = std::thread::Builder::new()
             .name("center-writer".into())
-            .spawn(move || run_counted(&store, rx, &counted))
+            .spawn(move || run_counted(&store, rx, &counted, hooks.as_deref()))
             .map_err(|e| CenterError::internal("starting the config store writer", e))?;
         Ok(Writer {
             counters,

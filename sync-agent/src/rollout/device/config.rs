@@ -67,8 +67,11 @@ pub struct ServiceConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceConfig {
-    /// Base URL of the center, `http://host:port` or `https://host:port`.
-    pub center: String,
+    /// Base URL of the center, `http://host:port` or `https://host:port`,
+    /// or several (`["https://c1:7480", "https://c2:7480"]`, centers sharing
+    /// one etcd): the device uses the first that answers and fails over to
+    /// the next when one does not.
+    pub center: Centers,
     /// File holding this device's token (`sync-agent config token new
     /// --device NAME`), sent with every request; needed when the center
     /// has tokens configured.
@@ -101,6 +104,54 @@ pub struct DeviceConfig {
     /// instead of devices (e.g. `labels = ["canary"]`).
     #[serde(default)]
     pub labels: Vec<String>,
+}
+
+/// The center URLs of a device: one string in a config file, or a list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "OneOrMany", into = "OneOrMany")]
+pub struct Centers(pub Vec<String>);
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl From<OneOrMany> for Centers {
+    fn from(v: OneOrMany) -> Self {
+        match v {
+            OneOrMany::One(url) => Centers(vec![url]),
+            OneOrMany::Many(urls) => Centers(urls),
+        }
+    }
+}
+
+impl From<Centers> for OneOrMany {
+    fn from(c: Centers) -> Self {
+        match <[String; 1]>::try_from(c.0) {
+            Ok([url]) => OneOrMany::One(url),
+            Err(urls) => OneOrMany::Many(urls),
+        }
+    }
+}
+
+impl From<&str> for Centers {
+    fn from(url: &str) -> Self {
+        Centers(vec![url.to_string()])
+    }
+}
+
+impl From<String> for Centers {
+    fn from(url: String) -> Self {
+        Centers(vec![url])
+    }
+}
+
+impl std::fmt::Display for Centers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
 }
 
 /// `ConfigKey` as `"ns/group/name"` text in config files (the structured
@@ -156,16 +207,24 @@ impl DeviceConfig {
     /// each at its field, e.g. `rollout.device.services[1].depends_on`.
     pub fn problems(&self, out: &mut Problems) {
         const AT: &str = "rollout.device";
-        match center_url(&self.center) {
-            Err(e) => out.add(format!("{AT}.center"), format!("{e:#}")),
-            Ok(url) if url.scheme() == "http" && self.ca_file.is_some() => out.add(
-                format!("{AT}.ca_file"),
-                format!(
-                    "ca_file is for an https:// center; center is {:?}",
-                    self.center
+        if self.center.0.is_empty() {
+            out.add(format!("{AT}.center"), "give at least one center URL");
+        }
+        let many = self.center.0.len() > 1;
+        for (i, center) in self.center.0.iter().enumerate() {
+            let at = if many {
+                format!("{AT}.center[{i}]")
+            } else {
+                format!("{AT}.center")
+            };
+            match center_url(center) {
+                Err(e) => out.add(at, format!("{e:#}")),
+                Ok(url) if url.scheme() == "http" && self.ca_file.is_some() => out.add(
+                    format!("{AT}.ca_file"),
+                    format!("ca_file is for an https:// center; center is {center:?}"),
                 ),
-            ),
-            Ok(_) => {}
+                Ok(_) => {}
+            }
         }
         for (field, file) in [("token_file", &self.token_file), ("ca_file", &self.ca_file)] {
             if file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
@@ -404,6 +463,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("namespace/group/name"), "{err}");
+        assert_eq!(
+            json["center"], "http://10.0.0.1:8080",
+            "one URL stays a string"
+        );
+
+        // Several centers: a list, each URL checked at its index.
+        let several = text.replace(
+            r#"center = "http://10.0.0.1:8080""#,
+            r#"center = ["http://10.0.0.1:8080", "http://10.0.0.2:8080"]"#,
+        );
+        let config: DeviceConfig = toml::from_str(&several).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.center.0.len(), 2);
+        let bad = several.replace("http://10.0.0.2", "ftp://10.0.0.2");
+        let config: DeviceConfig = toml::from_str(&bad).unwrap();
+        assert_eq!(problems(&config)[0].0, "rollout.device.center[1]");
+        let none = several.replace(r#"["http://10.0.0.1:8080", "http://10.0.0.2:8080"]"#, "[]");
+        let config: DeviceConfig = toml::from_str(&none).unwrap();
+        assert_eq!(problems(&config)[0].0, "rollout.device.center");
     }
 
     fn two_services() -> DeviceConfig {

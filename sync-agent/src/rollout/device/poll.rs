@@ -96,12 +96,35 @@ impl Task {
         url
     }
 
-    pub(super) fn center_error(&mut self, e: &CenterError) {
+    /// Counts and logs a failed request; if the center did not answer (or
+    /// answered 5xx) and the device knows several, moves to the next one.
+    /// Returns true if that one has not been tried since a center last
+    /// answered (so the caller need not wait before trying it).
+    pub(super) fn center_error(&mut self, e: &CenterError) -> bool {
         self.counters.center_errors += 1;
         if e.status.is_none() {
             self.connected = false;
         }
         tracing::warn!(device = %self.config.device, "config center: {e}");
+        let count = self.bases.len();
+        if count < 2 || !e.retryable() {
+            return false;
+        }
+        self.at = (self.at + 1) % count;
+        self.base = self.bases[self.at].clone();
+        let fresh = self.untried > 0;
+        self.untried = self.untried.saturating_sub(1);
+        tracing::warn!(
+            device = %self.config.device,
+            center = %self.config.center.0[self.at],
+            "config center: failing over to the next center"
+        );
+        fresh
+    }
+
+    /// A center answered: every other one counts as untried again.
+    pub(super) fn center_answered(&mut self) {
+        self.untried = self.bases.len().saturating_sub(1);
     }
 
     /// Sends `request`, returns the body of a 2xx answer (bounded), or the

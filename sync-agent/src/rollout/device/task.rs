@@ -83,8 +83,14 @@ pub(super) struct Service {
 /// [`super::DeviceHandle::spawn`].
 pub(super) struct Task {
     pub(super) config: DeviceConfig,
-    /// The center's base URL.
+    /// The base URL of the center in use (`bases[at]`).
     pub(super) base: reqwest::Url,
+    /// Every center's base URL, in configuration order.
+    pub(super) bases: Vec<reqwest::Url>,
+    pub(super) at: usize,
+    /// Centers not tried since one last answered (see
+    /// [`Task::center_error`]).
+    pub(super) untried: usize,
     pub(super) client: reqwest::Client,
     pub(super) store: BackupStore,
     /// In configuration order.
@@ -124,7 +130,17 @@ impl Task {
                 svc.health_timeout_ms = DEFAULT_HEALTH_TIMEOUT_MS;
             }
         }
-        let base = center_url(&config.center)?;
+        let bases = config
+            .center
+            .0
+            .iter()
+            .map(|c| center_url(c))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let base = bases
+            .first()
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("rollout.device.center: no center URL"))?;
+        let untried = bases.len() - 1;
         let dir = config.backup_dir.clone();
         let store = blocking(move || BackupStore::open(&dir)).await?;
         let client = poll::http_client(&config)?;
@@ -145,6 +161,9 @@ impl Task {
         let task = Task {
             config,
             base,
+            bases,
+            at: 0,
+            untried,
             client,
             store,
             services,
@@ -176,7 +195,7 @@ impl Task {
     pub(super) fn snapshot(&self) -> DeviceReport {
         DeviceReport {
             device: self.config.device.clone(),
-            center: self.config.center.clone(),
+            center: self.config.center.0[self.at].clone(),
             connected: self.connected,
             services: self
                 .services
@@ -269,9 +288,10 @@ impl Task {
                 };
                 match result {
                     Ok(()) => {
+                        self.center_answered();
                         tracing::info!(
                             device = %self.config.device,
-                            center = %self.config.center,
+                            center = %self.config.center.0[self.at],
                             services = self.services.len(),
                             "registered with the config center"
                         );
@@ -279,9 +299,10 @@ impl Task {
                         break;
                     }
                     Err(e) => {
-                        self.center_error(&e);
+                        let fresh = self.center_error(&e);
                         self.publish();
-                        if self.pause(backoff.next()).await {
+                        // Another center not tried yet: at once.
+                        if !fresh && self.pause(backoff.next()).await {
                             return;
                         }
                     }
@@ -303,15 +324,16 @@ impl Task {
                 let answer = match result {
                     Ok(answer) => answer,
                     Err(e) => {
-                        self.center_error(&e);
+                        let fresh = self.center_error(&e);
                         self.publish();
-                        if self.pause(backoff.next()).await {
+                        if !fresh && self.pause(backoff.next()).await {
                             return;
                         }
                         continue 'register;
                     }
                 };
                 backoff.reset();
+                self.center_answered();
                 self.counters.watches += 1;
                 self.counters.assignments += answer.assignments.len() as u64;
                 self.note_withdrawals(&answer.assignments);

@@ -1026,3 +1026,67 @@ async fn validation() {
     c.services[1].depends_on = vec!["a".into()];
     assert!(DeviceHandle::spawn(c).await.is_err());
 }
+
+#[tokio::test]
+async fn a_device_fails_over_to_the_next_center_and_keeps_polling_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = record("prod/web/nginx", 1, "listen 80;\n");
+    let live = FakeCenter::start(CenterState {
+        records: HashMap::from([(("prod/web/nginx".into(), 1), v1.clone())]),
+        assignments: vec![assignment(11, "web", &v1)],
+        honor_have: true,
+        ..Default::default()
+    })
+    .await;
+    let dead = dead_center().await;
+    let web = service(dir.path(), "web", "prod/web/nginx");
+    let mut config = device_config(&dead, dir.path(), vec![web.clone()]);
+    config.center = config::Centers(vec![dead.clone(), live.url()]);
+    let started = Instant::now();
+    let handle = DeviceHandle::spawn(config).await.unwrap();
+    wait_until("the ack at the second center", || !live.acks().is_empty()).await;
+    // Straight on to the untried center, not after a back-off.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "failed over after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(std::fs::read_to_string(&web.path).unwrap(), "listen 80;\n");
+    let have = format!("web:{}", v1.md5);
+    wait_until("two polls with the new md5 at the second center", || {
+        live.with(|s| s.watches.iter().filter(|w| **w == have).count() >= 2)
+    })
+    .await;
+    let report = handle.report().await;
+    assert_eq!(
+        report.center,
+        live.url(),
+        "the report names the center in use"
+    );
+    assert!(report.connected);
+    assert!(report.counters.center_errors >= 1);
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_no_center_answering_the_backup_keeps_the_device_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = record("prod/web/nginx", 1, "saved");
+    let web = service(dir.path(), "web", "prod/web/nginx");
+    seed_backup(dir.path(), "web", &v1);
+    let (one, two) = (dead_center().await, dead_center().await);
+    let mut config = device_config(&one, dir.path(), vec![web.clone()]);
+    config.center = config::Centers(vec![one.clone(), two.clone()]);
+    let handle = DeviceHandle::spawn(config).await.unwrap();
+    let report = wait_report(&handle, "both centers tried, then again", |r| {
+        r.counters.center_errors >= 3
+    })
+    .await;
+    assert!(!report.connected);
+    assert!(report.center == one || report.center == two);
+    assert_eq!(report.counters.restored_from_backup, 1);
+    assert_eq!(std::fs::read_to_string(&web.path).unwrap(), "saved");
+    tokio::time::timeout(Duration::from_secs(5), handle.shutdown())
+        .await
+        .unwrap();
+}

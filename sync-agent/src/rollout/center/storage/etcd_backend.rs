@@ -27,14 +27,36 @@
 //! together with its `current/` key, which every such change reads, so a
 //! deletion inside a scanned history range (which a range compare cannot
 //! see) is caught by that key. The audit sequence is the guarded counter
-//! `audit-last`. What the rollout engine saves is written blind: the engine
-//! is the only writer of those keys.
+//! `audit-last`. What the rollout engine saves is written blind: with one
+//! center its engine is the only writer of those keys; with several, every
+//! write transaction holds the cluster-wide write lock and first checks
+//! `rollout/stamp` (below), so no engine writes from a stale view.
 //!
 //! etcd commits only once a quorum has the change in its log (fsynced), so
 //! every commit is durable; [`CenterStorage::begin_write`]'s `durable` has
 //! nothing to relax. A group commit is one `Txn`: etcd must allow as many
 //! operations per transaction as a batch writes (`--max-txn-ops`, default
 //! 128) and requests that large (`--max-request-bytes`, default 1.5 MiB).
+//!
+//! Several centers on one cluster ([`EtcdStorage::connect_shared`]):
+//!
+//! ```text
+//! P rollout/stamp                        -> who last wrote the engine state
+//! P writer-lock/...                      -> etcd lock: one group commit at a time
+//! P engine-leader/...                    -> etcd election: who runs the engine
+//! P seen/<member>                        -> devices a center heard from
+//! ```
+//!
+//! Each center keeps a session: a lease (`etcd_lease_ttl_s`) kept alive
+//! by a task. A write transaction first takes the cluster-wide write lock
+//! with that lease and commits only while it still holds it (a compare in
+//! the `Txn`), so the group commits of all centers form one order and the
+//! center's in-memory engine, checked against `rollout/stamp` at the start
+//! of each commit, is never stale when it decides. If a center dies
+//! holding the lock, its lease expires and the lock with it. The same
+//! lease campaigns in the election for the rollout engine. A watch on
+//! `rollout/stamp` and `seen/` tells the center what the others changed
+//! ([`ClusterEvent`]).
 //!
 //! The client is async (tonic); the storage traits block. The client lives
 //! on a small runtime of its own, and each call blocks the caller (the
@@ -43,12 +65,17 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KvClient, LockOptions,
+    PutOptions, Txn, TxnOp, WatchOptions,
+};
 use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, watch};
 
-use super::{CenterStorage, StorageRead, StorageTxn, Stored};
+use super::{CenterStorage, Cluster, ClusterEvent, StorageRead, StorageTxn, Stored};
 use crate::rollout::center::engine::{Changes, EngineMeta};
 use crate::rollout::center::error::{CenterError, CenterResult};
 use crate::rollout::center::store::AuditEntry;
@@ -66,6 +93,43 @@ pub struct EtcdStorage {
     runtime: Option<tokio::runtime::Runtime>,
     prefix: String,
     endpoints: String,
+    /// With several centers ([`EtcdStorage::connect_shared`]).
+    session: Option<Session>,
+}
+
+/// A center's membership among the centers sharing the cluster.
+struct Session {
+    client: Client,
+    member: String,
+    /// The lease kept alive now (`None` while there is none: etcd
+    /// unreachable, or being renewed).
+    lease: watch::Receiver<Option<i64>>,
+    leader: watch::Receiver<bool>,
+    events: Mutex<Option<mpsc::UnboundedReceiver<ClusterEvent>>>,
+    /// The lease's time to live.
+    ttl: Duration,
+}
+
+/// How often a request that could not connect is sent (see
+/// [`EtcdStorage::call`]).
+const CONNECT_ATTEMPTS: u32 = 8;
+
+/// Whether the request failed before it reached any member (a refused
+/// connection), so sending it again cannot apply it twice.
+fn not_sent(e: &etcd_client::Error) -> bool {
+    format!("{e:?}").contains("ConnectError")
+}
+
+/// Whether an etcd error means the cluster could not be reached (503)
+/// rather than a request it refused (500).
+fn unreachable(e: &etcd_client::Error) -> bool {
+    use etcd_client::Error as E;
+    match e {
+        E::TransportError(_) | E::IoError(_) => true,
+        // gRPC codes CANCELLED (1), DEADLINE_EXCEEDED (4), UNAVAILABLE (14).
+        E::GRpcStatus(status) => matches!(status.code() as i32, 1 | 4 | 14),
+        _ => false,
+    }
 }
 
 /// The exclusive end of the range of keys starting with `prefix` (which
@@ -113,9 +177,131 @@ impl EtcdStorage {
             runtime: Some(runtime),
             prefix: prefix.to_string(),
             endpoints: named,
+            session: None,
         };
         storage.get(&storage.key("audit-last"), 0)?;
         Ok(storage)
+    }
+
+    /// [`EtcdStorage::connect`] for a center that shares the cluster with
+    /// others: it keeps a session lease of `ttl_s` seconds, takes the
+    /// cluster-wide write lock for each write transaction, campaigns for
+    /// the rollout engine and watches what the others change (see the
+    /// module doc). Waits (up to the lease's TTL) for its first lease.
+    pub fn connect_shared(
+        endpoints: &[String],
+        prefix: &str,
+        ttl_s: u64,
+    ) -> CenterResult<EtcdStorage> {
+        let mut storage = EtcdStorage::connect(endpoints, prefix)?;
+        let runtime = storage
+            .runtime
+            .as_ref()
+            .ok_or_else(|| CenterError::Internal("etcd store: closed".into()))?;
+        let options = ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2));
+        let urls = endpoints.to_vec();
+        let client = block_on(runtime, async move {
+            Client::connect(urls, Some(options)).await
+        })?
+        .map_err(|e| {
+            CenterError::internal(&format!("etcd {}: connecting", storage.endpoints), e)
+        })?;
+        let member = format!(
+            "{}-{}-{:x}",
+            hostname(),
+            std::process::id(),
+            crate::clock::now_ms() & 0xffff_ffff
+        );
+        let (lease_tx, lease) = watch::channel(None);
+        let (leader_tx, leader) = watch::channel(false);
+        let (events_tx, events) = mpsc::unbounded_channel();
+        runtime.spawn(keep_session(
+            client.clone(),
+            ttl_s.max(2),
+            storage.key("engine-leader"),
+            member.clone(),
+            lease_tx,
+            leader_tx,
+        ));
+        runtime.spawn(watch_changes(
+            client.clone(),
+            storage.prefix.clone(),
+            member.clone(),
+            events_tx,
+        ));
+        storage.session = Some(Session {
+            client,
+            member,
+            lease,
+            leader,
+            events: Mutex::new(Some(events)),
+            ttl: Duration::from_secs(ttl_s.max(2)),
+        });
+        storage.lease()?;
+        Ok(storage)
+    }
+
+    /// The session's lease now, waiting up to the lease's TTL for one (a
+    /// session being renewed; longer means etcd is out of reach).
+    fn lease(&self) -> CenterResult<i64> {
+        let Some(session) = &self.session else {
+            return Err(CenterError::Internal("etcd store: no session".into()));
+        };
+        let mut lease = session.lease.clone();
+        let ttl = session.ttl;
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| CenterError::Internal("etcd store: closed".into()))?;
+        let waited = block_on(runtime, async move {
+            tokio::time::timeout(ttl, lease.wait_for(Option::is_some))
+                .await
+                .ok()
+                .and_then(|r| r.ok().and_then(|id| *id))
+        })?;
+        waited.ok_or_else(|| {
+            CenterError::Unavailable(format!(
+                "etcd {}: no session lease (is a quorum of the cluster up?)",
+                self.endpoints
+            ))
+        })
+    }
+
+    /// Takes the cluster-wide write lock with the session's lease; returns
+    /// the lock's key (held until unlocked or the lease ends).
+    fn lock(&self) -> CenterResult<Vec<u8>> {
+        let lease = self.lease()?;
+        let Some(session) = &self.session else {
+            return Err(CenterError::Internal("etcd store: no session".into()));
+        };
+        let locks = session.client.lock_client();
+        let name = self.key("writer-lock");
+        let locked = self.call("taking the write lock", move || {
+            let (mut locks, name) = (locks.clone(), name.clone());
+            async move {
+                locks
+                    .lock(name, Some(LockOptions::new().with_lease(lease)))
+                    .await
+            }
+        })?;
+        Ok(locked.key().to_vec())
+    }
+
+    fn unlock(&self, key: Vec<u8>) {
+        let Some(session) = &self.session else {
+            return;
+        };
+        let locks = session.client.lock_client();
+        if let Err(e) = self.call("releasing the write lock", move || {
+            let (mut locks, key) = (locks.clone(), key.clone());
+            async move { locks.unlock(key).await }
+        }) {
+            // It ends with the lease at the latest.
+            tracing::warn!("config center: {e}");
+        }
     }
 
     fn key(&self, rest: &str) -> String {
@@ -138,26 +324,53 @@ impl EtcdStorage {
         self.key(&format!("audit/{seq:020}"))
     }
 
-    /// Runs `call` on the client's runtime and waits for it.
-    fn call<T: Send + 'static>(
+    /// Runs the request `make` builds on the client's runtime and waits for
+    /// it. A request that could not even connect (the member the client
+    /// picked is down; it keeps picking it for a while) never left, so it
+    /// is sent again, a few times, to reach a member that is up.
+    fn call<T: Send + 'static, F>(
         &self,
         what: &str,
-        call: impl Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
-    ) -> CenterResult<T> {
+        make: impl Fn() -> F + Send + 'static,
+    ) -> CenterResult<T>
+    where
+        F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
         let runtime = self
             .runtime
             .as_ref()
             .ok_or_else(|| CenterError::Internal("etcd store: closed".into()))?;
-        block_on(runtime, call)?
-            .map_err(|e| CenterError::internal(&format!("etcd {}: {what}", self.endpoints), e))
+        let call = async move {
+            let mut attempt = 0;
+            loop {
+                match make().await {
+                    Err(e) if attempt < CONNECT_ATTEMPTS && not_sent(&e) => {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                    }
+                    done => return done,
+                }
+            }
+        };
+        block_on(runtime, call)?.map_err(|e| {
+            let why = format!("etcd {}: {what}: {e}", self.endpoints);
+            if unreachable(&e) {
+                CenterError::Unavailable(format!("{why} (no etcd member answers)"))
+            } else {
+                CenterError::Internal(why)
+            }
+        })
     }
 
     /// `key`'s value and mod_revision at `revision` (0: the newest), and
     /// the revision read.
     fn get(&self, key: &str, revision: i64) -> CenterResult<(Option<Versioned>, i64)> {
-        let mut kv = self.kv.clone();
+        let kv = self.kv.clone();
         let (k, options) = (key.to_string(), GetOptions::new().with_revision(revision));
-        let answer = self.call("read", async move { kv.get(k, Some(options)).await })?;
+        let answer = self.call("read", move || {
+            let (mut kv, k, options) = (kv.clone(), k.clone(), options.clone());
+            async move { kv.get(k, Some(options)).await }
+        })?;
         let read_at = answer.header().map_or(0, |h| h.revision());
         let found = match answer.kvs().first() {
             Some(kv) => Some((
@@ -180,13 +393,16 @@ impl EtcdStorage {
         revision: i64,
         limit: usize,
     ) -> CenterResult<(Vec<(String, String)>, i64)> {
-        let mut kv = self.kv.clone();
+        let kv = self.kv.clone();
         let options = GetOptions::new()
             .with_range(end)
             .with_revision(revision)
             .with_limit(limit as i64);
         let k = start.to_string();
-        let answer = self.call("scan", async move { kv.get(k, Some(options)).await })?;
+        let answer = self.call("scan", move || {
+            let (mut kv, k, options) = (kv.clone(), k.clone(), options.clone());
+            async move { kv.get(k, Some(options)).await }
+        })?;
         let read_at = answer.header().map_or(0, |h| h.revision());
         let rows = answer
             .kvs()
@@ -218,11 +434,236 @@ fn block_on<T: Send + 'static>(
 
 impl Drop for EtcdStorage {
     fn drop(&mut self) {
+        // A center that stops hands the engine and the lock over at once
+        // rather than after the lease's TTL (best effort, briefly).
+        if let (Some(session), Some(runtime)) = (&self.session, &self.runtime)
+            && let Some(lease) = *session.lease.borrow()
+        {
+            let mut leases = session.client.lease_client();
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            runtime.spawn(async move {
+                let revoked =
+                    tokio::time::timeout(Duration::from_secs(1), leases.revoke(lease)).await;
+                let _ = tx.send(revoked);
+            });
+            let _ = rx.recv_timeout(Duration::from_secs(2));
+        }
         // Dropping a runtime blocks, which panics inside an async context
         // (a center dropped by a task): let it stop in the background.
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "center".into())
+}
+
+/// Keeps the session: a lease kept alive, and a campaign for the engine
+/// with it. The lease is published while it is believed alive; leadership
+/// is given up once no keep-alive has been answered for two thirds of the
+/// TTL (before the cluster can let it expire and elect another), and the
+/// session starts again with a new lease.
+async fn keep_session(
+    client: Client,
+    ttl_s: u64,
+    election: String,
+    member: String,
+    lease_tx: watch::Sender<Option<i64>>,
+    leader_tx: watch::Sender<bool>,
+) {
+    let ttl = Duration::from_secs(ttl_s);
+    let every = (ttl / 3).min(Duration::from_millis(500));
+    loop {
+        if lease_tx.is_closed() {
+            return;
+        }
+        let mut leases = client.lease_client();
+        let granted = match leases.grant(ttl_s as i64, None).await {
+            Ok(granted) => granted.id(),
+            Err(e) => {
+                tracing::warn!("config center: etcd session lease: {e}");
+                tokio::time::sleep(every).await;
+                continue;
+            }
+        };
+        let (mut keeper, mut answers) = match leases.keep_alive(granted).await {
+            Ok(kept) => kept,
+            Err(e) => {
+                tracing::warn!("config center: etcd session keep-alive: {e}");
+                tokio::time::sleep(every).await;
+                continue;
+            }
+        };
+        lease_tx.send_replace(Some(granted));
+        let mut elections = client.election_client();
+        let (name, value) = (election.clone(), member.clone());
+        let campaign = elections.campaign(name, value, granted);
+        tokio::pin!(campaign);
+        let mut campaigning = true;
+        let mut answered = Instant::now();
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                won = &mut campaign, if campaigning => {
+                    campaigning = false;
+                    match won {
+                        Ok(_) => {
+                            tracing::info!("config center: {member} runs the rollout engine (etcd election)");
+                            leader_tx.send_replace(true);
+                        }
+                        Err(e) => {
+                            tracing::warn!("config center: etcd election: {e}");
+                            break;
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    if answered.elapsed() > ttl * 2 / 3 || keeper.keep_alive().await.is_err() {
+                        tracing::warn!("config center: etcd session lease not renewed; giving up the engine");
+                        break;
+                    }
+                }
+                answer = answers.message() => match answer {
+                    Ok(Some(answer)) if answer.ttl() > 0 => answered = Instant::now(),
+                    _ => {
+                        tracing::warn!("config center: etcd session lease lost");
+                        break;
+                    }
+                },
+            }
+        }
+        if leader_tx.send_replace(false) {
+            tracing::warn!("config center: {member} no longer runs the rollout engine");
+        }
+        lease_tx.send_replace(None);
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Watches `rollout/stamp` and `seen/` under `prefix` and reports what
+/// other centers change; re-established (with a `Changed(None)`, as
+/// something may have been missed) whenever it breaks.
+async fn watch_changes(
+    client: Client,
+    prefix: String,
+    member: String,
+    events: mpsc::UnboundedSender<ClusterEvent>,
+) {
+    let stamp = format!("{prefix}rollout/stamp");
+    let seen = format!("{prefix}seen/");
+    let own = format!("{seen}{member}");
+    loop {
+        if events.is_closed() {
+            return;
+        }
+        let mut watches = client.watch_client();
+        let mut stream = match watches.watch(stamp.clone(), None).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::debug!("config center: etcd watch: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        if let Err(e) = stream
+            .watch(seen.clone(), Some(WatchOptions::new().with_prefix()))
+            .await
+        {
+            tracing::debug!("config center: etcd watch: {e}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        if events.send(ClusterEvent::Changed(None)).is_err() {
+            return;
+        }
+        loop {
+            let answer = match stream.message().await {
+                Ok(Some(answer)) => answer,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!("config center: etcd watch broke: {e}");
+                    break;
+                }
+            };
+            if answer.canceled() {
+                break;
+            }
+            for event in answer.events() {
+                let Some(kv) = event.kv() else { continue };
+                let (Ok(key), Ok(value)) = (kv.key_str(), kv.value_str()) else {
+                    continue;
+                };
+                let sent = if key == stamp {
+                    events.send(ClusterEvent::Changed(
+                        (event.event_type() == EventType::Put).then(|| value.to_string()),
+                    ))
+                } else if key != own && event.event_type() == EventType::Put {
+                    match serde_json::from_str::<Vec<(String, u64)>>(value) {
+                        Ok(devices) => events.send(ClusterEvent::Seen(devices)),
+                        Err(_) => Ok(()),
+                    }
+                } else {
+                    Ok(())
+                };
+                if sent.is_err() {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+impl Cluster for EtcdStorage {
+    fn member(&self) -> &str {
+        self.session.as_ref().map_or("", |s| s.member.as_str())
+    }
+
+    fn leader(&self) -> watch::Receiver<bool> {
+        match &self.session {
+            Some(session) => session.leader.clone(),
+            None => watch::channel(false).1,
+        }
+    }
+
+    fn connected(&self) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| s.lease.borrow().is_some())
+    }
+
+    fn take_events(&self) -> Option<mpsc::UnboundedReceiver<ClusterEvent>> {
+        self.session
+            .as_ref()?
+            .events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    fn publish_seen(&self, seen: Vec<(String, u64)>) {
+        let (Some(session), Some(runtime)) = (&self.session, &self.runtime) else {
+            return;
+        };
+        let Some(lease) = *session.lease.borrow() else {
+            return;
+        };
+        let key = self.key(&format!("seen/{}", session.member));
+        let value = serde_json::to_string(&seen).expect("names and numbers serialize");
+        let mut kv = self.kv.clone();
+        // Not waited for: a lost one is made up by the next.
+        runtime.spawn(async move {
+            let put = kv
+                .put(key, value, Some(PutOptions::new().with_lease(lease)))
+                .await;
+            if let Err(e) = put {
+                tracing::debug!("config center: publishing devices seen: {e}");
+            }
+        });
     }
 }
 
@@ -236,7 +677,15 @@ impl CenterStorage for EtcdStorage {
     }
 
     fn begin_write(&self, _durable: bool) -> CenterResult<Box<dyn StorageTxn + '_>> {
-        Ok(Box::new(EtcdTxn::new(self)))
+        let mut txn = EtcdTxn::new(self);
+        if self.session.is_some() {
+            txn.lock = Some(self.lock()?);
+        }
+        Ok(Box::new(txn))
+    }
+
+    fn cluster(&self) -> Option<&dyn Cluster> {
+        self.session.as_ref().map(|_| self as &dyn Cluster)
     }
 }
 
@@ -252,6 +701,16 @@ struct EtcdTxn<'a> {
     scanned: BTreeMap<String, String>,
     /// Buffered writes: `None` deletes.
     writes: BTreeMap<String, Option<String>>,
+    /// The cluster-wide write lock's key, while held (several centers).
+    lock: Option<Vec<u8>>,
+}
+
+impl Drop for EtcdTxn<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.lock.take() {
+            self.storage.unlock(key);
+        }
+    }
 }
 
 impl<'a> EtcdTxn<'a> {
@@ -262,6 +721,7 @@ impl<'a> EtcdTxn<'a> {
             reads: BTreeMap::new(),
             scanned: BTreeMap::new(),
             writes: BTreeMap::new(),
+            lock: None,
         }
     }
 
@@ -397,6 +857,11 @@ impl StorageRead for EtcdTxn<'_> {
         };
         Ok((devices, rollouts, meta))
     }
+
+    fn engine_stamp(&mut self) -> CenterResult<Option<String>> {
+        let key = self.storage.key("rollout/stamp");
+        self.get(&key)
+    }
 }
 
 impl StorageTxn for EtcdTxn<'_> {
@@ -464,14 +929,21 @@ impl StorageTxn for EtcdTxn<'_> {
         Ok(())
     }
 
-    fn commit(self: Box<Self>) -> CenterResult<()> {
-        let EtcdTxn {
-            storage,
-            revision,
-            reads,
-            scanned,
-            writes,
-        } = *self;
+    fn has_writes(&self) -> bool {
+        !self.writes.is_empty()
+    }
+
+    fn set_engine_stamp(&mut self, stamp: &str) -> CenterResult<()> {
+        self.put(self.storage.key("rollout/stamp"), stamp.to_string());
+        Ok(())
+    }
+
+    fn commit(mut self: Box<Self>) -> CenterResult<()> {
+        let storage = self.storage;
+        let revision = self.revision;
+        let reads = std::mem::take(&mut self.reads);
+        let scanned = std::mem::take(&mut self.scanned);
+        let writes = std::mem::take(&mut self.writes);
         if writes.is_empty() {
             return Ok(());
         }
@@ -479,6 +951,15 @@ impl StorageTxn for EtcdTxn<'_> {
             .into_iter()
             .map(|(key, seen)| Compare::mod_revision(key, CompareOp::Equal, seen))
             .collect();
+        // Only while this center still holds the write lock (its lease
+        // may have ended while it was cut off).
+        if let Some(lock) = &self.lock {
+            compares.push(Compare::create_revision(
+                lock.clone(),
+                CompareOp::Greater,
+                0,
+            ));
+        }
         compares.extend(scanned.into_iter().map(|(start, end)| {
             Compare::mod_revision(start, CompareOp::Less, revision + 1).with_range(end)
         }));
@@ -497,13 +978,16 @@ impl StorageTxn for EtcdTxn<'_> {
             })
             .collect();
         let txn = Txn::new().when(compares).and_then(ops);
-        let mut kv = storage.kv.clone();
+        let kv = storage.kv.clone();
         let answer = storage
             .call(
                 &format!(
                     "commit ({count} writes, {bytes} bytes; etcd must allow that many in one transaction: --max-txn-ops, --max-request-bytes)"
                 ),
-                async move { kv.txn(txn).await },
+                move || {
+                    let (mut kv, txn) = (kv.clone(), txn.clone());
+                    async move { kv.txn(txn).await }
+                },
             )?;
         if answer.succeeded() {
             Ok(())

@@ -76,11 +76,48 @@ pub type Stored = (Vec<(String, DeviceState)>, Vec<RolloutEntry>, EngineMeta);
 pub fn open(config: &CenterConfig) -> CenterResult<Arc<dyn CenterStorage>> {
     match config.store {
         StoreKind::Redb => Ok(Arc::new(redb_backend::RedbStorage::open(&config.db_path)?)),
-        StoreKind::Etcd => Ok(Arc::new(etcd_backend::EtcdStorage::connect(
+        StoreKind::Etcd => Ok(Arc::new(etcd_backend::EtcdStorage::connect_shared(
             &config.etcd_endpoints,
             config.etcd_prefix(),
+            config.etcd_lease_ttl_s,
         )?)),
     }
+}
+
+/// What happened in a store shared by several centers (see [`Cluster`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterEvent {
+    /// The rollout engine's stored state may have changed: its stamp is
+    /// now this (`None`: unknown, e.g. the watch was re-established and
+    /// may have missed changes).
+    Changed(Option<String>),
+    /// Another center heard from these devices (device, time in ms).
+    Seen(Vec<(String, u64)>),
+}
+
+/// What several centers sharing one store (etcd) need of it beyond
+/// reads and writes: who runs the rollout engine, and what the others
+/// changed. The redb store has none (one process owns its file).
+pub trait Cluster: Send + Sync {
+    /// This center's name among the centers (unique per process).
+    fn member(&self) -> &str;
+
+    /// True while this center holds the election for the rollout engine
+    /// (through a lease: if it dies, another takes over within the TTL).
+    fn leader(&self) -> tokio::sync::watch::Receiver<bool>;
+
+    /// Whether this center's session with the store is up (a lease kept
+    /// alive): without it the center cannot know what the others change.
+    fn connected(&self) -> bool;
+
+    /// What other centers change, as it happens (from etcd watches);
+    /// `None` once taken (one reader, the center).
+    fn take_events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<ClusterEvent>>;
+
+    /// Tells the other centers which devices this one heard from (and
+    /// when), so the engine's device expiry counts polls answered
+    /// anywhere. Best effort: a failure is logged.
+    fn publish_seen(&self, seen: Vec<(String, u64)>);
 }
 
 /// A store for the center's durable state.
@@ -95,6 +132,11 @@ pub trait CenterStorage: Send + Sync {
     /// change survives a crash (the default for every change a client is
     /// told about); false lets it wait for the next durable commit.
     fn begin_write(&self, durable: bool) -> CenterResult<Box<dyn StorageTxn + '_>>;
+
+    /// The store is shared by several centers: this is how they cooperate.
+    fn cluster(&self) -> Option<&dyn Cluster> {
+        None
+    }
 }
 
 /// Reads of the center's state. Inside a write transaction they see that
@@ -125,6 +167,13 @@ pub trait StorageRead {
 
     /// The rollout engine's stored state.
     fn rollout_state(&mut self) -> CenterResult<Stored>;
+
+    /// In a store shared by several centers ([`CenterStorage::cluster`]):
+    /// the stamp of the last transaction that wrote the engine's state, so
+    /// a center knows whether what it holds in memory is still current.
+    fn engine_stamp(&mut self) -> CenterResult<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// One write transaction: its writes are durable together at
@@ -148,6 +197,19 @@ pub trait StorageTxn: StorageRead {
     /// Writes what the rollout engine changed (devices, rollouts, meta; a
     /// `None` value removes the record).
     fn save_rollout(&mut self, changes: &Changes) -> CenterResult<()>;
+
+    /// Whether the transaction has written anything so far (a shared
+    /// store stamps only a transaction that writes: see
+    /// [`StorageTxn::set_engine_stamp`]).
+    fn has_writes(&self) -> bool {
+        true
+    }
+
+    /// Sets [`StorageRead::engine_stamp`] (a shared store only).
+    fn set_engine_stamp(&mut self, stamp: &str) -> CenterResult<()> {
+        let _ = stamp;
+        Ok(())
+    }
 
     /// Makes every write of the transaction durable, all together.
     fn commit(self: Box<Self>) -> CenterResult<()>;
