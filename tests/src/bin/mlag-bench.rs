@@ -869,6 +869,26 @@ fn poll_until(flags: &mut LinkFlags, up: bool, deadline: Instant) -> anyhow::Res
 const TAKEOVER_TRIALS: usize = 5;
 const DEAD_INTERVAL_MS: u64 = 500;
 
+/// Cuts the peer link at B (the master lost, as the slave A sees it) and
+/// waits up to 5 s for A's gratuitous ARP at C: when the cut was made and
+/// when the GARP arrived (None: it did not).
+fn cut_master_and_await_garp(pair: &Pair) -> anyhow::Result<(Instant, Option<Instant>)> {
+    let listener = pair.c.listen("c-a")?;
+    let lost = Instant::now();
+    pair.b.ip(&["link", "set", "b-peer", "down"])?;
+    let mut announced = None;
+    listener.receive_until(Duration::from_secs(5), |frames| {
+        let garp = frames.iter().any(|f| {
+            f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[28..32] == A_IP && f[38..42] == A_IP
+        });
+        if garp && announced.is_none() {
+            announced = Some(Instant::now());
+        }
+        garp
+    });
+    Ok((lost, announced))
+}
+
 /// Master lost (its peer link cut) -> the slave's gratuitous ARP on the wire
 /// at C; reported beyond the liveness dead interval.
 fn takeover() -> anyhow::Result<()> {
@@ -884,19 +904,7 @@ fn takeover() -> anyhow::Result<()> {
                 other => Err(format!("{other:?}")),
             }
         })?;
-        let listener = pair.c.listen("c-a")?;
-        let lost = Instant::now();
-        pair.b.ip(&["link", "set", "b-peer", "down"])?;
-        let mut announced = None;
-        listener.receive_until(Duration::from_secs(5), |frames| {
-            let garp = frames.iter().any(|f| {
-                f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[28..32] == A_IP && f[38..42] == A_IP
-            });
-            if garp && announced.is_none() {
-                announced = Some(Instant::now());
-            }
-            garp
-        });
+        let (lost, announced) = cut_master_and_await_garp(&pair)?;
         let at = announced.context("no gratuitous ARP after the master was lost")?;
         beyond.push((at - lost).saturating_sub(Duration::from_millis(DEAD_INTERVAL_MS)));
     }
@@ -1023,19 +1031,7 @@ fn takeover_under_load(keepalive_ms: u64, dead_ms: u64, goal: bool) -> anyhow::R
             }
         }
 
-        let listener = pair.c.listen("c-a")?;
-        let lost = Instant::now();
-        pair.b.ip(&["link", "set", "b-peer", "down"])?;
-        let mut announced = None;
-        listener.receive_until(Duration::from_secs(5), |frames| {
-            let garp = frames.iter().any(|f| {
-                f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[28..32] == A_IP && f[38..42] == A_IP
-            });
-            if garp && announced.is_none() {
-                announced = Some(Instant::now());
-            }
-            garp
-        });
+        let (lost, announced) = cut_master_and_await_garp(&pair)?;
         stop.store(true, Ordering::Relaxed);
         let (sent, took) = flood
             .join()

@@ -223,11 +223,9 @@ async fn another_center_takes_over_a_paced_rollout_when_the_engines_center_stops
     );
 }
 
-/// A device that polls only a center not running the engine is not lost
-/// on the engine's center (the centers tell each other who polled), and
-/// centers with nothing to write do not make each other reload.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn polls_answered_elsewhere_keep_a_device_from_expiring_and_idle_centers_do_not_reload() {
+/// Two centers on one etcd with devices expiring after 5 s: center one
+/// runs the engine, d1 registered through center two.
+async fn engine_center_and_another_with_d1() -> (Etcd, Arc<Center>, Arc<Center>) {
     let etcd = Etcd::start();
     let mut config = shared(&etcd, 0);
     config.device_expiry_s = 5;
@@ -236,6 +234,15 @@ async fn polls_answered_elsewhere_keep_a_device_from_expiring_and_idle_centers_d
     let two = open(&config);
     let key: ConfigKey = "n/g/k".parse().unwrap();
     two.register("d1".into(), registration(&key)).await.unwrap();
+    (etcd, one, two)
+}
+
+/// A device that polls only a center not running the engine is not lost
+/// on the engine's center (the centers tell each other who polled), and
+/// centers with nothing to write do not make each other reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_answered_elsewhere_keep_a_device_from_expiring_and_idle_centers_do_not_reload() {
+    let (_etcd, one, two) = engine_center_and_another_with_d1().await;
     until("center one knows d1", async || {
         one.devices().await.is_ok_and(|d| d.len() == 1)
     })
@@ -268,14 +275,7 @@ async fn polls_answered_elsewhere_keep_a_device_from_expiring_and_idle_centers_d
 /// the other center keeps writing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_device_is_lost_on_time_while_another_center_keeps_writing() {
-    let etcd = Etcd::start();
-    let mut config = shared(&etcd, 0);
-    config.device_expiry_s = 5;
-    let one = open(&config);
-    until("center one runs the engine", async || one.runs_engine()).await;
-    let two = open(&config);
-    let key: ConfigKey = "n/g/k".parse().unwrap();
-    two.register("d1".into(), registration(&key)).await.unwrap();
+    let (_etcd, one, two) = engine_center_and_another_with_d1().await;
     let other: ConfigKey = "n/g/other".parse().unwrap();
     let started = Instant::now();
     let mut n = 0;
