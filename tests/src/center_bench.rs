@@ -196,6 +196,7 @@ pub fn run() -> anyhow::Result<()> {
         answer_floor().await?;
         writes(&center).await
     })?;
+    on_etcd(&runtime)?;
     put_anatomy(dir.path())?;
     let steps: Vec<(String, Vec<String>)> = (0..PLAN_DEVICES)
         .map(|d| {
@@ -213,6 +214,34 @@ pub fn run() -> anyhow::Result<()> {
         batches.len()
     );
     Ok(())
+}
+
+/// The long-poll and durable-write figures again with the center's state
+/// in etcd (`store = "etcd"`): one etcd member on this machine, started
+/// here (Debian package `etcd-server`), beside the redb figures above.
+fn on_etcd(runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    let etcd = crate::etcd::Etcd::start_here()?;
+    println!();
+    println!(
+        "config center on etcd (store = \"etcd\", one member on this machine at {}, fsync per commit):",
+        etcd.url
+    );
+    runtime.block_on(async {
+        let config = CenterConfig {
+            listen: ([127, 0, 0, 1], 0).into(),
+            store: center::StoreKind::Etcd,
+            etcd_endpoints: vec![etcd.url.clone()],
+            etcd_prefix: Some("/mlag-bench/".into()),
+            ..Default::default()
+        };
+        let (addr, center, server) =
+            center::bind_with_shutdown(config, std::future::pending()).await?;
+        let server = tokio::spawn(server);
+        long_polls(addr, &center).await?;
+        writes(&center).await?;
+        server.abort();
+        anyhow::Ok(())
+    })
 }
 
 /// The put of the long-poll figure taken apart, on the engine and the

@@ -23,11 +23,59 @@ impl Etcd {
     /// failing with its log. A group commit of the center is one etcd
     /// transaction: the limits on those are raised as the README says.
     pub fn start(ns: &Netns) -> anyhow::Result<Self> {
+        let etcd = Self::spawn(
+            Some(ns),
+            "http://127.0.0.1:2379".into(),
+            "http://127.0.0.1:2380".into(),
+        )?;
+        wait_until(Duration::from_secs(30), "etcd healthy", || {
+            match ns.http_get(&format!("{}/health", etcd.url), None) {
+                Ok((200, _, body)) if body.contains("true") => Ok(()),
+                other => Err(format!("{other:?}\n{}", etcd.log())),
+            }
+        })?;
+        Ok(etcd)
+    }
+
+    /// Starts etcd in this process's own namespace on two free loopback
+    /// ports: for `mlag-bench`, whose center runs in-process.
+    pub fn start_here() -> anyhow::Result<Self> {
+        let free = || -> anyhow::Result<u16> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port())
+        };
+        let (client, peer) = (free()?, free()?);
+        let etcd = Self::spawn(
+            None,
+            format!("http://127.0.0.1:{client}"),
+            format!("http://127.0.0.1:{peer}"),
+        )?;
+        wait_until(Duration::from_secs(30), "etcd healthy", || {
+            match health(client) {
+                Ok(answer) if answer.contains("true") => Ok(()),
+                other => Err(format!("{other:?}\n{}", etcd.log())),
+            }
+        })?;
+        Ok(etcd)
+    }
+
+    /// Spawns etcd (in `ns`, if given) with its data and log in a new
+    /// directory. A group commit of the center is one etcd transaction:
+    /// the limits on those are raised as the README says.
+    fn spawn(ns: Option<&Netns>, url: String, peer: String) -> anyhow::Result<Self> {
         let dir = TempDir::new("mlag-etcd")?;
         let log = std::fs::File::create(dir.path().join("etcd.log"))?;
-        let (url, peer) = ("http://127.0.0.1:2379", "http://127.0.0.1:2380");
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns.name(), "etcd", "--name=test"])
+        let mut command = match ns {
+            Some(ns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", ns.name(), "etcd"]);
+                command
+            }
+            None => Command::new("etcd"),
+        };
+        let child = command
+            .arg("--name=test")
             .arg(format!("--data-dir={}", dir.path().join("data").display()))
             .arg(format!("--listen-client-urls={url}"))
             .arg(format!("--advertise-client-urls={url}"))
@@ -40,24 +88,24 @@ impl Etcd {
             .stderr(log)
             .spawn()
             .context("starting etcd (Debian package etcd-server; `cargo xtask setup`)")?;
-        let etcd = Self {
-            child,
-            dir,
-            url: url.to_string(),
-        };
-        wait_until(Duration::from_secs(30), "etcd healthy", || {
-            match ns.http_get(&format!("{url}/health"), None) {
-                Ok((200, _, body)) if body.contains("true") => Ok(()),
-                other => Err(format!("{other:?}\n{}", etcd.log())),
-            }
-        })?;
-        Ok(etcd)
+        Ok(Self { child, dir, url })
     }
 
     /// Its output so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
     }
+}
+
+/// `GET /health` of an etcd on 127.0.0.1:`port`, the whole answer.
+fn health(port: u16) -> std::io::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(b"GET /health HTTP/1.0\r\nhost: etcd\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer)
 }
 
 impl Drop for Etcd {
