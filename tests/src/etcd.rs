@@ -61,12 +61,11 @@ impl Etcd {
     }
 
     /// Spawns etcd (in `ns`, if given) with its data and log in a new
-    /// directory. A group commit of the center is one etcd transaction:
-    /// the limits on those are raised as the README says.
+    /// directory.
     fn spawn(ns: Option<&Netns>, url: String, peer: String) -> anyhow::Result<Self> {
         let dir = TempDir::new("mlag-etcd")?;
         let log = std::fs::File::create(dir.path().join("etcd.log"))?;
-        let mut command = match ns {
+        let command = match ns {
             Some(ns) => {
                 let mut command = Command::new("ip");
                 command.args(["netns", "exec", ns.name(), "etcd"]);
@@ -74,26 +73,51 @@ impl Etcd {
             }
             None => Command::new("etcd"),
         };
-        let child = command
-            .arg("--name=test")
-            .arg(format!("--data-dir={}", dir.path().join("data").display()))
-            .arg(format!("--listen-client-urls={url}"))
-            .arg(format!("--advertise-client-urls={url}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=test={peer}"))
-            .args(["--max-txn-ops=100000", "--max-request-bytes=33554432"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting etcd (Debian package etcd-server; `cargo xtask setup`)")?;
+        let member = Member {
+            name: "test",
+            data_dir: &dir.path().join("data"),
+            url: &url,
+            peer: &peer,
+            initial_cluster: &format!("test={peer}"),
+        };
+        let child = member.spawn(command, log)?;
         Ok(Self { child, dir, url })
     }
 
     /// Its output so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+}
+
+/// One etcd member's identity and addresses.
+struct Member<'a> {
+    name: &'a str,
+    data_dir: &'a std::path::Path,
+    url: &'a str,
+    peer: &'a str,
+    initial_cluster: &'a str,
+}
+
+impl Member<'_> {
+    /// Runs `command` (etcd, perhaps behind `ip netns exec`) as this
+    /// member, output to `log`. A group commit of the center is one etcd
+    /// transaction: the limits on those are raised as the README says.
+    fn spawn(&self, mut command: Command, log: std::fs::File) -> anyhow::Result<Child> {
+        command
+            .arg(format!("--name={}", self.name))
+            .arg(format!("--data-dir={}", self.data_dir.display()))
+            .arg(format!("--listen-client-urls={}", self.url))
+            .arg(format!("--advertise-client-urls={}", self.url))
+            .arg(format!("--listen-peer-urls={}", self.peer))
+            .arg(format!("--initial-advertise-peer-urls={}", self.peer))
+            .arg(format!("--initial-cluster={}", self.initial_cluster))
+            .args(["--max-txn-ops=100000", "--max-request-bytes=33554432"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting etcd (Debian package etcd-server; `cargo xtask setup`)")
     }
 }
 
@@ -170,28 +194,21 @@ impl EtcdCluster {
             .enumerate()
             .map(|(j, peer)| format!("{}={peer}", Self::name(j)))
             .collect();
-        let child = Command::new("ip")
+        let mut command = Command::new("ip");
+        command
             .args(["netns", "exec", &self.ns_name, "etcd"])
-            .arg(format!("--name={}", Self::name(i)))
-            .arg(format!(
-                "--data-dir={}",
-                self.dir.path().join(Self::name(i)).display()
-            ))
-            .arg(format!("--listen-client-urls={}", self.urls[i]))
-            .arg(format!("--advertise-client-urls={}", self.urls[i]))
-            .arg(format!("--listen-peer-urls={}", self.peers[i]))
-            .arg(format!("--initial-advertise-peer-urls={}", self.peers[i]))
-            .arg(format!("--initial-cluster={}", initial.join(",")))
             .arg("--initial-cluster-token=mlag-test")
             // Elections quickly, as on a LAN.
-            .args(["--heartbeat-interval=50", "--election-timeout=500"])
-            .args(["--max-txn-ops=100000", "--max-request-bytes=33554432"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting etcd (Debian package etcd-server; `cargo xtask setup`)")?;
-        self.members[i] = Some(child);
+            .args(["--heartbeat-interval=50", "--election-timeout=500"]);
+        let name = Self::name(i);
+        let member = Member {
+            name: &name,
+            data_dir: &self.dir.path().join(&name),
+            url: &self.urls[i],
+            peer: &self.peers[i],
+            initial_cluster: &initial.join(","),
+        };
+        self.members[i] = Some(member.spawn(command, log)?);
         Ok(())
     }
 
