@@ -180,7 +180,7 @@ impl Task {
 
     /// A captured reply: into the send table, then sent now or soon.
     pub(super) async fn process_captured(&mut self, captured: Captured) {
-        if let Some(waited) = super::latency::monotonic_ns().checked_sub(captured.timestamp_ns)
+        if let Some(waited) = crate::clock::monotonic_ns().checked_sub(captured.timestamp_ns)
             && captured.timestamp_ns != 0
         {
             self.latency

@@ -95,17 +95,6 @@ pub struct StageSummary {
     pub max_us: u64,
 }
 
-/// CLOCK_MONOTONIC now, nanoseconds: the clock of `bpf_ktime_get_ns`.
-pub(super) fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes only the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,12 +120,5 @@ mod tests {
         let summary = stage.summary();
         assert_eq!(summary.count, 2);
         assert!(summary.max_us >= HIGHEST_US, "{summary:?}");
-    }
-
-    #[test]
-    fn the_monotonic_clock_moves_forward() {
-        let before = monotonic_ns();
-        std::thread::sleep(Duration::from_millis(2));
-        assert!(monotonic_ns() - before >= 2_000_000);
     }
 }

@@ -2151,7 +2151,7 @@ async fn every_stage_of_a_synced_reply_is_timed() {
     h.establish(PEER_BOOT, None).await;
     // Captured 3 ms ago by the kernel's clock, sent at once.
     let mut reply = captured(5);
-    reply.timestamp_ns = super::latency::monotonic_ns() - 3_000_000;
+    reply.timestamp_ns = crate::clock::monotonic_ns() - 3_000_000;
     h.task.process(Event::Captures(vec![reply].into())).await;
     h.task.flush().await;
     assert_eq!(h.written(), vec![Written::Sync(1, vec![ip(5)])]);
