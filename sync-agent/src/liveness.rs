@@ -1,14 +1,15 @@
 //! Liveness of the switch at the other end of a path, by UDP keepalives:
 //! on the peer link apart from the session's data flow (so a bulk transfer
 //! never delays detection; peer sync), and on the backup path (MC-LAG's
-//! split-brain check). The task only reports; its owner decides.
+//! split-brain check). The keepalive thread ([`spawn`]) only reports; its
+//! owner decides.
 //!
 //! It never waits on its owner: keepalives must go on while the owner is
 //! slow (a stalled owner must not make this switch look dead to the peer).
 //! Reports are offered with `try_send`:
 //! - an Up/Down change that does not fit is kept as the *pending* state and
-//!   offered again (a `reserve` branch of the select, beside the ticker);
-//!   a newer change replaces it. Coalescing keeps the meaning: the owner
+//!   offered again on every pass of the thread's loop (at least once an
+//!   interval); a newer change replaces it. Coalescing keeps the meaning: the owner
 //!   always ends up with the latest state, and a boot id change stays
 //!   visible (the pending Up carries the newest boot id; a Down-then-Up
 //!   with the same boot id that the owner never saw was a blip shorter than
@@ -23,11 +24,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::net::UdpSocket;
 use sync_common::wire::{self, Encoder, Frame, MessageType, SubType};
-use tokio::{
-    net::UdpSocket,
-    sync::mpsc::{self, error::TrySendError},
-};
+
+use tokio::sync::mpsc::{self, error::TrySendError};
 
 use crate::{bus::Liveness, log_limit::LogLimiter};
 
@@ -147,10 +147,8 @@ impl Heard {
     }
 }
 
-/// One datagram already in the socket's queue, without waiting. A plain
-/// non-blocking `recvfrom`, not tokio's `try_recv_from`: that one answers
-/// from the readiness tokio last saw, which a runtime that was too busy to
-/// poll its driver has not updated yet.
+/// One datagram already in the socket's queue, without waiting
+/// (`MSG_DONTWAIT` on the otherwise blocking socket).
 fn recv_now(socket: &UdpSocket, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
     use std::os::fd::AsRawFd as _;
     // SAFETY: sockaddr_storage is plain old data; all zeroes is valid.
@@ -201,31 +199,135 @@ fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-/// Sends keepalives to `peer` every `interval` and reports the peer up or
-/// down (after `dead` without one). Runs until `events` closes. Never waits
-/// on `events` (see the module doc).
-pub async fn run(
-    local: SocketAddr,
-    peer: SocketAddr,
-    interval: Duration,
-    dead: Duration,
-    boot_id: u64,
+/// How often keepalives go, when the other end counts as gone, and how
+/// the thread that runs them is scheduled (`[peer]`, for every path).
+#[derive(Clone, Copy, Debug)]
+pub struct KeepaliveTiming {
+    /// Between two keepalives.
+    pub interval: Duration,
+    /// Silence after which the other end is reported down.
+    pub dead: Duration,
+    /// SCHED_FIFO priority of the thread (1-99); 0: normal scheduling.
+    pub rt_priority: u8,
+}
+
+/// One path's keepalives.
+#[derive(Clone, Copy, Debug)]
+pub struct Keepalives {
+    /// This switch's end (the socket is bound here).
+    pub local: SocketAddr,
+    /// The other end.
+    pub peer: SocketAddr,
+    /// This agent's boot id, carried in every keepalive.
+    pub boot_id: u64,
+    pub timing: KeepaliveTiming,
+}
+
+/// How a keepalive thread ended up scheduled (`show peer`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scheduling {
+    /// Real time, at this SCHED_FIFO priority.
+    RealTime(u8),
+    /// Normal scheduling, as configured.
+    Normal,
+    /// Normal scheduling although real time was asked for (why).
+    Refused(String),
+}
+
+impl std::fmt::Display for Scheduling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::RealTime(priority) => write!(f, "SCHED_FIFO {priority}"),
+            Self::Normal => f.write_str("normal"),
+            Self::Refused(why) => write!(f, "normal (real time refused: {why})"),
+        }
+    }
+}
+
+/// Puts the calling thread in SCHED_FIFO at `priority` (0: leaves it).
+fn schedule_this_thread(priority: u8) -> Scheduling {
+    if priority == 0 {
+        return Scheduling::Normal;
+    }
+    let param = libc::sched_param {
+        sched_priority: libc::c_int::from(priority),
+    };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } == 0 {
+        return Scheduling::RealTime(priority);
+    }
+    let err = std::io::Error::last_os_error();
+    let why = if err.raw_os_error() == Some(libc::EPERM) {
+        format!("{err}; it needs CAP_SYS_NICE or an RLIMIT_RTPRIO of {priority}")
+    } else {
+        err.to_string()
+    };
+    Scheduling::Refused(why)
+}
+
+/// Starts `keepalives` on a thread of their own and returns how it is
+/// scheduled. The thread sends a keepalive every interval and reports the
+/// other end up or down (after `dead` without one) on `events`, never
+/// waiting on them (see the module doc); it ends within an interval of
+/// `events` closing.
+///
+/// A thread, not a task: a dead interval of tens of milliseconds is
+/// shorter than the time a busy runtime (or a saturated CPU, for a
+/// normal-priority thread) may leave a task unscheduled, and a keepalive
+/// that is late because its sender was not run reads as a dead switch. At
+/// real-time priority the thread runs as soon as a keepalive is due or
+/// arrives, whatever else the CPUs do; its work per wakeup is bounded (one
+/// send, at most [`DRAIN_BEFORE_JUDGING`] datagrams), so it cannot hold a
+/// CPU.
+pub fn spawn(
+    keepalives: Keepalives,
     events: mpsc::Sender<LivenessReport>,
-) {
-    let socket = loop {
-        match UdpSocket::bind(local).await {
-            Ok(socket) => break socket,
+) -> std::io::Result<Scheduling> {
+    let (scheduled_tx, scheduled) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name(format!("keepalive-{}", keepalives.local.port()))
+        .spawn(move || {
+            let scheduling = schedule_this_thread(keepalives.timing.rt_priority);
+            let _ = scheduled_tx.send(scheduling);
+            run(keepalives, events);
+        })?;
+    scheduled
+        .recv()
+        .map_err(|_| std::io::Error::other("the keepalive thread ended before starting"))
+}
+
+/// Binds the keepalive socket, retrying every second while the address is
+/// not there yet (an interface still coming up). None once `events` closed.
+fn bind(local: SocketAddr, events: &mpsc::Sender<LivenessReport>) -> Option<UdpSocket> {
+    let mut warned = false;
+    loop {
+        match UdpSocket::bind(local) {
+            Ok(socket) => return Some(socket),
             Err(err) => {
-                tracing::warn!(%local, error = %err, "cannot bind the keepalive socket yet; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                if !warned {
+                    tracing::warn!(%local, error = %err, "cannot bind the keepalive socket yet; retrying every second");
+                    warned = true;
+                }
+                std::thread::sleep(Duration::from_secs(1));
                 if events.is_closed() {
-                    return;
+                    return None;
                 }
             }
         }
+    }
+}
+
+/// The keepalive thread's loop (see [`spawn`]).
+fn run(keepalives: Keepalives, events: mpsc::Sender<LivenessReport>) {
+    let Keepalives {
+        local,
+        peer,
+        boot_id,
+        timing: KeepaliveTiming { interval, dead, .. },
+    } = keepalives;
+    let Some(socket) = bind(local, &events) else {
+        return;
     };
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0u32;
     let mut heard = Heard {
         peer,
@@ -238,55 +340,111 @@ pub async fn run(
     let mut pending: Option<Liveness> = None;
     let mut dropped = 0u64;
     let mut log = LogLimiter::new(Duration::from_secs(1));
+    let mut next_tick = Instant::now();
     loop {
-        tokio::select! {
-            permit = events.reserve(), if pending.is_some() => {
-                let Ok(permit) = permit else { return };
-                if let Some(state) = pending.take() {
-                    permit.send(LivenessReport::Changed(state));
-                }
+        if events.is_closed() {
+            return;
+        }
+        // A change the owner had no room for is offered again on every
+        // pass: at least once an interval.
+        if let Some(state) = pending.take() {
+            match events.try_send(LivenessReport::Changed(state)) {
+                Ok(()) => {}
+                Err(TrySendError::Full(LivenessReport::Changed(state))) => pending = Some(state),
+                Err(TrySendError::Full(_)) => {}
+                Err(TrySendError::Closed(_)) => return,
             }
-            _ = ticker.tick() => {
-                seq = seq.wrapping_add(1);
-                let mut out = [0u8; 64];
-                let Ok(mut encoder) = Encoder::new(&mut out, MessageType::Keepalive, SubType::None, seq) else { continue };
-                if encoder.tlv(wire::tlv::BOOT_ID, &[&boot_id.to_be_bytes()]).is_err() {
-                    continue;
-                }
-                let len = encoder.finish();
-                // A send error (link down, no route) shows up as missing keepalives.
-                let _ = socket.send_to(&out[..len], peer).await;
-                // Keepalives that came while this task did not run (a busy
-                // runtime) are taken before judging: after a stall the tick
-                // and the socket are ready at once, and the select may pick
-                // the tick first, which would then see an old `last_seen`
-                // and declare a live peer dead.
-                let mut waiting = 0;
-                while waiting < DRAIN_BEFORE_JUDGING {
-                    let Some((len, from)) = recv_now(&socket, &mut buf) else { break };
-                    waiting += 1;
-                    if !heard.datagram(&buf[..len], from, &events, &mut pending, &mut dropped, &mut log) {
-                        return;
-                    }
-                }
-                if heard.up && heard.last_seen.is_some_and(|t| t.elapsed() > dead) {
-                    heard.up = false;
-                    // Behind an older pending change: this one replaces it
-                    // (never overtakes it in the queue).
-                    if pending.is_some() {
-                        pending = Some(Liveness::Down);
-                    } else if !offer(&events, LivenessReport::Changed(Liveness::Down), &mut pending, &mut dropped, &mut log) {
-                        return;
-                    }
-                }
+        }
+        let now = Instant::now();
+        if now >= next_tick {
+            // Late (the thread was not run): the next one an interval from
+            // now, not a burst to catch up.
+            next_tick = (next_tick + interval).max(now + interval / 2);
+            seq = seq.wrapping_add(1);
+            let mut out = [0u8; 64];
+            let Ok(mut encoder) =
+                Encoder::new(&mut out, MessageType::Keepalive, SubType::None, seq)
+            else {
+                continue;
+            };
+            if encoder
+                .tlv(wire::tlv::BOOT_ID, &[&boot_id.to_be_bytes()])
+                .is_err()
+            {
+                continue;
             }
-            received = socket.recv_from(&mut buf) => {
-                let Ok((len, from)) = received else { continue };
-                if !heard.datagram(&buf[..len], from, &events, &mut pending, &mut dropped, &mut log) {
+            let len = encoder.finish();
+            // A send error (link down, no route) shows up as missing keepalives.
+            let _ = socket.send_to(&out[..len], peer);
+            // Keepalives that came while this thread was not run are taken
+            // before judging: after a stall the tick is due and the socket
+            // ready at once, and judging first would see an old
+            // `last_seen` and declare a live peer dead.
+            let mut waiting = 0;
+            while waiting < DRAIN_BEFORE_JUDGING {
+                let Some((len, from)) = recv_now(&socket, &mut buf) else {
+                    break;
+                };
+                waiting += 1;
+                if !heard.datagram(
+                    &buf[..len],
+                    from,
+                    &events,
+                    &mut pending,
+                    &mut dropped,
+                    &mut log,
+                ) {
                     return;
                 }
             }
-            () = events.closed() => return,
+            if heard.up && heard.last_seen.is_some_and(|t| t.elapsed() > dead) {
+                heard.up = false;
+                // Behind an older pending change: this one replaces it
+                // (never overtakes it in the queue).
+                if pending.is_some() {
+                    pending = Some(Liveness::Down);
+                } else if !offer(
+                    &events,
+                    LivenessReport::Changed(Liveness::Down),
+                    &mut pending,
+                    &mut dropped,
+                    &mut log,
+                ) {
+                    return;
+                }
+            }
+            continue;
+        }
+        // Until the next keepalive is due, or a datagram comes.
+        let wait = (next_tick - now).max(Duration::from_micros(50));
+        if socket.set_read_timeout(Some(wait)).is_err() {
+            std::thread::sleep(wait);
+            continue;
+        }
+        match socket.recv_from(&mut buf) {
+            Ok((len, from)) => {
+                if !heard.datagram(
+                    &buf[..len],
+                    from,
+                    &events,
+                    &mut pending,
+                    &mut dropped,
+                    &mut log,
+                ) {
+                    return;
+                }
+            }
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
+            // Anything else (an ICMP error queued on the socket): no
+            // datagram this time; a pause so a socket that keeps failing
+            // cannot spin a real-time thread.
+            Err(_) => std::thread::sleep(wait.min(Duration::from_millis(1))),
         }
     }
 }
@@ -304,27 +462,38 @@ mod tests {
         out[..len].to_vec()
     }
 
+    fn free_udp_port() -> SocketAddr {
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    }
+
+    fn keepalives(local: SocketAddr, peer: SocketAddr, dead: Duration) -> Keepalives {
+        Keepalives {
+            local,
+            peer,
+            boot_id: 7,
+            timing: KeepaliveTiming {
+                interval: Duration::from_millis(10),
+                dead,
+                rt_priority: 0,
+            },
+        }
+    }
+
     /// The owner takes nothing: keepalives still go out every interval,
     /// garbage reports are dropped, and the latest state change waits as
     /// pending and is delivered once the owner reads.
     #[tokio::test]
     async fn keepalives_go_on_while_the_owner_takes_no_reports() {
-        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let local = {
-            // A free port for the liveness socket.
-            let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap()
-        };
+        let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = free_udp_port();
         let (tx, mut rx) = mpsc::channel(1);
-        let task = tokio::spawn(run(
-            local,
-            peer.local_addr().unwrap(),
-            Duration::from_millis(10),
-            Duration::from_secs(60),
-            7,
+        spawn(
+            keepalives(local, peer.local_addr().unwrap(), Duration::from_secs(60)),
             tx,
-        ));
-        async fn recv(peer: &UdpSocket) -> SocketAddr {
+        )
+        .unwrap();
+        async fn recv(peer: &tokio::net::UdpSocket) -> SocketAddr {
             let mut buf = [0u8; 512];
             tokio::time::timeout(Duration::from_secs(5), peer.recv_from(&mut buf))
                 .await
@@ -356,57 +525,106 @@ mod tests {
         .await
         .expect("the pending change is delivered");
         assert_eq!(latest, Liveness::Up { boot_id: 2 });
-        task.abort();
     }
 
-    /// The runtime stalls (here: this test blocks its only thread) for
-    /// three dead intervals while the peer's keepalives keep coming. When
-    /// the task runs again its ticker and its socket are ready at once;
-    /// whichever the select takes first, the keepalives waiting in the
-    /// socket count before the judgement, so the peer is never declared
-    /// dead. (Without that, the ticker wins about every other stall.)
+    /// The owner's runtime stalls (here: this test blocks its only thread)
+    /// for three dead intervals while the peer keeps sending keepalives
+    /// from a thread of its own: this switch's keepalives keep going out
+    /// during the stall (as a task on the stalled runtime they would not,
+    /// and the peer would declare this switch dead), and the peer is not
+    /// reported down.
     #[tokio::test]
-    async fn keepalives_waiting_after_a_stall_count_before_the_judgement() {
+    async fn a_stalled_runtime_neither_stops_keepalives_nor_loses_the_peer() {
         let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let local = {
-            let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap()
-        };
-        let interval = Duration::from_millis(10);
+        peer.set_read_timeout(Some(Duration::from_millis(5)))
+            .unwrap();
+        let local = free_udp_port();
         let dead = Duration::from_millis(50);
         let (tx, mut rx) = mpsc::channel(16);
-        let task = tokio::spawn(run(
-            local,
-            peer.local_addr().unwrap(),
-            interval,
-            dead,
-            7,
-            tx,
-        ));
-        // Up first (the task binds its socket once it runs).
-        let up = tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                let _ = peer.send_to(&keepalive(1), local);
-                tokio::time::sleep(interval).await;
-                if let Ok(report) = rx.try_recv() {
-                    return report;
+        spawn(keepalives(local, peer.local_addr().unwrap(), dead), tx).unwrap();
+        // The peer: a keepalive every 10 ms, counting the ones it hears,
+        // until told to stop.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let heard = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let peer_thread = {
+            let (stop, heard) = (stop.clone(), heard.clone());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 512];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = peer.send_to(&keepalive(1), local);
+                    let until = Instant::now() + Duration::from_millis(10);
+                    while Instant::now() < until {
+                        if peer.recv_from(&mut buf).is_ok() {
+                            heard.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
                 }
-            }
-        })
-        .await
-        .expect("the peer comes up");
-        assert_eq!(up, LivenessReport::Changed(Liveness::Up { boot_id: 1 }));
-        for stall in 0..12 {
-            // Keepalives sent before and at the end of the stall: the last
-            // one waits in the socket when the task runs again.
-            peer.send_to(&keepalive(1), local).unwrap();
+            })
+        };
+        let up = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("the peer comes up");
+        assert_eq!(
+            up,
+            Some(LivenessReport::Changed(Liveness::Up { boot_id: 1 }))
+        );
+        for stall in 0..5 {
+            let before = heard.load(std::sync::atomic::Ordering::Relaxed);
             std::thread::sleep(3 * dead);
-            peer.send_to(&keepalive(1), local).unwrap();
-            tokio::time::sleep(2 * interval).await;
+            let during = heard.load(std::sync::atomic::Ordering::Relaxed) - before;
+            assert!(
+                during >= 5,
+                "stall {stall}: the peer heard {during} keepalives in {:?}",
+                3 * dead
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
             if let Ok(report) = rx.try_recv() {
                 panic!("stall {stall}: {report:?} though keepalives kept coming");
             }
         }
-        task.abort();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        peer_thread.join().unwrap();
+    }
+
+    /// Asked for real time, the thread runs in SCHED_FIFO at that priority
+    /// as the kernel reports it (`/proc/self/task/TID/stat`: rt_priority
+    /// and policy); without CAP_SYS_NICE it says why it could not.
+    #[tokio::test]
+    async fn the_keepalive_thread_runs_at_the_real_time_priority_asked_for() {
+        let local = free_udp_port();
+        let (tx, _rx) = mpsc::channel(1);
+        let mut asked = keepalives(local, free_udp_port(), Duration::from_secs(60));
+        asked.timing.rt_priority = 7;
+        let scheduling = spawn(asked, tx).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            let Scheduling::Refused(why) = scheduling else {
+                panic!("unprivileged, yet {scheduling}");
+            };
+            assert!(why.contains("CAP_SYS_NICE"), "{why}");
+            return;
+        }
+        assert_eq!(scheduling, Scheduling::RealTime(7));
+        let name = format!("keepalive-{}", local.port());
+        let stat = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .flatten()
+            .find(|task| {
+                std::fs::read_to_string(task.path().join("comm"))
+                    .is_ok_and(|comm| comm.trim() == name)
+            })
+            .map(|task| std::fs::read_to_string(task.path().join("stat")).unwrap())
+            .expect("the keepalive thread is listed");
+        // Fields after the command name, which ends with ')': state is
+        // field 3, rt_priority 40, policy 41.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .collect();
+        assert_eq!(fields[40 - 3], "7", "rt_priority in {stat}");
+        assert_eq!(
+            fields[41 - 3],
+            libc::SCHED_FIFO.to_string(),
+            "policy in {stat}"
+        );
     }
 }

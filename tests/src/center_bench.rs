@@ -128,6 +128,21 @@ fn resident_anon_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// CPU time (ns) every thread of process `pid` has run so far, from the
+/// scheduler's own accounting (`/proc/PID/task/*/schedstat`, exact where
+/// `stat`'s clock ticks are 10 ms): what a phase cost each process when
+/// both share the cores.
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|line| line.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// Raises this process's open-file limit to at least `needed`: the soft
 /// limit up to the hard one, the hard one too if allowed (CAP_SYS_RESOURCE).
 /// Fails naming both limits if it cannot: a bench short of descriptors
@@ -174,7 +189,9 @@ pub fn raise_fd_limit(needed: u64) -> anyhow::Result<u64> {
 }
 
 /// Runs the center benchmark and prints its figures.
-pub fn run() -> anyhow::Result<()> {
+/// The whole center bench; with `only_polls`, only the long polls on redb
+/// and their floor (the figure to iterate on).
+pub fn run(only_polls: bool) -> anyhow::Result<()> {
     // The center's end of every poll, plus the database and the runtime.
     let limit = raise_fd_limit(WAITERS as u64 + 1024)?;
     let dir = tempfile::tempdir()?;
@@ -194,8 +211,14 @@ pub fn run() -> anyhow::Result<()> {
         tokio::spawn(server);
         long_polls(addr, &center).await?;
         answer_floor().await?;
+        if only_polls {
+            return Ok(());
+        }
         writes(&center).await
     })?;
+    if only_polls {
+        return Ok(());
+    }
     on_etcd(&runtime)?;
     put_anatomy(dir.path())?;
     let steps: Vec<(String, Vec<String>)> = (0..PLAN_DEVICES)
@@ -410,6 +433,9 @@ fn parse_answer(line: &str) -> Option<Answer> {
 struct Waiters {
     child: std::process::Child,
     lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// Both processes' CPU time when the answers were set off
+    /// ([`Waiters::mark_start`]): (server's, waiters').
+    cpu_at_start: (u64, u64),
 }
 
 impl Waiters {
@@ -436,7 +462,11 @@ impl Waiters {
                 }
             }
         });
-        Ok(Waiters { child, lines })
+        Ok(Waiters {
+            child,
+            lines,
+            cpu_at_start: (0, 0),
+        })
     }
 
     /// Waits until `held()` counts every poll as held by the server: the
@@ -463,6 +493,12 @@ impl Waiters {
         Ok(ramp.elapsed())
     }
 
+    /// Notes both processes' CPU time just before the change that answers
+    /// the polls.
+    fn mark_start(&mut self) {
+        self.cpu_at_start = (cpu_ns(std::process::id()), cpu_ns(self.child.id()));
+    }
+
     /// Reads every answer: the time from `start_ns` to each one that
     /// carries `md5`, sorted, and the others counted.
     async fn answers(mut self, start_ns: u64, md5: &str) -> anyhow::Result<Answers> {
@@ -478,6 +514,13 @@ impl Waiters {
             if answer.kind == expect {
                 got.latencies
                     .push(Duration::from_nanos(answer.at_ns.saturating_sub(start_ns)));
+                if got.latencies.len() == WAITERS {
+                    // Before the waiters close their connections.
+                    got.cpu_ns = (
+                        cpu_ns(std::process::id()).saturating_sub(self.cpu_at_start.0),
+                        cpu_ns(self.child.id()).saturating_sub(self.cpu_at_start.1),
+                    );
+                }
                 continue;
             }
             if answer.kind == "empty" && answer.held_ms + 1000 >= POLL_TIMEOUT_MS {
@@ -513,6 +556,10 @@ struct Answers {
     failed: usize,
     /// The first few lines that were not the change.
     problems: Vec<String>,
+    /// CPU time from the change to the last answer: (the server's process
+    /// — the center or the floor's server, and this bench's reading —,
+    /// the waiters' process); zero unless every poll got the change.
+    cpu_ns: (u64, u64),
 }
 
 impl Answers {
@@ -548,6 +595,22 @@ impl Answers {
         )
     }
 
+    /// `CPU to the last answer: server .. ms, waiters .. ms (.. us per
+    /// answer)`: whether the cores or the waiting limited the answers.
+    fn cpu(&self) -> String {
+        let (server, waiters) = self.cpu_ns;
+        if server + waiters == 0 {
+            return "CPU not measured (not every poll got the change)".into();
+        }
+        format!(
+            "CPU to the last answer: server {:.1} ms, waiters {:.1} ms ({:.1} + {:.1} us per answer)",
+            server as f64 / 1e6,
+            waiters as f64 / 1e6,
+            server as f64 / 1e3 / WAITERS as f64,
+            waiters as f64 / 1e3 / WAITERS as f64,
+        )
+    }
+
     /// First to last answer, and that per answer (us).
     fn spread(&self) -> (f64, f64) {
         let l = &self.latencies;
@@ -578,6 +641,7 @@ async fn long_polls(addr: SocketAddr, center: &Arc<center::Center>) -> anyhow::R
     let ramp = waiters.until_held(|| center.waiting_polls()).await?;
     let before = center.write_stats();
     let resident = resident_anon_mb();
+    waiters.mark_start();
     let start = mono_ns();
     let opts = RolloutOptions {
         batch_size: Some(WAITERS),
@@ -613,10 +677,11 @@ async fn long_polls(addr: SocketAddr, center: &Arc<center::Center>) -> anyhow::R
         after.commits - before.commits,
     );
     println!(
-        "  long-poll notification, {} held polls answered by one change (put {:.1} ms incl. planning and fsync): {}; {}",
+        "  long-poll notification, {} held polls answered by one change (put {:.1} ms incl. planning and fsync): {}; {}; {}",
         got.latencies.len(),
         ms(put_took),
         got.summary(),
+        got.cpu(),
         got.problems()
     );
     Ok(())
@@ -678,6 +743,7 @@ async fn answer_floor() -> anyhow::Result<()> {
     waiters
         .until_held(|| held.load(std::sync::atomic::Ordering::Relaxed))
         .await?;
+    waiters.mark_start();
     let start = mono_ns();
     go.send_replace(true);
     let got = waiters.answers(start, md5).await?;
@@ -688,8 +754,9 @@ async fn answer_floor() -> anyhow::Result<()> {
     }
     let (spread, each) = got.spread();
     println!(
-        "  floor, the same {WAITERS} polls answered by a zero-work server (one task per connection, one shared pre-built answer): {}; first to last {spread:.1} ms ({each:.1} us per answer); {}",
+        "  floor, the same {WAITERS} polls answered by a zero-work server (one task per connection, one shared pre-built answer): {}; first to last {spread:.1} ms ({each:.1} us per answer); {}; {}",
         got.summary(),
+        got.cpu(),
         got.problems()
     );
     Ok(())

@@ -254,10 +254,7 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
         };
         let sessions = match (config.mclag.clone(), mclag_address) {
             (Some(mclag_config), Some(address)) => {
-                let keepalive = (
-                    Duration::from_millis(peer_config.keepalive_interval_ms),
-                    Duration::from_millis(peer_config.dead_interval_ms),
-                );
+                let keepalive = peer_config.keepalive_timing();
                 tracing::info!(%address, "MC-LAG starting");
                 let (tx, rx) = mpsc::channel(SESSION_QUEUE);
                 mclag = Some(MclagHandle::spawn(

@@ -38,7 +38,7 @@ mod task;
 #[cfg(test)]
 mod tests;
 
-use std::{net::IpAddr, time::Duration};
+use std::net::IpAddr;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -78,7 +78,7 @@ pub struct MclagChannels {
 
 impl MclagHandle {
     /// Starts the task (and, when `config.backup` is set, the backup path's
-    /// liveness task with `keepalive` = (interval, dead interval) and this
+    /// keepalive thread with `keepalive`'s timing and this
     /// agent's `boot_id`). `address` is this switch's election address;
     /// `ports` is the dataplane's member port list and `sessions` what peer
     /// sync reports about the peer session; `netlink` carries out the MAC
@@ -86,7 +86,7 @@ impl MclagHandle {
     pub fn spawn(
         config: MclagConfig,
         address: IpAddr,
-        keepalive: (Duration, Duration),
+        keepalive: crate::liveness::KeepaliveTiming,
         boot_id: u64,
         channels: MclagChannels,
         netlink: rtnetlink::Handle,

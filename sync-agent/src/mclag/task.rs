@@ -57,19 +57,28 @@ pub(super) struct Inputs {
 /// Starts the backup path's liveness task when `config.backup` is set.
 pub(super) fn spawn_backup_liveness(
     config: &MclagConfig,
-    keepalive: (Duration, Duration),
+    timing: crate::liveness::KeepaliveTiming,
     boot_id: u64,
 ) -> Option<mpsc::Receiver<LivenessReport>> {
     let backup = config.backup.as_ref()?;
     let (tx, rx) = mpsc::channel(BACKUP_DEPTH);
-    tokio::spawn(crate::liveness::run(
-        SocketAddr::new(backup.local_address, backup.port),
-        SocketAddr::new(backup.peer_address, backup.port),
-        keepalive.0,
-        keepalive.1,
+    let keepalives = crate::liveness::Keepalives {
+        local: SocketAddr::new(backup.local_address, backup.port),
+        peer: SocketAddr::new(backup.peer_address, backup.port),
         boot_id,
-        tx,
-    ));
+        timing,
+    };
+    match crate::liveness::spawn(keepalives, tx) {
+        Ok(scheduling) => {
+            tracing::info!(local = %keepalives.local, %scheduling, "backup path keepalives started")
+        }
+        Err(err) => {
+            // Without the thread the backup path reads as silent: the
+            // split-brain check then never sees the peer alive on it.
+            tracing::error!(local = %keepalives.local, error = %err, "cannot start the backup path's keepalive thread");
+            return None;
+        }
+    }
     Some(rx)
 }
 

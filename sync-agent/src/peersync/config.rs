@@ -52,6 +52,9 @@ fn default_keepalive_ms() -> u64 {
 fn default_dead_ms() -> u64 {
     500
 }
+fn default_keepalive_rt_priority() -> u8 {
+    10
+}
 fn default_batch_entries() -> usize {
     64
 }
@@ -103,6 +106,14 @@ pub struct PeerConfig {
     /// Peer declared down after this long without a keepalive, milliseconds.
     #[serde(default = "default_dead_ms")]
     pub dead_interval_ms: u64,
+    /// SCHED_FIFO priority (1-99) of the keepalive threads, the peer
+    /// link's and MC-LAG's backup path's; 0 runs them at normal priority.
+    /// A dead interval of tens of milliseconds is shorter than a saturated
+    /// CPU may leave a normal thread waiting, and a keepalive sent late
+    /// reads as a dead switch. Needs CAP_SYS_NICE; refused, the threads run
+    /// at normal priority (logged, `show peer`).
+    #[serde(default = "default_keepalive_rt_priority")]
+    pub keepalive_rt_priority: u8,
     /// Most entries in one sync frame.
     #[serde(default = "default_batch_entries")]
     pub batch_max_entries: usize,
@@ -139,6 +150,15 @@ pub struct PeerConfig {
 }
 
 impl PeerConfig {
+    /// The keepalives' timing and scheduling, for every path.
+    pub fn keepalive_timing(&self) -> crate::liveness::KeepaliveTiming {
+        crate::liveness::KeepaliveTiming {
+            interval: std::time::Duration::from_millis(self.keepalive_interval_ms),
+            dead: std::time::Duration::from_millis(self.dead_interval_ms),
+            rt_priority: self.keepalive_rt_priority,
+        }
+    }
+
     /// The MLAG id of each member port, in `member_ports` order.
     pub fn mlag_ids_for(&self, member_ports: &[String]) -> Vec<(String, u32)> {
         member_ports
@@ -248,6 +268,15 @@ impl PeerConfig {
                 format!(
                     "{} must be at least twice peer.keepalive_interval_ms",
                     peer.dead_interval_ms
+                ),
+            );
+        }
+        if peer.keepalive_rt_priority > 99 {
+            problem(
+                "peer.keepalive_rt_priority".into(),
+                format!(
+                    "{} must be between 0 (normal scheduling) and 99",
+                    peer.keepalive_rt_priority
                 ),
             );
         }

@@ -556,6 +556,7 @@ impl Task {
             inject_method: self.kernel.inject_method().into(),
             keepalive_interval_ms: self.config.keepalive_interval_ms,
             dead_interval_ms: self.config.dead_interval_ms,
+            keepalive_scheduling: self.keepalive_scheduling.clone(),
             boot_id: self.identity.boot_id,
             entries: self.table.len() as u64,
             pending: self.table.pending() as u64,

@@ -59,7 +59,6 @@ use std::{
     collections::BTreeSet,
     net::{IpAddr, SocketAddr},
     sync::Arc,
-    time::Duration,
 };
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -157,10 +156,7 @@ impl PeerSyncHandle {
         let initial = ports.borrow_and_update().clone();
         let local = SocketAddr::new(config.local_address, config.port);
         let peer = SocketAddr::new(config.peer_address, config.port);
-        let (keepalive, dead) = (
-            Duration::from_millis(config.keepalive_interval_ms),
-            Duration::from_millis(config.dead_interval_ms),
-        );
+        let timing = config.keepalive_timing();
         let boot_id = identity.boot_id;
         let kernel: Arc<dyn Kernel> = Arc::new(NetKernel { inject, netlink });
         let (mut task, internal, wanted) =
@@ -173,14 +169,24 @@ impl PeerSyncHandle {
             tokio::spawn(session::accept(local, peer, task.internal.clone()));
         }
         let (liveness_tx, liveness) = mpsc::channel(LIVENESS_DEPTH);
-        tokio::spawn(liveness::run(
+        let keepalives = liveness::Keepalives {
             local,
             peer,
-            keepalive,
-            dead,
             boot_id,
-            liveness_tx,
-        ));
+            timing,
+        };
+        task.keepalive_scheduling = match liveness::spawn(keepalives, liveness_tx) {
+            Ok(scheduling) => {
+                tracing::info!(%local, %scheduling, "peer link keepalives started");
+                scheduling.to_string()
+            }
+            Err(err) => {
+                // The peer then reads as silent here, and this switch as
+                // silent there: said loudly, shown in `show peer`.
+                tracing::error!(%local, error = %err, "cannot start the peer link's keepalive thread");
+                format!("not running: {err}")
+            }
+        };
         let neighbours = neighbours::watch().unwrap_or_else(|err| {
             tracing::error!(error = %err, "cannot follow the kernel's neighbour table: entries it drops will not be withdrawn from the peer");
             mpsc::channel(1).1

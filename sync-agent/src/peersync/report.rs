@@ -161,6 +161,10 @@ pub struct PeerReport {
     pub keepalive_interval_ms: u64,
     /// Dead interval.
     pub dead_interval_ms: u64,
+    /// How the keepalive thread is scheduled: `SCHED_FIFO N`, `normal`,
+    /// or `normal (real time refused: why)`.
+    #[serde(default)]
+    pub keepalive_scheduling: String,
     /// This agent's boot id.
     pub boot_id: u64,
     /// Entries in the send table.
@@ -248,11 +252,16 @@ impl fmt::Display for PeerReport {
         )?;
         writeln!(
             f,
-            "last hello {} ms ago, up {} s, keepalive {} ms / dead {} ms",
+            "last hello {} ms ago, up {} s, keepalive {} ms / dead {} ms{}",
             or_dash(p.last_hello_ms_ago),
             or_dash(p.session_up_s),
             p.keepalive_interval_ms,
-            p.dead_interval_ms
+            p.dead_interval_ms,
+            if p.keepalive_scheduling.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", p.keepalive_scheduling)
+            }
         )?;
         writeln!(
             f,

@@ -129,6 +129,8 @@ pub(super) struct Task {
     pub(super) sessions: Option<mpsc::Sender<SessionEvent>>,
     /// Where what this side knows of the twin ports goes (inference).
     pub(super) infos: Option<mpsc::Sender<Info>>,
+    /// How the peer link's keepalive thread is scheduled (`show peer`).
+    pub(super) keepalive_scheduling: String,
 }
 
 /// The receiving ends the loop selects over (the supervisor's channels,
@@ -205,6 +207,7 @@ impl Task {
             kernel,
             sessions,
             infos: None,
+            keepalive_scheduling: String::new(),
         };
         (task, internal_rx, wanted)
     }

@@ -93,7 +93,8 @@ fn main() -> anyhow::Result<()> {
     // the MLAG pair's (peer-sync latency and echo check, resync, takeover,
     // split brain); `mlag-bench mclag` only takeover and split brain
     // (`mclag-load` only the takeover under a sync flood);
-    // `mlag-bench center` only the config center's; `mlag-bench inference`
+    // `mlag-bench center` only the config center's (`center long-polls`
+    // only its long polls and their floor, on redb); `mlag-bench inference`
     // only the state inference engine's; `mlag-bench throughput` only the
     // traffic through a port with and without the classifier.
     match std::env::args().nth(1).as_deref() {
@@ -102,7 +103,10 @@ fn main() -> anyhow::Result<()> {
             return mlag_testbed::fabric_bench::run(&broker);
         }
         Some("pair") => return pair_benchmarks(),
-        Some("center") => return mlag_testbed::center_bench::run(),
+        Some("center") => {
+            let only_polls = std::env::args().nth(2).as_deref() == Some("long-polls");
+            return mlag_testbed::center_bench::run(only_polls);
+        }
         // The center bench's client side, in a process of its own.
         Some(mlag_testbed::center_bench::WAITERS_COMMAND) => {
             return mlag_testbed::center_bench::waiters_main(std::env::args().skip(2).collect());
@@ -116,10 +120,13 @@ fn main() -> anyhow::Result<()> {
             return sync_latency("generic");
         }
         Some("mclag") => return mclag_benchmarks(),
-        // Only the takeover under load, at each liveness setting.
+        // Only the takeover under load, at each liveness setting
+        // (`mclag-load normal`: keepalive threads at normal priority, for
+        // comparison with the default real-time one).
         Some("mclag-load") => {
+            let normal = std::env::args().nth(2).as_deref() == Some("normal");
             for (i, (keepalive_ms, dead_ms)) in LOADED_SETTINGS.into_iter().enumerate() {
-                takeover_under_load(keepalive_ms, dead_ms, i == 0)?;
+                takeover_under_load(keepalive_ms, dead_ms, i == 0, normal)?;
             }
             return Ok(());
         }
@@ -136,7 +143,7 @@ fn main() -> anyhow::Result<()> {
     mlag_testbed::throughput_bench::run()?;
     println!();
     inference_benchmarks();
-    mlag_testbed::center_bench::run()?;
+    mlag_testbed::center_bench::run(false)?;
     mlag_testbed::fabric_bench::run("embedded")?;
     mlag_testbed::fabric_bench::run("mosquitto")?;
     Ok(())
@@ -743,7 +750,7 @@ fn pair_benchmarks() -> anyhow::Result<()> {
 fn mclag_benchmarks() -> anyhow::Result<()> {
     takeover()?;
     for (i, (keepalive_ms, dead_ms)) in LOADED_SETTINGS.into_iter().enumerate() {
-        takeover_under_load(keepalive_ms, dead_ms, i == 0)?;
+        takeover_under_load(keepalive_ms, dead_ms, i == 0, false)?;
     }
     split_brain()
 }
@@ -939,7 +946,14 @@ const FLOOD_BEFORE_CUT: Duration = Duration::from_secs(2);
 /// session lost on either switch a false peer loss (a master that believes
 /// its peer gone changes no role, so role changes alone would miss it).
 /// Reported as the total from the cut to the GARP at C.
-fn takeover_under_load(keepalive_ms: u64, dead_ms: u64, goal: bool) -> anyhow::Result<()> {
+/// With `normal_priority` the agents' keepalive threads run at normal
+/// priority (`keepalive_rt_priority = 0`) instead of the default SCHED_FIFO.
+fn takeover_under_load(
+    keepalive_ms: u64,
+    dead_ms: u64,
+    goal: bool,
+    normal_priority: bool,
+) -> anyhow::Result<()> {
     pair::raise_neighbour_limits(524_288)?;
     let mut totals = Vec::new();
     let (mut false_takeovers, mut false_losses, mut takeovers_seen) = (0u64, 0u64, 0u64);
@@ -949,7 +963,12 @@ fn takeover_under_load(keepalive_ms: u64, dead_ms: u64, goal: bool) -> anyhow::R
     for trial in 0..TAKEOVER_TRIALS {
         let pair = Pair::new()?;
         let config = format!(
-            "keepalive_interval_ms = {keepalive_ms}\ndead_interval_ms = {dead_ms}\n[mclag]\ninit_delay_s = 0\n"
+            "keepalive_interval_ms = {keepalive_ms}\ndead_interval_ms = {dead_ms}\n{}[mclag]\ninit_delay_s = 0\n",
+            if normal_priority {
+                "keepalive_rt_priority = 0\n"
+            } else {
+                ""
+            }
         );
         let a = pair.agent_a(&config)?;
         let b = pair.agent_b(&config)?;
@@ -1053,7 +1072,12 @@ fn takeover_under_load(keepalive_ms: u64, dead_ms: u64, goal: bool) -> anyhow::R
     let max = totals[TAKEOVER_TRIALS - 1];
     println!();
     println!(
-        "MC-LAG takeover under load ({TAKEOVER_TRIALS} trials, keepalive {keepalive_ms} ms, dead interval {dead_ms} ms): replies flooded into B's member port at {:.0}/s ({flooded} sent, {synced} sync entries received by A), {:.0} s of flood before each cut",
+        "MC-LAG takeover under load ({TAKEOVER_TRIALS} trials, keepalive {keepalive_ms} ms, dead interval {dead_ms} ms, keepalive threads at {} priority): replies flooded into B's member port at {:.0}/s ({flooded} sent, {synced} sync entries received by A), {:.0} s of flood before each cut",
+        if normal_priority {
+            "normal"
+        } else {
+            "real-time (SCHED_FIFO 10)"
+        },
         flooded as f64 / flood_seconds,
         FLOOD_BEFORE_CUT.as_secs_f64()
     );
