@@ -103,6 +103,8 @@ fn main() -> anyhow::Result<()> {
         }
         Some("pair") => return pair_benchmarks(),
         Some("center") => return mlag_testbed::center_bench::run(),
+        // Only the rollout's resume after its engine's center is killed.
+        Some("center-resume") => return mlag_testbed::center_bench::resume_after_kill(),
         // The center bench's client side, in a process of its own.
         Some(mlag_testbed::center_bench::WAITERS_COMMAND) => {
             return mlag_testbed::center_bench::waiters_main(std::env::args().skip(2).collect());
