@@ -58,6 +58,10 @@
 //! `rollout/stamp` and `seen/` tells the center what the others changed
 //! ([`ClusterEvent`]).
 //!
+//! How the cluster is reached (its URLs, TLS, an etcd user) is
+//! [`EtcdAccess`]; both clients of a center (its requests and its session)
+//! use it alike.
+//!
 //! The client is async (tonic); the storage traits block. The client lives
 //! on a small runtime of its own, and each call blocks the caller (the
 //! writer thread, a blocking thread, or the start-up) until that runtime
