@@ -103,9 +103,15 @@ fn main() -> anyhow::Result<()> {
             return mlag_testbed::fabric_bench::run(&broker);
         }
         Some("pair") => return pair_benchmarks(),
+        // `center long-polls`: only the long polls and their floor;
+        // `center resume`: only the rollout's resume after its engine's
+        // center is killed.
         Some("center") => {
-            let only_polls = std::env::args().nth(2).as_deref() == Some("long-polls");
-            return mlag_testbed::center_bench::run(only_polls);
+            return match std::env::args().nth(2).as_deref() {
+                Some("long-polls") => mlag_testbed::center_bench::run(true),
+                Some("resume") => mlag_testbed::center_bench::resume_after_kill(),
+                _ => mlag_testbed::center_bench::run(false),
+            };
         }
         // The center bench's client side, in a process of its own.
         Some(mlag_testbed::center_bench::WAITERS_COMMAND) => {

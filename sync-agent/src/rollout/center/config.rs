@@ -78,8 +78,9 @@ pub struct CenterConfig {
     /// or `etcd` (`etcd_endpoints`, `etcd_prefix`).
     #[serde(default)]
     pub store: StoreKind,
-    /// With `store = "etcd"`: the cluster's client URLs
-    /// (`http://host:2379`; no TLS yet), at least one.
+    /// With `store = "etcd"`: the cluster's client URLs, at least one,
+    /// all `http://host:2379` or all `https://host:2379` (TLS: then
+    /// `etcd_ca_file` too).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub etcd_endpoints: Vec<String>,
     /// With `store = "etcd"`: the prefix of every key the center writes
@@ -92,6 +93,33 @@ pub struct CenterConfig {
     /// that center dies, another takes the engine over within this time.
     #[serde(default = "default_etcd_lease_ttl_s")]
     pub etcd_lease_ttl_s: u64,
+    /// With `https://` endpoints: the CA certificate(s) (PEM) that signed
+    /// the etcd members' certificates, the only roots trusted for them
+    /// (required: etcd clusters use a CA of their own, so the system's
+    /// roots are never consulted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// With `https://` endpoints: this center's client certificate (PEM),
+    /// for an etcd started with `--client-cert-auth`; with
+    /// `etcd_key_file`, both or neither.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of `etcd_cert_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_key_file: Option<PathBuf>,
+    /// An etcd user (etcd with `auth enable`): the center authenticates
+    /// as this user; with `etcd_password_file`, both or neither.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_user: Option<String>,
+    /// The file holding `etcd_user`'s password (its first line): a
+    /// password is never written in the config itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_password_file: Option<PathBuf>,
+    /// Refused when present: it exists only so that a password written
+    /// into the config is named and pointed to `etcd_password_file`
+    /// rather than met with a bare "unknown field" (never serialized).
+    #[serde(default, skip_serializing)]
+    pub etcd_password: Option<String>,
     /// Most steps per rollout batch (default 10).
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
@@ -144,6 +172,12 @@ impl Default for CenterConfig {
             etcd_endpoints: Vec::new(),
             etcd_prefix: None,
             etcd_lease_ttl_s: DEFAULT_ETCD_LEASE_TTL_S,
+            etcd_ca_file: None,
+            etcd_cert_file: None,
+            etcd_key_file: None,
+            etcd_user: None,
+            etcd_password_file: None,
+            etcd_password: None,
             batch_size: DEFAULT_BATCH_SIZE,
             pace_ms: 0,
             max_config_bytes: DEFAULT_MAX_CONFIG_BYTES,
@@ -232,10 +266,21 @@ impl CenterConfig {
 
     /// Problems of `store` and the settings of the store it names.
     fn store_problems(&self, out: &mut Problems) {
+        if self.etcd_password.is_some() {
+            out.add(
+                "rollout.center.etcd_password",
+                "a password is never written in the config: put it in a file only the agent can read and name that file in etcd_password_file",
+            );
+        }
         if self.store == StoreKind::Redb {
             for (field, set) in [
                 ("etcd_endpoints", !self.etcd_endpoints.is_empty()),
                 ("etcd_prefix", self.etcd_prefix.is_some()),
+                ("etcd_ca_file", self.etcd_ca_file.is_some()),
+                ("etcd_cert_file", self.etcd_cert_file.is_some()),
+                ("etcd_key_file", self.etcd_key_file.is_some()),
+                ("etcd_user", self.etcd_user.is_some()),
+                ("etcd_password_file", self.etcd_password_file.is_some()),
             ] {
                 if set {
                     out.add(
@@ -257,6 +302,7 @@ impl CenterConfig {
                 out.add(format!("rollout.center.etcd_endpoints[{i}]"), why);
             }
         }
+        self.etcd_security_problems(out);
         if !(2..=600).contains(&self.etcd_lease_ttl_s) {
             out.add(
                 "rollout.center.etcd_lease_ttl_s",
@@ -278,16 +324,87 @@ impl CenterConfig {
     }
 }
 
-/// An etcd client URL: `http://`, a host, a port. (TLS to etcd is not
-/// supported yet: an `https://` endpoint is refused rather than tried.)
-fn check_endpoint(endpoint: &str) -> Result<(), String> {
-    if endpoint.starts_with("https://") {
-        return Err(format!(
-            "{endpoint:?}: TLS to etcd is not supported yet; use http:// (on a trusted network)"
-        ));
+impl CenterConfig {
+    /// Whether the etcd endpoints use TLS (`https://`; the config's
+    /// problems refuse a mix).
+    pub fn etcd_tls(&self) -> bool {
+        self.etcd_endpoints
+            .iter()
+            .any(|endpoint| endpoint.starts_with("https://"))
     }
-    let Some(rest) = endpoint.strip_prefix("http://") else {
-        return Err(format!("{endpoint:?} must start with http://"));
+
+    /// Problems of the TLS and credential settings of `store = "etcd"`
+    /// that the config alone shows (the files are read when the store is
+    /// opened: [`super::storage::etcd_access`]).
+    fn etcd_security_problems(&self, out: &mut Problems) {
+        let https = self
+            .etcd_endpoints
+            .iter()
+            .filter(|e| e.starts_with("https://"))
+            .count();
+        let tls = https > 0;
+        if tls && https < self.etcd_endpoints.len() {
+            out.add(
+                "rollout.center.etcd_endpoints",
+                "mixes http:// and https://: the members of one etcd cluster all serve TLS or none do",
+            );
+        }
+        if tls && self.etcd_ca_file.is_none() {
+            out.add(
+                "rollout.center.etcd_ca_file",
+                "the etcd endpoints are https://: give the CA certificate (PEM) that signed the etcd members' certificates (the system's roots are not used for etcd)",
+            );
+        }
+        if !tls {
+            for (field, set) in [
+                ("etcd_ca_file", self.etcd_ca_file.is_some()),
+                ("etcd_cert_file", self.etcd_cert_file.is_some()),
+                ("etcd_key_file", self.etcd_key_file.is_some()),
+            ] {
+                if set {
+                    out.add(
+                        format!("rollout.center.{field}"),
+                        "is for TLS to etcd, but etcd_endpoints are http://: use https:// endpoints",
+                    );
+                }
+            }
+        }
+        match (&self.etcd_cert_file, &self.etcd_key_file) {
+            (Some(_), None) => out.add(
+                "rollout.center.etcd_key_file",
+                "etcd_cert_file is set: give etcd_key_file (its private key) too",
+            ),
+            (None, Some(_)) => out.add(
+                "rollout.center.etcd_cert_file",
+                "etcd_key_file is set: give etcd_cert_file (its certificate) too",
+            ),
+            _ => {}
+        }
+        match (&self.etcd_user, &self.etcd_password_file) {
+            (Some(user), _) if user.is_empty() || user.chars().any(char::is_control) => out.add(
+                "rollout.center.etcd_user",
+                "must name an etcd user (not empty, no control characters)",
+            ),
+            (Some(_), None) => out.add(
+                "rollout.center.etcd_password_file",
+                "etcd_user is set: give etcd_password_file, the file holding its password",
+            ),
+            (None, Some(_)) => out.add(
+                "rollout.center.etcd_user",
+                "etcd_password_file is set: give etcd_user, the user it is the password of",
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// An etcd client URL: `http://` or `https://`, a host, a port.
+fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let Some(rest) = endpoint
+        .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"))
+    else {
+        return Err(format!("{endpoint:?} must start with http:// or https://"));
     };
     let authority = rest.strip_suffix('/').unwrap_or(rest);
     let port = match authority.rsplit_once(':') {
@@ -444,7 +561,7 @@ mod tests {
         assert_eq!(problem_fields(&etcd), []);
 
         let bad: CenterConfig = toml::from_str(&format!(
-            "{base}store = \"etcd\"\netcd_endpoints = [\"10.0.0.1:2379\", \"http://e2\", \"http://e3:0\", \"https://e4:2379\"]\netcd_prefix = \"center\"\n"
+            "{base}store = \"etcd\"\netcd_endpoints = [\"10.0.0.1:2379\", \"http://e2\", \"http://e3:0\", \"ftp://e4:2379\"]\netcd_prefix = \"center\"\n"
         ))
         .unwrap();
         let problems = problem_fields(&bad);
@@ -461,11 +578,9 @@ mod tests {
             "{problems:?}"
         );
         assert!(
-            problems[0].1.contains("must start with http://"),
-            "{problems:?}"
-        );
-        assert!(
-            problems[3].1.contains("TLS to etcd is not supported yet"),
+            problems[0]
+                .1
+                .contains("must start with http:// or https://"),
             "{problems:?}"
         );
         assert!(problems[1].1.contains("a host and a port"), "{problems:?}");
@@ -482,5 +597,102 @@ mod tests {
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].1.contains("store = \"etcd\""), "{problems:?}");
         assert!(toml::from_str::<CenterConfig>(&format!("{base}store = \"zookeeper\"\n")).is_err());
+    }
+
+    #[test]
+    fn tls_and_credentials_to_etcd_go_together_and_name_the_field_that_is_missing() {
+        let base = "listen = \"127.0.0.1:7480\"\ndb_path = \"/tmp/c.redb\"\nstore = \"etcd\"\n";
+        let parse =
+            |extra: &str| -> CenterConfig { toml::from_str(&format!("{base}{extra}")).unwrap() };
+        let fields = |config: &CenterConfig| -> Vec<String> {
+            problem_fields(config).into_iter().map(|(f, _)| f).collect()
+        };
+        let secure = parse(
+            "etcd_endpoints = [\"https://e1:2379\", \"https://e2:2379\"]\n\
+             etcd_ca_file = \"/etc/etcd/ca.pem\"\netcd_cert_file = \"/etc/c.pem\"\netcd_key_file = \"/etc/c.key\"\n\
+             etcd_user = \"center\"\netcd_password_file = \"/etc/mlag-sync/etcd.password\"\n",
+        );
+        assert_eq!(problem_fields(&secure), []);
+        assert!(secure.etcd_tls());
+        // Credentials over plain http are allowed (etcd allows them too).
+        let plain_auth = parse(
+            "etcd_endpoints = [\"http://e1:2379\"]\netcd_user = \"center\"\netcd_password_file = \"/p\"\n",
+        );
+        assert_eq!(problem_fields(&plain_auth), []);
+        assert!(!plain_auth.etcd_tls());
+
+        // https:// without the cluster's CA.
+        let no_ca = parse("etcd_endpoints = [\"https://e1:2379\"]\n");
+        let problems = problem_fields(&no_ca);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "rollout.center.etcd_ca_file");
+        assert!(problems[0].1.contains("https://"), "{problems:?}");
+        // A mix of http and https; TLS files for http endpoints.
+        let mixed = parse(
+            "etcd_endpoints = [\"https://e1:2379\", \"http://e2:2379\"]\netcd_ca_file = \"/ca\"\n",
+        );
+        assert_eq!(fields(&mixed), ["rollout.center.etcd_endpoints"]);
+        let tls_on_http = parse(
+            "etcd_endpoints = [\"http://e1:2379\"]\netcd_ca_file = \"/ca\"\netcd_cert_file = \"/c\"\netcd_key_file = \"/k\"\n",
+        );
+        assert_eq!(
+            fields(&tls_on_http),
+            [
+                "rollout.center.etcd_ca_file",
+                "rollout.center.etcd_cert_file",
+                "rollout.center.etcd_key_file"
+            ]
+        );
+        // Halves of a pair.
+        let half = parse(
+            "etcd_endpoints = [\"https://e1:2379\"]\netcd_ca_file = \"/ca\"\netcd_cert_file = \"/c\"\netcd_user = \"center\"\n",
+        );
+        assert_eq!(
+            fields(&half),
+            [
+                "rollout.center.etcd_key_file",
+                "rollout.center.etcd_password_file"
+            ]
+        );
+        let other_half = parse(
+            "etcd_endpoints = [\"https://e1:2379\"]\netcd_ca_file = \"/ca\"\netcd_key_file = \"/k\"\netcd_password_file = \"/p\"\n",
+        );
+        assert_eq!(
+            fields(&other_half),
+            ["rollout.center.etcd_cert_file", "rollout.center.etcd_user"]
+        );
+        // A password in the config itself is refused, pointing to the file.
+        let inline = parse(
+            "etcd_endpoints = [\"http://e1:2379\"]\netcd_user = \"center\"\netcd_password = \"hunter2\"\n",
+        );
+        let problems = problem_fields(&inline);
+        assert_eq!(
+            problems.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>(),
+            [
+                "rollout.center.etcd_password",
+                "rollout.center.etcd_password_file"
+            ]
+        );
+        assert!(
+            problems[0].1.contains("never written in the config"),
+            "{problems:?}"
+        );
+        assert!(
+            !toml::to_string(&inline).unwrap().contains("hunter2"),
+            "never serialized"
+        );
+        // On a redb center each of them is a stray setting.
+        let stray: CenterConfig = toml::from_str(
+            "listen = \"127.0.0.1:7480\"\ndb_path = \"/tmp/c.redb\"\netcd_ca_file = \"/ca\"\netcd_user = \"u\"\netcd_password_file = \"/p\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            fields(&stray),
+            [
+                "rollout.center.etcd_ca_file",
+                "rollout.center.etcd_user",
+                "rollout.center.etcd_password_file"
+            ]
+        );
     }
 }

@@ -58,6 +58,10 @@
 //! `rollout/stamp` and `seen/` tells the center what the others changed
 //! ([`ClusterEvent`]).
 //!
+//! How the cluster is reached (its URLs, TLS, an etcd user) is
+//! [`EtcdAccess`]; both clients of a center (its requests and its session)
+//! use it alike.
+//!
 //! The client is async (tonic); the storage traits block. The client lives
 //! on a small runtime of its own, and each call blocks the caller (the
 //! writer thread, a blocking thread, or the start-up) until that runtime
@@ -75,6 +79,7 @@ use etcd_client::{
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
+use super::etcd_access::EtcdAccess;
 use super::{CenterStorage, Cluster, ClusterEvent, StorageRead, StorageTxn, Stored};
 use crate::rollout::center::engine::{Changes, EngineMeta};
 use crate::rollout::center::error::{CenterError, CenterResult};
@@ -93,6 +98,8 @@ pub struct EtcdStorage {
     runtime: Option<tokio::runtime::Runtime>,
     prefix: String,
     endpoints: String,
+    /// How the cluster is reached (to explain its refusals).
+    access: EtcdAccess,
     /// With several centers ([`EtcdStorage::connect_shared`]).
     session: Option<Session>,
 }
@@ -132,6 +139,17 @@ fn unreachable(e: &etcd_client::Error) -> bool {
     }
 }
 
+/// A center that could not start on its cluster: unreachable (503 kind,
+/// named as such) or refused (credentials, permissions, TLS), with why.
+fn connect_failed(access: &EtcdAccess, what: &str, e: &etcd_client::Error) -> CenterError {
+    let why = format!("etcd {}: {what}: {}", access.named(), access.explain(e));
+    if unreachable(e) {
+        CenterError::Unavailable(format!("{why} (no etcd member answers)"))
+    } else {
+        CenterError::Internal(why)
+    }
+}
+
 /// The exclusive end of the range of keys starting with `prefix` (which
 /// ends with '/': the next byte is '0').
 fn prefix_end(prefix: &str) -> String {
@@ -156,30 +174,55 @@ impl EtcdStorage {
     /// Connects to the cluster at `endpoints` (client URLs), keeping every
     /// key under `prefix` (ends with '/'), and reads once so that an
     /// unreachable cluster fails here, named.
-    pub fn connect(endpoints: &[String], prefix: &str) -> CenterResult<EtcdStorage> {
-        let named = endpoints.join(",");
+    pub fn connect(access: &EtcdAccess, prefix: &str) -> CenterResult<EtcdStorage> {
+        let named = access.named();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("center-etcd")
             .enable_all()
             .build()
             .map_err(|e| CenterError::internal("etcd store: starting its runtime", e))?;
-        let options = ConnectOptions::new()
-            .with_connect_timeout(CONNECT_TIMEOUT)
-            .with_timeout(REQUEST_TIMEOUT);
-        let urls = endpoints.to_vec();
-        let client = block_on(&runtime, async move {
+        let options = access.options(
+            ConnectOptions::new()
+                .with_connect_timeout(CONNECT_TIMEOUT)
+                .with_timeout(REQUEST_TIMEOUT),
+        );
+        let urls = access.endpoints().to_vec();
+        let connected = block_on(&runtime, async move {
             Client::connect(urls, Some(options)).await
-        })?
-        .map_err(|e| CenterError::internal(&format!("etcd {named}: connecting"), e))?;
+        });
+        let client = match connected {
+            Ok(Ok(client)) => client,
+            failed => {
+                // Connecting authenticates (a refused user fails here);
+                // the runtime may not be dropped where this is called
+                // from an async context (the center's start).
+                runtime.shutdown_background();
+                return Err(match failed {
+                    Ok(Err(e)) => connect_failed(access, "connecting", &e),
+                    Err(e) => e,
+                    Ok(Ok(_)) => unreachable!("matched above"),
+                });
+            }
+        };
         let storage = EtcdStorage {
             kv: client.kv_client(),
             runtime: Some(runtime),
             prefix: prefix.to_string(),
             endpoints: named,
+            access: access.clone(),
             session: None,
         };
-        storage.get(&storage.key("audit-last"), 0)?;
+        // The first read tells apart an unreachable cluster, a refused
+        // user and a failed TLS handshake, each named.
+        let kv = storage.kv.clone();
+        let first = storage.key("audit-last");
+        storage
+            .call_raw(move || {
+                let (mut kv, first) = (kv.clone(), first.clone());
+                async move { kv.get(first, None).await }
+            })?
+            .map_err(|e| connect_failed(access, "first read", &e))?;
         Ok(storage)
     }
 
@@ -189,26 +232,26 @@ impl EtcdStorage {
     /// the rollout engine and watches what the others change (see the
     /// module doc). Waits (up to the lease's TTL) for its first lease.
     pub fn connect_shared(
-        endpoints: &[String],
+        access: &EtcdAccess,
         prefix: &str,
         ttl_s: u64,
     ) -> CenterResult<EtcdStorage> {
-        let mut storage = EtcdStorage::connect(endpoints, prefix)?;
+        let mut storage = EtcdStorage::connect(access, prefix)?;
         let runtime = storage
             .runtime
             .as_ref()
             .ok_or_else(|| CenterError::Internal("etcd store: closed".into()))?;
-        let options = ConnectOptions::new()
-            .with_connect_timeout(CONNECT_TIMEOUT)
-            .with_timeout(REQUEST_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2));
-        let urls = endpoints.to_vec();
+        let options = access.options(
+            ConnectOptions::new()
+                .with_connect_timeout(CONNECT_TIMEOUT)
+                .with_timeout(REQUEST_TIMEOUT)
+                .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2)),
+        );
+        let urls = access.endpoints().to_vec();
         let client = block_on(runtime, async move {
             Client::connect(urls, Some(options)).await
         })?
-        .map_err(|e| {
-            CenterError::internal(&format!("etcd {}: connecting", storage.endpoints), e)
-        })?;
+        .map_err(|e| connect_failed(access, "connecting", &e))?;
         let member = format!(
             "{}-{}-{:x}",
             hostname(),
@@ -336,6 +379,28 @@ impl EtcdStorage {
     where
         F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     {
+        self.call_raw(make)?.map_err(|e| {
+            let why = format!(
+                "etcd {}: {what}: {}",
+                self.endpoints,
+                self.access.explain(&e)
+            );
+            if unreachable(&e) {
+                CenterError::Unavailable(format!("{why} (no etcd member answers)"))
+            } else {
+                CenterError::Internal(why)
+            }
+        })
+    }
+
+    /// [`EtcdStorage::call`] with etcd's error as it is.
+    fn call_raw<T: Send + 'static, F>(
+        &self,
+        make: impl Fn() -> F + Send + 'static,
+    ) -> CenterResult<Result<T, etcd_client::Error>>
+    where
+        F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
         let runtime = self
             .runtime
             .as_ref()
@@ -352,14 +417,7 @@ impl EtcdStorage {
                 }
             }
         };
-        block_on(runtime, call)?.map_err(|e| {
-            let why = format!("etcd {}: {what}: {e}", self.endpoints);
-            if unreachable(&e) {
-                CenterError::Unavailable(format!("{why} (no etcd member answers)"))
-            } else {
-                CenterError::Internal(why)
-            }
-        })
+        block_on(runtime, call)
     }
 
     /// `key`'s value and mod_revision at `revision` (0: the newest), and
@@ -1055,9 +1113,10 @@ pub(crate) mod tests {
             let mut etcd = Etcd { child, url, dir };
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
-                if let Ok(storage) =
-                    EtcdStorage::connect(std::slice::from_ref(&etcd.url), "/probe/")
-                {
+                if let Ok(storage) = EtcdStorage::connect(
+                    &EtcdAccess::plain(std::slice::from_ref(&etcd.url)),
+                    "/probe/",
+                ) {
                     drop(storage);
                     return etcd;
                 }
@@ -1088,8 +1147,11 @@ pub(crate) mod tests {
 
     fn fresh() -> (Etcd, Arc<dyn CenterStorage>) {
         let etcd = Etcd::start();
-        let storage =
-            EtcdStorage::connect(std::slice::from_ref(&etcd.url), "/test/center/").unwrap();
+        let storage = EtcdStorage::connect(
+            &EtcdAccess::plain(std::slice::from_ref(&etcd.url)),
+            "/test/center/",
+        )
+        .unwrap();
         (etcd, Arc::new(storage))
     }
 

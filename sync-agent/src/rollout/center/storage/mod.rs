@@ -51,6 +51,7 @@
 //! async task, so an implementation over an async client may block on its
 //! runtime there.
 
+pub mod etcd_access;
 pub mod etcd_backend;
 pub mod redb_backend;
 
@@ -71,13 +72,14 @@ pub type Stored = (Vec<(String, DeviceState)>, Vec<RolloutEntry>, EngineMeta);
 
 /// Opens the store `config.store` names: the redb file `db_path`
 /// (created with its directory if missing), or the etcd cluster at
-/// `etcd_endpoints` under `etcd_prefix` (reached once here, so a center
-/// whose cluster is down fails at start, naming it).
+/// `etcd_endpoints` under `etcd_prefix`, with its TLS and credentials
+/// (reached once here, so a center whose cluster is down or refuses it
+/// fails at start, naming it and why).
 pub fn open(config: &CenterConfig) -> CenterResult<Arc<dyn CenterStorage>> {
     match config.store {
         StoreKind::Redb => Ok(Arc::new(redb_backend::RedbStorage::open(&config.db_path)?)),
         StoreKind::Etcd => Ok(Arc::new(etcd_backend::EtcdStorage::connect_shared(
-            &config.etcd_endpoints,
+            &etcd_access::EtcdAccess::from_config(config)?,
             config.etcd_prefix(),
             config.etcd_lease_ttl_s,
         )?)),
