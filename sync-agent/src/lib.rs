@@ -19,7 +19,7 @@
 //!   and [`web`]: the same reports as Prometheus metrics and a live page
 //! - [`config`]: the config file, assembled from the modules' sections (SPEC 7.1)
 //! - [`southbound`]: the kernel over netlink; [`liveness`]: UDP keepalives
-//! - [`clock`], [`random`], [`log_limit`], [`validate`], [`mac`], [`memory`]: small shared facilities
+//! - [`clock`], [`random`], [`log_limit`], [`logging`], [`validate`], [`mac`], [`memory`]: small shared facilities
 
 pub mod agent;
 pub mod bus;
@@ -33,6 +33,7 @@ pub mod handles;
 pub mod inference;
 pub mod liveness;
 pub mod log_limit;
+pub mod logging;
 pub mod mac;
 pub mod mclag;
 pub mod memory;

@@ -18,12 +18,11 @@ async fn main() -> std::process::ExitCode {
         Command::Run { log, .. } => log.clone(),
         _ => "warn".to_string(),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // `init` also forwards the `log` crate's records (netlink, aya).
+    tracing_subscriber::util::SubscriberInitExt::init(sync_agent::logging::subscriber(
+        &filter,
+        std::io::stderr,
+    ));
     if let Err(e) = sync_agent::memory::no_transparent_huge_pages() {
         tracing::warn!("transparent huge pages stay on for this process: {e}");
     }

@@ -15,6 +15,7 @@
 
 use std::{
     process::{Command, Stdio},
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
@@ -54,9 +55,81 @@ fn ms(d: Duration) -> f64 {
 }
 
 enum Note {
-    Applied { key: String, at: Instant },
-    Connected { index: usize, at: Instant },
-    Rostered { after_first_heartbeat: Duration },
+    /// A member applied a change: `received` is when its task took the
+    /// delivery from its link, `at` when the change was applied.
+    Applied {
+        key: String,
+        received: Instant,
+        at: Instant,
+    },
+    Connected {
+        index: usize,
+        at: Instant,
+    },
+    Rostered {
+        after_first_heartbeat: Duration,
+    },
+}
+
+/// The simulated members' CPU time in the codec, summed over all of them:
+/// where a config round's time goes on the members' side (opening is the
+/// AEAD, the sender's Ed25519 signature, the body and the replay window;
+/// sealing is the encoding and our own signature).
+struct CodecWork {
+    open_ns: AtomicU64,
+    opened: AtomicU64,
+    seal_ns: AtomicU64,
+    sealed: AtomicU64,
+}
+
+static CODEC_WORK: CodecWork = CodecWork {
+    open_ns: AtomicU64::new(0),
+    opened: AtomicU64::new(0),
+    seal_ns: AtomicU64::new(0),
+    sealed: AtomicU64::new(0),
+};
+
+impl CodecWork {
+    /// (open CPU, opens, seal CPU, seals) so far.
+    fn snapshot(&self) -> (Duration, u64, Duration, u64) {
+        (
+            Duration::from_nanos(self.open_ns.load(Ordering::Relaxed)),
+            self.opened.load(Ordering::Relaxed),
+            Duration::from_nanos(self.seal_ns.load(Ordering::Relaxed)),
+            self.sealed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// CPU time of the calling thread: the members share two worker threads
+/// with everything else in this process, and the machine with the servers,
+/// so wall time over a call would count whoever preempted it.
+fn thread_cpu_ns() -> u64 {
+    crate::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+fn timed_open(
+    codec: &mut Codec,
+    payload: &[u8],
+    retained: bool,
+) -> Result<sync_agent::fabric::seal::Opened, sync_agent::fabric::seal::Rejection> {
+    let start = thread_cpu_ns();
+    let opened = codec.open(payload, retained);
+    CODEC_WORK
+        .open_ns
+        .fetch_add(thread_cpu_ns() - start, Ordering::Relaxed);
+    CODEC_WORK.opened.fetch_add(1, Ordering::Relaxed);
+    opened
+}
+
+fn timed_seal(codec: &mut Codec, message: &Message) -> Vec<u8> {
+    let start = thread_cpu_ns();
+    let sealed = codec.seal(message);
+    CODEC_WORK
+        .seal_ns
+        .fetch_add(thread_cpu_ns() - start, Ordering::Relaxed);
+    CODEC_WORK.sealed.fetch_add(1, Ordering::Relaxed);
+    sealed
 }
 
 fn sim_heartbeat(identity: &str, uptime: Duration) -> Message {
@@ -143,7 +216,8 @@ async fn simulated_member(
                         if payload.is_empty() {
                             continue;
                         }
-                        let Ok(opened) = codec.open(&payload, retained) else {
+                        let received = Instant::now();
+                        let Ok(opened) = timed_open(&mut codec, &payload, retained) else {
                             continue;
                         };
                         match opened.message {
@@ -166,6 +240,7 @@ async fn simulated_member(
                                 if outcome == Outcome::Applied {
                                     let _ = notes.send(Note::Applied {
                                         key: change.key.clone(),
+                                        received,
                                         at: Instant::now(),
                                     });
                                 }
@@ -180,7 +255,7 @@ async fn simulated_member(
                                     topic,
                                     QoS::AtLeastOnce,
                                     false,
-                                    codec.seal(&ack),
+                                    timed_seal(&mut codec, &ack),
                                 );
                             }
                             _ => {}
@@ -194,7 +269,7 @@ async fn simulated_member(
                     let (topic, _) = topics.topic_for(&hb);
                     if link
                         .client
-                        .try_publish(topic, QoS::AtMostOnce, false, codec.seal(&hb))
+                        .try_publish(topic, QoS::AtMostOnce, false, timed_seal(&mut codec, &hb))
                         .is_ok()
                     {
                         first_heartbeat.get_or_insert_with(Instant::now);
@@ -297,6 +372,12 @@ fn cpu_of(stat: &std::path::Path) -> Option<(String, Duration)> {
         .filter_map(|i| fields.get(*i).and_then(|f| f.parse::<u64>().ok()))
         .sum();
     Some((comm, Duration::from_micros(ticks * 1_000_000 / hz)))
+}
+
+/// This process's user + system CPU time (the simulated members and the
+/// bench's own clients).
+fn own_cpu() -> Duration {
+    cpu_of(std::path::Path::new("/proc/self/stat")).map_or(Duration::ZERO, |(_, cpu)| cpu)
 }
 
 fn print_usage(name: &str, before: Usage, after: Usage, window: Duration) {
@@ -480,8 +561,17 @@ pub fn run(broker: &str) -> anyhow::Result<()> {
                 ms(percentile(&rostered, 1.0)),
             );
 
-            // Steady state: every member heartbeating, nothing else.
-            let window = Duration::from_secs(10);
+            // Steady state: every member heartbeating, nothing else. The
+            // embedded broker's heartbeat log keeps growing until it holds
+            // its 4 x 4 MiB (about a minute at 1,000 members), so a longer
+            // window (MLAG_BENCH_FABRIC_STEADY_S) shows where the resident
+            // memory settles.
+            let window = Duration::from_secs(
+                std::env::var("MLAG_BENCH_FABRIC_STEADY_S")
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(10),
+            );
             let before = pids.map(usage);
             tokio::time::sleep(window).await;
             let after = pids.map(usage);
@@ -494,8 +584,11 @@ pub fn run(broker: &str) -> anyhow::Result<()> {
             let (client, mut eventloop) = AsyncClient::new(MqttOptions::new("origin", switch_ip(0), 1883), 100);
             tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
             let mut last_applied = Vec::new();
+            let mut last_received = Vec::new();
             let mut all_applied = Vec::new();
             let before = pids.map(usage);
+            let bench_before = own_cpu();
+            let work_before = CODEC_WORK.snapshot();
             let rounds_started = Instant::now();
             for round in 0..ROUNDS {
                 let key = format!("site.bench{round}");
@@ -510,13 +603,16 @@ pub fn run(broker: &str) -> anyhow::Result<()> {
                 let start = Instant::now();
                 client.publish(topic, QoS::AtLeastOnce, false, origin.seal(&change)).await?;
                 let mut applied = 0;
+                let mut latest_received = Duration::ZERO;
                 while applied < MEMBERS {
                     match tokio::time::timeout(Duration::from_secs(10), notes.recv()).await {
-                        Ok(Some(Note::Applied { key: k, at, .. })) if k == key => {
+                        Ok(Some(Note::Applied { key: k, received, at })) if k == key => {
                             applied += 1;
                             all_applied.push(at.duration_since(start));
+                            latest_received = latest_received.max(received.duration_since(start));
                             if applied == MEMBERS {
                                 last_applied.push(at.duration_since(start));
+                                last_received.push(latest_received);
                             }
                         }
                         Ok(Some(_)) => {}
@@ -528,7 +624,10 @@ pub fn run(broker: &str) -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             let after = pids.map(usage);
+            let bench_cpu = own_cpu().saturating_sub(bench_before);
+            let work_after = CODEC_WORK.snapshot();
             last_applied.sort();
+            last_received.sort();
             all_applied.sort();
             let p99_all = percentile(&last_applied, 0.99);
             println!(
@@ -542,6 +641,26 @@ pub fn run(broker: &str) -> anyhow::Result<()> {
             );
             let window = rounds_started.elapsed();
             print_usage("primary server during the config rounds", before[0], after[0], window);
+            // Where a round's time goes: the last member to take the change
+            // from its link, and the CPU the rounds cost (they include one
+            // second's heartbeats per ~0.4 s round).
+            let per_round = |d: Duration| ms(d) / ROUNDS as f64;
+            println!(
+                "  where a round goes: change published -> the last member takes it from its link p50 {:.1} ms, p99 {:.1} ms; CPU per round (over {:.0} ms): members (this process) {:.1} ms, of which opening {:.1} ms ({} opened, {:.1} us each) and sealing {:.1} ms ({} sealed, {:.1} us each); primary broker {:.1} ms, primary agent {:.1} ms, backup agent {:.1} ms",
+                ms(percentile(&last_received, 0.5)),
+                ms(percentile(&last_received, 0.99)),
+                ms(window) / ROUNDS as f64,
+                per_round(bench_cpu),
+                per_round(work_after.0 - work_before.0),
+                work_after.1 - work_before.1,
+                (work_after.0 - work_before.0).as_secs_f64() * 1e6 / (work_after.1 - work_before.1).max(1) as f64,
+                per_round(work_after.2 - work_before.2),
+                work_after.3 - work_before.3,
+                (work_after.2 - work_before.2).as_secs_f64() * 1e6 / (work_after.3 - work_before.3).max(1) as f64,
+                per_round(after[0].broker_cpu.saturating_sub(before[0].broker_cpu)),
+                per_round(after[0].agent_cpu.saturating_sub(before[0].agent_cpu)),
+                per_round(after[1].agent_cpu.saturating_sub(before[1].agent_cpu)),
+            );
 
             let embedded = throughput(&switch_ip(0), 1883, id("bench")).await?;
             let external = throughput(HUB_IP, 1883, id("bench")).await?;
