@@ -10,7 +10,9 @@
 //! - a wrong password: the center refuses to start, naming etcd and the
 //!   authentication failure;
 //! - a CA file that does not exist: the center refuses to start, naming
-//!   the field and the file.
+//!   the field and the file;
+//! - no client certificate for an etcd that requires one: the center
+//!   refuses to start, pointing to the client certificate.
 
 use std::path::Path;
 use std::time::Duration;
@@ -258,6 +260,45 @@ fn a_missing_etcd_ca_file_stops_the_center_naming_the_field_and_the_file() -> an
     eprintln!(
         "refused: {}",
         log.trim_end().lines().last().unwrap_or_default()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_center_without_the_client_certificate_etcd_requires_is_refused_pointing_to_it()
+-> anyhow::Result<()> {
+    let ns = Netns::new("cen")?;
+    let etcd = Etcd::start_secure(
+        &ns,
+        &Security {
+            tls: true,
+            user: None,
+        },
+    )?;
+    let dir = TempDir::new("mlag-center-etcd-nocert")?;
+    let tls = etcd.tls.as_ref().context("a TLS etcd")?;
+    let config = format!(
+        "instance = \"{{instance}}\"\n\n[rollout.center]\nlisten = \"127.0.0.1:{PORT}\"\ndb_path = \"{}\"\nstore = \"etcd\"\netcd_endpoints = [\"{}\"]\netcd_ca_file = \"{}\"\n",
+        dir.path().join("unused.redb").display(),
+        etcd.url,
+        tls.ca.display(),
+    );
+    let mut center = Agent::spawn(&ns, &config)?;
+    let status = center.wait_exit(Duration::from_secs(40))?;
+    let log = center.log_text();
+    ensure!(
+        !status.success(),
+        "the center ran without a client certificate:\n{log}"
+    );
+    eprintln!(
+        "refused: {}",
+        log.trim_end().lines().last().unwrap_or_default()
+    );
+    ensure!(
+        log.contains("etcd https://127.0.0.1:2379")
+            && log.contains("client certificate")
+            && log.contains("etcd_cert_file"),
+        "the refusal does not name etcd and TLS:\n{log}"
     );
     Ok(())
 }

@@ -200,6 +200,16 @@ impl EtcdAccess {
             || lower.contains("handshake")
         {
             " (TLS to etcd failed: check rollout.center.etcd_ca_file, etcd_cert_file and etcd_key_file against the members' certificates)".into()
+        } else if self.tls.is_some()
+            && ["connection closed", "broken pipe", "connection reset"]
+                .iter()
+                .any(|said| lower.contains(said))
+        {
+            // With TLS 1.3 a member that refuses the client's certificate
+            // (or its absence, under --client-cert-auth) is seen only as
+            // a connection it closes after the handshake: the client's
+            // next read or write finds it closed, broken or reset.
+            " (over TLS this is also how a member refuses this center's client certificate, or the lack of one under --client-cert-auth: check rollout.center.etcd_cert_file and etcd_key_file)".into()
         } else {
             String::new()
         };
