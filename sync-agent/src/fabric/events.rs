@@ -151,6 +151,9 @@ impl Task {
     /// changes still unacknowledged sent again.
     pub(super) fn process_tick(&mut self) {
         self.save_counters();
+        if self.store_unsaved {
+            self.save_store();
+        }
         self.send_heartbeat();
         self.prune_view();
         self.settle_sets();
@@ -1018,6 +1021,54 @@ mod tests {
         assert!(
             report.pending_changes.is_empty(),
             "no other member to wait for"
+        );
+    }
+
+    /// Acks heard by the origin of a change reach the state file at the
+    /// next tick, not one file write each; the change itself is saved at
+    /// once.
+    #[test]
+    fn acks_reach_the_state_file_at_the_next_tick() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fabric.json");
+        let (infos, _rx) = mpsc::channel(4);
+        let (mut task, _eventloop) = test_task_with(
+            infos,
+            &format!("state_file = {:?}\n", path.to_str().unwrap()),
+        );
+        let mut sw2 = Codec::new(test_identity("sw2"), test_roster(), None);
+        let heard = Message::Change(ConfigChange {
+            origin: "sw2".into(),
+            seq: 1,
+            key: "site.ntp".into(),
+            value: "10.0.0.9".into(),
+            at_ms: crate::clock::now_ms(),
+        });
+        let (topic, _) = task.topics.topic_for(&heard);
+        task.process_publish(&topic, &sw2.seal(&heard), false);
+        let saved = |path: &std::path::Path| super::super::state::ConfigStore::load(path).unwrap();
+        assert_eq!(saved(&path).get("site.ntp"), Some("10.0.0.9"));
+        let written = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        for member in ["sw3", "sim0", "sim1"] {
+            task.heard_ack(crate::fabric::wire::ConfigAck {
+                member: member.into(),
+                origin: "sw2".into(),
+                seq: 1,
+                outcome: "applied".into(),
+            });
+        }
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().modified().unwrap(),
+            written,
+            "no write per ack"
+        );
+        task.process_tick();
+        let acks = &saved(&path).entries["site.ntp"].acks;
+        assert_eq!(
+            acks.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["sim0", "sim1", "sw1", "sw3"],
+            "the acks (and our own) saved at the tick"
         );
     }
 }

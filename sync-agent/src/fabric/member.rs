@@ -228,7 +228,13 @@ impl Task {
             }
             self.settle_sets();
         }
-        self.save_store();
+        // Saved at the next heartbeat tick, not here: the origin of a
+        // change hears an ack from every member, and a save (the whole
+        // store, fsync, rename) per ack was a thousand file writes per
+        // change in a fabric of a thousand. An ack lost with a crash before
+        // the tick only makes the origin send that change again, and the
+        // member acknowledges a change it already has.
+        self.store_unsaved = true;
     }
 
     /// One setting as the active server retains it: taken when newer than

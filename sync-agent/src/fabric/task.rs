@@ -170,6 +170,9 @@ pub(super) struct Task {
     /// Messages refused, by kind (also in `counters`): kept apart so
     /// metrics can tell a refusal from any other count.
     pub(super) rejected: BTreeMap<&'static str, u64>,
+    /// The store holds acks not yet in the state file (saved at the next
+    /// tick; see `heard_ack`).
+    pub(super) store_unsaved: bool,
     pub(super) logs: LogLimiter,
     pub(super) heartbeats: RateLimiter,
     /// Times fabric config changes (last writer wins by it).
@@ -257,6 +260,7 @@ impl Task {
             ports,
             counters: BTreeMap::new(),
             rejected: BTreeMap::new(),
+            store_unsaved: false,
             logs: LogLimiter::new(Duration::from_secs(5)),
             infos,
             releases_heard: broadcast::channel(RELEASES_DEPTH).0,
@@ -396,6 +400,7 @@ impl Task {
 
     /// Writes the fabric config to the state file, if there is one.
     pub(super) fn save_store(&mut self) {
+        self.store_unsaved = false;
         if let Some(path) = self.config.state_file.clone()
             && let Err(err) = self.store.save(&path)
         {
