@@ -45,33 +45,58 @@ pub enum LivenessReport {
     },
 }
 
-/// Offers a report without waiting. A state change that does not fit goes
-/// back to the caller (to be kept as pending); false when the owner is gone.
-fn offer(
-    events: &mpsc::Sender<LivenessReport>,
-    report: LivenessReport,
-    pending: &mut Option<Liveness>,
-    dropped: &mut u64,
-    log: &mut LogLimiter,
-) -> bool {
-    match events.try_send(report) {
-        Ok(()) => true,
-        Err(TrySendError::Full(LivenessReport::Changed(state))) => {
-            *pending = Some(state);
-            true
-        }
-        Err(TrySendError::Full(LivenessReport::Rejected { reason, .. })) => {
-            *dropped += 1;
-            if log.admit("liveness_report_dropped").is_some() {
-                tracing::warn!(
-                    reason,
-                    total = *dropped,
-                    "owner is not taking liveness reports; dropped a rejected-datagram report"
-                );
+/// The way to the owner: reports offered without waiting (see the module
+/// doc), the newest state change it had no room for, and the count of
+/// dropped rejection reports.
+struct Reports {
+    events: mpsc::Sender<LivenessReport>,
+    /// The newest state change the owner has not taken yet.
+    pending: Option<Liveness>,
+    dropped: u64,
+    log: LogLimiter,
+}
+
+impl Reports {
+    /// Offers a report without waiting. A state change that does not fit
+    /// is kept as pending; false when the owner is gone.
+    fn offer(&mut self, report: LivenessReport) -> bool {
+        match self.events.try_send(report) {
+            Ok(()) => true,
+            Err(TrySendError::Full(LivenessReport::Changed(state))) => {
+                self.pending = Some(state);
+                true
             }
-            true
+            Err(TrySendError::Full(LivenessReport::Rejected { reason, .. })) => {
+                self.dropped += 1;
+                if self.log.admit("liveness_report_dropped").is_some() {
+                    tracing::warn!(
+                        reason,
+                        total = self.dropped,
+                        "owner is not taking liveness reports; dropped a rejected-datagram report"
+                    );
+                }
+                true
+            }
+            Err(TrySendError::Closed(_)) => false,
         }
-        Err(TrySendError::Closed(_)) => false,
+    }
+
+    /// Reports a state change; behind an older pending one it replaces it
+    /// (never overtakes it in the queue). False when the owner is gone.
+    fn change(&mut self, state: Liveness) -> bool {
+        if self.pending.is_some() {
+            self.pending = Some(state);
+            return true;
+        }
+        self.offer(LivenessReport::Changed(state))
+    }
+
+    /// Offers the pending change again. False when the owner is gone.
+    fn retry_pending(&mut self) -> bool {
+        match self.pending.take() {
+            Some(state) => self.offer(LivenessReport::Changed(state)),
+            None => !self.events.is_closed(),
+        }
     }
 }
 
@@ -92,15 +117,7 @@ impl Heard {
     /// Takes one datagram: a keepalive from the peer refreshes `last_seen`
     /// (and reports Up on a change), anything else is reported as rejected.
     /// False when the owner is gone.
-    fn datagram(
-        &mut self,
-        bytes: &[u8],
-        from: SocketAddr,
-        events: &mpsc::Sender<LivenessReport>,
-        pending: &mut Option<Liveness>,
-        dropped: &mut u64,
-        log: &mut LogLimiter,
-    ) -> bool {
+    fn datagram(&mut self, bytes: &[u8], from: SocketAddr, reports: &mut Reports) -> bool {
         let verdict = if from.ip() != self.peer.ip() {
             Err("keepalive_from_stranger")
         } else {
@@ -120,19 +137,7 @@ impl Heard {
                 if !self.up || self.current_boot != Some(peer_boot) {
                     self.up = true;
                     self.current_boot = Some(peer_boot);
-                    let state = Liveness::Up { boot_id: peer_boot };
-                    // Behind an older pending change: this one replaces it.
-                    if pending.is_some() {
-                        *pending = Some(state);
-                    } else {
-                        return offer(
-                            events,
-                            LivenessReport::Changed(state),
-                            pending,
-                            dropped,
-                            log,
-                        );
-                    }
+                    return reports.change(Liveness::Up { boot_id: peer_boot });
                 }
                 true
             }
@@ -141,7 +146,7 @@ impl Heard {
                     reason,
                     detail: format!("{}-byte datagram from {from}", bytes.len()),
                 };
-                offer(events, report, pending, dropped, log)
+                reports.offer(report)
             }
         }
     }
@@ -336,24 +341,18 @@ fn run(keepalives: Keepalives, events: mpsc::Sender<LivenessReport>) {
         current_boot: None,
     };
     let mut buf = [0u8; 512];
-    // The newest state change the owner has not taken yet.
-    let mut pending: Option<Liveness> = None;
-    let mut dropped = 0u64;
-    let mut log = LogLimiter::new(Duration::from_secs(1));
+    let mut reports = Reports {
+        events,
+        pending: None,
+        dropped: 0,
+        log: LogLimiter::new(Duration::from_secs(1)),
+    };
     let mut next_tick = Instant::now();
     loop {
-        if events.is_closed() {
-            return;
-        }
         // A change the owner had no room for is offered again on every
         // pass: at least once an interval.
-        if let Some(state) = pending.take() {
-            match events.try_send(LivenessReport::Changed(state)) {
-                Ok(()) => {}
-                Err(TrySendError::Full(LivenessReport::Changed(state))) => pending = Some(state),
-                Err(TrySendError::Full(_)) => {}
-                Err(TrySendError::Closed(_)) => return,
-            }
+        if !reports.retry_pending() {
+            return;
         }
         let now = Instant::now();
         if now >= next_tick {
@@ -386,30 +385,13 @@ fn run(keepalives: Keepalives, events: mpsc::Sender<LivenessReport>) {
                     break;
                 };
                 waiting += 1;
-                if !heard.datagram(
-                    &buf[..len],
-                    from,
-                    &events,
-                    &mut pending,
-                    &mut dropped,
-                    &mut log,
-                ) {
+                if !heard.datagram(&buf[..len], from, &mut reports) {
                     return;
                 }
             }
             if heard.up && heard.last_seen.is_some_and(|t| t.elapsed() > dead) {
                 heard.up = false;
-                // Behind an older pending change: this one replaces it
-                // (never overtakes it in the queue).
-                if pending.is_some() {
-                    pending = Some(Liveness::Down);
-                } else if !offer(
-                    &events,
-                    LivenessReport::Changed(Liveness::Down),
-                    &mut pending,
-                    &mut dropped,
-                    &mut log,
-                ) {
+                if !reports.change(Liveness::Down) {
                     return;
                 }
             }
@@ -423,14 +405,7 @@ fn run(keepalives: Keepalives, events: mpsc::Sender<LivenessReport>) {
         }
         match socket.recv_from(&mut buf) {
             Ok((len, from)) => {
-                if !heard.datagram(
-                    &buf[..len],
-                    from,
-                    &events,
-                    &mut pending,
-                    &mut dropped,
-                    &mut log,
-                ) {
+                if !heard.datagram(&buf[..len], from, &mut reports) {
                     return;
                 }
             }

@@ -277,7 +277,7 @@ const RESUME_RUNS: usize = 5;
 /// The centers' session lease in the resume figure: the smallest the
 /// config allows, so the figure is the take-over's own work plus a lease
 /// a deployment could choose.
-const RESUME_LEASE_TTL_S: u64 = 2;
+const RESUME_LEASE_TTL_S: u64 = 3;
 /// The rollout's pace in the resume figure: long enough that the engine's
 /// center is killed while the next batch waits for it.
 const RESUME_PACE_MS: u64 = 1000;
@@ -348,7 +348,7 @@ pub fn resume_after_kill() -> anyhow::Result<()> {
     // tick: the take-over falls between TTL - 0.5 s and TTL + 0.5 s, plus
     // the revocation's commit and the election's answer.
     println!(
-        "  goal (issue 19: another center takes the engine over within the lease TTL, {} ms): {} (max take-over / TTL = {:.2}); what bounds it: the TTL from the dead center's last keep-alive (every 500 ms) + etcd's lease-expiry tick (500 ms) + the revocation's commit; a rollout resumes one pace after the take-over",
+        "  goal (issue 19: another center takes the engine over within the lease TTL, {} ms): {} (max take-over / TTL = {:.2}); what bounds it: the lease the center was granted (the TTL less 1 s) from its last keep-alive (every 500 ms) + etcd's lease-expiry tick (500 ms) + the revocation's commit; a rollout resumes one pace after the take-over",
         ttl.as_millis(),
         if max_takeover <= ttl {
             "met"

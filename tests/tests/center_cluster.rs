@@ -26,7 +26,7 @@ use mlag_testbed::{
 };
 
 /// Seconds of each center's etcd session lease.
-const LEASE_TTL_S: u64 = 2;
+const LEASE_TTL_S: u64 = 3;
 /// The rollout's pace between batches.
 const PACE_MS: u64 = 3000;
 const DEVICES: usize = 3;

@@ -51,7 +51,7 @@ fn center_config(dir: &Path, etcd: &Etcd, password: &str) -> anyhow::Result<Stri
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )?;
     Ok(format!(
-        "instance = \"{{instance}}\"\n\n[rollout.center]\nlisten = \"127.0.0.1:{PORT}\"\ndb_path = \"{}\"\nstore = \"etcd\"\netcd_endpoints = [\"{}\"]\netcd_prefix = \"{PREFIX}\"\netcd_lease_ttl_s = 2\netcd_ca_file = \"{}\"\netcd_cert_file = \"{}\"\netcd_key_file = \"{}\"\netcd_user = \"{USER}\"\netcd_password_file = \"{}\"\n",
+        "instance = \"{{instance}}\"\n\n[rollout.center]\nlisten = \"127.0.0.1:{PORT}\"\ndb_path = \"{}\"\nstore = \"etcd\"\netcd_endpoints = [\"{}\"]\netcd_prefix = \"{PREFIX}\"\netcd_lease_ttl_s = 3\netcd_ca_file = \"{}\"\netcd_cert_file = \"{}\"\netcd_key_file = \"{}\"\netcd_user = \"{USER}\"\netcd_password_file = \"{}\"\n",
         dir.join("unused.redb").display(),
         etcd.url,
         tls.ca.display(),

@@ -88,9 +88,10 @@ pub struct CenterConfig {
     /// other users can share one etcd.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd_prefix: Option<String>,
-    /// With `store = "etcd"`: seconds of this center's session lease
-    /// (default 5). The center running the rollout engine holds it; when
-    /// that center dies, another takes the engine over within this time.
+    /// With `store = "etcd"`: seconds within which another center takes
+    /// the rollout engine over when the one running it dies (default 5,
+    /// at least 3). The center's etcd session lease is granted a second
+    /// shorter (see `storage::etcd_backend::granted_lease_s`).
     #[serde(default = "default_etcd_lease_ttl_s")]
     pub etcd_lease_ttl_s: u64,
     /// With `https://` endpoints: the CA certificate(s) (PEM) that signed
@@ -303,10 +304,10 @@ impl CenterConfig {
             }
         }
         self.etcd_security_problems(out);
-        if !(2..=600).contains(&self.etcd_lease_ttl_s) {
+        if !(3..=600).contains(&self.etcd_lease_ttl_s) {
             out.add(
                 "rollout.center.etcd_lease_ttl_s",
-                "must be 2 to 600 seconds (how long a dead center may keep the rollout engine)",
+                "must be 3 to 600 seconds (how long a dead center may keep the rollout engine)",
             );
         }
         let prefix = self.etcd_prefix();

@@ -20,7 +20,7 @@ fn shared(etcd: &Etcd, pace_ms: u64) -> CenterConfig {
         store: StoreKind::Etcd,
         etcd_endpoints: vec![etcd.url.clone()],
         etcd_prefix: Some("/shared/".into()),
-        etcd_lease_ttl_s: 2,
+        etcd_lease_ttl_s: 3,
         batch_size: 1,
         pace_ms,
         ..Default::default()

@@ -520,6 +520,16 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "center".into())
 }
 
+/// The etcd lease a center takes for a take-over bound of `ttl_s`
+/// (`etcd_lease_ttl_s`): one second shorter. etcd lets a lease expire one
+/// granted TTL after its last keep-alive and revokes expired leases on a
+/// 0.5 s tick, so a dead center's lease goes up to half a second after
+/// its TTL; with a second less granted, another center takes the engine
+/// over within the configured time (the bench measures it).
+pub(crate) fn granted_lease_s(ttl_s: u64) -> u64 {
+    ttl_s.saturating_sub(1).max(2)
+}
+
 /// Keeps the session: a lease kept alive, and a campaign for the engine
 /// with it. The lease is published while it is believed alive; leadership
 /// is given up once no keep-alive has been answered for two thirds of the
@@ -533,14 +543,15 @@ async fn keep_session(
     lease_tx: watch::Sender<Option<i64>>,
     leader_tx: watch::Sender<bool>,
 ) {
-    let ttl = Duration::from_secs(ttl_s);
+    let granted_s = granted_lease_s(ttl_s);
+    let ttl = Duration::from_secs(granted_s);
     let every = (ttl / 3).min(Duration::from_millis(500));
     loop {
         if lease_tx.is_closed() {
             return;
         }
         let mut leases = client.lease_client();
-        let granted = match leases.grant(ttl_s as i64, None).await {
+        let granted = match leases.grant(granted_s as i64, None).await {
             Ok(granted) => granted.id(),
             Err(e) => {
                 tracing::warn!("config center: etcd session lease: {e}");
