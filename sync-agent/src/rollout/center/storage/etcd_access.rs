@@ -29,6 +29,8 @@ use crate::rollout::center::error::{CenterError, CenterResult};
 pub struct EtcdAccess {
     endpoints: Vec<String>,
     tls: Option<TlsOptions>,
+    /// Whether TLS presents a client certificate (`etcd_cert_file`).
+    presents_certificate: bool,
     /// (user, password, the file the password came from).
     user: Option<(String, String, String)>,
 }
@@ -100,6 +102,7 @@ impl EtcdAccess {
         EtcdAccess {
             endpoints: endpoints.to_vec(),
             tls: None,
+            presents_certificate: false,
             user: None,
         }
     }
@@ -107,6 +110,7 @@ impl EtcdAccess {
     /// The access `[rollout.center]` describes, its files read and
     /// checked (errors name the field and the file).
     pub fn from_config(config: &CenterConfig) -> CenterResult<Self> {
+        let mut presents_certificate = false;
         let tls = if config.etcd_tls() {
             let ca = config.etcd_ca_file.as_deref().ok_or_else(|| {
                 CenterError::Invalid(
@@ -122,6 +126,7 @@ impl EtcdAccess {
                     std::fs::read(key).map_err(|e| file_problem("etcd_key_file", key, e))?;
                 check_pair(&chain, &key_pem, cert, key)?;
                 tls = tls.identity(Identity::from_pem(chain, key_pem));
+                presents_certificate = true;
             }
             Some(tls)
         } else {
@@ -136,6 +141,7 @@ impl EtcdAccess {
         Ok(EtcdAccess {
             endpoints: config.etcd_endpoints.clone(),
             tls,
+            presents_certificate,
             user,
         })
     }
@@ -172,8 +178,28 @@ impl EtcdAccess {
     /// authentication, permission or TLS failure.
     pub fn explain(&self, error: &etcd_client::Error) -> String {
         let text = error_chain(error);
+        let hint = self.hint(&text);
+        format!("{text}{hint}")
+    }
+
+    /// What to check, given the text of an etcd error ("" when nothing
+    /// more specific than the error itself can be said).
+    fn hint(&self, text: &str) -> String {
         let lower = text.to_lowercase();
-        let hint = if lower.contains("authentication failed") {
+        // A TLS alert the member sent about this center's certificate.
+        // Which alert depends on the member's TLS stack and version (Go
+        // sends `bad certificate` under TLS 1.2 and some 1.3 builds,
+        // `certificate required` under others), so both mean the same.
+        let refused_certificate = lower.contains("alert")
+            && [
+                "badcertificate",
+                "bad certificate",
+                "certificaterequired",
+                "certificate required",
+            ]
+            .iter()
+            .any(|said| lower.contains(said));
+        if lower.contains("authentication failed") {
             match &self.user {
                 Some((user, _, file)) => format!(
                     " (authentication failed: etcd refused user {user:?} with the password in {file}; check rollout.center.etcd_user and etcd_password_file)"
@@ -195,6 +221,10 @@ impl EtcdAccess {
             format!(
                 " (permission denied: give {who} a role with readwrite on the center's etcd_prefix)"
             )
+        } else if refused_certificate && !self.presents_certificate {
+            " (etcd refused the TLS connection for want of a client certificate: its members run with --client-cert-auth; set rollout.center.etcd_cert_file and etcd_key_file)".into()
+        } else if refused_certificate {
+            " (etcd refused this center's client certificate: check rollout.center.etcd_cert_file against the CA the members trust, --trusted-ca-file)".into()
         } else if lower.contains("certificate")
             || lower.contains("tls")
             || lower.contains("handshake")
@@ -212,8 +242,7 @@ impl EtcdAccess {
             " (over TLS this is also how a member refuses this center's client certificate, or the lack of one under --client-cert-auth: check rollout.center.etcd_cert_file and etcd_key_file)".into()
         } else {
             String::new()
-        };
-        format!("{text}{hint}")
+        }
     }
 }
 
@@ -350,5 +379,42 @@ mod tests {
             !format!("{access:?}").contains("s3cret"),
             "the password never shows"
         );
+    }
+
+    #[test]
+    fn a_members_certificate_alert_points_to_the_client_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.cert.pem()).unwrap();
+        let mut config = etcd_config(dir.path());
+        let without = EtcdAccess::from_config(&config).unwrap();
+        for alert in [
+            "transport error: connection error: received fatal alert: BadCertificate",
+            "transport error: connection error: received fatal alert: CertificateRequired",
+        ] {
+            let hint = without.hint(alert);
+            assert!(
+                hint.contains("client certificate") && hint.contains("etcd_cert_file"),
+                "{alert}: {hint}"
+            );
+        }
+        let client = rcgen::generate_simple_self_signed(vec!["center".into()]).unwrap();
+        std::fs::write(dir.path().join("client.pem"), client.cert.pem()).unwrap();
+        std::fs::write(
+            dir.path().join("client.key"),
+            client.signing_key.serialize_pem(),
+        )
+        .unwrap();
+        config.etcd_cert_file = Some(dir.path().join("client.pem"));
+        config.etcd_key_file = Some(dir.path().join("client.key"));
+        let with = EtcdAccess::from_config(&config).unwrap();
+        let hint = with.hint("received fatal alert: BadCertificate");
+        assert!(
+            hint.contains("refused this center's client certificate"),
+            "{hint}"
+        );
+        // Our own verdict on the member's certificate is not the member's.
+        let hint = with.hint("invalid peer certificate: UnknownIssuer");
+        assert!(hint.contains("etcd_ca_file"), "{hint}");
     }
 }
