@@ -18,6 +18,13 @@
 //!   rate-limited): under a flood of garbage the owner's counters are then
 //!   a lower bound, which is what they already are when the socket buffer
 //!   overflows.
+//!
+//! A path may also have a *watcher* ([`spawn`]'s `watcher`): a
+//! `watch` channel that gets every judgement the moment it is made, apart
+//! from the owner's queue. MC-LAG watches the peer link this way, so a
+//! takeover never waits for peer sync to be scheduled (the owner's
+//! queue goes through peer sync's task, which a flood of sync traffic or
+//! a saturated CPU may keep from running for tens of milliseconds).
 
 use std::{
     net::SocketAddr,
@@ -27,7 +34,10 @@ use std::{
 use std::net::UdpSocket;
 use sync_common::wire::{self, Encoder, Frame, MessageType, SubType};
 
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::{
+    mpsc::{self, error::TrySendError},
+    watch,
+};
 
 use crate::{bus::Liveness, log_limit::LogLimiter};
 
@@ -50,6 +60,8 @@ pub enum LivenessReport {
 /// dropped rejection reports.
 struct Reports {
     events: mpsc::Sender<LivenessReport>,
+    /// Told each judgement at once (see the module doc).
+    watcher: Option<watch::Sender<Option<Liveness>>>,
     /// The newest state change the owner has not taken yet.
     pending: Option<Liveness>,
     dropped: u64,
@@ -84,6 +96,10 @@ impl Reports {
     /// Reports a state change; behind an older pending one it replaces it
     /// (never overtakes it in the queue). False when the owner is gone.
     fn change(&mut self, state: Liveness) -> bool {
+        if let Some(watcher) = &self.watcher {
+            // Never blocks; a watcher that is gone is no reason to stop.
+            watcher.send_replace(Some(state));
+        }
         if self.pending.is_some() {
             self.pending = Some(state);
             return true;
@@ -250,7 +266,7 @@ impl std::fmt::Display for Scheduling {
 }
 
 /// Puts the calling thread in SCHED_FIFO at `priority` (0: leaves it).
-fn schedule_this_thread(priority: u8) -> Scheduling {
+pub fn schedule_this_thread(priority: u8) -> Scheduling {
     if priority == 0 {
         return Scheduling::Normal;
     }
@@ -274,7 +290,8 @@ fn schedule_this_thread(priority: u8) -> Scheduling {
 /// scheduled. The thread sends a keepalive every interval and reports the
 /// other end up or down (after `dead` without one) on `events`, never
 /// waiting on them (see the module doc); it ends within an interval of
-/// `events` closing.
+/// `events` closing. A `watcher` gets every judgement at once as well
+/// (the module doc says why).
 ///
 /// A thread, not a task: a dead interval of tens of milliseconds is
 /// shorter than the time a busy runtime (or a saturated CPU, for a
@@ -287,6 +304,7 @@ fn schedule_this_thread(priority: u8) -> Scheduling {
 pub fn spawn(
     keepalives: Keepalives,
     events: mpsc::Sender<LivenessReport>,
+    watcher: Option<watch::Sender<Option<Liveness>>>,
 ) -> std::io::Result<Scheduling> {
     let (scheduled_tx, scheduled) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
@@ -294,7 +312,7 @@ pub fn spawn(
         .spawn(move || {
             let scheduling = schedule_this_thread(keepalives.timing.rt_priority);
             let _ = scheduled_tx.send(scheduling);
-            run(keepalives, events);
+            run(keepalives, events, watcher);
         })?;
     scheduled
         .recv()
@@ -323,7 +341,11 @@ fn bind(local: SocketAddr, events: &mpsc::Sender<LivenessReport>) -> Option<UdpS
 }
 
 /// The keepalive thread's loop (see [`spawn`]).
-fn run(keepalives: Keepalives, events: mpsc::Sender<LivenessReport>) {
+fn run(
+    keepalives: Keepalives,
+    events: mpsc::Sender<LivenessReport>,
+    watcher: Option<watch::Sender<Option<Liveness>>>,
+) {
     let Keepalives {
         local,
         peer,
@@ -343,6 +365,7 @@ fn run(keepalives: Keepalives, events: mpsc::Sender<LivenessReport>) {
     let mut buf = [0u8; 512];
     let mut reports = Reports {
         events,
+        watcher,
         pending: None,
         dropped: 0,
         log: LogLimiter::new(Duration::from_secs(1)),
@@ -466,6 +489,7 @@ mod tests {
         spawn(
             keepalives(local, peer.local_addr().unwrap(), Duration::from_secs(60)),
             tx,
+            None,
         )
         .unwrap();
         async fn recv(peer: &tokio::net::UdpSocket) -> SocketAddr {
@@ -516,7 +540,12 @@ mod tests {
         let local = free_udp_port();
         let dead = Duration::from_millis(50);
         let (tx, mut rx) = mpsc::channel(16);
-        spawn(keepalives(local, peer.local_addr().unwrap(), dead), tx).unwrap();
+        spawn(
+            keepalives(local, peer.local_addr().unwrap(), dead),
+            tx,
+            None,
+        )
+        .unwrap();
         // The peer: a keepalive every 10 ms, counting the ones it hears,
         // until told to stop.
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -570,7 +599,7 @@ mod tests {
         let (tx, _rx) = mpsc::channel(1);
         let mut asked = keepalives(local, free_udp_port(), Duration::from_secs(60));
         asked.timing.rt_priority = 7;
-        let scheduling = spawn(asked, tx).unwrap();
+        let scheduling = spawn(asked, tx, None).unwrap();
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             let Scheduling::Refused(why) = scheduling else {
@@ -580,26 +609,74 @@ mod tests {
             return;
         }
         assert_eq!(scheduling, Scheduling::RealTime(7));
-        let name = format!("keepalive-{}", local.port());
+        let (rt_priority, policy) = kernel_scheduling(&format!("keepalive-{}", local.port()))
+            .expect("the thread is listed");
+        assert_eq!(rt_priority, 7, "rt_priority");
+        assert_eq!(policy, libc::SCHED_FIFO, "policy");
+    }
+
+    /// The owner takes nothing (its queue is full) when the peer goes
+    /// silent: the watcher is told Down within the dead interval and a
+    /// tick all the same.
+    #[tokio::test]
+    async fn the_watcher_hears_the_peer_go_silent_while_the_owner_takes_nothing() {
+        let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = free_udp_port();
+        let dead = Duration::from_millis(50);
+        let (tx, _rx) = mpsc::channel(1);
+        let (watcher, mut watched) = watch::channel(None);
+        spawn(
+            keepalives(local, peer.local_addr().unwrap(), dead),
+            tx,
+            Some(watcher),
+        )
+        .unwrap();
+        // The thread's first keepalive: its socket is bound.
+        let mut buf = [0u8; 512];
+        tokio::time::timeout(Duration::from_secs(5), peer.recv_from(&mut buf))
+            .await
+            .expect("a keepalive in time")
+            .unwrap();
+        // The only keepalive: silence from then on.
+        let silent = Instant::now();
+        peer.send_to(&keepalive(1), local).await.unwrap(); // Up{1}: fills the queue
+        peer.send_to(b"garbage", local).await.unwrap(); // no room: dropped
+        tokio::time::timeout(Duration::from_secs(5), watched.wait_for(|s| s.is_some()))
+            .await
+            .expect("the watcher hears the peer come up")
+            .unwrap();
+        assert_eq!(*watched.borrow(), Some(Liveness::Up { boot_id: 1 }));
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            watched.wait_for(|s| *s == Some(Liveness::Down)),
+        )
+        .await
+        .expect("the watcher hears the peer go silent")
+        .unwrap();
+        assert!(
+            silent.elapsed() >= dead,
+            "Down after {:?}, before the dead interval",
+            silent.elapsed()
+        );
+    }
+
+    /// How the kernel schedules this process's thread named `name`
+    /// (`/proc/self/task/TID/stat`): its rt_priority and policy.
+    fn kernel_scheduling(name: &str) -> Option<(u32, i32)> {
         let stat = std::fs::read_dir("/proc/self/task")
-            .unwrap()
+            .ok()?
             .flatten()
             .find(|task| {
                 std::fs::read_to_string(task.path().join("comm"))
                     .is_ok_and(|comm| comm.trim() == name)
             })
-            .map(|task| std::fs::read_to_string(task.path().join("stat")).unwrap())
-            .expect("the keepalive thread is listed");
-        // Fields after the command name, which ends with ')': state is
-        // field 3, rt_priority 40, policy 41.
-        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
-            .split_whitespace()
-            .collect();
-        assert_eq!(fields[40 - 3], "7", "rt_priority in {stat}");
-        assert_eq!(
-            fields[41 - 3],
-            libc::SCHED_FIFO.to_string(),
-            "policy in {stat}"
-        );
+            .and_then(|task| std::fs::read_to_string(task.path().join("stat")).ok())?;
+        // Fields after the command name, which ends with ')': state is field
+        // 3, rt_priority 40, policy 41.
+        let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+        Some((
+            fields.get(40 - 3)?.parse().ok()?,
+            fields.get(41 - 3)?.parse().ok()?,
+        ))
     }
 }

@@ -131,6 +131,22 @@ fn the_slave_member_port_takes_the_master_mac_and_a_regenerated_link_local() -> 
     Ok(())
 }
 
+/// The rt_priority and policy of process `pid`'s thread named `name`
+/// (`/proc/PID/task/TID/stat`, fields 40 and 41).
+fn thread_scheduling(pid: u32, name: &str) -> anyhow::Result<(u32, u32)> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat"))?;
+        let after = stat.rfind(')').context("stat without a command")? + 2;
+        let fields: Vec<&str> = stat[after..].split_whitespace().collect();
+        return Ok((fields[40 - 3].parse()?, fields[41 - 3].parse()?));
+    }
+    anyhow::bail!("process {pid} has no thread named {name}")
+}
+
 fn is_gratuitous_arp_for(frame: &[u8], ip: [u8; 4]) -> bool {
     frame.len() >= 42 && frame[12..14] == [0x08, 0x06] && frame[28..32] == ip && frame[38..42] == ip
 }
@@ -140,8 +156,17 @@ fn when_the_master_is_gone_the_slave_takes_over_and_announces_itself() -> anyhow
     let pair = Pair::new()?;
     let a = pair.agent_a(MCLAG)?;
     let mut b = pair.agent_b(MCLAG)?;
-    wait_role(&a, "slave")?;
+    let slave = wait_role(&a, "slave")?;
     wait_mac(&pair.a, "a-c", &pair.b_mac)?;
+    // The takeover runs on its own thread, one real-time priority below
+    // the keepalive threads (default 10), as the kernel says.
+    assert_eq!(slave["scheduling"], "SCHED_FIFO 9", "{slave}");
+    let pid = a.pid().context("A's pid")?;
+    assert_eq!(
+        thread_scheduling(pid, "mclag")?,
+        (9, 1),
+        "rt_priority and policy (1: SCHED_FIFO) of A's mclag thread"
+    );
     let listener = pair.c.listen("c-a")?;
     b.stop()?;
     pair.b.ip(&["link", "set", "b-peer", "down"])?;

@@ -252,27 +252,33 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
             boot_id: crate::random::boot_id(),
             mclag_address,
         };
-        let sessions = match (config.mclag.clone(), mclag_address) {
+        let (sessions, liveness_watcher) = match (config.mclag.clone(), mclag_address) {
             (Some(mclag_config), Some(address)) => {
                 let keepalive = peer_config.keepalive_timing();
                 tracing::info!(%address, "MC-LAG starting");
                 let (tx, rx) = mpsc::channel(SESSION_QUEUE);
-                mclag = Some(MclagHandle::spawn(
-                    mclag_config,
-                    address,
-                    keepalive,
-                    identity.boot_id,
-                    MclagChannels {
-                        ports: ports.clone(),
-                        sessions: rx,
-                        shared_mac: shared_mac_tx,
-                        vlans: peer_config.vlan_map(),
-                    },
-                    netlink.clone(),
-                ));
-                Some(tx)
+                // The peer link's keepalive thread tells MC-LAG directly.
+                let (watcher, peer_link) = watch::channel(None);
+                mclag = Some(
+                    MclagHandle::spawn(
+                        mclag_config,
+                        address,
+                        keepalive,
+                        identity.boot_id,
+                        MclagChannels {
+                            ports: ports.clone(),
+                            sessions: rx,
+                            shared_mac: shared_mac_tx,
+                            vlans: peer_config.vlan_map(),
+                            peer_link,
+                        },
+                        netlink.clone(),
+                    )
+                    .context("MC-LAG: cannot start its thread")?,
+                );
+                (Some(tx), Some(watcher))
             }
-            _ => None,
+            _ => (None, None),
         };
         tracing::info!(local = %peer_config.local_address, peer = %peer_config.peer_address, port = peer_config.port, boot_id = identity.boot_id, "peer sync starting");
         peer = Some(PeerSyncHandle::spawn(
@@ -286,6 +292,7 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
                 sessions,
                 peer_macs: peer_macs_tx,
                 infos: Some(info_tx.clone()),
+                liveness_watcher,
             },
         ));
     }

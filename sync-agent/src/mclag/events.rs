@@ -28,6 +28,9 @@ use crate::{
 pub(super) enum Event {
     /// From peer sync: the session is up (the peer's hello) or lost.
     Session(SessionEvent),
+    /// From the peer link's keepalive thread, directly (its watcher): the
+    /// same judgement peer sync gets, without waiting for peer sync.
+    PeerLink(Liveness),
     /// From the backup path's liveness task.
     Backup(LivenessReport),
     /// The member ports changed (dataplane).
@@ -62,6 +65,9 @@ impl<P: PortOps> Task<P> {
             }
             Event::Session(SessionEvent::Synced) => self.process_session_synced().await,
             Event::Session(SessionEvent::Lost) => self.process_session_lost().await,
+            Event::PeerLink(Liveness::Down) => self.process_peer_link_down().await,
+            // Up decides nothing: the peer's hello (Session Up) elects.
+            Event::PeerLink(Liveness::Up { .. }) => {}
             Event::InitDelayOver => self.process_init_delay_over().await,
             Event::Backup(report) => self.process_backup(report).await,
             Event::Ports(ports) => self.process_ports(ports).await,
@@ -142,6 +148,16 @@ impl<P: PortOps> Task<P> {
     pub(super) async fn process_session_lost(&mut self) {
         self.peer_lost = true;
         self.master_maybe_lost().await;
+    }
+
+    /// The peer link's keepalives stopped. Peer sync will say the same
+    /// (Session Lost, which then changes nothing); acting on the keepalive
+    /// thread's word saves the time peer sync's task takes to be run.
+    pub(super) async fn process_peer_link_down(&mut self) {
+        if !self.peer_lost {
+            tracing::info!("peer link keepalives stopped: peer lost");
+        }
+        self.process_session_lost().await;
     }
 
     /// Liveness on the backup path changed. Rejected datagrams are the
@@ -516,6 +532,7 @@ impl<P: PortOps> Task<P> {
             mismatches_found: self.mismatches_found,
             ports_taken_down: self.holds.taken_down,
             ports_brought_up: self.holds.brought_up,
+            scheduling: self.scheduling.clone(),
         }
     }
 }

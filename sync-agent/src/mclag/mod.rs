@@ -10,9 +10,21 @@
 //! does not claim master.
 //!
 //! One task (`task.rs`) owns all of it. Its inputs are channels the
-//! supervisor wires: session events from peer sync, the member port list from
+//! supervisor wires: session events from peer sync, the peer link's
+//! liveness straight from its keepalive thread, the member port list from
 //! the dataplane, and (when a backup path is configured) the reports of a
-//! [`crate::liveness`] task it starts itself.
+//! [`crate::liveness`] thread it starts itself.
+//!
+//! The task runs on a thread of its own, with a one-thread runtime and a
+//! netlink socket of its own, at SCHED_FIFO one below the keepalive
+//! threads (`[peer] keepalive_rt_priority`). A takeover is a race against
+//! the traffic the lost master leaves blackholed: from the keepalive
+//! thread's judgement to the gratuitous ARP on the wire nothing waits for
+//! the agent's main runtime, which a flood of sync traffic or a saturated
+//! CPU may keep from running for tens of milliseconds. Its work per event
+//! is bounded (a few netlink requests and frames per member port), so it
+//! cannot hold a CPU; the keepalive threads, one priority above, preempt
+//! it.
 //!
 //! It leaves nothing behind: what alignment changed (MAC, the EUI-64
 //! link-local it derived, the bond's `ad_actor_system`) is remembered per
@@ -49,7 +61,7 @@ use self::{
     task::{Inputs, Task},
 };
 use crate::{
-    bus::{AskError, MemberPort, SessionEvent, VlanMap},
+    bus::{AskError, Liveness, MemberPort, SessionEvent, VlanMap},
     mac::MacAddr,
 };
 
@@ -74,15 +86,31 @@ pub struct MclagChannels {
     /// This switch's VLAN interface map (`[peer].vlan_interfaces`),
     /// compared with the peer's.
     pub vlans: VlanMap,
+    /// The peer link's liveness, from its keepalive thread (peer sync's
+    /// `liveness_watcher`).
+    pub peer_link: watch::Receiver<Option<Liveness>>,
+}
+
+/// The MC-LAG thread's SCHED_FIFO priority for keepalive threads at
+/// `keepalive`: one below them (they must preempt it), at least 1; 0
+/// (normal scheduling) stays 0.
+pub fn takeover_priority(keepalive: u8) -> u8 {
+    match keepalive {
+        0 => 0,
+        p => p.saturating_sub(1).max(1),
+    }
 }
 
 impl MclagHandle {
-    /// Starts the task (and, when `config.backup` is set, the backup path's
-    /// keepalive thread with `keepalive`'s timing and this
-    /// agent's `boot_id`). `address` is this switch's election address;
-    /// `ports` is the dataplane's member port list and `sessions` what peer
-    /// sync reports about the peer session; `netlink` carries out the MAC
-    /// and address changes. The task runs until all of its inputs close.
+    /// Starts the task on its thread (see the module doc) and, when
+    /// `config.backup` is set, the backup path's keepalive thread with
+    /// `keepalive`'s timing and this agent's `boot_id`. `address` is this
+    /// switch's election address; `ports` is the dataplane's member port
+    /// list and `sessions` what peer sync reports about the peer session.
+    /// The MAC and address changes go through a netlink socket of the
+    /// thread's own (`netlink`, the agent's, only if that cannot be
+    /// opened). The task runs until all of its inputs close; the error is
+    /// the thread's that could not be started.
     pub fn spawn(
         config: MclagConfig,
         address: IpAddr,
@@ -90,29 +118,65 @@ impl MclagHandle {
         boot_id: u64,
         channels: MclagChannels,
         netlink: rtnetlink::Handle,
-    ) -> MclagHandle {
+    ) -> std::io::Result<MclagHandle> {
         let MclagChannels {
             ports,
             sessions,
             shared_mac,
             vlans,
+            peer_link,
         } = channels;
         let (queries, query_rx) = mpsc::channel(QUERY_DEPTH);
         let (shutdown, shutdown_rx) = mpsc::channel(1);
         let backup = task::spawn_backup_liveness(&config, keepalive, boot_id);
         let mut ports = ports;
         let initial = ports.borrow_and_update().clone();
-        let task =
-            Task::new(config, address, initial, NetlinkPorts::new(netlink)).with_vlans(vlans);
-        tokio::spawn(task.run(Inputs {
+        let inputs = Inputs {
             sessions,
+            peer_link,
             ports,
             backup,
             queries: query_rx,
             shared_mac,
             shutdown: shutdown_rx,
-        }));
-        MclagHandle { queries, shutdown }
+        };
+        let priority = takeover_priority(keepalive.rt_priority);
+        std::thread::Builder::new()
+            .name("mclag".into())
+            .spawn(move || {
+                let scheduling = crate::liveness::schedule_this_thread(priority);
+                tracing::info!(%scheduling, "MC-LAG thread started");
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(err) => {
+                        tracing::error!(error = %err, "MC-LAG cannot start its runtime: no election, alignment or takeover on this switch");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    // Served on this thread: the takeover's address dump
+                    // must not wait for the main runtime to run the shared
+                    // connection's task.
+                    let netlink = match rtnetlink::new_connection() {
+                        Ok((connection, own, _)) => {
+                            tokio::spawn(connection);
+                            own
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, "MC-LAG has no netlink socket of its own; using the agent's (a takeover may wait for the main runtime)");
+                            netlink
+                        }
+                    };
+                    let mut task = Task::new(config, address, initial, NetlinkPorts::new(netlink))
+                        .with_vlans(vlans);
+                    task.scheduling = scheduling.to_string();
+                    task.run(inputs).await;
+                });
+            })?;
+        Ok(MclagHandle { queries, shutdown })
     }
 
     /// Clean exit: the task puts back what alignment changed on every

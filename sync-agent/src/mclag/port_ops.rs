@@ -173,12 +173,21 @@ pub trait PortOps: Send + 'static {
 /// [`PortOps`] on the live system.
 pub struct NetlinkPorts {
     netlink: Handle,
+    /// For the takeover's announcements; opened at start so a takeover
+    /// neither opens nor closes one (see [`announce::FrameSender`]). None:
+    /// it could not be opened then, and is tried again at the takeover.
+    frames: Option<announce::FrameSender>,
 }
 
 impl NetlinkPorts {
     /// Uses `netlink` for link and address requests.
     pub fn new(netlink: Handle) -> Self {
-        Self { netlink }
+        let frames = announce::FrameSender::open()
+            .inspect_err(|err| {
+                tracing::warn!(error = %err, "no packet socket for takeover announcements yet; trying again at a takeover");
+            })
+            .ok();
+        Self { netlink, frames }
     }
 }
 
@@ -233,7 +242,11 @@ impl PortOps for NetlinkPorts {
                 IpAddr::V6(v6) => announce::unsolicited_na(mac, v6),
             })
             .collect();
-        announce::send(ifindex, &frames)?;
+        let sender = match &mut self.frames {
+            Some(sender) => sender,
+            empty => empty.insert(announce::FrameSender::open()?),
+        };
+        sender.send(ifindex, &frames)?;
         Ok(frames.len() as u64)
     }
 

@@ -58,6 +58,9 @@ pub struct MclagReport {
     /// See `ports_taken_down`.
     #[serde(default)]
     pub ports_brought_up: u64,
+    /// How the MC-LAG thread (takeovers) is scheduled, e.g. `SCHED_FIFO 9`.
+    #[serde(default)]
+    pub scheduling: String,
 }
 
 /// One member port in `show mclag`.
@@ -143,10 +146,15 @@ impl fmt::Display for MclagReport {
         }
         writeln!(
             f,
-            "role changes {} (last at unix ms {}), announcements sent {}",
+            "role changes {} (last at unix ms {}), announcements sent {}, takeover thread {}",
             m.role_changes,
             or_dash(m.last_role_change_unix_ms),
-            m.announcements_sent
+            m.announcements_sent,
+            if m.scheduling.is_empty() {
+                "-"
+            } else {
+                &m.scheduling
+            }
         )?;
         writeln!(
             f,

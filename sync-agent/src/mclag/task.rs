@@ -3,6 +3,7 @@
 //!
 //! ```text
 //!  peer sync ── mpsc<SessionEvent> ───────────┐
+//!  peer link keepalive thread ── watch ───────┤
 //!  dataplane ── watch<Vec<MemberPort>> ───────┤
 //!  liveness::run (backup path, child task) ───┼──> Task::run ──> PortOps
 //!     └── mpsc<LivenessReport> ───────────────┤     (select)     (netlink,
@@ -30,7 +31,7 @@ use super::{
     port_ops::PortOps,
 };
 use crate::{
-    bus::{MemberPort, SessionEvent, VlanMap},
+    bus::{Liveness, MemberPort, SessionEvent, VlanMap},
     liveness::LivenessReport,
     mac::MacAddr,
 };
@@ -44,6 +45,8 @@ pub(super) struct Inputs {
     pub sessions: mpsc::Receiver<SessionEvent>,
     /// The member ports, from the dataplane.
     pub ports: watch::Receiver<Vec<MemberPort>>,
+    /// The peer link's liveness, straight from its keepalive thread.
+    pub peer_link: watch::Receiver<Option<Liveness>>,
     /// The backup path's liveness, if one is configured.
     pub backup: Option<mpsc::Receiver<LivenessReport>>,
     /// Operator queries.
@@ -68,7 +71,7 @@ pub(super) fn spawn_backup_liveness(
         boot_id,
         timing,
     };
-    match crate::liveness::spawn(keepalives, tx) {
+    match crate::liveness::spawn(keepalives, tx, None) {
         Ok(scheduling) => {
             tracing::info!(local = %keepalives.local, %scheduling, "backup path keepalives started")
         }
@@ -157,6 +160,8 @@ pub(super) struct Task<P> {
     pub(super) mismatches: Vec<Mismatch>,
     /// Mismatches found since start (each counted once while it lasts).
     pub(super) mismatches_found: u64,
+    /// How the task's thread is scheduled (`show mclag`).
+    pub(super) scheduling: String,
     /// Where the side effects go.
     pub(super) ops: P,
 }
@@ -195,6 +200,7 @@ impl<P: PortOps> Task<P> {
             },
             mismatches: Vec::new(),
             mismatches_found: 0,
+            scheduling: String::new(),
             ops,
         }
     }
@@ -239,6 +245,12 @@ impl<P: PortOps> Task<P> {
                 Some(event) = inputs.sessions.recv() => Event::Session(event),
                 Ok(()) = inputs.ports.changed() => {
                     Event::Ports(inputs.ports.borrow_and_update().clone())
+                }
+                Ok(()) = inputs.peer_link.changed() => {
+                    match *inputs.peer_link.borrow_and_update() {
+                        Some(state) => Event::PeerLink(state),
+                        None => continue,
+                    }
                 }
                 Some(report) = recv_backup(&mut inputs.backup) => Event::Backup(report),
                 Some(reply) = inputs.queries.recv() => Event::Query(reply),

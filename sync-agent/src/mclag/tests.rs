@@ -364,6 +364,70 @@ async fn a_slave_that_loses_the_session_without_a_backup_path_takes_over_and_ann
     assert!(r.last_role_change_unix_ms.is_some());
 }
 
+/// The peer link's keepalive thread says Down before peer sync does: the
+/// slave takes over at once; peer sync's Lost, when it comes, changes
+/// nothing more (no second role change, no second announcement).
+#[tokio::test]
+async fn a_slave_takes_over_on_the_keepalive_threads_word_and_peer_syncs_lost_adds_nothing() {
+    let mut t = task(config());
+    drive(&mut t, [hello("10.0.0.9"), Event::PeerLink(Liveness::Down)]).await;
+    let r = report(&mut t).await;
+    assert_eq!(r.role, Role::Master);
+    assert!(!r.peer_alive);
+    assert_eq!(r.announcements_sent, 4);
+    drive(&mut t, [Event::Session(SessionEvent::Lost)]).await;
+    let r = report(&mut t).await;
+    assert_eq!((r.role_changes, r.announcements_sent), (2, 4));
+    // Up on the peer link decides nothing: the hello elects.
+    drive(&mut t, [Event::PeerLink(Liveness::Up { boot_id: 3 })]).await;
+    assert_eq!(report(&mut t).await.role, Role::Master);
+}
+
+/// The running loop takes the keepalive thread's Down from its watch
+/// channel while peer sync says nothing.
+#[tokio::test]
+async fn the_loop_takes_over_when_the_peer_links_watch_says_down() {
+    let (sessions_tx, sessions) = mpsc::channel(4);
+    let (_ports_tx, ports_rx) = watch::channel(ports());
+    let (queries_tx, queries) = mpsc::channel(4);
+    let (_shutdown_tx, shutdown_rx) = mpsc::channel(1);
+    let (peer_link_tx, peer_link) = watch::channel(None);
+    let t = task(config());
+    tokio::spawn(t.run(Inputs {
+        sessions,
+        peer_link,
+        ports: ports_rx,
+        backup: None,
+        queries,
+        shutdown: shutdown_rx,
+        shared_mac: watch::channel(None).0,
+    }));
+    let ask = || async {
+        let (tx, rx) = oneshot::channel();
+        queries_tx.send(tx).await.unwrap();
+        rx.await.unwrap()
+    };
+    let Event::Session(up) = hello("10.0.0.9") else {
+        unreachable!()
+    };
+    sessions_tx.send(up).await.unwrap();
+    peer_link_tx.send_replace(Some(Liveness::Up { boot_id: 3 }));
+    assert_eq!(ask().await.role, Role::Slave);
+    peer_link_tx.send_replace(Some(Liveness::Down));
+    let r = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            let r = ask().await;
+            if r.role == Role::Master {
+                return r;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the slave takes over without a word from peer sync");
+    assert_eq!(r.announcements_sent, 4);
+}
+
 #[tokio::test]
 async fn takeover_without_announcing_when_announce_is_off() {
     let mut t = task(MclagConfig {
@@ -801,6 +865,7 @@ async fn the_loop_restores_and_ends_at_shutdown_though_inputs_stay_open() {
     drive(&mut t, [hello("10.0.0.9")]).await;
     let running = tokio::spawn(t.run(Inputs {
         sessions,
+        peer_link: watch::channel(None).1,
         ports: ports_rx,
         backup: None,
         queries,

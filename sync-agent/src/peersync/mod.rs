@@ -73,7 +73,7 @@ use self::{
     task::{Inputs, Task},
 };
 use crate::{
-    bus::{AskError, CaptureBatch, Info, MemberPort, SessionEvent},
+    bus::{AskError, CaptureBatch, Info, Liveness, MemberPort, SessionEvent},
     liveness,
     mac::MacAddr,
     southbound::{inject::Injector, links, neighbours, neighbours6},
@@ -132,6 +132,10 @@ pub struct PeerSyncChannels {
     /// unknown when the peer's liveness is lost. Sent with `try_send`; a
     /// full queue drops and counts (`infos_dropped`).
     pub infos: Option<mpsc::Sender<Info>>,
+    /// Told every judgement of the peer link's keepalive thread the moment
+    /// it is made, apart from this task (MC-LAG's takeover must not wait
+    /// for peer sync to be scheduled; [`liveness`]).
+    pub liveness_watcher: Option<watch::Sender<Option<Liveness>>>,
 }
 
 impl PeerSyncHandle {
@@ -152,6 +156,7 @@ impl PeerSyncHandle {
             sessions,
             peer_macs,
             infos,
+            liveness_watcher,
         } = channels;
         let initial = ports.borrow_and_update().clone();
         let local = SocketAddr::new(config.local_address, config.port);
@@ -175,7 +180,8 @@ impl PeerSyncHandle {
             boot_id,
             timing,
         };
-        task.keepalive_scheduling = match liveness::spawn(keepalives, liveness_tx) {
+        task.keepalive_scheduling = match liveness::spawn(keepalives, liveness_tx, liveness_watcher)
+        {
             Ok(scheduling) => {
                 tracing::info!(%local, %scheduling, "peer link keepalives started");
                 scheduling.to_string()

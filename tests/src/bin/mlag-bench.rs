@@ -884,10 +884,18 @@ const DEAD_INTERVAL_MS: u64 = 500;
 
 /// Cuts the peer link at B (the master lost, as the slave A sees it) and
 /// waits up to 5 s for A's gratuitous ARP at C: when the cut was made and
-/// when the GARP arrived (None: it did not).
-fn cut_master_and_await_garp(pair: &Pair) -> anyhow::Result<(Instant, Option<Instant>)> {
+/// when the GARP arrived (None: it did not), and the cut's time of day
+/// (to place A's log lines).
+///
+/// The measuring thread runs at SCHED_FIFO 50 meanwhile (and so does the
+/// `ip` it starts to cut), so a saturated CPU delays neither the cut nor
+/// the moment the GARP is seen: the figure is the agents', not the
+/// instrument's. Without the privilege it measures at normal priority.
+fn cut_master_and_await_garp(pair: &Pair) -> anyhow::Result<(Instant, Option<Instant>, f64)> {
     let listener = pair.c.listen("c-a")?;
+    let _realtime = RealTime::enter(50);
     let lost = Instant::now();
+    let lost_time_of_day = time_of_day_now();
     pair.b.ip(&["link", "set", "b-peer", "down"])?;
     let mut announced = None;
     listener.receive_until(Duration::from_secs(5), |frames| {
@@ -899,7 +907,68 @@ fn cut_master_and_await_garp(pair: &Pair) -> anyhow::Result<(Instant, Option<Ins
         }
         garp
     });
-    Ok((lost, announced))
+    Ok((lost, announced, lost_time_of_day))
+}
+
+/// The calling thread at SCHED_FIFO `priority` until dropped (then back to
+/// normal scheduling).
+struct RealTime;
+
+impl RealTime {
+    fn enter(priority: i32) -> Option<RealTime> {
+        let param = libc::sched_param {
+            sched_priority: priority,
+        };
+        // SAFETY: pid 0 is the calling thread; `param` is valid.
+        (unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } == 0).then_some(RealTime)
+    }
+}
+
+impl Drop for RealTime {
+    fn drop(&mut self) {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: as in `enter`.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+    }
+}
+
+/// Seconds since midnight UTC of an agent log line's timestamp
+/// (`2026-12-07T16:06:08.982788Z  INFO ...`).
+fn log_time_of_day(line: &str) -> Option<f64> {
+    let clock = line.get(11..26)?;
+    let (h, rest) = clock.split_once(':')?;
+    let (m, sec) = rest.split_once(':')?;
+    Some(
+        h.parse::<f64>().ok()? * 3600.0
+            + m.parse::<f64>().ok()? * 60.0
+            + sec.parse::<f64>().ok()?,
+    )
+}
+
+/// Seconds since midnight UTC now.
+fn time_of_day_now() -> f64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    since.as_secs_f64() % 86_400.0
+}
+
+/// Where a takeover's time went, from A's log: milliseconds from the cut
+/// to the first line after it containing each of `marks` (None: not seen).
+fn takeover_marks(log: &str, cut: f64, marks: &[&str]) -> Vec<Option<f64>> {
+    marks
+        .iter()
+        .map(|mark| {
+            log.lines()
+                .filter(|l| l.contains(mark))
+                .filter_map(log_time_of_day)
+                // Within the day, after the cut (a line just before the
+                // cut belongs to an earlier event).
+                .map(|t| (t - cut).rem_euclid(86_400.0))
+                .find(|after| *after < 60.0)
+                .map(|after| after * 1e3)
+        })
+        .collect()
 }
 
 /// Master lost (its peer link cut) -> the slave's gratuitous ARP on the wire
@@ -917,7 +986,7 @@ fn takeover() -> anyhow::Result<()> {
                 other => Err(format!("{other:?}")),
             }
         })?;
-        let (lost, announced) = cut_master_and_await_garp(&pair)?;
+        let (lost, announced, _) = cut_master_and_await_garp(&pair)?;
         let at = announced.context("no gratuitous ARP after the master was lost")?;
         beyond.push((at - lost).saturating_sub(Duration::from_millis(DEAD_INTERVAL_MS)));
     }
@@ -940,6 +1009,20 @@ fn takeover() -> anyhow::Result<()> {
 /// down to the least the config accepts (dead = 2 x keepalive), show how
 /// much margin is left (the safe minimum the README documents).
 const LOADED_SETTINGS: [(u64, u64); 3] = [(10, 50), (10, 30), (10, 20)];
+/// A's log lines that mark a takeover's stages, and their names in the
+/// bench's output: MC-LAG hears the keepalive thread's judgement; it has
+/// announced; peer sync hears it (no longer on the takeover's path).
+const TAKEOVER_MARKS: [&str; 3] = [
+    "peer link keepalives stopped",
+    "takeover announced",
+    "peer lost: no keepalive",
+];
+const TAKEOVER_MARK_NAMES: [&str; 3] = [
+    "MC-LAG hears the peer lost",
+    "announced",
+    "peer sync hears it (off the takeover's path)",
+];
+
 /// Replies a second flooded into B's member port (each synced to A).
 const FLOOD_RATE: u64 = 50_000;
 /// How long the flood runs before the cut, watching for false takeovers.
@@ -966,6 +1049,7 @@ fn takeover_under_load(
     let (mut flooded, mut synced) = (0u64, 0u64);
     let mut flood_seconds = 0.0;
     let mut why_lost = Vec::new();
+    let mut stages: [Vec<f64>; 3] = Default::default();
     for trial in 0..TAKEOVER_TRIALS {
         let pair = Pair::new()?;
         let config = format!(
@@ -1056,7 +1140,15 @@ fn takeover_under_load(
             }
         }
 
-        let (lost, announced) = cut_master_and_await_garp(&pair)?;
+        let (lost, announced, cut) = cut_master_and_await_garp(&pair)?;
+        // MLAG_BENCH_TAKEOVER_LOG=1: A's log of the second after each cut.
+        if std::env::var_os("MLAG_BENCH_TAKEOVER_LOG").is_some() {
+            for line in a.log_text().lines().filter(|l| {
+                log_time_of_day(l).is_some_and(|t| (t - cut).rem_euclid(86_400.0) < 1.0)
+            }) {
+                eprintln!("A: {line}");
+            }
+        }
         stop.store(true, Ordering::Relaxed);
         let (sent, took) = flood
             .join()
@@ -1068,6 +1160,12 @@ fn takeover_under_load(
             format!("trial {trial}: no gratuitous ARP after the master was lost")
         })?;
         totals.push(at - lost);
+        let marks = takeover_marks(&a.log_text(), cut, &TAKEOVER_MARKS);
+        for (column, mark) in marks.into_iter().enumerate() {
+            if let Some(ms) = mark {
+                stages[column].push(ms);
+            }
+        }
         // The same count sees the real takeover (A slave -> master), so a
         // false one before the cut could not go unseen.
         takeovers_seen += role_changes(&a)?.saturating_sub(a_changes_before_cut);
@@ -1082,7 +1180,7 @@ fn takeover_under_load(
         if normal_priority {
             "normal"
         } else {
-            "real-time (SCHED_FIFO 10)"
+            "real-time (SCHED_FIFO 10; the MC-LAG thread 9)"
         },
         flooded as f64 / flood_seconds,
         FLOOD_BEFORE_CUT.as_secs_f64()
@@ -1098,6 +1196,15 @@ fn takeover_under_load(
         ms(median),
         ms(max)
     );
+    let mut line = String::from("  where the time goes (A's log, ms after the cut, median / max):");
+    for (name, values) in TAKEOVER_MARK_NAMES.iter().zip(stages.iter_mut()) {
+        values.sort_by(f64::total_cmp);
+        match (values.get(values.len() / 2), values.last()) {
+            (Some(median), Some(max)) => line += &format!(" {name} {median:.1} / {max:.1};"),
+            _ => line += &format!(" {name} not logged;"),
+        }
+    }
+    println!("{}", line.trim_end_matches(';'));
     if goal {
         println!(
             "goal: no false takeover or peer loss under load at {keepalive_ms} ms / {dead_ms} ms: {} ({false_takeovers} role changes, {false_losses} sessions lost before any cut)",
