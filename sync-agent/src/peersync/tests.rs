@@ -1180,7 +1180,8 @@ async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
 
 /// The peer stops reading: the writer's queue fills. Sending never waits:
 /// the rest of the batch is held back (flow control), and once the queue
-/// has not drained for the dead interval the session is declared stuck and
+/// has not drained for the dead interval, and at least a second (a slow
+/// reader is not a stuck one), the session is declared stuck and
 /// closed, the entries stay, a new connection is asked for, and the next
 /// session gets every entry the peer did not acknowledge.
 #[tokio::test]
@@ -1205,7 +1206,14 @@ async fn a_full_writer_queue_closes_the_stuck_session_and_keeps_the_entries() {
         h.task.flush().await; // frame 2 does not fit: held back
         assert_eq!(h.report().counters.sessions_stalled, 0, "not yet");
         tokio::time::sleep(Duration::from_millis(25)).await;
-        h.task.flush().await; // still no room after the dead interval
+        h.task.flush().await; // the dead interval is over, the floor is not
+        assert_eq!(
+            h.report().counters.sessions_stalled,
+            0,
+            "not after the 20 ms dead interval alone"
+        );
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        h.task.flush().await; // still no room after a second
     };
     tokio::time::timeout(Duration::from_secs(5), stuck)
         .await

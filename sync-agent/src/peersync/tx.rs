@@ -19,6 +19,14 @@ use super::{
 const WRITER_RESERVE: usize = 16;
 /// How soon a flush held back by a full writer queue tries again.
 const WRITER_RETRY: Duration = Duration::from_millis(2);
+/// The least time a full writer queue must go undrained before the session
+/// counts as stuck, whatever the dead interval. Whether the peer is alive
+/// is the keepalives' call; a queue that does not drain only says the peer
+/// reads slowly, and with a dead interval of tens of milliseconds a peer
+/// busy injecting a flood of sync traffic on a saturated CPU was declared
+/// stuck (measured: `mlag-bench mclag-load` at 10/20 ms), the session
+/// closed and a resync started, which only adds to its load.
+const STALL_FLOOR: Duration = Duration::from_secs(1);
 
 impl Task {
     /// After a capture was queued: send at once when a batch is full,
@@ -193,9 +201,9 @@ impl Task {
     /// Flow control for sync frames: true while the writer's queue has room
     /// beyond what acks and hellos need. Otherwise the rest of the batch
     /// waits (retried every [`WRITER_RETRY`]) for the peer to read; a queue
-    /// that has not drained for the dead interval means the peer stopped
-    /// reading, and the session is closed as stalled (entries are kept and
-    /// resent on the next session).
+    /// that has not drained for the dead interval (at least
+    /// [`STALL_FLOOR`]) means the peer stopped reading, and the session is
+    /// closed as stalled (entries are kept and resent on the next session).
     pub(super) fn writer_has_room(&mut self) -> bool {
         let Some(session) = &self.session else {
             return false;
@@ -207,13 +215,14 @@ impl Task {
         }
         let now = tokio::time::Instant::now();
         let since = *self.writer_blocked_since.get_or_insert(now);
-        if now.duration_since(since) >= Duration::from_millis(self.config.dead_interval_ms) {
+        let stuck_after = Duration::from_millis(self.config.dead_interval_ms).max(STALL_FLOOR);
+        if now.duration_since(since) >= stuck_after {
             self.writer_blocked_since = None;
             self.stats.sessions_stalled += 1;
             tracing::warn!(
                 peer = %self.config.peer_address,
                 total = self.stats.sessions_stalled,
-                "peer stopped reading (session writer queue full for the dead interval); closing the session"
+                "peer stopped reading (session writer queue full for the dead interval, at least 1 s); closing the session"
             );
             self.close_session("peer stopped reading: writer queue full");
         } else {
