@@ -52,7 +52,10 @@ pub(super) async fn start(
             if let Some(rank) = rank {
                 let listen = SocketAddr::new(config.servers[rank], config.port);
                 let tls = config.tls.as_ref().filter(|t| t.cert_file.is_some());
-                brokers.push((listen, broker::start_hosted(&choice, listen, tls)?));
+                brokers.push((
+                    listen,
+                    broker::start_hosted(&choice, listen, tls, &log_sizing(&config))?,
+                ));
                 tracing::info!(%listen, tls = tls.is_some(), broker = config.broker, "server's MQTT broker started");
             }
             let endpoints = config
@@ -256,4 +259,13 @@ fn client_certificate(
             )
         })?;
     Ok((cert_pem, key_pem))
+}
+
+/// The embedded broker's log sizing for this fabric: the roster lists
+/// every member that may heartbeat or acknowledge.
+pub(super) fn log_sizing(config: &FabricConfig) -> broker::LogSizing {
+    broker::LogSizing {
+        topics: Topics::new(&config.prefix),
+        members: config.trust.roster.len(),
+    }
 }

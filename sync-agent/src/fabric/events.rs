@@ -226,7 +226,8 @@ impl Task {
             let listen = std::net::SocketAddr::new(self.config.servers[rank], self.config.port);
             if !self.brokers.iter().any(|(at, _)| *at == listen) {
                 let tls = self.config.tls.as_ref().filter(|t| t.cert_file.is_some());
-                match super::broker::start_hosted(&choice, listen, tls) {
+                let logs = super::bring_up::log_sizing(&self.config);
+                match super::broker::start_hosted(&choice, listen, tls, &logs) {
                     Ok(restarts) => {
                         tracing::info!(%listen, "server's MQTT broker started for the new role");
                         self.brokers.push((listen, restarts));

@@ -619,17 +619,17 @@ impl Topics {
         let p = &self.prefix;
         let info = Channel::Info.topic_name();
         let conf = Channel::Conf.topic_name();
-        let mut filters = if server {
-            vec![format!("{p}/{info}/#")]
-        } else {
-            vec![
-                format!("{p}/{info}/server/#"),
-                format!("{p}/{info}/roster/#"),
-                format!("{p}/{info}/topology"),
-                format!("{p}/{info}/event"),
-            ]
-        };
+        let mut filters = Vec::new();
+        // Its own filter, not `{info}/#`: the broker sizes the log it keeps
+        // of this, the busiest filter, apart (`broker::router_config`).
+        if server {
+            filters.push(self.member_filter());
+        }
         filters.extend([
+            format!("{p}/{info}/server/#"),
+            format!("{p}/{info}/roster/#"),
+            format!("{p}/{info}/topology"),
+            format!("{p}/{info}/event"),
             format!("{p}/{}/#", Channel::Fault.topic_name()),
             format!("{p}/{conf}/change/#"),
             format!("{p}/{conf}/state"),
@@ -638,6 +638,17 @@ impl Topics {
             self.ack_filter(me),
         ]);
         filters
+    }
+
+    /// Every member's heartbeats and departures (servers only).
+    pub fn member_filter(&self) -> String {
+        format!("{}/{}/member/#", self.prefix, Channel::Info.topic_name())
+    }
+
+    /// Every origin's acknowledgements (what the embedded broker sizes
+    /// each origin's ack log by; nobody subscribes to it).
+    pub fn every_ack_filter(&self) -> String {
+        format!("{}/{}/ack/#", self.prefix, Channel::Conf.topic_name())
     }
 
     /// The acknowledgements of `origin`'s changes.
