@@ -14,10 +14,11 @@
 //!   visible (the pending Up carries the newest boot id; a Down-then-Up
 //!   with the same boot id that the owner never saw was a blip shorter than
 //!   its own delay).
-//! - a rejected datagram that does not fit is dropped (counted in the log,
-//!   rate-limited): under a flood of garbage the owner's counters are then
-//!   a lower bound, which is what they already are when the socket buffer
-//!   overflows.
+//! - a rejected datagram that does not fit is counted here by reason and
+//!   offered again, one report per reason carrying the count, on every
+//!   pass: under a flood of garbage the owner's counters still count every
+//!   datagram this thread read (only what the kernel drops when the flood
+//!   outruns the socket buffer never reaches them).
 //!
 //! A path may also have a *watcher* ([`spawn`]'s `watcher`): a
 //! `watch` channel that gets every judgement the moment it is made, apart
@@ -27,6 +28,7 @@
 //! a saturated CPU may keep from running for tens of milliseconds).
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     time::{Duration, Instant},
 };
@@ -46,25 +48,29 @@ use crate::{bus::Liveness, log_limit::LogLimiter};
 pub enum LivenessReport {
     /// The other end came up (or restarted) or went silent.
     Changed(Liveness),
-    /// A datagram was refused (a stranger, garbage, not a keepalive).
+    /// Datagrams were refused (a stranger, garbage, not a keepalive).
     Rejected {
         /// Counter label.
         reason: &'static str,
-        /// For the log.
+        /// How many datagrams (more than one when the owner had no room
+        /// for the earlier reports).
+        count: u64,
+        /// The last one, for the log.
         detail: String,
     },
 }
 
 /// The way to the owner: reports offered without waiting (see the module
-/// doc), the newest state change it had no room for, and the count of
-/// dropped rejection reports.
+/// doc), the newest state change and the rejections it had no room for.
 struct Reports {
     events: mpsc::Sender<LivenessReport>,
     /// Told each judgement at once (see the module doc).
     watcher: Option<watch::Sender<Option<Liveness>>>,
     /// The newest state change the owner has not taken yet.
     pending: Option<Liveness>,
-    dropped: u64,
+    /// Rejections the owner had no room for, by reason: how many, and the
+    /// last one's detail. A handful of reasons exist, so it stays small.
+    unreported: BTreeMap<&'static str, (u64, String)>,
     log: LogLimiter,
 }
 
@@ -78,13 +84,19 @@ impl Reports {
                 self.pending = Some(state);
                 true
             }
-            Err(TrySendError::Full(LivenessReport::Rejected { reason, .. })) => {
-                self.dropped += 1;
-                if self.log.admit("liveness_report_dropped").is_some() {
-                    tracing::warn!(
+            Err(TrySendError::Full(LivenessReport::Rejected {
+                reason,
+                count,
+                detail,
+            })) => {
+                let waiting = self.unreported.entry(reason).or_default();
+                waiting.0 += count;
+                waiting.1 = detail;
+                if self.log.admit("liveness_reports_waiting").is_some() {
+                    tracing::debug!(
                         reason,
-                        total = self.dropped,
-                        "owner is not taking liveness reports; dropped a rejected-datagram report"
+                        waiting = waiting.0,
+                        "owner is not taking liveness reports; rejected datagrams counted here until it does"
                     );
                 }
                 true
@@ -107,12 +119,24 @@ impl Reports {
         self.offer(LivenessReport::Changed(state))
     }
 
-    /// Offers the pending change again. False when the owner is gone.
+    /// Offers the pending change, then the waiting rejections, again.
+    /// False when the owner is gone.
     fn retry_pending(&mut self) -> bool {
-        match self.pending.take() {
+        let alive = match self.pending.take() {
             Some(state) => self.offer(LivenessReport::Changed(state)),
             None => !self.events.is_closed(),
+        };
+        // Those that still do not fit go back into `unreported`.
+        for (reason, (count, detail)) in std::mem::take(&mut self.unreported) {
+            if !self.offer(LivenessReport::Rejected {
+                reason,
+                count,
+                detail,
+            }) {
+                return false;
+            }
         }
+        alive
     }
 }
 
@@ -160,6 +184,7 @@ impl Heard {
             Err(reason) => {
                 let report = LivenessReport::Rejected {
                     reason,
+                    count: 1,
                     detail: format!("{}-byte datagram from {from}", bytes.len()),
                 };
                 reports.offer(report)
@@ -367,7 +392,7 @@ fn run(
         events,
         watcher,
         pending: None,
-        dropped: 0,
+        unreported: BTreeMap::new(),
         log: LogLimiter::new(Duration::from_secs(1)),
     };
     let mut next_tick = Instant::now();
@@ -479,8 +504,9 @@ mod tests {
     }
 
     /// The owner takes nothing: keepalives still go out every interval,
-    /// garbage reports are dropped, and the latest state change waits as
-    /// pending and is delivered once the owner reads.
+    /// the garbage is counted here, and the latest state change waits as
+    /// pending; once the owner reads it gets the change and a count of
+    /// every garbage datagram.
     #[tokio::test]
     async fn keepalives_go_on_while_the_owner_takes_no_reports() {
         let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -504,7 +530,7 @@ mod tests {
         assert_eq!(from, local);
         peer.send_to(&keepalive(1), local).await.unwrap(); // Up{1}: fills the queue
         for _ in 0..50 {
-            peer.send_to(b"garbage", local).await.unwrap(); // dropped reports
+            peer.send_to(b"garbage", local).await.unwrap(); // counted, waiting
         }
         peer.send_to(&keepalive(2), local).await.unwrap(); // Up{2}: pending
         // Keepalives keep coming though nobody reads the reports.
@@ -513,17 +539,21 @@ mod tests {
         }
         let first = rx.recv().await.unwrap();
         assert_eq!(first, LivenessReport::Changed(Liveness::Up { boot_id: 1 }));
-        // The pending change arrives (a rejection report may come first).
-        let latest = tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                if let LivenessReport::Changed(state) = rx.recv().await.unwrap() {
-                    return state;
+        // The pending change arrives, and every garbage datagram is
+        // counted (in reports of several datagrams each).
+        let (mut latest, mut garbage) = (None, 0);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while latest.is_none() || garbage < 50 {
+                match rx.recv().await.unwrap() {
+                    LivenessReport::Changed(state) => latest = Some(state),
+                    LivenessReport::Rejected { count, .. } => garbage += count,
                 }
             }
         })
         .await
-        .expect("the pending change is delivered");
-        assert_eq!(latest, Liveness::Up { boot_id: 2 });
+        .unwrap_or_else(|_| panic!("got {latest:?} and {garbage} of 50 garbage datagrams"));
+        assert_eq!(latest, Some(Liveness::Up { boot_id: 2 }));
+        assert_eq!(garbage, 50);
     }
 
     /// The owner's runtime stalls (here: this test blocks its only thread)

@@ -530,6 +530,7 @@ async fn rejected_backup_datagrams_change_nothing() {
         &mut t,
         [Event::Backup(LivenessReport::Rejected {
             reason: "bad_keepalive",
+            count: 1,
             detail: "3-byte datagram".into(),
         })],
     )

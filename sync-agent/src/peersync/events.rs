@@ -129,7 +129,9 @@ pub(super) enum Event {
     Rejected {
         /// Counter label.
         reason: &'static str,
-        /// For the log.
+        /// How many (keepalive datagrams may come counted together).
+        count: u64,
+        /// The last one, for the log.
         detail: String,
     },
     /// Liveness change (UDP keepalives).
@@ -167,7 +169,11 @@ impl Task {
             } => self.process_inbound(conn, &frame, read_at).await,
             Event::Malformed { conn, error, fatal } => self.process_malformed(conn, error, fatal),
             Event::Closed { conn, why } => self.process_closed(conn, &why),
-            Event::Rejected { reason, detail } => self.reject(reason, &detail),
+            Event::Rejected {
+                reason,
+                count,
+                detail,
+            } => self.reject_counted(reason, count, &detail),
             Event::Liveness(Liveness::Up { boot_id }) => self.process_liveness_up(boot_id),
             Event::Liveness(Liveness::Down) => self.process_liveness_down(),
             Event::RefreshDone { probed, failed } => self.process_refresh_done(probed, failed),

@@ -47,6 +47,7 @@ pub async fn accept(listen: SocketAddr, peer: SocketAddr, events: mpsc::Sender<E
         } else {
             Event::Rejected {
                 reason: "connection_from_stranger",
+                count: 1,
                 detail: format!("connection from {from}"),
             }
         };

@@ -286,10 +286,16 @@ impl Task {
 
     /// Counts refused input under `reason` and logs it, rate-limited.
     pub(super) fn reject(&mut self, reason: &'static str, detail: &str) {
+        self.reject_counted(reason, 1, detail);
+    }
+
+    /// Counts `count` inputs refused for `reason` (the last described by
+    /// `detail`) and logs it, rate-limited.
+    pub(super) fn reject_counted(&mut self, reason: &'static str, count: u64, detail: &str) {
         let total = {
-            let count = self.stats.rejected.entry(reason.to_string()).or_default();
-            *count += 1;
-            *count
+            let total = self.stats.rejected.entry(reason.to_string()).or_default();
+            *total += count;
+            *total
         };
         if self.log.admit(reason).is_some() {
             tracing::warn!(reason, total, "dropped peer-link input: {detail}");
@@ -384,7 +390,15 @@ impl From<LivenessReport> for Event {
     fn from(report: LivenessReport) -> Self {
         match report {
             LivenessReport::Changed(liveness) => Event::Liveness(liveness),
-            LivenessReport::Rejected { reason, detail } => Event::Rejected { reason, detail },
+            LivenessReport::Rejected {
+                reason,
+                count,
+                detail,
+            } => Event::Rejected {
+                reason,
+                count,
+                detail,
+            },
         }
     }
 }

@@ -992,10 +992,20 @@ async fn bad_input_is_counted_under_its_reason_and_never_kills_the_session() {
     h.task
         .process(Event::Rejected {
             reason: "keepalive_from_stranger",
+            count: 1,
             detail: "from 10.9.9.9".into(),
         })
         .await;
     assert_eq!(h.rejected("keepalive_from_stranger"), 1);
+    // Datagrams the keepalive thread counted together count each.
+    h.task
+        .process(Event::Rejected {
+            reason: "keepalive_from_stranger",
+            count: 40,
+            detail: "from 10.9.9.9".into(),
+        })
+        .await;
+    assert_eq!(h.rejected("keepalive_from_stranger"), 41);
     // Events of an old connection change nothing.
     h.task
         .process(Event::Closed {
