@@ -412,7 +412,15 @@ async fn the_loop_takes_over_when_the_peer_links_watch_says_down() {
     };
     sessions_tx.send(up).await.unwrap();
     peer_link_tx.send_replace(Some(Liveness::Up { boot_id: 3 }));
-    assert_eq!(ask().await.role, Role::Slave);
+    // The loop picks among ready inputs at random: a query may be answered
+    // before the hello is taken.
+    tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while ask().await.role != Role::Slave {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the hello makes this switch slave");
     peer_link_tx.send_replace(Some(Liveness::Down));
     let r = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         loop {
