@@ -40,6 +40,7 @@ pub mod memory;
 pub mod metrics;
 pub mod peersync;
 pub mod random;
+pub mod realtime;
 pub mod rollout;
 pub mod southbound;
 pub mod validate;

@@ -41,7 +41,11 @@ use tokio::sync::{
     watch,
 };
 
-use crate::{bus::Liveness, log_limit::LogLimiter};
+use crate::{
+    bus::Liveness,
+    log_limit::LogLimiter,
+    realtime::{Scheduling, schedule_this_thread},
+};
 
 /// What a liveness task tells its owner.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,6 +130,10 @@ impl Reports {
             Some(state) => self.offer(LivenessReport::Changed(state)),
             None => !self.events.is_closed(),
         };
+        // A state change still waiting goes first; rejections wait behind it.
+        if self.pending.is_some() {
+            return alive;
+        }
         // Those that still do not fit go back into `unreported`.
         for (reason, (count, detail)) in std::mem::take(&mut self.unreported) {
             if !self.offer(LivenessReport::Rejected {
@@ -267,48 +275,6 @@ pub struct Keepalives {
     /// This agent's boot id, carried in every keepalive.
     pub boot_id: u64,
     pub timing: KeepaliveTiming,
-}
-
-/// How a keepalive thread ended up scheduled (`show peer`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Scheduling {
-    /// Real time, at this SCHED_FIFO priority.
-    RealTime(u8),
-    /// Normal scheduling, as configured.
-    Normal,
-    /// Normal scheduling although real time was asked for (why).
-    Refused(String),
-}
-
-impl std::fmt::Display for Scheduling {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::RealTime(priority) => write!(f, "SCHED_FIFO {priority}"),
-            Self::Normal => f.write_str("normal"),
-            Self::Refused(why) => write!(f, "normal (real time refused: {why})"),
-        }
-    }
-}
-
-/// Puts the calling thread in SCHED_FIFO at `priority` (0: leaves it).
-pub fn schedule_this_thread(priority: u8) -> Scheduling {
-    if priority == 0 {
-        return Scheduling::Normal;
-    }
-    let param = libc::sched_param {
-        sched_priority: libc::c_int::from(priority),
-    };
-    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } == 0 {
-        return Scheduling::RealTime(priority);
-    }
-    let err = std::io::Error::last_os_error();
-    let why = if err.raw_os_error() == Some(libc::EPERM) {
-        format!("{err}; it needs CAP_SYS_NICE or an RLIMIT_RTPRIO of {priority}")
-    } else {
-        err.to_string()
-    };
-    Scheduling::Refused(why)
 }
 
 /// Starts `keepalives` on a thread of their own and returns how it is

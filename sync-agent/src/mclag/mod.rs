@@ -144,7 +144,7 @@ impl MclagHandle {
         std::thread::Builder::new()
             .name("mclag".into())
             .spawn(move || {
-                let scheduling = crate::liveness::schedule_this_thread(priority);
+                let scheduling = crate::realtime::schedule_this_thread(priority);
                 tracing::info!(%scheduling, "MC-LAG thread started");
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
