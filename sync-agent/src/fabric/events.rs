@@ -14,6 +14,7 @@ use super::{
     config::EncryptionMode,
     link::LinkEvent as MqttEvent,
     report::{FabricReport, MemberReport, ServerReport, SetReport, SettingReport},
+    seal::Opening,
     task::{PendingSet, Task},
     wire::{Heartbeat, Message},
 };
@@ -99,8 +100,17 @@ impl Task {
             return;
         }
         self.count("received");
-        let opened = match self.codec.open(payload, retained) {
-            Ok(opened) => opened,
+        let store = &self.store;
+        // A setting record that repeats what we hold (every member hears
+        // each change from its origin first) is dropped before the costly
+        // signature check: it would change nothing either way.
+        let held = |message: &Message| matches!(message, Message::Setting(record) if !store.would_apply(&record.change));
+        let opened = match self.codec.open_unless(payload, retained, held) {
+            Ok(Opening::Opened(opened)) => opened,
+            Ok(Opening::Needless) => {
+                self.count("setting_already_held");
+                return;
+            }
             Err(rejection) => {
                 self.reject(topic, &rejection.to_string(), rejection.counter());
                 return;

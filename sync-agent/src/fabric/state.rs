@@ -420,6 +420,16 @@ fn newer(a: &ConfigChange, b: &ConfigChange) -> bool {
 }
 
 impl ConfigStore {
+    /// Whether [`ConfigStore::apply`] would put `change` in force, without
+    /// doing it.
+    pub fn would_apply(&self, change: &ConfigChange) -> bool {
+        validate_setting(&change.key, &change.value).is_ok()
+            && self
+                .entries
+                .get(&change.key)
+                .is_none_or(|current| current.change != *change && newer(change, &current.change))
+    }
+
     /// Applies a change.
     pub fn apply(&mut self, change: &ConfigChange) -> Outcome {
         if let Err(why) = validate_setting(&change.key, &change.value) {
