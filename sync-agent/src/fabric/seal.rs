@@ -219,6 +219,9 @@ pub struct Opened {
 }
 
 /// What [`Codec::open_unless`] made of a message.
+// Moved once per message, as `Opened` alone was; boxing it would cost an
+// allocation per message received.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Opening {
     /// Accepted for application.
