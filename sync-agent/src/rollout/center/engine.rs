@@ -25,14 +25,16 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use axum::body::Bytes;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use tokio::sync::watch;
 
 use super::error::{CenterError, CenterResult};
 use super::planner;
 use crate::rollout::wire::{
     Ack, Assignment, ConfigKey, DeviceInfo, Listener, Register, Rollout, RolloutState,
-    ServiceRegistration, Step, StepState, check_name,
+    ServiceRegistration, Step, StepState, WatchAnswer, check_name,
 };
 
 /// How many rollouts are kept; beyond that the oldest finished ones are
@@ -243,7 +245,10 @@ struct Dirty {
     devices: BTreeSet<String>,
     rollouts: BTreeSet<u64>,
     meta: bool,
-    wake: BTreeSet<String>,
+    /// Devices to wake, in any order and repeated (sorted and deduplicated
+    /// when taken): a release to 10,000 devices pushes 10,000 names, which
+    /// a set would insert in 10,000 descents of string comparisons.
+    wake: Vec<String>,
     /// See [`Changes::durable`].
     relaxed: bool,
 }
@@ -258,6 +263,8 @@ pub struct Engine {
     rollouts: BTreeMap<u64, RolloutEntry>,
     meta: EngineMeta,
     dirty: Dirty,
+    /// Long-poll answers encoded so far (see [`Answers`]).
+    answers: Answers,
 }
 
 fn encode<T: Serialize>(value: &T) -> String {
@@ -279,6 +286,81 @@ fn state_name(state: RolloutState) -> &'static str {
         RolloutState::Running => "running",
         RolloutState::Paused => "paused",
         RolloutState::Done => "done",
+    }
+}
+
+/// [`Engine::pending`] without cloning: the assignments due to `device`
+/// (borrowed from its state) and its wake-up receiver.
+fn poll_device<'a>(
+    devices: &'a mut HashMap<String, Device>,
+    dirty: &mut Dirty,
+    device: &str,
+    have: &HashMap<String, String>,
+    now_ms: u64,
+) -> CenterResult<(SmallVec<[&'a Assignment; 4]>, watch::Receiver<u64>)> {
+    let Some(dev) = devices.get_mut(device) else {
+        return Err(CenterError::NotFound(format!(
+            "device {device} is not registered; register it first"
+        )));
+    };
+    dev.state.seen_ms = now_ms;
+    if dev.state.lost {
+        dev.state.lost = false;
+        dirty.devices.insert(device.to_string());
+        tracing::info!("config center: device {device} is back");
+    }
+    let mut receiver = dev.notify.subscribe();
+    receiver.mark_unchanged();
+    if dev.held > 0 {
+        return Ok((SmallVec::new(), receiver));
+    }
+    let state = &dev.state;
+    let due = state
+        .services
+        .iter()
+        .filter_map(|s| state.released.get(&s.name))
+        .filter(|a| have.get(&a.service) != Some(&a.md5))
+        .collect();
+    Ok((due, receiver))
+}
+
+/// How many distinct long-poll answers [`Answers`] keeps encoded.
+const ANSWERS_KEPT: usize = 16;
+
+/// Long-poll answers already encoded, by the assignments they carry. A
+/// batch released to 10,000 devices of one service is the same answer
+/// 10,000 times: encoding it once and sharing the bytes (a reference count
+/// per answer) takes the cloning, encoding and freeing out of every answer,
+/// which run while the other devices still wait. Keyed by the whole
+/// assignments (compared in full), so an entry is never stale; a few are
+/// kept for devices running several services, replaced round-robin.
+#[derive(Default)]
+struct Answers {
+    encoded: Vec<(Vec<Assignment>, Bytes)>,
+    next: usize,
+}
+
+impl Answers {
+    fn encoded(&mut self, due: &[&Assignment]) -> Bytes {
+        let same = |kept: &Vec<Assignment>| {
+            kept.len() == due.len() && kept.iter().zip(due).all(|(k, d)| k == *d)
+        };
+        if let Some((_, body)) = self.encoded.iter().find(|(kept, _)| same(kept)) {
+            return body.clone();
+        }
+        let answer = WatchAnswer {
+            assignments: due.iter().map(|a| (*a).clone()).collect(),
+        };
+        let body =
+            Bytes::from(serde_json::to_vec(&answer).expect("a long-poll answer always serializes"));
+        let entry = (answer.assignments, body.clone());
+        if self.encoded.len() < ANSWERS_KEPT {
+            self.encoded.push(entry);
+        } else {
+            self.encoded[self.next] = entry;
+            self.next = (self.next + 1) % ANSWERS_KEPT;
+        }
+        body
     }
 }
 
@@ -469,7 +551,9 @@ impl Engine {
     /// [`Engine::take_changes`]; with `hold`, each device woken is also
     /// held (see [`Engine::take_changes_held`]).
     fn take(&mut self, hold: bool) -> Changes {
-        let dirty = std::mem::take(&mut self.dirty);
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.wake.sort_unstable();
+        dirty.wake.dedup();
         let mut wake = Vec::with_capacity(dirty.wake.len());
         let mut held = Vec::new();
         for name in dirty.wake {
@@ -587,7 +671,7 @@ impl Engine {
             });
         let state = &mut entry.state;
         self.dirty.devices.insert(device.to_string());
-        self.dirty.wake.insert(device.to_string());
+        self.dirty.wake.push(device.to_string());
         let old: HashMap<String, ConfigKey> = state
             .services
             .drain(..)
@@ -1024,7 +1108,7 @@ impl Engine {
                     .or_default()
                     .insert(step.service.clone(), before);
                 step.state = StepState::Assigned;
-                self.dirty.wake.insert(step.device.clone());
+                self.dirty.wake.push(step.device.clone());
             }
             if !batch.iter().all(|s| s.state.is_settled()) {
                 return Vec::new();
@@ -1257,7 +1341,7 @@ impl Engine {
                     }
                 }
                 self.dirty.devices.insert(device.to_string());
-                self.dirty.wake.insert(device.to_string());
+                self.dirty.wake.push(device.to_string());
             }
         }
         let r = &mut e.rollout;
@@ -1412,7 +1496,7 @@ impl Engine {
                 None => dev.state.released.remove(service),
             };
             self.dirty.devices.insert(device.to_string());
-            self.dirty.wake.insert(device.to_string());
+            self.dirty.wake.push(device.to_string());
         }
     }
 
@@ -1619,31 +1703,29 @@ impl Engine {
         have: &HashMap<String, String>,
         now_ms: u64,
     ) -> CenterResult<(Vec<Assignment>, watch::Receiver<u64>)> {
-        let Some(dev) = self.devices.get_mut(device) else {
-            return Err(CenterError::NotFound(format!(
-                "device {device} is not registered; register it first"
-            )));
-        };
-        dev.state.seen_ms = now_ms;
-        if dev.state.lost {
-            dev.state.lost = false;
-            self.dirty.devices.insert(device.to_string());
-            tracing::info!("config center: device {device} is back");
-        }
-        let mut receiver = dev.notify.subscribe();
-        receiver.mark_unchanged();
-        if dev.held > 0 {
-            return Ok((Vec::new(), receiver));
-        }
-        let assignments = dev
-            .state
-            .services
-            .iter()
-            .filter_map(|s| dev.state.released.get(&s.name))
-            .filter(|a| have.get(&a.service) != Some(&a.md5))
-            .cloned()
-            .collect();
-        Ok((assignments, receiver))
+        let (due, receiver) =
+            poll_device(&mut self.devices, &mut self.dirty, device, have, now_ms)?;
+        Ok((due.into_iter().cloned().collect(), receiver))
+    }
+
+    /// [`Engine::pending`] as the long poll's answer body, already encoded
+    /// ([`WatchAnswer`] in JSON), or None if nothing is due. Devices due
+    /// the same assignments share one encoded body (see [`Answers`]).
+    pub fn pending_answer(
+        &mut self,
+        device: &str,
+        have: &HashMap<String, String>,
+        now_ms: u64,
+    ) -> CenterResult<(Option<Bytes>, watch::Receiver<u64>)> {
+        let Engine {
+            devices,
+            dirty,
+            answers,
+            ..
+        } = self;
+        let (due, receiver) = poll_device(devices, dirty, device, have, now_ms)?;
+        let body = (!due.is_empty()).then(|| answers.encoded(&due));
+        Ok((body, receiver))
     }
 
     pub fn is_registered(&self, device: &str) -> bool {
@@ -2019,6 +2101,45 @@ mod tests {
             e.ack("nobody", &ok(id, "c", 1), 9),
             Err(CenterError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn devices_due_the_same_assignments_share_one_encoded_answer() {
+        let mut e = two_devices();
+        let id = e
+            .new_version(&key("n/g/k"), 1, "m1", &opts(10, 0), 5)
+            .0
+            .unwrap();
+        let nothing = HashMap::new();
+        let (d1, _) = e.pending_answer("d1", &nothing, 6).unwrap();
+        let (d2, _) = e.pending_answer("d2", &nothing, 6).unwrap();
+        let (d1, d2) = (d1.unwrap(), d2.unwrap());
+        // Byte for byte what the device got before: the answer in JSON.
+        let expect = WatchAnswer {
+            assignments: e.pending("d1", &nothing, 6).unwrap().0,
+        };
+        assert_eq!(d1, serde_json::to_vec(&expect).unwrap());
+        assert_eq!(expect.assignments.len(), 1);
+        assert_eq!(expect.assignments[0].rollout_id, id);
+        // One encoding, shared.
+        assert_eq!(d1.as_ptr(), d2.as_ptr());
+        // Another assignment is another answer (the cache is keyed by it).
+        e.ack("d1", &ok(id, "a", 1), 7).unwrap();
+        e.ack("d2", &ok(id, "a", 1), 7).unwrap();
+        let have = HashMap::from([("a".to_string(), "m1".to_string())]);
+        let (next, _) = e.pending_answer("d1", &have, 8).unwrap();
+        let next = next.unwrap();
+        let expect = WatchAnswer {
+            assignments: e.pending("d1", &have, 8).unwrap().0,
+        };
+        assert_eq!(next, serde_json::to_vec(&expect).unwrap());
+        assert_eq!(expect.assignments[0].service, "b");
+        // Nothing due: no body (the caller answers the empty one).
+        let all = HashMap::from([
+            ("a".to_string(), "m1".to_string()),
+            ("b".to_string(), "m1".to_string()),
+        ]);
+        assert!(e.pending_answer("d1", &all, 9).unwrap().0.is_none());
     }
 
     #[test]
