@@ -324,6 +324,42 @@ fn poll_device<'a>(
     Ok((due, receiver))
 }
 
+/// Records in a rollout's `previous` what each of its releases replaced
+/// (device, service, the assignment before). A rollout's first release
+/// fills an empty map: it is built at once from the entries sorted by
+/// device rather than by one descent of string comparisons per device
+/// (10,000 in the put of a change to 10,000 devices); later releases are
+/// inserted one by one. Either way a repeated (device, service) keeps the
+/// last value given.
+fn remember_previous(
+    map: &mut BTreeMap<String, PerService<Option<Assignment>>>,
+    mut fresh: Vec<(String, String, Option<Assignment>)>,
+) {
+    if !map.is_empty() {
+        for (device, service, before) in fresh {
+            map.entry(device).or_default().insert(service, before);
+        }
+        return;
+    }
+    // Stable: entries of one device keep their order.
+    fresh.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut grouped: Vec<(String, PerService<Option<Assignment>>)> =
+        Vec::with_capacity(fresh.len());
+    for (device, service, before) in fresh {
+        match grouped.last_mut() {
+            Some((last, services)) if *last == device => {
+                services.insert(service, before);
+            }
+            _ => {
+                let mut services = PerService::default();
+                services.insert(service, before);
+                grouped.push((device, services));
+            }
+        }
+    }
+    *map = grouped.into_iter().collect();
+}
+
 /// How many distinct long-poll answers [`Answers`] keeps encoded.
 const ANSWERS_KEPT: usize = 16;
 
@@ -820,23 +856,24 @@ impl Engine {
                 .iter()
                 .any(|c| c == name || labels.contains(c))
         };
+        // Planned on borrowed names: the steps below are the only copies.
         let mut canaries = Vec::new();
         let mut others = Vec::new();
         for name in names {
-            let services: Vec<String> = self.devices[name]
+            let services: Vec<&String> = self.devices[name]
                 .state
                 .services
                 .iter()
                 .filter(|s| &s.config == key)
-                .map(|s| s.name.clone())
+                .map(|s| &s.name)
                 .collect();
             if services.is_empty() {
                 continue;
             }
             if is_canary(name) {
-                canaries.push((name.clone(), services));
+                canaries.push((name, services));
             } else {
-                others.push((name.clone(), services));
+                others.push((name, services));
             }
         }
         if canaries.is_empty() && others.is_empty() {
@@ -845,6 +882,19 @@ impl Engine {
             // write to a key nobody uses costs no second transaction.
             return (None, Vec::new());
         }
+        let batch_size = options.batch_size.max(1);
+        // Canaries alone first (all of them in the first batch), then the rest.
+        let mut planned = planner::plan(&canaries, canaries.len().max(1));
+        planned.extend(planner::plan(&others, batch_size));
+        let batches = planned
+            .into_iter()
+            .map(|batch| {
+                batch
+                    .into_iter()
+                    .map(|(device, service)| pending_step(device.clone(), service.clone()))
+                    .collect()
+            })
+            .collect();
         self.prune();
         self.meta.next_id += 1;
         self.dirty.meta = true;
@@ -861,19 +911,6 @@ impl Engine {
                 self.dirty.rollouts.insert(*old_id);
             }
         }
-        let batch_size = options.batch_size.max(1);
-        // Canaries alone first (all of them in the first batch), then the rest.
-        let mut planned = planner::plan(&canaries, canaries.len().max(1));
-        planned.extend(planner::plan(&others, batch_size));
-        let batches = planned
-            .into_iter()
-            .map(|batch| {
-                batch
-                    .into_iter()
-                    .map(|(device, service)| pending_step(device, service))
-                    .collect()
-            })
-            .collect();
         self.rollouts.insert(
             id,
             RolloutEntry {
@@ -1039,6 +1076,8 @@ impl Engine {
             let e = self.rollouts.get_mut(&id).expect("looked up above");
             let r = &mut e.rollout;
             let batch = &mut r.batches[r.current_batch];
+            // (device, service, what its release replaced), for `previous`.
+            let mut previous = Vec::new();
             for (i, step) in batch.iter_mut().enumerate() {
                 if step.state != StepState::Pending {
                     continue;
@@ -1103,13 +1142,11 @@ impl Engine {
                     continue;
                 }
                 let before = state.released.insert(step.service.clone(), assignment);
-                e.previous
-                    .entry(step.device.clone())
-                    .or_default()
-                    .insert(step.service.clone(), before);
+                previous.push((step.device.clone(), step.service.clone(), before));
                 step.state = StepState::Assigned;
                 self.dirty.wake.push(step.device.clone());
             }
+            remember_previous(&mut e.previous, previous);
             if !batch.iter().all(|s| s.state.is_settled()) {
                 return Vec::new();
             }
@@ -2101,6 +2138,41 @@ mod tests {
             e.ack("nobody", &ok(id, "c", 1), 9),
             Err(CenterError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn previous_built_at_once_is_the_map_built_entry_by_entry() {
+        let a = |service: &str, md5: &str| Assignment {
+            rollout_id: 1,
+            service: service.into(),
+            key: key("n/g/k"),
+            version: 1,
+            md5: md5.into(),
+        };
+        let fresh = vec![
+            ("d2".to_string(), "web".to_string(), Some(a("web", "m1"))),
+            ("d1".to_string(), "web".to_string(), None),
+            ("d2".to_string(), "db".to_string(), Some(a("db", "m2"))),
+            // Repeated: the last value given wins, as with `insert`.
+            ("d1".to_string(), "web".to_string(), Some(a("web", "m3"))),
+        ];
+        let mut one_by_one: BTreeMap<String, PerService<Option<Assignment>>> = BTreeMap::new();
+        for (device, service, before) in fresh.clone() {
+            one_by_one
+                .entry(device)
+                .or_default()
+                .insert(service, before);
+        }
+        let mut at_once = BTreeMap::new();
+        remember_previous(&mut at_once, fresh.clone());
+        assert_eq!(at_once, one_by_one);
+        assert_eq!(at_once["d1"].get("web"), Some(&Some(a("web", "m3"))));
+        // A later release adds to what is there.
+        let later = vec![("d1".to_string(), "db".to_string(), None)];
+        remember_previous(&mut at_once, later.clone());
+        remember_previous(&mut one_by_one, later);
+        assert_eq!(at_once, one_by_one);
+        assert_eq!(at_once["d1"].get("db"), Some(&None));
     }
 
     #[test]
