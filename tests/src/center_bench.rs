@@ -48,6 +48,8 @@ pub const WRITERS: [usize; 2] = [64, 256];
 pub const WRITES_PER_WRITER: usize = 50;
 const PLAN_DEVICES: usize = 100_000;
 const PLAN_SERVICES: usize = 10;
+/// The name of the center's group-commit thread (`writer.rs`).
+const WRITER_THREAD: &str = "center-writer";
 /// Connections opened at once while the waiters arrive.
 const CONNECT_AT_ONCE: usize = 512;
 
@@ -146,6 +148,23 @@ fn cpu_ns(pid: u32) -> u64 {
         .sum()
 }
 
+/// [`cpu_ns`] of the threads of process `pid` named `name` only (their
+/// `comm`): the center's writer thread, which does the put and nothing
+/// else while the long polls wait, so its time is the put's.
+fn thread_cpu_ns(pid: u32, name: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|line| line.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// Raises this process's open-file limit to at least `needed`: the soft
 /// limit up to the hard one, the hard one too if allowed (CAP_SYS_RESOURCE).
 /// Fails naming both limits if it cannot: a bench short of descriptors
@@ -214,6 +233,7 @@ pub fn run(only_polls: bool) -> anyhow::Result<()> {
         tokio::spawn(server);
         long_polls(addr, &center).await?;
         answer_floor().await?;
+        answer_floor_http().await?;
         if only_polls {
             return Ok(());
         }
@@ -887,6 +907,7 @@ async fn long_polls(addr: SocketAddr, center: &Arc<center::Center>) -> anyhow::R
     let ramp = waiters.until_held(|| center.waiting_polls()).await?;
     let before = center.write_stats();
     let resident = resident_anon_mb();
+    let writer_before = thread_cpu_ns(std::process::id(), WRITER_THREAD);
     waiters.mark_start();
     let start = mono_ns();
     let opts = RolloutOptions {
@@ -901,6 +922,7 @@ async fn long_polls(addr: SocketAddr, center: &Arc<center::Center>) -> anyhow::R
     let grew = resident_anon_mb() - resident;
     let after = center.write_stats();
     let got = waiters.answers(start, &v2.md5).await?;
+    let put_cpu = thread_cpu_ns(std::process::id(), WRITER_THREAD).saturating_sub(writer_before);
     println!(
         "  {WAITERS} devices registered concurrently in {:.2} s; {WAITERS} polls held after {:.1} s",
         registered.as_secs_f64(),
@@ -930,7 +952,29 @@ async fn long_polls(addr: SocketAddr, center: &Arc<center::Center>) -> anyhow::R
         got.cpu(),
         got.problems()
     );
+    if got.cpu_ns.0 > 0 {
+        // The writer's time is the put's: planning and releasing, storing,
+        // the commit, and waking the polls; the rest is answering them.
+        let answering = got.cpu_ns.0.saturating_sub(put_cpu);
+        println!(
+            "  the center's CPU split: the put ({WRITER_THREAD} thread: planning, storing, commit, waking {WAITERS} polls) {:.1} ms; answering (every other thread, this bench's reading of the answers included) {:.1} ms, {:.1} us per answer",
+            put_cpu as f64 / 1e6,
+            answering as f64 / 1e6,
+            answering as f64 / 1e3 / WAITERS as f64,
+        );
+    }
     Ok(())
+}
+
+/// The MD5 the floors' answers carry.
+const FLOOR_MD5: &str = "0123456789abcdef0123456789abcdef";
+
+/// The body of the floors' answers: the center's answer to the bench's
+/// devices, one assignment of [`FLOOR_MD5`].
+fn floor_body() -> String {
+    format!(
+        r#"{{"assignments":[{{"rollout_id":2,"service":"s","key":{{"namespace":"bench","group":"prod","name":"common"}},"version":2,"md5":"{FLOOR_MD5}"}}]}}"#
+    )
 }
 
 /// The floor under the long-poll figure on this machine: the same waiters'
@@ -942,10 +986,7 @@ async fn long_polls(addr: SocketAddr, center: &Arc<center::Center>) -> anyhow::R
 async fn answer_floor() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
     let addr = listener.local_addr()?;
-    let md5 = "0123456789abcdef0123456789abcdef";
-    let body = format!(
-        r#"{{"assignments":[{{"rollout_id":2,"service":"s","key":{{"namespace":"bench","group":"prod","name":"common"}},"version":2,"md5":"{md5}"}}]}}"#
-    );
+    let body = floor_body();
     let answer: Arc<[u8]> = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\ndate: Mon, 07 Dec 2026 03:00:00 GMT\r\n\r\n{body}",
         body.len()
@@ -985,6 +1026,59 @@ async fn answer_floor() -> anyhow::Result<()> {
             }
         })
     };
+    let got = floor_round(addr, &held, go).await;
+    server.abort();
+    print_floor(
+        "floor, the same {WAITERS} polls answered by a zero-work server (one task per connection, one shared pre-built answer)",
+        &got?,
+    );
+    Ok(())
+}
+
+/// The floor again on the center's own HTTP stack: `axum::serve` (hyper,
+/// one task per connection, as the center is served) with one route of
+/// the center's watch path, whose handler waits for the one shared signal
+/// and answers one pre-built body (shared bytes, as the center's answers
+/// now are). The center's figure minus this one is the center's own work
+/// (the engine, the wake-ups, the middleware); this one minus the raw
+/// floor is what HTTP on hyper and axum costs per answer.
+async fn answer_floor_http() -> anyhow::Result<()> {
+    use axum::http::{HeaderValue, header::CONTENT_TYPE};
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = listener.local_addr()?;
+    let body = axum::body::Bytes::from(floor_body());
+    let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (go, signal) = tokio::sync::watch::channel(false);
+    let watch = {
+        let held = held.clone();
+        move || {
+            let (held, mut signal, body) = (held.clone(), signal.clone(), body.clone());
+            async move {
+                held.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _ = signal.wait_for(|go| *go).await;
+                let json = HeaderValue::from_static("application/json");
+                ([(CONTENT_TYPE, json)], body)
+            }
+        }
+    };
+    let app = axum::Router::new().route("/v1/devices/{device}/watch", axum::routing::get(watch));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let got = floor_round(addr, &held, go).await;
+    server.abort();
+    print_floor(
+        "floor on the center's HTTP stack (axum::serve, one route, a handler that waits for one signal and answers shared pre-built bytes)",
+        &got?,
+    );
+    Ok(())
+}
+
+/// One round against a floor server at `addr`: the waiters arrive, every
+/// poll is counted `held`, then `go` answers them all.
+async fn floor_round(
+    addr: SocketAddr,
+    held: &std::sync::atomic::AtomicUsize,
+    go: tokio::sync::watch::Sender<bool>,
+) -> anyhow::Result<Answers> {
     let mut waiters = Waiters::spawn(addr, "old")?;
     waiters
         .until_held(|| held.load(std::sync::atomic::Ordering::Relaxed))
@@ -992,20 +1086,22 @@ async fn answer_floor() -> anyhow::Result<()> {
     waiters.mark_start();
     let start = mono_ns();
     go.send_replace(true);
-    let got = waiters.answers(start, md5).await?;
-    server.abort();
+    waiters.answers(start, FLOOR_MD5).await
+}
+
+fn print_floor(what: &str, got: &Answers) {
+    let what = what.replace("{WAITERS}", &WAITERS.to_string());
     if got.latencies.is_empty() {
-        println!("  floor: no answer arrived ({})", got.problems());
-        return Ok(());
+        println!("  {what}: no answer arrived ({})", got.problems());
+        return;
     }
     let (spread, each) = got.spread();
     println!(
-        "  floor, the same {WAITERS} polls answered by a zero-work server (one task per connection, one shared pre-built answer): {}; first to last {spread:.1} ms ({each:.1} us per answer); {}; {}",
+        "  {what}: {}; first to last {spread:.1} ms ({each:.1} us per answer); {}; {}",
         got.summary(),
         got.cpu(),
         got.problems()
     );
-    Ok(())
 }
 
 async fn writes(center: &Arc<center::Center>) -> anyhow::Result<()> {

@@ -15,7 +15,7 @@
 //! | `GET /v1/configs/{ns}/{group}/{name}/diff?from=A&to=B` | -> [`DiffAnswer`] |
 //! | `GET /v1/devices` | -> `[DeviceInfo]` |
 //! | `POST /v1/devices/{device}/register` | [`Register`] -> [`DeviceInfo`] |
-//! | `GET /v1/devices/{device}/watch?have=svc:MD5,...&timeout_ms=` | -> [`WatchAnswer`] (long poll) |
+//! | `GET /v1/devices/{device}/watch?have=svc:MD5,...&timeout_ms=` | -> [`WatchAnswer`](crate::rollout::wire::WatchAnswer) (long poll) |
 //! | `POST /v1/devices/{device}/ack` | [`Ack`] -> `{}` |
 //! | `GET /v1/rollouts` | -> `[Rollout]`, newest first |
 //! | `GET /v1/rollouts/{id}` | -> [`Rollout`] |
@@ -62,7 +62,7 @@ use super::auth::{Identity, Need, Role, Tokens};
 use super::{Center, CenterError, DEFAULT_WATCH_TIMEOUT_MS, MAX_WATCH_TIMEOUT_MS, RolloutOptions};
 use crate::rollout::wire::{
     Ack, ApiError, CloneRequest, ConfigKey, ConfigRecord, DeviceInfo, DiffAnswer, Listener,
-    PutConfig, Register, RollbackRequest, Rollout, WatchAnswer, check_name,
+    PutConfig, Register, RollbackRequest, Rollout, check_name,
 };
 
 /// An error answer: status and message.
@@ -565,7 +565,7 @@ async fn watch(
     State(center): State<Arc<Center>>,
     path: Result<Path<String>, PathRejection>,
     q: Result<Query<WatchQuery>, QueryRejection>,
-) -> Answer<WatchAnswer> {
+) -> Result<Response, HttpError> {
     let device = device_name(path)?;
     caller.check(&center, Need::Device(&device))?;
     let q = query(q)?;
@@ -574,10 +574,13 @@ async fn watch(
         .timeout_ms
         .unwrap_or(DEFAULT_WATCH_TIMEOUT_MS)
         .min(MAX_WATCH_TIMEOUT_MS);
-    let assignments = center
-        .watch(&device, &have, Duration::from_millis(timeout))
+    // The body comes encoded (a `WatchAnswer` in JSON, as `Json` would
+    // write it): one change answers every waiting device, and they share it.
+    let body = center
+        .watch_answer(&device, &have, Duration::from_millis(timeout))
         .await?;
-    Ok(Json(WatchAnswer { assignments }))
+    let json = axum::http::HeaderValue::from_static("application/json");
+    Ok(([(axum::http::header::CONTENT_TYPE, json)], body).into_response())
 }
 
 async fn ack(

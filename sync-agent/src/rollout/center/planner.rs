@@ -24,13 +24,14 @@ use crate::rollout::wire::ServiceRegistration;
 
 /// Batches for `steps`: per device (names unique), its affected services in
 /// dependency order. Returns batches of (device, service), in release order.
-/// A `batch_size` of 0 is taken as 1.
-pub fn plan(steps: &[(String, Vec<String>)], batch_size: usize) -> Vec<Vec<(String, String)>> {
+/// A `batch_size` of 0 is taken as 1. Names are whatever the caller holds
+/// (owned, or borrowed so that a plan of 10,000 steps copies no string).
+pub fn plan<D: Clone, S: Clone>(steps: &[(D, Vec<S>)], batch_size: usize) -> Vec<Vec<(D, S)>> {
     let batch_size = batch_size.max(1);
     let total: usize = steps.iter().map(|(_, services)| services.len()).sum();
     let mut batches = Vec::with_capacity(total.div_ceil(batch_size));
     let mut waiting = steps.iter().filter(|(_, services)| !services.is_empty());
-    let mut window: Vec<(&String, &[String])> = Vec::with_capacity(batch_size);
+    let mut window: Vec<(&D, &[S])> = Vec::with_capacity(batch_size);
     loop {
         while window.len() < batch_size {
             match waiting.next() {
@@ -231,7 +232,7 @@ mod tests {
         // Each device's services go in consecutive batches.
         assert_eq!(batches[0][0], ("dev0".into(), "svc0".into()));
         assert_eq!(batches[1][0], ("dev0".into(), "svc1".into()));
-        assert!(plan(&[], 10).is_empty());
+        assert!(plan::<String, String>(&[], 10).is_empty());
         assert!(plan(&input(3, |_| 0), 10).is_empty());
     }
 

@@ -38,10 +38,11 @@
 //! answers 503 rather than serve a state the store may not have.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
+use axum::body::Bytes;
 use tokio::sync::{broadcast, watch};
 
 use super::config::CenterConfig;
@@ -73,6 +74,14 @@ pub struct RolloutOptions {
     pub approve_each_batch: bool,
 }
 
+/// HTTP status codes are three digits (`http::StatusCode`): one request
+/// counter for each value below this.
+const STATUS_CODES: usize = 1000;
+
+/// The long poll's answer when nothing is due: [`crate::rollout::wire::WatchAnswer`]
+/// with no assignments, as JSON.
+const NOTHING_DUE: &[u8] = br#"{"assignments":[]}"#;
+
 /// Releases kept for a slow subscriber of [`Center::subscribe_releases`];
 /// one further behind is told it lagged (devices still long-poll).
 const RELEASES_DEPTH: usize = 256;
@@ -97,8 +106,10 @@ pub struct Center {
     waiting: AtomicUsize,
     /// Requests refused, by reason (see [`Center::refusals`]).
     refused: Mutex<BTreeMap<&'static str, u64>>,
-    /// Requests answered, by HTTP status (see [`Center::requests`]).
-    requests: Mutex<BTreeMap<u16, u64>>,
+    /// Requests answered, by HTTP status (see [`Center::requests`]):
+    /// one counter per status code (100 to 999), so counting takes no lock
+    /// (one change answers thousands of polls at once, on every worker).
+    requests: Box<[AtomicU64]>,
     /// Every release of a batch, for push over the fabric (SPEC 6.2); a
     /// send with no subscriber is fine.
     releases: broadcast::Sender<ConfigReleased>,
@@ -301,7 +312,7 @@ impl Center {
             releases: broadcast::channel(RELEASES_DEPTH).0,
             waiting: AtomicUsize::new(0),
             refused: Mutex::new(BTreeMap::new()),
-            requests: Mutex::new(BTreeMap::new()),
+            requests: (0..STATUS_CODES).map(|_| AtomicU64::new(0)).collect(),
             leader,
             shared,
             sync: Mutex::new(sync),
@@ -995,6 +1006,44 @@ impl Center {
         have: &HashMap<String, String>,
         timeout: Duration,
     ) -> CenterResult<Vec<Assignment>> {
+        let due = self
+            .hold(device, timeout, |engine, now| {
+                let (due, changed) = engine.pending(device, have, now)?;
+                Ok(((!due.is_empty()).then_some(due), changed))
+            })
+            .await?;
+        Ok(due.unwrap_or_default())
+    }
+
+    /// [`Center::watch`] as the HTTP answer's body: the [`WatchAnswer`]
+    /// in JSON, shared by every device due the same assignments (see
+    /// [`Engine::pending_answer`]).
+    ///
+    /// [`WatchAnswer`]: crate::rollout::wire::WatchAnswer
+    pub async fn watch_answer(
+        &self,
+        device: &str,
+        have: &HashMap<String, String>,
+        timeout: Duration,
+    ) -> CenterResult<Bytes> {
+        let body = self
+            .hold(device, timeout, |engine, now| {
+                engine.pending_answer(device, have, now)
+            })
+            .await?;
+        Ok(body.unwrap_or_else(|| Bytes::from_static(NOTHING_DUE)))
+    }
+
+    /// Holds a long poll: `due` is asked (with the engine locked) what is
+    /// due to `device` and for its wake-up, at once and after every
+    /// wake-up, until it has something; None after `timeout`, at shutdown,
+    /// or if the device's wake-up is gone (it was removed).
+    async fn hold<T>(
+        &self,
+        device: &str,
+        timeout: Duration,
+        mut due: impl FnMut(&mut Engine, u64) -> CenterResult<(Option<T>, watch::Receiver<u64>)>,
+    ) -> CenterResult<Option<T>> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut shutdown = self.shutdown.subscribe();
         let mut held = None;
@@ -1006,15 +1055,15 @@ impl Center {
                 .insert(device.to_string(), now_ms());
         }
         loop {
-            let (assignments, mut changed) = self.engine().pending(device, have, now_ms())?;
-            if !assignments.is_empty() || *shutdown.borrow_and_update() {
-                return Ok(assignments);
+            let (found, mut changed) = due(&mut self.engine(), now_ms())?;
+            if found.is_some() || *shutdown.borrow_and_update() {
+                return Ok(found);
             }
             held.get_or_insert_with(|| Held::new(&self.waiting));
             tokio::select! {
-                woke = changed.changed() => if woke.is_err() { return Ok(Vec::new()) },
-                _ = shutdown.changed() => return Ok(Vec::new()),
-                _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+                woke = changed.changed() => if woke.is_err() { return Ok(None) },
+                _ = shutdown.changed() => return Ok(None),
+                _ = tokio::time::sleep_until(deadline) => return Ok(None),
             }
         }
     }
@@ -1145,21 +1194,21 @@ impl Center {
 
     /// Counts one answered request under its HTTP status.
     pub fn count_request(&self, status: u16) {
-        *self
-            .requests
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(status)
-            .or_default() += 1;
+        if let Some(count) = self.requests.get(usize::from(status)) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Requests answered since start, by HTTP status (a long poll counts
     /// when it is answered).
     pub fn requests(&self) -> BTreeMap<u16, u64> {
-        self.requests
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        (0..STATUS_CODES)
+            .filter_map(|status| {
+                let count = self.requests[status].load(Ordering::Relaxed);
+                let status = u16::try_from(status).ok()?;
+                (count > 0).then_some((status, count))
+            })
+            .collect()
     }
 
     /// How many long polls are held right now, waiting for a change. Tests
