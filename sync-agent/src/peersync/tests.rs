@@ -282,6 +282,7 @@ fn captured(last: u8) -> Captured {
     let frame = arp_reply(PEER_MAC, mac, ip);
     Captured {
         timestamp_ns: 0,
+        read_ns: 0,
         ifindex: 11,
         class: Class::Peer,
         outer_vlan: 0,
