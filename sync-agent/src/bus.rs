@@ -57,6 +57,11 @@ pub type CapturedFrame = smallvec::SmallVec<[u8; sync_common::capture::CAPTURE_B
 pub struct Captured {
     /// Kernel monotonic time of capture, in nanoseconds.
     pub timestamp_ns: u64,
+    /// Monotonic time the ring buffer reader took it off the ring, in
+    /// nanoseconds (0: not known). With `timestamp_ns` it splits the
+    /// capture's way to peer sync into the reader's wakeup and the hand-over
+    /// (`show peer`'s latency).
+    pub read_ns: u64,
     /// Interface it arrived on.
     pub ifindex: u32,
     /// Its class (peer or own; shared and unmatched are never captured).

@@ -43,5 +43,6 @@ pub mod random;
 pub mod realtime;
 pub mod rollout;
 pub mod southbound;
+pub mod sync_thread;
 pub mod validate;
 pub mod web;

@@ -69,6 +69,46 @@ fn a_reply_landing_on_the_peer_is_learnt_by_the_asking_switch_kernel() -> anyhow
     Ok(())
 }
 
+/// The names of the threads of process `pid`.
+fn thread_names(pid: u32) -> anyhow::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let comm = std::fs::read_to_string(task?.path().join("comm"))?;
+        names.push(comm.trim().to_string());
+    }
+    Ok(names)
+}
+
+/// The sync path (the capture ring's reader, peer sync and its session)
+/// runs on one thread of its own in each agent (`sync_thread`), and a
+/// reply still crosses it.
+#[test]
+fn each_agent_runs_the_sync_path_on_a_thread_of_its_own() -> anyhow::Result<()> {
+    let pair = Pair::new()?;
+    let a = pair.agent_a("")?;
+    let b = pair.agent_b("")?;
+    a.wait_session_up()?;
+    for agent in [&a, &b] {
+        let names = thread_names(agent.pid().context("agent running")?)?;
+        assert_eq!(
+            names.iter().filter(|n| *n == "peer-sync").count(),
+            1,
+            "{names:?}"
+        );
+    }
+    let mut ping = pair.a_starts_resolving("10.77.0.3")?;
+    pair.c.send_frames(
+        "c-b",
+        &[pair.reply_from_c(C_IP, pair.a_mac, A_IP).to_bytes()],
+    )?;
+    wait_neighbour(&pair.a, "a-c", "10.77.0.3", &pair.c_mac)?;
+    let latency = &b.query(&["show", "peer"])?["latency"];
+    assert_eq!(latency["capture_to_read"]["count"], 1, "{latency}");
+    assert_eq!(latency["read_to_queue"]["count"], 1, "{latency}");
+    let _ = ping.kill();
+    Ok(())
+}
+
 #[test]
 fn without_the_agents_the_misdelivered_reply_is_never_learnt() -> anyhow::Result<()> {
     let pair = Pair::new()?;

@@ -63,6 +63,7 @@ use crate::{
     peersync::{Identity, PeerSyncChannels, PeerSyncHandle},
     rollout::{center::CenterHandle, device::DeviceHandle},
     southbound::links,
+    sync_thread::SyncThread,
     web::WebHandle,
 };
 
@@ -152,6 +153,16 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
         }
         None => (None, None),
     };
+    // Peer sync and the capture ring's reader share a thread of their own
+    // (see `sync_thread`): kept until the agent returns, after the
+    // shutdown sequence has asked peer sync to restore what it changed.
+    let sync_thread = match &config.peer {
+        Some(_) => {
+            Some(SyncThread::start("peer-sync").context("peer sync: cannot start its thread")?)
+        }
+        None => None,
+    };
+    let sync_runtime = sync_thread.as_ref().map(SyncThread::handle);
     // What peer sync and MC-LAG learn that belongs in the classifier's
     // peer table; the senders go to them when they start.
     let (peer_macs_tx, peer_macs) = watch::channel(BTreeSet::new());
@@ -170,6 +181,7 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
                 netlink: netlink.clone(),
                 links: dataplane_links,
                 captures_for_peer: peer_captures_tx,
+                capture_runtime: sync_runtime.cloned(),
                 peer_macs,
                 shared_mac,
             })
@@ -294,6 +306,7 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
                 infos: Some(info_tx.clone()),
                 liveness_watcher,
             },
+            sync_runtime,
         ));
     }
 

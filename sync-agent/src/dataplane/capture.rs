@@ -42,6 +42,25 @@ pub const MAX_BATCH: usize = 64;
 /// record costs this much of the reader's time once, and its latency gains.
 pub const SPIN_BEFORE_SLEEP: std::time::Duration = std::time::Duration::from_micros(30);
 
+/// A sleep at least this long says replies come alone: a round that reads
+/// one record after it goes back to sleep at once instead of spinning
+/// ([`spin_budget`]). Ten spins' worth: below ~3,000 lone records a second,
+/// where the spin is 30 us of the reader's CPU per record bought for
+/// nothing (the next record comes long after it ends), and the reader's
+/// thread, which peer sync shares, should not hold its CPU from the threads
+/// the reply wakes next (on the receiving switch: the session's reader).
+pub const QUIET_GAP: std::time::Duration = std::time::Duration::from_micros(300);
+
+/// How long the reader keeps looking at an empty ring before announcing a
+/// sleep, in a round (wakeup to sleep) that read `read` records after a
+/// sleep of `slept` (None: no sleep before it, e.g. the first round).
+pub fn spin_budget(slept: Option<std::time::Duration>, read: u64) -> std::time::Duration {
+    match slept {
+        Some(slept) if slept >= QUIET_GAP && read <= 1 => std::time::Duration::ZERO,
+        _ => SPIN_BEFORE_SLEEP,
+    }
+}
+
 /// How long the reader sleeps at most without a wakeup. Nothing relies on
 /// it: it only bounds the wait of records whose wakeup could not be
 /// carried (a full ring has no room for the classifier's wakeup record).
@@ -108,6 +127,7 @@ pub fn decode(bytes: &[u8]) -> Result<Captured, InvalidRecord> {
         .ok_or(InvalidRecord::NotArpReply(Parsed::Other))?;
     Ok(Captured {
         timestamp_ns: record.timestamp_ns,
+        read_ns: 0,
         ifindex: record.ifindex,
         class,
         outer_vlan: reply.outer_vlan,
@@ -136,6 +156,7 @@ fn decode_advert(
         nd::addresses(frame, &advert).ok_or(InvalidRecord::NotAdvert(nd::Parsed::Other))?;
     Ok(Captured {
         timestamp_ns: record.timestamp_ns,
+        read_ns: 0,
         ifindex: record.ifindex,
         class,
         outer_vlan: advert.outer_vlan,
@@ -188,6 +209,7 @@ pub async fn run(
         pool: BatchPool::default(),
         log: LogLimiter::new(std::time::Duration::from_secs(5)),
         stats,
+        slept_at: None,
     };
     loop {
         // Until the reader has announced its sleep on an empty ring (the
@@ -259,11 +281,14 @@ struct Drain {
     pool: BatchPool,
     log: LogLimiter,
     stats: Arc<CaptureStats>,
+    /// When the reader last announced a sleep (the start of the quiet gap
+    /// a wakeup ends).
+    slept_at: Option<std::time::Instant>,
 }
 
 impl Drain {
-    /// Reads batches until the ring has stayed empty for
-    /// [`SPIN_BEFORE_SLEEP`] and the sleep is announced. False when the
+    /// Reads batches until the ring has stayed empty for the round's
+    /// [`spin_budget`] and the sleep is announced. False when the
     /// dataplane task is gone (the agent is stopping).
     async fn until_asleep(
         &mut self,
@@ -271,6 +296,8 @@ impl Drain {
         peer: Option<&mpsc::Sender<CaptureBatch>>,
         tx: &mpsc::Sender<CaptureBatch>,
     ) -> bool {
+        let slept = self.slept_at.map(|at| at.elapsed());
+        let mut read_this_round = 0u64;
         let mut empty_since: Option<std::time::Instant> = None;
         loop {
             if reader.is_empty() {
@@ -278,11 +305,12 @@ impl Drain {
                 // before paying for a sleep and the wakeup that ends it.
                 let now = std::time::Instant::now();
                 let since = *empty_since.get_or_insert(now);
-                if now.duration_since(since) < SPIN_BEFORE_SLEEP {
+                if now.duration_since(since) < spin_budget(slept, read_this_round) {
                     tokio::task::yield_now().await;
                     continue;
                 }
                 if reader.announce_sleep() {
+                    self.slept_at = Some(now);
                     return true;
                 }
                 // Records came after all: the announcement is withdrawn.
@@ -299,9 +327,13 @@ impl Drain {
             };
             let slot = self.pool.free();
             let (stats, log) = (&self.stats, &mut self.log);
+            let read_ns = crate::clock::monotonic_ns();
             let read = match Arc::get_mut(slot) {
                 Some(storage) => reader.read_batch(MAX_BATCH, |bytes| match decode(bytes) {
-                    Ok(captured) => storage.push(captured),
+                    Ok(captured) => storage.push(Captured {
+                        read_ns,
+                        ..captured
+                    }),
                     Err(err) => {
                         stats.invalid.fetch_add(1, Ordering::Relaxed);
                         if let Some(suppressed) = log.admit("invalid_record") {
@@ -313,11 +345,17 @@ impl Drain {
                 None => 0,
             };
             self.stats.records.fetch_add(read as u64, Ordering::Relaxed);
+            read_this_round += read as u64;
             if !slot.is_empty() {
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 let batch = CaptureBatch::shared(slot.clone());
                 if let Some(peer_permit) = peer_permit {
                     peer_permit.send(batch.clone());
+                    // Peer sync (on this thread: `crate::sync_thread`)
+                    // sends the batch on before the dataplane task, on the
+                    // main runtime, is woken for its copy: that wakeup is a
+                    // syscall, and often an IPI, paid on this thread.
+                    tokio::task::yield_now().await;
                 }
                 permit.send(batch);
             }
@@ -397,6 +435,22 @@ mod tests {
         assert!(fourth.capacity() >= MAX_BATCH);
         assert_eq!(pool.len(), 2, "nothing allocated once batches come back");
         drop(third);
+    }
+
+    #[test]
+    fn a_lone_record_after_a_quiet_gap_sleeps_at_once_and_busy_rounds_spin() {
+        let quiet = Some(QUIET_GAP);
+        assert_eq!(spin_budget(quiet, 1), std::time::Duration::ZERO);
+        assert_eq!(spin_budget(quiet, 0), std::time::Duration::ZERO);
+        // A burst after the gap, records close together, or no sleep yet:
+        // the next record may be microseconds away.
+        assert_eq!(spin_budget(quiet, 2), SPIN_BEFORE_SLEEP);
+        assert_eq!(
+            spin_budget(Some(QUIET_GAP / 2), 1),
+            SPIN_BEFORE_SLEEP,
+            "lone records closer together than the quiet gap"
+        );
+        assert_eq!(spin_budget(None, 1), SPIN_BEFORE_SLEEP);
     }
 
     #[test]

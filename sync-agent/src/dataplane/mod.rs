@@ -64,6 +64,10 @@ pub struct DataplaneStart {
     pub links: broadcast::Receiver<LinkEvent>,
     /// Where captured replies go (peer sync), when it runs.
     pub captures_for_peer: Option<mpsc::Sender<CaptureBatch>>,
+    /// The runtime the ring buffer's reader runs on: peer sync's
+    /// ([`crate::sync_thread`]), so a capture reaches peer sync without
+    /// leaving the thread; None: the caller's.
+    pub capture_runtime: Option<tokio::runtime::Handle>,
     /// The peer's MACs from its hello (peer sync).
     pub peer_macs: watch::Receiver<BTreeSet<MacAddr>>,
     /// The MC-LAG shared MAC, once elected.

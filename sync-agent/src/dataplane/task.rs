@@ -3,7 +3,9 @@
 //! a time — a captured batch, an interface change, an operator request —
 //! and never waits on another module. Captures reach peer sync straight
 //! from the reader (one task hop less on the sync latency path); the task
-//! gets them afterwards for its counters and `show captured`.
+//! gets them afterwards for its counters and `show captured`. With peer
+//! sync running, the reader runs on its thread (`crate::sync_thread`), so
+//! the hand-over to peer sync stays on one thread.
 //!
 //! ```text
 //!   capture::run (child) ──mpsc CaptureBatch──► captures_for_peer (peer sync)
@@ -80,6 +82,7 @@ impl Task {
             netlink,
             links: link_events,
             captures_for_peer,
+            capture_runtime,
             peer_macs,
             shared_mac,
         } = start;
@@ -112,12 +115,16 @@ impl Task {
 
         let (capture_tx, capture_rx) =
             mpsc::channel(capture::queue_batches(task.config.capture_queue));
-        tokio::spawn(async move {
+        let reader = async move {
             if let Err(err) = capture::run(ring, captures_for_peer, capture_tx, capture_stats).await
             {
                 tracing::error!(error = %err, "capture reader stopped");
             }
-        });
+        };
+        match capture_runtime {
+            Some(runtime) => drop(runtime.spawn(reader)),
+            None => drop(tokio::spawn(reader)),
+        }
         if let Some(logger) = logger {
             tokio::spawn(drain_kernel_log(logger));
         }

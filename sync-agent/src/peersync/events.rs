@@ -186,13 +186,7 @@ impl Task {
 
     /// A captured reply: into the send table, then sent now or soon.
     pub(super) async fn process_captured(&mut self, captured: Captured) {
-        if let Some(waited) = crate::clock::monotonic_ns().checked_sub(captured.timestamp_ns)
-            && captured.timestamp_ns != 0
-        {
-            self.latency
-                .capture_to_queue
-                .record(std::time::Duration::from_nanos(waited));
-        }
+        self.latency.captured(&captured);
         if captured.nd.is_some() {
             self.process_captured_nd(captured).await;
             return;
@@ -387,9 +381,12 @@ impl Task {
             self.rx_applied = 0;
         }
         self.stats.frames_received += 1;
+        self.latency.read_to_task.record(read_at.elapsed());
         for entry in frame.arp_entries() {
             self.stats.entries_received += 1;
+            let start = Instant::now();
             self.learn(&entry.driver, entry.frame).await;
+            self.latency.inject.record(start.elapsed());
             self.latency.receive_to_inject.record(read_at.elapsed());
         }
         for delete in frame.arp_deletes() {

@@ -53,20 +53,52 @@ pub(super) struct Latency {
     /// Kernel capture -> entry in the send table (ring buffer, reader,
     /// hand-over to peer sync).
     pub(super) capture_to_queue: Stage,
+    /// Its first part: kernel capture -> the reader took it off the ring
+    /// (the wakeup).
+    pub(super) capture_to_read: Stage,
+    /// Its second part: off the ring -> entry in the send table (decoding
+    /// and the hand-over to peer sync).
+    pub(super) read_to_queue: Stage,
     /// Send table -> sync frame handed to the peer link's writer (the
     /// flush delay and batching).
     pub(super) queue_to_send: Stage,
     /// Sync frame read off the peer link -> its entry handed to the
     /// kernel's receive path.
     pub(super) receive_to_inject: Stage,
+    /// Its first part: frame read -> peer sync's handler runs (the
+    /// hand-over from the session reader).
+    pub(super) read_to_task: Stage,
+    /// The kernel call that hands one entry over (for an injection, the
+    /// kernel's own receive path runs inside it).
+    pub(super) inject: Stage,
 }
 
 impl Latency {
+    /// Times a capture reaching the send table, from the kernel's
+    /// timestamp and the reader's (either 0: not timed).
+    pub(super) fn captured(&mut self, captured: &crate::bus::Captured) {
+        if captured.timestamp_ns == 0 {
+            return;
+        }
+        let now = crate::clock::monotonic_ns();
+        let ns = |later: u64, earlier: u64| Duration::from_nanos(later.saturating_sub(earlier));
+        self.capture_to_queue.record(ns(now, captured.timestamp_ns));
+        if captured.read_ns != 0 {
+            self.capture_to_read
+                .record(ns(captured.read_ns, captured.timestamp_ns));
+            self.read_to_queue.record(ns(now, captured.read_ns));
+        }
+    }
+
     pub(super) fn report(&self) -> LatencyReport {
         LatencyReport {
             capture_to_queue: self.capture_to_queue.summary(),
+            capture_to_read: self.capture_to_read.summary(),
+            read_to_queue: self.read_to_queue.summary(),
             queue_to_send: self.queue_to_send.summary(),
             receive_to_inject: self.receive_to_inject.summary(),
+            read_to_task: self.read_to_task.summary(),
+            inject: self.inject.summary(),
         }
     }
 }
@@ -76,10 +108,22 @@ impl Latency {
 pub struct LatencyReport {
     /// Kernel capture -> send table (this switch's captures).
     pub capture_to_queue: StageSummary,
+    /// Part of it: kernel capture -> off the ring (the reader's wakeup).
+    #[serde(default)]
+    pub capture_to_read: StageSummary,
+    /// Part of it: off the ring -> send table (the hand-over).
+    #[serde(default)]
+    pub read_to_queue: StageSummary,
     /// Send table -> sync frame to the writer.
     pub queue_to_send: StageSummary,
     /// Sync frame read -> handed to the kernel (the peer's entries).
     pub receive_to_inject: StageSummary,
+    /// Part of it: sync frame read -> peer sync's handler.
+    #[serde(default)]
+    pub read_to_task: StageSummary,
+    /// Part of it: the kernel call handing one entry over.
+    #[serde(default)]
+    pub inject: StageSummary,
 }
 
 /// Percentiles of one stage, microseconds (two significant digits).

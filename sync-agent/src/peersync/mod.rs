@@ -143,13 +143,21 @@ impl PeerSyncHandle {
     /// the lower one, otherwise it accepts), the UDP keepalives
     /// ([`liveness::run`]) and the task.
     /// `inject` hands synced replies to the receive path (kernel learning).
+    /// `runtime` is where the task, its session's reader and writer and its
+    /// watchers run: the sync thread ([`crate::sync_thread`]), which the
+    /// capture ring's reader shares, so a capture goes out and a synced
+    /// reply goes in without a hop between threads; None: the caller's.
     pub fn spawn(
         config: PeerConfig,
         identity: Identity,
         inject: Injector,
         netlink: rtnetlink::Handle,
         channels: PeerSyncChannels,
+        runtime: Option<&tokio::runtime::Handle>,
     ) -> Self {
+        // Every `tokio::spawn` below, and those of the tasks it starts,
+        // lands on `runtime`.
+        let _on_runtime = runtime.map(tokio::runtime::Handle::enter);
         let PeerSyncChannels {
             mut ports,
             captures,

@@ -22,6 +22,11 @@
 //! so the session is closed (`sessions_stalled`) and entries wait for the
 //! next one (`tx.rs`). Captures are batched: with `flush_delay_us = 0` the pending
 //! entries are flushed as soon as no input is waiting, otherwise on a timer.
+//!
+//! In the agent the task, its session's reader and writer and the capture
+//! ring's reader all run on one thread (`crate::sync_thread`): the hops of
+//! a synced reply between them (ring reader -> task -> writer, reader ->
+//! task) are then calls into one scheduler, and wake no other thread.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},

@@ -282,6 +282,7 @@ fn captured(last: u8) -> Captured {
     let frame = arp_reply(PEER_MAC, mac, ip);
     Captured {
         timestamp_ns: 0,
+        read_ns: 0,
         ifindex: 11,
         class: Class::Peer,
         outer_vlan: 0,
@@ -2167,9 +2168,11 @@ async fn an_na_without_its_link_layer_option_is_synced_with_one_added() {
 async fn every_stage_of_a_synced_reply_is_timed() {
     let mut h = Harness::new("");
     h.establish(PEER_BOOT, None).await;
-    // Captured 3 ms ago by the kernel's clock, sent at once.
+    // Captured 3 ms ago by the kernel's clock, taken off the ring 2 ms
+    // later, sent at once.
     let mut reply = captured(5);
     reply.timestamp_ns = crate::clock::monotonic_ns() - 3_000_000;
+    reply.read_ns = reply.timestamp_ns + 2_000_000;
     h.task.process(Event::Captures(vec![reply].into())).await;
     h.task.flush().await;
     assert_eq!(h.written(), vec![Written::Sync(1, vec![ip(5)])]);
@@ -2187,8 +2190,21 @@ async fn every_stage_of_a_synced_reply_is_timed() {
         (3_000..60_000).contains(&latency.capture_to_queue.p50_us),
         "{latency:?}"
     );
+    // Its parts: the wakeup (2 ms), then the hand-over (the rest).
+    assert_eq!(latency.capture_to_read.count, 1);
+    assert!(
+        (1_900..2_100).contains(&latency.capture_to_read.p50_us),
+        "{latency:?}"
+    );
+    assert_eq!(latency.read_to_queue.count, 1);
+    assert!(
+        (900..58_000).contains(&latency.read_to_queue.p50_us),
+        "{latency:?}"
+    );
     assert_eq!(latency.queue_to_send.count, 1);
     assert_eq!(latency.receive_to_inject.count, 1);
+    assert_eq!(latency.read_to_task.count, 1);
+    assert_eq!(latency.inject.count, 1, "one entry handed to the kernel");
     // A record without a kernel timestamp is not timed.
     h.capture(6).await;
     assert_eq!(h.report().latency.capture_to_queue.count, 1);

@@ -1376,6 +1376,27 @@ fn print_stages(via_peer: &[Duration], b: &serde_json::Value, a: &serde_json::Va
             stage["count"]
         );
     }
+    // The parts of the stages above (not added to the sums: each is part
+    // of the stage printed above it).
+    let parts = [
+        ("B: of which capture -> off the ring", &b["capture_to_read"]),
+        (
+            "B: of which off the ring -> send table",
+            &b["read_to_queue"],
+        ),
+        ("A: of which frame read -> handler", &a["read_to_task"]),
+        ("A: of which the kernel call (inject)", &a["inject"]),
+    ];
+    for (name, stage) in parts {
+        if stage["count"].as_u64().unwrap_or(0) == 0 {
+            continue;
+        }
+        println!(
+            "      {name:<36} p50 {:>7.0}  p99 {:>7.0}",
+            stage["p50_us"].as_f64().unwrap_or(f64::NAN),
+            stage["p99_us"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
     let total50 = percentile(via_peer, 0.50).as_secs_f64() * 1e6;
     let total99 = percentile(via_peer, 0.99).as_secs_f64() * 1e6;
     println!(
