@@ -53,12 +53,28 @@ pub fn schedule_this_thread(priority: u8) -> Scheduling {
 /// for the slice to end. For a thread whose work per wakeup is short and
 /// whose latency matters, without the starvation risk of real time. Older
 /// kernels accept the call and ignore the slice.
+///
+/// The thread's policy and nice value are kept as they are (an operator's
+/// `Nice=` stays in force); only a thread under the fair scheduler's normal
+/// policy is changed.
 pub fn short_slice_this_thread(slice: std::time::Duration) -> std::io::Result<()> {
-    // SAFETY: sched_attr is plain old data; all zeros is SCHED_OTHER at
-    // nice 0 with no flags.
+    // SAFETY: sched_attr is plain old data; all zeros is a valid value.
     let mut attr: libc::sched_attr = unsafe { std::mem::zeroed() };
-    attr.size = std::mem::size_of::<libc::sched_attr>() as u32;
-    attr.sched_policy = libc::SCHED_OTHER as u32;
+    let size = std::mem::size_of::<libc::sched_attr>() as u32;
+    // SAFETY: pid 0 is the calling thread; the kernel writes at most
+    // `size` bytes into `attr`.
+    let rc = unsafe { libc::syscall(libc::SYS_sched_getattr, 0, &mut attr as *mut _, size, 0) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if attr.sched_policy != libc::SCHED_OTHER as u32 {
+        return Err(std::io::Error::other(format!(
+            "the thread runs under scheduling policy {}, not the fair scheduler's normal one",
+            attr.sched_policy
+        )));
+    }
+    attr.size = size;
+    attr.sched_flags = 0;
     attr.sched_runtime = slice.as_nanos() as u64;
     // SAFETY: pid 0 is the calling thread; `attr` is a valid sched_attr
     // whose size field says how much of it the kernel may read.
@@ -67,5 +83,24 @@ pub fn short_slice_this_thread(slice: std::time::Duration) -> std::io::Result<()
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_short_slice_keeps_the_threads_nice_value() {
+        std::thread::spawn(|| {
+            // Lowering one's own priority needs no privilege; `who` 0 is the
+            // calling thread on Linux.
+            // SAFETY: plain integer arguments.
+            assert_eq!(unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 7) }, 0);
+            super::short_slice_this_thread(std::time::Duration::from_micros(100)).unwrap();
+            // SAFETY: as above.
+            let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+            assert_eq!(nice, 7, "the slice must not reset the nice value");
+        })
+        .join()
+        .unwrap();
     }
 }
