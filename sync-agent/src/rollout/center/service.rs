@@ -55,8 +55,8 @@ use super::writer::{BatchHooks, Writer, WriterStats};
 use crate::bus::ConfigReleased;
 use crate::clock::now_ms;
 use crate::rollout::wire::{
-    Ack, Assignment, CloneRequest, ConfigKey, ConfigRecord, DeviceInfo, Listener, PutConfig,
-    Register, RollbackRequest, Rollout,
+    Ack, CloneRequest, ConfigKey, ConfigRecord, DeviceInfo, Listener, PutConfig, Register,
+    RollbackRequest, Rollout,
 };
 
 /// Per-change overrides of how the rollout goes
@@ -997,27 +997,26 @@ impl Center {
         Ok(info)
     }
 
-    /// The long poll: answers at once if something released to `device`
-    /// differs from `have` (service -> MD5), otherwise as soon as that
-    /// happens, or with nothing after `timeout` (or at shutdown).
+    /// [`Center::watch_answer`] decoded, for tests: the assignments a
+    /// device's long poll is answered with.
+    #[cfg(test)]
     pub async fn watch(
         &self,
         device: &str,
         have: &HashMap<String, String>,
         timeout: Duration,
-    ) -> CenterResult<Vec<Assignment>> {
-        let due = self
-            .hold(device, timeout, |engine, now| {
-                let (due, changed) = engine.pending(device, have, now)?;
-                Ok(((!due.is_empty()).then_some(due), changed))
-            })
-            .await?;
-        Ok(due.unwrap_or_default())
+    ) -> CenterResult<Vec<crate::rollout::wire::Assignment>> {
+        let body = self.watch_answer(device, have, timeout).await?;
+        let answer: crate::rollout::wire::WatchAnswer =
+            serde_json::from_slice(&body).expect("the center's answers decode");
+        Ok(answer.assignments)
     }
 
-    /// [`Center::watch`] as the HTTP answer's body: the [`WatchAnswer`]
-    /// in JSON, shared by every device due the same assignments (see
-    /// [`Engine::pending_answer`]).
+    /// The long poll: answers at once if something released to `device`
+    /// differs from `have` (service -> MD5), otherwise as soon as that
+    /// happens, or with nothing after `timeout` (or at shutdown). The
+    /// answer is the HTTP body, a [`WatchAnswer`] in JSON, shared by every
+    /// device due the same assignments (see [`Engine::pending_answer`]).
     ///
     /// [`WatchAnswer`]: crate::rollout::wire::WatchAnswer
     pub async fn watch_answer(
