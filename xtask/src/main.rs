@@ -235,6 +235,38 @@ fn test_all(binary: &Path, args: &[String], totals: &mut Totals) -> anyhow::Resu
     Ok(())
 }
 
+/// Free disk a fresh `cargo xtask test` needs for its builds: about 4 GiB of
+/// debug artifacts, up to 2 GiB of incremental state, the fuzz build and the
+/// package (measured on a fresh clone; see README).
+const TEST_BUILD_GIB: u64 = 7;
+
+/// Warns, before a long build, when the disk under `target/` has less room
+/// than the build needs: a linker that runs out of disk dies with a bus
+/// error that names neither the disk nor the file.
+fn warn_if_disk_low(task: &str, needed_gib: u64) {
+    let root = workspace_root();
+    let target = root.join("target");
+    let probe = if target.exists() { target } else { root };
+    let Ok(path) = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes()) else {
+        return;
+    };
+    // SAFETY: statvfs only writes into the zeroed struct we own, and `path`
+    // is a valid NUL-terminated string for the call's duration.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return;
+    }
+    let free_gib = stat.f_bavail as u64 * stat.f_frsize as u64 / (1 << 30);
+    if free_gib < needed_gib {
+        eprintln!(
+            "warning: `cargo xtask {task}` needs about {needed_gib} GiB free under {}, \
+             but only {free_gib} GiB is free; the build may fail (a linker out of disk \
+             dies with \"Bus error\"). `cargo clean` frees old build artifacts.",
+            probe.display()
+        );
+    }
+}
+
 fn ensure_root(task: &str) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -257,6 +289,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Test { args } => {
             ensure_root("test")?;
+            warn_if_disk_low("test", TEST_BUILD_GIB);
             setup::ensure()?;
             let binary = build(false)?;
             let mut totals = Totals::default();
