@@ -43,6 +43,7 @@ pub mod hello;
 mod latency;
 mod learn;
 mod local;
+pub mod loopback;
 mod nd;
 mod ports;
 mod refresh;

@@ -6,6 +6,8 @@
 //! - Sustained ring-buffer-to-agent rate: the classifier produces capture
 //!   records as fast as the kernel can run it while the agent's real reader
 //!   (`dataplane::capture::run`) drains them into its queue.
+//! - Heap allocations per synced entry on the peer-sync path (two peer-sync
+//!   tasks over a loopback TCP session in this process).
 //!
 //! Timings are printed, never asserted.
 
@@ -119,6 +121,8 @@ fn main() -> anyhow::Result<()> {
         }
         Some("nd") => return nd_benchmarks(),
         Some("dataplane") => return dataplane_benchmarks(),
+        // Heap allocations on the peer-sync path alone (no root needed).
+        Some("sync-path") => return sync_path_allocations(),
         // Peer-sync latency alone, both attach modes.
         Some("latency") => {
             pair::raise_neighbour_limits(524_288)?;
@@ -145,6 +149,7 @@ fn main() -> anyhow::Result<()> {
         _ => {}
     }
     dataplane_benchmarks()?;
+    sync_path_allocations()?;
     pair_benchmarks()?;
     mlag_testbed::throughput_bench::run()?;
     println!();
@@ -674,6 +679,70 @@ fn flat_out(
         allocations as f64 / got.max(1) as f64
     );
     Ok(())
+}
+
+/// Heap allocations per synced entry on the peer-sync path, counted by
+/// [`CountingAllocator`]: switch A's peer-sync task takes captured replies
+/// (as the ring's reader hands them over) through its send table, flush
+/// and session writer, a real TCP session on the loopback carries them,
+/// and switch B's session reader, task and inject hand each to its kernel
+/// and ack it (`sync_agent::peersync::loopback`; the kernel calls are
+/// counted, not made). Both tasks share one thread, as each agent's sync
+/// thread runs its own. The same hosts are captured again and again (the
+/// steady state: their entries exist in both tables); a host new to the
+/// tables costs its table entries on top.
+fn sync_path_allocations() -> anyhow::Result<()> {
+    use sync_agent::{bus::CaptureBatch, peersync::loopback::Loopback};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        println!();
+        println!(
+            "peer-sync path, heap allocations (switch A's task -> flush -> writer -> loopback TCP -> switch B's reader -> task -> inject -> ack; both tasks on one thread in this process, kernel calls counted, not made; whole process counted):"
+        );
+        let mut worst = 0f64;
+        for (label, replies, rounds) in [
+            ("lone replies (one per capture batch)", 1u16, 5_000u64),
+            ("bursts of 64 replies", 64, 200),
+        ] {
+            let pair = Loopback::start(64).await?;
+            let batch: CaptureBatch = (0..replies)
+                .map(Loopback::reply)
+                .collect::<Vec<_>>()
+                .into();
+            // The hosts enter both tables, buffers and queues grow to their
+            // working size.
+            for _ in 0..100 {
+                pair.sync(batch.clone()).await?;
+            }
+            let (a_before, b_before) = pair.reports().await?;
+            let allocations_before = ALLOCATIONS.load(Ordering::Relaxed);
+            for _ in 0..rounds {
+                pair.sync(batch.clone()).await?;
+            }
+            let allocations = ALLOCATIONS.load(Ordering::Relaxed) - allocations_before;
+            let (a_after, b_after) = pair.reports().await?;
+            let entries = rounds * u64::from(replies);
+            let frames = b_after.counters.frames_received - b_before.counters.frames_received;
+            let sent = a_after.counters.entries_sent - a_before.counters.entries_sent;
+            anyhow::ensure!(
+                sent == entries,
+                "A sent {sent} entries for {entries} captures"
+            );
+            let per_entry = allocations as f64 / entries as f64;
+            worst = worst.max(per_entry);
+            println!(
+                "  {label}: {entries} entries in {frames} sync frames: {allocations} allocations, {per_entry:.3} per entry, {:.3} per frame",
+                allocations as f64 / frames.max(1) as f64
+            );
+        }
+        println!(
+            "goal: no allocation per synced entry: {} ({worst:.3} per entry at worst)",
+            verdict(worst < 0.1)
+        );
+        Ok(())
+    })
 }
 
 /// Peer-class replies at [`PACED_RATE`] (a burst every millisecond): does
