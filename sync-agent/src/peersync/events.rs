@@ -104,8 +104,8 @@ pub(super) enum Event {
     Inbound {
         /// Connection number.
         conn: u64,
-        /// The whole frame.
-        frame: Vec<u8>,
+        /// The whole frame (sharing the reader's buffer).
+        frame: bytes::Bytes,
         /// When it was read off the link (for `show peer`'s latency).
         read_at: Instant,
     },
@@ -224,7 +224,7 @@ impl Task {
         self.table.upsert(
             key,
             driver,
-            captured.frame.into_vec(),
+            &captured.frame,
             MacAddr(captured.arp.sender_mac),
         );
         if !self.established() {

@@ -44,6 +44,7 @@ use sync_common::{
 
 use super::{config::ArpAcceptPolicy, table::EntryKey, task::Task};
 use crate::{
+    bus::CapturedFrame,
     mac::MacAddr,
     southbound::{
         inject::Injector,
@@ -265,14 +266,11 @@ pub(super) struct Learnt {
 
 impl Task {
     /// Hands one synced reply to this switch's kernel on the twin port (or
-    /// the VLAN interface configured for its MLAG id and tags).
+    /// the VLAN interface configured for its MLAG id and tags). A reply
+    /// learnt again (the steady state) costs no heap allocation: the frame
+    /// is rewritten on the stack and its received entry updated in place.
     pub(super) async fn learn(&mut self, driver: &DriverHeader, original: &[u8]) {
-        let Some(port) = self
-            .ports
-            .iter()
-            .find(|p| p.mlag_id == driver.mlag_id)
-            .cloned()
-        else {
+        let Some(port_at) = self.ports.iter().position(|p| p.mlag_id == driver.mlag_id) else {
             self.reject(
                 "unknown_mlag_id",
                 &format!(
@@ -289,26 +287,29 @@ impl Task {
         let Some(addresses) = arp::addresses(original, arp_offset) else {
             return;
         };
-        let mapped = self
-            .config
-            .vlan_interfaces
-            .iter()
-            .find(|v| {
-                v.mlag_id == driver.mlag_id
-                    && v.outer_vlan == reply.outer_vlan
-                    && v.inner_vlan == reply.inner_vlan
-            })
-            .map(|v| v.interface.clone());
-        let (interface, ifindex, mac, mut frame) = match mapped {
-            Some(name) => {
-                let Some((ifindex, mac)) = self.vlan_target(&name).await else {
-                    self.reject(
-                        "vlan_interface_missing",
-                        &format!(
-                            "interface {name} for MLAG id {} VLAN {}",
-                            driver.mlag_id, reply.outer_vlan
-                        ),
+        let mapped = self.config.vlan_interfaces.iter().position(|v| {
+            v.mlag_id == driver.mlag_id
+                && v.outer_vlan == reply.outer_vlan
+                && v.inner_vlan == reply.inner_vlan
+        });
+        // Inline up to a captured frame's size: no heap for a real reply.
+        let mut frame = CapturedFrame::new();
+        let (ifindex, mac) = match mapped {
+            Some(at) => {
+                let name = &self.config.vlan_interfaces[at].interface;
+                let target = match self.vlan_targets.get(name) {
+                    Some(target) => Some(*target),
+                    None => {
+                        let name = name.clone();
+                        self.vlan_target(&name).await
+                    }
+                };
+                let Some((ifindex, mac)) = target else {
+                    let detail = format!(
+                        "interface {} for MLAG id {} VLAN {}",
+                        self.config.vlan_interfaces[at].interface, driver.mlag_id, reply.outer_vlan
                     );
+                    self.reject("vlan_interface_missing", &detail);
                     return;
                 };
                 // Handed to the VLAN's own interface: without its tags.
@@ -316,21 +317,20 @@ impl Task {
                 else {
                     return;
                 };
-                let mut untagged = Vec::with_capacity(original.len());
-                untagged.extend_from_slice(macs);
-                untagged.extend_from_slice(&arp::ETHERTYPE_ARP.to_be_bytes());
-                untagged.extend_from_slice(arp_part);
-                (name, ifindex, mac, untagged)
+                frame.extend_from_slice(macs);
+                frame.extend_from_slice(&arp::ETHERTYPE_ARP.to_be_bytes());
+                frame.extend_from_slice(arp_part);
+                (ifindex, mac)
             }
             None => {
+                let port = &self.ports[port_at];
                 let (Some(ifindex), Some(mac)) = (port.ifindex, port.mac) else {
-                    self.reject(
-                        "twin_port_missing",
-                        &format!("member port {} is not present", port.name),
-                    );
+                    let detail = format!("member port {} is not present", port.name);
+                    self.reject("twin_port_missing", &detail);
                     return;
                 };
-                (port.name.clone(), ifindex, mac, original.to_vec())
+                frame.extend_from_slice(original);
+                (ifindex, mac)
             }
         };
         // "Other host": the kernel keeps only replies to its own MAC.
@@ -347,7 +347,14 @@ impl Task {
             }
             Err(err) => {
                 self.stats.netlink_fallback += 1;
-                self.local_failure("inject_failed", &format!("BPF_PROG_RUN live frame on {interface}: {err}; writing {sender_ip} over netlink instead"));
+                let interface = match mapped {
+                    Some(at) => &self.config.vlan_interfaces[at].interface,
+                    None => &self.ports[port_at].name,
+                };
+                let detail = format!(
+                    "BPF_PROG_RUN live frame on {interface}: {err}; writing {sender_ip} over netlink instead"
+                );
+                self.local_failure("inject_failed", &detail);
                 if let Err(err) = self
                     .kernel
                     .set_reachable(ifindex, sender_ip, sender_mac)
@@ -364,28 +371,54 @@ impl Task {
             mlag_id: driver.mlag_id,
             ip: sender_ip,
         };
-        if !self.learned.contains(&key)
-            && self.learned.len() >= self.config.max_learnt
-            && self.learned.pop_lru().is_some()
-        {
+        let port = &self.ports[port_at].name;
+        let interface = match mapped {
+            Some(at) => &self.config.vlan_interfaces[at].interface,
+            None => port,
+        };
+        let learnt = Learnt {
+            ifindex,
+            mac: sender_mac,
+            port: String::new(),
+            interface: String::new(),
+            mlag_id: driver.mlag_id,
+            outer_vlan: reply.outer_vlan,
+            inner_vlan: reply.inner_vlan,
+            class: driver.class,
+            by,
+            at: Instant::now(),
+        };
+        // Learnt again: updated in place (`get_mut` makes it the most
+        // recently learnt, as `push` would), its names kept unless they
+        // changed.
+        if let Some(held) = self.learned.get_mut(&key) {
+            let (mut held_port, mut held_interface) = (
+                std::mem::take(&mut held.port),
+                std::mem::take(&mut held.interface),
+            );
+            if held_port != *port {
+                held_port.clone_from(port);
+            }
+            if held_interface != *interface {
+                held_interface.clone_from(interface);
+            }
+            *held = Learnt {
+                port: held_port,
+                interface: held_interface,
+                ..learnt
+            };
+            return;
+        }
+        let learnt = Learnt {
+            port: port.clone(),
+            interface: interface.clone(),
+            ..learnt
+        };
+        if self.learned.len() >= self.config.max_learnt && self.learned.pop_lru().is_some() {
             // O(1): the least recently learnt entry is the list's tail.
             self.stats.learnt_evicted += 1;
         }
-        self.learned.push(
-            key,
-            Learnt {
-                ifindex,
-                mac: sender_mac,
-                port: port.name,
-                interface,
-                mlag_id: driver.mlag_id,
-                outer_vlan: reply.outer_vlan,
-                inner_vlan: reply.inner_vlan,
-                class: driver.class,
-                by,
-                at: Instant::now(),
-            },
-        );
+        self.learned.push(key, learnt);
     }
 
     /// The peer withdrew an entry (its kernel dropped it): the neighbour

@@ -57,6 +57,7 @@ use super::{
     learn::{Learnt, LearntBy},
     table::SendTable,
     task::Task,
+    tx::TxBuffers,
 };
 use crate::{
     bus::Captured,
@@ -234,7 +235,7 @@ impl Task {
         }
         self.nd
             .table
-            .upsert(key, driver, captured.frame.into_vec(), MacAddr(mac));
+            .upsert(key, driver, &captured.frame, MacAddr(mac));
         if !self.established() {
             self.stats.queued_while_down += 1;
             return;
@@ -455,7 +456,7 @@ impl Task {
     /// Sends every pending ND entry and delete in ND sub-type frames (after
     /// the ARP ones, same sequence numbers). False when something is left
     /// (writer full or session gone): the flush timer comes back.
-    pub(super) fn flush_nd(&mut self, max_frame: usize) -> bool {
+    pub(super) fn flush_nd(&mut self, tx: &mut TxBuffers, max_frame: usize) -> bool {
         let peer_speaks_nd = self
             .session
             .as_ref()
@@ -478,22 +479,26 @@ impl Task {
                 return false;
             }
             let seq = self.next_seq;
-            let mut buf = vec![0u8; max_frame];
-            let Ok(mut encoder) = Encoder::new(&mut buf, MessageType::Sync, SubType::Nd, seq)
-            else {
+            tx.nd_sent.clear();
+            tx.nd_deleted.clear();
+            let Ok(mut encoder) = Encoder::new(
+                tx.encode.buf(max_frame),
+                MessageType::Sync,
+                SubType::Nd,
+                seq,
+            ) else {
                 return false;
             };
-            let mut sent = Vec::new();
-            while sent.len() < self.config.batch_max_entries {
+            while tx.nd_sent.len() < self.config.batch_max_entries {
                 let Some((key, entry)) = self.nd.table.next_dirty() else {
                     break;
                 };
                 match encoder.nd_entry(&entry.driver, &entry.frame) {
                     Ok(()) => {
-                        sent.push(key);
+                        tx.nd_sent.push(key);
                         self.nd.table.discard_dirty(key);
                     }
-                    Err(_) if !sent.is_empty() => break,
+                    Err(_) if !tx.nd_sent.is_empty() => break,
                     Err(_) => {
                         self.nd.table.discard_dirty(key);
                         self.local_failure(
@@ -503,9 +508,8 @@ impl Task {
                     }
                 }
             }
-            let mut deleted = Vec::new();
-            let room = self.config.batch_max_entries - sent.len();
-            for key in self.nd.table.next_deletes(room) {
+            let room = self.config.batch_max_entries - tx.nd_sent.len();
+            for key in self.nd.table.deletes_waiting().take(room) {
                 let delete = NdDelete {
                     mlag_id: key.mlag_id,
                     vrf: key.vrf,
@@ -514,18 +518,18 @@ impl Task {
                 if encoder.nd_delete(&delete).is_err() {
                     break;
                 }
-                deleted.push(key);
+                tx.nd_deleted.push(key);
             }
-            if sent.is_empty() && deleted.is_empty() {
+            if tx.nd_sent.is_empty() && tx.nd_deleted.is_empty() {
                 if self.nd.table.pending() == 0 {
                     return true;
                 }
                 continue;
             }
             let len = encoder.finish();
-            buf.truncate(len);
-            if !self.send(buf) {
-                for key in sent {
+            let frame = tx.encode.frame(len);
+            if !self.send(frame) {
+                for &key in &tx.nd_sent {
                     self.nd.table.mark_sent(key, 0);
                     self.nd.table.mark_all_one(key);
                 }
@@ -534,12 +538,12 @@ impl Task {
             self.next_seq = self.next_seq.wrapping_add(1).max(1);
             self.stats.frames_sent += 1;
             self.nd.stats.frames_sent += 1;
-            self.nd.stats.entries_sent += sent.len() as u64;
-            self.nd.stats.deletes_sent += deleted.len() as u64;
-            for key in sent {
+            self.nd.stats.entries_sent += tx.nd_sent.len() as u64;
+            self.nd.stats.deletes_sent += tx.nd_deleted.len() as u64;
+            for &key in &tx.nd_sent {
                 self.nd.table.mark_sent(key, seq);
             }
-            for key in deleted {
+            for &key in &tx.nd_deleted {
                 self.nd.table.mark_delete_sent(key, seq);
             }
         }

@@ -67,7 +67,7 @@ impl Task {
         }
         let len = e.finish();
         buf.truncate(len);
-        if self.send(buf) {
+        if self.send(buf.into()) {
             self.stats.port_states_sent += states.len() as u64;
         }
     }

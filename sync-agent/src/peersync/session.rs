@@ -6,13 +6,16 @@
 //! ([`Session`], opened and closed by the `Task` methods at the end).
 
 use std::{
+    collections::VecDeque,
+    io::IoSlice,
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
+use bytes::{Buf as _, Bytes, BytesMut};
 use sync_common::wire::{self, DecodeError, HEADER_LEN};
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::{TcpListener, TcpSocket, TcpStream},
     sync::{mpsc, watch},
 };
@@ -112,6 +115,12 @@ pub async fn connect(
     }
 }
 
+/// Bytes the session reader asks the socket for at least (one read takes
+/// whatever has arrived, many frames at once under load).
+const READ_BYTES: usize = 64 * 1024;
+/// Frames the writer hands the socket in one vectored write, at most.
+const WRITE_BATCH: usize = 64;
+
 /// Splits a connection into a reader and a writer task. Frames to send go
 /// into the returned sender; frames received come back as
 /// [`Event::Inbound`], and the end of the connection as
@@ -121,83 +130,170 @@ pub fn start(
     stream: TcpStream,
     max_frame: usize,
     events: mpsc::Sender<Event>,
-) -> (mpsc::Sender<Vec<u8>>, [tokio::task::JoinHandle<()>; 2]) {
+) -> (mpsc::Sender<Bytes>, [tokio::task::JoinHandle<()>; 2]) {
     let _ = stream.set_nodelay(true);
-    let (mut read, mut write) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
+    let (read, write) = stream.into_split();
+    let (tx, rx) = mpsc::channel::<Bytes>(256);
     let reader_events = events.clone();
     let reader = tokio::spawn(async move {
-        let why = loop {
-            let mut header = [0u8; HEADER_LEN];
-            if let Err(err) = read.read_exact(&mut header).await {
-                break format!("read: {err}");
-            }
+        if let Some(why) = read_frames(read, conn, max_frame, &reader_events).await {
+            let _ = reader_events.send(Event::Closed { conn, why }).await;
+        }
+    });
+    let writer = tokio::spawn(async move {
+        if let Err(err) = write_frames(write, rx).await {
+            let _ = events
+                .send(Event::Closed {
+                    conn,
+                    why: format!("write: {err}"),
+                })
+                .await;
+        }
+    });
+    (tx, [reader, writer])
+}
+
+/// The session reader: frames off the stream, each as an
+/// [`Event::Inbound`] (a frame of an unknown type is skipped and reported
+/// as a non-fatal [`Event::Malformed`]). Returns why the stream ended, or
+/// None when the task stopped listening.
+///
+/// One buffer takes whatever the socket has at each wakeup, and frames are
+/// carved off it as `Bytes` that share its memory; once the task has
+/// dropped them, `reserve` takes the same memory back. In the steady state
+/// a frame costs neither a heap allocation nor a read call of its own.
+pub(super) async fn read_frames<R: AsyncRead + Unpin>(
+    mut read: R,
+    conn: u64,
+    max_frame: usize,
+    events: &mpsc::Sender<Event>,
+) -> Option<String> {
+    let mut buf = BytesMut::with_capacity(READ_BYTES.max(max_frame));
+    loop {
+        // Every whole frame read so far; `wanted` is how many bytes the
+        // next one needs in the buffer.
+        let wanted = loop {
+            let Some(header) = buf.get(..HEADER_LEN) else {
+                break HEADER_LEN;
+            };
+            let header: &[u8; HEADER_LEN] = header.try_into().expect("HEADER_LEN bytes");
             // A header we cannot trust loses the framing of the stream: the
             // connection has to go.
-            let length = match wire::decode_header(&header, max_frame) {
-                Ok(h) => h.length as usize,
-                Err(err) => match skippable_length(&header, &err, max_frame) {
+            match wire::decode_header(header, max_frame) {
+                Ok(h) => {
+                    let length = h.length as usize;
+                    if buf.len() < length {
+                        break length;
+                    }
+                    let frame = buf.split_to(length).freeze();
+                    let inbound = Event::Inbound {
+                        conn,
+                        frame,
+                        read_at: Instant::now(),
+                    };
+                    if events.send(inbound).await.is_err() {
+                        return None;
+                    }
+                }
+                Err(err) => match skippable_length(header, &err, max_frame) {
                     // Our framing, a type we do not know: skip it, keep the session.
                     Some(length) => {
-                        let mut rest = vec![0u8; length - HEADER_LEN];
-                        if let Err(e) = read.read_exact(&mut rest).await {
-                            break format!("read: {e}");
+                        if buf.len() < length {
+                            break length;
                         }
-                        let _ = reader_events
+                        buf.advance(length);
+                        let _ = events
                             .send(Event::Malformed {
                                 conn,
                                 error: err,
                                 fatal: false,
                             })
                             .await;
-                        continue;
                     }
                     None => {
-                        let _ = reader_events
+                        let _ = events
                             .send(Event::Malformed {
                                 conn,
                                 error: err,
                                 fatal: true,
                             })
                             .await;
-                        break format!("unusable frame header: {err}");
+                        return Some(format!("unusable frame header: {err}"));
                     }
                 },
-            };
-            let mut frame = vec![0u8; length];
-            frame[..HEADER_LEN].copy_from_slice(&header);
-            if let Err(err) = read.read_exact(&mut frame[HEADER_LEN..]).await {
-                break format!("read: {err}");
-            }
-            if reader_events
-                .send(Event::Inbound {
-                    conn,
-                    frame,
-                    read_at: std::time::Instant::now(),
-                })
-                .await
-                .is_err()
-            {
-                return;
             }
         };
-        let _ = reader_events.send(Event::Closed { conn, why }).await;
-    });
-    let writer = tokio::spawn(async move {
-        while let Some(frame) = rx.recv().await {
-            if let Err(err) = write.write_all(&frame).await {
-                let _ = events
-                    .send(Event::Closed {
-                        conn,
-                        why: format!("write: {err}"),
-                    })
-                    .await;
-                return;
+        // Room for the rest of that frame and a good read besides: free
+        // once the frames carved before are gone, which the task drops as
+        // it handles them.
+        let missing = wanted - buf.len();
+        if buf.capacity() - buf.len() < missing.max(MIN_READ) {
+            buf.reserve(missing.max(READ_BYTES));
+        }
+        match read.read_buf(&mut buf).await {
+            // The peer closed (mid-frame or not): as `read_exact` says it.
+            Ok(0) => return Some("read: early eof".into()),
+            Ok(_) => {}
+            Err(err) => return Some(format!("read: {err}")),
+        }
+    }
+}
+
+/// Least room the reader offers the socket (below it, the buffer is
+/// reclaimed or grown first).
+const MIN_READ: usize = 4 * 1024;
+
+/// The session writer: frames in queue order; whatever is queued when the
+/// socket takes more goes in one vectored write. Ok when the queue closed
+/// (the session ended: the stream is shut down).
+pub(super) async fn write_frames<W: AsyncWrite + Unpin>(
+    mut write: W,
+    mut frames: mpsc::Receiver<Bytes>,
+) -> std::io::Result<()> {
+    let mut queued: VecDeque<Bytes> = VecDeque::with_capacity(WRITE_BATCH);
+    loop {
+        if queued.is_empty() {
+            match frames.recv().await {
+                Some(frame) => queued.push_back(frame),
+                None => {
+                    let _ = write.shutdown().await;
+                    return Ok(());
+                }
             }
         }
-        let _ = write.shutdown().await;
-    });
-    (tx, [reader, writer])
+        while queued.len() < WRITE_BATCH {
+            match frames.try_recv() {
+                Ok(frame) => queued.push_back(frame),
+                Err(_) => break,
+            }
+        }
+        let written = {
+            let mut slices = [IoSlice::new(&[]); WRITE_BATCH];
+            for (slice, frame) in slices.iter_mut().zip(&queued) {
+                *slice = IoSlice::new(frame);
+            }
+            write
+                .write_vectored(&slices[..queued.len().min(WRITE_BATCH)])
+                .await?
+        };
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        // Drop what went out; a frame written in part keeps its rest.
+        let mut left = written;
+        while left > 0 {
+            let Some(front) = queued.front_mut() else {
+                break;
+            };
+            if front.len() <= left {
+                left -= front.len();
+                queued.pop_front();
+            } else {
+                front.advance(left);
+                left = 0;
+            }
+        }
+    }
 }
 
 /// For a header that is ours (magic, major version, sane length) but names a
@@ -247,7 +343,7 @@ pub(super) struct Session {
     /// Connection number: events of older connections are ignored.
     pub(super) conn: u64,
     /// Frames to send (the writer task, or a test's receiver).
-    pub(super) writer: mpsc::Sender<Vec<u8>>,
+    pub(super) writer: mpsc::Sender<Bytes>,
     /// Reader and writer tasks, aborted with the session.
     pub(super) tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Set by the peer's hello.
@@ -323,7 +419,7 @@ impl Task {
     /// sends our hello. Returns the connection number.
     pub(super) async fn open_session(
         &mut self,
-        writer: mpsc::Sender<Vec<u8>>,
+        writer: mpsc::Sender<Bytes>,
         tasks: Vec<tokio::task::JoinHandle<()>>,
     ) -> u64 {
         let conn = self.next_conn;
@@ -348,7 +444,7 @@ impl Task {
             sync_done_sent: false,
         });
         let hello = self.our_hello().encode();
-        self.send(hello);
+        self.send(hello.into());
         conn
     }
 

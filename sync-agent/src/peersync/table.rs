@@ -10,7 +10,8 @@
 //! resent if the peer did not acknowledge it).
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    cmp::Reverse,
+    collections::{BTreeMap, BTreeSet, BinaryHeap, HashSet},
     net::Ipv4Addr,
     time::Instant,
 };
@@ -68,7 +69,7 @@ pub struct SentEntry {
 pub struct SendTable<K: TableKey = EntryKey> {
     /// Most recently captured first; the bound pops the other end.
     entries: LruCache<K, SentEntry>,
-    dirty: BTreeSet<K>,
+    dirty: Dirty<K>,
     /// Withdrawn entries whose delete waits to be sent.
     deletes_unsent: BTreeSet<K>,
     /// Deletes sent and not acknowledged: the frame that carried each...
@@ -82,6 +83,68 @@ pub struct SendTable<K: TableKey = EntryKey> {
     /// Deletes not kept because `max_entries` deletes were already waiting
     /// (the peer's kernel ages those entries out on its own).
     pub deletes_dropped: u64,
+}
+
+/// The keys waiting to be sent, smallest first. A `BTreeSet` allocated
+/// and freed its nodes as a burst filled and emptied it (a few per sync
+/// frame); these keep their memory: a hash set says which keys wait, a
+/// min-heap gives their order. A key taken off the set stays in the heap
+/// until it comes up, and is dropped then (or when the heap is rebuilt).
+#[derive(Debug)]
+struct Dirty<K> {
+    waiting: HashSet<K>,
+    order: BinaryHeap<Reverse<K>>,
+}
+
+impl<K> Default for Dirty<K> {
+    fn default() -> Self {
+        Self {
+            waiting: HashSet::new(),
+            order: BinaryHeap::new(),
+        }
+    }
+}
+
+impl<K: TableKey> Dirty<K> {
+    fn insert(&mut self, key: K) {
+        if self.waiting.insert(key) {
+            // Keys taken off and put back before they came up leave copies
+            // behind: past twice the waiting keys, the heap is rebuilt
+            // (in the memory it has).
+            if self.order.len() >= 2 * self.waiting.len() + 1024 {
+                self.order.clear();
+                self.order.extend(self.waiting.iter().copied().map(Reverse));
+            } else {
+                self.order.push(Reverse(key));
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &K) -> bool {
+        self.waiting.remove(key)
+    }
+
+    fn extend(&mut self, keys: impl Iterator<Item = K>) {
+        for key in keys {
+            self.insert(key);
+        }
+    }
+
+    /// The smallest waiting key (copies of keys no longer waiting are
+    /// dropped on the way).
+    fn first(&mut self) -> Option<K> {
+        while let Some(&Reverse(key)) = self.order.peek() {
+            if self.waiting.contains(&key) {
+                return Some(key);
+            }
+            self.order.pop();
+        }
+        None
+    }
+
+    fn len(&self) -> usize {
+        self.waiting.len()
+    }
 }
 
 /// What a [`SendTable`] key must be.
@@ -101,7 +164,7 @@ impl<K: TableKey> SendTable<K> {
             // Unbounded for the crate; the bound is applied here so that an
             // eviction is counted and leaves the dirty set consistent.
             entries: LruCache::unbounded(),
-            dirty: BTreeSet::new(),
+            dirty: Dirty::default(),
             deletes_unsent: BTreeSet::new(),
             deletes_sent: BTreeMap::new(),
             deletes_by_seq: BTreeMap::new(),
@@ -112,29 +175,40 @@ impl<K: TableKey> SendTable<K> {
     }
 
     /// Records a captured reply and marks it for sending (a delete of the
-    /// same key still waiting is cancelled: the entry is back).
-    pub fn upsert(&mut self, key: K, driver: DriverHeader, frame: Vec<u8>, mac: MacAddr) {
-        if !self.entries.contains(&key)
-            && self.entries.len() >= self.max_entries
+    /// same key still waiting is cancelled: the entry is back). A key
+    /// already held keeps its memory: the frame is copied into it, so a
+    /// reply captured again (the steady state) allocates nothing.
+    pub fn upsert(&mut self, key: K, driver: DriverHeader, frame: &[u8], mac: MacAddr) {
+        self.deletes_unsent.remove(&key);
+        self.deletes_sent.remove(&key);
+        self.dirty.insert(key);
+        // `get_mut` makes it the most recently captured, as `push` would.
+        if let Some(entry) = self.entries.get_mut(&key) {
+            entry.driver = driver;
+            entry.frame.clear();
+            entry.frame.extend_from_slice(frame);
+            entry.mac = mac;
+            entry.seq = 0;
+            entry.updated = Instant::now();
+            return;
+        }
+        if self.entries.len() >= self.max_entries
             && let Some((oldest, _)) = self.entries.pop_lru()
         {
             // O(1): the least recently captured entry is the list's tail.
             self.dirty.remove(&oldest);
             self.evicted += 1;
         }
-        self.deletes_unsent.remove(&key);
-        self.deletes_sent.remove(&key);
         self.entries.push(
             key,
             SentEntry {
                 driver,
-                frame,
+                frame: frame.to_vec(),
                 mac,
                 seq: 0,
                 updated: Instant::now(),
             },
         );
-        self.dirty.insert(key);
     }
 
     /// The kernel no longer holds `key`'s neighbour: the entry leaves the
@@ -220,7 +294,12 @@ impl<K: TableKey> SendTable<K> {
 
     /// The deletes waiting to be sent, at most `max`.
     pub fn next_deletes(&self, max: usize) -> Vec<K> {
-        self.deletes_unsent.iter().take(max).copied().collect()
+        self.deletes_waiting().take(max).collect()
+    }
+
+    /// The deletes waiting to be sent, in the order they go out.
+    pub fn deletes_waiting(&self) -> impl Iterator<Item = K> + '_ {
+        self.deletes_unsent.iter().copied()
     }
 
     /// Records that the delete of `key` went out in frame `seq`.
@@ -245,8 +324,8 @@ impl<K: TableKey> SendTable<K> {
     }
 
     /// The next key to send, without removing it.
-    pub fn next_dirty(&self) -> Option<(K, &SentEntry)> {
-        let key = *self.dirty.first()?;
+    pub fn next_dirty(&mut self) -> Option<(K, &SentEntry)> {
+        let key = self.dirty.first()?;
         self.entries.peek(&key).map(|e| (key, e))
     }
 
@@ -312,8 +391,8 @@ mod tests {
     #[test]
     fn a_newer_reply_for_the_same_key_replaces_the_old_one() {
         let mut table = SendTable::new(10);
-        table.upsert(key(1), driver(), vec![1], MacAddr([2, 0, 0, 0, 0, 1]));
-        table.upsert(key(1), driver(), vec![2], MacAddr([2, 0, 0, 0, 0, 2]));
+        table.upsert(key(1), driver(), &[1], MacAddr([2, 0, 0, 0, 0, 1]));
+        table.upsert(key(1), driver(), &[2], MacAddr([2, 0, 0, 0, 0, 2]));
         assert_eq!(table.len(), 1);
         assert_eq!(table.next_dirty().unwrap().1.frame, vec![2]);
     }
@@ -322,7 +401,7 @@ mod tests {
     fn only_entries_after_the_acknowledged_frame_are_resent() {
         let mut table = SendTable::new(10);
         for (i, seq) in [(1, 5), (2, 6), (3, 7)] {
-            table.upsert(key(i), driver(), vec![i], MacAddr([2, 0, 0, 0, 0, i]));
+            table.upsert(key(i), driver(), &[i], MacAddr([2, 0, 0, 0, 0, i]));
             table.mark_sent(key(i), seq);
         }
         assert_eq!(table.pending(), 0);
@@ -349,10 +428,10 @@ mod tests {
     fn only_entries_after_the_acknowledged_frame_are_resent_across_the_wrap() {
         let mut table = SendTable::new(10);
         for (i, seq) in [(1, u32::MAX - 1), (2, u32::MAX), (3, 1), (4, 2)] {
-            table.upsert(key(i), driver(), vec![i], MacAddr([2, 0, 0, 0, 0, i]));
+            table.upsert(key(i), driver(), &[i], MacAddr([2, 0, 0, 0, 0, i]));
             table.mark_sent(key(i), seq);
         }
-        table.upsert(key(5), driver(), vec![5], MacAddr([2, 0, 0, 0, 0, 5]));
+        table.upsert(key(5), driver(), &[5], MacAddr([2, 0, 0, 0, 0, 5]));
         table.discard_dirty(key(5)); // seq 0: never sent, never "unacked"
         assert_eq!(table.unacked(u32::MAX), 2, "frames 1 and 2 follow u32::MAX");
         table.mark_unacked(u32::MAX);
@@ -369,7 +448,7 @@ mod tests {
     fn the_table_forgets_the_oldest_entry_at_its_bound() {
         let mut table = SendTable::new(2);
         for i in 1..=3 {
-            table.upsert(key(i), driver(), vec![i], MacAddr([2, 0, 0, 0, 0, i]));
+            table.upsert(key(i), driver(), &[i], MacAddr([2, 0, 0, 0, 0, i]));
         }
         assert_eq!(table.len(), 2);
         assert_eq!(table.evicted, 1);
@@ -385,10 +464,10 @@ mod tests {
     fn eviction_at_the_bound_takes_the_least_recently_captured_in_constant_time() {
         let mut table = SendTable::new(3);
         for i in 1..=3 {
-            table.upsert(key(i), driver(), vec![i], MacAddr([2, 0, 0, 0, 0, i]));
+            table.upsert(key(i), driver(), &[i], MacAddr([2, 0, 0, 0, 0, i]));
         }
-        table.upsert(key(1), driver(), vec![1], MacAddr([2, 0, 0, 0, 0, 1]));
-        table.upsert(key(4), driver(), vec![4], MacAddr([2, 0, 0, 0, 0, 4]));
+        table.upsert(key(1), driver(), &[1], MacAddr([2, 0, 0, 0, 0, 1]));
+        table.upsert(key(4), driver(), &[4], MacAddr([2, 0, 0, 0, 0, 4]));
         let kept: BTreeSet<EntryKey> = table.iter().map(|(k, _)| *k).collect();
         assert_eq!(kept, [key(1), key(3), key(4)].into_iter().collect());
 
@@ -401,7 +480,7 @@ mod tests {
         let mut table = SendTable::new(N as usize);
         let started = Instant::now();
         for i in 0..2 * N {
-            table.upsert(wide(i), driver(), vec![0; 42], MacAddr([2, 0, 0, 0, 0, 1]));
+            table.upsert(wide(i), driver(), &[0; 42], MacAddr([2, 0, 0, 0, 0, 1]));
         }
         assert_eq!(table.len(), N as usize);
         assert_eq!(table.evicted, u64::from(N));
@@ -416,7 +495,7 @@ mod tests {
     fn deletes_are_acknowledged_across_the_sequence_wrap() {
         let mut table = SendTable::new(10);
         for (n, seq) in [(1, u32::MAX), (2, 2)] {
-            table.upsert(key(n), driver(), vec![1], MacAddr([2, 0, 0, 0, 0, 1]));
+            table.upsert(key(n), driver(), &[1], MacAddr([2, 0, 0, 0, 0, 1]));
             table.mark_sent(key(n), seq);
             table.withdraw(key(n));
             table.mark_delete_sent(key(n), seq);
@@ -430,7 +509,7 @@ mod tests {
     #[test]
     fn a_withdrawn_entry_leaves_the_table_and_its_delete_is_tracked_until_acked() {
         let mut table = SendTable::new(10);
-        table.upsert(key(1), driver(), vec![1], MacAddr([2, 0, 0, 0, 0, 1]));
+        table.upsert(key(1), driver(), &[1], MacAddr([2, 0, 0, 0, 0, 1]));
         table.mark_sent(key(1), 3);
         assert!(table.withdraw(key(1)));
         assert!(!table.withdraw(key(1)), "only once");
@@ -450,9 +529,9 @@ mod tests {
         table.mark_unacked(5);
         assert_eq!(table.pending_deletes(), 0, "acknowledged: done");
         // Captured again before the delete went out: the delete is cancelled.
-        table.upsert(key(2), driver(), vec![2], MacAddr([2, 0, 0, 0, 0, 2]));
+        table.upsert(key(2), driver(), &[2], MacAddr([2, 0, 0, 0, 0, 2]));
         table.withdraw(key(2));
-        table.upsert(key(2), driver(), vec![2], MacAddr([2, 0, 0, 0, 0, 2]));
+        table.upsert(key(2), driver(), &[2], MacAddr([2, 0, 0, 0, 0, 2]));
         assert_eq!(table.pending_deletes(), 0);
         // A restarted peer has nothing to delete.
         table.withdraw(key(2));

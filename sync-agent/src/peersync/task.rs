@@ -124,6 +124,8 @@ pub(super) struct Task {
     pub(super) arp_accept_original: BTreeMap<String, u8>,
     /// ND sync's tables and counters (`nd.rs`).
     pub(super) nd: super::nd::NdState,
+    /// The flush's and the acks' buffers, reused frame after frame (`tx.rs`).
+    pub(super) tx: super::tx::TxBuffers,
     pub(super) stats: Stats,
     /// One log line per reason per second, whatever the flood.
     pub(super) log: LogLimiter,
@@ -180,6 +182,7 @@ impl Task {
         let task = Self {
             table: SendTable::new(config.max_entries),
             nd: super::nd::NdState::new(config.max_entries),
+            tx: Default::default(),
             we_connect: config.local_address < config.peer_address,
             config,
             identity,

@@ -404,7 +404,7 @@ struct Harness {
     internal: mpsc::Receiver<Event>,
     wanted: watch::Receiver<u64>,
     sessions: mpsc::Receiver<SessionEvent>,
-    wire: mpsc::Receiver<Vec<u8>>,
+    wire: mpsc::Receiver<bytes::Bytes>,
     conn: u64,
 }
 
@@ -474,7 +474,7 @@ impl Harness {
         self.task
             .process(Event::Inbound {
                 conn,
-                frame,
+                frame: frame.into(),
                 read_at: std::time::Instant::now(),
             })
             .await;
@@ -650,7 +650,7 @@ async fn a_burst_is_batched_up_to_batch_max_entries() {
 }
 
 /// The next frame written other than SYNC_DONE.
-async fn next_frame(wire: &mut mpsc::Receiver<Vec<u8>>) -> Written {
+async fn next_frame(wire: &mut mpsc::Receiver<bytes::Bytes>) -> Written {
     loop {
         let bytes = tokio::time::timeout(Duration::from_secs(5), wire.recv())
             .await
@@ -2146,7 +2146,7 @@ async fn an_na_without_its_link_layer_option_is_synced_with_one_added() {
         ))
         .await;
     h.task.flush().await;
-    let sent: Vec<Vec<u8>> = std::iter::from_fn(|| h.wire.try_recv().ok())
+    let sent: Vec<bytes::Bytes> = std::iter::from_fn(|| h.wire.try_recv().ok())
         .filter(|bytes| {
             Frame::decode(bytes, wire::MAX_FRAME_LEN)
                 .is_ok_and(|f| f.header.sub_type == SubType::Nd)

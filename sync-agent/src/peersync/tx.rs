@@ -5,12 +5,14 @@
 //! acknowledges frames cumulatively; what it has not acknowledged is resent
 //! on the next session (see the RESUME handling of the hello).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use sync_common::wire::{self, ArpDelete, Encoder, MessageType, SubType};
 
 use super::{
-    table::{seq_after, seq_max},
+    nd::NdKey,
+    table::{EntryKey, seq_after, seq_max},
     task::Task,
 };
 
@@ -27,6 +29,55 @@ const WRITER_RETRY: Duration = Duration::from_millis(2);
 /// stuck (measured: `mlag-bench mclag-load` at 10/20 ms), the session
 /// closed and a resync started, which only adds to its load.
 const STALL_FLOOR: Duration = Duration::from_secs(1);
+
+/// Bytes of hand-over memory taken at a time (see [`FrameBuffers`]).
+const OUT_BYTES: usize = 64 * 1024;
+
+/// Where frames are encoded and handed to the session writer from, kept by
+/// the task and used frame after frame: once they have grown, a frame costs
+/// no heap allocation.
+#[derive(Default)]
+pub(super) struct FrameBuffers {
+    /// A frame is encoded here (grown to the largest frame once; what lies
+    /// beyond a frame's length is never sent).
+    scratch: Vec<u8>,
+    /// Encoded frames are copied here and split off as [`Bytes`] sharing
+    /// this memory; once the writer has dropped them, `reserve` takes the
+    /// memory back instead of allocating.
+    out: BytesMut,
+}
+
+impl FrameBuffers {
+    /// A buffer of `size` bytes to encode one frame in.
+    pub(super) fn buf(&mut self, size: usize) -> &mut [u8] {
+        if self.scratch.len() < size {
+            self.scratch.resize(size, 0);
+        }
+        &mut self.scratch[..size]
+    }
+
+    /// The frame encoded in the first `len` bytes of [`Self::buf`], for
+    /// the writer.
+    pub(super) fn frame(&mut self, len: usize) -> Bytes {
+        if self.out.capacity() < len {
+            self.out.reserve(len.max(OUT_BYTES));
+        }
+        self.out.extend_from_slice(&self.scratch[..len]);
+        self.out.split().freeze()
+    }
+}
+
+/// The flush's working memory (see [`FrameBuffers`]), and the keys of the
+/// frame being built, cleared per frame instead of allocated.
+#[derive(Default)]
+pub(super) struct TxBuffers {
+    pub(super) encode: FrameBuffers,
+    sent: Vec<EntryKey>,
+    queued_at: Vec<Instant>,
+    deleted: Vec<EntryKey>,
+    pub(super) nd_sent: Vec<NdKey>,
+    pub(super) nd_deleted: Vec<NdKey>,
+}
 
 impl Task {
     /// After a capture was queued: send at once when a batch is full,
@@ -53,30 +104,45 @@ impl Task {
         else {
             return;
         };
+        // The buffers are the task's; lent to the flush for its length.
+        let mut tx = std::mem::take(&mut self.tx);
+        if self.flush_arp(&mut tx, max_frame) && self.flush_nd(&mut tx, max_frame) {
+            self.send_sync_done(&mut tx, max_frame);
+        }
+        self.tx = tx;
+    }
+
+    /// The ARP part of [`Self::flush`]. False when something is left
+    /// (writer full or session gone).
+    fn flush_arp(&mut self, tx: &mut TxBuffers, max_frame: usize) -> bool {
         while self.table.pending() > 0 || self.table.pending_deletes() > 0 {
             if !self.writer_has_room() {
-                return;
+                return false;
             }
             let seq = self.next_seq;
-            let mut buf = vec![0u8; max_frame];
-            let Ok(mut encoder) = Encoder::new(&mut buf, MessageType::Sync, SubType::Arp, seq)
-            else {
-                return;
+            tx.sent.clear();
+            tx.queued_at.clear();
+            tx.deleted.clear();
+            let Ok(mut encoder) = Encoder::new(
+                tx.encode.buf(max_frame),
+                MessageType::Sync,
+                SubType::Arp,
+                seq,
+            ) else {
+                return false;
             };
-            let mut sent = Vec::new();
-            let mut queued_at = Vec::new();
-            while sent.len() < self.config.batch_max_entries {
+            while tx.sent.len() < self.config.batch_max_entries {
                 let Some((key, entry)) = self.table.next_dirty() else {
                     break;
                 };
                 match encoder.arp_entry(&entry.driver, &entry.frame) {
                     Ok(()) => {
-                        sent.push(key);
-                        queued_at.push(entry.updated);
+                        tx.sent.push(key);
+                        tx.queued_at.push(entry.updated);
                         // Take it off the dirty list now so next_dirty moves on.
                         self.table.discard_dirty(key);
                     }
-                    Err(_) if !sent.is_empty() => break,
+                    Err(_) if !tx.sent.is_empty() => break,
                     Err(_) => {
                         self.table.discard_dirty(key);
                         self.local_failure(
@@ -87,9 +153,8 @@ impl Task {
                 }
             }
             // Withdrawn entries ride in the same frames, after the entries.
-            let mut deleted = Vec::new();
-            let room = self.config.batch_max_entries - sent.len();
-            for key in self.table.next_deletes(room) {
+            let room = self.config.batch_max_entries - tx.sent.len();
+            for key in self.table.deletes_waiting().take(room) {
                 let delete = ArpDelete {
                     mlag_id: key.mlag_id,
                     vrf: key.vrf,
@@ -98,44 +163,41 @@ impl Task {
                 if encoder.arp_delete(&delete).is_err() {
                     break;
                 }
-                deleted.push(key);
+                tx.deleted.push(key);
             }
-            if sent.is_empty() && deleted.is_empty() {
+            if tx.sent.is_empty() && tx.deleted.is_empty() {
                 if self.table.pending() == 0 {
                     // Only deletes left and none fit: cannot happen with a
                     // valid max_frame_bytes; never spin on it.
-                    return;
+                    return true;
                 }
                 continue;
             }
             let len = encoder.finish();
-            buf.truncate(len);
-            if !self.send(buf) {
+            let frame = tx.encode.frame(len);
+            if !self.send(frame) {
                 // Session lost: put them back; they go out on the next session.
-                for key in sent {
+                for &key in &tx.sent {
                     self.table.mark_sent(key, 0);
                     self.table.mark_all_one(key);
                 }
-                return;
+                return false;
             }
-            for at in queued_at {
+            for at in &tx.queued_at {
                 self.latency.queue_to_send.record(at.elapsed());
             }
             self.next_seq = self.next_seq.wrapping_add(1).max(1);
             self.stats.frames_sent += 1;
-            self.stats.entries_sent += sent.len() as u64;
-            self.stats.deletes_sent += deleted.len() as u64;
-            for key in sent {
+            self.stats.entries_sent += tx.sent.len() as u64;
+            self.stats.deletes_sent += tx.deleted.len() as u64;
+            for &key in &tx.sent {
                 self.table.mark_sent(key, seq);
             }
-            for key in deleted {
+            for &key in &tx.deleted {
                 self.table.mark_delete_sent(key, seq);
             }
         }
-        if !self.flush_nd(max_frame) {
-            return;
-        }
-        self.send_sync_done(max_frame);
+        true
     }
 
     /// Once per session, when everything pending at its start has gone
@@ -144,7 +206,7 @@ impl Task {
     /// sequence number of the last frame sent (0: none yet) and takes no
     /// number of its own, so the peer's acks and the resend bookkeeping
     /// stay as they were.
-    fn send_sync_done(&mut self, max_frame: usize) {
+    fn send_sync_done(&mut self, tx: &mut TxBuffers, max_frame: usize) {
         if self
             .session
             .as_ref()
@@ -156,17 +218,20 @@ impl Task {
             0 if self.stats.frames_sent > 0 => u32::MAX,
             seq => seq,
         };
-        let mut buf = vec![0u8; max_frame.min(64)];
-        let Ok(mut encoder) = Encoder::new(&mut buf, MessageType::Sync, SubType::Arp, last_sent)
-        else {
+        let Ok(mut encoder) = Encoder::new(
+            tx.encode.buf(max_frame.min(64)),
+            MessageType::Sync,
+            SubType::Arp,
+            last_sent,
+        ) else {
             return;
         };
         if encoder.sync_done().is_err() {
             return;
         }
         let len = encoder.finish();
-        buf.truncate(len);
-        if self.send(buf)
+        let frame = tx.encode.frame(len);
+        if self.send(frame)
             && let Some(session) = &mut self.session
         {
             session.sync_done_sent = true;
@@ -176,13 +241,16 @@ impl Task {
     /// Acknowledges sync frame `seq` (cumulative: everything up to it was
     /// applied).
     pub(super) async fn send_ack(&mut self, seq: u32) {
-        let mut buf = vec![0u8; 64];
-        if let Ok(mut e) = Encoder::new(&mut buf, MessageType::Ack, SubType::None, 0) {
-            let _ = e.tlv(wire::tlv::ACK_SEQ, &[&seq.to_be_bytes()]);
-            let len = e.finish();
-            buf.truncate(len);
-            self.send(buf);
+        let Ok(mut e) = Encoder::new(self.tx.encode.buf(64), MessageType::Ack, SubType::None, 0)
+        else {
+            return;
+        };
+        if e.tlv(wire::tlv::ACK_SEQ, &[&seq.to_be_bytes()]).is_err() {
+            return;
         }
+        let len = e.finish();
+        let frame = self.tx.encode.frame(len);
+        self.send(frame);
     }
 
     /// The peer acknowledged every frame up to `seq`.
@@ -240,7 +308,7 @@ impl Task {
     /// (`sessions_stalled`). Nothing is lost: entries in frames the peer
     /// never acknowledged are resent on the next session (RESUME), and the
     /// frame refused here is put back by the caller.
-    pub(super) fn send(&mut self, frame: Vec<u8>) -> bool {
+    pub(super) fn send(&mut self, frame: Bytes) -> bool {
         let Some(session) = &self.session else {
             return false;
         };
