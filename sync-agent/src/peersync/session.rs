@@ -223,12 +223,14 @@ pub(super) async fn read_frames<R: AsyncRead + Unpin>(
                 },
             }
         };
-        // Room for the rest of that frame and a good read besides: free
-        // once the frames carved before are gone, which the task drops as
-        // it handles them.
+        // Room for the rest of that frame and a good read besides. Once the
+        // frames carved before are gone (the task drops each as it handles
+        // it), `reserve` moves what is left of a frame to the start of the
+        // same memory; only while some are still held does it allocate (a
+        // new buffer of the first one's size).
         let missing = wanted - buf.len();
         if buf.capacity() - buf.len() < missing.max(MIN_READ) {
-            buf.reserve(missing.max(READ_BYTES));
+            buf.reserve(missing.max(MIN_READ));
         }
         match read.read_buf(&mut buf).await {
             // The peer closed (mid-frame or not): as `read_exact` says it.

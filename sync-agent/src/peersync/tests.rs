@@ -2209,3 +2209,294 @@ async fn every_stage_of_a_synced_reply_is_timed() {
     h.capture(6).await;
     assert_eq!(h.report().latency.capture_to_queue.count, 1);
 }
+
+// ------------------------------------- the session's reader and writer
+
+/// A stream that hands over `chunks` one read at a time (a read never
+/// spans two chunks, and takes a chunk's start when the buffer is short),
+/// then end of file; counts the reads that returned data.
+struct Chunks {
+    chunks: std::collections::VecDeque<Vec<u8>>,
+    reads: usize,
+}
+
+impl Chunks {
+    fn new(chunks: impl IntoIterator<Item = Vec<u8>>) -> Self {
+        Self {
+            chunks: chunks.into_iter().collect(),
+            reads: 0,
+        }
+    }
+
+    /// `bytes` cut every `size` bytes.
+    fn every(bytes: &[u8], size: usize) -> Self {
+        Self::new(bytes.chunks(size).map(<[u8]>::to_vec))
+    }
+}
+
+impl tokio::io::AsyncRead for Chunks {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        if let Some(mut chunk) = self.chunks.pop_front() {
+            let n = chunk.len().min(buf.remaining());
+            buf.put_slice(&chunk[..n]);
+            if n < chunk.len() {
+                self.chunks.push_front(chunk.split_off(n));
+            }
+            self.reads += 1;
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// What the session reader told the task.
+#[derive(Debug, PartialEq, Eq)]
+enum ReadEvent {
+    Frame(Vec<u8>),
+    Malformed(DecodeError, bool),
+}
+
+/// Runs the session reader over `stream` (conn 7) until it ends: the
+/// events in order, and why it ended.
+async fn read_all(stream: &mut Chunks, max_frame: usize) -> (Vec<ReadEvent>, Option<String>) {
+    let (events, mut rx) = mpsc::channel(4096);
+    let why = super::session::read_frames(stream, 7, max_frame, &events).await;
+    drop(events);
+    let mut out = Vec::new();
+    while let Some(event) = rx.recv().await {
+        out.push(match event {
+            Event::Inbound { conn: 7, frame, .. } => ReadEvent::Frame(frame.to_vec()),
+            Event::Malformed {
+                conn: 7,
+                error,
+                fatal,
+            } => ReadEvent::Malformed(error, fatal),
+            other => panic!("unexpected {other:?}"),
+        });
+    }
+    (out, why)
+}
+
+/// A valid frame of exactly `len` bytes (a sync frame with one optional
+/// TLV of padding).
+fn frame_of(len: usize, seq: u32) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    let mut e = Encoder::new(&mut buf, MessageType::Sync, SubType::Arp, seq).unwrap();
+    let pad = len - wire::HEADER_LEN - wire::TLV_HEADER_LEN;
+    e.tlv(0x0fff, &[&vec![seq as u8; pad]]).unwrap();
+    assert_eq!(e.finish(), len);
+    buf
+}
+
+fn frames(list: &[Vec<u8>]) -> Vec<ReadEvent> {
+    list.iter().cloned().map(ReadEvent::Frame).collect()
+}
+
+#[tokio::test]
+async fn the_reader_reassembles_frames_split_across_reads() {
+    let sent = vec![ack_frame(Some(1)), frame_of(300, 2), ack_frame(Some(3))];
+    let stream = sent.concat();
+    for size in [1, 5, 16, 17, 299] {
+        let (events, why) = read_all(&mut Chunks::every(&stream, size), 16 * 1024).await;
+        assert_eq!(events, frames(&sent), "cut every {size} bytes");
+        assert_eq!(why.as_deref(), Some("read: early eof"));
+    }
+}
+
+#[tokio::test]
+async fn the_reader_takes_many_frames_from_one_read() {
+    let sent: Vec<Vec<u8>> = (1..=50).map(|seq| ack_frame(Some(seq))).collect();
+    let mut stream = Chunks::new([sent.concat()]);
+    let (events, why) = read_all(&mut stream, 16 * 1024).await;
+    assert_eq!(events, frames(&sent));
+    assert_eq!(why.as_deref(), Some("read: early eof"));
+    assert_eq!(
+        stream.reads, 1,
+        "fifty frames, one read call that returned data"
+    );
+}
+
+#[tokio::test]
+async fn a_frame_of_exactly_max_frame_is_read_and_one_byte_more_closes_the_session() {
+    let max_frame = 512;
+    let fits = frame_of(max_frame, 1);
+    let (events, _) = read_all(&mut Chunks::every(&fits, 100), max_frame).await;
+    assert_eq!(events, frames(&[fits]));
+
+    let too_long = frame_of(max_frame + 1, 2);
+    let after = ack_frame(Some(3));
+    let mut stream = Chunks::new([too_long, after]);
+    let (events, why) = read_all(&mut stream, max_frame).await;
+    assert_eq!(
+        events,
+        vec![ReadEvent::Malformed(
+            DecodeError::BadLength(max_frame as u32 + 1),
+            true
+        )]
+    );
+    assert_eq!(
+        why.as_deref(),
+        Some("unusable frame header: bad length field 513"),
+        "and nothing after it is read as a frame"
+    );
+}
+
+#[tokio::test]
+async fn a_header_that_is_not_ours_closes_the_session_at_once() {
+    let mut bad = ack_frame(Some(1));
+    bad[0] = b'X';
+    // Only the header has arrived: the verdict does not wait for the body.
+    let (events, why) = read_all(&mut Chunks::new([bad[..16].to_vec()]), 16 * 1024).await;
+    assert_eq!(
+        events,
+        vec![ReadEvent::Malformed(
+            DecodeError::BadMagic([b'X', b'S']),
+            true
+        )]
+    );
+    assert!(
+        why.as_deref()
+            .is_some_and(|w| w.starts_with("unusable frame header")),
+        "{why:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_frame_type_is_skipped_and_the_stream_stays_framed() {
+    let mut unknown = frame_of(200, 1);
+    unknown[4] = 0x7f;
+    let after = vec![ack_frame(Some(2)), frame_of(90, 3)];
+    let stream = [unknown, after.concat()].concat();
+    for size in [7, 64, stream.len()] {
+        let (events, why) = read_all(&mut Chunks::every(&stream, size), 16 * 1024).await;
+        let mut expected = vec![ReadEvent::Malformed(DecodeError::UnknownType(0x7f), false)];
+        expected.extend(frames(&after));
+        assert_eq!(events, expected, "cut every {size} bytes");
+        assert_eq!(why.as_deref(), Some("read: early eof"));
+    }
+}
+
+#[tokio::test]
+async fn the_end_of_the_stream_inside_a_frame_closes_without_a_frame() {
+    let frame = frame_of(300, 1);
+    for cut in [3, 16, 299] {
+        let (events, why) = read_all(&mut Chunks::new([frame[..cut].to_vec()]), 16 * 1024).await;
+        assert_eq!(events, vec![], "{cut} bytes of a frame");
+        assert_eq!(why.as_deref(), Some("read: early eof"));
+    }
+    // A skipped frame cut short is not reported as skipped either.
+    let mut unknown = frame_of(300, 2);
+    unknown[4] = 0x7f;
+    let (events, why) = read_all(&mut Chunks::new([unknown[..100].to_vec()]), 16 * 1024).await;
+    assert_eq!((events, why.as_deref()), (vec![], Some("read: early eof")));
+}
+
+/// Frames the task drops as it goes (the steady state): the reader's
+/// buffer is taken back and reused many times over, with frames cut at
+/// every place across it; every frame arrives whole and in order.
+#[tokio::test]
+async fn frames_stay_whole_while_the_reader_reuses_its_buffer() {
+    let sent: Vec<Vec<u8>> = (0..600u32)
+        .map(|i| frame_of(20 + (i as usize * 37) % 1500, i))
+        .collect();
+    let mut stream = Chunks::every(&sent.concat(), 777);
+    let (events, mut rx) = mpsc::channel(1);
+    let reader = super::session::read_frames(&mut stream, 7, 16 * 1024, &events);
+    let check = async {
+        for (i, expected) in sent.iter().enumerate() {
+            match rx.recv().await {
+                Some(Event::Inbound { frame, .. }) => {
+                    assert_eq!(&frame[..], &expected[..], "frame {i}")
+                }
+                other => panic!("frame {i}: {other:?}"),
+            }
+        }
+    };
+    let (why, ()) = tokio::join!(reader, check);
+    assert_eq!(why.as_deref(), Some("read: early eof"));
+}
+
+/// A socket that takes at most `per_write` bytes a call (across the
+/// slices of a vectored write) and keeps what it took.
+#[derive(Default)]
+struct SlowSocket {
+    taken: Vec<u8>,
+    per_write: usize,
+    writes: usize,
+    shut_down: bool,
+}
+
+impl tokio::io::AsyncWrite for SlowSocket {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let n = buf.len().min(self.per_write);
+        self.taken.extend_from_slice(&buf[..n]);
+        self.writes += 1;
+        std::task::Poll::Ready(Ok(n))
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        slices: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let mut n = 0;
+        for slice in slices {
+            let take = slice.len().min(self.per_write - n);
+            self.taken.extend_from_slice(&slice[..take]);
+            n += take;
+        }
+        self.writes += 1;
+        std::task::Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        self.shut_down = true;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Queued frames go out together, in order, and a frame the socket took
+/// only part of goes on from where it stopped.
+#[tokio::test]
+async fn the_writer_sends_queued_frames_together_and_resumes_partial_writes() {
+    let sent: Vec<Vec<u8>> = (0..100u32).map(|i| frame_of(20 + i as usize, i)).collect();
+    let total: usize = sent.iter().map(Vec::len).sum();
+    for per_write in [7, 1000, usize::MAX / 2] {
+        let (tx, rx) = mpsc::channel(256);
+        for frame in &sent {
+            tx.try_send(bytes::Bytes::from(frame.clone())).unwrap();
+        }
+        drop(tx);
+        let mut socket = SlowSocket {
+            per_write,
+            ..Default::default()
+        };
+        super::session::write_frames(&mut socket, rx).await.unwrap();
+        assert!(socket.taken == sent.concat(), "{per_write} bytes a write");
+        assert!(socket.shut_down);
+        // Whole batches of queued frames per call when the socket takes them.
+        let fewest = total.div_ceil(per_write).max(sent.len().div_ceil(64));
+        assert_eq!(socket.writes, fewest, "{per_write} bytes a write");
+    }
+}
