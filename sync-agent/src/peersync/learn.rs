@@ -35,6 +35,7 @@ use std::{
 };
 
 use futures::future::BoxFuture;
+use lru::LruCache;
 use rtnetlink::Handle;
 use serde::{Deserialize, Serialize};
 use sync_common::{
@@ -264,6 +265,49 @@ pub(super) struct Learnt {
     pub(super) at: Instant,
 }
 
+/// Records an entry learnt from the peer in `table`, an LRU bounded by
+/// `max` (the least recently learnt entry is forgotten in O(1): true when
+/// one was). `learnt` comes without its names, which are `names` (member
+/// port, interface handed to). An entry learnt again (the steady state) is
+/// updated in place, its names copied only if they changed: no heap
+/// allocation; `get_mut` makes it the most recently learnt, as `push` does.
+pub(super) fn remember<K: std::hash::Hash + Eq>(
+    table: &mut LruCache<K, Learnt>,
+    key: K,
+    learnt: Learnt,
+    (port, interface): (&str, &str),
+    max: usize,
+) -> bool {
+    if let Some(held) = table.get_mut(&key) {
+        let mut names = (
+            std::mem::take(&mut held.port),
+            std::mem::take(&mut held.interface),
+        );
+        for (name, now) in [(&mut names.0, port), (&mut names.1, interface)] {
+            if name != now {
+                name.clear();
+                name.push_str(now);
+            }
+        }
+        *held = Learnt {
+            port: names.0,
+            interface: names.1,
+            ..learnt
+        };
+        return false;
+    }
+    let evicted = table.len() >= max && table.pop_lru().is_some();
+    table.push(
+        key,
+        Learnt {
+            port: port.to_string(),
+            interface: interface.to_string(),
+            ..learnt
+        },
+    );
+    evicted
+}
+
 impl Task {
     /// Hands one synced reply to this switch's kernel on the twin port (or
     /// the VLAN interface configured for its MLAG id and tags). A reply
@@ -388,37 +432,15 @@ impl Task {
             by,
             at: Instant::now(),
         };
-        // Learnt again: updated in place (`get_mut` makes it the most
-        // recently learnt, as `push` would), its names kept unless they
-        // changed.
-        if let Some(held) = self.learned.get_mut(&key) {
-            let (mut held_port, mut held_interface) = (
-                std::mem::take(&mut held.port),
-                std::mem::take(&mut held.interface),
-            );
-            if held_port != *port {
-                held_port.clone_from(port);
-            }
-            if held_interface != *interface {
-                held_interface.clone_from(interface);
-            }
-            *held = Learnt {
-                port: held_port,
-                interface: held_interface,
-                ..learnt
-            };
-            return;
-        }
-        let learnt = Learnt {
-            port: port.clone(),
-            interface: interface.clone(),
-            ..learnt
-        };
-        if self.learned.len() >= self.config.max_learnt && self.learned.pop_lru().is_some() {
-            // O(1): the least recently learnt entry is the list's tail.
+        if remember(
+            &mut self.learned,
+            key,
+            learnt,
+            (port, interface),
+            self.config.max_learnt,
+        ) {
             self.stats.learnt_evicted += 1;
         }
-        self.learned.push(key, learnt);
     }
 
     /// The peer withdrew an entry (its kernel dropped it): the neighbour

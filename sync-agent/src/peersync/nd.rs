@@ -54,13 +54,13 @@ use sync_common::{
 use super::report::ArpReportEntry;
 use super::{
     config::ArpAcceptPolicy,
-    learn::{Learnt, LearntBy},
+    learn::{Learnt, LearntBy, remember},
     table::SendTable,
     task::Task,
     tx::TxBuffers,
 };
 use crate::{
-    bus::Captured,
+    bus::{Captured, CapturedFrame},
     mac::MacAddr,
     southbound::neighbours6::{Neighbour6, Neighbour6Event},
 };
@@ -165,12 +165,13 @@ fn with_target_lladdr(frame: &[u8], mac: [u8; 6]) -> Option<Vec<u8>> {
     nd::rewrite(&mut out, &advert, Delivery::Unicast { mac: dst }).then_some(out)
 }
 
-/// The frame with its tags removed (for a VLAN interface), or as it is.
-fn untag(original: &[u8], advert: &nd::Advert) -> Option<Vec<u8>> {
+/// The frame with its tags removed (for a VLAN interface), or as it is;
+/// inline up to a captured frame's size (no heap for a real NA).
+fn untag(original: &[u8], advert: &nd::Advert) -> Option<CapturedFrame> {
     if advert.vlan_count == 0 {
-        return Some(original.to_vec());
+        return Some(CapturedFrame::from_slice(original));
     }
-    let mut out = Vec::with_capacity(original.len());
+    let mut out = CapturedFrame::new();
     out.extend_from_slice(original.get(..12)?);
     out.extend_from_slice(&nd::ETHERTYPE_IPV6.to_be_bytes());
     out.extend_from_slice(original.get(advert.ip_offset as usize..)?);
@@ -306,12 +307,7 @@ impl Task {
     /// the VLAN interface configured for its MLAG id and tags).
     pub(super) async fn learn_nd(&mut self, driver: &DriverHeader, original: &[u8]) {
         self.nd.stats.entries_received += 1;
-        let Some(port) = self
-            .ports
-            .iter()
-            .find(|p| p.mlag_id == driver.mlag_id)
-            .cloned()
-        else {
+        let Some(port_at) = self.ports.iter().position(|p| p.mlag_id == driver.mlag_id) else {
             self.reject(
                 "unknown_mlag_id",
                 &format!(
@@ -334,18 +330,14 @@ impl Task {
             );
             return;
         };
-        let mapped = self
-            .config
-            .vlan_interfaces
-            .iter()
-            .find(|v| {
-                v.mlag_id == driver.mlag_id
-                    && v.outer_vlan == advert.outer_vlan
-                    && v.inner_vlan == advert.inner_vlan
-            })
-            .map(|v| v.interface.clone());
-        let (interface, ifindex, port_mac, mut frame) = match mapped {
-            Some(name) => {
+        let mapped = self.config.vlan_interfaces.iter().position(|v| {
+            v.mlag_id == driver.mlag_id
+                && v.outer_vlan == advert.outer_vlan
+                && v.inner_vlan == advert.inner_vlan
+        });
+        let (ifindex, port_mac, mut frame) = match mapped {
+            Some(at) => {
+                let name = self.config.vlan_interfaces[at].interface.clone();
                 let Some((ifindex, mac)) = self.vlan_target(&name).await else {
                     self.reject(
                         "vlan_interface_missing",
@@ -360,17 +352,16 @@ impl Task {
                 let Some(untagged) = untag(original, &advert) else {
                     return;
                 };
-                (name, ifindex, mac, untagged)
+                (ifindex, mac, untagged)
             }
             None => {
+                let port = &self.ports[port_at];
                 let (Some(ifindex), Some(mac)) = (port.ifindex, port.mac) else {
-                    self.reject(
-                        "twin_port_missing",
-                        &format!("member port {} is not present", port.name),
-                    );
+                    let detail = format!("member port {} is not present", port.name);
+                    self.reject("twin_port_missing", &detail);
                     return;
                 };
-                (port.name.clone(), ifindex, mac, original.to_vec())
+                (ifindex, mac, CapturedFrame::from_slice(original))
             }
         };
         let (outer_vlan, inner_vlan) = (advert.outer_vlan, advert.inner_vlan);
@@ -399,27 +390,32 @@ impl Task {
             mlag_id: driver.mlag_id,
             ip,
         };
-        if !self.nd.learned.contains(&key)
-            && self.nd.learned.len() >= self.config.max_learnt
-            && self.nd.learned.pop_lru().is_some()
-        {
+        let port = &self.ports[port_at].name;
+        let interface = match mapped {
+            Some(at) => &self.config.vlan_interfaces[at].interface,
+            None => port,
+        };
+        let learnt = Learnt {
+            ifindex,
+            mac,
+            port: String::new(),
+            interface: String::new(),
+            mlag_id: driver.mlag_id,
+            outer_vlan,
+            inner_vlan,
+            class: driver.class,
+            by,
+            at: Instant::now(),
+        };
+        if remember(
+            &mut self.nd.learned,
+            key,
+            learnt,
+            (port, interface),
+            self.config.max_learnt,
+        ) {
             self.stats.learnt_evicted += 1;
         }
-        self.nd.learned.push(
-            key,
-            Learnt {
-                ifindex,
-                mac,
-                port: port.name,
-                interface,
-                mlag_id: driver.mlag_id,
-                outer_vlan,
-                inner_vlan,
-                class: driver.class,
-                by,
-                at: Instant::now(),
-            },
-        );
     }
 
     /// The peer withdrew an ND entry: the neighbour learnt from it goes.

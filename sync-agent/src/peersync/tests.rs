@@ -2500,3 +2500,54 @@ async fn the_writer_sends_queued_frames_together_and_resumes_partial_writes() {
         assert_eq!(socket.writes, fewest, "{per_write} bytes a write");
     }
 }
+
+/// An entry learnt again is updated in place (new names, new way in) and
+/// becomes the most recently learnt; only a new key can push one out.
+#[test]
+fn an_entry_learnt_again_is_updated_in_place_with_its_new_names() {
+    use super::learn::{Learnt, LearntBy, remember};
+    let mut table = lru::LruCache::unbounded();
+    let learnt = |by| Learnt {
+        ifindex: 11,
+        mac: PEER_MAC,
+        port: String::new(),
+        interface: String::new(),
+        mlag_id: 1,
+        outer_vlan: 0,
+        inner_vlan: 0,
+        class: 0,
+        by,
+        at: std::time::Instant::now(),
+    };
+    assert!(!remember(
+        &mut table,
+        1u32,
+        learnt(LearntBy::KernelArp),
+        ("p1", "p1"),
+        2
+    ));
+    assert!(!remember(
+        &mut table,
+        2,
+        learnt(LearntBy::KernelArp),
+        ("p1", "p1"),
+        2
+    ));
+    // 1 again, now by way of a VLAN interface and the fallback.
+    let again = learnt(LearntBy::NetlinkFallback);
+    assert!(!remember(&mut table, 1, again, ("p1", "vlan10"), 2));
+    assert_eq!(table.len(), 2);
+    let one = table.peek(&1).unwrap();
+    assert_eq!(
+        (one.port.as_str(), one.interface.as_str(), one.by),
+        ("p1", "vlan10", LearntBy::NetlinkFallback)
+    );
+    assert!(
+        remember(&mut table, 3, learnt(LearntBy::KernelArp), ("p1", "p1"), 2),
+        "a new key at the bound pushes one out"
+    );
+    assert!(
+        table.contains(&1) && !table.contains(&2),
+        "2, the least recently learnt"
+    );
+}
