@@ -225,12 +225,15 @@ pub(super) async fn read_frames<R: AsyncRead + Unpin>(
         };
         // Room for the rest of that frame and a good read besides. Once the
         // frames carved before are gone (the task drops each as it handles
-        // it), `reserve` moves what is left of a frame to the start of the
-        // same memory; only while some are still held does it allocate (a
-        // new buffer of the first one's size).
-        let missing = wanted - buf.len();
-        if buf.capacity() - buf.len() < missing.max(MIN_READ) {
-            buf.reserve(missing.max(MIN_READ));
+        // it), the same memory is taken back (what is left of a frame moves
+        // to its start). The frames just carved are usually still queued
+        // for the task, which runs on this thread: it gets one turn to
+        // handle them first; only if some are still held then is a new
+        // buffer allocated (of the first one's size).
+        let room = (wanted - buf.len()).max(MIN_READ);
+        if buf.capacity() - buf.len() < room && !buf.try_reclaim(room) {
+            tokio::task::yield_now().await;
+            buf.reserve(room);
         }
         match read.read_buf(&mut buf).await {
             // The peer closed (mid-frame or not): as `read_exact` says it.
