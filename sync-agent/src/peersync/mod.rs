@@ -21,6 +21,8 @@
 //! - `ports.rs`: member-port state told to the peer; a twin port up again
 //!   re-probes its MLAG id.
 //! - `session.rs`: the TCP transport and the session's lifecycle.
+//! - `loopback.rs`: two tasks over a loopback session, for `mlag-bench`
+//!   (heap allocations per synced entry).
 //! - `report.rs`: `show peer` / `show arp` and their text.
 //! - `config.rs`: the `[peer]` section.
 //!

@@ -7,7 +7,7 @@
 //!                                                     ▼
 //!   liveness::run ──(mpsc LivenessReport)──────────▶ Task ──SessionEvent (try_send)──▶ MC-LAG
 //!     (UDP keepalives)                                ▲  │
-//!   session::connect | session::accept ──┐            │  │ frames (mpsc Vec<u8>)
+//!   session::connect | session::accept ──┐            │  │ frames (mpsc Bytes)
 //!   session reader ──────────────────────┼─internal───┘  ▼
 //!   refresh worker (paced re-probe) ─────┘ (mpsc Event)  session writer ──TCP──▶ peer
 //!   neighbours::watch ──(mpsc NeighbourEvent)──▶ Task     (kernel dropped an entry: withdraw)
