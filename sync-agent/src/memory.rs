@@ -66,7 +66,7 @@ const OS_PAGE: usize = 4096;
 /// page fault more for a block whose first page the caller does use.
 /// Resizing (`realloc`) is left to mimalloc: it copies into the new block.
 /// Measured with `mlag-bench fabric embedded` (README, fabric at scale):
-/// the primary's peak went from ~112 to ~107 MiB.
+/// the primary's peak went from 110-112 to 105-107 MiB.
 #[derive(Debug, Default)]
 pub struct Allocator;
 
