@@ -5,9 +5,10 @@ use clap::Parser as _;
 /// mimalloc rather than glibc's malloc: the agent allocates many small
 /// short-lived values (frames, messages, rollout steps), where glibc spent
 /// a tenth of the center's time (measured with perf under `xtask bench
-/// center`) and fragments over days.
+/// center`) and fragments over days. Wrapped so that large fresh blocks
+/// start out not resident (`memory::Allocator`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: sync_agent::memory::Allocator = sync_agent::memory::Allocator;
 
 use sync_agent::cli::{Cli, Command};
 

@@ -166,32 +166,32 @@ struct CountingAllocator;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 
-// SAFETY: every call is forwarded unchanged to mimalloc, the allocator the
-// agent binary uses (so the figures of the center hosted here are the
-// agent's).
+// SAFETY: every call is forwarded unchanged to the agent binary's allocator
+// (`sync_agent::memory::Allocator`, mimalloc underneath), so the figures of
+// the center hosted here are the agent's.
 unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         HEAP_IN_USE.fetch_add(layout.size() as i64, Ordering::Relaxed);
         // SAFETY: forwarded with the caller's guarantees.
-        unsafe { mimalloc::MiMalloc.alloc(layout) }
+        unsafe { sync_agent::memory::Allocator.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
         HEAP_IN_USE.fetch_sub(layout.size() as i64, Ordering::Relaxed);
         // SAFETY: forwarded with the caller's guarantees.
-        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+        unsafe { sync_agent::memory::Allocator.dealloc(ptr, layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         HEAP_IN_USE.fetch_add(layout.size() as i64, Ordering::Relaxed);
         // SAFETY: forwarded with the caller's guarantees.
-        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+        unsafe { sync_agent::memory::Allocator.alloc_zeroed(layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         HEAP_IN_USE.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
         // SAFETY: forwarded with the caller's guarantees.
-        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+        unsafe { sync_agent::memory::Allocator.realloc(ptr, layout, new_size) }
     }
 }
 
