@@ -292,11 +292,6 @@ impl<K: TableKey> SendTable<K> {
         self.deletes_unsent.len()
     }
 
-    /// The deletes waiting to be sent, at most `max`.
-    pub fn next_deletes(&self, max: usize) -> Vec<K> {
-        self.deletes_waiting().take(max).collect()
-    }
-
     /// The deletes waiting to be sent, in the order they go out.
     pub fn deletes_waiting(&self) -> impl Iterator<Item = K> + '_ {
         self.deletes_unsent.iter().copied()
@@ -503,7 +498,10 @@ mod tests {
         // Frame 1 came after u32::MAX: that delete is done, frame 2's not.
         table.deletes_acked(1);
         table.mark_unacked(1);
-        assert_eq!(table.next_deletes(10), vec![key(2)]);
+        assert_eq!(
+            table.deletes_waiting().take(10).collect::<Vec<_>>(),
+            vec![key(2)]
+        );
     }
 
     #[test]
@@ -518,7 +516,10 @@ mod tests {
             "never captured: nothing to withdraw"
         );
         assert_eq!((table.len(), table.pending_deletes()), (0, 1));
-        assert_eq!(table.next_deletes(10), vec![key(1)]);
+        assert_eq!(
+            table.deletes_waiting().take(10).collect::<Vec<_>>(),
+            vec![key(1)]
+        );
         table.mark_delete_sent(key(1), 4);
         assert_eq!(table.pending_deletes(), 0);
         // The session broke before the ack: resent on the next one.
