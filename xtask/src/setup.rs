@@ -11,11 +11,15 @@ use anyhow::{Context as _, bail};
 
 use crate::run;
 
-/// Debian packages and the command that shows each is installed.
+/// Debian packages and the command (or, given as an absolute path, the
+/// file) that shows each is installed.
 const APT_PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("iproute2", "ip"),
     ("iputils-ping", "ping"),
+    // Tests raise neighbour-table and socket limits, and fetch pages.
+    ("procps", "sysctl"),
+    ("curl", "curl"),
     ("util-linux", "setpriv"),
     // Fabric tests and bench: an external broker and a plain subscriber.
     ("mosquitto", "mosquitto"),
@@ -23,7 +27,16 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     // Config center on etcd: the client crate's build compiles etcd's
     // protobuf files; its tests start a real etcd.
     ("protobuf-compiler", "protoc"),
+    // protoc's well-known types (google/protobuf/descriptor.proto), which
+    // etcd's protobuf files import: only recommended by protobuf-compiler,
+    // so absent where protoc came without it.
+    (
+        "libprotobuf-dev",
+        "/usr/include/google/protobuf/descriptor.proto",
+    ),
     ("etcd-server", "etcd"),
+    // The etcd tests' health checks and user set-up.
+    ("etcd-client", "etcdctl"),
     // Fabric TLS test: a CA and a broker certificate.
     ("openssl", "openssl"),
     // Metrics tests: `promtool check metrics` and a real Prometheus server (one package).
@@ -58,6 +71,9 @@ pub fn tool_path() -> OsString {
 }
 
 fn found(program: &str) -> bool {
+    if Path::new(program).is_absolute() {
+        return Path::new(program).is_file();
+    }
     std::env::split_paths(&tool_path()).any(|dir| dir.join(program).is_file())
 }
 
