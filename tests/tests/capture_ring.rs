@@ -31,12 +31,15 @@ const HOST: [u8; 6] = [0x02, 0, 0, 0, 0x0c, 0x01];
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// A loaded classifier whose ring is drained by the agent's real reader on
-/// a runtime of its own; `received` counts what reached its queue.
+/// a runtime of its own; `received` counts what reached its queue, `altered`
+/// what reached it with a frame other than [`reply`]'s (the only frame
+/// these tests send).
 struct Reader {
     dataplane: Classifier,
     fd: i32,
     stats: Arc<CaptureStats>,
     received: Arc<AtomicU64>,
+    altered: Arc<AtomicU64>,
 }
 
 fn start_reader() -> Reader {
@@ -52,7 +55,10 @@ fn start_reader() -> Reader {
     let fd = dataplane.program_fd(CLASSIFIER_PROGRAM).unwrap();
     let stats = Arc::new(CaptureStats::default());
     let received = Arc::new(AtomicU64::new(0));
-    let (thread_stats, thread_received) = (stats.clone(), received.clone());
+    let altered = Arc::new(AtomicU64::new(0));
+    let (thread_stats, thread_received, thread_altered) =
+        (stats.clone(), received.clone(), altered.clone());
+    let sent = reply();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -63,6 +69,8 @@ fn start_reader() -> Reader {
             tokio::spawn(capture::run(ring, None, tx, thread_stats));
             while let Some(batch) = rx.recv().await {
                 thread_received.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                let altered = batch.iter().filter(|r| r.frame[..] != sent[..]).count();
+                thread_altered.fetch_add(altered as u64, Ordering::Relaxed);
             }
         });
     });
@@ -71,6 +79,7 @@ fn start_reader() -> Reader {
         fd,
         stats,
         received,
+        altered,
     }
 }
 
@@ -130,4 +139,36 @@ fn a_burst_is_delivered_whole() {
     assert_eq!(counters.get(sync_common::counters::CAPTURED), sent);
     assert_eq!(counters.get(sync_common::counters::RINGBUF_FULL), 0);
     assert_eq!(reader.received.load(Ordering::Relaxed), sent);
+}
+
+/// The reader maps the ring's data area once, so a record that runs past
+/// its end is put back together from two pieces: three laps of the ring
+/// cross the end at a different place in the record each time (a record
+/// is 160 bytes, the ring 4 MiB), and every record must arrive whole.
+#[test]
+fn records_that_wrap_around_the_ring_arrive_whole() {
+    let _serial = SERIAL.lock().unwrap();
+    let reader = start_reader();
+    let record_bytes =
+        (8 + std::mem::size_of::<sync_common::capture::CaptureRecord>()).next_multiple_of(8) as u64;
+    let laps = 3 * u64::from(sync_common::capture::CAPTURE_RING_BYTES) / record_bytes + 1;
+    let mut sent = 0;
+    while sent < laps {
+        testrun::timed(reader.fd, &reply(), 4000).unwrap();
+        sent += 4000;
+        wait_received(&reader, sent);
+    }
+    let counters = reader.dataplane.counters().unwrap();
+    assert_eq!(counters.get(sync_common::counters::RINGBUF_FULL), 0);
+    assert_eq!(
+        reader.stats.invalid.load(Ordering::Relaxed),
+        0,
+        "records the reader could not decode"
+    );
+    assert_eq!(reader.received.load(Ordering::Relaxed), sent);
+    assert_eq!(
+        reader.altered.load(Ordering::Relaxed),
+        0,
+        "records that arrived altered"
+    );
 }

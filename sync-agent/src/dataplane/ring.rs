@@ -19,9 +19,15 @@
 //!
 //! The layout is the kernel's (`kernel/bpf/ringbuf.c`): page 0 holds the
 //! consumer position (read-write), page 1 the producer position, then the
-//! data area mapped twice in a row so a record that wraps is contiguous.
-//! Each record starts with an 8-byte header whose first word is its length
-//! plus the busy (not yet committed) and discard bits.
+//! data area, which the kernel offers twice in a row so that a record that
+//! wraps is contiguous. This reader maps the data area once and copies the
+//! rare record that wraps (one in a ring's worth of bytes) into a buffer of
+//! its own: libbpf's and aya's readers map it twice, which counts the same
+//! pages twice in the process's resident memory (4 MiB more for the
+//! capture ring; the kernel's memory is the same either way). Each record
+//! starts with an 8-byte header whose first word is its length plus the
+//! busy (not yet committed) and discard bits; the header never wraps
+//! (records are 8-aligned, the area a multiple of pages).
 
 use std::{
     io,
@@ -103,6 +109,8 @@ pub struct RingReader {
     pos: usize,
     /// The last sleep generation announced.
     generation: u64,
+    /// A record that wraps, put back together; kept for the next one.
+    wrapped: Vec<u8>,
 }
 
 impl RingReader {
@@ -121,7 +129,7 @@ impl RingReader {
             .map_err(|_| io::Error::other("page size"))?;
         let fd = ring.fd().as_fd();
         let consumer = Mapping::new(fd, page, libc::PROT_READ | libc::PROT_WRITE, 0)?;
-        let producer = Mapping::new(fd, page + 2 * byte_size, libc::PROT_READ, page)?;
+        let producer = Mapping::new(fd, page + byte_size, libc::PROT_READ, page)?;
         let slot = Mapping::new(
             reader_slot.fd().as_fd(),
             page,
@@ -138,6 +146,7 @@ impl RingReader {
             mask: byte_size - 1,
             pos: 0,
             generation: 0,
+            wrapped: Vec::new(),
         };
         reader.pos = reader.consumer_pos().load(Ordering::Acquire);
         reader.awake();
@@ -218,19 +227,23 @@ impl RingReader {
                 break;
             }
             if header & DISCARD_BIT == 0 {
-                // SAFETY: the record is committed (acquire on its header) and
-                // lies within the doubled data area: offset + 8 + len <
-                // 2 * byte size.
-                let data = unsafe {
-                    std::slice::from_raw_parts(
-                        self.producer
-                            .ptr
-                            .as_ptr()
-                            .add(self.page + offset + HEADER_BYTES),
-                        len,
-                    )
+                let start = (offset + HEADER_BYTES) & self.mask;
+                let first = len.min(self.mask + 1 - start);
+                // SAFETY: the record is committed (acquire on its header);
+                // `start + first` and `len - first` are at most the data
+                // area's size, which is mapped after the producer page.
+                let area = self.producer.ptr.as_ptr().wrapping_add(self.page);
+                let part = |from: usize, bytes: usize| unsafe {
+                    std::slice::from_raw_parts(area.add(from), bytes)
                 };
-                each(data);
+                if first == len {
+                    each(part(start, len));
+                } else {
+                    self.wrapped.clear();
+                    self.wrapped.extend_from_slice(part(start, first));
+                    self.wrapped.extend_from_slice(part(0, len - first));
+                    each(&self.wrapped);
+                }
                 read += 1;
             }
             pos += (HEADER_BYTES + len).next_multiple_of(8);

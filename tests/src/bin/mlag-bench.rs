@@ -1397,6 +1397,7 @@ fn sync_latency(mode: &str) -> anyhow::Result<()> {
         percentile(&via_peer, 0.99).as_secs_f64() / percentile(&local, 0.99).as_secs_f64()
     );
     print_stages(&via_peer, &b_stages, &a_stages);
+    wakeup_floor(percentile(&local, 0.5))?;
     // Each reply is captured once: the synced ones on B (class peer), the
     // direct ones on A (class own, synced by default). Anything more is an
     // echo of an injection.
@@ -1418,6 +1419,79 @@ fn sync_latency(mode: &str) -> anyhow::Result<()> {
         } else {
             "ECHO (captures exceed replies)"
         }
+    );
+    Ok(())
+}
+
+/// One thread waking another through a socket pair, `rounds` times each
+/// way, the two pinned to `cpus`: one-way times (half a round trip).
+fn ping_pong(cpus: (usize, usize), rounds: usize) -> anyhow::Result<Vec<Duration>> {
+    use std::io::{Read, Write};
+    let (mut here, mut there) = std::os::unix::net::UnixStream::pair()?;
+    let echo = on_cpu(cpus.1, move || -> std::io::Result<()> {
+        let mut byte = [0u8];
+        while there.read(&mut byte)? == 1 {
+            there.write_all(&byte)?;
+        }
+        Ok(())
+    });
+    pin_to(cpus.0)?;
+    let mut times = Vec::with_capacity(rounds);
+    let mut byte = [0u8];
+    for _ in 0..rounds {
+        // Long enough apart that the echoing thread is asleep (idle CPU),
+        // as a session reader is between lone replies.
+        std::thread::sleep(Duration::from_micros(500));
+        let start = Instant::now();
+        here.write_all(&byte)?;
+        here.read_exact(&mut byte)?;
+        times.push(start.elapsed() / 2);
+    }
+    drop(here);
+    echo.join()
+        .map_err(|_| anyhow::anyhow!("echo thread panicked"))??
+        .map_err(anyhow::Error::from)?;
+    // Back to every CPU for what runs on this thread next.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays inside it
+    // for the CPUs this machine has.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in 0..cpus.min(libc::CPU_SETSIZE as usize) {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+    times.sort();
+    Ok(times)
+}
+
+/// The floor the peer-sync latency goal meets on this machine: a reply
+/// synced through the peer wakes two threads that the same reply into A's
+/// own port does not (B's ring reader, then A's session reader, each asleep
+/// on an idle CPU between lone replies), and on a VM a wakeup across CPUs
+/// is an inter-processor interrupt through the hypervisor. Printed with
+/// the best ratio to the baseline those two wakeups alone allow.
+fn wakeup_floor(baseline_p50: Duration) -> anyhow::Result<()> {
+    const ROUNDS: usize = 1000;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let same = ping_pong((0, 0), ROUNDS)?;
+    let across = if cpus > 1 {
+        ping_pong((0, 1), ROUNDS)?
+    } else {
+        same.clone()
+    };
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let (same50, across50) = (percentile(&same, 0.5), percentile(&across, 0.5));
+    println!(
+        "  floor: a sleeping thread woken from another CPU p50 {:.1} us, p99 {:.1} us (same CPU p50 {:.1} us; socket pair, {ROUNDS} wakeups);",
+        us(across50),
+        us(percentile(&across, 0.99)),
+        us(same50)
+    );
+    println!(
+        "    two such wakeups the baseline does not have put the p50 ratio at {:.2}x at best before any work (goal 1.5x)",
+        (baseline_p50 + 2 * across50).as_secs_f64() / baseline_p50.as_secs_f64()
     );
     Ok(())
 }
