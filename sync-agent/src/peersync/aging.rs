@@ -36,13 +36,25 @@ const RELOOK_AFTER: Duration = Duration::from_secs(1);
 /// them; beyond it the memory is cleared (a lost event must not leak).
 const MAX_OWN_DELETES: usize = 4096;
 
+/// True for the kernel's neighbour changes peer sync acts on: an entry
+/// removed or turned FAILED. Any other change (a new entry, one confirmed
+/// or gone stale) leaves what the peer was told as it is.
+pub(super) fn withdraws(event: &NeighbourEvent) -> bool {
+    match event {
+        NeighbourEvent::Removed(_) => true,
+        NeighbourEvent::Changed(n) => n.state == "FAILED",
+    }
+}
+
 impl Task {
     /// A change to this switch's neighbour table.
     pub(super) async fn process_neighbour(&mut self, event: NeighbourEvent) {
+        if !withdraws(&event) {
+            return;
+        }
         let (n, removed) = match event {
             NeighbourEvent::Removed(n) => (n, true),
-            NeighbourEvent::Changed(n) if n.state == "FAILED" => (n, false),
-            NeighbourEvent::Changed(_) => return,
+            NeighbourEvent::Changed(n) => (n, false),
         };
         let ours = removed && self.own_deletes.remove(&(n.ifindex, n.ip));
         // Most of the kernel's changes concern entries never synced: a few

@@ -141,6 +141,23 @@ pub struct PeerSyncChannels {
     pub liveness_watcher: Option<watch::Sender<Option<Liveness>>>,
 }
 
+/// The kernel's IPv4 neighbour changes that peer sync acts on
+/// ([`aging::withdraws`]), forwarded from `changes` with backpressure by a
+/// task on the current runtime.
+fn withdrawals_only(
+    mut changes: mpsc::Receiver<neighbours::NeighbourEvent>,
+) -> mpsc::Receiver<neighbours::NeighbourEvent> {
+    let (tx, rx) = mpsc::channel(neighbours::WATCH_DEPTH);
+    tokio::spawn(async move {
+        while let Some(change) = changes.recv().await {
+            if aging::withdraws(&change) && tx.send(change).await.is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 impl PeerSyncHandle {
     /// Starts peer sync: the session (this side connects when its address is
     /// the lower one, otherwise it accepts), the UDP keepalives
@@ -158,6 +175,26 @@ impl PeerSyncHandle {
         channels: PeerSyncChannels,
         runtime: Option<&tokio::runtime::Handle>,
     ) -> Self {
+        // The kernel's neighbour and link changes are followed here, on the
+        // caller's runtime, not on the sync thread: every change the kernel
+        // makes (most of them entries never synced, and on the capturing
+        // switch the very reply just captured, which its kernel learns too)
+        // would otherwise queue its netlink reads and parsing on the sync
+        // thread ahead of the capture that woke it. Only what peer sync
+        // acts on is passed on to it.
+        let here = tokio::runtime::Handle::current();
+        let neighbours = match neighbours::watch() {
+            Ok(changes) => withdrawals_only(changes),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot follow the kernel's neighbour table: entries it drops will not be withdrawn from the peer");
+                mpsc::channel(1).1
+            }
+        };
+        let links = links::watch().unwrap_or_else(|err| {
+            tracing::error!(error = %err, "cannot follow interface changes: the peer will not hear when a member port comes back");
+            mpsc::channel(1).1
+        });
+        let neighbours6 = neighbours6::watch();
         // Every `tokio::spawn` below, and those of the tasks it starts,
         // lands on `runtime`.
         let _on_runtime = runtime.map(tokio::runtime::Handle::enter);
@@ -204,20 +241,12 @@ impl PeerSyncHandle {
                 format!("not running: {err}")
             }
         };
-        let neighbours = neighbours::watch().unwrap_or_else(|err| {
-            tracing::error!(error = %err, "cannot follow the kernel's neighbour table: entries it drops will not be withdrawn from the peer");
-            mpsc::channel(1).1
-        });
-        let links = links::watch().unwrap_or_else(|err| {
-            tracing::error!(error = %err, "cannot follow interface changes: the peer will not hear when a member port comes back");
-            mpsc::channel(1).1
-        });
         // IPv6 neighbour changes reach the task through its internal
         // channel (ND withdraws), forwarded with backpressure.
-        match neighbours6::watch() {
+        match neighbours6 {
             Ok(mut changes) => {
                 let internal = task.internal.clone();
-                tokio::spawn(async move {
+                here.spawn(async move {
                     while let Some(change) = changes.recv().await {
                         if internal.send(Event::Neighbour6(change)).await.is_err() {
                             break;
