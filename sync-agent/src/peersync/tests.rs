@@ -1560,6 +1560,33 @@ fn neighbour(ifindex: u32, last: u8, state: &'static str) -> Neighbour {
     }
 }
 
+/// What reaches the task from the kernel's neighbour changes: only
+/// removals and entries turned FAILED, in order; a new, confirmed or stale
+/// entry never wakes the sync thread.
+#[tokio::test]
+async fn only_withdrawals_reach_the_task_from_the_neighbour_watcher() {
+    let (changes, from_kernel) = mpsc::channel(8);
+    let mut to_task = super::withdrawals_only(from_kernel);
+    for change in [
+        NeighbourEvent::Changed(neighbour(11, 1, "REACHABLE")),
+        NeighbourEvent::Changed(neighbour(11, 2, "FAILED")),
+        NeighbourEvent::Changed(neighbour(11, 3, "STALE")),
+        NeighbourEvent::Removed(neighbour(11, 4, "STALE")),
+        NeighbourEvent::Changed(neighbour(11, 5, "DELAY")),
+    ] {
+        changes.send(change).await.unwrap();
+    }
+    drop(changes);
+    let mut passed = Vec::new();
+    while let Some(change) = to_task.recv().await {
+        passed.push(match change {
+            NeighbourEvent::Changed(n) => ("changed", n.ip),
+            NeighbourEvent::Removed(n) => ("removed", n.ip),
+        });
+    }
+    assert_eq!(passed, vec![("changed", ip(2)), ("removed", ip(4))]);
+}
+
 /// A sync frame of deletes from the peer: (MLAG id, host).
 fn delete_frame(seq: u32, deletes: &[(u32, u8)]) -> Vec<u8> {
     let mut buf = vec![0u8; 1024];
