@@ -163,10 +163,11 @@ impl PeerSyncHandle {
     /// the lower one, otherwise it accepts), the UDP keepalives
     /// ([`liveness::run`]) and the task.
     /// `inject` hands synced replies to the receive path (kernel learning).
-    /// `runtime` is where the task, its session's reader and writer and its
-    /// watchers run: the sync thread ([`crate::sync_thread`]), which the
-    /// capture ring's reader shares, so a capture goes out and a synced
-    /// reply goes in without a hop between threads; None: the caller's.
+    /// `runtime` is where the task and its session's reader and writer
+    /// run: the sync thread ([`crate::sync_thread`]), which the capture
+    /// ring's reader shares, so a capture goes out and a synced reply goes
+    /// in without a hop between threads; None: the caller's. The kernel
+    /// watchers run on the caller's runtime either way.
     pub fn spawn(
         config: PeerConfig,
         identity: Identity,
