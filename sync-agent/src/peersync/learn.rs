@@ -265,6 +265,24 @@ pub(super) struct Learnt {
     pub(super) at: Instant,
 }
 
+/// The names an entry learnt from the peer is shown with: the member port
+/// (`ports[port_at]`) and the interface it was handed to (the VLAN
+/// interface `mapped`, else the port). Takes the two lists, not the task,
+/// so the caller can still write the task's tables while holding them.
+pub(super) fn learnt_names<'a>(
+    ports: &'a [crate::bus::MemberPort],
+    vlan_interfaces: &'a [super::config::VlanInterface],
+    port_at: usize,
+    mapped: Option<usize>,
+) -> (&'a str, &'a str) {
+    let port = &ports[port_at].name;
+    let interface = match mapped {
+        Some(at) => &vlan_interfaces[at].interface,
+        None => port,
+    };
+    (port, interface)
+}
+
 /// Records an entry learnt from the peer in `table`, an LRU bounded by
 /// `max` (the least recently learnt entry is forgotten in O(1): true when
 /// one was). `learnt` comes without its names, which are `names` (member
@@ -415,11 +433,7 @@ impl Task {
             mlag_id: driver.mlag_id,
             ip: sender_ip,
         };
-        let port = &self.ports[port_at].name;
-        let interface = match mapped {
-            Some(at) => &self.config.vlan_interfaces[at].interface,
-            None => port,
-        };
+        let names = learnt_names(&self.ports, &self.config.vlan_interfaces, port_at, mapped);
         let learnt = Learnt {
             ifindex,
             mac: sender_mac,
@@ -436,7 +450,7 @@ impl Task {
             &mut self.learned,
             key,
             learnt,
-            (port, interface),
+            names,
             self.config.max_learnt,
         ) {
             self.stats.learnt_evicted += 1;

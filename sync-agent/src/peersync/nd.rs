@@ -54,7 +54,7 @@ use sync_common::{
 use super::report::ArpReportEntry;
 use super::{
     config::ArpAcceptPolicy,
-    learn::{Learnt, LearntBy, remember},
+    learn::{Learnt, LearntBy, learnt_names, remember},
     table::SendTable,
     task::Task,
     tx::TxBuffers,
@@ -390,11 +390,7 @@ impl Task {
             mlag_id: driver.mlag_id,
             ip,
         };
-        let port = &self.ports[port_at].name;
-        let interface = match mapped {
-            Some(at) => &self.config.vlan_interfaces[at].interface,
-            None => port,
-        };
+        let names = learnt_names(&self.ports, &self.config.vlan_interfaces, port_at, mapped);
         let learnt = Learnt {
             ifindex,
             mac,
@@ -411,7 +407,7 @@ impl Task {
             &mut self.nd.learned,
             key,
             learnt,
-            (port, interface),
+            names,
             self.config.max_learnt,
         ) {
             self.stats.learnt_evicted += 1;
