@@ -127,15 +127,48 @@ pub struct Link {
     pub vlan_count: u8,
 }
 
+/// Whether a frame whose outermost ethertype is `ethertype` can hold a
+/// reply either rule follows: ARP, IPv6, or a tag to look through. The
+/// classifier leaves every other frame (most of a port's traffic) after
+/// reading these two bytes ([`link_if_may_hold_reply`]).
+#[inline(always)]
+pub fn may_hold_reply(ethertype: u16) -> bool {
+    matches!(
+        ethertype,
+        ETHERTYPE_ARP | ETHERTYPE_VLAN | ETHERTYPE_QINQ | crate::nd::ETHERTYPE_IPV6
+    )
+}
+
 /// Reads the Ethernet header and looks through at most two 0x8100/0x88a8
 /// tags. A third tag is left as the ethertype (so the frame is `Other` to
 /// both the ARP and the ND rules).
 #[inline(always)]
 pub fn link<F: Frame + ?Sized>(frame: &F) -> Result<Link, MalformedReason> {
-    let Some(dst_mac) = frame.read::<6>(0) else {
+    let Some(ethertype) = read_u16(frame, 12) else {
         return Err(MalformedReason::TruncatedEthernet);
     };
-    let Some(mut ethertype) = read_u16(frame, 12) else {
+    link_from(frame, ethertype)
+}
+
+/// [`link`] for a frame whose outermost ethertype [`may_hold_reply`]; `None`
+/// (after reading only the ethertype) for any other frame.
+#[inline(always)]
+pub fn link_if_may_hold_reply<F: Frame + ?Sized>(
+    frame: &F,
+) -> Result<Option<Link>, MalformedReason> {
+    let Some(ethertype) = read_u16(frame, 12) else {
+        return Err(MalformedReason::TruncatedEthernet);
+    };
+    if !may_hold_reply(ethertype) {
+        return Ok(None);
+    }
+    link_from(frame, ethertype).map(Some)
+}
+
+/// The rest of [`link`], from the outermost ethertype already read.
+#[inline(always)]
+fn link_from<F: Frame + ?Sized>(frame: &F, mut ethertype: u16) -> Result<Link, MalformedReason> {
+    let Some(dst_mac) = frame.read::<6>(0) else {
         return Err(MalformedReason::TruncatedEthernet);
     };
     let mut offset = ETH_HLEN;

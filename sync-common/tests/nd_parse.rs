@@ -337,6 +337,17 @@ proptest! {
         check(&spec, &frame)?;
     }
 
+    /// The classifier's early exit reads every IPv6 frame, tagged or not,
+    /// cut short or whole, through to the ND rules.
+    #[test]
+    fn the_early_exit_keeps_every_ipv6_frame(spec in spec(), cut in any::<Index>()) {
+        let frame = write(&spec);
+        let frame = &frame[..cut.index(frame.len() + 1)];
+        let full = sync_common::arp::link(frame);
+        let early = sync_common::arp::link_if_may_hold_reply(frame);
+        prop_assert_eq!(early, full.map(Some));
+    }
+
     /// Whatever an advertisement looked like, the rewrite for this
     /// switch's kernel leaves a valid checksum (by etherparse) and an
     /// advertisement the rules still find.

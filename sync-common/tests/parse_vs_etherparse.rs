@@ -519,9 +519,28 @@ proptest! {
     }
 }
 
-/// What must hold for any input: no panic, and a reply really has a full
-/// Ethernet/IPv4 reply at `arp_offset`.
+/// What must hold for any input: no panic, a reply really has a full
+/// Ethernet/IPv4 reply at `arp_offset`, and the classifier's early exit
+/// (`link_if_may_hold_reply`) passes over only frames that neither the ARP
+/// nor the ND rules would have followed or called malformed.
 fn check_invariants(bytes: &[u8]) -> Result<(), TestCaseError> {
+    let full = arp::link(bytes);
+    match arp::link_if_may_hold_reply(bytes) {
+        Ok(Some(link)) => prop_assert_eq!(Ok(link), full),
+        Err(reason) => prop_assert_eq!(Err(reason), full),
+        Ok(None) => {
+            let Ok(link) = full else {
+                return Err(TestCaseError::fail(format!(
+                    "passed over, yet link() says {full:?}"
+                )));
+            };
+            prop_assert!(matches!(arp::parse_after(bytes, &link), Parsed::Other));
+            prop_assert!(matches!(
+                sync_common::nd::parse_after(bytes, &link),
+                sync_common::nd::Parsed::Other
+            ));
+        }
+    }
     if let Parsed::ArpReply(r) = arp::parse(bytes) {
         prop_assert!(r.vlan_count <= 2);
         prop_assert_eq!(r.arp_offset as usize, 14 + 4 * r.vlan_count as usize);

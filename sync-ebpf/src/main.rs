@@ -17,11 +17,13 @@
 //! `mlag_inject_tc` (tc, on the loopback's egress) does the same for
 //! kernels that refuse live frames: see `inject_tc`.
 //!
-//! `mlag_pass` only returns `XDP_PASS`: the benchmark's do-nothing baseline.
+//! `mlag_pass` only returns `XDP_PASS`: the benchmark's do-nothing baseline;
+//! `mlag_count_only` adds the per-frame counting, the classifier's floor.
 //!
 //! What a frame costs is the point of this file (issue 18): every frame
 //! takes one per-CPU lookup for all its counters, the link layer is read
-//! once, a frame that is neither ARP nor IPv6 leaves after one comparison,
+//! once, a frame that is neither ARP nor IPv6 nor tagged leaves after
+//! reading its ethertype,
 //! and a reply's class costs an inlined array access (plus one hash lookup
 //! only for a MAC the prefilter cannot rule out). A capture wakes the agent
 //! only when its reader sleeps ([`wake_reader_if_asleep`]).
@@ -69,6 +71,11 @@ static POLICY: Array<u32> = Array::with_max_entries(1, 0);
 /// (and the reader generation this CPU last woke).
 #[map(name = "mlag_counters")]
 static COUNTERS: PerCpuArray<Block> = PerCpuArray::with_max_entries(1, 0);
+
+/// `mlag_count_only`'s counters: the shape of [`COUNTERS`], apart from it
+/// so that the benchmark's floor leaves the agent's counts alone.
+#[map(name = "mlag_floor")]
+static FLOOR_COUNTERS: PerCpuArray<Block> = PerCpuArray::with_max_entries(1, 0);
 
 /// Replies to sync, as `CaptureRecord`s.
 #[map(name = "mlag_captures")]
@@ -166,6 +173,20 @@ pub fn mlag_classify(ctx: XdpContext) -> u32 {
 
 #[xdp]
 pub fn mlag_pass(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}
+
+/// The benchmark's floor for the classifier: a pass that counts the frame
+/// the way `mlag_classify` counts every frame (the per-CPU lookup and one
+/// slot), so `cargo xtask bench` can show what counting alone costs next
+/// to `mlag_pass`. It counts into its own map, never the agent's counters,
+/// and is never attached.
+#[xdp]
+pub fn mlag_count_only(_ctx: XdpContext) -> u32 {
+    if let Some(block) = FLOOR_COUNTERS.get_ptr_mut(0) {
+        // SAFETY: per-CPU value, no concurrent writer on this CPU.
+        unsafe { (*block).slots[counters::SEEN as usize] += 1 };
+    }
     XDP_PASS
 }
 
@@ -334,8 +355,9 @@ fn sync_class(counters: &Counters, class: Class, policy: u32, slots: [u32; 4]) -
 fn classify(ctx: &XdpContext, counters: &Counters) {
     counters.count(counters::SEEN);
     let frame = XdpFrame(ctx);
-    let link = match arp::link(&frame) {
-        Ok(link) => link,
+    let link = match arp::link_if_may_hold_reply(&frame) {
+        Ok(Some(link)) => link,
+        Ok(None) => return,
         Err(_) => {
             counters.count(counters::MALFORMED);
             return;

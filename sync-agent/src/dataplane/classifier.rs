@@ -33,6 +33,10 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub const CLASSIFIER_PROGRAM: &str = "mlag_classify";
 /// Name of the pass-only program used for injection and as a baseline.
 pub const PASS_PROGRAM: &str = "mlag_pass";
+/// Name of the benchmark's floor for the classifier: a pass that counts the
+/// frame as the classifier counts every frame. Loaded only on request
+/// ([`Classifier::load_count_only`]), never attached.
+pub const COUNT_ONLY_PROGRAM: &str = "mlag_count_only";
 /// Name of the program frames are injected through (marks each injection so
 /// a generic-mode classifier does not capture it again).
 pub const INJECT_PROGRAM: &str = "mlag_inject";
@@ -286,6 +290,20 @@ impl Classifier {
         self.inject_redirect.as_ref()?;
         let program = inject_redirect_program(&mut self.ebpf).ok()?;
         program.info().ok().map(|info| info.id())
+    }
+
+    /// Loads the benchmark's floor program ([`COUNT_ONLY_PROGRAM`]) if it is
+    /// not loaded yet; its fd then comes from [`Self::program_fd`]. The
+    /// agent never loads it.
+    pub fn load_count_only(&mut self) -> Result<(), DataplaneError> {
+        let program = xdp_program(&mut self.ebpf, COUNT_ONLY_PROGRAM)?;
+        if program.fd().is_err() {
+            program.load().map_err(|source| DataplaneError::Program {
+                name: COUNT_ONLY_PROGRAM,
+                source: Box::new(source),
+            })?;
+        }
+        Ok(())
     }
 
     /// A borrowed fd of a loaded program, for `BPF_PROG_RUN`.

@@ -33,9 +33,9 @@ use std::{collections::BTreeSet, path::PathBuf};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use self::classifier::{
-    AttachedMode, CAPTURES_MAP, CLASSIFIER_PROGRAM, COUNTERS_MAP, Classifier, DataplaneError,
-    INJECT_PROGRAM, INJECT_REDIRECT_PROGRAM, INJECTING_MAP, KernelCounters, MAC_CLASS_MAP,
-    MAC_FILTER_MAP, MacTables, PASS_PROGRAM, POLICY_MAP,
+    AttachedMode, CAPTURES_MAP, CLASSIFIER_PROGRAM, COUNT_ONLY_PROGRAM, COUNTERS_MAP, Classifier,
+    DataplaneError, INJECT_PROGRAM, INJECT_REDIRECT_PROGRAM, INJECTING_MAP, KernelCounters,
+    MAC_CLASS_MAP, MAC_FILTER_MAP, MacTables, PASS_PROGRAM, POLICY_MAP,
 };
 use self::{
     config::DataplaneConfig,
