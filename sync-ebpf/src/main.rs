@@ -21,11 +21,11 @@
 //! `mlag_count_only` adds the per-frame counting, the classifier's floor.
 //!
 //! What a frame costs is the point of this file (issue 18): every frame
-//! takes one per-CPU lookup for all its counters, the link layer is read
-//! once, a frame that is neither ARP nor IPv6 nor tagged leaves after
-//! reading its ethertype,
-//! and a reply's class costs an inlined array access (plus one hash lookup
-//! only for a MAC the prefilter cannot rule out). A capture wakes the agent
+//! takes one per-CPU lookup for all its counters, a frame that is neither
+//! ARP nor IPv6 nor tagged leaves after its ethertype is read, the link
+//! layer of the others is read once, and a reply's class costs an inlined
+//! array access (plus one hash lookup only for a MAC the prefilter cannot
+//! rule out). A capture wakes the agent
 //! only when its reader sleeps ([`wake_reader_if_asleep`]).
 #![no_std]
 #![no_main]
