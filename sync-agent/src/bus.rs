@@ -20,11 +20,19 @@ use serde::{Deserialize, Serialize};
 use sync_common::{arp::ArpAddresses, capture::Class};
 
 use crate::mac::MacAddr;
-pub use crate::southbound::links::{Link, LinkEvent};
+pub use crate::southbound::{
+    links::{Link, LinkEvent},
+    neighbours::NeighbourChange,
+};
 
 /// Depth of the link-event broadcast; a subscriber further behind than
 /// this is told it lagged and re-reads what it needs.
 pub const LINK_EVENTS_DEPTH: usize = 1024;
+
+/// Depth of the neighbour-change broadcast (both families, one socket:
+/// `southbound::neighbours::watch`); a subscriber further behind than this
+/// misses the oldest changes and logs how many.
+pub const NEIGHBOUR_CHANGES_DEPTH: usize = 1024;
 
 /// A member port as the dataplane knows it: the classifier's port plus the
 /// MLAG id it shares with its twin on the peer.

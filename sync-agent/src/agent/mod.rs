@@ -43,7 +43,7 @@ use tokio::{
 };
 
 use crate::{
-    bus::{LINK_EVENTS_DEPTH, LinkEvent},
+    bus::{LINK_EVENTS_DEPTH, LinkEvent, NEIGHBOUR_CHANGES_DEPTH, NeighbourChange},
     config::Config,
     control::{
         self,
@@ -62,7 +62,7 @@ use crate::{
     metrics::MetricsHandle,
     peersync::{Identity, PeerSyncChannels, PeerSyncHandle},
     rollout::{center::CenterHandle, device::DeviceHandle},
-    southbound::links,
+    southbound::{links, neighbours},
     sync_thread::SyncThread,
     web::WebHandle,
 };
@@ -117,6 +117,13 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
         link_events.subscribe(),
         link_events.subscribe(),
         link_events.subscribe(),
+    );
+    // One socket on the kernel's neighbour changes for the whole agent,
+    // subscribed before the modules read the table.
+    let neighbour_changes = start_neighbour_watch();
+    let (inference_neighbours, peer_neighbours) = (
+        neighbour_changes.as_ref().map(broadcast::Sender::subscribe),
+        neighbour_changes.as_ref().map(broadcast::Sender::subscribe),
     );
     let mlag_ids = reload::mlag_ids(&config);
     // With an MLAG peer, the state model has an MLAG interface per MLAG id.
@@ -233,6 +240,7 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
         &config.instance,
         netlink.clone(),
         inference_links,
+        inference_neighbours,
         info_rx,
         fabric.as_ref().map(FabricHandle::members),
     )
@@ -305,6 +313,7 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
                 peer_macs: peer_macs_tx,
                 infos: Some(info_tx.clone()),
                 liveness_watcher,
+                neighbours: peer_neighbours,
             },
             sync_runtime,
         ));
@@ -412,6 +421,27 @@ pub async fn run(config_path: &Path, socket: Option<PathBuf>) -> anyhow::Result<
     }
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
+}
+
+/// Starts the one watcher of the kernel's neighbour changes and fans them
+/// out to every subscriber; None (said once, loudly) when the kernel
+/// refuses the subscription: the modules then keep what they read at start.
+fn start_neighbour_watch() -> Option<broadcast::Sender<NeighbourChange>> {
+    let mut watch = neighbours::watch()
+        .inspect_err(|err| tracing::error!(error = %err, "cannot follow the kernel's neighbour table: the state model keeps the neighbours it read at start, and entries the kernel drops are not withdrawn from the MLAG peer"))
+        .ok()?;
+    let (tx, _) = broadcast::channel(NEIGHBOUR_CHANGES_DEPTH);
+    let fan_out = tx.clone();
+    tokio::spawn(async move {
+        while let Some(change) = watch.recv().await {
+            // No subscriber is not an error: modules subscribe as they start.
+            let _ = fan_out.send(change);
+        }
+        tracing::error!(
+            "the netlink neighbour watcher stopped; neighbour changes are no longer seen"
+        );
+    });
+    Some(tx)
 }
 
 /// Starts the netlink link watcher and fans its events out to every

@@ -112,7 +112,7 @@ pub use self::{
 };
 pub use crate::bus::{AlarmRecord, FabricMembers, Info, ObjectId, ids};
 use crate::{
-    bus::{AskError, LinkEvent},
+    bus::{AskError, LinkEvent, NeighbourChange},
     southbound::{addresses, neighbours, routes},
 };
 
@@ -140,8 +140,10 @@ impl InferenceHandle {
     /// objects of `config`, takes the interfaces' current state as the first
     /// information, and starts the task. `switch_name` names this switch's
     /// object (`switch:<name>`). The task then follows `links` (it re-reads
-    /// the interfaces when it lagged behind) and address changes (an
-    /// interface that gets an IPv4 address joins as an IP interface),
+    /// the interfaces when it lagged behind), address changes (an
+    /// interface that gets an IPv4 address joins as an IP interface) and
+    /// the IPv4 half of the agent's `neighbours` changes (None: the
+    /// neighbours read at start stay as they were),
     /// applies every [`Info`] arriving on `infos`, and follows the fabric's
     /// `members` (their switches and ports join the model, a member the
     /// fabric forgot leaves it); it runs until all of its inputs close.
@@ -153,6 +155,7 @@ impl InferenceHandle {
         switch_name: &str,
         netlink: rtnetlink::Handle,
         links: broadcast::Receiver<LinkEvent>,
+        neighbours: Option<broadcast::Receiver<NeighbourChange>>,
         infos: mpsc::Receiver<Info>,
         members: Option<watch::Receiver<FabricMembers>>,
     ) -> anyhow::Result<InferenceHandle> {
@@ -169,9 +172,12 @@ impl InferenceHandle {
         let routes = routes::watch()
             .inspect_err(|err| tracing::warn!(error = %err, "cannot watch route changes: gateways that appear or go later are not followed"))
             .ok();
-        let neighbours = neighbours::watch()
-            .inspect_err(|err| tracing::warn!(error = %err, "cannot watch the neighbour table: neighbours are not followed"))
-            .ok();
+        let neighbours = neighbours.map(|changes| {
+            neighbours::forward(changes, "state model", |change| match change {
+                NeighbourChange::V4(event) => Some(event),
+                NeighbourChange::V6(_) => None,
+            })
+        });
         let watches = Watches {
             addresses,
             routes,

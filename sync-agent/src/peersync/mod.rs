@@ -64,7 +64,7 @@ use std::{
     sync::Arc,
 };
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use self::latency::{LatencyReport, StageSummary};
 pub use self::learn::LearntBy;
@@ -79,7 +79,12 @@ use crate::{
     bus::{AskError, CaptureBatch, Info, Liveness, MemberPort, SessionEvent},
     liveness,
     mac::MacAddr,
-    southbound::{inject::Injector, links, neighbours, neighbours6},
+    southbound::{
+        inject::Injector,
+        links,
+        neighbours::{self, NeighbourChange},
+        neighbours6::Neighbour6Event,
+    },
 };
 
 /// Who this agent is, as told in hellos.
@@ -139,23 +144,34 @@ pub struct PeerSyncChannels {
     /// it is made, apart from this task (MC-LAG's takeover must not wait
     /// for peer sync to be scheduled; [`liveness`]).
     pub liveness_watcher: Option<watch::Sender<Option<Liveness>>>,
+    /// The kernel's neighbour changes (the agent's one watcher); None: the
+    /// watcher could not start, and entries the kernel drops are not
+    /// withdrawn from the peer.
+    pub neighbours: Option<broadcast::Receiver<NeighbourChange>>,
 }
 
-/// The kernel's IPv4 neighbour changes that peer sync acts on
-/// ([`aging::withdraws`]), forwarded from `changes` with backpressure by a
-/// task on the current runtime.
-fn withdrawals_only(
-    mut changes: mpsc::Receiver<neighbours::NeighbourEvent>,
-) -> mpsc::Receiver<neighbours::NeighbourEvent> {
-    let (tx, rx) = mpsc::channel(neighbours::WATCH_DEPTH);
-    tokio::spawn(async move {
-        while let Some(change) = changes.recv().await {
-            if aging::withdraws(&change) && tx.send(change).await.is_err() {
-                break;
-            }
-        }
-    });
-    rx
+/// The kernel's neighbour changes peer sync acts on: entries removed or
+/// turned FAILED ([`aging::withdraws`], [`nd::withdraws`]), IPv4 and IPv6
+/// on channels of their own, forwarded with backpressure by tasks on the
+/// current runtime. The IPv6 side subscribes afresh: what it misses were
+/// changes from before peer sync started, when nothing was synced yet.
+fn withdrawals(
+    changes: broadcast::Receiver<NeighbourChange>,
+) -> (
+    mpsc::Receiver<neighbours::NeighbourEvent>,
+    mpsc::Receiver<Neighbour6Event>,
+) {
+    let changes6 = changes.resubscribe();
+    (
+        neighbours::forward(changes, "peer sync (ARP)", |change| match change {
+            NeighbourChange::V4(event) if aging::withdraws(&event) => Some(event),
+            _ => None,
+        }),
+        neighbours::forward(changes6, "peer sync (ND)", |change| match change {
+            NeighbourChange::V6(event) if nd::withdraws(&event) => Some(event),
+            _ => None,
+        }),
+    )
 }
 
 impl PeerSyncHandle {
@@ -184,18 +200,15 @@ impl PeerSyncHandle {
         // thread ahead of the capture that woke it. Only what peer sync
         // acts on is passed on to it.
         let here = tokio::runtime::Handle::current();
-        let neighbours = match neighbours::watch() {
-            Ok(changes) => withdrawals_only(changes),
-            Err(err) => {
-                tracing::error!(error = %err, "cannot follow the kernel's neighbour table: entries it drops will not be withdrawn from the peer");
-                mpsc::channel(1).1
-            }
+        let (neighbours, neighbours6) = match channels.neighbours {
+            Some(changes) => withdrawals(changes),
+            // The agent said why, once.
+            None => (mpsc::channel(1).1, mpsc::channel(1).1),
         };
         let links = links::watch().unwrap_or_else(|err| {
             tracing::error!(error = %err, "cannot follow interface changes: the peer will not hear when a member port comes back");
             mpsc::channel(1).1
         });
-        let neighbours6 = neighbours6::watch();
         // Every `tokio::spawn` below, and those of the tasks it starts,
         // lands on `runtime`.
         let _on_runtime = runtime.map(tokio::runtime::Handle::enter);
@@ -206,6 +219,7 @@ impl PeerSyncHandle {
             peer_macs,
             infos,
             liveness_watcher,
+            neighbours: _,
         } = channels;
         let initial = ports.borrow_and_update().clone();
         let local = SocketAddr::new(config.local_address, config.port);
@@ -242,23 +256,17 @@ impl PeerSyncHandle {
                 format!("not running: {err}")
             }
         };
-        // IPv6 neighbour changes reach the task through its internal
-        // channel (ND withdraws), forwarded with backpressure.
-        match neighbours6 {
-            Ok(mut changes) => {
-                let internal = task.internal.clone();
-                here.spawn(async move {
-                    while let Some(change) = changes.recv().await {
-                        if internal.send(Event::Neighbour6(change)).await.is_err() {
-                            break;
-                        }
-                    }
-                });
+        // IPv6 withdrawals reach the task through its internal channel,
+        // forwarded with backpressure.
+        let to_task = task.internal.clone();
+        let mut neighbours6 = neighbours6;
+        here.spawn(async move {
+            while let Some(change) = neighbours6.recv().await {
+                if to_task.send(Event::Neighbour6(change)).await.is_err() {
+                    break;
+                }
             }
-            Err(err) => {
-                tracing::error!(error = %err, "cannot follow the kernel's IPv6 neighbours: ND entries it drops will not be withdrawn from the peer")
-            }
-        }
+        });
         let (queries, queries_rx) = mpsc::channel(QUERY_DEPTH);
         task.apply_arp_accept();
         task.apply_untracked_na();

@@ -143,6 +143,15 @@ impl NdState {
     }
 }
 
+/// [`super::aging::withdraws`] for the IPv6 neighbour cache: an entry
+/// removed or turned FAILED.
+pub(super) fn withdraws(event: &Neighbour6Event) -> bool {
+    match event {
+        Neighbour6Event::Removed(_) => true,
+        Neighbour6Event::Changed(n) => n.state == "FAILED",
+    }
+}
+
 /// `frame` (an advertisement without a Target Link-Layer Address option)
 /// with one added for `mac`: the IPv6 packet ends at its payload length
 /// (padding dropped), grows by 8 bytes, and the checksum is recomputed.
@@ -712,10 +721,12 @@ impl Task {
     /// the peer, as for ARP (`aging.rs`); a removal this agent caused on the
     /// peer's word is not sent back.
     pub(super) async fn process_neighbour6(&mut self, event: Neighbour6Event) {
+        if !withdraws(&event) {
+            return;
+        }
         let (n, removed) = match event {
             Neighbour6Event::Removed(n) => (n, true),
-            Neighbour6Event::Changed(n) if n.state == "FAILED" => (n, false),
-            Neighbour6Event::Changed(_) => return,
+            Neighbour6Event::Changed(n) => (n, false),
         };
         let ours = removed && self.nd.own_deletes.remove(&(n.ifindex, n.ip));
         let synced = self.ports.iter().any(|p| {

@@ -10,7 +10,7 @@
 //!   session::connect | session::accept ──┐            │  │ frames (mpsc Bytes)
 //!   session reader ──────────────────────┼─internal───┘  ▼
 //!   refresh worker (paced re-probe) ─────┘ (mpsc Event)  session writer ──TCP──▶ peer
-//!   neighbours::watch ──(mpsc NeighbourEvent)──▶ Task     (kernel dropped an entry: withdraw)
+//!   agent's neighbour changes ──withdrawals (mpsc NeighbourEvent; ND via internal)──▶ Task  (kernel dropped an entry: withdraw)
 //!   links::watch ──(mpsc LinkEvent)──▶ Task    (member port up again: port-state to the peer)
 //!   Task ──(mpsc RefreshJob, try_send)──▶ refresh worker
 //! ```
@@ -148,7 +148,8 @@ pub(super) struct Inputs {
     pub(super) ports: watch::Receiver<Vec<MemberPort>>,
     pub(super) internal: mpsc::Receiver<Event>,
     pub(super) liveness: mpsc::Receiver<LivenessReport>,
-    /// This switch's neighbour table changes (`southbound::neighbours::watch`).
+    /// This switch's ARP table withdrawals, from the agent's one watcher of
+    /// neighbour changes (`southbound::neighbours::watch`, `withdrawals`).
     pub(super) neighbours: mpsc::Receiver<NeighbourEvent>,
     /// Interface changes (`southbound::links::watch`), for member-port state.
     pub(super) links: mpsc::Receiver<LinkEvent>,

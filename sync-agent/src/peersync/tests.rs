@@ -1560,21 +1560,34 @@ fn neighbour(ifindex: u32, last: u8, state: &'static str) -> Neighbour {
     }
 }
 
-/// What reaches the task from the kernel's neighbour changes: only
-/// removals and entries turned FAILED, in order; a new, confirmed or stale
-/// entry never wakes the sync thread.
+fn neighbour6(ifindex: u32, last: u16, state: &'static str) -> Neighbour6 {
+    Neighbour6 {
+        ifindex,
+        ip: std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, last),
+        mac: None,
+        state,
+    }
+}
+
+/// What reaches the task from the agent's neighbour changes: only
+/// removals and entries turned FAILED, each family on its channel, in
+/// order; a new, confirmed or stale entry never wakes the sync thread.
 #[tokio::test]
-async fn only_withdrawals_reach_the_task_from_the_neighbour_watcher() {
-    let (changes, from_kernel) = mpsc::channel(8);
-    let mut to_task = super::withdrawals_only(from_kernel);
+async fn only_withdrawals_reach_the_task_from_the_neighbour_changes() {
+    use crate::southbound::{neighbours::NeighbourChange, neighbours6::Neighbour6Event};
+    let (changes, first) = tokio::sync::broadcast::channel(16);
+    let (mut to_task, mut to_task6) = super::withdrawals(first);
     for change in [
-        NeighbourEvent::Changed(neighbour(11, 1, "REACHABLE")),
-        NeighbourEvent::Changed(neighbour(11, 2, "FAILED")),
-        NeighbourEvent::Changed(neighbour(11, 3, "STALE")),
-        NeighbourEvent::Removed(neighbour(11, 4, "STALE")),
-        NeighbourEvent::Changed(neighbour(11, 5, "DELAY")),
+        NeighbourChange::V4(NeighbourEvent::Changed(neighbour(11, 1, "REACHABLE"))),
+        NeighbourChange::V6(Neighbour6Event::Changed(neighbour6(11, 1, "FAILED"))),
+        NeighbourChange::V4(NeighbourEvent::Changed(neighbour(11, 2, "FAILED"))),
+        NeighbourChange::V6(Neighbour6Event::Changed(neighbour6(11, 2, "REACHABLE"))),
+        NeighbourChange::V4(NeighbourEvent::Changed(neighbour(11, 3, "STALE"))),
+        NeighbourChange::V4(NeighbourEvent::Removed(neighbour(11, 4, "STALE"))),
+        NeighbourChange::V6(Neighbour6Event::Removed(neighbour6(11, 3, "STALE"))),
+        NeighbourChange::V4(NeighbourEvent::Changed(neighbour(11, 5, "DELAY"))),
     ] {
-        changes.send(change).await.unwrap();
+        changes.send(change).unwrap();
     }
     drop(changes);
     let mut passed = Vec::new();
@@ -1585,6 +1598,14 @@ async fn only_withdrawals_reach_the_task_from_the_neighbour_watcher() {
         });
     }
     assert_eq!(passed, vec![("changed", ip(2)), ("removed", ip(4))]);
+    let mut passed6 = Vec::new();
+    while let Some(change) = to_task6.recv().await {
+        passed6.push(match change {
+            Neighbour6Event::Changed(n) => ("changed", n.ip.segments()[7]),
+            Neighbour6Event::Removed(n) => ("removed", n.ip.segments()[7]),
+        });
+    }
+    assert_eq!(passed6, vec![("changed", 1), ("removed", 3)]);
 }
 
 /// A sync frame of deletes from the peer: (MLAG id, host).

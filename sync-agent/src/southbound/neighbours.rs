@@ -1,6 +1,7 @@
 //! IPv4 neighbours (the ARP table) over rtnetlink: dump, probe, write,
-//! delete, a stream of the kernel's changes ([`watch`]), and the
-//! `arp_accept` switch.
+//! delete, the `arp_accept` switch, and the stream of the kernel's
+//! neighbour changes of both families ([`watch`]), which the agent fans
+//! out to the modules that follow them ([`forward`]).
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -13,8 +14,9 @@ use rtnetlink::{
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
     },
 };
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
+use super::neighbours6::{self, Neighbour6Event};
 use crate::mac::MacAddr;
 
 /// One entry of the kernel's ARP table.
@@ -131,10 +133,21 @@ fn from_message(message: &NeighbourMessage) -> Option<Neighbour> {
     }
 }
 
-/// Subscribes to the kernel's IPv4 neighbour changes (the RTNLGRP_NEIGH
-/// multicast group); events arrive on the returned channel until the
-/// receiver is dropped. Entries of other families are left out.
-pub fn watch() -> Result<mpsc::Receiver<NeighbourEvent>, NeighbourError> {
+/// A change to the kernel's neighbour table, of either family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NeighbourChange {
+    /// An ARP table entry.
+    V4(NeighbourEvent),
+    /// An IPv6 neighbour cache entry.
+    V6(Neighbour6Event),
+}
+
+/// Subscribes to the kernel's neighbour changes (the RTNLGRP_NEIGH
+/// multicast group), both families on one socket: the kernel copies every
+/// change to every subscribed socket, and each socket's messages are read
+/// and parsed apart, so the agent keeps one ([`forward`] hands the changes
+/// on). Events arrive on the returned channel until the receiver is dropped.
+pub fn watch() -> Result<mpsc::Receiver<NeighbourChange>, NeighbourError> {
     let (connection, _handle, mut messages) =
         rtnetlink::new_multicast_connection(&[MulticastGroup::Neigh])
             .map_err(NeighbourError::Socket)?;
@@ -142,26 +155,69 @@ pub fn watch() -> Result<mpsc::Receiver<NeighbourEvent>, NeighbourError> {
     let (tx, rx) = mpsc::channel(WATCH_DEPTH);
     tokio::spawn(async move {
         while let Some((message, _)) = messages.next().await {
-            let event = match message.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(m))
-                    if m.header.family == AddressFamily::Inet =>
-                {
-                    from_message(&m).map(NeighbourEvent::Changed)
-                }
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelNeighbour(m))
-                    if m.header.family == AddressFamily::Inet =>
-                {
-                    from_message(&m).map(NeighbourEvent::Removed)
-                }
+            let (message, removed) = match message.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(m)) => (m, false),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelNeighbour(m)) => (m, true),
+                _ => continue,
+            };
+            let change = match message.header.family {
+                AddressFamily::Inet => from_message(&message).map(|n| {
+                    NeighbourChange::V4(if removed {
+                        NeighbourEvent::Removed(n)
+                    } else {
+                        NeighbourEvent::Changed(n)
+                    })
+                }),
+                AddressFamily::Inet6 => neighbours6::from_message(&message).map(|n| {
+                    NeighbourChange::V6(if removed {
+                        Neighbour6Event::Removed(n)
+                    } else {
+                        Neighbour6Event::Changed(n)
+                    })
+                }),
                 _ => None,
             };
-            let Some(event) = event else { continue };
-            if tx.send(event).await.is_err() {
+            let Some(change) = change else { continue };
+            if tx.send(change).await.is_err() {
                 break;
             }
         }
     });
     Ok(rx)
+}
+
+/// Hands the changes `pick` keeps from the agent's fan-out of [`watch`] to
+/// one module, in order and with backpressure, from a task on the current
+/// runtime. A module that falls more than the fan-out's depth behind
+/// misses the oldest changes: logged with their number, naming `module`.
+pub fn forward<T: Send + 'static>(
+    mut changes: broadcast::Receiver<NeighbourChange>,
+    module: &'static str,
+    mut pick: impl FnMut(NeighbourChange) -> Option<T> + Send + 'static,
+) -> mpsc::Receiver<T> {
+    let (tx, rx) = mpsc::channel(WATCH_DEPTH);
+    tokio::spawn(async move {
+        loop {
+            match changes.recv().await {
+                Ok(change) => {
+                    if let Some(kept) = pick(change)
+                        && tx.send(kept).await.is_err()
+                    {
+                        break;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(
+                        module,
+                        missed,
+                        "fell behind the kernel's neighbour changes: {missed} of them were not seen"
+                    );
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
+    rx
 }
 
 /// Deletes the entry for `ip` on `ifindex`. Ok(false) when the kernel had

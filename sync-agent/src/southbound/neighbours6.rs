@@ -6,10 +6,7 @@
 use std::net::{IpAddr, Ipv6Addr};
 
 use futures::TryStreamExt as _;
-use rtnetlink::{
-    Handle, IpVersion,
-    packet_route::{AddressFamily, neighbour::NeighbourMessage},
-};
+use rtnetlink::{Handle, IpVersion, packet_route::neighbour::NeighbourMessage};
 
 use super::neighbours::NeighbourError;
 use crate::mac::MacAddr;
@@ -27,7 +24,7 @@ pub struct Neighbour6 {
     pub state: &'static str,
 }
 
-fn from_message(message: &NeighbourMessage) -> Option<Neighbour6> {
+pub(super) fn from_message(message: &NeighbourMessage) -> Option<Neighbour6> {
     match super::neighbours::parts(message)? {
         (ifindex, IpAddr::V6(ip), mac, state) => Some(Neighbour6 {
             ifindex,
@@ -122,40 +119,4 @@ pub enum Neighbour6Event {
     Changed(Neighbour6),
     /// Removed (garbage-collected, flushed or deleted).
     Removed(Neighbour6),
-}
-
-/// Subscribes to the kernel's IPv6 neighbour changes (RTNLGRP_NEIGH,
-/// IPv6 entries only), as [`super::neighbours::watch`] does for IPv4.
-pub fn watch() -> Result<tokio::sync::mpsc::Receiver<Neighbour6Event>, NeighbourError> {
-    use futures::StreamExt as _;
-    use rtnetlink::{
-        MulticastGroup, packet_core::NetlinkPayload, packet_route::RouteNetlinkMessage,
-    };
-    let (connection, _handle, mut messages) =
-        rtnetlink::new_multicast_connection(&[MulticastGroup::Neigh])
-            .map_err(NeighbourError::Socket)?;
-    tokio::spawn(connection);
-    let (tx, rx) = tokio::sync::mpsc::channel(super::neighbours::WATCH_DEPTH);
-    tokio::spawn(async move {
-        while let Some((message, _)) = messages.next().await {
-            let event = match message.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(m))
-                    if m.header.family == AddressFamily::Inet6 =>
-                {
-                    from_message(&m).map(Neighbour6Event::Changed)
-                }
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelNeighbour(m))
-                    if m.header.family == AddressFamily::Inet6 =>
-                {
-                    from_message(&m).map(Neighbour6Event::Removed)
-                }
-                _ => None,
-            };
-            let Some(event) = event else { continue };
-            if tx.send(event).await.is_err() {
-                break;
-            }
-        }
-    });
-    Ok(rx)
 }
