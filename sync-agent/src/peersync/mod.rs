@@ -83,7 +83,6 @@ use crate::{
         inject::Injector,
         links,
         neighbours::{self, NeighbourChange},
-        neighbours6::Neighbour6Event,
     },
 };
 
@@ -151,27 +150,28 @@ pub struct PeerSyncChannels {
 }
 
 /// The kernel's neighbour changes peer sync acts on: entries removed or
-/// turned FAILED ([`aging::withdraws`], [`nd::withdraws`]), IPv4 and IPv6
-/// on channels of their own, forwarded with backpressure by tasks on the
-/// current runtime. The IPv6 side subscribes afresh: what it misses were
-/// changes from before peer sync started, when nothing was synced yet.
+/// turned FAILED ([`aging::withdraws`], [`nd::withdraws`]). IPv4 ones come
+/// on the returned channel, IPv6 ones go to the task's `internal` input;
+/// both are forwarded with backpressure by tasks on the current runtime.
+/// The IPv6 side subscribes afresh: what it misses were changes from
+/// before peer sync started, when nothing was synced yet.
 fn withdrawals(
     changes: broadcast::Receiver<NeighbourChange>,
-) -> (
-    mpsc::Receiver<neighbours::NeighbourEvent>,
-    mpsc::Receiver<Neighbour6Event>,
-) {
-    let changes6 = changes.resubscribe();
-    (
-        neighbours::forward(changes, "peer sync (ARP)", |change| match change {
-            NeighbourChange::V4(event) if aging::withdraws(&event) => Some(event),
+    internal: mpsc::Sender<Event>,
+) -> mpsc::Receiver<neighbours::NeighbourEvent> {
+    neighbours::forward_to(
+        changes.resubscribe(),
+        "peer sync (ND)",
+        internal,
+        |change| match change {
+            NeighbourChange::V6(event) if nd::withdraws(&event) => Some(Event::Neighbour6(event)),
             _ => None,
-        }),
-        neighbours::forward(changes6, "peer sync (ND)", |change| match change {
-            NeighbourChange::V6(event) if nd::withdraws(&event) => Some(event),
-            _ => None,
-        }),
-    )
+        },
+    );
+    neighbours::forward(changes, "peer sync (ARP)", |change| match change {
+        NeighbourChange::V4(event) if aging::withdraws(&event) => Some(event),
+        _ => None,
+    })
 }
 
 impl PeerSyncHandle {
@@ -200,18 +200,6 @@ impl PeerSyncHandle {
         // thread ahead of the capture that woke it. Only what peer sync
         // acts on is passed on to it.
         let here = tokio::runtime::Handle::current();
-        let (neighbours, neighbours6) = match channels.neighbours {
-            Some(changes) => withdrawals(changes),
-            // The agent said why, once.
-            None => (mpsc::channel(1).1, mpsc::channel(1).1),
-        };
-        let links = links::watch().unwrap_or_else(|err| {
-            tracing::error!(error = %err, "cannot follow interface changes: the peer will not hear when a member port comes back");
-            mpsc::channel(1).1
-        });
-        // Every `tokio::spawn` below, and those of the tasks it starts,
-        // lands on `runtime`.
-        let _on_runtime = runtime.map(tokio::runtime::Handle::enter);
         let PeerSyncChannels {
             mut ports,
             captures,
@@ -219,8 +207,15 @@ impl PeerSyncHandle {
             peer_macs,
             infos,
             liveness_watcher,
-            neighbours: _,
+            neighbours: neighbour_changes,
         } = channels;
+        let links = links::watch().unwrap_or_else(|err| {
+            tracing::error!(error = %err, "cannot follow interface changes: the peer will not hear when a member port comes back");
+            mpsc::channel(1).1
+        });
+        // Every `tokio::spawn` below, and those of the tasks it starts,
+        // lands on `runtime`.
+        let _on_runtime = runtime.map(tokio::runtime::Handle::enter);
         let initial = ports.borrow_and_update().clone();
         let local = SocketAddr::new(config.local_address, config.port);
         let peer = SocketAddr::new(config.peer_address, config.port);
@@ -256,17 +251,14 @@ impl PeerSyncHandle {
                 format!("not running: {err}")
             }
         };
-        // IPv6 withdrawals reach the task through its internal channel,
-        // forwarded with backpressure.
-        let to_task = task.internal.clone();
-        let mut neighbours6 = neighbours6;
-        here.spawn(async move {
-            while let Some(change) = neighbours6.recv().await {
-                if to_task.send(Event::Neighbour6(change)).await.is_err() {
-                    break;
-                }
+        let neighbours = match neighbour_changes {
+            Some(changes) => {
+                let _here = here.enter();
+                withdrawals(changes, task.internal.clone())
             }
-        });
+            // The agent said why, once.
+            None => mpsc::channel(1).1,
+        };
         let (queries, queries_rx) = mpsc::channel(QUERY_DEPTH);
         task.apply_arp_accept();
         task.apply_untracked_na();

@@ -1576,7 +1576,8 @@ fn neighbour6(ifindex: u32, last: u16, state: &'static str) -> Neighbour6 {
 async fn only_withdrawals_reach_the_task_from_the_neighbour_changes() {
     use crate::southbound::{neighbours::NeighbourChange, neighbours6::Neighbour6Event};
     let (changes, first) = tokio::sync::broadcast::channel(16);
-    let (mut to_task, mut to_task6) = super::withdrawals(first);
+    let (internal, mut to_task6) = mpsc::channel(16);
+    let mut to_task = super::withdrawals(first, internal);
     for change in [
         NeighbourChange::V4(NeighbourEvent::Changed(neighbour(11, 1, "REACHABLE"))),
         NeighbourChange::V6(Neighbour6Event::Changed(neighbour6(11, 1, "FAILED"))),
@@ -1599,7 +1600,10 @@ async fn only_withdrawals_reach_the_task_from_the_neighbour_changes() {
     }
     assert_eq!(passed, vec![("changed", ip(2)), ("removed", ip(4))]);
     let mut passed6 = Vec::new();
-    while let Some(change) = to_task6.recv().await {
+    while let Some(event) = to_task6.recv().await {
+        let super::events::Event::Neighbour6(change) = event else {
+            panic!("only ND withdrawals go to the task's internal input");
+        };
         passed6.push(match change {
             Neighbour6Event::Changed(n) => ("changed", n.ip.segments()[7]),
             Neighbour6Event::Removed(n) => ("removed", n.ip.segments()[7]),

@@ -191,11 +191,22 @@ pub fn watch() -> Result<mpsc::Receiver<NeighbourChange>, NeighbourError> {
 /// runtime. A module that falls more than the fan-out's depth behind
 /// misses the oldest changes: logged with their number, naming `module`.
 pub fn forward<T: Send + 'static>(
-    mut changes: broadcast::Receiver<NeighbourChange>,
+    changes: broadcast::Receiver<NeighbourChange>,
     module: &'static str,
-    mut pick: impl FnMut(NeighbourChange) -> Option<T> + Send + 'static,
+    pick: impl FnMut(NeighbourChange) -> Option<T> + Send + 'static,
 ) -> mpsc::Receiver<T> {
     let (tx, rx) = mpsc::channel(WATCH_DEPTH);
+    forward_to(changes, module, tx, pick);
+    rx
+}
+
+/// [`forward`] into a channel the module already has (its own input).
+pub fn forward_to<T: Send + 'static>(
+    mut changes: broadcast::Receiver<NeighbourChange>,
+    module: &'static str,
+    tx: mpsc::Sender<T>,
+    mut pick: impl FnMut(NeighbourChange) -> Option<T> + Send + 'static,
+) {
     tokio::spawn(async move {
         loop {
             match changes.recv().await {
@@ -217,7 +228,6 @@ pub fn forward<T: Send + 'static>(
             }
         }
     });
-    rx
 }
 
 /// Deletes the entry for `ip` on `ifindex`. Ok(false) when the kernel had
